@@ -1,0 +1,133 @@
+// Typed configuration, one struct per component, each with its own Validate() (torchtitan style).
+// A recipe YAML has the sections model / parallel / train / optim / loss / data; the model section uses
+// HF config.json key names. Parsing rejects unknown keys and wrong types; Validate() checks the
+// cross-field constraints. Every error names the key and what was expected.
+#ifndef FATHOM_FRAMEWORK_CONFIG_H_
+#define FATHOM_FRAMEWORK_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fathom {
+
+// HF `rope_scaling` (DeepSeek-V3 uses type "yarn").
+struct RopeScalingConfig {
+  std::string type = "none";  // "none" or "yarn"
+  double factor = 1.0;
+  int64_t original_max_position_embeddings = 4096;
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double mscale = 1.0;
+  double mscale_all_dim = 0.0;
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 256;
+  int64_t hidden_size = 64;
+  int64_t intermediate_size = 128;       // dense MLP of the first `first_k_dense_replace` layers
+  int64_t moe_intermediate_size = 32;    // each routed expert, and each shared expert
+  int64_t num_hidden_layers = 2;
+  int64_t first_k_dense_replace = 1;
+  int64_t num_attention_heads = 4;
+  int64_t q_lora_rank = 0;               // 0 (HF: null) = a single q_proj
+  int64_t kv_lora_rank = 32;
+  int64_t qk_nope_head_dim = 16;
+  int64_t qk_rope_head_dim = 8;
+  int64_t v_head_dim = 16;
+  int64_t n_routed_experts = 8;
+  int64_t n_shared_experts = 1;
+  int64_t num_experts_per_tok = 2;
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  bool norm_topk_prob = true;
+  double routed_scaling_factor = 1.0;
+  int64_t num_nextn_predict_layers = 0;  // MTP depth D
+  int64_t max_position_embeddings = 4096;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool rope_interleave = true;
+  RopeScalingConfig rope_scaling;
+  double initializer_range = 0.02;
+
+  int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense_replace; }
+  // Softmax scale of MLA: qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)^2 under YaRN.
+  double softmax_scale() const;
+  absl::Status Validate() const;
+};
+
+struct ParallelConfig {
+  int64_t pp = 1;
+  int64_t ep = 1;
+  int64_t micro_batches = 1;          // micro-batches per step per data-parallel rank
+  std::vector<int64_t> stage_layers;  // optional: decoder layers per pipeline stage
+  std::string schedule = "1f1b";
+  absl::Status Validate(const ModelConfig& model) const;
+};
+
+struct TrainConfig {
+  int64_t steps = 300;
+  int64_t seq_len = 64;
+  int64_t micro_batch_size = 4;
+  uint64_t seed = 1234;
+  int64_t log_every = 1;
+  std::string dtype = "f32";  // compute/parameter dtype on CPU: f32 or f64
+  std::string device = "cpu";
+  absl::Status Validate(const ModelConfig& model) const;
+};
+
+struct OptimConfig {
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  int64_t warmup_steps = 20;
+  int64_t constant_steps = 0;         // at peak lr after warmup, before the decay
+  int64_t decay_steps = -1;           // -1: until the last step
+  std::string decay_style = "cosine"; // cosine | linear | constant
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;             // global L2 norm; 0 disables
+  std::string moment_dtype = "f32";   // f32 | bf16
+  double bias_update_speed = 0.001;   // gamma of the auxiliary-loss-free bias update; 0 disables
+  absl::Status Validate() const;
+};
+
+struct LossConfig {
+  double mtp_lambda = 0.3;            // lambda of the report's MTP loss
+  double balance_alpha = 1e-4;        // alpha of the sequence-wise balance loss
+  int64_t ignore_index = -100;
+  absl::Status Validate() const;
+};
+
+struct DataConfig {
+  std::string source = "demo";        // demo (embedded corpus) | synthetic
+  absl::Status Validate(const ModelConfig& model) const;
+};
+
+struct Recipe {
+  std::string path;  // where it was read from, for messages
+  ModelConfig model;
+  ParallelConfig parallel;
+  TrainConfig train;
+  OptimConfig optim;
+  LossConfig loss;
+  DataConfig data;
+  absl::Status Validate() const;  // every section, then the cross-section constraints
+};
+
+// Reads a recipe, applies `overrides` ("section.key=value", value parsed as YAML) and validates.
+// Errors: NotFound for a missing file; InvalidArgument naming the key for everything else.
+absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
+                                  const std::vector<std::string>& overrides = {});
+absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& origin,
+                                   const std::vector<std::string>& overrides = {});
+
+}  // namespace fathom
+
+#endif  // FATHOM_FRAMEWORK_CONFIG_H_

@@ -1,0 +1,42 @@
+#include "framework/param_table.h"
+
+namespace fathom {
+
+int ParamTable::Add(ParamSpec spec) {
+  FATHOM_CHECK(!finalized(), "ParamTable::Add(", spec.name, ") after Finalize");
+  FATHOM_CHECK(!by_name_.count(spec.name), "duplicate parameter ", spec.name);
+  int id = size();
+  by_name_[spec.name] = id;
+  specs_.push_back(std::move(spec));
+  return id;
+}
+
+void ParamTable::Finalize(DType dtype) {
+  FATHOM_CHECK(!finalized(), "ParamTable finalized twice");
+  FATHOM_CHECK(IsFloatingCompute(dtype), "ParamTable dtype must be f32 or f64, got ", DTypeName(dtype));
+  int64_t off = 0;
+  for (ParamSpec& s : specs_) {
+    s.offset = off;
+    off += (NumElements(s.shape) + 15) / 16 * 16;
+  }
+  numel_ = off;
+  values_ = Tensor::Zeros({numel_}, dtype);
+  grads_ = Tensor::Zeros({numel_}, dtype);
+}
+
+int ParamTable::Find(std::string_view name) const {
+  auto it = by_name_.find(std::string(name));
+  return it == by_name_.end() ? -1 : it->second;
+}
+
+Tensor ParamTable::View(const Tensor& flat, int id) const {
+  FATHOM_CHECK(finalized(), "ParamTable used before Finalize");
+  const ParamSpec& s = spec(id);
+  char* base = static_cast<char*>(flat.raw()) + static_cast<size_t>(s.offset) * DTypeSize(flat.dtype());
+  return Tensor::Wrap(base, s.shape, flat.dtype(), Device::kCPU, nullptr);
+}
+
+Tensor ParamTable::value(int id) const { return View(values_, id); }
+Tensor ParamTable::grad(int id) const { return View(grads_, id); }
+
+}  // namespace fathom

@@ -1,0 +1,78 @@
+// ParamTable: every parameter of a model (or of one rank's slice of it) in one flat buffer, and every
+// gradient in a second buffer with the same layout, so that ZeRO sharding, the global grad norm and
+// checkpoint slicing are offset arithmetic over one table.
+//
+// Life cycle: layers Add() specs while the model is built, then Finalize(dtype) allocates values and grads
+// (both zeroed); value(id)/grad(id) are views valid for the table's lifetime. Not thread safe.
+#ifndef FATHOM_FRAMEWORK_PARAM_TABLE_H_
+#define FATHOM_FRAMEWORK_PARAM_TABLE_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "framework/tensor.h"
+
+namespace fathom {
+
+// How a parameter is replicated across data-parallel ranks (DESIGN.md, "The mesh").
+enum class ParamGroup : uint8_t {
+  kReplicated,  // attention, dense MLP, norms, embedding, head: replicated over dp
+  kExpert,      // routed experts: sharded over ep, replicated over edp
+};
+
+enum class ParamInit : uint8_t { kNormal, kOnes, kZeros };
+
+struct ParamSpec {
+  // HF tensor name. A stacked routed-expert tensor of shape (E_local, ...) holds experts
+  // [expert_begin, expert_begin + E_local) and its name contains "{e}", the global expert id.
+  std::string name;
+  Shape shape;
+  ParamGroup group = ParamGroup::kReplicated;
+  ParamInit init = ParamInit::kNormal;
+  bool trainable = true;     // false: a buffer updated by a rule, not by the optimizer (expert bias)
+  bool weight_decay = true;  // false for norms and the expert bias
+  int layer = -1;            // HF decoder-layer index (MTP modules continue after the main layers)
+  int expert_begin = 0;
+  int64_t offset = 0;        // element offset into the flat buffers; set by Finalize
+};
+
+class ParamTable {
+ public:
+  ParamTable() = default;
+  ParamTable(const ParamTable&) = delete;
+  ParamTable& operator=(const ParamTable&) = delete;
+
+  // REQUIRES: not finalized; `spec.name` unique.
+  int Add(ParamSpec spec);
+  // Allocates values and grads in `dtype` (f32 or f64), each tensor aligned to 16 elements.
+  void Finalize(DType dtype);
+  bool finalized() const { return values_.defined(); }
+
+  int size() const { return static_cast<int>(specs_.size()); }
+  const ParamSpec& spec(int id) const { return specs_.at(static_cast<size_t>(id)); }
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  int Find(std::string_view name) const;  // -1 when absent
+
+  Tensor value(int id) const;
+  Tensor grad(int id) const;
+  Tensor values() const { return values_; }  // flat (numel())
+  Tensor grads() const { return grads_; }
+  int64_t numel() const { return numel_; }
+  DType dtype() const { return values_.dtype(); }
+  void ZeroGrads() { grads_.Zero(); }
+
+ private:
+  Tensor View(const Tensor& flat, int id) const;
+
+  std::vector<ParamSpec> specs_;
+  std::unordered_map<std::string, int> by_name_;
+  Tensor values_, grads_;
+  int64_t numel_ = 0;
+};
+
+}  // namespace fathom
+
+#endif  // FATHOM_FRAMEWORK_PARAM_TABLE_H_

@@ -1,0 +1,37 @@
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "launch/commands.h"
+
+namespace {
+
+void Usage() {
+  std::fprintf(stderr,
+               "usage: fathom <command> [args]\n"
+               "  train RECIPE.yaml [--set key=value ...]   train a model from a recipe\n"
+               "  plan RECIPE.yaml --cluster CLUSTER.yaml   choose pp/ep/dp, schedule and micro-batching\n"
+               "  simulate RECIPE.yaml --cluster CLUSTER.yaml [--trace out.json]\n"
+               "                                            simulate one step of a parallel plan\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    Usage();
+    return 2;
+  }
+  std::string cmd = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (cmd == "train") return fathom::RunTrain(args);
+  if (cmd == "plan") return fathom::RunPlan(args);
+  if (cmd == "simulate") return fathom::RunSimulate(args);
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    Usage();
+    return 0;
+  }
+  std::fprintf(stderr, "fathom: unknown command '%s'; expected train, plan or simulate\n", cmd.c_str());
+  Usage();
+  return 2;
+}

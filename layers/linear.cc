@@ -1,0 +1,44 @@
+#include "layers/linear.h"
+
+#include "framework/kernels/cpu/gemm.h"
+
+namespace fathom {
+
+Linear::Linear(ParamTable& table, const std::string& name, int64_t in, int64_t out, int layer,
+               ParamGroup group)
+    : table_(&table), in_(in), out_(out) {
+  weight_ = table.Add({.name = name + ".weight", .shape = {out, in}, .group = group, .layer = layer});
+}
+
+Tensor Linear::Forward(int mb, const Tensor& x) {
+  FATHOM_CHECK(x.dim(-1) == in_, "[linear ", table_->spec(weight_).name, "] input ", x.shape_str(),
+               ", expected last dim ", in_);
+  Tensor x2 = x.Flatten2D();
+  Tensor y = Tensor::Empty({x2.dim(0), out_}, x.dtype());
+  cpu::MatmulNT(y, x2, weight());
+  saved_.Put(mb).x = x2;
+  Shape shape = x.shape();
+  shape.back() = out_;
+  return y.Reshape(shape);
+}
+
+Tensor Linear::BackwardInput(int mb, const Tensor& dy) {
+  Ctx& c = saved_.Get(mb);
+  Tensor dy2 = dy.Flatten2D();
+  FATHOM_CHECK(dy2.dim(0) == c.x.dim(0) && dy2.dim(1) == out_, "[linear] dy ", dy.shape_str());
+  Tensor dx = Tensor::Empty({dy2.dim(0), in_}, dy.dtype());
+  cpu::MatmulNN(dx, dy2, weight());
+  c.dy = dy2;
+  Shape shape = dy.shape();
+  shape.back() = in_;
+  return dx.Reshape(shape);
+}
+
+void Linear::BackwardWeight(int mb) {
+  Ctx& c = saved_.Get(mb);
+  FATHOM_CHECK(c.dy.defined(), "[linear] BackwardWeight before BackwardInput for micro-batch ", mb);
+  cpu::MatmulTN(table_->grad(weight_), c.dy, c.x, /*accumulate=*/true);
+  saved_.Drop(mb);
+}
+
+}  // namespace fathom

@@ -1,0 +1,39 @@
+// Linear without bias, HF layout: y (B, T, out) = x (B, T, in) . W^T, W (out, in) f32/f64.
+#ifndef FATHOM_LAYERS_LINEAR_H_
+#define FATHOM_LAYERS_LINEAR_H_
+
+#include <string>
+
+#include "framework/param_table.h"
+#include "layers/layer.h"
+
+namespace fathom {
+
+class Linear {
+ public:
+  // Registers "<name>.weight" of shape (out, in) in `table`.
+  Linear(ParamTable& table, const std::string& name, int64_t in, int64_t out, int layer = -1,
+         ParamGroup group = ParamGroup::kReplicated);
+
+  Tensor Forward(int mb, const Tensor& x);         // x (..., in) -> (..., out)
+  Tensor BackwardInput(int mb, const Tensor& dy);  // dy (..., out) -> dx (..., in)
+  void BackwardWeight(int mb);                     // dW += dy^T x
+
+  int64_t in() const { return in_; }
+  int64_t out() const { return out_; }
+  int weight_id() const { return weight_; }
+  Tensor weight() const { return table_->value(weight_); }
+
+ private:
+  struct Ctx {
+    Tensor x, dy;  // (N, in), (N, out)
+  };
+  ParamTable* table_;
+  int weight_;
+  int64_t in_, out_;
+  SavedByMicroBatch<Ctx> saved_;
+};
+
+}  // namespace fathom
+
+#endif  // FATHOM_LAYERS_LINEAR_H_
