@@ -10,6 +10,12 @@ Linear::Linear(ParamTable& table, const std::string& name, int64_t in, int64_t o
   weight_ = table.Add({.name = name + ".weight", .shape = {out, in}, .group = group, .layer = layer});
 }
 
+Linear::Linear(ParamTable& table, int weight_id)
+    : table_(&table),
+      weight_(weight_id),
+      in_(table.spec(weight_id).shape.at(1)),
+      out_(table.spec(weight_id).shape.at(0)) {}
+
 Tensor Linear::Forward(int mb, const Tensor& x) {
   FATHOM_CHECK(x.dim(-1) == in_, "[linear ", table_->spec(weight_).name, "] input ", x.shape_str(),
                ", expected last dim ", in_);

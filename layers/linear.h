@@ -14,6 +14,9 @@ class Linear {
   // Registers "<name>.weight" of shape (out, in) in `table`.
   Linear(ParamTable& table, const std::string& name, int64_t in, int64_t out, int layer = -1,
          ParamGroup group = ParamGroup::kReplicated);
+  // A second user of an existing weight (MTP's shared output head): its own saved activations, the same
+  // parameter and gradient.
+  Linear(ParamTable& table, int weight_id);
 
   Tensor Forward(int mb, const Tensor& x);         // x (..., in) -> (..., out)
   Tensor BackwardInput(int mb, const Tensor& dy);  // dy (..., out) -> dx (..., in)

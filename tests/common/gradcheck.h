@@ -60,11 +60,13 @@ struct GradCheckReport {
 
 // loss_fn(): one forward pass, returns the scalar loss. grad_fn(): zeroes and fills every target's grad.
 // Checks up to `samples` coordinates per target (all when the tensor is smaller) with central
-// differences of step h (f64: truncation ~h^2, rounding ~1e-16/h, both far below 1e-6).
+// differences of step h (f64: truncation ~h^2, rounding ~1e-16/h, both far below 1e-6). With
+// `five_point`, the fourth-order stencil (f(-2h) - 8f(-h) + 8f(h) - f(2h)) / 12h: truncation ~h^4, so a
+// larger h keeps the rounding error small when the loss sums many terms (whole-model checks).
 inline std::vector<GradCheckReport> GradCheck(const std::vector<GradTarget>& targets,
                                               const std::function<double()>& loss_fn,
                                               const std::function<void()>& grad_fn, std::mt19937_64& rng,
-                                              int samples = 48, double h = 1e-6) {
+                                              int samples = 48, double h = 1e-6, bool five_point = false) {
   grad_fn();
   std::vector<GradCheckReport> out;
   for (const GradTarget& t : targets) {
@@ -77,12 +79,14 @@ inline std::vector<GradCheckReport> GradCheck(const std::vector<GradTarget>& tar
     double* v = t.value.data<double>();
     for (int64_t i : idx) {
       double saved = v[i];
-      v[i] = saved + h;
-      double lp = loss_fn();
-      v[i] = saved - h;
-      double lm = loss_fn();
-      v[i] = saved;
-      double numeric = (lp - lm) / (2 * h);
+      auto at = [&](double delta) {
+        v[i] = saved + delta;
+        double l = loss_fn();
+        v[i] = saved;
+        return l;
+      };
+      double numeric = five_point ? (at(-2 * h) - 8 * at(-h) + 8 * at(h) - at(2 * h)) / (12 * h)
+                                  : (at(h) - at(-h)) / (2 * h);
       double analytic = t.grad.Item(i);
       diff2 += (analytic - numeric) * (analytic - numeric);
       num2 += numeric * numeric;

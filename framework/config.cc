@@ -1,0 +1,503 @@
+#include "framework/config.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <optional>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "framework/yaml_reader.h"
+
+namespace fathom {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Parsing
+
+// Keys of DeepSeek-V3's config.json that have no ModelConfig field, so that the real file's model keys
+// can be pasted into a recipe unchanged. kAny: carries nothing fathom needs, any value accepted and
+// ignored. The others: fathom implements exactly one value, and any other is an error rather than being
+// silently trained as something else.
+enum class HfKeyRule { kAny, kString, kNumber, kBool, kEqualsNumAttentionHeads };
+struct HfFixedKey {
+  const char* key;
+  HfKeyRule rule;
+  const char* value;  // for kString; for kNumber and kBool, its text ("0", "1", "false")
+  const char* why;
+};
+constexpr HfFixedKey kHfFixedKeys[] = {
+    {"model_type", HfKeyRule::kAny, "", ""},
+    {"architectures", HfKeyRule::kAny, "", ""},
+    {"auto_map", HfKeyRule::kAny, "", ""},
+    {"bos_token_id", HfKeyRule::kAny, "", ""},
+    {"eos_token_id", HfKeyRule::kAny, "", ""},
+    {"pad_token_id", HfKeyRule::kAny, "", ""},
+    {"torch_dtype", HfKeyRule::kAny, "", ""},  // the precision policy is fathom's own
+    {"transformers_version", HfKeyRule::kAny, "", ""},
+    {"use_cache", HfKeyRule::kAny, "", ""},  // an inference setting
+    {"pretraining_tp", HfKeyRule::kAny, "", ""},
+    {"ep_size", HfKeyRule::kAny, "", ""},              // expert parallelism is parallel.ep
+    {"aux_loss_alpha", HfKeyRule::kAny, "", ""},       // the balance loss weight is loss.balance_alpha
+    {"seq_aux", HfKeyRule::kAny, "", ""},              // the balance loss is always sequence-wise
+    {"quantization_config", HfKeyRule::kAny, "", ""},  // FP8 export is checkpoint/'s business
+    {"attention_dropout", HfKeyRule::kNumber, "0", "fathom has no attention dropout"},
+    {"moe_layer_freq", HfKeyRule::kNumber, "1",
+     "every layer from model.first_k_dense_replace on is a MoE layer"},
+    {"num_key_value_heads", HfKeyRule::kEqualsNumAttentionHeads, "",
+     "must equal model.num_attention_heads: MLA has no grouped-query attention"},
+    {"hidden_act", HfKeyRule::kString, "silu", "the MLPs and experts are SwiGLU"},
+    {"scoring_func", HfKeyRule::kString, "sigmoid", "DeepSeek-V3's router scores with a sigmoid"},
+    {"topk_method", HfKeyRule::kString, "noaux_tc",
+     "routing is group-limited top-k with the auxiliary-loss-free bias"},
+    {"attention_bias", HfKeyRule::kBool, "false", "the attention projections have no bias"},
+    {"tie_word_embeddings", HfKeyRule::kBool, "false", "the embedding and the head are separate"},
+};
+
+void ParseRopeScaling(YamlMapReader& model, RopeScalingConfig* rope) {
+  if (!model.Has("rope_scaling")) return;
+  if (model.IsNull("rope_scaling")) {  // HF: null = no scaling
+    *rope = RopeScalingConfig{};
+    return;
+  }
+  std::optional<YamlMapReader> r = model.Map("rope_scaling");
+  if (!r) return;  // not a map: the error is recorded in `model`
+  RopeScalingConfig parsed;
+  // HF wrote "type" until transformers 4.45 and "rope_type" since; newer files carry both.
+  std::string type;
+  std::string rope_type;
+  r->String("type", &type);
+  r->String("rope_type", &rope_type);
+  r->Double("factor", &parsed.factor);
+  r->Count("original_max_position_embeddings", &parsed.original_max_position_embeddings);
+  r->Double("beta_fast", &parsed.beta_fast);
+  r->Double("beta_slow", &parsed.beta_slow);
+  r->Double("mscale", &parsed.mscale);
+  r->Double("mscale_all_dim", &parsed.mscale_all_dim);
+  if (r->status().ok()) {
+    if (type.empty() && rope_type.empty()) {
+      r->Fail("", absl::StrCat(r->KeyPath("type"), " (or ", r->KeyPath("rope_type"),
+                               ") is required when model.rope_scaling is a map; use null for no scaling"));
+    } else if (!type.empty() && !rope_type.empty() && type != rope_type) {
+      r->Fail("rope_type", absl::StrCat(r->KeyPath("type"), " (", type, ") and ", r->KeyPath("rope_type"),
+                                        " (", rope_type, ") disagree"));
+    }
+    parsed.type = type.empty() ? rope_type : type;
+  }
+  absl::Status s = r->Finish();
+  if (s.ok()) *rope = parsed;
+  model.Merge(s);
+}
+
+void ParseModel(YamlMapReader& r, ModelConfig* m) {
+  r.Count("vocab_size", &m->vocab_size);
+  r.Count("hidden_size", &m->hidden_size);
+  r.Count("intermediate_size", &m->intermediate_size);
+  r.Count("moe_intermediate_size", &m->moe_intermediate_size);
+  r.Count("num_hidden_layers", &m->num_hidden_layers);
+  r.Count("first_k_dense_replace", &m->first_k_dense_replace);
+  r.Count("num_attention_heads", &m->num_attention_heads);
+  r.CountOrNull("q_lora_rank", 0, &m->q_lora_rank);
+  r.Count("kv_lora_rank", &m->kv_lora_rank);
+  r.Count("qk_nope_head_dim", &m->qk_nope_head_dim);
+  r.Count("qk_rope_head_dim", &m->qk_rope_head_dim);
+  r.Count("v_head_dim", &m->v_head_dim);
+  r.Count("n_routed_experts", &m->n_routed_experts);
+  r.Count("n_shared_experts", &m->n_shared_experts);
+  r.Count("num_experts_per_tok", &m->num_experts_per_tok);
+  r.Count("n_group", &m->n_group);
+  r.Count("topk_group", &m->topk_group);
+  r.Bool("norm_topk_prob", &m->norm_topk_prob);
+  r.Double("routed_scaling_factor", &m->routed_scaling_factor);
+  r.Count("num_nextn_predict_layers", &m->num_nextn_predict_layers);
+  r.Count("max_position_embeddings", &m->max_position_embeddings);
+  r.Double("rms_norm_eps", &m->rms_norm_eps);
+  r.Double("rope_theta", &m->rope_theta);
+  r.Bool("rope_interleave", &m->rope_interleave);
+  ParseRopeScaling(r, &m->rope_scaling);
+  r.Double("initializer_range", &m->initializer_range);
+  for (const HfFixedKey& k : kHfFixedKeys) {
+    switch (k.rule) {
+      case HfKeyRule::kAny:
+        r.Ignore(k.key);
+        break;
+      case HfKeyRule::kString:
+        r.RequireString(k.key, k.value, k.why);
+        break;
+      case HfKeyRule::kNumber:
+        r.RequireNumber(k.key, std::stod(k.value), k.why);
+        break;
+      case HfKeyRule::kBool:
+        r.RequireBool(k.key, std::string(k.value) == "true", k.why);
+        break;
+      case HfKeyRule::kEqualsNumAttentionHeads:
+        // Read after num_attention_heads above, so the comparison sees the recipe's value.
+        r.RequireNumber(k.key, static_cast<double>(m->num_attention_heads), k.why);
+        break;
+    }
+  }
+}
+
+void ParseParallel(YamlMapReader& r, ParallelConfig* p) {
+  r.Count("pp", &p->pp);
+  r.Count("ep", &p->ep);
+  r.Count("micro_batches", &p->micro_batches);
+  r.CountList("stage_layers", &p->stage_layers);
+  r.String("schedule", &p->schedule);
+}
+
+void ParseTrain(YamlMapReader& r, TrainConfig* t) {
+  r.Count("steps", &t->steps);
+  r.Count("seq_len", &t->seq_len);
+  r.Count("micro_batch_size", &t->micro_batch_size);
+  r.Uint("seed", &t->seed);
+  r.Count("log_every", &t->log_every);
+  r.String("dtype", &t->dtype);
+  r.String("device", &t->device);
+}
+
+void ParseOptim(YamlMapReader& r, OptimConfig* o) {
+  r.Double("lr", &o->lr);
+  r.Double("min_lr", &o->min_lr);
+  r.Count("warmup_steps", &o->warmup_steps);
+  r.Count("constant_steps", &o->constant_steps);
+  r.Int("decay_steps", &o->decay_steps);  // -1 is meaningful
+  r.String("decay_style", &o->decay_style);
+  r.Double("beta1", &o->beta1);
+  r.Double("beta2", &o->beta2);
+  r.Double("eps", &o->eps);
+  r.Double("weight_decay", &o->weight_decay);
+  r.Double("grad_clip", &o->grad_clip);
+  r.String("moment_dtype", &o->moment_dtype);
+  r.Double("bias_update_speed", &o->bias_update_speed);
+}
+
+void ParseLoss(YamlMapReader& r, LossConfig* l) {
+  r.Double("mtp_lambda", &l->mtp_lambda);
+  r.Double("balance_alpha", &l->balance_alpha);
+  r.Int("ignore_index", &l->ignore_index);
+}
+
+void ParseData(YamlMapReader& r, DataConfig* d) { r.String("source", &d->source); }
+
+// Parses one section into `config` when present; errors are recorded in `root`.
+template <class Config>
+void ParseSection(YamlMapReader& root, std::optional<YamlMapReader>& section,
+                  void (*parse)(YamlMapReader&, Config*), Config* config) {
+  if (!section || !root.status().ok()) return;
+  parse(*section, config);
+  root.Merge(section->Finish());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Validation helpers. Each returns an InvalidArgument naming the key, the constraint and the value.
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+absl::Status CheckAtLeast(const std::string& key, int64_t value, int64_t min) {
+  if (value >= min) return absl::OkStatus();
+  return Invalid(absl::StrCat(key, " must be >= ", min, ", got ", value));
+}
+
+absl::Status CheckPositive(const std::string& key, double value) {
+  if (value > 0) return absl::OkStatus();  // also rejects NaN
+  return Invalid(absl::StrCat(key, " must be > 0, got ", value));
+}
+
+absl::Status CheckNonNegative(const std::string& key, double value) {
+  if (value >= 0) return absl::OkStatus();  // also rejects NaN
+  return Invalid(absl::StrCat(key, " must be >= 0, got ", value));
+}
+
+absl::Status CheckOneOf(const std::string& key, const std::string& value,
+                        std::initializer_list<const char*> allowed) {
+  for (const char* a : allowed) {
+    if (value == a) return absl::OkStatus();
+  }
+  return Invalid(absl::StrCat(key, " must be one of ", absl::StrJoin(allowed, ", "), "; got '", value, "'"));
+}
+
+// The first non-OK status of a list of checks, evaluated in order.
+absl::Status FirstError(std::initializer_list<absl::Status> checks) {
+  for (const absl::Status& s : checks) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// HF's yarn_get_mscale: the attention temperature correction of YaRN.
+double YarnMscale(double scale, double mscale) {
+  if (scale <= 1) return 1.0;
+  return 0.1 * mscale * std::log(scale) + 1.0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+// ModelConfig
+
+double ModelConfig::softmax_scale() const {
+  double scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));
+  if (rope_scaling.type == "yarn" && rope_scaling.mscale_all_dim != 0) {
+    const double m = YarnMscale(rope_scaling.factor, rope_scaling.mscale_all_dim);
+    scale *= m * m;
+  }
+  return scale;
+}
+
+absl::Status ModelConfig::Validate() const {
+  absl::Status s = FirstError({
+      CheckAtLeast("model.vocab_size", vocab_size, 2),
+      CheckAtLeast("model.hidden_size", hidden_size, 1),
+      CheckAtLeast("model.intermediate_size", intermediate_size, 1),
+      CheckAtLeast("model.moe_intermediate_size", moe_intermediate_size, 1),
+      CheckAtLeast("model.num_hidden_layers", num_hidden_layers, 1),
+      CheckAtLeast("model.first_k_dense_replace", first_k_dense_replace, 0),
+      CheckAtLeast("model.num_attention_heads", num_attention_heads, 1),
+      CheckAtLeast("model.q_lora_rank", q_lora_rank, 0),
+      CheckAtLeast("model.kv_lora_rank", kv_lora_rank, 1),
+      CheckAtLeast("model.qk_nope_head_dim", qk_nope_head_dim, 1),
+      CheckAtLeast("model.qk_rope_head_dim", qk_rope_head_dim, 1),
+      CheckAtLeast("model.v_head_dim", v_head_dim, 1),
+      CheckAtLeast("model.n_routed_experts", n_routed_experts, 1),
+      CheckAtLeast("model.n_shared_experts", n_shared_experts, 0),
+      CheckAtLeast("model.num_experts_per_tok", num_experts_per_tok, 1),
+      CheckAtLeast("model.n_group", n_group, 1),
+      CheckAtLeast("model.topk_group", topk_group, 1),
+      CheckAtLeast("model.num_nextn_predict_layers", num_nextn_predict_layers, 0),
+      CheckAtLeast("model.max_position_embeddings", max_position_embeddings, 1),
+      CheckPositive("model.routed_scaling_factor", routed_scaling_factor),
+      CheckPositive("model.rms_norm_eps", rms_norm_eps),
+      CheckPositive("model.rope_theta", rope_theta),
+      CheckPositive("model.initializer_range", initializer_range),
+  });
+  if (!s.ok()) return s;
+  if (first_k_dense_replace > num_hidden_layers) {
+    return Invalid(absl::StrCat("model.first_k_dense_replace (", first_k_dense_replace,
+                                ") must be <= model.num_hidden_layers (", num_hidden_layers, ")"));
+  }
+  if (qk_rope_head_dim % 2 != 0) {
+    return Invalid(absl::StrCat("model.qk_rope_head_dim (", qk_rope_head_dim,
+                                ") must be even (RoPE rotates pairs of dimensions)"));
+  }
+  if (n_routed_experts % n_group != 0) {
+    return Invalid(absl::StrCat("model.n_routed_experts (", n_routed_experts,
+                                ") must be divisible by model.n_group (", n_group, ")"));
+  }
+  const int64_t per_group = n_routed_experts / n_group;
+  if (n_group > 1 && per_group < 2) {
+    return Invalid(absl::StrCat("model.n_routed_experts / model.n_group (", n_routed_experts, " / ", n_group,
+                                " = ", per_group, ") must be >= 2 experts per group when model.n_group > 1 ",
+                                "(a group's score is the sum of its top-2 expert scores)"));
+  }
+  if (topk_group > n_group) {
+    return Invalid(
+        absl::StrCat("model.topk_group (", topk_group, ") must be <= model.n_group (", n_group, ")"));
+  }
+  if (num_experts_per_tok > n_routed_experts) {
+    return Invalid(absl::StrCat("model.num_experts_per_tok (", num_experts_per_tok,
+                                ") must be <= model.n_routed_experts (", n_routed_experts, ")"));
+  }
+  if (num_experts_per_tok > topk_group * per_group) {
+    return Invalid(absl::StrCat("model.num_experts_per_tok (", num_experts_per_tok,
+                                ") must be <= model.topk_group * (model.n_routed_experts / model.n_group) = ",
+                                topk_group, " * (", n_routed_experts, " / ", n_group,
+                                ") = ", topk_group * per_group, ", the experts in the kept groups"));
+  }
+  s = CheckOneOf("model.rope_scaling.type", rope_scaling.type, {"none", "yarn"});
+  if (!s.ok()) return s;
+  if (!(rope_scaling.factor >= 1)) {
+    return Invalid(absl::StrCat("model.rope_scaling.factor must be >= 1, got ", rope_scaling.factor));
+  }
+  if (rope_scaling.type == "none" && rope_scaling.factor != 1) {
+    return Invalid(absl::StrCat("model.rope_scaling.factor (", rope_scaling.factor,
+                                ") has no effect unless model.rope_scaling.type is yarn (it is none)"));
+  }
+  if (rope_scaling.type == "yarn") {
+    s = FirstError({
+        CheckAtLeast("model.rope_scaling.original_max_position_embeddings",
+                     rope_scaling.original_max_position_embeddings, 1),
+        CheckPositive("model.rope_scaling.beta_fast", rope_scaling.beta_fast),
+        CheckPositive("model.rope_scaling.beta_slow", rope_scaling.beta_slow),
+    });
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The other sections
+
+absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
+  absl::Status s = FirstError({
+      CheckAtLeast("parallel.pp", pp, 1),
+      CheckAtLeast("parallel.ep", ep, 1),
+      CheckAtLeast("parallel.micro_batches", micro_batches, 1),
+      CheckOneOf("parallel.schedule", schedule, {"1f1b", "zb1p", "dualpipe", "dualpipev"}),
+  });
+  if (!s.ok()) return s;
+  if (model.n_routed_experts % ep != 0) {
+    return Invalid(absl::StrCat("parallel.ep (", ep, ") must divide model.n_routed_experts (",
+                                model.n_routed_experts, ")"));
+  }
+  if (pp > model.num_hidden_layers) {
+    return Invalid(absl::StrCat("parallel.pp (", pp, ") must be <= model.num_hidden_layers (",
+                                model.num_hidden_layers, "): every stage holds at least one decoder layer"));
+  }
+  if (!stage_layers.empty()) {
+    if (static_cast<int64_t>(stage_layers.size()) != pp) {
+      return Invalid(absl::StrCat("parallel.stage_layers has ", stage_layers.size(),
+                                  stage_layers.size() == 1 ? " entry" : " entries",
+                                  ", must have parallel.pp (", pp, ")"));
+    }
+    int64_t sum = 0;
+    for (size_t i = 0; i < stage_layers.size(); ++i) {
+      s = CheckAtLeast(absl::StrCat("parallel.stage_layers[", i, "]"), stage_layers[i], 1);
+      if (!s.ok()) return s;
+      sum += stage_layers[i];
+    }
+    if (sum != model.num_hidden_layers) {
+      return Invalid(absl::StrCat("parallel.stage_layers [", absl::StrJoin(stage_layers, ", "), "] sums to ",
+                                  sum, ", must sum to model.num_hidden_layers (", model.num_hidden_layers,
+                                  ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainConfig::Validate(const ModelConfig& model) const {
+  absl::Status s = FirstError({
+      CheckAtLeast("train.steps", steps, 1),
+      CheckAtLeast("train.seq_len", seq_len, 2),
+      CheckAtLeast("train.micro_batch_size", micro_batch_size, 1),
+      CheckAtLeast("train.log_every", log_every, 1),
+      CheckOneOf("train.device", device, {"cpu", "cuda"}),
+  });
+  if (!s.ok()) return s;
+  if (seq_len > model.max_position_embeddings) {
+    return Invalid(absl::StrCat("train.seq_len (", seq_len, ") must be <= model.max_position_embeddings (",
+                                model.max_position_embeddings, ")"));
+  }
+  if (device == "cpu") {
+    if (dtype == "bf16") {
+      return Invalid(
+          "train.dtype bf16 is a GPU compute dtype, not supported with train.device cpu; use f32 or f64");
+    }
+    return CheckOneOf("train.dtype", dtype, {"f32", "f64"});
+  }
+  return CheckOneOf("train.dtype", dtype, {"f32", "bf16"});
+}
+
+absl::Status OptimConfig::Validate() const {
+  absl::Status s = CheckPositive("optim.lr", lr);
+  if (!s.ok()) return s;
+  if (!(min_lr >= 0 && min_lr <= lr)) {
+    return Invalid(absl::StrCat("optim.min_lr must be in [0, optim.lr] = [0, ", lr, "], got ", min_lr));
+  }
+  s = FirstError({CheckAtLeast("optim.warmup_steps", warmup_steps, 0),
+                  CheckAtLeast("optim.constant_steps", constant_steps, 0)});
+  if (!s.ok()) return s;
+  if (decay_steps < -1) {
+    return Invalid(
+        absl::StrCat("optim.decay_steps must be >= 0, or -1 for until the last step; got ", decay_steps));
+  }
+  for (const auto& [key, beta] :
+       {std::pair<const char*, double>{"optim.beta1", beta1}, {"optim.beta2", beta2}}) {
+    if (!(beta >= 0 && beta < 1)) return Invalid(absl::StrCat(key, " must be in [0, 1), got ", beta));
+  }
+  return FirstError({
+      CheckPositive("optim.eps", eps),
+      CheckNonNegative("optim.weight_decay", weight_decay),
+      CheckNonNegative("optim.grad_clip", grad_clip),
+      CheckOneOf("optim.decay_style", decay_style, {"cosine", "linear", "constant"}),
+      CheckOneOf("optim.moment_dtype", moment_dtype, {"f32", "bf16"}),
+      CheckNonNegative("optim.bias_update_speed", bias_update_speed),
+  });
+}
+
+absl::Status LossConfig::Validate() const {
+  absl::Status s = FirstError({CheckNonNegative("loss.mtp_lambda", mtp_lambda),
+                               CheckNonNegative("loss.balance_alpha", balance_alpha)});
+  if (!s.ok()) return s;
+  if (ignore_index >= 0) {
+    return Invalid(absl::StrCat("loss.ignore_index must be negative (it must never equal a token id), got ",
+                                ignore_index));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DataConfig::Validate(const ModelConfig& model) const {
+  absl::Status s = CheckOneOf("data.source", source, {"demo", "synthetic"});
+  if (!s.ok()) return s;
+  if (source == "demo" && model.vocab_size < 256) {
+    return Invalid(
+        absl::StrCat("data.source demo needs model.vocab_size >= 256 (the demo corpus uses a byte ",
+                     "tokenizer), got ", model.vocab_size));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Recipe::Validate() const {
+  absl::Status s = FirstError({model.Validate(), parallel.Validate(model), train.Validate(model),
+                               optim.Validate(), loss.Validate(), data.Validate(model)});
+  if (s.ok() || path.empty()) return s;
+  return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Loading
+
+absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& origin,
+                                   const std::vector<std::string>& overrides) {
+  absl::StatusOr<YamlDocument> doc = YamlDocument::Parse(yaml_text, origin);
+  if (!doc.ok()) return doc.status();
+  for (const std::string& o : overrides) {
+    absl::Status s = doc->ApplyOverride(o, /*min_depth=*/2);
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat(origin, ": ", s.message()));
+  }
+  Recipe recipe;
+  recipe.path = origin;
+  try {
+    YamlMapReader root(*doc);
+    std::optional<YamlMapReader> model = root.Map("model");
+    std::optional<YamlMapReader> parallel = root.Map("parallel");
+    std::optional<YamlMapReader> train = root.Map("train");
+    std::optional<YamlMapReader> optim = root.Map("optim");
+    std::optional<YamlMapReader> loss = root.Map("loss");
+    std::optional<YamlMapReader> data = root.Map("data");
+    // Unknown sections first: a misspelt section name explains everything that follows.
+    root.Merge(root.Finish());
+    ParseSection(root, model, ParseModel, &recipe.model);
+    ParseSection(root, parallel, ParseParallel, &recipe.parallel);
+    ParseSection(root, train, ParseTrain, &recipe.train);
+    ParseSection(root, optim, ParseOptim, &recipe.optim);
+    ParseSection(root, loss, ParseLoss, &recipe.loss);
+    ParseSection(root, data, ParseData, &recipe.data);
+    if (!root.status().ok()) return root.status();
+  } catch (const YAML::Exception& e) {
+    // The readers only inspect nodes in ways that do not throw; this is the boundary that guarantees a
+    // malformed file is a Status, never an escaped exception.
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": YAML error: ", std::string(e.what())));
+  }
+  absl::Status s = recipe.Validate();
+  if (!s.ok()) return s;
+  return recipe;
+}
+
+absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return absl::NotFoundError(absl::StrCat("recipe file not found (or not a regular file): ", path));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in.is_open()) return absl::NotFoundError(absl::StrCat("recipe file is not readable: ", path));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return absl::NotFoundError(absl::StrCat("recipe file could not be read: ", path));
+  return ParseRecipe(text.str(), path, overrides);
+}
+
+}  // namespace fathom

@@ -1,0 +1,53 @@
+#include "layers/decoder_block.h"
+
+#include <string>
+
+#include "framework/kernels/cpu/elementwise.h"
+
+namespace fathom {
+namespace {
+
+std::string LayerPrefix(int layer) { return "model.layers." + std::to_string(layer); }
+
+}  // namespace
+
+DecoderBlock::DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer)
+    : layer_(layer),
+      input_norm_(table, LayerPrefix(layer) + ".input_layernorm", cfg.hidden_size, cfg.rms_norm_eps, layer),
+      attn_(table, cfg, LayerPrefix(layer) + ".self_attn", layer),
+      post_norm_(table, LayerPrefix(layer) + ".post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps,
+                 layer) {
+  if (cfg.is_moe_layer(layer)) {
+    moe_ = std::make_unique<MoE>(table, cfg, LayerPrefix(layer) + ".mlp", layer);
+  } else {
+    dense_ = std::make_unique<DenseMlp>(table, LayerPrefix(layer) + ".mlp", cfg.hidden_size,
+                                        cfg.intermediate_size, layer);
+  }
+}
+
+Tensor DecoderBlock::Forward(int mb, const Tensor& x) {
+  Tensor h = cpu::Add(x, attn_.Forward(mb, input_norm_.Forward(mb, x)));
+  Tensor n = post_norm_.Forward(mb, h);
+  return cpu::Add(h, moe_ ? moe_->Forward(mb, n) : dense_->Forward(mb, n));
+}
+
+// The residual stream is the documented exception to "activation grads overwrite": the gradient of each
+// residual add is the sum of the skip path and the branch.
+Tensor DecoderBlock::BackwardInput(int mb, const Tensor& dy) {
+  Tensor dn = moe_ ? moe_->BackwardInput(mb, dy) : dense_->BackwardInput(mb, dy);
+  Tensor dh = cpu::Add(dy, post_norm_.BackwardInput(mb, dn));
+  return cpu::Add(dh, input_norm_.BackwardInput(mb, attn_.BackwardInput(mb, dh)));
+}
+
+void DecoderBlock::BackwardWeight(int mb) {
+  if (moe_) {
+    moe_->BackwardWeight(mb);
+  } else {
+    dense_->BackwardWeight(mb);
+  }
+  post_norm_.BackwardWeight(mb);
+  attn_.BackwardWeight(mb);
+  input_norm_.BackwardWeight(mb);
+}
+
+}  // namespace fathom

@@ -1,0 +1,40 @@
+// One DeepSeek-V3 decoder layer "model.layers.{L}" (HF DeepseekV3DecoderLayer):
+//   h = x + self_attn(input_layernorm(x));  y = h + mlp(post_attention_layernorm(h))
+// where mlp is the dense SwiGLU MLP for L < first_k_dense_replace and the MoE otherwise.
+#ifndef FATHOM_LAYERS_DECODER_BLOCK_H_
+#define FATHOM_LAYERS_DECODER_BLOCK_H_
+
+#include <memory>
+
+#include "framework/config.h"
+#include "framework/param_table.h"
+#include "layers/mla.h"
+#include "layers/mlp.h"
+#include "layers/moe.h"
+#include "layers/rmsnorm.h"
+
+namespace fathom {
+
+class DecoderBlock {
+ public:
+  DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer);
+
+  Tensor Forward(int mb, const Tensor& x);         // (B, T, H) -> (B, T, H)
+  Tensor BackwardInput(int mb, const Tensor& dy);  // -> dx (B, T, H)
+  void BackwardWeight(int mb);
+
+  int layer() const { return layer_; }
+  MoE* moe() { return moe_.get(); }  // null for a dense layer
+
+ private:
+  int layer_;
+  RmsNorm input_norm_;
+  MlaAttention attn_;
+  RmsNorm post_norm_;
+  std::unique_ptr<DenseMlp> dense_;
+  std::unique_ptr<MoE> moe_;
+};
+
+}  // namespace fathom
+
+#endif  // FATHOM_LAYERS_DECODER_BLOCK_H_

@@ -1,0 +1,36 @@
+#include "layers/embedding.h"
+
+#include "framework/kernels/cpu/embedding.h"
+
+namespace fathom {
+
+Embedding::Embedding(ParamTable& table, const std::string& name, int64_t vocab, int64_t hidden)
+    : table_(&table) {
+  weight_ = table.Add({.name = name + ".weight", .shape = {vocab, hidden}});
+}
+
+Embedding::Embedding(ParamTable& table, int weight_id) : table_(&table), weight_(weight_id) {}
+
+Tensor Embedding::Forward(int mb, const Tensor& ids) {
+  Tensor w = table_->value(weight_);
+  Shape shape = ids.shape();
+  shape.push_back(w.dim(1));
+  Tensor out = Tensor::Empty(shape, w.dtype());
+  cpu::EmbeddingForward(out, ids, w);
+  saved_.Put(mb).ids = ids;
+  return out;
+}
+
+Tensor Embedding::BackwardInput(int mb, const Tensor& dy) {
+  saved_.Get(mb).dy = dy;
+  return Tensor();
+}
+
+void Embedding::BackwardWeight(int mb) {
+  Ctx& c = saved_.Get(mb);
+  FATHOM_CHECK(c.dy.defined(), "[embedding] BackwardWeight before BackwardInput for micro-batch ", mb);
+  cpu::EmbeddingBackward(table_->grad(weight_), c.ids, c.dy);
+  saved_.Drop(mb);
+}
+
+}  // namespace fathom

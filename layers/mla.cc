@@ -1,0 +1,219 @@
+#include "layers/mla.h"
+
+#include <cmath>
+
+#include "framework/kernels/cpu/attention.h"
+
+namespace fathom {
+
+double MlaSoftmaxScale(const ModelConfig& cfg) {
+  double scale = 1.0 / std::sqrt(static_cast<double>(cfg.qk_head_dim()));
+  const RopeScalingConfig& rs = cfg.rope_scaling;
+  if (rs.type == "yarn" && rs.mscale_all_dim != 0) {
+    const double m = YarnGetMscale(rs.factor, rs.mscale_all_dim);
+    scale *= m * m;
+  }
+  return scale;
+}
+
+namespace {
+
+// dst[r, d0 : d0 + w] = src[r, s0 : s0 + w] for every row r of the 2-D views dst (N, Wd), src (N, Ws).
+void CopyColumns(const Tensor& dst, int64_t d0, const Tensor& src, int64_t s0, int64_t w) {
+  FATHOM_CHECK(dst.ndim() == 2 && src.ndim() == 2 && dst.dim(0) == src.dim(0) && d0 + w <= dst.dim(1) &&
+                   s0 + w <= src.dim(1) && dst.dtype() == src.dtype(),
+               "[mla] copy columns [", s0, ", ", s0 + w, ") of ", src.shape_str(), " to [", d0, ", ", d0 + w,
+               ") of ", dst.shape_str());
+  DispatchFloat(src.dtype(), "mla", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = src.dim(0), ws = src.dim(1), wd = dst.dim(1);
+    const T* sp = src.data<T>();
+    T* dp = dst.data<T>();
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < w; ++j) dp[r * wd + d0 + j] = sp[r * ws + s0 + j];
+  });
+}
+
+// The shared rotated key goes to every head: k[r, h, off:] = src[r, s0 : s0 + d] for k (N, heads, Dk),
+// src (N, Ws), d = Dk - off.
+void BroadcastToHeads(const Tensor& k, int64_t off, const Tensor& src, int64_t s0) {
+  const int64_t n = k.dim(0), heads = k.dim(1), dk = k.dim(2), d = dk - off;
+  FATHOM_CHECK(src.ndim() == 2 && src.dim(0) == n && s0 + d <= src.dim(1), "[mla] broadcast ",
+               src.shape_str(), " into ", k.shape_str());
+  DispatchFloat(k.dtype(), "mla", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t ws = src.dim(1);
+    const T* sp = src.data<T>();
+    T* kp = k.data<T>();
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t j = 0; j < d; ++j) kp[(r * heads + h) * dk + off + j] = sp[r * ws + s0 + j];
+  });
+}
+
+// The transpose of BroadcastToHeads: dst[r, d0 : d0 + d] = sum_h dk[r, h, off:].
+void SumOverHeads(const Tensor& dst, int64_t d0, const Tensor& dk, int64_t off) {
+  const int64_t n = dk.dim(0), heads = dk.dim(1), w = dk.dim(2), d = w - off;
+  FATHOM_CHECK(dst.ndim() == 2 && dst.dim(0) == n && d0 + d <= dst.dim(1), "[mla] sum ", dk.shape_str(),
+               " over heads into ", dst.shape_str());
+  DispatchFloat(dk.dtype(), "mla", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t wd = dst.dim(1);
+    const T* gp = dk.data<T>();
+    T* dp = dst.data<T>();
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t j = 0; j < d; ++j) {
+        T s = 0;
+        for (int64_t h = 0; h < heads; ++h) s += gp[(r * heads + h) * w + off + j];
+        dp[r * wd + d0 + j] = s;
+      }
+    }
+  });
+}
+
+// a += b, same shape and dtype.
+void AddInPlace(const Tensor& a, const Tensor& b) {
+  FATHOM_CHECK(a.shape() == b.shape() && a.dtype() == b.dtype(), "[mla] add ", b.shape_str(), " to ",
+               a.shape_str());
+  DispatchFloat(a.dtype(), "mla", [&](auto tag) {
+    using T = decltype(tag);
+    T* ap = a.data<T>();
+    const T* bp = b.data<T>();
+    for (int64_t i = 0; i < a.numel(); ++i) ap[i] += bp[i];
+  });
+}
+
+}  // namespace
+
+MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std::string& prefix, int layer)
+    : cfg_(cfg),
+      heads_(cfg.num_attention_heads),
+      nope_(cfg.qk_nope_head_dim),
+      rope_dim_(cfg.qk_rope_head_dim),
+      qk_dim_(cfg.qk_head_dim()),
+      v_dim_(cfg.v_head_dim),
+      kv_rank_(cfg.kv_lora_rank),
+      scale_(MlaSoftmaxScale(cfg)),
+      kv_a_proj_(table, prefix + ".kv_a_proj_with_mqa", cfg.hidden_size,
+                 cfg.kv_lora_rank + cfg.qk_rope_head_dim, layer),
+      kv_a_layernorm_(table, prefix + ".kv_a_layernorm", cfg.kv_lora_rank, cfg.rms_norm_eps, layer),
+      kv_b_proj_(table, prefix + ".kv_b_proj", cfg.kv_lora_rank,
+                 cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), layer),
+      o_proj_(table, prefix + ".o_proj", cfg.num_attention_heads * cfg.v_head_dim, cfg.hidden_size, layer) {
+  FATHOM_CHECK(heads_ > 0 && nope_ >= 0 && rope_dim_ > 0 && rope_dim_ % 2 == 0 && v_dim_ > 0 &&
+                   kv_rank_ > 0 && cfg.q_lora_rank >= 0,
+               "[mla ", prefix, "] invalid dims: heads ", heads_, " qk_nope ", nope_, " qk_rope ", rope_dim_,
+               " v ", v_dim_, " kv_lora_rank ", kv_rank_, " q_lora_rank ", cfg.q_lora_rank);
+  if (cfg.q_lora_rank > 0) {
+    q_a_proj_.emplace(table, prefix + ".q_a_proj", cfg.hidden_size, cfg.q_lora_rank, layer);
+    q_a_layernorm_.emplace(table, prefix + ".q_a_layernorm", cfg.q_lora_rank, cfg.rms_norm_eps, layer);
+    q_b_proj_.emplace(table, prefix + ".q_b_proj", cfg.q_lora_rank, heads_ * qk_dim_, layer);
+  } else {
+    q_proj_.emplace(table, prefix + ".q_proj", cfg.hidden_size, heads_ * qk_dim_, layer);
+  }
+}
+
+const RopeTable& MlaAttention::rope(int64_t seq_len) {
+  auto it = rope_by_len_.find(seq_len);
+  if (it == rope_by_len_.end()) it = rope_by_len_.try_emplace(seq_len, cfg_, seq_len).first;
+  return it->second;
+}
+
+Tensor MlaAttention::Forward(int mb, const Tensor& x) {
+  FATHOM_CHECK(x.ndim() == 3 && x.dim(2) == cfg_.hidden_size, "[mla] input ", x.shape_str(),
+               ", expected (B, T, ", cfg_.hidden_size, ")");
+  const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
+  const RopeTable& rt = rope(t);
+
+  // Queries: the projection output is not saved by any sub-layer, so RoPE may rotate q_rot in place.
+  Tensor q = q_proj_ ? q_proj_->Forward(mb, x)
+                     : q_b_proj_->Forward(mb, q_a_layernorm_->Forward(mb, q_a_proj_->Forward(mb, x)));
+  q = q.Reshape({b, t, heads_, qk_dim_});
+  rt.Apply(q, q);
+
+  // Compressed kv: the latent is copied out for the norm before k_rot is rotated in place (one head).
+  Tensor ckv = kv_a_proj_.Forward(mb, x).Reshape({n, kv_rank_ + rope_dim_});
+  Tensor kv = Tensor::Empty({n, kv_rank_}, x.dtype());
+  CopyColumns(kv, 0, ckv, 0, kv_rank_);
+  Tensor ckv4 = ckv.Reshape({b, t, 1, kv_rank_ + rope_dim_});
+  rt.Apply(ckv4, ckv4);
+  Tensor kvb = kv_b_proj_.Forward(mb, kv_a_layernorm_.Forward(mb, kv.Reshape({b, t, kv_rank_})));
+  Tensor kvb2 = kvb.Reshape({n * heads_, nope_ + v_dim_});
+
+  Tensor k = Tensor::Empty({b, t, heads_, qk_dim_}, x.dtype());
+  Tensor v = Tensor::Empty({b, t, heads_, v_dim_}, x.dtype());
+  CopyColumns(k.Reshape({n * heads_, qk_dim_}), 0, kvb2, 0, nope_);
+  BroadcastToHeads(k.Reshape({n, heads_, qk_dim_}), nope_, ckv, kv_rank_);
+  CopyColumns(v.Reshape({n * heads_, v_dim_}), 0, kvb2, nope_, v_dim_);
+
+  Tensor out = Tensor::Empty({b, t, heads_, v_dim_}, x.dtype());
+  Tensor lse = Tensor::Empty({b, heads_, t}, x.dtype());
+  cpu::CausalAttentionForward(out, lse, q, k, v, scale_);
+  Tensor y = o_proj_.Forward(mb, out.Reshape({b, t, heads_ * v_dim_}));
+
+  Ctx& c = saved_.Put(mb);
+  c.q = q;
+  c.k = k;
+  c.v = v;
+  c.out = out;
+  c.lse = lse;
+  return y;
+}
+
+Tensor MlaAttention::BackwardInput(int mb, const Tensor& dy) {
+  Ctx& c = saved_.Get(mb);
+  FATHOM_CHECK(c.q.defined(), "[mla] BackwardInput twice for micro-batch ", mb);
+  const int64_t b = c.q.dim(0), t = c.q.dim(1), n = b * t;
+  FATHOM_CHECK(dy.shape() == Shape({b, t, cfg_.hidden_size}), "[mla] dy ", dy.shape_str(), ", expected ",
+               ShapeString({b, t, cfg_.hidden_size}));
+  const RopeTable& rt = rope(t);
+  const DType dt = dy.dtype();
+
+  Tensor dout = o_proj_.BackwardInput(mb, dy).Reshape({b, t, heads_, v_dim_});
+  Tensor dq = Tensor::Empty(c.q.shape(), dt);
+  Tensor dk = Tensor::Empty(c.k.shape(), dt);
+  Tensor dv = Tensor::Empty(c.v.shape(), dt);
+  cpu::CausalAttentionBackward(dq, dk, dv, dout, c.q, c.k, c.v, c.out, c.lse, scale_);
+  // Nothing of ours is needed for the weight gradients (the sub-layers keep their own inputs).
+  c = Ctx{};
+
+  // q path: un-rotate q_rot in place, then back through the projection(s).
+  rt.ApplyBackward(dq, dq);
+  Tensor dq3 = dq.Reshape({b, t, heads_ * qk_dim_});
+  Tensor dx = q_proj_ ? q_proj_->BackwardInput(mb, dq3)
+                      : q_a_proj_->BackwardInput(
+                            mb, q_a_layernorm_->BackwardInput(mb, q_b_proj_->BackwardInput(mb, dq3)));
+
+  // kv path: [dk_nope, dv] per head into kv_b_proj; the shared k_rot collects every head's gradient.
+  Tensor dkvb = Tensor::Empty({n * heads_, nope_ + v_dim_}, dt);
+  CopyColumns(dkvb, 0, dk.Reshape({n * heads_, qk_dim_}), 0, nope_);
+  CopyColumns(dkvb, nope_, dv.Reshape({n * heads_, v_dim_}), 0, v_dim_);
+  Tensor dkv = kv_a_layernorm_.BackwardInput(
+      mb, kv_b_proj_.BackwardInput(mb, dkvb.Reshape({b, t, heads_ * (nope_ + v_dim_)})));
+  Tensor dckv = Tensor::Empty({n, kv_rank_ + rope_dim_}, dt);
+  CopyColumns(dckv, 0, dkv.Reshape({n, kv_rank_}), 0, kv_rank_);
+  SumOverHeads(dckv, kv_rank_, dk.Reshape({n, heads_, qk_dim_}), nope_);
+  Tensor dckv4 = dckv.Reshape({b, t, 1, kv_rank_ + rope_dim_});
+  rt.ApplyBackward(dckv4, dckv4);
+  AddInPlace(dx, kv_a_proj_.BackwardInput(mb, dckv.Reshape({b, t, kv_rank_ + rope_dim_})));
+  return dx;
+}
+
+void MlaAttention::BackwardWeight(int mb) {
+  Ctx& c = saved_.Get(mb);
+  FATHOM_CHECK(!c.q.defined(), "[mla] BackwardWeight before BackwardInput for micro-batch ", mb);
+  if (q_proj_) {
+    q_proj_->BackwardWeight(mb);
+  } else {
+    q_a_proj_->BackwardWeight(mb);
+    q_a_layernorm_->BackwardWeight(mb);
+    q_b_proj_->BackwardWeight(mb);
+  }
+  kv_a_proj_.BackwardWeight(mb);
+  kv_a_layernorm_.BackwardWeight(mb);
+  kv_b_proj_.BackwardWeight(mb);
+  o_proj_.BackwardWeight(mb);
+  saved_.Drop(mb);
+}
+
+}  // namespace fathom

@@ -1,0 +1,49 @@
+#include "layers/mlp.h"
+
+#include "framework/kernels/cpu/activation.h"
+#include "framework/kernels/cpu/elementwise.h"
+
+namespace fathom {
+
+DenseMlp::DenseMlp(ParamTable& table, const std::string& prefix, int64_t hidden, int64_t intermediate,
+                   int layer)
+    : hidden_(hidden),
+      intermediate_(intermediate),
+      gate_(table, prefix + ".gate_proj", hidden, intermediate, layer),
+      up_(table, prefix + ".up_proj", hidden, intermediate, layer),
+      down_(table, prefix + ".down_proj", intermediate, hidden, layer) {}
+
+Tensor DenseMlp::Forward(int mb, const Tensor& x) {
+  FATHOM_CHECK(x.dim(-1) == hidden_, "[mlp] input ", x.shape_str(), ", expected last dim ", hidden_);
+  Tensor x2 = x.Flatten2D();
+  Tensor gate = gate_.Forward(mb, x2);
+  Tensor up = up_.Forward(mb, x2);
+  Tensor h = Tensor::Empty(gate.shape(), x.dtype());
+  cpu::SwiGluForward(h, gate, up);
+  Ctx& c = saved_.Put(mb);
+  c.gate = gate;
+  c.up = up;
+  return down_.Forward(mb, h).Reshape(x.shape());
+}
+
+Tensor DenseMlp::BackwardInput(int mb, const Tensor& dy) {
+  Ctx& c = saved_.Get(mb);
+  Tensor dh = down_.BackwardInput(mb, dy.Flatten2D());
+  Tensor dgate = Tensor::Empty(dh.shape(), dh.dtype());
+  Tensor dup = Tensor::Empty(dh.shape(), dh.dtype());
+  cpu::SwiGluBackward(dgate, dup, dh, c.gate, c.up);
+  // x feeds both projections, so its gradient is the sum of the two branches.
+  Tensor dx = gate_.BackwardInput(mb, dgate);
+  cpu::AddInPlace(dx, up_.BackwardInput(mb, dup));
+  return dx.Reshape(dy.shape());
+}
+
+void DenseMlp::BackwardWeight(int mb) {
+  saved_.Get(mb);  // checks that Forward ran for mb
+  gate_.BackwardWeight(mb);
+  up_.BackwardWeight(mb);
+  down_.BackwardWeight(mb);
+  saved_.Drop(mb);
+}
+
+}  // namespace fathom

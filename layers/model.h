@@ -1,0 +1,99 @@
+// The DeepSeek-V3 model as a static graph (DESIGN.md idea 2): an ordered list of nodes
+//   embedding, decoder blocks 0..N-1 (dense for the first k, MoE after), head (final norm + lm_head + loss),
+//   MTP modules 1..D
+// built from a ModelConfig. Every node knows its parameters (HF names, in the one ParamTable); the
+// executor runs them, the checkpoint code names tensors from them.
+//
+// Loss of a step with micro-batches m and sequences b (see LossNormalizers):
+//   L = sum CE_main / N_main + (lambda / D) sum_k sum CE_k / N_k + alpha * mean_{layers} ... (balance)
+// where N_* count the valid labels of the whole step, so micro-batching never changes L or its gradient.
+#ifndef FATHOM_LAYERS_MODEL_H_
+#define FATHOM_LAYERS_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "framework/config.h"
+#include "framework/param_table.h"
+#include "layers/decoder_block.h"
+#include "layers/embedding.h"
+#include "layers/mtp.h"
+#include "layers/output_head.h"
+
+namespace fathom {
+
+enum class NodeKind { kEmbedding, kDenseBlock, kMoeBlock, kHead, kMtp };
+std::string NodeKindName(NodeKind k);
+
+struct GraphNode {
+  NodeKind kind;
+  std::string name;        // "embedding", "layer 3 (moe)", "head", "mtp 1"
+  int layer = -1;          // HF layer index for blocks and MTP modules
+  std::vector<int> param_ids;
+};
+
+struct MicroBatch {
+  Tensor input_ids;  // (B, T) i32
+  Tensor labels;     // (B, T) i32, labels[b, t] = input_ids[b, t+1] or ignore_index
+};
+
+// Step-wide normalisers (DESIGN: micro-batching must not change the loss).
+struct LossNormalizers {
+  double main_tokens = 1;            // valid main labels in the step
+  std::vector<double> mtp_tokens;    // valid labels per MTP depth in the step
+  double balance_weight = 0;         // alpha / (micro-batches in the step)
+};
+
+// Per micro-batch sums; the trainer divides by the normalisers.
+struct LossSums {
+  double main_ce = 0;
+  std::vector<double> mtp_ce;
+  double balance = 0;  // sum over MoE layers of this micro-batch's balance value (mean over sequences)
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& cfg, const LossConfig& loss);
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Allocates the parameters (f32 or f64) and initialises them from `seed`: every tensor (every expert
+  // of a stacked tensor) draws from a stream keyed by its HF name, so the values do not depend on the
+  // table layout or on which rank holds the tensor.
+  void Finalize(DType dtype, uint64_t seed);
+
+  LossSums Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm);
+  void BackwardInput(int mb);
+  void BackwardWeight(int mb);
+
+  // Counts the valid labels of a set of micro-batches for every loss (main and each MTP depth).
+  LossNormalizers Normalizers(const std::vector<MicroBatch>& batches, int64_t micro_batches_in_step) const;
+
+  ParamTable& params() { return params_; }
+  const ModelConfig& config() const { return cfg_; }
+  const LossConfig& loss_config() const { return loss_; }
+  const std::vector<GraphNode>& graph() const { return graph_; }
+  std::vector<MoE*> moe_layers();  // main layers first, then MTP layers
+  OutputHead& head() { return *head_; }
+
+ private:
+  void RecordNode(NodeKind kind, std::string name, int layer, int first_param);
+
+  ModelConfig cfg_;
+  LossConfig loss_;
+  ParamTable params_;
+  std::unique_ptr<Embedding> embed_;
+  std::vector<std::unique_ptr<DecoderBlock>> blocks_;
+  std::unique_ptr<OutputHead> head_;
+  std::vector<std::unique_ptr<MtpModule>> mtp_;
+  std::vector<GraphNode> graph_;
+};
+
+// Fills the table's values as Model::Finalize does (exposed for tests and for sharded tables).
+void InitParameters(ParamTable& table, double init_std, uint64_t seed);
+
+}  // namespace fathom
+
+#endif  // FATHOM_LAYERS_MODEL_H_

@@ -1,0 +1,163 @@
+#include "layers/moe.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "framework/kernels/cpu/activation.h"
+#include "framework/kernels/cpu/elementwise.h"
+#include "framework/kernels/cpu/moe.h"
+
+namespace fathom {
+
+MoE::MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix, int layer)
+    : table_(&table),
+      hidden_(config.hidden_size),
+      intermediate_(config.moe_intermediate_size),
+      num_experts_(config.n_routed_experts),
+      top_k_(config.num_experts_per_tok),
+      router_(table, config, prefix, layer),
+      expert_load_(static_cast<size_t>(config.n_routed_experts), 0) {
+  auto expert = [&](const char* proj, Shape shape) {
+    return table.Add({.name = prefix + ".experts.{e}." + proj + ".weight",
+                      .shape = std::move(shape),
+                      .group = ParamGroup::kExpert,
+                      .layer = layer,
+                      .expert_begin = 0});
+  };
+  gate_proj_ = expert("gate_proj", {num_experts_, intermediate_, hidden_});
+  up_proj_ = expert("up_proj", {num_experts_, intermediate_, hidden_});
+  down_proj_ = expert("down_proj", {num_experts_, hidden_, intermediate_});
+  FATHOM_CHECK(config.n_shared_experts >= 0, "[moe ", prefix, "] n_shared_experts ", config.n_shared_experts);
+  if (config.n_shared_experts > 0) {
+    shared_ = std::make_unique<DenseMlp>(table, prefix + ".shared_experts", hidden_,
+                                         intermediate_ * config.n_shared_experts, layer);
+  }
+}
+
+void MoE::ResetStats() {
+  min_margin_ = std::numeric_limits<double>::infinity();
+  std::fill(expert_load_.begin(), expert_load_.end(), int64_t{0});
+  balance_loss_sum_ = 0.0;
+}
+
+Tensor MoE::Forward(int mb, const Tensor& x) {
+  FATHOM_CHECK(x.ndim() == 3 && x.dim(2) == hidden_, "[moe ", table_->spec(gate_proj_).name, "] input ",
+               x.shape_str(), ", expected (B, T, ", hidden_, ")");
+  Ctx& c = saved_.Put(mb);
+  c.batch = x.dim(0);
+  c.seq = x.dim(1);
+  Tensor x2 = x.Flatten2D();
+  Route(mb, c, x2);
+  Permute(c, x2);
+  ComputeExperts(c);
+  Tensor y = Combine(c);
+  if (shared_) {
+    cpu::AddInPlace(y, shared_->Forward(mb, x2));
+  }
+  return y.Reshape(x.shape());
+}
+
+// The router saves x for its own backward; the balance value is a statistic here, its gradient is applied
+// in BackwardInput (scaled by balance_weight_).
+void MoE::Route(int mb, Ctx& c, const Tensor& x2) {
+  c.routing = router_.Forward(mb, x2);
+  balance_loss_sum_ += cpu::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
+  const int64_t* idx = c.routing.topk_index.data<int64_t>();
+  for (int64_t i = 0; i < c.routing.topk_index.numel(); ++i) ++expert_load_[idx[i]];
+  if (track_margin_) {
+    min_margin_ = std::min(min_margin_, cpu::RouterSelectionMargin(c.routing.scores,
+                                                                   table_->value(router_.bias_id()),
+                                                                   router_.dims()));
+  }
+}
+
+void MoE::Permute(Ctx& c, const Tensor& x2) {
+  const int64_t rows = x2.dim(0) * top_k_;
+  c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype());
+  c.row_slot = Tensor::Empty({rows}, DType::kI64);
+  c.counts = Tensor::Empty({num_experts_}, DType::kI64);
+  cpu::MoePermute(c.x_perm, c.row_slot, c.counts, x2, c.routing.topk_index);
+}
+
+void MoE::ComputeExperts(Ctx& c) {
+  const int64_t rows = c.x_perm.dim(0);
+  const DType dt = c.x_perm.dtype();
+  c.gate = Tensor::Empty({rows, intermediate_}, dt);
+  c.up = Tensor::Empty({rows, intermediate_}, dt);
+  c.h = Tensor::Empty({rows, intermediate_}, dt);
+  c.y_perm = Tensor::Empty({rows, hidden_}, dt);
+  cpu::GroupedMatmulNT(c.gate, c.x_perm, table_->value(gate_proj_), c.counts);
+  cpu::GroupedMatmulNT(c.up, c.x_perm, table_->value(up_proj_), c.counts);
+  cpu::SwiGluForward(c.h, c.gate, c.up);
+  cpu::GroupedMatmulNT(c.y_perm, c.h, table_->value(down_proj_), c.counts);
+}
+
+Tensor MoE::Combine(Ctx& c) {
+  Tensor y = Tensor::Empty({c.batch * c.seq, hidden_}, c.y_perm.dtype());
+  cpu::MoeCombine(y, c.y_perm, c.row_slot, c.routing.topk_weight);
+  return y;
+}
+
+Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
+  Ctx& c = saved_.Get(mb);
+  FATHOM_CHECK(dy.ndim() == 3 && dy.dim(0) == c.batch && dy.dim(1) == c.seq && dy.dim(2) == hidden_,
+               "[moe] dy ", dy.shape_str());
+  Tensor dy2 = dy.Flatten2D();
+  Tensor dweight = CombineBackward(c, dy2);
+  Tensor dx_perm = ExpertsBackwardInput(c);
+  Tensor dx;
+  if (shared_) {
+    dx = shared_->BackwardInput(mb, dy2);
+    cpu::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/true);
+  } else {
+    dx = Tensor::Empty(dy2.shape(), dy2.dtype());
+    cpu::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/false);
+  }
+  Tensor dscores;  // the balance loss is the only other consumer of the router scores
+  if (balance_weight_ != 0.0) {
+    dscores = Tensor::Zeros(c.routing.scores.shape(), c.routing.scores.dtype());
+    cpu::SequenceBalanceLossBackward(dscores, c.routing.scores, c.routing.topk_index, c.batch, c.seq,
+                                     balance_weight_);
+  }
+  router_.BackwardInput(mb, dx, dweight, dscores);
+  return dx.Reshape(dy.shape());
+}
+
+Tensor MoE::CombineBackward(Ctx& c, const Tensor& dy2) {
+  c.dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype());
+  Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), dy2.dtype());
+  cpu::MoeCombineBackward(c.dy_perm, dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
+  return dweight;
+}
+
+Tensor MoE::ExpertsBackwardInput(Ctx& c) {
+  const int64_t rows = c.x_perm.dim(0);
+  const DType dt = c.x_perm.dtype();
+  Tensor dh = Tensor::Empty({rows, intermediate_}, dt);
+  cpu::GroupedMatmulNN(dh, c.dy_perm, table_->value(down_proj_), c.counts);
+  c.dgate = Tensor::Empty({rows, intermediate_}, dt);
+  c.dup = Tensor::Empty({rows, intermediate_}, dt);
+  cpu::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
+  Tensor dx_perm = Tensor::Empty({rows, hidden_}, dt);
+  cpu::GroupedMatmulNN(dx_perm, c.dgate, table_->value(gate_proj_), c.counts);
+  cpu::GroupedMatmulNN(dx_perm, c.dup, table_->value(up_proj_), c.counts,
+                       /*accumulate=*/true);
+  return dx_perm;
+}
+
+void MoE::BackwardWeight(int mb) {
+  Ctx& c = saved_.Get(mb);
+  FATHOM_CHECK(c.dy_perm.defined(), "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
+  ExpertsBackwardWeight(c);
+  router_.BackwardWeight(mb);
+  if (shared_) shared_->BackwardWeight(mb);
+  saved_.Drop(mb);
+}
+
+void MoE::ExpertsBackwardWeight(Ctx& c) {
+  cpu::GroupedMatmulTN(table_->grad(down_proj_), c.dy_perm, c.h, c.counts);
+  cpu::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_perm, c.counts);
+  cpu::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_perm, c.counts);
+}
+
+}  // namespace fathom

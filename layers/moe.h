@@ -1,0 +1,114 @@
+// MoE: the DeepSeekMoE feed-forward of transformers' DeepseekV3MoE, with the sequence-wise balance loss
+// of the DeepSeek-V3 report (eq. 17-20).
+//
+//   y (B, T, H) = sum over the K chosen experts e of weight_e * expert_e(x) + shared_experts(x)
+//
+// Parameters (prefix = "model.layers.{L}.mlp"; E = n_routed_experts, I = moe_intermediate_size,
+// K = num_experts_per_tok):
+//   "<prefix>.gate.weight" (E, H), "<prefix>.gate.e_score_correction_bias" (E)      the Router
+//   "<prefix>.experts.{e}.gate_proj.weight" (E, I, H)  \  routed experts stacked per projection,
+//   "<prefix>.experts.{e}.up_proj.weight"   (E, I, H)   > ParamGroup::kExpert; "{e}" stays literal: row e
+//   "<prefix>.experts.{e}.down_proj.weight" (E, H, I)  /  of a stack is global expert expert_begin + e (0)
+//   "<prefix>.shared_experts.{gate,up,down}_proj.weight"  a DenseMlp with I * n_shared_experts
+//                                                         (absent when n_shared_experts == 0)
+// Every token goes to exactly K experts: no capacity, no dropping; an expert may receive zero tokens.
+//
+// The forward runs as explicit phases so that expert parallelism can put an all-to-all between them:
+//   route (router + balance loss + statistics) -> permute (token copies sorted by expert, per-expert
+//   counts) -> expert compute (grouped GEMMs over contiguous per-expert row blocks) -> combine
+//   (unpermute + weighted sum), plus the shared expert.
+// BackwardInput mirrors it (combine, experts, permute, router, shared expert dgrad); BackwardWeight
+// accumulates the expert, router and shared-expert weight gradients. Layer contract of layers/layer.h.
+//
+// Balance loss: Forward computes, per micro-batch, the mean over the B sequences of Bal_b (see
+// cpu::SequenceBalanceLoss) and adds it to balance_loss_sum(). BackwardInput adds the gradient of
+// balance_weight() * that value (through the normalised scores and the sigmoid, to the router weight and
+// x; f_i is a constant). The trainer sets balance_weight = alpha / micro-batches; 0 (default) = none.
+#ifndef FATHOM_LAYERS_MOE_H_
+#define FATHOM_LAYERS_MOE_H_
+
+#include <memory>
+#include <string>
+#include <limits>
+#include <vector>
+
+#include "framework/config.h"
+#include "framework/param_table.h"
+#include "layers/layer.h"
+#include "layers/mlp.h"
+#include "layers/router.h"
+
+namespace fathom {
+
+class MoE {
+ public:
+  MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix, int layer = -1);
+  MoE(const MoE&) = delete;
+  MoE& operator=(const MoE&) = delete;
+
+  Tensor Forward(int mb, const Tensor& x);         // x (B, T, H) -> y (B, T, H)
+  Tensor BackwardInput(int mb, const Tensor& dy);  // dy (B, T, H) -> dx (B, T, H)
+  void BackwardWeight(int mb);
+
+  void set_balance_weight(double w) { balance_weight_ = w; }
+  double balance_weight() const { return balance_weight_; }
+
+  // Statistics since the last ResetStats(): tokens routed to each expert (E), summed over every forwarded
+  // micro-batch (the input of the bias update), and the sum over those micro-batches of the unweighted
+  // balance value.
+  const std::vector<int64_t>& expert_load() const { return expert_load_; }
+  double balance_loss_sum() const { return balance_loss_sum_; }
+  void ResetStats();
+  // Tests: when on, Forward also tracks the smallest routing decision margin since ResetStats()
+  // (cpu::RouterSelectionMargin), so a gradient check can make sure its perturbations flip no selection.
+  void set_track_selection_margin(bool on) { track_margin_ = on; }
+  double min_selection_margin() const { return min_margin_; }
+
+  int64_t num_experts() const { return num_experts_; }
+  int bias_id() const { return router_.bias_id(); }
+  int router_weight_id() const { return router_.weight_id(); }
+  int gate_proj_id() const { return gate_proj_; }  // (E, I, H)
+  int up_proj_id() const { return up_proj_; }      // (E, I, H)
+  int down_proj_id() const { return down_proj_; }  // (E, H, I)
+  const Router& router() const { return router_; }
+  const DenseMlp* shared_experts() const { return shared_.get(); }  // null when n_shared_experts == 0
+
+ private:
+  struct Ctx {
+    int64_t batch = 0, seq = 0;
+    RouterOutput routing;  // scores (N, E), topk_index (N, K) i64, topk_weight (N, K)
+    Tensor x_perm;         // (R, H) token copies sorted by expert, R = N * K
+    Tensor row_slot;       // (R) i64 slot t * K + k held by each permuted row
+    Tensor counts;         // (E) i64 rows per expert
+    Tensor gate, up, h;    // (R, I) expert pre-activations and hidden
+    Tensor y_perm;         // (R, H) expert outputs, unweighted
+    Tensor dy_perm;        // (R, H) set by BackwardInput
+    Tensor dgate, dup;     // (R, I) set by BackwardInput
+  };
+
+  // Forward phases.
+  void Route(int mb, Ctx& c, const Tensor& x2);
+  void Permute(Ctx& c, const Tensor& x2);
+  void ComputeExperts(Ctx& c);
+  Tensor Combine(Ctx& c);  // (N, H), routed part only
+  // Backward phases.
+  Tensor CombineBackward(Ctx& c, const Tensor& dy2);  // returns dweight (N, K); sets c.dy_perm
+  Tensor ExpertsBackwardInput(Ctx& c);                // returns dx_perm (R, H); sets c.dgate, c.dup
+  void ExpertsBackwardWeight(Ctx& c);
+
+  ParamTable* table_;
+  int64_t hidden_, intermediate_, num_experts_, top_k_;
+  Router router_;
+  int gate_proj_, up_proj_, down_proj_;
+  std::unique_ptr<DenseMlp> shared_;
+  double balance_weight_ = 0.0;
+  std::vector<int64_t> expert_load_;
+  double balance_loss_sum_ = 0.0;
+  bool track_margin_ = false;
+  double min_margin_ = std::numeric_limits<double>::infinity();
+  SavedByMicroBatch<Ctx> saved_;
+};
+
+}  // namespace fathom
+
+#endif  // FATHOM_LAYERS_MOE_H_

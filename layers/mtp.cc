@@ -1,0 +1,73 @@
+#include "layers/mtp.h"
+
+#include <string>
+
+#include "framework/kernels/cpu/elementwise.h"
+
+namespace fathom {
+
+void MtpInputs(const Tensor& ids, const Tensor& labels, int depth, int64_t ignore_index, Tensor* mtp_ids,
+               Tensor* mtp_labels) {
+  const int64_t b = ids.dim(0), t = ids.dim(1);
+  *mtp_ids = Tensor::Empty({b, t}, DType::kI32);
+  *mtp_labels = Tensor::Empty({b, t}, DType::kI32);
+  const int32_t* id = ids.data<int32_t>();
+  const int32_t* lb = labels.data<int32_t>();
+  int32_t* mi = mtp_ids->data<int32_t>();
+  int32_t* ml = mtp_labels->data<int32_t>();
+  for (int64_t s = 0; s < b; ++s) {
+    for (int64_t i = 0; i < t; ++i) {
+      bool inside = i + depth < t;
+      mi[s * t + i] = inside ? id[s * t + i + depth] : 0;
+      ml[s * t + i] = inside ? lb[s * t + i + depth] : static_cast<int32_t>(ignore_index);
+    }
+  }
+}
+
+namespace {
+std::string MtpPrefix(int layer) { return "model.layers." + std::to_string(layer); }
+}  // namespace
+
+MtpModule::MtpModule(ParamTable& table, const ModelConfig& cfg, int depth, int embed_id, int lm_head_id,
+                     int64_t ignore_index)
+    : layer_(static_cast<int>(cfg.num_hidden_layers) + depth - 1),
+      hidden_(cfg.hidden_size),
+      embed_(table, embed_id),
+      enorm_(table, MtpPrefix(layer_) + ".enorm", cfg.hidden_size, cfg.rms_norm_eps, layer_),
+      hnorm_(table, MtpPrefix(layer_) + ".hnorm", cfg.hidden_size, cfg.rms_norm_eps, layer_),
+      eh_proj_(table, MtpPrefix(layer_) + ".eh_proj", 2 * cfg.hidden_size, cfg.hidden_size, layer_),
+      block_(table, cfg, layer_),
+      head_(table, MtpPrefix(layer_) + ".shared_head.norm", cfg.vocab_size, cfg.hidden_size, cfg.rms_norm_eps,
+            lm_head_id, ignore_index, layer_) {}
+
+Tensor MtpModule::Forward(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
+                          double loss_scale, double* ce_sum) {
+  Tensor e = enorm_.Forward(mb, embed_.Forward(mb, mtp_ids));
+  Tensor h = hnorm_.Forward(mb, h_prev);
+  Tensor hk = block_.Forward(mb, eh_proj_.Forward(mb, cpu::ConcatLastDim(e, h)));
+  *ce_sum += head_.Forward(mb, hk, mtp_labels, loss_scale);
+  return hk;
+}
+
+Tensor MtpModule::BackwardInput(int mb, const Tensor& dh_next) {
+  Tensor dhk = head_.BackwardInput(mb);
+  if (dh_next.defined()) cpu::AddInPlace(dhk, dh_next);
+  Tensor dcat = eh_proj_.BackwardInput(mb, block_.BackwardInput(mb, dhk));
+  Shape half = dcat.shape();
+  half.back() = hidden_;
+  Tensor de = Tensor::Empty(half, dcat.dtype()), dh = Tensor::Empty(half, dcat.dtype());
+  cpu::SplitLastDim(dcat, de, dh);
+  embed_.BackwardInput(mb, enorm_.BackwardInput(mb, de));
+  return hnorm_.BackwardInput(mb, dh);
+}
+
+void MtpModule::BackwardWeight(int mb) {
+  head_.BackwardWeight(mb);
+  block_.BackwardWeight(mb);
+  eh_proj_.BackwardWeight(mb);
+  enorm_.BackwardWeight(mb);
+  hnorm_.BackwardWeight(mb);
+  embed_.BackwardWeight(mb);
+}
+
+}  // namespace fathom

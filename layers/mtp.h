@@ -1,0 +1,58 @@
+// Multi-token prediction module k (1-based depth) of the DeepSeek-V3 report, with the HF checkpoint names
+// of layer L = num_hidden_layers + k - 1 ("model.layers.{L}.*"):
+//
+//   e   = Emb(t_{i+k})                                  (embedding shared with the main model)
+//   x   = eh_proj([enorm(e); hnorm(h^{k-1}_i)])          eh_proj (H, 2H); embedding first, as inference
+//                                                         engines (vLLM, SGLang) load V3's MTP weights
+//   h^k = DecoderBlock_L(x)                              (MoE or dense by the same rule as main layers)
+//   loss_k = CE(lm_head(shared_head.norm(h^k)), t_{i+k+1})   (lm_head shared with the main model)
+//
+// h^0 is the main model's last decoder-layer output, before the final norm. Positions whose shifted token
+// falls outside the sequence are ignored (see MtpInputs).
+#ifndef FATHOM_LAYERS_MTP_H_
+#define FATHOM_LAYERS_MTP_H_
+
+#include "framework/config.h"
+#include "layers/decoder_block.h"
+#include "layers/embedding.h"
+#include "layers/linear.h"
+#include "layers/output_head.h"
+#include "layers/rmsnorm.h"
+
+namespace fathom {
+
+// ids (B, T) i32 and labels (B, T) i32 (labels[b, t] = ids[b, t+1], or ignore) -> the depth-k inputs:
+// mtp_ids[b, i] = ids[b, i+k] (0 past the end), mtp_labels[b, i] = labels[b, i+k] (ignore past the end).
+void MtpInputs(const Tensor& ids, const Tensor& labels, int depth, int64_t ignore_index, Tensor* mtp_ids,
+               Tensor* mtp_labels);
+
+class MtpModule {
+ public:
+  MtpModule(ParamTable& table, const ModelConfig& cfg, int depth, int embed_id, int lm_head_id,
+            int64_t ignore_index);
+
+  // h_prev (B, T, H); returns h^k and adds the CE sum over valid labels to *ce_sum. loss_scale as in
+  // OutputHead (lambda / D / valid tokens of the step).
+  Tensor Forward(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
+                 double loss_scale, double* ce_sum);
+  // dh_next: gradient w.r.t. h^k from depth k+1 (undefined for the last depth). Returns d h^{k-1}.
+  Tensor BackwardInput(int mb, const Tensor& dh_next);
+  void BackwardWeight(int mb);
+
+  int layer() const { return layer_; }
+  DecoderBlock& block() { return block_; }
+  OutputHead& head() { return head_; }
+
+ private:
+  int layer_;
+  int64_t hidden_;
+  Embedding embed_;
+  RmsNorm enorm_, hnorm_;
+  Linear eh_proj_;
+  DecoderBlock block_;
+  OutputHead head_;
+};
+
+}  // namespace fathom
+
+#endif  // FATHOM_LAYERS_MTP_H_

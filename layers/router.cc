@@ -1,0 +1,67 @@
+#include "layers/router.h"
+
+#include "framework/kernels/cpu/activation.h"
+#include "framework/kernels/cpu/gemm.h"
+
+namespace fathom {
+
+Router::Router(ParamTable& table, const ModelConfig& config, const std::string& prefix, int layer)
+    : table_(&table), hidden_(config.hidden_size) {
+  dims_ = {.num_experts = config.n_routed_experts,
+           .top_k = config.num_experts_per_tok,
+           .n_group = config.n_group,
+           .topk_group = config.topk_group,
+           .norm_topk_prob = config.norm_topk_prob,
+           .routed_scaling_factor = config.routed_scaling_factor};
+  const int64_t e = dims_.num_experts;
+  FATHOM_CHECK(dims_.n_group >= 1 && e % dims_.n_group == 0 && e / dims_.n_group >= 2 &&
+                   dims_.topk_group >= 1 && dims_.topk_group <= dims_.n_group && dims_.top_k >= 1 &&
+                   dims_.top_k <= dims_.topk_group * (e / dims_.n_group),
+               "[router ", prefix, "] n_routed_experts ", e, " num_experts_per_tok ", dims_.top_k,
+               " n_group ", dims_.n_group, " topk_group ", dims_.topk_group);
+  weight_ = table.Add({.name = prefix + ".gate.weight", .shape = {e, hidden_}, .layer = layer});
+  bias_ = table.Add({.name = prefix + ".gate.e_score_correction_bias",
+                     .shape = {e},
+                     .init = ParamInit::kZeros,
+                     .trainable = false,
+                     .weight_decay = false,
+                     .layer = layer});
+}
+
+RouterOutput Router::Forward(int mb, const Tensor& x) {
+  FATHOM_CHECK(x.ndim() == 2 && x.dim(1) == hidden_, "[router ", table_->spec(weight_).name, "] input ",
+               x.shape_str(), ", expected (N, ", hidden_, ")");
+  const int64_t n = x.dim(0);
+  RouterOutput r;
+  r.scores = Tensor::Empty({n, dims_.num_experts}, x.dtype());
+  cpu::MatmulNT(r.scores, x, table_->value(weight_));
+  cpu::SigmoidForward(r.scores, r.scores);
+  r.topk_index = Tensor::Empty({n, dims_.top_k}, DType::kI64);
+  r.topk_weight = Tensor::Empty({n, dims_.top_k}, x.dtype());
+  cpu::RouterSelect(r.topk_index, r.topk_weight, r.scores, table_->value(bias_), dims_);
+  Ctx& c = saved_.Put(mb);
+  c.x = x;
+  c.scores = r.scores;
+  c.index = r.topk_index;
+  return r;
+}
+
+void Router::BackwardInput(int mb, const Tensor& dx, const Tensor& dweight, const Tensor& dscores) {
+  Ctx& c = saved_.Get(mb);
+  FATHOM_CHECK(dx.shape() == c.x.shape(), "[router] dx ", dx.shape_str(), ", input was ", c.x.shape_str());
+  Tensor ds = dscores.defined() ? dscores.Clone() : Tensor::Zeros(c.scores.shape(), c.scores.dtype());
+  FATHOM_CHECK(ds.shape() == c.scores.shape(), "[router] dscores ", ds.shape_str());
+  cpu::RouterSelectBackward(ds, dweight, c.scores, c.index, dims_);
+  cpu::SigmoidBackward(ds, ds, c.scores);
+  cpu::MatmulNN(dx, ds, table_->value(weight_), /*accumulate=*/true);
+  c.dlogits = ds;
+}
+
+void Router::BackwardWeight(int mb) {
+  Ctx& c = saved_.Get(mb);
+  FATHOM_CHECK(c.dlogits.defined(), "[router] BackwardWeight before BackwardInput for micro-batch ", mb);
+  cpu::MatmulTN(table_->grad(weight_), c.dlogits, c.x, /*accumulate=*/true);
+  saved_.Drop(mb);
+}
+
+}  // namespace fathom

@@ -1,0 +1,400 @@
+// Recipe parsing and validation: the tiny recipe loads, DeepSeek-V3's own config.json model keys parse,
+// and every class of bad input gives the right status code and a message naming the key and constraint.
+#include "framework/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "framework/yaml_reader.h"
+
+namespace fathom {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::string TinyPath() { return std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml"; }
+
+// Loads tiny.yaml with `overrides` and expects InvalidArgument; returns the message.
+std::string TinyError(const std::vector<std::string>& overrides) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath(), overrides);
+  EXPECT_FALSE(r.ok()) << "overrides accepted";
+  if (r.ok()) return "";
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  return std::string(r.status().message());
+}
+
+// Parses inline YAML and expects InvalidArgument; returns the message.
+std::string InlineError(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  absl::StatusOr<Recipe> r = ParseRecipe(yaml, "inline.yaml", overrides);
+  EXPECT_FALSE(r.ok()) << "recipe accepted";
+  if (r.ok()) return "";
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  return std::string(r.status().message());
+}
+
+TEST(ConfigTest, TinyRecipeLoadsAndValidates) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
+  ASSERT_TRUE(r.ok()) << r.status();
+  const ModelConfig& m = r->model;
+  EXPECT_EQ(r->path, TinyPath());
+  EXPECT_EQ(m.vocab_size, 256);
+  EXPECT_EQ(m.hidden_size, 64);
+  EXPECT_EQ(m.intermediate_size, 160);
+  EXPECT_EQ(m.num_hidden_layers, 3);
+  EXPECT_EQ(m.q_lora_rank, 32);
+  EXPECT_EQ(m.n_group, 2);
+  EXPECT_EQ(m.topk_group, 1);
+  EXPECT_DOUBLE_EQ(m.routed_scaling_factor, 2.5);
+  EXPECT_EQ(m.num_nextn_predict_layers, 1);
+  EXPECT_EQ(m.rope_scaling.type, "yarn");
+  EXPECT_DOUBLE_EQ(m.rope_scaling.factor, 4.0);
+  EXPECT_EQ(m.rope_scaling.original_max_position_embeddings, 1024);
+  EXPECT_DOUBLE_EQ(m.rope_scaling.mscale_all_dim, 1.0);
+  EXPECT_EQ(r->parallel.micro_batches, 2);
+  EXPECT_EQ(r->train.steps, 300);
+  EXPECT_EQ(r->train.seed, 1234u);
+  EXPECT_DOUBLE_EQ(r->optim.lr, 3e-3);
+  EXPECT_DOUBLE_EQ(r->optim.min_lr, 3e-4);
+  EXPECT_EQ(r->optim.warmup_steps, 30);
+  EXPECT_DOUBLE_EQ(r->loss.balance_alpha, 1e-4);
+  EXPECT_EQ(r->data.source, "demo");
+  EXPECT_TRUE(r->Validate().ok());
+}
+
+TEST(ConfigTest, SoftmaxScaleAppliesYarnMscale) {
+  ModelConfig m;
+  m.qk_nope_head_dim = 128;
+  m.qk_rope_head_dim = 64;
+  EXPECT_DOUBLE_EQ(m.softmax_scale(), 1.0 / std::sqrt(192.0));
+  m.rope_scaling.type = "yarn";
+  m.rope_scaling.factor = 40;
+  m.rope_scaling.mscale_all_dim = 0;  // no correction without mscale_all_dim
+  EXPECT_DOUBLE_EQ(m.softmax_scale(), 1.0 / std::sqrt(192.0));
+  m.rope_scaling.mscale_all_dim = 1.0;
+  const double mscale = 0.1 * 1.0 * std::log(40.0) + 1.0;
+  EXPECT_DOUBLE_EQ(m.softmax_scale(), mscale * mscale / std::sqrt(192.0));
+  m.rope_scaling.factor = 1.0;  // get_mscale(s <= 1) = 1
+  EXPECT_DOUBLE_EQ(m.softmax_scale(), 1.0 / std::sqrt(192.0));
+}
+
+TEST(ConfigTest, MissingSectionsAndKeysKeepDefaults) {
+  absl::StatusOr<Recipe> r = ParseRecipe("model:\n  hidden_size: 96\ndata:\n", "inline.yaml");
+  ASSERT_TRUE(r.ok()) << r.status();
+  const ModelConfig defaults;
+  EXPECT_EQ(r->model.hidden_size, 96);
+  EXPECT_EQ(r->model.vocab_size, defaults.vocab_size);
+  EXPECT_EQ(r->model.rope_scaling.type, "none");
+  EXPECT_EQ(r->train.steps, TrainConfig{}.steps);
+  EXPECT_DOUBLE_EQ(r->optim.lr, OptimConfig{}.lr);
+  EXPECT_EQ(r->data.source, "demo");
+}
+
+TEST(ConfigTest, DeepSeekV3ConfigJsonModelKeysParse) {
+  // A representative subset of DeepSeek-V3's config.json, pasted as the model section (JSON is YAML).
+  const std::string yaml = R"({
+  "model": {
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "attention_bias": false,
+    "attention_dropout": 0.0,
+    "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config",
+                 "AutoModel": "modeling_deepseek.DeepseekV3Model"},
+    "aux_loss_alpha": 0.001,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "ep_size": 1,
+    "first_k_dense_replace": 3,
+    "hidden_act": "silu",
+    "hidden_size": 7168,
+    "initializer_range": 0.02,
+    "intermediate_size": 18432,
+    "kv_lora_rank": 512,
+    "max_position_embeddings": 163840,
+    "model_type": "deepseek_v3",
+    "moe_intermediate_size": 2048,
+    "moe_layer_freq": 1,
+    "n_group": 8,
+    "n_routed_experts": 256,
+    "n_shared_experts": 1,
+    "norm_topk_prob": true,
+    "num_attention_heads": 128,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 61,
+    "num_key_value_heads": 128,
+    "num_nextn_predict_layers": 1,
+    "pretraining_tp": 1,
+    "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                            "weight_block_size": [128, 128]},
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                     "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"},
+    "rope_theta": 10000,
+    "routed_scaling_factor": 2.5,
+    "scoring_func": "sigmoid",
+    "seq_aux": true,
+    "tie_word_embeddings": false,
+    "topk_group": 4,
+    "topk_method": "noaux_tc",
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.33.1",
+    "use_cache": true,
+    "v_head_dim": 128,
+    "vocab_size": 129280
+  }
+})";
+  absl::StatusOr<Recipe> r = ParseRecipe(yaml, "deepseek_v3.json");
+  ASSERT_TRUE(r.ok()) << r.status();
+  const ModelConfig& m = r->model;
+  EXPECT_EQ(m.vocab_size, 129280);
+  EXPECT_EQ(m.hidden_size, 7168);
+  EXPECT_EQ(m.num_hidden_layers, 61);
+  EXPECT_EQ(m.first_k_dense_replace, 3);
+  EXPECT_EQ(m.q_lora_rank, 1536);
+  EXPECT_EQ(m.kv_lora_rank, 512);
+  EXPECT_EQ(m.qk_head_dim(), 192);
+  EXPECT_EQ(m.n_routed_experts, 256);
+  EXPECT_EQ(m.n_group, 8);
+  EXPECT_EQ(m.topk_group, 4);
+  EXPECT_EQ(m.num_experts_per_tok, 8);
+  EXPECT_DOUBLE_EQ(m.rms_norm_eps, 1e-6);
+  EXPECT_EQ(m.rope_scaling.type, "yarn");
+  EXPECT_DOUBLE_EQ(m.rope_scaling.factor, 40.0);
+  EXPECT_EQ(m.rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(m.rope_scaling.beta_fast, 32.0);
+  const double mscale = 0.1 * std::log(40.0) + 1.0;
+  EXPECT_DOUBLE_EQ(m.softmax_scale(), mscale * mscale / std::sqrt(192.0));
+}
+
+TEST(ConfigTest, HfNullsMeanNone) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath(), {"model.q_lora_rank=null", "model.rope_scaling=null"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->model.q_lora_rank, 0);
+  EXPECT_EQ(r->model.rope_scaling.type, "none");
+  EXPECT_DOUBLE_EQ(r->model.rope_scaling.factor, 1.0);
+}
+
+TEST(ConfigTest, UnknownKeySuggestsClosest) {
+  const std::string msg = InlineError("model:\n  hidden_size: 64\n  hiden_sise: 64\n");
+  EXPECT_THAT(msg, AllOf(HasSubstr("inline.yaml:3"), HasSubstr("unknown key 'model.hiden_sise'"),
+                         HasSubstr("did you mean 'model.hidden_size'?")));
+  // Nothing within edit distance 3: no suggestion.
+  EXPECT_THAT(InlineError("optim:\n  banana_split: 1\n"),
+              AllOf(HasSubstr("unknown key 'optim.banana_split'"), Not(HasSubstr("did you mean"))));
+  // Keys of nested maps carry their full path.
+  EXPECT_THAT(InlineError("model:\n  rope_scaling: {type: yarn, factr: 4}\n"),
+              AllOf(HasSubstr("unknown key 'model.rope_scaling.factr'"),
+                    HasSubstr("did you mean 'model.rope_scaling.factor'?")));
+}
+
+TEST(ConfigTest, UnknownSection) {
+  const std::string msg = InlineError("modle:\n  hidden_size: 64\n");
+  EXPECT_THAT(msg, AllOf(HasSubstr("inline.yaml:1"), HasSubstr("unknown section 'modle'"),
+                         HasSubstr("did you mean 'model'?")));
+}
+
+TEST(ConfigTest, StringForIntIsATypeError) {
+  const std::string msg = InlineError("train:\n  steps: many\n");
+  EXPECT_THAT(msg, AllOf(HasSubstr("inline.yaml:2"), HasSubstr("train.steps"), HasSubstr("'many'"),
+                         HasSubstr("expected a non-negative integer")));
+  // A quoted number is a string.
+  EXPECT_THAT(
+      InlineError("optim:\n  lr: \"0.1\"\n"),
+      AllOf(HasSubstr("optim.lr"), HasSubstr("expected a finite number"), HasSubstr("quoted string")));
+}
+
+TEST(ConfigTest, FloatForIntIsATypeError) {
+  EXPECT_THAT(TinyError({"parallel.pp=1.5"}), AllOf(HasSubstr("parallel.pp"), HasSubstr("'1.5'"),
+                                                    HasSubstr("expected a non-negative integer")));
+  EXPECT_THAT(InlineError("loss:\n  ignore_index: -1e2\n"),
+              AllOf(HasSubstr("loss.ignore_index"), HasSubstr("'-1e2'"), HasSubstr("expected an integer")));
+}
+
+TEST(ConfigTest, MapForScalarIsATypeError) {
+  EXPECT_THAT(InlineError("train:\n  seq_len: {a: 1}\n"),
+              AllOf(HasSubstr("train.seq_len"), HasSubstr("found a map")));
+  EXPECT_THAT(InlineError("model:\n  norm_topk_prob: yes\n"),
+              AllOf(HasSubstr("model.norm_topk_prob"), HasSubstr("'yes'"), HasSubstr("expected a boolean")));
+  EXPECT_THAT(InlineError("model: 3\n"), AllOf(HasSubstr("model"), HasSubstr("expected a map")));
+}
+
+TEST(ConfigTest, NegativeCountIsATypeError) {
+  const std::string msg = TinyError({"model.hidden_size=-64"});
+  EXPECT_THAT(msg, AllOf(HasSubstr("model.hidden_size"), HasSubstr("'-64'"),
+                         HasSubstr("expected a non-negative integer"),
+                         HasSubstr("override 'model.hidden_size=-64'")));
+  EXPECT_THAT(InlineError("parallel:\n  pp: 2\n  stage_layers: [1, -1]\n"),
+              AllOf(HasSubstr("parallel.stage_layers[1]"), HasSubstr("'-1'")));
+}
+
+TEST(ConfigTest, ZeroSizeFailsValidation) {
+  EXPECT_THAT(TinyError({"model.hidden_size=0"}),
+              AllOf(HasSubstr("model.hidden_size must be >= 1, got 0"), HasSubstr("tiny.yaml")));
+}
+
+TEST(ConfigTest, TopkGroupAboveNGroup) {
+  EXPECT_THAT(TinyError({"model.topk_group=3"}),
+              HasSubstr("model.topk_group (3) must be <= model.n_group (2)"));
+}
+
+TEST(ConfigTest, ExpertsNotDivisibleByGroups) {
+  EXPECT_THAT(TinyError({"model.n_routed_experts=10", "model.n_group=4"}),
+              HasSubstr("model.n_routed_experts (10) must be divisible by model.n_group (4)"));
+}
+
+TEST(ConfigTest, GroupsNeedTwoExperts) {
+  EXPECT_THAT(
+      TinyError({"model.n_group=8"}),
+      AllOf(HasSubstr("model.n_routed_experts / model.n_group (8 / 8 = 1)"), HasSubstr(">= 2 experts")));
+}
+
+TEST(ConfigTest, ExpertsPerTokenAboveRoutedExperts) {
+  EXPECT_THAT(TinyError({"model.num_experts_per_tok=9"}),
+              HasSubstr("model.num_experts_per_tok (9) must be <= model.n_routed_experts (8)"));
+}
+
+TEST(ConfigTest, TooFewExpertsInKeptGroups) {
+  // 2 groups of 4, 1 kept: at most 4 experts can be chosen.
+  EXPECT_THAT(
+      TinyError({"model.num_experts_per_tok=5"}),
+      AllOf(HasSubstr("model.num_experts_per_tok (5)"),
+            HasSubstr("model.topk_group * (model.n_routed_experts / model.n_group) = 1 * (8 / 2) = 4")));
+}
+
+TEST(ConfigTest, OddRopeHeadDim) {
+  EXPECT_THAT(TinyError({"model.qk_rope_head_dim=7"}), HasSubstr("model.qk_rope_head_dim (7) must be even"));
+}
+
+TEST(ConfigTest, SeqLenAboveMaxPositions) {
+  EXPECT_THAT(TinyError({"train.seq_len=8192"}),
+              HasSubstr("train.seq_len (8192) must be <= model.max_position_embeddings (4096)"));
+}
+
+TEST(ConfigTest, MissingFileIsNotFound) {
+  const std::string path = std::string(FATHOM_SOURCE_DIR) + "/recipes/no_such_recipe.yaml";
+  absl::StatusOr<Recipe> r = LoadRecipe(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(path));
+}
+
+TEST(ConfigTest, YamlSyntaxErrorNamesLine) {
+  // A mis-indented key: reported at its line (3) and column.
+  EXPECT_THAT(InlineError("model:\n  hidden_size: 64\n   vocab_size: 256\n"),
+              AllOf(HasSubstr("inline.yaml:3:"), HasSubstr("YAML syntax error")));
+  // An unclosed flow list: yaml-cpp notices it where the next key starts (line 3).
+  EXPECT_THAT(InlineError("model:\n  vocab_size: [256\ntrain:\n  steps: 3\n"),
+              AllOf(HasSubstr("inline.yaml:3:"), HasSubstr("YAML syntax error"),
+                    HasSubstr("end of sequence flow not found")));
+}
+
+TEST(ConfigTest, DuplicateKey) {
+  EXPECT_THAT(
+      InlineError("train:\n  steps: 3\n  steps: 4\n"),
+      AllOf(HasSubstr("inline.yaml:3"), HasSubstr("duplicate key 'train.steps'"), HasSubstr("line 2")));
+}
+
+TEST(ConfigTest, OverridesApply) {
+  absl::StatusOr<Recipe> r = LoadRecipe(
+      TinyPath(), {"parallel.pp=3", "optim.lr=1e-3", "model.rope_scaling.factor=2", "train.dtype=f64",
+                   "parallel.stage_layers=[1, 1, 1]", " parallel.schedule = zb1p "});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->parallel.pp, 3);
+  EXPECT_DOUBLE_EQ(r->optim.lr, 1e-3);
+  EXPECT_DOUBLE_EQ(r->model.rope_scaling.factor, 2.0);
+  EXPECT_EQ(r->model.rope_scaling.type, "yarn");  // the rest of the map is kept
+  EXPECT_EQ(r->train.dtype, "f64");
+  EXPECT_EQ(r->parallel.stage_layers, (std::vector<int64_t>{1, 1, 1}));
+  EXPECT_EQ(r->parallel.schedule, "zb1p");
+  // A section missing from the file is created.
+  absl::StatusOr<Recipe> bare = ParseRecipe("", "empty.yaml", {"data.source=synthetic"});
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(bare->data.source, "synthetic");
+}
+
+TEST(ConfigTest, OverrideOfUnknownKey) {
+  const std::string msg = TinyError({"model.hiden_size=3"});
+  EXPECT_THAT(msg,
+              AllOf(HasSubstr("unknown key 'model.hiden_size'"), HasSubstr("override 'model.hiden_size=3'"),
+                    HasSubstr("did you mean 'model.hidden_size'?")));
+  EXPECT_THAT(TinyError({"trian.steps=3"}),
+              AllOf(HasSubstr("unknown section 'trian'"), HasSubstr("did you mean 'train'?")));
+}
+
+TEST(ConfigTest, MalformedOverride) {
+  EXPECT_THAT(TinyError({"parallel.pp"}),
+              AllOf(HasSubstr("malformed override 'parallel.pp'"), HasSubstr("expected key=value")));
+  EXPECT_THAT(TinyError({"=3"}), AllOf(HasSubstr("malformed override '=3'"), HasSubstr("empty key")));
+  EXPECT_THAT(TinyError({"model..hidden_size=3"}),
+              AllOf(HasSubstr("malformed override 'model..hidden_size=3'"), HasSubstr("empty component")));
+  EXPECT_THAT(TinyError({"pp=2"}), AllOf(HasSubstr("malformed override 'pp=2'"), HasSubstr("at least 2")));
+  EXPECT_THAT(TinyError({"model.hidden_size.x=2"}), AllOf(HasSubstr("override 'model.hidden_size.x=2'"),
+                                                          HasSubstr("model.hidden_size holds '64'")));
+  EXPECT_THAT(TinyError({"optim.lr=[1"}),
+              AllOf(HasSubstr("override 'optim.lr=[1'"), HasSubstr("not valid YAML")));
+}
+
+TEST(ConfigTest, EpMustDivideExperts) {
+  EXPECT_THAT(TinyError({"parallel.ep=3"}),
+              HasSubstr("parallel.ep (3) must divide model.n_routed_experts (8)"));
+}
+
+TEST(ConfigTest, StageLayersMustSumToLayers) {
+  EXPECT_THAT(TinyError({"parallel.pp=2", "parallel.stage_layers=[1, 1]"}),
+              HasSubstr("parallel.stage_layers [1, 1] sums to 2, must sum to model.num_hidden_layers (3)"));
+  EXPECT_THAT(TinyError({"parallel.pp=2", "parallel.stage_layers=[3]"}),
+              HasSubstr("parallel.stage_layers has 1 entry, must have parallel.pp (2)"));
+  EXPECT_THAT(TinyError({"parallel.pp=4"}),
+              HasSubstr("parallel.pp (4) must be <= model.num_hidden_layers (3)"));
+}
+
+TEST(ConfigTest, Bf16RejectedOnCpu) {
+  EXPECT_THAT(TinyError({"train.dtype=bf16"}),
+              AllOf(HasSubstr("train.dtype bf16"), HasSubstr("train.device cpu")));
+  absl::StatusOr<Recipe> gpu = LoadRecipe(TinyPath(), {"train.dtype=bf16", "train.device=cuda"});
+  EXPECT_TRUE(gpu.ok()) << gpu.status();
+}
+
+TEST(ConfigTest, MustBeValueViolated) {
+  EXPECT_THAT(TinyError({"model.hidden_act=gelu"}),
+              AllOf(HasSubstr("model.hidden_act must be silu"), HasSubstr("'gelu'")));
+  EXPECT_THAT(
+      TinyError({"model.num_key_value_heads=2"}),
+      AllOf(HasSubstr("model.num_key_value_heads must be 4"), HasSubstr("model.num_attention_heads")));
+  EXPECT_THAT(TinyError({"model.tie_word_embeddings=true"}),
+              HasSubstr("model.tie_word_embeddings must be false"));
+}
+
+TEST(ConfigTest, EnumsListAllowedValues) {
+  EXPECT_THAT(TinyError({"parallel.schedule=gpipe"}),
+              HasSubstr("parallel.schedule must be one of 1f1b, zb1p, dualpipe, dualpipev; got 'gpipe'"));
+  EXPECT_THAT(TinyError({"model.rope_scaling.type=linear"}),
+              HasSubstr("model.rope_scaling.type must be one of none, yarn; got 'linear'"));
+  EXPECT_THAT(TinyError({"data.source=web"}), HasSubstr("data.source must be one of demo, synthetic"));
+}
+
+TEST(ConfigTest, OptimLossAndDataRanges) {
+  EXPECT_THAT(TinyError({"optim.min_lr=0.1"}), HasSubstr("optim.min_lr must be in [0, optim.lr]"));
+  EXPECT_THAT(TinyError({"optim.beta2=1"}), HasSubstr("optim.beta2 must be in [0, 1), got 1"));
+  EXPECT_THAT(TinyError({"optim.eps=0"}), HasSubstr("optim.eps must be > 0, got 0"));
+  EXPECT_THAT(TinyError({"loss.mtp_lambda=-0.5"}), HasSubstr("loss.mtp_lambda must be >= 0, got -0.5"));
+  EXPECT_THAT(TinyError({"model.vocab_size=128"}),
+              HasSubstr("data.source demo needs model.vocab_size >= 256"));
+}
+
+TEST(ConfigTest, EditDistance) {
+  EXPECT_EQ(EditDistance("", ""), 0);
+  EXPECT_EQ(EditDistance("kitten", "sitting"), 3);
+  EXPECT_EQ(EditDistance("n_group", "n_groups"), 1);
+  EXPECT_EQ(EditDistance("abc", ""), 3);
+}
+
+}  // namespace
+}  // namespace fathom
