@@ -97,22 +97,26 @@ Tensor Tensor::Flatten2D() const {
 }
 
 Tensor Tensor::Clone() const {
+  FATHOM_CHECK(device_ == Device::kCPU, "host-side tensor operation on a ", DeviceName(device_), " tensor");
   Tensor t = Empty(shape_, dtype_, device_);
   if (nbytes()) std::memcpy(t.data_, data_, nbytes());
   return t;
 }
 
 void Tensor::CopyFrom(const Tensor& src) {
+  FATHOM_CHECK(device_ == Device::kCPU, "host-side tensor operation on a ", DeviceName(device_), " tensor");
   FATHOM_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_, "copy ", src.shape_str(), " ",
                DTypeName(src.dtype_), " into ", shape_str(), " ", DTypeName(dtype_));
   if (nbytes()) std::memmove(data_, src.data_, nbytes());
 }
 
 void Tensor::Zero() {
+  FATHOM_CHECK(device_ == Device::kCPU, "host-side tensor operation on a ", DeviceName(device_), " tensor");
   if (nbytes()) std::memset(data_, 0, nbytes());
 }
 
 void Tensor::Fill(double v) {
+  FATHOM_CHECK(device_ == Device::kCPU, "host-side tensor operation on a ", DeviceName(device_), " tensor");
   int64_t n = numel();
   switch (dtype_) {
     case DType::kF32: for (int64_t i = 0; i < n; ++i) data<float>()[i] = static_cast<float>(v); break;
@@ -124,6 +128,7 @@ void Tensor::Fill(double v) {
 }
 
 double Tensor::Item(int64_t i) const {
+  FATHOM_CHECK(device_ == Device::kCPU, "Item() of a ", DeviceName(device_), " tensor: copy it to the host first");
   FATHOM_CHECK(i >= 0 && i < numel(), "Item(", i, ") of ", shape_str());
   switch (dtype_) {
     case DType::kF32: return static_cast<const float*>(data_)[i];
@@ -138,6 +143,7 @@ double Tensor::Item(int64_t i) const {
 }
 
 Tensor Tensor::To(DType dtype) const {
+  FATHOM_CHECK(device_ == Device::kCPU, "host-side tensor operation on a ", DeviceName(device_), " tensor");
   if (dtype == dtype_) return Clone();
   Tensor t = Empty(shape_, dtype);
   int64_t n = numel();
