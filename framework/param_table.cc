@@ -14,10 +14,17 @@ int ParamTable::Add(ParamSpec spec) {
 void ParamTable::Finalize(DType dtype) {
   FATHOM_CHECK(!finalized(), "ParamTable finalized twice");
   FATHOM_CHECK(IsFloatingCompute(dtype), "ParamTable dtype must be f32 or f64, got ", DTypeName(dtype));
+  // Replicated parameters first, then routed experts: each group is one contiguous range, so ZeRO can
+  // reduce-scatter each over its own data-parallel group.
   int64_t off = 0;
-  for (ParamSpec& s : specs_) {
-    s.offset = off;
-    off += (NumElements(s.shape) + 15) / 16 * 16;
+  for (ParamGroup g : {ParamGroup::kReplicated, ParamGroup::kExpert}) {
+    group_begin_[static_cast<int>(g)] = off;
+    for (ParamSpec& s : specs_) {
+      if (s.group != g) continue;
+      s.offset = off;
+      off += (NumElements(s.shape) + 15) / 16 * 16;
+    }
+    group_end_[static_cast<int>(g)] = off;
   }
   numel_ = off;
   values_ = Tensor::Zeros({numel_}, dtype);

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "framework/tensor.h"
@@ -47,7 +48,8 @@ class ParamTable {
 
   // REQUIRES: not finalized; `spec.name` unique.
   int Add(ParamSpec spec);
-  // Allocates values and grads in `dtype` (f32 or f64), each tensor aligned to 16 elements.
+  // Allocates values and grads in `dtype` (f32 or f64), each tensor aligned to 16 elements; all
+  // kReplicated tensors come first (in registration order), then all kExpert tensors.
   void Finalize(DType dtype);
   bool finalized() const { return values_.defined(); }
 
@@ -63,6 +65,10 @@ class ParamTable {
   int64_t numel() const { return numel_; }
   DType dtype() const { return values_.dtype(); }
   void ZeroGrads() { grads_.Zero(); }
+  // The element range [first, second) of the flat buffers holding `group`'s tensors.
+  std::pair<int64_t, int64_t> GroupRange(ParamGroup group) const {
+    return {group_begin_[static_cast<int>(group)], group_end_[static_cast<int>(group)]};
+  }
 
  private:
   Tensor View(const Tensor& flat, int id) const;
@@ -71,6 +77,7 @@ class ParamTable {
   std::unordered_map<std::string, int> by_name_;
   Tensor values_, grads_;
   int64_t numel_ = 0;
+  int64_t group_begin_[2] = {0, 0}, group_end_[2] = {0, 0};
 };
 
 }  // namespace fathom

@@ -4,51 +4,81 @@
 
 #include "launch/commands.h"
 #include "launch/trainer.h"
+#include "parallel/fault.h"
+#include "parallel/launch_env.h"
+#include "parallel/mpi_communicator.h"
 
 namespace fathom {
+namespace {
 
-// fathom train RECIPE.yaml [--set section.key=value ...]
-int RunTrain(const std::vector<std::string>& args) {
-  std::string recipe_path;
+struct TrainArgs {
+  std::string recipe;
   std::vector<std::string> overrides;
+};
+
+absl::StatusOr<TrainArgs> ParseTrainArgs(const std::vector<std::string>& args) {
+  TrainArgs out;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--set") {
-      if (i + 1 == args.size()) {
-        std::cerr << "fathom train: --set needs a value: --set section.key=value\n";
-        return 2;
-      }
-      overrides.push_back(args[++i]);
+      if (i + 1 == args.size()) return absl::InvalidArgumentError("--set needs a value: --set section.key=value");
+      out.overrides.push_back(args[++i]);
     } else if (args[i].rfind("--set=", 0) == 0) {
-      overrides.push_back(args[i].substr(6));
+      out.overrides.push_back(args[i].substr(6));
     } else if (!args[i].empty() && args[i][0] == '-') {
-      std::cerr << "fathom train: unknown option '" << args[i] << "'; expected --set section.key=value\n";
-      return 2;
-    } else if (recipe_path.empty()) {
-      recipe_path = args[i];
+      return absl::InvalidArgumentError("unknown option '" + args[i] + "'; expected --set section.key=value");
+    } else if (out.recipe.empty()) {
+      out.recipe = args[i];
     } else {
-      std::cerr << "fathom train: one recipe expected, got '" << recipe_path << "' and '" << args[i] << "'\n";
-      return 2;
+      return absl::InvalidArgumentError("one recipe expected, got '" + out.recipe + "' and '" + args[i] + "'");
     }
   }
-  if (recipe_path.empty()) {
-    std::cerr << "usage: fathom train RECIPE.yaml [--set section.key=value ...]\n";
-    return 2;
+  if (out.recipe.empty()) return absl::InvalidArgumentError("usage: fathom train RECIPE.yaml [--set section.key=value ...]");
+  return out;
+}
+
+// Every rank reaches the same verdict on its input; ExitAllRanks prints it once and exits every rank.
+[[noreturn]] void Reject(const absl::Status& status) {
+  ExitAllRanks(kExitInvalidInput, "fathom train: " + std::string(status.message()));
+}
+
+}  // namespace
+
+// fathom train RECIPE.yaml [--set section.key=value ...]
+// Under mpirun or srun (the launcher's variables are set) it runs on MPI with one rank per process;
+// otherwise as a single process on the local communicator.
+int RunTrain(const std::vector<std::string>& args) {
+  absl::StatusOr<LaunchEnv> env = LaunchEnvFromProcessEnvironment();
+  if (!env.ok()) {
+    std::cerr << "fathom train: " << env.status().message() << "\n";
+    return kExitInvalidInput;
   }
-  absl::StatusOr<Recipe> recipe = LoadRecipe(recipe_path, overrides);
-  if (!recipe.ok()) {
-    std::cerr << "fathom train: " << recipe.status().message() << "\n";
-    return 2;
+  const bool mpi = env->launcher != Launcher::kNone;
+  if (mpi) MpiInit(nullptr, nullptr);
+  absl::StatusOr<std::unique_ptr<Communicator>> world =
+      CreateWorldCommunicator(mpi ? CommBackend::kMpi : CommBackend::kLocal);
+  if (!world.ok()) Reject(world.status());
+  const int world_size = (*world)->size();
+  const bool logs = (*world)->rank() == 0;
+
+  absl::StatusOr<TrainArgs> parsed = ParseTrainArgs(args);
+  if (!parsed.ok()) Reject(parsed.status());
+  absl::StatusOr<Recipe> recipe = LoadRecipe(parsed->recipe, parsed->overrides);
+  if (!recipe.ok()) Reject(recipe.status());
+  absl::StatusOr<std::unique_ptr<DeviceMesh>> mesh =
+      DeviceMesh::Create(*std::move(world), recipe->parallel.pp, recipe->parallel.ep);
+  if (!mesh.ok()) {
+    Reject(absl::InvalidArgumentError(std::string(mesh.status().message()) + " (world size " +
+                                      std::to_string(world_size) + ")"));
   }
-  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*recipe);
-  if (!trainer.ok()) {
-    std::cerr << "fathom train: " << trainer.status().message() << "\n";
-    return 2;
-  }
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*recipe, **mesh);
+  if (!trainer.ok()) Reject(trainer.status());
+  if (logs) std::cout << (*mesh)->layout().Describe() << " [" << env->Describe() << "]\n";
   absl::StatusOr<std::vector<StepStats>> run = (*trainer)->Run(std::cout);
-  if (!run.ok()) {
-    std::cerr << "fathom train: " << run.status().message() << "\n";
-    return 1;
-  }
+  // Every rank sees the same all-reduced norm, so a divergence is reported by all ranks alike.
+  if (!run.ok()) ExitAllRanks(kExitFailure, "fathom train: " + std::string(run.status().message()));
+  trainer->reset();
+  mesh->reset();
+  if (mpi) MpiFinalize();
   return 0;
 }
 

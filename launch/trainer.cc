@@ -3,31 +3,48 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 
 #include "absl/strings/str_format.h"
 #include "data/demo_corpus.h"
 #include "data/tokenizer.h"
 #include "optim/expert_bias.h"
-#include "optim/grad_clip.h"
 #include "optim/lr_schedule.h"
+#include "parallel/expert_exchange_mpi.h"
+#include "parallel/fault.h"
+#include "parallel/stage_split.h"
 
 namespace fathom {
 
-absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe) {
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, DeviceMesh& mesh) {
   if (absl::Status s = recipe.Validate(); !s.ok()) return s;
   if (recipe.train.device != "cpu") {
     return absl::FailedPreconditionError(absl::StrFormat(
         "%s: train.device is '%s', but this build's trainer runs on cpu only (the CUDA trainer is not part "
-        "of it); set train.device: cpu",
+        "of it yet); set train.device: cpu",
         recipe.path, recipe.train.device));
   }
-  if (recipe.parallel.pp != 1 || recipe.parallel.ep != 1) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s: parallel.pp=%d, parallel.ep=%d need the distributed trainer; the single-process trainer "
-        "needs pp=1 and ep=1",
-        recipe.path, recipe.parallel.pp, recipe.parallel.ep));
+  const MeshLayout& layout = mesh.layout();
+  if (layout.pp() != recipe.parallel.pp || layout.ep() != recipe.parallel.ep) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: the mesh (pp %d, ep %d) does not match parallel.pp=%d, "
+                                                      "parallel.ep=%d",
+                                                      recipe.path, layout.pp(), layout.ep(), recipe.parallel.pp,
+                                                      recipe.parallel.ep));
   }
+  absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(recipe.parallel.schedule);
+  if (!kind.ok()) return kind.status();
+  if (ChunksPerRank(*kind) != 1) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s: parallel.schedule %s places two model chunks on every rank; the pipeline executor runs the "
+        "single-chunk schedules 1f1b and zb1p (`fathom simulate` models %s)",
+        recipe.path, recipe.parallel.schedule, recipe.parallel.schedule));
+  }
+  if (absl::Status s = CheckScheduleShape(*kind, layout.pp(), static_cast<int>(recipe.parallel.micro_batches));
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::vector<int64_t>> stages = SplitStages(recipe.model, recipe.parallel, recipe.train.seq_len);
+  if (!stages.ok()) return stages.status();
+
   std::vector<int32_t> tokens;
   if (recipe.data.source == "demo") {
     tokens = EncodeBytes(DemoCorpus());
@@ -35,82 +52,161 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe) {
     tokens = SyntheticTokens(std::max<int64_t>(1 << 20, 4 * recipe.train.seq_len), recipe.model.vocab_size,
                              recipe.train.seed);
   }
-  auto trainer = std::unique_ptr<Trainer>(new Trainer(recipe, std::move(tokens)));
+  auto trainer = std::unique_ptr<Trainer>(new Trainer(recipe, mesh, std::move(tokens), *std::move(stages)));
   auto sampler = SequenceSampler::Create(&trainer->tokens_, recipe.train.seq_len, recipe.train.seed);
   if (!sampler.ok()) return sampler.status();
   trainer->sampler_ = std::make_unique<SequenceSampler>(*std::move(sampler));
+  trainer->program_ = MakeSchedule(*kind, layout.pp(), static_cast<int>(recipe.parallel.micro_batches))
+                          ->ranks[mesh.coord().pp_rank];
   return trainer;
 }
 
-Trainer::Trainer(const Recipe& recipe, std::vector<int32_t> tokens)
-    : recipe_(recipe), tokens_(std::move(tokens)) {
-  model_ = std::make_unique<Model>(recipe_.model, recipe_.loss);
+Trainer::Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> tokens,
+                 std::vector<int64_t> stage_layers)
+    : recipe_(recipe), mesh_(mesh), tokens_(std::move(tokens)), stage_layers_(std::move(stage_layers)) {
+  const MeshCoord& c = mesh.coord();
+  const int pp = mesh.layout().pp(), ep = mesh.layout().ep();
+  const int64_t experts = recipe_.model.n_routed_experts;
+  ModelSlice slice;
+  for (int s = 0; s < c.pp_rank; ++s) slice.first_layer += stage_layers_[s];
+  slice.end_layer = slice.first_layer + stage_layers_[c.pp_rank];
+  slice.embedding = c.pp_rank == 0;
+  slice.head = c.pp_rank == pp - 1;
+  slice.experts = PlaceExperts(experts, ep, c.ep_rank);
+  if (ep > 1) {
+    Communicator* ep_comm = &mesh.ep();
+    slice.make_exchange = [ep_comm, experts]() { return std::make_unique<CommExpertExchange>(ep_comm, experts); };
+  }
+  model_ = std::make_unique<Model>(recipe_.model, recipe_.loss, slice);
   model_->Finalize(recipe_.train.dtype == "f64" ? DType::kF64 : DType::kF32, recipe_.train.seed);
-  optimizer_ = std::make_unique<AdamW>(model_->params(), recipe_.optim);
+
+  // The last stage's copy of the embedding (for MTP) has the first stage's gradient added to it, so its
+  // norm is counted once, on the first stage.
+  std::vector<std::pair<int64_t, int64_t>> exclude;
+  if (pp > 1 && slice.head && model_->embedding_id() >= 0) {
+    const ParamSpec& e = model_->params().spec(model_->embedding_id());
+    exclude.push_back({e.offset, e.offset + NumElements(e.shape)});
+  }
+  optimizer_ = std::make_unique<ZeroOptimizer>(model_->params(), recipe_.optim, mesh.dp(), mesh.edp(), exclude);
+  executor_ = std::make_unique<PipelineExecutor>(
+      *model_, mesh.pp(), Shape{recipe_.train.micro_batch_size, recipe_.train.seq_len, recipe_.model.hidden_size});
 }
 
 MicroBatch Trainer::SampleMicroBatch(int64_t step, int mb) const {
+  // Global sequence index: data-parallel rank d takes micro-batches [d * M, (d + 1) * M) of the step, so
+  // any mesh sees the same global batch as one rank with dp * M micro-batches.
   const int64_t b = recipe_.train.micro_batch_size, t = recipe_.train.seq_len;
+  const int64_t first = (mesh_.coord().dp_rank * recipe_.parallel.micro_batches + mb) * b;
   MicroBatch batch{Tensor::Empty({b, t}, DType::kI32), Tensor::Empty({b, t}, DType::kI32)};
   for (int64_t s = 0; s < b; ++s) {
-    sampler_->Sample(step, mb * b + s, batch.input_ids.data<int32_t>() + s * t,
-                     batch.labels.data<int32_t>() + s * t);
+    sampler_->Sample(step, first + s, batch.input_ids.data<int32_t>() + s * t, batch.labels.data<int32_t>() + s * t);
   }
   return batch;
 }
 
+namespace {
+
+// Sums `values` over `comm` in f64.
+std::vector<double> SumOver(Communicator& comm, const std::vector<double>& values) {
+  Tensor t = Tensor::FromVector(values, {static_cast<int64_t>(values.size())}, DType::kF64);
+  comm.AllReduce(t, ReduceOp::kSum);
+  return std::vector<double>(t.data<double>(), t.data<double>() + t.numel());
+}
+
+int64_t CountMoeLayers(const ModelConfig& m) {
+  int64_t n = 0;
+  for (int64_t l = 0; l < m.num_hidden_layers + m.num_nextn_predict_layers; ++l) n += m.is_moe_layer(l);
+  return n;
+}
+
+}  // namespace
+
 absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   auto start = std::chrono::steady_clock::now();
+  const MeshCoord& coord = mesh_.coord();
+  if (ShouldInjectFault(coord.rank, step)) InjectFault(coord.rank, step);
   const int m = static_cast<int>(recipe_.parallel.micro_batches);
+  const int dp = mesh_.layout().dp(), pp = mesh_.layout().pp();
   std::vector<MicroBatch> batches;
   for (int mb = 0; mb < m; ++mb) batches.push_back(SampleMicroBatch(step, mb));
-  LossNormalizers norm = model_->Normalizers(batches, m);
 
-  // Forward and backward of every micro-batch; parameter gradients accumulate across them.
+  // Loss normalisers of the whole global batch.
+  LossNormalizers norm = model_->Normalizers(batches, static_cast<int64_t>(m) * dp);
+  std::vector<double> counts = {norm.main_tokens};
+  counts.insert(counts.end(), norm.mtp_tokens.begin(), norm.mtp_tokens.end());
+  counts = SumOver(mesh_.dp(), counts);
+  norm.main_tokens = counts[0];
+  std::copy(counts.begin() + 1, counts.end(), norm.mtp_tokens.begin());
+
+  // Forward and backward of every micro-batch by this rank's pipeline program.
   ParamTable& params = model_->params();
   params.ZeroGrads();
   std::vector<MoE*> moes = model_->moe_layers();
   for (MoE* moe : moes) moe->ResetStats();
-  LossSums total;
-  total.mtp_ce.assign(norm.mtp_tokens.size(), 0.0);
-  for (int mb = 0; mb < m; ++mb) {
-    LossSums s = model_->Forward(mb, batches[mb], norm);
-    model_->BackwardInput(mb);
-    model_->BackwardWeight(mb);
-    total.main_ce += s.main_ce;
-    total.balance += s.balance;
-    for (size_t k = 0; k < s.mtp_ce.size(); ++k) total.mtp_ce[k] += s.mtp_ce[k];
+  LossSums sums = executor_->Run(program_, batches, norm);
+
+  // The embedding lives on the first stage and, for MTP, on the last: both copies get the summed gradient
+  // (a + b == b + a, so the two stay bit-identical).
+  if (pp > 1 && model_->embedding_id() >= 0 && (coord.pp_rank == 0 || coord.pp_rank == pp - 1)) {
+    Tensor g = params.grad(model_->embedding_id());
+    Tensor mine = g.Clone(), theirs = Tensor::Empty(g.shape(), g.dtype());
+    const int peer = coord.pp_rank == 0 ? pp - 1 : 0;
+    Request send = mesh_.pp().ISend(mine, peer, Communicator::kMaxTag);
+    mesh_.pp().Recv(theirs, peer, Communicator::kMaxTag);
+    send.Wait();
+    DispatchFloat(g.dtype(), "embedding grad sum", [&](auto tag) {
+      using T = decltype(tag);
+      for (int64_t i = 0; i < g.numel(); ++i) g.data<T>()[i] = mine.data<T>()[i] + theirs.data<T>()[i];
+    });
   }
 
-  // Optimizer step: global-norm clipping, AdamW, then the auxiliary-loss-free bias update.
+  // ZeRO-1: reduce-scatter, global norm, clip + AdamW on the shards, all-gather.
+  optimizer_->ReduceGradients();
   StepStats st;
   st.step = step;
-  st.grad_norm = std::sqrt(GradNormSquared(params));
+  st.grad_norm = std::sqrt(SumOver(mesh_.world(), {optimizer_->LocalNormSquared()})[0]);
   if (!std::isfinite(st.grad_norm)) {
     return absl::InternalError(absl::StrFormat(
-        "step %d: the global gradient norm is %f (lm loss sum %f): training diverged; lower optim.lr or raise "
-        "optim.warmup_steps",
-        step + 1, st.grad_norm, total.main_ce));
+        "step %d: the global gradient norm is %f: training diverged; lower optim.lr or raise optim.warmup_steps",
+        step + 1, st.grad_norm));
   }
-  ClipGradients(params, recipe_.optim.grad_clip, st.grad_norm);
   st.lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
-  optimizer_->Step(st.lr);
-  for (MoE* moe : moes) {
-    UpdateExpertBias(params.value(moe->bias_id()), moe->expert_load(), recipe_.optim.bias_update_speed);
-    st.load_max_over_mean = std::max(st.load_max_over_mean, ComputeExpertLoadStats(moe->expert_load()).max_over_mean);
-  }
+  optimizer_->Step(st.lr, st.grad_norm, recipe_.optim.grad_clip);
+  optimizer_->GatherParameters();
 
-  st.lm_loss = total.main_ce / std::max(norm.main_tokens, 1.0);
-  double mtp_weighted = 0;
-  for (size_t k = 0; k < total.mtp_ce.size(); ++k) {
-    double lk = total.mtp_ce[k] / std::max(norm.mtp_tokens[k], 1.0);
-    st.mtp_loss += lk / static_cast<double>(total.mtp_ce.size());
-    mtp_weighted += recipe_.loss.mtp_lambda / static_cast<double>(total.mtp_ce.size()) * lk;
+  // Auxiliary-loss-free balancing from the loads of the whole global batch.
+  for (MoE* moe : moes) {
+    Tensor load = Tensor::Empty({moe->num_experts()}, DType::kI64);
+    std::copy(moe->expert_load().begin(), moe->expert_load().end(), load.data<int64_t>());
+    mesh_.dp().AllReduce(load, ReduceOp::kSum);
+    std::vector<int64_t> global(load.data<int64_t>(), load.data<int64_t>() + load.numel());
+    UpdateExpertBias(params.value(moe->bias_id()), global, recipe_.optim.bias_update_speed);
+    st.load_max_over_mean = std::max(st.load_max_over_mean, ComputeExpertLoadStats(global).max_over_mean);
+    st.expert_loads.push_back(std::move(global));
   }
-  st.balance = moes.empty() ? 0.0 : total.balance / (static_cast<double>(m) * static_cast<double>(moes.size()));
-  st.loss = st.lm_loss + mtp_weighted + recipe_.loss.balance_alpha * total.balance / static_cast<double>(m);
+  Tensor worst = Tensor::FromVector({st.load_max_over_mean}, {1}, DType::kF64);
+  mesh_.world().AllReduce(worst, ReduceOp::kMax);  // the worst MoE layer of any stage
+  st.load_max_over_mean = worst.data<double>()[0];
+
+  // Losses of the global batch (the CE sums live on the last stage, balance sums on every stage).
+  std::vector<double> loss_sums = {sums.main_ce, sums.balance};
+  loss_sums.insert(loss_sums.end(), sums.mtp_ce.begin(), sums.mtp_ce.end());
+  loss_sums = SumOver(mesh_.world(), loss_sums);
+  st.lm_loss = loss_sums[0] / std::max(norm.main_tokens, 1.0);
+  double mtp_weighted = 0;
+  const size_t depth = norm.mtp_tokens.size();
+  for (size_t k = 0; k < depth; ++k) {
+    double lk = loss_sums[2 + k] / std::max(norm.mtp_tokens[k], 1.0);
+    st.mtp_loss += lk / static_cast<double>(depth);
+    mtp_weighted += recipe_.loss.mtp_lambda / static_cast<double>(depth) * lk;
+  }
+  const double sequences_mb = static_cast<double>(m) * dp;  // balance values are means over a micro-batch
+  const int64_t moe_layers = CountMoeLayers(recipe_.model);
+  st.balance = moe_layers ? loss_sums[1] / (sequences_mb * static_cast<double>(moe_layers)) : 0.0;
+  st.loss = st.lm_loss + mtp_weighted + recipe_.loss.balance_alpha * loss_sums[1] / sequences_mb;
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  st.tokens_per_s = static_cast<double>(m * recipe_.train.micro_batch_size * recipe_.train.seq_len) / seconds;
+  st.tokens_per_s =
+      static_cast<double>(sequences_mb * recipe_.train.micro_batch_size * recipe_.train.seq_len) / seconds;
   return st;
 }
 
@@ -125,19 +221,25 @@ std::string FormatStepLine(const StepStats& s, int64_t total_steps) {
 absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
   const int64_t steps = recipe_.train.steps;
   const ModelConfig& mc = recipe_.model;
-  log << absl::StrFormat(
-      "fathom train %s: %d layers (%d dense), %d routed experts top-%d, MTP depth %d, %d parameters (%s), "
-      "%d sequences x %d tokens per step, %d steps\n",
-      recipe_.path, mc.num_hidden_layers, mc.first_k_dense_replace, mc.n_routed_experts, mc.num_experts_per_tok,
-      mc.num_nextn_predict_layers, model_->params().numel(), recipe_.train.dtype,
-      recipe_.parallel.micro_batches * recipe_.train.micro_batch_size, recipe_.train.seq_len, steps);
+  const bool logs = mesh_.coord().rank == 0;
+  const int64_t global_sequences =
+      recipe_.parallel.micro_batches * recipe_.train.micro_batch_size * mesh_.layout().dp();
+  if (logs) {
+    std::string split;
+    for (size_t s = 0; s < stage_layers_.size(); ++s) split += (s ? "+" : "") + std::to_string(stage_layers_[s]);
+    log << absl::StrFormat(
+        "fathom train %s: %d layers (%d dense), %d routed experts top-%d, MTP depth %d, %s; stage layers %s; "
+        "%d sequences x %d tokens per step, %d steps\n",
+        recipe_.path, mc.num_hidden_layers, mc.first_k_dense_replace, mc.n_routed_experts, mc.num_experts_per_tok,
+        mc.num_nextn_predict_layers, recipe_.train.dtype, split, global_sequences, recipe_.train.seq_len, steps);
+  }
   std::vector<StepStats> all;
   auto start = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < steps; ++step) {
     absl::StatusOr<StepStats> st = Step(step);
     if (!st.ok()) return st.status();
     all.push_back(*st);
-    if ((step + 1) % recipe_.train.log_every == 0 || step + 1 == steps) {
+    if (logs && ((step + 1) % recipe_.train.log_every == 0 || step + 1 == steps)) {
       log << FormatStepLine(all.back(), steps) << "\n";
       log.flush();
     }
@@ -149,12 +251,13 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     first += all[i].lm_loss / static_cast<double>(window);
     last += all[all.size() - window + i].lm_loss / static_cast<double>(window);
   }
-  double tokens = static_cast<double>(steps * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size *
-                                      recipe_.train.seq_len);
-  log << absl::StrFormat(
-      "summary: %d steps, %.0f tokens in %.1f s (%.0f tok/s); lm loss %.4f -> %.4f (mean of first/last %d "
-      "steps), ln(vocab) = %.4f\n",
-      steps, tokens, seconds, tokens / seconds, first, last, window, std::log(static_cast<double>(mc.vocab_size)));
+  double tokens = static_cast<double>(steps * global_sequences * recipe_.train.seq_len);
+  if (logs) {
+    log << absl::StrFormat(
+        "summary: %d steps, %.0f tokens in %.1f s (%.0f tok/s); lm loss %.4f -> %.4f (mean of first/last %d "
+        "steps), ln(vocab) = %.4f\n",
+        steps, tokens, seconds, tokens / seconds, first, last, window, std::log(static_cast<double>(mc.vocab_size)));
+  }
   return all;
 }
 

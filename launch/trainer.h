@@ -1,6 +1,10 @@
-// The single-process training loop: sample a step's micro-batches, forward and backward each, clip,
-// step AdamW, update the expert biases from the step's expert loads, log one line. Reads top to bottom
-// like the algorithm (llm.c style); distributed execution replaces the inner loop, not this structure.
+// The training loop. Reads top to bottom like the algorithm (llm.c style):
+//   sample this rank's micro-batches -> step-wide loss normalisers (all-reduced over dp) -> the pipeline
+//   executor runs this rank's schedule (forward, backward for inputs, backward for weights per
+//   micro-batch; expert all-to-alls inside the MoE layers) -> gradients reduced (ZeRO-1) -> global norm,
+//   clipping, AdamW on this rank's shards -> parameters all-gathered -> expert-bias update from the
+//   step's loads (all-reduced over dp) -> one log line on rank 0.
+// One code path for every mesh: a single process is the mesh pp = ep = dp = 1 on the local communicator.
 #ifndef FATHOM_LAUNCH_TRAINER_H_
 #define FATHOM_LAUNCH_TRAINER_H_
 
@@ -13,7 +17,10 @@
 #include "data/sampler.h"
 #include "framework/config.h"
 #include "layers/model.h"
-#include "optim/adamw.h"
+#include "parallel/mesh.h"
+#include "parallel/pipeline_executor.h"
+#include "parallel/schedule.h"
+#include "parallel/zero.h"
 
 namespace fathom {
 
@@ -27,28 +34,35 @@ struct StepStats {
   double grad_norm = 0;     // before clipping
   double tokens_per_s = 0;
   double load_max_over_mean = 0;  // worst MoE layer's busiest expert over the mean load
+  std::vector<std::vector<int64_t>> expert_loads;  // this stage's MoE layers, global counts of the step
 };
 
 class Trainer {
  public:
-  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Recipe& recipe);
+  // `mesh` (not owned) must outlive the trainer; its layout must match recipe.parallel.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Recipe& recipe, DeviceMesh& mesh);
 
   // One optimizer step. Fails (nothing updated) when the gradient norm is not finite.
   absl::StatusOr<StepStats> Step(int64_t step);
-  // Runs recipe.train.steps steps, one log line per train.log_every steps, then a summary.
+  // Runs recipe.train.steps steps; rank 0 logs one line per train.log_every steps, then a summary.
   absl::StatusOr<std::vector<StepStats>> Run(std::ostream& log);
 
   Model& model() { return *model_; }
+  const std::vector<int64_t>& stage_layers() const { return stage_layers_; }
 
  private:
-  Trainer(const Recipe& recipe, std::vector<int32_t> tokens);
+  Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> tokens, std::vector<int64_t> stage_layers);
   MicroBatch SampleMicroBatch(int64_t step, int mb) const;
 
   Recipe recipe_;
+  DeviceMesh& mesh_;
   std::vector<int32_t> tokens_;
+  std::vector<int64_t> stage_layers_;
   std::unique_ptr<SequenceSampler> sampler_;
   std::unique_ptr<Model> model_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<ZeroOptimizer> optimizer_;
+  std::unique_ptr<PipelineExecutor> executor_;
+  std::vector<Instruction> program_;
 };
 
 std::string FormatStepLine(const StepStats& s, int64_t total_steps);

@@ -11,14 +11,15 @@ std::string LayerPrefix(int layer) { return "model.layers." + std::to_string(lay
 
 }  // namespace
 
-DecoderBlock::DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer)
+DecoderBlock::DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer, ExpertPlacement placement,
+                           ExpertExchange* exchange)
     : layer_(layer),
       input_norm_(table, LayerPrefix(layer) + ".input_layernorm", cfg.hidden_size, cfg.rms_norm_eps, layer),
       attn_(table, cfg, LayerPrefix(layer) + ".self_attn", layer),
       post_norm_(table, LayerPrefix(layer) + ".post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps,
                  layer) {
   if (cfg.is_moe_layer(layer)) {
-    moe_ = std::make_unique<MoE>(table, cfg, LayerPrefix(layer) + ".mlp", layer);
+    moe_ = std::make_unique<MoE>(table, cfg, LayerPrefix(layer) + ".mlp", layer, placement, exchange);
   } else {
     dense_ = std::make_unique<DenseMlp>(table, LayerPrefix(layer) + ".mlp", cfg.hidden_size,
                                         cfg.intermediate_size, layer);

@@ -17,7 +17,9 @@ namespace fathom {
 
 class DecoderBlock {
  public:
-  DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer);
+  // A MoE block holds the routed experts of `placement` and reaches the others through `exchange`.
+  DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer, ExpertPlacement placement = {},
+               ExpertExchange* exchange = nullptr);
 
   Tensor Forward(int mb, const Tensor& x);         // (B, T, H) -> (B, T, H)
   Tensor BackwardInput(int mb, const Tensor& dy);  // -> dx (B, T, H)

@@ -18,25 +18,42 @@ std::string NodeKindName(NodeKind k) {
   return "?";
 }
 
-Model::Model(const ModelConfig& cfg, const LossConfig& loss) : cfg_(cfg), loss_(loss) {
+Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
+    : cfg_(cfg), loss_(loss), slice_(std::move(slice)) {
+  if (slice_.end_layer < 0) slice_.end_layer = cfg.num_hidden_layers;
+  FATHOM_CHECK(0 <= slice_.first_layer && slice_.first_layer <= slice_.end_layer &&
+                   slice_.end_layer <= cfg.num_hidden_layers,
+               "model slice layers [", slice_.first_layer, ", ", slice_.end_layer, ") of ", cfg.num_hidden_layers);
+  // Every MoE layer gets its own exchange: their per-micro-batch layouts are independent.
+  auto exchange = [&]() -> ExpertExchange* {
+    if (!slice_.make_exchange) return nullptr;
+    exchanges_.push_back(slice_.make_exchange());
+    return exchanges_.back().get();
+  };
   int first = params_.size();
-  embed_ = std::make_unique<Embedding>(params_, "model.embed_tokens", cfg.vocab_size, cfg.hidden_size);
-  RecordNode(NodeKind::kEmbedding, "embedding", -1, first);
-  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
-    first = params_.size();
-    blocks_.push_back(std::make_unique<DecoderBlock>(params_, cfg, l));
-    bool moe = cfg.is_moe_layer(l);
-    RecordNode(moe ? NodeKind::kMoeBlock : NodeKind::kDenseBlock,
-               "layer " + std::to_string(l) + (moe ? " (moe)" : " (dense)"), l, first);
+  const bool mtp = cfg.num_nextn_predict_layers > 0;
+  if (slice_.embedding || (slice_.head && mtp)) {
+    embed_ = std::make_unique<Embedding>(params_, "model.embed_tokens", cfg.vocab_size, cfg.hidden_size);
+    if (slice_.embedding) RecordNode(NodeKind::kEmbedding, "embedding", -1, first);
   }
+  for (int64_t l = slice_.first_layer; l < slice_.end_layer; ++l) {
+    first = params_.size();
+    bool moe = cfg.is_moe_layer(l);
+    blocks_.push_back(std::make_unique<DecoderBlock>(params_, cfg, static_cast<int>(l), slice_.experts,
+                                                     moe ? exchange() : nullptr));
+    RecordNode(moe ? NodeKind::kMoeBlock : NodeKind::kDenseBlock,
+               "layer " + std::to_string(l) + (moe ? " (moe)" : " (dense)"), static_cast<int>(l), first);
+  }
+  if (!slice_.head) return;
   first = params_.size();
   head_ = std::make_unique<OutputHead>(params_, "model.norm", cfg.vocab_size, cfg.hidden_size, cfg.rms_norm_eps,
                                        /*lm_head_id=*/-1, loss.ignore_index);
   RecordNode(NodeKind::kHead, "head", -1, first);
   for (int k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
     first = params_.size();
+    bool moe = cfg.is_moe_layer(cfg.num_hidden_layers + k - 1);
     mtp_.push_back(std::make_unique<MtpModule>(params_, cfg, k, embed_->weight_id(), head_->lm_head_id(),
-                                               loss.ignore_index));
+                                               loss.ignore_index, slice_.experts, moe ? exchange() : nullptr));
     RecordNode(NodeKind::kMtp, "mtp " + std::to_string(k), mtp_.back()->layer(), first);
   }
 }
@@ -104,10 +121,11 @@ std::vector<MoE*> Model::moe_layers() {
 LossNormalizers Model::Normalizers(const std::vector<MicroBatch>& batches, int64_t micro_batches_in_step) const {
   LossNormalizers n;
   n.main_tokens = 0;
-  n.mtp_tokens.assign(mtp_.size(), 0);
+  const size_t depth = static_cast<size_t>(cfg_.num_nextn_predict_layers);
+  n.mtp_tokens.assign(depth, 0);
   for (const MicroBatch& b : batches) {
     n.main_tokens += static_cast<double>(cpu::CountValidLabels(b.labels, loss_.ignore_index));
-    for (size_t k = 0; k < mtp_.size(); ++k) {
+    for (size_t k = 0; k < depth; ++k) {
       Tensor ids, labels;
       MtpInputs(b.input_ids, b.labels, static_cast<int>(k) + 1, loss_.ignore_index, &ids, &labels);
       n.mtp_tokens[k] += static_cast<double>(cpu::CountValidLabels(labels, loss_.ignore_index));
@@ -117,45 +135,66 @@ LossNormalizers Model::Normalizers(const std::vector<MicroBatch>& batches, int64
   return n;
 }
 
-LossSums Model::Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm) {
-  FATHOM_CHECK(norm.mtp_tokens.size() == mtp_.size(), "normalisers for ", norm.mtp_tokens.size(),
-               " MTP depths, model has ", mtp_.size());
-  for (MoE* moe : moe_layers()) moe->set_balance_weight(norm.balance_weight);
-  std::vector<double> balance_before;
-  for (MoE* moe : moe_layers()) balance_before.push_back(moe->balance_loss_sum());
-
-  LossSums sums;
-  Tensor h = embed_->Forward(mb, batch.input_ids);
-  for (auto& b : blocks_) h = b->Forward(mb, h);
-  // Zero-token normalisers mean nothing to learn from this loss in the step: scale 0, not a division by 0.
-  auto scale = [](double weight, double tokens) { return tokens > 0 ? weight / tokens : 0.0; };
-  sums.main_ce = head_->Forward(mb, h, batch.labels, scale(1.0, norm.main_tokens));
-  sums.mtp_ce.assign(mtp_.size(), 0.0);
-  const double depth_weight = mtp_.empty() ? 0.0 : loss_.mtp_lambda / static_cast<double>(mtp_.size());
-  for (size_t k = 0; k < mtp_.size(); ++k) {
-    Tensor ids, labels;
-    MtpInputs(batch.input_ids, batch.labels, static_cast<int>(k) + 1, loss_.ignore_index, &ids, &labels);
-    h = mtp_[k]->Forward(mb, h, ids, labels, scale(depth_weight, norm.mtp_tokens[k]), &sums.mtp_ce[k]);
-  }
+Tensor Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input, const LossNormalizers& norm,
+                           LossSums* sums) {
   std::vector<MoE*> moes = moe_layers();
-  for (size_t i = 0; i < moes.size(); ++i) sums.balance += moes[i]->balance_loss_sum() - balance_before[i];
+  std::vector<double> balance_before;
+  for (MoE* moe : moes) {
+    moe->set_balance_weight(norm.balance_weight);
+    balance_before.push_back(moe->balance_loss_sum());
+  }
+  Tensor h = slice_.embedding ? embed_->Forward(mb, batch.input_ids) : input;
+  FATHOM_CHECK(h.defined(), "stage without the embedding needs the previous stage's output");
+  for (auto& b : blocks_) h = b->Forward(mb, h);
+  if (slice_.head) {
+    FATHOM_CHECK(norm.mtp_tokens.size() == mtp_.size(), "normalisers for ", norm.mtp_tokens.size(),
+                 " MTP depths, model has ", mtp_.size());
+    // Zero valid labels in a step means nothing to learn from that loss: scale 0, not a division by 0.
+    auto scale = [](double weight, double tokens) { return tokens > 0 ? weight / tokens : 0.0; };
+    sums->main_ce += head_->Forward(mb, h, batch.labels, scale(1.0, norm.main_tokens));
+    sums->mtp_ce.resize(mtp_.size(), 0.0);
+    const double depth_weight = mtp_.empty() ? 0.0 : loss_.mtp_lambda / static_cast<double>(mtp_.size());
+    for (size_t k = 0; k < mtp_.size(); ++k) {
+      Tensor ids, labels;
+      MtpInputs(batch.input_ids, batch.labels, static_cast<int>(k) + 1, loss_.ignore_index, &ids, &labels);
+      h = mtp_[k]->Forward(mb, h, ids, labels, scale(depth_weight, norm.mtp_tokens[k]), &sums->mtp_ce[k]);
+    }
+    h = Tensor();
+  }
+  for (size_t i = 0; i < moes.size(); ++i) sums->balance += moes[i]->balance_loss_sum() - balance_before[i];
+  return h;
+}
+
+LossSums Model::Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm) {
+  FATHOM_CHECK(slice_.embedding && slice_.head, "Model::Forward runs a whole model; use ForwardStage");
+  LossSums sums;
+  sums.mtp_ce.assign(mtp_.size(), 0.0);
+  ForwardStage(mb, batch, Tensor(), norm, &sums);
   return sums;
 }
 
-void Model::BackwardInput(int mb) {
-  Tensor dh;  // gradient w.r.t. the output of the deepest MTP module seen so far
-  for (size_t k = mtp_.size(); k-- > 0;) dh = mtp_[k]->BackwardInput(mb, dh);
-  Tensor dmain = head_->BackwardInput(mb);
-  if (dh.defined()) cpu::AddInPlace(dmain, dh);  // h^0 feeds both the head and MTP module 1
-  for (size_t l = blocks_.size(); l-- > 0;) dmain = blocks_[l]->BackwardInput(mb, dmain);
-  embed_->BackwardInput(mb, dmain);
+Tensor Model::BackwardInputStage(int mb, const Tensor& grad_output) {
+  Tensor dh;
+  if (slice_.head) {
+    Tensor dmtp;  // gradient w.r.t. the output of the deepest MTP module seen so far
+    for (size_t k = mtp_.size(); k-- > 0;) dmtp = mtp_[k]->BackwardInput(mb, dmtp);
+    dh = head_->BackwardInput(mb);
+    if (dmtp.defined()) cpu::AddInPlace(dh, dmtp);  // h^0 feeds both the head and MTP module 1
+  } else {
+    FATHOM_CHECK(grad_output.defined(), "stage without the head needs the next stage's gradient");
+    dh = grad_output;
+  }
+  for (size_t l = blocks_.size(); l-- > 0;) dh = blocks_[l]->BackwardInput(mb, dh);
+  if (!slice_.embedding) return dh;
+  embed_->BackwardInput(mb, dh);
+  return Tensor();
 }
 
 void Model::BackwardWeight(int mb) {
   for (auto& m : mtp_) m->BackwardWeight(mb);
-  head_->BackwardWeight(mb);
+  if (head_) head_->BackwardWeight(mb);
   for (auto& b : blocks_) b->BackwardWeight(mb);
-  embed_->BackwardWeight(mb);
+  if (slice_.embedding) embed_->BackwardWeight(mb);
 }
 
 }  // namespace fathom

@@ -11,6 +11,7 @@
 #define FATHOM_LAYERS_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "framework/param_table.h"
 #include "layers/decoder_block.h"
 #include "layers/embedding.h"
+#include "layers/expert_exchange.h"
 #include "layers/mtp.h"
 #include "layers/output_head.h"
 
@@ -53,9 +55,22 @@ struct LossSums {
   double balance = 0;  // sum over MoE layers of this micro-batch's balance value (mean over sequences)
 };
 
+// Which part of the graph one rank holds (pipeline stage, expert shard). The default is the whole model.
+struct ModelSlice {
+  int64_t first_layer = 0;  // decoder layers [first_layer, end_layer)
+  int64_t end_layer = -1;   // -1: num_hidden_layers
+  bool embedding = true;    // the first stage: token embedding
+  bool head = true;         // the last stage: final norm, lm_head, losses and the MTP modules. With MTP and
+                            // no embedding here, the stage holds its own copy of "model.embed_tokens" whose
+                            // gradient the caller sums with the first stage's (see Model::embedding_id).
+  ExpertPlacement experts;  // the routed experts held, the same range in every MoE layer
+  // Makes one exchange per MoE layer when experts are spread over ranks (null: all experts local).
+  std::function<std::unique_ptr<ExpertExchange>()> make_exchange;
+};
+
 class Model {
  public:
-  Model(const ModelConfig& cfg, const LossConfig& loss);
+  Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice = {});
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
@@ -64,9 +79,19 @@ class Model {
   // table layout or on which rank holds the tensor.
   void Finalize(DType dtype, uint64_t seed);
 
-  LossSums Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm);
-  void BackwardInput(int mb);
+  // The whole slice for one micro-batch. `input` is the previous stage's output (B, T, H) (ignored on
+  // the first stage). Returns this stage's output for the next stage; on the last stage returns an
+  // undefined tensor and adds the losses to *sums.
+  Tensor ForwardStage(int mb, const MicroBatch& batch, const Tensor& input, const LossNormalizers& norm,
+                      LossSums* sums);
+  // `grad_output`: gradient of the loss w.r.t. this stage's output (undefined on the last stage). Returns
+  // the gradient w.r.t. the stage input (undefined on the first stage).
+  Tensor BackwardInputStage(int mb, const Tensor& grad_output);
   void BackwardWeight(int mb);
+
+  // The whole model in one slice (single rank).
+  LossSums Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm);
+  void BackwardInput(int mb) { BackwardInputStage(mb, Tensor()); }
 
   // Counts the valid labels of a set of micro-batches for every loss (main and each MTP depth).
   LossNormalizers Normalizers(const std::vector<MicroBatch>& batches, int64_t micro_batches_in_step) const;
@@ -75,15 +100,20 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   const LossConfig& loss_config() const { return loss_; }
   const std::vector<GraphNode>& graph() const { return graph_; }
-  std::vector<MoE*> moe_layers();  // main layers first, then MTP layers
+  std::vector<MoE*> moe_layers();  // main layers first, then MTP layers (this slice's)
   OutputHead& head() { return *head_; }
+  const ModelSlice& slice() const { return slice_; }
+  // The token embedding's parameter id in this slice's table, or -1 when the slice has none.
+  int embedding_id() const { return embed_ ? embed_->weight_id() : -1; }
 
  private:
   void RecordNode(NodeKind kind, std::string name, int layer, int first_param);
 
   ModelConfig cfg_;
   LossConfig loss_;
+  ModelSlice slice_;
   ParamTable params_;
+  std::vector<std::unique_ptr<ExpertExchange>> exchanges_;
   std::unique_ptr<Embedding> embed_;
   std::vector<std::unique_ptr<DecoderBlock>> blocks_;
   std::unique_ptr<OutputHead> head_;

@@ -9,24 +9,34 @@
 
 namespace fathom {
 
-MoE::MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix, int layer)
+MoE::MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix, int layer,
+         ExpertPlacement placement, ExpertExchange* exchange)
     : table_(&table),
       hidden_(config.hidden_size),
       intermediate_(config.moe_intermediate_size),
       num_experts_(config.n_routed_experts),
       top_k_(config.num_experts_per_tok),
+      first_expert_(placement.begin),
+      local_experts_(placement.count < 0 ? config.n_routed_experts : placement.count),
+      exchange_(exchange),
+      layer_(layer),
       router_(table, config, prefix, layer),
       expert_load_(static_cast<size_t>(config.n_routed_experts), 0) {
+  FATHOM_CHECK(first_expert_ >= 0 && local_experts_ >= 1 && first_expert_ + local_experts_ <= num_experts_,
+               "[moe ", prefix, "] experts [", first_expert_, ", ", first_expert_ + local_experts_, ") of ",
+               num_experts_);
+  FATHOM_CHECK(exchange_ != nullptr || local_experts_ == num_experts_, "[moe ", prefix, "] holds ",
+               local_experts_, " of ", num_experts_, " experts but has no expert exchange");
   auto expert = [&](const char* proj, Shape shape) {
     return table.Add({.name = prefix + ".experts.{e}." + proj + ".weight",
                       .shape = std::move(shape),
                       .group = ParamGroup::kExpert,
                       .layer = layer,
-                      .expert_begin = 0});
+                      .expert_begin = static_cast<int>(first_expert_)});
   };
-  gate_proj_ = expert("gate_proj", {num_experts_, intermediate_, hidden_});
-  up_proj_ = expert("up_proj", {num_experts_, intermediate_, hidden_});
-  down_proj_ = expert("down_proj", {num_experts_, hidden_, intermediate_});
+  gate_proj_ = expert("gate_proj", {local_experts_, intermediate_, hidden_});
+  up_proj_ = expert("up_proj", {local_experts_, intermediate_, hidden_});
+  down_proj_ = expert("down_proj", {local_experts_, hidden_, intermediate_});
   FATHOM_CHECK(config.n_shared_experts >= 0, "[moe ", prefix, "] n_shared_experts ", config.n_shared_experts);
   if (config.n_shared_experts > 0) {
     shared_ = std::make_unique<DenseMlp>(table, prefix + ".shared_experts", hidden_,
@@ -49,7 +59,8 @@ Tensor MoE::Forward(int mb, const Tensor& x) {
   Tensor x2 = x.Flatten2D();
   Route(mb, c, x2);
   Permute(c, x2);
-  ComputeExperts(c);
+  Dispatch(mb, c);
+  ComputeExperts(mb, c);
   Tensor y = Combine(c);
   if (shared_) {
     cpu::AddInPlace(y, shared_->Forward(mb, x2));
@@ -79,17 +90,30 @@ void MoE::Permute(Ctx& c, const Tensor& x2) {
   cpu::MoePermute(c.x_perm, c.row_slot, c.counts, x2, c.routing.topk_index);
 }
 
-void MoE::ComputeExperts(Ctx& c) {
-  const int64_t rows = c.x_perm.dim(0);
-  const DType dt = c.x_perm.dtype();
+// Without an exchange the permuted rows are the local experts' rows; with one, they travel to the ranks
+// holding their experts (DESIGN.md idea 3: this is the dispatch communication phase).
+void MoE::Dispatch(int mb, Ctx& c) {
+  if (!exchange_) {
+    c.x_local = c.x_perm;
+    c.local_counts = c.counts;
+    return;
+  }
+  c.local_counts = exchange_->Begin(mb, c.counts);
+  c.x_local = exchange_->ToExperts(mb, c.x_perm);
+}
+
+void MoE::ComputeExperts(int mb, Ctx& c) {
+  const int64_t rows = c.x_local.dim(0);
+  const DType dt = c.x_local.dtype();
   c.gate = Tensor::Empty({rows, intermediate_}, dt);
   c.up = Tensor::Empty({rows, intermediate_}, dt);
   c.h = Tensor::Empty({rows, intermediate_}, dt);
-  c.y_perm = Tensor::Empty({rows, hidden_}, dt);
-  cpu::GroupedMatmulNT(c.gate, c.x_perm, table_->value(gate_proj_), c.counts);
-  cpu::GroupedMatmulNT(c.up, c.x_perm, table_->value(up_proj_), c.counts);
+  Tensor y_local = Tensor::Empty({rows, hidden_}, dt);
+  cpu::GroupedMatmulNT(c.gate, c.x_local, table_->value(gate_proj_), c.local_counts);
+  cpu::GroupedMatmulNT(c.up, c.x_local, table_->value(up_proj_), c.local_counts);
   cpu::SwiGluForward(c.h, c.gate, c.up);
-  cpu::GroupedMatmulNT(c.y_perm, c.h, table_->value(down_proj_), c.counts);
+  cpu::GroupedMatmulNT(y_local, c.h, table_->value(down_proj_), c.local_counts);
+  c.y_perm = exchange_ ? exchange_->FromExperts(mb, y_local) : y_local;
 }
 
 Tensor MoE::Combine(Ctx& c) {
@@ -103,8 +127,14 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   FATHOM_CHECK(dy.ndim() == 3 && dy.dim(0) == c.batch && dy.dim(1) == c.seq && dy.dim(2) == hidden_,
                "[moe] dy ", dy.shape_str());
   Tensor dy2 = dy.Flatten2D();
-  Tensor dweight = CombineBackward(c, dy2);
-  Tensor dx_perm = ExpertsBackwardInput(c);
+  Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), dy2.dtype());
+  Tensor dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype());
+  cpu::MoeCombineBackward(dy_perm, dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
+  Tensor dx_perm = ExpertsBackwardInput(mb, c, dy_perm);
+  if (exchange_) {
+    dx_perm = exchange_->FromExperts(mb, dx_perm);
+    exchange_->End(mb);
+  }
   Tensor dx;
   if (shared_) {
     dx = shared_->BackwardInput(mb, dy2);
@@ -123,31 +153,26 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   return dx.Reshape(dy.shape());
 }
 
-Tensor MoE::CombineBackward(Ctx& c, const Tensor& dy2) {
-  c.dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype());
-  Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), dy2.dtype());
-  cpu::MoeCombineBackward(c.dy_perm, dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
-  return dweight;
-}
-
-Tensor MoE::ExpertsBackwardInput(Ctx& c) {
-  const int64_t rows = c.x_perm.dim(0);
-  const DType dt = c.x_perm.dtype();
+// Combine's backward produced the output gradient in this rank's row order; it travels to the experts
+// the same way the tokens did (the combine-backward communication phase), and dx_local comes back.
+Tensor MoE::ExpertsBackwardInput(int mb, Ctx& c, const Tensor& dy_perm) {
+  c.dy_local = exchange_ ? exchange_->ToExperts(mb, dy_perm) : dy_perm;
+  const int64_t rows = c.x_local.dim(0);
+  const DType dt = c.x_local.dtype();
   Tensor dh = Tensor::Empty({rows, intermediate_}, dt);
-  cpu::GroupedMatmulNN(dh, c.dy_perm, table_->value(down_proj_), c.counts);
+  cpu::GroupedMatmulNN(dh, c.dy_local, table_->value(down_proj_), c.local_counts);
   c.dgate = Tensor::Empty({rows, intermediate_}, dt);
   c.dup = Tensor::Empty({rows, intermediate_}, dt);
   cpu::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
-  Tensor dx_perm = Tensor::Empty({rows, hidden_}, dt);
-  cpu::GroupedMatmulNN(dx_perm, c.dgate, table_->value(gate_proj_), c.counts);
-  cpu::GroupedMatmulNN(dx_perm, c.dup, table_->value(up_proj_), c.counts,
-                       /*accumulate=*/true);
-  return dx_perm;
+  Tensor dx_local = Tensor::Empty({rows, hidden_}, dt);
+  cpu::GroupedMatmulNN(dx_local, c.dgate, table_->value(gate_proj_), c.local_counts);
+  cpu::GroupedMatmulNN(dx_local, c.dup, table_->value(up_proj_), c.local_counts, /*accumulate=*/true);
+  return dx_local;
 }
 
 void MoE::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
-  FATHOM_CHECK(c.dy_perm.defined(), "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
+  FATHOM_CHECK(c.dy_local.defined(), "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
   ExpertsBackwardWeight(c);
   router_.BackwardWeight(mb);
   if (shared_) shared_->BackwardWeight(mb);
@@ -155,9 +180,9 @@ void MoE::BackwardWeight(int mb) {
 }
 
 void MoE::ExpertsBackwardWeight(Ctx& c) {
-  cpu::GroupedMatmulTN(table_->grad(down_proj_), c.dy_perm, c.h, c.counts);
-  cpu::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_perm, c.counts);
-  cpu::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_perm, c.counts);
+  cpu::GroupedMatmulTN(table_->grad(down_proj_), c.dy_local, c.h, c.local_counts);
+  cpu::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_local, c.local_counts);
+  cpu::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_local, c.local_counts);
 }
 
 }  // namespace fathom

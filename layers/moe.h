@@ -34,6 +34,7 @@
 
 #include "framework/config.h"
 #include "framework/param_table.h"
+#include "layers/expert_exchange.h"
 #include "layers/layer.h"
 #include "layers/mlp.h"
 #include "layers/router.h"
@@ -42,7 +43,10 @@ namespace fathom {
 
 class MoE {
  public:
-  MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix, int layer = -1);
+  // Holds the routed experts of `placement` (all by default); `exchange` (not owned, may be null when all
+  // experts are local) moves token rows to and from the ranks holding the others.
+  MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix, int layer = -1,
+      ExpertPlacement placement = {}, ExpertExchange* exchange = nullptr);
   MoE(const MoE&) = delete;
   MoE& operator=(const MoE&) = delete;
 
@@ -65,11 +69,13 @@ class MoE {
   double min_selection_margin() const { return min_margin_; }
 
   int64_t num_experts() const { return num_experts_; }
+  int64_t num_local_experts() const { return local_experts_; }
+  int layer() const { return layer_; }
   int bias_id() const { return router_.bias_id(); }
   int router_weight_id() const { return router_.weight_id(); }
-  int gate_proj_id() const { return gate_proj_; }  // (E, I, H)
-  int up_proj_id() const { return up_proj_; }      // (E, I, H)
-  int down_proj_id() const { return down_proj_; }  // (E, H, I)
+  int gate_proj_id() const { return gate_proj_; }  // (E_local, I, H)
+  int up_proj_id() const { return up_proj_; }      // (E_local, I, H)
+  int down_proj_id() const { return down_proj_; }  // (E_local, H, I)
   const Router& router() const { return router_; }
   const DenseMlp* shared_experts() const { return shared_.get(); }  // null when n_shared_experts == 0
 
@@ -80,24 +86,31 @@ class MoE {
     Tensor x_perm;         // (R, H) token copies sorted by expert, R = N * K
     Tensor row_slot;       // (R) i64 slot t * K + k held by each permuted row
     Tensor counts;         // (E) i64 rows per expert
-    Tensor gate, up, h;    // (R, I) expert pre-activations and hidden
-    Tensor y_perm;         // (R, H) expert outputs, unweighted
-    Tensor dy_perm;        // (R, H) set by BackwardInput
-    Tensor dgate, dup;     // (R, I) set by BackwardInput
+    // The rows of the local experts (all rows without an exchange), R_local of them grouped by local expert.
+    Tensor x_local;        // (R_local, H)
+    Tensor local_counts;   // (E_local) i64
+    Tensor gate, up, h;    // (R_local, I) expert pre-activations and hidden
+    Tensor y_perm;         // (R, H) expert outputs back in this rank's order, unweighted
+    Tensor dy_local;       // (R_local, H) set by BackwardInput
+    Tensor dgate, dup;     // (R_local, I) set by BackwardInput
   };
 
   // Forward phases.
   void Route(int mb, Ctx& c, const Tensor& x2);
   void Permute(Ctx& c, const Tensor& x2);
-  void ComputeExperts(Ctx& c);
+  void Dispatch(int mb, Ctx& c);        // x_perm -> x_local (communication with an exchange)
+  void ComputeExperts(int mb, Ctx& c);  // x_local -> y_perm (back through the exchange)
   Tensor Combine(Ctx& c);  // (N, H), routed part only
   // Backward phases.
-  Tensor CombineBackward(Ctx& c, const Tensor& dy2);  // returns dweight (N, K); sets c.dy_perm
-  Tensor ExpertsBackwardInput(Ctx& c);                // returns dx_perm (R, H); sets c.dgate, c.dup
+  // dy_perm (R, H) -> dx_local (R_local, H); sets c.dy_local, c.dgate, c.dup.
+  Tensor ExpertsBackwardInput(int mb, Ctx& c, const Tensor& dy_perm);
   void ExpertsBackwardWeight(Ctx& c);
 
   ParamTable* table_;
   int64_t hidden_, intermediate_, num_experts_, top_k_;
+  int64_t first_expert_, local_experts_;
+  int layer_;
+  ExpertExchange* exchange_;
   Router router_;
   int gate_proj_, up_proj_, down_proj_;
   std::unique_ptr<DenseMlp> shared_;

@@ -29,14 +29,14 @@ std::string MtpPrefix(int layer) { return "model.layers." + std::to_string(layer
 }  // namespace
 
 MtpModule::MtpModule(ParamTable& table, const ModelConfig& cfg, int depth, int embed_id, int lm_head_id,
-                     int64_t ignore_index)
+                     int64_t ignore_index, ExpertPlacement placement, ExpertExchange* exchange)
     : layer_(static_cast<int>(cfg.num_hidden_layers) + depth - 1),
       hidden_(cfg.hidden_size),
       embed_(table, embed_id),
       enorm_(table, MtpPrefix(layer_) + ".enorm", cfg.hidden_size, cfg.rms_norm_eps, layer_),
       hnorm_(table, MtpPrefix(layer_) + ".hnorm", cfg.hidden_size, cfg.rms_norm_eps, layer_),
       eh_proj_(table, MtpPrefix(layer_) + ".eh_proj", 2 * cfg.hidden_size, cfg.hidden_size, layer_),
-      block_(table, cfg, layer_),
+      block_(table, cfg, layer_, placement, exchange),
       head_(table, MtpPrefix(layer_) + ".shared_head.norm", cfg.vocab_size, cfg.hidden_size, cfg.rms_norm_eps,
             lm_head_id, ignore_index, layer_) {}
 

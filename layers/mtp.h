@@ -29,7 +29,7 @@ void MtpInputs(const Tensor& ids, const Tensor& labels, int depth, int64_t ignor
 class MtpModule {
  public:
   MtpModule(ParamTable& table, const ModelConfig& cfg, int depth, int embed_id, int lm_head_id,
-            int64_t ignore_index);
+            int64_t ignore_index, ExpertPlacement placement = {}, ExpertExchange* exchange = nullptr);
 
   // h_prev (B, T, H); returns h^k and adds the CE sum over valid labels to *ce_sum. loss_scale as in
   // OutputHead (lambda / D / valid tokens of the step).

@@ -19,8 +19,17 @@ Recipe SmallRecipe(uint64_t seed, int64_t micro_batches, int64_t micro_batch_siz
   return *r;
 }
 
+std::unique_ptr<DeviceMesh> LocalMesh() {
+  auto world = CreateWorldCommunicator(CommBackend::kLocal);
+  FATHOM_CHECK(world.ok(), world.status().ToString());
+  auto mesh = DeviceMesh::Create(*std::move(world), 1, 1);
+  FATHOM_CHECK(mesh.ok(), mesh.status().ToString());
+  return *std::move(mesh);
+}
+
 std::vector<double> Losses(const Recipe& recipe) {
-  auto t = Trainer::Create(recipe);
+  auto mesh = LocalMesh();
+  auto t = Trainer::Create(recipe, *mesh);
   FATHOM_CHECK(t.ok(), t.status().ToString());
   std::vector<double> out;
   for (int64_t s = 0; s < recipe.train.steps; ++s) out.push_back((*t)->Step(s)->loss);
@@ -44,7 +53,8 @@ TEST(Trainer, MicroBatchingDoesNotChangeTheStep) {
   split.train.dtype = whole.train.dtype = "f64";
   // The balance loss is a mean over sequences weighted alpha / micro-batches, so it is invariant too.
   split.loss.balance_alpha = whole.loss.balance_alpha = 0.01;
-  auto a = Trainer::Create(split), b = Trainer::Create(whole);
+  auto mesh_a = LocalMesh(), mesh_b = LocalMesh();
+  auto a = Trainer::Create(split, *mesh_a), b = Trainer::Create(whole, *mesh_b);
   ASSERT_TRUE(a.ok() && b.ok());
   for (int s = 0; s < 2; ++s) {
     StepStats sa = *(*a)->Step(s), sb = *(*b)->Step(s);

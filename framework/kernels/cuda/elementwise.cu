@@ -1,0 +1,235 @@
+#include "framework/kernels/cuda/elementwise.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "framework/cuda/check.h"
+#include "framework/numeric.h"
+
+namespace fathom::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned GridFor(int64_t n) {
+  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 132 * 32));
+}
+
+#define FATHOM_GRID_STRIDE(i, n)                                                              \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// f32 as float, bf16 as its bit pattern (uint16_t).
+__device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float Load(const uint16_t* p, int64_t i) {
+  return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
+}
+__device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
+// FloatToBf16 of framework/numeric.h: nearest even, NaN -> 0x7FC0.
+__device__ __forceinline__ void Store(uint16_t* p, int64_t i, float v) {
+  uint32_t u = __float_as_uint(v);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+    p[i] = 0x7FC0;
+    return;
+  }
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  p[i] = static_cast<uint16_t>(u >> 16);
+}
+
+template <class O, class A, class B>
+__global__ void AddKernel(O* out, const A* a, const B* b, int64_t n) {
+  FATHOM_GRID_STRIDE(i, n) { Store(out, i, __fadd_rn(Load(a, i), Load(b, i))); }
+}
+
+template <class O, class I>
+__global__ void ConvertKernel(O* out, const I* in, int64_t n) {
+  FATHOM_GRID_STRIDE(i, n) { Store(out, i, Load(in, i)); }
+}
+
+template <class E>
+__global__ void ConcatKernel(E* out, const E* a, const E* b, int64_t rows, int64_t ca, int64_t cb) {
+  const int64_t width = ca + cb;
+  FATHOM_GRID_STRIDE(i, rows * width) {
+    const int64_t r = i / width, c = i % width;
+    out[i] = c < ca ? a[r * ca + c] : b[r * cb + (c - ca)];
+  }
+}
+
+template <class E>
+__global__ void SplitKernel(E* a, E* b, const E* x, int64_t rows, int64_t ca, int64_t cb) {
+  const int64_t width = ca + cb;
+  FATHOM_GRID_STRIDE(i, rows * width) {
+    const int64_t r = i / width, c = i % width;
+    if (c < ca) {
+      a[r * ca + c] = x[i];
+    } else {
+      b[r * cb + (c - ca)] = x[i];
+    }
+  }
+}
+
+template <class E>
+__global__ void FillKernel(E* out, E bits, int64_t n) {
+  FATHOM_GRID_STRIDE(i, n) { out[i] = bits; }
+}
+
+#undef FATHOM_GRID_STRIDE
+
+void CheckCuda(const char* op, const Tensor& t, const char* name) {
+  FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] ", name, " ", t.shape_str(), " is on ",
+               DeviceName(t.device()), ", expected a CUDA tensor");
+}
+
+template <class T>
+const T* In(const Tensor& t) {
+  return static_cast<const T*>(t.raw());
+}
+template <class T>
+T* Out(const Tensor& t) {
+  return static_cast<T*>(t.raw());
+}
+
+// Calls f(element-type tag) with an unsigned integer of the dtype's size (bit copies).
+template <class F>
+void DispatchBits(const char* op, DType t, F&& f) {
+  switch (t) {
+    case DType::kF32:
+    case DType::kI32: f(uint32_t{}); return;
+    case DType::kBF16: f(uint16_t{}); return;
+    case DType::kF8E4M3:
+    case DType::kF8E5M2: f(uint8_t{}); return;
+    case DType::kI64: f(uint64_t{}); return;
+    default: FATHOM_CHECK(false, "[", op, "] unsupported dtype ", DTypeName(t));
+  }
+}
+
+}  // namespace
+
+void Add(const Tensor& out, const Tensor& a, const Tensor& b, Stream stream) {
+  const char* op = "add_cuda";
+  CheckCuda(op, out, "out");
+  CheckCuda(op, a, "a");
+  CheckCuda(op, b, "b");
+  FATHOM_CHECK(a.numel() == b.numel() && out.numel() == a.numel(), "[", op, "] out ", out.shape_str(), " = ",
+               a.shape_str(), " + ", b.shape_str());
+  const DType t = a.dtype();
+  FATHOM_CHECK(b.dtype() == t && out.dtype() == t && (t == DType::kF32 || t == DType::kBF16), "[", op,
+               "] dtypes out ", DTypeName(out.dtype()), " a ", DTypeName(t), " b ", DTypeName(b.dtype()),
+               " (all f32 or all bf16)");
+  const int64_t n = a.numel();
+  if (n == 0) return;
+  if (t == DType::kF32) {
+    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(out), In<float>(a), In<float>(b), n);
+  } else {
+    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint16_t>(out), In<uint16_t>(a), In<uint16_t>(b), n);
+  }
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void AddInPlace(const Tensor& a, const Tensor& b, Stream stream) {
+  const char* op = "add_in_place_cuda";
+  CheckCuda(op, a, "a");
+  CheckCuda(op, b, "b");
+  FATHOM_CHECK(a.numel() == b.numel(), "[", op, "] ", a.shape_str(), " += ", b.shape_str());
+  const int64_t n = a.numel();
+  const bool f32_f32 = a.dtype() == DType::kF32 && b.dtype() == DType::kF32;
+  const bool f32_bf16 = a.dtype() == DType::kF32 && b.dtype() == DType::kBF16;
+  const bool bf16_bf16 = a.dtype() == DType::kBF16 && b.dtype() == DType::kBF16;
+  FATHOM_CHECK(f32_f32 || f32_bf16 || bf16_bf16, "[", op, "] ", DTypeName(a.dtype()), " += ",
+               DTypeName(b.dtype()), " (supported: f32 += f32, f32 += bf16, bf16 += bf16)");
+  if (n == 0) return;
+  if (f32_f32) {
+    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(a), In<float>(a), In<float>(b), n);
+  } else if (f32_bf16) {
+    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(a), In<float>(a), In<uint16_t>(b), n);
+  } else {
+    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint16_t>(a), In<uint16_t>(a), In<uint16_t>(b), n);
+  }
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void Convert(const Tensor& out, const Tensor& in, Stream stream) {
+  const char* op = "convert_cuda";
+  CheckCuda(op, out, "out");
+  CheckCuda(op, in, "in");
+  FATHOM_CHECK(out.numel() == in.numel(), "[", op, "] out ", out.shape_str(), " in ", in.shape_str());
+  const int64_t n = in.numel();
+  if (in.dtype() == DType::kF32 && out.dtype() == DType::kBF16) {
+    if (n == 0) return;
+    ConvertKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint16_t>(out), In<float>(in), n);
+  } else if (in.dtype() == DType::kBF16 && out.dtype() == DType::kF32) {
+    if (n == 0) return;
+    ConvertKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(out), In<uint16_t>(in), n);
+  } else {
+    FATHOM_CHECK(false, "[", op, "] ", DTypeName(in.dtype()), " -> ", DTypeName(out.dtype()),
+                 " (supported: f32 -> bf16, bf16 -> f32)");
+  }
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void ConcatLastDim(const Tensor& out, const Tensor& a, const Tensor& b, Stream stream) {
+  const char* op = "concat_cuda";
+  CheckCuda(op, out, "out");
+  CheckCuda(op, a, "a");
+  CheckCuda(op, b, "b");
+  Tensor a2 = a.Flatten2D(), b2 = b.Flatten2D(), o2 = out.Flatten2D();
+  const int64_t rows = a2.dim(0), ca = a2.dim(1), cb = b2.dim(1);
+  FATHOM_CHECK(b2.dim(0) == rows && o2.dim(0) == rows && o2.dim(1) == ca + cb && a.dtype() == b.dtype() &&
+                   out.dtype() == a.dtype(),
+               "[", op, "] out ", out.shape_str(), " ", DTypeName(out.dtype()), " from ", a.shape_str(), " ",
+               DTypeName(a.dtype()), " and ", b.shape_str(), " ", DTypeName(b.dtype()));
+  const int64_t n = rows * (ca + cb);
+  DispatchBits(op, a.dtype(), [&](auto tag) {
+    using E = decltype(tag);
+    if (n == 0) return;
+    ConcatKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<E>(out), In<E>(a), In<E>(b), rows, ca, cb);
+    FATHOM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void SplitLastDim(const Tensor& a, const Tensor& b, const Tensor& x, Stream stream) {
+  const char* op = "split_cuda";
+  CheckCuda(op, a, "a");
+  CheckCuda(op, b, "b");
+  CheckCuda(op, x, "x");
+  Tensor a2 = a.Flatten2D(), b2 = b.Flatten2D(), x2 = x.Flatten2D();
+  const int64_t rows = x2.dim(0), ca = a2.dim(1), cb = b2.dim(1);
+  FATHOM_CHECK(a2.dim(0) == rows && b2.dim(0) == rows && x2.dim(1) == ca + cb && a.dtype() == x.dtype() &&
+                   b.dtype() == x.dtype(),
+               "[", op, "] ", x.shape_str(), " ", DTypeName(x.dtype()), " into ", a.shape_str(), " ",
+               DTypeName(a.dtype()), " and ", b.shape_str(), " ", DTypeName(b.dtype()));
+  const int64_t n = rows * (ca + cb);
+  DispatchBits(op, x.dtype(), [&](auto tag) {
+    using E = decltype(tag);
+    if (n == 0) return;
+    SplitKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<E>(a), Out<E>(b), In<E>(x), rows, ca, cb);
+    FATHOM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void Fill(const Tensor& out, double value, Stream stream) {
+  const char* op = "fill_cuda";
+  CheckCuda(op, out, "out");
+  const int64_t n = out.numel();
+  if (out.dtype() == DType::kF32) {
+    if (n == 0) return;
+    FillKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint32_t>(out), FloatBits(static_cast<float>(value)), n);
+  } else if (out.dtype() == DType::kBF16) {
+    if (n == 0) return;
+    FillKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint16_t>(out),
+                                                    FloatToBf16(static_cast<float>(value)).bits, n);
+  } else {
+    FATHOM_CHECK(false, "[", op, "] unsupported dtype ", DTypeName(out.dtype()), " (f32 or bf16)");
+  }
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void Zero(const Tensor& out, Stream stream) {
+  CheckCuda("zero_cuda", out, "out");
+  if (out.nbytes() == 0) return;
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, out.nbytes(), stream));
+}
+
+}  // namespace fathom::cuda

@@ -1,0 +1,149 @@
+// fathom simulate RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...] [--trace out.json]
+//                             [--recompute none|norm|norm+mla_up]
+// Simulates one step of the recipe's parallel section on the cluster and prints a summary; --trace writes
+// the timeline as a Chrome trace (open it in Perfetto).
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "launch/commands.h"
+#include "parallel/chrome_trace.h"
+#include "parallel/planner.h"
+#include "parallel/simulator.h"
+
+namespace fathom {
+namespace {
+
+double GiB(double bytes) { return bytes / 1073741824.0; }
+
+int Usage(const std::string& why) {
+  std::cerr << "fathom simulate: " << why << "\n"
+            << "usage: fathom simulate RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...]\n"
+            << "                       [--trace out.json] [--recompute none|norm|norm+mla_up]\n";
+  return 2;
+}
+
+}  // namespace
+
+int RunSimulate(const std::vector<std::string>& args) {
+  std::string recipe_path, cluster_path, trace_path, recompute = "norm+mla_up";
+  std::vector<std::string> overrides;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 == args.size()) return false;
+      *out = args[++i];
+      return true;
+    };
+    std::string v;
+    if (a == "--cluster") {
+      if (!value(&cluster_path)) return Usage("--cluster needs a file");
+    } else if (a == "--set") {
+      if (!value(&v)) return Usage("--set needs section.key=value");
+      overrides.push_back(v);
+    } else if (a == "--trace") {
+      if (!value(&trace_path)) return Usage("--trace needs a file");
+    } else if (a == "--recompute") {
+      if (!value(&recompute)) return Usage("--recompute needs none, norm or norm+mla_up");
+    } else if (!a.empty() && a[0] == '-') {
+      return Usage(absl::StrCat("unknown option '", a, "'"));
+    } else if (recipe_path.empty()) {
+      recipe_path = a;
+    } else {
+      return Usage(absl::StrCat("one recipe expected, got '", recipe_path, "' and '", a, "'"));
+    }
+  }
+  if (recipe_path.empty()) return Usage("no recipe given");
+  if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
+  ParallelPlan plan;
+  if (recompute == "none") {
+    plan.recompute = Recompute::None();
+  } else if (recompute == "norm") {
+    plan.recompute = {true, false};
+  } else if (recompute == "norm+mla_up") {
+    plan.recompute = Recompute::NormAndMlaUp();
+  } else {
+    return Usage(absl::StrCat("--recompute: expected none, norm or norm+mla_up, got '", recompute, "'"));
+  }
+  absl::StatusOr<Recipe> recipe = LoadRecipe(recipe_path, overrides);
+  if (!recipe.ok()) {
+    std::cerr << "fathom simulate: " << recipe.status().message() << "\n";
+    return 2;
+  }
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(cluster_path);
+  if (!cluster.ok()) {
+    std::cerr << "fathom simulate: " << cluster.status().message() << "\n";
+    return 2;
+  }
+  const ClusterConfig& c = *cluster;
+  absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(recipe->parallel.schedule);
+  if (!kind.ok()) {
+    std::cerr << "fathom simulate: " << kind.status().message() << "\n";
+    return 2;
+  }
+  plan.schedule = *kind;
+  plan.pp = static_cast<int>(recipe->parallel.pp);
+  plan.ep = static_cast<int>(recipe->parallel.ep);
+  plan.micro_batches = static_cast<int>(recipe->parallel.micro_batches);
+  plan.micro_batch_size = recipe->train.micro_batch_size;
+  plan.seq_len = recipe->train.seq_len;
+  plan.stage_layers = recipe->parallel.stage_layers;
+  plan.precision = PrecisionFor(*recipe);
+  absl::StatusOr<SimulationResult> sim = Simulate(recipe->model, c, plan);
+  if (!sim.ok()) {
+    std::cerr << "fathom simulate: " << recipe_path << " on " << cluster_path << ": "
+              << sim.status().message() << "\n";
+    return 2;
+  }
+  const SimulationResult& r = *sim;
+  std::ostream& o = std::cout;
+  o << absl::StrFormat("fathom simulate: %s on %s: %d nodes x %d %s = %d GPUs\n", recipe_path,
+                       c.name.empty() ? cluster_path : c.name, c.nodes, c.gpus_per_node, c.gpu, c.world());
+  o << absl::StrFormat("plan: %s, dp %d (ZeRO-1), edp %d, no tensor parallelism\n", r.plan.Describe(), r.dp,
+                       r.edp);
+  o << "stage_layers: [" << absl::StrJoin(r.plan.stage_layers, ", ") << "]"
+    << (recipe->parallel.stage_layers.empty() ? " (balanced by the simulator)" : "") << "\n";
+  o << "per micro-batch, ms:  stage  layers     F      B      W  a2a F  a2a B   act GiB\n";
+  for (size_t s = 0; s < r.stages.size(); ++s) {
+    const StageCost& st = r.stages[s];
+    o << absl::StrFormat("                      %5d  %6d %6.1f %6.1f %6.1f %6.1f %6.1f  %8.2f\n", s,
+                         r.plan.stage_layers[s], 1e3 * st.f, 1e3 * st.b, 1e3 * st.w, 1e3 * st.f_comm,
+                         1e3 * st.b_comm, GiB(st.activation_bytes));
+  }
+  o << absl::StrFormat(
+      "step %.3f s: pipeline %.3f s, bubble %.3f s (%.1f%%: the most idle rank), gradient sync "
+      "exposed %.3f s, optimizer %.3f s, all-gather %.3f s\n",
+      r.step_s, r.makespan_s, r.bubble_s, 100 * r.bubble_fraction, r.grad_sync_exposed_s, r.optimizer_s,
+      r.all_gather_s);
+  o << absl::StrFormat("throughput: %.0f tokens/s/GPU (%.1fM tokens per step), MFU %.1f%% of the bf16 peak\n",
+                       r.tokens_per_s_per_gpu, r.tokens_per_step / 1e6, 100 * r.mfu_bf16);
+  o << "memory per GPU, GiB:  rank  params  grads  optim   act   total\n";
+  for (size_t i = 0; i < r.memory.size(); ++i) {
+    const RankMemory& m = r.memory[i];
+    o << absl::StrFormat("                      %4d  %6.1f %6.1f %6.1f %5.1f  %6.1f%s\n", i, GiB(m.params),
+                         GiB(m.grads), GiB(m.optimizer), GiB(m.activations), GiB(m.total()),
+                         static_cast<int>(i) == r.peak_memory_rank ? "  <- peak" : "");
+  }
+  if (r.fits) {
+    o << absl::StrFormat("fits: peak %.1f GiB of %.1f GiB usable (%.0f GiB HBM less %.0f GiB reserve)\n",
+                         GiB(r.peak_memory_bytes), GiB(r.usable_bytes), c.hbm_gib, c.memory_reserve_gib);
+  } else {
+    o << absl::StrFormat(
+        "DOES NOT FIT: peak %.1f GiB on rank %d against %.1f GiB usable: short by %.1f GiB per GPU\n",
+        GiB(r.peak_memory_bytes), r.peak_memory_rank, GiB(r.usable_bytes),
+        GiB(r.peak_memory_bytes - r.usable_bytes));
+  }
+  if (!trace_path.empty()) {
+    if (absl::Status s = WriteChromeTrace(r, c, trace_path); !s.ok()) {
+      std::cerr << "fathom simulate: " << s.message() << "\n";
+      return 2;
+    }
+    o << "trace: " << trace_path << " (open in https://ui.perfetto.dev)\n";
+  }
+  return 0;
+}
+
+}  // namespace fathom

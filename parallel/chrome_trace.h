@@ -1,0 +1,27 @@
+// Chrome trace (the JSON Perfetto and chrome://tracing open) of a simulated step: one process per pipeline
+// rank ("rank 3"), thread 0 "compute" with one complete event (ph "X") per instruction, named like
+// "F 12 c0" / "FB F12c0|BW7c1", thread 1 "all-to-all" with the communication each instruction carries
+// (inside an FB pair it overlaps the compute; elsewhere it follows it), and the step tail (gradient
+// reduce-scatter, optimizer, all-gather) on thread 2 "data parallel". Times ts/dur are in microseconds.
+#ifndef FATHOM_PARALLEL_CHROME_TRACE_H_
+#define FATHOM_PARALLEL_CHROME_TRACE_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "parallel/cluster.h"
+#include "parallel/simulator.h"
+
+namespace fathom {
+
+// REQUIRES: `result` comes from Simulate (times filled).
+std::string ChromeTraceJson(const SimulationResult& result, const ClusterConfig& cluster);
+
+// Writes ChromeTraceJson to `path` (via a temporary file renamed into place, so a failed write leaves
+// what was there). InvalidArgument naming the path when it cannot be written.
+absl::Status WriteChromeTrace(const SimulationResult& result, const ClusterConfig& cluster,
+                              const std::string& path);
+
+}  // namespace fathom
+
+#endif  // FATHOM_PARALLEL_CHROME_TRACE_H_

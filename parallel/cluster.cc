@@ -1,0 +1,143 @@
+#include "parallel/cluster.h"
+
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "framework/yaml_reader.h"
+
+namespace fathom {
+namespace {
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+absl::Status CheckPositive(const std::string& key, double value) {
+  if (value > 0) return absl::OkStatus();
+  return Invalid(absl::StrCat(key, " must be > 0, got ", value));
+}
+
+absl::Status CheckFraction(const std::string& key, double value, bool allow_zero, bool allow_one) {
+  const bool ok = (allow_zero ? value >= 0 : value > 0) && (allow_one ? value <= 1 : value < 1);
+  if (ok) return absl::OkStatus();
+  return Invalid(absl::StrCat(key, " must be in ", allow_zero ? "[0, " : "(0, ", allow_one ? "1]" : "1)",
+                              ", got ", value));
+}
+
+}  // namespace
+
+absl::Status ClusterConfig::Validate() const {
+  const std::vector<absl::Status> checks = {
+      nodes >= 1 ? absl::OkStatus() : Invalid(absl::StrCat("nodes must be >= 1, got ", nodes)),
+      gpus_per_node >= 1 ? absl::OkStatus()
+                         : Invalid(absl::StrCat("gpus_per_node must be >= 1, got ", gpus_per_node)),
+      CheckPositive("hbm_gib", hbm_gib),
+      CheckPositive("hbm_tbps", hbm_tbps),
+      CheckPositive("peak_bf16_tflops", peak_bf16_tflops),
+      CheckPositive("peak_fp8_tflops", peak_fp8_tflops),
+      CheckPositive("nvlink_gbps", nvlink_gbps),
+      CheckPositive("network_gbps_per_gpu", network_gbps_per_gpu),
+      network_latency_us >= 0
+          ? absl::OkStatus()
+          : Invalid(absl::StrCat("network_latency_us must be >= 0, got ", network_latency_us)),
+      nvlink_latency_us >= 0
+          ? absl::OkStatus()
+          : Invalid(absl::StrCat("nvlink_latency_us must be >= 0, got ", nvlink_latency_us)),
+      memory_reserve_gib >= 0 && memory_reserve_gib < hbm_gib
+          ? absl::OkStatus()
+          : Invalid(absl::StrCat("memory_reserve_gib must be in [0, hbm_gib = ", hbm_gib, "), got ",
+                                 memory_reserve_gib)),
+      CheckFraction("comm_sm_fraction", comm_sm_fraction, /*allow_zero=*/true, /*allow_one=*/false),
+      CheckFraction("efficiency.gemm", efficiency.gemm, false, true),
+      CheckFraction("efficiency.attention", efficiency.attention, false, true),
+      CheckFraction("efficiency.comm", efficiency.comm, false, true),
+  };
+  for (const absl::Status& s : checks) {
+    if (!s.ok()) {
+      return path.empty() ? s : absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ClusterConfig> ParseCluster(const std::string& yaml_text, const std::string& origin) {
+  absl::StatusOr<YamlDocument> doc = YamlDocument::Parse(yaml_text, origin);
+  if (!doc.ok()) return doc.status();
+  ClusterConfig c;
+  c.path = origin;
+  // Every number is required: a cluster file that forgets one would otherwise be simulated with a zero.
+  const std::vector<std::string> required = {"nodes",
+                                             "gpus_per_node",
+                                             "hbm_gib",
+                                             "hbm_tbps",
+                                             "peak_bf16_tflops",
+                                             "peak_fp8_tflops",
+                                             "nvlink_gbps",
+                                             "network_gbps_per_gpu",
+                                             "network_latency_us",
+                                             "nvlink_latency_us",
+                                             "memory_reserve_gib",
+                                             "comm_sm_fraction",
+                                             "efficiency"};
+  try {
+    YamlMapReader r(*doc);
+    for (const std::string& key : required) {
+      if (!r.Has(key)) {
+        return Invalid(
+            absl::StrCat(origin, ": missing key '", key, "' (a cluster file sets every one of: ",
+                         "nodes, gpus_per_node, hbm_gib, hbm_tbps, peak_bf16_tflops, peak_fp8_tflops, ",
+                         "nvlink_gbps, network_gbps_per_gpu, network_latency_us, nvlink_latency_us, ",
+                         "memory_reserve_gib, comm_sm_fraction, efficiency)"));
+      }
+    }
+    r.String("name", &c.name);
+    r.String("gpu", &c.gpu);
+    r.Count("nodes", &c.nodes);
+    r.Count("gpus_per_node", &c.gpus_per_node);
+    r.Double("hbm_gib", &c.hbm_gib);
+    r.Double("hbm_tbps", &c.hbm_tbps);
+    r.Double("peak_bf16_tflops", &c.peak_bf16_tflops);
+    r.Double("peak_fp8_tflops", &c.peak_fp8_tflops);
+    r.Double("nvlink_gbps", &c.nvlink_gbps);
+    r.Double("network_gbps_per_gpu", &c.network_gbps_per_gpu);
+    r.Double("network_latency_us", &c.network_latency_us);
+    r.Double("nvlink_latency_us", &c.nvlink_latency_us);
+    r.Double("memory_reserve_gib", &c.memory_reserve_gib);
+    r.Double("comm_sm_fraction", &c.comm_sm_fraction);
+    std::optional<YamlMapReader> eff = r.Map("efficiency");
+    if (eff) {
+      for (const std::string key : {"gemm", "attention", "comm"}) {
+        if (!eff->Has(key)) {
+          return Invalid(absl::StrCat(origin, ": missing key 'efficiency.", key,
+                                      "' (efficiency sets gemm, attention and comm)"));
+        }
+      }
+      eff->Double("gemm", &c.efficiency.gemm);
+      eff->Double("attention", &c.efficiency.attention);
+      eff->Double("comm", &c.efficiency.comm);
+      r.Merge(eff->Finish());
+    }
+    if (absl::Status s = r.Finish(); !s.ok()) return s;
+  } catch (const YAML::Exception& e) {
+    return Invalid(absl::StrCat(origin, ": YAML error: ", std::string(e.what())));
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+absl::StatusOr<ClusterConfig> LoadCluster(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return absl::NotFoundError(absl::StrCat("cluster file not found (or not a regular file): ", path));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in.good() && !in.eof())
+    return absl::NotFoundError(absl::StrCat("cluster file could not be read: ", path));
+  return ParseCluster(text.str(), path);
+}
+
+}  // namespace fathom

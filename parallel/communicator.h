@@ -1,0 +1,171 @@
+// Communicator: the collectives fathom needs, for one group of ranks (the world, a pipeline group, an
+// expert-parallel group, a data-parallel group, ...). One interface, several implementations:
+//   MpiCommunicator    (parallel/mpi_communicator.h)   CPU tensors through Open MPI.
+//   LocalCommunicator  (parallel/local_communicator.h) one process, size 1: every op is a copy.
+//   an NCCL communicator (later)                       CUDA tensors on streams.
+// Callers see no MPI or NCCL types: tensors, peers and roots as group ranks, sizes in elements.
+//
+// Operations come in two forms. The I-form starts the operation and returns a Request; the plain form is
+// the I-form followed by Wait(). Until the Request has completed, the caller must neither read a receive
+// buffer nor write a send buffer; the Request keeps the tensors' storage alive until then.
+// Completion means: the data is in the receive buffers of this rank and the send buffers may be reused.
+// (A stream-based implementation will define Wait() as ordering the caller's stream after the op.)
+//
+// Ordering. Collectives on one communicator must be started in the same order on every rank of the group
+// (MPI's rule); Wait/Test order is free. Point-to-point messages between two ranks with the same tag are
+// received in the order they were sent.
+//
+// Dtypes. Data movement (Send/Recv, AllToAllV, AllGather, Broadcast) accepts every dtype (bf16 and fp8 move
+// as bytes). Reductions (AllReduce, ReduceScatter) accept f32, f64, i32, i64.
+//
+// Determinism. Reductions are computed by fathom, not by the transport: element i of a sum is
+//   ((x_0[i] + x_1[i]) + x_2[i]) + ... + x_{size-1}[i]      (group-rank order, left to right)
+// in the tensor's dtype (IEEE additions, nothing to contract), so results are bitwise equal on every rank,
+// bitwise reproducible from run to run, and independent of the message size, the algorithms the transport
+// picks and the network. AllReduce element i and ReduceScatter element i are the same sum, bit for bit.
+// Max propagates NaN. (An NCCL implementation will document its own guarantee: equal on every rank, fixed
+// for a given group size and buffer size.)
+//
+// Failures are not returned: a transport error or a violated contract ends the whole job with a message
+// naming the rank (parallel/fault.h); arguments that break a contract below are bugs (FATHOM_CHECK).
+// Thread safety: a communicator and its requests are used from one thread.
+#ifndef FATHOM_PARALLEL_COMMUNICATOR_H_
+#define FATHOM_PARALLEL_COMMUNICATOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "framework/tensor.h"
+
+namespace fathom {
+
+enum class ReduceOp { kSum, kMax };
+std::string ReduceOpName(ReduceOp op);
+
+// A started operation. Move-only. Destroying (or move-assigning over) a pending Request waits for it: an
+// operation in flight is never abandoned with its buffers.
+class Request {
+ public:
+  // What an implementation provides; Wait() and Test() are only called until one of them reports
+  // completion.
+  class Impl {
+   public:
+    virtual ~Impl() = default;
+    virtual void Wait() = 0;
+    virtual bool Test() = 0;  // true once complete; drives progress, never blocks
+  };
+
+  Request() = default;  // an already complete request
+  explicit Request(std::unique_ptr<Impl> impl);
+  Request(Request&& other) noexcept = default;
+  Request& operator=(Request&& other) noexcept;
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+  ~Request();
+
+  void Wait();  // blocks until complete; no-op when already complete
+  bool Test();  // true when complete (then Wait() returns at once)
+  bool pending() const { return impl_ != nullptr; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Waits for every request, in order.
+void WaitAll(std::vector<Request>& requests);
+
+class Communicator {
+ public:
+  // The largest tag every implementation accepts (MPI guarantees MPI_TAG_UB >= 32767).
+  static constexpr int kMaxTag = 32767;
+
+  virtual ~Communicator() = default;
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  virtual int rank() const = 0;  // 0 .. size()-1, this process's rank in the group
+  virtual int size() const = 0;
+  // The group's name for messages and logs: "world", "pp", "ep", "edp", "dp", or what Split was given.
+  virtual const std::string& name() const = 0;
+
+  // Collective: partitions the group by `color` (>= 0); inside a part, ranks are ordered by (key, rank).
+  // Returns this rank's part as a new communicator named `name`.
+  virtual std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) = 0;
+
+  // ---- point to point -------------------------------------------------------------------------------
+  // REQUIRES: 0 <= peer < size(), 0 <= tag <= kMaxTag; the matching Recv's tensor has the same dtype and
+  // element count (a mismatch ends the job). A rank may send to itself.
+  virtual Request ISend(const Tensor& tensor, int peer, int tag) = 0;
+  virtual Request IRecv(const Tensor& tensor, int peer, int tag) = 0;
+  void Send(const Tensor& tensor, int peer, int tag) { ISend(tensor, peer, tag).Wait(); }
+  void Recv(const Tensor& tensor, int peer, int tag) { IRecv(tensor, peer, tag).Wait(); }
+
+  // ---- collectives ----------------------------------------------------------------------------------
+  // All-to-all with per-peer counts, in elements. send holds the elements for peer 0, then peer 1, ...,
+  // packed from element 0; recv receives the elements from peer 0, then peer 1, ..., packed from element 0.
+  // REQUIRES: send_counts.size() == recv_counts.size() == size(); counts >= 0 (zero allowed);
+  //   sum(send_counts) <= send.numel(), sum(recv_counts) <= recv.numel() (elements past the sums are left
+  //   alone); recv_counts[j] on this rank == send_counts[rank()] on rank j; same dtype; no aliasing.
+  virtual Request IAllToAllV(const Tensor& send, const std::vector<int64_t>& send_counts, const Tensor& recv,
+                             const std::vector<int64_t>& recv_counts) = 0;
+  void AllToAllV(const Tensor& send, const std::vector<int64_t>& send_counts, const Tensor& recv,
+                 const std::vector<int64_t>& recv_counts) {
+    IAllToAllV(send, send_counts, recv, recv_counts).Wait();
+  }
+
+  // In place: tensor <- op over the group of tensor (same shape on every rank). Deterministic (see top).
+  // Meant for small tensors; large buffers go through ReduceScatter + AllGather (see the implementation's
+  // header for the traffic each moves).
+  virtual Request IAllReduce(const Tensor& tensor, ReduceOp op) = 0;
+  void AllReduce(const Tensor& tensor, ReduceOp op) { IAllReduce(tensor, op).Wait(); }
+
+  // Equal chunks: send (size() * n) is size() chunks of n elements; this rank receives the reduction of
+  // every rank's chunk rank() into recv (n). REQUIRES send.numel() == size() * recv.numel(); same dtype; no
+  // aliasing. Element i of recv is bitwise the element rank()*n + i of the AllReduce of send.
+  virtual Request IReduceScatter(const Tensor& send, const Tensor& recv, ReduceOp op) = 0;
+  void ReduceScatter(const Tensor& send, const Tensor& recv, ReduceOp op) {
+    IReduceScatter(send, recv, op).Wait();
+  }
+
+  // send (n) from every rank -> recv (size() * n), rank j's elements at [j*n, (j+1)*n).
+  // REQUIRES recv.numel() == size() * send.numel(); same dtype; no aliasing.
+  virtual Request IAllGather(const Tensor& send, const Tensor& recv) = 0;
+  void AllGather(const Tensor& send, const Tensor& recv) { IAllGather(send, recv).Wait(); }
+
+  // tensor on `root` -> tensor on every rank (same shape and dtype everywhere).
+  virtual Request IBroadcast(const Tensor& tensor, int root) = 0;
+  void Broadcast(const Tensor& tensor, int root) { IBroadcast(tensor, root).Wait(); }
+
+  virtual Request IBarrier() = 0;
+  void Barrier() { IBarrier().Wait(); }
+
+ protected:
+  Communicator() = default;
+
+  // Contract checks shared by the implementations (FATHOM_CHECK on violation, naming the op and group).
+  void CheckPeer(const char* op, int peer) const;
+  void CheckTag(const char* op, int tag) const;
+  void CheckReducible(const char* op, const Tensor& t) const;
+  void CheckCpu(const char* op, const Tensor& t) const;
+  void CheckAllToAllV(const Tensor& send, const std::vector<int64_t>& send_counts, const Tensor& recv,
+                      const std::vector<int64_t>& recv_counts) const;
+  void CheckReduceScatter(const Tensor& send, const Tensor& recv) const;
+  void CheckAllGather(const Tensor& send, const Tensor& recv) const;
+  void CheckRoot(const char* op, int root) const;
+};
+
+enum class CommBackend { kLocal, kMpi };
+
+// "local" | "mpi".
+absl::StatusOr<CommBackend> ParseCommBackend(const std::string& name);
+
+// The world communicator of `backend`, named "world". kMpi: REQUIRES MpiInit() (parallel/mpi_communicator.h)
+// and is collective over MPI_COMM_WORLD; returns an error when MPI is not initialised. kLocal: size 1.
+absl::StatusOr<std::unique_ptr<Communicator>> CreateWorldCommunicator(CommBackend backend);
+
+}  // namespace fathom
+
+#endif  // FATHOM_PARALLEL_COMMUNICATOR_H_

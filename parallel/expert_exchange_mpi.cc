@@ -1,0 +1,122 @@
+#include "parallel/expert_exchange_mpi.h"
+
+#include <cstring>
+
+namespace fathom {
+
+ExpertPlacement PlaceExperts(int64_t num_experts, int ep, int ep_rank) {
+  FATHOM_CHECK(ep >= 1 && num_experts % ep == 0 && 0 <= ep_rank && ep_rank < ep, "placing ", num_experts,
+               " experts over ep ", ep, " (rank ", ep_rank, ")");
+  const int64_t per = num_experts / ep;
+  return {per * ep_rank, per};
+}
+
+CommExpertExchange::CommExpertExchange(Communicator* comm, int64_t num_experts)
+    : comm_(comm), num_experts_(num_experts), local_experts_(num_experts / comm->size()) {
+  FATHOM_CHECK(num_experts % comm->size() == 0, "[expert exchange] ", num_experts, " experts over ",
+               comm->size(), " ranks");
+}
+
+CommExpertExchange::Layout& CommExpertExchange::Get(int mb) {
+  auto it = layouts_.find(mb);
+  FATHOM_CHECK(it != layouts_.end(), "[expert exchange] no layout for micro-batch ", mb, " (Begin first)");
+  return it->second;
+}
+
+Tensor CommExpertExchange::Begin(int mb, const Tensor& counts) {
+  FATHOM_CHECK(counts.dtype() == DType::kI64 && counts.numel() == num_experts_, "[expert exchange] counts ",
+               counts.shape_str());
+  FATHOM_CHECK(!layouts_.count(mb), "[expert exchange] micro-batch ", mb, " begun twice");
+  const int ep = comm_->size();
+  // Counts are already ordered by destination rank (experts are contiguous per rank).
+  Tensor recv = Tensor::Empty({num_experts_}, DType::kI64);
+  comm_->AllToAllV(counts, std::vector<int64_t>(ep, local_experts_), recv,
+                   std::vector<int64_t>(ep, local_experts_));
+  Layout& l = layouts_[mb];
+  l.send_rows.assign(ep, 0);
+  l.recv_rows.assign(ep, 0);
+  l.from.assign(ep, std::vector<int64_t>(local_experts_, 0));
+  Tensor local = Tensor::Zeros({local_experts_}, DType::kI64);
+  const int64_t* c = counts.data<int64_t>();
+  const int64_t* r = recv.data<int64_t>();
+  for (int p = 0; p < ep; ++p) {
+    for (int64_t e = 0; e < local_experts_; ++e) {
+      l.send_rows[p] += c[p * local_experts_ + e];
+      l.from[p][e] = r[p * local_experts_ + e];
+      l.recv_rows[p] += l.from[p][e];
+      local.data<int64_t>()[e] += l.from[p][e];
+    }
+  }
+  return local;
+}
+
+namespace {
+
+std::vector<int64_t> Scaled(const std::vector<int64_t>& rows, int64_t width) {
+  std::vector<int64_t> out(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) out[i] = rows[i] * width;
+  return out;
+}
+
+int64_t Sum(const std::vector<int64_t>& v) {
+  int64_t s = 0;
+  for (int64_t x : v) s += x;
+  return s;
+}
+
+// Copies row blocks between the (source, expert) order an all-to-all produces and the (expert, source)
+// order the grouped expert GEMMs need. to_expert_major selects the direction.
+void Regroup(const Tensor& dst, const Tensor& src, const std::vector<std::vector<int64_t>>& from,
+             bool to_expert_major) {
+  const int ep = static_cast<int>(from.size());
+  const int64_t experts = ep ? static_cast<int64_t>(from[0].size()) : 0;
+  const size_t row_bytes = static_cast<size_t>(src.dim(1)) * DTypeSize(src.dtype());
+  // Offsets of every (source, expert) block in both orders.
+  std::vector<std::vector<int64_t>> src_major(ep, std::vector<int64_t>(experts)),
+      expert_major(ep, std::vector<int64_t>(experts));
+  int64_t off = 0;
+  for (int p = 0; p < ep; ++p)
+    for (int64_t e = 0; e < experts; ++e) src_major[p][e] = off, off += from[p][e];
+  off = 0;
+  for (int64_t e = 0; e < experts; ++e)
+    for (int p = 0; p < ep; ++p) expert_major[p][e] = off, off += from[p][e];
+  char* d = static_cast<char*>(dst.raw());
+  const char* s = static_cast<const char*>(src.raw());
+  for (int p = 0; p < ep; ++p) {
+    for (int64_t e = 0; e < experts; ++e) {
+      int64_t to = to_expert_major ? expert_major[p][e] : src_major[p][e];
+      int64_t at = to_expert_major ? src_major[p][e] : expert_major[p][e];
+      if (from[p][e]) std::memcpy(d + to * row_bytes, s + at * row_bytes, from[p][e] * row_bytes);
+    }
+  }
+}
+
+}  // namespace
+
+Tensor CommExpertExchange::ToExperts(int mb, const Tensor& rows) {
+  Layout& l = Get(mb);
+  const int64_t width = rows.dim(1);
+  FATHOM_CHECK(rows.dim(0) == Sum(l.send_rows), "[expert exchange] ", rows.shape_str(), " rows, layout sends ",
+               Sum(l.send_rows));
+  Tensor arrived = Tensor::Empty({Sum(l.recv_rows), width}, rows.dtype());
+  comm_->AllToAllV(rows, Scaled(l.send_rows, width), arrived, Scaled(l.recv_rows, width));
+  Tensor grouped = Tensor::Empty(arrived.shape(), rows.dtype());
+  Regroup(grouped, arrived, l.from, /*to_expert_major=*/true);
+  return grouped;
+}
+
+Tensor CommExpertExchange::FromExperts(int mb, const Tensor& rows) {
+  Layout& l = Get(mb);
+  const int64_t width = rows.dim(1);
+  FATHOM_CHECK(rows.dim(0) == Sum(l.recv_rows), "[expert exchange] ", rows.shape_str(),
+               " expert rows, layout holds ", Sum(l.recv_rows));
+  Tensor by_source = Tensor::Empty(rows.shape(), rows.dtype());
+  Regroup(by_source, rows, l.from, /*to_expert_major=*/false);
+  Tensor back = Tensor::Empty({Sum(l.send_rows), width}, rows.dtype());
+  comm_->AllToAllV(by_source, Scaled(l.recv_rows, width), back, Scaled(l.send_rows, width));
+  return back;
+}
+
+void CommExpertExchange::End(int mb) { layouts_.erase(mb); }
+
+}  // namespace fathom

@@ -1,0 +1,68 @@
+// The hardware-aware planner: for a recipe's model and training shape and a cluster, enumerates
+//   pp       divisors of the world with enough decoder layers for every stage,
+//   ep       divisors of dp = world / pp and of n_routed_experts; inside one node a divisor of
+//            gpus_per_node, beyond it whole nodes with the expert groups aligned to nodes
+//            (n_group % nodes == 0), so that group-limited routing (topk_group) is node-limited;
+//   edp      dp / ep (ZeRO-1 shards optimizer state over all replicas; no tensor parallelism, ever);
+//   schedule 1f1b, zb1p, dualpipe, dualpipev (with their shape rules);
+//   micro-batch size (PlannerOptions::micro_batch_sizes) and count, from the global batch;
+//   recompute none | norm | norm+mla_up;
+// keeps the candidates whose peak memory fits HBM less the reserve, ranks them by simulated step time
+// (parallel/simulator.h) and refines the stage split of the best few by simulation.
+//
+// Ranking: by step time, except that among the candidates within kPlannerTieTolerance of the best, the
+// schedule listed first in {dualpipe, dualpipev, zb1p, 1f1b} wins (then the faster). DualPipe on pp ranks
+// and DualPipeV on pp/2 ranks have the same bubble, parameters and activations per GPU (the DualPipe
+// README's table) and simulate within a fraction of a percent of each other; DualPipe is the report's
+// choice and the one the recipe schema expresses today (stage_layers has pp entries).
+#ifndef FATHOM_PARALLEL_PLANNER_H_
+#define FATHOM_PARALLEL_PLANNER_H_
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "framework/config.h"
+#include "parallel/cluster.h"
+#include "parallel/simulator.h"
+
+namespace fathom {
+
+inline constexpr double kPlannerTieTolerance = 0.005;
+
+struct PlannerOptions {
+  // Sequences per optimizer step. 0: from the recipe, train.micro_batch_size x parallel.micro_batches x
+  // (world / parallel.pp), i.e. the batch the recipe's own parallel section would run on this cluster.
+  int64_t global_batch = 0;
+  std::vector<int64_t> micro_batch_sizes = {1, 2, 4};
+  std::vector<ScheduleKind> schedules = {ScheduleKind::kDualPipe, ScheduleKind::kDualPipeV,
+                                         ScheduleKind::kZB1P, ScheduleKind::k1F1B};
+  int refine = 5;  // how many of the best candidates get their stage split refined by simulation
+};
+
+struct PlanReport {
+  int64_t global_batch = 0;
+  int64_t considered = 0;                // candidates simulated for memory
+  int64_t fitting = 0;                   // of which fit
+  std::vector<SimulationResult> ranked;  // fitting candidates, best first
+};
+
+// The precision policy a recipe implies: optim.moment_dtype (bf16 | f32) sets the moments' width; the
+// rest is fathom's GPU policy (bf16 weights, f32 master and gradients, FP8 GEMMs, dispatch and caches).
+PrecisionPolicy PrecisionFor(const Recipe& recipe);
+
+// Plans `recipe` on `cluster`. InvalidArgument when no candidate shape exists (e.g. the global batch is not
+// divisible by any data-parallel size); ResourceExhausted when candidates exist but none fits in memory:
+// the message gives the candidate with the least memory, its peak, the usable HBM and the shortfall.
+absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterConfig& cluster,
+                                           const PlannerOptions& options = {});
+
+// Moves one decoder layer between two stages at a time while the simulated step time improves and the
+// memory still fits; returns the best simulation found (`start` when nothing improves).
+SimulationResult RefineStageLayers(const ModelConfig& model, const ClusterConfig& cluster,
+                                   const SimulationResult& start);
+
+}  // namespace fathom
+
+#endif  // FATHOM_PARALLEL_PLANNER_H_

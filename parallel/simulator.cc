@@ -1,0 +1,528 @@
+#include "parallel/simulator.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "framework/check.h"
+
+namespace fathom {
+namespace {
+
+// AdamW's step streams every local shard parameter through HBM; such kernels reach about this share of
+// the nominal bandwidth.
+constexpr double kHbmEfficiency = 0.8;
+
+double Choose(int64_t n, int64_t k) {
+  if (k < 0 || k > n) return 0;
+  double c = 1;
+  for (int64_t i = 1; i <= k; ++i) c = c * static_cast<double>(n - k + i) / static_cast<double>(i);
+  return c;
+}
+
+bool IsDual(ScheduleKind k) { return k == ScheduleKind::kDualPipe || k == ScheduleKind::kDualPipeV; }
+
+struct Rates {
+  double gemm, bf16, attn;  // FLOP/s
+};
+
+Rates ComputeRates(const ClusterConfig& c, const PrecisionPolicy& p) {
+  const double bf16 = c.peak_bf16_tflops * 1e12 * c.efficiency.gemm;
+  return {p.fp8_gemm ? c.peak_fp8_tflops * 1e12 * c.efficiency.gemm : bf16, bf16,
+          c.peak_bf16_tflops * 1e12 * c.efficiency.attention};
+}
+
+// Seconds of one all-to-all pass (dispatch + combine, or the backward's mirror) of one MoE node for one
+// micro-batch.
+double AllToAllSeconds(const NodeCost& n, const ModelConfig& m, const ClusterConfig& c, int ep,
+                       double tokens) {
+  if (n.routed_copies == 0 || ep <= 1) return 0;
+  const double per_copy = n.dispatch_bytes + n.combine_bytes;
+  const double remote = RemoteNodesPerToken(m, c.gpus_per_node, ep);
+  const double nvlink_share = ep <= c.gpus_per_node
+                                  ? static_cast<double>(ep - 1) / ep
+                                  : static_cast<double>(c.gpus_per_node - 1) / c.gpus_per_node;
+  const double network_s = tokens * remote * per_copy / (c.network_gbps_per_gpu * 1e9);
+  const double nvlink_s =
+      tokens * static_cast<double>(n.routed_copies) * nvlink_share * per_copy / (c.nvlink_gbps * 1e9);
+  const double latency = (remote > 0 ? c.network_latency_us : c.nvlink_latency_us) * 1e-6;
+  return std::max(network_s, nvlink_s) / c.efficiency.comm + 2 * latency;
+}
+
+// Ring collective (reduce-scatter or all-gather) of `bytes` per GPU over `n` GPUs.
+double RingSeconds(double bytes, int64_t n, double gbps, double latency_us, double efficiency) {
+  if (n <= 1 || bytes <= 0) return 0;
+  const double share = static_cast<double>(n - 1) / static_cast<double>(n);
+  return bytes * share / (gbps * 1e9 * efficiency) + static_cast<double>(n - 1) * latency_us * 1e-6;
+}
+
+// The node indices of each stage: embedding with stage 0, head and MTP modules with the last stage.
+std::vector<std::vector<int>> StageNodes(const ModelConfig& m, const std::vector<int64_t>& stage_layers) {
+  std::vector<std::vector<int>> nodes(stage_layers.size());
+  int64_t layer = 0;
+  for (size_t s = 0; s < stage_layers.size(); ++s) {
+    if (s == 0) nodes[s].push_back(0);
+    for (int64_t i = 0; i < stage_layers[s]; ++i) nodes[s].push_back(static_cast<int>(1 + layer++));
+    if (s + 1 == stage_layers.size()) {
+      for (int64_t i = 0; i <= m.num_nextn_predict_layers; ++i) {
+        nodes[s].push_back(static_cast<int>(1 + m.num_hidden_layers + i));
+      }
+    }
+  }
+  return nodes;
+}
+
+// Per-node costs for one micro-batch, the units that stage costs add up.
+struct NodeSeconds {
+  double f = 0, b = 0, w = 0, f_comm = 0, b_comm = 0;
+};
+
+NodeSeconds NodeTimes(const NodeCost& n, const ModelConfig& m, const ClusterConfig& c,
+                      const ParallelPlan& plan) {
+  const Rates r = ComputeRates(c, plan.precision);
+  const double tokens = static_cast<double>(plan.micro_batch_size * plan.seq_len);
+  NodeSeconds t;
+  t.f = tokens * (n.gemm_flops / r.gemm + n.gemm_bf16_flops / r.bf16 + n.attn_flops / r.attn);
+  t.b = tokens * ((n.gemm_flops + (plan.recompute.mla_up ? n.mla_up_flops : 0.0)) / r.gemm +
+                  n.gemm_bf16_flops / r.bf16 + kAttentionBackwardFactor * n.attn_flops / r.attn);
+  t.w = tokens * (n.gemm_flops / r.gemm + n.gemm_bf16_flops / r.bf16);
+  t.f_comm = t.b_comm = AllToAllSeconds(n, m, c, plan.ep, tokens);
+  return t;
+}
+
+double PairSeconds(const ClusterConfig& c, double compute, double comm) {
+  if (comm <= 0) return compute;
+  return std::max(compute / (1.0 - c.comm_sm_fraction), comm);
+}
+
+// F&B of forward stage `a` with full backward of stage `b`.
+double OverlappedSeconds(const ClusterConfig& c, const StageCost& a, const StageCost& b) {
+  return PairSeconds(c, a.f + b.b + b.w, a.f_comm + b.b_comm);
+}
+
+absl::Status CheckPlan(const ModelConfig& m, const ClusterConfig& c, const ParallelPlan& plan) {
+  const int64_t world = c.world();
+  if (plan.pp < 1 || world % plan.pp != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("parallel.pp (", plan.pp, ") must divide the cluster's ",
+                                                   world, " GPUs (", c.nodes, " nodes x ", c.gpus_per_node,
+                                                   ")"));
+  }
+  const int64_t dp = world / plan.pp;
+  if (plan.ep < 1 || dp % plan.ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel.ep (", plan.ep, ") must divide the data-parallel size dp = world / pp = ", dp));
+  }
+  if (m.n_routed_experts % plan.ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel.ep (", plan.ep, ") must divide model.n_routed_experts (", m.n_routed_experts, ")"));
+  }
+  if (absl::Status s = CheckScheduleShape(plan.schedule, plan.pp, plan.micro_batches); !s.ok()) return s;
+  const int stages = NumStages(plan.schedule, plan.pp);
+  if (m.num_hidden_layers < stages) {
+    return absl::InvalidArgumentError(absl::StrCat("parallel.pp: ", ScheduleKindName(plan.schedule),
+                                                   " with pp ", plan.pp, " needs ", stages,
+                                                   " stages of at least one layer, but "
+                                                   "model.num_hidden_layers is ",
+                                                   m.num_hidden_layers));
+  }
+  if (plan.micro_batch_size < 1 || plan.seq_len < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("train.micro_batch_size (", plan.micro_batch_size,
+                                                   ") and train.seq_len (", plan.seq_len, ") must be >= 1"));
+  }
+  if (!plan.stage_layers.empty()) {
+    if (static_cast<int>(plan.stage_layers.size()) != stages) {
+      return absl::InvalidArgumentError(absl::StrCat("parallel.stage_layers has ", plan.stage_layers.size(),
+                                                     " entries; ", ScheduleKindName(plan.schedule),
+                                                     " with pp ", plan.pp, " has ", stages, " stages"));
+    }
+    int64_t sum = 0;
+    for (int64_t l : plan.stage_layers) {
+      if (l < 1) return absl::InvalidArgumentError("parallel.stage_layers: every stage needs >= 1 layer");
+      sum += l;
+    }
+    if (sum != m.num_hidden_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("parallel.stage_layers sums to ", sum,
+                                                     ", must sum to model.num_hidden_layers (",
+                                                     m.num_hidden_layers, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Per rank, the maximal vectors of live micro-batch-chunks (count of chunk 0, count of chunk 1) over its
+// list: a micro-batch-chunk is live from its F until its W or BW ends (an FB counts its forward half
+// before its backward half). The activation peak for any stage sizes is max over them of counts . bytes.
+using LiveProfile = std::vector<std::vector<std::array<int, 2>>>;
+
+LiveProfile LiveCounts(const Schedule& s) {
+  LiveProfile out(s.pp);
+  for (int r = 0; r < s.pp; ++r) {
+    std::array<int, 2> live = {0, 0};
+    std::vector<std::array<int, 2>> seen;
+    auto record = [&] {
+      for (const auto& v : seen) {
+        if (v[0] >= live[0] && v[1] >= live[1]) return;
+      }
+      std::erase_if(seen, [&](const std::array<int, 2>& v) { return v[0] <= live[0] && v[1] <= live[1]; });
+      seen.push_back(live);
+    };
+    for (const Instruction& ins : s.ranks[r]) {
+      switch (ins.kind) {
+        case OpKind::kF:
+          ++live[ins.chunk];
+          break;
+        case OpKind::kB:
+          break;
+        case OpKind::kW:
+        case OpKind::kBW:
+          --live[ins.chunk];
+          break;
+        case OpKind::kFB:
+          ++live[ins.chunk];
+          record();
+          --live[ins.chunk_b];
+          break;
+      }
+      record();
+    }
+    out[r] = std::move(seen);
+  }
+  return out;
+}
+
+// Replica counts of a stage's parameters: ZeRO-1 shards the optimizer state over them and the gradient
+// reduce-scatter runs over them. DualPipe's second copy of each stage doubles both.
+struct ReplicaGroups {
+  int64_t dense = 1, expert = 1;
+};
+
+ReplicaGroups Replicas(const ParallelPlan& plan, int64_t dp) {
+  const int64_t copies = plan.schedule == ScheduleKind::kDualPipe ? 2 : 1;
+  return {dp * copies, dp / plan.ep * copies};
+}
+
+RankMemory MemoryOfRank(const Schedule& s, const LiveProfile& live, const std::vector<StageCost>& stages,
+                        int r, const PrecisionPolicy& p, const ReplicaGroups& groups) {
+  RankMemory mem;
+  double transient = 0;
+  for (int chunk = 0; chunk < s.chunks(); ++chunk) {
+    const StageCost& st = stages[s.ModelStage(r, chunk)];
+    const double n = static_cast<double>(st.params_replicated + st.params_expert);
+    mem.params += n * static_cast<double>(p.param_bytes);
+    mem.grads += n * static_cast<double>(p.grad_bytes);
+    mem.optimizer += (static_cast<double>(st.params_replicated) / static_cast<double>(groups.dense) +
+                      static_cast<double>(st.params_expert) / static_cast<double>(groups.expert)) *
+                     static_cast<double>(p.optimizer_bytes());
+    transient += st.transient_bytes;
+  }
+  double peak = 0;
+  for (const auto& v : live[r]) {
+    double bytes = 0;
+    for (int chunk = 0; chunk < s.chunks(); ++chunk)
+      bytes += v[chunk] * stages[s.ModelStage(r, chunk)].activation_bytes;
+    peak = std::max(peak, bytes);
+  }
+  mem.activations = peak + transient;
+  return mem;
+}
+
+// Per-node costs of one micro-batch: what stage costs add up.
+struct NodeUnit {
+  NodeSeconds t;
+  int64_t params_replicated = 0, params_expert = 0;
+  double activation_bytes = 0, transient_bytes = 0;
+};
+
+std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelConfig& m,
+                                const ClusterConfig& c, const ParallelPlan& plan) {
+  const double tokens = static_cast<double>(plan.micro_batch_size * plan.seq_len);
+  std::vector<NodeUnit> units(graph.size());
+  for (size_t i = 0; i < graph.size(); ++i) {
+    const NodeCost& n = graph[i];
+    units[i].t = NodeTimes(n, m, c, plan);
+    units[i].params_replicated = n.params - n.expert_params;
+    units[i].params_expert = n.expert_params / plan.ep;
+    units[i].activation_bytes = n.activation_bytes(plan.recompute) * tokens;
+    // While a node's backward runs, what recomputation dropped is rebuilt and its gradients exist.
+    units[i].transient_bytes = n.activation_bytes(Recompute::None()) * tokens;
+  }
+  return units;
+}
+
+std::vector<StageCost> SumStages(const std::vector<NodeUnit>& units, const ModelConfig& m,
+                                 const std::vector<int64_t>& stage_layers) {
+  std::vector<std::vector<int>> nodes = StageNodes(m, stage_layers);
+  std::vector<StageCost> stages(nodes.size());
+  for (size_t s = 0; s < nodes.size(); ++s) {
+    StageCost& st = stages[s];
+    st.nodes = nodes[s];
+    for (int i : nodes[s]) {
+      FATHOM_CHECK(i >= 0 && i < static_cast<int>(units.size()), "[simulator] node ", i);
+      const NodeUnit& u = units[i];
+      st.f += u.t.f, st.b += u.t.b, st.w += u.t.w, st.f_comm += u.t.f_comm, st.b_comm += u.t.b_comm;
+      st.params_replicated += u.params_replicated;
+      st.params_expert += u.params_expert;
+      st.activation_bytes += u.activation_bytes;
+      st.transient_bytes = std::max(st.transient_bytes, u.transient_bytes);
+    }
+  }
+  return stages;
+}
+
+// Decoder layers per stage, by local search from an even split: first the memory excess over the usable
+// HBM of the worst rank, then the busiest rank's steady-state cycle per micro-batch (F + BW of its stage;
+// DualPipe/DualPipeV: the two FB pairs of its two stages), then the sum of squared cycles.
+std::vector<int64_t> Balance(const std::vector<NodeUnit>& units, const ModelConfig& m, const ClusterConfig& c,
+                             const ParallelPlan& plan, const Schedule& s, const LiveProfile& live) {
+  const int stages = NumStages(plan.schedule, plan.pp);
+  const int64_t layers = m.num_hidden_layers;
+  FATHOM_CHECK(layers >= stages, "[balance_stages] ", layers, " layers for ", stages, " stages");
+  const ReplicaGroups groups = Replicas(plan, c.world() / plan.pp);
+  const double usable = c.usable_bytes();
+  auto objective = [&](const std::vector<int64_t>& split) {
+    const std::vector<StageCost> st = SumStages(units, m, split);
+    double excess = 0, worst = 0, squares = 0;
+    for (int r = 0; r < plan.pp; ++r) {
+      excess = std::max(excess, MemoryOfRank(s, live, st, r, plan.precision, groups).total() - usable);
+      double cycle;
+      if (IsDual(plan.schedule)) {
+        const int other = plan.schedule == ScheduleKind::kDualPipe ? plan.pp - 1 - r : 2 * plan.pp - 1 - r;
+        cycle = OverlappedSeconds(c, st[r], st[other]) + OverlappedSeconds(c, st[other], st[r]);
+      } else {
+        cycle = st[r].f + st[r].f_comm + st[r].b + st[r].w + st[r].b_comm;
+      }
+      worst = std::max(worst, cycle);
+      squares += cycle * cycle;
+    }
+    return std::array<double, 3>{std::max(excess, 0.0), worst, squares};
+  };
+  auto better = [](const std::array<double, 3>& a, const std::array<double, 3>& b) {
+    for (int i = 0; i < 3; ++i) {
+      if (a[i] < b[i] * (1 - 1e-12) - 1e-300) return true;
+      if (a[i] > b[i] * (1 + 1e-12) + 1e-300) return false;
+    }
+    return false;
+  };
+  std::vector<int64_t> split(stages, layers / stages);
+  for (int64_t i = 0; i < layers % stages; ++i) ++split[stages / 2 + (i % (stages - stages / 2))];
+  auto best = objective(split);
+  // Take one layer from any stage and give it to any other (the layers between shift by one stage) while
+  // that strictly improves the objective: the light first stage and the heavy last one (head, MTP) trade
+  // directly.
+  for (bool improved = true; improved;) {
+    improved = false;
+    for (int from = 0; from < stages; ++from) {
+      for (int to = 0; to < stages; ++to) {
+        if (from == to || split[from] <= 1) continue;
+        --split[from], ++split[to];
+        const auto cand = objective(split);
+        if (better(cand, best)) {
+          best = cand;
+          improved = true;
+        } else {
+          ++split[from], --split[to];
+        }
+      }
+    }
+  }
+  return split;
+}
+
+// Everything but the timing: stage costs, the schedule, the memory of every rank.
+absl::StatusOr<SimulationResult> Prepare(const ModelConfig& m, const ClusterConfig& c,
+                                         const ParallelPlan& plan_in) {
+  if (absl::Status s = CheckPlan(m, c, plan_in); !s.ok()) return s;
+  SimulationResult res;
+  res.plan = plan_in;
+  ParallelPlan& plan = res.plan;
+  absl::StatusOr<Schedule> schedule = MakeSchedule(plan.schedule, plan.pp, plan.micro_batches);
+  if (!schedule.ok()) return schedule.status();
+  res.schedule = *std::move(schedule);
+  const Schedule& s = res.schedule;
+  const LiveProfile live = LiveCounts(s);
+  const std::vector<NodeCost> graph = BuildCostGraph(m, plan.seq_len, plan.precision);
+  const std::vector<NodeUnit> units = NodeUnits(graph, m, c, plan);
+  if (plan.stage_layers.empty()) plan.stage_layers = Balance(units, m, c, plan, s, live);
+  res.dp = static_cast<int>(c.world() / plan.pp);
+  res.edp = res.dp / plan.ep;
+  res.stages = SumStages(units, m, plan.stage_layers);
+  res.model_flops_per_token = SumGraph(graph).model_flops;
+  res.usable_bytes = c.usable_bytes();
+  const ReplicaGroups groups = Replicas(plan, res.dp);
+  res.memory.resize(s.pp);
+  res.peak_memory_bytes = 0;
+  for (int r = 0; r < s.pp; ++r) {
+    res.memory[r] = MemoryOfRank(s, live, res.stages, r, plan.precision, groups);
+    if (res.memory[r].total() > res.peak_memory_bytes) {
+      res.peak_memory_bytes = res.memory[r].total();
+      res.peak_memory_rank = r;
+    }
+  }
+  res.fits = res.peak_memory_bytes <= res.usable_bytes;
+  res.tokens_per_step = static_cast<double>(res.dp) * plan.micro_batches *
+                        static_cast<double>(plan.micro_batch_size) * static_cast<double>(plan.seq_len);
+  return res;
+}
+
+}  // namespace
+
+std::string ParallelPlan::Describe() const {
+  std::string rc = recompute.norm && recompute.mla_up ? "norm+mla_up"
+                   : recompute.norm                   ? "norm"
+                   : recompute.mla_up                 ? "mla_up"
+                                                      : "none";
+  return absl::StrCat(ScheduleKindName(schedule), " pp=", pp, " ep=", ep, " mbs=", micro_batch_size,
+                      " m=", micro_batches, " recompute=", rc);
+}
+
+double RemoteNodesPerToken(const ModelConfig& m, int64_t gpus_per_node, int ep) {
+  if (ep <= gpus_per_node) return 0;
+  const double nodes = std::ceil(static_cast<double>(ep) / static_cast<double>(gpus_per_node));
+  const int64_t n = static_cast<int64_t>(nodes);
+  const int64_t groups = m.n_group, top_groups = m.topk_group, k = m.num_experts_per_tok;
+  double distinct;
+  if (groups > 1 && groups % n == 0) {
+    // Groups aligned with nodes (groups / n per node): a node is reached when one of its groups is chosen.
+    const int64_t per_node = groups / n;
+    distinct = nodes * (1.0 - Choose(groups - per_node, top_groups) / Choose(groups, top_groups));
+  } else if (groups > 1 && n % groups == 0) {
+    // A group spans n / groups nodes; its k / topk_group experts land on them uniformly.
+    const double span = nodes / static_cast<double>(groups);
+    const double per_group = static_cast<double>(k) / static_cast<double>(top_groups);
+    distinct = static_cast<double>(top_groups) * span * (1.0 - std::pow(1.0 - 1.0 / span, per_group));
+  } else {
+    distinct = nodes * (1.0 - std::pow(1.0 - 1.0 / nodes, static_cast<double>(k)));
+  }
+  return distinct * (nodes - 1.0) / nodes;  // by symmetry the token's own node is one of them w.p. 1/nodes
+}
+
+std::vector<StageCost> ComputeStageCosts(const std::vector<NodeCost>& graph, const ModelConfig& m,
+                                         const ClusterConfig& c, const ParallelPlan& plan,
+                                         const std::vector<int64_t>& stage_layers) {
+  return SumStages(NodeUnits(graph, m, c, plan), m, stage_layers);
+}
+
+double InstructionSeconds(const Schedule& s, const std::vector<StageCost>& stages, const ClusterConfig& c,
+                          int rank, const Instruction& ins) {
+  const StageCost& a = stages[s.ModelStage(rank, ins.chunk)];
+  switch (ins.kind) {
+    case OpKind::kF:
+      return a.f + a.f_comm;
+    case OpKind::kB:
+      return a.b + a.b_comm;
+    case OpKind::kW:
+      return a.w;
+    case OpKind::kBW:
+      return a.b + a.w + a.b_comm;
+    case OpKind::kFB:
+      return OverlappedSeconds(c, a, stages[s.ModelStage(rank, ins.chunk_b)]);
+  }
+  return 0;
+}
+
+std::vector<int64_t> BalanceStageLayers(const std::vector<NodeCost>& graph, const ModelConfig& m,
+                                        const ClusterConfig& c, const ParallelPlan& plan) {
+  const Schedule s = *MakeSchedule(plan.schedule, plan.pp, plan.micro_batches);
+  return Balance(NodeUnits(graph, m, c, plan), m, c, plan, s, LiveCounts(s));
+}
+
+absl::StatusOr<SimulationResult> SimulateMemory(const ModelConfig& m, const ClusterConfig& c,
+                                                const ParallelPlan& plan) {
+  return Prepare(m, c, plan);
+}
+
+absl::StatusOr<SimulationResult> Simulate(const ModelConfig& m, const ClusterConfig& c,
+                                          const ParallelPlan& plan) {
+  absl::StatusOr<SimulationResult> prepared = Prepare(m, c, plan);
+  if (!prepared.ok()) return prepared.status();
+  SimulationResult res = *std::move(prepared);
+  const Schedule& s = res.schedule;
+  absl::StatusOr<ScheduleDeps> deps = ResolveDependencies(s);
+  if (!deps.ok())
+    return absl::InternalError(absl::StrCat("generated schedule is invalid: ", deps.status().message()));
+
+  // Pipeline neighbours are dp GPUs apart: once the world spans nodes, some hop crosses a node boundary
+  // and every micro-batch's path takes it.
+  const bool p2p_network = c.world() > c.gpus_per_node;
+  const double p2p_bytes = PipelineMessageBytes(m, res.plan.micro_batch_size, res.plan.seq_len);
+  const double p2p_s =
+      p2p_bytes / ((p2p_network ? c.network_gbps_per_gpu : c.nvlink_gbps) * 1e9 * c.efficiency.comm) +
+      (p2p_network ? c.network_latency_us : c.nvlink_latency_us) * 1e-6;
+  absl::StatusOr<ScheduleTimes> times = ExecuteSchedule(
+      s, *deps,
+      [&](int rank, const Instruction& ins) { return InstructionSeconds(s, res.stages, c, rank, ins); },
+      [&](const Dependency&, int, int) { return p2p_s; });
+  if (!times.ok())
+    return absl::InternalError(absl::StrCat("generated schedule deadlocks: ", times.status().message()));
+  res.times = *std::move(times);
+
+  res.makespan_s = 0;
+  for (const auto& rank : res.times) {
+    for (const TimedInstruction& t : rank) res.makespan_s = std::max(res.makespan_s, t.end);
+  }
+  res.busy_s.assign(s.pp, 0.0);
+  res.bubble_s = 0;
+  for (int r = 0; r < s.pp; ++r) {
+    for (const TimedInstruction& t : res.times[r]) res.busy_s[r] += t.end - t.start;
+    res.bubble_s = std::max(res.bubble_s, res.makespan_s - res.busy_s[r]);
+  }
+  res.bubble_fraction = res.makespan_s > 0 ? res.bubble_s / res.makespan_s : 0;
+
+  // Step tail: per chunk, reduce-scatter after its last weight gradient; then AdamW on the shard and the
+  // all-gather of the updated bf16 weights.
+  const PrecisionPolicy& p = res.plan.precision;
+  const ReplicaGroups groups = Replicas(res.plan, res.dp);
+  const int64_t dense_group = groups.dense, expert_group = groups.expert;
+  const bool dp_network = c.world() > c.gpus_per_node && (res.dp > c.gpus_per_node || dense_group > res.dp);
+  const double bw = dp_network ? c.network_gbps_per_gpu : c.nvlink_gbps;
+  const double lat = dp_network ? c.network_latency_us : c.nvlink_latency_us;
+  const double update_bytes =
+      static_cast<double>(p.grad_bytes + 2 * p.master_bytes + 4 * p.moment_bytes + p.param_bytes);
+  res.grad_sync_end_s.assign(s.pp, 0.0);
+  double grads_ready = res.makespan_s, optimizer = 0, gather = 0;
+  for (int r = 0; r < s.pp; ++r) {
+    std::vector<std::pair<double, int>> last_w;  // (end of the chunk's last weight gradient, chunk)
+    for (int chunk = 0; chunk < s.chunks(); ++chunk) {
+      double end = 0;
+      for (size_t i = 0; i < s.ranks[r].size(); ++i) {
+        const Instruction& ins = s.ranks[r][i];
+        const bool weight = ((ins.kind == OpKind::kW || ins.kind == OpKind::kBW) && ins.chunk == chunk) ||
+                            (ins.kind == OpKind::kFB && ins.chunk_b == chunk);
+        if (weight) end = std::max(end, res.times[r][i].end);
+      }
+      last_w.push_back({end, chunk});
+    }
+    std::sort(last_w.begin(), last_w.end());
+    double t = 0, shard = 0, rank_gather = 0;
+    for (const auto& [end, chunk] : last_w) {
+      const StageCost& st = res.stages[s.ModelStage(r, chunk)];
+      const double dense = static_cast<double>(st.params_replicated),
+                   expert = static_cast<double>(st.params_expert);
+      t = std::max(t, end) +
+          RingSeconds(dense * static_cast<double>(p.grad_bytes), dense_group, bw, lat, c.efficiency.comm) +
+          RingSeconds(expert * static_cast<double>(p.grad_bytes), expert_group, bw, lat, c.efficiency.comm);
+      shard += dense / static_cast<double>(dense_group) + expert / static_cast<double>(expert_group);
+      rank_gather +=
+          RingSeconds(dense * static_cast<double>(p.param_bytes), dense_group, bw, lat, c.efficiency.comm) +
+          RingSeconds(expert * static_cast<double>(p.param_bytes), expert_group, bw, lat, c.efficiency.comm);
+    }
+    res.grad_sync_end_s[r] = t;
+    grads_ready = std::max(grads_ready, t);
+    optimizer = std::max(optimizer, shard * update_bytes / (c.hbm_tbps * 1e12 * kHbmEfficiency));
+    gather = std::max(gather, rank_gather);
+  }
+  res.grad_sync_exposed_s = grads_ready - res.makespan_s;
+  res.optimizer_s = optimizer;
+  res.all_gather_s = gather;
+  res.step_s = grads_ready + optimizer + gather;
+  res.tokens_per_s_per_gpu = res.tokens_per_step / (res.step_s * static_cast<double>(c.world()));
+  res.mfu_bf16 = res.model_flops_per_token * res.tokens_per_s_per_gpu / (c.peak_bf16_tflops * 1e12);
+  return res;
+}
+
+}  // namespace fathom

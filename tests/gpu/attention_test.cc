@@ -1,0 +1,266 @@
+// CUDA causal attention (framework/kernels/cuda/attention.h) against its CPU twin run in f64 on the same
+// inputs (rounded to the GPU dtype first, so both sides see identical numbers), plus causality and
+// run-to-run determinism of the backward.
+//
+// Tolerances (relative L2 error, ||got - want|| / max(||want||, 1)):
+//   f32 path: 1e-5. The GPU sums in f32 (unit roundoff 6e-8) over at most a few hundred terms per product and
+//     a few hundred keys per row; the observed error is ~1e-6, the f32 path's documented contract is 1e-5.
+//   bf16 path: 4e-3 for bf16 outputs (out, dq, dk, dv). Each is computed in f32 (error ~1e-6) and rounded to
+//     bf16 once; round-to-nearest moves every element by at most 2^-8 of itself, so the L2 error is at most
+//     2^-8 = 3.9e-3 of the norm, plus the f32 part. lse stays f32 on both paths: 1e-5.
+// The denominator floor of 1 only matters for T = 1, where dq = dk = 0 exactly in f64 (a single key: P = 1 and
+// dS = dout.v - dout.out = 0) and the GPU returns f32 round-off of zero.
+#include "framework/kernels/cuda/attention.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "framework/cuda/device_arena.h"
+#include "framework/kernels/cpu/attention.h"
+#include "tests/common/gradcheck.h"
+#include "tests/gpu/gpu_test_support.h"
+
+namespace fathom {
+namespace {
+
+using testing::RandomTensor;
+using testing::TestSeed;
+
+constexpr double kF32Tol = 1e-5;
+constexpr double kBf16Tol = 4e-3;
+
+// x (f64) as the GPU will hold it in `dtype`, returned in f64 (the rounding is exact to undo).
+Tensor RoundTo(const Tensor& x, DType dtype) { return x.To(dtype).To(DType::kF64); }
+
+Tensor Upload(cuda::DeviceArena& arena, const Tensor& x, DType dtype) {
+  Tensor host = x.To(dtype);
+  Tensor dev = arena.Alloc(host.shape(), dtype);
+  cuda::CopyToDevice(dev, host);
+  return dev;
+}
+
+Tensor Download(const Tensor& dev) {
+  Tensor host = Tensor::Empty(dev.shape(), dev.dtype());
+  cuda::CopyToHost(host, dev);
+  return host.To(DType::kF64);
+}
+
+double Norm(const Tensor& x) {
+  double s = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) s += x.Item(i) * x.Item(i);
+  return std::sqrt(s);
+}
+
+double RelError(const Tensor& got, const Tensor& want) {
+  EXPECT_EQ(got.shape(), want.shape());
+  double d = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) d += (got.Item(i) - want.Item(i)) * (got.Item(i) - want.Item(i));
+  return std::sqrt(d) / std::max(Norm(want), 1.0);
+}
+
+bool BitwiseEqual(const Tensor& a_dev, const Tensor& b_dev) {
+  Tensor a = Tensor::Empty(a_dev.shape(), a_dev.dtype()), b = Tensor::Empty(b_dev.shape(), b_dev.dtype());
+  cuda::CopyToHost(a, a_dev);
+  cuda::CopyToHost(b, b_dev);
+  return std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+struct Case {
+  int64_t b, t, h, dk, dv;
+};
+
+std::string CaseName(const Case& c, DType dtype) {
+  return "(B, T, H, Dk, Dv) = (" + std::to_string(c.b) + ", " + std::to_string(c.t) + ", " +
+         std::to_string(c.h) + ", " + std::to_string(c.dk) + ", " + std::to_string(c.dv) + ") " +
+         std::string(DTypeName(dtype));
+}
+
+size_t ArenaBytes(const Case& c) {
+  const size_t qk = static_cast<size_t>(c.b * c.t * c.h * c.dk), v = static_cast<size_t>(c.b * c.t * c.h * c.dv);
+  return 4 * (4 * qk + 4 * v + static_cast<size_t>(c.b * c.h * c.t)) + 16 * 256;
+}
+
+// Forward and backward of one case on the GPU against the f64 CPU twin.
+void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed) {
+  SCOPED_TRACE("seed " + std::to_string(seed) + " " + CaseName(c, dtype));
+  std::mt19937_64 rng(seed);
+  const Shape qk_shape{c.b, c.t, c.h, c.dk}, v_shape{c.b, c.t, c.h, c.dv}, lse_shape{c.b, c.h, c.t};
+  const Tensor q = RoundTo(RandomTensor(qk_shape, DType::kF64, rng), dtype);
+  const Tensor k = RoundTo(RandomTensor(qk_shape, DType::kF64, rng), dtype);
+  const Tensor v = RoundTo(RandomTensor(v_shape, DType::kF64, rng), dtype);
+  const Tensor dout = RoundTo(RandomTensor(v_shape, DType::kF64, rng), dtype);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.dk));
+  const double tol = dtype == DType::kF32 ? kF32Tol : kBf16Tol;
+
+  cuda::DeviceArena arena("attention_test", ArenaBytes(c));
+  const Tensor q_d = Upload(arena, q, dtype), k_d = Upload(arena, k, dtype), v_d = Upload(arena, v, dtype);
+  const Tensor out_d = arena.Alloc(v_shape, dtype), lse_d = arena.Alloc(lse_shape, DType::kF32);
+  cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr);
+  const Tensor out = Download(out_d), lse = Download(lse_d);
+
+  Tensor out_ref = Tensor::Empty(v_shape, DType::kF64), lse_ref = Tensor::Empty(lse_shape, DType::kF64);
+  cpu::CausalAttentionForward(out_ref, lse_ref, q, k, v, scale);
+  ASSERT_GT(Norm(out_ref), 0.0);
+  const double e_out = RelError(out, out_ref), e_lse = RelError(lse, lse_ref);
+  EXPECT_LT(e_out, tol) << "out";
+  EXPECT_LT(e_lse, kF32Tol) << "lse";
+
+  const Tensor dout_d = Upload(arena, dout, dtype);
+  const Tensor dq_d = arena.Alloc(qk_shape, dtype), dk_d = arena.Alloc(qk_shape, dtype);
+  const Tensor dv_d = arena.Alloc(v_shape, dtype);
+  cuda::CausalAttentionBackward(dq_d, dk_d, dv_d, dout_d, q_d, k_d, v_d, out_d, lse_d, scale, nullptr);
+  // The reference backward gets the GPU's saved out and lse, as the GPU backward does.
+  Tensor dq_ref = Tensor::Empty(qk_shape, DType::kF64), dk_ref = Tensor::Empty(qk_shape, DType::kF64);
+  Tensor dv_ref = Tensor::Empty(v_shape, DType::kF64);
+  cpu::CausalAttentionBackward(dq_ref, dk_ref, dv_ref, dout, q, k, v, out, lse, scale);
+  ASSERT_GT(Norm(dv_ref), 0.0);
+  if (c.t > 1) {
+    ASSERT_GT(Norm(dq_ref), 0.0);
+    ASSERT_GT(Norm(dk_ref), 0.0);
+  }
+  const double e_dq = RelError(Download(dq_d), dq_ref), e_dk = RelError(Download(dk_d), dk_ref);
+  const double e_dv = RelError(Download(dv_d), dv_ref);
+  EXPECT_LT(e_dq, tol) << "dq";
+  EXPECT_LT(e_dk, tol) << "dk";
+  EXPECT_LT(e_dv, tol) << "dv";
+  std::printf("  attention %s: rel err out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", CaseName(c, dtype).c_str(),
+              e_out, e_lse, e_dq, e_dk, e_dv);
+}
+
+const std::vector<Case>& Cases() {
+  static const std::vector<Case> cases = {
+      {1, 1, 1, 192, 128},   // one token
+      {2, 77, 3, 192, 128},  // DeepSeek-V3 head dims, T not a multiple of any tile
+      {1, 300, 2, 192, 128},
+      {2, 64, 4, 24, 16},    // the tiny recipe's heads, T a multiple of the tiles
+  };
+  return cases;
+}
+
+TEST(CudaAttention, ForwardBackwardMatchCpuF32) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  for (const Case& c : Cases()) CheckAgainstCpu(c, DType::kF32, seed);
+}
+
+TEST(CudaAttention, ForwardBackwardMatchCpuBf16) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  for (const Case& c : Cases()) CheckAgainstCpu(c, DType::kBF16, seed);
+}
+
+// T = 4096 (the benchmark sequence), forward only: one f64 CPU reference (~3 G multiply-adds) on bf16-rounded
+// inputs serves both GPU paths (bf16 inputs are exact in f32).
+TEST(CudaAttention, LongSequenceForwardMatchesCpu) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const Case c{1, 4096, 1, 192, 128};
+  const Shape qk_shape{c.b, c.t, c.h, c.dk}, v_shape{c.b, c.t, c.h, c.dv}, lse_shape{c.b, c.h, c.t};
+  const Tensor q = RoundTo(RandomTensor(qk_shape, DType::kF64, rng), DType::kBF16);
+  const Tensor k = RoundTo(RandomTensor(qk_shape, DType::kF64, rng), DType::kBF16);
+  const Tensor v = RoundTo(RandomTensor(v_shape, DType::kF64, rng), DType::kBF16);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.dk));
+  Tensor out_ref = Tensor::Empty(v_shape, DType::kF64), lse_ref = Tensor::Empty(lse_shape, DType::kF64);
+  cpu::CausalAttentionForward(out_ref, lse_ref, q, k, v, scale);
+  ASSERT_GT(Norm(out_ref), 0.0);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(CaseName(c, dtype));
+    cuda::DeviceArena arena("attention_test", ArenaBytes(c));
+    const Tensor q_d = Upload(arena, q, dtype), k_d = Upload(arena, k, dtype), v_d = Upload(arena, v, dtype);
+    const Tensor out_d = arena.Alloc(v_shape, dtype), lse_d = arena.Alloc(lse_shape, DType::kF32);
+    cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr);
+    const double e_out = RelError(Download(out_d), out_ref), e_lse = RelError(Download(lse_d), lse_ref);
+    EXPECT_LT(e_out, dtype == DType::kF32 ? kF32Tol : kBf16Tol) << "out";
+    EXPECT_LT(e_lse, kF32Tol) << "lse";
+    std::printf("  attention %s: rel err out %.2e lse %.2e\n", CaseName(c, dtype).c_str(), e_out, e_lse);
+  }
+}
+
+// Changing keys and values at positions >= t0 leaves out, lse and dq of rows < t0 bitwise unchanged; changing
+// queries and dout at rows < t0 leaves dk and dv of keys >= t0 bitwise unchanged (masked entries contribute
+// exact zeros). t0 = 77 is inside a tile, so masking within a tile is exercised. Also: the backward run twice
+// gives bitwise-identical gradients (no atomics).
+TEST(CudaAttention, CausalAndDeterministic) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const Case c{2, 150, 3, 192, 128};
+  const int64_t t0 = 77;
+  const DType dtype = DType::kBF16;
+  const Shape qk_shape{c.b, c.t, c.h, c.dk}, v_shape{c.b, c.t, c.h, c.dv}, lse_shape{c.b, c.h, c.t};
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.dk));
+  Tensor q = RandomTensor(qk_shape, DType::kF64, rng), k = RandomTensor(qk_shape, DType::kF64, rng);
+  Tensor v = RandomTensor(v_shape, DType::kF64, rng), dout = RandomTensor(v_shape, DType::kF64, rng);
+
+  struct Run {
+    Tensor out, lse, dq, dk, dv;
+  };
+  cuda::DeviceArena arena("attention_test", 4 * ArenaBytes(c));
+  auto run = [&](const Tensor& q_h, const Tensor& k_h, const Tensor& v_h, const Tensor& dout_h) {
+    Run r;
+    const Tensor q_d = Upload(arena, q_h, dtype), k_d = Upload(arena, k_h, dtype);
+    const Tensor v_d = Upload(arena, v_h, dtype), dout_d = Upload(arena, dout_h, dtype);
+    r.out = arena.Alloc(v_shape, dtype);
+    r.lse = arena.Alloc(lse_shape, DType::kF32);
+    r.dq = arena.Alloc(qk_shape, dtype);
+    r.dk = arena.Alloc(qk_shape, dtype);
+    r.dv = arena.Alloc(v_shape, dtype);
+    cuda::CausalAttentionForward(r.out, r.lse, q_d, k_d, v_d, scale, nullptr);
+    cuda::CausalAttentionBackward(r.dq, r.dk, r.dv, dout_d, q_d, k_d, v_d, r.out, r.lse, scale, nullptr);
+    return r;
+  };
+  // Rows [begin, end) along T of a (B, T, H, D) or (B, H, T) device tensor, as raw host bytes.
+  auto rows = [](const Tensor& dev, bool heads_first, int64_t begin, int64_t end) {
+    Tensor h = Tensor::Empty(dev.shape(), dev.dtype());
+    cuda::CopyToHost(h, dev);
+    const size_t elem = DTypeSize(h.dtype());
+    const int64_t outer = heads_first ? h.dim(0) * h.dim(1) : h.dim(0), t = heads_first ? h.dim(2) : h.dim(1);
+    const int64_t inner = heads_first ? 1 : h.dim(2) * h.dim(3);
+    std::vector<char> bytes;
+    for (int64_t o = 0; o < outer; ++o) {
+      const char* p = static_cast<const char*>(h.raw()) + static_cast<size_t>((o * t + begin) * inner) * elem;
+      bytes.insert(bytes.end(), p, p + static_cast<size_t>((end - begin) * inner) * elem);
+    }
+    return bytes;
+  };
+  // Overwrites positions [begin, end) along T of a (B, T, H, D) host tensor with fresh values.
+  auto perturb = [&](Tensor x, int64_t begin, int64_t end) {
+    std::normal_distribution<double> nd(0.0, 3.0);
+    const int64_t inner = x.dim(2) * x.dim(3);
+    for (int64_t b = 0; b < x.dim(0); ++b)
+      for (int64_t i = (b * x.dim(1) + begin) * inner; i < (b * x.dim(1) + end) * inner; ++i)
+        x.data<double>()[i] = nd(rng);
+    return x;
+  };
+
+  const Run base = run(q, k, v, dout);
+  const Run again = run(q, k, v, dout);
+  EXPECT_TRUE(BitwiseEqual(base.out, again.out));
+  EXPECT_TRUE(BitwiseEqual(base.dq, again.dq));
+  EXPECT_TRUE(BitwiseEqual(base.dk, again.dk));
+  EXPECT_TRUE(BitwiseEqual(base.dv, again.dv));
+
+  const Run future = run(q, perturb(k.Clone(), t0, c.t), perturb(v.Clone(), t0, c.t), dout);
+  EXPECT_TRUE(rows(base.out, false, 0, t0) == rows(future.out, false, 0, t0));
+  EXPECT_TRUE(rows(base.lse, true, 0, t0) == rows(future.lse, true, 0, t0));
+  EXPECT_TRUE(rows(base.dq, false, 0, t0) == rows(future.dq, false, 0, t0));
+  EXPECT_FALSE(rows(base.out, false, t0, c.t) == rows(future.out, false, t0, c.t)) << "perturbation had no effect";
+
+  const Run past = run(perturb(q.Clone(), 0, t0), k, v, perturb(dout.Clone(), 0, t0));
+  EXPECT_TRUE(rows(base.dk, false, t0, c.t) == rows(past.dk, false, t0, c.t));
+  EXPECT_TRUE(rows(base.dv, false, t0, c.t) == rows(past.dv, false, t0, c.t));
+  EXPECT_FALSE(rows(base.dk, false, 0, t0) == rows(past.dk, false, 0, t0)) << "perturbation had no effect";
+}
+
+}  // namespace
+}  // namespace fathom

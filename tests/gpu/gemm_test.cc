@@ -1,0 +1,252 @@
+// cuBLASLt GEMMs (framework/kernels/cuda/gemm.h) against the CPU twins run in f64 on the same inputs.
+//
+// Tolerances (relative error norms ||gpu - ref|| / ||ref||, ref computed in f64 from the exact inputs the
+// GPU saw, bf16 inputs already rounded):
+//   f32 output: 1e-5. f32 accumulation of K products carries ~sqrt(K) * 2^-24 relative error (< 3e-6 for
+//     K <= 2048) whatever the blocking; TF32 (10-bit mantissa, ~5e-4) would fail this, which is the point.
+//   bf16 output: 2^-8. The one final rounding to bf16 is at most 2^-9 relative per element, so also in norm;
+//     the f32 accumulation adds ~1e-6.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "framework/cuda/device_arena.h"
+#include "framework/kernels/cpu/gemm.h"
+#include "framework/kernels/cpu/moe.h"
+#include "framework/kernels/cuda/elementwise.h"
+#include "framework/kernels/cuda/gemm.h"
+#include "gtest/gtest.h"
+#include "tests/common/gradcheck.h"
+#include "tests/gpu/gpu_test_support.h"
+
+namespace fathom {
+namespace {
+
+using testing::RandomTensor;
+using testing::TestSeed;
+
+constexpr double kF32Tol = 1e-5;
+constexpr double kBf16Tol = 1.0 / 256;
+
+Tensor Upload(cuda::DeviceArena& arena, const Tensor& host) {
+  Tensor d = arena.Alloc(host.shape(), host.dtype());
+  cuda::CopyToDevice(d, host);
+  return d;
+}
+
+Tensor Download(const Tensor& dev) {
+  Tensor h = Tensor::Empty(dev.shape(), dev.dtype());
+  cuda::CopyToHost(h, dev);
+  return h;
+}
+
+double RelError(const Tensor& got, const Tensor& ref) {
+  EXPECT_EQ(got.numel(), ref.numel());
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    double d = got.Item(i) - ref.Item(i);
+    diff += d * d;
+    norm += ref.Item(i) * ref.Item(i);
+  }
+  EXPECT_GT(norm, 0.0) << "vacuous comparison: the reference is all zeros";
+  return std::sqrt(diff / norm);
+}
+
+// Random values in `dtype` (bf16: f32 normals rounded), on the host.
+Tensor RandomIn(const Shape& shape, DType dtype, std::mt19937_64& rng) {
+  Tensor f = RandomTensor(shape, DType::kF32, rng);
+  return dtype == DType::kF32 ? f : f.To(dtype);
+}
+
+enum class Form { kNT, kNN, kTN };
+const char* FormName(Form f) { return f == Form::kNT ? "NT" : f == Form::kNN ? "NN" : "TN"; }
+
+// The two operand shapes of a form for output (m, n) and reduction k.
+std::pair<Shape, Shape> OperandShapes(Form f, int64_t m, int64_t n, int64_t k) {
+  switch (f) {
+    case Form::kNT: return {{m, k}, {n, k}};
+    case Form::kNN: return {{m, k}, {k, n}};
+    case Form::kTN: return {{k, m}, {k, n}};
+  }
+  return {};
+}
+
+void CpuForm(Form f, const Tensor& out, const Tensor& a, const Tensor& b, bool acc) {
+  if (f == Form::kNT) cpu::MatmulNT(out, a, b, acc);
+  if (f == Form::kNN) cpu::MatmulNN(out, a, b, acc);
+  if (f == Form::kTN) cpu::MatmulTN(out, a, b, acc);
+}
+
+void GpuForm(cuda::GemmContext& ctx, Form f, const Tensor& out, const Tensor& a, const Tensor& b, bool acc) {
+  if (f == Form::kNT) ctx.MatmulNT(out, a, b, acc, nullptr);
+  if (f == Form::kNN) ctx.MatmulNN(out, a, b, acc, nullptr);
+  if (f == Form::kTN) ctx.MatmulTN(out, a, b, acc, nullptr);
+}
+
+struct Dims {
+  int64_t m, n, k;
+};
+// Awkward sizes: single rows and columns, K = 1, nothing a multiple of 16 or 128, and one larger problem.
+const std::vector<Dims> kDims = {{1, 1, 1}, {37, 53, 1}, {300, 129, 77}, {5, 1, 33}, {515, 384, 1000}};
+
+// Runs every form, with and without accumulation, for inputs of dtype `in` and output `out_dtype`.
+void CheckForms(DType in, DType out_dtype, double tol) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  cuda::DeviceArena arena("gemm_test", size_t{64} << 20);
+  cuda::GemmContext ctx;
+  for (Form f : {Form::kNT, Form::kNN, Form::kTN}) {
+    for (const Dims& d : kDims) {
+      for (bool acc : {false, true}) {
+        SCOPED_TRACE(std::string(FormName(f)) + " m " + std::to_string(d.m) + " n " + std::to_string(d.n) +
+                     " k " + std::to_string(d.k) + (acc ? " accumulate" : ""));
+        arena.Reset();
+        auto [sa, sb] = OperandShapes(f, d.m, d.n, d.k);
+        Tensor a = RandomIn(sa, in, rng), b = RandomIn(sb, in, rng);
+        Tensor c0 = RandomIn({d.m, d.n}, out_dtype, rng);
+        Tensor da = Upload(arena, a), db = Upload(arena, b), dc = Upload(arena, c0);
+        // Without accumulation the output must not be read: NaN there must not leak into the result.
+        if (!acc) cuda::Fill(dc, std::numeric_limits<double>::quiet_NaN(), nullptr);
+        GpuForm(ctx, f, dc, da, db, acc);
+        Tensor ref = acc ? c0.To(DType::kF64) : Tensor::Zeros({d.m, d.n}, DType::kF64);
+        CpuForm(f, ref, a.To(DType::kF64), b.To(DType::kF64), acc);
+        EXPECT_LE(RelError(Download(dc), ref), tol);
+      }
+    }
+  }
+}
+
+TEST(GemmCudaTest, F32FormsMatchCpu) {
+  FATHOM_REQUIRE_GPU();
+  CheckForms(DType::kF32, DType::kF32, kF32Tol);
+}
+TEST(GemmCudaTest, Bf16FormsMatchCpuBf16Output) {
+  FATHOM_REQUIRE_GPU();
+  CheckForms(DType::kBF16, DType::kBF16, kBf16Tol);
+}
+TEST(GemmCudaTest, Bf16FormsMatchCpuF32Output) {
+  FATHOM_REQUIRE_GPU();
+  CheckForms(DType::kBF16, DType::kF32, kF32Tol);
+}
+
+TEST(GemmCudaTest, EmptyReductionZeroesOrKeepsOutput) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  cuda::DeviceArena arena("gemm_test", size_t{1} << 20);
+  cuda::GemmContext ctx;
+  Tensor x = arena.Alloc({7, 0}, DType::kF32), w = arena.Alloc({9, 0}, DType::kF32);
+  Tensor c0 = RandomTensor({7, 9}, DType::kF32, rng);
+  Tensor dc = Upload(arena, c0);
+  ctx.MatmulNT(dc, x, w, /*accumulate=*/true, nullptr);
+  Tensor kept = Download(dc);
+  for (int64_t i = 0; i < c0.numel(); ++i) ASSERT_EQ(kept.Item(i), c0.Item(i)) << i;
+  ctx.MatmulNT(dc, x, w, /*accumulate=*/false, nullptr);
+  Tensor zeroed = Download(dc);
+  for (int64_t i = 0; i < c0.numel(); ++i) ASSERT_EQ(zeroed.Item(i), 0.0) << i;
+}
+
+TEST(GemmCudaTest, RepeatedShapesReuseTheirPlan) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  cuda::DeviceArena arena("gemm_test", size_t{16} << 20);
+  cuda::GemmContext ctx;
+  Tensor x = Upload(arena, RandomIn({100, 64}, DType::kBF16, rng));
+  Tensor w = Upload(arena, RandomIn({48, 64}, DType::kBF16, rng));
+  Tensor y = arena.Alloc({100, 48}, DType::kBF16);
+  ctx.MatmulNT(y, x, w, false, nullptr);
+  const int64_t queries = ctx.heuristic_queries();
+  EXPECT_EQ(queries, 1);
+  for (int i = 0; i < 5; ++i) ctx.MatmulNT(y, x, w, i % 2 == 1, nullptr);  // beta is not part of a plan
+  EXPECT_EQ(ctx.heuristic_queries(), queries);
+  EXPECT_EQ(ctx.plan_count(), 1u);
+  Tensor dw = arena.Alloc({48, 64}, DType::kF32);
+  ctx.MatmulTN(dw, y, x, false, nullptr);
+  EXPECT_EQ(ctx.heuristic_queries(), queries + 1);
+  EXPECT_EQ(ctx.plan_count(), 2u);
+}
+
+// Grouped forms: per-expert blocks with counts on the host, including experts with zero rows.
+void CheckGrouped(DType in, DType out_dtype, double tol) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  cuda::DeviceArena arena("gemm_test", size_t{64} << 20);
+  cuda::GemmContext ctx;
+  const std::vector<std::vector<double>> count_sets = {{0, 37, 1, 0, 131, 5}, {0, 0, 200, 0, 0, 0}};
+  const int64_t hidden = 72, inter = 97;  // K and N of the forward, not multiples of 16 (odd N)
+  for (const auto& cs : count_sets) {
+    arena.Reset();
+    const int64_t experts = static_cast<int64_t>(cs.size());
+    int64_t rows = 0;
+    for (double c : cs) rows += static_cast<int64_t>(c);
+    Tensor counts = Tensor::FromVector(cs, {experts}, DType::kI64);
+    SCOPED_TRACE("rows " + std::to_string(rows));
+
+    // Forward: out (R, inter) = x (R, hidden) . w[e]^T, w (E, inter, hidden).
+    Tensor x = RandomIn({rows, hidden}, in, rng), w_up = RandomIn({experts, inter, hidden}, in, rng);
+    Tensor dx = Upload(arena, x), dw_up = Upload(arena, w_up);
+    for (bool acc : {false, true}) {
+      SCOPED_TRACE(acc ? "NT accumulate" : "NT");
+      Tensor c0 = RandomIn({rows, inter}, out_dtype, rng);
+      Tensor dc = Upload(arena, c0);
+      if (!acc) cuda::Fill(dc, std::numeric_limits<double>::quiet_NaN(), nullptr);
+      ctx.GroupedMatmulNT(dc, dx, dw_up, counts, acc, nullptr);
+      Tensor ref = acc ? c0.To(DType::kF64) : Tensor::Zeros({rows, inter}, DType::kF64);
+      cpu::GroupedMatmulNT(ref, x.To(DType::kF64), w_up.To(DType::kF64), counts, acc);
+      EXPECT_LE(RelError(Download(dc), ref), tol);
+    }
+
+    // Dgrad: out (R, hidden) = dy (R, inter) . w[e], w (E, inter, hidden).
+    Tensor dy = RandomIn({rows, inter}, in, rng);
+    Tensor ddy = Upload(arena, dy);
+    for (bool acc : {false, true}) {
+      SCOPED_TRACE(acc ? "NN accumulate" : "NN");
+      Tensor c0 = RandomIn({rows, hidden}, out_dtype, rng);
+      Tensor dc = Upload(arena, c0);
+      if (!acc) cuda::Fill(dc, std::numeric_limits<double>::quiet_NaN(), nullptr);
+      ctx.GroupedMatmulNN(dc, ddy, dw_up, counts, acc, nullptr);
+      Tensor ref = acc ? c0.To(DType::kF64) : Tensor::Zeros({rows, hidden}, DType::kF64);
+      cpu::GroupedMatmulNN(ref, dy.To(DType::kF64), w_up.To(DType::kF64), counts, acc);
+      EXPECT_LE(RelError(Download(dc), ref), tol);
+    }
+
+    // Wgrad: out[e] (inter, hidden) += dy_e^T . x_e (always accumulates, f32 for gradients). Experts
+    // without rows keep their previous gradient bit for bit.
+    {
+      SCOPED_TRACE("TN");
+      const DType grad_dtype = out_dtype == DType::kBF16 ? DType::kF32 : out_dtype;
+      Tensor g0 = RandomIn({experts, inter, hidden}, grad_dtype, rng);
+      Tensor dg = Upload(arena, g0);
+      ctx.GroupedMatmulTN(dg, ddy, dx, counts, nullptr);
+      Tensor ref = g0.To(DType::kF64);
+      cpu::GroupedMatmulTN(ref, dy.To(DType::kF64), x.To(DType::kF64), counts);
+      Tensor got = Download(dg);
+      EXPECT_LE(RelError(got, ref), kF32Tol);
+      const int64_t per = inter * hidden;
+      for (int64_t e = 0; e < experts; ++e) {
+        if (cs[static_cast<size_t>(e)] != 0) continue;
+        for (int64_t i = e * per; i < (e + 1) * per; ++i) ASSERT_EQ(got.Item(i), g0.Item(i)) << "expert " << e;
+      }
+    }
+  }
+}
+
+TEST(GemmCudaTest, GroupedF32MatchesCpu) {
+  FATHOM_REQUIRE_GPU();
+  CheckGrouped(DType::kF32, DType::kF32, kF32Tol);
+}
+TEST(GemmCudaTest, GroupedBf16MatchesCpu) {
+  FATHOM_REQUIRE_GPU();
+  CheckGrouped(DType::kBF16, DType::kBF16, kBf16Tol);
+}
+
+}  // namespace
+}  // namespace fathom

@@ -1,0 +1,175 @@
+// The planner and the `fathom plan` / `fathom simulate` commands on the report's model and cluster.
+#include "parallel/planner.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "launch/commands.h"
+#include "nlohmann/json.hpp"
+
+namespace fathom {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Source(const std::string& rel) { return std::string(FATHOM_SOURCE_DIR) + "/" + rel; }
+const std::string kV3 = "recipes/v3-671b.yaml";
+const std::string kH800 = "recipes/clusters/h800-2048.yaml";
+
+std::string TempPath(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / (name + "." + std::to_string(::getpid()))).string();
+}
+
+struct CommandOutput {
+  int code;
+  std::string out, err;
+};
+
+CommandOutput RunCommand(int (*command)(const std::vector<std::string>&),
+                         const std::vector<std::string>& args) {
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  const int code = command(args);
+  CommandOutput o{code, ::testing::internal::GetCapturedStdout(), ::testing::internal::GetCapturedStderr()};
+  return o;
+}
+
+TEST(Planner, ChoosesTheReportLayoutForDeepSeekV3OnH800) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source(kV3));
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source(kH800));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->global_batch, 15360);
+  ASSERT_FALSE(report->ranked.empty());
+  const SimulationResult& best = report->ranked.front();
+  EXPECT_EQ(best.plan.schedule, ScheduleKind::kDualPipe);
+  EXPECT_EQ(best.plan.pp, 16);
+  EXPECT_EQ(best.plan.ep, 64);
+  EXPECT_EQ(best.plan.ep / cluster->gpus_per_node, 8);  // expert groups span 8 nodes
+  EXPECT_EQ(best.dp, 128);                              // ZeRO-1 data parallelism over the rest
+  EXPECT_EQ(best.edp, 2);
+  EXPECT_TRUE(best.fits);
+  EXPECT_LE(best.peak_memory_bytes, 80.0 * 1073741824.0);
+  EXPECT_EQ(best.tokens_per_step, 15360.0 * 4096);
+  EXPECT_GT(best.tokens_per_s_per_gpu, 0);
+  // Every listed candidate fits, and they come out fastest first outside the tie band.
+  for (const SimulationResult& r : report->ranked) EXPECT_TRUE(r.fits);
+  for (size_t i = 1; i < report->ranked.size(); ++i) {
+    EXPECT_GE(report->ranked[i].step_s, best.step_s * (1 - kPlannerTieTolerance));
+  }
+  // Its stage split runs as written: simulating it again gives the same step.
+  absl::StatusOr<SimulationResult> again = Simulate(recipe->model, *cluster, best.plan);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_DOUBLE_EQ(again->step_s, best.step_s);
+}
+
+TEST(PlanCommand, PrintsThePlanAndTheReportComparison) {
+  const std::string out_file = TempPath("fathom_plan.yaml");
+  CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(kH800), "--out", out_file});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("parallel:\n  pp: 16\n  ep: 64\n"));
+  EXPECT_THAT(o.out, HasSubstr("schedule: dualpipe"));
+  EXPECT_THAT(o.out, HasSubstr("no tensor parallelism"));
+  EXPECT_THAT(o.out, HasSubstr("ZeRO-1"));
+  EXPECT_THAT(o.out, HasSubstr("1543 tokens/s/GPU"));  // 180K GPU-hours per trillion tokens
+  EXPECT_THAT(o.out, HasSubstr("predicted throughput:"));
+  EXPECT_THAT(o.out, HasSubstr("fits in"));
+  // The written section, pasted over the recipe's, loads and carries the plan.
+  std::ifstream in(out_file);
+  std::stringstream section;
+  section << in.rdbuf();
+  std::remove(out_file.c_str());
+  std::ifstream recipe_in(Source(kV3));
+  std::stringstream recipe_text;
+  recipe_text << recipe_in.rdbuf();
+  std::string text = recipe_text.str();
+  const size_t start = text.find("\nparallel:\n");
+  const size_t end = text.find("\ntrain:\n");
+  ASSERT_TRUE(start != std::string::npos && end != std::string::npos);
+  text = text.substr(0, start + 1) + section.str() + text.substr(end);
+  absl::StatusOr<Recipe> pasted = ParseRecipe(text, "pasted.yaml");
+  ASSERT_TRUE(pasted.ok()) << pasted.status();
+  EXPECT_EQ(pasted->parallel.pp, 16);
+  EXPECT_EQ(pasted->parallel.ep, 64);
+  EXPECT_EQ(pasted->parallel.schedule, "dualpipe");
+  EXPECT_EQ(pasted->parallel.stage_layers.size(), 16u);
+  // The --set line applies the same section.
+  const size_t flags = o.out.find("--set parallel.pp=");
+  ASSERT_NE(flags, std::string::npos);
+  std::vector<std::string> overrides;
+  const std::string line = o.out.substr(flags, o.out.find('\n', flags) - flags);
+  for (absl::string_view piece : absl::StrSplit(line, ' ')) {
+    if (piece != "--set" && !piece.empty()) overrides.push_back(std::string(piece));
+  }
+  absl::StatusOr<Recipe> set = LoadRecipe(Source(kV3), overrides);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->parallel.stage_layers, pasted->parallel.stage_layers);
+}
+
+TEST(PlanCommand, TooSmallClusterReportsTheShortfall) {
+  CommandOutput o = RunCommand(
+      RunPlan, {Source(kV3), "--cluster", Source("recipes/clusters/h100-8.yaml"), "--global-batch", "64"});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("does not fit"));
+  EXPECT_THAT(o.err, HasSubstr("short by"));
+  EXPECT_THAT(o.err, HasSubstr("GiB"));
+}
+
+TEST(PlanCommand, BadInputExitsTwo) {
+  EXPECT_EQ(RunCommand(RunPlan, {Source(kV3)}).code, 2);  // no cluster
+  CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source("recipes/clusters/missing.yaml")});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("missing.yaml"));
+  o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(kH800), "--bogus"});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("--bogus"));
+}
+
+TEST(SimulateCommand, SummaryAndTrace) {
+  const std::string trace = TempPath("fathom_trace.json");
+  CommandOutput o = RunCommand(RunSimulate, {Source(kV3), "--cluster", Source(kH800), "--trace", trace});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("dualpipe pp=16 ep=64"));
+  EXPECT_THAT(o.out, HasSubstr("tokens/s/GPU"));
+  EXPECT_THAT(o.out, HasSubstr("bubble"));
+  EXPECT_THAT(o.out, HasSubstr("fits: peak"));
+  std::ifstream in(trace);
+  const nlohmann::json doc = nlohmann::json::parse(in);
+  std::remove(trace.c_str());
+  ASSERT_TRUE(doc["traceEvents"].is_array());
+  int complete = 0;
+  for (const nlohmann::json& e : doc["traceEvents"]) complete += e["ph"] == "X";
+  EXPECT_GT(complete, 16 * 120);  // at least one event per micro-batch per rank
+}
+
+TEST(SimulateCommand, OverridesAndBadInput) {
+  // A shallower pipeline with the split left to the simulator.
+  CommandOutput o =
+      RunCommand(RunSimulate, {Source(kV3), "--cluster", Source(kH800), "--set", "parallel.pp=8", "--set",
+                               "parallel.stage_layers=[]", "--set", "parallel.micro_batches=60"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("pp=8"));
+  EXPECT_THAT(o.out, HasSubstr("balanced by the simulator"));
+  // pp must divide the 2048 GPUs.
+  o = RunCommand(RunSimulate, {Source(kV3), "--cluster", Source(kH800), "--set", "parallel.pp=6", "--set",
+                               "parallel.stage_layers=[]", "--set", "parallel.micro_batches=60"});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("parallel.pp"));
+  o = RunCommand(RunSimulate, {Source(kV3), "--cluster", Source(kH800), "--recompute", "all"});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("--recompute"));
+}
+
+}  // namespace
+}  // namespace fathom
