@@ -178,7 +178,7 @@ int RunPlan(const std::vector<std::string>& args) {
       best.peak_memory_rank, GiB(m.params), GiB(m.grads), GiB(m.optimizer), GiB(m.activations),
       GiB(best.peak_memory_bytes), GiB(best.usable_bytes), c.hbm_gib);
   o << absl::StrFormat(
-      "step %.2f s: pipeline %.2f s (bubble %.1f%%), gradient sync exposed %.2f s, optimizer %.2f s, "
+      "step %.4g s: pipeline %.4g s (bubble %.1f%%), gradient sync exposed %.3g s, optimizer %.3g s, "
       "all-gather %.2f s\n",
       best.step_s, best.makespan_s, 100 * best.bubble_fraction, best.grad_sync_exposed_s, best.optimizer_s,
       best.all_gather_s);

@@ -57,7 +57,6 @@ int RunTrain(const std::vector<std::string>& args) {
   absl::StatusOr<std::unique_ptr<Communicator>> world =
       CreateWorldCommunicator(mpi ? CommBackend::kMpi : CommBackend::kLocal);
   if (!world.ok()) Reject(world.status());
-  const int world_size = (*world)->size();
   const bool logs = (*world)->rank() == 0;
 
   absl::StatusOr<TrainArgs> parsed = ParseTrainArgs(args);
@@ -66,10 +65,7 @@ int RunTrain(const std::vector<std::string>& args) {
   if (!recipe.ok()) Reject(recipe.status());
   absl::StatusOr<std::unique_ptr<DeviceMesh>> mesh =
       DeviceMesh::Create(*std::move(world), recipe->parallel.pp, recipe->parallel.ep);
-  if (!mesh.ok()) {
-    Reject(absl::InvalidArgumentError(std::string(mesh.status().message()) + " (world size " +
-                                      std::to_string(world_size) + ")"));
-  }
+  if (!mesh.ok()) Reject(mesh.status());  // names parallel.pp / parallel.ep and the world size
   absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*recipe, **mesh);
   if (!trainer.ok()) Reject(trainer.status());
   if (logs) std::cout << (*mesh)->layout().Describe() << " [" << env->Describe() << "]\n";

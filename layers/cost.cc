@@ -216,6 +216,12 @@ GraphTotals SumGraph(const std::vector<NodeCost>& graph) {
   return t;
 }
 
+ParameterStateBytes ParameterState(double params, const PrecisionPolicy& p, double zero_shards) {
+  FATHOM_CHECK(zero_shards >= 1, "[cost] zero_shards ", zero_shards);
+  return {params * static_cast<double>(p.param_bytes), params * static_cast<double>(p.grad_bytes),
+          params * static_cast<double>(p.optimizer_bytes()) / zero_shards};
+}
+
 double PipelineMessageBytes(const ModelConfig& model, int64_t micro_batch_size, int64_t seq_len) {
   return static_cast<double>(micro_batch_size) * static_cast<double>(seq_len) *
          static_cast<double>(model.hidden_size) * 2.0;

@@ -109,6 +109,14 @@ struct GraphTotals {
 };
 GraphTotals SumGraph(const std::vector<NodeCost>& graph);
 
+// What a GPU keeps for `params` parameters: the working copy and the gradients in full, the optimizer state
+// (master weights and two moments) sharded `zero_shards` ways by ZeRO-1.
+struct ParameterStateBytes {
+  double params = 0, grads = 0, optimizer = 0;
+  double total() const { return params + grads + optimizer; }
+};
+ParameterStateBytes ParameterState(double params, const PrecisionPolicy& precision, double zero_shards = 1);
+
 // Bytes of one pipeline message (activation or its gradient) for a micro-batch: B*T*H*2 (bf16).
 double PipelineMessageBytes(const ModelConfig& model, int64_t micro_batch_size, int64_t seq_len);
 

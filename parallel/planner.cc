@@ -77,15 +77,10 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
   PlanReport report;
   report.global_batch = options.global_batch;
   if (report.global_batch == 0) {
-    if (world % recipe.parallel.pp != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the global batch comes from the recipe as train.micro_batch_size x "
-                       "parallel.micro_batches x (world / ",
-                       "parallel.pp), but parallel.pp (", recipe.parallel.pp,
-                       ") does not divide the cluster's ", world, " GPUs; pass --global-batch"));
-    }
-    report.global_batch =
-        recipe.train.micro_batch_size * recipe.parallel.micro_batches * (world / recipe.parallel.pp);
+    // The batch the recipe's own layout runs: micro-batch size x micro-batches per pipeline x pipelines.
+    // On a cluster smaller than (or not divisible by) the recipe's pipeline, one pipeline's batch.
+    const int64_t pipelines = world % recipe.parallel.pp == 0 ? world / recipe.parallel.pp : 1;
+    report.global_batch = recipe.train.micro_batch_size * recipe.parallel.micro_batches * pipelines;
   }
   const PrecisionPolicy precision = PrecisionFor(recipe);
 

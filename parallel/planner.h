@@ -33,7 +33,8 @@ inline constexpr double kPlannerTieTolerance = 0.005;
 
 struct PlannerOptions {
   // Sequences per optimizer step. 0: from the recipe, train.micro_batch_size x parallel.micro_batches x
-  // (world / parallel.pp), i.e. the batch the recipe's own parallel section would run on this cluster.
+  // (world / parallel.pp), i.e. the batch the recipe's own parallel section would run on this cluster
+  // (x 1 when parallel.pp does not divide the world: one pipeline's batch). PlanReport says which.
   int64_t global_batch = 0;
   std::vector<int64_t> micro_batch_sizes = {1, 2, 4};
   std::vector<ScheduleKind> schedules = {ScheduleKind::kDualPipe, ScheduleKind::kDualPipeV,

@@ -212,12 +212,13 @@ RankMemory MemoryOfRank(const Schedule& s, const LiveProfile& live, const std::v
   double transient = 0;
   for (int chunk = 0; chunk < s.chunks(); ++chunk) {
     const StageCost& st = stages[s.ModelStage(r, chunk)];
-    const double n = static_cast<double>(st.params_replicated + st.params_expert);
-    mem.params += n * static_cast<double>(p.param_bytes);
-    mem.grads += n * static_cast<double>(p.grad_bytes);
-    mem.optimizer += (static_cast<double>(st.params_replicated) / static_cast<double>(groups.dense) +
-                      static_cast<double>(st.params_expert) / static_cast<double>(groups.expert)) *
-                     static_cast<double>(p.optimizer_bytes());
+    const ParameterStateBytes dense =
+        ParameterState(static_cast<double>(st.params_replicated), p, static_cast<double>(groups.dense));
+    const ParameterStateBytes expert =
+        ParameterState(static_cast<double>(st.params_expert), p, static_cast<double>(groups.expert));
+    mem.params += dense.params + expert.params;
+    mem.grads += dense.grads + expert.grads;
+    mem.optimizer += dense.optimizer + expert.optimizer;
     transient += st.transient_bytes;
   }
   double peak = 0;

@@ -212,6 +212,13 @@ Tensor CheckQuantized(const Quantized& ref, const Tensor& dq, const Tensor& dsca
   dequantize(out32, dq, dscales);
   dequantize(out16, dq, dscales);
   Tensor x32 = Download(out32), x16 = Download(out16);
+  bad = 0;
+  for (int64_t i = 0; i < x32.numel(); ++i) {
+    if (Bf16Bits(x16, i) != FloatToBf16(x32.data<float>()[i]).bits && bad++ < 5) {
+      ADD_FAILURE() << "bf16 output, element " << i;
+    }
+  }
+  EXPECT_EQ(bad, 0);
   return x32;
 }
 

@@ -219,6 +219,12 @@ TEST(CostModel, CommunicationAndMemoryBytes) {
   PrecisionPolicy f32;
   f32.moment_bytes = 4;
   EXPECT_EQ(f32.optimizer_bytes(), 12);
+  // bf16 weights + f32 grads in full, f32 master + moments sharded by ZeRO-1.
+  const ParameterStateBytes s = ParameterState(1e9, PrecisionPolicy{}, 8);
+  EXPECT_DOUBLE_EQ(s.params, 2e9);
+  EXPECT_DOUBLE_EQ(s.grads, 4e9);
+  EXPECT_DOUBLE_EQ(s.optimizer, 8e9 / 8);
+  EXPECT_DOUBLE_EQ(ParameterState(1e9, f32).optimizer, 12e9);
 }
 
 }  // namespace

@@ -118,12 +118,23 @@ TEST(PlanCommand, PrintsThePlanAndTheReportComparison) {
 }
 
 TEST(PlanCommand, TooSmallClusterReportsTheShortfall) {
-  CommandOutput o = RunCommand(
-      RunPlan, {Source(kV3), "--cluster", Source("recipes/clusters/h100-8.yaml"), "--global-batch", "64"});
-  EXPECT_EQ(o.code, 2);
-  EXPECT_THAT(o.err, HasSubstr("does not fit"));
-  EXPECT_THAT(o.err, HasSubstr("short by"));
-  EXPECT_THAT(o.err, HasSubstr("GiB"));
+  for (const char* cluster : {"recipes/clusters/h100-8.yaml", "recipes/clusters/h200-8.yaml"}) {
+    CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(cluster)});
+    EXPECT_EQ(o.code, 2) << cluster;
+    EXPECT_THAT(o.err, HasSubstr("does not fit"));
+    EXPECT_THAT(o.err, HasSubstr("short by"));
+    EXPECT_THAT(o.err, HasSubstr("GiB"));
+    EXPECT_TRUE(o.out.empty());
+  }
+}
+
+TEST(PlanCommand, SmallModelOnOneNode) {
+  // The CPU recipe's model plans on one H100 node; its parallel section round-trips through the recipe.
+  CommandOutput o = RunCommand(RunPlan, {Source("recipes/tiny.yaml"), "--cluster",
+                                         Source("recipes/clusters/h100-8.yaml"), "--global-batch", "64"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("parallel:\n  pp: "));
+  EXPECT_THAT(o.out, ::testing::Not(HasSubstr("DeepSeek-V3 report")));
 }
 
 TEST(PlanCommand, BadInputExitsTwo) {
