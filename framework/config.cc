@@ -343,15 +343,18 @@ absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
     return Invalid(absl::StrCat("parallel.ep (", ep, ") must divide model.n_routed_experts (",
                                 model.n_routed_experts, ")"));
   }
-  if (pp > model.num_hidden_layers) {
-    return Invalid(absl::StrCat("parallel.pp (", pp, ") must be <= model.num_hidden_layers (",
+  // DualPipeV cuts the model into 2 * pp stages (a V over the pp ranks); the others into pp.
+  const int64_t stages = schedule == "dualpipev" ? 2 * pp : pp;
+  const std::string stages_name = schedule == "dualpipev" ? "2 * parallel.pp" : "parallel.pp";
+  if (stages > model.num_hidden_layers) {
+    return Invalid(absl::StrCat(stages_name, " (", stages, ") must be <= model.num_hidden_layers (",
                                 model.num_hidden_layers, "): every stage holds at least one decoder layer"));
   }
   if (!stage_layers.empty()) {
-    if (static_cast<int64_t>(stage_layers.size()) != pp) {
+    if (static_cast<int64_t>(stage_layers.size()) != stages) {
       return Invalid(absl::StrCat("parallel.stage_layers has ", stage_layers.size(),
-                                  stage_layers.size() == 1 ? " entry" : " entries",
-                                  ", must have parallel.pp (", pp, ")"));
+                                  stage_layers.size() == 1 ? " entry" : " entries", ", must have ", stages_name,
+                                  " (", stages, ") for parallel.schedule ", schedule));
     }
     int64_t sum = 0;
     for (size_t i = 0; i < stage_layers.size(); ++i) {

@@ -179,7 +179,7 @@ int RunPlan(const std::vector<std::string>& args) {
       GiB(best.peak_memory_bytes), GiB(best.usable_bytes), c.hbm_gib);
   o << absl::StrFormat(
       "step %.4g s: pipeline %.4g s (bubble %.1f%%), gradient sync exposed %.3g s, optimizer %.3g s, "
-      "all-gather %.2f s\n",
+      "all-gather %.3g s\n",
       best.step_s, best.makespan_s, 100 * best.bubble_fraction, best.grad_sync_exposed_s, best.optimizer_s,
       best.all_gather_s);
   o << absl::StrFormat("predicted throughput: %.0f tokens/s/GPU, MFU %.1f%% of the bf16 peak\n",
