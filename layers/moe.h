@@ -109,8 +109,8 @@ class MoE {
   ParamTable* table_;
   int64_t hidden_, intermediate_, num_experts_, top_k_;
   int64_t first_expert_, local_experts_;
-  int layer_;
   ExpertExchange* exchange_;
+  int layer_;
   Router router_;
   int gate_proj_, up_proj_, down_proj_;
   std::unique_ptr<DenseMlp> shared_;
