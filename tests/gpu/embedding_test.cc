@@ -4,13 +4,14 @@
 // Both directions are compared bit for bit: the forward is a row copy, and the backward adds each table
 // row's dy rows in increasing position order starting from the row's old value, which is the CPU twin's
 // order of f32 additions (bf16 dy widens exactly to f32, so the CPU runs on the widened copy).
+#include "framework/kernels/cpu/embedding.h"
+
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
 
 #include "framework/cuda/device_arena.h"
-#include "framework/kernels/cpu/embedding.h"
 #include "framework/kernels/cuda/embedding.h"
 #include "gtest/gtest.h"
 #include "tests/common/gradcheck.h"
@@ -39,8 +40,8 @@ void ExpectBitEqual(const Tensor& got, const Tensor& want, const char* what) {
   const size_t es = DTypeSize(want.dtype());
   int64_t bad = 0;
   for (int64_t i = 0; i < want.numel(); ++i) {
-    if (std::memcmp(static_cast<const char*>(got.raw()) + i * es, static_cast<const char*>(want.raw()) + i * es,
-                    es) != 0 &&
+    if (std::memcmp(static_cast<const char*>(got.raw()) + i * es,
+                    static_cast<const char*>(want.raw()) + i * es, es) != 0 &&
         bad++ < 5) {
       ADD_FAILURE() << what << " element " << i << ": gpu " << got.Item(i) << " cpu " << want.Item(i);
     }

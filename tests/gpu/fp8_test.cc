@@ -3,6 +3,8 @@
 // Casts and quantisation are integer-exact operations on the same f32 values, so every comparison with
 // the CPU (framework/numeric.h and the reference quantiser below) is bit for bit: codes byte-equal, scales
 // and dequantised values bit-equal. The only tolerance is the round trip x -> q -> x', stated there.
+#include "framework/kernels/cuda/fp8.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -11,7 +13,6 @@
 #include <vector>
 
 #include "framework/cuda/device_arena.h"
-#include "framework/kernels/cuda/fp8.h"
 #include "framework/numeric.h"
 #include "gtest/gtest.h"
 #include "tests/common/gradcheck.h"
@@ -80,9 +81,9 @@ TEST(Fp8CudaCast, EveryBf16PatternMatchesCpu) {
   cuda::DeviceArena arena("fp8_test", size_t{4} << 20);
   Tensor bf = Tensor::Empty({65536}, DType::kBF16);
   for (int i = 0; i < 65536; ++i) bf.data<Bf16>()[i].bits = static_cast<uint16_t>(i);
-  CheckAllCasts(arena, bf);                   // the bf16 input path
+  CheckAllCasts(arena, bf);  // the bf16 input path
   arena.Reset();
-  CheckAllCasts(arena, bf.To(DType::kF32));   // the same values through the f32 input path
+  CheckAllCasts(arena, bf.To(DType::kF32));  // the same values through the f32 input path
 }
 
 TEST(Fp8CudaCast, RandomF32PatternsMatchCpu) {
@@ -274,7 +275,9 @@ TEST(Fp8CudaQuant, Activation1x128MatchesCpuReference) {
       Quantized ref = CpuActivation1x128(x);
       Tensor back = CheckQuantized(
           ref, dq, ds,
-          [](const Tensor& o, const Tensor& q, const Tensor& s) { cuda::DequantizeActivation1x128(o, q, s, nullptr); },
+          [](const Tensor& o, const Tensor& q, const Tensor& s) {
+            cuda::DequantizeActivation1x128(o, q, s, nullptr);
+          },
           arena);
       // Dequantisation reference: code * scale of the element's (row, tile).
       for (int64_t i = 0; i < back.numel(); ++i) {
@@ -309,7 +312,9 @@ TEST(Fp8CudaQuant, Weight128x128MatchesCpuReference) {
       Quantized ref = CpuWeight128x128(w, matrices, rows, cols);
       Tensor back = CheckQuantized(
           ref, dq, ds,
-          [](const Tensor& o, const Tensor& q, const Tensor& s) { cuda::DequantizeWeight128x128(o, q, s, nullptr); },
+          [](const Tensor& o, const Tensor& q, const Tensor& s) {
+            cuda::DequantizeWeight128x128(o, q, s, nullptr);
+          },
           arena);
       const int64_t rb = (rows + 127) / 128, cb = (cols + 127) / 128;
       for (int64_t i = 0; i < back.numel(); ++i) {

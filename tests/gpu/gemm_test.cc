@@ -4,8 +4,11 @@
 // GPU saw, bf16 inputs already rounded):
 //   f32 output: 1e-5. f32 accumulation of K products carries ~sqrt(K) * 2^-24 relative error (< 3e-6 for
 //     K <= 2048) whatever the blocking; TF32 (10-bit mantissa, ~5e-4) would fail this, which is the point.
+//     Measured on an H100 (515 x 384, K = 1000): 2.2e-7 for f32 inputs, 9.8e-7 for bf16 inputs.
 //   bf16 output: 2^-8. The one final rounding to bf16 is at most 2^-9 relative per element, so also in norm;
-//     the f32 accumulation adds ~1e-6.
+//     the f32 accumulation adds ~1e-6. Measured on an H100: 1.66e-3 (= 2^-9.2).
+#include "framework/kernels/cpu/gemm.h"
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -14,7 +17,6 @@
 #include <vector>
 
 #include "framework/cuda/device_arena.h"
-#include "framework/kernels/cpu/gemm.h"
 #include "framework/kernels/cpu/moe.h"
 #include "framework/kernels/cuda/elementwise.h"
 #include "framework/kernels/cuda/gemm.h"
@@ -67,9 +69,12 @@ const char* FormName(Form f) { return f == Form::kNT ? "NT" : f == Form::kNN ? "
 // The two operand shapes of a form for output (m, n) and reduction k.
 std::pair<Shape, Shape> OperandShapes(Form f, int64_t m, int64_t n, int64_t k) {
   switch (f) {
-    case Form::kNT: return {{m, k}, {n, k}};
-    case Form::kNN: return {{m, k}, {k, n}};
-    case Form::kTN: return {{k, m}, {k, n}};
+    case Form::kNT:
+      return {{m, k}, {n, k}};
+    case Form::kNN:
+      return {{m, k}, {k, n}};
+    case Form::kTN:
+      return {{k, m}, {k, n}};
   }
   return {};
 }
@@ -233,7 +238,8 @@ void CheckGrouped(DType in, DType out_dtype, double tol) {
       const int64_t per = inter * hidden;
       for (int64_t e = 0; e < experts; ++e) {
         if (cs[static_cast<size_t>(e)] != 0) continue;
-        for (int64_t i = e * per; i < (e + 1) * per; ++i) ASSERT_EQ(got.Item(i), g0.Item(i)) << "expert " << e;
+        for (int64_t i = e * per; i < (e + 1) * per; ++i)
+          ASSERT_EQ(got.Item(i), g0.Item(i)) << "expert " << e;
       }
     }
   }

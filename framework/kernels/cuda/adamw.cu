@@ -1,5 +1,3 @@
-#include "framework/kernels/cuda/adamw.h"
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -7,6 +5,7 @@
 #include <vector>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/adamw.h"
 
 namespace fathom::cuda {
 namespace {
@@ -47,9 +46,10 @@ __global__ void AdamWKernel(float* values, M* exp_avg, M* exp_avg_sq, const floa
   for (int64_t j = threadIdx.x; j < ch.length; j += blockDim.x) {
     const int64_t i = ch.begin + j, local = i - range_begin;
     const float g = grads[i];
-    const float m = __fadd_rn(__fmul_rn(c.beta1, LoadMoment(exp_avg, local)), __fmul_rn(c.one_minus_beta1, g));
-    const float v =
-        __fadd_rn(__fmul_rn(c.beta2, LoadMoment(exp_avg_sq, local)), __fmul_rn(__fmul_rn(c.one_minus_beta2, g), g));
+    const float m =
+        __fadd_rn(__fmul_rn(c.beta1, LoadMoment(exp_avg, local)), __fmul_rn(c.one_minus_beta1, g));
+    const float v = __fadd_rn(__fmul_rn(c.beta2, LoadMoment(exp_avg_sq, local)),
+                              __fmul_rn(__fmul_rn(c.one_minus_beta2, g), g));
     StoreMoment(exp_avg, local, m);
     StoreMoment(exp_avg_sq, local, v);
     float p = values[i];
@@ -101,9 +101,9 @@ __global__ void ScaleKernel(float* grads, const int64_t* list, float scale) {
 }
 
 void CheckFlat(const char* op, const Tensor& t, const char* name, DType dtype, int64_t numel) {
-  FATHOM_CHECK(t.device() == Device::kCUDA && t.dtype() == dtype && t.numel() == numel, "[", op, "] ", name, " ",
-               t.shape_str(), " ", DTypeName(t.dtype()), " on ", DeviceName(t.device()), ", expected ", numel,
-               " elements of ", DTypeName(dtype), " on cuda");
+  FATHOM_CHECK(t.device() == Device::kCUDA && t.dtype() == dtype && t.numel() == numel, "[", op, "] ", name,
+               " ", t.shape_str(), " ", DTypeName(t.dtype()), " on ", DeviceName(t.device()), ", expected ",
+               numel, " elements of ", DTypeName(dtype), " on cuda");
 }
 
 // The chunk count fits one grid dimension (2^31 - 1 blocks: 8.8e12 elements).
@@ -145,14 +145,10 @@ AdamWCoeffs MakeAdamWCoeffs(const OptimConfig& cfg, double lr, int64_t step) {
   const double t = static_cast<double>(step);
   const double bc1 = 1.0 - std::pow(cfg.beta1, t);
   const double bc2 = 1.0 - std::pow(cfg.beta2, t);
-  return {static_cast<float>(cfg.beta1),
-          static_cast<float>(1.0 - cfg.beta1),
-          static_cast<float>(cfg.beta2),
-          static_cast<float>(1.0 - cfg.beta2),
-          static_cast<float>(cfg.eps),
-          static_cast<float>(1.0 - lr * cfg.weight_decay),
-          static_cast<float>(lr / bc1),
-          static_cast<float>(1.0 / std::sqrt(bc2))};
+  return {static_cast<float>(cfg.beta1), static_cast<float>(1.0 - cfg.beta1),
+          static_cast<float>(cfg.beta2), static_cast<float>(1.0 - cfg.beta2),
+          static_cast<float>(cfg.eps),   static_cast<float>(1.0 - lr * cfg.weight_decay),
+          static_cast<float>(lr / bc1),  static_cast<float>(1.0 / std::sqrt(bc2))};
 }
 
 void AdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& grads,
@@ -168,9 +164,9 @@ void AdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_av
   if (chunks.count() == 0) return;
   const int64_t* list = chunks.list().data<int64_t>();
   if (md == DType::kF32) {
-    AdamWKernel<<<ChunkGrid(chunks), kThreads, 0, stream>>>(
-        values.data<float>(), exp_avg.data<float>(), exp_avg_sq.data<float>(), grads.data<float>(), list,
-        chunks.begin(), coeffs);
+    AdamWKernel<<<ChunkGrid(chunks), kThreads, 0, stream>>>(values.data<float>(), exp_avg.data<float>(),
+                                                            exp_avg_sq.data<float>(), grads.data<float>(),
+                                                            list, chunks.begin(), coeffs);
   } else {
     AdamWKernel<<<ChunkGrid(chunks), kThreads, 0, stream>>>(
         values.data<float>(), static_cast<uint16_t*>(exp_avg.raw()), static_cast<uint16_t*>(exp_avg_sq.raw()),

@@ -3,8 +3,8 @@
 // optim/grad_clip.h) and the in-place gradient scaling of clipping (ClipGradients).
 //
 // Layout: values (f32 master weights) and grads (f32) are device copies of a ParamTable's flat buffers,
-// (table.numel()) each; the AdamW moments cover the optimizer's range [begin, end): (end - begin) f32 or bf16,
-// element i belonging to flat element begin + i (as in optim/adamw.h). Only the elements of trainable
+// (table.numel()) each; the AdamW moments cover the optimizer's range [begin, end): (end - begin) f32 or
+// bf16, element i belonging to flat element begin + i (as in optim/adamw.h). Only the elements of trainable
 // parameters inside the range are read or written: alignment padding and non-trainable buffers (the expert
 // bias) are never touched, whatever their grads hold.
 //
@@ -52,9 +52,9 @@ class ParamChunks {
   int64_t begin() const { return begin_; }
   int64_t end() const { return end_; }
   int64_t table_numel() const { return table_numel_; }
-  int64_t count() const { return count_; }              // number of chunks
+  int64_t count() const { return count_; }  // number of chunks
   int64_t trainable_elements() const { return elements_; }
-  const Tensor& list() const { return list_; }          // (count, 2) i64: flat begin, (length << 1) | decay
+  const Tensor& list() const { return list_; }  // (count, 2) i64: flat begin, (length << 1) | decay
   const Tensor& norm_scratch() const { return scratch_; }  // (kNormBlocks) f64 per-block partial sums
 
   static constexpr int64_t kNormBlocks = 1024;

@@ -1,11 +1,10 @@
-#include "framework/kernels/cuda/elementwise.h"
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/elementwise.h"
 #include "framework/numeric.h"
 
 namespace fathom::cuda {
@@ -17,7 +16,7 @@ unsigned GridFor(int64_t n) {
   return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 132 * 32));
 }
 
-#define FATHOM_GRID_STRIDE(i, n)                                                              \
+#define FATHOM_GRID_STRIDE(i, n)                                                         \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
@@ -96,12 +95,21 @@ template <class F>
 void DispatchBits(const char* op, DType t, F&& f) {
   switch (t) {
     case DType::kF32:
-    case DType::kI32: f(uint32_t{}); return;
-    case DType::kBF16: f(uint16_t{}); return;
+    case DType::kI32:
+      f(uint32_t{});
+      return;
+    case DType::kBF16:
+      f(uint16_t{});
+      return;
     case DType::kF8E4M3:
-    case DType::kF8E5M2: f(uint8_t{}); return;
-    case DType::kI64: f(uint64_t{}); return;
-    default: FATHOM_CHECK(false, "[", op, "] unsupported dtype ", DTypeName(t));
+    case DType::kF8E5M2:
+      f(uint8_t{});
+      return;
+    case DType::kI64:
+      f(uint64_t{});
+      return;
+    default:
+      FATHOM_CHECK(false, "[", op, "] unsupported dtype ", DTypeName(t));
   }
 }
 
@@ -137,8 +145,8 @@ void AddInPlace(const Tensor& a, const Tensor& b, Stream stream) {
   const bool f32_f32 = a.dtype() == DType::kF32 && b.dtype() == DType::kF32;
   const bool f32_bf16 = a.dtype() == DType::kF32 && b.dtype() == DType::kBF16;
   const bool bf16_bf16 = a.dtype() == DType::kBF16 && b.dtype() == DType::kBF16;
-  FATHOM_CHECK(f32_f32 || f32_bf16 || bf16_bf16, "[", op, "] ", DTypeName(a.dtype()), " += ",
-               DTypeName(b.dtype()), " (supported: f32 += f32, f32 += bf16, bf16 += bf16)");
+  FATHOM_CHECK(f32_f32 || f32_bf16 || bf16_bf16, "[", op, "] ", DTypeName(a.dtype()),
+               " += ", DTypeName(b.dtype()), " (supported: f32 += f32, f32 += bf16, bf16 += bf16)");
   if (n == 0) return;
   if (f32_f32) {
     AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(a), In<float>(a), In<float>(b), n);
@@ -215,7 +223,8 @@ void Fill(const Tensor& out, double value, Stream stream) {
   const int64_t n = out.numel();
   if (out.dtype() == DType::kF32) {
     if (n == 0) return;
-    FillKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint32_t>(out), FloatBits(static_cast<float>(value)), n);
+    FillKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint32_t>(out), FloatBits(static_cast<float>(value)),
+                                                    n);
   } else if (out.dtype() == DType::kBF16) {
     if (n == 0) return;
     FillKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint16_t>(out),

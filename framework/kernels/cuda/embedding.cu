@@ -1,5 +1,3 @@
-#include "framework/kernels/cuda/embedding.h"
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -7,6 +5,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/embedding.h"
 
 namespace fathom::cuda {
 namespace {
@@ -62,7 +61,8 @@ __global__ void ScatterRunsKernel(float* dtable, const uint32_t* sorted_ids, con
   float* row = dtable + static_cast<int64_t>(id) * cols;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
     float acc = row[c];
-    for (int64_t j = i; j < run_end; ++j) acc = __fadd_rn(acc, Load(dy, static_cast<int64_t>(sorted_pos[j]) * cols + c));
+    for (int64_t j = i; j < run_end; ++j)
+      acc = __fadd_rn(acc, Load(dy, static_cast<int64_t>(sorted_pos[j]) * cols + c));
     row[c] = acc;
   }
 }
@@ -82,10 +82,9 @@ size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 // Workspace layout: sorted ids, positions, sorted positions (N u32 each, 256-byte aligned), CUB scratch.
 size_t CubBytes(int64_t tokens, int64_t vocab) {
   size_t bytes = 0;
-  FATHOM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint32_t*>(nullptr),
-                                                    static_cast<uint32_t*>(nullptr),
-                                                    static_cast<const uint32_t*>(nullptr),
-                                                    static_cast<uint32_t*>(nullptr), tokens, 0, KeyBits(vocab)));
+  FATHOM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
+      static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr), tokens, 0, KeyBits(vocab)));
   return bytes;
 }
 
@@ -111,11 +110,13 @@ void EmbeddingForward(const Tensor& out, const Tensor& ids, const Tensor& table,
   if (tokens * cols == 0) return;
   const auto* id = static_cast<const uint32_t*>(ids.raw());
   if (table.dtype() == DType::kF32) {
-    GatherKernel<<<GridFor(tokens * cols), kThreads, 0, stream>>>(
-        static_cast<uint32_t*>(out.raw()), id, static_cast<const uint32_t*>(table.raw()), tokens, cols, vocab);
+    GatherKernel<<<GridFor(tokens * cols), kThreads, 0, stream>>>(static_cast<uint32_t*>(out.raw()), id,
+                                                                  static_cast<const uint32_t*>(table.raw()),
+                                                                  tokens, cols, vocab);
   } else {
-    GatherKernel<<<GridFor(tokens * cols), kThreads, 0, stream>>>(
-        static_cast<uint16_t*>(out.raw()), id, static_cast<const uint16_t*>(table.raw()), tokens, cols, vocab);
+    GatherKernel<<<GridFor(tokens * cols), kThreads, 0, stream>>>(static_cast<uint16_t*>(out.raw()), id,
+                                                                  static_cast<const uint16_t*>(table.raw()),
+                                                                  tokens, cols, vocab);
   }
   FATHOM_CUDA_CHECK_LAUNCH();
 }
@@ -156,16 +157,17 @@ void EmbeddingBackward(const Tensor& dtable, const Tensor& ids, const Tensor& dy
   IotaKernel<<<GridFor(tokens), kThreads, 0, stream>>>(positions, tokens);
   FATHOM_CUDA_CHECK_LAUNCH();
   // Ids as unsigned keys over the bits the vocabulary needs; an id outside it is caught by the scatter.
-  FATHOM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(cub_scratch, cub_bytes, static_cast<const uint32_t*>(ids.raw()),
-                                                    sorted_ids, positions, sorted_pos, tokens, 0, KeyBits(vocab),
-                                                    stream));
+  FATHOM_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(cub_scratch, cub_bytes, static_cast<const uint32_t*>(ids.raw()),
+                                      sorted_ids, positions, sorted_pos, tokens, 0, KeyBits(vocab), stream));
   const unsigned blocks = static_cast<unsigned>(tokens);
   if (dy.dtype() == DType::kF32) {
     ScatterRunsKernel<<<blocks, kThreads, 0, stream>>>(dtable.data<float>(), sorted_ids, sorted_pos,
                                                        dy.data<float>(), tokens, cols, vocab);
   } else {
     ScatterRunsKernel<<<blocks, kThreads, 0, stream>>>(dtable.data<float>(), sorted_ids, sorted_pos,
-                                                       static_cast<const uint16_t*>(dy.raw()), tokens, cols, vocab);
+                                                       static_cast<const uint16_t*>(dy.raw()), tokens, cols,
+                                                       vocab);
   }
   FATHOM_CUDA_CHECK_LAUNCH();
 }

@@ -1,11 +1,10 @@
-#include "framework/kernels/cuda/fp8.h"
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <type_traits>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/fp8.h"
 
 namespace fathom::cuda {
 namespace {
@@ -16,7 +15,9 @@ constexpr int kWarps = kThreads / 32;
 // ---- Device twins of framework/numeric.h. The explicit _rn intrinsics keep nvcc from contracting or
 // reassociating anything, so every operation rounds exactly as the host code's does. ----
 
-__device__ __forceinline__ float Bf16BitsToFloat(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+__device__ __forceinline__ float Bf16BitsToFloat(uint16_t b) {
+  return __uint_as_float(static_cast<uint32_t>(b) << 16);
+}
 
 __device__ __forceinline__ uint16_t FloatToBf16Bits(float f) {
   uint32_t u = __float_as_uint(f);
@@ -216,8 +217,8 @@ void CheckCuda(const char* op, const Tensor& t, const char* name) {
 }
 
 void CheckFloatIn(const char* op, const Tensor& t, const char* name) {
-  FATHOM_CHECK(t.dtype() == DType::kF32 || t.dtype() == DType::kBF16, "[", op, "] ", name, " must be f32 or bf16, got ",
-               DTypeName(t.dtype()));
+  FATHOM_CHECK(t.dtype() == DType::kF32 || t.dtype() == DType::kBF16, "[", op, "] ", name,
+               " must be f32 or bf16, got ", DTypeName(t.dtype()));
 }
 
 int64_t Tiles(int64_t n) { return (n + kFp8Tile - 1) / kFp8Tile; }
@@ -290,17 +291,18 @@ void QuantizeActivation1x128(const Tensor& q, const Tensor& scales, const Tensor
   CheckCuda(op, x, "x");
   CheckFloatIn(op, x, "x");
   FATHOM_CHECK(x.ndim() == 2 && q.shape() == x.shape() && q.dtype() == DType::kF8E4M3, "[", op, "] q ",
-               q.shape_str(), " ", DTypeName(q.dtype()), " for x ", x.shape_str(), " (expected e4m3, same 2-D shape)");
+               q.shape_str(), " ", DTypeName(q.dtype()), " for x ", x.shape_str(),
+               " (expected e4m3, same 2-D shape)");
   const int64_t rows = x.dim(0), cols = x.dim(1);
   FATHOM_CHECK(scales.dtype() == DType::kF32 && scales.shape() == Shape({Tiles(cols), rows}), "[", op,
-               "] scales ", scales.shape_str(), " ", DTypeName(scales.dtype()), ", expected f32 (", Tiles(cols),
-               ", ", rows, ")");
+               "] scales ", scales.shape_str(), " ", DTypeName(scales.dtype()), ", expected f32 (",
+               Tiles(cols), ", ", rows, ")");
   if (rows == 0 || cols == 0) return;
   FATHOM_CHECK(Tiles(cols) <= 65535, "[", op, "] ", cols, " columns exceed the grid's y limit");
   dim3 grid(static_cast<unsigned>((rows + kWarps - 1) / kWarps), static_cast<unsigned>(Tiles(cols)));
   WithFloatIn(x, [&](auto* src) {
-    QuantizeActivationKernel<<<grid, kThreads, 0, stream>>>(static_cast<uint8_t*>(q.raw()),
-                                                            static_cast<float*>(scales.raw()), src, rows, cols);
+    QuantizeActivationKernel<<<grid, kThreads, 0, stream>>>(
+        static_cast<uint8_t*>(q.raw()), static_cast<float*>(scales.raw()), src, rows, cols);
     FATHOM_CUDA_CHECK_LAUNCH();
   });
 }
@@ -350,8 +352,10 @@ void QuantizeWeight128x128(const Tensor& q, const Tensor& scales, const Tensor& 
   const int64_t rows = w.dim(-2), cols = w.dim(-1);
   if (w.numel() == 0) return;
   const int64_t matrices = w.numel() / (rows * cols);
-  FATHOM_CHECK(Tiles(rows) <= 65535 && matrices <= 65535, "[", op, "] ", w.shape_str(), " exceeds the grid limits");
-  dim3 grid(static_cast<unsigned>(Tiles(cols)), static_cast<unsigned>(Tiles(rows)), static_cast<unsigned>(matrices));
+  FATHOM_CHECK(Tiles(rows) <= 65535 && matrices <= 65535, "[", op, "] ", w.shape_str(),
+               " exceeds the grid limits");
+  dim3 grid(static_cast<unsigned>(Tiles(cols)), static_cast<unsigned>(Tiles(rows)),
+            static_cast<unsigned>(matrices));
   WithFloatIn(w, [&](auto* src) {
     QuantizeWeightKernel<<<grid, kThreads, 0, stream>>>(static_cast<uint8_t*>(q.raw()),
                                                         static_cast<float*>(scales.raw()), src, rows, cols);

@@ -8,8 +8,8 @@
 //
 // Block quantisation. Every tile or block of values x is stored as e4m3 codes q plus one f32 scale s:
 //   amax = max(max |x| over the tile, kFp8AmaxFloor)     (NaNs in x do not enter amax; they stay NaN in q)
-//   q    = FloatToE4M3Saturate(x * (448 / amax))         (448 / amax rounded once to f32, then one f32 product)
-//   s    = amax / 448                                    (rounded to f32)
+//   q    = FloatToE4M3Saturate(x * (448 / amax))         (448 / amax rounded once to f32, then one f32
+//   product) s    = amax / 448                                    (rounded to f32)
 // and dequantisation is x' = E4M3ToFloat(q) * s (rounded to f32, then to bf16 for a bf16 output).
 // s multiplies the codes back, as the `weight_scale_inv` of DeepSeek-V3's FP8 checkpoints does. The floor
 // keeps an all-zero tile finite (its codes are zeros); it is far below any value that matters in training.

@@ -1,5 +1,3 @@
-#include "framework/kernels/cuda/gemm.h"
-
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -8,6 +6,7 @@
 #include <vector>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/gemm.h"
 
 namespace fathom::cuda {
 namespace {
@@ -67,8 +66,8 @@ void CheckOperands(const char* op, const Tensor& out, const Tensor& a, const Ten
 // Host-side row offsets of the expert blocks; counts is the CPU i64 tensor of the grouped forms.
 std::vector<int64_t> BlockOffsets(const char* op, const Tensor& counts, int64_t experts, int64_t rows) {
   FATHOM_CHECK(counts.device() == Device::kCPU && counts.dtype() == DType::kI64 && counts.numel() == experts,
-               "[", op, "] counts must be a host i64 tensor of ", experts, " experts, got ", counts.shape_str(),
-               " ", DTypeName(counts.dtype()), " on ", DeviceName(counts.device()));
+               "[", op, "] counts must be a host i64 tensor of ", experts, " experts, got ",
+               counts.shape_str(), " ", DTypeName(counts.dtype()), " on ", DeviceName(counts.device()));
   std::vector<int64_t> off(static_cast<size_t>(experts) + 1, 0);
   const int64_t* c = counts.data<int64_t>();
   for (int64_t e = 0; e < experts; ++e) {
@@ -128,8 +127,10 @@ struct GemmContext::Impl {
     const cudaDataType_t out = CudaType(static_cast<DType>(key.out));
     // Stored (pre-op) shapes, column-major.
     const bool ta = op_a == CUBLAS_OP_T, tb = op_b == CUBLAS_OP_T;
-    FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, in, ta ? key.k : key.m, ta ? key.m : key.k, key.lda));
-    FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, in, tb ? key.n : key.k, tb ? key.k : key.n, key.ldb));
+    FATHOM_CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&p.a, in, ta ? key.k : key.m, ta ? key.m : key.k, key.lda));
+    FATHOM_CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&p.b, in, tb ? key.n : key.k, tb ? key.k : key.n, key.ldb));
     FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, out, key.m, key.n, key.ldc));
 
     cublasLtMatmulPreference_t pref = nullptr;
@@ -151,8 +152,8 @@ struct GemmContext::Impl {
     ++heuristic_queries;
     FATHOM_CUBLAS_CHECK(st);
     FATHOM_CHECK(found > 0, "[gemm] cuBLASLt has no algorithm for the column-major problem m ", key.m, " n ",
-                 key.n, " k ", key.k, " lda ", key.lda, " ldb ", key.ldb, " ldc ", key.ldc, " op_a ", key.op_a,
-                 " op_b ", key.op_b, " in ", DTypeName(static_cast<DType>(key.in)), " out ",
+                 key.n, " k ", key.k, " lda ", key.lda, " ldb ", key.ldb, " ldc ", key.ldc, " op_a ",
+                 key.op_a, " op_b ", key.op_b, " in ", DTypeName(static_cast<DType>(key.in)), " out ",
                  DTypeName(static_cast<DType>(key.out)), " alignments ", key.align_a, "/", key.align_b, "/",
                  key.align_c);
     p.algo = result.algo;
@@ -175,14 +176,14 @@ GemmContext::~GemmContext() {
 size_t GemmContext::plan_count() const { return impl_->plans.size(); }
 int64_t GemmContext::heuristic_queries() const { return impl_->heuristic_queries; }
 
-void GemmContext::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda,
-                       const void* b, int64_t ldb, DType in, bool accumulate, void* c, int64_t ldc, DType out,
-                       Stream stream) {
+void GemmContext::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a,
+                       int64_t lda, const void* b, int64_t ldb, DType in, bool accumulate, void* c,
+                       int64_t ldc, DType out, Stream stream) {
   CheckDTypes("gemm", in, out);
   FATHOM_CHECK(m >= 0 && n >= 0 && k >= 0, "[gemm] negative size m ", m, " n ", n, " k ", k);
-  FATHOM_CHECK(lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n) && ldc >= n, "[gemm] leading dimensions lda ",
-               lda, " ldb ", ldb, " ldc ", ldc, " too small for m ", m, " n ", n, " k ", k,
-               trans_a ? " (a transposed)" : "", trans_b ? " (b transposed)" : "");
+  FATHOM_CHECK(lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n) && ldc >= n,
+               "[gemm] leading dimensions lda ", lda, " ldb ", ldb, " ldc ", ldc, " too small for m ", m,
+               " n ", n, " k ", k, trans_a ? " (a transposed)" : "", trans_b ? " (b transposed)" : "");
   if (m == 0 || n == 0) return;
   cudaStream_t s = stream;
   if (k == 0) {
@@ -211,8 +212,8 @@ void GemmContext::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
               Alignment(c)};
   const Plan& plan = impl_->Find(key);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  FATHOM_CUBLAS_CHECK(cublasLtMatmul(impl_->handle, plan.desc, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c, c,
-                                     plan.c, &plan.algo, impl_->workspace, impl_->workspace_bytes, s));
+  FATHOM_CUBLAS_CHECK(cublasLtMatmul(impl_->handle, plan.desc, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c,
+                                     c, plan.c, &plan.algo, impl_->workspace, impl_->workspace_bytes, s));
 }
 
 void GemmContext::MatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, bool accumulate,
@@ -231,8 +232,8 @@ void GemmContext::MatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, 
   FATHOM_CHECK(out.ndim() == 2 && x.ndim() == 2 && w.ndim() == 2 && x.dim(1) == w.dim(0) &&
                    out.dim(0) == x.dim(0) && out.dim(1) == w.dim(1),
                "[matmul_nn_cuda] out ", out.shape_str(), " x ", x.shape_str(), " w ", w.shape_str());
-  Gemm(false, false, x.dim(0), w.dim(1), x.dim(1), x.raw(), x.dim(1), w.raw(), w.dim(1), x.dtype(), accumulate,
-       out.raw(), out.dim(1), out.dtype(), stream);
+  Gemm(false, false, x.dim(0), w.dim(1), x.dim(1), x.raw(), x.dim(1), w.raw(), w.dim(1), x.dtype(),
+       accumulate, out.raw(), out.dim(1), out.dtype(), stream);
 }
 
 void GemmContext::MatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, bool accumulate,
