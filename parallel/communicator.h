@@ -2,7 +2,7 @@
 // expert-parallel group, a data-parallel group, ...). One interface, several implementations:
 //   MpiCommunicator    (parallel/mpi_communicator.h)   CPU tensors through Open MPI.
 //   LocalCommunicator  (parallel/local_communicator.h) one process, size 1: every op is a copy.
-//   an NCCL communicator (later)                       CUDA tensors on streams.
+//   NcclCommunicator   (parallel/cuda/nccl_communicator.h) CUDA tensors on streams (CUDA builds).
 // Callers see no MPI or NCCL types: tensors, peers and roots as group ranks, sizes in elements.
 //
 // Operations come in two forms. The I-form starts the operation and returns a Request; the plain form is

@@ -1,0 +1,614 @@
+#include "parallel/cuda/nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "framework/cuda/check.h"
+#include "framework/cuda/device_arena.h"
+#include "parallel/fault.h"
+
+namespace fathom {
+
+namespace {
+
+// NCCL's last-error text says what failed in detail (which peer, which transport); its result codes do not.
+std::string LastNcclError() {
+  const char* text = ncclGetLastError(nullptr);
+  return text != nullptr ? std::string(text) : std::string();
+}
+
+}  // namespace
+
+// Several ranks print into one log, so the message names the rank as well as the call.
+#define FATHOM_NCCL_CHECK(call)                                                                       \
+  do {                                                                                                \
+    ncclResult_t nccl_rc_ = (call);                                                                   \
+    FATHOM_CHECK(nccl_rc_ == ncclSuccess, "[nccl] rank ", ::fathom::ProcessRank(), ": ", #call, ": ", \
+                 ncclGetErrorString(nccl_rc_), " (", LastNcclError(), ")");                           \
+  } while (0)
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+struct P2pOp {
+  bool send = false;
+  void* buffer = nullptr;
+  size_t count = 0;
+  ncclDataType_t type = ncclUint8;
+  int peer = 0;
+};
+
+struct Launch;
+
+}  // namespace
+
+struct NcclCommunicator::State {
+  ncclComm_t comm = nullptr;
+  std::string name;
+  int rank = 0;
+  int size = 1;
+  int device = 0;
+  double timeout_seconds = 600.0;
+  cudaStream_t comm_stream = nullptr;
+  cudaStream_t compute_stream = nullptr;
+  cudaEvent_t start = nullptr;         // the compute stream's position when a collective starts
+  cudaEvent_t p2p_start = nullptr;     // the pending batch's position, re-recorded by each of its operations
+  int32_t* barrier_scratch = nullptr;  // (1) i32 on the device, what IBarrier all-reduces
+  std::vector<cudaEvent_t> free_events;
+  // Point-to-point operations started and not yet enqueued, and the launch their requests share.
+  std::vector<P2pOp> p2p_ops;
+  std::shared_ptr<Launch> p2p_batch;
+  int64_t pending = 0;  // requests started and not complete
+
+  ~State();
+  std::string Where() const {
+    return absl::StrCat("group ", name, " (rank ", rank, " of ", size, ", GPU ", device, ")");
+  }
+  void UseDevice() const { FATHOM_CUDA_CHECK(cudaSetDevice(device)); }
+  cudaEvent_t AcquireEvent();
+  void ReleaseEvent(cudaEvent_t e) { free_events.push_back(e); }
+  void CheckAsyncError(const std::string& during);
+  void FlushP2p();
+  std::shared_ptr<Launch> Begin(std::vector<Tensor> tensors);
+  void End(Launch& launch);
+  void WaitHost(const std::string& during);
+};
+
+using State = NcclCommunicator::State;
+
+namespace {
+
+// One enqueued unit of work - a collective, or a batch of point-to-point operations - and what its
+// requests share: the event marking its end on the comm stream (null while a batch is not enqueued yet),
+// the compute stream their Wait() orders, and the tensors it uses.
+struct Launch {
+  State* state = nullptr;  // outlives the launch: requests hold the state, the state holds the batch
+  cudaStream_t wait_stream = nullptr;
+  cudaEvent_t done = nullptr;
+  std::vector<Tensor> tensors;
+  ~Launch() {
+    if (done != nullptr) state->ReleaseEvent(done);  // re-recording a pending event is legal
+  }
+};
+
+class NcclRequest final : public Request::Impl {
+ public:
+  NcclRequest(std::shared_ptr<State> state, std::shared_ptr<Launch> launch)
+      : state_(std::move(state)), launch_(std::move(launch)) {
+    ++state_->pending;
+  }
+  ~NcclRequest() override { --state_->pending; }
+
+  // Orders the compute stream after the operation; the host does not wait (nccl_communicator.h).
+  void Wait() override {
+    if (launch_->done == nullptr) state_->FlushP2p();
+    state_->UseDevice();
+    FATHOM_CUDA_CHECK(cudaStreamWaitEvent(launch_->wait_stream, launch_->done, 0));
+  }
+
+  bool Test() override {
+    if (launch_->done == nullptr) state_->FlushP2p();
+    cudaError_t q = cudaEventQuery(launch_->done);
+    if (q == cudaSuccess) return true;
+    FATHOM_CHECK(q == cudaErrorNotReady, "[nccl] ", state_->Where(),
+                 ": cudaEventQuery: ", cudaGetErrorName(q), ": ", cudaGetErrorString(q));
+    (void)cudaGetLastError();  // "not ready" is an answer, not an error for the next launch check to find
+    state_->CheckAsyncError("testing a request");
+    // A caller polling Test() is waiting on the host: the same deadline as Synchronize().
+    if (!first_test_) first_test_ = Clock::now();
+    if (SecondsSince(*first_test_) > state_->timeout_seconds) {
+      FailJob(kExitFailure,
+              absl::StrCat("[nccl] ", state_->Where(),
+                           ": a request polled with Test() did not complete within ", state_->timeout_seconds,
+                           " s; a peer is dead or stuck, or ranks issued operations in different orders"));
+    }
+    return false;
+  }
+
+ private:
+  std::shared_ptr<State> state_;
+  std::shared_ptr<Launch> launch_;
+  std::optional<Clock::time_point> first_test_;
+};
+
+// Data movement: fp8 travels as bytes; bf16 and the rest as themselves (count in elements either way).
+ncclDataType_t MoveType(DType d) {
+  switch (d) {
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kF64:
+      return ncclFloat64;
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kI32:
+      return ncclInt32;
+    case DType::kI64:
+      return ncclInt64;
+    case DType::kF8E4M3:
+    case DType::kF8E5M2:
+      return ncclUint8;
+  }
+  FATHOM_CHECK(false, "[nccl] no NCCL type for dtype ", static_cast<int>(d));
+  return ncclUint8;
+}
+
+ncclDataType_t ReduceType(const char* op, DType d) {
+  FATHOM_CHECK(
+      d == DType::kF32 || d == DType::kF64 || d == DType::kBF16 || d == DType::kI32 || d == DType::kI64, "[",
+      op, "] NCCL reduces f32, f64, bf16, i32 or i64, got ", DTypeName(d));
+  return MoveType(d);
+}
+
+ncclRedOp_t NcclOp(ReduceOp op) { return op == ReduceOp::kSum ? ncclSum : ncclMax; }
+
+// A CUDA tensor in memory this communicator's GPU can use. The pointer query costs a driver call per
+// operation (microseconds); a tensor on another GPU would otherwise surface as a hang or garbage.
+void CheckDeviceTensor(const State& s, const char* op, const Tensor& t) {
+  FATHOM_CHECK(t.defined(), "[", op, "] undefined tensor on group ", s.name);
+  FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] group ", s.name, " (NCCL) moves CUDA tensors, got a ",
+               DeviceName(t.device()), " tensor");
+  if (t.nbytes() == 0) return;
+  cudaPointerAttributes a{};
+  FATHOM_CUDA_CHECK(cudaPointerGetAttributes(&a, t.raw()));
+  const bool usable =
+      a.type == cudaMemoryTypeManaged || (a.type == cudaMemoryTypeDevice && a.device == s.device);
+  FATHOM_CHECK(usable, "[", op, "] ", s.Where(), ": tensor ", t.shape_str(), " ", DTypeName(t.dtype()),
+               " is not device memory of GPU ", s.device, " (cudaMemoryType ", static_cast<int>(a.type),
+               ", device ", a.device, ")");
+}
+
+void CheckSameDType(const char* op, const Tensor& a, const Tensor& b) {
+  FATHOM_CHECK(a.dtype() == b.dtype(), "[", op, "] send is ", DTypeName(a.dtype()), ", recv is ",
+               DTypeName(b.dtype()));
+}
+
+// The verdict on the GPU assignment, from every rank's row of the gathered table, so that every rank
+// reaches the same one and prints the same message. Empty when every rank has a GPU of its own.
+constexpr int kGpuFields = 5;  // local rank, visible device count, device, UUID (2 x 8 bytes)
+
+std::string GpuAssignmentProblem(const Tensor& table, int size) {
+  const int64_t* t = table.data<int64_t>();
+  auto row = [&](int r) { return t + static_cast<int64_t>(r) * kGpuFields; };
+  for (int r = 0; r < size; ++r) {
+    if (row(r)[1] == 0) {
+      return absl::StrCat("[nccl] fathom needs one GPU per rank, but rank ", r, " (local rank ", row(r)[0],
+                          ") sees no CUDA device (0 visible)");
+    }
+  }
+  for (int j = 0; j < size; ++j) {
+    for (int i = 0; i < j; ++i) {
+      if (row(i)[3] != row(j)[3] || row(i)[4] != row(j)[4]) continue;
+      return absl::StrCat("[nccl] fathom needs one GPU per rank, but rank ", j, " (local rank ", row(j)[0],
+                          ") and rank ", i, " (local rank ", row(i)[0], ") both get the same GPU: rank ", j,
+                          " sees ", row(j)[1], " CUDA device(s) and takes device ", row(j)[2],
+                          " = local rank % device count. Start at most as many ranks per node as it has "
+                          "GPUs, or give every rank its own (CUDA_VISIBLE_DEVICES)");
+    }
+  }
+  return "";
+}
+
+ncclConfig_t MakeConfig(const std::string& name) {
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  // Blocking: enqueue calls return once the work is on the stream (a non-blocking communicator may answer
+  // ncclInProgress before it is, which would leave the done event recorded ahead of the work).
+  config.blocking = 1;
+  config.commName = name.c_str();  // NCCL copies it
+  return config;
+}
+
+std::shared_ptr<State> MakeState(ncclComm_t comm, const std::string& name, int device, double timeout_seconds,
+                                 cudaStream_t compute_stream) {
+  auto s = std::make_shared<State>();
+  s->comm = comm;
+  s->name = name;
+  s->device = device;
+  s->timeout_seconds = timeout_seconds;
+  s->compute_stream = compute_stream;
+  s->UseDevice();
+  FATHOM_NCCL_CHECK(ncclCommUserRank(comm, &s->rank));
+  FATHOM_NCCL_CHECK(ncclCommCount(comm, &s->size));
+  int nccl_device = -1;
+  FATHOM_NCCL_CHECK(ncclCommCuDevice(comm, &nccl_device));
+  FATHOM_CHECK(nccl_device == device, "[nccl] ", s->Where(), ": NCCL runs the communicator on device ",
+               nccl_device);
+  // Non-blocking: the legacy default stream must never wait behind a long NCCL kernel (nor the kernel
+  // behind it), only what the events say. Highest priority: communication kernels start ahead of queued
+  // compute kernels, which is what overlapping them needs.
+  int least = 0, greatest = 0;
+  FATHOM_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  FATHOM_CUDA_CHECK(cudaStreamCreateWithPriority(&s->comm_stream, cudaStreamNonBlocking, greatest));
+  FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&s->start, cudaEventDisableTiming));
+  FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&s->p2p_start, cudaEventDisableTiming));
+  FATHOM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&s->barrier_scratch), sizeof(int32_t)));
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(s->barrier_scratch, 0, sizeof(int32_t), s->comm_stream));
+  return s;
+}
+
+}  // namespace
+
+State::~State() {
+  p2p_batch.reset();  // empty by now: every batched operation has a request, and none is pending
+  UseDevice();
+  if (comm != nullptr) FATHOM_NCCL_CHECK(ncclCommDestroy(comm));
+  for (cudaEvent_t e : free_events) FATHOM_CUDA_CHECK(cudaEventDestroy(e));
+  if (start != nullptr) FATHOM_CUDA_CHECK(cudaEventDestroy(start));
+  if (p2p_start != nullptr) FATHOM_CUDA_CHECK(cudaEventDestroy(p2p_start));
+  if (comm_stream != nullptr) FATHOM_CUDA_CHECK(cudaStreamDestroy(comm_stream));
+  if (barrier_scratch != nullptr) FATHOM_CUDA_CHECK(cudaFree(barrier_scratch));
+}
+
+// Events are pooled: after the first steps no operation creates one.
+cudaEvent_t State::AcquireEvent() {
+  if (!free_events.empty()) {
+    cudaEvent_t e = free_events.back();
+    free_events.pop_back();
+    return e;
+  }
+  cudaEvent_t e = nullptr;
+  FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+// No ncclCommAbort before failing: FailJob ends this process (and, through MPI_Abort, the job), and the
+// driver reclaims a context whose kernels still spin; aborting first could only add a way to hang.
+void State::CheckAsyncError(const std::string& during) {
+  ncclResult_t async = ncclSuccess;
+  FATHOM_NCCL_CHECK(ncclCommGetAsyncError(comm, &async));
+  if (async != ncclSuccess && async != ncclInProgress) {
+    FailJob(kExitFailure, absl::StrCat("[nccl] ", Where(), ": NCCL reports an asynchronous error while ",
+                                       during, ": ", ncclGetErrorString(async), " (", LastNcclError(), ")"));
+  }
+}
+
+void State::FlushP2p() {
+  if (!p2p_batch) return;
+  std::shared_ptr<Launch> batch = std::move(p2p_batch);
+  p2p_batch.reset();
+  UseDevice();
+  FATHOM_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, p2p_start, 0));
+  // One group: NCCL's sends and receives block their kernel until the peer's matching operation runs, so
+  // a send and a receive that need each other (a ring) must progress together.
+  FATHOM_NCCL_CHECK(ncclGroupStart());
+  for (const P2pOp& op : p2p_ops) {
+    if (op.send) {
+      FATHOM_NCCL_CHECK(ncclSend(op.buffer, op.count, op.type, op.peer, comm, comm_stream));
+    } else {
+      FATHOM_NCCL_CHECK(ncclRecv(op.buffer, op.count, op.type, op.peer, comm, comm_stream));
+    }
+  }
+  FATHOM_NCCL_CHECK(ncclGroupEnd());
+  p2p_ops.clear();
+  End(*batch);
+}
+
+// Every collective: earlier point-to-point batches first (NCCL must see the same order on every rank as
+// the caller issued), then the comm stream joins the compute stream where it stands now.
+std::shared_ptr<Launch> State::Begin(std::vector<Tensor> tensors) {
+  FlushP2p();
+  UseDevice();
+  FATHOM_CUDA_CHECK(cudaEventRecord(start, compute_stream));
+  FATHOM_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, start, 0));
+  auto launch = std::make_shared<Launch>();
+  launch->state = this;
+  launch->wait_stream = compute_stream;
+  launch->tensors = std::move(tensors);
+  return launch;
+}
+
+void State::End(Launch& launch) {
+  launch.done = AcquireEvent();
+  FATHOM_CUDA_CHECK(cudaEventRecord(launch.done, comm_stream));
+}
+
+// Polls instead of cudaStreamSynchronize: a blocked synchronize could not notice NCCL's asynchronous error
+// nor give up, and a peer that stopped communicating would hang this rank for ever.
+void State::WaitHost(const std::string& during) {
+  UseDevice();
+  const Clock::time_point begin = Clock::now();
+  for (int64_t polls = 0;; ++polls) {
+    cudaError_t q = cudaStreamQuery(comm_stream);
+    if (q == cudaSuccess) break;
+    FATHOM_CHECK(q == cudaErrorNotReady, "[nccl] ", Where(), ": cudaStreamQuery while ", during, ": ",
+                 cudaGetErrorName(q), ": ", cudaGetErrorString(q));
+    (void)cudaGetLastError();
+    CheckAsyncError(during);
+    if (SecondsSince(begin) > timeout_seconds) {
+      FailJob(kExitFailure, absl::StrCat("[nccl] ", Where(), ": communication did not finish within ",
+                                         timeout_seconds, " s while ", during,
+                                         "; a peer is dead or stuck, or ranks issued operations in different "
+                                         "orders"));
+    }
+    // Spin briefly (short collectives finish in microseconds), then stop burning the core.
+    if (polls < 1000) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  CheckAsyncError(during);
+}
+
+int NcclCommunicator::DeviceForLocalRank(int local_rank, int device_count) {
+  FATHOM_CHECK(device_count > 0 && local_rank >= 0, "[nccl] no GPU for local rank ", local_rank, " among ",
+               device_count, " devices");
+  return local_rank % device_count;
+}
+
+std::unique_ptr<NcclCommunicator> NcclCommunicator::Create(Communicator& bootstrap, const LaunchEnv& env,
+                                                           const NcclOptions& options) {
+  FATHOM_CHECK(options.timeout_seconds > 0, "[nccl] timeout_seconds ", options.timeout_seconds,
+               " must be > 0");
+  FATHOM_CHECK(env.local_rank >= 0, "[nccl] local rank ", env.local_rank);
+  const int size = bootstrap.size();
+
+  // Every rank's GPU identity goes to every rank before anything is initialised: a rank short of a GPU is
+  // then a message every rank agrees on, not a hang inside ncclCommInitRank or NCCL's "duplicate GPU".
+  const int device_count = cuda::DeviceCount();
+  const int device = device_count > 0 ? DeviceForLocalRank(env.local_rank, device_count) : -1;
+  Tensor mine = Tensor::Zeros({kGpuFields}, DType::kI64);
+  int64_t* m = mine.data<int64_t>();
+  m[0] = env.local_rank;
+  m[1] = device_count;
+  m[2] = device;
+  if (device >= 0) {
+    cudaDeviceProp prop{};
+    FATHOM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    static_assert(sizeof(prop.uuid.bytes) == 2 * sizeof(int64_t));
+    std::memcpy(&m[3], prop.uuid.bytes, sizeof(prop.uuid.bytes));
+  }
+  Tensor table = Tensor::Empty({static_cast<int64_t>(size) * kGpuFields}, DType::kI64);
+  bootstrap.AllGather(mine, table);
+  const std::string problem = GpuAssignmentProblem(table, size);
+  if (!problem.empty()) ExitAllRanks(kExitInvalidInput, problem);
+
+  FATHOM_CUDA_CHECK(cudaSetDevice(device));
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof(id));
+  if (bootstrap.rank() == 0) FATHOM_NCCL_CHECK(ncclGetUniqueId(&id));
+  static_assert(sizeof(ncclUniqueId) % sizeof(int64_t) == 0);
+  Tensor id_bytes = Tensor::Empty({static_cast<int64_t>(sizeof(id) / sizeof(int64_t))}, DType::kI64);
+  std::memcpy(id_bytes.raw(), &id, sizeof(id));
+  bootstrap.Broadcast(id_bytes, 0);  // i64 words: MPI moves the bits unchanged
+  std::memcpy(&id, id_bytes.raw(), sizeof(id));
+
+  ncclConfig_t config = MakeConfig(bootstrap.name());
+  ncclComm_t comm = nullptr;
+  FATHOM_NCCL_CHECK(ncclCommInitRankConfig(&comm, size, id, bootstrap.rank(), &config));
+  std::shared_ptr<State> s =
+      MakeState(comm, bootstrap.name(), device, options.timeout_seconds, options.compute_stream);
+  FATHOM_CHECK(s->rank == bootstrap.rank() && s->size == size, "[nccl] ", s->Where(),
+               ": the bootstrap has rank ", bootstrap.rank(), " of ", size);
+  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(s)));
+}
+
+NcclCommunicator::NcclCommunicator(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+NcclCommunicator::~NcclCommunicator() {
+  FATHOM_CHECK(state_->pending == 0, "[nccl] communicator ", state_->name, " destroyed with ",
+               state_->pending, " requests in flight");
+  state_->FlushP2p();
+  state_->WaitHost("destroying the communicator");
+}
+
+int NcclCommunicator::rank() const { return state_->rank; }
+int NcclCommunicator::size() const { return state_->size; }
+const std::string& NcclCommunicator::name() const { return state_->name; }
+int NcclCommunicator::device() const { return state_->device; }
+cuda::Stream NcclCommunicator::compute_stream() const { return state_->compute_stream; }
+void NcclCommunicator::set_compute_stream(cuda::Stream stream) { state_->compute_stream = stream; }
+cuda::Stream NcclCommunicator::comm_stream() const { return state_->comm_stream; }
+int64_t NcclCommunicator::pending_requests() const { return state_->pending; }
+
+void NcclCommunicator::Flush() { state_->FlushP2p(); }
+
+void NcclCommunicator::Synchronize() {
+  state_->FlushP2p();
+  state_->WaitHost("synchronizing");
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::Split(int color, int key, const std::string& name) {
+  FATHOM_CHECK(color >= 0, "[split] group ", state_->name, ": color ", color, " must be >= 0");
+  state_->FlushP2p();
+  state_->UseDevice();
+  ncclConfig_t config = MakeConfig(name);
+  ncclComm_t child = nullptr;
+  FATHOM_NCCL_CHECK(ncclCommSplit(state_->comm, color, key, &child, &config));
+  FATHOM_CHECK(child != nullptr, "[split] ", state_->Where(), ": NCCL returned no communicator for color ",
+               color);
+  return std::unique_ptr<Communicator>(new NcclCommunicator(
+      MakeState(child, name, state_->device, state_->timeout_seconds, state_->compute_stream)));
+}
+
+namespace {
+
+// Point to point: queued into the pending batch (see the header: enqueued at the next other call).
+Request StartP2p(const std::shared_ptr<State>& state, bool send, const Tensor& t, int peer) {
+  if (t.numel() == 0) return Request();  // both sides skip it: counts agree by contract
+  State& s = *state;
+  // A batch orders after one compute stream and its Wait() orders one: a new stream starts a new batch.
+  if (s.p2p_batch && s.p2p_batch->wait_stream != s.compute_stream) s.FlushP2p();
+  s.UseDevice();
+  if (!s.p2p_batch) {
+    s.p2p_batch = std::make_shared<Launch>();
+    s.p2p_batch->state = &s;
+    s.p2p_batch->wait_stream = s.compute_stream;
+  }
+  FATHOM_CUDA_CHECK(cudaEventRecord(s.p2p_start, s.compute_stream));
+  s.p2p_ops.push_back(P2pOp{send, t.raw(), static_cast<size_t>(t.numel()), MoveType(t.dtype()), peer});
+  s.p2p_batch->tensors.push_back(t);
+  return Request(std::make_unique<NcclRequest>(state, s.p2p_batch));
+}
+
+Request Finish(const std::shared_ptr<State>& state, const std::shared_ptr<Launch>& launch) {
+  state->End(*launch);
+  return Request(std::make_unique<NcclRequest>(state, launch));
+}
+
+}  // namespace
+
+Request NcclCommunicator::ISend(const Tensor& tensor, int peer, int tag) {
+  CheckDeviceTensor(*state_, "send", tensor);
+  CheckPeer("send", peer);
+  CheckTag("send", tag);
+  return StartP2p(state_, /*send=*/true, tensor, peer);
+}
+
+Request NcclCommunicator::IRecv(const Tensor& tensor, int peer, int tag) {
+  CheckDeviceTensor(*state_, "recv", tensor);
+  CheckPeer("recv", peer);
+  CheckTag("recv", tag);
+  return StartP2p(state_, /*send=*/false, tensor, peer);
+}
+
+Request NcclCommunicator::IAllToAllV(const Tensor& send, const std::vector<int64_t>& send_counts,
+                                     const Tensor& recv, const std::vector<int64_t>& recv_counts) {
+  State& s = *state_;
+  CheckDeviceTensor(s, "all_to_all_v", send);
+  CheckDeviceTensor(s, "all_to_all_v", recv);
+  CheckSameDType("all_to_all_v", send, recv);
+  FATHOM_CHECK(
+      static_cast<int>(send_counts.size()) == s.size && static_cast<int>(recv_counts.size()) == s.size,
+      "[all_to_all_v] ", send_counts.size(), " send and ", recv_counts.size(), " recv counts for ",
+      s.Where());
+  std::vector<int64_t> send_offset(s.size), recv_offset(s.size);
+  int64_t send_total = 0, recv_total = 0;
+  for (int j = 0; j < s.size; ++j) {
+    FATHOM_CHECK(send_counts[j] >= 0 && recv_counts[j] >= 0, "[all_to_all_v] negative count for peer ", j);
+    send_offset[j] = send_total;
+    recv_offset[j] = recv_total;
+    send_total += send_counts[j];
+    recv_total += recv_counts[j];
+  }
+  FATHOM_CHECK(send_total <= send.numel(), "[all_to_all_v] send counts total ", send_total, " > send ",
+               send.shape_str());
+  FATHOM_CHECK(recv_total <= recv.numel(), "[all_to_all_v] recv counts total ", recv_total, " > recv ",
+               recv.shape_str());
+  FATHOM_CHECK(send.raw() != recv.raw() || send.nbytes() == 0, "[all_to_all_v] send and recv alias");
+  FATHOM_CHECK(send_counts[s.rank] == recv_counts[s.rank], "[all_to_all_v] ", s.Where(), " sends itself ",
+               send_counts[s.rank], " elements but expects ", recv_counts[s.rank]);
+
+  std::shared_ptr<Launch> launch = s.Begin({send, recv});
+  const size_t es = DTypeSize(send.dtype());
+  const ncclDataType_t type = MoveType(send.dtype());
+  const char* send_base = static_cast<const char*>(send.raw());
+  char* recv_base = static_cast<char*>(recv.raw());
+  // This rank's own block is a device copy: no NCCL connection to oneself needed.
+  if (send_counts[s.rank] > 0) {
+    FATHOM_CUDA_CHECK(cudaMemcpyAsync(
+        recv_base + recv_offset[s.rank] * es, send_base + send_offset[s.rank] * es,
+        static_cast<size_t>(send_counts[s.rank]) * es, cudaMemcpyDeviceToDevice, s.comm_stream));
+  }
+  FATHOM_NCCL_CHECK(ncclGroupStart());
+  for (int j = 0; j < s.size; ++j) {
+    if (j == s.rank) continue;
+    if (send_counts[j] > 0) {
+      FATHOM_NCCL_CHECK(ncclSend(send_base + send_offset[j] * es, static_cast<size_t>(send_counts[j]), type,
+                                 j, s.comm, s.comm_stream));
+    }
+    if (recv_counts[j] > 0) {
+      FATHOM_NCCL_CHECK(ncclRecv(recv_base + recv_offset[j] * es, static_cast<size_t>(recv_counts[j]), type,
+                                 j, s.comm, s.comm_stream));
+    }
+  }
+  FATHOM_NCCL_CHECK(ncclGroupEnd());
+  return Finish(state_, launch);
+}
+
+Request NcclCommunicator::IAllReduce(const Tensor& tensor, ReduceOp op) {
+  State& s = *state_;
+  CheckDeviceTensor(s, "all_reduce", tensor);
+  const ncclDataType_t type = ReduceType("all_reduce", tensor.dtype());
+  std::shared_ptr<Launch> launch = s.Begin({tensor});
+  if (tensor.numel() > 0) {
+    FATHOM_NCCL_CHECK(ncclAllReduce(tensor.raw(), tensor.raw(), static_cast<size_t>(tensor.numel()), type,
+                                    NcclOp(op), s.comm, s.comm_stream));
+  }
+  return Finish(state_, launch);
+}
+
+Request NcclCommunicator::IReduceScatter(const Tensor& send, const Tensor& recv, ReduceOp op) {
+  State& s = *state_;
+  CheckDeviceTensor(s, "reduce_scatter", send);
+  CheckDeviceTensor(s, "reduce_scatter", recv);
+  CheckSameDType("reduce_scatter", send, recv);
+  const ncclDataType_t type = ReduceType("reduce_scatter", send.dtype());
+  FATHOM_CHECK(send.numel() == s.size * recv.numel(), "[reduce_scatter] send ", send.shape_str(),
+               " must hold ", s.size, " (size of group ", s.name, ") chunks of recv ", recv.shape_str());
+  FATHOM_CHECK(send.raw() != recv.raw() || recv.nbytes() == 0, "[reduce_scatter] send and recv alias");
+  std::shared_ptr<Launch> launch = s.Begin({send, recv});
+  if (recv.numel() > 0) {
+    FATHOM_NCCL_CHECK(ncclReduceScatter(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), type,
+                                        NcclOp(op), s.comm, s.comm_stream));
+  }
+  return Finish(state_, launch);
+}
+
+Request NcclCommunicator::IAllGather(const Tensor& send, const Tensor& recv) {
+  State& s = *state_;
+  CheckDeviceTensor(s, "all_gather", send);
+  CheckDeviceTensor(s, "all_gather", recv);
+  CheckSameDType("all_gather", send, recv);
+  FATHOM_CHECK(recv.numel() == s.size * send.numel(), "[all_gather] recv ", recv.shape_str(), " must hold ",
+               s.size, " (size of group ", s.name, ") copies of send ", send.shape_str());
+  FATHOM_CHECK(send.raw() != recv.raw() || send.nbytes() == 0, "[all_gather] send and recv alias");
+  std::shared_ptr<Launch> launch = s.Begin({send, recv});
+  if (send.numel() > 0) {
+    FATHOM_NCCL_CHECK(ncclAllGather(send.raw(), recv.raw(), static_cast<size_t>(send.numel()),
+                                    MoveType(send.dtype()), s.comm, s.comm_stream));
+  }
+  return Finish(state_, launch);
+}
+
+Request NcclCommunicator::IBroadcast(const Tensor& tensor, int root) {
+  State& s = *state_;
+  CheckDeviceTensor(s, "broadcast", tensor);
+  CheckRoot("broadcast", root);
+  std::shared_ptr<Launch> launch = s.Begin({tensor});
+  if (tensor.numel() > 0) {
+    FATHOM_NCCL_CHECK(ncclBroadcast(tensor.raw(), tensor.raw(), static_cast<size_t>(tensor.numel()),
+                                    MoveType(tensor.dtype()), root, s.comm, s.comm_stream));
+  }
+  return Finish(state_, launch);
+}
+
+// A one-element all-reduce rather than a host barrier: it orders streams without stopping the host, and
+// it needs every rank's comm stream to reach it, which is what a barrier in stream order means.
+Request NcclCommunicator::IBarrier() {
+  State& s = *state_;
+  std::shared_ptr<Launch> launch = s.Begin({});
+  FATHOM_NCCL_CHECK(
+      ncclAllReduce(s.barrier_scratch, s.barrier_scratch, 1, ncclInt32, ncclSum, s.comm, s.comm_stream));
+  return Finish(state_, launch);
+}
+
+}  // namespace fathom
