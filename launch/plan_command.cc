@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "launch/command_line.h"
 #include "launch/commands.h"
 #include "parallel/planner.h"
 
@@ -82,40 +83,20 @@ int Usage(const std::string& why) {
 }  // namespace
 
 int RunPlan(const std::vector<std::string>& args) {
-  std::string recipe_path, cluster_path, out_path;
-  std::vector<std::string> overrides;
+  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--cluster", "--out", "--global-batch", "--top"});
+  if (!cl.ok()) return Usage(std::string(cl.status().message()));
+  const std::string& recipe_path = cl->recipe;
+  const std::vector<std::string>& overrides = cl->overrides;
+  const std::string cluster_path = cl->options["--cluster"], out_path = cl->options["--out"];
   PlannerOptions options;
   int top = 8;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 == args.size()) return false;
-      *out = args[++i];
-      return true;
-    };
-    std::string v;
-    if (a == "--cluster") {
-      if (!value(&cluster_path)) return Usage("--cluster needs a file");
-    } else if (a == "--set") {
-      if (!value(&v)) return Usage("--set needs section.key=value");
-      overrides.push_back(v);
-    } else if (a == "--out") {
-      if (!value(&out_path)) return Usage("--out needs a file");
-    } else if (a == "--global-batch") {
-      if (!value(&v) || !absl::SimpleAtoi(v, &options.global_batch) || options.global_batch < 1) {
-        return Usage("--global-batch needs a positive number of sequences");
-      }
-    } else if (a == "--top") {
-      if (!value(&v) || !absl::SimpleAtoi(v, &top) || top < 1) return Usage("--top needs a positive count");
-    } else if (!a.empty() && a[0] == '-') {
-      return Usage(absl::StrCat("unknown option '", a, "'"));
-    } else if (recipe_path.empty()) {
-      recipe_path = a;
-    } else {
-      return Usage(absl::StrCat("one recipe expected, got '", recipe_path, "' and '", a, "'"));
-    }
+  if (cl->options.count("--global-batch") &&
+      (!absl::SimpleAtoi(cl->options["--global-batch"], &options.global_batch) || options.global_batch < 1)) {
+    return Usage("--global-batch needs a positive number of sequences");
   }
-  if (recipe_path.empty()) return Usage("no recipe given");
+  if (cl->options.count("--top") && (!absl::SimpleAtoi(cl->options["--top"], &top) || top < 1)) {
+    return Usage("--top needs a positive count");
+  }
   if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
   absl::StatusOr<Recipe> recipe = LoadRecipe(recipe_path, overrides);
   if (!recipe.ok()) {

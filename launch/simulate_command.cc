@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "launch/command_line.h"
 #include "launch/commands.h"
 #include "parallel/chrome_trace.h"
 #include "parallel/planner.h"
@@ -29,34 +30,12 @@ int Usage(const std::string& why) {
 }  // namespace
 
 int RunSimulate(const std::vector<std::string>& args) {
-  std::string recipe_path, cluster_path, trace_path, recompute = "norm+mla_up";
-  std::vector<std::string> overrides;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 == args.size()) return false;
-      *out = args[++i];
-      return true;
-    };
-    std::string v;
-    if (a == "--cluster") {
-      if (!value(&cluster_path)) return Usage("--cluster needs a file");
-    } else if (a == "--set") {
-      if (!value(&v)) return Usage("--set needs section.key=value");
-      overrides.push_back(v);
-    } else if (a == "--trace") {
-      if (!value(&trace_path)) return Usage("--trace needs a file");
-    } else if (a == "--recompute") {
-      if (!value(&recompute)) return Usage("--recompute needs none, norm or norm+mla_up");
-    } else if (!a.empty() && a[0] == '-') {
-      return Usage(absl::StrCat("unknown option '", a, "'"));
-    } else if (recipe_path.empty()) {
-      recipe_path = a;
-    } else {
-      return Usage(absl::StrCat("one recipe expected, got '", recipe_path, "' and '", a, "'"));
-    }
-  }
-  if (recipe_path.empty()) return Usage("no recipe given");
+  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--cluster", "--trace", "--recompute"});
+  if (!cl.ok()) return Usage(std::string(cl.status().message()));
+  const std::string& recipe_path = cl->recipe;
+  const std::vector<std::string>& overrides = cl->overrides;
+  const std::string cluster_path = cl->options["--cluster"], trace_path = cl->options["--trace"];
+  const std::string recompute = cl->options.count("--recompute") ? cl->options["--recompute"] : "norm+mla_up";
   if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
   ParallelPlan plan;
   if (recompute == "none") {

@@ -2,6 +2,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/command_line.h"
 #include "launch/commands.h"
 #include "launch/trainer.h"
 #include "parallel/fault.h"
@@ -10,31 +11,6 @@
 
 namespace fathom {
 namespace {
-
-struct TrainArgs {
-  std::string recipe;
-  std::vector<std::string> overrides;
-};
-
-absl::StatusOr<TrainArgs> ParseTrainArgs(const std::vector<std::string>& args) {
-  TrainArgs out;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--set") {
-      if (i + 1 == args.size()) return absl::InvalidArgumentError("--set needs a value: --set section.key=value");
-      out.overrides.push_back(args[++i]);
-    } else if (args[i].rfind("--set=", 0) == 0) {
-      out.overrides.push_back(args[i].substr(6));
-    } else if (!args[i].empty() && args[i][0] == '-') {
-      return absl::InvalidArgumentError("unknown option '" + args[i] + "'; expected --set section.key=value");
-    } else if (out.recipe.empty()) {
-      out.recipe = args[i];
-    } else {
-      return absl::InvalidArgumentError("one recipe expected, got '" + out.recipe + "' and '" + args[i] + "'");
-    }
-  }
-  if (out.recipe.empty()) return absl::InvalidArgumentError("usage: fathom train RECIPE.yaml [--set section.key=value ...]");
-  return out;
-}
 
 // Every rank reaches the same verdict on its input; ExitAllRanks prints it once and exits every rank.
 [[noreturn]] void Reject(const absl::Status& status) {
@@ -59,8 +35,11 @@ int RunTrain(const std::vector<std::string>& args) {
   if (!world.ok()) Reject(world.status());
   const bool logs = (*world)->rank() == 0;
 
-  absl::StatusOr<TrainArgs> parsed = ParseTrainArgs(args);
-  if (!parsed.ok()) Reject(parsed.status());
+  absl::StatusOr<CommandLine> parsed = ParseCommandLine(args, {});
+  if (!parsed.ok()) {
+    Reject(absl::InvalidArgumentError(std::string(parsed.status().message()) +
+                                      "; usage: fathom train RECIPE.yaml [--set section.key=value ...]"));
+  }
   absl::StatusOr<Recipe> recipe = LoadRecipe(parsed->recipe, parsed->overrides);
   if (!recipe.ok()) Reject(recipe.status());
   absl::StatusOr<std::unique_ptr<DeviceMesh>> mesh =

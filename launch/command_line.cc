@@ -1,0 +1,38 @@
+#include "launch/command_line.h"
+
+#include "absl/status/status.h"
+
+namespace fathom {
+
+absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
+                                             const std::set<std::string>& options) {
+  CommandLine out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.rfind("--set=", 0) == 0) {
+      out.overrides.push_back(a.substr(6));
+    } else if (a == "--set" || options.count(a)) {
+      if (i + 1 == args.size()) {
+        return absl::InvalidArgumentError(a == "--set" ? "--set needs a value: --set section.key=value"
+                                                       : a + " needs a value");
+      }
+      if (a == "--set") {
+        out.overrides.push_back(args[++i]);
+      } else {
+        out.options[a] = args[++i];
+      }
+    } else if (!a.empty() && a[0] == '-') {
+      std::string known = "--set";
+      for (const std::string& o : options) known += ", " + o;
+      return absl::InvalidArgumentError("unknown option '" + a + "'; expected one of " + known);
+    } else if (out.recipe.empty()) {
+      out.recipe = a;
+    } else {
+      return absl::InvalidArgumentError("one recipe expected, got '" + out.recipe + "' and '" + a + "'");
+    }
+  }
+  if (out.recipe.empty()) return absl::InvalidArgumentError("no recipe given");
+  return out;
+}
+
+}  // namespace fathom

@@ -1,0 +1,29 @@
+// The argument shape every fathom subcommand shares: one recipe path, repeatable `--set section.key=value`
+// overrides, and named options that each take one value (`--cluster FILE`). Errors name the offending
+// argument; the caller prints them with its usage and exits 2.
+#ifndef FATHOM_LAUNCH_COMMAND_LINE_H_
+#define FATHOM_LAUNCH_COMMAND_LINE_H_
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace fathom {
+
+struct CommandLine {
+  std::string recipe;                         // the one positional argument
+  std::vector<std::string> overrides;         // every --set value (also --set=value), in order
+  std::map<std::string, std::string> options; // "--cluster" -> "recipes/clusters/h800-2048.yaml"
+};
+
+// `options`: the value-taking options this command accepts besides --set ("--cluster", "--out", ...).
+// An option given twice keeps its last value.
+absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
+                                             const std::set<std::string>& options);
+
+}  // namespace fathom
+
+#endif  // FATHOM_LAUNCH_COMMAND_LINE_H_
