@@ -8,8 +8,6 @@
 
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
@@ -22,37 +20,13 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
 using testing::RandomTensor;
+using testing::RelError;
+using testing::RoundTo;
+using testing::SameBytes;
 using testing::TestSeed;
-
-Tensor RoundTo(const Tensor& x, DType dtype) { return x.To(dtype).To(DType::kF64); }
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& x, DType dtype) {
-  Tensor host = x.To(dtype);
-  Tensor dev = arena.Alloc(host.shape(), dtype);
-  cuda::CopyToDevice(dev, host);
-  return dev;
-}
-
-Tensor DownloadRaw(const Tensor& dev) {
-  Tensor host = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(host, dev);
-  return host;
-}
-
-double RelError(const Tensor& got, const Tensor& want) {
-  double d = 0, w = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    d += (got.Item(i) - want.Item(i)) * (got.Item(i) - want.Item(i));
-    w += want.Item(i) * want.Item(i);
-  }
-  EXPECT_GT(w, 0.0);
-  return std::sqrt(d / w);
-}
-
-bool SameBytes(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
+using testing::Upload;
 
 double Tolerance(DType dtype) { return dtype == DType::kF32 ? 1e-5 : 4e-3; }
 
@@ -82,12 +56,12 @@ void CheckSwiGlu(int64_t n, int64_t width, DType dtype, uint64_t seed) {
   Tensor dup_ref = Tensor::Empty(shape, DType::kF64);
   cpu::SwiGluForward(out_ref, gate, up);
   cpu::SwiGluBackward(dgate_ref, dup_ref, dout, gate, up);
-  const Tensor dgate = DownloadRaw(dgate_d), dup = DownloadRaw(dup_d);
-  EXPECT_LT(RelError(DownloadRaw(out_d), out_ref), Tolerance(dtype)) << "out";
+  const Tensor dgate = Download(dgate_d), dup = Download(dup_d);
+  EXPECT_LT(RelError(Download(out_d), out_ref), Tolerance(dtype)) << "out";
   EXPECT_LT(RelError(dgate, dgate_ref), Tolerance(dtype)) << "dgate";
   EXPECT_LT(RelError(dup, dup_ref), Tolerance(dtype)) << "dup";
-  EXPECT_TRUE(SameBytes(DownloadRaw(gate2_d), dgate)) << "in-place dgate";
-  EXPECT_TRUE(SameBytes(DownloadRaw(up2_d), dup)) << "in-place dup";
+  EXPECT_TRUE(SameBytes(Download(gate2_d), dgate)) << "in-place dgate";
+  EXPECT_TRUE(SameBytes(Download(up2_d), dup)) << "in-place dup";
 }
 
 TEST(CudaActivation, SwiGluMatchesCpu) {
@@ -117,17 +91,17 @@ TEST(CudaActivation, SigmoidMatchesCpu) {
     cuda::SigmoidBackward(dx_d, dy_d, y_d, nullptr);
     const Tensor inplace_d = Upload(arena, x, dtype);
     cuda::SigmoidForward(inplace_d, inplace_d, nullptr);
-    const Tensor y = DownloadRaw(y_d);
+    const Tensor y = Download(y_d);
     // The backward's reference uses the GPU's saved y (its input), exactly as the GPU backward does.
     const Tensor y64 = y.To(DType::kF64);
     Tensor y_ref = Tensor::Empty(shape, DType::kF64), dx_ref = Tensor::Empty(shape, DType::kF64);
     cpu::SigmoidForward(y_ref, x);
     cpu::SigmoidBackward(dx_ref, dy, y64);
     EXPECT_LT(RelError(y, y_ref), Tolerance(dtype)) << "sigmoid";
-    EXPECT_LT(RelError(DownloadRaw(dx_d), dx_ref), Tolerance(dtype)) << "sigmoid backward";
+    EXPECT_LT(RelError(Download(dx_d), dx_ref), Tolerance(dtype)) << "sigmoid backward";
     EXPECT_EQ(y.Item(0), 1.0);
     EXPECT_EQ(y.Item(1), 0.0);  // exp(-120) underflows in f32: exactly 0, never NaN
-    EXPECT_TRUE(SameBytes(DownloadRaw(inplace_d), y)) << "in-place sigmoid";
+    EXPECT_TRUE(SameBytes(Download(inplace_d), y)) << "in-place sigmoid";
   }
 }
 

@@ -30,20 +30,10 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
 using testing::FillRandom;
 using testing::TestSeed;
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& host) {
-  Tensor d = arena.Alloc(host.shape(), host.dtype());
-  cuda::CopyToDevice(d, host);
-  return d;
-}
-
-Tensor Download(const Tensor& dev) {
-  Tensor h = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(h, dev);
-  return h;
-}
+using testing::Upload;
 
 // A table with every case the optimizer distinguishes: decayed and undecayed parameters, a non-trainable
 // buffer (the expert bias), sizes that leave alignment padding, a one-element parameter, and parameters

@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -30,27 +29,16 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
+using testing::DownloadF64;
 using testing::RandomTensor;
+using testing::RoundTo;
+using testing::SameBytes;
 using testing::TestSeed;
+using testing::Upload;
 
 constexpr double kF32Tol = 1e-5;
 constexpr double kBf16Tol = 4e-3;
-
-// x (f64) as the GPU will hold it in `dtype`, returned in f64 (the rounding is exact to undo).
-Tensor RoundTo(const Tensor& x, DType dtype) { return x.To(dtype).To(DType::kF64); }
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& x, DType dtype) {
-  Tensor host = x.To(dtype);
-  Tensor dev = arena.Alloc(host.shape(), dtype);
-  cuda::CopyToDevice(dev, host);
-  return dev;
-}
-
-Tensor Download(const Tensor& dev) {
-  Tensor host = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(host, dev);
-  return host.To(DType::kF64);
-}
 
 double Norm(const Tensor& x) {
   double s = 0;
@@ -66,10 +54,7 @@ double RelError(const Tensor& got, const Tensor& want) {
 }
 
 bool BitwiseEqual(const Tensor& a_dev, const Tensor& b_dev) {
-  Tensor a = Tensor::Empty(a_dev.shape(), a_dev.dtype()), b = Tensor::Empty(b_dev.shape(), b_dev.dtype());
-  cuda::CopyToHost(a, a_dev);
-  cuda::CopyToHost(b, b_dev);
-  return std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+  return SameBytes(Download(a_dev), Download(b_dev));
 }
 
 struct Case {
@@ -103,7 +88,7 @@ void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed) {
   const Tensor q_d = Upload(arena, q, dtype), k_d = Upload(arena, k, dtype), v_d = Upload(arena, v, dtype);
   const Tensor out_d = arena.Alloc(v_shape, dtype), lse_d = arena.Alloc(lse_shape, DType::kF32);
   cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr);
-  const Tensor out = Download(out_d), lse = Download(lse_d);
+  const Tensor out = DownloadF64(out_d), lse = DownloadF64(lse_d);
 
   Tensor out_ref = Tensor::Empty(v_shape, DType::kF64), lse_ref = Tensor::Empty(lse_shape, DType::kF64);
   cpu::CausalAttentionForward(out_ref, lse_ref, q, k, v, scale);
@@ -125,8 +110,8 @@ void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed) {
     ASSERT_GT(Norm(dq_ref), 0.0);
     ASSERT_GT(Norm(dk_ref), 0.0);
   }
-  const double e_dq = RelError(Download(dq_d), dq_ref), e_dk = RelError(Download(dk_d), dk_ref);
-  const double e_dv = RelError(Download(dv_d), dv_ref);
+  const double e_dq = RelError(DownloadF64(dq_d), dq_ref), e_dk = RelError(DownloadF64(dk_d), dk_ref);
+  const double e_dv = RelError(DownloadF64(dv_d), dv_ref);
   EXPECT_LT(e_dq, tol) << "dq";
   EXPECT_LT(e_dk, tol) << "dk";
   EXPECT_LT(e_dv, tol) << "dv";
@@ -178,7 +163,7 @@ TEST(CudaAttention, LongSequenceForwardMatchesCpu) {
     const Tensor q_d = Upload(arena, q, dtype), k_d = Upload(arena, k, dtype), v_d = Upload(arena, v, dtype);
     const Tensor out_d = arena.Alloc(v_shape, dtype), lse_d = arena.Alloc(lse_shape, DType::kF32);
     cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr);
-    const double e_out = RelError(Download(out_d), out_ref), e_lse = RelError(Download(lse_d), lse_ref);
+    const double e_out = RelError(DownloadF64(out_d), out_ref), e_lse = RelError(DownloadF64(lse_d), lse_ref);
     EXPECT_LT(e_out, dtype == DType::kF32 ? kF32Tol : kBf16Tol) << "out";
     EXPECT_LT(e_lse, kF32Tol) << "lse";
     std::printf("  attention %s: rel err out %.2e lse %.2e\n", CaseName(c, dtype).c_str(), e_out, e_lse);

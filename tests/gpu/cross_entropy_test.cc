@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
@@ -29,38 +28,15 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
 using testing::RandomTensor;
+using testing::RelError;
+using testing::RoundTo;
+using testing::SameBytes;
 using testing::TestSeed;
+using testing::Upload;
 
 constexpr int64_t kIgnore = -100;
-
-Tensor RoundTo(const Tensor& x, DType dtype) { return x.To(dtype).To(DType::kF64); }
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& host) {
-  Tensor dev = arena.Alloc(host.shape(), host.dtype());
-  cuda::CopyToDevice(dev, host);
-  return dev;
-}
-
-Tensor DownloadRaw(const Tensor& dev) {
-  Tensor host = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(host, dev);
-  return host;
-}
-
-double RelError(const Tensor& got, const Tensor& want) {
-  double d = 0, w = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    d += (got.Item(i) - want.Item(i)) * (got.Item(i) - want.Item(i));
-    w += want.Item(i) * want.Item(i);
-  }
-  EXPECT_GT(w, 0.0);
-  return std::sqrt(d / w);
-}
-
-bool SameBytes(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
 
 // Labels in [0, V); row 0 always valid, row 1 (when there is one) always ignored, the rest ignored 1 in 5.
 Tensor MakeLabels(int64_t n, int64_t v, std::mt19937_64& rng) {
@@ -100,13 +76,13 @@ void CheckCase(int64_t n, int64_t v, DType dtype, uint64_t seed) {
   for (int64_t i = 0; i < n; ++i)
     if (lab[i] != kIgnore) row_ref.data<double>()[i] = lse_ref.Item(i) - logits.Item(i * v + lab[i]);
 
-  const Tensor sum = DownloadRaw(sum_d);
-  EXPECT_LT(RelError(DownloadRaw(lse_d), lse_ref), 1e-5) << "lse";
-  EXPECT_LT(RelError(DownloadRaw(row_loss_d), row_ref), 1e-5) << "row losses";
+  const Tensor sum = Download(sum_d);
+  EXPECT_LT(RelError(Download(lse_d), lse_ref), 1e-5) << "lse";
+  EXPECT_LT(RelError(Download(row_loss_d), row_ref), 1e-5) << "row losses";
   EXPECT_NEAR(sum.Item(0), sum_ref, 1e-5 * std::abs(sum_ref)) << "loss sum";
 
-  const Tensor dlogits = DownloadRaw(logits_d);
-  EXPECT_TRUE(SameBytes(dlogits, DownloadRaw(dlogits_d))) << "in place differs from out of place";
+  const Tensor dlogits = Download(logits_d);
+  EXPECT_TRUE(SameBytes(dlogits, Download(dlogits_d))) << "in place differs from out of place";
   const double tol = dtype == DType::kF32 ? 1e-5 : 4e-3;
   const double elem_tol = dtype == DType::kF32 ? 2e-5 : std::ldexp(1.0, -8) + 2e-5;
   EXPECT_LT(RelError(dlogits, d_ref), tol) << "dlogits";
@@ -152,11 +128,11 @@ TEST(CudaCrossEntropy, OutOfRangeLabelIsNaN) {
   const Tensor sum_d = arena.Alloc({1}, DType::kF32);
   cuda::CrossEntropyForward(sum_d, row_loss_d, lse_d, logits_d, labels_d, kIgnore, nullptr);
   cuda::CrossEntropyBackward(logits_d, logits_d, lse_d, labels_d, kIgnore, 0.5, nullptr);
-  const Tensor row_loss = DownloadRaw(row_loss_d), d = DownloadRaw(logits_d);
+  const Tensor row_loss = Download(row_loss_d), d = Download(logits_d);
   EXPECT_TRUE(std::isfinite(row_loss.Item(0)));
   EXPECT_TRUE(std::isnan(row_loss.Item(1)));
   EXPECT_EQ(row_loss.Item(2), 0.0);
-  EXPECT_TRUE(std::isnan(DownloadRaw(sum_d).Item(0)));
+  EXPECT_TRUE(std::isnan(Download(sum_d).Item(0)));
   for (int64_t j = 0; j < v; ++j) {
     EXPECT_TRUE(std::isfinite(d.Item(j)));
     EXPECT_TRUE(std::isnan(d.Item(v + j)));

@@ -7,7 +7,6 @@
 #include "framework/kernels/cpu/embedding.h"
 
 #include <cstdint>
-#include <cstring>
 #include <random>
 #include <string>
 
@@ -20,34 +19,11 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
+using testing::ExpectBitEqual;
 using testing::RandomTensor;
 using testing::TestSeed;
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& host) {
-  Tensor d = arena.Alloc(host.shape(), host.dtype());
-  cuda::CopyToDevice(d, host);
-  return d;
-}
-
-Tensor Download(const Tensor& dev) {
-  Tensor h = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(h, dev);
-  return h;
-}
-
-void ExpectBitEqual(const Tensor& got, const Tensor& want, const char* what) {
-  ASSERT_EQ(got.nbytes(), want.nbytes()) << what;
-  const size_t es = DTypeSize(want.dtype());
-  int64_t bad = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    if (std::memcmp(static_cast<const char*>(got.raw()) + i * es,
-                    static_cast<const char*>(want.raw()) + i * es, es) != 0 &&
-        bad++ < 5) {
-      ADD_FAILURE() << what << " element " << i << ": gpu " << got.Item(i) << " cpu " << want.Item(i);
-    }
-  }
-  EXPECT_EQ(bad, 0) << what;
-}
+using testing::Upload;
 
 // Ids drawn from [0, vocab) with the ends forced in; a small vocabulary gives long runs of one id.
 Tensor RandomIds(int64_t n, int64_t vocab, std::mt19937_64& rng) {

@@ -21,19 +21,9 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
 using testing::TestSeed;
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& host) {
-  Tensor d = arena.Alloc(host.shape(), host.dtype());
-  cuda::CopyToDevice(d, host);
-  return d;
-}
-
-Tensor Download(const Tensor& dev) {
-  Tensor h = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(h, dev);
-  return h;
-}
+using testing::Upload;
 
 Tensor F32FromBits(const std::vector<uint32_t>& bits) {
   Tensor t = Tensor::Empty({static_cast<int64_t>(bits.size())}, DType::kF32);

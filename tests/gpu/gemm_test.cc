@@ -9,7 +9,6 @@
 //     the f32 accumulation adds ~1e-6. Measured on an H100: 1.66e-3 (= 2^-9.2).
 #include "framework/kernels/cpu/gemm.h"
 
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -27,35 +26,14 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
 using testing::RandomTensor;
+using testing::RelError;
 using testing::TestSeed;
+using testing::Upload;
 
 constexpr double kF32Tol = 1e-5;
 constexpr double kBf16Tol = 1.0 / 256;
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& host) {
-  Tensor d = arena.Alloc(host.shape(), host.dtype());
-  cuda::CopyToDevice(d, host);
-  return d;
-}
-
-Tensor Download(const Tensor& dev) {
-  Tensor h = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(h, dev);
-  return h;
-}
-
-double RelError(const Tensor& got, const Tensor& ref) {
-  EXPECT_EQ(got.numel(), ref.numel());
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    double d = got.Item(i) - ref.Item(i);
-    diff += d * d;
-    norm += ref.Item(i) * ref.Item(i);
-  }
-  EXPECT_GT(norm, 0.0) << "vacuous comparison: the reference is all zeros";
-  return std::sqrt(diff / norm);
-}
 
 // Random values in `dtype` (bf16: f32 normals rounded), on the host.
 Tensor RandomIn(const Shape& shape, DType dtype, std::mt19937_64& rng) {

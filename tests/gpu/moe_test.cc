@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
@@ -37,43 +36,17 @@ namespace {
 
 using cpu::RouterDims;
 using cuda::DeviceArena;
+using testing::Download;
+using testing::DownloadF64;
 using testing::RandomTensor;
+using testing::RelError;
+using testing::SameBytes;
 using testing::TestSeed;
+using testing::Upload;
 
 constexpr double kF32Tol = 1e-5;
 constexpr double kBf16Tol = 1.0 / 256.0;
 constexpr double kMarginFloor = 1e-4;
-
-Tensor Upload(DeviceArena& arena, const Tensor& host) {
-  Tensor d = arena.Alloc(host.shape(), host.dtype());
-  cuda::CopyToDevice(d, host);
-  return d;
-}
-
-Tensor Download(const Tensor& dev) {
-  Tensor h = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(h, dev);
-  return h;
-}
-
-// Downloads and widens to f64 (exact for f32 and bf16).
-Tensor Download64(const Tensor& dev) { return Download(dev).To(DType::kF64); }
-
-double RelError(const Tensor& got, const Tensor& ref) {
-  EXPECT_EQ(got.numel(), ref.numel());
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    const double d = got.Item(i) - ref.Item(i);
-    diff += d * d;
-    norm += ref.Item(i) * ref.Item(i);
-  }
-  EXPECT_GT(norm, 0.0) << "reference is all zeros: the comparison would be vacuous";
-  return std::sqrt(diff / norm);
-}
-
-bool BitwiseEqual(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
 
 void ExpectExactlyEqual(const Tensor& got, const Tensor& ref, const std::string& what) {
   ASSERT_EQ(got.numel(), ref.numel()) << what;
@@ -197,12 +170,12 @@ TEST(MoeCudaRouter, SelectMatchesCpuExactly) {
     cpu::RouterSelect(ref_index, ref_weight, in.scores64, in.bias64, d);
     ExpectExactlyEqual(Download(index), ref_index, "topk_index");
     // Scores: one f32 sigmoid each (expf within 2 ulp): elementwise relative 1e-6 holds with margin.
-    Tensor got_scores = Download64(scores);
+    Tensor got_scores = DownloadF64(scores);
     double worst = 0;
     for (int64_t i = 0; i < got_scores.numel(); ++i)
       worst = std::max(worst, std::abs(got_scores.Item(i) - in.scores64.Item(i)) / in.scores64.Item(i));
     EXPECT_LE(worst, 1e-6) << "scores";
-    EXPECT_LE(RelError(Download64(weight), ref_weight), kF32Tol) << "topk_weight";
+    EXPECT_LE(RelError(DownloadF64(weight), ref_weight), kF32Tol) << "topk_weight";
     if (c.starve) {
       const Tensor got = Download(index);
       for (int64_t i = 0; i < got.numel(); ++i) ASSERT_NE(got.Item(i), in.starved) << "starved expert chosen";
@@ -235,11 +208,11 @@ TEST(MoeCudaRouter, BackwardMatchesCpu) {
     FATHOM_CUDA_CHECK(cudaDeviceSynchronize());
 
     // The CPU twin's composition in f64 on the GPU's own scores and routing.
-    Tensor s64 = Download64(scores);
+    Tensor s64 = DownloadF64(scores);
     Tensor ref = mode == 0 ? Tensor::Zeros({c.n, c.e}, DType::kF64) : extra.f64.Clone();
     cpu::RouterSelectBackward(ref, dweight.f64, s64, Download(index), d);
     cpu::SigmoidBackward(ref, ref, s64);
-    EXPECT_LE(RelError(Download64(dlogits), ref), kF32Tol) << "dlogits, mode " << mode;
+    EXPECT_LE(RelError(DownloadF64(dlogits), ref), kF32Tol) << "dlogits, mode " << mode;
   }
 }
 
@@ -319,7 +292,7 @@ TEST(MoeCudaBalance, LossAndBackwardMatchCpu) {
     cuda::SequenceBalanceLossBackward(dscores, scores, index, counts, c.batch, c.seq, weight, nullptr);
     Tensor ref_ds = start.f64.Clone();
     cpu::SequenceBalanceLossBackward(ref_ds, s64, r.index, c.batch, c.seq, weight);
-    EXPECT_LE(RelError(Download64(dscores), ref_ds), kF32Tol) << "dscores";
+    EXPECT_LE(RelError(DownloadF64(dscores), ref_ds), kF32Tol) << "dscores";
   }
 }
 
@@ -403,7 +376,7 @@ TEST(MoeCudaPermute, SortAndPermuteMatchCpu) {
       ASSERT_EQ(slot_row.Item(ref_row_slot.data<int64_t>()[row]), row)
           << "slot_row is not row_slot's inverse";
     // A permutation copies: bit-exact against the CPU on the same (rounded) values.
-    ExpectExactlyEqual(Download64(s.x_perm), ref_perm, "x_perm values");
+    ExpectExactlyEqual(DownloadF64(s.x_perm), ref_perm, "x_perm values");
   }
   FATHOM_CUDA_CHECK(cudaStreamDestroy(stream));
 }
@@ -431,7 +404,7 @@ TEST(MoeCudaPermute, BackwardMatchesCpu) {
       cuda::MoePermuteBackward(dx, Upload(arena, dx_perm.stored), s.slot_row, accumulate, nullptr);
       Tensor ref = start.f64.Clone();
       cpu::MoePermuteBackward(ref, dx_perm.f64, row_slot, accumulate);
-      EXPECT_LE(RelError(Download64(dx), ref), tol);
+      EXPECT_LE(RelError(DownloadF64(dx), ref), tol);
     }
   }
 }
@@ -461,15 +434,15 @@ TEST(MoeCudaCombine, ForwardAndBackwardMatchCpu) {
     cuda::MoeCombine(out, y_dev, s.slot_row, w_dev, nullptr);
     Tensor ref_out = Tensor::Empty({c.n, c.h}, DType::kF64);
     cpu::MoeCombine(ref_out, y_perm.f64, row_slot, weight.f64);
-    EXPECT_LE(RelError(Download64(out), ref_out), tol) << "out";
+    EXPECT_LE(RelError(DownloadF64(out), ref_out), tol) << "out";
 
     Tensor dy_perm = arena.Alloc({r, c.h}, c.dtype), dweight = arena.Alloc({c.n, c.k}, DType::kF32);
     cuda::MoeCombineBackward(dy_perm, dweight, Upload(arena, dout.stored), y_dev, s.row_slot, w_dev, nullptr);
     Tensor ref_dy = Tensor::Empty({r, c.h}, DType::kF64), ref_dw = Tensor::Empty({c.n, c.k}, DType::kF64);
     cpu::MoeCombineBackward(ref_dy, ref_dw, dout.f64, y_perm.f64, row_slot, weight.f64);
-    EXPECT_LE(RelError(Download64(dy_perm), ref_dy), tol) << "dy_perm";
+    EXPECT_LE(RelError(DownloadF64(dy_perm), ref_dy), tol) << "dy_perm";
     // dweight is f32 for both dtypes: the products of (bf16) inputs are exact in f32 accumulation terms.
-    EXPECT_LE(RelError(Download64(dweight), ref_dw), kF32Tol) << "dweight";
+    EXPECT_LE(RelError(DownloadF64(dweight), ref_dw), kF32Tol) << "dweight";
   }
 }
 
@@ -539,7 +512,7 @@ TEST(MoeCudaPipeline, TwoRunsAreBitwiseEqual) {
   };
   const std::vector<Tensor> first = run(), second = run();
   ASSERT_EQ(first.size(), second.size());
-  for (size_t i = 0; i < first.size(); ++i) EXPECT_TRUE(BitwiseEqual(first[i], second[i])) << "output " << i;
+  for (size_t i = 0; i < first.size(); ++i) EXPECT_TRUE(SameBytes(first[i], second[i])) << "output " << i;
   EXPECT_EQ(first[9].Item(in.starved), 0) << "the starved expert received tokens";
   EXPECT_GT(first[3].Item(0), 0.0);
 }

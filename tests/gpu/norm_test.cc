@@ -10,8 +10,6 @@
 
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
@@ -24,39 +22,15 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
 using testing::RandomTensor;
+using testing::RelError;
+using testing::RoundTo;
+using testing::SameBytes;
 using testing::TestSeed;
+using testing::Upload;
 
 constexpr double kEps = 1e-6;
-
-Tensor RoundTo(const Tensor& x, DType dtype) { return x.To(dtype).To(DType::kF64); }
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& x, DType dtype) {
-  Tensor host = x.To(dtype);
-  Tensor dev = arena.Alloc(host.shape(), dtype);
-  cuda::CopyToDevice(dev, host);
-  return dev;
-}
-
-Tensor DownloadRaw(const Tensor& dev) {
-  Tensor host = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(host, dev);
-  return host;
-}
-
-double RelError(const Tensor& got, const Tensor& want) {
-  double d = 0, w = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    d += (got.Item(i) - want.Item(i)) * (got.Item(i) - want.Item(i));
-    w += want.Item(i) * want.Item(i);
-  }
-  EXPECT_GT(w, 0.0);
-  return std::sqrt(d / w);
-}
-
-bool SameBytes(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
 
 void CheckCase(int64_t n, int64_t c, DType xt, DType wt, uint64_t seed) {
   SCOPED_TRACE("seed " + std::to_string(seed) + " (N, C) = (" + std::to_string(n) + ", " + std::to_string(c) +
@@ -93,9 +67,9 @@ void CheckCase(int64_t n, int64_t c, DType xt, DType wt, uint64_t seed) {
   cpu::RmsNormBackwardInput(dx_ref, dy, x, w, rstd_ref);
   cpu::RmsNormBackwardWeight(dw_ref, dy, x, rstd_ref);
 
-  const Tensor dx = DownloadRaw(dx_d), dw = DownloadRaw(dw_d);
-  EXPECT_LT(RelError(DownloadRaw(out_d), out_ref), tol) << "out";
-  EXPECT_LT(RelError(DownloadRaw(rstd_d), rstd_ref), 1e-5) << "rstd";
+  const Tensor dx = Download(dx_d), dw = Download(dw_d);
+  EXPECT_LT(RelError(Download(out_d), out_ref), tol) << "out";
+  EXPECT_LT(RelError(Download(rstd_d), rstd_ref), 1e-5) << "rstd";
   EXPECT_LT(RelError(dx, dx_ref), tol) << "dx";
   EXPECT_LT(RelError(dw, dw_ref), 1e-5) << "dw";
   // The accumulated part alone, so that dw0 cannot hide an error in the sum.
@@ -105,8 +79,8 @@ void CheckCase(int64_t n, int64_t c, DType xt, DType wt, uint64_t seed) {
     acc_ref.data<double>()[j] -= dw0.Item(j);
   }
   EXPECT_LT(RelError(acc, acc_ref), 1e-4) << "dw - dw0";  // cancellation against dw0 costs ~|dw0|/|acc| ulps
-  EXPECT_TRUE(SameBytes(DownloadRaw(dy_inplace_d), dx)) << "dx in place over dy differs";
-  EXPECT_TRUE(SameBytes(DownloadRaw(dw2_d), dw)) << "weight gradient not deterministic";
+  EXPECT_TRUE(SameBytes(Download(dy_inplace_d), dx)) << "dx in place over dy differs";
+  EXPECT_TRUE(SameBytes(Download(dw2_d), dw)) << "weight gradient not deterministic";
 }
 
 TEST(CudaRmsNorm, MatchesCpu) {
@@ -137,7 +111,7 @@ TEST(CudaRmsNorm, ZeroRowsIsANoOp) {
   cuda::RmsNormForward(empty_d, rstd_d, empty_d, w_d, kEps, nullptr);
   cuda::RmsNormBackwardInput(empty_d, empty_d, empty_d, w_d, rstd_d, nullptr);
   cuda::RmsNormBackwardWeight(dw_d, empty_d, empty_d, rstd_d, ws_d, nullptr);
-  EXPECT_TRUE(SameBytes(DownloadRaw(dw_d), dw0));
+  EXPECT_TRUE(SameBytes(Download(dw_d), dw0));
 }
 
 }  // namespace

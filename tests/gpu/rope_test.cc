@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <string>
 
@@ -26,36 +25,13 @@
 namespace fathom {
 namespace {
 
+using testing::Download;
 using testing::RandomTensor;
+using testing::RelError;
+using testing::RoundTo;
+using testing::SameBytes;
 using testing::TestSeed;
-
-Tensor RoundTo(const Tensor& x, DType dtype) { return x.To(dtype).To(DType::kF64); }
-
-Tensor Upload(cuda::DeviceArena& arena, const Tensor& host) {
-  Tensor dev = arena.Alloc(host.shape(), host.dtype());
-  cuda::CopyToDevice(dev, host);
-  return dev;
-}
-
-Tensor DownloadRaw(const Tensor& dev) {
-  Tensor host = Tensor::Empty(dev.shape(), dev.dtype());
-  cuda::CopyToHost(host, dev);
-  return host;
-}
-
-double RelError(const Tensor& got, const Tensor& want) {
-  double d = 0, w = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    d += (got.Item(i) - want.Item(i)) * (got.Item(i) - want.Item(i));
-    w += want.Item(i) * want.Item(i);
-  }
-  EXPECT_GT(w, 0.0);
-  return std::sqrt(d / w);
-}
-
-bool SameBytes(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
+using testing::Upload;
 
 ModelConfig YarnConfig(int64_t rope_dim) {
   ModelConfig cfg;
@@ -101,11 +77,11 @@ void CheckCase(const Case& c, DType dtype, bool interleaved, uint64_t seed) {
   cpu::RopeForward(out_ref, x, table.cos(DType::kF64), table.sin(DType::kF64), interleaved);
   cpu::RopeBackward(dx_ref, g, table.cos(DType::kF64), table.sin(DType::kF64), interleaved);
 
-  const Tensor out = DownloadRaw(out_d), dx = DownloadRaw(dx_d);
+  const Tensor out = Download(out_d), dx = Download(dx_d);
   EXPECT_LT(RelError(out, out_ref), tol) << "forward";
   EXPECT_LT(RelError(dx, dx_ref), tol) << "backward";
-  EXPECT_TRUE(SameBytes(DownloadRaw(inplace_d), out)) << "in-place forward differs from out-of-place";
-  EXPECT_TRUE(SameBytes(DownloadRaw(ginplace_d), dx)) << "in-place backward differs from out-of-place";
+  EXPECT_TRUE(SameBytes(Download(inplace_d), out)) << "in-place forward differs from out-of-place";
+  EXPECT_TRUE(SameBytes(Download(ginplace_d), dx)) << "in-place backward differs from out-of-place";
   // Non-vacuous: the reference really moved the rope columns (a kernel that copied x would fail above).
   double moved = 0;
   for (int64_t i = 0; i < x.numel(); ++i) moved += std::abs(out_ref.Item(i) - x.Item(i));
