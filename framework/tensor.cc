@@ -3,6 +3,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#ifdef FATHOM_WITH_CUDA
+#include "framework/cuda/device_pool.h"
+#endif
+
 namespace fathom {
 
 std::string ShapeString(const Shape& s) {
@@ -25,8 +29,13 @@ int64_t Tensor::dim(int i) const {
 }
 
 Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
-  FATHOM_CHECK(device == Device::kCPU, "Tensor::Empty on ", DeviceName(device),
-               ": device memory comes from a device arena");
+  if (device == Device::kCUDA) {
+#ifdef FATHOM_WITH_CUDA
+    return cuda::RequireCurrentPool("Tensor::Empty").Empty(shape, dtype);
+#else
+    FATHOM_CHECK(false, "[Tensor::Empty] CUDA tensor but this build has no CUDA backend");
+#endif
+  }
   for (int64_t d : shape) FATHOM_CHECK(d >= 0, "negative dimension in ", ShapeString(shape));
   Tensor t;
   t.shape_ = shape;
@@ -41,6 +50,13 @@ Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
 }
 
 Tensor Tensor::Zeros(const Shape& shape, DType dtype, Device device) {
+  if (device == Device::kCUDA) {
+#ifdef FATHOM_WITH_CUDA
+    return cuda::RequireCurrentPool("Tensor::Zeros").Zeros(shape, dtype);
+#else
+    FATHOM_CHECK(false, "[Tensor::Zeros] CUDA tensor but this build has no CUDA backend");
+#endif
+  }
   Tensor t = Empty(shape, dtype, device);
   t.Zero();
   return t;

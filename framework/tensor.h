@@ -37,7 +37,10 @@ class Tensor {
  public:
   Tensor() = default;
 
-  // Owned, uninitialised (CPU: malloc'd, 64-byte aligned).
+  // Owned, uninitialised. CPU: malloc'd, 64-byte aligned. CUDA: a block of the calling thread's current
+  // cuda::DevicePool (installed with cuda::PoolScope, framework/cuda/device_pool.h), returned to that pool
+  // when the last tensor sharing it dies; no current pool, or a build without the CUDA backend, fails a
+  // FATHOM_CHECK. Zeros on CUDA clears with cudaMemsetAsync on the pool's stream (queued, not waited for).
   static Tensor Empty(const Shape& shape, DType dtype, Device device = Device::kCPU);
   static Tensor Zeros(const Shape& shape, DType dtype, Device device = Device::kCPU);
   // A view of memory owned elsewhere; `keepalive` (may be null) keeps the owner alive.

@@ -1,0 +1,268 @@
+// The device-dispatching op layer: one function per op the layers use, each a thin public op that validates
+// its arguments (naming the op in every error: "[rms_norm] ...") over per-backend implementations:
+//   CPU  -- calls the framework/kernels/cpu twin exactly, so every CPU result is bit-identical to calling
+//           the kernel directly (signatures mirror the twins: converting a layer is a rename);
+//   CUDA -- framework/ops_cuda.cu, over framework/kernels/cuda; compiled only with the CUDA backend. In a
+//           build without it a CUDA tensor reaching an op fails: "[op] CUDA tensor but this build has no
+//           CUDA backend". Where a CUDA kernel needs more than its twin (a workspace, a pinned count buffer,
+//           the slot -> row inverse of row_slot), the op supplies it from the current cuda::DevicePool.
+//
+// Devices: every tensor of one call lives on one device (checked, naming the op), except where a comment
+// says HOST: expert counts are host i64 tensors on both backends, because the grouped GEMMs size their
+// per-expert problems on the host. An op allocates its outputs only when it returns a Tensor (Add,
+// ConcatLastDim, To, Clone); those and every CUDA temporary come from the inputs' device: the CPU heap or
+// the current cuda::DevicePool (installed with cuda::PoolScope).
+//
+// dtypes ("float" below):
+//   CPU  -- f32 or f64, one dtype for every float tensor of a call (the twins' contract), including saved
+//           statistics, rope tables and router tensors.
+//   CUDA -- activations f32 or bf16 (bf16: storage only, f32 arithmetic, one rounding per output); saved
+//           statistics (rstd, lse), rope tables, router scores / weights / bias and the balance-loss
+//           gradient are f32; gradient accumulators (RmsNorm dw, Embedding dtable) are f32; GEMM outputs
+//           follow framework/kernels/cuda/gemm.h (bf16 in -> bf16 or f32 out). Each kernel header lists
+//           its dtypes; anything else fails loudly. StatsDType() names the statistics dtype for both.
+//   Index tensors: token ids and labels i32; topk_index, row_slot and counts i64.
+//
+// Streams and sync points: CUDA work is queued on the current OpContext's stream, which must be the
+// current pool's stream whenever the op allocates (checked): the pool's reuse of released blocks is safe
+// only in that stream's order. Ops return without waiting for the device except those marked SYNC POINT,
+// which copy a result to the host and wait for the stream.
+// Thread safety: the current pool and OpContext are per thread; an OpContext is not thread safe.
+#ifndef FATHOM_FRAMEWORK_OPS_H_
+#define FATHOM_FRAMEWORK_OPS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+
+#include "framework/cuda/stream.h"
+#include "framework/kernels/cpu/moe.h"
+#include "framework/tensor.h"
+
+namespace fathom::cuda {
+class GemmContext;
+}  // namespace fathom::cuda
+
+namespace fathom::ops {
+
+using cpu::RouterDims;
+
+// What CUDA ops need beyond their tensors: the stream work is queued on, a cuBLASLt GemmContext (created
+// on the first GPU GEMM: it cudaMallocs its workspace, so run one GEMM at start-up) and the page-locked
+// count buffers of MoePermute (one per expert count, created on first use). CPU ops need nothing and run
+// without a context. Not thread safe; one context per thread (and stream).
+class OpContext {
+ public:
+  explicit OpContext(cuda::Stream stream = nullptr, size_t gemm_workspace_bytes = size_t{32} << 20);
+  ~OpContext();
+  OpContext(const OpContext&) = delete;
+  OpContext& operator=(const OpContext&) = delete;
+
+  cuda::Stream stream() const { return stream_; }
+  // CUDA builds only (otherwise a FATHOM_CHECK): the context's GEMM context, created on first use.
+  cuda::GemmContext& gemm();
+  // CUDA builds only: a (num_experts) i64 page-locked host tensor, the same one for every call with the
+  // same num_experts.
+  const Tensor& pinned_counts(int64_t num_experts);
+
+ private:
+  cuda::Stream stream_;
+  size_t gemm_workspace_bytes_;
+  std::shared_ptr<cuda::GemmContext> gemm_;  // shared_ptr: destructible where GemmContext is incomplete
+  std::map<int64_t, Tensor> pinned_counts_;
+};
+
+// Makes `context` the calling thread's current OpContext for its lifetime (nestable; the previous one
+// comes back on destruction). CUDA ops without a current context fail a FATHOM_CHECK naming the op.
+class OpContextScope {
+ public:
+  explicit OpContextScope(OpContext& context);
+  ~OpContextScope();
+  OpContextScope(const OpContextScope&) = delete;
+  OpContextScope& operator=(const OpContextScope&) = delete;
+
+ private:
+  OpContext* previous_;
+};
+
+OpContext* CurrentOpContext();  // nullptr outside every OpContextScope
+
+// The dtype of saved statistics (rstd, lse) and rope tables for an activation dtype, on both backends:
+// f64 -> f64, f32 -> f32, bf16 -> f32.
+DType StatsDType(DType activation);
+
+// ---- GEMMs (cpu/gemm.h, cuda/gemm.h) ------------------------------------------------------------------
+// out (M, N) (=, or += when accumulate):
+//   MatmulNT: x (M, K) . w (N, K)^T     MatmulNN: x (M, K) . w (K, N)     MatmulTN: x (K, M)^T . y (K, N)
+void MatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, bool accumulate = false);
+void MatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, bool accumulate = false);
+void MatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, bool accumulate = false);
+// Row blocks by counts (E_local) i64 HOST, sum = R (cpu/moe.h):
+//   GroupedMatmulNT: out (R, N) (=/+=) block_e of x (R, K) . w[e]^T, w (E_local, N, K)
+//   GroupedMatmulNN: out (R, N) (=/+=) block_e of x (R, K) . w[e],   w (E_local, K, N)
+//   GroupedMatmulTN: out[e] (E_local, M, N) += block_e of x (R, M)^T . block_e of y (R, N)
+void GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
+                     bool accumulate = false);
+void GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
+                     bool accumulate = false);
+void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts);
+
+// ---- RMSNorm (cpu/norm.h) -------------------------------------------------------------------------------
+// out (N, C), rstd (N) StatsDType; x (N, C); w (C).
+void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, double eps);
+// dx (N, C) overwritten; dy (N, C); x, w, rstd as in the forward.
+void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
+                          const Tensor& rstd);
+// dw (C) += sum over rows of dy * x * rstd (CUDA: dw f32; its workspace comes from the pool).
+void RmsNormBackwardWeight(const Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& rstd);
+
+// ---- RoPE (cpu/rope.h) ------------------------------------------------------------------------------------
+// out (B, T, H, W) = rope(x); cos, sin (T', d/2) StatsDType, T' >= T, d <= W. out may alias x.
+void RopeForward(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved);
+// dx (B, T, H, W) from dout; same tables and layout. dx may alias dout.
+void RopeBackward(const Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin,
+                  bool interleaved);
+
+// ---- Causal attention (cpu/attention.h) ---------------------------------------------------------------
+// out (B, T, H, Dv), lse (B, H, T) StatsDType; q, k (B, T, H, Dk); v (B, T, H, Dv).
+void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                            const Tensor& v, double scale);
+// dq, dk (B, T, H, Dk), dv (B, T, H, Dv) overwritten; dout (B, T, H, Dv); out, lse from the forward.
+void CausalAttentionBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                             const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                             const Tensor& lse, double scale);
+
+// ---- Activations (cpu/activation.h) ----------------------------------------------------------------------
+void SigmoidForward(const Tensor& out, const Tensor& x);                    // out may alias x
+void SigmoidBackward(const Tensor& dx, const Tensor& dy, const Tensor& y);  // y = sigmoid(x); dx may alias dy
+void SwiGluForward(const Tensor& out, const Tensor& gate, const Tensor& up);  // (N, I) each
+void SwiGluBackward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
+                    const Tensor& up);
+
+// ---- Embedding (cpu/embedding.h) --------------------------------------------------------------------------
+// out (N, C) (any shape of N * C elements) = table (V, C) rows at ids (N) i32.
+void EmbeddingForward(const Tensor& out, const Tensor& ids, const Tensor& table);
+// dtable (V, C) += dy (N, C) rows scattered to ids (CUDA: dtable f32; its sort workspace from the pool).
+void EmbeddingBackward(const Tensor& dtable, const Tensor& ids, const Tensor& dy);
+
+// ---- Cross-entropy (cpu/cross_entropy.h) ----------------------------------------------------------------
+// Returns the sum over rows whose label is not ignore_index of (logsumexp(row) - row[label]); lse (N)
+// StatsDType saved; logits (N, V); labels (N) i32. CUDA: SYNC POINT (the f32 sum is copied to the host and
+// the stream waited for); a label outside [0, V) gives NaN there (the CPU checks it).
+double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
+                           int64_t ignore_index);
+// dlogits (N, V) = scale * (softmax(row) - onehot(label)), 0 for ignored rows.
+void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+                          const Tensor& labels, int64_t ignore_index, double scale);
+
+// ---- Element-wise (cpu/elementwise.h) ---------------------------------------------------------------------
+Tensor Add(const Tensor& a, const Tensor& b);       // fresh a + b, a's shape
+void AddInPlace(const Tensor& a, const Tensor& b);  // a += b (CUDA also: a f32, b bf16)
+// (N, Ca + Cb) from a (N, Ca) and b (N, Cb) along the last dim (leading dims flattened); Split inverts it.
+Tensor ConcatLastDim(const Tensor& a, const Tensor& b);
+void SplitLastDim(const Tensor& x, const Tensor& a, const Tensor& b);
+void Fill(const Tensor& t, double value);  // CPU: f32/f64/i32/i64; CUDA: f32/bf16
+void Zero(const Tensor& t);                // any dtype
+
+// ---- Router and balance loss (cpu/moe.h, cuda/moe.h) ------------------------------------------------
+// The router's selection fused with its sigmoid, as the CUDA kernel computes it (a GPU twin of the
+// unfused cpu::RouterSelect would need logits it cannot recover from scores):
+//   scores (N, E) = sigmoid(logits (N, E)), then cpu::RouterSelect(topk_index (N, K) i64, topk_weight (N, K),
+//   scores, bias (E), d). scores may alias logits (the router writes them in place). CPU: exactly
+//   cpu::SigmoidForward(scores, logits) then cpu::RouterSelect. CUDA: f32 only.
+void RouterSelect(const Tensor& topk_index, const Tensor& topk_weight, const Tensor& scores,
+                  const Tensor& logits, const Tensor& bias, const RouterDims& d);
+// dlogits (N, E) overwritten = s (1 - s) * (dscores + d(topk_weight)/d(scores)^T . dweight). dweight (N, K);
+// dscores (N, E) an extra score gradient (the balance loss) or an undefined Tensor for none, may alias
+// dlogits; scores and topk_index from RouterSelect. CPU: exactly the router's composition (dlogits = copy
+// of dscores or zeros; cpu::RouterSelectBackward; cpu::SigmoidBackward in place).
+void RouterSelectBackward(const Tensor& dlogits, const Tensor& dweight, const Tensor& dscores,
+                          const Tensor& scores, const Tensor& topk_index, const RouterDims& d);
+// Sequence-wise balance loss of tokens laid out as (batch, seq); scores (B*T, E); topk_index (B*T, K) i64.
+// CUDA: SYNC POINT (the f32 loss is copied to the host).
+double SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq);
+// dscores (B*T, E) += weight * d(SequenceBalanceLoss)/d(scores). CUDA: recomputes the per-sequence expert
+// counts (one pass over topk_index) into pool temporaries; no sync.
+void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, const Tensor& topk_index,
+                                 int64_t batch, int64_t seq, double weight);
+
+// ---- Token permutation and combine (cpu/moe.h) -------------------------------------------------------
+// x_perm (R, H) rows of x (N, H) sorted stably by expert; row_slot (R) i64; counts (E) i64 HOST (E =
+// counts.dim(0)); topk_index (N, K) i64. CUDA: SYNC POINT (the counts come back through the context's
+// pinned buffer, then the stream is waited for: the grouped GEMMs need them on the host).
+void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
+                const Tensor& topk_index);
+// dx (N, H) (=/+=) row t = sum over k of dx_perm row of slot t*K+k; dx_perm (R, H); row_slot (R).
+void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate);
+// out (N, H) row t = sum over k of topk_weight[t, k] * y_perm row of slot t*K+k.
+void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
+// dy_perm (R, H), dweight (N, K) overwritten; dout (N, H); y_perm, row_slot, topk_weight as in MoeCombine.
+void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
+                        const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
+
+// ---- Copies -------------------------------------------------------------------------------------------
+// dst = src (same shape and dtype; any pair of devices). A copy that involves the host is a SYNC POINT
+// (queued on the stream after earlier work, then waited for, so host memory may be reused or read at once);
+// device -> device is queued only.
+void Copy(const Tensor& dst, const Tensor& src);
+Tensor To(const Tensor& x, Device device);  // a fresh copy on `device` (the same device: a clone)
+Tensor Clone(const Tensor& x);              // a fresh copy on x's device
+
+// ---- The CUDA half (framework/ops_cuda.cu) ------------------------------------------------------------
+// Called by ops.cc only, after its device and dtype checks; not an API for layers.
+namespace cuda_impl {
+enum class Form { kNT, kNN, kTN };
+// A fresh CUDA tensor from the current pool, after checking that the pool exists and shares the current
+// OpContext's stream (the condition for the pool's stream-ordered reuse).
+Tensor Empty(const char* op, const Shape& shape, DType dtype);
+void Matmul(Form form, const Tensor& out, const Tensor& x, const Tensor& w, bool accumulate);
+void GroupedMatmul(Form form, const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
+                   bool accumulate);
+void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, double eps);
+void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
+                          const Tensor& rstd);
+void RmsNormBackwardWeight(const Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& rstd);
+void Rope(bool backward, const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin,
+          bool interleaved);
+void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                            const Tensor& v, double scale);
+void CausalAttentionBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                             const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                             const Tensor& lse, double scale);
+void SigmoidForward(const Tensor& out, const Tensor& x);
+void SigmoidBackward(const Tensor& dx, const Tensor& dy, const Tensor& y);
+void SwiGluForward(const Tensor& out, const Tensor& gate, const Tensor& up);
+void SwiGluBackward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
+                    const Tensor& up);
+void EmbeddingForward(const Tensor& out, const Tensor& ids, const Tensor& table);
+void EmbeddingBackward(const Tensor& dtable, const Tensor& ids, const Tensor& dy);
+double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
+                           int64_t ignore_index);
+void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+                          const Tensor& labels, int64_t ignore_index, double scale);
+Tensor Add(const Tensor& a, const Tensor& b);
+void AddInPlace(const Tensor& a, const Tensor& b);
+Tensor ConcatLastDim(const Tensor& a, const Tensor& b);
+void SplitLastDim(const Tensor& x, const Tensor& a, const Tensor& b);
+void Fill(const Tensor& t, double value);
+void Zero(const Tensor& t);
+void RouterSelect(const Tensor& topk_index, const Tensor& topk_weight, const Tensor& scores,
+                  const Tensor& logits, const Tensor& bias, const RouterDims& d);
+void RouterSelectBackward(const Tensor& dlogits, const Tensor& dweight, const Tensor& dscores,
+                          const Tensor& scores, const Tensor& topk_index, const RouterDims& d);
+double SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq);
+void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, const Tensor& topk_index,
+                                 int64_t batch, int64_t seq, double weight);
+void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
+                const Tensor& topk_index);
+void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate);
+void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
+void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
+                        const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
+void Copy(const Tensor& dst, const Tensor& src);
+}  // namespace cuda_impl
+
+}  // namespace fathom::ops
+
+#endif  // FATHOM_FRAMEWORK_OPS_H_
