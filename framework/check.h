@@ -21,11 +21,11 @@ std::string StreamCat(const Args&... args) {
 }  // namespace fathom
 
 // FATHOM_CHECK(cond, "[op] what was wrong ", value, ...): the message pieces are only built on failure.
-#define FATHOM_CHECK(cond, ...)                                                              \
-  do {                                                                                       \
-    if (!(cond)) [[unlikely]] {                                                              \
-      ::fathom::CheckFailed(__FILE__, __LINE__, #cond, ::fathom::StreamCat(__VA_ARGS__));    \
-    }                                                                                        \
+#define FATHOM_CHECK(cond, ...)                                                           \
+  do {                                                                                    \
+    if (!(cond)) [[unlikely]] {                                                           \
+      ::fathom::CheckFailed(__FILE__, __LINE__, #cond, ::fathom::StreamCat(__VA_ARGS__)); \
+    }                                                                                     \
   } while (0)
 
 #endif  // FATHOM_FRAMEWORK_CHECK_H_

@@ -353,8 +353,8 @@ absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
   if (!stage_layers.empty()) {
     if (static_cast<int64_t>(stage_layers.size()) != stages) {
       return Invalid(absl::StrCat("parallel.stage_layers has ", stage_layers.size(),
-                                  stage_layers.size() == 1 ? " entry" : " entries", ", must have ", stages_name,
-                                  " (", stages, ") for parallel.schedule ", schedule));
+                                  stage_layers.size() == 1 ? " entry" : " entries", ", must have ",
+                                  stages_name, " (", stages, ") for parallel.schedule ", schedule));
     }
     int64_t sum = 0;
     for (size_t i = 0; i < stage_layers.size(); ++i) {

@@ -29,12 +29,12 @@ struct RopeScalingConfig {
 struct ModelConfig {
   int64_t vocab_size = 256;
   int64_t hidden_size = 64;
-  int64_t intermediate_size = 128;       // dense MLP of the first `first_k_dense_replace` layers
-  int64_t moe_intermediate_size = 32;    // each routed expert, and each shared expert
+  int64_t intermediate_size = 128;     // dense MLP of the first `first_k_dense_replace` layers
+  int64_t moe_intermediate_size = 32;  // each routed expert, and each shared expert
   int64_t num_hidden_layers = 2;
   int64_t first_k_dense_replace = 1;
   int64_t num_attention_heads = 4;
-  int64_t q_lora_rank = 0;               // 0 (HF: null) = a single q_proj
+  int64_t q_lora_rank = 0;  // 0 (HF: null) = a single q_proj
   int64_t kv_lora_rank = 32;
   int64_t qk_nope_head_dim = 16;
   int64_t qk_rope_head_dim = 8;
@@ -85,28 +85,28 @@ struct OptimConfig {
   double lr = 3e-3;
   double min_lr = 3e-4;
   int64_t warmup_steps = 20;
-  int64_t constant_steps = 0;         // at peak lr after warmup, before the decay
-  int64_t decay_steps = -1;           // -1: until the last step
-  std::string decay_style = "cosine"; // cosine | linear | constant
+  int64_t constant_steps = 0;          // at peak lr after warmup, before the decay
+  int64_t decay_steps = -1;            // -1: until the last step
+  std::string decay_style = "cosine";  // cosine | linear | constant
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;
   double weight_decay = 0.1;
-  double grad_clip = 1.0;             // global L2 norm; 0 disables
-  std::string moment_dtype = "f32";   // f32 | bf16
-  double bias_update_speed = 0.001;   // gamma of the auxiliary-loss-free bias update; 0 disables
+  double grad_clip = 1.0;            // global L2 norm; 0 disables
+  std::string moment_dtype = "f32";  // f32 | bf16
+  double bias_update_speed = 0.001;  // gamma of the auxiliary-loss-free bias update; 0 disables
   absl::Status Validate() const;
 };
 
 struct LossConfig {
-  double mtp_lambda = 0.3;            // lambda of the report's MTP loss
-  double balance_alpha = 1e-4;        // alpha of the sequence-wise balance loss
+  double mtp_lambda = 0.3;      // lambda of the report's MTP loss
+  double balance_alpha = 1e-4;  // alpha of the sequence-wise balance loss
   int64_t ignore_index = -100;
   absl::Status Validate() const;
 };
 
 struct DataConfig {
-  std::string source = "demo";        // demo (embedded corpus) | synthetic
+  std::string source = "demo";  // demo (embedded corpus) | synthetic
   absl::Status Validate(const ModelConfig& model) const;
 };
 
@@ -123,8 +123,7 @@ struct Recipe {
 
 // Reads a recipe, applies `overrides` ("section.key=value", value parsed as YAML) and validates.
 // Errors: NotFound for a missing file; InvalidArgument naming the key for everything else.
-absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
-                                  const std::vector<std::string>& overrides = {});
+absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides = {});
 absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& origin,
                                    const std::vector<std::string>& overrides = {});
 

@@ -77,7 +77,7 @@ inline Fp8E5M2 FloatToE5M2(float f) {
   uint32_t u = FloatBits(f);
   uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
   uint32_t a = u & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return Fp8E5M2{static_cast<uint8_t>(sign | 0x7F)};  // NaN
+  if (a > 0x7F800000u) return Fp8E5M2{static_cast<uint8_t>(sign | 0x7F)};   // NaN
   if (a >= 0x47800000u) return Fp8E5M2{static_cast<uint8_t>(sign | 0x7C)};  // >= 65536 -> inf
   return Fp8E5M2{static_cast<uint8_t>(sign | numeric_detail::RoundToSmallFloat<2, 15>(a))};
 }

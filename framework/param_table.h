@@ -37,7 +37,7 @@ struct ParamSpec {
   bool weight_decay = true;  // false for norms and the expert bias
   int layer = -1;            // HF decoder-layer index (MTP modules continue after the main layers)
   int expert_begin = 0;
-  int64_t offset = 0;        // element offset into the flat buffers; set by Finalize
+  int64_t offset = 0;  // element offset into the flat buffers; set by Finalize
 };
 
 class ParamTable {

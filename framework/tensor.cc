@@ -79,11 +79,20 @@ Tensor Tensor::FromVector(const std::vector<double>& values, const Shape& shape,
   Tensor t = Empty(shape, dtype);
   for (size_t i = 0; i < values.size(); ++i) {
     switch (dtype) {
-      case DType::kF32: t.data<float>()[i] = static_cast<float>(values[i]); break;
-      case DType::kF64: t.data<double>()[i] = values[i]; break;
-      case DType::kI32: t.data<int32_t>()[i] = static_cast<int32_t>(values[i]); break;
-      case DType::kI64: t.data<int64_t>()[i] = static_cast<int64_t>(values[i]); break;
-      default: FATHOM_CHECK(false, "FromVector: unsupported dtype ", DTypeName(dtype));
+      case DType::kF32:
+        t.data<float>()[i] = static_cast<float>(values[i]);
+        break;
+      case DType::kF64:
+        t.data<double>()[i] = values[i];
+        break;
+      case DType::kI32:
+        t.data<int32_t>()[i] = static_cast<int32_t>(values[i]);
+        break;
+      case DType::kI64:
+        t.data<int64_t>()[i] = static_cast<int64_t>(values[i]);
+        break;
+      default:
+        FATHOM_CHECK(false, "FromVector: unsupported dtype ", DTypeName(dtype));
     }
   }
   return t;
@@ -135,25 +144,42 @@ void Tensor::Fill(double v) {
   FATHOM_CHECK(device_ == Device::kCPU, "host-side tensor operation on a ", DeviceName(device_), " tensor");
   int64_t n = numel();
   switch (dtype_) {
-    case DType::kF32: for (int64_t i = 0; i < n; ++i) data<float>()[i] = static_cast<float>(v); break;
-    case DType::kF64: for (int64_t i = 0; i < n; ++i) data<double>()[i] = v; break;
-    case DType::kI32: for (int64_t i = 0; i < n; ++i) data<int32_t>()[i] = static_cast<int32_t>(v); break;
-    case DType::kI64: for (int64_t i = 0; i < n; ++i) data<int64_t>()[i] = static_cast<int64_t>(v); break;
-    default: FATHOM_CHECK(false, "Fill: unsupported dtype ", DTypeName(dtype_));
+    case DType::kF32:
+      for (int64_t i = 0; i < n; ++i) data<float>()[i] = static_cast<float>(v);
+      break;
+    case DType::kF64:
+      for (int64_t i = 0; i < n; ++i) data<double>()[i] = v;
+      break;
+    case DType::kI32:
+      for (int64_t i = 0; i < n; ++i) data<int32_t>()[i] = static_cast<int32_t>(v);
+      break;
+    case DType::kI64:
+      for (int64_t i = 0; i < n; ++i) data<int64_t>()[i] = static_cast<int64_t>(v);
+      break;
+    default:
+      FATHOM_CHECK(false, "Fill: unsupported dtype ", DTypeName(dtype_));
   }
 }
 
 double Tensor::Item(int64_t i) const {
-  FATHOM_CHECK(device_ == Device::kCPU, "Item() of a ", DeviceName(device_), " tensor: copy it to the host first");
+  FATHOM_CHECK(device_ == Device::kCPU, "Item() of a ", DeviceName(device_),
+               " tensor: copy it to the host first");
   FATHOM_CHECK(i >= 0 && i < numel(), "Item(", i, ") of ", shape_str());
   switch (dtype_) {
-    case DType::kF32: return static_cast<const float*>(data_)[i];
-    case DType::kF64: return static_cast<const double*>(data_)[i];
-    case DType::kBF16: return Bf16ToFloat(static_cast<const Bf16*>(data_)[i]);
-    case DType::kF8E4M3: return E4M3ToFloat(static_cast<const Fp8E4M3*>(data_)[i]);
-    case DType::kF8E5M2: return E5M2ToFloat(static_cast<const Fp8E5M2*>(data_)[i]);
-    case DType::kI32: return static_cast<const int32_t*>(data_)[i];
-    case DType::kI64: return static_cast<double>(static_cast<const int64_t*>(data_)[i]);
+    case DType::kF32:
+      return static_cast<const float*>(data_)[i];
+    case DType::kF64:
+      return static_cast<const double*>(data_)[i];
+    case DType::kBF16:
+      return Bf16ToFloat(static_cast<const Bf16*>(data_)[i]);
+    case DType::kF8E4M3:
+      return E4M3ToFloat(static_cast<const Fp8E4M3*>(data_)[i]);
+    case DType::kF8E5M2:
+      return E5M2ToFloat(static_cast<const Fp8E5M2*>(data_)[i]);
+    case DType::kI32:
+      return static_cast<const int32_t*>(data_)[i];
+    case DType::kI64:
+      return static_cast<double>(static_cast<const int64_t*>(data_)[i]);
   }
   return 0;
 }
@@ -166,13 +192,27 @@ Tensor Tensor::To(DType dtype) const {
   for (int64_t i = 0; i < n; ++i) {
     double v = Item(i);
     switch (dtype) {
-      case DType::kF32: t.data<float>()[i] = static_cast<float>(v); break;
-      case DType::kF64: t.data<double>()[i] = v; break;
-      case DType::kBF16: t.data<Bf16>()[i] = FloatToBf16(static_cast<float>(v)); break;
-      case DType::kF8E4M3: t.data<Fp8E4M3>()[i] = FloatToE4M3(static_cast<float>(v)); break;
-      case DType::kF8E5M2: t.data<Fp8E5M2>()[i] = FloatToE5M2(static_cast<float>(v)); break;
-      case DType::kI32: t.data<int32_t>()[i] = static_cast<int32_t>(v); break;
-      case DType::kI64: t.data<int64_t>()[i] = static_cast<int64_t>(v); break;
+      case DType::kF32:
+        t.data<float>()[i] = static_cast<float>(v);
+        break;
+      case DType::kF64:
+        t.data<double>()[i] = v;
+        break;
+      case DType::kBF16:
+        t.data<Bf16>()[i] = FloatToBf16(static_cast<float>(v));
+        break;
+      case DType::kF8E4M3:
+        t.data<Fp8E4M3>()[i] = FloatToE4M3(static_cast<float>(v));
+        break;
+      case DType::kF8E5M2:
+        t.data<Fp8E5M2>()[i] = FloatToE5M2(static_cast<float>(v));
+        break;
+      case DType::kI32:
+        t.data<int32_t>()[i] = static_cast<int32_t>(v);
+        break;
+      case DType::kI64:
+        t.data<int64_t>()[i] = static_cast<int64_t>(v);
+        break;
     }
   }
   return t;

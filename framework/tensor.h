@@ -25,13 +25,34 @@ int64_t NumElements(const Shape& s);
 
 template <class T>
 struct DTypeOf;
-template <> struct DTypeOf<float> { static constexpr DType value = DType::kF32; };
-template <> struct DTypeOf<double> { static constexpr DType value = DType::kF64; };
-template <> struct DTypeOf<Bf16> { static constexpr DType value = DType::kBF16; };
-template <> struct DTypeOf<Fp8E4M3> { static constexpr DType value = DType::kF8E4M3; };
-template <> struct DTypeOf<Fp8E5M2> { static constexpr DType value = DType::kF8E5M2; };
-template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::kI32; };
-template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::kI64; };
+template <>
+struct DTypeOf<float> {
+  static constexpr DType value = DType::kF32;
+};
+template <>
+struct DTypeOf<double> {
+  static constexpr DType value = DType::kF64;
+};
+template <>
+struct DTypeOf<Bf16> {
+  static constexpr DType value = DType::kBF16;
+};
+template <>
+struct DTypeOf<Fp8E4M3> {
+  static constexpr DType value = DType::kF8E4M3;
+};
+template <>
+struct DTypeOf<Fp8E5M2> {
+  static constexpr DType value = DType::kF8E5M2;
+};
+template <>
+struct DTypeOf<int32_t> {
+  static constexpr DType value = DType::kI32;
+};
+template <>
+struct DTypeOf<int64_t> {
+  static constexpr DType value = DType::kI64;
+};
 
 class Tensor {
  public:
@@ -67,15 +88,15 @@ class Tensor {
     return static_cast<T*>(data_);
   }
 
-  Tensor Reshape(const Shape& shape) const;             // same elements, new shape
-  Tensor Rows(int64_t begin, int64_t end) const;        // rows [begin, end) of dim 0, shared memory
-  Tensor Flatten2D() const;                             // (prod of leading dims, last dim)
-  Tensor Clone() const;                                 // deep copy, CPU
-  Tensor To(DType dtype) const;                         // converting copy, CPU (f32/f64/bf16)
-  void CopyFrom(const Tensor& src);                     // same shape and dtype, CPU
+  Tensor Reshape(const Shape& shape) const;       // same elements, new shape
+  Tensor Rows(int64_t begin, int64_t end) const;  // rows [begin, end) of dim 0, shared memory
+  Tensor Flatten2D() const;                       // (prod of leading dims, last dim)
+  Tensor Clone() const;                           // deep copy, CPU
+  Tensor To(DType dtype) const;                   // converting copy, CPU (f32/f64/bf16)
+  void CopyFrom(const Tensor& src);               // same shape and dtype, CPU
   void Zero();
-  void Fill(double v);                                  // f32/f64/i32/i64
-  double Item(int64_t flat_index) const;                // element as double (any numeric dtype)
+  void Fill(double v);                    // f32/f64/i32/i64
+  double Item(int64_t flat_index) const;  // element as double (any numeric dtype)
 
  private:
   std::shared_ptr<void> owner_;

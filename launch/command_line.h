@@ -14,9 +14,9 @@
 namespace fathom {
 
 struct CommandLine {
-  std::string recipe;                         // the one positional argument
-  std::vector<std::string> overrides;         // every --set value (also --set=value), in order
-  std::map<std::string, std::string> options; // "--cluster" -> "recipes/clusters/h800-2048.yaml"
+  std::string recipe;                          // the one positional argument
+  std::vector<std::string> overrides;          // every --set value (also --set=value), in order
+  std::map<std::string, std::string> options;  // "--cluster" -> "recipes/clusters/h800-2048.yaml"
 };
 
 // `options`: the value-taking options this command accepts besides --set ("--cluster", "--out", ...).

@@ -25,10 +25,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
   }
   const MeshLayout& layout = mesh.layout();
   if (layout.pp() != recipe.parallel.pp || layout.ep() != recipe.parallel.ep) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: the mesh (pp %d, ep %d) does not match parallel.pp=%d, "
-                                                      "parallel.ep=%d",
-                                                      recipe.path, layout.pp(), layout.ep(), recipe.parallel.pp,
-                                                      recipe.parallel.ep));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: the mesh (pp %d, ep %d) does not match parallel.pp=%d, "
+                        "parallel.ep=%d",
+                        recipe.path, layout.pp(), layout.ep(), recipe.parallel.pp, recipe.parallel.ep));
   }
   absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(recipe.parallel.schedule);
   if (!kind.ok()) return kind.status();
@@ -38,11 +38,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
         "single-chunk schedules 1f1b and zb1p (`fathom simulate` models %s)",
         recipe.path, recipe.parallel.schedule, recipe.parallel.schedule));
   }
-  if (absl::Status s = CheckScheduleShape(*kind, layout.pp(), static_cast<int>(recipe.parallel.micro_batches));
+  if (absl::Status s =
+          CheckScheduleShape(*kind, layout.pp(), static_cast<int>(recipe.parallel.micro_batches));
       !s.ok()) {
     return s;
   }
-  absl::StatusOr<std::vector<int64_t>> stages = SplitStages(recipe.model, recipe.parallel, recipe.train.seq_len);
+  absl::StatusOr<std::vector<int64_t>> stages =
+      SplitStages(recipe.model, recipe.parallel, recipe.train.seq_len);
   if (!stages.ok()) return stages.status();
 
   std::vector<int32_t> tokens;
@@ -75,7 +77,9 @@ Trainer::Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> to
   slice.experts = PlaceExperts(experts, ep, c.ep_rank);
   if (ep > 1) {
     Communicator* ep_comm = &mesh.ep();
-    slice.make_exchange = [ep_comm, experts]() { return std::make_unique<CommExpertExchange>(ep_comm, experts); };
+    slice.make_exchange = [ep_comm, experts]() {
+      return std::make_unique<CommExpertExchange>(ep_comm, experts);
+    };
   }
   model_ = std::make_unique<Model>(recipe_.model, recipe_.loss, slice);
   model_->Finalize(recipe_.train.dtype == "f64" ? DType::kF64 : DType::kF32, recipe_.train.seed);
@@ -87,9 +91,11 @@ Trainer::Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> to
     const ParamSpec& e = model_->params().spec(model_->embedding_id());
     exclude.push_back({e.offset, e.offset + NumElements(e.shape)});
   }
-  optimizer_ = std::make_unique<ZeroOptimizer>(model_->params(), recipe_.optim, mesh.dp(), mesh.edp(), exclude);
+  optimizer_ =
+      std::make_unique<ZeroOptimizer>(model_->params(), recipe_.optim, mesh.dp(), mesh.edp(), exclude);
   executor_ = std::make_unique<PipelineExecutor>(
-      *model_, mesh.pp(), Shape{recipe_.train.micro_batch_size, recipe_.train.seq_len, recipe_.model.hidden_size});
+      *model_, mesh.pp(),
+      Shape{recipe_.train.micro_batch_size, recipe_.train.seq_len, recipe_.model.hidden_size});
 }
 
 MicroBatch Trainer::SampleMicroBatch(int64_t step, int mb) const {
@@ -99,7 +105,8 @@ MicroBatch Trainer::SampleMicroBatch(int64_t step, int mb) const {
   const int64_t first = (mesh_.coord().dp_rank * recipe_.parallel.micro_batches + mb) * b;
   MicroBatch batch{Tensor::Empty({b, t}, DType::kI32), Tensor::Empty({b, t}, DType::kI32)};
   for (int64_t s = 0; s < b; ++s) {
-    sampler_->Sample(step, first + s, batch.input_ids.data<int32_t>() + s * t, batch.labels.data<int32_t>() + s * t);
+    sampler_->Sample(step, first + s, batch.input_ids.data<int32_t>() + s * t,
+                     batch.labels.data<int32_t>() + s * t);
   }
   return batch;
 }
@@ -166,9 +173,10 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   st.step = step;
   st.grad_norm = std::sqrt(SumOver(mesh_.world(), {optimizer_->LocalNormSquared()})[0]);
   if (!std::isfinite(st.grad_norm)) {
-    return absl::InternalError(absl::StrFormat(
-        "step %d: the global gradient norm is %f: training diverged; lower optim.lr or raise optim.warmup_steps",
-        step + 1, st.grad_norm));
+    return absl::InternalError(
+        absl::StrFormat("step %d: the global gradient norm is %f: training diverged; lower optim.lr or raise "
+                        "optim.warmup_steps",
+                        step + 1, st.grad_norm));
   }
   st.lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
   optimizer_->Step(st.lr, st.grad_norm, recipe_.optim.grad_clip);
@@ -226,12 +234,14 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
       recipe_.parallel.micro_batches * recipe_.train.micro_batch_size * mesh_.layout().dp();
   if (logs) {
     std::string split;
-    for (size_t s = 0; s < stage_layers_.size(); ++s) split += (s ? "+" : "") + std::to_string(stage_layers_[s]);
+    for (size_t s = 0; s < stage_layers_.size(); ++s)
+      split += (s ? "+" : "") + std::to_string(stage_layers_[s]);
     log << absl::StrFormat(
         "fathom train %s: %d layers (%d dense), %d routed experts top-%d, MTP depth %d, %s; stage layers %s; "
         "%d sequences x %d tokens per step, %d steps\n",
-        recipe_.path, mc.num_hidden_layers, mc.first_k_dense_replace, mc.n_routed_experts, mc.num_experts_per_tok,
-        mc.num_nextn_predict_layers, recipe_.train.dtype, split, global_sequences, recipe_.train.seq_len, steps);
+        recipe_.path, mc.num_hidden_layers, mc.first_k_dense_replace, mc.n_routed_experts,
+        mc.num_experts_per_tok, mc.num_nextn_predict_layers, recipe_.train.dtype, split, global_sequences,
+        recipe_.train.seq_len, steps);
   }
   std::vector<StepStats> all;
   auto start = std::chrono::steady_clock::now();
@@ -256,7 +266,8 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     log << absl::StrFormat(
         "summary: %d steps, %.0f tokens in %.1f s (%.0f tok/s); lm loss %.4f -> %.4f (mean of first/last %d "
         "steps), ln(vocab) = %.4f\n",
-        steps, tokens, seconds, tokens / seconds, first, last, window, std::log(static_cast<double>(mc.vocab_size)));
+        steps, tokens, seconds, tokens / seconds, first, last, window,
+        std::log(static_cast<double>(mc.vocab_size)));
   }
   return all;
 }

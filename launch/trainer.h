@@ -26,14 +26,14 @@ namespace fathom {
 
 struct StepStats {
   int64_t step = 0;
-  double lm_loss = 0;       // main next-token loss (mean over the step's valid labels)
-  double mtp_loss = 0;      // mean over depths of the MTP losses (0 without MTP)
-  double balance = 0;       // balance statistic sum_i f_i P_i, mean over MoE layers and sequences (1 = even)
-  double loss = 0;          // the optimised total: lm + lambda * mtp + alpha * sum over layers of balance
+  double lm_loss = 0;   // main next-token loss (mean over the step's valid labels)
+  double mtp_loss = 0;  // mean over depths of the MTP losses (0 without MTP)
+  double balance = 0;   // balance statistic sum_i f_i P_i, mean over MoE layers and sequences (1 = even)
+  double loss = 0;      // the optimised total: lm + lambda * mtp + alpha * sum over layers of balance
   double lr = 0;
-  double grad_norm = 0;     // before clipping
+  double grad_norm = 0;  // before clipping
   double tokens_per_s = 0;
-  double load_max_over_mean = 0;  // worst MoE layer's busiest expert over the mean load
+  double load_max_over_mean = 0;                   // worst MoE layer's busiest expert over the mean load
   std::vector<std::vector<int64_t>> expert_loads;  // this stage's MoE layers, global counts of the step
 };
 
@@ -51,7 +51,8 @@ class Trainer {
   const std::vector<int64_t>& stage_layers() const { return stage_layers_; }
 
  private:
-  Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> tokens, std::vector<int64_t> stage_layers);
+  Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> tokens,
+          std::vector<int64_t> stage_layers);
   MicroBatch SampleMicroBatch(int64_t step, int mb) const;
 
   Recipe recipe_;

@@ -9,11 +9,16 @@ namespace fathom {
 
 std::string NodeKindName(NodeKind k) {
   switch (k) {
-    case NodeKind::kEmbedding: return "embedding";
-    case NodeKind::kDenseBlock: return "dense block";
-    case NodeKind::kMoeBlock: return "moe block";
-    case NodeKind::kHead: return "head";
-    case NodeKind::kMtp: return "mtp";
+    case NodeKind::kEmbedding:
+      return "embedding";
+    case NodeKind::kDenseBlock:
+      return "dense block";
+    case NodeKind::kMoeBlock:
+      return "moe block";
+    case NodeKind::kHead:
+      return "head";
+    case NodeKind::kMtp:
+      return "mtp";
   }
   return "?";
 }
@@ -23,7 +28,8 @@ Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
   if (slice_.end_layer < 0) slice_.end_layer = cfg.num_hidden_layers;
   FATHOM_CHECK(0 <= slice_.first_layer && slice_.first_layer <= slice_.end_layer &&
                    slice_.end_layer <= cfg.num_hidden_layers,
-               "model slice layers [", slice_.first_layer, ", ", slice_.end_layer, ") of ", cfg.num_hidden_layers);
+               "model slice layers [", slice_.first_layer, ", ", slice_.end_layer, ") of ",
+               cfg.num_hidden_layers);
   // Every MoE layer gets its own exchange: their per-micro-batch layouts are independent.
   auto exchange = [&]() -> ExpertExchange* {
     if (!slice_.make_exchange) return nullptr;
@@ -46,14 +52,16 @@ Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
   }
   if (!slice_.head) return;
   first = params_.size();
-  head_ = std::make_unique<OutputHead>(params_, "model.norm", cfg.vocab_size, cfg.hidden_size, cfg.rms_norm_eps,
-                                       /*lm_head_id=*/-1, loss.ignore_index);
+  head_ =
+      std::make_unique<OutputHead>(params_, "model.norm", cfg.vocab_size, cfg.hidden_size, cfg.rms_norm_eps,
+                                   /*lm_head_id=*/-1, loss.ignore_index);
   RecordNode(NodeKind::kHead, "head", -1, first);
   for (int k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
     first = params_.size();
     bool moe = cfg.is_moe_layer(cfg.num_hidden_layers + k - 1);
     mtp_.push_back(std::make_unique<MtpModule>(params_, cfg, k, embed_->weight_id(), head_->lm_head_id(),
-                                               loss.ignore_index, slice_.experts, moe ? exchange() : nullptr));
+                                               loss.ignore_index, slice_.experts,
+                                               moe ? exchange() : nullptr));
     RecordNode(NodeKind::kMtp, "mtp " + std::to_string(k), mtp_.back()->layer(), first);
   }
 }
@@ -118,7 +126,8 @@ std::vector<MoE*> Model::moe_layers() {
   return out;
 }
 
-LossNormalizers Model::Normalizers(const std::vector<MicroBatch>& batches, int64_t micro_batches_in_step) const {
+LossNormalizers Model::Normalizers(const std::vector<MicroBatch>& batches,
+                                   int64_t micro_batches_in_step) const {
   LossNormalizers n;
   n.main_tokens = 0;
   const size_t depth = static_cast<size_t>(cfg_.num_nextn_predict_layers);

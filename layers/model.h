@@ -31,8 +31,8 @@ std::string NodeKindName(NodeKind k);
 
 struct GraphNode {
   NodeKind kind;
-  std::string name;        // "embedding", "layer 3 (moe)", "head", "mtp 1"
-  int layer = -1;          // HF layer index for blocks and MTP modules
+  std::string name;  // "embedding", "layer 3 (moe)", "head", "mtp 1"
+  int layer = -1;    // HF layer index for blocks and MTP modules
   std::vector<int> param_ids;
 };
 
@@ -43,9 +43,9 @@ struct MicroBatch {
 
 // Step-wide normalisers (DESIGN: micro-batching must not change the loss).
 struct LossNormalizers {
-  double main_tokens = 1;            // valid main labels in the step
-  std::vector<double> mtp_tokens;    // valid labels per MTP depth in the step
-  double balance_weight = 0;         // alpha / (micro-batches in the step)
+  double main_tokens = 1;          // valid main labels in the step
+  std::vector<double> mtp_tokens;  // valid labels per MTP depth in the step
+  double balance_weight = 0;       // alpha / (micro-batches in the step)
 };
 
 // Per micro-batch sums; the trainer divides by the normalisers.

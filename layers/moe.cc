@@ -76,9 +76,9 @@ void MoE::Route(int mb, Ctx& c, const Tensor& x2) {
   const int64_t* idx = c.routing.topk_index.data<int64_t>();
   for (int64_t i = 0; i < c.routing.topk_index.numel(); ++i) ++expert_load_[idx[i]];
   if (track_margin_) {
-    min_margin_ = std::min(min_margin_, cpu::RouterSelectionMargin(c.routing.scores,
-                                                                   table_->value(router_.bias_id()),
-                                                                   router_.dims()));
+    min_margin_ = std::min(
+        min_margin_,
+        cpu::RouterSelectionMargin(c.routing.scores, table_->value(router_.bias_id()), router_.dims()));
   }
 }
 

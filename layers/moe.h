@@ -27,9 +27,9 @@
 #ifndef FATHOM_LAYERS_MOE_H_
 #define FATHOM_LAYERS_MOE_H_
 
+#include <limits>
 #include <memory>
 #include <string>
-#include <limits>
 #include <vector>
 
 #include "framework/config.h"
@@ -87,12 +87,12 @@ class MoE {
     Tensor row_slot;       // (R) i64 slot t * K + k held by each permuted row
     Tensor counts;         // (E) i64 rows per expert
     // The rows of the local experts (all rows without an exchange), R_local of them grouped by local expert.
-    Tensor x_local;        // (R_local, H)
-    Tensor local_counts;   // (E_local) i64
-    Tensor gate, up, h;    // (R_local, I) expert pre-activations and hidden
-    Tensor y_perm;         // (R, H) expert outputs back in this rank's order, unweighted
-    Tensor dy_local;       // (R_local, H) set by BackwardInput
-    Tensor dgate, dup;     // (R_local, I) set by BackwardInput
+    Tensor x_local;       // (R_local, H)
+    Tensor local_counts;  // (E_local) i64
+    Tensor gate, up, h;   // (R_local, I) expert pre-activations and hidden
+    Tensor y_perm;        // (R, H) expert outputs back in this rank's order, unweighted
+    Tensor dy_local;      // (R_local, H) set by BackwardInput
+    Tensor dgate, dup;    // (R_local, I) set by BackwardInput
   };
 
   // Forward phases.
@@ -100,7 +100,7 @@ class MoE {
   void Permute(Ctx& c, const Tensor& x2);
   void Dispatch(int mb, Ctx& c);        // x_perm -> x_local (communication with an exchange)
   void ComputeExperts(int mb, Ctx& c);  // x_local -> y_perm (back through the exchange)
-  Tensor Combine(Ctx& c);  // (N, H), routed part only
+  Tensor Combine(Ctx& c);               // (N, H), routed part only
   // Backward phases.
   // dy_perm (R, H) -> dx_local (R_local, H); sets c.dy_local, c.dgate, c.dup.
   Tensor ExpertsBackwardInput(int mb, Ctx& c, const Tensor& dy_perm);

@@ -96,8 +96,8 @@ void Regroup(const Tensor& dst, const Tensor& src, const std::vector<std::vector
 Tensor CommExpertExchange::ToExperts(int mb, const Tensor& rows) {
   Layout& l = Get(mb);
   const int64_t width = rows.dim(1);
-  FATHOM_CHECK(rows.dim(0) == Sum(l.send_rows), "[expert exchange] ", rows.shape_str(), " rows, layout sends ",
-               Sum(l.send_rows));
+  FATHOM_CHECK(rows.dim(0) == Sum(l.send_rows), "[expert exchange] ", rows.shape_str(),
+               " rows, layout sends ", Sum(l.send_rows));
   Tensor arrived = Tensor::Empty({Sum(l.recv_rows), width}, rows.dtype());
   comm_->AllToAllV(rows, Scaled(l.send_rows, width), arrived, Scaled(l.recv_rows, width));
   Tensor grouped = Tensor::Empty(arrived.shape(), rows.dtype());

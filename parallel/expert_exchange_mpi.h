@@ -31,9 +31,9 @@ class CommExpertExchange : public ExpertExchange {
 
  private:
   struct Layout {
-    std::vector<int64_t> send_rows;            // (ep) rows this rank sends to each peer
-    std::vector<int64_t> recv_rows;            // (ep) rows this rank receives from each peer
-    std::vector<std::vector<int64_t>> from;    // [src][local expert] rows received
+    std::vector<int64_t> send_rows;          // (ep) rows this rank sends to each peer
+    std::vector<int64_t> recv_rows;          // (ep) rows this rank receives from each peer
+    std::vector<std::vector<int64_t>> from;  // [src][local expert] rows received
   };
   Layout& Get(int mb);
 

@@ -31,24 +31,31 @@ void PipelineExecutor::BackwardInput(int mb) {
   }
 }
 
-LossSums PipelineExecutor::Run(const std::vector<Instruction>& program, const std::vector<MicroBatch>& batches,
-                               const LossNormalizers& norm) {
+LossSums PipelineExecutor::Run(const std::vector<Instruction>& program,
+                               const std::vector<MicroBatch>& batches, const LossNormalizers& norm) {
   LossSums sums;
   sums.mtp_ce.assign(norm.mtp_tokens.size(), 0.0);
   for (const Instruction& ins : program) {
-    FATHOM_CHECK(ins.chunk == 0 && ins.kind != OpKind::kFB, "pipeline executor runs single-chunk schedules; got ",
-                 ToString(ins));
+    FATHOM_CHECK(ins.chunk == 0 && ins.kind != OpKind::kFB,
+                 "pipeline executor runs single-chunk schedules; got ", ToString(ins));
     FATHOM_CHECK(ins.mb >= 0 && ins.mb < static_cast<int>(batches.size()), "instruction ", ToString(ins),
                  " for ", batches.size(), " micro-batches");
     switch (ins.kind) {
-      case OpKind::kF: Forward(ins.mb, batches[ins.mb], norm, &sums); break;
-      case OpKind::kB: BackwardInput(ins.mb); break;
-      case OpKind::kW: model_.BackwardWeight(ins.mb); break;
+      case OpKind::kF:
+        Forward(ins.mb, batches[ins.mb], norm, &sums);
+        break;
+      case OpKind::kB:
+        BackwardInput(ins.mb);
+        break;
+      case OpKind::kW:
+        model_.BackwardWeight(ins.mb);
+        break;
       case OpKind::kBW:
         BackwardInput(ins.mb);
         model_.BackwardWeight(ins.mb);
         break;
-      case OpKind::kFB: break;  // rejected above
+      case OpKind::kFB:
+        break;  // rejected above
     }
   }
   WaitAll(sends_);

@@ -13,16 +13,17 @@ absl::StatusOr<std::vector<int64_t>> SplitStages(const ModelConfig& model, const
   const int64_t pp = parallel.pp, layers = model.num_hidden_layers;
   if (pp < 1 || pp > layers) {
     return absl::InvalidArgumentError(absl::StrCat("parallel.pp (", pp, ") must be between 1 and ",
-                                                   "model.num_hidden_layers (", layers, "): every stage needs a layer"));
+                                                   "model.num_hidden_layers (", layers,
+                                                   "): every stage needs a layer"));
   }
   if (!parallel.stage_layers.empty()) {
     int64_t sum = 0;
     for (int64_t n : parallel.stage_layers) sum += n;
     if (static_cast<int64_t>(parallel.stage_layers.size()) != pp || sum != layers ||
         *std::min_element(parallel.stage_layers.begin(), parallel.stage_layers.end()) < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "parallel.stage_layers must have parallel.pp (", pp, ") entries, each >= 1, summing to ",
-          "model.num_hidden_layers (", layers, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("parallel.stage_layers must have parallel.pp (", pp,
+                                                     ") entries, each >= 1, summing to ",
+                                                     "model.num_hidden_layers (", layers, ")"));
     }
     return parallel.stage_layers;
   }
@@ -30,10 +31,16 @@ absl::StatusOr<std::vector<int64_t>> SplitStages(const ModelConfig& model, const
   double first_extra = 0, last_extra = 0;
   for (const NodeCost& n : BuildCostGraph(model, seq_len)) {
     switch (n.kind) {
-      case CostNodeKind::kEmbedding: first_extra += n.forward_flops(); break;
+      case CostNodeKind::kEmbedding:
+        first_extra += n.forward_flops();
+        break;
       case CostNodeKind::kHead:
-      case CostNodeKind::kMtp: last_extra += n.forward_flops(); break;
-      default: cost[static_cast<size_t>(n.index)] = n.forward_flops(); break;
+      case CostNodeKind::kMtp:
+        last_extra += n.forward_flops();
+        break;
+      default:
+        cost[static_cast<size_t>(n.index)] = n.forward_flops();
+        break;
     }
   }
   // best[s][l]: the smallest possible maximum stage cost when stages 0..s-1 hold layers 0..l-1.

@@ -79,10 +79,11 @@ void ZeroOptimizer::GatherParameters() {
     if (s.chunk == 0) continue;
     const int64_t n = s.comm->size();
     Tensor send = Tensor::Zeros({s.chunk}, table_.dtype());
-    CopyRange(send, 0,
-              Tensor::Wrap(static_cast<char*>(table_.values().raw()) + s.owned.first * DTypeSize(table_.dtype()),
-                           {s.owned.second - s.owned.first}, table_.dtype(), Device::kCPU, nullptr),
-              s.owned.second - s.owned.first);
+    CopyRange(
+        send, 0,
+        Tensor::Wrap(static_cast<char*>(table_.values().raw()) + s.owned.first * DTypeSize(table_.dtype()),
+                     {s.owned.second - s.owned.first}, table_.dtype(), Device::kCPU, nullptr),
+        s.owned.second - s.owned.first);
     Tensor recv = Tensor::Empty({n * s.chunk}, table_.dtype());
     s.comm->AllGather(send, recv);
     CopyRange(table_.values(), s.range.first, recv, s.range.second - s.range.first);

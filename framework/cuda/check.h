@@ -9,18 +9,17 @@
 
 #include "framework/check.h"
 
-#define FATHOM_CUDA_CHECK(call)                                                                  \
-  do {                                                                                           \
-    cudaError_t err_ = (call);                                                                   \
-    FATHOM_CHECK(err_ == cudaSuccess, #call, ": ", cudaGetErrorName(err_), ": ",                 \
-                 cudaGetErrorString(err_));                                                      \
+#define FATHOM_CUDA_CHECK(call)                                                                             \
+  do {                                                                                                      \
+    cudaError_t err_ = (call);                                                                              \
+    FATHOM_CHECK(err_ == cudaSuccess, #call, ": ", cudaGetErrorName(err_), ": ", cudaGetErrorString(err_)); \
   } while (0)
 
-#define FATHOM_CUBLAS_CHECK(call)                                                                \
-  do {                                                                                           \
-    cublasStatus_t st_ = (call);                                                                 \
-    FATHOM_CHECK(st_ == CUBLAS_STATUS_SUCCESS, #call, ": cuBLAS status ", static_cast<int>(st_),   \
-                 " (", cublasLtGetStatusString(st_), ")");                                       \
+#define FATHOM_CUBLAS_CHECK(call)                                                                      \
+  do {                                                                                                 \
+    cublasStatus_t st_ = (call);                                                                       \
+    FATHOM_CHECK(st_ == CUBLAS_STATUS_SUCCESS, #call, ": cuBLAS status ", static_cast<int>(st_), " (", \
+                 cublasLtGetStatusString(st_), ")");                                                   \
   } while (0)
 
 // After a kernel launch: reports launch-configuration errors at the launch site.

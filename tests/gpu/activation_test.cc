@@ -80,7 +80,7 @@ TEST(CudaActivation, SigmoidMatchesCpu) {
     std::mt19937_64 rng(seed);
     const Shape shape{129, 257};
     Tensor x = RandomTensor(shape, DType::kF64, rng, 4.0);
-    x.data<double>()[0] = 120.0;  // exp(-x) underflows
+    x.data<double>()[0] = 120.0;   // exp(-x) underflows
     x.data<double>()[1] = -120.0;  // exp(x) underflows; the naive 1 / (1 + exp(-x)) would overflow exp
     x = RoundTo(x, dtype);
     const Tensor dy = RoundTo(RandomTensor(shape, DType::kF64, rng), dtype);

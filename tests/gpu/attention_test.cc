@@ -8,8 +8,8 @@
 //   bf16 path: 4e-3 for bf16 outputs (out, dq, dk, dv). Each is computed in f32 (error ~1e-6) and rounded to
 //     bf16 once; round-to-nearest moves every element by at most 2^-8 of itself, so the L2 error is at most
 //     2^-8 = 3.9e-3 of the norm, plus the f32 part. lse stays f32 on both paths: 1e-5.
-// The denominator floor of 1 only matters for T = 1, where dq = dk = 0 exactly in f64 (a single key: P = 1 and
-// dS = dout.v - dout.out = 0) and the GPU returns f32 round-off of zero.
+// The denominator floor of 1 only matters for T = 1, where dq = dk = 0 exactly in f64 (a single key: P = 1
+// and dS = dout.v - dout.out = 0) and the GPU returns f32 round-off of zero.
 #include "framework/kernels/cuda/attention.h"
 
 #include <gtest/gtest.h>
@@ -68,7 +68,8 @@ std::string CaseName(const Case& c, DType dtype) {
 }
 
 size_t ArenaBytes(const Case& c) {
-  const size_t qk = static_cast<size_t>(c.b * c.t * c.h * c.dk), v = static_cast<size_t>(c.b * c.t * c.h * c.dv);
+  const size_t qk = static_cast<size_t>(c.b * c.t * c.h * c.dk),
+               v = static_cast<size_t>(c.b * c.t * c.h * c.dv);
   return 4 * (4 * qk + 4 * v + static_cast<size_t>(c.b * c.h * c.t)) + 16 * 256;
 }
 
@@ -115,8 +116,8 @@ void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed) {
   EXPECT_LT(e_dq, tol) << "dq";
   EXPECT_LT(e_dk, tol) << "dk";
   EXPECT_LT(e_dv, tol) << "dv";
-  std::printf("  attention %s: rel err out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", CaseName(c, dtype).c_str(),
-              e_out, e_lse, e_dq, e_dk, e_dv);
+  std::printf("  attention %s: rel err out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n",
+              CaseName(c, dtype).c_str(), e_out, e_lse, e_dq, e_dk, e_dv);
 }
 
 const std::vector<Case>& Cases() {
@@ -124,7 +125,7 @@ const std::vector<Case>& Cases() {
       {1, 1, 1, 192, 128},   // one token
       {2, 77, 3, 192, 128},  // DeepSeek-V3 head dims, T not a multiple of any tile
       {1, 300, 2, 192, 128},
-      {2, 64, 4, 24, 16},    // the tiny recipe's heads, T a multiple of the tiles
+      {2, 64, 4, 24, 16},  // the tiny recipe's heads, T a multiple of the tiles
   };
   return cases;
 }
@@ -239,7 +240,8 @@ TEST(CudaAttention, CausalAndDeterministic) {
   EXPECT_TRUE(rows(base.out, false, 0, t0) == rows(future.out, false, 0, t0));
   EXPECT_TRUE(rows(base.lse, true, 0, t0) == rows(future.lse, true, 0, t0));
   EXPECT_TRUE(rows(base.dq, false, 0, t0) == rows(future.dq, false, 0, t0));
-  EXPECT_FALSE(rows(base.out, false, t0, c.t) == rows(future.out, false, t0, c.t)) << "perturbation had no effect";
+  EXPECT_FALSE(rows(base.out, false, t0, c.t) == rows(future.out, false, t0, c.t))
+      << "perturbation had no effect";
 
   const Run past = run(perturb(q.Clone(), 0, t0), k, v, perturb(dout.Clone(), 0, t0));
   EXPECT_TRUE(rows(base.dk, false, t0, c.t) == rows(past.dk, false, t0, c.t));

@@ -1,6 +1,6 @@
 // CUDA fused chunked cross-entropy (framework/kernels/cuda/cross_entropy.h) against the CPU twin run in f64
-// on the same (dtype-rounded) logits: lse, per-row losses, the loss sum, and dlogits written in place over the
-// logits (bitwise equal to the out-of-place result), for the benchmark vocabulary 32768, DeepSeek-V3's
+// on the same (dtype-rounded) logits: lse, per-row losses, the loss sum, and dlogits written in place over
+// the logits (bitwise equal to the out-of-place result), for the benchmark vocabulary 32768, DeepSeek-V3's
 // 129280 (a single row and a small row block), odd V, ignored rows; and NaN for an out-of-range label.
 //
 // Tolerances: lse, row losses and the loss sum are f32 on both paths: 1e-5 relative (f32 sums over <= 253

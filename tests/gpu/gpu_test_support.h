@@ -13,11 +13,11 @@
 #include "framework/tensor.h"
 #include "gtest/gtest.h"
 
-#define FATHOM_REQUIRE_GPU()                                                                   \
-  do {                                                                                         \
-    if (::fathom::cuda::DeviceCount() == 0) {                                                  \
+#define FATHOM_REQUIRE_GPU()                                                                     \
+  do {                                                                                           \
+    if (::fathom::cuda::DeviceCount() == 0) {                                                    \
       GTEST_SKIP() << "no CUDA device visible: GPU tests run on the GPU machine (ctest -L gpu)"; \
-    }                                                                                          \
+    }                                                                                            \
   } while (0)
 
 namespace fathom::testing {

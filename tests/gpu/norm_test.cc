@@ -48,8 +48,8 @@ void CheckCase(int64_t n, int64_t c, DType xt, DType wt, uint64_t seed) {
   const double tol = xt == DType::kF32 ? 1e-5 : 4e-3;
 
   const Shape ws_shape = cuda::RmsNormBackwardWeightWorkspaceShape(n, c);
-  cuda::DeviceArena arena("norm_test", 4 * static_cast<size_t>(6 * n * c + 4 * c + n + NumElements(ws_shape)) +
-                                           16 * 256);
+  cuda::DeviceArena arena("norm_test",
+                          4 * static_cast<size_t>(6 * n * c + 4 * c + n + NumElements(ws_shape)) + 16 * 256);
   const Tensor x_d = Upload(arena, x, xt), w_d = Upload(arena, w, wt), dy_d = Upload(arena, dy, xt);
   const Tensor out_d = arena.Alloc({n, c}, xt), rstd_d = arena.Alloc({n}, DType::kF32);
   const Tensor dx_d = arena.Alloc({n, c}, xt), ws_d = arena.Alloc(ws_shape, DType::kF32);
@@ -86,8 +86,8 @@ void CheckCase(int64_t n, int64_t c, DType xt, DType wt, uint64_t seed) {
 TEST(CudaRmsNorm, MatchesCpu) {
   FATHOM_REQUIRE_GPU();
   const uint64_t seed = TestSeed();
-  const std::pair<int64_t, int64_t> shapes[] = {{37, 64}, {300, 100}, {129, 512}, {5, 1536}, {300, 7168},
-                                                {1, 7168}, {3, 32}};
+  const std::pair<int64_t, int64_t> shapes[] = {{37, 64},    {300, 100}, {129, 512}, {5, 1536},
+                                                {300, 7168}, {1, 7168},  {3, 32}};
   for (const auto& [n, c] : shapes) {
     CheckCase(n, c, DType::kF32, DType::kF32, seed);
     CheckCase(n, c, DType::kBF16, DType::kBF16, seed);

@@ -53,8 +53,8 @@ struct Case {
 
 void CheckCase(const Case& c, DType dtype, bool interleaved, uint64_t seed) {
   const std::string name = "(B, T, H, W, d) = (" + std::to_string(c.b) + ", " + std::to_string(c.t) + ", " +
-                           std::to_string(c.h) + ", " + std::to_string(c.w) + ", " + std::to_string(c.d) + ") " +
-                           std::string(DTypeName(dtype)) + (interleaved ? " interleaved" : " half");
+                           std::to_string(c.h) + ", " + std::to_string(c.w) + ", " + std::to_string(c.d) +
+                           ") " + std::string(DTypeName(dtype)) + (interleaved ? " interleaved" : " half");
   SCOPED_TRACE("seed " + std::to_string(seed) + " " + name);
   std::mt19937_64 rng(seed);
   const RopeTable table(YarnConfig(c.d), c.t + 3);  // tables may be longer than the sequence
@@ -63,7 +63,8 @@ void CheckCase(const Case& c, DType dtype, bool interleaved, uint64_t seed) {
   const Tensor g = RoundTo(RandomTensor(shape, DType::kF64, rng), dtype);
   const double tol = dtype == DType::kF32 ? 1e-5 : 4e-3;
 
-  cuda::DeviceArena arena("rope_test", 6 * static_cast<size_t>(x.numel()) * 4 + 2 * table.cos().nbytes() + 4096);
+  cuda::DeviceArena arena("rope_test",
+                          6 * static_cast<size_t>(x.numel()) * 4 + 2 * table.cos().nbytes() + 4096);
   const Tensor cos_d = Upload(arena, table.cos()), sin_d = Upload(arena, table.sin());
   const Tensor x_d = Upload(arena, x.To(dtype)), g_d = Upload(arena, g.To(dtype));
   const Tensor out_d = arena.Alloc(shape, dtype), dx_d = arena.Alloc(shape, dtype);

@@ -1,9 +1,10 @@
 // Trainer behaviour: the same seed reproduces the same losses bit for bit; another seed does not;
 // micro-batching does not change the step (same loss and same update as one big micro-batch).
+#include "launch/trainer.h"
+
 #include <sstream>
 
 #include "gtest/gtest.h"
-#include "launch/trainer.h"
 
 namespace fathom {
 namespace {

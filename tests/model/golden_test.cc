@@ -99,7 +99,8 @@ INSTANTIATE_TEST_SUITE_P(Configs, Golden,
                          ::testing::Combine(::testing::Values("yarn_nolora", "lora_groups"),
                                             ::testing::Values(DType::kF32, DType::kF64)),
                          [](const auto& info) {
-                           return std::get<0>(info.param) + "_" + std::string(DTypeName(std::get<1>(info.param)));
+                           return std::get<0>(info.param) + "_" +
+                                  std::string(DTypeName(std::get<1>(info.param)));
                          });
 
 }  // namespace

@@ -21,10 +21,10 @@ namespace fathom {
 namespace {
 
 Recipe EquivalenceRecipe(int64_t pp, int64_t ep, int64_t micro_batches) {
-  absl::StatusOr<Recipe> r = LoadRecipe(FATHOM_SOURCE_DIR "/recipes/tiny.yaml",
-                                        {"model.num_hidden_layers=4", "train.seq_len=16", "train.micro_batch_size=2",
-                                         "train.steps=3", "optim.warmup_steps=1", "loss.balance_alpha=0.01",
-                                         "optim.bias_update_speed=0.01"});
+  absl::StatusOr<Recipe> r = LoadRecipe(
+      FATHOM_SOURCE_DIR "/recipes/tiny.yaml",
+      {"model.num_hidden_layers=4", "train.seq_len=16", "train.micro_batch_size=2", "train.steps=3",
+       "optim.warmup_steps=1", "loss.balance_alpha=0.01", "optim.bias_update_speed=0.01"});
   FATHOM_CHECK(r.ok(), r.status().ToString());
   r->parallel.pp = pp;
   r->parallel.ep = ep;

@@ -38,8 +38,8 @@ double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor
   });
 }
 
-void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse, const Tensor& labels,
-                          int64_t ignore_index, double scale) {
+void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+                          const Tensor& labels, int64_t ignore_index, double scale) {
   const int64_t n = logits.dim(0), v = logits.dim(1);
   DispatchFloat(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);

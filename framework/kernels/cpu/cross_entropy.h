@@ -12,10 +12,11 @@ namespace fathom::cpu {
 
 // logits (N, V) f32/f64; labels (N) i32, `ignore_index` rows contribute nothing.
 // Returns sum over valid rows of (logsumexp(row) - row[label]) in double; lse (N) saved for the backward.
-double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels, int64_t ignore_index);
+double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
+                           int64_t ignore_index);
 // dlogits (N, V) = scale * (softmax(row) - onehot(label)) for valid rows, 0 for ignored rows.
-void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse, const Tensor& labels,
-                          int64_t ignore_index, double scale);
+void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+                          const Tensor& labels, int64_t ignore_index, double scale);
 int64_t CountValidLabels(const Tensor& labels, int64_t ignore_index);
 
 }  // namespace fathom::cpu

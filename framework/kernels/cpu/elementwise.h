@@ -6,8 +6,8 @@
 
 namespace fathom::cpu {
 
-Tensor Add(const Tensor& a, const Tensor& b);        // fresh a + b
-void AddInPlace(const Tensor& a, const Tensor& b);   // a += b
+Tensor Add(const Tensor& a, const Tensor& b);       // fresh a + b
+void AddInPlace(const Tensor& a, const Tensor& b);  // a += b
 // out (N, Ca + Cb) = [a (N, Ca), b (N, Cb)] along the last dim; SplitLastDim is its inverse.
 Tensor ConcatLastDim(const Tensor& a, const Tensor& b);
 void SplitLastDim(const Tensor& x, const Tensor& a, const Tensor& b);

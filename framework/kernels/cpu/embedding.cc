@@ -6,8 +6,8 @@ namespace fathom::cpu {
 
 void EmbeddingForward(const Tensor& out, const Tensor& ids, const Tensor& table) {
   const int64_t n = ids.numel(), v = table.dim(0), c = table.dim(1);
-  FATHOM_CHECK(out.numel() == n * c, "[embedding] out ", out.shape_str(), " ids ", ids.shape_str(),
-               " table ", table.shape_str());
+  FATHOM_CHECK(out.numel() == n * c, "[embedding] out ", out.shape_str(), " ids ", ids.shape_str(), " table ",
+               table.shape_str());
   const int32_t* id = ids.data<int32_t>();
   const size_t row = static_cast<size_t>(c) * DTypeSize(table.dtype());
   for (int64_t i = 0; i < n; ++i) {

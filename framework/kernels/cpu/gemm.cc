@@ -9,8 +9,8 @@ namespace {
 // Rows of C are independent; every C element sums over k in increasing order, so results do not depend
 // on blocking. op(B) is packed into a contiguous (K, N) panel so the inner loop streams over N.
 template <class T>
-void GemmPacked(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
-                const T* bp, T beta, T* c, int64_t ldc) {
+void GemmPacked(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* bp,
+                T beta, T* c, int64_t ldc) {
   std::vector<T> row(static_cast<size_t>(n));
   for (int64_t i = 0; i < m; ++i) {
     std::fill(row.begin(), row.end(), T(0));

@@ -123,7 +123,8 @@ double RouterSelectionMargin(const Tensor& scores, const Tensor& bias, const Rou
       if (group[g] >= cut)
         kept.insert(kept.end(), choice.begin() + g * group_size, choice.begin() + (g + 1) * group_size);
     std::sort(kept.rbegin(), kept.rend());
-    if (static_cast<int64_t>(kept.size()) > d.top_k) margin = std::min(margin, kept[d.top_k - 1] - kept[d.top_k]);
+    if (static_cast<int64_t>(kept.size()) > d.top_k)
+      margin = std::min(margin, kept[d.top_k - 1] - kept[d.top_k]);
   }
   return margin;
 }

@@ -29,8 +29,8 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
                           const Tensor& rstd) {
   const int64_t n = x.dim(0), c = x.dim(1);
-  FATHOM_CHECK(dx.shape() == x.shape() && dy.shape() == x.shape(), "[rms_norm backward] dy ",
-               dy.shape_str(), " x ", x.shape_str());
+  FATHOM_CHECK(dx.shape() == x.shape() && dy.shape() == x.shape(), "[rms_norm backward] dy ", dy.shape_str(),
+               " x ", x.shape_str());
   DispatchFloat(x.dtype(), "rms_norm_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* xp = x.data<T>();
@@ -43,8 +43,7 @@ void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, c
       T dot = 0;
       for (int64_t j = 0; j < c; ++j) dot += gp[i * c + j] * wp[j] * xp[i * c + j] * r;
       dot /= static_cast<T>(c);
-      for (int64_t j = 0; j < c; ++j)
-        dp[i * c + j] = r * (gp[i * c + j] * wp[j] - xp[i * c + j] * r * dot);
+      for (int64_t j = 0; j < c; ++j) dp[i * c + j] = r * (gp[i * c + j] * wp[j] - xp[i * c + j] * r * dot);
     }
   });
 }

@@ -1,5 +1,3 @@
-#include "framework/kernels/cuda/activation.h"
-
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -7,6 +5,7 @@
 #include <initializer_list>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/activation.h"
 
 namespace fathom::cuda {
 namespace {
@@ -67,8 +66,8 @@ __global__ void SwiGluBackwardKernel(T* dgate, T* dup, const T* dout, const T* g
 // Validates that every tensor matches the first in shape and dtype, is f32 or bf16 and lives on the GPU.
 void CheckElementwise(const char* op, std::initializer_list<const Tensor*> ts) {
   const Tensor& ref = **ts.begin();
-  FATHOM_CHECK(ref.dtype() == DType::kF32 || ref.dtype() == DType::kBF16, "[", op, "] supports f32 and bf16, got ",
-               DTypeName(ref.dtype()));
+  FATHOM_CHECK(ref.dtype() == DType::kF32 || ref.dtype() == DType::kBF16, "[", op,
+               "] supports f32 and bf16, got ", DTypeName(ref.dtype()));
   for (const Tensor* t : ts) {
     FATHOM_CHECK(t->shape() == ref.shape() && t->dtype() == ref.dtype(), "[", op, "] ", t->shape_str(), " ",
                  DTypeName(t->dtype()), " vs ", ref.shape_str(), " ", DTypeName(ref.dtype()));
@@ -77,7 +76,9 @@ void CheckElementwise(const char* op, std::initializer_list<const Tensor*> ts) {
   }
 }
 
-unsigned Blocks(int64_t n) { return static_cast<unsigned>(std::min((n + kThreads - 1) / kThreads, kMaxBlocks)); }
+unsigned Blocks(int64_t n) {
+  return static_cast<unsigned>(std::min((n + kThreads - 1) / kThreads, kMaxBlocks));
+}
 
 // Calls f(T{}) with T = float or __nv_bfloat16 (the dtype was validated).
 template <class F>
@@ -97,8 +98,8 @@ void SigmoidForward(const Tensor& out, const Tensor& x, Stream stream) {
   if (n == 0) return;
   DispatchStorage(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    SigmoidForwardKernel<T><<<Blocks(n), kThreads, 0, stream>>>(static_cast<T*>(out.raw()),
-                                                                static_cast<const T*>(x.raw()), n);
+    SigmoidForwardKernel<T>
+        <<<Blocks(n), kThreads, 0, stream>>>(static_cast<T*>(out.raw()), static_cast<const T*>(x.raw()), n);
   });
   FATHOM_CUDA_CHECK_LAUNCH();
 }

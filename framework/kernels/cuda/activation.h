@@ -23,8 +23,8 @@ void SigmoidBackward(const Tensor& dx, const Tensor& dy, const Tensor& y, Stream
 // out (N, I) = silu(gate) * up; gate, up (N, I). `out` may alias either input.
 void SwiGluForward(const Tensor& out, const Tensor& gate, const Tensor& up, Stream stream);
 // dgate (N, I) = dout * up * silu'(gate), dup (N, I) = dout * silu(gate); dout, gate, up (N, I).
-// dgate may alias gate or dout, dup may alias up or dout (elementwise, read before written), but dgate and dup
-// must not alias each other.
+// dgate may alias gate or dout, dup may alias up or dout (elementwise, read before written), but dgate and
+// dup must not alias each other.
 void SwiGluBackward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
                     const Tensor& up, Stream stream);
 

@@ -1,5 +1,3 @@
-#include "framework/kernels/cuda/attention.h"
-
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -7,6 +5,7 @@
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/attention.h"
 
 namespace fathom::cuda {
 namespace {
@@ -47,24 +46,24 @@ Dims MakeDims(int64_t b, int64_t t, int64_t h, int64_t dk, int64_t dv) {
 
 // Shared-memory footprints (floats), mirroring the carve-up at the top of each kernel.
 size_t ForwardSmemBytes(const Dims& d) {
-  return sizeof(float) * (static_cast<size_t>(kFwdBlockQ + kFwdBlockK) * (d.ldk + d.ldv) +
-                          kFwdBlockQ * kLdS + 3 * kFwdBlockQ);
+  return sizeof(float) * (static_cast<size_t>(kFwdBlockQ + kFwdBlockK) * (d.ldk + d.ldv) + kFwdBlockQ * kLdS +
+                          3 * kFwdBlockQ);
 }
 size_t BackwardKvSmemBytes(const Dims& d) {
-  return sizeof(float) * (3 * kBwdBlock * static_cast<size_t>(d.ldk + d.ldv) + 2 * kBwdBlock * kLdS +
-                          2 * kBwdBlock);
+  return sizeof(float) *
+         (3 * kBwdBlock * static_cast<size_t>(d.ldk + d.ldv) + 2 * kBwdBlock * kLdS + 2 * kBwdBlock);
 }
 size_t BackwardQSmemBytes(const Dims& d) {
-  return sizeof(float) * (kBwdBlock * static_cast<size_t>(3 * d.ldk + 2 * d.ldv) + 2 * kBwdBlock * kLdS +
-                          2 * kBwdBlock);
+  return sizeof(float) *
+         (kBwdBlock * static_cast<size_t>(3 * d.ldk + 2 * d.ldv) + 2 * kBwdBlock * kLdS + 2 * kBwdBlock);
 }
 
 // Copies rows [row0, row0 + rows) of one head of x (B, T, H, D) into s (rows x ld floats, f32): `base` is the
 // offset of element (b, 0, h, 0), `stride` = H * D. Rows >= T and columns [D, dp) are zero so padded lanes
 // contribute nothing to any product.
 template <class T>
-__device__ void LoadTile(float* s, int ld, const T* x, int64_t base, int64_t stride, int row0, int rows, int t,
-                         int d, int dp) {
+__device__ void LoadTile(float* s, int ld, const T* x, int64_t base, int64_t stride, int row0, int rows,
+                         int t, int d, int dp) {
   for (int idx = threadIdx.x; idx < rows * dp; idx += kThreads) {
     const int r = idx / dp, c = idx % dp, row = row0 + r;
     s[r * ld + c] = (row < t && c < d) ? LoadF32(x + base + row * stride + c) : 0.f;
@@ -76,15 +75,16 @@ __device__ void ZeroTile(float* s, int ld, int rows, int cols) {
 }
 
 // C (m x n) = A (m x k) B (k x n) over shared-memory operands, element (r, c) of A at a[r * a_rs + c * a_cs]
-// (likewise B), so transposed operands are a matter of strides. Each thread computes TM x TN micro-tiles whose
-// rows are strided by m / TM and columns by n / TN (neighbouring threads read neighbouring columns: no bank
-// conflicts on row-major B, broadcasts on A) and hands every result to epi(row, col, value). Which thread owns
-// an element depends only on (m, n, TM, TN), so an epilogue may read-modify-write a shared-memory accumulator
-// that the same call pattern owns, or read what an earlier call with the same (m, n, TM, TN) wrote, without a
-// barrier. Summation over k is sequential: results depend only on the shapes (deterministic).
+// (likewise B), so transposed operands are a matter of strides. Each thread computes TM x TN micro-tiles
+// whose rows are strided by m / TM and columns by n / TN (neighbouring threads read neighbouring columns: no
+// bank conflicts on row-major B, broadcasts on A) and hands every result to epi(row, col, value). Which
+// thread owns an element depends only on (m, n, TM, TN), so an epilogue may read-modify-write a shared-memory
+// accumulator that the same call pattern owns, or read what an earlier call with the same (m, n, TM, TN)
+// wrote, without a barrier. Summation over k is sequential: results depend only on the shapes
+// (deterministic).
 template <int TM, int TN, class Epilogue>
-__device__ __forceinline__ void BlockGemm(int m, int n, int k, const float* a, int a_rs, int a_cs, const float* b,
-                                          int b_rs, int b_cs, Epilogue epi) {
+__device__ __forceinline__ void BlockGemm(int m, int n, int k, const float* a, int a_rs, int a_cs,
+                                          const float* b, int b_rs, int b_cs, Epilogue epi) {
   const int gm = m / TM, gn = n / TN;
   for (int tile = threadIdx.x; tile < gm * gn; tile += kThreads) {
     const int tm = tile / gn, tn = tile % gn;
@@ -133,14 +133,14 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
     AttentionForwardKernel(T* out, float* lse, const T* q, const T* k, const T* v, Dims d, float scale) {
   extern __shared__ float smem[];
-  float* sq = smem;                            // (kFwdBlockQ, ldk)  queries
-  float* sk = sq + kFwdBlockQ * d.ldk;         // (kFwdBlockK, ldk)  keys
-  float* sv = sk + kFwdBlockK * d.ldk;         // (kFwdBlockK, ldv)  values
-  float* so = sv + kFwdBlockK * d.ldv;         // (kFwdBlockQ, ldv)  unnormalised output accumulator
-  float* ss = so + kFwdBlockQ * d.ldv;         // (kFwdBlockQ, kLdS) scores, then probabilities
-  float* sm = ss + kFwdBlockQ * kLdS;          // (kFwdBlockQ) running max
-  float* sl = sm + kFwdBlockQ;                 // (kFwdBlockQ) running sum
-  float* salpha = sl + kFwdBlockQ;             // (kFwdBlockQ) rescale of this step
+  float* sq = smem;                     // (kFwdBlockQ, ldk)  queries
+  float* sk = sq + kFwdBlockQ * d.ldk;  // (kFwdBlockK, ldk)  keys
+  float* sv = sk + kFwdBlockK * d.ldk;  // (kFwdBlockK, ldv)  values
+  float* so = sv + kFwdBlockK * d.ldv;  // (kFwdBlockQ, ldv)  unnormalised output accumulator
+  float* ss = so + kFwdBlockQ * d.ldv;  // (kFwdBlockQ, kLdS) scores, then probabilities
+  float* sm = ss + kFwdBlockQ * kLdS;   // (kFwdBlockQ) running max
+  float* sl = sm + kFwdBlockQ;          // (kFwdBlockQ) running sum
+  float* salpha = sl + kFwdBlockQ;      // (kFwdBlockQ) rescale of this step
 
   const int bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
   const int q0 = blockIdx.x * kFwdBlockQ;
@@ -215,9 +215,8 @@ __device__ __forceinline__ void TilePAndDs(float* sp, float* sds, const float* s
     const int i = q0 + r, j = k0 + c;
     sp[r * kLdS + c] = (i < d.t && j <= i) ? expf(scale * acc - slse[r]) : 0.f;
   });
-  BlockGemm<2, 4>(kBwdBlock, kBwdBlock, d.dvp, sdo, d.ldv, 1, sv, 1, d.ldv, [&](int r, int c, float acc) {
-    sds[r * kLdS + c] = sp[r * kLdS + c] * (acc - sdelta[r]);
-  });
+  BlockGemm<2, 4>(kBwdBlock, kBwdBlock, d.dvp, sdo, d.ldv, 1, sv, 1, d.ldv,
+                  [&](int r, int c, float acc) { sds[r * kLdS + c] = sp[r * kLdS + c] * (acc - sdelta[r]); });
 }
 
 template <class T>
@@ -225,16 +224,16 @@ __global__ void __launch_bounds__(kThreads)
     AttentionBackwardKvKernel(T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out,
                               const float* lse, Dims d, float scale) {
   extern __shared__ float smem[];
-  float* sk = smem;                          // (32, ldk) this block's keys
-  float* sv = sk + kBwdBlock * d.ldk;        // (32, ldv) this block's values
-  float* sdk = sv + kBwdBlock * d.ldv;       // (32, ldk) dk accumulator (unscaled)
-  float* sdv = sdk + kBwdBlock * d.ldk;      // (32, ldv) dv accumulator
-  float* sq = sdv + kBwdBlock * d.ldv;       // (32, ldk) query tile
-  float* sdo = sq + kBwdBlock * d.ldk;       // (32, ldv) dout tile
-  float* sp = sdo + kBwdBlock * d.ldv;       // (32, kLdS) P
-  float* sds = sp + kBwdBlock * kLdS;        // (32, kLdS) dS
-  float* slse = sds + kBwdBlock * kLdS;      // (32)
-  float* sdelta = slse + kBwdBlock;          // (32)
+  float* sk = smem;                      // (32, ldk) this block's keys
+  float* sv = sk + kBwdBlock * d.ldk;    // (32, ldv) this block's values
+  float* sdk = sv + kBwdBlock * d.ldv;   // (32, ldk) dk accumulator (unscaled)
+  float* sdv = sdk + kBwdBlock * d.ldk;  // (32, ldv) dv accumulator
+  float* sq = sdv + kBwdBlock * d.ldv;   // (32, ldk) query tile
+  float* sdo = sq + kBwdBlock * d.ldk;   // (32, ldv) dout tile
+  float* sp = sdo + kBwdBlock * d.ldv;   // (32, kLdS) P
+  float* sds = sp + kBwdBlock * kLdS;    // (32, kLdS) dS
+  float* slse = sds + kBwdBlock * kLdS;  // (32)
+  float* sdelta = slse + kBwdBlock;      // (32)
 
   const int bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
   const int k0 = blockIdx.x * kBwdBlock;
@@ -283,15 +282,15 @@ __global__ void __launch_bounds__(kThreads)
     AttentionBackwardQKernel(T* dq, const T* dout, const T* q, const T* k, const T* v, const T* out,
                              const float* lse, Dims d, float scale) {
   extern __shared__ float smem[];
-  float* sq = smem;                          // (32, ldk) this block's queries
-  float* sdq = sq + kBwdBlock * d.ldk;       // (32, ldk) dq accumulator (unscaled)
-  float* sk = sdq + kBwdBlock * d.ldk;       // (32, ldk) key tile
-  float* sdo = sk + kBwdBlock * d.ldk;       // (32, ldv) this block's dout
-  float* sv = sdo + kBwdBlock * d.ldv;       // (32, ldv) value tile
-  float* sp = sv + kBwdBlock * d.ldv;        // (32, kLdS) P
-  float* sds = sp + kBwdBlock * kLdS;        // (32, kLdS) dS
-  float* slse = sds + kBwdBlock * kLdS;      // (32)
-  float* sdelta = slse + kBwdBlock;          // (32)
+  float* sq = smem;                      // (32, ldk) this block's queries
+  float* sdq = sq + kBwdBlock * d.ldk;   // (32, ldk) dq accumulator (unscaled)
+  float* sk = sdq + kBwdBlock * d.ldk;   // (32, ldk) key tile
+  float* sdo = sk + kBwdBlock * d.ldk;   // (32, ldv) this block's dout
+  float* sv = sdo + kBwdBlock * d.ldv;   // (32, ldv) value tile
+  float* sp = sv + kBwdBlock * d.ldv;    // (32, kLdS) P
+  float* sds = sp + kBwdBlock * kLdS;    // (32, kLdS) dS
+  float* slse = sds + kBwdBlock * kLdS;  // (32)
+  float* sdelta = slse + kBwdBlock;      // (32)
 
   const int bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
   const int q0 = blockIdx.x * kBwdBlock;
@@ -333,24 +332,26 @@ void CheckDevice(const char* op, const Tensor& t, const char* name) {
 
 Dims CheckAttention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                     const Tensor& lse) {
-  FATHOM_CHECK(q.ndim() == 4 && k.shape() == q.shape() && v.ndim() == 4, "[", op, "] q ", q.shape_str(), " k ",
-               k.shape_str(), " v ", v.shape_str(), ", expected q, k (B, T, H, Dk), v (B, T, H, Dv)");
+  FATHOM_CHECK(q.ndim() == 4 && k.shape() == q.shape() && v.ndim() == 4, "[", op, "] q ", q.shape_str(),
+               " k ", k.shape_str(), " v ", v.shape_str(), ", expected q, k (B, T, H, Dk), v (B, T, H, Dv)");
   const int64_t b = q.dim(0), t = q.dim(1), h = q.dim(2), dk = q.dim(3), dv = v.dim(3);
   FATHOM_CHECK(v.dim(0) == b && v.dim(1) == t && v.dim(2) == h, "[", op, "] v ", v.shape_str(),
                " does not match q ", q.shape_str());
   FATHOM_CHECK(out.shape() == v.shape(), "[", op, "] out ", out.shape_str(), ", expected ", v.shape_str());
   FATHOM_CHECK(lse.shape() == Shape({b, h, t}) && lse.dtype() == DType::kF32, "[", op, "] lse ",
                lse.shape_str(), " ", DTypeName(lse.dtype()), ", expected ", ShapeString({b, h, t}), " f32");
-  FATHOM_CHECK(q.dtype() == DType::kF32 || q.dtype() == DType::kBF16, "[", op, "] supports f32 and bf16, got ",
-               DTypeName(q.dtype()));
+  FATHOM_CHECK(q.dtype() == DType::kF32 || q.dtype() == DType::kBF16, "[", op,
+               "] supports f32 and bf16, got ", DTypeName(q.dtype()));
   for (const Tensor* x : {&k, &v, &out})
     FATHOM_CHECK(x->dtype() == q.dtype(), "[", op, "] mixed dtypes: ", DTypeName(x->dtype()), " vs q ",
                  DTypeName(q.dtype()));
   FATHOM_CHECK(dk >= 1 && dk <= kMaxHeadDim && dv >= 1 && dv <= kMaxHeadDim, "[", op, "] head dims Dk ", dk,
                " Dv ", dv, " outside [1, ", kMaxHeadDim, "]");
-  FATHOM_CHECK(b * h <= 65535 && t < (int64_t{1} << 30), "[", op, "] B * H = ", b * h, " (max 65535), T = ", t);
+  FATHOM_CHECK(b * h <= 65535 && t < (int64_t{1} << 30), "[", op, "] B * H = ", b * h,
+               " (max 65535), T = ", t);
   // Element offsets inside one (b, h) slice stay in int: T * H * D < 2^31.
-  FATHOM_CHECK(t * h * std::max(dk, dv) < (int64_t{1} << 31), "[", op, "] T * H * D too large: ", q.shape_str());
+  FATHOM_CHECK(t * h * std::max(dk, dv) < (int64_t{1} << 31), "[", op,
+               "] T * H * D too large: ", q.shape_str());
   CheckDevice(op, q, "q");
   CheckDevice(op, k, "k");
   CheckDevice(op, v, "v");

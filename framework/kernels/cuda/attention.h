@@ -9,7 +9,8 @@
 //   f32  -- the exact twin of the CPU f32 path (f32 products and accumulation), or
 //   bf16 -- storage only: every product, the online softmax and every accumulation run in f32; outputs are
 //           rounded to bf16 once (round to nearest even).
-// lse is f32 for both. Any other dtype, a host tensor or a shape mismatch fails a FATHOM_CHECK that names the op.
+// lse is f32 for both. Any other dtype, a host tensor or a shape mismatch fails a FATHOM_CHECK that names the
+// op.
 //
 // Implementation (this version): tiled shared-memory SIMT kernels, f32 CUDA-core FMAs, 128 threads per block.
 //   forward : one block per (64-query tile, b, h); K/V tiles of 32 keys stream through shared memory up to

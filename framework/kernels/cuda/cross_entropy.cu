@@ -1,17 +1,16 @@
-#include "framework/kernels/cuda/cross_entropy.h"
-
 #include <cuda_bf16.h>
 
 #include <cmath>
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/cross_entropy.h"
 
 namespace fathom::cuda {
 namespace {
 
-constexpr int kRowThreads = 512;     // one block per row, streaming the vocabulary in chunks of this width
-constexpr int kReduceThreads = 1024; // the single block summing the row losses
+constexpr int kRowThreads = 512;      // one block per row, streaming the vocabulary in chunks of this width
+constexpr int kReduceThreads = 1024;  // the single block summing the row losses
 
 __device__ __forceinline__ float LoadF32(const float* p) { return *p; }
 __device__ __forceinline__ float LoadF32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
@@ -85,8 +84,8 @@ __global__ void __launch_bounds__(kReduceThreads) SumKernel(float* total, const 
 // Each element is read and then written by the same thread, so dlogits may be logits.
 template <class T>
 __global__ void __launch_bounds__(kRowThreads)
-    CrossEntropyBackwardKernel(T* dlogits, const T* logits, const float* lse, const int32_t* labels, int64_t v,
-                               int64_t ignore_index, float scale) {
+    CrossEntropyBackwardKernel(T* dlogits, const T* logits, const float* lse, const int32_t* labels,
+                               int64_t v, int64_t ignore_index, float scale) {
   const int64_t row = blockIdx.x;
   const int64_t label = labels[row];
   T* d = dlogits + row * v;
@@ -109,8 +108,8 @@ void CheckCommon(const char* op, const Tensor& logits, const Tensor& lse, const 
   const int64_t n = logits.dim(0);
   FATHOM_CHECK(logits.dtype() == DType::kF32 || logits.dtype() == DType::kBF16, "[", op,
                "] logits must be f32 or bf16, got ", DTypeName(logits.dtype()));
-  FATHOM_CHECK(labels.numel() == n && labels.dtype() == DType::kI32, "[", op, "] labels ", labels.shape_str(), " ",
-               DTypeName(labels.dtype()), ", expected (", n, ") i32");
+  FATHOM_CHECK(labels.numel() == n && labels.dtype() == DType::kI32, "[", op, "] labels ", labels.shape_str(),
+               " ", DTypeName(labels.dtype()), ", expected (", n, ") i32");
   FATHOM_CHECK(lse.numel() == n && lse.dtype() == DType::kF32, "[", op, "] lse ", lse.shape_str(), " ",
                DTypeName(lse.dtype()), ", expected (", n, ") f32");
   FATHOM_CHECK(n < (int64_t{1} << 31), "[", op, "] too many rows: ", logits.shape_str());
@@ -121,8 +120,8 @@ void CheckCommon(const char* op, const Tensor& logits, const Tensor& lse, const 
 
 }  // namespace
 
-void CrossEntropyForward(const Tensor& loss_sum, const Tensor& row_loss, const Tensor& lse, const Tensor& logits,
-                         const Tensor& labels, int64_t ignore_index, Stream stream) {
+void CrossEntropyForward(const Tensor& loss_sum, const Tensor& row_loss, const Tensor& lse,
+                         const Tensor& logits, const Tensor& labels, int64_t ignore_index, Stream stream) {
   const char* op = "cross_entropy_cuda";
   CheckCommon(op, logits, lse, labels);
   const int64_t n = logits.dim(0), v = logits.dim(1);
@@ -151,8 +150,8 @@ void CrossEntropyForward(const Tensor& loss_sum, const Tensor& row_loss, const T
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
-void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse, const Tensor& labels,
-                          int64_t ignore_index, double scale, Stream stream) {
+void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+                          const Tensor& labels, int64_t ignore_index, double scale, Stream stream) {
   const char* op = "cross_entropy_backward_cuda";
   CheckCommon(op, logits, lse, labels);
   FATHOM_CHECK(dlogits.shape() == logits.shape() && dlogits.dtype() == logits.dtype(), "[", op, "] dlogits ",
@@ -165,8 +164,8 @@ void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Ten
   const float sc = static_cast<float>(scale);
   if (logits.dtype() == DType::kF32) {
     CrossEntropyBackwardKernel<float><<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(
-        dlogits.data<float>(), logits.data<float>(), lse.data<float>(), labels.data<int32_t>(), v, ignore_index,
-        sc);
+        dlogits.data<float>(), logits.data<float>(), lse.data<float>(), labels.data<int32_t>(), v,
+        ignore_index, sc);
   } else {
     CrossEntropyBackwardKernel<__nv_bfloat16><<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(
         static_cast<__nv_bfloat16*>(dlogits.raw()), static_cast<const __nv_bfloat16*>(logits.raw()),

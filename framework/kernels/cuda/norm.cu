@@ -1,5 +1,3 @@
-#include "framework/kernels/cuda/norm.h"
-
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -7,6 +5,7 @@
 #include <initializer_list>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/norm.h"
 
 namespace fathom::cuda {
 namespace {
@@ -54,19 +53,22 @@ __global__ void RmsNormForwardKernel(T* out, float* rstd, const T* x, const W* w
   const float r = 1.f / sqrtf(ss / static_cast<float>(c) + eps);
   if (threadIdx.x == 0) rstd[row] = r;
   T* orow = out + row * c;
-  for (int j = threadIdx.x; j < c; j += blockDim.x) StoreF32(orow + j, LoadF32(w + j) * (LoadF32(xr + j) * r));
+  for (int j = threadIdx.x; j < c; j += blockDim.x)
+    StoreF32(orow + j, LoadF32(w + j) * (LoadF32(xr + j) * r));
 }
 
 // Each element of dy is read and dx written by the same thread, after the row's reduction: dx may alias dy.
 template <class T, class W>
-__global__ void RmsNormBackwardInputKernel(T* dx, const T* dy, const T* x, const W* w, const float* rstd, int c) {
+__global__ void RmsNormBackwardInputKernel(T* dx, const T* dy, const T* x, const W* w, const float* rstd,
+                                           int c) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * c;
   const T* gr = dy + row * c;
   const float r = rstd[row];
   float dot = 0.f;
-  for (int j = threadIdx.x; j < c; j += blockDim.x) dot += LoadF32(gr + j) * LoadF32(w + j) * LoadF32(xr + j) * r;
+  for (int j = threadIdx.x; j < c; j += blockDim.x)
+    dot += LoadF32(gr + j) * LoadF32(w + j) * LoadF32(xr + j) * r;
   dot = BlockSum(dot, scratch) / static_cast<float>(c);
   T* drow = dx + row * c;
   for (int j = threadIdx.x; j < c; j += blockDim.x) {
@@ -108,20 +110,21 @@ __global__ void RmsNormDwFinalKernel(float* dw, const float* partial, int64_t ch
 
 void CheckCuda(const char* op, std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts)
-    FATHOM_CHECK(t->device() == Device::kCUDA, "[", op, "] expects CUDA tensors, got a ", DeviceName(t->device()),
-                 " tensor ", t->shape_str());
+    FATHOM_CHECK(t->device() == Device::kCUDA, "[", op, "] expects CUDA tensors, got a ",
+                 DeviceName(t->device()), " tensor ", t->shape_str());
 }
 
 void CheckActivation(const char* op, const Tensor& x) {
   FATHOM_CHECK(x.ndim() == 2, "[", op, "] x ", x.shape_str(), ", expected (N, C)");
-  FATHOM_CHECK(x.dtype() == DType::kF32 || x.dtype() == DType::kBF16, "[", op, "] supports f32 and bf16, got ",
-               DTypeName(x.dtype()));
+  FATHOM_CHECK(x.dtype() == DType::kF32 || x.dtype() == DType::kBF16, "[", op,
+               "] supports f32 and bf16, got ", DTypeName(x.dtype()));
   FATHOM_CHECK(x.dim(1) >= 1 && x.dim(1) < (int64_t{1} << 31) && x.dim(0) < (int64_t{1} << 31), "[", op,
                "] x ", x.shape_str());
 }
 
 void CheckWeight(const char* op, const Tensor& w, const Tensor& x) {
-  FATHOM_CHECK(w.numel() == x.dim(1) && w.ndim() == 1, "[", op, "] w ", w.shape_str(), " for x ", x.shape_str());
+  FATHOM_CHECK(w.numel() == x.dim(1) && w.ndim() == 1, "[", op, "] w ", w.shape_str(), " for x ",
+               x.shape_str());
   FATHOM_CHECK(w.dtype() == DType::kF32 || w.dtype() == x.dtype(), "[", op, "] w is ", DTypeName(w.dtype()),
                ", expected f32 or x's ", DTypeName(x.dtype()));
 }
@@ -147,8 +150,8 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
   CheckWeight(op, w, x);
   FATHOM_CHECK(out.shape() == x.shape() && out.dtype() == x.dtype(), "[", op, "] out ", out.shape_str(), " ",
                DTypeName(out.dtype()), " for x ", x.shape_str(), " ", DTypeName(x.dtype()));
-  FATHOM_CHECK(rstd.numel() == x.dim(0) && rstd.dtype() == DType::kF32, "[", op, "] rstd ", rstd.shape_str(), " ",
-               DTypeName(rstd.dtype()), ", expected (", x.dim(0), ") f32");
+  FATHOM_CHECK(rstd.numel() == x.dim(0) && rstd.dtype() == DType::kF32, "[", op, "] rstd ", rstd.shape_str(),
+               " ", DTypeName(rstd.dtype()), ", expected (", x.dim(0), ") f32");
   CheckCuda(op, {&out, &rstd, &x, &w});
   const int64_t n = x.dim(0);
   const int c = static_cast<int>(x.dim(1));
@@ -163,8 +166,8 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
-void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                          Stream stream) {
+void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
+                          const Tensor& rstd, Stream stream) {
   const char* op = "rms_norm_backward_cuda";
   CheckActivation(op, x);
   CheckWeight(op, w, x);
@@ -172,8 +175,8 @@ void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, c
                    dy.dtype() == x.dtype(),
                "[", op, "] dx ", dx.shape_str(), " ", DTypeName(dx.dtype()), " dy ", dy.shape_str(), " ",
                DTypeName(dy.dtype()), " for x ", x.shape_str(), " ", DTypeName(x.dtype()));
-  FATHOM_CHECK(rstd.numel() == x.dim(0) && rstd.dtype() == DType::kF32, "[", op, "] rstd ", rstd.shape_str(), " ",
-               DTypeName(rstd.dtype()), ", expected (", x.dim(0), ") f32");
+  FATHOM_CHECK(rstd.numel() == x.dim(0) && rstd.dtype() == DType::kF32, "[", op, "] rstd ", rstd.shape_str(),
+               " ", DTypeName(rstd.dtype()), ", expected (", x.dim(0), ") f32");
   CheckCuda(op, {&dx, &dy, &x, &w, &rstd});
   const int64_t n = x.dim(0);
   const int c = static_cast<int>(x.dim(1));
@@ -198,25 +201,27 @@ void RmsNormBackwardWeight(const Tensor& dw, const Tensor& dy, const Tensor& x, 
                DTypeName(dy.dtype()), " for x ", x.shape_str(), " ", DTypeName(x.dtype()));
   FATHOM_CHECK(dw.ndim() == 1 && dw.numel() == x.dim(1) && dw.dtype() == DType::kF32, "[", op, "] dw ",
                dw.shape_str(), " ", DTypeName(dw.dtype()), ", expected (", x.dim(1), ") f32");
-  FATHOM_CHECK(rstd.numel() == x.dim(0) && rstd.dtype() == DType::kF32, "[", op, "] rstd ", rstd.shape_str(), " ",
-               DTypeName(rstd.dtype()), ", expected (", x.dim(0), ") f32");
+  FATHOM_CHECK(rstd.numel() == x.dim(0) && rstd.dtype() == DType::kF32, "[", op, "] rstd ", rstd.shape_str(),
+               " ", DTypeName(rstd.dtype()), ", expected (", x.dim(0), ") f32");
   const Shape ws = RmsNormBackwardWeightWorkspaceShape(x.dim(0), x.dim(1));
   FATHOM_CHECK(workspace.shape() == ws && workspace.dtype() == DType::kF32, "[", op, "] workspace ",
-               workspace.shape_str(), " ", DTypeName(workspace.dtype()), ", expected ", ShapeString(ws), " f32");
+               workspace.shape_str(), " ", DTypeName(workspace.dtype()), ", expected ", ShapeString(ws),
+               " f32");
   CheckCuda(op, {&dw, &dy, &x, &rstd, &workspace});
   const int64_t n = x.dim(0), chunks = ws[0];
   const int c = static_cast<int>(x.dim(1));
   if (n == 0) return;
-  FATHOM_CHECK(chunks <= 65535, "[", op, "] ", n, " rows exceed the ", 65535 * kDwRows, " rows of one launch");
+  FATHOM_CHECK(chunks <= 65535, "[", op, "] ", n, " rows exceed the ", 65535 * kDwRows,
+               " rows of one launch");
   const dim3 grid((c + kDwCols - 1) / kDwCols, static_cast<unsigned>(chunks));
   const dim3 block(kDwCols, kDwRowThreads);
   if (x.dtype() == DType::kF32) {
     RmsNormDwPartialKernel<float><<<grid, block, 0, stream>>>(workspace.data<float>(), dy.data<float>(),
-                                                             x.data<float>(), rstd.data<float>(), n, c);
+                                                              x.data<float>(), rstd.data<float>(), n, c);
   } else {
-    RmsNormDwPartialKernel<__nv_bfloat16><<<grid, block, 0, stream>>>(
-        workspace.data<float>(), static_cast<const __nv_bfloat16*>(dy.raw()),
-        static_cast<const __nv_bfloat16*>(x.raw()), rstd.data<float>(), n, c);
+    RmsNormDwPartialKernel<__nv_bfloat16>
+        <<<grid, block, 0, stream>>>(workspace.data<float>(), static_cast<const __nv_bfloat16*>(dy.raw()),
+                                     static_cast<const __nv_bfloat16*>(x.raw()), rstd.data<float>(), n, c);
   }
   FATHOM_CUDA_CHECK_LAUNCH();
   RmsNormDwFinalKernel<<<(c + kFinalThreads - 1) / kFinalThreads, kFinalThreads, 0, stream>>>(

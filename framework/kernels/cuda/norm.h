@@ -23,8 +23,8 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
 
 // dx (N, C) overwritten: dx = rstd * (g - xhat * mean(g * xhat)), g = dy * w, xhat = x * rstd; dy, x (N, C);
 // w (C); rstd (N) f32 from the forward. dx may alias dy.
-void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                          Stream stream);
+void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
+                          const Tensor& rstd, Stream stream);
 
 // Shape of the f32 scratch RmsNormBackwardWeight needs for n rows of width c: (ceil(n / 128), c).
 Shape RmsNormBackwardWeightWorkspaceShape(int64_t n, int64_t c);

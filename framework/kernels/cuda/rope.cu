@@ -1,10 +1,9 @@
-#include "framework/kernels/cuda/rope.h"
-
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/rope.h"
 
 namespace fathom::cuda {
 namespace {
@@ -68,8 +67,8 @@ void Launch(const char* op, const Tensor& out, const Tensor& x, const Tensor& co
                "[", op, "] cos ", cos.shape_str(), " sin ", sin.shape_str(), " for x ", x.shape_str(),
                ", expected (>= T, d/2) with 0 < d <= W");
   FATHOM_CHECK(cos.dim(1) <= kMaxHalf, "[", op, "] d/2 = ", cos.dim(1), " above ", kMaxHalf);
-  FATHOM_CHECK(cos.dtype() == DType::kF32 && sin.dtype() == DType::kF32, "[", op, "] tables must be f32, got ",
-               DTypeName(cos.dtype()), "/", DTypeName(sin.dtype()));
+  FATHOM_CHECK(cos.dtype() == DType::kF32 && sin.dtype() == DType::kF32, "[", op,
+               "] tables must be f32, got ", DTypeName(cos.dtype()), "/", DTypeName(sin.dtype()));
   FATHOM_CHECK(out.dtype() == x.dtype() && (x.dtype() == DType::kF32 || x.dtype() == DType::kBF16), "[", op,
                "] supports f32 and bf16 with out of x's dtype, got x ", DTypeName(x.dtype()), " out ",
                DTypeName(out.dtype()));
@@ -103,8 +102,8 @@ void RopeForward(const Tensor& out, const Tensor& x, const Tensor& cos, const Te
   Launch<false>("rope_cuda", out, x, cos, sin, interleaved, stream);
 }
 
-void RopeBackward(const Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin, bool interleaved,
-                  Stream stream) {
+void RopeBackward(const Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin,
+                  bool interleaved, Stream stream) {
   Launch<true>("rope_backward_cuda", dx, dout, cos, sin, interleaved, stream);
 }
 
