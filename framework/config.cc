@@ -228,21 +228,20 @@ absl::Status FirstError(std::initializer_list<absl::Status> checks) {
   return absl::OkStatus();
 }
 
-// HF's yarn_get_mscale: the attention temperature correction of YaRN.
-double YarnMscale(double scale, double mscale) {
-  if (scale <= 1) return 1.0;
-  return 0.1 * mscale * std::log(scale) + 1.0;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
 // ModelConfig
 
+double YarnGetMscale(double scale, double mscale) {
+  if (scale <= 1.0) return 1.0;
+  return 0.1 * mscale * std::log(scale) + 1.0;
+}
+
 double ModelConfig::softmax_scale() const {
   double scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));
   if (rope_scaling.type == "yarn" && rope_scaling.mscale_all_dim != 0) {
-    const double m = YarnMscale(rope_scaling.factor, rope_scaling.mscale_all_dim);
+    const double m = YarnGetMscale(rope_scaling.factor, rope_scaling.mscale_all_dim);
     scale *= m * m;
   }
   return scale;

@@ -26,6 +26,9 @@ struct RopeScalingConfig {
   double mscale_all_dim = 0.0;
 };
 
+// YaRN's attention-scale correction, HF's get_mscale: 1 for scale <= 1, else 0.1 * mscale * ln(scale) + 1.
+double YarnGetMscale(double scale, double mscale = 1.0);
+
 struct ModelConfig {
   int64_t vocab_size = 256;
   int64_t hidden_size = 64;

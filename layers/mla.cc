@@ -3,18 +3,9 @@
 #include <cmath>
 
 #include "framework/kernels/cpu/attention.h"
+#include "framework/kernels/cpu/elementwise.h"
 
 namespace fathom {
-
-double MlaSoftmaxScale(const ModelConfig& cfg) {
-  double scale = 1.0 / std::sqrt(static_cast<double>(cfg.qk_head_dim()));
-  const RopeScalingConfig& rs = cfg.rope_scaling;
-  if (rs.type == "yarn" && rs.mscale_all_dim != 0) {
-    const double m = YarnGetMscale(rs.factor, rs.mscale_all_dim);
-    scale *= m * m;
-  }
-  return scale;
-}
 
 namespace {
 
@@ -71,18 +62,6 @@ void SumOverHeads(const Tensor& dst, int64_t d0, const Tensor& dk, int64_t off) 
   });
 }
 
-// a += b, same shape and dtype.
-void AddInPlace(const Tensor& a, const Tensor& b) {
-  FATHOM_CHECK(a.shape() == b.shape() && a.dtype() == b.dtype(), "[mla] add ", b.shape_str(), " to ",
-               a.shape_str());
-  DispatchFloat(a.dtype(), "mla", [&](auto tag) {
-    using T = decltype(tag);
-    T* ap = a.data<T>();
-    const T* bp = b.data<T>();
-    for (int64_t i = 0; i < a.numel(); ++i) ap[i] += bp[i];
-  });
-}
-
 }  // namespace
 
 MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std::string& prefix, int layer)
@@ -93,7 +72,7 @@ MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std:
       qk_dim_(cfg.qk_head_dim()),
       v_dim_(cfg.v_head_dim),
       kv_rank_(cfg.kv_lora_rank),
-      scale_(MlaSoftmaxScale(cfg)),
+      scale_(cfg.softmax_scale()),
       kv_a_proj_(table, prefix + ".kv_a_proj_with_mqa", cfg.hidden_size,
                  cfg.kv_lora_rank + cfg.qk_rope_head_dim, layer),
       kv_a_layernorm_(table, prefix + ".kv_a_layernorm", cfg.kv_lora_rank, cfg.rms_norm_eps, layer),
@@ -195,7 +174,7 @@ Tensor MlaAttention::BackwardInput(int mb, const Tensor& dy) {
   SumOverHeads(dckv, kv_rank_, dk.Reshape({n, heads_, qk_dim_}), nope_);
   Tensor dckv4 = dckv.Reshape({b, t, 1, kv_rank_ + rope_dim_});
   rt.ApplyBackward(dckv4, dckv4);
-  AddInPlace(dx, kv_a_proj_.BackwardInput(mb, dckv.Reshape({b, t, kv_rank_ + rope_dim_})));
+  cpu::AddInPlace(dx, kv_a_proj_.BackwardInput(mb, dckv.Reshape({b, t, kv_rank_ + rope_dim_})));
   return dx;
 }
 

@@ -10,7 +10,7 @@
 //   q = q_path(x) -> (B, T, n, Dk) = [q_nope, q_rot];  ckv = kv_a_proj_with_mqa(x) = [kv, k_rot];
 //   [k_nope, v] = kv_b_proj(kv_a_layernorm(kv)) -> (B, T, n, qk_nope + Dv);
 //   q = [q_nope, rope(q_rot)], k = [k_nope, rope(k_rot) broadcast over heads] (positions 0 .. T-1);
-//   o = causal_softmax(q k^T * MlaSoftmaxScale(cfg)) v -> (B, T, n*Dv);  y = o_proj(o).
+//   o = causal_softmax(q k^T * cfg.softmax_scale()) v -> (B, T, n*Dv);  y = o_proj(o).
 // Follows the layer contract of layers/layer.h (saved state keyed by micro-batch). Not thread safe.
 #ifndef FATHOM_LAYERS_MLA_H_
 #define FATHOM_LAYERS_MLA_H_
@@ -27,10 +27,6 @@
 #include "layers/rope.h"
 
 namespace fathom {
-
-// MLA's softmax scale: Dk^-0.5, times YarnGetMscale(factor, mscale_all_dim)^2 under YaRN when
-// mscale_all_dim != 0 (HF yarn_apply_mscale).
-double MlaSoftmaxScale(const ModelConfig& cfg);
 
 class MlaAttention {
  public:

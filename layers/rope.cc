@@ -8,11 +8,6 @@
 
 namespace fathom {
 
-double YarnGetMscale(double scale, double mscale) {
-  if (scale <= 1.0) return 1.0;
-  return 0.1 * mscale * std::log(scale) + 1.0;
-}
-
 namespace {
 
 // HF: base ** (arange(0, d, 2).float() / d), every step in f32.

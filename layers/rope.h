@@ -21,9 +21,6 @@
 
 namespace fathom {
 
-// YaRN's magnitude correction: scale <= 1 ? 1 : 0.1 * mscale * ln(scale) + 1 (HF get_mscale).
-double YarnGetMscale(double scale, double mscale = 1.0);
-
 // HF's rope init for `cfg`: inv_freq (d/2) f32 and the attention factor (1 for the default rope).
 // REQUIRES: cfg.qk_rope_head_dim even and > 0, rope_scaling.type "none" or "yarn" (ModelConfig::Validate).
 struct RopeFrequencies {
