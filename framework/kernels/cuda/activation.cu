@@ -5,6 +5,7 @@
 #include <initializer_list>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/activation.h"
 
 namespace fathom::cuda {
@@ -12,11 +13,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65536;  // grid-stride beyond this: enough blocks to fill any GPU
-
-__device__ __forceinline__ float LoadF32(const float* p) { return *p; }
-__device__ __forceinline__ float LoadF32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void StoreF32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void StoreF32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // The CPU twin's formulation: exp(-|x|) never overflows.
 __device__ __forceinline__ float Sigmoid(float x) {

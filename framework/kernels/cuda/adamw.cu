@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/adamw.h"
 
 namespace fathom::cuda {
@@ -13,20 +14,9 @@ namespace {
 constexpr int kThreads = 256;
 
 __device__ __forceinline__ float LoadMoment(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float LoadMoment(const uint16_t* p, int64_t i) {
-  return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
-}
+__device__ __forceinline__ float LoadMoment(const uint16_t* p, int64_t i) { return Bf16BitsToFloat(p[i]); }
 __device__ __forceinline__ void StoreMoment(float* p, int64_t i, float v) { p[i] = v; }
-// FloatToBf16 of framework/numeric.h: nearest even, NaN -> 0x7FC0.
-__device__ __forceinline__ void StoreMoment(uint16_t* p, int64_t i, float v) {
-  uint32_t u = __float_as_uint(v);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-    p[i] = 0x7FC0;
-    return;
-  }
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  p[i] = static_cast<uint16_t>(u >> 16);
-}
+__device__ __forceinline__ void StoreMoment(uint16_t* p, int64_t i, float v) { p[i] = FloatToBf16Bits(v); }
 
 struct Chunk {
   int64_t begin, length;

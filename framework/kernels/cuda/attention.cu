@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/attention.h"
 
 namespace fathom::cuda {
@@ -17,11 +18,6 @@ constexpr int kFwdBlockK = 32;  // keys per streamed K/V tile (forward)
 constexpr int kBwdBlock = 32;   // query and key tile of both backward kernels
 constexpr int kLdS = 33;        // shared-memory row stride of every score-sized (x 32) tile
 constexpr int kMaxHeadDim = 256;
-
-__device__ __forceinline__ float LoadF32(const float* p) { return *p; }
-__device__ __forceinline__ float LoadF32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void StoreF32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void StoreF32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Shapes as the kernels see them. Head dims are padded to a multiple of 4 (dkp, dvp) with zeros so the 4-wide
 // micro-tiles divide them; shared-memory row strides (ldk, ldv) are odd so that threads walking different

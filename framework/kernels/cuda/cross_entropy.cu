@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/cross_entropy.h"
 
 namespace fathom::cuda {
@@ -11,11 +12,6 @@ namespace {
 
 constexpr int kRowThreads = 512;      // one block per row, streaming the vocabulary in chunks of this width
 constexpr int kReduceThreads = 1024;  // the single block summing the row losses
-
-__device__ __forceinline__ float LoadF32(const float* p) { return *p; }
-__device__ __forceinline__ float LoadF32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void StoreF32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void StoreF32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Merges the online-softmax pair (m2, s2) into (m, s): s = sum of exp(x - m) over the elements seen. A pair
 // with no elements is (-inf, 0); merging two of them must not form -inf - -inf.

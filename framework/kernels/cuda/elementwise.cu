@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/elementwise.h"
 #include "framework/numeric.h"
 
@@ -22,20 +23,9 @@ unsigned GridFor(int64_t n) {
 
 // f32 as float, bf16 as its bit pattern (uint16_t).
 __device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float Load(const uint16_t* p, int64_t i) {
-  return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
-}
+__device__ __forceinline__ float Load(const uint16_t* p, int64_t i) { return Bf16BitsToFloat(p[i]); }
 __device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
-// FloatToBf16 of framework/numeric.h: nearest even, NaN -> 0x7FC0.
-__device__ __forceinline__ void Store(uint16_t* p, int64_t i, float v) {
-  uint32_t u = __float_as_uint(v);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-    p[i] = 0x7FC0;
-    return;
-  }
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  p[i] = static_cast<uint16_t>(u >> 16);
-}
+__device__ __forceinline__ void Store(uint16_t* p, int64_t i, float v) { p[i] = FloatToBf16Bits(v); }
 
 template <class O, class A, class B>
 __global__ void AddKernel(O* out, const A* a, const B* b, int64_t n) {

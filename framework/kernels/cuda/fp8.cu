@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/fp8.h"
 
 namespace fathom::cuda {
@@ -14,17 +15,6 @@ constexpr int kWarps = kThreads / 32;
 
 // ---- Device twins of framework/numeric.h. The explicit _rn intrinsics keep nvcc from contracting or
 // reassociating anything, so every operation rounds exactly as the host code's does. ----
-
-__device__ __forceinline__ float Bf16BitsToFloat(uint16_t b) {
-  return __uint_as_float(static_cast<uint32_t>(b) << 16);
-}
-
-__device__ __forceinline__ uint16_t FloatToBf16Bits(float f) {
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
 
 // numeric_detail::RoundToSmallFloat: |x| bits `a` below the overflow threshold -> unsigned code.
 template <int kMant, int kBias>

@@ -5,6 +5,7 @@
 #include <initializer_list>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/norm.h"
 
 namespace fathom::cuda {
@@ -14,11 +15,6 @@ constexpr int kDwRows = 128;      // rows per partial sum of the weight gradient
 constexpr int kDwCols = 32;       // columns per partial-sum block (one warp wide: coalesced rows)
 constexpr int kDwRowThreads = 8;  // row lanes per partial-sum block
 constexpr int kFinalThreads = 256;
-
-__device__ __forceinline__ float LoadF32(const float* p) { return *p; }
-__device__ __forceinline__ float LoadF32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void StoreF32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void StoreF32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Threads per row block: enough for ~4 elements each, one warp at least, 256 at most. Depends only on C, so
 // the reduction tree (and every result) is a function of the shapes.

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/rope.h"
 
 namespace fathom::cuda {
@@ -11,11 +12,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / 32;  // one warp per row
 constexpr int kMaxHalf = 512;
-
-__device__ __forceinline__ float LoadF32(const float* p) { return *p; }
-__device__ __forceinline__ float LoadF32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void StoreF32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void StoreF32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // A warp owns one row: it copies the leading columns (when not in place), stages the d rope columns in
 // shared memory, and only after __syncwarp writes them back, so in-place rotation of the interleaved layout
