@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "data/demo_corpus.h"
 #include "data/tokenizer.h"
 #include "optim/expert_bias.h"
@@ -233,9 +234,7 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
   const int64_t global_sequences =
       recipe_.parallel.micro_batches * recipe_.train.micro_batch_size * mesh_.layout().dp();
   if (logs) {
-    std::string split;
-    for (size_t s = 0; s < stage_layers_.size(); ++s)
-      split += (s ? "+" : "") + std::to_string(stage_layers_[s]);
+    const std::string split = absl::StrJoin(stage_layers_, "+");
     log << absl::StrFormat(
         "fathom train %s: %d layers (%d dense), %d routed experts top-%d, MTP depth %d, %s; stage layers %s; "
         "%d sequences x %d tokens per step, %d steps\n",

@@ -1,4 +1,5 @@
-// The main of mpi_tests, which runs under mpirun (tests/mpi/CMakeLists.txt): every rank runs the same
+// The main of the suites that run under mpirun: mpi_tests (tests/mpi/CMakeLists.txt) and, with
+// FATHOM_TEST_BINARY="gpu_mpi_tests", the NCCL suite (tests/gpu_mpi). Every rank runs the same
 // tests; rank 0 prints GoogleTest's usual output, the other ranks print only their failures, prefixed
 // "[rank R]". Every rank exits non-zero when any rank failed, so the job's status is the suite's.
 //
@@ -20,8 +21,11 @@
 
 namespace {
 
+#ifndef FATHOM_TEST_BINARY
+#define FATHOM_TEST_BINARY "mpi_tests"
+#endif
 constexpr unsigned kWatchdogSeconds = 100;  // ctest's TIMEOUT for these tests is 120
-char g_watchdog_message[512] = "[mpi_tests] watchdog: no test started\n";
+char g_watchdog_message[512] = "[" FATHOM_TEST_BINARY "] watchdog: no test started\n";
 
 void OnWatchdog(int) {
   // Only async-signal-safe calls here: the message was formatted when the test started.
@@ -36,8 +40,9 @@ class RankListener : public ::testing::EmptyTestEventListener {
 
   void OnTestStart(const ::testing::TestInfo& info) override {
     std::snprintf(g_watchdog_message, sizeof(g_watchdog_message),
-                  "[rank %d] mpi_tests watchdog: %s.%s still running after %u s; ending the job\n", rank_,
-                  info.test_suite_name(), info.name(), kWatchdogSeconds);
+                  "[rank %d] " FATHOM_TEST_BINARY
+                  " watchdog: %s.%s still running after %u s; ending the job\n",
+                  rank_, info.test_suite_name(), info.name(), kWatchdogSeconds);
   }
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (!print_failures_ || !result.failed()) return;
@@ -77,7 +82,8 @@ int main(int argc, char** argv) {
                    "MPI_Allreduce", "world");
   if (rank == 0 && failed_ranks > 0) {
     std::fprintf(stderr,
-                 "[mpi_tests] %d of %d ranks failed (other ranks' failures are printed as [rank R])\n",
+                 "[" FATHOM_TEST_BINARY
+                 "] %d of %d ranks failed (other ranks' failures are printed as [rank R])\n",
                  failed_ranks, size);
   }
   fathom::MpiFinalize();
