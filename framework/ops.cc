@@ -2,6 +2,7 @@
 
 #include "framework/kernels/cpu/activation.h"
 #include "framework/kernels/cpu/attention.h"
+#include "framework/kernels/cpu/columns.h"
 #include "framework/kernels/cpu/cross_entropy.h"
 #include "framework/kernels/cpu/elementwise.h"
 #include "framework/kernels/cpu/embedding.h"
@@ -370,6 +371,32 @@ void Zero(const Tensor& t) {
     return view.Zero();
   }
   FATHOM_OPS_ON_CUDA("zero", cuda_impl::Zero(t));
+}
+
+// ---- Column blocks
+// -----------------------------------------------------------------------------------------
+
+void CopyColumns(const Tensor& dst, int64_t d0, const Tensor& src, int64_t s0, int64_t w) {
+  const Device dev = OneDevice("copy_columns", "dst", dst, "src", src);
+  Floats("copy_columns", dev, "src", src, "dst", dst);
+  if (dev == Device::kCPU) return cpu::CopyColumns(dst, d0, src, s0, w);
+  FATHOM_OPS_ON_CUDA("copy_columns", cuda_impl::CopyColumns(dst, d0, src, s0, w));
+}
+
+void BroadcastColumnsToHeads(const Tensor& k, int64_t off, const Tensor& src, int64_t s0) {
+  const char* op = "broadcast_columns_to_heads";
+  const Device dev = OneDevice(op, "k", k, "src", src);
+  Floats(op, dev, "src", src, "k", k);
+  if (dev == Device::kCPU) return cpu::BroadcastColumnsToHeads(k, off, src, s0);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::BroadcastColumnsToHeads(k, off, src, s0));
+}
+
+void SumHeadsToColumns(const Tensor& dst, int64_t d0, const Tensor& dk, int64_t off) {
+  const char* op = "sum_heads_to_columns";
+  const Device dev = OneDevice(op, "dst", dst, "dk", dk);
+  Floats(op, dev, "dk", dk, "dst", dst);
+  if (dev == Device::kCPU) return cpu::SumHeadsToColumns(dst, d0, dk, off);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::SumHeadsToColumns(dst, d0, dk, off));
 }
 
 // ---- Router and balance loss

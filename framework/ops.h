@@ -165,6 +165,15 @@ void SplitLastDim(const Tensor& x, const Tensor& a, const Tensor& b);
 void Fill(const Tensor& t, double value);  // CPU: f32/f64/i32/i64; CUDA: f32/bf16
 void Zero(const Tensor& t);                // any dtype
 
+// ---- Column blocks (cpu/columns.h, cuda/columns.h): MLA's key/value layout ---------------------------
+// dst (N, Wd)[:, d0 : d0 + w] = src (N, Ws)[:, s0 : s0 + w]; the other columns of dst are kept.
+void CopyColumns(const Tensor& dst, int64_t d0, const Tensor& src, int64_t s0, int64_t w);
+// k (N, H, Dk)[:, h, off:] = src (N, Ws)[:, s0 : s0 + Dk - off] for every head h.
+void BroadcastColumnsToHeads(const Tensor& k, int64_t off, const Tensor& src, int64_t s0);
+// The transpose: dst (N, Wd)[:, d0 : d0 + W - off] = sum over h of dk (N, H, W)[:, h, off:]
+// (CUDA: summed in f32, one rounding).
+void SumHeadsToColumns(const Tensor& dst, int64_t d0, const Tensor& dk, int64_t off);
+
 // ---- Router and balance loss (cpu/moe.h, cuda/moe.h) ------------------------------------------------
 // The router's selection fused with its sigmoid, as the CUDA kernel computes it (a GPU twin of the
 // unfused cpu::RouterSelect would need logits it cannot recover from scores):
@@ -247,6 +256,9 @@ Tensor ConcatLastDim(const Tensor& a, const Tensor& b);
 void SplitLastDim(const Tensor& x, const Tensor& a, const Tensor& b);
 void Fill(const Tensor& t, double value);
 void Zero(const Tensor& t);
+void CopyColumns(const Tensor& dst, int64_t d0, const Tensor& src, int64_t s0, int64_t w);
+void BroadcastColumnsToHeads(const Tensor& k, int64_t off, const Tensor& src, int64_t s0);
+void SumHeadsToColumns(const Tensor& dst, int64_t d0, const Tensor& dk, int64_t off);
 void RouterSelect(const Tensor& topk_index, const Tensor& topk_weight, const Tensor& scores,
                   const Tensor& logits, const Tensor& bias, const RouterDims& d);
 void RouterSelectBackward(const Tensor& dlogits, const Tensor& dweight, const Tensor& dscores,

@@ -11,6 +11,7 @@
 #include "framework/cuda/device_pool.h"
 #include "framework/kernels/cuda/activation.h"
 #include "framework/kernels/cuda/attention.h"
+#include "framework/kernels/cuda/columns.h"
 #include "framework/kernels/cuda/cross_entropy.h"
 #include "framework/kernels/cuda/elementwise.h"
 #include "framework/kernels/cuda/embedding.h"
@@ -230,6 +231,18 @@ void SplitLastDim(const Tensor& x, const Tensor& a, const Tensor& b) {
 void Fill(const Tensor& t, double value) { cuda::Fill(t, value, Context("fill").stream()); }
 
 void Zero(const Tensor& t) { cuda::Zero(t, Context("zero").stream()); }
+
+void CopyColumns(const Tensor& dst, int64_t d0, const Tensor& src, int64_t s0, int64_t w) {
+  cuda::CopyColumns(dst, d0, src, s0, w, Context("copy_columns").stream());
+}
+
+void BroadcastColumnsToHeads(const Tensor& k, int64_t off, const Tensor& src, int64_t s0) {
+  cuda::BroadcastColumnsToHeads(k, off, src, s0, Context("broadcast_columns_to_heads").stream());
+}
+
+void SumHeadsToColumns(const Tensor& dst, int64_t d0, const Tensor& dk, int64_t off) {
+  cuda::SumHeadsToColumns(dst, d0, dk, off, Context("sum_heads_to_columns").stream());
+}
 
 void RouterSelect(const Tensor& topk_index, const Tensor& topk_weight, const Tensor& scores,
                   const Tensor& logits, const Tensor& bias, const RouterDims& d) {

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "framework/kernels/cpu/elementwise.h"
+#include "framework/ops.h"
 
 namespace fathom {
 namespace {
@@ -27,17 +27,17 @@ DecoderBlock::DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer,
 }
 
 Tensor DecoderBlock::Forward(int mb, const Tensor& x) {
-  Tensor h = cpu::Add(x, attn_.Forward(mb, input_norm_.Forward(mb, x)));
+  Tensor h = ops::Add(x, attn_.Forward(mb, input_norm_.Forward(mb, x)));
   Tensor n = post_norm_.Forward(mb, h);
-  return cpu::Add(h, moe_ ? moe_->Forward(mb, n) : dense_->Forward(mb, n));
+  return ops::Add(h, moe_ ? moe_->Forward(mb, n) : dense_->Forward(mb, n));
 }
 
 // The residual stream is the documented exception to "activation grads overwrite": the gradient of each
 // residual add is the sum of the skip path and the branch.
 Tensor DecoderBlock::BackwardInput(int mb, const Tensor& dy) {
   Tensor dn = moe_ ? moe_->BackwardInput(mb, dy) : dense_->BackwardInput(mb, dy);
-  Tensor dh = cpu::Add(dy, post_norm_.BackwardInput(mb, dn));
-  return cpu::Add(dh, input_norm_.BackwardInput(mb, attn_.BackwardInput(mb, dh)));
+  Tensor dh = ops::Add(dy, post_norm_.BackwardInput(mb, dn));
+  return ops::Add(dh, input_norm_.BackwardInput(mb, attn_.BackwardInput(mb, dh)));
 }
 
 void DecoderBlock::BackwardWeight(int mb) {

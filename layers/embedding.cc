@@ -1,6 +1,6 @@
 #include "layers/embedding.h"
 
-#include "framework/kernels/cpu/embedding.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
@@ -15,8 +15,8 @@ Tensor Embedding::Forward(int mb, const Tensor& ids) {
   Tensor w = table_->value(weight_);
   Shape shape = ids.shape();
   shape.push_back(w.dim(1));
-  Tensor out = Tensor::Empty(shape, w.dtype());
-  cpu::EmbeddingForward(out, ids, w);
+  Tensor out = Tensor::Empty(shape, w.dtype(), w.device());
+  ops::EmbeddingForward(out, ids, w);
   saved_.Put(mb).ids = ids;
   return out;
 }
@@ -29,7 +29,7 @@ Tensor Embedding::BackwardInput(int mb, const Tensor& dy) {
 void Embedding::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy.defined(), "[embedding] BackwardWeight before BackwardInput for micro-batch ", mb);
-  cpu::EmbeddingBackward(table_->grad(weight_), c.ids, c.dy);
+  ops::EmbeddingBackward(table_->grad(weight_), c.ids, c.dy);
   saved_.Drop(mb);
 }
 

@@ -1,6 +1,6 @@
 #include "layers/linear.h"
 
-#include "framework/kernels/cpu/gemm.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
@@ -20,8 +20,8 @@ Tensor Linear::Forward(int mb, const Tensor& x) {
   FATHOM_CHECK(x.dim(-1) == in_, "[linear ", table_->spec(weight_).name, "] input ", x.shape_str(),
                ", expected last dim ", in_);
   Tensor x2 = x.Flatten2D();
-  Tensor y = Tensor::Empty({x2.dim(0), out_}, x.dtype());
-  cpu::MatmulNT(y, x2, weight());
+  Tensor y = Tensor::Empty({x2.dim(0), out_}, x.dtype(), x.device());
+  ops::MatmulNT(y, x2, weight());
   saved_.Put(mb).x = x2;
   Shape shape = x.shape();
   shape.back() = out_;
@@ -32,8 +32,8 @@ Tensor Linear::BackwardInput(int mb, const Tensor& dy) {
   Ctx& c = saved_.Get(mb);
   Tensor dy2 = dy.Flatten2D();
   FATHOM_CHECK(dy2.dim(0) == c.x.dim(0) && dy2.dim(1) == out_, "[linear] dy ", dy.shape_str());
-  Tensor dx = Tensor::Empty({dy2.dim(0), in_}, dy.dtype());
-  cpu::MatmulNN(dx, dy2, weight());
+  Tensor dx = Tensor::Empty({dy2.dim(0), in_}, dy.dtype(), dy.device());
+  ops::MatmulNN(dx, dy2, weight());
   c.dy = dy2;
   Shape shape = dy.shape();
   shape.back() = in_;
@@ -43,7 +43,7 @@ Tensor Linear::BackwardInput(int mb, const Tensor& dy) {
 void Linear::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy.defined(), "[linear] BackwardWeight before BackwardInput for micro-batch ", mb);
-  cpu::MatmulTN(table_->grad(weight_), c.dy, c.x, /*accumulate=*/true);
+  ops::MatmulTN(table_->grad(weight_), c.dy, c.x, /*accumulate=*/true);
   saved_.Drop(mb);
 }
 

@@ -2,67 +2,9 @@
 
 #include <cmath>
 
-#include "framework/kernels/cpu/attention.h"
-#include "framework/kernels/cpu/elementwise.h"
+#include "framework/ops.h"
 
 namespace fathom {
-
-namespace {
-
-// dst[r, d0 : d0 + w] = src[r, s0 : s0 + w] for every row r of the 2-D views dst (N, Wd), src (N, Ws).
-void CopyColumns(const Tensor& dst, int64_t d0, const Tensor& src, int64_t s0, int64_t w) {
-  FATHOM_CHECK(dst.ndim() == 2 && src.ndim() == 2 && dst.dim(0) == src.dim(0) && d0 + w <= dst.dim(1) &&
-                   s0 + w <= src.dim(1) && dst.dtype() == src.dtype(),
-               "[mla] copy columns [", s0, ", ", s0 + w, ") of ", src.shape_str(), " to [", d0, ", ", d0 + w,
-               ") of ", dst.shape_str());
-  DispatchFloat(src.dtype(), "mla", [&](auto tag) {
-    using T = decltype(tag);
-    const int64_t n = src.dim(0), ws = src.dim(1), wd = dst.dim(1);
-    const T* sp = src.data<T>();
-    T* dp = dst.data<T>();
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t j = 0; j < w; ++j) dp[r * wd + d0 + j] = sp[r * ws + s0 + j];
-  });
-}
-
-// The shared rotated key goes to every head: k[r, h, off:] = src[r, s0 : s0 + d] for k (N, heads, Dk),
-// src (N, Ws), d = Dk - off.
-void BroadcastToHeads(const Tensor& k, int64_t off, const Tensor& src, int64_t s0) {
-  const int64_t n = k.dim(0), heads = k.dim(1), dk = k.dim(2), d = dk - off;
-  FATHOM_CHECK(src.ndim() == 2 && src.dim(0) == n && s0 + d <= src.dim(1), "[mla] broadcast ",
-               src.shape_str(), " into ", k.shape_str());
-  DispatchFloat(k.dtype(), "mla", [&](auto tag) {
-    using T = decltype(tag);
-    const int64_t ws = src.dim(1);
-    const T* sp = src.data<T>();
-    T* kp = k.data<T>();
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t h = 0; h < heads; ++h)
-        for (int64_t j = 0; j < d; ++j) kp[(r * heads + h) * dk + off + j] = sp[r * ws + s0 + j];
-  });
-}
-
-// The transpose of BroadcastToHeads: dst[r, d0 : d0 + d] = sum_h dk[r, h, off:].
-void SumOverHeads(const Tensor& dst, int64_t d0, const Tensor& dk, int64_t off) {
-  const int64_t n = dk.dim(0), heads = dk.dim(1), w = dk.dim(2), d = w - off;
-  FATHOM_CHECK(dst.ndim() == 2 && dst.dim(0) == n && d0 + d <= dst.dim(1), "[mla] sum ", dk.shape_str(),
-               " over heads into ", dst.shape_str());
-  DispatchFloat(dk.dtype(), "mla", [&](auto tag) {
-    using T = decltype(tag);
-    const int64_t wd = dst.dim(1);
-    const T* gp = dk.data<T>();
-    T* dp = dst.data<T>();
-    for (int64_t r = 0; r < n; ++r) {
-      for (int64_t j = 0; j < d; ++j) {
-        T s = 0;
-        for (int64_t h = 0; h < heads; ++h) s += gp[(r * heads + h) * w + off + j];
-        dp[r * wd + d0 + j] = s;
-      }
-    }
-  });
-}
-
-}  // namespace
 
 MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std::string& prefix, int layer)
     : cfg_(cfg),
@@ -112,22 +54,22 @@ Tensor MlaAttention::Forward(int mb, const Tensor& x) {
 
   // Compressed kv: the latent is copied out for the norm before k_rot is rotated in place (one head).
   Tensor ckv = kv_a_proj_.Forward(mb, x).Reshape({n, kv_rank_ + rope_dim_});
-  Tensor kv = Tensor::Empty({n, kv_rank_}, x.dtype());
-  CopyColumns(kv, 0, ckv, 0, kv_rank_);
+  Tensor kv = Tensor::Empty({n, kv_rank_}, x.dtype(), x.device());
+  ops::CopyColumns(kv, 0, ckv, 0, kv_rank_);
   Tensor ckv4 = ckv.Reshape({b, t, 1, kv_rank_ + rope_dim_});
   rt.Apply(ckv4, ckv4);
   Tensor kvb = kv_b_proj_.Forward(mb, kv_a_layernorm_.Forward(mb, kv.Reshape({b, t, kv_rank_})));
   Tensor kvb2 = kvb.Reshape({n * heads_, nope_ + v_dim_});
 
-  Tensor k = Tensor::Empty({b, t, heads_, qk_dim_}, x.dtype());
-  Tensor v = Tensor::Empty({b, t, heads_, v_dim_}, x.dtype());
-  CopyColumns(k.Reshape({n * heads_, qk_dim_}), 0, kvb2, 0, nope_);
-  BroadcastToHeads(k.Reshape({n, heads_, qk_dim_}), nope_, ckv, kv_rank_);
-  CopyColumns(v.Reshape({n * heads_, v_dim_}), 0, kvb2, nope_, v_dim_);
+  Tensor k = Tensor::Empty({b, t, heads_, qk_dim_}, x.dtype(), x.device());
+  Tensor v = Tensor::Empty({b, t, heads_, v_dim_}, x.dtype(), x.device());
+  ops::CopyColumns(k.Reshape({n * heads_, qk_dim_}), 0, kvb2, 0, nope_);
+  ops::BroadcastColumnsToHeads(k.Reshape({n, heads_, qk_dim_}), nope_, ckv, kv_rank_);
+  ops::CopyColumns(v.Reshape({n * heads_, v_dim_}), 0, kvb2, nope_, v_dim_);
 
-  Tensor out = Tensor::Empty({b, t, heads_, v_dim_}, x.dtype());
-  Tensor lse = Tensor::Empty({b, heads_, t}, x.dtype());
-  cpu::CausalAttentionForward(out, lse, q, k, v, scale_);
+  Tensor out = Tensor::Empty({b, t, heads_, v_dim_}, x.dtype(), x.device());
+  Tensor lse = Tensor::Empty({b, heads_, t}, ops::StatsDType(x.dtype()), x.device());
+  ops::CausalAttentionForward(out, lse, q, k, v, scale_);
   Tensor y = o_proj_.Forward(mb, out.Reshape({b, t, heads_ * v_dim_}));
 
   Ctx& c = saved_.Put(mb);
@@ -147,12 +89,13 @@ Tensor MlaAttention::BackwardInput(int mb, const Tensor& dy) {
                ShapeString({b, t, cfg_.hidden_size}));
   const RopeTable& rt = rope(t);
   const DType dt = dy.dtype();
+  const Device dev = dy.device();
 
   Tensor dout = o_proj_.BackwardInput(mb, dy).Reshape({b, t, heads_, v_dim_});
-  Tensor dq = Tensor::Empty(c.q.shape(), dt);
-  Tensor dk = Tensor::Empty(c.k.shape(), dt);
-  Tensor dv = Tensor::Empty(c.v.shape(), dt);
-  cpu::CausalAttentionBackward(dq, dk, dv, dout, c.q, c.k, c.v, c.out, c.lse, scale_);
+  Tensor dq = Tensor::Empty(c.q.shape(), dt, dev);
+  Tensor dk = Tensor::Empty(c.k.shape(), dt, dev);
+  Tensor dv = Tensor::Empty(c.v.shape(), dt, dev);
+  ops::CausalAttentionBackward(dq, dk, dv, dout, c.q, c.k, c.v, c.out, c.lse, scale_);
   // Nothing of ours is needed for the weight gradients (the sub-layers keep their own inputs).
   c = Ctx{};
 
@@ -164,17 +107,17 @@ Tensor MlaAttention::BackwardInput(int mb, const Tensor& dy) {
                             mb, q_a_layernorm_->BackwardInput(mb, q_b_proj_->BackwardInput(mb, dq3)));
 
   // kv path: [dk_nope, dv] per head into kv_b_proj; the shared k_rot collects every head's gradient.
-  Tensor dkvb = Tensor::Empty({n * heads_, nope_ + v_dim_}, dt);
-  CopyColumns(dkvb, 0, dk.Reshape({n * heads_, qk_dim_}), 0, nope_);
-  CopyColumns(dkvb, nope_, dv.Reshape({n * heads_, v_dim_}), 0, v_dim_);
+  Tensor dkvb = Tensor::Empty({n * heads_, nope_ + v_dim_}, dt, dev);
+  ops::CopyColumns(dkvb, 0, dk.Reshape({n * heads_, qk_dim_}), 0, nope_);
+  ops::CopyColumns(dkvb, nope_, dv.Reshape({n * heads_, v_dim_}), 0, v_dim_);
   Tensor dkv = kv_a_layernorm_.BackwardInput(
       mb, kv_b_proj_.BackwardInput(mb, dkvb.Reshape({b, t, heads_ * (nope_ + v_dim_)})));
-  Tensor dckv = Tensor::Empty({n, kv_rank_ + rope_dim_}, dt);
-  CopyColumns(dckv, 0, dkv.Reshape({n, kv_rank_}), 0, kv_rank_);
-  SumOverHeads(dckv, kv_rank_, dk.Reshape({n, heads_, qk_dim_}), nope_);
+  Tensor dckv = Tensor::Empty({n, kv_rank_ + rope_dim_}, dt, dev);
+  ops::CopyColumns(dckv, 0, dkv.Reshape({n, kv_rank_}), 0, kv_rank_);
+  ops::SumHeadsToColumns(dckv, kv_rank_, dk.Reshape({n, heads_, qk_dim_}), nope_);
   Tensor dckv4 = dckv.Reshape({b, t, 1, kv_rank_ + rope_dim_});
   rt.ApplyBackward(dckv4, dckv4);
-  cpu::AddInPlace(dx, kv_a_proj_.BackwardInput(mb, dckv.Reshape({b, t, kv_rank_ + rope_dim_})));
+  ops::AddInPlace(dx, kv_a_proj_.BackwardInput(mb, dckv.Reshape({b, t, kv_rank_ + rope_dim_})));
   return dx;
 }
 

@@ -1,7 +1,6 @@
 #include "layers/mlp.h"
 
-#include "framework/kernels/cpu/activation.h"
-#include "framework/kernels/cpu/elementwise.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
@@ -18,8 +17,8 @@ Tensor DenseMlp::Forward(int mb, const Tensor& x) {
   Tensor x2 = x.Flatten2D();
   Tensor gate = gate_.Forward(mb, x2);
   Tensor up = up_.Forward(mb, x2);
-  Tensor h = Tensor::Empty(gate.shape(), x.dtype());
-  cpu::SwiGluForward(h, gate, up);
+  Tensor h = Tensor::Empty(gate.shape(), x.dtype(), x.device());
+  ops::SwiGluForward(h, gate, up);
   Ctx& c = saved_.Put(mb);
   c.gate = gate;
   c.up = up;
@@ -29,12 +28,12 @@ Tensor DenseMlp::Forward(int mb, const Tensor& x) {
 Tensor DenseMlp::BackwardInput(int mb, const Tensor& dy) {
   Ctx& c = saved_.Get(mb);
   Tensor dh = down_.BackwardInput(mb, dy.Flatten2D());
-  Tensor dgate = Tensor::Empty(dh.shape(), dh.dtype());
-  Tensor dup = Tensor::Empty(dh.shape(), dh.dtype());
-  cpu::SwiGluBackward(dgate, dup, dh, c.gate, c.up);
+  Tensor dgate = Tensor::Empty(dh.shape(), dh.dtype(), dh.device());
+  Tensor dup = Tensor::Empty(dh.shape(), dh.dtype(), dh.device());
+  ops::SwiGluBackward(dgate, dup, dh, c.gate, c.up);
   // x feeds both projections, so its gradient is the sum of the two branches.
   Tensor dx = gate_.BackwardInput(mb, dgate);
-  cpu::AddInPlace(dx, up_.BackwardInput(mb, dup));
+  ops::AddInPlace(dx, up_.BackwardInput(mb, dup));
   return dx.Reshape(dy.shape());
 }
 

@@ -3,7 +3,7 @@
 #include <random>
 
 #include "framework/kernels/cpu/cross_entropy.h"
-#include "framework/kernels/cpu/elementwise.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
@@ -133,6 +133,9 @@ LossNormalizers Model::Normalizers(const std::vector<MicroBatch>& batches,
   const size_t depth = static_cast<size_t>(cfg_.num_nextn_predict_layers);
   n.mtp_tokens.assign(depth, 0);
   for (const MicroBatch& b : batches) {
+    // Loss normalisers are host statistics over the loader's host labels.
+    FATHOM_CHECK(b.labels.device() == Device::kCPU, "[model] Normalizers counts HOST labels, got labels on ",
+                 DeviceName(b.labels.device()));
     n.main_tokens += static_cast<double>(cpu::CountValidLabels(b.labels, loss_.ignore_index));
     for (size_t k = 0; k < depth; ++k) {
       Tensor ids, labels;
@@ -166,6 +169,10 @@ Tensor Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input,
     for (size_t k = 0; k < mtp_.size(); ++k) {
       Tensor ids, labels;
       MtpInputs(batch.input_ids, batch.labels, static_cast<int>(k) + 1, loss_.ignore_index, &ids, &labels);
+      if (h.device() != Device::kCPU) {  // the shifted host ids and labels go to the activations' device
+        ids = ops::To(ids, h.device());
+        labels = ops::To(labels, h.device());
+      }
       h = mtp_[k]->Forward(mb, h, ids, labels, scale(depth_weight, norm.mtp_tokens[k]), &sums->mtp_ce[k]);
     }
     h = Tensor();
@@ -188,7 +195,7 @@ Tensor Model::BackwardInputStage(int mb, const Tensor& grad_output) {
     Tensor dmtp;  // gradient w.r.t. the output of the deepest MTP module seen so far
     for (size_t k = mtp_.size(); k-- > 0;) dmtp = mtp_[k]->BackwardInput(mb, dmtp);
     dh = head_->BackwardInput(mb);
-    if (dmtp.defined()) cpu::AddInPlace(dh, dmtp);  // h^0 feeds both the head and MTP module 1
+    if (dmtp.defined()) ops::AddInPlace(dh, dmtp);  // h^0 feeds both the head and MTP module 1
   } else {
     FATHOM_CHECK(grad_output.defined(), "stage without the head needs the next stage's gradient");
     dh = grad_output;

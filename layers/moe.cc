@@ -3,9 +3,8 @@
 #include <algorithm>
 #include <utility>
 
-#include "framework/kernels/cpu/activation.h"
-#include "framework/kernels/cpu/elementwise.h"
 #include "framework/kernels/cpu/moe.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
@@ -63,7 +62,7 @@ Tensor MoE::Forward(int mb, const Tensor& x) {
   ComputeExperts(mb, c);
   Tensor y = Combine(c);
   if (shared_) {
-    cpu::AddInPlace(y, shared_->Forward(mb, x2));
+    ops::AddInPlace(y, shared_->Forward(mb, x2));
   }
   return y.Reshape(x.shape());
 }
@@ -72,22 +71,28 @@ Tensor MoE::Forward(int mb, const Tensor& x) {
 // in BackwardInput (scaled by balance_weight_).
 void MoE::Route(int mb, Ctx& c, const Tensor& x2) {
   c.routing = router_.Forward(mb, x2);
-  balance_loss_sum_ += cpu::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
-  const int64_t* idx = c.routing.topk_index.data<int64_t>();
-  for (int64_t i = 0; i < c.routing.topk_index.numel(); ++i) ++expert_load_[idx[i]];
+  balance_loss_sum_ += ops::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
   if (track_margin_) {
+    // A test-only statistic, computed on the host from host router scores.
+    FATHOM_CHECK(c.routing.scores.device() == Device::kCPU, "[moe ", table_->spec(gate_proj_).name,
+                 "] selection-margin tracking reads HOST router scores, got scores on ",
+                 DeviceName(c.routing.scores.device()));
     min_margin_ = std::min(
         min_margin_,
         cpu::RouterSelectionMargin(c.routing.scores, table_->value(router_.bias_id()), router_.dims()));
   }
 }
 
+// The per-expert counts come back on the host on both backends (ops::MoePermute), so the expert loads
+// accumulate from them there: every (token, k) selection is counted once, as in topk_index.
 void MoE::Permute(Ctx& c, const Tensor& x2) {
   const int64_t rows = x2.dim(0) * top_k_;
-  c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype());
-  c.row_slot = Tensor::Empty({rows}, DType::kI64);
-  c.counts = Tensor::Empty({num_experts_}, DType::kI64);
-  cpu::MoePermute(c.x_perm, c.row_slot, c.counts, x2, c.routing.topk_index);
+  c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype(), x2.device());
+  c.row_slot = Tensor::Empty({rows}, DType::kI64, x2.device());
+  c.counts = Tensor::Empty({num_experts_}, DType::kI64);  // HOST
+  ops::MoePermute(c.x_perm, c.row_slot, c.counts, x2, c.routing.topk_index);
+  const int64_t* counts = c.counts.data<int64_t>();
+  for (int64_t e = 0; e < num_experts_; ++e) expert_load_[static_cast<size_t>(e)] += counts[e];
 }
 
 // Without an exchange the permuted rows are the local experts' rows; with one, they travel to the ranks
@@ -105,20 +110,21 @@ void MoE::Dispatch(int mb, Ctx& c) {
 void MoE::ComputeExperts(int mb, Ctx& c) {
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
-  c.gate = Tensor::Empty({rows, intermediate_}, dt);
-  c.up = Tensor::Empty({rows, intermediate_}, dt);
-  c.h = Tensor::Empty({rows, intermediate_}, dt);
-  Tensor y_local = Tensor::Empty({rows, hidden_}, dt);
-  cpu::GroupedMatmulNT(c.gate, c.x_local, table_->value(gate_proj_), c.local_counts);
-  cpu::GroupedMatmulNT(c.up, c.x_local, table_->value(up_proj_), c.local_counts);
-  cpu::SwiGluForward(c.h, c.gate, c.up);
-  cpu::GroupedMatmulNT(y_local, c.h, table_->value(down_proj_), c.local_counts);
+  const Device dev = c.x_local.device();
+  c.gate = Tensor::Empty({rows, intermediate_}, dt, dev);
+  c.up = Tensor::Empty({rows, intermediate_}, dt, dev);
+  c.h = Tensor::Empty({rows, intermediate_}, dt, dev);
+  Tensor y_local = Tensor::Empty({rows, hidden_}, dt, dev);
+  ops::GroupedMatmulNT(c.gate, c.x_local, table_->value(gate_proj_), c.local_counts);
+  ops::GroupedMatmulNT(c.up, c.x_local, table_->value(up_proj_), c.local_counts);
+  ops::SwiGluForward(c.h, c.gate, c.up);
+  ops::GroupedMatmulNT(y_local, c.h, table_->value(down_proj_), c.local_counts);
   c.y_perm = exchange_ ? exchange_->FromExperts(mb, y_local) : y_local;
 }
 
 Tensor MoE::Combine(Ctx& c) {
-  Tensor y = Tensor::Empty({c.batch * c.seq, hidden_}, c.y_perm.dtype());
-  cpu::MoeCombine(y, c.y_perm, c.row_slot, c.routing.topk_weight);
+  Tensor y = Tensor::Empty({c.batch * c.seq, hidden_}, c.y_perm.dtype(), c.y_perm.device());
+  ops::MoeCombine(y, c.y_perm, c.row_slot, c.routing.topk_weight);
   return y;
 }
 
@@ -127,9 +133,10 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   FATHOM_CHECK(dy.ndim() == 3 && dy.dim(0) == c.batch && dy.dim(1) == c.seq && dy.dim(2) == hidden_,
                "[moe] dy ", dy.shape_str());
   Tensor dy2 = dy.Flatten2D();
-  Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), dy2.dtype());
-  Tensor dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype());
-  cpu::MoeCombineBackward(dy_perm, dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
+  // dweight is in the router's dtype (topk_weight's), the output gradient in the activations'.
+  Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), c.routing.topk_weight.dtype(), dy2.device());
+  Tensor dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype(), dy2.device());
+  ops::MoeCombineBackward(dy_perm, dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
   Tensor dx_perm = ExpertsBackwardInput(mb, c, dy_perm);
   if (exchange_) {
     dx_perm = exchange_->FromExperts(mb, dx_perm);
@@ -138,15 +145,15 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   Tensor dx;
   if (shared_) {
     dx = shared_->BackwardInput(mb, dy2);
-    cpu::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/true);
+    ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/true);
   } else {
-    dx = Tensor::Empty(dy2.shape(), dy2.dtype());
-    cpu::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/false);
+    dx = Tensor::Empty(dy2.shape(), dy2.dtype(), dy2.device());
+    ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/false);
   }
   Tensor dscores;  // the balance loss is the only other consumer of the router scores
   if (balance_weight_ != 0.0) {
-    dscores = Tensor::Zeros(c.routing.scores.shape(), c.routing.scores.dtype());
-    cpu::SequenceBalanceLossBackward(dscores, c.routing.scores, c.routing.topk_index, c.batch, c.seq,
+    dscores = Tensor::Zeros(c.routing.scores.shape(), c.routing.scores.dtype(), c.routing.scores.device());
+    ops::SequenceBalanceLossBackward(dscores, c.routing.scores, c.routing.topk_index, c.batch, c.seq,
                                      balance_weight_);
   }
   router_.BackwardInput(mb, dx, dweight, dscores);
@@ -159,14 +166,15 @@ Tensor MoE::ExpertsBackwardInput(int mb, Ctx& c, const Tensor& dy_perm) {
   c.dy_local = exchange_ ? exchange_->ToExperts(mb, dy_perm) : dy_perm;
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
-  Tensor dh = Tensor::Empty({rows, intermediate_}, dt);
-  cpu::GroupedMatmulNN(dh, c.dy_local, table_->value(down_proj_), c.local_counts);
-  c.dgate = Tensor::Empty({rows, intermediate_}, dt);
-  c.dup = Tensor::Empty({rows, intermediate_}, dt);
-  cpu::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
-  Tensor dx_local = Tensor::Empty({rows, hidden_}, dt);
-  cpu::GroupedMatmulNN(dx_local, c.dgate, table_->value(gate_proj_), c.local_counts);
-  cpu::GroupedMatmulNN(dx_local, c.dup, table_->value(up_proj_), c.local_counts, /*accumulate=*/true);
+  const Device dev = c.x_local.device();
+  Tensor dh = Tensor::Empty({rows, intermediate_}, dt, dev);
+  ops::GroupedMatmulNN(dh, c.dy_local, table_->value(down_proj_), c.local_counts);
+  c.dgate = Tensor::Empty({rows, intermediate_}, dt, dev);
+  c.dup = Tensor::Empty({rows, intermediate_}, dt, dev);
+  ops::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
+  Tensor dx_local = Tensor::Empty({rows, hidden_}, dt, dev);
+  ops::GroupedMatmulNN(dx_local, c.dgate, table_->value(gate_proj_), c.local_counts);
+  ops::GroupedMatmulNN(dx_local, c.dup, table_->value(up_proj_), c.local_counts, /*accumulate=*/true);
   return dx_local;
 }
 
@@ -180,9 +188,9 @@ void MoE::BackwardWeight(int mb) {
 }
 
 void MoE::ExpertsBackwardWeight(Ctx& c) {
-  cpu::GroupedMatmulTN(table_->grad(down_proj_), c.dy_local, c.h, c.local_counts);
-  cpu::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_local, c.local_counts);
-  cpu::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_local, c.local_counts);
+  ops::GroupedMatmulTN(table_->grad(down_proj_), c.dy_local, c.h, c.local_counts);
+  ops::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_local, c.local_counts);
+  ops::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_local, c.local_counts);
 }
 
 }  // namespace fathom

@@ -14,9 +14,9 @@
 // Every token goes to exactly K experts: no capacity, no dropping; an expert may receive zero tokens.
 //
 // The forward runs as explicit phases so that expert parallelism can put an all-to-all between them:
-//   route (router + balance loss + statistics) -> permute (token copies sorted by expert, per-expert
-//   counts) -> expert compute (grouped GEMMs over contiguous per-expert row blocks) -> combine
-//   (unpermute + weighted sum), plus the shared expert.
+//   route (router + balance loss + selection margin) -> permute (token copies sorted by expert, per-expert
+//   counts on the host, expert loads accumulated from them) -> expert compute (grouped GEMMs over contiguous
+//   per-expert row blocks) -> combine (unpermute + weighted sum), plus the shared expert.
 // BackwardInput mirrors it (combine, experts, permute, router, shared expert dgrad); BackwardWeight
 // accumulates the expert, router and shared-expert weight gradients. Layer contract of layers/layer.h.
 //
@@ -85,7 +85,7 @@ class MoE {
     RouterOutput routing;  // scores (N, E), topk_index (N, K) i64, topk_weight (N, K)
     Tensor x_perm;         // (R, H) token copies sorted by expert, R = N * K
     Tensor row_slot;       // (R) i64 slot t * K + k held by each permuted row
-    Tensor counts;         // (E) i64 rows per expert
+    Tensor counts;         // (E) i64 rows per expert, HOST
     // The rows of the local experts (all rows without an exchange), R_local of them grouped by local expert.
     Tensor x_local;       // (R_local, H)
     Tensor local_counts;  // (E_local) i64

@@ -2,12 +2,17 @@
 
 #include <string>
 
-#include "framework/kernels/cpu/elementwise.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
 void MtpInputs(const Tensor& ids, const Tensor& labels, int depth, int64_t ignore_index, Tensor* mtp_ids,
                Tensor* mtp_labels) {
+  // Token ids are shifted on the host, where the data loader produces them; the caller moves the result
+  // to the model's device.
+  FATHOM_CHECK(ids.device() == Device::kCPU && labels.device() == Device::kCPU,
+               "[mtp] MtpInputs shifts HOST token ids and labels, got ids on ", DeviceName(ids.device()),
+               " and labels on ", DeviceName(labels.device()));
   const int64_t b = ids.dim(0), t = ids.dim(1);
   *mtp_ids = Tensor::Empty({b, t}, DType::kI32);
   *mtp_labels = Tensor::Empty({b, t}, DType::kI32);
@@ -44,19 +49,20 @@ Tensor MtpModule::Forward(int mb, const Tensor& h_prev, const Tensor& mtp_ids, c
                           double loss_scale, double* ce_sum) {
   Tensor e = enorm_.Forward(mb, embed_.Forward(mb, mtp_ids));
   Tensor h = hnorm_.Forward(mb, h_prev);
-  Tensor hk = block_.Forward(mb, eh_proj_.Forward(mb, cpu::ConcatLastDim(e, h)));
+  Tensor hk = block_.Forward(mb, eh_proj_.Forward(mb, ops::ConcatLastDim(e, h)));
   *ce_sum += head_.Forward(mb, hk, mtp_labels, loss_scale);
   return hk;
 }
 
 Tensor MtpModule::BackwardInput(int mb, const Tensor& dh_next) {
   Tensor dhk = head_.BackwardInput(mb);
-  if (dh_next.defined()) cpu::AddInPlace(dhk, dh_next);
+  if (dh_next.defined()) ops::AddInPlace(dhk, dh_next);
   Tensor dcat = eh_proj_.BackwardInput(mb, block_.BackwardInput(mb, dhk));
   Shape half = dcat.shape();
   half.back() = hidden_;
-  Tensor de = Tensor::Empty(half, dcat.dtype()), dh = Tensor::Empty(half, dcat.dtype());
-  cpu::SplitLastDim(dcat, de, dh);
+  Tensor de = Tensor::Empty(half, dcat.dtype(), dcat.device());
+  Tensor dh = Tensor::Empty(half, dcat.dtype(), dcat.device());
+  ops::SplitLastDim(dcat, de, dh);
   embed_.BackwardInput(mb, enorm_.BackwardInput(mb, de));
   return hnorm_.BackwardInput(mb, dh);
 }

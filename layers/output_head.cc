@@ -1,6 +1,6 @@
 #include "layers/output_head.h"
 
-#include "framework/kernels/cpu/cross_entropy.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
@@ -17,16 +17,16 @@ double OutputHead::Forward(int mb, const Tensor& x, const Tensor& labels, double
   Ctx& c = saved_.Put(mb);
   c.logits = flat;
   c.labels = labels.Reshape({labels.numel()});
-  c.lse = Tensor::Empty({flat.dim(0)}, flat.dtype());
+  c.lse = Tensor::Empty({flat.dim(0)}, ops::StatsDType(flat.dtype()), flat.device());
   c.loss_scale = loss_scale;
   c.x_shape = x.shape();
-  return cpu::CrossEntropyForward(c.lse, flat, c.labels, ignore_index_);
+  return ops::CrossEntropyForward(c.lse, flat, c.labels, ignore_index_);
 }
 
 Tensor OutputHead::BackwardInput(int mb) {
   Ctx& c = saved_.Get(mb);
-  Tensor dlogits = Tensor::Empty(c.logits.shape(), c.logits.dtype());
-  cpu::CrossEntropyBackward(dlogits, c.logits, c.lse, c.labels, ignore_index_, c.loss_scale);
+  Tensor dlogits = Tensor::Empty(c.logits.shape(), c.logits.dtype(), c.logits.device());
+  ops::CrossEntropyBackward(dlogits, c.logits, c.lse, c.labels, ignore_index_, c.loss_scale);
   if (!keep_logits_) c.logits = Tensor();
   Shape logits_shape = c.x_shape;
   logits_shape.back() = dlogits.dim(1);

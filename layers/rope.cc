@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "framework/kernels/cpu/rope.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
@@ -120,16 +120,30 @@ const Tensor& RopeTable::sin(DType dtype) const {
   return sin_f32_;
 }
 
+// CUDA rope tables are f32 (ops.h); the host f32 tables are copied once and kept, since every call of a
+// layer with this sequence length needs the same ones.
+const Tensor& RopeTable::CosFor(const Tensor& x) const {
+  if (x.device() == Device::kCPU) return cos(ops::StatsDType(x.dtype()));
+  if (!cos_cuda_.defined()) cos_cuda_ = ops::To(cos_f32_, x.device());
+  return cos_cuda_;
+}
+
+const Tensor& RopeTable::SinFor(const Tensor& x) const {
+  if (x.device() == Device::kCPU) return sin(ops::StatsDType(x.dtype()));
+  if (!sin_cuda_.defined()) sin_cuda_ = ops::To(sin_f32_, x.device());
+  return sin_cuda_;
+}
+
 void RopeTable::Apply(const Tensor& out, const Tensor& x) const {
   FATHOM_CHECK(x.ndim() == 4 && x.dim(1) <= seq_len_, "[rope] x ", x.shape_str(), " for a table of ",
                seq_len_, " positions");
-  cpu::RopeForward(out, x, cos(x.dtype()), sin(x.dtype()), interleaved_);
+  ops::RopeForward(out, x, CosFor(x), SinFor(x), interleaved_);
 }
 
 void RopeTable::ApplyBackward(const Tensor& dx, const Tensor& dout) const {
   FATHOM_CHECK(dout.ndim() == 4 && dout.dim(1) <= seq_len_, "[rope] dout ", dout.shape_str(),
                " for a table of ", seq_len_, " positions");
-  cpu::RopeBackward(dx, dout, cos(dout.dtype()), sin(dout.dtype()), interleaved_);
+  ops::RopeBackward(dx, dout, CosFor(dout), SinFor(dout), interleaved_);
 }
 
 }  // namespace fathom

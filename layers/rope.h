@@ -49,8 +49,10 @@ class RopeTable {
   const Tensor& sin(DType dtype) const;
 
   // Rotates the trailing d columns of every row of x (B, T, H, W) into out (same shape; leading columns
-  // copied; out may alias x), in the config's layout (interleaved or rotate_half). See
-  // framework/kernels/cpu/rope.h. REQUIRES: x.dim(1) <= seq_len().
+  // copied; out may alias x), in the config's layout (interleaved or rotate_half), through ops::RopeForward
+  // on x's device. REQUIRES: x.dim(1) <= seq_len(). The tables live on the host; for a CUDA x an f32 copy
+  // is made once, on the first CUDA call, from the current cuda::DevicePool, and kept for the table's
+  // lifetime (so that pool must outlive this table).
   void Apply(const Tensor& out, const Tensor& x) const;
   // dx (B, T, H, W) from dout (same shape), the transpose of Apply; dx may alias dout.
   void ApplyBackward(const Tensor& dx, const Tensor& dout) const;
@@ -59,8 +61,13 @@ class RopeTable {
   int64_t seq_len_, dim_;
   bool interleaved_;
   RopeFrequencies freqs_;
-  Tensor cos_f32_, sin_f32_;  // (T, d/2) f32
-  Tensor cos_f64_, sin_f64_;  // (T, d/2) f64, converted from the f32 tables
+  Tensor cos_f32_, sin_f32_;            // (T, d/2) f32
+  Tensor cos_f64_, sin_f64_;            // (T, d/2) f64, converted from the f32 tables
+  mutable Tensor cos_cuda_, sin_cuda_;  // (T, d/2) f32 on CUDA, copied on first use
+
+  // The tables for x's device, in ops::StatsDType(x.dtype()).
+  const Tensor& CosFor(const Tensor& x) const;
+  const Tensor& SinFor(const Tensor& x) const;
 };
 
 }  // namespace fathom

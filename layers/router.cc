@@ -1,7 +1,6 @@
 #include "layers/router.h"
 
-#include "framework/kernels/cpu/activation.h"
-#include "framework/kernels/cpu/gemm.h"
+#include "framework/ops.h"
 
 namespace fathom {
 
@@ -32,13 +31,15 @@ RouterOutput Router::Forward(int mb, const Tensor& x) {
   FATHOM_CHECK(x.ndim() == 2 && x.dim(1) == hidden_, "[router ", table_->spec(weight_).name, "] input ",
                x.shape_str(), ", expected (N, ", hidden_, ")");
   const int64_t n = x.dim(0);
+  // Router tensors are in the statistics dtype (the activation dtype on the CPU, f32 on CUDA); the logits
+  // are written into scores, which RouterSelect turns into sigmoid scores in place.
+  const DType st = ops::StatsDType(x.dtype());
   RouterOutput r;
-  r.scores = Tensor::Empty({n, dims_.num_experts}, x.dtype());
-  cpu::MatmulNT(r.scores, x, table_->value(weight_));
-  cpu::SigmoidForward(r.scores, r.scores);
-  r.topk_index = Tensor::Empty({n, dims_.top_k}, DType::kI64);
-  r.topk_weight = Tensor::Empty({n, dims_.top_k}, x.dtype());
-  cpu::RouterSelect(r.topk_index, r.topk_weight, r.scores, table_->value(bias_), dims_);
+  r.scores = Tensor::Empty({n, dims_.num_experts}, st, x.device());
+  ops::MatmulNT(r.scores, x, table_->value(weight_));
+  r.topk_index = Tensor::Empty({n, dims_.top_k}, DType::kI64, x.device());
+  r.topk_weight = Tensor::Empty({n, dims_.top_k}, st, x.device());
+  ops::RouterSelect(r.topk_index, r.topk_weight, r.scores, /*logits=*/r.scores, table_->value(bias_), dims_);
   Ctx& c = saved_.Put(mb);
   c.x = x;
   c.scores = r.scores;
@@ -49,18 +50,19 @@ RouterOutput Router::Forward(int mb, const Tensor& x) {
 void Router::BackwardInput(int mb, const Tensor& dx, const Tensor& dweight, const Tensor& dscores) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(dx.shape() == c.x.shape(), "[router] dx ", dx.shape_str(), ", input was ", c.x.shape_str());
-  Tensor ds = dscores.defined() ? dscores.Clone() : Tensor::Zeros(c.scores.shape(), c.scores.dtype());
-  FATHOM_CHECK(ds.shape() == c.scores.shape(), "[router] dscores ", ds.shape_str());
-  cpu::RouterSelectBackward(ds, dweight, c.scores, c.index, dims_);
-  cpu::SigmoidBackward(ds, ds, c.scores);
-  cpu::MatmulNN(dx, ds, table_->value(weight_), /*accumulate=*/true);
+  FATHOM_CHECK(!dscores.defined() || dscores.shape() == c.scores.shape(), "[router] dscores ",
+               dscores.shape_str(), ", scores are ", c.scores.shape_str());
+  // ds = dscores (or zeros) + the selection's gradient, times the sigmoid's derivative.
+  Tensor ds = Tensor::Empty(c.scores.shape(), c.scores.dtype(), c.scores.device());
+  ops::RouterSelectBackward(ds, dweight, dscores, c.scores, c.index, dims_);
+  ops::MatmulNN(dx, ds, table_->value(weight_), /*accumulate=*/true);
   c.dlogits = ds;
 }
 
 void Router::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dlogits.defined(), "[router] BackwardWeight before BackwardInput for micro-batch ", mb);
-  cpu::MatmulTN(table_->grad(weight_), c.dlogits, c.x, /*accumulate=*/true);
+  ops::MatmulTN(table_->grad(weight_), c.dlogits, c.x, /*accumulate=*/true);
   saved_.Drop(mb);
 }
 

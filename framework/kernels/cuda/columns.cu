@@ -1,9 +1,11 @@
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/columns.h"
 
 namespace fathom::cuda {
@@ -18,23 +20,6 @@ unsigned GridFor(int64_t n) {
 #define FATHOM_COLUMNS_GRID_STRIDE(i, n)                                                 \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
-// f32 as float, bf16 as its bit pattern (uint16_t).
-__device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float Load(const uint16_t* p, int64_t i) {
-  return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
-}
-__device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
-// FloatToBf16 of framework/numeric.h: nearest even, NaN -> 0x7FC0.
-__device__ __forceinline__ void Store(uint16_t* p, int64_t i, float v) {
-  uint32_t u = __float_as_uint(v);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-    p[i] = 0x7FC0;
-    return;
-  }
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  p[i] = static_cast<uint16_t>(u >> 16);
-}
 
 // One thread per copied element (r, j): a bit copy in the element type.
 template <class E>
@@ -66,17 +51,17 @@ __global__ void SumHeadsKernel(E* dst, int64_t wd, int64_t d0, const E* dk, int6
   FATHOM_COLUMNS_GRID_STRIDE(i, total) {
     const int64_t r = i / d, j = i % d;
     float s = 0.0f;
-    for (int64_t h = 0; h < heads; ++h) s += Load(dk, (r * heads + h) * w + off + j);
-    Store(dst, r * wd + d0 + j, s);
+    for (int64_t h = 0; h < heads; ++h) s += LoadF32(dk + (r * heads + h) * w + off + j);
+    StoreF32(dst + r * wd + d0 + j, s);
   }
 }
 
-// Calls f with a float (f32) or uint16_t (bf16) tag; every tensor must have `dtype`.
+// Calls f with a float (f32) or __nv_bfloat16 (bf16) tag; every tensor must have `dtype`.
 template <class F>
 void DispatchF32Bf16(const char* op, DType dtype, F&& f) {
   if (dtype == DType::kF32) return f(float{});
   FATHOM_CHECK(dtype == DType::kBF16, "[", op, "] unsupported dtype ", DTypeName(dtype), " (f32 or bf16)");
-  f(uint16_t{});
+  f(__nv_bfloat16{});
 }
 
 }  // namespace
