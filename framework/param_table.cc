@@ -1,5 +1,7 @@
 #include "framework/param_table.h"
 
+#include "framework/ops.h"
+
 namespace fathom {
 
 int ParamTable::Add(ParamSpec spec) {
@@ -40,10 +42,17 @@ Tensor ParamTable::View(const Tensor& flat, int id) const {
   FATHOM_CHECK(finalized(), "ParamTable used before Finalize");
   const ParamSpec& s = spec(id);
   char* base = static_cast<char*>(flat.raw()) + static_cast<size_t>(s.offset) * DTypeSize(flat.dtype());
-  return Tensor::Wrap(base, s.shape, flat.dtype(), Device::kCPU, nullptr);
+  return Tensor::Wrap(base, s.shape, flat.dtype(), flat.device(), nullptr);
 }
 
 Tensor ParamTable::value(int id) const { return View(values_, id); }
 Tensor ParamTable::grad(int id) const { return View(grads_, id); }
+
+void ParamTable::MoveTo(Device device) {
+  FATHOM_CHECK(finalized(), "ParamTable::MoveTo before Finalize");
+  if (values_.device() == device) return;
+  values_ = ops::To(values_, device);
+  grads_ = ops::To(grads_, device);
+}
 
 }  // namespace fathom

@@ -52,6 +52,10 @@ class ParamTable {
   // kReplicated tensors come first (in registration order), then all kExpert tensors.
   void Finalize(DType dtype);
   bool finalized() const { return values_.defined(); }
+  // Moves values and grads to `device` (CUDA: from the current device pool, see framework/cuda/
+  // device_pool.h). Views taken earlier keep pointing at the old buffers: take them after the move.
+  void MoveTo(Device device);
+  Device device() const { return values_.device(); }
 
   int size() const { return static_cast<int>(specs_.size()); }
   const ParamSpec& spec(int id) const { return specs_.at(static_cast<size_t>(id)); }

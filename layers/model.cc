@@ -155,7 +155,11 @@ Tensor Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input,
     moe->set_balance_weight(norm.balance_weight);
     balance_before.push_back(moe->balance_loss_sum());
   }
-  Tensor h = slice_.embedding ? embed_->Forward(mb, batch.input_ids) : input;
+  // Micro-batches are sampled on the host; the token ids and labels follow the parameters' device.
+  const Device dev = params_.device();
+  const Tensor ids = dev == Device::kCPU ? batch.input_ids : ops::To(batch.input_ids, dev);
+  const Tensor labels = dev == Device::kCPU ? batch.labels : ops::To(batch.labels, dev);
+  Tensor h = slice_.embedding ? embed_->Forward(mb, ids) : input;
   FATHOM_CHECK(h.defined(), "stage without the embedding needs the previous stage's output");
   for (auto& b : blocks_) h = b->Forward(mb, h);
   if (slice_.head) {
@@ -163,7 +167,7 @@ Tensor Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input,
                  " MTP depths, model has ", mtp_.size());
     // Zero valid labels in a step means nothing to learn from that loss: scale 0, not a division by 0.
     auto scale = [](double weight, double tokens) { return tokens > 0 ? weight / tokens : 0.0; };
-    sums->main_ce += head_->Forward(mb, h, batch.labels, scale(1.0, norm.main_tokens));
+    sums->main_ce += head_->Forward(mb, h, labels, scale(1.0, norm.main_tokens));
     sums->mtp_ce.resize(mtp_.size(), 0.0);
     const double depth_weight = mtp_.empty() ? 0.0 : loss_.mtp_lambda / static_cast<double>(mtp_.size());
     for (size_t k = 0; k < mtp_.size(); ++k) {

@@ -36,6 +36,7 @@ struct GraphNode {
   std::vector<int> param_ids;
 };
 
+// Host tensors always: the model copies them to its parameters' device.
 struct MicroBatch {
   Tensor input_ids;  // (B, T) i32
   Tensor labels;     // (B, T) i32, labels[b, t] = input_ids[b, t+1] or ignore_index
