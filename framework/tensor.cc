@@ -77,24 +77,7 @@ Tensor Tensor::FromVector(const std::vector<double>& values, const Shape& shape,
   FATHOM_CHECK(static_cast<int64_t>(values.size()) == NumElements(shape), "FromVector: ", values.size(),
                " values for shape ", ShapeString(shape));
   Tensor t = Empty(shape, dtype);
-  for (size_t i = 0; i < values.size(); ++i) {
-    switch (dtype) {
-      case DType::kF32:
-        t.data<float>()[i] = static_cast<float>(values[i]);
-        break;
-      case DType::kF64:
-        t.data<double>()[i] = values[i];
-        break;
-      case DType::kI32:
-        t.data<int32_t>()[i] = static_cast<int32_t>(values[i]);
-        break;
-      case DType::kI64:
-        t.data<int64_t>()[i] = static_cast<int64_t>(values[i]);
-        break;
-      default:
-        FATHOM_CHECK(false, "FromVector: unsupported dtype ", DTypeName(dtype));
-    }
-  }
+  for (size_t i = 0; i < values.size(); ++i) t.SetItem(static_cast<int64_t>(i), values[i]);
   return t;
 }
 
@@ -184,37 +167,39 @@ double Tensor::Item(int64_t i) const {
   return 0;
 }
 
+void Tensor::SetItem(int64_t i, double v) const {
+  FATHOM_CHECK(device_ == Device::kCPU, "SetItem() of a ", DeviceName(device_), " tensor");
+  FATHOM_CHECK(i >= 0 && i < numel(), "SetItem(", i, ") of ", shape_str());
+  switch (dtype_) {
+    case DType::kF32:
+      static_cast<float*>(data_)[i] = static_cast<float>(v);
+      break;
+    case DType::kF64:
+      static_cast<double*>(data_)[i] = v;
+      break;
+    case DType::kBF16:
+      static_cast<Bf16*>(data_)[i] = FloatToBf16(static_cast<float>(v));
+      break;
+    case DType::kF8E4M3:
+      static_cast<Fp8E4M3*>(data_)[i] = FloatToE4M3(static_cast<float>(v));
+      break;
+    case DType::kF8E5M2:
+      static_cast<Fp8E5M2*>(data_)[i] = FloatToE5M2(static_cast<float>(v));
+      break;
+    case DType::kI32:
+      static_cast<int32_t*>(data_)[i] = static_cast<int32_t>(v);
+      break;
+    case DType::kI64:
+      static_cast<int64_t*>(data_)[i] = static_cast<int64_t>(v);
+      break;
+  }
+}
+
 Tensor Tensor::To(DType dtype) const {
   FATHOM_CHECK(device_ == Device::kCPU, "host-side tensor operation on a ", DeviceName(device_), " tensor");
   if (dtype == dtype_) return Clone();
   Tensor t = Empty(shape_, dtype);
-  int64_t n = numel();
-  for (int64_t i = 0; i < n; ++i) {
-    double v = Item(i);
-    switch (dtype) {
-      case DType::kF32:
-        t.data<float>()[i] = static_cast<float>(v);
-        break;
-      case DType::kF64:
-        t.data<double>()[i] = v;
-        break;
-      case DType::kBF16:
-        t.data<Bf16>()[i] = FloatToBf16(static_cast<float>(v));
-        break;
-      case DType::kF8E4M3:
-        t.data<Fp8E4M3>()[i] = FloatToE4M3(static_cast<float>(v));
-        break;
-      case DType::kF8E5M2:
-        t.data<Fp8E5M2>()[i] = FloatToE5M2(static_cast<float>(v));
-        break;
-      case DType::kI32:
-        t.data<int32_t>()[i] = static_cast<int32_t>(v);
-        break;
-      case DType::kI64:
-        t.data<int64_t>()[i] = static_cast<int64_t>(v);
-        break;
-    }
-  }
+  for (int64_t i = 0; i < numel(); ++i) t.SetItem(i, Item(i));
   return t;
 }
 

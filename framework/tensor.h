@@ -67,7 +67,7 @@ class Tensor {
   // A view of memory owned elsewhere; `keepalive` (may be null) keeps the owner alive.
   static Tensor Wrap(void* data, const Shape& shape, DType dtype, Device device,
                      std::shared_ptr<void> keepalive);
-  // A CPU tensor from values, converted to `dtype` (f32/f64/i32/i64).
+  // A CPU tensor from values, converted to `dtype` as SetItem does.
   static Tensor FromVector(const std::vector<double>& values, const Shape& shape, DType dtype);
 
   bool defined() const { return data_ != nullptr; }
@@ -92,11 +92,13 @@ class Tensor {
   Tensor Rows(int64_t begin, int64_t end) const;  // rows [begin, end) of dim 0, shared memory
   Tensor Flatten2D() const;                       // (prod of leading dims, last dim)
   Tensor Clone() const;                           // deep copy, CPU
-  Tensor To(DType dtype) const;                   // converting copy, CPU (f32/f64/bf16)
+  Tensor To(DType dtype) const;                   // converting copy, CPU (any dtype, via SetItem)
   void CopyFrom(const Tensor& src);               // same shape and dtype, CPU
   void Zero();
   void Fill(double v);                    // f32/f64/i32/i64
   double Item(int64_t flat_index) const;  // element as double (any numeric dtype)
+  // Writes element `flat_index` from a double, rounding as To() does (bf16 / fp8: nearest even).
+  void SetItem(int64_t flat_index, double v) const;
 
  private:
   std::shared_ptr<void> owner_;

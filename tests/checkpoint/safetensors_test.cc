@@ -61,29 +61,13 @@ Tensor RandomOfDType(const Shape& shape, DType dtype, std::mt19937_64& rng) {
   Tensor t = Tensor::Empty(shape, dtype);
   std::normal_distribution<double> nd(0.0, 3.0);
   for (int64_t i = 0; i < t.numel(); ++i) {
-    double v = nd(rng);
-    switch (dtype) {
-      case DType::kF64:
-        t.data<double>()[i] = v;
-        break;
-      case DType::kF32:
-        t.data<float>()[i] = static_cast<float>(v);
-        break;
-      case DType::kBF16:
-        t.data<Bf16>()[i] = FloatToBf16(static_cast<float>(v));
-        break;
-      case DType::kF8E4M3:
-        t.data<Fp8E4M3>()[i] = FloatToE4M3(static_cast<float>(v));
-        break;
-      case DType::kF8E5M2:
-        t.data<Fp8E5M2>()[i] = FloatToE5M2(static_cast<float>(v));
-        break;
-      case DType::kI64:
-        t.data<int64_t>()[i] = static_cast<int64_t>(rng());
-        break;
-      case DType::kI32:
-        t.data<int32_t>()[i] = static_cast<int32_t>(rng());
-        break;
+    // Integers take raw random bits (their whole range); floats a finite normal value, rounded by SetItem.
+    if (dtype == DType::kI64) {
+      t.data<int64_t>()[i] = static_cast<int64_t>(rng());
+    } else if (dtype == DType::kI32) {
+      t.data<int32_t>()[i] = static_cast<int32_t>(rng());
+    } else {
+      t.SetItem(i, nd(rng));
     }
   }
   return t;
