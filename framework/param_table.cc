@@ -48,6 +48,8 @@ Tensor ParamTable::View(const Tensor& flat, int id) const {
 Tensor ParamTable::value(int id) const { return View(values_, id); }
 Tensor ParamTable::grad(int id) const { return View(grads_, id); }
 
+void ParamTable::ZeroGrads() { ops::Zero(grads_); }
+
 void ParamTable::MoveTo(Device device) {
   FATHOM_CHECK(finalized(), "ParamTable::MoveTo before Finalize");
   if (values_.device() == device) return;

@@ -68,7 +68,7 @@ class ParamTable {
   Tensor grads() const { return grads_; }
   int64_t numel() const { return numel_; }
   DType dtype() const { return values_.dtype(); }
-  void ZeroGrads() { grads_.Zero(); }
+  void ZeroGrads();  // on the table's device
   // The element range [first, second) of the flat buffers holding `group`'s tensors.
   std::pair<int64_t, int64_t> GroupRange(ParamGroup group) const {
     return {group_begin_[static_cast<int>(group)], group_end_[static_cast<int>(group)]};

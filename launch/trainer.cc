@@ -8,21 +8,63 @@
 #include "absl/strings/str_join.h"
 #include "data/demo_corpus.h"
 #include "data/tokenizer.h"
+#include "framework/ops.h"
 #include "optim/expert_bias.h"
 #include "optim/lr_schedule.h"
 #include "parallel/expert_exchange_mpi.h"
 #include "parallel/fault.h"
 #include "parallel/stage_split.h"
 
+#ifdef FATHOM_WITH_CUDA
+#include "framework/cuda/device_arena.h"
+#include "framework/cuda/device_pool.h"
+#include "launch/cuda/device_optimizer.h"
+#endif
+
 namespace fathom {
+
+#ifdef FATHOM_WITH_CUDA
+struct Trainer::GpuState {
+  explicit GpuState(size_t pool_bytes)
+      : pool("activations", pool_bytes), pool_scope(pool), op_scope(context) {}
+  cuda::DevicePool pool;
+  cuda::PoolScope pool_scope;
+  ops::OpContext context;
+  ops::OpContextScope op_scope;
+  std::unique_ptr<DeviceOptimizer> optimizer;
+};
+#else
+struct Trainer::GpuState {};
+#endif
+
+Trainer::~Trainer() = default;
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, DeviceMesh& mesh) {
   if (absl::Status s = recipe.Validate(); !s.ok()) return s;
-  if (recipe.train.device != "cpu") {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s: train.device is '%s', but this build's trainer runs on cpu only (the CUDA trainer is not part "
-        "of it yet); set train.device: cpu",
-        recipe.path, recipe.train.device));
+  if (recipe.train.device == "cuda") {
+#ifndef FATHOM_WITH_CUDA
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s: train.device is cuda, but this build has no CUDA backend (configure with nvcc "
+                        "present or -DFATHOM_CUDA=ON); or set train.device: cpu",
+                        recipe.path));
+#else
+    if (cuda::DeviceCount() == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: train.device is cuda, but no CUDA device is visible", recipe.path));
+    }
+    if (mesh.layout().world() != 1) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: train.device cuda runs on one GPU so far (world size %d); several GPUs are not built yet",
+          recipe.path, mesh.layout().world()));
+    }
+    if (recipe.train.dtype != "f32") {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: train.dtype %s on cuda: the GPU trainer runs the f32 path so far (the bf16 "
+                          "compute path is not "
+                          "built yet); set train.dtype: f32",
+                          recipe.path, recipe.train.dtype));
+    }
+#endif
   }
   const MeshLayout& layout = mesh.layout();
   if (layout.pp() != recipe.parallel.pp || layout.ep() != recipe.parallel.ep) {
@@ -82,8 +124,18 @@ Trainer::Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> to
       return std::make_unique<CommExpertExchange>(ep_comm, experts);
     };
   }
+#ifdef FATHOM_WITH_CUDA
+  // Activations and parameters share one pool sized from what the device has free at start-up.
+  if (recipe_.train.device == "cuda") gpu_ = std::make_unique<GpuState>(cuda::FreeDeviceMemory() / 10 * 8);
+#endif
   model_ = std::make_unique<Model>(recipe_.model, recipe_.loss, slice);
   model_->Finalize(recipe_.train.dtype == "f64" ? DType::kF64 : DType::kF32, recipe_.train.seed);
+#ifdef FATHOM_WITH_CUDA
+  if (gpu_) {
+    model_->params().MoveTo(Device::kCUDA);
+    gpu_->optimizer = std::make_unique<DeviceOptimizer>(model_->params(), recipe_.optim);
+  }
+#endif
 
   // The last stage's copy of the embedding (for MTP) has the first stage's gradient added to it, so its
   // norm is counted once, on the first stage.
@@ -92,8 +144,10 @@ Trainer::Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> to
     const ParamSpec& e = model_->params().spec(model_->embedding_id());
     exclude.push_back({e.offset, e.offset + NumElements(e.shape)});
   }
-  optimizer_ =
-      std::make_unique<ZeroOptimizer>(model_->params(), recipe_.optim, mesh.dp(), mesh.edp(), exclude);
+  if (!gpu_) {
+    optimizer_ =
+        std::make_unique<ZeroOptimizer>(model_->params(), recipe_.optim, mesh.dp(), mesh.edp(), exclude);
+  }
   executor_ = std::make_unique<PipelineExecutor>(
       *model_, mesh.pp(),
       Shape{recipe_.train.micro_batch_size, recipe_.train.seq_len, recipe_.model.hidden_size});
@@ -169,10 +223,15 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   }
 
   // ZeRO-1: reduce-scatter, global norm, clip + AdamW on the shards, all-gather.
-  optimizer_->ReduceGradients();
   StepStats st;
   st.step = step;
-  st.grad_norm = std::sqrt(SumOver(mesh_.world(), {optimizer_->LocalNormSquared()})[0]);
+#ifdef FATHOM_WITH_CUDA
+  if (gpu_) st.grad_norm = std::sqrt(gpu_->optimizer->GradNormSquared());  // one GPU: no reduction
+#endif
+  if (optimizer_) {
+    optimizer_->ReduceGradients();
+    st.grad_norm = std::sqrt(SumOver(mesh_.world(), {optimizer_->LocalNormSquared()})[0]);
+  }
   if (!std::isfinite(st.grad_norm)) {
     return absl::InternalError(
         absl::StrFormat("step %d: the global gradient norm is %f: training diverged; lower optim.lr or raise "
@@ -180,8 +239,13 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
                         step + 1, st.grad_norm));
   }
   st.lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
-  optimizer_->Step(st.lr, st.grad_norm, recipe_.optim.grad_clip);
-  optimizer_->GatherParameters();
+#ifdef FATHOM_WITH_CUDA
+  if (gpu_) gpu_->optimizer->Step(st.lr, st.grad_norm, recipe_.optim.grad_clip);
+#endif
+  if (optimizer_) {
+    optimizer_->Step(st.lr, st.grad_norm, recipe_.optim.grad_clip);
+    optimizer_->GatherParameters();
+  }
 
   // Auxiliary-loss-free balancing from the loads of the whole global batch.
   for (MoE* moe : moes) {
@@ -189,7 +253,11 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
     std::copy(moe->expert_load().begin(), moe->expert_load().end(), load.data<int64_t>());
     mesh_.dp().AllReduce(load, ReduceOp::kSum);
     std::vector<int64_t> global(load.data<int64_t>(), load.data<int64_t>() + load.numel());
-    UpdateExpertBias(params.value(moe->bias_id()), global, recipe_.optim.bias_update_speed);
+    // The bias rule runs on the host (E values); a device bias makes the round trip.
+    Tensor bias = params.value(moe->bias_id());
+    Tensor host = bias.device() == Device::kCPU ? bias : ops::To(bias, Device::kCPU);
+    UpdateExpertBias(host, global, recipe_.optim.bias_update_speed);
+    if (bias.device() != Device::kCPU) ops::Copy(bias, host);
     st.load_max_over_mean = std::max(st.load_max_over_mean, ComputeExpertLoadStats(global).max_over_mean);
     st.expert_loads.push_back(std::move(global));
   }

@@ -47,10 +47,16 @@ class Trainer {
   // Runs recipe.train.steps steps; rank 0 logs one line per train.log_every steps, then a summary.
   absl::StatusOr<std::vector<StepStats>> Run(std::ostream& log);
 
+  ~Trainer();
+
   Model& model() { return *model_; }
   const std::vector<int64_t>& stage_layers() const { return stage_layers_; }
 
  private:
+  // With train.device cuda (one GPU so far): the device pool, op context and optimizer; defined in
+  // trainer.cc so that CPU builds carry none of it.
+  struct GpuState;
+
   Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> tokens,
           std::vector<int64_t> stage_layers);
   MicroBatch SampleMicroBatch(int64_t step, int mb) const;
@@ -60,6 +66,7 @@ class Trainer {
   std::vector<int32_t> tokens_;
   std::vector<int64_t> stage_layers_;
   std::unique_ptr<SequenceSampler> sampler_;
+  std::unique_ptr<GpuState> gpu_;  // declared before model_: the model's device tensors go first
   std::unique_ptr<Model> model_;
   std::unique_ptr<ZeroOptimizer> optimizer_;
   std::unique_ptr<PipelineExecutor> executor_;

@@ -41,6 +41,12 @@ void CopyToHost(const Tensor& dst, const Tensor& src) {
   FATHOM_CUDA_CHECK(cudaMemcpy(dst.raw(), src.raw(), src.nbytes(), cudaMemcpyDeviceToHost));
 }
 
+size_t FreeDeviceMemory() {
+  size_t free = 0, total = 0;
+  FATHOM_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return free;
+}
+
 int DeviceCount() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
