@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "framework/tensor.h"
+#include "layers/model.h"
 
 namespace fathom::testing {
 
@@ -95,6 +96,18 @@ inline std::vector<GradCheckReport> GradCheck(const std::vector<GradTarget>& tar
     out.push_back({t.name, denom > 0 ? std::sqrt(diff2) / denom : std::sqrt(diff2), denom});
   }
   return out;
+}
+
+// A micro-batch of b sequences of t uniform random token ids in [0, vocab); labels are the next token, the
+// last position of each sequence ignored (-100).
+inline MicroBatch RandomBatch(std::mt19937_64& rng, int64_t b, int64_t t, int64_t vocab) {
+  MicroBatch mb{Tensor::Empty({b, t}, DType::kI32), Tensor::Empty({b, t}, DType::kI32)};
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab) - 1);
+  for (int64_t i = 0; i < b * t; ++i) mb.input_ids.data<int32_t>()[i] = tok(rng);
+  for (int64_t s = 0; s < b; ++s)
+    for (int64_t i = 0; i < t; ++i)
+      mb.labels.data<int32_t>()[s * t + i] = i + 1 < t ? mb.input_ids.data<int32_t>()[s * t + i + 1] : -100;
+  return mb;
 }
 
 }  // namespace fathom::testing

@@ -41,16 +41,6 @@ ModelConfig TinyConfig() {
   return c;
 }
 
-MicroBatch RandomBatch(std::mt19937_64& rng, int64_t b, int64_t t, int64_t vocab) {
-  MicroBatch mb{Tensor::Empty({b, t}, DType::kI32), Tensor::Empty({b, t}, DType::kI32)};
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab) - 1);
-  for (int64_t i = 0; i < b * t; ++i) mb.input_ids.data<int32_t>()[i] = tok(rng);
-  for (int64_t s = 0; s < b; ++s)
-    for (int64_t i = 0; i < t; ++i)
-      mb.labels.data<int32_t>()[s * t + i] = i + 1 < t ? mb.input_ids.data<int32_t>()[s * t + i + 1] : -100;
-  return mb;
-}
-
 struct StepResult {
   double loss = 0;
   Tensor grads;  // host copy of the flat gradient buffer
@@ -88,7 +78,8 @@ TEST(ModelGpu, F32LossAndGradientsMatchTheCpu) {
   for (int attempt = 0;; ++attempt) {
     ASSERT_LT(attempt, 50) << "no draw with routing margins > 1e-3";
     testing::FillRandom(cpu.params().values(), rng, 0.1);  // padding included: harmless
-    batches = {RandomBatch(rng, 2, 24, cfg.vocab_size), RandomBatch(rng, 2, 24, cfg.vocab_size)};
+    batches = {testing::RandomBatch(rng, 2, 24, cfg.vocab_size),
+               testing::RandomBatch(rng, 2, 24, cfg.vocab_size)};
     LossNormalizers probe = cpu.Normalizers(batches, 2);
     for (MoE* moe : cpu.moe_layers()) moe->ResetStats();
     for (int mb = 0; mb < 2; ++mb) cpu.Forward(1000 + 2 * attempt + mb, batches[mb], probe);

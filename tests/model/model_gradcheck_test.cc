@@ -39,13 +39,9 @@ ModelConfig TinyConfig() {
   return c;
 }
 
+// The shared random batch, plus an ignored label inside the sequence.
 MicroBatch RandomBatch(std::mt19937_64& rng, int64_t b, int64_t t, int64_t vocab) {
-  MicroBatch mb{Tensor::Empty({b, t}, DType::kI32), Tensor::Empty({b, t}, DType::kI32)};
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab) - 1);
-  for (int64_t i = 0; i < b * t; ++i) mb.input_ids.data<int32_t>()[i] = tok(rng);
-  for (int64_t s = 0; s < b; ++s)
-    for (int64_t i = 0; i < t; ++i)
-      mb.labels.data<int32_t>()[s * t + i] = i + 1 < t ? mb.input_ids.data<int32_t>()[s * t + i + 1] : -100;
+  MicroBatch mb = testing::RandomBatch(rng, b, t, vocab);
   mb.labels.data<int32_t>()[1] = -100;  // an ignored label inside the sequence
   return mb;
 }
