@@ -528,6 +528,22 @@ void Copy(const Tensor& dst, const Tensor& src) {
   FATHOM_OPS_ON_CUDA("copy", cuda_impl::Copy(dst, src));
 }
 
+void Convert(const Tensor& dst, const Tensor& src) {
+  const Device dev = OneDevice("convert", "dst", dst, "src", src);
+  FATHOM_CHECK(dst.shape() == src.shape(), "[convert] ", src.shape_str(), " into ", dst.shape_str());
+  const DType a = src.dtype(), b = dst.dtype();
+  auto is = [&](DType x, DType y) { return a == x && b == y; };
+  const bool bf16 = is(DType::kF32, DType::kBF16) || is(DType::kBF16, DType::kF32);
+  const bool f64 = is(DType::kF32, DType::kF64) || is(DType::kF64, DType::kF32);
+  FATHOM_CHECK(bf16 || (f64 && dev == Device::kCPU), "[convert] ", DTypeName(a), " -> ", DTypeName(b), " on ",
+               DeviceName(dev), ": expected f32 <-> bf16, or f32 <-> f64 on the CPU");
+  if (dev == Device::kCPU) {
+    Tensor view = dst;
+    return view.CopyFrom(src.To(b));  // Tensor::To rounds as numeric.h does
+  }
+  FATHOM_OPS_ON_CUDA("convert", cuda_impl::Convert(dst, src));
+}
+
 Tensor To(const Tensor& x, Device device) {
   FATHOM_CHECK(x.defined(), "[to] undefined tensor");
   if (device == x.device()) return Clone(x);

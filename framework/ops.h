@@ -215,6 +215,9 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
 // (queued on the stream after earlier work, then waited for, so host memory may be reused or read at once);
 // device -> device is queued only.
 void Copy(const Tensor& dst, const Tensor& src);
+// dst = src converted (same shape and device): f32 <-> bf16 (bf16 rounds to nearest even, NaN -> 0x7FC0,
+// numeric.h's FloatToBf16 on both backends), f32 <-> f64 on the CPU. Any other pair fails loudly.
+void Convert(const Tensor& dst, const Tensor& src);
 Tensor To(const Tensor& x, Device device);  // a fresh copy on `device` (the same device: a clone)
 Tensor Clone(const Tensor& x);              // a fresh copy on x's device
 
@@ -273,6 +276,7 @@ void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot,
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
 void Copy(const Tensor& dst, const Tensor& src);
+void Convert(const Tensor& dst, const Tensor& src);
 }  // namespace cuda_impl
 
 }  // namespace fathom::ops

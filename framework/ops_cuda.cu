@@ -341,5 +341,7 @@ void Copy(const Tensor& dst, const Tensor& src) {
   if (to_host || from_host) Wait(ctx);
 }
 
+void Convert(const Tensor& dst, const Tensor& src) { cuda::Convert(dst, src, Context("convert").stream()); }
+
 }  // namespace cuda_impl
 }  // namespace fathom::ops

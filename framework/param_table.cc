@@ -47,6 +47,24 @@ Tensor ParamTable::View(const Tensor& flat, int id) const {
 
 Tensor ParamTable::value(int id) const { return View(values_, id); }
 Tensor ParamTable::grad(int id) const { return View(grads_, id); }
+Tensor ParamTable::compute_value(int id) const { return View(compute_.defined() ? compute_ : values_, id); }
+
+void ParamTable::SetComputeDType(DType dtype) {
+  FATHOM_CHECK(finalized(), "ParamTable::SetComputeDType before Finalize");
+  if (dtype == values_.dtype()) {
+    compute_ = Tensor();
+    return;
+  }
+  FATHOM_CHECK(dtype == DType::kBF16 && values_.dtype() == DType::kF32,
+               "ParamTable compute copy: bf16 copies of an f32 table only, asked for ", DTypeName(dtype),
+               " copies of ", DTypeName(values_.dtype()));
+  compute_ = Tensor::Empty({numel_}, dtype, values_.device());
+  RefreshComputeValues();
+}
+
+void ParamTable::RefreshComputeValues() {
+  if (compute_.defined()) ops::Convert(compute_, values_);
+}
 
 void ParamTable::ZeroGrads() { ops::Zero(grads_); }
 
@@ -55,6 +73,7 @@ void ParamTable::MoveTo(Device device) {
   if (values_.device() == device) return;
   values_ = ops::To(values_, device);
   grads_ = ops::To(grads_, device);
+  if (compute_.defined()) compute_ = ops::To(compute_, device);
 }
 
 }  // namespace fathom

@@ -4,6 +4,12 @@
 //
 // Life cycle: layers Add() specs while the model is built, then Finalize(dtype) allocates values and grads
 // (both zeroed); value(id)/grad(id) are views valid for the table's lifetime. Not thread safe.
+//
+// Mixed precision (train.dtype bf16): the values stay the f32 master weights and the grads stay f32; a
+// compute copy - a bf16 mirror of the whole values buffer, same layout - is what the GEMMs read
+// (compute_value). SetComputeDType(kBF16) allocates it on the table's device and fills it;
+// RefreshComputeValues() rounds the masters into it again (round to nearest even), once after every
+// optimizer update. Without a compute copy, compute_value(id) is value(id).
 #ifndef FATHOM_FRAMEWORK_PARAM_TABLE_H_
 #define FATHOM_FRAMEWORK_PARAM_TABLE_H_
 
@@ -52,8 +58,9 @@ class ParamTable {
   // kReplicated tensors come first (in registration order), then all kExpert tensors.
   void Finalize(DType dtype);
   bool finalized() const { return values_.defined(); }
-  // Moves values and grads to `device` (CUDA: from the current device pool, see framework/cuda/
-  // device_pool.h). Views taken earlier keep pointing at the old buffers: take them after the move.
+  // Moves values, grads and the compute copy to `device` (CUDA: from the current device pool, see
+  // framework/cuda/ device_pool.h). Views taken earlier keep pointing at the old buffers: take them after the
+  // move.
   void MoveTo(Device device);
   Device device() const { return values_.device(); }
 
@@ -64,6 +71,14 @@ class ParamTable {
 
   Tensor value(int id) const;
   Tensor grad(int id) const;
+  // The weight the forward and backward GEMMs read: the compute copy's view when there is one, else
+  // value(id).
+  Tensor compute_value(int id) const;
+  // kBF16: allocate (on the table's device) and fill the compute copy; the table's own dtype: drop it.
+  // REQUIRES: finalized, f32 table for kBF16.
+  void SetComputeDType(DType dtype);
+  DType compute_dtype() const { return compute_.defined() ? compute_.dtype() : dtype(); }
+  void RefreshComputeValues();               // compute copy <- values (no-op without a compute copy)
   Tensor values() const { return values_; }  // flat (numel())
   Tensor grads() const { return grads_; }
   int64_t numel() const { return numel_; }
@@ -80,6 +95,7 @@ class ParamTable {
   std::vector<ParamSpec> specs_;
   std::unordered_map<std::string, int> by_name_;
   Tensor values_, grads_;
+  Tensor compute_;  // bf16 mirror of values_, or undefined
   int64_t numel_ = 0;
   int64_t group_begin_[2] = {0, 0}, group_end_[2] = {0, 0};
 };

@@ -12,7 +12,7 @@ Embedding::Embedding(ParamTable& table, const std::string& name, int64_t vocab, 
 Embedding::Embedding(ParamTable& table, int weight_id) : table_(&table), weight_(weight_id) {}
 
 Tensor Embedding::Forward(int mb, const Tensor& ids) {
-  Tensor w = table_->value(weight_);
+  Tensor w = table_->compute_value(weight_);  // bf16 rows under mixed precision: activations are bf16
   Shape shape = ids.shape();
   shape.push_back(w.dim(1));
   Tensor out = Tensor::Empty(shape, w.dtype(), w.device());

@@ -21,7 +21,7 @@ Tensor Linear::Forward(int mb, const Tensor& x) {
                ", expected last dim ", in_);
   Tensor x2 = x.Flatten2D();
   Tensor y = Tensor::Empty({x2.dim(0), out_}, x.dtype(), x.device());
-  ops::MatmulNT(y, x2, weight());
+  ops::MatmulNT(y, x2, table_->compute_value(weight_));
   saved_.Put(mb).x = x2;
   Shape shape = x.shape();
   shape.back() = out_;
@@ -33,7 +33,7 @@ Tensor Linear::BackwardInput(int mb, const Tensor& dy) {
   Tensor dy2 = dy.Flatten2D();
   FATHOM_CHECK(dy2.dim(0) == c.x.dim(0) && dy2.dim(1) == out_, "[linear] dy ", dy.shape_str());
   Tensor dx = Tensor::Empty({dy2.dim(0), in_}, dy.dtype(), dy.device());
-  ops::MatmulNN(dx, dy2, weight());
+  ops::MatmulNN(dx, dy2, table_->compute_value(weight_));
   c.dy = dy2;
   Shape shape = dy.shape();
   shape.back() = in_;

@@ -1,4 +1,6 @@
 // Linear without bias, HF layout: y (B, T, out) = x (B, T, in) . W^T, W (out, in) f32/f64.
+// The GEMMs read the table's compute copy (bf16 under mixed precision; x and dy are then bf16) and the
+// weight gradient accumulates in f32 (bf16 inputs, f32 output).
 #ifndef FATHOM_LAYERS_LINEAR_H_
 #define FATHOM_LAYERS_LINEAR_H_
 

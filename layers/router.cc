@@ -34,14 +34,19 @@ RouterOutput Router::Forward(int mb, const Tensor& x) {
   // Router tensors are in the statistics dtype (the activation dtype on the CPU, f32 on CUDA); the logits
   // are written into scores, which RouterSelect turns into sigmoid scores in place.
   const DType st = ops::StatsDType(x.dtype());
+  Tensor xr = x;
+  if (x.dtype() != st) {
+    xr = Tensor::Empty(x.shape(), st, x.device());
+    ops::Convert(xr, x);
+  }
   RouterOutput r;
   r.scores = Tensor::Empty({n, dims_.num_experts}, st, x.device());
-  ops::MatmulNT(r.scores, x, table_->value(weight_));
+  ops::MatmulNT(r.scores, xr, table_->value(weight_));
   r.topk_index = Tensor::Empty({n, dims_.top_k}, DType::kI64, x.device());
   r.topk_weight = Tensor::Empty({n, dims_.top_k}, st, x.device());
   ops::RouterSelect(r.topk_index, r.topk_weight, r.scores, /*logits=*/r.scores, table_->value(bias_), dims_);
   Ctx& c = saved_.Put(mb);
-  c.x = x;
+  c.x = xr;
   c.scores = r.scores;
   c.index = r.topk_index;
   return r;
@@ -55,7 +60,15 @@ void Router::BackwardInput(int mb, const Tensor& dx, const Tensor& dweight, cons
   // ds = dscores (or zeros) + the selection's gradient, times the sigmoid's derivative.
   Tensor ds = Tensor::Empty(c.scores.shape(), c.scores.dtype(), c.scores.device());
   ops::RouterSelectBackward(ds, dweight, dscores, c.scores, c.index, dims_);
-  ops::MatmulNN(dx, ds, table_->value(weight_), /*accumulate=*/true);
+  if (dx.dtype() == ds.dtype()) {
+    ops::MatmulNN(dx, ds, table_->value(weight_), /*accumulate=*/true);
+  } else {  // bf16 activations: the f32 product, rounded once, then added
+    Tensor d32 = Tensor::Empty(c.x.shape(), ds.dtype(), ds.device());
+    ops::MatmulNN(d32, ds, table_->value(weight_));
+    Tensor d16 = Tensor::Empty(dx.shape(), dx.dtype(), dx.device());
+    ops::Convert(d16, d32);
+    ops::AddInPlace(dx, d16);
+  }
   c.dlogits = ds;
 }
 

@@ -9,6 +9,11 @@
 // Gradients reach W and x through the weights only (through s, the sigmoid, the normalisation and the
 // scaling), plus whatever extra gradient on s the caller hands in (the balance loss); the discrete
 // selection and the bias get none.
+//
+// Precision: the router runs in the statistics dtype (ops::StatsDType) with the f32 master weight, as
+// transformers casts hidden states and gate weight to float32: under bf16 activations x is widened to f32
+// (exactly) for the logits and the weight gradient, and the input gradient is rounded to bf16 once before it
+// is added to dx. Selection decisions thus never see bf16 weights.
 #ifndef FATHOM_LAYERS_ROUTER_H_
 #define FATHOM_LAYERS_ROUTER_H_
 
@@ -49,7 +54,7 @@ class Router {
 
  private:
   struct Ctx {
-    Tensor x;        // (N, H)
+    Tensor x;        // (N, H) in the router's dtype (a widened copy under bf16 activations)
     Tensor scores;   // (N, E)
     Tensor index;    // (N, K) i64
     Tensor dlogits;  // (N, E), set by BackwardInput
