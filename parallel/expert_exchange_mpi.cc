@@ -1,6 +1,10 @@
 #include "parallel/expert_exchange_mpi.h"
 
-#include <cstring>
+#include "framework/ops.h"
+
+#ifdef FATHOM_WITH_CUDA
+#include "parallel/cuda/nccl_communicator.h"
+#endif
 
 namespace fathom {
 
@@ -11,10 +15,17 @@ ExpertPlacement PlaceExperts(int64_t num_experts, int ep, int ep_rank) {
   return {per * ep_rank, per};
 }
 
-CommExpertExchange::CommExpertExchange(Communicator* comm, int64_t num_experts)
-    : comm_(comm), num_experts_(num_experts), local_experts_(num_experts / comm->size()) {
+CommExpertExchange::CommExpertExchange(Communicator* comm, int64_t num_experts, Communicator* counts_comm)
+    : comm_(comm),
+      counts_comm_(counts_comm != nullptr ? counts_comm : comm),
+      num_experts_(num_experts),
+      local_experts_(num_experts / comm->size()) {
   FATHOM_CHECK(num_experts % comm->size() == 0, "[expert exchange] ", num_experts, " experts over ",
                comm->size(), " ranks");
+  FATHOM_CHECK(counts_comm_->size() == comm->size() && counts_comm_->rank() == comm->rank(),
+               "[expert exchange] the counts group ", counts_comm_->name(), " (rank ", counts_comm_->rank(),
+               " of ", counts_comm_->size(), ") is not the rows group ", comm->name(), " (rank ",
+               comm->rank(), " of ", comm->size(), ")");
 }
 
 CommExpertExchange::Layout& CommExpertExchange::Get(int mb) {
@@ -24,14 +35,16 @@ CommExpertExchange::Layout& CommExpertExchange::Get(int mb) {
 }
 
 Tensor CommExpertExchange::Begin(int mb, const Tensor& counts) {
-  FATHOM_CHECK(counts.dtype() == DType::kI64 && counts.numel() == num_experts_, "[expert exchange] counts ",
-               counts.shape_str());
+  FATHOM_CHECK(
+      counts.dtype() == DType::kI64 && counts.numel() == num_experts_ && counts.device() == Device::kCPU,
+      "[expert exchange] counts ", counts.shape_str(), " ", DTypeName(counts.dtype()), " on ",
+      DeviceName(counts.device()), ", expected (", num_experts_, ") i64 on the host");
   FATHOM_CHECK(!layouts_.count(mb), "[expert exchange] micro-batch ", mb, " begun twice");
   const int ep = comm_->size();
   // Counts are already ordered by destination rank (experts are contiguous per rank).
   Tensor recv = Tensor::Empty({num_experts_}, DType::kI64);
-  comm_->AllToAllV(counts, std::vector<int64_t>(ep, local_experts_), recv,
-                   std::vector<int64_t>(ep, local_experts_));
+  counts_comm_->AllToAllV(counts, std::vector<int64_t>(ep, local_experts_), recv,
+                          std::vector<int64_t>(ep, local_experts_));
   Layout& l = layouts_[mb];
   l.send_rows.assign(ep, 0);
   l.recv_rows.assign(ep, 0);
@@ -64,13 +77,28 @@ int64_t Sum(const std::vector<int64_t>& v) {
   return s;
 }
 
+// NCCL orders an operation after the compute stream it was given and its Wait() orders that stream: the
+// regrouping copies, queued on the current OpContext's stream, must be on that stream (and the pool that
+// hands out the buffers must serve it).
+void CheckStreams(Communicator& comm, const Tensor& rows) {
+#ifdef FATHOM_WITH_CUDA
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  if (nccl == nullptr || rows.device() != Device::kCUDA) return;
+  const ops::OpContext* ctx = ops::CurrentOpContext();
+  FATHOM_CHECK(ctx != nullptr && ctx->stream() == nccl->compute_stream(), "[expert exchange] group ",
+               comm.name(),
+               ": CUDA rows need a current ops::OpContext on the NCCL communicator's compute stream");
+#endif
+}
+
 // Copies row blocks between the (source, expert) order an all-to-all produces and the (expert, source)
-// order the grouped expert GEMMs need. to_expert_major selects the direction.
+// order the grouped expert GEMMs need. to_expert_major selects the direction. One ops::Copy per non-empty
+// block: a memcpy on the CPU, a device-to-device copy queued on the current stream on the GPU (a single
+// gather kernel over a block table would replace the ep * local-experts launches if they ever show).
 void Regroup(const Tensor& dst, const Tensor& src, const std::vector<std::vector<int64_t>>& from,
              bool to_expert_major) {
   const int ep = static_cast<int>(from.size());
   const int64_t experts = ep ? static_cast<int64_t>(from[0].size()) : 0;
-  const size_t row_bytes = static_cast<size_t>(src.dim(1)) * DTypeSize(src.dtype());
   // Offsets of every (source, expert) block in both orders.
   std::vector<std::vector<int64_t>> src_major(ep, std::vector<int64_t>(experts)),
       expert_major(ep, std::vector<int64_t>(experts));
@@ -80,13 +108,11 @@ void Regroup(const Tensor& dst, const Tensor& src, const std::vector<std::vector
   off = 0;
   for (int64_t e = 0; e < experts; ++e)
     for (int p = 0; p < ep; ++p) expert_major[p][e] = off, off += from[p][e];
-  char* d = static_cast<char*>(dst.raw());
-  const char* s = static_cast<const char*>(src.raw());
   for (int p = 0; p < ep; ++p) {
     for (int64_t e = 0; e < experts; ++e) {
-      int64_t to = to_expert_major ? expert_major[p][e] : src_major[p][e];
-      int64_t at = to_expert_major ? src_major[p][e] : expert_major[p][e];
-      if (from[p][e]) std::memcpy(d + to * row_bytes, s + at * row_bytes, from[p][e] * row_bytes);
+      const int64_t to = to_expert_major ? expert_major[p][e] : src_major[p][e];
+      const int64_t at = to_expert_major ? src_major[p][e] : expert_major[p][e];
+      if (from[p][e]) ops::Copy(dst.Rows(to, to + from[p][e]), src.Rows(at, at + from[p][e]));
     }
   }
 }
@@ -95,24 +121,26 @@ void Regroup(const Tensor& dst, const Tensor& src, const std::vector<std::vector
 
 Tensor CommExpertExchange::ToExperts(int mb, const Tensor& rows) {
   Layout& l = Get(mb);
-  const int64_t width = rows.dim(1);
-  FATHOM_CHECK(rows.dim(0) == Sum(l.send_rows), "[expert exchange] ", rows.shape_str(),
+  FATHOM_CHECK(rows.ndim() == 2 && rows.dim(0) == Sum(l.send_rows), "[expert exchange] ", rows.shape_str(),
                " rows, layout sends ", Sum(l.send_rows));
-  Tensor arrived = Tensor::Empty({Sum(l.recv_rows), width}, rows.dtype());
+  CheckStreams(*comm_, rows);
+  const int64_t width = rows.dim(1);
+  Tensor arrived = Tensor::Empty({Sum(l.recv_rows), width}, rows.dtype(), rows.device());
   comm_->AllToAllV(rows, Scaled(l.send_rows, width), arrived, Scaled(l.recv_rows, width));
-  Tensor grouped = Tensor::Empty(arrived.shape(), rows.dtype());
+  Tensor grouped = Tensor::Empty(arrived.shape(), rows.dtype(), rows.device());
   Regroup(grouped, arrived, l.from, /*to_expert_major=*/true);
   return grouped;
 }
 
 Tensor CommExpertExchange::FromExperts(int mb, const Tensor& rows) {
   Layout& l = Get(mb);
-  const int64_t width = rows.dim(1);
-  FATHOM_CHECK(rows.dim(0) == Sum(l.recv_rows), "[expert exchange] ", rows.shape_str(),
+  FATHOM_CHECK(rows.ndim() == 2 && rows.dim(0) == Sum(l.recv_rows), "[expert exchange] ", rows.shape_str(),
                " expert rows, layout holds ", Sum(l.recv_rows));
-  Tensor by_source = Tensor::Empty(rows.shape(), rows.dtype());
+  CheckStreams(*comm_, rows);
+  const int64_t width = rows.dim(1);
+  Tensor by_source = Tensor::Empty(rows.shape(), rows.dtype(), rows.device());
   Regroup(by_source, rows, l.from, /*to_expert_major=*/false);
-  Tensor back = Tensor::Empty({Sum(l.send_rows), width}, rows.dtype());
+  Tensor back = Tensor::Empty({Sum(l.send_rows), width}, rows.dtype(), rows.device());
   comm_->AllToAllV(by_source, Scaled(l.recv_rows, width), back, Scaled(l.send_rows, width));
   return back;
 }

@@ -1,15 +1,72 @@
 #include "parallel/zero.h"
 
 #include <algorithm>
-#include <cstring>
+#include <cmath>
 
+#include "framework/ops.h"
 #include "optim/grad_clip.h"
 
+#ifdef FATHOM_WITH_CUDA
+#include "framework/cuda/device_arena.h"
+#include "optim/cuda/device_adamw.h"
+#include "parallel/cuda/nccl_communicator.h"
+#endif
+
 namespace fathom {
+
+#ifdef FATHOM_WITH_CUDA
+struct ZeroOptimizer::DeviceState {
+  std::unique_ptr<DeviceAdamW> adamw[2];  // per group; null when this rank's shard is empty
+  int64_t first_term[2] = {0, 0};         // where each optimizer's norm terms start in `terms`
+  std::unique_ptr<cuda::DeviceArena> arena;
+  Tensor terms;  // (every optimizer's norm_terms()) f64 on the GPU: one copy to the host per step
+};
+#else
+struct ZeroOptimizer::DeviceState {};
+#endif
+
+namespace {
+
+// Elements [begin, begin + count) of a flat buffer: a view sharing its memory, on its device.
+Tensor Slice(const Tensor& flat, int64_t begin, int64_t count) { return flat.Rows(begin, begin + count); }
+
+// Device work runs on the current OpContext's stream, like every op of framework/ops.h.
+cuda::Stream DeviceStream(const char* op) {
+  const ops::OpContext* ctx = ops::CurrentOpContext();
+  FATHOM_CHECK(ctx != nullptr, "[zero] ", op,
+               " on a CUDA parameter table needs a current ops::OpContext (framework/ops.h): its stream runs "
+               "the optimizer's kernels and copies");
+  return ctx->stream();
+}
+
+// An NCCL collective starts after the work queued on its compute stream, and its Wait() orders that stream
+// after it: the copies and kernels queued here before and after it must be on that same stream.
+void CheckCommStream(Communicator& comm, cuda::Stream stream) {
+#ifdef FATHOM_WITH_CUDA
+  if (auto* nccl = dynamic_cast<NcclCommunicator*>(&comm)) {
+    FATHOM_CHECK(nccl->compute_stream() == stream, "[zero] group ", comm.name(),
+                 ": the NCCL communicator's compute stream is not the current OpContext's stream, so its "
+                 "collectives would not be ordered with the optimizer's copies and kernels");
+  }
+#endif
+}
+
+// A (total) copy of flat[range], zero padded: the equal-chunk layout of the collectives when the range is
+// shorter than the chunks.
+Tensor Padded(const Tensor& flat, std::pair<int64_t, int64_t> range, int64_t total) {
+  const int64_t len = range.second - range.first;
+  Tensor out = Tensor::Empty({total}, flat.dtype(), flat.device());
+  if (len > 0) ops::Copy(out.Rows(0, len), Slice(flat, range.first, len));
+  if (total > len) ops::Zero(out.Rows(len, total));
+  return out;
+}
+
+}  // namespace
 
 ZeroOptimizer::ZeroOptimizer(ParamTable& table, const OptimConfig& cfg, Communicator& dp, Communicator& edp,
                              std::vector<std::pair<int64_t, int64_t>> exclude_from_norm)
     : table_(table), exclude_(std::move(exclude_from_norm)) {
+  const bool on_device = table.device() == Device::kCUDA;
   for (ParamGroup g : {ParamGroup::kReplicated, ParamGroup::kExpert}) {
     Shard& s = shards_[static_cast<int>(g)];
     s.comm = g == ParamGroup::kReplicated ? &dp : &edp;
@@ -18,75 +75,127 @@ ZeroOptimizer::ZeroOptimizer(ParamTable& table, const OptimConfig& cfg, Communic
     s.chunk = (len + n - 1) / n;
     const int64_t begin = std::min(s.range.first + s.comm->rank() * s.chunk, s.range.second);
     s.owned = {begin, std::min(begin + s.chunk, s.range.second)};
-    if (s.owned.second > s.owned.first)
+    if (s.owned.second > s.owned.first && !on_device)
       s.adamw = std::make_unique<AdamW>(table, cfg, s.owned.first, s.owned.second);
   }
+  if (!on_device) return;
+#ifdef FATHOM_WITH_CUDA
+  device_ = std::make_unique<DeviceState>();
+  int64_t terms = 0;
+  for (int g = 0; g < 2; ++g) {
+    const Shard& s = shards_[g];
+    if (s.owned.second <= s.owned.first) continue;
+    device_->adamw[g] = std::make_unique<DeviceAdamW>(table, cfg, s.owned.first, s.owned.second, exclude_);
+    device_->first_term[g] = terms;
+    terms += device_->adamw[g]->norm_terms();
+  }
+  device_->arena = std::make_unique<cuda::DeviceArena>("zero-1 norm terms",
+                                                       static_cast<size_t>(terms) * sizeof(double) + 256);
+  device_->terms = device_->arena->Alloc({terms}, DType::kF64);
+#else
+  FATHOM_CHECK(false,
+               "[zero] the parameter table is on the GPU, but this build has no CUDA backend (configure "
+               "with nvcc present or -DFATHOM_CUDA=ON)");
+#endif
 }
 
-namespace {
-
-// A (size * chunk) copy of flat[range], zero padded: the equal-chunk layout the collectives need.
-Tensor Padded(const Tensor& flat, std::pair<int64_t, int64_t> range, int64_t total) {
-  Tensor out = Tensor::Zeros({total}, flat.dtype());
-  const size_t es = DTypeSize(flat.dtype());
-  std::memcpy(out.raw(), static_cast<const char*>(flat.raw()) + range.first * es,
-              static_cast<size_t>(range.second - range.first) * es);
-  return out;
-}
-
-void CopyRange(const Tensor& dst, int64_t dst_offset, const Tensor& src, int64_t count) {
-  const size_t es = DTypeSize(dst.dtype());
-  if (count > 0)
-    std::memcpy(static_cast<char*>(dst.raw()) + dst_offset * es, src.raw(), static_cast<size_t>(count) * es);
-}
-
-}  // namespace
+ZeroOptimizer::~ZeroOptimizer() = default;
 
 void ZeroOptimizer::ReduceGradients() {
+  const Tensor grads = table_.grads();
   for (Shard& s : shards_) {
-    if (s.chunk == 0) continue;
     const int64_t n = s.comm->size();
-    Tensor send = Padded(table_.grads(), s.range, n * s.chunk);
-    Tensor recv = Tensor::Empty({s.chunk}, send.dtype());
+    // A group of one: the shard is the whole range and its gradients are already the sums.
+    if (s.chunk == 0 || n == 1) continue;
+    if (device_) CheckCommStream(*s.comm, DeviceStream("reduce_gradients"));
+    // When the equal chunks cover the range exactly (a group size that divides it: every power of two up to
+    // 16, since ParamTable aligns its tensors to 16 elements) the grads buffer itself is sent, so the GPU
+    // holds no second copy of the gradients; otherwise a zero-padded copy.
+    const int64_t len = s.range.second - s.range.first;
+    Tensor send = len == n * s.chunk ? Slice(grads, s.range.first, len) : Padded(grads, s.range, n * s.chunk);
+    Tensor recv = Tensor::Empty({s.chunk}, grads.dtype(), grads.device());
     s.comm->ReduceScatter(send, recv, ReduceOp::kSum);
-    CopyRange(table_.grads(), s.owned.first, recv, s.owned.second - s.owned.first);
+    const int64_t owned = s.owned.second - s.owned.first;
+    if (owned > 0) ops::Copy(Slice(grads, s.owned.first, owned), recv.Rows(0, owned));
   }
 }
 
 double ZeroOptimizer::LocalNormSquared() const {
   double total = 0;
-  for (const Shard& s : shards_) {
-    if (s.owned.second <= s.owned.first) continue;
-    total += GradNormSquared(table_, s.owned.first, s.owned.second);
-    for (auto [b, e] : exclude_) {
-      int64_t lo = std::max(b, s.owned.first), hi = std::min(e, s.owned.second);
-      if (hi > lo) total -= GradNormSquared(table_, lo, hi);
+  if (!device_) {
+    for (const Shard& s : shards_) {
+      if (s.owned.second <= s.owned.first) continue;
+      total += GradNormSquared(table_, s.owned.first, s.owned.second);
+      for (auto [b, e] : exclude_) {
+        int64_t lo = std::max(b, s.owned.first), hi = std::min(e, s.owned.second);
+        if (hi > lo) total -= GradNormSquared(table_, lo, hi);
+      }
     }
+    return total;
   }
+#ifdef FATHOM_WITH_CUDA
+  const DeviceState& d = *device_;
+  if (d.terms.numel() == 0) return 0.0;  // no shard on this rank
+  cuda::Stream stream = DeviceStream("local_norm_squared");
+  for (int g = 0; g < 2; ++g) {
+    if (!d.adamw[g]) continue;
+    d.adamw[g]->QueueGradNormTerms(d.terms.Rows(d.first_term[g], d.first_term[g] + d.adamw[g]->norm_terms()),
+                                   stream);
+  }
+  // The host is about to wait for the compute stream, which waits for the reduce-scatters: wait for those
+  // through the communicators first, so that a dead or stuck peer ends the job with their message.
+  for (const Shard& s : shards_) {
+    if (auto* nccl = dynamic_cast<NcclCommunicator*>(s.comm)) nccl->Synchronize();
+  }
+  const Tensor host = ops::To(d.terms, Device::kCPU);  // SYNC POINT: the step's one copy of the norm
+  const double* t = host.data<double>();
+  // The CPU's order: per shard, add its norm^2, then subtract its excluded parts.
+  for (int g = 0; g < 2; ++g) {
+    if (!d.adamw[g]) continue;
+    total += t[d.first_term[g]];
+    for (int64_t k = 1; k < d.adamw[g]->norm_terms(); ++k) total -= t[d.first_term[g] + k];
+  }
+#endif
   return total;
 }
 
 void ZeroOptimizer::Step(double lr, double total_norm, double max_norm) {
-  // Clipping scales the whole gradient buffer: only the owned shards are read by AdamW, so scaling the
-  // stale remainder too is harmless and keeps the one clipping routine.
-  ClipGradients(table_, max_norm, total_norm);
-  for (Shard& s : shards_)
-    if (s.adamw) s.adamw->Step(lr);
+  if (!device_) {
+    // Clipping scales the whole gradient buffer: only the owned shards are read by AdamW, so scaling the
+    // stale remainder too is harmless and keeps the one clipping routine.
+    ClipGradients(table_, max_norm, total_norm);
+    for (Shard& s : shards_)
+      if (s.adamw) s.adamw->Step(lr);
+    return;
+  }
+#ifdef FATHOM_WITH_CUDA
+  FATHOM_CHECK(max_norm >= 0, "[zero] max_norm ", max_norm);
+  FATHOM_CHECK(std::isfinite(total_norm) && total_norm >= 0, "[zero] total_norm ", total_norm,
+               " (a non-finite norm must be handled by the caller before clipping)");
+  // ClipGradients' factor. On the GPU only the owned shards are scaled: AdamW reads nothing else, and the
+  // rest of the grads buffer is overwritten by the next step's backward.
+  const double scale = max_norm > 0 ? std::min(1.0, max_norm / (total_norm + 1e-6)) : 1.0;
+  cuda::Stream stream = DeviceStream("step");
+  for (std::unique_ptr<DeviceAdamW>& adamw : device_->adamw) {
+    if (!adamw) continue;
+    if (scale != 1.0) adamw->ScaleGrads(scale, stream);
+    adamw->Step(lr, stream);
+  }
+#endif
 }
 
 void ZeroOptimizer::GatherParameters() {
+  const Tensor values = table_.values();
   for (Shard& s : shards_) {
-    if (s.chunk == 0) continue;
     const int64_t n = s.comm->size();
-    Tensor send = Tensor::Zeros({s.chunk}, table_.dtype());
-    CopyRange(
-        send, 0,
-        Tensor::Wrap(static_cast<char*>(table_.values().raw()) + s.owned.first * DTypeSize(table_.dtype()),
-                     {s.owned.second - s.owned.first}, table_.dtype(), Device::kCPU, nullptr),
-        s.owned.second - s.owned.first);
-    Tensor recv = Tensor::Empty({n * s.chunk}, table_.dtype());
+    if (s.chunk == 0 || n == 1) continue;  // a group of one already holds its whole range
+    if (device_) CheckCommStream(*s.comm, DeviceStream("gather_parameters"));
+    const int64_t owned = s.owned.second - s.owned.first, len = s.range.second - s.range.first;
+    // A full shard is sent from the values buffer itself; a short (last) one is zero padded.
+    Tensor send = owned == s.chunk ? Slice(values, s.owned.first, owned) : Padded(values, s.owned, s.chunk);
+    Tensor recv = Tensor::Empty({n * s.chunk}, values.dtype(), values.device());
     s.comm->AllGather(send, recv);
-    CopyRange(table_.values(), s.range.first, recv, s.range.second - s.range.first);
+    ops::Copy(Slice(values, s.range.first, len), recv.Rows(0, len));
   }
 }
 
@@ -94,6 +203,12 @@ size_t ZeroOptimizer::state_bytes() const {
   size_t b = 0;
   for (const Shard& s : shards_)
     if (s.adamw) b += s.adamw->state_bytes();
+#ifdef FATHOM_WITH_CUDA
+  if (device_) {
+    for (const std::unique_ptr<DeviceAdamW>& adamw : device_->adamw)
+      if (adamw) b += adamw->state_bytes();
+  }
+#endif
   return b;
 }
 

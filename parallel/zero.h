@@ -6,7 +6,28 @@
 //                     held twice in the pipeline, e.g. the last stage's copy of the embedding)
 //   Step              clip by the global norm, AdamW on this rank's shards
 //   GatherParameters  all-gather the updated shards so every replica holds the whole range again
-// Shards are equal chunks of ceil(range / group size) elements (the last one shorter or empty).
+// Shards are equal chunks of ceil(range / group size) elements (the last one shorter or empty). A group of
+// size 1 owns its whole range: ReduceGradients and GatherParameters move nothing for it (no collective, no
+// copy).
+//
+// Devices. The table's device decides where everything runs; one code path moves the data (views of the
+// flat buffers and ops::Copy / ops::Zero of framework/ops.h, a memcpy on the CPU):
+//   CPU   (f32 or f64) AdamW and the norm of optim/, clipping scales the whole grads buffer
+//         (ClipGradients); the communicators move host tensors (MpiCommunicator, LocalCommunicator).
+//   CUDA  (f32, CUDA builds) DeviceAdamW per non-empty shard (optim/cuda/device_adamw.h): the norm terms
+//         of every shard are queued into one device buffer and copied to the host once; clipping scales
+//         the owned shards only (AdamW reads nothing else; the rest of the grads buffer keeps stale sums and
+//         is overwritten by the next step's backward). The communicators of groups larger than one must
+//         move CUDA tensors (NcclCommunicator). REQUIRES for every call: a current cuda::DevicePool (the
+//         collectives' temporaries) and a current ops::OpContext whose stream is the pool's stream and the
+//         NCCL communicators' compute stream (checked): device work is queued there, the collectives are
+//         ordered after it, and their Wait() orders it again. LocalNormSquared returns a host value, so it
+//         waits: it first calls Synchronize() on the NCCL communicators, so a dead peer surfaces as that
+//         communicator's message rather than a hang. In a build without CUDA a CUDA table fails at
+//         construction.
+// Results: on the CPU bit-identical to AdamW / GradNormSquared / ClipGradients over the same shards; on the
+// GPU the AdamW update equals the CPU's to the last bit for equal inputs (framework/kernels/cuda/adamw.h),
+// the norm to double round-off, and NCCL's sums follow nccl_communicator.h (bitwise with two ranks).
 #ifndef FATHOM_PARALLEL_ZERO_H_
 #define FATHOM_PARALLEL_ZERO_H_
 
@@ -23,16 +44,22 @@ namespace fathom {
 
 class ZeroOptimizer {
  public:
-  // `dp` shards the kReplicated range, `edp` the kExpert range; both must outlive this object.
+  // `dp` shards the kReplicated range, `edp` the kExpert range; both and `table` must outlive this object.
+  // A CUDA table allocates its optimizer state on the current device here (start-up).
   ZeroOptimizer(ParamTable& table, const OptimConfig& cfg, Communicator& dp, Communicator& edp,
                 std::vector<std::pair<int64_t, int64_t>> exclude_from_norm = {});
+  ~ZeroOptimizer();
+  ZeroOptimizer(const ZeroOptimizer&) = delete;
+  ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
 
   void ReduceGradients();
   double LocalNormSquared() const;
-  // Scales this rank's shards by min(1, max_norm / total_norm) (max_norm 0: no clipping), then AdamW.
+  // Scales this rank's shards by min(1, max_norm / (total_norm + 1e-6)) (max_norm 0: no clipping), then
+  // AdamW. REQUIRES max_norm >= 0 and a finite total_norm >= 0 (the caller stops on a non-finite norm).
   void Step(double lr, double total_norm, double max_norm);
   void GatherParameters();
 
+  // Bytes of optimizer state this rank holds: both moments of its shards (host or device memory).
   size_t state_bytes() const;
   // This rank's shard of each group, [begin, end) in flat elements (may be empty).
   std::pair<int64_t, int64_t> shard(ParamGroup group) const { return shards_[static_cast<int>(group)].owned; }
@@ -43,11 +70,16 @@ class ZeroOptimizer {
     std::pair<int64_t, int64_t> range;  // the group's whole range in the table
     int64_t chunk;                      // elements per rank
     std::pair<int64_t, int64_t> owned;  // this rank's part of `range`
-    std::unique_ptr<AdamW> adamw;       // null when `owned` is empty
+    std::unique_ptr<AdamW> adamw;       // CPU tables: null when `owned` is empty
   };
+  // CUDA tables: the device optimizers and the norm terms' buffer (defined in zero.cc, so that CPU builds
+  // carry none of it).
+  struct DeviceState;
+
   ParamTable& table_;
   Shard shards_[2];
   std::vector<std::pair<int64_t, int64_t>> exclude_;
+  std::unique_ptr<DeviceState> device_;
 };
 
 }  // namespace fathom
