@@ -12,7 +12,10 @@ void Usage() {
                "  train RECIPE.yaml [--set key=value ...]   train a model from a recipe\n"
                "  plan RECIPE.yaml --cluster CLUSTER.yaml   choose pp/ep/dp, schedule and micro-batching\n"
                "  simulate RECIPE.yaml --cluster CLUSTER.yaml [--trace out.json]\n"
-               "                                            simulate one step of a parallel plan\n");
+               "                                            simulate one step of a parallel plan\n"
+               "  bench RECIPE.yaml [--set key=value ...] [--warmup N] [--steps N]\n"
+               "                                            time GPU training steps: tokens/s, MFU, memory,\n"
+               "                                            time per phase (train.device cuda)\n");
 }
 
 }  // namespace
@@ -27,11 +30,13 @@ int main(int argc, char** argv) {
   if (cmd == "train") return fathom::RunTrain(args);
   if (cmd == "plan") return fathom::RunPlan(args);
   if (cmd == "simulate") return fathom::RunSimulate(args);
+  if (cmd == "bench") return fathom::RunBench(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     Usage();
     return 0;
   }
-  std::fprintf(stderr, "fathom: unknown command '%s'; expected train, plan or simulate\n", cmd.c_str());
+  std::fprintf(stderr, "fathom: unknown command '%s'; expected train, plan, simulate or bench\n",
+               cmd.c_str());
   Usage();
   return 2;
 }

@@ -5,6 +5,7 @@
 
 #include "framework/kernels/cpu/moe.h"
 #include "framework/ops.h"
+#include "framework/phase_timer.h"
 
 namespace fathom {
 
@@ -52,6 +53,9 @@ void MoE::ResetStats() {
 Tensor MoE::Forward(int mb, const Tensor& x) {
   FATHOM_CHECK(x.ndim() == 3 && x.dim(2) == hidden_, "[moe ", table_->spec(gate_proj_).name, "] input ",
                x.shape_str(), ", expected (B, T, ", hidden_, ")");
+  // Phases (bench): routing, permutation, the exchange and the combine are dispatch/combine; the routed
+  // and shared experts' GEMMs and SwiGLU are experts (nested scopes count exclusively).
+  ScopedPhase phase(Phase::kDispatchCombine);
   Ctx& c = saved_.Put(mb);
   c.batch = x.dim(0);
   c.seq = x.dim(1);
@@ -62,6 +66,7 @@ Tensor MoE::Forward(int mb, const Tensor& x) {
   ComputeExperts(mb, c);
   Tensor y = Combine(c);
   if (shared_) {
+    ScopedPhase experts(Phase::kExperts);
     ops::AddInPlace(y, shared_->Forward(mb, x2));
   }
   return y.Reshape(x.shape());
@@ -108,6 +113,7 @@ void MoE::Dispatch(int mb, Ctx& c) {
 }
 
 void MoE::ComputeExperts(int mb, Ctx& c) {
+  ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
@@ -115,10 +121,11 @@ void MoE::ComputeExperts(int mb, Ctx& c) {
   c.up = Tensor::Empty({rows, intermediate_}, dt, dev);
   c.h = Tensor::Empty({rows, intermediate_}, dt, dev);
   Tensor y_local = Tensor::Empty({rows, hidden_}, dt, dev);
-  ops::GroupedMatmulNT(c.gate, c.x_local, table_->value(gate_proj_), c.local_counts);
-  ops::GroupedMatmulNT(c.up, c.x_local, table_->value(up_proj_), c.local_counts);
+  ops::GroupedMatmulNT(c.gate, c.x_local, table_->compute_value(gate_proj_), c.local_counts);
+  ops::GroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), c.local_counts);
   ops::SwiGluForward(c.h, c.gate, c.up);
-  ops::GroupedMatmulNT(y_local, c.h, table_->value(down_proj_), c.local_counts);
+  ops::GroupedMatmulNT(y_local, c.h, table_->compute_value(down_proj_), c.local_counts);
+  ScopedPhase combine(Phase::kDispatchCombine);  // the way back to the tokens' ranks
   c.y_perm = exchange_ ? exchange_->FromExperts(mb, y_local) : y_local;
 }
 
@@ -132,6 +139,7 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(dy.ndim() == 3 && dy.dim(0) == c.batch && dy.dim(1) == c.seq && dy.dim(2) == hidden_,
                "[moe] dy ", dy.shape_str());
+  ScopedPhase phase(Phase::kDispatchCombine);
   Tensor dy2 = dy.Flatten2D();
   // dweight is in the router's dtype (topk_weight's), the output gradient in the activations'.
   Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), c.routing.topk_weight.dtype(), dy2.device());
@@ -144,7 +152,10 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   }
   Tensor dx;
   if (shared_) {
-    dx = shared_->BackwardInput(mb, dy2);
+    {
+      ScopedPhase experts(Phase::kExperts);
+      dx = shared_->BackwardInput(mb, dy2);
+    }
     ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/true);
   } else {
     dx = Tensor::Empty(dy2.shape(), dy2.dtype(), dy2.device());
@@ -164,23 +175,25 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
 // the same way the tokens did (the combine-backward communication phase), and dx_local comes back.
 Tensor MoE::ExpertsBackwardInput(int mb, Ctx& c, const Tensor& dy_perm) {
   c.dy_local = exchange_ ? exchange_->ToExperts(mb, dy_perm) : dy_perm;
+  ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
   Tensor dh = Tensor::Empty({rows, intermediate_}, dt, dev);
-  ops::GroupedMatmulNN(dh, c.dy_local, table_->value(down_proj_), c.local_counts);
+  ops::GroupedMatmulNN(dh, c.dy_local, table_->compute_value(down_proj_), c.local_counts);
   c.dgate = Tensor::Empty({rows, intermediate_}, dt, dev);
   c.dup = Tensor::Empty({rows, intermediate_}, dt, dev);
   ops::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
   Tensor dx_local = Tensor::Empty({rows, hidden_}, dt, dev);
-  ops::GroupedMatmulNN(dx_local, c.dgate, table_->value(gate_proj_), c.local_counts);
-  ops::GroupedMatmulNN(dx_local, c.dup, table_->value(up_proj_), c.local_counts, /*accumulate=*/true);
+  ops::GroupedMatmulNN(dx_local, c.dgate, table_->compute_value(gate_proj_), c.local_counts);
+  ops::GroupedMatmulNN(dx_local, c.dup, table_->compute_value(up_proj_), c.local_counts, /*accumulate=*/true);
   return dx_local;
 }
 
 void MoE::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy_local.defined(), "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
+  ScopedPhase phase(Phase::kExperts);  // with the router's small weight gradient
   ExpertsBackwardWeight(c);
   router_.BackwardWeight(mb);
   if (shared_) shared_->BackwardWeight(mb);

@@ -1,6 +1,7 @@
 #include "layers/output_head.h"
 
 #include "framework/ops.h"
+#include "framework/phase_timer.h"
 
 namespace fathom {
 
@@ -12,6 +13,7 @@ OutputHead::OutputHead(ParamTable& table, const std::string& norm_name, int64_t 
 }
 
 double OutputHead::Forward(int mb, const Tensor& x, const Tensor& labels, double loss_scale) {
+  ScopedPhase phase(Phase::kHeadLoss);  // final norm, vocabulary GEMM and cross-entropy (MTP heads too)
   Tensor logits = lm_head_->Forward(mb, norm_.Forward(mb, x));
   Tensor flat = logits.Flatten2D();
   Ctx& c = saved_.Put(mb);
@@ -24,6 +26,7 @@ double OutputHead::Forward(int mb, const Tensor& x, const Tensor& labels, double
 }
 
 Tensor OutputHead::BackwardInput(int mb) {
+  ScopedPhase phase(Phase::kHeadLoss);
   Ctx& c = saved_.Get(mb);
   Tensor dlogits = Tensor::Empty(c.logits.shape(), c.logits.dtype(), c.logits.device());
   ops::CrossEntropyBackward(dlogits, c.logits, c.lse, c.labels, ignore_index_, c.loss_scale);
@@ -34,6 +37,7 @@ Tensor OutputHead::BackwardInput(int mb) {
 }
 
 void OutputHead::BackwardWeight(int mb) {
+  ScopedPhase phase(Phase::kHeadLoss);
   lm_head_->BackwardWeight(mb);
   norm_.BackwardWeight(mb);
   saved_.Drop(mb);

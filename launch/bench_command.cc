@@ -1,0 +1,311 @@
+// fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N] [--steps N]
+// Times the GPU trainer: N warm-up steps (default 2), then N timed steps (default 5), and rank 0 prints one
+// table. Launch like `fathom train` (MPI under mpirun/srun, else one local process). Requires
+// train.device cuda and a build with the CUDA backend (exit 2 otherwise).
+//
+// What the numbers are:
+//   step time     host wall time around Trainer::Step, which returns only after the device is done (it
+//                 copies the losses to the host); per step the maximum over ranks (the job's step ends
+//                 with its slowest rank); median and mean over the timed steps.
+//   tokens/s      tokens per step (micro_batches x micro_batch_size x seq_len x dp) / median step time;
+//                 per GPU: divided by the world size.
+//   TFLOP/s/GPU   layers/cost.h's model FLOPs per token (Megatron convention: 6 x matmul parameters touched
+//                 + causal attention; the MTP modules left out, as recipes/small.yaml's comment counts)
+//                 x tokens/s per GPU. MFU: against 989 TFLOP/s, the dense bf16 peak of an H100/H200 SXM.
+//   peak memory   static bytes (parameters, gradients, copies, moments) + the activation pool's peak over
+//                 the timed steps, and the device's used bytes (cudaMemGetInfo: total - free) at the end;
+//                 the maximum over ranks.
+//   phases        framework/phase_timer.h's exclusive per-phase device time, mean per timed step, of ONE
+//                 rank: the busiest one (the largest sum of phase times, the lowest rank among equals), so
+//                 a row's "other" (step - sum of its phases: untimed work, host gaps, waiting on peers) is
+//                 that rank's and never mixes ranks. The header names the rank.
+// The timer is enabled during the warm-up too (collected after every step, then reset), so its CUDA event
+// pool is created before the timed steps.
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "launch/command_line.h"
+#include "launch/commands.h"
+#include "layers/cost.h"
+#include "parallel/fault.h"
+#include "parallel/launch_env.h"
+#include "parallel/mpi_communicator.h"
+
+#ifdef FATHOM_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "framework/cuda/check.h"
+#include "framework/phase_timer.h"
+#include "launch/trainer.h"
+#endif
+
+namespace fathom {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N (default 2)] "
+    "[--steps N (default 5)]";
+
+// Every rank reaches the same verdict on its input; ExitAllRanks prints it once and exits every rank.
+[[noreturn]] void Reject(const std::string& message) {
+  ExitAllRanks(kExitInvalidInput, "fathom bench: " + message);
+}
+
+// The value of `flag` (absent: `fallback`) as a whole number >= `min`.
+int64_t CountOption(const CommandLine& cl, const std::string& flag, int64_t fallback, int64_t min) {
+  auto it = cl.options.find(flag);
+  if (it == cl.options.end()) return fallback;
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(it->second, &v) || v < min) {
+    Reject(absl::StrFormat("%s needs a whole number >= %d, got '%s'; %s", flag, min, it->second, kUsage));
+  }
+  return v;
+}
+
+#ifdef FATHOM_WITH_CUDA
+
+constexpr double kPeakBf16TflopsPerGpu = 989.0;  // dense bf16, H100/H200 SXM
+constexpr double kGiB = 1073741824.0;
+
+// Model FLOPs per token without the MTP modules (layers/cost.h, Megatron convention).
+double ModelFlopsPerToken(const Recipe& recipe) {
+  double flops = 0;
+  for (const NodeCost& n : BuildCostGraph(recipe.model, recipe.train.seq_len)) {
+    if (n.kind != CostNodeKind::kMtp) flops += n.model_flops;
+  }
+  return flops;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double Mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return s / static_cast<double>(v.size());
+}
+
+// Element-wise maximum of `values` over `comm`.
+std::vector<double> MaxOver(Communicator& comm, const std::vector<double>& values) {
+  Tensor t = Tensor::FromVector(values, {static_cast<int64_t>(values.size())}, DType::kF64);
+  comm.AllReduce(t, ReduceOp::kMax);
+  return std::vector<double>(t.data<double>(), t.data<double>() + t.numel());
+}
+
+// Every rank's `row` (same length everywhere), indexed [rank][i]: each rank fills its own row of a zero
+// matrix and the sum over ranks assembles them (the communicator has no all-gather of host values).
+std::vector<std::vector<double>> GatherRows(Communicator& comm, const std::vector<double>& row) {
+  const int64_t n = static_cast<int64_t>(row.size()), world = comm.size();
+  Tensor t = Tensor::Zeros({world, n}, DType::kF64);
+  std::copy(row.begin(), row.end(), t.data<double>() + comm.rank() * n);
+  comm.AllReduce(t, ReduceOp::kSum);
+  std::vector<std::vector<double>> out(static_cast<size_t>(world));
+  for (int64_t r = 0; r < world; ++r) out[r].assign(t.data<double>() + r * n, t.data<double>() + (r + 1) * n);
+  return out;
+}
+
+std::string GpuName() {
+  int device = 0;
+  FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  FATHOM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
+// Everything the table shows, gathered over the ranks.
+struct BenchResult {
+  std::string recipe, gpu, mesh;
+  int world = 1, dp = 1;
+  int64_t warmup = 0, steps = 0;
+  int64_t micro_batches = 0, micro_batch_size = 0, seq_len = 0;
+  std::vector<double> step_ms;  // per timed step, max over ranks
+  double flops_per_token = 0;
+  double static_gib = 0, pool_peak_gib = 0, pool_capacity_gib = 0;  // of the rank with the highest peak
+  double device_used_gib = 0, device_total_gib = 0;                 // max over ranks
+  int phase_rank = 0;
+  PhaseMillis phase_ms{};  // per step, of phase_rank
+};
+
+std::string FormatBench(const BenchResult& b) {
+  const double tokens = static_cast<double>(b.micro_batches * b.micro_batch_size * b.seq_len * b.dp);
+  const double median = Median(b.step_ms), mean = Mean(b.step_ms);
+  const double tokens_per_s = tokens / (median / 1e3), per_gpu = tokens_per_s / b.world;
+  const double tflops = b.flops_per_token * per_gpu / 1e12;
+  std::string o;
+  auto row = [&o](const std::string& key, const std::string& value) {
+    o += absl::StrFormat("  %-18s %s\n", key, value);
+  };
+  o += absl::StrFormat("fathom bench %s\n", b.recipe);
+  row("gpu", b.gpu);
+  row("world", absl::StrFormat("%d GPU(s); %s", b.world, b.mesh));
+  row("tokens/step", absl::StrFormat("%.0f (%d micro-batch(es) x %d x %d tokens per dp rank, dp %d)", tokens,
+                                     b.micro_batches, b.micro_batch_size, b.seq_len, b.dp));
+  row("steps", absl::StrFormat("%d timed after %d warm-up", b.steps, b.warmup));
+  row("step ms", absl::StrFormat("median %.1f, mean %.1f, min %.1f, max %.1f", median, mean,
+                                 *std::min_element(b.step_ms.begin(), b.step_ms.end()),
+                                 *std::max_element(b.step_ms.begin(), b.step_ms.end())));
+  row("tokens/s", absl::StrFormat("%.0f (job), %.0f per GPU (median step)", tokens_per_s, per_gpu));
+  row("TFLOP/s/GPU",
+      absl::StrFormat("%.1f (model FLOPs %.3e per token, cost model, no MTP)", tflops, b.flops_per_token));
+  row("MFU", absl::StrFormat("%.1f%% of %.0f TFLOP/s (dense bf16 H100/H200)",
+                             100 * tflops / kPeakBf16TflopsPerGpu, kPeakBf16TflopsPerGpu));
+  row("peak memory GiB",
+      absl::StrFormat("%.2f (static %.2f + pool peak %.2f of %.2f)", b.static_gib + b.pool_peak_gib,
+                      b.static_gib, b.pool_peak_gib, b.pool_capacity_gib));
+  row("device used GiB", absl::StrFormat("%.2f of %.2f (cudaMemGetInfo, max over ranks)", b.device_used_gib,
+                                         b.device_total_gib));
+  o += absl::StrFormat("phases (ms per step, mean of %d timed steps; rank %d of %d, the busiest)\n", b.steps,
+                       b.phase_rank, b.world);
+  o += absl::StrFormat("  %-18s %10s %8s\n", "phase", "ms/step", "% step");
+  double timed = 0;
+  for (int p = 0; p < kNumPhases; ++p) {
+    const double ms = b.phase_ms[static_cast<size_t>(p)];
+    timed += ms;
+    o += absl::StrFormat("  %-18s %10.2f %7.1f%%\n", PhaseName(static_cast<Phase>(p)), ms, 100 * ms / mean);
+  }
+  o += absl::StrFormat("  %-18s %10.2f %7.1f%%\n", "other", mean - timed, 100 * (mean - timed) / mean);
+  o += absl::StrFormat("  %-18s %10.2f %7.1f%%\n", "step (mean)", mean, 100.0);
+  return o;
+}
+
+// Warm-up and timed steps of `trainer`; collective over the mesh's world. Returns what the table shows
+// (complete on every rank).
+BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, int64_t warmup,
+                     int64_t steps) {
+  auto step_or_exit = [&](int64_t step) {
+    absl::StatusOr<StepStats> st = trainer.Step(step);
+    if (!st.ok()) ExitAllRanks(kExitFailure, "fathom bench: " + std::string(st.status().message()));
+  };
+  // Warm-up with the timer on, so the event pool reaches its size before the timed steps.
+  PhaseTimer::Enable(true);
+  for (int64_t s = 0; s < warmup; ++s) {
+    step_or_exit(s);
+    PhaseTimer::Collect();
+  }
+  PhaseTimer::Reset();
+  trainer.ResetDeviceMemoryPeak();
+
+  std::vector<double> local_ms;
+  for (int64_t s = 0; s < steps; ++s) {
+    const auto start = std::chrono::steady_clock::now();
+    step_or_exit(warmup + s);
+    local_ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    PhaseTimer::Collect();  // folds this step's events into the totals; keeps the pool at one step's size
+  }
+  const PhaseMillis phases = PhaseTimer::Collect();
+  PhaseTimer::Enable(false);
+  PhaseTimer::Reset();
+
+  Communicator& world = mesh.world();
+  BenchResult b;
+  b.recipe = recipe.path;
+  b.gpu = GpuName();
+  b.mesh = mesh.layout().Describe();
+  b.world = mesh.layout().world();
+  b.dp = mesh.layout().dp();
+  b.warmup = warmup;
+  b.steps = steps;
+  b.micro_batches = recipe.parallel.micro_batches;
+  b.micro_batch_size = recipe.train.micro_batch_size;
+  b.seq_len = recipe.train.seq_len;
+  b.flops_per_token = ModelFlopsPerToken(recipe);
+  b.step_ms = MaxOver(world, local_ms);
+
+  // Memory: this rank's numbers, then the rank with the highest peak (static + pool peak).
+  const DeviceMemoryStats mem = trainer.device_memory();
+  size_t free_bytes = 0, total_bytes = 0;
+  FATHOM_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const std::vector<std::vector<double>> memory =
+      GatherRows(world, {static_cast<double>(mem.static_bytes), static_cast<double>(mem.pool_peak),
+                         static_cast<double>(mem.pool_capacity),
+                         static_cast<double>(total_bytes - free_bytes), static_cast<double>(total_bytes)});
+  size_t peak_rank = 0;
+  for (size_t r = 0; r < memory.size(); ++r) {
+    b.device_used_gib = std::max(b.device_used_gib, memory[r][3] / kGiB);
+    b.device_total_gib = std::max(b.device_total_gib, memory[r][4] / kGiB);
+    if (memory[r][0] + memory[r][1] > memory[peak_rank][0] + memory[peak_rank][1]) peak_rank = r;
+  }
+  b.static_gib = memory[peak_rank][0] / kGiB;
+  b.pool_peak_gib = memory[peak_rank][1] / kGiB;
+  b.pool_capacity_gib = memory[peak_rank][2] / kGiB;
+
+  // Phases: every rank's per-step means; the busiest rank's row is shown.
+  std::vector<double> mine(phases.begin(), phases.end());
+  for (double& ms : mine) ms /= static_cast<double>(steps);
+  const std::vector<std::vector<double>> all = GatherRows(world, mine);
+  double busiest = -1;
+  for (size_t r = 0; r < all.size(); ++r) {
+    double sum = 0;
+    for (double ms : all[r]) sum += ms;
+    if (sum > busiest) {
+      busiest = sum;
+      b.phase_rank = static_cast<int>(r);
+    }
+  }
+  std::copy(all[b.phase_rank].begin(), all[b.phase_rank].end(), b.phase_ms.begin());
+  return b;
+}
+
+#endif  // FATHOM_WITH_CUDA
+
+}  // namespace
+
+int RunBench(const std::vector<std::string>& args) {
+  absl::StatusOr<LaunchEnv> env = LaunchEnvFromProcessEnvironment();
+  if (!env.ok()) {
+    std::cerr << "fathom bench: " << env.status().message() << "\n";
+    return kExitInvalidInput;
+  }
+  const bool mpi = env->launcher != Launcher::kNone;
+  if (mpi) MpiInit(nullptr, nullptr);
+  absl::StatusOr<std::unique_ptr<Communicator>> world =
+      CreateWorldCommunicator(mpi ? CommBackend::kMpi : CommBackend::kLocal);
+  if (!world.ok()) Reject(std::string(world.status().message()));
+
+  absl::StatusOr<CommandLine> parsed = ParseCommandLine(args, {"--warmup", "--steps"});
+  if (!parsed.ok()) Reject(std::string(parsed.status().message()) + "; " + kUsage);
+  // Checked in every build, so a bad flag reads the same with or without the CUDA backend.
+  [[maybe_unused]] const int64_t warmup = CountOption(*parsed, "--warmup", 2, 0);
+  [[maybe_unused]] const int64_t steps = CountOption(*parsed, "--steps", 5, 1);
+  absl::StatusOr<Recipe> recipe = LoadRecipe(parsed->recipe, parsed->overrides);
+  if (!recipe.ok()) Reject(std::string(recipe.status().message()));
+  if (recipe->train.device != "cuda") {
+    Reject(
+        absl::StrFormat("%s: train.device is %s, but the bench times the GPU trainer; set train.device: "
+                        "cuda (or --set train.device=cuda)",
+                        recipe->path, recipe->train.device));
+  }
+#ifndef FATHOM_WITH_CUDA
+  Reject(
+      absl::StrFormat("%s: train.device is cuda, but this build has no CUDA backend (configure with nvcc "
+                      "present or -DFATHOM_CUDA=ON)",
+                      recipe->path));
+#else
+  absl::StatusOr<std::unique_ptr<DeviceMesh>> mesh =
+      DeviceMesh::Create(*std::move(world), recipe->parallel.pp, recipe->parallel.ep);
+  if (!mesh.ok()) Reject(std::string(mesh.status().message()));
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*recipe, **mesh);
+  if (!trainer.ok()) Reject(std::string(trainer.status().message()));
+  if ((*mesh)->coord().rank == 0) std::cout << (*trainer)->memory_plan_table() << std::flush;
+  const BenchResult result = RunSteps(*recipe, **trainer, **mesh, warmup, steps);
+  if ((*mesh)->coord().rank == 0) {
+    std::cout << FormatBench(result);
+    std::cout.flush();
+  }
+  trainer->reset();
+  mesh->reset();
+  if (mpi) MpiFinalize();
+  return 0;
+#endif
+}
+
+}  // namespace fathom

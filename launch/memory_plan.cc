@@ -1,0 +1,212 @@
+#include "launch/memory_plan.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "framework/check.h"
+#include "layers/cost.h"
+
+namespace fathom {
+namespace {
+
+constexpr int64_t kGiB = int64_t{1} << 30;
+constexpr int64_t kF32Bytes = 4;
+
+double GiB(int64_t bytes) { return static_cast<double>(bytes) / static_cast<double>(kGiB); }
+
+int64_t CeilBytes(double bytes) { return static_cast<int64_t>(std::ceil(bytes)); }
+
+// fathom keeps activations in the compute dtype and runs no FP8 yet, so the cost model's report policy
+// (FP8 caches and dispatch, bf16 elsewhere) is replaced by the compute dtype everywhere; the policy's
+// activation width then scales every activation the cost model counts in bf16, while statistics (rstd,
+// lse), router scores and top-k ids keep their fixed widths there.
+PrecisionPolicy ActivationPolicy(const Recipe& recipe) {
+  PrecisionPolicy p;
+  p.fp8_gemm = p.fp8_cache = p.fp8_dispatch = false;
+  p.activation_bytes = recipe.train.dtype == "bf16" ? 2 : recipe.train.dtype == "f64" ? 8 : 4;
+  return p;
+}
+
+// Per-token activation bytes (nothing recomputed) of the cost-graph nodes `slice` holds.
+std::vector<double> SliceNodeBytesPerToken(const Recipe& recipe, const ModelSlice& slice) {
+  const ModelConfig& m = recipe.model;
+  const int64_t end = slice.end_layer < 0 ? m.num_hidden_layers : slice.end_layer;
+  FATHOM_CHECK(slice.first_layer >= 0 && slice.first_layer <= end && end <= m.num_hidden_layers,
+               "[memory_plan] slice layers [", slice.first_layer, ", ", end, ") of ", m.num_hidden_layers);
+  std::vector<double> out;
+  for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len, ActivationPolicy(recipe))) {
+    bool held = false;
+    switch (n.kind) {
+      case CostNodeKind::kEmbedding:
+        held = slice.embedding;
+        break;
+      case CostNodeKind::kDenseBlock:
+      case CostNodeKind::kMoeBlock:
+        held = n.index >= slice.first_layer && n.index < end;
+        break;
+      case CostNodeKind::kHead:
+      case CostNodeKind::kMtp:
+        held = slice.head;
+        break;
+    }
+    if (held) out.push_back(n.activation_bytes(Recompute::None()));
+  }
+  return out;
+}
+
+double TokensPerMicroBatch(const Recipe& recipe) {
+  return static_cast<double>(recipe.train.micro_batch_size) * static_cast<double>(recipe.train.seq_len);
+}
+
+}  // namespace
+
+int64_t DeviceMemoryReserve(int64_t free_bytes) { return std::max<int64_t>(2 * kGiB, free_bytes / 20); }
+
+MemoryPlan EstimateDeviceMemory(const MemoryPlanInput& in) {
+  FATHOM_CHECK(in.param_elements >= 0 && in.optimizer_elements >= 0 && in.compute_copy_bytes >= 0 &&
+                   in.moment_bytes > 0 && in.activation_bytes_per_micro_batch >= 0 &&
+                   in.micro_batches_in_flight >= 0 && in.transient_bytes >= 0 &&
+                   in.gemm_workspace_bytes >= 0 && in.free_bytes >= 0,
+               "[memory_plan] negative input: params ", in.param_elements, ", optimizer ",
+               in.optimizer_elements, ", copy bytes ", in.compute_copy_bytes, ", moment bytes ",
+               in.moment_bytes, ", activations ", in.activation_bytes_per_micro_batch, " x ",
+               in.micro_batches_in_flight, " + ", in.transient_bytes, ", workspace ", in.gemm_workspace_bytes,
+               ", free ", in.free_bytes);
+  MemoryPlan plan;
+  const std::string elements = absl::StrCat(in.param_elements, " elements");
+  auto add = [&](std::string name, int64_t bytes, std::string what) {
+    plan.rows.push_back({std::move(name), bytes, std::move(what)});
+  };
+  add("parameters", in.param_elements * kF32Bytes, "f32 values (master weights), " + elements);
+  add("gradients", in.param_elements * kF32Bytes, "f32 gradient accumulators, " + elements);
+  add("compute copy", in.param_elements * in.compute_copy_bytes,
+      in.compute_copy_bytes == 0
+          ? std::string("none: the GEMMs read the f32 values")
+          : absl::StrCat(in.compute_copy_bytes == 2 ? "bf16" : absl::StrCat(in.compute_copy_bytes, "-byte"),
+                         " copies of the weights for the GEMMs"));
+  add("optimizer moments", in.optimizer_elements * 2 * in.moment_bytes,
+      absl::StrCat("AdamW exp_avg + exp_avg_sq in ",
+                   in.moment_bytes == 2   ? "bf16"
+                   : in.moment_bytes == 4 ? "f32"
+                                          : absl::StrCat(in.moment_bytes, "-byte values"),
+                   ", ", in.optimizer_elements, " elements (this rank's shards)"));
+  add("gemm workspace", in.gemm_workspace_bytes, "cuBLASLt workspace");
+  for (const MemoryRow& r : plan.rows) plan.static_bytes += r.bytes;
+
+  plan.activation_bytes =
+      CeilBytes(static_cast<double>(in.micro_batches_in_flight) * in.activation_bytes_per_micro_batch +
+                in.transient_bytes);
+  add("activations (est.)", plan.activation_bytes,
+      absl::StrFormat("%d micro-batch(es) in flight x %.3f GiB + %.3f GiB for one pass%s",
+                      in.micro_batches_in_flight,
+                      in.activation_bytes_per_micro_batch / static_cast<double>(kGiB),
+                      in.transient_bytes / static_cast<double>(kGiB),
+                      in.activation_note.empty() ? "" : " (" + in.activation_note + ")"));
+  plan.reserve_bytes = DeviceMemoryReserve(in.free_bytes);
+  add("reserve", plan.reserve_bytes, "max(2 GiB, 5% of free): cuBLAS/NCCL/cuDNN internals");
+  plan.free_bytes = in.free_bytes;
+  plan.pool_bytes = in.free_bytes - plan.static_bytes - plan.reserve_bytes;
+  return plan;
+}
+
+absl::StatusOr<MemoryPlan> PlanDeviceMemory(const MemoryPlanInput& input) {
+  MemoryPlan plan = EstimateDeviceMemory(input);
+  if (plan.fits()) return plan;
+  const int64_t need = plan.static_bytes + plan.activation_bytes + plan.reserve_bytes;
+  // The rows in decreasing size, so the message leads with what matters.
+  std::vector<MemoryRow> rows = plan.rows;
+  std::stable_sort(rows.begin(), rows.end(),
+                   [](const MemoryRow& a, const MemoryRow& b) { return a.bytes > b.bytes; });
+  std::string biggest;
+  for (size_t i = 0; i < std::min<size_t>(3, rows.size()); ++i) {
+    absl::StrAppend(&biggest, i ? ", " : "", rows[i].name, " ", absl::StrFormat("%.2f", GiB(rows[i].bytes)));
+  }
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "device memory: this rank needs %.2f GiB (static %.2f + activations %.2f + reserve %.2f) but the "
+      "device has %.2f GiB free, %.2f GiB short (largest: %s GiB). To use less: lower "
+      "train.micro_batch_size or train.seq_len (activations), set optim.moment_dtype: bf16 (halves the "
+      "moments), or spread the model over more GPUs with parallel.pp (layers) or parallel.ep (experts).\n%s",
+      GiB(need), GiB(plan.static_bytes), GiB(plan.activation_bytes), GiB(plan.reserve_bytes),
+      GiB(plan.free_bytes), GiB(plan.shortfall()), biggest, FormatMemoryPlan(plan)));
+}
+
+std::string FormatMemoryPlan(const MemoryPlan& plan) {
+  size_t width = std::string("activation pool").size();
+  for (const MemoryRow& r : plan.rows) width = std::max(width, r.name.size());
+  const int w = static_cast<int>(width);
+  std::string out = "device memory plan (GiB):\n";
+  auto line = [&](const std::string& name, int64_t bytes, const std::string& what) {
+    absl::StrAppend(&out, absl::StrFormat("  %-*s %9.3f  %s\n", w, name, GiB(bytes), what));
+  };
+  const size_t num_static = 5;  // the first five rows (see EstimateDeviceMemory)
+  for (size_t i = 0; i < plan.rows.size(); ++i) {
+    line(plan.rows[i].name, plan.rows[i].bytes, plan.rows[i].what);
+    if (i + 1 == num_static) line("static total", plan.static_bytes, "the rows above, allocated at start-up");
+  }
+  line("free at start-up", plan.free_bytes, "cudaMemGetInfo before any allocation");
+  line("activation pool", plan.pool_bytes,
+       plan.fits() ? "free - static - reserve; holds the activation estimate"
+                   : absl::StrFormat("free - static - reserve; %.3f GiB short of the activation estimate",
+                                     GiB(plan.shortfall())));
+  return out;
+}
+
+double MicroBatchActivationBytes(const Recipe& recipe, const ModelSlice& slice) {
+  double per_token = 0;
+  for (double b : SliceNodeBytesPerToken(recipe, slice)) per_token += b;
+  return per_token * TokensPerMicroBatch(recipe);
+}
+
+double TransientActivationBytes(const Recipe& recipe, const ModelSlice& slice) {
+  double largest = 0;
+  for (double b : SliceNodeBytesPerToken(recipe, slice)) largest = std::max(largest, b);
+  return largest * TokensPerMicroBatch(recipe);
+}
+
+int64_t MicroBatchesInFlight(const std::vector<Instruction>& program) {
+  int64_t live = 0, peak = 0;
+  for (const Instruction& ins : program) {
+    switch (ins.kind) {
+      case OpKind::kF:
+        ++live;
+        break;
+      case OpKind::kB:
+        break;
+      case OpKind::kW:
+      case OpKind::kBW:
+        --live;
+        break;
+      case OpKind::kFB:
+        ++live;
+        peak = std::max(peak, live);
+        --live;
+        break;
+    }
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
+MemoryPlanInput MemoryPlanInputFor(const Recipe& recipe, const ModelSlice& slice,
+                                   const std::vector<Instruction>& program, int64_t param_elements,
+                                   int64_t optimizer_elements, int64_t gemm_workspace_bytes,
+                                   int64_t free_bytes) {
+  MemoryPlanInput in;
+  in.param_elements = param_elements;
+  in.compute_copy_bytes = recipe.train.dtype == "bf16" ? 2 : 0;
+  in.optimizer_elements = optimizer_elements;
+  in.moment_bytes = recipe.optim.moment_dtype == "bf16" ? 2 : 4;
+  in.activation_bytes_per_micro_batch = MicroBatchActivationBytes(recipe, slice);
+  in.micro_batches_in_flight = MicroBatchesInFlight(program);
+  in.transient_bytes = TransientActivationBytes(recipe, slice);
+  in.gemm_workspace_bytes = gemm_workspace_bytes;
+  in.free_bytes = free_bytes;
+  in.activation_note = absl::StrCat(recipe.train.dtype, ", ", recipe.train.micro_batch_size, " x ",
+                                    recipe.train.seq_len, " tokens, cost model");
+  return in;
+}
+
+}  // namespace fathom

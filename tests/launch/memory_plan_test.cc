@@ -1,0 +1,269 @@
+// The start-up device memory plan: its rows add up, each knob moves the row it should, a device too small
+// for the estimate is rejected with the numbers and the recipe knobs, and the table shows every row.
+#include "launch/memory_plan.h"
+
+#include <random>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "layers/cost.h"
+#include "parallel/schedule.h"
+#include "tests/common/gradcheck.h"
+
+namespace fathom {
+namespace {
+
+using ::fathom::testing::TestSeed;
+
+constexpr int64_t kGiB = int64_t{1} << 30;
+
+const char* kSmall = FATHOM_SOURCE_DIR "/recipes/small.yaml";
+
+// A plan input with fresh random sizes, on a device large enough for it.
+MemoryPlanInput RandomInput(std::mt19937_64& rng) {
+  auto draw = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  MemoryPlanInput in;
+  in.param_elements = draw(int64_t{1} << 20, int64_t{2} << 30);
+  in.compute_copy_bytes = 2;
+  in.optimizer_elements = draw(1, in.param_elements);
+  in.moment_bytes = 4;
+  in.activation_bytes_per_micro_batch = static_cast<double>(draw(1, 8 * kGiB));
+  in.micro_batches_in_flight = draw(1, 8);
+  in.transient_bytes = static_cast<double>(draw(0, 2 * kGiB));
+  in.gemm_workspace_bytes = draw(1, 64 << 20);
+  in.free_bytes = 4 * in.param_elements * 4 + in.micro_batches_in_flight * 8 * kGiB + 40 * kGiB;
+  return in;
+}
+
+int64_t Row(const MemoryPlan& plan, const std::string& name) {
+  for (const MemoryRow& r : plan.rows) {
+    if (r.name == name) return r.bytes;
+  }
+  ADD_FAILURE() << "no row " << name;
+  return -1;
+}
+
+TEST(MemoryPlan, RowsAddUp) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int trial = 0; trial < 20; ++trial) {
+    const MemoryPlanInput in = RandomInput(rng);
+    const MemoryPlan plan = EstimateDeviceMemory(in);
+    ASSERT_EQ(plan.rows.size(), 7u);
+    EXPECT_EQ(Row(plan, "parameters"), in.param_elements * 4);
+    EXPECT_EQ(Row(plan, "gradients"), in.param_elements * 4);
+    EXPECT_EQ(Row(plan, "compute copy"), in.param_elements * 2);
+    EXPECT_EQ(Row(plan, "optimizer moments"), in.optimizer_elements * 2 * 4);
+    EXPECT_EQ(Row(plan, "gemm workspace"), in.gemm_workspace_bytes);
+    const double activations =
+        static_cast<double>(in.micro_batches_in_flight) * in.activation_bytes_per_micro_batch +
+        in.transient_bytes;
+    EXPECT_NEAR(static_cast<double>(Row(plan, "activations (est.)")), activations, 1.0);
+    EXPECT_EQ(plan.activation_bytes, Row(plan, "activations (est.)"));
+    EXPECT_EQ(plan.reserve_bytes, std::max<int64_t>(2 * kGiB, in.free_bytes / 20));
+    EXPECT_EQ(Row(plan, "reserve"), plan.reserve_bytes);
+    int64_t static_sum = 0;
+    for (size_t i = 0; i < 5; ++i) static_sum += plan.rows[i].bytes;
+    EXPECT_EQ(plan.static_bytes, static_sum);
+    EXPECT_EQ(plan.free_bytes, in.free_bytes);
+    EXPECT_EQ(plan.static_bytes + plan.reserve_bytes + plan.pool_bytes, in.free_bytes);
+    EXPECT_TRUE(plan.fits());
+    EXPECT_EQ(plan.shortfall(), 0);
+    ASSERT_TRUE(PlanDeviceMemory(in).ok());
+    EXPECT_EQ(PlanDeviceMemory(in)->pool_bytes, plan.pool_bytes);
+  }
+}
+
+TEST(MemoryPlan, ReserveIsTwoGibOrFivePercent) {
+  EXPECT_EQ(DeviceMemoryReserve(10 * kGiB), 2 * kGiB);
+  EXPECT_EQ(DeviceMemoryReserve(40 * kGiB), 2 * kGiB);
+  EXPECT_EQ(DeviceMemoryReserve(80 * kGiB), 4 * kGiB);
+  EXPECT_EQ(DeviceMemoryReserve(140 * kGiB), 7 * kGiB);
+}
+
+TEST(MemoryPlan, Bf16CopyAddsTwoBytesPerParameter) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  MemoryPlanInput in = RandomInput(rng);
+  in.compute_copy_bytes = 0;
+  const MemoryPlan f32 = EstimateDeviceMemory(in);
+  in.compute_copy_bytes = 2;
+  const MemoryPlan bf16 = EstimateDeviceMemory(in);
+  EXPECT_EQ(Row(f32, "compute copy"), 0);
+  EXPECT_EQ(bf16.static_bytes - f32.static_bytes, 2 * in.param_elements);
+  EXPECT_EQ(f32.pool_bytes - bf16.pool_bytes, 2 * in.param_elements);
+  EXPECT_NE(FormatMemoryPlan(f32).find("none"), std::string::npos);
+  EXPECT_NE(FormatMemoryPlan(bf16).find("bf16 copies"), std::string::npos);
+}
+
+TEST(MemoryPlan, MomentDtypeChangesTheOptimizerRow) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  MemoryPlanInput in = RandomInput(rng);
+  in.moment_bytes = 4;
+  const MemoryPlan f32 = EstimateDeviceMemory(in);
+  in.moment_bytes = 2;
+  const MemoryPlan bf16 = EstimateDeviceMemory(in);
+  EXPECT_EQ(Row(f32, "optimizer moments"), 8 * in.optimizer_elements);
+  EXPECT_EQ(Row(bf16, "optimizer moments"), 4 * in.optimizer_elements);
+  EXPECT_EQ(f32.static_bytes - bf16.static_bytes, 4 * in.optimizer_elements);
+  // Nothing else moved.
+  for (const char* name :
+       {"parameters", "gradients", "compute copy", "gemm workspace", "activations (est.)"}) {
+    EXPECT_EQ(Row(f32, name), Row(bf16, name)) << name;
+  }
+}
+
+TEST(MemoryPlan, TooSmallDeviceNamesTheNumbersAndTheKnobs) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  MemoryPlanInput in = RandomInput(rng);
+  const MemoryPlan roomy = EstimateDeviceMemory(in);
+  // The free bytes F with F = static + activations + reserve(F): exactly enough (the reserve grows with F,
+  // so iterate to the fixed point; F only decreases and stays an integer, so it converges).
+  int64_t exact = in.free_bytes;
+  for (int i = 0; i < 200; ++i) {
+    const int64_t next = roomy.static_bytes + roomy.activation_bytes + DeviceMemoryReserve(exact);
+    if (next == exact) break;
+    exact = next;
+  }
+  ASSERT_EQ(exact, roomy.static_bytes + roomy.activation_bytes + DeviceMemoryReserve(exact));
+  in.free_bytes = exact;
+  EXPECT_TRUE(EstimateDeviceMemory(in).fits());
+  EXPECT_TRUE(PlanDeviceMemory(in).ok());
+  // The most free bytes that do not fit (the pool shrinks by at most one byte per byte less free).
+  in.free_bytes = exact - 1;
+  while (EstimateDeviceMemory(in).fits()) --in.free_bytes;
+  EXPECT_GE(in.free_bytes, exact - 2);
+  const MemoryPlan tight = EstimateDeviceMemory(in);
+  ASSERT_FALSE(tight.fits());
+  EXPECT_EQ(tight.shortfall(), 1);
+  absl::StatusOr<MemoryPlan> plan = PlanDeviceMemory(in);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string msg(plan.status().message());
+  for (const char* knob :
+       {"train.micro_batch_size", "train.seq_len", "optim.moment_dtype", "parallel.pp", "parallel.ep"}) {
+    EXPECT_NE(msg.find(knob), std::string::npos) << knob << " missing from: " << msg;
+  }
+  EXPECT_NE(msg.find("GiB free"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("short"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("device memory plan (GiB):"), std::string::npos) << msg;  // the table comes along
+
+  // A device smaller than the static part alone: the pool is negative, still the same error.
+  in.free_bytes = roomy.static_bytes / 2;
+  const MemoryPlan hopeless = EstimateDeviceMemory(in);
+  EXPECT_LT(hopeless.pool_bytes, 0);
+  EXPECT_EQ(PlanDeviceMemory(in).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(MemoryPlan, TableShowsEveryRowAligned) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const MemoryPlan plan = EstimateDeviceMemory(RandomInput(rng));
+  const std::string table = FormatMemoryPlan(plan);
+  std::vector<std::string> names;
+  for (const MemoryRow& r : plan.rows) names.push_back(r.name);
+  for (const char* extra : {"static total", "free at start-up", "activation pool"}) names.push_back(extra);
+  size_t value_column = std::string::npos;
+  for (const std::string& name : names) {
+    const size_t at = table.find("  " + name + " ");
+    ASSERT_NE(at, std::string::npos) << name << " missing from:\n" << table;
+    // The GiB value ends at the same column on every line.
+    const size_t line_end = table.find('\n', at);
+    const std::string line = table.substr(at, line_end - at);
+    const size_t dot = line.find('.', name.size() + 2);
+    ASSERT_NE(dot, std::string::npos) << line;
+    if (value_column == std::string::npos) value_column = dot;
+    EXPECT_EQ(dot, value_column) << "misaligned:\n" << table;
+  }
+  // The GiB numbers are the bytes'.
+  char expect[64];
+  std::snprintf(expect, sizeof(expect), "%.3f", static_cast<double>(plan.rows[0].bytes) / kGiB);
+  EXPECT_NE(table.find(expect), std::string::npos) << table;
+}
+
+TEST(MemoryPlan, MicroBatchesInFlightFollowTheSchedule) {
+  // 1F1B holds min(M, pp - rank) micro-batches on rank `rank`; ZB1P the same (W delayed, 1F1B's memory).
+  for (int pp : {1, 2, 4}) {
+    for (int m : {1, 3, 8}) {
+      const Schedule s = Schedule1F1B(pp, m);
+      for (int r = 0; r < pp; ++r) {
+        EXPECT_EQ(MicroBatchesInFlight(s.ranks[r]), std::min(m, pp - r))
+            << "pp " << pp << " m " << m << " r " << r;
+      }
+    }
+  }
+  EXPECT_EQ(MicroBatchesInFlight({Instruction::F(0, 0), Instruction::F(1, 0), Instruction::B(0, 0),
+                                  Instruction::W(0, 0), Instruction::BW(1, 0)}),
+            2);
+  EXPECT_EQ(MicroBatchesInFlight({}), 0);
+}
+
+// The recipe path: small.yaml on one GPU, its bf16 copy and moments, and activations from the cost model.
+TEST(MemoryPlan, SmallRecipeInputs) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(kSmall);
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  ASSERT_EQ(recipe->train.dtype, "bf16");
+  ASSERT_EQ(recipe->optim.moment_dtype, "bf16");
+  const ModelSlice whole;  // one stage: everything
+  const std::vector<Instruction> program = Schedule1F1B(1, 1).ranks[0];
+  const int64_t numel = 1234567891, workspace = 32 << 20, free = 79 * kGiB;
+  const MemoryPlanInput in = MemoryPlanInputFor(*recipe, whole, program, numel, numel, workspace, free);
+  EXPECT_EQ(in.param_elements, numel);
+  EXPECT_EQ(in.compute_copy_bytes, 2);
+  EXPECT_EQ(in.optimizer_elements, numel);
+  EXPECT_EQ(in.moment_bytes, 2);
+  EXPECT_EQ(in.micro_batches_in_flight, 1);
+  EXPECT_EQ(in.gemm_workspace_bytes, workspace);
+  EXPECT_EQ(in.free_bytes, free);
+
+  // The cost model's per-token sum over every node, times the tokens of a micro-batch.
+  PrecisionPolicy p;
+  p.fp8_gemm = p.fp8_cache = p.fp8_dispatch = false;
+  p.activation_bytes = 2;
+  double per_token = 0, largest = 0;
+  for (const NodeCost& n : BuildCostGraph(recipe->model, recipe->train.seq_len, p)) {
+    per_token += n.activation_bytes(Recompute::None());
+    largest = std::max(largest, n.activation_bytes(Recompute::None()));
+  }
+  const double tokens = 2.0 * 4096.0;
+  EXPECT_DOUBLE_EQ(in.activation_bytes_per_micro_batch, per_token * tokens);
+  EXPECT_DOUBLE_EQ(in.transient_bytes, largest * tokens);
+
+  // f32 activations are larger, but less than twice the bf16 ones (statistics and ids keep their widths).
+  Recipe f32 = *recipe;
+  f32.train.dtype = "f32";
+  f32.optim.moment_dtype = "f32";
+  const MemoryPlanInput in32 = MemoryPlanInputFor(f32, whole, program, numel, numel, workspace, free);
+  EXPECT_EQ(in32.compute_copy_bytes, 0);
+  EXPECT_EQ(in32.moment_bytes, 4);
+  EXPECT_GT(in32.activation_bytes_per_micro_batch, 1.5 * in.activation_bytes_per_micro_batch);
+  EXPECT_LT(in32.activation_bytes_per_micro_batch, 2.0 * in.activation_bytes_per_micro_batch);
+}
+
+// A pipeline stage counts only its own nodes: the stages of a 2-way split add up to the whole model.
+TEST(MemoryPlan, StageSlicesPartitionTheActivations) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(kSmall);
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  const ModelSlice whole;
+  ModelSlice first, second;
+  first.end_layer = 3;
+  first.head = false;
+  second.first_layer = 3;
+  second.embedding = false;
+  const double all = MicroBatchActivationBytes(*recipe, whole);
+  const double a = MicroBatchActivationBytes(*recipe, first), b = MicroBatchActivationBytes(*recipe, second);
+  EXPECT_GT(a, 0);
+  EXPECT_GT(b, 0);
+  EXPECT_NEAR(a + b, all, 1e-9 * all);
+  EXPECT_LE(TransientActivationBytes(*recipe, first), TransientActivationBytes(*recipe, whole));
+}
+
+}  // namespace
+}  // namespace fathom
