@@ -3,35 +3,46 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "data/demo_corpus.h"
 #include "data/tokenizer.h"
 #include "framework/ops.h"
+#include "framework/phase_timer.h"
+#include "launch/memory_plan.h"
 #include "optim/expert_bias.h"
 #include "optim/lr_schedule.h"
 #include "parallel/expert_exchange_mpi.h"
 #include "parallel/fault.h"
+#include "parallel/launch_env.h"
 #include "parallel/stage_split.h"
 
 #ifdef FATHOM_WITH_CUDA
 #include "framework/cuda/device_arena.h"
 #include "framework/cuda/device_pool.h"
-#include "launch/cuda/device_optimizer.h"
+#include "parallel/cuda/nccl_communicator.h"
 #endif
 
 namespace fathom {
 
 #ifdef FATHOM_WITH_CUDA
+// One GPU per rank. Every kernel and every NCCL operation is ordered on one stream (the legacy default
+// stream, the ops' and the pools' stream). Memory: the parameters, gradients and compute copies sit in a
+// pool of exactly their size; the optimizer moments in ZeRO's own arenas; everything of the step loop in
+// the activation pool, sized from the start-up memory plan (launch/memory_plan.h). No cudaMalloc after.
 struct Trainer::GpuState {
-  explicit GpuState(size_t pool_bytes)
-      : pool("activations", pool_bytes), pool_scope(pool), op_scope(context) {}
-  cuda::DevicePool pool;
-  cuda::PoolScope pool_scope;
+  GpuState() : op_scope(context) {}
   ops::OpContext context;
   ops::OpContextScope op_scope;
-  std::unique_ptr<DeviceOptimizer> optimizer;
+  // The NCCL groups of the mesh (world > 1): the same layout as the host mesh, moving device tensors.
+  // The host mesh keeps the host values (loss sums, loads, normalisers, counts).
+  std::unique_ptr<DeviceMesh> nccl;
+  std::unique_ptr<cuda::DevicePool> static_pool, pool;
+  std::optional<cuda::PoolScope> pool_scope;
+  size_t free_at_start = 0;
+  MemoryPlan plan;
 };
 #else
 struct Trainer::GpuState {};
@@ -51,18 +62,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
     if (cuda::DeviceCount() == 0) {
       return absl::FailedPreconditionError(
           absl::StrFormat("%s: train.device is cuda, but no CUDA device is visible", recipe.path));
-    }
-    if (mesh.layout().world() != 1) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: train.device cuda runs on one GPU so far (world size %d); several GPUs are not built yet",
-          recipe.path, mesh.layout().world()));
-    }
-    if (recipe.train.dtype != "f32") {
-      return absl::FailedPreconditionError(
-          absl::StrFormat("%s: train.dtype %s on cuda: the GPU trainer runs the f32 path so far (the bf16 "
-                          "compute path is not "
-                          "built yet); set train.dtype: f32",
-                          recipe.path, recipe.train.dtype));
     }
 #endif
   }
@@ -103,15 +102,36 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
   trainer->sampler_ = std::make_unique<SequenceSampler>(*std::move(sampler));
   trainer->program_ = MakeSchedule(*kind, layout.pp(), static_cast<int>(recipe.parallel.micro_batches))
                           ->ranks[mesh.coord().pp_rank];
+  if (absl::Status s = trainer->SetUp(); !s.ok()) return s;
   return trainer;
 }
 
 Trainer::Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> tokens,
                  std::vector<int64_t> stage_layers)
-    : recipe_(recipe), mesh_(mesh), tokens_(std::move(tokens)), stage_layers_(std::move(stage_layers)) {
-  const MeshCoord& c = mesh.coord();
-  const int pp = mesh.layout().pp(), ep = mesh.layout().ep();
+    : recipe_(recipe), mesh_(mesh), tokens_(std::move(tokens)), stage_layers_(std::move(stage_layers)) {}
+
+absl::Status Trainer::SetUp() {
+  const MeshCoord& c = mesh_.coord();
+  const int pp = mesh_.layout().pp(), ep = mesh_.layout().ep();
   const int64_t experts = recipe_.model.n_routed_experts;
+  // The groups that move tensors: the host mesh itself on the CPU (and for a single GPU, whose groups all
+  // have one rank and move nothing), NCCL groups of the same layout for several GPUs.
+  groups_ = &mesh_;
+#ifdef FATHOM_WITH_CUDA
+  if (recipe_.train.device == "cuda") {
+    gpu_ = std::make_unique<GpuState>();
+    if (mesh_.layout().world() > 1) {
+      // Picks this rank's GPU from its local rank (and fails the job when two ranks would share one).
+      std::unique_ptr<Communicator> world = NcclCommunicator::Create(mesh_.world(), LaunchEnvFromMpi());
+      absl::StatusOr<std::unique_ptr<DeviceMesh>> nccl =
+          DeviceMesh::Create(std::move(world), recipe_.parallel.pp, recipe_.parallel.ep);
+      if (!nccl.ok()) return nccl.status();
+      gpu_->nccl = *std::move(nccl);
+      groups_ = gpu_->nccl.get();
+    }
+    gpu_->free_at_start = cuda::FreeDeviceMemory();
+  }
+#endif
   ModelSlice slice;
   for (int s = 0; s < c.pp_rank; ++s) slice.first_layer += stage_layers_[s];
   slice.end_layer = slice.first_layer + stage_layers_[c.pp_rank];
@@ -119,21 +139,48 @@ Trainer::Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> to
   slice.head = c.pp_rank == pp - 1;
   slice.experts = PlaceExperts(experts, ep, c.ep_rank);
   if (ep > 1) {
-    Communicator* ep_comm = &mesh.ep();
-    slice.make_exchange = [ep_comm, experts]() {
-      return std::make_unique<CommExpertExchange>(ep_comm, experts);
+    Communicator* rows = &groups_->ep();
+    Communicator* counts = &mesh_.ep();  // host counts always travel over the host group
+    slice.make_exchange = [rows, counts, experts]() {
+      return std::make_unique<CommExpertExchange>(rows, experts, counts);
     };
   }
-#ifdef FATHOM_WITH_CUDA
-  // Activations and parameters share one pool sized from what the device has free at start-up.
-  if (recipe_.train.device == "cuda") gpu_ = std::make_unique<GpuState>(cuda::FreeDeviceMemory() / 10 * 8);
-#endif
   model_ = std::make_unique<Model>(recipe_.model, recipe_.loss, slice);
+  // Master weights are f32 (f64 for the CPU reference runs); bf16 compute reads bf16 copies of them.
   model_->Finalize(recipe_.train.dtype == "f64" ? DType::kF64 : DType::kF32, recipe_.train.seed);
+  ParamTable& params = model_->params();
+  Device device = Device::kCPU;
 #ifdef FATHOM_WITH_CUDA
   if (gpu_) {
-    model_->params().MoveTo(Device::kCUDA);
-    gpu_->optimizer = std::make_unique<DeviceOptimizer>(model_->params(), recipe_.optim);
+    device = Device::kCUDA;
+    // This rank's optimizer elements: its ZeRO shards (parallel/zero.h: ceil(range / group size)).
+    int64_t shard_elements = 0;
+    for (auto [group, comm] :
+         {std::pair{ParamGroup::kReplicated, &mesh_.dp()}, {ParamGroup::kExpert, &mesh_.edp()}}) {
+      auto [b, e] = params.GroupRange(group);
+      shard_elements += (e - b + comm->size() - 1) / comm->size();
+    }
+    const bool bf16 = recipe_.train.dtype == "bf16";
+    absl::StatusOr<MemoryPlan> plan =
+        PlanDeviceMemory(MemoryPlanInputFor(recipe_, slice, program_, params.numel(), shard_elements,
+                                            int64_t{32} << 20, static_cast<int64_t>(gpu_->free_at_start)));
+    if (!plan.ok()) {
+      return absl::Status(plan.status().code(),
+                          absl::StrFormat("%s: rank %d: %s", recipe_.path, c.rank, plan.status().message()));
+    }
+    gpu_->plan = *plan;
+    // Values, gradients and the compute copy: one pool of exactly their blocks.
+    const size_t value_bytes = cuda::DevicePool::RoundedSize(static_cast<size_t>(params.numel()) * 4);
+    const size_t copy_bytes =
+        bf16 ? cuda::DevicePool::RoundedSize(static_cast<size_t>(params.numel()) * 2) : 0;
+    gpu_->static_pool = std::make_unique<cuda::DevicePool>("parameters", 2 * value_bytes + copy_bytes);
+    {
+      cuda::PoolScope scope(*gpu_->static_pool);
+      params.MoveTo(Device::kCUDA);
+      params.SetComputeDType(bf16 ? DType::kBF16 : DType::kF32);
+    }
+    gpu_->pool = std::make_unique<cuda::DevicePool>("activations", static_cast<size_t>(plan->pool_bytes));
+    gpu_->pool_scope.emplace(*gpu_->pool);
   }
 #endif
 
@@ -141,16 +188,40 @@ Trainer::Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> to
   // norm is counted once, on the first stage.
   std::vector<std::pair<int64_t, int64_t>> exclude;
   if (pp > 1 && slice.head && model_->embedding_id() >= 0) {
-    const ParamSpec& e = model_->params().spec(model_->embedding_id());
+    const ParamSpec& e = params.spec(model_->embedding_id());
     exclude.push_back({e.offset, e.offset + NumElements(e.shape)});
   }
-  if (!gpu_) {
-    optimizer_ =
-        std::make_unique<ZeroOptimizer>(model_->params(), recipe_.optim, mesh.dp(), mesh.edp(), exclude);
-  }
+  optimizer_ = std::make_unique<ZeroOptimizer>(params, recipe_.optim, groups_->dp(), groups_->edp(), exclude);
   executor_ = std::make_unique<PipelineExecutor>(
-      *model_, mesh.pp(),
-      Shape{recipe_.train.micro_batch_size, recipe_.train.seq_len, recipe_.model.hidden_size});
+      *model_, groups_->pp(),
+      Shape{recipe_.train.micro_batch_size, recipe_.train.seq_len, recipe_.model.hidden_size},
+      params.compute_dtype(), device);
+  return absl::OkStatus();
+}
+
+DeviceMemoryStats Trainer::device_memory() const {
+  DeviceMemoryStats m;
+#ifdef FATHOM_WITH_CUDA
+  if (gpu_) {
+    m.static_bytes = gpu_->static_pool->capacity() + optimizer_->state_bytes();
+    m.pool_capacity = gpu_->pool->capacity();
+    m.pool_peak = gpu_->pool->peak();
+  }
+#endif
+  return m;
+}
+
+void Trainer::ResetDeviceMemoryPeak() {
+#ifdef FATHOM_WITH_CUDA
+  if (gpu_) gpu_->pool->ResetPeak();
+#endif
+}
+
+std::string Trainer::memory_plan_table() const {
+#ifdef FATHOM_WITH_CUDA
+  if (gpu_) return FormatMemoryPlan(gpu_->plan);
+#endif
+  return "";
 }
 
 MicroBatch Trainer::SampleMicroBatch(int64_t step, int mb) const {
@@ -211,27 +282,21 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   // (a + b == b + a, so the two stay bit-identical).
   if (pp > 1 && model_->embedding_id() >= 0 && (coord.pp_rank == 0 || coord.pp_rank == pp - 1)) {
     Tensor g = params.grad(model_->embedding_id());
-    Tensor mine = g.Clone(), theirs = Tensor::Empty(g.shape(), g.dtype());
+    Tensor mine = ops::Clone(g), theirs = Tensor::Empty(g.shape(), g.dtype(), g.device());
     const int peer = coord.pp_rank == 0 ? pp - 1 : 0;
-    Request send = mesh_.pp().ISend(mine, peer, Communicator::kMaxTag);
-    mesh_.pp().Recv(theirs, peer, Communicator::kMaxTag);
+    Communicator& pp_group = groups_->pp();
+    Request send = pp_group.ISend(mine, peer, Communicator::kMaxTag);
+    pp_group.Recv(theirs, peer, Communicator::kMaxTag);
     send.Wait();
-    DispatchFloat(g.dtype(), "embedding grad sum", [&](auto tag) {
-      using T = decltype(tag);
-      for (int64_t i = 0; i < g.numel(); ++i) g.data<T>()[i] = mine.data<T>()[i] + theirs.data<T>()[i];
-    });
+    ops::Copy(g, ops::Add(mine, theirs));
   }
 
   // ZeRO-1: reduce-scatter, global norm, clip + AdamW on the shards, all-gather.
   StepStats st;
   st.step = step;
-#ifdef FATHOM_WITH_CUDA
-  if (gpu_) st.grad_norm = std::sqrt(gpu_->optimizer->GradNormSquared());  // one GPU: no reduction
-#endif
-  if (optimizer_) {
-    optimizer_->ReduceGradients();
-    st.grad_norm = std::sqrt(SumOver(mesh_.world(), {optimizer_->LocalNormSquared()})[0]);
-  }
+  std::optional<ScopedPhase> optimizer_phase(Phase::kOptimizer);
+  optimizer_->ReduceGradients();
+  st.grad_norm = std::sqrt(SumOver(mesh_.world(), {optimizer_->LocalNormSquared()})[0]);
   if (!std::isfinite(st.grad_norm)) {
     return absl::InternalError(
         absl::StrFormat("step %d: the global gradient norm is %f: training diverged; lower optim.lr or raise "
@@ -239,13 +304,10 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
                         step + 1, st.grad_norm));
   }
   st.lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
-#ifdef FATHOM_WITH_CUDA
-  if (gpu_) gpu_->optimizer->Step(st.lr, st.grad_norm, recipe_.optim.grad_clip);
-#endif
-  if (optimizer_) {
-    optimizer_->Step(st.lr, st.grad_norm, recipe_.optim.grad_clip);
-    optimizer_->GatherParameters();
-  }
+  optimizer_->Step(st.lr, st.grad_norm, recipe_.optim.grad_clip);
+  optimizer_->GatherParameters();
+  params.RefreshComputeValues();  // the bf16 weight copies follow the updated masters
+  optimizer_phase.reset();
 
   // Auxiliary-loss-free balancing from the loads of the whole global batch.
   for (MoE* moe : moes) {
@@ -309,6 +371,7 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
         recipe_.path, mc.num_hidden_layers, mc.first_k_dense_replace, mc.n_routed_experts,
         mc.num_experts_per_tok, mc.num_nextn_predict_layers, recipe_.train.dtype, split, global_sequences,
         recipe_.train.seq_len, steps);
+    log << memory_plan_table();
   }
   std::vector<StepStats> all;
   auto start = std::chrono::steady_clock::now();

@@ -37,6 +37,13 @@ struct StepStats {
   std::vector<std::vector<int64_t>> expert_loads;  // this stage's MoE layers, global counts of the step
 };
 
+// Device memory of a GPU rank (all zero on the CPU).
+struct DeviceMemoryStats {
+  size_t static_bytes = 0;   // parameters, gradients, compute copies, optimizer moments: allocated once
+  size_t pool_capacity = 0;  // the activation pool sized at start-up (launch/memory_plan.h)
+  size_t pool_peak = 0;      // the most of it in use since start-up or ResetDeviceMemoryPeak()
+};
+
 class Trainer {
  public:
   // `mesh` (not owned) must outlive the trainer; its layout must match recipe.parallel.
@@ -49,6 +56,11 @@ class Trainer {
 
   ~Trainer();
 
+  DeviceMemoryStats device_memory() const;
+  void ResetDeviceMemoryPeak();
+  // The start-up device memory plan as a table (launch/memory_plan.h); empty on the CPU.
+  std::string memory_plan_table() const;
+
   Model& model() { return *model_; }
   const std::vector<int64_t>& stage_layers() const { return stage_layers_; }
 
@@ -59,10 +71,15 @@ class Trainer {
 
   Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> tokens,
           std::vector<int64_t> stage_layers);
+  // Builds the model slice, moves it to the GPU (train.device cuda: NCCL groups for several GPUs, the
+  // memory plan, the pools) and creates the optimizer and the pipeline executor. Called once by Create.
+  absl::Status SetUp();
   MicroBatch SampleMicroBatch(int64_t step, int mb) const;
 
   Recipe recipe_;
   DeviceMesh& mesh_;
+  // The groups that move tensors: mesh_ itself, or NCCL groups of the same layout for several GPUs.
+  DeviceMesh* groups_ = nullptr;
   std::vector<int32_t> tokens_;
   std::vector<int64_t> stage_layers_;
   std::unique_ptr<SequenceSampler> sampler_;
