@@ -140,7 +140,7 @@ Agreement CompareWithCpu(const ModelConfig& cfg, DType compute, int64_t batch, i
     a.loss_rel = std::abs(got.loss - want.loss) / std::abs(want.loss);
     EXPECT_LE(a.loss_rel, loss_bound) << got.loss << " vs " << want.loss;
     std::printf("model on GPU (%s compute): loss %.9f vs CPU f32 %.9f (rel %.2e)\n",
-                DTypeName(compute).c_str(), got.loss, want.loss, a.loss_rel);
+                std::string(DTypeName(compute)).c_str(), got.loss, want.loss, a.loss_rel);
     const ParamTable& t = cpu.params();
     int zero = 0;
     for (int id = 0; id < t.size(); ++id) {
@@ -165,7 +165,7 @@ Agreement CompareWithCpu(const ModelConfig& cfg, DType compute, int64_t batch, i
     EXPECT_GT(a.checked, 0);
     std::printf(
         "model on GPU (%s compute): %d gradients (and %d zero on both), worst relative L2 %.2e (%s)\n",
-        DTypeName(compute).c_str(), a.checked, zero, a.worst_grad, a.worst_name.c_str());
+        std::string(DTypeName(compute)).c_str(), a.checked, zero, a.worst_grad, a.worst_name.c_str());
   }
   return a;
 }

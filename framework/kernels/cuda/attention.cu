@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/attention.h"
+#include "framework/kernels/cuda/attention_mma.cuh"
 
 namespace fathom::cuda {
 namespace {
@@ -395,6 +397,116 @@ void LaunchBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const 
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
+// ---- tensor-core path (bf16, the head dims listed in attention.h) ----
+
+template <int kDk, int kDv>
+__global__ void __launch_bounds__(attention_mma::kFwdThreads, 1)
+    AttentionMmaForwardKernel(attention_mma::ForwardArgs p) {
+  extern __shared__ __align__(16) char attention_mma_smem[];
+  attention_mma::ForwardBlock<kDk, kDv>(p, attention_mma_smem);
+}
+
+template <int kDk, int kDv>
+__global__ void __launch_bounds__(attention_mma::kKvThreads, 1)
+    AttentionMmaBackwardKvKernel(attention_mma::BackwardArgs p) {
+  extern __shared__ __align__(16) char attention_mma_smem[];
+  attention_mma::BackwardKvBlock<kDk, kDv>(p, attention_mma_smem);
+}
+
+template <int kDk, int kDv>
+__global__ void __launch_bounds__(attention_mma::kQThreads, 2)
+    AttentionMmaBackwardQKernel(attention_mma::BackwardArgs p) {
+  extern __shared__ __align__(16) char attention_mma_smem[];
+  attention_mma::BackwardQBlock<kDk, kDv>(p, attention_mma_smem);
+}
+
+// Whether (dtype, Dk, Dv) takes the tensor-core kernels: the list in attention.h.
+bool UsesTensorCores(DType dtype, int dk, int dv) {
+  return dtype == DType::kBF16 &&
+         ((dk == 64 && dv == 64) || (dk == 128 && dv == 128) || (dk == 192 && dv == 128));
+}
+
+// The tensor-core kernels' extra preconditions: 16-byte aligned rows for cp.async and one grid row per
+// 64-token tile.
+void CheckMmaOperands(const char* op, const Dims& d, std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* x : tensors)
+    FATHOM_CHECK(reinterpret_cast<uintptr_t>(x->raw()) % 16 == 0, "[", op,
+                 "] the bf16 tensor-core path needs 16-byte aligned tensors, got a pointer at ", x->raw());
+  FATHOM_CHECK((d.t + 63) / 64 <= 65535, "[", op, "] T = ", d.t, " exceeds 65535 64-token tiles");
+}
+
+uint16_t* Bits(const Tensor& x) { return static_cast<uint16_t*>(x.raw()); }
+
+template <int kDk, int kDv>
+void LaunchMmaForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                      const Dims& d, float scale, cudaStream_t stream) {
+  constexpr size_t kSmem = attention_mma::ForwardSmemBytes(kDk, kDv);
+  SetSmem(AttentionMmaForwardKernel<kDk, kDv>, kSmem);
+  const attention_mma::ForwardArgs p{.out = Bits(out),
+                                     .lse = lse.data<float>(),
+                                     .q = Bits(q),
+                                     .k = Bits(k),
+                                     .v = Bits(v),
+                                     .t = d.t,
+                                     .h = d.h,
+                                     .scale_log2 = scale * attention_mma::kLog2e};
+  const dim3 grid(d.b * d.h, (d.t + attention_mma::kFwdRows - 1) / attention_mma::kFwdRows);
+  AttentionMmaForwardKernel<kDk, kDv><<<grid, attention_mma::kFwdThreads, kSmem, stream>>>(p);
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+template <int kDk, int kDv>
+void LaunchMmaBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                       const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                       const Tensor& lse, const Dims& d, float scale, cudaStream_t stream) {
+  const attention_mma::BackwardArgs p{.dq = Bits(dq),
+                                      .dk = Bits(dk),
+                                      .dv = Bits(dv),
+                                      .dout = Bits(dout),
+                                      .q = Bits(q),
+                                      .k = Bits(k),
+                                      .v = Bits(v),
+                                      .out = Bits(out),
+                                      .lse = lse.data<float>(),
+                                      .t = d.t,
+                                      .h = d.h,
+                                      .scale = scale,
+                                      .scale_log2 = scale * attention_mma::kLog2e};
+  constexpr size_t kSmemKv = attention_mma::BackwardKvSmemBytes(kDk, kDv);
+  SetSmem(AttentionMmaBackwardKvKernel<kDk, kDv>, kSmemKv);
+  const dim3 grid_kv(d.b * d.h, (d.t + attention_mma::kKvKeys - 1) / attention_mma::kKvKeys);
+  AttentionMmaBackwardKvKernel<kDk, kDv><<<grid_kv, attention_mma::kKvThreads, kSmemKv, stream>>>(p);
+  FATHOM_CUDA_CHECK_LAUNCH();
+  constexpr size_t kSmemQ = attention_mma::BackwardQSmemBytes(kDk, kDv);
+  SetSmem(AttentionMmaBackwardQKernel<kDk, kDv>, kSmemQ);
+  const dim3 grid_q(d.b * d.h, (d.t + attention_mma::kQRows - 1) / attention_mma::kQRows);
+  AttentionMmaBackwardQKernel<kDk, kDv><<<grid_q, attention_mma::kQThreads, kSmemQ, stream>>>(p);
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void MmaForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                const Dims& d, float scale, cudaStream_t stream) {
+  if (d.dk == 64) {
+    LaunchMmaForward<64, 64>(out, lse, q, k, v, d, scale, stream);
+  } else if (d.dk == 128) {
+    LaunchMmaForward<128, 128>(out, lse, q, k, v, d, scale, stream);
+  } else {
+    LaunchMmaForward<192, 128>(out, lse, q, k, v, d, scale, stream);
+  }
+}
+
+void MmaBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
+                 const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const Dims& d,
+                 float scale, cudaStream_t stream) {
+  if (d.dk == 64) {
+    LaunchMmaBackward<64, 64>(dq, dk, dv, dout, q, k, v, out, lse, d, scale, stream);
+  } else if (d.dk == 128) {
+    LaunchMmaBackward<128, 128>(dq, dk, dv, dout, q, k, v, out, lse, d, scale, stream);
+  } else {
+    LaunchMmaBackward<192, 128>(dq, dk, dv, dout, q, k, v, out, lse, d, scale, stream);
+  }
+}
+
 }  // namespace
 
 void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
@@ -402,7 +514,10 @@ void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& 
   const Dims d = CheckAttention("causal_attention_cuda", q, k, v, out, lse);
   if (d.t == 0 || d.b * d.h == 0) return;
   const float sc = static_cast<float>(scale);
-  if (q.dtype() == DType::kF32) {
+  if (UsesTensorCores(q.dtype(), d.dk, d.dv)) {
+    CheckMmaOperands("causal_attention_cuda", d, {&out, &q, &k, &v});
+    MmaForward(out, lse, q, k, v, d, sc, stream);
+  } else if (q.dtype() == DType::kF32) {
     LaunchForward<float>(out, lse, q, k, v, d, sc, stream);
   } else {
     LaunchForward<__nv_bfloat16>(out, lse, q, k, v, d, sc, stream);
@@ -427,7 +542,10 @@ void CausalAttentionBackward(const Tensor& dq, const Tensor& dk, const Tensor& d
   CheckDevice(op, dout, "dout");
   if (d.t == 0 || d.b * d.h == 0) return;
   const float sc = static_cast<float>(scale);
-  if (q.dtype() == DType::kF32) {
+  if (UsesTensorCores(q.dtype(), d.dk, d.dv)) {
+    CheckMmaOperands(op, d, {&dq, &dk, &dv, &dout, &q, &k, &v, &out});
+    MmaBackward(dq, dk, dv, dout, q, k, v, out, lse, d, sc, stream);
+  } else if (q.dtype() == DType::kF32) {
     LaunchBackward<float>(dq, dk, dv, dout, q, k, v, out, lse, d, sc, stream);
   } else {
     LaunchBackward<__nv_bfloat16>(dq, dk, dv, dout, q, k, v, out, lse, d, sc, stream);

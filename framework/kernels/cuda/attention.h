@@ -7,26 +7,50 @@
 //
 // dtypes: q, k, v, out (and dq, dk, dv, dout) share one dtype, either
 //   f32  -- the exact twin of the CPU f32 path (f32 products and accumulation), or
-//   bf16 -- storage only: every product, the online softmax and every accumulation run in f32; outputs are
-//           rounded to bf16 once (round to nearest even).
+//   bf16 -- storage only: the online softmax and every accumulation run in f32 (products of bf16 inputs are
+//           exact); outputs are rounded to bf16 once (round to nearest even). On the tensor-core path
+//           (below) P and dS are also rounded to bf16 before their second product.
 // lse is f32 for both. Any other dtype, a host tensor or a shape mismatch fails a FATHOM_CHECK that names the
 // op.
 //
-// Implementation (this version): tiled shared-memory SIMT kernels, f32 CUDA-core FMAs, 128 threads per block.
+// Two implementations; which one runs is a function of (dtype, Dk, Dv) only, never a silent fallback:
+//
+// Tensor-core path -- bf16 with (Dk, Dv) in {(64, 64), (128, 128), (192, 128)} (DeepSeek-V3 is (192, 128)):
+//   FlashAttention-2 on mma.sync.m16n8k16 (bf16 x bf16 -> f32) fed by ldmatrix from shared-memory tiles that
+//   cp.async double-buffers (kernel bodies: attention_mma.cuh). Scores, the online softmax, lse and every
+//   accumulator are f32; the probabilities P and the score gradients dS enter their second product rounded
+//   to bf16 (as in FlashAttention), which adds ~1e-3 relative L2 error to out, dq, dk, dv on top of the final
+//   bf16 rounding (tests/gpu/attention_test.cc measures it).
+//   forward : one block of 8 warps per (128-query tile, b, h), each warp owning 16 query rows (Q fragments
+//             in registers); 64-key K/V tiles up to the diagonal (tiles wholly in a warp's future skipped),
+//             the causal mask applied on diagonal tiles only; P stays in registers between S = Q K^T and
+//             O += P V.
+//   backward: two deterministic kernels, no atomics and no scratch:
+//               dk/dv: one block of 8 warps per 64-key tile walks the 64-query tiles from the diagonal to T
+//                      (S and dP split 4 x 2 over the warps, P and dS staged in shared memory as bf16, then
+//                      dv += P^T dout and dk += dS^T q split 4 keys-groups x 2 column halves);
+//               dq   : one block of 4 warps per 64-query tile walks 32-key tiles up to the diagonal
+//                      (dq += dS k with dS in registers).
+//             D_i = dout_i . out_i is recomputed from out and dout where needed (per query tile in dk/dv,
+//             once per block in dq), so no (B, H, T) scratch is needed; P is recomputed from lse.
+//   Requirements (checked, failing loudly): every data pointer 16-byte aligned (DeviceArena and the device
+//   pool give 256), ceil(T / 64) <= 65535. T, B and H are otherwise arbitrary.
+//   Measured (H100, B 2, T 4096, H 16, Dk 192, Dv 128, causal FLOPs: forward 2 B H T^2/2 (Dk + Dv), backward
+//   2.5x that; tests/gpu_bench/attention_bench.cc): ~260 TFLOP/s forward, ~129 TFLOP/s backward.
+//
+// SIMT path -- f32 (any Dk, Dv), and bf16 with any other head dims (a documented choice: correct but ~35x
+//   slower, 7.4 / 4.3 TFLOP/s at the shape above): tiled shared-memory kernels, f32 CUDA-core FMAs, 128
+//   threads per block.
 //   forward : one block per (64-query tile, b, h); K/V tiles of 32 keys stream through shared memory up to
 //             the diagonal; online softmax (running max and sum per row) rescales the f32 output accumulator
 //             held in shared memory; out = acc / l and lse = m + log(l) are written at the end.
-//   backward: D_i = dout_i . out_i is recomputed per query tile from out and dout (Dv products per row, a few
-//             percent of the tile's work), so no (B, H, T) scratch is needed; P is recomputed from lse.
-//             Two kernels, both deterministic and free of atomics:
+//   backward: D_i recomputed per query tile as above; two kernels, both deterministic and free of atomics:
 //               dk/dv: one block per 32-key tile walks the query tiles from the diagonal to T, accumulating
 //                      dv += P^T dout and dk += dS^T q in shared memory (f32);
 //               dq   : one block per 32-query tile walks the key tiles up to the diagonal, accumulating
 //                      dq += dS k.
-//             The scores and dP are therefore computed twice (once per kernel); that buys run-to-run
-//             bitwise-identical gradients without float atomics.
-// The fast version replaces the inner products with Hopper tensor cores (wgmma, TMA-fed K/V tiles, 128-row
-// tiles per warpgroup, bf16 P) or calls cuDNN's fused SDPA through its graph API; the API stays as it is.
+// Both paths compute the scores and dP twice in the backward (once per kernel); that buys run-to-run
+// bitwise-identical gradients without float atomics.
 //
 // Stream semantics: work is queued on `stream`; no host synchronisation, no allocation.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_ATTENTION_H_
