@@ -16,6 +16,7 @@
 // sum of squares of gradients that are themselves sums of many near-cancelling terms: 1e-4 relative.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,7 +30,7 @@
 namespace fathom {
 namespace {
 
-constexpr int64_t kSteps = 5;
+constexpr int64_t kSteps = 10;
 constexpr int64_t kMicroBatches = 4;
 constexpr int kFields = 4;  // lm, mtp, loss, grad norm
 
@@ -83,13 +84,20 @@ double RelDiff(double a, double b) { return std::abs(a - b) / std::max(std::abs(
 void ExpectSameAsOneGpu(const std::vector<double>& got, const std::vector<double>& ref, const char* run) {
   ASSERT_EQ(got.size(), ref.size()) << run;
   const char* names[kFields] = {"lm", "mtp", "loss", "grad norm"};
+  double worst[kFields] = {};
   for (int64_t step = 0; step < kSteps; ++step) {
     for (int f = 0; f < kFields; ++f) {
       const double a = got[step * kFields + f], b = ref[step * kFields + f];
       EXPECT_LE(RelDiff(a, b), f == 3 ? 1e-4 : 1e-5)
           << run << " step " << step + 1 << " " << names[f] << ": " << a << " vs one GPU " << b;
+      worst[f] = std::max(worst[f], RelDiff(a, b));
     }
   }
+  std::printf(
+      "%s against one GPU over %d steps: worst relative difference lm %.2e, mtp %.2e, loss %.2e, grad "
+      "norm %.2e; last lm %.6f vs %.6f\n",
+      run, static_cast<int>(kSteps), worst[0], worst[1], worst[2], worst[3], got[(kSteps - 1) * kFields],
+      ref[(kSteps - 1) * kFields]);
 }
 
 TEST(TrainGpu2, Ep2AndPp2MatchOneGpu) {
