@@ -31,6 +31,7 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/zero.h"
 #include "tests/common/gradcheck.h"
+#include "tests/gpu_mpi/gpu_mpi_support.h"
 
 namespace fathom {
 namespace {
@@ -60,17 +61,8 @@ GpuWorld& CreatedWorld() {
   w.mpi = MpiCommunicator::World();
   const LaunchEnv env = LaunchEnvFromMpi();
   const int devices = cuda::DeviceCount();
-  // Every rank must reach the same verdict: a rank that skipped would leave the others in a collective.
-  Tensor short_ranks = Tensor::FromVector({devices < env.local_size ? 1.0 : 0.0}, {1}, DType::kI32);
-  w.mpi->AllReduce(short_ranks, ReduceOp::kSum);
-  if (short_ranks.data<int32_t>()[0] > 0) {
-    w.skip =
-        std::to_string(short_ranks.data<int32_t>()[0]) +
-        " rank(s) see fewer CUDA devices than their node has ranks (this rank: " + std::to_string(devices) +
-        " for " + std::to_string(env.local_size) +
-        " local ranks); these tests run with one rank per GPU on the GPU machine (ctest -L gpu)";
-    return w;
-  }
+  w.skip = testing::TooFewGpus(*w.mpi, env, devices);
+  if (!w.skip.empty()) return w;
   FATHOM_CUDA_CHECK(cudaSetDevice(NcclCommunicator::DeviceForLocalRank(env.local_rank, devices)));
   FATHOM_CUDA_CHECK(cudaStreamCreateWithFlags(&w.compute, cudaStreamNonBlocking));
   NcclOptions options;

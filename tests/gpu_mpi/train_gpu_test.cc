@@ -26,6 +26,7 @@
 #include "launch/trainer.h"
 #include "parallel/launch_env.h"
 #include "parallel/mpi_communicator.h"
+#include "tests/gpu_mpi/gpu_mpi_support.h"
 
 namespace fathom {
 namespace {
@@ -104,16 +105,8 @@ TEST(TrainGpu2, Ep2AndPp2MatchOneGpu) {
   std::unique_ptr<MpiCommunicator> world = MpiCommunicator::World();
   ASSERT_EQ(world->size(), 2) << "run on two ranks";
   // Every rank must reach the same verdict before anything else talks.
-  const LaunchEnv env = LaunchEnvFromMpi();
-  const int devices = cuda::DeviceCount();
-  Tensor short_ranks = Tensor::FromVector({devices < env.local_size ? 1.0 : 0.0}, {1}, DType::kI32);
-  world->AllReduce(short_ranks, ReduceOp::kSum);
-  if (short_ranks.data<int32_t>()[0] > 0) {
-    GTEST_SKIP() << short_ranks.data<int32_t>()[0]
-                 << " rank(s) see fewer CUDA devices (this rank: " << devices
-                 << ") than their node has ranks (" << env.local_size
-                 << "); this test runs with one rank per GPU on the GPU machine (ctest -L gpu)";
-  }
+  const std::string skip = testing::TooFewGpus(*world, LaunchEnvFromMpi(), cuda::DeviceCount());
+  if (!skip.empty()) GTEST_SKIP() << skip;
 
   // ep = 2 is dp = 2: its reference trains both ranks' micro-batches.
   const std::vector<double> ref_ep = Reference(*world, 2 * kMicroBatches);
