@@ -156,14 +156,28 @@ TEST(GemmCudaTest, RepeatedShapesReuseTheirPlan) {
   EXPECT_EQ(ctx.plan_count(), 2u);
 }
 
-// Grouped forms: per-expert blocks with counts on the host, including experts with zero rows.
-void CheckGrouped(DType in, DType out_dtype, double tol) {
+using GroupedPath = cuda::GemmContext::GroupedPath;
+const std::vector<GroupedPath> kGroupedPaths = {GroupedPath::kPerExpertExact, GroupedPath::kBucketed,
+                                                GroupedPath::kBucketedMultiStream,
+                                                GroupedPath::kExactMultiStream};
+std::string PathName(GroupedPath p) {
+  return p == GroupedPath::kPerExpertExact        ? "per-expert exact"
+         : p == GroupedPath::kBucketed            ? "bucketed"
+         : p == GroupedPath::kBucketedMultiStream ? "bucketed multi-stream"
+                                                  : "exact multi-stream";
+}
+
+// Grouped forms on one path: per-expert blocks with counts on the host, including experts with zero rows,
+// all rows in one expert, and more non-empty experts than the multi-stream path has streams.
+void CheckGrouped(GroupedPath path, DType in, DType out_dtype, double tol) {
   const uint64_t seed = TestSeed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
+  SCOPED_TRACE("seed " + std::to_string(seed) + " path " + PathName(path));
   std::mt19937_64 rng(seed);
   cuda::DeviceArena arena("gemm_test", size_t{64} << 20);
   cuda::GemmContext ctx;
-  const std::vector<std::vector<double>> count_sets = {{0, 37, 1, 0, 131, 5}, {0, 0, 200, 0, 0, 0}};
+  ctx.set_grouped_path(path);
+  const std::vector<std::vector<double>> count_sets = {
+      {0, 37, 1, 0, 131, 5}, {0, 0, 200, 0, 0, 0}, {1, 0, 1000, 3, 0, 64, 129, 0, 2}};
   const int64_t hidden = 72, inter = 97;  // K and N of the forward, not multiples of 16 (odd N)
   for (const auto& cs : count_sets) {
     arena.Reset();
@@ -225,11 +239,80 @@ void CheckGrouped(DType in, DType out_dtype, double tol) {
 
 TEST(GemmCudaTest, GroupedF32MatchesCpu) {
   FATHOM_REQUIRE_GPU();
-  CheckGrouped(DType::kF32, DType::kF32, kF32Tol);
+  for (GroupedPath path : kGroupedPaths) CheckGrouped(path, DType::kF32, DType::kF32, kF32Tol);
 }
 TEST(GemmCudaTest, GroupedBf16MatchesCpu) {
   FATHOM_REQUIRE_GPU();
-  CheckGrouped(DType::kBF16, DType::kBF16, kBf16Tol);
+  for (GroupedPath path : kGroupedPaths) CheckGrouped(path, DType::kBF16, DType::kBF16, kBf16Tol);
+}
+
+// Counts summing to 0 (R = 0): the NT/NN outputs have no rows, and the weight gradients stay bit for bit.
+TEST(GemmCudaTest, GroupedNoRowsTouchesNothing) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  cuda::DeviceArena arena("gemm_test", size_t{16} << 20);
+  const int64_t experts = 5, hidden = 64, inter = 48;
+  Tensor counts = Tensor::FromVector(std::vector<double>(experts, 0.0), {experts}, DType::kI64);
+  for (GroupedPath path : kGroupedPaths) {
+    SCOPED_TRACE(PathName(path));
+    arena.Reset();
+    cuda::GemmContext ctx;
+    ctx.set_grouped_path(path);
+    Tensor x = arena.Alloc({0, hidden}, DType::kBF16), dy = arena.Alloc({0, inter}, DType::kBF16);
+    Tensor h = arena.Alloc({0, inter}, DType::kBF16), dx = arena.Alloc({0, hidden}, DType::kBF16);
+    Tensor w = Upload(arena, RandomIn({experts, inter, hidden}, DType::kBF16, rng));
+    ctx.GroupedMatmulNT(h, x, w, counts, false, nullptr);
+    ctx.GroupedMatmulNN(dx, dy, w, counts, true, nullptr);
+    Tensor g0 = RandomIn({experts, inter, hidden}, DType::kF32, rng);
+    Tensor dg = Upload(arena, g0);
+    ctx.GroupedMatmulTN(dg, dy, x, counts, nullptr);
+    Tensor got = Download(dg);
+    for (int64_t i = 0; i < g0.numel(); ++i) ASSERT_EQ(got.Item(i), g0.Item(i)) << i;
+    EXPECT_EQ(ctx.heuristic_queries(), 0);
+  }
+}
+
+// The bucketed paths ask the heuristic once per row-count bucket: a second call whose experts have new
+// row counts in the same buckets (97..128 share one; K = N = 128 bf16 keep every block 256-byte aligned)
+// queries nothing and is still exact; the per-size paths query for the new counts. Every path queries
+// nothing for row counts it has seen (the third call repeats the first's counts).
+TEST(GemmCudaTest, GroupedRowCountsReusePlans) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  cuda::DeviceArena arena("gemm_test", size_t{16} << 20);
+  const int64_t experts = 3, dim = 128;
+  Tensor w = RandomIn({experts, dim, dim}, DType::kBF16, rng);
+  Tensor dw = Upload(arena, w);
+  for (GroupedPath path : kGroupedPaths) {
+    SCOPED_TRACE(PathName(path));
+    cuda::GemmContext ctx;
+    ctx.set_grouped_path(path);
+    std::vector<int64_t> queries;
+    const std::vector<std::vector<double>> count_sets = {{100, 0, 120}, {127, 97, 0}, {100, 0, 120}};
+    for (const auto& cs : count_sets) {
+      const int64_t rows = static_cast<int64_t>(cs[0] + cs[1] + cs[2]);
+      Tensor counts = Tensor::FromVector(cs, {experts}, DType::kI64);
+      Tensor x = RandomIn({rows, dim}, DType::kBF16, rng);
+      Tensor dx = Upload(arena, x), dout = arena.Alloc({rows, dim}, DType::kBF16);
+      ctx.GroupedMatmulNT(dout, dx, dw, counts, false, nullptr);
+      Tensor ref = Tensor::Zeros({rows, dim}, DType::kF64);
+      cpu::GroupedMatmulNT(ref, x.To(DType::kF64), w.To(DType::kF64), counts, false);
+      EXPECT_LE(RelError(Download(dout), ref), kBf16Tol);
+      queries.push_back(ctx.heuristic_queries());
+    }
+    EXPECT_GT(queries[0], 0);
+    const bool bucketed = path == GroupedPath::kBucketed || path == GroupedPath::kBucketedMultiStream;
+    if (bucketed) {
+      EXPECT_EQ(queries[1], queries[0]);
+    } else {
+      EXPECT_GT(queries[1], queries[0]);
+    }
+    EXPECT_EQ(queries[2], queries[1]);
+  }
 }
 
 }  // namespace

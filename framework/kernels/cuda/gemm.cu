@@ -1,8 +1,11 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <array>
 #include <compare>
 #include <map>
+#include <unordered_map>
 #include <vector>
 
 #include "framework/cuda/check.h"
@@ -14,6 +17,31 @@ namespace {
 // Per-expert grouped calls create a plan per distinct row count, so the map would grow without bound over
 // a long run; past this many plans it is emptied and refilled (dense shapes come back after one query).
 constexpr size_t kMaxPlans = 4096;
+
+// The bucketed grouped path spreads the experts of one call over this many internal streams, each with
+// its own slice of the workspace, so that several small per-expert GEMMs run at once and fill the SMs
+// (one expert's M ~ 1000 rows gives ~50 output tiles, well under the H100's 132 SMs).
+constexpr int kGroupStreams = 4;
+
+// Bound on the remembered (bucket plan, exact size) -> algorithm checks; past it they are forgotten and
+// re-checked (cheap: cublasLtMatmulAlgoCheck, no heuristic query).
+constexpr size_t kMaxCheckedSizes = size_t{1} << 16;
+
+// Which dimension of a grouped call's cuBLASLt (column-major) problem varies with the expert's row count:
+// n for the NT/NN forms (row-major M), k for the TN form (the reduction over the expert's rows).
+enum class Ragged { kN, kK };
+
+// Row-count bucket of the grouped path: 64, 96, 128, 192, 256, ... (two per octave); the heuristic is
+// asked once per bucket, for the bucket's largest size, and each exact size is then validated with
+// cublasLtMatmulAlgoCheck.
+int64_t BucketSize(int64_t v) {
+  int64_t b = 64;
+  while (true) {
+    if (v <= b) return b;
+    if (v <= b + b / 2) return b + b / 2;
+    b *= 2;
+  }
+}
 
 // One problem as cuBLASLt sees it (column-major, after the row-major swap). The pointer alignments are
 // part of the key because the heuristic may pick vectorised kernels that need them: the per-expert blocks
@@ -30,6 +58,29 @@ struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+};
+
+// Rewrites the rows/cols of a plan's three layouts for the column-major problem (m, n, k) of `key`'s
+// transposes; the layouts' types and leading dimensions stay. cuBLASLt reads descriptors only inside a
+// call, so rewriting them between calls is safe while earlier work is still queued.
+void SetLayoutSizes(const Plan& p, const PlanKey& key, int64_t m, int64_t n, int64_t k) {
+  const bool ta = key.op_a == CUBLAS_OP_T, tb = key.op_b == CUBLAS_OP_T;
+  auto set = [](cublasLtMatrixLayout_t l, int64_t rows, int64_t cols) {
+    const uint64_t r = static_cast<uint64_t>(rows), c = static_cast<uint64_t>(cols);
+    FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_ROWS, &r, sizeof(r)));
+    FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_COLS, &c, sizeof(c)));
+  };
+  set(p.a, ta ? k : m, ta ? m : k);
+  set(p.b, tb ? n : k, tb ? k : n);
+  set(p.c, m, n);
+}
+
+// One expert's row-major GEMM of a grouped call (the arguments of GemmContext::Gemm that vary).
+struct ExpertGemm {
+  int64_t m, n, k;
+  const void* a;
+  const void* b;
+  void* c;
 };
 
 cudaDataType_t CudaType(DType t) { return t == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F; }
@@ -89,11 +140,30 @@ char* MutableOffset(const Tensor& t, int64_t elements) {
 }  // namespace
 
 struct GemmContext::Impl {
+  // A plan of the grouped path: descriptors whose sizes are rewritten per call; for the bucketed paths the
+  // algorithm the heuristic gave for the bucket's largest size and, per exact ragged size, the algorithm
+  // that passed cublasLtMatmulAlgoCheck (the bucket's, or an exact query's where the bucket's was
+  // rejected); for kExactMultiStream, per exact ragged size, the heuristic's choice for that size.
+  struct GroupPlan {
+    Plan plan;
+    bool bucket_queried = false;
+    std::unordered_map<int64_t, cublasLtMatmulAlgo_t> checked, exact;
+  };
+
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   std::map<PlanKey, Plan> plans;
+  std::map<PlanKey, GroupPlan> group_plans;  // keyed with the ragged dimension replaced by its bucket
+  size_t checked_sizes = 0;
   int64_t heuristic_queries = 0;
+  GroupedPath grouped_path = GroupedPath::kBucketedMultiStream;
+  // The grouped path's internal streams, the events that fork them off and join them back to the caller's
+  // stream, and the workspace slice each one uses (slice i at workspace + i * slice_bytes).
+  std::array<cudaStream_t, kGroupStreams> streams{};
+  cudaEvent_t fork = nullptr;
+  std::array<cudaEvent_t, kGroupStreams> joins{};
+  size_t slice_bytes = 0;
 
   static void Destroy(Plan& p) {
     // No checks: this also runs while an error unwinds.
@@ -106,15 +176,13 @@ struct GemmContext::Impl {
   void Clear() {
     for (auto& [key, plan] : plans) Destroy(plan);
     plans.clear();
+    for (auto& [key, gp] : group_plans) Destroy(gp.plan);
+    group_plans.clear();
+    checked_sizes = 0;
   }
 
-  const Plan& Find(const PlanKey& key) {
-    auto it = plans.find(key);
-    if (it != plans.end()) return it->second;
-    if (plans.size() >= kMaxPlans) Clear();
-    Plan plan;
-    // Emplace first so that a failed check below still leaves the handles to the destructor.
-    Plan& p = plans.emplace(key, plan).first->second;
+  // Creates the matmul descriptor and the three layouts of `key`'s problem.
+  static void Build(Plan& p, const PlanKey& key) {
     // f32 compute for every dtype pair: CUBLAS_COMPUTE_32F never lowers f32 inputs to TF32.
     FATHOM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t op_a = static_cast<cublasOperation_t>(key.op_a);
@@ -132,12 +200,18 @@ struct GemmContext::Impl {
     FATHOM_CUBLAS_CHECK(
         cublasLtMatrixLayoutCreate(&p.b, in, tb ? key.n : key.k, tb ? key.k : key.n, key.ldb));
     FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, out, key.m, key.n, key.ldc));
+  }
 
+  // The heuristic's best algorithm for the problem p's layouts currently describe (sizes as in `key`,
+  // used for the error message), with at most ws bytes of workspace.
+  cublasLtMatmulAlgo_t Query(const Plan& p, const PlanKey& key, size_t ws_bytes) {
     cublasLtMatmulPreference_t pref = nullptr;
     FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t ws = workspace_bytes;
+    const uint64_t ws = ws_bytes;
     auto set = [&](cublasLtMatmulPreferenceAttributes_t attr, const void* value, size_t bytes) {
-      FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, value, bytes));
+      const cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, attr, value, bytes);
+      if (st != CUBLAS_STATUS_SUCCESS) cublasLtMatmulPreferenceDestroy(pref);
+      FATHOM_CUBLAS_CHECK(st);
     };
     set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
     set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align_a, sizeof(key.align_a));
@@ -156,25 +230,149 @@ struct GemmContext::Impl {
                  key.op_a, " op_b ", key.op_b, " in ", DTypeName(static_cast<DType>(key.in)), " out ",
                  DTypeName(static_cast<DType>(key.out)), " alignments ", key.align_a, "/", key.align_b, "/",
                  key.align_c);
-    p.algo = result.algo;
+    return result.algo;
+  }
+
+  // The exact-problem plan of the dense forms (and of the kPerExpertExact grouped path).
+  const Plan& Find(const PlanKey& key) {
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+    if (plans.size() >= kMaxPlans) {
+      for (auto& [k, plan] : plans) Destroy(plan);
+      plans.clear();
+    }
+    // Emplace first so that a failed check below still leaves the handles to the destructor.
+    Plan& p = plans.emplace(key, Plan{}).first->second;
+    Build(p, key);
+    p.algo = Query(p, key, workspace_bytes);
     return p;
   }
+
+  // The grouped path's plan for the exact problem `key` (column-major sizes), its layouts set to key's
+  // sizes, and the algorithm to run it with: with `exact_algos` the heuristic's choice for this exact size
+  // (queried once per size), otherwise the bucket's algorithm where cublasLtMatmulAlgoCheck accepts it.
+  // Steady state: two map look-ups and six attribute writes, no query.
+  std::pair<const Plan*, const cublasLtMatmulAlgo_t*> FindGrouped(const PlanKey& key, Ragged ragged,
+                                                                  bool exact_algos) {
+    const int64_t size = ragged == Ragged::kN ? key.n : key.k;
+    PlanKey bucket_key = key;
+    (ragged == Ragged::kN ? bucket_key.n : bucket_key.k) = BucketSize(size);
+    auto it = group_plans.find(bucket_key);
+    if (it == group_plans.end()) {
+      it = group_plans.emplace(bucket_key, GroupPlan{}).first;
+      Build(it->second.plan, bucket_key);
+    }
+    GroupPlan& gp = it->second;
+    auto& memo = exact_algos ? gp.exact : gp.checked;
+    auto found = memo.find(size);
+    if (found != memo.end()) {
+      SetLayoutSizes(gp.plan, key, key.m, key.n, key.k);
+      return {&gp.plan, &found->second};
+    }
+    if (checked_sizes >= kMaxCheckedSizes) {
+      for (auto& [k, other] : group_plans) {
+        other.checked.clear();
+        other.exact.clear();
+      }
+      checked_sizes = 0;
+    }
+    ++checked_sizes;
+    if (!exact_algos && !gp.bucket_queried) {
+      // Layouts still at the bucket's sizes here (set at Build or restored below).
+      SetLayoutSizes(gp.plan, bucket_key, bucket_key.m, bucket_key.n, bucket_key.k);
+      gp.plan.algo = Query(gp.plan, bucket_key, slice_bytes);
+      gp.bucket_queried = true;
+    }
+    SetLayoutSizes(gp.plan, key, key.m, key.n, key.k);
+    if (exact_algos) return {&gp.plan, &memo.emplace(size, Query(gp.plan, key, slice_bytes)).first->second};
+    cublasLtMatmulHeuristicResult_t check{};
+    const cublasStatus_t st = cublasLtMatmulAlgoCheck(handle, gp.plan.desc, gp.plan.a, gp.plan.b, gp.plan.c,
+                                                      gp.plan.c, &gp.plan.algo, &check);
+    // The bucket's algorithm may not fit this size (or want more workspace): ask for this size exactly.
+    const cublasLtMatmulAlgo_t algo = st == CUBLAS_STATUS_SUCCESS && check.workspaceSize <= slice_bytes
+                                          ? gp.plan.algo
+                                          : Query(gp.plan, key, slice_bytes);
+    return {&gp.plan, &memo.emplace(size, algo).first->second};
+  }
+
+  // One grouped call on the bucketed path: the experts' GEMMs (row-major, Gemm's argument convention,
+  // every size > 0) with fixed transposes, leading dimensions and dtypes, on `s` or spread over the
+  // internal streams.
+  void RunGrouped(bool trans_a, bool trans_b, int64_t lda, int64_t ldb, int64_t ldc, DType in, DType out,
+                  bool accumulate, Ragged ragged, const std::vector<ExpertGemm>& calls, cudaStream_t s) {
+    if (calls.empty()) return;
+    const bool spread = grouped_path != GroupedPath::kBucketed && calls.size() > 1;
+    const int used = spread ? static_cast<int>(std::min<size_t>(kGroupStreams, calls.size())) : 1;
+    if (spread) {
+      FATHOM_CUDA_CHECK(cudaEventRecord(fork, s));
+      for (int i = 0; i < used; ++i) FATHOM_CUDA_CHECK(cudaStreamWaitEvent(streams[i], fork, 0));
+    }
+    // Longest-processing-time assignment: each expert goes to the stream with the least work so far.
+    std::array<double, kGroupStreams> load{};
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    for (const ExpertGemm& g : calls) {
+      const int i = static_cast<int>(std::min_element(load.begin(), load.begin() + used) - load.begin());
+      load[i] += static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k);
+      const PlanKey key{trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                        trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                        g.n,
+                        g.m,
+                        g.k,
+                        ldb,
+                        lda,
+                        ldc,
+                        static_cast<int>(in),
+                        static_cast<int>(out),
+                        Alignment(g.b),
+                        Alignment(g.a),
+                        Alignment(g.c)};
+      auto [plan, algo] = FindGrouped(key, ragged, grouped_path == GroupedPath::kExactMultiStream);
+      void* ws = slice_bytes ? static_cast<char*>(workspace) + static_cast<size_t>(i) * slice_bytes : nullptr;
+      FATHOM_CUBLAS_CHECK(cublasLtMatmul(handle, plan->desc, &alpha, g.b, plan->a, g.a, plan->b, &beta, g.c,
+                                         plan->c, g.c, plan->c, algo, ws, slice_bytes,
+                                         spread ? streams[i] : s));
+    }
+    if (spread) {
+      for (int i = 0; i < used; ++i) {
+        FATHOM_CUDA_CHECK(cudaEventRecord(joins[i], streams[i]));
+        FATHOM_CUDA_CHECK(cudaStreamWaitEvent(s, joins[i], 0));
+      }
+    }
+  }
+
+  // The grouped forms' common body (defined below, after Gemm).
+  void Grouped(GemmContext& self, bool trans_a, bool trans_b, int64_t lda, int64_t ldb, int64_t ldc, DType in,
+               DType out, bool accumulate, bool ragged_k, const std::vector<ExpertGemm>& calls,
+               Stream stream);
 };
 
 GemmContext::GemmContext(size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
   FATHOM_CUBLAS_CHECK(cublasLtCreate(&impl_->handle));
   impl_->workspace_bytes = workspace_bytes;
   if (workspace_bytes) FATHOM_CUDA_CHECK(cudaMalloc(&impl_->workspace, workspace_bytes));
+  impl_->slice_bytes = workspace_bytes / kGroupStreams / 256 * 256;
+  for (cudaStream_t& st : impl_->streams)
+    FATHOM_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->fork, cudaEventDisableTiming));
+  for (cudaEvent_t& ev : impl_->joins)
+    FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
 }
 
 GemmContext::~GemmContext() {
   impl_->Clear();
+  for (cudaEvent_t ev : impl_->joins)
+    if (ev) cudaEventDestroy(ev);
+  if (impl_->fork) cudaEventDestroy(impl_->fork);
+  for (cudaStream_t st : impl_->streams)
+    if (st) cudaStreamDestroy(st);
   if (impl_->workspace) cudaFree(impl_->workspace);
   if (impl_->handle) cublasLtDestroy(impl_->handle);
 }
 
-size_t GemmContext::plan_count() const { return impl_->plans.size(); }
+size_t GemmContext::plan_count() const { return impl_->plans.size() + impl_->group_plans.size(); }
 int64_t GemmContext::heuristic_queries() const { return impl_->heuristic_queries; }
+void GemmContext::set_grouped_path(GroupedPath path) { impl_->grouped_path = path; }
+GemmContext::GroupedPath GemmContext::grouped_path() const { return impl_->grouped_path; }
 
 void GemmContext::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a,
                        int64_t lda, const void* b, int64_t ldb, DType in, bool accumulate, void* c,
@@ -246,6 +444,24 @@ void GemmContext::MatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, 
        out.raw(), out.dim(1), out.dtype(), stream);
 }
 
+// The grouped forms: the per-expert GEMMs go through Gemm (kPerExpertExact: one exact plan per row
+// count) or through RunGrouped (bucketed plans, optionally spread over the internal streams). Empty
+// experts are skipped either way; a zero fixed dimension (K = 0: zeros or untouched output, N = 0:
+// nothing) is Gemm's special case and takes it on every path.
+void GemmContext::Impl::Grouped(GemmContext& self, bool trans_a, bool trans_b, int64_t lda, int64_t ldb,
+                                int64_t ldc, DType in, DType out, bool accumulate, bool ragged_k,
+                                const std::vector<ExpertGemm>& calls, Stream stream) {
+  bool degenerate = false;
+  for (const ExpertGemm& g : calls) degenerate = degenerate || g.m == 0 || g.n == 0 || g.k == 0;
+  if (grouped_path == GroupedPath::kPerExpertExact || degenerate) {
+    for (const ExpertGemm& g : calls)
+      self.Gemm(trans_a, trans_b, g.m, g.n, g.k, g.a, lda, g.b, ldb, in, accumulate, g.c, ldc, out, stream);
+    return;
+  }
+  RunGrouped(trans_a, trans_b, lda, ldb, ldc, in, out, accumulate, ragged_k ? Ragged::kK : Ragged::kN, calls,
+             stream);
+}
+
 void GemmContext::GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
                                   bool accumulate, Stream stream) {
   CheckOperands("grouped_matmul_nt_cuda", out, x, w);
@@ -254,12 +470,14 @@ void GemmContext::GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tens
                "[grouped_matmul_nt_cuda] out ", out.shape_str(), " x ", x.shape_str(), " w ", w.shape_str());
   const int64_t experts = w.dim(0), nn = w.dim(1), kk = w.dim(2);
   std::vector<int64_t> off = BlockOffsets("grouped_matmul_nt_cuda", counts, experts, x.dim(0));
+  std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];
     if (rows == 0) continue;
-    Gemm(false, true, rows, nn, kk, Offset(x, off[e] * kk), kk, Offset(w, e * nn * kk), kk, x.dtype(),
-         accumulate, MutableOffset(out, off[e] * nn), nn, out.dtype(), stream);
+    calls.push_back(
+        {rows, nn, kk, Offset(x, off[e] * kk), Offset(w, e * nn * kk), MutableOffset(out, off[e] * nn)});
   }
+  impl_->Grouped(*this, false, true, kk, kk, nn, x.dtype(), out.dtype(), accumulate, false, calls, stream);
 }
 
 void GemmContext::GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
@@ -270,12 +488,14 @@ void GemmContext::GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tens
                "[grouped_matmul_nn_cuda] out ", out.shape_str(), " x ", x.shape_str(), " w ", w.shape_str());
   const int64_t experts = w.dim(0), kk = w.dim(1), nn = w.dim(2);
   std::vector<int64_t> off = BlockOffsets("grouped_matmul_nn_cuda", counts, experts, x.dim(0));
+  std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];
     if (rows == 0) continue;
-    Gemm(false, false, rows, nn, kk, Offset(x, off[e] * kk), kk, Offset(w, e * kk * nn), nn, x.dtype(),
-         accumulate, MutableOffset(out, off[e] * nn), nn, out.dtype(), stream);
+    calls.push_back(
+        {rows, nn, kk, Offset(x, off[e] * kk), Offset(w, e * kk * nn), MutableOffset(out, off[e] * nn)});
   }
+  impl_->Grouped(*this, false, false, kk, nn, nn, x.dtype(), out.dtype(), accumulate, false, calls, stream);
 }
 
 void GemmContext::GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
@@ -286,12 +506,15 @@ void GemmContext::GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tens
                "[grouped_matmul_tn_cuda] out ", out.shape_str(), " x ", x.shape_str(), " y ", y.shape_str());
   const int64_t experts = out.dim(0), mm = out.dim(1), nn = out.dim(2);
   std::vector<int64_t> off = BlockOffsets("grouped_matmul_tn_cuda", counts, experts, x.dim(0));
+  std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];
     if (rows == 0) continue;
-    Gemm(true, false, mm, nn, rows, Offset(x, off[e] * mm), mm, Offset(y, off[e] * nn), nn, x.dtype(),
-         /*accumulate=*/true, MutableOffset(out, e * mm * nn), nn, out.dtype(), stream);
+    calls.push_back(
+        {mm, nn, rows, Offset(x, off[e] * mm), Offset(y, off[e] * nn), MutableOffset(out, e * mm * nn)});
   }
+  impl_->Grouped(*this, true, false, mm, nn, nn, x.dtype(), out.dtype(), /*accumulate=*/true, true, calls,
+                 stream);
 }
 
 }  // namespace fathom::cuda

@@ -15,20 +15,50 @@
 // C^T (N, M) = op(B)^T (N, K) . op(A)^T (K, M): operands swapped, transpose flags kept, m and n swapped.
 //
 // Grouped GEMMs (routed experts, rows sorted by expert into contiguous blocks as cpu::MoePermute makes
-// them): this first version is the correctness-first one. It takes the per-expert row counts on the HOST
-// (a CPU i64 tensor: the caller copies the device counts to the host once per layer per micro-batch,
-// which is one small synchronisation) and issues one cuBLASLt matmul per non-empty expert on the stream.
-// The fast version keeps the counts on the device so nothing waits on the host: each expert's row block is
-// padded to a multiple of the 128-row M tile (the permutation writes padded offsets), a device array maps
-// every M tile to its expert, and one persistent grouped kernel (DeepGEMM's "contiguous" layout, or
-// cuBLASLt's grouped matmul with device-side problem sizes where the toolkit offers it) covers all experts
-// in a single launch whose grid is bounded by R / 128 + E tiles, known on the host without a sync.
+// them). The per-expert row counts come on the HOST (a CPU i64 tensor: the caller copies the device counts
+// to the host once per layer per micro-batch, which is one small synchronisation), and each non-empty
+// expert is one cuBLASLt matmul; every dtype pair and all three forms take the same path, chosen by
+// set_grouped_path (default kBucketedMultiStream):
+//   - Bucketed plans: a plan is keyed by the problem with the expert's row count (the ragged dimension:
+//     M of NT/NN, K of TN) rounded up to a bucket (64, 96, 128, 192, 256, ..., two per octave); the
+//     heuristic is asked once per bucket, for the bucket's largest size, and each exact row count then gets
+//     one cublasLtMatmulAlgoCheck (remembered) of the bucket's algorithm, with an exact heuristic query only
+//     where the check rejects it. The plan's layouts are resized per call, so nothing is created per call
+//     and the steady state queries nothing (the first version queried once per new exact row count and
+//     made a plan for it: ~1.1-1.8 queries per 32-expert call in the benchmark below).
+//   - Multi-stream: the experts of one call are spread (longest-first balance by FLOPs) over 4 internal
+//     streams forked from and joined back to the caller's stream with events (no host synchronisation),
+//     each using a quarter of the workspace, so that several small expert GEMMs (~50 output tiles each at
+//     the recipe's ~1000 rows per expert) share the 132 SMs. The streams and events are created with the
+//     context, on the device current then; nothing is allocated per call.
+//   - kPerExpertExact (the first version, one exact plan per row count, on the caller's stream), kBucketed
+//     (bucketed plans on the caller's stream) and kExactMultiStream (the heuristic's algorithm for each
+//     exact row count, queried once per count, on the internal streams) stay for tests and
+//     tests/gpu_bench/gemm_bench.cc.
+// A zero fixed dimension (K = 0 of NT/NN: zeros, or an untouched output when accumulating; N = 0: nothing)
+// takes Gemm's empty-problem handling on every path.
+// Not used: cublasGemmGroupedBatchedEx (one call for all experts, declared by the cuBLAS 13.1 headers here,
+// pointer arrays in device memory) lives in libcublas, which fathom_framework does not link (cuBLASLt only);
+// its dtype coverage and speed were therefore not measured. A single device-side grouped kernel (DeepGEMM's
+// contiguous layout: blocks padded to the 128-row tile, a tile -> expert map, counts kept on the device)
+// remains the way to drop the host copy of the counts and to reach the dense ceiling.
 //
-// Plans: each distinct problem (shape, transposes, dtypes, pointer alignments) gets its matmul
-// descriptor, matrix layouts and the heuristic's algorithm once; later calls with the same problem do no
-// heuristic query. Dense Linear shapes are fixed, so the steady state queries nothing; the per-expert
-// calls of the grouped forms see a new row count per expert and micro-batch and query the heuristic for
-// each new count (a cost of the correctness-first version; the cache is bounded, see gemm.cu).
+// Measured (one H100, tests/gpu_bench/gemm_bench.cc: R 32768 rows over 32 experts with skewed random counts
+// that change every call, hidden 2048, moe_intermediate 1408, bf16 inputs; wall time per call including host
+// overhead; us and TFLOP/s; dense ceiling: one 32768 x 1408 x 2048 NT GEMM, 301 us, 627 TFLOP/s):
+//   form (K, N)            first version   bucketed 1 stream   exact 4 streams   bucketed 4 streams (default)
+//   NT (2048, 1408) bf16    450 us / 420     461 us / 410        436 us / 433      420 us / 450
+//   NT (1408, 2048) bf16    423 us / 446     453 us / 418        405 us / 466      389 us / 485
+//   NN (2048, 1408) bf16    448 us / 422     468 us / 404        434 us / 435      420 us / 450
+//   NN (1408, 2048) bf16    425 us / 445     453 us / 417        411 us / 460      392 us / 482
+//   TN (2048, 1408) f32 +=  631 us / 299     625 us / 302        545 us / 347      545 us / 347
+//   TN (1408, 2048) f32 +=  626 us / 302     623 us / 303        541 us / 349      540 us / 350
+// So the heuristic queries were not the main cost (bucketing alone loses ~3% to the exact algorithms); the
+// gain (7-9% NT/NN, 14% TN) comes from running experts concurrently, which needs the query-free path.
+//
+// Plans: each distinct problem (shape, transposes, dtypes, pointer alignments) of the dense forms gets its
+// matmul descriptor, matrix layouts and the heuristic's algorithm once; later calls with the same problem
+// do no heuristic query, so the steady state queries nothing (the caches are bounded, see gemm.cu).
 //
 // Streams and threads: all work is queued on the `stream` argument; nothing synchronises with the host.
 // Every call shares the context's one workspace, so calls through one context must be ordered with each
@@ -87,6 +117,17 @@ class GemmContext {
   // to show that repeated shapes reuse their plan.
   size_t plan_count() const;
   int64_t heuristic_queries() const;
+
+  // Implementation of the grouped forms (see "Grouped GEMMs" above). Production code keeps the default;
+  // tests run every path and tests/gpu_bench/gemm_bench.cc compares them.
+  //   kPerExpertExact       -- the first version: one exact plan (heuristic query) per new row count
+  //   kBucketed             -- bucketed plans, all experts on the caller's stream
+  //   kBucketedMultiStream  -- bucketed plans, experts spread over the internal streams (default, fastest)
+  //   kExactMultiStream     -- the heuristic's choice per exact row count (queried once per count),
+  //                            experts spread over the internal streams
+  enum class GroupedPath { kPerExpertExact, kBucketed, kBucketedMultiStream, kExactMultiStream };
+  void set_grouped_path(GroupedPath path);
+  GroupedPath grouped_path() const;
 
  private:
   struct Impl;

@@ -1,0 +1,191 @@
+// Routed-expert grouped GEMMs (framework/kernels/cuda/gemm.h) at the small recipe's shapes, bf16:
+//   32 local experts, R = 32768 rows (8192 tokens x top-4) in contiguous expert blocks whose sizes are
+//   skewed random counts (some experts empty, the largest 2-3x the mean), hidden 2048, moe_intermediate 1408.
+//   NT (forward) and NN (dgrad) write bf16, TN (wgrad) accumulates into f32, each for (K, N) = (2048, 1408)
+//   and (1408, 2048); every path of GemmContext::GroupedPath is timed (argument path, the enum's value).
+// Plus the dense ceiling: one 32768 x 1408 x 2048 bf16 NT GEMM.
+//
+// Timing includes host overhead: each iteration issues kCallsPerIteration calls, each with the next count
+// set of a pool of kCountSets (as in training, row counts change every call, so per-row-count caches see
+// new sizes), then synchronises; the reported time is wall time per call. TFLOP/s = 2 R K N per call.
+#include <benchmark/benchmark.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "framework/cuda/check.h"
+#include "framework/cuda/device_arena.h"
+#include "framework/kernels/cuda/gemm.h"
+
+namespace fathom {
+namespace {
+
+constexpr int64_t kExperts = 32, kRows = 32768, kHidden = 2048, kInter = 1408;
+constexpr int kCountSets = 512, kCallsPerIteration = 8;
+
+// Skewed counts summing to kRows: expert weights exp(0.6 z) (z normal), ~1 in 12 experts empty, then a
+// multinomial draw of the rows; the largest expert gets ~2-3x the mean.
+std::vector<Tensor> MakeCountSets() {
+  std::mt19937_64 rng(20251122);
+  std::normal_distribution<double> z;
+  std::uniform_real_distribution<double> u;
+  std::vector<Tensor> sets;
+  for (int s = 0; s < kCountSets; ++s) {
+    std::vector<double> w(kExperts);
+    for (double& v : w) v = u(rng) < 1.0 / 12 ? 0.0 : std::exp(0.6 * z(rng));
+    std::discrete_distribution<int> pick(w.begin(), w.end());
+    std::vector<double> counts(kExperts, 0.0);
+    for (int64_t r = 0; r < kRows; ++r) counts[static_cast<size_t>(pick(rng))] += 1;
+    sets.push_back(Tensor::FromVector(counts, {kExperts}, DType::kI64));
+  }
+  return sets;
+}
+
+// Device buffers for every benchmark: activations (R, max(K, N)) twice, weights (E, 2048 x 1408), bf16
+// outputs (R, 2048) and f32 weight gradients (E, 2048 x 1408). Filled with uniform [-1, 1) bf16 values by
+// repeating one random host block (GEMM speed does not depend on the exact values, only on their spread).
+class GemmData {
+ public:
+  GemmData() : arena_("gemm_bench", Bytes()), counts_(MakeCountSets()) {
+    x_ = Random({kRows, kHidden});
+    y_ = Random({kRows, kHidden});
+    w_ = Random({kExperts, kHidden * kInter});
+    out_ = arena_.Alloc({kRows, kHidden}, DType::kBF16);
+    grad_ = arena_.Alloc({kExperts, kHidden * kInter}, DType::kF32);
+    FATHOM_CUDA_CHECK(cudaMemset(grad_.raw(), 0, static_cast<size_t>(grad_.numel()) * 4));
+    FATHOM_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+  // 2-D / 3-D views of the buffers with the given shapes (prefixes of the allocations).
+  Tensor Rows(const Tensor& t, int64_t cols) const { return View(t, {kRows, cols}); }
+  Tensor Experts(const Tensor& t, int64_t a, int64_t b) const { return View(t, {kExperts, a, b}); }
+  const Tensor& x() const { return x_; }
+  const Tensor& y() const { return y_; }
+  const Tensor& w() const { return w_; }
+  const Tensor& out() const { return out_; }
+  const Tensor& grad() const { return grad_; }
+  const Tensor& counts(int i) const { return counts_[static_cast<size_t>(i % kCountSets)]; }
+
+ private:
+  static size_t Bytes() {
+    const size_t act = static_cast<size_t>(kRows * kHidden);
+    const size_t w = static_cast<size_t>(kExperts * kHidden * kInter);
+    return 2 * (3 * act + w) + 4 * w + 8 * 256;
+  }
+  static Tensor View(const Tensor& t, const Shape& shape) {
+    return Tensor::Wrap(t.raw(), shape, t.dtype(), Device::kCUDA, nullptr);
+  }
+
+  Tensor Random(const Shape& shape) {
+    Tensor dev = arena_.Alloc(shape, DType::kBF16);
+    constexpr int64_t kBlock = int64_t{1} << 20;
+    std::mt19937_64 rng(static_cast<uint64_t>(dev.numel()));
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    Tensor host = Tensor::Empty({kBlock}, DType::kF32);
+    for (int64_t i = 0; i < kBlock; ++i) host.data<float>()[i] = u(rng);
+    Tensor block = host.To(DType::kBF16);
+    for (int64_t at = 0; at < dev.numel(); at += kBlock) {
+      const int64_t n = std::min(kBlock, dev.numel() - at);
+      FATHOM_CUDA_CHECK(cudaMemcpy(static_cast<char*>(dev.raw()) + at * 2, block.raw(),
+                                   static_cast<size_t>(n) * 2, cudaMemcpyHostToDevice));
+    }
+    return dev;
+  }
+
+  cuda::DeviceArena arena_;
+  std::vector<Tensor> counts_;
+  Tensor x_, y_, w_, out_, grad_;
+};
+
+const GemmData& Data() {
+  static const auto* data = new GemmData();
+  return *data;
+}
+
+const char* PathName(int64_t path) {
+  return path == 0   ? "per-expert exact plans (old)"
+         : path == 1 ? "bucketed, one stream"
+         : path == 2 ? "bucketed, 4 streams"
+                     : "exact sizes, 4 streams";
+}
+
+// Times kCallsPerIteration calls (call(i) uses count set i) per iteration on the host clock, synchronising
+// at the end of each iteration; a fresh context per benchmark, 3 warm-up calls.
+template <class Call>
+void TimeCalls(benchmark::State& state, double flops, const Call& call) {
+  int next = 0;
+  for (int i = 0; i < 3; ++i) call(next++);
+  FATHOM_CUDA_CHECK(cudaDeviceSynchronize());
+  double total_s = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kCallsPerIteration; ++i) call(next++);
+    FATHOM_CUDA_CHECK(cudaDeviceSynchronize());
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    state.SetIterationTime(s / kCallsPerIteration);
+    total_s += s / kCallsPerIteration;
+  }
+  state.counters["TFLOP/s"] = flops * static_cast<double>(state.iterations()) / total_s * 1e-12;
+}
+
+enum class Form { kNT, kNN, kTN };
+
+// Arguments: path (GemmContext::GroupedPath), K, N of the forward-style view (TN: M = K rows of out[e]).
+template <Form form>
+void BM_Grouped(benchmark::State& state) {
+  const GemmData& d = Data();
+  const auto path = static_cast<cuda::GemmContext::GroupedPath>(state.range(0));
+  const int64_t k = state.range(1), n = state.range(2);
+  cuda::GemmContext ctx;
+  ctx.set_grouped_path(path);
+  const char* name = form == Form::kNT   ? "NT bf16->bf16"
+                     : form == Form::kNN ? "NN bf16->bf16"
+                                         : "TN bf16->f32+=";
+  state.SetLabel(std::string(name) + ", " + PathName(state.range(0)));
+  const double flops = 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n);
+  const int64_t q0 = ctx.heuristic_queries();
+  if (form == Form::kNT) {
+    const Tensor x = d.Rows(d.x(), k), w = d.Experts(d.w(), n, k), out = d.Rows(d.out(), n);
+    TimeCalls(state, flops, [&](int i) { ctx.GroupedMatmulNT(out, x, w, d.counts(i), false, nullptr); });
+  } else if (form == Form::kNN) {
+    const Tensor x = d.Rows(d.x(), k), w = d.Experts(d.w(), k, n), out = d.Rows(d.out(), n);
+    TimeCalls(state, flops, [&](int i) { ctx.GroupedMatmulNN(out, x, w, d.counts(i), false, nullptr); });
+  } else {
+    const Tensor x = d.Rows(d.x(), k), y = d.Rows(d.y(), n), out = d.Experts(d.grad(), k, n);
+    TimeCalls(state, flops, [&](int i) { ctx.GroupedMatmulTN(out, x, y, d.counts(i), nullptr); });
+  }
+  state.counters["queries/call"] = static_cast<double>(ctx.heuristic_queries() - q0) /
+                                   static_cast<double>(state.iterations() * kCallsPerIteration + 3);
+}
+
+void BM_GemmDenseNT(benchmark::State& state) {
+  const GemmData& d = Data();
+  cuda::GemmContext ctx;
+  state.SetLabel("dense NT bf16->bf16 32768 x 1408 x 2048 (ceiling)");
+  const Tensor x = d.Rows(d.x(), kHidden), out = d.Rows(d.out(), kInter);
+  const Tensor w0 = Tensor::Wrap(d.w().raw(), {kInter, kHidden}, DType::kBF16, Device::kCUDA, nullptr);
+  TimeCalls(state, 2.0 * kRows * kHidden * kInter, [&](int) { ctx.MatmulNT(out, x, w0, false, nullptr); });
+}
+
+void GroupedArgs(benchmark::internal::Benchmark* b) {
+  for (int64_t path : {0, 1, 2, 3})
+    for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
+      b->Args({path, k, n});
+  b->ArgNames({"path", "K", "N"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+}
+
+BENCHMARK(BM_GemmDenseNT)->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_Grouped, Form::kNT)->Apply(GroupedArgs);
+BENCHMARK_TEMPLATE(BM_Grouped, Form::kNN)->Apply(GroupedArgs);
+BENCHMARK_TEMPLATE(BM_Grouped, Form::kTN)->Apply(GroupedArgs);
+
+}  // namespace
+}  // namespace fathom
