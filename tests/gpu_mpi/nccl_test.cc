@@ -35,12 +35,7 @@ namespace {
 // NCCL's initialisation takes seconds, so one world communicator serves every test. Built by a global
 // test environment (after MpiInit, torn down before MpiFinalize), on a non-blocking compute stream of its
 // own, so that nothing is ordered by the legacy default stream behind the tests' backs.
-struct TestWorld {
-  std::unique_ptr<MpiCommunicator> mpi;
-  std::unique_ptr<NcclCommunicator> nccl;
-  cudaStream_t compute = nullptr;
-  std::string skip;  // why every test skips; empty when the NCCL world exists
-};
+using TestWorld = testing::NcclTestWorld;
 
 TestWorld& World() {
   static TestWorld* world = new TestWorld;
@@ -49,41 +44,15 @@ TestWorld& World() {
 
 class NcclEnvironment : public ::testing::Environment {
  public:
-  void SetUp() override {
-    TestWorld& w = World();
-    w.mpi = MpiCommunicator::World();
-    const LaunchEnv env = LaunchEnvFromMpi();
-    const int devices = cuda::DeviceCount();
-    w.skip = testing::TooFewGpus(*w.mpi, env, devices);
-    if (!w.skip.empty()) return;
-    FATHOM_CUDA_CHECK(cudaSetDevice(NcclCommunicator::DeviceForLocalRank(env.local_rank, devices)));
-    FATHOM_CUDA_CHECK(cudaStreamCreateWithFlags(&w.compute, cudaStreamNonBlocking));
-    NcclOptions options;
-    options.compute_stream = w.compute;
-    options.timeout_seconds = 60;  // below the watchdog's 100 s: a hang is reported by the communicator
-    w.nccl = NcclCommunicator::Create(*w.mpi, env, options);
-  }
-
-  void TearDown() override {
-    TestWorld& w = World();
-    w.nccl.reset();
-    if (w.compute != nullptr) FATHOM_CUDA_CHECK(cudaStreamDestroy(w.compute));
-    w.compute = nullptr;
-    w.mpi.reset();
-  }
+  void SetUp() override { World().Join(); }
+  void TearDown() override { World().Leave(); }
 };
 
 ::testing::Environment* const kNcclEnvironment = ::testing::AddGlobalTestEnvironment(new NcclEnvironment);
 
 // ---- data -------------------------------------------------------------------------------------------
 
-uint64_t SharedSeed(Communicator& comm) {
-  Tensor s = Tensor::Empty({1}, DType::kI64);
-  // The seed travels as its bit pattern; it is printed as drawn, so FATHOM_TEST_SEED replays it.
-  s.data<int64_t>()[0] = comm.rank() == 0 ? static_cast<int64_t>(testing::TestSeed()) : 0;
-  comm.Broadcast(s, 0);
-  return static_cast<uint64_t>(s.data<int64_t>()[0]);
-}
+using testing::SharedSeed;
 
 // Rank r's input: f32/f64 normal with magnitudes spread over six decades (so that the order of a sum
 // matters), bf16 rounded from such f32 values, i32/i64 in [-1000, 1000], fp8 random bytes (moved, never

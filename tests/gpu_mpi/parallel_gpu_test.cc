@@ -40,12 +40,8 @@ namespace {
 // One MPI world, one NCCL world on a non-blocking compute stream of its own, and one device pool on that
 // stream, created by the first test that runs (every rank runs the same tests in the same order, so the
 // collective creation lines up) and destroyed by the environment's TearDown, before MpiFinalize.
-struct GpuWorld {
-  std::unique_ptr<MpiCommunicator> mpi;
-  std::unique_ptr<NcclCommunicator> nccl;
-  cudaStream_t compute = nullptr;
-  std::unique_ptr<cuda::DevicePool> pool;
-  std::string skip;  // why every test skips; empty when the GPU world exists
+struct GpuWorld : testing::NcclTestWorld {
+  std::unique_ptr<cuda::DevicePool> pool;  // on the compute stream
   bool created = false;
 };
 
@@ -58,18 +54,10 @@ GpuWorld& CreatedWorld() {
   GpuWorld& w = World();
   if (w.created) return w;
   w.created = true;
-  w.mpi = MpiCommunicator::World();
-  const LaunchEnv env = LaunchEnvFromMpi();
-  const int devices = cuda::DeviceCount();
-  w.skip = testing::TooFewGpus(*w.mpi, env, devices);
-  if (!w.skip.empty()) return w;
-  FATHOM_CUDA_CHECK(cudaSetDevice(NcclCommunicator::DeviceForLocalRank(env.local_rank, devices)));
-  FATHOM_CUDA_CHECK(cudaStreamCreateWithFlags(&w.compute, cudaStreamNonBlocking));
-  NcclOptions options;
-  options.compute_stream = w.compute;
-  options.timeout_seconds = 60;  // below the watchdog's 100 s: a hang is reported by the communicator
-  w.nccl = NcclCommunicator::Create(*w.mpi, env, options);
-  w.pool = std::make_unique<cuda::DevicePool>("parallel_gpu_test", size_t{256} << 20, w.compute);
+  w.Join();
+  if (w.skip.empty()) {
+    w.pool = std::make_unique<cuda::DevicePool>("parallel_gpu_test", size_t{256} << 20, w.compute);
+  }
   return w;
 }
 
@@ -77,13 +65,10 @@ class GpuWorldEnvironment : public ::testing::Environment {
  public:
   void TearDown() override {
     GpuWorld& w = World();
-    if (w.nccl) w.nccl->Synchronize();
+    if (w.nccl) w.nccl->Synchronize();  // nothing in flight uses the pool when it goes
     if (w.compute != nullptr) FATHOM_CUDA_CHECK(cudaStreamSynchronize(w.compute));
     w.pool.reset();
-    w.nccl.reset();
-    if (w.compute != nullptr) FATHOM_CUDA_CHECK(cudaStreamDestroy(w.compute));
-    w.compute = nullptr;
-    w.mpi.reset();
+    w.Leave();
   }
 };
 
@@ -92,13 +77,7 @@ class GpuWorldEnvironment : public ::testing::Environment {
 
 // ---- data -------------------------------------------------------------------------------------------
 
-uint64_t SharedSeed(Communicator& comm) {
-  Tensor s = Tensor::Empty({1}, DType::kI64);
-  // The seed travels as its bit pattern; it is printed as drawn, so FATHOM_TEST_SEED replays it.
-  s.data<int64_t>()[0] = comm.rank() == 0 ? static_cast<int64_t>(testing::TestSeed()) : 0;
-  comm.Broadcast(s, 0);
-  return static_cast<uint64_t>(s.data<int64_t>()[0]);
-}
+using testing::SharedSeed;
 
 std::mt19937_64 Rng(uint64_t seed, int rank, int salt) {
   return std::mt19937_64(seed * 1000003ull + static_cast<uint64_t>(rank) * 7919ull +

@@ -1,30 +1,17 @@
 // `fathom bench` through the binary, on the CPU CI machine: everything that must fail before a GPU is
 // touched fails with exit code 2 and a message naming what to change. (The GPU run itself is not a test:
 // a benchmark prints a table; the lead runs it on the device machine.)
-#include <sys/wait.h>
-
 #include <array>
 #include <cstdio>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/launch/run_fathom.h"
 
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult RunFathom(const std::string& args) {
-  std::string cmd = std::string(FATHOM_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using fathom::testing::RunFathom;
+using fathom::testing::RunResult;
 
 bool Contains(const std::string& text, const std::string& piece) {
   return text.find(piece) != std::string::npos;

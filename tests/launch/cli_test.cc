@@ -1,7 +1,5 @@
 // The fathom binary end to end: bad input gives one message naming the key and exit code 2; the tiny recipe
 // trains and its loss falls well below ln(vocab).
-#include <sys/wait.h>
-
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -10,23 +8,12 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/launch/run_fathom.h"
 
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult RunFathom(const std::string& args) {
-  std::string cmd = std::string(FATHOM_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using fathom::testing::RunFathom;
+using fathom::testing::RunResult;
 
 std::string WriteRecipe(const std::string& name, const std::string& text) {
   std::string path = ::testing::TempDir() + "/" + name + ".yaml";

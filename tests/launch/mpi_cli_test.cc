@@ -1,35 +1,22 @@
 // `fathom train` under mpirun: a bad mesh gets one clear message from rank 0 and every rank exits non-zero
 // within seconds; a rank that dies mid-step (FATHOM_TEST_FAULT) brings the job down with a message naming
 // the rank instead of hanging; a good mesh trains and logs it once.
-#include <sys/wait.h>
-
-#include <array>
-#include <chrono>
-#include <cstdio>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/launch/run_fathom.h"
 
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string output;
-  double seconds;
-};
+using fathom::testing::RunResult;
 
 // `timeout` bounds a hang: a job that does not end by itself in 60 s fails the test (exit 124).
 RunResult MpiRun(int np, const std::string& args, const std::string& env = "") {
-  std::string cmd = env + " OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 60 mpirun " +
-                    "--oversubscribe -np " + std::to_string(np) + " " + FATHOM_BINARY + " " + args + " 2>&1";
-  auto start = std::chrono::steady_clock::now();
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
-  int status = pclose(pipe);
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, s};
+  return fathom::testing::RunShell(
+      env +
+      " OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 60 mpirun "
+      "--oversubscribe -np " +
+      std::to_string(np) + " " + FATHOM_BINARY + " " + args);
 }
 
 size_t Count(const std::string& text, const std::string& what) {
