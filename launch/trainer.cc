@@ -41,7 +41,6 @@ struct Trainer::GpuState {
   std::unique_ptr<DeviceMesh> nccl;
   std::unique_ptr<cuda::DevicePool> static_pool, pool;
   std::optional<cuda::PoolScope> pool_scope;
-  size_t free_at_start = 0;
   MemoryPlan plan;
 };
 #else
@@ -118,6 +117,7 @@ absl::Status Trainer::SetUp() {
   // have one rank and move nothing), NCCL groups of the same layout for several GPUs.
   groups_ = &mesh_;
 #ifdef FATHOM_WITH_CUDA
+  size_t free_at_start = 0;
   if (recipe_.train.device == "cuda") {
     gpu_ = std::make_unique<GpuState>();
     if (mesh_.layout().world() > 1) {
@@ -129,7 +129,7 @@ absl::Status Trainer::SetUp() {
       gpu_->nccl = *std::move(nccl);
       groups_ = gpu_->nccl.get();
     }
-    gpu_->free_at_start = cuda::FreeDeviceMemory();
+    free_at_start = cuda::FreeDeviceMemory();  // this rank's GPU, before anything of the model
   }
 #endif
   ModelSlice slice;
@@ -153,17 +153,12 @@ absl::Status Trainer::SetUp() {
 #ifdef FATHOM_WITH_CUDA
   if (gpu_) {
     device = Device::kCUDA;
-    // This rank's optimizer elements: its ZeRO shards (parallel/zero.h: ceil(range / group size)).
-    int64_t shard_elements = 0;
-    for (auto [group, comm] :
-         {std::pair{ParamGroup::kReplicated, &mesh_.dp()}, {ParamGroup::kExpert, &mesh_.edp()}}) {
-      auto [b, e] = params.GroupRange(group);
-      shard_elements += (e - b + comm->size() - 1) / comm->size();
-    }
+    const int64_t shard_elements =
+        ZeroOptimizer::MaxShardElements(params, mesh_.layout().dp(), mesh_.layout().edp());
     const bool bf16 = recipe_.train.dtype == "bf16";
     absl::StatusOr<MemoryPlan> plan =
         PlanDeviceMemory(MemoryPlanInputFor(recipe_, slice, program_, params.numel(), shard_elements,
-                                            int64_t{32} << 20, static_cast<int64_t>(gpu_->free_at_start)));
+                                            int64_t{32} << 20, static_cast<int64_t>(free_at_start)));
     if (!plan.ok()) {
       return absl::Status(plan.status().code(),
                           absl::StrFormat("%s: rank %d: %s", recipe_.path, c.rank, plan.status().message()));
@@ -282,13 +277,13 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   // (a + b == b + a, so the two stay bit-identical).
   if (pp > 1 && model_->embedding_id() >= 0 && (coord.pp_rank == 0 || coord.pp_rank == pp - 1)) {
     Tensor g = params.grad(model_->embedding_id());
-    Tensor mine = ops::Clone(g), theirs = Tensor::Empty(g.shape(), g.dtype(), g.device());
+    Tensor theirs = Tensor::Empty(g.shape(), g.dtype(), g.device());
     const int peer = coord.pp_rank == 0 ? pp - 1 : 0;
     Communicator& pp_group = groups_->pp();
-    Request send = pp_group.ISend(mine, peer, Communicator::kMaxTag);
+    Request send = pp_group.ISend(g, peer, Communicator::kMaxTag);
     pp_group.Recv(theirs, peer, Communicator::kMaxTag);
-    send.Wait();
-    ops::Copy(g, ops::Add(mine, theirs));
+    send.Wait();  // the send buffer may be written from here on (NCCL: in stream order)
+    ops::AddInPlace(g, theirs);
   }
 
   // ZeRO-1: reduce-scatter, global norm, clip + AdamW on the shards, all-gather.

@@ -29,13 +29,17 @@ double GradNormSquared(const ParamTable& t, int64_t begin, int64_t end) {
   });
 }
 
-double ClipGradients(ParamTable& t, double max_norm, double total_norm) {
-  FATHOM_CHECK(t.finalized(), "[clip_grad] the parameter table must be finalized first");
+double ClipScale(double max_norm, double total_norm) {
   FATHOM_CHECK(max_norm >= 0, "[clip_grad] max_norm ", max_norm);
   FATHOM_CHECK(std::isfinite(total_norm) && total_norm >= 0, "[clip_grad] total_norm ", total_norm,
                " (a non-finite norm must be handled by the caller before clipping)");
   if (max_norm == 0.0) return 1.0;
-  double scale = std::min(1.0, max_norm / (total_norm + 1e-6));
+  return std::min(1.0, max_norm / (total_norm + 1e-6));
+}
+
+double ClipGradients(ParamTable& t, double max_norm, double total_norm) {
+  FATHOM_CHECK(t.finalized(), "[clip_grad] the parameter table must be finalized first");
+  const double scale = ClipScale(max_norm, total_norm);
   if (scale == 1.0) return scale;
   DispatchFloat(t.dtype(), "clip_grad", [&](auto tag) {
     using T = decltype(tag);

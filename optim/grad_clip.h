@@ -19,7 +19,11 @@ namespace fathom {
 // REQUIRES: table finalized; 0 <= begin <= end <= t.numel().
 double GradNormSquared(const ParamTable& t, int64_t begin = 0, int64_t end = -1);
 
-// Multiplies every trainable gradient by scale = min(1, max_norm / (total_norm + 1e-6)) and returns scale.
+// The clipping factor: min(1, max_norm / (total_norm + 1e-6)), or 1 when max_norm = 0 (no clipping).
+// REQUIRES: max_norm >= 0; total_norm finite and >= 0 (checked, as for ClipGradients).
+double ClipScale(double max_norm, double total_norm);
+
+// Multiplies every trainable gradient by ClipScale(max_norm, total_norm) and returns the factor.
 // max_norm = 0 disables clipping (returns 1). When scale is 1 the grads are not written at all.
 // REQUIRES: max_norm >= 0; total_norm finite and >= 0 (the caller checks for a non-finite norm, which
 // means the step diverged, before clipping).

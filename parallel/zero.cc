@@ -30,6 +30,7 @@ namespace {
 // Elements [begin, begin + count) of a flat buffer: a view sharing its memory, on its device.
 Tensor Slice(const Tensor& flat, int64_t begin, int64_t count) { return flat.Rows(begin, begin + count); }
 
+#ifdef FATHOM_WITH_CUDA
 // Device work runs on the current OpContext's stream, like every op of framework/ops.h.
 cuda::Stream DeviceStream(const char* op) {
   const ops::OpContext* ctx = ops::CurrentOpContext();
@@ -38,18 +39,7 @@ cuda::Stream DeviceStream(const char* op) {
                "the optimizer's kernels and copies");
   return ctx->stream();
 }
-
-// An NCCL collective starts after the work queued on its compute stream, and its Wait() orders that stream
-// after it: the copies and kernels queued here before and after it must be on that same stream.
-void CheckCommStream(Communicator& comm, cuda::Stream stream) {
-#ifdef FATHOM_WITH_CUDA
-  if (auto* nccl = dynamic_cast<NcclCommunicator*>(&comm)) {
-    FATHOM_CHECK(nccl->compute_stream() == stream, "[zero] group ", comm.name(),
-                 ": the NCCL communicator's compute stream is not the current OpContext's stream, so its "
-                 "collectives would not be ordered with the optimizer's copies and kernels");
-  }
 #endif
-}
 
 // A (total) copy of flat[range], zero padded: the equal-chunk layout of the collectives when the range is
 // shorter than the chunks.
@@ -61,7 +51,17 @@ Tensor Padded(const Tensor& flat, std::pair<int64_t, int64_t> range, int64_t tot
   return out;
 }
 
+// The equal-chunk layout: ceil(range / group size) elements per rank.
+int64_t ChunkElements(std::pair<int64_t, int64_t> range, int group_size) {
+  return (range.second - range.first + group_size - 1) / group_size;
+}
+
 }  // namespace
+
+int64_t ZeroOptimizer::MaxShardElements(const ParamTable& table, int dp_size, int edp_size) {
+  return ChunkElements(table.GroupRange(ParamGroup::kReplicated), dp_size) +
+         ChunkElements(table.GroupRange(ParamGroup::kExpert), edp_size);
+}
 
 ZeroOptimizer::ZeroOptimizer(ParamTable& table, const OptimConfig& cfg, Communicator& dp, Communicator& edp,
                              std::vector<std::pair<int64_t, int64_t>> exclude_from_norm)
@@ -71,8 +71,7 @@ ZeroOptimizer::ZeroOptimizer(ParamTable& table, const OptimConfig& cfg, Communic
     Shard& s = shards_[static_cast<int>(g)];
     s.comm = g == ParamGroup::kReplicated ? &dp : &edp;
     s.range = table.GroupRange(g);
-    const int64_t len = s.range.second - s.range.first, n = s.comm->size();
-    s.chunk = (len + n - 1) / n;
+    s.chunk = ChunkElements(s.range, s.comm->size());
     const int64_t begin = std::min(s.range.first + s.comm->rank() * s.chunk, s.range.second);
     s.owned = {begin, std::min(begin + s.chunk, s.range.second)};
     if (s.owned.second > s.owned.first && !on_device)
@@ -107,7 +106,9 @@ void ZeroOptimizer::ReduceGradients() {
     const int64_t n = s.comm->size();
     // A group of one: the shard is the whole range and its gradients are already the sums.
     if (s.chunk == 0 || n == 1) continue;
-    if (device_) CheckCommStream(*s.comm, DeviceStream("reduce_gradients"));
+#ifdef FATHOM_WITH_CUDA
+    if (device_) CheckOnComputeStream(*s.comm, "zero reduce_gradients");
+#endif
     // When the equal chunks cover the range exactly (a group size that divides it: every power of two up to
     // 16, since ParamTable aligns its tensors to 16 elements) the grads buffer itself is sent, so the GPU
     // holds no second copy of the gradients; otherwise a zero-padded copy.
@@ -169,12 +170,9 @@ void ZeroOptimizer::Step(double lr, double total_norm, double max_norm) {
     return;
   }
 #ifdef FATHOM_WITH_CUDA
-  FATHOM_CHECK(max_norm >= 0, "[zero] max_norm ", max_norm);
-  FATHOM_CHECK(std::isfinite(total_norm) && total_norm >= 0, "[zero] total_norm ", total_norm,
-               " (a non-finite norm must be handled by the caller before clipping)");
   // ClipGradients' factor. On the GPU only the owned shards are scaled: AdamW reads nothing else, and the
   // rest of the grads buffer is overwritten by the next step's backward.
-  const double scale = max_norm > 0 ? std::min(1.0, max_norm / (total_norm + 1e-6)) : 1.0;
+  const double scale = ClipScale(max_norm, total_norm);
   cuda::Stream stream = DeviceStream("step");
   for (std::unique_ptr<DeviceAdamW>& adamw : device_->adamw) {
     if (!adamw) continue;
@@ -189,7 +187,9 @@ void ZeroOptimizer::GatherParameters() {
   for (Shard& s : shards_) {
     const int64_t n = s.comm->size();
     if (s.chunk == 0 || n == 1) continue;  // a group of one already holds its whole range
-    if (device_) CheckCommStream(*s.comm, DeviceStream("gather_parameters"));
+#ifdef FATHOM_WITH_CUDA
+    if (device_) CheckOnComputeStream(*s.comm, "zero gather_parameters");
+#endif
     const int64_t owned = s.owned.second - s.owned.first, len = s.range.second - s.range.first;
     // A full shard is sent from the values buffer itself; a short (last) one is zero padded.
     Tensor send = owned == s.chunk ? Slice(values, s.owned.first, owned) : Padded(values, s.owned, s.chunk);

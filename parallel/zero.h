@@ -49,6 +49,10 @@ class ZeroOptimizer {
   ZeroOptimizer(ParamTable& table, const OptimConfig& cfg, Communicator& dp, Communicator& edp,
                 std::vector<std::pair<int64_t, int64_t>> exclude_from_norm = {});
   ~ZeroOptimizer();
+
+  // Elements of the largest shard of each group summed: the optimizer state a rank holds at most for
+  // groups of dp_size and edp_size ranks (start-up memory planning, before the optimizer exists).
+  static int64_t MaxShardElements(const ParamTable& table, int dp_size, int edp_size);
   ZeroOptimizer(const ZeroOptimizer&) = delete;
   ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
 
