@@ -82,12 +82,7 @@ int64_t Sum(const std::vector<int64_t>& v) {
 // hands out the buffers must serve it).
 void CheckStreams(Communicator& comm, const Tensor& rows) {
 #ifdef FATHOM_WITH_CUDA
-  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  if (nccl == nullptr || rows.device() != Device::kCUDA) return;
-  const ops::OpContext* ctx = ops::CurrentOpContext();
-  FATHOM_CHECK(ctx != nullptr && ctx->stream() == nccl->compute_stream(), "[expert exchange] group ",
-               comm.name(),
-               ": CUDA rows need a current ops::OpContext on the NCCL communicator's compute stream");
+  if (rows.device() == Device::kCUDA) CheckOnComputeStream(comm, "expert exchange");
 #endif
 }
 

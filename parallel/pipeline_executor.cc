@@ -3,7 +3,6 @@
 #include "framework/ops.h"
 
 #ifdef FATHOM_WITH_CUDA
-#include "framework/cuda/device_pool.h"
 #include "parallel/cuda/nccl_communicator.h"
 #endif
 
@@ -40,16 +39,7 @@ constexpr int kConnectTag = Communicator::kMaxTag - 1;
 // stage's kernels and the pool that hands out the receive buffers must use that same stream.
 void CheckStreams(Communicator& comm, Device device) {
 #ifdef FATHOM_WITH_CUDA
-  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  if (nccl == nullptr || device != Device::kCUDA) return;
-  const ops::OpContext* ctx = ops::CurrentOpContext();
-  const cuda::DevicePool* pool = cuda::CurrentPool();
-  FATHOM_CHECK(
-      ctx != nullptr && pool != nullptr && ctx->stream() == nccl->compute_stream() &&
-          pool->stream() == ctx->stream(),
-      "[pipeline] group ", comm.name(),
-      ": CUDA messages need a current ops::OpContext and cuda::DevicePool on the NCCL communicator's "
-      "compute stream");
+  if (device == Device::kCUDA) CheckOnComputeStream(comm, "pipeline");
 #endif
 }
 
@@ -66,10 +56,6 @@ PipelineExecutor::PipelineExecutor(Model& model, Communicator& pp, Shape activat
       stages_(pp.size()) {
   ConnectNeighbours();
 }
-
-PipelineExecutor::PipelineExecutor(Model& model, Communicator& pp, Shape activation_shape)
-    : PipelineExecutor(model, pp, std::move(activation_shape), model.params().dtype(),
-                       model.params().device()) {}
 
 void PipelineExecutor::ConnectNeighbours() {
   if (stages_ == 1) return;

@@ -38,9 +38,6 @@ class PipelineExecutor {
   // in `activation_dtype` on `device`. Collective over `pp` (see Connection).
   PipelineExecutor(Model& model, Communicator& pp, Shape activation_shape, DType activation_dtype,
                    Device device);
-  // Messages in the parameters' dtype on their device: the f32 and f64 paths, where the activations share
-  // the parameters' dtype.
-  PipelineExecutor(Model& model, Communicator& pp, Shape activation_shape);
 
   // Runs `program` (this rank's list) over `batches` (indexed by micro-batch id). Returns this stage's
   // loss sums (zero except on the last stage, balance on every stage with MoE layers).

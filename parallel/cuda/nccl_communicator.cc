@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "framework/cuda/check.h"
 #include "framework/cuda/device_arena.h"
+#include "framework/cuda/device_pool.h"
+#include "framework/ops.h"
 #include "parallel/fault.h"
 
 namespace fathom {
@@ -609,6 +611,18 @@ Request NcclCommunicator::IBarrier() {
   FATHOM_NCCL_CHECK(
       ncclAllReduce(s.barrier_scratch, s.barrier_scratch, 1, ncclInt32, ncclSum, s.comm, s.comm_stream));
   return Finish(state_, launch);
+}
+
+void CheckOnComputeStream(Communicator& comm, const char* who) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  if (nccl == nullptr) return;
+  const ops::OpContext* ctx = ops::CurrentOpContext();
+  const cuda::DevicePool* pool = cuda::CurrentPool();
+  FATHOM_CHECK(ctx != nullptr && pool != nullptr && ctx->stream() == nccl->compute_stream() &&
+                   pool->stream() == ctx->stream(),
+               "[", who, "] group ", comm.name(),
+               ": device work around NCCL operations needs a current ops::OpContext and cuda::DevicePool on "
+               "the NCCL communicator's compute stream, or the operations are not ordered with it");
 }
 
 }  // namespace fathom

@@ -158,6 +158,13 @@ class NcclCommunicator final : public Communicator {
   std::shared_ptr<State> state_;
 };
 
+// For code that queues its own device work (ops, copies, pool allocations) around operations on `comm`:
+// when `comm` is an NcclCommunicator, checks (FATHOM_CHECK naming `who` and the group) that there is a
+// current ops::OpContext and cuda::DevicePool and that both run on the communicator's compute stream - the
+// condition for its operations to start after that work and for Wait() to order the work after them. Any
+// other communicator (host tensors) passes.
+void CheckOnComputeStream(Communicator& comm, const char* who);
+
 }  // namespace fathom
 
 #endif  // FATHOM_PARALLEL_CUDA_NCCL_COMMUNICATOR_H_
