@@ -18,9 +18,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef FATHOM_ATTENTION_EMULATE
 #include <cuda_bf16.h>
-#endif
 
 namespace fathom::cuda::attention_mma {
 
@@ -72,10 +70,7 @@ constexpr size_t BackwardKvSmemBytes(int dk, int dv) {
          sizeof(float) * 3 * kKvRows;
 }
 
-#ifndef FATHOM_ATTENTION_EMULATE
 // ---- warp-level primitives (PTX) ----
-// A host build that defines FATHOM_ATTENTION_EMULATE supplies these itself (plus threadIdx, blockIdx,
-// gridDim, __syncthreads): a model of one warp's lanes, used to check the fragment bookkeeping off-GPU.
 
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -134,7 +129,6 @@ __device__ __forceinline__ float Exp2(float x) {
   return y;
 }
 __device__ __forceinline__ float ShflXor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
-#endif  // FATHOM_ATTENTION_EMULATE
 
 // ---- tile helpers ----
 
