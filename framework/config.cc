@@ -330,31 +330,21 @@ absl::Status ModelConfig::Validate() const {
 // ---------------------------------------------------------------------------------------------------
 // The other sections
 
+// The schedule's own rules (its name, how many stages it cuts the model into, the micro-batch counts it
+// accepts) live with the schedules: parallel/schedule.h's ValidateParallelSchedule.
 absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
   absl::Status s = FirstError({
       CheckAtLeast("parallel.pp", pp, 1),
       CheckAtLeast("parallel.ep", ep, 1),
       CheckAtLeast("parallel.micro_batches", micro_batches, 1),
-      CheckOneOf("parallel.schedule", schedule, {"1f1b", "zb1p", "dualpipe", "dualpipev"}),
   });
   if (!s.ok()) return s;
+  if (schedule.empty()) return Invalid("parallel.schedule must name a pipeline schedule; got ''");
   if (model.n_routed_experts % ep != 0) {
     return Invalid(absl::StrCat("parallel.ep (", ep, ") must divide model.n_routed_experts (",
                                 model.n_routed_experts, ")"));
   }
-  // DualPipeV cuts the model into 2 * pp stages (a V over the pp ranks); the others into pp.
-  const int64_t stages = schedule == "dualpipev" ? 2 * pp : pp;
-  const std::string stages_name = schedule == "dualpipev" ? "2 * parallel.pp" : "parallel.pp";
-  if (stages > model.num_hidden_layers) {
-    return Invalid(absl::StrCat(stages_name, " (", stages, ") must be <= model.num_hidden_layers (",
-                                model.num_hidden_layers, "): every stage holds at least one decoder layer"));
-  }
   if (!stage_layers.empty()) {
-    if (static_cast<int64_t>(stage_layers.size()) != stages) {
-      return Invalid(absl::StrCat("parallel.stage_layers has ", stage_layers.size(),
-                                  stage_layers.size() == 1 ? " entry" : " entries", ", must have ",
-                                  stages_name, " (", stages, ") for parallel.schedule ", schedule));
-    }
     int64_t sum = 0;
     for (size_t i = 0; i < stage_layers.size(); ++i) {
       s = CheckAtLeast(absl::StrCat("parallel.stage_layers[", i, "]"), stage_layers[i], 1);

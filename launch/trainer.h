@@ -1,26 +1,22 @@
 // The training loop. Reads top to bottom like the algorithm (llm.c style):
-//   sample this rank's micro-batches -> step-wide loss normalisers (all-reduced over dp) -> the pipeline
-//   executor runs this rank's schedule (forward, backward for inputs, backward for weights per
-//   micro-batch; expert all-to-alls inside the MoE layers) -> gradients reduced (ZeRO-1) -> global norm,
-//   clipping, AdamW on this rank's shards -> parameters all-gathered -> expert-bias update from the
-//   step's loads (all-reduced over dp) -> one log line on rank 0.
-// One code path for every mesh: a single process is the mesh pp = ep = dp = 1 on the local communicator.
+//   sample this rank's micro-batches -> the stage runtime's step (normalisers, the pipeline program with
+//   its expert all-to-alls, gradient sync, clipping, AdamW; parallel/stage_runtime.h) -> expert-bias update
+//   from the step's loads -> one log line on rank 0.
+// Everything that depends on the mesh lives in the runtime; one code path for every mesh (a single process
+// is the mesh pp = ep = dp = 1 on the local communicator).
 #ifndef FATHOM_LAUNCH_TRAINER_H_
 #define FATHOM_LAUNCH_TRAINER_H_
 
 #include <cstdint>
 #include <memory>
 #include <ostream>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "data/sampler.h"
 #include "framework/config.h"
-#include "layers/model.h"
-#include "parallel/mesh.h"
-#include "parallel/pipeline_executor.h"
-#include "parallel/schedule.h"
-#include "parallel/zero.h"
+#include "parallel/stage_runtime.h"
 
 namespace fathom {
 
@@ -37,60 +33,44 @@ struct StepStats {
   std::vector<std::vector<int64_t>> expert_loads;  // this stage's MoE layers, global counts of the step
 };
 
-// Device memory of a GPU rank (all zero on the CPU).
-struct DeviceMemoryStats {
-  size_t static_bytes = 0;   // parameters, gradients, compute copies, optimizer moments: allocated once
-  size_t pool_capacity = 0;  // the activation pool sized at start-up (launch/memory_plan.h)
-  size_t pool_peak = 0;      // the most of it in use since start-up or ResetDeviceMemoryPeak()
-};
-
 class Trainer {
  public:
   // `mesh` (not owned) must outlive the trainer; its layout must match recipe.parallel.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Recipe& recipe, DeviceMesh& mesh);
+  ~Trainer();
 
-  // One optimizer step. Fails (nothing updated) when the gradient norm is not finite.
+  // One optimizer step (0-based). Fails (nothing updated) when the gradient norm is not finite.
   absl::StatusOr<StepStats> Step(int64_t step);
   // Runs recipe.train.steps steps; rank 0 logs one line per train.log_every steps, then a summary.
   absl::StatusOr<std::vector<StepStats>> Run(std::ostream& log);
 
-  ~Trainer();
-
-  DeviceMemoryStats device_memory() const;
-  void ResetDeviceMemoryPeak();
-  // The start-up device memory plan as a table (launch/memory_plan.h); empty on the CPU.
-  std::string memory_plan_table() const;
-
-  Model& model() { return *model_; }
-  const std::vector<int64_t>& stage_layers() const { return stage_layers_; }
+  StageRuntime& runtime() { return *runtime_; }
+  Model& model() { return runtime_->model(); }
+  DeviceMemoryStats device_memory() const { return runtime_->device_memory(); }
+  void ResetDeviceMemoryPeak() { runtime_->ResetDeviceMemoryPeak(); }
+  std::string memory_plan_table() const { return runtime_->memory_plan_table(); }
 
  private:
-  // With train.device cuda (one GPU so far): the device pool, op context and optimizer; defined in
-  // trainer.cc so that CPU builds carry none of it.
-  struct GpuState;
-
-  Trainer(const Recipe& recipe, DeviceMesh& mesh, std::vector<int32_t> tokens,
-          std::vector<int64_t> stage_layers);
-  // Builds the model slice, moves it to the GPU (train.device cuda: NCCL groups for several GPUs, the
-  // memory plan, the pools) and creates the optimizer and the pipeline executor. Called once by Create.
-  absl::Status SetUp();
-  MicroBatch SampleMicroBatch(int64_t step, int mb) const;
+  Trainer(const Recipe& recipe, std::vector<int32_t> tokens);
+  // This rank's micro-batches of `step`: data-parallel rank d takes micro-batches [d * M, (d + 1) * M) of
+  // the step's global batch, so any mesh sees the same global batch as one rank with dp * M micro-batches.
+  std::vector<MicroBatch> SampleMicroBatches(int64_t step) const;
 
   Recipe recipe_;
-  DeviceMesh& mesh_;
-  // The groups that move tensors: mesh_ itself, or NCCL groups of the same layout for several GPUs.
-  DeviceMesh* groups_ = nullptr;
   std::vector<int32_t> tokens_;
-  std::vector<int64_t> stage_layers_;
   std::unique_ptr<SequenceSampler> sampler_;
-  std::unique_ptr<GpuState> gpu_;  // declared before model_: the model's device tensors go first
-  std::unique_ptr<Model> model_;
-  std::unique_ptr<ZeroOptimizer> optimizer_;
-  std::unique_ptr<PipelineExecutor> executor_;
-  std::vector<Instruction> program_;
+  std::unique_ptr<StageRuntime> runtime_;
 };
 
 std::string FormatStepLine(const StepStats& s, int64_t total_steps);
+
+// The run summary's loss windows: the mean lm loss of the first and of the last `window` steps, with
+// window = min(10, steps / 2) (1 for a single step), so the two windows never overlap.
+struct LossWindows {
+  size_t window = 0;
+  double first = 0, last = 0;
+};
+LossWindows SummarizeLosses(const std::vector<StepStats>& steps);
 
 }  // namespace fathom
 

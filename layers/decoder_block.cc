@@ -26,10 +26,10 @@ DecoderBlock::DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer,
   }
 }
 
-Tensor DecoderBlock::Forward(int mb, const Tensor& x) {
+Tensor DecoderBlock::Forward(int mb, const Tensor& x, double balance_weight, MoeStats* moe_stats) {
   Tensor h = ops::Add(x, attn_.Forward(mb, input_norm_.Forward(mb, x)));
   Tensor n = post_norm_.Forward(mb, h);
-  return ops::Add(h, moe_ ? moe_->Forward(mb, n) : dense_->Forward(mb, n));
+  return ops::Add(h, moe_ ? moe_->Forward(mb, n, balance_weight, moe_stats) : dense_->Forward(mb, n));
 }
 
 // The residual stream is the documented exception to "activation grads overwrite": the gradient of each

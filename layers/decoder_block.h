@@ -21,7 +21,9 @@ class DecoderBlock {
   DecoderBlock(ParamTable& table, const ModelConfig& cfg, int layer, ExpertPlacement placement = {},
                ExpertExchange* exchange = nullptr);
 
-  Tensor Forward(int mb, const Tensor& x);         // (B, T, H) -> (B, T, H)
+  // (B, T, H) -> (B, T, H). A MoE block passes `balance_weight` to its MoE layer and fills `moe_stats`
+  // (may be null; untouched by a dense block).
+  Tensor Forward(int mb, const Tensor& x, double balance_weight = 0.0, MoeStats* moe_stats = nullptr);
   Tensor BackwardInput(int mb, const Tensor& dy);  // -> dx (B, T, H)
   void BackwardWeight(int mb);
 

@@ -30,12 +30,10 @@ Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
                    slice_.end_layer <= cfg.num_hidden_layers,
                "model slice layers [", slice_.first_layer, ", ", slice_.end_layer, ") of ",
                cfg.num_hidden_layers);
-  // Every MoE layer gets its own exchange: their per-micro-batch layouts are independent.
-  auto exchange = [&]() -> ExpertExchange* {
-    if (!slice_.make_exchange) return nullptr;
-    exchanges_.push_back(slice_.make_exchange());
-    return exchanges_.back().get();
-  };
+  FATHOM_CHECK(
+      slice_.exchange != nullptr || slice_.experts.count < 0 || slice_.experts.count == cfg.n_routed_experts,
+      "model slice holds ", slice_.experts.count, " of ", cfg.n_routed_experts,
+      " routed experts but has no expert exchange");
   int first = params_.size();
   const bool mtp = cfg.num_nextn_predict_layers > 0;
   if (slice_.embedding || (slice_.head && mtp)) {
@@ -46,7 +44,7 @@ Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
     first = params_.size();
     bool moe = cfg.is_moe_layer(l);
     blocks_.push_back(std::make_unique<DecoderBlock>(params_, cfg, static_cast<int>(l), slice_.experts,
-                                                     moe ? exchange() : nullptr));
+                                                     moe ? slice_.exchange : nullptr));
     RecordNode(moe ? NodeKind::kMoeBlock : NodeKind::kDenseBlock,
                "layer " + std::to_string(l) + (moe ? " (moe)" : " (dense)"), static_cast<int>(l), first);
   }
@@ -61,7 +59,7 @@ Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
     bool moe = cfg.is_moe_layer(cfg.num_hidden_layers + k - 1);
     mtp_.push_back(std::make_unique<MtpModule>(params_, cfg, k, embed_->weight_id(), head_->lm_head_id(),
                                                loss.ignore_index, slice_.experts,
-                                               moe ? exchange() : nullptr));
+                                               moe ? slice_.exchange : nullptr));
     RecordNode(NodeKind::kMtp, "mtp " + std::to_string(k), mtp_.back()->layer(), first);
   }
 }
@@ -147,28 +145,37 @@ LossNormalizers Model::Normalizers(const std::vector<MicroBatch>& batches,
   return n;
 }
 
-Tensor Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input, const LossNormalizers& norm,
-                           LossSums* sums) {
-  std::vector<MoE*> moes = moe_layers();
-  std::vector<double> balance_before;
-  for (MoE* moe : moes) {
-    moe->set_balance_weight(norm.balance_weight);
-    balance_before.push_back(moe->balance_loss_sum());
-  }
+double MicroBatchStats::balance_sum() const {
+  double sum = 0;
+  for (const MoeStats& m : moe) sum += m.balance;
+  return sum;
+}
+
+StageOutput Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input,
+                                const LossNormalizers& norm) {
+  StageOutput out;
+  MicroBatchStats& stats = out.stats;
+  // One MoeStats per MoE layer, in moe_layers() order: the main blocks', then the MTP modules'.
+  auto next_moe_stats = [&stats](bool moe) -> MoeStats* {
+    if (!moe) return nullptr;
+    stats.moe.emplace_back();
+    return &stats.moe.back();
+  };
+  stats.moe.reserve(blocks_.size() + mtp_.size());  // pointers into it stay valid
   // Micro-batches are sampled on the host; the token ids and labels follow the parameters' device.
   const Device dev = params_.device();
   const Tensor ids = dev == Device::kCPU ? batch.input_ids : ops::To(batch.input_ids, dev);
   const Tensor labels = dev == Device::kCPU ? batch.labels : ops::To(batch.labels, dev);
   Tensor h = slice_.embedding ? embed_->Forward(mb, ids) : input;
   FATHOM_CHECK(h.defined(), "stage without the embedding needs the previous stage's output");
-  for (auto& b : blocks_) h = b->Forward(mb, h);
+  for (auto& b : blocks_) h = b->Forward(mb, h, norm.balance_weight, next_moe_stats(b->moe() != nullptr));
   if (slice_.head) {
     FATHOM_CHECK(norm.mtp_tokens.size() == mtp_.size(), "normalisers for ", norm.mtp_tokens.size(),
                  " MTP depths, model has ", mtp_.size());
     // Zero valid labels in a step means nothing to learn from that loss: scale 0, not a division by 0.
     auto scale = [](double weight, double tokens) { return tokens > 0 ? weight / tokens : 0.0; };
-    sums->main_ce += head_->Forward(mb, h, labels, scale(1.0, norm.main_tokens));
-    sums->mtp_ce.resize(mtp_.size(), 0.0);
+    stats.main_ce += head_->Forward(mb, h, labels, scale(1.0, norm.main_tokens));
+    stats.mtp_ce.assign(mtp_.size(), 0.0);
     const double depth_weight = mtp_.empty() ? 0.0 : loss_.mtp_lambda / static_cast<double>(mtp_.size());
     for (size_t k = 0; k < mtp_.size(); ++k) {
       Tensor ids, labels;
@@ -177,20 +184,18 @@ Tensor Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input,
         ids = ops::To(ids, h.device());
         labels = ops::To(labels, h.device());
       }
-      h = mtp_[k]->Forward(mb, h, ids, labels, scale(depth_weight, norm.mtp_tokens[k]), &sums->mtp_ce[k]);
+      h = mtp_[k]->Forward(mb, h, ids, labels, scale(depth_weight, norm.mtp_tokens[k]), &stats.mtp_ce[k],
+                           norm.balance_weight, next_moe_stats(mtp_[k]->block().moe() != nullptr));
     }
     h = Tensor();
   }
-  for (size_t i = 0; i < moes.size(); ++i) sums->balance += moes[i]->balance_loss_sum() - balance_before[i];
-  return h;
+  out.hidden = h;
+  return out;
 }
 
-LossSums Model::Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm) {
+MicroBatchStats Model::Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm) {
   FATHOM_CHECK(slice_.embedding && slice_.head, "Model::Forward runs a whole model; use ForwardStage");
-  LossSums sums;
-  sums.mtp_ce.assign(mtp_.size(), 0.0);
-  ForwardStage(mb, batch, Tensor(), norm, &sums);
-  return sums;
+  return ForwardStage(mb, batch, Tensor(), norm).stats;
 }
 
 Tensor Model::BackwardInputStage(int mb, const Tensor& grad_output) {

@@ -11,7 +11,6 @@
 #define FATHOM_LAYERS_MODEL_H_
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,11 +48,21 @@ struct LossNormalizers {
   double balance_weight = 0;       // alpha / (micro-batches in the step)
 };
 
-// Per micro-batch sums; the trainer divides by the normalisers.
-struct LossSums {
-  double main_ce = 0;
-  std::vector<double> mtp_ce;
-  double balance = 0;  // sum over MoE layers of this micro-batch's balance value (mean over sequences)
+// What one micro-batch's forward through a slice produced besides its output: returned, never kept by
+// the layers; the caller (the stage runtime) reduces them over micro-batches and ranks.
+struct MicroBatchStats {
+  double main_ce = 0;          // sum of the main CE over valid labels (the slice with the head; else 0)
+  std::vector<double> mtp_ce;  // per MTP depth, the same (the slice with the head; else empty)
+  std::vector<MoeStats> moe;   // one per MoE layer of the slice, in moe_layers() order
+  // Sum over this slice's MoE layers of the micro-batch's balance value.
+  double balance_sum() const;
+};
+
+// A stage's forward of one micro-batch: the output for the next stage (undefined on the last stage) and
+// the statistics.
+struct StageOutput {
+  Tensor hidden;  // (B, T, H)
+  MicroBatchStats stats;
 };
 
 // Which part of the graph one rank holds (pipeline stage, expert shard). The default is the whole model.
@@ -65,8 +74,9 @@ struct ModelSlice {
                             // no embedding here, the stage holds its own copy of "model.embed_tokens" whose
                             // gradient the caller sums with the first stage's (see Model::embedding_id).
   ExpertPlacement experts;  // the routed experts held, the same range in every MoE layer
-  // Makes one exchange per MoE layer when experts are spread over ranks (null: all experts local).
-  std::function<std::unique_ptr<ExpertExchange>()> make_exchange;
+  // Moves token rows when experts are spread over ranks (null: all experts local). Not owned; must outlive
+  // the model. Stateless between calls (layers/expert_exchange.h), so every MoE layer shares it.
+  ExpertExchange* exchange = nullptr;
 };
 
 class Model {
@@ -81,17 +91,16 @@ class Model {
   void Finalize(DType dtype, uint64_t seed);
 
   // The whole slice for one micro-batch. `input` is the previous stage's output (B, T, H) (ignored on
-  // the first stage). Returns this stage's output for the next stage; on the last stage returns an
-  // undefined tensor and adds the losses to *sums.
-  Tensor ForwardStage(int mb, const MicroBatch& batch, const Tensor& input, const LossNormalizers& norm,
-                      LossSums* sums);
+  // the first stage). Returns this stage's output for the next stage (undefined on the last stage, which
+  // reports its losses in the stats instead) and the micro-batch's statistics.
+  StageOutput ForwardStage(int mb, const MicroBatch& batch, const Tensor& input, const LossNormalizers& norm);
   // `grad_output`: gradient of the loss w.r.t. this stage's output (undefined on the last stage). Returns
   // the gradient w.r.t. the stage input (undefined on the first stage).
   Tensor BackwardInputStage(int mb, const Tensor& grad_output);
   void BackwardWeight(int mb);
 
-  // The whole model in one slice (single rank).
-  LossSums Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm);
+  // The whole model in one slice (single rank): the micro-batch's statistics.
+  MicroBatchStats Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm);
   void BackwardInput(int mb) { BackwardInputStage(mb, Tensor()); }
 
   // Counts the valid labels of a set of micro-batches for every loss (main and each MTP depth).
@@ -114,7 +123,6 @@ class Model {
   LossConfig loss_;
   ModelSlice slice_;
   ParamTable params_;
-  std::vector<std::unique_ptr<ExpertExchange>> exchanges_;
   std::unique_ptr<Embedding> embed_;
   std::vector<std::unique_ptr<DecoderBlock>> blocks_;
   std::unique_ptr<OutputHead> head_;

@@ -20,8 +20,7 @@ MoE::MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix
       local_experts_(placement.count < 0 ? config.n_routed_experts : placement.count),
       exchange_(exchange),
       layer_(layer),
-      router_(table, config, prefix, layer),
-      expert_load_(static_cast<size_t>(config.n_routed_experts), 0) {
+      router_(table, config, prefix, layer) {
   FATHOM_CHECK(first_expert_ >= 0 && local_experts_ >= 1 && first_expert_ + local_experts_ <= num_experts_,
                "[moe ", prefix, "] experts [", first_expert_, ", ", first_expert_ + local_experts_, ") of ",
                num_experts_);
@@ -44,13 +43,7 @@ MoE::MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix
   }
 }
 
-void MoE::ResetStats() {
-  min_margin_ = std::numeric_limits<double>::infinity();
-  std::fill(expert_load_.begin(), expert_load_.end(), int64_t{0});
-  balance_loss_sum_ = 0.0;
-}
-
-Tensor MoE::Forward(int mb, const Tensor& x) {
+Tensor MoE::Forward(int mb, const Tensor& x, double balance_weight, MoeStats* stats) {
   FATHOM_CHECK(x.ndim() == 3 && x.dim(2) == hidden_, "[moe ", table_->spec(gate_proj_).name, "] input ",
                x.shape_str(), ", expected (B, T, ", hidden_, ")");
   // Phases (bench): routing, permutation, the exchange and the combine are dispatch/combine; the routed
@@ -59,11 +52,16 @@ Tensor MoE::Forward(int mb, const Tensor& x) {
   Ctx& c = saved_.Put(mb);
   c.batch = x.dim(0);
   c.seq = x.dim(1);
+  c.balance_weight = balance_weight;
   Tensor x2 = x.Flatten2D();
-  Route(mb, c, x2);
+  Route(mb, c, x2, stats);
   Permute(c, x2);
-  Dispatch(mb, c);
-  ComputeExperts(mb, c);
+  if (stats) {
+    stats->layer = layer_;
+    stats->expert_counts = c.counts;  // the host counts of the permutation: every (token, k) once
+  }
+  Dispatch(c);
+  ComputeExperts(c);
   Tensor y = Combine(c);
   if (shared_) {
     ScopedPhase experts(Phase::kExperts);
@@ -73,46 +71,43 @@ Tensor MoE::Forward(int mb, const Tensor& x) {
 }
 
 // The router saves x for its own backward; the balance value is a statistic here, its gradient is applied
-// in BackwardInput (scaled by balance_weight_).
-void MoE::Route(int mb, Ctx& c, const Tensor& x2) {
+// in BackwardInput (scaled by the micro-batch's balance weight).
+void MoE::Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats) {
   c.routing = router_.Forward(mb, x2);
-  balance_loss_sum_ += ops::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
-  if (track_margin_) {
+  const double balance = ops::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
+  if (stats) stats->balance = balance;
+  if (track_margin_ && stats) {
     // A test-only statistic, computed on the host from host router scores.
     FATHOM_CHECK(c.routing.scores.device() == Device::kCPU, "[moe ", table_->spec(gate_proj_).name,
                  "] selection-margin tracking reads HOST router scores, got scores on ",
                  DeviceName(c.routing.scores.device()));
-    min_margin_ = std::min(
-        min_margin_,
-        cpu::RouterSelectionMargin(c.routing.scores, table_->value(router_.bias_id()), router_.dims()));
+    stats->min_selection_margin =
+        cpu::RouterSelectionMargin(c.routing.scores, table_->value(router_.bias_id()), router_.dims());
   }
 }
 
-// The per-expert counts come back on the host on both backends (ops::MoePermute), so the expert loads
-// accumulate from them there: every (token, k) selection is counted once, as in topk_index.
+// The per-expert counts come back on the host on both backends (ops::MoePermute): every (token, k)
+// selection is counted once, as in topk_index.
 void MoE::Permute(Ctx& c, const Tensor& x2) {
   const int64_t rows = x2.dim(0) * top_k_;
   c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype(), x2.device());
   c.row_slot = Tensor::Empty({rows}, DType::kI64, x2.device());
   c.counts = Tensor::Empty({num_experts_}, DType::kI64);  // HOST
   ops::MoePermute(c.x_perm, c.row_slot, c.counts, x2, c.routing.topk_index);
-  const int64_t* counts = c.counts.data<int64_t>();
-  for (int64_t e = 0; e < num_experts_; ++e) expert_load_[static_cast<size_t>(e)] += counts[e];
 }
 
 // Without an exchange the permuted rows are the local experts' rows; with one, they travel to the ranks
 // holding their experts (DESIGN.md idea 3: this is the dispatch communication phase).
-void MoE::Dispatch(int mb, Ctx& c) {
+void MoE::Dispatch(Ctx& c) {
   if (!exchange_) {
     c.x_local = c.x_perm;
-    c.local_counts = c.counts;
+    c.dispatch.local_counts = c.counts;
     return;
   }
-  c.local_counts = exchange_->Begin(mb, c.counts);
-  c.x_local = exchange_->ToExperts(mb, c.x_perm);
+  c.x_local = exchange_->Dispatch(c.x_perm, c.counts, &c.dispatch);
 }
 
-void MoE::ComputeExperts(int mb, Ctx& c) {
+void MoE::ComputeExperts(Ctx& c) {
   ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
@@ -121,12 +116,12 @@ void MoE::ComputeExperts(int mb, Ctx& c) {
   c.up = Tensor::Empty({rows, intermediate_}, dt, dev);
   c.h = Tensor::Empty({rows, intermediate_}, dt, dev);
   Tensor y_local = Tensor::Empty({rows, hidden_}, dt, dev);
-  ops::GroupedMatmulNT(c.gate, c.x_local, table_->compute_value(gate_proj_), c.local_counts);
-  ops::GroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), c.local_counts);
+  ops::GroupedMatmulNT(c.gate, c.x_local, table_->compute_value(gate_proj_), c.dispatch.local_counts);
+  ops::GroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), c.dispatch.local_counts);
   ops::SwiGluForward(c.h, c.gate, c.up);
-  ops::GroupedMatmulNT(y_local, c.h, table_->compute_value(down_proj_), c.local_counts);
+  ops::GroupedMatmulNT(y_local, c.h, table_->compute_value(down_proj_), c.dispatch.local_counts);
   ScopedPhase combine(Phase::kDispatchCombine);  // the way back to the tokens' ranks
-  c.y_perm = exchange_ ? exchange_->FromExperts(mb, y_local) : y_local;
+  c.y_perm = exchange_ ? exchange_->Combine(y_local, c.dispatch) : y_local;
 }
 
 Tensor MoE::Combine(Ctx& c) {
@@ -145,11 +140,8 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), c.routing.topk_weight.dtype(), dy2.device());
   Tensor dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype(), dy2.device());
   ops::MoeCombineBackward(dy_perm, dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
-  Tensor dx_perm = ExpertsBackwardInput(mb, c, dy_perm);
-  if (exchange_) {
-    dx_perm = exchange_->FromExperts(mb, dx_perm);
-    exchange_->End(mb);
-  }
+  Tensor dx_perm = ExpertsBackwardInput(c, dy_perm);
+  if (exchange_) dx_perm = exchange_->Combine(dx_perm, c.dispatch);
   Tensor dx;
   if (shared_) {
     {
@@ -162,10 +154,10 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
     ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/false);
   }
   Tensor dscores;  // the balance loss is the only other consumer of the router scores
-  if (balance_weight_ != 0.0) {
+  if (c.balance_weight != 0.0) {
     dscores = Tensor::Zeros(c.routing.scores.shape(), c.routing.scores.dtype(), c.routing.scores.device());
     ops::SequenceBalanceLossBackward(dscores, c.routing.scores, c.routing.topk_index, c.batch, c.seq,
-                                     balance_weight_);
+                                     c.balance_weight);
   }
   router_.BackwardInput(mb, dx, dweight, dscores);
   return dx.Reshape(dy.shape());
@@ -173,20 +165,21 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
 
 // Combine's backward produced the output gradient in this rank's row order; it travels to the experts
 // the same way the tokens did (the combine-backward communication phase), and dx_local comes back.
-Tensor MoE::ExpertsBackwardInput(int mb, Ctx& c, const Tensor& dy_perm) {
-  c.dy_local = exchange_ ? exchange_->ToExperts(mb, dy_perm) : dy_perm;
+Tensor MoE::ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm) {
+  c.dy_local = exchange_ ? exchange_->Dispatch(dy_perm, c.dispatch) : dy_perm;
   ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
   Tensor dh = Tensor::Empty({rows, intermediate_}, dt, dev);
-  ops::GroupedMatmulNN(dh, c.dy_local, table_->compute_value(down_proj_), c.local_counts);
+  ops::GroupedMatmulNN(dh, c.dy_local, table_->compute_value(down_proj_), c.dispatch.local_counts);
   c.dgate = Tensor::Empty({rows, intermediate_}, dt, dev);
   c.dup = Tensor::Empty({rows, intermediate_}, dt, dev);
   ops::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
   Tensor dx_local = Tensor::Empty({rows, hidden_}, dt, dev);
-  ops::GroupedMatmulNN(dx_local, c.dgate, table_->compute_value(gate_proj_), c.local_counts);
-  ops::GroupedMatmulNN(dx_local, c.dup, table_->compute_value(up_proj_), c.local_counts, /*accumulate=*/true);
+  ops::GroupedMatmulNN(dx_local, c.dgate, table_->compute_value(gate_proj_), c.dispatch.local_counts);
+  ops::GroupedMatmulNN(dx_local, c.dup, table_->compute_value(up_proj_), c.dispatch.local_counts,
+                       /*accumulate=*/true);
   return dx_local;
 }
 
@@ -201,9 +194,9 @@ void MoE::BackwardWeight(int mb) {
 }
 
 void MoE::ExpertsBackwardWeight(Ctx& c) {
-  ops::GroupedMatmulTN(table_->grad(down_proj_), c.dy_local, c.h, c.local_counts);
-  ops::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_local, c.local_counts);
-  ops::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_local, c.local_counts);
+  ops::GroupedMatmulTN(table_->grad(down_proj_), c.dy_local, c.h, c.dispatch.local_counts);
+  ops::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_local, c.dispatch.local_counts);
+  ops::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_local, c.dispatch.local_counts);
 }
 
 }  // namespace fathom

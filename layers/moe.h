@@ -14,16 +14,21 @@
 // Every token goes to exactly K experts: no capacity, no dropping; an expert may receive zero tokens.
 //
 // The forward runs as explicit phases so that expert parallelism can put an all-to-all between them:
-//   route (router + balance loss + selection margin) -> permute (token copies sorted by expert, per-expert
-//   counts on the host, expert loads accumulated from them) -> expert compute (grouped GEMMs over contiguous
-//   per-expert row blocks) -> combine (unpermute + weighted sum), plus the shared expert.
+//   route (router + balance value + selection margin) -> permute (token copies sorted by expert, per-expert
+//   counts on the host) -> dispatch (through the exchange, which returns a handle kept with the
+//   micro-batch) -> expert compute (grouped GEMMs over contiguous per-expert row blocks) -> combine (back
+//   through the exchange with the handle, then unpermute + weighted sum), plus the shared expert.
 // BackwardInput mirrors it (combine, experts, permute, router, shared expert dgrad); BackwardWeight
 // accumulates the expert, router and shared-expert weight gradients. Layer contract of layers/layer.h.
 //
+// Statistics are returned, never kept: Forward fills a MoeStats for its micro-batch (the tokens routed to
+// each expert, the input of the bias update, and the balance value), and the caller sums them.
+//
 // Balance loss: Forward computes, per micro-batch, the mean over the B sequences of Bal_b (see
-// cpu::SequenceBalanceLoss) and adds it to balance_loss_sum(). BackwardInput adds the gradient of
-// balance_weight() * that value (through the normalised scores and the sigmoid, to the router weight and
-// x; f_i is a constant). The trainer sets balance_weight = alpha / micro-batches; 0 (default) = none.
+// cpu::SequenceBalanceLoss) and returns it in MoeStats::balance. BackwardInput adds the gradient of
+// balance_weight * that value (through the normalised scores and the sigmoid, to the router weight and
+// x; f_i is a constant), with the balance_weight given to that micro-batch's Forward (the model passes
+// alpha / micro-batches of the step; 0 = none).
 #ifndef FATHOM_LAYERS_MOE_H_
 #define FATHOM_LAYERS_MOE_H_
 
@@ -41,6 +46,16 @@
 
 namespace fathom {
 
+// One micro-batch's statistics of one MoE layer.
+struct MoeStats {
+  int layer = -1;        // the HF layer index of the MoE block
+  Tensor expert_counts;  // (E) i64 HOST: token copies routed to each global expert (every (token, k) once)
+  double balance = 0;    // the unweighted balance value: mean over the micro-batch's sequences of Bal_b
+  // Tests: the smallest routing decision margin (cpu::RouterSelectionMargin) when the layer tracks it
+  // (set_track_selection_margin), else +infinity.
+  double min_selection_margin = std::numeric_limits<double>::infinity();
+};
+
 class MoE {
  public:
   // Holds the routed experts of `placement` (all by default); `exchange` (not owned, may be null when all
@@ -50,23 +65,15 @@ class MoE {
   MoE(const MoE&) = delete;
   MoE& operator=(const MoE&) = delete;
 
-  Tensor Forward(int mb, const Tensor& x);         // x (B, T, H) -> y (B, T, H)
+  // x (B, T, H) -> y (B, T, H). `balance_weight` scales this micro-batch's balance-loss gradient in its
+  // backward; `stats` (may be null) receives the micro-batch's statistics.
+  Tensor Forward(int mb, const Tensor& x, double balance_weight = 0.0, MoeStats* stats = nullptr);
   Tensor BackwardInput(int mb, const Tensor& dy);  // dy (B, T, H) -> dx (B, T, H)
   void BackwardWeight(int mb);
 
-  void set_balance_weight(double w) { balance_weight_ = w; }
-  double balance_weight() const { return balance_weight_; }
-
-  // Statistics since the last ResetStats(): tokens routed to each expert (E), summed over every forwarded
-  // micro-batch (the input of the bias update), and the sum over those micro-batches of the unweighted
-  // balance value.
-  const std::vector<int64_t>& expert_load() const { return expert_load_; }
-  double balance_loss_sum() const { return balance_loss_sum_; }
-  void ResetStats();
-  // Tests: when on, Forward also tracks the smallest routing decision margin since ResetStats()
-  // (cpu::RouterSelectionMargin), so a gradient check can make sure its perturbations flip no selection.
+  // Tests: when on, Forward also reports the smallest routing decision margin (MoeStats), so a gradient
+  // check can make sure its perturbations flip no selection. Configuration, not per-step state.
   void set_track_selection_margin(bool on) { track_margin_ = on; }
-  double min_selection_margin() const { return min_margin_; }
 
   int64_t num_experts() const { return num_experts_; }
   int64_t num_local_experts() const { return local_experts_; }
@@ -82,28 +89,29 @@ class MoE {
  private:
   struct Ctx {
     int64_t batch = 0, seq = 0;
-    RouterOutput routing;  // scores (N, E), topk_index (N, K) i64, topk_weight (N, K)
-    Tensor x_perm;         // (R, H) token copies sorted by expert, R = N * K
-    Tensor row_slot;       // (R) i64 slot t * K + k held by each permuted row
-    Tensor counts;         // (E) i64 rows per expert, HOST
+    double balance_weight = 0;
+    RouterOutput routing;     // scores (N, E), topk_index (N, K) i64, topk_weight (N, K)
+    Tensor x_perm;            // (R, H) token copies sorted by expert, R = N * K
+    Tensor row_slot;          // (R) i64 slot t * K + k held by each permuted row
+    Tensor counts;            // (E) i64 rows per expert, HOST
+    DispatchHandle dispatch;  // the exchange's layout (local_counts alone without an exchange)
     // The rows of the local experts (all rows without an exchange), R_local of them grouped by local expert.
-    Tensor x_local;       // (R_local, H)
-    Tensor local_counts;  // (E_local) i64
-    Tensor gate, up, h;   // (R_local, I) expert pre-activations and hidden
-    Tensor y_perm;        // (R, H) expert outputs back in this rank's order, unweighted
-    Tensor dy_local;      // (R_local, H) set by BackwardInput
-    Tensor dgate, dup;    // (R_local, I) set by BackwardInput
+    Tensor x_local;      // (R_local, H)
+    Tensor gate, up, h;  // (R_local, I) expert pre-activations and hidden
+    Tensor y_perm;       // (R, H) expert outputs back in this rank's order, unweighted
+    Tensor dy_local;     // (R_local, H) set by BackwardInput
+    Tensor dgate, dup;   // (R_local, I) set by BackwardInput
   };
 
   // Forward phases.
-  void Route(int mb, Ctx& c, const Tensor& x2);
+  void Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats);
   void Permute(Ctx& c, const Tensor& x2);
-  void Dispatch(int mb, Ctx& c);        // x_perm -> x_local (communication with an exchange)
-  void ComputeExperts(int mb, Ctx& c);  // x_local -> y_perm (back through the exchange)
-  Tensor Combine(Ctx& c);               // (N, H), routed part only
+  void Dispatch(Ctx& c);        // x_perm -> x_local (communication with an exchange)
+  void ComputeExperts(Ctx& c);  // x_local -> y_perm (back through the exchange)
+  Tensor Combine(Ctx& c);       // (N, H), routed part only
   // Backward phases.
   // dy_perm (R, H) -> dx_local (R_local, H); sets c.dy_local, c.dgate, c.dup.
-  Tensor ExpertsBackwardInput(int mb, Ctx& c, const Tensor& dy_perm);
+  Tensor ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm);
   void ExpertsBackwardWeight(Ctx& c);
 
   ParamTable* table_;
@@ -114,11 +122,7 @@ class MoE {
   Router router_;
   int gate_proj_, up_proj_, down_proj_;
   std::unique_ptr<DenseMlp> shared_;
-  double balance_weight_ = 0.0;
-  std::vector<int64_t> expert_load_;
-  double balance_loss_sum_ = 0.0;
   bool track_margin_ = false;
-  double min_margin_ = std::numeric_limits<double>::infinity();
   SavedByMicroBatch<Ctx> saved_;
 };
 

@@ -24,15 +24,16 @@
 // it, and its partner needs stage 1's compute up to B(k), which waited only for stage 1's groups up to k,
 // whose partners are stage 0's groups before k. Enqueueing never blocks the host once the peers are
 // connected (ConnectNeighbours), and a host that waits at a sync point waits for its own compute stream,
-// which the above shows completes. The trainer's embedding-gradient exchange after Run, {S, R} on both
-// stages, mirrors itself. (Stage 0's first send leaves only with that group, after F1's compute queued
-// before R g0 was posted: correct, at the price of some overlap.)
+// which the above shows completes. The stage runtime's embedding-gradient exchange after Run (its own
+// tag, parallel/stage_runtime.cc), {S, R} on both stages, mirrors itself. (Stage 0's first send leaves only
+// with that group, after F1's compute queued before R g0 was posted: correct, at the price of some overlap.)
 
 namespace fathom {
 namespace {
 
-// The tag of the connecting exchange (below the trainer's kMaxTag); every message of it is received
-// before Run can start, so it never meets the tags 2*mb and 2*mb+1.
+// The tag of the connecting exchange; every message of it is received before Run can start, so it never
+// meets the tags 2*mb and 2*mb+1. (The stage runtime's tags for its own messages on this group are listed
+// in parallel/stage_runtime.h; they stay clear of this one.)
 constexpr int kConnectTag = Communicator::kMaxTag - 1;
 
 // NCCL orders an operation after the compute stream it was given and its Wait() orders that stream; the
@@ -85,14 +86,15 @@ void PipelineExecutor::Send(const Tensor& t, int peer, int tag, const char* what
   in_flight_.push_back(t);
 }
 
-void PipelineExecutor::Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm, LossSums* sums) {
+MicroBatchStats PipelineExecutor::Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm) {
   Tensor input;
   if (stage_ > 0) {
     input = Tensor::Empty(shape_, dtype_, device_);
     pp_.Recv(input, stage_ - 1, 2 * mb);
   }
-  Tensor out = model_.ForwardStage(mb, batch, input, norm, sums);
-  if (stage_ + 1 < stages_) Send(out, stage_ + 1, 2 * mb, "its output");
+  StageOutput out = model_.ForwardStage(mb, batch, input, norm);
+  if (stage_ + 1 < stages_) Send(out.hidden, stage_ + 1, 2 * mb, "its output");
+  return std::move(out.stats);
 }
 
 void PipelineExecutor::BackwardInput(int mb) {
@@ -105,11 +107,11 @@ void PipelineExecutor::BackwardInput(int mb) {
   if (stage_ > 0) Send(dx, stage_ - 1, 2 * mb + 1, "its input gradient");
 }
 
-LossSums PipelineExecutor::Run(const std::vector<Instruction>& program,
-                               const std::vector<MicroBatch>& batches, const LossNormalizers& norm) {
+std::vector<MicroBatchStats> PipelineExecutor::Run(const std::vector<Instruction>& program,
+                                                   const std::vector<MicroBatch>& batches,
+                                                   const LossNormalizers& norm) {
   if (stages_ > 1) CheckStreams(pp_, device_);
-  LossSums sums;
-  sums.mtp_ce.assign(norm.mtp_tokens.size(), 0.0);
+  std::vector<MicroBatchStats> stats(batches.size());
   for (const Instruction& ins : program) {
     FATHOM_CHECK(ins.chunk == 0 && ins.kind != OpKind::kFB,
                  "pipeline executor runs single-chunk schedules; got ", ToString(ins));
@@ -117,7 +119,7 @@ LossSums PipelineExecutor::Run(const std::vector<Instruction>& program,
                  " for ", batches.size(), " micro-batches");
     switch (ins.kind) {
       case OpKind::kF:
-        Forward(ins.mb, batches[ins.mb], norm, &sums);
+        stats[ins.mb] = Forward(ins.mb, batches[ins.mb], norm);
         break;
       case OpKind::kB:
         BackwardInput(ins.mb);
@@ -136,7 +138,7 @@ LossSums PipelineExecutor::Run(const std::vector<Instruction>& program,
   WaitAll(sends_);
   sends_.clear();
   in_flight_.clear();
-  return sums;
+  return stats;
 }
 
 }  // namespace fathom

@@ -39,13 +39,14 @@ class PipelineExecutor {
   PipelineExecutor(Model& model, Communicator& pp, Shape activation_shape, DType activation_dtype,
                    Device device);
 
-  // Runs `program` (this rank's list) over `batches` (indexed by micro-batch id). Returns this stage's
-  // loss sums (zero except on the last stage, balance on every stage with MoE layers).
-  LossSums Run(const std::vector<Instruction>& program, const std::vector<MicroBatch>& batches,
-               const LossNormalizers& norm);
+  // Runs `program` (this rank's list) over `batches` (indexed by micro-batch id). Returns the statistics
+  // of every micro-batch this stage forwarded, indexed by micro-batch id (losses on the last stage only,
+  // MoE statistics on every stage with MoE layers); the caller reduces them.
+  std::vector<MicroBatchStats> Run(const std::vector<Instruction>& program,
+                                   const std::vector<MicroBatch>& batches, const LossNormalizers& norm);
 
  private:
-  void Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm, LossSums* sums);
+  MicroBatchStats Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm);
   void BackwardInput(int mb);
   void Send(const Tensor& t, int peer, int tag, const char* what);
   void ConnectNeighbours();

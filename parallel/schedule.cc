@@ -63,6 +63,29 @@ absl::Status CheckScheduleShape(ScheduleKind kind, int pp, int micro_batches) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateParallelSchedule(const ParallelConfig& parallel, const ModelConfig& model) {
+  absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(parallel.schedule);
+  if (!kind.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel.schedule must be one of 1f1b, zb1p, dualpipe, dualpipev; got '", parallel.schedule, "'"));
+  }
+  // DualPipeV cuts the model into 2 * pp stages (a V over the pp ranks); the others into pp.
+  const int64_t stages = NumStages(*kind, static_cast<int>(parallel.pp));
+  const std::string stages_name = *kind == ScheduleKind::kDualPipeV ? "2 * parallel.pp" : "parallel.pp";
+  if (stages > model.num_hidden_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(stages_name, " (", stages, ") must be <= model.num_hidden_layers (",
+                     model.num_hidden_layers, "): every stage holds at least one decoder layer"));
+  }
+  const size_t entries = parallel.stage_layers.size();
+  if (entries != 0 && static_cast<int64_t>(entries) != stages) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel.stage_layers has ", entries, entries == 1 ? " entry" : " entries", ", must have ",
+        stages_name, " (", stages, ") for parallel.schedule ", parallel.schedule));
+  }
+  return CheckScheduleShape(*kind, static_cast<int>(parallel.pp), static_cast<int>(parallel.micro_batches));
+}
+
 const char* OpKindName(OpKind kind) {
   switch (kind) {
     case OpKind::kF:

@@ -49,6 +49,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "framework/config.h"
 
 namespace fathom {
 
@@ -65,6 +66,11 @@ int NumStages(ScheduleKind kind, int pp);
 //   1F1B, ZB1P: pp >= 1, micro_batches >= 1;
 //   DualPipe: pp even, micro_batches even and >= 2*pp;  DualPipeV: pp >= 1, micro_batches >= 2*pp.
 absl::Status CheckScheduleShape(ScheduleKind kind, int pp, int micro_batches);
+// A recipe's parallel section against the schedules' rules (the one place that knows them; framework/
+// config.h checks only what needs no schedule knowledge): parallel.schedule names a schedule, the model
+// has a decoder layer for each of its NumStages stages, parallel.stage_layers (when given) has NumStages
+// entries, and CheckScheduleShape. InvalidArgument naming the key.
+absl::Status ValidateParallelSchedule(const ParallelConfig& parallel, const ModelConfig& model);
 
 enum class OpKind : uint8_t { kF, kB, kW, kBW, kFB };
 const char* OpKindName(OpKind kind);  // "F", "B", "W", "BW", "FB"

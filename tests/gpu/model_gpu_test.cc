@@ -53,8 +53,8 @@ StepResult RunStep(Model& model, const std::vector<MicroBatch>& batches, const L
                    const LossConfig& loss) {
   StepResult r;
   for (int mb = 0; mb < static_cast<int>(batches.size()); ++mb) {
-    LossSums s = model.Forward(mb, batches[mb], norm);
-    r.loss += s.main_ce / norm.main_tokens + norm.balance_weight * s.balance;
+    MicroBatchStats s = model.Forward(mb, batches[mb], norm);
+    r.loss += s.main_ce / norm.main_tokens + norm.balance_weight * s.balance_sum();
     for (size_t k = 0; k < s.mtp_ce.size(); ++k)
       r.loss += loss.mtp_lambda / s.mtp_ce.size() * s.mtp_ce[k] / norm.mtp_tokens[k];
     model.BackwardInput(mb);
@@ -85,10 +85,12 @@ std::vector<MicroBatch> DrawInputs(Model& cpu, std::mt19937_64& rng, int64_t bat
     std::vector<MicroBatch> batches = {testing::RandomBatch(rng, batch, seq, cfg.vocab_size),
                                        testing::RandomBatch(rng, batch, seq, cfg.vocab_size)};
     LossNormalizers probe = cpu.Normalizers(batches, 2);
-    for (MoE* moe : cpu.moe_layers()) moe->ResetStats();
-    for (int mb = 0; mb < 2; ++mb) cpu.Forward(1000 + 2 * attempt + mb, batches[mb], probe);
     double worst = 1e9;
-    for (MoE* moe : cpu.moe_layers()) worst = std::min(worst, moe->min_selection_margin());
+    for (int mb = 0; mb < 2; ++mb) {
+      for (const MoeStats& m : cpu.Forward(1000 + 2 * attempt + mb, batches[mb], probe).moe) {
+        worst = std::min(worst, m.min_selection_margin);
+      }
+    }
     if (worst > margin) {
       std::printf("routing margin %.2e after %d redraws\n", worst, attempt);
       return batches;

@@ -1,7 +1,7 @@
 // The multi-rank components on the GPU under mpirun, one rank per GPU, against their host path over MPI on
 // the same data:
-//   ExchangeGpu  CommExpertExchange with CUDA rows over NCCL and host counts over MPI: dispatch (ToExperts)
-//                and combine (FromExperts) of f32 and bf16 rows, uneven random counts with an expert that
+//   ExchangeGpu  AllToAllExpertExchange with CUDA rows over NCCL and host counts over MPI: dispatch
+//                and combine of f32 and bf16 rows, uneven random counts with an expert that
 //                receives nothing and a rank that sends nothing, two micro-batches in flight. Pure data
 //                movement, so bitwise equal to the host path, which is itself checked against the rows
 //                every rank recomputes from the shared seed.
@@ -25,8 +25,8 @@
 #include "framework/ops.h"
 #include "framework/param_table.h"
 #include "gtest/gtest.h"
+#include "parallel/all_to_all_exchange.h"
 #include "parallel/cuda/nccl_communicator.h"
-#include "parallel/expert_exchange_mpi.h"
 #include "parallel/launch_env.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/zero.h"
@@ -194,22 +194,27 @@ TEST_F(ExchangeGpu, DispatchAndCombineMatchTheHostPathBitwise) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(DTypeName(dtype));
     const int salt = dtype == DType::kF32 ? 0 : 10;
-    CommExpertExchange host(&mpi(), experts);             // rows and counts over MPI
-    CommExpertExchange device(&nccl(), experts, &mpi());  // rows over NCCL, counts over MPI
-    // Both micro-batches begin before either is used, as in a pipeline with several in flight.
-    std::vector<Tensor> counts, local;
+    AllToAllExpertExchange host(&mpi(), experts);             // rows and counts over MPI
+    AllToAllExpertExchange device(&nccl(), experts, &mpi());  // rows over NCCL, counts over MPI
+    // Both micro-batches dispatch before either combines, as in a pipeline with several in flight: each
+    // keeps its own handle, the exchange keeps nothing.
+    std::vector<Tensor> counts, xs, grouped, device_grouped;
+    std::vector<DispatchHandle> host_handle(2), device_handle(2);
     for (int mb = 0; mb < 2; ++mb) {
       counts.push_back(RankCounts(seed_, r(), mb, experts, empty, mb == 1 ? silent : -1));
-      local.push_back(host.Begin(mb, counts[mb]));
-      EXPECT_TRUE(SameBits(device.Begin(mb, counts[mb]), local[mb])) << "mb " << mb;
+      xs.push_back(RankRows(seed_, r(), salt + mb, Total(counts[mb]), kWidth, dtype));
+      grouped.push_back(host.Dispatch(xs[mb], counts[mb], &host_handle[mb]));
+      device_grouped.push_back(ToHost(device.Dispatch(ToDevice(xs[mb]), counts[mb], &device_handle[mb])));
+      EXPECT_TRUE(SameBits(device_handle[mb].local_counts, host_handle[mb].local_counts)) << "mb " << mb;
     }
     for (int mb : {1, 0}) {
       SCOPED_TRACE("micro-batch " + std::to_string(mb));
-      const int64_t rows = Total(counts[mb]), arrived = Total(local[mb]);
-      const Tensor x = RankRows(seed_, r(), salt + mb, rows, kWidth, dtype);
+      const Tensor& local = host_handle[mb].local_counts;
+      const Tensor& x = xs[mb];
+      const int64_t arrived = Total(local);
 
-      // What ToExperts must deliver, from every rank's recomputed rows: local expert by local expert, the
-      // rows of each source rank in its order (a source's rows are in global-expert order).
+      // What the dispatch must deliver, from every rank's recomputed rows: local expert by local expert,
+      // the rows of each source rank in its order (a source's rows are in global-expert order).
       Tensor want = Tensor::Empty({arrived, kWidth}, dtype);
       int64_t at = 0;
       for (int64_t e = 0; e < kLocalExperts; ++e) {
@@ -217,35 +222,34 @@ TEST_F(ExchangeGpu, DispatchAndCombineMatchTheHostPathBitwise) {
         int64_t expected_local = 0;
         for (int src = 0; src < p(); ++src) {
           const Tensor c = RankCounts(seed_, src, mb, experts, empty, mb == 1 ? silent : -1);
-          const Tensor xs = RankRows(seed_, src, salt + mb, Total(c), kWidth, dtype);
+          const Tensor src_rows = RankRows(seed_, src, salt + mb, Total(c), kWidth, dtype);
           int64_t offset = 0;
           for (int64_t k = 0; k < g; ++k) offset += c.data<int64_t>()[k];
           const int64_t n = c.data<int64_t>()[g];
-          if (n > 0) want.Rows(at, at + n).CopyFrom(xs.Rows(offset, offset + n));
+          if (n > 0) want.Rows(at, at + n).CopyFrom(src_rows.Rows(offset, offset + n));
           at += n;
           expected_local += n;
         }
-        EXPECT_EQ(local[mb].data<int64_t>()[e], expected_local) << "local expert " << e;
+        EXPECT_EQ(local.data<int64_t>()[e], expected_local) << "local expert " << e;
         if (g == empty) {
           EXPECT_EQ(expected_local, 0);
         }
       }
       EXPECT_EQ(at, arrived);
-
-      const Tensor grouped = host.ToExperts(mb, x);
-      EXPECT_TRUE(SameBits(grouped, want)) << "host dispatch";
-      EXPECT_TRUE(SameBits(ToHost(device.ToExperts(mb, ToDevice(x))), grouped)) << "device dispatch";
+      EXPECT_TRUE(SameBits(grouped[mb], want)) << "host dispatch";
+      EXPECT_TRUE(SameBits(device_grouped[mb], grouped[mb])) << "device dispatch";
+      // The cached-layout dispatch (the backward's) moves the same rows the same way.
+      EXPECT_TRUE(SameBits(host.Dispatch(x, host_handle[mb]), want)) << "host dispatch with a handle";
+      EXPECT_TRUE(SameBits(ToHost(device.Dispatch(ToDevice(x), device_handle[mb])), want))
+          << "device dispatch with a handle";
 
       // Combine: random expert outputs, then the dispatched rows, which must come back as x.
       const Tensor y = RankRows(seed_, r(), salt + mb + 5, arrived, kWidth, dtype);
-      const Tensor back = host.FromExperts(mb, y);
-      EXPECT_TRUE(SameBits(ToHost(device.FromExperts(mb, ToDevice(y))), back)) << "device combine";
-      EXPECT_TRUE(SameBits(host.FromExperts(mb, grouped), x)) << "host round trip";
-      EXPECT_TRUE(SameBits(ToHost(device.FromExperts(mb, ToDevice(grouped))), x)) << "device round trip";
-    }
-    for (int mb = 0; mb < 2; ++mb) {
-      host.End(mb);
-      device.End(mb);
+      const Tensor back = host.Combine(y, host_handle[mb]);
+      EXPECT_TRUE(SameBits(ToHost(device.Combine(ToDevice(y), device_handle[mb])), back)) << "device combine";
+      EXPECT_TRUE(SameBits(host.Combine(grouped[mb], host_handle[mb]), x)) << "host round trip";
+      EXPECT_TRUE(SameBits(ToHost(device.Combine(ToDevice(grouped[mb]), device_handle[mb])), x))
+          << "device round trip";
     }
   }
 }

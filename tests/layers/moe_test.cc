@@ -237,25 +237,26 @@ TEST(MoeTest, BalanceLossAndExpertLoadMatchDirectComputation) {
   std::mt19937_64 rng(seed);
   for (const MoeCase& mc : {kGrouped, kFlat}) {
     Harness hn(mc, rng);
-    std::vector<int64_t> load(kE, 0);
-    double balance_sum = 0;
+    // The statistics are per micro-batch and returned: the layer keeps nothing between forwards.
     for (int mb = 0; mb < 2; ++mb) {
       Tensor x = RandomTensor({kB, mc.seq, kH}, DType::kF64, rng);
-      hn.moe.Forward(mb, x);
+      MoeStats stats;
+      hn.moe.Forward(mb, x, /*balance_weight=*/0.0, &stats);
       const double bal = ReferenceBalance(hn, x, mc.seq);
       EXPECT_GT(bal, 0.0);
-      balance_sum += bal;
+      std::vector<int64_t> load(kE, 0);
       for (int64_t t = 0; t < kB * mc.seq; ++t)
         for (int64_t e : ReferenceRoute(hn, x, t).experts) ++load[e];
-      EXPECT_NEAR(hn.moe.balance_loss_sum(), balance_sum, 1e-12);
-      EXPECT_EQ(hn.moe.expert_load(), load);
+      EXPECT_NEAR(stats.balance, bal, 1e-12);
+      EXPECT_EQ(stats.layer, hn.moe.layer());
+      ASSERT_EQ(stats.expert_counts.numel(), kE);
+      const std::vector<int64_t> counts(stats.expert_counts.data<int64_t>(),
+                                        stats.expert_counts.data<int64_t>() + kE);
+      EXPECT_EQ(counts, load);
       int64_t total = 0;
-      for (int64_t v : hn.moe.expert_load()) total += v;
-      EXPECT_EQ(total, (mb + 1) * kB * mc.seq * mc.k);
+      for (int64_t v : counts) total += v;
+      EXPECT_EQ(total, kB * mc.seq * mc.k);
     }
-    hn.moe.ResetStats();
-    EXPECT_EQ(hn.moe.balance_loss_sum(), 0.0);
-    EXPECT_EQ(hn.moe.expert_load(), std::vector<int64_t>(kE, 0));
   }
 }
 
@@ -268,12 +269,13 @@ TEST(MoeTest, StarvedExpertWorksAndKeepsZeroGradients) {
   for (const MoeCase& mc : {kGrouped, kFlat}) {
     Harness hn(mc, rng);
     hn.bias().data<double>()[0] = -10.0;
-    hn.moe.set_balance_weight(0.7);
     Tensor x = RandomTensor({kB, mc.seq, kH}, DType::kF64, rng);
-    Tensor y = hn.moe.Forward(0, x);
+    MoeStats stats;
+    Tensor y = hn.moe.Forward(0, x, /*balance_weight=*/0.7, &stats);
+    const int64_t* load = stats.expert_counts.data<int64_t>();
     std::vector<double> ref = NaiveForward(hn, x);
     for (int64_t i = 0; i < y.numel(); ++i) ASSERT_NEAR(y.Item(i), ref[i], 1e-12);
-    ASSERT_EQ(hn.moe.expert_load()[0], 0);
+    ASSERT_EQ(load[0], 0);
     Tensor dx = hn.moe.BackwardInput(0, RandomTensor(x.shape(), DType::kF64, rng));
     hn.moe.BackwardWeight(0);
     for (int64_t i = 0; i < dx.numel(); ++i) ASSERT_TRUE(std::isfinite(dx.Item(i)));
@@ -283,7 +285,7 @@ TEST(MoeTest, StarvedExpertWorksAndKeepsZeroGradients) {
       for (int64_t e = 0; e < kE; ++e) {
         double norm = 0;
         for (int64_t i = e * per_expert; i < (e + 1) * per_expert; ++i) norm += g.Item(i) * g.Item(i);
-        if (hn.moe.expert_load()[e] == 0) {
+        if (load[e] == 0) {
           EXPECT_EQ(norm, 0.0) << hn.table.spec(id).name << " expert " << e;
         } else {
           EXPECT_GT(norm, 0.0) << hn.table.spec(id).name << " expert " << e;
@@ -298,21 +300,20 @@ void CheckGradients(const MoeCase& mc, double balance_weight, bool starve, std::
   Harness hn(mc, rng);
   if (starve) hn.bias().data<double>()[kE - 1] = -10.0;
   MoE& moe = hn.moe;
-  moe.set_balance_weight(balance_weight);
   Tensor x = DrawWellSeparatedInput(hn, mc.seq, rng);
   ASSERT_TRUE(x.defined()) << "no input with selection margins > 1e-4 in 200 draws";
   Tensor r = RandomTensor(x.shape(), DType::kF64, rng);
   Tensor dx = Tensor::Zeros(x.shape(), DType::kF64);
   int mb = 0;
   auto loss = [&] {
-    moe.ResetStats();  // balance_loss_sum() then holds exactly this forward's value
-    const double v = Dot(moe.Forward(mb++, x), r);
-    return v + balance_weight * moe.balance_loss_sum();
+    MoeStats stats;  // this forward's balance value
+    const double v = Dot(moe.Forward(mb++, x, balance_weight, &stats), r);
+    return v + balance_weight * stats.balance;
   };
   auto grads = [&] {
     hn.table.ZeroGrads();
     const int id = mb++;
-    moe.Forward(id, x);
+    moe.Forward(id, x, balance_weight);
     dx.CopyFrom(moe.BackwardInput(id, r));
     moe.BackwardWeight(id);
   };
@@ -374,9 +375,8 @@ TEST(MoeTest, BalanceGradientFlowsOnlyThroughScores) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   Harness hn(kGrouped, rng);
-  hn.moe.set_balance_weight(0.7);
   Tensor x = RandomTensor({kB, kGrouped.seq, kH}, DType::kF64, rng);
-  hn.moe.Forward(0, x);
+  hn.moe.Forward(0, x, /*balance_weight=*/0.7);
   Tensor dx = hn.moe.BackwardInput(0, Tensor::Zeros(x.shape(), DType::kF64));
   hn.moe.BackwardWeight(0);
   double dx_norm = 0;
@@ -402,11 +402,10 @@ TEST(MoeTest, BiasReceivesNoGradient) {
   std::mt19937_64 rng(seed);
   for (const MoeCase& mc : {kGrouped, kFlat}) {
     Harness hn(mc, rng);
-    hn.moe.set_balance_weight(0.7);
     const Tensor bias_before = hn.bias().Clone();
     for (int mb = 0; mb < 2; ++mb) {
       Tensor x = RandomTensor({kB, mc.seq, kH}, DType::kF64, rng);
-      hn.moe.Forward(mb, x);
+      hn.moe.Forward(mb, x, /*balance_weight=*/0.7);
       hn.moe.BackwardInput(mb, RandomTensor(x.shape(), DType::kF64, rng));
       hn.moe.BackwardWeight(mb);
     }

@@ -78,18 +78,20 @@ TEST(ModelGradCheck, WholeModelWithMtpAndBalanceLoss) {
     RandomizeParameters(p, rng);
     batches = {RandomBatch(rng, 2, 6, cfg.vocab_size), RandomBatch(rng, 2, 6, cfg.vocab_size)};
     norm = model.Normalizers(batches, 2);
-    for (MoE* moe : model.moe_layers()) moe->ResetStats();
-    for (int mb = 0; mb < 2; ++mb) model.Forward(1000 + attempt * 2 + mb, batches[mb], norm);
     double margin = 1e9;
-    for (MoE* moe : model.moe_layers()) margin = std::min(margin, moe->min_selection_margin());
+    for (int mb = 0; mb < 2; ++mb) {
+      for (const MoeStats& m : model.Forward(1000 + attempt * 2 + mb, batches[mb], norm).moe) {
+        margin = std::min(margin, m.min_selection_margin);
+      }
+    }
     if (margin > 2e-3) break;
   }
   int next_mb = 100000;
   auto total_loss = [&]() {
     double l = 0;
     for (const MicroBatch& b : batches) {
-      LossSums s = model.Forward(next_mb++, b, norm);
-      l += s.main_ce / norm.main_tokens + norm.balance_weight * s.balance;
+      MicroBatchStats s = model.Forward(next_mb++, b, norm);
+      l += s.main_ce / norm.main_tokens + norm.balance_weight * s.balance_sum();
       for (size_t k = 0; k < s.mtp_ce.size(); ++k)
         l += loss.mtp_lambda / s.mtp_ce.size() * s.mtp_ce[k] / norm.mtp_tokens[k];
     }

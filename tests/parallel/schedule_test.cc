@@ -296,3 +296,33 @@ TEST(ScheduleValidate, EveryGeneratedListIsCompleteAndUsesOverlappedPairs) {
 
 }  // namespace
 }  // namespace fathom
+
+namespace fathom {
+namespace {
+
+// The schedule rules a recipe's parallel section must meet (moved here from framework/config with the
+// same messages: the schedules are the one place that knows them).
+std::string ScheduleError(const std::vector<std::string>& overrides) {
+  absl::StatusOr<Recipe> r = LoadRecipe(FATHOM_SOURCE_DIR "/recipes/tiny.yaml", overrides);
+  if (!r.ok()) return std::string(r.status().message());
+  absl::Status s = ValidateParallelSchedule(r->parallel, r->model);
+  return s.ok() ? "" : std::string(s.message());
+}
+
+TEST(ScheduleRecipe, StageRulesComeFromTheSchedule) {
+  EXPECT_THAT(ScheduleError({"parallel.schedule=gpipe"}),
+              HasSubstr("parallel.schedule must be one of 1f1b, zb1p, dualpipe, dualpipev; got 'gpipe'"));
+  EXPECT_THAT(ScheduleError({"parallel.pp=2", "parallel.stage_layers=[3]"}),
+              HasSubstr("parallel.stage_layers has 1 entry, must have parallel.pp (2)"));
+  EXPECT_THAT(ScheduleError({"parallel.pp=4"}),
+              HasSubstr("parallel.pp (4) must be <= model.num_hidden_layers (3)"));
+  // DualPipeV cuts the model into 2 * pp stages.
+  EXPECT_THAT(ScheduleError({"parallel.pp=2", "parallel.schedule=dualpipev", "parallel.micro_batches=4"}),
+              HasSubstr("2 * parallel.pp (4) must be <= model.num_hidden_layers (3)"));
+  EXPECT_THAT(ScheduleError({"parallel.pp=2", "parallel.schedule=dualpipe", "parallel.micro_batches=3"}),
+              HasSubstr("parallel.micro_batches: dualpipe needs an even count >= 2*pp = 4, got 3"));
+  EXPECT_EQ(ScheduleError({"parallel.pp=2", "parallel.schedule=zb1p"}), "");
+}
+
+}  // namespace
+}  // namespace fathom

@@ -1,4 +1,4 @@
-#include "parallel/expert_exchange_mpi.h"
+#include "parallel/all_to_all_exchange.h"
 
 #include "framework/ops.h"
 
@@ -15,7 +15,8 @@ ExpertPlacement PlaceExperts(int64_t num_experts, int ep, int ep_rank) {
   return {per * ep_rank, per};
 }
 
-CommExpertExchange::CommExpertExchange(Communicator* comm, int64_t num_experts, Communicator* counts_comm)
+AllToAllExpertExchange::AllToAllExpertExchange(Communicator* comm, int64_t num_experts,
+                                               Communicator* counts_comm)
     : comm_(comm),
       counts_comm_(counts_comm != nullptr ? counts_comm : comm),
       num_experts_(num_experts),
@@ -28,39 +29,34 @@ CommExpertExchange::CommExpertExchange(Communicator* comm, int64_t num_experts, 
                comm->rank(), " of ", comm->size(), ")");
 }
 
-CommExpertExchange::Layout& CommExpertExchange::Get(int mb) {
-  auto it = layouts_.find(mb);
-  FATHOM_CHECK(it != layouts_.end(), "[expert exchange] no layout for micro-batch ", mb, " (Begin first)");
-  return it->second;
-}
-
-Tensor CommExpertExchange::Begin(int mb, const Tensor& counts) {
+Tensor AllToAllExpertExchange::Dispatch(const Tensor& rows, const Tensor& counts, DispatchHandle* handle) {
   FATHOM_CHECK(
       counts.dtype() == DType::kI64 && counts.numel() == num_experts_ && counts.device() == Device::kCPU,
       "[expert exchange] counts ", counts.shape_str(), " ", DTypeName(counts.dtype()), " on ",
       DeviceName(counts.device()), ", expected (", num_experts_, ") i64 on the host");
-  FATHOM_CHECK(!layouts_.count(mb), "[expert exchange] micro-batch ", mb, " begun twice");
+  FATHOM_CHECK(handle != nullptr, "[expert exchange] Dispatch needs a handle to fill");
   const int ep = comm_->size();
   // Counts are already ordered by destination rank (experts are contiguous per rank).
   Tensor recv = Tensor::Empty({num_experts_}, DType::kI64);
   counts_comm_->AllToAllV(counts, std::vector<int64_t>(ep, local_experts_), recv,
                           std::vector<int64_t>(ep, local_experts_));
-  Layout& l = layouts_[mb];
-  l.send_rows.assign(ep, 0);
-  l.recv_rows.assign(ep, 0);
-  l.from.assign(ep, std::vector<int64_t>(local_experts_, 0));
-  Tensor local = Tensor::Zeros({local_experts_}, DType::kI64);
+  DispatchHandle& h = *handle;
+  h.send_rows.assign(ep, 0);
+  h.recv_rows.assign(ep, 0);
+  h.from.assign(ep, std::vector<int64_t>(local_experts_, 0));
+  h.local_counts = Tensor::Zeros({local_experts_}, DType::kI64);
   const int64_t* c = counts.data<int64_t>();
   const int64_t* r = recv.data<int64_t>();
+  int64_t* local = h.local_counts.data<int64_t>();
   for (int p = 0; p < ep; ++p) {
     for (int64_t e = 0; e < local_experts_; ++e) {
-      l.send_rows[p] += c[p * local_experts_ + e];
-      l.from[p][e] = r[p * local_experts_ + e];
-      l.recv_rows[p] += l.from[p][e];
-      local.data<int64_t>()[e] += l.from[p][e];
+      h.send_rows[p] += c[p * local_experts_ + e];
+      h.from[p][e] = r[p * local_experts_ + e];
+      h.recv_rows[p] += h.from[p][e];
+      local[e] += h.from[p][e];
     }
   }
-  return local;
+  return Dispatch(rows, h);
 }
 
 namespace {
@@ -114,8 +110,9 @@ void Regroup(const Tensor& dst, const Tensor& src, const std::vector<std::vector
 
 }  // namespace
 
-Tensor CommExpertExchange::ToExperts(int mb, const Tensor& rows) {
-  Layout& l = Get(mb);
+Tensor AllToAllExpertExchange::Dispatch(const Tensor& rows, const DispatchHandle& l) {
+  FATHOM_CHECK(static_cast<int>(l.send_rows.size()) == comm_->size(), "[expert exchange] a handle for ",
+               l.send_rows.size(), " peers on a group of ", comm_->size());
   FATHOM_CHECK(rows.ndim() == 2 && rows.dim(0) == Sum(l.send_rows), "[expert exchange] ", rows.shape_str(),
                " rows, layout sends ", Sum(l.send_rows));
   CheckStreams(*comm_, rows);
@@ -127,8 +124,9 @@ Tensor CommExpertExchange::ToExperts(int mb, const Tensor& rows) {
   return grouped;
 }
 
-Tensor CommExpertExchange::FromExperts(int mb, const Tensor& rows) {
-  Layout& l = Get(mb);
+Tensor AllToAllExpertExchange::Combine(const Tensor& rows, const DispatchHandle& l) {
+  FATHOM_CHECK(static_cast<int>(l.send_rows.size()) == comm_->size(), "[expert exchange] a handle for ",
+               l.send_rows.size(), " peers on a group of ", comm_->size());
   FATHOM_CHECK(rows.ndim() == 2 && rows.dim(0) == Sum(l.recv_rows), "[expert exchange] ", rows.shape_str(),
                " expert rows, layout holds ", Sum(l.recv_rows));
   CheckStreams(*comm_, rows);
@@ -139,7 +137,5 @@ Tensor CommExpertExchange::FromExperts(int mb, const Tensor& rows) {
   comm_->AllToAllV(by_source, Scaled(l.recv_rows, width), back, Scaled(l.send_rows, width));
   return back;
 }
-
-void CommExpertExchange::End(int mb) { layouts_.erase(mb); }
 
 }  // namespace fathom

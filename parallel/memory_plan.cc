@@ -1,4 +1,4 @@
-#include "launch/memory_plan.h"
+#include "parallel/memory_plan.h"
 
 #include <algorithm>
 #include <cmath>

@@ -14,8 +14,8 @@
 //   reserve            max(2 GiB, 5% of free): cuBLAS, NCCL and cuDNN internals, CUDA context growth
 // static = the first five rows; activation pool = free - static - reserve. The plan fits when the pool holds
 // the activation estimate.
-#ifndef FATHOM_LAUNCH_MEMORY_PLAN_H_
-#define FATHOM_LAUNCH_MEMORY_PLAN_H_
+#ifndef FATHOM_PARALLEL_MEMORY_PLAN_H_
+#define FATHOM_PARALLEL_MEMORY_PLAN_H_
 
 #include <cstdint>
 #include <string>
@@ -102,4 +102,4 @@ MemoryPlanInput MemoryPlanInputFor(const Recipe& recipe, const ModelSlice& slice
 
 }  // namespace fathom
 
-#endif  // FATHOM_LAUNCH_MEMORY_PLAN_H_
+#endif  // FATHOM_PARALLEL_MEMORY_PLAN_H_

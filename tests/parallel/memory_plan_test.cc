@@ -1,6 +1,6 @@
 // The start-up device memory plan: its rows add up, each knob moves the row it should, a device too small
 // for the estimate is rejected with the numbers and the recipe knobs, and the table shows every row.
-#include "launch/memory_plan.h"
+#include "parallel/memory_plan.h"
 
 #include <random>
 #include <string>
