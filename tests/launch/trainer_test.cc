@@ -67,5 +67,29 @@ TEST(Trainer, MicroBatchingDoesNotChangeTheStep) {
   EXPECT_LT(max_diff, 1e-10);
 }
 
+// The summary's first/last windows never overlap: min(10, steps / 2) steps each (one for a single step).
+TEST(Trainer, SummaryWindowsForShortRuns) {
+  auto steps_with = [](std::vector<double> losses) {
+    std::vector<StepStats> s(losses.size());
+    for (size_t i = 0; i < losses.size(); ++i) s[i].lm_loss = losses[i];
+    return s;
+  };
+  LossWindows one = SummarizeLosses(steps_with({5.0}));
+  EXPECT_EQ(one.window, 1u);
+  EXPECT_EQ(one.first, 5.0);
+  EXPECT_EQ(one.last, 5.0);
+  LossWindows five = SummarizeLosses(steps_with({5, 4, 3, 2, 1}));
+  EXPECT_EQ(five.window, 2u);
+  EXPECT_DOUBLE_EQ(five.first, 4.5);
+  EXPECT_DOUBLE_EQ(five.last, 1.5);
+  std::vector<double> many(30);
+  for (size_t i = 0; i < many.size(); ++i) many[i] = static_cast<double>(i);
+  LossWindows thirty = SummarizeLosses(steps_with(many));
+  EXPECT_EQ(thirty.window, 10u);
+  EXPECT_DOUBLE_EQ(thirty.first, 4.5);
+  EXPECT_DOUBLE_EQ(thirty.last, 24.5);
+  EXPECT_EQ(SummarizeLosses({}).window, 0u);
+}
+
 }  // namespace
 }  // namespace fathom

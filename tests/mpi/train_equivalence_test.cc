@@ -12,6 +12,7 @@
 // shard moves its elements by ~lr, 1e-2 relative).
 #include <cmath>
 #include <map>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "launch/trainer.h"
@@ -20,7 +21,8 @@
 namespace fathom {
 namespace {
 
-Recipe EquivalenceRecipe(int64_t pp, int64_t ep, int64_t micro_batches) {
+Recipe EquivalenceRecipe(int64_t pp, int64_t ep, int64_t micro_batches,
+                         const std::string& schedule = "1f1b") {
   absl::StatusOr<Recipe> r = LoadRecipe(
       FATHOM_SOURCE_DIR "/recipes/tiny.yaml",
       {"model.num_hidden_layers=4", "train.seq_len=16", "train.micro_batch_size=2", "train.steps=3",
@@ -29,6 +31,7 @@ Recipe EquivalenceRecipe(int64_t pp, int64_t ep, int64_t micro_batches) {
   r->parallel.pp = pp;
   r->parallel.ep = ep;
   r->parallel.micro_batches = micro_batches;
+  r->parallel.schedule = schedule;
   return *r;
 }
 
@@ -50,11 +53,11 @@ TensorDiff Compare(const Tensor& a, const Tensor& ref, int64_t ref_offset) {
   return {r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2), rmax > 0 ? dmax / rmax : dmax};
 }
 
-void ExpectSameAsOneRank(int64_t pp, int64_t ep) {
+void ExpectSameAsOneRank(int64_t pp, int64_t ep, const std::string& schedule = "1f1b") {
   const int world = MpiCommunicator::World()->size();
   ASSERT_EQ(world % (pp * ep), 0) << "run this test on a multiple of pp*ep = " << pp * ep << " ranks";
   const int64_t micro_batches = 2 * pp;  // several micro-batches in flight on every stage
-  Recipe recipe = EquivalenceRecipe(pp, ep, micro_batches);
+  Recipe recipe = EquivalenceRecipe(pp, ep, micro_batches, schedule);
   auto mesh = DeviceMesh::Create(std::unique_ptr<Communicator>(MpiCommunicator::World()), pp, ep);
   ASSERT_TRUE(mesh.ok()) << mesh.status();
   const int dp = (*mesh)->layout().dp();
@@ -108,6 +111,10 @@ TEST(TrainEquivalence, Ep2) { ExpectSameAsOneRank(1, 2); }
 TEST(TrainEquivalence, Dp2) { ExpectSameAsOneRank(1, 1); }
 TEST(TrainEquivalence, Pp2Ep2) { ExpectSameAsOneRank(2, 2); }
 TEST(TrainEquivalence, Pp4Ep2) { ExpectSameAsOneRank(4, 2); }
+// ZB-H1: the backward split into B (input gradients, sent upstream at once) and W (weight gradients,
+// delayed into the cool-down) on every rank.
+TEST(TrainEquivalence, Zb1pPp2Ep2) { ExpectSameAsOneRank(2, 2, "zb1p"); }
+TEST(TrainEquivalence, Zb1pPp4) { ExpectSameAsOneRank(4, 1, "zb1p"); }
 
 }  // namespace
 }  // namespace fathom
