@@ -13,6 +13,7 @@
 #include <random>
 
 #include "tests/common/gradcheck.h"
+#include "tests/launch/run_fathom.h"
 
 namespace fathom {
 namespace {
@@ -111,6 +112,29 @@ TEST(RunLogTest, JsonLinesAndTensorBoardTagsAgree) {
   }
   EXPECT_EQ(event_files, 2);  // even when both opened within the same second
   std::filesystem::remove_all(std::filesystem::path(dir).parent_path());
+}
+
+// TensorBoard's own reader (tests/data/check_tensorboard.py, EventAccumulator) returns the scalars of
+// metrics.jsonl. Runs where python3 has the tensorboard package (the GPU machine).
+TEST(RunLogTest, TensorBoardReadsWhatMetricsJsonlSays) {
+  if (testing::RunShell("python3 -c 'import tensorboard'").exit_code != 0) {
+    GTEST_SKIP() << "python3 cannot import tensorboard here; the GPU machine has it";
+  }
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("fathom_tb_check_" + std::to_string(rng()))).string();
+  {
+    absl::StatusOr<std::unique_ptr<RunLog>> log = RunLog::Open(dir);
+    ASSERT_TRUE(log.ok()) << log.status();
+    for (int64_t step = 1; step <= 30; ++step) ASSERT_TRUE((*log)->Log(RandomRecord(rng, step)).ok());
+  }
+  const testing::RunResult r = testing::RunShell("python3 " + std::string(FATHOM_SOURCE_DIR) +
+                                                 "/tests/data/check_tensorboard.py " + dir);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("OK: 10 tags, 300 scalars"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(RunLogTest, RefusesWhatCannotBeALogDirectory) {

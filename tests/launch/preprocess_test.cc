@@ -120,6 +120,33 @@ TEST(PreprocessTest, JsonLinesWithEodInt32AndHdf5HoldTheDocuments) {
   }
 }
 
+// Megatron's way of reading the files (tests/data/read_megatron.py: numpy views of the memory-mapped
+// index, as MMapIndexedDataset) finds the documents of the JSON lines. Runs where python3 has numpy.
+TEST(PreprocessTest, MegatronsReaderReadsTheOutput) {
+  if (testing::RunShell("python3 -c 'import numpy'").exit_code != 0) {
+    GTEST_SKIP() << "python3 cannot import numpy here; the GPU machine has it";
+  }
+  ScratchDir dir;
+  std::ofstream(dir / "in.jsonl")
+      << "{\"text\": \"first document\"}\n{\"text\": \"caf\xc3\xa9\"}\n\n{\"text\": \"x\"}\n";
+  const std::string script = std::string(FATHOM_SOURCE_DIR) + "/tests/data/read_megatron.py ";
+  for (const std::string& flags : {std::string(" --append-eod --eod-id 7"), std::string(" --dtype int32")}) {
+    SCOPED_TRACE(flags);
+    ASSERT_EQ(RunFathom("preprocess --input " + dir / "in.jsonl" + " --output-prefix " + dir / "m" + flags)
+                  .exit_code,
+              0);
+    const std::string check = flags.find("eod") != std::string::npos ? " --append-eod --eod-id 7" : "";
+    testing::RunResult r =
+        testing::RunShell("python3 " + script + dir / "m" + " --jsonl " + dir / "in.jsonl" + check);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("OK: all 3 documents match"));
+  }
+  ASSERT_EQ(RunFathom("preprocess --demo-corpus --output-prefix " + dir / "demo").exit_code, 0);
+  testing::RunResult r = testing::RunShell("python3 " + script + dir / "demo" + " --decode-bytes --show 1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, AllOf(HasSubstr("uint16"), HasSubstr("document 0"), HasSubstr("Chapter 1")));
+}
+
 TEST(PreprocessTest, BadInputExits2WritesNothingAndKeepsOldOutput) {
   ScratchDir dir;
   std::ofstream(dir / "good.jsonl") << "{\"text\": \"abc\"}\n";
