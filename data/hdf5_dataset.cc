@@ -113,8 +113,20 @@ absl::Status Hdf5TokenDataset::OpenAndValidate(const std::string& path) {
   if (!S_ISREG(st.st_mode)) return Invalid(path, "not a regular file");
   file_bytes_ = static_cast<int64_t>(st.st_size);
   QuietHdf5Errors quiet;
-  if (H5Fis_hdf5(path.c_str()) <= 0) return Invalid(path, "not an HDF5 file (or not readable)");
-  file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  if (!fapl.ok())
+    return absl::InternalError(absl::StrCat(path, ": HDF5 failed to create a file access list"));
+#if H5_VERSION_GE(1, 10, 7)
+  // Reading needs no lock, and file systems without flock (some NFS and Lustre mounts) would refuse one.
+  H5Pset_file_locking(fapl.get(), false, true);
+#endif
+#if H5_VERSION_GE(1, 12, 0)
+  const htri_t is_hdf5 = H5Fis_accessible(path.c_str(), fapl.get());
+#else
+  const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
+#endif
+  if (is_hdf5 <= 0) return Invalid(path, "not an HDF5 file (or not readable)");
+  file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get());
   if (file_ < 0) return Invalid(path, "HDF5 could not open the file (truncated or damaged?)");
   for (const char* name : {kHdf5TokensDataset, kHdf5DocumentOffsetsDataset}) {
     if (H5Lexists(file_, name, H5P_DEFAULT) <= 0) {

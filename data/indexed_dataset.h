@@ -23,7 +23,9 @@
 // .bin, document indices non-decreasing from 0 to S. Token ids are checked when read (ReadTokens) and by
 // CheckTokenIds, which scans a document range with pread in 4 MiB pieces: bounded memory, the mapping is
 // left untouched (no RSS growth), at the speed of the disk or the page cache.
-// Every error is an InvalidArgument whose message starts with the file it is about.
+// Every error is an InvalidArgument whose message starts with the file it is about. The files must not
+// change while open (they are mapped: a file truncated underneath faults the process, as with Megatron).
+// Little-endian hosts only (x86-64, aarch64), as the format.
 //
 // Thread safety: const methods are thread-safe; ReadTokens and CheckTokenIds read only, but a dataset is
 // used by one thread at a time (TokenDocuments' contract).
