@@ -8,8 +8,11 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "framework/yaml_reader.h"
 
 namespace fathom {
@@ -157,6 +160,9 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.Count("log_every", &t->log_every);
   r.String("dtype", &t->dtype);
   r.String("device", &t->device);
+  r.Count("eval_every", &t->eval_every);
+  r.Count("eval_steps", &t->eval_steps);
+  r.String("log_dir", &t->log_dir);
 }
 
 void ParseOptim(YamlMapReader& r, OptimConfig* o) {
@@ -181,7 +187,13 @@ void ParseLoss(YamlMapReader& r, LossConfig* l) {
   r.Int("ignore_index", &l->ignore_index);
 }
 
-void ParseData(YamlMapReader& r, DataConfig* d) { r.String("source", &d->source); }
+void ParseData(YamlMapReader& r, DataConfig* d) {
+  r.String("source", &d->source);
+  r.ScalarList("path", &d->path);
+  r.String("split", &d->split);
+  r.Int("eod_token_id", &d->eod_token_id);
+  r.Bool("verify_tokens", &d->verify_tokens);
+}
 
 // Parses one section into `config` when present; errors are recorded in `root`.
 template <class Config>
@@ -367,6 +379,7 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
       CheckAtLeast("train.micro_batch_size", micro_batch_size, 1),
       CheckAtLeast("train.log_every", log_every, 1),
       CheckOneOf("train.device", device, {"cpu", "cuda"}),
+      CheckAtLeast("train.eval_steps", eval_steps, 1),
   });
   if (!s.ok()) return s;
   if (seq_len > model.max_position_embeddings) {
@@ -421,13 +434,91 @@ absl::Status LossConfig::Validate() const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<DataBlendEntry>> DataConfig::Blend() const {
+  if (path.empty())
+    return Invalid("data.path is empty; expected [PREFIX] or [WEIGHT, PREFIX, WEIGHT, PREFIX, ...]");
+  std::vector<DataBlendEntry> blend;
+  if (path.size() == 1) {
+    if (path[0].empty()) return Invalid("data.path[0] is an empty path");
+    blend.push_back({1.0, path[0]});
+    return blend;
+  }
+  // Megatron's rule: with more than one entry, the list alternates weight and prefix.
+  if (path.size() % 2 != 0) {
+    return Invalid(absl::StrCat("data.path has ", path.size(), " entries; a blend alternates weight and ",
+                                "prefix ([0.7, PREFIX_A, 0.3, PREFIX_B]), so it needs an even number"));
+  }
+  double sum = 0;
+  for (size_t i = 0; i < path.size(); i += 2) {
+    double w = 0;
+    if (!absl::SimpleAtod(path[i], &w) || !std::isfinite(w)) {
+      return Invalid(absl::StrCat("data.path[", i, "] must be the weight of ", path[i + 1],
+                                  " (a number > 0), got '", path[i], "'"));
+    }
+    if (!(w > 0)) {
+      return Invalid(
+          absl::StrCat("data.path[", i, "]: the weight of ", path[i + 1], " must be > 0, got ", path[i]));
+    }
+    if (path[i + 1].empty()) return Invalid(absl::StrCat("data.path[", i + 1, "] is an empty path"));
+    double unused = 0;
+    if (absl::SimpleAtod(path[i + 1], &unused)) {
+      return Invalid(absl::StrCat("data.path[", i + 1, "] must be a dataset prefix, got the number ",
+                                  path[i + 1], " (a blend alternates weight and prefix)"));
+    }
+    blend.push_back({w, path[i + 1]});
+    sum += w;
+  }
+  for (DataBlendEntry& e : blend) e.weight /= sum;
+  return blend;
+}
+
+absl::StatusOr<std::vector<double>> DataConfig::SplitFractions() const {
+  const std::string expected = "expected up to three numbers >= 0 separated by ',' or '/', e.g. \"969,30,1\"";
+  std::vector<std::string> parts = absl::StrSplit(split, absl::ByAnyChar(",/"));
+  if (parts.size() > 3) {
+    return Invalid(absl::StrCat("data.split '", split, "' has ", parts.size(),
+                                " parts (train, valid, test); ", expected));
+  }
+  std::vector<double> fractions(3, 0.0);
+  double sum = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    double v = 0;
+    if (!absl::SimpleAtod(absl::StripAsciiWhitespace(parts[i]), &v) || !std::isfinite(v) || v < 0) {
+      return Invalid(absl::StrCat("data.split '", split, "': part ", i + 1, " ('", parts[i],
+                                  "') is not a number >= 0; ", expected));
+    }
+    fractions[i] = v;
+    sum += v;
+  }
+  if (!(sum > 0)) return Invalid(absl::StrCat("data.split '", split, "' sums to 0; ", expected));
+  for (double& f : fractions) f /= sum;
+  return fractions;
+}
+
 absl::Status DataConfig::Validate(const ModelConfig& model) const {
-  absl::Status s = CheckOneOf("data.source", source, {"demo", "synthetic"});
+  absl::Status s = CheckOneOf("data.source", source, {"demo", "synthetic", "megatron", "hdf5"});
   if (!s.ok()) return s;
   if (source == "demo" && model.vocab_size < 256) {
     return Invalid(
         absl::StrCat("data.source demo needs model.vocab_size >= 256 (the demo corpus uses a byte ",
                      "tokenizer), got ", model.vocab_size));
+  }
+  const bool files = source == "megatron" || source == "hdf5";
+  if (files && path.empty()) {
+    return Invalid(absl::StrCat("data.path is required with data.source ", source,
+                                ": [PREFIX] or [WEIGHT, PREFIX, WEIGHT, PREFIX, ...]"));
+  }
+  if (!files && !path.empty()) {
+    return Invalid(
+        absl::StrCat("data.path is read only with data.source megatron or hdf5; data.source is ", source));
+  }
+  if (files) {
+    if (absl::StatusOr<std::vector<DataBlendEntry>> b = Blend(); !b.ok()) return b.status();
+  }
+  if (absl::StatusOr<std::vector<double>> f = SplitFractions(); !f.ok()) return f.status();
+  if (eod_token_id < -1 || eod_token_id >= model.vocab_size) {
+    return Invalid(absl::StrCat("data.eod_token_id must be -1 (insert none) or a token id in [0, ",
+                                "model.vocab_size) = [0, ", model.vocab_size, "), got ", eod_token_id));
   }
   return absl::OkStatus();
 }
