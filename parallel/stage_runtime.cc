@@ -272,6 +272,22 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
   return reduced;
 }
 
+double StageRuntime::Evaluate(const std::vector<MicroBatch>& batches) {
+  const int m = static_cast<int>(recipe_.parallel.micro_batches);
+  FATHOM_CHECK(static_cast<int>(batches.size()) == m, "[stage runtime] ", batches.size(),
+               " evaluation micro-batches for parallel.micro_batches ", m);
+  LossNormalizers norm = model_->Normalizers(batches, static_cast<int64_t>(m) * mesh_.layout().dp());
+  norm.main_tokens = SumOver(mesh_.dp(), {norm.main_tokens})[0];
+  norm.balance_weight = 0;
+  std::vector<Instruction> forwards;
+  for (int mb = 0; mb < m; ++mb) forwards.push_back(Instruction::F(mb, 0));
+  const std::vector<MicroBatchStats> stats = executor_->Run(forwards, batches, norm);
+  for (int mb = 0; mb < m; ++mb) DropSavedActivations(mb);
+  double ce = 0;
+  for (const MicroBatchStats& s : stats) ce += s.main_ce;
+  return SumOver(mesh_.world(), {ce})[0] / std::max(norm.main_tokens, 1.0);
+}
+
 // The embedding lives on the first stage and, for MTP, on the last: both copies get the summed gradient
 // (a + b == b + a, so the two stay bit-identical).
 void StageRuntime::SumEmbeddingGradients() {

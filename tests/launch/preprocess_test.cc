@@ -81,6 +81,30 @@ TEST(PreprocessTest, DemoCorpusBecomesOneDocumentPerChapterAndTrainsWithAValidSp
   }
 }
 
+// The tiny recipe trains on what preprocess made of the demo corpus, with validation and the run log.
+TEST(PreprocessTest, TinyTrainsOnPreprocessedDemoWithValidationAndRunLog) {
+  ScratchDir dir;
+  ASSERT_EQ(RunFathom("preprocess --demo-corpus --output-prefix " + dir / "demo").exit_code, 0);
+  RunResult r = RunFathom(
+      "train " + std::string(FATHOM_SOURCE_DIR) +
+      "/recipes/tiny.yaml --set train.steps=12 --set data.source=megatron --set data.path=" + dir / "demo" +
+      " --set data.split=90,10 --set train.eval_every=6 --set train.eval_steps=2" +
+      " --set train.log_dir=" + dir / "logs");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("data: megatron, train split"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("eval      6/12 | valid lm"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("eval     12/12 | valid lm"), std::string::npos) << r.output;
+  std::ifstream metrics(dir / "logs/metrics.jsonl");
+  std::string line;
+  int lines = 0, with_valid = 0;
+  while (std::getline(metrics, line)) {
+    ++lines;
+    with_valid += line.find("\"valid_loss\"") != std::string::npos;
+  }
+  EXPECT_EQ(lines, 12);
+  EXPECT_EQ(with_valid, 2);
+}
+
 TEST(PreprocessTest, JsonLinesWithEodInt32AndHdf5HoldTheDocuments) {
   std::mt19937_64 rng(testing::TestSeed());
   ScratchDir dir;
