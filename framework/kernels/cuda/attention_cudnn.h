@@ -24,6 +24,9 @@
 // nothing is allocated inside the step loop). The softmax scale is passed by value at each call and is not
 // part of the key.
 //
+// Measured (H200, cuDNN 9.14, B 2 T 4096 H 16 Dk 192 Dv 128, tests/gpu_bench/attention_bench.cc): forward
+// 0.352 ms = 489 TFLOP/s, backward 1.16 ms = 371 TFLOP/s (the own tensor-core kernels: 264 / 127).
+//
 // Numerics (cuDNN's): f32 scores, softmax and accumulators; P and dS enter their second products as bf16
 // (like the tensor-core path); outputs rounded to bf16 once. dq is accumulated with f32 atomics across key
 // tiles, so it is NOT bitwise reproducible run to run (differences are f32 round-off before the final bf16
@@ -65,7 +68,7 @@ bool CudnnAttentionCompiled();
 absl::Status PrepareCudnnAttention(const AttentionShape& shape);
 
 // One line about the cached plans of `shape` (REQUIRES PrepareCudnnAttention(shape) OK):
-// "cuDNN 91900 fused SDPA (forward engine 8 variant 0, backward engine 9 variant 0; workspace 25.5 MiB)".
+// "cuDNN 91400 fused SDPA (forward engine 2 variant 0, backward engine 2 variant 0; workspace 96.5 MiB)".
 std::string CudnnAttentionSummary(const AttentionShape& shape);
 
 // out (B, T, H, Dv) bf16 and lse (B, H, T) f32 overwritten; q, k (B, T, H, Dk), v (B, T, H, Dv) bf16.
