@@ -4,8 +4,9 @@
 //           the kernel directly (signatures mirror the twins: converting a layer is a rename);
 //   CUDA -- framework/ops_cuda.cu, over framework/kernels/cuda (declared in the private ops_cuda.h);
 //           compiled only with the CUDA backend. In a build without it a CUDA tensor reaching an op fails:
-//           "[op] CUDA tensor but this build has no CUDA backend". Where a CUDA kernel needs more than its twin (a workspace, a pinned count buffer,
-//           the slot -> row inverse of row_slot), the op supplies it from the current cuda::DevicePool.
+//           "[op] CUDA tensor but this build has no CUDA backend". Where a CUDA kernel needs more than its
+//           twin (a workspace, a pinned count buffer, the slot -> row inverse of row_slot), the op supplies
+//           it from the current cuda::DevicePool.
 //
 // Devices: every tensor of one call lives on one device (checked, naming the op), except where a comment
 // says HOST: expert counts are host i64 tensors on both backends, because the grouped GEMMs size their
