@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <set>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "checkpoint/hdf5_rank_file.h"
@@ -62,53 +62,64 @@ int64_t SourceBytes(const std::vector<ShardSource>& sources) {
 absl::StatusOr<RankWriteRecord> WriteRankFile(const std::string& path,
                                               const std::vector<ShardSource>& sources,
                                               const std::function<void()>& after_first_write) {
-  std::set<std::string> kinds;
+  // One dataset per kind, its sources' pieces one after another (a ZeRO rank holds its moments in one
+  // buffer per parameter group).
+  std::vector<std::string> kinds;  // in order of first appearance
+  std::map<std::string, std::vector<const ShardSource*>> by_kind;
   for (const ShardSource& s : sources) {
     CheckSource(s);
-    FATHOM_CHECK(kinds.insert(s.kind).second, "[WriteRankFile] kind ", s.kind, " given twice");
+    std::vector<const ShardSource*>& same = by_kind[s.kind];
+    if (same.empty()) kinds.push_back(s.kind);
+    FATHOM_CHECK(same.empty() || same.front()->data.dtype() == s.data.dtype(), "[WriteRankFile] kind ",
+                 s.kind, " given as ", DTypeName(same.front()->data.dtype()), " and as ",
+                 DTypeName(s.data.dtype()));
+    same.push_back(&s);
   }
   absl::StatusOr<std::unique_ptr<Hdf5RankFile>> file = Hdf5RankFile::Create(path);
   if (!file.ok()) return file.status();
 
   RankWriteRecord record;
   bool first_write = true;
-  for (const ShardSource& s : sources) {
-    const int64_t elements = PieceElements(s.pieces);
+  for (const std::string& kind : kinds) {
+    int64_t elements = 0;
+    for (const ShardSource* s : by_kind[kind]) elements += PieceElements(s->pieces);
     if (elements == 0) continue;  // no dataset for a kind this rank holds nothing of
-    const DType dtype = s.data.dtype();
+    const DType dtype = by_kind[kind].front()->data.dtype();
     const size_t esize = DTypeSize(dtype);
-    if (absl::Status st = (*file)->CreateDataset(s.kind, dtype, elements); !st.ok()) return st;
-    record.file.datasets.push_back(DatasetRecord{s.kind, dtype, elements});
-    const char* base = static_cast<const char*>(s.data.raw());
+    if (absl::Status st = (*file)->CreateDataset(kind, dtype, elements); !st.ok()) return st;
+    record.file.datasets.push_back(DatasetRecord{kind, dtype, elements});
     int64_t offset = 0;  // in the dataset
-    for (const TensorPiece& p : s.pieces) {
-      if (p.numel() == 0) continue;
-      PieceRecord rec;
-      rec.name = p.name;
-      rec.shape = p.shape;
-      rec.kind = s.kind;
-      rec.dtype = dtype;
-      rec.slice.dataset = s.kind;
-      rec.slice.dataset_offset = offset;
-      rec.slice.begin = p.begin;
-      rec.slice.end = p.end;
-      const char* src = base + static_cast<size_t>(p.table_offset - s.table_begin) * esize;
-      // Blocks of whole checksum chunks (chunks count from the slice's begin, as readers expect).
-      for (int64_t done = 0; done < p.numel();) {
-        const int64_t n = std::min(p.numel() - done, kWriteBlockChunks * kCrcChunkElements);
-        const char* block = src + static_cast<size_t>(done) * esize;
-        for (int64_t c = 0; c < n; c += kCrcChunkElements) {
-          const int64_t m = std::min(kCrcChunkElements, n - c);
-          rec.slice.crc32c.push_back(
-              Crc32c(block + static_cast<size_t>(c) * esize, static_cast<size_t>(m) * esize));
+    for (const ShardSource* s : by_kind[kind]) {
+      const char* base = static_cast<const char*>(s->data.raw());
+      for (const TensorPiece& p : s->pieces) {
+        if (p.numel() == 0) continue;
+        PieceRecord rec;
+        rec.name = p.name;
+        rec.shape = p.shape;
+        rec.kind = kind;
+        rec.dtype = dtype;
+        rec.slice.dataset = kind;
+        rec.slice.dataset_offset = offset;
+        rec.slice.begin = p.begin;
+        rec.slice.end = p.end;
+        const char* src = base + static_cast<size_t>(p.table_offset - s->table_begin) * esize;
+        // Blocks of whole checksum chunks (chunks count from the slice's begin, as readers expect).
+        for (int64_t done = 0; done < p.numel();) {
+          const int64_t n = std::min(p.numel() - done, kWriteBlockChunks * kCrcChunkElements);
+          const char* block = src + static_cast<size_t>(done) * esize;
+          for (int64_t c = 0; c < n; c += kCrcChunkElements) {
+            const int64_t m = std::min(kCrcChunkElements, n - c);
+            rec.slice.crc32c.push_back(
+                Crc32c(block + static_cast<size_t>(c) * esize, static_cast<size_t>(m) * esize));
+          }
+          if (absl::Status st = (*file)->Write(kind, offset + done, n, block); !st.ok()) return st;
+          done += n;
+          if (first_write && after_first_write) after_first_write();
+          first_write = false;
         }
-        if (absl::Status st = (*file)->Write(s.kind, offset + done, n, block); !st.ok()) return st;
-        done += n;
-        if (first_write && after_first_write) after_first_write();
-        first_write = false;
+        offset += p.numel();
+        record.pieces.push_back(std::move(rec));
       }
-      offset += p.numel();
-      record.pieces.push_back(std::move(rec));
     }
   }
   if (absl::Status st = (*file)->Close(); !st.ok()) return st;

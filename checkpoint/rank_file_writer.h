@@ -28,9 +28,10 @@ namespace fathom {
 // thread-safe HDF5's global lock is never held long by a background save.
 inline constexpr int64_t kWriteBlockChunks = 16;
 
-// What a rank writes for one kind of state.
+// What a rank writes of one kind of state from one buffer. Several sources may share a kind (and then its
+// dtype): a ZeRO rank has one moment buffer per parameter group; their pieces share the kind's dataset.
 struct ShardSource {
-  std::string kind;                 // IsValidKindName; one source per kind per rank
+  std::string kind;                 // IsValidKindName
   std::vector<TensorPiece> pieces;  // (TablePieces) each inside [table_begin, table_begin + data.numel())
   Tensor data;                      // flat: table elements [table_begin, ...) in the stored dtype (f32, f64,
                                     // bf16); the writer REQUIRES a CPU tensor
@@ -40,14 +41,14 @@ struct ShardSource {
 // Elements and bytes `sources` hold in their pieces (what WriteRankFile stores, before HDF5's overhead).
 int64_t SourceBytes(const std::vector<ShardSource>& sources);
 
-// Writes `sources` into a new file at `path` (one dataset per kind, the pieces in the given order), closes
-// it, fsyncs it and its directory. Returns what was written: the file (name = the path's last component,
-// bytes = its size) and every piece's slice with slice.file = 0 (the committing rank numbers the files).
-// `after_first_write` (may be empty) runs once, right after the first piece's first block reached the
-// file: the place where a fault test kills a rank in the middle of a save.
+// Writes `sources` into a new file at `path` (one dataset per kind, the pieces in the given order, sources
+// of one kind one after another), closes it, fsyncs it and its directory. Returns what was written: the file
+// (name = the path's last component, bytes = its size) and every piece's slice with slice.file = 0 (the
+// committing rank numbers the files). `after_first_write` (may be empty) runs once, right after the first
+// piece's first block reached the file: the place where a fault test kills a rank in the middle of a save.
 // Errors: Internal naming the file (and the dataset) for any I/O failure; the partial file is left for the
 // caller's cleanup of the temporary directory. Violated REQUIRES (a CPU tensor of a storable dtype, pieces
-// inside it, distinct valid kinds) are FATHOM_CHECK failures.
+// inside it, valid kinds, one dtype per kind) are FATHOM_CHECK failures.
 absl::StatusOr<RankWriteRecord> WriteRankFile(const std::string& path,
                                               const std::vector<ShardSource>& sources,
                                               const std::function<void()>& after_first_write = {});

@@ -136,9 +136,12 @@ void SaveFromMesh(Communicator& world, const Layout& layout, uint64_t seed, uint
        {std::tuple<const char*, DType, PieceFilter>{kKindValue, DType::kF32, PieceFilter::kAll},
         {kKindAdamM, DType::kF32, PieceFilter::kTrainableOnly},
         {kKindAdamV, DType::kBF16, PieceFilter::kTrainableOnly}}) {
-    ShardSource s{kind, me.ShardPieces(filter), Tensor::Zeros({me.table().numel()}, dtype), 0};
-    testing::FillState(s.data, 0, s.pieces, seed, kind);
-    sources.push_back(std::move(s));
+    // One buffer per owned range, as ZeRO holds one optimizer per parameter group.
+    for (auto [b, e] : me.shard) {
+      ShardSource s{kind, TablePieces(me.table(), b, e, filter), Tensor::Zeros({e - b}, dtype), b};
+      testing::FillState(s.data, b, s.pieces, seed, kind);
+      sources.push_back(std::move(s));
+    }
   }
   CheckpointMetadata meta;
   meta.step = step;
@@ -165,12 +168,14 @@ void LoadIntoMesh(Communicator& world, const Layout& layout, uint64_t seed, uint
   ASSERT_TRUE((*reader)->ReadPieces(kKindValue, values, v, 0).ok()) << what;
   EXPECT_EQ(CountStateMismatches(v, 0, values, seed, kKindValue, DType::kF32), 0) << what << " values";
   if (!with_moments) return;
-  std::vector<TensorPiece> moments = me.ShardPieces(PieceFilter::kTrainableOnly);
-  for (auto [kind, stored] :
-       {std::pair<const char*, DType>{kKindAdamM, DType::kF32}, {kKindAdamV, DType::kBF16}}) {
-    Tensor m = Tensor::Zeros({t.numel()}, DType::kF32);
-    ASSERT_TRUE((*reader)->ReadPieces(kind, moments, m, 0).ok()) << what << " " << kind;
-    EXPECT_EQ(CountStateMismatches(m, 0, moments, seed, kind, stored), 0) << what << " " << kind;
+  for (auto [b, e] : me.shard) {
+    std::vector<TensorPiece> moments = TablePieces(t, b, e, PieceFilter::kTrainableOnly);
+    for (auto [kind, stored] :
+         {std::pair<const char*, DType>{kKindAdamM, DType::kF32}, {kKindAdamV, DType::kBF16}}) {
+      Tensor m = Tensor::Zeros({e - b}, DType::kF32);
+      ASSERT_TRUE((*reader)->ReadPieces(kind, moments, m, b).ok()) << what << " " << kind;
+      EXPECT_EQ(CountStateMismatches(m, b, moments, seed, kind, stored), 0) << what << " " << kind;
+    }
   }
 }
 
