@@ -9,6 +9,7 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/hdf5_rank_file.h"
 #include "framework/file_io.h"
@@ -63,6 +64,14 @@ absl::Status PrepareOnRankZero(const std::string& dir, const std::string& tmp) {
 }
 
 }  // namespace
+
+std::string DescribeSave(const CheckpointSaveStats& stats) {
+  return absl::StrFormat(
+      "checkpoint step %d saved to %s: %.3f GB in %.3f s (%.2f GB/s), step loop stalled %.3f s (%s), commit "
+      "%.3f s",
+      stats.step, stats.path, static_cast<double>(stats.bytes) / 1e9, stats.write_seconds,
+      stats.write_gb_per_s(), stats.stall_seconds, stats.async ? "async" : "sync", stats.commit_seconds);
+}
 
 struct CheckpointWriter::Pending {
   CheckpointMetadata metadata;

@@ -178,8 +178,8 @@ TEST_F(CheckpointTest, AsyncSaveEqualsSyncAndSnapshotsItsSources) {
   EXPECT_FALSE(writer.in_flight());
   EXPECT_EQ(done->async, Hdf5IsThreadSafe());
   EXPECT_GT(done->bytes, 0);
-  std::printf("async save: stall %.4f s, write %.4f s, commit %.4f s, %lld bytes\n", done->stall_seconds,
-              done->write_seconds, done->commit_seconds, static_cast<long long>(done->bytes));
+  std::printf("%s\n", DescribeSave(*done).c_str());
+  EXPECT_THAT(DescribeSave(*done), HasSubstr("checkpoint step 9 saved to " + async_dir + "/step_00000009: "));
   // Byte for byte the same files (HDF5 stores no timestamps here) and the same index.
   for (const char* name : {"rank_00000.h5", "index.json"}) {
     EXPECT_EQ(testing::ReadFileBytes(sync_dir + "/step_00000009/" + name),
