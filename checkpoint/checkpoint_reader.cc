@@ -141,6 +141,13 @@ absl::StatusOr<Hdf5RankFile*> CheckpointReader::File(int file) {
   return raw;
 }
 
+absl::Status CheckpointReader::CheckFiles() {
+  for (int f = 0; f < static_cast<int>(index_.files.size()); ++f) {
+    if (absl::StatusOr<Hdf5RankFile*> file = File(f); !file.ok()) return file.status();
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckpointReader::ReadFromSlice(const std::string& name, const std::string& kind,
                                              const SliceRecord& slice, DType stored, int64_t lo, int64_t hi,
                                              char* out_bytes, DType out_dtype) {

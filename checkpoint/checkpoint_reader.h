@@ -70,6 +70,10 @@ class CheckpointReader {
   absl::Status Read(const std::string& name, const std::string& kind, int64_t begin, int64_t end,
                     const Tensor& out);
 
+  // Opens every file now and checks its datasets (what Read does lazily for the files it touches): for
+  // tools that vet a whole checkpoint. A rank that loads its part need not call it.
+  absl::Status CheckFiles();
+
   // Every piece's tensor exists with `kind` state and the piece's shape; one InvalidArgument listing the
   // problems (the first 20 and their count) otherwise.
   absl::Status CheckPieces(const std::string& kind, const std::vector<TensorPiece>& pieces) const;

@@ -1,10 +1,13 @@
 #include "checkpoint/checkpoint_writer.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 
@@ -42,6 +45,30 @@ absl::Status Rename(const std::string& from, const std::string& to) {
   if (std::rename(from.c_str(), to.c_str()) != 0)
     return absl::InternalError(absl::StrCat("cannot rename ", from, " to ", to, ": ", std::strerror(errno)));
   return absl::OkStatus();
+}
+
+// Renames the finished `tmp` to `final_path`. A complete checkpoint already there (a run resumed from an
+// earlier step, or resume: none) is swapped out atomically (renameat2 RENAME_EXCHANGE), so a crash at any
+// moment leaves a complete checkpoint under that name; where the file system cannot exchange, it is
+// renamed aside to .replaced first (a crash between the two renames then leaves only the older
+// checkpoints). The old one is removed last.
+absl::Status RenameIntoPlace(const std::string& tmp, const std::string& final_path) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(final_path, ec))) return Rename(tmp, final_path);
+  const std::string replaced = final_path + ".replaced";
+  if (fs::exists(fs::symlink_status(replaced, ec))) {
+    if (absl::Status s = RemoveTree(replaced); !s.ok()) return s;
+  }
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) == 0) {
+    if (absl::Status s = Rename(tmp, replaced); !s.ok()) return s;  // the old checkpoint, now at `tmp`
+  } else if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) {
+    if (absl::Status s = Rename(final_path, replaced); !s.ok()) return s;
+    if (absl::Status s = Rename(tmp, final_path); !s.ok()) return s;
+  } else {
+    return absl::InternalError(
+        absl::StrCat("cannot exchange ", tmp, " with ", final_path, ": ", std::strerror(errno)));
+  }
+  return RemoveTree(replaced);
 }
 
 // Rank 0's half of "prepare": D exists as a directory, and D/step_N.tmp is new and empty.
@@ -173,18 +200,7 @@ absl::Status CheckpointWriter::CommitOnRankZero(const Pending& pending,
     return s;
   }
   if (absl::Status s = FsyncDirectory(pending.tmp); !s.ok()) return s;
-  // A complete checkpoint of the same step (a run resumed from an earlier one, or resume: none) is replaced:
-  // renamed aside, the new one renamed in, the old one removed.
-  std::error_code ec;
-  const bool replacing = fs::exists(fs::symlink_status(final_path, ec));
-  const std::string replaced = final_path + ".replaced";
-  if (replacing) {
-    if (fs::exists(fs::symlink_status(replaced, ec))) {
-      if (absl::Status s = RemoveTree(replaced); !s.ok()) return s;
-    }
-    if (absl::Status s = Rename(final_path, replaced); !s.ok()) return s;
-  }
-  if (absl::Status s = Rename(pending.tmp, final_path); !s.ok()) return s;
+  if (absl::Status s = RenameIntoPlace(pending.tmp, final_path); !s.ok()) return s;
   if (absl::Status s = FsyncDirectory(dir_); !s.ok()) return s;
   // The new checkpoint is complete: only now may older ones go.
   if (absl::Status s = PruneCheckpoints(dir_, keep_last_); !s.ok()) return s;

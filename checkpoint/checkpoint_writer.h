@@ -10,7 +10,7 @@
 //               removes D/step_N.tmp.
 //   4. commit   rank 0 gathers what every rank wrote, writes index.json into the temporary directory
 //               (framework/file_io.h: temp file, fsync, rename), renames D/step_N.tmp to D/step_N
-//               (an older complete D/step_N is renamed to .replaced first and removed after), fsyncs D,
+//               (an older complete D/step_N is exchanged with it atomically, then removed), fsyncs D,
 //               then prunes to keep_last complete checkpoints and removes leftovers of crashed saves.
 //               Every rank returns rank 0's verdict.
 // A crash or kill anywhere leaves every earlier complete checkpoint intact and discoverable: the new one

@@ -85,6 +85,18 @@ absl::StatusOr<DType> DTypeOfHdf5(hid_t type) {
   return absl::InvalidArgumentError("its element type is not f32, f64 or bf16 as fathom stores them");
 }
 
+// File access without HDF5's file locks: a rank file is written by one rank inside a temporary directory
+// and read only after the directory's rename, so locks protect nothing, while parallel file systems that
+// refuse flock (some Lustre and NFS mounts) would make every open fail.
+hid_t UnlockedAccess() {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  if (fapl >= 0 && H5Pset_file_locking(fapl, false, true) < 0) {
+    H5Pclose(fapl);
+    return -1;
+  }
+  return fapl;
+}
+
 }  // namespace
 
 bool Hdf5IsThreadSafe() {
@@ -94,14 +106,18 @@ bool Hdf5IsThreadSafe() {
 
 absl::StatusOr<std::unique_ptr<Hdf5RankFile>> Hdf5RankFile::Create(const std::string& path) {
   SilenceHdf5Errors silence;
-  hid_t f = H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t fapl = UnlockedAccess();
+  hid_t f = fapl >= 0 ? H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl) : -1;
+  if (fapl >= 0) H5Pclose(fapl);
   if (f < 0) return Hdf5Error(absl::StrCat("cannot create the HDF5 file ", path));
   return std::unique_ptr<Hdf5RankFile>(new Hdf5RankFile(path, f));
 }
 
 absl::StatusOr<std::unique_ptr<Hdf5RankFile>> Hdf5RankFile::OpenReadOnly(const std::string& path) {
   SilenceHdf5Errors silence;
-  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t fapl = UnlockedAccess();
+  hid_t f = fapl >= 0 ? H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl) : -1;
+  if (fapl >= 0) H5Pclose(fapl);
   if (f < 0) return Hdf5Error(absl::StrCat(path, " is not a readable HDF5 file"));
   return std::unique_ptr<Hdf5RankFile>(new Hdf5RankFile(path, f));
 }

@@ -98,6 +98,19 @@ TEST_F(BadCheckpointTest, TruncatedFile) {
               AllOf(HasSubstr(file_), HasSubstr("(truncated)"), HasSubstr(std::to_string(size))));
 }
 
+TEST_F(BadCheckpointTest, AFileThatIsNotHdf5) {
+  // Same size, other bytes: HDF5's superblock is gone.
+  std::string bytes = testing::ReadFileBytes(file_);
+  std::fill(bytes.begin(), bytes.begin() + 64, 'x');
+  testing::WriteFileBytes(file_, bytes);
+  absl::StatusOr<std::unique_ptr<CheckpointReader>> r = CheckpointReader::Open(ckpt_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::Status s = (*r)->CheckFiles();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr(file_ + " is not a readable HDF5 file"));
+  EXPECT_EQ(ReadAllValues().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST_F(BadCheckpointTest, CorruptSliceNamesFileTensorAndChecksum) {
   // Flip one bit inside the stored bytes of the first value piece (found by its contents).
   const ShardSource& values = sources_[0];
@@ -158,6 +171,9 @@ TEST_F(BadCheckpointTest, ADatasetOfAnotherLengthIsDataLoss) {
   absl::Status s = ReadAllValues();
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(s.message(), AllOf(HasSubstr(file_), HasSubstr("dataset 'value' holds")));
+  absl::StatusOr<std::unique_ptr<CheckpointReader>> r = CheckpointReader::Open(ckpt_);
+  ASSERT_TRUE(r.ok()) << "sizes match: only opening the file tells";
+  EXPECT_EQ((*r)->CheckFiles().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(BadCheckpointTest, AnotherModelsConfigAndShapes) {
