@@ -53,6 +53,7 @@ std::vector<TensorPiece> TablePieces(const ParamTable& table, int64_t begin, int
     const bool stacked = IsStackedExpertSpec(spec);
     const int64_t slots = stacked ? spec.shape[0] : 1;
     const int64_t per_slot = slots > 0 ? numel / slots : 0;
+    if (per_slot == 0) continue;  // unreachable for numel > 0; keeps the division below safe
     const Shape shape = HfTensorShape(spec);
     // Slots (experts) overlapping [lo, hi) of this spec, each cut to the overlap.
     for (int64_t slot = (lo - spec.offset) / per_slot; slot < slots; ++slot) {
