@@ -377,7 +377,8 @@ std::string IndexToJson(const CheckpointIndex& index) {
             {"metadata", MetadataToJson(index.metadata)},
             {"files", std::move(files)},
             {"tensors", std::move(tensors)}};
-  return j.dump(1) + "\n";
+  // Compact: at 671B scale the index holds about two million checksums.
+  return j.dump() + "\n";
 }
 
 absl::StatusOr<CheckpointIndex> IndexFromJson(std::string_view text, const std::string& path) {

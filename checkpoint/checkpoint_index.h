@@ -9,7 +9,7 @@
 // stored bytes of every chunk of kCrcChunkElements elements of a slice, counted from the slice's begin (the
 // last chunk may be shorter); a reader verifies every chunk it reads, and reads whole chunks to do so.
 //
-// index.json (format_version 1):
+// index.json (format_version 1; written compact, shown here indented):
 //   { "format": "fathom-checkpoint", "format_version": 1, "fathom_version": "0.1.0",
 //     "crc_chunk_elements": 1048576,
 //     "metadata": { "step": 123, "lr_schedule_step": 123, "seed": 1234, "rng": {...},
