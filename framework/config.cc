@@ -195,6 +195,14 @@ void ParseData(YamlMapReader& r, DataConfig* d) {
   r.Bool("verify_tokens", &d->verify_tokens);
 }
 
+void ParseCheckpoint(YamlMapReader& r, CheckpointConfig* c) {
+  r.String("dir", &c->dir);
+  r.Count("save_every", &c->save_every);
+  r.Count("keep_last", &c->keep_last);
+  r.String("resume", &c->resume);
+  r.Bool("async", &c->async);
+}
+
 // Parses one section into `config` when present; errors are recorded in `root`.
 template <class Config>
 void ParseSection(YamlMapReader& root, std::optional<YamlMapReader>& section,
@@ -523,9 +531,26 @@ absl::Status DataConfig::Validate(const ModelConfig& model) const {
   return absl::OkStatus();
 }
 
+absl::Status CheckpointConfig::Validate() const {
+  absl::Status s = FirstError({CheckAtLeast("checkpoint.save_every", save_every, 0),
+                               CheckAtLeast("checkpoint.keep_last", keep_last, 0)});
+  if (!s.ok()) return s;
+  if (save_every > 0 && dir.empty()) {
+    return Invalid(absl::StrCat("checkpoint.save_every (", save_every,
+                                ") needs checkpoint.dir, the directory the checkpoints go to"));
+  }
+  if (resume.empty()) {
+    return Invalid(
+        "checkpoint.resume must be auto (the newest complete checkpoint in checkpoint.dir), none, "
+        "or the path of a checkpoint; got ''");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Recipe::Validate() const {
-  absl::Status s = FirstError({model.Validate(), parallel.Validate(model), train.Validate(model),
-                               optim.Validate(), loss.Validate(), data.Validate(model)});
+  absl::Status s =
+      FirstError({model.Validate(), parallel.Validate(model), train.Validate(model), optim.Validate(),
+                  loss.Validate(), data.Validate(model), checkpoint.Validate()});
   if (s.ok() || path.empty()) return s;
   return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
 }
@@ -551,6 +576,7 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
     std::optional<YamlMapReader> optim = root.Map("optim");
     std::optional<YamlMapReader> loss = root.Map("loss");
     std::optional<YamlMapReader> data = root.Map("data");
+    std::optional<YamlMapReader> checkpoint = root.Map("checkpoint");
     // Unknown sections first: a misspelt section name explains everything that follows.
     root.Merge(root.Finish());
     ParseSection(root, model, ParseModel, &recipe.model);
@@ -559,6 +585,7 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
     ParseSection(root, optim, ParseOptim, &recipe.optim);
     ParseSection(root, loss, ParseLoss, &recipe.loss);
     ParseSection(root, data, ParseData, &recipe.data);
+    ParseSection(root, checkpoint, ParseCheckpoint, &recipe.checkpoint);
     if (!root.status().ok()) return root.status();
   } catch (const YAML::Exception& e) {
     // The readers only inspect nodes in ways that do not throw; this is the boundary that guarantees a

@@ -1,6 +1,6 @@
 // Typed configuration, one struct per component, each with its own Validate() (torchtitan style).
-// A recipe YAML has the sections model / parallel / train / optim / loss / data; the model section uses
-// HF config.json key names. Parsing rejects unknown keys and wrong types; Validate() checks the
+// A recipe YAML has the sections model / parallel / train / optim / loss / data / checkpoint; the model
+// section uses HF config.json key names. Parsing rejects unknown keys and wrong types; Validate() checks the
 // cross-field constraints. Every error names the key and what was expected.
 #ifndef FATHOM_FRAMEWORK_CONFIG_H_
 #define FATHOM_FRAMEWORK_CONFIG_H_
@@ -141,6 +141,16 @@ struct DataConfig {
   absl::StatusOr<std::vector<double>> SplitFractions() const;
 };
 
+// Distributed checkpoints (checkpoint/): where they go, how often, how many stay, and where a run resumes.
+struct CheckpointConfig {
+  std::string dir;              // the checkpoints' directory (D/step_00000123/); "" = no checkpoints
+  int64_t save_every = 0;       // save after every save_every-th step; 0 = never (REQUIRES dir when > 0)
+  int64_t keep_last = 0;        // complete checkpoints kept in dir (older ones pruned); 0 = keep all
+  std::string resume = "auto";  // auto: the newest complete checkpoint in dir, if any | none | a path
+  bool async = false;           // write in a background thread; the step loop stalls only for the copy
+  absl::Status Validate() const;
+};
+
 struct Recipe {
   std::string path;  // where it was read from, for messages
   ModelConfig model;
@@ -149,6 +159,7 @@ struct Recipe {
   OptimConfig optim;
   LossConfig loss;
   DataConfig data;
+  CheckpointConfig checkpoint;
   absl::Status Validate() const;  // every section, then the cross-section constraints
 };
 
