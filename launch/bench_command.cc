@@ -94,7 +94,7 @@ PhaseMillis PhaseWork(const Recipe& recipe, Trainer& trainer, const DeviceMesh& 
   const double tokens = static_cast<double>(recipe.parallel.micro_batches * recipe.train.micro_batch_size *
                                             recipe.train.seq_len);
   const MeshCoord& c = mesh.coord();
-  const std::vector<int64_t>& stages = trainer.stage_layers();
+  const std::vector<int64_t>& stages = trainer.runtime().stage_layers();
   int64_t first = 0;
   for (int s = 0; s < c.pp_rank; ++s) first += stages[static_cast<size_t>(s)];
   const int64_t end = first + stages[static_cast<size_t>(c.pp_rank)];

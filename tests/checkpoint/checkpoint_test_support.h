@@ -55,10 +55,9 @@ inline ModelConfig CheckpointTestModel() {
 // only build tables); every call is a bug.
 class UnusedExpertExchange final : public ExpertExchange {
  public:
-  Tensor Begin(int, const Tensor&) override { Fail(); }
-  Tensor ToExperts(int, const Tensor&) override { Fail(); }
-  Tensor FromExperts(int, const Tensor&) override { Fail(); }
-  void End(int) override { Fail(); }
+  Tensor Dispatch(const Tensor&, const Tensor&, DispatchHandle*) override { Fail(); }
+  Tensor Dispatch(const Tensor&, const DispatchHandle&) override { Fail(); }
+  Tensor Combine(const Tensor&, const DispatchHandle&) override { Fail(); }
 
  private:
   [[noreturn]] static void Fail() {
@@ -77,7 +76,8 @@ inline ModelSlice TableSlice(const ModelConfig& m, int64_t first_layer, int64_t 
   slice.head = end_layer == m.num_hidden_layers;
   slice.experts = {expert_begin, expert_count};
   if (expert_count != m.n_routed_experts) {
-    slice.make_exchange = [] { return std::unique_ptr<ExpertExchange>(new UnusedExpertExchange); };
+    static UnusedExpertExchange unused;  // stateless: one serves every slice
+    slice.exchange = &unused;
   }
   return slice;
 }
