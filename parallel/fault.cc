@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "parallel/launch_env.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/mpi_watchdog.h"
 
 namespace fathom {
 
@@ -111,6 +112,7 @@ void ExitAllRanks(int code, const std::string& msg, double wait_seconds) {
         absl::StrCat("not every rank reached the exit within ", wait_seconds, " s; aborting the job");
     FailJob(code, rank == 0 ? note : absl::StrCat(msg, " (", note, ")"));  // rank 0 printed `msg` already
   }
+  WatchdogRelease();
   ReleaseMpiErrorHandling();
   MpiCheck(MPI_Finalize(), "MPI_Finalize", "world");
   std::exit(code);
