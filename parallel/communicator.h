@@ -159,6 +159,9 @@ class Communicator {
   // Takes effect for waits that start afterwards (and for a Test() deadline already running).
   void set_timeout_seconds(double seconds);
   static constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600.0;
+  // The deadline cell itself, for a communicator of another kind that joins this family (an
+  // NcclCommunicator created over this one as its bootstrap).
+  std::shared_ptr<double> shared_timeout() const { return timeout_; }
 
  protected:
   // A deadline of its own, kDefaultTimeoutSeconds.

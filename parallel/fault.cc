@@ -59,10 +59,14 @@ int ProcessRank() {
   return env.ok() ? env->world_rank : 0;
 }
 
-void FailJob(int code, const std::string& msg) {
+void AnnounceFailure(const std::string& msg) {
   // Only the first failure of a process speaks; a second one (another thread, or a failure while
   // failing) goes straight to the abort.
   if (!g_failing.exchange(true)) PrintLine(absl::StrCat("[rank ", ProcessRank(), "] ", msg));
+}
+
+void FailJob(int code, const std::string& msg) {
+  AnnounceFailure(msg);
   if (MpiIsActive()) MPI_Abort(MPI_COMM_WORLD, code);
   std::fflush(nullptr);
   std::_Exit(code);  // MPI_Abort does not return; without MPI there is nobody else to take down

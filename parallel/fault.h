@@ -47,6 +47,9 @@ int ProcessRank();
 // Prints "[rank R] msg" to stderr (once per process, even if called again or from another thread) and ends
 // the job: MPI_Abort(MPI_COMM_WORLD, code) when MPI is active, exit(code) otherwise.
 [[noreturn]] void FailJob(int code, const std::string& msg);
+// The first half of FailJob, for a failure that must clean up before ending the job (the NCCL watchdog
+// aborts its communicator): prints "[rank R] msg" now, once per process; a later FailJob prints nothing.
+void AnnounceFailure(const std::string& msg);
 
 // rc == MPI_SUCCESS, or FailJob(kExitFailure, "<call> on group <group> failed: <MPI's error string>").
 void MpiCheck(int rc, const char* call, const std::string& group);
