@@ -127,11 +127,28 @@ absl::StatusOr<std::optional<FaultSpec>> ParseTestFault(const std::string& value
   size_t colon = value.find(':');
   FaultSpec spec;
   if (colon == std::string::npos || !absl::SimpleAtoi(value.substr(0, colon), &spec.rank) ||
-      !absl::SimpleAtoi(value.substr(colon + 1), &spec.step) || spec.rank < 0 || spec.step < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("FATHOM_TEST_FAULT='", value, "' is not 'rank:step' with two non-negative integers"));
+      !absl::SimpleAtoi(value.substr(colon + 1), &spec.step) || spec.rank < 0 || spec.step < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("FATHOM_TEST_FAULT='", value,
+                                                   "' is not 'rank:step' with a rank >= 0 and a step >= 1 "
+                                                   "(steps count from 1, as the log prints them)"));
   }
   return std::optional<FaultSpec>(spec);
+}
+
+absl::Status CheckTestFaultValue(const std::string& value, int world_size) {
+  absl::StatusOr<std::optional<FaultSpec>> spec = ParseTestFault(value);
+  if (!spec.ok()) return spec.status();
+  if (spec->has_value() && (*spec)->rank >= world_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FATHOM_TEST_FAULT='", value, "' names rank ", (*spec)->rank, ", but the world has ",
+                     world_size, " rank(s) (0-", world_size - 1, "); the fault would never happen"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckTestFault(int world_size) {
+  const char* value = std::getenv("FATHOM_TEST_FAULT");
+  return value == nullptr ? absl::OkStatus() : CheckTestFaultValue(value, world_size);
 }
 
 bool ShouldInjectFault(int rank, int64_t step) {

@@ -37,7 +37,7 @@ int RunProbe(const std::string& scenario) {
     }
     world->AllReduce(x, ReduceOp::kSum);  // never completes: rank 1 is gone
   } else if (scenario == "inject") {
-    for (int64_t step = 0; step < 1000; ++step) {
+    for (int64_t step = 1; step <= 1000; ++step) {  // 1-based, as the log counts
       if (ShouldInjectFault(r, step)) InjectFault(r, step);
       world->AllReduce(x, ReduceOp::kMax);
     }
@@ -145,9 +145,22 @@ TEST(FaultJob, ParseTestFault) {
   ASSERT_TRUE(spec.ok() && spec->has_value());
   EXPECT_EQ((*spec)->rank, 3);
   EXPECT_EQ((*spec)->step, 17);
-  for (const char* bad : {"3", "3:", ":4", "-1:2", "1:x", "1:2:3"}) {
+  for (const char* bad : {"3", "3:", ":4", "-1:2", "1:x", "1:2:3", "1:0"}) {
     EXPECT_FALSE(ParseTestFault(bad).ok()) << bad;
   }
+}
+
+TEST(FaultJob, TestFaultOutsideTheWorldIsRefused) {
+  EXPECT_TRUE(CheckTestFaultValue("", 4).ok());
+  EXPECT_TRUE(CheckTestFaultValue("3:1", 4).ok());
+  const absl::Status s = CheckTestFaultValue("7:1", 4);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message())
+                .find("FATHOM_TEST_FAULT='7:1' names rank 7, but the world has 4 rank(s) (0-3)"),
+            std::string::npos)
+      << s;
+  EXPECT_NE(std::string(CheckTestFaultValue("0:0", 4).message()).find("steps count from 1"),
+            std::string::npos);
 }
 
 }  // namespace
