@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "framework/file_io.h"
 #include "launch/command_line.h"
 #include "launch/commands.h"
 #include "parallel/chrome_trace.h"
@@ -37,6 +38,13 @@ int RunSimulate(const std::vector<std::string>& args) {
   const std::string cluster_path = cl->options["--cluster"], trace_path = cl->options["--trace"];
   const std::string recompute = cl->options.count("--recompute") ? cl->options["--recompute"] : "norm+mla_up";
   if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
+  // Refused before the work, not after: only a regular file (or nothing) is ever replaced.
+  if (!trace_path.empty()) {
+    if (absl::Status s = CheckReplaceable(trace_path); !s.ok()) {
+      std::cerr << "fathom simulate: --trace: " << s.message() << "\n";
+      return 2;
+    }
+  }
   ParallelPlan plan;
   if (recompute == "none") {
     plan.recompute = Recompute::None();
