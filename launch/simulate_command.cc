@@ -21,10 +21,20 @@ namespace {
 
 double GiB(double bytes) { return bytes / 1073741824.0; }
 
+constexpr char kUsage[] =
+    "usage: fathom simulate RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...]\n"
+    "                       [--trace out.json] [--recompute none|norm|norm+mla_up]\n";
+constexpr char kHelp[] =
+    "  Simulates one step of the recipe's parallel: section on the cluster and prints a summary.\n"
+    "  --cluster FILE            the cluster description (recipes/clusters/*.yaml)\n"
+    "  --set section.key=value   override a recipe key (repeatable)\n"
+    "  --trace FILE              write the timeline as a Chrome trace (Perfetto); replaces only a regular "
+    "file\n"
+    "  --recompute WHAT          none, norm or norm+mla_up (default)\n"
+    "  --help                    print this and exit\n";
+
 int Usage(const std::string& why) {
-  std::cerr << "fathom simulate: " << why << "\n"
-            << "usage: fathom simulate RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...]\n"
-            << "                       [--trace out.json] [--recompute none|norm|norm+mla_up]\n";
+  std::cerr << "fathom simulate: " << why << "\n" << kUsage;
   return 2;
 }
 
@@ -32,6 +42,10 @@ int Usage(const std::string& why) {
 
 int RunSimulate(const std::vector<std::string>& args) {
   absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--cluster", "--trace", "--recompute"});
+  if (cl.ok() && cl->help) {
+    std::cout << kUsage << kHelp;
+    return 0;
+  }
   if (!cl.ok()) return Usage(std::string(cl.status().message()));
   const std::string& recipe_path = cl->recipe;
   const std::vector<std::string>& overrides = cl->overrides;
