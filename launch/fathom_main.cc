@@ -6,16 +6,20 @@
 
 namespace {
 
-void Usage() {
-  std::fprintf(stderr,
-               "usage: fathom <command> [args]\n"
-               "  train RECIPE.yaml [--set key=value ...]   train a model from a recipe\n"
-               "  plan RECIPE.yaml --cluster CLUSTER.yaml   choose pp/ep/dp, schedule and micro-batching\n"
-               "  simulate RECIPE.yaml --cluster CLUSTER.yaml [--trace out.json]\n"
-               "                                            simulate one step of a parallel plan\n"
-               "  bench RECIPE.yaml [--set key=value ...] [--warmup N] [--steps N]\n"
-               "                                            time GPU training steps: tokens/s, MFU, memory,\n"
-               "                                            time per phase (train.device cuda)\n");
+void Usage(FILE* out = stderr) {
+  std::fprintf(
+      out,
+      "usage: fathom <command> [args]\n"
+      "  train RECIPE.yaml [--set key=value ...]   train a model from a recipe\n"
+      "  plan RECIPE.yaml --cluster CLUSTER.yaml   choose pp/ep/dp, schedule and micro-batching\n"
+      "  simulate RECIPE.yaml --cluster CLUSTER.yaml [--trace out.json]\n"
+      "                                            simulate one step of a parallel plan\n"
+      "  bench RECIPE.yaml [--set key=value ...] [--warmup N] [--steps N]\n"
+      "                                            time GPU training steps: tokens/s, MFU, memory,\n"
+      "                                            time per phase (train.device cuda)\n"
+      "  diagnose [--device auto|cpu|cuda]          check every rank's device: GEMM, attention and\n"
+      "                                            all-reduce results compared bitwise, times vs median\n"
+      "  COMMAND --help                            the command's usage\n");
 }
 
 }  // namespace
@@ -31,11 +35,12 @@ int main(int argc, char** argv) {
   if (cmd == "plan") return fathom::RunPlan(args);
   if (cmd == "simulate") return fathom::RunSimulate(args);
   if (cmd == "bench") return fathom::RunBench(args);
+  if (cmd == "diagnose") return fathom::RunDiagnose(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
-    Usage();
+    Usage(stdout);
     return 0;
   }
-  std::fprintf(stderr, "fathom: unknown command '%s'; expected train, plan, simulate or bench\n",
+  std::fprintf(stderr, "fathom: unknown command '%s'; expected train, plan, simulate, bench or diagnose\n",
                cmd.c_str());
   Usage();
   return 2;
