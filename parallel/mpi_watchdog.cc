@@ -273,6 +273,24 @@ std::string PeerLine(const WaitSite& site, int peer_world, const Answer* a, int 
                     " on this rank was never posted");
   }
   absl::StrAppend(&report, "\n  ending the job");
+  // A peer that answered but has not arrived is usually blocked on a third rank, and its own report
+  // (due about now, as its deadline passes too) names the one at the end of the chain. Printing this one
+  // first and lingering a moment before the abort lets that report out as well.
+  AnnounceFailure(report);
+  bool chained = false;
+  for (size_t i = 0; i < peers.size(); ++i) {
+    if (answered[i] && answers[i].found &&
+        (site.collective == 0 || answers[i].collectives < site.collective)) {
+      chained = true;
+    }
+  }
+  if (chained) {
+    const Clock::time_point since = Clock::now();
+    while (SecondsBetween(since, Clock::now()) < kChainLingerSeconds) {
+      AnswerQuestions(/*now_anyway=*/true);
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+  }
   FailJob(kExitFailure, report);
 }
 

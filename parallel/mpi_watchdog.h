@@ -14,7 +14,9 @@
 // message, whether the peer posted its side. A peer that does not answer is named as such: it is stopped
 // (SIGSTOP, a debugger), dead, or busy outside fathom's MPI waits (computing, or blocked in a call the
 // watchdog does not cover); that cannot be told apart from the outside. The report goes to stderr as
-// "[rank R] watchdog: ..." (FailJob, parallel/fault.h) and MPI_Abort ends the job.
+// "[rank R] watchdog: ..." (FailJob, parallel/fault.h) and MPI_Abort ends the job - a little later
+// (kChainLingerSeconds) when a peer is itself blocked on a third rank, so that the report of the rank at
+// the end of such a chain (the one naming the stopped or missing rank) is printed as well.
 //
 // Ranks are world ranks in every message. Costs in a healthy run: two counters per operation and, while
 // a wait lasts longer than 10 ms, one MPI_Iprobe per 10 ms. Waits poll MPI_Test with a backoff: spinning
@@ -40,6 +42,9 @@ namespace fathom {
 
 // How long a rank whose deadline passed waits for its peers' answers before it reports without them.
 inline constexpr double kAnswerWaitSeconds = 1.0;
+// How long a rank that has reported waits before ending the job when a peer it waited for is itself
+// blocked on another rank (so that the peer's report, which names the end of the chain, gets out too).
+inline constexpr double kChainLingerSeconds = kAnswerWaitSeconds + 1.0;
 
 // One MPI communicator's identity and this rank's counters on it. Registered with the watchdog while it
 // lives (so that questions about it can be answered). Not copyable: the registry points at it.
