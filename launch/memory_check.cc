@@ -74,9 +74,10 @@ int64_t BlockActivationElements(const ModelConfig& m, bool moe) {
               Product({SaturatingAdd(k, m.n_shared_experts), 2, m.moe_intermediate_size})});
 }
 
+// The final norm's input and output and the logit gradient the loss keeps from its forward (bf16 on GPU;
+// the logits themselves are dropped).
 int64_t HeadActivationElements(const ModelConfig& m) {
-  return Sum(
-      {Product({2, m.hidden_size}), Product({2, m.vocab_size})});  // norm input/output, logits, dlogits
+  return Sum({Product({2, m.hidden_size}), m.vocab_size});
 }
 
 int64_t ParameterWidth(const Recipe& r, bool device) { return !device && r.train.dtype == "f64" ? 8 : 4; }
@@ -190,7 +191,8 @@ MemoryNeed EstimateRankMemory(const Recipe& recipe, const MeshLayout& layout, in
                      Product({depth, Sum({Product({4, m.hidden_size}), BlockActivationElements(m, true),
                                           HeadActivationElements(m)})})});
   }
-  const int64_t in_flight = std::min<int64_t>(layout.pp(), recipe.parallel.micro_batches);
+  // 1F1B and ZB-H1 keep pp - stage micro-batches in flight on a stage (fewer when there are fewer).
+  const int64_t in_flight = std::min<int64_t>(layout.pp() - s.stage, recipe.parallel.micro_batches);
   need.activations = Product({per_token, recipe.train.micro_batch_size, recipe.train.seq_len, in_flight,
                               ActivationWidth(recipe, device)});
   return need;

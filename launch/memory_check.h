@@ -16,13 +16,16 @@
 //   gradients    the same elements and width (f32/f64 accumulators).
 //   optimizer    AdamW's two moments (optim.moment_dtype: 4 or 2 bytes) of this rank's ZeRO-1 shard:
 //                the slice divided by dp (a lower bound: experts are sharded over edp only).
-//   activations  an estimate of what the forward keeps per token for the backward (the layer's inputs,
-//                norm outputs, latents, per-head q/k/v and attention output, the experts' routed copies and
-//                SwiGLU inputs; the head's logits and their gradient), x micro_batch_size x seq_len tokens x
-//                the micro-batches in flight (min(pp, parallel.micro_batches)), in the compute width.
+//   activations  what the forward keeps per token for the backward, itemised as layers/cost.h does with
+//                nothing recomputed (the layer's inputs, norm outputs, latents, per-head q/k/v and attention
+//                output, the router's scores, the experts' routed copies and SwiGLU inputs; the head's
+//                logit gradient), x micro_batch_size x seq_len tokens x the micro-batches a single-chunk
+//                schedule holds on the stage (min(pp - stage, parallel.micro_batches)), in the compute width.
 // Decoder layers per stage: parallel.stage_layers when given, else ceil(num_hidden_layers / pp). The
-// estimate leaves out transient buffers and allocator overhead: it is a floor, so that the check never
-// refuses a run that would fit, and catches every recipe that cannot.
+// estimate leaves out transient buffers, the GEMM workspace, reserves and allocator overhead: it is a floor
+// (at most what launch/memory_plan.h's device plan counts, and 40.5 GiB for recipes/small.yaml, which
+// measured 47.5 GiB), so that the check never refuses a run that would fit, and catches every recipe that
+// cannot.
 //
 // Host: the ranks of a node share its memory; a rank's node holds the ranks [rank - local_rank,
 // rank - local_rank + local_size) (the launcher's by-slot order) and their needs add up. Available:

@@ -150,6 +150,20 @@ TEST(MemoryCheck, DeviceVerdictCountsTheComputeCopy) {
               AllOf(HasSubstr("more GPU memory"), HasSubstr("free on its GPU: 4096 bytes")));
 }
 
+// The estimate is a floor: recipes/small.yaml on one GPU measured 47.5 GiB at its peak (static + activation
+// pool, README's `fathom bench` run on an H100); the check must never ask for more than a run that fits.
+TEST(MemoryCheck, SmallRecipeEstimateStaysBelowItsMeasuredPeak) {
+  absl::StatusOr<Recipe> small = LoadRecipe(std::string(FATHOM_SOURCE_DIR) + "/recipes/small.yaml",
+                                            {"train.device=cuda", "train.dtype=bf16"});
+  ASSERT_TRUE(small.ok()) << small.status();
+  absl::StatusOr<MeshLayout> one = MeshLayout::Create(1, 1, 1);
+  ASSERT_TRUE(one.ok());
+  const MemoryNeed need = EstimateRankMemory(*small, *one, 0, /*device=*/true);
+  std::printf("recipes/small.yaml, one GPU: estimate %s\n", need.Describe().c_str());
+  EXPECT_LT(need.total(), static_cast<int64_t>(47.5 * (1 << 30)));
+  EXPECT_GT(need.activations, 0);
+}
+
 TEST(MemoryCheck, FormatsBytesAndReadsMemAvailable) {
   EXPECT_EQ(FormatBytes(512), "512 bytes");
   EXPECT_EQ(FormatBytes(3 * (int64_t{1} << 30)), "3221225472 bytes (3.0 GiB)");
