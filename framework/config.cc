@@ -18,6 +18,7 @@ namespace {
 
 // The longest wait the watchdog accepts (parallel/communicator.h's Communicator::kMaxTimeoutSeconds).
 constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600.0;
+constexpr int64_t kMaxMicroBatches = 65536;
 
 // ---------------------------------------------------------------------------------------------------
 // Parsing
@@ -433,6 +434,12 @@ absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
       CheckOneOf("parallel.schedule", schedule, {"1f1b", "zb1p", "dualpipe", "dualpipev"}),
   });
   if (!s.ok()) return s;
+  // The pipeline schedule lists every micro-batch of a step before it runs (DeepSeek-V3 runs 120 per
+  // pipeline); a count beyond this is a typo, and would cost memory before the memory check can see it.
+  if (micro_batches > kMaxMicroBatches) {
+    return Invalid(
+        absl::StrCat("parallel.micro_batches must be <= ", kMaxMicroBatches, ", got ", micro_batches));
+  }
   for (const auto& [key, seconds] : {std::pair<const char*, double>{"parallel.timeout_s", timeout_s},
                                      {"parallel.first_step_timeout_s", first_step_timeout_s},
                                      {"parallel.save_timeout_s", save_timeout_s}}) {

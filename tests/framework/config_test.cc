@@ -170,6 +170,12 @@ TEST(ConfigTest, VocabularyBeyondInt32TokenIds) {
               HasSubstr("model.vocab_size must be <= 2147483647 (token ids are 32-bit)"));
 }
 
+TEST(ConfigTest, AbsurdMicroBatchCountIsRefused) {
+  EXPECT_THAT(TinyError({"parallel.micro_batches=100000000000"}),
+              HasSubstr("parallel.micro_batches must be <= 65536, got 100000000000"));
+  EXPECT_TRUE(LoadRecipe(TinyPath(), {"parallel.micro_batches=4096"}).ok());
+}
+
 TEST(ConfigTest, WatchdogTimeouts) {
   absl::StatusOr<Recipe> r = LoadRecipe(
       TinyPath(),
