@@ -92,10 +92,10 @@ absl::Status CheckRankDeviceMemory(const Recipe& recipe, const MeshLayout& layou
 // MemAvailable from /proc/meminfo, in bytes; an error naming the file when it cannot be read.
 absl::StatusOr<int64_t> HostMemoryAvailable();
 
-// Collective over `world` (whose size is layout.world()): every rank checks its node's host memory (and,
-// with train.device cuda in a CUDA build, its GPU's free memory), and every rank returns the same status
-// (parallel/rank_agreement.h's AgreeOnStatus: the lowest failing rank's message). Call it after the recipe
-// is known to be the same everywhere and before building the model.
+// Collective over `world` (whose size is layout.world()): every rank checks its node's host memory (skipped
+// where /proc/meminfo cannot be read) and, with train.device cuda in a CUDA build, its GPU's free memory;
+// every rank returns the same status (parallel/rank_agreement.h's AgreeOnStatus: the lowest failing rank's
+// message). Call it after the recipe is known to be the same everywhere and before building the model.
 absl::Status CheckMemory(const Recipe& recipe, const MeshLayout& layout, Communicator& world, int local_rank,
                          int local_size);
 
