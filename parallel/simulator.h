@@ -26,7 +26,8 @@
 //             (dp for replicated parameters, edp for experts; DualPipe doubles both: its two copies of a
 //             stage are replicas too) starts when the chunk's last W ends; then the AdamW step over the
 //             local shard (memory-bound at HBM speed) and the ring all-gather of the bf16 parameters.
-// Memory per rank: parameters (bf16) and gradients (f32) of its chunks, the optimizer shard
+// Memory per rank (the memory model, parallel/simulator_memory.cc; the event simulation is simulator.cc):
+// parameters (bf16) and gradients (f32) of its chunks, the optimizer shard
 // (f32 master + two moments / replicas), and the activations of every micro-batch-chunk from its F until
 // its W (or BW) ends, plus one FB pair's transient working set; checked against HBM less the reserve.
 #ifndef FATHOM_PARALLEL_SIMULATOR_H_
