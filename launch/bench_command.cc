@@ -76,7 +76,7 @@ constexpr double kGiB = 1073741824.0;
 double ModelFlopsPerToken(const Recipe& recipe) {
   double flops = 0;
   for (const NodeCost& n : BuildCostGraph(recipe.model, recipe.train.seq_len)) {
-    if (n.kind != CostNodeKind::kMtp) flops += n.model_flops;
+    if (n.kind != NodeKind::kMtp) flops += n.model_flops;
   }
   return flops;
 }

@@ -38,20 +38,7 @@ std::vector<double> SliceNodeBytesPerToken(const Recipe& recipe, const ModelSlic
                "[memory_plan] slice layers [", slice.first_layer, ", ", end, ") of ", m.num_hidden_layers);
   std::vector<double> out;
   for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len, ActivationPolicy(recipe))) {
-    bool held = false;
-    switch (n.kind) {
-      case CostNodeKind::kEmbedding:
-        held = slice.embedding;
-        break;
-      case CostNodeKind::kDenseBlock:
-      case CostNodeKind::kMoeBlock:
-        held = n.index >= slice.first_layer && n.index < end;
-        break;
-      case CostNodeKind::kHead:
-      case CostNodeKind::kMtp:
-        held = slice.head;
-        break;
-    }
+    const bool held = slice.Holds(n);
     if (held) out.push_back(n.activation_bytes(Recompute::None()));
   }
   return out;

@@ -1,6 +1,5 @@
 #include "layers/cost.h"
 
-#include "absl/strings/str_cat.h"
 #include "framework/check.h"
 
 namespace fathom {
@@ -124,22 +123,6 @@ void AddHead(NodeCost& n, const ModelConfig& m, const PrecisionPolicy& p) {
 
 }  // namespace
 
-const char* CostNodeKindName(CostNodeKind kind) {
-  switch (kind) {
-    case CostNodeKind::kEmbedding:
-      return "embedding";
-    case CostNodeKind::kDenseBlock:
-      return "dense";
-    case CostNodeKind::kMoeBlock:
-      return "moe";
-    case CostNodeKind::kHead:
-      return "head";
-    case CostNodeKind::kMtp:
-      return "mtp";
-  }
-  return "?";
-}
-
 double NodeCost::backward_input_flops(const Recompute& recompute) const {
   return gemm_flops + gemm_bf16_flops + kAttentionBackwardFactor * attn_flops +
          (recompute.mla_up ? mla_up_flops : 0.0);
@@ -156,48 +139,43 @@ std::vector<NodeCost> BuildCostGraph(const ModelConfig& m, int64_t seq_len, cons
   const double dispatch = static_cast<double>(H) * (p.fp8_dispatch ? 1.0 + 4.0 / 128.0 : 2.0);
   const double combine = 2.0 * static_cast<double>(H);
   std::vector<NodeCost> graph;
-
-  NodeCost embed{CostNodeKind::kEmbedding, 0, "embed"};
-  embed.params = embed.active_params = m.vocab_size * H;
-  embed.act_bytes = 4;  // the token id; the backward scatter-adds into the table (W)
-  graph.push_back(embed);
-
-  for (int64_t l = 0; l < m.num_hidden_layers; ++l) {
-    const bool moe = m.is_moe_layer(l);
-    NodeCost n{moe ? CostNodeKind::kMoeBlock : CostNodeKind::kDenseBlock, l, absl::StrCat("layers.", l)};
-    SetBlock(n, DecoderBlockCost(m, moe, seq_len, p));
-    if (moe) {
+  for (const ModelNode& node : DescribeModelGraph(m)) {
+    NodeCost n;
+    static_cast<ModelNode&>(n) = node;
+    switch (node.kind) {
+      case NodeKind::kEmbedding:
+        n.params = n.active_params = m.vocab_size * H;
+        n.act_bytes = 4;  // the token id; the backward scatter-adds into the table (W)
+        break;
+      case NodeKind::kDenseBlock:
+      case NodeKind::kMoeBlock:
+        SetBlock(n, DecoderBlockCost(m, node.moe, seq_len, p));
+        break;
+      case NodeKind::kHead:
+        n.params = n.active_params = H + m.vocab_size * H;  // final norm + lm_head
+        AddHead(n, m, p);
+        break;
+      case NodeKind::kMtp: {
+        // MTP module k: enorm(embedding of token t+k+1), hnorm(previous depth's hidden) -> concat -> eh_proj
+        // (2H -> H) -> one decoder block -> shared_head.norm -> the shared head. Embedding and head weights
+        // are the main model's.
+        const int64_t proj = 2 * H * H;
+        n.params = n.active_params = 3 * H + proj;  // enorm, hnorm, shared_head.norm, eh_proj
+        n.gemm_bf16_flops = 2.0 * static_cast<double>(proj);
+        n.model_flops = 6.0 * (3.0 * static_cast<double>(H) + 2.0 * static_cast<double>(H * H));
+        const double a = static_cast<double>(p.activation_bytes);
+        n.act_bytes = 2.0 * static_cast<double>(H) * a + 8 + 2.0 * static_cast<double>(H) * a;
+        n.act_saved_by_norm_recompute = 2.0 * static_cast<double>(H) * a;  // concat of the two norm outputs
+        SetBlock(n, DecoderBlockCost(m, node.moe, seq_len, p));
+        AddHead(n, m, p);  // costs only: the head's weight is the main model's
+        break;
+      }
+    }
+    if (node.moe) {
       n.dispatch_bytes = dispatch;
       n.combine_bytes = combine;
     }
-    graph.push_back(n);
-  }
-
-  NodeCost head{CostNodeKind::kHead, 0, "head"};
-  head.params = head.active_params = H + m.vocab_size * H;  // final norm + lm_head
-  AddHead(head, m, p);
-  graph.push_back(head);
-
-  // MTP module k: enorm(embedding of token t+k+1), hnorm(previous depth's hidden) -> concat -> eh_proj
-  // (2H -> H) -> one decoder block (the kind of layer num_hidden_layers) -> shared_head.norm -> the
-  // shared head. Embedding and head weights are the main model's.
-  for (int64_t d = 0; d < m.num_nextn_predict_layers; ++d) {
-    const bool moe = m.is_moe_layer(m.num_hidden_layers + d);
-    NodeCost n{CostNodeKind::kMtp, d, absl::StrCat("mtp.", d)};
-    const int64_t proj = 2 * H * H;
-    n.params = n.active_params = 3 * H + proj;  // enorm, hnorm, shared_head.norm, eh_proj
-    n.gemm_bf16_flops = 2.0 * static_cast<double>(proj);
-    n.model_flops = 6.0 * (3.0 * static_cast<double>(H) + 2.0 * static_cast<double>(H * H));
-    const double a = static_cast<double>(p.activation_bytes);
-    n.act_bytes = 2.0 * static_cast<double>(H) * a + 8 + 2.0 * static_cast<double>(H) * a;
-    n.act_saved_by_norm_recompute = 2.0 * static_cast<double>(H) * a;  // concat of the two norm outputs
-    SetBlock(n, DecoderBlockCost(m, moe, seq_len, p));
-    if (moe) {
-      n.dispatch_bytes = dispatch;
-      n.combine_bytes = combine;
-    }
-    AddHead(n, m, p);  // costs only: the head's weight is the main model's
-    graph.push_back(n);
+    graph.push_back(std::move(n));
   }
   return graph;
 }
@@ -205,7 +183,7 @@ std::vector<NodeCost> BuildCostGraph(const ModelConfig& m, int64_t seq_len, cons
 GraphTotals SumGraph(const std::vector<NodeCost>& graph) {
   GraphTotals t;
   for (const NodeCost& n : graph) {
-    if (n.kind == CostNodeKind::kMtp) {
+    if (n.kind == NodeKind::kMtp) {
       t.mtp_params += n.params;
     } else {
       t.params += n.params;

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "framework/config.h"
+#include "layers/graph.h"
 
 namespace fathom {
 
@@ -57,14 +58,9 @@ struct Recompute {
   static Recompute NormAndMlaUp() { return {true, true}; }
 };
 
-enum class CostNodeKind { kEmbedding, kDenseBlock, kMoeBlock, kHead, kMtp };
-const char* CostNodeKindName(CostNodeKind kind);  // "embedding", "dense", "moe", "head", "mtp"
-
-struct NodeCost {
-  CostNodeKind kind = CostNodeKind::kEmbedding;
-  int64_t index = 0;  // decoder layer (blocks), MTP depth (kMtp), 0 otherwise
-  std::string name;   // "embed", "layers.3", "head", "mtp.0"
-
+// The costs of one node of DescribeModelGraph (layers/graph.h): kind, name, HF layer and MTP depth are
+// the graph's.
+struct NodeCost : ModelNode {
   // Parameters (counts). An MTP module counts only its own: it shares the embedding and head.
   int64_t params = 0;         // all of the node's parameters
   int64_t expert_params = 0;  // routed experts' part of `params` (sharded over expert parallelism)
@@ -96,7 +92,8 @@ struct NodeCost {
   double activation_bytes(const Recompute& recompute) const;
 };
 
-// The graph's nodes in execution order: embedding, decoder blocks 0..L-1, head, MTP modules 0..D-1.
+// One NodeCost per node of DescribeModelGraph(model), in its order: embedding, decoder blocks 0..L-1, head,
+// MTP modules 1..D.
 // Per-token quantities use `seq_len` for the attention (each query sees seq_len/2 keys on average).
 std::vector<NodeCost> BuildCostGraph(const ModelConfig& model, int64_t seq_len,
                                      const PrecisionPolicy& precision = {});

@@ -62,18 +62,26 @@ double RingSeconds(double bytes, int64_t n, double gbps, double latency_us, doub
   return bytes * share / (gbps * 1e9 * efficiency) + static_cast<double>(n - 1) * latency_us * 1e-6;
 }
 
-// The node indices of each stage: embedding with stage 0, head and MTP modules with the last stage.
-std::vector<std::vector<int>> StageNodes(const ModelConfig& m, const std::vector<int64_t>& stage_layers) {
+// The graph nodes of each stage: the embedding with stage 0, decoder layers in order by stage_layers, the
+// head and the MTP modules with the last stage.
+template <class Node>
+std::vector<std::vector<int>> StageNodes(const std::vector<Node>& graph,
+                                         const std::vector<int64_t>& stage_layers) {
   std::vector<std::vector<int>> nodes(stage_layers.size());
-  int64_t layer = 0;
-  for (size_t s = 0; s < stage_layers.size(); ++s) {
-    if (s == 0) nodes[s].push_back(0);
-    for (int64_t i = 0; i < stage_layers[s]; ++i) nodes[s].push_back(static_cast<int>(1 + layer++));
-    if (s + 1 == stage_layers.size()) {
-      for (int64_t i = 0; i <= m.num_nextn_predict_layers; ++i) {
-        nodes[s].push_back(static_cast<int>(1 + m.num_hidden_layers + i));
-      }
+  std::vector<size_t> stage_of_layer;
+  for (size_t s = 0; s < stage_layers.size(); ++s)
+    stage_of_layer.insert(stage_of_layer.end(), stage_layers[s], s);
+  for (size_t i = 0; i < graph.size(); ++i) {
+    const Node& n = graph[i];
+    size_t s = 0;
+    if (n.kind == NodeKind::kDenseBlock || n.kind == NodeKind::kMoeBlock) {
+      FATHOM_CHECK(n.layer >= 0 && static_cast<size_t>(n.layer) < stage_of_layer.size(), "[simulator] layer ",
+                   n.layer, " outside stage_layers");
+      s = stage_of_layer[static_cast<size_t>(n.layer)];
+    } else if (n.kind != NodeKind::kEmbedding) {
+      s = stage_layers.size() - 1;
     }
+    nodes[s].push_back(static_cast<int>(i));
   }
   return nodes;
 }
@@ -157,6 +165,8 @@ absl::Status CheckPlan(const ModelConfig& m, const ClusterConfig& c, const Paral
 
 // Per-node costs of one micro-batch: what stage costs add up.
 struct NodeUnit {
+  NodeKind kind = NodeKind::kEmbedding;
+  int64_t layer = -1;
   NodeSeconds t;
   int64_t params_replicated = 0, params_expert = 0;
   double activation_bytes = 0, transient_bytes = 0;
@@ -168,6 +178,8 @@ std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelC
   std::vector<NodeUnit> units(graph.size());
   for (size_t i = 0; i < graph.size(); ++i) {
     const NodeCost& n = graph[i];
+    units[i].kind = n.kind;
+    units[i].layer = n.layer;
     units[i].t = NodeTimes(n, m, c, plan);
     units[i].params_replicated = n.params - n.expert_params;
     units[i].params_expert = n.expert_params / plan.ep;
@@ -180,7 +192,7 @@ std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelC
 
 std::vector<StageCost> SumStages(const std::vector<NodeUnit>& units, const ModelConfig& m,
                                  const std::vector<int64_t>& stage_layers) {
-  std::vector<std::vector<int>> nodes = StageNodes(m, stage_layers);
+  std::vector<std::vector<int>> nodes = StageNodes(units, stage_layers);
   std::vector<StageCost> stages(nodes.size());
   for (size_t s = 0; s < nodes.size(); ++s) {
     StageCost& st = stages[s];
