@@ -17,12 +17,15 @@ struct CommandLine {
   std::string recipe;                          // the one positional argument
   std::vector<std::string> overrides;          // every --set value (also --set=value), in order
   std::map<std::string, std::string> options;  // "--cluster" -> "recipes/clusters/h800-2048.yaml"
+  std::map<std::string, std::vector<std::string>> repeated;  // "--fix" -> every value given, in order
 };
 
 // `options`: the value-taking options this command accepts besides --set ("--cluster", "--out", ...).
-// An option given twice keeps its last value.
+// An option given twice keeps its last value. `repeatable`: value-taking options that collect every value
+// (like --set), also written --option=value.
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
-                                             const std::set<std::string>& options);
+                                             const std::set<std::string>& options,
+                                             const std::set<std::string>& repeatable = {});
 
 }  // namespace fathom
 

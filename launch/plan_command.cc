@@ -1,7 +1,9 @@
 // fathom plan RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...] [--out FILE]
-//                         [--global-batch SEQUENCES] [--top N]
-// Chooses pp / ep / schedule / micro-batching / recompute for the recipe's model on the cluster, prints the
-// best candidates and writes the chosen `parallel:` section as YAML (stdout, and FILE with --out).
+//                         [--global-batch SEQUENCES] [--fix section.key[=value] ...] [--top N]
+// Chooses pp / ep / schedule / micro-batching / recompute for the recipe's model on the cluster at the
+// recipe's train.global_batch_size (--global-batch overrides it), prints the best candidates and writes the
+// chosen `parallel:` section as YAML (stdout, and FILE with --out). The recipe's parallel section is not
+// checked against the model and is ignored except for what --fix names.
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -76,14 +78,15 @@ int Usage(const std::string& why) {
   std::cerr
       << "fathom plan: " << why << "\n"
       << "usage: fathom plan RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...] [--out FILE]\n"
-      << "                   [--global-batch SEQUENCES] [--top N]\n";
+      << "                   [--global-batch SEQUENCES] [--fix section.key[=value] ...] [--top N]\n";
   return 2;
 }
 
 }  // namespace
 
 int RunPlan(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--cluster", "--out", "--global-batch", "--top"});
+  absl::StatusOr<CommandLine> cl =
+      ParseCommandLine(args, {"--cluster", "--out", "--global-batch", "--top"}, {"--fix"});
   if (!cl.ok()) return Usage(std::string(cl.status().message()));
   const std::string& recipe_path = cl->recipe;
   const std::vector<std::string>& overrides = cl->overrides;
@@ -98,10 +101,14 @@ int RunPlan(const std::vector<std::string>& args) {
     return Usage("--top needs a positive count");
   }
   if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
-  absl::StatusOr<Recipe> recipe = LoadRecipe(recipe_path, overrides);
+  absl::StatusOr<Recipe> recipe = LoadRecipe(recipe_path, overrides, RecipeUse::kPlan);
   if (!recipe.ok()) {
     std::cerr << "fathom plan: " << recipe.status().message() << "\n";
     return 2;
+  }
+  for (const std::string& fix : cl->repeated["--fix"]) {
+    if (absl::Status s = AddPlanConstraint(fix, *recipe, &options.fixed); !s.ok())
+      return Usage(std::string(s.message()));
   }
   absl::StatusOr<ClusterConfig> cluster = LoadCluster(cluster_path);
   if (!cluster.ok()) {
@@ -122,6 +129,8 @@ int RunPlan(const std::vector<std::string>& args) {
       "global batch %d sequences x %d tokens = %.1fM tokens per step; model FLOPs %.3g per token\n",
       report->global_batch, recipe->train.seq_len,
       static_cast<double>(report->global_batch * recipe->train.seq_len) / 1e6, best.model_flops_per_token);
+  o << (options.fixed.empty() ? std::string("nothing fixed: the recipe's parallel section is not used\n")
+                              : "fixed by --fix: " + options.fixed.Describe() + "\n");
   o << absl::StrFormat(
       "%d layouts considered, %d fit in %.1f GiB per GPU (%.0f GiB HBM less %.0f GiB reserve)\n\n",
       report->considered, report->fitting, GiB(best.usable_bytes), c.hbm_gib, c.memory_reserve_gib);

@@ -4,8 +4,12 @@
 #include <cmath>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace fathom {
 namespace {
@@ -39,7 +43,85 @@ std::vector<Recompute> RecomputeChoices() {
 
 double GiB(double bytes) { return bytes / 1073741824.0; }
 
+absl::Status FixError(const std::string& fix, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat("--fix ", fix, ": ", why));
+}
+
+// A whole number >= 1 from the --fix value.
+absl::StatusOr<int64_t> FixCount(const std::string& fix, const std::string& value) {
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(value, &v) || v < 1)
+    return FixError(fix, "expected a whole number >= 1, got '" + value + "'");
+  return v;
+}
+
 }  // namespace
+
+bool PlanConstraints::empty() const {
+  return !pp && !ep && !micro_batches && !schedule && !micro_batch_size && !stage_layers;
+}
+
+std::string PlanConstraints::Describe() const {
+  std::vector<std::string> parts;
+  if (pp) parts.push_back(absl::StrCat("parallel.pp=", *pp));
+  if (ep) parts.push_back(absl::StrCat("parallel.ep=", *ep));
+  if (micro_batches) parts.push_back(absl::StrCat("parallel.micro_batches=", *micro_batches));
+  if (schedule) parts.push_back(absl::StrCat("parallel.schedule=", ScheduleKindName(*schedule)));
+  if (stage_layers)
+    parts.push_back(absl::StrCat("parallel.stage_layers=[", absl::StrJoin(*stage_layers, ","), "]"));
+  if (micro_batch_size) parts.push_back(absl::StrCat("train.micro_batch_size=", *micro_batch_size));
+  return absl::StrJoin(parts, ", ");
+}
+
+absl::Status AddPlanConstraint(const std::string& fix, const Recipe& recipe, PlanConstraints* c) {
+  const size_t eq = fix.find('=');
+  const std::string key(absl::StripAsciiWhitespace(fix.substr(0, eq)));
+  const bool given = eq != std::string::npos;
+  const std::string value = given ? std::string(absl::StripAsciiWhitespace(fix.substr(eq + 1))) : "";
+  auto count = [&](int64_t recipe_value) -> absl::StatusOr<int64_t> {
+    return given ? FixCount(fix, value) : absl::StatusOr<int64_t>(recipe_value);
+  };
+  if (key == "parallel.pp" || key == "parallel.ep" || key == "parallel.micro_batches") {
+    const int64_t from_recipe = key == "parallel.pp"   ? recipe.parallel.pp
+                                : key == "parallel.ep" ? recipe.parallel.ep
+                                                       : recipe.parallel.micro_batches;
+    absl::StatusOr<int64_t> v = count(from_recipe);
+    if (!v.ok()) return v.status();
+    if (*v > (int64_t{1} << 30)) return FixError(fix, "value too large");
+    (key == "parallel.pp" ? c->pp : key == "parallel.ep" ? c->ep : c->micro_batches) = static_cast<int>(*v);
+  } else if (key == "train.micro_batch_size") {
+    absl::StatusOr<int64_t> v = count(recipe.train.micro_batch_size);
+    if (!v.ok()) return v.status();
+    c->micro_batch_size = *v;
+  } else if (key == "parallel.schedule") {
+    absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(given ? value : recipe.parallel.schedule);
+    if (!kind.ok()) return FixError(fix, std::string(kind.status().message()));
+    c->schedule = *kind;
+  } else if (key == "parallel.stage_layers") {
+    std::vector<int64_t> layers;
+    if (!given) {
+      layers = recipe.parallel.stage_layers;
+    } else {
+      absl::string_view list = absl::StripAsciiWhitespace(value);
+      if (!absl::ConsumePrefix(&list, "[") || !absl::ConsumeSuffix(&list, "]")) {
+        return FixError(fix, "expected a list like [2, 4, 4]");
+      }
+      for (absl::string_view piece : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+        absl::StatusOr<int64_t> v = FixCount(fix, std::string(absl::StripAsciiWhitespace(piece)));
+        if (!v.ok()) return v.status();
+        layers.push_back(*v);
+      }
+    }
+    if (layers.empty()) return FixError(fix, "parallel.stage_layers needs at least one entry");
+    c->stage_layers = std::move(layers);
+  } else {
+    return FixError(fix,
+                    "can fix parallel.pp, parallel.ep, parallel.micro_batches, parallel.schedule, "
+                    "parallel.stage_layers or train.micro_batch_size, as key=value (or key alone for the "
+                    "recipe's value)");
+  }
+  return absl::OkStatus();
+}
 
 PrecisionPolicy PrecisionFor(const Recipe& recipe) {
   PrecisionPolicy p;
@@ -74,31 +156,42 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
                                            const PlannerOptions& options) {
   const ModelConfig& m = recipe.model;
   const int64_t world = cluster.world();
+  const PlanConstraints& fixed = options.fixed;
   PlanReport report;
-  report.global_batch = options.global_batch;
-  if (report.global_batch == 0) {
-    // The batch the recipe's own layout runs: micro-batch size x micro-batches per pipeline x pipelines.
-    // On a cluster smaller than (or not divisible by) the recipe's pipeline, one pipeline's batch.
-    const int64_t pipelines = world % recipe.parallel.pp == 0 ? world / recipe.parallel.pp : 1;
-    report.global_batch = recipe.train.micro_batch_size * recipe.parallel.micro_batches * pipelines;
+  report.global_batch = options.global_batch > 0 ? options.global_batch : recipe.train.global_batch_size;
+  if (report.global_batch <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        recipe.path.empty() ? "" : recipe.path + ": ",
+        "no global batch to plan for: set train.global_batch_size (sequences per optimizer step, which "
+        "the planner keeps fixed while it chooses pp, ep, micro-batching and the schedule)"));
   }
   const PrecisionPolicy precision = PrecisionFor(recipe);
 
   std::vector<SimulationResult> fitting;
   std::optional<SimulationResult> closest;  // least memory when nothing fits
+  // The user's constraints narrow the enumeration; a fixed value is taken even where the planner would not
+  // propose it (an ep that splits expert groups across nodes, a micro-batch size outside the list).
+  std::vector<int64_t> micro_batch_sizes = options.micro_batch_sizes;
+  if (fixed.micro_batch_size) micro_batch_sizes = {*fixed.micro_batch_size};
+  std::vector<ScheduleKind> schedules = options.schedules;
+  if (fixed.schedule) schedules = {*fixed.schedule};
   for (int64_t pp = 1; pp <= world; ++pp) {
-    if (world % pp != 0 || pp > m.num_hidden_layers) continue;
+    if (world % pp != 0 || pp > m.num_hidden_layers || (fixed.pp && pp != *fixed.pp)) continue;
     const int64_t dp = world / pp;
     if (report.global_batch % dp != 0) continue;
     const int64_t per_replica = report.global_batch / dp;
     for (int64_t ep = 1; ep <= dp; ++ep) {
-      if (dp % ep != 0 || m.n_routed_experts % ep != 0 || !ExpertGroupAligned(m, cluster.gpus_per_node, ep))
-        continue;
-      for (int64_t mbs : options.micro_batch_sizes) {
+      if (dp % ep != 0 || m.n_routed_experts % ep != 0) continue;
+      if (fixed.ep ? ep != *fixed.ep : !ExpertGroupAligned(m, cluster.gpus_per_node, ep)) continue;
+      for (int64_t mbs : micro_batch_sizes) {
         if (mbs < 1 || per_replica % mbs != 0) continue;
         const int64_t micro_batches = per_replica / mbs;
-        for (ScheduleKind kind : options.schedules) {
+        if (fixed.micro_batches && micro_batches != *fixed.micro_batches) continue;
+        for (ScheduleKind kind : schedules) {
           if (!CheckScheduleShape(kind, static_cast<int>(pp), static_cast<int>(micro_batches)).ok()) continue;
+          if (fixed.stage_layers &&
+              static_cast<int>(fixed.stage_layers->size()) != NumStages(kind, static_cast<int>(pp)))
+            continue;
           if (NumStages(kind, static_cast<int>(pp)) > m.num_hidden_layers) continue;
           for (const Recompute& rc : RecomputeChoices()) {
             ParallelPlan plan;
@@ -110,6 +203,7 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
             plan.seq_len = recipe.train.seq_len;
             plan.recompute = rc;
             plan.precision = precision;
+            if (fixed.stage_layers) plan.stage_layers = *fixed.stage_layers;
             absl::StatusOr<SimulationResult> mem = SimulateMemory(m, cluster, plan);
             if (!mem.ok()) return mem.status();
             ++report.considered;
@@ -128,8 +222,11 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
   if (report.considered == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "no parallel layout exists for a global batch of ", report.global_batch, " sequences on ", world,
-        " GPUs: it must be divisible by dp = world / pp for some pp <= model.num_hidden_layers (",
-        m.num_hidden_layers, "); pass --global-batch"));
+        " GPUs", fixed.empty() ? "" : " with " + fixed.Describe(),
+        ": it must be divisible by dp = world / pp x micro-batch size for some pp <= "
+        "model.num_hidden_layers (",
+        m.num_hidden_layers, ") and schedule shape; change train.global_batch_size (or --global-batch)",
+        fixed.empty() ? "" : " or the --fix constraints"));
   }
   if (fitting.empty()) {
     const SimulationResult& c = *closest;
@@ -149,7 +246,9 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
   auto by_time = [](const SimulationResult& a, const SimulationResult& b) { return a.step_s < b.step_s; };
   std::sort(fitting.begin(), fitting.end(), by_time);
   const size_t refine = std::min(fitting.size(), static_cast<size_t>(std::max(options.refine, 0)));
-  for (size_t i = 0; i < refine; ++i) fitting[i] = RefineStageLayers(m, cluster, fitting[i]);
+  if (!fixed.stage_layers) {
+    for (size_t i = 0; i < refine; ++i) fitting[i] = RefineStageLayers(m, cluster, fitting[i]);
+  }
   std::sort(fitting.begin(), fitting.end(), by_time);
   // Near-ties go to the preferred schedule (see the header).
   const double tie = fitting.front().step_s * (1 + kPlannerTieTolerance);

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -31,11 +32,28 @@ namespace fathom {
 
 inline constexpr double kPlannerTieTolerance = 0.005;
 
+// What the user fixes (`fathom plan --fix parallel.pp=16`, repeatable); everything else is the planner's
+// choice. The recipe's own parallel section is ignored except through these.
+struct PlanConstraints {
+  std::optional<int> pp, ep, micro_batches;
+  std::optional<ScheduleKind> schedule;
+  std::optional<int64_t> micro_batch_size;
+  std::optional<std::vector<int64_t>> stage_layers;  // used as given: no balancing, no refinement
+
+  bool empty() const;
+  std::string Describe() const;  // "parallel.pp=16, parallel.ep=64" ("" when empty)
+};
+
+// Adds one `--fix` constraint: "section.key=value" or "section.key" (the recipe's value). Keys:
+// parallel.pp, parallel.ep, parallel.micro_batches, parallel.schedule, parallel.stage_layers ([2, 4, ...]),
+// train.micro_batch_size. InvalidArgument naming --fix, the key and what was expected.
+absl::Status AddPlanConstraint(const std::string& fix, const Recipe& recipe, PlanConstraints* constraints);
+
 struct PlannerOptions {
-  // Sequences per optimizer step. 0: from the recipe, train.micro_batch_size x parallel.micro_batches x
-  // (world / parallel.pp), i.e. the batch the recipe's own parallel section would run on this cluster
-  // (x 1 when parallel.pp does not divide the world: one pipeline's batch). PlanReport says which.
+  // Sequences per optimizer step. 0: the recipe's train.global_batch_size (planning a recipe without one is
+  // an error naming that key).
   int64_t global_batch = 0;
+  PlanConstraints fixed;
   std::vector<int64_t> micro_batch_sizes = {1, 2, 4};
   std::vector<ScheduleKind> schedules = {ScheduleKind::kDualPipe, ScheduleKind::kDualPipeV,
                                          ScheduleKind::kZB1P, ScheduleKind::k1F1B};
@@ -53,9 +71,13 @@ struct PlanReport {
 // rest is fathom's GPU policy (bf16 weights, f32 master and gradients, FP8 GEMMs, dispatch and caches).
 PrecisionPolicy PrecisionFor(const Recipe& recipe);
 
-// Plans `recipe` on `cluster`. InvalidArgument when no candidate shape exists (e.g. the global batch is not
-// divisible by any data-parallel size); ResourceExhausted when candidates exist but none fits in memory:
-// the message gives the candidate with the least memory, its peak, the usable HBM and the shortfall.
+// Plans `recipe` on `cluster` for a fixed global batch (options.global_batch, else
+// recipe.train.global_batch_size), ignoring recipe.parallel except through options.fixed; the recipe may
+// have been loaded with RecipeUse::kPlan. InvalidArgument naming train.global_batch_size when there is
+// none, and when no candidate shape exists (e.g. the global batch is not divisible by any data-parallel
+// size, or the constraints exclude every layout); ResourceExhausted when candidates exist but none fits in
+// memory: the message gives the candidate with the least memory, its peak, the usable HBM and the
+// shortfall.
 absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterConfig& cluster,
                                            const PlannerOptions& options = {});
 

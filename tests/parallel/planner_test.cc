@@ -137,6 +137,64 @@ TEST(PlanCommand, SmallModelOnOneNode) {
   EXPECT_THAT(o.out, ::testing::Not(HasSubstr("DeepSeek-V3 report")));
 }
 
+// --fix narrows the layouts to the stated values; everything else is still the planner's choice.
+TEST(Planner, FixedValuesConstrainThePlan) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source(kV3));
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source(kH800));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  PlannerOptions options;
+  ASSERT_TRUE(AddPlanConstraint("parallel.pp=8", *recipe, &options.fixed).ok());
+  ASSERT_TRUE(AddPlanConstraint("parallel.schedule=zb1p", *recipe, &options.fixed).ok());
+  absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_FALSE(report->ranked.empty());
+  for (const SimulationResult& r : report->ranked) {
+    EXPECT_EQ(r.plan.pp, 8);
+    EXPECT_EQ(r.plan.schedule, ScheduleKind::kZB1P);
+  }
+  // A key alone fixes the recipe's value; errors name --fix and the key.
+  PlanConstraints c;
+  ASSERT_TRUE(AddPlanConstraint("parallel.ep", *recipe, &c).ok());
+  EXPECT_EQ(c.ep, 64);
+  ASSERT_TRUE(AddPlanConstraint("parallel.stage_layers=[30, 31]", *recipe, &c).ok());
+  EXPECT_EQ(*c.stage_layers, (std::vector<int64_t>{30, 31}));
+  EXPECT_EQ(c.Describe(), "parallel.ep=64, parallel.stage_layers=[30,31]");
+  for (const char* bad : {"parallel.pp=0", "parallel.pp=x", "parallel.schedule=gpipe", "parallel.bogus=1",
+                          "parallel.stage_layers=3"}) {
+    const absl::Status s = AddPlanConstraint(bad, *recipe, &c);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(s.message(), HasSubstr(std::string("--fix ") + bad));
+  }
+}
+
+// The plan command ignores the recipe's parallel section: one that is invalid for the model (ep not
+// dividing the 256 experts, stage_layers of the wrong length) still plans, and the chosen layout is the same.
+TEST(PlanCommand, InvalidParallelSectionStillPlans) {
+  CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(kH800), "--set", "parallel.ep=7",
+                                         "--set", "parallel.stage_layers=[1, 2]", "--top", "1"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("parallel:\n  pp: 16\n  ep: 64\n"));
+  EXPECT_THAT(o.out, HasSubstr("the recipe's parallel section is not used"));
+  // With --fix the recipe's value is a constraint, and an impossible one is reported.
+  o = RunCommand(RunPlan,
+                 {Source(kV3), "--cluster", Source(kH800), "--set", "parallel.ep=7", "--fix", "parallel.ep"});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("parallel.ep=7"));
+}
+
+TEST(PlanCommand, MissingGlobalBatchIsRefused) {
+  CommandOutput o =
+      RunCommand(RunPlan, {Source("recipes/tiny.yaml"), "--cluster", Source("recipes/clusters/h100-8.yaml")});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("train.global_batch_size"));
+  EXPECT_TRUE(o.out.empty());
+  o = RunCommand(RunPlan, {Source("recipes/tiny.yaml"), "--cluster", Source("recipes/clusters/h100-8.yaml"),
+                           "--set", "train.global_batch_size=64"});
+  EXPECT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("global batch 64 sequences"));
+}
+
 TEST(PlanCommand, BadInputExitsTwo) {
   EXPECT_EQ(RunCommand(RunPlan, {Source(kV3)}).code, 2);  // no cluster
   CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source("recipes/clusters/missing.yaml")});
