@@ -4,6 +4,7 @@
 // recipe's train.global_batch_size (--global-batch overrides it), prints the best candidates and writes the
 // chosen `parallel:` section as YAML (stdout, and FILE with --out). The recipe's parallel section is not
 // checked against the model and is ignored except for what --fix names.
+#include <chrono>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -116,7 +117,9 @@ int RunPlan(const std::vector<std::string>& args) {
     return 2;
   }
   const ClusterConfig& c = *cluster;
+  const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, c, options);
+  const double plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!report.ok()) {
     std::cerr << "fathom plan: " << report.status().message() << "\n";
     return 2;
@@ -132,8 +135,10 @@ int RunPlan(const std::vector<std::string>& args) {
   o << (options.fixed.empty() ? std::string("nothing fixed: the recipe's parallel section is not used\n")
                               : "fixed by --fix: " + options.fixed.Describe() + "\n");
   o << absl::StrFormat(
-      "%d layouts considered, %d fit in %.1f GiB per GPU (%.0f GiB HBM less %.0f GiB reserve)\n\n",
-      report->considered, report->fitting, GiB(best.usable_bytes), c.hbm_gib, c.memory_reserve_gib);
+      "%d layouts considered, %d fit in %.1f GiB per GPU (%.0f GiB HBM less %.0f GiB reserve); planned in "
+      "%.1f s\n\n",
+      report->considered, report->fitting, GiB(best.usable_bytes), c.hbm_gib, c.memory_reserve_gib,
+      plan_seconds);
   o << " #  schedule   pp  ep             dp  edp  mbs  micro  recompute     step s  bubble  tok/s/GPU    "
        "MFU  "
        "peak GiB (params+grads+optim+act)\n";

@@ -84,7 +84,7 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
 // Moves one decoder layer between two stages at a time while the simulated step time improves and the
 // memory still fits; returns the best simulation found (`start` when nothing improves).
 SimulationResult RefineStageLayers(const ModelConfig& model, const ClusterConfig& cluster,
-                                   const SimulationResult& start);
+                                   const SimulationResult& start, ScheduleCache* cache = nullptr);
 
 }  // namespace fathom
 

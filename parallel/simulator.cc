@@ -13,6 +13,13 @@
 #include "parallel/simulator_memory.h"
 
 namespace fathom {
+
+struct ScheduleCache::Entry {
+  Schedule schedule;
+  ScheduleDeps deps;
+  LiveProfile live;
+};
+
 namespace {
 
 // AdamW's step streams every local shard parameter through HBM; such kernels reach about this share of
@@ -60,30 +67,6 @@ double RingSeconds(double bytes, int64_t n, double gbps, double latency_us, doub
   if (n <= 1 || bytes <= 0) return 0;
   const double share = static_cast<double>(n - 1) / static_cast<double>(n);
   return bytes * share / (gbps * 1e9 * efficiency) + static_cast<double>(n - 1) * latency_us * 1e-6;
-}
-
-// The graph nodes of each stage: the embedding with stage 0, decoder layers in order by stage_layers, the
-// head and the MTP modules with the last stage.
-template <class Node>
-std::vector<std::vector<int>> StageNodes(const std::vector<Node>& graph,
-                                         const std::vector<int64_t>& stage_layers) {
-  std::vector<std::vector<int>> nodes(stage_layers.size());
-  std::vector<size_t> stage_of_layer;
-  for (size_t s = 0; s < stage_layers.size(); ++s)
-    stage_of_layer.insert(stage_of_layer.end(), stage_layers[s], s);
-  for (size_t i = 0; i < graph.size(); ++i) {
-    const Node& n = graph[i];
-    size_t s = 0;
-    if (n.kind == NodeKind::kDenseBlock || n.kind == NodeKind::kMoeBlock) {
-      FATHOM_CHECK(n.layer >= 0 && static_cast<size_t>(n.layer) < stage_of_layer.size(), "[simulator] layer ",
-                   n.layer, " outside stage_layers");
-      s = stage_of_layer[static_cast<size_t>(n.layer)];
-    } else if (n.kind != NodeKind::kEmbedding) {
-      s = stage_layers.size() - 1;
-    }
-    nodes[s].push_back(static_cast<int>(i));
-  }
-  return nodes;
 }
 
 // Per-node costs for one micro-batch, the units that stage costs add up.
@@ -190,24 +173,43 @@ std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelC
   return units;
 }
 
-std::vector<StageCost> SumStages(const std::vector<NodeUnit>& units, const ModelConfig& m,
-                                 const std::vector<int64_t>& stage_layers) {
-  std::vector<std::vector<int>> nodes = StageNodes(units, stage_layers);
-  std::vector<StageCost> stages(nodes.size());
-  for (size_t s = 0; s < nodes.size(); ++s) {
-    StageCost& st = stages[s];
-    st.nodes = nodes[s];
-    for (int i : nodes[s]) {
-      FATHOM_CHECK(i >= 0 && i < static_cast<int>(units.size()), "[simulator] node ", i);
-      const NodeUnit& u = units[i];
-      st.f += u.t.f, st.b += u.t.b, st.w += u.t.w, st.f_comm += u.t.f_comm, st.b_comm += u.t.b_comm;
-      st.params_replicated += u.params_replicated;
-      st.params_expert += u.params_expert;
-      st.activation_bytes += u.activation_bytes;
-      st.transient_bytes = std::max(st.transient_bytes, u.transient_bytes);
+// The stage costs of a split: the embedding with stage 0, decoder layers in order by stage_layers, the head
+// and the MTP modules with the last stage. `list_nodes`: fill StageCost::nodes (the balancing search, which
+// calls this for every split it tries, does not need them).
+std::vector<StageCost> SumStages(const std::vector<NodeUnit>& units, const std::vector<int64_t>& stage_layers,
+                                 bool list_nodes = true) {
+  std::vector<StageCost> stages(stage_layers.size());
+  size_t block_stage = 0;
+  int64_t left = stage_layers[0];  // decoder layers still to place in block_stage
+  for (size_t i = 0; i < units.size(); ++i) {
+    const NodeUnit& u = units[i];
+    size_t s = 0;
+    if (u.kind == NodeKind::kDenseBlock || u.kind == NodeKind::kMoeBlock) {
+      while (left == 0) {
+        FATHOM_CHECK(block_stage + 1 < stage_layers.size(), "[simulator] stage_layers hold fewer layers");
+        left = stage_layers[++block_stage];
+      }
+      s = block_stage;
+      --left;
+    } else if (u.kind != NodeKind::kEmbedding) {
+      s = stages.size() - 1;
     }
+    StageCost& st = stages[s];
+    if (list_nodes) st.nodes.push_back(static_cast<int>(i));
+    st.f += u.t.f, st.b += u.t.b, st.w += u.t.w, st.f_comm += u.t.f_comm, st.b_comm += u.t.b_comm;
+    st.params_replicated += u.params_replicated;
+    st.params_expert += u.params_expert;
+    st.activation_bytes += u.activation_bytes;
+    st.transient_bytes = std::max(st.transient_bytes, u.transient_bytes);
   }
   return stages;
+}
+
+// Layers per stage as even as possible, the extra layers on the later stages (which hold the head).
+std::vector<int64_t> EvenSplit(int stages, int64_t layers) {
+  std::vector<int64_t> split(stages, layers / stages);
+  for (int64_t i = 0; i < layers % stages; ++i) ++split[stages / 2 + (i % (stages - stages / 2))];
+  return split;
 }
 
 // Decoder layers per stage, by local search from an even split: first the memory excess over the usable
@@ -221,7 +223,7 @@ std::vector<int64_t> Balance(const std::vector<NodeUnit>& units, const ModelConf
   const ReplicaGroups groups = Replicas(plan, c.world() / plan.pp);
   const double usable = c.usable_bytes();
   auto objective = [&](const std::vector<int64_t>& split) {
-    const std::vector<StageCost> st = SumStages(units, m, split);
+    const std::vector<StageCost> st = SumStages(units, split, /*list_nodes=*/false);
     double excess = 0, worst = 0, squares = 0;
     for (int r = 0; r < plan.pp; ++r) {
       excess = std::max(excess, MemoryOfRank(s, live, st, r, plan.precision, groups).total() - usable);
@@ -244,8 +246,7 @@ std::vector<int64_t> Balance(const std::vector<NodeUnit>& units, const ModelConf
     }
     return false;
   };
-  std::vector<int64_t> split(stages, layers / stages);
-  for (int64_t i = 0; i < layers % stages; ++i) ++split[stages / 2 + (i % (stages - stages / 2))];
+  std::vector<int64_t> split = EvenSplit(stages, layers);
   auto best = objective(split);
   // Take one layer from any stage and give it to any other (the layers between shift by one stage) while
   // that strictly improves the objective: the light first stage and the heavy last one (head, MTP) trade
@@ -269,24 +270,29 @@ std::vector<int64_t> Balance(const std::vector<NodeUnit>& units, const ModelConf
   return split;
 }
 
-// Everything but the timing: stage costs, the schedule, the memory of every rank.
+// Everything but the timing: stage costs, the schedule, the memory of every rank. `entry`: where the
+// schedule came from (its dependencies for the timing).
 absl::StatusOr<SimulationResult> Prepare(const ModelConfig& m, const ClusterConfig& c,
-                                         const ParallelPlan& plan_in) {
+                                         const ParallelPlan& plan_in, ScheduleCache* cache,
+                                         const ScheduleCache::Entry** entry = nullptr) {
   if (absl::Status s = CheckPlan(m, c, plan_in); !s.ok()) return s;
+  ScheduleCache local;
+  absl::StatusOr<const ScheduleCache::Entry*> cached =
+      (cache ? cache : &local)->Get(plan_in.schedule, plan_in.pp, plan_in.micro_batches);
+  if (!cached.ok()) return cached.status();
+  if (entry) *entry = cache ? *cached : nullptr;
   SimulationResult res;
   res.plan = plan_in;
   ParallelPlan& plan = res.plan;
-  absl::StatusOr<Schedule> schedule = MakeSchedule(plan.schedule, plan.pp, plan.micro_batches);
-  if (!schedule.ok()) return schedule.status();
-  res.schedule = *std::move(schedule);
+  res.schedule = (*cached)->schedule;
   const Schedule& s = res.schedule;
-  const LiveProfile live = LiveCounts(s);
+  const LiveProfile& live = (*cached)->live;
   const std::vector<NodeCost> graph = BuildCostGraph(m, plan.seq_len, plan.precision);
   const std::vector<NodeUnit> units = NodeUnits(graph, m, c, plan);
   if (plan.stage_layers.empty()) plan.stage_layers = Balance(units, m, c, plan, s, live);
   res.dp = static_cast<int>(c.world() / plan.pp);
   res.edp = res.dp / plan.ep;
-  res.stages = SumStages(units, m, plan.stage_layers);
+  res.stages = SumStages(units, plan.stage_layers);
   res.model_flops_per_token = SumGraph(graph).model_flops;
   res.usable_bytes = c.usable_bytes();
   const ReplicaGroups groups = Replicas(plan, res.dp);
@@ -306,6 +312,30 @@ absl::StatusOr<SimulationResult> Prepare(const ModelConfig& m, const ClusterConf
 }
 
 }  // namespace
+
+ScheduleCache::ScheduleCache() = default;
+ScheduleCache::~ScheduleCache() = default;
+
+absl::StatusOr<const ScheduleCache::Entry*> ScheduleCache::Get(ScheduleKind kind, int pp, int micro_batches) {
+  std::unique_ptr<Entry>& e = entries_[{static_cast<int>(kind), pp, micro_batches}];
+  if (!e) {
+    absl::StatusOr<Schedule> schedule = MakeSchedule(kind, pp, micro_batches);
+    if (!schedule.ok()) {
+      entries_.erase({static_cast<int>(kind), pp, micro_batches});
+      return schedule.status();
+    }
+    absl::StatusOr<ScheduleDeps> deps = ResolveDependencies(*schedule);
+    if (!deps.ok()) {
+      entries_.erase({static_cast<int>(kind), pp, micro_batches});
+      return absl::InternalError(absl::StrCat("generated schedule is invalid: ", deps.status().message()));
+    }
+    e = std::make_unique<Entry>();
+    e->live = LiveCounts(*schedule);
+    e->schedule = *std::move(schedule);
+    e->deps = *std::move(deps);
+  }
+  return e.get();
+}
 
 std::string ParallelPlan::Describe() const {
   std::string rc = recompute.norm && recompute.mla_up ? "norm+mla_up"
@@ -340,7 +370,7 @@ double RemoteNodesPerToken(const ModelConfig& m, int64_t gpus_per_node, int ep) 
 std::vector<StageCost> ComputeStageCosts(const std::vector<NodeCost>& graph, const ModelConfig& m,
                                          const ClusterConfig& c, const ParallelPlan& plan,
                                          const std::vector<int64_t>& stage_layers) {
-  return SumStages(NodeUnits(graph, m, c, plan), m, stage_layers);
+  return SumStages(NodeUnits(graph, m, c, plan), stage_layers);
 }
 
 double InstructionSeconds(const Schedule& s, const std::vector<StageCost>& stages, const ClusterConfig& c,
@@ -368,19 +398,62 @@ std::vector<int64_t> BalanceStageLayers(const std::vector<NodeCost>& graph, cons
 }
 
 absl::StatusOr<SimulationResult> SimulateMemory(const ModelConfig& m, const ClusterConfig& c,
-                                                const ParallelPlan& plan) {
-  return Prepare(m, c, plan);
+                                                const ParallelPlan& plan, ScheduleCache* cache) {
+  if (absl::Status s = CheckPlan(m, c, plan); !s.ok()) return s;
+  // The live activations peak during a schedule's warm-up: with many micro-batches, the memory of two short
+  // schedules past the warm-up is the plan's when they agree (and the plan's schedule is never built).
+  const int stages = NumStages(plan.schedule, plan.pp);
+  const int m1 = 4 * stages + plan.micro_batches % 2, m2 = m1 + 2 * stages;
+  const bool shorten = plan.micro_batches > m2;
+  auto as_planned = [&](SimulationResult res) {
+    res.plan.micro_batches = plan.micro_batches;
+    res.schedule = Schedule{plan.schedule, plan.pp, plan.micro_batches, {}};
+    res.tokens_per_step = static_cast<double>(res.dp) * plan.micro_batches *
+                          static_cast<double>(plan.micro_batch_size) * static_cast<double>(plan.seq_len);
+    return res;
+  };
+  ParallelPlan shortened = plan;
+  if (shorten) shortened.micro_batches = m1;
+  if (plan.stage_layers.empty()) {
+    // Parameters, gradients and optimizer state summed over the ranks do not depend on the split: when
+    // their mean per rank already exceeds the usable memory no split fits, and the even split stands for
+    // the result without the balancing search (most of a large cluster's candidates end here).
+    ParallelPlan even = shortened;
+    even.stage_layers = EvenSplit(stages, m.num_hidden_layers);
+    absl::StatusOr<SimulationResult> r = Prepare(m, c, even, cache);
+    if (!r.ok()) return r.status();
+    double state = 0;
+    for (const RankMemory& mem : r->memory) state += mem.params + mem.grads + mem.optimizer;
+    if (state / static_cast<double>(plan.pp) > r->usable_bytes)
+      return shorten ? as_planned(*std::move(r)) : *r;
+  }
+  if (shorten) {
+    std::array<absl::StatusOr<SimulationResult>, 2> runs;
+    for (int i = 0; i < 2; ++i) {
+      shortened.micro_batches = i == 0 ? m1 : m2;
+      runs[i] = Prepare(m, c, shortened, cache);
+      if (!runs[i].ok()) return runs[i].status();
+      shortened.stage_layers = runs[i]->plan.stage_layers;
+    }
+    bool same = true;
+    for (size_t r = 0; same && r < runs[0]->memory.size(); ++r) {
+      same = runs[0]->memory[r].total() == runs[1]->memory[r].total();
+    }
+    if (same) return as_planned(*std::move(runs[1]));
+  }
+  return Prepare(m, c, plan, cache);
 }
 
 absl::StatusOr<SimulationResult> Simulate(const ModelConfig& m, const ClusterConfig& c,
-                                          const ParallelPlan& plan) {
-  absl::StatusOr<SimulationResult> prepared = Prepare(m, c, plan);
+                                          const ParallelPlan& plan, ScheduleCache* cache) {
+  ScheduleCache local;
+  if (!cache) cache = &local;
+  const ScheduleCache::Entry* entry = nullptr;
+  absl::StatusOr<SimulationResult> prepared = Prepare(m, c, plan, cache, &entry);
   if (!prepared.ok()) return prepared.status();
   SimulationResult res = *std::move(prepared);
   const Schedule& s = res.schedule;
-  absl::StatusOr<ScheduleDeps> deps = ResolveDependencies(s);
-  if (!deps.ok())
-    return absl::InternalError(absl::StrCat("generated schedule is invalid: ", deps.status().message()));
+  const ScheduleDeps* deps = &entry->deps;
 
   // Pipeline neighbours are dp GPUs apart: once the world spans nodes, some hop crosses a node boundary
   // and every micro-batch's path takes it.
@@ -459,6 +532,88 @@ absl::StatusOr<SimulationResult> Simulate(const ModelConfig& m, const ClusterCon
   res.tokens_per_s_per_gpu = res.tokens_per_step / (res.step_s * static_cast<double>(c.world()));
   res.mfu_bf16 = res.model_flops_per_token * res.tokens_per_s_per_gpu / (c.peak_bf16_tflops * 1e12);
   return res;
+}
+
+namespace {
+
+// The short micro-batch counts the planner's simulation runs for a step of `step` micro-batches: past every
+// schedule's warm-up (at least 4 x the stages), then two steps more, congruent to the plan's count modulo
+// the step, so that the plan's count is a whole number of steps away from them.
+std::array<int, 3> ShortMicroBatches(const ParallelPlan& plan, int step) {
+  const int first = 4 * NumStages(plan.schedule, plan.pp);
+  const int m1 = first + (plan.micro_batches - first) % step;
+  return {m1, m1 + step, m1 + 2 * step};
+}
+
+// The time-per-step quantities of `r2` extended by `k` steps, given the same run one step shorter (`r1`).
+SimulationResult Extend(const SimulationResult& r1, const SimulationResult& r2, double k,
+                        const ClusterConfig& c, const ParallelPlan& plan) {
+  auto extend = [k](double a1, double a2) { return a2 + k * (a2 - a1); };
+  SimulationResult res = r2;
+  res.plan = plan;
+  res.plan.stage_layers = r2.plan.stage_layers;
+  res.extrapolated_from = {r1.plan.micro_batches, r2.plan.micro_batches};
+  res.schedule.micro_batches = plan.micro_batches;
+  res.schedule.ranks.clear();
+  res.times.clear();
+  res.makespan_s = extend(r1.makespan_s, r2.makespan_s);
+  res.bubble_s = 0;
+  double grads_ready = res.makespan_s;
+  for (size_t r = 0; r < res.busy_s.size(); ++r) {
+    res.busy_s[r] = extend(r1.busy_s[r], r2.busy_s[r]);
+    res.grad_sync_end_s[r] = extend(r1.grad_sync_end_s[r], r2.grad_sync_end_s[r]);
+    res.bubble_s = std::max(res.bubble_s, res.makespan_s - res.busy_s[r]);
+    grads_ready = std::max(grads_ready, res.grad_sync_end_s[r]);
+  }
+  res.bubble_fraction = res.makespan_s > 0 ? res.bubble_s / res.makespan_s : 0;
+  res.grad_sync_exposed_s = grads_ready - res.makespan_s;
+  res.step_s = grads_ready + res.optimizer_s + res.all_gather_s;
+  res.tokens_per_step = static_cast<double>(res.dp) * plan.micro_batches *
+                        static_cast<double>(plan.micro_batch_size) * static_cast<double>(plan.seq_len);
+  res.tokens_per_s_per_gpu = res.tokens_per_step / (res.step_s * static_cast<double>(c.world()));
+  res.mfu_bf16 = res.model_flops_per_token * res.tokens_per_s_per_gpu / (c.peak_bf16_tflops * 1e12);
+  return res;
+}
+
+}  // namespace
+
+absl::StatusOr<SimulationResult> SimulateForPlanning(const ModelConfig& m, const ClusterConfig& c,
+                                                     const ParallelPlan& plan, ScheduleCache* cache) {
+  if (absl::Status s = CheckPlan(m, c, plan); !s.ok()) return s;
+  ParallelPlan shortened = plan;
+  // A steady phase repeats its pattern every few micro-batches: every one for 1F1B, every 2, 3 or 4 for
+  // the DualPipes in practice (the cyclicity of the schedule's critical dependency cycle). Steps of
+  // 2 x stages times an odd factor cover those periods; the first step whose three runs grow by the same
+  // time is taken.
+  const int stages = NumStages(plan.schedule, plan.pp);
+  for (int factor : {1, 3, 5, 15}) {
+    const int step = 2 * stages * factor;
+    const std::array<int, 3> short_m = ShortMicroBatches(plan, step);
+    if (plan.micro_batches <= short_m[2]) break;
+    if (shortened.stage_layers.empty()) {
+      // The split depends on the micro-batch count only through the live activations, which the short
+      // schedule already holds at their peak.
+      shortened.micro_batches = short_m[0];
+      absl::StatusOr<SimulationResult> split = Prepare(m, c, shortened, cache);
+      if (!split.ok()) return split.status();
+      shortened.stage_layers = split->plan.stage_layers;
+    }
+    std::array<SimulationResult, 3> runs;
+    for (int i = 0; i < 3; ++i) {
+      shortened.micro_batches = short_m[i];
+      absl::StatusOr<SimulationResult> r = Simulate(m, c, shortened, cache);
+      if (!r.ok()) return r.status();
+      runs[i] = *std::move(r);
+    }
+    auto steady = [&](double SimulationResult::*time) {
+      const double d1 = runs[1].*time - runs[0].*time, d2 = runs[2].*time - runs[1].*time;
+      return std::abs(d2 - d1) <= 1e-9 * runs[2].*time;
+    };
+    if (!steady(&SimulationResult::makespan_s) || !steady(&SimulationResult::step_s)) continue;
+    const double k = static_cast<double>(plan.micro_batches - short_m[2]) / step;
+    return Extend(runs[1], runs[2], k, c, plan);
+  }
+  return Simulate(m, c, plan, cache);
 }
 
 }  // namespace fathom
