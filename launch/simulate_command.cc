@@ -90,7 +90,7 @@ int RunSimulate(const std::vector<std::string>& args) {
     const StageCost& st = r.stages[s];
     o << absl::StrFormat("                      %5d  %6d %6.1f %6.1f %6.1f %6.1f %6.1f  %8.2f\n", s,
                          r.plan.stage_layers[s], 1e3 * st.f, 1e3 * st.b, 1e3 * st.w, 1e3 * st.f_comm,
-                         1e3 * st.b_comm, GiB(st.activation_bytes));
+                         1e3 * st.b_comm, GiB(st.activations.held_f));
   }
   o << absl::StrFormat(
       "step %.3f s: pipeline %.3f s, bubble %.3f s (%.1f%%: the most idle rank), gradient sync "

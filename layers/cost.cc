@@ -10,6 +10,7 @@ namespace {
 struct BlockCost {
   int64_t params = 0, expert_params = 0, active_params = 0;
   double gemm_flops = 0, gemm_bf16_flops = 0, attn_flops = 0, model_flops = 0, mla_up_flops = 0;
+  double expert_gemm_flops = 0;
   double act_always = 0, act_norm = 0, act_mla_up = 0;
   int64_t routed_copies = 0;
 };
@@ -79,6 +80,7 @@ BlockCost DecoderBlockCost(const ModelConfig& m, bool moe, int64_t seq_len, cons
   b.params += b.expert_params + shared + router + m.n_routed_experts;  // + e_score_correction_bias
   b.active_params += k * expert + shared + router + m.n_routed_experts;
   b.gemm_flops += 2.0 * static_cast<double>(k * expert + shared);
+  b.expert_gemm_flops = 2.0 * static_cast<double>(k * expert);
   b.gemm_bf16_flops += 2.0 * static_cast<double>(router);
   b.model_flops += 18.0 * H * static_cast<double>(m.moe_intermediate_size * (k + m.n_shared_experts));
   b.routed_copies = k;
@@ -100,6 +102,7 @@ void SetBlock(NodeCost& n, const BlockCost& b) {
   n.expert_params += b.expert_params;
   n.active_params += b.active_params;
   n.gemm_flops += b.gemm_flops;
+  n.expert_gemm_flops += b.expert_gemm_flops;
   n.gemm_bf16_flops += b.gemm_bf16_flops;
   n.attn_flops += b.attn_flops;
   n.model_flops += b.model_flops;
@@ -116,12 +119,75 @@ void AddHead(NodeCost& n, const ModelConfig& m, const PrecisionPolicy& p) {
   const double H = static_cast<double>(m.hidden_size), a = static_cast<double>(p.activation_bytes);
   const double head = 2.0 * H * static_cast<double>(m.vocab_size);
   n.gemm_bf16_flops += head;
+  n.head_gemm_flops += head;
   n.model_flops += 3.0 * head;
   n.act_bytes += H * a + 4 + H * a + static_cast<double>(m.vocab_size) * a;
   n.act_saved_by_norm_recompute += H * a;
 }
 
+// fathom's layers (layers/activations.h) replace the report's itemisation of `n` when the policy says so.
+void SetFathomActivations(NodeCost& n, const ModelConfig& m, const PrecisionPolicy& p) {
+  const double a = static_cast<double>(p.activation_bytes), s = static_cast<double>(p.stats_bytes);
+  double exchange = 0;
+  ActivationBytes bytes;
+  switch (n.kind) {
+    case NodeKind::kEmbedding:
+      bytes = FathomEmbeddingBytes(m, a, s);
+      break;
+    case NodeKind::kDenseBlock:
+    case NodeKind::kMoeBlock:
+      bytes = FathomBlockBytes(m, n.moe, a, s, &exchange);
+      break;
+    case NodeKind::kHead:
+      bytes = FathomHeadBytes(m, a, s);
+      break;
+    case NodeKind::kMtp:
+      bytes = FathomMtpBytes(m, n.moe, a, s, &exchange);
+      break;
+  }
+  n.act_model = ActivationModel::kFathom;
+  n.act_bytes = bytes.held_f;
+  n.act_after_b_bytes = bytes.held_b;
+  n.act_peak_f_bytes = bytes.peak_f;
+  n.act_peak_b_bytes = bytes.peak_b;
+  n.act_exchange_bytes = exchange;
+  n.act_saved_by_norm_recompute = n.act_saved_by_mla_up_recompute = 0;  // nothing is recomputed
+}
+
 }  // namespace
+
+PrecisionPolicy PrecisionPolicy::Report(int64_t moment_bytes) {
+  PrecisionPolicy p;
+  p.moment_bytes = moment_bytes;
+  return p;
+}
+
+PrecisionPolicy PrecisionPolicy::Fathom(int64_t compute_bytes, int64_t moment_bytes) {
+  FATHOM_CHECK(compute_bytes == 2 || compute_bytes == 4 || compute_bytes == 8, "[cost] compute bytes ",
+               compute_bytes);
+  PrecisionPolicy p;
+  p.param_bytes = compute_bytes == 2 ? 2 : 0;  // bf16 copies for the GEMMs; f32/f64 GEMMs read the values
+  p.master_bytes = compute_bytes == 8 ? 8 : 4;
+  p.grad_bytes = p.master_bytes;
+  p.master_sharded = false;
+  p.moment_bytes = moment_bytes;
+  p.fp8_gemm = p.fp8_cache = p.fp8_dispatch = false;
+  p.activation_bytes = compute_bytes;
+  p.stats_bytes = compute_bytes == 2 ? 4 : compute_bytes;
+  p.activations = ActivationModel::kFathom;
+  return p;
+}
+
+std::string PrecisionPolicy::Describe() const {
+  const std::string moments = moment_bytes == 2 ? "bf16 moments" : "f32 moments";
+  if (activations == ActivationModel::kFathom) {
+    const std::string compute = activation_bytes == 2 ? "bf16" : activation_bytes == 4 ? "f32" : "f64";
+    return "fathom (" + compute + " compute, " + (master_sharded ? "sharded" : "unsharded") +
+           " f32 master weights, " + moments + ", its layers' activations, nothing recomputed)";
+  }
+  return std::string("report (") + (fp8_gemm ? "FP8 GEMMs" : "bf16 GEMMs") + ", bf16 weights, f32 master " +
+         "weights and gradients, " + moments + ", its activation policy)";
+}
 
 double NodeCost::backward_input_flops(const Recompute& recompute) const {
   return gemm_flops + gemm_bf16_flops + kAttentionBackwardFactor * attn_flops +
@@ -131,6 +197,17 @@ double NodeCost::backward_input_flops(const Recompute& recompute) const {
 double NodeCost::activation_bytes(const Recompute& recompute) const {
   return act_bytes - (recompute.norm ? act_saved_by_norm_recompute : 0.0) -
          (recompute.mla_up ? act_saved_by_mla_up_recompute : 0.0);
+}
+
+ActivationBytes NodeCost::activations(const Recompute& recompute, bool exchange) const {
+  if (act_model == ActivationModel::kFathom) {
+    const double x = exchange ? act_exchange_bytes : 0;  // the received rows live from F to W
+    return {act_bytes + x, act_after_b_bytes + x, act_peak_f_bytes + x, act_peak_b_bytes + x};
+  }
+  // The report's framework: what the forward keeps lives until W; while a pass runs, what recomputation
+  // dropped is rebuilt and its gradients exist (one node's un-recomputed bytes on top).
+  const double held = activation_bytes(recompute), working = activation_bytes(Recompute::None());
+  return {held, held, held + working, held + working};
 }
 
 std::vector<NodeCost> BuildCostGraph(const ModelConfig& m, int64_t seq_len, const PrecisionPolicy& p) {
@@ -171,6 +248,7 @@ std::vector<NodeCost> BuildCostGraph(const ModelConfig& m, int64_t seq_len, cons
         break;
       }
     }
+    if (p.activations == ActivationModel::kFathom) SetFathomActivations(n, m, p);
     if (node.moe) {
       n.dispatch_bytes = dispatch;
       n.combine_bytes = combine;
@@ -196,7 +274,8 @@ GraphTotals SumGraph(const std::vector<NodeCost>& graph) {
 
 ParameterStateBytes ParameterState(double params, const PrecisionPolicy& p, double zero_shards) {
   FATHOM_CHECK(zero_shards >= 1, "[cost] zero_shards ", zero_shards);
-  return {params * static_cast<double>(p.param_bytes), params * static_cast<double>(p.grad_bytes),
+  return {params * static_cast<double>(p.replicated_param_bytes()),
+          params * static_cast<double>(p.grad_bytes),
           params * static_cast<double>(p.optimizer_bytes()) / zero_shards};
 }
 

@@ -13,13 +13,27 @@
 //     forward (FlashAttention recomputes QK^T and runs four more matmuls: 5 against the forward's 2) and is
 //     all input gradient (no weights); recomputation adds its forward GEMMs to the backward-for-input (B).
 //
-// Activation bytes per token are what the forward keeps for the backward, itemised in cost.cc. Always
-// recomputed (never stored): the SwiGLU outputs (the report caches the SwiGLU inputs and recomputes the
-// output). The loss computes the logit gradient (softmax - one-hot) inside its forward, keeps it in bf16
-// (vocab x 2 bytes per token) and drops the logits, so the head's backward is two plain GEMMs. Routing
-// weights are applied inside the expert's SwiGLU, so the combine keeps no expert outputs. Optional
-// (Recompute): every RMSNorm output (then the Linear inputs that are norm outputs are not cached) and the MLA
-// up-projections (q and k/v of every head rebuilt from the latents before the attention backward).
+// Activation bytes per token, itemised in cost.cc, follow one of two models (PrecisionPolicy::activations):
+//
+//   kReport  the DeepSeek-V3 report's framework, which the planner assumes for the 671B model: what the
+//            forward keeps for the backward. Always recomputed (never stored): the SwiGLU outputs (the report
+//            caches the SwiGLU inputs and recomputes the output). The loss computes the logit gradient
+//            (softmax - one-hot) inside its forward, keeps it in bf16 (vocab x 2 bytes per token) and drops
+//            the logits, so the head's backward is two plain GEMMs. Routing weights are applied inside the
+//            expert's SwiGLU, so the combine keeps no expert outputs. Optional (Recompute): every RMSNorm
+//            output (then the Linear inputs that are norm outputs are not cached) and the MLA
+//            up-projections (q and k/v of every head rebuilt from the latents before the attention
+//            backward). The backward's working set is one node's un-recomputed activations.
+//   kFathom  what fathom's layers keep today (the Ctx structs of layers/*.cc), in the compute dtype (bf16 on
+//            GPU; statistics, router scores and the router's copy of its input in the statistics dtype, f32):
+//            every Linear's input, q/k/v/out and the log-sum-exp, the SwiGLU inputs AND outputs, the MoE's
+//            permuted token copies and expert outputs, the logits; after a node's B pass each Linear,
+//            RMSNorm and expert keeps its output gradient until the W pass (the bulk of the difference:
+//            the peak of a step with one micro-batch is at the end of its B), and q/k/v/lse are dropped.
+//            Peaks inside a pass (the attention backward's dq/dk/dv/dout, the logit gradient beside the
+//            logits, the MLA forward's latents) are itemised too. Nothing is recomputed. With expert
+//            parallelism the received token rows are a second copy (act_exchange_bytes).
+// A node counts its input (the previous node's output); a stage's last output is sent and not counted.
 #ifndef FATHOM_LAYERS_COST_H_
 #define FATHOM_LAYERS_COST_H_
 
@@ -28,24 +42,43 @@
 #include <vector>
 
 #include "framework/config.h"
+#include "layers/activations.h"
 #include "layers/graph.h"
 
 namespace fathom {
 
 inline constexpr double kAttentionBackwardFactor = 2.5;
 
-// Byte widths of the copies a training step keeps per parameter and of cached activations.
+enum class ActivationModel { kReport, kFathom };  // see above
+
+// Byte widths of the copies a training step keeps per parameter and of cached activations. The default is
+// the DeepSeek-V3 report's policy (Report()); Fathom() is what fathom runs today.
 struct PrecisionPolicy {
-  int64_t param_bytes = 2;       // working weights the GEMMs read (bf16)
+  int64_t param_bytes = 2;       // working weights the GEMMs read (bf16; 0 when they read the master weights)
   int64_t grad_bytes = 4;        // gradient accumulators (f32)
-  int64_t master_bytes = 4;      // master weights (f32); ZeRO-1 shards them over data parallelism
+  int64_t master_bytes = 4;      // master weights (f32)
+  bool master_sharded = true;    // ZeRO-1 shards the master weights over data parallelism (fathom: each rank
+                                 // keeps the f32 values of all its parameters; only the moments are sharded)
   int64_t moment_bytes = 2;      // each of AdamW's two moments: 2 (bf16, the report) or 4 (f32); sharded too
   bool fp8_gemm = true;          // Linear GEMMs of attention, MLPs and experts in FP8 (head, router: bf16)
   bool fp8_cache = true;         // Linear inputs cached for the wgrad in FP8 + f32 scale per 128 (else bf16)
   bool fp8_dispatch = true;      // MoE dispatch in FP8 + f32 scale per 128 (else bf16); combine is bf16
   int64_t activation_bytes = 2;  // other saved activations (bf16)
+  int64_t stats_bytes = 4;       // statistics (RMSNorm rstd, log-sum-exp), router scores (kFathom)
+  ActivationModel activations = ActivationModel::kReport;
 
-  int64_t optimizer_bytes() const { return master_bytes + 2 * moment_bytes; }
+  // The report's policy with AdamW moments of `moment_bytes`.
+  static PrecisionPolicy Report(int64_t moment_bytes = 2);
+  // fathom today: no FP8, compute and activations in `compute_bytes` (2: bf16 with f32 master weights and
+  // bf16 compute copies; 4 or 8: the GEMMs read the f32/f64 values), statistics in f32 under bf16 (else the
+  // compute dtype), master weights unsharded, moments of `moment_bytes`, the kFathom activation model.
+  static PrecisionPolicy Fathom(int64_t compute_bytes, int64_t moment_bytes);
+  std::string Describe() const;  // "report (FP8 GEMMs, bf16 moments)", "fathom (bf16 compute, f32 moments)"
+
+  // Optimizer state per parameter that ZeRO-1 shards: the moments, and the master weights when sharded.
+  int64_t optimizer_bytes() const { return (master_sharded ? master_bytes : 0) + 2 * moment_bytes; }
+  // Weights every replica keeps in full: the working copy, and the master weights when not sharded.
+  int64_t replicated_param_bytes() const { return param_bytes + (master_sharded ? 0 : master_bytes); }
   // Bytes per value of a cached Linear input: 1 + 4/128 in FP8, else activation_bytes.
   double cache_bytes() const { return fp8_cache ? 1.0 + 4.0 / 128.0 : static_cast<double>(activation_bytes); }
 };
@@ -67,16 +100,25 @@ struct NodeCost : ModelNode {
   int64_t active_params = 0;  // touched per token (routed experts: top-k of them)
 
   // Forward FLOPs per token, by kernel class.
-  double gemm_flops = 0;       // Linear GEMMs that run in FP8 under PrecisionPolicy::fp8_gemm
-  double gemm_bf16_flops = 0;  // GEMMs kept in bf16: router, output head, MTP projection
-  double attn_flops = 0;       // attention core, causal
-  double model_flops = 0;      // training FLOPs per token, Megatron convention (see above)
-  double mla_up_flops = 0;     // forward FLOPs of the MLA up-projections (recomputed under Recompute::mla_up)
+  double gemm_flops = 0;         // Linear GEMMs that run in FP8 under PrecisionPolicy::fp8_gemm
+  double expert_gemm_flops = 0;  // the routed experts' grouped GEMMs (part of gemm_flops)
+  double gemm_bf16_flops = 0;    // GEMMs kept in bf16: router, output head, MTP projection
+  double head_gemm_flops = 0;    // the output head's vocabulary GEMM (part of gemm_bf16_flops)
+  double attn_flops = 0;         // attention core, causal
+  double model_flops = 0;        // training FLOPs per token, Megatron convention (see above)
+  double mla_up_flops = 0;  // forward FLOPs of the MLA up-projections (recomputed under Recompute::mla_up)
 
   // Activation bytes kept per token: with nothing recomputed, and saved by each recomputation.
-  double act_bytes = 0;
+  ActivationModel act_model = ActivationModel::kReport;
+  double act_bytes = 0;  // from the node's forward until its B
   double act_saved_by_norm_recompute = 0;
   double act_saved_by_mla_up_recompute = 0;
+  // kFathom only (see activations()): kept from its B until its W, the most during its forward and during
+  // its B (absolute, this node's own bytes), and the received expert rows kept under expert parallelism.
+  double act_after_b_bytes = 0;
+  double act_peak_f_bytes = 0;
+  double act_peak_b_bytes = 0;
+  double act_exchange_bytes = 0;
 
   // Expert-parallel all-to-all, per token and per routed copy (top-k copies per token): the forward sends
   // one dispatch and one combine, the backward the mirror (gradients into the experts in the dispatch
@@ -89,7 +131,12 @@ struct NodeCost : ModelNode {
   // Backward for inputs (dgrad) including what `recompute` rebuilds first.
   double backward_input_flops(const Recompute& recompute) const;
   double backward_weight_flops() const { return gemm_flops + gemm_bf16_flops; }
+  // Bytes per token kept from the forward until the B pass (the report model: until the W pass too).
   double activation_bytes(const Recompute& recompute) const;
+  // The node's activation bytes per token through its passes; `exchange`: the MoE's rows travel to other
+  // ranks (expert parallelism). kReport: held from F to W, with one node's un-recomputed bytes on top during
+  // a pass; kFathom: the itemised fields (fathom's layers recompute nothing; `recompute` is ignored).
+  ActivationBytes activations(const Recompute& recompute, bool exchange) const;
 };
 
 // One NodeCost per node of DescribeModelGraph(model), in its order: embedding, decoder blocks 0..L-1, head,
@@ -106,8 +153,8 @@ struct GraphTotals {
 };
 GraphTotals SumGraph(const std::vector<NodeCost>& graph);
 
-// What a GPU keeps for `params` parameters: the working copy and the gradients in full, the optimizer state
-// (master weights and two moments) sharded `zero_shards` ways by ZeRO-1.
+// What a GPU keeps for `params` parameters: the working copy (and unsharded master weights) and the gradients
+// in full, the optimizer state (sharded master weights and two moments) sharded `zero_shards` ways by ZeRO-1.
 struct ParameterStateBytes {
   double params = 0, grads = 0, optimizer = 0;
   double total() const { return params + grads + optimizer; }

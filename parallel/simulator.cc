@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <utility>
@@ -152,7 +153,7 @@ struct NodeUnit {
   int64_t layer = -1;
   NodeSeconds t;
   int64_t params_replicated = 0, params_expert = 0;
-  double activation_bytes = 0, transient_bytes = 0;
+  ActivationBytes activations;  // per micro-batch
 };
 
 std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelConfig& m,
@@ -166,9 +167,8 @@ std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelC
     units[i].t = NodeTimes(n, m, c, plan);
     units[i].params_replicated = n.params - n.expert_params;
     units[i].params_expert = n.expert_params / plan.ep;
-    units[i].activation_bytes = n.activation_bytes(plan.recompute) * tokens;
-    // While a node's backward runs, what recomputation dropped is rebuilt and its gradients exist.
-    units[i].transient_bytes = n.activation_bytes(Recompute::None()) * tokens;
+    const ActivationBytes a = n.activations(plan.recompute, plan.ep > 1);
+    units[i].activations = {a.held_f * tokens, a.held_b * tokens, a.peak_f * tokens, a.peak_b * tokens};
   }
   return units;
 }
@@ -179,6 +179,9 @@ std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelC
 std::vector<StageCost> SumStages(const std::vector<NodeUnit>& units, const std::vector<int64_t>& stage_layers,
                                  bool list_nodes = true) {
   std::vector<StageCost> stages(stage_layers.size());
+  // Each stage runs its nodes' forwards in order and their B in reverse (layers/activations.h's Sequence):
+  // peak_b = held_b of the stage + max over its nodes of (held_f before - held_b up to and with + peak_b).
+  std::vector<double> b_offset(stages.size(), -std::numeric_limits<double>::infinity());
   size_t block_stage = 0;
   int64_t left = stage_layers[0];  // decoder layers still to place in block_stage
   for (size_t i = 0; i < units.size(); ++i) {
@@ -199,8 +202,15 @@ std::vector<StageCost> SumStages(const std::vector<NodeUnit>& units, const std::
     st.f += u.t.f, st.b += u.t.b, st.w += u.t.w, st.f_comm += u.t.f_comm, st.b_comm += u.t.b_comm;
     st.params_replicated += u.params_replicated;
     st.params_expert += u.params_expert;
-    st.activation_bytes += u.activation_bytes;
-    st.transient_bytes = std::max(st.transient_bytes, u.transient_bytes);
+    ActivationBytes& a = st.activations;
+    a.peak_f = std::max(a.peak_f, a.held_f + u.activations.peak_f);
+    a.held_b += u.activations.held_b;
+    b_offset[s] = std::max(b_offset[s], a.held_f - a.held_b + u.activations.peak_b);
+    a.held_f += u.activations.held_f;
+  }
+  for (size_t s = 0; s < stages.size(); ++s) {
+    ActivationBytes& a = stages[s].activations;
+    a.peak_b = std::max(0.0, a.held_b + b_offset[s]);
   }
   return stages;
 }

@@ -71,8 +71,7 @@ struct StageCost {
   double f_comm = 0, b_comm = 0;  // exposed all-to-all of the forward and backward passes
   int64_t params_replicated = 0;  // per GPU
   int64_t params_expert = 0;      // per GPU (the stage's experts / ep)
-  double activation_bytes = 0;    // kept per micro-batch
-  double transient_bytes = 0;     // working set while one of its passes runs
+  ActivationBytes activations;    // one micro-batch through the stage's passes (layers/activations.h)
 };
 
 // The stage costs for `stage_layers` (one entry per stage; stage 0 also holds the embedding, the last stage

@@ -1,43 +1,84 @@
 #include "parallel/simulator_memory.h"
 
 #include <algorithm>
+#include <set>
 
 namespace fathom {
 
-LiveProfile LiveCounts(const Schedule& s) {
-  LiveProfile out(s.pp);
-  for (int r = 0; r < s.pp; ++r) {
-    std::array<int, 2> live = {0, 0};
-    std::vector<std::array<int, 2>> seen;
-    auto record = [&] {
-      for (const auto& v : seen) {
-        if (v[0] >= live[0] && v[1] >= live[1]) return;
-      }
-      std::erase_if(seen, [&](const std::array<int, 2>& v) { return v[0] <= live[0] && v[1] <= live[1]; });
-      seen.push_back(live);
-    };
-    for (const Instruction& ins : s.ranks[r]) {
-      switch (ins.kind) {
-        case OpKind::kF:
-          ++live[ins.chunk];
-          break;
-        case OpKind::kB:
-          break;
-        case OpKind::kW:
-        case OpKind::kBW:
-          --live[ins.chunk];
-          break;
-        case OpKind::kFB:
-          ++live[ins.chunk];
-          record();
-          --live[ins.chunk_b];
-          break;
-      }
-      record();
+std::vector<LiveState> LiveStates(const std::vector<Instruction>& program) {
+  std::set<LiveState> seen;
+  LiveState now;
+  auto record = [&](int f, int b, int w) {
+    LiveState st = now;
+    st.f = f, st.b = b, st.w = w;
+    seen.insert(st);
+  };
+  for (const Instruction& ins : program) {
+    switch (ins.kind) {
+      case OpKind::kF:
+        record(ins.chunk, -1, -1);
+        ++now.forwarded[ins.chunk];
+        break;
+      case OpKind::kB:
+        --now.forwarded[ins.chunk];
+        record(-1, ins.chunk, -1);
+        ++now.backwarded[ins.chunk];
+        break;
+      case OpKind::kW:
+        --now.backwarded[ins.chunk];
+        record(-1, -1, ins.chunk);
+        break;
+      case OpKind::kBW:
+        --now.forwarded[ins.chunk];
+        record(-1, ins.chunk, -1);
+        break;
+      case OpKind::kFB:
+        --now.forwarded[ins.chunk_b];
+        record(ins.chunk, ins.chunk_b, -1);
+        ++now.forwarded[ins.chunk];
+        break;
     }
-    out[r] = std::move(seen);
+  }
+  // Keep the states no other state with the same running passes dominates (every count at least as large).
+  std::vector<LiveState> out;
+  for (const LiveState& st : seen) {
+    bool dominated = false;
+    for (const LiveState& o : seen) {
+      if (&o == &st || o.f != st.f || o.b != st.b || o.w != st.w) continue;
+      bool ge = true;
+      for (int c = 0; c < 2; ++c)
+        ge = ge && o.forwarded[c] >= st.forwarded[c] && o.backwarded[c] >= st.backwarded[c];
+      if (ge && o != st) {
+        dominated = true;
+        break;
+      }
+    }
+    if (!dominated) out.push_back(st);
   }
   return out;
+}
+
+LiveProfile LiveCounts(const Schedule& s) {
+  LiveProfile out(s.pp);
+  for (int r = 0; r < s.pp; ++r) out[r] = LiveStates(s.ranks[r]);
+  return out;
+}
+
+double LiveBytes(const LiveState& st, const std::array<ActivationBytes, 2>& chunk) {
+  double bytes = 0;
+  for (int c = 0; c < 2; ++c) {
+    bytes += st.forwarded[c] * chunk[c].held_f + st.backwarded[c] * chunk[c].held_b;
+  }
+  if (st.f >= 0) bytes += chunk[st.f].peak_f;
+  if (st.b >= 0) bytes += chunk[st.b].peak_b;
+  if (st.w >= 0) bytes += chunk[st.w].held_b;  // W frees what B left as it goes
+  return bytes;
+}
+
+double ActivationPeak(const std::vector<LiveState>& states, const std::array<ActivationBytes, 2>& chunk) {
+  double peak = 0;
+  for (const LiveState& st : states) peak = std::max(peak, LiveBytes(st, chunk));
+  return peak;
 }
 
 ReplicaGroups Replicas(const ParallelPlan& plan, int64_t dp) {
@@ -48,7 +89,7 @@ ReplicaGroups Replicas(const ParallelPlan& plan, int64_t dp) {
 RankMemory MemoryOfRank(const Schedule& s, const LiveProfile& live, const std::vector<StageCost>& stages,
                         int r, const PrecisionPolicy& p, const ReplicaGroups& groups) {
   RankMemory mem;
-  double transient = 0;
+  std::array<ActivationBytes, 2> chunk_bytes;
   for (int chunk = 0; chunk < s.chunks(); ++chunk) {
     const StageCost& st = stages[s.ModelStage(r, chunk)];
     const ParameterStateBytes dense =
@@ -58,16 +99,9 @@ RankMemory MemoryOfRank(const Schedule& s, const LiveProfile& live, const std::v
     mem.params += dense.params + expert.params;
     mem.grads += dense.grads + expert.grads;
     mem.optimizer += dense.optimizer + expert.optimizer;
-    transient += st.transient_bytes;
+    chunk_bytes[static_cast<size_t>(chunk)] = st.activations;
   }
-  double peak = 0;
-  for (const auto& v : live[r]) {
-    double bytes = 0;
-    for (int chunk = 0; chunk < s.chunks(); ++chunk)
-      bytes += v[chunk] * stages[s.ModelStage(r, chunk)].activation_bytes;
-    peak = std::max(peak, bytes);
-  }
-  mem.activations = peak + transient;
+  mem.activations = ActivationPeak(live[r], chunk_bytes);
   return mem;
 }
 
