@@ -343,6 +343,28 @@ void YamlMapReader::CountList(const std::string& key, std::vector<int64_t>* out)
   *out = std::move(values);
 }
 
+void YamlMapReader::DoubleList(const std::string& key, std::vector<double>* out) {
+  Entry* e = Find(key);
+  if (e == nullptr) return;
+  if (!e->value.IsSequence()) {
+    FailType(*e, KeyPath(key), e->value, "a list of numbers");
+    return;
+  }
+  std::vector<double> values;
+  for (size_t i = 0; i < e->value.size(); ++i) {
+    const YAML::Node item = e->value[i];
+    double v = 0;
+    if (!ParseDouble(item, &v)) {
+      const std::string path = absl::StrCat(KeyPath(key), "[", i, "]");
+      status_ = absl::InvalidArgumentError(absl::StrCat(doc_->Locate(path, item.Mark()), ": ", path,
+                                                        ": expected ", kNumber, ", found ", Describe(item)));
+      return;
+    }
+    values.push_back(v);
+  }
+  *out = std::move(values);
+}
+
 void YamlMapReader::CountOrNull(const std::string& key, int64_t null_value, int64_t* out) {
   Entry* e = Find(key);
   if (e == nullptr) return;

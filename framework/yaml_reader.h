@@ -85,6 +85,7 @@ class YamlMapReader {
   void Bool(const std::string& key, bool* out);           // true or false (also True, TRUE, False, FALSE)
   void String(const std::string& key, std::string* out);  // any scalar, quoted or plain
   void CountList(const std::string& key, std::vector<int64_t>* out);  // a list of integers >= 0
+  void DoubleList(const std::string& key, std::vector<double>* out);  // a list of finite numbers
   // A count, or null which reads as `null_value` (HF writes "q_lora_rank": null for "none").
   void CountOrNull(const std::string& key, int64_t null_value, int64_t* out);
 

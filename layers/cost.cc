@@ -279,6 +279,17 @@ ParameterStateBytes ParameterState(double params, const PrecisionPolicy& p, doub
           params * static_cast<double>(p.optimizer_bytes()) / zero_shards};
 }
 
+double OptimizerStepBytes(const PrecisionPolicy& p, double shard, double local) {
+  const double update = static_cast<double>(p.grad_bytes + 2 * p.master_bytes + 4 * p.moment_bytes);
+  if (p.master_sharded) return shard * (update + static_cast<double>(p.param_bytes));
+  return shard * update +
+         (p.param_bytes > 0 ? local * static_cast<double>(p.master_bytes + p.param_bytes) : 0.0);
+}
+
+int64_t GatheredBytesPerParameter(const PrecisionPolicy& p) {
+  return p.master_sharded ? p.param_bytes : p.master_bytes;
+}
+
 double PipelineMessageBytes(const ModelConfig& model, int64_t micro_batch_size, int64_t seq_len) {
   return static_cast<double>(micro_batch_size) * static_cast<double>(seq_len) *
          static_cast<double>(model.hidden_size) * 2.0;

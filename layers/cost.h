@@ -161,6 +161,16 @@ struct ParameterStateBytes {
 };
 ParameterStateBytes ParameterState(double params, const PrecisionPolicy& precision, double zero_shards = 1);
 
+// Bytes the optimizer step moves through memory on a rank that updates `shard` parameters (its ZeRO-1
+// shards) and holds `local` parameters: AdamW reads the gradients, reads and writes the master weights and
+// both moments, and writes the working copy (the report: bf16 weights come out of the shard's update);
+// with unsharded master weights (fathom) the working copies of all local parameters are refreshed from the
+// f32 values after the gather (read 4, write 2). The bench divides this by the optimizer phase's time.
+double OptimizerStepBytes(const PrecisionPolicy& precision, double shard, double local);
+// Bytes per parameter the data-parallel all-gather moves after the step: the working copy (the report),
+// the f32 values when the master weights are not sharded (fathom).
+int64_t GatheredBytesPerParameter(const PrecisionPolicy& precision);
+
 // Bytes of one pipeline message (activation or its gradient) for a micro-batch: B*T*H*2 (bf16).
 double PipelineMessageBytes(const ModelConfig& model, int64_t micro_batch_size, int64_t seq_len);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -124,9 +125,54 @@ absl::Status AddPlanConstraint(const std::string& fix, const Recipe& recipe, Pla
 }
 
 PrecisionPolicy PrecisionFor(const Recipe& recipe) {
-  PrecisionPolicy p;
-  p.moment_bytes = recipe.optim.moment_dtype == "bf16" ? 2 : 4;
-  return p;
+  return PrecisionPolicy::Report(recipe.optim.moment_dtype == "bf16" ? 2 : 4);
+}
+
+PrecisionPolicy FathomPrecisionFor(const Recipe& recipe) {
+  const int64_t compute = recipe.train.dtype == "bf16" ? 2 : recipe.train.dtype == "f64" ? 8 : 4;
+  return PrecisionPolicy::Fathom(compute, recipe.optim.moment_dtype == "bf16" ? 2 : 4);
+}
+
+absl::StatusOr<PrecisionPolicy> PolicyNamed(const std::string& name, const Recipe& recipe) {
+  if (name == "report") return PrecisionFor(recipe);
+  if (name == "fathom") return FathomPrecisionFor(recipe);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--policy: expected report (the DeepSeek-V3 report's FP8 policy, the planner's default) or fathom (what "
+      "fathom runs today), got '", name, "'"));
+}
+
+absl::StatusOr<WholeRunEstimate> WholeRunForPlan(const Recipe& recipe, const ClusterConfig& cluster,
+                                                 const SimulationResult& steady, int64_t global_batch) {
+  if (!cluster.run) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(cluster.path, ": no `run:` section, so no whole-run accounting"));
+  }
+  const ParallelPlan& plan = steady.plan;
+  const int64_t per_step = static_cast<int64_t>(steady.dp) * plan.micro_batch_size;
+  ScheduleCache cache;
+  WholeRunInput in;
+  in.global_batch = global_batch;
+  in.seq_len = plan.seq_len;
+  in.world = cluster.world();
+  in.total_tokens = static_cast<double>(recipe.train.steps) * static_cast<double>(global_batch) *
+                    static_cast<double>(plan.seq_len);
+  in.steady_tokens_per_s = steady.tokens_per_s_per_gpu * static_cast<double>(cluster.world());
+  // Every parameter's f32 master weight and both moments, written once over the whole job.
+  const GraphTotals totals = SumGraph(BuildCostGraph(recipe.model, plan.seq_len, plan.precision));
+  in.checkpoint_bytes_per_gpu =
+      static_cast<double>(totals.params + totals.mtp_params) *
+      static_cast<double>(plan.precision.master_bytes + 2 * plan.precision.moment_bytes) /
+      static_cast<double>(cluster.world());
+  in.tokens_per_s_at = [&](int64_t batch) -> absl::StatusOr<double> {
+    ParallelPlan p = plan;
+    p.micro_batches = static_cast<int>(std::max<int64_t>(1, batch / per_step));
+    // The smallest micro-batch count the schedule runs carries a batch below it (the pipeline idles).
+    while (!CheckScheduleShape(p.schedule, p.pp, p.micro_batches).ok()) ++p.micro_batches;
+    absl::StatusOr<SimulationResult> r = SimulateForPlanning(recipe.model, cluster, p, &cache);
+    if (!r.ok()) return r.status();
+    return static_cast<double>(batch * plan.seq_len) / r->step_s;
+  };
+  return EstimateWholeRun(in, *cluster.run);
 }
 
 SimulationResult RefineStageLayers(const ModelConfig& model, const ClusterConfig& cluster,
@@ -165,7 +211,11 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
         "no global batch to plan for: set train.global_batch_size (sequences per optimizer step, which "
         "the planner keeps fixed while it chooses pp, ep, micro-batching and the schedule)"));
   }
-  const PrecisionPolicy precision = PrecisionFor(recipe);
+  const PrecisionPolicy precision = options.precision ? *options.precision : PrecisionFor(recipe);
+  // fathom's layers recompute nothing; the report's framework may recompute norms and MLA up-projections.
+  const std::vector<Recompute> recompute_choices = precision.activations == ActivationModel::kFathom
+                                                       ? std::vector<Recompute>{Recompute::None()}
+                                                       : RecomputeChoices();
 
   ScheduleCache cache;
   std::vector<SimulationResult> fitting;
@@ -194,7 +244,7 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
               static_cast<int>(fixed.stage_layers->size()) != NumStages(kind, static_cast<int>(pp)))
             continue;
           if (NumStages(kind, static_cast<int>(pp)) > m.num_hidden_layers) continue;
-          for (const Recompute& rc : RecomputeChoices()) {
+          for (const Recompute& rc : recompute_choices) {
             ParallelPlan plan;
             plan.schedule = kind;
             plan.pp = static_cast<int>(pp);
@@ -209,7 +259,7 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
             if (!mem.ok()) return mem.status();
             ++report.considered;
             if (!mem->fits) {
-              if (!closest || mem->peak_memory_bytes < closest->peak_memory_bytes) closest = *std::move(mem);
+              if (!closest || mem->required_bytes < closest->required_bytes) closest = *std::move(mem);
               continue;
             }
             absl::StatusOr<SimulationResult> sim = SimulateForPlanning(m, cluster, mem->plan, &cache);
@@ -234,14 +284,14 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
     const RankMemory& mem = c.memory[c.peak_memory_rank];
     return absl::ResourceExhaustedError(absl::StrFormat(
         "the model does not fit on %s (%d GPUs of %.0f GiB, %.0f GiB reserved): the smallest footprint among "
-        "%d "
-        "candidates is %.1f GiB per GPU (%s, rank %d: params %.1f + grads %.1f + optimizer %.1f + "
-        "activations "
-        "%.1f GiB) against %.1f GiB usable, short by %.1f GiB per GPU",
+        "%d candidates is %.1f GiB per GPU (%s, rank %d: params %.1f + grads %.1f + optimizer %.1f + "
+        "activations %.1f GiB, and headroom %.1f GiB for the estimate's error + %.1f GiB for fragmentation) "
+        "against %.1f GiB usable, short by %.1f GiB per GPU",
         cluster.name.empty() ? cluster.path : cluster.name, world, cluster.hbm_gib,
-        cluster.memory_reserve_gib, report.considered, GiB(c.peak_memory_bytes), c.plan.Describe(),
+        cluster.memory_reserve_gib, report.considered, GiB(c.required_bytes), c.plan.Describe(),
         c.peak_memory_rank, GiB(mem.params), GiB(mem.grads), GiB(mem.optimizer), GiB(mem.activations),
-        GiB(c.usable_bytes), GiB(c.peak_memory_bytes - c.usable_bytes)));
+        GiB(mem.estimate_error), GiB(mem.fragmentation), GiB(c.usable_bytes),
+        GiB(c.required_bytes - c.usable_bytes)));
   }
   report.fitting = static_cast<int64_t>(fitting.size());
   auto by_time = [](const SimulationResult& a, const SimulationResult& b) { return a.step_s < b.step_s; };
@@ -258,12 +308,16 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
     }
   }
   std::sort(fitting.begin(), fitting.end(), by_time);
-  // Near-ties go to the preferred schedule (see the header).
+  // Near-ties go to the simpler layout (see the header): fewer stages, smaller ep, preferred schedule.
   const double tie = fitting.front().step_s * (1 + kPlannerTieTolerance);
   auto near = std::partition_point(fitting.begin(), fitting.end(),
                                    [&](const SimulationResult& r) { return r.step_s <= tie; });
-  std::stable_sort(fitting.begin(), near, [](const SimulationResult& a, const SimulationResult& b) {
-    return SchedulePreference(a.plan.schedule) < SchedulePreference(b.plan.schedule);
+  auto simpler = [](const SimulationResult& r) {
+    return std::make_tuple(NumStages(r.plan.schedule, r.plan.pp), r.plan.ep,
+                           SchedulePreference(r.plan.schedule));
+  };
+  std::stable_sort(fitting.begin(), near, [&](const SimulationResult& a, const SimulationResult& b) {
+    return simpler(a) < simpler(b);
   });
   report.ranked = std::move(fitting);
   return report;

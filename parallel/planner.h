@@ -7,12 +7,17 @@
 //   schedule 1f1b, zb1p, dualpipe, dualpipev (with their shape rules);
 //   micro-batch size (PlannerOptions::micro_batch_sizes) and count, from the global batch;
 //   recompute none | norm | norm+mla_up;
-// keeps the candidates whose peak memory fits HBM less the reserve, ranks them by simulated step time
-// (parallel/simulator.h) and refines the stage split of the best few by simulation.
+// keeps the candidates whose peak memory plus headroom (the activation estimate's error and the allocator's
+// fragmentation, cluster.h memory_headroom) fits HBM less the reserve, ranks them by simulated step time
+// (parallel/simulator.h) and refines the stage split of the best few by simulation. The global batch is
+// held fixed (train.global_batch_size); the recipe's parallel section is ignored except for --fix.
 //
-// Ranking: by step time, except that among the candidates within kPlannerTieTolerance of the best, the
-// schedule listed first in {dualpipe, dualpipev, zb1p, 1f1b} wins (then the faster). DualPipe on pp ranks
-// and DualPipeV on pp/2 ranks have the same bubble, parameters and activations per GPU (the DualPipe
+// Ranking: by step time, except among the candidates within kPlannerTieTolerance (1%) of the best, which
+// the simulator cannot tell apart (its efficiencies are that uncertain even calibrated), so the simpler
+// layout wins: fewer pipeline stages (less bubble risk, fewer point-to-point hops, fewer ranks that must
+// stay in step), then the smaller ep (all-to-alls over fewer GPUs, fewer nodes per expert group), then the
+// schedule listed first in {dualpipe, dualpipev, zb1p, 1f1b}, then the faster. DualPipe on pp ranks and
+// DualPipeV on pp/2 ranks have the same stages, bubble, parameters and activations per GPU (the DualPipe
 // README's table) and simulate within a fraction of a percent of each other; DualPipe is the report's
 // choice and the one the recipe schema expresses today (stage_layers has pp entries).
 #ifndef FATHOM_PARALLEL_PLANNER_H_
@@ -27,10 +32,11 @@
 #include "framework/config.h"
 #include "parallel/cluster.h"
 #include "parallel/simulator.h"
+#include "parallel/whole_run.h"
 
 namespace fathom {
 
-inline constexpr double kPlannerTieTolerance = 0.005;
+inline constexpr double kPlannerTieTolerance = 0.01;
 
 // What the user fixes (`fathom plan --fix parallel.pp=16`, repeatable); everything else is the planner's
 // choice. The recipe's own parallel section is ignored except through these.
@@ -54,6 +60,10 @@ struct PlannerOptions {
   // an error naming that key).
   int64_t global_batch = 0;
   PlanConstraints fixed;
+  // The precision and activation policy the layouts are simulated with (layers/cost.h): the DeepSeek-V3
+  // report's (FP8 GEMMs, recomputation choices: what the planner assumes for the 671B model) or what
+  // fathom runs today (PrecisionPolicy::Fathom; nothing recomputed). Unset: PrecisionFor(recipe).
+  std::optional<PrecisionPolicy> precision;
   std::vector<int64_t> micro_batch_sizes = {1, 2, 4};
   std::vector<ScheduleKind> schedules = {ScheduleKind::kDualPipe, ScheduleKind::kDualPipeV,
                                          ScheduleKind::kZB1P, ScheduleKind::k1F1B};
@@ -67,9 +77,14 @@ struct PlanReport {
   std::vector<SimulationResult> ranked;  // fitting candidates, best first
 };
 
-// The precision policy a recipe implies: optim.moment_dtype (bf16 | f32) sets the moments' width; the
-// rest is fathom's GPU policy (bf16 weights, f32 master and gradients, FP8 GEMMs, dispatch and caches).
+// The report's precision policy (PrecisionPolicy::Report) with the recipe's optim.moment_dtype (bf16 | f32).
 PrecisionPolicy PrecisionFor(const Recipe& recipe);
+// What fathom runs for the recipe (PrecisionPolicy::Fathom): train.dtype's compute width (bf16 with f32
+// master weights; f32 without copies) and optim.moment_dtype.
+PrecisionPolicy FathomPrecisionFor(const Recipe& recipe);
+// The --policy flag of plan and simulate: "report" (PrecisionFor) or "fathom" (FathomPrecisionFor);
+// InvalidArgument naming --policy otherwise.
+absl::StatusOr<PrecisionPolicy> PolicyNamed(const std::string& name, const Recipe& recipe);
 
 // Plans `recipe` on `cluster` for a fixed global batch (options.global_batch, else
 // recipe.train.global_batch_size), ignoring recipe.parallel except through options.fixed; the recipe may
@@ -80,6 +95,13 @@ PrecisionPolicy PrecisionFor(const Recipe& recipe);
 // shortfall.
 absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterConfig& cluster,
                                            const PlannerOptions& options = {});
+
+// Whole-run accounting (parallel/whole_run.h) of `steady` (a plan of `global_batch` sequences) for the
+// recipe's train.steps steps, with the cluster's `run:` assumptions (FailedPrecondition when it has none):
+// the ramp's batches are simulated with the same layout (micro-batches per pipeline cut to the batch; below
+// the schedule's smallest count, that count's step carries the smaller batch).
+absl::StatusOr<WholeRunEstimate> WholeRunForPlan(const Recipe& recipe, const ClusterConfig& cluster,
+                                                 const SimulationResult& steady, int64_t global_batch);
 
 // Moves one decoder layer between two stages at a time while the simulated step time improves and the
 // memory still fits; returns the best simulation found (`start` when nothing improves).

@@ -24,7 +24,7 @@ struct ScheduleCache::Entry {
 namespace {
 
 // AdamW's step streams every local shard parameter through HBM; such kernels reach about this share of
-// the nominal bandwidth.
+// the nominal bandwidth (uncalibrated; a profile's optimizer_gbps replaces it).
 constexpr double kHbmEfficiency = 0.8;
 
 double Choose(int64_t n, int64_t k) {
@@ -36,14 +36,42 @@ double Choose(int64_t n, int64_t k) {
 
 bool IsDual(ScheduleKind k) { return k == ScheduleKind::kDualPipe || k == ScheduleKind::kDualPipeV; }
 
+// Achieved FLOP/s per kernel class, and the factor on compute time for the kernels the classes leave out.
 struct Rates {
-  double gemm, bf16, attn;  // FLOP/s
+  double dense, experts, dense_bf16, head, attn_f, attn_b;
+  double overhead = 1;
 };
 
-Rates ComputeRates(const ClusterConfig& c, const PrecisionPolicy& p) {
-  const double bf16 = c.peak_bf16_tflops * 1e12 * c.efficiency.gemm;
-  return {p.fp8_gemm ? c.peak_fp8_tflops * 1e12 * c.efficiency.gemm : bf16, bf16,
-          c.peak_bf16_tflops * 1e12 * c.efficiency.attention};
+// Uncalibrated: the cluster's efficiencies against the peaks (memory-bound kernels folded in). With a
+// profile: its measured bf16 rates (the expert GEMM's at this plan's rows per expert) and its elementwise
+// share on top; FP8 GEMMs are not measured yet, so they get the bf16 efficiency at the FP8 peak.
+Rates ComputeRates(const ClusterConfig& c, const ModelConfig& m, const ParallelPlan& plan) {
+  const PrecisionPolicy& p = plan.precision;
+  if (!c.profile) {
+    const double bf16 = c.peak_bf16_tflops * 1e12 * c.efficiency.gemm;
+    const double gemm = p.fp8_gemm ? c.peak_fp8_tflops * 1e12 * c.efficiency.gemm : bf16;
+    const double attn = c.peak_bf16_tflops * 1e12 * c.efficiency.attention;
+    return {gemm, gemm, bf16, bf16, attn, attn, 1.0};
+  }
+  const CalibrationProfile& prof = *c.profile;
+  const double fp8 = p.fp8_gemm ? c.peak_fp8_tflops / c.peak_bf16_tflops : 1.0;
+  const double rows =
+      static_cast<double>(plan.micro_batch_size * plan.seq_len * m.num_experts_per_tok * plan.ep) /
+      static_cast<double>(m.n_routed_experts);
+  return {prof.dense_gemm_tflops * 1e12 * fp8,  prof.ExpertGemmTflops(rows) * 1e12 * fp8,
+          prof.dense_gemm_tflops * 1e12,        prof.head_gemm_tflops * 1e12,
+          prof.attention_forward_tflops * 1e12, prof.attention_backward_tflops * 1e12,
+          1.0 + prof.elementwise_fraction};
+}
+
+// Achieved bandwidth inside a node for all-to-all and point-to-point traffic, bytes/s.
+double NvlinkAllToAll(const ClusterConfig& c) {
+  return c.profile && c.profile->all_to_all_gbps > 0 ? c.profile->all_to_all_gbps * 1e9
+                                                     : c.nvlink_gbps * 1e9 * c.efficiency.comm;
+}
+double NvlinkP2p(const ClusterConfig& c) {
+  return c.profile && c.profile->p2p_gbps > 0 ? c.profile->p2p_gbps * 1e9
+                                              : c.nvlink_gbps * 1e9 * c.efficiency.comm;
 }
 
 // Seconds of one all-to-all pass (dispatch + combine, or the backward's mirror) of one MoE node for one
@@ -56,11 +84,11 @@ double AllToAllSeconds(const NodeCost& n, const ModelConfig& m, const ClusterCon
   const double nvlink_share = ep <= c.gpus_per_node
                                   ? static_cast<double>(ep - 1) / ep
                                   : static_cast<double>(c.gpus_per_node - 1) / c.gpus_per_node;
-  const double network_s = tokens * remote * per_copy / (c.network_gbps_per_gpu * 1e9);
+  const double network_s = tokens * remote * per_copy / (c.network_gbps_per_gpu * 1e9 * c.efficiency.comm);
   const double nvlink_s =
-      tokens * static_cast<double>(n.routed_copies) * nvlink_share * per_copy / (c.nvlink_gbps * 1e9);
+      tokens * static_cast<double>(n.routed_copies) * nvlink_share * per_copy / NvlinkAllToAll(c);
   const double latency = (remote > 0 ? c.network_latency_us : c.nvlink_latency_us) * 1e-6;
-  return std::max(network_s, nvlink_s) / c.efficiency.comm + 2 * latency;
+  return std::max(network_s, nvlink_s) + 2 * latency;
 }
 
 // Ring collective (reduce-scatter or all-gather) of `bytes` per GPU over `n` GPUs.
@@ -77,13 +105,16 @@ struct NodeSeconds {
 
 NodeSeconds NodeTimes(const NodeCost& n, const ModelConfig& m, const ClusterConfig& c,
                       const ParallelPlan& plan) {
-  const Rates r = ComputeRates(c, plan.precision);
+  const Rates r = ComputeRates(c, m, plan);
   const double tokens = static_cast<double>(plan.micro_batch_size * plan.seq_len);
+  // One pass of every GEMM (forward, dgrad and wgrad each cost the forward's FLOPs).
+  const double gemms = (n.gemm_flops - n.expert_gemm_flops) / r.dense + n.expert_gemm_flops / r.experts +
+                       (n.gemm_bf16_flops - n.head_gemm_flops) / r.dense_bf16 + n.head_gemm_flops / r.head;
+  const double recompute = plan.recompute.mla_up ? n.mla_up_flops / r.dense : 0.0;
   NodeSeconds t;
-  t.f = tokens * (n.gemm_flops / r.gemm + n.gemm_bf16_flops / r.bf16 + n.attn_flops / r.attn);
-  t.b = tokens * ((n.gemm_flops + (plan.recompute.mla_up ? n.mla_up_flops : 0.0)) / r.gemm +
-                  n.gemm_bf16_flops / r.bf16 + kAttentionBackwardFactor * n.attn_flops / r.attn);
-  t.w = tokens * (n.gemm_flops / r.gemm + n.gemm_bf16_flops / r.bf16);
+  t.f = tokens * r.overhead * (gemms + n.attn_flops / r.attn_f);
+  t.b = tokens * r.overhead * (gemms + recompute + kAttentionBackwardFactor * n.attn_flops / r.attn_b);
+  t.w = tokens * r.overhead * gemms;
   t.f_comm = t.b_comm = AllToAllSeconds(n, m, c, plan.ep, tokens);
   return t;
 }
@@ -236,7 +267,7 @@ std::vector<int64_t> Balance(const std::vector<NodeUnit>& units, const ModelConf
     const std::vector<StageCost> st = SumStages(units, split, /*list_nodes=*/false);
     double excess = 0, worst = 0, squares = 0;
     for (int r = 0; r < plan.pp; ++r) {
-      excess = std::max(excess, MemoryOfRank(s, live, st, r, plan.precision, groups).total() - usable);
+      excess = std::max(excess, MemoryOfRank(s, live, st, r, plan.precision, groups, c).required() - usable);
       double cycle;
       if (IsDual(plan.schedule)) {
         const int other = plan.schedule == ScheduleKind::kDualPipe ? plan.pp - 1 - r : 2 * plan.pp - 1 - r;
@@ -307,15 +338,16 @@ absl::StatusOr<SimulationResult> Prepare(const ModelConfig& m, const ClusterConf
   res.usable_bytes = c.usable_bytes();
   const ReplicaGroups groups = Replicas(plan, res.dp);
   res.memory.resize(s.pp);
-  res.peak_memory_bytes = 0;
+  res.peak_memory_bytes = res.required_bytes = 0;
   for (int r = 0; r < s.pp; ++r) {
-    res.memory[r] = MemoryOfRank(s, live, res.stages, r, plan.precision, groups);
-    if (res.memory[r].total() > res.peak_memory_bytes) {
+    res.memory[r] = MemoryOfRank(s, live, res.stages, r, plan.precision, groups, c);
+    if (res.memory[r].required() > res.required_bytes) {
+      res.required_bytes = res.memory[r].required();
       res.peak_memory_bytes = res.memory[r].total();
       res.peak_memory_rank = r;
     }
   }
-  res.fits = res.peak_memory_bytes <= res.usable_bytes;
+  res.fits = res.required_bytes <= res.usable_bytes;
   res.tokens_per_step = static_cast<double>(res.dp) * plan.micro_batches *
                         static_cast<double>(plan.micro_batch_size) * static_cast<double>(plan.seq_len);
   return res;
@@ -470,7 +502,7 @@ absl::StatusOr<SimulationResult> Simulate(const ModelConfig& m, const ClusterCon
   const bool p2p_network = c.world() > c.gpus_per_node;
   const double p2p_bytes = PipelineMessageBytes(m, res.plan.micro_batch_size, res.plan.seq_len);
   const double p2p_s =
-      p2p_bytes / ((p2p_network ? c.network_gbps_per_gpu : c.nvlink_gbps) * 1e9 * c.efficiency.comm) +
+      p2p_bytes / (p2p_network ? c.network_gbps_per_gpu * 1e9 * c.efficiency.comm : NvlinkP2p(c)) +
       (p2p_network ? c.network_latency_us : c.nvlink_latency_us) * 1e-6;
   absl::StatusOr<ScheduleTimes> times = ExecuteSchedule(
       s, *deps,
@@ -500,8 +532,9 @@ absl::StatusOr<SimulationResult> Simulate(const ModelConfig& m, const ClusterCon
   const bool dp_network = c.world() > c.gpus_per_node && (res.dp > c.gpus_per_node || dense_group > res.dp);
   const double bw = dp_network ? c.network_gbps_per_gpu : c.nvlink_gbps;
   const double lat = dp_network ? c.network_latency_us : c.nvlink_latency_us;
-  const double update_bytes =
-      static_cast<double>(p.grad_bytes + 2 * p.master_bytes + 4 * p.moment_bytes + p.param_bytes);
+  const double gathered = static_cast<double>(GatheredBytesPerParameter(p));
+  const double optimizer_rate =
+      c.profile ? c.profile->optimizer_gbps * 1e9 : c.hbm_tbps * 1e12 * kHbmEfficiency;  // bytes/s
   res.grad_sync_end_s.assign(s.pp, 0.0);
   double grads_ready = res.makespan_s, optimizer = 0, gather = 0;
   for (int r = 0; r < s.pp; ++r) {
@@ -517,7 +550,7 @@ absl::StatusOr<SimulationResult> Simulate(const ModelConfig& m, const ClusterCon
       last_w.push_back({end, chunk});
     }
     std::sort(last_w.begin(), last_w.end());
-    double t = 0, shard = 0, rank_gather = 0;
+    double t = 0, shard = 0, local = 0, rank_gather = 0;
     for (const auto& [end, chunk] : last_w) {
       const StageCost& st = res.stages[s.ModelStage(r, chunk)];
       const double dense = static_cast<double>(st.params_replicated),
@@ -526,13 +559,13 @@ absl::StatusOr<SimulationResult> Simulate(const ModelConfig& m, const ClusterCon
           RingSeconds(dense * static_cast<double>(p.grad_bytes), dense_group, bw, lat, c.efficiency.comm) +
           RingSeconds(expert * static_cast<double>(p.grad_bytes), expert_group, bw, lat, c.efficiency.comm);
       shard += dense / static_cast<double>(dense_group) + expert / static_cast<double>(expert_group);
-      rank_gather +=
-          RingSeconds(dense * static_cast<double>(p.param_bytes), dense_group, bw, lat, c.efficiency.comm) +
-          RingSeconds(expert * static_cast<double>(p.param_bytes), expert_group, bw, lat, c.efficiency.comm);
+      local += dense + expert;
+      rank_gather += RingSeconds(dense * gathered, dense_group, bw, lat, c.efficiency.comm) +
+                     RingSeconds(expert * gathered, expert_group, bw, lat, c.efficiency.comm);
     }
     res.grad_sync_end_s[r] = t;
     grads_ready = std::max(grads_ready, t);
-    optimizer = std::max(optimizer, shard * update_bytes / (c.hbm_tbps * 1e12 * kHbmEfficiency));
+    optimizer = std::max(optimizer, OptimizerStepBytes(p, shard, local) / optimizer_rate);
     gather = std::max(gather, rank_gather);
   }
   res.grad_sync_exposed_s = grads_ready - res.makespan_s;

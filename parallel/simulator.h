@@ -27,9 +27,10 @@
 //             stage are replicas too) starts when the chunk's last W ends; then the AdamW step over the
 //             local shard (memory-bound at HBM speed) and the ring all-gather of the bf16 parameters.
 // Memory per rank (the memory model, parallel/simulator_memory.cc; the event simulation is simulator.cc):
-// parameters (bf16) and gradients (f32) of its chunks, the optimizer shard
-// (f32 master + two moments / replicas), and the activations of every micro-batch-chunk from its F until
-// its W (or BW) ends, plus one FB pair's transient working set; checked against HBM less the reserve.
+// parameters and gradients of its chunks, the optimizer shard (master weights when sharded, two moments /
+// replicas), and the activations of every micro-batch-chunk from its F until its W (or BW) ends, with the
+// running pass's working set (layers/activations.h); with the headroom for the activation estimate's
+// error and fragmentation (cluster.h) checked against HBM less the reserve.
 #ifndef FATHOM_PARALLEL_SIMULATOR_H_
 #define FATHOM_PARALLEL_SIMULATOR_H_
 
@@ -91,11 +92,16 @@ std::vector<int64_t> BalanceStageLayers(const std::vector<NodeCost>& graph, cons
                                         const ClusterConfig& cluster, const ParallelPlan& plan);
 
 struct RankMemory {
-  double params = 0;       // bf16 working weights
+  double params = 0;       // working weights (and unsharded master weights)
   double grads = 0;        // f32 gradients
-  double optimizer = 0;    // ZeRO-1 shard: master + moments
-  double activations = 0;  // peak over the step, with the transient working set
-  double total() const { return params + grads + optimizer + activations; }
+  double optimizer = 0;    // ZeRO-1 shard: (sharded master weights +) moments
+  double activations = 0;  // peak over the step, the running pass's working set included
+  // Headroom the plan leaves on top (cluster.h memory_headroom): the activation estimate's error and the
+  // allocator's fragmentation, each a share of `activations`.
+  double estimate_error = 0;
+  double fragmentation = 0;
+  double total() const { return params + grads + optimizer + activations; }     // the estimate
+  double required() const { return total() + estimate_error + fragmentation; }  // what must fit
 };
 
 struct SimulationResult {
@@ -114,10 +120,11 @@ struct SimulationResult {
   double all_gather_s = 0;
   double step_s = 0;
   std::vector<RankMemory> memory;  // per pipeline rank
-  int peak_memory_rank = 0;
-  double peak_memory_bytes = 0;
-  double usable_bytes = 0;  // HBM less the reserve
-  bool fits = false;
+  int peak_memory_rank = 0;        // the rank with the most required memory
+  double peak_memory_bytes = 0;    // its estimate (RankMemory::total)
+  double required_bytes = 0;       // its estimate with the headroom (RankMemory::required)
+  double usable_bytes = 0;         // HBM less the reserve
+  bool fits = false;               // required_bytes <= usable_bytes
   double tokens_per_step = 0;
   double tokens_per_s_per_gpu = 0;
   double model_flops_per_token = 0;

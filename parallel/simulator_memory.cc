@@ -87,7 +87,8 @@ ReplicaGroups Replicas(const ParallelPlan& plan, int64_t dp) {
 }
 
 RankMemory MemoryOfRank(const Schedule& s, const LiveProfile& live, const std::vector<StageCost>& stages,
-                        int r, const PrecisionPolicy& p, const ReplicaGroups& groups) {
+                        int r, const PrecisionPolicy& p, const ReplicaGroups& groups,
+                        const ClusterConfig& cluster) {
   RankMemory mem;
   std::array<ActivationBytes, 2> chunk_bytes;
   for (int chunk = 0; chunk < s.chunks(); ++chunk) {
@@ -102,6 +103,8 @@ RankMemory MemoryOfRank(const Schedule& s, const LiveProfile& live, const std::v
     chunk_bytes[static_cast<size_t>(chunk)] = st.activations;
   }
   mem.activations = ActivationPeak(live[r], chunk_bytes);
+  mem.estimate_error = cluster.EstimateError() * mem.activations;
+  mem.fragmentation = cluster.Fragmentation() * mem.activations;
   return mem;
 }
 

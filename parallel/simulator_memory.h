@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "layers/cost.h"
+#include "parallel/cluster.h"
 #include "parallel/schedule.h"
 #include "parallel/simulator.h"
 
@@ -55,9 +56,11 @@ double LiveBytes(const LiveState& state, const std::array<ActivationBytes, 2>& c
 double ActivationPeak(const std::vector<LiveState>& states,
                       const std::array<ActivationBytes, 2>& chunk_bytes);
 
-// The memory of pipeline rank `r` for the stage costs `stages` (indexed by model stage).
+// The memory of pipeline rank `r` for the stage costs `stages` (indexed by model stage), with the headroom
+// shares of `cluster` (EstimateError, Fragmentation) on its activations.
 RankMemory MemoryOfRank(const Schedule& s, const LiveProfile& live, const std::vector<StageCost>& stages,
-                        int r, const PrecisionPolicy& p, const ReplicaGroups& groups);
+                        int r, const PrecisionPolicy& p, const ReplicaGroups& groups,
+                        const ClusterConfig& cluster);
 
 }  // namespace fathom
 

@@ -175,13 +175,13 @@ TEST(Planner, FixedValuesConstrainThePlan) {
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   PlannerOptions options;
   ASSERT_TRUE(AddPlanConstraint("parallel.pp=8", *recipe, &options.fixed).ok());
-  ASSERT_TRUE(AddPlanConstraint("parallel.schedule=zb1p", *recipe, &options.fixed).ok());
+  ASSERT_TRUE(AddPlanConstraint("parallel.schedule=1f1b", *recipe, &options.fixed).ok());
   absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster, options);
   ASSERT_TRUE(report.ok()) << report.status();
   ASSERT_FALSE(report->ranked.empty());
   for (const SimulationResult& r : report->ranked) {
     EXPECT_EQ(r.plan.pp, 8);
-    EXPECT_EQ(r.plan.schedule, ScheduleKind::kZB1P);
+    EXPECT_EQ(r.plan.schedule, ScheduleKind::k1F1B);
   }
   // A key alone fixes the recipe's value; errors name --fix and the key.
   PlanConstraints c;
