@@ -133,6 +133,21 @@ PrecisionPolicy FathomPrecisionFor(const Recipe& recipe) {
   return PrecisionPolicy::Fathom(compute, recipe.optim.moment_dtype == "bf16" ? 2 : 4);
 }
 
+void RankPlans(std::vector<SimulationResult>* plans) {
+  auto by_time = [](const SimulationResult& a, const SimulationResult& b) { return a.step_s < b.step_s; };
+  std::stable_sort(plans->begin(), plans->end(), by_time);
+  if (plans->empty()) return;
+  // Near-ties go to the simpler layout (see the header): fewer stages, smaller ep, preferred schedule.
+  const double tie = plans->front().step_s * (1 + kPlannerTieTolerance);
+  auto near = std::partition_point(plans->begin(), plans->end(),
+                                   [&](const SimulationResult& r) { return r.step_s <= tie; });
+  auto simpler = [](const SimulationResult& r) {
+    return std::make_tuple(NumStages(r.plan.schedule, r.plan.pp), r.plan.ep, SchedulePreference(r.plan.schedule));
+  };
+  std::stable_sort(plans->begin(), near,
+                   [&](const SimulationResult& a, const SimulationResult& b) { return simpler(a) < simpler(b); });
+}
+
 absl::StatusOr<PrecisionPolicy> PolicyNamed(const std::string& name, const Recipe& recipe) {
   if (name == "report") return PrecisionFor(recipe);
   if (name == "fathom") return FathomPrecisionFor(recipe);
@@ -307,18 +322,7 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
       fitting[i] = *std::move(full);
     }
   }
-  std::sort(fitting.begin(), fitting.end(), by_time);
-  // Near-ties go to the simpler layout (see the header): fewer stages, smaller ep, preferred schedule.
-  const double tie = fitting.front().step_s * (1 + kPlannerTieTolerance);
-  auto near = std::partition_point(fitting.begin(), fitting.end(),
-                                   [&](const SimulationResult& r) { return r.step_s <= tie; });
-  auto simpler = [](const SimulationResult& r) {
-    return std::make_tuple(NumStages(r.plan.schedule, r.plan.pp), r.plan.ep,
-                           SchedulePreference(r.plan.schedule));
-  };
-  std::stable_sort(fitting.begin(), near, [&](const SimulationResult& a, const SimulationResult& b) {
-    return simpler(a) < simpler(b);
-  });
+  RankPlans(&fitting);
   report.ranked = std::move(fitting);
   return report;
 }

@@ -96,6 +96,10 @@ absl::StatusOr<PrecisionPolicy> PolicyNamed(const std::string& name, const Recip
 absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterConfig& cluster,
                                            const PlannerOptions& options = {});
 
+// Orders `plans` the planner's way (see the header): by step time, the near-ties within
+// kPlannerTieTolerance of the fastest by fewer stages, then smaller ep, then the preferred schedule.
+void RankPlans(std::vector<SimulationResult>* plans);
+
 // Whole-run accounting (parallel/whole_run.h) of `steady` (a plan of `global_batch` sequences) for the
 // recipe's train.steps steps, with the cluster's `run:` assumptions (FailedPrecondition when it has none):
 // the ramp's batches are simulated with the same layout (micro-batches per pipeline cut to the batch; below

@@ -103,6 +103,75 @@ TEST(Planner, ThousandsOfMicroBatchesPlanTheSameLayout) {
   }
 }
 
+// Near-ties (within 1% of the fastest) go to fewer stages, then the smaller ep, then the preferred
+// schedule; beyond 1% time decides.
+TEST(Planner, TiesPreferFewerStagesThenSmallerEp) {
+  auto result = [](ScheduleKind kind, int pp, int ep, double step) {
+    SimulationResult r;
+    r.plan.schedule = kind;
+    r.plan.pp = pp;
+    r.plan.ep = ep;
+    r.step_s = step;
+    return r;
+  };
+  std::vector<SimulationResult> plans = {
+      result(ScheduleKind::kDualPipe, 16, 64, 10.00),   // fastest, 16 stages
+      result(ScheduleKind::k1F1B, 8, 64, 10.09),        // 0.9% slower, 8 stages, ep 64
+      result(ScheduleKind::kZB1P, 8, 32, 10.095),       // 8 stages, ep 32: the simplest of the ties
+      result(ScheduleKind::k1F1B, 4, 8, 10.2),          // 2% slower: not a tie
+      result(ScheduleKind::kDualPipeV, 8, 64, 10.001),  // 16 stages like DualPipe pp 16
+  };
+  RankPlans(&plans);
+  ASSERT_EQ(plans.size(), 5u);
+  EXPECT_EQ(plans[0].plan.ep, 32);
+  EXPECT_EQ(plans[0].plan.schedule, ScheduleKind::kZB1P);
+  EXPECT_EQ(plans[1].plan.schedule, ScheduleKind::k1F1B);
+  EXPECT_EQ(plans[1].plan.pp, 8);
+  EXPECT_EQ(plans[2].plan.schedule, ScheduleKind::kDualPipe);  // 16 stages each: the preferred schedule
+  EXPECT_EQ(plans[3].plan.schedule, ScheduleKind::kDualPipeV);
+  EXPECT_EQ(plans[4].plan.pp, 4);  // faster-first outside the band
+}
+
+// Headroom: the plan must fit its estimate plus the activation estimate's error and fragmentation, each a
+// share of its activations (the cluster's memory_headroom, else the profile's, else the defaults).
+TEST(Planner, PlansLeaveHeadroomForTheEstimatesErrorAndFragmentation) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source(kV3));
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source(kH800));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  EXPECT_DOUBLE_EQ(cluster->EstimateError(), kUncalibratedEstimateError);
+  EXPECT_DOUBLE_EQ(cluster->Fragmentation(), kDefaultFragmentation);
+  ParallelPlan plan;
+  plan.schedule = ScheduleKind::kDualPipe;
+  plan.pp = 16;
+  plan.ep = 64;
+  plan.micro_batches = 120;
+  plan.seq_len = 4096;
+  plan.stage_layers = recipe->parallel.stage_layers;
+  plan.precision = PrecisionFor(*recipe);
+  ClusterConfig c = *cluster;
+  c.estimate_error = 0.2;
+  c.fragmentation = 0.07;
+  absl::StatusOr<SimulationResult> r = SimulateMemory(recipe->model, c, plan);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const RankMemory& m : r->memory) {
+    EXPECT_NEAR(m.estimate_error, 0.2 * m.activations, 1e-6);
+    EXPECT_NEAR(m.fragmentation, 0.07 * m.activations, 1e-6);
+    EXPECT_NEAR(m.required(), m.total() + 0.27 * m.activations, 1e-3);
+  }
+  const RankMemory& peak = r->memory[r->peak_memory_rank];
+  EXPECT_DOUBLE_EQ(r->required_bytes, peak.required());
+  // Usable memory between the estimate and the estimate with headroom: it does not fit.
+  c.memory_reserve_gib =
+      c.hbm_gib - (r->peak_memory_bytes + 0.5 * (r->required_bytes - r->peak_memory_bytes)) / 1073741824.0;
+  r = SimulateMemory(recipe->model, c, plan);
+  ASSERT_TRUE(r.ok());
+  EXPECT_LT(r->peak_memory_bytes, r->usable_bytes);
+  EXPECT_FALSE(r->fits);
+  c.estimate_error = c.fragmentation = 0.0;
+  EXPECT_TRUE(SimulateMemory(recipe->model, c, plan)->fits);
+}
+
 TEST(PlanCommand, PrintsThePlanAndTheReportComparison) {
   const std::string out_file = TempPath("fathom_plan.yaml");
   CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(kH800), "--out", out_file});
@@ -115,6 +184,11 @@ TEST(PlanCommand, PrintsThePlanAndTheReportComparison) {
   EXPECT_THAT(o.out, HasSubstr("predicted throughput:"));
   EXPECT_THAT(o.out, HasSubstr("fits in"));
   EXPECT_THAT(o.out, HasSubstr("planned in"));
+  EXPECT_THAT(o.out, HasSubstr("UNCALIBRATED"));
+  EXPECT_THAT(o.out, HasSubstr("for fragmentation"));
+  EXPECT_THAT(o.out, HasSubstr("whole run ("));
+  EXPECT_THAT(o.out, HasSubstr("failures and restarts"));
+  EXPECT_THAT(o.out, HasSubstr("steady state"));
   // The written section, pasted over the recipe's, loads and carries the plan.
   std::ifstream in(out_file);
   std::stringstream section;
