@@ -1,4 +1,4 @@
-// fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N] [--steps N]
+// fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N] [--steps N] [--profile OUT.yaml]
 // Times the GPU trainer: N warm-up steps (default 2), then N timed steps (default 5), and rank 0 prints one
 // table. Launch like `fathom train` (MPI under mpirun/srun, else one local process). Requires
 // train.device cuda and a build with the CUDA backend (exit 2 otherwise).
@@ -20,7 +20,8 @@
 //                 a row's "other" (step - sum of its phases: untimed work, host gaps, waiting on peers) is
 //                 that rank's and never mixes ranks. The header names the rank.
 // The timer is enabled during the warm-up too (collected after every step, then reset), so its CUDA event
-// pool is created before the timed steps.
+// pool is created before the timed steps. Every run also prints the activation estimate against the pool's
+// peak; --profile writes a calibration profile for cluster files (launch/bench_profile.h).
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -29,6 +30,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "launch/bench_profile.h"
 #include "launch/command_line.h"
 #include "launch/commands.h"
 #include "layers/cost.h"
@@ -49,7 +51,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N (default 2)] "
-    "[--steps N (default 5)]";
+    "[--steps N (default 5)] [--profile OUT.yaml]";
 
 // Every rank reaches the same verdict on its input; ExitAllRanks prints it once and exits every rank.
 [[noreturn]] void Reject(const std::string& message) {
@@ -131,7 +133,8 @@ struct BenchResult {
   double static_gib = 0, pool_peak_gib = 0, pool_capacity_gib = 0;  // of the rank with the highest peak
   double device_used_gib = 0, device_total_gib = 0;                 // max over ranks
   int phase_rank = 0;
-  PhaseMillis phase_ms{};  // per step, of phase_rank
+  PhaseMillis phase_ms{};               // per step, of phase_rank
+  std::vector<double> pool_peak_bytes;  // per rank
 };
 
 std::string FormatBench(const BenchResult& b) {
@@ -234,6 +237,7 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
     b.device_total_gib = std::max(b.device_total_gib, memory[r][4] / kGiB);
     if (memory[r][0] + memory[r][1] > memory[peak_rank][0] + memory[peak_rank][1]) peak_rank = r;
   }
+  for (const std::vector<double>& rank : memory) b.pool_peak_bytes.push_back(rank[1]);
   b.static_gib = memory[peak_rank][0] / kGiB;
   b.pool_peak_gib = memory[peak_rank][1] / kGiB;
   b.pool_capacity_gib = memory[peak_rank][2] / kGiB;
@@ -271,7 +275,7 @@ int RunBench(const std::vector<std::string>& args) {
       CreateWorldCommunicator(mpi ? CommBackend::kMpi : CommBackend::kLocal);
   if (!world.ok()) Reject(std::string(world.status().message()));
 
-  absl::StatusOr<CommandLine> parsed = ParseCommandLine(args, {"--warmup", "--steps"});
+  absl::StatusOr<CommandLine> parsed = ParseCommandLine(args, {"--warmup", "--steps", "--profile"});
   if (!parsed.ok()) Reject(std::string(parsed.status().message()) + "; " + kUsage);
   // Checked in every build, so a bad flag reads the same with or without the CUDA backend.
   [[maybe_unused]] const int64_t warmup = CountOption(*parsed, "--warmup", 2, 0);
@@ -297,14 +301,26 @@ int RunBench(const std::vector<std::string>& args) {
   if (!trainer.ok()) Reject(std::string(trainer.status().message()));
   if ((*mesh)->coord().rank == 0) std::cout << (*trainer)->memory_plan_table() << std::flush;
   const BenchResult result = RunSteps(*recipe, **trainer, **mesh, warmup, steps);
+  const BenchStepMeasurements measured{
+      result.gpu,      result.world,           (*trainer)->stage_layers(),          Median(result.step_ms),
+      result.phase_ms, result.pool_peak_bytes, (*trainer)->model().params().numel()};
   if ((*mesh)->coord().rank == 0) {
-    std::cout << FormatBench(result);
+    std::cout << FormatBench(result) << ActivationEstimateLines(*recipe, measured);
     std::cout.flush();
   }
   trainer->reset();
+  int code = 0;
+  if (const std::string out = parsed->options["--profile"]; !out.empty() && (*mesh)->coord().rank == 0) {
+    absl::StatusOr<CalibrationProfile> profile = MeasureProfile(*recipe, measured);
+    const absl::Status written = profile.ok() ? WriteProfile(*profile, out) : profile.status();
+    if (written.ok())
+      std::cout << "profile written: " << out << " (a cluster file includes it: profile: PATH)\n";
+    if (!written.ok()) std::cerr << "fathom bench --profile: " << written.message() << "\n";
+    code = written.ok() ? 0 : kExitInvalidInput;
+  }
   mesh->reset();
   if (mpi) MpiFinalize();
-  return 0;
+  return code;
 #endif
 }
 
