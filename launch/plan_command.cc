@@ -258,7 +258,7 @@ int RunPlan(const std::vector<std::string>& args) {
                            whole->tokens_per_s_per_gpu / kReportTokensPerSecondPerGpu);
     }
     o << "\n  what the prediction leaves out: imperfect expert balance (the simulator routes every token "
-         "evenly), and every efficiency the calibration does not measure (PLANNER_NOTES.md)\n";
+         "evenly), and every efficiency a calibration profile would measure (README, Planning)\n";
   }
   const std::string yaml = ParallelYaml(best);
   o << "\n# the chosen parallel section (paste it into the recipe, or pass the --set flags below)\n" << yaml;

@@ -142,18 +142,22 @@ void RankPlans(std::vector<SimulationResult>* plans) {
   auto near = std::partition_point(plans->begin(), plans->end(),
                                    [&](const SimulationResult& r) { return r.step_s <= tie; });
   auto simpler = [](const SimulationResult& r) {
-    return std::make_tuple(NumStages(r.plan.schedule, r.plan.pp), r.plan.ep, SchedulePreference(r.plan.schedule));
+    return std::make_tuple(NumStages(r.plan.schedule, r.plan.pp), r.plan.ep,
+                           SchedulePreference(r.plan.schedule));
   };
-  std::stable_sort(plans->begin(), near,
-                   [&](const SimulationResult& a, const SimulationResult& b) { return simpler(a) < simpler(b); });
+  std::stable_sort(plans->begin(), near, [&](const SimulationResult& a, const SimulationResult& b) {
+    return simpler(a) < simpler(b);
+  });
 }
 
 absl::StatusOr<PrecisionPolicy> PolicyNamed(const std::string& name, const Recipe& recipe) {
   if (name == "report") return PrecisionFor(recipe);
   if (name == "fathom") return FathomPrecisionFor(recipe);
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--policy: expected report (the DeepSeek-V3 report's FP8 policy, the planner's default) or fathom (what "
-      "fathom runs today), got '", name, "'"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--policy: expected report (the DeepSeek-V3 report's FP8 policy, the planner's default) "
+                   "or fathom (what "
+                   "fathom runs today), got '",
+                   name, "'"));
 }
 
 absl::StatusOr<WholeRunEstimate> WholeRunForPlan(const Recipe& recipe, const ClusterConfig& cluster,
@@ -240,6 +244,10 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
   std::vector<int64_t> micro_batch_sizes = options.micro_batch_sizes;
   if (fixed.micro_batch_size) micro_batch_sizes = {*fixed.micro_batch_size};
   std::vector<ScheduleKind> schedules = options.schedules;
+  // What fathom runs today: its pipeline executor runs the single-chunk schedules only.
+  if (precision.activations == ActivationModel::kFathom) {
+    std::erase_if(schedules, [](ScheduleKind k) { return ChunksPerRank(k) != 1; });
+  }
   if (fixed.schedule) schedules = {*fixed.schedule};
   for (int64_t pp = 1; pp <= world; ++pp) {
     if (world % pp != 0 || pp > m.num_hidden_layers || (fixed.pp && pp != *fixed.pp)) continue;

@@ -62,7 +62,8 @@ struct PlannerOptions {
   PlanConstraints fixed;
   // The precision and activation policy the layouts are simulated with (layers/cost.h): the DeepSeek-V3
   // report's (FP8 GEMMs, recomputation choices: what the planner assumes for the 671B model) or what
-  // fathom runs today (PrecisionPolicy::Fathom; nothing recomputed). Unset: PrecisionFor(recipe).
+  // fathom runs today (PrecisionPolicy::Fathom; nothing recomputed, and only the single-chunk schedules its
+  // executor runs, 1f1b and zb1p, unless --fix names another). Unset: PrecisionFor(recipe).
   std::optional<PrecisionPolicy> precision;
   std::vector<int64_t> micro_batch_sizes = {1, 2, 4};
   std::vector<ScheduleKind> schedules = {ScheduleKind::kDualPipe, ScheduleKind::kDualPipeV,

@@ -103,6 +103,27 @@ TEST(Planner, ThousandsOfMicroBatchesPlanTheSameLayout) {
   }
 }
 
+// --policy fathom plans what fathom runs: its layers' activations with nothing recomputed, and the schedules
+// its executor runs.
+TEST(Planner, FathomPolicyPlansWhatFathomRuns) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source("recipes/small.yaml"), {"train.global_batch_size=64"});
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source("recipes/clusters/h200-8.yaml"));
+  ASSERT_TRUE(cluster.ok());
+  PlannerOptions options;
+  absl::StatusOr<PrecisionPolicy> policy = PolicyNamed("fathom", *recipe);
+  ASSERT_TRUE(policy.ok());
+  options.precision = *policy;
+  absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  for (const SimulationResult& r : report->ranked) {
+    EXPECT_EQ(ChunksPerRank(r.plan.schedule), 1) << r.plan.Describe();
+    EXPECT_FALSE(r.plan.recompute.norm || r.plan.recompute.mla_up) << r.plan.Describe();
+    EXPECT_EQ(r.plan.precision.activations, ActivationModel::kFathom);
+  }
+  EXPECT_FALSE(PolicyNamed("fp8", *recipe).ok());
+}
+
 // Near-ties (within 1% of the fastest) go to fewer stages, then the smaller ep, then the preferred
 // schedule; beyond 1% time decides.
 TEST(Planner, TiesPreferFewerStagesThenSmallerEp) {
