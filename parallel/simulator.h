@@ -11,7 +11,11 @@
 //   compute   FLOPs / (peak x efficiency): GEMMs at the FP8 peak (PrecisionPolicy::fp8_gemm) or bf16,
 //             bf16 GEMMs (router, head, MTP projection) at the bf16 peak, attention at the bf16 peak x
 //             efficiency.attention. B includes recomputation; memory-bound kernels are folded into the
-//             efficiencies.
+//             efficiencies. With a calibration profile (cluster.h `profile:`, parallel/profile.h) the
+//             measured rates instead: dense, head and grouped-expert GEMMs (at the plan's rows per expert;
+//             FP8 GEMMs at the measured bf16 efficiency times the FP8 peak), attention forward and backward,
+//             and the measured elementwise share on top; its all-to-all and p2p GB/s replace NVLink x comm
+//             efficiency inside a node, its optimizer GB/s the HBM estimate.
 //   all-to-all   per MoE node and pass (forward: dispatch + combine; backward: the mirror), with DeepEP-style
 //             node deduplication: a token crosses the network once per distinct remote node its experts
 //             live on (node-limited routing: expert groups aligned to nodes, top-k groups uniformly
