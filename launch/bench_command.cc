@@ -111,9 +111,8 @@ PhaseMillis PhaseWork(const Recipe& recipe, Trainer& trainer, const DeviceMesh& 
   PhaseMillis work{};
   auto add = [&](Phase p, double amount) { work[static_cast<size_t>(p)] += amount; };
   for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len)) {
-    const bool block = n.kind == CostNodeKind::kDenseBlock || n.kind == CostNodeKind::kMoeBlock;
-    const bool here = block ? (n.index >= first && n.index < end)
-                            : (n.kind == CostNodeKind::kHead || n.kind == CostNodeKind::kMtp) && last_stage;
+    const bool here = n.is_block() ? (n.layer >= first && n.layer < end)
+                                   : (n.kind == NodeKind::kHead || n.kind == NodeKind::kMtp) && last_stage;
     if (!here) continue;
     add(Phase::kAttention,
         tokens * (3.0 * n.attn_gemm_flops + (1.0 + kAttentionBackwardFactor) * n.attn_flops));

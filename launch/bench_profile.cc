@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "launch/memory_plan.h"
+#include "parallel/memory_plan.h"
 #include "layers/cost.h"
 #include "parallel/planner.h"
 #include "parallel/schedule.h"
@@ -187,7 +187,7 @@ std::string ActivationEstimateLines(const Recipe& recipe, const BenchStepMeasure
       EstimatedActivationBytes(recipe, step.stage_layers, static_cast<int>(static_cast<int64_t>(peak) / dp));
   return absl::StrFormat(
       "  %-18s estimate %.2f GiB vs pool peak %.2f GiB (%+.1f%%, rank %d; worst rank %d: %+.1f%%; "
-      "launch/memory_plan, layers/activations.h)\n",
+      "parallel/memory_plan, layers/activations.h)\n",
       "activations", est / kGiB, step.pool_peak_bytes[peak] / kGiB,
       100 * (step.pool_peak_bytes[peak] > 0 ? est / step.pool_peak_bytes[peak] - 1 : 0),
       static_cast<int>(peak), worst_rank, 100 * worst);

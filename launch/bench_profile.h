@@ -1,4 +1,4 @@
-// What `fathom bench` adds for the planner (issue 18): the start-up activation estimate (launch/memory_plan)
+// What `fathom bench` adds for the planner (issue 18): the start-up activation estimate (parallel/memory_plan)
 // against each rank's measured pool peak, printed by every bench; and with `--profile OUT.yaml` a
 // calibration profile (parallel/profile.h) for a cluster file to include:
 //   GEMM TFLOP/s     microbenchmarks of ops::Matmul* (forward, dgrad, wgrad forms) at the recipe's shapes
@@ -40,7 +40,7 @@ struct BenchStepMeasurements {
   int64_t param_elements = 0;           // rank 0's parameters (values and gradients)
 };
 
-// The start-up estimate of pipeline rank `pp_rank`'s activations (launch/memory_plan ActivationPeakBytes:
+// The start-up estimate of pipeline rank `pp_rank`'s activations (parallel/memory_plan ActivationPeakBytes:
 // its slice of the model and its schedule's list).
 double EstimatedActivationBytes(const Recipe& recipe, const std::vector<int64_t>& stage_layers, int pp_rank);
 

@@ -1,7 +1,7 @@
 // The activation memory of fathom's layers (layers/cost.h's ActivationModel::kFathom), itemised from what
 // their Ctx structs keep (layers/*.cc), per token of a micro-batch, and how the bytes of consecutive
 // nodes add up over a stage's passes. Pure arithmetic; the cost model (layers/cost.cc) stores the results
-// per node, the simulator (parallel/) and the start-up memory plan (launch/memory_plan) read them.
+// per node, the simulator (parallel/) and the start-up memory plan (parallel/memory_plan) read them.
 //
 // Every quantity follows one micro-batch through its passes:
 //   held_f  kept after its forward, until its backward-for-inputs (B) starts;

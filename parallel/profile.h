@@ -19,7 +19,7 @@
 //                                 # permutation, combine, residual adds, loss) over the GEMM + attention time
 //   optimizer_gbps: 2700          # the optimizer step's memory traffic per second
 //   comm_gbps: {all_to_all: 250, p2p: 300}   # optional: only where several GPUs ran (bus bandwidth)
-//   activations:                  # the start-up estimate (launch/memory_plan) against the pool's peak
+//   activations:                  # the start-up estimate (parallel/memory_plan) against the pool's peak
 //     estimated_gib: 14.03
 //     measured_gib: 14.0
 //     layers: 9                   # decoder blocks + MTP modules of the rank

@@ -11,7 +11,7 @@
 //                                      micro-batch at its peak (peak_f or peak_b; an FB both), with the
 //                                      stage bytes of layers/activations.h per micro-batch (LiveState).
 // Pure arithmetic over the schedule's lists; no timing (that is parallel/simulator.cc's event simulation).
-// launch/memory_plan uses the same activation peak for a rank's start-up memory plan.
+// parallel/memory_plan uses the same activation peak for a rank's start-up memory plan.
 #ifndef FATHOM_PARALLEL_SIMULATOR_MEMORY_H_
 #define FATHOM_PARALLEL_SIMULATOR_MEMORY_H_
 

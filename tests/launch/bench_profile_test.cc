@@ -8,7 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "launch/memory_plan.h"
+#include "parallel/memory_plan.h"
 #include "parallel/planner.h"
 #include "parallel/simulator.h"
 #include "tests/common/gradcheck.h"
