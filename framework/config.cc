@@ -174,6 +174,9 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.Count("eval_every", &t->eval_every);
   r.Count("eval_steps", &t->eval_steps);
   r.String("log_dir", &t->log_dir);
+  r.Count("max_skipped_steps", &t->max_skipped_steps);
+  r.Double("loss_spike_factor", &t->loss_spike_factor);
+  r.Count("check_replicas_every", &t->check_replicas_every);
 }
 
 void ParseOptim(YamlMapReader& r, OptimConfig* o) {
@@ -501,7 +504,11 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
       CheckAtLeast("train.log_every", log_every, 1),
       CheckOneOf("train.device", device, {"cpu", "cuda"}),
       CheckAtLeast("train.eval_steps", eval_steps, 1),
+      CheckAtLeast("train.max_skipped_steps", max_skipped_steps, 1),
   });
+  if (!(loss_spike_factor == 0 || loss_spike_factor > 1)) {
+    return Invalid(absl::StrCat("train.loss_spike_factor must be 0 (off) or > 1, got ", loss_spike_factor));
+  }
   if (!s.ok()) return s;
   if (seq_len > model.max_position_embeddings) {
     return Invalid(absl::StrCat("train.seq_len (", seq_len, ") must be <= model.max_position_embeddings (",

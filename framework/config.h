@@ -112,6 +112,15 @@ struct TrainConfig {
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never
   int64_t eval_steps = 10;   // global batches of the valid split per evaluation (the same ones each time)
   std::string log_dir = "";  // rank 0 writes metrics.jsonl and TensorBoard event files here; "" = none
+  // Numerics. A step whose global gradient norm is not finite is skipped (no update) and counted; this many
+  // skipped steps in a row stop the job, naming the first tensor whose gradient went non-finite.
+  int64_t max_skipped_steps = 5;
+  // A loss above this factor x the running mean of the recent losses is logged as a warning; 0 = never.
+  double loss_spike_factor = 3.0;
+  // Silent-data-corruption check: every this many steps the data-parallel replicas compare checksums of
+  // the parameters they hold in common and stop the job on a mismatch, naming ranks, hosts and tensors;
+  // 0 = never.
+  int64_t check_replicas_every = 0;
   absl::Status Validate(const ModelConfig& model) const;
 };
 

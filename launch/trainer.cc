@@ -95,6 +95,46 @@ absl::Status Trainer::Resume(const std::string& path) {
   return absl::OkStatus();
 }
 
+absl::Status Trainer::CheckNumerics(const StepStats& st, std::ostream& log) {
+  const bool logs = runtime_->coord().rank == 0;
+  if (st.skipped) {
+    ++skipped_total_;
+    if (++skipped_in_a_row_ >= recipe_.train.max_skipped_steps) {
+      return absl::InternalError(absl::StrFormat(
+          "step %d: %d steps in a row had a non-finite gradient norm (train.max_skipped_steps); the first "
+          "non-finite gradient: %s. Training diverged: lower optim.lr, raise optim.warmup_steps or check the "
+          "data",
+          st.step + 1, skipped_in_a_row_, st.nonfinite));
+    }
+    if (logs) {
+      log << absl::StrFormat(
+          "warning: step %d skipped: gradient norm %f, first non-finite gradient %s (%d in "
+          "a row, %d in all)\n",
+          st.step + 1, st.grad_norm, st.nonfinite, skipped_in_a_row_, skipped_total_);
+    }
+    return absl::OkStatus();
+  }
+  skipped_in_a_row_ = 0;
+  // A spike against the mean of the recent losses, and a gradient that vanished entirely.
+  constexpr size_t kWindow = 20, kMinimum = 5;
+  if (recent_losses_.size() >= kMinimum && recipe_.train.loss_spike_factor > 0) {
+    double mean = 0;
+    for (double l : recent_losses_) mean += l / static_cast<double>(recent_losses_.size());
+    if (st.loss > recipe_.train.loss_spike_factor * mean && logs) {
+      log << absl::StrFormat(
+          "warning: step %d loss %.4g is %.1f x the mean of the last %d steps (%.4g; "
+          "train.loss_spike_factor %g)\n",
+          st.step + 1, st.loss, st.loss / mean, recent_losses_.size(), mean, recipe_.train.loss_spike_factor);
+    }
+  }
+  if (st.grad_norm == 0 && logs) {
+    log << absl::StrFormat("warning: step %d gradient norm is exactly 0: nothing is learning\n", st.step + 1);
+  }
+  recent_losses_.push_back(st.loss);
+  if (recent_losses_.size() > kWindow) recent_losses_.erase(recent_losses_.begin());
+  return absl::OkStatus();
+}
+
 CheckpointMetadata Trainer::MetadataAfter(int64_t steps_done) const {
   CheckpointMetadata m;
   m.step = steps_done;
@@ -164,7 +204,7 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   absl::StatusOr<StepResult> r = runtime_->Step(*batches, lr);
   if (!r.ok())
     return absl::Status(r.status().code(), absl::StrFormat("step %d: %s", step + 1, r.status().message()));
-  runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
+  if (!r->skipped) runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
   last_moe_layers_ = r->moe_layers;
 
   StepStats st;
@@ -176,6 +216,8 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   st.lr = lr;
   st.grad_norm = r->grad_norm;
   st.load_max_over_mean = r->load_max_over_mean;
+  st.skipped = r->skipped;
+  st.nonfinite = r->nonfinite;
   st.expert_loads = std::move(r->expert_loads);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double tokens = static_cast<double>(recipe_.parallel.micro_batches * runtime_->layout().dp() *
@@ -299,6 +341,13 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     }
     if (!st.ok()) return st.status();
     all.push_back(*st);
+    if (absl::Status s = CheckNumerics(*st, log); !s.ok()) return s;
+    if (recipe_.train.check_replicas_every > 0 && (step + 1) % recipe_.train.check_replicas_every == 0) {
+      if (ShouldFlipParameterBit(runtime_->coord().rank, step + 1)) runtime_->FlipOneParameterBitForTesting();
+      if (absl::Status s = runtime_->CheckReplicas(); !s.ok()) {
+        return absl::Status(s.code(), absl::StrFormat("step %d: %s", step + 1, s.message()));
+      }
+    }
     double valid_loss = std::nan("");
     if (recipe_.train.eval_every > 0 && ((step + 1) % recipe_.train.eval_every == 0 || step + 1 == steps)) {
       absl::StatusOr<double> v = Evaluate();

@@ -35,6 +35,8 @@ struct StepStats {
   double load_max_over_mean = 0;                   // worst MoE layer's busiest expert over the mean load
   std::vector<std::vector<int64_t>> expert_loads;  // this stage's MoE layers, global counts of the step
   double seconds = 0;                              // wall time of the step on this rank
+  bool skipped = false;   // the gradient norm was not finite: no update (StepResult::skipped)
+  std::string nonfinite;  // then: the first tensor with a non-finite gradient, and its rank
 };
 
 class Trainer {
@@ -47,7 +49,8 @@ class Trainer {
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Recipe& recipe, DeviceMesh& mesh);
   ~Trainer();
 
-  // One optimizer step (0-based). Fails (nothing updated) when the gradient norm is not finite.
+  // One optimizer step (0-based). When the gradient norm is not finite nothing is updated and the stats say
+  // so (skipped); Run stops after train.max_skipped_steps of those in a row.
   absl::StatusOr<StepStats> Step(int64_t step);
   // The main LM loss on train.eval_steps batches of the valid split (the same batches every time).
   // FailedPrecondition when the recipe's data has no valid split.
@@ -89,12 +92,17 @@ class Trainer {
   absl::Status Resume(const std::string& path);
   absl::Status StartSave(int64_t steps_done, bool async, std::ostream& log);
   absl::Status PollSave(bool finish, std::ostream& log);
+  // Counts skipped steps (an error after train.max_skipped_steps in a row) and warns on rank 0 about a
+  // loss spike or a gradient norm of exactly 0.
+  absl::Status CheckNumerics(const StepStats& st, std::ostream& log);
 
   std::unique_ptr<StageRuntime> runtime_;
   std::unique_ptr<CheckpointWriter> checkpoints_;  // with checkpoint.dir
   int64_t first_step_ = 0;
   bool preempted_ = false;
-  std::vector<int> last_moe_layers_;  // HF layer index of this stage's MoE layers (the run log's names)
+  int64_t skipped_in_a_row_ = 0, skipped_total_ = 0;
+  std::vector<double> recent_losses_;  // the last losses, for the spike warning
+  std::vector<int> last_moe_layers_;   // HF layer index of this stage's MoE layers (the run log's names)
 };
 
 std::string FormatStepLine(const StepStats& s, int64_t total_steps);

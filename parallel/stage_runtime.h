@@ -47,6 +47,10 @@ struct StepResult {
   double balance = 0;    // balance statistic sum_i f_i P_i, mean over MoE layers and sequences (1 = even)
   double loss = 0;       // the optimised total: lm + lambda * mtp + alpha * sum over layers of balance
   double grad_norm = 0;  // global L2 norm before clipping
+  // The norm was not finite: no parameter was updated. `nonfinite` names the first tensor (in layer
+  // order, the lowest stage first) whose gradient holds a NaN or an infinity, and the rank.
+  bool skipped = false;
+  std::string nonfinite;
   std::vector<int> moe_layers;                     // HF layer index of this stage's MoE layers
   std::vector<std::vector<int64_t>> expert_loads;  // per MoE layer of this stage: tokens per expert, global
   double load_max_over_mean = 0;                   // the worst MoE layer of any stage: busiest expert / mean
@@ -74,8 +78,17 @@ class StageRuntime {
   // One optimizer step over `batches` (this rank's micro-batches, host tensors, parallel.micro_batches of
   // them): normalisers, the pipeline program (forward, backward, expert all-to-alls), the embedding
   // gradient sum, ZeRO-1 reduce-scatter, global norm, clipping and AdamW at learning rate `lr`, all-gather,
-  // compute-copy refresh. Internal (nothing updated) when the global gradient norm is not finite.
+  // compute-copy refresh. When the global gradient norm is not finite, nothing is updated and the result
+  // says so (skipped, nonfinite); the caller decides how many such steps to accept.
   absl::StatusOr<StepResult> Step(const std::vector<MicroBatch>& batches, double lr);
+
+  // The silent-data-corruption check (collective): the data-parallel replicas compare CRC-32C checksums of
+  // every parameter they hold in common (replicated tensors over dp, routed experts over edp). DataLoss on
+  // every rank when two replicas differ, naming the tensor, the ranks, their hosts and GPUs; OK otherwise.
+  absl::Status CheckReplicas();
+  // Test hook (FATHOM_TEST_FLIP_BIT, parallel/fault.h): flips the sign of one parameter value of this rank
+  // (the middle element of its last replicated tensor), as a bit flip in a GPU's memory would.
+  void FlipOneParameterBitForTesting();
 
   // A forward-only pass over `batches` (this rank's micro-batches of an evaluation batch, host tensors,
   // parallel.micro_batches of them), nothing updated, every saved activation dropped afterwards. Returns
@@ -118,6 +131,8 @@ class StageRuntime {
                std::vector<Instruction> program);
   absl::Status SetUp();
   void SumEmbeddingGradients();
+  // The first tensor with a non-finite gradient on any rank, "name (rank R)" (collective).
+  std::string FirstNonFiniteGradientOfJob();
   // The step's losses and statistics from every micro-batch's stats, reduced over the job.
   StepResult ReduceStatistics(const std::vector<MicroBatchStats>& stats, const LossNormalizers& norm);
 
@@ -128,6 +143,7 @@ class StageRuntime {
   std::vector<int64_t> stage_layers_;
   std::vector<Instruction> program_;
   std::string attention_path_;
+  std::vector<std::string> hosts_;       // per world rank: "host" or "host, GPU d" (CheckReplicas' messages)
   std::unique_ptr<DeviceState> device_;  // declared before the model: its device tensors go first
   std::unique_ptr<ExpertExchange> exchange_;
   std::unique_ptr<Model> model_;
