@@ -1,5 +1,6 @@
 #include "framework/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -147,6 +148,7 @@ void ParseParallel(YamlMapReader& r, ParallelConfig* p) {
   r.Count("micro_batches", &p->micro_batches);
   r.CountList("stage_layers", &p->stage_layers);
   r.String("schedule", &p->schedule);
+  r.String("overlap", &p->overlap);
 }
 
 void ParseTrain(YamlMapReader& r, TrainConfig* t) {
@@ -157,6 +159,8 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.Count("log_every", &t->log_every);
   r.String("dtype", &t->dtype);
   r.String("device", &t->device);
+  r.String("trace", &t->trace);
+  r.CountList("trace_steps", &t->trace_steps);
 }
 
 void ParseOptim(YamlMapReader& r, OptimConfig* o) {
@@ -340,6 +344,16 @@ absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
   });
   if (!s.ok()) return s;
   if (schedule.empty()) return Invalid("parallel.schedule must name a pipeline schedule; got ''");
+  s = CheckOneOf("parallel.overlap", overlap, {"none", "two_micro_batch"});
+  if (!s.ok()) return s;
+  if (overlap == "two_micro_batch" && pp != 1) {
+    return Invalid(
+        absl::StrCat("parallel.overlap two_micro_batch overlaps micro-batches on a single stage "
+                     "and needs parallel.pp = 1, got ",
+                     pp,
+                     " (across stages, parallel.schedule dualpipe or dualpipev overlaps "
+                     "forward and backward chunks)"));
+  }
   if (model.n_routed_experts % ep != 0) {
     return Invalid(absl::StrCat("parallel.ep (", ep, ") must divide model.n_routed_experts (",
                                 model.n_routed_experts, ")"));
@@ -360,7 +374,27 @@ absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
   return absl::OkStatus();
 }
 
+std::vector<int64_t> TrainConfig::TracedSteps() const {
+  if (trace.empty()) return {};
+  if (trace_steps.empty()) return {std::min<int64_t>(2, steps)};
+  std::vector<int64_t> out = trace_steps;
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 absl::Status TrainConfig::Validate(const ModelConfig& model) const {
+  if (!trace_steps.empty() && trace.empty()) {
+    return Invalid(
+        "train.trace_steps chooses the steps of train.trace, which is not set; set train.trace to "
+        "the trace file's path");
+  }
+  for (size_t i = 0; i < trace_steps.size(); ++i) {
+    if (trace_steps[i] < 1 || trace_steps[i] > steps) {
+      return Invalid(absl::StrCat("train.trace_steps[", i, "] must be a step in [1, train.steps = ", steps,
+                                  "], got ", trace_steps[i]));
+    }
+  }
   absl::Status s = FirstError({
       CheckAtLeast("train.steps", steps, 1),
       CheckAtLeast("train.seq_len", seq_len, 2),

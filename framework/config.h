@@ -70,6 +70,10 @@ struct ParallelConfig {
   int64_t micro_batches = 1;          // micro-batches per step per data-parallel rank
   std::vector<int64_t> stage_layers;  // optional: decoder layers per pipeline stage
   std::string schedule = "1f1b";
+  // How a single stage hides its expert all-to-alls: "none", or "two_micro_batch" (pp 1): micro-batches
+  // run in pairs, forward with forward and backward with backward, so that one's dispatch or combine
+  // travels while the other computes (DualPipe's FB pair does this across stages by itself).
+  std::string overlap = "none";
   absl::Status Validate(const ModelConfig& model) const;
 };
 
@@ -81,6 +85,13 @@ struct TrainConfig {
   int64_t log_every = 1;
   std::string dtype = "f32";  // compute/parameter dtype on CPU: f32 or f64
   std::string device = "cpu";
+  // A Chrome/Perfetto trace of the run (empty = none): the executor's instructions, all-to-alls, pipeline
+  // receives and the step tail of every rank, for the steps `trace_steps` (1-based, as the log counts;
+  // empty = step 2, or step 1 of a one-step run), written once the last of them has run.
+  std::string trace;
+  std::vector<int64_t> trace_steps;
+  // The steps traced when `trace` is set (sorted, unique; empty without a trace).
+  std::vector<int64_t> TracedSteps() const;
   absl::Status Validate(const ModelConfig& model) const;
 };
 

@@ -71,6 +71,7 @@ class StepTrace {
   // Closes it: GPU - waits for the step's events and converts them to times. REQUIRES: a step open.
   void EndStep();
   bool recording() const { return recording_; }
+  int64_t step() const { return step_; }  // the step begun last
   int64_t steps_recorded() const { return steps_recorded_; }
 
   // A span on `lane`; returns its id (-1 when not recording). End / EndOnStream close it once.
