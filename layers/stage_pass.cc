@@ -26,14 +26,4 @@ void StagePass::RunToEnd() {
   while (!finished()) Advance();
 }
 
-int StagePass::segments() const {
-  int n = 0;
-  bool tail = false;
-  for (const Entry& e : steps_) {
-    n += e.leaves_in_flight;
-    tail = !e.leaves_in_flight;
-  }
-  return n + (tail ? 1 : 0);
-}
-
 }  // namespace fathom

@@ -40,9 +40,6 @@ class StagePass {
   std::string Advance();
   void RunToEnd();
   bool finished() const { return next_ == steps_.size(); }
-  // How many Advance() calls a run needs: the steps that leave a communication in flight, plus one when
-  // steps follow the last of them.
-  int segments() const;
 
  private:
   struct Entry {

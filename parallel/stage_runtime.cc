@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <optional>
 
 #include "absl/strings/str_format.h"
@@ -37,18 +36,6 @@ std::vector<double> SumOver(Communicator& comm, const std::vector<double>& value
   Tensor t = Tensor::FromVector(values, {static_cast<int64_t>(values.size())}, DType::kF64);
   comm.AllReduce(t, ReduceOp::kSum);
   return std::vector<double>(t.data<double>(), t.data<double>() + t.numel());
-}
-
-// train.trace must be writable the safe way, checked before anything runs (the file is written after the
-// last traced step): a regular file or nothing, in an existing directory.
-absl::Status CheckTracePath(const std::string& path) {
-  if (absl::Status s = CheckReplaceable(path); !s.ok()) return s;
-  std::error_code ec;
-  if (!std::filesystem::is_directory(DirectoryOf(path), ec)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("the directory of %s does not exist; create it or choose another path", path));
-  }
-  return absl::OkStatus();
 }
 
 int64_t CountMoeLayers(const ModelConfig& m) {
@@ -121,7 +108,9 @@ absl::StatusOr<std::unique_ptr<StageRuntime>> StageRuntime::Create(const Recipe&
         recipe.path, recipe.parallel.schedule));
   }
   if (!recipe.train.trace.empty()) {
-    if (absl::Status s = CheckTracePath(recipe.train.trace); !s.ok()) {
+    // Checked before anything runs (the file is written after the last traced step): a regular file or
+    // nothing, in an existing directory.
+    if (absl::Status s = CheckReplaceable(recipe.train.trace); !s.ok()) {
       return absl::Status(s.code(), absl::StrFormat("%s: train.trace: %s", recipe.path, s.message()));
     }
   }
