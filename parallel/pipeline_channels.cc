@@ -130,6 +130,9 @@ void PipelineChannels::Connect(const std::vector<Key>& order) {
   std::vector<Request> requests;
   for (const Key& k : order) {
     Channel& c = channels_.at(k);
+#ifdef FATHOM_WITH_CUDA
+    if (device_ == Device::kCUDA) CheckOnComputeStream(*c.comm, "pipeline");
+#endif
     Tensor t = Tensor::Zeros({1}, dtype_, device_);
     requests.push_back(std::get<0>(k) == rank_ ? c.comm->ISend(t, c.peer_in_comm, kConnectTag)
                                                : c.comm->IRecv(t, c.peer_in_comm, kConnectTag));

@@ -51,9 +51,9 @@ namespace fathom {
 
 class PipelineChannels {
  public:
-  // Collective over `pp` (rank i = pipeline rank i): every rank passes the same schedule. Splits the
-  // channels' communicators out of `pp` (which must outlive this object only during construction) and sends
-  // one element over each to connect it.
+  // Collective over `pp` (rank i = pipeline rank i; used only here): every rank passes the same schedule.
+  // Splits the channels' communicators out of `pp` and sends one element over each to connect it (on the
+  // GPU from the current cuda::DevicePool, on the communicators' compute stream: checked).
   PipelineChannels(const Schedule& schedule, Communicator& pp, Shape shape, DType dtype, Device device);
   ~PipelineChannels();
   PipelineChannels(const PipelineChannels&) = delete;
