@@ -355,4 +355,19 @@ const std::string& DemoCorpus() {
   return *corpus;
 }
 
+std::vector<std::string_view> DemoCorpusChapters(std::string_view corpus) {
+  constexpr std::string_view kOpening = "Chapter ";
+  std::vector<size_t> starts;
+  for (size_t p = corpus.find(kOpening); p != std::string_view::npos; p = corpus.find(kOpening, p + 1)) {
+    if (p == 0 || (p >= 2 && corpus[p - 1] == '\n' && corpus[p - 2] == '\n')) starts.push_back(p);
+  }
+  if (starts.empty() || starts[0] != 0) starts.insert(starts.begin(), 0);  // text before the first chapter
+  std::vector<std::string_view> chapters;
+  for (size_t i = 0; i < starts.size(); ++i) {
+    const size_t end = i + 1 < starts.size() ? starts[i + 1] : corpus.size();
+    if (end > starts[i]) chapters.push_back(corpus.substr(starts[i], end - starts[i]));
+  }
+  return chapters;
+}
+
 }  // namespace fathom

@@ -19,6 +19,8 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace fathom {
 
@@ -26,6 +28,11 @@ inline constexpr int64_t kDemoCorpusBytes = 320000;
 
 // Generated on first use (thread-safe), cached for the life of the process; the same bytes every run.
 const std::string& DemoCorpus();
+
+// The corpus cut into its chapters, the documents of `fathom preprocess --demo-corpus`: each starts at a
+// "Chapter " that opens the text or follows a blank line, and runs to the next one (its trailing blank
+// line included; the last chapter is the one cut short). Views into `corpus`.
+std::vector<std::string_view> DemoCorpusChapters(std::string_view corpus);
 
 }  // namespace fathom
 

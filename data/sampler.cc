@@ -4,14 +4,9 @@
 #include "framework/check.h"
 
 namespace fathom {
-namespace {
-
-// floor(h * n / 2^64): maps a uniform 64-bit hash onto [0, n) without the bias of h % n.
-uint64_t ScaleToRange(uint64_t h, uint64_t n) {
-  return static_cast<uint64_t>((static_cast<unsigned __int128>(h) * n) >> 64);
+uint64_t UniformBelow(uint64_t hash, uint64_t n) {
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(hash) * n) >> 64);
 }
-
-}  // namespace
 
 uint64_t SplitMix64(uint64_t x) {
   uint64_t z = x + 0x9E3779B97F4A7C15ull;
@@ -45,7 +40,7 @@ int64_t SequenceSampler::Offset(int64_t step, int64_t index) const {
   // Chained hashing rather than one hash of a sum, so (step, index) pairs never collide by arithmetic.
   uint64_t h =
       SplitMix64(SplitMix64(SplitMix64(seed_) ^ static_cast<uint64_t>(step)) ^ static_cast<uint64_t>(index));
-  return static_cast<int64_t>(ScaleToRange(h, static_cast<uint64_t>(num_windows_)));
+  return static_cast<int64_t>(UniformBelow(h, static_cast<uint64_t>(num_windows_)));
 }
 
 void SequenceSampler::Sample(int64_t step, int64_t index, int32_t* input, int32_t* labels) const {
@@ -72,7 +67,7 @@ std::vector<int32_t> SyntheticTokens(int64_t n, int64_t vocab, uint64_t seed) {
   const uint64_t base = SplitMix64(seed);
   for (int64_t i = 0; i < n; ++i) {
     uint64_t h = SplitMix64(base + static_cast<uint64_t>(i));
-    ids[static_cast<size_t>(i)] = static_cast<int32_t>(ScaleToRange(h, static_cast<uint64_t>(vocab)));
+    ids[static_cast<size_t>(i)] = static_cast<int32_t>(UniformBelow(h, static_cast<uint64_t>(vocab)));
   }
   return ids;
 }

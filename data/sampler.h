@@ -19,6 +19,9 @@ namespace fathom {
 // counter-based hash: SplitMix64(seed + i) for i = 0, 1, ... is the splitmix64 sequence.
 uint64_t SplitMix64(uint64_t x);
 
+// floor(hash * n / 2^64): a uniform 64-bit hash mapped onto [0, n) without the bias of hash % n.
+uint64_t UniformBelow(uint64_t hash, uint64_t n);
+
 class SequenceSampler {
  public:
   // `tokens` is borrowed and must outlive the sampler (and must not change while it is used).

@@ -9,8 +9,11 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "framework/yaml_reader.h"
 
 namespace fathom {
@@ -159,6 +162,9 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.Count("log_every", &t->log_every);
   r.String("dtype", &t->dtype);
   r.String("device", &t->device);
+  r.Count("eval_every", &t->eval_every);
+  r.Count("eval_steps", &t->eval_steps);
+  r.String("log_dir", &t->log_dir);
   r.String("trace", &t->trace);
   r.CountList("trace_steps", &t->trace_steps);
 }
@@ -185,7 +191,21 @@ void ParseLoss(YamlMapReader& r, LossConfig* l) {
   r.Int("ignore_index", &l->ignore_index);
 }
 
-void ParseData(YamlMapReader& r, DataConfig* d) { r.String("source", &d->source); }
+void ParseData(YamlMapReader& r, DataConfig* d) {
+  r.String("source", &d->source);
+  r.ScalarList("path", &d->path);
+  r.String("split", &d->split);
+  r.Int("eod_token_id", &d->eod_token_id);
+  r.Bool("verify_tokens", &d->verify_tokens);
+}
+
+void ParseCheckpoint(YamlMapReader& r, CheckpointConfig* c) {
+  r.String("dir", &c->dir);
+  r.Count("save_every", &c->save_every);
+  r.Count("keep_last", &c->keep_last);
+  r.String("resume", &c->resume);
+  r.Bool("async", &c->async);
+}
 
 // Parses one section into `config` when present; errors are recorded in `root`.
 template <class Config>
@@ -401,6 +421,7 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
       CheckAtLeast("train.micro_batch_size", micro_batch_size, 1),
       CheckAtLeast("train.log_every", log_every, 1),
       CheckOneOf("train.device", device, {"cpu", "cuda"}),
+      CheckAtLeast("train.eval_steps", eval_steps, 1),
   });
   if (!s.ok()) return s;
   if (seq_len > model.max_position_embeddings) {
@@ -455,20 +476,115 @@ absl::Status LossConfig::Validate() const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<DataBlendEntry>> DataConfig::Blend() const {
+  if (path.empty())
+    return Invalid("data.path is empty; expected [PREFIX] or [WEIGHT, PREFIX, WEIGHT, PREFIX, ...]");
+  std::vector<DataBlendEntry> blend;
+  if (path.size() == 1) {
+    if (path[0].empty()) return Invalid("data.path[0] is an empty path");
+    blend.push_back({1.0, path[0]});
+    return blend;
+  }
+  // Megatron's rule: with more than one entry, the list alternates weight and prefix.
+  if (path.size() % 2 != 0) {
+    return Invalid(absl::StrCat("data.path has ", path.size(), " entries; a blend alternates weight and ",
+                                "prefix ([0.7, PREFIX_A, 0.3, PREFIX_B]), so it needs an even number"));
+  }
+  double sum = 0;
+  for (size_t i = 0; i < path.size(); i += 2) {
+    double w = 0;
+    if (!absl::SimpleAtod(path[i], &w) || !std::isfinite(w)) {
+      return Invalid(absl::StrCat("data.path[", i, "] must be the weight of ", path[i + 1],
+                                  " (a number > 0), got '", path[i], "'"));
+    }
+    if (!(w > 0)) {
+      return Invalid(
+          absl::StrCat("data.path[", i, "]: the weight of ", path[i + 1], " must be > 0, got ", path[i]));
+    }
+    if (path[i + 1].empty()) return Invalid(absl::StrCat("data.path[", i + 1, "] is an empty path"));
+    double unused = 0;
+    if (absl::SimpleAtod(path[i + 1], &unused)) {
+      return Invalid(absl::StrCat("data.path[", i + 1, "] must be a dataset prefix, got the number ",
+                                  path[i + 1], " (a blend alternates weight and prefix)"));
+    }
+    blend.push_back({w, path[i + 1]});
+    sum += w;
+  }
+  for (DataBlendEntry& e : blend) e.weight /= sum;
+  return blend;
+}
+
+absl::StatusOr<std::vector<double>> DataConfig::SplitFractions() const {
+  const std::string expected = "expected up to three numbers >= 0 separated by ',' or '/', e.g. \"969,30,1\"";
+  std::vector<std::string> parts = absl::StrSplit(split, absl::ByAnyChar(",/"));
+  if (parts.size() > 3) {
+    return Invalid(absl::StrCat("data.split '", split, "' has ", parts.size(),
+                                " parts (train, valid, test); ", expected));
+  }
+  std::vector<double> fractions(3, 0.0);
+  double sum = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    double v = 0;
+    if (!absl::SimpleAtod(absl::StripAsciiWhitespace(parts[i]), &v) || !std::isfinite(v) || v < 0) {
+      return Invalid(absl::StrCat("data.split '", split, "': part ", i + 1, " ('", parts[i],
+                                  "') is not a number >= 0; ", expected));
+    }
+    fractions[i] = v;
+    sum += v;
+  }
+  if (!(sum > 0)) return Invalid(absl::StrCat("data.split '", split, "' sums to 0; ", expected));
+  for (double& f : fractions) f /= sum;
+  return fractions;
+}
+
 absl::Status DataConfig::Validate(const ModelConfig& model) const {
-  absl::Status s = CheckOneOf("data.source", source, {"demo", "synthetic"});
+  absl::Status s = CheckOneOf("data.source", source, {"demo", "synthetic", "megatron", "hdf5"});
   if (!s.ok()) return s;
   if (source == "demo" && model.vocab_size < 256) {
     return Invalid(
         absl::StrCat("data.source demo needs model.vocab_size >= 256 (the demo corpus uses a byte ",
                      "tokenizer), got ", model.vocab_size));
   }
+  const bool files = source == "megatron" || source == "hdf5";
+  if (files && path.empty()) {
+    return Invalid(absl::StrCat("data.path is required with data.source ", source,
+                                ": [PREFIX] or [WEIGHT, PREFIX, WEIGHT, PREFIX, ...]"));
+  }
+  if (!files && !path.empty()) {
+    return Invalid(
+        absl::StrCat("data.path is read only with data.source megatron or hdf5; data.source is ", source));
+  }
+  if (files) {
+    if (absl::StatusOr<std::vector<DataBlendEntry>> b = Blend(); !b.ok()) return b.status();
+  }
+  if (absl::StatusOr<std::vector<double>> f = SplitFractions(); !f.ok()) return f.status();
+  if (eod_token_id < -1 || eod_token_id >= model.vocab_size) {
+    return Invalid(absl::StrCat("data.eod_token_id must be -1 (insert none) or a token id in [0, ",
+                                "model.vocab_size) = [0, ", model.vocab_size, "), got ", eod_token_id));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointConfig::Validate() const {
+  absl::Status s = FirstError({CheckAtLeast("checkpoint.save_every", save_every, 0),
+                               CheckAtLeast("checkpoint.keep_last", keep_last, 0)});
+  if (!s.ok()) return s;
+  if (save_every > 0 && dir.empty()) {
+    return Invalid(absl::StrCat("checkpoint.save_every (", save_every,
+                                ") needs checkpoint.dir, the directory the checkpoints go to"));
+  }
+  if (resume.empty()) {
+    return Invalid(
+        "checkpoint.resume must be auto (the newest complete checkpoint in checkpoint.dir), none, "
+        "or the path of a checkpoint; got ''");
+  }
   return absl::OkStatus();
 }
 
 absl::Status Recipe::Validate() const {
-  absl::Status s = FirstError({model.Validate(), parallel.Validate(model), train.Validate(model),
-                               optim.Validate(), loss.Validate(), data.Validate(model)});
+  absl::Status s =
+      FirstError({model.Validate(), parallel.Validate(model), train.Validate(model), optim.Validate(),
+                  loss.Validate(), data.Validate(model), checkpoint.Validate()});
   if (s.ok() || path.empty()) return s;
   return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
 }
@@ -494,6 +610,7 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
     std::optional<YamlMapReader> optim = root.Map("optim");
     std::optional<YamlMapReader> loss = root.Map("loss");
     std::optional<YamlMapReader> data = root.Map("data");
+    std::optional<YamlMapReader> checkpoint = root.Map("checkpoint");
     // Unknown sections first: a misspelt section name explains everything that follows.
     root.Merge(root.Finish());
     ParseSection(root, model, ParseModel, &recipe.model);
@@ -502,6 +619,7 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
     ParseSection(root, optim, ParseOptim, &recipe.optim);
     ParseSection(root, loss, ParseLoss, &recipe.loss);
     ParseSection(root, data, ParseData, &recipe.data);
+    ParseSection(root, checkpoint, ParseCheckpoint, &recipe.checkpoint);
     if (!root.status().ok()) return root.status();
   } catch (const YAML::Exception& e) {
     // The readers only inspect nodes in ways that do not throw; this is the boundary that guarantees a

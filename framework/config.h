@@ -1,6 +1,6 @@
 // Typed configuration, one struct per component, each with its own Validate() (torchtitan style).
-// A recipe YAML has the sections model / parallel / train / optim / loss / data; the model section uses
-// HF config.json key names. Parsing rejects unknown keys and wrong types; Validate() checks the
+// A recipe YAML has the sections model / parallel / train / optim / loss / data / checkpoint; the model
+// section uses HF config.json key names. Parsing rejects unknown keys and wrong types; Validate() checks the
 // cross-field constraints. Every error names the key and what was expected.
 #ifndef FATHOM_FRAMEWORK_CONFIG_H_
 #define FATHOM_FRAMEWORK_CONFIG_H_
@@ -85,6 +85,9 @@ struct TrainConfig {
   int64_t log_every = 1;
   std::string dtype = "f32";  // compute/parameter dtype on CPU: f32 or f64
   std::string device = "cpu";
+  int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never
+  int64_t eval_steps = 10;   // global batches of the valid split per evaluation (the same ones each time)
+  std::string log_dir = "";  // rank 0 writes metrics.jsonl and TensorBoard event files here; "" = none
   // A Chrome/Perfetto trace of the run (empty = none): the executor's instructions, all-to-alls, pipeline
   // receives and the step tail of every rank, for the steps `trace_steps` (1-based, as the log counts;
   // empty = step 2, or step 1 of a one-step run), written once the last of them has run.
@@ -119,9 +122,44 @@ struct LossConfig {
   absl::Status Validate() const;
 };
 
+// One dataset of data.path (Megatron's --data-path form).
+struct DataBlendEntry {
+  double weight = 1;   // normalised: the weights of a blend sum to 1
+  std::string prefix;  // megatron: PREFIX of PREFIX.bin and PREFIX.idx; hdf5: the HDF5 file
+};
+
 struct DataConfig {
-  std::string source = "demo";  // demo (embedded corpus) | synthetic
+  // demo: the embedded corpus, synthetic: uniform random ids (both: windows drawn with replacement);
+  // megatron: Megatron .bin/.idx datasets; hdf5: HDF5 token files (data/hdf5_dataset.h). The last two
+  // pack documents into windows (data/packed_split.h).
+  std::string source = "demo";
+  // megatron and hdf5 only: [PREFIX] (also a bare PREFIX) or [w1, PREFIX1, w2, PREFIX2, ...] with every
+  // weight > 0 (normalised to sum 1). Relative paths are relative to the working directory.
+  std::vector<std::string> path;
+  // train/valid/test shares of each dataset's documents, Megatron's --split: "969,30,1", "98,2", "100"
+  // (missing shares are 0; separators ',' or '/').
+  std::string split = "969,30,1";
+  // Inserted after every document when packing (the byte tokenizer's NUL, which text never contains);
+  // -1 inserts nothing, for data whose documents already end with their EOD (Megatron's --append-eod).
+  int64_t eod_token_id = 0;
+  // true: every token of the split is checked < model.vocab_size when the loader opens (a sequential read
+  // of the files); false: tokens are checked only as they are read for a step.
+  bool verify_tokens = true;
   absl::Status Validate(const ModelConfig& model) const;
+  // data.path parsed, weights normalised. InvalidArgument naming data.path for a malformed list.
+  absl::StatusOr<std::vector<DataBlendEntry>> Blend() const;
+  // data.split as three fractions (train, valid, test) summing to 1; InvalidArgument naming data.split.
+  absl::StatusOr<std::vector<double>> SplitFractions() const;
+};
+
+// Distributed checkpoints (checkpoint/): where they go, how often, how many stay, and where a run resumes.
+struct CheckpointConfig {
+  std::string dir;              // the checkpoints' directory (D/step_00000123/); "" = no checkpoints
+  int64_t save_every = 0;       // save after every save_every-th step; 0 = never (REQUIRES dir when > 0)
+  int64_t keep_last = 0;        // complete checkpoints kept in dir (older ones pruned); 0 = keep all
+  std::string resume = "auto";  // auto: the newest complete checkpoint in dir, if any | none | a path
+  bool async = false;           // write in a background thread; the step loop stalls only for the copy
+  absl::Status Validate() const;
 };
 
 struct Recipe {
@@ -132,6 +170,7 @@ struct Recipe {
   OptimConfig optim;
   LossConfig loss;
   DataConfig data;
+  CheckpointConfig checkpoint;
   absl::Status Validate() const;  // every section, then the cross-section constraints
 };
 

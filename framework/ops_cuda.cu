@@ -20,6 +20,7 @@
 #include "framework/kernels/cuda/norm.h"
 #include "framework/kernels/cuda/rope.h"
 #include "framework/ops.h"
+#include "framework/ops_cuda.h"
 
 namespace fathom::ops {
 

@@ -51,6 +51,7 @@ Tensor ParamTable::compute_value(int id) const { return View(compute_.defined() 
 
 void ParamTable::SetComputeDType(DType dtype) {
   FATHOM_CHECK(finalized(), "ParamTable::SetComputeDType before Finalize");
+  compute_fresh_ = false;
   if (dtype == values_.dtype()) {
     compute_ = Tensor();
     return;
@@ -63,14 +64,25 @@ void ParamTable::SetComputeDType(DType dtype) {
 }
 
 void ParamTable::RefreshComputeValues() {
+  if (compute_fresh_) {
+    compute_fresh_ = false;
+    return;
+  }
   if (compute_.defined()) ops::Convert(compute_, values_);
 }
 
-void ParamTable::ZeroGrads() { ops::Zero(grads_); }
+void ParamTable::ZeroGrads() {
+  if (grads_zero_) {
+    grads_zero_ = false;
+    return;
+  }
+  ops::Zero(grads_);
+}
 
 void ParamTable::MoveTo(Device device) {
   FATHOM_CHECK(finalized(), "ParamTable::MoveTo before Finalize");
   if (values_.device() == device) return;
+  compute_fresh_ = grads_zero_ = false;
   values_ = ops::To(values_, device);
   grads_ = ops::To(grads_, device);
   if (compute_.defined()) compute_ = ops::To(compute_, device);

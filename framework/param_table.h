@@ -78,12 +78,26 @@ class ParamTable {
   // REQUIRES: finalized, f32 table for kBF16.
   void SetComputeDType(DType dtype);
   DType compute_dtype() const { return compute_.defined() ? compute_.dtype() : dtype(); }
-  void RefreshComputeValues();               // compute copy <- values (no-op without a compute copy)
+  // compute copy <- values (no-op without a compute copy, and once after MarkComputeValuesRefreshed).
+  void RefreshComputeValues();
   Tensor values() const { return values_; }  // flat (numel())
   Tensor grads() const { return grads_; }
+  // The flat compute copy (numel()) in compute_dtype(), or an undefined tensor when there is none.
+  Tensor compute_values() const { return compute_; }
   int64_t numel() const { return numel_; }
   DType dtype() const { return values_.dtype(); }
-  void ZeroGrads();  // on the table's device
+  // grads <- 0 on the table's device (skipped once after MarkGradsZeroed).
+  void ZeroGrads();
+
+  // For a fused optimizer (parallel/zero.h on the GPU) whose update pass already rounded every trainable
+  // value into the compute copy and zeroed every gradient element the backward wrote: the next
+  // RefreshComputeValues() / ZeroGrads() (one each) skip their pass over memory. The optimizer's documented
+  // call order keeps this sound: Step -> GatherParameters -> RefreshComputeValues -> ZeroGrads (or the
+  // zeroing at the start of the next step) -> backward; values must not be changed (nor grads written)
+  // between the mark and the call it cancels. Non-trainable values (the expert bias) are read through
+  // value(), never through the compute copy.
+  void MarkComputeValuesRefreshed() { compute_fresh_ = compute_.defined(); }
+  void MarkGradsZeroed() { grads_zero_ = true; }
   // The element range [first, second) of the flat buffers holding `group`'s tensors.
   std::pair<int64_t, int64_t> GroupRange(ParamGroup group) const {
     return {group_begin_[static_cast<int>(group)], group_end_[static_cast<int>(group)]};
@@ -95,7 +109,8 @@ class ParamTable {
   std::vector<ParamSpec> specs_;
   std::unordered_map<std::string, int> by_name_;
   Tensor values_, grads_;
-  Tensor compute_;  // bf16 mirror of values_, or undefined
+  Tensor compute_;                                   // bf16 mirror of values_, or undefined
+  bool compute_fresh_ = false, grads_zero_ = false;  // see MarkComputeValuesRefreshed / MarkGradsZeroed
   int64_t numel_ = 0;
   int64_t group_begin_[2] = {0, 0}, group_end_[2] = {0, 0};
 };

@@ -343,6 +343,32 @@ void YamlMapReader::CountList(const std::string& key, std::vector<int64_t>* out)
   *out = std::move(values);
 }
 
+void YamlMapReader::ScalarList(const std::string& key, std::vector<std::string>* out) {
+  Entry* e = Find(key);
+  if (e == nullptr) return;
+  if (e->value.IsScalar()) {
+    *out = {e->value.Scalar()};
+    return;
+  }
+  if (!e->value.IsSequence()) {
+    FailType(*e, KeyPath(key), e->value, "a scalar or a list of scalars");
+    return;
+  }
+  std::vector<std::string> values;
+  for (size_t i = 0; i < e->value.size(); ++i) {
+    const YAML::Node item = e->value[i];
+    std::string v;
+    if (!ParseString(item, &v)) {
+      const std::string path = absl::StrCat(KeyPath(key), "[", i, "]");
+      status_ = absl::InvalidArgumentError(absl::StrCat(doc_->Locate(path, item.Mark()), ": ", path,
+                                                        ": expected a scalar, found ", Describe(item)));
+      return;
+    }
+    values.push_back(std::move(v));
+  }
+  *out = std::move(values);
+}
+
 void YamlMapReader::CountOrNull(const std::string& key, int64_t null_value, int64_t* out) {
   Entry* e = Find(key);
   if (e == nullptr) return;

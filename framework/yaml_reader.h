@@ -85,6 +85,9 @@ class YamlMapReader {
   void Bool(const std::string& key, bool* out);           // true or false (also True, TRUE, False, FALSE)
   void String(const std::string& key, std::string* out);  // any scalar, quoted or plain
   void CountList(const std::string& key, std::vector<int64_t>* out);  // a list of integers >= 0
+  // A list of scalars, each read as its text (quoted or plain), or one scalar read as a list of one
+  // (data.path takes both `x` and `[0.7, x, 0.3, y]`).
+  void ScalarList(const std::string& key, std::vector<std::string>* out);
   // A count, or null which reads as `null_value` (HF writes "q_lora_rank": null for "none").
   void CountOrNull(const std::string& key, int64_t null_value, int64_t* out);
 

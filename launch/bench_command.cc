@@ -19,6 +19,16 @@
 //                 rank: the busiest one (the largest sum of phase times, the lowest rank among equals), so
 //                 a row's "other" (step - sum of its phases: untimed work, host gaps, waiting on peers) is
 //                 that rank's and never mixes ranks. The header names the rank.
+//   achieved      beside each phase, that rank's work per step over the phase's time, from layers/cost.h's
+//                 per-token forward FLOPs of the nodes the rank holds x its tokens per step:
+//                   attention   3 x the MLA projections (forward, dgrad, wgrad) + (1 + 2.5) x the causal core
+//                   experts     3 x the routed (top-k) and shared experts' GEMMs
+//                   head/loss   3 x the output head GEMM (cross-entropy not counted)
+//                   dispatch/combine  bytes: token rows permuted and combined, 4 (1 + k) x hidden x 2 B per
+//                               token and MoE layer (forward and backward; the exchange itself not counted)
+//                   optimizer   bytes: ZeroOptimizer::StepTraffic (norm pass + fused update pass), with its
+//                               floor at 4.3 TB/s (the H200's measured device-copy bandwidth)
+//   attention     one line per attention shape (cuda::DescribeAttentionPath): which kernels run it.
 // The timer is enabled during the warm-up too (collected after every step, then reset), so its CUDA event
 // pool is created before the timed steps.
 #include <algorithm>
@@ -40,8 +50,10 @@
 #include <cuda_runtime.h>
 
 #include "framework/cuda/check.h"
+#include "framework/kernels/cuda/attention.h"
 #include "framework/phase_timer.h"
 #include "launch/trainer.h"
+#include "parallel/zero.h"
 #endif
 
 namespace fathom {
@@ -71,6 +83,50 @@ int64_t CountOption(const CommandLine& cl, const std::string& flag, int64_t fall
 
 constexpr double kPeakBf16TflopsPerGpu = 989.0;  // dense bf16, H100/H200 SXM
 constexpr double kGiB = 1073741824.0;
+constexpr double kCopyBytesPerS = 4.3e12;  // H200 device copy, read + write (../shared/ANCHORS.md)
+
+// Whether a phase's work is counted in bytes (else FLOPs).
+bool PhaseInBytes(Phase p) { return p == Phase::kDispatchCombine || p == Phase::kOptimizer; }
+
+// This rank's work per step in each phase (FLOPs, or bytes for PhaseInBytes): see the header comment.
+PhaseMillis PhaseWork(const Recipe& recipe, Trainer& trainer, const DeviceMesh& mesh) {
+  const ModelConfig& m = recipe.model;
+  const double tokens = static_cast<double>(recipe.parallel.micro_batches * recipe.train.micro_batch_size *
+                                            recipe.train.seq_len);
+  const MeshCoord& c = mesh.coord();
+  const std::vector<int64_t>& stages = trainer.stage_layers();
+  int64_t first = 0;
+  for (int s = 0; s < c.pp_rank; ++s) first += stages[static_cast<size_t>(s)];
+  const int64_t end = first + stages[static_cast<size_t>(c.pp_rank)];
+  const bool last_stage = c.pp_rank == mesh.layout().pp() - 1;
+  PhaseMillis work{};
+  auto add = [&](Phase p, double amount) { work[static_cast<size_t>(p)] += amount; };
+  for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len)) {
+    const bool block = n.kind == CostNodeKind::kDenseBlock || n.kind == CostNodeKind::kMoeBlock;
+    const bool here = block ? (n.index >= first && n.index < end)
+                            : (n.kind == CostNodeKind::kHead || n.kind == CostNodeKind::kMtp) && last_stage;
+    if (!here) continue;
+    add(Phase::kAttention,
+        tokens * (3.0 * n.attn_gemm_flops + (1.0 + kAttentionBackwardFactor) * n.attn_flops));
+    add(Phase::kExperts, tokens * 3.0 * n.expert_gemm_flops);
+    add(Phase::kHeadLoss, tokens * 3.0 * n.head_gemm_flops);
+    add(Phase::kDispatchCombine, tokens * 4.0 * static_cast<double>(1 + n.routed_copies) *
+                                     static_cast<double>(m.hidden_size) * 2.0 *
+                                     (n.routed_copies > 0 ? 1.0 : 0.0));
+  }
+  add(Phase::kOptimizer, ZeroOptimizer::StepTraffic(trainer.model().params(), recipe.optim,
+                                                    mesh.layout().dp(), mesh.layout().edp())
+                             .bytes);
+  return work;
+}
+
+// "512.3 TFLOP/s" or "3.71 TB/s" for `amount` of work in `ms`; empty without work or time.
+std::string Rate(Phase p, double amount, double ms) {
+  if (amount <= 0 || ms <= 0) return "";
+  const double per_s = amount / (ms * 1e-3);
+  return PhaseInBytes(p) ? absl::StrFormat("%.2f TB/s", per_s * 1e-12)
+                         : absl::StrFormat("%.1f TFLOP/s", per_s * 1e-12);
+}
 
 // Model FLOPs per token without the MTP modules (layers/cost.h, Megatron convention).
 double ModelFlopsPerToken(const Recipe& recipe) {
@@ -131,7 +187,8 @@ struct BenchResult {
   double static_gib = 0, pool_peak_gib = 0, pool_capacity_gib = 0;  // of the rank with the highest peak
   double device_used_gib = 0, device_total_gib = 0;                 // max over ranks
   int phase_rank = 0;
-  PhaseMillis phase_ms{};  // per step, of phase_rank
+  PhaseMillis phase_ms{};    // per step, of phase_rank
+  PhaseMillis phase_work{};  // per step, of phase_rank: FLOPs, or bytes (PhaseInBytes)
 };
 
 std::string FormatBench(const BenchResult& b) {
@@ -164,15 +221,25 @@ std::string FormatBench(const BenchResult& b) {
                                          b.device_total_gib));
   o += absl::StrFormat("phases (ms per step, mean of %d timed steps; rank %d of %d, the busiest)\n", b.steps,
                        b.phase_rank, b.world);
-  o += absl::StrFormat("  %-18s %10s %8s\n", "phase", "ms/step", "% step");
+  o += absl::StrFormat("  %-18s %10s %8s  %s\n", "phase", "ms/step", "% step", "achieved");
   double timed = 0;
   for (int p = 0; p < kNumPhases; ++p) {
     const double ms = b.phase_ms[static_cast<size_t>(p)];
     timed += ms;
-    o += absl::StrFormat("  %-18s %10.2f %7.1f%%\n", PhaseName(static_cast<Phase>(p)), ms, 100 * ms / mean);
+    o +=
+        absl::StrFormat("  %-18s %10.2f %7.1f%%  %s\n", PhaseName(static_cast<Phase>(p)), ms, 100 * ms / mean,
+                        Rate(static_cast<Phase>(p), b.phase_work[static_cast<size_t>(p)], ms));
   }
   o += absl::StrFormat("  %-18s %10.2f %7.1f%%\n", "other", mean - timed, 100 * (mean - timed) / mean);
   o += absl::StrFormat("  %-18s %10.2f %7.1f%%\n", "step (mean)", mean, 100.0);
+  const double opt_bytes = b.phase_work[static_cast<size_t>(Phase::kOptimizer)];
+  const double opt_ms = b.phase_ms[static_cast<size_t>(Phase::kOptimizer)];
+  if (opt_bytes > 0) {
+    const double floor_ms = opt_bytes / kCopyBytesPerS * 1e3;
+    o += absl::StrFormat(
+        "  optimizer traffic  %.1f GB per step in %.2f ms; floor %.2f ms at %.1f TB/s (%.2fx)\n",
+        opt_bytes * 1e-9, opt_ms, floor_ms, kCopyBytesPerS * 1e-12, floor_ms > 0 ? opt_ms / floor_ms : 0.0);
+  }
   return o;
 }
 
@@ -252,6 +319,10 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
     }
   }
   std::copy(all[b.phase_rank].begin(), all[b.phase_rank].end(), b.phase_ms.begin());
+  const PhaseMillis work = PhaseWork(recipe, trainer, mesh);
+  const std::vector<std::vector<double>> works =
+      GatherRows(world, std::vector<double>(work.begin(), work.end()));
+  std::copy(works[b.phase_rank].begin(), works[b.phase_rank].end(), b.phase_work.begin());
   return b;
 }
 
@@ -296,6 +367,15 @@ int RunBench(const std::vector<std::string>& args) {
   absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*recipe, **mesh);
   if (!trainer.ok()) Reject(std::string(trainer.status().message()));
   if ((*mesh)->coord().rank == 0) std::cout << (*trainer)->memory_plan_table() << std::flush;
+  {
+    // Which kernels run attention (every rank prepares its plans now, outside the timed steps).
+    const ModelConfig& mc = recipe->model;
+    const cuda::AttentionShape shape{recipe->train.micro_batch_size, recipe->train.seq_len,
+                                     mc.num_attention_heads, mc.qk_head_dim(), mc.v_head_dim};
+    const std::string line =
+        cuda::DescribeAttentionPath(recipe->train.dtype == "bf16" ? DType::kBF16 : DType::kF32, shape);
+    if ((*mesh)->coord().rank == 0) std::cout << line << "\n" << std::flush;
+  }
   const BenchResult result = RunSteps(*recipe, **trainer, **mesh, warmup, steps);
   if ((*mesh)->coord().rank == 0) {
     std::cout << FormatBench(result);

@@ -9,9 +9,10 @@
 namespace fathom {
 
 int RunTrain(const std::vector<std::string>& args);
-int RunPlan(const std::vector<std::string>& args);      // launch/plan_command.cc
-int RunSimulate(const std::vector<std::string>& args);  // launch/simulate_command.cc
-int RunBench(const std::vector<std::string>& args);     // launch/bench_command.cc
+int RunPlan(const std::vector<std::string>& args);        // launch/plan_command.cc
+int RunSimulate(const std::vector<std::string>& args);    // launch/simulate_command.cc
+int RunBench(const std::vector<std::string>& args);       // launch/bench_command.cc
+int RunPreprocess(const std::vector<std::string>& args);  // launch/preprocess_command.cc
 
 }  // namespace fathom
 

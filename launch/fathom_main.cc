@@ -15,7 +15,10 @@ void Usage() {
                "                                            simulate one step of a parallel plan\n"
                "  bench RECIPE.yaml [--set key=value ...] [--warmup N] [--steps N]\n"
                "                                            time GPU training steps: tokens/s, MFU, memory,\n"
-               "                                            time per phase (train.device cuda)\n");
+               "                                            time per phase (train.device cuda)\n"
+               "  preprocess (--input FILE.jsonl | --demo-corpus) --output-prefix PREFIX [--help]\n"
+               "                                            tokenize documents into a Megatron .bin/.idx\n"
+               "                                            (or HDF5) dataset for data.source megatron\n");
 }
 
 }  // namespace
@@ -31,11 +34,12 @@ int main(int argc, char** argv) {
   if (cmd == "plan") return fathom::RunPlan(args);
   if (cmd == "simulate") return fathom::RunSimulate(args);
   if (cmd == "bench") return fathom::RunBench(args);
+  if (cmd == "preprocess") return fathom::RunPreprocess(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     Usage();
     return 0;
   }
-  std::fprintf(stderr, "fathom: unknown command '%s'; expected train, plan, simulate or bench\n",
+  std::fprintf(stderr, "fathom: unknown command '%s'; expected train, plan, simulate, bench or preprocess\n",
                cmd.c_str());
   Usage();
   return 2;

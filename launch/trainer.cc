@@ -6,8 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "data/demo_corpus.h"
-#include "data/tokenizer.h"
+#include "layers/cost.h"
 #include "optim/lr_schedule.h"
 #include "parallel/fault.h"
 
@@ -17,34 +16,38 @@ Trainer::~Trainer() = default;
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, DeviceMesh& mesh) {
   if (absl::Status s = recipe.Validate(); !s.ok()) return s;
-  std::vector<int32_t> tokens;
-  if (recipe.data.source == "demo") {
-    tokens = EncodeBytes(DemoCorpus());
-  } else {
-    tokens = SyntheticTokens(std::max<int64_t>(1 << 20, 4 * recipe.train.seq_len), recipe.model.vocab_size,
-                             recipe.train.seed);
+  auto trainer = std::unique_ptr<Trainer>(new Trainer(recipe));
+  // The data first: a bad dataset is reported before anything is allocated (every rank alike).
+  const int64_t global_batch =
+      mesh.layout().dp() * recipe.parallel.micro_batches * recipe.train.micro_batch_size;
+  absl::StatusOr<std::unique_ptr<TokenLoader>> train =
+      OpenTokenLoader(recipe, DataSplit::kTrain, global_batch);
+  if (!train.ok()) return train.status();
+  trainer->train_data_ = *std::move(train);
+  if (recipe.train.eval_every > 0) {
+    absl::StatusOr<std::unique_ptr<TokenLoader>> valid =
+        OpenTokenLoader(recipe, DataSplit::kValid, global_batch);
+    if (!valid.ok()) return valid.status();
+    trainer->valid_data_ = *std::move(valid);
   }
-  auto trainer = std::unique_ptr<Trainer>(new Trainer(recipe, std::move(tokens)));
-  auto sampler = SequenceSampler::Create(&trainer->tokens_, recipe.train.seq_len, recipe.train.seed);
-  if (!sampler.ok()) return sampler.status();
-  trainer->sampler_ = std::make_unique<SequenceSampler>(*std::move(sampler));
   absl::StatusOr<std::unique_ptr<StageRuntime>> runtime = StageRuntime::Create(recipe, mesh);
   if (!runtime.ok()) return runtime.status();
   trainer->runtime_ = *std::move(runtime);
   return trainer;
 }
 
-Trainer::Trainer(const Recipe& recipe, std::vector<int32_t> tokens)
-    : recipe_(recipe), tokens_(std::move(tokens)) {}
-
-std::vector<MicroBatch> Trainer::SampleMicroBatches(int64_t step) const {
+absl::StatusOr<std::vector<MicroBatch>> Trainer::SampleMicroBatches(TokenLoader& loader, int64_t step) const {
   const int64_t m = recipe_.parallel.micro_batches, b = recipe_.train.micro_batch_size;
   const int64_t t = recipe_.train.seq_len;
   std::vector<MicroBatch> batches;
   for (int64_t mb = 0; mb < m; ++mb) {
-    const int64_t first = (runtime_->coord().dp_rank * m + mb) * b;  // global sequence index
+    const int64_t first = (runtime_->coord().dp_rank * m + mb) * b;  // index in the step's global batch
     MicroBatch batch{Tensor::Empty({b, t}, DType::kI32), Tensor::Empty({b, t}, DType::kI32)};
-    sampler_->SampleBatch(step, first, b, batch.input_ids.data<int32_t>(), batch.labels.data<int32_t>());
+    if (absl::Status s =
+            loader.Fill(step, first, b, batch.input_ids.data<int32_t>(), batch.labels.data<int32_t>());
+        !s.ok()) {
+      return s;
+    }
     batches.push_back(std::move(batch));
   }
   return batches;
@@ -53,18 +56,20 @@ std::vector<MicroBatch> Trainer::SampleMicroBatches(int64_t step) const {
 absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   const auto start = std::chrono::steady_clock::now();
   if (ShouldInjectFault(runtime_->coord().rank, step)) InjectFault(runtime_->coord().rank, step);
-  const std::vector<MicroBatch> batches = SampleMicroBatches(step);
+  absl::StatusOr<std::vector<MicroBatch>> batches = SampleMicroBatches(*train_data_, step);
+  if (!batches.ok()) return batches.status();
   const double lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
   const std::vector<int64_t> traced = recipe_.train.TracedSteps();
   const bool trace = std::find(traced.begin(), traced.end(), step + 1) != traced.end();
   if (trace) runtime_->BeginStepTrace(step + 1);
-  absl::StatusOr<StepResult> r = runtime_->Step(batches, lr);
+  absl::StatusOr<StepResult> r = runtime_->Step(*batches, lr);
   if (!r.ok())
     return absl::Status(r.status().code(), absl::StrFormat("step %d: %s", step + 1, r.status().message()));
   if (trace) {
     if (absl::Status s = runtime_->EndStepTrace(); !s.ok()) return s;
   }
   runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
+  last_moe_layers_ = r->moe_layers;
 
   StepStats st;
   st.step = step;
@@ -80,7 +85,66 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   const double tokens = static_cast<double>(recipe_.parallel.micro_batches * runtime_->layout().dp() *
                                             recipe_.train.micro_batch_size * recipe_.train.seq_len);
   st.tokens_per_s = tokens / seconds;
+  st.seconds = seconds;
   return st;
+}
+
+absl::StatusOr<double> Trainer::Evaluate() {
+  if (!valid_data_) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s: evaluation needs a valid split: set train.eval_every > 0 with data.source megatron or hdf5",
+        recipe_.path));
+  }
+  // The same train.eval_steps batches every time: "steps" 0 .. eval_steps-1 of the valid split.
+  double sum = 0;
+  for (int64_t j = 0; j < recipe_.train.eval_steps; ++j) {
+    absl::StatusOr<std::vector<MicroBatch>> batches = SampleMicroBatches(*valid_data_, j);
+    if (!batches.ok()) return batches.status();
+    sum += runtime_->Evaluate(*batches);
+  }
+  return sum / static_cast<double>(recipe_.train.eval_steps);
+}
+
+StepRecord Trainer::MakeRecord(const StepStats& st, double valid_loss) const {
+  StepRecord rec;
+  rec.step = st.step + 1;
+  const double flops_per_token = [&] {
+    double f = 0;
+    for (const NodeCost& n : BuildCostGraph(recipe_.model, recipe_.train.seq_len)) {
+      if (n.kind != CostNodeKind::kMtp) f += n.model_flops;
+    }
+    return f;
+  }();
+  const double tflops_per_gpu =
+      st.tokens_per_s * flops_per_token / 1e12 / static_cast<double>(runtime_->layout().world());
+  rec.scalars = {{"loss", st.loss},
+                 {"lm_loss", st.lm_loss},
+                 {"mtp_loss", st.mtp_loss},
+                 {"balance", st.balance},
+                 {"lr", st.lr},
+                 {"grad_norm", st.grad_norm},
+                 {"tokens_per_s", st.tokens_per_s},
+                 {"tflops_per_gpu", tflops_per_gpu},
+                 {"step_seconds", st.seconds}};
+  if (recipe_.train.device == "cuda") {
+    const DeviceMemoryStats mem = runtime_->device_memory();
+    rec.scalars.push_back({"mfu", tflops_per_gpu / 989.0});
+    rec.scalars.push_back({"memory_gib", static_cast<double>(mem.static_bytes + mem.pool_peak) / (1 << 30)});
+  }
+  if (!std::isnan(valid_loss)) {
+    rec.scalars.push_back({"valid_loss", valid_loss});
+    rec.scalars.push_back({"valid_perplexity", std::exp(valid_loss)});
+  }
+  const std::vector<int>& layers = last_moe_layers_;
+  for (size_t i = 0; i < st.expert_loads.size() && i < layers.size(); ++i) {
+    const std::vector<int64_t>& load = st.expert_loads[i];
+    double total = 0, busiest = 0;
+    for (int64_t v : load)
+      total += static_cast<double>(v), busiest = std::max(busiest, static_cast<double>(v));
+    rec.expert_load.push_back(
+        {layers[i], busiest, load.empty() ? 0.0 : total / static_cast<double>(load.size())});
+  }
+  return rec;
 }
 
 std::string FormatStepLine(const StepStats& s, int64_t total_steps) {
@@ -117,16 +181,46 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
         absl::StrJoin(runtime_->stage_layers(), "+"), global_sequences, recipe_.train.seq_len, steps);
     log << runtime_->memory_plan_table();
   }
+  if (logs) log << train_data_->Describe() << "\n";
+  std::unique_ptr<RunLog> run_log;
+  if (logs && !recipe_.train.log_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<RunLog>> opened = RunLog::Open(recipe_.train.log_dir);
+    if (!opened.ok()) return opened.status();
+    run_log = *std::move(opened);
+  }
   std::vector<StepStats> all;
   const auto start = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < steps; ++step) {
     absl::StatusOr<StepStats> st = Step(step);
     if (!st.ok()) return st.status();
     all.push_back(*st);
+    double valid_loss = std::nan("");
+    if (recipe_.train.eval_every > 0 && ((step + 1) % recipe_.train.eval_every == 0 || step + 1 == steps)) {
+      absl::StatusOr<double> v = Evaluate();
+      if (!v.ok()) return v.status();
+      valid_loss = *v;
+      if (logs) {
+        log << absl::StrFormat("eval  %5d/%d | valid lm %.4f | ppl %.2f (%d batches)\n", step + 1, steps,
+                               valid_loss, std::exp(valid_loss), recipe_.train.eval_steps);
+      }
+    }
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (logs && ((step + 1) % recipe_.train.log_every == 0 || step + 1 == steps)) {
-      log << FormatStepLine(all.back(), steps) << "\n";
+      log << FormatStepLine(all.back(), steps);
+      if (step + 1 < steps) {
+        log << " | eta "
+            << FormatDuration(elapsed / static_cast<double>(step + 1) *
+                              static_cast<double>(steps - step - 1));
+      }
+      log << "\n";
       log.flush();
     }
+    if (run_log) {
+      if (absl::Status s = run_log->Log(MakeRecord(all.back(), valid_loss)); !s.ok()) return s;
+    }
+  }
+  if (run_log) {
+    if (absl::Status s = run_log->Close(); !s.ok()) return s;
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const LossWindows w = SummarizeLosses(all);

@@ -14,8 +14,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "data/sampler.h"
+#include "data/token_loader.h"
 #include "framework/config.h"
+#include "framework/run_log.h"
 #include "parallel/stage_runtime.h"
 
 namespace fathom {
@@ -31,6 +32,7 @@ struct StepStats {
   double tokens_per_s = 0;
   double load_max_over_mean = 0;                   // worst MoE layer's busiest expert over the mean load
   std::vector<std::vector<int64_t>> expert_loads;  // this stage's MoE layers, global counts of the step
+  double seconds = 0;                              // wall time of the step on this rank
 };
 
 class Trainer {
@@ -41,7 +43,12 @@ class Trainer {
 
   // One optimizer step (0-based). Fails (nothing updated) when the gradient norm is not finite.
   absl::StatusOr<StepStats> Step(int64_t step);
-  // Runs recipe.train.steps steps; rank 0 logs one line per train.log_every steps, then a summary.
+  // The main LM loss on train.eval_steps batches of the valid split (the same batches every time).
+  // FailedPrecondition when the recipe's data has no valid split.
+  absl::StatusOr<double> Evaluate();
+  // Runs recipe.train.steps steps; rank 0 logs one line per train.log_every steps (with the ETA), a
+  // validation line every train.eval_every steps, then a summary; with train.log_dir, rank 0 also writes
+  // metrics.jsonl and TensorBoard events there (framework/run_log.h).
   absl::StatusOr<std::vector<StepStats>> Run(std::ostream& log);
 
   StageRuntime& runtime() { return *runtime_; }
@@ -51,15 +58,18 @@ class Trainer {
   std::string memory_plan_table() const { return runtime_->memory_plan_table(); }
 
  private:
-  Trainer(const Recipe& recipe, std::vector<int32_t> tokens);
-  // This rank's micro-batches of `step`: data-parallel rank d takes micro-batches [d * M, (d + 1) * M) of
-  // the step's global batch, so any mesh sees the same global batch as one rank with dp * M micro-batches.
-  std::vector<MicroBatch> SampleMicroBatches(int64_t step) const;
+  explicit Trainer(const Recipe& recipe) : recipe_(recipe) {}
+  // This rank's micro-batches of `step` from `loader`: data-parallel rank d takes micro-batches
+  // [d * M, (d + 1) * M) of the step's global batch, so any mesh sees the same global batch as one rank
+  // with dp * M micro-batches.
+  absl::StatusOr<std::vector<MicroBatch>> SampleMicroBatches(TokenLoader& loader, int64_t step) const;
+  // The record of a step for the run log (rank 0).
+  StepRecord MakeRecord(const StepStats& st, double valid_loss) const;
 
   Recipe recipe_;
-  std::vector<int32_t> tokens_;
-  std::unique_ptr<SequenceSampler> sampler_;
+  std::unique_ptr<TokenLoader> train_data_, valid_data_;  // valid_data_: with train.eval_every > 0
   std::unique_ptr<StageRuntime> runtime_;
+  std::vector<int> last_moe_layers_;  // HF layer index of this stage's MoE layers (the run log's names)
 };
 
 std::string FormatStepLine(const StepStats& s, int64_t total_steps);

@@ -11,6 +11,7 @@ namespace {
 struct BlockCost {
   int64_t params = 0, expert_params = 0, active_params = 0;
   double gemm_flops = 0, gemm_bf16_flops = 0, attn_flops = 0, model_flops = 0, mla_up_flops = 0;
+  double attn_gemm_flops = 0, expert_gemm_flops = 0;
   double act_always = 0, act_norm = 0, act_mla_up = 0;
   int64_t routed_copies = 0;
 };
@@ -33,6 +34,7 @@ BlockCost DecoderBlockCost(const ModelConfig& m, bool moe, int64_t seq_len, cons
   b.params += attn_weights + norms;
   b.active_params += attn_weights + norms;
   b.gemm_flops += 2.0 * static_cast<double>(attn_weights);
+  b.attn_gemm_flops = 2.0 * static_cast<double>(attn_weights);
   b.mla_up_flops = 2.0 * static_cast<double>((ql > 0 ? q_b : 0) + kv_b);
   // Causal attention: each query sees seq_len/2 keys on average; QK^T over qk dims, PV over v dims.
   b.attn_flops = static_cast<double>(seq_len) * static_cast<double>(nh * (qk + vd));
@@ -80,6 +82,7 @@ BlockCost DecoderBlockCost(const ModelConfig& m, bool moe, int64_t seq_len, cons
   b.params += b.expert_params + shared + router + m.n_routed_experts;  // + e_score_correction_bias
   b.active_params += k * expert + shared + router + m.n_routed_experts;
   b.gemm_flops += 2.0 * static_cast<double>(k * expert + shared);
+  b.expert_gemm_flops = 2.0 * static_cast<double>(k * expert + shared);
   b.gemm_bf16_flops += 2.0 * static_cast<double>(router);
   b.model_flops += 18.0 * H * static_cast<double>(m.moe_intermediate_size * (k + m.n_shared_experts));
   b.routed_copies = k;
@@ -105,6 +108,8 @@ void SetBlock(NodeCost& n, const BlockCost& b) {
   n.attn_flops += b.attn_flops;
   n.model_flops += b.model_flops;
   n.mla_up_flops += b.mla_up_flops;
+  n.attn_gemm_flops += b.attn_gemm_flops;
+  n.expert_gemm_flops += b.expert_gemm_flops;
   n.act_bytes += b.act_always + b.act_norm + b.act_mla_up;
   n.act_saved_by_norm_recompute += b.act_norm;
   n.act_saved_by_mla_up_recompute += b.act_mla_up;
@@ -117,6 +122,7 @@ void AddHead(NodeCost& n, const ModelConfig& m, const PrecisionPolicy& p) {
   const double H = static_cast<double>(m.hidden_size), a = static_cast<double>(p.activation_bytes);
   const double head = 2.0 * H * static_cast<double>(m.vocab_size);
   n.gemm_bf16_flops += head;
+  n.head_gemm_flops += head;
   n.model_flops += 3.0 * head;
   n.act_bytes += H * a + 4 + H * a + static_cast<double>(m.vocab_size) * a;
   n.act_saved_by_norm_recompute += H * a;

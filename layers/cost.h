@@ -76,6 +76,10 @@ struct NodeCost {
   double attn_flops = 0;       // attention core, causal
   double model_flops = 0;      // training FLOPs per token, Megatron convention (see above)
   double mla_up_flops = 0;     // forward FLOPs of the MLA up-projections (recomputed under Recompute::mla_up)
+  // Parts of the forward FLOPs by the phase `fathom bench` times them in (framework/phase_timer.h):
+  double attn_gemm_flops = 0;    // the MLA projections (q_a/q_b or q, kv_a, kv_b, o): in gemm_flops
+  double expert_gemm_flops = 0;  // routed (top-k) and shared experts: in gemm_flops
+  double head_gemm_flops = 0;    // the output head (main or an MTP depth's): in gemm_bf16_flops
 
   // Activation bytes kept per token: with nothing recomputed, and saved by each recomputation.
   double act_bytes = 0;

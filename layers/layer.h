@@ -13,16 +13,49 @@
 #ifndef FATHOM_LAYERS_LAYER_H_
 #define FATHOM_LAYERS_LAYER_H_
 
+#include <algorithm>
 #include <map>
+#include <vector>
 
 #include "framework/check.h"
 
 namespace fathom {
 
+// Every layer's store of saved activations on this thread, so that a pass that runs forwards only
+// (evaluation) can drop what one micro-batch saved in every layer: DropSavedActivations(mb).
+class SavedActivationStore {
+ public:
+  virtual ~SavedActivationStore() { Unregister(); }
+  virtual void Drop(int mb) = 0;
+
+ protected:
+  SavedActivationStore() { Registry().push_back(this); }
+  SavedActivationStore(const SavedActivationStore&) = delete;
+  SavedActivationStore& operator=(const SavedActivationStore&) = delete;
+
+ private:
+  friend void DropSavedActivations(int mb);
+  static std::vector<SavedActivationStore*>& Registry() {
+    static thread_local std::vector<SavedActivationStore*> stores;
+    return stores;
+  }
+  void Unregister() {
+    auto& r = Registry();
+    r.erase(std::remove(r.begin(), r.end(), this), r.end());
+  }
+};
+
+// Drops micro-batch `mb`'s saved activations in every layer created on this thread (a forward-only pass
+// ends with it; the training passes drop theirs in BackwardWeight).
+inline void DropSavedActivations(int mb) {
+  for (SavedActivationStore* s : SavedActivationStore::Registry()) s->Drop(mb);
+}
+
 // Saved activations of one layer, keyed by micro-batch id.
 template <class Ctx>
-class SavedByMicroBatch {
+class SavedByMicroBatch : public SavedActivationStore {
  public:
+  SavedByMicroBatch() = default;
   Ctx& Put(int mb) {
     FATHOM_CHECK(!map_.count(mb), "micro-batch ", mb, " already has saved activations");
     return map_[mb];
@@ -32,7 +65,7 @@ class SavedByMicroBatch {
     FATHOM_CHECK(it != map_.end(), "no saved activations for micro-batch ", mb);
     return it->second;
   }
-  void Drop(int mb) { map_.erase(mb); }
+  void Drop(int mb) override { map_.erase(mb); }
   bool Has(int mb) const { return map_.count(mb) != 0; }
   size_t size() const { return map_.size(); }
 

@@ -6,6 +6,13 @@
 #include "framework/phase_timer.h"
 
 namespace fathom {
+namespace {
+
+// transformers' DeepseekV3Attention (like DeepSeek's own modeling code) builds q_a_layernorm and
+// kv_a_layernorm with DeepseekV3RMSNorm's default eps, not config.rms_norm_eps: the reference wins.
+constexpr double kLatentNormEps = 1e-6;
+
+}  // namespace
 
 MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std::string& prefix, int layer)
     : cfg_(cfg),
@@ -18,7 +25,7 @@ MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std:
       scale_(cfg.softmax_scale()),
       kv_a_proj_(table, prefix + ".kv_a_proj_with_mqa", cfg.hidden_size,
                  cfg.kv_lora_rank + cfg.qk_rope_head_dim, layer),
-      kv_a_layernorm_(table, prefix + ".kv_a_layernorm", cfg.kv_lora_rank, cfg.rms_norm_eps, layer),
+      kv_a_layernorm_(table, prefix + ".kv_a_layernorm", cfg.kv_lora_rank, kLatentNormEps, layer),
       kv_b_proj_(table, prefix + ".kv_b_proj", cfg.kv_lora_rank,
                  cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), layer),
       o_proj_(table, prefix + ".o_proj", cfg.num_attention_heads * cfg.v_head_dim, cfg.hidden_size, layer) {
@@ -28,7 +35,7 @@ MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std:
                " v ", v_dim_, " kv_lora_rank ", kv_rank_, " q_lora_rank ", cfg.q_lora_rank);
   if (cfg.q_lora_rank > 0) {
     q_a_proj_.emplace(table, prefix + ".q_a_proj", cfg.hidden_size, cfg.q_lora_rank, layer);
-    q_a_layernorm_.emplace(table, prefix + ".q_a_layernorm", cfg.q_lora_rank, cfg.rms_norm_eps, layer);
+    q_a_layernorm_.emplace(table, prefix + ".q_a_layernorm", cfg.q_lora_rank, kLatentNormEps, layer);
     q_b_proj_.emplace(table, prefix + ".q_b_proj", cfg.q_lora_rank, heads_ * qk_dim_, layer);
   } else {
     q_proj_.emplace(table, prefix + ".q_proj", cfg.hidden_size, heads_ * qk_dim_, layer);

@@ -3,6 +3,7 @@
 // Parameters (HF names under `prefix`, Linear layout (out, in), no biases), with n = num_attention_heads,
 // Dk = qk_nope_head_dim + qk_rope_head_dim, Dv = v_head_dim, d = qk_rope_head_dim:
 //   q_lora_rank > 0:  q_a_proj (q_lora_rank, H), q_a_layernorm (q_lora_rank), q_b_proj (n*Dk, q_lora_rank)
+//   (q_a_layernorm and kv_a_layernorm use eps 1e-6 whatever rms_norm_eps is, as transformers does)
 //   q_lora_rank == 0: q_proj (n*Dk, H)
 //   kv_a_proj_with_mqa (kv_lora_rank + d, H), kv_a_layernorm (kv_lora_rank),
 //   kv_b_proj (n*(qk_nope + Dv), kv_lora_rank), o_proj (H, n*Dv)

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <string_view>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -118,23 +119,46 @@ void ExitAllRanks(int code, const std::string& msg, double wait_seconds) {
 
 absl::StatusOr<std::optional<FaultSpec>> ParseTestFault(const std::string& value) {
   if (value.empty()) return std::optional<FaultSpec>();
-  size_t colon = value.find(':');
+  constexpr std::string_view kSaveSuffix = ":save";
+  std::string rank_step = value;
   FaultSpec spec;
-  if (colon == std::string::npos || !absl::SimpleAtoi(value.substr(0, colon), &spec.rank) ||
-      !absl::SimpleAtoi(value.substr(colon + 1), &spec.step) || spec.rank < 0 || spec.step < 0) {
+  if (rank_step.size() > kSaveSuffix.size() &&
+      rank_step.compare(rank_step.size() - kSaveSuffix.size(), kSaveSuffix.size(), kSaveSuffix) == 0) {
+    spec.in_save = true;
+    rank_step.resize(rank_step.size() - kSaveSuffix.size());
+  }
+  size_t colon = rank_step.find(':');
+  if (colon == std::string::npos || !absl::SimpleAtoi(rank_step.substr(0, colon), &spec.rank) ||
+      !absl::SimpleAtoi(rank_step.substr(colon + 1), &spec.step) || spec.rank < 0 || spec.step < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("FATHOM_TEST_FAULT='", value, "' is not 'rank:step' with two non-negative integers"));
+        absl::StrCat("FATHOM_TEST_FAULT='", value,
+                     "' is not 'rank:step' or 'rank:step:save' with two non-negative integers"));
   }
   return std::optional<FaultSpec>(spec);
 }
 
-bool ShouldInjectFault(int rank, int64_t step) {
+namespace {
+
+// The parsed FATHOM_TEST_FAULT (nullopt when unset or empty). Every rank reads the same variable at the
+// same step, so a malformed value is rejected by every rank: one message, code 2.
+std::optional<FaultSpec> TestFaultFromEnvironment() {
   const char* value = std::getenv("FATHOM_TEST_FAULT");
-  if (value == nullptr) return false;
+  if (value == nullptr) return std::nullopt;
   absl::StatusOr<std::optional<FaultSpec>> spec = ParseTestFault(value);
-  // Every rank reads the same variable at the same step, so every rank rejects it: one message, code 2.
   if (!spec.ok()) ExitAllRanks(kExitInvalidInput, std::string(spec.status().message()));
-  return spec->has_value() && (*spec)->rank == rank && (*spec)->step == step;
+  return *spec;
+}
+
+}  // namespace
+
+bool ShouldInjectFault(int rank, int64_t step) {
+  std::optional<FaultSpec> spec = TestFaultFromEnvironment();
+  return spec.has_value() && !spec->in_save && spec->rank == rank && spec->step == step;
+}
+
+bool ShouldInjectSaveFault(int rank, int64_t step) {
+  std::optional<FaultSpec> spec = TestFaultFromEnvironment();
+  return spec.has_value() && spec->in_save && spec->rank == rank && spec->step == step;
 }
 
 void InjectFault(int rank, int64_t step) {

@@ -57,17 +57,24 @@ void MpiCheck(int rc, const char* call, const std::string& group);
 // The same, with the wait before aborting instead of finalising (tests shorten it).
 [[noreturn]] void ExitAllRanks(int code, const std::string& msg, double wait_seconds);
 
-// The test-only fault flag: FATHOM_TEST_FAULT="rank:step" makes rank `rank` fail at step `step`.
+// The test-only fault flag: FATHOM_TEST_FAULT="rank:step" makes rank `rank` fail at step `step`;
+// "rank:step:save" makes it fail in the middle of writing the checkpoint of step `step` (after the first
+// block of its file is written, before the save commits).
 struct FaultSpec {
   int rank = 0;
   int64_t step = 0;
+  bool in_save = false;  // the ":save" suffix
 };
-// "" -> nullopt; "R:S" with R, S >= 0 -> {R, S}; anything else is an error naming the variable.
+// "" -> nullopt; "R:S" or "R:S:save" with R, S >= 0 -> {R, S, in_save}; anything else is an error naming
+// the variable.
 absl::StatusOr<std::optional<FaultSpec>> ParseTestFault(const std::string& value);
 // True when FATHOM_TEST_FAULT names (rank, step). The trainer calls it once per step and rank, and on true
 // calls InjectFault. A malformed FATHOM_TEST_FAULT ends the job (ExitAllRanks, kExitInvalidInput): a fault
 // test must never silently run without its fault.
 bool ShouldInjectFault(int rank, int64_t step);
+// True when FATHOM_TEST_FAULT is "rank:step:save" for this (rank, step): the checkpoint writer calls it
+// once per save, mid-write, and on true calls InjectFault. A malformed value ends the job as above.
+bool ShouldInjectSaveFault(int rank, int64_t step);
 // Prints "[rank R] FATHOM_TEST_FAULT: injected failure at step S" and terminates this process at once with
 // kExitInjectedFault, without MPI_Abort or MPI_Finalize: the other ranks learn of it from the runtime, as
 // they would of a crash.

@@ -23,6 +23,20 @@ Schedule TwoMicroBatchSchedule(int micro_batches) {
   return s;
 }
 
+std::vector<Instruction> ForwardOnlyProgram(const Schedule& schedule, int rank) {
+  std::vector<Instruction> list;
+  for (int mb = 0; mb < schedule.micro_batches; ++mb) {
+    std::vector<std::pair<int, int>> visits;  // (stage, chunk)
+    for (int chunk = 0; chunk < schedule.chunks(); ++chunk) {
+      const int stage = schedule.StageOf(rank, chunk, mb);
+      if (stage >= 0) visits.push_back({stage, chunk});
+    }
+    std::sort(visits.begin(), visits.end());
+    for (const auto& [stage, chunk] : visits) list.push_back(Instruction::F(mb, chunk));
+  }
+  return list;
+}
+
 struct PipelineExecutor::Half {
   int mb = 0, chunk = 0, stage = 0;
   bool forward = true;
@@ -129,8 +143,7 @@ void PipelineExecutor::Finish(Half& h, std::vector<std::vector<MicroBatchStats>>
   h.grad_input = Tensor();
 }
 
-bool PipelineExecutor::Pairs(size_t i) const {
-  const std::vector<Instruction>& list = program();
+bool PipelineExecutor::Pairs(const std::vector<Instruction>& list, size_t i) const {
   if (!options_.overlap_pairs || i + 1 >= list.size()) return false;
   const Instruction& a = list[i];
   const Instruction& b = list[i + 1];
@@ -139,11 +152,22 @@ bool PipelineExecutor::Pairs(size_t i) const {
 
 std::vector<std::vector<MicroBatchStats>> PipelineExecutor::Run(const std::vector<MicroBatch>& batches,
                                                                 const LossNormalizers& norm) {
+  return RunList(program(), /*record=*/true, batches, norm);
+}
+
+std::vector<std::vector<MicroBatchStats>> PipelineExecutor::RunForwards(
+    const std::vector<MicroBatch>& batches, const LossNormalizers& norm) {
+  return RunList(ForwardOnlyProgram(schedule_, rank_), /*record=*/false, batches, norm);
+}
+
+std::vector<std::vector<MicroBatchStats>> PipelineExecutor::RunList(const std::vector<Instruction>& list,
+                                                                    bool record,
+                                                                    const std::vector<MicroBatch>& batches,
+                                                                    const LossNormalizers& norm) {
   CheckStreams();
-  const std::vector<Instruction>& list = program();
   std::vector<std::vector<MicroBatchStats>> stats(chunks_.size(),
                                                   std::vector<MicroBatchStats>(batches.size()));
-  executed_.clear();
+  if (record) executed_.clear();
   FATHOM_CHECK(static_cast<int>(batches.size()) == schedule_.micro_batches, "[pipeline] ", batches.size(),
                " micro-batches for a schedule of ", schedule_.micro_batches);
   // Everything an instruction does once its inputs are in: its passes, interleaved when there are two.
@@ -190,10 +214,9 @@ std::vector<std::vector<MicroBatchStats>> PipelineExecutor::Run(const std::vecto
                    batches.size(), " micro-batches");
     }
     std::vector<std::unique_ptr<Half>> halves;
-    if (Pairs(i)) {  // two-micro-batch overlap: forward with forward, backward with backward
+    if (Pairs(list, i)) {  // two-micro-batch overlap: forward with forward, backward with backward
       const Instruction& next = list[i + 1];
-      executed_.push_back(ins);
-      executed_.push_back(next);
+      if (record) executed_.insert(executed_.end(), {ins, next});
       for (const Instruction* x : {&ins, &next}) {
         halves.push_back(x->kind == OpKind::kF ? StartForward(x->mb, x->chunk, batches[x->mb], norm)
                                                : StartBackward(x->mb, x->chunk, /*weight=*/true));
@@ -204,7 +227,7 @@ std::vector<std::vector<MicroBatchStats>> PipelineExecutor::Run(const std::vecto
       ++i;
       continue;
     }
-    executed_.push_back(ins);
+    if (record) executed_.push_back(ins);
     switch (ins.kind) {
       case OpKind::kF:
         halves.push_back(StartForward(ins.mb, ins.chunk, batches[ins.mb], norm));

@@ -52,6 +52,9 @@ namespace fathom {
 // Options::overlap_pairs. Two micro-batches live at a time, as in 1F1B with one stage plus one.
 // REQUIRES micro_batches >= 1.
 Schedule TwoMicroBatchSchedule(int micro_batches);
+// Rank `rank`'s forward-only list of `schedule`'s placement: for every micro-batch in order, F of each of
+// the rank's chunks that the micro-batch visits, in the order of its path.
+std::vector<Instruction> ForwardOnlyProgram(const Schedule& schedule, int rank);
 
 class PipelineExecutor {
  public:
@@ -78,9 +81,18 @@ class PipelineExecutor {
   // reduces them.
   std::vector<std::vector<MicroBatchStats>> Run(const std::vector<MicroBatch>& batches,
                                                 const LossNormalizers& norm);
+  // Forwards only (evaluation; the caller drops the saved activations): micro-batch after micro-batch,
+  // each through this rank's chunks in the order its path visits them (ForwardOnlyProgram). Returns as
+  // Run. Deadlock-free for any placement: a rank only ever waits for the previous stage of the earliest
+  // micro-batch it has not finished, which the rank holding that stage reaches first (induction on the
+  // micro-batch, then on the stage); every channel carries its messages in (micro-batch, stage) order on
+  // both ends.
+  std::vector<std::vector<MicroBatchStats>> RunForwards(const std::vector<MicroBatch>& batches,
+                                                        const LossNormalizers& norm);
 
   // The instructions the last Run executed, in the order they started (an overlapped pair of
   // two-micro-batch overlap counts as its two instructions): equal to program() when it ran as validated.
+  // (RunForwards does not record.)
   const std::vector<Instruction>& executed() const { return executed_; }
   const std::vector<Instruction>& program() const { return schedule_.ranks[rank_]; }
   const Schedule& schedule() const { return schedule_; }
@@ -101,8 +113,12 @@ class PipelineExecutor {
   // The tensor stage `stage` of `mb` consumes: from the rank holding its producer, or handed over here.
   Tensor Receive(int mb, int stage, bool gradient, int chunk, const std::string& label);
   void Deliver(const Tensor& t, int mb, int stage, bool gradient, const char* what);
-  // Two-micro-batch overlap: whether program()[i] and program()[i + 1] run as a pair.
-  bool Pairs(size_t i) const;
+  // Runs `list` (this rank's instructions); records it in executed_ when `record`.
+  std::vector<std::vector<MicroBatchStats>> RunList(const std::vector<Instruction>& list, bool record,
+                                                    const std::vector<MicroBatch>& batches,
+                                                    const LossNormalizers& norm);
+  // Two-micro-batch overlap: whether list[i] and list[i + 1] run as a pair.
+  bool Pairs(const std::vector<Instruction>& list, size_t i) const;
   void CheckStreams();
 
   std::vector<Model*> chunks_;

@@ -455,6 +455,23 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
   return reduced;
 }
 
+double StageRuntime::Evaluate(const std::vector<MicroBatch>& batches) {
+  const int m = static_cast<int>(recipe_.parallel.micro_batches);
+  FATHOM_CHECK(static_cast<int>(batches.size()) == m, "[stage runtime] ", batches.size(),
+               " evaluation micro-batches for parallel.micro_batches ", m);
+  LossNormalizers norm =
+      chunks_[0].model->Normalizers(batches, static_cast<int64_t>(m) * mesh_.layout().dp());
+  norm.main_tokens = SumOver(mesh_.dp(), {norm.main_tokens})[0];
+  norm.balance_weight = 0;
+  const std::vector<std::vector<MicroBatchStats>> stats = executor_->RunForwards(batches, norm);
+  for (int mb = 0; mb < m; ++mb) DropSavedActivations(mb);
+  double ce = 0;
+  for (const std::vector<MicroBatchStats>& chunk : stats) {
+    for (const MicroBatchStats& s : chunk) ce += s.main_ce;
+  }
+  return SumOver(mesh_.world(), {ce})[0] / std::max(norm.main_tokens, 1.0);
+}
+
 // The embedding lives on the first model stage and, for MTP, on the last; both copies get the summed
 // gradient (a + b == b + a, so they stay bit-identical). Single-chunk schedules hold them on pipeline
 // ranks 0 and pp-1, which exchange them. DualPipeV holds both on rank 0, DualPipe on ranks 0 and pp-1

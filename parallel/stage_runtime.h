@@ -95,6 +95,11 @@ class StageRuntime {
   // compute-copy refresh. Internal (nothing updated) when the global gradient norm is not finite.
   absl::StatusOr<StepResult> Step(const std::vector<MicroBatch>& batches, double lr);
 
+  // A forward-only pass over `batches` (this rank's micro-batches of an evaluation batch, host tensors,
+  // parallel.micro_batches of them), nothing updated, every saved activation dropped afterwards. Returns
+  // the main LM loss over the evaluation batch's valid labels (every rank the same value).
+  double Evaluate(const std::vector<MicroBatch>& batches);
+
   // Auxiliary-loss-free balancing (DeepSeek-V3 report): b_i += speed * sign(mean load - load_i) for every
   // MoE layer of this stage, from the step's global loads (result.expert_loads).
   void UpdateExpertBiases(const StepResult& result, double speed);

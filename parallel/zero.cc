@@ -170,16 +170,58 @@ void ZeroOptimizer::Step(double lr, double total_norm, double max_norm) {
     return;
   }
 #ifdef FATHOM_WITH_CUDA
-  // ClipGradients' factor. On the GPU only the owned shards are scaled: AdamW reads nothing else, and the
-  // rest of the grads buffer is overwritten by the next step's backward.
+  // ClipGradients' factor, applied inside the fused pass as the gradients are read (only the owned shards:
+  // AdamW reads nothing else, and the rest of the grads buffer is overwritten by the next step's backward).
   const double scale = ClipScale(max_norm, total_norm);
   cuda::Stream stream = DeviceStream("step");
+  // When this rank owns every range (groups of one), the pass also leaves the compute copy fresh and the
+  // gradients zero for the whole table, and the table skips its own passes; otherwise GatherParameters
+  // brings other ranks' values, so the refresh (and the zeroing) must cover everything afterwards.
+  const bool whole_table = OwnsWholeTable();
+  const bool refresh = whole_table && table_.compute_values().defined();
   for (std::unique_ptr<DeviceAdamW>& adamw : device_->adamw) {
-    if (!adamw) continue;
-    if (scale != 1.0) adamw->ScaleGrads(scale, stream);
-    adamw->Step(lr, stream);
+    if (adamw) adamw->FusedStep(lr, scale, refresh, whole_table, stream);
   }
+  if (refresh) table_.MarkComputeValuesRefreshed();
+  if (whole_table) table_.MarkGradsZeroed();
 #endif
+}
+
+bool ZeroOptimizer::OwnsWholeTable() const {
+  for (const Shard& s : shards_)
+    if (s.owned != s.range) return false;
+  return true;
+}
+
+OptimizerTraffic ZeroOptimizer::StepTraffic(const ParamTable& table, const OptimConfig& cfg, int dp_size,
+                                            int edp_size) {
+  const double moment = cfg.moment_dtype == "bf16" ? 2.0 : 4.0;
+  const bool compute_copy = table.compute_values().defined();
+  OptimizerTraffic t;
+  for (ParamGroup g : {ParamGroup::kReplicated, ParamGroup::kExpert}) {
+    const auto range = table.GroupRange(g);
+    const int size = g == ParamGroup::kReplicated ? dp_size : edp_size;
+    // Trainable elements of the largest shard (the first), which bounds the step's time.
+    const int64_t chunk = ChunkElements(range, size);
+    for (const ParamSpec& s : table.specs()) {
+      if (!s.trainable) continue;
+      const int64_t lo = std::max(range.first, s.offset),
+                    hi = std::min(range.first + chunk, s.offset + NumElements(s.shape));
+      if (hi > lo) t.elements += hi - lo;
+    }
+  }
+  const bool whole_table = dp_size == 1 && edp_size == 1;
+  const double e = static_cast<double>(t.elements);
+  // The norm reads the gradients; the fused pass reads gradient, value, moments and writes value, moments,
+  // and (whole table) the compute copy and a zeroed gradient.
+  t.bytes = e * (4.0 + (4.0 + 4.0 + 2.0 * moment) + (4.0 + 2.0 * moment));
+  if (whole_table) {
+    t.bytes += e * ((compute_copy ? 2.0 : 0.0) + 4.0);
+  } else {
+    // RefreshComputeValues converts the whole table afterwards (ZeroGrads runs outside the optimizer).
+    if (compute_copy) t.bytes += static_cast<double>(table.numel()) * (4.0 + 2.0);
+  }
+  return t;
 }
 
 void ZeroOptimizer::GatherParameters() {

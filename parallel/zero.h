@@ -15,9 +15,17 @@
 //   CPU   (f32 or f64) AdamW and the norm of optim/, clipping scales the whole grads buffer
 //         (ClipGradients); the communicators move host tensors (MpiCommunicator, LocalCommunicator).
 //   CUDA  (f32, CUDA builds) DeviceAdamW per non-empty shard (optim/cuda/device_adamw.h): the norm terms
-//         of every shard are queued into one device buffer and copied to the host once; clipping scales
-//         the owned shards only (AdamW reads nothing else; the rest of the grads buffer keeps stale sums and
-//         is overwritten by the next step's backward). The communicators of groups larger than one must
+//         of every shard are queued into one device buffer and copied to the host once; Step is ONE fused
+//         pass per shard (DeviceAdamW::FusedStep: the clip factor applied as the gradients are read, AdamW,
+//         bf16 moments) over the owned shards only (AdamW reads nothing else; the rest of the grads buffer
+//         keeps stale sums and is overwritten by the next step's backward). When this rank owns the whole
+//         table (every group of size 1: one GPU, or pipeline / expert parallelism without data
+//         replication) the same pass also rounds the updated values into the table's bf16 compute copy and
+//         zeroes the gradients, and marks the table (ParamTable::MarkComputeValuesRefreshed /
+//         MarkGradsZeroed) so that the caller's next RefreshComputeValues() and ZeroGrads() are no-ops:
+//         the step costs two passes over memory (the norm's read of the gradients, then the fused pass).
+//         With larger groups, GatherParameters brings other ranks' values and RefreshComputeValues /
+//         ZeroGrads do their own passes. The communicators of groups larger than one must
 //         move CUDA tensors (NcclCommunicator). REQUIRES for every call: a current cuda::DevicePool (the
 //         collectives' temporaries) and a current ops::OpContext whose stream is the pool's stream and the
 //         NCCL communicators' compute stream (checked): device work is queued there, the collectives are
@@ -42,6 +50,15 @@
 
 namespace fathom {
 
+// Device-memory traffic of one optimizer step on the GPU (`fathom bench` prints it against bandwidth).
+struct OptimizerTraffic {
+  int64_t elements = 0;  // trainable elements of this rank's (largest) shards
+  double bytes = 0;      // bytes read + written by the step's passes (NCCL traffic not counted)
+};
+
+// Call order per step (the trainer's):
+//   ReduceGradients -> LocalNormSquared (host sum over ranks) -> Step -> GatherParameters
+//   -> table.RefreshComputeValues() -> ... -> table.ZeroGrads() before the next backward.
 class ZeroOptimizer {
  public:
   // `dp` shards the kReplicated range, `edp` the kExpert range; both and `table` must outlive this object.
@@ -53,6 +70,11 @@ class ZeroOptimizer {
   // Elements of the largest shard of each group summed: the optimizer state a rank holds at most for
   // groups of dp_size and edp_size ranks (start-up memory planning, before the optimizer exists).
   static int64_t MaxShardElements(const ParamTable& table, int dp_size, int edp_size);
+  // The bytes one GPU step moves through device memory for groups of dp_size and edp_size ranks (the norm
+  // pass, the fused pass and, unless one rank owns the whole table, the compute copy's refresh), from the
+  // table's specs and compute copy; the CPU path is not described.
+  static OptimizerTraffic StepTraffic(const ParamTable& table, const OptimConfig& cfg, int dp_size,
+                                      int edp_size);
   ZeroOptimizer(const ZeroOptimizer&) = delete;
   ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
 
@@ -79,6 +101,8 @@ class ZeroOptimizer {
   // CUDA tables: the device optimizers and the norm terms' buffer (defined in zero.cc, so that CPU builds
   // carry none of it).
   struct DeviceState;
+
+  bool OwnsWholeTable() const;  // every group's shard is its whole range (groups of one)
 
   ParamTable& table_;
   Shard shards_[2];

@@ -73,6 +73,29 @@ CONFIGS = {
                    routed_scaling_factor=2.5, max_position_embeddings=64, rms_norm_eps=1e-6,
                    rope_theta=10000.0),
         yarn=None, mtp_depth=2, mtp_lambda=0.5, batch=2, seq=16, random_bias=True, seed=2000),
+    # Every layer MoE (first_k_dense_replace 0), no shared expert, unnormalised top-k weights, an RMSNorm
+    # eps other than 1e-6 (transformers keeps q_a_layernorm / kv_a_layernorm at their default 1e-6), MTP
+    # depth 3, odd widths and head count, YaRN with mscale == mscale_all_dim.
+    "moe_all_odd": dict(
+        model=dict(vocab_size=70, hidden_size=36, intermediate_size=44, moe_intermediate_size=10,
+                   num_hidden_layers=2, first_k_dense_replace=0, num_attention_heads=3, q_lora_rank=18,
+                   kv_lora_rank=14, qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5, n_routed_experts=6,
+                   n_shared_experts=0, num_experts_per_tok=2, n_group=2, topk_group=1, norm_topk_prob=False,
+                   routed_scaling_factor=1.5, max_position_embeddings=64, rms_norm_eps=1e-5,
+                   rope_theta=5000.0),
+        yarn=dict(factor=2.0, original_max_position_embeddings=16, beta_fast=16.0, beta_slow=1.0, mscale=1.0,
+                  mscale_all_dim=1.0),
+        mtp_depth=3, mtp_lambda=0.2, batch=3, seq=13, random_bias=True, seed=3000),
+    # Two dense layers first (first_k_dense_replace 2), q without low rank, eps 1e-5, one shared expert,
+    # 8 experts in 4 groups keeping 3, MTP depth 1.
+    "dense2_eps": dict(
+        model=dict(vocab_size=64, hidden_size=32, intermediate_size=72, moe_intermediate_size=12,
+                   num_hidden_layers=4, first_k_dense_replace=2, num_attention_heads=2, q_lora_rank=None,
+                   kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=6, v_head_dim=10, n_routed_experts=8,
+                   n_shared_experts=1, num_experts_per_tok=3, n_group=4, topk_group=3, norm_topk_prob=True,
+                   routed_scaling_factor=2.0, max_position_embeddings=64, rms_norm_eps=1e-5,
+                   rope_theta=10000.0),
+        yarn=None, mtp_depth=1, mtp_lambda=0.3, batch=2, seq=11, random_bias=True, seed=4000),
 }
 
 

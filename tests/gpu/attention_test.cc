@@ -1,6 +1,8 @@
 // CUDA causal attention (framework/kernels/cuda/attention.h) against its CPU twin run in f64 on the same
 // inputs (rounded to the GPU dtype first, so both sides see identical numbers), plus causality and
-// run-to-run determinism of the backward.
+// run-to-run determinism of the backward, on each path: fathom's own kernels (SIMT and tensor cores, always
+// here) and cuDNN's fused SDPA (attention_cudnn.h; skipped, saying why, where the build has no cuDNN or
+// cuDNN refuses the shape).
 //
 // Tolerances (relative L2 error, ||got - want|| / max(||want||, 1)):
 //   f32 path (SIMT): 1e-5. The GPU sums in f32 (unit roundoff 6e-8) over at most a few hundred terms per
@@ -16,6 +18,10 @@
 //     it. Measured on an H100 over the 13 tensor-core shapes below: 1.8e-3 to 2.4e-3 (the SIMT bf16 path,
 //     which rounds only the outputs: 1.6e-3), so 5e-3 leaves 2x headroom and still catches any indexing
 //     error (those give O(1) errors).
+//   cuDNN path (bf16): 5e-3 for out, dq, dk, dv, the tensor-core path's bound: cuDNN's engines also keep
+//     scores, softmax and accumulators in f32 and feed P and dS to the tensor cores as bf16 (the same
+//     2^-9-per-term rounding), then round the outputs once; dq's f32 atomic accumulation adds only f32
+//     round-off.
 //   lse stays f32 on every path: 1e-5.
 // The denominator floor of 1 only matters for T = 1, where dq = dk = 0 exactly in f64 (a single key: P = 1
 // and dS = dout.v - dout.out = 0) and the GPU returns f32 round-off of zero.
@@ -28,8 +34,10 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "framework/cuda/device_arena.h"
 #include "framework/kernels/cpu/attention.h"
 #include "tests/common/gradcheck.h"
@@ -71,23 +79,39 @@ struct Case {
   int64_t b, t, h, dk, dv;
 };
 
-// Whether the GPU runs `c` on the tensor-core kernels: the (dtype, Dk, Dv) list of attention.h.
+// Whether fathom's own kernels run `c` on the tensor cores: the (dtype, Dk, Dv) list of attention.h.
 bool TensorCorePath(const Case& c, DType dtype) {
   return dtype == DType::kBF16 &&
          ((c.dk == 64 && c.dv == 64) || (c.dk == 128 && c.dv == 128) || (c.dk == 192 && c.dv == 128));
 }
 
-// The relative L2 tolerance of the bf16 (or f32) outputs out, dq, dk, dv; see the top of the file.
-double OutputTolerance(const Case& c, DType dtype) {
-  if (dtype == DType::kF32) return kF32Tol;
-  return TensorCorePath(c, dtype) ? kTensorCoreTol : kBf16Tol;
+// fathom's own kernel for (c, dtype): tensor cores where listed, else SIMT.
+cuda::AttentionPath OwnPath(const Case& c, DType dtype) {
+  return TensorCorePath(c, dtype) ? cuda::AttentionPath::kTensorCores : cuda::AttentionPath::kSimt;
 }
 
-std::string CaseName(const Case& c, DType dtype) {
+cuda::AttentionShape ShapeOf(const Case& c) { return {c.b, c.t, c.h, c.dk, c.dv}; }
+
+// The relative L2 tolerance of the bf16 (or f32) outputs out, dq, dk, dv on `path`; see the top of the file.
+double OutputTolerance(DType dtype, cuda::AttentionPath path) {
+  if (dtype == DType::kF32) return kF32Tol;
+  return path == cuda::AttentionPath::kSimt ? kBf16Tol : kTensorCoreTol;
+}
+
+std::string CaseName(const Case& c, DType dtype, cuda::AttentionPath path) {
   return "(B, T, H, Dk, Dv) = (" + std::to_string(c.b) + ", " + std::to_string(c.t) + ", " +
          std::to_string(c.h) + ", " + std::to_string(c.dk) + ", " + std::to_string(c.dv) + ") " +
-         std::string(DTypeName(dtype)) + (TensorCorePath(c, dtype) ? " tensor cores" : "");
+         std::string(DTypeName(dtype)) + " " + cuda::AttentionPathName(path);
 }
+
+// Skips the calling test, with cuDNN's reason, unless the cuDNN path accepts every case.
+#define FATHOM_REQUIRE_CUDNN_ATTENTION(cases)                                                           \
+  do {                                                                                                  \
+    for (const Case& c_ : (cases)) {                                                                    \
+      const absl::Status st_ = cuda::PrepareCudnnAttention(ShapeOf(c_));                                \
+      if (!st_.ok()) GTEST_SKIP() << "cuDNN attention not available for this shape: " << st_.message(); \
+    }                                                                                                   \
+  } while (0)
 
 size_t ArenaBytes(const Case& c) {
   const size_t qk = static_cast<size_t>(c.b * c.t * c.h * c.dk),
@@ -95,9 +119,9 @@ size_t ArenaBytes(const Case& c) {
   return 4 * (4 * qk + 4 * v + static_cast<size_t>(c.b * c.h * c.t)) + 16 * 256;
 }
 
-// Forward and backward of one case on the GPU against the f64 CPU twin.
-void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed) {
-  SCOPED_TRACE("seed " + std::to_string(seed) + " " + CaseName(c, dtype));
+// Forward and backward of one case on the GPU (on `path`) against the f64 CPU twin.
+void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed, cuda::AttentionPath path) {
+  SCOPED_TRACE("seed " + std::to_string(seed) + " " + CaseName(c, dtype, path));
   std::mt19937_64 rng(seed);
   const Shape qk_shape{c.b, c.t, c.h, c.dk}, v_shape{c.b, c.t, c.h, c.dv}, lse_shape{c.b, c.h, c.t};
   const Tensor q = RoundTo(RandomTensor(qk_shape, DType::kF64, rng), dtype);
@@ -105,12 +129,12 @@ void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed) {
   const Tensor v = RoundTo(RandomTensor(v_shape, DType::kF64, rng), dtype);
   const Tensor dout = RoundTo(RandomTensor(v_shape, DType::kF64, rng), dtype);
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.dk));
-  const double tol = OutputTolerance(c, dtype);
+  const double tol = OutputTolerance(dtype, path);
 
   cuda::DeviceArena arena("attention_test", ArenaBytes(c));
   const Tensor q_d = Upload(arena, q, dtype), k_d = Upload(arena, k, dtype), v_d = Upload(arena, v, dtype);
   const Tensor out_d = arena.Alloc(v_shape, dtype), lse_d = arena.Alloc(lse_shape, DType::kF32);
-  cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr);
+  cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr, path);
   const Tensor out = DownloadF64(out_d), lse = DownloadF64(lse_d);
 
   Tensor out_ref = Tensor::Empty(v_shape, DType::kF64), lse_ref = Tensor::Empty(lse_shape, DType::kF64);
@@ -123,7 +147,7 @@ void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed) {
   const Tensor dout_d = Upload(arena, dout, dtype);
   const Tensor dq_d = arena.Alloc(qk_shape, dtype), dk_d = arena.Alloc(qk_shape, dtype);
   const Tensor dv_d = arena.Alloc(v_shape, dtype);
-  cuda::CausalAttentionBackward(dq_d, dk_d, dv_d, dout_d, q_d, k_d, v_d, out_d, lse_d, scale, nullptr);
+  cuda::CausalAttentionBackward(dq_d, dk_d, dv_d, dout_d, q_d, k_d, v_d, out_d, lse_d, scale, nullptr, path);
   // The reference backward gets the GPU's saved out and lse, as the GPU backward does.
   Tensor dq_ref = Tensor::Empty(qk_shape, DType::kF64), dk_ref = Tensor::Empty(qk_shape, DType::kF64);
   Tensor dv_ref = Tensor::Empty(v_shape, DType::kF64);
@@ -139,7 +163,7 @@ void CheckAgainstCpu(const Case& c, DType dtype, uint64_t seed) {
   EXPECT_LT(e_dk, tol) << "dk";
   EXPECT_LT(e_dv, tol) << "dv";
   std::printf("  attention %s: rel err out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n",
-              CaseName(c, dtype).c_str(), e_out, e_lse, e_dq, e_dk, e_dv);
+              CaseName(c, dtype, path).c_str(), e_out, e_lse, e_dq, e_dk, e_dv);
 }
 
 const std::vector<Case>& Cases() {
@@ -155,13 +179,13 @@ const std::vector<Case>& Cases() {
 TEST(CudaAttention, ForwardBackwardMatchCpuF32) {
   FATHOM_REQUIRE_GPU();
   const uint64_t seed = TestSeed();
-  for (const Case& c : Cases()) CheckAgainstCpu(c, DType::kF32, seed);
+  for (const Case& c : Cases()) CheckAgainstCpu(c, DType::kF32, seed, cuda::AttentionPath::kSimt);
 }
 
 TEST(CudaAttention, ForwardBackwardMatchCpuBf16) {
   FATHOM_REQUIRE_GPU();
   const uint64_t seed = TestSeed();
-  for (const Case& c : Cases()) CheckAgainstCpu(c, DType::kBF16, seed);
+  for (const Case& c : Cases()) CheckAgainstCpu(c, DType::kBF16, seed, OwnPath(c, DType::kBF16));
 }
 
 // The tensor-core kernels (tiles: forward 128 queries x 64 keys, dK/dV 64 x 64, dQ 64 x 32) at every head-dim
@@ -177,7 +201,7 @@ TEST(CudaAttention, TensorCoreMatchesCpuBf16) {
   };
   for (const Case& c : cases) {
     ASSERT_TRUE(TensorCorePath(c, DType::kBF16));
-    CheckAgainstCpu(c, DType::kBF16, seed);
+    CheckAgainstCpu(c, DType::kBF16, seed, cuda::AttentionPath::kTensorCores);
   }
 }
 
@@ -197,31 +221,38 @@ TEST(CudaAttention, LongSequenceForwardMatchesCpu) {
   Tensor out_ref = Tensor::Empty(v_shape, DType::kF64), lse_ref = Tensor::Empty(lse_shape, DType::kF64);
   cpu::CausalAttentionForward(out_ref, lse_ref, q, k, v, scale);
   ASSERT_GT(Norm(out_ref), 0.0);
-  for (DType dtype : {DType::kF32, DType::kBF16}) {
-    SCOPED_TRACE(CaseName(c, dtype));
+  std::vector<std::pair<DType, cuda::AttentionPath>> runs = {
+      {DType::kF32, cuda::AttentionPath::kSimt}, {DType::kBF16, cuda::AttentionPath::kTensorCores}};
+  if (cuda::PrepareCudnnAttention(ShapeOf(c)).ok())
+    runs.push_back({DType::kBF16, cuda::AttentionPath::kCudnn});
+  for (auto [dtype, path] : runs) {
+    SCOPED_TRACE(CaseName(c, dtype, path));
     cuda::DeviceArena arena("attention_test", ArenaBytes(c));
     const Tensor q_d = Upload(arena, q, dtype), k_d = Upload(arena, k, dtype), v_d = Upload(arena, v, dtype);
     const Tensor out_d = arena.Alloc(v_shape, dtype), lse_d = arena.Alloc(lse_shape, DType::kF32);
-    cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr);
+    cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr, path);
     const double e_out = RelError(DownloadF64(out_d), out_ref), e_lse = RelError(DownloadF64(lse_d), lse_ref);
-    EXPECT_LT(e_out, OutputTolerance(c, dtype)) << "out";
+    EXPECT_LT(e_out, OutputTolerance(dtype, path)) << "out";
     EXPECT_LT(e_lse, kF32Tol) << "lse";
-    std::printf("  attention %s: rel err out %.2e lse %.2e\n", CaseName(c, dtype).c_str(), e_out, e_lse);
+    std::printf("  attention %s: rel err out %.2e lse %.2e\n", CaseName(c, dtype, path).c_str(), e_out,
+                e_lse);
   }
 }
 
 // Changing keys and values at positions >= t0 leaves out, lse and dq of rows < t0 bitwise unchanged; changing
 // queries and dout at rows < t0 leaves dk and dv of keys >= t0 bitwise unchanged (masked entries contribute
 // exact zeros). t0 = 77 is inside a tile, so masking within a tile is exercised. Also: the backward run twice
-// gives bitwise-identical gradients (no atomics). Dk 192 / Dv 128 bf16: the tensor-core kernels.
-TEST(CudaAttention, CausalAndDeterministic) {
-  FATHOM_REQUIRE_GPU();
+// gives bitwise-identical gradients (no atomics). Dk 192 / Dv 128 bf16. cuDNN accumulates dq with f32
+// atomics, so on that path dq is compared within one bf16 rounding (2^-8 relative, see the top) instead of
+// bitwise, in both checks that involve it.
+void CheckCausalAndDeterministic(cuda::AttentionPath path) {
   const uint64_t seed = TestSeed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
+  SCOPED_TRACE("seed " + std::to_string(seed) + " " + cuda::AttentionPathName(path));
   std::mt19937_64 rng(seed);
   const Case c{2, 150, 3, 192, 128};
   const int64_t t0 = 77;
   const DType dtype = DType::kBF16;
+  const bool dq_bitwise = path != cuda::AttentionPath::kCudnn;
   const Shape qk_shape{c.b, c.t, c.h, c.dk}, v_shape{c.b, c.t, c.h, c.dv}, lse_shape{c.b, c.h, c.t};
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.dk));
   Tensor q = RandomTensor(qk_shape, DType::kF64, rng), k = RandomTensor(qk_shape, DType::kF64, rng);
@@ -240,8 +271,9 @@ TEST(CudaAttention, CausalAndDeterministic) {
     r.dq = arena.Alloc(qk_shape, dtype);
     r.dk = arena.Alloc(qk_shape, dtype);
     r.dv = arena.Alloc(v_shape, dtype);
-    cuda::CausalAttentionForward(r.out, r.lse, q_d, k_d, v_d, scale, nullptr);
-    cuda::CausalAttentionBackward(r.dq, r.dk, r.dv, dout_d, q_d, k_d, v_d, r.out, r.lse, scale, nullptr);
+    cuda::CausalAttentionForward(r.out, r.lse, q_d, k_d, v_d, scale, nullptr, path);
+    cuda::CausalAttentionBackward(r.dq, r.dk, r.dv, dout_d, q_d, k_d, v_d, r.out, r.lse, scale, nullptr,
+                                  path);
     return r;
   };
   // Rows [begin, end) along T of a (B, T, H, D) or (B, H, T) device tensor, as raw host bytes.
@@ -271,14 +303,29 @@ TEST(CudaAttention, CausalAndDeterministic) {
   const Run base = run(q, k, v, dout);
   const Run again = run(q, k, v, dout);
   EXPECT_TRUE(BitwiseEqual(base.out, again.out));
-  EXPECT_TRUE(BitwiseEqual(base.dq, again.dq));
+  if (dq_bitwise) {
+    EXPECT_TRUE(BitwiseEqual(base.dq, again.dq));
+  } else {
+    EXPECT_LT(testing::RelError(DownloadF64(again.dq), DownloadF64(base.dq)), kBf16Tol);
+  }
   EXPECT_TRUE(BitwiseEqual(base.dk, again.dk));
   EXPECT_TRUE(BitwiseEqual(base.dv, again.dv));
 
   const Run future = run(q, perturb(k.Clone(), t0, c.t), perturb(v.Clone(), t0, c.t), dout);
   EXPECT_TRUE(rows(base.out, false, 0, t0) == rows(future.out, false, 0, t0));
   EXPECT_TRUE(rows(base.lse, true, 0, t0) == rows(future.lse, true, 0, t0));
-  EXPECT_TRUE(rows(base.dq, false, 0, t0) == rows(future.dq, false, 0, t0));
+  if (dq_bitwise) {
+    EXPECT_TRUE(rows(base.dq, false, 0, t0) == rows(future.dq, false, 0, t0));
+  } else {
+    const Tensor a = DownloadF64(base.dq), b = DownloadF64(future.dq);
+    double d2 = 0, n2 = 0;
+    for (int64_t bi = 0; bi < c.b; ++bi)
+      for (int64_t i = bi * c.t * c.h * c.dk; i < (bi * c.t + t0) * c.h * c.dk; ++i) {
+        d2 += (a.Item(i) - b.Item(i)) * (a.Item(i) - b.Item(i));
+        n2 += b.Item(i) * b.Item(i);
+      }
+    EXPECT_LT(std::sqrt(d2 / n2), kBf16Tol) << "dq of rows < t0 moved with future keys";
+  }
   EXPECT_FALSE(rows(base.out, false, t0, c.t) == rows(future.out, false, t0, c.t))
       << "perturbation had no effect";
 
@@ -286,6 +333,76 @@ TEST(CudaAttention, CausalAndDeterministic) {
   EXPECT_TRUE(rows(base.dk, false, t0, c.t) == rows(past.dk, false, t0, c.t));
   EXPECT_TRUE(rows(base.dv, false, t0, c.t) == rows(past.dv, false, t0, c.t));
   EXPECT_FALSE(rows(base.dk, false, 0, t0) == rows(past.dk, false, 0, t0)) << "perturbation had no effect";
+}
+
+TEST(CudaAttention, CausalAndDeterministic) {
+  FATHOM_REQUIRE_GPU();
+  CheckCausalAndDeterministic(cuda::AttentionPath::kTensorCores);
+}
+
+// ---- cuDNN's fused SDPA (attention_cudnn.h)
+
+// The benchmark's head dims at sequence lengths that are and are not multiples of cuDNN's tiles, one token,
+// and B, H > 1; plus 128/128 heads.
+TEST(CudaAttention, CudnnMatchesCpuBf16) {
+  FATHOM_REQUIRE_GPU();
+  const std::vector<Case> cases = {{2, 77, 3, 192, 128},
+                                   {1, 300, 2, 192, 128},
+                                   {2, 256, 2, 192, 128},
+                                   {1, 1, 1, 192, 128},
+                                   {2, 130, 2, 128, 128}};
+  FATHOM_REQUIRE_CUDNN_ATTENTION(cases);
+  const uint64_t seed = TestSeed();
+  for (const Case& c : cases) {
+    std::printf("  %s\n", cuda::DescribeAttentionPath(DType::kBF16, ShapeOf(c)).c_str());
+    CheckAgainstCpu(c, DType::kBF16, seed, cuda::AttentionPath::kCudnn);
+  }
+}
+
+TEST(CudaAttention, CudnnCausalAndDeterministic) {
+  FATHOM_REQUIRE_GPU();
+  const std::vector<Case> cases = {{2, 150, 3, 192, 128}};
+  FATHOM_REQUIRE_CUDNN_ATTENTION(cases);
+  CheckCausalAndDeterministic(cuda::AttentionPath::kCudnn);
+}
+
+// The two paths share the lse convention: a cuDNN forward feeds the own backward and the own forward feeds
+// cuDNN's backward, each within the tensor-core tolerance of the CPU backward on the same saved out and lse.
+TEST(CudaAttention, CudnnAndOwnKernelsShareSavedStatistics) {
+  FATHOM_REQUIRE_GPU();
+  const Case c{2, 200, 2, 192, 128};
+  const std::vector<Case> cases = {c};
+  FATHOM_REQUIRE_CUDNN_ATTENTION(cases);
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const DType dt = DType::kBF16;
+  const Shape qk_shape{c.b, c.t, c.h, c.dk}, v_shape{c.b, c.t, c.h, c.dv}, lse_shape{c.b, c.h, c.t};
+  const Tensor q = RoundTo(RandomTensor(qk_shape, DType::kF64, rng), dt);
+  const Tensor k = RoundTo(RandomTensor(qk_shape, DType::kF64, rng), dt);
+  const Tensor v = RoundTo(RandomTensor(v_shape, DType::kF64, rng), dt);
+  const Tensor dout = RoundTo(RandomTensor(v_shape, DType::kF64, rng), dt);
+  const double scale = 0.07;
+  cuda::DeviceArena arena("attention_test", 2 * ArenaBytes(c));
+  const Tensor q_d = Upload(arena, q, dt), k_d = Upload(arena, k, dt), v_d = Upload(arena, v, dt);
+  const Tensor dout_d = Upload(arena, dout, dt);
+  using P = cuda::AttentionPath;
+  for (auto [fwd, bwd] : {std::pair{P::kCudnn, P::kTensorCores}, std::pair{P::kTensorCores, P::kCudnn}}) {
+    SCOPED_TRACE(std::string("forward ") + cuda::AttentionPathName(fwd) + ", backward " +
+                 cuda::AttentionPathName(bwd));
+    const Tensor out_d = arena.Alloc(v_shape, dt), lse_d = arena.Alloc(lse_shape, DType::kF32);
+    cuda::CausalAttentionForward(out_d, lse_d, q_d, k_d, v_d, scale, nullptr, fwd);
+    const Tensor dq_d = arena.Alloc(qk_shape, dt), dk_d = arena.Alloc(qk_shape, dt),
+                 dv_d = arena.Alloc(v_shape, dt);
+    cuda::CausalAttentionBackward(dq_d, dk_d, dv_d, dout_d, q_d, k_d, v_d, out_d, lse_d, scale, nullptr, bwd);
+    const Tensor out = DownloadF64(out_d), lse = DownloadF64(lse_d);
+    Tensor dq_ref = Tensor::Empty(qk_shape, DType::kF64), dk_ref = Tensor::Empty(qk_shape, DType::kF64);
+    Tensor dv_ref = Tensor::Empty(v_shape, DType::kF64);
+    cpu::CausalAttentionBackward(dq_ref, dk_ref, dv_ref, dout, q, k, v, out, lse, scale);
+    EXPECT_LT(RelError(DownloadF64(dq_d), dq_ref), kTensorCoreTol) << "dq";
+    EXPECT_LT(RelError(DownloadF64(dk_d), dk_ref), kTensorCoreTol) << "dk";
+    EXPECT_LT(RelError(DownloadF64(dv_d), dv_ref), kTensorCoreTol) << "dv";
+  }
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 // Causal attention on the GPU (framework/kernels/cuda/attention.h), forward and backward:
-//   - the model's shape, B 2, T 4096, H 16, Dk 192, Dv 128, bf16 (the tensor-core path);
+//   - the model's shape, B 2, T 4096, H 16, Dk 192, Dv 128, bf16, on cuDNN's fused SDPA (when this build
+//     has cuDNN and it accepts the shape; otherwise the benchmark reports the reason and skips) and on
+//     fathom's own tensor-core kernels;
 //   - the f32 SIMT path at T 1024, for reference.
 // Each iteration times one call between two CUDA events (manual time), after warm-up calls. The TFLOP/s
 // counter counts causal FLOPs: forward 2 B H (T^2 / 2) (Dk + Dv), backward 2.5 x the forward (the convention
@@ -14,6 +16,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/status/status.h"
 #include "framework/cuda/check.h"
 #include "framework/cuda/device_arena.h"
 #include "framework/kernels/cuda/attention.h"
@@ -42,14 +45,17 @@ class AttentionData {
     dk_ = arena_.Alloc(qk, p.dtype);
     dv_ = arena_.Alloc(v, p.dtype);
     scale_ = 1.0 / std::sqrt(static_cast<double>(p.dk));
-    Forward();
+    Forward(p.dtype == DType::kF32 ? cuda::AttentionPath::kSimt : cuda::AttentionPath::kTensorCores);
     FATHOM_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
-  void Forward() const { cuda::CausalAttentionForward(out_, lse_, q_, k_, v_, scale_, nullptr); }
-  void Backward() const {
-    cuda::CausalAttentionBackward(dq_, dk_, dv_, dout_, q_, k_, v_, out_, lse_, scale_, nullptr);
+  void Forward(cuda::AttentionPath path) const {
+    cuda::CausalAttentionForward(out_, lse_, q_, k_, v_, scale_, nullptr, path);
   }
+  void Backward(cuda::AttentionPath path) const {
+    cuda::CausalAttentionBackward(dq_, dk_, dv_, dout_, q_, k_, v_, out_, lse_, scale_, nullptr, path);
+  }
+  cuda::AttentionShape shape() const { return {p_.b, p_.t, p_.h, p_.dk, p_.dv}; }
   double ForwardFlops() const {
     return 2.0 * static_cast<double>(p_.b * p_.h) * (static_cast<double>(p_.t) * p_.t / 2) *
            static_cast<double>(p_.dk + p_.dv);
@@ -122,27 +128,50 @@ void TimeCalls(benchmark::State& state, double flops, const Call& call) {
 
 void BM_AttentionForwardBf16(benchmark::State& state) {
   const AttentionData& d = ModelShapeBf16();
-  state.SetLabel(d.Label("tensor cores"));
-  TimeCalls(state, d.ForwardFlops(), [&] { d.Forward(); });
+  state.SetLabel(d.Label("own tensor cores"));
+  TimeCalls(state, d.ForwardFlops(), [&] { d.Forward(cuda::AttentionPath::kTensorCores); });
 }
 void BM_AttentionBackwardBf16(benchmark::State& state) {
   const AttentionData& d = ModelShapeBf16();
-  state.SetLabel(d.Label("tensor cores"));
-  TimeCalls(state, 2.5 * d.ForwardFlops(), [&] { d.Backward(); });
+  state.SetLabel(d.Label("own tensor cores"));
+  TimeCalls(state, 2.5 * d.ForwardFlops(), [&] { d.Backward(cuda::AttentionPath::kTensorCores); });
+}
+// cuDNN: plans are built by PrepareCudnnAttention before the timed calls (the 3 warm-up calls too).
+void BM_AttentionForwardBf16Cudnn(benchmark::State& state) {
+  const AttentionData& d = ModelShapeBf16();
+  const absl::Status ready = cuda::PrepareCudnnAttention(d.shape());
+  if (!ready.ok()) {
+    state.SkipWithError(std::string(ready.message()).c_str());
+    return;
+  }
+  state.SetLabel(d.Label(cuda::CudnnAttentionSummary(d.shape()).c_str()));
+  TimeCalls(state, d.ForwardFlops(), [&] { d.Forward(cuda::AttentionPath::kCudnn); });
+}
+void BM_AttentionBackwardBf16Cudnn(benchmark::State& state) {
+  const AttentionData& d = ModelShapeBf16();
+  const absl::Status ready = cuda::PrepareCudnnAttention(d.shape());
+  if (!ready.ok()) {
+    state.SkipWithError(std::string(ready.message()).c_str());
+    return;
+  }
+  state.SetLabel(d.Label("cuDNN"));
+  TimeCalls(state, 2.5 * d.ForwardFlops(), [&] { d.Backward(cuda::AttentionPath::kCudnn); });
 }
 void BM_AttentionForwardF32(benchmark::State& state) {
   const AttentionData& d = ReferenceF32();
   state.SetLabel(d.Label("SIMT"));
-  TimeCalls(state, d.ForwardFlops(), [&] { d.Forward(); });
+  TimeCalls(state, d.ForwardFlops(), [&] { d.Forward(cuda::AttentionPath::kSimt); });
 }
 void BM_AttentionBackwardF32(benchmark::State& state) {
   const AttentionData& d = ReferenceF32();
   state.SetLabel(d.Label("SIMT"));
-  TimeCalls(state, 2.5 * d.ForwardFlops(), [&] { d.Backward(); });
+  TimeCalls(state, 2.5 * d.ForwardFlops(), [&] { d.Backward(cuda::AttentionPath::kSimt); });
 }
 
 BENCHMARK(BM_AttentionForwardBf16)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_AttentionBackwardBf16)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_AttentionForwardBf16Cudnn)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_AttentionBackwardBf16Cudnn)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_AttentionForwardF32)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_AttentionBackwardF32)->UseManualTime()->Unit(benchmark::kMillisecond);
 

@@ -96,7 +96,8 @@ TEST_P(Golden, MatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, Golden,
-                         ::testing::Combine(::testing::Values("yarn_nolora", "lora_groups"),
+                         ::testing::Combine(::testing::Values("yarn_nolora", "lora_groups", "moe_all_odd",
+                                                              "dense2_eps"),
                                             ::testing::Values(DType::kF32, DType::kF64)),
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_" +

@@ -27,25 +27,107 @@ __device__ __forceinline__ Chunk ReadChunk(const int64_t* list, int64_t c) {
   return {list[2 * c], packed >> 1, (packed & 1) != 0};
 }
 
-// One block per chunk. The expression order is optim/adamw.cc's UpdateRun, operation for operation; the
-// _rn intrinsics forbid nvcc's default fused multiply-adds, which the CPU build does not use either.
+// The AdamW arithmetic of one element. The expression order is optim/adamw.cc's UpdateRun, operation for
+// operation; the _rn intrinsics forbid nvcc's default fused multiply-adds, which the CPU build does not use
+// either. `g` arrives clipped (ClipGradients' one f32 product). Returns the new value; m and v are updated.
+__device__ __forceinline__ float AdamWElement(float p, float g, float& m, float& v, bool decay,
+                                              const AdamWCoeffs& c) {
+  m = __fadd_rn(__fmul_rn(c.beta1, m), __fmul_rn(c.one_minus_beta1, g));
+  v = __fadd_rn(__fmul_rn(c.beta2, v), __fmul_rn(__fmul_rn(c.one_minus_beta2, g), g));
+  if (decay) p = __fmul_rn(p, c.decay_factor);
+  const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), c.inv_sqrt_bc2), c.eps);
+  return __fsub_rn(p, __fmul_rn(c.step_size, __fdiv_rn(m, denom)));
+}
+
+// Four consecutive moments (16-byte f32 or 8-byte bf16 accesses; REQUIRES the index a multiple of 4).
+__device__ __forceinline__ void LoadMoments4(const float* p, int64_t i, float out[4]) {
+  const float4 x = *reinterpret_cast<const float4*>(p + i);
+  out[0] = x.x, out[1] = x.y, out[2] = x.z, out[3] = x.w;
+}
+__device__ __forceinline__ void LoadMoments4(const uint16_t* p, int64_t i, float out[4]) {
+  const uint2 x = *reinterpret_cast<const uint2*>(p + i);
+  out[0] = Bf16BitsToFloat(static_cast<uint16_t>(x.x & 0xFFFFu));
+  out[1] = Bf16BitsToFloat(static_cast<uint16_t>(x.x >> 16));
+  out[2] = Bf16BitsToFloat(static_cast<uint16_t>(x.y & 0xFFFFu));
+  out[3] = Bf16BitsToFloat(static_cast<uint16_t>(x.y >> 16));
+}
+__device__ __forceinline__ void StoreMoments4(float* p, int64_t i, const float in[4]) {
+  *reinterpret_cast<float4*>(p + i) = make_float4(in[0], in[1], in[2], in[3]);
+}
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  return static_cast<uint32_t>(FloatToBf16Bits(lo)) | (static_cast<uint32_t>(FloatToBf16Bits(hi)) << 16);
+}
+__device__ __forceinline__ void StoreMoments4(uint16_t* p, int64_t i, const float in[4]) {
+  *reinterpret_cast<uint2*>(p + i) = make_uint2(PackBf16(in[0], in[1]), PackBf16(in[2], in[3]));
+}
+
+// Where the fused step writes besides values and moments.
+struct FusedOutputs {
+  uint16_t* compute;  // bf16 compute copy (table_numel), or null: not refreshed
+  bool zero_grads;    // grads of the updated elements set to 0 after they were read
+};
+
+// Rounds of kUnroll float4 groups per thread before their stores: every load of a round is issued before
+// the first arithmetic, so each thread keeps 4 x (16 + 16 + 2 x moment) bytes in flight.
+constexpr int kUnroll = 4;
+
+// The fused optimizer pass over the chunk list: blocks stride over the chunks (a grid sized to fill the
+// device, not one block per chunk). Per element: clip, AdamW, compute-copy refresh, gradient zeroing; the
+// values, grads and compute copy are read and written once. Chunks whose flat and moment offsets are
+// multiples of 4 (all of them on one GPU: ParamTable aligns tensors to 16 elements) take 16-byte accesses;
+// others (ZeRO shards starting mid-vector) and the tail of a chunk run element by element, with the same
+// arithmetic.
 template <class M>
-__global__ void AdamWKernel(float* values, M* exp_avg, M* exp_avg_sq, const float* grads, const int64_t* list,
-                            int64_t range_begin, AdamWCoeffs c) {
-  const Chunk ch = ReadChunk(list, blockIdx.x);
-  for (int64_t j = threadIdx.x; j < ch.length; j += blockDim.x) {
-    const int64_t i = ch.begin + j, local = i - range_begin;
-    const float g = grads[i];
-    const float m =
-        __fadd_rn(__fmul_rn(c.beta1, LoadMoment(exp_avg, local)), __fmul_rn(c.one_minus_beta1, g));
-    const float v = __fadd_rn(__fmul_rn(c.beta2, LoadMoment(exp_avg_sq, local)),
-                              __fmul_rn(__fmul_rn(c.one_minus_beta2, g), g));
-    StoreMoment(exp_avg, local, m);
-    StoreMoment(exp_avg_sq, local, v);
-    float p = values[i];
-    if (ch.decay) p = __fmul_rn(p, c.decay_factor);
-    const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), c.inv_sqrt_bc2), c.eps);
-    values[i] = __fsub_rn(p, __fmul_rn(c.step_size, __fdiv_rn(m, denom)));
+__global__ void __launch_bounds__(kThreads)
+    FusedAdamWKernel(float* __restrict__ values, M* __restrict__ exp_avg, M* __restrict__ exp_avg_sq,
+                     float* __restrict__ grads, const int64_t* __restrict__ list, int64_t count,
+                     int64_t range_begin, AdamWCoeffs c, float clip, FusedOutputs out) {
+  for (int64_t chunk = blockIdx.x; chunk < count; chunk += gridDim.x) {
+    const Chunk ch = ReadChunk(list, chunk);
+    const int64_t local0 = ch.begin - range_begin;
+    const bool vector = ch.begin % 4 == 0 && local0 % 4 == 0;
+    const int64_t n4 = vector ? ch.length / 4 : 0;
+    for (int64_t base = threadIdx.x; base < n4; base += kUnroll * kThreads) {
+      float g[kUnroll][4], p[kUnroll][4], m[kUnroll][4], v[kUnroll][4];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = 4 * (base + u * kThreads);
+        if (base + u * kThreads < n4) {
+          const float4 gv = *reinterpret_cast<const float4*>(grads + ch.begin + j);
+          const float4 pv = *reinterpret_cast<const float4*>(values + ch.begin + j);
+          g[u][0] = gv.x, g[u][1] = gv.y, g[u][2] = gv.z, g[u][3] = gv.w;
+          p[u][0] = pv.x, p[u][1] = pv.y, p[u][2] = pv.z, p[u][3] = pv.w;
+          LoadMoments4(exp_avg, local0 + j, m[u]);
+          LoadMoments4(exp_avg_sq, local0 + j, v[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = 4 * (base + u * kThreads);
+        if (base + u * kThreads >= n4) continue;
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          p[u][e] = AdamWElement(p[u][e], __fmul_rn(g[u][e], clip), m[u][e], v[u][e], ch.decay, c);
+        StoreMoments4(exp_avg, local0 + j, m[u]);
+        StoreMoments4(exp_avg_sq, local0 + j, v[u]);
+        *reinterpret_cast<float4*>(values + ch.begin + j) = make_float4(p[u][0], p[u][1], p[u][2], p[u][3]);
+        if (out.compute != nullptr)
+          *reinterpret_cast<uint2*>(out.compute + ch.begin + j) =
+              make_uint2(PackBf16(p[u][0], p[u][1]), PackBf16(p[u][2], p[u][3]));
+        if (out.zero_grads)
+          *reinterpret_cast<float4*>(grads + ch.begin + j) = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+    for (int64_t j = 4 * n4 + threadIdx.x; j < ch.length; j += kThreads) {
+      const int64_t i = ch.begin + j, local = local0 + j;
+      float m = LoadMoment(exp_avg, local), v = LoadMoment(exp_avg_sq, local);
+      const float p = AdamWElement(values[i], __fmul_rn(grads[i], clip), m, v, ch.decay, c);
+      StoreMoment(exp_avg, local, m);
+      StoreMoment(exp_avg_sq, local, v);
+      values[i] = p;
+      if (out.compute != nullptr) out.compute[i] = FloatToBf16Bits(p);
+      if (out.zero_grads) grads[i] = 0.f;
+    }
   }
 }
 
@@ -61,12 +143,20 @@ __device__ double BlockSum(double x) {
   return partial[0];
 }
 
-// Pass 1: block b sums chunks b, b + gridDim.x, ... into partials[b].
-__global__ void NormPartialsKernel(double* partials, const float* grads, const int64_t* list, int64_t count) {
+// Pass 1: block b sums chunks b, b + gridDim.x, ... into partials[b] (16-byte loads where the chunk start
+// allows; which thread adds which element depends only on the chunk list, so the sum is reproducible).
+__global__ void NormPartialsKernel(double* partials, const float* __restrict__ grads, const int64_t* list,
+                                   int64_t count) {
   double sum = 0.0;
   for (int64_t c = blockIdx.x; c < count; c += gridDim.x) {
     const Chunk ch = ReadChunk(list, c);
-    for (int64_t j = threadIdx.x; j < ch.length; j += blockDim.x) {
+    const int64_t n4 = ch.begin % 4 == 0 ? ch.length / 4 : 0;
+    for (int64_t j = threadIdx.x; j < n4; j += blockDim.x) {
+      const float4 g = *reinterpret_cast<const float4*>(grads + ch.begin + 4 * j);
+      const double a = g.x, b = g.y, d = g.z, e = g.w;
+      sum += a * a + b * b + d * d + e * e;
+    }
+    for (int64_t j = 4 * n4 + threadIdx.x; j < ch.length; j += blockDim.x) {
       const double g = grads[ch.begin + j];
       sum += g * g;
     }
@@ -98,6 +188,19 @@ void CheckFlat(const char* op, const Tensor& t, const char* name, DType dtype, i
 
 // The chunk count fits one grid dimension (2^31 - 1 blocks: 8.8e12 elements).
 unsigned ChunkGrid(const ParamChunks& chunks) { return static_cast<unsigned>(chunks.count()); }
+
+// Blocks that keep every multiprocessor full (kThreads-thread blocks, 2048 threads per SM on Hopper) for a
+// kernel that strides over `count` chunks; never more blocks than chunks.
+unsigned FillingGrid(int64_t count) {
+  static const int sms = [] {
+    int device = 0, n = 0;
+    FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+    FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    return n;
+  }();
+  const int64_t blocks = static_cast<int64_t>(sms) * (2048 / kThreads);
+  return static_cast<unsigned>(std::min(count, blocks));
+}
 
 }  // namespace
 
@@ -141,28 +244,41 @@ AdamWCoeffs MakeAdamWCoeffs(const OptimConfig& cfg, double lr, int64_t step) {
           static_cast<float>(lr / bc1),  static_cast<float>(1.0 / std::sqrt(bc2))};
 }
 
-void AdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& grads,
-               const ParamChunks& chunks, const AdamWCoeffs& coeffs, Stream stream) {
-  const char* op = "adamw_cuda";
+void FusedAdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                    const Tensor& grads, const Tensor& compute, const ParamChunks& chunks,
+                    const AdamWCoeffs& coeffs, double clip_scale, bool zero_grads, Stream stream) {
+  const char* op = "fused_adamw_cuda";
   CheckFlat(op, values, "values", DType::kF32, chunks.table_numel());
   CheckFlat(op, grads, "grads", DType::kF32, chunks.table_numel());
+  if (compute.defined()) CheckFlat(op, compute, "compute copy", DType::kBF16, chunks.table_numel());
   const DType md = exp_avg.dtype();
   FATHOM_CHECK(md == DType::kF32 || md == DType::kBF16, "[", op, "] moments must be f32 or bf16, got ",
                DTypeName(md));
   CheckFlat(op, exp_avg, "exp_avg", md, chunks.end() - chunks.begin());
   CheckFlat(op, exp_avg_sq, "exp_avg_sq", md, chunks.end() - chunks.begin());
+  for (const Tensor* t : {&values, &grads, &exp_avg, &exp_avg_sq, &compute})
+    FATHOM_CHECK(!t->defined() || reinterpret_cast<uintptr_t>(t->raw()) % 16 == 0, "[", op,
+                 "] buffers must be 16-byte aligned, got ", t->raw());
   if (chunks.count() == 0) return;
+  const FusedOutputs out{compute.defined() ? static_cast<uint16_t*>(compute.raw()) : nullptr, zero_grads};
+  const unsigned grid = FillingGrid(chunks.count());
+  const float clip = static_cast<float>(clip_scale);
   const int64_t* list = chunks.list().data<int64_t>();
   if (md == DType::kF32) {
-    AdamWKernel<<<ChunkGrid(chunks), kThreads, 0, stream>>>(values.data<float>(), exp_avg.data<float>(),
-                                                            exp_avg_sq.data<float>(), grads.data<float>(),
-                                                            list, chunks.begin(), coeffs);
+    FusedAdamWKernel<<<grid, kThreads, 0, stream>>>(values.data<float>(), exp_avg.data<float>(),
+                                                    exp_avg_sq.data<float>(), grads.data<float>(), list,
+                                                    chunks.count(), chunks.begin(), coeffs, clip, out);
   } else {
-    AdamWKernel<<<ChunkGrid(chunks), kThreads, 0, stream>>>(
+    FusedAdamWKernel<<<grid, kThreads, 0, stream>>>(
         values.data<float>(), static_cast<uint16_t*>(exp_avg.raw()), static_cast<uint16_t*>(exp_avg_sq.raw()),
-        grads.data<float>(), list, chunks.begin(), coeffs);
+        grads.data<float>(), list, chunks.count(), chunks.begin(), coeffs, clip, out);
   }
   FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void AdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& grads,
+               const ParamChunks& chunks, const AdamWCoeffs& coeffs, Stream stream) {
+  FusedAdamWStep(values, exp_avg, exp_avg_sq, grads, Tensor(), chunks, coeffs, 1.0, false, stream);
 }
 
 void GradNormSquared(const Tensor& out, const Tensor& grads, const ParamChunks& chunks, Stream stream) {

@@ -10,8 +10,18 @@
 //
 // The work list (ParamChunks) is built once at start-up from the table's specs: every trainable
 // parameter's elements inside the range, cut into chunks of at most kParamChunkElements, each chunk
-// carrying its parameter's weight-decay flag. One thread block handles one chunk, so one launch covers all
-// parameters, whatever their sizes, with coalesced accesses and no per-element segment search.
+// carrying its parameter's weight-decay flag. One launch covers all parameters, whatever their sizes: the
+// update and the norm run a device-filling grid of blocks that stride over the chunks (16-byte accesses
+// wherever a chunk's offsets allow), with no per-element segment search.
+//
+// The fused step (FusedAdamWStep) is the optimizer's one pass over memory: per element it reads the
+// gradient, the master value and both moments once and writes the value, the moments, optionally the bf16
+// compute copy (ParamTable's, rounded as RefreshComputeValues rounds) and optionally a zero into the
+// gradient, applying the clip factor on the way. Bytes per element: 4 + 4 + 2 m (read) + 4 + 2 m (write)
+// + 2 (compute copy) + 4 (zeroed gradient), m = moment bytes; with the norm's read of the gradients, 30
+// bytes per element for bf16 moments (ZeroOptimizer::StepTraffic in parallel/zero.h counts them for
+// `fathom bench`). Measured on an H200 (tests/gpu_bench/adamw_bench.cc, 512M elements, bf16 moments): norm +
+// fused pass 4.19 ms = 3.85 TB/s, 1.12x the 4.3 TB/s floor; the five unfused passes 6.45 ms.
 //
 // Numerics: the AdamW arithmetic runs in f32 with the operations and the order of optim/adamw.cc (explicit
 // round-to-nearest intrinsics, no fused multiply-adds), and the per-step coefficients are computed on the
@@ -75,9 +85,21 @@ struct AdamWCoeffs {
 };
 AdamWCoeffs MakeAdamWCoeffs(const OptimConfig& cfg, double lr, int64_t step);
 
-// One AdamW update of every trainable element of the chunks' range (optim/adamw.h's formula).
-// values (table_numel) f32 updated; exp_avg, exp_avg_sq (end - begin) f32 or bf16 (one dtype) updated;
-// grads (table_numel) f32 read only.
+// One AdamW update of every trainable element of the chunks' range (optim/adamw.h's formula), fused with
+// clipping, the compute copy's refresh and gradient zeroing:
+//   g = float(grads[i]) * float(clip_scale)  (bitwise ScaleGrads(clip_scale) followed by AdamWStep, also
+//                                             for clip_scale 1, where the product is exact)
+//   values[i], exp_avg, exp_avg_sq updated as AdamWStep does;
+//   compute[i] = bf16(values[i]) (round to nearest even) when `compute` is defined ((table_numel) bf16);
+//   grads[i] = 0 when zero_grads.
+// Elements outside the chunks (padding, non-trainable buffers, other shards) are not touched in any
+// buffer. values, grads, compute (table_numel) and the moments (end - begin) must be 16-byte aligned.
+void FusedAdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                    const Tensor& grads, const Tensor& compute, const ParamChunks& chunks,
+                    const AdamWCoeffs& coeffs, double clip_scale, bool zero_grads, Stream stream);
+
+// FusedAdamWStep without clipping, refresh or zeroing: values (table_numel) f32 updated; exp_avg,
+// exp_avg_sq (end - begin) f32 or bf16 (one dtype) updated; grads (table_numel) f32 read only.
 void AdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& grads,
                const ParamChunks& chunks, const AdamWCoeffs& coeffs, Stream stream);
 

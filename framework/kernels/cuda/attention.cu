@@ -509,12 +509,65 @@ void MmaBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Ten
 
 }  // namespace
 
+const char* AttentionPathName(AttentionPath path) {
+  switch (path) {
+    case AttentionPath::kCudnn:
+      return "cuDNN fused SDPA";
+    case AttentionPath::kTensorCores:
+      return "own tensor-core kernels";
+    case AttentionPath::kSimt:
+      return "SIMT";
+  }
+  return "?";
+}
+
+bool AttentionPathSupports(AttentionPath path, DType dtype, const AttentionShape& shape) {
+  switch (path) {
+    case AttentionPath::kCudnn:
+      return dtype == DType::kBF16 && PrepareCudnnAttention(shape).ok();
+    case AttentionPath::kTensorCores:
+      return UsesTensorCores(dtype, static_cast<int>(shape.dk), static_cast<int>(shape.dv));
+    case AttentionPath::kSimt:
+      return true;
+  }
+  return false;
+}
+
+AttentionPath SelectAttentionPath(DType dtype, const AttentionShape& shape) {
+  if (AttentionPathSupports(AttentionPath::kCudnn, dtype, shape)) return AttentionPath::kCudnn;
+  if (AttentionPathSupports(AttentionPath::kTensorCores, dtype, shape)) return AttentionPath::kTensorCores;
+  return AttentionPath::kSimt;
+}
+
+std::string DescribeAttentionPath(DType dtype, const AttentionShape& shape) {
+  std::string line = "attention " + AttentionShapeName(shape) + " " + std::string(DTypeName(dtype)) + ": ";
+  const AttentionPath path = SelectAttentionPath(dtype, shape);
+  if (path == AttentionPath::kCudnn) return line + CudnnAttentionSummary(shape);
+  line += AttentionPathName(path);
+  if (dtype == DType::kBF16)
+    line += " (cuDNN not used: " + std::string(PrepareCudnnAttention(shape).message()) + ")";
+  return line;
+}
+
 void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                             const Tensor& v, double scale, Stream stream) {
   const Dims d = CheckAttention("causal_attention_cuda", q, k, v, out, lse);
   if (d.t == 0 || d.b * d.h == 0) return;
+  CausalAttentionForward(out, lse, q, k, v, scale, stream,
+                         SelectAttentionPath(q.dtype(), {d.b, d.t, d.h, d.dk, d.dv}));
+}
+
+void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                            const Tensor& v, double scale, Stream stream, AttentionPath path) {
+  const Dims d = CheckAttention("causal_attention_cuda", q, k, v, out, lse);
+  if (d.t == 0 || d.b * d.h == 0) return;
+  FATHOM_CHECK(AttentionPathSupports(path, q.dtype(), {d.b, d.t, d.h, d.dk, d.dv}),
+               "[causal_attention_cuda] ", AttentionPathName(path), " cannot run ", q.shape_str(), " ",
+               DTypeName(q.dtype()));
   const float sc = static_cast<float>(scale);
-  if (UsesTensorCores(q.dtype(), d.dk, d.dv)) {
+  if (path == AttentionPath::kCudnn) {
+    CudnnAttentionForward(out, lse, q, k, v, scale, stream);
+  } else if (path == AttentionPath::kTensorCores) {
     CheckMmaOperands("causal_attention_cuda", d, {&out, &q, &k, &v});
     MmaForward(out, lse, q, k, v, d, sc, stream);
   } else if (q.dtype() == DType::kF32) {
@@ -527,6 +580,15 @@ void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& 
 void CausalAttentionBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                              const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                              const Tensor& lse, double scale, Stream stream) {
+  const Dims d = CheckAttention("causal_attention_backward_cuda", q, k, v, out, lse);
+  if (d.t == 0 || d.b * d.h == 0) return;
+  CausalAttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, scale, stream,
+                          SelectAttentionPath(q.dtype(), {d.b, d.t, d.h, d.dk, d.dv}));
+}
+
+void CausalAttentionBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                             const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                             const Tensor& lse, double scale, Stream stream, AttentionPath path) {
   const char* op = "causal_attention_backward_cuda";
   const Dims d = CheckAttention(op, q, k, v, out, lse);
   FATHOM_CHECK(dq.shape() == q.shape() && dk.shape() == k.shape() && dv.shape() == v.shape() &&
@@ -541,8 +603,12 @@ void CausalAttentionBackward(const Tensor& dq, const Tensor& dk, const Tensor& d
   CheckDevice(op, dv, "dv");
   CheckDevice(op, dout, "dout");
   if (d.t == 0 || d.b * d.h == 0) return;
+  FATHOM_CHECK(AttentionPathSupports(path, q.dtype(), {d.b, d.t, d.h, d.dk, d.dv}), "[", op, "] ",
+               AttentionPathName(path), " cannot run ", q.shape_str(), " ", DTypeName(q.dtype()));
   const float sc = static_cast<float>(scale);
-  if (UsesTensorCores(q.dtype(), d.dk, d.dv)) {
+  if (path == AttentionPath::kCudnn) {
+    CudnnAttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, scale, stream);
+  } else if (path == AttentionPath::kTensorCores) {
     CheckMmaOperands(op, d, {&dq, &dk, &dv, &dout, &q, &k, &v, &out});
     MmaBackward(dq, dk, dv, dout, q, k, v, out, lse, d, sc, stream);
   } else if (q.dtype() == DType::kF32) {

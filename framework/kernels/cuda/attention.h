@@ -13,7 +13,13 @@
 // lse is f32 for both. Any other dtype, a host tensor or a shape mismatch fails a FATHOM_CHECK that names the
 // op.
 //
-// Two implementations; which one runs is a function of (dtype, Dk, Dv) only, never a silent fallback:
+// Three implementations. The dispatching overloads (no `path` argument) take the first that applies, and
+// SelectAttentionPath / DescribeAttentionPath say which (start-up code prints it, one line per shape):
+//
+// cuDNN path -- bf16 whenever this build links cuDNN and cuDNN's fused flash-attention engines accept the
+//   shape (attention_cudnn.h: plans built once per shape and cached; about 500 / 380 TFLOP/s forward /
+//   backward at the model's shape on an H200). dq is not bitwise reproducible there (f32 atomics).
+//   Otherwise, a function of (dtype, Dk, Dv) only:
 //
 // Tensor-core path -- bf16 with (Dk, Dv) in {(64, 64), (128, 128), (192, 128)} (DeepSeek-V3 is (192, 128)):
 //   FlashAttention-2 on mma.sync.m16n8k16 (bf16 x bf16 -> f32) fed by ldmatrix from shared-memory tiles that
@@ -52,25 +58,50 @@
 // Both paths compute the scores and dP twice in the backward (once per kernel); that buys run-to-run
 // bitwise-identical gradients without float atomics.
 //
-// Stream semantics: work is queued on `stream`; no host synchronisation, no allocation.
+// Stream semantics: work is queued on `stream`; no host synchronisation, no allocation (except the cuDNN
+// path's one-time plan build and workspace for a shape not prepared before).
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_ATTENTION_H_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_ATTENTION_H_
 
+#include <string>
+
 #include "framework/cuda/stream.h"
+#include "framework/kernels/cuda/attention_cudnn.h"
 #include "framework/tensor.h"
 
 namespace fathom::cuda {
+
+enum class AttentionPath { kCudnn, kTensorCores, kSimt };
+const char* AttentionPathName(AttentionPath path);  // "cuDNN fused SDPA", "own tensor-core kernels", "SIMT"
+
+// The path the dispatching overloads take for (dtype, shape): kCudnn for bf16 when PrepareCudnnAttention
+// (attention_cudnn.h) accepts the shape -- so the first call for a shape builds cuDNN's plans and allocates
+// their workspace: start-up code should call this (or DescribeAttentionPath) for the shapes it will run --,
+// else kTensorCores for bf16 with a listed (Dk, Dv), else kSimt.
+AttentionPath SelectAttentionPath(DType dtype, const AttentionShape& shape);
+// Whether `path` can run (dtype, shape): kSimt always, kTensorCores for bf16 with a listed (Dk, Dv), kCudnn
+// when PrepareCudnnAttention accepts it (bf16 only).
+bool AttentionPathSupports(AttentionPath path, DType dtype, const AttentionShape& shape);
+// One line for start-up logs, e.g. "attention B2 T4096 H16 Dk192 Dv128 bf16: cuDNN 91900 fused SDPA (...)"
+// or "...: own tensor-core kernels (cuDNN not used: <why>)".
+std::string DescribeAttentionPath(DType dtype, const AttentionShape& shape);
 
 // out (B, T, H, Dv) and lse (B, H, T) f32 overwritten; q, k (B, T, H, Dk); v (B, T, H, Dv).
 // s_ij = scale * q_i . k_j for j <= i.
 void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                             const Tensor& v, double scale, Stream stream);
+// The same on an explicit path (tests and benchmarks). REQUIRES AttentionPathSupports(path, ...) (checked).
+void CausalAttentionForward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                            const Tensor& v, double scale, Stream stream, AttentionPath path);
 
 // dq, dk (B, T, H, Dk) and dv (B, T, H, Dv) overwritten; dout (B, T, H, Dv); q, k, v as in the forward;
 // out (B, T, H, Dv) and lse (B, H, T) f32 as the forward saved them. The gradients must not alias the inputs.
 void CausalAttentionBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                              const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                              const Tensor& lse, double scale, Stream stream);
+void CausalAttentionBackward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                             const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                             const Tensor& lse, double scale, Stream stream, AttentionPath path);
 
 }  // namespace fathom::cuda
 

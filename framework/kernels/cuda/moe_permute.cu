@@ -1,0 +1,390 @@
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cub/block/block_scan.cuh>
+#include <limits>
+#include <memory>
+#include <utility>
+
+#include "framework/cuda/check.h"
+#include "framework/kernels/cuda/moe.h"
+#include "framework/kernels/cuda/moe_common.cuh"
+
+// The counting sort of token copies by expert, the row permutation and the weighted combine
+// (framework/kernels/cuda/moe.h); the router and the balance loss are in moe_routing.cu.
+namespace fathom::cuda {
+namespace {
+
+using moe_internal::CheckActivationDType;
+using moe_internal::CheckDevice;
+using moe_internal::CheckRows;
+using moe_internal::DispatchActivation;
+using moe_internal::FromFloat;
+using moe_internal::GridFor;
+using moe_internal::kFullMask;
+using moe_internal::Raw;
+using moe_internal::Sigmoid;
+using moe_internal::Tag;
+using moe_internal::ToFloat;
+using moe_internal::WarpSum;
+
+// ---- counting sort by (expert, slot) ---------------------------------------------------------------------
+
+constexpr int kSortWarps = 4;
+constexpr int kSortIters = 16;
+constexpr int kSlotsPerChunk = 32 * kSortIters;  // one warp walks one chunk, 32 slots per step
+constexpr int kScanThreads = 1024;
+
+// The expert of `slot` (-1 past the end) and the lanes of this step sharing it.
+__device__ __forceinline__ int SlotExpert(const int64_t* topk_index, int slot, int r, int e) {
+  if (slot >= r) return -1;
+  const int64_t v = topk_index[slot];
+  if (v < 0 || v >= e) __trap();
+  return static_cast<int>(v);
+}
+
+// workspace[ex * chunks + c] = number of slots of chunk c routed to expert ex.
+__global__ void SortCountKernel(int32_t* __restrict__ workspace, const int64_t* __restrict__ topk_index,
+                                int r, int e, int chunks) {
+  extern __shared__ int sort_counts[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunk = blockIdx.x * kSortWarps + warp;
+  if (chunk >= chunks) return;
+  int* cnt = sort_counts + warp * e;
+  for (int i = lane; i < e; i += 32) cnt[i] = 0;
+  __syncwarp();
+  for (int it = 0; it < kSortIters; ++it) {
+    const int slot = chunk * kSlotsPerChunk + it * 32 + lane;
+    const int ex = SlotExpert(topk_index, slot, r, e);
+    const unsigned same = __match_any_sync(kFullMask, ex);
+    if (ex >= 0 && lane == __ffs(same) - 1) cnt[ex] += __popc(same);
+    __syncwarp();
+  }
+  for (int i = lane; i < e; i += 32) workspace[static_cast<int64_t>(i) * chunks + chunk] = cnt[i];
+}
+
+// One block: exclusive scan of the (expert, chunk) counts in place (expert-major, so the scanned value is
+// the first row of that chunk's slots of that expert), then counts and offsets per expert.
+__global__ void SortScanKernel(int64_t* __restrict__ counts, int64_t* __restrict__ offsets,
+                               int32_t* workspace, int e, int chunks) {
+  using BlockScan = cub::BlockScan<int, kScanThreads>;
+  __shared__ typename BlockScan::TempStorage scan_storage;
+  const int64_t m = static_cast<int64_t>(e) * chunks;
+  const int64_t per = (m + kScanThreads - 1) / kScanThreads;
+  const int64_t begin = threadIdx.x * per, end = begin + per < m ? begin + per : m;
+  int local = 0;
+  for (int64_t j = begin; j < end; ++j) local += workspace[j];
+  int prefix = 0, total = 0;
+  BlockScan(scan_storage).ExclusiveSum(local, prefix, total);
+  for (int64_t j = begin; j < end; ++j) {
+    const int v = workspace[j];
+    workspace[j] = prefix;
+    prefix += v;
+  }
+  __syncthreads();  // makes this block's global writes visible to its other threads
+  for (int i = threadIdx.x; i <= e; i += blockDim.x) {
+    const int64_t start = i < e && chunks > 0 ? workspace[static_cast<int64_t>(i) * chunks] : total;
+    offsets[i] = start;
+    if (i < e) {
+      const int64_t next = i + 1 < e && chunks > 0 ? workspace[static_cast<int64_t>(i + 1) * chunks] : total;
+      counts[i] = next - start;
+    }
+  }
+}
+
+// Replays SortCountKernel's walk: row = scanned base + earlier matches in this chunk + lanes below in this
+// step, which is exactly increasing slot order inside each expert block.
+__global__ void SortScatterKernel(int64_t* __restrict__ row_slot, int64_t* __restrict__ slot_row,
+                                  const int32_t* __restrict__ workspace,
+                                  const int64_t* __restrict__ topk_index, int r, int e, int chunks) {
+  extern __shared__ int sort_next[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunk = blockIdx.x * kSortWarps + warp;
+  if (chunk >= chunks) return;
+  int* next = sort_next + warp * e;
+  for (int i = lane; i < e; i += 32) next[i] = workspace[static_cast<int64_t>(i) * chunks + chunk];
+  __syncwarp();
+  const unsigned lanes_below = (1u << lane) - 1u;
+  for (int it = 0; it < kSortIters; ++it) {
+    const int slot = chunk * kSlotsPerChunk + it * 32 + lane;
+    const int ex = SlotExpert(topk_index, slot, r, e);
+    const unsigned same = __match_any_sync(kFullMask, ex);
+    if (ex >= 0) {
+      const int row = next[ex] + __popc(same & lanes_below);
+      row_slot[row] = slot;
+      slot_row[slot] = row;
+    }
+    __syncwarp();  // every lane has read next[ex] before the leader moves it
+    if (ex >= 0 && lane == __ffs(same) - 1) next[ex] += __popc(same);
+    __syncwarp();
+  }
+}
+
+// ---- row movement
+// ------------------------------------------------------------------------------------------
+
+// x_perm row r = x row (row_slot[r] / k), moved as `row_words` words of type W per row.
+template <class W>
+__global__ void PermuteRowsKernel(W* __restrict__ x_perm, const W* __restrict__ x,
+                                  const int64_t* __restrict__ row_slot, int64_t rows, int64_t row_words,
+                                  int k) {
+  const int64_t total = rows * row_words;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / row_words, w = i - r * row_words;
+    x_perm[i] = x[(row_slot[r] / k) * row_words + w];
+  }
+}
+
+template <class W>
+void LaunchPermuteRows(void* x_perm, const void* x, const int64_t* row_slot, int64_t rows, int64_t row_bytes,
+                       int k, cudaStream_t stream) {
+  const int64_t row_words = row_bytes / static_cast<int64_t>(sizeof(W));
+  constexpr int kThreads = 256;
+  PermuteRowsKernel<W><<<GridFor(rows * row_words, kThreads), kThreads, 0, stream>>>(
+      static_cast<W*>(x_perm), static_cast<const W*>(x), row_slot, rows, row_words, k);
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+// dx (N, H) element (t, c) = [dx] + sum_k dx_perm[slot_row[t*K+k], c], f32 accumulation in k order.
+template <class T>
+__global__ void PermuteBackwardKernel(T* dx, const T* __restrict__ dx_perm,
+                                      const int64_t* __restrict__ slot_row, int64_t n, int64_t h, int k,
+                                      bool accumulate) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * h;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / h, c = i - t * h;
+    float acc = accumulate ? ToFloat(dx[i]) : 0.0f;
+    for (int j = 0; j < k; ++j) acc += ToFloat(dx_perm[slot_row[t * k + j] * h + c]);
+    dx[i] = FromFloat<T>(acc);
+  }
+}
+
+// out (N, H) element (t, c) = sum_k w[t, k] * y_perm[slot_row[t*K+k], c], f32 accumulation in k order.
+template <class T>
+__global__ void CombineKernel(T* __restrict__ out, const T* __restrict__ y_perm,
+                              const int64_t* __restrict__ slot_row, const float* __restrict__ topk_weight,
+                              int64_t n, int64_t h, int k) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * h;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / h, c = i - t * h;
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) acc += topk_weight[t * k + j] * ToFloat(y_perm[slot_row[t * k + j] * h + c]);
+    out[i] = FromFloat<T>(acc);
+  }
+}
+
+constexpr int kCombineBackwardThreads = 128;
+
+// One block per permuted row: dy_perm row and the row's dweight dot product, reduced lane-xor within warps
+// and then across warps in warp order (fixed, so deterministic).
+template <class T>
+__global__ void CombineBackwardKernel(T* __restrict__ dy_perm, float* __restrict__ dweight,
+                                      const T* __restrict__ dout, const T* __restrict__ y_perm,
+                                      const int64_t* __restrict__ row_slot,
+                                      const float* __restrict__ topk_weight, int64_t h, int k) {
+  __shared__ float partial[kCombineBackwardThreads / 32];
+  const int64_t r = blockIdx.x;
+  const int64_t slot = row_slot[r];
+  const T* g = dout + (slot / k) * h;
+  const T* y = y_perm + r * h;
+  T* dy = dy_perm + r * h;
+  const float w = topk_weight[slot];
+  float dot = 0.0f;
+  for (int64_t c = threadIdx.x; c < h; c += kCombineBackwardThreads) {
+    const float gc = ToFloat(g[c]);
+    dy[c] = FromFloat<T>(w * gc);
+    dot += gc * ToFloat(y[c]);
+  }
+  dot = WarpSum(dot);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = dot;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int i = 0; i < kCombineBackwardThreads / 32; ++i) total += partial[i];
+    dweight[slot] = total;
+  }
+}
+
+}  // namespace
+
+// ---- launchers
+// ---------------------------------------------------------------------------------------------
+
+int64_t MoeSortWorkspaceElements(int64_t rows, int64_t num_experts) {
+  return num_experts * ((rows + kSlotsPerChunk - 1) / kSlotsPerChunk);
+}
+
+Tensor PinnedExpertCounts(int64_t num_experts) {
+  FATHOM_CHECK(num_experts >= 1, "[pinned_expert_counts] ", num_experts, " experts");
+  void* p = nullptr;
+  FATHOM_CUDA_CHECK(cudaMallocHost(&p, static_cast<size_t>(num_experts) * sizeof(int64_t)));
+  std::shared_ptr<void> owner(p, [](void* q) { cudaFreeHost(q); });  // no check: may run while unwinding
+  return Tensor::Wrap(p, {num_experts}, DType::kI64, Device::kCPU, std::move(owner));
+}
+
+void MoeSortByExpert(const Tensor& row_slot, const Tensor& slot_row, const Tensor& counts,
+                     const Tensor& offsets, const Tensor& counts_host, const Tensor& topk_index,
+                     const Tensor& workspace, Stream stream) {
+  const char* op = "moe_sort_by_expert_cuda";
+  FATHOM_CHECK(topk_index.ndim() == 2 && counts.ndim() == 1 && counts.dim(0) >= 1, "[", op, "] topk_index ",
+               topk_index.shape_str(), " counts ", counts.shape_str());
+  const int64_t r = topk_index.numel(), e = counts.dim(0);
+  CheckRows(op, r);
+  CheckDevice(op, "topk_index", topk_index, DType::kI64, topk_index.shape());
+  CheckDevice(op, "row_slot", row_slot, DType::kI64, {r});
+  CheckDevice(op, "slot_row", slot_row, DType::kI64, {r});
+  CheckDevice(op, "counts", counts, DType::kI64, {e});
+  CheckDevice(op, "offsets", offsets, DType::kI64, {e + 1});
+  const int64_t need = MoeSortWorkspaceElements(r, e);
+  FATHOM_CHECK(workspace.defined() && workspace.device() == Device::kCUDA &&
+                   workspace.dtype() == DType::kI32 && workspace.numel() >= need,
+               "[", op, "] workspace ", workspace.shape_str(), " ", DTypeName(workspace.dtype()), ", needs ",
+               need, " i32 on cuda");
+  FATHOM_CHECK(need < std::numeric_limits<int32_t>::max(), "[", op, "] ", need, " scan entries");
+  const int chunks = static_cast<int>((r + kSlotsPerChunk - 1) / kSlotsPerChunk);
+  const size_t smem = kSortWarps * static_cast<size_t>(e) * sizeof(int);
+  FATHOM_CHECK(smem <= 48 * 1024, "[", op, "] ", e, " experts need ", smem, " bytes of shared memory");
+  cudaStream_t s = Raw(stream);
+  int32_t* ws = workspace.data<int32_t>();
+  const int64_t* idx = topk_index.data<int64_t>();
+  const unsigned blocks = static_cast<unsigned>((chunks + kSortWarps - 1) / kSortWarps);
+  if (chunks > 0) {
+    SortCountKernel<<<blocks, kSortWarps * 32, smem, s>>>(ws, idx, static_cast<int>(r), static_cast<int>(e),
+                                                          chunks);
+    FATHOM_CUDA_CHECK_LAUNCH();
+  }
+  SortScanKernel<<<1, kScanThreads, 0, s>>>(counts.data<int64_t>(), offsets.data<int64_t>(), ws,
+                                            static_cast<int>(e), chunks);
+  FATHOM_CUDA_CHECK_LAUNCH();
+  if (chunks > 0) {
+    SortScatterKernel<<<blocks, kSortWarps * 32, smem, s>>>(row_slot.data<int64_t>(),
+                                                            slot_row.data<int64_t>(), ws, idx,
+                                                            static_cast<int>(r), static_cast<int>(e), chunks);
+    FATHOM_CUDA_CHECK_LAUNCH();
+  }
+  if (counts_host.defined()) {
+    FATHOM_CHECK(counts_host.device() == Device::kCPU && counts_host.dtype() == DType::kI64 &&
+                     counts_host.shape() == Shape{e},
+                 "[", op, "] counts_host ", counts_host.shape_str(), " ", DTypeName(counts_host.dtype()),
+                 ", expected a PinnedExpertCounts(", e, ") tensor");
+    cudaPointerAttributes attr{};
+    FATHOM_CUDA_CHECK(cudaPointerGetAttributes(&attr, counts_host.raw()));
+    FATHOM_CHECK(
+        attr.type == cudaMemoryTypeHost, "[", op,
+        "] counts_host is not page-locked (use PinnedExpertCounts): the copy would not be asynchronous");
+    FATHOM_CUDA_CHECK(
+        cudaMemcpyAsync(counts_host.raw(), counts.raw(), counts.nbytes(), cudaMemcpyDeviceToHost, s));
+  }
+}
+
+void MoePermuteRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k,
+                    Stream stream) {
+  const char* op = "moe_permute_rows_cuda";
+  FATHOM_CHECK(x.ndim() == 2 && top_k >= 1, "[", op, "] x ", x.shape_str(), " top_k ", top_k);
+  CheckActivationDType(op, x.dtype());
+  const int64_t n = x.dim(0), h = x.dim(1), r = n * top_k;
+  CheckRows(op, r);
+  CheckDevice(op, "x", x, x.dtype(), {n, h});
+  CheckDevice(op, "x_perm", x_perm, x.dtype(), {r, h});
+  CheckDevice(op, "row_slot", row_slot, DType::kI64, {r});
+  if (r == 0 || h == 0) return;
+  // The widest word that divides the row and both base addresses: 16-byte moves for usual hidden sizes.
+  const int64_t row_bytes = h * static_cast<int64_t>(DTypeSize(x.dtype()));
+  const uintptr_t align = reinterpret_cast<uintptr_t>(x.raw()) | reinterpret_cast<uintptr_t>(x_perm.raw()) |
+                          static_cast<uintptr_t>(row_bytes);
+  const int64_t* rs = row_slot.data<int64_t>();
+  const int k = static_cast<int>(top_k);
+  cudaStream_t s = Raw(stream);
+  if (align % 16 == 0) {
+    LaunchPermuteRows<uint4>(x_perm.raw(), x.raw(), rs, r, row_bytes, k, s);
+  } else if (align % 8 == 0) {
+    LaunchPermuteRows<uint2>(x_perm.raw(), x.raw(), rs, r, row_bytes, k, s);
+  } else if (align % 4 == 0) {
+    LaunchPermuteRows<uint32_t>(x_perm.raw(), x.raw(), rs, r, row_bytes, k, s);
+  } else {
+    LaunchPermuteRows<uint16_t>(x_perm.raw(), x.raw(), rs, r, row_bytes, k, s);
+  }
+}
+
+void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& slot_row, const Tensor& counts,
+                const Tensor& offsets, const Tensor& counts_host, const Tensor& x, const Tensor& topk_index,
+                const Tensor& workspace, Stream stream) {
+  FATHOM_CHECK(topk_index.ndim() == 2 && x.ndim() == 2 && topk_index.dim(0) == x.dim(0),
+               "[moe_permute_cuda] x ", x.shape_str(), " topk_index ", topk_index.shape_str());
+  MoeSortByExpert(row_slot, slot_row, counts, offsets, counts_host, topk_index, workspace, stream);
+  MoePermuteRows(x_perm, x, row_slot, topk_index.dim(1), stream);
+}
+
+void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row, bool accumulate,
+                        Stream stream) {
+  const char* op = "moe_permute_backward_cuda";
+  FATHOM_CHECK(dx.ndim() == 2 && dx_perm.ndim() == 2, "[", op, "] dx ", dx.shape_str(), " dx_perm ",
+               dx_perm.shape_str());
+  const int64_t n = dx.dim(0), h = dx.dim(1), r = dx_perm.dim(0);
+  FATHOM_CHECK(n > 0 ? r % n == 0 : r == 0, "[", op, "] ", r, " rows for ", n, " tokens");
+  CheckRows(op, r);
+  const int64_t k = n > 0 ? r / n : 0;
+  CheckDevice(op, "dx", dx, dx.dtype(), {n, h});
+  CheckDevice(op, "dx_perm", dx_perm, dx.dtype(), {r, h});
+  CheckDevice(op, "slot_row", slot_row, DType::kI64, {r});
+  DispatchActivation(dx.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (n * h == 0) return;
+    constexpr int kThreads = 256;
+    PermuteBackwardKernel<T><<<GridFor(n * h, kThreads), kThreads, 0, Raw(stream)>>>(
+        static_cast<T*>(dx.raw()), static_cast<const T*>(dx_perm.raw()), slot_row.data<int64_t>(), n, h,
+        static_cast<int>(k), accumulate);
+    FATHOM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& slot_row, const Tensor& topk_weight,
+                Stream stream) {
+  const char* op = "moe_combine_cuda";
+  FATHOM_CHECK(out.ndim() == 2 && topk_weight.ndim() == 2, "[", op, "] out ", out.shape_str(),
+               " topk_weight ", topk_weight.shape_str());
+  const int64_t n = out.dim(0), h = out.dim(1), k = topk_weight.dim(1), r = n * k;
+  CheckRows(op, r);
+  CheckDevice(op, "out", out, out.dtype(), {n, h});
+  CheckDevice(op, "y_perm", y_perm, out.dtype(), {r, h});
+  CheckDevice(op, "slot_row", slot_row, DType::kI64, {r});
+  CheckDevice(op, "topk_weight", topk_weight, DType::kF32, {n, k});
+  DispatchActivation(out.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (n * h == 0) return;
+    constexpr int kThreads = 256;
+    CombineKernel<T><<<GridFor(n * h, kThreads), kThreads, 0, Raw(stream)>>>(
+        static_cast<T*>(out.raw()), static_cast<const T*>(y_perm.raw()), slot_row.data<int64_t>(),
+        topk_weight.data<float>(), n, h, static_cast<int>(k));
+    FATHOM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
+                        const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight,
+                        Stream stream) {
+  const char* op = "moe_combine_backward_cuda";
+  FATHOM_CHECK(dout.ndim() == 2 && topk_weight.ndim() == 2, "[", op, "] dout ", dout.shape_str(),
+               " topk_weight ", topk_weight.shape_str());
+  const int64_t n = dout.dim(0), h = dout.dim(1), k = topk_weight.dim(1), r = n * k;
+  CheckRows(op, r);
+  CheckDevice(op, "dout", dout, dout.dtype(), {n, h});
+  CheckDevice(op, "y_perm", y_perm, dout.dtype(), {r, h});
+  CheckDevice(op, "dy_perm", dy_perm, dout.dtype(), {r, h});
+  CheckDevice(op, "row_slot", row_slot, DType::kI64, {r});
+  CheckDevice(op, "topk_weight", topk_weight, DType::kF32, {n, k});
+  CheckDevice(op, "dweight", dweight, DType::kF32, {n, k});
+  DispatchActivation(dout.dtype(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (r == 0) return;
+    CombineBackwardKernel<T><<<static_cast<unsigned>(r), kCombineBackwardThreads, 0, Raw(stream)>>>(
+        static_cast<T*>(dy_perm.raw()), dweight.data<float>(), static_cast<const T*>(dout.raw()),
+        static_cast<const T*>(y_perm.raw()), row_slot.data<int64_t>(), topk_weight.data<float>(), h,
+        static_cast<int>(k));
+    FATHOM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace fathom::cuda
