@@ -15,6 +15,7 @@
 // shard moves its elements by ~lr, 1e-2 relative).
 #include <cmath>
 #include <map>
+#include <random>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -57,6 +58,26 @@ TensorDiff Compare(const Tensor& a, const Tensor& ref, int64_t ref_offset) {
     dmax = std::max(dmax, std::abs(d)), rmax = std::max(rmax, std::abs(r));
   }
   return {r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2), rmax > 0 ? dmax / rmax : dmax};
+}
+
+// `count` micro-batches of random tokens in the recipe's shape, labels = the next token (the last position
+// ignored), the same on every rank.
+std::vector<MicroBatch> RandomMicroBatches(int64_t count, const Recipe& recipe, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(recipe.model.vocab_size) - 1);
+  const int64_t b = recipe.train.micro_batch_size, t = recipe.train.seq_len;
+  std::vector<MicroBatch> out;
+  for (int64_t i = 0; i < count; ++i) {
+    MicroBatch mb{Tensor::Empty({b, t}, DType::kI32), Tensor::Empty({b, t}, DType::kI32)};
+    int32_t* ids = mb.input_ids.data<int32_t>();
+    int32_t* labels = mb.labels.data<int32_t>();
+    for (int64_t j = 0; j < b * t; ++j) ids[j] = token(rng);
+    for (int64_t j = 0; j < b * t; ++j) {
+      labels[j] = (j + 1) % t == 0 ? static_cast<int32_t>(recipe.loss.ignore_index) : ids[j + 1];
+    }
+    out.push_back(std::move(mb));
+  }
+  return out;
 }
 
 // The executed list of this rank against the validated schedule (and the generator's list).
@@ -114,6 +135,13 @@ void ExpectSameAsOneRank(int64_t pp, int64_t ep, const std::string& schedule = "
       EXPECT_EQ(a->expert_loads[i], ref_loads.at(moes[i]->layer())) << "layer " << moes[i]->layer();
     ExpectExecutedAsValidated(runtime, schedule, overlap != "none");
   }
+  // Evaluation: a forward-only pass (every chunk in its micro-batches' path order) on fresh sequences
+  // gives the single rank's loss. This rank takes its data-parallel share of the same global batch.
+  std::vector<MicroBatch> all = RandomMicroBatches(micro_batches * dp, recipe, /*seed=*/world + 7);
+  const int64_t first = (*mesh)->coord().dp_rank * micro_batches;
+  std::vector<MicroBatch> mine(all.begin() + first, all.begin() + first + micro_batches);
+  const double eval = runtime.Evaluate(mine), eval_ref = (*reference)->runtime().Evaluate(all);
+  EXPECT_LE(RelDiff(eval, eval_ref), 1e-5) << "evaluation " << eval << " vs " << eval_ref;
   // Every parameter and expert bias this rank holds, by HF name (routed experts: this rank's slice), in
   // every chunk (DualPipe: both copies of two model stages; they must both equal the reference).
   const ParamTable& ref = (*reference)->model().params();
