@@ -171,10 +171,11 @@ std::vector<std::vector<MicroBatchStats>> PipelineExecutor::RunList(const std::v
   FATHOM_CHECK(static_cast<int>(batches.size()) == schedule_.micro_batches, "[pipeline] ", batches.size(),
                " micro-batches for a schedule of ", schedule_.micro_batches);
   // Everything an instruction does once its inputs are in: its passes, interleaved when there are two.
-  auto run_halves = [&](std::vector<std::unique_ptr<Half>> halves, const std::string& name,
+  auto run_halves = [&](const std::vector<std::unique_ptr<Half>>& halves, const std::string& name,
                         const TraceArgs& args) {
     std::vector<Half*> running;
-    for (auto& h : halves) running.push_back(h.get());
+    running.reserve(halves.size());
+    for (const auto& h : halves) running.push_back(h.get());
     const int span = trace_ ? trace_->Begin(TraceLane::kCompute, name, args) : -1;
     while (!running.empty()) {
       for (auto it = running.begin(); it != running.end();) {
@@ -223,7 +224,7 @@ std::vector<std::vector<MicroBatchStats>> PipelineExecutor::RunList(const std::v
       }
       TraceArgs args = trace_args(ins);
       args.micro_batch_b = next.mb, args.chunk_b = next.chunk;
-      run_halves(std::move(halves), absl::StrCat(TraceName(ins), " + ", TraceName(next)), args);
+      run_halves(halves, absl::StrCat(TraceName(ins), " + ", TraceName(next)), args);
       ++i;
       continue;
     }
@@ -247,7 +248,7 @@ std::vector<std::vector<MicroBatchStats>> PipelineExecutor::RunList(const std::v
         continue;
       }
     }
-    run_halves(std::move(halves), TraceName(ins), trace_args(ins));
+    run_halves(halves, TraceName(ins), trace_args(ins));
   }
   channels_->WaitSends();
   FATHOM_CHECK(handed_over_.empty(), "[pipeline] rank ", rank_, ": ", handed_over_.size(),

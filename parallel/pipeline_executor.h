@@ -107,9 +107,8 @@ class PipelineExecutor {
 
   std::unique_ptr<Half> StartForward(int mb, int chunk, const MicroBatch& batch, const LossNormalizers& norm);
   std::unique_ptr<Half> StartBackward(int mb, int chunk, bool weight);
+  // Sends (or hands over) what a finished pass produced; keeps a forward's statistics.
   void Finish(Half& half, std::vector<std::vector<MicroBatchStats>>& stats);
-  // Runs the passes in turn, each up to its next communication, until all have finished.
-  void Interleave(const std::vector<Half*>& halves);
   // The tensor stage `stage` of `mb` consumes: from the rank holding its producer, or handed over here.
   Tensor Receive(int mb, int stage, bool gradient, int chunk, const std::string& label);
   void Deliver(const Tensor& t, int mb, int stage, bool gradient, const char* what);
