@@ -12,6 +12,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "framework/file_io.h"
 
 namespace fathom {
 namespace {
@@ -283,25 +284,6 @@ absl::StatusOr<Tensor> SafetensorsFile::Get(const std::string& name) const {
   return t;
 }
 
-namespace {
-
-// Writes all of `data`; false with errno set on failure.
-bool WriteAll(int fd, const char* data, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, data, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      if (w == 0) errno = EIO;
-      return false;
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-}  // namespace
-
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata) {
@@ -340,36 +322,23 @@ absl::Status WriteSafetensors(const std::string& path,
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
 
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return IoError(errno, absl::StrCat(Where(path), "cannot create ", tmp));
-  auto fail = [&](const std::string& what) {
-    int err = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return IoError(err, absl::StrCat(Where(path), what));
+  // framework/file_io.h: a temporary beside `path`, fsynced and renamed over it; only a regular file (or
+  // nothing) is replaced, so a symlink, directory or device at `path` is refused and left as it was.
+  auto failed = [&path](const absl::Status& st, const std::string& what = "") {
+    return absl::Status(st.code(), absl::StrCat(Where(path), what, st.message()));
   };
+  AtomicFileWriter out;
+  if (absl::Status st = out.Open(path); !st.ok()) return failed(st);
   char len_bytes[8];
   std::memcpy(len_bytes, &header_len, 8);
-  if (!WriteAll(fd, len_bytes, 8) || !WriteAll(fd, text.data(), text.size())) {
-    return fail(absl::StrCat("writing the header to ", tmp));
-  }
+  if (absl::Status st = out.Append(len_bytes, 8); !st.ok()) return failed(st, "writing the header: ");
+  if (absl::Status st = out.Append(text); !st.ok()) return failed(st, "writing the header: ");
   for (const auto& [name, t] : tensors) {
-    if (!WriteAll(fd, static_cast<const char*>(t.raw()), t.nbytes())) {
-      return fail(absl::StrCat("writing tensor '", name, "' to ", tmp));
+    if (absl::Status st = out.Append(t.raw(), t.nbytes()); !st.ok()) {
+      return failed(st, absl::StrCat("writing tensor '", name, "': "));
     }
   }
-  if (::fsync(fd) != 0) return fail(absl::StrCat("fsync of ", tmp));
-  if (::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return IoError(err, absl::StrCat(Where(path), "closing ", tmp));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return IoError(err, absl::StrCat(Where(path), "renaming ", tmp, " over it"));
-  }
+  if (absl::Status st = out.Commit(); !st.ok()) return failed(st);
   return absl::OkStatus();
 }
 

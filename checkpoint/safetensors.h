@@ -70,9 +70,11 @@ class SafetensorsFile {
 };
 
 // Writes `tensors` (CPU, any fathom dtype, names unique and not "__metadata__") in the given order,
-// with `metadata`. The bytes go to `path` + ".tmp", which is then renamed over `path`, so a failure
-// never damages an existing file at `path` (the temporary is removed on failure). Errors name the file
-// and, for a bad tensor, the tensor.
+// with `metadata`, the safe way (framework/file_io.h's AtomicFileWriter): the bytes go to a temporary file
+// beside `path`, which is fsynced and renamed over it, so a failure never damages an existing file at
+// `path` (the temporary is removed on failure), and only a regular file (or nothing) is replaced: a
+// symlink, directory or device at `path` is refused (InvalidArgument) and left untouched. Errors name the
+// file and, for a bad tensor, the tensor.
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata = {});

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <utility>
@@ -18,6 +19,10 @@
 
 namespace fathom {
 namespace {
+
+// The longest wait the watchdog accepts (parallel/communicator.h's Communicator::kMaxTimeoutSeconds).
+constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600.0;
+constexpr int64_t kMaxMicroBatches = 65536;
 
 // ---------------------------------------------------------------------------------------------------
 // Parsing
@@ -69,12 +74,14 @@ void ParseRopeScaling(YamlMapReader& model, RopeScalingConfig* rope) {
   }
   std::optional<YamlMapReader> r = model.Map("rope_scaling");
   if (!r) return;  // not a map: the error is recorded in `model`
-  RopeScalingConfig parsed;
-  // HF wrote "type" until transformers 4.45 and "rope_type" since; newer files carry both.
-  std::string type;
+  // Parsing starts from the defaults (a fresh ModelConfig's); an emitter writes the values it holds.
+  RopeScalingConfig parsed = *rope;
+  // HF wrote "type" until transformers 4.45 and "rope_type" since; newer files carry both. An emitter
+  // writes the resolved type once, as "type".
+  std::string type = r->emitting() ? rope->type : "";
   std::string rope_type;
   r->String("type", &type);
-  r->String("rope_type", &rope_type);
+  if (!r->emitting()) r->String("rope_type", &rope_type);
   r->Double("factor", &parsed.factor);
   r->Count("original_max_position_embeddings", &parsed.original_max_position_embeddings);
   r->Double("beta_fast", &parsed.beta_fast);
@@ -151,6 +158,9 @@ void ParseParallel(YamlMapReader& r, ParallelConfig* p) {
   r.Count("micro_batches", &p->micro_batches);
   r.CountList("stage_layers", &p->stage_layers);
   r.String("schedule", &p->schedule);
+  r.Double("timeout_s", &p->timeout_s);
+  r.Double("first_step_timeout_s", &p->first_step_timeout_s);
+  r.Double("save_timeout_s", &p->save_timeout_s);
   r.String("overlap", &p->overlap);
 }
 
@@ -216,6 +226,64 @@ void ParseSection(YamlMapReader& root, std::optional<YamlMapReader>& section,
   root.Merge(section->Finish());
 }
 
+// Sections in the order a recipe lists them; ParseRecipe reads them and ResolvedRecipeYaml writes them
+// through the same calls.
+void ParseSections(YamlMapReader& root, Recipe* recipe) {
+  std::optional<YamlMapReader> model = root.Map("model");
+  std::optional<YamlMapReader> parallel = root.Map("parallel");
+  std::optional<YamlMapReader> train = root.Map("train");
+  std::optional<YamlMapReader> optim = root.Map("optim");
+  std::optional<YamlMapReader> loss = root.Map("loss");
+  std::optional<YamlMapReader> data = root.Map("data");
+  std::optional<YamlMapReader> checkpoint = root.Map("checkpoint");
+  // Unknown sections first: a misspelt section name explains everything that follows.
+  root.Merge(root.Finish());
+  ParseSection(root, model, ParseModel, &recipe->model);
+  ParseSection(root, parallel, ParseParallel, &recipe->parallel);
+  ParseSection(root, train, ParseTrain, &recipe->train);
+  ParseSection(root, optim, ParseOptim, &recipe->optim);
+  ParseSection(root, loss, ParseLoss, &recipe->loss);
+  ParseSection(root, data, ParseData, &recipe->data);
+  ParseSection(root, checkpoint, ParseCheckpoint, &recipe->checkpoint);
+}
+
+// The required model keys the document (after the overrides) does not state, as "model.<key>".
+std::vector<std::string> UnstatedModelKeys(const YamlDocument& doc) {
+  // Looked up by iteration: indexing a yaml-cpp node that lacks the key yields a node that throws.
+  auto find = [](const YAML::Node& map, const std::string& key) -> std::optional<YAML::Node> {
+    if (!map.IsMap()) return std::nullopt;
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      if (it->first.IsScalar() && it->first.Scalar() == key) return it->second;
+    }
+    return std::nullopt;
+  };
+  const std::optional<YAML::Node> model = find(doc.root(), "model");
+  std::vector<std::string> missing;
+  for (const std::string& key : RequiredModelKeys()) {
+    if (!model || !find(*model, key)) missing.push_back("model." + key);
+  }
+  return missing;
+}
+
+absl::Status CheckModelStated(const YamlDocument& doc, const std::string& origin) {
+  const std::vector<std::string> missing = UnstatedModelKeys(doc);
+  if (missing.empty()) return absl::OkStatus();
+  const std::string all =
+      absl::StrJoin(RequiredModelKeys(), ", ",
+                    [](std::string* out, const std::string& key) { absl::StrAppend(out, "model.", key); });
+  if (missing.size() == RequiredModelKeys().size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin,
+                     ": the recipe states no model (no 'model:' section, or an empty one); a recipe "
+                     "must state the model's shape, the keys of DeepSeek-V3's config.json: ",
+                     all));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      origin, ": ", absl::StrJoin(missing, ", "), missing.size() == 1 ? " is" : " are",
+      " not stated; a recipe must state every shape key of the model, those DeepSeek-V3's config.json "
+      "states (the list: framework/config.h); fathom does not guess a model"));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Validation helpers. Each returns an InvalidArgument naming the key, the constraint and the value.
 
@@ -256,6 +324,31 @@ absl::Status FirstError(std::initializer_list<absl::Status> checks) {
 
 // ---------------------------------------------------------------------------------------------------
 // ModelConfig
+
+const std::vector<std::string>& RequiredModelKeys() {
+  static const std::vector<std::string> keys = {"vocab_size",
+                                                "hidden_size",
+                                                "intermediate_size",
+                                                "moe_intermediate_size",
+                                                "num_hidden_layers",
+                                                "first_k_dense_replace",
+                                                "num_attention_heads",
+                                                "q_lora_rank",
+                                                "kv_lora_rank",
+                                                "qk_nope_head_dim",
+                                                "qk_rope_head_dim",
+                                                "v_head_dim",
+                                                "n_routed_experts",
+                                                "n_shared_experts",
+                                                "num_experts_per_tok",
+                                                "n_group",
+                                                "topk_group",
+                                                "norm_topk_prob",
+                                                "routed_scaling_factor",
+                                                "num_nextn_predict_layers",
+                                                "max_position_embeddings"};
+  return keys;
+}
 
 double YarnGetMscale(double scale, double mscale) {
   if (scale <= 1.0) return 1.0;
@@ -298,6 +391,11 @@ absl::Status ModelConfig::Validate() const {
       CheckPositive("model.initializer_range", initializer_range),
   });
   if (!s.ok()) return s;
+  // Token ids are int32 everywhere (datasets, embedding, labels): a larger vocabulary cannot be indexed.
+  if (vocab_size > std::numeric_limits<int32_t>::max()) {
+    return Invalid(
+        absl::StrCat("model.vocab_size must be <= 2147483647 (token ids are 32-bit), got ", vocab_size));
+  }
   if (first_k_dense_replace > num_hidden_layers) {
     return Invalid(absl::StrCat("model.first_k_dense_replace (", first_k_dense_replace,
                                 ") must be <= model.num_hidden_layers (", num_hidden_layers, ")"));
@@ -364,6 +462,20 @@ absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
   });
   if (!s.ok()) return s;
   if (schedule.empty()) return Invalid("parallel.schedule must name a pipeline schedule; got ''");
+  // The pipeline schedule lists every micro-batch of a step before it runs (DeepSeek-V3 runs 120 per
+  // pipeline); a count beyond this is a typo, and would cost memory before the memory check can see it.
+  if (micro_batches > kMaxMicroBatches) {
+    return Invalid(
+        absl::StrCat("parallel.micro_batches must be <= ", kMaxMicroBatches, ", got ", micro_batches));
+  }
+  for (const auto& [key, seconds] : {std::pair<const char*, double>{"parallel.timeout_s", timeout_s},
+                                     {"parallel.first_step_timeout_s", first_step_timeout_s},
+                                     {"parallel.save_timeout_s", save_timeout_s}}) {
+    if (!(seconds > 0 && seconds <= kMaxTimeoutSeconds)) {
+      return Invalid(
+          absl::StrCat(key, " must be in (0, ", kMaxTimeoutSeconds, "] seconds (a week), got ", seconds));
+    }
+  }
   s = CheckOneOf("parallel.overlap", overlap, {"none", "two_micro_batch"});
   if (!s.ok()) return s;
   if (overlap == "two_micro_batch" && pp != 1) {
@@ -604,23 +716,10 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
   recipe.path = origin;
   try {
     YamlMapReader root(*doc);
-    std::optional<YamlMapReader> model = root.Map("model");
-    std::optional<YamlMapReader> parallel = root.Map("parallel");
-    std::optional<YamlMapReader> train = root.Map("train");
-    std::optional<YamlMapReader> optim = root.Map("optim");
-    std::optional<YamlMapReader> loss = root.Map("loss");
-    std::optional<YamlMapReader> data = root.Map("data");
-    std::optional<YamlMapReader> checkpoint = root.Map("checkpoint");
-    // Unknown sections first: a misspelt section name explains everything that follows.
-    root.Merge(root.Finish());
-    ParseSection(root, model, ParseModel, &recipe.model);
-    ParseSection(root, parallel, ParseParallel, &recipe.parallel);
-    ParseSection(root, train, ParseTrain, &recipe.train);
-    ParseSection(root, optim, ParseOptim, &recipe.optim);
-    ParseSection(root, loss, ParseLoss, &recipe.loss);
-    ParseSection(root, data, ParseData, &recipe.data);
-    ParseSection(root, checkpoint, ParseCheckpoint, &recipe.checkpoint);
+    ParseSections(root, &recipe);
     if (!root.status().ok()) return root.status();
+    // After the readers: a misspelt model key is reported as unknown (with a suggestion), not as missing.
+    if (absl::Status s = CheckModelStated(*doc, origin); !s.ok()) return s;
   } catch (const YAML::Exception& e) {
     // The readers only inspect nodes in ways that do not throw; this is the boundary that guarantees a
     // malformed file is a Status, never an escaped exception.
@@ -629,6 +728,13 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
   absl::Status s = recipe.Validate();
   if (!s.ok()) return s;
   return recipe;
+}
+
+std::string ResolvedRecipeYaml(const Recipe& recipe) {
+  Recipe copy = recipe;  // the parse functions take mutable configs; an emitter only reads them
+  YamlMapReader root = YamlMapReader::Emitter();
+  ParseSections(root, &copy);
+  return root.EmittedText();
 }
 
 absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides) {

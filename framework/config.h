@@ -2,6 +2,19 @@
 // A recipe YAML has the sections model / parallel / train / optim / loss / data / checkpoint; the model
 // section uses HF config.json key names. Parsing rejects unknown keys and wrong types; Validate() checks the
 // cross-field constraints. Every error names the key and what was expected.
+//
+// No silent defaults for the model: a recipe must state the keys that give the model its shape, the ones
+// DeepSeek-V3's config.json states (RequiredModelKeys()):
+//   vocab_size, hidden_size, intermediate_size, moe_intermediate_size, num_hidden_layers,
+//   first_k_dense_replace, num_attention_heads, q_lora_rank (null for none), kv_lora_rank,
+//   qk_nope_head_dim, qk_rope_head_dim, v_head_dim, n_routed_experts, n_shared_experts,
+//   num_experts_per_tok, n_group, topk_group, norm_topk_prob, routed_scaling_factor,
+//   num_nextn_predict_layers, max_position_embeddings.
+// An empty recipe, one without `model:`, or one missing any of these is an error naming the missing keys.
+// The numerical constants of the model (rms_norm_eps, rope_theta, rope_interleave, rope_scaling,
+// initializer_range) default to DeepSeek-V3's values, which are also transformers' DeepseekV3Config
+// defaults; training knobs (every other section) keep their defaults. ModelConfig's C++ defaults below
+// serve code that builds configs directly (tests); recipes never fall back on the shape ones.
 #ifndef FATHOM_FRAMEWORK_CONFIG_H_
 #define FATHOM_FRAMEWORK_CONFIG_H_
 
@@ -64,12 +77,22 @@ struct ModelConfig {
   absl::Status Validate() const;
 };
 
+// The model keys a recipe must state (see the top), in config.json order of importance.
+const std::vector<std::string>& RequiredModelKeys();
+
 struct ParallelConfig {
   int64_t pp = 1;
   int64_t ep = 1;
   int64_t micro_batches = 1;          // micro-batches per step per data-parallel rank
   std::vector<int64_t> stage_layers;  // optional: decoder layers per pipeline stage
   std::string schedule = "1f1b";
+  // The watchdog (parallel/communicator.h): how long any wait for other ranks may last before the job is
+  // ended with a report naming the operation and the ranks that have not arrived. Seconds, in
+  // (0, 604800]. The first step (NCCL connects lazily, kernels are chosen, memory is first touched) and a
+  // checkpoint save get their own, longer deadlines.
+  double timeout_s = 300;
+  double first_step_timeout_s = 1800;
+  double save_timeout_s = 1800;
   // How a single stage hides its expert all-to-alls: "none", or "two_micro_batch" (pp 1): micro-batches
   // run in pairs, forward with forward and backward with backward, so that one's dispatch or combine
   // travels while the other computes (DualPipe's FB pair does this across stages by itself).
@@ -175,10 +198,19 @@ struct Recipe {
 };
 
 // Reads a recipe, applies `overrides` ("section.key=value", value parsed as YAML) and validates.
-// Errors: NotFound for a missing file; InvalidArgument naming the key for everything else.
+// Errors: NotFound for a missing file; InvalidArgument naming the key for everything else (also for a
+// model key of RequiredModelKeys() that the recipe does not state).
 absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides = {});
 absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& origin,
                                    const std::vector<std::string>& overrides = {});
+
+// The recipe as it runs: every section and every key fathom reads, with its resolved value (the file's,
+// an override's or the default), one key per line in a fixed order, as YAML that ParseRecipe reads back
+// to the same values. Canonical: equal recipes give equal text on every rank and build (what the ranks
+// compare at start-up, parallel/rank_agreement.h), and a run's log shows exactly what it trained with.
+// Written by the same parse functions that read a recipe (YamlMapReader::Emitter), so a key added to a
+// parser appears here without further work.
+std::string ResolvedRecipeYaml(const Recipe& recipe);
 
 }  // namespace fathom
 

@@ -1,6 +1,7 @@
 #include "framework/yaml_reader.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -10,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
@@ -88,6 +90,31 @@ std::string Describe(const YAML::Node& node) {
 }
 
 std::string FormatNumber(double v) { return absl::StrCat(v); }
+
+// The shortest text that reads back as exactly `v` (3e-3 -> "0.003", 1e-6 -> "1e-06").
+std::string RoundTripNumber(double v) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+  return ec == std::errc() ? std::string(buf, end) : absl::StrCat(v);
+}
+
+// A YAML double-quoted scalar.
+std::string Quoted(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += absl::StrFormat("\\x%02x", static_cast<unsigned char>(c));
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
 
 }  // namespace
 
@@ -216,6 +243,42 @@ YamlMapReader::YamlMapReader(const YamlDocument& doc, const YAML::Node& node, st
   Index(node);
 }
 
+// One item per recorded key: a scalar line, or a nested map (its own EmittedMap), in recording order.
+struct YamlMapReader::EmittedMap {
+  struct Item {
+    std::string key, text;              // text: the value of a scalar line
+    std::shared_ptr<EmittedMap> child;  // a nested map instead
+  };
+  std::vector<Item> items;
+  void Render(const std::string& indent, std::string* out) const {
+    for (const Item& item : items) {
+      if (item.child) {
+        absl::StrAppend(out, indent, item.key, ":\n");
+        item.child->Render(indent + "  ", out);
+      } else {
+        absl::StrAppend(out, indent, item.key, ": ", item.text, "\n");
+      }
+    }
+  }
+};
+
+YamlMapReader YamlMapReader::Emitter() { return YamlMapReader(std::make_shared<EmittedMap>(), ""); }
+
+YamlMapReader::YamlMapReader(std::shared_ptr<EmittedMap> emitted, std::string path)
+    : emitted_(std::move(emitted)), path_(std::move(path)) {}
+
+std::string YamlMapReader::EmittedText() const {
+  std::string out;
+  if (emitted_) emitted_->Render("", &out);
+  return out;
+}
+
+bool YamlMapReader::Emit(const std::string& key, const std::string& text) {
+  if (!emitted_) return false;
+  emitted_->items.push_back({key, text, nullptr});
+  return true;
+}
+
 void YamlMapReader::Index(const YAML::Node& node) {
   if (!node.IsDefined() || node.IsNull()) return;
   if (!node.IsMap()) {
@@ -273,11 +336,11 @@ void YamlMapReader::FailType(const Entry& entry, const std::string& path, const 
 }
 
 void YamlMapReader::Merge(const absl::Status& status) {
-  if (status_.ok() && !status.ok()) status_ = status;
+  if (!emitting() && status_.ok() && !status.ok()) status_ = status;
 }
 
 void YamlMapReader::Fail(const std::string& key, const std::string& message) {
-  if (!status_.ok()) return;
+  if (emitting() || !status_.ok()) return;
   const Entry* entry = nullptr;
   for (const Entry& e : entries_) {
     if (e.key == key) entry = &e;
@@ -286,42 +349,49 @@ void YamlMapReader::Fail(const std::string& key, const std::string& message) {
 }
 
 void YamlMapReader::Int(const std::string& key, int64_t* out) {
+  if (Emit(key, absl::StrCat(*out))) return;
   if (Entry* e = Find(key); e != nullptr && !ParseInt(e->value, out)) {
     FailType(*e, KeyPath(key), e->value, kInteger);
   }
 }
 
 void YamlMapReader::Count(const std::string& key, int64_t* out) {
+  if (Emit(key, absl::StrCat(*out))) return;
   if (Entry* e = Find(key); e != nullptr && !ParseCount(e->value, out)) {
     FailType(*e, KeyPath(key), e->value, kCount);
   }
 }
 
 void YamlMapReader::Uint(const std::string& key, uint64_t* out) {
+  if (Emit(key, absl::StrCat(*out))) return;
   if (Entry* e = Find(key); e != nullptr && !ParseUint(e->value, out)) {
     FailType(*e, KeyPath(key), e->value, "a non-negative integer below 2^64");
   }
 }
 
 void YamlMapReader::Double(const std::string& key, double* out) {
+  if (Emit(key, RoundTripNumber(*out))) return;
   if (Entry* e = Find(key); e != nullptr && !ParseDouble(e->value, out)) {
     FailType(*e, KeyPath(key), e->value, kNumber);
   }
 }
 
 void YamlMapReader::Bool(const std::string& key, bool* out) {
+  if (Emit(key, *out ? "true" : "false")) return;
   if (Entry* e = Find(key); e != nullptr && !ParseBool(e->value, out)) {
     FailType(*e, KeyPath(key), e->value, kBool);
   }
 }
 
 void YamlMapReader::String(const std::string& key, std::string* out) {
+  if (Emit(key, Quoted(*out))) return;
   if (Entry* e = Find(key); e != nullptr && !ParseString(e->value, out)) {
     FailType(*e, KeyPath(key), e->value, kString);
   }
 }
 
 void YamlMapReader::CountList(const std::string& key, std::vector<int64_t>* out) {
+  if (Emit(key, absl::StrCat("[", absl::StrJoin(*out, ", "), "]"))) return;
   Entry* e = Find(key);
   if (e == nullptr) return;
   if (!e->value.IsSequence()) {
@@ -370,6 +440,7 @@ void YamlMapReader::ScalarList(const std::string& key, std::vector<std::string>*
 }
 
 void YamlMapReader::CountOrNull(const std::string& key, int64_t null_value, int64_t* out) {
+  if (Emit(key, *out == null_value ? "null" : absl::StrCat(*out))) return;
   Entry* e = Find(key);
   if (e == nullptr) return;
   if (e->value.IsNull()) {
@@ -379,10 +450,13 @@ void YamlMapReader::CountOrNull(const std::string& key, int64_t null_value, int6
   }
 }
 
-void YamlMapReader::Ignore(const std::string& key) { Find(key); }
+void YamlMapReader::Ignore(const std::string& key) {
+  if (!emitting()) Find(key);
+}
 
 void YamlMapReader::RequireString(const std::string& key, const std::string& expected,
                                   const std::string& why) {
+  if (emitting()) return;
   Entry* e = Find(key);
   if (e == nullptr) return;
   std::string v;
@@ -394,6 +468,7 @@ void YamlMapReader::RequireString(const std::string& key, const std::string& exp
 }
 
 void YamlMapReader::RequireNumber(const std::string& key, double expected, const std::string& why) {
+  if (emitting()) return;
   Entry* e = Find(key);
   if (e == nullptr) return;
   double v = 0;
@@ -406,6 +481,7 @@ void YamlMapReader::RequireNumber(const std::string& key, double expected, const
 }
 
 void YamlMapReader::RequireBool(const std::string& key, bool expected, const std::string& why) {
+  if (emitting()) return;
   Entry* e = Find(key);
   if (e == nullptr) return;
   bool v = false;
@@ -417,14 +493,20 @@ void YamlMapReader::RequireBool(const std::string& key, bool expected, const std
   }
 }
 
-bool YamlMapReader::Has(const std::string& key) { return Find(key) != nullptr; }
+bool YamlMapReader::Has(const std::string& key) { return emitting() || Find(key) != nullptr; }
 
 bool YamlMapReader::IsNull(const std::string& key) {
+  if (emitting()) return false;
   const Entry* e = Find(key);
   return e != nullptr && e->value.IsNull();
 }
 
 std::optional<YamlMapReader> YamlMapReader::Map(const std::string& key) {
+  if (emitting()) {
+    auto child = std::make_shared<EmittedMap>();
+    emitted_->items.push_back({key, "", child});
+    return YamlMapReader(child, KeyPath(key));
+  }
   Entry* e = Find(key);
   if (e == nullptr) return std::nullopt;
   if (!e->value.IsNull() && !e->value.IsMap()) {

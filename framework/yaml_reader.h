@@ -17,6 +17,11 @@
 //   }
 //   return root.Finish();
 //
+// The same calls also write: YamlMapReader::Emitter makes a reader that, instead of reading, records
+// "key: value" lines with the CURRENT values of the outputs it is handed. Running a parser over an already
+// parsed config with an emitter therefore writes every key the parser knows, resolved (defaults included),
+// without a second list of keys to keep in step (framework/config.h's ResolvedRecipeYaml).
+//
 // Not thread safe; a reader refers to its document, which must outlive it.
 #ifndef FATHOM_FRAMEWORK_YAML_READER_H_
 #define FATHOM_FRAMEWORK_YAML_READER_H_
@@ -24,6 +29,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -74,6 +80,16 @@ class YamlMapReader {
   // Reads the document's root map, whose keys are reported as "sections". A null (empty) document reads
   // as an empty map.
   explicit YamlMapReader(const YamlDocument& doc);
+
+  // An emitter. Typed reads record "key: value" from *out's current value (integers and booleans plain,
+  // doubles in their shortest round-trip form, strings double-quoted, lists in flow style, a CountOrNull
+  // equal to its null value as null); Map records "key:" and returns the emitter of that nested map, whose
+  // lines appear under it (indented by two) wherever it was created, whenever they are recorded; Has is true
+  // and IsNull false; Ignore and Require* record nothing (they carry no setting); Merge, Fail and Finish do
+  // nothing and report OK. EmittedText() is the YAML recorded so far, which parses back to the same values.
+  static YamlMapReader Emitter();
+  bool emitting() const { return emitted_ != nullptr; }
+  std::string EmittedText() const;
 
   // Typed reads. Each registers `key` as known (also when absent), sets *out when the key is present and
   // well typed, and records an error naming the key, the value found and the expected type otherwise.
@@ -131,6 +147,10 @@ class YamlMapReader {
   };
 
   YamlMapReader(const YamlDocument& doc, const YAML::Node& node, std::string path, const YAML::Mark& mark);
+  struct EmittedMap;  // an emitter's recorded lines and nested maps, in order
+  YamlMapReader(std::shared_ptr<EmittedMap> emitted, std::string path);
+  // In an emitter: records "key: text" and returns true; a reader returns false.
+  bool Emit(const std::string& key, const std::string& text);
   void Index(const YAML::Node& node);
   // Registers `key` as known; returns its entry, or nullptr when absent or after an error.
   Entry* Find(const std::string& key);
@@ -138,9 +158,10 @@ class YamlMapReader {
                 const std::string& expected);
   std::string Where(const Entry* entry) const;
 
-  const YamlDocument* doc_;
-  std::string path_;  // "" for the document root
-  YAML::Mark mark_;   // of the key that holds this map
+  const YamlDocument* doc_ = nullptr;    // null in an emitter
+  std::shared_ptr<EmittedMap> emitted_;  // an emitter's record, else null
+  std::string path_;                     // "" for the document root
+  YAML::Mark mark_;                      // of the key that holds this map
   std::vector<Entry> entries_;
   std::vector<std::string> known_;  // every key a read asked for, in order, for suggestions
   absl::Status status_;

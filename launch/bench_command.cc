@@ -41,16 +41,15 @@
 #include "absl/strings/str_format.h"
 #include "launch/command_line.h"
 #include "launch/commands.h"
+#include "launch/job_start.h"
+#include "launch/memory_check.h"
 #include "layers/cost.h"
 #include "parallel/fault.h"
-#include "parallel/launch_env.h"
-#include "parallel/mpi_communicator.h"
 
 #ifdef FATHOM_WITH_CUDA
 #include <cuda_runtime.h>
 
 #include "framework/cuda/check.h"
-#include "framework/kernels/cuda/attention.h"
 #include "framework/phase_timer.h"
 #include "launch/trainer.h"
 #include "parallel/zero.h"
@@ -62,6 +61,13 @@ namespace {
 constexpr char kUsage[] =
     "usage: fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N (default 2)] "
     "[--steps N (default 5)]";
+constexpr char kHelp[] =
+    "  Times GPU training steps of the recipe (train.device cuda; one rank per GPU under mpirun/srun) and\n"
+    "  prints tokens/s, TFLOP/s per GPU, MFU, peak memory and the time per phase.\n"
+    "  --set section.key=value   override a recipe key (repeatable)\n"
+    "  --warmup N                untimed steps first (default 2)\n"
+    "  --steps N                 timed steps (default 5)\n"
+    "  --help                    print this and exit\n";
 
 // Every rank reaches the same verdict on its input; ExitAllRanks prints it once and exits every rank.
 [[noreturn]] void Reject(const std::string& message) {
@@ -342,59 +348,52 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
 }  // namespace
 
 int RunBench(const std::vector<std::string>& args) {
-  absl::StatusOr<LaunchEnv> env = LaunchEnvFromProcessEnvironment();
-  if (!env.ok()) {
-    std::cerr << "fathom bench: " << env.status().message() << "\n";
-    return kExitInvalidInput;
-  }
-  const bool mpi = env->launcher != Launcher::kNone;
-  if (mpi) MpiInit(nullptr, nullptr);
-  absl::StatusOr<std::unique_ptr<Communicator>> world =
-      CreateWorldCommunicator(mpi ? CommBackend::kMpi : CommBackend::kLocal);
-  if (!world.ok()) Reject(std::string(world.status().message()));
-
   absl::StatusOr<CommandLine> parsed = ParseCommandLine(args, {"--warmup", "--steps"});
+  if (parsed.ok() && parsed->help) {
+    if (ProcessRank() == 0) std::cout << kUsage << "\n" << kHelp;
+    return 0;
+  }
+  Job job = StartJob("fathom bench");
   if (!parsed.ok()) Reject(std::string(parsed.status().message()) + "; " + kUsage);
   // Checked in every build, so a bad flag reads the same with or without the CUDA backend.
   [[maybe_unused]] const int64_t warmup = CountOption(*parsed, "--warmup", 2, 0);
   [[maybe_unused]] const int64_t steps = CountOption(*parsed, "--steps", 5, 1);
-  absl::StatusOr<Recipe> recipe = LoadRecipe(parsed->recipe, parsed->overrides);
-  if (!recipe.ok()) Reject(std::string(recipe.status().message()));
-  if (recipe->train.device != "cuda") {
+  const Recipe recipe = LoadRecipeOnAllRanks("fathom bench", *parsed, *job.world);
+  if (recipe.train.device != "cuda") {
     Reject(
         absl::StrFormat("%s: train.device is %s, but the bench times the GPU trainer; set train.device: "
                         "cuda (or --set train.device=cuda)",
-                        recipe->path, recipe->train.device));
+                        recipe.path, recipe.train.device));
   }
 #ifndef FATHOM_WITH_CUDA
   Reject(
       absl::StrFormat("%s: train.device is cuda, but this build has no CUDA backend (configure with nvcc "
                       "present or -DFATHOM_CUDA=ON)",
-                      recipe->path));
+                      recipe.path));
 #else
+  if (job.world->rank() == 0) std::cout << FormatResolvedRecipe(recipe) << std::flush;
+  absl::StatusOr<MeshLayout> layout =
+      MeshLayout::Create(job.world->size(), recipe.parallel.pp, recipe.parallel.ep);
+  if (!layout.ok()) Reject(std::string(layout.status().message()));
+  if (absl::Status s = CheckMemory(recipe, *layout, *job.world, job.node.local_rank, job.node.local_size);
+      !s.ok()) {
+    Reject(std::string(s.message()));
+  }
   absl::StatusOr<std::unique_ptr<DeviceMesh>> mesh =
-      DeviceMesh::Create(*std::move(world), recipe->parallel.pp, recipe->parallel.ep);
+      DeviceMesh::Create(std::move(job.world), recipe.parallel.pp, recipe.parallel.ep);
   if (!mesh.ok()) Reject(std::string(mesh.status().message()));
-  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*recipe, **mesh);
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(recipe, **mesh);
   if (!trainer.ok()) Reject(std::string(trainer.status().message()));
   if ((*mesh)->coord().rank == 0) std::cout << (*trainer)->memory_plan_table() << std::flush;
-  {
-    // Which kernels run attention (every rank prepares its plans now, outside the timed steps).
-    const ModelConfig& mc = recipe->model;
-    const cuda::AttentionShape shape{recipe->train.micro_batch_size, recipe->train.seq_len,
-                                     mc.num_attention_heads, mc.qk_head_dim(), mc.v_head_dim};
-    const std::string line =
-        cuda::DescribeAttentionPath(recipe->train.dtype == "bf16" ? DType::kBF16 : DType::kF32, shape);
-    if ((*mesh)->coord().rank == 0) std::cout << line << "\n" << std::flush;
-  }
-  const BenchResult result = RunSteps(*recipe, **trainer, **mesh, warmup, steps);
+  if ((*mesh)->coord().rank == 0) std::cout << (*trainer)->runtime().attention_path() << std::flush;
+  const BenchResult result = RunSteps(recipe, **trainer, **mesh, warmup, steps);
   if ((*mesh)->coord().rank == 0) {
     std::cout << FormatBench(result);
     std::cout.flush();
   }
   trainer->reset();
   mesh->reset();
-  if (mpi) MpiFinalize();
+  FinishJob(job);
   return 0;
 #endif
 }

@@ -5,8 +5,15 @@
 namespace fathom {
 
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
-                                             const std::set<std::string>& options) {
+                                             const std::set<std::string>& options, bool recipe_required) {
   CommandLine out;
+  // A request for help wins over every mistake around it ("fathom train --set --help").
+  for (const std::string& a : args) {
+    if (a == "--help" || a == "-h") {
+      out.help = true;
+      return out;
+    }
+  }
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a.rfind("--set=", 0) == 0) {
@@ -24,6 +31,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
     } else if (!a.empty() && a[0] == '-') {
       std::string known = "--set";
       for (const std::string& o : options) known += ", " + o;
+      known += ", --help";
       return absl::InvalidArgumentError("unknown option '" + a + "'; expected one of " + known);
     } else if (out.recipe.empty()) {
       out.recipe = a;
@@ -31,7 +39,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
       return absl::InvalidArgumentError("one recipe expected, got '" + out.recipe + "' and '" + a + "'");
     }
   }
-  if (out.recipe.empty()) return absl::InvalidArgumentError("no recipe given");
+  if (out.recipe.empty() && recipe_required) return absl::InvalidArgumentError("no recipe given");
   return out;
 }
 

@@ -1,6 +1,7 @@
 // The argument shape every fathom subcommand shares: one recipe path, repeatable `--set section.key=value`
 // overrides, and named options that each take one value (`--cluster FILE`). Errors name the offending
-// argument; the caller prints them with its usage and exits 2.
+// argument; the caller prints them with its usage and exits 2. `--help` (or `-h`) anywhere asks for the
+// command's usage: the caller prints it to stdout and exits 0, whatever else was given.
 #ifndef FATHOM_LAUNCH_COMMAND_LINE_H_
 #define FATHOM_LAUNCH_COMMAND_LINE_H_
 
@@ -17,12 +18,15 @@ struct CommandLine {
   std::string recipe;                          // the one positional argument
   std::vector<std::string> overrides;          // every --set value (also --set=value), in order
   std::map<std::string, std::string> options;  // "--cluster" -> "recipes/clusters/h800-2048.yaml"
+  bool help = false;                           // --help or -h was given (nothing else is then checked)
 };
 
 // `options`: the value-taking options this command accepts besides --set ("--cluster", "--out", ...).
-// An option given twice keeps its last value.
+// An option given twice keeps its last value. `recipe_required` false: a command without a recipe
+// (fathom diagnose) accepts none being given.
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
-                                             const std::set<std::string>& options);
+                                             const std::set<std::string>& options,
+                                             bool recipe_required = true);
 
 }  // namespace fathom
 

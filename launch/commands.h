@@ -1,5 +1,6 @@
 // The fathom subcommands. Each takes the arguments after its name and returns the process exit code:
-// 0 success, 2 bad input (recipe, file, command line, environment), 1 anything else.
+// 0 success, 2 bad input (recipe, file, command line, environment), 1 anything else. `--help` (or -h)
+// anywhere among the arguments prints the command's usage to stdout and returns 0.
 #ifndef FATHOM_LAUNCH_COMMANDS_H_
 #define FATHOM_LAUNCH_COMMANDS_H_
 
@@ -13,6 +14,7 @@ int RunPlan(const std::vector<std::string>& args);        // launch/plan_command
 int RunSimulate(const std::vector<std::string>& args);    // launch/simulate_command.cc
 int RunBench(const std::vector<std::string>& args);       // launch/bench_command.cc
 int RunPreprocess(const std::vector<std::string>& args);  // launch/preprocess_command.cc
+int RunDiagnose(const std::vector<std::string>& args);    // launch/diagnose_command.cc
 
 }  // namespace fathom
 

@@ -6,19 +6,23 @@
 
 namespace {
 
-void Usage() {
-  std::fprintf(stderr,
-               "usage: fathom <command> [args]\n"
-               "  train RECIPE.yaml [--set key=value ...]   train a model from a recipe\n"
-               "  plan RECIPE.yaml --cluster CLUSTER.yaml   choose pp/ep/dp, schedule and micro-batching\n"
-               "  simulate RECIPE.yaml --cluster CLUSTER.yaml [--trace out.json]\n"
-               "                                            simulate one step of a parallel plan\n"
-               "  bench RECIPE.yaml [--set key=value ...] [--warmup N] [--steps N]\n"
-               "                                            time GPU training steps: tokens/s, MFU, memory,\n"
-               "                                            time per phase (train.device cuda)\n"
-               "  preprocess (--input FILE.jsonl | --demo-corpus) --output-prefix PREFIX [--help]\n"
-               "                                            tokenize documents into a Megatron .bin/.idx\n"
-               "                                            (or HDF5) dataset for data.source megatron\n");
+void Usage(FILE* out = stderr) {
+  std::fprintf(
+      out,
+      "usage: fathom <command> [args]\n"
+      "  train RECIPE.yaml [--set key=value ...]   train a model from a recipe\n"
+      "  plan RECIPE.yaml --cluster CLUSTER.yaml   choose pp/ep/dp, schedule and micro-batching\n"
+      "  simulate RECIPE.yaml --cluster CLUSTER.yaml [--trace out.json]\n"
+      "                                            simulate one step of a parallel plan\n"
+      "  bench RECIPE.yaml [--set key=value ...] [--warmup N] [--steps N]\n"
+      "                                            time GPU training steps: tokens/s, MFU, memory,\n"
+      "                                            time per phase (train.device cuda)\n"
+      "  preprocess (--input FILE.jsonl | --demo-corpus) --output-prefix PREFIX\n"
+      "                                            tokenize documents into a Megatron .bin/.idx\n"
+      "                                            (or HDF5) dataset for data.source megatron\n"
+      "  diagnose [--device auto|cpu|cuda]          check every rank's device: GEMM, attention and\n"
+      "                                            all-reduce results compared bitwise, times vs median\n"
+      "  COMMAND --help                            the command's usage\n");
 }
 
 }  // namespace
@@ -35,11 +39,13 @@ int main(int argc, char** argv) {
   if (cmd == "simulate") return fathom::RunSimulate(args);
   if (cmd == "bench") return fathom::RunBench(args);
   if (cmd == "preprocess") return fathom::RunPreprocess(args);
+  if (cmd == "diagnose") return fathom::RunDiagnose(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
-    Usage();
+    Usage(stdout);
     return 0;
   }
-  std::fprintf(stderr, "fathom: unknown command '%s'; expected train, plan, simulate, bench or preprocess\n",
+  std::fprintf(stderr,
+               "fathom: unknown command '%s'; expected train, plan, simulate, bench, preprocess or diagnose\n",
                cmd.c_str());
   Usage();
   return 2;

@@ -72,11 +72,22 @@ std::string SetFlags(const SimulationResult& r) {
                       " --set train.micro_batch_size=", r.plan.micro_batch_size);
 }
 
+constexpr char kUsage[] =
+    "usage: fathom plan RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...] [--out FILE]\n"
+    "                   [--global-batch SEQUENCES] [--top N]\n";
+constexpr char kHelp[] =
+    "  Chooses pp, ep, the schedule, micro-batching and recomputation for the recipe's model on the "
+    "cluster,\n"
+    "  prints the best candidates and the chosen parallel: section.\n"
+    "  --cluster FILE            the cluster description (recipes/clusters/*.yaml)\n"
+    "  --set section.key=value   override a recipe key (repeatable)\n"
+    "  --out FILE                also write the parallel: section to FILE\n"
+    "  --global-batch SEQUENCES  the global batch to keep fixed\n"
+    "  --top N                   candidates to print (default 8)\n"
+    "  --help                    print this and exit\n";
+
 int Usage(const std::string& why) {
-  std::cerr
-      << "fathom plan: " << why << "\n"
-      << "usage: fathom plan RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...] [--out FILE]\n"
-      << "                   [--global-batch SEQUENCES] [--top N]\n";
+  std::cerr << "fathom plan: " << why << "\n" << kUsage;
   return 2;
 }
 
@@ -84,6 +95,10 @@ int Usage(const std::string& why) {
 
 int RunPlan(const std::vector<std::string>& args) {
   absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--cluster", "--out", "--global-batch", "--top"});
+  if (cl.ok() && cl->help) {
+    std::cout << kUsage << kHelp;
+    return 0;
+  }
   if (!cl.ok()) return Usage(std::string(cl.status().message()));
   const std::string& recipe_path = cl->recipe;
   const std::vector<std::string>& overrides = cl->overrides;

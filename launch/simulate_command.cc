@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "framework/file_io.h"
 #include "launch/command_line.h"
 #include "launch/commands.h"
 #include "parallel/chrome_trace.h"
@@ -20,10 +21,20 @@ namespace {
 
 double GiB(double bytes) { return bytes / 1073741824.0; }
 
+constexpr char kUsage[] =
+    "usage: fathom simulate RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...]\n"
+    "                       [--trace out.json] [--recompute none|norm|norm+mla_up]\n";
+constexpr char kHelp[] =
+    "  Simulates one step of the recipe's parallel: section on the cluster and prints a summary.\n"
+    "  --cluster FILE            the cluster description (recipes/clusters/*.yaml)\n"
+    "  --set section.key=value   override a recipe key (repeatable)\n"
+    "  --trace FILE              write the timeline as a Chrome trace (Perfetto); replaces only a regular "
+    "file\n"
+    "  --recompute WHAT          none, norm or norm+mla_up (default)\n"
+    "  --help                    print this and exit\n";
+
 int Usage(const std::string& why) {
-  std::cerr << "fathom simulate: " << why << "\n"
-            << "usage: fathom simulate RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...]\n"
-            << "                       [--trace out.json] [--recompute none|norm|norm+mla_up]\n";
+  std::cerr << "fathom simulate: " << why << "\n" << kUsage;
   return 2;
 }
 
@@ -31,12 +42,23 @@ int Usage(const std::string& why) {
 
 int RunSimulate(const std::vector<std::string>& args) {
   absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--cluster", "--trace", "--recompute"});
+  if (cl.ok() && cl->help) {
+    std::cout << kUsage << kHelp;
+    return 0;
+  }
   if (!cl.ok()) return Usage(std::string(cl.status().message()));
   const std::string& recipe_path = cl->recipe;
   const std::vector<std::string>& overrides = cl->overrides;
   const std::string cluster_path = cl->options["--cluster"], trace_path = cl->options["--trace"];
   const std::string recompute = cl->options.count("--recompute") ? cl->options["--recompute"] : "norm+mla_up";
   if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
+  // Refused before the work, not after: only a regular file (or nothing) is ever replaced.
+  if (!trace_path.empty()) {
+    if (absl::Status s = CheckReplaceable(trace_path); !s.ok()) {
+      std::cerr << "fathom simulate: --trace: " << s.message() << "\n";
+      return 2;
+    }
+  }
   ParallelPlan plan;
   if (recompute == "none") {
     plan.recompute = Recompute::None();

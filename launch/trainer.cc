@@ -55,7 +55,7 @@ absl::StatusOr<std::vector<MicroBatch>> Trainer::SampleMicroBatches(TokenLoader&
 
 absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   const auto start = std::chrono::steady_clock::now();
-  if (ShouldInjectFault(runtime_->coord().rank, step)) InjectFault(runtime_->coord().rank, step);
+  if (ShouldInjectFault(runtime_->coord().rank, step + 1)) InjectFault(runtime_->coord().rank, step + 1);
   absl::StatusOr<std::vector<MicroBatch>> batches = SampleMicroBatches(*train_data_, step);
   if (!batches.ok()) return batches.status();
   const double lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
@@ -179,7 +179,7 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
         recipe_.path, mc.num_hidden_layers, mc.first_k_dense_replace, mc.n_routed_experts,
         mc.num_experts_per_tok, mc.num_nextn_predict_layers, recipe_.train.dtype,
         absl::StrJoin(runtime_->stage_layers(), "+"), global_sequences, recipe_.train.seq_len, steps);
-    log << runtime_->memory_plan_table();
+    log << runtime_->memory_plan_table() << runtime_->attention_path();
   }
   if (logs) log << train_data_->Describe() << "\n";
   std::unique_ptr<RunLog> run_log;

@@ -1,11 +1,8 @@
 #include "parallel/chrome_trace.h"
 
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
-
 #include "absl/strings/str_cat.h"
 #include "framework/check.h"
+#include "framework/file_io.h"
 #include "nlohmann/json.hpp"
 
 namespace fathom {
@@ -98,23 +95,9 @@ std::string ChromeTraceJson(const SimulationResult& res, const ClusterConfig& cl
 
 absl::Status WriteChromeTrace(const SimulationResult& result, const ClusterConfig& cluster,
                               const std::string& path) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out.is_open()) return absl::InvalidArgumentError(absl::StrCat("--trace: cannot write ", path));
-    out << ChromeTraceJson(result, cluster);
-    out.close();
-    if (!out) {
-      std::remove(tmp.c_str());
-      return absl::InvalidArgumentError(absl::StrCat("--trace: writing ", path, " failed"));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    return absl::InvalidArgumentError(
-        absl::StrCat("--trace: cannot move the trace into ", path, ": ", ec.message()));
+  // framework/file_io.h: replaces only a regular file (or creates one), through a temporary renamed over it.
+  if (absl::Status s = WriteFileAtomically(path, ChromeTraceJson(result, cluster)); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("--trace: ", s.message()));
   }
   return absl::OkStatus();
 }

@@ -17,8 +17,10 @@ namespace fathom {
 // REQUIRES: `result` comes from Simulate (times filled).
 std::string ChromeTraceJson(const SimulationResult& result, const ClusterConfig& cluster);
 
-// Writes ChromeTraceJson to `path` (via a temporary file renamed into place, so a failed write leaves
-// what was there). InvalidArgument naming the path when it cannot be written.
+// Writes ChromeTraceJson to `path` the safe way (framework/file_io.h: a temporary file renamed into place,
+// so a failed write leaves what was there; only a regular file or nothing is replaced). Errors start with
+// "--trace: " and name the path: InvalidArgument for a symlink, directory or device at `path` (left
+// untouched) or a missing or unwritable directory, Internal for I/O failures.
 absl::Status WriteChromeTrace(const SimulationResult& result, const ClusterConfig& cluster,
                               const std::string& path);
 

@@ -28,6 +28,15 @@
 //
 // Failures are not returned: a transport error or a violated contract ends the whole job with a message
 // naming the rank (parallel/fault.h); arguments that break a contract below are bugs (FATHOM_CHECK).
+//
+// The watchdog: nothing waits forever. Every wait of a communicator that moves data between processes
+// (Wait, the blocking forms, the destructor of a pending Request, a Test() that keeps answering false, and
+// Split) carries a deadline, timeout_seconds(). When a wait outlasts it, the rank prints which operation
+// on which group it waited for and which peers have not arrived (what each implementation can tell: see
+// its header), and the job ends within seconds (FailJob, parallel/fault.h). The deadline is a property of
+// a family of communicators: a group Split from a communicator shares its parent's deadline (one cell, not
+// a copy), so setting it on the world sets it for every group of the mesh. A program raises it around
+// waits that are legitimately long (the first step, a checkpoint save) with ScopedTimeout.
 // Thread safety: a communicator and its requests are used from one thread.
 #ifndef FATHOM_PARALLEL_COMMUNICATOR_H_
 #define FATHOM_PARALLEL_COMMUNICATOR_H_
@@ -142,8 +151,25 @@ class Communicator {
   virtual Request IBarrier() = 0;
   void Barrier() { IBarrier().Wait(); }
 
+  // ---- the watchdog's deadline (see the top of this file) ---------------------------------------------
+  static constexpr double kDefaultTimeoutSeconds = 300.0;
+  // How long one wait may last before the job is ended; shared with the groups Split from this one.
+  double timeout_seconds() const { return *timeout_; }
+  // REQUIRES 0 < seconds <= kMaxTimeoutSeconds (FATHOM_CHECK; recipes validate parallel.timeout_s first).
+  // Takes effect for waits that start afterwards (and for a Test() deadline already running).
+  void set_timeout_seconds(double seconds);
+  static constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600.0;
+  // The deadline cell itself, for a communicator of another kind that joins this family (an
+  // NcclCommunicator created over this one as its bootstrap).
+  std::shared_ptr<double> shared_timeout() const { return timeout_; }
+
  protected:
+  // A deadline of its own, kDefaultTimeoutSeconds.
   Communicator() = default;
+  // Shares `timeout` (the cell of the communicator it was split from). REQUIRES timeout != nullptr.
+  explicit Communicator(std::shared_ptr<double> timeout);
+  // The cell implementations hand to the groups they split off and to their requests.
+  const std::shared_ptr<double>& timeout_cell() const { return timeout_; }
 
   // Contract checks shared by the implementations (FATHOM_CHECK on violation, naming the op and group).
   void CheckPeer(const char* op, int peer) const;
@@ -155,6 +181,24 @@ class Communicator {
   void CheckReduceScatter(const Tensor& send, const Tensor& recv) const;
   void CheckAllGather(const Tensor& send, const Tensor& recv) const;
   void CheckRoot(const char* op, int root) const;
+
+ private:
+  std::shared_ptr<double> timeout_ = std::make_shared<double>(kDefaultTimeoutSeconds);
+};
+
+// Sets `comm`'s deadline (and so its family's) to `seconds` for the scope, then restores the previous
+// value: around the first step (NCCL connects lazily, kernels are selected), a checkpoint save, an
+// evaluation. REQUIRES as set_timeout_seconds. Scopes nest; destroy them in reverse order.
+class ScopedTimeout {
+ public:
+  ScopedTimeout(Communicator& comm, double seconds);
+  ~ScopedTimeout();
+  ScopedTimeout(const ScopedTimeout&) = delete;
+  ScopedTimeout& operator=(const ScopedTimeout&) = delete;
+
+ private:
+  Communicator& comm_;
+  double previous_;
 };
 
 enum class CommBackend { kLocal, kMpi };

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "parallel/launch_env.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/mpi_watchdog.h"
 
 namespace fathom {
 
@@ -59,10 +60,14 @@ int ProcessRank() {
   return env.ok() ? env->world_rank : 0;
 }
 
-void FailJob(int code, const std::string& msg) {
+void AnnounceFailure(const std::string& msg) {
   // Only the first failure of a process speaks; a second one (another thread, or a failure while
   // failing) goes straight to the abort.
   if (!g_failing.exchange(true)) PrintLine(absl::StrCat("[rank ", ProcessRank(), "] ", msg));
+}
+
+void FailJob(int code, const std::string& msg) {
+  AnnounceFailure(msg);
   if (MpiIsActive()) MPI_Abort(MPI_COMM_WORLD, code);
   std::fflush(nullptr);
   std::_Exit(code);  // MPI_Abort does not return; without MPI there is nobody else to take down
@@ -112,6 +117,7 @@ void ExitAllRanks(int code, const std::string& msg, double wait_seconds) {
         absl::StrCat("not every rank reached the exit within ", wait_seconds, " s; aborting the job");
     FailJob(code, rank == 0 ? note : absl::StrCat(msg, " (", note, ")"));  // rank 0 printed `msg` already
   }
+  WatchdogRelease();
   ReleaseMpiErrorHandling();
   MpiCheck(MPI_Finalize(), "MPI_Finalize", "world");
   std::exit(code);
@@ -129,12 +135,29 @@ absl::StatusOr<std::optional<FaultSpec>> ParseTestFault(const std::string& value
   }
   size_t colon = rank_step.find(':');
   if (colon == std::string::npos || !absl::SimpleAtoi(rank_step.substr(0, colon), &spec.rank) ||
-      !absl::SimpleAtoi(rank_step.substr(colon + 1), &spec.step) || spec.rank < 0 || spec.step < 0) {
+      !absl::SimpleAtoi(rank_step.substr(colon + 1), &spec.step) || spec.rank < 0 || spec.step < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("FATHOM_TEST_FAULT='", value,
-                     "' is not 'rank:step' or 'rank:step:save' with two non-negative integers"));
+                     "' is not 'rank:step' or 'rank:step:save' with a rank >= 0 and a step >= 1 (steps "
+                     "count from 1, as the log prints them)"));
   }
   return std::optional<FaultSpec>(spec);
+}
+
+absl::Status CheckTestFaultValue(const std::string& value, int world_size) {
+  absl::StatusOr<std::optional<FaultSpec>> spec = ParseTestFault(value);
+  if (!spec.ok()) return spec.status();
+  if (spec->has_value() && (*spec)->rank >= world_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FATHOM_TEST_FAULT='", value, "' names rank ", (*spec)->rank, ", but the world has ",
+                     world_size, " rank(s) (0-", world_size - 1, "); the fault would never happen"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckTestFault(int world_size) {
+  const char* value = std::getenv("FATHOM_TEST_FAULT");
+  return value == nullptr ? absl::OkStatus() : CheckTestFaultValue(value, world_size);
 }
 
 namespace {

@@ -47,6 +47,9 @@ int ProcessRank();
 // Prints "[rank R] msg" to stderr (once per process, even if called again or from another thread) and ends
 // the job: MPI_Abort(MPI_COMM_WORLD, code) when MPI is active, exit(code) otherwise.
 [[noreturn]] void FailJob(int code, const std::string& msg);
+// The first half of FailJob, for a failure that must clean up before ending the job (the NCCL watchdog
+// aborts its communicator): prints "[rank R] msg" now, once per process; a later FailJob prints nothing.
+void AnnounceFailure(const std::string& msg);
 
 // rc == MPI_SUCCESS, or FailJob(kExitFailure, "<call> on group <group> failed: <MPI's error string>").
 void MpiCheck(int rc, const char* call, const std::string& group);
@@ -57,27 +60,36 @@ void MpiCheck(int rc, const char* call, const std::string& group);
 // The same, with the wait before aborting instead of finalising (tests shorten it).
 [[noreturn]] void ExitAllRanks(int code, const std::string& msg, double wait_seconds);
 
-// The test-only fault flag: FATHOM_TEST_FAULT="rank:step" makes rank `rank` fail at step `step`;
+// The test-only fault flag: FATHOM_TEST_FAULT="rank:step" makes world rank `rank` fail at step `step`;
 // "rank:step:save" makes it fail in the middle of writing the checkpoint of step `step` (after the first
-// block of its file is written, before the save commits).
+// block of its file is written, before the save commits). Steps count from 1, as the training log prints
+// them ("step     3/300" is step 3).
 struct FaultSpec {
   int rank = 0;
-  int64_t step = 0;
+  int64_t step = 1;
   bool in_save = false;  // the ":save" suffix
 };
-// "" -> nullopt; "R:S" or "R:S:save" with R, S >= 0 -> {R, S, in_save}; anything else is an error naming
-// the variable.
+// "" -> nullopt; "R:S" or "R:S:save" with R >= 0, S >= 1 -> {R, S, in_save}; anything else is
+// InvalidArgument naming the variable.
 absl::StatusOr<std::optional<FaultSpec>> ParseTestFault(const std::string& value);
-// True when FATHOM_TEST_FAULT names (rank, step). The trainer calls it once per step and rank, and on true
-// calls InjectFault. A malformed FATHOM_TEST_FAULT ends the job (ExitAllRanks, kExitInvalidInput): a fault
-// test must never silently run without its fault.
+// The start-up check every command that trains calls (a fault test must never silently run without its
+// fault): OK when FATHOM_TEST_FAULT is unset or empty, or well formed and naming a rank of a world of
+// `world_size`; otherwise InvalidArgument naming the variable, its value and the world's ranks. The same
+// verdict on every rank (they read the same variable), so the caller exits with ExitAllRanks.
+absl::Status CheckTestFault(int world_size);
+// The same over a given value (tests).
+absl::Status CheckTestFaultValue(const std::string& value, int world_size);
+// True when FATHOM_TEST_FAULT names (rank, step), `step` being the 1-BASED step number as logged (a loop
+// over 0-based indices passes index + 1). The trainer calls it once per step and rank, and on true calls
+// InjectFault. A malformed FATHOM_TEST_FAULT ends the job (ExitAllRanks, kExitInvalidInput); CheckTestFault
+// at start-up catches it earlier.
 bool ShouldInjectFault(int rank, int64_t step);
 // True when FATHOM_TEST_FAULT is "rank:step:save" for this (rank, step): the checkpoint writer calls it
 // once per save, mid-write, and on true calls InjectFault. A malformed value ends the job as above.
 bool ShouldInjectSaveFault(int rank, int64_t step);
-// Prints "[rank R] FATHOM_TEST_FAULT: injected failure at step S" and terminates this process at once with
-// kExitInjectedFault, without MPI_Abort or MPI_Finalize: the other ranks learn of it from the runtime, as
-// they would of a crash.
+// Prints "[rank R] FATHOM_TEST_FAULT: injected failure at step S" (S 1-based, as logged) and terminates this
+// process at once with kExitInjectedFault, without MPI_Abort or MPI_Finalize: the other ranks learn of it
+// from the runtime, as they would of a crash.
 [[noreturn]] void InjectFault(int rank, int64_t step);
 
 }  // namespace fathom

@@ -127,16 +127,36 @@ std::string LaunchEnv::Describe() const {
 }
 
 absl::StatusOr<LaunchEnv> LaunchEnvFromVariables(const EnvLookup& lookup) {
-  static const LauncherVariables kLaunchers[] = {
-      {Launcher::kOpenMpi, "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
-       "OMPI_COMM_WORLD_LOCAL_SIZE"},
-      {Launcher::kHydra, "PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"},
-      {Launcher::kSlurm, "SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_LOCALID", nullptr},
-  };
-  for (const LauncherVariables& vars : kLaunchers) {
-    if (lookup(vars.size) != nullptr) return ReadLauncher(lookup, vars);
+  static const LauncherVariables kOpenMpi = {Launcher::kOpenMpi, "OMPI_COMM_WORLD_SIZE",
+                                             "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
+                                             "OMPI_COMM_WORLD_LOCAL_SIZE"};
+  static const LauncherVariables kSlurm = {Launcher::kSlurm, "SLURM_STEP_NUM_TASKS", "SLURM_PROCID",
+                                           "SLURM_LOCALID", nullptr};
+  static const LauncherVariables kHydra = {Launcher::kHydra, "PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID",
+                                           "MPI_LOCALNRANKS"};
+  if (lookup(kOpenMpi.size) != nullptr) return ReadLauncher(lookup, kOpenMpi);
+  absl::StatusOr<LaunchEnv> env = LaunchEnv{};
+  const bool hydra_started_it = lookup("MPI_LOCALRANKID") != nullptr;
+  if (lookup(kSlurm.size) != nullptr && !hydra_started_it) {
+    env = ReadLauncher(lookup, kSlurm);
+  } else if (lookup(kHydra.size) != nullptr) {
+    env = ReadLauncher(lookup, kHydra);
   }
-  return LaunchEnv{};
+  if (!env.ok()) return env;
+  // One process alone in an allocation of several tasks: a launch mistake, not a one-rank job.
+  const char* ntasks = lookup("SLURM_NTASKS");
+  int tasks = 0;
+  if (env->world_size == 1 && (env->launcher == Launcher::kNone || env->launcher == Launcher::kSlurm) &&
+      ntasks != nullptr && absl::SimpleAtoi(ntasks, &tasks) && tasks > 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "SLURM_NTASKS=", tasks, ": this process runs alone inside a Slurm allocation of ", tasks,
+        " tasks (started without srun, or by an srun step of one task), so it would train as one process "
+        "while the allocation waits for ",
+        tasks,
+        ". Launch it with `srun --mpi=pmix fathom ...` or `mpirun fathom ...` inside the allocation (for one "
+        "process on purpose: `srun -n 1 fathom ...`)"));
+  }
+  return env;
 }
 
 absl::StatusOr<LaunchEnv> LaunchEnvFromProcessEnvironment() {
@@ -163,10 +183,11 @@ absl::Status CheckEnvironment(const LaunchEnv& launcher, const LaunchEnv& mpi) {
   if (launcher.world_size != mpi.world_size || launcher.world_rank != mpi.world_rank) {
     std::string hint =
         launcher.launcher == Launcher::kSlurm
-            ? "srun started the tasks without connecting them through PMI: run `srun --mpi=pmix` "
-              "(see `srun --mpi=list`) or mpirun inside the allocation"
-            : "the MPI library is not the one the launcher belongs to, or the process was not "
-              "started by the launcher; run it with the mpirun of the Open MPI fathom was built "
+            ? "srun started the tasks without connecting them through a PMI this Open MPI speaks (srun "
+              "--mpi=none, or --mpi=pmi2 with an Open MPI built for PMIx): launch with `srun --mpi=pmix` or "
+              "`mpirun` inside the allocation"
+            : "the MPI library is not the one the launcher belongs to, or the process was not started by "
+              "the launcher: launch with `srun --mpi=pmix` or the `mpirun` of the Open MPI fathom was built "
               "with";
     return absl::FailedPreconditionError(
         absl::StrFormat("%s launched this process as rank %d of %d, but MPI sees rank %d of %d: %s", who,

@@ -34,16 +34,23 @@ struct LaunchEnv {
 // Returns the value of an environment variable, or nullptr when unset.
 using EnvLookup = std::function<const char*(const char* name)>;
 
-// The launcher's view; the first launcher whose variables are present wins:
+// The launcher's view; the first launcher whose variables are present wins, in this order:
 //   Open MPI (mpirun)  OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_LOCAL_RANK,
 //                      OMPI_COMM_WORLD_LOCAL_SIZE
-//   MPICH Hydra        PMI_SIZE, PMI_RANK, MPI_LOCALRANKID, MPI_LOCALNRANKS
 //   Slurm (srun step)  SLURM_STEP_NUM_TASKS, SLURM_PROCID, SLURM_LOCALID, and for the local size
-//                      SLURM_STEP_TASKS_PER_NODE (e.g. "2(x3),1") indexed by SLURM_NODEID
+//                      SLURM_STEP_TASKS_PER_NODE (e.g. "2(x3),1") indexed by SLURM_NODEID; whatever PMI
+//                      plugin srun used (--mpi=pmix sets PMIX_*, --mpi=pmi2 sets PMI_FD, PMI_RANK and
+//                      PMI_SIZE as Hydra does), unless MPI_LOCALRANKID says MPICH's Hydra started it
+//   MPICH Hydra        PMI_SIZE, PMI_RANK, MPI_LOCALRANKID, MPI_LOCALNRANKS
 // Open MPI comes first because mpirun inside a Slurm allocation leaves the batch step's SLURM_* variables
-// (SLURM_PROCID=0 on every rank) in each rank's environment. Slurm counts only for an srun step
-// (SLURM_STEP_NUM_TASKS set): a program run directly from a batch script is a single process.
-// Without any launcher: {kNone, 1, 0, 0, 1}.
+// (SLURM_PROCID=0 on every rank) in each rank's environment. Slurm comes before Hydra because srun's PMI-2
+// plugin sets Hydra's PMI_* variables too, but never Hydra's MPI_LOCALRANKID; Hydra's mpiexec inside a
+// Slurm allocation does set it, so it is still recognised there. Slurm counts only for an srun step
+// (SLURM_STEP_NUM_TASKS set).
+// Without any launcher: {kNone, 1, 0, 0, 1} - unless the process sits in a Slurm allocation of several
+// tasks (SLURM_NTASKS > 1) as a world of one (no launcher, or an srun step of one task while SLURM_NTASKS
+// says more): that is `sbatch -n 4 --wrap "fathom train ..."` without srun, which would silently train as
+// one process, and it is an error naming SLURM_NTASKS and how to launch (srun --mpi=pmix, or mpirun).
 // Errors: a launcher's variable missing, not a number, or inconsistent (rank >= size), naming the variable.
 absl::StatusOr<LaunchEnv> LaunchEnvFromVariables(const EnvLookup& lookup);
 // The same over this process's environment (std::getenv).
@@ -52,9 +59,12 @@ absl::StatusOr<LaunchEnv> LaunchEnvFromProcessEnvironment();
 // MPI's view, launcher kMpi. REQUIRES MPI active (MpiInit). Collective over MPI_COMM_WORLD.
 LaunchEnv LaunchEnvFromMpi();
 
-// OK when `launcher` (LaunchEnvFromVariables) and `mpi` (LaunchEnvFromMpi) agree on the world size and
-// rank, and on the local rank and size where the launcher states them. kNone (no launcher variables) has
-// nothing to disagree with. The error names the variables, says what MPI saw and how to launch instead.
+// The launch check: OK when `launcher` (LaunchEnvFromVariables) and `mpi` (LaunchEnvFromMpi) agree on the
+// world size and rank, and on the local rank and size where the launcher states them. kNone (no launcher
+// variables) has nothing to disagree with. The error says what the launcher and MPI each saw and gives one
+// hint: launch with `srun --mpi=pmix` or `mpirun` (the usual cause under Slurm: srun --mpi=none, or a PMI
+// plugin this Open MPI does not speak, leaves every task a singleton world). Every command that trains,
+// benches or diagnoses runs it right after MPI_Init (launch/job_start.h).
 absl::Status CheckEnvironment(const LaunchEnv& launcher, const LaunchEnv& mpi);
 
 }  // namespace fathom

@@ -50,9 +50,12 @@ class PendingSelfRecv final : public Request::Impl {
 LocalCommunicator::LocalCommunicator(std::string name)
     : name_(std::move(name)), mailbox_(std::make_shared<Mailbox>()) {}
 
+LocalCommunicator::LocalCommunicator(std::string name, std::shared_ptr<double> timeout)
+    : Communicator(std::move(timeout)), name_(std::move(name)), mailbox_(std::make_shared<Mailbox>()) {}
+
 std::unique_ptr<Communicator> LocalCommunicator::Split(int color, int key, const std::string& name) {
   FATHOM_CHECK(color >= 0, "[split] group ", name_, ": color ", color, " must be >= 0");
-  return std::make_unique<LocalCommunicator>(name);
+  return std::unique_ptr<Communicator>(new LocalCommunicator(name, timeout_cell()));
 }
 
 Request LocalCommunicator::ISend(const Tensor& tensor, int peer, int tag) {

@@ -2,6 +2,8 @@
 // when in place); Split returns another size-1 communicator. Point-to-point messages to self are buffered:
 // a send copies its tensor, a receive takes the oldest message with its tag; waiting on a receive no send
 // can ever match (it would hang under MPI) is a bug and aborts. No MPI involved: usable without MpiInit.
+// Nothing ever waits on another process, so the watchdog's deadline (communicator.h) is kept (and shared
+// with split groups) but never expires.
 #ifndef FATHOM_PARALLEL_LOCAL_COMMUNICATOR_H_
 #define FATHOM_PARALLEL_LOCAL_COMMUNICATOR_H_
 
@@ -37,6 +39,8 @@ class LocalCommunicator final : public Communicator {
   int64_t unreceived() const;
 
  private:
+  LocalCommunicator(std::string name, std::shared_ptr<double> timeout);
+
   struct Mailbox;
   std::string name_;
   std::shared_ptr<Mailbox> mailbox_;  // shared with pending receive requests

@@ -7,9 +7,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "parallel/fault.h"
+#include "parallel/mpi_watchdog.h"
 
 namespace fathom {
 
@@ -18,7 +20,24 @@ struct MpiCommunicator::State {
   std::string name;
   int rank = 0;
   int size = 1;
-  int64_t pending = 0;  // requests started and not complete
+  int64_t pending = 0;                  // requests started and not complete
+  std::unique_ptr<GroupRecord> record;  // members and counters, for the watchdog
+  std::shared_ptr<double> timeout;      // the deadline cell of the communicator's family
+
+  // What a request started now waits for (counting it on the record).
+  WaitSite Collective(const char* op, const char* call) {
+    WaitSite site{op, call, record.get()};
+    site.collective = record->StartCollective();
+    return site;
+  }
+  WaitSite PointToPoint(bool send, int peer, int tag) {
+    WaitSite site{send ? "send" : "recv", send ? "MPI_Isend" : "MPI_Irecv", record.get()};
+    site.send = send;
+    site.peer = peer;
+    site.tag = tag;
+    site.message = send ? record->StartSend(peer, tag) : record->StartRecv(peer, tag);
+    return site;
+  }
 };
 
 using State = MpiCommunicator::State;
@@ -105,10 +124,11 @@ class PendingCount {
 };
 
 // One MPI request; `on_complete` runs once, after it completed, with its status (receive checks, local
-// reductions). Tensors and count arrays the operation uses live here until then.
+// reductions). Tensors and count arrays the operation uses live here until then. Waits go through the
+// watchdog (parallel/mpi_watchdog.h) with the deadline of the communicator's family.
 class MpiRequest final : public Request::Impl {
  public:
-  MpiRequest(std::shared_ptr<State> state, const char* call) : count_(std::move(state)), call_(call) {}
+  MpiRequest(std::shared_ptr<State> state, const WaitSite& site) : count_(std::move(state)), site_(site) {}
 
   MPI_Request* handle() { return &request_; }
   std::vector<Tensor> tensors;
@@ -117,15 +137,14 @@ class MpiRequest final : public Request::Impl {
 
   void Wait() override {
     MPI_Status status;
-    MpiCheck(MPI_Wait(&request_, &status), call_, count_.state().name);
+    WatchdogWait(&request_, &status, site_, *count_.state().timeout);
     Finish(status);
   }
   bool Test() override {
     MPI_Status status;
-    int done = 0;
-    MpiCheck(MPI_Test(&request_, &done, &status), call_, count_.state().name);
+    const bool done = WatchdogTest(&request_, &status, site_, *count_.state().timeout, &first_test_);
     if (done) Finish(status);
-    return done != 0;
+    return done;
   }
 
  private:
@@ -136,7 +155,8 @@ class MpiRequest final : public Request::Impl {
   }
 
   PendingCount count_;
-  const char* call_;
+  WaitSite site_;
+  std::optional<std::chrono::steady_clock::time_point> first_test_;
   MPI_Request request_ = MPI_REQUEST_NULL;
 };
 
@@ -144,13 +164,33 @@ class MpiRequest final : public Request::Impl {
 
 namespace {
 
-std::shared_ptr<State> MakeState(MPI_Comm comm, const std::string& name) {
+// The world ranks of `comm`'s members, indexed by their rank in `comm`.
+std::vector<int> WorldRanks(MPI_Comm comm, int size, const std::string& name) {
+  MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
+  MpiCheck(MPI_Comm_group(comm, &group), "MPI_Comm_group", name);
+  MpiCheck(MPI_Comm_group(MPI_COMM_WORLD, &world), "MPI_Comm_group", "world");
+  std::vector<int> ranks(static_cast<size_t>(size)), out(static_cast<size_t>(size));
+  for (int r = 0; r < size; ++r) ranks[static_cast<size_t>(r)] = r;
+  MpiCheck(MPI_Group_translate_ranks(group, size, ranks.data(), world, out.data()),
+           "MPI_Group_translate_ranks", name);
+  MpiCheck(MPI_Group_free(&group), "MPI_Group_free", name);
+  MpiCheck(MPI_Group_free(&world), "MPI_Group_free", "world");
+  return out;
+}
+
+// `parent` is the record of the communicator split (or duplicated) into `comm`, for the key.
+std::shared_ptr<State> MakeState(MPI_Comm comm, const std::string& name, GroupRecord& parent,
+                                 std::shared_ptr<double> timeout) {
   auto s = std::make_shared<State>();
   s->comm = comm;
   s->name = name;
+  s->timeout = std::move(timeout);
   MpiCheck(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", name);
   MpiCheck(MPI_Comm_rank(comm, &s->rank), "MPI_Comm_rank", name);
   MpiCheck(MPI_Comm_size(comm, &s->size), "MPI_Comm_size", name);
+  std::vector<int> members = WorldRanks(comm, s->size, name);
+  const uint64_t key = GroupKey(parent.key(), parent.StartSplit(), name, members);
+  s->record = std::make_unique<GroupRecord>(name, std::move(members), key);
   return s;
 }
 
@@ -169,9 +209,12 @@ void MpiInit(int* argc, char*** argv) {
     FailJob(kExitFailure, absl::StrCat("MPI provides thread level ", provided,
                                        ", below MPI_THREAD_FUNNELED which fathom needs"));
   }
+  WatchdogInit();
 }
 
-void MpiFinalize() {
+void MpiFinalize(double timeout_seconds) {
+  WatchdogFinalBarrier(timeout_seconds);
+  WatchdogRelease();
   ReleaseMpiErrorHandling();
   MpiCheck(MPI_Finalize(), "MPI_Finalize", "world");
 }
@@ -183,14 +226,23 @@ bool MpiIsActive() {
   return initialized && !finalized;
 }
 
+// The duplication is non-blocking so that it waits under the watchdog like any collective: a rank that
+// never starts would otherwise leave the others in MPI_Comm_dup for ever.
 std::unique_ptr<MpiCommunicator> MpiCommunicator::World() {
   FATHOM_CHECK(MpiIsActive(), "MpiCommunicator::World() before MpiInit or after MpiFinalize");
+  GroupRecord& mpi_world = MpiWorldRecord();
+  WaitSite site{"creating the world communicator", "MPI_Comm_idup", &mpi_world};
+  site.collective = mpi_world.StartCollective();
   MPI_Comm comm = MPI_COMM_NULL;
-  MpiCheck(MPI_Comm_dup(MPI_COMM_WORLD, &comm), "MPI_Comm_dup", "world");
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(MakeState(comm, "world")));
+  MPI_Request request = MPI_REQUEST_NULL;
+  MpiCheck(MPI_Comm_idup(MPI_COMM_WORLD, &comm, &request), "MPI_Comm_idup", "world");
+  WatchdogWait(&request, MPI_STATUS_IGNORE, site, kDefaultTimeoutSeconds);
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(
+      MakeState(comm, "world", mpi_world, std::make_shared<double>(kDefaultTimeoutSeconds))));
 }
 
-MpiCommunicator::MpiCommunicator(std::shared_ptr<State> state) : state_(std::move(state)) {}
+MpiCommunicator::MpiCommunicator(std::shared_ptr<State> state)
+    : Communicator(state->timeout), state_(std::move(state)) {}
 
 MpiCommunicator::~MpiCommunicator() {
   FATHOM_CHECK(state_->pending == 0, "communicator ", state_->name, " destroyed with ", state_->pending,
@@ -204,18 +256,25 @@ int MpiCommunicator::size() const { return state_->size; }
 const std::string& MpiCommunicator::name() const { return state_->name; }
 int64_t MpiCommunicator::pending_requests() const { return state_->pending; }
 
+// MPI has no non-blocking split, so every member first meets in a barrier under the watchdog: once all
+// have arrived, MPI_Comm_split cannot wait for a missing one.
 std::unique_ptr<Communicator> MpiCommunicator::Split(int color, int key, const std::string& name) {
   FATHOM_CHECK(color >= 0, "[split] group ", state_->name, ": color ", color, " must be >= 0");
+  const WaitSite site = state_->Collective("split (its barrier)", "MPI_Ibarrier");
+  MPI_Request request = MPI_REQUEST_NULL;
+  MpiCheck(MPI_Ibarrier(state_->comm, &request), "MPI_Ibarrier", state_->name);
+  WatchdogWait(&request, MPI_STATUS_IGNORE, site, *state_->timeout);
   MPI_Comm comm = MPI_COMM_NULL;
   MpiCheck(MPI_Comm_split(state_->comm, color, key, &comm), "MPI_Comm_split", state_->name);
-  return std::unique_ptr<Communicator>(new MpiCommunicator(MakeState(comm, name)));
+  return std::unique_ptr<Communicator>(
+      new MpiCommunicator(MakeState(comm, name, *state_->record, state_->timeout)));
 }
 
 Request MpiCommunicator::ISend(const Tensor& tensor, int peer, int tag) {
   CheckCpu("send", tensor);
   CheckPeer("send", peer);
   CheckTag("send", tag);
-  auto r = std::make_unique<MpiRequest>(state_, "MPI_Isend");
+  auto r = std::make_unique<MpiRequest>(state_, state_->PointToPoint(/*send=*/true, peer, tag));
   r->tensors.push_back(tensor);
   MpiCheck(MPI_Isend(tensor.raw(), MpiCount(tensor.numel(), "send", state_->name), MpiType(tensor.dtype()),
                      peer, tag, state_->comm, r->handle()),
@@ -227,7 +286,7 @@ Request MpiCommunicator::IRecv(const Tensor& tensor, int peer, int tag) {
   CheckCpu("recv", tensor);
   CheckPeer("recv", peer);
   CheckTag("recv", tag);
-  auto r = std::make_unique<MpiRequest>(state_, "MPI_Irecv");
+  auto r = std::make_unique<MpiRequest>(state_, state_->PointToPoint(/*send=*/false, peer, tag));
   r->tensors.push_back(tensor);
   const int expected = MpiCount(tensor.numel(), "recv", state_->name);
   MPI_Datatype type = MpiType(tensor.dtype());
@@ -251,7 +310,7 @@ Request MpiCommunicator::IRecv(const Tensor& tensor, int peer, int tag) {
 Request MpiCommunicator::IAllToAllV(const Tensor& send, const std::vector<int64_t>& send_counts,
                                     const Tensor& recv, const std::vector<int64_t>& recv_counts) {
   CheckAllToAllV(send, send_counts, recv, recv_counts);
-  auto r = std::make_unique<MpiRequest>(state_, "MPI_Ialltoallv");
+  auto r = std::make_unique<MpiRequest>(state_, state_->Collective("all_to_all_v", "MPI_Ialltoallv"));
   r->tensors = {send, recv};
   const size_t p = static_cast<size_t>(state_->size);
   r->arrays.assign(4, std::vector<int>(p));
@@ -278,7 +337,7 @@ Request MpiCommunicator::IAllToAllV(const Tensor& send, const std::vector<int64_
 Request MpiCommunicator::IAllReduce(const Tensor& tensor, ReduceOp op) {
   CheckCpu("all_reduce", tensor);
   CheckReducible("all_reduce", tensor);
-  auto r = std::make_unique<MpiRequest>(state_, "MPI_Iallgather (all_reduce)");
+  auto r = std::make_unique<MpiRequest>(state_, state_->Collective("all_reduce", "MPI_Iallgather"));
   const int64_t n = tensor.numel();
   Tensor parts = Tensor::Empty({state_->size * n}, tensor.dtype());
   r->tensors = {tensor, parts};
@@ -295,7 +354,7 @@ Request MpiCommunicator::IAllReduce(const Tensor& tensor, ReduceOp op) {
 
 Request MpiCommunicator::IReduceScatter(const Tensor& send, const Tensor& recv, ReduceOp op) {
   CheckReduceScatter(send, recv);
-  auto r = std::make_unique<MpiRequest>(state_, "MPI_Ialltoall (reduce_scatter)");
+  auto r = std::make_unique<MpiRequest>(state_, state_->Collective("reduce_scatter", "MPI_Ialltoall"));
   const int64_t n = recv.numel();
   Tensor parts = Tensor::Empty({state_->size * n}, recv.dtype());
   r->tensors = {send, recv, parts};
@@ -312,7 +371,7 @@ Request MpiCommunicator::IReduceScatter(const Tensor& send, const Tensor& recv, 
 
 Request MpiCommunicator::IAllGather(const Tensor& send, const Tensor& recv) {
   CheckAllGather(send, recv);
-  auto r = std::make_unique<MpiRequest>(state_, "MPI_Iallgather");
+  auto r = std::make_unique<MpiRequest>(state_, state_->Collective("all_gather", "MPI_Iallgather"));
   r->tensors = {send, recv};
   const int count = MpiCount(send.numel(), "all_gather", state_->name);
   MPI_Datatype type = MpiType(send.dtype());
@@ -324,7 +383,7 @@ Request MpiCommunicator::IAllGather(const Tensor& send, const Tensor& recv) {
 Request MpiCommunicator::IBroadcast(const Tensor& tensor, int root) {
   CheckCpu("broadcast", tensor);
   CheckRoot("broadcast", root);
-  auto r = std::make_unique<MpiRequest>(state_, "MPI_Ibcast");
+  auto r = std::make_unique<MpiRequest>(state_, state_->Collective("broadcast", "MPI_Ibcast"));
   r->tensors = {tensor};
   MpiCheck(MPI_Ibcast(tensor.raw(), MpiCount(tensor.numel(), "broadcast", state_->name),
                       MpiType(tensor.dtype()), root, state_->comm, r->handle()),
@@ -333,7 +392,7 @@ Request MpiCommunicator::IBroadcast(const Tensor& tensor, int root) {
 }
 
 Request MpiCommunicator::IBarrier() {
-  auto r = std::make_unique<MpiRequest>(state_, "MPI_Ibarrier");
+  auto r = std::make_unique<MpiRequest>(state_, state_->Collective("barrier", "MPI_Ibarrier"));
   MpiCheck(MPI_Ibarrier(state_->comm, r->handle()), "MPI_Ibarrier", state_->name);
   return Request(std::move(r));
 }

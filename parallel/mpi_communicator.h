@@ -28,6 +28,14 @@
 //
 // Every MPI return code is checked: errors end the job with "[rank R] MPI_Xxx on group G failed: ..."
 // (parallel/fault.h). A communicator must outlive its requests (checked when it is destroyed).
+//
+// The watchdog (parallel/communicator.h; how it works: parallel/mpi_watchdog.h): every wait polls
+// MPI_Test against the family's deadline; when it passes, the rank asks the operation's peers over a side
+// channel and reports which have not arrived (for a collective: the members that have not started it, and
+// what each is waiting for instead; for a message: whether the peer posted its side; a peer that does not
+// answer is stopped, dead or busy elsewhere), then the job ends. World() duplicates MPI_COMM_WORLD without
+// blocking and Split() meets in a barrier first, so neither can hang on a missing rank either; the world
+// starts with Communicator::kDefaultTimeoutSeconds.
 #ifndef FATHOM_PARALLEL_MPI_COMMUNICATOR_H_
 #define FATHOM_PARALLEL_MPI_COMMUNICATOR_H_
 
@@ -39,11 +47,13 @@
 
 namespace fathom {
 
-// Process lifetime of MPI. MpiInit: MPI_Init_thread(MPI_THREAD_FUNNELED: only the main thread calls MPI)
-// and InstallMpiErrorHandling (parallel/fault.h); collective over the launched ranks. MpiFinalize: frees
-// fathom's private communicators and calls MPI_Finalize; communicators still alive then are left to MPI.
+// Process lifetime of MPI. MpiInit: MPI_Init_thread(MPI_THREAD_FUNNELED: only the main thread calls MPI),
+// InstallMpiErrorHandling (parallel/fault.h) and the watchdog's side channel; collective over the launched
+// ranks. MpiFinalize: every rank meets in a barrier under the watchdog (deadline `timeout_seconds`: a rank
+// that never comes is reported instead of hanging the others in MPI_Finalize), then fathom's private
+// communicators are freed and MPI_Finalize runs; communicators still alive then are left to MPI.
 void MpiInit(int* argc, char*** argv);
-void MpiFinalize();
+void MpiFinalize(double timeout_seconds = Communicator::kDefaultTimeoutSeconds);
 // MPI_Init has run and MPI_Finalize has not.
 bool MpiIsActive();
 

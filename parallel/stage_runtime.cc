@@ -21,6 +21,7 @@
 #ifdef FATHOM_WITH_CUDA
 #include "framework/cuda/device_arena.h"
 #include "framework/cuda/device_pool.h"
+#include "framework/kernels/cuda/attention.h"
 #include "parallel/cuda/nccl_communicator.h"
 #include "parallel/launch_env.h"
 #endif
@@ -249,6 +250,11 @@ absl::Status StageRuntime::SetUp() {
     }
     device_->pool = std::make_unique<cuda::DevicePool>("activations", static_cast<size_t>(plan->pool_bytes));
     device_->pool_scope.emplace(*device_->pool);
+    // Which kernels run attention; cuDNN's plans and workspace are made now, outside the step loop.
+    const ModelConfig& mc = recipe_.model;
+    const cuda::AttentionShape shape{recipe_.train.micro_batch_size, recipe_.train.seq_len,
+                                     mc.num_attention_heads, mc.qk_head_dim(), mc.v_head_dim};
+    attention_path_ = cuda::DescribeAttentionPath(bf16 ? DType::kBF16 : DType::kF32, shape) + "\n";
   }
 #endif
 

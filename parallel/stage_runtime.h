@@ -132,6 +132,10 @@ class StageRuntime {
   void ResetDeviceMemoryPeak();
   // The start-up device memory plan as a table (parallel/memory_plan.h); empty on the CPU.
   std::string memory_plan_table() const;
+  // One line (with its newline) naming the kernels attention runs on (cuDNN's fused SDPA, fathom's own
+  // tensor-core or SIMT kernels) and why; empty on the CPU. Their plans and workspaces are built at
+  // start-up, outside the step loop.
+  const std::string& attention_path() const { return attention_path_; }
 
  private:
   struct DeviceState;  // train.device cuda: op context, NCCL groups, pools, memory plan (stage_runtime.cc)
@@ -168,6 +172,7 @@ class StageRuntime {
   DeviceMesh* groups_ = nullptr;
   std::vector<int64_t> stage_layers_;
   Schedule schedule_;
+  std::string attention_path_;
   std::unique_ptr<DeviceState> device_;  // declared before the models: its device tensors go first
   std::unique_ptr<ReplicaGroups> replicas_;
   std::unique_ptr<StepTrace> trace_;

@@ -1,39 +1,22 @@
+// NcclCommunicator's operations: streams and events, point-to-point batching, collectives, host waits
+// under the watchdog. Creation, splits and destruction are in nccl_bootstrap.cc.
 #include "parallel/cuda/nccl_communicator.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <chrono>
-#include <cstring>
 #include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "framework/cuda/check.h"
-#include "framework/cuda/device_arena.h"
 #include "framework/cuda/device_pool.h"
 #include "framework/ops.h"
+#include "parallel/cuda/nccl_state.h"
 #include "parallel/fault.h"
 
 namespace fathom {
-
-namespace {
-
-// NCCL's last-error text says what failed in detail (which peer, which transport); its result codes do not.
-std::string LastNcclError() {
-  const char* text = ncclGetLastError(nullptr);
-  return text != nullptr ? std::string(text) : std::string();
-}
-
-}  // namespace
-
-// Several ranks print into one log, so the message names the rank as well as the call.
-#define FATHOM_NCCL_CHECK(call)                                                                       \
-  do {                                                                                                \
-    ncclResult_t nccl_rc_ = (call);                                                                   \
-    FATHOM_CHECK(nccl_rc_ == ncclSuccess, "[nccl] rank ", ::fathom::ProcessRank(), ": ", #call, ": ", \
-                 ncclGetErrorString(nccl_rc_), " (", LastNcclError(), ")");                           \
-  } while (0)
 
 namespace {
 
@@ -41,66 +24,124 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-struct P2pOp {
-  bool send = false;
-  void* buffer = nullptr;
-  size_t count = 0;
-  ncclDataType_t type = ncclUint8;
-  int peer = 0;
-};
-
-struct Launch;
-
 }  // namespace
 
-struct NcclCommunicator::State {
-  ncclComm_t comm = nullptr;
-  std::string name;
-  int rank = 0;
-  int size = 1;
-  int device = 0;
-  double timeout_seconds = 600.0;
-  cudaStream_t comm_stream = nullptr;
-  cudaStream_t compute_stream = nullptr;
-  cudaEvent_t start = nullptr;         // the compute stream's position when a collective starts
-  cudaEvent_t p2p_start = nullptr;     // the pending batch's position, re-recorded by each of its operations
-  int32_t* barrier_scratch = nullptr;  // (1) i32 on the device, what IBarrier all-reduces
-  std::vector<cudaEvent_t> free_events;
-  // Point-to-point operations started and not yet enqueued, and the launch their requests share.
-  std::vector<P2pOp> p2p_ops;
-  std::shared_ptr<Launch> p2p_batch;
-  int64_t pending = 0;  // requests started and not complete
-
-  ~State();
-  std::string Where() const {
-    return absl::StrCat("group ", name, " (rank ", rank, " of ", size, ", GPU ", device, ")");
+// Events are pooled: after the first steps no operation creates one.
+cudaEvent_t State::AcquireEvent() {
+  if (!free_events.empty()) {
+    cudaEvent_t e = free_events.back();
+    free_events.pop_back();
+    return e;
   }
-  void UseDevice() const { FATHOM_CUDA_CHECK(cudaSetDevice(device)); }
-  cudaEvent_t AcquireEvent();
-  void ReleaseEvent(cudaEvent_t e) { free_events.push_back(e); }
-  void CheckAsyncError(const std::string& during);
-  void FlushP2p();
-  std::shared_ptr<Launch> Begin(std::vector<Tensor> tensors);
-  void End(Launch& launch);
-  void WaitHost(const std::string& during);
-};
+  cudaEvent_t e = nullptr;
+  FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
 
-using State = NcclCommunicator::State;
+// The message goes out first (the abort may take a while, or in a broken transport never return), then
+// the communicator is aborted so that no kernel of it is left spinning on the GPU, then the job ends.
+void State::Fail(const std::string& message) {
+  AnnounceFailure(message);
+  std::thread([] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(kAbortGuardSeconds));
+    std::_Exit(kExitFailure);  // the abort hung: end the process; the launcher ends the job
+  }).detach();
+  if (comm != nullptr) {
+    ncclCommAbort(comm);  // its result does not matter any more
+    comm = nullptr;       // aborted communicators are not destroyed
+  }
+  FailJob(kExitFailure, message);
+}
+
+void State::CheckAsyncError(const std::string& during) {
+  ncclResult_t async = ncclSuccess;
+  FATHOM_NCCL_CHECK(ncclCommGetAsyncError(comm, &async));
+  if (async != ncclSuccess && async != ncclInProgress) {
+    Fail(absl::StrCat("[nccl] ", Where(), ": NCCL reports an asynchronous error while ", during, ": ",
+                      ncclGetErrorString(async), " (", LastNcclError(), ")"));
+  }
+}
+
+std::string State::Expired(const std::string& during) const {
+  return absl::StrCat("[nccl] watchdog: ", Where(), ": communication did not finish within ", *timeout,
+                      " s (parallel.timeout_s) while ", during, "; ", operations,
+                      " operation(s) enqueued on the group so far, the latest ", last_operation,
+                      ". NCCL cannot tell which peer is missing: every rank of the group that waits on the "
+                      "host reports like this one, so the ranks not reporting are the ones to look at "
+                      "(dead, stopped, or issuing operations in a different order); aborting the NCCL "
+                      "communicator and ending the job");
+}
+
+void State::FlushP2p() {
+  if (!p2p_batch) return;
+  std::shared_ptr<Launch> batch = std::move(p2p_batch);
+  p2p_batch.reset();
+  UseDevice();
+  FATHOM_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, p2p_start, 0));
+  ++operations;
+  last_operation = absl::StrCat("a batch of ", p2p_ops.size(), " send(s)/recv(s) #", operations);
+  batch->operation = last_operation;
+  // One group: NCCL's sends and receives block their kernel until the peer's matching operation runs, so
+  // a send and a receive that need each other (a ring) must progress together.
+  FATHOM_NCCL_CHECK(ncclGroupStart());
+  for (const P2pOp& op : p2p_ops) {
+    if (op.send) {
+      FATHOM_NCCL_CHECK(ncclSend(op.buffer, op.count, op.type, op.peer, comm, comm_stream));
+    } else {
+      FATHOM_NCCL_CHECK(ncclRecv(op.buffer, op.count, op.type, op.peer, comm, comm_stream));
+    }
+  }
+  FATHOM_NCCL_CHECK(ncclGroupEnd());
+  p2p_ops.clear();
+  End(*batch);
+}
+
+// Every collective: earlier point-to-point batches first (NCCL must see the same order on every rank as
+// the caller issued), then the comm stream joins the compute stream where it stands now.
+std::shared_ptr<Launch> State::Begin(const char* operation, std::vector<Tensor> tensors) {
+  FlushP2p();
+  UseDevice();
+  ++operations;
+  last_operation = absl::StrCat(operation, " #", operations);
+  FATHOM_CUDA_CHECK(cudaEventRecord(start, compute_stream));
+  FATHOM_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, start, 0));
+  auto launch = std::make_shared<Launch>();
+  launch->state = this;
+  launch->wait_stream = compute_stream;
+  launch->tensors = std::move(tensors);
+  launch->operation = last_operation;
+  return launch;
+}
+
+void State::End(Launch& launch) {
+  launch.done = AcquireEvent();
+  FATHOM_CUDA_CHECK(cudaEventRecord(launch.done, comm_stream));
+}
+
+// Polls instead of cudaStreamSynchronize: a blocked synchronize could not notice NCCL's asynchronous error
+// nor give up, and a peer that stopped communicating would hang this rank for ever.
+void State::WaitHost(const std::string& during) {
+  UseDevice();
+  const Clock::time_point begin = Clock::now();
+  for (int64_t polls = 0;; ++polls) {
+    cudaError_t q = cudaStreamQuery(comm_stream);
+    if (q == cudaSuccess) break;
+    FATHOM_CHECK(q == cudaErrorNotReady, "[nccl] ", Where(), ": cudaStreamQuery while ", during, ": ",
+                 cudaGetErrorName(q), ": ", cudaGetErrorString(q));
+    (void)cudaGetLastError();
+    CheckAsyncError(during);
+    if (SecondsSince(begin) > *timeout) Fail(Expired(during));
+    // Spin briefly (short collectives finish in microseconds), then stop burning the core.
+    if (polls < 1000) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  CheckAsyncError(during);
+}
 
 namespace {
-
-// One enqueued unit of work - a collective, or a batch of point-to-point operations - and what its
-// requests share: the event marking its end on the comm stream (null while a batch is not enqueued yet),
-// the compute stream their Wait() orders, and the tensors it uses.
-struct Launch {
-  State* state = nullptr;  // outlives the launch: requests hold the state, the state holds the batch
-  cudaStream_t wait_stream = nullptr;
-  cudaEvent_t done = nullptr;
-  std::vector<Tensor> tensors;
-  ~Launch() {
-    if (done != nullptr) state->ReleaseEvent(done);  // re-recording a pending event is legal
-  }
-};
 
 class NcclRequest final : public Request::Impl {
  public:
@@ -127,11 +168,9 @@ class NcclRequest final : public Request::Impl {
     state_->CheckAsyncError("testing a request");
     // A caller polling Test() is waiting on the host: the same deadline as Synchronize().
     if (!first_test_) first_test_ = Clock::now();
-    if (SecondsSince(*first_test_) > state_->timeout_seconds) {
-      FailJob(kExitFailure,
-              absl::StrCat("[nccl] ", state_->Where(),
-                           ": a request polled with Test() did not complete within ", state_->timeout_seconds,
-                           " s; a peer is dead or stuck, or ranks issued operations in different orders"));
+    if (SecondsSince(*first_test_) > *state_->timeout) {
+      state_->Fail(
+          state_->Expired(absl::StrCat("polling a request of ", launch_->operation, " with Test()")));
     }
     return false;
   }
@@ -193,234 +232,7 @@ void CheckSameDType(const char* op, const Tensor& a, const Tensor& b) {
                DTypeName(b.dtype()));
 }
 
-// The verdict on the GPU assignment, from every rank's row of the gathered table, so that every rank
-// reaches the same one and prints the same message. Empty when every rank has a GPU of its own.
-constexpr int kGpuFields = 5;  // local rank, visible device count, device, UUID (2 x 8 bytes)
-
-std::string GpuAssignmentProblem(const Tensor& table, int size) {
-  const int64_t* t = table.data<int64_t>();
-  auto row = [&](int r) { return t + static_cast<int64_t>(r) * kGpuFields; };
-  for (int r = 0; r < size; ++r) {
-    if (row(r)[1] == 0) {
-      return absl::StrCat("[nccl] fathom needs one GPU per rank, but rank ", r, " (local rank ", row(r)[0],
-                          ") sees no CUDA device (0 visible)");
-    }
-  }
-  for (int j = 0; j < size; ++j) {
-    for (int i = 0; i < j; ++i) {
-      if (row(i)[3] != row(j)[3] || row(i)[4] != row(j)[4]) continue;
-      return absl::StrCat("[nccl] fathom needs one GPU per rank, but rank ", j, " (local rank ", row(j)[0],
-                          ") and rank ", i, " (local rank ", row(i)[0], ") both get the same GPU: rank ", j,
-                          " sees ", row(j)[1], " CUDA device(s) and takes device ", row(j)[2],
-                          " = local rank % device count. Start at most as many ranks per node as it has "
-                          "GPUs, or give every rank its own (CUDA_VISIBLE_DEVICES)");
-    }
-  }
-  return "";
-}
-
-ncclConfig_t MakeConfig(const std::string& name) {
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  // Blocking: enqueue calls return once the work is on the stream (a non-blocking communicator may answer
-  // ncclInProgress before it is, which would leave the done event recorded ahead of the work).
-  config.blocking = 1;
-  config.commName = name.c_str();  // NCCL copies it
-  return config;
-}
-
-std::shared_ptr<State> MakeState(ncclComm_t comm, const std::string& name, int device, double timeout_seconds,
-                                 cudaStream_t compute_stream) {
-  auto s = std::make_shared<State>();
-  s->comm = comm;
-  s->name = name;
-  s->device = device;
-  s->timeout_seconds = timeout_seconds;
-  s->compute_stream = compute_stream;
-  s->UseDevice();
-  FATHOM_NCCL_CHECK(ncclCommUserRank(comm, &s->rank));
-  FATHOM_NCCL_CHECK(ncclCommCount(comm, &s->size));
-  int nccl_device = -1;
-  FATHOM_NCCL_CHECK(ncclCommCuDevice(comm, &nccl_device));
-  FATHOM_CHECK(nccl_device == device, "[nccl] ", s->Where(), ": NCCL runs the communicator on device ",
-               nccl_device);
-  // Non-blocking: the legacy default stream must never wait behind a long NCCL kernel (nor the kernel
-  // behind it), only what the events say. Highest priority: communication kernels start ahead of queued
-  // compute kernels, which is what overlapping them needs.
-  int least = 0, greatest = 0;
-  FATHOM_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  FATHOM_CUDA_CHECK(cudaStreamCreateWithPriority(&s->comm_stream, cudaStreamNonBlocking, greatest));
-  FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&s->start, cudaEventDisableTiming));
-  FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&s->p2p_start, cudaEventDisableTiming));
-  FATHOM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&s->barrier_scratch), sizeof(int32_t)));
-  FATHOM_CUDA_CHECK(cudaMemsetAsync(s->barrier_scratch, 0, sizeof(int32_t), s->comm_stream));
-  return s;
-}
-
 }  // namespace
-
-State::~State() {
-  p2p_batch.reset();  // empty by now: every batched operation has a request, and none is pending
-  UseDevice();
-  if (comm != nullptr) FATHOM_NCCL_CHECK(ncclCommDestroy(comm));
-  for (cudaEvent_t e : free_events) FATHOM_CUDA_CHECK(cudaEventDestroy(e));
-  if (start != nullptr) FATHOM_CUDA_CHECK(cudaEventDestroy(start));
-  if (p2p_start != nullptr) FATHOM_CUDA_CHECK(cudaEventDestroy(p2p_start));
-  if (comm_stream != nullptr) FATHOM_CUDA_CHECK(cudaStreamDestroy(comm_stream));
-  if (barrier_scratch != nullptr) FATHOM_CUDA_CHECK(cudaFree(barrier_scratch));
-}
-
-// Events are pooled: after the first steps no operation creates one.
-cudaEvent_t State::AcquireEvent() {
-  if (!free_events.empty()) {
-    cudaEvent_t e = free_events.back();
-    free_events.pop_back();
-    return e;
-  }
-  cudaEvent_t e = nullptr;
-  FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  return e;
-}
-
-// No ncclCommAbort before failing: FailJob ends this process (and, through MPI_Abort, the job), and the
-// driver reclaims a context whose kernels still spin; aborting first could only add a way to hang.
-void State::CheckAsyncError(const std::string& during) {
-  ncclResult_t async = ncclSuccess;
-  FATHOM_NCCL_CHECK(ncclCommGetAsyncError(comm, &async));
-  if (async != ncclSuccess && async != ncclInProgress) {
-    FailJob(kExitFailure, absl::StrCat("[nccl] ", Where(), ": NCCL reports an asynchronous error while ",
-                                       during, ": ", ncclGetErrorString(async), " (", LastNcclError(), ")"));
-  }
-}
-
-void State::FlushP2p() {
-  if (!p2p_batch) return;
-  std::shared_ptr<Launch> batch = std::move(p2p_batch);
-  p2p_batch.reset();
-  UseDevice();
-  FATHOM_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, p2p_start, 0));
-  // One group: NCCL's sends and receives block their kernel until the peer's matching operation runs, so
-  // a send and a receive that need each other (a ring) must progress together.
-  FATHOM_NCCL_CHECK(ncclGroupStart());
-  for (const P2pOp& op : p2p_ops) {
-    if (op.send) {
-      FATHOM_NCCL_CHECK(ncclSend(op.buffer, op.count, op.type, op.peer, comm, comm_stream));
-    } else {
-      FATHOM_NCCL_CHECK(ncclRecv(op.buffer, op.count, op.type, op.peer, comm, comm_stream));
-    }
-  }
-  FATHOM_NCCL_CHECK(ncclGroupEnd());
-  p2p_ops.clear();
-  End(*batch);
-}
-
-// Every collective: earlier point-to-point batches first (NCCL must see the same order on every rank as
-// the caller issued), then the comm stream joins the compute stream where it stands now.
-std::shared_ptr<Launch> State::Begin(std::vector<Tensor> tensors) {
-  FlushP2p();
-  UseDevice();
-  FATHOM_CUDA_CHECK(cudaEventRecord(start, compute_stream));
-  FATHOM_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, start, 0));
-  auto launch = std::make_shared<Launch>();
-  launch->state = this;
-  launch->wait_stream = compute_stream;
-  launch->tensors = std::move(tensors);
-  return launch;
-}
-
-void State::End(Launch& launch) {
-  launch.done = AcquireEvent();
-  FATHOM_CUDA_CHECK(cudaEventRecord(launch.done, comm_stream));
-}
-
-// Polls instead of cudaStreamSynchronize: a blocked synchronize could not notice NCCL's asynchronous error
-// nor give up, and a peer that stopped communicating would hang this rank for ever.
-void State::WaitHost(const std::string& during) {
-  UseDevice();
-  const Clock::time_point begin = Clock::now();
-  for (int64_t polls = 0;; ++polls) {
-    cudaError_t q = cudaStreamQuery(comm_stream);
-    if (q == cudaSuccess) break;
-    FATHOM_CHECK(q == cudaErrorNotReady, "[nccl] ", Where(), ": cudaStreamQuery while ", during, ": ",
-                 cudaGetErrorName(q), ": ", cudaGetErrorString(q));
-    (void)cudaGetLastError();
-    CheckAsyncError(during);
-    if (SecondsSince(begin) > timeout_seconds) {
-      FailJob(kExitFailure, absl::StrCat("[nccl] ", Where(), ": communication did not finish within ",
-                                         timeout_seconds, " s while ", during,
-                                         "; a peer is dead or stuck, or ranks issued operations in different "
-                                         "orders"));
-    }
-    // Spin briefly (short collectives finish in microseconds), then stop burning the core.
-    if (polls < 1000) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-  }
-  CheckAsyncError(during);
-}
-
-int NcclCommunicator::DeviceForLocalRank(int local_rank, int device_count) {
-  FATHOM_CHECK(device_count > 0 && local_rank >= 0, "[nccl] no GPU for local rank ", local_rank, " among ",
-               device_count, " devices");
-  return local_rank % device_count;
-}
-
-std::unique_ptr<NcclCommunicator> NcclCommunicator::Create(Communicator& bootstrap, const LaunchEnv& env,
-                                                           const NcclOptions& options) {
-  FATHOM_CHECK(options.timeout_seconds > 0, "[nccl] timeout_seconds ", options.timeout_seconds,
-               " must be > 0");
-  FATHOM_CHECK(env.local_rank >= 0, "[nccl] local rank ", env.local_rank);
-  const int size = bootstrap.size();
-
-  // Every rank's GPU identity goes to every rank before anything is initialised: a rank short of a GPU is
-  // then a message every rank agrees on, not a hang inside ncclCommInitRank or NCCL's "duplicate GPU".
-  const int device_count = cuda::DeviceCount();
-  const int device = device_count > 0 ? DeviceForLocalRank(env.local_rank, device_count) : -1;
-  Tensor mine = Tensor::Zeros({kGpuFields}, DType::kI64);
-  int64_t* m = mine.data<int64_t>();
-  m[0] = env.local_rank;
-  m[1] = device_count;
-  m[2] = device;
-  if (device >= 0) {
-    cudaDeviceProp prop{};
-    FATHOM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    static_assert(sizeof(prop.uuid.bytes) == 2 * sizeof(int64_t));
-    std::memcpy(&m[3], prop.uuid.bytes, sizeof(prop.uuid.bytes));
-  }
-  Tensor table = Tensor::Empty({static_cast<int64_t>(size) * kGpuFields}, DType::kI64);
-  bootstrap.AllGather(mine, table);
-  const std::string problem = GpuAssignmentProblem(table, size);
-  if (!problem.empty()) ExitAllRanks(kExitInvalidInput, problem);
-
-  FATHOM_CUDA_CHECK(cudaSetDevice(device));
-  ncclUniqueId id;
-  std::memset(&id, 0, sizeof(id));
-  if (bootstrap.rank() == 0) FATHOM_NCCL_CHECK(ncclGetUniqueId(&id));
-  static_assert(sizeof(ncclUniqueId) % sizeof(int64_t) == 0);
-  Tensor id_bytes = Tensor::Empty({static_cast<int64_t>(sizeof(id) / sizeof(int64_t))}, DType::kI64);
-  std::memcpy(id_bytes.raw(), &id, sizeof(id));
-  bootstrap.Broadcast(id_bytes, 0);  // i64 words: MPI moves the bits unchanged
-  std::memcpy(&id, id_bytes.raw(), sizeof(id));
-
-  ncclConfig_t config = MakeConfig(bootstrap.name());
-  ncclComm_t comm = nullptr;
-  FATHOM_NCCL_CHECK(ncclCommInitRankConfig(&comm, size, id, bootstrap.rank(), &config));
-  std::shared_ptr<State> s =
-      MakeState(comm, bootstrap.name(), device, options.timeout_seconds, options.compute_stream);
-  FATHOM_CHECK(s->rank == bootstrap.rank() && s->size == size, "[nccl] ", s->Where(),
-               ": the bootstrap has rank ", bootstrap.rank(), " of ", size);
-  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(s)));
-}
-
-NcclCommunicator::NcclCommunicator(std::shared_ptr<State> state) : state_(std::move(state)) {}
-
-NcclCommunicator::~NcclCommunicator() {
-  FATHOM_CHECK(state_->pending == 0, "[nccl] communicator ", state_->name, " destroyed with ",
-               state_->pending, " requests in flight");
-  state_->FlushP2p();
-  state_->WaitHost("destroying the communicator");
-}
 
 int NcclCommunicator::rank() const { return state_->rank; }
 int NcclCommunicator::size() const { return state_->size; }
@@ -436,19 +248,6 @@ void NcclCommunicator::Flush() { state_->FlushP2p(); }
 void NcclCommunicator::Synchronize() {
   state_->FlushP2p();
   state_->WaitHost("synchronizing");
-}
-
-std::unique_ptr<Communicator> NcclCommunicator::Split(int color, int key, const std::string& name) {
-  FATHOM_CHECK(color >= 0, "[split] group ", state_->name, ": color ", color, " must be >= 0");
-  state_->FlushP2p();
-  state_->UseDevice();
-  ncclConfig_t config = MakeConfig(name);
-  ncclComm_t child = nullptr;
-  FATHOM_NCCL_CHECK(ncclCommSplit(state_->comm, color, key, &child, &config));
-  FATHOM_CHECK(child != nullptr, "[split] ", state_->Where(), ": NCCL returned no communicator for color ",
-               color);
-  return std::unique_ptr<Communicator>(new NcclCommunicator(
-      MakeState(child, name, state_->device, state_->timeout_seconds, state_->compute_stream)));
 }
 
 namespace {
@@ -519,7 +318,7 @@ Request NcclCommunicator::IAllToAllV(const Tensor& send, const std::vector<int64
   FATHOM_CHECK(send_counts[s.rank] == recv_counts[s.rank], "[all_to_all_v] ", s.Where(), " sends itself ",
                send_counts[s.rank], " elements but expects ", recv_counts[s.rank]);
 
-  std::shared_ptr<Launch> launch = s.Begin({send, recv});
+  std::shared_ptr<Launch> launch = s.Begin("all_to_all_v", {send, recv});
   const size_t es = DTypeSize(send.dtype());
   const ncclDataType_t type = MoveType(send.dtype());
   const char* send_base = static_cast<const char*>(send.raw());
@@ -550,7 +349,7 @@ Request NcclCommunicator::IAllReduce(const Tensor& tensor, ReduceOp op) {
   State& s = *state_;
   CheckDeviceTensor(s, "all_reduce", tensor);
   const ncclDataType_t type = ReduceType("all_reduce", tensor.dtype());
-  std::shared_ptr<Launch> launch = s.Begin({tensor});
+  std::shared_ptr<Launch> launch = s.Begin("all_reduce", {tensor});
   if (tensor.numel() > 0) {
     FATHOM_NCCL_CHECK(ncclAllReduce(tensor.raw(), tensor.raw(), static_cast<size_t>(tensor.numel()), type,
                                     NcclOp(op), s.comm, s.comm_stream));
@@ -567,7 +366,7 @@ Request NcclCommunicator::IReduceScatter(const Tensor& send, const Tensor& recv,
   FATHOM_CHECK(send.numel() == s.size * recv.numel(), "[reduce_scatter] send ", send.shape_str(),
                " must hold ", s.size, " (size of group ", s.name, ") chunks of recv ", recv.shape_str());
   FATHOM_CHECK(send.raw() != recv.raw() || recv.nbytes() == 0, "[reduce_scatter] send and recv alias");
-  std::shared_ptr<Launch> launch = s.Begin({send, recv});
+  std::shared_ptr<Launch> launch = s.Begin("reduce_scatter", {send, recv});
   if (recv.numel() > 0) {
     FATHOM_NCCL_CHECK(ncclReduceScatter(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), type,
                                         NcclOp(op), s.comm, s.comm_stream));
@@ -583,7 +382,7 @@ Request NcclCommunicator::IAllGather(const Tensor& send, const Tensor& recv) {
   FATHOM_CHECK(recv.numel() == s.size * send.numel(), "[all_gather] recv ", recv.shape_str(), " must hold ",
                s.size, " (size of group ", s.name, ") copies of send ", send.shape_str());
   FATHOM_CHECK(send.raw() != recv.raw() || send.nbytes() == 0, "[all_gather] send and recv alias");
-  std::shared_ptr<Launch> launch = s.Begin({send, recv});
+  std::shared_ptr<Launch> launch = s.Begin("all_gather", {send, recv});
   if (send.numel() > 0) {
     FATHOM_NCCL_CHECK(ncclAllGather(send.raw(), recv.raw(), static_cast<size_t>(send.numel()),
                                     MoveType(send.dtype()), s.comm, s.comm_stream));
@@ -595,7 +394,7 @@ Request NcclCommunicator::IBroadcast(const Tensor& tensor, int root) {
   State& s = *state_;
   CheckDeviceTensor(s, "broadcast", tensor);
   CheckRoot("broadcast", root);
-  std::shared_ptr<Launch> launch = s.Begin({tensor});
+  std::shared_ptr<Launch> launch = s.Begin("broadcast", {tensor});
   if (tensor.numel() > 0) {
     FATHOM_NCCL_CHECK(ncclBroadcast(tensor.raw(), tensor.raw(), static_cast<size_t>(tensor.numel()),
                                     MoveType(tensor.dtype()), root, s.comm, s.comm_stream));
@@ -607,7 +406,7 @@ Request NcclCommunicator::IBroadcast(const Tensor& tensor, int root) {
 // it needs every rank's comm stream to reach it, which is what a barrier in stream order means.
 Request NcclCommunicator::IBarrier() {
   State& s = *state_;
-  std::shared_ptr<Launch> launch = s.Begin({});
+  std::shared_ptr<Launch> launch = s.Begin("barrier", {});
   FATHOM_NCCL_CHECK(
       ncclAllReduce(s.barrier_scratch, s.barrier_scratch, 1, ncclInt32, ncclSum, s.comm, s.comm_stream));
   return Finish(state_, launch);

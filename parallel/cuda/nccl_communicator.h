@@ -26,12 +26,18 @@
 //           Buffers must stay allocated until that work ran (arena memory does; cudaFree synchronises).
 //   Test()  true once the operation has finished on the GPU (cudaEventQuery); never waits for the GPU.
 //   Synchronize()  the host form: waits until every operation started so far has finished on the GPU.
-// Host-side waits (Synchronize, a Test() that keeps answering false, destruction) poll
-// ncclCommGetAsyncError and give up after options.timeout_seconds: a transport error or a peer that died
-// or stopped communicating ends the job through FailJob (parallel/fault.h), naming the rank and the group,
-// instead of hanging it. (A peer process that dies is also noticed by mpirun / srun --kill-on-bad-exit.)
-// Code that blocks the host on the compute stream (cudaStreamSynchronize, a synchronous copy of a loss)
-// should call Synchronize() first, so that a dead peer surfaces there with a message.
+// The watchdog (parallel/communicator.h): host-side waits (Synchronize, a Test() that keeps answering
+// false, destruction, Split) poll ncclCommGetAsyncError and give up after timeout_seconds(), the deadline
+// of the family: by default the bootstrap's (NcclOptions::timeout_seconds 0), so parallel.timeout_s set on
+// the world governs the NCCL groups too, and ScopedTimeout on either raises both. A transport error or an
+// expired deadline prints "[rank R] [nccl] ..." naming the group, the operation enqueued last and how long
+// it waited, calls ncclCommAbort (no NCCL kernel is left spinning; a guard thread ends the process should
+// the abort itself hang) and ends the job through FailJob (parallel/fault.h). NCCL cannot say which peer
+// is missing: every member waiting on the host reports, so the silent ranks are the suspects. (A peer
+// process that dies is also noticed by mpirun / srun --kill-on-bad-exit.) Wait() itself does not block the
+// host (see Streams), so code that blocks the host on the compute stream (cudaStreamSynchronize, a
+// synchronous copy of a loss) must call Synchronize() first: otherwise a stalled peer hangs that call,
+// which no deadline covers.
 //
 // Mapping:
 //   ISend / IRecv   ncclSend / ncclRecv. Point-to-point operations are batched: those started one after
@@ -56,6 +62,8 @@
 //                   host-level barrier (it returns once every rank entered the barrier).
 //   Split           ncclCommSplit (collective over this communicator): the child gets its own
 //                   communication stream and inherits the compute stream and options.
+//                   Split first meets the group in a barrier waited for on the host (the watchdog), so
+//                   a missing member is reported instead of hanging ncclCommSplit.
 // Collectives, the batches of point-to-point operations and Split are NCCL operations on one
 // communicator: every rank must issue them in the same order (NCCL serialises them; MPI does not order
 // point-to-point against collectives, NCCL does). Different communicators (world, split groups) run on
@@ -100,8 +108,9 @@ namespace fathom {
 struct NcclOptions {
   // The stream the caller's kernels run on (see the top of this file); nullptr = the legacy default stream.
   cuda::Stream compute_stream = nullptr;
-  // How long a host-side wait lets operations run before it ends the job (a peer is dead or stuck).
-  double timeout_seconds = 600.0;
+  // The deadline of host-side waits (see the top). 0: share the bootstrap's deadline (its family's cell);
+  // > 0: a deadline of its own with this value.
+  double timeout_seconds = 0;
 };
 
 class NcclCommunicator final : public Communicator {
@@ -109,7 +118,7 @@ class NcclCommunicator final : public Communicator {
   // Collective over `bootstrap` (which moves CPU tensors: MpiCommunicator, or LocalCommunicator for one
   // GPU). `env` gives the local rank that picks the GPU (LaunchEnvFromMpi() under MPI). Sets this thread's
   // current CUDA device. A launch with fewer GPUs than ranks on a node ends the job (see the top).
-  // REQUIRES options.timeout_seconds > 0.
+  // REQUIRES 0 <= options.timeout_seconds <= kMaxTimeoutSeconds.
   static std::unique_ptr<NcclCommunicator> Create(Communicator& bootstrap, const LaunchEnv& env,
                                                   const NcclOptions& options = NcclOptions());
 
@@ -144,8 +153,8 @@ class NcclCommunicator final : public Communicator {
   // Enqueues the batched point-to-point operations started so far (one NCCL group). Never waits.
   void Flush();
   // Host wait: Flush(), then blocks until every operation started on this communicator has finished on the
-  // GPU, polling NCCL's asynchronous error; an error or options.timeout_seconds without progress ends the
-  // job (FailJob naming the rank and the group). The compute stream is not waited for.
+  // GPU, polling NCCL's asynchronous error; an error or a wait longer than timeout_seconds() ends the job
+  // (the watchdog, see the top). The compute stream is not waited for.
   void Synchronize();
 
   // Requests started on this communicator and not yet complete.

@@ -1,9 +1,11 @@
 #include "checkpoint/safetensors.h"
 
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -281,7 +283,7 @@ class AtomicWriteTest : public SafetensorsTest {
     absl::Status s = WriteSafetensors(path, {{"w", new_t}}, {{"version", "new"}});
     EXPECT_FALSE(s.ok());
     EXPECT_THAT(std::string(s.message()), HasSubstr(path));
-    EXPECT_EQ(ReadBytes(path), old_bytes);
+    EXPECT_TRUE(ReadBytes(path) == old_bytes) << "the old file changed";
     absl::StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
     ASSERT_TRUE(f.ok()) << f.status();
     EXPECT_EQ(f->metadata().at("version"), "old");
@@ -289,30 +291,63 @@ class AtomicWriteTest : public SafetensorsTest {
   }
 };
 
+// The writer's temporary beside `path` (framework/file_io.h: "<path>.tmp.<pid>").
+std::string TemporaryOf(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+
 TEST_F(AtomicWriteTest, CreateFailureLeavesExistingFileIntact) {
   // The temporary cannot be created: its name is taken by a directory.
-  ExpectOldFileIntactAfterFailedWrite([](const std::string& path) { fs::create_directory(path + ".tmp"); });
+  ExpectOldFileIntactAfterFailedWrite(
+      [](const std::string& path) { fs::create_directory(TemporaryOf(path)); });
 }
 
 TEST_F(AtomicWriteTest, WriteFailureLeavesExistingFileIntact) {
-  // Writes fail mid-way with ENOSPC: the temporary is a link to /dev/full. It is removed afterwards.
-  if (!fs::exists("/dev/full")) GTEST_SKIP() << "/dev/full is not available";
-  ExpectOldFileIntactAfterFailedWrite(
-      [](const std::string& path) { fs::create_symlink("/dev/full", path + ".tmp"); });
-  EXPECT_FALSE(fs::exists(fs::symlink_status(Path("ckpt.safetensors.tmp"))));
+  // Writes fail mid-way: a file-size limit below the new file's size makes write(2) fail with EFBIG (the
+  // signal it would raise is ignored). The temporary is removed afterwards.
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  auto previous = std::signal(SIGXFSZ, SIG_IGN);
+  ExpectOldFileIntactAfterFailedWrite([](const std::string&) {
+    rlimit small{};
+    ::getrlimit(RLIMIT_FSIZE, &small);
+    small.rlim_cur = 4096;  // the new file holds 32 KiB of tensor data
+    ::setrlimit(RLIMIT_FSIZE, &small);
+  });
+  ::setrlimit(RLIMIT_FSIZE, &saved);
+  std::signal(SIGXFSZ, previous);
+  EXPECT_FALSE(fs::exists(fs::symlink_status(TemporaryOf(Path("ckpt.safetensors")))));
 }
 
-TEST_F(AtomicWriteTest, RenameFailureRemovesTheTemporary) {
-  // The target is a non-empty directory: rename(2) fails after the temporary was written.
+TEST_F(AtomicWriteTest, DirectoryAtThePathIsRefusedAndKept) {
   const std::string path = Path("target.safetensors");
   fs::create_directory(path);
   std::ofstream(path + "/keep") << "x";
   std::mt19937_64 rng(testing::TestSeed());
   absl::Status s = WriteSafetensors(path, {{"w", RandomOfDType({2}, DType::kF32, rng)}});
-  EXPECT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.message()), HasSubstr("renaming"));
-  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), AllOf(HasSubstr(path), HasSubstr("is a directory")));
+  EXPECT_FALSE(fs::exists(TemporaryOf(path)));
   EXPECT_TRUE(fs::exists(path + "/keep"));
+}
+
+TEST_F(AtomicWriteTest, SymlinkAtThePathIsRefusedAndItsTargetKept) {
+  const std::string target = Path("elsewhere.bin"), link = Path("link.safetensors");
+  std::ofstream(target) << "precious";
+  fs::create_symlink(target, link);
+  std::mt19937_64 rng(testing::TestSeed());
+  absl::Status s = WriteSafetensors(link, {{"w", RandomOfDType({2}, DType::kF32, rng)}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("is a symbolic link"));
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(ReadBytes(target), "precious");
+}
+
+TEST_F(AtomicWriteTest, DeviceAtThePathIsRefused) {
+  if (!fs::is_character_file("/dev/null")) GTEST_SKIP() << "/dev/null is not a character device here";
+  std::mt19937_64 rng(testing::TestSeed());
+  absl::Status s = WriteSafetensors("/dev/null", {{"w", RandomOfDType({2}, DType::kF32, rng)}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("/dev/null is a character device"));
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
 }
 
 TEST_F(AtomicWriteTest, UnwritableDirectoryLeavesExistingFileIntact) {

@@ -83,16 +83,148 @@ TEST(ConfigTest, SoftmaxScaleAppliesYarnMscale) {
   EXPECT_DOUBLE_EQ(m.softmax_scale(), 1.0 / std::sqrt(192.0));
 }
 
-TEST(ConfigTest, MissingSectionsAndKeysKeepDefaults) {
-  absl::StatusOr<Recipe> r = ParseRecipe("model:\n  hidden_size: 96\ndata:\n", "inline.yaml");
+// A model section stating exactly the required keys (a small, valid model).
+constexpr char kModelYaml[] = R"(model:
+  vocab_size: 256
+  hidden_size: 96
+  intermediate_size: 128
+  moe_intermediate_size: 32
+  num_hidden_layers: 2
+  first_k_dense_replace: 1
+  num_attention_heads: 4
+  q_lora_rank: null
+  kv_lora_rank: 32
+  qk_nope_head_dim: 16
+  qk_rope_head_dim: 8
+  v_head_dim: 16
+  n_routed_experts: 8
+  n_shared_experts: 1
+  num_experts_per_tok: 2
+  n_group: 1
+  topk_group: 1
+  norm_topk_prob: true
+  routed_scaling_factor: 1.0
+  num_nextn_predict_layers: 0
+  max_position_embeddings: 4096
+)";
+
+TEST(ConfigTest, TrainingKnobsAndModelConstantsKeepDefaults) {
+  absl::StatusOr<Recipe> r = ParseRecipe(std::string(kModelYaml) + "data:\n", "inline.yaml");
   ASSERT_TRUE(r.ok()) << r.status();
   const ModelConfig defaults;
   EXPECT_EQ(r->model.hidden_size, 96);
-  EXPECT_EQ(r->model.vocab_size, defaults.vocab_size);
+  EXPECT_EQ(r->model.q_lora_rank, 0);
+  EXPECT_DOUBLE_EQ(r->model.rms_norm_eps, defaults.rms_norm_eps);
   EXPECT_EQ(r->model.rope_scaling.type, "none");
   EXPECT_EQ(r->train.steps, TrainConfig{}.steps);
   EXPECT_DOUBLE_EQ(r->optim.lr, OptimConfig{}.lr);
+  EXPECT_DOUBLE_EQ(r->parallel.timeout_s, 300);
   EXPECT_EQ(r->data.source, "demo");
+}
+
+TEST(ConfigTest, EmptyRecipeOrNoModelNamesTheKeysToState) {
+  for (const char* text : {"", "train:\n  steps: 3\n", "model:\n", "model: {}\n"}) {
+    const std::string msg = InlineError(text);
+    EXPECT_THAT(msg,
+                AllOf(HasSubstr("inline.yaml: the recipe states no model"), HasSubstr("model.vocab_size"),
+                      HasSubstr("model.num_hidden_layers"), HasSubstr("model.max_position_embeddings")))
+        << "recipe: '" << text << "'";
+  }
+}
+
+TEST(ConfigTest, MissingModelKeyIsNamed) {
+  std::string text = kModelYaml;
+  const std::string line = "  num_hidden_layers: 2\n";
+  text.erase(text.find(line), line.size());
+  EXPECT_THAT(InlineError(text), AllOf(HasSubstr("inline.yaml: model.num_hidden_layers is not stated"),
+                                       Not(HasSubstr("model.vocab_size,"))));
+  // Two missing: both named. An override stating a key counts as stating it.
+  const std::string group = "  n_group: 1\n";
+  text.erase(text.find(group), group.size());
+  EXPECT_THAT(InlineError(text), HasSubstr("model.num_hidden_layers, model.n_group are not stated"));
+  absl::StatusOr<Recipe> r =
+      ParseRecipe(text, "inline.yaml", {"model.num_hidden_layers=2", "model.n_group=1"});
+  EXPECT_TRUE(r.ok()) << r.status();
+}
+
+TEST(ConfigTest, MisspeltModelKeyIsUnknownRatherThanMissing) {
+  std::string text = kModelYaml;
+  text.replace(text.find("num_hidden_layers"), 17, "num_hiden_layers");
+  EXPECT_THAT(InlineError(text), AllOf(HasSubstr("unknown key 'model.num_hiden_layers'"),
+                                       HasSubstr("did you mean 'model.num_hidden_layers'?")));
+}
+
+TEST(ConfigTest, EveryRequiredKeyIsOneAModelSectionReads) {
+  // Each required key, removed from tiny.yaml's full model, is reported by name.
+  for (const std::string& key : RequiredModelKeys()) {
+    std::string text = kModelYaml;
+    const size_t at = text.find("  " + key + ":");
+    ASSERT_NE(at, std::string::npos) << key;
+    text.erase(at, text.find('\n', at) - at + 1);
+    EXPECT_THAT(InlineError(text), HasSubstr("model." + key + " is not stated")) << key;
+  }
+}
+
+TEST(ConfigTest, VocabularyBeyondInt32TokenIds) {
+  EXPECT_THAT(TinyError({"model.vocab_size=100000000000"}),
+              HasSubstr("model.vocab_size must be <= 2147483647 (token ids are 32-bit)"));
+}
+
+TEST(ConfigTest, AbsurdMicroBatchCountIsRefused) {
+  EXPECT_THAT(TinyError({"parallel.micro_batches=100000000000"}),
+              HasSubstr("parallel.micro_batches must be <= 65536, got 100000000000"));
+  EXPECT_TRUE(LoadRecipe(TinyPath(), {"parallel.micro_batches=4096"}).ok());
+}
+
+TEST(ConfigTest, WatchdogTimeouts) {
+  absl::StatusOr<Recipe> r = LoadRecipe(
+      TinyPath(),
+      {"parallel.timeout_s=2.5", "parallel.first_step_timeout_s=60", "parallel.save_timeout_s=90"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_DOUBLE_EQ(r->parallel.timeout_s, 2.5);
+  EXPECT_DOUBLE_EQ(r->parallel.first_step_timeout_s, 60);
+  EXPECT_DOUBLE_EQ(r->parallel.save_timeout_s, 90);
+  EXPECT_THAT(TinyError({"parallel.timeout_s=0"}), HasSubstr("parallel.timeout_s must be in (0, 604800]"));
+  EXPECT_THAT(TinyError({"parallel.save_timeout_s=1e9"}), HasSubstr("parallel.save_timeout_s must be in"));
+  EXPECT_THAT(TinyError({"parallel.first_step_timeout_s=-1"}),
+              HasSubstr("parallel.first_step_timeout_s must be in"));
+}
+
+TEST(ConfigTest, ResolvedRecipeListsEveryKeyAndReadsBackTheSame) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath(), {"optim.lr=1.25e-3", "parallel.stage_layers=[3]"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::string yaml = ResolvedRecipeYaml(*r);
+  // Stated values, overrides and defaults alike, each section once, nested maps indented.
+  EXPECT_THAT(yaml, AllOf(HasSubstr("model:\n  vocab_size: 256\n"), HasSubstr("\n  lr: 0.00125\n"),
+                          HasSubstr("\n  beta2: 0.95\n"), HasSubstr("\n  stage_layers: [3]\n"),
+                          HasSubstr("\n  timeout_s: 300\n"), HasSubstr("\n  dtype: \"f32\"\n"),
+                          HasSubstr("\n  rope_scaling:\n    type: \"yarn\"\n    factor: 4\n"),
+                          Not(HasSubstr("rope_type")), Not(HasSubstr("hidden_act"))));
+  EXPECT_EQ(yaml.find("\noptim:\n"), yaml.rfind("\noptim:\n"));
+  absl::StatusOr<Recipe> again = ParseRecipe(yaml, "resolved.yaml");
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << yaml;
+  EXPECT_EQ(ResolvedRecipeYaml(*again), yaml);
+  EXPECT_EQ(again->optim.lr, 1.25e-3);  // exactly: doubles are written in round-trip form
+  // Every double keeps its bits, however it was written.
+  r = LoadRecipe(TinyPath(), {"optim.lr=0.1234567890123456789", "model.rope_theta=1e+300",
+                              "train.seed=18446744073709551615", "model.q_lora_rank=null"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  again = ParseRecipe(ResolvedRecipeYaml(*r), "resolved.yaml");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->optim.lr, r->optim.lr);
+  EXPECT_EQ(again->model.rope_theta, 1e300);
+  EXPECT_EQ(again->train.seed, 18446744073709551615ull);
+  EXPECT_EQ(again->model.q_lora_rank, 0);
+  EXPECT_THAT(ResolvedRecipeYaml(*r), HasSubstr("q_lora_rank: null"));
+}
+
+TEST(ConfigTest, ResolvedRecipeDiffersExactlyWhereTheRecipesDo) {
+  absl::StatusOr<Recipe> a = LoadRecipe(TinyPath());
+  absl::StatusOr<Recipe> b = LoadRecipe(TinyPath(), {"optim.lr=0.003"});  // the same value, stated again
+  absl::StatusOr<Recipe> c = LoadRecipe(TinyPath(), {"optim.lr=0.0030000000000000005"});
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(ResolvedRecipeYaml(*a), ResolvedRecipeYaml(*b));
+  EXPECT_NE(ResolvedRecipeYaml(*a), ResolvedRecipeYaml(*c));  // one ulp apart still differs
 }
 
 TEST(ConfigTest, DeepSeekV3ConfigJsonModelKeysParse) {
@@ -314,7 +446,7 @@ TEST(ConfigTest, OverridesApply) {
   EXPECT_EQ(r->parallel.stage_layers, (std::vector<int64_t>{1, 1, 1}));
   EXPECT_EQ(r->parallel.schedule, "zb1p");
   // A section missing from the file is created.
-  absl::StatusOr<Recipe> bare = ParseRecipe("", "empty.yaml", {"data.source=synthetic"});
+  absl::StatusOr<Recipe> bare = ParseRecipe(kModelYaml, "model_only.yaml", {"data.source=synthetic"});
   ASSERT_TRUE(bare.ok()) << bare.status();
   EXPECT_EQ(bare->data.source, "synthetic");
 }

@@ -1,11 +1,16 @@
 // The fathom binary end to end: bad input gives one message naming the key and exit code 2; the tiny recipe
 // trains and its loss falls well below ln(vocab).
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <array>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <regex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/launch/run_fathom.h"
@@ -71,6 +76,139 @@ TEST(Cli, UnknownCommandAndMissingArgumentsExit2) {
   EXPECT_EQ(RunFathom("trian").exit_code, 2);
   EXPECT_EQ(RunFathom("train").exit_code, 2);
   EXPECT_EQ(RunFathom(std::string("train ") + kTiny + " --set").exit_code, 2);
+}
+
+TEST(Cli, HelpAfterEveryCommandPrintsItsUsageAndExits0) {
+  for (const std::string command : {"train", "plan", "simulate", "bench", "diagnose"}) {
+    for (const std::string flag : {"--help", "-h"}) {
+      RunResult r = RunFathom(command + " " + flag);
+      EXPECT_EQ(r.exit_code, 0) << command << " " << flag << ":\n" << r.output;
+      EXPECT_NE(r.output.find("usage: fathom " + command), std::string::npos) << r.output;
+    }
+  }
+  // Help wins over everything else on the line, even a broken one.
+  RunResult r = RunFathom(std::string("train ") + kTiny + " --set --help");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(RunFathom("--help").exit_code, 0);
+}
+
+// Issue 17: no silent default model. Each case exits 2 naming what is missing.
+TEST(Cli, RecipeWithoutAModelExits2NamingTheKeys) {
+  struct Case {
+    std::string name, text, needle;
+  };
+  std::string tiny_without_layers;
+  {
+    std::ifstream in(kTiny);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.find("num_hidden_layers:") == std::string::npos) tiny_without_layers += line + "\n";
+    }
+  }
+  const Case cases[] = {
+      {"empty", "", "the recipe states no model"},
+      {"no_model", "train:\n  steps: 3\n", "the recipe states no model"},
+      {"missing_key", tiny_without_layers, "model.num_hidden_layers is not stated"},
+  };
+  for (const Case& c : cases) {
+    RunResult r = RunFathom("train " + WriteRecipe(c.name, c.text));
+    EXPECT_EQ(r.exit_code, 2) << c.name << ":\n" << r.output;
+    EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.name << ":\n" << r.output;
+  }
+}
+
+// Issue 17: huge but well-typed values exit 2 with the bytes needed and available, before any large
+// allocation: the process runs under a 400 MB address-space limit (ulimit -v), which any attempt to
+// allocate what these recipes imply would break (a crash or an abort, not exit 2). Times are printed.
+TEST(Cli, HugeValuesExit2WithNeededAndAvailableBytes) {
+  for (const std::string override :
+       {"model.hidden_size=1000000000000000000", "model.vocab_size=2000000000",
+        "train.micro_batch_size=100000000000", "model.num_hidden_layers=100000000"}) {
+    RunResult r = fathom::testing::RunShell("ulimit -v 400000; " + std::string(FATHOM_BINARY) + " train " +
+                                            kTiny + " --set " + override);
+    std::printf("%s: exit %d in %.2f s\n", override.c_str(), r.exit_code, r.seconds);
+    EXPECT_EQ(r.exit_code, 2) << override << ":\n" << r.output;
+    EXPECT_NE(r.output.find("the recipe needs more host memory than this machine has"), std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find(" needs "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("available: "), std::string::npos) << r.output;
+  }
+  // A vocabulary beyond 32-bit token ids is refused by the recipe's own limits, naming the key.
+  RunResult r = RunFathom(std::string("train ") + kTiny + " --set model.vocab_size=100000000000");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("model.vocab_size must be <= 2147483647"), std::string::npos) << r.output;
+}
+
+// Issue 17: --trace replaces only a regular file; a symlink and a device node are refused and untouched.
+TEST(Cli, TraceOntoASymlinkOrADeviceIsRefusedAndUntouched) {
+  const std::string dir = ::testing::TempDir();
+  const std::string target = dir + "/trace_target.txt", link = dir + "/trace_link.json";
+  std::ofstream(target) << "keep me";
+  std::remove(link.c_str());
+  ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0);
+  const std::string simulate = std::string("simulate ") + kTiny +
+                               " --cluster " FATHOM_SOURCE_DIR "/recipes/clusters/h100-8.yaml --trace ";
+  RunResult r = RunFathom(simulate + link);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("is a symbolic link"), std::string::npos) << r.output;
+  struct stat st {};
+  ASSERT_EQ(::lstat(link.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  std::ifstream in(target);
+  std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(kept, "keep me");
+  r = RunFathom(simulate + "/dev/null");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("/dev/null is a character device"), std::string::npos) << r.output;
+  ASSERT_EQ(::stat("/dev/null", &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  // A regular file (or none) is written.
+  const std::string fine = dir + "/trace_fine.json";
+  r = RunFathom(simulate + fine);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(::stat(fine.c_str(), &st), 0);
+}
+
+// Issue 17: a fault test must never run without its fault.
+TEST(Cli, BadTestFaultValuesAreRefused) {
+  for (const auto& [value, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"7:1", "FATHOM_TEST_FAULT='7:1' names rank 7, but the world has 1 rank(s)"},
+           {"0:0", "steps count from 1"},
+           {"two", "FATHOM_TEST_FAULT='two' is not 'rank:step'"}}) {
+    RunResult r =
+        fathom::testing::RunShell("FATHOM_TEST_FAULT=" + value + " " + FATHOM_BINARY + " train " + kTiny);
+    EXPECT_EQ(r.exit_code, 2) << value << ":\n" << r.output;
+    EXPECT_NE(r.output.find(needle), std::string::npos) << r.output;
+  }
+}
+
+// Issue 17: launches under Slurm that would run the wrong world are refused with one hint.
+TEST(Cli, SlurmLaunchMistakesAreRefused) {
+  // sbatch -n 4 without srun: one process in a 4-task allocation.
+  RunResult r = fathom::testing::RunShell("SLURM_NTASKS=4 SLURM_PROCID=0 SLURM_JOB_ID=7 " +
+                                          std::string(FATHOM_BINARY) + " train " + kTiny);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("SLURM_NTASKS=4"), std::string::npos) << r.output;
+  // srun --mpi=none (or a PMI this MPI does not speak): Slurm says rank 2 of 4, MPI sees a world of one.
+  r = fathom::testing::RunShell(
+      "SLURM_STEP_NUM_TASKS=4 SLURM_NTASKS=4 SLURM_PROCID=2 SLURM_LOCALID=0 PMI_RANK=2 PMI_SIZE=4 timeout "
+      "60 " +
+      std::string(FATHOM_BINARY) + " train " + kTiny);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("Slurm launched this process as rank 2 of 4, but MPI sees rank 0 of 1"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("launch with `srun --mpi=pmix` or `mpirun`"), std::string::npos) << r.output;
+}
+
+TEST(Cli, DiagnoseOnOneCpuRankPrintsItsTableAndExits0) {
+  RunResult r = RunFathom("diagnose --device cpu --repeat 3");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("fathom diagnose: 1 rank(s) on CPU"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verdict: all 1 rank(s) agree bitwise"), std::string::npos) << r.output;
+  r = RunFathom("diagnose --device tpu");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device must be auto, cpu or cuda"), std::string::npos) << r.output;
 }
 
 // The acceptance run of issue 2: 300 steps of the tiny recipe; the loss must fall well below ln(256).

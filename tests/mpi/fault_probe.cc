@@ -4,16 +4,10 @@
 // fails while the others wait in a collective. Run without --probe it is a GoogleTest binary (not under
 // mpirun) whose tests start `mpirun -np 3 fault_probe --probe <scenario>` in a fresh process group, read
 // its output, kill the group if it outlives a deadline, and check the exit code and the message.
-#include <fcntl.h>
 #include <mpi.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "parallel/fault.h"
 #include "parallel/mpi_communicator.h"
+#include "tests/mpi/mpi_job.h"
 
 namespace fathom {
 namespace {
@@ -42,7 +37,7 @@ int RunProbe(const std::string& scenario) {
     }
     world->AllReduce(x, ReduceOp::kSum);  // never completes: rank 1 is gone
   } else if (scenario == "inject") {
-    for (int64_t step = 0; step < 1000; ++step) {
+    for (int64_t step = 1; step <= 1000; ++step) {  // 1-based, as the log counts
       if (ShouldInjectFault(r, step)) InjectFault(r, step);
       world->AllReduce(x, ReduceOp::kMax);
     }
@@ -73,81 +68,15 @@ int RunProbe(const std::string& scenario) {
 
 // ---- the driver: GoogleTest, not under mpirun ------------------------------------------------------------
 
-struct JobResult {
-  int exit_code = -1;  // the launcher's exit status; -1 when killed at the deadline
-  bool hung = false;
-  double seconds = 0;
-  std::string output;  // stdout and stderr, interleaved
-};
-
-std::string SelfPath() {
-  char buf[4096];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-}
+using ::fathom::testing::JobResult;
 
 JobResult RunJob(const std::string& scenario, const std::vector<std::string>& extra_mpirun_args = {}) {
-  std::vector<std::string> args = {FATHOM_MPIRUN, "--oversubscribe", "--allow-run-as-root", "-np",
-                                   std::to_string(kProbeRanks)};
-  args.insert(args.end(), extra_mpirun_args.begin(), extra_mpirun_args.end());
-  args.insert(args.end(), {SelfPath(), "--probe", scenario});
-
-  JobResult result;
-  int fds[2];
-  if (pipe(fds) != 0) {
-    ADD_FAILURE() << "pipe: " << std::strerror(errno);
-    return result;
-  }
-  auto start = std::chrono::steady_clock::now();
-  pid_t pid = fork();
-  if (pid == 0) {
-    setpgid(0, 0);  // its own process group, so a hung job can be killed whole
-    dup2(fds[1], STDOUT_FILENO);
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[0]);
-    close(fds[1]);
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    std::perror("execv mpirun");
-    _exit(127);
-  }
-  close(fds[1]);
-  setpgid(pid, pid);
-  auto deadline = start + std::chrono::duration<double>(kDeadlineSeconds);
-  char buf[4096];
-  while (true) {
-    auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      result.hung = true;
-      kill(-pid, SIGKILL);
-      break;
-    }
-    pollfd pfd{fds[0], POLLIN, 0};
-    if (poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 200))) > 0) {
-      ssize_t n = read(fds[0], buf, sizeof(buf));
-      if (n <= 0) break;  // every writer closed: the job is over
-      result.output.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!result.hung) {
-    // mpirun has exited; make sure nothing of the job is left behind either way.
-    kill(-pid, SIGKILL);
-  }
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (!result.hung && WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  return result;
+  return ::fathom::testing::RunMpiJob(kProbeRanks, extra_mpirun_args,
+                                      {::fathom::testing::SelfPath(), "--probe", scenario}, kDeadlineSeconds);
 }
 
 size_t Count(const std::string& haystack, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1)) ++n;
-  return n;
+  return ::fathom::testing::CountOccurrences(haystack, needle);
 }
 
 #define EXPECT_JOB_ENDED(job)                                                                              \
@@ -216,9 +145,22 @@ TEST(FaultJob, ParseTestFault) {
   ASSERT_TRUE(spec.ok() && spec->has_value());
   EXPECT_EQ((*spec)->rank, 3);
   EXPECT_EQ((*spec)->step, 17);
-  for (const char* bad : {"3", "3:", ":4", "-1:2", "1:x", "1:2:3"}) {
+  for (const char* bad : {"3", "3:", ":4", "-1:2", "1:x", "1:2:3", "1:0"}) {
     EXPECT_FALSE(ParseTestFault(bad).ok()) << bad;
   }
+}
+
+TEST(FaultJob, TestFaultOutsideTheWorldIsRefused) {
+  EXPECT_TRUE(CheckTestFaultValue("", 4).ok());
+  EXPECT_TRUE(CheckTestFaultValue("3:1", 4).ok());
+  const absl::Status s = CheckTestFaultValue("7:1", 4);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message())
+                .find("FATHOM_TEST_FAULT='7:1' names rank 7, but the world has 4 rank(s) (0-3)"),
+            std::string::npos)
+      << s;
+  EXPECT_NE(std::string(CheckTestFaultValue("0:0", 4).message()).find("steps count from 1"),
+            std::string::npos);
 }
 
 }  // namespace
