@@ -22,10 +22,9 @@ const std::string kTiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";
 // Model slices with a subset of the experts need an exchange to be built; it is never used here.
 class UnusedExchange final : public ExpertExchange {
  public:
-  Tensor Begin(int, const Tensor&) override { return Tensor(); }
-  Tensor ToExperts(int, const Tensor&) override { return Tensor(); }
-  Tensor FromExperts(int, const Tensor&) override { return Tensor(); }
-  void End(int) override {}
+  RowsInFlight StartDispatch(const Tensor&, const Tensor&, DispatchHandle*) override { return {}; }
+  RowsInFlight StartDispatch(const Tensor&, const DispatchHandle&) override { return {}; }
+  RowsInFlight StartCombine(const Tensor&, const DispatchHandle&) override { return {}; }
 };
 
 // The model's own count for the slice of `rank`: the sum of its parameter specs' elements (what the
@@ -39,7 +38,8 @@ int64_t ModelElements(const Recipe& recipe, const MeshLayout& layout, int rank) 
   slice.head = s.head;
   if (layout.ep() > 1) {
     slice.experts = {layout.Coord(rank).ep_rank * s.local_experts, s.local_experts};
-    slice.make_exchange = [] { return std::make_unique<UnusedExchange>(); };
+    static UnusedExchange unused;  // stateless: one serves every slice
+    slice.exchange = &unused;
   }
   Model model(recipe.model, recipe.loss, slice);
   int64_t n = 0;
