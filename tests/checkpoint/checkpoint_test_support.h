@@ -26,6 +26,7 @@
 #include "framework/tensor.h"
 #include "layers/expert_exchange.h"
 #include "layers/model.h"
+#include "tests/common/unused_exchange.h"
 
 namespace fathom::testing {
 
@@ -51,21 +52,6 @@ inline ModelConfig CheckpointTestModel() {
   return m;
 }
 
-// The exchange of a model slice that holds some of the experts and is never run forward (checkpoint tests
-// only build tables); every call is a bug.
-class UnusedExpertExchange final : public ExpertExchange {
- public:
-  RowsInFlight StartDispatch(const Tensor&, const Tensor&, DispatchHandle*) override { Fail(); }
-  RowsInFlight StartDispatch(const Tensor&, const DispatchHandle&) override { Fail(); }
-  RowsInFlight StartCombine(const Tensor&, const DispatchHandle&) override { Fail(); }
-
- private:
-  [[noreturn]] static void Fail() {
-    FATHOM_CHECK(false, "checkpoint tests never run the model");
-    std::abort();
-  }
-};
-
 // The table slice of pipeline stage [first_layer, end_layer) holding experts [expert_begin, + count).
 inline ModelSlice TableSlice(const ModelConfig& m, int64_t first_layer, int64_t end_layer,
                              int64_t expert_begin, int64_t expert_count) {
@@ -76,8 +62,7 @@ inline ModelSlice TableSlice(const ModelConfig& m, int64_t first_layer, int64_t 
   slice.head = end_layer == m.num_hidden_layers;
   slice.experts = {expert_begin, expert_count};
   if (expert_count != m.n_routed_experts) {
-    static UnusedExpertExchange unused;  // stateless; outlives every model
-    slice.exchange = &unused;
+    slice.exchange = UnusedExpertExchange::Get();
   }
   return slice;
 }

@@ -85,9 +85,10 @@ inline void WriteFileBytes(const std::string& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// A small valid recipe (the defaults) with `overrides` applied; fails the test when it does not parse.
+// A small valid recipe (recipes/tiny.yaml: a recipe must state its model) with `overrides` applied; fails
+// the test when it does not parse.
 inline Recipe MakeRecipe(const std::vector<std::string>& overrides) {
-  absl::StatusOr<Recipe> r = ParseRecipe("", "test.yaml", overrides);
+  absl::StatusOr<Recipe> r = LoadRecipe(FATHOM_SOURCE_DIR "/recipes/tiny.yaml", overrides);
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? *r : Recipe{};
 }

@@ -329,7 +329,7 @@ TEST(TokenLoaderTest, BadDataIsRejectedAtOpenNamingTheFileOrKey) {
 
 TEST(TokenLoaderTest, RecipeKeysAreValidatedWithTheirNames) {
   auto error = [](const std::vector<std::string>& overrides) {
-    absl::StatusOr<Recipe> r = ParseRecipe("", "test.yaml", overrides);
+    absl::StatusOr<Recipe> r = LoadRecipe(FATHOM_SOURCE_DIR "/recipes/tiny.yaml", overrides);
     EXPECT_FALSE(r.ok());
     return r.ok() ? std::string() : std::string(r.status().message());
   };

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "layers/model.h"
+#include "tests/common/unused_exchange.h"
 
 namespace fathom {
 namespace {
@@ -18,14 +19,6 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 const std::string kTiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";
-
-// Model slices with a subset of the experts need an exchange to be built; it is never used here.
-class UnusedExchange final : public ExpertExchange {
- public:
-  RowsInFlight StartDispatch(const Tensor&, const Tensor&, DispatchHandle*) override { return {}; }
-  RowsInFlight StartDispatch(const Tensor&, const DispatchHandle&) override { return {}; }
-  RowsInFlight StartCombine(const Tensor&, const DispatchHandle&) override { return {}; }
-};
 
 // The model's own count for the slice of `rank`: the sum of its parameter specs' elements (what the
 // ParamTable holds, before its 16-element alignment).
@@ -38,8 +31,7 @@ int64_t ModelElements(const Recipe& recipe, const MeshLayout& layout, int rank) 
   slice.head = s.head;
   if (layout.ep() > 1) {
     slice.experts = {layout.Coord(rank).ep_rank * s.local_experts, s.local_experts};
-    static UnusedExchange unused;  // stateless: one serves every slice
-    slice.exchange = &unused;
+    slice.exchange = testing::UnusedExpertExchange::Get();
   }
   Model model(recipe.model, recipe.loss, slice);
   int64_t n = 0;
@@ -70,7 +62,7 @@ TEST(MemoryCheck, ParameterCountsAreTheModelsForEverySlice) {
       for (int rank = 0; rank < world; ++rank) {
         EXPECT_EQ(SliceParameterElements(r.model, SliceOfRank(r, *layout, rank)),
                   ModelElements(r, *layout, rank))
-            << "overrides " << testing::PrintToString(overrides) << ", pp " << pp << ", ep " << ep
+            << "overrides " << ::testing::PrintToString(overrides) << ", pp " << pp << ", ep " << ep
             << ", rank " << rank;
       }
     }
