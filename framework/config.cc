@@ -168,6 +168,7 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.Count("steps", &t->steps);
   r.Count("seq_len", &t->seq_len);
   r.Count("micro_batch_size", &t->micro_batch_size);
+  r.Count("global_batch_size", &t->global_batch_size);
   r.Uint("seed", &t->seed);
   r.Count("log_every", &t->log_every);
   r.String("dtype", &t->dtype);
@@ -693,19 +694,30 @@ absl::Status CheckpointConfig::Validate() const {
   return absl::OkStatus();
 }
 
-absl::Status Recipe::Validate() const {
+absl::Status Recipe::Validate(RecipeUse use) const {
   absl::Status s =
-      FirstError({model.Validate(), parallel.Validate(model), train.Validate(model), optim.Validate(),
-                  loss.Validate(), data.Validate(model), checkpoint.Validate()});
+      FirstError({model.Validate(), use == RecipeUse::kPlan ? absl::OkStatus() : parallel.Validate(model),
+                  train.Validate(model), optim.Validate(), loss.Validate(), data.Validate(model),
+                  checkpoint.Validate()});
   if (s.ok() || path.empty()) return s;
   return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
+}
+
+absl::Status CheckGlobalBatch(const Recipe& recipe, int64_t dp) {
+  const int64_t runs = dp * recipe.parallel.micro_batches * recipe.train.micro_batch_size;
+  if (recipe.train.global_batch_size == 0 || recipe.train.global_batch_size == runs) return absl::OkStatus();
+  return Invalid(absl::StrCat(
+      recipe.path.empty() ? "" : recipe.path + ": ", "train.global_batch_size (",
+      recipe.train.global_batch_size, " sequences) disagrees with the batch this mesh runs: dp (", dp,
+      ") x parallel.micro_batches (", recipe.parallel.micro_batches, ") x train.micro_batch_size (",
+      recipe.train.micro_batch_size, ") = ", runs, "; change one of them, or drop train.global_batch_size"));
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Loading
 
 absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& origin,
-                                   const std::vector<std::string>& overrides) {
+                                   const std::vector<std::string>& overrides, RecipeUse use) {
   absl::StatusOr<YamlDocument> doc = YamlDocument::Parse(yaml_text, origin);
   if (!doc.ok()) return doc.status();
   for (const std::string& o : overrides) {
@@ -725,7 +737,7 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
     // malformed file is a Status, never an escaped exception.
     return absl::InvalidArgumentError(absl::StrCat(origin, ": YAML error: ", std::string(e.what())));
   }
-  absl::Status s = recipe.Validate();
+  absl::Status s = recipe.Validate(use);
   if (!s.ok()) return s;
   return recipe;
 }
@@ -737,7 +749,8 @@ std::string ResolvedRecipeYaml(const Recipe& recipe) {
   return root.EmittedText();
 }
 
-absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides) {
+absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides,
+                                  RecipeUse use) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
     return absl::NotFoundError(absl::StrCat("recipe file not found (or not a regular file): ", path));
@@ -747,7 +760,7 @@ absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std
   std::ostringstream text;
   text << in.rdbuf();
   if (in.bad()) return absl::NotFoundError(absl::StrCat("recipe file could not be read: ", path));
-  return ParseRecipe(text.str(), path, overrides);
+  return ParseRecipe(text.str(), path, overrides, use);
 }
 
 }  // namespace fathom

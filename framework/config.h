@@ -104,6 +104,11 @@ struct TrainConfig {
   int64_t steps = 300;
   int64_t seq_len = 64;
   int64_t micro_batch_size = 4;
+  // Sequences per optimizer step; 0: not stated. What `fathom plan` keeps fixed while it chooses the
+  // layout (it refuses a recipe without one). `fathom train` runs dp x parallel.micro_batches x
+  // micro_batch_size sequences per step and, when this is stated, checks that it agrees
+  // (CheckGlobalBatch).
+  int64_t global_batch_size = 0;
   uint64_t seed = 1234;
   int64_t log_every = 1;
   std::string dtype = "f32";  // compute/parameter dtype on CPU: f32 or f64
@@ -185,6 +190,11 @@ struct CheckpointConfig {
   absl::Status Validate() const;
 };
 
+// What a recipe is loaded for. kPlan: `fathom plan` replaces the parallel section, so its constraints
+// against the model (ParallelConfig::Validate: ep dividing the experts, stage_layers summing to the layers,
+// ...) are not checked; its keys are still parsed, so unknown keys and wrong types stay errors.
+enum class RecipeUse { kTrain, kPlan };
+
 struct Recipe {
   std::string path;  // where it was read from, for messages
   ModelConfig model;
@@ -194,15 +204,23 @@ struct Recipe {
   LossConfig loss;
   DataConfig data;
   CheckpointConfig checkpoint;
-  absl::Status Validate() const;  // every section, then the cross-section constraints
+  // Every section (kPlan: all but parallel), then the cross-section constraints.
+  absl::Status Validate(RecipeUse use = RecipeUse::kTrain) const;
 };
 
-// Reads a recipe, applies `overrides` ("section.key=value", value parsed as YAML) and validates.
-// Errors: NotFound for a missing file; InvalidArgument naming the key for everything else (also for a
-// model key of RequiredModelKeys() that the recipe does not state).
-absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides = {});
+// With train.global_batch_size stated, InvalidArgument unless it equals dp x parallel.micro_batches x
+// train.micro_batch_size (the batch `fathom train` runs on a mesh with `dp` data-parallel ranks); the
+// message names both sides. OK when it is not stated (0).
+absl::Status CheckGlobalBatch(const Recipe& recipe, int64_t dp);
+
+// Reads a recipe, applies `overrides` ("section.key=value", value parsed as YAML) and validates it for
+// `use`. Errors: NotFound for a missing file; InvalidArgument naming the key for everything else (also for
+// a model key of RequiredModelKeys() that the recipe does not state).
+absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides = {},
+                                  RecipeUse use = RecipeUse::kTrain);
 absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& origin,
-                                   const std::vector<std::string>& overrides = {});
+                                   const std::vector<std::string>& overrides = {},
+                                   RecipeUse use = RecipeUse::kTrain);
 
 // The recipe as it runs: every section and every key fathom reads, with its resolved value (the file's,
 // an override's or the default), one key per line in a fixed order, as YAML that ParseRecipe reads back

@@ -1,5 +1,6 @@
 #include "framework/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -8,6 +9,23 @@
 #endif
 
 namespace fathom {
+namespace {
+
+std::atomic<int64_t> host_bytes_in_use{0};
+std::atomic<int64_t> host_bytes_peak{0};
+
+void CountHostBytes(int64_t bytes) {
+  const int64_t now = host_bytes_in_use.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  int64_t peak = host_bytes_peak.load(std::memory_order_relaxed);
+  while (now > peak && !host_bytes_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
+}  // namespace
+
+int64_t HostTensorBytesInUse() { return host_bytes_in_use.load(std::memory_order_relaxed); }
+int64_t HostTensorBytesPeak() { return host_bytes_peak.load(std::memory_order_relaxed); }
+void ResetHostTensorPeak() { host_bytes_peak.store(HostTensorBytesInUse(), std::memory_order_relaxed); }
 
 std::string ShapeString(const Shape& s) {
   std::string out = "(";
@@ -44,7 +62,12 @@ Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
   size_t bytes = (t.nbytes() + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, bytes ? bytes : 64);
   FATHOM_CHECK(p != nullptr, "out of host memory allocating ", bytes, " bytes");
-  t.owner_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  const int64_t counted = static_cast<int64_t>(t.nbytes());
+  CountHostBytes(counted);
+  t.owner_ = std::shared_ptr<void>(p, [counted](void* q) {
+    CountHostBytes(-counted);
+    std::free(q);
+  });
   t.data_ = p;
   return t;
 }

@@ -54,6 +54,13 @@ struct DTypeOf<int64_t> {
   static constexpr DType value = DType::kI64;
 };
 
+// Bytes of host memory that CPU tensors made by Tensor::Empty/Zeros own now, and the most since the last
+// ResetHostTensorPeak(), over all threads (atomic counters): tests measure what a computation keeps alive
+// (the activation model of layers/cost.h against the CPU layers). Views and wrapped memory do not count.
+int64_t HostTensorBytesInUse();
+int64_t HostTensorBytesPeak();
+void ResetHostTensorPeak();  // the peak restarts from the bytes in use now
+
 class Tensor {
  public:
   Tensor() = default;

@@ -414,6 +414,11 @@ void YamlMapReader::CountList(const std::string& key, std::vector<int64_t>* out)
 }
 
 void YamlMapReader::ScalarList(const std::string& key, std::vector<std::string>* out) {
+  if (emitting()) {
+    std::vector<std::string> quoted;
+    for (const std::string& v : *out) quoted.push_back(Quoted(v));
+    if (Emit(key, absl::StrCat("[", absl::StrJoin(quoted, ", "), "]"))) return;
+  }
   Entry* e = Find(key);
   if (e == nullptr) return;
   if (e->value.IsScalar()) {
@@ -435,6 +440,33 @@ void YamlMapReader::ScalarList(const std::string& key, std::vector<std::string>*
       return;
     }
     values.push_back(std::move(v));
+  }
+  *out = std::move(values);
+}
+
+void YamlMapReader::DoubleList(const std::string& key, std::vector<double>* out) {
+  if (emitting()) {
+    std::vector<std::string> numbers;
+    for (double v : *out) numbers.push_back(RoundTripNumber(v));
+    if (Emit(key, absl::StrCat("[", absl::StrJoin(numbers, ", "), "]"))) return;
+  }
+  Entry* e = Find(key);
+  if (e == nullptr) return;
+  if (!e->value.IsSequence()) {
+    FailType(*e, KeyPath(key), e->value, "a list of numbers");
+    return;
+  }
+  std::vector<double> values;
+  for (size_t i = 0; i < e->value.size(); ++i) {
+    const YAML::Node item = e->value[i];
+    double v = 0;
+    if (!ParseDouble(item, &v)) {
+      const std::string path = absl::StrCat(KeyPath(key), "[", i, "]");
+      status_ = absl::InvalidArgumentError(absl::StrCat(doc_->Locate(path, item.Mark()), ": ", path,
+                                                        ": expected ", kNumber, ", found ", Describe(item)));
+      return;
+    }
+    values.push_back(v);
   }
   *out = std::move(values);
 }

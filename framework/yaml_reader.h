@@ -104,6 +104,7 @@ class YamlMapReader {
   // A list of scalars, each read as its text (quoted or plain), or one scalar read as a list of one
   // (data.path takes both `x` and `[0.7, x, 0.3, y]`).
   void ScalarList(const std::string& key, std::vector<std::string>* out);
+  void DoubleList(const std::string& key, std::vector<double>* out);  // a list of finite numbers
   // A count, or null which reads as `null_value` (HF writes "q_lora_rank": null for "none").
   void CountOrNull(const std::string& key, int64_t null_value, int64_t* out);
 

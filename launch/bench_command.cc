@@ -1,4 +1,4 @@
-// fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N] [--steps N]
+// fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N] [--steps N] [--profile OUT.yaml]
 // Times the GPU trainer: N warm-up steps (default 2), then N timed steps (default 5), and rank 0 prints one
 // table. Launch like `fathom train` (MPI under mpirun/srun, else one local process). Requires
 // train.device cuda and a build with the CUDA backend (exit 2 otherwise).
@@ -30,7 +30,8 @@
 //                               floor at 4.3 TB/s (the H200's measured device-copy bandwidth)
 //   attention     one line per attention shape (cuda::DescribeAttentionPath): which kernels run it.
 // The timer is enabled during the warm-up too (collected after every step, then reset), so its CUDA event
-// pool is created before the timed steps.
+// pool is created before the timed steps. Every run also prints the activation estimate against the pool's
+// peak; --profile writes a calibration profile for cluster files (launch/bench_profile.h).
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -39,6 +40,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "launch/bench_profile.h"
 #include "launch/command_line.h"
 #include "launch/commands.h"
 #include "launch/job_start.h"
@@ -60,13 +62,14 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: fathom bench RECIPE.yaml [--set section.key=value ...] [--warmup N (default 2)] "
-    "[--steps N (default 5)]";
+    "[--steps N (default 5)] [--profile OUT.yaml]";
 constexpr char kHelp[] =
     "  Times GPU training steps of the recipe (train.device cuda; one rank per GPU under mpirun/srun) and\n"
     "  prints tokens/s, TFLOP/s per GPU, MFU, peak memory and the time per phase.\n"
     "  --set section.key=value   override a recipe key (repeatable)\n"
     "  --warmup N                untimed steps first (default 2)\n"
     "  --steps N                 timed steps (default 5)\n"
+    "  --profile OUT.yaml        also measure the planner's calibration profile and write it there\n"
     "  --help                    print this and exit\n";
 
 // Every rank reaches the same verdict on its input; ExitAllRanks prints it once and exits every rank.
@@ -115,11 +118,10 @@ PhaseMillis PhaseWork(const Recipe& recipe, Trainer& trainer, const DeviceMesh& 
   PhaseMillis work{};
   auto add = [&](Phase p, double amount) { work[static_cast<size_t>(p)] += amount; };
   for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len)) {
-    const bool block = n.kind == CostNodeKind::kDenseBlock || n.kind == CostNodeKind::kMoeBlock;
     bool in_chunk = false;
-    for (const auto& [first, end] : ranges) in_chunk = in_chunk || (n.index >= first && n.index < end);
+    for (const auto& [first, end] : ranges) in_chunk = in_chunk || (n.layer >= first && n.layer < end);
     const bool here =
-        block ? in_chunk : (n.kind == CostNodeKind::kHead || n.kind == CostNodeKind::kMtp) && last_stage;
+        n.is_block() ? in_chunk : (n.kind == NodeKind::kHead || n.kind == NodeKind::kMtp) && last_stage;
     if (!here) continue;
     add(Phase::kAttention,
         tokens * (3.0 * n.attn_gemm_flops + (1.0 + kAttentionBackwardFactor) * n.attn_flops));
@@ -149,7 +151,7 @@ std::string Rate(Phase p, double amount, double ms) {
 double ModelFlopsPerToken(const Recipe& recipe) {
   double flops = 0;
   for (const NodeCost& n : BuildCostGraph(recipe.model, recipe.train.seq_len)) {
-    if (n.kind != CostNodeKind::kMtp) flops += n.model_flops;
+    if (n.kind != NodeKind::kMtp) flops += n.model_flops;
   }
   return flops;
 }
@@ -204,8 +206,9 @@ struct BenchResult {
   double static_gib = 0, pool_peak_gib = 0, pool_capacity_gib = 0;  // of the rank with the highest peak
   double device_used_gib = 0, device_total_gib = 0;                 // max over ranks
   int phase_rank = 0;
-  PhaseMillis phase_ms{};    // per step, of phase_rank
-  PhaseMillis phase_work{};  // per step, of phase_rank: FLOPs, or bytes (PhaseInBytes)
+  PhaseMillis phase_ms{};               // per step, of phase_rank
+  PhaseMillis phase_work{};             // per step, of phase_rank: FLOPs, or bytes (PhaseInBytes)
+  std::vector<double> pool_peak_bytes;  // per rank
 };
 
 std::string FormatBench(const BenchResult& b) {
@@ -318,6 +321,7 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
     b.device_total_gib = std::max(b.device_total_gib, memory[r][4] / kGiB);
     if (memory[r][0] + memory[r][1] > memory[peak_rank][0] + memory[peak_rank][1]) peak_rank = r;
   }
+  for (const std::vector<double>& rank : memory) b.pool_peak_bytes.push_back(rank[1]);
   b.static_gib = memory[peak_rank][0] / kGiB;
   b.pool_peak_gib = memory[peak_rank][1] / kGiB;
   b.pool_capacity_gib = memory[peak_rank][2] / kGiB;
@@ -348,7 +352,7 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
 }  // namespace
 
 int RunBench(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> parsed = ParseCommandLine(args, {"--warmup", "--steps"});
+  absl::StatusOr<CommandLine> parsed = ParseCommandLine(args, {"--warmup", "--steps", "--profile"});
   if (parsed.ok() && parsed->help) {
     if (ProcessRank() == 0) std::cout << kUsage << "\n" << kHelp;
     return 0;
@@ -387,14 +391,26 @@ int RunBench(const std::vector<std::string>& args) {
   if ((*mesh)->coord().rank == 0) std::cout << (*trainer)->memory_plan_table() << std::flush;
   if ((*mesh)->coord().rank == 0) std::cout << (*trainer)->runtime().attention_path() << std::flush;
   const BenchResult result = RunSteps(recipe, **trainer, **mesh, warmup, steps);
+  const BenchStepMeasurements measured{
+      result.gpu,      result.world,           (*trainer)->runtime().stage_layers(), Median(result.step_ms),
+      result.phase_ms, result.pool_peak_bytes, (*trainer)->model().params().numel()};
   if ((*mesh)->coord().rank == 0) {
-    std::cout << FormatBench(result);
+    std::cout << FormatBench(result) << ActivationEstimateLines(recipe, measured);
     std::cout.flush();
   }
   trainer->reset();
+  int code = 0;
+  if (const std::string out = parsed->options["--profile"]; !out.empty() && (*mesh)->coord().rank == 0) {
+    absl::StatusOr<CalibrationProfile> profile = MeasureProfile(recipe, measured);
+    const absl::Status written = profile.ok() ? WriteProfile(*profile, out) : profile.status();
+    if (written.ok())
+      std::cout << "profile written: " << out << " (a cluster file includes it: profile: PATH)\n";
+    if (!written.ok()) std::cerr << "fathom bench --profile: " << written.message() << "\n";
+    code = written.ok() ? 0 : kExitInvalidInput;
+  }
   mesh->reset();
   FinishJob(job);
-  return 0;
+  return code;
 #endif
 }
 

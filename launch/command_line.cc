@@ -5,7 +5,8 @@
 namespace fathom {
 
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
-                                             const std::set<std::string>& options, bool recipe_required) {
+                                             const std::set<std::string>& options, bool recipe_required,
+                                             const std::set<std::string>& repeatable) {
   CommandLine out;
   // A request for help wins over every mistake around it ("fathom train --set --help").
   for (const std::string& a : args) {
@@ -16,7 +17,13 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
   }
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
-    if (a.rfind("--set=", 0) == 0) {
+    const size_t eq = a.find('=');
+    if (eq != std::string::npos && repeatable.count(a.substr(0, eq))) {
+      out.repeated[a.substr(0, eq)].push_back(a.substr(eq + 1));
+    } else if (repeatable.count(a)) {
+      if (i + 1 == args.size()) return absl::InvalidArgumentError(a + " needs a value");
+      out.repeated[a].push_back(args[++i]);
+    } else if (a.rfind("--set=", 0) == 0) {
       out.overrides.push_back(a.substr(6));
     } else if (a == "--set" || options.count(a)) {
       if (i + 1 == args.size()) {
@@ -31,6 +38,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
     } else if (!a.empty() && a[0] == '-') {
       std::string known = "--set";
       for (const std::string& o : options) known += ", " + o;
+      for (const std::string& o : repeatable) known += ", " + o;
       known += ", --help";
       return absl::InvalidArgumentError("unknown option '" + a + "'; expected one of " + known);
     } else if (out.recipe.empty()) {

@@ -19,14 +19,17 @@ struct CommandLine {
   std::vector<std::string> overrides;          // every --set value (also --set=value), in order
   std::map<std::string, std::string> options;  // "--cluster" -> "recipes/clusters/h800-2048.yaml"
   bool help = false;                           // --help or -h was given (nothing else is then checked)
+  std::map<std::string, std::vector<std::string>> repeated;  // "--fix" -> every value given, in order
 };
 
 // `options`: the value-taking options this command accepts besides --set ("--cluster", "--out", ...).
 // An option given twice keeps its last value. `recipe_required` false: a command without a recipe
-// (fathom diagnose) accepts none being given.
+// (fathom diagnose) accepts none being given. `repeatable`: value-taking options that collect every value
+// (like --set), also written --option=value.
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
                                              const std::set<std::string>& options,
-                                             bool recipe_required = true);
+                                             bool recipe_required = true,
+                                             const std::set<std::string>& repeatable = {});
 
 }  // namespace fathom
 

@@ -23,7 +23,7 @@
 //                schedule holds on the stage (min(pp - stage, parallel.micro_batches)), in the compute width.
 // Decoder layers per stage: parallel.stage_layers when given, else ceil(num_hidden_layers / pp). The
 // estimate leaves out transient buffers, the GEMM workspace, reserves and allocator overhead: it is a floor
-// (at most what launch/memory_plan.h's device plan counts, and 40.5 GiB for recipes/small.yaml, which
+// (at most what parallel/memory_plan.h's device plan counts, and 40.5 GiB for recipes/small.yaml, which
 // measured 47.5 GiB), so that the check never refuses a run that would fit, and catches every recipe that
 // cannot.
 //

@@ -1,7 +1,14 @@
 // fathom plan RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...] [--out FILE]
-//                         [--global-batch SEQUENCES] [--top N]
-// Chooses pp / ep / schedule / micro-batching / recompute for the recipe's model on the cluster, prints the
-// best candidates and writes the chosen `parallel:` section as YAML (stdout, and FILE with --out).
+//                         [--global-batch SEQUENCES] [--fix section.key[=value] ...] [--top N]
+//                         [--policy report|fathom]
+// Chooses pp / ep / schedule / micro-batching / recompute for the recipe's model on the cluster at the
+// recipe's train.global_batch_size (--global-batch overrides it), prints the best candidates and writes the
+// chosen `parallel:` section as YAML (stdout, and FILE with --out). The recipe's parallel section is not
+// checked against the model and is ignored except for what --fix names. --policy: the precision and
+// activation policy simulated (the report's, the default, or what fathom runs today). Prints the memory
+// headroom, whether the efficiencies are calibrated (the cluster's `profile:`), and beside the steady
+// step the whole-run tokens/s/GPU when the cluster file has a `run:` section.
+#include <chrono>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -11,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "framework/file_io.h"
 #include "launch/command_line.h"
 #include "launch/commands.h"
 #include "parallel/planner.h"
@@ -72,9 +80,49 @@ std::string SetFlags(const SimulationResult& r) {
                       " --set train.micro_batch_size=", r.plan.micro_batch_size);
 }
 
+double Hours(double seconds) { return seconds / 3600.0; }
+
+// The whole run beside the steady step, factor by factor (parallel/whole_run.h).
+std::string WholeRunLines(const WholeRunEstimate& w, const RunAssumptions& run, const Recipe& recipe,
+                          int64_t global_batch) {
+  const double tokens = static_cast<double>(recipe.train.steps) * static_cast<double>(global_batch) *
+                        static_cast<double>(recipe.train.seq_len);
+  std::string o = absl::StrFormat(
+      "whole run (%.4gT tokens = train.steps %d x %d sequences x %d): %.0f tokens/s/GPU against %.0f steady "
+      "(%.1f%% of it), %.0f h of wall time:\n",
+      tokens / 1e12, recipe.train.steps, global_batch, recipe.train.seq_len, w.tokens_per_s_per_gpu,
+      w.steady_tokens_per_s_per_gpu, 100 * w.tokens_per_s_per_gpu / w.steady_tokens_per_s_per_gpu,
+      Hours(w.wall_s));
+  auto share = [&](double s) { return 100 * s / w.wall_s; };
+  absl::StrAppend(&o, absl::StrFormat("  steps at the simulated speed %8.0f h  %5.1f%%\n",
+                                      Hours(w.compute_s - w.ramp_s), share(w.compute_s - w.ramp_s)));
+  if (run.batch_ramp_tokens > 0 && run.batch_ramp_start > 0) {
+    absl::StrAppend(
+        &o, absl::StrFormat("  batch-size ramp             %8.1f h  %5.1f%%   (%d to %d sequences over "
+                            "%.3gT tokens)\n",
+                            Hours(w.ramp_s), share(w.ramp_s), run.batch_ramp_start, global_batch,
+                            run.batch_ramp_tokens / 1e12));
+  }
+  absl::StrAppend(
+      &o, absl::StrFormat("  checkpoints                 %8.1f h  %5.1f%%   (%.0f x %.0f s: every %.0f min "
+                          "at %.3g GB/s per GPU)\n",
+                          Hours(w.checkpoint_s), share(w.checkpoint_s), w.checkpoints, w.checkpoint_each_s,
+                          run.checkpoint_interval_min, run.checkpoint_gbps_per_gpu));
+  absl::StrAppend(&o, absl::StrFormat("  evaluation                  %8.1f h  %5.1f%%\n",
+                                      Hours(w.evaluation_s), share(w.evaluation_s)));
+  absl::StrAppend(
+      &o,
+      absl::StrFormat("  failures and restarts       %8.1f h  %5.1f%%   (%.0f failures, one every %.1f h; "
+                      "each %.0f min of restart and lost work)\n",
+                      Hours(w.failure_s), share(w.failure_s), w.failures, Hours(w.job_mtbf_s),
+                      w.failure_cost_s / 60));
+  return o;
+}
+
 constexpr char kUsage[] =
     "usage: fathom plan RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...] [--out FILE]\n"
-    "                   [--global-batch SEQUENCES] [--top N]\n";
+    "                   [--global-batch SEQUENCES] [--fix section.key[=value] ...] [--top N]\n"
+    "                   [--policy report|fathom]\n";
 constexpr char kHelp[] =
     "  Chooses pp, ep, the schedule, micro-batching and recomputation for the recipe's model on the "
     "cluster,\n"
@@ -82,7 +130,9 @@ constexpr char kHelp[] =
     "  --cluster FILE            the cluster description (recipes/clusters/*.yaml)\n"
     "  --set section.key=value   override a recipe key (repeatable)\n"
     "  --out FILE                also write the parallel: section to FILE\n"
-    "  --global-batch SEQUENCES  the global batch to keep fixed\n"
+    "  --global-batch SEQUENCES  the global batch to keep fixed (default train.global_batch_size)\n"
+    "  --fix section.key[=value] hold a parallel key (the recipe's value, or the one given); repeatable\n"
+    "  --policy report|fathom    precision/recompute policy: the report's FP8 system (default) or fathom's\n"
     "  --top N                   candidates to print (default 8)\n"
     "  --help                    print this and exit\n";
 
@@ -94,7 +144,8 @@ int Usage(const std::string& why) {
 }  // namespace
 
 int RunPlan(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--cluster", "--out", "--global-batch", "--top"});
+  absl::StatusOr<CommandLine> cl = ParseCommandLine(
+      args, {"--cluster", "--out", "--global-batch", "--top", "--policy"}, /*recipe_required=*/true, {"--fix"});
   if (cl.ok() && cl->help) {
     std::cout << kUsage << kHelp;
     return 0;
@@ -113,10 +164,19 @@ int RunPlan(const std::vector<std::string>& args) {
     return Usage("--top needs a positive count");
   }
   if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
-  absl::StatusOr<Recipe> recipe = LoadRecipe(recipe_path, overrides);
+  absl::StatusOr<Recipe> recipe = LoadRecipe(recipe_path, overrides, RecipeUse::kPlan);
   if (!recipe.ok()) {
     std::cerr << "fathom plan: " << recipe.status().message() << "\n";
     return 2;
+  }
+  if (cl->options.count("--policy")) {
+    absl::StatusOr<PrecisionPolicy> policy = PolicyNamed(cl->options["--policy"], *recipe);
+    if (!policy.ok()) return Usage(std::string(policy.status().message()));
+    options.precision = *policy;
+  }
+  for (const std::string& fix : cl->repeated["--fix"]) {
+    if (absl::Status s = AddPlanConstraint(fix, *recipe, &options.fixed); !s.ok())
+      return Usage(std::string(s.message()));
   }
   absl::StatusOr<ClusterConfig> cluster = LoadCluster(cluster_path);
   if (!cluster.ok()) {
@@ -124,7 +184,9 @@ int RunPlan(const std::vector<std::string>& args) {
     return 2;
   }
   const ClusterConfig& c = *cluster;
+  const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, c, options);
+  const double plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!report.ok()) {
     std::cerr << "fathom plan: " << report.status().message() << "\n";
     return 2;
@@ -137,22 +199,28 @@ int RunPlan(const std::vector<std::string>& args) {
       "global batch %d sequences x %d tokens = %.1fM tokens per step; model FLOPs %.3g per token\n",
       report->global_batch, recipe->train.seq_len,
       static_cast<double>(report->global_batch * recipe->train.seq_len) / 1e6, best.model_flops_per_token);
+  o << (options.fixed.empty() ? std::string("nothing fixed: the recipe's parallel section is not used\n")
+                              : "fixed by --fix: " + options.fixed.Describe() + "\n");
+  o << "policy: " << best.plan.precision.Describe() << "\n";
+  o << "efficiencies: " << c.Calibration() << "\n";
   o << absl::StrFormat(
-      "%d layouts considered, %d fit in %.1f GiB per GPU (%.0f GiB HBM less %.0f GiB reserve)\n\n",
-      report->considered, report->fitting, GiB(best.usable_bytes), c.hbm_gib, c.memory_reserve_gib);
+      "%d layouts considered, %d fit in %.1f GiB per GPU (%.0f GiB HBM less %.0f GiB reserve) with headroom "
+      "for the activation estimate's error (%.0f%%) and fragmentation (%.0f%%); planned in %.1f s\n\n",
+      report->considered, report->fitting, GiB(best.usable_bytes), c.hbm_gib, c.memory_reserve_gib,
+      100 * c.EstimateError(), 100 * c.Fragmentation(), plan_seconds);
   o << " #  schedule   pp  ep             dp  edp  mbs  micro  recompute     step s  bubble  tok/s/GPU    "
-       "MFU  "
-       "peak GiB (params+grads+optim+act)\n";
+       "MFU  peak GiB (params+grads+optim+act) +headroom\n";
   for (size_t i = 0; i < report->ranked.size() && static_cast<int>(i) < top; ++i) {
     const SimulationResult& r = report->ranked[i];
     const RankMemory& m = r.memory[r.peak_memory_rank];
     o << absl::StrFormat(
         "%2d  %-9s %3d  %-13s %4d %4d %4d %6d  %-12s %7.2f  %5.1f%%  %9.0f  %5.1f%%  %5.1f "
-        "(%.1f+%.1f+%.1f+%.1f)\n",
+        "(%.1f+%.1f+%.1f+%.1f) +%.1f\n",
         i + 1, ScheduleKindName(r.plan.schedule), r.plan.pp, ExpertSpan(r, c), r.dp, r.edp,
         r.plan.micro_batch_size, r.plan.micro_batches, RecomputeName(r.plan.recompute), r.step_s,
         100 * r.bubble_fraction, r.tokens_per_s_per_gpu, 100 * r.mfu_bf16, GiB(r.peak_memory_bytes),
-        GiB(m.params), GiB(m.grads), GiB(m.optimizer), GiB(m.activations));
+        GiB(m.params), GiB(m.grads), GiB(m.optimizer), GiB(m.activations),
+        GiB(m.estimate_error + m.fragmentation));
   }
   const RankMemory& m = best.memory[best.peak_memory_rank];
   o << "\nchosen: " << ScheduleKindName(best.plan.schedule) << ", " << best.plan.pp << " pipeline ranks ("
@@ -170,36 +238,53 @@ int RunPlan(const std::vector<std::string>& args) {
   }
   o << absl::StrFormat(
       "memory per GPU (peak: rank %d): params %.1f + grads %.1f + optimizer %.1f + activations %.1f "
-      "= %.1f GiB, fits in %.1f GiB usable of %.0f GiB HBM\n",
+      "= %.1f GiB estimated, + headroom %.1f GiB for the activation estimate's error (%.0f%%%s) + %.1f GiB "
+      "for fragmentation (%.0f%%) = %.1f GiB, fits in %.1f GiB usable of %.0f GiB HBM\n",
       best.peak_memory_rank, GiB(m.params), GiB(m.grads), GiB(m.optimizer), GiB(m.activations),
-      GiB(best.peak_memory_bytes), GiB(best.usable_bytes), c.hbm_gib);
+      GiB(best.peak_memory_bytes), GiB(m.estimate_error), 100 * c.EstimateError(),
+      c.profile || c.estimate_error ? "" : ", uncalibrated", GiB(m.fragmentation), 100 * c.Fragmentation(),
+      GiB(best.required_bytes), GiB(best.usable_bytes), c.hbm_gib);
   o << absl::StrFormat(
       "step %.4g s: pipeline %.4g s (bubble %.1f%%), gradient sync exposed %.3g s, optimizer %.3g s, "
       "all-gather %.3g s\n",
       best.step_s, best.makespan_s, 100 * best.bubble_fraction, best.grad_sync_exposed_s, best.optimizer_s,
       best.all_gather_s);
-  o << absl::StrFormat("predicted throughput: %.0f tokens/s/GPU, MFU %.1f%% of the bf16 peak\n",
-                       best.tokens_per_s_per_gpu, 100 * best.mfu_bf16);
+  o << absl::StrFormat(
+      "predicted throughput: %.0f tokens/s/GPU steady state, MFU %.1f%% of the bf16 peak%s\n",
+      best.tokens_per_s_per_gpu, 100 * best.mfu_bf16, c.profile ? "" : " (uncalibrated)");
+  absl::StatusOr<WholeRunEstimate> whole;
+  if (c.run) {
+    whole = WholeRunForPlan(*recipe, c, best, report->global_batch);
+    if (!whole.ok()) {
+      std::cerr << "fathom plan: whole-run accounting: " << whole.status().message() << "\n";
+      return 2;
+    }
+    o << WholeRunLines(*whole, *c.run, *recipe, report->global_batch);
+  } else {
+    o << "whole run: not estimated (the cluster file has no `run:` section)\n";
+  }
   if (IsDeepSeekV3Shape(recipe->model)) {
     o << absl::StrFormat(
-        "DeepSeek-V3 report: %.0fK H800 GPU-hours per trillion tokens = %.0f tokens/s/GPU; predicted %.0f "
-        "tokens/s/GPU (%.2fx)\n"
-        "note: the report's figure is whole-run accounting (14.8T tokens in 2.664M GPU-hours, including the "
-        "batch-size ramp, failures and restarts, evaluation and imperfect expert balance); the prediction is "
-        "one "
-        "steady-state step with the cluster file's efficiency factors and perfectly balanced experts\n",
+        "DeepSeek-V3 report: %.0fK H800 GPU-hours per trillion tokens = %.0f tokens/s/GPU over the whole "
+        "run; "
+        "predicted %.0f steady state (%.2fx)",
         kReportGpuHoursPerTrillion / 1e3, kReportTokensPerSecondPerGpu, best.tokens_per_s_per_gpu,
         best.tokens_per_s_per_gpu / kReportTokensPerSecondPerGpu);
+    if (c.run) {
+      o << absl::StrFormat(", %.0f whole run (%.2fx)", whole->tokens_per_s_per_gpu,
+                           whole->tokens_per_s_per_gpu / kReportTokensPerSecondPerGpu);
+    }
+    o << "\n  what the prediction leaves out: imperfect expert balance (the simulator routes every token "
+         "evenly), and every efficiency a calibration profile would measure (README, Planning)\n";
   }
   const std::string yaml = ParallelYaml(best);
   o << "\n# the chosen parallel section (paste it into the recipe, or pass the --set flags below)\n" << yaml;
   o << SetFlags(best) << "\n";
   if (!out_path.empty()) {
-    std::ofstream out(out_path, std::ios::trunc);
-    out << "# fathom plan " << recipe_path << " --cluster " << cluster_path << "\n" << yaml;
-    out.close();
-    if (!out) {
-      std::cerr << "fathom plan: --out: cannot write " << out_path << "\n";
+    const absl::Status written = WriteFileAtomically(
+        out_path, absl::StrCat("# fathom plan ", recipe_path, " --cluster ", cluster_path, "\n", yaml));
+    if (!written.ok()) {
+      std::cerr << "fathom plan: --out: cannot write " << out_path << ": " << written.message() << "\n";
       return 2;
     }
   }

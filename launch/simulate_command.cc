@@ -1,7 +1,10 @@
 // fathom simulate RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...] [--trace out.json]
-//                             [--recompute none|norm|norm+mla_up]
+//                             [--recompute none|norm|norm+mla_up] [--policy report|fathom]
 // Simulates one step of the recipe's parallel section on the cluster and prints a summary; --trace writes
-// the timeline as a Chrome trace (open it in Perfetto).
+// the timeline as a Chrome trace (open it in Perfetto). --policy fathom simulates what fathom runs today
+// (compare with `fathom bench`; nothing is recomputed); the default is the report's policy. The summary
+// says whether the efficiencies are calibrated (the cluster's `profile:`) and, with a profile that recorded
+// its step, puts the measured step beside the simulated one when the recipe's shape is the profile's.
 #include <iostream>
 #include <string>
 #include <vector>
@@ -23,7 +26,7 @@ double GiB(double bytes) { return bytes / 1073741824.0; }
 
 constexpr char kUsage[] =
     "usage: fathom simulate RECIPE.yaml --cluster CLUSTER.yaml [--set section.key=value ...]\n"
-    "                       [--trace out.json] [--recompute none|norm|norm+mla_up]\n";
+    "                       [--trace out.json] [--recompute none|norm|norm+mla_up] [--policy report|fathom]\n";
 constexpr char kHelp[] =
     "  Simulates one step of the recipe's parallel: section on the cluster and prints a summary.\n"
     "  --cluster FILE            the cluster description (recipes/clusters/*.yaml)\n"
@@ -31,6 +34,7 @@ constexpr char kHelp[] =
     "  --trace FILE              write the timeline as a Chrome trace (Perfetto); replaces only a regular "
     "file\n"
     "  --recompute WHAT          none, norm or norm+mla_up (default)\n"
+    "  --policy report|fathom    the report's FP8 system (default) or what fathom runs today\n"
     "  --help                    print this and exit\n";
 
 int Usage(const std::string& why) {
@@ -41,7 +45,8 @@ int Usage(const std::string& why) {
 }  // namespace
 
 int RunSimulate(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--cluster", "--trace", "--recompute"});
+  absl::StatusOr<CommandLine> cl =
+      ParseCommandLine(args, {"--cluster", "--trace", "--recompute", "--policy"});
   if (cl.ok() && cl->help) {
     std::cout << kUsage << kHelp;
     return 0;
@@ -93,6 +98,17 @@ int RunSimulate(const std::vector<std::string>& args) {
   plan.seq_len = recipe->train.seq_len;
   plan.stage_layers = recipe->parallel.stage_layers;
   plan.precision = PrecisionFor(*recipe);
+  if (cl->options.count("--policy")) {
+    absl::StatusOr<PrecisionPolicy> policy = PolicyNamed(cl->options["--policy"], *recipe);
+    if (!policy.ok()) return Usage(std::string(policy.status().message()));
+    plan.precision = *policy;
+  }
+  if (plan.precision.activations == ActivationModel::kFathom) {
+    if (cl->options.count("--recompute") && recompute != "none") {
+      return Usage("--recompute: fathom's layers recompute nothing (--policy fathom); use none");
+    }
+    plan.recompute = Recompute::None();
+  }
   absl::StatusOr<SimulationResult> sim = Simulate(recipe->model, c, plan);
   if (!sim.ok()) {
     std::cerr << "fathom simulate: " << recipe_path << " on " << cluster_path << ": "
@@ -105,6 +121,8 @@ int RunSimulate(const std::vector<std::string>& args) {
                        c.name.empty() ? cluster_path : c.name, c.nodes, c.gpus_per_node, c.gpu, c.world());
   o << absl::StrFormat("plan: %s, dp %d (ZeRO-1), edp %d, no tensor parallelism\n", r.plan.Describe(), r.dp,
                        r.edp);
+  o << "policy: " << r.plan.precision.Describe() << "\n";
+  o << "efficiencies: " << c.Calibration() << "\n";
   o << "stage_layers: [" << absl::StrJoin(r.plan.stage_layers, ", ") << "]"
     << (recipe->parallel.stage_layers.empty() ? " (balanced by the simulator)" : "") << "\n";
   o << "per micro-batch, ms:  stage  layers     F      B      W  a2a F  a2a B   act GiB\n";
@@ -112,15 +130,26 @@ int RunSimulate(const std::vector<std::string>& args) {
     const StageCost& st = r.stages[s];
     o << absl::StrFormat("                      %5d  %6d %6.1f %6.1f %6.1f %6.1f %6.1f  %8.2f\n", s,
                          r.plan.stage_layers[s], 1e3 * st.f, 1e3 * st.b, 1e3 * st.w, 1e3 * st.f_comm,
-                         1e3 * st.b_comm, GiB(st.activation_bytes));
+                         1e3 * st.b_comm, GiB(st.activations.held_f));
   }
   o << absl::StrFormat(
       "step %.3f s: pipeline %.3f s, bubble %.3f s (%.1f%%: the most idle rank), gradient sync "
       "exposed %.3f s, optimizer %.3f s, all-gather %.3f s\n",
       r.step_s, r.makespan_s, r.bubble_s, 100 * r.bubble_fraction, r.grad_sync_exposed_s, r.optimizer_s,
       r.all_gather_s);
-  o << absl::StrFormat("throughput: %.0f tokens/s/GPU (%.1fM tokens per step), MFU %.1f%% of the bf16 peak\n",
+  o << absl::StrFormat("throughput: %.0f tokens/s/GPU (%.4gM tokens per step), MFU %.1f%% of the bf16 peak\n",
                        r.tokens_per_s_per_gpu, r.tokens_per_step / 1e6, 100 * r.mfu_bf16);
+  if (c.profile && c.profile->step_ms > 0) {
+    const CalibrationProfile& p = *c.profile;
+    const bool same = p.seq_len == plan.seq_len && p.micro_batch_size == plan.micro_batch_size &&
+                      p.micro_batches == plan.micro_batches && p.pp == plan.pp && p.ep == plan.ep;
+    o << absl::StrFormat(
+        "profile's measured step: %.1f ms (%s, seq %d, micro-batch %d x %d, pp %d, ep %d)%s\n", p.step_ms,
+        p.source, p.seq_len, p.micro_batch_size, p.micro_batches, p.pp, p.ep,
+        same ? absl::StrFormat("; simulated %.1f ms (%+.1f%%)", 1e3 * r.step_s,
+                               100 * (1e3 * r.step_s / p.step_ms - 1))
+             : "; another shape than this plan's");
+  }
   o << "memory per GPU, GiB:  rank  params  grads  optim   act   total\n";
   for (size_t i = 0; i < r.memory.size(); ++i) {
     const RankMemory& m = r.memory[i];
@@ -128,14 +157,21 @@ int RunSimulate(const std::vector<std::string>& args) {
                          GiB(m.grads), GiB(m.optimizer), GiB(m.activations), GiB(m.total()),
                          static_cast<int>(i) == r.peak_memory_rank ? "  <- peak" : "");
   }
+  const RankMemory& peak = r.memory[r.peak_memory_rank];
+  const std::string headroom = absl::StrFormat(
+      "peak %.1f GiB + headroom %.1f GiB (activation estimate error %.0f%%%s: %.1f, fragmentation %.0f%%: "
+      "%.1f) "
+      "= %.1f GiB",
+      GiB(r.peak_memory_bytes), GiB(peak.estimate_error + peak.fragmentation), 100 * c.EstimateError(),
+      c.profile || c.estimate_error ? "" : " uncalibrated", GiB(peak.estimate_error), 100 * c.Fragmentation(),
+      GiB(peak.fragmentation), GiB(r.required_bytes));
   if (r.fits) {
-    o << absl::StrFormat("fits: peak %.1f GiB of %.1f GiB usable (%.0f GiB HBM less %.0f GiB reserve)\n",
-                         GiB(r.peak_memory_bytes), GiB(r.usable_bytes), c.hbm_gib, c.memory_reserve_gib);
+    o << absl::StrFormat("fits: %s of %.1f GiB usable (%.0f GiB HBM less %.0f GiB reserve)\n", headroom,
+                         GiB(r.usable_bytes), c.hbm_gib, c.memory_reserve_gib);
   } else {
-    o << absl::StrFormat(
-        "DOES NOT FIT: peak %.1f GiB on rank %d against %.1f GiB usable: short by %.1f GiB per GPU\n",
-        GiB(r.peak_memory_bytes), r.peak_memory_rank, GiB(r.usable_bytes),
-        GiB(r.peak_memory_bytes - r.usable_bytes));
+    o << absl::StrFormat("DOES NOT FIT: %s on rank %d against %.1f GiB usable: short by %.1f GiB per GPU\n",
+                         headroom, r.peak_memory_rank, GiB(r.usable_bytes),
+                         GiB(r.required_bytes - r.usable_bytes));
   }
   if (!trace_path.empty()) {
     if (absl::Status s = WriteChromeTrace(r, c, trace_path); !s.ok()) {

@@ -56,7 +56,8 @@ int RunTrain(const std::vector<std::string>& args) {
   }
   absl::StatusOr<std::unique_ptr<DeviceMesh>> mesh =
       DeviceMesh::Create(std::move(job.world), recipe.parallel.pp, recipe.parallel.ep);
-  if (!mesh.ok()) Reject(mesh.status());
+  if (!mesh.ok()) Reject(mesh.status());  // names parallel.pp / parallel.ep and the world size
+  if (absl::Status s = CheckGlobalBatch(recipe, (*mesh)->layout().dp()); !s.ok()) Reject(s);
   absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(recipe, **mesh);
   if (!trainer.ok()) Reject(trainer.status());
   if (logs) std::cout << (*mesh)->layout().Describe() << " [" << job.launcher.Describe() << "]\n";

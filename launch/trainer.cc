@@ -111,7 +111,7 @@ StepRecord Trainer::MakeRecord(const StepStats& st, double valid_loss) const {
   const double flops_per_token = [&] {
     double f = 0;
     for (const NodeCost& n : BuildCostGraph(recipe_.model, recipe_.train.seq_len)) {
-      if (n.kind != CostNodeKind::kMtp) f += n.model_flops;
+      if (n.kind != NodeKind::kMtp) f += n.model_flops;
     }
     return f;
   }();

@@ -1,6 +1,5 @@
 #include "layers/cost.h"
 
-#include "absl/strings/str_cat.h"
 #include "framework/check.h"
 
 namespace fathom {
@@ -11,7 +10,7 @@ namespace {
 struct BlockCost {
   int64_t params = 0, expert_params = 0, active_params = 0;
   double gemm_flops = 0, gemm_bf16_flops = 0, attn_flops = 0, model_flops = 0, mla_up_flops = 0;
-  double attn_gemm_flops = 0, expert_gemm_flops = 0;
+  double attn_gemm_flops = 0, expert_gemm_flops = 0, routed_gemm_flops = 0;
   double act_always = 0, act_norm = 0, act_mla_up = 0;
   int64_t routed_copies = 0;
 };
@@ -83,6 +82,7 @@ BlockCost DecoderBlockCost(const ModelConfig& m, bool moe, int64_t seq_len, cons
   b.active_params += k * expert + shared + router + m.n_routed_experts;
   b.gemm_flops += 2.0 * static_cast<double>(k * expert + shared);
   b.expert_gemm_flops = 2.0 * static_cast<double>(k * expert + shared);
+  b.routed_gemm_flops = 2.0 * static_cast<double>(k * expert);
   b.gemm_bf16_flops += 2.0 * static_cast<double>(router);
   b.model_flops += 18.0 * H * static_cast<double>(m.moe_intermediate_size * (k + m.n_shared_experts));
   b.routed_copies = k;
@@ -110,6 +110,7 @@ void SetBlock(NodeCost& n, const BlockCost& b) {
   n.mla_up_flops += b.mla_up_flops;
   n.attn_gemm_flops += b.attn_gemm_flops;
   n.expert_gemm_flops += b.expert_gemm_flops;
+  n.routed_gemm_flops += b.routed_gemm_flops;
   n.act_bytes += b.act_always + b.act_norm + b.act_mla_up;
   n.act_saved_by_norm_recompute += b.act_norm;
   n.act_saved_by_mla_up_recompute += b.act_mla_up;
@@ -128,22 +129,68 @@ void AddHead(NodeCost& n, const ModelConfig& m, const PrecisionPolicy& p) {
   n.act_saved_by_norm_recompute += H * a;
 }
 
+// fathom's layers (layers/activations.h) replace the report's itemisation of `n` when the policy says so.
+void SetFathomActivations(NodeCost& n, const ModelConfig& m, const PrecisionPolicy& p) {
+  const double a = static_cast<double>(p.activation_bytes), s = static_cast<double>(p.stats_bytes);
+  double exchange = 0;
+  ActivationBytes bytes;
+  switch (n.kind) {
+    case NodeKind::kEmbedding:
+      bytes = FathomEmbeddingBytes(m, a, s);
+      break;
+    case NodeKind::kDenseBlock:
+    case NodeKind::kMoeBlock:
+      bytes = FathomBlockBytes(m, n.moe, a, s, &exchange);
+      break;
+    case NodeKind::kHead:
+      bytes = FathomHeadBytes(m, a, s);
+      break;
+    case NodeKind::kMtp:
+      bytes = FathomMtpBytes(m, n.moe, a, s, &exchange);
+      break;
+  }
+  n.act_model = ActivationModel::kFathom;
+  n.act_bytes = bytes.held_f;
+  n.act_after_b_bytes = bytes.held_b;
+  n.act_peak_f_bytes = bytes.peak_f;
+  n.act_peak_b_bytes = bytes.peak_b;
+  n.act_exchange_bytes = exchange;
+  n.act_saved_by_norm_recompute = n.act_saved_by_mla_up_recompute = 0;  // nothing is recomputed
+}
+
 }  // namespace
 
-const char* CostNodeKindName(CostNodeKind kind) {
-  switch (kind) {
-    case CostNodeKind::kEmbedding:
-      return "embedding";
-    case CostNodeKind::kDenseBlock:
-      return "dense";
-    case CostNodeKind::kMoeBlock:
-      return "moe";
-    case CostNodeKind::kHead:
-      return "head";
-    case CostNodeKind::kMtp:
-      return "mtp";
+PrecisionPolicy PrecisionPolicy::Report(int64_t moment_bytes) {
+  PrecisionPolicy p;
+  p.moment_bytes = moment_bytes;
+  return p;
+}
+
+PrecisionPolicy PrecisionPolicy::Fathom(int64_t compute_bytes, int64_t moment_bytes) {
+  FATHOM_CHECK(compute_bytes == 2 || compute_bytes == 4 || compute_bytes == 8, "[cost] compute bytes ",
+               compute_bytes);
+  PrecisionPolicy p;
+  p.param_bytes = compute_bytes == 2 ? 2 : 0;  // bf16 copies for the GEMMs; f32/f64 GEMMs read the values
+  p.master_bytes = compute_bytes == 8 ? 8 : 4;
+  p.grad_bytes = p.master_bytes;
+  p.master_sharded = false;
+  p.moment_bytes = moment_bytes;
+  p.fp8_gemm = p.fp8_cache = p.fp8_dispatch = false;
+  p.activation_bytes = compute_bytes;
+  p.stats_bytes = compute_bytes == 2 ? 4 : compute_bytes;
+  p.activations = ActivationModel::kFathom;
+  return p;
+}
+
+std::string PrecisionPolicy::Describe() const {
+  const std::string moments = moment_bytes == 2 ? "bf16 moments" : "f32 moments";
+  if (activations == ActivationModel::kFathom) {
+    const std::string compute = activation_bytes == 2 ? "bf16" : activation_bytes == 4 ? "f32" : "f64";
+    return "fathom (" + compute + " compute, " + (master_sharded ? "sharded" : "unsharded") +
+           " f32 master weights, " + moments + ", its layers' activations, nothing recomputed)";
   }
-  return "?";
+  return std::string("report (") + (fp8_gemm ? "FP8 GEMMs" : "bf16 GEMMs") + ", bf16 weights, f32 master " +
+         "weights and gradients, " + moments + ", its activation policy)";
 }
 
 double NodeCost::backward_input_flops(const Recompute& recompute) const {
@@ -156,54 +203,61 @@ double NodeCost::activation_bytes(const Recompute& recompute) const {
          (recompute.mla_up ? act_saved_by_mla_up_recompute : 0.0);
 }
 
+ActivationBytes NodeCost::activations(const Recompute& recompute, bool exchange) const {
+  if (act_model == ActivationModel::kFathom) {
+    const double x = exchange ? act_exchange_bytes : 0;  // the received rows live from F to W
+    return {act_bytes + x, act_after_b_bytes + x, act_peak_f_bytes + x, act_peak_b_bytes + x};
+  }
+  // The report's framework: what the forward keeps lives until W; while a pass runs, what recomputation
+  // dropped is rebuilt and its gradients exist (one node's un-recomputed bytes on top).
+  const double held = activation_bytes(recompute), working = activation_bytes(Recompute::None());
+  return {held, held, held + working, held + working};
+}
+
 std::vector<NodeCost> BuildCostGraph(const ModelConfig& m, int64_t seq_len, const PrecisionPolicy& p) {
   FATHOM_CHECK(seq_len > 0, "[cost] seq_len ", seq_len);
   const int64_t H = m.hidden_size;
   const double dispatch = static_cast<double>(H) * (p.fp8_dispatch ? 1.0 + 4.0 / 128.0 : 2.0);
   const double combine = 2.0 * static_cast<double>(H);
   std::vector<NodeCost> graph;
-
-  NodeCost embed{CostNodeKind::kEmbedding, 0, "embed"};
-  embed.params = embed.active_params = m.vocab_size * H;
-  embed.act_bytes = 4;  // the token id; the backward scatter-adds into the table (W)
-  graph.push_back(embed);
-
-  for (int64_t l = 0; l < m.num_hidden_layers; ++l) {
-    const bool moe = m.is_moe_layer(l);
-    NodeCost n{moe ? CostNodeKind::kMoeBlock : CostNodeKind::kDenseBlock, l, absl::StrCat("layers.", l)};
-    SetBlock(n, DecoderBlockCost(m, moe, seq_len, p));
-    if (moe) {
+  for (const ModelNode& node : DescribeModelGraph(m)) {
+    NodeCost n;
+    static_cast<ModelNode&>(n) = node;
+    switch (node.kind) {
+      case NodeKind::kEmbedding:
+        n.params = n.active_params = m.vocab_size * H;
+        n.act_bytes = 4;  // the token id; the backward scatter-adds into the table (W)
+        break;
+      case NodeKind::kDenseBlock:
+      case NodeKind::kMoeBlock:
+        SetBlock(n, DecoderBlockCost(m, node.moe, seq_len, p));
+        break;
+      case NodeKind::kHead:
+        n.params = n.active_params = H + m.vocab_size * H;  // final norm + lm_head
+        AddHead(n, m, p);
+        break;
+      case NodeKind::kMtp: {
+        // MTP module k: enorm(embedding of token t+k+1), hnorm(previous depth's hidden) -> concat -> eh_proj
+        // (2H -> H) -> one decoder block -> shared_head.norm -> the shared head. Embedding and head weights
+        // are the main model's.
+        const int64_t proj = 2 * H * H;
+        n.params = n.active_params = 3 * H + proj;  // enorm, hnorm, shared_head.norm, eh_proj
+        n.gemm_bf16_flops = 2.0 * static_cast<double>(proj);
+        n.model_flops = 6.0 * (3.0 * static_cast<double>(H) + 2.0 * static_cast<double>(H * H));
+        const double a = static_cast<double>(p.activation_bytes);
+        n.act_bytes = 2.0 * static_cast<double>(H) * a + 8 + 2.0 * static_cast<double>(H) * a;
+        n.act_saved_by_norm_recompute = 2.0 * static_cast<double>(H) * a;  // concat of the two norm outputs
+        SetBlock(n, DecoderBlockCost(m, node.moe, seq_len, p));
+        AddHead(n, m, p);  // costs only: the head's weight is the main model's
+        break;
+      }
+    }
+    if (p.activations == ActivationModel::kFathom) SetFathomActivations(n, m, p);
+    if (node.moe) {
       n.dispatch_bytes = dispatch;
       n.combine_bytes = combine;
     }
-    graph.push_back(n);
-  }
-
-  NodeCost head{CostNodeKind::kHead, 0, "head"};
-  head.params = head.active_params = H + m.vocab_size * H;  // final norm + lm_head
-  AddHead(head, m, p);
-  graph.push_back(head);
-
-  // MTP module k: enorm(embedding of token t+k+1), hnorm(previous depth's hidden) -> concat -> eh_proj
-  // (2H -> H) -> one decoder block (the kind of layer num_hidden_layers) -> shared_head.norm -> the
-  // shared head. Embedding and head weights are the main model's.
-  for (int64_t d = 0; d < m.num_nextn_predict_layers; ++d) {
-    const bool moe = m.is_moe_layer(m.num_hidden_layers + d);
-    NodeCost n{CostNodeKind::kMtp, d, absl::StrCat("mtp.", d)};
-    const int64_t proj = 2 * H * H;
-    n.params = n.active_params = 3 * H + proj;  // enorm, hnorm, shared_head.norm, eh_proj
-    n.gemm_bf16_flops = 2.0 * static_cast<double>(proj);
-    n.model_flops = 6.0 * (3.0 * static_cast<double>(H) + 2.0 * static_cast<double>(H * H));
-    const double a = static_cast<double>(p.activation_bytes);
-    n.act_bytes = 2.0 * static_cast<double>(H) * a + 8 + 2.0 * static_cast<double>(H) * a;
-    n.act_saved_by_norm_recompute = 2.0 * static_cast<double>(H) * a;  // concat of the two norm outputs
-    SetBlock(n, DecoderBlockCost(m, moe, seq_len, p));
-    if (moe) {
-      n.dispatch_bytes = dispatch;
-      n.combine_bytes = combine;
-    }
-    AddHead(n, m, p);  // costs only: the head's weight is the main model's
-    graph.push_back(n);
+    graph.push_back(std::move(n));
   }
   return graph;
 }
@@ -211,7 +265,7 @@ std::vector<NodeCost> BuildCostGraph(const ModelConfig& m, int64_t seq_len, cons
 GraphTotals SumGraph(const std::vector<NodeCost>& graph) {
   GraphTotals t;
   for (const NodeCost& n : graph) {
-    if (n.kind == CostNodeKind::kMtp) {
+    if (n.kind == NodeKind::kMtp) {
       t.mtp_params += n.params;
     } else {
       t.params += n.params;
@@ -224,8 +278,20 @@ GraphTotals SumGraph(const std::vector<NodeCost>& graph) {
 
 ParameterStateBytes ParameterState(double params, const PrecisionPolicy& p, double zero_shards) {
   FATHOM_CHECK(zero_shards >= 1, "[cost] zero_shards ", zero_shards);
-  return {params * static_cast<double>(p.param_bytes), params * static_cast<double>(p.grad_bytes),
+  return {params * static_cast<double>(p.replicated_param_bytes()),
+          params * static_cast<double>(p.grad_bytes),
           params * static_cast<double>(p.optimizer_bytes()) / zero_shards};
+}
+
+double OptimizerStepBytes(const PrecisionPolicy& p, double shard, double local) {
+  const double update = static_cast<double>(p.grad_bytes + 2 * p.master_bytes + 4 * p.moment_bytes);
+  if (p.master_sharded) return shard * (update + static_cast<double>(p.param_bytes));
+  return shard * update +
+         (p.param_bytes > 0 ? local * static_cast<double>(p.master_bytes + p.param_bytes) : 0.0);
+}
+
+int64_t GatheredBytesPerParameter(const PrecisionPolicy& p) {
+  return p.master_sharded ? p.param_bytes : p.master_bytes;
 }
 
 double PipelineMessageBytes(const ModelConfig& model, int64_t micro_batch_size, int64_t seq_len) {

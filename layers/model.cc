@@ -7,20 +7,18 @@
 
 namespace fathom {
 
-std::string NodeKindName(NodeKind k) {
-  switch (k) {
+bool ModelSlice::Holds(const ModelNode& node) const {
+  switch (node.kind) {
     case NodeKind::kEmbedding:
-      return "embedding";
+      return embedding;
     case NodeKind::kDenseBlock:
-      return "dense block";
     case NodeKind::kMoeBlock:
-      return "moe block";
+      return node.layer >= first_layer && (end_layer < 0 || node.layer < end_layer);
     case NodeKind::kHead:
-      return "head";
     case NodeKind::kMtp:
-      return "mtp";
+      return head;
   }
-  return "?";
+  return false;
 }
 
 Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
@@ -34,40 +32,45 @@ Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
       slice_.exchange != nullptr || slice_.experts.count < 0 || slice_.experts.count == cfg.n_routed_experts,
       "model slice holds ", slice_.experts.count, " of ", cfg.n_routed_experts,
       " routed experts but has no expert exchange");
-  int first = params_.size();
   const bool mtp = cfg.num_nextn_predict_layers > 0;
-  if (slice_.embedding || (slice_.head && mtp)) {
-    embed_ = std::make_unique<Embedding>(params_, "model.embed_tokens", cfg.vocab_size, cfg.hidden_size);
-    if (slice_.embedding) RecordNode(NodeKind::kEmbedding, "embedding", -1, first);
-  }
-  for (int64_t l = slice_.first_layer; l < slice_.end_layer; ++l) {
-    first = params_.size();
-    bool moe = cfg.is_moe_layer(l);
-    blocks_.push_back(std::make_unique<DecoderBlock>(params_, cfg, static_cast<int>(l), slice_.experts,
-                                                     moe ? slice_.exchange : nullptr));
-    RecordNode(moe ? NodeKind::kMoeBlock : NodeKind::kDenseBlock,
-               "layer " + std::to_string(l) + (moe ? " (moe)" : " (dense)"), static_cast<int>(l), first);
-  }
-  if (!slice_.head) return;
-  first = params_.size();
-  head_ =
-      std::make_unique<OutputHead>(params_, "model.norm", cfg.vocab_size, cfg.hidden_size, cfg.rms_norm_eps,
-                                   /*lm_head_id=*/-1, loss.ignore_index);
-  RecordNode(NodeKind::kHead, "head", -1, first);
-  for (int k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
-    first = params_.size();
-    bool moe = cfg.is_moe_layer(cfg.num_hidden_layers + k - 1);
-    mtp_.push_back(std::make_unique<MtpModule>(params_, cfg, k, embed_->weight_id(), head_->lm_head_id(),
-                                               loss.ignore_index, slice_.experts,
-                                               moe ? slice_.exchange : nullptr));
-    RecordNode(NodeKind::kMtp, "mtp " + std::to_string(k), mtp_.back()->layer(), first);
+  // The layers are made in the graph's order, so the parameter table's layout follows it too.
+  for (const ModelNode& node : DescribeModelGraph(cfg)) {
+    const int first = params_.size();
+    switch (node.kind) {
+      case NodeKind::kEmbedding:
+        // The last stage keeps its own copy of the embedding for MTP even when it is not the first stage.
+        if (slice_.embedding || (slice_.head && mtp)) {
+          embed_ =
+              std::make_unique<Embedding>(params_, "model.embed_tokens", cfg.vocab_size, cfg.hidden_size);
+        }
+        break;
+      case NodeKind::kDenseBlock:
+      case NodeKind::kMoeBlock:
+        if (!slice_.Holds(node)) continue;
+        blocks_.push_back(std::make_unique<DecoderBlock>(params_, cfg, static_cast<int>(node.layer),
+                                                         slice_.experts, node.moe ? slice_.exchange : nullptr));
+        break;
+      case NodeKind::kHead:
+        if (!slice_.Holds(node)) continue;
+        head_ = std::make_unique<OutputHead>(params_, "model.norm", cfg.vocab_size, cfg.hidden_size,
+                                             cfg.rms_norm_eps, /*lm_head_id=*/-1, loss.ignore_index);
+        break;
+      case NodeKind::kMtp:
+        if (!slice_.Holds(node)) continue;
+        mtp_.push_back(std::make_unique<MtpModule>(
+            params_, cfg, static_cast<int>(node.depth), embed_->weight_id(), head_->lm_head_id(),
+            loss.ignore_index, slice_.experts, node.moe ? slice_.exchange : nullptr));
+        break;
+    }
+    if (slice_.Holds(node)) RecordNode(node, first);
   }
 }
 
-void Model::RecordNode(NodeKind kind, std::string name, int layer, int first_param) {
-  GraphNode node{kind, std::move(name), layer, {}};
-  for (int id = first_param; id < params_.size(); ++id) node.param_ids.push_back(id);
-  graph_.push_back(std::move(node));
+void Model::RecordNode(const ModelNode& node, int first_param) {
+  GraphNode g;
+  static_cast<ModelNode&>(g) = node;
+  for (int id = first_param; id < params_.size(); ++id) g.param_ids.push_back(id);
+  graph_.push_back(std::move(g));
 }
 
 namespace {

@@ -1,7 +1,6 @@
-// The DeepSeek-V3 model as a static graph (DESIGN.md idea 2): an ordered list of nodes
-//   embedding, decoder blocks 0..N-1 (dense for the first k, MoE after), head (final norm + lm_head + loss),
-//   MTP modules 1..D
-// built from a ModelConfig. Every node knows its parameters (HF names, in the one ParamTable); the
+// The DeepSeek-V3 model as a static graph (DESIGN.md idea 2): the nodes of layers/graph.h's
+// DescribeModelGraph (embedding, decoder blocks 0..N-1, head, MTP modules 1..D) that this rank's slice
+// holds, built from a ModelConfig. Every node knows its parameters (HF names, in the one ParamTable); the
 // executor runs them, the checkpoint code names tensors from them.
 //
 // Loss of a step with micro-batches m and sequences b (see LossNormalizers):
@@ -20,19 +19,15 @@
 #include "layers/decoder_block.h"
 #include "layers/embedding.h"
 #include "layers/expert_exchange.h"
+#include "layers/graph.h"
 #include "layers/mtp.h"
 #include "layers/output_head.h"
 #include "layers/stage_pass.h"
 
 namespace fathom {
 
-enum class NodeKind { kEmbedding, kDenseBlock, kMoeBlock, kHead, kMtp };
-std::string NodeKindName(NodeKind k);
-
-struct GraphNode {
-  NodeKind kind;
-  std::string name;  // "embedding", "layer 3 (moe)", "head", "mtp 1"
-  int layer = -1;    // HF layer index for blocks and MTP modules
+// A node of DescribeModelGraph held by this model, with the ids of the parameters it registered.
+struct GraphNode : ModelNode {
   std::vector<int> param_ids;
 };
 
@@ -78,6 +73,10 @@ struct ModelSlice {
   // Moves token rows when experts are spread over ranks (null: all experts local). Not owned; must outlive
   // the model. Stateless between calls (layers/expert_exchange.h), so every MoE layer shares it.
   ExpertExchange* exchange = nullptr;
+
+  // Whether the slice runs `node`: the embedding on the first stage, decoder layers in
+  // [first_layer, end_layer) (end_layer < 0: to the last), the head and the MTP modules on the last.
+  bool Holds(const ModelNode& node) const;
 };
 
 class Model {
@@ -131,7 +130,7 @@ class Model {
   int embedding_id() const { return embed_ ? embed_->weight_id() : -1; }
 
  private:
-  void RecordNode(NodeKind kind, std::string name, int layer, int first_param);
+  void RecordNode(const ModelNode& node, int first_param);
 
   ModelConfig cfg_;
   LossConfig loss_;

@@ -28,6 +28,29 @@ absl::Status CheckFraction(const std::string& key, double value, bool allow_zero
 
 }  // namespace
 
+double ClusterConfig::EstimateError() const {
+  if (estimate_error) return *estimate_error;
+  return profile ? profile->ActivationError() : kUncalibratedEstimateError;
+}
+
+double ClusterConfig::Fragmentation() const {
+  if (fragmentation) return *fragmentation;
+  return profile && profile->fragmentation > 0 ? profile->fragmentation : kDefaultFragmentation;
+}
+
+std::string ClusterConfig::Calibration() const {
+  if (profile) {
+    return absl::StrCat("calibrated by ", profile->path, " (",
+                        profile->source == "derived"
+                            ? "derived by hand from other measurements, not by fathom bench --profile"
+                            : "measured by fathom bench --profile",
+                        profile->gpu.empty() ? "" : ", " + profile->gpu, ")");
+  }
+  return absl::StrCat("UNCALIBRATED: the cluster file's guessed efficiencies (gemm ", efficiency.gemm,
+                      ", attention ", efficiency.attention, ", comm ", efficiency.comm,
+                      "); give the cluster a `profile:` from `fathom bench --profile`");
+}
+
 absl::Status ClusterConfig::Validate() const {
   const std::vector<absl::Status> checks = {
       nodes >= 1 ? absl::OkStatus() : Invalid(absl::StrCat("nodes must be >= 1, got ", nodes)),
@@ -53,6 +76,18 @@ absl::Status ClusterConfig::Validate() const {
       CheckFraction("efficiency.gemm", efficiency.gemm, false, true),
       CheckFraction("efficiency.attention", efficiency.attention, false, true),
       CheckFraction("efficiency.comm", efficiency.comm, false, true),
+      !estimate_error || (*estimate_error >= 0 && *estimate_error < 1)
+          ? absl::OkStatus()
+          : Invalid(absl::StrCat("memory_headroom.estimate_error must be in [0, 1), got ", *estimate_error)),
+      !fragmentation || (*fragmentation >= 0 && *fragmentation < 1)
+          ? absl::OkStatus()
+          : Invalid(absl::StrCat("memory_headroom.fragmentation must be in [0, 1), got ", *fragmentation)),
+      !run || (run->checkpoint_gbps_per_gpu > 0 && run->checkpoint_interval_min > 0 &&
+               run->gpu_mtbf_hours > 0 && run->restart_min >= 0 && run->eval_fraction >= 0 &&
+               run->eval_fraction < 1 && run->batch_ramp_tokens >= 0)
+          ? absl::OkStatus()
+          : Invalid("run: checkpoint_gbps_per_gpu, checkpoint_interval_min and gpu_mtbf_hours must be > 0, "
+                    "restart_min and batch_ramp_tokens >= 0, eval_fraction in [0, 1)"),
   };
   for (const absl::Status& s : checks) {
     if (!s.ok()) {
@@ -106,6 +141,48 @@ absl::StatusOr<ClusterConfig> ParseCluster(const std::string& yaml_text, const s
     r.Double("nvlink_latency_us", &c.nvlink_latency_us);
     r.Double("memory_reserve_gib", &c.memory_reserve_gib);
     r.Double("comm_sm_fraction", &c.comm_sm_fraction);
+    std::string profile_path;
+    r.String("profile", &profile_path);
+    if (!profile_path.empty() && r.status().ok()) {
+      // Relative to the cluster file, so a checkout's recipes/clusters and recipes/profiles travel together.
+      std::filesystem::path full(profile_path);
+      if (full.is_relative()) full = std::filesystem::path(origin).parent_path() / full;
+      absl::StatusOr<CalibrationProfile> profile = LoadProfile(full.lexically_normal().string());
+      if (!profile.ok()) {
+        return absl::Status(profile.status().code(),
+                            absl::StrCat(origin, ": profile: ", profile.status().message()));
+      }
+      c.profile = *std::move(profile);
+    }
+    if (std::optional<YamlMapReader> head = r.Map("memory_headroom")) {
+      double error = -1, fragmentation = -1;
+      head->Double("estimate_error", &error);
+      head->Double("fragmentation", &fragmentation);
+      if (head->Has("estimate_error")) c.estimate_error = error;
+      if (head->Has("fragmentation")) c.fragmentation = fragmentation;
+      r.Merge(head->Finish());
+    }
+    if (std::optional<YamlMapReader> run = r.Map("run")) {
+      RunAssumptions a;
+      for (const char* key : {"checkpoint_gbps_per_gpu", "checkpoint_interval_min", "gpu_mtbf_hours",
+                              "restart_min", "eval_fraction", "batch_ramp_start", "batch_ramp_tokens"}) {
+        if (!run->Has(key)) {
+          return Invalid(absl::StrCat(origin, ": missing key 'run.", key,
+                                      "' (run sets checkpoint_gbps_per_gpu, checkpoint_interval_min, "
+                                      "gpu_mtbf_hours, restart_min, eval_fraction, batch_ramp_start, "
+                                      "batch_ramp_tokens)"));
+        }
+      }
+      run->Double("checkpoint_gbps_per_gpu", &a.checkpoint_gbps_per_gpu);
+      run->Double("checkpoint_interval_min", &a.checkpoint_interval_min);
+      run->Double("gpu_mtbf_hours", &a.gpu_mtbf_hours);
+      run->Double("restart_min", &a.restart_min);
+      run->Double("eval_fraction", &a.eval_fraction);
+      run->Count("batch_ramp_start", &a.batch_ramp_start);
+      run->Double("batch_ramp_tokens", &a.batch_ramp_tokens);
+      r.Merge(run->Finish());
+      c.run = a;
+    }
     std::optional<YamlMapReader> eff = r.Map("efficiency");
     if (eff) {
       for (const std::string key : {"gemm", "attention", "comm"}) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "framework/check.h"
 #include "layers/cost.h"
+#include "parallel/simulator_memory.h"
 
 namespace fathom {
 namespace {
@@ -19,42 +20,12 @@ double GiB(int64_t bytes) { return static_cast<double>(bytes) / static_cast<doub
 
 int64_t CeilBytes(double bytes) { return static_cast<int64_t>(std::ceil(bytes)); }
 
-// fathom keeps activations in the compute dtype and runs no FP8 yet, so the cost model's report policy
-// (FP8 caches and dispatch, bf16 elsewhere) is replaced by the compute dtype everywhere; the policy's
-// activation width then scales every activation the cost model counts in bf16, while statistics (rstd,
-// lse), router scores and top-k ids keep their fixed widths there.
-PrecisionPolicy ActivationPolicy(const Recipe& recipe) {
-  PrecisionPolicy p;
-  p.fp8_gemm = p.fp8_cache = p.fp8_dispatch = false;
-  p.activation_bytes = recipe.train.dtype == "bf16" ? 2 : recipe.train.dtype == "f64" ? 8 : 4;
-  return p;
-}
-
-// Per-token activation bytes (nothing recomputed) of the cost-graph nodes `slice` holds.
-std::vector<double> SliceNodeBytesPerToken(const Recipe& recipe, const ModelSlice& slice) {
-  const ModelConfig& m = recipe.model;
-  const int64_t end = slice.end_layer < 0 ? m.num_hidden_layers : slice.end_layer;
-  FATHOM_CHECK(slice.first_layer >= 0 && slice.first_layer <= end && end <= m.num_hidden_layers,
-               "[memory_plan] slice layers [", slice.first_layer, ", ", end, ") of ", m.num_hidden_layers);
-  std::vector<double> out;
-  for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len, ActivationPolicy(recipe))) {
-    bool held = false;
-    switch (n.kind) {
-      case CostNodeKind::kEmbedding:
-        held = slice.embedding;
-        break;
-      case CostNodeKind::kDenseBlock:
-      case CostNodeKind::kMoeBlock:
-        held = n.index >= slice.first_layer && n.index < end;
-        break;
-      case CostNodeKind::kHead:
-      case CostNodeKind::kMtp:
-        held = slice.head;
-        break;
-    }
-    if (held) out.push_back(n.activation_bytes(Recompute::None()));
-  }
-  return out;
+// What fathom runs: its layers' activations in the compute dtype (layers/cost.h PrecisionPolicy::Fathom).
+PrecisionPolicy FathomPolicy(const Recipe& recipe) {
+  return PrecisionPolicy::Fathom(recipe.train.dtype == "bf16"  ? 2
+                                 : recipe.train.dtype == "f64" ? 8
+                                                               : 4,
+                                 recipe.optim.moment_dtype == "bf16" ? 2 : 4);
 }
 
 double TokensPerMicroBatch(const Recipe& recipe) {
@@ -154,16 +125,28 @@ std::string FormatMemoryPlan(const MemoryPlan& plan) {
   return out;
 }
 
-double MicroBatchActivationBytes(const Recipe& recipe, const ModelSlice& slice) {
-  double per_token = 0;
-  for (double b : SliceNodeBytesPerToken(recipe, slice)) per_token += b;
-  return per_token * TokensPerMicroBatch(recipe);
+ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice) {
+  const ModelConfig& m = recipe.model;
+  const int64_t end = slice.end_layer < 0 ? m.num_hidden_layers : slice.end_layer;
+  FATHOM_CHECK(slice.first_layer >= 0 && slice.first_layer <= end && end <= m.num_hidden_layers,
+               "[memory_plan] slice layers [", slice.first_layer, ", ", end, ") of ", m.num_hidden_layers);
+  std::vector<ActivationBytes> nodes;
+  for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len, FathomPolicy(recipe))) {
+    if (slice.Holds(n)) nodes.push_back(n.activations(Recompute::None(), recipe.parallel.ep > 1));
+  }
+  const ActivationBytes per_token = Sequence(nodes);
+  const double tokens = TokensPerMicroBatch(recipe);
+  return {per_token.held_f * tokens, per_token.held_b * tokens, per_token.peak_f * tokens,
+          per_token.peak_b * tokens};
 }
 
-double TransientActivationBytes(const Recipe& recipe, const ModelSlice& slice) {
-  double largest = 0;
-  for (double b : SliceNodeBytesPerToken(recipe, slice)) largest = std::max(largest, b);
-  return largest * TokensPerMicroBatch(recipe);
+double MicroBatchActivationBytes(const Recipe& recipe, const ModelSlice& slice) {
+  return SliceActivations(recipe, slice).held_f;
+}
+
+double ActivationPeakBytes(const Recipe& recipe, const ModelSlice& slice,
+                           const std::vector<Instruction>& program) {
+  return ActivationPeak(LiveStates(program), {SliceActivations(recipe, slice), ActivationBytes{}});
 }
 
 int64_t MicroBatchesInFlight(const std::vector<Instruction>& program) {
@@ -199,13 +182,18 @@ MemoryPlanInput MemoryPlanInputFor(const Recipe& recipe, const ModelSlice& slice
   in.compute_copy_bytes = recipe.train.dtype == "bf16" ? 2 : 0;
   in.optimizer_elements = optimizer_elements;
   in.moment_bytes = recipe.optim.moment_dtype == "bf16" ? 2 : 4;
+  // The schedule-aware peak (ActivationPeakBytes) as the table shows it: the micro-batches in flight at
+  // their forward's bytes, and the rest (the B pass's output gradients kept for W, the pass temporaries) as
+  // the pass's working set.
   in.activation_bytes_per_micro_batch = MicroBatchActivationBytes(recipe, slice);
   in.micro_batches_in_flight = MicroBatchesInFlight(program);
-  in.transient_bytes = TransientActivationBytes(recipe, slice);
+  in.transient_bytes = std::max(
+      0.0, ActivationPeakBytes(recipe, slice, program) -
+               static_cast<double>(in.micro_batches_in_flight) * in.activation_bytes_per_micro_batch);
   in.gemm_workspace_bytes = gemm_workspace_bytes;
   in.free_bytes = free_bytes;
   in.activation_note = absl::StrCat(recipe.train.dtype, ", ", recipe.train.micro_batch_size, " x ",
-                                    recipe.train.seq_len, " tokens, cost model");
+                                    recipe.train.seq_len, " tokens, fathom's layers (layers/activations.h)");
   return in;
 }
 

@@ -10,7 +10,9 @@
 //   compute copy       param_elements x 2 or 0     bf16 copies of the weights for the GEMMs (none for f32)
 //   optimizer moments  optimizer_elements x 2 x moment_bytes   AdamW's two moments of this rank's shards
 //   gemm workspace     the cuBLASLt workspace
-//   activations (est.) micro_batches_in_flight x activation_bytes_per_micro_batch + transient_bytes
+//   activations (est.) micro_batches_in_flight x activation_bytes_per_micro_batch + transient_bytes (from the
+//                      recipe: ActivationPeakBytes, the in-flight micro-batches at their forward's bytes and
+//                      the rest as the worst pass's working set)
 //   reserve            max(2 GiB, 5% of free): cuBLAS, NCCL and cuDNN internals, CUDA context growth
 // static = the first five rows; activation pool = free - static - reserve. The plan fits when the pool holds
 // the activation estimate.
@@ -23,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "framework/config.h"
+#include "layers/activations.h"
 #include "layers/model.h"
 #include "parallel/schedule.h"
 
@@ -35,7 +38,8 @@ struct MemoryPlanInput {
   int64_t moment_bytes = 4;        // per moment (optim.moment_dtype): 4 f32, 2 bf16
   double activation_bytes_per_micro_batch = 0;  // saved by the forward of one micro-batch on this rank
   int64_t micro_batches_in_flight = 1;          // micro-batches whose activations the schedule holds at once
-  double transient_bytes = 0;                   // working set of one pass on top of the saved activations
+  double transient_bytes = 0;  // working set of the worst pass on top of the saved activations (B's output
+                               // gradients kept for W, temporaries)
   int64_t gemm_workspace_bytes = 0;
   int64_t free_bytes = 0;  // free device memory at start-up (cudaMemGetInfo), before any of the above
   // A few words for the activation row (dtype, tokens per micro-batch); may be empty.
@@ -78,17 +82,22 @@ absl::StatusOr<MemoryPlan> PlanDeviceMemory(const MemoryPlanInput& input);
 std::string FormatMemoryPlan(const MemoryPlan& plan);
 
 // ---- Inputs from the recipe ----------------------------------------------------------------------------
-// Activation estimates come from layers/cost.h (BuildCostGraph) with the precision fathom runs: no FP8
-// (caches, dispatch and activations all in the compute dtype: 2 bytes for bf16, 4 for f32; statistics,
-// router scores and ids keep their own widths) and nothing recomputed (Recompute::None()).
+// Activation estimates are the cost model's for what fathom runs (layers/cost.h PrecisionPolicy::Fathom:
+// fathom's layers as layers/activations.h itemises them, in the compute dtype with f32 statistics under
+// bf16, nothing recomputed, the received expert rows when parallel.ep > 1), and the peak over the rank's
+// program is the simulator's (parallel/simulator_memory.h ActivationPeak), so `fathom plan --policy
+// fathom`, `fathom simulate` and this plan agree.
 
-// Bytes the forward of one micro-batch (micro_batch_size x seq_len tokens) keeps for the backward on the
-// nodes of `slice`: the embedding when slice.embedding, decoder layers [first_layer, end_layer), and the
-// head with the MTP modules when slice.head.
+// One micro-batch (micro_batch_size x seq_len tokens) on the nodes of `slice` (the embedding when
+// slice.embedding, decoder layers [first_layer, end_layer), the head with the MTP modules when slice.head):
+// kept after its forward, kept after its B until W, and the peaks during its forward and its B.
+ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice);
+// SliceActivations(...).held_f: what the forward keeps for the backward.
 double MicroBatchActivationBytes(const Recipe& recipe, const ModelSlice& slice);
-// The largest single node's activations of one micro-batch on `slice`: the working set while one node's
-// pass runs (its gradients and temporaries), the simulator's transient term.
-double TransientActivationBytes(const Recipe& recipe, const ModelSlice& slice);
+// The most `program` (this rank's instruction list) holds at once: waiting micro-batches at their held
+// bytes, the running pass's at its peak.
+double ActivationPeakBytes(const Recipe& recipe, const ModelSlice& slice,
+                           const std::vector<Instruction>& program);
 // The most micro-batch-chunks live at once in a rank's program: one is live from its F until its W or BW
 // (an FB counts its forward half before its backward half). Two-chunk schedules count each chunk as one.
 int64_t MicroBatchesInFlight(const std::vector<Instruction>& program);

@@ -11,7 +11,11 @@
 //   compute   FLOPs / (peak x efficiency): GEMMs at the FP8 peak (PrecisionPolicy::fp8_gemm) or bf16,
 //             bf16 GEMMs (router, head, MTP projection) at the bf16 peak, attention at the bf16 peak x
 //             efficiency.attention. B includes recomputation; memory-bound kernels are folded into the
-//             efficiencies.
+//             efficiencies. With a calibration profile (cluster.h `profile:`, parallel/profile.h) the
+//             measured rates instead: dense, head and grouped-expert GEMMs (at the plan's rows per expert;
+//             FP8 GEMMs at the measured bf16 efficiency times the FP8 peak), attention forward and backward,
+//             and the measured elementwise share on top; its all-to-all and p2p GB/s replace NVLink x comm
+//             efficiency inside a node, its optimizer GB/s the HBM estimate.
 //   all-to-all   per MoE node and pass (forward: dispatch + combine; backward: the mirror), with DeepEP-style
 //             node deduplication: a token crosses the network once per distinct remote node its experts
 //             live on (node-limited routing: expert groups aligned to nodes, top-k groups uniformly
@@ -26,14 +30,20 @@
 //             (dp for replicated parameters, edp for experts; DualPipe doubles both: its two copies of a
 //             stage are replicas too) starts when the chunk's last W ends; then the AdamW step over the
 //             local shard (memory-bound at HBM speed) and the ring all-gather of the bf16 parameters.
-// Memory per rank: parameters (bf16) and gradients (f32) of its chunks, the optimizer shard
-// (f32 master + two moments / replicas), and the activations of every micro-batch-chunk from its F until
-// its W (or BW) ends, plus one FB pair's transient working set; checked against HBM less the reserve.
+// Memory per rank (the memory model, parallel/simulator_memory.cc; the event simulation is simulator.cc):
+// parameters and gradients of its chunks, the optimizer shard (master weights when sharded, two moments /
+// replicas), and the activations of every micro-batch-chunk from its F until its W (or BW) ends, with the
+// running pass's working set (layers/activations.h); with the headroom for the activation estimate's
+// error and fragmentation (cluster.h) checked against HBM less the reserve.
 #ifndef FATHOM_PARALLEL_SIMULATOR_H_
 #define FATHOM_PARALLEL_SIMULATOR_H_
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -66,8 +76,7 @@ struct StageCost {
   double f_comm = 0, b_comm = 0;  // exposed all-to-all of the forward and backward passes
   int64_t params_replicated = 0;  // per GPU
   int64_t params_expert = 0;      // per GPU (the stage's experts / ep)
-  double activation_bytes = 0;    // kept per micro-batch
-  double transient_bytes = 0;     // working set while one of its passes runs
+  ActivationBytes activations;    // one micro-batch through the stage's passes (layers/activations.h)
 };
 
 // The stage costs for `stage_layers` (one entry per stage; stage 0 also holds the embedding, the last stage
@@ -87,11 +96,16 @@ std::vector<int64_t> BalanceStageLayers(const std::vector<NodeCost>& graph, cons
                                         const ClusterConfig& cluster, const ParallelPlan& plan);
 
 struct RankMemory {
-  double params = 0;       // bf16 working weights
+  double params = 0;       // working weights (and unsharded master weights)
   double grads = 0;        // f32 gradients
-  double optimizer = 0;    // ZeRO-1 shard: master + moments
-  double activations = 0;  // peak over the step, with the transient working set
-  double total() const { return params + grads + optimizer + activations; }
+  double optimizer = 0;    // ZeRO-1 shard: (sharded master weights +) moments
+  double activations = 0;  // peak over the step, the running pass's working set included
+  // Headroom the plan leaves on top (cluster.h memory_headroom): the activation estimate's error and the
+  // allocator's fragmentation, each a share of `activations`.
+  double estimate_error = 0;
+  double fragmentation = 0;
+  double total() const { return params + grads + optimizer + activations; }     // the estimate
+  double required() const { return total() + estimate_error + fragmentation; }  // what must fit
 };
 
 struct SimulationResult {
@@ -110,25 +124,63 @@ struct SimulationResult {
   double all_gather_s = 0;
   double step_s = 0;
   std::vector<RankMemory> memory;  // per pipeline rank
-  int peak_memory_rank = 0;
-  double peak_memory_bytes = 0;
-  double usable_bytes = 0;  // HBM less the reserve
-  bool fits = false;
+  int peak_memory_rank = 0;        // the rank with the most required memory
+  double peak_memory_bytes = 0;    // its estimate (RankMemory::total)
+  double required_bytes = 0;       // its estimate with the headroom (RankMemory::required)
+  double usable_bytes = 0;         // HBM less the reserve
+  bool fits = false;               // required_bytes <= usable_bytes
   double tokens_per_step = 0;
   double tokens_per_s_per_gpu = 0;
   double model_flops_per_token = 0;
   double mfu_bf16 = 0;  // model FLOPs / bf16 peak
+  // SimulateForPlanning: the two short micro-batch counts the result was extended from ({0, 0}: simulated
+  // in full, `schedule` and `times` hold every instruction; else both are empty).
+  std::array<int, 2> extrapolated_from = {0, 0};
+};
+
+// What the many simulations of one planning run share: each (schedule, pp, micro-batches)'s instruction
+// lists, their dependencies and live-activation profile are made once. Optional everywhere; results do not
+// depend on it. Not thread safe.
+class ScheduleCache {
+ public:
+  struct Entry;  // parallel/simulator.cc
+  ScheduleCache();
+  ~ScheduleCache();
+  ScheduleCache(const ScheduleCache&) = delete;
+  ScheduleCache& operator=(const ScheduleCache&) = delete;
+  // Made on first use; MakeSchedule's InvalidArgument for a shape the schedule rejects.
+  absl::StatusOr<const Entry*> Get(ScheduleKind kind, int pp, int micro_batches);
+
+ private:
+  std::map<std::tuple<int, int, int>, std::unique_ptr<Entry>> entries_;
 };
 
 // Simulates `plan` (dp = world / pp). InvalidArgument naming the key for a plan the cluster or model cannot
 // run (pp does not divide the world, ep does not divide dp or the experts, a schedule shape it rejects,
 // stage_layers of the wrong length or sum); the result says whether the memory fits.
 absl::StatusOr<SimulationResult> Simulate(const ModelConfig& model, const ClusterConfig& cluster,
-                                          const ParallelPlan& plan);
+                                          const ParallelPlan& plan, ScheduleCache* cache = nullptr);
 
-// Memory only (no timing): cheap enough for the planner to prune with. Same errors as Simulate.
+// Simulate for plans with thousands of micro-batches, in the time of a short one: the schedule runs in time
+// at three short micro-batch counts past its warm-up (from 4 x the stages, steps of 2 x the stages,
+// congruent to plan.micro_batches) and every per-step time (makespan, busy time per rank, the end of each
+// rank's gradient sync) is extended linearly to plan.micro_batches: in the steady phase a schedule repeats
+// its pattern (the closed-form loop counts of schedule.h), so each step of micro-batches adds the same time.
+// When the three runs are not in that steady phase (their increments differ), it simulates in full. The
+// extension is exact once the steady phase repeats; a pipeline whose critical cycle takes over only after
+// hundreds of micro-batches (a max-plus transient) drifts by a hair more (DeepSeek-V3 on 2048 H800s, 4096
+// micro-batches: 0.09% of the step), so the planner re-simulates its leaders in full. Memory is the short
+// run's: the live activations peak in the warm-up. Plans with few micro-batches are simulated in full. The
+// result's schedule and times are empty when extended (no Chrome trace; use Simulate).
+absl::StatusOr<SimulationResult> SimulateForPlanning(const ModelConfig& model, const ClusterConfig& cluster,
+                                                     const ParallelPlan& plan,
+                                                     ScheduleCache* cache = nullptr);
+
+// Memory only (no timing): cheap enough for the planner to prune with. Same errors as Simulate. With many
+// micro-batches the memory is that of two short schedules past the warm-up when they agree (the live
+// activations peak in the warm-up); the result's schedule then has no instruction lists.
 absl::StatusOr<SimulationResult> SimulateMemory(const ModelConfig& model, const ClusterConfig& cluster,
-                                                const ParallelPlan& plan);
+                                                const ParallelPlan& plan, ScheduleCache* cache = nullptr);
 
 // Expected distinct remote nodes a token's routed copies reach, for an expert group of `ep` GPUs (see the
 // all-to-all model above); 0 when the group fits one node.

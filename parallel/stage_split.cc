@@ -36,15 +36,15 @@ absl::StatusOr<std::vector<int64_t>> SplitStages(const ModelConfig& model, const
   double first_extra = 0, last_extra = 0;
   for (const NodeCost& n : BuildCostGraph(model, seq_len)) {
     switch (n.kind) {
-      case CostNodeKind::kEmbedding:
+      case NodeKind::kEmbedding:
         first_extra += n.forward_flops();
         break;
-      case CostNodeKind::kHead:
-      case CostNodeKind::kMtp:
+      case NodeKind::kHead:
+      case NodeKind::kMtp:
         last_extra += n.forward_flops();
         break;
       default:
-        cost[static_cast<size_t>(n.index)] = n.forward_flops();
+        cost[static_cast<size_t>(n.layer)] = n.forward_flops();
         break;
     }
   }

@@ -519,6 +519,41 @@ TEST(ConfigTest, TraceKeys) {
               HasSubstr("train.trace_steps[0] must be a step in [1, train.steps = 300], got 301"));
 }
 
+// `fathom plan` loads a recipe with RecipeUse::kPlan: the parallel section's checks against the model are
+// skipped (the planner replaces it), its keys are still parsed.
+TEST(ConfigTest, PlanningSkipsTheParallelChecks) {
+  const std::vector<std::string> bad = {"parallel.ep=3", "parallel.pp=2", "parallel.stage_layers=[5, 5]"};
+  EXPECT_THAT(TinyError(bad), HasSubstr("parallel.ep (3)"));
+  absl::StatusOr<Recipe> plan = LoadRecipe(TinyPath(), bad, RecipeUse::kPlan);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->parallel.ep, 3);
+  // Unknown keys and wrong types are still errors, and the other sections are still checked.
+  EXPECT_FALSE(LoadRecipe(TinyPath(), {"parallel.epp=3"}, RecipeUse::kPlan).ok());
+  EXPECT_FALSE(LoadRecipe(TinyPath(), {"parallel.ep=x"}, RecipeUse::kPlan).ok());
+  absl::StatusOr<Recipe> bad_model = LoadRecipe(TinyPath(), {"model.topk_group=9"}, RecipeUse::kPlan);
+  ASSERT_FALSE(bad_model.ok());
+  EXPECT_THAT(bad_model.status().message(), HasSubstr("model.topk_group"));
+}
+
+// train.global_batch_size: absent (0) unless stated; when stated, fathom train's batch must agree.
+TEST(ConfigTest, GlobalBatchMustAgreeWithTheMesh) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->train.global_batch_size, 0);
+  EXPECT_TRUE(CheckGlobalBatch(*r, 3).ok());  // not stated: nothing to check
+  const int64_t per_rank = r->parallel.micro_batches * r->train.micro_batch_size;
+  r = LoadRecipe(TinyPath(), {"train.global_batch_size=" + std::to_string(2 * per_rank)});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->train.global_batch_size, 2 * per_rank);
+  EXPECT_TRUE(CheckGlobalBatch(*r, 2).ok());
+  const absl::Status s = CheckGlobalBatch(*r, 4);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), AllOf(HasSubstr("train.global_batch_size (" + std::to_string(2 * per_rank)),
+                                 HasSubstr("dp (4)"), HasSubstr("parallel.micro_batches"),
+                                 HasSubstr("train.micro_batch_size")));
+  EXPECT_THAT(TinyError({"train.global_batch_size=-1"}), HasSubstr("train.global_batch_size"));
+}
+
 TEST(ConfigTest, Bf16RejectedOnCpu) {
   EXPECT_THAT(TinyError({"train.dtype=bf16"}),
               AllOf(HasSubstr("train.dtype bf16"), HasSubstr("train.device cpu")));

@@ -63,6 +63,14 @@ TEST(Cli, TooManyExpertsPerTokenExits2) {
   EXPECT_NE(r.output.find("model.num_experts_per_tok"), std::string::npos) << r.output;
 }
 
+// A stated global batch that one process with tiny.yaml's micro-batching would not run: exit 2 naming both.
+TEST(Cli, DisagreeingGlobalBatchExits2) {
+  RunResult r = RunFathom(std::string("train ") + kTiny + " --set train.global_batch_size=999");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("train.global_batch_size (999"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("parallel.micro_batches"), std::string::npos) << r.output;
+}
+
 TEST(Cli, MissingRecipeFileExits2) {
   RunResult r = RunFathom("train /nonexistent/recipe.yaml");
   EXPECT_EQ(r.exit_code, 2) << r.output;

@@ -179,7 +179,7 @@ TEST(CostModel, BackwardSplitAndRecompute) {
   const ModelConfig m = DeepSeekV3Shape();
   const std::vector<NodeCost> g = BuildCostGraph(m, 4096);
   const NodeCost& moe = g[1 + 10];
-  ASSERT_EQ(moe.kind, CostNodeKind::kMoeBlock);
+  ASSERT_EQ(moe.kind, NodeKind::kMoeBlock);
   // dgrad ~ wgrad ~ forward for GEMMs; the attention core's backward is 2.5x its forward, all in B.
   EXPECT_DOUBLE_EQ(moe.backward_weight_flops(), moe.gemm_flops + moe.gemm_bf16_flops);
   EXPECT_DOUBLE_EQ(moe.backward_input_flops(Recompute::None()),
@@ -197,7 +197,7 @@ TEST(CostModel, BackwardSplitAndRecompute) {
   EXPECT_NEAR(moe.activation_bytes(Recompute::NormAndMlaUp()), 164432, 1);
   // The loss keeps its logit gradient (bf16): the head's B is one GEMM and its memory vocab-wide.
   const NodeCost& head = g[1 + 61];
-  ASSERT_EQ(head.kind, CostNodeKind::kHead);
+  ASSERT_EQ(head.kind, NodeKind::kHead);
   EXPECT_DOUBLE_EQ(head.backward_input_flops(Recompute::None()), 2.0 * 7168 * 129280);
   EXPECT_GT(head.activation_bytes(Recompute::NormAndMlaUp()), 129280.0 * 2);
 }

@@ -98,6 +98,30 @@ TEST(Cluster, OutOfRangeValuesAreNamed) {
               HasSubstr("comm_sm_fraction"));
 }
 
+// The optional sections: the report cluster's whole-run assumptions load; a missing or out-of-range key is
+// named; the headroom shares override the defaults.
+TEST(Cluster, RunAndHeadroomSections) {
+  absl::StatusOr<ClusterConfig> c = LoadCluster(Path("h800-2048.yaml"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->run.has_value());
+  EXPECT_EQ(c->run->batch_ramp_start, 3072);
+  EXPECT_DOUBLE_EQ(c->run->batch_ramp_tokens, 4.69e11);
+  EXPECT_FALSE(c->profile.has_value());
+  EXPECT_THAT(ErrorOf(Edited("  restart_min: 20", "")), HasSubstr("run.restart_min"));
+  EXPECT_THAT(ErrorOf(Edited("  eval_fraction: 0.01", "  eval_fraction: 1.5")), HasSubstr("eval_fraction"));
+  EXPECT_THAT(ErrorOf(Edited("  eval_fraction: 0.01", "  eval_fraction: 0.01\n  evaluation: 2")),
+              HasSubstr("evaluation"));
+  const std::string with_headroom =
+      Edited("memory_reserve_gib: 8", "memory_reserve_gib: 8\nmemory_headroom: {estimate_error: 0.03}");
+  absl::StatusOr<ClusterConfig> h = ParseCluster(with_headroom, "h.yaml");
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_DOUBLE_EQ(h->EstimateError(), 0.03);
+  EXPECT_DOUBLE_EQ(h->Fragmentation(), kDefaultFragmentation);
+  EXPECT_THAT(
+      ErrorOf(Edited("memory_reserve_gib: 8", "memory_reserve_gib: 8\nmemory_headroom: {fragmentation: 2}")),
+      HasSubstr("memory_headroom.fragmentation"));
+}
+
 TEST(Cluster, SyntaxErrorNamesTheFile) {
   EXPECT_THAT(ErrorOf(Edited("nodes: 256", "nodes: [256")), HasSubstr("bad.yaml"));
 }

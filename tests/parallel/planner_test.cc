@@ -74,6 +74,125 @@ TEST(Planner, ChoosesTheReportLayoutForDeepSeekV3OnH800) {
   EXPECT_DOUBLE_EQ(again->step_s, best.step_s);
 }
 
+// Thousands of micro-batches per pipeline (the global batch x 34): the planner simulates short schedules
+// and extends them, and still chooses the report's layout (how long it took is printed, not asserted).
+TEST(Planner, ThousandsOfMicroBatchesPlanTheSameLayout) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source(kV3), {"train.global_batch_size=524288"});
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source(kH800));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const SimulationResult& best = report->ranked.front();
+  EXPECT_EQ(best.plan.schedule, ScheduleKind::kDualPipe);
+  EXPECT_EQ(best.plan.pp, 16);
+  EXPECT_EQ(best.plan.ep, 64);
+  EXPECT_EQ(best.plan.micro_batches, 4096);
+  EXPECT_EQ(best.tokens_per_step, 524288.0 * 4096);
+  // The leaders were simulated in full after the ranking by extended simulations; the rest agree with the
+  // full simulation to 0.1%.
+  absl::StatusOr<SimulationResult> full = Simulate(recipe->model, *cluster, best.plan);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_DOUBLE_EQ(best.step_s, full->step_s);
+  ASSERT_GT(report->ranked.size(), 10u);
+  const SimulationResult& extended = report->ranked.back();
+  if (extended.extrapolated_from[0] != 0) {
+    full = Simulate(recipe->model, *cluster, extended.plan);
+    ASSERT_TRUE(full.ok()) << full.status();
+    EXPECT_NEAR(extended.step_s, full->step_s, 1e-3 * full->step_s);
+  }
+}
+
+// --policy fathom plans what fathom runs: its layers' activations with nothing recomputed, and the schedules
+// its executor runs.
+TEST(Planner, FathomPolicyPlansWhatFathomRuns) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source("recipes/small.yaml"), {"train.global_batch_size=64"});
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source("recipes/clusters/h200-8.yaml"));
+  ASSERT_TRUE(cluster.ok());
+  PlannerOptions options;
+  absl::StatusOr<PrecisionPolicy> policy = PolicyNamed("fathom", *recipe);
+  ASSERT_TRUE(policy.ok());
+  options.precision = *policy;
+  absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  for (const SimulationResult& r : report->ranked) {
+    EXPECT_EQ(ChunksPerRank(r.plan.schedule), 1) << r.plan.Describe();
+    EXPECT_FALSE(r.plan.recompute.norm || r.plan.recompute.mla_up) << r.plan.Describe();
+    EXPECT_EQ(r.plan.precision.activations, ActivationModel::kFathom);
+  }
+  EXPECT_FALSE(PolicyNamed("fp8", *recipe).ok());
+}
+
+// Near-ties (within 1% of the fastest) go to fewer stages, then the smaller ep, then the preferred
+// schedule; beyond 1% time decides.
+TEST(Planner, TiesPreferFewerStagesThenSmallerEp) {
+  auto result = [](ScheduleKind kind, int pp, int ep, double step) {
+    SimulationResult r;
+    r.plan.schedule = kind;
+    r.plan.pp = pp;
+    r.plan.ep = ep;
+    r.step_s = step;
+    return r;
+  };
+  std::vector<SimulationResult> plans = {
+      result(ScheduleKind::kDualPipe, 16, 64, 10.00),   // fastest, 16 stages
+      result(ScheduleKind::k1F1B, 8, 64, 10.09),        // 0.9% slower, 8 stages, ep 64
+      result(ScheduleKind::kZB1P, 8, 32, 10.095),       // 8 stages, ep 32: the simplest of the ties
+      result(ScheduleKind::k1F1B, 4, 8, 10.2),          // 2% slower: not a tie
+      result(ScheduleKind::kDualPipeV, 8, 64, 10.001),  // 16 stages like DualPipe pp 16
+  };
+  RankPlans(&plans);
+  ASSERT_EQ(plans.size(), 5u);
+  EXPECT_EQ(plans[0].plan.ep, 32);
+  EXPECT_EQ(plans[0].plan.schedule, ScheduleKind::kZB1P);
+  EXPECT_EQ(plans[1].plan.schedule, ScheduleKind::k1F1B);
+  EXPECT_EQ(plans[1].plan.pp, 8);
+  EXPECT_EQ(plans[2].plan.schedule, ScheduleKind::kDualPipe);  // 16 stages each: the preferred schedule
+  EXPECT_EQ(plans[3].plan.schedule, ScheduleKind::kDualPipeV);
+  EXPECT_EQ(plans[4].plan.pp, 4);  // faster-first outside the band
+}
+
+// Headroom: the plan must fit its estimate plus the activation estimate's error and fragmentation, each a
+// share of its activations (the cluster's memory_headroom, else the profile's, else the defaults).
+TEST(Planner, PlansLeaveHeadroomForTheEstimatesErrorAndFragmentation) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source(kV3));
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source(kH800));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  EXPECT_DOUBLE_EQ(cluster->EstimateError(), kUncalibratedEstimateError);
+  EXPECT_DOUBLE_EQ(cluster->Fragmentation(), kDefaultFragmentation);
+  ParallelPlan plan;
+  plan.schedule = ScheduleKind::kDualPipe;
+  plan.pp = 16;
+  plan.ep = 64;
+  plan.micro_batches = 120;
+  plan.seq_len = 4096;
+  plan.stage_layers = recipe->parallel.stage_layers;
+  plan.precision = PrecisionFor(*recipe);
+  ClusterConfig c = *cluster;
+  c.estimate_error = 0.2;
+  c.fragmentation = 0.07;
+  absl::StatusOr<SimulationResult> r = SimulateMemory(recipe->model, c, plan);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const RankMemory& m : r->memory) {
+    EXPECT_NEAR(m.estimate_error, 0.2 * m.activations, 1e-6);
+    EXPECT_NEAR(m.fragmentation, 0.07 * m.activations, 1e-6);
+    EXPECT_NEAR(m.required(), m.total() + 0.27 * m.activations, 1e-3);
+  }
+  const RankMemory& peak = r->memory[r->peak_memory_rank];
+  EXPECT_DOUBLE_EQ(r->required_bytes, peak.required());
+  // Usable memory between the estimate and the estimate with headroom: it does not fit.
+  c.memory_reserve_gib =
+      c.hbm_gib - (r->peak_memory_bytes + 0.5 * (r->required_bytes - r->peak_memory_bytes)) / 1073741824.0;
+  r = SimulateMemory(recipe->model, c, plan);
+  ASSERT_TRUE(r.ok());
+  EXPECT_LT(r->peak_memory_bytes, r->usable_bytes);
+  EXPECT_FALSE(r->fits);
+  c.estimate_error = c.fragmentation = 0.0;
+  EXPECT_TRUE(SimulateMemory(recipe->model, c, plan)->fits);
+}
+
 TEST(PlanCommand, PrintsThePlanAndTheReportComparison) {
   const std::string out_file = TempPath("fathom_plan.yaml");
   CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(kH800), "--out", out_file});
@@ -85,6 +204,12 @@ TEST(PlanCommand, PrintsThePlanAndTheReportComparison) {
   EXPECT_THAT(o.out, HasSubstr("1543 tokens/s/GPU"));  // 180K GPU-hours per trillion tokens
   EXPECT_THAT(o.out, HasSubstr("predicted throughput:"));
   EXPECT_THAT(o.out, HasSubstr("fits in"));
+  EXPECT_THAT(o.out, HasSubstr("planned in"));
+  EXPECT_THAT(o.out, HasSubstr("UNCALIBRATED"));
+  EXPECT_THAT(o.out, HasSubstr("for fragmentation"));
+  EXPECT_THAT(o.out, HasSubstr("whole run ("));
+  EXPECT_THAT(o.out, HasSubstr("failures and restarts"));
+  EXPECT_THAT(o.out, HasSubstr("steady state"));
   // The written section, pasted over the recipe's, loads and carries the plan.
   std::ifstream in(out_file);
   std::stringstream section;
@@ -135,6 +260,64 @@ TEST(PlanCommand, SmallModelOnOneNode) {
   ASSERT_EQ(o.code, 0) << o.err;
   EXPECT_THAT(o.out, HasSubstr("parallel:\n  pp: "));
   EXPECT_THAT(o.out, ::testing::Not(HasSubstr("DeepSeek-V3 report")));
+}
+
+// --fix narrows the layouts to the stated values; everything else is still the planner's choice.
+TEST(Planner, FixedValuesConstrainThePlan) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source(kV3));
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source(kH800));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  PlannerOptions options;
+  ASSERT_TRUE(AddPlanConstraint("parallel.pp=8", *recipe, &options.fixed).ok());
+  ASSERT_TRUE(AddPlanConstraint("parallel.schedule=1f1b", *recipe, &options.fixed).ok());
+  absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_FALSE(report->ranked.empty());
+  for (const SimulationResult& r : report->ranked) {
+    EXPECT_EQ(r.plan.pp, 8);
+    EXPECT_EQ(r.plan.schedule, ScheduleKind::k1F1B);
+  }
+  // A key alone fixes the recipe's value; errors name --fix and the key.
+  PlanConstraints c;
+  ASSERT_TRUE(AddPlanConstraint("parallel.ep", *recipe, &c).ok());
+  EXPECT_EQ(c.ep, 64);
+  ASSERT_TRUE(AddPlanConstraint("parallel.stage_layers=[30, 31]", *recipe, &c).ok());
+  EXPECT_EQ(*c.stage_layers, (std::vector<int64_t>{30, 31}));
+  EXPECT_EQ(c.Describe(), "parallel.ep=64, parallel.stage_layers=[30,31]");
+  for (const char* bad : {"parallel.pp=0", "parallel.pp=x", "parallel.schedule=gpipe", "parallel.bogus=1",
+                          "parallel.stage_layers=3"}) {
+    const absl::Status s = AddPlanConstraint(bad, *recipe, &c);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(s.message(), HasSubstr(std::string("--fix ") + bad));
+  }
+}
+
+// The plan command ignores the recipe's parallel section: one that is invalid for the model (ep not
+// dividing the 256 experts, stage_layers of the wrong length) still plans, and the chosen layout is the same.
+TEST(PlanCommand, InvalidParallelSectionStillPlans) {
+  CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(kH800), "--set", "parallel.ep=7",
+                                         "--set", "parallel.stage_layers=[1, 2]", "--top", "1"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("parallel:\n  pp: 16\n  ep: 64\n"));
+  EXPECT_THAT(o.out, HasSubstr("the recipe's parallel section is not used"));
+  // With --fix the recipe's value is a constraint, and an impossible one is reported.
+  o = RunCommand(RunPlan,
+                 {Source(kV3), "--cluster", Source(kH800), "--set", "parallel.ep=7", "--fix", "parallel.ep"});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("parallel.ep=7"));
+}
+
+TEST(PlanCommand, MissingGlobalBatchIsRefused) {
+  CommandOutput o =
+      RunCommand(RunPlan, {Source("recipes/tiny.yaml"), "--cluster", Source("recipes/clusters/h100-8.yaml")});
+  EXPECT_EQ(o.code, 2);
+  EXPECT_THAT(o.err, HasSubstr("train.global_batch_size"));
+  EXPECT_TRUE(o.out.empty());
+  o = RunCommand(RunPlan, {Source("recipes/tiny.yaml"), "--cluster", Source("recipes/clusters/h100-8.yaml"),
+                           "--set", "train.global_batch_size=64"});
+  EXPECT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("global batch 64 sequences"));
 }
 
 TEST(PlanCommand, BadInputExitsTwo) {

@@ -200,6 +200,49 @@ TEST(Simulator, BalancedStagesBeatAnUnbalancedSplit) {
   EXPECT_LT(balanced->step_s, skewed->step_s);
 }
 
+// The planner's simulation of a long step (two short runs extended linearly in the micro-batch count)
+// agrees with the full event simulation: step, makespan, bubble, every rank's busy time and memory.
+TEST(Simulator, ExtendedSimulationMatchesTheFullOne) {
+  const uint64_t seed = testing::TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const ModelConfig m = MoeModel(rng);
+  const ClusterConfig c = TwoNodeCluster();
+  struct Case {
+    ScheduleKind kind;
+    int pp, ep, micro_batches;
+  };
+  for (const Case& k : {Case{ScheduleKind::k1F1B, 4, 4, 97}, Case{ScheduleKind::kZB1P, 4, 2, 120},
+                        Case{ScheduleKind::kZB1P, 2, 8, 61}, Case{ScheduleKind::kDualPipe, 4, 4, 96},
+                        Case{ScheduleKind::kDualPipe, 2, 8, 150}, Case{ScheduleKind::kDualPipeV, 2, 8, 75},
+                        Case{ScheduleKind::kDualPipeV, 4, 4, 301}}) {
+    SCOPED_TRACE(ScheduleKindName(k.kind) + " pp " + std::to_string(k.pp) + " m " +
+                 std::to_string(k.micro_batches));
+    ParallelPlan plan = Plan(k.kind, k.pp, k.ep, k.micro_batches);
+    absl::StatusOr<SimulationResult> full = Simulate(m, c, plan);
+    ASSERT_TRUE(full.ok()) << full.status();
+    absl::StatusOr<SimulationResult> fast = SimulateForPlanning(m, c, plan);
+    ASSERT_TRUE(fast.ok()) << fast.status();
+    EXPECT_NE(fast->extrapolated_from[0], 0);  // it did take the short path
+    EXPECT_TRUE(fast->times.empty());
+    EXPECT_EQ(fast->plan.stage_layers, full->plan.stage_layers);
+    // These small pipelines reach their periodic steady phase within the short runs, so the extension is
+    // exact up to summation order; 1e-6 of the step leaves room for a slower drift that a short run
+    // cannot see (simulator.h: 9e-4 on the report's cluster).
+    const double tol = 1e-6 * full->step_s;
+    EXPECT_NEAR(fast->makespan_s, full->makespan_s, tol);
+    EXPECT_NEAR(fast->step_s, full->step_s, tol);
+    EXPECT_NEAR(fast->bubble_s, full->bubble_s, tol);
+    for (int r = 0; r < k.pp; ++r) {
+      EXPECT_NEAR(fast->busy_s[r], full->busy_s[r], tol) << "rank " << r;
+      EXPECT_NEAR(fast->grad_sync_end_s[r], full->grad_sync_end_s[r], tol) << "rank " << r;
+      EXPECT_DOUBLE_EQ(fast->memory[r].total(), full->memory[r].total()) << "rank " << r;
+    }
+    EXPECT_DOUBLE_EQ(fast->tokens_per_step, full->tokens_per_step);
+    EXPECT_NEAR(fast->tokens_per_s_per_gpu, full->tokens_per_s_per_gpu, 1e-9 * full->tokens_per_s_per_gpu);
+  }
+}
+
 TEST(ChromeTrace, OneCompleteEventPerInstructionPerRank) {
   std::mt19937_64 rng(testing::TestSeed());
   const ModelConfig m = MoeModel(rng);

@@ -1,0 +1,44 @@
+// The activation memory of fathom's layers (layers/cost.h's ActivationModel::kFathom), itemised from what
+// their Ctx structs keep (layers/*.cc), per token of a micro-batch, and how the bytes of consecutive
+// nodes add up over a stage's passes. Pure arithmetic; the cost model (layers/cost.cc) stores the results
+// per node, the simulator (parallel/) and the start-up memory plan (parallel/memory_plan) read them.
+//
+// Every quantity follows one micro-batch through its passes:
+//   held_f  kept after its forward, until its backward-for-inputs (B) starts;
+//   held_b  kept after its B, until its backward-for-weights (W): each Linear's input and output gradient,
+//           each RMSNorm's input, rstd and output gradient, the experts' rows and their gradients;
+//   peak_f  the most it holds while its forward runs (temporaries of the pass included);
+//   peak_b  the most it holds while its B runs (the W only frees).
+// Widths: `a` bytes per activation value (the compute dtype), `s` per statistic (rstd, log-sum-exp, router
+// scores and the router's input copy: f32 under bf16, else the compute dtype; the router copies its input
+// only when s != a). Token ids and labels are i32, expert ids and row slots i64.
+#ifndef FATHOM_LAYERS_ACTIVATIONS_H_
+#define FATHOM_LAYERS_ACTIVATIONS_H_
+
+#include <vector>
+
+#include "framework/config.h"
+
+namespace fathom {
+
+struct ActivationBytes {
+  double held_f = 0, held_b = 0, peak_f = 0, peak_b = 0;
+};
+
+// One micro-batch through consecutive parts run forward in order, B in reverse, then W (a decoder block's
+// attention then MLP, a stage's nodes): held sums; peak_f = max_i (held_f of the parts before i +
+// peak_f_i); peak_b = max_i (held_f before i + peak_b_i + held_b after i).
+ActivationBytes Sequence(const std::vector<ActivationBytes>& parts);
+
+// Per token, fathom's layers (see the file comment). A node counts its input (the previous node's output).
+ActivationBytes FathomEmbeddingBytes(const ModelConfig& m, double a, double s);
+// A decoder block (MoE or dense); `exchange_bytes` receives the bytes of the MoE's received rows, which
+// exist only under expert parallelism (not included in the result).
+ActivationBytes FathomBlockBytes(const ModelConfig& m, bool moe, double a, double s, double* exchange_bytes);
+ActivationBytes FathomHeadBytes(const ModelConfig& m, double a, double s);
+// An MTP module: its embedding, norms, concatenation and projection, then its block and its head.
+ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double s, double* exchange_bytes);
+
+}  // namespace fathom
+
+#endif  // FATHOM_LAYERS_ACTIVATIONS_H_
