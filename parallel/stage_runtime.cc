@@ -147,6 +147,11 @@ Model& StageRuntime::model(int chunk) {
   return *chunks_[chunk].model;
 }
 
+ZeroOptimizer& StageRuntime::optimizer(int chunk) {
+  FATHOM_CHECK(chunk >= 0 && chunk < num_chunks(), "[stage runtime] chunk ", chunk, " of ", num_chunks());
+  return *chunks_[chunk].optimizer;
+}
+
 int StageRuntime::chunk_model_stage(int chunk) const {
   FATHOM_CHECK(chunk >= 0 && chunk < num_chunks(), "[stage runtime] chunk ", chunk, " of ", num_chunks());
   return chunks_[chunk].model_stage;
@@ -459,6 +464,11 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
   StepResult reduced = ReduceStatistics(stats, norm);
   reduced.grad_norm = r.grad_norm;
   return reduced;
+}
+
+void StageRuntime::SyncLoadedParameters() {
+  for (int c : ChunksByStage()) chunks_[c].optimizer->GatherParameters();
+  for (Chunk& k : chunks_) k.model->params().RefreshComputeValues();
 }
 
 double StageRuntime::Evaluate(const std::vector<MicroBatch>& batches) {

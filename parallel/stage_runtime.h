@@ -117,6 +117,15 @@ class StageRuntime {
   int num_chunks() const { return static_cast<int>(chunks_.size()); }
   Model& model(int chunk = 0);
   int chunk_model_stage(int chunk) const;
+  // A chunk's optimizer (its shards and moments: what a checkpoint saves and restores). DualPipe's two
+  // copies of a model stage share their ZeRO groups, so each element of a stage is owned by one chunk of
+  // one rank of the pair.
+  ZeroOptimizer& optimizer(int chunk = 0);
+  // The host mesh: its world communicator carries host values (checkpoint commits, agreements).
+  DeviceMesh& host_mesh() { return mesh_; }
+  // After parameter values were written from outside (a checkpoint load into this rank's shards): every
+  // replica gathers the shards and the compute copies follow (collective).
+  void SyncLoadedParameters();
   // Decoder layers per model stage (NumStages of them).
   const std::vector<int64_t>& stage_layers() const { return stage_layers_; }
   // The validated schedule (every rank's list); this rank runs schedule().ranks[coord().pp_rank].
