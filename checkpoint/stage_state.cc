@@ -35,11 +35,9 @@ bool HasKind(const CheckpointReader& reader, const std::string& kind) {
   return false;
 }
 
-}  // namespace
-
-std::vector<ShardSource> StageStateSources(StageRuntime& runtime) {
-  const ParamTable& table = runtime.model().params();
-  const ZeroOptimizer& zero = runtime.optimizer();
+// One model chunk's shards (a rank holds two with DualPipe and DualPipeV; DualPipe's copies of a stage
+// share their ZeRO groups, so each element of a stage is still owned, and written, once).
+std::vector<ShardSource> ChunkSources(const ParamTable& table, const ZeroOptimizer& zero) {
   std::vector<ShardSource> sources;
   for (ParamGroup g : kGroups) {
     const auto [begin, end] = zero.shard(g);
@@ -54,11 +52,8 @@ std::vector<ShardSource> StageStateSources(StageRuntime& runtime) {
   return sources;
 }
 
-absl::Status RestoreStageState(CheckpointReader& reader, StageRuntime& runtime, int64_t adam_step,
-                               bool* moments_loaded) {
-  const ParamTable& table = runtime.model().params();
-  ZeroOptimizer& zero = runtime.optimizer();
-  const bool with_moments = HasKind(reader, kKindAdamM) && HasKind(reader, kKindAdamV);
+absl::Status RestoreChunk(CheckpointReader& reader, const ParamTable& table, ZeroOptimizer& zero,
+                          bool with_moments) {
   absl::Status local = absl::OkStatus();
   for (ParamGroup g : kGroups) {
     const auto [begin, end] = zero.shard(g);
@@ -71,8 +66,31 @@ absl::Status RestoreStageState(CheckpointReader& reader, StageRuntime& runtime, 
     local = ReadInto(reader, kKindAdamM, trainable, m.exp_avg, begin);
     if (local.ok()) local = ReadInto(reader, kKindAdamV, trainable, m.exp_avg_sq, begin);
   }
+  return local;
+}
+
+}  // namespace
+
+std::vector<ShardSource> StageStateSources(StageRuntime& runtime) {
+  std::vector<ShardSource> sources;
+  for (int chunk = 0; chunk < runtime.num_chunks(); ++chunk) {
+    std::vector<ShardSource> mine = ChunkSources(runtime.model(chunk).params(), runtime.optimizer(chunk));
+    for (ShardSource& s : mine) sources.push_back(std::move(s));
+  }
+  return sources;
+}
+
+absl::Status RestoreStageState(CheckpointReader& reader, StageRuntime& runtime, int64_t adam_step,
+                               bool* moments_loaded) {
+  const bool with_moments = HasKind(reader, kKindAdamM) && HasKind(reader, kKindAdamV);
+  absl::Status local = absl::OkStatus();
+  for (int chunk = 0; chunk < runtime.num_chunks() && local.ok(); ++chunk) {
+    local = RestoreChunk(reader, runtime.model(chunk).params(), runtime.optimizer(chunk), with_moments);
+  }
   if (absl::Status s = AgreeOnStatus(runtime.host_mesh().world(), local); !s.ok()) return s;
-  zero.set_step(with_moments ? adam_step : 0);
+  for (int chunk = 0; chunk < runtime.num_chunks(); ++chunk) {
+    runtime.optimizer(chunk).set_step(with_moments ? adam_step : 0);
+  }
   runtime.SyncLoadedParameters();
   *moments_loaded = with_moments;
   return absl::OkStatus();

@@ -1,10 +1,12 @@
 // The training state of one rank of a StageRuntime (parallel/stage_runtime.h), as checkpoint sources and
-// back. Each rank saves exactly what its ZeRO-1 shards own (parallel/zero.h): the f32 master values of
-// its replicated shard (over dp) and its expert shard (over edp), and the AdamW moments of the same
-// ranges, so every element of the model is written once per stage (the embedding's copy on the last
-// stage, with MTP, is written by both stages: the reader takes either, they are equal) and no rank gathers
-// a whole tensor. The checkpoint stores global coordinates (checkpoint/param_slices.h), so the state loads
-// on any mesh: a rank reads its own new shards from whatever slices overlap them.
+// back. Each rank saves exactly what its ZeRO-1 shards own (parallel/zero.h), in every model chunk it holds
+// (two with DualPipe and DualPipeV): the f32 master values of its replicated shard (over dp) and its expert
+// shard (over edp), and the AdamW moments of the same ranges, so every element of the model is written once
+// per stage (DualPipe's two copies of a stage share their ZeRO groups, so they too write each element once;
+// the embedding's copy on the last stage, with MTP, is written by both stages: the reader takes either,
+// they are equal) and no rank gathers a whole tensor. The checkpoint stores global coordinates
+// (checkpoint/param_slices.h), so the state loads on any mesh: a rank reads its own new shards from whatever
+// slices overlap them.
 //
 // Devices: CUDA tables and moments are copied through host buffers of one shard's size; the current
 // ops::OpContext orders the copies (framework/ops.h).

@@ -93,6 +93,10 @@ struct ParallelConfig {
   double timeout_s = 300;
   double first_step_timeout_s = 1800;
   double save_timeout_s = 1800;
+  // How a single stage hides its expert all-to-alls: "none", or "two_micro_batch" (pp 1): micro-batches
+  // run in pairs, forward with forward and backward with backward, so that one's dispatch or combine
+  // travels while the other computes (DualPipe's FB pair does this across stages by itself).
+  std::string overlap = "none";
   absl::Status Validate(const ModelConfig& model) const;
 };
 
@@ -121,6 +125,13 @@ struct TrainConfig {
   // the parameters they hold in common and stop the job on a mismatch, naming ranks, hosts and tensors;
   // 0 = never.
   int64_t check_replicas_every = 0;
+  // A Chrome/Perfetto trace of the run (empty = none): the executor's instructions, all-to-alls, pipeline
+  // receives and the step tail of every rank, for the steps `trace_steps` (1-based, as the log counts;
+  // empty = step 2, or step 1 of a one-step run), written once the last of them has run.
+  std::string trace;
+  std::vector<int64_t> trace_steps;
+  // The steps traced when `trace` is set (sorted, unique; empty without a trace).
+  std::vector<int64_t> TracedSteps() const;
   absl::Status Validate(const ModelConfig& model) const;
 };
 

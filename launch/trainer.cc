@@ -201,9 +201,15 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   absl::StatusOr<std::vector<MicroBatch>> batches = SampleMicroBatches(*train_data_, step);
   if (!batches.ok()) return batches.status();
   const double lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
+  const std::vector<int64_t> traced = recipe_.train.TracedSteps();
+  const bool trace = std::find(traced.begin(), traced.end(), step + 1) != traced.end();
+  if (trace) runtime_->BeginStepTrace(step + 1);
   absl::StatusOr<StepResult> r = runtime_->Step(*batches, lr);
   if (!r.ok())
     return absl::Status(r.status().code(), absl::StrFormat("step %d: %s", step + 1, r.status().message()));
+  if (trace) {
+    if (absl::Status s = runtime_->EndStepTrace(); !s.ok()) return s;
+  }
   if (!r->skipped) runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
   last_moe_layers_ = r->moe_layers;
 

@@ -21,7 +21,8 @@ namespace {
 
 constexpr int64_t kHalf = 3;  // steps before and after the save
 
-Recipe ResumeRecipe(int64_t pp, int64_t ep, int64_t micro_batches_per_rank, const std::string& dir) {
+Recipe ResumeRecipe(int64_t pp, int64_t ep, int64_t micro_batches_per_rank, const std::string& dir,
+                    const std::string& schedule = "1f1b") {
   absl::StatusOr<Recipe> r =
       LoadRecipe(FATHOM_SOURCE_DIR "/recipes/tiny.yaml",
                  {"model.num_hidden_layers=4", "train.seq_len=16", "train.micro_batch_size=2",
@@ -33,6 +34,7 @@ Recipe ResumeRecipe(int64_t pp, int64_t ep, int64_t micro_batches_per_rank, cons
   r->parallel.micro_batches = micro_batches_per_rank;
   r->checkpoint.dir = dir;
   r->checkpoint.resume = dir.empty() ? "none" : "auto";
+  r->parallel.schedule = schedule;
   return *r;
 }
 
@@ -88,25 +90,29 @@ void Save(TrainingRun& run, int64_t steps_done) {
   ASSERT_TRUE(s.ok()) << s;
 }
 
-// Equal bits of every parameter value of two trainers on the same mesh.
+// Equal bits of every parameter value of two trainers on the same mesh (every model chunk).
 void ExpectSameParameters(Trainer& a, Trainer& b) {
-  const Tensor va = a.model().params().values(), vb = b.model().params().values();
-  ASSERT_EQ(va.nbytes(), vb.nbytes());
-  EXPECT_EQ(std::memcmp(va.raw(), vb.raw(), va.nbytes()), 0) << "parameters differ";
+  ASSERT_EQ(a.runtime().num_chunks(), b.runtime().num_chunks());
+  for (int c = 0; c < a.runtime().num_chunks(); ++c) {
+    const Tensor va = a.runtime().model(c).params().values(), vb = b.runtime().model(c).params().values();
+    ASSERT_EQ(va.nbytes(), vb.nbytes());
+    EXPECT_EQ(std::memcmp(va.raw(), vb.raw(), va.nbytes()), 0) << "parameters of chunk " << c << " differ";
+  }
 }
 
 // Bit-exact on the mesh that saved: (pp, ep) over the whole MPI world.
-void ExpectBitExactResume(int64_t pp, int64_t ep, const std::string& name) {
+void ExpectBitExactResume(int64_t pp, int64_t ep, const std::string& name,
+                          const std::string& schedule = "1f1b") {
   const int dp = MpiCommunicator::World()->size() / static_cast<int>(pp);
   const int64_t m = 2 * pp;
   const std::string dir = SharedDir(name);
-  TrainingRun straight = Train(ResumeRecipe(pp, ep, m, ""), false, 2 * kHalf);
+  TrainingRun straight = Train(ResumeRecipe(pp, ep, m, "", schedule), false, 2 * kHalf);
   {
-    TrainingRun first = Train(ResumeRecipe(pp, ep, m, dir), false, kHalf);
+    TrainingRun first = Train(ResumeRecipe(pp, ep, m, dir, schedule), false, kHalf);
     Save(first, kHalf);
     for (int64_t s = 0; s < kHalf; ++s) EXPECT_EQ(first.losses[s], straight.losses[s]) << "step " << s;
   }
-  TrainingRun second = Train(ResumeRecipe(pp, ep, m, dir), false, 2 * kHalf);
+  TrainingRun second = Train(ResumeRecipe(pp, ep, m, dir, schedule), false, 2 * kHalf);
   ASSERT_EQ(second.trainer->first_step(), kHalf);
   ASSERT_EQ(second.losses.size(), static_cast<size_t>(kHalf));
   for (int64_t s = 0; s < kHalf; ++s) {
@@ -119,6 +125,41 @@ double RelDiff(double a, double b) { return std::abs(a - b) / std::max(std::abs(
 
 TEST(Resume, BitExactOnOneRank) { ExpectBitExactResume(1, 1, "one"); }
 TEST(Resume, BitExactOnPp2Ep2) { ExpectBitExactResume(2, 2, "pp2ep2"); }
+// Two model chunks per rank (issue 15): every chunk's shards are saved and restored; DualPipe's two copies
+// of a stage write each element once (their ZeRO groups span the rank pair), DualPipeV's rank 0 writes the
+// embedding's two copies.
+TEST(Resume, BitExactDualPipePp2Ep2) { ExpectBitExactResume(2, 2, "dualpipe", "dualpipe"); }
+TEST(Resume, BitExactDualPipeVPp2Ep2) { ExpectBitExactResume(2, 2, "dualpipev", "dualpipev"); }
+
+// Saved with DualPipe on (pp 2, ep 2), continued with 1F1B on the same mesh and with DualPipeV on one rank.
+TEST(Resume, DualPipeCheckpointContinuesUnderOtherSchedules) {
+  auto world = MpiCommunicator::World();
+  ASSERT_EQ(world->size(), 4) << "run on 4 ranks";
+  const std::string dir = SharedDir("dualpipe_reshard");
+  TrainingRun straight = Train(ResumeRecipe(2, 2, 4, "", "dualpipe"), false, 2 * kHalf);
+  {
+    TrainingRun first = Train(ResumeRecipe(2, 2, 4, dir, "dualpipe"), false, kHalf);
+    Save(first, kHalf);
+  }
+  struct Target {
+    int64_t pp, ep, micro_batches;
+    bool local;
+    std::string schedule;
+  };
+  for (const Target& t : {Target{2, 2, 4, false, "1f1b"}, Target{1, 1, 8, true, "dualpipev"}}) {
+    SCOPED_TRACE("continued with " + t.schedule + " on pp " + std::to_string(t.pp) + ", ep " +
+                 std::to_string(t.ep));
+    Recipe r = ResumeRecipe(t.pp, t.ep, t.micro_batches, dir, t.schedule);
+    r.checkpoint.resume = dir + "/step_00000003";
+    r.checkpoint.dir = "";
+    TrainingRun next = Train(r, t.local, 2 * kHalf);
+    ASSERT_EQ(next.losses.size(), static_cast<size_t>(kHalf));
+    for (int64_t s = 0; s < kHalf; ++s) {
+      EXPECT_LE(RelDiff(next.losses[s], straight.losses[kHalf + s]), 1e-5)
+          << "step " << kHalf + s << ": " << next.losses[s] << " vs " << straight.losses[kHalf + s];
+    }
+  }
+}
 
 // Saved on (pp 2, ep 2) over 4 ranks, continued on other meshes; and saved on one rank, continued on
 // (pp 2, ep 2). The global batch stays 8 sequences (micro-batches per rank x dp x 2).
