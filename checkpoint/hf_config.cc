@@ -43,7 +43,10 @@ absl::StatusOr<json> RopeScalingFromParameters(const json& params, const std::st
     if (params.contains(key) && params[key].is_string()) type = params[key].get<std::string>();
   }
   if (type == "default") return json(nullptr);
-  json rope = params;
+  json rope = json::object();
+  for (const auto& [key, value] : params.items()) {
+    if (!value.is_null()) rope[key] = value;  // transformers may write unset parameters as null
+  }
   rope.erase("rope_theta");
   rope.erase("type");
   rope["rope_type"] = type;  // any other key stays, for the parser to name

@@ -56,7 +56,7 @@ absl::StatusOr<Recipe> ImportRecipe(const CommandLine& cl, const std::string& hf
 }  // namespace
 
 int RunImport(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--out", "--recipe"});
+  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--out", "--recipe"}, /*recipe_required=*/false);
   if (cl.ok() && cl->help) {
     if (ProcessRank() == 0) std::cout << kUsage;
     return 0;
@@ -67,6 +67,7 @@ int RunImport(const std::vector<std::string>& args) {
                                                    "started on ", job.world->size(), " ranks")));
   }
   if (!cl.ok()) Reject(absl::InvalidArgumentError(absl::StrCat(cl.status().message(), "\n", kUsage)));
+  if (cl->recipe.empty()) Reject(absl::InvalidArgumentError(absl::StrCat("no HF_DIR given\n", kUsage)));
   if (!cl->options.count("--out")) Reject(absl::InvalidArgumentError("--out CHECKPOINT_DIR is required"));
   const std::string& hf_dir = cl->recipe;
   const std::string& out = cl->options.at("--out");

@@ -84,12 +84,15 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& source, DTyp
 }  // namespace
 
 int RunLogits(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--tokens", "--out", "--dtype"});
+  absl::StatusOr<CommandLine> cl =
+      ParseCommandLine(args, {"--tokens", "--out", "--dtype"}, /*recipe_required=*/false);
   if (cl.ok() && cl->help) {
     std::cout << kUsage;
     return 0;
   }
   if (!cl.ok()) return Fail(2, absl::InvalidArgumentError(absl::StrCat(cl.status().message(), "\n", kUsage)));
+  if (cl->recipe.empty())
+    return Fail(2, absl::InvalidArgumentError(absl::StrCat("no SOURCE given\n", kUsage)));
   if (!cl->options.count("--tokens") || !cl->options.count("--out")) {
     return Fail(2, absl::InvalidArgumentError("--tokens and --out are required"));
   }
