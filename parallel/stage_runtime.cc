@@ -278,6 +278,11 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
   return reduced;
 }
 
+void StageRuntime::SyncLoadedParameters() {
+  optimizer_->GatherParameters();
+  model_->params().RefreshComputeValues();
+}
+
 double StageRuntime::Evaluate(const std::vector<MicroBatch>& batches) {
   const int m = static_cast<int>(recipe_.parallel.micro_batches);
   FATHOM_CHECK(static_cast<int>(batches.size()) == m, "[stage runtime] ", batches.size(),

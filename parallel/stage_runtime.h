@@ -89,6 +89,13 @@ class StageRuntime {
   const MeshLayout& layout() const;
   const MeshCoord& coord() const;
   Model& model() { return *model_; }
+  // The optimizer (its shards and moments: what a checkpoint saves and restores).
+  ZeroOptimizer& optimizer() { return *optimizer_; }
+  // The host mesh: its world communicator carries host values (checkpoint commits, agreements).
+  DeviceMesh& host_mesh() { return mesh_; }
+  // After parameter values were written from outside (a checkpoint load into this rank's shards): every
+  // replica gathers the shards and the compute copies follow (collective).
+  void SyncLoadedParameters();
   const std::vector<int64_t>& stage_layers() const { return stage_layers_; }
   // Sums `values` over every rank of the job (host values, f64).
   std::vector<double> SumOverWorld(const std::vector<double>& values);
