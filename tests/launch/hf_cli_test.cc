@@ -192,5 +192,37 @@ TEST_F(HfCliTest, ExportOnThreeRanksWritesTheSameBytesAsOnOne) {
   }
 }
 
+// The whole path a user takes: train, export, import, train on from the import.
+TEST_F(HfCliTest, TrainExportImportAndTrainOn) {
+  const std::string tiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";
+  RunResult t =
+      RunFathom("train " + tiny +
+                " --set train.steps=2 --set checkpoint.save_every=2 --set checkpoint.dir=" + Path("run"));
+  ASSERT_EQ(t.exit_code, 0) << t.output;
+  RunResult e = RunFathom("export " + Path("run") + " --out " + Path("hf") + " --dtype f32");
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_THAT(e.output, HasSubstr("(step 2)"));
+  // fathom's forward on the trained checkpoint and on its export: the same logits, bit for bit.
+  Tensor ids = Tensor::Empty({1, 12}, DType::kI32);
+  for (int64_t i = 0; i < 12; ++i) ids.data<int32_t>()[i] = static_cast<int32_t>(i * 19 % 256);
+  ASSERT_TRUE(WriteSafetensors(Path("tokens.safetensors"), {{"input_ids", ids}}).ok());
+  Logits(Path("run"), Path("a.safetensors"));
+  Logits(Path("hf"), Path("b.safetensors"));
+  absl::StatusOr<SafetensorsFile> a = SafetensorsFile::Open(Path("a.safetensors"));
+  absl::StatusOr<SafetensorsFile> b = SafetensorsFile::Open(Path("b.safetensors"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  const Tensor la = *a->Get("logits"), lb = *b->Get("logits");
+  ASSERT_EQ(la.shape(), lb.shape());
+  EXPECT_EQ(std::memcmp(la.raw(), lb.raw(), la.nbytes()), 0);
+
+  RunResult i = RunFathom("import " + Path("hf") + " --out " + Path("imported") + " --recipe " + tiny);
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  RunResult on = RunFathom("train " + tiny + " --set train.steps=3 --set checkpoint.dir=" + Path("imported"));
+  ASSERT_EQ(on.exit_code, 0) << on.output;
+  EXPECT_THAT(on.output,
+              HasSubstr("resumed from " + Path("imported") + "/step_00000000: step 0 (weights only"));
+  EXPECT_THAT(on.output, HasSubstr("step     3/3"));
+}
+
 }  // namespace
 }  // namespace fathom
