@@ -19,6 +19,7 @@
 #include "checkpoint/param_slices.h"
 #include "checkpoint/rank_file_writer.h"
 #include "framework/file_io.h"
+#include "framework/ops.h"
 
 namespace fathom {
 namespace {
@@ -85,28 +86,41 @@ bool IsWeightsOnlyCheckpoint(const CheckpointMetadata& metadata) {
   return metadata.extra.is_object() && metadata.extra.value(kWeightsOnlyKey, false) == true;
 }
 
-absl::Status LoadHfDirectoryInto(const std::string& dir, const ModelConfig& model, ParamTable& table) {
-  FATHOM_CHECK(table.finalized() && table.device() == Device::kCPU &&
-                   (table.dtype() == DType::kF32 || table.dtype() == DType::kF64),
-               "[LoadHfDirectoryInto] needs a finalized f32 or f64 table on the CPU");
+absl::Status LoadHfDirectoryRange(const std::string& dir, const ModelConfig& model, const ParamTable& table,
+                                  int64_t begin, int64_t end, const Tensor& dst) {
+  FATHOM_CHECK(table.finalized() && (table.dtype() == DType::kF32 || table.dtype() == DType::kF64),
+               "[LoadHfDirectoryRange] needs a finalized f32 or f64 table");
+  FATHOM_CHECK(dst.dtype() == table.dtype() && dst.numel() == end - begin, "[LoadHfDirectoryRange] dst ",
+               dst.shape_str(), " ", DTypeName(dst.dtype()), " for table elements [", begin, ", ", end, ")");
   absl::StatusOr<std::unique_ptr<HfDirectory>> hf = HfDirectory::Open(dir);
   if (!hf.ok()) return hf.status();
   if (absl::Status s = CheckSameModel(**hf, model); !s.ok()) return s;
-  // A table holds whole tensors: each piece of the full range is one HF tensor (an expert of a stacked spec
-  // included), the expert bias among them.
-  const std::vector<TensorPiece> pieces = TablePieces(table, 0, table.numel());
+  // The pieces of HF tensors the range holds (an expert of a stacked spec is a tensor of its own, the
+  // expert bias included; a ZeRO shard may cut a tensor anywhere: Read takes any flat range).
+  const std::vector<TensorPiece> pieces = TablePieces(table, begin, end);
   std::vector<std::pair<std::string, Shape>> wanted;
   for (const TensorPiece& p : pieces) wanted.emplace_back(p.name, p.shape);
   if (absl::Status s = CheckTensors(**hf, wanted); !s.ok()) return s;
-  const Tensor values = table.values();
+  // A device destination is filled through a host copy of it (padding elements keep their values).
+  Tensor host = dst;
+  if (dst.device() != Device::kCPU) {
+    host = Tensor::Empty(dst.shape(), dst.dtype());
+    ops::Copy(host, dst);
+  }
+  const Tensor flat = host.Reshape({end - begin});
   for (const TensorPiece& p : pieces) {
     for (int64_t b = p.begin; b < p.end; b += kReadBlockElements) {
       const int64_t e = std::min(p.end, b + kReadBlockElements);
-      const int64_t at = p.table_offset + (b - p.begin);
-      if (absl::Status s = (*hf)->Read(p.name, b, e, values.Rows(at, at + (e - b))); !s.ok()) return s;
+      const int64_t at = p.table_offset - begin + (b - p.begin);
+      if (absl::Status s = (*hf)->Read(p.name, b, e, flat.Rows(at, at + (e - b))); !s.ok()) return s;
     }
   }
+  if (dst.device() != Device::kCPU) ops::Copy(dst, host);
   return absl::OkStatus();
+}
+
+absl::Status LoadHfDirectoryInto(const std::string& dir, const ModelConfig& model, ParamTable& table) {
+  return LoadHfDirectoryRange(dir, model, table, 0, table.numel(), table.values());
 }
 
 absl::StatusOr<HfImportStats> ImportHfDirectory(const std::string& hf_dir, const Recipe& recipe,

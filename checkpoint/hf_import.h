@@ -45,11 +45,18 @@ bool IsWeightsOnlyCheckpoint(const CheckpointMetadata& metadata);
 
 // Fills every tensor of `table` (values) from the HF directory `dir`, whose config.json must describe
 // `model`. Any slice works: the table's specs name the tensors (routed experts by their global ids). Peak
-// extra memory: one block of at most 16M elements. REQUIRES: table finalized, on the CPU (call it before
-// ParamTable::MoveTo), f32 or f64; `model` is the model the table was built from. On an error before
+// extra memory: one block of at most 16M elements (plus, for a CUDA table, a host copy of its values).
+// REQUIRES: table finalized, f32 or f64; `model` is the model the table was built from; a CUDA table
+// needs what ops::Copy needs (a current OpContext on its device, framework/ops.h). On an error before
 // reading (config, missing or misshapen tensors) the table is untouched; on a read error (a corrupt value
 // or scale) it may be partly filled.
 absl::Status LoadHfDirectoryInto(const std::string& dir, const ModelConfig& model, ParamTable& table);
+
+// The same for the table elements [begin, end) only (a ZeRO shard: the range may cut tensors anywhere),
+// into `dst`: a flat tensor of end - begin elements in the table's dtype, on the CPU or a GPU (then
+// through a host copy). Only the tensors the range touches are checked and read.
+absl::Status LoadHfDirectoryRange(const std::string& dir, const ModelConfig& model, const ParamTable& table,
+                                  int64_t begin, int64_t end, const Tensor& dst);
 
 struct HfImportStats {
   std::string path;           // the checkpoint written, CHECKPOINT_DIR/step_00000000
