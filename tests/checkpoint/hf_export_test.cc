@@ -369,5 +369,47 @@ TEST_F(HfExportTest, ExportRefusesANonEmptyDirectoryAndNonFiniteWeightsWritingNo
   EXPECT_FALSE(fs::exists(Path("nan_hf.tmp")));
 }
 
+TEST(HfExportNoMtp, AModelWithoutMtpRoundTripsAndMtpDepthsMustAgree) {
+  const std::string dir = (fs::path(::testing::TempDir()) / "hf_no_mtp").string();
+  fs::remove_all(dir);
+  Recipe recipe = testing::HfTestRecipe();
+  recipe.model.num_nextn_predict_layers = 0;
+  Model model(recipe.model, recipe.loss);
+  model.Finalize(DType::kF32, 1);
+  std::mt19937_64 rng(testing::TestSeed());
+  testing::FillRandomValues(model.params(), rng);
+  const std::string checkpoint = testing::SaveValues(dir + "/ckpt", recipe, model.params());
+  absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(checkpoint);
+  ASSERT_TRUE(reader.ok());
+  LocalCommunicator comm("world");
+  HfExportOptions options;
+  options.dtype = HfDType::kF32;
+  ASSERT_TRUE(ExportHfDirectory(**reader, dir + "/hf", options, comm).ok());
+  absl::StatusOr<std::unique_ptr<HfDirectory>> hf = HfDirectory::Open(dir + "/hf");
+  ASSERT_TRUE(hf.ok());
+  EXPECT_EQ((*hf)->Find("model.layers.3.eh_proj.weight"), nullptr) << "no MTP layer";
+  Model loaded(recipe.model, recipe.loss);
+  loaded.Finalize(DType::kF32, 2);
+  ASSERT_TRUE(LoadHfDirectoryInto(dir + "/hf", recipe.model, loaded.params()).ok());
+  const Tensor a = model.params().values(), b = loaded.params().values();
+  EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0);
+  // A recipe with MTP against a directory without: the depth is named, whether config.json states it or
+  // not (transformers' own files do not; the depth is then counted among the weights).
+  Recipe with_mtp = recipe;
+  with_mtp.model.num_nextn_predict_layers = 1;
+  for (bool stated : {true, false}) {
+    if (!stated) {
+      json config = ReadJson(dir + "/hf/config.json");
+      config.erase("num_nextn_predict_layers");
+      ASSERT_TRUE(WriteFileAtomically(dir + "/hf/config.json", config.dump()).ok());
+    }
+    Model m(with_mtp.model, with_mtp.loss);
+    m.Finalize(DType::kF32, 3);
+    absl::Status st = LoadHfDirectoryInto(dir + "/hf", with_mtp.model, m.params());
+    EXPECT_THAT(std::string(st.message()), HasSubstr("num_nextn_predict_layers: config.json 0, recipe 1"));
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace fathom
