@@ -8,6 +8,7 @@
 #include <regex>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "checkpoint/fp8_blocks.h"
@@ -165,12 +166,42 @@ int64_t HfDirectory::MtpLayersFound(int64_t num_hidden_layers) const {
   return k;
 }
 
+namespace {
+
+// num_nextn_predict_layers as config.json states it (0 when absent or not an integer).
+int64_t StatedMtpLayers(const nlohmann::json& config) {
+  const auto it = config.find("num_nextn_predict_layers");
+  return it != config.end() && it->is_number_integer() ? it->get<int64_t>() : 0;
+}
+
+}  // namespace
+
 absl::StatusOr<ModelConfig> HfDirectory::Model() const {
   int64_t mtp = 0;
   if (config_.contains("num_hidden_layers") && config_["num_hidden_layers"].is_number_integer()) {
     mtp = MtpLayersFound(config_["num_hidden_layers"].get<int64_t>());
   }
+  if (!MtpNote().empty()) {
+    nlohmann::json without_mtp = config_;
+    without_mtp["num_nextn_predict_layers"] = 0;
+    return ModelConfigFromHfConfig(without_mtp, config_path(), mtp);
+  }
   return ModelConfigFromHfConfig(config_, config_path(), mtp);
+}
+
+std::string HfDirectory::MtpNote() const {
+  const int64_t stated = StatedMtpLayers(config_);
+  if (stated <= 0 || !config_.contains("num_hidden_layers") ||
+      !config_["num_hidden_layers"].is_number_integer()) {
+    return "";
+  }
+  const int64_t layers = config_["num_hidden_layers"].get<int64_t>();
+  for (const auto& [name, location] : tensors_) {
+    if (absl::StartsWith(name, absl::StrCat("model.layers.", layers, "."))) return "";
+  }
+  return absl::StrCat(config_path(), " states num_nextn_predict_layers ", stated,
+                      " but the directory holds no MTP weights (transformers' save_pretrained drops them): "
+                      "read as a model without MTP");
 }
 
 const HfTensorLocation* HfDirectory::Find(const std::string& name) const {

@@ -62,8 +62,13 @@ class HfDirectory {
   std::string config_path() const;
   const nlohmann::json& config() const { return config_; }
   // The model of config.json (checkpoint/hf_config.h), num_nextn_predict_layers counted among the weights
-  // when config.json does not state it.
+  // when config.json does not state it, or when it states k > 0 and the directory holds no MTP weights at
+  // all: transformers saves its default num_nextn_predict_layers 1 but never the MTP module, so such a
+  // directory is a model without MTP (MtpNote() says so). A directory holding some but fewer MTP modules
+  // than stated keeps the stated depth, and the missing tensors are then named as missing.
   absl::StatusOr<ModelConfig> Model() const;
+  // One line for the user when Model() read a stated MTP depth as 0; empty otherwise.
+  std::string MtpNote() const;
   // MTP modules among the weights: the k >= 1 such that model.layers.{N + j - 1}.eh_proj.weight exists for
   // every j <= k.
   int64_t MtpLayersFound(int64_t num_hidden_layers) const;

@@ -44,6 +44,7 @@ absl::StatusOr<Recipe> ImportRecipe(const CommandLine& cl, const std::string& hf
   if (!hf.ok()) return hf.status();
   absl::StatusOr<ModelConfig> model = (*hf)->Model();
   if (!model.ok()) return model.status();
+  if (const std::string note = (*hf)->MtpNote(); !note.empty()) std::cout << "note: " << note << "\n";
   std::string yaml = "model:\n";
   const nlohmann::json keys = ModelConfigToJson(*model);
   for (const auto& [key, value] : keys.items()) {

@@ -408,6 +408,23 @@ TEST(HfExportNoMtp, AModelWithoutMtpRoundTripsAndMtpDepthsMustAgree) {
     absl::Status st = LoadHfDirectoryInto(dir + "/hf", with_mtp.model, m.params());
     EXPECT_THAT(std::string(st.message()), HasSubstr("num_nextn_predict_layers: config.json 0, recipe 1"));
   }
+  // transformers' save_pretrained states its default num_nextn_predict_layers 1 but writes no MTP module:
+  // such a directory is a model without MTP, with a note, and loads into the recipe without MTP.
+  {
+    json config = ReadJson(dir + "/hf/config.json");
+    config["num_nextn_predict_layers"] = 1;
+    ASSERT_TRUE(WriteFileAtomically(dir + "/hf/config.json", config.dump()).ok());
+    absl::StatusOr<std::unique_ptr<HfDirectory>> stated = HfDirectory::Open(dir + "/hf");
+    ASSERT_TRUE(stated.ok());
+    absl::StatusOr<ModelConfig> read = (*stated)->Model();
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(read->num_nextn_predict_layers, 0);
+    EXPECT_THAT((*stated)->MtpNote(), HasSubstr("holds no MTP weights"));
+    Model m(recipe.model, recipe.loss);
+    m.Finalize(DType::kF32, 4);
+    absl::Status st = LoadHfDirectoryInto(dir + "/hf", recipe.model, m.params());
+    EXPECT_TRUE(st.ok()) << st;
+  }
   fs::remove_all(dir);
 }
 
