@@ -141,7 +141,7 @@ int RunDiagnose(const std::vector<std::string>& args) {
   const Device device = ChooseDevice(wanted, *job.world);
   absl::StatusOr<DiagnoseRow> row =
       RunDiagnoseChecks(device, *job.world, job.node, static_cast<int>(repeats));
-  if (absl::Status s = AgreeOnStatus(row.status(), *job.world); !s.ok()) Reject(std::string(s.message()));
+  if (absl::Status s = AgreeOnStatus(*job.world, row.status()); !s.ok()) Reject(std::string(s.message()));
   const std::vector<DiagnoseRow> rows = GatherRows(*row, *job.world);
   const std::vector<std::string> verdicts = DiagnoseVerdicts(rows, slow_factor);
   if (job.world->rank() == 0)

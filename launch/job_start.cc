@@ -42,7 +42,7 @@ Job StartJob(const std::string& command) {
 
 Recipe LoadRecipeOnAllRanks(const std::string& command, const CommandLine& cl, Communicator& world) {
   absl::StatusOr<Recipe> recipe = LoadRecipe(cl.recipe, cl.overrides);
-  if (absl::Status s = AgreeOnStatus(recipe.status(), world); !s.ok()) {
+  if (absl::Status s = AgreeOnStatus(world, recipe.status()); !s.ok()) {
     ExitAllRanks(kExitInvalidInput, absl::StrCat(command, ": ", s.message()));
   }
   if (absl::Status s = CheckSameRecipeOnAllRanks(*recipe, world); !s.ok()) {

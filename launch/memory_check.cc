@@ -258,7 +258,7 @@ absl::Status CheckMemory(const Recipe& recipe, const MeshLayout& layout, Communi
     }
   }
 #endif
-  return AgreeOnStatus(mine, world);
+  return AgreeOnStatus(world, mine);
 }
 
 }  // namespace fathom

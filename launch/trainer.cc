@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 
@@ -84,7 +85,10 @@ absl::Status Trainer::Resume(const std::string& path) {
   }
   const int64_t adam_step = meta.extra.value("adam_step", meta.step);
   bool moments = false;
+  const auto load_start = std::chrono::steady_clock::now();
   if (absl::Status s = RestoreStageState(*reader, *runtime_, adam_step, &moments); !s.ok()) return s;
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   // The data position: file sources check that the data and seed did not change (the message says what
   // changed); a weights-only checkpoint (fathom import) starts the data from its beginning.
   if (!meta.data_loader.empty()) {
@@ -97,8 +101,15 @@ absl::Status Trainer::Resume(const std::string& path) {
   }
   first_step_ = meta.step;
   if (runtime_->coord().rank == 0) {
-    std::cout << absl::StrFormat("resumed from %s: step %d%s\n", path, meta.step,
-                                 moments ? "" : " (weights only: AdamW starts from zero)");
+    // The directory's bytes over the time every rank took to read its slices (the restore ends together).
+    std::error_code ec;
+    double bytes = 0;
+    for (const auto& e : std::filesystem::directory_iterator(path, ec)) {
+      if (e.is_regular_file(ec)) bytes += static_cast<double>(e.file_size(ec));
+    }
+    std::cout << absl::StrFormat("resumed from %s: step %d%s; %.3f GB loaded in %.3f s (%.2f GB/s)\n", path,
+                                 meta.step, moments ? "" : " (weights only: AdamW starts from zero)",
+                                 bytes / 1e9, load_seconds, bytes / 1e9 / std::max(load_seconds, 1e-9));
     for (const std::string& n : notes) std::cout << "  note: " << n << "\n";
   }
   return absl::OkStatus();

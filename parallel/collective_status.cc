@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace fathom {
 namespace {
@@ -57,19 +58,57 @@ std::vector<std::string> GatherStrings(Communicator& comm, const std::string& s,
   return out;
 }
 
+std::vector<std::vector<int64_t>> AllGatherI64(Communicator& comm, const std::vector<int64_t>& values) {
+  const int64_t n = static_cast<int64_t>(values.size());
+  Tensor mine = Tensor::Empty({n}, DType::kI64);
+  std::memcpy(mine.raw(), values.data(), values.size() * sizeof(int64_t));
+  Tensor all = Tensor::Empty({comm.size() * n}, DType::kI64);
+  comm.AllGather(mine, all);
+  std::vector<std::vector<int64_t>> out(static_cast<size_t>(comm.size()));
+  for (int r = 0; r < comm.size(); ++r) {
+    out[static_cast<size_t>(r)].assign(all.data<int64_t>() + r * n, all.data<int64_t>() + (r + 1) * n);
+  }
+  return out;
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < ranks.size();) {
+    size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+    parts.push_back(j == i ? absl::StrCat(ranks[i]) : absl::StrCat(ranks[i], "-", ranks[j]));
+    i = j + 1;
+  }
+  return absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(parts, ", "));
+}
+
+int64_t StableHash64(const std::string& text) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  int64_t out = 0;
+  std::memcpy(&out, &h, sizeof(out));
+  return out;
+}
+
 absl::Status AgreeOnStatus(Communicator& comm, const absl::Status& local) {
-  // max over ranks of (size - rank) for the failing ones: the lowest failing rank, 0 when none failed.
-  Tensor flag = Tensor::Empty({1}, DType::kI64);
-  flag.data<int64_t>()[0] = local.ok() ? 0 : comm.size() - comm.rank();
-  comm.AllReduce(flag, ReduceOp::kMax);
-  if (flag.data<int64_t>()[0] == 0) return absl::OkStatus();
-  const int root = comm.size() - static_cast<int>(flag.data<int64_t>()[0]);
-  Tensor code = Tensor::Empty({1}, DType::kI64);
-  code.data<int64_t>()[0] = static_cast<int64_t>(local.code());
-  comm.Broadcast(code, root);
-  std::string message = BroadcastString(comm, std::string(local.message()), root);
-  if (root != 0) message = absl::StrCat("[rank ", root, "] ", message);
-  return absl::Status(static_cast<absl::StatusCode>(code.data<int64_t>()[0]), message);
+  const std::string message(local.message());
+  const std::vector<std::vector<int64_t>> all =
+      AllGatherI64(comm, {local.ok() ? 0 : 1, local.ok() ? 0 : StableHash64(message)});
+  std::vector<int> failed, fine;
+  for (int r = 0; r < comm.size(); ++r) (all[static_cast<size_t>(r)][0] ? failed : fine).push_back(r);
+  if (failed.empty()) return absl::OkStatus();
+  bool alike = fine.empty();
+  for (int r : failed)
+    alike = alike && all[static_cast<size_t>(r)][1] == all[static_cast<size_t>(failed[0])][1];
+  if (alike) return local;  // every rank failed with the same message: say it as each rank would
+  const int first = failed[0];
+  const std::string text =
+      BroadcastString(comm, absl::StrCat(static_cast<int>(local.code()), ":", message), first);
+  const size_t colon = text.find(':');
+  const auto code = static_cast<absl::StatusCode>(std::stoi(text.substr(0, colon)));
+  std::string out = absl::StrCat("rank ", first, ": ", text.substr(colon + 1));
+  if (!fine.empty()) absl::StrAppend(&out, " (", RankList(fine), " did not fail)");
+  return absl::Status(code, out);
 }
 
 }  // namespace fathom

@@ -7,6 +7,7 @@
 #ifndef FATHOM_PARALLEL_COLLECTIVE_STATUS_H_
 #define FATHOM_PARALLEL_COLLECTIVE_STATUS_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -15,9 +16,20 @@
 
 namespace fathom {
 
-// OK on every rank when `local` is OK on every rank; otherwise, on every rank, the error of the lowest
-// failing rank: its code and its message (prefixed "[rank R] " when R is not 0).
+// OK on every rank when `local` is OK on every rank. Otherwise the same error on every rank: when every
+// rank failed with the same message, that status; else the code of the lowest failing rank R and its
+// message prefixed "rank R: ", followed by the ranks that did not fail (when some did not).
 absl::Status AgreeOnStatus(Communicator& comm, const absl::Status& local);
+
+// Every rank's `values` (the same count on each), gathered on every rank: [rank][i].
+std::vector<std::vector<int64_t>> AllGatherI64(Communicator& comm, const std::vector<int64_t>& values);
+
+// "ranks 0-2, 5" / "rank 3": ranks in increasing order, runs collapsed (not collective).
+std::string RankList(const std::vector<int>& ranks);
+
+// FNV-1a of `text`: stable across builds and hosts (std::hash promises neither), for comparing texts
+// between ranks without moving them (not collective).
+int64_t StableHash64(const std::string& text);
 
 // `s` of rank `root`, on every rank.
 std::string BroadcastString(Communicator& comm, const std::string& s, int root);

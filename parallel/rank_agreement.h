@@ -1,7 +1,7 @@
-// What the ranks of a job must agree on before they train: that every rank loaded its input, and that
-// they all loaded the same recipe. Each check is collective and ends with the same answer on every rank,
-// so that the caller can leave with ExitAllRanks (parallel/fault.h): one message, one exit code, nobody
-// left waiting in a later collective.
+// What the ranks of a job must agree on before they train: that they all loaded the same recipe (that
+// every rank loaded its input is AgreeOnStatus, parallel/collective_status.h). Each check is collective and
+// ends with the same answer on every rank, so that the caller can leave with ExitAllRanks (parallel/fault.h):
+// one message, one exit code, nobody left waiting in a later collective.
 //
 // Costs: an all-gather of one or two integers per rank; texts are broadcast only when something differs.
 // Thread safety: as the communicator's (one thread).
@@ -12,14 +12,10 @@
 
 #include "absl/status/status.h"
 #include "framework/config.h"
+#include "parallel/collective_status.h"
 #include "parallel/communicator.h"
 
 namespace fathom {
-
-// Collective over `comm`. OK when `mine` is OK on every rank. Otherwise the same error on every rank:
-// when every rank failed with the same message, that status; else the status of the lowest failing rank
-// R, its message prefixed "rank R: " and followed by the ranks that did not fail.
-absl::Status AgreeOnStatus(const absl::Status& mine, Communicator& comm);
 
 // Collective over `world`: compares the resolved recipe (ResolvedRecipeYaml: every key, after --set, with
 // defaults) across the ranks by a 64-bit hash. OK when all are equal. Otherwise InvalidArgument on every
@@ -29,9 +25,6 @@ absl::Status AgreeOnStatus(const absl::Status& mine, Communicator& comm);
 //    (rank 3); every rank must run the same recipe (compare the files and --set options of each rank)".
 // The recipe's path is not compared: equal contents under different paths are the same recipe.
 absl::Status CheckSameRecipeOnAllRanks(const Recipe& recipe, Communicator& world);
-
-// Collective over `comm`: `text` of rank `root` on every rank (bytes moved as i64 words).
-std::string BroadcastText(const std::string& text, int root, Communicator& comm);
 
 // The first line where two resolved recipes differ: its key path ("optim.lr", "model.rope_scaling.factor")
 // and the value each has ("(absent)" for a key one of them lacks). Empty path when they are equal.

@@ -52,7 +52,8 @@ TEST(CheckpointConfigTest, SectionInTheFile) {
   // The tiny recipe (a recipe must state its model) with a checkpoint section of its own.
   std::ifstream tiny(TinyPath());
   std::string yaml((std::istreambuf_iterator<char>(tiny)), std::istreambuf_iterator<char>());
-  yaml += "checkpoint:\n  dir: ckpts\n  save_every: 10\n  resume: ckpts/step_00000020\n  async: false\n";
+  yaml = yaml.substr(0, yaml.find("\ncheckpoint:"));  // tiny's own (empty) section, replaced
+  yaml += "\ncheckpoint:\n  dir: ckpts\n  save_every: 10\n  resume: ckpts/step_00000020\n  async: false\n";
   absl::StatusOr<Recipe> r = ParseRecipe(yaml, "inline.yaml");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->checkpoint.dir, "ckpts");

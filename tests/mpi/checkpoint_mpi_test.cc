@@ -253,7 +253,8 @@ TEST(CheckpointMpi, AgreeOnStatusGivesTheLowestFailingRanksError) {
       r >= first_failing ? absl::DataLossError("rank " + std::to_string(r) + " broke") : absl::OkStatus();
   absl::Status agreed = AgreeOnStatus(*world, local);
   EXPECT_EQ(agreed.code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(agreed.message(), first_failing == 0 ? "rank 0 broke" : "[rank 1] rank 1 broke");
+  EXPECT_EQ(agreed.message(),
+            first_failing == 0 ? "rank 0 broke" : "rank 1: rank 1 broke (rank 0 did not fail)");
   std::vector<std::string> gathered =
       GatherStrings(*world, std::string(static_cast<size_t>(r) * 5 + 1, 'a' + r), 0);
   if (r == 0) {

@@ -20,7 +20,7 @@ const std::string kTiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";
 
 TEST(RankAgreement, AllRanksFineIsOk) {
   std::unique_ptr<MpiCommunicator> world = MpiCommunicator::World();
-  EXPECT_TRUE(AgreeOnStatus(absl::OkStatus(), *world).ok());
+  EXPECT_TRUE(AgreeOnStatus(*world, absl::OkStatus()).ok());
 }
 
 TEST(RankAgreement, OneFailingRankIsNamedOnEveryRank) {
@@ -29,7 +29,7 @@ TEST(RankAgreement, OneFailingRankIsNamedOnEveryRank) {
   const absl::Status mine = world->rank() == bad
                                 ? absl::NotFoundError("recipe file not found: /tmp/nothing.yaml")
                                 : absl::OkStatus();
-  const absl::Status agreed = AgreeOnStatus(mine, *world);
+  const absl::Status agreed = AgreeOnStatus(*world, mine);
   ASSERT_FALSE(agreed.ok());
   EXPECT_EQ(agreed.code(), absl::StatusCode::kNotFound);  // the failing rank's code, on every rank
   if (world->size() == 1) {
@@ -44,7 +44,7 @@ TEST(RankAgreement, OneFailingRankIsNamedOnEveryRank) {
 TEST(RankAgreement, AllFailingAlikeKeepTheirMessage) {
   std::unique_ptr<MpiCommunicator> world = MpiCommunicator::World();
   const absl::Status mine = absl::InvalidArgumentError("tiny.yaml: model.n_group is not stated");
-  EXPECT_EQ(AgreeOnStatus(mine, *world), mine);
+  EXPECT_EQ(AgreeOnStatus(*world, mine), mine);
 }
 
 TEST(RankAgreement, SameRecipeEverywhereIsOk) {
@@ -91,7 +91,7 @@ TEST(RankAgreement, BroadcastTextOfEveryLength) {
        {std::string(), std::string("x"), std::string(8, 'y'), std::string(1001, 'z')}) {
     const std::string root_text = text + std::to_string(world->size() - 1);
     const std::string got =
-        BroadcastText(world->rank() == world->size() - 1 ? root_text : "", world->size() - 1, *world);
+        BroadcastString(*world, world->rank() == world->size() - 1 ? root_text : "", world->size() - 1);
     EXPECT_EQ(got, root_text);
   }
 }
