@@ -48,7 +48,8 @@ Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
       case NodeKind::kMoeBlock:
         if (!slice_.Holds(node)) continue;
         blocks_.push_back(std::make_unique<DecoderBlock>(params_, cfg, static_cast<int>(node.layer),
-                                                         slice_.experts, node.moe ? slice_.exchange : nullptr));
+                                                         slice_.experts,
+                                                         node.moe ? slice_.exchange : nullptr));
         break;
       case NodeKind::kHead:
         if (!slice_.Holds(node)) continue;
@@ -148,10 +149,23 @@ LossNormalizers Model::Normalizers(const std::vector<MicroBatch>& batches,
   return n;
 }
 
-double MicroBatchStats::balance_sum() const {
+double HostMicroBatchStats::balance_sum() const {
   double sum = 0;
-  for (const MoeStats& m : moe) sum += m.balance;
+  for (double b : balance) sum += b;
   return sum;
+}
+
+HostMicroBatchStats ToHost(const MicroBatchStats& stats) {
+  auto host = [](const Tensor& t) { return t.device() == Device::kCPU ? t : ops::To(t, Device::kCPU); };
+  HostMicroBatchStats h;
+  if (stats.main_ce.defined()) h.main_ce = host(stats.main_ce).Item(0);
+  for (const Tensor& t : stats.mtp_ce) h.mtp_ce.push_back(host(t).Item(0));
+  for (const MoeStats& m : stats.moe) {
+    h.balance.push_back(m.balance.defined() ? host(m.balance).Item(0) : 0.0);
+    const Tensor c = host(m.expert_counts);
+    h.expert_counts.emplace_back(c.data<int64_t>(), c.data<int64_t>() + c.numel());
+  }
+  return h;
 }
 
 StageOutput Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input,
@@ -167,8 +181,9 @@ StageOutput Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& i
   stats.moe.reserve(blocks_.size() + mtp_.size());  // pointers into it stay valid
   // Micro-batches are sampled on the host; the token ids and labels follow the parameters' device.
   const Device dev = params_.device();
-  const Tensor ids = dev == Device::kCPU ? batch.input_ids : ops::To(batch.input_ids, dev);
-  const Tensor labels = dev == Device::kCPU ? batch.labels : ops::To(batch.labels, dev);
+  // Queued without a host wait (ops::ToDeviceAsync): the previous micro-batch's work keeps the GPU busy.
+  const Tensor ids = dev == Device::kCPU ? batch.input_ids : ops::ToDeviceAsync(batch.input_ids);
+  const Tensor labels = dev == Device::kCPU ? batch.labels : ops::ToDeviceAsync(batch.labels);
   Tensor h = slice_.embedding ? embed_->Forward(mb, ids) : input;
   FATHOM_CHECK(h.defined(), "stage without the embedding needs the previous stage's output");
   for (auto& b : blocks_) h = b->Forward(mb, h, norm.balance_weight, next_moe_stats(b->moe() != nullptr));
@@ -177,15 +192,15 @@ StageOutput Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& i
                  " MTP depths, model has ", mtp_.size());
     // Zero valid labels in a step means nothing to learn from that loss: scale 0, not a division by 0.
     auto scale = [](double weight, double tokens) { return tokens > 0 ? weight / tokens : 0.0; };
-    stats.main_ce += head_->Forward(mb, h, labels, scale(1.0, norm.main_tokens));
-    stats.mtp_ce.assign(mtp_.size(), 0.0);
+    stats.main_ce = head_->Forward(mb, h, labels, scale(1.0, norm.main_tokens));
+    stats.mtp_ce.assign(mtp_.size(), Tensor());
     const double depth_weight = mtp_.empty() ? 0.0 : loss_.mtp_lambda / static_cast<double>(mtp_.size());
     for (size_t k = 0; k < mtp_.size(); ++k) {
       Tensor ids, labels;
       MtpInputs(batch.input_ids, batch.labels, static_cast<int>(k) + 1, loss_.ignore_index, &ids, &labels);
       if (h.device() != Device::kCPU) {  // the shifted host ids and labels go to the activations' device
-        ids = ops::To(ids, h.device());
-        labels = ops::To(labels, h.device());
+        ids = ops::ToDeviceAsync(ids);
+        labels = ops::ToDeviceAsync(labels);
       }
       h = mtp_[k]->Forward(mb, h, ids, labels, scale(depth_weight, norm.mtp_tokens[k]), &stats.mtp_ce[k],
                            norm.balance_weight, next_moe_stats(mtp_[k]->block().moe() != nullptr));

@@ -5,7 +5,7 @@
 
 #include "framework/kernels/cpu/moe.h"
 #include "framework/ops.h"
-#include "framework/phase_timer.h"
+#include "layers/phases.h"
 
 namespace fathom {
 
@@ -48,24 +48,32 @@ Tensor MoE::Forward(int mb, const Tensor& x, double balance_weight, MoeStats* st
                x.shape_str(), ", expected (B, T, ", hidden_, ")");
   // Phases (bench): routing, permutation, the exchange and the combine are dispatch/combine; the routed
   // and shared experts' GEMMs and SwiGLU are experts (nested scopes count exclusively).
-  ScopedPhase phase(Phase::kDispatchCombine);
+  ScopedPhase phase(phases::kDispatchCombine);
   Ctx& c = saved_.Put(mb);
   c.batch = x.dim(0);
   c.seq = x.dim(1);
   c.balance_weight = balance_weight;
   Tensor x2 = x.Flatten2D();
   Route(mb, c, x2, stats);
-  Permute(c, x2);
+  ops::PendingHostCopy host_counts = Permute(c, x2);
   if (stats) {
     stats->layer = layer_;
-    stats->expert_counts = c.counts;  // the host counts of the permutation: every (token, k) once
+    stats->expert_counts = c.device_counts;  // the permutation's counts: every (token, k) once
   }
+  // The shared expert does not depend on the routing: queued before the host waits for the counts, it keeps
+  // the GPU busy while the host waits and then queues the routed experts.
+  Tensor shared_y;
+  if (shared_) {
+    ScopedPhase experts(phases::kExperts);
+    shared_y = shared_->Forward(mb, x2);
+  }
+  c.counts = host_counts.Wait();  // the layer's one host synchronisation (see the header)
   Dispatch(c);
   ComputeExperts(c);
   Tensor y = Combine(c);
   if (shared_) {
-    ScopedPhase experts(Phase::kExperts);
-    ops::AddInPlace(y, shared_->Forward(mb, x2));
+    ScopedPhase experts(phases::kExperts);
+    ops::AddInPlace(y, shared_y);
   }
   return y.Reshape(x.shape());
 }
@@ -74,8 +82,9 @@ Tensor MoE::Forward(int mb, const Tensor& x, double balance_weight, MoeStats* st
 // in BackwardInput (scaled by the micro-batch's balance weight).
 void MoE::Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats) {
   c.routing = router_.Forward(mb, x2);
-  const double balance = ops::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
-  if (stats) stats->balance = balance;
+  // Only a statistic in the forward (left on the device); the backward recomputes what its gradient needs.
+  if (stats)
+    stats->balance = ops::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
   if (track_margin_ && stats) {
     // A test-only statistic, computed on the host from host router scores.
     FATHOM_CHECK(c.routing.scores.device() == Device::kCPU, "[moe ", table_->spec(gate_proj_).name,
@@ -86,14 +95,15 @@ void MoE::Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats) {
   }
 }
 
-// The per-expert counts come back on the host on both backends (ops::MoePermute): every (token, k)
-// selection is counted once, as in topk_index.
-void MoE::Permute(Ctx& c, const Tensor& x2) {
+// Every (token, k) selection is counted once, as in topk_index. The counts are made on the activations'
+// device; their copy to the host starts here and is waited for by Forward as late as it can.
+ops::PendingHostCopy MoE::Permute(Ctx& c, const Tensor& x2) {
   const int64_t rows = x2.dim(0) * top_k_;
   c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype(), x2.device());
   c.row_slot = Tensor::Empty({rows}, DType::kI64, x2.device());
-  c.counts = Tensor::Empty({num_experts_}, DType::kI64);  // HOST
-  ops::MoePermute(c.x_perm, c.row_slot, c.counts, x2, c.routing.topk_index);
+  c.device_counts = Tensor::Empty({num_experts_}, DType::kI64, x2.device());
+  ops::MoePermute(c.x_perm, c.row_slot, c.device_counts, x2, c.routing.topk_index);
+  return ops::CopyToHostAsync(c.device_counts);
 }
 
 // Without an exchange the permuted rows are the local experts' rows; with one, they travel to the ranks
@@ -108,7 +118,7 @@ void MoE::Dispatch(Ctx& c) {
 }
 
 void MoE::ComputeExperts(Ctx& c) {
-  ScopedPhase phase(Phase::kExperts);
+  ScopedPhase phase(phases::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
@@ -120,7 +130,7 @@ void MoE::ComputeExperts(Ctx& c) {
   ops::GroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), c.dispatch.local_counts);
   ops::SwiGluForward(c.h, c.gate, c.up);
   ops::GroupedMatmulNT(y_local, c.h, table_->compute_value(down_proj_), c.dispatch.local_counts);
-  ScopedPhase combine(Phase::kDispatchCombine);  // the way back to the tokens' ranks
+  ScopedPhase combine(phases::kDispatchCombine);  // the way back to the tokens' ranks
   c.y_perm = exchange_ ? exchange_->Combine(y_local, c.dispatch) : y_local;
 }
 
@@ -134,7 +144,7 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(dy.ndim() == 3 && dy.dim(0) == c.batch && dy.dim(1) == c.seq && dy.dim(2) == hidden_,
                "[moe] dy ", dy.shape_str());
-  ScopedPhase phase(Phase::kDispatchCombine);
+  ScopedPhase phase(phases::kDispatchCombine);
   Tensor dy2 = dy.Flatten2D();
   // dweight is in the router's dtype (topk_weight's), the output gradient in the activations'.
   Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), c.routing.topk_weight.dtype(), dy2.device());
@@ -145,7 +155,7 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
   Tensor dx;
   if (shared_) {
     {
-      ScopedPhase experts(Phase::kExperts);
+      ScopedPhase experts(phases::kExperts);
       dx = shared_->BackwardInput(mb, dy2);
     }
     ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/true);
@@ -167,7 +177,7 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
 // the same way the tokens did (the combine-backward communication phase), and dx_local comes back.
 Tensor MoE::ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm) {
   c.dy_local = exchange_ ? exchange_->Dispatch(dy_perm, c.dispatch) : dy_perm;
-  ScopedPhase phase(Phase::kExperts);
+  ScopedPhase phase(phases::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
@@ -186,17 +196,27 @@ Tensor MoE::ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm) {
 void MoE::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy_local.defined(), "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
-  ScopedPhase phase(Phase::kExperts);  // with the router's small weight gradient
+  ScopedPhase phase(phases::kExperts);  // with the router's small weight gradient
   ExpertsBackwardWeight(c);
   router_.BackwardWeight(mb);
   if (shared_) shared_->BackwardWeight(mb);
   saved_.Drop(mb);
 }
 
+// The expert stacks' gradients have no other writer, so on the first weight-gradient pass of a step (in
+// whatever micro-batch order the schedule runs them) the table still knows them to be zero: the GEMMs then
+// overwrite (beta 0) instead of adding into zeros, which gives the same values and does not read the f32
+// gradients (4 bytes per routed-expert weight per step: 7.75 GB on recipes/small.yaml's 1.94 G expert
+// weights). Later micro-batches of the step accumulate, as the gradient contract says.
 void MoE::ExpertsBackwardWeight(Ctx& c) {
-  ops::GroupedMatmulTN(table_->grad(down_proj_), c.dy_local, c.h, c.dispatch.local_counts);
-  ops::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_local, c.dispatch.local_counts);
-  ops::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_local, c.dispatch.local_counts);
+  auto wgrad = [&](int id, const Tensor& x, const Tensor& y) {
+    bool known_zero = false;
+    const Tensor grad = table_->GradForWrite(id, &known_zero);
+    ops::GroupedMatmulTN(grad, x, y, c.dispatch.local_counts, /*accumulate=*/!known_zero);
+  };
+  wgrad(down_proj_, c.dy_local, c.h);
+  wgrad(gate_proj_, c.dgate, c.x_local);
+  wgrad(up_proj_, c.dup, c.x_local);
 }
 
 }  // namespace fathom

@@ -46,11 +46,11 @@ MtpModule::MtpModule(ParamTable& table, const ModelConfig& cfg, int depth, int e
             lm_head_id, ignore_index, layer_) {}
 
 Tensor MtpModule::Forward(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
-                          double loss_scale, double* ce_sum, double balance_weight, MoeStats* moe_stats) {
+                          double loss_scale, Tensor* ce_sum, double balance_weight, MoeStats* moe_stats) {
   Tensor e = enorm_.Forward(mb, embed_.Forward(mb, mtp_ids));
   Tensor h = hnorm_.Forward(mb, h_prev);
   Tensor hk = block_.Forward(mb, eh_proj_.Forward(mb, ops::ConcatLastDim(e, h)), balance_weight, moe_stats);
-  *ce_sum += head_.Forward(mb, hk, mtp_labels, loss_scale);
+  *ce_sum = head_.Forward(mb, hk, mtp_labels, loss_scale);
   return hk;
 }
 

@@ -6,10 +6,10 @@
 
 #include "absl/strings/str_format.h"
 #include "framework/ops.h"
-#include "framework/phase_timer.h"
 #include "optim/expert_bias.h"
 #include "parallel/all_to_all_exchange.h"
 #include "parallel/memory_plan.h"
+#include "parallel/phases.h"
 #include "parallel/pipeline_executor.h"
 #include "parallel/stage_split.h"
 #include "parallel/zero.h"
@@ -260,7 +260,7 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
   // ZeRO-1: reduce-scatter, global norm, clip + AdamW on the shards, all-gather.
   StepResult r;
   {
-    ScopedPhase optimizer_phase(Phase::kOptimizer);
+    ScopedPhase optimizer_phase(phases::kOptimizer);
     optimizer_->ReduceGradients();
     r.grad_norm = std::sqrt(SumOver(mesh_.world(), {optimizer_->LocalNormSquared()})[0]);
     if (!std::isfinite(r.grad_norm)) {
@@ -290,7 +290,10 @@ double StageRuntime::Evaluate(const std::vector<MicroBatch>& batches) {
   const std::vector<MicroBatchStats> stats = executor_->Run(forwards, batches, norm);
   for (int mb = 0; mb < m; ++mb) DropSavedActivations(mb);
   double ce = 0;
-  for (const MicroBatchStats& s : stats) ce += s.main_ce;
+  for (const MicroBatchStats& s : stats) {
+    if (s.main_ce.defined())
+      ce += ops::To(s.main_ce, Device::kCPU).Item(0);  // the loss sum is a device scalar
+  }
   return SumOver(mesh_.world(), {ce})[0] / std::max(norm.main_tokens, 1.0);
 }
 
@@ -310,34 +313,78 @@ void StageRuntime::SumEmbeddingGradients() {
   ops::AddInPlace(g, theirs);
 }
 
+namespace {
+
+// The layout of a step's statistics in one f64 buffer: the main CE sum, the MTP CE sums per depth, each
+// micro-batch's balance sum over the stage's MoE layers, then every MoE layer's expert loads.
+struct StatisticsLayout {
+  int64_t depth = 0, micro_batches = 0, moe_layers = 0, experts = 0;
+  int64_t main_ce() const { return 0; }
+  int64_t mtp_ce(int64_t k) const { return 1 + k; }
+  int64_t balance(int64_t mb) const { return 1 + depth + mb; }
+  int64_t loads(int64_t layer) const { return 1 + depth + micro_batches + layer * experts; }
+  int64_t size() const { return loads(moe_layers); }
+};
+
+// Sums every micro-batch's statistics where they were made (the model's device) and brings the sums to the
+// host in ONE copy: the step's only device-to-host transfer of statistics. The f64 additions run in the
+// order of the former host loop (micro-batches in order; a micro-batch's balance values layer by layer into
+// its own slot), so the CPU results are unchanged bit for bit.
+Tensor SumStatistics(const std::vector<MicroBatchStats>& stats, const StatisticsLayout& layout,
+                     Device device) {
+  std::vector<ops::AccumulationTerm> terms;
+  for (size_t mb = 0; mb < stats.size(); ++mb) {
+    const MicroBatchStats& s = stats[mb];
+    if (s.main_ce.defined()) terms.push_back({layout.main_ce(), s.main_ce});
+    for (size_t k = 0; k < s.mtp_ce.size() && static_cast<int64_t>(k) < layout.depth; ++k) {
+      if (s.mtp_ce[k].defined()) terms.push_back({layout.mtp_ce(static_cast<int64_t>(k)), s.mtp_ce[k]});
+    }
+    FATHOM_CHECK(s.moe.empty() || static_cast<int64_t>(s.moe.size()) == layout.moe_layers, "[stage runtime] ",
+                 s.moe.size(), " MoE statistics for ", layout.moe_layers, " MoE layers");
+    for (const MoeStats& m : s.moe) {
+      if (m.balance.defined()) terms.push_back({layout.balance(static_cast<int64_t>(mb)), m.balance});
+    }
+    for (size_t i = 0; i < s.moe.size(); ++i) {
+      terms.push_back({layout.loads(static_cast<int64_t>(i)), s.moe[i].expert_counts});
+    }
+  }
+  const Tensor sums = Tensor::Zeros({layout.size()}, DType::kF64, device);
+  ops::AccumulateF64(sums, terms);
+  return device == Device::kCPU ? sums : ops::To(sums, Device::kCPU);  // SYNC POINT (CUDA): the one copy
+}
+
+}  // namespace
+
 StepResult StageRuntime::ReduceStatistics(const std::vector<MicroBatchStats>& stats,
                                           const LossNormalizers& norm) {
   StepResult r;
   const int m = static_cast<int>(recipe_.parallel.micro_batches);
   const int dp = mesh_.layout().dp();
   const size_t depth = norm.mtp_tokens.size();
-  // This rank's sums: CE on the last stage, balance on every stage with MoE layers; loads per layer.
-  std::vector<double> loss_sums(2 + depth, 0.0);
   const std::vector<MoE*> moes = model_->moe_layers();
-  std::vector<std::vector<int64_t>> loads(moes.size(),
-                                          std::vector<int64_t>(recipe_.model.n_routed_experts, 0));
-  for (const MicroBatchStats& s : stats) {
-    loss_sums[0] += s.main_ce;
-    loss_sums[1] += s.balance_sum();
-    for (size_t k = 0; k < s.mtp_ce.size() && k < depth; ++k) loss_sums[2 + k] += s.mtp_ce[k];
-    FATHOM_CHECK(s.moe.empty() || s.moe.size() == moes.size(), "[stage runtime] ", s.moe.size(),
-                 " MoE statistics for ", moes.size(), " MoE layers");
-    for (size_t i = 0; i < s.moe.size(); ++i) {
-      const Tensor& c = s.moe[i].expert_counts;
-      for (int64_t e = 0; e < c.numel(); ++e) loads[i][e] += c.data<int64_t>()[e];
-    }
-  }
-  // Expert loads of the whole global batch (dp holds the other micro-batches of the stage).
+  StatisticsLayout layout;
+  layout.depth = static_cast<int64_t>(depth);
+  layout.micro_batches = static_cast<int64_t>(stats.size());
+  layout.moe_layers = static_cast<int64_t>(moes.size());
+  layout.experts = recipe_.model.n_routed_experts;
+  const Tensor sums = SumStatistics(stats, layout, model_->params().device());
+  const double* h = sums.data<double>();
+
+  // This rank's sums: CE on the last stage, balance on every stage with MoE layers.
+  std::vector<double> loss_sums(2 + depth, 0.0);
+  loss_sums[0] = h[layout.main_ce()];
+  for (int64_t mb = 0; mb < layout.micro_batches; ++mb) loss_sums[1] += h[layout.balance(mb)];
+  for (size_t k = 0; k < depth; ++k) loss_sums[2 + k] = h[layout.mtp_ce(static_cast<int64_t>(k))];
+
+  // Expert loads of the whole global batch (dp holds the other micro-batches of the stage), every layer in
+  // one reduction. The f64 sums of i64 counts are exact (far below 2^53).
+  Tensor loads = Tensor::Empty({layout.moe_layers * layout.experts}, DType::kI64);
+  for (int64_t i = 0; i < loads.numel(); ++i)
+    loads.data<int64_t>()[i] = static_cast<int64_t>(h[layout.loads(0) + i]);
+  if (loads.numel() > 0) mesh_.dp().AllReduce(loads, ReduceOp::kSum);
   for (size_t i = 0; i < moes.size(); ++i) {
-    Tensor load = Tensor::Empty({static_cast<int64_t>(loads[i].size())}, DType::kI64);
-    std::copy(loads[i].begin(), loads[i].end(), load.data<int64_t>());
-    mesh_.dp().AllReduce(load, ReduceOp::kSum);
-    r.expert_loads.emplace_back(load.data<int64_t>(), load.data<int64_t>() + load.numel());
+    const int64_t* l = loads.data<int64_t>() + static_cast<int64_t>(i) * layout.experts;
+    r.expert_loads.emplace_back(l, l + layout.experts);
     r.moe_layers.push_back(moes[i]->layer());
     r.load_max_over_mean =
         std::max(r.load_max_over_mean, ComputeExpertLoadStats(r.expert_loads.back()).max_over_mean);
@@ -360,17 +407,28 @@ StepResult StageRuntime::ReduceStatistics(const std::vector<MicroBatchStats>& st
   return r;
 }
 
+// The bias rule runs where the biases live (ops::ExpertBiasUpdate); the step's global loads are already on
+// the host (ReduceStatistics), so a GPU rank makes one asynchronous host-to-device copy of every layer's
+// loads (no host wait) and no round trip.
 void StageRuntime::UpdateExpertBiases(const StepResult& result, double speed) {
   const std::vector<MoE*> moes = model_->moe_layers();
   FATHOM_CHECK(result.expert_loads.size() == moes.size(), "[stage runtime] loads for ",
                result.expert_loads.size(), " MoE layers, the stage has ", moes.size());
+  if (moes.empty()) return;
   ParamTable& params = model_->params();
+  const int64_t experts = recipe_.model.n_routed_experts;
+  Tensor loads = Tensor::Empty({static_cast<int64_t>(moes.size()), experts}, DType::kI64);
   for (size_t i = 0; i < moes.size(); ++i) {
-    // The bias rule runs on the host (E values); a device bias makes the round trip.
-    Tensor bias = params.value(moes[i]->bias_id());
-    Tensor host = bias.device() == Device::kCPU ? bias : ops::To(bias, Device::kCPU);
-    UpdateExpertBias(host, result.expert_loads[i], speed);
-    if (bias.device() != Device::kCPU) ops::Copy(bias, host);
+    FATHOM_CHECK(static_cast<int64_t>(result.expert_loads[i].size()) == experts, "[stage runtime] ",
+                 result.expert_loads[i].size(), " expert loads for ", experts, " experts");
+    std::copy(result.expert_loads[i].begin(), result.expert_loads[i].end(),
+              loads.data<int64_t>() + static_cast<int64_t>(i) * experts);
+  }
+  if (params.device() != Device::kCPU) loads = ops::ToDeviceAsync(loads);
+  for (size_t i = 0; i < moes.size(); ++i) {
+    const int64_t row = static_cast<int64_t>(i);
+    ops::ExpertBiasUpdate(params.value(moes[i]->bias_id()), loads.Rows(row, row + 1).Reshape({experts}),
+                          speed);
   }
 }
 

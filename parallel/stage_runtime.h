@@ -111,7 +111,19 @@ class StageRuntime {
                std::vector<Instruction> program);
   absl::Status SetUp();
   void SumEmbeddingGradients();
-  // The step's losses and statistics from every micro-batch's stats, reduced over the job.
+  // The step's losses and statistics from every micro-batch's stats, reduced over the job. The stats are
+  // device tensors (layers/model.h); they are summed on the device into one f64 buffer and copied to the
+  // host once (ops::AccumulateF64, then the step's only statistics transfer).
+  //
+  // Host synchronisations of a GPU step (pp x ep x dp any, M micro-batches, L MoE layers in the stage):
+  //   forward/backward  L x M: each MoE layer's forward brings its per-expert counts to the host, which
+  //                     the cuBLASLt grouped GEMMs (one problem per expert) and the expert exchange's layout
+  //                     need there (layers/moe.h: waited for after the shared expert is queued). Token ids,
+  //                     labels and MTP inputs go up without a wait (ops::ToDeviceAsync); losses, balance
+  //                     values and counts stay on the device. NCCL receives order the stream, not the host.
+  //   optimizer         1: the global gradient norm (a host value: clipping and the divergence check).
+  //   statistics        1: this copy, after the optimizer has been queued.
+  //   bias update       0: the loads go up asynchronously and the rule runs on the device.
   StepResult ReduceStatistics(const std::vector<MicroBatchStats>& stats, const LossNormalizers& norm);
 
   Recipe recipe_;
