@@ -25,16 +25,30 @@
 // weight-gradient pass after ZeroGrads(): the same values, without reading the zeros; see
 // ParamTable::GradForWrite).
 //
+// Phases (the overlap hook, DESIGN.md idea 3): Forward is ForwardBegin (route, permute, START the dispatch,
+// then the shared expert while the rows travel) -> ForwardExperts (wait for the dispatch, the routed
+// experts, START the combine) -> ForwardEnd (wait for the combine, unpermute and weight, add the shared
+// expert). BackwardInput is BackwardInputBegin (combine's backward, START the dispatch of the output
+// gradient, then the shared expert's dgrad) -> BackwardInputExperts (wait, the experts' dgrad, START the
+// combine of the input gradient) -> BackwardInputEnd (wait, permute's backward, balance loss, router). A
+// caller may run other work (another micro-batch's phases) between the phases of one micro-batch; the
+// blocking forms run them back to back. Phases of one micro-batch come in this order, each once; with an
+// exchange, every rank of the expert-parallel group must start the phases of all its micro-batches in the
+// same order (the movements are collectives). Without an exchange nothing is in flight. The numbers do
+// not depend on the interleaving.
+//
 // Statistics are returned, never kept: Forward fills a MoeStats for its micro-batch (the tokens routed to
 // each expert, the input of the bias update, and the balance value) as tensors on the layer's device, and
 // the caller sums them there (parallel/stage_runtime.h copies a step's sums to the host once).
 //
 // Synchronisation with the host (CUDA): ONE per forward of a layer and micro-batch, the per-expert counts
 // the grouped GEMMs (cuBLASLt, one problem per expert, sized on the host) and the expert exchange's layout
-// need on the host. The copy is queued right after the permutation and waited for (its event only) after
-// the shared expert's forward has been queued, so the GPU computes the shared expert while the host waits
-// and then queues the routed experts. The backward reuses the handle's host counts (DispatchHandle): no
-// sync. The balance value and the counts of MoeStats stay on the device.
+// need on the host. The copy is queued right after the permutation and waited for (its event only) as
+// late as the phases allow: with an exchange in ForwardBegin before the dispatch starts (the exchange lays
+// the rows out by the counts; the shared expert then runs while the rows travel); without one in
+// ForwardExperts, after the shared expert and whatever the caller ran between the phases were queued, so
+// the GPU stays busy while the host waits. The backward reuses the handle's host counts (DispatchHandle):
+// no sync. The balance value and the counts of MoeStats stay on the device.
 //
 // Balance loss: Forward computes, per micro-batch, the mean over the B sequences of Bal_b (see
 // cpu::SequenceBalanceLoss) and returns it in MoeStats::balance. BackwardInput adds the gradient of
@@ -86,6 +100,17 @@ class MoE {
   Tensor BackwardInput(int mb, const Tensor& dy);  // dy (B, T, H) -> dx (B, T, H)
   void BackwardWeight(int mb);
 
+  // The phases of Forward and BackwardInput (see the top of this file). `stats` must stay valid until
+  // ForwardBegin returns.
+  void ForwardBegin(int mb, const Tensor& x, double balance_weight = 0.0, MoeStats* stats = nullptr);
+  void ForwardExperts(int mb);
+  Tensor ForwardEnd(int mb);  // -> y (B, T, H)
+  void BackwardInputBegin(int mb, const Tensor& dy);
+  // Also accumulates the routed experts' weight gradients when `expert_weights` (they need nothing else,
+  // and run while the input gradient travels); BackwardWeight then skips them.
+  void BackwardInputExperts(int mb, bool expert_weights = false);
+  Tensor BackwardInputEnd(int mb);  // -> dx (B, T, H)
+
   // Tests: when on, Forward also reports the smallest routing decision margin (MoeStats), so a gradient
   // check can make sure its perturbations flip no selection. Configuration, not per-step state.
   void set_track_selection_margin(bool on) { track_margin_ = on; }
@@ -105,11 +130,13 @@ class MoE {
   struct Ctx {
     int64_t batch = 0, seq = 0;
     double balance_weight = 0;
-    RouterOutput routing;     // scores (N, E), topk_index (N, K) i64, topk_weight (N, K)
-    Tensor x_perm;            // (R, H) token copies sorted by expert, R = N * K
-    Tensor row_slot;          // (R) i64 slot t * K + k held by each permuted row
-    Tensor device_counts;     // (E) i64 rows per expert, on the layer's device
-    Tensor counts;            // (E) i64 the same, HOST (once Forward has waited for its copy)
+    RouterOutput routing;  // scores (N, E), topk_index (N, K) i64, topk_weight (N, K)
+    Tensor x_perm;         // (R, H) token copies sorted by expert, R = N * K
+    Tensor row_slot;       // (R) i64 slot t * K + k held by each permuted row
+    Tensor device_counts;  // (E) i64 rows per expert, on the layer's device
+    Tensor counts;         // (E) i64 the same, HOST (once the forward has waited for its copy)
+    ops::PendingHostCopy
+        host_counts;          // without an exchange: the counts' copy, from ForwardBegin to ForwardExperts
     DispatchHandle dispatch;  // the exchange's layout (local_counts alone without an exchange)
     // The rows of the local experts (all rows without an exchange), R_local of them grouped by local expert.
     Tensor x_local;      // (R_local, H)
@@ -117,18 +144,21 @@ class MoE {
     Tensor y_perm;       // (R, H) expert outputs back in this rank's order, unweighted
     Tensor dy_local;     // (R_local, H) set by BackwardInput
     Tensor dgate, dup;   // (R_local, I) set by BackwardInput
+    // Between phases: the movement in flight, and what the shared expert computed meanwhile.
+    RowsInFlight in_flight;
+    Tensor shared_out;  // (N, H) the shared expert's output (forward) or input gradient (backward)
+    Tensor dweight;     // (N, K) the routing weights' gradient (backward)
+    bool expert_weights_done = false;  // BackwardInputExperts accumulated the routed experts' wgrad
   };
 
-  // Forward phases.
+  // Forward steps.
   void Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats);
   // Sorts the token copies by expert and starts the copy of the counts to the host (returned).
   ops::PendingHostCopy Permute(Ctx& c, const Tensor& x2);
-  void Dispatch(Ctx& c);        // x_perm -> x_local (communication with an exchange)
-  void ComputeExperts(Ctx& c);  // x_local -> y_perm (back through the exchange)
-  Tensor Combine(Ctx& c);       // (N, H), routed part only
-  // Backward phases.
-  // dy_perm (R, H) -> dx_local (R_local, H); sets c.dy_local, c.dgate, c.dup.
-  Tensor ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm);
+  Tensor ComputeExperts(Ctx& c);  // x_local -> the local experts' outputs (R_local, H)
+  Tensor Combine(Ctx& c);         // (N, H), routed part only
+  // Backward steps. dy_local (R_local, H) -> dx_local (R_local, H); sets c.dgate, c.dup.
+  Tensor ExpertsBackwardInput(Ctx& c);
   void ExpertsBackwardWeight(Ctx& c);
 
   ParamTable* table_;
