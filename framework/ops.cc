@@ -1,12 +1,14 @@
 #include "framework/ops.h"
 
+#include <utility>
+
 #include "framework/kernels/cpu/columns.h"
 #include "framework/kernels/cpu/elementwise.h"
 #include "framework/ops_checks.h"
 #include "framework/ops_cuda.h"
 
-// The op layer's context and its element-wise, column-block and copy ops; the neural-network ops live in
-// ops_nn.cc, the MoE ops in ops_moe.cc.
+// The op layer's context and its element-wise, statistics, column-block and copy ops; the neural-network
+// ops live in ops_nn.cc, the MoE ops in ops_moe.cc.
 namespace fathom::ops {
 namespace {
 
@@ -29,7 +31,7 @@ OpContext::~OpContext() = default;
 #ifndef FATHOM_WITH_CUDA
 // The CUDA builds define these in ops_cuda.cu.
 cuda::GemmContext& OpContext::gemm() { checks::NoCudaBackend("op_context gemm"); }
-const Tensor& OpContext::pinned_counts(int64_t) { checks::NoCudaBackend("op_context pinned_counts"); }
+cuda::HostStaging& OpContext::staging() { checks::NoCudaBackend("op_context staging"); }
 #endif
 
 OpContextScope::OpContextScope(OpContext& context) : previous_(current_context) {
@@ -98,6 +100,17 @@ void Zero(const Tensor& t) {
     return view.Zero();
   }
   FATHOM_OPS_ON_CUDA("zero", cuda_impl::Zero(t));
+}
+
+// ---- Step statistics
+// -----------------------------------------------------------------------------------------
+
+void AccumulateF64(const Tensor& sums, const std::vector<AccumulationTerm>& terms) {
+  const char* op = "accumulate_f64";
+  const Device dev = OneDevice(op, "sums", sums);
+  for (const AccumulationTerm& t : terms) SameDevice(op, "sums", sums, "term values", t.values);
+  if (dev == Device::kCPU) return cpu::AccumulateF64(sums, terms);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::AccumulateF64(sums, terms));
 }
 
 // ---- Column blocks
@@ -182,6 +195,45 @@ Tensor Clone(const Tensor& x) {
   return t;
 #else
   checks::NoCudaBackend("clone");
+#endif
+}
+
+PendingHostCopy::~PendingHostCopy() = default;  // the lease's deleter waits for an unwaited copy
+PendingHostCopy::PendingHostCopy(PendingHostCopy&&) noexcept = default;
+PendingHostCopy& PendingHostCopy::operator=(PendingHostCopy&&) noexcept = default;
+
+Tensor PendingHostCopy::Wait() {
+  FATHOM_CHECK(pending(), "[copy_to_host_async] Wait on an empty PendingHostCopy (waited for already?)");
+  if (ready_.defined()) return std::exchange(ready_, Tensor());
+#ifdef FATHOM_WITH_CUDA
+  const std::shared_ptr<StagingLease> lease = std::exchange(lease_, nullptr);
+  return cuda_impl::FinishHostCopy(*lease);
+#else
+  checks::NoCudaBackend("copy_to_host_async");
+#endif
+}
+
+Tensor ToDeviceAsync(const Tensor& src) {
+  FATHOM_CHECK(src.defined() && src.device() == Device::kCPU, "[to_device_async] expects a host tensor");
+#ifdef FATHOM_WITH_CUDA
+  return cuda_impl::ToDeviceAsync(src);
+#else
+  checks::NoCudaBackend("to_device_async");
+#endif
+}
+
+PendingHostCopy CopyToHostAsync(const Tensor& src) {
+  FATHOM_CHECK(src.defined(), "[copy_to_host_async] undefined tensor");
+  PendingHostCopy copy;
+  if (src.device() == Device::kCPU) {
+    copy.ready_ = src;
+    return copy;
+  }
+#ifdef FATHOM_WITH_CUDA
+  copy.lease_ = cuda_impl::StartHostCopy(src);
+  return copy;
+#else
+  checks::NoCudaBackend("copy_to_host_async");
 #endif
 }
 

@@ -9,10 +9,11 @@
 //           it from the current cuda::DevicePool.
 //
 // Devices: every tensor of one call lives on one device (checked, naming the op), except where a comment
-// says HOST: expert counts are host i64 tensors on both backends, because the grouped GEMMs size their
-// per-expert problems on the host. An op allocates its outputs only when it returns a Tensor (Add,
-// ConcatLastDim, To, Clone); those and every CUDA temporary come from the inputs' device: the CPU heap or
-// the current cuda::DevicePool (installed with cuda::PoolScope).
+// says HOST: the grouped GEMMs take their expert counts as host i64 tensors on both backends, because they
+// size their per-expert problems on the host (CopyToHostAsync brings MoePermute's device counts there). An
+// op allocates its outputs only when it returns a Tensor (Add, ConcatLastDim, To, Clone, the loss sums);
+// those and every CUDA temporary come from the inputs' device: the CPU heap or the current
+// cuda::DevicePool (installed with cuda::PoolScope).
 //
 // dtypes ("float" below):
 //   CPU  -- f32 or f64, one dtype for every float tensor of a call (the twins' contract), including saved
@@ -26,33 +27,38 @@
 //
 // Streams and sync points: CUDA work is queued on the current OpContext's stream, which must be the
 // current pool's stream whenever the op allocates (checked): the pool's reuse of released blocks is safe
-// only in that stream's order. Ops return without waiting for the device except those marked SYNC POINT,
-// which copy a result to the host and wait for the stream.
+// only in that stream's order. Ops return without waiting for the device except those marked SYNC POINT:
+// Copy and To when the host is involved, and PendingHostCopy::Wait (which waits for its copy only, not
+// for work queued after it). Losses and statistics stay on the device as (1) tensors until their owner
+// copies them to the host.
 // Thread safety: the current pool and OpContext are per thread; an OpContext is not thread safe.
 #ifndef FATHOM_FRAMEWORK_OPS_H_
 #define FATHOM_FRAMEWORK_OPS_H_
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
 #include <memory>
+#include <vector>
 
 #include "framework/cuda/stream.h"
+#include "framework/kernels/cpu/elementwise.h"
 #include "framework/kernels/cpu/moe.h"
 #include "framework/tensor.h"
 
 namespace fathom::cuda {
 class GemmContext;
+class HostStaging;
 }  // namespace fathom::cuda
 
 namespace fathom::ops {
 
+using cpu::AccumulationTerm;
 using cpu::RouterDims;
 
 // What CUDA ops need beyond their tensors: the stream work is queued on, a cuBLASLt GemmContext (created
 // on the first GPU GEMM: it cudaMallocs its workspace, so run one GEMM at start-up) and the page-locked
-// count buffers of MoePermute (one per expert count, created on first use). CPU ops need nothing and run
-// without a context. Not thread safe; one context per thread (and stream).
+// staging slots of CopyToHostAsync (created on first use, then reused: the first step allocates them).
+// CPU ops need nothing and run without a context. Not thread safe; one context per thread (and stream).
 class OpContext {
  public:
   explicit OpContext(cuda::Stream stream = nullptr, size_t gemm_workspace_bytes = size_t{32} << 20);
@@ -63,15 +69,15 @@ class OpContext {
   cuda::Stream stream() const { return stream_; }
   // CUDA builds only (otherwise a FATHOM_CHECK): the context's GEMM context, created on first use.
   cuda::GemmContext& gemm();
-  // CUDA builds only: a (num_experts) i64 page-locked host tensor, the same one for every call with the
-  // same num_experts.
-  const Tensor& pinned_counts(int64_t num_experts);
+  // CUDA builds only: the page-locked staging slots of CopyToHostAsync, created on first use.
+  cuda::HostStaging& staging();
 
  private:
   cuda::Stream stream_;
   size_t gemm_workspace_bytes_;
-  std::shared_ptr<cuda::GemmContext> gemm_;  // shared_ptr: destructible where GemmContext is incomplete
-  std::map<int64_t, Tensor> pinned_counts_;
+  // shared_ptr: destructible where the CUDA types are incomplete (CPU builds, users of this header).
+  std::shared_ptr<cuda::GemmContext> gemm_;
+  std::shared_ptr<cuda::HostStaging> staging_;
 };
 
 // Makes `context` the calling thread's current OpContext for its lifetime (nestable; the previous one
@@ -102,12 +108,14 @@ void MatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, bool accumula
 // Row blocks by counts (E_local) i64 HOST, sum = R (cpu/moe.h):
 //   GroupedMatmulNT: out (R, N) (=/+=) block_e of x (R, K) . w[e]^T, w (E_local, N, K)
 //   GroupedMatmulNN: out (R, N) (=/+=) block_e of x (R, K) . w[e],   w (E_local, K, N)
-//   GroupedMatmulTN: out[e] (E_local, M, N) += block_e of x (R, M)^T . block_e of y (R, N)
+//   GroupedMatmulTN: out[e] (E_local, M, N) (+=/=) block_e of x (R, M)^T . block_e of y (R, N); overwriting
+//                    sets the experts without rows to zero. Accumulates by default (weight gradients).
 void GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
                      bool accumulate = false);
 void GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
                      bool accumulate = false);
-void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts);
+void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
+                     bool accumulate = true);
 
 // ---- RMSNorm (cpu/norm.h) -------------------------------------------------------------------------------
 // out (N, C), rstd (N) StatsDType; x (N, C); w (C).
@@ -148,10 +156,11 @@ void EmbeddingForward(const Tensor& out, const Tensor& ids, const Tensor& table)
 void EmbeddingBackward(const Tensor& dtable, const Tensor& ids, const Tensor& dy);
 
 // ---- Cross-entropy (cpu/cross_entropy.h) ----------------------------------------------------------------
-// Returns the sum over rows whose label is not ignore_index of (logsumexp(row) - row[label]); lse (N)
-// StatsDType saved; logits (N, V); labels (N) i32. CUDA: SYNC POINT (the f32 sum is copied to the host and
-// the stream waited for); a label outside [0, V) gives NaN there (the CPU checks it).
-double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
+// Returns the sum over rows whose label is not ignore_index of (logsumexp(row) - row[label]) as a fresh
+// (1) tensor on the logits' device, left there (no sync): f64 on the CPU (the twin's double), f32 on CUDA.
+// lse (N) StatsDType saved; logits (N, V); labels (N) i32. CUDA: a label outside [0, V) gives NaN (the CPU
+// checks it).
+Tensor CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
                            int64_t ignore_index);
 // dlogits (N, V) = scale * (softmax(row) - onehot(label)), 0 for ignored rows.
 void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
@@ -190,17 +199,18 @@ void RouterSelect(const Tensor& topk_index, const Tensor& topk_weight, const Ten
 void RouterSelectBackward(const Tensor& dlogits, const Tensor& dweight, const Tensor& dscores,
                           const Tensor& scores, const Tensor& topk_index, const RouterDims& d);
 // Sequence-wise balance loss of tokens laid out as (batch, seq); scores (B*T, E); topk_index (B*T, K) i64.
-// CUDA: SYNC POINT (the f32 loss is copied to the host).
-double SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq);
+// Returns the loss as a fresh (1) tensor on the scores' device, left there (no sync): f64 on the CPU (the
+// twin's double), f32 on CUDA.
+Tensor SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq);
 // dscores (B*T, E) += weight * d(SequenceBalanceLoss)/d(scores). CUDA: recomputes the per-sequence expert
 // counts (one pass over topk_index) into pool temporaries; no sync.
 void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, const Tensor& topk_index,
                                  int64_t batch, int64_t seq, double weight);
 
 // ---- Token permutation and combine (cpu/moe.h) -------------------------------------------------------
-// x_perm (R, H) rows of x (N, H) sorted stably by expert; row_slot (R) i64; counts (E) i64 HOST (E =
-// counts.dim(0)); topk_index (N, K) i64. CUDA: SYNC POINT (the counts come back through the context's
-// pinned buffer, then the stream is waited for: the grouped GEMMs need them on the host).
+// x_perm (R, H) rows of x (N, H) sorted stably by expert; row_slot (R) i64; counts (E) i64 on x's device
+// (E = counts.dim(0)); topk_index (N, K) i64. No sync: the grouped GEMMs need the counts on the host, which
+// CopyToHostAsync(counts) starts and PendingHostCopy::Wait finishes, as late as the caller can.
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
                 const Tensor& topk_index);
 // dx (N, H) (=/+=) row t = sum over k of dx_perm row of slot t*K+k; dx_perm (R, H); row_slot (R).
@@ -210,6 +220,17 @@ void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot,
 // dy_perm (R, H), dweight (N, K) overwritten; dout (N, H); y_perm, row_slot, topk_weight as in MoeCombine.
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
+
+// The auxiliary-loss-free bias rule of the DeepSeek-V3 report on the bias's device (cpu::ExpertBiasUpdate):
+// bias (E) float += gamma * sign(mean(load) - load_i), compared exactly in integers; load (E) i64 on the
+// bias's device, each >= 0 (CUDA: a negative load traps). CUDA: bias f32.
+void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma);
+
+// ---- Step statistics (cpu/elementwise.h, cuda/elementwise.h) -----------------------------------------
+// sums (n) f64 += each term's values (f32, f64 or i64) at the term's offset, in list order; every tensor on
+// one device. Bitwise the same on both backends (the same f64 additions in the same order), and no sync:
+// the statistics of a step are summed where they were made and copied to the host once.
+void AccumulateF64(const Tensor& sums, const std::vector<AccumulationTerm>& terms);
 
 // ---- Copies -------------------------------------------------------------------------------------------
 // dst = src (same shape and dtype; any pair of devices). A copy that involves the host is a SYNC POINT
@@ -221,6 +242,42 @@ void Copy(const Tensor& dst, const Tensor& src);
 void Convert(const Tensor& dst, const Tensor& src);
 Tensor To(const Tensor& x, Device device);  // a fresh copy on `device` (the same device: a clone)
 Tensor Clone(const Tensor& x);              // a fresh copy on x's device
+
+struct StagingLease;  // ops_cuda.cu: a page-locked slot of the OpContext's cuda::HostStaging
+
+// A device tensor's copy to the host that was queued but not yet waited for (CopyToHostAsync). Move-only.
+// The copy lands in a page-locked staging slot of the OpContext that queued it; Wait() (once) waits for
+// that copy alone and returns the values in a fresh HOST tensor. Destroying an unwaited copy waits for it
+// first, so a slot is never reused while its copy may still run. REQUIRES: the OpContext outlives it.
+class PendingHostCopy {
+ public:
+  PendingHostCopy() = default;
+  ~PendingHostCopy();
+  PendingHostCopy(PendingHostCopy&&) noexcept;
+  PendingHostCopy& operator=(PendingHostCopy&&) noexcept;
+  PendingHostCopy(const PendingHostCopy&) = delete;
+  PendingHostCopy& operator=(const PendingHostCopy&) = delete;
+
+  bool pending() const { return ready_.defined() || lease_ != nullptr; }
+  // CUDA: SYNC POINT, on the copy's event only (work the host queued after the copy keeps running).
+  // REQUIRES: pending() (checked); afterwards the object is empty.
+  Tensor Wait();
+
+ private:
+  friend PendingHostCopy CopyToHostAsync(const Tensor& src);
+  Tensor ready_;                         // a CPU source: the values, ready at once
+  std::shared_ptr<StagingLease> lease_;  // a CUDA source: the slot its copy lands in
+};
+
+// Starts the copy of `src` (any dtype, contiguous) to the host. CUDA: queued on the current OpContext's
+// stream into a page-locked slot (an event is recorded after it); the host does not wait here. CPU: `src`
+// itself is the result (no copy).
+PendingHostCopy CopyToHostAsync(const Tensor& src);
+
+// A fresh copy of HOST tensor `src` on the GPU (from the current pool), queued on the current OpContext's
+// stream through a page-locked staging slot of the context: unlike To(src, kCUDA), the host does not wait
+// (src may be changed or freed at once). For the step's small inputs (token ids, labels, expert loads).
+Tensor ToDeviceAsync(const Tensor& src);
 
 }  // namespace fathom::ops
 

@@ -1,14 +1,15 @@
 // The CUDA half of framework/ops.h: each op queues its kernel on the current OpContext's stream and takes
-// what the kernel needs beyond its CPU twin's arguments (workspaces, the pinned count buffer, slot_row) from
-// the current DevicePool. Temporaries are released when they go out of scope, while their kernels may still
-// be queued: the pool hands a released block only to later work on the same stream (device_pool.h), and
-// Empty() below checks that the pool's stream is the context's.
+// what the kernel needs beyond its CPU twin's arguments (workspaces, slot_row, the loss sums) from the
+// current DevicePool, and host staging from the OpContext. Temporaries are released when they go out of
+// scope, while their kernels may still be queued: the pool hands a released block only to later work on the
+// same stream (device_pool.h), and Empty() below checks that the pool's stream is the context's.
 #include <cuda_runtime.h>
 
 #include <cstring>
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/device_pool.h"
+#include "framework/cuda/host_staging.h"
 #include "framework/kernels/cuda/activation.h"
 #include "framework/kernels/cuda/attention.h"
 #include "framework/kernels/cuda/columns.h"
@@ -29,12 +30,24 @@ cuda::GemmContext& OpContext::gemm() {
   return *gemm_;
 }
 
-const Tensor& OpContext::pinned_counts(int64_t num_experts) {
-  auto it = pinned_counts_.find(num_experts);
-  if (it == pinned_counts_.end())
-    it = pinned_counts_.emplace(num_experts, cuda::PinnedExpertCounts(num_experts)).first;
-  return it->second;
+cuda::HostStaging& OpContext::staging() {
+  if (!staging_) staging_ = std::make_shared<cuda::HostStaging>();
+  return *staging_;
 }
+
+// A leased staging slot and what its bytes are. Destroyed unwaited (the PendingHostCopy dropped), it waits
+// for the copy before freeing the slot, which may then be reused.
+struct StagingLease {
+  cuda::HostStaging* staging = nullptr;
+  int slot = -1;
+  Shape shape;
+  DType dtype = DType::kF32;
+  ~StagingLease() {
+    if (slot < 0) return;
+    staging->Wait(slot);
+    staging->Release(slot);
+  }
+};
 
 namespace cuda_impl {
 namespace {
@@ -80,15 +93,6 @@ Tensor SlotRow(const char* op, const OpContext& ctx, const Tensor& row_slot) {
   return slot_row;
 }
 
-// Downloads a one-element f32 device result and waits for it.
-double ScalarToHost(const OpContext& ctx, const Tensor& value) {
-  float host = 0;
-  FATHOM_CUDA_CHECK(
-      cudaMemcpyAsync(&host, value.raw(), sizeof(float), cudaMemcpyDeviceToHost, Raw(ctx.stream())));
-  Wait(ctx);
-  return host;
-}
-
 }  // namespace
 
 Tensor Empty(const char* op, const Shape& shape, DType dtype) {
@@ -116,7 +120,7 @@ void GroupedMatmul(Form form, const Tensor& out, const Tensor& x, const Tensor& 
   cuda::GemmContext& g = ctx.gemm();
   if (form == Form::kNT) return g.GroupedMatmulNT(out, x, w, counts, accumulate, ctx.stream());
   if (form == Form::kNN) return g.GroupedMatmulNN(out, x, w, counts, accumulate, ctx.stream());
-  g.GroupedMatmulTN(out, x, w, counts, ctx.stream());
+  g.GroupedMatmulTN(out, x, w, counts, accumulate, ctx.stream());
 }
 
 void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, double eps) {
@@ -188,7 +192,7 @@ void EmbeddingBackward(const Tensor& dtable, const Tensor& ids, const Tensor& dy
   cuda::EmbeddingBackward(dtable, ids, dy, workspace, ctx.stream());
 }
 
-double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
+Tensor CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
                            int64_t ignore_index) {
   const char* op = "cross_entropy";
   const OpContext& ctx = Context(op);
@@ -196,7 +200,7 @@ double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor
   const Tensor loss_sum = Empty(op, {1}, DType::kF32);
   const Tensor row_loss = Empty(op, {logits.dim(0)}, DType::kF32);
   cuda::CrossEntropyForward(loss_sum, row_loss, lse, logits, labels, ignore_index, ctx.stream());
-  return ScalarToHost(ctx, loss_sum);
+  return loss_sum;
 }
 
 void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
@@ -276,11 +280,9 @@ BalanceForward RunBalanceForward(const char* op, const OpContext& ctx, const Ten
 
 }  // namespace
 
-double SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq) {
+Tensor SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq) {
   const char* op = "sequence_balance_loss";
-  const OpContext& ctx = Context(op);
-  const BalanceForward f = RunBalanceForward(op, ctx, scores, topk_index, batch, seq);
-  return ScalarToHost(ctx, f.loss);
+  return RunBalanceForward(op, Context(op), scores, topk_index, batch, seq).loss;
 }
 
 void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, const Tensor& topk_index,
@@ -295,19 +297,15 @@ void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, co
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
                 const Tensor& topk_index) {
   const char* op = "moe_permute";
-  OpContext& ctx = Context(op);
+  const OpContext& ctx = Context(op);
   const int64_t e = counts.dim(0), rows = topk_index.numel();
   FATHOM_CHECK(e >= 1, "[", op, "] counts ", counts.shape_str(), ": at least one expert");
   const Tensor slot_row = Empty(op, {rows}, DType::kI64);
-  const Tensor device_counts = Empty(op, {e}, DType::kI64);
   const Tensor offsets = Empty(op, {e + 1}, DType::kI64);
   const Tensor workspace = Empty(op, {cuda::MoeSortWorkspaceElements(rows, e)}, DType::kI32);
-  const Tensor& pinned = ctx.pinned_counts(e);
-  cuda::MoePermute(x_perm, row_slot, slot_row, device_counts, offsets, pinned, x, topk_index, workspace,
-                   ctx.stream());
-  // The grouped GEMMs size their per-expert problems on the host, so the counts are needed there now.
-  Wait(ctx);
-  std::memcpy(counts.raw(), pinned.raw(), static_cast<size_t>(e) * sizeof(int64_t));
+  // The counts stay on the device; the caller brings them to the host (CopyToHostAsync) when it must.
+  cuda::MoePermute(x_perm, row_slot, slot_row, counts, offsets, /*counts_host=*/Tensor(), x, topk_index,
+                   workspace, ctx.stream());
 }
 
 void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate) {
@@ -328,6 +326,41 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight) {
   cuda::MoeCombineBackward(dy_perm, dweight, dout, y_perm, row_slot, topk_weight,
                            Context("moe_combine_backward").stream());
+}
+
+void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma) {
+  cuda::ExpertBiasUpdate(bias, load, gamma, Context("expert_bias_update").stream());
+}
+
+void AccumulateF64(const Tensor& sums, const std::vector<AccumulationTerm>& terms) {
+  cuda::AccumulateF64(sums, terms, Context("accumulate_f64").stream());
+}
+
+Tensor ToDeviceAsync(const Tensor& src) {
+  const char* op = "to_device_async";
+  OpContext& ctx = Context(op);
+  Tensor dev = Empty(op, src.shape(), src.dtype());
+  ctx.staging().Upload(dev.raw(), src.raw(), src.nbytes(), ctx.stream());
+  return dev;
+}
+
+std::shared_ptr<StagingLease> StartHostCopy(const Tensor& src) {
+  OpContext& ctx = Context("copy_to_host_async");
+  auto lease = std::make_shared<StagingLease>();
+  lease->staging = &ctx.staging();
+  lease->shape = src.shape();
+  lease->dtype = src.dtype();
+  lease->slot = lease->staging->Copy(src.raw(), src.nbytes(), ctx.stream());
+  return lease;
+}
+
+Tensor FinishHostCopy(StagingLease& lease) {
+  Tensor host = Tensor::Empty(lease.shape, lease.dtype);
+  const void* staged = lease.staging->Wait(lease.slot);
+  if (host.nbytes() > 0) std::memcpy(host.raw(), staged, host.nbytes());
+  lease.staging->Release(lease.slot);
+  lease.slot = -1;  // nothing left for the destructor
+  return host;
 }
 
 void Copy(const Tensor& dst, const Tensor& src) {

@@ -5,6 +5,8 @@
 #define FATHOM_FRAMEWORK_OPS_CUDA_H_
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "framework/ops.h"
 #include "framework/tensor.h"
@@ -37,7 +39,7 @@ void SwiGluBackward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, 
                     const Tensor& up);
 void EmbeddingForward(const Tensor& out, const Tensor& ids, const Tensor& table);
 void EmbeddingBackward(const Tensor& dtable, const Tensor& ids, const Tensor& dy);
-double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
+Tensor CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
                            int64_t ignore_index);
 void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
                           const Tensor& labels, int64_t ignore_index, double scale);
@@ -54,7 +56,7 @@ void RouterSelect(const Tensor& topk_index, const Tensor& topk_weight, const Ten
                   const Tensor& logits, const Tensor& bias, const RouterDims& d);
 void RouterSelectBackward(const Tensor& dlogits, const Tensor& dweight, const Tensor& dscores,
                           const Tensor& scores, const Tensor& topk_index, const RouterDims& d);
-double SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq);
+Tensor SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq);
 void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, const Tensor& topk_index,
                                  int64_t batch, int64_t seq, double weight);
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
@@ -63,8 +65,16 @@ void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& r
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
+void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma);
+void AccumulateF64(const Tensor& sums, const std::vector<AccumulationTerm>& terms);
 void Copy(const Tensor& dst, const Tensor& src);
 void Convert(const Tensor& dst, const Tensor& src);
+Tensor ToDeviceAsync(const Tensor& src);
+// CopyToHostAsync's CUDA half: leases a staging slot of the current context and queues the copy into it.
+std::shared_ptr<StagingLease> StartHostCopy(const Tensor& src);
+// PendingHostCopy::Wait's: waits for the lease's copy, returns the values in a fresh host tensor and frees
+// the slot.
+Tensor FinishHostCopy(StagingLease& lease);
 }  // namespace cuda_impl
 
 }  // namespace fathom::ops

@@ -10,7 +10,6 @@ namespace fathom::ops {
 
 using checks::Floats;
 using checks::FloatsOn;
-using checks::HostCounts;
 using checks::Index;
 using checks::OneDevice;
 using checks::SameDevice;
@@ -58,12 +57,14 @@ void RouterSelectBackward(const Tensor& dlogits, const Tensor& dweight, const Te
   FATHOM_OPS_ON_CUDA(op, cuda_impl::RouterSelectBackward(dlogits, dweight, dscores, scores, topk_index, d));
 }
 
-double SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq) {
+Tensor SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq) {
   const char* op = "sequence_balance_loss";
   const Device dev = OneDevice(op, "scores", scores, "topk_index", topk_index);
   Index(op, "topk_index", topk_index, DType::kI64);
   Floats(op, dev, "scores", scores);
-  if (dev == Device::kCPU) return cpu::SequenceBalanceLoss(scores, topk_index, batch, seq);
+  if (dev == Device::kCPU) {
+    return Tensor::FromVector({cpu::SequenceBalanceLoss(scores, topk_index, batch, seq)}, {1}, DType::kF64);
+  }
 #ifdef FATHOM_WITH_CUDA
   return cuda_impl::SequenceBalanceLoss(scores, topk_index, batch, seq);
 #else
@@ -83,16 +84,27 @@ void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, co
                      cuda_impl::SequenceBalanceLossBackward(dscores, scores, topk_index, batch, seq, weight));
 }
 
+void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma) {
+  const char* op = "expert_bias_update";
+  const Device dev = OneDevice(op, "bias", bias, "load", load);
+  Index(op, "load", load, DType::kI64);
+  Floats(op, dev, "bias", bias);
+  if (dev == Device::kCPU) return cpu::ExpertBiasUpdate(bias, load, gamma);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::ExpertBiasUpdate(bias, load, gamma));
+}
+
 // ---- Token permutation and combine -----------------------------------------------------------------------
 
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
                 const Tensor& topk_index) {
   const char* op = "moe_permute";
-  const Device dev = OneDevice(op, "x_perm", x_perm, "row_slot", row_slot, "x", x, "topk_index", topk_index);
+  const Device dev = OneDevice(op, "x_perm", x_perm, "row_slot", row_slot, "counts", counts, "x", x,
+                               "topk_index", topk_index);
   Index(op, "row_slot", row_slot, DType::kI64);
+  Index(op, "counts", counts, DType::kI64);
   Index(op, "topk_index", topk_index, DType::kI64);
   Floats(op, dev, "x", x, "x_perm", x_perm);
-  HostCounts(op, counts);
+  FATHOM_CHECK(counts.ndim() == 1, "[", op, "] counts ", counts.shape_str(), ", expected (E)");
   if (dev == Device::kCPU) return cpu::MoePermute(x_perm, row_slot, counts, x, topk_index);
   FATHOM_OPS_ON_CUDA(op, cuda_impl::MoePermute(x_perm, row_slot, counts, x, topk_index));
 }

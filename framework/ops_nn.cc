@@ -64,13 +64,14 @@ void GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const 
                      cuda_impl::GroupedMatmul(cuda_impl::Form::kNN, out, x, w, counts, accumulate));
 }
 
-void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts) {
+void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
+                     bool accumulate) {
   const Device dev = OneDevice("grouped_matmul_tn", "out", out, "x", x, "y", y);
   Floats("grouped_matmul_tn", dev, "out", out, "x", x, "y", y);
   HostCounts("grouped_matmul_tn", counts);
-  if (dev == Device::kCPU) return cpu::GroupedMatmulTN(out, x, y, counts);
+  if (dev == Device::kCPU) return cpu::GroupedMatmulTN(out, x, y, counts, accumulate);
   FATHOM_OPS_ON_CUDA("grouped_matmul_tn",
-                     cuda_impl::GroupedMatmul(cuda_impl::Form::kTN, out, x, y, counts, /*accumulate=*/true));
+                     cuda_impl::GroupedMatmul(cuda_impl::Form::kTN, out, x, y, counts, accumulate));
 }
 
 // ---- RMSNorm
@@ -198,12 +199,15 @@ void EmbeddingBackward(const Tensor& dtable, const Tensor& ids, const Tensor& dy
 // ---- Cross-entropy
 // -----------------------------------------------------------------------------------------
 
-double CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
+Tensor CrossEntropyForward(const Tensor& lse, const Tensor& logits, const Tensor& labels,
                            int64_t ignore_index) {
   const Device dev = OneDevice("cross_entropy", "lse", lse, "logits", logits, "labels", labels);
   Index("cross_entropy", "labels", labels, DType::kI32);
   Floats("cross_entropy", dev, "logits", logits, "lse", lse);
-  if (dev == Device::kCPU) return cpu::CrossEntropyForward(lse, logits, labels, ignore_index);
+  if (dev == Device::kCPU) {
+    return Tensor::FromVector({cpu::CrossEntropyForward(lse, logits, labels, ignore_index)}, {1},
+                              DType::kF64);
+  }
 #ifdef FATHOM_WITH_CUDA
   return cuda_impl::CrossEntropyForward(lse, logits, labels, ignore_index);
 #else

@@ -1,5 +1,7 @@
 #include "framework/param_table.h"
 
+#include <algorithm>
+
 #include "framework/ops.h"
 
 namespace fathom {
@@ -31,6 +33,7 @@ void ParamTable::Finalize(DType dtype) {
   numel_ = off;
   values_ = Tensor::Zeros({numel_}, dtype);
   grads_ = Tensor::Zeros({numel_}, dtype);
+  grad_known_zero_.assign(specs_.size(), 1);
 }
 
 int ParamTable::Find(std::string_view name) const {
@@ -46,7 +49,23 @@ Tensor ParamTable::View(const Tensor& flat, int id) const {
 }
 
 Tensor ParamTable::value(int id) const { return View(values_, id); }
-Tensor ParamTable::grad(int id) const { return View(grads_, id); }
+Tensor ParamTable::grad(int id) const {
+  Tensor g = View(grads_, id);
+  grad_known_zero_[static_cast<size_t>(id)] = 0;
+  return g;
+}
+
+Tensor ParamTable::GradForWrite(int id, bool* known_zero) {
+  Tensor g = View(grads_, id);
+  *known_zero = grad_known_zero_[static_cast<size_t>(id)] != 0;
+  grad_known_zero_[static_cast<size_t>(id)] = 0;
+  return g;
+}
+
+Tensor ParamTable::grads() const {
+  std::fill(grad_known_zero_.begin(), grad_known_zero_.end(), 0);
+  return grads_;
+}
 Tensor ParamTable::compute_value(int id) const { return View(compute_.defined() ? compute_ : values_, id); }
 
 void ParamTable::SetComputeDType(DType dtype) {
@@ -72,6 +91,7 @@ void ParamTable::RefreshComputeValues() {
 }
 
 void ParamTable::ZeroGrads() {
+  std::fill(grad_known_zero_.begin(), grad_known_zero_.end(), 1);
   if (grads_zero_) {
     grads_zero_ = false;
     return;
@@ -83,6 +103,7 @@ void ParamTable::MoveTo(Device device) {
   FATHOM_CHECK(finalized(), "ParamTable::MoveTo before Finalize");
   if (values_.device() == device) return;
   compute_fresh_ = grads_zero_ = false;
+  std::fill(grad_known_zero_.begin(), grad_known_zero_.end(), 0);  // known again after the next ZeroGrads
   values_ = ops::To(values_, device);
   grads_ = ops::To(grads_, device);
   if (compute_.defined()) compute_ = ops::To(compute_, device);

@@ -70,7 +70,16 @@ class ParamTable {
   int Find(std::string_view name) const;  // -1 when absent
 
   Tensor value(int id) const;
+  // The gradient's view. The table then no longer counts it as known to be zero (see GradForWrite).
   Tensor grad(int id) const;
+  // Known-zero gradients: after Finalize and after every ZeroGrads() each gradient is known to hold zeros
+  // until it is handed out. GradForWrite returns grad(id) and sets *known_zero to whether it still was, so
+  // a gradient's writer can overwrite (=) instead of adding into zeros (+=): the same values (0 + v = v)
+  // without reading the zeros. The MoE's routed-expert wgrad does so on the first weight-gradient pass of a
+  // step (layers/moe.cc). grad() and grads() forget the knowledge for what they hand out, since their
+  // callers may write. REQUIRES: nothing writes a gradient through a view taken before the last
+  // ZeroGrads() without taking it again.
+  Tensor GradForWrite(int id, bool* known_zero);
   // The weight the forward and backward GEMMs read: the compute copy's view when there is one, else
   // value(id).
   Tensor compute_value(int id) const;
@@ -81,12 +90,13 @@ class ParamTable {
   // compute copy <- values (no-op without a compute copy, and once after MarkComputeValuesRefreshed).
   void RefreshComputeValues();
   Tensor values() const { return values_; }  // flat (numel())
-  Tensor grads() const { return grads_; }
+  Tensor grads() const;                      // flat (numel()); forgets every known-zero gradient
   // The flat compute copy (numel()) in compute_dtype(), or an undefined tensor when there is none.
   Tensor compute_values() const { return compute_; }
   int64_t numel() const { return numel_; }
   DType dtype() const { return values_.dtype(); }
-  // grads <- 0 on the table's device (skipped once after MarkGradsZeroed).
+  // grads <- 0 on the table's device (skipped once after MarkGradsZeroed); every gradient is then known
+  // to be zero.
   void ZeroGrads();
 
   // For a fused optimizer (parallel/zero.h on the GPU) whose update pass already rounded every trainable
@@ -111,6 +121,9 @@ class ParamTable {
   Tensor values_, grads_;
   Tensor compute_;                                   // bf16 mirror of values_, or undefined
   bool compute_fresh_ = false, grads_zero_ = false;  // see MarkComputeValuesRefreshed / MarkGradsZeroed
+  // Per parameter: its gradient holds zeros and has not been handed out since (GradForWrite). Mutable:
+  // the const accessors grad() and grads() clear it.
+  mutable std::vector<char> grad_known_zero_;
   int64_t numel_ = 0;
   int64_t group_begin_[2] = {0, 0}, group_end_[2] = {0, 0};
 };

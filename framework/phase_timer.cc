@@ -1,6 +1,7 @@
 #include "framework/phase_timer.h"
 
 #include <chrono>
+#include <mutex>
 #include <vector>
 
 #include "framework/check.h"
@@ -17,7 +18,7 @@ using Clock = std::chrono::steady_clock;
 
 // A span of device time between two boundary events, owned by the phase innermost at the time.
 struct DeviceSegment {
-  Phase phase;
+  PhaseId phase;
   int start_event;
   int end_event;
 };
@@ -25,7 +26,7 @@ struct DeviceSegment {
 // One thread's timer. Time is cut into segments at every scope boundary (begin or end) of a nest; each
 // segment belongs to the phase innermost during it, which is what makes the accounting exclusive.
 struct ThreadTimer {
-  std::vector<Phase> open;  // the nest's open scopes, outermost first
+  std::vector<PhaseId> open;  // the nest's open scopes, outermost first
   bool nest_on_device = false;
   Clock::time_point last_host;  // the nest's previous boundary (host clock)
   PhaseMillis totals{};
@@ -62,29 +63,50 @@ ThreadTimer& Timer() {
   return timer;
 }
 
-}  // namespace
+// The names, in id order. Function-local, so registration from static initialisers of any translation unit
+// finds it constructed.
+struct PhaseRegistry {
+  std::mutex mu;
+  std::vector<std::string> names;
+};
 
-const char* PhaseName(Phase phase) {
-  switch (phase) {
-    case Phase::kAttention:
-      return "attention";
-    case Phase::kExperts:
-      return "experts";
-    case Phase::kDispatchCombine:
-      return "dispatch/combine";
-    case Phase::kHeadLoss:
-      return "head/loss";
-    case Phase::kOptimizer:
-      return "optimizer";
-    case Phase::kCount:
-      break;
-  }
-  FATHOM_CHECK(false, "[phase_timer] no phase ", static_cast<int>(phase));
-  return "";
+PhaseRegistry& Registry() {
+  static PhaseRegistry registry;
+  return registry;
 }
 
-void ScopedPhase::Begin(Phase phase) {
-  FATHOM_CHECK(phase != Phase::kCount, "[phase_timer] Phase::kCount is not a phase");
+}  // namespace
+
+PhaseId RegisterPhase(std::string_view name) {
+  FATHOM_CHECK(!name.empty(), "[phase_timer] a phase needs a name");
+  PhaseRegistry& r = Registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  for (size_t i = 0; i < r.names.size(); ++i) {
+    if (r.names[i] == name) return static_cast<PhaseId>(i);
+  }
+  FATHOM_CHECK(static_cast<int>(r.names.size()) < kMaxPhases, "[phase_timer] phase '", name, "': all ",
+               kMaxPhases, " phase ids are taken");
+  r.names.emplace_back(name);
+  return static_cast<PhaseId>(r.names.size() - 1);
+}
+
+const std::string& PhaseName(PhaseId id) {
+  PhaseRegistry& r = Registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  FATHOM_CHECK(id >= 0 && id < static_cast<int>(r.names.size()), "[phase_timer] no phase ", id, " (",
+               r.names.size(), " registered)");
+  return r.names[static_cast<size_t>(id)];  // never moved: names are only appended, and strings stay put
+}
+
+int RegisteredPhases() {
+  PhaseRegistry& r = Registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return static_cast<int>(r.names.size());
+}
+
+void ScopedPhase::Begin(PhaseId phase) {
+  // The range only (no lock on this path): an id is an index into PhaseMillis.
+  FATHOM_CHECK(phase >= 0 && phase < kMaxPhases, "[phase_timer] phase ", phase, " is not a phase id");
   ThreadTimer& t = Timer();
   if (t.open.empty()) {
     // The clock of the whole nest is chosen here, so every boundary of one segment is on the same clock.

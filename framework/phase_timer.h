@@ -1,9 +1,11 @@
-// Phase timing for `fathom bench`: how much of a training step goes to attention, the experts, the MoE
-// dispatch/combine, the output head and loss, and the optimizer.
+// Phase timing for `fathom bench`: how much of a training step goes to each named phase of the work.
 //
-// Use: a layer wraps each phase's work in a ScopedPhase; the bench enables the calling thread's timer,
-// Reset()s it, runs steps, and reads the per-phase totals with Collect():
-//   { ScopedPhase phase(Phase::kAttention); ... the MLA forward ... }
+// Phases are named by the code that does the work, not here: a module registers each of its phases once
+// (RegisterPhase, usually to initialise a namespace-scope constant; layers/phases.h names the model's,
+// parallel/phases.h the optimizer's) and wraps the phase's work in a ScopedPhase; the bench enables the
+// calling thread's timer, Reset()s it, runs steps, and reads the per-phase totals with Collect():
+//   const PhaseId kAttention = RegisterPhase("attention");
+//   { ScopedPhase phase(kAttention); ... the MLA forward ... }
 //   PhaseTimer::Enable(true); PhaseTimer::Reset(); <steps>; PhaseMillis ms = PhaseTimer::Collect();
 //
 // Cost when disabled (the default, and always outside the bench): ScopedPhase's constructor reads one
@@ -31,18 +33,27 @@
 #define FATHOM_FRAMEWORK_PHASE_TIMER_H_
 
 #include <array>
+#include <string>
+#include <string_view>
 
 namespace fathom {
 
-enum class Phase { kAttention, kExperts, kDispatchCombine, kHeadLoss, kOptimizer, kCount };
+// A registered phase: an index into PhaseMillis.
+using PhaseId = int;
+inline constexpr int kMaxPhases = 16;
 
-inline constexpr int kNumPhases = static_cast<int>(Phase::kCount);
+// The id of the phase called `name` (non-empty), registering it on first use: the same name always gives
+// the same id, so two modules that time the same kind of work share a row. Ids are dense from 0 in the
+// order of first registration (static initialisation order: do not rely on the values, use the names).
+// Thread safe. More than kMaxPhases names fail a FATHOM_CHECK.
+PhaseId RegisterPhase(std::string_view name);
+// The name `id` was registered with. REQUIRES: id registered (checked).
+const std::string& PhaseName(PhaseId id);
+// How many phases are registered (ids 0 .. RegisteredPhases() - 1).
+int RegisteredPhases();
 
-// "attention", "experts", "dispatch/combine", "head/loss", "optimizer". REQUIRES phase != kCount.
-const char* PhaseName(Phase phase);
-
-// Milliseconds per phase, indexed by static_cast<int>(Phase).
-using PhaseMillis = std::array<double, kNumPhases>;
+// Milliseconds per phase, indexed by PhaseId (0 for ids not registered or not timed).
+using PhaseMillis = std::array<double, kMaxPhases>;
 
 class PhaseTimer {
  public:
@@ -73,9 +84,10 @@ class PhaseTimer {
 
 // Times `phase` from construction to destruction when the calling thread's PhaseTimer is enabled at
 // construction (see the header comment for clocks and the exclusive accounting of nested scopes).
+// REQUIRES: `phase` registered (an id outside [0, kMaxPhases) fails a check when recording).
 class ScopedPhase {
  public:
-  explicit ScopedPhase(Phase phase) {
+  explicit ScopedPhase(PhaseId phase) {
     if (PhaseTimer::enabled_) [[unlikely]] {
       Begin(phase);
     }
@@ -89,7 +101,7 @@ class ScopedPhase {
   ScopedPhase& operator=(const ScopedPhase&) = delete;
 
  private:
-  void Begin(Phase phase);
+  void Begin(PhaseId phase);
   void End();
   int depth_ = 0;  // 0: not recording; else this scope's depth in the thread's nest (checked at End)
 };

@@ -54,6 +54,8 @@
 #include "framework/cuda/check.h"
 #include "framework/phase_timer.h"
 #include "launch/trainer.h"
+#include "layers/phases.h"
+#include "parallel/phases.h"
 #include "parallel/zero.h"
 #endif
 
@@ -94,10 +96,22 @@ constexpr double kPeakBf16TflopsPerGpu = 989.0;  // dense bf16, H100/H200 SXM
 constexpr double kGiB = 1073741824.0;
 constexpr double kCopyBytesPerS = 4.3e12;  // H200 device copy, read + write (../shared/ANCHORS.md)
 
-// Whether a phase's work is counted in bytes (else FLOPs).
-bool PhaseInBytes(Phase p) { return p == Phase::kDispatchCombine || p == Phase::kOptimizer; }
+// The table's phase rows, in this order: the layers' phases (layers/phases.h), then the optimizer's
+// (parallel/phases.h). A phase registered elsewhere has no row; its time shows in "other".
+struct BenchPhase {
+  PhaseId id;
+  bool in_bytes;  // its work is counted in bytes (else FLOPs)
+};
+std::vector<BenchPhase> BenchPhases() {
+  return {{phases::kAttention, false},
+          {phases::kExperts, false},
+          {phases::kDispatchCombine, true},
+          {phases::kHeadLoss, false},
+          {phases::kOptimizer, true}};
+}
 
-// This rank's work per step in each phase (FLOPs, or bytes for PhaseInBytes): see the header comment.
+// This rank's work per step in each phase (FLOPs, or bytes where BenchPhase::in_bytes): see the header
+// comment.
 PhaseMillis PhaseWork(const Recipe& recipe, Trainer& trainer, const DeviceMesh& mesh) {
   const ModelConfig& m = recipe.model;
   const double tokens = static_cast<double>(recipe.parallel.micro_batches * recipe.train.micro_batch_size *
@@ -116,35 +130,35 @@ PhaseMillis PhaseWork(const Recipe& recipe, Trainer& trainer, const DeviceMesh& 
     last_stage = last_stage || stage + 1 == static_cast<int>(stages.size());
   }
   PhaseMillis work{};
-  auto add = [&](Phase p, double amount) { work[static_cast<size_t>(p)] += amount; };
+  auto add = [&](PhaseId p, double amount) { work[static_cast<size_t>(p)] += amount; };
   for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len)) {
     bool in_chunk = false;
     for (const auto& [first, end] : ranges) in_chunk = in_chunk || (n.layer >= first && n.layer < end);
     const bool here =
         n.is_block() ? in_chunk : (n.kind == NodeKind::kHead || n.kind == NodeKind::kMtp) && last_stage;
     if (!here) continue;
-    add(Phase::kAttention,
+    add(phases::kAttention,
         tokens * (3.0 * n.attn_gemm_flops + (1.0 + kAttentionBackwardFactor) * n.attn_flops));
-    add(Phase::kExperts, tokens * 3.0 * n.expert_gemm_flops);
-    add(Phase::kHeadLoss, tokens * 3.0 * n.head_gemm_flops);
-    add(Phase::kDispatchCombine, tokens * 4.0 * static_cast<double>(1 + n.routed_copies) *
-                                     static_cast<double>(m.hidden_size) * 2.0 *
-                                     (n.routed_copies > 0 ? 1.0 : 0.0));
+    add(phases::kExperts, tokens * 3.0 * n.expert_gemm_flops);
+    add(phases::kHeadLoss, tokens * 3.0 * n.head_gemm_flops);
+    add(phases::kDispatchCombine, tokens * 4.0 * static_cast<double>(1 + n.routed_copies) *
+                                      static_cast<double>(m.hidden_size) * 2.0 *
+                                      (n.routed_copies > 0 ? 1.0 : 0.0));
   }
   for (int chunk = 0; chunk < runtime.num_chunks(); ++chunk) {
-    add(Phase::kOptimizer, ZeroOptimizer::StepTraffic(runtime.model(chunk).params(), recipe.optim,
-                                                      mesh.layout().dp(), mesh.layout().edp())
-                               .bytes);
+    add(phases::kOptimizer, ZeroOptimizer::StepTraffic(runtime.model(chunk).params(), recipe.optim,
+                                                       mesh.layout().dp(), mesh.layout().edp())
+                                .bytes);
   }
   return work;
 }
 
 // "512.3 TFLOP/s" or "3.71 TB/s" for `amount` of work in `ms`; empty without work or time.
-std::string Rate(Phase p, double amount, double ms) {
+std::string Rate(const BenchPhase& p, double amount, double ms) {
   if (amount <= 0 || ms <= 0) return "";
   const double per_s = amount / (ms * 1e-3);
-  return PhaseInBytes(p) ? absl::StrFormat("%.2f TB/s", per_s * 1e-12)
-                         : absl::StrFormat("%.1f TFLOP/s", per_s * 1e-12);
+  return p.in_bytes ? absl::StrFormat("%.2f TB/s", per_s * 1e-12)
+                    : absl::StrFormat("%.1f TFLOP/s", per_s * 1e-12);
 }
 
 // Model FLOPs per token without the MTP modules (layers/cost.h, Megatron convention).
@@ -207,7 +221,7 @@ struct BenchResult {
   double device_used_gib = 0, device_total_gib = 0;                 // max over ranks
   int phase_rank = 0;
   PhaseMillis phase_ms{};               // per step, of phase_rank
-  PhaseMillis phase_work{};             // per step, of phase_rank: FLOPs, or bytes (PhaseInBytes)
+  PhaseMillis phase_work{};             // per step, of phase_rank: FLOPs, or bytes (BenchPhase::in_bytes)
   std::vector<double> pool_peak_bytes;  // per rank
 };
 
@@ -243,17 +257,16 @@ std::string FormatBench(const BenchResult& b) {
                        b.phase_rank, b.world);
   o += absl::StrFormat("  %-18s %10s %8s  %s\n", "phase", "ms/step", "% step", "achieved");
   double timed = 0;
-  for (int p = 0; p < kNumPhases; ++p) {
-    const double ms = b.phase_ms[static_cast<size_t>(p)];
+  for (const BenchPhase& p : BenchPhases()) {
+    const double ms = b.phase_ms[static_cast<size_t>(p.id)];
     timed += ms;
-    o +=
-        absl::StrFormat("  %-18s %10.2f %7.1f%%  %s\n", PhaseName(static_cast<Phase>(p)), ms, 100 * ms / mean,
-                        Rate(static_cast<Phase>(p), b.phase_work[static_cast<size_t>(p)], ms));
+    o += absl::StrFormat("  %-18s %10.2f %7.1f%%  %s\n", PhaseName(p.id), ms, 100 * ms / mean,
+                         Rate(p, b.phase_work[static_cast<size_t>(p.id)], ms));
   }
   o += absl::StrFormat("  %-18s %10.2f %7.1f%%\n", "other", mean - timed, 100 * (mean - timed) / mean);
   o += absl::StrFormat("  %-18s %10.2f %7.1f%%\n", "step (mean)", mean, 100.0);
-  const double opt_bytes = b.phase_work[static_cast<size_t>(Phase::kOptimizer)];
-  const double opt_ms = b.phase_ms[static_cast<size_t>(Phase::kOptimizer)];
+  const double opt_bytes = b.phase_work[static_cast<size_t>(phases::kOptimizer)];
+  const double opt_ms = b.phase_ms[static_cast<size_t>(phases::kOptimizer)];
   if (opt_bytes > 0) {
     const double floor_ms = opt_bytes / kCopyBytesPerS * 1e3;
     o += absl::StrFormat(

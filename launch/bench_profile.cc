@@ -7,8 +7,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "parallel/memory_plan.h"
 #include "layers/cost.h"
+#include "layers/phases.h"
+#include "parallel/memory_plan.h"
+#include "parallel/phases.h"
 #include "parallel/planner.h"
 #include "parallel/schedule.h"
 
@@ -143,7 +145,7 @@ void FillProfileFromStep(const Recipe& recipe, const BenchStepMeasurements& step
   }
   // One rank's share: its micro-batches through its stage (balanced stages assumed; calibrate with pp 1).
   compute_s *= static_cast<double>(recipe.parallel.micro_batches) / static_cast<double>(pp);
-  const double optimizer_ms = step.phase_ms[static_cast<size_t>(Phase::kOptimizer)];
+  const double optimizer_ms = step.phase_ms[static_cast<size_t>(phases::kOptimizer)];
   const double rest_s = (step.step_ms - optimizer_ms) / 1e3;
   p->elementwise_fraction = compute_s > 0 ? std::max(0.0, rest_s / compute_s - 1) : 0;
   const double params = static_cast<double>(step.param_elements);
@@ -151,7 +153,7 @@ void FillProfileFromStep(const Recipe& recipe, const BenchStepMeasurements& step
       optimizer_ms > 0
           ? OptimizerStepBytes(policy, params / static_cast<double>(dp), params) / (optimizer_ms / 1e3) / 1e9
           : 0;
-  const double dispatch_ms = step.phase_ms[static_cast<size_t>(Phase::kDispatchCombine)];
+  const double dispatch_ms = step.phase_ms[static_cast<size_t>(phases::kDispatchCombine)];
   if (ep > 1 && dispatch_ms > 0) {
     // Bytes that leave the rank: all but the own share of every routed copy, each micro-batch, both passes.
     const double leaving = a2a_bytes * static_cast<double>(recipe.parallel.micro_batches) /

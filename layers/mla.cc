@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "framework/ops.h"
-#include "framework/phase_timer.h"
+#include "layers/phases.h"
 
 namespace fathom {
 namespace {
@@ -49,7 +49,7 @@ const RopeTable& MlaAttention::rope(int64_t seq_len) {
 }
 
 Tensor MlaAttention::Forward(int mb, const Tensor& x) {
-  ScopedPhase phase(Phase::kAttention);  // the whole MLA block: projections, norms, RoPE and the core
+  ScopedPhase phase(phases::kAttention);  // the whole MLA block: projections, norms, RoPE and the core
   FATHOM_CHECK(x.ndim() == 3 && x.dim(2) == cfg_.hidden_size, "[mla] input ", x.shape_str(),
                ", expected (B, T, ", cfg_.hidden_size, ")");
   const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
@@ -91,7 +91,7 @@ Tensor MlaAttention::Forward(int mb, const Tensor& x) {
 }
 
 Tensor MlaAttention::BackwardInput(int mb, const Tensor& dy) {
-  ScopedPhase phase(Phase::kAttention);
+  ScopedPhase phase(phases::kAttention);
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.q.defined(), "[mla] BackwardInput twice for micro-batch ", mb);
   const int64_t b = c.q.dim(0), t = c.q.dim(1), n = b * t;
@@ -132,7 +132,7 @@ Tensor MlaAttention::BackwardInput(int mb, const Tensor& dy) {
 }
 
 void MlaAttention::BackwardWeight(int mb) {
-  ScopedPhase phase(Phase::kAttention);
+  ScopedPhase phase(phases::kAttention);
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(!c.q.defined(), "[mla] BackwardWeight before BackwardInput for micro-batch ", mb);
   if (q_proj_) {

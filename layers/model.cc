@@ -48,7 +48,8 @@ Model::Model(const ModelConfig& cfg, const LossConfig& loss, ModelSlice slice)
       case NodeKind::kMoeBlock:
         if (!slice_.Holds(node)) continue;
         blocks_.push_back(std::make_unique<DecoderBlock>(params_, cfg, static_cast<int>(node.layer),
-                                                         slice_.experts, node.moe ? slice_.exchange : nullptr));
+                                                         slice_.experts,
+                                                         node.moe ? slice_.exchange : nullptr));
         break;
       case NodeKind::kHead:
         if (!slice_.Holds(node)) continue;
@@ -148,10 +149,23 @@ LossNormalizers Model::Normalizers(const std::vector<MicroBatch>& batches,
   return n;
 }
 
-double MicroBatchStats::balance_sum() const {
+double HostMicroBatchStats::balance_sum() const {
   double sum = 0;
-  for (const MoeStats& m : moe) sum += m.balance;
+  for (double b : balance) sum += b;
   return sum;
+}
+
+HostMicroBatchStats ToHost(const MicroBatchStats& stats) {
+  auto host = [](const Tensor& t) { return t.device() == Device::kCPU ? t : ops::To(t, Device::kCPU); };
+  HostMicroBatchStats h;
+  if (stats.main_ce.defined()) h.main_ce = host(stats.main_ce).Item(0);
+  for (const Tensor& t : stats.mtp_ce) h.mtp_ce.push_back(host(t).Item(0));
+  for (const MoeStats& m : stats.moe) {
+    h.balance.push_back(m.balance.defined() ? host(m.balance).Item(0) : 0.0);
+    const Tensor c = host(m.expert_counts);
+    h.expert_counts.emplace_back(c.data<int64_t>(), c.data<int64_t>() + c.numel());
+  }
+  return h;
 }
 
 StageOutput Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input,

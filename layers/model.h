@@ -45,14 +45,25 @@ struct LossNormalizers {
 };
 
 // What one micro-batch's forward through a slice produced besides its output: returned, never kept by
-// the layers; the caller (the stage runtime) reduces them over micro-batches and ranks.
+// the layers; the caller (the stage runtime) reduces them over micro-batches and ranks. Every tensor is on
+// the model's device and was made without a host synchronisation; the loss sums are (1) tensors, f64 on
+// the CPU and f32 on CUDA (ops::CrossEntropyForward).
 struct MicroBatchStats {
-  double main_ce = 0;          // sum of the main CE over valid labels (the slice with the head; else 0)
-  std::vector<double> mtp_ce;  // per MTP depth, the same (the slice with the head; else empty)
+  Tensor main_ce;  // sum of the main CE over valid labels (the slice with the head; else undefined)
+  std::vector<Tensor> mtp_ce;  // per MTP depth, the same (the slice with the head; else empty)
   std::vector<MoeStats> moe;   // one per MoE layer of the slice, in moe_layers() order
-  // Sum over this slice's MoE layers of the micro-batch's balance value.
-  double balance_sum() const;
 };
+
+// The same statistics on the host, in f64 (tests and tools; the runtime sums on the device instead).
+struct HostMicroBatchStats {
+  double main_ce = 0;                               // 0 without the head
+  std::vector<double> mtp_ce;                       // per MTP depth
+  std::vector<double> balance;                      // per MoE layer
+  std::vector<std::vector<int64_t>> expert_counts;  // per MoE layer, per global expert
+  double balance_sum() const;                       // over the MoE layers, in order
+};
+// Copies `stats` to the host. CUDA: SYNC POINT (one copy per tensor; for tests and tools).
+HostMicroBatchStats ToHost(const MicroBatchStats& stats);
 
 // A stage's forward of one micro-batch: the output for the next stage (undefined on the last stage) and
 // the statistics.

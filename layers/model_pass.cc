@@ -42,10 +42,11 @@ std::unique_ptr<StagePass> Model::ForwardPass(int mb, const MicroBatch& batch, c
   auto pass = std::make_unique<StagePass>();
 
   pass->Add(slice_.embedding ? "embedding" : "input", [this, mb, st, input] {
-    // Micro-batches are sampled on the host; the token ids and labels follow the parameters' device.
+    // Micro-batches are sampled on the host; the token ids and labels follow the parameters' device,
+    // queued without a host wait (ops::ToDeviceAsync): the previous micro-batch's work keeps the GPU busy.
     const Device dev = params_.device();
-    st->ids = dev == Device::kCPU ? st->batch.input_ids : ops::To(st->batch.input_ids, dev);
-    st->labels = dev == Device::kCPU ? st->batch.labels : ops::To(st->batch.labels, dev);
+    st->ids = dev == Device::kCPU ? st->batch.input_ids : ops::ToDeviceAsync(st->batch.input_ids);
+    st->labels = dev == Device::kCPU ? st->batch.labels : ops::ToDeviceAsync(st->batch.labels);
     st->h = slice_.embedding ? embed_->Forward(mb, st->ids) : input;
     FATHOM_CHECK(st->h.defined(), "stage without the embedding needs the previous stage's output");
   });
@@ -71,8 +72,8 @@ std::unique_ptr<StagePass> Model::ForwardPass(int mb, const MicroBatch& batch, c
     // Zero valid labels in a step means nothing to learn from that loss: scale 0, not a division by 0.
     auto scale = [](double weight, double tokens) { return tokens > 0 ? weight / tokens : 0.0; };
     pass->Add("head", [this, mb, st, out, scale] {
-      out->stats.main_ce += head_->Forward(mb, st->h, st->labels, scale(1.0, st->norm.main_tokens));
-      out->stats.mtp_ce.assign(mtp_.size(), 0.0);
+      out->stats.main_ce = head_->Forward(mb, st->h, st->labels, scale(1.0, st->norm.main_tokens));
+      out->stats.mtp_ce.assign(mtp_.size(), Tensor());
     });
     const double depth_weight = mtp_.empty() ? 0.0 : loss_.mtp_lambda / static_cast<double>(mtp_.size());
     for (size_t k = 0; k < mtp_.size(); ++k) {
@@ -84,9 +85,9 @@ std::unique_ptr<StagePass> Model::ForwardPass(int mb, const MicroBatch& batch, c
             Tensor ids, labels;
             MtpInputs(st->batch.input_ids, st->batch.labels, static_cast<int>(k) + 1, loss_.ignore_index,
                       &ids, &labels);
-            if (st->h.device() != Device::kCPU) {  // the shifted host ids and labels go to the device
-              ids = ops::To(ids, st->h.device());
-              labels = ops::To(labels, st->h.device());
+            if (st->h.device() != Device::kCPU) {  // the shifted host ids and labels go up, no host wait
+              ids = ops::ToDeviceAsync(ids);
+              labels = ops::ToDeviceAsync(labels);
             }
             m->ForwardBegin(mb, st->h, ids, labels, scale(depth_weight, st->norm.mtp_tokens[k]),
                             st->norm.balance_weight, next_moe_stats(moe));

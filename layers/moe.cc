@@ -5,7 +5,7 @@
 
 #include "framework/kernels/cpu/moe.h"
 #include "framework/ops.h"
-#include "framework/phase_timer.h"
+#include "layers/phases.h"
 
 namespace fathom {
 
@@ -54,36 +54,45 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
                x.shape_str(), ", expected (B, T, ", hidden_, ")");
   // Phases (bench): routing, permutation, the exchange and the combine are dispatch/combine; the routed
   // and shared experts' GEMMs and SwiGLU are experts (nested scopes count exclusively).
-  ScopedPhase phase(Phase::kDispatchCombine);
+  ScopedPhase phase(phases::kDispatchCombine);
   Ctx& c = saved_.Put(mb);
   c.batch = x.dim(0);
   c.seq = x.dim(1);
   c.balance_weight = balance_weight;
   Tensor x2 = x.Flatten2D();
   Route(mb, c, x2, stats);
-  Permute(c, x2);
+  ops::PendingHostCopy host_counts = Permute(c, x2);
   if (stats) {
     stats->layer = layer_;
-    stats->expert_counts = c.counts;  // the host counts of the permutation: every (token, k) once
+    stats->expert_counts = c.device_counts;  // the permutation's counts: every (token, k) once
   }
   // Without an exchange the permuted rows are the local experts' rows; with one, they travel to the ranks
-  // holding their experts (DESIGN.md idea 3: the dispatch communication phase).
+  // holding their experts (DESIGN.md idea 3: the dispatch communication phase). The exchange lays the rows
+  // out by the host counts, so it waits for them here (the layer's one host synchronisation, see the
+  // header) and the shared expert runs while the rows travel. Without one, the wait moves to
+  // ForwardExperts: the shared expert (and whatever the caller runs between the phases) is queued first and
+  // keeps the GPU busy while the host waits.
   if (exchange_) {
+    c.counts = host_counts.Wait();
     c.in_flight = exchange_->StartDispatch(c.x_perm, c.counts, &c.dispatch);
   } else {
+    c.host_counts = std::move(host_counts);
     c.in_flight = RowsInFlight(c.x_perm);
-    c.dispatch.local_counts = c.counts;
   }
   if (shared_) {  // needs only x: runs while the rows travel
-    ScopedPhase experts(Phase::kExperts);
+    ScopedPhase experts(phases::kExperts);
     c.shared_out = shared_->Forward(mb, x2);
   }
 }
 
 void MoE::ForwardExperts(int mb) {
   Ctx& c = saved_.Get(mb);
-  ScopedPhase phase(Phase::kDispatchCombine);
+  ScopedPhase phase(phases::kDispatchCombine);
   c.x_local = c.in_flight.Wait();
+  if (c.host_counts.pending()) {  // no exchange: the counts' copy was left running by ForwardBegin
+    c.counts = c.host_counts.Wait();
+    c.dispatch.local_counts = c.counts;
+  }
   Tensor y_local = ComputeExperts(c);
   // The way back to the tokens' ranks (the combine communication phase).
   c.in_flight = exchange_ ? exchange_->StartCombine(y_local, c.dispatch) : RowsInFlight(y_local);
@@ -91,7 +100,7 @@ void MoE::ForwardExperts(int mb) {
 
 Tensor MoE::ForwardEnd(int mb) {
   Ctx& c = saved_.Get(mb);
-  ScopedPhase phase(Phase::kDispatchCombine);
+  ScopedPhase phase(phases::kDispatchCombine);
   c.y_perm = c.in_flight.Wait();
   Tensor y = Combine(c);
   if (shared_) ops::AddInPlace(y, c.shared_out);
@@ -103,8 +112,9 @@ Tensor MoE::ForwardEnd(int mb) {
 // in BackwardInput (scaled by the micro-batch's balance weight).
 void MoE::Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats) {
   c.routing = router_.Forward(mb, x2);
-  const double balance = ops::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
-  if (stats) stats->balance = balance;
+  // Only a statistic in the forward (left on the device); the backward recomputes what its gradient needs.
+  if (stats)
+    stats->balance = ops::SequenceBalanceLoss(c.routing.scores, c.routing.topk_index, c.batch, c.seq);
   if (track_margin_ && stats) {
     // A test-only statistic, computed on the host from host router scores.
     FATHOM_CHECK(c.routing.scores.device() == Device::kCPU, "[moe ", table_->spec(gate_proj_).name,
@@ -115,18 +125,19 @@ void MoE::Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats) {
   }
 }
 
-// The per-expert counts come back on the host on both backends (ops::MoePermute): every (token, k)
-// selection is counted once, as in topk_index.
-void MoE::Permute(Ctx& c, const Tensor& x2) {
+// Every (token, k) selection is counted once, as in topk_index. The counts are made on the activations'
+// device; their copy to the host starts here and is waited for by Forward as late as it can.
+ops::PendingHostCopy MoE::Permute(Ctx& c, const Tensor& x2) {
   const int64_t rows = x2.dim(0) * top_k_;
   c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype(), x2.device());
   c.row_slot = Tensor::Empty({rows}, DType::kI64, x2.device());
-  c.counts = Tensor::Empty({num_experts_}, DType::kI64);  // HOST
-  ops::MoePermute(c.x_perm, c.row_slot, c.counts, x2, c.routing.topk_index);
+  c.device_counts = Tensor::Empty({num_experts_}, DType::kI64, x2.device());
+  ops::MoePermute(c.x_perm, c.row_slot, c.device_counts, x2, c.routing.topk_index);
+  return ops::CopyToHostAsync(c.device_counts);
 }
 
 Tensor MoE::ComputeExperts(Ctx& c) {
-  ScopedPhase phase(Phase::kExperts);
+  ScopedPhase phase(phases::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
@@ -157,7 +168,7 @@ void MoE::BackwardInputBegin(int mb, const Tensor& dy) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(dy.ndim() == 3 && dy.dim(0) == c.batch && dy.dim(1) == c.seq && dy.dim(2) == hidden_,
                "[moe] dy ", dy.shape_str());
-  ScopedPhase phase(Phase::kDispatchCombine);
+  ScopedPhase phase(phases::kDispatchCombine);
   Tensor dy2 = dy.Flatten2D();
   // dweight is in the router's dtype (topk_weight's), the output gradient in the activations'.
   c.dweight = Tensor::Empty(c.routing.topk_weight.shape(), c.routing.topk_weight.dtype(), dy2.device());
@@ -167,20 +178,20 @@ void MoE::BackwardInputBegin(int mb, const Tensor& dy) {
   // the same way the tokens did (the combine-backward communication phase).
   c.in_flight = exchange_ ? exchange_->StartDispatch(dy_perm, c.dispatch) : RowsInFlight(dy_perm);
   if (shared_) {  // needs only dy: runs while the gradient travels
-    ScopedPhase experts(Phase::kExperts);
+    ScopedPhase experts(phases::kExperts);
     c.shared_out = shared_->BackwardInput(mb, dy2);
   }
 }
 
 void MoE::BackwardInputExperts(int mb, bool expert_weights) {
   Ctx& c = saved_.Get(mb);
-  ScopedPhase phase(Phase::kDispatchCombine);
+  ScopedPhase phase(phases::kDispatchCombine);
   c.dy_local = c.in_flight.Wait();
   Tensor dx_local = ExpertsBackwardInput(c);
   // The input gradient goes back to the tokens' ranks.
   c.in_flight = exchange_ ? exchange_->StartCombine(dx_local, c.dispatch) : RowsInFlight(dx_local);
   if (expert_weights) {
-    ScopedPhase experts(Phase::kExperts);
+    ScopedPhase experts(phases::kExperts);
     ExpertsBackwardWeight(c);
     c.expert_weights_done = true;
   }
@@ -188,7 +199,7 @@ void MoE::BackwardInputExperts(int mb, bool expert_weights) {
 
 Tensor MoE::BackwardInputEnd(int mb) {
   Ctx& c = saved_.Get(mb);
-  ScopedPhase phase(Phase::kDispatchCombine);
+  ScopedPhase phase(phases::kDispatchCombine);
   Tensor dx_perm = c.in_flight.Wait();
   const int64_t tokens = c.batch * c.seq;
   Tensor dx;
@@ -213,7 +224,7 @@ Tensor MoE::BackwardInputEnd(int mb) {
 
 // dy_local (R_local, H) -> dx_local (R_local, H) through the local experts.
 Tensor MoE::ExpertsBackwardInput(Ctx& c) {
-  ScopedPhase phase(Phase::kExperts);
+  ScopedPhase phase(phases::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
@@ -232,17 +243,27 @@ Tensor MoE::ExpertsBackwardInput(Ctx& c) {
 void MoE::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy_local.defined(), "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
-  ScopedPhase phase(Phase::kExperts);  // with the router's small weight gradient
+  ScopedPhase phase(phases::kExperts);  // with the router's small weight gradient
   if (!c.expert_weights_done) ExpertsBackwardWeight(c);
   router_.BackwardWeight(mb);
   if (shared_) shared_->BackwardWeight(mb);
   saved_.Drop(mb);
 }
 
+// The expert stacks' gradients have no other writer, so on the first weight-gradient pass of a step (in
+// whatever micro-batch order the schedule runs them) the table still knows them to be zero: the GEMMs then
+// overwrite (beta 0) instead of adding into zeros, which gives the same values and does not read the f32
+// gradients (4 bytes per routed-expert weight per step: 7.75 GB on recipes/small.yaml's 1.94 G expert
+// weights). Later micro-batches of the step accumulate, as the gradient contract says.
 void MoE::ExpertsBackwardWeight(Ctx& c) {
-  ops::GroupedMatmulTN(table_->grad(down_proj_), c.dy_local, c.h, c.dispatch.local_counts);
-  ops::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_local, c.dispatch.local_counts);
-  ops::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_local, c.dispatch.local_counts);
+  auto wgrad = [&](int id, const Tensor& x, const Tensor& y) {
+    bool known_zero = false;
+    const Tensor grad = table_->GradForWrite(id, &known_zero);
+    ops::GroupedMatmulTN(grad, x, y, c.dispatch.local_counts, /*accumulate=*/!known_zero);
+  };
+  wgrad(down_proj_, c.dy_local, c.h);
+  wgrad(gate_proj_, c.dgate, c.x_local);
+  wgrad(up_proj_, c.dup, c.x_local);
 }
 
 }  // namespace fathom

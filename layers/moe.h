@@ -15,11 +15,15 @@
 //
 // The forward runs as explicit phases so that expert parallelism can put an all-to-all between them:
 //   route (router + balance value + selection margin) -> permute (token copies sorted by expert, per-expert
-//   counts on the host) -> dispatch (through the exchange, which returns a handle kept with the
-//   micro-batch) -> expert compute (grouped GEMMs over contiguous per-expert row blocks) -> combine (back
-//   through the exchange with the handle, then unpermute + weighted sum), plus the shared expert.
+//   counts on the device, their copy to the host started) -> shared expert -> wait for the host counts ->
+//   dispatch (through the exchange, which returns a handle kept with the micro-batch) -> expert compute
+//   (grouped GEMMs over contiguous per-expert row blocks) -> combine (back through the exchange with the
+//   handle, then unpermute + weighted sum) -> add the shared expert's output.
 // BackwardInput mirrors it (combine, experts, permute, router, shared expert dgrad); BackwardWeight
-// accumulates the expert, router and shared-expert weight gradients. Layer contract of layers/layer.h.
+// accumulates the expert, router and shared-expert weight gradients. Layer contract of layers/layer.h; the
+// routed experts' wgrad overwrites instead where the ParamTable knows the gradient to be zero (the first
+// weight-gradient pass after ZeroGrads(): the same values, without reading the zeros; see
+// ParamTable::GradForWrite).
 //
 // Phases (the overlap hook, DESIGN.md idea 3): Forward is ForwardBegin (route, permute, START the dispatch,
 // then the shared expert while the rows travel) -> ForwardExperts (wait for the dispatch, the routed
@@ -34,7 +38,17 @@
 // not depend on the interleaving.
 //
 // Statistics are returned, never kept: Forward fills a MoeStats for its micro-batch (the tokens routed to
-// each expert, the input of the bias update, and the balance value), and the caller sums them.
+// each expert, the input of the bias update, and the balance value) as tensors on the layer's device, and
+// the caller sums them there (parallel/stage_runtime.h copies a step's sums to the host once).
+//
+// Synchronisation with the host (CUDA): ONE per forward of a layer and micro-batch, the per-expert counts
+// the grouped GEMMs (cuBLASLt, one problem per expert, sized on the host) and the expert exchange's layout
+// need on the host. The copy is queued right after the permutation and waited for (its event only) as
+// late as the phases allow: with an exchange in ForwardBegin before the dispatch starts (the exchange lays
+// the rows out by the counts; the shared expert then runs while the rows travel); without one in
+// ForwardExperts, after the shared expert and whatever the caller ran between the phases were queued, so
+// the GPU stays busy while the host waits. The backward reuses the handle's host counts (DispatchHandle):
+// no sync. The balance value and the counts of MoeStats stay on the device.
 //
 // Balance loss: Forward computes, per micro-batch, the mean over the B sequences of Bal_b (see
 // cpu::SequenceBalanceLoss) and returns it in MoeStats::balance. BackwardInput adds the gradient of
@@ -50,6 +64,7 @@
 #include <vector>
 
 #include "framework/config.h"
+#include "framework/ops.h"
 #include "framework/param_table.h"
 #include "layers/expert_exchange.h"
 #include "layers/layer.h"
@@ -58,11 +73,13 @@
 
 namespace fathom {
 
-// One micro-batch's statistics of one MoE layer.
+// One micro-batch's statistics of one MoE layer, on the layer's device (no sync to produce them).
 struct MoeStats {
   int layer = -1;        // the HF layer index of the MoE block
-  Tensor expert_counts;  // (E) i64 HOST: token copies routed to each global expert (every (token, k) once)
-  double balance = 0;    // the unweighted balance value: mean over the micro-batch's sequences of Bal_b
+  Tensor expert_counts;  // (E) i64: token copies routed to each global expert (every (token, k) once)
+  // (1) f64 on the CPU, f32 on CUDA: the unweighted balance value, the mean over the micro-batch's
+  // sequences of Bal_b (ops::SequenceBalanceLoss)
+  Tensor balance;
   // Tests: the smallest routing decision margin (cpu::RouterSelectionMargin) when the layer tracks it
   // (set_track_selection_margin), else +infinity.
   double min_selection_margin = std::numeric_limits<double>::infinity();
@@ -113,10 +130,13 @@ class MoE {
   struct Ctx {
     int64_t batch = 0, seq = 0;
     double balance_weight = 0;
-    RouterOutput routing;     // scores (N, E), topk_index (N, K) i64, topk_weight (N, K)
-    Tensor x_perm;            // (R, H) token copies sorted by expert, R = N * K
-    Tensor row_slot;          // (R) i64 slot t * K + k held by each permuted row
-    Tensor counts;            // (E) i64 rows per expert, HOST
+    RouterOutput routing;  // scores (N, E), topk_index (N, K) i64, topk_weight (N, K)
+    Tensor x_perm;         // (R, H) token copies sorted by expert, R = N * K
+    Tensor row_slot;       // (R) i64 slot t * K + k held by each permuted row
+    Tensor device_counts;  // (E) i64 rows per expert, on the layer's device
+    Tensor counts;         // (E) i64 the same, HOST (once the forward has waited for its copy)
+    ops::PendingHostCopy
+        host_counts;          // without an exchange: the counts' copy, from ForwardBegin to ForwardExperts
     DispatchHandle dispatch;  // the exchange's layout (local_counts alone without an exchange)
     // The rows of the local experts (all rows without an exchange), R_local of them grouped by local expert.
     Tensor x_local;      // (R_local, H)
@@ -133,7 +153,8 @@ class MoE {
 
   // Forward steps.
   void Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats);
-  void Permute(Ctx& c, const Tensor& x2);
+  // Sorts the token copies by expert and starts the copy of the counts to the host (returned).
+  ops::PendingHostCopy Permute(Ctx& c, const Tensor& x2);
   Tensor ComputeExperts(Ctx& c);  // x_local -> the local experts' outputs (R_local, H)
   Tensor Combine(Ctx& c);         // (N, H), routed part only
   // Backward steps. dy_local (R_local, H) -> dx_local (R_local, H); sets c.dgate, c.dup.

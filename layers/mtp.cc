@@ -46,7 +46,7 @@ MtpModule::MtpModule(ParamTable& table, const ModelConfig& cfg, int depth, int e
             lm_head_id, ignore_index, layer_) {}
 
 Tensor MtpModule::Forward(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
-                          double loss_scale, double* ce_sum, double balance_weight, MoeStats* moe_stats) {
+                          double loss_scale, Tensor* ce_sum, double balance_weight, MoeStats* moe_stats) {
   ForwardBegin(mb, h_prev, mtp_ids, mtp_labels, loss_scale, balance_weight, moe_stats);
   ForwardExperts(mb);
   return ForwardEnd(mb, ce_sum);
@@ -60,11 +60,11 @@ void MtpModule::ForwardBegin(int mb, const Tensor& h_prev, const Tensor& mtp_ids
   head_inputs_.Put(mb) = {mtp_labels, loss_scale};
 }
 
-Tensor MtpModule::ForwardEnd(int mb, double* ce_sum) {
+Tensor MtpModule::ForwardEnd(int mb, Tensor* ce_sum) {
   const HeadInputs in = head_inputs_.Get(mb);
   head_inputs_.Drop(mb);
   Tensor hk = block_.ForwardEnd(mb);
-  *ce_sum += head_.Forward(mb, hk, in.labels, in.loss_scale);
+  *ce_sum = head_.Forward(mb, hk, in.labels, in.loss_scale);
   return hk;
 }
 

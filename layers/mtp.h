@@ -35,21 +35,21 @@ class MtpModule {
   MtpModule(ParamTable& table, const ModelConfig& cfg, int depth, int embed_id, int lm_head_id,
             int64_t ignore_index, ExpertPlacement placement = {}, ExpertExchange* exchange = nullptr);
 
-  // h_prev (B, T, H); returns h^k and adds the CE sum over valid labels to *ce_sum. loss_scale as in
-  // OutputHead (lambda / D / valid tokens of the step). balance_weight and moe_stats as in
-  // DecoderBlock::Forward.
+  // h_prev (B, T, H); returns h^k and sets *ce_sum to the CE sum over valid labels (a (1) tensor on the
+  // device, as OutputHead::Forward returns it). loss_scale as in OutputHead (lambda / D / valid tokens of
+  // the step). balance_weight and moe_stats as in DecoderBlock::Forward.
   Tensor Forward(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
-                 double loss_scale, double* ce_sum, double balance_weight = 0.0,
+                 double loss_scale, Tensor* ce_sum, double balance_weight = 0.0,
                  MoeStats* moe_stats = nullptr);
   // dh_next: gradient w.r.t. h^k from depth k+1 (undefined for the last depth). Returns d h^{k-1}.
   Tensor BackwardInput(int mb, const Tensor& dh_next);
   void BackwardWeight(int mb);
 
-  // The phases of Forward and BackwardInput (see the top); ForwardEnd adds the CE sum to *ce_sum.
+  // The phases of Forward and BackwardInput (see the top); ForwardEnd sets *ce_sum as Forward does.
   void ForwardBegin(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
                     double loss_scale, double balance_weight = 0.0, MoeStats* moe_stats = nullptr);
   void ForwardExperts(int mb) { block_.ForwardExperts(mb); }
-  Tensor ForwardEnd(int mb, double* ce_sum);
+  Tensor ForwardEnd(int mb, Tensor* ce_sum);
   void BackwardInputBegin(int mb, const Tensor& dh_next);
   void BackwardInputExperts(int mb, bool expert_weights = false) {
     block_.BackwardInputExperts(mb, expert_weights);

@@ -1,7 +1,7 @@
 #include "layers/output_head.h"
 
 #include "framework/ops.h"
-#include "framework/phase_timer.h"
+#include "layers/phases.h"
 
 namespace fathom {
 
@@ -12,8 +12,8 @@ OutputHead::OutputHead(ParamTable& table, const std::string& norm_name, int64_t 
                             : std::make_unique<Linear>(table, lm_head_id);
 }
 
-double OutputHead::Forward(int mb, const Tensor& x, const Tensor& labels, double loss_scale) {
-  ScopedPhase phase(Phase::kHeadLoss);  // final norm, vocabulary GEMM and cross-entropy (MTP heads too)
+Tensor OutputHead::Forward(int mb, const Tensor& x, const Tensor& labels, double loss_scale) {
+  ScopedPhase phase(phases::kHeadLoss);  // final norm, vocabulary GEMM and cross-entropy (MTP heads too)
   Tensor logits = lm_head_->Forward(mb, norm_.Forward(mb, x));
   Tensor flat = logits.Flatten2D();
   Ctx& c = saved_.Put(mb);
@@ -26,7 +26,7 @@ double OutputHead::Forward(int mb, const Tensor& x, const Tensor& labels, double
 }
 
 Tensor OutputHead::BackwardInput(int mb) {
-  ScopedPhase phase(Phase::kHeadLoss);
+  ScopedPhase phase(phases::kHeadLoss);
   Ctx& c = saved_.Get(mb);
   Tensor dlogits = Tensor::Empty(c.logits.shape(), c.logits.dtype(), c.logits.device());
   ops::CrossEntropyBackward(dlogits, c.logits, c.lse, c.labels, ignore_index_, c.loss_scale);
@@ -37,7 +37,7 @@ Tensor OutputHead::BackwardInput(int mb) {
 }
 
 void OutputHead::BackwardWeight(int mb) {
-  ScopedPhase phase(Phase::kHeadLoss);
+  ScopedPhase phase(phases::kHeadLoss);
   lm_head_->BackwardWeight(mb);
   norm_.BackwardWeight(mb);
   saved_.Drop(mb);

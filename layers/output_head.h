@@ -20,9 +20,11 @@ class OutputHead {
   OutputHead(ParamTable& table, const std::string& norm_name, int64_t vocab, int64_t hidden, double eps,
              int lm_head_id, int64_t ignore_index, int layer = -1);
 
-  // x (B, T, H), labels (B, T) i32. Returns the sum of the per-token losses over valid labels. The backward
-  // treats the total loss as `loss_scale` * that sum (loss_scale = weight / valid tokens of the whole step).
-  double Forward(int mb, const Tensor& x, const Tensor& labels, double loss_scale);
+  // x (B, T, H), labels (B, T) i32. Returns the sum of the per-token losses over valid labels as a (1)
+  // tensor on x's device, not synchronised (ops::CrossEntropyForward: f64 on the CPU, f32 on CUDA). The
+  // backward treats the total loss as `loss_scale` * that sum (loss_scale = weight / valid tokens of the
+  // whole step).
+  Tensor Forward(int mb, const Tensor& x, const Tensor& labels, double loss_scale);
   Tensor BackwardInput(int mb);  // -> dx (B, T, H)
   void BackwardWeight(int mb);
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "framework/kernels/cpu/moe.h"
+
 namespace fathom {
 namespace {
 
@@ -16,22 +18,9 @@ double MeanLoad(const std::vector<int64_t>& load) {
 void UpdateExpertBias(const Tensor& bias, const std::vector<int64_t>& load, double gamma) {
   FATHOM_CHECK(bias.ndim() == 1 && bias.dim(0) == static_cast<int64_t>(load.size()) && !load.empty(),
                "[expert_bias] bias ", bias.shape_str(), " with ", load.size(), " expert loads");
-  for (int64_t l : load) FATHOM_CHECK(l >= 0, "[expert_bias] negative expert load ", l);
-  if (gamma == 0.0) return;
-  // sign(mean - load_i) = sign(sum - E * load_i): compared in integers, so a load equal to the mean is
-  // recognised exactly whatever E is.
-  int64_t sum = 0;
-  for (int64_t l : load) sum += l;
-  const int64_t n = static_cast<int64_t>(load.size());
-  DispatchFloat(bias.dtype(), "expert_bias", [&](auto tag) {
-    using T = decltype(tag);
-    T* b = bias.data<T>();
-    for (size_t i = 0; i < load.size(); ++i) {
-      int64_t scaled = n * load[i];
-      double sign = sum > scaled ? 1.0 : (sum < scaled ? -1.0 : 0.0);
-      b[i] = static_cast<T>(static_cast<double>(b[i]) + gamma * sign);
-    }
-  });
+  const Tensor loads = Tensor::Empty({static_cast<int64_t>(load.size())}, DType::kI64);
+  std::copy(load.begin(), load.end(), loads.data<int64_t>());
+  cpu::ExpertBiasUpdate(bias, loads, gamma);  // the one definition of the rule, shared with the GPU's twin
 }
 
 void AccumulateExpertLoad(const Tensor& topk_idx, int64_t n_experts, std::vector<int64_t>& load) {

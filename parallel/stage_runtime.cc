@@ -5,16 +5,17 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "framework/file_io.h"
 #include "framework/ops.h"
-#include "framework/phase_timer.h"
 #include "nlohmann/json.hpp"
 #include "optim/expert_bias.h"
 #include "parallel/all_to_all_exchange.h"
 #include "parallel/collective_status.h"
 #include "parallel/memory_plan.h"
+#include "parallel/phases.h"
 #include "parallel/pipeline_executor.h"
 #include "parallel/schedule_validate.h"
 #include "parallel/stage_split.h"
@@ -441,7 +442,7 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
   StepResult r;
   const std::vector<int> by_stage = ChunksByStage();
   {
-    ScopedPhase optimizer_phase(Phase::kOptimizer);
+    ScopedPhase optimizer_phase(phases::kOptimizer);
     span = begin_tail("ZeRO reduce-scatter");
     for (int c : by_stage) chunks_[c].optimizer->ReduceGradients();
     end_tail(span);
@@ -598,7 +599,9 @@ double StageRuntime::Evaluate(const std::vector<MicroBatch>& batches) {
   for (int mb = 0; mb < m; ++mb) DropSavedActivations(mb);
   double ce = 0;
   for (const std::vector<MicroBatchStats>& chunk : stats) {
-    for (const MicroBatchStats& s : chunk) ce += s.main_ce;
+    for (const MicroBatchStats& s : chunk) {
+      if (s.main_ce.defined()) ce += ops::To(s.main_ce, Device::kCPU).Item(0);  // a device scalar
+    }
   }
   return SumOver(mesh_.world(), {ce})[0] / std::max(norm.main_tokens, 1.0);
 }
@@ -634,46 +637,105 @@ void StageRuntime::SumEmbeddingGradients() {
   ops::AddInPlace(g, theirs);
 }
 
+namespace {
+
+// The layout of a step's statistics in one f64 buffer: the main CE sum, the MTP CE sums per depth, each
+// (chunk, micro-batch)'s balance sum over the chunk's MoE layers (chunk-major), then the expert loads of
+// every MoE layer of every chunk (chunk-major, then layer).
+struct StatisticsLayout {
+  int64_t depth = 0, balance_slots = 0, experts = 0;
+  std::vector<int64_t> first_balance;  // per chunk: its first balance slot
+  std::vector<int64_t> first_layer;    // per chunk: its first MoE layer; back() = every chunk's layers
+  int64_t main_ce() const { return 0; }
+  int64_t mtp_ce(int64_t k) const { return 1 + k; }
+  int64_t balance(size_t chunk, int64_t mb) const { return 1 + depth + first_balance[chunk] + mb; }
+  int64_t loads(int64_t layer) const { return 1 + depth + balance_slots + layer * experts; }
+  int64_t size() const { return loads(first_layer.back()); }
+};
+
+// Sums every micro-batch's statistics where they were made (the models' device) and brings the sums to the
+// host in ONE copy: the step's only device-to-host transfer of statistics. The f64 additions run in the
+// order of the former host loop (chunks, then micro-batches in order; a micro-batch's balance values layer
+// by layer into its own slot), so the CPU results are unchanged bit for bit.
+Tensor SumStatistics(const std::vector<std::vector<MicroBatchStats>>& stats, const StatisticsLayout& layout,
+                     Device device) {
+  std::vector<ops::AccumulationTerm> terms;
+  for (size_t c = 0; c < stats.size(); ++c) {
+    const int64_t moe_layers = layout.first_layer[c + 1] - layout.first_layer[c];
+    for (size_t mb = 0; mb < stats[c].size(); ++mb) {
+      const MicroBatchStats& s = stats[c][mb];
+      if (s.main_ce.defined()) terms.push_back({layout.main_ce(), s.main_ce});
+      for (size_t k = 0; k < s.mtp_ce.size() && static_cast<int64_t>(k) < layout.depth; ++k) {
+        if (s.mtp_ce[k].defined()) terms.push_back({layout.mtp_ce(static_cast<int64_t>(k)), s.mtp_ce[k]});
+      }
+      FATHOM_CHECK(s.moe.empty() || static_cast<int64_t>(s.moe.size()) == moe_layers, "[stage runtime] ",
+                   s.moe.size(), " MoE statistics for ", moe_layers, " MoE layers");
+      for (const MoeStats& m : s.moe) {
+        if (m.balance.defined()) terms.push_back({layout.balance(c, static_cast<int64_t>(mb)), m.balance});
+      }
+      for (size_t i = 0; i < s.moe.size(); ++i) {
+        terms.push_back(
+            {layout.loads(layout.first_layer[c] + static_cast<int64_t>(i)), s.moe[i].expert_counts});
+      }
+    }
+  }
+  const Tensor sums = Tensor::Zeros({layout.size()}, DType::kF64, device);
+  ops::AccumulateF64(sums, terms);
+  return device == Device::kCPU ? sums : ops::To(sums, Device::kCPU);  // SYNC POINT (CUDA): the one copy
+}
+
+}  // namespace
+
 StepResult StageRuntime::ReduceStatistics(const std::vector<std::vector<MicroBatchStats>>& stats,
                                           const LossNormalizers& norm) {
   StepResult r;
   const int m = static_cast<int>(recipe_.parallel.micro_batches);
   const int dp = mesh_.layout().dp();
   const size_t depth = norm.mtp_tokens.size();
-  // This rank's sums: CE on the chunk with the head, balance on every chunk with MoE layers; loads per
-  // layer, chunk by chunk.
-  std::vector<double> loss_sums(2 + depth, 0.0);
-  std::vector<std::vector<std::vector<int64_t>>> loads(chunks_.size());
+  FATHOM_CHECK(stats.size() == chunks_.size(), "[stage runtime] statistics of ", stats.size(),
+               " chunks, the rank has ", chunks_.size());
+  StatisticsLayout layout;
+  layout.depth = static_cast<int64_t>(depth);
+  layout.experts = recipe_.model.n_routed_experts;
+  layout.first_layer.push_back(0);
   for (size_t c = 0; c < chunks_.size(); ++c) {
-    const size_t moes = chunks_[c].model->moe_layers().size();
-    loads[c].assign(moes, std::vector<int64_t>(recipe_.model.n_routed_experts, 0));
-    for (const MicroBatchStats& s : stats[c]) {
-      loss_sums[0] += s.main_ce;
-      loss_sums[1] += s.balance_sum();
-      for (size_t k = 0; k < s.mtp_ce.size() && k < depth; ++k) loss_sums[2 + k] += s.mtp_ce[k];
-      FATHOM_CHECK(s.moe.empty() || s.moe.size() == moes, "[stage runtime] ", s.moe.size(),
-                   " MoE statistics for ", moes, " MoE layers");
-      for (size_t i = 0; i < s.moe.size(); ++i) {
-        const Tensor& counts = s.moe[i].expert_counts;
-        for (int64_t e = 0; e < counts.numel(); ++e) loads[c][i][e] += counts.data<int64_t>()[e];
-      }
-    }
+    layout.first_balance.push_back(layout.balance_slots);
+    layout.balance_slots += static_cast<int64_t>(stats[c].size());
+    layout.first_layer.push_back(layout.first_layer.back() +
+                                 static_cast<int64_t>(chunks_[c].model->moe_layers().size()));
   }
+  const Tensor sums = SumStatistics(stats, layout, chunks_[0].model->params().device());
+  const double* h = sums.data<double>();
+
+  // This rank's sums: CE on the chunk with the head, balance on every chunk with MoE layers.
+  std::vector<double> loss_sums(2 + depth, 0.0);
+  loss_sums[0] = h[layout.main_ce()];
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    for (size_t mb = 0; mb < stats[c].size(); ++mb)
+      loss_sums[1] += h[layout.balance(c, static_cast<int64_t>(mb))];
+  }
+  for (size_t k = 0; k < depth; ++k) loss_sums[2 + k] = h[layout.mtp_ce(static_cast<int64_t>(k))];
+
   // Expert loads of the whole global batch: the replica group holds the other micro-batches of each model
-  // stage (dp; DualPipe: both copies of the stage over the rank pair, reduced in model-stage order).
-  std::vector<std::vector<std::vector<int64_t>>> global(chunks_.size());
+  // stage (dp; DualPipe: both copies of the stage over the rank pair, reduced in model-stage order), one
+  // reduction per chunk for all its layers. The f64 sums of i64 counts are exact (far below 2^53).
+  const int64_t experts = layout.experts;
+  Tensor loads = Tensor::Empty({layout.first_layer.back() * experts}, DType::kI64);
+  for (int64_t i = 0; i < loads.numel(); ++i)
+    loads.data<int64_t>()[i] = static_cast<int64_t>(h[layout.loads(0) + i]);
   for (int c : ChunksByStage()) {
-    for (const std::vector<int64_t>& layer : loads[c]) {
-      Tensor load = Tensor::Empty({static_cast<int64_t>(layer.size())}, DType::kI64);
-      std::copy(layer.begin(), layer.end(), load.data<int64_t>());
-      replicas_->dp_host->AllReduce(load, ReduceOp::kSum);
-      global[c].emplace_back(load.data<int64_t>(), load.data<int64_t>() + load.numel());
+    const int64_t begin = layout.first_layer[static_cast<size_t>(c)] * experts;
+    const int64_t end = layout.first_layer[static_cast<size_t>(c) + 1] * experts;
+    if (end > begin) {
+      Tensor chunk_loads = loads.Rows(begin, end);
+      replicas_->dp_host->AllReduce(chunk_loads, ReduceOp::kSum);
     }
   }
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const std::vector<MoE*> moes = chunks_[c].model->moe_layers();
     for (size_t i = 0; i < moes.size(); ++i) {
-      r.expert_loads.push_back(std::move(global[c][i]));
+      const int64_t* l = loads.data<int64_t>() + (layout.first_layer[c] + static_cast<int64_t>(i)) * experts;
+      r.expert_loads.emplace_back(l, l + experts);
       r.moe_layers.push_back(moes[i]->layer());
       r.load_max_over_mean =
           std::max(r.load_max_over_mean, ComputeExpertLoadStats(r.expert_loads.back()).max_over_mean);
@@ -697,22 +759,32 @@ StepResult StageRuntime::ReduceStatistics(const std::vector<std::vector<MicroBat
   return r;
 }
 
+// The bias rule runs where the biases live (ops::ExpertBiasUpdate); the step's global loads are already on
+// the host (ReduceStatistics), so a GPU rank makes one asynchronous host-to-device copy of every layer's
+// loads (no host wait) and no round trip.
 void StageRuntime::UpdateExpertBiases(const StepResult& result, double speed) {
-  size_t i = 0;
+  const int64_t experts = recipe_.model.n_routed_experts;
+  std::vector<std::pair<ParamTable*, MoE*>> layers;  // every MoE layer of the rank, in the loads' order
   for (Chunk& k : chunks_) {
-    ParamTable& params = k.model->params();
-    for (MoE* moe : k.model->moe_layers()) {
-      FATHOM_CHECK(i < result.expert_loads.size() && result.moe_layers[i] == moe->layer(),
-                   "[stage runtime] the step's loads do not match this rank's MoE layers");
-      // The bias rule runs on the host (E values); a device bias makes the round trip.
-      Tensor bias = params.value(moe->bias_id());
-      Tensor host = bias.device() == Device::kCPU ? bias : ops::To(bias, Device::kCPU);
-      UpdateExpertBias(host, result.expert_loads[i++], speed);
-      if (bias.device() != Device::kCPU) ops::Copy(bias, host);
-    }
+    for (MoE* moe : k.model->moe_layers()) layers.push_back({&k.model->params(), moe});
   }
-  FATHOM_CHECK(i == result.expert_loads.size(), "[stage runtime] loads for ", result.expert_loads.size(),
-               " MoE layers, this rank has ", i);
+  FATHOM_CHECK(result.expert_loads.size() == layers.size(), "[stage runtime] loads for ",
+               result.expert_loads.size(), " MoE layers, this rank has ", layers.size());
+  if (layers.empty()) return;
+  Tensor loads = Tensor::Empty({static_cast<int64_t>(layers.size()), experts}, DType::kI64);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    FATHOM_CHECK(result.moe_layers[i] == layers[i].second->layer() &&
+                     static_cast<int64_t>(result.expert_loads[i].size()) == experts,
+                 "[stage runtime] the step's loads do not match this rank's MoE layers");
+    std::copy(result.expert_loads[i].begin(), result.expert_loads[i].end(),
+              loads.data<int64_t>() + static_cast<int64_t>(i) * experts);
+  }
+  if (layers[0].first->device() != Device::kCPU) loads = ops::ToDeviceAsync(loads);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int64_t row = static_cast<int64_t>(i);
+    ops::ExpertBiasUpdate(layers[i].first->value(layers[i].second->bias_id()),
+                          loads.Rows(row, row + 1).Reshape({experts}), speed);
+  }
 }
 
 }  // namespace fathom

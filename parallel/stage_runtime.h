@@ -186,7 +186,21 @@ class StageRuntime {
   void SumEmbeddingGradients();
   // The first tensor with a non-finite gradient on any rank, "name (rank R)" (collective).
   std::string FirstNonFiniteGradientOfJob();
-  // The step's losses and statistics from every chunk's micro-batch stats, reduced over the job.
+  // The step's losses and statistics from every chunk's micro-batch stats, reduced over the job. The stats
+  // are device tensors (layers/model.h); they are summed on the device into one f64 buffer and copied to
+  // the host once (ops::AccumulateF64, then the step's only statistics transfer).
+  //
+  // Host synchronisations of a GPU step (any schedule, M micro-batches, L MoE layers over the rank's
+  // chunks):
+  //   forward/backward  L x M: each MoE layer's forward brings its per-expert counts to the host, which
+  //                     the cuBLASLt grouped GEMMs (one problem per expert) and the expert exchange's layout
+  //                     need there (layers/moe.h: waited for as late as the phases allow). Token ids, labels
+  //                     and MTP inputs go up without a wait (ops::ToDeviceAsync); losses, balance values and
+  //                     counts stay on the device. NCCL receives order the stream, not the host.
+  //   optimizer         1: the global gradient norm (a host value: clipping and the divergence check).
+  //   statistics        1: this copy.
+  //   bias update       0: the loads go up asynchronously and the rule runs on the device.
+  // (Checks outside these two functions, e.g. the non-finite gradient scan, add their own.)
   StepResult ReduceStatistics(const std::vector<std::vector<MicroBatchStats>>& stats,
                               const LossNormalizers& norm);
 

@@ -215,23 +215,27 @@ void CheckGrouped(GroupedPath path, DType in, DType out_dtype, double tol) {
       EXPECT_LE(RelError(Download(dc), ref), tol);
     }
 
-    // Wgrad: out[e] (inter, hidden) += dy_e^T . x_e (always accumulates, f32 for gradients). Experts
-    // without rows keep their previous gradient bit for bit.
-    {
-      SCOPED_TRACE("TN");
+    // Wgrad: out[e] (inter, hidden) += dy_e^T . x_e (f32 for gradients). Accumulating, experts without
+    // rows keep their previous gradient bit for bit; overwriting (beta 0 over NaNs: `out` is never read),
+    // they become zero.
+    for (bool acc : {true, false}) {
+      SCOPED_TRACE(acc ? "TN accumulate" : "TN overwrite");
       const DType grad_dtype = out_dtype == DType::kBF16 ? DType::kF32 : out_dtype;
       Tensor g0 = RandomIn({experts, inter, hidden}, grad_dtype, rng);
       Tensor dg = Upload(arena, g0);
-      ctx.GroupedMatmulTN(dg, ddy, dx, counts, nullptr);
-      Tensor ref = g0.To(DType::kF64);
-      cpu::GroupedMatmulTN(ref, dy.To(DType::kF64), x.To(DType::kF64), counts);
+      if (!acc) cuda::Fill(dg, std::numeric_limits<double>::quiet_NaN(), nullptr);
+      ctx.GroupedMatmulTN(dg, ddy, dx, counts, acc, nullptr);
+      Tensor ref = acc ? g0.To(DType::kF64) : RandomIn({experts, inter, hidden}, DType::kF64, rng);
+      cpu::GroupedMatmulTN(ref, dy.To(DType::kF64), x.To(DType::kF64), counts, acc);
       Tensor got = Download(dg);
-      EXPECT_LE(RelError(got, ref), kF32Tol);
+      if (rows > 0) {
+        EXPECT_LE(RelError(got, ref), kF32Tol);
+      }
       const int64_t per = inter * hidden;
       for (int64_t e = 0; e < experts; ++e) {
         if (cs[static_cast<size_t>(e)] != 0) continue;
         for (int64_t i = e * per; i < (e + 1) * per; ++i)
-          ASSERT_EQ(got.Item(i), g0.Item(i)) << "expert " << e;
+          ASSERT_EQ(got.Item(i), acc ? g0.Item(i) : 0.0) << "expert " << e;
       }
     }
   }
@@ -267,7 +271,7 @@ TEST(GemmCudaTest, GroupedNoRowsTouchesNothing) {
     ctx.GroupedMatmulNN(dx, dy, w, counts, true, nullptr);
     Tensor g0 = RandomIn({experts, inter, hidden}, DType::kF32, rng);
     Tensor dg = Upload(arena, g0);
-    ctx.GroupedMatmulTN(dg, dy, x, counts, nullptr);
+    ctx.GroupedMatmulTN(dg, dy, x, counts, /*accumulate=*/true, nullptr);
     Tensor got = Download(dg);
     for (int64_t i = 0; i < g0.numel(); ++i) ASSERT_EQ(got.Item(i), g0.Item(i)) << i;
     EXPECT_EQ(ctx.heuristic_queries(), 0);

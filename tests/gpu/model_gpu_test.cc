@@ -46,14 +46,16 @@ ModelConfig TinyConfig() {
 
 struct StepResult {
   double loss = 0;
-  Tensor grads;  // host copy of the flat gradient buffer
+  Tensor grads;                            // host copy of the flat gradient buffer
+  std::vector<HostMicroBatchStats> stats;  // per micro-batch, copied from the device scalars
 };
 
 StepResult RunStep(Model& model, const std::vector<MicroBatch>& batches, const LossNormalizers& norm,
                    const LossConfig& loss) {
   StepResult r;
   for (int mb = 0; mb < static_cast<int>(batches.size()); ++mb) {
-    MicroBatchStats s = model.Forward(mb, batches[mb], norm);
+    const HostMicroBatchStats s = ToHost(model.Forward(mb, batches[mb], norm));
+    r.stats.push_back(s);
     r.loss += s.main_ce / norm.main_tokens + norm.balance_weight * s.balance_sum();
     for (size_t k = 0; k < s.mtp_ce.size(); ++k)
       r.loss += loss.mtp_lambda / s.mtp_ce.size() * s.mtp_ce[k] / norm.mtp_tokens[k];
@@ -143,6 +145,19 @@ Agreement CompareWithCpu(const ModelConfig& cfg, DType compute, int64_t batch, i
     EXPECT_LE(a.loss_rel, loss_bound) << got.loss << " vs " << want.loss;
     std::printf("model on GPU (%s compute): loss %.9f vs CPU f32 %.9f (rel %.2e)\n",
                 std::string(DTypeName(compute)).c_str(), got.loss, want.loss, a.loss_rel);
+    // The statistics the layers leave on the device: the routing is the CPU's (margins above), so the
+    // expert counts agree exactly; each balance value within the loss bound (the same f32 router scores).
+    EXPECT_EQ(got.stats.size(), want.stats.size());
+    for (size_t mb = 0; mb < want.stats.size() && mb < got.stats.size(); ++mb) {
+      EXPECT_EQ(got.stats[mb].expert_counts, want.stats[mb].expert_counts) << "micro-batch " << mb;
+      EXPECT_EQ(got.stats[mb].balance.size(), want.stats[mb].balance.size());
+      for (size_t l = 0; l < want.stats[mb].balance.size() && l < got.stats[mb].balance.size(); ++l) {
+        EXPECT_NEAR(got.stats[mb].balance[l], want.stats[mb].balance[l],
+                    loss_bound * want.stats[mb].balance[l])
+            << "micro-batch " << mb << " MoE layer " << l;
+      }
+      EXPECT_NEAR(got.stats[mb].main_ce, want.stats[mb].main_ce, loss_bound * want.stats[mb].main_ce);
+    }
     const ParamTable& t = cpu.params();
     int zero = 0;
     for (int id = 0; id < t.size(); ++id) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "framework/cuda/device_pool.h"
+#include "framework/cuda/host_staging.h"
 #include "framework/kernels/cpu/moe.h"
 #include "gtest/gtest.h"
 #include "tests/common/gradcheck.h"
@@ -240,8 +241,10 @@ TEST_P(OpsGpu, ActivationsEmbeddingCrossEntropy) {
     labels.data<int32_t>()[j] = j % 9 == 4 ? -100 : static_cast<int32_t>(rng_() % vocab);
   const Tensor labels_dev = Up(labels);
   Tensor lse = Out({n}, DType::kF32), lse_ref = CpuOut({n});
-  const double loss = ops::CrossEntropyForward(lse, logits.gpu, labels_dev, -100);
-  const double loss_ref = ops::CrossEntropyForward(lse_ref, logits.cpu, labels, -100);
+  const Tensor loss_dev = ops::CrossEntropyForward(lse, logits.gpu, labels_dev, -100);
+  EXPECT_EQ(loss_dev.device(), Device::kCUDA) << "the loss sum stays on the device";
+  const double loss = Down(loss_dev).Item(0);
+  const double loss_ref = ops::CrossEntropyForward(lse_ref, logits.cpu, labels, -100).Item(0);
   EXPECT_NEAR(loss, loss_ref, kF32Tol * std::abs(loss_ref)) << "cross_entropy loss";
   EXPECT_LT(RelError(Down(lse), lse_ref), kF32Tol) << "cross_entropy lse";
   Tensor dl = Out({n, vocab}, dt), dl_ref = CpuOut({n, vocab});
@@ -348,8 +351,10 @@ TEST(OpsGpuRouter, SelectBalanceLossAndBackwards) {
   EXPECT_LT(RelError(Down(scores), scores_ref), kF32Tol) << "router_select scores";
   EXPECT_LT(RelError(Down(weight), weight_ref), kF32Tol) << "router_select topk_weight";
 
-  const double bal = ops::SequenceBalanceLoss(scores, index, batch, seq);
-  const double bal_ref = ops::SequenceBalanceLoss(scores_ref, index_ref, batch, seq);
+  const Tensor bal_dev = ops::SequenceBalanceLoss(scores, index, batch, seq);
+  EXPECT_EQ(bal_dev.device(), Device::kCUDA) << "the balance value stays on the device";
+  const double bal = Down(bal_dev).Item(0);
+  const double bal_ref = ops::SequenceBalanceLoss(scores_ref, index_ref, batch, seq).Item(0);
   EXPECT_GT(bal_ref, 0.0);
   EXPECT_NEAR(bal, bal_ref, kF32Tol * bal_ref) << "sequence_balance_loss";
   const Tensor ds0 = RandomTensor({n, d.num_experts}, DType::kF32, rng, 0.3);
@@ -387,12 +392,14 @@ TEST_P(OpsGpu, PermuteAndCombine) {
   }
   const Input x = In({n, h});
   Tensor x_perm = Out({r, h}, dt), row_slot = Tensor::Empty({r}, DType::kI64, Device::kCUDA);
-  Tensor counts = Tensor::Empty({e}, DType::kI64);
+  Tensor counts_dev = Tensor::Empty({e}, DType::kI64, Device::kCUDA);
   Tensor x_perm_ref = CpuOut({r, h}), row_slot_ref = Tensor::Empty({r}, DType::kI64);
   Tensor counts_ref = Tensor::Empty({e}, DType::kI64);
-  ops::MoePermute(x_perm, row_slot, counts, x.gpu, Up(topk));
+  ops::MoePermute(x_perm, row_slot, counts_dev, x.gpu, Up(topk));
   ops::MoePermute(x_perm_ref, row_slot_ref, counts_ref, x.cpu, topk);
-  ExpectBitEqual(counts, counts_ref, "moe_permute counts (on the host after the op)");
+  // The counts reach the host through the asynchronous staged copy, as the MoE layer brings them.
+  const Tensor counts = ops::CopyToHostAsync(counts_dev).Wait();
+  ExpectBitEqual(counts, counts_ref, "moe_permute counts (staged copy to the host)");
   EXPECT_EQ(counts.Item(11), 0.0);
   ExpectBitEqual(Down(row_slot), row_slot_ref, "moe_permute row_slot");
   EXPECT_TRUE(SameValues(Down(x_perm), x_perm_ref)) << "moe_permute x_perm";
@@ -460,14 +467,15 @@ TEST(OpsGpuPool, ChainOfOpsKeepsPoolUseBounded) {
       ops::RmsNormBackwardWeight(dw, sum, x, rstd);  // pool workspace
       Tensor x_perm = Tensor::Empty({n * k, c}, DType::kF32, Device::kCUDA);
       Tensor row_slot = Tensor::Empty({n * k}, DType::kI64, Device::kCUDA),
-             counts = Tensor::Empty({e}, DType::kI64);
-      ops::MoePermute(x_perm, row_slot, counts, sum, topk);  // slot_row, offsets, sort workspace
+             counts = Tensor::Empty({e}, DType::kI64, Device::kCUDA);
+      ops::MoePermute(x_perm, row_slot, counts, sum, topk);       // slot_row, offsets, sort workspace
+      ASSERT_EQ(ops::CopyToHostAsync(counts).Wait().numel(), e);  // a staging slot, reused every iteration
       Tensor y = Tensor::Empty({n, c}, DType::kF32, Device::kCUDA);
       ops::MoeCombine(y, x_perm, row_slot, weights);  // slot_row
       Tensor logits = Tensor::Empty({n, vocab}, DType::kF32, Device::kCUDA),
              lse = Tensor::Empty({n}, DType::kF32, Device::kCUDA);
       ops::MatmulNT(logits, y, proj);
-      const double loss = ops::CrossEntropyForward(lse, logits, labels, -100);  // loss scalars
+      const double loss = Down(ops::CrossEntropyForward(lse, logits, labels, -100)).Item(0);  // loss scalars
       ASSERT_TRUE(std::isfinite(loss));
       if (iter == 0) first_loss = loss;
       // Same inputs every iteration: a block reused while still in use would change the loss.
@@ -483,6 +491,9 @@ TEST(OpsGpuPool, ChainOfOpsKeepsPoolUseBounded) {
     EXPECT_EQ(env.pool.peak(), first_peak) << "iteration " << iter << " needed more memory than the first";
   }
   EXPECT_GT(first_peak, base_bytes) << "the chain allocated nothing: a vacuous test";
+  // One count copy in flight per iteration: one page-locked staging slot, made in the first iteration.
+  EXPECT_EQ(env.context.staging().slots(), 1);
+  EXPECT_EQ(env.context.staging().leased(), 0);
 }
 
 }  // namespace

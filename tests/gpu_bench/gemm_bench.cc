@@ -1,8 +1,10 @@
 // Routed-expert grouped GEMMs (framework/kernels/cuda/gemm.h) at the small recipe's shapes, bf16:
 //   32 local experts, R = 32768 rows (8192 tokens x top-4) in contiguous expert blocks whose sizes are
 //   skewed random counts (some experts empty, the largest 2-3x the mean), hidden 2048, moe_intermediate 1408.
-//   NT (forward) and NN (dgrad) write bf16, TN (wgrad) accumulates into f32, each for (K, N) = (2048, 1408)
-//   and (1408, 2048); every path of GemmContext::GroupedPath is timed (argument path, the enum's value).
+//   NT (forward) and NN (dgrad) write bf16, TN (wgrad) accumulates into f32 (and, as TN=, overwrites it:
+//   beta 0, the first micro-batch of a step, which does not read the f32 gradient), each for (K, N) =
+//   (2048, 1408) and (1408, 2048); every path of GemmContext::GroupedPath is timed (argument path, the
+//   enum's value).
 // Plus the dense ceiling: one 32768 x 1408 x 2048 bf16 NT GEMM.
 //
 // Timing includes host overhead: each iteration issues kCallsPerIteration calls, each with the next count
@@ -136,7 +138,7 @@ void TimeCalls(benchmark::State& state, double flops, const Call& call) {
   state.counters["TFLOP/s"] = flops * static_cast<double>(state.iterations()) / total_s * 1e-12;
 }
 
-enum class Form { kNT, kNN, kTN };
+enum class Form { kNT, kNN, kTN, kTNOverwrite };
 
 // Arguments: path (GemmContext::GroupedPath), K, N of the forward-style view (TN: M = K rows of out[e]).
 template <Form form>
@@ -148,7 +150,8 @@ void BM_Grouped(benchmark::State& state) {
   ctx.set_grouped_path(path);
   const char* name = form == Form::kNT   ? "NT bf16->bf16"
                      : form == Form::kNN ? "NN bf16->bf16"
-                                         : "TN bf16->f32+=";
+                     : form == Form::kTN ? "TN bf16->f32+="
+                                         : "TN bf16->f32=";
   state.SetLabel(std::string(name) + ", " + PathName(state.range(0)));
   const double flops = 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n);
   const int64_t q0 = ctx.heuristic_queries();
@@ -160,7 +163,8 @@ void BM_Grouped(benchmark::State& state) {
     TimeCalls(state, flops, [&](int i) { ctx.GroupedMatmulNN(out, x, w, d.counts(i), false, nullptr); });
   } else {
     const Tensor x = d.Rows(d.x(), k), y = d.Rows(d.y(), n), out = d.Experts(d.grad(), k, n);
-    TimeCalls(state, flops, [&](int i) { ctx.GroupedMatmulTN(out, x, y, d.counts(i), nullptr); });
+    const bool accumulate = form == Form::kTN;
+    TimeCalls(state, flops, [&](int i) { ctx.GroupedMatmulTN(out, x, y, d.counts(i), accumulate, nullptr); });
   }
   state.counters["queries/call"] = static_cast<double>(ctx.heuristic_queries() - q0) /
                                    static_cast<double>(state.iterations() * kCallsPerIteration + 3);
@@ -186,6 +190,7 @@ BENCHMARK(BM_GemmDenseNT)->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicro
 BENCHMARK_TEMPLATE(BM_Grouped, Form::kNT)->Apply(GroupedArgs);
 BENCHMARK_TEMPLATE(BM_Grouped, Form::kNN)->Apply(GroupedArgs);
 BENCHMARK_TEMPLATE(BM_Grouped, Form::kTN)->Apply(GroupedArgs);
+BENCHMARK_TEMPLATE(BM_Grouped, Form::kTNOverwrite)->Apply(GroupedArgs);
 
 }  // namespace
 }  // namespace fathom

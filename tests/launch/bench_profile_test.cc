@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "parallel/memory_plan.h"
+#include "parallel/phases.h"
 #include "parallel/planner.h"
 #include "parallel/simulator.h"
 #include "tests/common/gradcheck.h"
@@ -41,14 +42,14 @@ TEST(BenchProfile, CompletedProfileReproducesTheMeasuredStep) {
   step.world = 1;
   step.stage_layers = {recipe->model.num_hidden_layers};
   step.step_ms = 150 + 50 * u(rng);
-  step.phase_ms[static_cast<size_t>(Phase::kOptimizer)] = 20 + 20 * u(rng);
+  step.phase_ms[static_cast<size_t>(phases::kOptimizer)] = 20 + 20 * u(rng);
   const double estimate = EstimatedActivationBytes(*recipe, step.stage_layers, 0);
   step.pool_peak_bytes = {estimate * (1.02 + 0.05 * u(rng))};
   step.param_elements = 2'000'000'000 + static_cast<int64_t>(5e8 * u(rng));
   FillProfileFromStep(*recipe, step, &p);
   ASSERT_TRUE(p.Validate().ok()) << p.Validate();
 
-  const double optimizer_s = step.phase_ms[static_cast<size_t>(Phase::kOptimizer)] / 1e3;
+  const double optimizer_s = step.phase_ms[static_cast<size_t>(phases::kOptimizer)] / 1e3;
   const double bytes =
       OptimizerStepBytes(FathomPrecisionFor(*recipe), static_cast<double>(step.param_elements),
                          static_cast<double>(step.param_elements));

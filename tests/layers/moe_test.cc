@@ -247,7 +247,8 @@ TEST(MoeTest, BalanceLossAndExpertLoadMatchDirectComputation) {
       std::vector<int64_t> load(kE, 0);
       for (int64_t t = 0; t < kB * mc.seq; ++t)
         for (int64_t e : ReferenceRoute(hn, x, t).experts) ++load[e];
-      EXPECT_NEAR(stats.balance, bal, 1e-12);
+      ASSERT_EQ(stats.balance.numel(), 1);
+      EXPECT_NEAR(stats.balance.Item(0), bal, 1e-12);
       EXPECT_EQ(stats.layer, hn.moe.layer());
       ASSERT_EQ(stats.expert_counts.numel(), kE);
       const std::vector<int64_t> counts(stats.expert_counts.data<int64_t>(),
@@ -308,7 +309,7 @@ void CheckGradients(const MoeCase& mc, double balance_weight, bool starve, std::
   auto loss = [&] {
     MoeStats stats;  // this forward's balance value
     const double v = Dot(moe.Forward(mb++, x, balance_weight, &stats), r);
-    return v + balance_weight * stats.balance;
+    return v + balance_weight * stats.balance.Item(0);
   };
   auto grads = [&] {
     hn.table.ZeroGrads();

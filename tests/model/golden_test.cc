@@ -61,7 +61,7 @@ TEST_P(Golden, MatchesTransformers) {
   MicroBatch batch{golden->Get("input_ids")->To(DType::kI32), golden->Get("labels")->To(DType::kI32)};
   LossNormalizers norm = model.Normalizers({batch}, 1);
   model.head().set_keep_logits(true);
-  MicroBatchStats sums = model.Forward(0, batch, norm);
+  const HostMicroBatchStats sums = ToHost(model.Forward(0, batch, norm));
 
   double logits_err = RelativeL2(model.head().logits(0), *golden->Get("logits"));
   EXPECT_LE(logits_err, 1e-5) << "logits";

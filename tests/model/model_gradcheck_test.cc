@@ -90,7 +90,7 @@ TEST(ModelGradCheck, WholeModelWithMtpAndBalanceLoss) {
   auto total_loss = [&]() {
     double l = 0;
     for (const MicroBatch& b : batches) {
-      MicroBatchStats s = model.Forward(next_mb++, b, norm);
+      const HostMicroBatchStats s = ToHost(model.Forward(next_mb++, b, norm));
       l += s.main_ce / norm.main_tokens + norm.balance_weight * s.balance_sum();
       for (size_t k = 0; k < s.mtp_ce.size(); ++k)
         l += loss.mtp_lambda / s.mtp_ce.size() * s.mtp_ce[k] / norm.mtp_tokens[k];

@@ -51,4 +51,30 @@ void SplitLastDim(const Tensor& x, const Tensor& a, const Tensor& b) {
   }
 }
 
+void AccumulateF64(const Tensor& sums, const std::vector<AccumulationTerm>& terms) {
+  FATHOM_CHECK(sums.dtype() == DType::kF64 && sums.ndim() == 1, "[accumulate_f64] sums ", sums.shape_str(),
+               " ", DTypeName(sums.dtype()), ", expected (n) f64");
+  double* out = sums.data<double>();
+  for (const AccumulationTerm& t : terms) {
+    FATHOM_CHECK(t.offset >= 0 && t.offset + t.values.numel() <= sums.numel(), "[accumulate_f64] term at ",
+                 t.offset, " of ", t.values.numel(), " elements outside the ", sums.numel(), " sums");
+    double* o = out + t.offset;
+    const int64_t n = t.values.numel();
+    switch (t.values.dtype()) {
+      case DType::kF64:
+        for (int64_t i = 0; i < n; ++i) o[i] += t.values.data<double>()[i];
+        break;
+      case DType::kF32:
+        for (int64_t i = 0; i < n; ++i) o[i] += static_cast<double>(t.values.data<float>()[i]);
+        break;
+      case DType::kI64:
+        for (int64_t i = 0; i < n; ++i) o[i] += static_cast<double>(t.values.data<int64_t>()[i]);
+        break;
+      default:
+        FATHOM_CHECK(false, "[accumulate_f64] values are ", DTypeName(t.values.dtype()),
+                     ", expected f32, f64 or i64");
+    }
+  }
+}
+
 }  // namespace fathom::cpu

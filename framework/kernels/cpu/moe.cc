@@ -395,13 +395,18 @@ void GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const 
   });
 }
 
-void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts) {
+void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
+                     bool accumulate) {
   FATHOM_CHECK(out.ndim() == 3 && x.ndim() == 2 && y.ndim() == 2 && x.dim(0) == y.dim(0),
                "[grouped_matmul_tn] out ", out.shape_str(), " x ", x.shape_str(), " y ", y.shape_str());
   const int64_t experts = out.dim(0), m = out.dim(1), nn = out.dim(2), r = x.dim(0);
   CheckFloat("grouped_matmul_tn", x, out.dtype(), {r, m});
   CheckFloat("grouped_matmul_tn", y, out.dtype(), {r, nn});
   std::vector<int64_t> off = BlockOffsets("grouped_matmul_tn", counts, experts, r);
+  if (!accumulate) {
+    Tensor view = out;  // Zero is a non-const member; the view shares out's memory
+    view.Zero();
+  }
   DispatchFloat(out.dtype(), "grouped_matmul_tn", [&](auto tag) {
     using T = decltype(tag);
     for (int64_t e = 0; e < experts; ++e) {
@@ -409,6 +414,32 @@ void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const 
       if (rows == 0) continue;
       Gemm<T>(true, false, m, nn, rows, T(1), x.data<T>() + off[e] * m, m, y.data<T>() + off[e] * nn, nn,
               T(1), out.data<T>() + e * m * nn, nn);
+    }
+  });
+}
+
+void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma) {
+  FATHOM_CHECK(bias.ndim() == 1 && load.ndim() == 1 && load.dim(0) == bias.dim(0) && bias.dim(0) > 0 &&
+                   load.dtype() == DType::kI64,
+               "[expert_bias] bias ", bias.shape_str(), " with load ", load.shape_str(), " ",
+               DTypeName(load.dtype()), ", expected (E) and (E) i64");
+  const int64_t n = load.numel();
+  const int64_t* l = load.data<int64_t>();
+  int64_t sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    FATHOM_CHECK(l[i] >= 0, "[expert_bias] negative expert load ", l[i]);
+    sum += l[i];
+  }
+  if (gamma == 0.0) return;
+  // sign(mean - load_i) = sign(sum - E * load_i): compared in integers, so a load equal to the mean is
+  // recognised exactly whatever E is.
+  DispatchFloat(bias.dtype(), "expert_bias", [&](auto tag) {
+    using T = decltype(tag);
+    T* b = bias.data<T>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t scaled = n * l[i];
+      const double sign = sum > scaled ? 1.0 : (sum < scaled ? -1.0 : 0.0);
+      b[i] = static_cast<T>(static_cast<double>(b[i]) + gamma * sign);
     }
   });
 }

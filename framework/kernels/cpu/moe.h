@@ -52,6 +52,11 @@ double SequenceBalanceLoss(const Tensor& scores, const Tensor& topk_index, int64
 void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, const Tensor& topk_index,
                                  int64_t batch, int64_t seq, double weight);
 
+// The auxiliary-loss-free bias rule (DeepSeek-V3 report, section 2.1.2): bias (E) += gamma * sign(mean
+// load - load_i), sign(0) = 0, compared exactly in integers (sum - E * load_i). bias (E) f32 or f64; load
+// (E) i64, each >= 0 (checked). gamma = 0 leaves the bias untouched.
+void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma);
+
 // Stable counting sort of the N*K slots by expert: rows of expert e form the contiguous block
 // [offset_e, offset_e + counts_e) with offset_e = counts_0 + ... + counts_{e-1}, and inside a block the
 // slots keep increasing order. x_perm (R, H) row r = x row (row_slot[r] / K); row_slot (R) i64;
@@ -72,15 +77,19 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
 
 // Grouped GEMMs over the contiguous row blocks given by counts (E_local) i64, sum(counts) = R. An expert
-// with zero rows is skipped: it has no output rows and its weight gradient is left untouched.
+// with zero rows is skipped: it has no output rows and, when accumulating, its weight gradient is left
+// untouched (overwriting, TN sets it to zero: the empty sum).
 //   GroupedMatmulNT: out (R, N) (=/+=) block_e of x (R, K) . w[e]^T, w (E_local, N, K)     -- expert forward
 //   GroupedMatmulNN: out (R, N) (=/+=) block_e of x (R, K) . w[e],   w (E_local, K, N)     -- expert dgrad
-//   GroupedMatmulTN: out[e] (E_local, M, N) += block_e of x (R, M)^T . block_e of y (R, N) -- expert wgrad
+//   GroupedMatmulTN: out[e] (E_local, M, N) (+=/=) block_e of x (R, M)^T . block_e of y (R, N) -- wgrad
+// TN's overwrite is computed as zeros followed by the accumulation, so it is bitwise the accumulation into
+// a zeroed `out`.
 void GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
                      bool accumulate = false);
 void GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
                      bool accumulate = false);
-void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts);
+void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
+                     bool accumulate = true);
 
 }  // namespace fathom::cpu
 

@@ -64,6 +64,37 @@ __global__ void FillKernel(E* out, E bits, int64_t n) {
   FATHOM_GRID_STRIDE(i, n) { out[i] = bits; }
 }
 
+// Up to kMaxTerms terms of AccumulateF64, passed by value (well under the 4 KiB parameter limit).
+constexpr int kMaxTerms = 32;
+enum TermType : int { kTermF32, kTermF64, kTermI64 };
+struct TermTable {
+  const void* values[kMaxTerms];
+  int64_t offset[kMaxTerms];
+  int64_t count[kMaxTerms];
+  int type[kMaxTerms];
+  int terms;
+};
+
+// One thread per element of sums, visiting the terms in list order: the additions into one element happen
+// in the CPU twin's order.
+__global__ void AccumulateF64Kernel(double* sums, int64_t n, TermTable table) {
+  FATHOM_GRID_STRIDE(i, n) {
+    double acc = sums[i];
+    for (int t = 0; t < table.terms; ++t) {
+      const int64_t j = i - table.offset[t];
+      if (j < 0 || j >= table.count[t]) continue;
+      if (table.type[t] == kTermF32) {
+        acc += static_cast<double>(static_cast<const float*>(table.values[t])[j]);
+      } else if (table.type[t] == kTermF64) {
+        acc += static_cast<const double*>(table.values[t])[j];
+      } else {
+        acc += static_cast<double>(static_cast<const int64_t*>(table.values[t])[j]);
+      }
+    }
+    sums[i] = acc;
+  }
+}
+
 #undef FATHOM_GRID_STRIDE
 
 void CheckCuda(const char* op, const Tensor& t, const char* name) {
@@ -229,6 +260,37 @@ void Zero(const Tensor& out, Stream stream) {
   CheckCuda("zero_cuda", out, "out");
   if (out.nbytes() == 0) return;
   FATHOM_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, out.nbytes(), stream));
+}
+
+void AccumulateF64(const Tensor& sums, const std::vector<cpu::AccumulationTerm>& terms, Stream stream) {
+  const char* op = "accumulate_f64_cuda";
+  CheckCuda(op, sums, "sums");
+  FATHOM_CHECK(sums.dtype() == DType::kF64 && sums.ndim() == 1, "[", op, "] sums ", sums.shape_str(), " ",
+               DTypeName(sums.dtype()), ", expected (n) f64");
+  const int64_t n = sums.numel();
+  TermTable table{};
+  auto launch = [&] {
+    if (table.terms == 0 || n == 0) return;
+    AccumulateF64Kernel<<<GridFor(n), kThreads, 0, stream>>>(Out<double>(sums), n, table);
+    FATHOM_CUDA_CHECK_LAUNCH();
+    table.terms = 0;
+  };
+  for (const cpu::AccumulationTerm& t : terms) {
+    CheckCuda(op, t.values, "term values");
+    FATHOM_CHECK(t.offset >= 0 && t.offset + t.values.numel() <= n, "[", op, "] term at ", t.offset, " of ",
+                 t.values.numel(), " elements outside the ", n, " sums");
+    const DType d = t.values.dtype();
+    FATHOM_CHECK(d == DType::kF32 || d == DType::kF64 || d == DType::kI64, "[", op, "] term values are ",
+                 DTypeName(d), ", expected f32, f64 or i64");
+    if (t.values.numel() == 0) continue;
+    const int k = table.terms++;
+    table.values[k] = t.values.raw();
+    table.offset[k] = t.offset;
+    table.count[k] = t.values.numel();
+    table.type[k] = d == DType::kF32 ? kTermF32 : d == DType::kF64 ? kTermF64 : kTermI64;
+    if (table.terms == kMaxTerms) launch();
+  }
+  launch();
 }
 
 }  // namespace fathom::cuda

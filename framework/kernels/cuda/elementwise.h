@@ -11,10 +11,14 @@
 //   ConcatLastDim, SplitLastDim: f32, bf16, e4m3, e5m2, i32, i64 (bit copies; every tensor one dtype)
 //   Fill:         f32 (float(value)) or bf16 (FloatToBf16(float(value)))
 //   Zero:         any dtype (all-zero bytes)
+//   AccumulateF64: sums f64; term values f32, f64 or i64
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_ELEMENTWISE_H_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_ELEMENTWISE_H_
 
+#include <vector>
+
 #include "framework/cuda/stream.h"
+#include "framework/kernels/cpu/elementwise.h"
 #include "framework/tensor.h"
 
 namespace fathom::cuda {
@@ -30,6 +34,12 @@ void SplitLastDim(const Tensor& a, const Tensor& b, const Tensor& x, Stream stre
 
 void Fill(const Tensor& out, double value, Stream stream);
 void Zero(const Tensor& out, Stream stream);
+
+// cpu::AccumulateF64 on device tensors: sums (n) f64 += every term in list order (the same f64 additions
+// in the same order per element, so the result is bitwise the CPU twin's). The terms go to the kernel by
+// value, up to 32 per launch (one launch per 32 terms: a step's statistics are a few dozen small tensors,
+// and a launch per tensor would cost more than the additions).
+void AccumulateF64(const Tensor& sums, const std::vector<cpu::AccumulationTerm>& terms, Stream stream);
 
 }  // namespace fathom::cuda
 

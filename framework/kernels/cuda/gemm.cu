@@ -499,7 +499,7 @@ void GemmContext::GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tens
 }
 
 void GemmContext::GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
-                                  Stream stream) {
+                                  bool accumulate, Stream stream) {
   CheckOperands("grouped_matmul_tn_cuda", out, x, y);
   FATHOM_CHECK(out.ndim() == 3 && x.ndim() == 2 && y.ndim() == 2 && x.dim(0) == y.dim(0) &&
                    x.dim(1) == out.dim(1) && y.dim(1) == out.dim(2),
@@ -509,12 +509,18 @@ void GemmContext::GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tens
   std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];
-    if (rows == 0) continue;
+    if (rows == 0) {
+      // Overwriting: an expert without rows gets the empty sum. (Accumulating leaves it as it is.)
+      if (!accumulate && mm * nn > 0) {
+        FATHOM_CUDA_CHECK(cudaMemsetAsync(MutableOffset(out, e * mm * nn), 0,
+                                          static_cast<size_t>(mm * nn) * DTypeSize(out.dtype()), stream));
+      }
+      continue;
+    }
     calls.push_back(
         {mm, nn, rows, Offset(x, off[e] * mm), Offset(y, off[e] * nn), MutableOffset(out, e * mm * nn)});
   }
-  impl_->Grouped(*this, true, false, mm, nn, nn, x.dtype(), out.dtype(), /*accumulate=*/true, true, calls,
-                 stream);
+  impl_->Grouped(*this, true, false, mm, nn, nn, x.dtype(), out.dtype(), accumulate, true, calls, stream);
 }
 
 }  // namespace fathom::cuda

@@ -101,17 +101,19 @@ class GemmContext {
   void MatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, bool accumulate, Stream stream);
 
   // Grouped forms over the contiguous row blocks given by counts (E_local) i64 on the HOST, sum = R (the
-  // cpu::GroupedMatmul* contracts). An expert with zero rows is skipped: no output rows, its weight
-  // gradient untouched.
+  // cpu::GroupedMatmul* contracts). An expert with zero rows is skipped: no output rows; its weight
+  // gradient untouched when accumulating, zeroed (cudaMemsetAsync) when overwriting.
   //   GroupedMatmulNT: out (R, N) (=/+=) block_e of x (R, K) . w[e]^T, w (E_local, N, K)     -- forward
   //   GroupedMatmulNN: out (R, N) (=/+=) block_e of x (R, K) . w[e],   w (E_local, K, N)     -- dgrad
-  //   GroupedMatmulTN: out[e] (E_local, M, N) += block_e of x (R, M)^T . block_e of y (R, N) -- wgrad
+  //   GroupedMatmulTN: out[e] (E_local, M, N) (+=/=) block_e of x (R, M)^T . block_e of y (R, N) -- wgrad
+  // Overwriting (beta 0) never reads `out`: the f32 wgrad into a gradient known to be zero saves reading
+  // 4 bytes per expert weight.
   void GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
                        bool accumulate, Stream stream);
   void GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
                        bool accumulate, Stream stream);
   void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
-                       Stream stream);
+                       bool accumulate, Stream stream);
 
   // Number of cached plans (distinct problems seen) and of heuristic queries made so far; tests use them
   // to show that repeated shapes reuse their plan.

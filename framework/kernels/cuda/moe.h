@@ -66,6 +66,10 @@ void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, co
 // load (E) i64 += counts (E) i64: tokens routed to each expert, for the auxiliary-loss-free bias update.
 void AccumulateExpertLoad(const Tensor& load, const Tensor& counts, Stream stream);
 
+// cpu::ExpertBiasUpdate on the device: bias (E) f32 += gamma * sign(mean(load) - load_i), bitwise the CPU
+// twin's f32 result; load (E) i64, each >= 0 (a negative load traps). E <= 1024; gamma = 0 queues nothing.
+void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma, Stream stream);
+
 // ---- Token permutation -----------------------------------------------------------------------------------
 
 // i32 elements of the workspace MoeSortByExpert needs for R rows over E experts (E * ceil(R / 512)).

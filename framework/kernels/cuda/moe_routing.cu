@@ -260,6 +260,30 @@ __global__ void AccumulateLoadKernel(int64_t* __restrict__ load, const int64_t* 
   if (i < e) load[i] += counts[i];
 }
 
+constexpr int kBiasThreads = 1024;  // one block covers every expert (E <= kMaxRouterExperts)
+
+// cpu::ExpertBiasUpdate in one block: the integer load sum by a fixed tree, then one expert per thread.
+__global__ void ExpertBiasUpdateKernel(float* __restrict__ bias, const int64_t* __restrict__ load, int e,
+                                       double gamma) {
+  __shared__ int64_t partial[kBiasThreads];
+  const int i = threadIdx.x;
+  const int64_t mine = i < e ? load[i] : 0;
+  if (mine < 0) {
+    printf("[expert_bias_cuda] negative expert load %lld at expert %d\n", static_cast<long long>(mine), i);
+    __trap();
+  }
+  partial[i] = mine;
+  __syncthreads();
+  for (int stride = kBiasThreads / 2; stride > 0; stride /= 2) {
+    if (i < stride) partial[i] += partial[i + stride];
+    __syncthreads();
+  }
+  if (i >= e) return;
+  const int64_t sum = partial[0], scaled = static_cast<int64_t>(e) * mine;
+  const double sign = sum > scaled ? 1.0 : (sum < scaled ? -1.0 : 0.0);
+  bias[i] = static_cast<float>(static_cast<double>(bias[i]) + gamma * sign);
+}
+
 void CheckRouterDims(const char* op, const RouterDims& d) {
   FATHOM_CHECK(d.n_group >= 1 && d.num_experts % d.n_group == 0 && d.num_experts / d.n_group >= 2 &&
                    d.topk_group >= 1 && d.topk_group <= d.n_group && d.top_k >= 1 &&
@@ -376,6 +400,19 @@ void AccumulateExpertLoad(const Tensor& load, const Tensor& counts, Stream strea
   if (e == 0) return;
   AccumulateLoadKernel<<<static_cast<unsigned>((e + 255) / 256), 256, 0, Raw(stream)>>>(
       load.data<int64_t>(), counts.data<int64_t>(), static_cast<int>(e));
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma, Stream stream) {
+  const char* op = "expert_bias_update_cuda";
+  FATHOM_CHECK(bias.ndim() == 1 && bias.dim(0) >= 1 && bias.dim(0) <= kBiasThreads, "[", op, "] bias ",
+               bias.shape_str(), ": 1 to ", kBiasThreads, " experts");
+  const int64_t e = bias.dim(0);
+  CheckDevice(op, "bias", bias, DType::kF32, {e});
+  CheckDevice(op, "load", load, DType::kI64, {e});
+  if (gamma == 0.0) return;  // the CPU twin checks the loads even then; here a no-op launches nothing
+  ExpertBiasUpdateKernel<<<1, kBiasThreads, 0, Raw(stream)>>>(bias.data<float>(), load.data<int64_t>(),
+                                                              static_cast<int>(e), gamma);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 

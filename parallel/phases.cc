@@ -1,0 +1,7 @@
+#include "parallel/phases.h"
+
+namespace fathom::phases {
+
+const PhaseId kOptimizer = RegisterPhase("optimizer");
+
+}  // namespace fathom::phases
