@@ -31,7 +31,8 @@ MoE::MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix
                       .shape = std::move(shape),
                       .group = ParamGroup::kExpert,
                       .layer = layer,
-                      .expert_begin = static_cast<int>(first_expert_)});
+                      .expert_begin = static_cast<int>(first_expert_),
+                      .gemm = GemmPrecision::kFp8});
   };
   gate_proj_ = expert("gate_proj", {local_experts_, intermediate_, hidden_});
   up_proj_ = expert("up_proj", {local_experts_, intermediate_, hidden_});
@@ -53,6 +54,7 @@ Tensor MoE::Forward(int mb, const Tensor& x, double balance_weight, MoeStats* st
   c.batch = x.dim(0);
   c.seq = x.dim(1);
   c.balance_weight = balance_weight;
+  c.dtype = x.dtype();
   Tensor x2 = x.Flatten2D();
   Route(mb, c, x2, stats);
   Permute(c, x2);
@@ -99,6 +101,7 @@ void MoE::Permute(Ctx& c, const Tensor& x2) {
 // Without an exchange the permuted rows are the local experts' rows; with one, they travel to the ranks
 // holding their experts (DESIGN.md idea 3: this is the dispatch communication phase).
 void MoE::Dispatch(Ctx& c) {
+  if (fp8()) return DispatchFp8(c);
   if (!exchange_) {
     c.x_local = c.x_perm;
     c.dispatch.local_counts = c.counts;
@@ -108,6 +111,7 @@ void MoE::Dispatch(Ctx& c) {
 }
 
 void MoE::ComputeExperts(Ctx& c) {
+  if (fp8()) return ComputeExpertsFp8(c);
   ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
@@ -166,6 +170,7 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
 // Combine's backward produced the output gradient in this rank's row order; it travels to the experts
 // the same way the tokens did (the combine-backward communication phase), and dx_local comes back.
 Tensor MoE::ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm) {
+  if (fp8()) return ExpertsBackwardInputFp8(c, dy_perm);
   c.dy_local = exchange_ ? exchange_->Dispatch(dy_perm, c.dispatch) : dy_perm;
   ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.x_local.dim(0);
@@ -185,7 +190,8 @@ Tensor MoE::ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm) {
 
 void MoE::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
-  FATHOM_CHECK(c.dy_local.defined(), "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
+  FATHOM_CHECK(c.dy_local.defined() || c.dyq_local.defined(),
+               "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
   ScopedPhase phase(Phase::kExperts);  // with the router's small weight gradient
   ExpertsBackwardWeight(c);
   router_.BackwardWeight(mb);
@@ -194,6 +200,7 @@ void MoE::BackwardWeight(int mb) {
 }
 
 void MoE::ExpertsBackwardWeight(Ctx& c) {
+  if (fp8()) return ExpertsBackwardWeightFp8(c);
   ops::GroupedMatmulTN(table_->grad(down_proj_), c.dy_local, c.h, c.dispatch.local_counts);
   ops::GroupedMatmulTN(table_->grad(gate_proj_), c.dgate, c.x_local, c.dispatch.local_counts);
   ops::GroupedMatmulTN(table_->grad(up_proj_), c.dup, c.x_local, c.dispatch.local_counts);

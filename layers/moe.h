@@ -21,6 +21,15 @@
 // BackwardInput mirrors it (combine, experts, permute, router, shared expert dgrad); BackwardWeight
 // accumulates the expert, router and shared-expert weight gradients. Layer contract of layers/layer.h.
 //
+// FP8 (train.precision fp8: the table has FP8 weights, framework/param_table.h): the permuted token rows are
+// quantised to packed FP8 rows (e4m3 codes with their 1x128 scales) before the dispatch, so the all-to-all
+// moves 1 + 4/128 bytes per value, and the experts' gate/up GEMMs read them as they arrive; the hidden
+// activation and, in the backward, the output gradient (quantised before it is dispatched to the experts)
+// and the SwiGLU input gradients are quantised for their GEMMs; the weight gradients quantise the kept FP8
+// rows and activations along the tokens. Combine and its backward stay in the activations' dtype. The
+// dispatched rows are the only copy of the experts' input kept for the backward (in FP8: the report's FP8
+// activation cache for the expert GEMMs).
+//
 // Statistics are returned, never kept: Forward fills a MoeStats for its micro-batch (the tokens routed to
 // each expert, the input of the bias update, and the balance value), and the caller sums them.
 //
@@ -101,6 +110,9 @@ class MoE {
     Tensor y_perm;       // (R, H) expert outputs back in this rank's order, unweighted
     Tensor dy_local;     // (R_local, H) set by BackwardInput
     Tensor dgate, dup;   // (R_local, I) set by BackwardInput
+    // FP8 (see the top): x_local and dy_local as packed FP8 rows instead (x_perm is dropped once quantised).
+    DType dtype = DType::kF32;  // the activations'
+    Fp8Rows xq_local, dyq_local;
   };
 
   // Forward phases.
@@ -113,6 +125,12 @@ class MoE {
   // dy_perm (R, H) -> dx_local (R_local, H); sets c.dy_local, c.dgate, c.dup.
   Tensor ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm);
   void ExpertsBackwardWeight(Ctx& c);
+  // The FP8 forms of the four phases above (layers/moe_fp8.cc), taken when fp8().
+  bool fp8() const { return table_->fp8(gate_proj_); }
+  void DispatchFp8(Ctx& c);
+  void ComputeExpertsFp8(Ctx& c);
+  Tensor ExpertsBackwardInputFp8(Ctx& c, const Tensor& dy_perm);
+  void ExpertsBackwardWeightFp8(Ctx& c);
 
   ParamTable* table_;
   int64_t hidden_, intermediate_, num_experts_, top_k_;

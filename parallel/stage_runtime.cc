@@ -159,9 +159,13 @@ absl::Status StageRuntime::SetUp() {
     const int64_t shard_elements =
         ZeroOptimizer::MaxShardElements(params, mesh_.layout().dp(), mesh_.layout().edp());
     const bool bf16 = recipe_.train.dtype == "bf16";
-    absl::StatusOr<MemoryPlan> plan =
-        PlanDeviceMemory(MemoryPlanInputFor(recipe_, slice, program_, params.numel(), shard_elements,
-                                            int64_t{32} << 20, static_cast<int64_t>(free_at_start)));
+    const bool fp8 = recipe_.train.precision == "fp8";
+    // Under fp8 the ops' FP8 GEMM context has its own cuBLASLt workspace beside the bf16 one.
+    const int64_t workspace_bytes = (fp8 ? 2 : 1) * (int64_t{32} << 20);
+    MemoryPlanInput plan_input = MemoryPlanInputFor(recipe_, slice, program_, params.numel(), shard_elements,
+                                                    workspace_bytes, static_cast<int64_t>(free_at_start));
+    plan_input.fp8_weight_bytes = fp8 ? params.Fp8WeightBytes() : 0;
+    absl::StatusOr<MemoryPlan> plan = PlanDeviceMemory(plan_input);
     if (!plan.ok()) {
       return absl::Status(plan.status().code(),
                           absl::StrFormat("%s: rank %d: %s", recipe_.path, c.rank, plan.status().message()));
@@ -171,11 +175,19 @@ absl::Status StageRuntime::SetUp() {
     const size_t value_bytes = cuda::DevicePool::RoundedSize(static_cast<size_t>(params.numel()) * 4);
     const size_t copy_bytes =
         bf16 ? cuda::DevicePool::RoundedSize(static_cast<size_t>(params.numel()) * 2) : 0;
-    device_->static_pool = std::make_unique<cuda::DevicePool>("parameters", 2 * value_bytes + copy_bytes);
+    // The FP8 weight copies (train.precision fp8) live there too: four blocks per FP8 weight.
+    size_t fp8_bytes = 0;
+    for (const ParamSpec& s : params.specs()) {
+      if (!fp8 || s.gemm != GemmPrecision::kFp8) continue;
+      for (int64_t b : Fp8Weight::TensorBytes(s.shape)) fp8_bytes += cuda::DevicePool::RoundedSize(b);
+    }
+    device_->static_pool =
+        std::make_unique<cuda::DevicePool>("parameters", 2 * value_bytes + copy_bytes + fp8_bytes);
     {
       cuda::PoolScope scope(*device_->static_pool);
       params.MoveTo(Device::kCUDA);
       params.SetComputeDType(bf16 ? DType::kBF16 : DType::kF32);
+      if (fp8) params.EnableFp8Weights();  // quantised from the masters now, then after every step
     }
     device_->pool = std::make_unique<cuda::DevicePool>("activations", static_cast<size_t>(plan->pool_bytes));
     device_->pool_scope.emplace(*device_->pool);
@@ -186,6 +198,8 @@ absl::Status StageRuntime::SetUp() {
     attention_path_ = cuda::DescribeAttentionPath(bf16 ? DType::kBF16 : DType::kF32, shape) + "\n";
   }
 #endif
+  // train.precision fp8 on the CPU: the emulated FP8 GEMMs read copies quantised from the masters.
+  if (recipe_.train.precision == "fp8" && !params.fp8_enabled()) params.EnableFp8Weights();
 
   // The last stage's copy of the embedding (for MTP) has the first stage's gradient added to it, so its
   // norm is counted once, on the first stage.
@@ -271,7 +285,7 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
     }
     optimizer_->Step(lr, r.grad_norm, recipe_.optim.grad_clip);
     optimizer_->GatherParameters();
-    params.RefreshComputeValues();  // the bf16 weight copies follow the updated masters
+    params.RefreshComputeValues();  // the bf16 (and FP8) weight copies follow the updated masters
   }
   StepResult reduced = ReduceStatistics(stats, norm);
   reduced.grad_norm = r.grad_norm;
