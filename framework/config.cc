@@ -1,5 +1,6 @@
 #include "framework/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -160,6 +161,7 @@ void ParseParallel(YamlMapReader& r, ParallelConfig* p) {
   r.Double("timeout_s", &p->timeout_s);
   r.Double("first_step_timeout_s", &p->first_step_timeout_s);
   r.Double("save_timeout_s", &p->save_timeout_s);
+  r.String("overlap", &p->overlap);
 }
 
 void ParseTrain(YamlMapReader& r, TrainConfig* t) {
@@ -175,6 +177,11 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.Count("eval_every", &t->eval_every);
   r.Count("eval_steps", &t->eval_steps);
   r.String("log_dir", &t->log_dir);
+  r.Count("max_skipped_steps", &t->max_skipped_steps);
+  r.Double("loss_spike_factor", &t->loss_spike_factor);
+  r.Count("check_replicas_every", &t->check_replicas_every);
+  r.String("trace", &t->trace);
+  r.CountList("trace_steps", &t->trace_steps);
 }
 
 void ParseOptim(YamlMapReader& r, OptimConfig* o) {
@@ -474,6 +481,16 @@ absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
           absl::StrCat(key, " must be in (0, ", kMaxTimeoutSeconds, "] seconds (a week), got ", seconds));
     }
   }
+  s = CheckOneOf("parallel.overlap", overlap, {"none", "two_micro_batch"});
+  if (!s.ok()) return s;
+  if (overlap == "two_micro_batch" && pp != 1) {
+    return Invalid(
+        absl::StrCat("parallel.overlap two_micro_batch overlaps micro-batches on a single stage "
+                     "and needs parallel.pp = 1, got ",
+                     pp,
+                     " (across stages, parallel.schedule dualpipe or dualpipev overlaps "
+                     "forward and backward chunks)"));
+  }
   if (model.n_routed_experts % ep != 0) {
     return Invalid(absl::StrCat("parallel.ep (", ep, ") must divide model.n_routed_experts (",
                                 model.n_routed_experts, ")"));
@@ -537,7 +554,27 @@ absl::Status ValidateGpuFp8(const TrainConfig& t, const ModelConfig& m) {
 
 }  // namespace
 
+std::vector<int64_t> TrainConfig::TracedSteps() const {
+  if (trace.empty()) return {};
+  if (trace_steps.empty()) return {std::min<int64_t>(2, steps)};
+  std::vector<int64_t> out = trace_steps;
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 absl::Status TrainConfig::Validate(const ModelConfig& model) const {
+  if (!trace_steps.empty() && trace.empty()) {
+    return Invalid(
+        "train.trace_steps chooses the steps of train.trace, which is not set; set train.trace to "
+        "the trace file's path");
+  }
+  for (size_t i = 0; i < trace_steps.size(); ++i) {
+    if (trace_steps[i] < 1 || trace_steps[i] > steps) {
+      return Invalid(absl::StrCat("train.trace_steps[", i, "] must be a step in [1, train.steps = ", steps,
+                                  "], got ", trace_steps[i]));
+    }
+  }
   absl::Status s = FirstError({
       CheckAtLeast("train.steps", steps, 1),
       CheckAtLeast("train.seq_len", seq_len, 2),
@@ -545,7 +582,11 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
       CheckAtLeast("train.log_every", log_every, 1),
       CheckOneOf("train.device", device, {"cpu", "cuda"}),
       CheckAtLeast("train.eval_steps", eval_steps, 1),
+      CheckAtLeast("train.max_skipped_steps", max_skipped_steps, 1),
   });
+  if (!(loss_spike_factor == 0 || loss_spike_factor > 1)) {
+    return Invalid(absl::StrCat("train.loss_spike_factor must be 0 (off) or > 1, got ", loss_spike_factor));
+  }
   if (!s.ok()) return s;
   if (seq_len > model.max_position_embeddings) {
     return Invalid(absl::StrCat("train.seq_len (", seq_len, ") must be <= model.max_position_embeddings (",

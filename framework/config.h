@@ -93,6 +93,10 @@ struct ParallelConfig {
   double timeout_s = 300;
   double first_step_timeout_s = 1800;
   double save_timeout_s = 1800;
+  // How a single stage hides its expert all-to-alls: "none", or "two_micro_batch" (pp 1): micro-batches
+  // run in pairs, forward with forward and backward with backward, so that one's dispatch or combine
+  // travels while the other computes (DualPipe's FB pair does this across stages by itself).
+  std::string overlap = "none";
   absl::Status Validate(const ModelConfig& model) const;
 };
 
@@ -119,6 +123,22 @@ struct TrainConfig {
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never
   int64_t eval_steps = 10;   // global batches of the valid split per evaluation (the same ones each time)
   std::string log_dir = "";  // rank 0 writes metrics.jsonl and TensorBoard event files here; "" = none
+  // Numerics. A step whose global gradient norm is not finite is skipped (no update) and counted; this many
+  // skipped steps in a row stop the job, naming the first tensor whose gradient went non-finite.
+  int64_t max_skipped_steps = 5;
+  // A loss above this factor x the running mean of the recent losses is logged as a warning; 0 = never.
+  double loss_spike_factor = 3.0;
+  // Silent-data-corruption check: every this many steps the data-parallel replicas compare checksums of
+  // the parameters they hold in common and stop the job on a mismatch, naming ranks, hosts and tensors;
+  // 0 = never.
+  int64_t check_replicas_every = 0;
+  // A Chrome/Perfetto trace of the run (empty = none): the executor's instructions, all-to-alls, pipeline
+  // receives and the step tail of every rank, for the steps `trace_steps` (1-based, as the log counts;
+  // empty = step 2, or step 1 of a one-step run), written once the last of them has run.
+  std::string trace;
+  std::vector<int64_t> trace_steps;
+  // The steps traced when `trace` is set (sorted, unique; empty without a trace).
+  std::vector<int64_t> TracedSteps() const;
   absl::Status Validate(const ModelConfig& model) const;
 };
 

@@ -102,17 +102,26 @@ PhaseMillis PhaseWork(const Recipe& recipe, Trainer& trainer, const DeviceMesh& 
   const ModelConfig& m = recipe.model;
   const double tokens = static_cast<double>(recipe.parallel.micro_batches * recipe.train.micro_batch_size *
                                             recipe.train.seq_len);
-  const MeshCoord& c = mesh.coord();
-  const std::vector<int64_t>& stages = trainer.runtime().stage_layers();
-  int64_t first = 0;
-  for (int s = 0; s < c.pp_rank; ++s) first += stages[static_cast<size_t>(s)];
-  const int64_t end = first + stages[static_cast<size_t>(c.pp_rank)];
-  const bool last_stage = c.pp_rank == mesh.layout().pp() - 1;
+  // The decoder layers of this rank's model chunks (two for DualPipe and DualPipeV), and whether one of
+  // them is the last model stage (head and MTP).
+  StageRuntime& runtime = trainer.runtime();
+  const std::vector<int64_t>& stages = runtime.stage_layers();
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  bool last_stage = false;
+  for (int chunk = 0; chunk < runtime.num_chunks(); ++chunk) {
+    const int stage = runtime.chunk_model_stage(chunk);
+    int64_t first = 0;
+    for (int s = 0; s < stage; ++s) first += stages[static_cast<size_t>(s)];
+    ranges.push_back({first, first + stages[static_cast<size_t>(stage)]});
+    last_stage = last_stage || stage + 1 == static_cast<int>(stages.size());
+  }
   PhaseMillis work{};
   auto add = [&](Phase p, double amount) { work[static_cast<size_t>(p)] += amount; };
   for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len)) {
-    const bool here = n.is_block() ? (n.layer >= first && n.layer < end)
-                                   : (n.kind == NodeKind::kHead || n.kind == NodeKind::kMtp) && last_stage;
+    bool in_chunk = false;
+    for (const auto& [first, end] : ranges) in_chunk = in_chunk || (n.layer >= first && n.layer < end);
+    const bool here =
+        n.is_block() ? in_chunk : (n.kind == NodeKind::kHead || n.kind == NodeKind::kMtp) && last_stage;
     if (!here) continue;
     add(Phase::kAttention,
         tokens * (3.0 * n.attn_gemm_flops + (1.0 + kAttentionBackwardFactor) * n.attn_flops));
@@ -122,9 +131,11 @@ PhaseMillis PhaseWork(const Recipe& recipe, Trainer& trainer, const DeviceMesh& 
                                      static_cast<double>(m.hidden_size) * 2.0 *
                                      (n.routed_copies > 0 ? 1.0 : 0.0));
   }
-  add(Phase::kOptimizer, ZeroOptimizer::StepTraffic(trainer.model().params(), recipe.optim,
-                                                    mesh.layout().dp(), mesh.layout().edp())
-                             .bytes);
+  for (int chunk = 0; chunk < runtime.num_chunks(); ++chunk) {
+    add(Phase::kOptimizer, ZeroOptimizer::StepTraffic(runtime.model(chunk).params(), recipe.optim,
+                                                      mesh.layout().dp(), mesh.layout().edp())
+                               .bytes);
+  }
   return work;
 }
 

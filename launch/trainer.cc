@@ -3,12 +3,21 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <iostream>
+#include <optional>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "checkpoint/checkpoint_dir.h"
+#include "checkpoint/checkpoint_reader.h"
+#include "checkpoint/model_config_json.h"
+#include "checkpoint/stage_state.h"
 #include "layers/cost.h"
 #include "optim/lr_schedule.h"
+#include "parallel/collective_status.h"
 #include "parallel/fault.h"
+#include "parallel/preemption.h"
+#include "parallel/zero.h"
 
 namespace fathom {
 
@@ -33,7 +42,140 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
   absl::StatusOr<std::unique_ptr<StageRuntime>> runtime = StageRuntime::Create(recipe, mesh);
   if (!runtime.ok()) return runtime.status();
   trainer->runtime_ = *std::move(runtime);
+  if (!recipe.checkpoint.dir.empty()) {
+    trainer->checkpoints_ = std::make_unique<CheckpointWriter>(mesh.world(), recipe.checkpoint);
+  }
+  absl::StatusOr<std::optional<std::string>> resume =
+      ResolveResumeOnAllRanks(recipe.checkpoint, mesh.world());
+  if (!resume.ok()) return resume.status();
+  if (resume->has_value()) {
+    if (absl::Status s = trainer->Resume(**resume); !s.ok()) return s;
+  }
   return trainer;
+}
+
+absl::Status Trainer::Resume(const std::string& path) {
+  Communicator& world = runtime_->host_mesh().world();
+  std::unique_ptr<CheckpointReader> reader;
+  std::vector<std::string> notes;
+  {
+    absl::StatusOr<std::unique_ptr<CheckpointReader>> opened = CheckpointReader::Open(path);
+    absl::Status s = opened.status();
+    if (s.ok()) {
+      reader = *std::move(opened);
+      s = reader->CheckModel(recipe_.model, &notes);
+    }
+    if (s = AgreeOnStatus(world, s); !s.ok()) return s;
+  }
+  const CheckpointMetadata& meta = reader->metadata();
+  if (meta.step > recipe_.train.steps) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: the checkpoint is at step %d, past train.steps (%d): raise train.steps to train further", path,
+        meta.step, recipe_.train.steps));
+  }
+  const int64_t adam_step = meta.extra.value("adam_step", meta.step);
+  bool moments = false;
+  if (absl::Status s = RestoreStageState(*reader, *runtime_, adam_step, &moments); !s.ok()) return s;
+  // The data position: file sources check that the data and seed did not change (the message says what
+  // changed); a weights-only checkpoint (fathom import) starts the data from its beginning.
+  if (!meta.data_loader.empty()) {
+    absl::StatusOr<LoaderState> state = LoaderStateFromJson(meta.data_loader);
+    absl::Status s = state.status();
+    if (s.ok()) s = train_data_->Restore(*state);
+    if (s = AgreeOnStatus(world, s); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("%s: %s", path, s.message()));
+    }
+  }
+  first_step_ = meta.step;
+  if (runtime_->coord().rank == 0) {
+    std::cout << absl::StrFormat("resumed from %s: step %d%s\n", path, meta.step,
+                                 moments ? "" : " (weights only: AdamW starts from zero)");
+    for (const std::string& n : notes) std::cout << "  note: " << n << "\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::CheckNumerics(const StepStats& st, std::ostream& log) {
+  const bool logs = runtime_->coord().rank == 0;
+  if (st.skipped) {
+    ++skipped_total_;
+    if (++skipped_in_a_row_ >= recipe_.train.max_skipped_steps) {
+      return absl::InternalError(absl::StrFormat(
+          "step %d: %d steps in a row had a non-finite gradient norm (train.max_skipped_steps); the first "
+          "non-finite gradient: %s. Training diverged: lower optim.lr, raise optim.warmup_steps or check the "
+          "data",
+          st.step + 1, skipped_in_a_row_, st.nonfinite));
+    }
+    if (logs) {
+      log << absl::StrFormat(
+          "warning: step %d skipped: gradient norm %f, first non-finite gradient %s (%d in "
+          "a row, %d in all)\n",
+          st.step + 1, st.grad_norm, st.nonfinite, skipped_in_a_row_, skipped_total_);
+    }
+    return absl::OkStatus();
+  }
+  skipped_in_a_row_ = 0;
+  // A spike against the mean of the recent losses, and a gradient that vanished entirely.
+  constexpr size_t kWindow = 20, kMinimum = 5;
+  if (recent_losses_.size() >= kMinimum && recipe_.train.loss_spike_factor > 0) {
+    double mean = 0;
+    for (double l : recent_losses_) mean += l / static_cast<double>(recent_losses_.size());
+    if (st.loss > recipe_.train.loss_spike_factor * mean && logs) {
+      log << absl::StrFormat(
+          "warning: step %d loss %.4g is %.1f x the mean of the last %d steps (%.4g; "
+          "train.loss_spike_factor %g)\n",
+          st.step + 1, st.loss, st.loss / mean, recent_losses_.size(), mean, recipe_.train.loss_spike_factor);
+    }
+  }
+  if (st.grad_norm == 0 && logs) {
+    log << absl::StrFormat("warning: step %d gradient norm is exactly 0: nothing is learning\n", st.step + 1);
+  }
+  recent_losses_.push_back(st.loss);
+  if (recent_losses_.size() > kWindow) recent_losses_.erase(recent_losses_.begin());
+  return absl::OkStatus();
+}
+
+CheckpointMetadata Trainer::MetadataAfter(int64_t steps_done) const {
+  CheckpointMetadata m;
+  m.step = steps_done;
+  m.lr_schedule_step = steps_done;
+  m.seed = recipe_.train.seed;
+  m.data_loader = LoaderStateToJson(train_data_->state(steps_done));
+  m.extra = {{"adam_step", runtime_->optimizer().step()}};
+  m.recipe = ResolvedRecipeYaml(recipe_);
+  m.model = ModelConfigToJson(recipe_.model);
+  return m;
+}
+
+absl::Status Trainer::StartSave(int64_t steps_done, bool async, std::ostream& log) {
+  // Saves wait on every rank's file system: they get the longer deadline.
+  ScopedTimeout deadline(runtime_->host_mesh().world(), recipe_.parallel.save_timeout_s);
+  if (checkpoints_->in_flight()) {
+    if (absl::Status s = PollSave(/*finish=*/true, log); !s.ok()) return s;
+  }
+  const std::vector<ShardSource> sources = StageStateSources(*runtime_);
+  if (async) return checkpoints_->StartAsync(sources, MetadataAfter(steps_done));
+  absl::StatusOr<CheckpointSaveStats> saved = checkpoints_->Save(sources, MetadataAfter(steps_done));
+  if (!saved.ok()) return saved.status();
+  if (runtime_->coord().rank == 0) log << DescribeSave(*saved) << "\n" << std::flush;
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::PollSave(bool finish, std::ostream& log) {
+  if (!checkpoints_ || !checkpoints_->in_flight()) return absl::OkStatus();
+  absl::StatusOr<std::optional<CheckpointSaveStats>> done =
+      finish ? checkpoints_->Finish() : checkpoints_->Poll();
+  if (!done.ok()) return done.status();
+  if (done->has_value() && runtime_->coord().rank == 0) log << DescribeSave(**done) << "\n" << std::flush;
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::SaveCheckpoint(int64_t steps_done, std::ostream& log) {
+  if (!checkpoints_) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s: saving a checkpoint needs checkpoint.dir", recipe_.path));
+  }
+  return StartSave(steps_done, /*async=*/false, log);
 }
 
 absl::StatusOr<std::vector<MicroBatch>> Trainer::SampleMicroBatches(TokenLoader& loader, int64_t step) const {
@@ -59,10 +201,16 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   absl::StatusOr<std::vector<MicroBatch>> batches = SampleMicroBatches(*train_data_, step);
   if (!batches.ok()) return batches.status();
   const double lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
+  const std::vector<int64_t> traced = recipe_.train.TracedSteps();
+  const bool trace = std::find(traced.begin(), traced.end(), step + 1) != traced.end();
+  if (trace) runtime_->BeginStepTrace(step + 1);
   absl::StatusOr<StepResult> r = runtime_->Step(*batches, lr);
   if (!r.ok())
     return absl::Status(r.status().code(), absl::StrFormat("step %d: %s", step + 1, r.status().message()));
-  runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
+  if (trace) {
+    if (absl::Status s = runtime_->EndStepTrace(); !s.ok()) return s;
+  }
+  if (!r->skipped) runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
   last_moe_layers_ = r->moe_layers;
 
   StepStats st;
@@ -74,6 +222,8 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   st.lr = lr;
   st.grad_norm = r->grad_norm;
   st.load_max_over_mean = r->load_max_over_mean;
+  st.skipped = r->skipped;
+  st.nonfinite = r->nonfinite;
   st.expert_loads = std::move(r->expert_loads);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double tokens = static_cast<double>(recipe_.parallel.micro_batches * runtime_->layout().dp() *
@@ -182,12 +332,28 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     if (!opened.ok()) return opened.status();
     run_log = *std::move(opened);
   }
+  if (absl::Status s = InstallPreemptionHandlers(); !s.ok()) return s;
+  Communicator& world = runtime_->host_mesh().world();
+  const CheckpointConfig& ckpt = recipe_.checkpoint;
   std::vector<StepStats> all;
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t step = 0; step < steps; ++step) {
-    absl::StatusOr<StepStats> st = Step(step);
+  for (int64_t step = first_step_; step < steps; ++step) {
+    absl::StatusOr<StepStats> st;
+    {
+      // The first step (allocations, NCCL connections, cuDNN plans) gets the longer deadline.
+      std::optional<ScopedTimeout> first;
+      if (step == first_step_) first.emplace(world, recipe_.parallel.first_step_timeout_s);
+      st = Step(step);
+    }
     if (!st.ok()) return st.status();
     all.push_back(*st);
+    if (absl::Status s = CheckNumerics(*st, log); !s.ok()) return s;
+    if (recipe_.train.check_replicas_every > 0 && (step + 1) % recipe_.train.check_replicas_every == 0) {
+      if (ShouldFlipParameterBit(runtime_->coord().rank, step + 1)) runtime_->FlipOneParameterBitForTesting();
+      if (absl::Status s = runtime_->CheckReplicas(); !s.ok()) {
+        return absl::Status(s.code(), absl::StrFormat("step %d: %s", step + 1, s.message()));
+      }
+    }
     double valid_loss = std::nan("");
     if (recipe_.train.eval_every > 0 && ((step + 1) % recipe_.train.eval_every == 0 || step + 1 == steps)) {
       absl::StatusOr<double> v = Evaluate();
@@ -203,7 +369,7 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
       log << FormatStepLine(all.back(), steps);
       if (step + 1 < steps) {
         log << " | eta "
-            << FormatDuration(elapsed / static_cast<double>(step + 1) *
+            << FormatDuration(elapsed / static_cast<double>(step + 1 - first_step_) *
                               static_cast<double>(steps - step - 1));
       }
       log << "\n";
@@ -212,18 +378,38 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     if (run_log) {
       if (absl::Status s = run_log->Log(MakeRecord(all.back(), valid_loss)); !s.ok()) return s;
     }
+    // Checkpoints: finish a background save when every rank is done; save on schedule, after the last
+    // step, and when any rank was told to stop (SIGTERM / SIGUSR1: the same step on every rank).
+    if (absl::Status s = PollSave(/*finish=*/false, log); !s.ok()) return s;
+    const bool stop = AgreeToStop(world);
+    const bool last = step + 1 == steps;
+    const bool scheduled = ckpt.save_every > 0 && (last || (step + 1) % ckpt.save_every == 0);
+    if (checkpoints_ && (stop || scheduled)) {
+      if (absl::Status s = StartSave(step + 1, ckpt.async && !stop && !last, log); !s.ok()) return s;
+    }
+    if (stop) {
+      preempted_ = true;
+      if (logs) {
+        log << absl::StrFormat("preempted: signal %d received; stopping after step %d%s\n",
+                               PreemptionSignal(), step + 1,
+                               checkpoints_ ? " with a checkpoint" : " (no checkpoint.dir: nothing saved)");
+      }
+      break;
+    }
   }
+  if (absl::Status s = PollSave(/*finish=*/true, log); !s.ok()) return s;
   if (run_log) {
     if (absl::Status s = run_log->Close(); !s.ok()) return s;
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const LossWindows w = SummarizeLosses(all);
-  const double tokens = static_cast<double>(steps * global_sequences * recipe_.train.seq_len);
+  const double tokens =
+      static_cast<double>(static_cast<int64_t>(all.size()) * global_sequences * recipe_.train.seq_len);
   if (logs) {
     log << absl::StrFormat(
         "summary: %d steps, %.0f tokens in %.1f s (%.0f tok/s); lm loss %.4f -> %.4f (mean of first/last %d "
         "steps), ln(vocab) = %.4f\n",
-        steps, tokens, seconds, tokens / seconds, w.first, w.last, w.window,
+        static_cast<int64_t>(all.size()), tokens, seconds, tokens / seconds, w.first, w.last, w.window,
         std::log(static_cast<double>(mc.vocab_size)));
   }
   return all;

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/checkpoint_index.h"
+#include "checkpoint/checkpoint_writer.h"
 #include "data/token_loader.h"
 #include "framework/config.h"
 #include "framework/run_log.h"
@@ -33,23 +35,40 @@ struct StepStats {
   double load_max_over_mean = 0;                   // worst MoE layer's busiest expert over the mean load
   std::vector<std::vector<int64_t>> expert_loads;  // this stage's MoE layers, global counts of the step
   double seconds = 0;                              // wall time of the step on this rank
+  bool skipped = false;   // the gradient norm was not finite: no update (StepResult::skipped)
+  std::string nonfinite;  // then: the first tensor with a non-finite gradient, and its rank
 };
 
 class Trainer {
  public:
-  // `mesh` (not owned) must outlive the trainer; its layout must match recipe.parallel.
+  // `mesh` (not owned) must outlive the trainer; its layout must match recipe.parallel. With
+  // checkpoint.resume (auto finding one, or a path) the state is loaded here, on any mesh: parameters,
+  // AdamW moments and step count, expert biases, the data position; first_step() says where to go on.
+  // A bad checkpoint (missing, truncated, corrupt, another model) is InvalidArgument / NotFound / DataLoss
+  // on every rank alike, naming the file and the tensor; nothing on disk is touched.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Recipe& recipe, DeviceMesh& mesh);
   ~Trainer();
 
-  // One optimizer step (0-based). Fails (nothing updated) when the gradient norm is not finite.
+  // One optimizer step (0-based). When the gradient norm is not finite nothing is updated and the stats say
+  // so (skipped); Run stops after train.max_skipped_steps of those in a row.
   absl::StatusOr<StepStats> Step(int64_t step);
   // The main LM loss on train.eval_steps batches of the valid split (the same batches every time).
   // FailedPrecondition when the recipe's data has no valid split.
   absl::StatusOr<double> Evaluate();
-  // Runs recipe.train.steps steps; rank 0 logs one line per train.log_every steps (with the ETA), a
-  // validation line every train.eval_every steps, then a summary; with train.log_dir, rank 0 also writes
-  // metrics.jsonl and TensorBoard events there (framework/run_log.h).
+  // Runs steps first_step() .. recipe.train.steps-1; rank 0 logs one line per train.log_every steps (with
+  // the ETA), a validation line every train.eval_every steps, then a summary; with train.log_dir, rank 0
+  // also writes metrics.jsonl and TensorBoard events there (framework/run_log.h). With checkpoint.dir and
+  // save_every it saves every save_every steps and after the last one (checkpoint.async: in the
+  // background). A SIGTERM or SIGUSR1 on any rank (Slurm's --signal=USR1@120) ends the run after the
+  // current step with a checkpoint (when checkpoint.dir is set); preempted() is then true.
   absl::StatusOr<std::vector<StepStats>> Run(std::ostream& log);
+
+  // Saves the state after `steps_done` steps into checkpoint.dir (synchronously; collective). The
+  // checkpoint's step is steps_done.
+  absl::Status SaveCheckpoint(int64_t steps_done, std::ostream& log);
+
+  int64_t first_step() const { return first_step_; }
+  bool preempted() const { return preempted_; }
 
   StageRuntime& runtime() { return *runtime_; }
   Model& model() { return runtime_->model(); }
@@ -68,8 +87,22 @@ class Trainer {
 
   Recipe recipe_;
   std::unique_ptr<TokenLoader> train_data_, valid_data_;  // valid_data_: with train.eval_every > 0
+  // The checkpoint state of the step loop: what a save records besides the tensors.
+  CheckpointMetadata MetadataAfter(int64_t steps_done) const;
+  absl::Status Resume(const std::string& path);
+  absl::Status StartSave(int64_t steps_done, bool async, std::ostream& log);
+  absl::Status PollSave(bool finish, std::ostream& log);
+  // Counts skipped steps (an error after train.max_skipped_steps in a row) and warns on rank 0 about a
+  // loss spike or a gradient norm of exactly 0.
+  absl::Status CheckNumerics(const StepStats& st, std::ostream& log);
+
   std::unique_ptr<StageRuntime> runtime_;
-  std::vector<int> last_moe_layers_;  // HF layer index of this stage's MoE layers (the run log's names)
+  std::unique_ptr<CheckpointWriter> checkpoints_;  // with checkpoint.dir
+  int64_t first_step_ = 0;
+  bool preempted_ = false;
+  int64_t skipped_in_a_row_ = 0, skipped_total_ = 0;
+  std::vector<double> recent_losses_;  // the last losses, for the spike warning
+  std::vector<int> last_moe_layers_;   // HF layer index of this stage's MoE layers (the run log's names)
 };
 
 std::string FormatStepLine(const StepStats& s, int64_t total_steps);

@@ -157,42 +157,7 @@ double MicroBatchStats::balance_sum() const {
 StageOutput Model::ForwardStage(int mb, const MicroBatch& batch, const Tensor& input,
                                 const LossNormalizers& norm) {
   StageOutput out;
-  MicroBatchStats& stats = out.stats;
-  // One MoeStats per MoE layer, in moe_layers() order: the main blocks', then the MTP modules'.
-  auto next_moe_stats = [&stats](bool moe) -> MoeStats* {
-    if (!moe) return nullptr;
-    stats.moe.emplace_back();
-    return &stats.moe.back();
-  };
-  stats.moe.reserve(blocks_.size() + mtp_.size());  // pointers into it stay valid
-  // Micro-batches are sampled on the host; the token ids and labels follow the parameters' device.
-  const Device dev = params_.device();
-  const Tensor ids = dev == Device::kCPU ? batch.input_ids : ops::To(batch.input_ids, dev);
-  const Tensor labels = dev == Device::kCPU ? batch.labels : ops::To(batch.labels, dev);
-  Tensor h = slice_.embedding ? embed_->Forward(mb, ids) : input;
-  FATHOM_CHECK(h.defined(), "stage without the embedding needs the previous stage's output");
-  for (auto& b : blocks_) h = b->Forward(mb, h, norm.balance_weight, next_moe_stats(b->moe() != nullptr));
-  if (slice_.head) {
-    FATHOM_CHECK(norm.mtp_tokens.size() == mtp_.size(), "normalisers for ", norm.mtp_tokens.size(),
-                 " MTP depths, model has ", mtp_.size());
-    // Zero valid labels in a step means nothing to learn from that loss: scale 0, not a division by 0.
-    auto scale = [](double weight, double tokens) { return tokens > 0 ? weight / tokens : 0.0; };
-    stats.main_ce += head_->Forward(mb, h, labels, scale(1.0, norm.main_tokens));
-    stats.mtp_ce.assign(mtp_.size(), 0.0);
-    const double depth_weight = mtp_.empty() ? 0.0 : loss_.mtp_lambda / static_cast<double>(mtp_.size());
-    for (size_t k = 0; k < mtp_.size(); ++k) {
-      Tensor ids, labels;
-      MtpInputs(batch.input_ids, batch.labels, static_cast<int>(k) + 1, loss_.ignore_index, &ids, &labels);
-      if (h.device() != Device::kCPU) {  // the shifted host ids and labels go to the activations' device
-        ids = ops::To(ids, h.device());
-        labels = ops::To(labels, h.device());
-      }
-      h = mtp_[k]->Forward(mb, h, ids, labels, scale(depth_weight, norm.mtp_tokens[k]), &stats.mtp_ce[k],
-                           norm.balance_weight, next_moe_stats(mtp_[k]->block().moe() != nullptr));
-    }
-    h = Tensor();
-  }
-  out.hidden = h;
+  ForwardPass(mb, batch, input, norm, &out)->RunToEnd();
   return out;
 }
 
@@ -202,20 +167,9 @@ MicroBatchStats Model::Forward(int mb, const MicroBatch& batch, const LossNormal
 }
 
 Tensor Model::BackwardInputStage(int mb, const Tensor& grad_output) {
-  Tensor dh;
-  if (slice_.head) {
-    Tensor dmtp;  // gradient w.r.t. the output of the deepest MTP module seen so far
-    for (size_t k = mtp_.size(); k-- > 0;) dmtp = mtp_[k]->BackwardInput(mb, dmtp);
-    dh = head_->BackwardInput(mb);
-    if (dmtp.defined()) ops::AddInPlace(dh, dmtp);  // h^0 feeds both the head and MTP module 1
-  } else {
-    FATHOM_CHECK(grad_output.defined(), "stage without the head needs the next stage's gradient");
-    dh = grad_output;
-  }
-  for (size_t l = blocks_.size(); l-- > 0;) dh = blocks_[l]->BackwardInput(mb, dh);
-  if (!slice_.embedding) return dh;
-  embed_->BackwardInput(mb, dh);
-  return Tensor();
+  Tensor dx;
+  BackwardPass(mb, grad_output, /*weight=*/false, &dx)->RunToEnd();
+  return dx;
 }
 
 void Model::BackwardWeight(int mb) {

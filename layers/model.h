@@ -22,6 +22,7 @@
 #include "layers/graph.h"
 #include "layers/mtp.h"
 #include "layers/output_head.h"
+#include "layers/stage_pass.h"
 
 namespace fathom {
 
@@ -97,6 +98,19 @@ class Model {
   // the gradient w.r.t. the stage input (undefined on the first stage).
   Tensor BackwardInputStage(int mb, const Tensor& grad_output);
   void BackwardWeight(int mb);
+
+  // The overlap hook (layers/stage_pass.h): the same work as ForwardStage, or BackwardInputStage followed
+  // by BackwardWeight when `weight` (BW), as a pass whose steps are cut at the MoE layers' all-to-alls.
+  // ForwardStage and BackwardInputStage are these passes run to their end. Results are written when the
+  // last step has run: *out (the stats as the steps go), *grad_input; both must outlive the pass. The
+  // inputs are held by the pass. Steps: "input" or "embedding", per decoder layer L "layer L" (dense) or
+  // "attention L" / "experts L" / "combine L" (MoE: attention, routing and dispatch / routed experts and
+  // combine / unpermute and residual), "head", per MTP depth "mtp k" / "experts L" / "combine L"; backward
+  // "head", per MoE layer "combine-grad L" / "experts-grad L" / "attention-grad L", "layer-grad L" (dense),
+  // "embedding-grad", "weights" (BW).
+  std::unique_ptr<StagePass> ForwardPass(int mb, const MicroBatch& batch, const Tensor& input,
+                                         const LossNormalizers& norm, StageOutput* out);
+  std::unique_ptr<StagePass> BackwardPass(int mb, const Tensor& grad_output, bool weight, Tensor* grad_input);
 
   // The whole model in one slice (single rank): the micro-batch's statistics.
   MicroBatchStats Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm);

@@ -45,6 +45,12 @@ MoE::MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix
 }
 
 Tensor MoE::Forward(int mb, const Tensor& x, double balance_weight, MoeStats* stats) {
+  ForwardBegin(mb, x, balance_weight, stats);
+  ForwardExperts(mb);
+  return ForwardEnd(mb);
+}
+
+void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats* stats) {
   FATHOM_CHECK(x.ndim() == 3 && x.dim(2) == hidden_, "[moe ", table_->spec(gate_proj_).name, "] input ",
                x.shape_str(), ", expected (B, T, ", hidden_, ")");
   // Phases (bench): routing, permutation, the exchange and the combine are dispatch/combine; the routed
@@ -62,14 +68,46 @@ Tensor MoE::Forward(int mb, const Tensor& x, double balance_weight, MoeStats* st
     stats->layer = layer_;
     stats->expert_counts = c.counts;  // the host counts of the permutation: every (token, k) once
   }
-  Dispatch(c);
-  ComputeExperts(c);
-  Tensor y = Combine(c);
-  if (shared_) {
-    ScopedPhase experts(Phase::kExperts);
-    ops::AddInPlace(y, shared_->Forward(mb, x2));
+  // Without an exchange the permuted rows are the local experts' rows; with one, they travel to the ranks
+  // holding their experts (DESIGN.md idea 3: the dispatch communication phase).
+  if (fp8()) {
+    c.in_flight = StartRowsFp8(c, c.x_perm, /*forward=*/true);
+    c.x_perm = Tensor();
+  } else if (exchange_) {
+    c.in_flight = exchange_->StartDispatch(c.x_perm, c.counts, &c.dispatch);
+  } else {
+    c.in_flight = RowsInFlight(c.x_perm);
+    c.dispatch.local_counts = c.counts;
   }
-  return y.Reshape(x.shape());
+  if (shared_) {  // needs only x: runs while the rows travel
+    ScopedPhase experts(Phase::kExperts);
+    c.shared_out = shared_->Forward(mb, x2);
+  }
+}
+
+void MoE::ForwardExperts(int mb) {
+  Ctx& c = saved_.Get(mb);
+  ScopedPhase phase(Phase::kDispatchCombine);
+  Tensor y_local;
+  if (fp8()) {
+    c.xq_local = ArrivedFp8(c);
+    y_local = ComputeExpertsFp8(c);
+  } else {
+    c.x_local = c.in_flight.Wait();
+    y_local = ComputeExperts(c);
+  }
+  // The way back to the tokens' ranks (the combine communication phase).
+  c.in_flight = exchange_ ? exchange_->StartCombine(y_local, c.dispatch) : RowsInFlight(y_local);
+}
+
+Tensor MoE::ForwardEnd(int mb) {
+  Ctx& c = saved_.Get(mb);
+  ScopedPhase phase(Phase::kDispatchCombine);
+  c.y_perm = c.in_flight.Wait();
+  Tensor y = Combine(c);
+  if (shared_) ops::AddInPlace(y, c.shared_out);
+  c.shared_out = Tensor();
+  return y.Reshape({c.batch, c.seq, hidden_});
 }
 
 // The router saves x for its own backward; the balance value is a statistic here, its gradient is applied
@@ -98,20 +136,7 @@ void MoE::Permute(Ctx& c, const Tensor& x2) {
   ops::MoePermute(c.x_perm, c.row_slot, c.counts, x2, c.routing.topk_index);
 }
 
-// Without an exchange the permuted rows are the local experts' rows; with one, they travel to the ranks
-// holding their experts (DESIGN.md idea 3: this is the dispatch communication phase).
-void MoE::Dispatch(Ctx& c) {
-  if (fp8()) return DispatchFp8(c);
-  if (!exchange_) {
-    c.x_local = c.x_perm;
-    c.dispatch.local_counts = c.counts;
-    return;
-  }
-  c.x_local = exchange_->Dispatch(c.x_perm, c.counts, &c.dispatch);
-}
-
-void MoE::ComputeExperts(Ctx& c) {
-  if (fp8()) return ComputeExpertsFp8(c);
+Tensor MoE::ComputeExperts(Ctx& c) {
   ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
@@ -124,8 +149,7 @@ void MoE::ComputeExperts(Ctx& c) {
   ops::GroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), c.dispatch.local_counts);
   ops::SwiGluForward(c.h, c.gate, c.up);
   ops::GroupedMatmulNT(y_local, c.h, table_->compute_value(down_proj_), c.dispatch.local_counts);
-  ScopedPhase combine(Phase::kDispatchCombine);  // the way back to the tokens' ranks
-  c.y_perm = exchange_ ? exchange_->Combine(y_local, c.dispatch) : y_local;
+  return y_local;
 }
 
 Tensor MoE::Combine(Ctx& c) {
@@ -135,26 +159,66 @@ Tensor MoE::Combine(Ctx& c) {
 }
 
 Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
+  BackwardInputBegin(mb, dy);
+  BackwardInputExperts(mb);
+  return BackwardInputEnd(mb);
+}
+
+void MoE::BackwardInputBegin(int mb, const Tensor& dy) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(dy.ndim() == 3 && dy.dim(0) == c.batch && dy.dim(1) == c.seq && dy.dim(2) == hidden_,
                "[moe] dy ", dy.shape_str());
   ScopedPhase phase(Phase::kDispatchCombine);
   Tensor dy2 = dy.Flatten2D();
   // dweight is in the router's dtype (topk_weight's), the output gradient in the activations'.
-  Tensor dweight = Tensor::Empty(c.routing.topk_weight.shape(), c.routing.topk_weight.dtype(), dy2.device());
+  c.dweight = Tensor::Empty(c.routing.topk_weight.shape(), c.routing.topk_weight.dtype(), dy2.device());
   Tensor dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype(), dy2.device());
-  ops::MoeCombineBackward(dy_perm, dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
-  Tensor dx_perm = ExpertsBackwardInput(c, dy_perm);
-  if (exchange_) dx_perm = exchange_->Combine(dx_perm, c.dispatch);
+  ops::MoeCombineBackward(dy_perm, c.dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
+  // Combine's backward produced the output gradient in this rank's row order; it travels to the experts
+  // the same way the tokens did (the combine-backward communication phase).
+  if (fp8()) {
+    c.in_flight = StartRowsFp8(c, dy_perm, /*forward=*/false);
+  } else {
+    c.in_flight = exchange_ ? exchange_->StartDispatch(dy_perm, c.dispatch) : RowsInFlight(dy_perm);
+  }
+  if (shared_) {  // needs only dy: runs while the gradient travels
+    ScopedPhase experts(Phase::kExperts);
+    c.shared_out = shared_->BackwardInput(mb, dy2);
+  }
+}
+
+void MoE::BackwardInputExperts(int mb, bool expert_weights) {
+  Ctx& c = saved_.Get(mb);
+  ScopedPhase phase(Phase::kDispatchCombine);
+  Tensor dx_local;
+  if (fp8()) {
+    c.dyq_local = ArrivedFp8(c);
+    dx_local = ExpertsBackwardInputFp8(c);
+  } else {
+    c.dy_local = c.in_flight.Wait();
+    dx_local = ExpertsBackwardInput(c);
+  }
+  // The input gradient goes back to the tokens' ranks.
+  c.in_flight = exchange_ ? exchange_->StartCombine(dx_local, c.dispatch) : RowsInFlight(dx_local);
+  if (expert_weights) {
+    ScopedPhase experts(Phase::kExperts);
+    ExpertsBackwardWeight(c);
+    c.expert_weights_done = true;
+  }
+}
+
+Tensor MoE::BackwardInputEnd(int mb) {
+  Ctx& c = saved_.Get(mb);
+  ScopedPhase phase(Phase::kDispatchCombine);
+  Tensor dx_perm = c.in_flight.Wait();
+  const int64_t tokens = c.batch * c.seq;
   Tensor dx;
   if (shared_) {
-    {
-      ScopedPhase experts(Phase::kExperts);
-      dx = shared_->BackwardInput(mb, dy2);
-    }
+    dx = c.shared_out;
+    c.shared_out = Tensor();
     ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/true);
   } else {
-    dx = Tensor::Empty(dy2.shape(), dy2.dtype(), dy2.device());
+    dx = Tensor::Empty({tokens, hidden_}, dx_perm.dtype(), dx_perm.device());
     ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/false);
   }
   Tensor dscores;  // the balance loss is the only other consumer of the router scores
@@ -163,15 +227,13 @@ Tensor MoE::BackwardInput(int mb, const Tensor& dy) {
     ops::SequenceBalanceLossBackward(dscores, c.routing.scores, c.routing.topk_index, c.batch, c.seq,
                                      c.balance_weight);
   }
-  router_.BackwardInput(mb, dx, dweight, dscores);
-  return dx.Reshape(dy.shape());
+  router_.BackwardInput(mb, dx, c.dweight, dscores);
+  c.dweight = Tensor();
+  return dx.Reshape({c.batch, c.seq, hidden_});
 }
 
-// Combine's backward produced the output gradient in this rank's row order; it travels to the experts
-// the same way the tokens did (the combine-backward communication phase), and dx_local comes back.
-Tensor MoE::ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm) {
-  if (fp8()) return ExpertsBackwardInputFp8(c, dy_perm);
-  c.dy_local = exchange_ ? exchange_->Dispatch(dy_perm, c.dispatch) : dy_perm;
+// dy_local (R_local, H) -> dx_local (R_local, H) through the local experts.
+Tensor MoE::ExpertsBackwardInput(Ctx& c) {
   ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.x_local.dim(0);
   const DType dt = c.x_local.dtype();
@@ -193,7 +255,7 @@ void MoE::BackwardWeight(int mb) {
   FATHOM_CHECK(c.dy_local.defined() || c.dyq_local.defined(),
                "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
   ScopedPhase phase(Phase::kExperts);  // with the router's small weight gradient
-  ExpertsBackwardWeight(c);
+  if (!c.expert_weights_done) ExpertsBackwardWeight(c);
   router_.BackwardWeight(mb);
   if (shared_) shared_->BackwardWeight(mb);
   saved_.Drop(mb);

@@ -21,6 +21,18 @@
 // BackwardInput mirrors it (combine, experts, permute, router, shared expert dgrad); BackwardWeight
 // accumulates the expert, router and shared-expert weight gradients. Layer contract of layers/layer.h.
 //
+// Phases (the overlap hook, DESIGN.md idea 3): Forward is ForwardBegin (route, permute, START the dispatch,
+// then the shared expert while the rows travel) -> ForwardExperts (wait for the dispatch, the routed
+// experts, START the combine) -> ForwardEnd (wait for the combine, unpermute and weight, add the shared
+// expert). BackwardInput is BackwardInputBegin (combine's backward, START the dispatch of the output
+// gradient, then the shared expert's dgrad) -> BackwardInputExperts (wait, the experts' dgrad, START the
+// combine of the input gradient) -> BackwardInputEnd (wait, permute's backward, balance loss, router). A
+// caller may run other work (another micro-batch's phases) between the phases of one micro-batch; the
+// blocking forms run them back to back. Phases of one micro-batch come in this order, each once; with an
+// exchange, every rank of the expert-parallel group must start the phases of all its micro-batches in the
+// same order (the movements are collectives). Without an exchange nothing is in flight. The numbers do
+// not depend on the interleaving.
+//
 // FP8 (train.precision fp8: the table has FP8 weights, framework/param_table.h): the permuted token rows are
 // quantised to packed FP8 rows (e4m3 codes with their 1x128 scales) before the dispatch, so the all-to-all
 // moves 1 + 4/128 bytes per value, and the experts' gate/up GEMMs read them as they arrive; the hidden
@@ -80,6 +92,17 @@ class MoE {
   Tensor BackwardInput(int mb, const Tensor& dy);  // dy (B, T, H) -> dx (B, T, H)
   void BackwardWeight(int mb);
 
+  // The phases of Forward and BackwardInput (see the top of this file). `stats` must stay valid until
+  // ForwardBegin returns.
+  void ForwardBegin(int mb, const Tensor& x, double balance_weight = 0.0, MoeStats* stats = nullptr);
+  void ForwardExperts(int mb);
+  Tensor ForwardEnd(int mb);  // -> y (B, T, H)
+  void BackwardInputBegin(int mb, const Tensor& dy);
+  // Also accumulates the routed experts' weight gradients when `expert_weights` (they need nothing else,
+  // and run while the input gradient travels); BackwardWeight then skips them.
+  void BackwardInputExperts(int mb, bool expert_weights = false);
+  Tensor BackwardInputEnd(int mb);  // -> dx (B, T, H)
+
   // Tests: when on, Forward also reports the smallest routing decision margin (MoeStats), so a gradient
   // check can make sure its perturbations flip no selection. Configuration, not per-step state.
   void set_track_selection_margin(bool on) { track_margin_ = on; }
@@ -110,26 +133,32 @@ class MoE {
     Tensor y_perm;       // (R, H) expert outputs back in this rank's order, unweighted
     Tensor dy_local;     // (R_local, H) set by BackwardInput
     Tensor dgate, dup;   // (R_local, I) set by BackwardInput
+    // Between phases: the movement in flight, and what the shared expert computed meanwhile.
+    RowsInFlight in_flight;
+    Tensor shared_out;  // (N, H) the shared expert's output (forward) or input gradient (backward)
+    Tensor dweight;     // (N, K) the routing weights' gradient (backward)
+    bool expert_weights_done = false;  // BackwardInputExperts accumulated the routed experts' wgrad
     // FP8 (see the top): x_local and dy_local as packed FP8 rows instead (x_perm is dropped once quantised).
     DType dtype = DType::kF32;  // the activations'
     Fp8Rows xq_local, dyq_local;
   };
 
-  // Forward phases.
+  // Forward steps.
   void Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats);
   void Permute(Ctx& c, const Tensor& x2);
-  void Dispatch(Ctx& c);        // x_perm -> x_local (communication with an exchange)
-  void ComputeExperts(Ctx& c);  // x_local -> y_perm (back through the exchange)
-  Tensor Combine(Ctx& c);       // (N, H), routed part only
-  // Backward phases.
-  // dy_perm (R, H) -> dx_local (R_local, H); sets c.dy_local, c.dgate, c.dup.
-  Tensor ExpertsBackwardInput(Ctx& c, const Tensor& dy_perm);
+  Tensor ComputeExperts(Ctx& c);  // x_local -> the local experts' outputs (R_local, H)
+  Tensor Combine(Ctx& c);         // (N, H), routed part only
+  // Backward steps. dy_local (R_local, H) -> dx_local (R_local, H); sets c.dgate, c.dup.
+  Tensor ExpertsBackwardInput(Ctx& c);
   void ExpertsBackwardWeight(Ctx& c);
-  // The FP8 forms of the four phases above (layers/moe_fp8.cc), taken when fp8().
+  // The FP8 forms (layers/moe_fp8.cc), taken when fp8(). StartRowsFp8 quantises rows (R, H) and starts
+  // their dispatch (forward: with the counts, recording c.dispatch; backward: with c.dispatch's layout);
+  // ArrivedFp8 wraps what arrived.
   bool fp8() const { return table_->fp8(gate_proj_); }
-  void DispatchFp8(Ctx& c);
-  void ComputeExpertsFp8(Ctx& c);
-  Tensor ExpertsBackwardInputFp8(Ctx& c, const Tensor& dy_perm);
+  RowsInFlight StartRowsFp8(Ctx& c, const Tensor& rows, bool forward);
+  Fp8Rows ArrivedFp8(Ctx& c);
+  Tensor ComputeExpertsFp8(Ctx& c);
+  Tensor ExpertsBackwardInputFp8(Ctx& c);
   void ExpertsBackwardWeightFp8(Ctx& c);
 
   ParamTable* table_;

@@ -6,45 +6,39 @@
 
 namespace fathom {
 
-// The permuted rows leave as packed FP8 rows (codes and 1x128 scales in one row), so the all-to-all moves
-// about half the bytes of bf16 and the experts read exactly what arrived; x_perm is not needed afterwards.
-void MoE::DispatchFp8(Ctx& c) {
-  Fp8Rows q = ops::QuantizeRows(c.x_perm);
-  c.x_perm = Tensor();
+// The permuted rows (forward) and the output gradient (backward) leave as packed FP8 rows (codes and
+// 1x128 scales in one row), so the all-to-all moves about half the bytes of bf16 and the experts read exactly
+// what arrived; the gradient's rows are also what the down projection's weight gradient reads.
+RowsInFlight MoE::StartRowsFp8(Ctx& c, const Tensor& rows, bool forward) {
+  Fp8Rows q = ops::QuantizeRows(rows);
   if (!exchange_) {
-    c.xq_local = q;
-    c.dispatch.local_counts = c.counts;
-    return;
+    if (forward) c.dispatch.local_counts = c.counts;
+    return RowsInFlight(q.data);
   }
-  c.xq_local = Fp8Rows::Wrap(exchange_->Dispatch(q.data, c.counts, &c.dispatch), hidden_);
+  return forward ? exchange_->StartDispatch(q.data, c.counts, &c.dispatch)
+                 : exchange_->StartDispatch(q.data, c.dispatch);
 }
 
-void MoE::ComputeExpertsFp8(Ctx& c) {
-  Tensor y_local;
-  {
-    ScopedPhase phase(Phase::kExperts);
-    const int64_t rows = c.xq_local.rows();
-    const Device dev = c.xq_local.data.device();
-    const Tensor& counts = c.dispatch.local_counts;
-    c.gate = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
-    c.up = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
-    c.h = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
-    y_local = Tensor::Empty({rows, hidden_}, c.dtype, dev);
-    ops::Fp8GroupedMatmulNT(c.gate, c.xq_local, table_->fp8_weight(gate_proj_).w, counts);
-    ops::Fp8GroupedMatmulNT(c.up, c.xq_local, table_->fp8_weight(up_proj_).w, counts);
-    ops::SwiGluForward(c.h, c.gate, c.up);
-    ops::Fp8GroupedMatmulNT(y_local, ops::QuantizeRows(c.h), table_->fp8_weight(down_proj_).w, counts);
-  }
-  ScopedPhase combine(
-      Phase::kDispatchCombine);  // the way back to the tokens' ranks, in the activations' dtype
-  c.y_perm = exchange_ ? exchange_->Combine(y_local, c.dispatch) : y_local;
+Fp8Rows MoE::ArrivedFp8(Ctx& c) { return Fp8Rows::Wrap(c.in_flight.Wait(), hidden_); }
+
+Tensor MoE::ComputeExpertsFp8(Ctx& c) {
+  ScopedPhase phase(Phase::kExperts);
+  const int64_t rows = c.xq_local.rows();
+  const Device dev = c.xq_local.data.device();
+  const Tensor& counts = c.dispatch.local_counts;
+  c.gate = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
+  c.up = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
+  c.h = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
+  Tensor y_local = Tensor::Empty({rows, hidden_}, c.dtype, dev);
+  ops::Fp8GroupedMatmulNT(c.gate, c.xq_local, table_->fp8_weight(gate_proj_).w, counts);
+  ops::Fp8GroupedMatmulNT(c.up, c.xq_local, table_->fp8_weight(up_proj_).w, counts);
+  ops::SwiGluForward(c.h, c.gate, c.up);
+  ops::Fp8GroupedMatmulNT(y_local, ops::QuantizeRows(c.h), table_->fp8_weight(down_proj_).w, counts);
+  return y_local;
 }
 
-// The output gradient is quantised before it travels to the experts (the mirror of the dispatch) and is
-// kept in FP8 for the down projection's weight gradient.
-Tensor MoE::ExpertsBackwardInputFp8(Ctx& c, const Tensor& dy_perm) {
-  Fp8Rows q = ops::QuantizeRows(dy_perm);
-  c.dyq_local = exchange_ ? Fp8Rows::Wrap(exchange_->Dispatch(q.data, c.dispatch), hidden_) : q;
+// dyq_local (R_local, H) in FP8 -> dx_local (R_local, H) through the local experts.
+Tensor MoE::ExpertsBackwardInputFp8(Ctx& c) {
   ScopedPhase phase(Phase::kExperts);
   const int64_t rows = c.xq_local.rows();
   const Device dev = c.xq_local.data.device();

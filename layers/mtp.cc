@@ -47,17 +47,41 @@ MtpModule::MtpModule(ParamTable& table, const ModelConfig& cfg, int depth, int e
 
 Tensor MtpModule::Forward(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
                           double loss_scale, double* ce_sum, double balance_weight, MoeStats* moe_stats) {
+  ForwardBegin(mb, h_prev, mtp_ids, mtp_labels, loss_scale, balance_weight, moe_stats);
+  ForwardExperts(mb);
+  return ForwardEnd(mb, ce_sum);
+}
+
+void MtpModule::ForwardBegin(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
+                             double loss_scale, double balance_weight, MoeStats* moe_stats) {
   Tensor e = enorm_.Forward(mb, embed_.Forward(mb, mtp_ids));
   Tensor h = hnorm_.Forward(mb, h_prev);
-  Tensor hk = block_.Forward(mb, eh_proj_.Forward(mb, ops::ConcatLastDim(e, h)), balance_weight, moe_stats);
-  *ce_sum += head_.Forward(mb, hk, mtp_labels, loss_scale);
+  block_.ForwardBegin(mb, eh_proj_.Forward(mb, ops::ConcatLastDim(e, h)), balance_weight, moe_stats);
+  head_inputs_.Put(mb) = {mtp_labels, loss_scale};
+}
+
+Tensor MtpModule::ForwardEnd(int mb, double* ce_sum) {
+  const HeadInputs in = head_inputs_.Get(mb);
+  head_inputs_.Drop(mb);
+  Tensor hk = block_.ForwardEnd(mb);
+  *ce_sum += head_.Forward(mb, hk, in.labels, in.loss_scale);
   return hk;
 }
 
 Tensor MtpModule::BackwardInput(int mb, const Tensor& dh_next) {
+  BackwardInputBegin(mb, dh_next);
+  BackwardInputExperts(mb);
+  return BackwardInputEnd(mb);
+}
+
+void MtpModule::BackwardInputBegin(int mb, const Tensor& dh_next) {
   Tensor dhk = head_.BackwardInput(mb);
   if (dh_next.defined()) ops::AddInPlace(dhk, dh_next);
-  Tensor dcat = eh_proj_.BackwardInput(mb, block_.BackwardInput(mb, dhk));
+  block_.BackwardInputBegin(mb, dhk);
+}
+
+Tensor MtpModule::BackwardInputEnd(int mb) {
+  Tensor dcat = eh_proj_.BackwardInput(mb, block_.BackwardInputEnd(mb));
   Shape half = dcat.shape();
   half.back() = hidden_;
   Tensor de = Tensor::Empty(half, dcat.dtype(), dcat.device());

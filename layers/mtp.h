@@ -9,6 +9,10 @@
 //
 // h^0 is the main model's last decoder-layer output, before the final norm. Positions whose shifted token
 // falls outside the sequence are ignored (see MtpInputs).
+//
+// Phases (the overlap hook, layers/stage_pass.h): Forward = ForwardBegin (embedding, norms, eh_proj and the
+// block's ForwardBegin) -> ForwardExperts -> ForwardEnd (the block's end and the head); BackwardInput =
+// BackwardInputBegin (the head's dgrad and the block's Begin) -> BackwardInputExperts -> BackwardInputEnd.
 #ifndef FATHOM_LAYERS_MTP_H_
 #define FATHOM_LAYERS_MTP_H_
 
@@ -41,6 +45,17 @@ class MtpModule {
   Tensor BackwardInput(int mb, const Tensor& dh_next);
   void BackwardWeight(int mb);
 
+  // The phases of Forward and BackwardInput (see the top); ForwardEnd adds the CE sum to *ce_sum.
+  void ForwardBegin(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,
+                    double loss_scale, double balance_weight = 0.0, MoeStats* moe_stats = nullptr);
+  void ForwardExperts(int mb) { block_.ForwardExperts(mb); }
+  Tensor ForwardEnd(int mb, double* ce_sum);
+  void BackwardInputBegin(int mb, const Tensor& dh_next);
+  void BackwardInputExperts(int mb, bool expert_weights = false) {
+    block_.BackwardInputExperts(mb, expert_weights);
+  }
+  Tensor BackwardInputEnd(int mb);
+
   int layer() const { return layer_; }
   DecoderBlock& block() { return block_; }
   OutputHead& head() { return head_; }
@@ -53,6 +68,11 @@ class MtpModule {
   Linear eh_proj_;
   DecoderBlock block_;
   OutputHead head_;
+  struct HeadInputs {  // what the head needs once the block's phases are done
+    Tensor labels;
+    double loss_scale = 0;
+  };
+  SavedByMicroBatch<HeadInputs> head_inputs_;
 };
 
 }  // namespace fathom

@@ -1,5 +1,7 @@
 #include "parallel/all_to_all_exchange.h"
 
+#include <functional>
+
 #include "framework/ops.h"
 
 #ifdef FATHOM_WITH_CUDA
@@ -27,36 +29,6 @@ AllToAllExpertExchange::AllToAllExpertExchange(Communicator* comm, int64_t num_e
                "[expert exchange] the counts group ", counts_comm_->name(), " (rank ", counts_comm_->rank(),
                " of ", counts_comm_->size(), ") is not the rows group ", comm->name(), " (rank ",
                comm->rank(), " of ", comm->size(), ")");
-}
-
-Tensor AllToAllExpertExchange::Dispatch(const Tensor& rows, const Tensor& counts, DispatchHandle* handle) {
-  FATHOM_CHECK(
-      counts.dtype() == DType::kI64 && counts.numel() == num_experts_ && counts.device() == Device::kCPU,
-      "[expert exchange] counts ", counts.shape_str(), " ", DTypeName(counts.dtype()), " on ",
-      DeviceName(counts.device()), ", expected (", num_experts_, ") i64 on the host");
-  FATHOM_CHECK(handle != nullptr, "[expert exchange] Dispatch needs a handle to fill");
-  const int ep = comm_->size();
-  // Counts are already ordered by destination rank (experts are contiguous per rank).
-  Tensor recv = Tensor::Empty({num_experts_}, DType::kI64);
-  counts_comm_->AllToAllV(counts, std::vector<int64_t>(ep, local_experts_), recv,
-                          std::vector<int64_t>(ep, local_experts_));
-  DispatchHandle& h = *handle;
-  h.send_rows.assign(ep, 0);
-  h.recv_rows.assign(ep, 0);
-  h.from.assign(ep, std::vector<int64_t>(local_experts_, 0));
-  h.local_counts = Tensor::Zeros({local_experts_}, DType::kI64);
-  const int64_t* c = counts.data<int64_t>();
-  const int64_t* r = recv.data<int64_t>();
-  int64_t* local = h.local_counts.data<int64_t>();
-  for (int p = 0; p < ep; ++p) {
-    for (int64_t e = 0; e < local_experts_; ++e) {
-      h.send_rows[p] += c[p * local_experts_ + e];
-      h.from[p][e] = r[p * local_experts_ + e];
-      h.recv_rows[p] += h.from[p][e];
-      local[e] += h.from[p][e];
-    }
-  }
-  return Dispatch(rows, h);
 }
 
 namespace {
@@ -108,9 +80,93 @@ void Regroup(const Tensor& dst, const Tensor& src, const std::vector<std::vector
   }
 }
 
+// The rows' all-to-all, in flight; Wait() regroups what arrived by local expert (dispatch) or hands it
+// back as it came (combine, regrouped before it left).
+class AllToAllInFlight final : public RowsInFlight::Impl {
+ public:
+  AllToAllInFlight(Request request, Tensor arrived, std::vector<std::vector<int64_t>> regroup_from,
+                   std::function<void()> on_wait)
+      : request_(std::move(request)),
+        arrived_(std::move(arrived)),
+        regroup_from_(std::move(regroup_from)),
+        on_wait_(std::move(on_wait)) {}
+
+  Tensor Wait() override {
+    request_.Wait();
+    if (on_wait_) on_wait_();
+    if (regroup_from_.empty()) return arrived_;
+    Tensor grouped = Tensor::Empty(arrived_.shape(), arrived_.dtype(), arrived_.device());
+    Regroup(grouped, arrived_, regroup_from_, /*to_expert_major=*/true);
+    return grouped;
+  }
+
+ private:
+  Request request_;
+  Tensor arrived_;
+  std::vector<std::vector<int64_t>> regroup_from_;  // empty: no regrouping (combine)
+  std::function<void()> on_wait_;
+};
+
 }  // namespace
 
-Tensor AllToAllExpertExchange::Dispatch(const Tensor& rows, const DispatchHandle& l) {
+RowsInFlight AllToAllExpertExchange::StartDispatch(const Tensor& rows, const Tensor& counts,
+                                                   DispatchHandle* handle) {
+  FATHOM_CHECK(
+      counts.dtype() == DType::kI64 && counts.numel() == num_experts_ && counts.device() == Device::kCPU,
+      "[expert exchange] counts ", counts.shape_str(), " ", DTypeName(counts.dtype()), " on ",
+      DeviceName(counts.device()), ", expected (", num_experts_, ") i64 on the host");
+  FATHOM_CHECK(handle != nullptr, "[expert exchange] Dispatch needs a handle to fill");
+  const int ep = comm_->size();
+  // Counts are already ordered by destination rank (experts are contiguous per rank).
+  Tensor recv = Tensor::Empty({num_experts_}, DType::kI64);
+  counts_comm_->AllToAllV(counts, std::vector<int64_t>(ep, local_experts_), recv,
+                          std::vector<int64_t>(ep, local_experts_));
+  DispatchHandle& h = *handle;
+  h.send_rows.assign(ep, 0);
+  h.recv_rows.assign(ep, 0);
+  h.from.assign(ep, std::vector<int64_t>(local_experts_, 0));
+  h.local_counts = Tensor::Zeros({local_experts_}, DType::kI64);
+  const int64_t* c = counts.data<int64_t>();
+  const int64_t* r = recv.data<int64_t>();
+  int64_t* local = h.local_counts.data<int64_t>();
+  for (int p = 0; p < ep; ++p) {
+    for (int64_t e = 0; e < local_experts_; ++e) {
+      h.send_rows[p] += c[p * local_experts_ + e];
+      h.from[p][e] = r[p * local_experts_ + e];
+      h.recv_rows[p] += h.from[p][e];
+      local[e] += h.from[p][e];
+    }
+  }
+  return Start(rows, h, "dispatch");
+}
+
+int AllToAllExpertExchange::BeginSpan(const char* what) {
+  if (trace_ == nullptr || !trace_->recording()) return -1;
+  TraceArgs args;
+  args.instruction = trace_->context_instruction();
+  args.pass = trace_->context_pass();
+  std::string name = what;
+  if (!args.pass.empty()) name += " " + args.pass;
+  return trace_->Begin(TraceLane::kAllToAll, std::move(name), std::move(args));
+}
+
+void AllToAllExpertExchange::EndSpan(int span, const Tensor& rows, bool at_wait) {
+  if (span < 0) return;
+  const bool on_device = rows.device() == Device::kCUDA;
+  if (on_device == at_wait) return;  // the GPU closes at the start, the CPU at the wait
+#ifdef FATHOM_WITH_CUDA
+  if (on_device) {
+    // The span ends when the communication stream has run the all-to-all queued just before.
+    auto* nccl = dynamic_cast<NcclCommunicator*>(comm_);
+    FATHOM_CHECK(nccl != nullptr, "[expert exchange] CUDA rows over a non-NCCL communicator");
+    trace_->EndOnStream(span, nccl->comm_stream());
+    return;
+  }
+#endif
+  trace_->End(span);
+}
+
+RowsInFlight AllToAllExpertExchange::Start(const Tensor& rows, const DispatchHandle& l, const char* what) {
   FATHOM_CHECK(static_cast<int>(l.send_rows.size()) == comm_->size(), "[expert exchange] a handle for ",
                l.send_rows.size(), " peers on a group of ", comm_->size());
   FATHOM_CHECK(rows.ndim() == 2 && rows.dim(0) == Sum(l.send_rows), "[expert exchange] ", rows.shape_str(),
@@ -118,13 +174,18 @@ Tensor AllToAllExpertExchange::Dispatch(const Tensor& rows, const DispatchHandle
   CheckStreams(*comm_, rows);
   const int64_t width = rows.dim(1);
   Tensor arrived = Tensor::Empty({Sum(l.recv_rows), width}, rows.dtype(), rows.device());
-  comm_->AllToAllV(rows, Scaled(l.send_rows, width), arrived, Scaled(l.recv_rows, width));
-  Tensor grouped = Tensor::Empty(arrived.shape(), rows.dtype(), rows.device());
-  Regroup(grouped, arrived, l.from, /*to_expert_major=*/true);
-  return grouped;
+  const int span = BeginSpan(what);
+  Request request = comm_->IAllToAllV(rows, Scaled(l.send_rows, width), arrived, Scaled(l.recv_rows, width));
+  EndSpan(span, rows, /*at_wait=*/false);
+  return RowsInFlight(std::make_unique<AllToAllInFlight>(std::move(request), arrived, l.from,
+                                                         [this, span, rows] { EndSpan(span, rows, true); }));
 }
 
-Tensor AllToAllExpertExchange::Combine(const Tensor& rows, const DispatchHandle& l) {
+RowsInFlight AllToAllExpertExchange::StartDispatch(const Tensor& rows, const DispatchHandle& l) {
+  return Start(rows, l, "dispatch (grad)");
+}
+
+RowsInFlight AllToAllExpertExchange::StartCombine(const Tensor& rows, const DispatchHandle& l) {
   FATHOM_CHECK(static_cast<int>(l.send_rows.size()) == comm_->size(), "[expert exchange] a handle for ",
                l.send_rows.size(), " peers on a group of ", comm_->size());
   FATHOM_CHECK(rows.ndim() == 2 && rows.dim(0) == Sum(l.recv_rows), "[expert exchange] ", rows.shape_str(),
@@ -134,8 +195,13 @@ Tensor AllToAllExpertExchange::Combine(const Tensor& rows, const DispatchHandle&
   Tensor by_source = Tensor::Empty(rows.shape(), rows.dtype(), rows.device());
   Regroup(by_source, rows, l.from, /*to_expert_major=*/false);
   Tensor back = Tensor::Empty({Sum(l.send_rows), width}, rows.dtype(), rows.device());
-  comm_->AllToAllV(by_source, Scaled(l.recv_rows, width), back, Scaled(l.send_rows, width));
-  return back;
+  const int span = BeginSpan("combine");
+  Request request =
+      comm_->IAllToAllV(by_source, Scaled(l.recv_rows, width), back, Scaled(l.send_rows, width));
+  EndSpan(span, rows, /*at_wait=*/false);
+  return RowsInFlight(std::make_unique<AllToAllInFlight>(std::move(request), back,
+                                                         std::vector<std::vector<int64_t>>{},
+                                                         [this, span, rows] { EndSpan(span, rows, true); }));
 }
 
 }  // namespace fathom

@@ -12,13 +12,6 @@ constexpr int kComputeThread = 0;
 constexpr int kCommThread = 1;
 constexpr int kDataParallelThread = 2;
 
-std::string EventName(const Instruction& ins) {
-  if (ins.kind == OpKind::kFB) {
-    return absl::StrCat("FB F", ins.mb, "c", ins.chunk, "|BW", ins.mb_b, "c", ins.chunk_b);
-  }
-  return absl::StrCat(OpKindName(ins.kind), " ", ins.mb, " c", ins.chunk);
-}
-
 nlohmann::json Complete(const std::string& name, const std::string& cat, int pid, int tid, double start_s,
                         double dur_s, nlohmann::json args = nlohmann::json::object()) {
   return {{"name", name}, {"cat", cat},          {"ph", "X"},          {"pid", pid},
@@ -70,10 +63,10 @@ std::string ChromeTraceJson(const SimulationResult& res, const ClusterConfig& cl
         }
       }
       events.push_back(
-          Complete(EventName(ins), OpKindName(ins.kind), r, kComputeThread, t.start, t.end - t.start, args));
+          Complete(TraceName(ins), OpKindName(ins.kind), r, kComputeThread, t.start, t.end - t.start, args));
       if (comm > 0) {
         events.push_back(
-            Complete(absl::StrCat("a2a ", EventName(ins)), "all-to-all", r, kCommThread, comm_start, comm));
+            Complete(absl::StrCat("a2a ", TraceName(ins)), "all-to-all", r, kCommThread, comm_start, comm));
       }
     }
     // The step tail of this rank: its gradient reduce-scatters end at grad_sync_end_s; optimizer and

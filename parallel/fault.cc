@@ -179,6 +179,17 @@ bool ShouldInjectFault(int rank, int64_t step) {
   return spec.has_value() && !spec->in_save && spec->rank == rank && spec->step == step;
 }
 
+bool ShouldFlipParameterBit(int rank, int64_t step) {
+  const char* value = std::getenv("FATHOM_TEST_FLIP_BIT");
+  if (value == nullptr || *value == 0) return false;
+  absl::StatusOr<std::optional<FaultSpec>> spec = ParseTestFault(value);
+  if (!spec.ok() || (*spec)->in_save) {
+    ExitAllRanks(kExitInvalidInput, absl::StrCat("FATHOM_TEST_FLIP_BIT='", value,
+                                                 "' is not 'rank:step' with a rank >= 0 and a step >= 1"));
+  }
+  return (*spec)->rank == rank && (*spec)->step == step;
+}
+
 bool ShouldInjectSaveFault(int rank, int64_t step) {
   std::optional<FaultSpec> spec = TestFaultFromEnvironment();
   return spec.has_value() && spec->in_save && spec->rank == rank && spec->step == step;

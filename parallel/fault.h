@@ -84,6 +84,10 @@ absl::Status CheckTestFaultValue(const std::string& value, int world_size);
 // InjectFault. A malformed FATHOM_TEST_FAULT ends the job (ExitAllRanks, kExitInvalidInput); CheckTestFault
 // at start-up catches it earlier.
 bool ShouldInjectFault(int rank, int64_t step);
+// The silent-data-corruption test hook: FATHOM_TEST_FLIP_BIT="rank:step" (1-based step) makes that rank
+// change one parameter value after that step, before the replica check. A malformed value ends the job
+// (ExitAllRanks, kExitInvalidInput), like FATHOM_TEST_FAULT's.
+bool ShouldFlipParameterBit(int rank, int64_t step);
 // True when FATHOM_TEST_FAULT is "rank:step:save" for this (rank, step): the checkpoint writer calls it
 // once per save, mid-write, and on true calls InjectFault. A malformed value ends the job as above.
 bool ShouldInjectSaveFault(int rank, int64_t step);

@@ -1,143 +1,258 @@
 #include "parallel/pipeline_executor.h"
 
-#include "framework/ops.h"
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "framework/check.h"
 
 #ifdef FATHOM_WITH_CUDA
 #include "parallel/cuda/nccl_communicator.h"
 #endif
 
-// Deadlock freedom with NCCL (pp = 2, 1F1B and ZB1P). NcclCommunicator batches point-to-point operations
-// until the next blocking call: a blocking Recv (IRecv + Wait) enqueues, as one NCCL group, every send
-// posted since the previous flush together with that receive, and Run's final WaitAll enqueues the rest.
-// W instructions move nothing, so both schedules post the same sequence. With M micro-batches (a_k the
-// activation and g_k the gradient of micro-batch k, S send, R receive), the groups are
-//   stage 0 (F0, then F(k+1) B(k) for k < M-1, then B(M-1)):
-//     {S a0, S a1, R g0}  {S a2, R g1}  ...  {S a(M-1), R g(M-2)}  {R g(M-1)}
-//   stage 1 (F(k) B(k) for every k):
-//     {R a0}  {S g0, R a1}  {S g1, R a2}  ...  {S g(M-2), R a(M-1)}  {S g(M-1)}
-// (M = 1: {S a0, R g0} against {R a0} {S g0}.) Stage 0's group k >= 1 mirrors stage 1's group k + 1, its
-// first group pairs with stage 1's first two and the last ones pair, so each side runs its groups on its
-// communication stream in the order in which their partners run on the other side: no group waits for a
-// partner queued behind a later group of its own rank. Inside a group NCCL progresses the sends and the
-// receive together, so S a0 completes stage 1's first group while R g0 waits for stage 1's second one, and
-// S a1 meets R a1 there. The compute streams add no cycle: the compute after stage 0's group k waits for
-// it, and its partner needs stage 1's compute up to B(k), which waited only for stage 1's groups up to k,
-// whose partners are stage 0's groups before k. Enqueueing never blocks the host once the peers are
-// connected (ConnectNeighbours), and a host that waits at a sync point waits for its own compute stream,
-// which the above shows completes. The stage runtime's embedding-gradient exchange after Run (its own
-// tag, parallel/stage_runtime.cc), {S, R} on both stages, mirrors itself. (Stage 0's first send leaves only
-// with that group, after F1's compute queued before R g0 was posted: correct, at the price of some overlap.)
-
 namespace fathom {
-namespace {
 
-// The tag of the connecting exchange; every message of it is received before Run can start, so it never
-// meets the tags 2*mb and 2*mb+1. (The stage runtime's tags for its own messages on this group are listed
-// in parallel/stage_runtime.h; they stay clear of this one.)
-constexpr int kConnectTag = Communicator::kMaxTag - 1;
+Schedule TwoMicroBatchSchedule(int micro_batches) {
+  FATHOM_CHECK(micro_batches >= 1, "[pipeline] two-micro-batch overlap of ", micro_batches, " micro-batches");
+  Schedule s{ScheduleKind::k1F1B, 1, micro_batches, {{}}};
+  for (int first = 0; first < micro_batches; first += 2) {
+    const int count = std::min(2, micro_batches - first);
+    for (int i = 0; i < count; ++i) s.ranks[0].push_back(Instruction::F(first + i, 0));
+    for (int i = 0; i < count; ++i) s.ranks[0].push_back(Instruction::BW(first + i, 0));
+  }
+  return s;
+}
+
+std::vector<Instruction> ForwardOnlyProgram(const Schedule& schedule, int rank) {
+  std::vector<Instruction> list;
+  for (int mb = 0; mb < schedule.micro_batches; ++mb) {
+    std::vector<std::pair<int, int>> visits;  // (stage, chunk)
+    for (int chunk = 0; chunk < schedule.chunks(); ++chunk) {
+      const int stage = schedule.StageOf(rank, chunk, mb);
+      if (stage >= 0) visits.push_back({stage, chunk});
+    }
+    std::sort(visits.begin(), visits.end());
+    for (const auto& [stage, chunk] : visits) list.push_back(Instruction::F(mb, chunk));
+  }
+  return list;
+}
+
+struct PipelineExecutor::Half {
+  int mb = 0, chunk = 0, stage = 0;
+  bool forward = true;
+  std::string label;  // "F 3 c0", "BW 2 c1": the pass's name in traces
+  StageOutput out;    // forward: written by the pass
+  Tensor grad_input;  // backward: written by the pass
+  std::unique_ptr<StagePass> pass;
+};
+
+PipelineExecutor::PipelineExecutor(std::vector<Model*> chunks, Schedule schedule, Communicator& pp,
+                                   Shape activation_shape, DType activation_dtype, Device device,
+                                   Options options)
+    : chunks_(std::move(chunks)),
+      schedule_(std::move(schedule)),
+      rank_(pp.rank()),
+      device_(device),
+      options_(options) {
+  FATHOM_CHECK(static_cast<int>(chunks_.size()) == schedule_.chunks(), "[pipeline] ", chunks_.size(),
+               " model chunks for ", ScheduleKindName(schedule_.kind), ", which places ", schedule_.chunks(),
+               " on every rank");
+  FATHOM_CHECK(pp.size() == schedule_.pp, "[pipeline] a group of ", pp.size(), " for pp ", schedule_.pp);
+  FATHOM_CHECK(!options_.overlap_pairs || schedule_.pp == 1,
+               "[pipeline] two-micro-batch overlap runs on a single stage, not pp ", schedule_.pp);
+  for (Model* m : chunks_) FATHOM_CHECK(m != nullptr, "[pipeline] a null model chunk");
+  channels_ = std::make_unique<PipelineChannels>(schedule_, pp, std::move(activation_shape), activation_dtype,
+                                                 device);
+}
+
+PipelineExecutor::~PipelineExecutor() = default;
 
 // NCCL orders an operation after the compute stream it was given and its Wait() orders that stream; the
 // stage's kernels and the pool that hands out the receive buffers must use that same stream.
-void CheckStreams(Communicator& comm, Device device) {
+void PipelineExecutor::CheckStreams() {
 #ifdef FATHOM_WITH_CUDA
-  if (device == Device::kCUDA) CheckOnComputeStream(comm, "pipeline");
+  if (device_ == Device::kCUDA) {
+    for (Communicator* comm : channels_->communicators()) CheckOnComputeStream(*comm, "pipeline");
+  }
 #endif
 }
 
-}  // namespace
-
-PipelineExecutor::PipelineExecutor(Model& model, Communicator& pp, Shape activation_shape,
-                                   DType activation_dtype, Device device)
-    : model_(model),
-      pp_(pp),
-      shape_(std::move(activation_shape)),
-      dtype_(activation_dtype),
-      device_(device),
-      stage_(pp.rank()),
-      stages_(pp.size()) {
-  ConnectNeighbours();
-}
-
-void PipelineExecutor::ConnectNeighbours() {
-  if (stages_ == 1) return;
-  CheckStreams(pp_, device_);
-  std::vector<Tensor> buffers;
-  std::vector<Request> requests;
-  // Both directions with both neighbours in one batch, the same on every stage: NCCL then sets up every
-  // connection the schedule will use in one symmetric handshake.
-  for (int peer : {stage_ - 1, stage_ + 1}) {
-    if (peer < 0 || peer >= stages_) continue;
-    Tensor out = Tensor::Zeros({1}, dtype_, device_), in = Tensor::Empty({1}, dtype_, device_);
-    requests.push_back(pp_.ISend(out, peer, kConnectTag));
-    requests.push_back(pp_.IRecv(in, peer, kConnectTag));
-    buffers.push_back(out);
-    buffers.push_back(in);
+Tensor PipelineExecutor::Receive(int mb, int stage, bool gradient, int chunk, const std::string& label) {
+  const StageSlot from = schedule_.Place(mb, gradient ? stage + 1 : stage - 1);
+  if (from.rank == rank_) {
+    auto it = handed_over_.find({mb, stage, gradient});
+    // The validator proved the producer comes earlier in this rank's list.
+    FATHOM_CHECK(it != handed_over_.end(), "[pipeline] rank ", rank_, ": ", label, " needs the ",
+                 gradient ? "gradient" : "activation", " of chunk ", from.chunk, ", not produced yet");
+    Tensor t = std::move(it->second);
+    handed_over_.erase(it);
+    return t;
   }
-  WaitAll(requests);
+  const int span =
+      trace_ ? trace_->Begin(TraceLane::kPipeline, absl::StrCat(gradient ? "recv grad " : "recv act ", label))
+             : -1;
+  Tensor t = channels_->Recv(from.rank, gradient, chunk);
+  if (trace_) trace_->End(span);
+  return t;
 }
 
-void PipelineExecutor::Send(const Tensor& t, int peer, int tag, const char* what) {
-  FATHOM_CHECK(
-      t.defined() && t.dtype() == dtype_ && t.device() == device_ && t.numel() == NumElements(shape_),
-      "[pipeline] stage ", stage_, " sends ", what, " ", t.shape_str(), " ", DTypeName(t.dtype()), " on ",
-      DeviceName(t.device()), "; the pipeline's messages are ", ShapeString(shape_), " ", DTypeName(dtype_),
-      " on ", DeviceName(device_));
-  sends_.push_back(pp_.ISend(t, peer, tag));
-  in_flight_.push_back(t);
-}
-
-MicroBatchStats PipelineExecutor::Forward(int mb, const MicroBatch& batch, const LossNormalizers& norm) {
-  Tensor input;
-  if (stage_ > 0) {
-    input = Tensor::Empty(shape_, dtype_, device_);
-    pp_.Recv(input, stage_ - 1, 2 * mb);
+void PipelineExecutor::Deliver(const Tensor& t, int mb, int stage, bool gradient, const char* what) {
+  const StageSlot to = schedule_.Place(mb, stage);
+  if (to.rank == rank_) {
+    handed_over_[{mb, stage, gradient}] = t;
+  } else {
+    channels_->Send(t, to.rank, gradient, to.chunk, what);
   }
-  StageOutput out = model_.ForwardStage(mb, batch, input, norm);
-  if (stage_ + 1 < stages_) Send(out.hidden, stage_ + 1, 2 * mb, "its output");
-  return std::move(out.stats);
 }
 
-void PipelineExecutor::BackwardInput(int mb) {
-  Tensor grad;
-  if (stage_ + 1 < stages_) {
-    grad = Tensor::Empty(shape_, dtype_, device_);
-    pp_.Recv(grad, stage_ + 1, 2 * mb + 1);
+std::unique_ptr<PipelineExecutor::Half> PipelineExecutor::StartForward(int mb, int chunk,
+                                                                       const MicroBatch& batch,
+                                                                       const LossNormalizers& norm) {
+  auto h = std::make_unique<Half>();
+  h->mb = mb, h->chunk = chunk, h->forward = true;
+  h->stage = schedule_.StageOf(rank_, chunk, mb);
+  h->label = TraceName(Instruction::F(mb, chunk));
+  FATHOM_CHECK(h->stage >= 0, "[pipeline] rank ", rank_, ": micro-batch ", mb, " never visits chunk ", chunk);
+  Tensor input = h->stage > 0 ? Receive(mb, h->stage, /*gradient=*/false, chunk, h->label) : Tensor();
+  h->pass = chunks_[chunk]->ForwardPass(mb, batch, input, norm, &h->out);
+  return h;
+}
+
+std::unique_ptr<PipelineExecutor::Half> PipelineExecutor::StartBackward(int mb, int chunk, bool weight) {
+  auto h = std::make_unique<Half>();
+  h->mb = mb, h->chunk = chunk, h->forward = false;
+  h->stage = schedule_.StageOf(rank_, chunk, mb);
+  h->label = TraceName(weight ? Instruction::BW(mb, chunk) : Instruction::B(mb, chunk));
+  FATHOM_CHECK(h->stage >= 0, "[pipeline] rank ", rank_, ": micro-batch ", mb, " never visits chunk ", chunk);
+  const bool last = h->stage == schedule_.num_stages() - 1;
+  Tensor grad = last ? Tensor() : Receive(mb, h->stage, /*gradient=*/true, chunk, h->label);
+  h->pass = chunks_[chunk]->BackwardPass(mb, grad, weight, &h->grad_input);
+  return h;
+}
+
+void PipelineExecutor::Finish(Half& h, std::vector<std::vector<MicroBatchStats>>& stats) {
+  if (h.forward) {
+    if (h.stage + 1 < schedule_.num_stages()) {
+      Deliver(h.out.hidden, h.mb, h.stage + 1, /*gradient=*/false, "its output");
+    }
+    stats[h.chunk][h.mb] = std::move(h.out.stats);
+  } else if (h.stage > 0) {
+    Deliver(h.grad_input, h.mb, h.stage - 1, /*gradient=*/true, "its input gradient");
   }
-  Tensor dx = model_.BackwardInputStage(mb, grad);
-  if (stage_ > 0) Send(dx, stage_ - 1, 2 * mb + 1, "its input gradient");
+  h.out = StageOutput();
+  h.grad_input = Tensor();
 }
 
-std::vector<MicroBatchStats> PipelineExecutor::Run(const std::vector<Instruction>& program,
-                                                   const std::vector<MicroBatch>& batches,
-                                                   const LossNormalizers& norm) {
-  if (stages_ > 1) CheckStreams(pp_, device_);
-  std::vector<MicroBatchStats> stats(batches.size());
-  for (const Instruction& ins : program) {
-    FATHOM_CHECK(ins.chunk == 0 && ins.kind != OpKind::kFB,
-                 "pipeline executor runs single-chunk schedules; got ", ToString(ins));
-    FATHOM_CHECK(ins.mb >= 0 && ins.mb < static_cast<int>(batches.size()), "instruction ", ToString(ins),
-                 " for ", batches.size(), " micro-batches");
+bool PipelineExecutor::Pairs(const std::vector<Instruction>& list, size_t i) const {
+  if (!options_.overlap_pairs || i + 1 >= list.size()) return false;
+  const Instruction& a = list[i];
+  const Instruction& b = list[i + 1];
+  return a.kind == b.kind && (a.kind == OpKind::kF || a.kind == OpKind::kBW) && a.chunk == b.chunk;
+}
+
+std::vector<std::vector<MicroBatchStats>> PipelineExecutor::Run(const std::vector<MicroBatch>& batches,
+                                                                const LossNormalizers& norm) {
+  return RunList(program(), /*record=*/true, batches, norm);
+}
+
+std::vector<std::vector<MicroBatchStats>> PipelineExecutor::RunForwards(
+    const std::vector<MicroBatch>& batches, const LossNormalizers& norm) {
+  return RunList(ForwardOnlyProgram(schedule_, rank_), /*record=*/false, batches, norm);
+}
+
+std::vector<std::vector<MicroBatchStats>> PipelineExecutor::RunList(const std::vector<Instruction>& list,
+                                                                    bool record,
+                                                                    const std::vector<MicroBatch>& batches,
+                                                                    const LossNormalizers& norm) {
+  CheckStreams();
+  std::vector<std::vector<MicroBatchStats>> stats(chunks_.size(),
+                                                  std::vector<MicroBatchStats>(batches.size()));
+  if (record) executed_.clear();
+  FATHOM_CHECK(static_cast<int>(batches.size()) == schedule_.micro_batches, "[pipeline] ", batches.size(),
+               " micro-batches for a schedule of ", schedule_.micro_batches);
+  // Everything an instruction does once its inputs are in: its passes, interleaved when there are two.
+  auto run_halves = [&](const std::vector<std::unique_ptr<Half>>& halves, const std::string& name,
+                        const TraceArgs& args) {
+    std::vector<Half*> running;
+    running.reserve(halves.size());
+    for (const auto& h : halves) running.push_back(h.get());
+    const int span = trace_ ? trace_->Begin(TraceLane::kCompute, name, args) : -1;
+    while (!running.empty()) {
+      for (auto it = running.begin(); it != running.end();) {
+        Half& h = **it;
+        const int step_span = trace_ ? trace_->Begin(TraceLane::kCompute, h.label) : -1;
+        if (trace_) trace_->SetContext(name, h.label);
+        const std::string ran = h.pass->Advance();
+        if (step_span >= 0) {
+          trace_->Rename(step_span, absl::StrCat(h.label, ": ", ran));
+          trace_->End(step_span);
+        }
+        if (h.pass->finished()) {
+          Finish(h, stats);
+          it = running.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    if (trace_) {
+      trace_->End(span);
+      trace_->SetContext("", "");
+    }
+  };
+  auto trace_args = [&](const Instruction& ins) {
+    TraceArgs a;
+    a.micro_batch = ins.mb;
+    a.chunk = ins.chunk;
+    a.stage = schedule_.ModelStage(rank_, ins.chunk);
+    if (ins.kind == OpKind::kFB) a.micro_batch_b = ins.mb_b, a.chunk_b = ins.chunk_b;
+    return a;
+  };
+  for (size_t i = 0; i < list.size(); ++i) {
+    const Instruction& ins = list[i];
+    for (int mb : {ins.mb, ins.kind == OpKind::kFB ? ins.mb_b : ins.mb}) {
+      FATHOM_CHECK(mb >= 0 && mb < static_cast<int>(batches.size()), "instruction ", ToString(ins), " for ",
+                   batches.size(), " micro-batches");
+    }
+    std::vector<std::unique_ptr<Half>> halves;
+    if (Pairs(list, i)) {  // two-micro-batch overlap: forward with forward, backward with backward
+      const Instruction& next = list[i + 1];
+      if (record) executed_.insert(executed_.end(), {ins, next});
+      for (const Instruction* x : {&ins, &next}) {
+        halves.push_back(x->kind == OpKind::kF ? StartForward(x->mb, x->chunk, batches[x->mb], norm)
+                                               : StartBackward(x->mb, x->chunk, /*weight=*/true));
+      }
+      TraceArgs args = trace_args(ins);
+      args.micro_batch_b = next.mb, args.chunk_b = next.chunk;
+      run_halves(halves, absl::StrCat(TraceName(ins), " + ", TraceName(next)), args);
+      ++i;
+      continue;
+    }
+    if (record) executed_.push_back(ins);
     switch (ins.kind) {
       case OpKind::kF:
-        stats[ins.mb] = Forward(ins.mb, batches[ins.mb], norm);
+        halves.push_back(StartForward(ins.mb, ins.chunk, batches[ins.mb], norm));
         break;
       case OpKind::kB:
-        BackwardInput(ins.mb);
-        break;
-      case OpKind::kW:
-        model_.BackwardWeight(ins.mb);
-        break;
       case OpKind::kBW:
-        BackwardInput(ins.mb);
-        model_.BackwardWeight(ins.mb);
+        halves.push_back(StartBackward(ins.mb, ins.chunk, /*weight=*/ins.kind == OpKind::kBW));
         break;
-      case OpKind::kFB:
-        break;  // rejected above
+      case OpKind::kFB:  // both inputs first (the instruction starts when both have arrived)
+        halves.push_back(StartForward(ins.mb, ins.chunk, batches[ins.mb], norm));
+        halves.push_back(StartBackward(ins.mb_b, ins.chunk_b, /*weight=*/true));
+        break;
+      case OpKind::kW: {
+        const int span = trace_ ? trace_->Begin(TraceLane::kCompute, TraceName(ins), trace_args(ins)) : -1;
+        chunks_[ins.chunk]->BackwardWeight(ins.mb);
+        if (trace_) trace_->End(span);
+        continue;
+      }
     }
+    run_halves(halves, TraceName(ins), trace_args(ins));
   }
-  WaitAll(sends_);
-  sends_.clear();
-  in_flight_.clear();
+  channels_->WaitSends();
+  FATHOM_CHECK(handed_over_.empty(), "[pipeline] rank ", rank_, ": ", handed_over_.size(),
+               " tensors handed over between chunks and never consumed");
   return stats;
 }
 

@@ -109,6 +109,13 @@ std::string ToString(const Instruction& ins) {
   return absl::StrCat(OpKindName(ins.kind), "(", ins.mb, ",c", ins.chunk, ")");
 }
 
+std::string TraceName(const Instruction& ins) {
+  if (ins.kind == OpKind::kFB) {
+    return absl::StrCat("FB F", ins.mb, "c", ins.chunk, "|BW", ins.mb_b, "c", ins.chunk_b);
+  }
+  return absl::StrCat(OpKindName(ins.kind), " ", ins.mb, " c", ins.chunk);
+}
+
 StageSlot Schedule::Place(int mb, int stage) const {
   FATHOM_CHECK(stage >= 0 && stage < num_stages() && mb >= 0 && mb < micro_batches, "[schedule] Place(mb ",
                mb, ", stage ", stage, ") out of range");

@@ -94,6 +94,9 @@ struct Instruction {
 
 // "F(3,c0)", "FB(F 5,c0 | BW 2,c1)".
 std::string ToString(const Instruction& ins);
+// The name of an instruction's span in Chrome traces, the simulator's and the executor's alike:
+// "F 3 c0", "BW 2 c1", "FB F5c0|BW2c1".
+std::string TraceName(const Instruction& ins);
 
 struct StageSlot {
   int rank = 0;

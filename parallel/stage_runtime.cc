@@ -1,17 +1,24 @@
 #include "parallel/stage_runtime.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <optional>
 
 #include "absl/strings/str_format.h"
+#include "framework/file_io.h"
 #include "framework/ops.h"
 #include "framework/phase_timer.h"
+#include "nlohmann/json.hpp"
 #include "optim/expert_bias.h"
 #include "parallel/all_to_all_exchange.h"
+#include "parallel/collective_status.h"
 #include "parallel/memory_plan.h"
 #include "parallel/pipeline_executor.h"
+#include "parallel/schedule_validate.h"
 #include "parallel/stage_split.h"
+#include "parallel/step_trace.h"
 #include "parallel/zero.h"
 
 #ifdef FATHOM_WITH_CUDA
@@ -62,6 +69,13 @@ struct StageRuntime::DeviceState {
 struct StageRuntime::DeviceState {};
 #endif
 
+struct StageRuntime::ReplicaGroups {
+  Communicator* dp = nullptr;       // ZeRO-1 of attention and dense parameters (moves the tensors)
+  Communicator* edp = nullptr;      // ZeRO-1 of the routed experts (moves the tensors)
+  Communicator* dp_host = nullptr;  // host values summed over the replicas (expert loads)
+  std::vector<std::unique_ptr<Communicator>> owned;  // DualPipe's pair groups
+};
+
 StageRuntime::~StageRuntime() = default;
 
 absl::StatusOr<std::unique_ptr<StageRuntime>> StageRuntime::Create(const Recipe& recipe, DeviceMesh& mesh) {
@@ -89,34 +103,79 @@ absl::StatusOr<std::unique_ptr<StageRuntime>> StageRuntime::Create(const Recipe&
                         recipe.path, layout.pp(), layout.ep(), recipe.parallel.pp, recipe.parallel.ep));
   }
   const ScheduleKind kind = *ParseScheduleKind(recipe.parallel.schedule);  // validated above
-  if (ChunksPerRank(kind) != 1) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s: parallel.schedule %s places two model chunks on every rank; the pipeline executor runs the "
-        "single-chunk schedules 1f1b and zb1p (`fathom simulate` models %s)",
-        recipe.path, recipe.parallel.schedule, recipe.parallel.schedule));
+  const bool pairs = recipe.parallel.overlap == "two_micro_batch";
+  if (pairs && ChunksPerRank(kind) != 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: parallel.overlap two_micro_batch pairs the micro-batches of a single-chunk schedule (1f1b or "
+        "zb1p); parallel.schedule %s overlaps its forward and backward chunks by itself: set "
+        "parallel.overlap: none",
+        recipe.path, recipe.parallel.schedule));
+  }
+  if (!recipe.train.trace.empty()) {
+    // Checked before anything runs (the file is written after the last traced step): a regular file or
+    // nothing, in an existing directory.
+    if (absl::Status s = CheckReplaceable(recipe.train.trace); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("%s: train.trace: %s", recipe.path, s.message()));
+    }
   }
   absl::StatusOr<std::vector<int64_t>> stages =
       SplitStages(recipe.model, recipe.parallel, recipe.train.seq_len);
   if (!stages.ok()) return stages.status();
-  std::vector<Instruction> program =
-      MakeSchedule(kind, layout.pp(), static_cast<int>(recipe.parallel.micro_batches))
-          ->ranks[mesh.coord().pp_rank];
+  const int m = static_cast<int>(recipe.parallel.micro_batches);
+  Schedule schedule =
+      pairs ? TwoMicroBatchSchedule(m) : *MakeSchedule(kind, layout.pp(), m);  // shape validated above
+  // Nothing runs that the validator has not proven complete, ordered and deadlock-free.
+  if (absl::StatusOr<ValidationReport> v = ValidateSchedule(schedule); !v.ok()) {
+    return absl::InternalError(
+        absl::StrFormat("%s: the %s schedule for pp %d and %d micro-batches is not "
+                        "valid: %s",
+                        recipe.path, recipe.parallel.schedule, layout.pp(), m, v.status().message()));
+  }
   auto runtime =
-      std::unique_ptr<StageRuntime>(new StageRuntime(recipe, mesh, *std::move(stages), std::move(program)));
+      std::unique_ptr<StageRuntime>(new StageRuntime(recipe, mesh, *std::move(stages), std::move(schedule)));
   if (absl::Status s = runtime->SetUp(); !s.ok()) return s;
   return runtime;
 }
 
 StageRuntime::StageRuntime(const Recipe& recipe, DeviceMesh& mesh, std::vector<int64_t> stage_layers,
-                           std::vector<Instruction> program)
-    : recipe_(recipe), mesh_(mesh), stage_layers_(std::move(stage_layers)), program_(std::move(program)) {}
+                           Schedule schedule)
+    : recipe_(recipe), mesh_(mesh), stage_layers_(std::move(stage_layers)), schedule_(std::move(schedule)) {}
+
+StageRuntime::Chunk::Chunk() = default;
+StageRuntime::Chunk::Chunk(Chunk&&) noexcept = default;
+StageRuntime::Chunk::~Chunk() = default;
+
+Model& StageRuntime::model(int chunk) {
+  FATHOM_CHECK(chunk >= 0 && chunk < num_chunks(), "[stage runtime] chunk ", chunk, " of ", num_chunks());
+  return *chunks_[chunk].model;
+}
+
+ZeroOptimizer& StageRuntime::optimizer(int chunk) {
+  FATHOM_CHECK(chunk >= 0 && chunk < num_chunks(), "[stage runtime] chunk ", chunk, " of ", num_chunks());
+  return *chunks_[chunk].optimizer;
+}
+
+int StageRuntime::chunk_model_stage(int chunk) const {
+  FATHOM_CHECK(chunk >= 0 && chunk < num_chunks(), "[stage runtime] chunk ", chunk, " of ", num_chunks());
+  return chunks_[chunk].model_stage;
+}
+
+const std::vector<Instruction>& StageRuntime::executed_program() const { return executor_->executed(); }
+
+std::vector<int> StageRuntime::ChunksByStage() const {
+  std::vector<int> order(chunks_.size());
+  for (size_t c = 0; c < order.size(); ++c) order[c] = static_cast<int>(c);
+  std::sort(order.begin(), order.end(),
+            [this](int a, int b) { return chunks_[a].model_stage < chunks_[b].model_stage; });
+  return order;
+}
 
 const MeshLayout& StageRuntime::layout() const { return mesh_.layout(); }
 const MeshCoord& StageRuntime::coord() const { return mesh_.coord(); }
 
 absl::Status StageRuntime::SetUp() {
   const MeshCoord& c = mesh_.coord();
-  const int pp = mesh_.layout().pp(), ep = mesh_.layout().ep();
+  const int ep = mesh_.layout().ep();
   const int64_t experts = recipe_.model.n_routed_experts;
   // The groups that move tensors: the host mesh itself on the CPU (and for a single GPU, whose groups all
   // have one rank and move nothing), NCCL groups of the same layout for several GPUs.
@@ -137,57 +196,76 @@ absl::Status StageRuntime::SetUp() {
     free_at_start = cuda::FreeDeviceMemory();  // this rank's GPU, before anything of the model
   }
 #endif
-  ModelSlice slice;
-  for (int s = 0; s < c.pp_rank; ++s) slice.first_layer += stage_layers_[s];
-  slice.end_layer = slice.first_layer + stage_layers_[c.pp_rank];
-  slice.embedding = c.pp_rank == 0;
-  slice.head = c.pp_rank == pp - 1;
-  slice.experts = PlaceExperts(experts, ep, c.ep_rank);
+  SetUpReplicaGroups();
+  SetUpTrace();
   if (ep > 1) {
     // Rows travel over the tensor groups; host counts always over the host group.
     exchange_ = std::make_unique<AllToAllExpertExchange>(&groups_->ep(), experts, &mesh_.ep());
-    slice.exchange = exchange_.get();
+    exchange_->set_trace(trace_.get());
   }
-  model_ = std::make_unique<Model>(recipe_.model, recipe_.loss, slice);
-  // Master weights are f32 (f64 for the CPU reference runs); bf16 compute reads bf16 copies of them.
-  model_->Finalize(recipe_.train.dtype == "f64" ? DType::kF64 : DType::kF32, recipe_.train.seed);
-  ParamTable& params = model_->params();
+  // Master weights are f32 (f64 for the CPU reference runs); bf16 compute reads bf16 copies of them. Every
+  // tensor draws its values from its HF name, so DualPipe's two copies of a model stage start equal.
+  for (int chunk = 0; chunk < schedule_.chunks(); ++chunk) {
+    Chunk& k = chunks_.emplace_back();
+    k.model_stage = schedule_.ModelStage(c.pp_rank, chunk);
+    k.slice = SliceOfStage(k.model_stage);
+    k.model = std::make_unique<Model>(recipe_.model, recipe_.loss, k.slice);
+    k.model->Finalize(recipe_.train.dtype == "f64" ? DType::kF64 : DType::kF32, recipe_.train.seed);
+  }
   Device device = Device::kCPU;
 #ifdef FATHOM_WITH_CUDA
   if (device_) {
     device = Device::kCUDA;
-    const int64_t shard_elements =
-        ZeroOptimizer::MaxShardElements(params, mesh_.layout().dp(), mesh_.layout().edp());
     const bool bf16 = recipe_.train.dtype == "bf16";
     const bool fp8 = recipe_.train.precision == "fp8";
+    // One plan for the rank: every chunk's parameters and optimizer shards; the activations of the
+    // schedule's live micro-batch-chunks at the size of the larger chunk's.
+    int64_t param_elements = 0, shard_elements = 0;
+    for (const Chunk& k : chunks_) {
+      param_elements += k.model->params().numel();
+      shard_elements +=
+          ZeroOptimizer::MaxShardElements(k.model->params(), replicas_->dp->size(), replicas_->edp->size());
+    }
+    const std::vector<Instruction>& program = schedule_.ranks[c.pp_rank];
     // Under fp8 the ops' FP8 GEMM context has its own cuBLASLt workspace beside the bf16 one.
     const int64_t workspace_bytes = (fp8 ? 2 : 1) * (int64_t{32} << 20);
-    MemoryPlanInput plan_input = MemoryPlanInputFor(recipe_, slice, program_, params.numel(), shard_elements,
-                                                    workspace_bytes, static_cast<int64_t>(free_at_start));
-    plan_input.fp8_weight_bytes = fp8 ? params.Fp8WeightBytes() : 0;
-    absl::StatusOr<MemoryPlan> plan = PlanDeviceMemory(plan_input);
+    MemoryPlanInput input =
+        MemoryPlanInputFor(recipe_, chunks_[0].slice, program, param_elements, shard_elements,
+                           workspace_bytes, static_cast<int64_t>(free_at_start));
+    for (const Chunk& k : chunks_) input.fp8_weight_bytes += fp8 ? k.model->params().Fp8WeightBytes() : 0;
+    for (const Chunk& k : chunks_) {
+      const MemoryPlanInput other = MemoryPlanInputFor(recipe_, k.slice, program, 0, 0, 0, 0);
+      input.activation_bytes_per_micro_batch =
+          std::max(input.activation_bytes_per_micro_batch, other.activation_bytes_per_micro_batch);
+      input.transient_bytes = std::max(input.transient_bytes, other.transient_bytes);
+    }
+    absl::StatusOr<MemoryPlan> plan = PlanDeviceMemory(input);
     if (!plan.ok()) {
       return absl::Status(plan.status().code(),
                           absl::StrFormat("%s: rank %d: %s", recipe_.path, c.rank, plan.status().message()));
     }
     device_->plan = *plan;
-    // Values, gradients and the compute copy: one pool of exactly their blocks.
-    const size_t value_bytes = cuda::DevicePool::RoundedSize(static_cast<size_t>(params.numel()) * 4);
-    const size_t copy_bytes =
-        bf16 ? cuda::DevicePool::RoundedSize(static_cast<size_t>(params.numel()) * 2) : 0;
-    // The FP8 weight copies (train.precision fp8) live there too: four blocks per FP8 weight.
-    size_t fp8_bytes = 0;
-    for (const ParamSpec& s : params.specs()) {
-      if (!fp8 || s.gemm != GemmPrecision::kFp8) continue;
-      for (int64_t b : Fp8Weight::TensorBytes(s.shape)) fp8_bytes += cuda::DevicePool::RoundedSize(b);
+    // Values, gradients and the compute copies of every chunk: one pool of exactly their blocks.
+    size_t static_bytes = 0;
+    for (const Chunk& k : chunks_) {
+      const size_t n = static_cast<size_t>(k.model->params().numel());
+      static_bytes +=
+          2 * cuda::DevicePool::RoundedSize(n * 4) + (bf16 ? cuda::DevicePool::RoundedSize(n * 2) : 0);
+      // The FP8 weight copies (train.precision fp8) live there too: four blocks per FP8 weight.
+      for (const ParamSpec& s : k.model->params().specs()) {
+        if (!fp8 || s.gemm != GemmPrecision::kFp8) continue;
+        for (int64_t bytes : Fp8Weight::TensorBytes(s.shape))
+          static_bytes += cuda::DevicePool::RoundedSize(bytes);
+      }
     }
-    device_->static_pool =
-        std::make_unique<cuda::DevicePool>("parameters", 2 * value_bytes + copy_bytes + fp8_bytes);
+    device_->static_pool = std::make_unique<cuda::DevicePool>("parameters", static_bytes);
     {
       cuda::PoolScope scope(*device_->static_pool);
-      params.MoveTo(Device::kCUDA);
-      params.SetComputeDType(bf16 ? DType::kBF16 : DType::kF32);
-      if (fp8) params.EnableFp8Weights();  // quantised from the masters now, then after every step
+      for (Chunk& k : chunks_) {
+        k.model->params().MoveTo(Device::kCUDA);
+        k.model->params().SetComputeDType(bf16 ? DType::kBF16 : DType::kF32);
+        if (fp8) k.model->params().EnableFp8Weights();  // quantised from the masters now, then every step
+      }
     }
     device_->pool = std::make_unique<cuda::DevicePool>("activations", static_cast<size_t>(plan->pool_bytes));
     device_->pool_scope.emplace(*device_->pool);
@@ -199,28 +277,123 @@ absl::Status StageRuntime::SetUp() {
   }
 #endif
   // train.precision fp8 on the CPU: the emulated FP8 GEMMs read copies quantised from the masters.
-  if (recipe_.train.precision == "fp8" && !params.fp8_enabled()) params.EnableFp8Weights();
-
-  // The last stage's copy of the embedding (for MTP) has the first stage's gradient added to it, so its
-  // norm is counted once, on the first stage.
-  std::vector<std::pair<int64_t, int64_t>> exclude;
-  if (pp > 1 && slice.head && model_->embedding_id() >= 0) {
-    const ParamSpec& e = params.spec(model_->embedding_id());
-    exclude.push_back({e.offset, e.offset + NumElements(e.shape)});
+  for (Chunk& k : chunks_) {
+    if (recipe_.train.precision == "fp8" && !k.model->params().fp8_enabled())
+      k.model->params().EnableFp8Weights();
   }
-  optimizer_ = std::make_unique<ZeroOptimizer>(params, recipe_.optim, groups_->dp(), groups_->edp(), exclude);
+
+  // A copy of the embedding held for MTP on the chunk with the head (and not the first model stage) has
+  // the first stage's gradient added to it (SumEmbeddingGradients), so its norm is counted once, on the
+  // first stage's chunk. DualPipe's two copies of a stage share their ZeRO groups (SetUpReplicaGroups).
+  for (Chunk& k : chunks_) {
+    ParamTable& params = k.model->params();
+    std::vector<std::pair<int64_t, int64_t>> exclude;
+    if (!k.slice.embedding && k.model->embedding_id() >= 0) {
+      const ParamSpec& e = params.spec(k.model->embedding_id());
+      exclude.push_back({e.offset, e.offset + NumElements(e.shape)});
+    }
+    k.optimizer =
+        std::make_unique<ZeroOptimizer>(params, recipe_.optim, *replicas_->dp, *replicas_->edp, exclude);
+  }
+  // Activations travel in the compute dtype (bf16 compute sends bf16 while the parameters stay f32).
+  const DType compute_dtype = chunks_[0].model->params().compute_dtype();
+  std::vector<Model*> models;
+  for (Chunk& k : chunks_) models.push_back(k.model.get());
+  PipelineExecutor::Options options;
+  options.overlap_pairs = recipe_.parallel.overlap == "two_micro_batch";
   executor_ = std::make_unique<PipelineExecutor>(
-      *model_, groups_->pp(),
-      Shape{recipe_.train.micro_batch_size, recipe_.train.seq_len, recipe_.model.hidden_size},
-      params.compute_dtype(), device);
+      std::move(models), schedule_, groups_->pp(),
+      Shape{recipe_.train.micro_batch_size, recipe_.train.seq_len, recipe_.model.hidden_size}, compute_dtype,
+      device, options);
+  executor_->set_trace(trace_.get());
   return absl::OkStatus();
+}
+
+// DualPipe holds model stage s on chunk 0 of rank s and chunk 1 of rank pp-1-s: the two are replicas, as
+// the planner models them (parallel/simulator.cc), so the groups of a stage's replicas span both ranks of
+// the pair {r, pp-1-r}: its dp ranks on both (2 * dp) for attention and dense parameters, its edp ranks
+// of the same ep position on both (2 * edp) for experts. Ordered by world rank, the same for both stages
+// of the pair. Other schedules use the mesh's dp and edp groups.
+void StageRuntime::SetUpReplicaGroups() {
+  replicas_ = std::make_unique<ReplicaGroups>();
+  if (schedule_.kind != ScheduleKind::kDualPipe) {
+    replicas_->dp = &groups_->dp();
+    replicas_->edp = &groups_->edp();
+    replicas_->dp_host = &mesh_.dp();
+    return;
+  }
+  const MeshCoord& c = mesh_.coord();
+  const int pp = mesh_.layout().pp(), ep = mesh_.layout().ep();
+  const int pair = std::min(c.pp_rank, pp - 1 - c.pp_rank);
+  // Splits are collective over the world, the same on every rank: host groups, then (several GPUs) the
+  // NCCL groups of the same membership.
+  std::unique_ptr<Communicator> dp_host = mesh_.world().Split(pair, c.rank, "dp pair");
+  std::unique_ptr<Communicator> edp_host = mesh_.world().Split(pair * ep + c.ep_rank, c.rank, "edp pair");
+  replicas_->dp_host = dp_host.get();
+  replicas_->dp = dp_host.get();
+  replicas_->edp = edp_host.get();
+  if (groups_ != &mesh_) {
+    std::unique_ptr<Communicator> dp = groups_->world().Split(pair, c.rank, "dp pair");
+    std::unique_ptr<Communicator> edp = groups_->world().Split(pair * ep + c.ep_rank, c.rank, "edp pair");
+    replicas_->dp = dp.get();
+    replicas_->edp = edp.get();
+    replicas_->owned.push_back(std::move(dp));
+    replicas_->owned.push_back(std::move(edp));
+  }
+  replicas_->owned.push_back(std::move(dp_host));
+  replicas_->owned.push_back(std::move(edp_host));
+}
+
+void StageRuntime::SetUpTrace() {
+  if (recipe_.train.trace.empty()) return;
+  const MeshCoord& c = mesh_.coord();
+  trace_ = std::make_unique<StepTrace>(
+      device_ ? Device::kCUDA : Device::kCPU, c.rank,
+      absl::StrFormat("rank %d (pp %d, ep %d, edp %d)", c.rank, c.pp_rank, c.ep_rank, c.edp_rank));
+}
+
+void StageRuntime::BeginStepTrace(int64_t step) {
+  if (!trace_) return;
+  mesh_.world().Barrier();  // the ranks' clocks start together (within the barrier's skew)
+  trace_->BeginStep(step);
+}
+
+absl::Status StageRuntime::EndStepTrace() {
+  if (!trace_ || !trace_->recording()) return absl::OkStatus();
+  const int64_t step = trace_->step();
+  trace_->EndStep();
+  const std::vector<int64_t> steps = recipe_.train.TracedSteps();
+  if (steps.empty() || step != steps.back()) return absl::OkStatus();
+  nlohmann::json other = {{"recipe", recipe_.path},
+                          {"schedule", recipe_.parallel.schedule},
+                          {"overlap", recipe_.parallel.overlap},
+                          {"mesh", mesh_.layout().Describe()},
+                          {"device", recipe_.train.device},
+                          {"micro_batches", recipe_.parallel.micro_batches},
+                          {"steps", steps},
+                          {"stage_layers", stage_layers_}};
+  absl::Status s = WriteStepTrace(*trace_, mesh_.world(), recipe_.train.trace, other.dump());
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrFormat("train.trace: %s", s.message()));
+}
+
+ModelSlice StageRuntime::SliceOfStage(int stage) const {
+  ModelSlice slice;
+  for (int s = 0; s < stage; ++s) slice.first_layer += stage_layers_[s];
+  slice.end_layer = slice.first_layer + stage_layers_[stage];
+  slice.embedding = stage == 0;
+  slice.head = stage == schedule_.num_stages() - 1;
+  slice.experts = PlaceExperts(recipe_.model.n_routed_experts, mesh_.layout().ep(), mesh_.coord().ep_rank);
+  slice.exchange = exchange_.get();
+  return slice;
 }
 
 DeviceMemoryStats StageRuntime::device_memory() const {
   DeviceMemoryStats m;
 #ifdef FATHOM_WITH_CUDA
   if (device_) {
-    m.static_bytes = device_->static_pool->capacity() + optimizer_->state_bytes();
+    m.static_bytes = device_->static_pool->capacity();
+    for (const Chunk& k : chunks_) m.static_bytes += k.optimizer->state_bytes();
     m.pool_capacity = device_->pool->capacity();
     m.pool_peak = device_->pool->peak();
   }
@@ -258,7 +431,7 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
                " micro-batches for parallel.micro_batches ", m);
 
   // Loss normalisers of the whole global batch.
-  LossNormalizers norm = model_->Normalizers(batches, static_cast<int64_t>(m) * dp);
+  LossNormalizers norm = chunks_[0].model->Normalizers(batches, static_cast<int64_t>(m) * dp);
   std::vector<double> counts = {norm.main_tokens};
   counts.insert(counts.end(), norm.mtp_tokens.begin(), norm.mtp_tokens.end());
   counts = SumOver(mesh_.dp(), counts);
@@ -266,55 +439,209 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
   std::copy(counts.begin() + 1, counts.end(), norm.mtp_tokens.begin());
 
   // Forward and backward of every micro-batch by this rank's pipeline program.
-  ParamTable& params = model_->params();
-  params.ZeroGrads();
-  const std::vector<MicroBatchStats> stats = executor_->Run(program_, batches, norm);
+  for (Chunk& k : chunks_) k.model->params().ZeroGrads();
+  const std::vector<std::vector<MicroBatchStats>> stats = executor_->Run(batches, norm);
+  // The step tail on the trace's data-parallel lane (no-ops without a recording trace).
+  auto begin_tail = [this](const char* name) {
+    return trace_ ? trace_->Begin(TraceLane::kDataParallel, name) : -1;
+  };
+  auto end_tail = [this](int span) {
+    if (trace_) trace_->End(span);
+  };
+  int span = begin_tail("embedding-gradient sum");
   SumEmbeddingGradients();
+  end_tail(span);
 
-  // ZeRO-1: reduce-scatter, global norm, clip + AdamW on the shards, all-gather.
+  // ZeRO-1: reduce-scatter, global norm, clip + AdamW on the shards, all-gather. Every rank of a replica
+  // group handles its chunks in model-stage order (DualPipe's pair holds both copies of two stages).
   StepResult r;
+  const std::vector<int> by_stage = ChunksByStage();
   {
     ScopedPhase optimizer_phase(Phase::kOptimizer);
-    optimizer_->ReduceGradients();
-    r.grad_norm = std::sqrt(SumOver(mesh_.world(), {optimizer_->LocalNormSquared()})[0]);
+    span = begin_tail("ZeRO reduce-scatter");
+    for (int c : by_stage) chunks_[c].optimizer->ReduceGradients();
+    end_tail(span);
+    span = begin_tail("grad norm");
+    double local = 0;
+    for (int c : by_stage) local += chunks_[c].optimizer->LocalNormSquared();
+    r.grad_norm = std::sqrt(SumOver(mesh_.world(), {local})[0]);
+    end_tail(span);
     if (!std::isfinite(r.grad_norm)) {
-      return absl::InternalError(
-          absl::StrFormat("the global gradient norm is %f: training diverged; lower optim.lr or raise "
-                          "optim.warmup_steps",
-                          r.grad_norm));
+      // No update; the caller counts the skipped steps (train.max_skipped_steps).
+      r.skipped = true;
+      r.nonfinite = FirstNonFiniteGradientOfJob();
+    } else {
+      span = begin_tail("AdamW (ZeRO-1 shard)");
+      for (int c : by_stage) chunks_[c].optimizer->Step(lr, r.grad_norm, recipe_.optim.grad_clip);
+      end_tail(span);
+      span = begin_tail("param all-gather");
+      for (int c : by_stage) chunks_[c].optimizer->GatherParameters();
+      for (Chunk& k : chunks_)
+        k.model->params().RefreshComputeValues();  // bf16 and FP8 copies follow the masters
+      end_tail(span);
     }
-    optimizer_->Step(lr, r.grad_norm, recipe_.optim.grad_clip);
-    optimizer_->GatherParameters();
-    params.RefreshComputeValues();  // the bf16 (and FP8) weight copies follow the updated masters
   }
   StepResult reduced = ReduceStatistics(stats, norm);
   reduced.grad_norm = r.grad_norm;
+  reduced.skipped = r.skipped;
+  reduced.nonfinite = r.nonfinite;
   return reduced;
+}
+
+absl::Status StageRuntime::CheckReplicas() {
+  if (hosts_.empty()) {
+    // Once: every rank's host name (and GPU), for the messages.
+    char host[256] = {0};
+    ::gethostname(host, sizeof host - 1);
+    std::string me = host;
+#ifdef FATHOM_WITH_CUDA
+    if (device_) me += absl::StrFormat(", GPU %d", cuda::CurrentDevice());
+#endif
+    std::vector<std::string> all = GatherStrings(mesh_.world(), me, 0);
+    std::string joined;
+    for (const std::string& h : all) joined += h + "\n";
+    joined = BroadcastString(mesh_.world(), joined, 0);
+    for (size_t at = 0, next; (next = joined.find('\n', at)) != std::string::npos; at = next + 1) {
+      hosts_.push_back(joined.substr(at, next - at));
+    }
+  }
+  // Every chunk against its replicas over the mesh's dp / edp groups (the same chunks in the same order
+  // on every rank of a group). DualPipe's second copies of a stage are kept equal by identical updates and
+  // are not compared across the rank pair here.
+  std::string mismatch;
+  for (const int c : ChunksByStage()) {
+    const ParamTable& params = chunks_[c].model->params();
+    const Tensor values =
+        params.values().device() == Device::kCPU ? params.values() : ops::To(params.values(), Device::kCPU);
+    for (const ParamGroup group : {ParamGroup::kReplicated, ParamGroup::kExpert}) {
+      Communicator& comm = group == ParamGroup::kReplicated ? mesh_.dp() : mesh_.edp();
+      const std::vector<int> members = group == ParamGroup::kReplicated
+                                           ? mesh_.layout().DpGroup(mesh_.coord().rank)
+                                           : mesh_.layout().EdpGroup(mesh_.coord().rank);
+      std::vector<int> ids;
+      for (int id = 0; id < params.size(); ++id) {
+        if (params.spec(id).group == group) ids.push_back(id);
+      }
+      const int64_t n = static_cast<int64_t>(ids.size());
+      Tensor mine = Tensor::Empty({std::max<int64_t>(n, 1)}, DType::kI64);
+      mine.data<int64_t>()[0] = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const ParamSpec& spec = params.spec(ids[i]);
+        const size_t bytes = static_cast<size_t>(NumElements(spec.shape)) * DTypeSize(values.dtype());
+        mine.data<int64_t>()[i] =
+            Crc32c(static_cast<const char*>(values.raw()) + spec.offset * DTypeSize(values.dtype()), bytes);
+      }
+      Tensor all = Tensor::Empty({comm.size() * mine.numel()}, DType::kI64);
+      comm.AllGather(mine, all);
+      for (int64_t i = 0; i < n && mismatch.empty(); ++i) {
+        for (int r = 1; r < comm.size(); ++r) {
+          if (all.data<int64_t>()[r * mine.numel() + i] == all.data<int64_t>()[i]) continue;
+          const int a = members[0], b = members[static_cast<size_t>(r)];
+          mismatch = absl::StrFormat(
+              "silent data corruption: the replicas of %s differ (CRC-32C %08x on rank %d [%s], %08x on rank "
+              "%d "
+              "[%s]); stopping the job: check that node's GPU with `fathom diagnose`",
+              params.spec(ids[i]).name, static_cast<uint32_t>(all.data<int64_t>()[i]), a, hosts_[a],
+              static_cast<uint32_t>(all.data<int64_t>()[r * mine.numel() + i]), b, hosts_[b]);
+          break;
+        }
+      }
+    }
+  }
+  return AgreeOnStatus(mesh_.world(), mismatch.empty() ? absl::OkStatus() : absl::DataLossError(mismatch));
+}
+
+void StageRuntime::FlipOneParameterBitForTesting() {
+  ParamTable& params = chunks_.front().model->params();
+  // The middle element of the last replicated tensor this rank holds.
+  for (int id = params.size() - 1; id >= 0; --id) {
+    const ParamSpec& spec = params.spec(id);
+    if (spec.group != ParamGroup::kReplicated) continue;
+    Tensor v = params.value(id);
+    Tensor host = v.device() == Device::kCPU ? v : ops::To(v, Device::kCPU);
+    const int64_t i = host.numel() / 2;
+    host.SetItem(i, -host.Item(i) + (host.Item(i) == 0 ? 1.0 : 0.0));  // a sign bit (or a zero made 1)
+    if (v.device() != Device::kCPU) ops::Copy(v, host);
+    return;
+  }
+}
+
+std::string StageRuntime::FirstNonFiniteGradientOfJob() {
+  std::string mine;
+  for (const int c : ChunksByStage()) {
+    if (!mine.empty()) break;
+    const ParamTable& params = chunks_[c].model->params();
+    // The failure path only: the whole gradient buffer comes to the host once. After the reduce-scatter
+    // this rank's shards hold the sums and the rest its own gradients: a NaN of either shows.
+    const Tensor grads =
+        params.grads().device() == Device::kCPU ? params.grads() : ops::To(params.grads(), Device::kCPU);
+    for (int id = 0; id < params.size() && mine.empty(); ++id) {
+      const ParamSpec& spec = params.spec(id);
+      const int64_t n = NumElements(spec.shape);
+      for (int64_t i = 0; i < n; ++i) {
+        if (!std::isfinite(grads.Item(spec.offset + i))) {
+          mine = absl::StrFormat("%s (rank %d)", spec.name, mesh_.coord().rank);
+          break;
+        }
+      }
+    }
+  }
+  // Ranks are ordered by pipeline stage: the first non-empty answer is the earliest layer's.
+  std::string first;
+  for (const std::string& s : GatherStrings(mesh_.world(), mine, 0)) {
+    if (!s.empty()) {
+      first = s;
+      break;
+    }
+  }
+  first = BroadcastString(mesh_.world(), first, 0);
+  return first.empty() ? "no tensor of this step (the sum over ranks overflowed)" : first;
+}
+
+void StageRuntime::SyncLoadedParameters() {
+  for (int c : ChunksByStage()) chunks_[c].optimizer->GatherParameters();
+  for (Chunk& k : chunks_) k.model->params().RefreshComputeValues();
 }
 
 double StageRuntime::Evaluate(const std::vector<MicroBatch>& batches) {
   const int m = static_cast<int>(recipe_.parallel.micro_batches);
   FATHOM_CHECK(static_cast<int>(batches.size()) == m, "[stage runtime] ", batches.size(),
                " evaluation micro-batches for parallel.micro_batches ", m);
-  LossNormalizers norm = model_->Normalizers(batches, static_cast<int64_t>(m) * mesh_.layout().dp());
+  LossNormalizers norm =
+      chunks_[0].model->Normalizers(batches, static_cast<int64_t>(m) * mesh_.layout().dp());
   norm.main_tokens = SumOver(mesh_.dp(), {norm.main_tokens})[0];
   norm.balance_weight = 0;
-  std::vector<Instruction> forwards;
-  for (int mb = 0; mb < m; ++mb) forwards.push_back(Instruction::F(mb, 0));
-  const std::vector<MicroBatchStats> stats = executor_->Run(forwards, batches, norm);
+  const std::vector<std::vector<MicroBatchStats>> stats = executor_->RunForwards(batches, norm);
   for (int mb = 0; mb < m; ++mb) DropSavedActivations(mb);
   double ce = 0;
-  for (const MicroBatchStats& s : stats) ce += s.main_ce;
+  for (const std::vector<MicroBatchStats>& chunk : stats) {
+    for (const MicroBatchStats& s : chunk) ce += s.main_ce;
+  }
   return SumOver(mesh_.world(), {ce})[0] / std::max(norm.main_tokens, 1.0);
 }
 
-// The embedding lives on the first stage and, for MTP, on the last: both copies get the summed gradient
-// (a + b == b + a, so the two stay bit-identical).
+// The embedding lives on the first model stage and, for MTP, on the last; both copies get the summed
+// gradient (a + b == b + a, so they stay bit-identical). Single-chunk schedules hold them on pipeline
+// ranks 0 and pp-1, which exchange them. DualPipeV holds both on rank 0, DualPipe on ranks 0 and pp-1
+// (one in each chunk): they are summed on the rank, and DualPipe's replica groups then add the other
+// rank's sum to both copies in the ZeRO reduce-scatter.
 void StageRuntime::SumEmbeddingGradients() {
+  if (recipe_.model.num_nextn_predict_layers == 0) return;  // one copy only
+  std::vector<Tensor> copies;
+  for (Chunk& k : chunks_) {
+    if (k.model->embedding_id() >= 0) copies.push_back(k.model->params().grad(k.model->embedding_id()));
+  }
+  if (copies.size() == 2) {
+    ops::AddInPlace(copies[0], copies[1]);
+    ops::Copy(copies[1], copies[0]);
+    return;
+  }
   const MeshCoord& coord = mesh_.coord();
   const int pp = mesh_.layout().pp();
-  if (pp == 1 || model_->embedding_id() < 0 || (coord.pp_rank != 0 && coord.pp_rank != pp - 1)) return;
-  Tensor g = model_->params().grad(model_->embedding_id());
+  if (pp == 1 || copies.empty() || (coord.pp_rank != 0 && coord.pp_rank != pp - 1)) return;
+  FATHOM_CHECK(schedule_.chunks() == 1, "[stage runtime] ", ScheduleKindName(schedule_.kind), " rank ",
+               coord.pp_rank, " holds ", copies.size(), " embedding copies");
+  Tensor g = copies[0];
   Tensor theirs = Tensor::Empty(g.shape(), g.dtype(), g.device());
   const int peer = coord.pp_rank == 0 ? pp - 1 : 0;
   Communicator& pp_group = groups_->pp();
@@ -324,37 +651,50 @@ void StageRuntime::SumEmbeddingGradients() {
   ops::AddInPlace(g, theirs);
 }
 
-StepResult StageRuntime::ReduceStatistics(const std::vector<MicroBatchStats>& stats,
+StepResult StageRuntime::ReduceStatistics(const std::vector<std::vector<MicroBatchStats>>& stats,
                                           const LossNormalizers& norm) {
   StepResult r;
   const int m = static_cast<int>(recipe_.parallel.micro_batches);
   const int dp = mesh_.layout().dp();
   const size_t depth = norm.mtp_tokens.size();
-  // This rank's sums: CE on the last stage, balance on every stage with MoE layers; loads per layer.
+  // This rank's sums: CE on the chunk with the head, balance on every chunk with MoE layers; loads per
+  // layer, chunk by chunk.
   std::vector<double> loss_sums(2 + depth, 0.0);
-  const std::vector<MoE*> moes = model_->moe_layers();
-  std::vector<std::vector<int64_t>> loads(moes.size(),
-                                          std::vector<int64_t>(recipe_.model.n_routed_experts, 0));
-  for (const MicroBatchStats& s : stats) {
-    loss_sums[0] += s.main_ce;
-    loss_sums[1] += s.balance_sum();
-    for (size_t k = 0; k < s.mtp_ce.size() && k < depth; ++k) loss_sums[2 + k] += s.mtp_ce[k];
-    FATHOM_CHECK(s.moe.empty() || s.moe.size() == moes.size(), "[stage runtime] ", s.moe.size(),
-                 " MoE statistics for ", moes.size(), " MoE layers");
-    for (size_t i = 0; i < s.moe.size(); ++i) {
-      const Tensor& c = s.moe[i].expert_counts;
-      for (int64_t e = 0; e < c.numel(); ++e) loads[i][e] += c.data<int64_t>()[e];
+  std::vector<std::vector<std::vector<int64_t>>> loads(chunks_.size());
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const size_t moes = chunks_[c].model->moe_layers().size();
+    loads[c].assign(moes, std::vector<int64_t>(recipe_.model.n_routed_experts, 0));
+    for (const MicroBatchStats& s : stats[c]) {
+      loss_sums[0] += s.main_ce;
+      loss_sums[1] += s.balance_sum();
+      for (size_t k = 0; k < s.mtp_ce.size() && k < depth; ++k) loss_sums[2 + k] += s.mtp_ce[k];
+      FATHOM_CHECK(s.moe.empty() || s.moe.size() == moes, "[stage runtime] ", s.moe.size(),
+                   " MoE statistics for ", moes, " MoE layers");
+      for (size_t i = 0; i < s.moe.size(); ++i) {
+        const Tensor& counts = s.moe[i].expert_counts;
+        for (int64_t e = 0; e < counts.numel(); ++e) loads[c][i][e] += counts.data<int64_t>()[e];
+      }
     }
   }
-  // Expert loads of the whole global batch (dp holds the other micro-batches of the stage).
-  for (size_t i = 0; i < moes.size(); ++i) {
-    Tensor load = Tensor::Empty({static_cast<int64_t>(loads[i].size())}, DType::kI64);
-    std::copy(loads[i].begin(), loads[i].end(), load.data<int64_t>());
-    mesh_.dp().AllReduce(load, ReduceOp::kSum);
-    r.expert_loads.emplace_back(load.data<int64_t>(), load.data<int64_t>() + load.numel());
-    r.moe_layers.push_back(moes[i]->layer());
-    r.load_max_over_mean =
-        std::max(r.load_max_over_mean, ComputeExpertLoadStats(r.expert_loads.back()).max_over_mean);
+  // Expert loads of the whole global batch: the replica group holds the other micro-batches of each model
+  // stage (dp; DualPipe: both copies of the stage over the rank pair, reduced in model-stage order).
+  std::vector<std::vector<std::vector<int64_t>>> global(chunks_.size());
+  for (int c : ChunksByStage()) {
+    for (const std::vector<int64_t>& layer : loads[c]) {
+      Tensor load = Tensor::Empty({static_cast<int64_t>(layer.size())}, DType::kI64);
+      std::copy(layer.begin(), layer.end(), load.data<int64_t>());
+      replicas_->dp_host->AllReduce(load, ReduceOp::kSum);
+      global[c].emplace_back(load.data<int64_t>(), load.data<int64_t>() + load.numel());
+    }
+  }
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const std::vector<MoE*> moes = chunks_[c].model->moe_layers();
+    for (size_t i = 0; i < moes.size(); ++i) {
+      r.expert_loads.push_back(std::move(global[c][i]));
+      r.moe_layers.push_back(moes[i]->layer());
+      r.load_max_over_mean =
+          std::max(r.load_max_over_mean, ComputeExpertLoadStats(r.expert_loads.back()).max_over_mean);
+    }
   }
   r.load_max_over_mean = MaxOverWorld({r.load_max_over_mean})[0];  // the worst MoE layer of any stage
 
@@ -375,17 +715,21 @@ StepResult StageRuntime::ReduceStatistics(const std::vector<MicroBatchStats>& st
 }
 
 void StageRuntime::UpdateExpertBiases(const StepResult& result, double speed) {
-  const std::vector<MoE*> moes = model_->moe_layers();
-  FATHOM_CHECK(result.expert_loads.size() == moes.size(), "[stage runtime] loads for ",
-               result.expert_loads.size(), " MoE layers, the stage has ", moes.size());
-  ParamTable& params = model_->params();
-  for (size_t i = 0; i < moes.size(); ++i) {
-    // The bias rule runs on the host (E values); a device bias makes the round trip.
-    Tensor bias = params.value(moes[i]->bias_id());
-    Tensor host = bias.device() == Device::kCPU ? bias : ops::To(bias, Device::kCPU);
-    UpdateExpertBias(host, result.expert_loads[i], speed);
-    if (bias.device() != Device::kCPU) ops::Copy(bias, host);
+  size_t i = 0;
+  for (Chunk& k : chunks_) {
+    ParamTable& params = k.model->params();
+    for (MoE* moe : k.model->moe_layers()) {
+      FATHOM_CHECK(i < result.expert_loads.size() && result.moe_layers[i] == moe->layer(),
+                   "[stage runtime] the step's loads do not match this rank's MoE layers");
+      // The bias rule runs on the host (E values); a device bias makes the round trip.
+      Tensor bias = params.value(moe->bias_id());
+      Tensor host = bias.device() == Device::kCPU ? bias : ops::To(bias, Device::kCPU);
+      UpdateExpertBias(host, result.expert_loads[i++], speed);
+      if (bias.device() != Device::kCPU) ops::Copy(bias, host);
+    }
   }
+  FATHOM_CHECK(i == result.expert_loads.size(), "[stage runtime] loads for ", result.expert_loads.size(),
+               " MoE layers, this rank has ", i);
 }
 
 }  // namespace fathom

@@ -5,14 +5,19 @@
 
 #include "absl/strings/str_cat.h"
 #include "layers/cost.h"
+#include "parallel/schedule.h"
 
 namespace fathom {
 
 absl::StatusOr<std::vector<int64_t>> SplitStages(const ModelConfig& model, const ParallelConfig& parallel,
                                                  int64_t seq_len) {
-  const int64_t pp = parallel.pp, layers = model.num_hidden_layers;
+  absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(parallel.schedule);
+  if (!kind.ok()) return kind.status();
+  // "pp" below counts model stages: the pipeline ranks, or twice as many for DualPipeV's V.
+  const int64_t pp = NumStages(*kind, static_cast<int>(parallel.pp)), layers = model.num_hidden_layers;
+  const std::string stages_name = pp == parallel.pp ? "parallel.pp" : "2 * parallel.pp";
   if (pp < 1 || pp > layers) {
-    return absl::InvalidArgumentError(absl::StrCat("parallel.pp (", pp, ") must be between 1 and ",
+    return absl::InvalidArgumentError(absl::StrCat(stages_name, " (", pp, ") must be between 1 and ",
                                                    "model.num_hidden_layers (", layers,
                                                    "): every stage needs a layer"));
   }
@@ -21,8 +26,8 @@ absl::StatusOr<std::vector<int64_t>> SplitStages(const ModelConfig& model, const
     for (int64_t n : parallel.stage_layers) sum += n;
     if (static_cast<int64_t>(parallel.stage_layers.size()) != pp || sum != layers ||
         *std::min_element(parallel.stage_layers.begin(), parallel.stage_layers.end()) < 1) {
-      return absl::InvalidArgumentError(absl::StrCat("parallel.stage_layers must have parallel.pp (", pp,
-                                                     ") entries, each >= 1, summing to ",
+      return absl::InvalidArgumentError(absl::StrCat("parallel.stage_layers must have ", stages_name, " (",
+                                                     pp, ") entries, each >= 1, summing to ",
                                                      "model.num_hidden_layers (", layers, ")"));
     }
     return parallel.stage_layers;

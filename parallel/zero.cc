@@ -241,6 +241,40 @@ void ZeroOptimizer::GatherParameters() {
   }
 }
 
+ZeroOptimizer::MomentViews ZeroOptimizer::moments(ParamGroup group) const {
+  const int g = static_cast<int>(group);
+  if (shards_[g].adamw) return {shards_[g].adamw->exp_avg(), shards_[g].adamw->exp_avg_sq()};
+#ifdef FATHOM_WITH_CUDA
+  if (device_ && device_->adamw[g]) return {device_->adamw[g]->exp_avg(), device_->adamw[g]->exp_avg_sq()};
+#endif
+  return {};
+}
+
+int64_t ZeroOptimizer::step() const {
+  for (const Shard& s : shards_)
+    if (s.adamw) return s.adamw->step();
+#ifdef FATHOM_WITH_CUDA
+  if (device_) {
+    for (const std::unique_ptr<DeviceAdamW>& adamw : device_->adamw)
+      if (adamw) return adamw->step();
+  }
+#endif
+  return restored_step_;  // no shard on this rank: the step it was told
+}
+
+void ZeroOptimizer::set_step(int64_t step) {
+  FATHOM_CHECK(step >= 0, "[zero] step ", step);
+  restored_step_ = step;
+  for (Shard& s : shards_)
+    if (s.adamw) s.adamw->set_step(step);
+#ifdef FATHOM_WITH_CUDA
+  if (device_) {
+    for (std::unique_ptr<DeviceAdamW>& adamw : device_->adamw)
+      if (adamw) adamw->set_step(step);
+  }
+#endif
+}
+
 size_t ZeroOptimizer::state_bytes() const {
   size_t b = 0;
   for (const Shard& s : shards_)

@@ -90,6 +90,18 @@ class ZeroOptimizer {
   // This rank's shard of each group, [begin, end) in flat elements (may be empty).
   std::pair<int64_t, int64_t> shard(ParamGroup group) const { return shards_[static_cast<int>(group)].owned; }
 
+  // This rank's AdamW state of `group`'s shard, for checkpoints: the two moments as views of the
+  // optimizer's storage (host or device, f32 or bf16; element i is flat element shard(group).first + i),
+  // undefined when the shard is empty. Writing into them (a checkpoint load) changes the optimizer's state.
+  struct MomentViews {
+    Tensor exp_avg, exp_avg_sq;
+  };
+  MomentViews moments(ParamGroup group) const;
+  // AdamW updates taken so far (bias corrections depend on it), the same for every shard; set_step
+  // restores it from a checkpoint. REQUIRES step >= 0.
+  int64_t step() const;
+  void set_step(int64_t step);
+
  private:
   struct Shard {
     Communicator* comm;
@@ -108,6 +120,7 @@ class ZeroOptimizer {
   Shard shards_[2];
   std::vector<std::pair<int64_t, int64_t>> exclude_;
   std::unique_ptr<DeviceState> device_;
+  int64_t restored_step_ = 0;  // step() of a rank without shards
 };
 
 }  // namespace fathom

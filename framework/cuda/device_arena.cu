@@ -47,6 +47,12 @@ size_t FreeDeviceMemory() {
   return free;
 }
 
+int CurrentDevice() {
+  int device = 0;
+  FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
 int DeviceCount() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -38,6 +38,8 @@ void CopyToDevice(const Tensor& dst, const Tensor& src_host);
 void CopyToHost(const Tensor& dst_host, const Tensor& src);
 // Number of visible CUDA devices; 0 when there is no driver or no device (never aborts).
 int DeviceCount();
+// The current device's ordinal (cudaGetDevice).
+int CurrentDevice();
 // Free bytes on the current device (cudaMemGetInfo).
 size_t FreeDeviceMemory();
 

@@ -12,9 +12,9 @@ namespace fathom::testing {
 
 class UnusedExpertExchange final : public ExpertExchange {
  public:
-  Tensor Dispatch(const Tensor&, const Tensor&, DispatchHandle*) override { Fail(); }
-  Tensor Dispatch(const Tensor&, const DispatchHandle&) override { Fail(); }
-  Tensor Combine(const Tensor&, const DispatchHandle&) override { Fail(); }
+  RowsInFlight StartDispatch(const Tensor&, const Tensor&, DispatchHandle*) override { Fail(); }
+  RowsInFlight StartDispatch(const Tensor&, const DispatchHandle&) override { Fail(); }
+  RowsInFlight StartCombine(const Tensor&, const DispatchHandle&) override { Fail(); }
 
   // One instance serves every slice (the exchange is stateless).
   static ExpertExchange* Get() {

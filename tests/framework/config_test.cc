@@ -484,6 +484,41 @@ TEST(ConfigTest, StageLayersMustSumToLayers) {
   // How many entries stage_layers needs is the schedule's rule: tests/parallel/schedule_test.cc.
 }
 
+TEST(ConfigTest, OverlapKey) {
+  absl::StatusOr<Recipe> none = LoadRecipe(TinyPath());
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->parallel.overlap, "none");
+  absl::StatusOr<Recipe> pairs =
+      LoadRecipe(TinyPath(), {"parallel.overlap=two_micro_batch", "parallel.ep=2"});
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  EXPECT_EQ(pairs->parallel.overlap, "two_micro_batch");
+  EXPECT_THAT(TinyError({"parallel.overlap=dual"}), AllOf(HasSubstr("parallel.overlap"), HasSubstr("dual")));
+  EXPECT_THAT(TinyError({"parallel.overlap=two_micro_batch", "parallel.pp=2"}),
+              AllOf(HasSubstr("parallel.overlap two_micro_batch"), HasSubstr("parallel.pp = 1, got 2")));
+}
+
+TEST(ConfigTest, TraceKeys) {
+  absl::StatusOr<Recipe> off = LoadRecipe(TinyPath());
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_TRUE(off->train.trace.empty());
+  EXPECT_TRUE(off->train.TracedSteps().empty());
+  // Without steps: the second step (the first one warms up), or the only one.
+  absl::StatusOr<Recipe> plain = LoadRecipe(TinyPath(), {"train.trace=run.json"});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->train.TracedSteps(), (std::vector<int64_t>{2}));
+  absl::StatusOr<Recipe> one = LoadRecipe(TinyPath(), {"train.trace=run.json", "train.steps=1"});
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->train.TracedSteps(), (std::vector<int64_t>{1}));
+  absl::StatusOr<Recipe> chosen =
+      LoadRecipe(TinyPath(), {"train.trace=run.json", "train.trace_steps=[7, 3, 7]"});
+  ASSERT_TRUE(chosen.ok()) << chosen.status();
+  EXPECT_EQ(chosen->train.TracedSteps(), (std::vector<int64_t>{3, 7}));
+  EXPECT_THAT(TinyError({"train.trace_steps=[2]"}),
+              AllOf(HasSubstr("train.trace_steps"), HasSubstr("train.trace")));
+  EXPECT_THAT(TinyError({"train.trace=run.json", "train.trace_steps=[301]"}),
+              HasSubstr("train.trace_steps[0] must be a step in [1, train.steps = 300], got 301"));
+}
+
 // `fathom plan` loads a recipe with RecipeUse::kPlan: the parallel section's checks against the model are
 // skipped (the planner replaces it), its keys are still parsed.
 TEST(ConfigTest, PlanningSkipsTheParallelChecks) {

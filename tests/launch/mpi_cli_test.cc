@@ -10,20 +10,9 @@ namespace {
 
 using fathom::testing::RunResult;
 
-// `timeout` bounds a hang: a job that does not end by itself in 60 s fails the test (exit 124). `fathom`
-// false: `args` is the whole command mpirun starts (a wrapper), not fathom's arguments.
-RunResult MpiRun(int np, const std::string& args, const std::string& env = "", bool fathom = true) {
-  return fathom::testing::RunShell(
-      env +
-      " OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 60 mpirun "
-      "--oversubscribe -np " +
-      std::to_string(np) + " " + (fathom ? std::string(FATHOM_BINARY) + " " : std::string()) + args);
-}
-
+using fathom::testing::MpiRun;
 size_t Count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
+  return fathom::testing::CountOf(text, what);
 }
 
 const std::string kTiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";

@@ -35,6 +35,24 @@ inline RunResult RunFathom(const std::string& args) {
   return RunShell(std::string(FATHOM_BINARY) + " " + args);
 }
 
+// `args` under `mpirun -np np` (oversubscribed, as root); `timeout` bounds a hang: a job that does not end
+// by itself in 60 s fails with exit 124. `fathom` false: `args` is the whole command mpirun starts (a
+// wrapper), not fathom's arguments. `env` is prepended (VAR=value ...).
+inline RunResult MpiRun(int np, const std::string& args, const std::string& env = "", bool fathom = true) {
+  return RunShell(env +
+                  " OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 60 mpirun "
+                  "--oversubscribe -np " +
+                  std::to_string(np) + " " + (fathom ? std::string(FATHOM_BINARY) + " " : std::string()) +
+                  args);
+}
+
+// How often `what` occurs in `text`.
+inline size_t CountOf(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
 }  // namespace fathom::testing
 
 #endif  // FATHOM_TESTS_LAUNCH_RUN_FATHOM_H_

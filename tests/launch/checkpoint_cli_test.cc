@@ -1,0 +1,120 @@
+// Checkpoints from the command line (issue 10), as a user meets them under mpirun: a rank killed in the
+// middle of a save leaves the previous checkpoint, which the next run resumes from; SIGTERM to one rank
+// ends the job after the current step with a checkpoint and exit 0; a corrupt, truncated or mismatched
+// checkpoint is refused with one message and exit 2, and nothing in checkpoint.dir changes.
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "tests/launch/run_fathom.h"
+
+namespace {
+
+using fathom::testing::CountOf;
+using fathom::testing::MpiRun;
+using fathom::testing::RunResult;
+namespace fs = std::filesystem;
+
+const std::string kTiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";
+
+// A fresh directory for one test's checkpoints.
+std::string FreshDir(const std::string& name) {
+  const std::string dir = fs::temp_directory_path() / ("fathom_ckpt_cli_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// The 4-rank (pp 2, ep 2) tiny job with checkpoints in `dir`.
+std::string TinyArgs(const std::string& dir, int steps, int save_every) {
+  return "train " + kTiny + " --set parallel.pp=2 --set parallel.ep=2 --set train.seq_len=32" +
+         " --set train.steps=" + std::to_string(steps) + " --set checkpoint.dir=" + dir +
+         " --set checkpoint.save_every=" + std::to_string(save_every);
+}
+
+// Every regular file under `dir` with its size and last byte-level content hash (names and sizes suffice
+// to see a change, plus the content of index files).
+std::map<std::string, std::string> Snapshot(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    files[e.path().string()] = bytes;
+  }
+  return files;
+}
+
+TEST(CheckpointCli, RankKilledMidSaveLeavesThePreviousOneWhichTheNextRunResumes) {
+  const std::string dir = FreshDir("killed");
+  // Rank 1 dies while writing the checkpoint of step 4: step 2's stays complete.
+  RunResult killed = MpiRun(4, TinyArgs(dir, 6, 2), "FATHOM_TEST_FAULT=1:4:save");
+  EXPECT_NE(killed.exit_code, 0) << killed.output;
+  EXPECT_NE(killed.exit_code, 124) << "hung:\n" << killed.output;
+  EXPECT_NE(killed.output.find("injected failure at step 4"), std::string::npos) << killed.output;
+  EXPECT_TRUE(fs::exists(dir + "/step_00000002/index.json"));
+  EXPECT_FALSE(fs::exists(dir + "/step_00000004"));
+  RunResult resumed = MpiRun(4, TinyArgs(dir, 6, 2));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from " + dir + "/step_00000002: step 2"), std::string::npos)
+      << resumed.output;
+  EXPECT_EQ(CountOf(resumed.output, "step     3/6"), 1u) << resumed.output;  // continues at step 3
+  EXPECT_TRUE(fs::exists(dir + "/step_00000006/index.json"));
+  fs::remove_all(dir);
+}
+
+TEST(CheckpointCli, SigtermToOneRankSavesAndExitsZeroAfterTheCurrentStep) {
+  const std::string dir = FreshDir("sigterm"), log = dir + "/job.log";
+  // The job runs in the background; once it has logged step 3, one rank (the first fathom process found)
+  // gets SIGTERM; the job must end by itself with exit 0.
+  const std::string job =
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 60 mpirun "
+      "--oversubscribe -np 4 " +
+      std::string(FATHOM_BINARY) + " " + TinyArgs(dir, 100000, 0) + " > " + log + " 2>&1";
+  RunResult r = fathom::testing::RunShell(
+      "(" + job + "; echo \"exit $?\" >> " + log + ") & " +
+      "for i in $(seq 1 600); do grep -q 'step     3/' " + log + " 2>/dev/null && break; sleep 0.1; done; " +
+      "kill -TERM $(pgrep -f 'fathom_ckpt_cli_sigterm' | grep -v $$ | xargs -r ps -o pid=,comm= -p | "
+      "awk '$2==\"fathom\"{print $1}' | head -1); wait; cat " +
+      log);
+  EXPECT_NE(r.output.find("exit 0"), std::string::npos) << r.output;
+  EXPECT_EQ(CountOf(r.output, "preempted: signal 15 received"), 1u) << r.output;
+  EXPECT_NE(r.output.find("checkpoint step "), std::string::npos) << r.output;
+  int checkpoints = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    checkpoints += e.path().filename().string().rfind("step_", 0) == 0;
+  EXPECT_EQ(checkpoints, 1) << r.output;
+  fs::remove_all(dir);
+}
+
+TEST(CheckpointCli, BadCheckpointsAreRefusedWithOneMessageAndNothingChanges) {
+  const std::string dir = FreshDir("bad");
+  ASSERT_EQ(MpiRun(4, TinyArgs(dir, 2, 2)).exit_code, 0);
+  const std::string ckpt = dir + "/step_00000002", file = ckpt + "/rank_00001.h5";
+  auto resume_fails = [&](const std::string& what, const std::string& extra, const std::string& needle) {
+    const auto before = Snapshot(dir);
+    RunResult r = MpiRun(4, TinyArgs(dir, 4, 2) + extra);
+    EXPECT_EQ(r.exit_code, 2) << what << ":\n" << r.output;
+    EXPECT_EQ(CountOf(r.output, needle), 1u) << what << ": one message naming it expected:\n" << r.output;
+    EXPECT_EQ(Snapshot(dir), before) << what << ": checkpoint.dir changed";
+  };
+  // Another model's shapes.
+  resume_fails("another model", " --set model.hidden_size=48", "hidden_size: checkpoint 64, recipe 48");
+  // A corrupt slice: flip bytes in the middle of a rank file.
+  {
+    const auto size = fs::file_size(file);
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size / 2));
+    const char junk[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    f.write(junk, sizeof junk);
+  }
+  resume_fails("corrupt", "", "rank_00001.h5");
+  // Truncated.
+  fs::resize_file(file, fs::file_size(file) / 3);
+  resume_fails("truncated", "", "rank_00001.h5");
+  fs::remove_all(dir);
+}
+
+}  // namespace
