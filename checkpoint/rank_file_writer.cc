@@ -49,6 +49,21 @@ void CheckSource(const ShardSource& s) {
   }
 }
 
+// Closes the file, fsyncs it and its directory, and records its name and size.
+absl::Status FinishFile(Hdf5RankFile& file, RankWriteRecord& record) {
+  const std::string path = file.path();
+  if (absl::Status st = file.Close(); !st.ok()) return st;
+  if (absl::Status st = FsyncPath(path); !st.ok()) return st;
+  if (absl::Status st = FsyncDirectory(DirectoryOf(path)); !st.ok()) return st;
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0)
+    return absl::InternalError(
+        absl::StrCat("cannot stat ", path, " after writing it: ", std::strerror(errno)));
+  record.file.name = BaseName(path);
+  record.file.bytes = static_cast<int64_t>(info.st_size);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int64_t SourceBytes(const std::vector<ShardSource>& sources) {
@@ -122,15 +137,52 @@ absl::StatusOr<RankWriteRecord> WriteRankFile(const std::string& path,
       }
     }
   }
-  if (absl::Status st = (*file)->Close(); !st.ok()) return st;
-  if (absl::Status st = FsyncPath(path); !st.ok()) return st;
-  if (absl::Status st = FsyncDirectory(DirectoryOf(path)); !st.ok()) return st;
-  struct stat info {};
-  if (::stat(path.c_str(), &info) != 0)
-    return absl::InternalError(
-        absl::StrCat("cannot stat ", path, " after writing it: ", std::strerror(errno)));
-  record.file.name = BaseName(path);
-  record.file.bytes = static_cast<int64_t>(info.st_size);
+  if (absl::Status st = FinishFile(**file, record); !st.ok()) return st;
+  return record;
+}
+
+absl::StatusOr<RankWriteRecord> WriteStreamedRankFile(const std::string& path, const std::string& kind,
+                                                      DType dtype, const std::vector<StreamedPiece>& pieces) {
+  FATHOM_CHECK(IsValidKindName(kind), "[WriteStreamedRankFile] kind '", kind, "' is not [a-z0-9_]+");
+  FATHOM_CHECK(IsStorableDType(dtype), "[WriteStreamedRankFile] dtype ", DTypeName(dtype),
+               " is not f32, f64 or bf16");
+  int64_t elements = 0;
+  for (const StreamedPiece& p : pieces) {
+    FATHOM_CHECK(0 <= p.begin && p.begin <= p.end && p.fill, "[WriteStreamedRankFile] piece ", p.name);
+    elements += p.end - p.begin;
+  }
+  absl::StatusOr<std::unique_ptr<Hdf5RankFile>> file = Hdf5RankFile::Create(path);
+  if (!file.ok()) return file.status();
+  RankWriteRecord record;
+  if (elements > 0) {
+    if (absl::Status st = (*file)->CreateDataset(kind, dtype, elements); !st.ok()) return st;
+    record.file.datasets.push_back(DatasetRecord{kind, dtype, elements});
+  }
+  const size_t esize = DTypeSize(dtype);
+  const int64_t block_elements = std::min(elements, kWriteBlockChunks * kCrcChunkElements);
+  Tensor block = Tensor::Empty({block_elements}, dtype);
+  int64_t offset = 0;  // in the dataset
+  for (const StreamedPiece& p : pieces) {
+    if (p.end == p.begin) continue;
+    PieceRecord rec{p.name, p.shape, kind, dtype, SliceRecord{0, kind, offset, p.begin, p.end, {}}};
+    // Blocks of whole checksum chunks counted from the slice's begin, as readers expect.
+    for (int64_t done = 0; done < p.end - p.begin;) {
+      const int64_t n = std::min(p.end - p.begin - done, block_elements);
+      const Tensor view = block.Rows(0, n);
+      if (absl::Status st = p.fill(p.begin + done, view); !st.ok()) return st;
+      const char* bytes = static_cast<const char*>(view.raw());
+      for (int64_t c = 0; c < n; c += kCrcChunkElements) {
+        const int64_t m = std::min(kCrcChunkElements, n - c);
+        rec.slice.crc32c.push_back(
+            Crc32c(bytes + static_cast<size_t>(c) * esize, static_cast<size_t>(m) * esize));
+      }
+      if (absl::Status st = (*file)->Write(kind, offset + done, n, bytes); !st.ok()) return st;
+      done += n;
+    }
+    offset += p.end - p.begin;
+    record.pieces.push_back(std::move(rec));
+  }
+  if (absl::Status st = FinishFile(**file, record); !st.ok()) return st;
   return record;
 }
 

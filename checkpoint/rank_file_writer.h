@@ -53,6 +53,24 @@ absl::StatusOr<RankWriteRecord> WriteRankFile(const std::string& path,
                                               const std::vector<ShardSource>& sources,
                                               const std::function<void()>& after_first_write = {});
 
+// A piece whose elements are produced on demand rather than held in memory, for writers that stream from
+// another format (fathom import reads an HF directory tensor by tensor).
+struct StreamedPiece {
+  std::string name;            // HF name
+  Shape shape;                 // the whole tensor's shape
+  int64_t begin = 0, end = 0;  // [begin, end): elements of the tensor written
+  // Fills `out` (a CPU tensor of the file's dtype) with the tensor's elements [b, b + out.numel()), a
+  // block within [begin, end). An error aborts the write and is returned as it is.
+  std::function<absl::Status(int64_t b, const Tensor& out)> fill;
+};
+
+// As WriteRankFile for one kind of state in `dtype` (f32, f64 or bf16), the pieces in the given order,
+// each produced block by block (at most kWriteBlockChunks checksum chunks at a time, one buffer reused), so
+// the memory used is one block whatever the pieces' sizes. Errors: a fill's error, or Internal naming the
+// file for I/O; the partial file is left for the caller's cleanup of its temporary directory.
+absl::StatusOr<RankWriteRecord> WriteStreamedRankFile(const std::string& path, const std::string& kind,
+                                                      DType dtype, const std::vector<StreamedPiece>& pieces);
+
 }  // namespace fathom
 
 #endif  // FATHOM_CHECKPOINT_RANK_FILE_WRITER_H_

@@ -9,9 +9,9 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
-#include <set>
 
 #include "absl/strings/str_cat.h"
+#include "checkpoint/safetensors_stream.h"
 #include "framework/file_io.h"
 
 namespace fathom {
@@ -47,7 +47,7 @@ const DTypeRow* FindDType(const std::string& name) {
   return nullptr;
 }
 
-const char* SafetensorsDTypeName(DType t) {
+const char* DTypeNameInFormat(DType t) {
   switch (t) {
     case DType::kF64:
       return "F64";
@@ -133,32 +133,22 @@ bool ReadUnsignedArray(const nlohmann::json& j, std::vector<uint64_t>& out) {
 
 }  // namespace
 
-absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
-  absl::StatusOr<std::string> read = ReadWholeFile(path);
-  if (!read.ok()) return read.status();
-  auto bytes = std::make_shared<const std::string>(std::move(*read));
-  const uint64_t size = bytes->size();
-  if (size < 8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Where(path), "truncated: ", size, " bytes, shorter than the 8-byte header length"));
-  }
-  uint64_t header_len = 0;
-  std::memcpy(&header_len, bytes->data(), 8);
-  if (header_len < 2 || header_len > size - 8) {
-    return absl::InvalidArgumentError(absl::StrCat(Where(path), "bad header length ", header_len,
-                                                   " (the file has ", size - 8,
-                                                   " bytes after the length field)"));
-  }
-  const char* header_begin = bytes->data() + 8;
-  nlohmann::json header = nlohmann::json::parse(header_begin, header_begin + header_len, nullptr,
+const char* SafetensorsDTypeName(DType dtype) { return DTypeNameInFormat(dtype); }
+
+size_t SafetensorsDTypeSize(std::string_view dtype) {
+  const DTypeRow* row = FindDType(std::string(dtype));
+  return row == nullptr ? 0 : row->size;
+}
+
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const std::string& path,
+                                                         std::string_view header_json, uint64_t data_len) {
+  nlohmann::json header = nlohmann::json::parse(header_json.begin(), header_json.end(), nullptr,
                                                 /*allow_exceptions=*/false);
   if (header.is_discarded()) return absl::InvalidArgumentError(Where(path) + "header is not valid JSON");
   if (!header.is_object()) return absl::InvalidArgumentError(Where(path) + "header is not a JSON object");
 
-  SafetensorsFile file;
-  file.path_ = path;
-  file.data_start_ = 8 + header_len;
-  const uint64_t data_len = size - file.data_start_;
+  SafetensorsHeader file;
+  file.data_start = 8 + header_json.size();
   for (const auto& [name, value] : header.items()) {
     if (name == "__metadata__") {
       if (!value.is_object())
@@ -168,7 +158,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
           return absl::InvalidArgumentError(
               absl::StrCat(Where(path), "__metadata__ value of '", key, "' is not a string"));
         }
-        file.metadata_[key] = v.get<std::string>();
+        file.metadata[key] = v.get<std::string>();
       }
       continue;
     }
@@ -177,7 +167,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
       return absl::InvalidArgumentError(Where(path, name) +
                                         "expected an object with \"dtype\", \"shape\" and \"data_offsets\"");
     }
-    Entry e;
+    SafetensorsEntry e;
     if (!value["dtype"].is_string())
       return absl::InvalidArgumentError(Where(path, name) + "dtype is not a string");
     e.dtype = value["dtype"].get<std::string>();
@@ -217,12 +207,12 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
                                                      " of ", e.dtype, " needs ", nbytes,
                                                      " bytes, data_offsets give ", e.end - e.begin));
     }
-    file.entries_.emplace(name, std::move(e));
+    file.entries.emplace(name, std::move(e));
   }
 
   // The tensors must tile the data section: sorted by start, each starts where the previous ended.
-  std::vector<std::pair<const std::string*, const Entry*>> order;
-  for (const auto& [name, e] : file.entries_) order.emplace_back(&name, &e);
+  std::vector<std::pair<const std::string*, const SafetensorsEntry*>> order;
+  for (const auto& [name, e] : file.entries) order.emplace_back(&name, &e);
   std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
     return std::pair(a.second->begin, a.second->end) < std::pair(b.second->begin, b.second->end);
   });
@@ -247,6 +237,39 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
                                                    " bytes of a data section of ", data_len,
                                                    " bytes (trailing bytes or truncated tensors)"));
   }
+  return file;
+}
+
+absl::StatusOr<uint64_t> CheckHeaderLength(const std::string& path, const char* first8, uint64_t size) {
+  if (size < 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Where(path), "truncated: ", size, " bytes, shorter than the 8-byte header length"));
+  }
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, first8, 8);
+  if (header_len < 2 || header_len > size - 8) {
+    return absl::InvalidArgumentError(absl::StrCat(Where(path), "bad header length ", header_len,
+                                                   " (the file has ", size - 8,
+                                                   " bytes after the length field)"));
+  }
+  return header_len;
+}
+
+absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
+  absl::StatusOr<std::string> read = ReadWholeFile(path);
+  if (!read.ok()) return read.status();
+  auto bytes = std::make_shared<const std::string>(std::move(*read));
+  const uint64_t size = bytes->size();
+  absl::StatusOr<uint64_t> header_len = CheckHeaderLength(path, bytes->data(), size);
+  if (!header_len.ok()) return header_len.status();
+  absl::StatusOr<SafetensorsHeader> header =
+      ParseSafetensorsHeader(path, std::string_view(bytes->data() + 8, *header_len), size - 8 - *header_len);
+  if (!header.ok()) return header.status();
+  SafetensorsFile file;
+  file.path_ = path;
+  file.data_start_ = header->data_start;
+  file.entries_ = std::move(header->entries);
+  file.metadata_ = std::move(header->metadata);
   file.bytes_ = std::move(bytes);
   return file;
 }
@@ -267,7 +290,7 @@ absl::StatusOr<SafetensorsInfo> SafetensorsFile::Info(const std::string& name) c
 absl::StatusOr<Tensor> SafetensorsFile::Get(const std::string& name) const {
   auto it = entries_.find(name);
   if (it == entries_.end()) return absl::NotFoundError(Where(path_, name) + "not in the file");
-  const Entry& e = it->second;
+  const SafetensorsEntry& e = it->second;
   const DTypeRow* row = FindDType(e.dtype);
   if (!row->readable) {
     return absl::UnimplementedError(
@@ -287,59 +310,24 @@ absl::StatusOr<Tensor> SafetensorsFile::Get(const std::string& name) const {
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata) {
-  // Validate everything before the first byte is written.
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) {
-    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
-    for (const auto& [k, v] : metadata) meta[k] = v;
-    header["__metadata__"] = std::move(meta);
-  }
-  std::set<std::string> seen;
-  uint64_t offset = 0;
+  // Validate the tensors before the writer creates anything; it validates names and encodes the header.
+  std::vector<SafetensorsDecl> decls;
   for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__") return absl::InvalidArgumentError(Where(path, name) + "reserved name");
-    if (!seen.insert(name).second) return absl::InvalidArgumentError(Where(path, name) + "duplicate name");
     if (!t.defined()) return absl::InvalidArgumentError(Where(path, name) + "undefined tensor");
     if (t.device() != Device::kCPU) {
       return absl::InvalidArgumentError(absl::StrCat(
           Where(path, name), "on ", std::string(DeviceName(t.device())), "; copy it to the CPU first"));
     }
-    nlohmann::ordered_json entry;
-    entry["dtype"] = SafetensorsDTypeName(t.dtype());
-    entry["shape"] = t.shape();
-    entry["data_offsets"] = {offset, offset + t.nbytes()};
-    header[name] = std::move(entry);
-    offset += t.nbytes();
+    decls.push_back({name, DTypeNameInFormat(t.dtype()), t.shape()});
   }
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const nlohmann::json::exception& ex) {  // invalid UTF-8 in a name or in metadata
-    return absl::InvalidArgumentError(absl::StrCat(Where(path), "cannot encode the header: ", ex.what()));
-  }
-  // Pad with spaces (valid JSON whitespace) so the data section starts 8-byte aligned, as the reference
-  // writer does.
-  text.append((8 - text.size() % 8) % 8, ' ');
-  const uint64_t header_len = text.size();
-
-  // framework/file_io.h: a temporary beside `path`, fsynced and renamed over it; only a regular file (or
-  // nothing) is replaced, so a symlink, directory or device at `path` is refused and left as it was.
-  auto failed = [&path](const absl::Status& st, const std::string& what = "") {
-    return absl::Status(st.code(), absl::StrCat(Where(path), what, st.message()));
-  };
-  AtomicFileWriter out;
-  if (absl::Status st = out.Open(path); !st.ok()) return failed(st);
-  char len_bytes[8];
-  std::memcpy(len_bytes, &header_len, 8);
-  if (absl::Status st = out.Append(len_bytes, 8); !st.ok()) return failed(st, "writing the header: ");
-  if (absl::Status st = out.Append(text); !st.ok()) return failed(st, "writing the header: ");
+  SafetensorsWriter writer;
+  if (absl::Status st = writer.Open(path, decls, metadata); !st.ok()) return st;
   for (const auto& [name, t] : tensors) {
-    if (absl::Status st = out.Append(t.raw(), t.nbytes()); !st.ok()) {
-      return failed(st, absl::StrCat("writing tensor '", name, "': "));
+    if (absl::Status st = writer.Append(t.raw(), t.nbytes()); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("tensor '", name, "': ", st.message()));
     }
   }
-  if (absl::Status st = out.Commit(); !st.ok()) return failed(st);
-  return absl::OkStatus();
+  return writer.Commit();
 }
 
 }  // namespace fathom

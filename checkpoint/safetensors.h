@@ -10,9 +10,10 @@
 // of the format (F16, I8, I16, U16, U32, U64, BOOL, F8_E8M0, ...) are recognised, so such a file opens,
 // but Get() on those tensors fails with Unimplemented. A dtype string outside the format is an error.
 //
-// Files are read whole into memory (the files fathom reads this way are small; large checkpoints go
-// through the sharded HDF5 path). Every malformed input is an absl::Status naming the file, and the
-// tensor where one is to blame; nothing here aborts on bad input.
+// SafetensorsFile reads a file whole into memory (golden data, small files); HF model directories of any
+// size stream through checkpoint/safetensors_stream.h, which shares the header parsing below. Every malformed
+// input is an absl::Status naming the file, and the tensor where one is to blame; nothing here aborts on bad
+// input.
 #ifndef FATHOM_CHECKPOINT_SAFETENSORS_H_
 #define FATHOM_CHECKPOINT_SAFETENSORS_H_
 
@@ -20,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -34,6 +36,33 @@ struct SafetensorsInfo {
   std::string dtype;  // as written in the file: "F32", "BF16", "F8_E4M3", "U8", ...
   Shape shape;
 };
+
+// One tensor of a header: its dtype as written, its shape, and its bytes [begin, end) in the data section.
+struct SafetensorsEntry {
+  std::string dtype;
+  Shape shape;
+  uint64_t begin = 0, end = 0;
+};
+
+// A parsed and validated header.
+struct SafetensorsHeader {
+  uint64_t data_start = 0;  // 8 + header length: the data section's first byte in the file
+  std::map<std::string, SafetensorsEntry> entries;
+  std::map<std::string, std::string> metadata;
+};
+
+// The header length stored in a file's first 8 bytes (`first8`), checked against the file's `size`:
+// InvalidArgument naming `path` for a file shorter than 8 bytes or a length outside [2, size - 8].
+absl::StatusOr<uint64_t> CheckHeaderLength(const std::string& path, const char* first8, uint64_t size);
+// Parses the header's JSON (`header_json`, the bytes after the length field) of a file whose data section
+// has `data_len` bytes, and validates it as Open does (every error an InvalidArgument naming `path` and
+// the tensor). Shared by SafetensorsFile and the streaming reader (checkpoint/safetensors_stream.h).
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const std::string& path,
+                                                         std::string_view header_json, uint64_t data_len);
+// The format's name of a fathom dtype ("F32", "BF16", "F8_E4M3", ...).
+const char* SafetensorsDTypeName(DType dtype);
+// Bytes per element of a dtype of the format ("F32" -> 4, "F8_E4M3" -> 1); 0 for a string outside it.
+size_t SafetensorsDTypeSize(std::string_view dtype);
 
 // An opened, fully validated safetensors file. Cheap to copy (the bytes are shared, immutable).
 // Thread safety: const methods may be called concurrently.
@@ -56,16 +85,10 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
-  struct Entry {
-    std::string dtype;
-    Shape shape;
-    uint64_t begin = 0, end = 0;  // byte range in the data section
-  };
-
   std::string path_;
   std::shared_ptr<const std::string> bytes_;  // the whole file
   uint64_t data_start_ = 0;                   // 8 + header length
-  std::map<std::string, Entry> entries_;
+  std::map<std::string, SafetensorsEntry> entries_;
   std::map<std::string, std::string> metadata_;
 };
 

@@ -130,6 +130,7 @@ void ParseModel(YamlMapReader& r, ModelConfig* m) {
   r.Bool("rope_interleave", &m->rope_interleave);
   ParseRopeScaling(r, &m->rope_scaling);
   r.Double("initializer_range", &m->initializer_range);
+  r.String("init_from", &m->init_from);
   for (const HfFixedKey& k : kHfFixedKeys) {
     switch (k.rule) {
       case HfKeyRule::kAny:
@@ -212,6 +213,7 @@ void ParseData(YamlMapReader& r, DataConfig* d) {
   r.String("split", &d->split);
   r.Int("eod_token_id", &d->eod_token_id);
   r.Bool("verify_tokens", &d->verify_tokens);
+  r.String("tokenizer_dir", &d->tokenizer_dir);
 }
 
 void ParseCheckpoint(YamlMapReader& r, CheckpointConfig* c) {

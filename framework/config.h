@@ -69,6 +69,10 @@ struct ModelConfig {
   bool rope_interleave = true;
   RopeScalingConfig rope_scaling;
   double initializer_range = 0.02;
+  // Not a config.json key: an HF DeepSeek-V3 directory (checkpoint/hf_directory.h) whose weights a fresh
+  // run starts from instead of the random initialisation (its config.json must describe this model; a
+  // resumed checkpoint takes precedence). "" = random initialisation.
+  std::string init_from;
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense_replace; }
@@ -189,6 +193,10 @@ struct DataConfig {
   // true: every token of the split is checked < model.vocab_size when the loader opens (a sequential read
   // of the files); false: tokens are checked only as they are read for a step.
   bool verify_tokens = true;
+  // A directory of HF tokenizer files (tokenizer.json, tokenizer_config.json, ...) describing the
+  // dataset's token ids; `fathom export` copies them into the HF directory. "" = fathom's byte tokenizer
+  // (data/tokenizer.h), which has no HF files.
+  std::string tokenizer_dir;
   absl::Status Validate(const ModelConfig& model) const;
   // data.path parsed, weights normalised. InvalidArgument naming data.path for a malformed list.
   absl::StatusOr<std::vector<DataBlendEntry>> Blend() const;

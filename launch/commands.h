@@ -15,6 +15,9 @@ int RunSimulate(const std::vector<std::string>& args);    // launch/simulate_com
 int RunBench(const std::vector<std::string>& args);       // launch/bench_command.cc
 int RunPreprocess(const std::vector<std::string>& args);  // launch/preprocess_command.cc
 int RunDiagnose(const std::vector<std::string>& args);    // launch/diagnose_command.cc
+int RunExport(const std::vector<std::string>& args);      // launch/export_command.cc
+int RunImport(const std::vector<std::string>& args);      // launch/import_command.cc
+int RunLogits(const std::vector<std::string>& args);      // launch/logits_command.cc
 
 }  // namespace fathom
 

@@ -22,6 +22,12 @@ void Usage(FILE* out = stderr) {
       "                                            (or HDF5) dataset for data.source megatron\n"
       "  diagnose [--device auto|cpu|cuda]          check every rank's device: GEMM, attention and\n"
       "                                            all-reduce results compared bitwise, times vs median\n"
+      "  export CHECKPOINT --out HF_DIR [--dtype bf16|fp8|f32] [--shard-size 5GB]\n"
+      "                                            write a checkpoint as a DeepSeek-V3 HF directory\n"
+      "  import HF_DIR --out CHECKPOINT_DIR [--recipe RECIPE.yaml]\n"
+      "                                            read an HF directory into a weights-only checkpoint\n"
+      "  logits SOURCE --tokens T.safetensors --out L.safetensors\n"
+      "                                            fathom's CPU forward over a checkpoint or HF directory\n"
       "  COMMAND --help                            the command's usage\n");
 }
 
@@ -40,12 +46,16 @@ int main(int argc, char** argv) {
   if (cmd == "bench") return fathom::RunBench(args);
   if (cmd == "preprocess") return fathom::RunPreprocess(args);
   if (cmd == "diagnose") return fathom::RunDiagnose(args);
+  if (cmd == "export") return fathom::RunExport(args);
+  if (cmd == "import") return fathom::RunImport(args);
+  if (cmd == "logits") return fathom::RunLogits(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     Usage(stdout);
     return 0;
   }
   std::fprintf(stderr,
-               "fathom: unknown command '%s'; expected train, plan, simulate, bench, preprocess or diagnose\n",
+               "fathom: unknown command '%s'; expected train, plan, simulate, bench, preprocess, diagnose, "
+               "export, import or logits\n",
                cmd.c_str());
   Usage();
   return 2;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/checkpoint_reader.h"
+#include "checkpoint/hf_init.h"
 #include "checkpoint/model_config_json.h"
 #include "checkpoint/stage_state.h"
 #include "layers/cost.h"
@@ -50,6 +51,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
   if (!resume.ok()) return resume.status();
   if (resume->has_value()) {
     if (absl::Status s = trainer->Resume(**resume); !s.ok()) return s;
+  } else if (!recipe.model.init_from.empty()) {
+    // A fresh run from an HF directory's weights (fathom import's format, read directly).
+    if (absl::Status s = InitFromHfDirectory(recipe.model.init_from, *trainer->runtime_); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("model.init_from: %s", s.message()));
+    }
+    if (mesh.world().rank() == 0) {
+      std::cout << "initialised from " << recipe.model.init_from << " (AdamW, LR schedule and data fresh)\n";
+    }
   }
   return trainer;
 }
