@@ -6,11 +6,16 @@
 // half the tokens), so that the runs fit the CI budget on two shared cores. Prints the curves (every 25
 // steps) for the record.
 //
-// The floor: this 300-step run is chaotic (discrete top-k routing, lr 3e-3), so any change of rounding moves
-// the last-20 mean by percents. Measured at this setting: f32 vs f64 (the same recipe, only the rounding of
-// f32) differ by 3.8%, f32 vs fp8 by 1.2% (fp8 lower). A fixed 1% bound would test the trajectory's luck,
-// not the FP8 GEMMs, so the test also trains in f64 and requires FP8 to stay within max(1%, the f32-f64
-// difference) of f32: FP8 must move the result no more than an exact change of the f32 rounding does.
+// The floor: this 300-step run at seq_len 32 is chaotic (discrete top-k routing, lr 3e-3), so any change of
+// rounding moves the last-20 mean by percents. Measured at this setting: f32 vs f64 (the same recipe, only
+// the rounding of f32) differ by 3.8%, f32 vs fp8 by 1.2% (fp8 lower). A fixed 1% bound would test the
+// trajectory's luck, not the FP8 GEMMs, so the test also trains in f64 and requires FP8 to stay within
+// max(1%, the f32-f64 difference) of f32: FP8 must move the result no more than an exact change of the f32
+// rounding does. At the recipe's own seq_len 64 (not run here: twice the time) the floor is small
+// (f32 1.69996, f64 1.69932: 0.04%) and fp8 ends 2.9% above f32 (1.74889). A likely cause, not verified:
+// every weight of this model is one 128x128 block and every activation row one tile, so one outlier sets the
+// scale of a whole matrix. recipes/small.yaml on the GPU is the accuracy check that matters
+// (tests/gpu/fp8_accuracy.sh).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
