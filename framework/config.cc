@@ -173,6 +173,7 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.Uint("seed", &t->seed);
   r.Count("log_every", &t->log_every);
   r.String("dtype", &t->dtype);
+  r.String("precision", &t->precision);
   r.String("device", &t->device);
   r.Count("eval_every", &t->eval_every);
   r.Count("eval_steps", &t->eval_steps);
@@ -512,6 +513,49 @@ absl::Status ParallelConfig::Validate(const ModelConfig& model) const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// train.precision fp8 on the GPU: bf16 compute, and shapes cuBLASLt's block-scaled FP8 GEMMs take (the
+// dimensions of every FP8 weight multiples of 16; the routed experts of a layer in one grouped call).
+absl::Status ValidateGpuFp8(const TrainConfig& t, const ModelConfig& m) {
+  if (t.dtype != "bf16") {
+    return Invalid(
+        absl::StrCat("train.precision fp8 on train.device cuda needs train.dtype bf16 (the dtype of "
+                     "everything that is not an FP8 GEMM), got ",
+                     t.dtype));
+  }
+  const std::vector<std::pair<std::string, int64_t>> dims = {
+      {"model.hidden_size", m.hidden_size},
+      {"model.intermediate_size", m.intermediate_size},
+      {"model.moe_intermediate_size", m.moe_intermediate_size},
+      {"model.q_lora_rank", m.q_lora_rank},
+      {"model.kv_lora_rank + model.qk_rope_head_dim", m.kv_lora_rank + m.qk_rope_head_dim},
+      {"model.kv_lora_rank", m.kv_lora_rank},
+      {"model.num_attention_heads x (model.qk_nope_head_dim + model.qk_rope_head_dim)",
+       m.num_attention_heads * m.qk_head_dim()},
+      {"model.num_attention_heads x (model.qk_nope_head_dim + model.v_head_dim)",
+       m.num_attention_heads * (m.qk_nope_head_dim + m.v_head_dim)},
+      {"model.num_attention_heads x model.v_head_dim", m.num_attention_heads * m.v_head_dim},
+  };
+  for (const auto& [name, value] : dims) {
+    if (value % 16 != 0) {
+      return Invalid(
+          absl::StrCat("train.precision fp8 on train.device cuda needs every FP8 weight dimension to be "
+                       "a multiple of 16 (cuBLASLt's FP8 kernels); ",
+                       name, " is ", value));
+    }
+  }
+  if (m.n_routed_experts > 256) {
+    return Invalid(
+        absl::StrCat("train.precision fp8 on train.device cuda runs at most 256 routed experts per "
+                     "grouped GEMM; model.n_routed_experts is ",
+                     m.n_routed_experts));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 std::vector<int64_t> TrainConfig::TracedSteps() const {
   if (trace.empty()) return {};
   if (trace_steps.empty()) return {std::min<int64_t>(2, steps)};
@@ -550,6 +594,7 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
     return Invalid(absl::StrCat("train.seq_len (", seq_len, ") must be <= model.max_position_embeddings (",
                                 model.max_position_embeddings, ")"));
   }
+  if (s = CheckOneOf("train.precision", precision, {"bf16", "fp8"}); !s.ok()) return s;
   if (device == "cpu") {
     if (dtype == "bf16") {
       return Invalid(
@@ -557,7 +602,8 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
     }
     return CheckOneOf("train.dtype", dtype, {"f32", "f64"});
   }
-  return CheckOneOf("train.dtype", dtype, {"f32", "bf16"});
+  if (s = CheckOneOf("train.dtype", dtype, {"f32", "bf16"}); !s.ok()) return s;
+  return precision == "fp8" ? ValidateGpuFp8(*this, model) : absl::OkStatus();
 }
 
 absl::Status OptimConfig::Validate() const {

@@ -116,6 +116,13 @@ struct TrainConfig {
   uint64_t seed = 1234;
   int64_t log_every = 1;
   std::string dtype = "f32";  // compute/parameter dtype on CPU: f32 or f64
+  // The Linear GEMMs of attention, the dense MLPs and the experts (forward, dgrad, wgrad): "bf16" runs them
+  // in train.dtype like everything else; "fp8" in e4m3 with 1x128 / 128x128 block scaling and f32
+  // accumulation, with the routed experts' token rows dispatched in FP8 (the DeepSeek-V3 report's recipe;
+  // embedding, head, router, norms and the attention core stay in train.dtype). fp8 needs train.dtype bf16 on
+  // cuda (every FP8 weight dimension a multiple of 16, at most 256 routed experts) and is emulated exactly in
+  // f32 on the CPU (train.dtype f32 or f64).
+  std::string precision = "bf16";
   std::string device = "cpu";
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never
   int64_t eval_steps = 10;   // global batches of the valid split per evaluation (the same ones each time)

@@ -41,12 +41,14 @@
 #include <vector>
 
 #include "framework/cuda/stream.h"
+#include "framework/fp8_operands.h"
 #include "framework/kernels/cpu/elementwise.h"
 #include "framework/kernels/cpu/moe.h"
 #include "framework/tensor.h"
 
 namespace fathom::cuda {
 class GemmContext;
+class Fp8GemmContext;
 class HostStaging;
 }  // namespace fathom::cuda
 
@@ -71,6 +73,9 @@ class OpContext {
   cuda::GemmContext& gemm();
   // CUDA builds only: the page-locked staging slots of CopyToHostAsync, created on first use.
   cuda::HostStaging& staging();
+  // CUDA builds only: the block-scaled FP8 GEMM context (its own cuBLASLt workspace of the same size),
+  // created on first use.
+  cuda::Fp8GemmContext& fp8_gemm();
 
  private:
   cuda::Stream stream_;
@@ -78,6 +83,7 @@ class OpContext {
   // shared_ptr: destructible where the CUDA types are incomplete (CPU builds, users of this header).
   std::shared_ptr<cuda::GemmContext> gemm_;
   std::shared_ptr<cuda::HostStaging> staging_;
+  std::shared_ptr<cuda::Fp8GemmContext> fp8_gemm_;
 };
 
 // Makes `context` the calling thread's current OpContext for its lifetime (nestable; the previous one
@@ -116,6 +122,27 @@ void GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const 
                      bool accumulate = false);
 void GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
                      bool accumulate = true);
+
+// ---- FP8 block-scaled GEMMs (framework/fp8_operands.h; cpu/fp8_gemm.h, cuda/fp8_gemm.h) --------------
+// train.precision fp8. Float inputs: CPU f32 or f64 (quantised from f32), CUDA f32 or bf16. Outputs: CPU f32
+// or f64 (one dtype for out), CUDA bf16 or f32 (NT), f32 (TN). counts: HOST i64 (G) as above; an undefined
+// counts tensor means one group of every row (a dense Linear). The quantising ops allocate their result on
+// the input's device (CUDA: the current pool).
+//   QuantizeRows: x (R, K) -> packed 1x128 rows      QuantizeCols: x (R, C) -> (C, Tp) 1x128 along tokens
+Fp8Rows QuantizeRows(const Tensor& x);
+Fp8Cols QuantizeCols(const Tensor& x, const Tensor& counts = Tensor());
+Fp8Cols QuantizeCols(const Fp8Rows& x, const Tensor& counts = Tensor());  // from the rows' values
+// out (R, K) = the values q stands for.
+void DequantizeRows(const Tensor& out, const Fp8Rows& q);
+// q (preallocated, Fp8Weight::Empty) <- w (..., N, K) in 128x128 blocks, forward and transposed copies.
+void QuantizeWeight128x128(const Fp8Weight& q, const Tensor& w);
+// out (R, N) (=/+=) row block g of x . w[g]^T, w (G, N, K) or (N, K). Forward: w = Fp8Weight::w; dgrad:
+// x = dy's rows and w = Fp8Weight::wt.
+void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tensor& counts,
+                        bool accumulate = false);
+// out[g] (G, M, N) (or (M, N)) += a_g . b_g^T over group g's tokens: dW += dy^T x with a = dy's columns and
+// b = x's (both grouped alike).
+void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b);
 
 // ---- RMSNorm (cpu/norm.h) -------------------------------------------------------------------------------
 // out (N, C), rstd (N) StatsDType; x (N, C); w (C).

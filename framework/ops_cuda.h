@@ -21,6 +21,15 @@ Tensor Empty(const char* op, const Shape& shape, DType dtype);
 void Matmul(Form form, const Tensor& out, const Tensor& x, const Tensor& w, bool accumulate);
 void GroupedMatmul(Form form, const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
                    bool accumulate);
+// FP8 (framework/ops_cuda_fp8.cu).
+void QuantizeRows1x128(const Fp8Rows& q, const Tensor& x);
+void DequantizeRows1x128(const Tensor& out, const Fp8Rows& q);
+void QuantizeCols1x128(const Fp8Cols& q, const Tensor& x);
+void QuantizeCols1x128(const Fp8Cols& q, const Fp8Rows& x);
+void QuantizeWeight128x128(const Fp8Weight& q, const Tensor& w);
+void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tensor& counts,
+                        bool accumulate);
+void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b);
 void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, double eps);
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
                           const Tensor& rstd);

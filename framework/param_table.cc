@@ -83,11 +83,47 @@ void ParamTable::SetComputeDType(DType dtype) {
 }
 
 void ParamTable::RefreshComputeValues() {
+  QuantizeFp8Weights();  // the fused optimizer's pass makes the bf16 copy, never these
   if (compute_fresh_) {
     compute_fresh_ = false;
     return;
   }
   if (compute_.defined()) ops::Convert(compute_, values_);
+}
+
+void ParamTable::EnableFp8Weights() {
+  FATHOM_CHECK(finalized(), "ParamTable::EnableFp8Weights before Finalize");
+  if (fp8_enabled_) return;
+  for (int id = 0; id < size(); ++id) {
+    const ParamSpec& s = spec(id);
+    if (s.gemm != GemmPrecision::kFp8) continue;
+    FATHOM_CHECK(s.shape.size() == 2 || s.shape.size() == 3, "[param_table] FP8 weight ", s.name, " ",
+                 ShapeString(s.shape), ": expected (N, K) or an expert stack (E, N, K)");
+    fp8_.emplace(id, Fp8Weight::Empty(s.shape, values_.device()));
+  }
+  fp8_enabled_ = true;
+  QuantizeFp8Weights();
+}
+
+const Fp8Weight& ParamTable::fp8_weight(int id) const {
+  auto it = fp8_.find(id);
+  FATHOM_CHECK(fp8_enabled_ && it != fp8_.end(), "[param_table] ", spec(id).name,
+               " has no FP8 copy: FP8 weights are ", fp8_enabled_ ? "enabled" : "not enabled",
+               ", the parameter is registered ",
+               spec(id).gemm == GemmPrecision::kFp8 ? "for FP8" : "for the compute dtype");
+  return it->second;
+}
+
+int64_t ParamTable::Fp8WeightBytes() const {
+  int64_t bytes = 0;
+  for (const ParamSpec& s : specs_)
+    if (s.gemm == GemmPrecision::kFp8) bytes += Fp8Weight::Bytes(s.shape);
+  return bytes;
+}
+
+void ParamTable::QuantizeFp8Weights() {
+  // f32 masters quantise directly; f64 ones (CPU reference runs) are rounded to f32 by the quantiser.
+  for (const auto& [id, q] : fp8_) ops::QuantizeWeight128x128(q, value(id));
 }
 
 void ParamTable::ZeroGrads() {
@@ -107,6 +143,9 @@ void ParamTable::MoveTo(Device device) {
   values_ = ops::To(values_, device);
   grads_ = ops::To(grads_, device);
   if (compute_.defined()) compute_ = ops::To(compute_, device);
+  for (auto& [id, q] : fp8_) {
+    for (Tensor* t : {&q.w.codes, &q.w.scales, &q.wt.codes, &q.wt.scales}) *t = ops::To(*t, device);
+  }
 }
 
 }  // namespace fathom

@@ -14,12 +14,14 @@
 #define FATHOM_FRAMEWORK_PARAM_TABLE_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "framework/fp8_operands.h"
 #include "framework/tensor.h"
 
 namespace fathom {
@@ -32,6 +34,12 @@ enum class ParamGroup : uint8_t {
 
 enum class ParamInit : uint8_t { kNormal, kOnes, kZeros };
 
+// Which precision a weight's GEMMs may use. kFp8: under train.precision fp8 the forward, dgrad and wgrad
+// GEMMs run in e4m3 with block scaling (the DeepSeek-V3 report's Linear GEMMs of attention, the dense MLPs
+// and the shared and routed experts); kCompute: always the compute dtype (embedding, output head, router,
+// MTP projection, norms, biases).
+enum class GemmPrecision : uint8_t { kCompute, kFp8 };
+
 struct ParamSpec {
   // HF tensor name. A stacked routed-expert tensor of shape (E_local, ...) holds experts
   // [expert_begin, expert_begin + E_local) and its name contains "{e}", the global expert id.
@@ -43,7 +51,8 @@ struct ParamSpec {
   bool weight_decay = true;  // false for norms and the expert bias
   int layer = -1;            // HF decoder-layer index (MTP modules continue after the main layers)
   int expert_begin = 0;
-  int64_t offset = 0;  // element offset into the flat buffers; set by Finalize
+  GemmPrecision gemm = GemmPrecision::kCompute;  // kFp8: a (N, K) weight or an (E, N, K) expert stack
+  int64_t offset = 0;                            // element offset into the flat buffers; set by Finalize
 };
 
 class ParamTable {
@@ -87,8 +96,20 @@ class ParamTable {
   // REQUIRES: finalized, f32 table for kBF16.
   void SetComputeDType(DType dtype);
   DType compute_dtype() const { return compute_.defined() ? compute_.dtype() : dtype(); }
-  // compute copy <- values (no-op without a compute copy, and once after MarkComputeValuesRefreshed).
+  // compute copy <- values (no-op without a compute copy, and once after MarkComputeValuesRefreshed), and
+  // the FP8 weights <- values when enabled (always).
   void RefreshComputeValues();
+
+  // Allocates (on the table's device; CUDA: the current pool) and fills the FP8 copy of every kFp8
+  // parameter. REQUIRES: finalized. Idempotent. MoveTo moves the copies along.
+  void EnableFp8Weights();
+  bool fp8_enabled() const { return fp8_enabled_; }
+  // Whether parameter `id`'s GEMMs run in FP8 now: fp8_enabled() and registered kFp8.
+  bool fp8(int id) const { return fp8_enabled_ && spec(id).gemm == GemmPrecision::kFp8; }
+  // The FP8 copy of parameter `id`. REQUIRES: fp8(id) (checked).
+  const Fp8Weight& fp8_weight(int id) const;
+  // Bytes EnableFp8Weights allocates: Fp8Weight::Bytes of every kFp8 parameter.
+  int64_t Fp8WeightBytes() const;
   Tensor values() const { return values_; }  // flat (numel())
   Tensor grads() const;                      // flat (numel()); forgets every known-zero gradient
   // The flat compute copy (numel()) in compute_dtype(), or an undefined tensor when there is none.
@@ -115,6 +136,7 @@ class ParamTable {
 
  private:
   Tensor View(const Tensor& flat, int id) const;
+  void QuantizeFp8Weights();  // every FP8 copy <- its master values
 
   std::vector<ParamSpec> specs_;
   std::unordered_map<std::string, int> by_name_;
@@ -124,6 +146,8 @@ class ParamTable {
   // Per parameter: its gradient holds zeros and has not been handed out since (GradForWrite). Mutable:
   // the const accessors grad() and grads() clear it.
   mutable std::vector<char> grad_known_zero_;
+  bool fp8_enabled_ = false;
+  std::map<int, Fp8Weight> fp8_;  // by parameter id, the kFp8 ones when enabled
   int64_t numel_ = 0;
   int64_t group_begin_[2] = {0, 0}, group_end_[2] = {0, 0};
 };

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "launch/bench_profile.h"
 #include "launch/command_line.h"
@@ -212,6 +213,7 @@ std::string GpuName() {
 // Everything the table shows, gathered over the ranks.
 struct BenchResult {
   std::string recipe, gpu, mesh;
+  std::string precision;  // train.dtype and train.precision
   int world = 1, dp = 1;
   int64_t warmup = 0, steps = 0;
   int64_t micro_batches = 0, micro_batch_size = 0, seq_len = 0;
@@ -237,6 +239,7 @@ std::string FormatBench(const BenchResult& b) {
   o += absl::StrFormat("fathom bench %s\n", b.recipe);
   row("gpu", b.gpu);
   row("world", absl::StrFormat("%d GPU(s); %s", b.world, b.mesh));
+  row("precision", b.precision);
   row("tokens/step", absl::StrFormat("%.0f (%d micro-batch(es) x %d x %d tokens per dp rank, dp %d)", tokens,
                                      b.micro_batches, b.micro_batch_size, b.seq_len, b.dp));
   row("steps", absl::StrFormat("%d timed after %d warm-up", b.steps, b.warmup));
@@ -310,6 +313,10 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
   b.recipe = recipe.path;
   b.gpu = GpuName();
   b.mesh = mesh.layout().Describe();
+  b.precision = absl::StrCat(recipe.train.dtype, " compute, ",
+                             recipe.train.precision == "fp8"
+                                 ? "FP8 (e4m3, block-scaled) Linear GEMMs and expert dispatch"
+                                 : "GEMMs in the compute dtype");
   b.world = mesh.layout().world();
   b.dp = mesh.layout().dp();
   b.warmup = warmup;

@@ -166,7 +166,7 @@ PrecisionPolicy PrecisionPolicy::Report(int64_t moment_bytes) {
   return p;
 }
 
-PrecisionPolicy PrecisionPolicy::Fathom(int64_t compute_bytes, int64_t moment_bytes) {
+PrecisionPolicy PrecisionPolicy::Fathom(int64_t compute_bytes, int64_t moment_bytes, bool fp8) {
   FATHOM_CHECK(compute_bytes == 2 || compute_bytes == 4 || compute_bytes == 8, "[cost] compute bytes ",
                compute_bytes);
   PrecisionPolicy p;
@@ -175,7 +175,8 @@ PrecisionPolicy PrecisionPolicy::Fathom(int64_t compute_bytes, int64_t moment_by
   p.grad_bytes = p.master_bytes;
   p.master_sharded = false;
   p.moment_bytes = moment_bytes;
-  p.fp8_gemm = p.fp8_cache = p.fp8_dispatch = false;
+  p.fp8_gemm = p.fp8_dispatch = fp8;
+  p.fp8_cache = false;
   p.activation_bytes = compute_bytes;
   p.stats_bytes = compute_bytes == 2 ? 4 : compute_bytes;
   p.activations = ActivationModel::kFathom;
@@ -186,8 +187,9 @@ std::string PrecisionPolicy::Describe() const {
   const std::string moments = moment_bytes == 2 ? "bf16 moments" : "f32 moments";
   if (activations == ActivationModel::kFathom) {
     const std::string compute = activation_bytes == 2 ? "bf16" : activation_bytes == 4 ? "f32" : "f64";
-    return "fathom (" + compute + " compute, " + (master_sharded ? "sharded" : "unsharded") +
-           " f32 master weights, " + moments + ", its layers' activations, nothing recomputed)";
+    return "fathom (" + compute + " compute" + (fp8_gemm ? ", FP8 GEMMs and dispatch" : "") + ", " +
+           (master_sharded ? "sharded" : "unsharded") + " f32 master weights, " + moments +
+           ", its layers' activations, nothing recomputed)";
   }
   return std::string("report (") + (fp8_gemm ? "FP8 GEMMs" : "bf16 GEMMs") + ", bf16 weights, f32 master " +
          "weights and gradients, " + moments + ", its activation policy)";

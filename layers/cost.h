@@ -69,10 +69,13 @@ struct PrecisionPolicy {
 
   // The report's policy with AdamW moments of `moment_bytes`.
   static PrecisionPolicy Report(int64_t moment_bytes = 2);
-  // fathom today: no FP8, compute and activations in `compute_bytes` (2: bf16 with f32 master weights and
-  // bf16 compute copies; 4 or 8: the GEMMs read the f32/f64 values), statistics in f32 under bf16 (else the
-  // compute dtype), master weights unsharded, moments of `moment_bytes`, the kFathom activation model.
-  static PrecisionPolicy Fathom(int64_t compute_bytes, int64_t moment_bytes);
+  // fathom today: compute and activations in `compute_bytes` (2: bf16 with f32 master weights and bf16
+  // compute copies; 4 or 8: the GEMMs read the f32/f64 values), statistics in f32 under bf16 (else the
+  // compute dtype), master weights unsharded, moments of `moment_bytes`, the kFathom activation model. `fp8`
+  // (train.precision fp8): the Linear GEMMs in FP8 and the MoE dispatch in FP8 (fp8_gemm, fp8_dispatch);
+  // the Linear inputs stay cached in the compute dtype (fp8_cache false) and the activation model is
+  // unchanged (its bf16 expert inputs overestimate the FP8 rows kept).
+  static PrecisionPolicy Fathom(int64_t compute_bytes, int64_t moment_bytes, bool fp8 = false);
   std::string Describe() const;  // "report (FP8 GEMMs, bf16 moments)", "fathom (bf16 compute, f32 moments)"
 
   // Optimizer state per parameter that ZeRO-1 shards: the moments, and the master weights when sharded.

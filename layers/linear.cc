@@ -5,9 +5,10 @@
 namespace fathom {
 
 Linear::Linear(ParamTable& table, const std::string& name, int64_t in, int64_t out, int layer,
-               ParamGroup group)
+               ParamGroup group, GemmPrecision gemm)
     : table_(&table), in_(in), out_(out) {
-  weight_ = table.Add({.name = name + ".weight", .shape = {out, in}, .group = group, .layer = layer});
+  weight_ =
+      table.Add({.name = name + ".weight", .shape = {out, in}, .group = group, .layer = layer, .gemm = gemm});
 }
 
 Linear::Linear(ParamTable& table, int weight_id)
@@ -21,7 +22,11 @@ Tensor Linear::Forward(int mb, const Tensor& x) {
                ", expected last dim ", in_);
   Tensor x2 = x.Flatten2D();
   Tensor y = Tensor::Empty({x2.dim(0), out_}, x.dtype(), x.device());
-  ops::MatmulNT(y, x2, table_->compute_value(weight_));
+  if (table_->fp8(weight_)) {
+    ops::Fp8GroupedMatmulNT(y, ops::QuantizeRows(x2), table_->fp8_weight(weight_).w, Tensor());
+  } else {
+    ops::MatmulNT(y, x2, table_->compute_value(weight_));
+  }
   saved_.Put(mb).x = x2;
   Shape shape = x.shape();
   shape.back() = out_;
@@ -33,7 +38,11 @@ Tensor Linear::BackwardInput(int mb, const Tensor& dy) {
   Tensor dy2 = dy.Flatten2D();
   FATHOM_CHECK(dy2.dim(0) == c.x.dim(0) && dy2.dim(1) == out_, "[linear] dy ", dy.shape_str());
   Tensor dx = Tensor::Empty({dy2.dim(0), in_}, dy.dtype(), dy.device());
-  ops::MatmulNN(dx, dy2, table_->compute_value(weight_));
+  if (table_->fp8(weight_)) {
+    ops::Fp8GroupedMatmulNT(dx, ops::QuantizeRows(dy2), table_->fp8_weight(weight_).wt, Tensor());
+  } else {
+    ops::MatmulNN(dx, dy2, table_->compute_value(weight_));
+  }
   c.dy = dy2;
   Shape shape = dy.shape();
   shape.back() = in_;
@@ -43,7 +52,11 @@ Tensor Linear::BackwardInput(int mb, const Tensor& dy) {
 void Linear::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy.defined(), "[linear] BackwardWeight before BackwardInput for micro-batch ", mb);
-  ops::MatmulTN(table_->grad(weight_), c.dy, c.x, /*accumulate=*/true);
+  if (table_->fp8(weight_)) {
+    ops::Fp8GroupedMatmulTN(table_->grad(weight_), ops::QuantizeCols(c.dy), ops::QuantizeCols(c.x));
+  } else {
+    ops::MatmulTN(table_->grad(weight_), c.dy, c.x, /*accumulate=*/true);
+  }
   saved_.Drop(mb);
 }
 

@@ -12,6 +12,9 @@ namespace {
 // kv_a_layernorm with DeepseekV3RMSNorm's default eps, not config.rms_norm_eps: the reference wins.
 constexpr double kLatentNormEps = 1e-6;
 
+// Every MLA projection may run in FP8 (train.precision fp8); the attention core stays in the compute dtype.
+constexpr GemmPrecision kProjection = GemmPrecision::kFp8;
+
 }  // namespace
 
 MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std::string& prefix, int layer)
@@ -24,21 +27,26 @@ MlaAttention::MlaAttention(ParamTable& table, const ModelConfig& cfg, const std:
       kv_rank_(cfg.kv_lora_rank),
       scale_(cfg.softmax_scale()),
       kv_a_proj_(table, prefix + ".kv_a_proj_with_mqa", cfg.hidden_size,
-                 cfg.kv_lora_rank + cfg.qk_rope_head_dim, layer),
+                 cfg.kv_lora_rank + cfg.qk_rope_head_dim, layer, ParamGroup::kReplicated, kProjection),
       kv_a_layernorm_(table, prefix + ".kv_a_layernorm", cfg.kv_lora_rank, kLatentNormEps, layer),
       kv_b_proj_(table, prefix + ".kv_b_proj", cfg.kv_lora_rank,
-                 cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), layer),
-      o_proj_(table, prefix + ".o_proj", cfg.num_attention_heads * cfg.v_head_dim, cfg.hidden_size, layer) {
+                 cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), layer,
+                 ParamGroup::kReplicated, kProjection),
+      o_proj_(table, prefix + ".o_proj", cfg.num_attention_heads * cfg.v_head_dim, cfg.hidden_size, layer,
+              ParamGroup::kReplicated, kProjection) {
   FATHOM_CHECK(heads_ > 0 && nope_ >= 0 && rope_dim_ > 0 && rope_dim_ % 2 == 0 && v_dim_ > 0 &&
                    kv_rank_ > 0 && cfg.q_lora_rank >= 0,
                "[mla ", prefix, "] invalid dims: heads ", heads_, " qk_nope ", nope_, " qk_rope ", rope_dim_,
                " v ", v_dim_, " kv_lora_rank ", kv_rank_, " q_lora_rank ", cfg.q_lora_rank);
   if (cfg.q_lora_rank > 0) {
-    q_a_proj_.emplace(table, prefix + ".q_a_proj", cfg.hidden_size, cfg.q_lora_rank, layer);
+    q_a_proj_.emplace(table, prefix + ".q_a_proj", cfg.hidden_size, cfg.q_lora_rank, layer,
+                      ParamGroup::kReplicated, kProjection);
     q_a_layernorm_.emplace(table, prefix + ".q_a_layernorm", cfg.q_lora_rank, kLatentNormEps, layer);
-    q_b_proj_.emplace(table, prefix + ".q_b_proj", cfg.q_lora_rank, heads_ * qk_dim_, layer);
+    q_b_proj_.emplace(table, prefix + ".q_b_proj", cfg.q_lora_rank, heads_ * qk_dim_, layer,
+                      ParamGroup::kReplicated, kProjection);
   } else {
-    q_proj_.emplace(table, prefix + ".q_proj", cfg.hidden_size, heads_ * qk_dim_, layer);
+    q_proj_.emplace(table, prefix + ".q_proj", cfg.hidden_size, heads_ * qk_dim_, layer,
+                    ParamGroup::kReplicated, kProjection);
   }
 }
 

@@ -8,9 +8,12 @@ DenseMlp::DenseMlp(ParamTable& table, const std::string& prefix, int64_t hidden,
                    int layer)
     : hidden_(hidden),
       intermediate_(intermediate),
-      gate_(table, prefix + ".gate_proj", hidden, intermediate, layer),
-      up_(table, prefix + ".up_proj", hidden, intermediate, layer),
-      down_(table, prefix + ".down_proj", intermediate, hidden, layer) {}
+      gate_(table, prefix + ".gate_proj", hidden, intermediate, layer, ParamGroup::kReplicated,
+            GemmPrecision::kFp8),
+      up_(table, prefix + ".up_proj", hidden, intermediate, layer, ParamGroup::kReplicated,
+          GemmPrecision::kFp8),
+      down_(table, prefix + ".down_proj", intermediate, hidden, layer, ParamGroup::kReplicated,
+            GemmPrecision::kFp8) {}
 
 Tensor DenseMlp::Forward(int mb, const Tensor& x) {
   FATHOM_CHECK(x.dim(-1) == hidden_, "[mlp] input ", x.shape_str(), ", expected last dim ", hidden_);

@@ -31,7 +31,8 @@ MoE::MoE(ParamTable& table, const ModelConfig& config, const std::string& prefix
                       .shape = std::move(shape),
                       .group = ParamGroup::kExpert,
                       .layer = layer,
-                      .expert_begin = static_cast<int>(first_expert_)});
+                      .expert_begin = static_cast<int>(first_expert_),
+                      .gemm = GemmPrecision::kFp8});
   };
   gate_proj_ = expert("gate_proj", {local_experts_, intermediate_, hidden_});
   up_proj_ = expert("up_proj", {local_experts_, intermediate_, hidden_});
@@ -59,6 +60,7 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
   c.batch = x.dim(0);
   c.seq = x.dim(1);
   c.balance_weight = balance_weight;
+  c.dtype = x.dtype();
   Tensor x2 = x.Flatten2D();
   Route(mb, c, x2, stats);
   ops::PendingHostCopy host_counts = Permute(c, x2);
@@ -71,8 +73,12 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
   // out by the host counts, so it waits for them here (the layer's one host synchronisation, see the
   // header) and the shared expert runs while the rows travel. Without one, the wait moves to
   // ForwardExperts: the shared expert (and whatever the caller runs between the phases) is queued first and
-  // keeps the GPU busy while the host waits.
-  if (exchange_) {
+  // keeps the GPU busy while the host waits. FP8 rows are quantised and laid out by the host counts here.
+  if (fp8()) {
+    c.counts = host_counts.Wait();
+    c.in_flight = StartRowsFp8(c, c.x_perm, /*forward=*/true);
+    c.x_perm = Tensor();
+  } else if (exchange_) {
     c.counts = host_counts.Wait();
     c.in_flight = exchange_->StartDispatch(c.x_perm, c.counts, &c.dispatch);
   } else {
@@ -88,12 +94,18 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
 void MoE::ForwardExperts(int mb) {
   Ctx& c = saved_.Get(mb);
   ScopedPhase phase(phases::kDispatchCombine);
-  c.x_local = c.in_flight.Wait();
-  if (c.host_counts.pending()) {  // no exchange: the counts' copy was left running by ForwardBegin
-    c.counts = c.host_counts.Wait();
-    c.dispatch.local_counts = c.counts;
+  Tensor y_local;
+  if (fp8()) {
+    c.xq_local = ArrivedFp8(c);
+    y_local = ComputeExpertsFp8(c);
+  } else {
+    c.x_local = c.in_flight.Wait();
+    if (c.host_counts.pending()) {  // no exchange: the counts' copy was left running by ForwardBegin
+      c.counts = c.host_counts.Wait();
+      c.dispatch.local_counts = c.counts;
+    }
+    y_local = ComputeExperts(c);
   }
-  Tensor y_local = ComputeExperts(c);
   // The way back to the tokens' ranks (the combine communication phase).
   c.in_flight = exchange_ ? exchange_->StartCombine(y_local, c.dispatch) : RowsInFlight(y_local);
 }
@@ -176,7 +188,11 @@ void MoE::BackwardInputBegin(int mb, const Tensor& dy) {
   ops::MoeCombineBackward(dy_perm, c.dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
   // Combine's backward produced the output gradient in this rank's row order; it travels to the experts
   // the same way the tokens did (the combine-backward communication phase).
-  c.in_flight = exchange_ ? exchange_->StartDispatch(dy_perm, c.dispatch) : RowsInFlight(dy_perm);
+  if (fp8()) {
+    c.in_flight = StartRowsFp8(c, dy_perm, /*forward=*/false);
+  } else {
+    c.in_flight = exchange_ ? exchange_->StartDispatch(dy_perm, c.dispatch) : RowsInFlight(dy_perm);
+  }
   if (shared_) {  // needs only dy: runs while the gradient travels
     ScopedPhase experts(phases::kExperts);
     c.shared_out = shared_->BackwardInput(mb, dy2);
@@ -186,8 +202,14 @@ void MoE::BackwardInputBegin(int mb, const Tensor& dy) {
 void MoE::BackwardInputExperts(int mb, bool expert_weights) {
   Ctx& c = saved_.Get(mb);
   ScopedPhase phase(phases::kDispatchCombine);
-  c.dy_local = c.in_flight.Wait();
-  Tensor dx_local = ExpertsBackwardInput(c);
+  Tensor dx_local;
+  if (fp8()) {
+    c.dyq_local = ArrivedFp8(c);
+    dx_local = ExpertsBackwardInputFp8(c);
+  } else {
+    c.dy_local = c.in_flight.Wait();
+    dx_local = ExpertsBackwardInput(c);
+  }
   // The input gradient goes back to the tokens' ranks.
   c.in_flight = exchange_ ? exchange_->StartCombine(dx_local, c.dispatch) : RowsInFlight(dx_local);
   if (expert_weights) {
@@ -242,7 +264,8 @@ Tensor MoE::ExpertsBackwardInput(Ctx& c) {
 
 void MoE::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
-  FATHOM_CHECK(c.dy_local.defined(), "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
+  FATHOM_CHECK(c.dy_local.defined() || c.dyq_local.defined(),
+               "[moe] BackwardWeight before BackwardInput for micro-batch ", mb);
   ScopedPhase phase(phases::kExperts);  // with the router's small weight gradient
   if (!c.expert_weights_done) ExpertsBackwardWeight(c);
   router_.BackwardWeight(mb);
@@ -256,6 +279,7 @@ void MoE::BackwardWeight(int mb) {
 // gradients (4 bytes per routed-expert weight per step: 7.75 GB on recipes/small.yaml's 1.94 G expert
 // weights). Later micro-batches of the step accumulate, as the gradient contract says.
 void MoE::ExpertsBackwardWeight(Ctx& c) {
+  if (fp8()) return ExpertsBackwardWeightFp8(c);
   auto wgrad = [&](int id, const Tensor& x, const Tensor& y) {
     bool known_zero = false;
     const Tensor grad = table_->GradForWrite(id, &known_zero);

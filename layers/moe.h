@@ -37,6 +37,15 @@
 // same order (the movements are collectives). Without an exchange nothing is in flight. The numbers do
 // not depend on the interleaving.
 //
+// FP8 (train.precision fp8: the table has FP8 weights, framework/param_table.h): the permuted token rows are
+// quantised to packed FP8 rows (e4m3 codes with their 1x128 scales) before the dispatch, so the all-to-all
+// moves 1 + 4/128 bytes per value, and the experts' gate/up GEMMs read them as they arrive; the hidden
+// activation and, in the backward, the output gradient (quantised before it is dispatched to the experts)
+// and the SwiGLU input gradients are quantised for their GEMMs; the weight gradients quantise the kept FP8
+// rows and activations along the tokens. Combine and its backward stay in the activations' dtype. The
+// dispatched rows are the only copy of the experts' input kept for the backward (in FP8: the report's FP8
+// activation cache for the expert GEMMs).
+//
 // Statistics are returned, never kept: Forward fills a MoeStats for its micro-batch (the tokens routed to
 // each expert, the input of the bias update, and the balance value) as tensors on the layer's device, and
 // the caller sums them there (parallel/stage_runtime.h copies a step's sums to the host once).
@@ -149,6 +158,9 @@ class MoE {
     Tensor shared_out;  // (N, H) the shared expert's output (forward) or input gradient (backward)
     Tensor dweight;     // (N, K) the routing weights' gradient (backward)
     bool expert_weights_done = false;  // BackwardInputExperts accumulated the routed experts' wgrad
+    // FP8 (see the top): x_local and dy_local as packed FP8 rows instead (x_perm is dropped once quantised).
+    DType dtype = DType::kF32;  // the activations'
+    Fp8Rows xq_local, dyq_local;
   };
 
   // Forward steps.
@@ -160,6 +172,15 @@ class MoE {
   // Backward steps. dy_local (R_local, H) -> dx_local (R_local, H); sets c.dgate, c.dup.
   Tensor ExpertsBackwardInput(Ctx& c);
   void ExpertsBackwardWeight(Ctx& c);
+  // The FP8 forms (layers/moe_fp8.cc), taken when fp8(). StartRowsFp8 quantises rows (R, H) and starts
+  // their dispatch (forward: with the counts, recording c.dispatch; backward: with c.dispatch's layout);
+  // ArrivedFp8 wraps what arrived.
+  bool fp8() const { return table_->fp8(gate_proj_); }
+  RowsInFlight StartRowsFp8(Ctx& c, const Tensor& rows, bool forward);
+  Fp8Rows ArrivedFp8(Ctx& c);
+  Tensor ComputeExpertsFp8(Ctx& c);
+  Tensor ExpertsBackwardInputFp8(Ctx& c);
+  void ExpertsBackwardWeightFp8(Ctx& c);
 
   ParamTable* table_;
   int64_t hidden_, intermediate_, num_experts_, top_k_;

@@ -25,7 +25,8 @@ PrecisionPolicy FathomPolicy(const Recipe& recipe) {
   return PrecisionPolicy::Fathom(recipe.train.dtype == "bf16"  ? 2
                                  : recipe.train.dtype == "f64" ? 8
                                                                : 4,
-                                 recipe.optim.moment_dtype == "bf16" ? 2 : 4);
+                                 recipe.optim.moment_dtype == "bf16" ? 2 : 4,
+                                 recipe.train.precision == "fp8");
 }
 
 double TokensPerMicroBatch(const Recipe& recipe) {
@@ -38,9 +39,9 @@ int64_t DeviceMemoryReserve(int64_t free_bytes) { return std::max<int64_t>(2 * k
 
 MemoryPlan EstimateDeviceMemory(const MemoryPlanInput& in) {
   FATHOM_CHECK(in.param_elements >= 0 && in.optimizer_elements >= 0 && in.compute_copy_bytes >= 0 &&
-                   in.moment_bytes > 0 && in.activation_bytes_per_micro_batch >= 0 &&
-                   in.micro_batches_in_flight >= 0 && in.transient_bytes >= 0 &&
-                   in.gemm_workspace_bytes >= 0 && in.free_bytes >= 0,
+                   in.fp8_weight_bytes >= 0 && in.moment_bytes > 0 &&
+                   in.activation_bytes_per_micro_batch >= 0 && in.micro_batches_in_flight >= 0 &&
+                   in.transient_bytes >= 0 && in.gemm_workspace_bytes >= 0 && in.free_bytes >= 0,
                "[memory_plan] negative input: params ", in.param_elements, ", optimizer ",
                in.optimizer_elements, ", copy bytes ", in.compute_copy_bytes, ", moment bytes ",
                in.moment_bytes, ", activations ", in.activation_bytes_per_micro_batch, " x ",
@@ -53,11 +54,17 @@ MemoryPlan EstimateDeviceMemory(const MemoryPlanInput& in) {
   };
   add("parameters", in.param_elements * kF32Bytes, "f32 values (master weights), " + elements);
   add("gradients", in.param_elements * kF32Bytes, "f32 gradient accumulators, " + elements);
-  add("compute copy", in.param_elements * in.compute_copy_bytes,
-      in.compute_copy_bytes == 0
-          ? std::string("none: the GEMMs read the f32 values")
-          : absl::StrCat(in.compute_copy_bytes == 2 ? "bf16" : absl::StrCat(in.compute_copy_bytes, "-byte"),
-                         " copies of the weights for the GEMMs"));
+  add("compute copy", in.param_elements * in.compute_copy_bytes + in.fp8_weight_bytes,
+      absl::StrCat(
+          in.compute_copy_bytes == 0
+              ? std::string("none: the GEMMs read the f32 values")
+              : absl::StrCat(
+                    in.compute_copy_bytes == 2 ? "bf16" : absl::StrCat(in.compute_copy_bytes, "-byte"),
+                    " copies of the weights for the GEMMs"),
+          in.fp8_weight_bytes > 0
+              ? absl::StrFormat(", + %.3f GiB of FP8 weights (e4m3 + scales, two layouts)",
+                                GiB(in.fp8_weight_bytes))
+              : ""));
   add("optimizer moments", in.optimizer_elements * 2 * in.moment_bytes,
       absl::StrCat("AdamW exp_avg + exp_avg_sq in ",
                    in.moment_bytes == 2   ? "bf16"

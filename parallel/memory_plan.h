@@ -7,7 +7,8 @@
 // Rows (bytes):
 //   parameters         param_elements x 4          f32 values (master weights) of this rank's ParamTable
 //   gradients          param_elements x 4          f32 gradient accumulators, the same layout
-//   compute copy       param_elements x 2 or 0     bf16 copies of the weights for the GEMMs (none for f32)
+//   compute copy       param_elements x 2 or 0     bf16 copies of the weights for the GEMMs (none for f32),
+//                      + fp8_weight_bytes           and the FP8 copies under train.precision fp8
 //   optimizer moments  optimizer_elements x 2 x moment_bytes   AdamW's two moments of this rank's shards
 //   gemm workspace     the cuBLASLt workspace
 //   activations (est.) micro_batches_in_flight x activation_bytes_per_micro_batch + transient_bytes (from the
@@ -34,6 +35,7 @@ namespace fathom {
 struct MemoryPlanInput {
   int64_t param_elements = 0;      // this rank's ParamTable::numel() (values and grads f32)
   int64_t compute_copy_bytes = 0;  // per parameter: 2 with bf16 compute copies, 0 when GEMMs read the f32
+  int64_t fp8_weight_bytes = 0;    // train.precision fp8: ParamTable::Fp8WeightBytes() (the caller sets it)
   int64_t optimizer_elements = 0;  // elements this rank's AdamW updates (its ZeRO shards; one GPU: numel)
   int64_t moment_bytes = 4;        // per moment (optim.moment_dtype): 4 f32, 2 bf16
   double activation_bytes_per_micro_batch = 0;  // saved by the forward of one micro-batch on this rank

@@ -130,7 +130,8 @@ PrecisionPolicy PrecisionFor(const Recipe& recipe) {
 
 PrecisionPolicy FathomPrecisionFor(const Recipe& recipe) {
   const int64_t compute = recipe.train.dtype == "bf16" ? 2 : recipe.train.dtype == "f64" ? 8 : 4;
-  return PrecisionPolicy::Fathom(compute, recipe.optim.moment_dtype == "bf16" ? 2 : 4);
+  return PrecisionPolicy::Fathom(compute, recipe.optim.moment_dtype == "bf16" ? 2 : 4,
+                                 recipe.train.precision == "fp8");
 }
 
 void RankPlans(std::vector<SimulationResult>* plans) {

@@ -218,6 +218,7 @@ absl::Status StageRuntime::SetUp() {
   if (device_) {
     device = Device::kCUDA;
     const bool bf16 = recipe_.train.dtype == "bf16";
+    const bool fp8 = recipe_.train.precision == "fp8";
     // One plan for the rank: every chunk's parameters and optimizer shards; the activations of the
     // schedule's live micro-batch-chunks at the size of the larger chunk's.
     int64_t param_elements = 0, shard_elements = 0;
@@ -227,9 +228,12 @@ absl::Status StageRuntime::SetUp() {
           ZeroOptimizer::MaxShardElements(k.model->params(), replicas_->dp->size(), replicas_->edp->size());
     }
     const std::vector<Instruction>& program = schedule_.ranks[c.pp_rank];
+    // Under fp8 the ops' FP8 GEMM context has its own cuBLASLt workspace beside the bf16 one.
+    const int64_t workspace_bytes = (fp8 ? 2 : 1) * (int64_t{32} << 20);
     MemoryPlanInput input =
         MemoryPlanInputFor(recipe_, chunks_[0].slice, program, param_elements, shard_elements,
-                           int64_t{32} << 20, static_cast<int64_t>(free_at_start));
+                           workspace_bytes, static_cast<int64_t>(free_at_start));
+    for (const Chunk& k : chunks_) input.fp8_weight_bytes += fp8 ? k.model->params().Fp8WeightBytes() : 0;
     for (const Chunk& k : chunks_) {
       const MemoryPlanInput other = MemoryPlanInputFor(recipe_, k.slice, program, 0, 0, 0, 0);
       input.activation_bytes_per_micro_batch =
@@ -242,12 +246,18 @@ absl::Status StageRuntime::SetUp() {
                           absl::StrFormat("%s: rank %d: %s", recipe_.path, c.rank, plan.status().message()));
     }
     device_->plan = *plan;
-    // Values, gradients and the compute copy of every chunk: one pool of exactly their blocks.
+    // Values, gradients and the compute copies of every chunk: one pool of exactly their blocks.
     size_t static_bytes = 0;
     for (const Chunk& k : chunks_) {
       const size_t n = static_cast<size_t>(k.model->params().numel());
       static_bytes +=
           2 * cuda::DevicePool::RoundedSize(n * 4) + (bf16 ? cuda::DevicePool::RoundedSize(n * 2) : 0);
+      // The FP8 weight copies (train.precision fp8) live there too: four blocks per FP8 weight.
+      for (const ParamSpec& s : k.model->params().specs()) {
+        if (!fp8 || s.gemm != GemmPrecision::kFp8) continue;
+        for (int64_t bytes : Fp8Weight::TensorBytes(s.shape))
+          static_bytes += cuda::DevicePool::RoundedSize(bytes);
+      }
     }
     device_->static_pool = std::make_unique<cuda::DevicePool>("parameters", static_bytes);
     {
@@ -255,6 +265,7 @@ absl::Status StageRuntime::SetUp() {
       for (Chunk& k : chunks_) {
         k.model->params().MoveTo(Device::kCUDA);
         k.model->params().SetComputeDType(bf16 ? DType::kBF16 : DType::kF32);
+        if (fp8) k.model->params().EnableFp8Weights();  // quantised from the masters now, then every step
       }
     }
     device_->pool = std::make_unique<cuda::DevicePool>("activations", static_cast<size_t>(plan->pool_bytes));
@@ -266,6 +277,11 @@ absl::Status StageRuntime::SetUp() {
     attention_path_ = cuda::DescribeAttentionPath(bf16 ? DType::kBF16 : DType::kF32, shape) + "\n";
   }
 #endif
+  // train.precision fp8 on the CPU: the emulated FP8 GEMMs read copies quantised from the masters.
+  for (Chunk& k : chunks_) {
+    if (recipe_.train.precision == "fp8" && !k.model->params().fp8_enabled())
+      k.model->params().EnableFp8Weights();
+  }
 
   // A copy of the embedding held for MTP on the chunk with the head (and not the first model stage) has
   // the first stage's gradient added to it (SumEmbeddingGradients), so its norm is counted once, on the
@@ -461,7 +477,8 @@ absl::StatusOr<StepResult> StageRuntime::Step(const std::vector<MicroBatch>& bat
       end_tail(span);
       span = begin_tail("param all-gather");
       for (int c : by_stage) chunks_[c].optimizer->GatherParameters();
-      for (Chunk& k : chunks_) k.model->params().RefreshComputeValues();  // bf16 copies follow the masters
+      for (Chunk& k : chunks_)
+        k.model->params().RefreshComputeValues();  // bf16 and FP8 copies follow the masters
       end_tail(span);
     }
   }

@@ -1,0 +1,359 @@
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "framework/cuda/check.h"
+#include "framework/cuda/fp8_numeric.cuh"
+#include "framework/cuda/numeric.cuh"
+#include "framework/kernels/cuda/fp8_operands.h"
+
+namespace fathom::cuda {
+namespace {
+
+using fp8_numeric::E4M3ToFloat;
+using fp8_numeric::FloatToE4M3Saturate;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kTile = static_cast<int>(kFp8Block);
+constexpr int kColsPerBlock = 32;  // QuantizeCols: columns staged per block
+
+// Storage access: f32 as float, bf16 as its bit pattern (widening is exact).
+__device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float Load(const uint16_t* p, int64_t i) { return Bf16BitsToFloat(p[i]); }
+__device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void Store(uint16_t* p, int64_t i, float v) { p[i] = FloatToBf16Bits(v); }
+
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, off));
+  return v;  // fmaxf drops NaN operands, as std::fmax does on the host
+}
+
+// The row offsets of the groups and of their padded token tiles, by value (a kernel parameter).
+struct GroupTable {
+  int32_t groups = 0;
+  int32_t row_begin[kMaxFp8Groups + 1];   // prefix sums of the groups' rows
+  int32_t tile_begin[kMaxFp8Groups + 1];  // prefix sums of the groups' 128-token tiles
+};
+
+GroupTable MakeGroupTable(const std::vector<int64_t>& counts, const char* op) {
+  FATHOM_CHECK(counts.size() <= static_cast<size_t>(kMaxFp8Groups), "[", op, "] ", counts.size(),
+               " groups; the GPU kernels take at most ", kMaxFp8Groups);
+  GroupTable t;
+  t.groups = static_cast<int32_t>(counts.size());
+  int64_t rows = 0, tiles = 0;
+  t.row_begin[0] = t.tile_begin[0] = 0;
+  for (size_t g = 0; g < counts.size(); ++g) {
+    rows += counts[g];
+    tiles += Fp8Blocks(counts[g]);
+    FATHOM_CHECK(rows < (int64_t{1} << 31), "[", op, "] ", rows, " rows exceed the kernels' 32-bit offsets");
+    t.row_begin[g + 1] = static_cast<int32_t>(rows);
+    t.tile_begin[g + 1] = static_cast<int32_t>(tiles);
+  }
+  return t;
+}
+
+// The group g with begin[g] <= v < begin[g + 1] (begin non-decreasing; empty groups are skipped over).
+__device__ __forceinline__ int FindGroup(const int32_t* begin, int groups, int64_t v) {
+  int lo = 0, hi = groups - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (begin[mid] <= v) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+__device__ __forceinline__ const float* RowScales(const uint8_t* data, int64_t row, int64_t row_bytes,
+                                                  int64_t padded_cols) {
+  return reinterpret_cast<const float*>(data + row * row_bytes + padded_cols);
+}
+
+// ---- kernels ----
+
+// One warp per (row, 128-column tile); lane l holds columns l, l + 32, l + 64, l + 96 of the tile.
+// grid (ceil(rows / 8), tiles).
+template <class In>
+__global__ void QuantizeRowsKernel(uint8_t* data, const In* x, int64_t rows, int64_t cols, int64_t row_bytes,
+                                   int64_t padded_cols, int scale_stride) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int tile = blockIdx.y;
+  if (row >= rows) return;
+  const int64_t c0 = static_cast<int64_t>(tile) * kTile;
+  const int64_t width = min(static_cast<int64_t>(kTile), cols - c0);
+  const In* src = x + row * cols + c0;
+  float v[4];
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int c = lane + 32 * j;
+    v[j] = c < width ? Load(src, c) : 0.0f;
+    amax = fmaxf(amax, fabsf(v[j]));
+  }
+  amax = fmaxf(WarpMax(amax), kFp8ScaleFloor);
+  const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+  uint8_t* codes = data + row * row_bytes + c0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int c = lane + 32 * j;  // the tile's padding columns get zero codes
+    codes[c] = c < width ? FloatToE4M3Saturate(__fmul_rn(v[j], inv)) : uint8_t{0};
+  }
+  float* scales = reinterpret_cast<float*>(data + row * row_bytes + padded_cols);
+  if (lane == 0) scales[tile] = __fdiv_rn(amax, kFp8E4M3Max);
+  // The last tile's warp also zeroes the scale padding.
+  if (tile == static_cast<int>(gridDim.y) - 1 && lane < scale_stride - static_cast<int>(gridDim.y)) {
+    scales[gridDim.y + lane] = 0.0f;
+  }
+}
+
+template <class Out>
+__global__ void DequantizeRowsKernel(Out* out, const uint8_t* data, int64_t rows, int64_t cols,
+                                     int64_t row_bytes, int64_t padded_cols) {
+  const int64_t n = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, c = i % cols;
+    const float s = RowScales(data, r, row_bytes, padded_cols)[c / kTile];
+    Store(out, i, __fmul_rn(E4M3ToFloat(data[r * row_bytes + c]), s));
+  }
+}
+
+// Element (r, c) of a row-major float matrix.
+template <class In>
+struct FloatSource {
+  const In* x;
+  int64_t cols;
+  __device__ __forceinline__ float operator()(int64_t r, int64_t c) const { return Load(x, r * cols + c); }
+};
+
+// Element (r, c) of packed FP8 rows: code * its tile's scale (one f32 product).
+struct Fp8RowSource {
+  const uint8_t* data;
+  int64_t row_bytes, padded_cols;
+  __device__ __forceinline__ float operator()(int64_t r, int64_t c) const {
+    return __fmul_rn(E4M3ToFloat(data[r * row_bytes + c]),
+                     RowScales(data, r, row_bytes, padded_cols)[c / kTile]);
+  }
+};
+
+// grid (padded tiles, ceil(cols / 32)). The block stages a 128-token x 32-column tile in shared memory
+// (rows past the group's end read as zero), then each warp quantises 4 of the columns: a 128-token amax,
+// one scale, and the codes written as 4-byte words along the transposed row.
+template <class Source>
+__global__ void QuantizeColsKernel(uint8_t* codes, float* scales, Source source, GroupTable table,
+                                   int64_t cols, int64_t padded_tokens) {
+  __shared__ float tile[kTile][kColsPerBlock + 1];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t t = blockIdx.x;  // the tile on the padded token axis
+  const int g = FindGroup(table.tile_begin, table.groups, t);
+  const int64_t in_group = (t - table.tile_begin[g]) * kTile;
+  const int64_t first_row = table.row_begin[g] + in_group;
+  const int64_t valid = min(static_cast<int64_t>(kTile), table.row_begin[g + 1] - first_row);
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kColsPerBlock;
+  for (int i = warp; i < kTile; i += kWarps) {
+    const int64_t c = c0 + lane;
+    tile[i][lane] = i < valid && c < cols ? source(first_row + i, c) : 0.0f;
+  }
+  __syncthreads();
+  for (int k = 0; k < kColsPerBlock / kWarps; ++k) {
+    const int col = warp * (kColsPerBlock / kWarps) + k;
+    const int64_t c = c0 + col;
+    if (c >= cols) break;  // warp-uniform
+    float amax = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) amax = fmaxf(amax, fabsf(tile[lane + 32 * q][col]));
+    amax = fmaxf(WarpMax(amax), kFp8ScaleFloor);
+    const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+    uint32_t word = 0;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t code = FloatToE4M3Saturate(__fmul_rn(tile[4 * lane + q][col], inv));
+      word |= code << (8 * q);
+    }
+    reinterpret_cast<uint32_t*>(codes + c * padded_tokens + t * kTile)[lane] = word;
+    if (lane == 0) scales[t * cols + c] = __fdiv_rn(amax, kFp8E4M3Max);
+  }
+}
+
+// One block per 128x128 block of one matrix (grid (col blocks, row blocks, matrices)): the block's amax,
+// its codes into `codes` (rows of padded_cols) and, through shared memory, transposed into `codes_t` (rows
+// of padded_rows). Writes every code of the padded block, zeros included.
+template <class In>
+__global__ void QuantizeWeightKernel(uint8_t* codes, uint8_t* codes_t, float* scales, float* scales_t,
+                                     const In* w, int64_t rows, int64_t cols, int scale_stride,
+                                     int scale_stride_t) {
+  __shared__ uint8_t block_codes[kTile][kTile + 4];  // + 4: the transposed read spreads over the banks
+  __shared__ float warp_max[kWarps];
+  const int64_t row_blocks = gridDim.y, col_blocks = gridDim.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile, c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int h = static_cast<int>(min(static_cast<int64_t>(kTile), rows - r0));
+  const int wd = static_cast<int>(min(static_cast<int64_t>(kTile), cols - c0));
+  const int64_t m = blockIdx.z;
+  const In* src = w + m * rows * cols;
+  float amax = 0.0f;
+  for (int i = threadIdx.x; i < kTile * kTile; i += kThreads) {
+    const int r = i / kTile, c = i % kTile;
+    if (r < h && c < wd) amax = fmaxf(amax, fabsf(Load(src, (r0 + r) * cols + c0 + c)));
+  }
+  amax = WarpMax(amax);
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = amax;
+  __syncthreads();
+  amax = warp_max[0];
+  for (int i = 1; i < kWarps; ++i) amax = fmaxf(amax, warp_max[i]);
+  amax = fmaxf(amax, kFp8ScaleFloor);
+  const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+  const int64_t padded_cols = col_blocks * kTile, padded_rows = row_blocks * kTile;
+  for (int i = threadIdx.x; i < kTile * kTile; i += kThreads) {
+    const int r = i / kTile, c = i % kTile;
+    const uint8_t code = r < h && c < wd
+                             ? FloatToE4M3Saturate(__fmul_rn(Load(src, (r0 + r) * cols + c0 + c), inv))
+                             : uint8_t{0};
+    block_codes[r][c] = code;
+    if (r < h) codes[(m * rows + r0 + r) * padded_cols + c0 + c] = code;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kTile * kTile; i += kThreads) {
+    const int c = i / kTile, r = i % kTile;
+    if (c < wd) codes_t[(m * cols + c0 + c) * padded_rows + r0 + r] = block_codes[r][c];
+  }
+  if (threadIdx.x == 0) {
+    const float s = __fdiv_rn(amax, kFp8E4M3Max);
+    scales[(m * row_blocks + blockIdx.y) * scale_stride + blockIdx.x] = s;
+    scales_t[(m * col_blocks + blockIdx.x) * scale_stride_t + blockIdx.y] = s;
+  }
+}
+
+// ---- host side ----
+
+unsigned GridFor(int64_t n) {
+  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 132 * 32));
+}
+
+void CheckCuda(const char* op, const Tensor& t, const char* name) {
+  FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] ", name, " ", t.shape_str(), " is on ",
+               DeviceName(t.device()), ", expected a CUDA tensor");
+}
+
+void CheckFloat(const char* op, const Tensor& t, const char* name) {
+  CheckCuda(op, t, name);
+  FATHOM_CHECK(t.dtype() == DType::kF32 || t.dtype() == DType::kBF16, "[", op, "] ", name,
+               " must be f32 or bf16, got ", DTypeName(t.dtype()));
+}
+
+template <class F>
+void WithFloatIn(const Tensor& t, F&& f) {
+  if (t.dtype() == DType::kF32) {
+    f(static_cast<const float*>(t.raw()));
+  } else {
+    f(static_cast<const uint16_t*>(t.raw()));
+  }
+}
+
+template <class Source>
+void LaunchQuantizeCols(const char* op, const Fp8Cols& q, const Source& source, int64_t cols, Stream stream) {
+  const GroupTable table = MakeGroupTable(Fp8GroupCounts(q.counts, op), op);
+  const int64_t tiles = q.padded_tokens() / kFp8Block;
+  if (tiles == 0 || cols == 0) return;
+  FATHOM_CHECK((cols + kColsPerBlock - 1) / kColsPerBlock <= 65535, "[", op, "] ", cols,
+               " columns exceed the grid");
+  dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>((cols + kColsPerBlock - 1) / kColsPerBlock));
+  QuantizeColsKernel<<<grid, kThreads, 0, stream>>>(
+      static_cast<uint8_t*>(q.codes.raw()), q.scales.data<float>(), source, table, cols, q.padded_tokens());
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void QuantizeRows1x128(const Fp8Rows& q, const Tensor& x, Stream stream) {
+  const char* op = "quantize_rows_1x128_cuda";
+  CheckFloat(op, x, "x");
+  CheckCuda(op, q.data, "q");
+  FATHOM_CHECK(x.ndim() == 2, "[", op, "] x ", x.shape_str(), ", expected (R, K)");
+  CheckFp8Rows(op, q, x.dim(0), x.dim(1));
+  const int64_t rows = x.dim(0);
+  if (rows == 0) return;
+  FATHOM_CHECK(q.blocks() <= 65535, "[", op, "] ", q.cols, " columns exceed the grid");
+  dim3 grid(static_cast<unsigned>((rows + kWarps - 1) / kWarps), static_cast<unsigned>(q.blocks()));
+  WithFloatIn(x, [&](auto* src) {
+    QuantizeRowsKernel<<<grid, kThreads, 0, stream>>>(static_cast<uint8_t*>(q.data.raw()), src, rows, q.cols,
+                                                      q.row_bytes(), q.padded_cols(),
+                                                      static_cast<int>(Fp8ScaleStride(q.blocks())));
+    FATHOM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void DequantizeRows1x128(const Tensor& out, const Fp8Rows& q, Stream stream) {
+  const char* op = "dequantize_rows_1x128_cuda";
+  CheckFloat(op, out, "out");
+  CheckCuda(op, q.data, "q");
+  FATHOM_CHECK(out.ndim() == 2, "[", op, "] out ", out.shape_str(), ", expected (R, K)");
+  CheckFp8Rows(op, q, out.dim(0), out.dim(1));
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  const uint8_t* data = static_cast<const uint8_t*>(q.data.raw());
+  if (out.dtype() == DType::kF32) {
+    DequantizeRowsKernel<<<GridFor(n), kThreads, 0, stream>>>(out.data<float>(), data, q.rows(), q.cols,
+                                                              q.row_bytes(), q.padded_cols());
+  } else {
+    DequantizeRowsKernel<<<GridFor(n), kThreads, 0, stream>>>(
+        static_cast<uint16_t*>(out.raw()), data, q.rows(), q.cols, q.row_bytes(), q.padded_cols());
+  }
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void QuantizeCols1x128(const Fp8Cols& q, const Tensor& x, Stream stream) {
+  const char* op = "quantize_cols_1x128_cuda";
+  CheckFloat(op, x, "x");
+  CheckCuda(op, q.codes, "q.codes");
+  CheckCuda(op, q.scales, "q.scales");
+  FATHOM_CHECK(x.ndim() == 2, "[", op, "] x ", x.shape_str(), ", expected (R, C)");
+  CheckFp8Cols(op, q, x.dim(0), x.dim(1));
+  WithFloatIn(x, [&](auto* src) {
+    using In = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
+    LaunchQuantizeCols(op, q, FloatSource<In>{src, x.dim(1)}, x.dim(1), stream);
+  });
+}
+
+void QuantizeCols1x128(const Fp8Cols& q, const Fp8Rows& x, Stream stream) {
+  const char* op = "quantize_cols_1x128_cuda";
+  CheckCuda(op, x.data, "x");
+  CheckCuda(op, q.codes, "q.codes");
+  CheckCuda(op, q.scales, "q.scales");
+  CheckFp8Rows(op, x, x.rows(), x.cols);
+  CheckFp8Cols(op, q, x.rows(), x.cols);
+  LaunchQuantizeCols(op, q,
+                     Fp8RowSource{static_cast<const uint8_t*>(x.data.raw()), x.row_bytes(), x.padded_cols()},
+                     x.cols, stream);
+}
+
+void QuantizeWeight128x128(const Fp8Weight& q, const Tensor& w, Stream stream) {
+  const char* op = "quantize_weight_128x128_cuda";
+  CheckFloat(op, w, "w");
+  for (const Tensor* t : {&q.w.codes, &q.w.scales, &q.wt.codes, &q.wt.scales}) CheckCuda(op, *t, "q");
+  CheckFp8Weight(op, q, w.shape());
+  // The scale padding is part of the contract (zero); the kernel writes only the real blocks' scales.
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(q.w.scales.raw(), 0, q.w.scales.nbytes(), stream));
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(q.wt.scales.raw(), 0, q.wt.scales.nbytes(), stream));
+  const int64_t rows = w.dim(-2), cols = w.dim(-1);
+  if (w.numel() == 0) return;
+  const int64_t matrices = w.numel() / (rows * cols);
+  FATHOM_CHECK(Fp8Blocks(rows) <= 65535 && matrices <= 65535, "[", op, "] ", w.shape_str(),
+               " exceeds the grid");
+  dim3 grid(static_cast<unsigned>(Fp8Blocks(cols)), static_cast<unsigned>(Fp8Blocks(rows)),
+            static_cast<unsigned>(matrices));
+  WithFloatIn(w, [&](auto* src) {
+    QuantizeWeightKernel<<<grid, kThreads, 0, stream>>>(
+        static_cast<uint8_t*>(q.w.codes.raw()), static_cast<uint8_t*>(q.wt.codes.raw()),
+        q.w.scales.data<float>(), q.wt.scales.data<float>(), src, rows, cols,
+        static_cast<int>(Fp8ScaleStride(Fp8Blocks(cols))), static_cast<int>(Fp8ScaleStride(Fp8Blocks(rows))));
+    FATHOM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace fathom::cuda
