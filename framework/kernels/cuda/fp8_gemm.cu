@@ -88,8 +88,17 @@ __device__ __forceinline__ int FindGroup(const int32_t* begin, int groups, int64
   return lo;
 }
 
-// out[scale_begin[g] + kb * rows_g + (r - row_begin[g])] = row r's scale kb: the VEC128 layout of each group.
-// Threads run along r, so the writes are coalesced.
+// cuBLASLt's VEC128 scales of the B operand are N-major (one row of n floats per 128-wide block of K),
+// and its Hopper kernels accept n only in multiples of kTailPad (measured: n 129 and 1703 are refused, 192
+// accepted; the scale rows must stay 16-byte aligned). So each group of rows_g rows runs as a main product
+// over its first Main(rows_g) rows (a multiple of kTailPad) and, when rows remain, a tail product over
+// kTailPad rows copied into a zero-padded buffer (Fp8GemmContext::GroupedMatmulNT).
+constexpr int64_t kTailPad = 16;
+__host__ __device__ inline int64_t Main(int64_t rows) { return rows / kTailPad * kTailPad; }
+
+// Group g's scale block at scale_begin[g]: the main rows' scales [kb][Main(rows_g)], then, when there is a
+// tail, its scales [kb][kTailPad] (the padding columns' scales stay as the caller zeroed them). Threads run
+// along r, so the writes are mostly coalesced.
 __global__ void GatherTileScalesKernel(float* out, const uint8_t* data, ScaleTable table, int64_t rows,
                                        int blocks, int64_t row_bytes, int64_t padded_cols) {
   const int64_t n = rows * blocks;
@@ -98,15 +107,20 @@ __global__ void GatherTileScalesKernel(float* out, const uint8_t* data, ScaleTab
     const int64_t kb = i / rows, r = i % rows;
     const int g = FindGroup(table.row_begin, table.groups, r);
     const int64_t group_rows = table.row_begin[g + 1] - table.row_begin[g];
+    const int64_t j = r - table.row_begin[g], main = Main(group_rows);
     const float* scales = reinterpret_cast<const float*>(data + r * row_bytes + padded_cols);
-    out[table.scale_begin[g] + kb * group_rows + (r - table.row_begin[g])] = scales[kb];
+    const int64_t at = j < main ? kb * main + j : blocks * main + kb * kTailPad + (j - main);
+    out[table.scale_begin[g] + at] = scales[kb];
   }
 }
 
-// Offsets of each group's tile-scale block: blocks x rows_g floats, rounded up to 4 (16 bytes).
+// Offsets of each group's scale block (see GatherTileScalesKernel), each rounded up to 4 floats (16 bytes).
 std::vector<int64_t> ScaleOffsets(const std::vector<int64_t>& counts, int64_t blocks) {
   std::vector<int64_t> off(counts.size() + 1, 0);
-  for (size_t g = 0; g < counts.size(); ++g) off[g + 1] = off[g] + (blocks * counts[g] + 3) / 4 * 4;
+  for (size_t g = 0; g < counts.size(); ++g) {
+    const int64_t main = Main(counts[g]), tail = counts[g] > main ? kTailPad : 0;
+    off[g + 1] = off[g] + (blocks * (main + tail) + 3) / 4 * 4;
+  }
   return off;
 }
 
@@ -128,6 +142,19 @@ struct Fp8GemmContext::Impl {
   std::array<cudaStream_t, kStreams> streams{};
   cudaEvent_t fork = nullptr;
   std::array<cudaEvent_t, kStreams> joins{};
+  // The tails' zero-padded operand rows and output (GroupedMatmulNT), grown on first need.
+  void* tail = nullptr;
+  size_t tail_bytes = 0;
+
+  // At least `bytes` of tail buffer. Growing frees the old buffer (cudaFree waits for the device).
+  char* Tail(size_t bytes) {
+    if (bytes > tail_bytes) {
+      if (tail) FATHOM_CUDA_CHECK(cudaFree(tail));
+      tail_bytes = std::max(bytes, tail_bytes * 2);
+      FATHOM_CUDA_CHECK(cudaMalloc(&tail, tail_bytes));
+    }
+    return static_cast<char*>(tail);
+  }
 
   static void Destroy(Plan& p) {
     // No checks: this also runs while an error unwinds.
@@ -325,6 +352,7 @@ Fp8GemmContext::~Fp8GemmContext() {
   for (cudaStream_t st : impl_->streams)
     if (st) cudaStreamDestroy(st);
   if (impl_->workspace) cudaFree(impl_->workspace);
+  if (impl_->tail) cudaFree(impl_->tail);
   if (impl_->handle) cublasLtDestroy(impl_->handle);
 }
 
@@ -371,6 +399,9 @@ void Fp8GemmContext::GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const 
   }
   const uint8_t* data = static_cast<const uint8_t*>(x.data.raw());
   float* tile_scales = scratch.data<float>();
+  // The tails' padding columns get scale 0 (their codes are zero too).
+  FATHOM_CUDA_CHECK(
+      cudaMemsetAsync(tile_scales, 0, static_cast<size_t>(scale_off.back()) * sizeof(float), stream));
   const int64_t n = rows * blocks;
   GatherTileScalesKernel<<<static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, 132 * 16)),
                            kThreads, 0, stream>>>(tile_scales, data, table, rows, static_cast<int>(blocks),
@@ -383,15 +414,46 @@ void Fp8GemmContext::GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const 
   const uint8_t* wcodes = static_cast<const uint8_t*>(w.codes.raw());
   const float* wscales = w.scales.data<float>();
   std::vector<GroupCall> calls;
+  std::vector<size_t> tails;
   for (size_t g = 0; g < groups.size(); ++g) {
-    if (groups[g] == 0) continue;
-    calls.push_back({nn, groups[g], kp, wcodes + static_cast<int64_t>(g) * nn * kp,
+    const int64_t main = Main(groups[g]);
+    if (groups[g] > main) tails.push_back(g);
+    if (main == 0) continue;
+    calls.push_back({nn, main, kp, wcodes + static_cast<int64_t>(g) * nn * kp,
                      wscales + static_cast<int64_t>(g) * nb * scale_stride,
                      data + row_begin[g] * x.row_bytes(), tile_scales + scale_off[g],
                      static_cast<char*>(out.raw()) + row_begin[g] * nn * es});
   }
-  impl_->Run(op, CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F, kp,
-             x.row_bytes(), nn, out.dtype(), accumulate, /*ragged_k=*/false, std::move(calls), stream);
+  const auto a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+  const auto b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  impl_->Run(op, a_mode, b_mode, kp, x.row_bytes(), nn, out.dtype(), accumulate, /*ragged_k=*/false,
+             std::move(calls), stream);
+  if (tails.empty()) return;
+  // Each tail, in turn on `stream`: its rows into the zero-padded buffer (kTailPad rows), the product into
+  // the buffer's output part (holding the current output first when accumulating), its columns back to `out`.
+  const size_t b_bytes = static_cast<size_t>(kTailPad * x.row_bytes());
+  const size_t d_offset = (b_bytes + 255) / 256 * 256;
+  char* buffer = impl_->Tail(d_offset + static_cast<size_t>(kTailPad * nn) * es);
+  for (size_t g : tails) {
+    const int64_t main = Main(groups[g]), t = groups[g] - main, first = row_begin[g] + main;
+    char* out_tail = static_cast<char*>(out.raw()) + first * nn * es;
+    const size_t out_bytes = static_cast<size_t>(t * nn) * es;
+    FATHOM_CUDA_CHECK(cudaMemsetAsync(buffer, 0, b_bytes, stream));
+    FATHOM_CUDA_CHECK(cudaMemcpyAsync(buffer, data + first * x.row_bytes(),
+                                      static_cast<size_t>(t * x.row_bytes()), cudaMemcpyDeviceToDevice,
+                                      stream));
+    if (accumulate) {
+      FATHOM_CUDA_CHECK(
+          cudaMemcpyAsync(buffer + d_offset, out_tail, out_bytes, cudaMemcpyDeviceToDevice, stream));
+    }
+    impl_->Run(op, a_mode, b_mode, kp, x.row_bytes(), nn, out.dtype(), accumulate, /*ragged_k=*/false,
+               {{nn, kTailPad, kp, wcodes + static_cast<int64_t>(g) * nn * kp,
+                 wscales + static_cast<int64_t>(g) * nb * scale_stride, buffer,
+                 tile_scales + scale_off[g] + blocks * main, buffer + d_offset}},
+               stream);
+    FATHOM_CUDA_CHECK(
+        cudaMemcpyAsync(out_tail, buffer + d_offset, out_bytes, cudaMemcpyDeviceToDevice, stream));
+  }
 }
 
 void Fp8GemmContext::GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, Stream stream) {

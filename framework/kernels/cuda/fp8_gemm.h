@@ -13,9 +13,12 @@
 // Scale layouts (cuBLASLt's): VEC128 on an operand with outer dimension O and reduction K is
 // (ceil(K/128), O) with O contiguous; BLK128x128 is (ceil(O/128), RoundUp(ceil(K/128), 4)) with K contiguous.
 // The weights' and the columns' scales are stored that way; the packed rows keep their scales per row (the
-// all-to-all moves them with the codes), so the forward and dgrad first gather them into one (ceil(K/128),
-// rows_g) block per group (a small kernel into `scratch`, TileScaleElements floats), each block starting at a
-// multiple of 16 bytes.
+// all-to-all moves them with the codes), so the forward and dgrad first gather them into one block per group
+// (a small kernel into `scratch`, TileScaleElements floats), each block starting at a multiple of 16 bytes.
+// cuBLASLt 13.1 on an H200 refuses a B operand whose column count (rows_g) is not a multiple of 16, so a
+// group runs as a main product over its first rows_g / 16 * 16 rows (scales (ceil(K/128), main)) and, when
+// rows remain, a tail product over 16 rows copied into a zero-padded buffer (scales (ceil(K/128), 16)), the
+// tail's output copied back: one extra small matmul per group whose rows are not a multiple of 16.
 //
 // Groups (routed experts): one cuBLASLt matmul per non-empty group, spread (longest first) over 4 internal
 // streams forked from and joined back to the caller's stream with events (as the bf16 grouped GEMMs of
