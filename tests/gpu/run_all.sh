@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Everything the GPU machine verifies, in one command, each step bounded in time and logged under OUT_DIR:
+# the GPU test suite, fathom bench (bf16) beside a PyTorch peer when one is given, the calibration profile,
+# the HF export/import checks against transformers, the TensorBoard and Megatron reader tests, and the FP8
+# accuracy script (which refuses while train.precision fp8 is refused on cuda: see framework/config.cc).
+# Usage (repo root, after a CUDA build):
+#   bash tests/gpu/run_all.sh BUILD_DIR OUT_DIR [PEER_SCRIPT]
+# Bench start-up (memory plan, cuDNN plans) takes 30-60 s on an H200: the timeouts allow for it.
+set -uo pipefail
+BUILD=${1:?usage: run_all.sh BUILD_DIR OUT_DIR [PEER_SCRIPT]}
+OUT_DIR=${2:?usage: run_all.sh BUILD_DIR OUT_DIR [PEER_SCRIPT]}
+PEER=${3:-}
+F="$BUILD/fathom"
+[[ -x "$F" ]] || { echo "run_all.sh: no fathom binary at $F" >&2; exit 2; }
+mkdir -p "$OUT_DIR"
+T0=$(date +%s)
+step() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+SMALL="recipes/small.yaml --set model.num_nextn_predict_layers=0"
+
+timeout 400 "$BUILD/tests/gpu_tests" > "$OUT_DIR/gpu_tests.log" 2>&1; step "gpu_tests rc $?"
+grep -E "^\[  (FAILED|PASSED) |^\[  SKIPPED \] [0-9]" "$OUT_DIR/gpu_tests.log"
+timeout 150 "$F" bench $SMALL > "$OUT_DIR/bench_bf16.log" 2>&1; step "bench rc $?"
+grep -E 'step ms|tokens/s|TFLOP/s/GPU|peak memory|activations' "$OUT_DIR/bench_bf16.log"
+if [[ -n "$PEER" ]]; then
+  timeout 300 python3 "$PEER" --modes compact+compile > "$OUT_DIR/peer.log" 2>&1; step "peer rc $?"
+  grep -E '"mode"' "$OUT_DIR/peer.log"
+fi
+timeout 150 "$F" bench $SMALL --profile "$OUT_DIR/h200-small.yaml" > "$OUT_DIR/profile.log" 2>&1; step "profile rc $?"
+for shape in "2048 1" "2048 2" "4096 1"; do
+  set -- $shape
+  timeout 150 "$F" bench $SMALL --warmup 1 --steps 3 --set train.seq_len=$1 --set train.micro_batch_size=$2 \
+    > "$OUT_DIR/bench_$1_$2.log" 2>&1; step "bench seq $1 micro-batch $2 rc $?"
+  grep -E 'step ms|activations' "$OUT_DIR/bench_$1_$2.log"
+done
+timeout 120 python3 tests/checkpoint/hf_check.py --fathom "$F" --out "$OUT_DIR/hf_check" > "$OUT_DIR/hf_check.log" 2>&1
+step "hf_check rc $?"; tail -5 "$OUT_DIR/hf_check.log"
+timeout 60 "$BUILD/tests/framework_tests" --gtest_filter='RunLogTest.TensorBoard*' > "$OUT_DIR/tensorboard.log" 2>&1
+step "tensorboard reader rc $?"
+timeout 60 "$BUILD/tests/launch_tests" --gtest_filter='PreprocessTest.Megatrons*' > "$OUT_DIR/megatron.log" 2>&1
+step "megatron reader rc $?"
+OUT_DIR="$OUT_DIR/fp8" timeout 300 bash tests/gpu/fp8_accuracy.sh "$BUILD" 100 --set data.source=demo \
+  > "$OUT_DIR/fp8_accuracy.log" 2>&1; step "fp8 accuracy rc $?"; tail -3 "$OUT_DIR/fp8_accuracy.log"
