@@ -226,10 +226,12 @@ TEST(Simulator, ExtendedSimulationMatchesTheFullOne) {
     EXPECT_NE(fast->extrapolated_from[0], 0);  // it did take the short path
     EXPECT_TRUE(fast->times.empty());
     EXPECT_EQ(fast->plan.stage_layers, full->plan.stage_layers);
-    // These small pipelines reach their periodic steady phase within the short runs, so the extension is
-    // exact up to summation order; 1e-6 of the step leaves room for a slower drift that a short run
-    // cannot see (simulator.h: 9e-4 on the report's cluster).
-    const double tol = 1e-6 * full->step_s;
+    // Where a pipeline reaches its periodic steady phase within the short runs the extension is exact up
+    // to summation order; where its critical cycle changes later (a max-plus transient the short runs
+    // cannot see) it drifts, as simulator.h states (9e-4 of the step on the report's cluster). Some random
+    // cost tables do that here (seed 12026826937126846430: 1F1B pp 4, 97 micro-batches, 7.2e-4 of the
+    // step), so the bound is simulator.h's, rounded up: 1e-3 of the step.
+    const double tol = 1e-3 * full->step_s;
     EXPECT_NEAR(fast->makespan_s, full->makespan_s, tol);
     EXPECT_NEAR(fast->step_s, full->step_s, tol);
     EXPECT_NEAR(fast->bubble_s, full->bubble_s, tol);
@@ -239,7 +241,7 @@ TEST(Simulator, ExtendedSimulationMatchesTheFullOne) {
       EXPECT_DOUBLE_EQ(fast->memory[r].total(), full->memory[r].total()) << "rank " << r;
     }
     EXPECT_DOUBLE_EQ(fast->tokens_per_step, full->tokens_per_step);
-    EXPECT_NEAR(fast->tokens_per_s_per_gpu, full->tokens_per_s_per_gpu, 1e-9 * full->tokens_per_s_per_gpu);
+    EXPECT_NEAR(fast->tokens_per_s_per_gpu, full->tokens_per_s_per_gpu, 1e-3 * full->tokens_per_s_per_gpu);
   }
 }
 
