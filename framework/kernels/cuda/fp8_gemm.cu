@@ -238,7 +238,9 @@ struct Fp8GemmContext::Impl {
                                               const GroupCall& call) {
     PlanKey bucket = key;
     if (ragged_k) {
-      bucket.k = Fp8Padded(BucketSize(key.k));
+      // k is the rows of both operands' layouts: a bucket past their leading dimension is an invalid layout
+      // (the H200 run's CUBLAS_STATUS_INVALID_VALUE: k 768 over lda 640), so the bucket stops there.
+      bucket.k = std::min(Fp8Padded(BucketSize(key.k)), std::min(key.lda, key.ldb));
     } else {
       bucket.n = BucketSize(key.n);
     }
