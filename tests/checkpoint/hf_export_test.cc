@@ -30,12 +30,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using ::testing::HasSubstr;
 
-json ReadJson(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return json::parse(text.str());
-}
+using testing::ReadJson;
 
 // What a value becomes in an export of `dtype` and back (bit for bit).
 float Exported(HfDType dtype, const HfTensorSpec& t, float v) {

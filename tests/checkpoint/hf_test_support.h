@@ -7,10 +7,12 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -92,6 +94,14 @@ inline std::string SaveValues(const std::string& dir, const Recipe& recipe, cons
   absl::StatusOr<CheckpointSaveStats> stats = writer.Save(sources, meta);
   EXPECT_TRUE(stats.ok()) << stats.status();
   return stats.ok() ? stats->path : "";
+}
+
+// The JSON document in the file at `path` (parse errors throw, failing the test).
+inline nlohmann::json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return nlohmann::json::parse(text.str());
 }
 
 // A hand-built HF directory: config.json, the tensors in `shards` (one safetensors file each; named

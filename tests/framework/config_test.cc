@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "framework/yaml_reader.h"
+#include "tests/common/recipe_testing.h"
 
 namespace fathom {
 namespace {
@@ -18,16 +19,8 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::string TinyPath() { return std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml"; }
-
-// Loads tiny.yaml with `overrides` and expects InvalidArgument; returns the message.
-std::string TinyError(const std::vector<std::string>& overrides) {
-  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath(), overrides);
-  EXPECT_FALSE(r.ok()) << "overrides accepted";
-  if (r.ok()) return "";
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
-  return std::string(r.status().message());
-}
+using testing::TinyError;
+using testing::TinyPath;
 
 // Parses inline YAML and expects InvalidArgument; returns the message.
 std::string InlineError(const std::string& yaml, const std::vector<std::string>& overrides = {}) {

@@ -7,21 +7,15 @@
 #include <vector>
 
 #include "framework/config.h"
+#include "tests/common/recipe_testing.h"
 
 namespace fathom {
 namespace {
 
 using ::testing::HasSubstr;
 
-std::string TinyPath() { return std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml"; }
-
-std::string TinyError(const std::vector<std::string>& overrides) {
-  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath(), overrides);
-  EXPECT_FALSE(r.ok()) << "overrides accepted";
-  if (r.ok()) return "";
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
-  return std::string(r.status().message());
-}
+using testing::TinyError;
+using testing::TinyPath;
 
 TEST(PrecisionConfigTest, DefaultsToBf16AndAcceptsFp8OnTheCpu) {
   absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
