@@ -1,6 +1,13 @@
 #include "layers/model.h"
 
+#include <algorithm>
+#include <atomic>
 #include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 
 #include "framework/kernels/cpu/cross_entropy.h"
 #include "framework/ops.h"
@@ -91,7 +98,18 @@ std::string ExpertName(const std::string& name, int expert) {
 
 }  // namespace
 
+// Each normal-initialised tensor (each expert of a stacked one) draws from its own stream, seeded by its
+// name, so every rank and every layout draws the same values; a slice longer than kInitChunk continues in
+// further streams, one per chunk (the first keeps the slice's own seed). The chunks are independent, so they
+// are drawn on all cores: recipes/small.yaml's 2.26B values took about 35 s on one core.
 void InitParameters(ParamTable& table, double init_std, uint64_t seed) {
+  constexpr int64_t kInitChunk = int64_t{1} << 22;
+  struct Work {
+    Tensor v;
+    uint64_t stream;
+    int64_t begin, end;
+  };
+  std::vector<Work> work;
   for (int id = 0; id < table.size(); ++id) {
     const ParamSpec& s = table.spec(id);
     Tensor v = table.value(id);
@@ -103,15 +121,33 @@ void InitParameters(ParamTable& table, double init_std, uint64_t seed) {
     int64_t slices = stacked ? s.shape[0] : 1;
     int64_t per = v.numel() / slices;
     for (int64_t e = 0; e < slices; ++e) {
-      std::mt19937_64 rng(StreamSeed(seed, stacked ? ExpertName(s.name, s.expert_begin + e) : s.name));
-      std::normal_distribution<double> nd(0.0, init_std);
-      DispatchFloat(v.dtype(), "init", [&](auto tag) {
-        using T = decltype(tag);
-        T* p = v.data<T>() + e * per;
-        for (int64_t i = 0; i < per; ++i) p[i] = static_cast<T>(nd(rng));
-      });
+      const std::string name = stacked ? ExpertName(s.name, s.expert_begin + e) : s.name;
+      for (int64_t at = 0; at < per; at += kInitChunk) {
+        const uint64_t stream =
+            at == 0 ? StreamSeed(seed, name) : StreamSeed(seed, absl::StrCat(name, "#", at / kInitChunk));
+        work.push_back({v, stream, e * per + at, e * per + std::min(per, at + kInitChunk)});
+      }
     }
   }
+  std::atomic<size_t> next{0};
+  auto drain = [&] {
+    for (size_t i = next++; i < work.size(); i = next++) {
+      const Work& w = work[i];
+      std::mt19937_64 rng(w.stream);
+      std::normal_distribution<double> nd(0.0, init_std);
+      DispatchFloat(w.v.dtype(), "init", [&](auto tag) {
+        using T = decltype(tag);
+        T* p = w.v.data<T>();
+        for (int64_t j = w.begin; j < w.end; ++j) p[j] = static_cast<T>(nd(rng));
+      });
+    }
+  };
+  const size_t threads =
+      std::min<size_t>({work.size(), std::max(1u, std::thread::hardware_concurrency()), 32});
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(drain);
+  drain();
+  for (std::thread& t : pool) t.join();
 }
 
 void Model::Finalize(DType dtype, uint64_t seed) {
