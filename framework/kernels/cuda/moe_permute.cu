@@ -2,6 +2,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 #include <cub/block/block_scan.cuh>
 #include <limits>
 #include <memory>
@@ -21,7 +24,6 @@ using moe_internal::CheckDevice;
 using moe_internal::CheckRows;
 using moe_internal::DispatchActivation;
 using moe_internal::FromFloat;
-using moe_internal::GridFor;
 using moe_internal::kFullMask;
 using moe_internal::Raw;
 using moe_internal::Sigmoid;
@@ -124,86 +126,138 @@ __global__ void SortScatterKernel(int64_t* __restrict__ row_slot, int64_t* __res
 // ---- row movement
 // ------------------------------------------------------------------------------------------
 
+// The row kernels give one warp to one row (kRowWarps rows per block): a warp reads its row's k indices and
+// weights once and moves the row in 16-byte packs when the row and the base pointers allow it (every usual
+// hidden size), else element by element. The sums run over j = 0..k-1 in f32, as the CPU twin orders them.
+constexpr int kRowWarps = 4;
+
+inline unsigned RowBlocks(int64_t rows) { return static_cast<unsigned>((rows + kRowWarps - 1) / kRowWarps); }
+
 // x_perm row r = x row (row_slot[r] / k), moved as `row_words` words of type W per row.
 template <class W>
 __global__ void PermuteRowsKernel(W* __restrict__ x_perm, const W* __restrict__ x,
                                   const int64_t* __restrict__ row_slot, int64_t rows, int64_t row_words,
                                   int k) {
-  const int64_t total = rows * row_words;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / row_words, w = i - r * row_words;
-    x_perm[i] = x[(row_slot[r] / k) * row_words + w];
-  }
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
+  if (r >= rows) return;
+  const W* src = x + (row_slot[r] / k) * row_words;
+  W* dst = x_perm + r * row_words;
+  for (int64_t w = threadIdx.x % 32; w < row_words; w += 32) dst[w] = src[w];
 }
 
 template <class W>
 void LaunchPermuteRows(void* x_perm, const void* x, const int64_t* row_slot, int64_t rows, int64_t row_bytes,
                        int k, cudaStream_t stream) {
   const int64_t row_words = row_bytes / static_cast<int64_t>(sizeof(W));
-  constexpr int kThreads = 256;
-  PermuteRowsKernel<W><<<GridFor(rows * row_words, kThreads), kThreads, 0, stream>>>(
+  PermuteRowsKernel<W><<<RowBlocks(rows), kRowWarps * 32, 0, stream>>>(
       static_cast<W*>(x_perm), static_cast<const W*>(x), row_slot, rows, row_words, k);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
-// dx (N, H) element (t, c) = [dx] + sum_k dx_perm[slot_row[t*K+k], c], f32 accumulation in k order.
-template <class T>
+// P elements of T in one 16-byte pack (P = 1: the element itself, for rows that do not allow packs).
+template <class T, int P>
+struct Pack {
+  using Word = std::conditional_t<P == 1, T, uint4>;
+  alignas(sizeof(Word)) T v[P];
+  __device__ __forceinline__ void Load(const T* p) { *reinterpret_cast<Word*>(v) = *reinterpret_cast<const Word*>(p); }
+  __device__ __forceinline__ void Store(T* p) const { *reinterpret_cast<Word*>(p) = *reinterpret_cast<const Word*>(v); }
+};
+
+// dx (N, H) row t = [dx row t] + sum_k dx_perm row slot_row[t*K+k], f32 accumulation in k order.
+template <class T, int P>
 __global__ void PermuteBackwardKernel(T* dx, const T* __restrict__ dx_perm,
                                       const int64_t* __restrict__ slot_row, int64_t n, int64_t h, int k,
                                       bool accumulate) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * h;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / h, c = i - t * h;
-    float acc = accumulate ? ToFloat(dx[i]) : 0.0f;
-    for (int j = 0; j < k; ++j) acc += ToFloat(dx_perm[slot_row[t * k + j] * h + c]);
-    dx[i] = FromFloat<T>(acc);
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
+  if (t >= n) return;
+  const int64_t* rows = slot_row + t * k;
+  for (int64_t c = (threadIdx.x % 32) * P; c < h; c += 32 * P) {
+    float acc[P];
+    Pack<T, P> in;
+    if (accumulate) in.Load(dx + t * h + c);
+#pragma unroll
+    for (int i = 0; i < P; ++i) acc[i] = accumulate ? ToFloat(in.v[i]) : 0.0f;
+    for (int j = 0; j < k; ++j) {
+      in.Load(dx_perm + rows[j] * h + c);
+#pragma unroll
+      for (int i = 0; i < P; ++i) acc[i] += ToFloat(in.v[i]);
+    }
+    Pack<T, P> out;
+#pragma unroll
+    for (int i = 0; i < P; ++i) out.v[i] = FromFloat<T>(acc[i]);
+    out.Store(dx + t * h + c);
   }
 }
 
-// out (N, H) element (t, c) = sum_k w[t, k] * y_perm[slot_row[t*K+k], c], f32 accumulation in k order.
-template <class T>
+// out (N, H) row t = sum_k w[t, k] * y_perm row slot_row[t*K+k], f32 accumulation in k order.
+template <class T, int P>
 __global__ void CombineKernel(T* __restrict__ out, const T* __restrict__ y_perm,
                               const int64_t* __restrict__ slot_row, const float* __restrict__ topk_weight,
                               int64_t n, int64_t h, int k) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * h;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / h, c = i - t * h;
-    float acc = 0.0f;
-    for (int j = 0; j < k; ++j) acc += topk_weight[t * k + j] * ToFloat(y_perm[slot_row[t * k + j] * h + c]);
-    out[i] = FromFloat<T>(acc);
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
+  if (t >= n) return;
+  const int64_t* rows = slot_row + t * k;
+  const float* w = topk_weight + t * k;
+  for (int64_t c = (threadIdx.x % 32) * P; c < h; c += 32 * P) {
+    float acc[P];
+#pragma unroll
+    for (int i = 0; i < P; ++i) acc[i] = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      Pack<T, P> in;
+      in.Load(y_perm + rows[j] * h + c);
+      const float wj = w[j];
+#pragma unroll
+      for (int i = 0; i < P; ++i) acc[i] += wj * ToFloat(in.v[i]);
+    }
+    Pack<T, P> o;
+#pragma unroll
+    for (int i = 0; i < P; ++i) o.v[i] = FromFloat<T>(acc[i]);
+    o.Store(out + t * h + c);
   }
 }
 
-constexpr int kCombineBackwardThreads = 128;
-
-// One block per permuted row: dy_perm row and the row's dweight dot product, reduced lane-xor within warps
-// and then across warps in warp order (fixed, so deterministic).
-template <class T>
+// One warp per permuted row: the dy_perm row and the row's dweight dot product (each lane's partial sums in
+// column order, then a lane-xor reduction: a fixed order, so deterministic).
+template <class T, int P>
 __global__ void CombineBackwardKernel(T* __restrict__ dy_perm, float* __restrict__ dweight,
                                       const T* __restrict__ dout, const T* __restrict__ y_perm,
                                       const int64_t* __restrict__ row_slot,
-                                      const float* __restrict__ topk_weight, int64_t h, int k) {
-  __shared__ float partial[kCombineBackwardThreads / 32];
-  const int64_t r = blockIdx.x;
+                                      const float* __restrict__ topk_weight, int64_t rows, int64_t h, int k) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
+  if (r >= rows) return;
   const int64_t slot = row_slot[r];
   const T* g = dout + (slot / k) * h;
   const T* y = y_perm + r * h;
   T* dy = dy_perm + r * h;
   const float w = topk_weight[slot];
   float dot = 0.0f;
-  for (int64_t c = threadIdx.x; c < h; c += kCombineBackwardThreads) {
-    const float gc = ToFloat(g[c]);
-    dy[c] = FromFloat<T>(w * gc);
-    dot += gc * ToFloat(y[c]);
+  for (int64_t c = (threadIdx.x % 32) * P; c < h; c += 32 * P) {
+    Pack<T, P> gp, yp, o;
+    gp.Load(g + c);
+    yp.Load(y + c);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const float gc = ToFloat(gp.v[i]);
+      o.v[i] = FromFloat<T>(w * gc);
+      dot += gc * ToFloat(yp.v[i]);
+    }
+    o.Store(dy + c);
   }
   dot = WarpSum(dot);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = dot;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0f;
-    for (int i = 0; i < kCombineBackwardThreads / 32; ++i) total += partial[i];
-    dweight[slot] = total;
+  if (threadIdx.x % 32 == 0) dweight[slot] = dot;
+}
+
+// Calls f(std::integral_constant<int, P>) with P = the elements of a 16-byte pack when h and every pointer
+// allow packs, else P = 1.
+template <class T, class F>
+void WithPack(int64_t h, std::initializer_list<const void*> pointers, F&& f) {
+  constexpr int kPack = 16 / static_cast<int>(sizeof(T));
+  bool packed = h % kPack == 0;
+  for (const void* p : pointers) packed = packed && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  if (packed) {
+    f(std::integral_constant<int, kPack>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
   }
 }
 
@@ -332,11 +386,12 @@ void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& s
   DispatchActivation(dx.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (n * h == 0) return;
-    constexpr int kThreads = 256;
-    PermuteBackwardKernel<T><<<GridFor(n * h, kThreads), kThreads, 0, Raw(stream)>>>(
-        static_cast<T*>(dx.raw()), static_cast<const T*>(dx_perm.raw()), slot_row.data<int64_t>(), n, h,
-        static_cast<int>(k), accumulate);
-    FATHOM_CUDA_CHECK_LAUNCH();
+    WithPack<T>(h, {dx.raw(), dx_perm.raw()}, [&](auto pack) {
+      PermuteBackwardKernel<T, decltype(pack)::value><<<RowBlocks(n), kRowWarps * 32, 0, Raw(stream)>>>(
+          static_cast<T*>(dx.raw()), static_cast<const T*>(dx_perm.raw()), slot_row.data<int64_t>(), n, h,
+          static_cast<int>(k), accumulate);
+      FATHOM_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -354,11 +409,12 @@ void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& slot_row,
   DispatchActivation(out.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (n * h == 0) return;
-    constexpr int kThreads = 256;
-    CombineKernel<T><<<GridFor(n * h, kThreads), kThreads, 0, Raw(stream)>>>(
-        static_cast<T*>(out.raw()), static_cast<const T*>(y_perm.raw()), slot_row.data<int64_t>(),
-        topk_weight.data<float>(), n, h, static_cast<int>(k));
-    FATHOM_CUDA_CHECK_LAUNCH();
+    WithPack<T>(h, {out.raw(), y_perm.raw()}, [&](auto pack) {
+      CombineKernel<T, decltype(pack)::value><<<RowBlocks(n), kRowWarps * 32, 0, Raw(stream)>>>(
+          static_cast<T*>(out.raw()), static_cast<const T*>(y_perm.raw()), slot_row.data<int64_t>(),
+          topk_weight.data<float>(), n, h, static_cast<int>(k));
+      FATHOM_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -379,11 +435,13 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
   DispatchActivation(dout.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (r == 0) return;
-    CombineBackwardKernel<T><<<static_cast<unsigned>(r), kCombineBackwardThreads, 0, Raw(stream)>>>(
-        static_cast<T*>(dy_perm.raw()), dweight.data<float>(), static_cast<const T*>(dout.raw()),
-        static_cast<const T*>(y_perm.raw()), row_slot.data<int64_t>(), topk_weight.data<float>(), h,
-        static_cast<int>(k));
-    FATHOM_CUDA_CHECK_LAUNCH();
+    WithPack<T>(h, {dy_perm.raw(), dout.raw(), y_perm.raw()}, [&](auto pack) {
+      CombineBackwardKernel<T, decltype(pack)::value><<<RowBlocks(r), kRowWarps * 32, 0, Raw(stream)>>>(
+          static_cast<T*>(dy_perm.raw()), dweight.data<float>(), static_cast<const T*>(dout.raw()),
+          static_cast<const T*>(y_perm.raw()), row_slot.data<int64_t>(), topk_weight.data<float>(), r, h,
+          static_cast<int>(k));
+      FATHOM_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
