@@ -34,6 +34,7 @@ void ParamTable::Finalize(DType dtype) {
   values_ = Tensor::Zeros({numel_}, dtype);
   grads_ = Tensor::Zeros({numel_}, dtype);
   grad_known_zero_.assign(specs_.size(), 1);
+  grad_pending_zero_.assign(specs_.size(), 0);
 }
 
 int ParamTable::Find(std::string_view name) const {
@@ -51,6 +52,10 @@ Tensor ParamTable::View(const Tensor& flat, int id) const {
 Tensor ParamTable::value(int id) const { return View(values_, id); }
 Tensor ParamTable::grad(int id) const {
   Tensor g = View(grads_, id);
+  if (grad_pending_zero_[static_cast<size_t>(id)]) {
+    ops::Zero(g);
+    grad_pending_zero_[static_cast<size_t>(id)] = 0;
+  }
   grad_known_zero_[static_cast<size_t>(id)] = 0;
   return g;
 }
@@ -59,10 +64,24 @@ Tensor ParamTable::GradForWrite(int id, bool* known_zero) {
   Tensor g = View(grads_, id);
   *known_zero = grad_known_zero_[static_cast<size_t>(id)] != 0;
   grad_known_zero_[static_cast<size_t>(id)] = 0;
+  grad_pending_zero_[static_cast<size_t>(id)] = 0;  // the writer overwrites: the zeros are never needed
   return g;
 }
 
+void ParamTable::ZeroPendingGrads() const {
+  const size_t pending = static_cast<size_t>(
+      std::count(grad_pending_zero_.begin(), grad_pending_zero_.end(), static_cast<char>(1)));
+  if (pending == grad_pending_zero_.size() && pending > 0) {
+    ops::Zero(grads_);  // the whole buffer (padding included) in one pass
+  } else if (pending > 0) {
+    for (int id = 0; id < size(); ++id)
+      if (grad_pending_zero_[static_cast<size_t>(id)]) ops::Zero(View(grads_, id));
+  }
+  std::fill(grad_pending_zero_.begin(), grad_pending_zero_.end(), 0);
+}
+
 Tensor ParamTable::grads() const {
+  ZeroPendingGrads();
   std::fill(grad_known_zero_.begin(), grad_known_zero_.end(), 0);
   return grads_;
 }
@@ -128,17 +147,16 @@ void ParamTable::QuantizeFp8Weights() {
 
 void ParamTable::ZeroGrads() {
   std::fill(grad_known_zero_.begin(), grad_known_zero_.end(), 1);
-  if (grads_zero_) {
-    grads_zero_ = false;
-    return;
-  }
-  ops::Zero(grads_);
+  // Lazily: each gradient is zeroed when it is handed out for accumulation (grad()), never when its writer
+  // overwrites it (GradForWrite), and whatever no writer took is zeroed by the next grads().
+  std::fill(grad_pending_zero_.begin(), grad_pending_zero_.end(), 1);
 }
 
 void ParamTable::MoveTo(Device device) {
   FATHOM_CHECK(finalized(), "ParamTable::MoveTo before Finalize");
   if (values_.device() == device) return;
-  compute_fresh_ = grads_zero_ = false;
+  ZeroPendingGrads();
+  compute_fresh_ = false;
   std::fill(grad_known_zero_.begin(), grad_known_zero_.end(), 0);  // known again after the next ZeroGrads
   values_ = ops::To(values_, device);
   grads_ = ops::To(grads_, device);

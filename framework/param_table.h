@@ -116,19 +116,18 @@ class ParamTable {
   Tensor compute_values() const { return compute_; }
   int64_t numel() const { return numel_; }
   DType dtype() const { return values_.dtype(); }
-  // grads <- 0 on the table's device (skipped once after MarkGradsZeroed); every gradient is then known
-  // to be zero.
+  // grads <- 0 on the table's device; every gradient is then known to be zero. The memory is zeroed lazily, per gradient: by grad(id) when it hands the gradient out (its
+  // writer adds), never for one that GradForWrite hands to a writer that overwrites, and by grads() for
+  // every gradient no writer took. So whatever reads gradients through grad() or grads() reads zeros;
+  // recipes/small.yaml's routed-expert gradients (7.75 GB of f32) are never written with zeros.
   void ZeroGrads();
 
   // For a fused optimizer (parallel/zero.h on the GPU) whose update pass already rounded every trainable
-  // value into the compute copy and zeroed every gradient element the backward wrote: the next
-  // RefreshComputeValues() / ZeroGrads() (one each) skip their pass over memory. The optimizer's documented
-  // call order keeps this sound: Step -> GatherParameters -> RefreshComputeValues -> ZeroGrads (or the
-  // zeroing at the start of the next step) -> backward; values must not be changed (nor grads written)
-  // between the mark and the call it cancels. Non-trainable values (the expert bias) are read through
-  // value(), never through the compute copy.
+  // value into the compute copy: the next RefreshComputeValues() skips its pass over memory. The
+  // optimizer's documented call order keeps this sound: Step -> GatherParameters -> RefreshComputeValues;
+  // values must not be changed between the mark and the call it cancels. Non-trainable values (the expert
+  // bias) are read through value(), never through the compute copy.
   void MarkComputeValuesRefreshed() { compute_fresh_ = compute_.defined(); }
-  void MarkGradsZeroed() { grads_zero_ = true; }
   // The element range [first, second) of the flat buffers holding `group`'s tensors.
   std::pair<int64_t, int64_t> GroupRange(ParamGroup group) const {
     return {group_begin_[static_cast<int>(group)], group_end_[static_cast<int>(group)]};
@@ -142,10 +141,14 @@ class ParamTable {
   std::unordered_map<std::string, int> by_name_;
   Tensor values_, grads_;
   Tensor compute_;                                   // bf16 mirror of values_, or undefined
-  bool compute_fresh_ = false, grads_zero_ = false;  // see MarkComputeValuesRefreshed / MarkGradsZeroed
+  bool compute_fresh_ = false;  // see MarkComputeValuesRefreshed
   // Per parameter: its gradient holds zeros and has not been handed out since (GradForWrite). Mutable:
   // the const accessors grad() and grads() clear it.
   mutable std::vector<char> grad_known_zero_;
+  // Per parameter: ZeroGrads() is owed to its memory, which still holds older values (a subset of the
+  // known-zero ones). grad() pays it for one parameter, grads() for all, GradForWrite cancels it.
+  mutable std::vector<char> grad_pending_zero_;
+  void ZeroPendingGrads() const;
   bool fp8_enabled_ = false;
   std::map<int, Fp8Weight> fp8_;  // by parameter id, the kFp8 ones when enabled
   int64_t numel_ = 0;

@@ -55,7 +55,10 @@ void Linear::BackwardWeight(int mb) {
   if (table_->fp8(weight_)) {
     ops::Fp8GroupedMatmulTN(table_->grad(weight_), ops::QuantizeCols(c.dy), ops::QuantizeCols(c.x));
   } else {
-    ops::MatmulTN(table_->grad(weight_), c.dy, c.x, /*accumulate=*/true);
+    // The first writer of a step overwrites (see ParamTable::GradForWrite); later ones add.
+    bool known_zero = false;
+    const Tensor grad = table_->GradForWrite(weight_, &known_zero);
+    ops::MatmulTN(grad, c.dy, c.x, /*accumulate=*/!known_zero);
   }
   saved_.Drop(mb);
 }

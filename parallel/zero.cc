@@ -175,15 +175,15 @@ void ZeroOptimizer::Step(double lr, double total_norm, double max_norm) {
   const double scale = ClipScale(max_norm, total_norm);
   cuda::Stream stream = DeviceStream("step");
   // When this rank owns every range (groups of one), the pass also leaves the compute copy fresh and the
-  // gradients zero for the whole table, and the table skips its own passes; otherwise GatherParameters
-  // brings other ranks' values, so the refresh (and the zeroing) must cover everything afterwards.
+  // table skips its own refresh; otherwise GatherParameters brings other ranks' values, so the refresh must
+  // cover everything afterwards. The gradients are not zeroed here: ParamTable::ZeroGrads zeroes lazily,
+  // and the routed experts' gradients (most of the table) are overwritten by their first writer instead.
   const bool whole_table = OwnsWholeTable();
   const bool refresh = whole_table && table_.compute_values().defined();
   for (std::unique_ptr<DeviceAdamW>& adamw : device_->adamw) {
-    if (adamw) adamw->FusedStep(lr, scale, refresh, whole_table, stream);
+    if (adamw) adamw->FusedStep(lr, scale, refresh, /*zero_grads=*/false, stream);
   }
   if (refresh) table_.MarkComputeValuesRefreshed();
-  if (whole_table) table_.MarkGradsZeroed();
 #endif
 }
 
@@ -213,13 +213,14 @@ OptimizerTraffic ZeroOptimizer::StepTraffic(const ParamTable& table, const Optim
   const bool whole_table = dp_size == 1 && edp_size == 1;
   const double e = static_cast<double>(t.elements);
   // The norm reads the gradients; the fused pass reads gradient, value, moments and writes value, moments,
-  // and (whole table) the compute copy and a zeroed gradient.
+  // and (whole table) the compute copy. Gradients are zeroed outside the optimizer (lazily, see
+  // ParamTable::ZeroGrads), not counted here.
   t.bytes = e * (4.0 + (4.0 + 4.0 + 2.0 * moment) + (4.0 + 2.0 * moment));
   if (whole_table) {
-    t.bytes += e * ((compute_copy ? 2.0 : 0.0) + 4.0);
-  } else {
-    // RefreshComputeValues converts the whole table afterwards (ZeroGrads runs outside the optimizer).
-    if (compute_copy) t.bytes += static_cast<double>(table.numel()) * (4.0 + 2.0);
+    t.bytes += e * (compute_copy ? 2.0 : 0.0);
+  } else if (compute_copy) {
+    // RefreshComputeValues converts the whole table afterwards.
+    t.bytes += static_cast<double>(table.numel()) * (4.0 + 2.0);
   }
   return t;
 }

@@ -20,12 +20,12 @@
 //         bf16 moments) over the owned shards only (AdamW reads nothing else; the rest of the grads buffer
 //         keeps stale sums and is overwritten by the next step's backward). When this rank owns the whole
 //         table (every group of size 1: one GPU, or pipeline / expert parallelism without data
-//         replication) the same pass also rounds the updated values into the table's bf16 compute copy and
-//         zeroes the gradients, and marks the table (ParamTable::MarkComputeValuesRefreshed /
-//         MarkGradsZeroed) so that the caller's next RefreshComputeValues() and ZeroGrads() are no-ops:
-//         the step costs two passes over memory (the norm's read of the gradients, then the fused pass).
-//         With larger groups, GatherParameters brings other ranks' values and RefreshComputeValues /
-//         ZeroGrads do their own passes. The communicators of groups larger than one must
+//         replication) the same pass also rounds the updated values into the table's bf16 compute copy
+//         and marks the table (ParamTable::MarkComputeValuesRefreshed) so that the caller's next
+//         RefreshComputeValues() is a no-op: the step costs two passes over memory (the norm's read of
+//         the gradients, then the fused pass); gradients are zeroed lazily by the table (ZeroGrads).
+//         With larger groups, GatherParameters brings other ranks' values and RefreshComputeValues does
+//         its own pass. The communicators of groups larger than one must
 //         move CUDA tensors (NcclCommunicator). REQUIRES for every call: a current cuda::DevicePool (the
 //         collectives' temporaries) and a current ops::OpContext whose stream is the pool's stream and the
 //         NCCL communicators' compute stream (checked): device work is queued there, the collectives are
