@@ -273,7 +273,8 @@ BalanceForward RunBalanceForward(const char* op, const OpContext& ctx, const Ten
   FATHOM_CHECK(scores.ndim() == 2 && batch >= 1, "[", op, "] scores ", scores.shape_str(), " batch ", batch);
   BalanceForward f{Empty(op, {1}, DType::kF32), Empty(op, {batch}, DType::kF32),
                    Empty(op, {batch, scores.dim(1)}, DType::kI32)};
-  cuda::SequenceBalanceLoss(f.loss, f.balance, f.seq_counts, scores, topk_index, batch, seq,
+  const Tensor partials = Empty(op, {cuda::SequenceBalanceScratchElements(batch, seq)}, DType::kF64);
+  cuda::SequenceBalanceLoss(f.loss, f.balance, f.seq_counts, partials, scores, topk_index, batch, seq,
                             /*accumulate=*/false, ctx.stream());
   return f;
 }

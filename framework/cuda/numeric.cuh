@@ -13,6 +13,8 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 namespace fathom::cuda {
 
@@ -30,6 +32,58 @@ __device__ __forceinline__ uint16_t FloatToBf16Bits(float f) {
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
   u += 0x7FFFu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
+}
+
+// One element as f32 and back, by the convention of its storage type: float; __nv_bfloat16 (the hardware's
+// RNE); uint16_t (bf16 bits, the CPU twin's FloatToBf16).
+__device__ __forceinline__ float ToF32(float v) { return v; }
+__device__ __forceinline__ float ToF32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToF32(uint16_t v) { return Bf16BitsToFloat(v); }
+template <class T>
+__device__ __forceinline__ T FromF32(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(v);
+  } else {
+    static_assert(std::is_same_v<T, uint16_t>);
+    return FloatToBf16Bits(v);
+  }
+}
+
+// The word of one access of `bytes` bytes (2, 4, 8 or 16).
+template <int kBytes>
+using VecWord = std::conditional_t<
+    kBytes == 16, uint4,
+    std::conditional_t<kBytes == 8, uint2, std::conditional_t<kBytes == 4, uint32_t, uint16_t>>>;
+
+// V consecutive elements at p in one 2-, 4-, 8- or 16-byte access (p aligned to V * sizeof(T)), as f32.
+template <int V, class T>
+__device__ __forceinline__ void LoadVec(const T* p, float (&v)[V]) {
+  constexpr int kBytes = V * static_cast<int>(sizeof(T));
+  static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16);
+  using W = VecWord<kBytes>;
+  alignas(16) T e[V];
+  *reinterpret_cast<W*>(e) = *reinterpret_cast<const W*>(p);
+#pragma unroll
+  for (int k = 0; k < V; ++k) v[k] = ToF32(e[k]);
+}
+template <int V, class T>
+__device__ __forceinline__ void StoreVec(T* p, const float (&v)[V]) {
+  constexpr int kBytes = V * static_cast<int>(sizeof(T));
+  static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16);
+  using W = VecWord<kBytes>;
+  alignas(16) T e[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) e[k] = FromF32<T>(v[k]);
+  *reinterpret_cast<W*>(p) = *reinterpret_cast<const W*>(e);
+}
+
+// Whether every pointer is aligned to `bytes` (host side: picks the vector path of a kernel).
+inline bool AllAligned(std::initializer_list<const void*> pointers, uintptr_t bytes) {
+  for (const void* p : pointers)
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
+  return true;
 }
 
 }  // namespace fathom::cuda

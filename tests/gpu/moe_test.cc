@@ -261,12 +261,13 @@ TEST(MoeCudaBalance, LossAndBackwardMatchCpu) {
     Tensor scores = Upload(arena, r.scores), index = Upload(arena, r.index);
     Tensor loss = arena.Alloc({1}, DType::kF32), balance = arena.Alloc({c.batch}, DType::kF32);
     Tensor counts = arena.Alloc({c.batch, c.e}, DType::kI32);
+    Tensor partials = arena.Alloc({cuda::SequenceBalanceScratchElements(c.batch, c.seq)}, DType::kF64);
     const Tensor s64 = r.scores.To(DType::kF64);
     const double ref = cpu::SequenceBalanceLoss(s64, r.index, c.batch, c.seq);
     // Overwrite, then accumulate a second time: loss = 2 * ref.
-    cuda::SequenceBalanceLoss(loss, balance, counts, scores, index, c.batch, c.seq, false, nullptr);
+    cuda::SequenceBalanceLoss(loss, balance, counts, partials, scores, index, c.batch, c.seq, false, nullptr);
     EXPECT_NEAR(Download(loss).Item(0), ref, kF32Tol * ref);
-    cuda::SequenceBalanceLoss(loss, balance, counts, scores, index, c.batch, c.seq, true, nullptr);
+    cuda::SequenceBalanceLoss(loss, balance, counts, partials, scores, index, c.batch, c.seq, true, nullptr);
     EXPECT_NEAR(Download(loss).Item(0), 2 * ref, kF32Tol * ref);
     const Tensor got_counts = Download(counts), got_balance = Download(balance);
     for (int64_t b = 0; b < c.batch; ++b) {
@@ -492,7 +493,8 @@ TEST(MoeCudaPipeline, TwoRunsAreBitwiseEqual) {
     cuda::RouterSelect(index, weight, scores, scores, Upload(arena, in.bias), d, nullptr);
     Tensor loss = arena.Alloc({1}, DType::kF32), balance = arena.Alloc({batch}, DType::kF32);
     Tensor seq_counts = arena.Alloc({batch, rc.e}, DType::kI32);
-    cuda::SequenceBalanceLoss(loss, balance, seq_counts, scores, index, batch, seq, false, nullptr);
+    Tensor partials = arena.Alloc({cuda::SequenceBalanceScratchElements(batch, seq)}, DType::kF64);
+    cuda::SequenceBalanceLoss(loss, balance, seq_counts, partials, scores, index, batch, seq, false, nullptr);
     Sorted s = RunPermute(arena, Upload(arena, x), index, rc.e, Tensor(), nullptr);
     Tensor y_dev = Upload(arena, y_perm), out = arena.Alloc({n, h}, DType::kBF16);
     cuda::MoeCombine(out, y_dev, s.slot_row, weight, nullptr);

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+#include <utility>
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/numeric.cuh"
@@ -21,20 +24,68 @@ unsigned GridFor(int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-// f32 as float, bf16 as its bit pattern (uint16_t).
-__device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float Load(const uint16_t* p, int64_t i) { return Bf16BitsToFloat(p[i]); }
-__device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void Store(uint16_t* p, int64_t i, float v) { p[i] = FloatToBf16Bits(v); }
+// f32 as float, bf16 as its bit pattern (uint16_t): numeric.cuh's ToF32 / FromF32 conventions.
+
+// Add and Convert move V elements per access (V = 8: 16 bytes of each operand when all are bf16; V = 4:
+// 16 bytes of f32 and 8 of bf16), element by element (V = 1) where the pointers or the length do not allow
+// it: the same arithmetic either way.
+template <class O, class A, class B, int V>
+__global__ void AddKernel(O* out, const A* a, const B* b, int64_t groups) {
+  FATHOM_GRID_STRIDE(g, groups) {
+    float x[V], y[V];
+    LoadVec<V>(a + g * V, x);
+    LoadVec<V>(b + g * V, y);
+#pragma unroll
+    for (int k = 0; k < V; ++k) x[k] = __fadd_rn(x[k], y[k]);
+    StoreVec<V>(out + g * V, x);
+  }
+}
+
+template <class O, class I, int V>
+__global__ void ConvertKernel(O* out, const I* in, int64_t groups) {
+  FATHOM_GRID_STRIDE(g, groups) {
+    float x[V];
+    LoadVec<V>(in + g * V, x);
+    StoreVec<V>(out + g * V, x);
+  }
+}
+
+// The vector width for these operand types: 8 when every one is 2 bytes, else 4.
+template <class... T>
+constexpr int VecWidth() {
+  return ((sizeof(T) == 2) && ...) ? 8 : 4;
+}
+
+// Launches kernel<V> over n elements: the vector path for the largest prefix it allows, then V = 1 for
+// the rest (or for everything when a pointer is not aligned to V elements).
+template <int V, class Launch>
+void LaunchVectorized(int64_t n, std::initializer_list<std::pair<const void*, size_t>> operands,
+                      Launch&& launch) {
+  bool aligned = true;
+  for (const auto& [p, size] : operands) aligned = aligned && AllAligned({p}, V * size);
+  const int64_t head = aligned ? n / V * V : 0;
+  if (head > 0) launch(std::integral_constant<int, V>{}, int64_t{0}, head / V);
+  if (n > head) launch(std::integral_constant<int, 1>{}, head, n - head);
+}
 
 template <class O, class A, class B>
-__global__ void AddKernel(O* out, const A* a, const B* b, int64_t n) {
-  FATHOM_GRID_STRIDE(i, n) { Store(out, i, __fadd_rn(Load(a, i), Load(b, i))); }
+void LaunchAdd(O* out, const A* a, const B* b, int64_t n, cudaStream_t stream) {
+  LaunchVectorized<VecWidth<O, A, B>()>(n, {{out, sizeof(O)}, {a, sizeof(A)}, {b, sizeof(B)}},
+                                        [&](auto v, int64_t at, int64_t groups) {
+                                          constexpr int kV = decltype(v)::value;
+                                          AddKernel<O, A, B, kV><<<GridFor(groups), kThreads, 0, stream>>>(
+                                              out + at, a + at, b + at, groups);
+                                        });
 }
 
 template <class O, class I>
-__global__ void ConvertKernel(O* out, const I* in, int64_t n) {
-  FATHOM_GRID_STRIDE(i, n) { Store(out, i, Load(in, i)); }
+void LaunchConvert(O* out, const I* in, int64_t n, cudaStream_t stream) {
+  LaunchVectorized<VecWidth<O, I>()>(n, {{out, sizeof(O)}, {in, sizeof(I)}},
+                                     [&](auto v, int64_t at, int64_t groups) {
+                                       constexpr int kV = decltype(v)::value;
+                                       ConvertKernel<O, I, kV><<<GridFor(groups), kThreads, 0, stream>>>(
+                                           out + at, in + at, groups);
+                                     });
 }
 
 template <class E>
@@ -150,9 +201,9 @@ void Add(const Tensor& out, const Tensor& a, const Tensor& b, Stream stream) {
   const int64_t n = a.numel();
   if (n == 0) return;
   if (t == DType::kF32) {
-    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(out), In<float>(a), In<float>(b), n);
+    LaunchAdd(Out<float>(out), In<float>(a), In<float>(b), n, stream);
   } else {
-    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint16_t>(out), In<uint16_t>(a), In<uint16_t>(b), n);
+    LaunchAdd(Out<uint16_t>(out), In<uint16_t>(a), In<uint16_t>(b), n, stream);
   }
   FATHOM_CUDA_CHECK_LAUNCH();
 }
@@ -170,11 +221,11 @@ void AddInPlace(const Tensor& a, const Tensor& b, Stream stream) {
                " += ", DTypeName(b.dtype()), " (supported: f32 += f32, f32 += bf16, bf16 += bf16)");
   if (n == 0) return;
   if (f32_f32) {
-    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(a), In<float>(a), In<float>(b), n);
+    LaunchAdd(Out<float>(a), In<float>(a), In<float>(b), n, stream);
   } else if (f32_bf16) {
-    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(a), In<float>(a), In<uint16_t>(b), n);
+    LaunchAdd(Out<float>(a), In<float>(a), In<uint16_t>(b), n, stream);
   } else {
-    AddKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint16_t>(a), In<uint16_t>(a), In<uint16_t>(b), n);
+    LaunchAdd(Out<uint16_t>(a), In<uint16_t>(a), In<uint16_t>(b), n, stream);
   }
   FATHOM_CUDA_CHECK_LAUNCH();
 }
@@ -187,10 +238,10 @@ void Convert(const Tensor& out, const Tensor& in, Stream stream) {
   const int64_t n = in.numel();
   if (in.dtype() == DType::kF32 && out.dtype() == DType::kBF16) {
     if (n == 0) return;
-    ConvertKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<uint16_t>(out), In<float>(in), n);
+    LaunchConvert(Out<uint16_t>(out), In<float>(in), n, stream);
   } else if (in.dtype() == DType::kBF16 && out.dtype() == DType::kF32) {
     if (n == 0) return;
-    ConvertKernel<<<GridFor(n), kThreads, 0, stream>>>(Out<float>(out), In<uint16_t>(in), n);
+    LaunchConvert(Out<float>(out), In<uint16_t>(in), n, stream);
   } else {
     FATHOM_CHECK(false, "[", op, "] ", DTypeName(in.dtype()), " -> ", DTypeName(out.dtype()),
                  " (supported: f32 -> bf16, bf16 -> f32)");

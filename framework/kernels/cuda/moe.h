@@ -53,10 +53,13 @@ void RouterSelectBackward(const Tensor& dlogits, const Tensor& dweight, const Te
 // Tokens laid out as (batch, seq). seq_counts (B, E) i32 overwritten: #{t in sequence b : e chosen for t}
 // (the f_i numerators; saved for the backward). balance (B) f32 overwritten: Bal_b. loss (1) f32 = (or +=
 // when accumulate) the mean over b of Bal_b. scores (B*T, E) f32; topk_index (B*T, K) i64.
-// Per-token sums in f64 (cheap: one row of E), one block per sequence, a fixed reduction order.
+// partials: SequenceBalanceScratchElements(B, T) f64 of scratch. Per-token sums in f64 (cheap: one row of
+// E), blocks of 64 tokens per sequence (a sequence per block kept only 2 of 132 SMs busy at micro-batch 2),
+// a fixed reduction order.
+int64_t SequenceBalanceScratchElements(int64_t batch, int64_t seq);
 void SequenceBalanceLoss(const Tensor& loss, const Tensor& balance, const Tensor& seq_counts,
-                         const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq,
-                         bool accumulate, Stream stream);
+                         const Tensor& partials, const Tensor& scores, const Tensor& topk_index,
+                         int64_t batch, int64_t seq, bool accumulate, Stream stream);
 // dscores (B*T, E) f32 += weight * d(loss)/d(scores), f_i held constant. scores, topk_index as above (the
 // index only supplies K and shapes); seq_counts (B, E) i32 from SequenceBalanceLoss on the same routing.
 void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, const Tensor& topk_index,

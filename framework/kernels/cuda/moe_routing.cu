@@ -182,35 +182,52 @@ __global__ void RouterSelectBackwardKernel(float* dlogits, const float* __restri
 constexpr int kBalanceThreads = 256;
 constexpr int kBalanceWarps = kBalanceThreads / 32;
 
-// One block per sequence: integer histogram of its K*T choices (shared-memory integer atomics: the counts
-// cannot depend on their order), then Bal_b = (1/T) sum_t (sum_i f_i s_it) / (sum_i s_it), each warp
-// summing its tokens in order and the warps' partial sums added in warp order.
-__global__ void BalanceForwardKernel(float* __restrict__ balance, int32_t* __restrict__ seq_counts,
-                                     const float* __restrict__ scores, const int64_t* __restrict__ topk_index,
-                                     int seq, int e, int k) {
+constexpr int kBalanceTokensPerBlock = 64;  // tokens of one sequence per block of the per-token pass
+constexpr int kBalanceCountSlots = kBalanceThreads * 16;
+
+int64_t BalanceBlocksPerSequence(int64_t seq) {
+  return (seq + kBalanceTokensPerBlock - 1) / kBalanceTokensPerBlock;
+}
+
+// seq_counts (zeroed first) += the histogram of a slice of sequence blockIdx.y's K*T choices: a
+// shared-memory histogram, then one global integer atomic per expert the slice chose (integer sums do not
+// depend on their order).
+__global__ void BalanceCountKernel(int32_t* __restrict__ seq_counts, const int64_t* __restrict__ topk_index,
+                                   int seq, int e, int k) {
   extern __shared__ int balance_counts[];
-  __shared__ double partial[kBalanceWarps];
-  const int b = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.y;
   for (int i = threadIdx.x; i < e; i += blockDim.x) balance_counts[i] = 0;
   __syncthreads();
   const int64_t* idx = topk_index + static_cast<int64_t>(b) * seq * k;
-  for (int j = threadIdx.x; j < seq * k; j += blockDim.x) {
+  const int begin = blockIdx.x * kBalanceCountSlots, end = min(begin + kBalanceCountSlots, seq * k);
+  for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
     const int64_t v = idx[j];
     if (v < 0 || v >= e) __trap();
     atomicAdd(&balance_counts[v], 1);
   }
   __syncthreads();
   for (int i = threadIdx.x; i < e; i += blockDim.x)
-    seq_counts[static_cast<int64_t>(b) * e + i] = balance_counts[i];
+    if (balance_counts[i] != 0) atomicAdd(&seq_counts[static_cast<int64_t>(b) * e + i], balance_counts[i]);
+}
+
+// Block (x, b) sums (sum_i f_i s_it) / (sum_i s_it) over its kBalanceTokensPerBlock tokens of sequence b
+// into partials[b * gridDim.x + x]: each warp sums its tokens in order (the per-token sums in f64, one row
+// of E), then the warps' sums are added in warp order.
+__global__ void BalanceTokensKernel(double* __restrict__ partials, const int32_t* __restrict__ seq_counts,
+                                    const float* __restrict__ scores, int seq, int e, int k) {
+  __shared__ double partial[kBalanceWarps];
+  const int b = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int32_t* counts = seq_counts + static_cast<int64_t>(b) * e;
   const double f_scale = static_cast<double>(e) / (static_cast<double>(k) * seq);
+  const int first = blockIdx.x * kBalanceTokensPerBlock, last = min(first + kBalanceTokensPerBlock, seq);
   double acc = 0.0;
-  for (int t = warp; t < seq; t += kBalanceWarps) {
+  for (int t = first + warp; t < last; t += kBalanceWarps) {
     const float* s = scores + (static_cast<int64_t>(b) * seq + t) * e;
     double sum = 0.0, dot = 0.0;
     for (int i = lane; i < e; i += 32) {
       const double v = s[i];
       sum += v;
-      dot += balance_counts[i] * v;
+      dot += counts[i] * v;
     }
     sum = WarpSum(sum);
     dot = WarpSum(dot);
@@ -219,10 +236,21 @@ __global__ void BalanceForwardKernel(float* __restrict__ balance, int32_t* __res
   if (lane == 0) partial[warp] = acc;
   __syncthreads();
   if (threadIdx.x == 0) {
-    double bal = 0.0;
-    for (int w = 0; w < kBalanceWarps; ++w) bal += partial[w];
-    balance[b] = static_cast<float>(bal / seq);
+    double total = 0.0;
+    for (int w = 0; w < kBalanceWarps; ++w) total += partial[w];
+    partials[static_cast<int64_t>(b) * gridDim.x + blockIdx.x] = total;
   }
+}
+
+// One warp per sequence: Bal_b = (sum of its blocks' partials, lane-strided then lane-xor: a fixed order)
+// / T.
+__global__ void BalanceSequenceKernel(float* __restrict__ balance, const double* __restrict__ partials,
+                                      int blocks, int seq) {
+  const int b = blockIdx.x;
+  double sum = 0.0;
+  for (int i = threadIdx.x; i < blocks; i += 32) sum += partials[static_cast<int64_t>(b) * blocks + i];
+  sum = WarpSum(sum);
+  if (threadIdx.x == 0) balance[b] = static_cast<float>(sum / seq);
 }
 
 __global__ void BalanceMeanKernel(float* loss, const float* __restrict__ balance, int batch,
@@ -346,9 +374,13 @@ void RouterSelectBackward(const Tensor& dlogits, const Tensor& dweight, const Te
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
+int64_t SequenceBalanceScratchElements(int64_t batch, int64_t seq) {
+  return batch * BalanceBlocksPerSequence(seq);
+}
+
 void SequenceBalanceLoss(const Tensor& loss, const Tensor& balance, const Tensor& seq_counts,
-                         const Tensor& scores, const Tensor& topk_index, int64_t batch, int64_t seq,
-                         bool accumulate, Stream stream) {
+                         const Tensor& partials, const Tensor& scores, const Tensor& topk_index,
+                         int64_t batch, int64_t seq, bool accumulate, Stream stream) {
   const char* op = "sequence_balance_loss_cuda";
   FATHOM_CHECK(batch >= 1 && seq >= 1 && scores.ndim() == 2 && topk_index.ndim() == 2, "[", op, "] batch ",
                batch, " seq ", seq, " scores ", scores.shape_str(), " topk_index ", topk_index.shape_str());
@@ -359,10 +391,23 @@ void SequenceBalanceLoss(const Tensor& loss, const Tensor& balance, const Tensor
   CheckDevice(op, "seq_counts", seq_counts, DType::kI32, {batch, e});
   CheckDevice(op, "balance", balance, DType::kF32, {batch});
   CheckDevice(op, "loss", loss, DType::kF32, {1});
-  BalanceForwardKernel<<<static_cast<unsigned>(batch), kBalanceThreads, static_cast<size_t>(e) * sizeof(int),
-                         Raw(stream)>>>(balance.data<float>(), seq_counts.data<int32_t>(),
-                                        scores.data<float>(), topk_index.data<int64_t>(),
-                                        static_cast<int>(seq), static_cast<int>(e), static_cast<int>(k));
+  const int64_t blocks = BalanceBlocksPerSequence(seq);
+  CheckDevice(op, "partials", partials, DType::kF64, {SequenceBalanceScratchElements(batch, seq)});
+  FATHOM_CHECK(batch <= 65535, "[", op, "] ", batch, " sequences: at most 65535 per call");
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(seq_counts.raw(), 0, seq_counts.nbytes(), Raw(stream)));
+  const unsigned count_blocks = static_cast<unsigned>((seq * k + kBalanceCountSlots - 1) / kBalanceCountSlots);
+  BalanceCountKernel<<<dim3(count_blocks, static_cast<unsigned>(batch)), kBalanceThreads,
+                       static_cast<size_t>(e) * sizeof(int), Raw(stream)>>>(
+      seq_counts.data<int32_t>(), topk_index.data<int64_t>(), static_cast<int>(seq), static_cast<int>(e),
+      static_cast<int>(k));
+  FATHOM_CUDA_CHECK_LAUNCH();
+  BalanceTokensKernel<<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(batch)), kBalanceThreads, 0,
+                        Raw(stream)>>>(partials.data<double>(), seq_counts.data<int32_t>(),
+                                       scores.data<float>(), static_cast<int>(seq), static_cast<int>(e),
+                                       static_cast<int>(k));
+  FATHOM_CUDA_CHECK_LAUNCH();
+  BalanceSequenceKernel<<<static_cast<unsigned>(batch), 32, 0, Raw(stream)>>>(
+      balance.data<float>(), partials.data<double>(), static_cast<int>(blocks), static_cast<int>(seq));
   FATHOM_CUDA_CHECK_LAUNCH();
   BalanceMeanKernel<<<1, 1, 0, Raw(stream)>>>(loss.data<float>(), balance.data<float>(),
                                               static_cast<int>(batch), accumulate);
