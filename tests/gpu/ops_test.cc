@@ -14,6 +14,7 @@
 #include "framework/ops.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -277,6 +278,17 @@ TEST_P(OpsGpu, ElementwiseAndCopies) {
   Tensor sa = Out(a.cpu.shape(), dt), sc = Out(c.cpu.shape(), dt);
   ops::SplitLastDim(cat, sa, sc);
   EXPECT_TRUE(SameValues(Down(sa), a.cpu) && SameValues(Down(sc), c.cpu)) << "split_last_dim";
+  // Column copies: the 16-byte-word path (widths and offsets multiples of 8 elements) and the element path
+  // (odd ones), each against the CPU.
+  for (const auto& [ws, s0, wd, d0, w] : {std::array<int64_t, 5>{64, 16, 40, 8, 32},
+                                          std::array<int64_t, 5>{13, 3, 11, 1, 7}}) {
+    const Input src = In({37, ws});
+    const Input dst = In({37, wd});
+    ops::CopyColumns(dst.gpu, d0, src.gpu, s0, w);
+    Tensor want = dst.cpu.Clone();
+    ops::CopyColumns(want, d0, src.cpu, s0, w);
+    EXPECT_TRUE(SameValues(Down(dst.gpu), want)) << "copy_columns width " << w;
+  }
   ops::Fill(sa, 0.375);
   EXPECT_TRUE(SameValues(Down(sa),
                          Tensor::FromVector(std::vector<double>(sa.numel(), 0.375), sa.shape(), DType::kF32)))

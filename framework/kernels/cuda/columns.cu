@@ -75,6 +75,16 @@ void CopyColumns(const Tensor& dst, int64_t d0, const Tensor& src, int64_t s0, i
                DTypeName(dst.dtype()));
   const int64_t total = src.dim(0) * w;
   if (total == 0) return;
+  // A bit copy: as 16-byte words when every width, offset and base pointer allows (MLA's splits do).
+  const int64_t v = 16 / static_cast<int64_t>(DTypeSize(src.dtype()));
+  if (dst.dim(1) % v == 0 && d0 % v == 0 && src.dim(1) % v == 0 && s0 % v == 0 && w % v == 0 &&
+      AllAligned({dst.raw(), src.raw()}, 16)) {
+    CopyColumnsKernel<uint4><<<GridFor(total / v), kThreads, 0, stream>>>(
+        static_cast<uint4*>(dst.raw()), dst.dim(1) / v, d0 / v, static_cast<const uint4*>(src.raw()),
+        src.dim(1) / v, s0 / v, w / v, total / v);
+    FATHOM_CUDA_CHECK_LAUNCH();
+    return;
+  }
   DispatchF32Bf16(op, src.dtype(), [&](auto tag) {
     using E = decltype(tag);
     CopyColumnsKernel<E><<<GridFor(total), kThreads, 0, stream>>>(static_cast<E*>(dst.raw()), dst.dim(1), d0,
