@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-
 #include "framework/kernels/cpu/cross_entropy.h"
 #include "framework/ops.h"
 

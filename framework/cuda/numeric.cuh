@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <type_traits>
+#include <utility>
 
 namespace fathom::cuda {
 
@@ -84,6 +85,20 @@ inline bool AllAligned(std::initializer_list<const void*> pointers, uintptr_t by
   for (const void* p : pointers)
     if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
   return true;
+}
+
+// Host side, for an elementwise kernel over n elements that moves V per access: calls
+// launch(std::integral_constant<int, V>, first, groups) for the longest prefix the operands allow (each
+// {pointer, element size} aligned to V elements), then launch(std::integral_constant<int, 1>, first, count)
+// for the rest (everything, when a pointer is not aligned).
+template <int V, class Launch>
+void LaunchVectorized(int64_t n, std::initializer_list<std::pair<const void*, size_t>> operands,
+                      Launch&& launch) {
+  bool aligned = true;
+  for (const auto& [p, size] : operands) aligned = aligned && AllAligned({p}, V * size);
+  const int64_t head = aligned ? n / V * V : 0;
+  if (head > 0) launch(std::integral_constant<int, V>{}, int64_t{0}, head / V);
+  if (n > head) launch(std::integral_constant<int, 1>{}, head, n - head);
 }
 
 }  // namespace fathom::cuda

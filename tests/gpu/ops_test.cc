@@ -280,8 +280,8 @@ TEST_P(OpsGpu, ElementwiseAndCopies) {
   EXPECT_TRUE(SameValues(Down(sa), a.cpu) && SameValues(Down(sc), c.cpu)) << "split_last_dim";
   // Column copies: the 16-byte-word path (widths and offsets multiples of 8 elements) and the element path
   // (odd ones), each against the CPU.
-  for (const auto& [ws, s0, wd, d0, w] : {std::array<int64_t, 5>{64, 16, 40, 8, 32},
-                                          std::array<int64_t, 5>{13, 3, 11, 1, 7}}) {
+  for (const auto& [ws, s0, wd, d0, w] :
+       {std::array<int64_t, 5>{64, 16, 40, 8, 32}, std::array<int64_t, 5>{13, 3, 11, 1, 7}}) {
     const Input src = In({37, ws});
     const Input dst = In({37, wd});
     ops::CopyColumns(dst.gpu, d0, src.gpu, s0, w);

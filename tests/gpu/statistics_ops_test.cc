@@ -89,7 +89,8 @@ TEST(StatisticsOpsGpu, ExpertBiasUpdateIsBitwiseTheCpuTwin) {
     if (e == 1) {
       EXPECT_TRUE(SameBits(want, bias)) << "a single expert's bias moved";
     } else {
-      EXPECT_NE(want.data<float>()[e - 1], bias.data<float>()[e - 1]) << "the starved expert's bias did not move";
+      EXPECT_NE(want.data<float>()[e - 1], bias.data<float>()[e - 1])
+          << "the starved expert's bias did not move";
     }
   }
 }

@@ -84,9 +84,10 @@ void Report() {
   if (out == nullptr) out = stderr;
   const char* top_env = std::getenv("FATHOM_KERNEL_SUMMARY_TOP");
   const size_t top = top_env != nullptr ? std::strtoul(top_env, nullptr, 10) : 60;
-  std::fprintf(out, "kernel summary: %lld kernels, %.3f ms of kernel time, %.3f ms from the first start to the "
-               "last end\n", static_cast<long long>(calls), all * 1e-6,
-               g_last > g_first ? (g_last - g_first) * 1e-6 : 0.0);
+  std::fprintf(out,
+               "kernel summary: %lld kernels, %.3f ms of kernel time, %.3f ms from the first start to the "
+               "last end\n",
+               static_cast<long long>(calls), all * 1e-6, g_last > g_first ? (g_last - g_first) * 1e-6 : 0.0);
   std::fprintf(out, "%10s %8s %10s %6s  %s\n", "total ms", "calls", "mean us", "%", "kernel");
   for (size_t i = 0; i < rows.size() && i < top; ++i) {
     const KernelTotal& t = rows[i].second;

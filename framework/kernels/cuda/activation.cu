@@ -75,15 +75,9 @@ __global__ void SwiGluBackwardKernel(T* dgate, T* dup, const T* dout, const T* g
   }
 }
 
-// Runs launch(V, first element, groups) for the 16-byte-vector prefix of n elements (when every pointer is
-// 16-byte aligned) and launch(1, ...) for the rest.
-template <class T, class Launch>
-void LaunchVectorized(int64_t n, std::initializer_list<const void*> pointers, Launch&& launch) {
-  constexpr int kV = 16 / static_cast<int>(sizeof(T));
-  const int64_t head = AllAligned(pointers, 16) ? n / kV * kV : 0;
-  if (head > 0) launch(std::integral_constant<int, kV>{}, int64_t{0}, head / kV);
-  if (n > head) launch(std::integral_constant<int, 1>{}, head, n - head);
-}
+// 16-byte accesses: V = 16 / sizeof(T) elements.
+template <class T>
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));
 
 // Validates that every tensor matches the first in shape and dtype, is f32 or bf16 and lives on the GPU.
 void CheckElementwise(const char* op, std::initializer_list<const Tensor*> ts) {
@@ -146,11 +140,12 @@ void SwiGluForward(const Tensor& out, const Tensor& gate, const Tensor& up, Stre
     using T = decltype(tag);
     T* o = static_cast<T*>(out.raw());
     const T *g = static_cast<const T*>(gate.raw()), *u = static_cast<const T*>(up.raw());
-    LaunchVectorized<T>(n, {o, g, u}, [&](auto v, int64_t at, int64_t groups) {
-      SwiGluForwardKernel<T, decltype(v)::value>
-          <<<Blocks(groups), kThreads, 0, stream>>>(o + at, g + at, u + at, groups);
-      FATHOM_CUDA_CHECK_LAUNCH();
-    });
+    LaunchVectorized<kVec<T>>(n, {{o, sizeof(T)}, {g, sizeof(T)}, {u, sizeof(T)}},
+                              [&](auto v, int64_t at, int64_t groups) {
+                                SwiGluForwardKernel<T, decltype(v)::value>
+                                    <<<Blocks(groups), kThreads, 0, stream>>>(o + at, g + at, u + at, groups);
+                                FATHOM_CUDA_CHECK_LAUNCH();
+                              });
   });
 }
 
@@ -165,11 +160,13 @@ void SwiGluBackward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, 
     T *dg = static_cast<T*>(dgate.raw()), *du = static_cast<T*>(dup.raw());
     const T *d = static_cast<const T*>(dout.raw()), *g = static_cast<const T*>(gate.raw()),
             *u = static_cast<const T*>(up.raw());
-    LaunchVectorized<T>(n, {dg, du, d, g, u}, [&](auto v, int64_t at, int64_t groups) {
-      SwiGluBackwardKernel<T, decltype(v)::value>
-          <<<Blocks(groups), kThreads, 0, stream>>>(dg + at, du + at, d + at, g + at, u + at, groups);
-      FATHOM_CUDA_CHECK_LAUNCH();
-    });
+    LaunchVectorized<kVec<T>>(
+        n, {{dg, sizeof(T)}, {du, sizeof(T)}, {d, sizeof(T)}, {g, sizeof(T)}, {u, sizeof(T)}},
+        [&](auto v, int64_t at, int64_t groups) {
+          SwiGluBackwardKernel<T, decltype(v)::value>
+              <<<Blocks(groups), kThreads, 0, stream>>>(dg + at, du + at, d + at, g + at, u + at, groups);
+          FATHOM_CUDA_CHECK_LAUNCH();
+        });
   });
 }
 

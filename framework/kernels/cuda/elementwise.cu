@@ -56,36 +56,22 @@ constexpr int VecWidth() {
   return ((sizeof(T) == 2) && ...) ? 8 : 4;
 }
 
-// Launches kernel<V> over n elements: the vector path for the largest prefix it allows, then V = 1 for
-// the rest (or for everything when a pointer is not aligned to V elements).
-template <int V, class Launch>
-void LaunchVectorized(int64_t n, std::initializer_list<std::pair<const void*, size_t>> operands,
-                      Launch&& launch) {
-  bool aligned = true;
-  for (const auto& [p, size] : operands) aligned = aligned && AllAligned({p}, V * size);
-  const int64_t head = aligned ? n / V * V : 0;
-  if (head > 0) launch(std::integral_constant<int, V>{}, int64_t{0}, head / V);
-  if (n > head) launch(std::integral_constant<int, 1>{}, head, n - head);
-}
-
 template <class O, class A, class B>
 void LaunchAdd(O* out, const A* a, const B* b, int64_t n, cudaStream_t stream) {
-  LaunchVectorized<VecWidth<O, A, B>()>(n, {{out, sizeof(O)}, {a, sizeof(A)}, {b, sizeof(B)}},
-                                        [&](auto v, int64_t at, int64_t groups) {
-                                          constexpr int kV = decltype(v)::value;
-                                          AddKernel<O, A, B, kV><<<GridFor(groups), kThreads, 0, stream>>>(
-                                              out + at, a + at, b + at, groups);
-                                        });
+  LaunchVectorized<VecWidth<O, A, B>()>(
+      n, {{out, sizeof(O)}, {a, sizeof(A)}, {b, sizeof(B)}}, [&](auto v, int64_t at, int64_t groups) {
+        constexpr int kV = decltype(v)::value;
+        AddKernel<O, A, B, kV><<<GridFor(groups), kThreads, 0, stream>>>(out + at, a + at, b + at, groups);
+      });
 }
 
 template <class O, class I>
 void LaunchConvert(O* out, const I* in, int64_t n, cudaStream_t stream) {
-  LaunchVectorized<VecWidth<O, I>()>(n, {{out, sizeof(O)}, {in, sizeof(I)}},
-                                     [&](auto v, int64_t at, int64_t groups) {
-                                       constexpr int kV = decltype(v)::value;
-                                       ConvertKernel<O, I, kV><<<GridFor(groups), kThreads, 0, stream>>>(
-                                           out + at, in + at, groups);
-                                     });
+  LaunchVectorized<VecWidth<O, I>()>(
+      n, {{out, sizeof(O)}, {in, sizeof(I)}}, [&](auto v, int64_t at, int64_t groups) {
+        constexpr int kV = decltype(v)::value;
+        ConvertKernel<O, I, kV><<<GridFor(groups), kThreads, 0, stream>>>(out + at, in + at, groups);
+      });
 }
 
 template <class E>

@@ -3,11 +3,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
-#include <type_traits>
 #include <cub/block/block_scan.cuh>
+#include <initializer_list>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 #include "framework/cuda/check.h"
@@ -159,8 +159,12 @@ template <class T, int P>
 struct Pack {
   using Word = std::conditional_t<P == 1, T, uint4>;
   alignas(sizeof(Word)) T v[P];
-  __device__ __forceinline__ void Load(const T* p) { *reinterpret_cast<Word*>(v) = *reinterpret_cast<const Word*>(p); }
-  __device__ __forceinline__ void Store(T* p) const { *reinterpret_cast<Word*>(p) = *reinterpret_cast<const Word*>(v); }
+  __device__ __forceinline__ void Load(const T* p) {
+    *reinterpret_cast<Word*>(v) = *reinterpret_cast<const Word*>(p);
+  }
+  __device__ __forceinline__ void Store(T* p) const {
+    *reinterpret_cast<Word*>(p) = *reinterpret_cast<const Word*>(v);
+  }
 };
 
 // dx (N, H) row t = [dx row t] + sum_k dx_perm row slot_row[t*K+k], f32 accumulation in k order.

@@ -395,7 +395,8 @@ void SequenceBalanceLoss(const Tensor& loss, const Tensor& balance, const Tensor
   CheckDevice(op, "partials", partials, DType::kF64, {SequenceBalanceScratchElements(batch, seq)});
   FATHOM_CHECK(batch <= 65535, "[", op, "] ", batch, " sequences: at most 65535 per call");
   FATHOM_CUDA_CHECK(cudaMemsetAsync(seq_counts.raw(), 0, seq_counts.nbytes(), Raw(stream)));
-  const unsigned count_blocks = static_cast<unsigned>((seq * k + kBalanceCountSlots - 1) / kBalanceCountSlots);
+  const unsigned count_blocks =
+      static_cast<unsigned>((seq * k + kBalanceCountSlots - 1) / kBalanceCountSlots);
   BalanceCountKernel<<<dim3(count_blocks, static_cast<unsigned>(batch)), kBalanceThreads,
                        static_cast<size_t>(e) * sizeof(int), Raw(stream)>>>(
       seq_counts.data<int32_t>(), topk_index.data<int64_t>(), static_cast<int>(seq), static_cast<int>(e),
