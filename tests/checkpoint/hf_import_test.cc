@@ -62,11 +62,8 @@ class HfImportTest : public testing::TempDirTest {
   void SetUp() override {
     TempDirTest::SetUp();
     recipe_ = testing::HfTestRecipe();
-    Model model(recipe_.model, recipe_.loss);
-    model.Finalize(DType::kF32, 1);
     std::mt19937_64 rng(testing::TestSeed());
-    testing::FillRandomValues(model.params(), rng);
-    const std::string checkpoint = testing::SaveValues(Path("ckpt"), recipe_, model.params());
+    const std::string checkpoint = testing::SaveRandomModel(Path("ckpt"), recipe_, rng);
     absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(checkpoint);
     ASSERT_TRUE(reader.ok()) << reader.status();
     LocalCommunicator comm("world");

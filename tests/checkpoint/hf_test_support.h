@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -94,6 +95,17 @@ inline std::string SaveValues(const std::string& dir, const Recipe& recipe, cons
   absl::StatusOr<CheckpointSaveStats> stats = writer.Save(sources, meta);
   EXPECT_TRUE(stats.ok()) << stats.status();
   return stats.ok() ? stats->path : "";
+}
+
+// A model of `recipe` with FillRandomValues' values (then `adjust`, when given, may rescale them), saved
+// by SaveValues as checkpoint step 7 in `dir`; returns its path.
+inline std::string SaveRandomModel(const std::string& dir, const Recipe& recipe, std::mt19937_64& rng,
+                                   const std::function<void(ParamTable&)>& adjust = {}) {
+  Model model(recipe.model, recipe.loss);
+  model.Finalize(DType::kF32, 1);
+  FillRandomValues(model.params(), rng);
+  if (adjust) adjust(model.params());
+  return SaveValues(dir, recipe, model.params());
 }
 
 // The JSON document in the file at `path` (parse errors throw, failing the test).

@@ -43,18 +43,16 @@ class HfCliTest : public testing::TempDirTest {
   void SetUp() override {
     TempDirTest::SetUp();
     recipe_ = testing::HfTestRecipe();
-    Model model(recipe_.model, recipe_.loss);
-    model.Finalize(DType::kF32, 1);
     std::mt19937_64 rng(testing::TestSeed());
-    testing::FillRandomValues(model.params(), rng);
     // Values of the size a trained model has, so that logits stay moderate.
-    for (int id = 0; id < model.params().size(); ++id) {
-      Tensor v = model.params().value(id);
-      const bool norm = model.params().spec(id).name.find("norm") != std::string::npos;
-      for (int64_t i = 0; i < v.numel(); ++i)
-        v.data<float>()[i] = norm ? 1 + 0.1f * v.data<float>()[i] : 0.05f * v.data<float>()[i];
-    }
-    checkpoint_ = testing::SaveValues(Path("ckpt"), recipe_, model.params());
+    checkpoint_ = testing::SaveRandomModel(Path("ckpt"), recipe_, rng, [](ParamTable& params) {
+      for (int id = 0; id < params.size(); ++id) {
+        Tensor v = params.value(id);
+        const bool norm = params.spec(id).name.find("norm") != std::string::npos;
+        for (int64_t i = 0; i < v.numel(); ++i)
+          v.data<float>()[i] = norm ? 1 + 0.1f * v.data<float>()[i] : 0.05f * v.data<float>()[i];
+      }
+    });
     Tensor ids = Tensor::Empty({2, 9}, DType::kI64);
     for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = static_cast<int64_t>(rng() % 160);
     ASSERT_TRUE(WriteSafetensors(Path("tokens.safetensors"), {{"input_ids", ids}}).ok());
