@@ -1,5 +1,6 @@
 #include "parallel/collective_status.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -71,7 +72,8 @@ std::vector<std::vector<int64_t>> AllGatherI64(Communicator& comm, const std::ve
   return out;
 }
 
-std::string RankList(const std::vector<int>& ranks) {
+std::string RankRuns(std::vector<int> ranks) {
+  std::sort(ranks.begin(), ranks.end());
   std::vector<std::string> parts;
   for (size_t i = 0; i < ranks.size();) {
     size_t j = i;
@@ -79,7 +81,11 @@ std::string RankList(const std::vector<int>& ranks) {
     parts.push_back(j == i ? absl::StrCat(ranks[i]) : absl::StrCat(ranks[i], "-", ranks[j]));
     i = j + 1;
   }
-  return absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(parts, ", "));
+  return absl::StrJoin(parts, ", ");
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  return absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", RankRuns(ranks));
 }
 
 int64_t StableHash64(const std::string& text) {

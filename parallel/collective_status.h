@@ -24,7 +24,10 @@ absl::Status AgreeOnStatus(Communicator& comm, const absl::Status& local);
 // Every rank's `values` (the same count on each), gathered on every rank: [rank][i].
 std::vector<std::vector<int64_t>> AllGatherI64(Communicator& comm, const std::vector<int64_t>& values);
 
-// "ranks 0-2, 5" / "rank 3": ranks in increasing order, runs collapsed (not collective).
+// "0-3, 8, 10-11": the ranks sorted, runs collapsed, so that a group of thousands stays one line (not
+// collective).
+std::string RankRuns(std::vector<int> ranks);
+// "ranks 0-2, 5" / "rank 3": RankRuns with its noun (not collective).
 std::string RankList(const std::vector<int>& ranks);
 
 // FNV-1a of `text`: stable across builds and hosts (std::hash promises neither), for comparing texts

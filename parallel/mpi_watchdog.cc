@@ -9,8 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "framework/check.h"
+#include "parallel/collective_status.h"
 #include "parallel/fault.h"
 
 namespace fathom {
@@ -77,19 +77,6 @@ const std::string& GroupName(const WaitSite& site) {
 int PeerWorldRank(const WaitSite& site) {
   const std::vector<int>& members = site.group->world_ranks();
   return site.peer >= 0 && site.peer < static_cast<int>(members.size()) ? members[site.peer] : -1;
-}
-
-// "0-3, 8, 10-11": ranks in order, runs collapsed, so that a group of thousands stays one line.
-std::string RankList(std::vector<int> ranks) {
-  std::sort(ranks.begin(), ranks.end());
-  std::vector<std::string> parts;
-  for (size_t i = 0; i < ranks.size();) {
-    size_t j = i;
-    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
-    parts.push_back(j == i ? absl::StrCat(ranks[i]) : absl::StrCat(ranks[i], "-", ranks[j]));
-    i = j + 1;
-  }
-  return absl::StrJoin(parts, ", ");
 }
 
 std::string Ordinal(int64_t n) {
@@ -250,7 +237,7 @@ std::string PeerLine(const WaitSite& site, int peer_world, const Answer* a, int 
   std::string report = absl::StrFormat(
       "watchdog: %s did not complete within %g s (parallel.timeout_s); group %s has %d rank(s): "
       "%s",
-      DescribeSite(site), timeout_seconds, g.name(), g.world_ranks().size(), RankList(g.world_ranks()));
+      DescribeSite(site), timeout_seconds, g.name(), g.world_ranks().size(), RankRuns(g.world_ranks()));
   std::vector<int> arrived;
   std::vector<std::string> lines;
   for (size_t i = 0; i < peers.size(); ++i) {
@@ -262,7 +249,7 @@ std::string PeerLine(const WaitSite& site, int peer_world, const Answer* a, int 
     lines.push_back(PeerLine(site, peers[i], a, me));
   }
   for (const std::string& line : lines) absl::StrAppend(&report, "\n  ", line);
-  if (!arrived.empty()) absl::StrAppend(&report, "\n  arrived (started it): rank(s) ", RankList(arrived));
+  if (!arrived.empty()) absl::StrAppend(&report, "\n  arrived (started it): rank(s) ", RankRuns(arrived));
   if (site.collective > 0 && lines.empty()) {
     absl::StrAppend(&report,
                     "\n  every member has started it, yet MPI did not complete it: a transport problem, or a "
