@@ -28,23 +28,19 @@
 namespace fathom {
 namespace {
 
+using testing::Down;
 using testing::ExpectBitEqual;
 using testing::RandomTensor;
 using testing::RelError;
 using testing::TestSeed;
+using testing::Up;
 
 constexpr double kF32OutTol = 5e-4;
 constexpr double kBf16OutTol = 5e-3;
 
-struct GpuEnv {
-  cuda::DevicePool pool{"fp8_gemm_test", size_t{1} << 30};
-  ops::OpContext context;
-  cuda::PoolScope pool_scope{pool};
-  ops::OpContextScope context_scope{context};
+struct GpuEnv : testing::GpuOpsEnv {
+  GpuEnv() : GpuOpsEnv("fp8_gemm_test", size_t{1} << 30) {}
 };
-
-Tensor Up(const Tensor& host) { return ops::To(host, Device::kCUDA); }
-Tensor Down(const Tensor& dev) { return ops::To(dev, Device::kCPU); }
 
 Tensor Counts(const std::vector<int64_t>& counts) {
   Tensor t = Tensor::Empty({static_cast<int64_t>(counts.size())}, DType::kI64);

@@ -9,7 +9,9 @@
 #include <cstring>
 
 #include "framework/cuda/device_arena.h"
+#include "framework/cuda/device_pool.h"
 #include "framework/dtype.h"
+#include "framework/ops.h"
 #include "framework/tensor.h"
 #include "gtest/gtest.h"
 
@@ -21,6 +23,19 @@
   } while (0)
 
 namespace fathom::testing {
+
+// The pool and op context an ops-level GPU test installs (both on the legacy default stream).
+struct GpuOpsEnv {
+  GpuOpsEnv(const char* name, size_t bytes) : pool(name, bytes), pool_scope(pool), context_scope(context) {}
+  cuda::DevicePool pool;
+  ops::OpContext context;
+  cuda::PoolScope pool_scope;
+  ops::OpContextScope context_scope;
+};
+
+// host -> device and back through ops::To (allocating from the current pool).
+inline Tensor Up(const Tensor& host) { return ops::To(host, Device::kCUDA); }
+inline Tensor Down(const Tensor& dev) { return ops::To(dev, Device::kCPU); }
 
 // x as the GPU will hold it in `dtype`, returned in f64 (widening back is exact): the CPU twin's input.
 inline Tensor RoundTo(const Tensor& x, DType dtype) { return x.To(dtype).To(DType::kF64); }

@@ -31,24 +31,19 @@
 namespace fathom {
 namespace {
 
+using testing::Down;
 using testing::ExpectBitEqual;
 using testing::RandomTensor;
 using testing::RelError;
 using testing::TestSeed;
+using testing::Up;
 
 constexpr double kF32Tol = 1e-5;
 constexpr double kBf16Tol = 4e-3;
 
-// The pool and op context every test installs (both on the legacy default stream).
-struct GpuEnv {
-  cuda::DevicePool pool{"ops_test", size_t{1} << 30};
-  ops::OpContext context;
-  cuda::PoolScope pool_scope{pool};
-  ops::OpContextScope context_scope{context};
+struct GpuEnv : testing::GpuOpsEnv {
+  GpuEnv() : GpuOpsEnv("ops_test", size_t{1} << 30) {}
 };
-
-Tensor Up(const Tensor& host) { return ops::To(host, Device::kCUDA); }
-Tensor Down(const Tensor& dev) { return ops::To(dev, Device::kCPU); }
 
 // Equal element values, whatever the two dtypes (a bf16 device copy against the f32 CPU values).
 bool SameValues(const Tensor& a, const Tensor& b) {

@@ -17,18 +17,14 @@
 namespace fathom {
 namespace {
 
+using testing::Down;
 using testing::RandomTensor;
 using testing::TestSeed;
+using testing::Up;
 
-struct GpuEnv {
-  cuda::DevicePool pool{"statistics_ops_test", size_t{256} << 20};
-  ops::OpContext context;
-  cuda::PoolScope pool_scope{pool};
-  ops::OpContextScope context_scope{context};
+struct GpuEnv : testing::GpuOpsEnv {
+  GpuEnv() : GpuOpsEnv("statistics_ops_test", size_t{256} << 20) {}
 };
-
-Tensor Up(const Tensor& host) { return ops::To(host, Device::kCUDA); }
-Tensor Down(const Tensor& dev) { return ops::To(dev, Device::kCPU); }
 
 Tensor RandomCounts(int64_t n, std::mt19937_64& rng) {
   Tensor t = Tensor::Empty({n}, DType::kI64);
