@@ -7,15 +7,14 @@
 #include "framework/cuda/check.h"
 #include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/columns.h"
+#include "framework/kernels/cuda/kernel_common.cuh"
 
 namespace fathom::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-unsigned GridFor(int64_t n) {
-  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 132 * 32));
-}
+unsigned GridFor(int64_t n) { return common::GridFor(n, kThreads); }
 
 #define FATHOM_COLUMNS_GRID_STRIDE(i, n)                                                 \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \

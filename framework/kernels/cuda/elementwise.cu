@@ -9,6 +9,7 @@
 #include "framework/cuda/check.h"
 #include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/elementwise.h"
+#include "framework/kernels/cuda/kernel_common.cuh"
 #include "framework/numeric.h"
 
 namespace fathom::cuda {
@@ -16,9 +17,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-unsigned GridFor(int64_t n) {
-  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 132 * 32));
-}
+unsigned GridFor(int64_t n) { return common::GridFor(n, kThreads); }
 
 #define FATHOM_GRID_STRIDE(i, n)                                                         \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
@@ -134,10 +133,7 @@ __global__ void AccumulateF64Kernel(double* sums, int64_t n, TermTable table) {
 
 #undef FATHOM_GRID_STRIDE
 
-void CheckCuda(const char* op, const Tensor& t, const char* name) {
-  FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] ", name, " ", t.shape_str(), " is on ",
-               DeviceName(t.device()), ", expected a CUDA tensor");
-}
+using common::CheckCuda;
 
 template <class T>
 const T* In(const Tensor& t) {

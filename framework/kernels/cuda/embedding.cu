@@ -6,6 +6,7 @@
 
 #include "framework/cuda/check.h"
 #include "framework/kernels/cuda/embedding.h"
+#include "framework/kernels/cuda/kernel_common.cuh"
 
 namespace fathom::cuda {
 namespace {
@@ -67,9 +68,7 @@ __global__ void ScatterRunsKernel(float* dtable, const uint32_t* sorted_ids, con
   }
 }
 
-unsigned GridFor(int64_t n) {
-  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 132 * 32));
-}
+unsigned GridFor(int64_t n) { return common::GridFor(n, kThreads); }
 
 int KeyBits(int64_t vocab) {
   int bits = 1;
@@ -88,10 +87,7 @@ size_t CubBytes(int64_t tokens, int64_t vocab) {
   return bytes;
 }
 
-void CheckCuda(const char* op, const Tensor& t, const char* name) {
-  FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] ", name, " ", t.shape_str(), " is on ",
-               DeviceName(t.device()), ", expected a CUDA tensor");
-}
+using common::CheckCuda;
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include "framework/cuda/fp8_numeric.cuh"
 #include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/fp8.h"
+#include "framework/kernels/cuda/kernel_common.cuh"
 
 namespace fathom::cuda {
 namespace {
@@ -144,15 +145,9 @@ __global__ void DequantizeWeightKernel(Out* out, const uint8_t* q, const float* 
 
 // ---- host side ----
 
-unsigned GridFor(int64_t n) {
-  // Grid-stride loops: enough blocks to fill an H100/H200 several times over, capped.
-  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 132 * 32));
-}
+unsigned GridFor(int64_t n) { return common::GridFor(n, kThreads); }
 
-void CheckCuda(const char* op, const Tensor& t, const char* name) {
-  FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] ", name, " ", t.shape_str(), " is on ",
-               DeviceName(t.device()), ", expected a CUDA tensor");
-}
+using common::CheckCuda;
 
 void CheckFloatIn(const char* op, const Tensor& t, const char* name) {
   FATHOM_CHECK(t.dtype() == DType::kF32 || t.dtype() == DType::kBF16, "[", op, "] ", name,

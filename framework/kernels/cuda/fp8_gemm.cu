@@ -12,6 +12,7 @@
 #include "framework/cuda/check.h"
 #include "framework/kernels/cuda/fp8_gemm.h"
 #include "framework/kernels/cuda/fp8_operands.h"
+#include "framework/kernels/cuda/kernel_common.cuh"
 
 namespace fathom::cuda {
 namespace {
@@ -75,18 +76,7 @@ struct ScaleTable {
   int32_t scale_begin[kMaxFp8Groups + 1];
 };
 
-__device__ __forceinline__ int FindGroup(const int32_t* begin, int groups, int64_t v) {
-  int lo = 0, hi = groups - 1;  // the last g with begin[g] <= v: empty groups are skipped over
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (begin[mid] <= v) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return lo;
-}
+using common::FindGroup;
 
 // cuBLASLt's VEC128 scales of the B operand are N-major (one row of n floats per 128-wide block of K),
 // and its Hopper kernels accept n only in multiples of kTailPad (measured: n 129 and 1703 are refused, 192
@@ -124,10 +114,7 @@ std::vector<int64_t> ScaleOffsets(const std::vector<int64_t>& counts, int64_t bl
   return off;
 }
 
-void CheckCuda(const char* op, const Tensor& t, const char* name) {
-  FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] ", name, " ", t.shape_str(), " is on ",
-               DeviceName(t.device()), ", expected a CUDA tensor");
-}
+using common::CheckCuda;
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include "framework/cuda/fp8_numeric.cuh"
 #include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/fp8_operands.h"
+#include "framework/kernels/cuda/kernel_common.cuh"
 
 namespace fathom::cuda {
 namespace {
@@ -55,19 +56,7 @@ GroupTable MakeGroupTable(const std::vector<int64_t>& counts, const char* op) {
   return t;
 }
 
-// The group g with begin[g] <= v < begin[g + 1] (begin non-decreasing; empty groups are skipped over).
-__device__ __forceinline__ int FindGroup(const int32_t* begin, int groups, int64_t v) {
-  int lo = 0, hi = groups - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (begin[mid] <= v) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return lo;
-}
+using common::FindGroup;
 
 __device__ __forceinline__ const float* RowScales(const uint8_t* data, int64_t row, int64_t row_bytes,
                                                   int64_t padded_cols) {
@@ -231,14 +220,9 @@ __global__ void QuantizeWeightKernel(uint8_t* codes, uint8_t* codes_t, float* sc
 
 // ---- host side ----
 
-unsigned GridFor(int64_t n) {
-  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 132 * 32));
-}
+unsigned GridFor(int64_t n) { return common::GridFor(n, kThreads); }
 
-void CheckCuda(const char* op, const Tensor& t, const char* name) {
-  FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] ", name, " ", t.shape_str(), " is on ",
-               DeviceName(t.device()), ", expected a CUDA tensor");
-}
+using common::CheckCuda;
 
 void CheckFloat(const char* op, const Tensor& t, const char* name) {
   CheckCuda(op, t, name);
