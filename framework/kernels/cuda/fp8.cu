@@ -156,15 +156,7 @@ void CheckFloatIn(const char* op, const Tensor& t, const char* name) {
 
 int64_t Tiles(int64_t n) { return (n + kFp8Tile - 1) / kFp8Tile; }
 
-// Runs f(typed in pointer) for an f32 or bf16 tensor.
-template <class F>
-void WithFloatIn(const Tensor& t, F&& f) {
-  if (t.dtype() == DType::kF32) {
-    f(static_cast<const float*>(t.raw()));
-  } else {
-    f(static_cast<const uint16_t*>(t.raw()));
-  }
-}
+using common::WithFloatIn;
 template <class F>
 void WithFloatOut(const Tensor& t, F&& f) {
   if (t.dtype() == DType::kF32) {

@@ -230,14 +230,7 @@ void CheckFloat(const char* op, const Tensor& t, const char* name) {
                " must be f32 or bf16, got ", DTypeName(t.dtype()));
 }
 
-template <class F>
-void WithFloatIn(const Tensor& t, F&& f) {
-  if (t.dtype() == DType::kF32) {
-    f(static_cast<const float*>(t.raw()));
-  } else {
-    f(static_cast<const uint16_t*>(t.raw()));
-  }
-}
+using common::WithFloatIn;
 
 template <class Source>
 void LaunchQuantizeCols(const char* op, const Fp8Cols& q, const Source& source, int64_t cols, Stream stream) {

@@ -1,5 +1,6 @@
 // Helpers shared by the CUDA kernel files (include from .cu files only): the grid of a grid-stride loop,
-// the CUDA-tensor check of the launchers, and the group search of the grouped FP8 kernels.
+// the CUDA-tensor check of the launchers, the f32/bf16 input dispatch, and the group search of the grouped
+// FP8 kernels.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_KERNEL_COMMON_CUH_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_KERNEL_COMMON_CUH_
 
@@ -20,6 +21,16 @@ inline unsigned GridFor(int64_t n, int threads) {
 inline void CheckCuda(const char* op, const Tensor& t, const char* name) {
   FATHOM_CHECK(t.device() == Device::kCUDA, "[", op, "] ", name, " ", t.shape_str(), " is on ",
                DeviceName(t.device()), ", expected a CUDA tensor");
+}
+
+// Runs f(typed input pointer) for an f32 or bf16 tensor (bf16 as its bit pattern, uint16_t).
+template <class F>
+void WithFloatIn(const Tensor& t, F&& f) {
+  if (t.dtype() == DType::kF32) {
+    f(static_cast<const float*>(t.raw()));
+  } else {
+    f(static_cast<const uint16_t*>(t.raw()));
+  }
 }
 
 // The group g with begin[g] <= v < begin[g + 1] (begin non-decreasing; empty groups are skipped over).
