@@ -181,7 +181,7 @@ void ZeroOptimizer::Step(double lr, double total_norm, double max_norm) {
   const bool whole_table = OwnsWholeTable();
   const bool refresh = whole_table && table_.compute_values().defined();
   for (std::unique_ptr<DeviceAdamW>& adamw : device_->adamw) {
-    if (adamw) adamw->FusedStep(lr, scale, refresh, /*zero_grads=*/false, stream);
+    if (adamw) adamw->FusedStep(lr, scale, refresh, stream);
   }
   if (refresh) table_.MarkComputeValuesRefreshed();
 #endif

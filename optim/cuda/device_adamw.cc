@@ -94,14 +94,13 @@ void DeviceAdamW::Step(double lr, cuda::Stream stream) {
                   cuda::MakeAdamWCoeffs(cfg_, lr, step_), stream);
 }
 
-void DeviceAdamW::FusedStep(double lr, double clip_scale, bool refresh_compute, bool zero_grads,
-                            cuda::Stream stream) {
+void DeviceAdamW::FusedStep(double lr, double clip_scale, bool refresh_compute, cuda::Stream stream) {
   const Tensor compute = refresh_compute ? table_.compute_values() : Tensor();
   FATHOM_CHECK(!refresh_compute || compute.defined(),
                "[device_adamw] refresh_compute asked for, but the table has no compute copy");
   ++step_;
   cuda::FusedAdamWStep(table_.values(), exp_avg_, exp_avg_sq_, table_.grads(), compute, *chunks_,
-                       cuda::MakeAdamWCoeffs(cfg_, lr, step_), clip_scale, zero_grads, stream);
+                       cuda::MakeAdamWCoeffs(cfg_, lr, step_), clip_scale, stream);
 }
 
 void DeviceAdamW::set_step(int64_t step) {

@@ -61,9 +61,9 @@ class DeviceAdamW {
   // The same update in the optimizer's one fused pass (framework/kernels/cuda/adamw.h FusedAdamWStep): the
   // gradients are multiplied by float(clip_scale) as they are read (ScaleGrads folded in), and, for the
   // elements updated, the table's bf16 compute copy is refreshed when `refresh_compute` (REQUIRES the table
-  // has one) and the gradients are zeroed when `zero_grads`. Bitwise equal to ScaleGrads(clip_scale) (for
-  // clip_scale != 1), Step(lr), then rounding the updated values into the compute copy and zeroing.
-  void FusedStep(double lr, double clip_scale, bool refresh_compute, bool zero_grads, cuda::Stream stream);
+  // has one); the gradients are only read. Bitwise equal to ScaleGrads(clip_scale) (for clip_scale != 1),
+  // Step(lr), then rounding the updated values into the compute copy.
+  void FusedStep(double lr, double clip_scale, bool refresh_compute, cuda::Stream stream);
 
   int64_t step() const { return step_; }
   void set_step(int64_t step);  // from a checkpoint; REQUIRES step >= 0

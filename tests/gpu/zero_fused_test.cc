@@ -158,7 +158,8 @@ TEST(ZeroFusedStep, OneRankMatchesCpuAndLeavesCopyFreshAndGradsZero) {
 }
 
 // FusedAdamWStep on shards that start off the 4-element grid (the element-wise path) and on the whole
-// table, bf16 and f32 moments: bitwise ScaleGrads + AdamWStep, and refresh / zeroing confined to the range.
+// table, bf16 and f32 moments: bitwise ScaleGrads + AdamWStep, the refresh confined to the range, the
+// gradients only read.
 TEST(ZeroFusedStep, KernelOnUnalignedShardsMatchesUnfusedSteps) {
   FATHOM_REQUIRE_GPU();
   const uint64_t seed = TestSeed();
@@ -190,7 +191,7 @@ TEST(ZeroFusedStep, KernelOnUnalignedShardsMatchesUnfusedSteps) {
       const cuda::AdamWCoeffs coeffs = cuda::MakeAdamWCoeffs(cfg, 2e-2, 3);
       cuda::ScaleGrads(grads_a, chunks, 0.3, nullptr);
       cuda::AdamWStep(values_a, m_a, v_a, grads_a, chunks, coeffs, nullptr);
-      cuda::FusedAdamWStep(values_b, m_b, v_b, grads_b, compute, chunks, coeffs, 0.3, true, nullptr);
+      cuda::FusedAdamWStep(values_b, m_b, v_b, grads_b, compute, chunks, coeffs, 0.3, nullptr);
       testing::ExpectBitEqual(Download(values_b), Download(values_a), "values");
       testing::ExpectBitEqual(Download(m_b), Download(m_a), "exp_avg");
       testing::ExpectBitEqual(Download(v_b), Download(v_a), "exp_avg_sq");
@@ -205,13 +206,13 @@ TEST(ZeroFusedStep, KernelOnUnalignedShardsMatchesUnfusedSteps) {
         const uint16_t c = static_cast<const uint16_t*>(got_compute.raw())[i];
         if (in_chunks[static_cast<size_t>(i)]) {
           ASSERT_EQ(c, FloatToBf16(want.data<float>()[i]).bits) << "compute element " << i;
-          ASSERT_EQ(got_grads.data<float>()[i], 0.f) << "gradient element " << i;
         } else {
           ASSERT_EQ(c, static_cast<const uint16_t*>(compute_before.raw())[i])
               << "compute element " << i << " outside";
-          ASSERT_EQ(FloatBits(got_grads.data<float>()[i]), FloatBits(table.grads().data<float>()[i]))
-              << "gradient element " << i << " outside the range changed";
         }
+        // The pass only reads the gradients, inside the range and out.
+        ASSERT_EQ(FloatBits(got_grads.data<float>()[i]), FloatBits(table.grads().data<float>()[i]))
+            << "gradient element " << i << " changed";
       }
     }
   }

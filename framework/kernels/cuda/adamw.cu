@@ -64,7 +64,6 @@ __device__ __forceinline__ void StoreMoments4(uint16_t* p, int64_t i, const floa
 // Where the fused step writes besides values and moments.
 struct FusedOutputs {
   uint16_t* compute;  // bf16 compute copy (table_numel), or null: not refreshed
-  bool zero_grads;    // grads of the updated elements set to 0 after they were read
 };
 
 // Rounds of kUnroll float4 groups per thread before their stores: every load of a round is issued before
@@ -72,15 +71,15 @@ struct FusedOutputs {
 constexpr int kUnroll = 4;
 
 // The fused optimizer pass over the chunk list: blocks stride over the chunks (a grid sized to fill the
-// device, not one block per chunk). Per element: clip, AdamW, compute-copy refresh, gradient zeroing; the
-// values, grads and compute copy are read and written once. Chunks whose flat and moment offsets are
-// multiples of 4 (all of them on one GPU: ParamTable aligns tensors to 16 elements) take 16-byte accesses;
-// others (ZeRO shards starting mid-vector) and the tail of a chunk run element by element, with the same
-// arithmetic.
+// device, not one block per chunk). Per element: clip, AdamW, compute-copy refresh; the grads are read
+// once, the values read and written once, the compute copy written once. Chunks whose flat and moment offsets
+// are multiples of 4 (all of them on one GPU: ParamTable aligns tensors to 16 elements) take 16-byte
+// accesses; others (ZeRO shards starting mid-vector) and the tail of a chunk run element by element, with the
+// same arithmetic.
 template <class M>
 __global__ void __launch_bounds__(kThreads)
     FusedAdamWKernel(float* __restrict__ values, M* __restrict__ exp_avg, M* __restrict__ exp_avg_sq,
-                     float* __restrict__ grads, const int64_t* __restrict__ list, int64_t count,
+                     const float* __restrict__ grads, const int64_t* __restrict__ list, int64_t count,
                      int64_t range_begin, AdamWCoeffs c, float clip, FusedOutputs out) {
   for (int64_t chunk = blockIdx.x; chunk < count; chunk += gridDim.x) {
     const Chunk ch = ReadChunk(list, chunk);
@@ -114,8 +113,6 @@ __global__ void __launch_bounds__(kThreads)
         if (out.compute != nullptr)
           *reinterpret_cast<uint2*>(out.compute + ch.begin + j) =
               make_uint2(PackBf16(p[u][0], p[u][1]), PackBf16(p[u][2], p[u][3]));
-        if (out.zero_grads)
-          *reinterpret_cast<float4*>(grads + ch.begin + j) = make_float4(0.f, 0.f, 0.f, 0.f);
       }
     }
     for (int64_t j = 4 * n4 + threadIdx.x; j < ch.length; j += kThreads) {
@@ -126,7 +123,6 @@ __global__ void __launch_bounds__(kThreads)
       StoreMoment(exp_avg_sq, local, v);
       values[i] = p;
       if (out.compute != nullptr) out.compute[i] = FloatToBf16Bits(p);
-      if (out.zero_grads) grads[i] = 0.f;
     }
   }
 }
@@ -246,7 +242,7 @@ AdamWCoeffs MakeAdamWCoeffs(const OptimConfig& cfg, double lr, int64_t step) {
 
 void FusedAdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                     const Tensor& grads, const Tensor& compute, const ParamChunks& chunks,
-                    const AdamWCoeffs& coeffs, double clip_scale, bool zero_grads, Stream stream) {
+                    const AdamWCoeffs& coeffs, double clip_scale, Stream stream) {
   const char* op = "fused_adamw_cuda";
   CheckFlat(op, values, "values", DType::kF32, chunks.table_numel());
   CheckFlat(op, grads, "grads", DType::kF32, chunks.table_numel());
@@ -260,7 +256,7 @@ void FusedAdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& e
     FATHOM_CHECK(!t->defined() || reinterpret_cast<uintptr_t>(t->raw()) % 16 == 0, "[", op,
                  "] buffers must be 16-byte aligned, got ", t->raw());
   if (chunks.count() == 0) return;
-  const FusedOutputs out{compute.defined() ? static_cast<uint16_t*>(compute.raw()) : nullptr, zero_grads};
+  const FusedOutputs out{compute.defined() ? static_cast<uint16_t*>(compute.raw()) : nullptr};
   const unsigned grid = FillingGrid(chunks.count());
   const float clip = static_cast<float>(clip_scale);
   const int64_t* list = chunks.list().data<int64_t>();
@@ -278,7 +274,7 @@ void FusedAdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& e
 
 void AdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& grads,
                const ParamChunks& chunks, const AdamWCoeffs& coeffs, Stream stream) {
-  FusedAdamWStep(values, exp_avg, exp_avg_sq, grads, Tensor(), chunks, coeffs, 1.0, false, stream);
+  FusedAdamWStep(values, exp_avg, exp_avg_sq, grads, Tensor(), chunks, coeffs, 1.0, stream);
 }
 
 void GradNormSquared(const Tensor& out, const Tensor& grads, const ParamChunks& chunks, Stream stream) {

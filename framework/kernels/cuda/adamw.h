@@ -86,17 +86,17 @@ struct AdamWCoeffs {
 AdamWCoeffs MakeAdamWCoeffs(const OptimConfig& cfg, double lr, int64_t step);
 
 // One AdamW update of every trainable element of the chunks' range (optim/adamw.h's formula), fused with
-// clipping, the compute copy's refresh and gradient zeroing:
+// clipping and the compute copy's refresh:
 //   g = float(grads[i]) * float(clip_scale)  (bitwise ScaleGrads(clip_scale) followed by AdamWStep, also
 //                                             for clip_scale 1, where the product is exact)
 //   values[i], exp_avg, exp_avg_sq updated as AdamWStep does;
-//   compute[i] = bf16(values[i]) (round to nearest even) when `compute` is defined ((table_numel) bf16);
-//   grads[i] = 0 when zero_grads.
+//   compute[i] = bf16(values[i]) (round to nearest even) when `compute` is defined ((table_numel) bf16).
+// The grads are only read (ParamTable zeroes them lazily, see ZeroGrads).
 // Elements outside the chunks (padding, non-trainable buffers, other shards) are not touched in any
 // buffer. values, grads, compute (table_numel) and the moments (end - begin) must be 16-byte aligned.
 void FusedAdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                     const Tensor& grads, const Tensor& compute, const ParamChunks& chunks,
-                    const AdamWCoeffs& coeffs, double clip_scale, bool zero_grads, Stream stream);
+                    const AdamWCoeffs& coeffs, double clip_scale, Stream stream);
 
 // FusedAdamWStep without clipping, refresh or zeroing: values (table_numel) f32 updated; exp_avg,
 // exp_avg_sq (end - begin) f32 or bf16 (one dtype) updated; grads (table_numel) f32 read only.
