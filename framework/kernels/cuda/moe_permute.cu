@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/numeric.cuh"
 #include "framework/kernels/cuda/moe.h"
 #include "framework/kernels/cuda/moe_common.cuh"
 
@@ -23,12 +24,8 @@ using moe_internal::CheckActivationDType;
 using moe_internal::CheckDevice;
 using moe_internal::CheckRows;
 using moe_internal::DispatchActivation;
-using moe_internal::FromFloat;
 using moe_internal::kFullMask;
 using moe_internal::Raw;
-using moe_internal::Sigmoid;
-using moe_internal::Tag;
-using moe_internal::ToFloat;
 using moe_internal::WarpSum;
 
 // ---- counting sort by (expert, slot) ---------------------------------------------------------------------
@@ -154,19 +151,8 @@ void LaunchPermuteRows(void* x_perm, const void* x, const int64_t* row_slot, int
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
-// P elements of T in one 16-byte pack (P = 1: the element itself, for rows that do not allow packs).
-template <class T, int P>
-struct Pack {
-  using Word = std::conditional_t<P == 1, T, uint4>;
-  alignas(sizeof(Word)) T v[P];
-  __device__ __forceinline__ void Load(const T* p) {
-    *reinterpret_cast<Word*>(v) = *reinterpret_cast<const Word*>(p);
-  }
-  __device__ __forceinline__ void Store(T* p) const {
-    *reinterpret_cast<Word*>(p) = *reinterpret_cast<const Word*>(v);
-  }
-};
-
+// P elements per access: numeric.cuh's LoadVec / StoreVec (a 16-byte pack, or P = 1 for rows that do not
+// allow packs), with the activations' conversions (RNE to bf16).
 // dx (N, H) row t = [dx row t] + sum_k dx_perm row slot_row[t*K+k], f32 accumulation in k order.
 template <class T, int P>
 __global__ void PermuteBackwardKernel(T* dx, const T* __restrict__ dx_perm,
@@ -176,20 +162,19 @@ __global__ void PermuteBackwardKernel(T* dx, const T* __restrict__ dx_perm,
   if (t >= n) return;
   const int64_t* rows = slot_row + t * k;
   for (int64_t c = (threadIdx.x % 32) * P; c < h; c += 32 * P) {
-    float acc[P];
-    Pack<T, P> in;
-    if (accumulate) in.Load(dx + t * h + c);
+    float acc[P], in[P];
+    if (accumulate) {
+      LoadVec<P>(dx + t * h + c, acc);
+    } else {
 #pragma unroll
-    for (int i = 0; i < P; ++i) acc[i] = accumulate ? ToFloat(in.v[i]) : 0.0f;
-    for (int j = 0; j < k; ++j) {
-      in.Load(dx_perm + rows[j] * h + c);
-#pragma unroll
-      for (int i = 0; i < P; ++i) acc[i] += ToFloat(in.v[i]);
+      for (int i = 0; i < P; ++i) acc[i] = 0.0f;
     }
-    Pack<T, P> out;
+    for (int j = 0; j < k; ++j) {
+      LoadVec<P>(dx_perm + rows[j] * h + c, in);
 #pragma unroll
-    for (int i = 0; i < P; ++i) out.v[i] = FromFloat<T>(acc[i]);
-    out.Store(dx + t * h + c);
+      for (int i = 0; i < P; ++i) acc[i] += in[i];
+    }
+    StoreVec<P>(dx + t * h + c, acc);
   }
 }
 
@@ -203,20 +188,16 @@ __global__ void CombineKernel(T* __restrict__ out, const T* __restrict__ y_perm,
   const int64_t* rows = slot_row + t * k;
   const float* w = topk_weight + t * k;
   for (int64_t c = (threadIdx.x % 32) * P; c < h; c += 32 * P) {
-    float acc[P];
+    float acc[P], in[P];
 #pragma unroll
     for (int i = 0; i < P; ++i) acc[i] = 0.0f;
     for (int j = 0; j < k; ++j) {
-      Pack<T, P> in;
-      in.Load(y_perm + rows[j] * h + c);
+      LoadVec<P>(y_perm + rows[j] * h + c, in);
       const float wj = w[j];
 #pragma unroll
-      for (int i = 0; i < P; ++i) acc[i] += wj * ToFloat(in.v[i]);
+      for (int i = 0; i < P; ++i) acc[i] += wj * in[i];
     }
-    Pack<T, P> o;
-#pragma unroll
-    for (int i = 0; i < P; ++i) o.v[i] = FromFloat<T>(acc[i]);
-    o.Store(out + t * h + c);
+    StoreVec<P>(out + t * h + c, acc);
   }
 }
 
@@ -236,16 +217,15 @@ __global__ void CombineBackwardKernel(T* __restrict__ dy_perm, float* __restrict
   const float w = topk_weight[slot];
   float dot = 0.0f;
   for (int64_t c = (threadIdx.x % 32) * P; c < h; c += 32 * P) {
-    Pack<T, P> gp, yp, o;
-    gp.Load(g + c);
-    yp.Load(y + c);
+    float gv[P], yv[P], o[P];
+    LoadVec<P>(g + c, gv);
+    LoadVec<P>(y + c, yv);
 #pragma unroll
     for (int i = 0; i < P; ++i) {
-      const float gc = ToFloat(gp.v[i]);
-      o.v[i] = FromFloat<T>(w * gc);
-      dot += gc * ToFloat(yp.v[i]);
+      o[i] = w * gv[i];
+      dot += gv[i] * yv[i];
     }
-    o.Store(dy + c);
+    StoreVec<P>(dy + c, o);
   }
   dot = WarpSum(dot);
   if (threadIdx.x % 32 == 0) dweight[slot] = dot;
@@ -256,9 +236,7 @@ __global__ void CombineBackwardKernel(T* __restrict__ dy_perm, float* __restrict
 template <class T, class F>
 void WithPack(int64_t h, std::initializer_list<const void*> pointers, F&& f) {
   constexpr int kPack = 16 / static_cast<int>(sizeof(T));
-  bool packed = h % kPack == 0;
-  for (const void* p : pointers) packed = packed && reinterpret_cast<uintptr_t>(p) % 16 == 0;
-  if (packed) {
+  if (h % kPack == 0 && AllAligned(pointers, 16)) {
     f(std::integral_constant<int, kPack>{});
   } else {
     f(std::integral_constant<int, 1>{});
