@@ -49,6 +49,23 @@ Tensor Linear::BackwardInput(int mb, const Tensor& dy) {
   return dx.Reshape(shape);
 }
 
+void Linear::BackwardInputAdd(int mb, const Tensor& dy, const Tensor& dx) {
+  Ctx& c = saved_.Get(mb);
+  Tensor dy2 = dy.Flatten2D();
+  Tensor dx2 = dx.Flatten2D();
+  FATHOM_CHECK(
+      dy2.dim(0) == c.x.dim(0) && dy2.dim(1) == out_ && dx2.dim(0) == dy2.dim(0) && dx2.dim(1) == in_,
+      "[linear ", table_->spec(weight_).name, "] dy ", dy.shape_str(), " dx ", dx.shape_str());
+  if (table_->fp8(weight_)) {
+    Tensor part = Tensor::Empty(dx2.shape(), dx2.dtype(), dx2.device());
+    ops::Fp8GroupedMatmulNT(part, ops::QuantizeRows(dy2), table_->fp8_weight(weight_).wt, Tensor());
+    ops::AddInPlace(dx2, part);
+  } else {
+    ops::MatmulNN(dx2, dy2, table_->compute_value(weight_), /*accumulate=*/true);
+  }
+  c.dy = dy2;
+}
+
 void Linear::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy.defined(), "[linear] BackwardWeight before BackwardInput for micro-batch ", mb);

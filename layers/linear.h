@@ -28,7 +28,11 @@ class Linear {
 
   Tensor Forward(int mb, const Tensor& x);         // x (..., in) -> (..., out)
   Tensor BackwardInput(int mb, const Tensor& dy);  // dy (..., out) -> dx (..., in)
-  void BackwardWeight(int mb);                     // dW += dy^T x
+  // dx += dy . W for a dx (..., in) another branch already wrote (a shared input's gradient): in the
+  // bf16/f32 path the GEMM adds into dx (f32 accumulator plus dx, rounded once) instead of writing a
+  // temporary that a separate pass adds; in FP8 the product is added by that pass.
+  void BackwardInputAdd(int mb, const Tensor& dy, const Tensor& dx);
+  void BackwardWeight(int mb);  // dW += dy^T x
 
   int64_t in() const { return in_; }
   int64_t out() const { return out_; }

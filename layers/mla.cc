@@ -135,7 +135,7 @@ Tensor MlaAttention::BackwardInput(int mb, const Tensor& dy) {
   ops::SumHeadsToColumns(dckv, kv_rank_, dk.Reshape({n, heads_, qk_dim_}), nope_);
   Tensor dckv4 = dckv.Reshape({b, t, 1, kv_rank_ + rope_dim_});
   rt.ApplyBackward(dckv4, dckv4);
-  ops::AddInPlace(dx, kv_a_proj_.BackwardInput(mb, dckv.Reshape({b, t, kv_rank_ + rope_dim_})));
+  kv_a_proj_.BackwardInputAdd(mb, dckv.Reshape({b, t, kv_rank_ + rope_dim_}), dx);
   return dx;
 }
 

@@ -36,7 +36,7 @@ Tensor DenseMlp::BackwardInput(int mb, const Tensor& dy) {
   ops::SwiGluBackward(dgate, dup, dh, c.gate, c.up);
   // x feeds both projections, so its gradient is the sum of the two branches.
   Tensor dx = gate_.BackwardInput(mb, dgate);
-  ops::AddInPlace(dx, up_.BackwardInput(mb, dup));
+  up_.BackwardInputAdd(mb, dup, dx);
   return dx.Reshape(dy.shape());
 }
 
