@@ -20,6 +20,18 @@ constexpr int kFinalThreads = 256;
 // the reduction tree (and every result) is a function of the shapes.
 int RowThreads(int64_t c) { return static_cast<int>(std::clamp<int64_t>((c / 4 + 31) / 32 * 32, 32, 256)); }
 
+// The vector width of the grouped row kernels for activations of type T (16 bytes of them), or 0 where a
+// row's length or a pointer does not allow it; and their threads per row block (one group each where
+// possible, one warp at least, 256 at most).
+template <class T>
+int RowVector(int64_t c, std::initializer_list<const void*> pointers) {
+  constexpr int kV = 16 / static_cast<int>(sizeof(T));
+  return c % kV == 0 && AllAligned(pointers, 16) ? kV : 0;
+}
+int VecRowThreads(int64_t c, int v) {
+  return static_cast<int>(std::clamp<int64_t>((c / v + 31) / 32 * 32, 32, 256));
+}
+
 // Sum over the block, same value returned to every thread; fixed tree (butterfly in warps, then the warp
 // partials in lane order). `scratch` holds 32 floats.
 __device__ float BlockSum(float v, float* scratch) {
@@ -51,6 +63,73 @@ __global__ void RmsNormForwardKernel(T* out, float* rstd, const T* x, const W* w
   T* orow = out + row * c;
   for (int j = threadIdx.x; j < c; j += blockDim.x)
     StoreF32(orow + j, LoadF32(w + j) * (LoadF32(xr + j) * r));
+}
+
+// The same row by V-element groups (16-byte accesses of bf16 rows; REQUIRES c % V == 0 and 16-byte
+// aligned rows): each thread squares its groups' elements in order, then the block tree.
+template <class T, class W, int V>
+__global__ void RmsNormForwardVecKernel(T* out, float* rstd, const T* x, const W* w, int c, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * c;
+  const int groups = c / V;
+  float ss = 0.f;
+  for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+    float v[V];
+    LoadWide(xr + g * V, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) ss = fmaf(v[k], v[k], ss);
+  }
+  ss = BlockSum(ss, scratch);
+  const float r = 1.f / sqrtf(ss / static_cast<float>(c) + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+  T* orow = out + row * c;
+  for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+    float v[V], wv[V];
+    LoadWide(xr + g * V, v);
+    LoadWide(w + g * V, wv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = wv[k] * (v[k] * r);
+    StoreWide(orow + g * V, v);
+  }
+}
+
+// Group g (V elements) of a row's dy, the weight and the row's x, as f32.
+template <class T, class W, int V>
+__device__ __forceinline__ void LoadGroup(const T* gr, const W* w, const T* xr, int g, float (&gv)[V],
+                                          float (&wv)[V], float (&xv)[V]) {
+  LoadWide(gr + g * V, gv);
+  LoadWide(w + g * V, wv);
+  LoadWide(xr + g * V, xv);
+}
+
+// The backward by V-element groups, as RmsNormForwardVecKernel; dx may alias dy (each group is read and
+// written by one thread).
+template <class T, class W, int V>
+__global__ void RmsNormBackwardInputVecKernel(T* dx, const T* dy, const T* x, const W* w, const float* rstd,
+                                              int c) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * c;
+  const T* gr = dy + row * c;
+  const float r = rstd[row];
+  const int groups = c / V;
+  float dot = 0.f;
+  for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+    float gv[V], wv[V], xv[V];
+    LoadGroup(gr, w, xr, g, gv, wv, xv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) dot += gv[k] * wv[k] * xv[k] * r;
+  }
+  dot = BlockSum(dot, scratch) / static_cast<float>(c);
+  T* drow = dx + row * c;
+  for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+    float gv[V], wv[V], xv[V];
+    LoadGroup(gr, w, xr, g, gv, wv, xv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) gv[k] = r * (gv[k] * wv[k] - xv[k] * r * dot);
+    StoreWide(drow + g * V, gv);
+  }
 }
 
 // Each element of dy is read and dx written by the same thread, after the row's reduction: dx may alias dy.
@@ -155,9 +234,16 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
   DispatchActWeight(x.dtype(), w.dtype(), [&](auto t_tag, auto w_tag) {
     using T = decltype(t_tag);
     using W = decltype(w_tag);
-    RmsNormForwardKernel<T, W><<<static_cast<unsigned>(n), RowThreads(c), 0, stream>>>(
-        static_cast<T*>(out.raw()), rstd.data<float>(), static_cast<const T*>(x.raw()),
-        static_cast<const W*>(w.raw()), c, static_cast<float>(eps));
+    constexpr int kV = 16 / static_cast<int>(sizeof(T));
+    if (RowVector<T>(c, {out.raw(), x.raw(), w.raw()}) == kV) {
+      RmsNormForwardVecKernel<T, W, kV><<<static_cast<unsigned>(n), VecRowThreads(c, kV), 0, stream>>>(
+          static_cast<T*>(out.raw()), rstd.data<float>(), static_cast<const T*>(x.raw()),
+          static_cast<const W*>(w.raw()), c, static_cast<float>(eps));
+    } else {
+      RmsNormForwardKernel<T, W><<<static_cast<unsigned>(n), RowThreads(c), 0, stream>>>(
+          static_cast<T*>(out.raw()), rstd.data<float>(), static_cast<const T*>(x.raw()),
+          static_cast<const W*>(w.raw()), c, static_cast<float>(eps));
+    }
   });
   FATHOM_CUDA_CHECK_LAUNCH();
 }
@@ -180,9 +266,16 @@ void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, c
   DispatchActWeight(x.dtype(), w.dtype(), [&](auto t_tag, auto w_tag) {
     using T = decltype(t_tag);
     using W = decltype(w_tag);
-    RmsNormBackwardInputKernel<T, W><<<static_cast<unsigned>(n), RowThreads(c), 0, stream>>>(
-        static_cast<T*>(dx.raw()), static_cast<const T*>(dy.raw()), static_cast<const T*>(x.raw()),
-        static_cast<const W*>(w.raw()), rstd.data<float>(), c);
+    constexpr int kV = 16 / static_cast<int>(sizeof(T));
+    if (RowVector<T>(c, {dx.raw(), dy.raw(), x.raw(), w.raw()}) == kV) {
+      RmsNormBackwardInputVecKernel<T, W, kV><<<static_cast<unsigned>(n), VecRowThreads(c, kV), 0, stream>>>(
+          static_cast<T*>(dx.raw()), static_cast<const T*>(dy.raw()), static_cast<const T*>(x.raw()),
+          static_cast<const W*>(w.raw()), rstd.data<float>(), c);
+    } else {
+      RmsNormBackwardInputKernel<T, W><<<static_cast<unsigned>(n), RowThreads(c), 0, stream>>>(
+          static_cast<T*>(dx.raw()), static_cast<const T*>(dy.raw()), static_cast<const T*>(x.raw()),
+          static_cast<const W*>(w.raw()), rstd.data<float>(), c);
+    }
   });
   FATHOM_CUDA_CHECK_LAUNCH();
 }
