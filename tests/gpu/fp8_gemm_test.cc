@@ -177,6 +177,32 @@ TEST(Fp8GemmGpu, GroupedTNMatchesTheCpuEmulation) {
   }
 }
 
+// The quantizers take 4-column words where the width allows (a multiple of 4) and go element by element
+// otherwise; both give the CPU's codes and scales bit for bit, f32 and bf16, full and partial blocks. (No
+// GEMM here: cuBLASLt's FP8 kernels need widths that are multiples of 16.)
+TEST(Fp8GemmGpu, QuantizersMatchTheCpuAtEveryWidth) {
+  FATHOM_REQUIRE_GPU();
+  GpuEnv env;
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (const int64_t cols : {130, 132, 256, 61}) {
+    for (const DType dt : {DType::kF32, DType::kBF16}) {
+      SCOPED_TRACE("cols " + std::to_string(cols) + " " + std::string(DTypeName(dt)));
+      const Shape wshape{3, 150, cols};
+      // The GPU reads dt; the CPU emulation (f32 or f64 only) reads the same values widened to f32.
+      Tensor w = RandomTensor(wshape, DType::kF32, rng, 0.05).To(dt);
+      Fp8Weight qc = Fp8Weight::Empty(wshape, Device::kCPU), qg = Fp8Weight::Empty(wshape, Device::kCUDA);
+      ops::QuantizeWeight128x128(qc, w.To(DType::kF32));
+      ops::QuantizeWeight128x128(qg, Up(w));
+      ExpectSameWeight(qg, qc);
+      Tensor x = Activations(77, cols, rng).To(dt);
+      Fp8Rows xc = ops::QuantizeRows(x.To(DType::kF32)), xg = ops::QuantizeRows(Up(x));
+      ExpectBitEqual(Down(xg.data), xc.data, "packed rows");
+    }
+  }
+}
+
 // Dequantising packed rows gives the CPU's values bit for bit (the values the emulation multiplies).
 TEST(Fp8GemmGpu, DequantizedRowsEqualTheCpus) {
   FATHOM_REQUIRE_GPU();

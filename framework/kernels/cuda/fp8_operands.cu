@@ -63,11 +63,33 @@ __device__ __forceinline__ const float* RowScales(const uint8_t* data, int64_t r
   return reinterpret_cast<const float*>(data + row * row_bytes + padded_cols);
 }
 
+// The 128x128 block's amax from every thread's partial (warps, then the warp maxima in order), floored at
+// kFp8ScaleFloor. `warp_max` holds kWarps floats in shared memory.
+__device__ __forceinline__ float BlockAmax(float amax, float* warp_max) {
+  amax = WarpMax(amax);
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = amax;
+  __syncthreads();
+  amax = warp_max[0];
+  for (int i = 1; i < kWarps; ++i) amax = fmaxf(amax, warp_max[i]);
+  return fmaxf(amax, kFp8ScaleFloor);
+}
+
+// The block's scale into both layouts: (row block, col block) of w and (col block, row block) of wt, for the
+// block (blockIdx.y, blockIdx.x) of matrix m.
+__device__ __forceinline__ void WriteBlockScale(float* scales, float* scales_t, float amax, int64_t m,
+                                                int scale_stride, int scale_stride_t) {
+  const float s = __fdiv_rn(amax, kFp8E4M3Max);
+  scales[(m * gridDim.y + blockIdx.y) * scale_stride + blockIdx.x] = s;
+  scales_t[(m * gridDim.x + blockIdx.x) * scale_stride_t + blockIdx.y] = s;
+}
+
 // ---- kernels ----
 
-// One warp per (row, 128-column tile); lane l holds columns l, l + 32, l + 64, l + 96 of the tile.
-// grid (ceil(rows / 8), tiles).
-template <class In>
+// One warp per (row, 128-column tile), grid (ceil(rows / 8), tiles). Lane l holds columns l, l + 32, l + 64,
+// l + 96 of the tile (each load one coalesced 128-element segment), or with kWide (REQUIRES cols % 4 == 0 and
+// 8-byte aligned rows) columns 4l .. 4l + 3, loaded in one access and stored as one 4-byte word. The amax
+// (a maximum: order-free) and the arithmetic per element are the same either way: the same bits.
+template <class In, bool kWide>
 __global__ void QuantizeRowsKernel(uint8_t* data, const In* x, int64_t rows, int64_t cols, int64_t row_bytes,
                                    int64_t padded_cols, int scale_stride) {
   const int lane = threadIdx.x % 32;
@@ -77,21 +99,31 @@ __global__ void QuantizeRowsKernel(uint8_t* data, const In* x, int64_t rows, int
   const int64_t c0 = static_cast<int64_t>(tile) * kTile;
   const int64_t width = min(static_cast<int64_t>(kTile), cols - c0);
   const In* src = x + row * cols + c0;
+  auto column = [&](int j) { return kWide ? 4 * lane + j : lane + 32 * j; };
   float v[4];
   float amax = 0.0f;
+  if (kWide && 4 * lane < width) {
+    LoadVec<4>(src + 4 * lane, v);
+  } else {
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int c = lane + 32 * j;
-    v[j] = c < width ? Load(src, c) : 0.0f;
-    amax = fmaxf(amax, fabsf(v[j]));
+    for (int j = 0; j < 4; ++j) v[j] = column(j) < width ? Load(src, column(j)) : 0.0f;
   }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) amax = fmaxf(amax, fabsf(v[j]));
   amax = fmaxf(WarpMax(amax), kFp8ScaleFloor);
   const float inv = __fdiv_rn(kFp8E4M3Max, amax);
   uint8_t* codes = data + row * row_bytes + c0;
+  uint8_t code[4];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int c = lane + 32 * j;  // the tile's padding columns get zero codes
-    codes[c] = c < width ? FloatToE4M3Saturate(__fmul_rn(v[j], inv)) : uint8_t{0};
+  for (int j = 0; j < 4; ++j)  // the tile's padding columns get zero codes
+    code[j] = column(j) < width ? FloatToE4M3Saturate(__fmul_rn(v[j], inv)) : uint8_t{0};
+  if (kWide) {
+    *reinterpret_cast<uint32_t*>(codes + 4 * lane) =
+        static_cast<uint32_t>(code[0]) | (static_cast<uint32_t>(code[1]) << 8) |
+        (static_cast<uint32_t>(code[2]) << 16) | (static_cast<uint32_t>(code[3]) << 24);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) codes[column(j)] = code[j];
   }
   float* scales = reinterpret_cast<float*>(data + row * row_bytes + padded_cols);
   if (lane == 0) scales[tile] = __fdiv_rn(amax, kFp8E4M3Max);
@@ -190,12 +222,7 @@ __global__ void QuantizeWeightKernel(uint8_t* codes, uint8_t* codes_t, float* sc
     const int r = i / kTile, c = i % kTile;
     if (r < h && c < wd) amax = fmaxf(amax, fabsf(Load(src, (r0 + r) * cols + c0 + c)));
   }
-  amax = WarpMax(amax);
-  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = amax;
-  __syncthreads();
-  amax = warp_max[0];
-  for (int i = 1; i < kWarps; ++i) amax = fmaxf(amax, warp_max[i]);
-  amax = fmaxf(amax, kFp8ScaleFloor);
+  amax = BlockAmax(amax, warp_max);
   const float inv = __fdiv_rn(kFp8E4M3Max, amax);
   const int64_t padded_cols = col_blocks * kTile, padded_rows = row_blocks * kTile;
   for (int i = threadIdx.x; i < kTile * kTile; i += kThreads) {
@@ -211,11 +238,66 @@ __global__ void QuantizeWeightKernel(uint8_t* codes, uint8_t* codes_t, float* sc
     const int c = i / kTile, r = i % kTile;
     if (c < wd) codes_t[(m * cols + c0 + c) * padded_rows + r0 + r] = block_codes[r][c];
   }
-  if (threadIdx.x == 0) {
-    const float s = __fdiv_rn(amax, kFp8E4M3Max);
-    scales[(m * row_blocks + blockIdx.y) * scale_stride + blockIdx.x] = s;
-    scales_t[(m * col_blocks + blockIdx.x) * scale_stride_t + blockIdx.y] = s;
+  if (threadIdx.x == 0) WriteBlockScale(scales, scales_t, amax, m, scale_stride, scale_stride_t);
+}
+
+// QuantizeWeightKernel with 4-column accesses (REQUIRES cols % 4 == 0, so a 4-column group is wholly inside
+// or outside the block): one read of the block into registers (16 groups per thread), the block amax, then
+// the codes as 4-byte words, row-major and, through shared memory, transposed. The arithmetic per element and
+// the amax (a maximum: order-free) are QuantizeWeightKernel's, so the codes and scales are the same bits.
+template <class In>
+__global__ void __launch_bounds__(kThreads)
+    QuantizeWeightVecKernel(uint8_t* codes, uint8_t* codes_t, float* scales, float* scales_t, const In* w,
+                            int64_t rows, int64_t cols, int scale_stride, int scale_stride_t) {
+  constexpr int kGroups = kTile * kTile / 4 / kThreads;   // 16 groups of 4 columns per thread
+  __shared__ uint32_t block_codes[kTile][kTile / 4 + 1];  // + 1: the transposed read spreads over the banks
+  __shared__ float warp_max[kWarps];
+  const int64_t row_blocks = gridDim.y, col_blocks = gridDim.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile, c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int h = static_cast<int>(min(static_cast<int64_t>(kTile), rows - r0));
+  const int wd = static_cast<int>(min(static_cast<int64_t>(kTile), cols - c0));
+  const int64_t m = blockIdx.z;
+  const In* src = w + m * rows * cols;
+  float v[kGroups][4];
+  float amax = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kGroups; ++k) {
+    const int i = threadIdx.x + k * kThreads, r = i / (kTile / 4), c = 4 * (i % (kTile / 4));
+    if (r < h && c < wd) {
+      LoadVec<4>(src + (r0 + r) * cols + c0 + c, v[k]);
+    } else {
+      v[k][0] = v[k][1] = v[k][2] = v[k][3] = 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) amax = fmaxf(amax, fabsf(v[k][e]));
   }
+  amax = BlockAmax(amax, warp_max);
+  const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+  const int64_t padded_cols = col_blocks * kTile, padded_rows = row_blocks * kTile;
+#pragma unroll
+  for (int k = 0; k < kGroups; ++k) {
+    const int i = threadIdx.x + k * kThreads, r = i / (kTile / 4), c = 4 * (i % (kTile / 4));
+    uint32_t word = 0;
+    if (r < h && c < wd) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        word |= static_cast<uint32_t>(FloatToE4M3Saturate(__fmul_rn(v[k][e], inv))) << (8 * e);
+    }
+    block_codes[r][c / 4] = word;
+    if (r < h) *reinterpret_cast<uint32_t*>(codes + (m * rows + r0 + r) * padded_cols + c0 + c) = word;
+  }
+  __syncthreads();
+  // Transposed: thread i writes rows 4q .. 4q + 3 of column c as one word.
+  for (int i = threadIdx.x; i < kTile * kTile / 4; i += kThreads) {
+    const int c = i / (kTile / 4), q = i % (kTile / 4);
+    if (c >= wd) continue;
+    const int shift = 8 * (c % 4);
+    uint32_t word = 0;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) word |= ((block_codes[4 * q + e][c / 4] >> shift) & 0xFFu) << (8 * e);
+    *reinterpret_cast<uint32_t*>(codes_t + (m * cols + c0 + c) * padded_rows + r0 + 4 * q) = word;
+  }
+  if (threadIdx.x == 0) WriteBlockScale(scales, scales_t, amax, m, scale_stride, scale_stride_t);
 }
 
 // ---- host side ----
@@ -257,10 +339,15 @@ void QuantizeRows1x128(const Fp8Rows& q, const Tensor& x, Stream stream) {
   if (rows == 0) return;
   FATHOM_CHECK(q.blocks() <= 65535, "[", op, "] ", q.cols, " columns exceed the grid");
   dim3 grid(static_cast<unsigned>((rows + kWarps - 1) / kWarps), static_cast<unsigned>(q.blocks()));
+  // Word-wide accesses where every row starts 8-byte aligned in x and 4-byte aligned in the codes.
+  const bool wide =
+      q.cols % 4 == 0 && AllAligned({x.raw()}, 8) && AllAligned({q.data.raw()}, 4) && q.row_bytes() % 4 == 0;
   WithFloatIn(x, [&](auto* src) {
-    QuantizeRowsKernel<<<grid, kThreads, 0, stream>>>(static_cast<uint8_t*>(q.data.raw()), src, rows, q.cols,
-                                                      q.row_bytes(), q.padded_cols(),
-                                                      static_cast<int>(Fp8ScaleStride(q.blocks())));
+    using In = std::remove_cv_t<std::remove_pointer_t<decltype(src)>>;
+    auto kernel = wide ? QuantizeRowsKernel<In, true> : QuantizeRowsKernel<In, false>;
+    kernel<<<grid, kThreads, 0, stream>>>(static_cast<uint8_t*>(q.data.raw()), src, rows, q.cols,
+                                          q.row_bytes(), q.padded_cols(),
+                                          static_cast<int>(Fp8ScaleStride(q.blocks())));
     FATHOM_CUDA_CHECK_LAUNCH();
   });
 }
@@ -324,11 +411,23 @@ void QuantizeWeight128x128(const Fp8Weight& q, const Tensor& w, Stream stream) {
                " exceeds the grid");
   dim3 grid(static_cast<unsigned>(Fp8Blocks(cols)), static_cast<unsigned>(Fp8Blocks(rows)),
             static_cast<unsigned>(matrices));
+  // The word-wide kernel where 4-column groups stay inside blocks and every row starts 16-byte aligned (f32)
+  // or 8-byte aligned (bf16); the element-wise one otherwise.
+  const bool wide = cols % 4 == 0 && AllAligned({w.raw(), q.w.codes.raw(), q.wt.codes.raw()}, 16);
   WithFloatIn(w, [&](auto* src) {
-    QuantizeWeightKernel<<<grid, kThreads, 0, stream>>>(
-        static_cast<uint8_t*>(q.w.codes.raw()), static_cast<uint8_t*>(q.wt.codes.raw()),
-        q.w.scales.data<float>(), q.wt.scales.data<float>(), src, rows, cols,
-        static_cast<int>(Fp8ScaleStride(Fp8Blocks(cols))), static_cast<int>(Fp8ScaleStride(Fp8Blocks(rows))));
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream>>>(static_cast<uint8_t*>(q.w.codes.raw()),
+                                            static_cast<uint8_t*>(q.wt.codes.raw()), q.w.scales.data<float>(),
+                                            q.wt.scales.data<float>(), src, rows, cols,
+                                            static_cast<int>(Fp8ScaleStride(Fp8Blocks(cols))),
+                                            static_cast<int>(Fp8ScaleStride(Fp8Blocks(rows))));
+    };
+    using In = std::remove_cv_t<std::remove_pointer_t<decltype(src)>>;
+    if (wide) {
+      launch(QuantizeWeightVecKernel<In>);
+    } else {
+      launch(QuantizeWeightKernel<In>);
+    }
     FATHOM_CUDA_CHECK_LAUNCH();
   });
 }
