@@ -147,9 +147,10 @@ void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b);
 // ---- RMSNorm (cpu/norm.h) -------------------------------------------------------------------------------
 // out (N, C), rstd (N) StatsDType; x (N, C); w (C).
 void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, double eps);
-// dx (N, C) overwritten; dy (N, C); x, w, rstd as in the forward.
+// dx (N, C) overwritten; dy (N, C); x, w, rstd as in the forward. With `residual` (N, C), dx's dtype:
+// dx = residual + the input gradient in one pass (CUDA: the sum in f32, rounded once).
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
-                          const Tensor& rstd);
+                          const Tensor& rstd, const Tensor& residual = Tensor());
 // dw (C) += sum over rows of dy * x * rstd (CUDA: dw f32; its workspace comes from the pool).
 void RmsNormBackwardWeight(const Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& rstd);
 
@@ -195,7 +196,7 @@ void CrossEntropyBackward(const Tensor& dlogits, const Tensor& logits, const Ten
 
 // ---- Element-wise (cpu/elementwise.h) ---------------------------------------------------------------------
 Tensor Add(const Tensor& a, const Tensor& b);       // fresh a + b, a's shape
-void AddInPlace(const Tensor& a, const Tensor& b);  // a += b (CUDA also: a f32, b bf16)
+void AddInPlace(const Tensor& a, const Tensor& b);  // a += b (CUDA also: a f32, b bf16; a bf16, b f32)
 // (N, Ca + Cb) from a (N, Ca) and b (N, Cb) along the last dim (leading dims flattened); Split inverts it.
 Tensor ConcatLastDim(const Tensor& a, const Tensor& b);
 void SplitLastDim(const Tensor& x, const Tensor& a, const Tensor& b);

@@ -128,8 +128,8 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
 }
 
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
-                          const Tensor& rstd) {
-  cuda::RmsNormBackwardInput(dx, dy, x, w, rstd, Context("rms_norm_backward_input").stream());
+                          const Tensor& rstd, const Tensor& residual) {
+  cuda::RmsNormBackwardInput(dx, dy, x, w, rstd, Context("rms_norm_backward_input").stream(), residual);
 }
 
 void RmsNormBackwardWeight(const Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& rstd) {

@@ -32,7 +32,7 @@ void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatri
 void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b);
 void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, double eps);
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
-                          const Tensor& rstd);
+                          const Tensor& rstd, const Tensor& residual);
 void RmsNormBackwardWeight(const Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& rstd);
 void Rope(bool backward, const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin,
           bool interleaved);

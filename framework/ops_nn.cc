@@ -85,12 +85,18 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
 }
 
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
-                          const Tensor& rstd) {
+                          const Tensor& rstd, const Tensor& residual) {
   const char* op = "rms_norm_backward_input";
   const Device dev = OneDevice(op, "dx", dx, "dy", dy, "x", x, "w", w, "rstd", rstd);
   Floats(op, dev, "x", x, "dx", dx, "dy", dy, "w", w, "rstd", rstd);
-  if (dev == Device::kCPU) return cpu::RmsNormBackwardInput(dx, dy, x, w, rstd);
-  FATHOM_OPS_ON_CUDA(op, cuda_impl::RmsNormBackwardInput(dx, dy, x, w, rstd));
+  if (residual.defined()) {
+    FATHOM_CHECK(residual.device() == dev && residual.dtype() == dx.dtype() && residual.shape() == dx.shape(),
+                 "[", op, "] residual ", residual.shape_str(), " ", DTypeName(residual.dtype()), " on ",
+                 DeviceName(residual.device()), ", expected dx's ", dx.shape_str(), " ",
+                 DTypeName(dx.dtype()), " on ", DeviceName(dev));
+  }
+  if (dev == Device::kCPU) return cpu::RmsNormBackwardInput(dx, dy, x, w, rstd, residual);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::RmsNormBackwardInput(dx, dy, x, w, rstd, residual));
 }
 
 void RmsNormBackwardWeight(const Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& rstd) {

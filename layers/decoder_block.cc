@@ -79,10 +79,11 @@ Tensor DecoderBlock::BackwardInputEnd(int mb) {
 }
 
 // The residual stream is the documented exception to "activation grads overwrite": the gradient of each
-// residual add is the sum of the skip path and the branch.
+// residual add is the sum of the skip path and the branch, which each branch's first norm adds as it writes
+// its input gradient.
 Tensor DecoderBlock::BackwardFromMlpGradient(int mb, const Tensor& dy, const Tensor& dn) {
-  Tensor dh = ops::Add(dy, post_norm_.BackwardInput(mb, dn));
-  return ops::Add(dh, input_norm_.BackwardInput(mb, attn_.BackwardInput(mb, dh)));
+  Tensor dh = post_norm_.BackwardInput(mb, dn, dy);
+  return input_norm_.BackwardInput(mb, attn_.BackwardInput(mb, dh), dh);
 }
 
 void DecoderBlock::BackwardWeight(int mb) {

@@ -25,11 +25,12 @@ Tensor RmsNorm::Forward(int mb, const Tensor& x) {
   return y.Reshape(x.shape());
 }
 
-Tensor RmsNorm::BackwardInput(int mb, const Tensor& dy) {
+Tensor RmsNorm::BackwardInput(int mb, const Tensor& dy, const Tensor& residual) {
   Ctx& c = saved_.Get(mb);
   Tensor dy2 = dy.Flatten2D();
   Tensor dx = Tensor::Empty(dy2.shape(), dy.dtype(), dy.device());
-  ops::RmsNormBackwardInput(dx, dy2, c.x, table_->value(weight_), c.rstd);
+  ops::RmsNormBackwardInput(dx, dy2, c.x, table_->value(weight_), c.rstd,
+                            residual.defined() ? residual.Flatten2D() : Tensor());
   c.dy = dy2;
   return dx.Reshape(dy.shape());
 }

@@ -13,9 +13,11 @@ class RmsNorm {
  public:
   RmsNorm(ParamTable& table, const std::string& name, int64_t dim, double eps, int layer = -1);
 
-  Tensor Forward(int mb, const Tensor& x);         // (..., C) -> (..., C)
-  Tensor BackwardInput(int mb, const Tensor& dy);  // (..., C) -> dx (..., C)
-  void BackwardWeight(int mb);                     // dw += sum(dy * xhat)
+  Tensor Forward(int mb, const Tensor& x);  // (..., C) -> (..., C)
+  // (..., C) -> dx (..., C); with `residual` (dy's shape), dx + residual in the same pass (the gradient of a
+  // residual stream whose branch starts with this norm).
+  Tensor BackwardInput(int mb, const Tensor& dy, const Tensor& residual = Tensor());
+  void BackwardWeight(int mb);  // dw += sum(dy * xhat)
 
  private:
   struct Ctx {

@@ -62,12 +62,10 @@ void Router::BackwardInput(int mb, const Tensor& dx, const Tensor& dweight, cons
   ops::RouterSelectBackward(ds, dweight, dscores, c.scores, c.index, dims_);
   if (dx.dtype() == ds.dtype()) {
     ops::MatmulNN(dx, ds, table_->value(weight_), /*accumulate=*/true);
-  } else {  // bf16 activations: the f32 product, rounded once, then added
+  } else {  // bf16 activations: the f32 product added to dx in f32, the sum rounded once
     Tensor d32 = Tensor::Empty(c.x.shape(), ds.dtype(), ds.device());
     ops::MatmulNN(d32, ds, table_->value(weight_));
-    Tensor d16 = Tensor::Empty(dx.shape(), dx.dtype(), dx.device());
-    ops::Convert(d16, d32);
-    ops::AddInPlace(dx, d16);
+    ops::AddInPlace(dx, d32);
   }
   c.dlogits = ds;
 }

@@ -134,6 +134,11 @@ TEST_P(OpsCpu, NormRopeAttentionMatchKernels) {
   ops::RmsNormBackwardInput(dx1, dy, x, w, r2);
   cpu::RmsNormBackwardInput(dx2, dy, x, w, r2);
   EXPECT_TRUE(SameBits(dx1, dx2)) << "rms_norm_backward_input";
+  // With a residual: the same bits as the gradient written, then added to the residual.
+  Tensor res = R({n, c});
+  auto [dr1, unused] = P({n, c});
+  ops::RmsNormBackwardInput(dr1, dy, x, w, r2, res);
+  EXPECT_TRUE(SameBits(dr1, ops::Add(res, dx2))) << "rms_norm_backward_input with a residual";
   auto [dw1, dw2] = P({c});
   ops::RmsNormBackwardWeight(dw1, dy, x, r2);
   cpu::RmsNormBackwardWeight(dw2, dy, x, r2);

@@ -84,6 +84,12 @@ TEST(ElementwiseCudaTest, AddInPlaceMatchesCpu) {
     Tensor want3 = a16.To(DType::kF32);
     cpu::AddInPlace(want3, b16.To(DType::kF32));
     ExpectBitEqual(Download(da3), RoundToBf16(want3), "bf16 += bf16");
+
+    Tensor da4 = Upload(arena, a16);
+    cuda::AddInPlace(da4, Upload(arena, b), nullptr);
+    Tensor want4 = a16.To(DType::kF32);
+    cpu::AddInPlace(want4, b);
+    ExpectBitEqual(Download(da4), RoundToBf16(want4), "bf16 += f32 (one rounding)");
   }
 }
 

@@ -49,15 +49,18 @@ void CheckCase(int64_t n, int64_t c, DType xt, DType wt, uint64_t seed) {
 
   const Shape ws_shape = cuda::RmsNormBackwardWeightWorkspaceShape(n, c);
   cuda::DeviceArena arena("norm_test",
-                          4 * static_cast<size_t>(6 * n * c + 4 * c + n + NumElements(ws_shape)) + 16 * 256);
+                          4 * static_cast<size_t>(8 * n * c + 4 * c + n + NumElements(ws_shape)) + 20 * 256);
   const Tensor x_d = Upload(arena, x, xt), w_d = Upload(arena, w, wt), dy_d = Upload(arena, dy, xt);
   const Tensor out_d = arena.Alloc({n, c}, xt), rstd_d = arena.Alloc({n}, DType::kF32);
   const Tensor dx_d = arena.Alloc({n, c}, xt), ws_d = arena.Alloc(ws_shape, DType::kF32);
   const Tensor dw_d = Upload(arena, dw0, DType::kF32), dw2_d = Upload(arena, dw0, DType::kF32);
   const Tensor dy_inplace_d = Upload(arena, dy, xt);
+  const Tensor residual = RoundTo(RandomTensor({n, c}, DType::kF64, rng), xt);
+  const Tensor residual_d = Upload(arena, residual, xt), dxr_d = arena.Alloc({n, c}, xt);
   cuda::RmsNormForward(out_d, rstd_d, x_d, w_d, kEps, nullptr);
   cuda::RmsNormBackwardInput(dx_d, dy_d, x_d, w_d, rstd_d, nullptr);
   cuda::RmsNormBackwardInput(dy_inplace_d, dy_inplace_d, x_d, w_d, rstd_d, nullptr);
+  cuda::RmsNormBackwardInput(dxr_d, dy_d, x_d, w_d, rstd_d, nullptr, residual_d);
   cuda::RmsNormBackwardWeight(dw_d, dy_d, x_d, rstd_d, ws_d, nullptr);
   cuda::RmsNormBackwardWeight(dw2_d, dy_d, x_d, rstd_d, ws_d, nullptr);
 
@@ -65,12 +68,15 @@ void CheckCase(int64_t n, int64_t c, DType xt, DType wt, uint64_t seed) {
   Tensor dx_ref = Tensor::Empty({n, c}, DType::kF64), dw_ref = dw0.Clone();
   cpu::RmsNormForward(out_ref, rstd_ref, x, w, kEps);
   cpu::RmsNormBackwardInput(dx_ref, dy, x, w, rstd_ref);
+  Tensor dxr_ref = Tensor::Empty({n, c}, DType::kF64);
+  cpu::RmsNormBackwardInput(dxr_ref, dy, x, w, rstd_ref, residual);
   cpu::RmsNormBackwardWeight(dw_ref, dy, x, rstd_ref);
 
   const Tensor dx = Download(dx_d), dw = Download(dw_d);
   EXPECT_LT(RelError(Download(out_d), out_ref), tol) << "out";
   EXPECT_LT(RelError(Download(rstd_d), rstd_ref), 1e-5) << "rstd";
   EXPECT_LT(RelError(dx, dx_ref), tol) << "dx";
+  EXPECT_LT(RelError(Download(dxr_d), dxr_ref), tol) << "dx + residual";
   EXPECT_LT(RelError(dw, dw_ref), 1e-5) << "dw";
   // The accumulated part alone, so that dw0 cannot hide an error in the sum.
   Tensor acc = dw.To(DType::kF64), acc_ref = dw_ref.Clone();

@@ -27,23 +27,29 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
 
 // With xhat = x * r and g = dy * w: dx = r * (g - xhat * mean(g * xhat)).
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
-                          const Tensor& rstd) {
+                          const Tensor& rstd, const Tensor& residual) {
   const int64_t n = x.dim(0), c = x.dim(1);
   FATHOM_CHECK(dx.shape() == x.shape() && dy.shape() == x.shape(), "[rms_norm backward] dy ", dy.shape_str(),
                " x ", x.shape_str());
+  FATHOM_CHECK(!residual.defined() || (residual.shape() == x.shape() && residual.dtype() == x.dtype()),
+               "[rms_norm backward] residual ", residual.shape_str(), " for x ", x.shape_str());
   DispatchFloat(x.dtype(), "rms_norm_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* xp = x.data<T>();
     const T* wp = w.data<T>();
     const T* gp = dy.data<T>();
     const T* rp = rstd.data<T>();
+    const T* res = residual.defined() ? residual.data<T>() : nullptr;
     T* dp = dx.data<T>();
     for (int64_t i = 0; i < n; ++i) {
       const T r = rp[i];
       T dot = 0;
       for (int64_t j = 0; j < c; ++j) dot += gp[i * c + j] * wp[j] * xp[i * c + j] * r;
       dot /= static_cast<T>(c);
-      for (int64_t j = 0; j < c; ++j) dp[i * c + j] = r * (gp[i * c + j] * wp[j] - xp[i * c + j] * r * dot);
+      for (int64_t j = 0; j < c; ++j) {
+        const T g = r * (gp[i * c + j] * wp[j] - xp[i * c + j] * r * dot);
+        dp[i * c + j] = res != nullptr ? res[i * c + j] + g : g;
+      }
     }
   });
 }

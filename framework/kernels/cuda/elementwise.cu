@@ -199,13 +199,17 @@ void AddInPlace(const Tensor& a, const Tensor& b, Stream stream) {
   const bool f32_f32 = a.dtype() == DType::kF32 && b.dtype() == DType::kF32;
   const bool f32_bf16 = a.dtype() == DType::kF32 && b.dtype() == DType::kBF16;
   const bool bf16_bf16 = a.dtype() == DType::kBF16 && b.dtype() == DType::kBF16;
-  FATHOM_CHECK(f32_f32 || f32_bf16 || bf16_bf16, "[", op, "] ", DTypeName(a.dtype()),
-               " += ", DTypeName(b.dtype()), " (supported: f32 += f32, f32 += bf16, bf16 += bf16)");
+  const bool bf16_f32 = a.dtype() == DType::kBF16 && b.dtype() == DType::kF32;
+  FATHOM_CHECK(f32_f32 || f32_bf16 || bf16_bf16 || bf16_f32, "[", op, "] ", DTypeName(a.dtype()),
+               " += ", DTypeName(b.dtype()),
+               " (supported: f32 += f32, f32 += bf16, bf16 += bf16, bf16 += f32)");
   if (n == 0) return;
   if (f32_f32) {
     LaunchAdd(Out<float>(a), In<float>(a), In<float>(b), n, stream);
   } else if (f32_bf16) {
     LaunchAdd(Out<float>(a), In<float>(a), In<uint16_t>(b), n, stream);
+  } else if (bf16_f32) {
+    LaunchAdd(Out<uint16_t>(a), In<uint16_t>(a), In<float>(b), n, stream);
   } else {
     LaunchAdd(Out<uint16_t>(a), In<uint16_t>(a), In<uint16_t>(b), n, stream);
   }

@@ -5,7 +5,8 @@
 //
 // dtypes, per op (anything else fails a FATHOM_CHECK naming the op):
 //   Add:          out = a + b, all f32; or all bf16 (the sum in f32, rounded once to bf16)
-//   AddInPlace:   a += b, a f32 with b f32 or bf16 (gradient accumulation in f32); or a and b bf16
+//   AddInPlace:   a += b, a f32 with b f32 or bf16 (gradient accumulation in f32); or a bf16 with b bf16 or
+//                 f32 (the sum in f32, rounded once)
 //   Convert:      f32 -> bf16 (round to nearest even, NaN -> 0x7FC0: FloatToBf16 bit for bit),
 //                 bf16 -> f32 (exact)
 //   ConcatLastDim, SplitLastDim: f32, bf16, e4m3, e5m2, i32, i64 (bit copies; every tensor one dtype)

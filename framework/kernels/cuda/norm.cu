@@ -107,7 +107,7 @@ __device__ __forceinline__ void LoadGroup(const T* gr, const W* w, const T* xr, 
 // written by one thread).
 template <class T, class W, int V>
 __global__ void RmsNormBackwardInputVecKernel(T* dx, const T* dy, const T* x, const W* w, const float* rstd,
-                                              int c) {
+                                              int c, const T* residual) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * c;
@@ -128,6 +128,12 @@ __global__ void RmsNormBackwardInputVecKernel(T* dx, const T* dy, const T* x, co
     LoadGroup(gr, w, xr, g, gv, wv, xv);
 #pragma unroll
     for (int k = 0; k < V; ++k) gv[k] = r * (gv[k] * wv[k] - xv[k] * r * dot);
+    if (residual != nullptr) {
+      float rv[V];
+      LoadWide(residual + row * c + g * V, rv);
+#pragma unroll
+      for (int k = 0; k < V; ++k) gv[k] = rv[k] + gv[k];
+    }
     StoreWide(drow + g * V, gv);
   }
 }
@@ -135,7 +141,7 @@ __global__ void RmsNormBackwardInputVecKernel(T* dx, const T* dy, const T* x, co
 // Each element of dy is read and dx written by the same thread, after the row's reduction: dx may alias dy.
 template <class T, class W>
 __global__ void RmsNormBackwardInputKernel(T* dx, const T* dy, const T* x, const W* w, const float* rstd,
-                                           int c) {
+                                           int c, const T* residual) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * c;
@@ -148,7 +154,8 @@ __global__ void RmsNormBackwardInputKernel(T* dx, const T* dy, const T* x, const
   T* drow = dx + row * c;
   for (int j = threadIdx.x; j < c; j += blockDim.x) {
     const float g = LoadF32(gr + j) * LoadF32(w + j);
-    StoreF32(drow + j, r * (g - LoadF32(xr + j) * r * dot));
+    const float d = r * (g - LoadF32(xr + j) * r * dot);
+    StoreF32(drow + j, residual != nullptr ? LoadF32(residual + row * c + j) + d : d);
   }
 }
 
@@ -249,7 +256,7 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
 }
 
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
-                          const Tensor& rstd, Stream stream) {
+                          const Tensor& rstd, Stream stream, const Tensor& residual) {
   const char* op = "rms_norm_backward_cuda";
   CheckActivation(op, x);
   CheckWeight(op, w, x);
@@ -260,6 +267,12 @@ void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, c
   FATHOM_CHECK(rstd.numel() == x.dim(0) && rstd.dtype() == DType::kF32, "[", op, "] rstd ", rstd.shape_str(),
                " ", DTypeName(rstd.dtype()), ", expected (", x.dim(0), ") f32");
   CheckCuda(op, {&dx, &dy, &x, &w, &rstd});
+  if (residual.defined()) {
+    FATHOM_CHECK(residual.shape() == x.shape() && residual.dtype() == x.dtype(), "[", op, "] residual ",
+                 residual.shape_str(), " ", DTypeName(residual.dtype()), " for x ", x.shape_str(), " ",
+                 DTypeName(x.dtype()));
+    CheckCuda(op, {&residual});
+  }
   const int64_t n = x.dim(0);
   const int c = static_cast<int>(x.dim(1));
   if (n == 0) return;
@@ -267,14 +280,15 @@ void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, c
     using T = decltype(t_tag);
     using W = decltype(w_tag);
     constexpr int kV = 16 / static_cast<int>(sizeof(T));
-    if (RowVector<T>(c, {dx.raw(), dy.raw(), x.raw(), w.raw()}) == kV) {
+    const T* res = residual.defined() ? static_cast<const T*>(residual.raw()) : nullptr;
+    if (RowVector<T>(c, {dx.raw(), dy.raw(), x.raw(), w.raw(), res}) == kV) {
       RmsNormBackwardInputVecKernel<T, W, kV><<<static_cast<unsigned>(n), VecRowThreads(c, kV), 0, stream>>>(
           static_cast<T*>(dx.raw()), static_cast<const T*>(dy.raw()), static_cast<const T*>(x.raw()),
-          static_cast<const W*>(w.raw()), rstd.data<float>(), c);
+          static_cast<const W*>(w.raw()), rstd.data<float>(), c, res);
     } else {
       RmsNormBackwardInputKernel<T, W><<<static_cast<unsigned>(n), RowThreads(c), 0, stream>>>(
           static_cast<T*>(dx.raw()), static_cast<const T*>(dy.raw()), static_cast<const T*>(x.raw()),
-          static_cast<const W*>(w.raw()), rstd.data<float>(), c);
+          static_cast<const W*>(w.raw()), rstd.data<float>(), c, res);
     }
   });
   FATHOM_CUDA_CHECK_LAUNCH();

@@ -22,9 +22,11 @@ void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, cons
                     Stream stream);
 
 // dx (N, C) overwritten: dx = rstd * (g - xhat * mean(g * xhat)), g = dy * w, xhat = x * rstd; dy, x (N, C);
-// w (C); rstd (N) f32 from the forward. dx may alias dy.
+// w (C); rstd (N) f32 from the forward. dx may alias dy. With `residual` (N, C) in x's dtype: dx = residual +
+// that, the sum in f32 and rounded once (a residual stream's skip gradient added in the same pass; residual
+// may alias dx or dy).
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
-                          const Tensor& rstd, Stream stream);
+                          const Tensor& rstd, Stream stream, const Tensor& residual = Tensor());
 
 // Shape of the f32 scratch RmsNormBackwardWeight needs for n rows of width c: (ceil(n / 128), c).
 Shape RmsNormBackwardWeightWorkspaceShape(int64_t n, int64_t c);
