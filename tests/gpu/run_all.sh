@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU machine verifies, in one command, each step bounded in time and logged under OUT_DIR:
-# the GPU test suite, fathom bench (bf16) beside a PyTorch peer when one is given, the calibration profile,
-# the HF export/import checks against transformers, the TensorBoard and Megatron reader tests, and the FP8
-# accuracy script.
+# the GPU test suite, fathom bench (bf16) beside a PyTorch peer when one is given, its kernel summary, the
+# calibration profile, the HF export/import checks against transformers, the TensorBoard and Megatron reader
+# tests, and the FP8 accuracy script.
 # Usage (repo root, after a CUDA build):
 #   bash tests/gpu/run_all.sh BUILD_DIR OUT_DIR [PEER_SCRIPT]
 # Bench start-up (memory plan, cuDNN plans) takes 30-60 s on an H200: the timeouts allow for it.
@@ -21,6 +21,15 @@ timeout 400 "$BUILD/tests/gpu_tests" > "$OUT_DIR/gpu_tests.log" 2>&1; step "gpu_
 grep -E "^\[  (FAILED|PASSED) |^\[  SKIPPED \] [0-9]" "$OUT_DIR/gpu_tests.log"
 timeout 150 "$F" bench $SMALL > "$OUT_DIR/bench_bf16.log" 2>&1; step "bench rc $?"
 grep -E 'step ms|tokens/s|TFLOP/s/GPU|peak memory|activations' "$OUT_DIR/bench_bf16.log"
+# Per-kernel times and the device's idle gaps over the last ~3 steps (tests/kernel_summary, when built).
+KS="$BUILD/tests/kernel_summary/libfathom_kernel_summary.so"
+if [[ -f "$KS" ]]; then
+  FATHOM_KERNEL_SUMMARY="$OUT_DIR/kernels.txt" FATHOM_KERNEL_SUMMARY_WINDOW_MS=250 LD_PRELOAD="$KS" \
+    timeout 150 "$F" bench $SMALL --warmup 1 --steps 4 > "$OUT_DIR/bench_kernels.log" 2>&1
+  step "kernel summary rc $?"; head -2 "$OUT_DIR/kernels.txt"
+else
+  step "kernel summary skipped: $KS not built (target fathom_kernel_summary)"
+fi
 if [[ -n "$PEER" ]]; then
   timeout 300 python3 "$PEER" --modes compact+compile > "$OUT_DIR/peer.log" 2>&1; step "peer rc $?"
   grep -E '"mode"' "$OUT_DIR/peer.log"
