@@ -33,6 +33,8 @@ fi
 if [[ -n "$PEER" ]]; then
   timeout 300 python3 "$PEER" --modes compact+compile > "$OUT_DIR/peer.log" 2>&1; step "peer rc $?"
   grep -E '"mode"' "$OUT_DIR/peer.log"
+  timeout 300 python3 tests/gpu/peer_profile.py "$PEER" > "$OUT_DIR/peer_kernels.log" 2>&1; step "peer profile rc $?"
+  grep -A7 '^peer kernels' "$OUT_DIR/peer_kernels.log"
 fi
 timeout 150 "$F" bench $SMALL --profile "$OUT_DIR/h200-small.yaml" > "$OUT_DIR/profile.log" 2>&1; step "profile rc $?"
 for shape in "2048 1" "2048 2" "4096 1"; do
