@@ -61,5 +61,5 @@ with open(sys.argv[1], "w") as out:
 PY
 "$F" preprocess --input "$OUT_DIR/pycorpus.jsonl" --output-prefix "$OUT_DIR/pycorpus" > "$OUT_DIR/preprocess.log" 2>&1
 step "preprocess rc $?"
-OUT_DIR="$OUT_DIR/fp8" timeout 400 bash tests/gpu/fp8_accuracy.sh "$BUILD" 200 --set data.source=megatron \
-  --set data.path="$OUT_DIR/pycorpus" > "$OUT_DIR/fp8_accuracy.log" 2>&1; step "fp8 accuracy rc $?"; tail -3 "$OUT_DIR/fp8_accuracy.log"
+CONTROL=1 OUT_DIR="$OUT_DIR/fp8" timeout 600 bash tests/gpu/fp8_accuracy.sh "$BUILD" 200 --set data.source=megatron \
+  --set data.path="$OUT_DIR/pycorpus" > "$OUT_DIR/fp8_accuracy.log" 2>&1; step "fp8 accuracy rc $?"; grep -E "^control|^mean" "$OUT_DIR/fp8_accuracy.log"
