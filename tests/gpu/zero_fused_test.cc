@@ -157,8 +157,8 @@ TEST(ZeroFusedStep, OneRankMatchesCpuAndLeavesCopyFreshAndGradsZero) {
         << "element " << i << " after a refresh of new values";
 }
 
-// FusedAdamWStep on shards that start off the 4-element grid (the element-wise path) and on the whole
-// table, bf16 and f32 moments: bitwise ScaleGrads + AdamWStep, the refresh confined to the range, the
+// FusedAdamWStep on shards that start off the 4-element grid (the element-wise path), at 4 mod 8 and on the
+// whole table, bf16 and f32 moments: bitwise ScaleGrads + AdamWStep, the refresh confined to the range, the
 // gradients only read.
 TEST(ZeroFusedStep, KernelOnUnalignedShardsMatchesUnfusedSteps) {
   FATHOM_REQUIRE_GPU();
@@ -174,7 +174,9 @@ TEST(ZeroFusedStep, KernelOnUnalignedShardsMatchesUnfusedSteps) {
   for (const char* moments : {"bf16", "f32"}) {
     cfg.moment_dtype = moments;
     const DType md = cfg.moment_dtype == "bf16" ? DType::kBF16 : DType::kF32;
-    for (auto [begin, end] : {std::pair<int64_t, int64_t>{101, 12301}, {2002, 22003}, {0, table.numel()}}) {
+    // Starts off the 4-element grid (element-wise), at 4 mod 8 (the 4-wide kernel) and at 0 (the 8-wide one).
+    for (auto [begin, end] :
+         {std::pair<int64_t, int64_t>{101, 12301}, {2002, 22003}, {2004, 20004}, {0, table.numel()}}) {
       SCOPED_TRACE(std::string(moments) + " range [" + std::to_string(begin) + ", " + std::to_string(end) +
                    ")");
       cuda::DeviceArena arena("zero_fused_test", size_t{16} << 20);

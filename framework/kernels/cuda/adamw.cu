@@ -236,12 +236,15 @@ void FusedAdamWStep(const Tensor& values, const Tensor& exp_avg, const Tensor& e
   // 8 elements per thread in rounds of 2 (measured on an H200 at 512M elements, norm + fused pass: 3.52 ms
   // against 3.83 for 4 x 4, 3.62 for 4 x 2, 3.59 for 4 x 1 and 3.56 for 8 x 1; in the small recipe's step
   // the optimizer phase went from 18.3 to 15.7 ms): fewer registers per byte in flight than 4 x 4 leave
-  // more warps to overlap one round's arithmetic with another's loads.
+  // more warps to overlap one round's arithmetic with another's loads. A ZeRO shard whose range starts off
+  // a multiple of 8 can never align values and moments to 8 at once, so it takes 4 x 4 (vector accesses
+  // wherever the start is a multiple of 4, as before) rather than going element by element.
+  const bool wide = chunks.begin() % 8 == 0;
   auto launch = [&](auto* m1, auto* m2) {
     using M = std::remove_pointer_t<decltype(m1)>;
-    FusedAdamWKernel<M, 8, 2><<<grid, kThreads, 0, stream>>>(values.data<float>(), m1, m2,
-                                                             grads.data<float>(), list, chunks.count(),
-                                                             chunks.begin(), coeffs, clip, out);
+    auto kernel = wide ? FusedAdamWKernel<M, 8, 2> : FusedAdamWKernel<M, 4, 4>;
+    kernel<<<grid, kThreads, 0, stream>>>(values.data<float>(), m1, m2, grads.data<float>(), list,
+                                          chunks.count(), chunks.begin(), coeffs, clip, out);
   };
   if (md == DType::kF32) {
     launch(exp_avg.data<float>(), exp_avg_sq.data<float>());
