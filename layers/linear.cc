@@ -33,17 +33,25 @@ Tensor Linear::Forward(int mb, const Tensor& x) {
   return y.Reshape(shape);
 }
 
+// dx (=, or += with `add`) dy . W, and dy kept for the wgrad. In FP8 the addition is a separate pass over a
+// temporary (the product rounded to dx's dtype first); otherwise the GEMM adds (beta 1).
+void Linear::InputGradient(Ctx& c, const Tensor& dy2, const Tensor& dx2, bool add) {
+  if (table_->fp8(weight_)) {
+    const Tensor product = add ? Tensor::Empty(dx2.shape(), dx2.dtype(), dx2.device()) : dx2;
+    ops::Fp8GroupedMatmulNT(product, ops::QuantizeRows(dy2), table_->fp8_weight(weight_).wt, Tensor());
+    if (add) ops::AddInPlace(dx2, product);
+  } else {
+    ops::MatmulNN(dx2, dy2, table_->compute_value(weight_), /*accumulate=*/add);
+  }
+  c.dy = dy2;
+}
+
 Tensor Linear::BackwardInput(int mb, const Tensor& dy) {
   Ctx& c = saved_.Get(mb);
   Tensor dy2 = dy.Flatten2D();
   FATHOM_CHECK(dy2.dim(0) == c.x.dim(0) && dy2.dim(1) == out_, "[linear] dy ", dy.shape_str());
   Tensor dx = Tensor::Empty({dy2.dim(0), in_}, dy.dtype(), dy.device());
-  if (table_->fp8(weight_)) {
-    ops::Fp8GroupedMatmulNT(dx, ops::QuantizeRows(dy2), table_->fp8_weight(weight_).wt, Tensor());
-  } else {
-    ops::MatmulNN(dx, dy2, table_->compute_value(weight_));
-  }
-  c.dy = dy2;
+  InputGradient(c, dy2, dx, /*add=*/false);
   Shape shape = dy.shape();
   shape.back() = in_;
   return dx.Reshape(shape);
@@ -56,14 +64,7 @@ void Linear::BackwardInputAdd(int mb, const Tensor& dy, const Tensor& dx) {
   FATHOM_CHECK(
       dy2.dim(0) == c.x.dim(0) && dy2.dim(1) == out_ && dx2.dim(0) == dy2.dim(0) && dx2.dim(1) == in_,
       "[linear ", table_->spec(weight_).name, "] dy ", dy.shape_str(), " dx ", dx.shape_str());
-  if (table_->fp8(weight_)) {
-    Tensor part = Tensor::Empty(dx2.shape(), dx2.dtype(), dx2.device());
-    ops::Fp8GroupedMatmulNT(part, ops::QuantizeRows(dy2), table_->fp8_weight(weight_).wt, Tensor());
-    ops::AddInPlace(dx2, part);
-  } else {
-    ops::MatmulNN(dx2, dy2, table_->compute_value(weight_), /*accumulate=*/true);
-  }
-  c.dy = dy2;
+  InputGradient(c, dy2, dx2, /*add=*/true);
 }
 
 void Linear::BackwardWeight(int mb) {

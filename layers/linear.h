@@ -43,6 +43,8 @@ class Linear {
   struct Ctx {
     Tensor x, dy;  // (N, in), (N, out)
   };
+  void InputGradient(Ctx& c, const Tensor& dy2, const Tensor& dx2, bool add);
+
   ParamTable* table_;
   int weight_;
   int64_t in_, out_;
