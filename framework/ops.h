@@ -241,11 +241,21 @@ void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, co
 // CopyToHostAsync(counts) starts and PendingHostCopy::Wait finishes, as late as the caller can.
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
                 const Tensor& topk_index);
-// dx (N, H) (=/+=) row t = sum over k of dx_perm row of slot t*K+k; dx_perm (R, H); row_slot (R).
-void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate);
+// MoePermute in parts (cpu/moe.h): the sort alone (row_slot (R), counts (E) on topk_index's device, no
+// sync); the gather, also of padded layouts (x_perm (P, H), row_slot (P), -1 rows zero); and the padded
+// expert layout, each expert's rows padded to a multiple of `tile` (padded (P) with P = cpu::PaddedRows of
+// the host counts; counts on the device of row_slot).
+void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index);
+void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k);
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile);
+// dx (N, H) (=/+=) row t = sum over k of dx_perm row of slot t*K+k; dx_perm (P, H); row_slot (P), P = R or a
+// padded layout's rows (then top_k = K is required; 0 means K = P / N).
+void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,
+                        int64_t top_k = 0);
 // out (N, H) row t = sum over k of topk_weight[t, k] * y_perm row of slot t*K+k.
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
-// dy_perm (R, H), dweight (N, K) overwritten; dout (N, H); y_perm, row_slot, topk_weight as in MoeCombine.
+// dy_perm (P, H) (-1 rows of a padded layout: zeros), dweight (N, K) overwritten; dout (N, H); y_perm,
+// row_slot, topk_weight as in MoeCombine (y_perm (P, H), row_slot (P): P = R or a padded layout's rows).
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
 

@@ -65,13 +65,14 @@ cudaStream_t Raw(cuda::Stream s) { return reinterpret_cast<cudaStream_t>(s); }
 // Waits for everything queued on the context's stream: the SYNC POINTs of ops.h.
 void Wait(const OpContext& ctx) { FATHOM_CUDA_CHECK(cudaStreamSynchronize(Raw(ctx.stream()))); }
 
-// slot_row[row_slot[r]] = r: the inverse permutation the gather kernels of the backward and combine read.
-// A slot outside [0, R) is a broken row_slot (the CPU twin checks it): trap, which the next checked CUDA
-// call reports.
+// slot_row[row_slot[r]] = r: the inverse permutation the gather kernels of the backward and combine read
+// (-1 rows, the pad rows of a padded layout, hold no slot). A slot outside [0, rows) is a broken row_slot
+// (the CPU twin checks it): trap, which the next checked CUDA call reports.
 __global__ void InvertRowSlotKernel(int64_t* slot_row, const int64_t* row_slot, int64_t rows) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const int64_t s = row_slot[r];
+  if (s == -1) return;
   if (s < 0 || s >= rows) {
     printf("[moe] row_slot[%lld] = %lld outside [0, %lld)\n", static_cast<long long>(r),
            static_cast<long long>(s), static_cast<long long>(rows));
@@ -309,11 +310,32 @@ void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& coun
                    workspace, ctx.stream());
 }
 
-void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate) {
+void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index) {
+  const char* op = "moe_sort_by_expert";
+  const OpContext& ctx = Context(op);
+  const int64_t e = counts.dim(0), rows = topk_index.numel();
+  FATHOM_CHECK(e >= 1, "[", op, "] counts ", counts.shape_str(), ": at least one expert");
+  const Tensor slot_row = Empty(op, {rows}, DType::kI64);
+  const Tensor offsets = Empty(op, {e + 1}, DType::kI64);
+  const Tensor workspace = Empty(op, {cuda::MoeSortWorkspaceElements(rows, e)}, DType::kI32);
+  cuda::MoeSortByExpert(row_slot, slot_row, counts, offsets, /*counts_host=*/Tensor(), topk_index, workspace,
+                        ctx.stream());
+}
+
+void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k) {
+  cuda::MoePermuteRows(x_perm, x, row_slot, top_k, Context("moe_gather_rows").stream());
+}
+
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile) {
+  cuda::MoePadLayout(padded, row_slot, counts, tile, Context("moe_pad_layout").stream());
+}
+
+void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,
+                        int64_t top_k) {
   const char* op = "moe_permute_backward";
   const OpContext& ctx = Context(op);
   const Tensor slot_row = SlotRow(op, ctx, row_slot);
-  cuda::MoePermuteBackward(dx, dx_perm, slot_row, accumulate, ctx.stream());
+  cuda::MoePermuteBackward(dx, dx_perm, slot_row, accumulate, ctx.stream(), top_k);
 }
 
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight) {

@@ -109,13 +109,44 @@ void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& coun
   FATHOM_OPS_ON_CUDA(op, cuda_impl::MoePermute(x_perm, row_slot, counts, x, topk_index));
 }
 
-void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate) {
+void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index) {
+  const char* op = "moe_sort_by_expert";
+  const Device dev = OneDevice(op, "row_slot", row_slot, "counts", counts, "topk_index", topk_index);
+  Index(op, "row_slot", row_slot, DType::kI64);
+  Index(op, "counts", counts, DType::kI64);
+  Index(op, "topk_index", topk_index, DType::kI64);
+  FATHOM_CHECK(counts.ndim() == 1, "[", op, "] counts ", counts.shape_str(), ", expected (E)");
+  if (dev == Device::kCPU) return cpu::MoeSortByExpert(row_slot, counts, topk_index);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::MoeSortByExpert(row_slot, counts, topk_index));
+}
+
+void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k) {
+  const char* op = "moe_gather_rows";
+  const Device dev = OneDevice(op, "x_perm", x_perm, "x", x, "row_slot", row_slot);
+  Index(op, "row_slot", row_slot, DType::kI64);
+  Floats(op, dev, "x", x, "x_perm", x_perm);
+  if (dev == Device::kCPU) return cpu::MoeGatherRows(x_perm, x, row_slot, top_k);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::MoeGatherRows(x_perm, x, row_slot, top_k));
+}
+
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile) {
+  const char* op = "moe_pad_layout";
+  const Device dev = OneDevice(op, "padded", padded, "row_slot", row_slot, "counts", counts);
+  Index(op, "padded", padded, DType::kI64);
+  Index(op, "row_slot", row_slot, DType::kI64);
+  Index(op, "counts", counts, DType::kI64);
+  if (dev == Device::kCPU) return cpu::MoePadLayout(padded, row_slot, counts, tile);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::MoePadLayout(padded, row_slot, counts, tile));
+}
+
+void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,
+                        int64_t top_k) {
   const char* op = "moe_permute_backward";
   const Device dev = OneDevice(op, "dx", dx, "dx_perm", dx_perm, "row_slot", row_slot);
   Index(op, "row_slot", row_slot, DType::kI64);
   Floats(op, dev, "dx_perm", dx_perm, "dx", dx);
-  if (dev == Device::kCPU) return cpu::MoePermuteBackward(dx, dx_perm, row_slot, accumulate);
-  FATHOM_OPS_ON_CUDA(op, cuda_impl::MoePermuteBackward(dx, dx_perm, row_slot, accumulate));
+  if (dev == Device::kCPU) return cpu::MoePermuteBackward(dx, dx_perm, row_slot, accumulate, top_k);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::MoePermuteBackward(dx, dx_perm, row_slot, accumulate, top_k));
 }
 
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight) {

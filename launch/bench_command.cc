@@ -55,6 +55,7 @@
 #include "framework/cuda/check.h"
 #include "framework/phase_timer.h"
 #include "launch/trainer.h"
+#include "layers/moe.h"
 #include "layers/phases.h"
 #include "parallel/phases.h"
 #include "parallel/zero.h"
@@ -276,6 +277,14 @@ std::string FormatBench(const BenchResult& b) {
         "  optimizer traffic  %.1f GB per step in %.2f ms; floor %.2f ms at %.1f TB/s (%.2fx)\n",
         opt_bytes * 1e-9, opt_ms, floor_ms, kCopyBytesPerS * 1e-12, floor_ms > 0 ? opt_ms / floor_ms : 0.0);
   }
+  const ExpertLayoutTally& t = MoE::layout_tally();
+  if (t.passes > 0) {
+    const double rows = static_cast<double>(std::max<int64_t>(1, t.rows));
+    o += absl::StrFormat(
+        "  expert layout      padded in %d MoE forward passes (this rank, timed steps): %+.1f%% rows of "
+        "padding to %d-row tiles (layers/moe.h)\n",
+        t.passes, 100.0 * (static_cast<double>(t.layout_rows) / rows - 1.0), MoE::kTileRows);
+  }
   return o;
 }
 
@@ -294,6 +303,7 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
     PhaseTimer::Collect();
   }
   PhaseTimer::Reset();
+  MoE::layout_tally() = {};
   trainer.ResetDeviceMemoryPeak();
 
   std::vector<double> local_ms;

@@ -1,6 +1,7 @@
 #include "layers/moe.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "framework/kernels/cpu/moe.h"
@@ -83,7 +84,7 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
     c.in_flight = exchange_->StartDispatch(c.x_perm, c.counts, &c.dispatch);
   } else {
     c.host_counts = std::move(host_counts);
-    c.in_flight = RowsInFlight(c.x_perm);
+    if (c.x_perm.defined()) c.in_flight = RowsInFlight(c.x_perm);
   }
   if (shared_) {  // needs only x: runs while the rows travel
     ScopedPhase experts(phases::kExperts);
@@ -99,10 +100,14 @@ void MoE::ForwardExperts(int mb) {
     c.xq_local = ArrivedFp8(c);
     y_local = ComputeExpertsFp8(c);
   } else {
-    c.x_local = c.in_flight.Wait();
     if (c.host_counts.pending()) {  // no exchange: the counts' copy was left running by ForwardBegin
       c.counts = c.host_counts.Wait();
       c.dispatch.local_counts = c.counts;
+    }
+    if (c.x2.defined()) {
+      GatherLocalRows(c);  // the sort ran alone: the layout waited for the counts
+    } else {
+      c.x_local = c.in_flight.Wait();
     }
     y_local = ComputeExperts(c);
   }
@@ -139,13 +144,55 @@ void MoE::Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats) {
 
 // Every (token, k) selection is counted once, as in topk_index. The counts are made on the activations'
 // device; their copy to the host starts here and is waited for by Forward as late as it can.
+// Where the layout may be padded (no exchange, not FP8), only the sort runs here: the gather waits for the
+// counts (GatherLocalRows), so that it can write the padded layout directly.
 ops::PendingHostCopy MoE::Permute(Ctx& c, const Tensor& x2) {
   const int64_t rows = x2.dim(0) * top_k_;
-  c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype(), x2.device());
   c.row_slot = Tensor::Empty({rows}, DType::kI64, x2.device());
   c.device_counts = Tensor::Empty({num_experts_}, DType::kI64, x2.device());
-  ops::MoePermute(c.x_perm, c.row_slot, c.device_counts, x2, c.routing.topk_index);
+  const bool may_pad = exchange_ == nullptr && !fp8() && layout_ != ExpertLayout::kPacked &&
+                       (layout_ == ExpertLayout::kPadded || x2.device() == Device::kCUDA);
+  if (may_pad) {
+    ops::MoeSortByExpert(c.row_slot, c.device_counts, c.routing.topk_index);
+    c.x2 = x2;
+  } else {
+    c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype(), x2.device());
+    ops::MoePermute(c.x_perm, c.row_slot, c.device_counts, x2, c.routing.topk_index);
+  }
   return ops::CopyToHostAsync(c.device_counts);
+}
+
+ExpertLayoutTally& MoE::layout_tally() {
+  static ExpertLayoutTally tally;
+  return tally;
+}
+
+void MoE::GatherLocalRows(Ctx& c) {
+  const Device dev = c.x2.device();
+  const int64_t tile = forced_tile_ > 0 ? forced_tile_ : kTileRows;
+  const int64_t rows = cpu::PaddedRows(c.counts, tile);
+  Tensor padded = Tensor::Empty({rows}, DType::kI64, dev);
+  ops::MoePadLayout(padded, c.row_slot, c.device_counts, tile);
+  c.row_slot = padded;
+  c.x_local = Tensor::Empty({rows, hidden_}, c.x2.dtype(), dev);
+  ops::MoeGatherRows(c.x_local, c.x2, c.row_slot, top_k_);
+  c.block_counts = Tensor::Empty({num_experts_}, DType::kI64);
+  ExpertLayoutTally& tally = layout_tally();
+  ++tally.passes;
+  tally.layout_rows += rows;
+  for (int64_t e = 0; e < num_experts_; ++e) {
+    const int64_t n = c.counts.data<int64_t>()[e];
+    c.block_counts.data<int64_t>()[e] = (n + tile - 1) / tile * tile;
+    tally.rows += n;
+  }
+  c.padded = true;
+  c.x2 = Tensor();
+}
+
+// The padded layout's GEMMs take the block counts (multiples of the tile, which the GEMM context runs as
+// one pointer-array batch of tiles for NT and NN); the packed layout's the routed counts.
+const Tensor& MoE::ExpertCounts(const Ctx& c) const {
+  return c.padded ? c.block_counts : c.dispatch.local_counts;
 }
 
 Tensor MoE::ComputeExperts(Ctx& c) {
@@ -157,10 +204,11 @@ Tensor MoE::ComputeExperts(Ctx& c) {
   c.up = Tensor::Empty({rows, intermediate_}, dt, dev);
   c.h = Tensor::Empty({rows, intermediate_}, dt, dev);
   Tensor y_local = Tensor::Empty({rows, hidden_}, dt, dev);
-  ops::GroupedMatmulNT(c.gate, c.x_local, table_->compute_value(gate_proj_), c.dispatch.local_counts);
-  ops::GroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), c.dispatch.local_counts);
+  const Tensor& counts = ExpertCounts(c);
+  ops::GroupedMatmulNT(c.gate, c.x_local, table_->compute_value(gate_proj_), counts);
+  ops::GroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), counts);
   ops::SwiGluForward(c.h, c.gate, c.up);
-  ops::GroupedMatmulNT(y_local, c.h, table_->compute_value(down_proj_), c.dispatch.local_counts);
+  ops::GroupedMatmulNT(y_local, c.h, table_->compute_value(down_proj_), counts);
   return y_local;
 }
 
@@ -228,10 +276,10 @@ Tensor MoE::BackwardInputEnd(int mb) {
   if (shared_) {
     dx = c.shared_out;
     c.shared_out = Tensor();
-    ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/true);
+    ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/true, top_k_);
   } else {
     dx = Tensor::Empty({tokens, hidden_}, dx_perm.dtype(), dx_perm.device());
-    ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/false);
+    ops::MoePermuteBackward(dx, dx_perm, c.row_slot, /*accumulate=*/false, top_k_);
   }
   Tensor dscores;  // the balance loss is the only other consumer of the router scores
   if (c.balance_weight != 0.0) {
@@ -251,14 +299,14 @@ Tensor MoE::ExpertsBackwardInput(Ctx& c) {
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
   Tensor dh = Tensor::Empty({rows, intermediate_}, dt, dev);
-  ops::GroupedMatmulNN(dh, c.dy_local, table_->compute_value(down_proj_), c.dispatch.local_counts);
+  const Tensor& counts = ExpertCounts(c);
+  ops::GroupedMatmulNN(dh, c.dy_local, table_->compute_value(down_proj_), counts);
   c.dgate = Tensor::Empty({rows, intermediate_}, dt, dev);
   c.dup = Tensor::Empty({rows, intermediate_}, dt, dev);
   ops::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
   Tensor dx_local = Tensor::Empty({rows, hidden_}, dt, dev);
-  ops::GroupedMatmulNN(dx_local, c.dgate, table_->compute_value(gate_proj_), c.dispatch.local_counts);
-  ops::GroupedMatmulNN(dx_local, c.dup, table_->compute_value(up_proj_), c.dispatch.local_counts,
-                       /*accumulate=*/true);
+  ops::GroupedMatmulNN(dx_local, c.dgate, table_->compute_value(gate_proj_), counts);
+  ops::GroupedMatmulNN(dx_local, c.dup, table_->compute_value(up_proj_), counts, /*accumulate=*/true);
   return dx_local;
 }
 
@@ -283,7 +331,7 @@ void MoE::ExpertsBackwardWeight(Ctx& c) {
   auto wgrad = [&](int id, const Tensor& x, const Tensor& y) {
     bool known_zero = false;
     const Tensor grad = table_->GradForWrite(id, &known_zero);
-    ops::GroupedMatmulTN(grad, x, y, c.dispatch.local_counts, /*accumulate=*/!known_zero);
+    ops::GroupedMatmulTN(grad, x, y, ExpertCounts(c), /*accumulate=*/!known_zero);
   };
   wgrad(down_proj_, c.dy_local, c.h);
   wgrad(gate_proj_, c.dgate, c.x_local);

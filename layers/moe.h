@@ -59,6 +59,20 @@
 // the GPU stays busy while the host waits. The backward reuses the handle's host counts (DispatchHandle):
 // no sync. The balance value and the counts of MoeStats stay on the device.
 //
+// Padded (tiled) layout (no exchange, not FP8; on CUDA by default, see set_expert_layout): the sort runs in
+// ForwardBegin, and once the host has the counts ForwardExperts gathers each expert's rows into a block of
+// its count rounded up to kTileRows rows, zero pad rows at the end of each block (ops::MoePadLayout). The
+// GEMM context runs the forward and dgrad GEMMs over such blocks as ONE pointer-array batch of 128-row
+// tiles, each tile reading its expert's weight, however unevenly the tokens are routed; the wgrad stays
+// per expert (its reduction runs over the rows). Pad rows are zero in the input, so they are zero in every
+// GEMM output and gradient and add nothing to the weight gradients; combine and its backward skip them.
+// The numbers equal the packed layout's. Cost: up to kTileRows - 1 pad rows per expert (~6% of the rows at
+// 32 experts x 1024). Measured on an H200 (tests/gpu_bench/gemm_bench.cc, 32 experts x 1024 rows,
+// 2048 x 1408): 597-648 TFLOP/s for the pointer-array batch against 450-500 on the per-expert
+// multi-stream path. (A first version padded every expert to one capacity and ran the busier experts'
+// overflow per expert: at the benchmark model's routing, 1.6-1.9x max/mean load, its ~15 overflowing
+// experts per layer cost what the batch saved: 31.1 ms of experts against 30.7.)
+//
 // Balance loss: Forward computes, per micro-batch, the mean over the B sequences of Bal_b (see
 // cpu::SequenceBalanceLoss) and returns it in MoeStats::balance. BackwardInput adds the gradient of
 // balance_weight * that value (through the normalised scores and the sigmoid, to the router weight and
@@ -94,6 +108,12 @@ struct MoeStats {
   double min_selection_margin = std::numeric_limits<double>::infinity();
 };
 
+// What the padded layout did in this process since the last reset (fathom bench prints it): MoE forward
+// passes that padded, their routed rows and their padded layout's rows.
+struct ExpertLayoutTally {
+  int64_t passes = 0, rows = 0, layout_rows = 0;
+};
+
 class MoE {
  public:
   // Holds the routed experts of `placement` (all by default); `exchange` (not owned, may be null when all
@@ -120,6 +140,17 @@ class MoE {
   void BackwardInputExperts(int mb, bool expert_weights = false);
   Tensor BackwardInputEnd(int mb);  // -> dx (B, T, H)
 
+  // The routed experts' row layout without an exchange (see "Padded (tiled) layout" above): kAuto pads on
+  // CUDA, kPacked never pads, kPadded always pads (tests use it to run the padded layout on the CPU, with
+  // `tile` rows per tile instead of kTileRows when given). FP8 and the exchange always pack.
+  enum class ExpertLayout { kAuto, kPacked, kPadded };
+  void set_expert_layout(ExpertLayout layout, int64_t tile = 0) {
+    layout_ = layout;
+    forced_tile_ = tile;
+  }
+  // The tile of the padded layout: cuda::GemmContext::kTileRows (the rows of one pointer-array problem).
+  static constexpr int64_t kTileRows = 128;
+  static ExpertLayoutTally& layout_tally();  // process-wide; not thread safe
   // Tests: when on, Forward also reports the smallest routing decision margin (MoeStats), so a gradient
   // check can make sure its perturbations flip no selection. Configuration, not per-step state.
   void set_track_selection_margin(bool on) { track_margin_ = on; }
@@ -161,6 +192,11 @@ class MoE {
     // FP8 (see the top): x_local and dy_local as packed FP8 rows instead (x_perm is dropped once quantised).
     DType dtype = DType::kF32;  // the activations'
     Fp8Rows xq_local, dyq_local;
+    // Padded layout (see the top): x2 (N, H) the input, kept from the sort to the gather; the blocks'
+    // rows per expert (E, HOST, multiples of the tile); row_slot then has their sum P of rows, -1 at pads.
+    Tensor x2;
+    bool padded = false;
+    Tensor block_counts;
   };
 
   // Forward steps.
@@ -168,7 +204,10 @@ class MoE {
   // Sorts the token copies by expert and starts the copy of the counts to the host (returned).
   ops::PendingHostCopy Permute(Ctx& c, const Tensor& x2);
   Tensor ComputeExperts(Ctx& c);  // x_local -> the local experts' outputs (R_local, H)
-  Tensor Combine(Ctx& c);         // (N, H), routed part only
+  // Without an exchange: the gather of the sorted rows, packed or padded (sets x_local and the layout).
+  void GatherLocalRows(Ctx& c);
+  const Tensor& ExpertCounts(const Ctx& c) const;  // the row counts the grouped GEMMs take (HOST)
+  Tensor Combine(Ctx& c);                          // (N, H), routed part only
   // Backward steps. dy_local (R_local, H) -> dx_local (R_local, H); sets c.dgate, c.dup.
   Tensor ExpertsBackwardInput(Ctx& c);
   void ExpertsBackwardWeight(Ctx& c);
@@ -191,6 +230,8 @@ class MoE {
   int gate_proj_, up_proj_, down_proj_;
   std::unique_ptr<DenseMlp> shared_;
   bool track_margin_ = false;
+  ExpertLayout layout_ = ExpertLayout::kAuto;
+  int64_t forced_tile_ = 0;
   SavedByMicroBatch<Ctx> saved_;
 };
 

@@ -168,7 +168,10 @@ std::string PathName(GroupedPath p) {
 }
 
 // Grouped forms on one path: per-expert blocks with counts on the host, including experts with zero rows,
-// all rows in one expert, and more non-empty experts than the multi-stream path has streams.
+// all rows in one expert, and more non-empty experts than the multi-stream path has streams; then two
+// uniform sets, which every path runs as one strided-batched matmul, and a set of multiples of the 128-row
+// tile (the padded expert layout of layers/moe.h), whose NT and NN every path runs as one pointer-array
+// batch of tiles (odd sizes: only the first matrix of each operand is 16-byte aligned).
 void CheckGrouped(GroupedPath path, DType in, DType out_dtype, double tol) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " path " + PathName(path));
@@ -177,7 +180,8 @@ void CheckGrouped(GroupedPath path, DType in, DType out_dtype, double tol) {
   cuda::GemmContext ctx;
   ctx.set_grouped_path(path);
   const std::vector<std::vector<double>> count_sets = {
-      {0, 37, 1, 0, 131, 5}, {0, 0, 200, 0, 0, 0}, {1, 0, 1000, 3, 0, 64, 129, 0, 2}};
+      {0, 37, 1, 0, 131, 5}, {0, 0, 200, 0, 0, 0}, {1, 0, 1000, 3, 0, 64, 129, 0, 2},
+      {37, 37, 37},          {64, 64, 64, 64, 64}, {128, 0, 256, 128}};
   const int64_t hidden = 72, inter = 97;  // K and N of the forward, not multiples of 16 (odd N)
   for (const auto& cs : count_sets) {
     arena.Reset();

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 #include <utility>
@@ -28,6 +29,7 @@
 #include "framework/cuda/device_arena.h"
 #include "framework/kernels/cpu/activation.h"
 #include "framework/kernels/cpu/moe.h"
+#include "framework/kernels/cuda/elementwise.h"
 #include "tests/common/gradcheck.h"
 #include "tests/gpu/gpu_test_support.h"
 
@@ -444,6 +446,75 @@ TEST(MoeCudaCombine, ForwardAndBackwardMatchCpu) {
     EXPECT_LE(RelError(DownloadF64(dy_perm), ref_dy), tol) << "dy_perm";
     // dweight is f32 for both dtypes: the products of (bf16) inputs are exact in f32 accumulation terms.
     EXPECT_LE(RelError(DownloadF64(dweight), ref_dw), kF32Tol) << "dweight";
+  }
+}
+
+// The padded (tiled) expert layout (layers/moe.h): the device layout map, the gather with zero pad rows,
+// combine, its backward (zero rows at pads) and permute's backward over P > R rows, against the CPU twin,
+// with 32-row tiles (a starved expert has no block).
+TEST(MoeCudaPadded, LayoutGatherCombineMatchCpu) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  DeviceArena arena("padded_test", size_t{1} << 30);
+  for (const PermuteCase& c : PermuteCases()) {
+    SCOPED_TRACE(Describe(c));
+    arena.Reset();
+    const int64_t r = c.n * c.k, tile = 32;
+    Routing routing = RandomRouting(c.n, c.e, c.k, c.e - 1, rng);
+    Rounded x = RandomRounded({c.n, c.h}, c.dtype, rng);
+    Tensor x_dev = Upload(arena, x.stored);
+    Sorted s = RunPermute(arena, x_dev, Upload(arena, routing.index), c.e, Tensor(), nullptr);
+    Tensor ref_perm = Tensor::Empty({r, c.h}, DType::kF64);
+    Tensor ref_row_slot = Tensor::Empty({r}, DType::kI64), ref_counts = Tensor::Empty({c.e}, DType::kI64);
+    cpu::MoePermute(ref_perm, ref_row_slot, ref_counts, x.f64, routing.index);
+    const int64_t p = cpu::PaddedRows(ref_counts, tile);
+    ASSERT_GT(p, r);  // pad rows exist
+    Tensor ref_padded = Tensor::Empty({p}, DType::kI64);
+    cpu::MoePadLayout(ref_padded, ref_row_slot, ref_counts, tile);
+    Tensor padded = arena.Alloc({p}, DType::kI64);
+    cuda::MoePadLayout(padded, s.row_slot, s.counts, tile, nullptr);
+    ExpectExactlyEqual(Download(padded), ref_padded, "padded row_slot");
+
+    Tensor x_pad = arena.Alloc({p, c.h}, c.dtype);
+    cuda::MoePermuteRows(x_pad, x_dev, padded, c.k, nullptr);
+    Tensor ref_x_pad = Tensor::Empty({p, c.h}, DType::kF64);
+    cpu::MoeGatherRows(ref_x_pad, x.f64, ref_padded, c.k);
+    ExpectExactlyEqual(DownloadF64(x_pad), ref_x_pad, "gathered rows");
+
+    // The inverse the combine and permute-backward kernels read (ops::MoeCombine builds it on the device).
+    Tensor slot_row_host = Tensor::Empty({p}, DType::kI64);
+    slot_row_host.Fill(-1);
+    for (int64_t i = 0; i < p; ++i) {
+      const int64_t slot = ref_padded.data<int64_t>()[i];
+      if (slot >= 0) slot_row_host.data<int64_t>()[slot] = i;
+    }
+    Tensor slot_row = Upload(arena, slot_row_host);
+    const double tol = c.dtype == DType::kF32 ? kF32Tol : kBf16Tol;
+    Rounded y_pad = RandomRounded({p, c.h}, c.dtype, rng);
+    Rounded weight = RandomRounded({c.n, c.k}, DType::kF32, rng, 0.5);
+    Rounded dout = RandomRounded({c.n, c.h}, c.dtype, rng);
+    Tensor y_dev = Upload(arena, y_pad.stored), w_dev = Upload(arena, weight.stored);
+    Tensor out = arena.Alloc({c.n, c.h}, c.dtype);
+    cuda::MoeCombine(out, y_dev, slot_row, w_dev, nullptr);
+    Tensor ref_out = Tensor::Empty({c.n, c.h}, DType::kF64);
+    cpu::MoeCombine(ref_out, y_pad.f64, ref_padded, weight.f64);
+    EXPECT_LE(RelError(DownloadF64(out), ref_out), tol) << "out";
+
+    Tensor dy_pad = arena.Alloc({p, c.h}, c.dtype), dweight = arena.Alloc({c.n, c.k}, DType::kF32);
+    cuda::Fill(dy_pad, std::numeric_limits<double>::quiet_NaN(), nullptr);  // pad rows must be written
+    cuda::MoeCombineBackward(dy_pad, dweight, Upload(arena, dout.stored), y_dev, padded, w_dev, nullptr);
+    Tensor ref_dy = Tensor::Empty({p, c.h}, DType::kF64), ref_dw = Tensor::Empty({c.n, c.k}, DType::kF64);
+    cpu::MoeCombineBackward(ref_dy, ref_dw, dout.f64, y_pad.f64, ref_padded, weight.f64);
+    EXPECT_LE(RelError(DownloadF64(dy_pad), ref_dy), tol) << "dy_perm";
+    EXPECT_LE(RelError(DownloadF64(dweight), ref_dw), kF32Tol) << "dweight";
+
+    Tensor dx = arena.Alloc({c.n, c.h}, c.dtype);
+    cuda::MoePermuteBackward(dx, y_dev, slot_row, /*accumulate=*/false, nullptr, c.k);
+    Tensor ref_dx = Tensor::Empty({c.n, c.h}, DType::kF64);
+    cpu::MoePermuteBackward(ref_dx, y_pad.f64, ref_padded, false, c.k);
+    EXPECT_LE(RelError(DownloadF64(dx), ref_dx), tol) << "dx";
   }
 }
 

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "framework/kernels/cpu/moe.h"
 #include "tests/common/gradcheck.h"
 
 namespace fathom {
@@ -419,6 +420,64 @@ TEST(MoeTest, BiasReceivesNoGradient) {
     const Tensor gw = hn.table.grad(hn.moe.router_weight_id());
     for (int64_t i = 0; i < gw.numel(); ++i) router_norm += gw.Item(i) * gw.Item(i);
     EXPECT_GT(router_norm, 0.0);
+  }
+}
+
+// The tiled layout: each expert's rows in order, its block rounded up to the tile with -1 pad rows; an
+// expert without rows has no block.
+TEST(MoeTest, PadLayoutRoundsEachExpertToTheTile) {
+  const Tensor counts = Tensor::FromVector({3, 0, 5}, {3}, DType::kI64);
+  const Tensor row_slot = Tensor::FromVector({10, 11, 12, 13, 14, 15, 16, 17}, {8}, DType::kI64);
+  ASSERT_EQ(cpu::PaddedRows(counts, 4), 12);
+  Tensor padded = Tensor::Empty({12}, DType::kI64);
+  cpu::MoePadLayout(padded, row_slot, counts, 4);
+  const std::vector<int64_t> want = {10, 11, 12, -1, 13, 14, 15, 16, 17, -1, -1, -1};
+  for (int64_t i = 0; i < 12; ++i) EXPECT_EQ(padded.data<int64_t>()[i], want[static_cast<size_t>(i)]) << i;
+  EXPECT_EQ(cpu::PaddedRows(counts, 1), 8);
+}
+
+// The padded (tiled) layout, 16-row tiles here (pad rows at the end of most blocks, a starved expert with
+// no block, a busy one over several tiles), gives the packed layout's output, input gradient and weight
+// gradients exactly: every row's GEMMs are the same sums, and pad rows add exact zeros to the wgrad. Expert
+// 0 is made busy (every token chooses it) and expert 7 starved by the bias.
+TEST(MoeTest, PaddedLayoutMatchesPacked) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  for (MoeCase mc : {kGrouped, kFlat}) {
+    mc.seq = 40;
+    std::mt19937_64 rng(seed), rng2(seed);
+    Harness packed(mc, rng), padded(mc, rng2);
+    for (Harness* hn : {&packed, &padded}) {
+      hn->bias().data<double>()[0] = 1.0;
+      hn->bias().data<double>()[kE - 1] = -10.0;
+    }
+    packed.moe.set_expert_layout(MoE::ExpertLayout::kPacked);
+    constexpr int64_t kTile = 16;
+    padded.moe.set_expert_layout(MoE::ExpertLayout::kPadded, kTile);
+    Tensor x = RandomTensor({kB, mc.seq, kH}, DType::kF64, rng);
+    Tensor dy = RandomTensor(x.shape(), DType::kF64, rng);
+    MoeStats stats;
+    Tensor y0 = packed.moe.Forward(0, x, 0.7, &stats);
+    Tensor y1 = padded.moe.Forward(0, x, 0.7);
+    // The layout has pad rows, an empty expert and a busy one.
+    const Tensor& load = stats.expert_counts;
+    ASSERT_EQ(load.data<int64_t>()[kE - 1], 0);
+    ASSERT_GT(load.data<int64_t>()[0], kTile);
+    ASSERT_GT(cpu::PaddedRows(load, kTile), kB * mc.seq * mc.k);
+    for (int64_t i = 0; i < y0.numel(); ++i) ASSERT_EQ(y0.Item(i), y1.Item(i)) << i;
+    Tensor dx0 = packed.moe.BackwardInput(0, dy), dx1 = padded.moe.BackwardInput(0, dy);
+    packed.moe.BackwardWeight(0);
+    padded.moe.BackwardWeight(0);
+    for (int64_t i = 0; i < dx0.numel(); ++i) ASSERT_EQ(dx0.Item(i), dx1.Item(i)) << i;
+    for (int id : {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id(),
+                   packed.moe.router_weight_id()}) {
+      const Tensor g0 = packed.table.grad(id), g1 = padded.table.grad(id);
+      double norm = 0;
+      for (int64_t i = 0; i < g0.numel(); ++i) norm += g0.Item(i) * g0.Item(i);
+      ASSERT_GT(norm, 0.0);
+      for (int64_t i = 0; i < g0.numel(); ++i)
+        ASSERT_EQ(g0.Item(i), g1.Item(i)) << packed.table.spec(id).name << " " << i;
+    }
   }
 }
 

@@ -29,17 +29,24 @@ void CheckRouterDims(const char* op, const RouterDims& d) {
 }
 
 // slot_row[slot] = the permuted row holding that slot (inverse of row_slot), with range checks.
-std::vector<int64_t> InvertRowSlot(const char* op, const Tensor& row_slot) {
-  FATHOM_CHECK(row_slot.dtype() == DType::kI64 && row_slot.ndim() == 1, "[", op, "] row_slot ",
-               row_slot.shape_str(), " ", DTypeName(row_slot.dtype()));
-  const int64_t r = row_slot.dim(0);
+// slot_row[s] = the row holding slot s, for `slots` slots; row_slot (P >= slots) holds each slot exactly
+// once and -1 in the other (pad) rows.
+std::vector<int64_t> InvertRowSlot(const char* op, const Tensor& row_slot, int64_t slots) {
+  FATHOM_CHECK(row_slot.dtype() == DType::kI64 && row_slot.ndim() == 1 && row_slot.dim(0) >= slots, "[", op,
+               "] row_slot ", row_slot.shape_str(), " ", DTypeName(row_slot.dtype()), " for ", slots,
+               " slots");
+  const int64_t p = row_slot.dim(0);
   const int64_t* rs = row_slot.data<int64_t>();
-  std::vector<int64_t> slot_row(static_cast<size_t>(r), -1);
-  for (int64_t i = 0; i < r; ++i) {
-    FATHOM_CHECK(rs[i] >= 0 && rs[i] < r && slot_row[rs[i]] == -1, "[", op,
-                 "] row_slot is not a permutation");
+  std::vector<int64_t> slot_row(static_cast<size_t>(slots), -1);
+  int64_t seen = 0;
+  for (int64_t i = 0; i < p; ++i) {
+    if (rs[i] == -1 && p > slots) continue;
+    FATHOM_CHECK(rs[i] >= 0 && rs[i] < slots && slot_row[rs[i]] == -1, "[", op,
+                 "] row_slot is not a permutation of the slots (and -1 pad rows)");
     slot_row[rs[i]] = i;
+    ++seen;
   }
+  FATHOM_CHECK(seen == slots, "[", op, "] row_slot holds ", seen, " of the ", slots, " slots");
   return slot_row;
 }
 
@@ -231,14 +238,14 @@ void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, co
   });
 }
 
-void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
-                const Tensor& topk_index) {
-  const int64_t n = x.dim(0), h = x.dim(1), k = topk_index.dim(1), e = counts.numel(), r = n * k;
-  CheckIndex("moe_permute", topk_index, n, k);
-  CheckFloat("moe_permute", x_perm, x.dtype(), {r, h});
+void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index) {
+  FATHOM_CHECK(topk_index.dtype() == DType::kI64 && topk_index.ndim() == 2,
+               "[moe_sort_by_expert] topk_index ", topk_index.shape_str());
+  const int64_t r = topk_index.numel();
   FATHOM_CHECK(row_slot.dtype() == DType::kI64 && row_slot.shape() == Shape{r} &&
                    counts.dtype() == DType::kI64 && counts.ndim() == 1,
                "[moe_permute] row_slot ", row_slot.shape_str(), " counts ", counts.shape_str());
+  const int64_t e = counts.numel();
   const int64_t* ip = topk_index.data<int64_t>();
   int64_t* cp = counts.data<int64_t>();
   int64_t* rs = row_slot.data<int64_t>();
@@ -250,23 +257,80 @@ void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& coun
   std::vector<int64_t> next(static_cast<size_t>(e), 0);
   for (int64_t i = 1; i < e; ++i) next[i] = next[i - 1] + cp[i - 1];
   for (int64_t s = 0; s < r; ++s) rs[next[ip[s]]++] = s;
-  DispatchFloat(x.dtype(), "moe_permute", [&](auto tag) {
+}
+
+void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k) {
+  FATHOM_CHECK(x.ndim() == 2 && top_k >= 1 && row_slot.dtype() == DType::kI64 && row_slot.ndim() == 1,
+               "[moe_gather_rows] x ", x.shape_str(), " row_slot ", row_slot.shape_str(), " top_k ", top_k);
+  const int64_t n = x.dim(0), h = x.dim(1), p = row_slot.dim(0);
+  CheckFloat("moe_gather_rows", x_perm, x.dtype(), {p, h});
+  const int64_t* rs = row_slot.data<int64_t>();
+  DispatchFloat(x.dtype(), "moe_gather_rows", [&](auto tag) {
     using T = decltype(tag);
     const T* xp = x.data<T>();
     T* op = x_perm.data<T>();
-    for (int64_t row = 0; row < r; ++row)
-      std::copy(xp + (rs[row] / k) * h, xp + (rs[row] / k + 1) * h, op + row * h);
+    for (int64_t row = 0; row < p; ++row) {
+      if (rs[row] == -1) {
+        std::fill(op + row * h, op + (row + 1) * h, T(0));
+        continue;
+      }
+      const int64_t t = rs[row] / top_k;
+      FATHOM_CHECK(rs[row] >= 0 && t < n, "[moe_gather_rows] slot ", rs[row], " outside [0, ", n * top_k,
+                   ")");
+      std::copy(xp + t * h, xp + (t + 1) * h, op + row * h);
+    }
   });
 }
 
-void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate) {
-  const int64_t n = dx.dim(0), h = dx.dim(1), r = dx_perm.dim(0);
-  FATHOM_CHECK(n > 0 ? r % n == 0 : r == 0, "[moe_permute_backward] ", r, " rows for ", n, " tokens");
-  CheckFloat("moe_permute_backward", dx_perm, dx.dtype(), {r, h});
-  const int64_t k = n > 0 ? r / n : 0;
-  std::vector<int64_t> slot_row = InvertRowSlot("moe_permute_backward", row_slot);
-  FATHOM_CHECK(static_cast<int64_t>(slot_row.size()) == r, "[moe_permute_backward] row_slot ",
+void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
+                const Tensor& topk_index) {
+  const int64_t n = x.dim(0), h = x.dim(1), k = topk_index.dim(1), r = n * k;
+  CheckIndex("moe_permute", topk_index, n, k);
+  CheckFloat("moe_permute", x_perm, x.dtype(), {r, h});
+  MoeSortByExpert(row_slot, counts, topk_index);
+  MoeGatherRows(x_perm, x, row_slot, k);
+}
+
+int64_t PaddedRows(const Tensor& counts, int64_t tile) {
+  FATHOM_CHECK(
+      counts.device() == Device::kCPU && counts.dtype() == DType::kI64 && counts.ndim() == 1 && tile >= 1,
+      "[padded_rows] counts ", counts.shape_str(), " ", DTypeName(counts.dtype()), " on ",
+      DeviceName(counts.device()), ", tile ", tile);
+  int64_t rows = 0;
+  for (int64_t e = 0; e < counts.numel(); ++e) rows += (counts.data<int64_t>()[e] + tile - 1) / tile * tile;
+  return rows;
+}
+
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile) {
+  const int64_t p = PaddedRows(counts, tile), e = counts.numel();
+  FATHOM_CHECK(padded.dtype() == DType::kI64 && padded.shape() == Shape{p} &&
+                   row_slot.dtype() == DType::kI64 && row_slot.ndim() == 1,
+               "[moe_pad_layout] padded ", padded.shape_str(), " (expected (", p, ")), row_slot ",
                row_slot.shape_str());
+  const int64_t* cp = counts.data<int64_t>();
+  const int64_t* rs = row_slot.data<int64_t>();
+  int64_t* out = padded.data<int64_t>();
+  int64_t from = 0, at = 0;
+  for (int64_t i = 0; i < e; ++i) {
+    const int64_t block = (cp[i] + tile - 1) / tile * tile;
+    for (int64_t j = 0; j < block; ++j) out[at + j] = j < cp[i] ? rs[from + j] : -1;
+    from += cp[i];
+    at += block;
+  }
+  FATHOM_CHECK(from == row_slot.dim(0), "[moe_pad_layout] counts sum to ", from, ", row_slot has ",
+               row_slot.dim(0), " rows");
+}
+
+void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,
+                        int64_t top_k) {
+  const int64_t n = dx.dim(0), h = dx.dim(1), p = dx_perm.dim(0);
+  FATHOM_CHECK(top_k > 0 || (n > 0 ? p % n == 0 : p == 0), "[moe_permute_backward] ", p, " rows for ", n,
+               " tokens");
+  CheckFloat("moe_permute_backward", dx_perm, dx.dtype(), {p, h});
+  const int64_t k = top_k > 0 ? top_k : n > 0 ? p / n : 0;
+  FATHOM_CHECK(row_slot.numel() == p, "[moe_permute_backward] row_slot ", row_slot.shape_str(), " for ", p,
+               " rows");
+  std::vector<int64_t> slot_row = InvertRowSlot("moe_permute_backward", row_slot, n * k);
   DispatchFloat(dx.dtype(), "moe_permute_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* gp = dx_perm.data<T>();
@@ -284,10 +348,9 @@ void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& r
 
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight) {
   const int64_t n = out.dim(0), h = out.dim(1), k = topk_weight.dim(1), r = n * k;
-  CheckFloat("moe_combine", y_perm, out.dtype(), {r, h});
+  CheckFloat("moe_combine", y_perm, out.dtype(), {row_slot.numel(), h});
   CheckFloat("moe_combine", topk_weight, out.dtype(), {n, k});
-  std::vector<int64_t> slot_row = InvertRowSlot("moe_combine", row_slot);
-  FATHOM_CHECK(static_cast<int64_t>(slot_row.size()) == r, "[moe_combine] row_slot ", row_slot.shape_str());
+  std::vector<int64_t> slot_row = InvertRowSlot("moe_combine", row_slot, r);
   DispatchFloat(out.dtype(), "moe_combine", [&](auto tag) {
     using T = decltype(tag);
     const T* yp = y_perm.data<T>();
@@ -308,12 +371,13 @@ void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot,
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight) {
   const int64_t n = dout.dim(0), h = dout.dim(1), k = topk_weight.dim(1), r = n * k;
-  CheckFloat("moe_combine_backward", y_perm, dout.dtype(), {r, h});
-  CheckFloat("moe_combine_backward", dy_perm, dout.dtype(), {r, h});
+  FATHOM_CHECK(row_slot.dtype() == DType::kI64 && row_slot.ndim() == 1 && row_slot.dim(0) >= r,
+               "[moe_combine_backward] row_slot ", row_slot.shape_str(), " for ", r, " slots");
+  const int64_t p = row_slot.dim(0);
+  CheckFloat("moe_combine_backward", y_perm, dout.dtype(), {p, h});
+  CheckFloat("moe_combine_backward", dy_perm, dout.dtype(), {p, h});
   CheckFloat("moe_combine_backward", topk_weight, dout.dtype(), {n, k});
   CheckFloat("moe_combine_backward", dweight, dout.dtype(), {n, k});
-  FATHOM_CHECK(row_slot.dtype() == DType::kI64 && row_slot.shape() == Shape{r},
-               "[moe_combine_backward] row_slot ", row_slot.shape_str());
   DispatchFloat(dout.dtype(), "moe_combine_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* gp = dout.data<T>();
@@ -322,8 +386,12 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
     const int64_t* rs = row_slot.data<int64_t>();
     T* dyp = dy_perm.data<T>();
     T* dwp = dweight.data<T>();
-    for (int64_t row = 0; row < r; ++row) {
+    for (int64_t row = 0; row < p; ++row) {
       const int64_t slot = rs[row];
+      if (slot == -1 && p > r) {  // a pad row of MoePadLayout's layout
+        std::fill(dyp + row * h, dyp + (row + 1) * h, T(0));
+        continue;
+      }
       FATHOM_CHECK(slot >= 0 && slot < r, "[moe_combine_backward] slot ", slot, " outside [0, ", r, ")");
       const T* g = gp + (slot / k) * h;
       const T* y = yp + row * h;

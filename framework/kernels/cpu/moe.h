@@ -63,16 +63,31 @@ void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma);
 // counts (E) i64 (all overwritten); x (N, H); topk_index (N, K) with ids in [0, E).
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
                 const Tensor& topk_index);
+// MoePermute in two parts: the sort (row_slot, counts) and the row gather. The gather also takes padded
+// layouts (MoePadLayout): x_perm (P, H) row p = x row (row_slot[p] / top_k), or zeros where row_slot[p] is
+// -1; row_slot (P) i64.
+void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index);
+void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k);
+// The tiled expert layout (layers/moe.h): expert e's rows keep their order in a block of its count rounded
+// up to a multiple of `tile` rows, blocks in expert order, the rows past the count -1 (pad rows).
+// padded (P) i64 overwritten, P = PaddedRows(counts, tile); row_slot (R) and counts (E) as MoeSortByExpert
+// makes them; tile >= 1.
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile);
+// The rows of that layout, sum over e of counts_e rounded up to a multiple of `tile`, from host counts.
+int64_t PaddedRows(const Tensor& counts, int64_t tile);
 // dx (N, H) (=, or += when accumulate) row t = sum over k = 0..K-1 of the dx_perm row of slot t*K+k.
-// dx_perm (R, H); row_slot (R) from MoePermute.
-void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate);
+// dx_perm (P, H); row_slot (P) from MoePermute (P = R) or MoePadLayout (-1 rows are not read); top_k = K,
+// or 0 when P = R (then K = P / N).
+void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,
+                        int64_t top_k = 0);
 
 // out (N, H) overwritten, row t = sum over k = 0..K-1 of topk_weight[t, k] * the y_perm row of slot t*K+k.
-// y_perm (R, H) expert outputs in permuted order; row_slot (R); topk_weight (N, K).
+// y_perm (P, H) expert outputs in permuted order; row_slot (P), P >= R as in MoePermuteBackward;
+// topk_weight (N, K).
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
-// dy_perm (R, H) row r = topk_weight[slot] * dout row (slot / K); dweight (N, K) at slot = dout row
-// (slot / K) . y_perm row r, with slot = row_slot[r] (both overwritten). dout (N, H); y_perm, row_slot,
-// topk_weight as in MoeCombine.
+// dy_perm (P, H) row r = topk_weight[slot] * dout row (slot / K) (zeros where row_slot[r] = -1); dweight
+// (N, K) at slot = dout row (slot / K) . y_perm row r, with slot = row_slot[r] (both overwritten). dout (N,
+// H); y_perm, row_slot, topk_weight as in MoeCombine.
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
 

@@ -51,6 +51,9 @@ struct PlanKey {
   int64_t m, n, k, lda, ldb, ldc;
   int in, out;
   uint32_t align_a, align_b, align_c;
+  // Strided batches (the padded expert layout): batch > 1 problems, matrix i of each operand at
+  // i * stride elements from the first.
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
   auto operator<=>(const PlanKey&) const = default;
 };
 
@@ -114,6 +117,25 @@ void CheckOperands(const char* op, const Tensor& out, const Tensor& a, const Ten
   CheckDTypes(op, a.dtype(), out.dtype());
 }
 
+// The rows of every expert block when all E > 1 blocks have the same non-zero count (the padded expert
+// layout), else 0.
+int64_t UniformRows(const std::vector<int64_t>& off) {
+  const int64_t experts = static_cast<int64_t>(off.size()) - 1;
+  if (experts < 2 || off[1] == 0) return 0;
+  for (int64_t e = 1; e < experts; ++e)
+    if (off[e + 1] - off[e] != off[1]) return 0;
+  return off[1];
+}
+
+// True when every block's row count is a multiple of GemmContext::kTileRows (the tiled expert layout of
+// layers/moe.h; empty experts allowed) and there are rows.
+bool Tiled(const std::vector<int64_t>& off) {
+  if (off.back() == 0) return false;
+  for (size_t e = 0; e + 1 < off.size(); ++e)
+    if ((off[e + 1] - off[e]) % GemmContext::kTileRows != 0) return false;
+  return true;
+}
+
 // Host-side row offsets of the expert blocks; counts is the CPU i64 tensor of the grouped forms.
 std::vector<int64_t> BlockOffsets(const char* op, const Tensor& counts, int64_t experts, int64_t rows) {
   FATHOM_CHECK(counts.device() == Device::kCPU && counts.dtype() == DType::kI64 && counts.numel() == experts,
@@ -158,6 +180,18 @@ struct GemmContext::Impl {
   size_t checked_sizes = 0;
   int64_t heuristic_queries = 0;
   GroupedPath grouped_path = GroupedPath::kBucketedMultiStream;
+  bool batch_uniform = true;
+  // The tiled path (counts all multiples of kTileRows): one plan per problem with the tile count left out
+  // of the key (rewritten per call), the algorithms checked per tile count, and the device pointer arrays
+  // (A, B, C of every tile), refilled per call on the caller's stream.
+  struct TilePlan {
+    Plan plan;
+    std::unordered_map<int64_t, cublasLtMatmulAlgo_t> checked;
+  };
+  std::map<PlanKey, TilePlan> tile_plans;
+  void* tile_pointers = nullptr;
+  int64_t tile_capacity = 0;  // pointer triples the device buffer holds
+  std::vector<const void*> tile_host;
   // The grouped path's internal streams, the events that fork them off and join them back to the caller's
   // stream, and the workspace slice each one uses (slice i at workspace + i * slice_bytes).
   std::array<cudaStream_t, kGroupStreams> streams{};
@@ -176,6 +210,8 @@ struct GemmContext::Impl {
   void Clear() {
     for (auto& [key, plan] : plans) Destroy(plan);
     plans.clear();
+    for (auto& [key, tp] : tile_plans) Destroy(tp.plan);
+    tile_plans.clear();
     for (auto& [key, gp] : group_plans) Destroy(gp.plan);
     group_plans.clear();
     checked_sizes = 0;
@@ -200,6 +236,18 @@ struct GemmContext::Impl {
     FATHOM_CUBLAS_CHECK(
         cublasLtMatrixLayoutCreate(&p.b, in, tb ? key.n : key.k, tb ? key.k : key.n, key.ldb));
     FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, out, key.m, key.n, key.ldc));
+    if (key.batch > 1) {
+      const int32_t count = static_cast<int32_t>(key.batch);
+      auto batch = [&](cublasLtMatrixLayout_t l, int64_t stride) {
+        FATHOM_CUBLAS_CHECK(
+            cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+        FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                             &stride, sizeof(stride)));
+      };
+      batch(p.a, key.stride_a);
+      batch(p.b, key.stride_b);
+      batch(p.c, key.stride_c);
+    }
   }
 
   // The heuristic's best algorithm for the problem p's layouts currently describe (sizes as in `key`,
@@ -340,6 +388,17 @@ struct GemmContext::Impl {
     }
   }
 
+  // The grouped NT/NN forms on the tiled layout: `tiles` problems of m = kTileRows rows, tile i reading
+  // a + i * kTileRows * lda, w_of_tile[i] and writing c + i * kTileRows * ldc (defined below).
+  void Tiled(bool trans_b, int64_t n, int64_t k, const void* a, int64_t lda,
+             const std::vector<const void*>& w, int64_t ldb, DType in, bool accumulate, void* c, int64_t ldc,
+             DType out, Stream stream);
+
+  // Gemm over `batch` strided problems (defined below).
+  void Strided(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda,
+               int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b, DType in, bool accumulate,
+               void* c, int64_t ldc, int64_t stride_c, DType out, int64_t batch, Stream stream);
+
   // The grouped forms' common body (defined below, after Gemm).
   void Grouped(GemmContext& self, bool trans_a, bool trans_b, int64_t lda, int64_t ldb, int64_t ldc, DType in,
                DType out, bool accumulate, bool ragged_k, const std::vector<ExpertGemm>& calls,
@@ -366,30 +425,47 @@ GemmContext::~GemmContext() {
   for (cudaStream_t st : impl_->streams)
     if (st) cudaStreamDestroy(st);
   if (impl_->workspace) cudaFree(impl_->workspace);
+  if (impl_->tile_pointers) cudaFree(impl_->tile_pointers);
   if (impl_->handle) cublasLtDestroy(impl_->handle);
 }
 
 size_t GemmContext::plan_count() const { return impl_->plans.size() + impl_->group_plans.size(); }
 int64_t GemmContext::heuristic_queries() const { return impl_->heuristic_queries; }
 void GemmContext::set_grouped_path(GroupedPath path) { impl_->grouped_path = path; }
+void GemmContext::set_batch_uniform(bool on) { impl_->batch_uniform = on; }
 GemmContext::GroupedPath GemmContext::grouped_path() const { return impl_->grouped_path; }
 
 void GemmContext::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a,
                        int64_t lda, const void* b, int64_t ldb, DType in, bool accumulate, void* c,
                        int64_t ldc, DType out, Stream stream) {
+  impl_->Strided(trans_a, trans_b, m, n, k, a, lda, 0, b, ldb, 0, in, accumulate, c, ldc, 0, out, 1, stream);
+}
+
+// Gemm's body, for `batch` problems whose operands lie `stride_*` elements apart (batch 1: one problem, the
+// strides unused).
+void GemmContext::Impl::Strided(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a,
+                                int64_t lda, int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b,
+                                DType in, bool accumulate, void* c, int64_t ldc, int64_t stride_c, DType out,
+                                int64_t batch, Stream stream) {
   CheckDTypes("gemm", in, out);
-  FATHOM_CHECK(m >= 0 && n >= 0 && k >= 0, "[gemm] negative size m ", m, " n ", n, " k ", k);
+  FATHOM_CHECK(m >= 0 && n >= 0 && k >= 0 && batch >= 1, "[gemm] negative size m ", m, " n ", n, " k ", k,
+               " or batch ", batch, " < 1");
   FATHOM_CHECK(lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n) && ldc >= n,
                "[gemm] leading dimensions lda ", lda, " ldb ", ldb, " ldc ", ldc, " too small for m ", m,
                " n ", n, " k ", k, trans_a ? " (a transposed)" : "", trans_b ? " (b transposed)" : "");
+  FATHOM_CHECK(batch == 1 || (stride_c >= m * ldc && batch < (int64_t{1} << 31)), "[gemm] batch ", batch,
+               " with output stride ", stride_c, " < ", m * ldc, ": the outputs would overlap");
   if (m == 0 || n == 0) return;
   cudaStream_t s = stream;
   if (k == 0) {
     // An empty sum: cuBLASLt rejects k = 0 layouts, and the contract is simply C = 0 (or C unchanged).
     if (!accumulate) {
       const size_t es = DTypeSize(out);
-      FATHOM_CUDA_CHECK(cudaMemset2DAsync(c, static_cast<size_t>(ldc) * es, 0, static_cast<size_t>(n) * es,
-                                          static_cast<size_t>(m), s));
+      for (int64_t i = 0; i < batch; ++i) {
+        FATHOM_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(c) + static_cast<size_t>(i * stride_c) * es,
+                                            static_cast<size_t>(ldc) * es, 0, static_cast<size_t>(n) * es,
+                                            static_cast<size_t>(m), s));
+      }
     }
     return;
   }
@@ -408,10 +484,106 @@ void GemmContext::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
               Alignment(b),
               Alignment(a),
               Alignment(c)};
-  const Plan& plan = impl_->Find(key);
+  if (batch > 1) {
+    // Every matrix of the batch must meet the alignment the plan promises, not only the first.
+    auto aligned = [](uint32_t base, int64_t stride, DType t) {
+      const auto bytes = static_cast<uintptr_t>(stride) * DTypeSize(t);
+      return std::min(base, Alignment(reinterpret_cast<const void*>(bytes == 0 ? 256 : bytes)));
+    };
+    key.batch = batch;
+    key.stride_a = stride_b;
+    key.stride_b = stride_a;
+    key.stride_c = stride_c;
+    key.align_a = aligned(key.align_a, stride_b, in);
+    key.align_b = aligned(key.align_b, stride_a, in);
+    key.align_c = aligned(key.align_c, stride_c, out);
+  }
+  const Plan& plan = Find(key);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  FATHOM_CUBLAS_CHECK(cublasLtMatmul(impl_->handle, plan.desc, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c,
-                                     c, plan.c, &plan.algo, impl_->workspace, impl_->workspace_bytes, s));
+  FATHOM_CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c, c,
+                                     plan.c, &plan.algo, workspace, workspace_bytes, s));
+}
+
+void GemmContext::Impl::Tiled(bool trans_b, int64_t n, int64_t k, const void* a, int64_t lda,
+                              const std::vector<const void*>& w, int64_t ldb, DType in, bool accumulate,
+                              void* c, int64_t ldc, DType out, Stream stream) {
+  const int64_t tiles = static_cast<int64_t>(w.size()), m = kTileRows;
+  FATHOM_CHECK(tiles < (int64_t{1} << 31), "[gemm] ", tiles, " tiles");
+  cudaStream_t s = stream;
+  // The pointer triples of this call; cuBLASLt's A is our B (the weight), its B our A (row-major swap).
+  tile_host.resize(static_cast<size_t>(3 * tiles));
+  for (int64_t i = 0; i < tiles; ++i) {
+    tile_host[i] = w[i];
+    tile_host[tiles + i] = static_cast<const char*>(a) + static_cast<size_t>(i * m * lda) * DTypeSize(in);
+    tile_host[2 * tiles + i] =
+        static_cast<const char*>(c) + static_cast<size_t>(i * m * ldc) * DTypeSize(out);
+  }
+  if (tiles > tile_capacity) {
+    // Start-up sized in practice: grows to the largest tile count once (a rare cudaMalloc, stream-ordered
+    // after the work that read the old array).
+    FATHOM_CUDA_CHECK(cudaStreamSynchronize(s));
+    if (tile_pointers) FATHOM_CUDA_CHECK(cudaFree(tile_pointers));
+    tile_capacity = std::max<int64_t>(2 * tiles, 1024);
+    FATHOM_CUDA_CHECK(cudaMalloc(&tile_pointers, static_cast<size_t>(3 * tile_capacity) * sizeof(void*)));
+  }
+  auto** dev = static_cast<const void**>(tile_pointers);
+  // Pageable source: the call returns once the driver has staged the bytes, so tile_host may be refilled by
+  // the next call; the copy is ordered on `s` before this call's matmul and after the previous one's.
+  FATHOM_CUDA_CHECK(cudaMemcpyAsync(dev, tile_host.data(), static_cast<size_t>(3 * tiles) * sizeof(void*),
+                                    cudaMemcpyHostToDevice, s));
+  PlanKey key{trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+              CUBLAS_OP_N,
+              n,
+              m,
+              k,
+              ldb,
+              lda,
+              ldc,
+              static_cast<int>(in),
+              static_cast<int>(out),
+              256,
+              256,
+              256};
+  // Every tile's pointers must meet the alignments the plan promises.
+  for (const void* p : w) key.align_a = std::min(key.align_a, Alignment(p));
+  auto step = [](int64_t elements, DType t) {
+    return Alignment(reinterpret_cast<const void*>(static_cast<uintptr_t>(elements) * DTypeSize(t)));
+  };
+  key.align_b = std::min({Alignment(a), tiles > 1 ? step(m * lda, in) : 256u});
+  key.align_c = std::min({Alignment(c), tiles > 1 ? step(m * ldc, out) : 256u});
+  key.batch = -1;  // the tiled path's plans (the tile count is set per call)
+  auto it = tile_plans.find(key);
+  if (it == tile_plans.end()) {
+    it = tile_plans.emplace(key, TilePlan{}).first;
+    Build(it->second.plan, key);
+  }
+  TilePlan& tp = it->second;
+  const int32_t count = static_cast<int32_t>(tiles);
+  const uint32_t mode = CUBLASLT_BATCH_MODE_POINTER_ARRAY;
+  for (cublasLtMatrixLayout_t l : {tp.plan.a, tp.plan.b, tp.plan.c}) {
+    FATHOM_CUBLAS_CHECK(
+        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE, &mode, sizeof(mode)));
+    FATHOM_CUBLAS_CHECK(
+        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+  }
+  auto found = tp.checked.find(tiles);
+  if (found == tp.checked.end()) {
+    if (tp.checked.empty()) {
+      tp.plan.algo = Query(tp.plan, key, workspace_bytes);
+    }
+    cublasLtMatmulHeuristicResult_t check{};
+    const cublasStatus_t st = cublasLtMatmulAlgoCheck(handle, tp.plan.desc, tp.plan.a, tp.plan.b, tp.plan.c,
+                                                      tp.plan.c, &tp.plan.algo, &check);
+    const cublasLtMatmulAlgo_t algo = st == CUBLAS_STATUS_SUCCESS && check.workspaceSize <= workspace_bytes
+                                          ? tp.plan.algo
+                                          : Query(tp.plan, key, workspace_bytes);
+    if (tp.checked.size() >= kMaxCheckedSizes) tp.checked.clear();
+    found = tp.checked.emplace(tiles, algo).first;
+  }
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  FATHOM_CUBLAS_CHECK(cublasLtMatmul(handle, tp.plan.desc, &alpha, dev, tp.plan.a, dev + tiles, tp.plan.b,
+                                     &beta, dev + 2 * tiles, tp.plan.c, dev + 2 * tiles, tp.plan.c,
+                                     &found->second, workspace, workspace_bytes, s));
 }
 
 void GemmContext::MatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, bool accumulate,
@@ -470,6 +642,17 @@ void GemmContext::GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tens
                "[grouped_matmul_nt_cuda] out ", out.shape_str(), " x ", x.shape_str(), " w ", w.shape_str());
   const int64_t experts = w.dim(0), nn = w.dim(1), kk = w.dim(2);
   std::vector<int64_t> off = BlockOffsets("grouped_matmul_nt_cuda", counts, experts, x.dim(0));
+  if (const int64_t c = impl_->batch_uniform ? UniformRows(off) : 0) {
+    return impl_->Strided(false, true, c, nn, kk, x.raw(), kk, c * kk, w.raw(), kk, nn * kk, x.dtype(),
+                          accumulate, out.raw(), nn, c * nn, out.dtype(), experts, stream);
+  }
+  if (impl_->batch_uniform && Tiled(off) && nn > 0 && kk > 0) {
+    std::vector<const void*> tile_w;
+    for (int64_t e = 0; e < experts; ++e)
+      for (int64_t r = off[e]; r < off[e + 1]; r += kTileRows) tile_w.push_back(Offset(w, e * nn * kk));
+    return impl_->Tiled(true, nn, kk, x.raw(), kk, tile_w, kk, x.dtype(), accumulate, out.raw(), nn,
+                        out.dtype(), stream);
+  }
   std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];
@@ -488,6 +671,17 @@ void GemmContext::GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tens
                "[grouped_matmul_nn_cuda] out ", out.shape_str(), " x ", x.shape_str(), " w ", w.shape_str());
   const int64_t experts = w.dim(0), kk = w.dim(1), nn = w.dim(2);
   std::vector<int64_t> off = BlockOffsets("grouped_matmul_nn_cuda", counts, experts, x.dim(0));
+  if (const int64_t c = impl_->batch_uniform ? UniformRows(off) : 0) {
+    return impl_->Strided(false, false, c, nn, kk, x.raw(), kk, c * kk, w.raw(), nn, kk * nn, x.dtype(),
+                          accumulate, out.raw(), nn, c * nn, out.dtype(), experts, stream);
+  }
+  if (impl_->batch_uniform && Tiled(off) && nn > 0 && kk > 0) {
+    std::vector<const void*> tile_w;
+    for (int64_t e = 0; e < experts; ++e)
+      for (int64_t r = off[e]; r < off[e + 1]; r += kTileRows) tile_w.push_back(Offset(w, e * kk * nn));
+    return impl_->Tiled(false, nn, kk, x.raw(), kk, tile_w, nn, x.dtype(), accumulate, out.raw(), nn,
+                        out.dtype(), stream);
+  }
   std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];
@@ -506,6 +700,10 @@ void GemmContext::GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tens
                "[grouped_matmul_tn_cuda] out ", out.shape_str(), " x ", x.shape_str(), " y ", y.shape_str());
   const int64_t experts = out.dim(0), mm = out.dim(1), nn = out.dim(2);
   std::vector<int64_t> off = BlockOffsets("grouped_matmul_tn_cuda", counts, experts, x.dim(0));
+  if (const int64_t c = impl_->batch_uniform ? UniformRows(off) : 0) {
+    return impl_->Strided(true, false, mm, nn, c, x.raw(), mm, c * mm, y.raw(), nn, c * nn, x.dtype(),
+                          accumulate, out.raw(), nn, mm * nn, out.dtype(), experts, stream);
+  }
   std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];

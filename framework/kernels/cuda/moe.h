@@ -96,25 +96,31 @@ Tensor PinnedExpertCounts(int64_t num_experts);
 void MoeSortByExpert(const Tensor& row_slot, const Tensor& slot_row, const Tensor& counts,
                      const Tensor& offsets, const Tensor& counts_host, const Tensor& topk_index,
                      const Tensor& workspace, Stream stream);
-// x_perm (R, H) row r = x row (row_slot[r] / top_k), overwritten. x (N, H); row_slot (R) i64.
+// x_perm (P, H) row r = x row (row_slot[r] / top_k), or zeros where row_slot[r] = -1 (the pad rows of
+// MoePadLayout), overwritten. x (N, H); row_slot (P) i64, P = N * top_k or a padded layout's rows.
 void MoePermuteRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k,
                     Stream stream);
 // cpu::MoePermute: MoeSortByExpert then MoePermuteRows (K = topk_index.dim(1)).
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& slot_row, const Tensor& counts,
                 const Tensor& offsets, const Tensor& counts_host, const Tensor& x, const Tensor& topk_index,
                 const Tensor& workspace, Stream stream);
+// cpu::MoePadLayout on the device: padded (P) i64 from row_slot (R) and the device counts (E <= 1024) of
+// MoeSortByExpert; P comes from the host counts (cpu::PaddedRows), and a device total that disagrees traps.
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile,
+                  Stream stream);
 // dx (N, H) (=, or += when accumulate) row t = sum over k = 0..K-1, in k order, of the dx_perm row of slot
-// t*K+k (a gather per token: no atomics). dx_perm (R, H); slot_row (R) i64 from MoeSortByExpert.
+// t*K+k (a gather per token: no atomics). dx_perm (P, H); slot_row (>= N*K) i64 from MoeSortByExpert or the
+// inverse of a padded layout; top_k = K, or 0 when P = N * K (then K = P / N).
 void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row, bool accumulate,
-                        Stream stream);
+                        Stream stream, int64_t top_k = 0);
 
 // out (N, H) overwritten, row t = sum over k, in k order, of topk_weight[t, k] * the y_perm row of slot
-// t*K+k. y_perm (R, H); slot_row (R) i64; topk_weight (N, K) f32.
+// t*K+k. y_perm (P >= R, H); slot_row (>= R) i64; topk_weight (N, K) f32.
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& slot_row, const Tensor& topk_weight,
                 Stream stream);
 // dy_perm (R, H) row r = topk_weight[slot] * dout row (slot / K); dweight (N, K) f32 at slot = dout row
 // (slot / K) . y_perm row r (f32, fixed-order block reduction), with slot = row_slot[r]; both overwritten.
-// dout (N, H); y_perm (R, H); row_slot (R) i64; topk_weight (N, K) f32.
+// dout (N, H); y_perm (P, H); row_slot (P) i64, P >= R (-1 rows: zero dy_perm rows); topk_weight (N, K) f32.
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight,
                         Stream stream);

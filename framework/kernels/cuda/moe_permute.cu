@@ -137,8 +137,13 @@ __global__ void PermuteRowsKernel(W* __restrict__ x_perm, const W* __restrict__ 
                                   int k) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
   if (r >= rows) return;
-  const W* src = x + (row_slot[r] / k) * row_words;
   W* dst = x_perm + r * row_words;
+  const int64_t slot = row_slot[r];
+  if (slot < 0) {  // a pad row of MoePadLayout's layout
+    for (int64_t w = threadIdx.x % 32; w < row_words; w += 32) dst[w] = W{};
+    return;
+  }
+  const W* src = x + (slot / k) * row_words;
   for (int64_t w = threadIdx.x % 32; w < row_words; w += 32) dst[w] = src[w];
 }
 
@@ -211,9 +216,16 @@ __global__ void CombineBackwardKernel(T* __restrict__ dy_perm, float* __restrict
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
   if (r >= rows) return;
   const int64_t slot = row_slot[r];
+  T* dy = dy_perm + r * h;
+  if (slot < 0) {  // a pad row of MoePadLayout's layout: no gradient
+    float zero[P];
+#pragma unroll
+    for (int i = 0; i < P; ++i) zero[i] = 0.0f;
+    for (int64_t c = (threadIdx.x % 32) * P; c < h; c += 32 * P) StoreVec<P>(dy + c, zero);
+    return;
+  }
   const T* g = dout + (slot / k) * h;
   const T* y = y_perm + r * h;
-  T* dy = dy_perm + r * h;
   const float w = topk_weight[slot];
   float dot = 0.0f;
   for (int64_t c = (threadIdx.x % 32) * P; c < h; c += 32 * P) {
@@ -243,7 +255,59 @@ void WithPack(int64_t h, std::initializer_list<const void*> pointers, F&& f) {
   }
 }
 
+// One block per 1024 padded rows: every block derives the experts' packed offsets and block offsets from the
+// counts (thread 0, serially: E <= 1024 and small), then maps its rows. A total that disagrees with the
+// host's row count traps.
+constexpr int kPadThreads = 1024;
+
+__global__ void PadLayoutKernel(int64_t* __restrict__ padded, const int64_t* __restrict__ row_slot,
+                                const int64_t* __restrict__ counts, int e, int64_t tile, int64_t rows,
+                                int64_t total) {
+  __shared__ int64_t from[kPadThreads + 1], at[kPadThreads + 1];
+  if (threadIdx.x == 0) {
+    from[0] = at[0] = 0;
+    for (int i = 0; i < e; ++i) {
+      from[i + 1] = from[i] + counts[i];
+      at[i + 1] = at[i] + (counts[i] + tile - 1) / tile * tile;
+    }
+    if (at[e] != total || from[e] != rows) __trap();
+  }
+  __syncthreads();
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * kPadThreads + threadIdx.x;
+  if (p >= total) return;
+  int lo = 0, hi = e - 1;  // the expert whose block holds row p: at[i] <= p < at[i + 1]
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (at[mid] <= p) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const int64_t j = p - at[lo];
+  padded[p] = j < counts[lo] ? row_slot[from[lo] + j] : -1;
+}
+
 }  // namespace
+
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile,
+                  Stream stream) {
+  const char* op = "moe_pad_layout_cuda";
+  FATHOM_CHECK(padded.ndim() == 1 && row_slot.ndim() == 1 && counts.ndim() == 1 && tile >= 1, "[", op,
+               "] padded ", padded.shape_str(), " row_slot ", row_slot.shape_str(), " counts ",
+               counts.shape_str(), " tile ", tile);
+  const int64_t e = counts.dim(0), total = padded.dim(0);
+  FATHOM_CHECK(e >= 1 && e <= kPadThreads, "[", op, "] ", e, " experts (at most ", kPadThreads, ")");
+  CheckDevice(op, "padded", padded, DType::kI64, {total});
+  CheckDevice(op, "row_slot", row_slot, DType::kI64, {row_slot.dim(0)});
+  CheckDevice(op, "counts", counts, DType::kI64, {e});
+  CheckRows(op, total);
+  if (total == 0) return;
+  PadLayoutKernel<<<static_cast<unsigned>((total + kPadThreads - 1) / kPadThreads), kPadThreads, 0,
+                    Raw(stream)>>>(padded.data<int64_t>(), row_slot.data<int64_t>(), counts.data<int64_t>(),
+                                   static_cast<int>(e), tile, row_slot.dim(0), total);
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
 
 // ---- launchers
 // ---------------------------------------------------------------------------------------------
@@ -320,7 +384,8 @@ void MoePermuteRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slo
   const char* op = "moe_permute_rows_cuda";
   FATHOM_CHECK(x.ndim() == 2 && top_k >= 1, "[", op, "] x ", x.shape_str(), " top_k ", top_k);
   CheckActivationDType(op, x.dtype());
-  const int64_t n = x.dim(0), h = x.dim(1), r = n * top_k;
+  FATHOM_CHECK(row_slot.ndim() == 1, "[", op, "] row_slot ", row_slot.shape_str());
+  const int64_t n = x.dim(0), h = x.dim(1), r = row_slot.dim(0);  // r >= N * top_k in padded layouts
   CheckRows(op, r);
   CheckDevice(op, "x", x, x.dtype(), {n, h});
   CheckDevice(op, "x_perm", x_perm, x.dtype(), {r, h});
@@ -354,17 +419,20 @@ void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& slot
 }
 
 void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& slot_row, bool accumulate,
-                        Stream stream) {
+                        Stream stream, int64_t top_k) {
   const char* op = "moe_permute_backward_cuda";
   FATHOM_CHECK(dx.ndim() == 2 && dx_perm.ndim() == 2, "[", op, "] dx ", dx.shape_str(), " dx_perm ",
                dx_perm.shape_str());
   const int64_t n = dx.dim(0), h = dx.dim(1), r = dx_perm.dim(0);
-  FATHOM_CHECK(n > 0 ? r % n == 0 : r == 0, "[", op, "] ", r, " rows for ", n, " tokens");
+  FATHOM_CHECK(top_k > 0 || (n > 0 ? r % n == 0 : r == 0), "[", op, "] ", r, " rows for ", n, " tokens");
   CheckRows(op, r);
-  const int64_t k = n > 0 ? r / n : 0;
+  const int64_t k = top_k > 0 ? top_k : n > 0 ? r / n : 0;
+  FATHOM_CHECK(n * k <= r, "[", op, "] ", r, " rows for ", n, " tokens of ", k, " copies");
   CheckDevice(op, "dx", dx, dx.dtype(), {n, h});
   CheckDevice(op, "dx_perm", dx_perm, dx.dtype(), {r, h});
-  CheckDevice(op, "slot_row", slot_row, DType::kI64, {r});
+  CheckDevice(op, "slot_row", slot_row, DType::kI64, {slot_row.numel()});
+  FATHOM_CHECK(slot_row.numel() >= n * k, "[", op, "] slot_row ", slot_row.shape_str(), " for ", n * k,
+               " slots");
   DispatchActivation(dx.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (n * h == 0) return;
@@ -385,8 +453,10 @@ void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& slot_row,
   const int64_t n = out.dim(0), h = out.dim(1), k = topk_weight.dim(1), r = n * k;
   CheckRows(op, r);
   CheckDevice(op, "out", out, out.dtype(), {n, h});
-  CheckDevice(op, "y_perm", y_perm, out.dtype(), {r, h});
-  CheckDevice(op, "slot_row", slot_row, DType::kI64, {r});
+  FATHOM_CHECK(y_perm.ndim() == 2 && y_perm.dim(0) >= r && slot_row.ndim() == 1 && slot_row.dim(0) >= r, "[",
+               op, "] y_perm ", y_perm.shape_str(), " slot_row ", slot_row.shape_str(), " for ", r, " slots");
+  CheckDevice(op, "y_perm", y_perm, out.dtype(), {y_perm.dim(0), h});
+  CheckDevice(op, "slot_row", slot_row, DType::kI64, {slot_row.dim(0)});
   CheckDevice(op, "topk_weight", topk_weight, DType::kF32, {n, k});
   DispatchActivation(out.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -406,7 +476,10 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
   const char* op = "moe_combine_backward_cuda";
   FATHOM_CHECK(dout.ndim() == 2 && topk_weight.ndim() == 2, "[", op, "] dout ", dout.shape_str(),
                " topk_weight ", topk_weight.shape_str());
-  const int64_t n = dout.dim(0), h = dout.dim(1), k = topk_weight.dim(1), r = n * k;
+  const int64_t n = dout.dim(0), h = dout.dim(1), k = topk_weight.dim(1);
+  FATHOM_CHECK(row_slot.ndim() == 1 && row_slot.dim(0) >= n * k, "[", op, "] row_slot ", row_slot.shape_str(),
+               " for ", n * k, " slots");
+  const int64_t r = row_slot.dim(0);  // > N * K in padded layouts (their -1 rows get zeros)
   CheckRows(op, r);
   CheckDevice(op, "dout", dout, dout.dtype(), {n, h});
   CheckDevice(op, "y_perm", y_perm, dout.dtype(), {r, h});
