@@ -388,11 +388,11 @@ struct GemmContext::Impl {
     }
   }
 
-  // The grouped NT/NN forms on the tiled layout: `tiles` problems of m = kTileRows rows, tile i reading
-  // a + i * kTileRows * lda, w_of_tile[i] and writing c + i * kTileRows * ldc (defined below).
-  void Tiled(bool trans_b, int64_t n, int64_t k, const void* a, int64_t lda,
-             const std::vector<const void*>& w, int64_t ldb, DType in, bool accumulate, void* c, int64_t ldc,
-             DType out, Stream stream);
+  // One cuBLASLt pointer-array batch of equal row-major problems (Gemm's convention), problem i reading
+  // a[i], b[i] and writing c[i] (defined below).
+  void Pointers(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const std::vector<const void*>& a,
+                int64_t lda, const std::vector<const void*>& b, int64_t ldb, const std::vector<void*>& c,
+                int64_t ldc, DType in, DType out, bool accumulate, Stream stream);
 
   // Gemm over `batch` strided problems (defined below).
   void Strided(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda,
@@ -504,35 +504,39 @@ void GemmContext::Impl::Strided(bool trans_a, bool trans_b, int64_t m, int64_t n
                                      plan.c, &plan.algo, workspace, workspace_bytes, s));
 }
 
-void GemmContext::Impl::Tiled(bool trans_b, int64_t n, int64_t k, const void* a, int64_t lda,
-                              const std::vector<const void*>& w, int64_t ldb, DType in, bool accumulate,
-                              void* c, int64_t ldc, DType out, Stream stream) {
-  const int64_t tiles = static_cast<int64_t>(w.size()), m = kTileRows;
-  FATHOM_CHECK(tiles < (int64_t{1} << 31), "[gemm] ", tiles, " tiles");
+void GemmContext::Impl::Pointers(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                                 const std::vector<const void*>& a, int64_t lda, const std::vector<const void*>& b,
+                                 int64_t ldb, const std::vector<void*>& c, int64_t ldc, DType in, DType out,
+                                 bool accumulate, Stream stream) {
+  const int64_t count = static_cast<int64_t>(a.size());
+  FATHOM_CHECK(count >= 1 && count < (int64_t{1} << 31) && b.size() == a.size() && c.size() == a.size(),
+               "[gemm] pointer batch of ", count, " problems");
   cudaStream_t s = stream;
-  // The pointer triples of this call; cuBLASLt's A is our B (the weight), its B our A (row-major swap).
-  tile_host.resize(static_cast<size_t>(3 * tiles));
-  for (int64_t i = 0; i < tiles; ++i) {
-    tile_host[i] = w[i];
-    tile_host[tiles + i] = static_cast<const char*>(a) + static_cast<size_t>(i * m * lda) * DTypeSize(in);
-    tile_host[2 * tiles + i] =
-        static_cast<const char*>(c) + static_cast<size_t>(i * m * ldc) * DTypeSize(out);
-  }
-  if (tiles > tile_capacity) {
-    // Start-up sized in practice: grows to the largest tile count once (a rare cudaMalloc, stream-ordered
-    // after the work that read the old array).
+  // The pointer triples of this call; cuBLASLt's A is our B, its B our A (the row-major swap).
+  tile_host.resize(static_cast<size_t>(3 * count));
+  std::copy(b.begin(), b.end(), tile_host.begin());
+  std::copy(a.begin(), a.end(), tile_host.begin() + count);
+  std::copy(c.begin(), c.end(), tile_host.begin() + 2 * count);
+  if (count > tile_capacity) {
+    // Grows to the largest batch once (a rare cudaMalloc; the wait orders it after the work that read the
+    // old array).
     FATHOM_CUDA_CHECK(cudaStreamSynchronize(s));
     if (tile_pointers) FATHOM_CUDA_CHECK(cudaFree(tile_pointers));
-    tile_capacity = std::max<int64_t>(2 * tiles, 1024);
+    tile_capacity = std::max<int64_t>(2 * count, 1024);
     FATHOM_CUDA_CHECK(cudaMalloc(&tile_pointers, static_cast<size_t>(3 * tile_capacity) * sizeof(void*)));
   }
   auto** dev = static_cast<const void**>(tile_pointers);
   // Pageable source: the call returns once the driver has staged the bytes, so tile_host may be refilled by
   // the next call; the copy is ordered on `s` before this call's matmul and after the previous one's.
-  FATHOM_CUDA_CHECK(cudaMemcpyAsync(dev, tile_host.data(), static_cast<size_t>(3 * tiles) * sizeof(void*),
+  FATHOM_CUDA_CHECK(cudaMemcpyAsync(dev, tile_host.data(), static_cast<size_t>(3 * count) * sizeof(void*),
                                     cudaMemcpyHostToDevice, s));
+  auto align = [](auto& ptrs) {
+    uint32_t v = 256;
+    for (const void* p : ptrs) v = std::min(v, Alignment(p));
+    return v;
+  };
   PlanKey key{trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-              CUBLAS_OP_N,
+              trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
               n,
               m,
               k,
@@ -541,36 +545,27 @@ void GemmContext::Impl::Tiled(bool trans_b, int64_t n, int64_t k, const void* a,
               ldc,
               static_cast<int>(in),
               static_cast<int>(out),
-              256,
-              256,
-              256};
-  // Every tile's pointers must meet the alignments the plan promises.
-  for (const void* p : w) key.align_a = std::min(key.align_a, Alignment(p));
-  auto step = [](int64_t elements, DType t) {
-    return Alignment(reinterpret_cast<const void*>(static_cast<uintptr_t>(elements) * DTypeSize(t)));
-  };
-  key.align_b = std::min({Alignment(a), tiles > 1 ? step(m * lda, in) : 256u});
-  key.align_c = std::min({Alignment(c), tiles > 1 ? step(m * ldc, out) : 256u});
-  key.batch = -1;  // the tiled path's plans (the tile count is set per call)
+              align(b),
+              align(a),
+              align(c)};
+  key.batch = -1;  // the pointer-array plans (the batch count is set per call)
   auto it = tile_plans.find(key);
   if (it == tile_plans.end()) {
     it = tile_plans.emplace(key, TilePlan{}).first;
     Build(it->second.plan, key);
   }
   TilePlan& tp = it->second;
-  const int32_t count = static_cast<int32_t>(tiles);
+  const int32_t batch = static_cast<int32_t>(count);
   const uint32_t mode = CUBLASLT_BATCH_MODE_POINTER_ARRAY;
   for (cublasLtMatrixLayout_t l : {tp.plan.a, tp.plan.b, tp.plan.c}) {
     FATHOM_CUBLAS_CHECK(
         cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE, &mode, sizeof(mode)));
     FATHOM_CUBLAS_CHECK(
-        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof(batch)));
   }
-  auto found = tp.checked.find(tiles);
+  auto found = tp.checked.find(count);
   if (found == tp.checked.end()) {
-    if (tp.checked.empty()) {
-      tp.plan.algo = Query(tp.plan, key, workspace_bytes);
-    }
+    if (tp.checked.empty()) tp.plan.algo = Query(tp.plan, key, workspace_bytes);
     cublasLtMatmulHeuristicResult_t check{};
     const cublasStatus_t st = cublasLtMatmulAlgoCheck(handle, tp.plan.desc, tp.plan.a, tp.plan.b, tp.plan.c,
                                                       tp.plan.c, &tp.plan.algo, &check);
@@ -578,11 +573,11 @@ void GemmContext::Impl::Tiled(bool trans_b, int64_t n, int64_t k, const void* a,
                                           ? tp.plan.algo
                                           : Query(tp.plan, key, workspace_bytes);
     if (tp.checked.size() >= kMaxCheckedSizes) tp.checked.clear();
-    found = tp.checked.emplace(tiles, algo).first;
+    found = tp.checked.emplace(count, algo).first;
   }
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  FATHOM_CUBLAS_CHECK(cublasLtMatmul(handle, tp.plan.desc, &alpha, dev, tp.plan.a, dev + tiles, tp.plan.b,
-                                     &beta, dev + 2 * tiles, tp.plan.c, dev + 2 * tiles, tp.plan.c,
+  FATHOM_CUBLAS_CHECK(cublasLtMatmul(handle, tp.plan.desc, &alpha, dev, tp.plan.a, dev + count, tp.plan.b,
+                                     &beta, dev + 2 * count, tp.plan.c, dev + 2 * count, tp.plan.c,
                                      &found->second, workspace, workspace_bytes, s));
 }
 
@@ -647,11 +642,17 @@ void GemmContext::GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tens
                           accumulate, out.raw(), nn, c * nn, out.dtype(), experts, stream);
   }
   if (impl_->batch_uniform && Tiled(off) && nn > 0 && kk > 0) {
-    std::vector<const void*> tile_w;
-    for (int64_t e = 0; e < experts; ++e)
-      for (int64_t r = off[e]; r < off[e + 1]; r += kTileRows) tile_w.push_back(Offset(w, e * nn * kk));
-    return impl_->Tiled(true, nn, kk, x.raw(), kk, tile_w, kk, x.dtype(), accumulate, out.raw(), nn,
-                        out.dtype(), stream);
+    std::vector<const void*> pa, pb;
+    std::vector<void*> pc;
+    for (int64_t e = 0; e < experts; ++e) {
+      for (int64_t r = off[e]; r < off[e + 1]; r += kTileRows) {
+        pa.push_back(Offset(x, r * kk));
+        pb.push_back(Offset(w, e * nn * kk));
+        pc.push_back(MutableOffset(out, r * nn));
+      }
+    }
+    return impl_->Pointers(false, true, kTileRows, nn, kk, pa, kk, pb, kk, pc, nn, x.dtype(), out.dtype(),
+                           accumulate, stream);
   }
   std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
@@ -676,11 +677,17 @@ void GemmContext::GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tens
                           accumulate, out.raw(), nn, c * nn, out.dtype(), experts, stream);
   }
   if (impl_->batch_uniform && Tiled(off) && nn > 0 && kk > 0) {
-    std::vector<const void*> tile_w;
-    for (int64_t e = 0; e < experts; ++e)
-      for (int64_t r = off[e]; r < off[e + 1]; r += kTileRows) tile_w.push_back(Offset(w, e * kk * nn));
-    return impl_->Tiled(false, nn, kk, x.raw(), kk, tile_w, nn, x.dtype(), accumulate, out.raw(), nn,
-                        out.dtype(), stream);
+    std::vector<const void*> pa, pb;
+    std::vector<void*> pc;
+    for (int64_t e = 0; e < experts; ++e) {
+      for (int64_t r = off[e]; r < off[e + 1]; r += kTileRows) {
+        pa.push_back(Offset(x, r * kk));
+        pb.push_back(Offset(w, e * kk * nn));
+        pc.push_back(MutableOffset(out, r * nn));
+      }
+    }
+    return impl_->Pointers(false, false, kTileRows, nn, kk, pa, kk, pb, nn, pc, nn, x.dtype(), out.dtype(),
+                           accumulate, stream);
   }
   std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
@@ -703,6 +710,32 @@ void GemmContext::GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tens
   if (const int64_t c = impl_->batch_uniform ? UniformRows(off) : 0) {
     return impl_->Strided(true, false, mm, nn, c, x.raw(), mm, c * mm, y.raw(), nn, c * nn, x.dtype(),
                           accumulate, out.raw(), nn, mm * nn, out.dtype(), experts, stream);
+  }
+  if (impl_->batch_uniform && Tiled(off) && mm > 0 && nn > 0) {
+    // The reduction runs over each expert's rows, so experts go in one pointer-array batch per distinct
+    // (tile-multiple) row count; an expert without rows gets the empty sum when overwriting.
+    std::map<int64_t, std::vector<int64_t>> by_rows;
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t rows = off[e + 1] - off[e];
+      if (rows > 0) {
+        by_rows[rows].push_back(e);
+      } else if (!accumulate) {
+        FATHOM_CUDA_CHECK(cudaMemsetAsync(MutableOffset(out, e * mm * nn), 0,
+                                          static_cast<size_t>(mm * nn) * DTypeSize(out.dtype()), stream));
+      }
+    }
+    for (const auto& [rows, group] : by_rows) {
+      std::vector<const void*> pa, pb;
+      std::vector<void*> pc;
+      for (int64_t e : group) {
+        pa.push_back(Offset(x, off[e] * mm));
+        pb.push_back(Offset(y, off[e] * nn));
+        pc.push_back(MutableOffset(out, e * mm * nn));
+      }
+      impl_->Pointers(true, false, mm, nn, rows, pa, mm, pb, nn, pc, nn, x.dtype(), out.dtype(), accumulate,
+                      stream);
+    }
+    return;
   }
   std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {

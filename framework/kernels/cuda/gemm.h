@@ -137,10 +137,11 @@ class GemmContext {
   // of layers/moe.h) run as one strided-batched cuBLASLt matmul on any path (default on; off only for
   // tests/gpu_bench/gemm_bench.cc's comparison).
   void set_batch_uniform(bool on);
-  // Tiled blocks (every expert's row count a multiple of kTileRows, E > 1 or not: the tiled expert layout of
+  // Tiled blocks (every expert's row count a multiple of kTileRows: the padded expert layout of
   // layers/moe.h) run NT and NN as ONE cuBLASLt pointer-array batch of kTileRows-row tiles, each reading its
-  // expert's weight (also under set_batch_uniform; TN keeps the per-expert path). The pointer arrays go to
-  // the device with each call (an asynchronous copy on the caller's stream, 24 bytes per tile). Measured on
+  // expert's weight, and TN as one pointer-array batch per distinct row count (also under
+  // set_batch_uniform). The pointer arrays go to the device with each call (an asynchronous copy on the
+  // caller's stream, 24 bytes per problem). Measured on
   // an H200 (gemm_bench BM_TiledPointerArray, 32 experts x 1024 rows): 597-648 TFLOP/s at 128- and 256-row
   // tiles against 450-500 per expert on 4 streams and 615-625 for the strided batch.
   static constexpr int64_t kTileRows = 128;
