@@ -296,18 +296,13 @@ void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, co
                                     ctx.stream());
 }
 
+// The counts stay on the device; the caller brings them to the host (CopyToHostAsync) when it must.
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
                 const Tensor& topk_index) {
-  const char* op = "moe_permute";
-  const OpContext& ctx = Context(op);
-  const int64_t e = counts.dim(0), rows = topk_index.numel();
-  FATHOM_CHECK(e >= 1, "[", op, "] counts ", counts.shape_str(), ": at least one expert");
-  const Tensor slot_row = Empty(op, {rows}, DType::kI64);
-  const Tensor offsets = Empty(op, {e + 1}, DType::kI64);
-  const Tensor workspace = Empty(op, {cuda::MoeSortWorkspaceElements(rows, e)}, DType::kI32);
-  // The counts stay on the device; the caller brings them to the host (CopyToHostAsync) when it must.
-  cuda::MoePermute(x_perm, row_slot, slot_row, counts, offsets, /*counts_host=*/Tensor(), x, topk_index,
-                   workspace, ctx.stream());
+  FATHOM_CHECK(topk_index.ndim() == 2 && x.ndim() == 2 && topk_index.dim(0) == x.dim(0), "[moe_permute] x ",
+               x.shape_str(), " topk_index ", topk_index.shape_str());
+  MoeSortByExpert(row_slot, counts, topk_index);
+  MoeGatherRows(x_perm, x, row_slot, topk_index.dim(1));
 }
 
 void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index) {

@@ -95,6 +95,25 @@ uint32_t Alignment(const void* p) {
   return align;
 }
 
+// The column-major problem cuBLASLt sees for the row-major C (M, N) = op(A) (M, K) . op(B) (K, N): B goes
+// first (C^T = op(B)^T op(A)^T), so the transposes, sizes, leading dimensions and alignments swap.
+PlanKey RowMajorKey(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+                    int64_t ldc, DType in, DType out, uint32_t align_a, uint32_t align_b, uint32_t align_c) {
+  return PlanKey{trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                 trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                 n,
+                 m,
+                 k,
+                 ldb,
+                 lda,
+                 ldc,
+                 static_cast<int>(in),
+                 static_cast<int>(out),
+                 align_b,
+                 align_a,
+                 align_c};
+}
+
 void CheckDTypes(const char* op, DType in, DType out) {
   const bool ok = (in == DType::kF32 && out == DType::kF32) ||
                   (in == DType::kBF16 && (out == DType::kBF16 || out == DType::kF32));
@@ -361,19 +380,8 @@ struct GemmContext::Impl {
     for (const ExpertGemm& g : calls) {
       const int i = static_cast<int>(std::min_element(load.begin(), load.begin() + used) - load.begin());
       load[i] += static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k);
-      const PlanKey key{trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                        trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                        g.n,
-                        g.m,
-                        g.k,
-                        ldb,
-                        lda,
-                        ldc,
-                        static_cast<int>(in),
-                        static_cast<int>(out),
-                        Alignment(g.b),
-                        Alignment(g.a),
-                        Alignment(g.c)};
+      const PlanKey key = RowMajorKey(trans_a, trans_b, g.m, g.n, g.k, lda, ldb, ldc, in, out, Alignment(g.a),
+                                      Alignment(g.b), Alignment(g.c));
       auto [plan, algo] = FindGrouped(key, ragged, grouped_path == GroupedPath::kExactMultiStream);
       void* ws = slice_bytes ? static_cast<char*>(workspace) + static_cast<size_t>(i) * slice_bytes : nullptr;
       FATHOM_CUBLAS_CHECK(cublasLtMatmul(handle, plan->desc, &alpha, g.b, plan->a, g.a, plan->b, &beta, g.c,
@@ -390,9 +398,14 @@ struct GemmContext::Impl {
 
   // One cuBLASLt pointer-array batch of equal row-major problems (Gemm's convention), problem i reading
   // a[i], b[i] and writing c[i] (defined below).
-  void Pointers(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const std::vector<const void*>& a,
-                int64_t lda, const std::vector<const void*>& b, int64_t ldb, const std::vector<void*>& c,
-                int64_t ldc, DType in, DType out, bool accumulate, Stream stream);
+  void Pointers(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                const std::vector<const void*>& a, int64_t lda, const std::vector<const void*>& b,
+                int64_t ldb, const std::vector<void*>& c, int64_t ldc, DType in, DType out, bool accumulate,
+                Stream stream);
+
+  // The NT / NN grouped forms' common body (defined below).
+  void RowBlocks(GemmContext& self, bool trans_b, int64_t nn, int64_t kk, const Tensor& out, const Tensor& x,
+                 const Tensor& w, const std::vector<int64_t>& off, bool accumulate, Stream stream);
 
   // Gemm over `batch` strided problems (defined below).
   void Strided(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda,
@@ -470,20 +483,8 @@ void GemmContext::Impl::Strided(bool trans_a, bool trans_b, int64_t m, int64_t n
     return;
   }
   FATHOM_CHECK(a != nullptr && b != nullptr && c != nullptr, "[gemm] null operand");
-  // Row-major C (M, N) = op(A) op(B) is column-major C^T (N, M) = op(B)^T op(A)^T: B goes first.
-  PlanKey key{trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-              trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-              n,
-              m,
-              k,
-              ldb,
-              lda,
-              ldc,
-              static_cast<int>(in),
-              static_cast<int>(out),
-              Alignment(b),
-              Alignment(a),
-              Alignment(c)};
+  PlanKey key = RowMajorKey(trans_a, trans_b, m, n, k, lda, ldb, ldc, in, out, Alignment(a), Alignment(b),
+                            Alignment(c));
   if (batch > 1) {
     // Every matrix of the batch must meet the alignment the plan promises, not only the first.
     auto aligned = [](uint32_t base, int64_t stride, DType t) {
@@ -505,9 +506,9 @@ void GemmContext::Impl::Strided(bool trans_a, bool trans_b, int64_t m, int64_t n
 }
 
 void GemmContext::Impl::Pointers(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                                 const std::vector<const void*>& a, int64_t lda, const std::vector<const void*>& b,
-                                 int64_t ldb, const std::vector<void*>& c, int64_t ldc, DType in, DType out,
-                                 bool accumulate, Stream stream) {
+                                 const std::vector<const void*>& a, int64_t lda,
+                                 const std::vector<const void*>& b, int64_t ldb, const std::vector<void*>& c,
+                                 int64_t ldc, DType in, DType out, bool accumulate, Stream stream) {
   const int64_t count = static_cast<int64_t>(a.size());
   FATHOM_CHECK(count >= 1 && count < (int64_t{1} << 31) && b.size() == a.size() && c.size() == a.size(),
                "[gemm] pointer batch of ", count, " problems");
@@ -535,19 +536,7 @@ void GemmContext::Impl::Pointers(bool trans_a, bool trans_b, int64_t m, int64_t 
     for (const void* p : ptrs) v = std::min(v, Alignment(p));
     return v;
   };
-  PlanKey key{trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-              trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-              n,
-              m,
-              k,
-              ldb,
-              lda,
-              ldc,
-              static_cast<int>(in),
-              static_cast<int>(out),
-              align(b),
-              align(a),
-              align(c)};
+  PlanKey key = RowMajorKey(trans_a, trans_b, m, n, k, lda, ldb, ldc, in, out, align(a), align(b), align(c));
   key.batch = -1;  // the pointer-array plans (the batch count is set per call)
   auto it = tile_plans.find(key);
   if (it == tile_plans.end()) {
@@ -636,32 +625,8 @@ void GemmContext::GroupedMatmulNT(const Tensor& out, const Tensor& x, const Tens
                    out.dim(0) == x.dim(0) && out.dim(1) == w.dim(1),
                "[grouped_matmul_nt_cuda] out ", out.shape_str(), " x ", x.shape_str(), " w ", w.shape_str());
   const int64_t experts = w.dim(0), nn = w.dim(1), kk = w.dim(2);
-  std::vector<int64_t> off = BlockOffsets("grouped_matmul_nt_cuda", counts, experts, x.dim(0));
-  if (const int64_t c = impl_->batch_uniform ? UniformRows(off) : 0) {
-    return impl_->Strided(false, true, c, nn, kk, x.raw(), kk, c * kk, w.raw(), kk, nn * kk, x.dtype(),
-                          accumulate, out.raw(), nn, c * nn, out.dtype(), experts, stream);
-  }
-  if (impl_->batch_uniform && Tiled(off) && nn > 0 && kk > 0) {
-    std::vector<const void*> pa, pb;
-    std::vector<void*> pc;
-    for (int64_t e = 0; e < experts; ++e) {
-      for (int64_t r = off[e]; r < off[e + 1]; r += kTileRows) {
-        pa.push_back(Offset(x, r * kk));
-        pb.push_back(Offset(w, e * nn * kk));
-        pc.push_back(MutableOffset(out, r * nn));
-      }
-    }
-    return impl_->Pointers(false, true, kTileRows, nn, kk, pa, kk, pb, kk, pc, nn, x.dtype(), out.dtype(),
-                           accumulate, stream);
-  }
-  std::vector<ExpertGemm> calls;
-  for (int64_t e = 0; e < experts; ++e) {
-    const int64_t rows = off[e + 1] - off[e];
-    if (rows == 0) continue;
-    calls.push_back(
-        {rows, nn, kk, Offset(x, off[e] * kk), Offset(w, e * nn * kk), MutableOffset(out, off[e] * nn)});
-  }
-  impl_->Grouped(*this, false, true, kk, kk, nn, x.dtype(), out.dtype(), accumulate, false, calls, stream);
+  const std::vector<int64_t> off = BlockOffsets("grouped_matmul_nt_cuda", counts, experts, x.dim(0));
+  impl_->RowBlocks(*this, /*trans_b=*/true, nn, kk, out, x, w, off, accumulate, stream);
 }
 
 void GemmContext::GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& counts,
@@ -671,32 +636,41 @@ void GemmContext::GroupedMatmulNN(const Tensor& out, const Tensor& x, const Tens
                    out.dim(0) == x.dim(0) && out.dim(1) == w.dim(2),
                "[grouped_matmul_nn_cuda] out ", out.shape_str(), " x ", x.shape_str(), " w ", w.shape_str());
   const int64_t experts = w.dim(0), kk = w.dim(1), nn = w.dim(2);
-  std::vector<int64_t> off = BlockOffsets("grouped_matmul_nn_cuda", counts, experts, x.dim(0));
-  if (const int64_t c = impl_->batch_uniform ? UniformRows(off) : 0) {
-    return impl_->Strided(false, false, c, nn, kk, x.raw(), kk, c * kk, w.raw(), nn, kk * nn, x.dtype(),
-                          accumulate, out.raw(), nn, c * nn, out.dtype(), experts, stream);
+  const std::vector<int64_t> off = BlockOffsets("grouped_matmul_nn_cuda", counts, experts, x.dim(0));
+  impl_->RowBlocks(*this, /*trans_b=*/false, nn, kk, out, x, w, off, accumulate, stream);
+}
+
+// NT (trans_b: w[e] is (N, K)) and NN (w[e] is (K, N)): out (R, N) (=/+=) block_e of x (R, K) . op(w[e]), on
+// the strided, tiled or per-expert path (see set_batch_uniform).
+void GemmContext::Impl::RowBlocks(GemmContext& self, bool trans_b, int64_t nn, int64_t kk, const Tensor& out,
+                                  const Tensor& x, const Tensor& w, const std::vector<int64_t>& off,
+                                  bool accumulate, Stream stream) {
+  const int64_t experts = static_cast<int64_t>(off.size()) - 1, ldb = trans_b ? kk : nn;
+  if (const int64_t c = batch_uniform ? UniformRows(off) : 0) {
+    return Strided(false, trans_b, c, nn, kk, x.raw(), kk, c * kk, w.raw(), ldb, nn * kk, x.dtype(),
+                   accumulate, out.raw(), nn, c * nn, out.dtype(), experts, stream);
   }
-  if (impl_->batch_uniform && Tiled(off) && nn > 0 && kk > 0) {
+  if (batch_uniform && Tiled(off) && nn > 0 && kk > 0) {
     std::vector<const void*> pa, pb;
     std::vector<void*> pc;
     for (int64_t e = 0; e < experts; ++e) {
       for (int64_t r = off[e]; r < off[e + 1]; r += kTileRows) {
         pa.push_back(Offset(x, r * kk));
-        pb.push_back(Offset(w, e * kk * nn));
+        pb.push_back(Offset(w, e * nn * kk));
         pc.push_back(MutableOffset(out, r * nn));
       }
     }
-    return impl_->Pointers(false, false, kTileRows, nn, kk, pa, kk, pb, nn, pc, nn, x.dtype(), out.dtype(),
-                           accumulate, stream);
+    return Pointers(false, trans_b, kTileRows, nn, kk, pa, kk, pb, ldb, pc, nn, x.dtype(), out.dtype(),
+                    accumulate, stream);
   }
   std::vector<ExpertGemm> calls;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];
     if (rows == 0) continue;
     calls.push_back(
-        {rows, nn, kk, Offset(x, off[e] * kk), Offset(w, e * kk * nn), MutableOffset(out, off[e] * nn)});
+        {rows, nn, kk, Offset(x, off[e] * kk), Offset(w, e * nn * kk), MutableOffset(out, off[e] * nn)});
   }
-  impl_->Grouped(*this, false, false, kk, nn, nn, x.dtype(), out.dtype(), accumulate, false, calls, stream);
+  Grouped(self, false, trans_b, kk, ldb, nn, x.dtype(), out.dtype(), accumulate, false, calls, stream);
 }
 
 void GemmContext::GroupedMatmulTN(const Tensor& out, const Tensor& x, const Tensor& y, const Tensor& counts,
