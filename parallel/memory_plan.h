@@ -93,6 +93,12 @@ std::string FormatMemoryPlan(const MemoryPlan& plan);
 // One micro-batch (micro_batch_size x seq_len tokens) on the nodes of `slice` (the embedding when
 // slice.embedding, decoder layers [first_layer, end_layer), the head with the MTP modules when slice.head):
 // kept after its forward, kept after its B until W, and the peaks during its forward and its B.
+// The routed experts' tiled layout (layers/moe.h; on CUDA without an expert exchange, not FP8) pads each
+// expert's rows to MoE::kTileRows: the expected extra bytes of ONE MoE layer and micro-batch, E * (tile - 1)
+// / 2 rows at a routed row's bytes (held_f = peak_f, held_b = peak_b); zero where the layout packs.
+// SliceActivations adds it per MoE layer (on an H200, recipes/small.yaml without MTP: 11.77 -> about 12.1
+// GiB against a pool peak of 12.11).
+ActivationBytes ExpertPaddingBytes(const Recipe& recipe);
 ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice);
 // SliceActivations(...).held_f: what the forward keeps for the backward.
 double MicroBatchActivationBytes(const Recipe& recipe, const ModelSlice& slice);

@@ -226,17 +226,25 @@ TEST(MemoryPlan, SmallRecipeInputs) {
 
   // fathom's layers (PrecisionPolicy::Fathom) over every node, times the tokens of a micro-batch; one
   // micro-batch in flight, so the rest of the peak is its B pass (output gradients kept for W).
-  double held = 0;
+  // On CUDA each MoE layer (MTP's included) adds the tiled expert layout's pad rows (ExpertPaddingBytes).
+  double held = 0, moe = 0;
   std::vector<ActivationBytes> nodes;
   for (const NodeCost& n :
        BuildCostGraph(recipe->model, recipe->train.seq_len, PrecisionPolicy::Fathom(2, 2))) {
     held += n.activations(Recompute::None(), false).held_f;
     nodes.push_back(n.activations(Recompute::None(), false));
+    moe += n.moe ? 1 : 0;
   }
+  ASSERT_EQ(recipe->train.device, "cuda");
+  const ActivationBytes pad = ExpertPaddingBytes(*recipe);
+  ASSERT_GT(pad.held_f, 0.0);
   const double tokens = 2.0 * 4096.0;
-  EXPECT_DOUBLE_EQ(in.activation_bytes_per_micro_batch, held * tokens);
+  EXPECT_DOUBLE_EQ(in.activation_bytes_per_micro_batch, held * tokens + moe * pad.held_f);
   const ActivationBytes step = Sequence(nodes);
-  EXPECT_NEAR(in.transient_bytes, (std::max(step.peak_f, step.peak_b) - step.held_f) * tokens, 1e-6 * tokens);
+  EXPECT_NEAR(in.transient_bytes,
+              std::max(step.peak_f * tokens + moe * pad.held_f, step.peak_b * tokens + moe * pad.held_b) -
+                  (step.held_f * tokens + moe * pad.held_f),
+              1e-6 * tokens);
   EXPECT_GT(in.transient_bytes, 0.3 * in.activation_bytes_per_micro_batch);
   // The estimate the bench compares with the pool peak: recipes/small.yaml measured 14.0 GiB on one H100.
   const MemoryPlan plan = EstimateDeviceMemory(in);
@@ -274,6 +282,32 @@ TEST(MemoryPlan, StageSlicesPartitionTheActivations) {
   const std::vector<Instruction> program = Schedule1F1B(1, 1).ranks[0];
   EXPECT_LE(ActivationPeakBytes(*recipe, first, program), ActivationPeakBytes(*recipe, whole, program));
   EXPECT_LE(ActivationPeakBytes(*recipe, second, program), ActivationPeakBytes(*recipe, whole, program));
+}
+
+// The tiled expert layout's pad rows count on CUDA without an exchange and not in FP8: each MoE layer adds
+// the same expected bytes, E * (tile - 1) / 2 rows at a routed row's activations; the CPU, expert
+// parallelism and FP8 pack.
+TEST(MemoryPlan, TiledExpertPaddingCountsOncePerMoeLayer) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(kSmall);
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  recipe->model.num_nextn_predict_layers = 0;
+  Recipe cpu = *recipe, cuda = *recipe, ep = *recipe, fp8 = *recipe;
+  cpu.train.device = "cpu";
+  cuda.train.device = ep.train.device = fp8.train.device = "cuda";
+  ep.parallel.ep = 2;
+  fp8.train.precision = "fp8";
+  EXPECT_EQ(ExpertPaddingBytes(cpu).held_f, 0.0);
+  EXPECT_EQ(ExpertPaddingBytes(ep).held_b, 0.0);
+  EXPECT_EQ(ExpertPaddingBytes(fp8).held_f, 0.0);
+  const ActivationBytes pad = ExpertPaddingBytes(cuda);
+  // 32 experts x 63.5 rows x (2 x 2048 x 2 + 8 + 3 x 1408 x 2) bytes forward; + (2048 + 2 x 1408) x 2
+  // backward.
+  EXPECT_DOUBLE_EQ(pad.held_f, 32 * 63.5 * (8192 + 8 + 8448));
+  EXPECT_DOUBLE_EQ(pad.held_b, pad.held_f + 32 * 63.5 * (4096 + 5632));
+  const ModelSlice whole;
+  const int64_t moe_layers = cuda.model.num_hidden_layers - cuda.model.first_k_dense_replace;
+  EXPECT_NEAR(MicroBatchActivationBytes(cuda, whole) - MicroBatchActivationBytes(cpu, whole),
+              static_cast<double>(moe_layers) * pad.held_f, 1.0);
 }
 
 }  // namespace
