@@ -130,4 +130,12 @@ ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double 
   return Sequence({own, FathomBlockBytes(m, moe, a, s, exchange_bytes), FathomHeadBytes(m, a, s)});
 }
 
+ActivationBytes TiledExpertPadding(const ModelConfig& m, double a, int64_t tile_rows) {
+  const double h = static_cast<double>(m.hidden_size), i = static_cast<double>(m.moe_intermediate_size);
+  const double rows = static_cast<double>(m.n_routed_experts) * static_cast<double>(tile_rows - 1) / 2.0;
+  const double forward = rows * (2 * h * a + kI64 + 3 * i * a);
+  const double backward = forward + rows * (h * a + 2 * i * a);
+  return {forward, backward, forward, backward};
+}
+
 }  // namespace fathom

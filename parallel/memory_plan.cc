@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "framework/check.h"
+#include "layers/activations.h"
 #include "layers/cost.h"
 #include "layers/moe.h"
 #include "parallel/simulator_memory.h"
@@ -139,31 +140,26 @@ ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice) 
   FATHOM_CHECK(slice.first_layer >= 0 && slice.first_layer <= end && end <= m.num_hidden_layers,
                "[memory_plan] slice layers [", slice.first_layer, ", ", end, ") of ", m.num_hidden_layers);
   std::vector<ActivationBytes> nodes;
-  int64_t moe_nodes = 0;
+  const bool tiled = recipe.train.device == "cuda" && recipe.parallel.ep == 1;
+  ActivationBytes pad;  // the tiled expert layout's pad rows, per micro-batch (layers/moe.h)
   for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len, FathomPolicy(recipe))) {
     if (!slice.Holds(n)) continue;
     nodes.push_back(n.activations(Recompute::None(), recipe.parallel.ep > 1));
-    moe_nodes += n.moe ? 1 : 0;
+    if (tiled) {
+      pad.held_f += n.act_tiled_padding.held_f;
+      pad.held_b += n.act_tiled_padding.held_b;
+    }
   }
   const ActivationBytes per_token = Sequence(nodes);
   const double tokens = TokensPerMicroBatch(recipe);
-  const ActivationBytes pad = ExpertPaddingBytes(recipe);
-  const double k = static_cast<double>(moe_nodes);
-  return {per_token.held_f * tokens + k * pad.held_f, per_token.held_b * tokens + k * pad.held_b,
-          per_token.peak_f * tokens + k * pad.held_f, per_token.peak_b * tokens + k * pad.held_b};
+  return {per_token.held_f * tokens + pad.held_f, per_token.held_b * tokens + pad.held_b,
+          per_token.peak_f * tokens + pad.held_f, per_token.peak_b * tokens + pad.held_b};
 }
 
 ActivationBytes ExpertPaddingBytes(const Recipe& recipe) {
   if (recipe.train.device != "cuda" || recipe.parallel.ep > 1 || recipe.train.precision == "fp8") return {};
-  const ModelConfig& m = recipe.model;
-  const double a = static_cast<double>(FathomPolicy(recipe).activation_bytes);
-  const double h = static_cast<double>(m.hidden_size), i = static_cast<double>(m.moe_intermediate_size);
-  // Each expert's block ends (kTileRows - 1) / 2 pad rows past its count on average (counts are spread).
-  const double rows = static_cast<double>(m.n_routed_experts) * (MoE::kTileRows - 1) / 2.0;
-  // A pad row holds what a routed row holds: the gathered input, gate, up, hidden, output and its slot
-  // (forward); the output gradient and the gate and up gradients (backward).
-  const double forward = rows * (2 * h * a + 8 + 3 * i * a);
-  return {forward, forward + rows * (h * a + 2 * i * a), forward, forward + rows * (h * a + 2 * i * a)};
+  return TiledExpertPadding(recipe.model, static_cast<double>(FathomPolicy(recipe).activation_bytes),
+                            MoE::kTileRows);
 }
 
 double MicroBatchActivationBytes(const Recipe& recipe, const ModelSlice& slice) {

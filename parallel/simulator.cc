@@ -200,6 +200,13 @@ std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelC
     units[i].params_expert = n.expert_params / plan.ep;
     const ActivationBytes a = n.activations(plan.recompute, plan.ep > 1);
     units[i].activations = {a.held_f * tokens, a.held_b * tokens, a.peak_f * tokens, a.peak_b * tokens};
+    if (plan.ep == 1) {  // the tiled expert layout's pad rows (layers/moe.h), per micro-batch
+      const ActivationBytes& pad = n.act_tiled_padding;
+      units[i].activations.held_f += pad.held_f;
+      units[i].activations.held_b += pad.held_b;
+      units[i].activations.peak_f += pad.peak_f;
+      units[i].activations.peak_b += pad.peak_b;
+    }
   }
   return units;
 }
