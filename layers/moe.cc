@@ -1,7 +1,6 @@
 #include "layers/moe.h"
 
 #include <algorithm>
-#include <limits>
 #include <utility>
 
 #include "framework/kernels/cpu/moe.h"

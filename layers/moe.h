@@ -51,8 +51,8 @@
 // the caller sums them there (parallel/stage_runtime.h copies a step's sums to the host once).
 //
 // Synchronisation with the host (CUDA): ONE per forward of a layer and micro-batch, the per-expert counts
-// the grouped GEMMs (cuBLASLt, one problem per expert, sized on the host) and the expert exchange's layout
-// need on the host. The copy is queued right after the permutation and waited for (its event only) as
+// the grouped GEMMs (cuBLASLt problems and pointer arrays sized on the host), the padded layout and the
+// expert exchange's layout need on the host. The copy is queued right after the permutation and waited for (its event only) as
 // late as the phases allow: with an exchange in ForwardBegin before the dispatch starts (the exchange lays
 // the rows out by the counts; the shared expert then runs while the rows travel); without one in
 // ForwardExperts, after the shared expert and whatever the caller ran between the phases were queued, so
