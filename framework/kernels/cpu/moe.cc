@@ -244,14 +244,14 @@ void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor&
   const int64_t r = topk_index.numel();
   FATHOM_CHECK(row_slot.dtype() == DType::kI64 && row_slot.shape() == Shape{r} &&
                    counts.dtype() == DType::kI64 && counts.ndim() == 1,
-               "[moe_permute] row_slot ", row_slot.shape_str(), " counts ", counts.shape_str());
+               "[moe_sort_by_expert] row_slot ", row_slot.shape_str(), " counts ", counts.shape_str());
   const int64_t e = counts.numel();
   const int64_t* ip = topk_index.data<int64_t>();
   int64_t* cp = counts.data<int64_t>();
   int64_t* rs = row_slot.data<int64_t>();
   std::fill(cp, cp + e, int64_t{0});
   for (int64_t s = 0; s < r; ++s) {
-    FATHOM_CHECK(ip[s] >= 0 && ip[s] < e, "[moe_permute] expert id ", ip[s], " outside [0, ", e, ")");
+    FATHOM_CHECK(ip[s] >= 0 && ip[s] < e, "[moe_sort_by_expert] expert id ", ip[s], " outside [0, ", e, ")");
     ++cp[ip[s]];
   }
   std::vector<int64_t> next(static_cast<size_t>(e), 0);

@@ -200,9 +200,10 @@ struct GemmContext::Impl {
   int64_t heuristic_queries = 0;
   GroupedPath grouped_path = GroupedPath::kBucketedMultiStream;
   bool batch_uniform = true;
-  // The tiled path (counts all multiples of kTileRows): one plan per problem with the tile count left out
-  // of the key (rewritten per call), the algorithms checked per tile count, and the device pointer arrays
-  // (A, B, C of every tile), refilled per call on the caller's stream.
+  // The pointer-array batches (Pointers: the tiled layout's tiles, and its wgrad's experts of one row
+  // count): one plan per problem with the batch count left out of the key (rewritten per call), the
+  // algorithms checked per batch count, and the device pointer arrays (A, B, C of every problem), refilled
+  // per call on the caller's stream.
   struct TilePlan {
     Plan plan;
     std::unordered_map<int64_t, cublasLtMatmulAlgo_t> checked;
@@ -352,14 +353,16 @@ struct GemmContext::Impl {
     }
     SetLayoutSizes(gp.plan, key, key.m, key.n, key.k);
     if (exact_algos) return {&gp.plan, &memo.emplace(size, Query(gp.plan, key, slice_bytes)).first->second};
+    // The bucket's algorithm may not fit this size (or want more workspace): then ask for this size exactly.
+    return {&gp.plan, &memo.emplace(size, CheckedOrQueried(gp.plan, key, slice_bytes)).first->second};
+  }
+
+  // p.algo where cublasLtMatmulAlgoCheck accepts it for the sizes p's layouts now describe, within
+  // ws_bytes of workspace; otherwise the heuristic's choice for those sizes.
+  cublasLtMatmulAlgo_t CheckedOrQueried(const Plan& p, const PlanKey& key, size_t ws_bytes) {
     cublasLtMatmulHeuristicResult_t check{};
-    const cublasStatus_t st = cublasLtMatmulAlgoCheck(handle, gp.plan.desc, gp.plan.a, gp.plan.b, gp.plan.c,
-                                                      gp.plan.c, &gp.plan.algo, &check);
-    // The bucket's algorithm may not fit this size (or want more workspace): ask for this size exactly.
-    const cublasLtMatmulAlgo_t algo = st == CUBLAS_STATUS_SUCCESS && check.workspaceSize <= slice_bytes
-                                          ? gp.plan.algo
-                                          : Query(gp.plan, key, slice_bytes);
-    return {&gp.plan, &memo.emplace(size, algo).first->second};
+    const cublasStatus_t st = cublasLtMatmulAlgoCheck(handle, p.desc, p.a, p.b, p.c, p.c, &p.algo, &check);
+    return st == CUBLAS_STATUS_SUCCESS && check.workspaceSize <= ws_bytes ? p.algo : Query(p, key, ws_bytes);
   }
 
   // One grouped call on the bucketed path: the experts' GEMMs (row-major, Gemm's argument convention,
@@ -555,12 +558,7 @@ void GemmContext::Impl::Pointers(bool trans_a, bool trans_b, int64_t m, int64_t 
   auto found = tp.checked.find(count);
   if (found == tp.checked.end()) {
     if (tp.checked.empty()) tp.plan.algo = Query(tp.plan, key, workspace_bytes);
-    cublasLtMatmulHeuristicResult_t check{};
-    const cublasStatus_t st = cublasLtMatmulAlgoCheck(handle, tp.plan.desc, tp.plan.a, tp.plan.b, tp.plan.c,
-                                                      tp.plan.c, &tp.plan.algo, &check);
-    const cublasLtMatmulAlgo_t algo = st == CUBLAS_STATUS_SUCCESS && check.workspaceSize <= workspace_bytes
-                                          ? tp.plan.algo
-                                          : Query(tp.plan, key, workspace_bytes);
+    const cublasLtMatmulAlgo_t algo = CheckedOrQueried(tp.plan, key, workspace_bytes);
     if (tp.checked.size() >= kMaxCheckedSizes) tp.checked.clear();
     found = tp.checked.emplace(count, algo).first;
   }
