@@ -7,9 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "framework/check.h"
-#include "layers/activations.h"
 #include "layers/cost.h"
-#include "layers/moe.h"
 #include "parallel/simulator_memory.h"
 
 namespace fathom {
@@ -33,6 +31,11 @@ PrecisionPolicy FathomPolicy(const Recipe& recipe) {
 
 double TokensPerMicroBatch(const Recipe& recipe) {
   return static_cast<double>(recipe.train.micro_batch_size) * static_cast<double>(recipe.train.seq_len);
+}
+
+// The routed experts take the tiled layout (layers/moe.h) on CUDA without an expert exchange.
+bool TiledExpertsApply(const Recipe& recipe) {
+  return recipe.train.device == "cuda" && recipe.parallel.ep == 1;
 }
 
 }  // namespace
@@ -140,7 +143,7 @@ ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice) 
   FATHOM_CHECK(slice.first_layer >= 0 && slice.first_layer <= end && end <= m.num_hidden_layers,
                "[memory_plan] slice layers [", slice.first_layer, ", ", end, ") of ", m.num_hidden_layers);
   std::vector<ActivationBytes> nodes;
-  const bool tiled = recipe.train.device == "cuda" && recipe.parallel.ep == 1;
+  const bool tiled = TiledExpertsApply(recipe);
   ActivationBytes pad;  // the tiled expert layout's pad rows, per micro-batch (layers/moe.h)
   for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len, FathomPolicy(recipe))) {
     if (!slice.Holds(n)) continue;
@@ -157,9 +160,11 @@ ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice) 
 }
 
 ActivationBytes ExpertPaddingBytes(const Recipe& recipe) {
-  if (recipe.train.device != "cuda" || recipe.parallel.ep > 1 || recipe.train.precision == "fp8") return {};
-  return TiledExpertPadding(recipe.model, static_cast<double>(FathomPolicy(recipe).activation_bytes),
-                            MoE::kTileRows);
+  if (!TiledExpertsApply(recipe)) return {};
+  // The cost graph's rule (layers/cost.cc: MoE nodes, not FP8): every MoE node carries the same bytes.
+  for (const NodeCost& n : BuildCostGraph(recipe.model, recipe.train.seq_len, FathomPolicy(recipe)))
+    if (n.moe) return n.act_tiled_padding;
+  return {};
 }
 
 double MicroBatchActivationBytes(const Recipe& recipe, const ModelSlice& slice) {
