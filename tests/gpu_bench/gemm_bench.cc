@@ -4,14 +4,14 @@
 //   NT (forward) and NN (dgrad) write bf16, TN (wgrad) accumulates into f32 (and, as TN=, overwrites it:
 //   beta 0, the first micro-batch of a step, which does not read the f32 gradient), each for (K, N) =
 //   (2048, 1408) and (1408, 2048); every path of GemmContext::GroupedPath is timed (argument path, the
-//   enum's value).
+//   enum's value). BM_Batched times the batched layouts (uniform counts; the skewed counts rounded up to the
+//   128-row tile, the padded expert layout) against the per-expert path on the same counts.
 // Plus the dense ceiling: one 32768 x 1408 x 2048 bf16 NT GEMM.
 //
 // Timing includes host overhead: each iteration issues kCallsPerIteration calls, each with the next count
 // set of a pool of kCountSets (as in training, row counts change every call, so per-row-count caches see
 // new sizes), then synchronises; the reported time is wall time per call. TFLOP/s = 2 R K N per call.
 #include <benchmark/benchmark.h>
-#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -182,112 +182,91 @@ void BM_GemmDenseNT(benchmark::State& state) {
   TimeCalls(state, 2.0 * kRows * kHidden * kInter, [&](int) { ctx.MatmulNT(out, x, w0, false, nullptr); });
 }
 
-// The padded expert layout: every expert has `rows` rows (argument C; 1024 is the recipe's mean, larger C
-// is the padding a busier expert forces), timed as one strided-batched matmul (batched 1) or, for
-// comparison, on the default multi-stream grouped path (batched 0). TFLOP/s count the padded rows, so
-// C / 1024 - 1 is the waste to charge against the batched rate.
-template <Form form>
-void BM_Uniform(benchmark::State& state) {
+// Two batched layouts of the routed rows, each timed batched (batched 1) or, for comparison, on the
+// default multi-stream per-expert path (batched 0, GemmContext::set_batch_uniform(false)):
+//   kUniform: every expert has C rows (argument C; 1024 is the recipe's mean), one strided batch;
+//             TFLOP/s count all E x C rows.
+//   kTiled:   the skewed count sets above, each count rounded up to GemmContext::kTileRows (the padded
+//             expert layout of layers/moe.h; C unused): NT and NN as one pointer-array batch of tiles, TN
+//             as one batch per distinct row count. TFLOP/s count the R routed rows only, so the pad rows
+//             (~6%) are charged to the batched path.
+enum class Layout { kUniform, kTiled };
+
+// The count sets rounded up to the tile.
+const std::vector<Tensor>& TiledCountSets() {
+  static const auto* sets = [] {
+    auto* out = new std::vector<Tensor>();
+    for (int i = 0; i < kCountSets; ++i) {
+      Tensor t = Data().counts(i).Clone();
+      for (int64_t e = 0; e < kExperts; ++e) {
+        int64_t& c = t.data<int64_t>()[e];
+        c = (c + cuda::GemmContext::kTileRows - 1) / cuda::GemmContext::kTileRows *
+            cuda::GemmContext::kTileRows;
+      }
+      out->push_back(t);
+    }
+    return out;
+  }();
+  return *sets;
+}
+
+template <Form form, Layout layout>
+void BM_Batched(benchmark::State& state) {
   const GemmData& d = Data();
   const bool batched = state.range(0) != 0;
-  const int64_t c = state.range(1), k = state.range(2), n = state.range(3), rows = kExperts * c;
+  const int64_t k = state.range(2), n = state.range(3);
   cuda::GemmContext ctx;
   ctx.set_batch_uniform(batched);
   const char* name = form == Form::kNT   ? "NT bf16->bf16"
                      : form == Form::kNN ? "NN bf16->bf16"
                                          : "TN bf16->f32=";
-  state.SetLabel(std::string(name) + (batched ? ", strided batch" : ", grouped 4 streams"));
-  const Tensor counts =
-      Tensor::FromVector(std::vector<double>(kExperts, static_cast<double>(c)), {kExperts}, DType::kI64);
-  const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(k) * static_cast<double>(n);
+  const char* how = !batched                     ? ", grouped 4 streams"
+                    : layout == Layout::kUniform ? ", strided batch"
+                                                 : ", tiles";
+  state.SetLabel(std::string(name) + how);
+  const Tensor uniform = Tensor::FromVector(
+      std::vector<double>(kExperts, static_cast<double>(state.range(1))), {kExperts}, DType::kI64);
+  auto counts = [&](int i) -> const Tensor& {
+    return layout == Layout::kUniform ? uniform : TiledCountSets()[static_cast<size_t>(i % kCountSets)];
+  };
+  auto rows = [&](int i) {
+    int64_t r = 0;
+    for (int64_t e = 0; e < kExperts; ++e) r += counts(i).template data<int64_t>()[e];
+    return r;
+  };
+  const double useful = layout == Layout::kUniform ? static_cast<double>(kExperts * state.range(1)) : kRows;
+  const double flops = 2.0 * useful * static_cast<double>(k) * static_cast<double>(n);
   if (form == Form::kNT) {
-    const Tensor x = d.Rows(d.x(), k, rows), w = d.Experts(d.w(), n, k), out = d.Rows(d.out(), n, rows);
-    TimeCalls(state, flops, [&](int) { ctx.GroupedMatmulNT(out, x, w, counts, false, nullptr); });
+    TimeCalls(state, flops, [&](int i) {
+      const int64_t r = rows(i);
+      ctx.GroupedMatmulNT(d.Rows(d.out(), n, r), d.Rows(d.x(), k, r), d.Experts(d.w(), n, k), counts(i),
+                          false, nullptr);
+    });
   } else if (form == Form::kNN) {
-    const Tensor x = d.Rows(d.x(), k, rows), w = d.Experts(d.w(), k, n), out = d.Rows(d.out(), n, rows);
-    TimeCalls(state, flops, [&](int) { ctx.GroupedMatmulNN(out, x, w, counts, false, nullptr); });
+    TimeCalls(state, flops, [&](int i) {
+      const int64_t r = rows(i);
+      ctx.GroupedMatmulNN(d.Rows(d.out(), n, r), d.Rows(d.x(), k, r), d.Experts(d.w(), k, n), counts(i),
+                          false, nullptr);
+    });
   } else {
-    const Tensor x = d.Rows(d.x(), k, rows), y = d.Rows(d.y(), n, rows), out = d.Experts(d.grad(), k, n);
-    TimeCalls(state, flops, [&](int) { ctx.GroupedMatmulTN(out, x, y, counts, false, nullptr); });
-  }
-}
-
-// A candidate for imbalanced routing: every expert's rows padded to a multiple of a tile of T rows, all
-// tiles of all experts in ONE cuBLASLt pointer-array batch (uniform m = T; tile i reads its expert's
-// weight), so neither padding to the busiest expert nor per-expert overflow GEMMs are needed. NT forward at
-// 32 experts x 1024 rows (no padding here), straight cuBLASLt (the heuristic's first algorithm).
-void BM_TiledPointerArray(benchmark::State& state) {
-  const GemmData& d = Data();
-  const int64_t tile = state.range(0), k = state.range(1), n = state.range(2), c = 1024;
-  const int64_t tiles = kExperts * c / tile;
-  state.SetLabel("NT bf16->bf16, pointer array of " + std::to_string(tiles) + " tiles");
-  std::vector<const void*> a(tiles), b(tiles);
-  std::vector<void*> out(tiles);
-  for (int64_t i = 0; i < tiles; ++i) {
-    const int64_t e = i * tile / c;
-    a[i] = static_cast<const char*>(d.w().raw()) + e * n * k * 2;  // cuBLAS's A: the weight (column-major)
-    b[i] = static_cast<const char*>(d.x().raw()) + i * tile * k * 2;
-    out[i] = static_cast<char*>(d.out().raw()) + i * tile * n * 2;
-  }
-  void* ptrs = nullptr;
-  FATHOM_CUDA_CHECK(cudaMalloc(&ptrs, static_cast<size_t>(3 * tiles) * sizeof(void*)));
-  auto* dev = static_cast<void**>(ptrs);
-  FATHOM_CUDA_CHECK(cudaMemcpy(dev, a.data(), tiles * sizeof(void*), cudaMemcpyHostToDevice));
-  FATHOM_CUDA_CHECK(cudaMemcpy(dev + tiles, b.data(), tiles * sizeof(void*), cudaMemcpyHostToDevice));
-  FATHOM_CUDA_CHECK(cudaMemcpy(dev + 2 * tiles, out.data(), tiles * sizeof(void*), cudaMemcpyHostToDevice));
-  cublasLtHandle_t handle = nullptr;
-  FATHOM_CUBLAS_CHECK(cublasLtCreate(&handle));
-  cublasLtMatmulDesc_t desc = nullptr;
-  FATHOM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-  FATHOM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-  FATHOM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn)));
-  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
-  FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, n, k));
-  FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, tile, k));
-  FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, tile, n));
-  const int32_t count = static_cast<int32_t>(tiles);
-  const uint32_t mode = CUBLASLT_BATCH_MODE_POINTER_ARRAY;
-  for (cublasLtMatrixLayout_t l : {la, lb, lc}) {
-    FATHOM_CUBLAS_CHECK(
-        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
-    FATHOM_CUBLAS_CHECK(
-        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE, &mode, sizeof(mode)));
-  }
-  const size_t ws_bytes = size_t{32} << 20;
-  void* ws = nullptr;
-  FATHOM_CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
-  cublasLtMatmulPreference_t pref = nullptr;
-  FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t wsb = ws_bytes;
-  FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                           &wsb, sizeof(wsb)));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle, desc, la, lb, lc, lc, pref, 1, &result, &found);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-    state.SkipWithError("cuBLASLt has no pointer-array algorithm for this problem");
-  } else {
-    const float alpha = 1.0f, beta = 0.0f;
-    TimeCalls(state, 2.0 * kExperts * c * static_cast<double>(k) * static_cast<double>(n), [&](int) {
-      FATHOM_CUBLAS_CHECK(cublasLtMatmul(handle, desc, &alpha, dev, la, dev + tiles, lb, &beta,
-                                         dev + 2 * tiles, lc, dev + 2 * tiles, lc, &result.algo, ws, ws_bytes,
-                                         nullptr));
+    TimeCalls(state, flops, [&](int i) {
+      const int64_t r = rows(i);
+      ctx.GroupedMatmulTN(d.Experts(d.grad(), k, n), d.Rows(d.x(), k, r), d.Rows(d.y(), n, r), counts(i),
+                          false, nullptr);
     });
   }
-  cublasLtMatmulPreferenceDestroy(pref);
-  for (cublasLtMatrixLayout_t l : {la, lb, lc}) cublasLtMatrixLayoutDestroy(l);
-  cublasLtMatmulDescDestroy(desc);
-  cublasLtDestroy(handle);
-  cudaFree(ws);
-  cudaFree(ptrs);
 }
 
 void UniformArgs(benchmark::internal::Benchmark* b) {
   for (int64_t c : {1024, 1040, 1152})
     for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
       for (int64_t batched : {0, 1}) b->Args({batched, c, k, n});
+  b->ArgNames({"batched", "C", "K", "N"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+}
+
+void TiledArgs(benchmark::internal::Benchmark* b) {
+  for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
+    for (int64_t batched : {0, 1}) b->Args({batched, 0, k, n});
   b->ArgNames({"batched", "C", "K", "N"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
 }
 
@@ -303,16 +282,12 @@ BENCHMARK_TEMPLATE(BM_Grouped, Form::kNT)->Apply(GroupedArgs);
 BENCHMARK_TEMPLATE(BM_Grouped, Form::kNN)->Apply(GroupedArgs);
 BENCHMARK_TEMPLATE(BM_Grouped, Form::kTN)->Apply(GroupedArgs);
 BENCHMARK_TEMPLATE(BM_Grouped, Form::kTNOverwrite)->Apply(GroupedArgs);
-BENCHMARK_TEMPLATE(BM_Uniform, Form::kNT)->Apply(UniformArgs);
-BENCHMARK_TEMPLATE(BM_Uniform, Form::kNN)->Apply(UniformArgs);
-BENCHMARK_TEMPLATE(BM_Uniform, Form::kTNOverwrite)->Apply(UniformArgs);
-BENCHMARK(BM_TiledPointerArray)
-    ->ArgsProduct({{128, 256, 512}, {kHidden}, {kInter}})
-    ->ArgsProduct({{128, 256}, {kInter}, {kHidden}})
-    ->ArgNames({"T", "K", "N"})
-    ->UseManualTime()
-    ->MinTime(0.1)
-    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_Batched, Form::kNT, Layout::kUniform)->Apply(UniformArgs);
+BENCHMARK_TEMPLATE(BM_Batched, Form::kNN, Layout::kUniform)->Apply(UniformArgs);
+BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kUniform)->Apply(UniformArgs);
+BENCHMARK_TEMPLATE(BM_Batched, Form::kNT, Layout::kTiled)->Apply(TiledArgs);
+BENCHMARK_TEMPLATE(BM_Batched, Form::kNN, Layout::kTiled)->Apply(TiledArgs);
+BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kTiled)->Apply(TiledArgs);
 
 }  // namespace
 }  // namespace fathom

@@ -141,9 +141,10 @@ class GemmContext {
   // layers/moe.h) run NT and NN as ONE cuBLASLt pointer-array batch of kTileRows-row tiles, each reading its
   // expert's weight, and TN as one pointer-array batch per distinct row count (also under
   // set_batch_uniform). The pointer arrays go to the device with each call (an asynchronous copy on the
-  // caller's stream, 24 bytes per problem). Measured on
-  // an H200 (gemm_bench BM_TiledPointerArray, 32 experts x 1024 rows): 597-648 TFLOP/s at 128- and 256-row
-  // tiles against 450-500 per expert on 4 streams and 615-625 for the strided batch.
+  // caller's stream, 24 bytes per problem). Measured on an H200 (32 experts x 1024 rows, NT; by a
+  // stand-alone cuBLASLt benchmark since replaced by gemm_bench's BM_Batched, which times this path): 597-648
+  // TFLOP/s at 128- and 256-row tiles against 450-500 per expert on 4 streams and 615-625 for the strided
+  // batch.
   static constexpr int64_t kTileRows = 128;
 
  private:
