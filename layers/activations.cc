@@ -61,10 +61,10 @@ ActivationBytes MoePart(const ModelConfig& m, double a, double s) {
   const double shared_i = I * static_cast<double>(m.n_shared_experts);
   const bool shared = m.n_shared_experts > 0;
   ActivationBytes p;
-  // Router: its input copy in the statistics dtype (none when that is the compute dtype), the scores, the
-  // chosen experts and their weights. Experts: the permuted token copies and their row slots, the gate, up
+  // Router: the scores, the chosen experts and their weights (its input is the post norm's output, counted
+  // with the attention part). Experts: the permuted token copies and their row slots, the gate, up
   // and hidden of every copy, the expert outputs; the shared experts' gate, up and hidden.
-  p.held_f = (s != a ? H * s : 0) + E * s + K * kI64 + K * s + K * H * a + K * kI64 + 3 * K * I * a +
+  p.held_f = E * s + K * kI64 + K * s + K * H * a + K * kI64 + 3 * K * I * a +
              K * H * a + (shared ? 3 * shared_i * a : 0);
   p.peak_f = p.held_f + 2 * H * a + K * kI64;  // combined output, shared output, the permutation's scratch
   // After B: the rows' output gradients, gate and up gradients, the router's logit gradient, and with
@@ -78,14 +78,20 @@ ActivationBytes MoePart(const ModelConfig& m, double a, double s) {
 
 }  // namespace
 
-ActivationBytes Sequence(const std::vector<ActivationBytes>& parts) {
+ActivationBytes Sequence(const std::vector<ActivationBytes>& parts) { return Sequence(parts, parts.size()); }
+
+ActivationBytes Sequence(const std::vector<ActivationBytes>& parts, size_t w_group) {
   ActivationBytes out;
   for (const ActivationBytes& p : parts) out.held_b += p.held_b;
-  double before_f = 0, after_b = out.held_b;
-  for (const ActivationBytes& p : parts) {
+  double before_f = 0, after_b = out.held_b, group_after_b = 0;
+  for (size_t i = w_group; i < parts.size(); ++i) group_after_b += parts[i].held_b;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const ActivationBytes& p = parts[i];
     after_b -= p.held_b;
+    if (i >= w_group) group_after_b -= p.held_b;
     out.peak_f = std::max(out.peak_f, before_f + p.peak_f);
     out.peak_b = std::max(out.peak_b, before_f + p.peak_b + after_b);
+    out.peak_bw = std::max(out.peak_bw, before_f + p.peak_b + (i >= w_group ? group_after_b : 0.0));
     before_f += p.held_f;
   }
   out.held_f = before_f;

@@ -8,10 +8,14 @@
 //   held_b  kept after its B, until its backward-for-weights (W): each Linear's input and output gradient,
 //           each RMSNorm's input, rstd and output gradient, the experts' rows and their gradients;
 //   peak_f  the most it holds while its forward runs (temporaries of the pass included);
-//   peak_b  the most it holds while its B runs (the W only frees).
+//   peak_b  the most it holds while its B runs (the W only frees);
+//   peak_bw (a sequence's, see Sequence) the most it holds while a B pass runs that does each part's W right
+//           after that part's B (a BW or FB instruction: Model::BackwardPass with `weight`), so a part's
+//           output gradients and inputs are gone before the next part's B starts. A single part's W follows
+//           its whole B: its peak_bw is its peak_b, and the per-part functions below leave the field 0.
 // Widths: `a` bytes per activation value (the compute dtype), `s` per statistic (rstd, log-sum-exp, router
-// scores and the router's input copy: f32 under bf16, else the compute dtype; the router copies its input
-// only when s != a). Token ids and labels are i32, expert ids and row slots i64.
+// scores: f32 under bf16, else the compute dtype; the router keeps its input as given and widens it again
+// for its W). Token ids and labels are i32, expert ids and row slots i64.
 #ifndef FATHOM_LAYERS_ACTIVATIONS_H_
 #define FATHOM_LAYERS_ACTIVATIONS_H_
 
@@ -23,12 +27,19 @@ namespace fathom {
 
 struct ActivationBytes {
   double held_f = 0, held_b = 0, peak_f = 0, peak_b = 0;
+  double peak_bw = 0;  // set by Sequence (0 for one part: read its peak_b)
 };
 
 // One micro-batch through consecutive parts run forward in order, B in reverse, then W (a decoder block's
 // attention then MLP, a stage's nodes): held sums; peak_f = max_i (held_f of the parts before i +
-// peak_f_i); peak_b = max_i (held_f before i + peak_b_i + held_b after i).
+// peak_f_i); peak_b = max_i (held_f before i + peak_b_i + held_b after i). With each part's W right after
+// its B (a stage's nodes in a BW pass), peak_bw = max_i (held_f before i + peak_b_i), except that the parts
+// from `w_group` on run their W together after the B of part `w_group` (the head and the MTP modules, which
+// share the lm_head and embedding gradients: layers/model_pass.cc): for them the peak_b rule holds within
+// the group. A decoder block runs its W after the whole block's B, so only a stage's sequence of nodes has a
+// meaningful peak_bw. `w_group` = parts.size(): no group.
 ActivationBytes Sequence(const std::vector<ActivationBytes>& parts);
+ActivationBytes Sequence(const std::vector<ActivationBytes>& parts, size_t w_group);
 
 // Per token, fathom's layers (see the file comment). A node counts its input (the previous node's output).
 ActivationBytes FathomEmbeddingBytes(const ModelConfig& m, double a, double s);

@@ -25,11 +25,12 @@
 //            up-projections (q and k/v of every head rebuilt from the latents before the attention
 //            backward). The backward's working set is one node's un-recomputed activations.
 //   kFathom  what fathom's layers keep today (the Ctx structs of layers/*.cc), in the compute dtype (bf16 on
-//            GPU; statistics, router scores and the router's copy of its input in the statistics dtype, f32):
-//            every Linear's input, q/k/v/out and the log-sum-exp, the SwiGLU inputs AND outputs, the MoE's
-//            permuted token copies and expert outputs, the logits; after a node's B pass each Linear,
-//            RMSNorm and expert keeps its output gradient until the W pass (the bulk of the difference:
-//            the peak of a step with one micro-batch is at the end of its B), and q/k/v/lse are dropped.
+//            GPU; statistics and router scores in the statistics dtype, f32): every Linear's input,
+//            q/k/v/out and the log-sum-exp, the SwiGLU inputs AND outputs, the MoE's permuted token copies
+//            and expert outputs, the logits; after a node's B pass each Linear, RMSNorm and expert keeps its
+//            output gradient until the node's W, and q/k/v/lse are dropped. When W is split from B (ZB
+//            schedules' B and W), a stage's peak with one micro-batch is at the end of its B; a BW pass
+//            runs each node's W after its B and holds far less (layers/activations.h, peak_bw).
 //            Peaks inside a pass (the attention backward's dq/dk/dv/dout, the logit gradient beside the
 //            logits, the MLA forward's latents) are itemised too. Nothing is recomputed. With expert
 //            parallelism the received token rows are a second copy (act_exchange_bytes).

@@ -118,7 +118,7 @@ class Model {
   // "attention L" / "experts L" / "combine L" (MoE: attention, routing and dispatch / routed experts and
   // combine / unpermute and residual), "head", per MTP depth "mtp k" / "experts L" / "combine L"; backward
   // "head", per MoE layer "combine-grad L" / "experts-grad L" / "attention-grad L", "layer-grad L" (dense),
-  // "embedding-grad", "weights" (BW).
+  // "embedding-grad" (with `weight`, each node's W inside the step that ends its B).
   std::unique_ptr<StagePass> ForwardPass(int mb, const MicroBatch& batch, const Tensor& input,
                                          const LossNormalizers& norm, StageOutput* out);
   std::unique_ptr<StagePass> BackwardPass(int mb, const Tensor& grad_output, bool weight, Tensor* grad_input);

@@ -138,6 +138,12 @@ std::unique_ptr<StagePass> Model::BackwardPass(int mb, const Tensor& grad_output
         Numbered("experts-grad", layer), [experts, weight] { experts(weight); }, true);
     pass->Add(Numbered("attention-grad", layer), end);
   };
+  // With `weight`, each decoder block's W runs right after its B, so its saved activations and output
+  // gradients are freed before the next block's B allocates (layers/activations.h, peak_bw). The head and
+  // the MTP modules share the lm_head and embedding gradients: their W run with the head's B (the MTP
+  // modules' bodies, then the head) and with the embedding's (their embeddings, then the main one), in
+  // Model::BackwardWeight's order and each in ONE step, so that overlapped passes (two micro-batches
+  // interleaved at every MoE layer) still add every parameter's terms micro-batch by micro-batch.
   if (slice_.head) {
     for (size_t k = mtp_.size(); k-- > 0;) {
       MtpModule* m = mtp_[k].get();
@@ -147,10 +153,14 @@ std::unique_ptr<StagePass> Model::BackwardPass(int mb, const Tensor& grad_output
           [mb, m](bool w) { m->BackwardInputExperts(mb, w); },
           [mb, st, m] { st->dmtp = m->BackwardInputEnd(mb); });
     }
-    pass->Add("head", [this, mb, st] {
+    pass->Add("head", [this, mb, st, weight] {
       st->dh = head_->BackwardInput(mb);
       if (st->dmtp.defined()) ops::AddInPlace(st->dh, st->dmtp);  // h^0 feeds the head and MTP module 1
       st->dmtp = Tensor();
+      if (weight) {
+        for (auto& m : mtp_) m->BackwardWeightBody(mb);
+        head_->BackwardWeight(mb);
+      }
     });
   }
   for (size_t l = blocks_.size(); l-- > 0;) {
@@ -159,17 +169,23 @@ std::unique_ptr<StagePass> Model::BackwardPass(int mb, const Tensor& grad_output
         Numbered(b->moe() ? "combine-grad" : "layer-grad", b->layer()),
         [mb, st, b] { b->BackwardInputBegin(mb, st->dh); }, b->layer(), b->moe() != nullptr,
         [mb, b](bool w) { b->BackwardInputExperts(mb, w); },
-        [mb, st, b] { st->dh = b->BackwardInputEnd(mb); });
+        [mb, st, b, weight] {
+          st->dh = b->BackwardInputEnd(mb);
+          if (weight) b->BackwardWeight(mb);
+        });
   }
-  pass->Add(slice_.embedding ? "embedding-grad" : "input-grad", [this, mb, st, grad_input] {
+  pass->Add(slice_.embedding ? "embedding-grad" : "input-grad", [this, mb, st, grad_input, weight] {
+    if (weight) {
+      for (auto& m : mtp_) m->BackwardWeightEmbedding(mb);
+    }
     if (slice_.embedding) {
       embed_->BackwardInput(mb, st->dh);
+      if (weight) embed_->BackwardWeight(mb);
     } else {
       *grad_input = st->dh;
     }
     st->dh = Tensor();
   });
-  if (weight) pass->Add("weights", [this, mb] { BackwardWeight(mb); });
   return pass;
 }
 

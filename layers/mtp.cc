@@ -91,13 +91,14 @@ Tensor MtpModule::BackwardInputEnd(int mb) {
   return hnorm_.BackwardInput(mb, dh);
 }
 
-void MtpModule::BackwardWeight(int mb) {
+void MtpModule::BackwardWeightBody(int mb) {
   head_.BackwardWeight(mb);
   block_.BackwardWeight(mb);
   eh_proj_.BackwardWeight(mb);
   enorm_.BackwardWeight(mb);
   hnorm_.BackwardWeight(mb);
-  embed_.BackwardWeight(mb);
 }
+
+void MtpModule::BackwardWeightEmbedding(int mb) { embed_.BackwardWeight(mb); }
 
 }  // namespace fathom

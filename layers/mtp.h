@@ -43,7 +43,15 @@ class MtpModule {
                  MoeStats* moe_stats = nullptr);
   // dh_next: gradient w.r.t. h^k from depth k+1 (undefined for the last depth). Returns d h^{k-1}.
   Tensor BackwardInput(int mb, const Tensor& dh_next);
-  void BackwardWeight(int mb);
+  // W: BackwardWeight does all of it; a BW pass (Model::BackwardPass) runs BackwardWeightBody with the
+  // main head's W and BackwardWeightEmbedding with the main embedding's, so that the shared lm_head and
+  // embedding gradients get each micro-batch's terms in one step, in Model::BackwardWeight's order.
+  void BackwardWeight(int mb) {
+    BackwardWeightBody(mb);
+    BackwardWeightEmbedding(mb);
+  }
+  void BackwardWeightBody(int mb);  // the head (lm_head, its norm), the block, eh_proj, the norms
+  void BackwardWeightEmbedding(int mb);
 
   // The phases of Forward and BackwardInput (see the top); ForwardEnd sets *ce_sum as Forward does.
   void ForwardBegin(int mb, const Tensor& h_prev, const Tensor& mtp_ids, const Tensor& mtp_labels,

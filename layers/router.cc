@@ -27,6 +27,18 @@ Router::Router(ParamTable& table, const ModelConfig& config, const std::string& 
                      .layer = layer});
 }
 
+namespace {
+
+// x in `dtype`: x itself, or an exact widened copy (bf16 -> f32).
+Tensor Widened(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor wide = Tensor::Empty(x.shape(), dtype, x.device());
+  ops::Convert(wide, x);
+  return wide;
+}
+
+}  // namespace
+
 RouterOutput Router::Forward(int mb, const Tensor& x) {
   FATHOM_CHECK(x.ndim() == 2 && x.dim(1) == hidden_, "[router ", table_->spec(weight_).name, "] input ",
                x.shape_str(), ", expected (N, ", hidden_, ")");
@@ -34,11 +46,7 @@ RouterOutput Router::Forward(int mb, const Tensor& x) {
   // Router tensors are in the statistics dtype (the activation dtype on the CPU, f32 on CUDA); the logits
   // are written into scores, which RouterSelect turns into sigmoid scores in place.
   const DType st = ops::StatsDType(x.dtype());
-  Tensor xr = x;
-  if (x.dtype() != st) {
-    xr = Tensor::Empty(x.shape(), st, x.device());
-    ops::Convert(xr, x);
-  }
+  const Tensor xr = Widened(x, st);
   RouterOutput r;
   r.scores = Tensor::Empty({n, dims_.num_experts}, st, x.device());
   ops::MatmulNT(r.scores, xr, table_->value(weight_));
@@ -46,7 +54,7 @@ RouterOutput Router::Forward(int mb, const Tensor& x) {
   r.topk_weight = Tensor::Empty({n, dims_.top_k}, st, x.device());
   ops::RouterSelect(r.topk_index, r.topk_weight, r.scores, /*logits=*/r.scores, table_->value(bias_), dims_);
   Ctx& c = saved_.Put(mb);
-  c.x = xr;
+  c.x = x;
   c.scores = r.scores;
   c.index = r.topk_index;
   return r;
@@ -73,7 +81,7 @@ void Router::BackwardInput(int mb, const Tensor& dx, const Tensor& dweight, cons
 void Router::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dlogits.defined(), "[router] BackwardWeight before BackwardInput for micro-batch ", mb);
-  ops::MatmulTN(table_->grad(weight_), c.dlogits, c.x, /*accumulate=*/true);
+  ops::MatmulTN(table_->grad(weight_), c.dlogits, Widened(c.x, c.dlogits.dtype()), /*accumulate=*/true);
   saved_.Drop(mb);
 }
 

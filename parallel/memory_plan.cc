@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -142,21 +143,23 @@ ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice) 
   const int64_t end = slice.end_layer < 0 ? m.num_hidden_layers : slice.end_layer;
   FATHOM_CHECK(slice.first_layer >= 0 && slice.first_layer <= end && end <= m.num_hidden_layers,
                "[memory_plan] slice layers [", slice.first_layer, ", ", end, ") of ", m.num_hidden_layers);
+  // Per micro-batch, node by node: a node's bytes per token times the tokens, plus its pad rows where the
+  // tiled expert layout applies (layers/moe.h; per micro-batch already).
+  // The head and the MTP modules (the graph's last nodes) run their W together (Sequence's w_group).
   std::vector<ActivationBytes> nodes;
+  size_t head_group = std::string::npos;
   const bool tiled = TiledExpertsApply(recipe);
-  ActivationBytes pad;  // the tiled expert layout's pad rows, per micro-batch (layers/moe.h)
+  const double tokens = TokensPerMicroBatch(recipe);
   for (const NodeCost& n : BuildCostGraph(m, recipe.train.seq_len, FathomPolicy(recipe))) {
     if (!slice.Holds(n)) continue;
-    nodes.push_back(n.activations(Recompute::None(), recipe.parallel.ep > 1));
-    if (tiled) {
-      pad.held_f += n.act_tiled_padding.held_f;
-      pad.held_b += n.act_tiled_padding.held_b;
-    }
+    if (head_group == std::string::npos && (n.kind == NodeKind::kHead || n.kind == NodeKind::kMtp))
+      head_group = nodes.size();
+    const ActivationBytes a = n.activations(Recompute::None(), recipe.parallel.ep > 1);
+    const ActivationBytes pad = tiled ? n.act_tiled_padding : ActivationBytes{};
+    nodes.push_back({a.held_f * tokens + pad.held_f, a.held_b * tokens + pad.held_b,
+                     a.peak_f * tokens + pad.peak_f, a.peak_b * tokens + pad.peak_b});
   }
-  const ActivationBytes per_token = Sequence(nodes);
-  const double tokens = TokensPerMicroBatch(recipe);
-  return {per_token.held_f * tokens + pad.held_f, per_token.held_b * tokens + pad.held_b,
-          per_token.peak_f * tokens + pad.held_f, per_token.peak_b * tokens + pad.held_b};
+  return Sequence(nodes, std::min(head_group, nodes.size()));
 }
 
 ActivationBytes ExpertPaddingBytes(const Recipe& recipe) {

@@ -96,8 +96,9 @@ std::string FormatMemoryPlan(const MemoryPlan& plan);
 // The routed experts' tiled layout (layers/moe.h; on CUDA without an expert exchange, not FP8) pads each
 // expert's rows to MoE::kTileRows: the expected extra bytes of ONE MoE layer and micro-batch, E * (tile - 1)
 // / 2 rows at a routed row's bytes (held_f = peak_f, held_b = peak_b); zero where the layout packs.
-// SliceActivations (and the simulator) add the graph's NodeCost::act_tiled_padding per MoE layer (on an
-// H200, recipes/small.yaml without MTP: 11.77 -> 12.1 GiB against a pool peak of 12.11).
+// SliceActivations (and the simulator) add the graph's NodeCost::act_tiled_padding per MoE layer and
+// micro-batch to each MoE node before composing the nodes (on an H200, recipes/small.yaml without MTP, one
+// BW pass: an estimate of 8.16 GiB against a pool peak of 8.14).
 ActivationBytes ExpertPaddingBytes(const Recipe& recipe);
 ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice);
 // SliceActivations(...).held_f: what the forward keeps for the backward.

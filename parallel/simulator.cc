@@ -218,8 +218,17 @@ std::vector<StageCost> SumStages(const std::vector<NodeUnit>& units, const std::
                                  bool list_nodes = true) {
   std::vector<StageCost> stages(stage_layers.size());
   // Each stage runs its nodes' forwards in order and their B in reverse (layers/activations.h's Sequence):
-  // peak_b = held_b of the stage + max over its nodes of (held_f before - held_b up to and with + peak_b).
+  // peak_b = held_b of the stage + max over its nodes of (held_f before - held_b up to and with + peak_b);
+  // a BW pass does each node's W after the node's B: peak_bw = max over its nodes of (held_f before + peak_b),
+  // the head group's held_b on top within it.
   std::vector<double> b_offset(stages.size(), -std::numeric_limits<double>::infinity());
+  // The head and the MTP modules (the last stage's last nodes) run their W together after the head's B
+  // (layers/activations.h, Sequence's w_group): what they keep after B that the B of the group's later
+  // nodes in forward order (run earlier) left.
+  auto in_head_group = [](const NodeUnit& u) { return u.kind == NodeKind::kHead || u.kind == NodeKind::kMtp; };
+  double group_after_b = 0;
+  for (const NodeUnit& u : units)
+    if (in_head_group(u)) group_after_b += u.activations.held_b;
   size_t block_stage = 0;
   int64_t left = stage_layers[0];  // decoder layers still to place in block_stage
   for (size_t i = 0; i < units.size(); ++i) {
@@ -244,6 +253,8 @@ std::vector<StageCost> SumStages(const std::vector<NodeUnit>& units, const std::
     a.peak_f = std::max(a.peak_f, a.held_f + u.activations.peak_f);
     a.held_b += u.activations.held_b;
     b_offset[s] = std::max(b_offset[s], a.held_f - a.held_b + u.activations.peak_b);
+    if (in_head_group(u)) group_after_b -= u.activations.held_b;
+    a.peak_bw = std::max(a.peak_bw, a.held_f + u.activations.peak_b + (in_head_group(u) ? group_after_b : 0.0));
     a.held_f += u.activations.held_f;
   }
   for (size_t s = 0; s < stages.size(); ++s) {

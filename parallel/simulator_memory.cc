@@ -8,9 +8,9 @@ namespace fathom {
 std::vector<LiveState> LiveStates(const std::vector<Instruction>& program) {
   std::set<LiveState> seen;
   LiveState now;
-  auto record = [&](int f, int b, int w) {
+  auto record = [&](int f, int b, int w, bool b_with_w = false) {
     LiveState st = now;
-    st.f = f, st.b = b, st.w = w;
+    st.f = f, st.b = b, st.w = w, st.b_with_w = b_with_w;
     seen.insert(st);
   };
   for (const Instruction& ins : program) {
@@ -30,11 +30,11 @@ std::vector<LiveState> LiveStates(const std::vector<Instruction>& program) {
         break;
       case OpKind::kBW:
         --now.forwarded[ins.chunk];
-        record(-1, ins.chunk, -1);
+        record(-1, ins.chunk, -1, /*b_with_w=*/true);
         break;
       case OpKind::kFB:
         --now.forwarded[ins.chunk_b];
-        record(ins.chunk, ins.chunk_b, -1);
+        record(ins.chunk, ins.chunk_b, -1, /*b_with_w=*/true);
         ++now.forwarded[ins.chunk];
         break;
     }
@@ -44,7 +44,7 @@ std::vector<LiveState> LiveStates(const std::vector<Instruction>& program) {
   for (const LiveState& st : seen) {
     bool dominated = false;
     for (const LiveState& o : seen) {
-      if (&o == &st || o.f != st.f || o.b != st.b || o.w != st.w) continue;
+      if (&o == &st || o.f != st.f || o.b != st.b || o.w != st.w || o.b_with_w != st.b_with_w) continue;
       bool ge = true;
       for (int c = 0; c < 2; ++c)
         ge = ge && o.forwarded[c] >= st.forwarded[c] && o.backwarded[c] >= st.backwarded[c];
@@ -70,7 +70,7 @@ double LiveBytes(const LiveState& st, const std::array<ActivationBytes, 2>& chun
     bytes += st.forwarded[c] * chunk[c].held_f + st.backwarded[c] * chunk[c].held_b;
   }
   if (st.f >= 0) bytes += chunk[st.f].peak_f;
-  if (st.b >= 0) bytes += chunk[st.b].peak_b;
+  if (st.b >= 0) bytes += st.b_with_w ? chunk[st.b].peak_bw : chunk[st.b].peak_b;
   if (st.w >= 0) bytes += chunk[st.w].held_b;  // W frees what B left as it goes
   return bytes;
 }

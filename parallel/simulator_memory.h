@@ -5,11 +5,11 @@
 //                                      stage's replicated and expert parameters, the optimizer state sharded
 //                                      over the parameter's replicas (ReplicaGroups);
 //   activations                        the most a rank's instruction list holds at once: at every
-//   instruction,
-//                                      the micro-batch-chunks waiting between their F and B (each a stage's
-//                                      held_f) or between their B and W (held_b), plus the running pass's
-//                                      micro-batch at its peak (peak_f or peak_b; an FB both), with the
-//                                      stage bytes of layers/activations.h per micro-batch (LiveState).
+//                                      instruction, the micro-batch-chunks waiting between their F and B
+//                                      (each a stage's held_f) or between their B and W (held_b), plus the
+//                                      running pass's micro-batch at its peak (peak_f; peak_b for a B,
+//                                      peak_bw for a BW; an FB peak_f and peak_bw), with the stage bytes of
+//                                      layers/activations.h per micro-batch (LiveState).
 // Pure arithmetic over the schedule's lists; no timing (that is parallel/simulator.cc's event simulation).
 // parallel/memory_plan uses the same activation peak for a rank's start-up memory plan.
 #ifndef FATHOM_PARALLEL_SIMULATOR_MEMORY_H_
@@ -40,6 +40,7 @@ ReplicaGroups Replicas(const ParallelPlan& plan, int64_t dp);
 struct LiveState {
   std::array<int, 2> forwarded = {0, 0}, backwarded = {0, 0};
   int f = -1, b = -1, w = -1;
+  bool b_with_w = false;  // the running B does its W node by node (a BW, or an FB's backward)
   auto operator<=>(const LiveState&) const = default;
 };
 

@@ -1,6 +1,6 @@
 // The activation model of fathom's layers (layers/activations.h, ActivationModel::kFathom) against what the
 // CPU layers really keep: the bytes CPU tensors own after the forward, after the B pass and at the peak of
-// one micro-batch's step, measured by framework/tensor.h's host byte counters.
+// one micro-batch's step (B then W, and one BW pass), measured by framework/tensor.h's host byte counters.
 #include "layers/activations.h"
 
 #include <cstdio>
@@ -43,8 +43,9 @@ struct Measured {
   double after_forward = 0, after_b = 0, peak = 0, after_w = 0;
 };
 
-// One micro-batch of `b` sequences of `t` tokens through the whole model: F, B, W.
-Measured MeasureStep(const ModelConfig& m, int64_t b, int64_t t, uint64_t seed) {
+// One micro-batch of `b` sequences of `t` tokens through the whole model: F, B, W; or (`fused`) F, then
+// one BW pass (Model::BackwardPass with `weight`: each node's W right after its B).
+Measured MeasureStep(const ModelConfig& m, int64_t b, int64_t t, uint64_t seed, bool fused = false) {
   LossConfig loss;
   Model model(m, loss);
   model.Finalize(DType::kF32, seed);
@@ -59,6 +60,13 @@ Measured MeasureStep(const ModelConfig& m, int64_t b, int64_t t, uint64_t seed) 
   Measured out;
   model.Forward(0, batch, norm);
   out.after_forward = static_cast<double>(HostTensorBytesInUse() - base);
+  if (fused) {
+    Tensor dx;
+    model.BackwardPass(0, Tensor(), /*weight=*/true, &dx)->RunToEnd();
+    out.after_w = static_cast<double>(HostTensorBytesInUse() - base);
+    out.peak = static_cast<double>(HostTensorBytesPeak() - base);
+    return out;
+  }
   model.BackwardInput(0);
   out.after_b = static_cast<double>(HostTensorBytesInUse() - base);
   model.BackwardWeight(0);
@@ -79,9 +87,15 @@ TEST(FathomActivations, MatchWhatTheCpuLayersKeep) {
       ASSERT_TRUE(m.Validate().ok()) << m.Validate();
       const PrecisionPolicy policy = PrecisionPolicy::Fathom(4, 4);
       std::vector<ActivationBytes> nodes;
-      for (const NodeCost& n : BuildCostGraph(m, 64, policy))
+      size_t head_group = 0;
+      for (const NodeCost& n : BuildCostGraph(m, 64, policy)) {
+        if (n.kind == NodeKind::kHead) head_group = nodes.size();
         nodes.push_back(n.activations(Recompute::None(), false));
-      const ActivationBytes per_token = Sequence(nodes);
+      }
+      const ActivationBytes per_token = Sequence(nodes, head_group);
+      ASSERT_GT(head_group, 0u);
+      // W node by node frees most of what B keeps (the bulk of a one-micro-batch peak).
+      EXPECT_LT(per_token.peak_bw, 0.9 * per_token.peak_b);
       std::map<int64_t, double> after_w_one_sequence;
       for (int64_t b : {1, 3}) {
         for (int64_t t : {32, 64}) {
@@ -101,10 +115,54 @@ TEST(FathomActivations, MatchWhatTheCpuLayersKeep) {
               static_cast<int>(q_lora), static_cast<int>(shared), static_cast<int>(b), static_cast<int>(t),
               per_token.held_f * tokens / got.after_forward, per_token.held_b * tokens / got.after_b,
               std::max(per_token.peak_f, per_token.peak_b) * tokens / got.peak);
+          // One BW pass: its peak, and it leaves what B then W leave.
+          const Measured bw = MeasureStep(m, b, t, seed, /*fused=*/true);
+          EXPECT_NEAR(std::max(per_token.peak_f, per_token.peak_bw) * tokens, bw.peak, 0.03 * bw.peak);
+          EXPECT_EQ(bw.after_w, got.after_w);
+          std::printf("  BW pass: peak %.4f (estimate / measured), %.1f%% of B then W's\n",
+                      std::max(per_token.peak_f, per_token.peak_bw) * tokens / bw.peak, 100 * bw.peak / got.peak);
         }
       }
     }
   }
+}
+
+// A BW pass (each node's W right after its B, the MTP modules' and head's with the head's B, the embeddings'
+// with the embedding's) adds every gradient's terms in B-then-W's order: the same bits. Two MTP depths, so
+// that the shared lm_head and embedding gradients have three writers each.
+TEST(FathomActivations, BwPassGradientsAreBThenWs) {
+  const uint64_t seed = testing::TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  ModelConfig m = SmallMoe(48, 1);
+  m.num_nextn_predict_layers = 2;
+  ASSERT_TRUE(m.Validate().ok()) << m.Validate();
+  LossConfig loss;
+  Model split(m, loss), fused(m, loss);
+  split.Finalize(DType::kF32, seed);
+  fused.Finalize(DType::kF32, seed);
+  std::mt19937_64 rng(seed + 1);
+  std::uniform_int_distribution<int> token(0, static_cast<int>(m.vocab_size) - 1);
+  MicroBatch batch{Tensor::Empty({2, 24}, DType::kI32), Tensor::Empty({2, 24}, DType::kI32)};
+  for (int64_t i = 0; i < 48; ++i) batch.input_ids.data<int32_t>()[i] = token(rng);
+  for (int64_t i = 0; i < 48; ++i) batch.labels.data<int32_t>()[i] = token(rng);
+  const LossNormalizers norm = split.Normalizers({batch}, 1);
+  split.Forward(0, batch, norm);
+  split.BackwardInput(0);
+  split.BackwardWeight(0);
+  fused.Forward(0, batch, norm);
+  Tensor dx;
+  fused.BackwardPass(0, Tensor(), /*weight=*/true, &dx)->RunToEnd();
+  ASSERT_EQ(split.params().size(), fused.params().size());
+  int64_t nonzero = 0;
+  for (int id = 0; id < split.params().size(); ++id) {
+    const Tensor a = split.params().grad(id), b = fused.params().grad(id);
+    ASSERT_EQ(a.numel(), b.numel()) << split.params().spec(id).name;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      ASSERT_EQ(a.Item(i), b.Item(i)) << split.params().spec(id).name << " element " << i;
+      nonzero += a.Item(i) != 0.0;
+    }
+  }
+  EXPECT_GT(nonzero, 1000);
 }
 
 }  // namespace
