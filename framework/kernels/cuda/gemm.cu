@@ -203,7 +203,10 @@ struct GemmContext::Impl {
   // The pointer-array batches (Pointers: the tiled layout's tiles, and its wgrad's experts of one row
   // count): one plan per problem with the batch count left out of the key (rewritten per call), the
   // algorithms checked per batch count, and the device pointer arrays (A, B, C of every problem), refilled
-  // per call on the caller's stream.
+  // per call on the caller's stream from a ring of pinned host slots. A copy from pageable memory may make
+  // the driver wait for the stream (it stages the bytes first); from pinned memory it is queued like a
+  // kernel, so the host keeps running ahead. A slot is refilled only after its previous copy has run (its
+  // event), kPointerSlots calls later.
   struct TilePlan {
     Plan plan;
     std::unordered_map<int64_t, cublasLtMatmulAlgo_t> checked;
@@ -211,7 +214,15 @@ struct GemmContext::Impl {
   std::map<PlanKey, TilePlan> tile_plans;
   void* tile_pointers = nullptr;
   int64_t tile_capacity = 0;  // pointer triples the device buffer holds
-  std::vector<const void*> tile_host;
+  struct PointerSlot {
+    const void** host = nullptr;  // pinned (cudaHostAlloc)
+    int64_t capacity = 0;         // pointers
+    cudaEvent_t copied = nullptr;
+    bool pending = false;  // `copied` recorded after a copy from `host`
+  };
+  static constexpr int kPointerSlots = 64;
+  std::array<PointerSlot, kPointerSlots> pointer_slots;
+  int next_pointer_slot = 0;
   // The grouped path's internal streams, the events that fork them off and join them back to the caller's
   // stream, and the workspace slice each one uses (slice i at workspace + i * slice_bytes).
   std::array<cudaStream_t, kGroupStreams> streams{};
@@ -442,6 +453,10 @@ GemmContext::~GemmContext() {
     if (st) cudaStreamDestroy(st);
   if (impl_->workspace) cudaFree(impl_->workspace);
   if (impl_->tile_pointers) cudaFree(impl_->tile_pointers);
+  for (Impl::PointerSlot& slot : impl_->pointer_slots) {
+    if (slot.copied) cudaEventDestroy(slot.copied);
+    if (slot.host) cudaFreeHost(slot.host);
+  }
   if (impl_->handle) cublasLtDestroy(impl_->handle);
 }
 
@@ -516,11 +531,21 @@ void GemmContext::Impl::Pointers(bool trans_a, bool trans_b, int64_t m, int64_t 
   FATHOM_CHECK(count >= 1 && count < (int64_t{1} << 31) && b.size() == a.size() && c.size() == a.size(),
                "[gemm] pointer batch of ", count, " problems");
   cudaStream_t s = stream;
-  // The pointer triples of this call; cuBLASLt's A is our B, its B our A (the row-major swap).
-  tile_host.resize(static_cast<size_t>(3 * count));
-  std::copy(b.begin(), b.end(), tile_host.begin());
-  std::copy(a.begin(), a.end(), tile_host.begin() + count);
-  std::copy(c.begin(), c.end(), tile_host.begin() + 2 * count);
+  // The pointer triples of this call in the next pinned slot; cuBLASLt's A is our B, its B our A (the
+  // row-major swap).
+  PointerSlot& slot = pointer_slots[static_cast<size_t>(next_pointer_slot)];
+  next_pointer_slot = (next_pointer_slot + 1) % kPointerSlots;
+  if (slot.pending) FATHOM_CUDA_CHECK(cudaEventSynchronize(slot.copied));  // kPointerSlots calls ago
+  if (!slot.copied) FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&slot.copied, cudaEventDisableTiming));
+  if (3 * count > slot.capacity) {
+    if (slot.host) FATHOM_CUDA_CHECK(cudaFreeHost(slot.host));
+    slot.capacity = std::max<int64_t>(6 * count, 768);
+    FATHOM_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&slot.host),
+                                    static_cast<size_t>(slot.capacity) * sizeof(void*), cudaHostAllocDefault));
+  }
+  std::copy(b.begin(), b.end(), slot.host);
+  std::copy(a.begin(), a.end(), slot.host + count);
+  std::copy(c.begin(), c.end(), slot.host + 2 * count);
   if (count > tile_capacity) {
     // Grows to the largest batch once (a rare cudaMalloc; the wait orders it after the work that read the
     // old array).
@@ -530,10 +555,11 @@ void GemmContext::Impl::Pointers(bool trans_a, bool trans_b, int64_t m, int64_t 
     FATHOM_CUDA_CHECK(cudaMalloc(&tile_pointers, static_cast<size_t>(3 * tile_capacity) * sizeof(void*)));
   }
   auto** dev = static_cast<const void**>(tile_pointers);
-  // Pageable source: the call returns once the driver has staged the bytes, so tile_host may be refilled by
-  // the next call; the copy is ordered on `s` before this call's matmul and after the previous one's.
-  FATHOM_CUDA_CHECK(cudaMemcpyAsync(dev, tile_host.data(), static_cast<size_t>(3 * count) * sizeof(void*),
+  // Ordered on `s` before this call's matmul and after the previous one's (which read the device array).
+  FATHOM_CUDA_CHECK(cudaMemcpyAsync(dev, slot.host, static_cast<size_t>(3 * count) * sizeof(void*),
                                     cudaMemcpyHostToDevice, s));
+  FATHOM_CUDA_CHECK(cudaEventRecord(slot.copied, s));
+  slot.pending = true;
   auto align = [](auto& ptrs) {
     uint32_t v = 256;
     for (const void* p : ptrs) v = std::min(v, Alignment(p));
