@@ -141,10 +141,11 @@ class GemmContext {
   // layers/moe.h) run NT and NN as ONE cuBLASLt pointer-array batch of kTileRows-row tiles, each reading its
   // expert's weight, and TN as one pointer-array batch per distinct row count (also under
   // set_batch_uniform). The pointer arrays go to the device with each call (an asynchronous copy on the
-  // caller's stream, 24 bytes per problem). Measured on an H200 (32 experts x 1024 rows, NT; by a
-  // stand-alone cuBLASLt benchmark since replaced by gemm_bench's BM_Batched, which times this path): 597-648
-  // TFLOP/s at 128- and 256-row tiles against 450-500 per expert on 4 streams and 615-625 for the strided
-  // batch.
+  // caller's stream from pinned slots, 24 bytes per problem). Measured on an H200 by gemm_bench's
+  // BM_Batched (2026-12-04; 32 experts, hidden 2048, moe_intermediate 1408, bf16): the tiled set (the skewed
+  // counts rounded up to the tile) NT 562-600 and NN 565-595 TFLOP/s against 471-494 per expert on 4
+  // streams, but TN 418-420 against 436 per expert (its per-row-count batches are slower); uniform counts
+  // (1024-1152 rows each) 603-661 as one strided batch.
   static constexpr int64_t kTileRows = 128;
 
  private:
