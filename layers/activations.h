@@ -50,7 +50,7 @@ ActivationBytes FathomHeadBytes(const ModelConfig& m, double a, double s);
 // An MTP module: its embedding, norms, concatenation and projection, then its block and its head.
 ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double s, double* exchange_bytes);
 // Per MoE layer and MICRO-BATCH (not per token): the expected pad rows of the routed experts' tiled layout
-// (layers/moe.h; without an expert exchange, not FP8), E * (tile - 1) / 2 rows at a routed row's bytes: the
+// (layers/moe.h; without an expert exchange), E * (tile - 1) / 2 rows at a routed row's bytes: the
 // gathered input, gate, up, hidden, output and slot kept by the forward (held_f = peak_f), plus the output
 // gradient and the gate and up gradients after B (held_b = peak_b).
 ActivationBytes TiledExpertPadding(const ModelConfig& m, double a, int64_t tile_rows);

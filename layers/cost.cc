@@ -156,7 +156,7 @@ void SetFathomActivations(NodeCost& n, const ModelConfig& m, const PrecisionPoli
   n.act_peak_f_bytes = bytes.peak_f;
   n.act_peak_b_bytes = bytes.peak_b;
   n.act_exchange_bytes = exchange;
-  if (n.moe && !p.fp8_gemm) n.act_tiled_padding = TiledExpertPadding(m, a, MoE::kTileRows);
+  if (n.moe) n.act_tiled_padding = TiledExpertPadding(m, a, MoE::kTileRows);
   n.act_saved_by_norm_recompute = n.act_saved_by_mla_up_recompute = 0;  // nothing is recomputed
 }
 

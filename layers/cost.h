@@ -126,9 +126,10 @@ struct NodeCost : ModelNode {
   double act_peak_f_bytes = 0;
   double act_peak_b_bytes = 0;
   double act_exchange_bytes = 0;
-  // kFathom MoE nodes without FP8: without an exchange the routed experts take the tiled layout, whose pad
-  // rows add these bytes per MICRO-BATCH, not per token (TiledExpertPadding; the simulator and the memory
-  // plan add them where the layout applies).
+  // kFathom MoE nodes: without an exchange the routed experts take the tiled layout, whose pad rows add
+  // these bytes per MICRO-BATCH, not per token (TiledExpertPadding; the simulator and the memory plan add
+  // them where the layout applies; under FP8 its bf16 rows overestimate the FP8 rows kept, as the per-token
+  // model does).
   ActivationBytes act_tiled_padding;
 
   // Expert-parallel all-to-all, per token and per routed copy (top-k copies per token): the forward sends

@@ -73,8 +73,9 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
   // out by the host counts, so it waits for them here (the layer's one host synchronisation, see the
   // header) and the shared expert runs while the rows travel. Without one, the wait moves to
   // ForwardExperts: the shared expert (and whatever the caller runs between the phases) is queued first and
-  // keeps the GPU busy while the host waits. FP8 rows are quantised and laid out by the host counts here.
-  if (fp8()) {
+  // keeps the GPU busy while the host waits. FP8 rows are quantised and laid out by the host counts here,
+  // except in the padded layout, which quantises its gathered rows in ForwardExperts.
+  if (fp8() && c.x_perm.defined()) {
     c.counts = host_counts.Wait();
     c.in_flight = StartRowsFp8(c, c.x_perm, /*forward=*/true);
     c.x_perm = Tensor();
@@ -95,14 +96,20 @@ void MoE::ForwardExperts(int mb) {
   Ctx& c = saved_.Get(mb);
   ScopedPhase phase(phases::kDispatchCombine);
   Tensor y_local;
+  if (c.host_counts.pending()) {  // no exchange: the counts' copy was left running by ForwardBegin
+    c.counts = c.host_counts.Wait();
+    c.dispatch.local_counts = c.counts;
+  }
   if (fp8()) {
-    c.xq_local = ArrivedFp8(c);
+    if (c.x2.defined()) {  // the padded layout: its rows gathered, then quantised (the bf16 copy dropped)
+      GatherLocalRows(c);
+      c.xq_local = ops::QuantizeRows(c.x_local);
+      c.x_local = Tensor();
+    } else {
+      c.xq_local = ArrivedFp8(c);
+    }
     y_local = ComputeExpertsFp8(c);
   } else {
-    if (c.host_counts.pending()) {  // no exchange: the counts' copy was left running by ForwardBegin
-      c.counts = c.host_counts.Wait();
-      c.dispatch.local_counts = c.counts;
-    }
     if (c.x2.defined()) {
       GatherLocalRows(c);  // the sort ran alone: the layout waited for the counts
     } else {
@@ -143,13 +150,13 @@ void MoE::Route(int mb, Ctx& c, const Tensor& x2, MoeStats* stats) {
 
 // Every (token, k) selection is counted once, as in topk_index. The counts are made on the activations'
 // device; their copy to the host starts here and is waited for by Forward as late as it can.
-// Where the layout may be padded (no exchange, not FP8), only the sort runs here: the gather waits for the
-// counts (GatherLocalRows), so that it can write the padded layout directly.
+// Where the layout may be padded (no exchange), only the sort runs here: the gather waits for the counts
+// (GatherLocalRows), so that it can write the padded layout directly.
 ops::PendingHostCopy MoE::Permute(Ctx& c, const Tensor& x2) {
   const int64_t rows = x2.dim(0) * top_k_;
   c.row_slot = Tensor::Empty({rows}, DType::kI64, x2.device());
   c.device_counts = Tensor::Empty({num_experts_}, DType::kI64, x2.device());
-  const bool may_pad = exchange_ == nullptr && !fp8() && layout_ != ExpertLayout::kPacked &&
+  const bool may_pad = exchange_ == nullptr && layout_ != ExpertLayout::kPacked &&
                        (layout_ == ExpertLayout::kPadded || x2.device() == Device::kCUDA);
   if (may_pad) {
     ops::MoeSortByExpert(c.row_slot, c.device_counts, c.routing.topk_index);

@@ -59,12 +59,16 @@
 // the GPU stays busy while the host waits. The backward reuses the handle's host counts (DispatchHandle):
 // no sync. The balance value and the counts of MoeStats stay on the device.
 //
-// Padded (tiled) layout (no exchange, not FP8; on CUDA by default, see set_expert_layout): the sort runs in
+// Padded (tiled) layout (no exchange; on CUDA by default, see set_expert_layout): the sort runs in
 // ForwardBegin, and once the host has the counts ForwardExperts gathers each expert's rows into a block of
 // its count rounded up to kTileRows rows, zero pad rows at the end of each block (ops::MoePadLayout). The
 // GEMM context runs the forward and dgrad GEMMs over such blocks as ONE pointer-array batch of 128-row
-// tiles, each tile reading its expert's weight, however unevenly the tokens are routed; the wgrad stays
-// per expert (its reduction runs over the rows). Pad rows are zero in the input, so they are zero in every
+// tiles, each tile reading its expert's weight, however unevenly the tokens are routed; the wgrad runs one
+// batch per distinct row count. Under FP8 the gathered rows are quantised there (1x128 along the hidden
+// size, so each row's codes are the packed layout's) and the block-scaled GEMMs stay per expert (cuBLASLt
+// has no batched block-scaled mode below its grouped GEMM), but every expert's rows are a multiple of 128:
+// none needs the FP8 path's padded tail product (framework/kernels/cuda/fp8_gemm.cu), and the wgrad's
+// 128-token column blocks hold the same values as the packed layout's zero-padded ones. Pad rows are zero in the input, so they are zero in every
 // GEMM output and gradient and add nothing to the weight gradients; combine and its backward skip them.
 // The numbers equal the packed layout's. Cost: up to kTileRows - 1 pad rows per expert (~6% of the rows at
 // 32 experts x 1024). Measured on an H200 (tests/gpu_bench/gemm_bench.cc, 32 experts x 1024 rows,

@@ -26,7 +26,7 @@ Tensor MoE::ComputeExpertsFp8(Ctx& c) {
   ScopedPhase phase(phases::kExperts);
   const int64_t rows = c.xq_local.rows();
   const Device dev = c.xq_local.data.device();
-  const Tensor& counts = c.dispatch.local_counts;
+  const Tensor& counts = ExpertCounts(c);  // the padded layout's blocks, or the routed counts
   c.gate = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
   c.up = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
   c.h = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
@@ -43,7 +43,7 @@ Tensor MoE::ExpertsBackwardInputFp8(Ctx& c) {
   ScopedPhase phase(phases::kExperts);
   const int64_t rows = c.xq_local.rows();
   const Device dev = c.xq_local.data.device();
-  const Tensor& counts = c.dispatch.local_counts;
+  const Tensor& counts = ExpertCounts(c);  // the padded layout's blocks, or the routed counts
   Tensor dh = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
   ops::Fp8GroupedMatmulNT(dh, c.dyq_local, table_->fp8_weight(down_proj_).wt, counts);
   c.dgate = Tensor::Empty({rows, intermediate_}, c.dtype, dev);
@@ -59,7 +59,7 @@ Tensor MoE::ExpertsBackwardInputFp8(Ctx& c) {
 // dW_e += dy_e^T x_e for each expert, the operands quantised along each expert's tokens (the kept FP8 rows
 // through their values, the bf16 activations directly); the input's columns serve gate and up.
 void MoE::ExpertsBackwardWeightFp8(Ctx& c) {
-  const Tensor& counts = c.dispatch.local_counts;
+  const Tensor& counts = ExpertCounts(c);  // the padded layout's blocks, or the routed counts
   ops::Fp8GroupedMatmulTN(table_->grad(down_proj_), ops::QuantizeCols(c.dyq_local, counts),
                           ops::QuantizeCols(c.h, counts));
   const Fp8Cols x_cols = ops::QuantizeCols(c.xq_local, counts);

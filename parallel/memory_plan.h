@@ -93,7 +93,7 @@ std::string FormatMemoryPlan(const MemoryPlan& plan);
 // One micro-batch (micro_batch_size x seq_len tokens) on the nodes of `slice` (the embedding when
 // slice.embedding, decoder layers [first_layer, end_layer), the head with the MTP modules when slice.head):
 // kept after its forward, kept after its B until W, and the peaks during its forward and its B.
-// The routed experts' tiled layout (layers/moe.h; on CUDA without an expert exchange, not FP8) pads each
+// The routed experts' tiled layout (layers/moe.h; on CUDA without an expert exchange) pads each
 // expert's rows to MoE::kTileRows: the expected extra bytes of ONE MoE layer and micro-batch, E * (tile - 1)
 // / 2 rows at a routed row's bytes (held_f = peak_f, held_b = peak_b); zero where the layout packs.
 // SliceActivations (and the simulator) add the graph's NodeCost::act_tiled_padding per MoE layer and

@@ -205,6 +205,43 @@ TEST(Fp8Layers, MoeStaysCloseToF32) {
   }
 }
 
+// The padded (tiled) expert layout under FP8 (16-row tiles here, 128 on CUDA) gives the packed layout's
+// output, input gradient and weight gradients bit for bit: each row is quantised along the hidden size
+// alone, so its codes do not depend on where it sits, and the wgrad's 128-token column blocks of an expert
+// hold the same values (its rows first, zeros after) as the packed layout's zero-padded blocks.
+TEST(Fp8Layers, MoePaddedLayoutMatchesPacked) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const ModelConfig cfg = SmallModel();
+  ParamTable packed_table, padded_table;
+  MoE packed(packed_table, cfg, "model.layers.1.mlp", 1), padded(padded_table, cfg, "model.layers.1.mlp", 1);
+  packed_table.Finalize(DType::kF32);
+  padded_table.Finalize(DType::kF32);
+  FillRandom(packed_table.values(), rng, 0.1);
+  padded_table.values().CopyFrom(packed_table.values());
+  packed_table.EnableFp8Weights();
+  padded_table.EnableFp8Weights();
+  constexpr int64_t kTile = 16;
+  packed.set_expert_layout(MoE::ExpertLayout::kPacked);
+  padded.set_expert_layout(MoE::ExpertLayout::kPadded, kTile);
+  Tensor x = RandomTensor({2, 40, 64}, DType::kF32, rng), dy = RandomTensor({2, 40, 64}, DType::kF32, rng);
+  MoeStats stats;
+  const Tensor y0 = packed.Forward(0, x, 1e-3, &stats), y1 = padded.Forward(0, x, 1e-3);
+  ASSERT_GT(cpu::PaddedRows(stats.expert_counts, kTile), 2 * 40 * cfg.num_experts_per_tok);  // pad rows exist
+  EXPECT_TRUE(SameBytes(y0, y1));
+  EXPECT_TRUE(SameBytes(packed.BackwardInput(0, dy), padded.BackwardInput(0, dy)));
+  packed.BackwardWeight(0);
+  padded.BackwardWeight(0);
+  for (int id : {packed.gate_proj_id(), packed.up_proj_id(), packed.down_proj_id(), packed.router_weight_id()}) {
+    const Tensor g = packed_table.grad(id);
+    double norm = 0;
+    for (int64_t i = 0; i < g.numel(); ++i) norm += g.Item(i) * g.Item(i);
+    EXPECT_GT(norm, 0.0) << packed_table.spec(id).name;
+    EXPECT_TRUE(SameBytes(g, padded_table.grad(id))) << packed_table.spec(id).name;
+  }
+}
+
 // RefreshComputeValues re-quantises the FP8 weights from the masters; the fused optimizer's mark skips
 // only the bf16 copy.
 TEST(Fp8Layers, Fp8WeightsFollowTheMastersEveryRefresh) {
