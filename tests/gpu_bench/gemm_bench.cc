@@ -27,6 +27,7 @@
 #include "framework/cuda/check.h"
 #include "framework/cuda/device_arena.h"
 #include "framework/kernels/cuda/gemm.h"
+#include "framework/kernels/cuda/grouped_gemm.h"
 
 namespace fathom {
 namespace {
@@ -257,6 +258,44 @@ void BM_Batched(benchmark::State& state) {
   }
 }
 
+// fathom's own tile-grouped NT kernel (grouped_gemm.h) on the same skewed count sets: each call builds the
+// tile map on the device from that set's device counts (MoeTileExperts) and runs over the worst-case tile
+// budget (MaxExpertTiles: 288 tiles here; the unused ones exit at once), so nothing reaches the host.
+// Arguments: block_n (0 = the default for N), K, N. TFLOP/s count the R routed rows, as BM_Batched's tiles.
+void BM_OwnTiledNT(benchmark::State& state) {
+  const GemmData& d = Data();
+  const int block_n = static_cast<int>(state.range(0));
+  const int64_t k = state.range(1), n = state.range(2);
+  if (!cuda::TiledGroupedSupported(n, k)) {
+    state.SkipWithError("TiledGroupedMatmulNT needs an sm_90 GPU");
+    return;
+  }
+  state.SetLabel("NT bf16->bf16, own tiled kernel, device tile map, BN " +
+                 std::to_string(block_n ? block_n : cuda::TiledGroupedDefaultBlockN(n)));
+  const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
+  cuda::DeviceArena arena("gemm_bench_own", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
+  Tensor counts = arena.Alloc({kCountSets, kExperts}, DType::kI64);
+  for (int i = 0; i < kCountSets; ++i)
+    FATHOM_CUDA_CHECK(cudaMemcpy(static_cast<int64_t*>(counts.raw()) + i * kExperts, d.counts(i).raw(),
+                                 kExperts * 8, cudaMemcpyHostToDevice));
+  Tensor map = arena.Alloc({tiles}, DType::kI32);
+  const Tensor x = d.Rows(d.x(), k, tiles * cuda::kGroupedTileRows);
+  const Tensor out = d.Rows(d.out(), n, tiles * cuda::kGroupedTileRows);
+  const Tensor w = d.Experts(d.w(), n, k);
+  TimeCalls(state, 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n), [&](int i) {
+    const Tensor c = Tensor::Wrap(static_cast<int64_t*>(counts.raw()) + (i % kCountSets) * kExperts, {kExperts},
+                                  DType::kI64, Device::kCUDA, nullptr);
+    cuda::MoeTileExperts(map, c, nullptr);
+    cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, block_n);
+  });
+}
+
+void OwnTiledArgs(benchmark::internal::Benchmark* b) {
+  for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
+    for (int64_t bn : {128, 176, 256}) b->Args({bn, k, n});
+  b->ArgNames({"BN", "K", "N"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+}
+
 void UniformArgs(benchmark::internal::Benchmark* b) {
   for (int64_t c : {1024, 1040, 1152})
     for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
@@ -288,6 +327,7 @@ BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kUniform)->Apply(Unif
 BENCHMARK_TEMPLATE(BM_Batched, Form::kNT, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK_TEMPLATE(BM_Batched, Form::kNN, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kTiled)->Apply(TiledArgs);
+BENCHMARK(BM_OwnTiledNT)->Apply(OwnTiledArgs);
 
 }  // namespace
 }  // namespace fathom

@@ -1,0 +1,450 @@
+// fathom's tile-grouped NT GEMM on Hopper (see grouped_gemm.h): TMA + WGMMA + mbarriers, device-side
+// tile map. Written for sm_90a; other targets compile a kernel body that traps, and the launcher refuses to
+// run anywhere but an sm_90 device.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+#include "framework/check.h"
+#include "framework/cuda/check.h"
+#include "framework/kernels/cuda/grouped_gemm.h"
+#include "framework/kernels/cuda/kernel_common.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FATHOM_GROUPED_GEMM_SM90A 1
+#endif
+
+namespace fathom::cuda {
+namespace {
+
+constexpr int kThreads = 384;  // warp group 0: producer; 1 and 2: consumers (64 rows each)
+constexpr int kBM = static_cast<int>(kGroupedTileRows), kBK = 64;  // 64 bf16 = one 128-byte swizzle row
+constexpr int kABytes = kBM * kBK * 2;
+
+// Shared memory per column-tile width: as many stages of (x tile, w tile) as fit in ~200 KB, then the
+// full/empty barriers, plus 1 KB to align the stages to the 1024-byte swizzle atom.
+template <int BN>
+struct Tiling {
+  static constexpr int kBBytes = BN * kBK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024 for BN a multiple of 8
+  static constexpr int kStages = (200 * 1024) / kStageBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;
+  static_assert(kStageBytes % 1024 == 0 && kStages >= 3, "stages must keep the 1024-byte alignment");
+};
+
+#ifdef FATHOM_GROUPED_GEMM_SM90A
+
+__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void BarrierInit(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddress(bar)), "r"(count) : "memory");
+}
+
+// One arrival that also announces `bytes` of TMA traffic to come (the producer, once per stage fill).
+__device__ __forceinline__ void BarrierExpectBytes(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SmemAddress(bar)), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void BarrierArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddress(bar)) : "memory");
+}
+
+// Spins until the barrier's phase of the given parity has completed.
+__device__ __forceinline__ void BarrierWait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(SmemAddress(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// A 2-D TMA load of the map's box at (c0 = column, c1 = row) into shared memory, completing on `bar`.
+__device__ __forceinline__ void TmaLoad(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], "
+      "[%2];\n" ::"r"(SmemAddress(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(SmemAddress(bar)), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+// The wgmma descriptor of a K-major bf16 tile with 64-element (128-byte) rows, 128-byte swizzled as TMA
+// writes it: start address / 16, leading offset 1 (unused by swizzled K-major), stride 1024 bytes between
+// 8-row groups, swizzle mode 1 (128 B). The tile must start on a 1024-byte boundary; the k-th 16-element
+// slice of the row starts 32 k bytes in (descriptor + 2 k).
+__device__ __forceinline__ uint64_t TileDescriptor(const void* tile) {
+  const uint64_t address = SmemAddress(tile);
+  return ((address & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+
+__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void WgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// Keeps the compiler from moving accumulator registers across the asynchronous wgmma instructions.
+template <int R>
+__device__ __forceinline__ void FenceAccumulators(float* d) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// D (64 x 128, f32, 64 registers per thread) (=, or += when accumulate) A (64 x 16) . B (128 x 16)^T,
+// both operands K-major bf16 in shared memory (128-byte swizzle), described by desc_a and desc_b.
+__device__ __forceinline__ void Wgmma128(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// D (64 x 176, f32, 88 registers per thread) (=, or += when accumulate) A (64 x 16) . B (176 x 16)^T,
+// both operands K-major bf16 in shared memory (128-byte swizzle), described by desc_a and desc_b.
+__device__ __forceinline__ void Wgmma176(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %90, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n176k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87"
+      "}, %88, %89, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// D (64 x 256, f32, 128 registers per thread) (=, or += when accumulate) A (64 x 16) . B (256 x 16)^T,
+// both operands K-major bf16 in shared memory (128-byte swizzle), described by desc_a and desc_b.
+__device__ __forceinline__ void Wgmma256(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+template <int BN>
+__device__ __forceinline__ void Wgmma(float* d, uint64_t desc_a, uint64_t desc_b) {
+  if constexpr (BN == 128) {
+    Wgmma128(d, desc_a, desc_b, 1);
+  } else if constexpr (BN == 176) {
+    Wgmma176(d, desc_a, desc_b, 1);
+  } else {
+    static_assert(BN == 256, "BN is 128, 176 or 256");
+    Wgmma256(d, desc_a, desc_b, 1);
+  }
+}
+
+#endif  // FATHOM_GROUPED_GEMM_SM90A
+
+// One CTA per (column tile, row tile); see grouped_gemm.h.
+template <int BN>
+__global__ void __launch_bounds__(kThreads, 1)
+    TiledNTKernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
+                  __nv_bfloat16* out, const int32_t* tile_expert, int n, int k_blocks) {
+#ifdef FATHOM_GROUPED_GEMM_SM90A
+  using T = Tiling<BN>;
+  const int tile = static_cast<int>(blockIdx.y);
+  const int expert = tile_expert[tile];
+  if (expert < 0) return;  // a tile past the layout: the whole CTA leaves before any barrier
+
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kStages * T::kStageBytes);
+  uint64_t* empty = full + T::kStages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < T::kStages; ++s) {
+      BarrierInit(&full[s], 1);   // the producer's expect-bytes arrival (+ the TMA bytes)
+      BarrierInit(&empty[s], 8);  // one arrival per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int group = static_cast<int>(threadIdx.x) / 128;
+  const int n0 = static_cast<int>(blockIdx.x) * BN;
+  if (group == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 0) {
+      for (int kb = 0; kb < k_blocks; ++kb) {
+        const int s = kb % T::kStages;
+        BarrierWait(&empty[s], ((kb / T::kStages) & 1) ^ 1);  // the first pass finds every stage free
+        uint8_t* stage = smem + s * T::kStageBytes;
+        BarrierExpectBytes(&full[s], T::kStageBytes);
+        TmaLoad(stage, &x_map, &full[s], kb * kBK, tile * kBM);
+        // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are
+        // computed and not stored.
+        TmaLoad(stage + kABytes, &w_map, &full[s], kb * kBK, expert * n + n0);
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+
+  const int consumer = group - 1;  // rows [64 consumer, 64 consumer + 64) of the tile
+  const int warp = (static_cast<int>(threadIdx.x) / 32) % 4, lane = static_cast<int>(threadIdx.x) % 32;
+  float acc[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    const int s = kb % T::kStages;
+    BarrierWait(&full[s], (kb / T::kStages) & 1);
+    const uint8_t* stage = smem + s * T::kStageBytes;
+    const uint64_t desc_a = TileDescriptor(stage + consumer * 64 * kBK * 2);
+    const uint64_t desc_b = TileDescriptor(stage + kABytes);
+    FenceAccumulators<BN / 2>(acc);
+    WgmmaFence();
+#pragma unroll
+    for (int k = 0; k < kBK / 16; ++k) Wgmma<BN>(acc, desc_a + 2 * k, desc_b + 2 * k);
+    WgmmaCommit();
+    FenceAccumulators<BN / 2>(acc);
+    if (kb > 0) {  // the previous stage's products are done: give it back to the producer
+      WgmmaWait<1>();
+      FenceAccumulators<BN / 2>(acc);
+      __syncwarp();
+      if (lane == 0) BarrierArrive(&empty[(kb - 1) % T::kStages]);
+    }
+  }
+  WgmmaWait<0>();
+  FenceAccumulators<BN / 2>(acc);
+
+  // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i is
+  // column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
+  const int64_t row = static_cast<int64_t>(tile) * kBM + consumer * 64 + warp * 16 + lane / 4;
+  __nv_bfloat16* out0 = out + row * n;
+  __nv_bfloat16* out8 = out + (row + 8) * n;
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+    const int col = n0 + 8 * j + 2 * (lane % 4);
+    if (col < n) {  // n is a multiple of 8 and col even, so col + 1 < n too
+      *reinterpret_cast<__nv_bfloat162*>(out0 + col) = __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<__nv_bfloat162*>(out8 + col) = __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
+    }
+  }
+#else
+  __trap();  // built without sm_90a: TiledGroupedSupported is false and the launcher never gets here
+#endif
+}
+
+// The expert of each tile of the padded layout (see MoeTileExperts): one block, an inclusive scan of the
+// experts' tile counts, then a binary search per tile.
+__global__ void TileExpertsKernel(int32_t* tile_expert, int64_t tiles, const int64_t* counts, int experts) {
+  __shared__ int64_t end[1024];
+  const int e = static_cast<int>(threadIdx.x);
+  end[e] = e < experts ? (counts[e] + kBM - 1) / kBM : 0;
+  __syncthreads();
+  for (int offset = 1; offset < static_cast<int>(blockDim.x); offset <<= 1) {
+    const int64_t add = e >= offset ? end[e - offset] : 0;
+    __syncthreads();
+    end[e] += add;
+    __syncthreads();
+  }
+  if (e == 0 && end[experts - 1] > tiles) __trap();  // the caller's tile budget is too small
+  for (int64_t t = e; t < tiles; t += blockDim.x) {
+    int lo = 0, hi = experts;  // the first expert whose tiles end past t
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (end[mid] > t) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    tile_expert[t] = lo < experts ? lo : -1;
+  }
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 EncodeTiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    FATHOM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                                       &found));
+    FATHOM_CHECK(found == cudaDriverEntryPointSuccess && p != nullptr,
+                 "[tiled_grouped_gemm] the CUDA driver has no cuTensorMapEncodeTiled (needs CUDA 12 or newer)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// A TMA map of a row-major (rows, cols) bf16 matrix read in boxes of 64 columns x box_rows rows, 128-byte
+// swizzled (the layout TileDescriptor describes); reads past the matrix fill zeros.
+CUtensorMap RowMajorMap(const void* base, int64_t rows, int64_t cols, int box_rows) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBK), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = EncodeTiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims,
+                                   strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FATHOM_CHECK(r == CUDA_SUCCESS, "[tiled_grouped_gemm] cuTensorMapEncodeTiled failed (", static_cast<int>(r),
+               ") for a ", rows, " x ", cols, " bf16 matrix, box ", box_rows, " x ", kBK);
+  return map;
+}
+
+bool DeviceIsSm90() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0;
+}
+
+template <int BN>
+void Launch(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, Stream stream) {
+  using T = Tiling<BN>;
+  static const bool configured = [] {
+    FATHOM_CUDA_CHECK(
+        cudaFuncSetAttribute(TiledNTKernel<BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
+    return true;
+  }();
+  (void)configured;
+  const int64_t tiles = tile_expert.numel(), k = x.dim(1), n = out.dim(1), experts = w.dim(0);
+  const CUtensorMap x_map = RowMajorMap(x.raw(), tiles * kBM, k, kBM);
+  const CUtensorMap w_map = RowMajorMap(w.raw(), experts * n, k, BN);
+  const dim3 grid(static_cast<unsigned>((n + BN - 1) / BN), static_cast<unsigned>(tiles));
+  TiledNTKernel<BN><<<grid, kThreads, T::kSmemBytes, stream>>>(
+      x_map, w_map, static_cast<__nv_bfloat16*>(out.raw()), static_cast<const int32_t*>(tile_expert.raw()),
+      static_cast<int>(n), static_cast<int>(k / kBK));
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+int64_t MaxExpertTiles(int64_t rows, int64_t num_experts) {
+  FATHOM_CHECK(rows >= 0 && num_experts >= 1, "[max_expert_tiles] rows ", rows, ", experts ", num_experts);
+  return (rows + (kBM - 1) * std::min(rows, num_experts)) / kBM;
+}
+
+void MoeTileExperts(const Tensor& tile_expert, const Tensor& counts, Stream stream) {
+  const char* op = "moe_tile_experts";
+  common::CheckCuda(op, tile_expert, "tile_expert");
+  common::CheckCuda(op, counts, "counts");
+  FATHOM_CHECK(tile_expert.dtype() == DType::kI32 && tile_expert.ndim() == 1, "[", op, "] tile_expert ",
+               tile_expert.shape_str(), " ", DTypeName(tile_expert.dtype()), ", expected (T) i32");
+  FATHOM_CHECK(counts.dtype() == DType::kI64 && counts.ndim() == 1 && counts.dim(0) >= 1 && counts.dim(0) <= 1024,
+               "[", op, "] counts ", counts.shape_str(), " ", DTypeName(counts.dtype()),
+               ", expected (E) i64 with 1 <= E <= 1024");
+  if (tile_expert.numel() == 0) return;
+  TileExpertsKernel<<<1, 1024, 0, stream>>>(static_cast<int32_t*>(tile_expert.raw()), tile_expert.numel(),
+                                            static_cast<const int64_t*>(counts.raw()),
+                                            static_cast<int>(counts.dim(0)));
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+bool TiledGroupedSupported(int64_t n, int64_t k) {
+  static const bool sm90 = DeviceIsSm90();
+  return sm90 && n > 0 && n % 8 == 0 && k > 0 && k % kBK == 0;
+}
+
+int TiledGroupedDefaultBlockN(int64_t n) {
+  if (n % 256 == 0) return 256;
+  if (n % 176 == 0) return 176;
+  return n % 128 == 0 ? 128 : 256;
+}
+
+void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                          Stream stream, int block_n) {
+  const char* op = "tiled_grouped_matmul_nt";
+  common::CheckCuda(op, out, "out");
+  common::CheckCuda(op, x, "x");
+  common::CheckCuda(op, w, "w");
+  common::CheckCuda(op, tile_expert, "tile_expert");
+  FATHOM_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16 && out.dtype() == DType::kBF16, "[", op,
+               "] x ", DTypeName(x.dtype()), ", w ", DTypeName(w.dtype()), ", out ", DTypeName(out.dtype()),
+               ": bf16 only");
+  FATHOM_CHECK(tile_expert.dtype() == DType::kI32 && tile_expert.ndim() == 1, "[", op, "] tile_expert ",
+               tile_expert.shape_str(), ", expected (T) i32");
+  const int64_t tiles = tile_expert.numel();
+  FATHOM_CHECK(x.ndim() == 2 && w.ndim() == 3 && out.ndim() == 2 && x.dim(0) == tiles * kBM &&
+                   out.dim(0) == x.dim(0) && w.dim(2) == x.dim(1) && out.dim(1) == w.dim(1),
+               "[", op, "] x ", x.shape_str(), ", w ", w.shape_str(), ", out ", out.shape_str(), " for ", tiles,
+               " tiles: expected x (T*128, K), w (E, N, K), out (T*128, N)");
+  const int64_t n = out.dim(1), k = x.dim(1);
+  FATHOM_CHECK(TiledGroupedSupported(n, k), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ", kBK,
+               " and N of 8; got K ", k, ", N ", n);
+  FATHOM_CHECK(w.dim(0) * n <= INT32_MAX && tiles * kBM <= INT32_MAX, "[", op, "] too large for 32-bit TMA rows");
+  if (tiles == 0) return;
+  if (block_n == 0) block_n = TiledGroupedDefaultBlockN(n);
+  switch (block_n) {
+    case 128:
+      Launch<128>(out, x, w, tile_expert, stream);
+      break;
+    case 176:
+      Launch<176>(out, x, w, tile_expert, stream);
+      break;
+    case 256:
+      Launch<256>(out, x, w, tile_expert, stream);
+      break;
+    default:
+      FATHOM_CHECK(false, "[", op, "] block_n ", block_n, ": expected 0, 128, 176 or 256");
+  }
+}
+
+}  // namespace fathom::cuda

@@ -1,0 +1,55 @@
+// fathom's own grouped GEMM for routed experts on Hopper (sm_90a: TMA loads, WGMMA, an mbarrier pipeline),
+// which reads its grouping ON THE DEVICE. It is the forward form (NT) over DeepSeek's "contiguous" layout,
+// the padded expert layout of layers/moe.h: every expert's rows are a block whose length is a multiple of
+// kGroupedTileRows, blocks in expert order, and a tile map names each 128-row tile's expert. The map is built
+// on the device from the expert counts (MoeTileExperts), sized for the worst case (MaxExpertTiles), so
+// neither the map nor the GEMM needs the counts on the host: unused tiles (-1) are skipped by the kernel.
+// This is what cuBLASLt cannot do (its pointer-array and grouped batches take their problem count and
+// sizes from the host); see GemmContext's "Grouped GEMMs" in gemm.h for the cuBLASLt paths.
+//
+// Kernel (one CTA per 128 x BN output tile, 384 threads): warp group 0 is the producer (one thread issues
+// the TMA loads of a 128 x 64 tile of x and a BN x 64 tile of the expert's weight into a ring of shared
+// memory stages, 128-byte swizzled, signalled by mbarriers), warp groups 1 and 2 each multiply 64 of the
+// 128 rows with wgmma.m64nBNk16 (f32 accumulators in registers, one wgmma group kept in flight while the
+// previous stage is released), then round to bf16 and store. CTAs of unused tiles exit at once. BN is
+// chosen per call (128, 176 or 256; 0 = TiledGroupedDefaultBlockN): a partial last column tile computes
+// into registers and stores only its valid columns.
+#ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
+#define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
+
+#include <cstdint>
+
+#include "framework/cuda/stream.h"
+#include "framework/tensor.h"
+
+namespace fathom::cuda {
+
+inline constexpr int64_t kGroupedTileRows = 128;
+
+// The most 128-row tiles R rows over E experts can need when each expert's block is rounded up to whole
+// tiles: sum_e ceil(c_e / 128) <= floor((R + 127 * min(E, R)) / 128).
+int64_t MaxExpertTiles(int64_t rows, int64_t num_experts);
+
+// tile_expert (T) i32, overwritten: the expert of each tile of the padded layout of counts (E) i64 (device;
+// expert e owns ceil(counts[e] / 128) tiles, in expert order), then -1 for the tiles past them. E <= 1024.
+// A layout that needs more than T tiles traps (the caller sized T with MaxExpertTiles).
+void MoeTileExperts(const Tensor& tile_expert, const Tensor& counts, Stream stream);
+
+// Whether TiledGroupedMatmulNT takes these widths: K a multiple of 64 and N a multiple of 8, on an sm_90
+// device (H100/H200). Callers choose between this kernel and cuBLASLt with it; the launcher itself fails
+// loudly on anything else.
+bool TiledGroupedSupported(int64_t n, int64_t k);
+
+// The column-tile width BN the launcher uses when block_n = 0, for an N-wide output.
+int TiledGroupedDefaultBlockN(int64_t n);
+
+// out (T * 128, N) bf16: for every tile t with e = tile_expert[t] >= 0, its 128 rows =
+//   x rows [128 t, 128 t + 128) (T * 128, K) bf16 . w[e]^T, w (E, N, K) bf16,
+// with f32 accumulation and one rounding to bf16 (the twin of cpu::GroupedMatmulNT over the padded
+// layout). Rows of tiles with e < 0 are not written. All tensors contiguous; block_n in {0, 128, 176, 256}.
+void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                          Stream stream, int block_n = 0);
+
+}  // namespace fathom::cuda
+
+#endif  // FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_

@@ -1,0 +1,155 @@
+// fathom's own tile-grouped GEMM (framework/kernels/cuda/grouped_gemm.h) against f64 products of the same
+// bf16 inputs, and its device-side tile map against the host's.
+//
+// Tolerance 2^-8 on the relative error norm, as GemmCudaTest's bf16 outputs: one rounding of an f32
+// accumulation to bf16 is at most 2^-9 relative per element; a tile multiplied by the wrong expert's weight
+// or a misplaced column block gives errors of order 1.
+#include "framework/kernels/cuda/grouped_gemm.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "framework/cuda/device_arena.h"
+#include "framework/kernels/cuda/elementwise.h"
+#include "gtest/gtest.h"
+#include "tests/common/gradcheck.h"
+#include "tests/gpu/gpu_test_support.h"
+
+namespace fathom {
+namespace {
+
+using testing::Download;
+using testing::RandomTensor;
+using testing::RelError;
+using testing::TestSeed;
+using testing::Upload;
+
+constexpr int64_t kTile = cuda::kGroupedTileRows;
+
+// The host's tile map: expert e owns ceil(c_e / 128) tiles in expert order, then -1 up to `tiles`.
+std::vector<int32_t> HostTileExperts(const std::vector<int64_t>& counts, int64_t tiles) {
+  std::vector<int32_t> map;
+  for (size_t e = 0; e < counts.size(); ++e)
+    for (int64_t t = 0; t < (counts[e] + kTile - 1) / kTile; ++t) map.push_back(static_cast<int32_t>(e));
+  EXPECT_LE(static_cast<int64_t>(map.size()), tiles);
+  map.resize(static_cast<size_t>(tiles), -1);
+  return map;
+}
+
+Tensor CountsTensor(const std::vector<int64_t>& counts) {
+  std::vector<double> v(counts.begin(), counts.end());
+  return Tensor::FromVector(v, {static_cast<int64_t>(counts.size())}, DType::kI64);
+}
+
+TEST(GroupedGemmCuda, MaxExpertTilesBoundsEveryLayout) {
+  // The bound is reached: every expert one row past a whole tile.
+  EXPECT_EQ(cuda::MaxExpertTiles(4 * 129, 4), 8);
+  EXPECT_EQ(cuda::MaxExpertTiles(0, 4), 0);
+  EXPECT_EQ(cuda::MaxExpertTiles(3, 8), 3);  // fewer rows than experts: at most one tile per row
+  std::mt19937_64 rng(TestSeed());
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t experts = 1 + static_cast<int64_t>(rng() % 40), rows = static_cast<int64_t>(rng() % 3000);
+    std::vector<int64_t> counts(static_cast<size_t>(experts), 0);
+    for (int64_t r = 0; r < rows; ++r) counts[rng() % counts.size()] += 1;
+    int64_t tiles = 0;
+    for (int64_t c : counts) tiles += (c + kTile - 1) / kTile;
+    EXPECT_LE(tiles, cuda::MaxExpertTiles(rows, experts)) << "rows " << rows << " experts " << experts;
+  }
+}
+
+TEST(GroupedGemmCuda, TileMapMatchesTheHost) {
+  FATHOM_REQUIRE_GPU();
+  cuda::DeviceArena arena("grouped_gemm_test", size_t{1} << 20);
+  const std::vector<std::vector<int64_t>> sets = {
+      {0, 1, 128, 129, 300, 0, 77}, {5000}, {0, 0, 0}, {128, 128, 128, 128}, std::vector<int64_t>(1024, 3)};
+  for (const auto& counts : sets) {
+    int64_t rows = 0;
+    for (int64_t c : counts) rows += c;
+    const int64_t tiles = cuda::MaxExpertTiles(rows, static_cast<int64_t>(counts.size())) + 3;
+    SCOPED_TRACE("experts " + std::to_string(counts.size()) + " rows " + std::to_string(rows));
+    arena.Reset();
+    Tensor map = arena.Alloc({tiles}, DType::kI32);
+    cuda::MoeTileExperts(map, Upload(arena, CountsTensor(counts)), nullptr);
+    const Tensor got = Download(map);
+    const std::vector<int32_t> want = HostTileExperts(counts, tiles);
+    for (int64_t t = 0; t < tiles; ++t) ASSERT_EQ(got.data<int32_t>()[t], want[static_cast<size_t>(t)]) << "tile " << t;
+  }
+}
+
+// out rows of each used tile = x tile . w[e]^T; rows of unused tiles keep their NaN fill.
+void CheckTiledNT(int64_t k, int64_t n, const std::vector<int64_t>& counts, int block_n) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " K " + std::to_string(k) + " N " + std::to_string(n) +
+               " block_n " + std::to_string(block_n));
+  std::mt19937_64 rng(seed);
+  const int64_t experts = static_cast<int64_t>(counts.size());
+  int64_t rows = 0;
+  for (int64_t c : counts) rows += c;
+  const int64_t tiles = cuda::MaxExpertTiles(rows, experts);
+  const std::vector<int32_t> map = HostTileExperts(counts, tiles);
+  cuda::DeviceArena arena("grouped_gemm_test", size_t{256} << 20);
+  // Pad rows are random too: the kernel multiplies whole tiles, and the layout's zeros are the caller's.
+  const Tensor x = RandomTensor({tiles * kTile, k}, DType::kF32, rng).To(DType::kBF16);
+  const Tensor w = RandomTensor({experts, n, k}, DType::kF32, rng).To(DType::kBF16);
+  Tensor dx = Upload(arena, x), dw = Upload(arena, w);
+  Tensor dmap = arena.Alloc({tiles}, DType::kI32);
+  cuda::MoeTileExperts(dmap, Upload(arena, CountsTensor(counts)), nullptr);
+  Tensor dout = arena.Alloc({tiles * kTile, n}, DType::kBF16);
+  cuda::Fill(dout, std::numeric_limits<double>::quiet_NaN(), nullptr);
+  ASSERT_TRUE(cuda::TiledGroupedSupported(n, k));
+  cuda::TiledGroupedMatmulNT(dout, dx, dw, dmap, nullptr, block_n);
+  const Tensor got = Download(dout);
+
+  const Tensor xf = x.To(DType::kF64), wf = w.To(DType::kF64);
+  const double* xp = xf.data<double>();
+  const double* wp = wf.data<double>();
+  int64_t used = 0;
+  for (int64_t t = 0; t < tiles; ++t) used += map[static_cast<size_t>(t)] >= 0;
+  Tensor want = Tensor::Empty({used * kTile, n}, DType::kF64), have = Tensor::Empty({used * kTile, n}, DType::kF64);
+  int64_t at = 0;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int32_t e = map[static_cast<size_t>(t)];
+    for (int64_t r = t * kTile; r < (t + 1) * kTile; ++r) {
+      for (int64_t j = 0; j < n; ++j) {
+        const double g = got.Item(r * n + j);
+        if (e < 0) {
+          ASSERT_TRUE(std::isnan(g)) << "tile " << t << " is unused, but row " << r << " column " << j
+                                     << " was written: " << g;
+          continue;
+        }
+        double s = 0;
+        for (int64_t i = 0; i < k; ++i) s += xp[r * k + i] * wp[(e * n + j) * k + i];
+        want.data<double>()[at * n + j] = s;
+        have.data<double>()[at * n + j] = g;
+      }
+      at += e >= 0;
+    }
+  }
+  ASSERT_GT(used, 0);
+  EXPECT_LE(RelError(have, want), 1.0 / 256);
+}
+
+TEST(GroupedGemmCuda, TiledNTMatchesF64) {
+  FATHOM_REQUIRE_GPU();
+  // A starved expert, single rows, exact tiles, a busy expert over several tiles, an empty last expert.
+  const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
+  for (int block_n : {128, 176, 256}) {
+    CheckTiledNT(192, 72, counts, block_n);    // N smaller than one column tile: a partial tile only
+    CheckTiledNT(256, 520, counts, block_n);   // several column tiles, the last partial for every BN
+    CheckTiledNT(1024, 352, counts, block_n);  // a long reduction (16 k-blocks: the stage ring wraps)
+  }
+  CheckTiledNT(2048, 1408, {100, 0, 300, 129}, 0);  // the recipe's widths, the default column tile
+}
+
+TEST(GroupedGemmCuda, RefusesWhatItCannotRun) {
+  FATHOM_REQUIRE_GPU();
+  EXPECT_FALSE(cuda::TiledGroupedSupported(64, 100));  // K not a multiple of 64
+  EXPECT_FALSE(cuda::TiledGroupedSupported(60, 128));  // N not a multiple of 8
+}
+
+}  // namespace
+}  // namespace fathom
