@@ -201,17 +201,15 @@ __device__ __forceinline__ void Wgmma(float* d, uint64_t desc_a, uint64_t desc_b
 
 #endif  // FATHOM_GROUPED_GEMM_SM90A
 
-// One CTA per (column tile, row tile); see grouped_gemm.h.
+// A persistent kernel (one CTA per SM): CTA b takes the output tiles ("jobs", row tile major) b, b + grid,
+// ... and skips those of unused row tiles. The stage ring runs on across jobs, so the producer fetches the
+// next job's first k-blocks while the consumers still store the last one's results. See grouped_gemm.h.
 template <int BN>
 __global__ void __launch_bounds__(kThreads, 1)
     TiledNTKernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
-                  __nv_bfloat16* out, const int32_t* tile_expert, int n, int k_blocks) {
+                  __nv_bfloat16* out, const int32_t* tile_expert, int tiles, int n, int k_blocks) {
 #ifdef FATHOM_GROUPED_GEMM_SM90A
   using T = Tiling<BN>;
-  const int tile = static_cast<int>(blockIdx.y);
-  const int expert = tile_expert[tile];
-  if (expert < 0) return;  // a tile past the layout: the whole CTA leaves before any barrier
-
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kStages * T::kStageBytes);
@@ -226,63 +224,77 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   const int group = static_cast<int>(threadIdx.x) / 128;
-  const int n0 = static_cast<int>(blockIdx.x) * BN;
+  const int n_tiles = (n + BN - 1) / BN;
+  const int jobs = tiles * n_tiles;
   if (group == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
-      for (int kb = 0; kb < k_blocks; ++kb) {
-        const int s = kb % T::kStages;
-        BarrierWait(&empty[s], ((kb / T::kStages) & 1) ^ 1);  // the first pass finds every stage free
-        uint8_t* stage = smem + s * T::kStageBytes;
-        BarrierExpectBytes(&full[s], T::kStageBytes);
-        TmaLoad(stage, &x_map, &full[s], kb * kBK, tile * kBM);
-        // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are
-        // computed and not stored.
-        TmaLoad(stage + kABytes, &w_map, &full[s], kb * kBK, expert * n + n0);
+      int it = 0;  // k-blocks fetched so far, over all jobs: the stage ring's position
+      for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
+        const int tile = job / n_tiles, n0 = (job % n_tiles) * BN;
+        const int expert = tile_expert[tile];
+        if (expert < 0) continue;  // a tile past the layout
+        for (int kb = 0; kb < k_blocks; ++kb, ++it) {
+          const int s = it % T::kStages;
+          BarrierWait(&empty[s], ((it / T::kStages) & 1) ^ 1);  // the first pass finds every stage free
+          uint8_t* stage = smem + s * T::kStageBytes;
+          BarrierExpectBytes(&full[s], T::kStageBytes);
+          TmaLoad(stage, &x_map, &full[s], kb * kBK, tile * kBM);
+          // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are
+          // computed and not stored.
+          TmaLoad(stage + kABytes, &w_map, &full[s], kb * kBK, expert * n + n0);
+        }
       }
     }
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
 
-  const int consumer = group - 1;  // rows [64 consumer, 64 consumer + 64) of the tile
+  const int consumer = group - 1;  // rows [64 consumer, 64 consumer + 64) of each tile
   const int warp = (static_cast<int>(threadIdx.x) / 32) % 4, lane = static_cast<int>(threadIdx.x) % 32;
   float acc[BN / 2];
+  int it = 0;
+  for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
+    const int tile = job / n_tiles, n0 = (job % n_tiles) * BN;
+    if (tile_expert[tile] < 0) continue;
 #pragma unroll
-  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
-  for (int kb = 0; kb < k_blocks; ++kb) {
-    const int s = kb % T::kStages;
-    BarrierWait(&full[s], (kb / T::kStages) & 1);
-    const uint8_t* stage = smem + s * T::kStageBytes;
-    const uint64_t desc_a = TileDescriptor(stage + consumer * 64 * kBK * 2);
-    const uint64_t desc_b = TileDescriptor(stage + kABytes);
-    FenceAccumulators<BN / 2>(acc);
-    WgmmaFence();
-#pragma unroll
-    for (int k = 0; k < kBK / 16; ++k) Wgmma<BN>(acc, desc_a + 2 * k, desc_b + 2 * k);
-    WgmmaCommit();
-    FenceAccumulators<BN / 2>(acc);
-    if (kb > 0) {  // the previous stage's products are done: give it back to the producer
-      WgmmaWait<1>();
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+    for (int kb = 0; kb < k_blocks; ++kb, ++it) {
+      const int s = it % T::kStages;
+      BarrierWait(&full[s], (it / T::kStages) & 1);
+      const uint8_t* stage = smem + s * T::kStageBytes;
+      const uint64_t desc_a = TileDescriptor(stage + consumer * 64 * kBK * 2);
+      const uint64_t desc_b = TileDescriptor(stage + kABytes);
       FenceAccumulators<BN / 2>(acc);
-      __syncwarp();
-      if (lane == 0) BarrierArrive(&empty[(kb - 1) % T::kStages]);
-    }
-  }
-  WgmmaWait<0>();
-  FenceAccumulators<BN / 2>(acc);
-
-  // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i is
-  // column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
-  const int64_t row = static_cast<int64_t>(tile) * kBM + consumer * 64 + warp * 16 + lane / 4;
-  __nv_bfloat16* out0 = out + row * n;
-  __nv_bfloat16* out8 = out + (row + 8) * n;
+      WgmmaFence();
 #pragma unroll
-  for (int j = 0; j < BN / 8; ++j) {
-    const int col = n0 + 8 * j + 2 * (lane % 4);
-    if (col < n) {  // n is a multiple of 8 and col even, so col + 1 < n too
-      *reinterpret_cast<__nv_bfloat162*>(out0 + col) = __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<__nv_bfloat162*>(out8 + col) = __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
+      for (int k = 0; k < kBK / 16; ++k) Wgmma<BN>(acc, desc_a + 2 * k, desc_b + 2 * k);
+      WgmmaCommit();
+      FenceAccumulators<BN / 2>(acc);
+      if (kb > 0) {  // the previous stage's products are done: give it back to the producer
+        WgmmaWait<1>();
+        FenceAccumulators<BN / 2>(acc);
+        __syncwarp();
+        if (lane == 0) BarrierArrive(&empty[(it - 1) % T::kStages]);
+      }
+    }
+    WgmmaWait<0>();
+    FenceAccumulators<BN / 2>(acc);
+    __syncwarp();
+    if (lane == 0) BarrierArrive(&empty[(it - 1) % T::kStages]);
+
+    // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i
+    // is column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
+    const int64_t row = static_cast<int64_t>(tile) * kBM + consumer * 64 + warp * 16 + lane / 4;
+    __nv_bfloat16* out0 = out + row * n;
+    __nv_bfloat16* out8 = out + (row + 8) * n;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int col = n0 + 8 * j + 2 * (lane % 4);
+      if (col < n) {  // n is a multiple of 8 and col even, so col + 1 < n too
+        *reinterpret_cast<__nv_bfloat162*>(out0 + col) = __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(out8 + col) = __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
+      }
     }
   }
 #else
@@ -356,6 +368,13 @@ bool DeviceIsSm90() {
   return major == 9 && minor == 0;
 }
 
+int MultiprocessorCount() {
+  int device = 0, count = 0;
+  FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
 template <int BN>
 void Launch(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, Stream stream) {
   using T = Tiling<BN>;
@@ -368,10 +387,11 @@ void Launch(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& t
   const int64_t tiles = tile_expert.numel(), k = x.dim(1), n = out.dim(1), experts = w.dim(0);
   const CUtensorMap x_map = RowMajorMap(x.raw(), tiles * kBM, k, kBM);
   const CUtensorMap w_map = RowMajorMap(w.raw(), experts * n, k, BN);
-  const dim3 grid(static_cast<unsigned>((n + BN - 1) / BN), static_cast<unsigned>(tiles));
+  const int64_t jobs = tiles * ((n + BN - 1) / BN);
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(jobs, MultiprocessorCount()));
   TiledNTKernel<BN><<<grid, kThreads, T::kSmemBytes, stream>>>(
       x_map, w_map, static_cast<__nv_bfloat16*>(out.raw()), static_cast<const int32_t*>(tile_expert.raw()),
-      static_cast<int>(n), static_cast<int>(k / kBK));
+      static_cast<int>(tiles), static_cast<int>(n), static_cast<int>(k / kBK));
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -429,7 +449,7 @@ void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, c
   const int64_t n = out.dim(1), k = x.dim(1);
   FATHOM_CHECK(TiledGroupedSupported(n, k), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ", kBK,
                " and N of 8; got K ", k, ", N ", n);
-  FATHOM_CHECK(w.dim(0) * n <= INT32_MAX && tiles * kBM <= INT32_MAX, "[", op, "] too large for 32-bit TMA rows");
+  FATHOM_CHECK(w.dim(0) * n <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * n <= INT32_MAX, "[", op, "] too large for 32-bit TMA rows");
   if (tiles == 0) return;
   if (block_n == 0) block_n = TiledGroupedDefaultBlockN(n);
   switch (block_n) {

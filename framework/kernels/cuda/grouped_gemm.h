@@ -7,13 +7,14 @@
 // This is what cuBLASLt cannot do (its pointer-array and grouped batches take their problem count and
 // sizes from the host); see GemmContext's "Grouped GEMMs" in gemm.h for the cuBLASLt paths.
 //
-// Kernel (one CTA per 128 x BN output tile, 384 threads): warp group 0 is the producer (one thread issues
-// the TMA loads of a 128 x 64 tile of x and a BN x 64 tile of the expert's weight into a ring of shared
-// memory stages, 128-byte swizzled, signalled by mbarriers), warp groups 1 and 2 each multiply 64 of the
-// 128 rows with wgmma.m64nBNk16 (f32 accumulators in registers, one wgmma group kept in flight while the
-// previous stage is released), then round to bf16 and store. CTAs of unused tiles exit at once. BN is
-// chosen per call (128, 176 or 256; 0 = TiledGroupedDefaultBlockN): a partial last column tile computes
-// into registers and stores only its valid columns.
+// Kernel (persistent: one CTA of 384 threads per SM, taking output tiles of 128 x BN in turn, row tile
+// major): warp group 0 is the producer (one thread issues the TMA loads of a 128 x 64 tile of x and a
+// BN x 64 tile of the expert's weight into a ring of shared-memory stages, 128-byte swizzled, signalled by
+// mbarriers; the ring runs on across tiles, so the next tile's loads overlap this one's stores), warp
+// groups 1 and 2 each multiply 64 of the 128 rows with wgmma.m64nBNk16 (f32 accumulators in registers, one
+// wgmma group kept in flight while the previous stage is released), then round to bf16 and store. Tiles
+// of unused row tiles are skipped. BN is chosen per call (128, 176 or 256; 0 = TiledGroupedDefaultBlockN):
+// a partial last column tile computes into registers and stores only its valid columns.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 
