@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "framework/cuda/device_arena.h"
+#include "framework/fp8_operands.h"
+#include "framework/kernels/cpu/fp8_gemm.h"
 #include "framework/kernels/cuda/elementwise.h"
 #include "gtest/gtest.h"
 #include "tests/common/gradcheck.h"
@@ -81,7 +83,7 @@ TEST(GroupedGemmCuda, TileMapMatchesTheHost) {
 }
 
 // out rows of each used tile = x tile . w[e]^T; rows of unused tiles keep their NaN fill.
-void CheckTiledNT(int64_t k, int64_t n, const std::vector<int64_t>& counts, int block_n) {
+void CheckTiledNT(int64_t k, int64_t n, const std::vector<int64_t>& counts, int block_n, int max_ctas = 0) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " K " + std::to_string(k) + " N " + std::to_string(n) +
                " block_n " + std::to_string(block_n));
@@ -101,7 +103,7 @@ void CheckTiledNT(int64_t k, int64_t n, const std::vector<int64_t>& counts, int 
   Tensor dout = arena.Alloc({tiles * kTile, n}, DType::kBF16);
   cuda::Fill(dout, std::numeric_limits<double>::quiet_NaN(), nullptr);
   ASSERT_TRUE(cuda::TiledGroupedSupported(n, k));
-  cuda::TiledGroupedMatmulNT(dout, dx, dw, dmap, nullptr, block_n);
+  cuda::TiledGroupedMatmulNT(dout, dx, dw, dmap, nullptr, block_n, max_ctas);
   const Tensor got = Download(dout);
 
   const Tensor xf = x.To(DType::kF64), wf = w.To(DType::kF64);
@@ -141,6 +143,7 @@ TEST(GroupedGemmCuda, TiledNTMatchesF64) {
     CheckTiledNT(192, 72, counts, block_n);    // N smaller than one column tile: a partial tile only
     CheckTiledNT(256, 520, counts, block_n);   // several column tiles, the last partial for every BN
     CheckTiledNT(1024, 352, counts, block_n);  // a long reduction (16 k-blocks: the stage ring wraps)
+    CheckTiledNT(256, 520, counts, block_n, 3);  // 3 CTAs: the ring runs on across many output tiles
   }
   CheckTiledNT(2048, 1408, {100, 0, 300, 129}, 0);  // the recipe's widths, the default column tile
 }
@@ -149,6 +152,110 @@ TEST(GroupedGemmCuda, RefusesWhatItCannotRun) {
   FATHOM_REQUIRE_GPU();
   EXPECT_FALSE(cuda::TiledGroupedSupported(64, 100));  // K not a multiple of 64
   EXPECT_FALSE(cuda::TiledGroupedSupported(60, 128));  // N not a multiple of 8
+}
+
+// The FP8 form against the CPU emulation (cpu::Fp8GroupedMatmulNT) on the same codes and scales: both sum
+// each 128-deep block's e4m3 products and add them times the two scales. e4m3 products are exact in f32,
+// but Hopper's FP8 wgmma keeps about 14 significand bits in a block's partial sum (the DeepSeek-V3 report,
+// sec. 3.3.2, which is why the kernel promotes every 128-deep block to f32 as cuBLASLt does), ~6e-5 per
+// partial: the tolerances of tests/gpu/fp8_gemm_test.cc, 5e-4 for f32 outputs and 5e-3 for bf16 (one bf16
+// rounding on top). `transposed` multiplies by the dgrad copy (Fp8Weight::wt) instead of the forward one.
+void CheckTiledFp8(int64_t k, int64_t n, const std::vector<int64_t>& counts, bool transposed, DType out_dtype,
+                   bool accumulate, int max_ctas = 0) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " K " + std::to_string(k) + " N " + std::to_string(n) +
+               (transposed ? " wt" : " w") + (accumulate ? " +=" : " ="));
+  std::mt19937_64 rng(seed);
+  const int64_t experts = static_cast<int64_t>(counts.size());
+  std::vector<int64_t> padded;
+  int64_t rows = 0, used_rows = 0;
+  for (int64_t c : counts) {
+    rows += c;
+    padded.push_back((c + kTile - 1) / kTile * kTile);
+    used_rows += padded.back();
+  }
+  const int64_t tiles = cuda::MaxExpertTiles(rows, experts);
+  // w (E, rows_w, cols_w) quantised both ways; the product reduces over x's width = the matrix's cols.
+  const int64_t wn = transposed ? k : n, wk = transposed ? n : k;
+  const Fp8Weight wq = Fp8Weight::Empty({experts, wn, wk}, Device::kCPU);
+  cpu::QuantizeWeight128x128(wq, RandomTensor({experts, wn, wk}, DType::kF32, rng));
+  const Fp8BlockMatrix& wm = transposed ? wq.wt : wq.w;
+  const int64_t out_cols = wm.rows, red = wm.cols;
+  const Fp8Rows xq = Fp8Rows::Empty(tiles * kTile, red, Device::kCPU);
+  cpu::QuantizeRows1x128(xq, RandomTensor({tiles * kTile, red}, DType::kF32, rng, 3.0));
+
+  cuda::DeviceArena arena("grouped_gemm_test", size_t{256} << 20);
+  const Fp8Rows dx = Fp8Rows::Wrap(Upload(arena, xq.data), red);
+  Fp8BlockMatrix dw = wm;
+  dw.codes = Upload(arena, wm.codes);
+  dw.scales = Upload(arena, wm.scales);
+  Tensor dmap = arena.Alloc({tiles}, DType::kI32);
+  cuda::MoeTileExperts(dmap, Upload(arena, CountsTensor(counts)), nullptr);
+  const Tensor out0 = RandomTensor({tiles * kTile, out_cols}, DType::kF32, rng).To(out_dtype);
+  Tensor dout = Upload(arena, out0);
+  if (!accumulate) cuda::Fill(dout, std::numeric_limits<double>::quiet_NaN(), nullptr);
+  ASSERT_TRUE(cuda::TiledFp8Supported(out_cols));
+  cuda::TiledFp8GroupedMatmulNT(dout, dx, dw, dmap, accumulate, nullptr, max_ctas);
+  const Tensor got = Download(dout);
+
+  // The CPU twin (f64 output) over the used rows, grouped by the padded counts.
+  Tensor want = out0.Rows(0, used_rows).To(DType::kF64);
+  const Fp8Rows used = Fp8Rows::Wrap(xq.data.Rows(0, used_rows), red);
+  cpu::Fp8GroupedMatmulNT(want, used, wm, CountsTensor(padded), accumulate);
+  EXPECT_LE(RelError(got.Rows(0, used_rows), want), out_dtype == DType::kBF16 ? 5e-3 : 5e-4);
+  if (!accumulate) {
+    for (int64_t i = used_rows * out_cols; i < got.numel(); ++i)
+      ASSERT_TRUE(std::isnan(got.Item(i))) << "element " << i << " of an unused tile was written";
+  }
+}
+
+TEST(GroupedGemmCuda, TiledFp8NTMatchesTheCpuEmulation) {
+  FATHOM_REQUIRE_GPU();
+  const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
+  CheckTiledFp8(200, 144, counts, false, DType::kBF16, false);  // partial k-block, partial column tile
+  CheckTiledFp8(512, 384, counts, false, DType::kF32, true);    // f32 accumulation into the output
+  CheckTiledFp8(200, 144, counts, true, DType::kBF16, true);    // the dgrad copy, bf16 +=
+  CheckTiledFp8(1024, 272, counts, false, DType::kBF16, false, 3);  // 3 CTAs: the ring wraps across tiles
+  CheckTiledFp8(2048, 1408, {100, 0, 300, 129}, false, DType::kBF16, false);  // the recipe's widths
+}
+
+// The benchmark's problem (32 experts, 32768 rows over 288 tiles, K 2048, N 1408: 24 output tiles per CTA),
+// checked on three tiles against the CPU emulation (the whole product is too slow for it).
+TEST(GroupedGemmCuda, TiledFp8NTAtTheBenchShape) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  constexpr int64_t kExperts = 32, kRows = 32768, k = 2048, n = 1408;
+  std::vector<int64_t> counts(kExperts, 0);
+  for (int64_t r = 0; r < kRows; ++r) counts[static_cast<size_t>(rng() % (kExperts - 1))] += 1;  // last empty
+  const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
+  const std::vector<int32_t> map = HostTileExperts(counts, tiles);
+  const Fp8Weight wq = Fp8Weight::Empty({kExperts, n, k}, Device::kCPU);
+  cpu::QuantizeWeight128x128(wq, RandomTensor({kExperts, n, k}, DType::kF32, rng));
+  const Fp8Rows xq = Fp8Rows::Empty(tiles * kTile, k, Device::kCPU);
+  cpu::QuantizeRows1x128(xq, RandomTensor({tiles * kTile, k}, DType::kF32, rng));
+  cuda::DeviceArena arena("grouped_gemm_test", size_t{1} << 30);
+  Fp8BlockMatrix dw = wq.w;
+  dw.codes = Upload(arena, wq.w.codes);
+  dw.scales = Upload(arena, wq.w.scales);
+  Tensor dmap = arena.Alloc({tiles}, DType::kI32);
+  cuda::MoeTileExperts(dmap, Upload(arena, CountsTensor(counts)), nullptr);
+  Tensor dout = arena.Alloc({tiles * kTile, n}, DType::kBF16);
+  cuda::TiledFp8GroupedMatmulNT(dout, Fp8Rows::Wrap(Upload(arena, xq.data), k), dw, dmap, false, nullptr);
+  const Tensor got = Download(dout);
+  for (int64_t t : {int64_t{0}, tiles / 2, int64_t{259}}) {
+    const int32_t e = map[static_cast<size_t>(t)];
+    ASSERT_GE(e, 0) << "tile " << t;
+    SCOPED_TRACE("tile " + std::to_string(t) + " expert " + std::to_string(e));
+    Fp8BlockMatrix one = wq.w;
+    one.codes = wq.w.codes.Rows(e, e + 1);
+    one.scales = wq.w.scales.Rows(e, e + 1);
+    Tensor want = Tensor::Zeros({kTile, n}, DType::kF64);
+    cpu::Fp8GroupedMatmulNT(want, Fp8Rows::Wrap(xq.data.Rows(t * kTile, (t + 1) * kTile), k), one,
+                            CountsTensor({kTile}), false);
+    EXPECT_LE(RelError(got.Rows(t * kTile, (t + 1) * kTile), want), 5e-3);
+  }
 }
 
 }  // namespace

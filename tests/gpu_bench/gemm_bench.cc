@@ -27,6 +27,8 @@
 #include "framework/cuda/check.h"
 #include "framework/cuda/device_arena.h"
 #include "framework/kernels/cuda/gemm.h"
+#include "framework/fp8_operands.h"
+#include "framework/kernels/cpu/fp8_gemm.h"
 #include "framework/kernels/cuda/grouped_gemm.h"
 
 namespace fathom {
@@ -290,6 +292,55 @@ void BM_OwnTiledNT(benchmark::State& state) {
   });
 }
 
+// The FP8 form of the own tiled kernel (TiledFp8GroupedMatmulNT) on the same count sets and widths: x
+// (288 tiles x 128 rows, K) as packed 1x128 rows and w (E, N, K) in 128x128 blocks, quantised once on the
+// CPU from uniform values (the codes' spread, not their values, sets the speed). Compare with
+// fp8_gemm_bench's BM_Gemm/fwd/7/1 (cuBLASLt, one block-scaled matmul per expert). Arguments: K, N.
+void BM_OwnTiledFp8NT(benchmark::State& state) {
+  const int64_t k = state.range(0), n = state.range(1);
+  if (!cuda::TiledFp8Supported(n)) {
+    state.SkipWithError("TiledFp8GroupedMatmulNT needs an sm_90 GPU");
+    return;
+  }
+  state.SetLabel("NT e4m3 block-scaled -> bf16, own tiled kernel, device tile map");
+  const GemmData& d = Data();
+  const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts), rows = tiles * cuda::kGroupedTileRows;
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto uniform = [&](const Shape& shape) {
+    Tensor t = Tensor::Empty(shape, DType::kF32);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = u(rng);
+    return t;
+  };
+  const Fp8Rows xq = Fp8Rows::Empty(rows, k, Device::kCPU);
+  cpu::QuantizeRows1x128(xq, uniform({rows, k}));
+  const Fp8Weight wq = Fp8Weight::Empty({kExperts, n, k}, Device::kCPU);
+  cpu::QuantizeWeight128x128(wq, uniform({kExperts, n, k}));
+  cuda::DeviceArena arena("gemm_bench_fp8", xq.data.nbytes() + wq.w.codes.nbytes() + wq.w.scales.nbytes() +
+                                                 size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 8192);
+  auto upload = [&](const Tensor& host) {
+    Tensor dev = arena.Alloc(host.shape(), host.dtype());
+    FATHOM_CUDA_CHECK(cudaMemcpy(dev.raw(), host.raw(), host.nbytes(), cudaMemcpyHostToDevice));
+    return dev;
+  };
+  const Fp8Rows x = Fp8Rows::Wrap(upload(xq.data), k);
+  Fp8BlockMatrix w = wq.w;
+  w.codes = upload(wq.w.codes);
+  w.scales = upload(wq.w.scales);
+  Tensor counts = arena.Alloc({kCountSets, kExperts}, DType::kI64);
+  for (int i = 0; i < kCountSets; ++i)
+    FATHOM_CUDA_CHECK(cudaMemcpy(static_cast<int64_t*>(counts.raw()) + i * kExperts, d.counts(i).raw(),
+                                 kExperts * 8, cudaMemcpyHostToDevice));
+  Tensor map = arena.Alloc({tiles}, DType::kI32);
+  const Tensor out = d.Rows(d.out(), n, rows);
+  TimeCalls(state, 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n), [&](int i) {
+    const Tensor c = Tensor::Wrap(static_cast<int64_t*>(counts.raw()) + (i % kCountSets) * kExperts, {kExperts},
+                                  DType::kI64, Device::kCUDA, nullptr);
+    cuda::MoeTileExperts(map, c, nullptr);
+    cuda::TiledFp8GroupedMatmulNT(out, x, w, map, false, nullptr);
+  });
+}
+
 void OwnTiledArgs(benchmark::internal::Benchmark* b) {
   for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
     for (int64_t bn : {128, 176, 256}) b->Args({bn, k, n});
@@ -328,6 +379,13 @@ BENCHMARK_TEMPLATE(BM_Batched, Form::kNT, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK_TEMPLATE(BM_Batched, Form::kNN, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK(BM_OwnTiledNT)->Apply(OwnTiledArgs);
+BENCHMARK(BM_OwnTiledFp8NT)
+    ->Args({kHidden, kInter})
+    ->Args({kInter, kHidden})
+    ->ArgNames({"K", "N"})
+    ->UseManualTime()
+    ->MinTime(0.1)
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace fathom

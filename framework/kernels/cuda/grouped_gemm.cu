@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdio>
 
 #include "framework/check.h"
 #include "framework/cuda/check.h"
@@ -23,14 +24,16 @@ namespace fathom::cuda {
 namespace {
 
 constexpr int kThreads = 384;  // warp group 0: producer; 1 and 2: consumers (64 rows each)
-constexpr int kBM = static_cast<int>(kGroupedTileRows), kBK = 64;  // 64 bf16 = one 128-byte swizzle row
-constexpr int kABytes = kBM * kBK * 2;
+constexpr int kBM = static_cast<int>(kGroupedTileRows);
+constexpr int kRowBytes = 128;  // a stage row: one 128-byte swizzle row (64 bf16 or 128 e4m3 values)
+constexpr int kBK = 64;         // bf16 values per k-block
+constexpr int kABytes = kBM * kRowBytes;
 
 // Shared memory per column-tile width: as many stages of (x tile, w tile) as fit in ~200 KB, then the
 // full/empty barriers, plus 1 KB to align the stages to the 1024-byte swizzle atom.
 template <int BN>
 struct Tiling {
-  static constexpr int kBBytes = BN * kBK * 2;
+  static constexpr int kBBytes = BN * kRowBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024 for BN a multiple of 8
   static constexpr int kStages = (200 * 1024) / kStageBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;
@@ -57,15 +60,23 @@ __device__ __forceinline__ void BarrierArrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddress(bar)) : "memory");
 }
 
-// Spins until the barrier's phase of the given parity has completed.
+// Spins until the barrier's phase of the given parity has completed. A wait past ~2^33 cycles (seconds)
+// is a bug (bytes that never arrive, a ring out of step): it reports the barrier and traps, so the job
+// fails loudly instead of hanging.
 __device__ __forceinline__ void BarrierWait(uint64_t* bar, uint32_t parity) {
   uint32_t done = 0;
+  const long long start = clock64();
   do {
     asm volatile(
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
         : "r"(SmemAddress(bar)), "r"(parity)
         : "memory");
+    if (!done && clock64() - start > (1ll << 33)) {
+      printf("tiled_grouped_gemm: block %d thread %d stuck on the barrier at shared 0x%x, parity %u\n",
+             static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), SmemAddress(bar), parity);
+      __trap();
+    }
   } while (!done);
 }
 
@@ -199,16 +210,166 @@ __device__ __forceinline__ void Wgmma(float* d, uint64_t desc_a, uint64_t desc_b
   }
 }
 
+// D (64 x 128, f32) (=, or += when accumulate) A (64 x 32) . B (128 x 32)^T, e4m3 operands, both K-major
+// in shared memory (128-byte swizzle).
+__device__ __forceinline__ void WgmmaFp8x128(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
 #endif  // FATHOM_GROUPED_GEMM_SM90A
+
+// The products of the two forms, in the consumer warp groups. Each runs the k-blocks of one output tile
+// over the stage ring (Acquire: wait for stage `it`'s bytes; Release: hand it back), leaving the tile's f32
+// results in acc (this thread's 64 x BN / 128 share, wgmma's accumulator layout).
+struct Ring {
+  uint8_t* smem;
+  uint64_t* full;
+  uint64_t* empty;
+  int kStages, kStageBytes;
+#ifdef FATHOM_GROUPED_GEMM_SM90A
+  __device__ const uint8_t* A(int it, int consumer) const {
+    return smem + (it % kStages) * kStageBytes + consumer * 64 * kRowBytes;
+  }
+  __device__ const uint8_t* B(int it) const { return smem + (it % kStages) * kStageBytes + kABytes; }
+  __device__ void Acquire(int it) const { BarrierWait(&full[it % kStages], (it / kStages) & 1); }
+  __device__ void Release(int it, int lane) const {
+    __syncwarp();
+    if (lane == 0) BarrierArrive(&empty[it % kStages]);
+  }
+#endif
+};
+
+// bf16: wgmma.m64nBNk16 straight into acc, one wgmma group kept in flight while the previous stage is
+// released.
+template <int BN>
+struct Bf16Product {
+  static constexpr int kBN = BN, kBlockElems = kBK;
+  struct Params {};
+#ifdef FATHOM_GROUPED_GEMM_SM90A
+  __device__ static void Run(const Params&, float* acc, const Ring& ring, int& it, int k_blocks, int consumer,
+                             int lane, int /*expert*/, int64_t /*row*/, int /*n0*/) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+    for (int kb = 0; kb < k_blocks; ++kb, ++it) {
+      ring.Acquire(it);
+      const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
+      FenceAccumulators<BN / 2>(acc);
+      WgmmaFence();
+#pragma unroll
+      for (int k = 0; k < kBK / 16; ++k) Wgmma<BN>(acc, desc_a + 2 * k, desc_b + 2 * k);
+      WgmmaCommit();
+      FenceAccumulators<BN / 2>(acc);
+      if (kb > 0) {  // the previous stage's products are done: give it back to the producer
+        WgmmaWait<1>();
+        FenceAccumulators<BN / 2>(acc);
+        ring.Release(it - 1, lane);
+      }
+    }
+    WgmmaWait<0>();
+    FenceAccumulators<BN / 2>(acc);
+    ring.Release(it - 1, lane);
+  }
+#endif
+};
+
+// e4m3 with block scales (the twin of cpu::Fp8GroupedMatmulNT): per 128-deep k-block, four
+// wgmma.m64n128k32 into a partial sum, then acc += partial * (x row scale * w block scale). BN = 128, so
+// an output tile is one 128-wide block of w's rows and takes one weight scale per k-block.
+struct Fp8Product {
+  static constexpr int kBN = 128, kBlockElems = kRowBytes;
+  struct Params {
+    const uint8_t* x;        // Fp8Rows data: codes, then f32 scales, per row
+    int64_t x_row_bytes;     // Fp8RowBytes(K)
+    int64_t x_scale_offset;  // Fp8Padded(K): where a row's scales start
+    const float* w_scales;   // (E, Fp8Blocks(N), stride)
+    int64_t w_blocks_n, w_scale_stride;
+  };
+#ifdef FATHOM_GROUPED_GEMM_SM90A
+  __device__ static void Run(const Params& p, float* acc, const Ring& ring, int& it, int k_blocks, int consumer,
+                             int lane, int expert, int64_t row, int n0) {
+    const float* xs0 = reinterpret_cast<const float*>(p.x + row * p.x_row_bytes + p.x_scale_offset);
+    const float* xs8 = reinterpret_cast<const float*>(p.x + (row + 8) * p.x_row_bytes + p.x_scale_offset);
+    const float* ws = p.w_scales + (expert * p.w_blocks_n + n0 / kBN) * p.w_scale_stride;
+    float partial[kBN / 2];
+#pragma unroll
+    for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
+    for (int kb = 0; kb < k_blocks; ++kb, ++it) {
+      const float sb = ws[kb];
+      const float s0 = xs0[kb] * sb, s8 = xs8[kb] * sb;  // the CPU's (scale_a * scale_b)
+      ring.Acquire(it);
+      const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
+      FenceAccumulators<kBN / 2>(partial);
+      WgmmaFence();
+#pragma unroll
+      for (int k = 0; k < kBlockElems / 32; ++k) WgmmaFp8x128(partial, desc_a + 2 * k, desc_b + 2 * k, k > 0);
+      WgmmaCommit();
+      WgmmaWait<0>();
+      FenceAccumulators<kBN / 2>(partial);
+      ring.Release(it, lane);
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        acc[4 * j] += partial[4 * j] * s0;
+        acc[4 * j + 1] += partial[4 * j + 1] * s0;
+        acc[4 * j + 2] += partial[4 * j + 2] * s8;
+        acc[4 * j + 3] += partial[4 * j + 3] * s8;
+      }
+    }
+  }
+#endif
+};
+
+template <class OutT>
+struct OutPair;
+template <>
+struct OutPair<__nv_bfloat16> {
+  __device__ static void Store(__nv_bfloat16* p, float a, float b, bool accumulate) {
+    if (accumulate) {
+      const __nv_bfloat162 old = *reinterpret_cast<const __nv_bfloat162*>(p);
+      a += __bfloat162float(old.x);
+      b += __bfloat162float(old.y);
+    }
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+  }
+};
+template <>
+struct OutPair<float> {
+  __device__ static void Store(float* p, float a, float b, bool accumulate) {
+    if (accumulate) {
+      const float2 old = *reinterpret_cast<const float2*>(p);
+      a += old.x;
+      b += old.y;
+    }
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+  }
+};
 
 // A persistent kernel (one CTA per SM): CTA b takes the output tiles ("jobs", row tile major) b, b + grid,
 // ... and skips those of unused row tiles. The stage ring runs on across jobs, so the producer fetches the
 // next job's first k-blocks while the consumers still store the last one's results. See grouped_gemm.h.
-template <int BN>
+template <class Product, class OutT>
 __global__ void __launch_bounds__(kThreads, 1)
     TiledNTKernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
-                  __nv_bfloat16* out, const int32_t* tile_expert, int tiles, int n, int k_blocks) {
+                  const typename Product::Params params, OutT* out, bool accumulate, const int32_t* tile_expert,
+                  int tiles, int n, int k_blocks) {
 #ifdef FATHOM_GROUPED_GEMM_SM90A
+  constexpr int BN = Product::kBN;
   using T = Tiling<BN>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
@@ -222,6 +383,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  const Ring ring{smem, full, empty, T::kStages, T::kStageBytes};
 
   const int group = static_cast<int>(threadIdx.x) / 128;
   const int n_tiles = (n + BN - 1) / BN;
@@ -239,10 +401,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           BarrierWait(&empty[s], ((it / T::kStages) & 1) ^ 1);  // the first pass finds every stage free
           uint8_t* stage = smem + s * T::kStageBytes;
           BarrierExpectBytes(&full[s], T::kStageBytes);
-          TmaLoad(stage, &x_map, &full[s], kb * kBK, tile * kBM);
+          TmaLoad(stage, &x_map, &full[s], kb * Product::kBlockElems, tile * kBM);
           // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are
           // computed and not stored.
-          TmaLoad(stage + kABytes, &w_map, &full[s], kb * kBK, expert * n + n0);
+          TmaLoad(stage + kABytes, &w_map, &full[s], kb * Product::kBlockElems, expert * n + n0);
         }
       }
     }
@@ -256,44 +418,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   int it = 0;
   for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
     const int tile = job / n_tiles, n0 = (job % n_tiles) * BN;
-    if (tile_expert[tile] < 0) continue;
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
-    for (int kb = 0; kb < k_blocks; ++kb, ++it) {
-      const int s = it % T::kStages;
-      BarrierWait(&full[s], (it / T::kStages) & 1);
-      const uint8_t* stage = smem + s * T::kStageBytes;
-      const uint64_t desc_a = TileDescriptor(stage + consumer * 64 * kBK * 2);
-      const uint64_t desc_b = TileDescriptor(stage + kABytes);
-      FenceAccumulators<BN / 2>(acc);
-      WgmmaFence();
-#pragma unroll
-      for (int k = 0; k < kBK / 16; ++k) Wgmma<BN>(acc, desc_a + 2 * k, desc_b + 2 * k);
-      WgmmaCommit();
-      FenceAccumulators<BN / 2>(acc);
-      if (kb > 0) {  // the previous stage's products are done: give it back to the producer
-        WgmmaWait<1>();
-        FenceAccumulators<BN / 2>(acc);
-        __syncwarp();
-        if (lane == 0) BarrierArrive(&empty[(it - 1) % T::kStages]);
-      }
-    }
-    WgmmaWait<0>();
-    FenceAccumulators<BN / 2>(acc);
-    __syncwarp();
-    if (lane == 0) BarrierArrive(&empty[(it - 1) % T::kStages]);
-
+    const int expert = tile_expert[tile];
+    if (expert < 0) continue;
     // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i
     // is column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
     const int64_t row = static_cast<int64_t>(tile) * kBM + consumer * 64 + warp * 16 + lane / 4;
-    __nv_bfloat16* out0 = out + row * n;
-    __nv_bfloat16* out8 = out + (row + 8) * n;
+    Product::Run(params, acc, ring, it, k_blocks, consumer, lane, expert, row, n0);
+    OutT* out0 = out + row * n;
+    OutT* out8 = out + (row + 8) * n;
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
       const int col = n0 + 8 * j + 2 * (lane % 4);
       if (col < n) {  // n is a multiple of 8 and col even, so col + 1 < n too
-        *reinterpret_cast<__nv_bfloat162*>(out0 + col) = __floats2bfloat162_rn(acc[4 * j], acc[4 * j + 1]);
-        *reinterpret_cast<__nv_bfloat162*>(out8 + col) = __floats2bfloat162_rn(acc[4 * j + 2], acc[4 * j + 3]);
+        OutPair<OutT>::Store(out0 + col, acc[4 * j], acc[4 * j + 1], accumulate);
+        OutPair<OutT>::Store(out8 + col, acc[4 * j + 2], acc[4 * j + 3], accumulate);
       }
     }
   }
@@ -343,20 +481,23 @@ PFN_cuTensorMapEncodeTiled_v12000 EncodeTiled() {
   return fn;
 }
 
-// A TMA map of a row-major (rows, cols) bf16 matrix read in boxes of 64 columns x box_rows rows, 128-byte
-// swizzled (the layout TileDescriptor describes); reads past the matrix fill zeros.
-CUtensorMap RowMajorMap(const void* base, int64_t rows, int64_t cols, int box_rows) {
+// A TMA map of a row-major (rows, cols) matrix of 1- or 2-byte elements, rows `stride` bytes apart, read
+// in boxes of one 128-byte row segment x box_rows rows, 128-byte swizzled (the layout TileDescriptor
+// describes); reads past the matrix fill zeros.
+CUtensorMap RowMajorMap(const void* base, CUtensorMapDataType type, int64_t rows, int64_t cols, int64_t stride,
+                        int box_rows) {
+  const int element_bytes = type == CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 ? 2 : 1;
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBK), static_cast<cuuint32_t>(box_rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kRowBytes / element_bytes), static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult r = EncodeTiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims,
-                                   strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = EncodeTiled()(&map, type, 2, const_cast<void*>(base), dims, strides, box, element_strides,
+                                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   FATHOM_CHECK(r == CUDA_SUCCESS, "[tiled_grouped_gemm] cuTensorMapEncodeTiled failed (", static_cast<int>(r),
-               ") for a ", rows, " x ", cols, " bf16 matrix, box ", box_rows, " x ", kBK);
+               ") for a ", rows, " x ", cols, " matrix of ", element_bytes, "-byte elements, row stride ", stride,
+               " bytes, box ", box_rows, " rows");
   return map;
 }
 
@@ -375,24 +516,42 @@ int MultiprocessorCount() {
   return count;
 }
 
-template <int BN>
-void Launch(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, Stream stream) {
-  using T = Tiling<BN>;
+// One persistent launch over the tile map's tiles x ceil(n / BN) output tiles.
+template <class Product, class OutT>
+void LaunchTiled(const CUtensorMap& x_map, const CUtensorMap& w_map, const typename Product::Params& params,
+                 OutT* out, bool accumulate, const Tensor& tile_expert, int64_t n, int64_t k_blocks,
+                 int max_ctas, Stream stream) {
+  using T = Tiling<Product::kBN>;
   static const bool configured = [] {
-    FATHOM_CUDA_CHECK(
-        cudaFuncSetAttribute(TiledNTKernel<BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
+    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(TiledNTKernel<Product, OutT>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
     return true;
   }();
   (void)configured;
-  const int64_t tiles = tile_expert.numel(), k = x.dim(1), n = out.dim(1), experts = w.dim(0);
-  const CUtensorMap x_map = RowMajorMap(x.raw(), tiles * kBM, k, kBM);
-  const CUtensorMap w_map = RowMajorMap(w.raw(), experts * n, k, BN);
-  const int64_t jobs = tiles * ((n + BN - 1) / BN);
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(jobs, MultiprocessorCount()));
-  TiledNTKernel<BN><<<grid, kThreads, T::kSmemBytes, stream>>>(
-      x_map, w_map, static_cast<__nv_bfloat16*>(out.raw()), static_cast<const int32_t*>(tile_expert.raw()),
-      static_cast<int>(tiles), static_cast<int>(n), static_cast<int>(k / kBK));
+  const int64_t tiles = tile_expert.numel();
+  const int64_t jobs = tiles * ((n + Product::kBN - 1) / Product::kBN);
+  const int ctas = max_ctas > 0 ? std::min(max_ctas, MultiprocessorCount()) : MultiprocessorCount();
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(jobs, ctas));
+  TiledNTKernel<Product, OutT><<<grid, kThreads, T::kSmemBytes, stream>>>(
+      x_map, w_map, params, out, accumulate, static_cast<const int32_t*>(tile_expert.raw()),
+      static_cast<int>(tiles), static_cast<int>(n), static_cast<int>(k_blocks));
   FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+template <int BN>
+void LaunchBf16(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, int max_ctas,
+                Stream stream) {
+  const int64_t tiles = tile_expert.numel(), k = x.dim(1), n = out.dim(1), experts = w.dim(0);
+  const CUtensorMap x_map = RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, k, 2 * k, kBM);
+  const CUtensorMap w_map = RowMajorMap(w.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, experts * n, k, 2 * k, BN);
+  LaunchTiled<Bf16Product<BN>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()), false,
+                                              tile_expert, n, k / kBK, max_ctas, stream);
+}
+
+void CheckTileMap(const char* op, const Tensor& tile_expert) {
+  common::CheckCuda(op, tile_expert, "tile_expert");
+  FATHOM_CHECK(tile_expert.dtype() == DType::kI32 && tile_expert.ndim() == 1, "[", op, "] tile_expert ",
+               tile_expert.shape_str(), ", expected (T) i32");
 }
 
 }  // namespace
@@ -430,17 +589,15 @@ int TiledGroupedDefaultBlockN(int64_t n) {
 }
 
 void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
-                          Stream stream, int block_n) {
+                          Stream stream, int block_n, int max_ctas) {
   const char* op = "tiled_grouped_matmul_nt";
   common::CheckCuda(op, out, "out");
   common::CheckCuda(op, x, "x");
   common::CheckCuda(op, w, "w");
-  common::CheckCuda(op, tile_expert, "tile_expert");
+  CheckTileMap(op, tile_expert);
   FATHOM_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16 && out.dtype() == DType::kBF16, "[", op,
                "] x ", DTypeName(x.dtype()), ", w ", DTypeName(w.dtype()), ", out ", DTypeName(out.dtype()),
                ": bf16 only");
-  FATHOM_CHECK(tile_expert.dtype() == DType::kI32 && tile_expert.ndim() == 1, "[", op, "] tile_expert ",
-               tile_expert.shape_str(), ", expected (T) i32");
   const int64_t tiles = tile_expert.numel();
   FATHOM_CHECK(x.ndim() == 2 && w.ndim() == 3 && out.ndim() == 2 && x.dim(0) == tiles * kBM &&
                    out.dim(0) == x.dim(0) && w.dim(2) == x.dim(1) && out.dim(1) == w.dim(1),
@@ -454,16 +611,60 @@ void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, c
   if (block_n == 0) block_n = TiledGroupedDefaultBlockN(n);
   switch (block_n) {
     case 128:
-      Launch<128>(out, x, w, tile_expert, stream);
+      LaunchBf16<128>(out, x, w, tile_expert, max_ctas, stream);
       break;
     case 176:
-      Launch<176>(out, x, w, tile_expert, stream);
+      LaunchBf16<176>(out, x, w, tile_expert, max_ctas, stream);
       break;
     case 256:
-      Launch<256>(out, x, w, tile_expert, stream);
+      LaunchBf16<256>(out, x, w, tile_expert, max_ctas, stream);
       break;
     default:
       FATHOM_CHECK(false, "[", op, "] block_n ", block_n, ": expected 0, 128, 176 or 256");
+  }
+}
+
+}  // namespace fathom::cuda
+
+namespace fathom::cuda {
+
+bool TiledFp8Supported(int64_t n) {
+  static const bool sm90 = DeviceIsSm90();
+  return sm90 && n > 0 && n % 16 == 0;
+}
+
+void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
+                             const Tensor& tile_expert, bool accumulate, Stream stream, int max_ctas) {
+  const char* op = "tiled_fp8_grouped_matmul_nt";
+  common::CheckCuda(op, out, "out");
+  common::CheckCuda(op, x.data, "x");
+  common::CheckCuda(op, w.codes, "w codes");
+  common::CheckCuda(op, w.scales, "w scales");
+  CheckTileMap(op, tile_expert);
+  const int64_t tiles = tile_expert.numel(), n = w.rows, k = w.cols, experts = w.matrices();
+  FATHOM_CHECK(out.dtype() == DType::kBF16 || out.dtype() == DType::kF32, "[", op, "] out ",
+               DTypeName(out.dtype()), ": bf16 or f32");
+  CheckFp8Rows(op, x, tiles * kBM, k);
+  FATHOM_CHECK(out.ndim() == 2 && out.dim(0) == tiles * kBM && out.dim(1) == n, "[", op, "] out ",
+               out.shape_str(), " for ", tiles, " tiles of ", n, " columns: expected (T*128, N)");
+  FATHOM_CHECK(TiledFp8Supported(n), "[", op, "] needs an sm_90 GPU (H100/H200) and N a multiple of 16; got N ",
+               n);
+  FATHOM_CHECK(experts * n <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * n <= INT32_MAX, "[", op,
+               "] too large for 32-bit TMA rows");
+  if (tiles == 0) return;
+  const CUtensorMap x_map = RowMajorMap(x.data.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, tiles * kBM,
+                                        x.padded_cols(), x.row_bytes(), kBM);
+  const CUtensorMap w_map = RowMajorMap(w.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, experts * n, Fp8Padded(k),
+                                        Fp8Padded(k), Fp8Product::kBN);
+  const Fp8Product::Params params{static_cast<const uint8_t*>(x.data.raw()), x.row_bytes(), x.padded_cols(),
+                                  static_cast<const float*>(w.scales.raw()), Fp8Blocks(n),
+                                  Fp8ScaleStride(Fp8Blocks(k))};
+  if (out.dtype() == DType::kBF16) {
+    LaunchTiled<Fp8Product, __nv_bfloat16>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),
+                                           accumulate, tile_expert, n, Fp8Blocks(k), max_ctas, stream);
+  } else {
+    LaunchTiled<Fp8Product, float>(x_map, w_map, params, static_cast<float*>(out.raw()), accumulate, tile_expert,
+                                   n, Fp8Blocks(k), max_ctas, stream);
   }
 }
 

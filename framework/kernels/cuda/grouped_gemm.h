@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "framework/cuda/stream.h"
+#include "framework/fp8_operands.h"
 #include "framework/tensor.h"
 
 namespace fathom::cuda {
@@ -48,8 +49,21 @@ int TiledGroupedDefaultBlockN(int64_t n);
 //   x rows [128 t, 128 t + 128) (T * 128, K) bf16 . w[e]^T, w (E, N, K) bf16,
 // with f32 accumulation and one rounding to bf16 (the twin of cpu::GroupedMatmulNT over the padded
 // layout). Rows of tiles with e < 0 are not written. All tensors contiguous; block_n in {0, 128, 176, 256}.
+// max_ctas > 0 caps the persistent grid (tests: several output tiles per CTA on small problems).
 void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
-                          Stream stream, int block_n = 0);
+                          Stream stream, int block_n = 0, int max_ctas = 0);
+
+// Whether TiledFp8GroupedMatmulNT takes an N-wide output: N a multiple of 16, on an sm_90 device.
+bool TiledFp8Supported(int64_t n);
+
+// The FP8 form (train.precision fp8; operands as framework/fp8_operands.h lays them out), the twin of
+// cpu::Fp8GroupedMatmulNT over the padded layout: out (T * 128, N) (=, or += when accumulate; bf16 or f32)
+// rows of tile t with e = tile_expert[t] >= 0 = x's rows . w[e]^T, where per 128-deep block of the
+// reduction the e4m3 products are summed in f32 (wgmma.m64n128k32) and added to the result times (x row
+// scale * w block scale). x: Fp8Rows (T * 128, K); w: Fp8BlockMatrix (E, N, K) (Fp8Weight::w for the
+// forward, ::wt for the dgrad). BN is 128: an output tile is one block row of w.
+void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
+                             const Tensor& tile_expert, bool accumulate, Stream stream, int max_ctas = 0);
 
 }  // namespace fathom::cuda
 
