@@ -60,24 +60,29 @@ __device__ __forceinline__ void BarrierArrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddress(bar)) : "memory");
 }
 
+__device__ __forceinline__ uint32_t BarrierTryWait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(SmemAddress(bar)), "r"(parity)
+      : "memory");
+  return done;
+}
+
 // Spins until the barrier's phase of the given parity has completed. A wait past ~2^33 cycles (seconds)
 // is a bug (bytes that never arrive, a ring out of step): it reports the barrier and traps, so the job
 // fails loudly instead of hanging.
 __device__ __forceinline__ void BarrierWait(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
+  if (BarrierTryWait(bar, parity)) return;  // the common case reads no clock
   const long long start = clock64();
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(SmemAddress(bar)), "r"(parity)
-        : "memory");
-    if (!done && clock64() - start > (1ll << 33)) {
+  while (!BarrierTryWait(bar, parity)) {
+    if (clock64() - start > (1ll << 33)) {
       printf("tiled_grouped_gemm: block %d thread %d stuck on the barrier at shared 0x%x, parity %u\n",
              static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), SmemAddress(bar), parity);
       __trap();
     }
-  } while (!done);
+  }
 }
 
 // A 2-D TMA load of the map's box at (c0 = column, c1 = row) into shared memory, completing on `bar`.
@@ -238,11 +243,13 @@ __device__ __forceinline__ void WgmmaFp8x128(float* d, uint64_t desc_a, uint64_t
 // The products of the two forms, in the consumer warp groups. Each runs the k-blocks of one output tile
 // over the stage ring (Acquire: wait for stage `it`'s bytes; Release: hand it back), leaving the tile's f32
 // results in acc (this thread's 64 x BN / 128 share, wgmma's accumulator layout).
+// The ring's geometry is compile-time (Tiling<BN>), so the stage of k-block `it` is a cheap modulo.
+template <int BN>
 struct Ring {
+  static constexpr int kStages = Tiling<BN>::kStages, kStageBytes = Tiling<BN>::kStageBytes;
   uint8_t* smem;
   uint64_t* full;
   uint64_t* empty;
-  int kStages, kStageBytes;
 #ifdef FATHOM_GROUPED_GEMM_SM90A
   __device__ const uint8_t* A(int it, int consumer) const {
     return smem + (it % kStages) * kStageBytes + consumer * 64 * kRowBytes;
@@ -263,7 +270,7 @@ struct Bf16Product {
   static constexpr int kBN = BN, kBlockElems = kBK;
   struct Params {};
 #ifdef FATHOM_GROUPED_GEMM_SM90A
-  __device__ static void Run(const Params&, float* acc, const Ring& ring, int& it, int k_blocks, int consumer,
+  __device__ static void Run(const Params&, float* acc, const Ring<BN>& ring, int& it, int k_blocks, int consumer,
                              int lane, int /*expert*/, int64_t /*row*/, int /*n0*/) {
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
@@ -302,7 +309,7 @@ struct Fp8Product {
     int64_t w_blocks_n, w_scale_stride;
   };
 #ifdef FATHOM_GROUPED_GEMM_SM90A
-  __device__ static void Run(const Params& p, float* acc, const Ring& ring, int& it, int k_blocks, int consumer,
+  __device__ static void Run(const Params& p, float* acc, const Ring<kBN>& ring, int& it, int k_blocks, int consumer,
                              int lane, int expert, int64_t row, int n0) {
     const float* xs0 = reinterpret_cast<const float*>(p.x + row * p.x_row_bytes + p.x_scale_offset);
     const float* xs8 = reinterpret_cast<const float*>(p.x + (row + 8) * p.x_row_bytes + p.x_scale_offset);
@@ -383,7 +390,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
-  const Ring ring{smem, full, empty, T::kStages, T::kStageBytes};
+  const Ring<BN> ring{smem, full, empty};
 
   const int group = static_cast<int>(threadIdx.x) / 128;
   const int n_tiles = (n + BN - 1) / BN;
