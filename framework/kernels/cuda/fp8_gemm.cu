@@ -11,6 +11,7 @@
 
 #include "framework/cuda/check.h"
 #include "framework/kernels/cuda/fp8_gemm.h"
+#include "framework/kernels/cuda/grouped_gemm.h"
 #include "framework/kernels/cuda/fp8_operands.h"
 #include "framework/kernels/cuda/kernel_common.cuh"
 
@@ -126,6 +127,7 @@ struct Fp8GemmContext::Impl {
   size_t checked_sizes = 0;
   int64_t heuristic_queries = 0;
   bool multi_stream = true;
+  bool tiled_kernel = true;
   std::array<cudaStream_t, kStreams> streams{};
   cudaEvent_t fork = nullptr;
   std::array<cudaEvent_t, kStreams> joins{};
@@ -349,6 +351,9 @@ size_t Fp8GemmContext::plan_count() const { return impl_->plans.size(); }
 int64_t Fp8GemmContext::heuristic_queries() const { return impl_->heuristic_queries; }
 void Fp8GemmContext::set_multi_stream(bool on) { impl_->multi_stream = on; }
 
+void Fp8GemmContext::set_tiled_kernel(bool on) { impl_->tiled_kernel = on; }
+bool Fp8GemmContext::tiled_kernel() const { return impl_->tiled_kernel; }
+
 int64_t Fp8GemmContext::TileScaleElements(const Tensor& counts, int64_t cols) {
   return ScaleOffsets(Fp8GroupCounts(counts, "fp8_tile_scales"), Fp8Blocks(cols)).back();
 }
@@ -371,6 +376,12 @@ void Fp8GemmContext::GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const 
                " groups; at most ", kMaxFp8Groups);
   const int64_t rows = x.rows(), blocks = x.blocks();
   if (rows == 0) return;
+  // Routed experts in the padded layout (every count a multiple of 128): fathom's own tiled kernel, one
+  // launch for all experts (see grouped_gemm.h), instead of a cuBLASLt matmul per expert.
+  if (impl_->tiled_kernel && w.matrices() > 1 && TiledCountsOk(groups) && TiledFp8Supported(w.rows)) {
+    TiledFp8GroupedMatmulNT(out, x, w, groups, accumulate, stream);
+    return;
+  }
   const std::vector<int64_t> scale_off = ScaleOffsets(groups, blocks);
   CheckCuda(op, scratch, "scratch");
   FATHOM_CHECK(scratch.dtype() == DType::kF32 && scratch.numel() >= scale_off.back(), "[", op, "] scratch ",

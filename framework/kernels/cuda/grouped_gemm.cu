@@ -367,14 +367,42 @@ struct OutPair<float> {
   }
 };
 
+// Where the kernel reads each row tile's expert (-1: unused): a device map (MoeTileExperts; the counts never
+// reach the host), or, when the caller has the counts on the host, their tile prefix passed by value as a
+// kernel parameter (no map to build or copy).
+struct DeviceTileMap {
+  const int32_t* map;
+  __device__ int Expert(int tile) const { return map[tile]; }
+};
+
+inline constexpr int kMaxPrefixGroups = 256;
+
+struct TilePrefix {
+  int32_t groups;
+  int32_t begin[kMaxPrefixGroups + 1];  // group g owns tiles [begin[g], begin[g + 1])
+  __device__ int Expert(int tile) const {
+    if (tile >= begin[groups]) return -1;
+    int lo = 0, hi = groups - 1;  // the last group starting at or before `tile` (empty groups skipped)
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (begin[mid] <= tile) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return lo;
+  }
+};
+
 // A persistent kernel (one CTA per SM): CTA b takes the output tiles ("jobs", row tile major) b, b + grid,
 // ... and skips those of unused row tiles. The stage ring runs on across jobs, so the producer fetches the
 // next job's first k-blocks while the consumers still store the last one's results. See grouped_gemm.h.
-template <class Product, class OutT>
+template <class Product, class OutT, class Tiles>
 __global__ void __launch_bounds__(kThreads, 1)
     TiledNTKernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
-                  const typename Product::Params params, OutT* out, bool accumulate, const int32_t* tile_expert,
-                  int tiles, int n, int k_blocks) {
+                  const typename Product::Params params, OutT* out, bool accumulate,
+                  const __grid_constant__ Tiles tile_expert, int tiles, int n, int k_blocks) {
 #ifdef FATHOM_GROUPED_GEMM_SM90A
   constexpr int BN = Product::kBN;
   using T = Tiling<BN>;
@@ -401,7 +429,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       int it = 0;  // k-blocks fetched so far, over all jobs: the stage ring's position
       for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
         const int tile = job / n_tiles, n0 = (job % n_tiles) * BN;
-        const int expert = tile_expert[tile];
+        const int expert = tile_expert.Expert(tile);
         if (expert < 0) continue;  // a tile past the layout
         for (int kb = 0; kb < k_blocks; ++kb, ++it) {
           const int s = it % T::kStages;
@@ -425,7 +453,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   int it = 0;
   for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
     const int tile = job / n_tiles, n0 = (job % n_tiles) * BN;
-    const int expert = tile_expert[tile];
+    const int expert = tile_expert.Expert(tile);
     if (expert < 0) continue;
     // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i
     // is column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
@@ -524,24 +552,23 @@ int MultiprocessorCount() {
 }
 
 // One persistent launch over the tile map's tiles x ceil(n / BN) output tiles.
-template <class Product, class OutT>
+template <class Product, class OutT, class Tiles>
 void LaunchTiled(const CUtensorMap& x_map, const CUtensorMap& w_map, const typename Product::Params& params,
-                 OutT* out, bool accumulate, const Tensor& tile_expert, int64_t n, int64_t k_blocks,
+                 OutT* out, bool accumulate, const Tiles& tile_expert, int64_t tiles, int64_t n, int64_t k_blocks,
                  int max_ctas, Stream stream) {
   using T = Tiling<Product::kBN>;
   static const bool configured = [] {
-    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(TiledNTKernel<Product, OutT>,
+    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(TiledNTKernel<Product, OutT, Tiles>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
     return true;
   }();
   (void)configured;
-  const int64_t tiles = tile_expert.numel();
   const int64_t jobs = tiles * ((n + Product::kBN - 1) / Product::kBN);
   const int ctas = max_ctas > 0 ? std::min(max_ctas, MultiprocessorCount()) : MultiprocessorCount();
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(jobs, ctas));
-  TiledNTKernel<Product, OutT><<<grid, kThreads, T::kSmemBytes, stream>>>(
-      x_map, w_map, params, out, accumulate, static_cast<const int32_t*>(tile_expert.raw()),
-      static_cast<int>(tiles), static_cast<int>(n), static_cast<int>(k_blocks));
+  TiledNTKernel<Product, OutT, Tiles><<<grid, kThreads, T::kSmemBytes, stream>>>(
+      x_map, w_map, params, out, accumulate, tile_expert, static_cast<int>(tiles), static_cast<int>(n),
+      static_cast<int>(k_blocks));
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -551,8 +578,9 @@ void LaunchBf16(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   const int64_t tiles = tile_expert.numel(), k = x.dim(1), n = out.dim(1), experts = w.dim(0);
   const CUtensorMap x_map = RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, k, 2 * k, kBM);
   const CUtensorMap w_map = RowMajorMap(w.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, experts * n, k, 2 * k, BN);
+  const DeviceTileMap map{static_cast<const int32_t*>(tile_expert.raw())};
   LaunchTiled<Bf16Product<BN>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()), false,
-                                              tile_expert, n, k / kBK, max_ctas, stream);
+                                              map, tiles, n, k / kBK, max_ctas, stream);
 }
 
 void CheckTileMap(const char* op, const Tensor& tile_expert) {
@@ -640,15 +668,17 @@ bool TiledFp8Supported(int64_t n) {
   return sm90 && n > 0 && n % 16 == 0;
 }
 
-void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
-                             const Tensor& tile_expert, bool accumulate, Stream stream, int max_ctas) {
-  const char* op = "tiled_fp8_grouped_matmul_nt";
+namespace {
+
+// The FP8 launch over `tiles` row tiles named by `source` (a DeviceTileMap or a TilePrefix).
+template <class Tiles>
+void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tiles& source,
+               int64_t tiles, bool accumulate, Stream stream, int max_ctas) {
   common::CheckCuda(op, out, "out");
   common::CheckCuda(op, x.data, "x");
   common::CheckCuda(op, w.codes, "w codes");
   common::CheckCuda(op, w.scales, "w scales");
-  CheckTileMap(op, tile_expert);
-  const int64_t tiles = tile_expert.numel(), n = w.rows, k = w.cols, experts = w.matrices();
+  const int64_t n = w.rows, k = w.cols, experts = w.matrices();
   FATHOM_CHECK(out.dtype() == DType::kBF16 || out.dtype() == DType::kF32, "[", op, "] out ",
                DTypeName(out.dtype()), ": bf16 or f32");
   CheckFp8Rows(op, x, tiles * kBM, k);
@@ -667,12 +697,46 @@ void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8Block
                                   static_cast<const float*>(w.scales.raw()), Fp8Blocks(n),
                                   Fp8ScaleStride(Fp8Blocks(k))};
   if (out.dtype() == DType::kBF16) {
-    LaunchTiled<Fp8Product, __nv_bfloat16>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),
-                                           accumulate, tile_expert, n, Fp8Blocks(k), max_ctas, stream);
+    LaunchTiled<Fp8Product, __nv_bfloat16, Tiles>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),
+                                                  accumulate, source, tiles, n, Fp8Blocks(k), max_ctas, stream);
   } else {
-    LaunchTiled<Fp8Product, float>(x_map, w_map, params, static_cast<float*>(out.raw()), accumulate, tile_expert,
-                                   n, Fp8Blocks(k), max_ctas, stream);
+    LaunchTiled<Fp8Product, float, Tiles>(x_map, w_map, params, static_cast<float*>(out.raw()), accumulate,
+                                          source, tiles, n, Fp8Blocks(k), max_ctas, stream);
   }
+}
+
+}  // namespace
+
+void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
+                             const Tensor& tile_expert, bool accumulate, Stream stream, int max_ctas) {
+  const char* op = "tiled_fp8_grouped_matmul_nt";
+  CheckTileMap(op, tile_expert);
+  LaunchFp8(op, out, x, w, DeviceTileMap{static_cast<const int32_t*>(tile_expert.raw())}, tile_expert.numel(),
+            accumulate, stream, max_ctas);
+}
+
+bool TiledCountsOk(const std::vector<int64_t>& counts) {
+  if (counts.empty() || counts.size() > static_cast<size_t>(kMaxPrefixGroups)) return false;
+  int64_t tiles = 0;
+  for (int64_t c : counts) {
+    if (c < 0 || c % kBM != 0) return false;
+    tiles += c / kBM;
+  }
+  return tiles <= INT32_MAX / kBM;
+}
+
+void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
+                             const std::vector<int64_t>& counts, bool accumulate, Stream stream, int max_ctas) {
+  const char* op = "tiled_fp8_grouped_matmul_nt";
+  FATHOM_CHECK(TiledCountsOk(counts), "[", op, "] ", counts.size(), " groups: expected 1 to ", kMaxPrefixGroups,
+               " row counts, each a multiple of ", kBM);
+  FATHOM_CHECK(static_cast<int64_t>(counts.size()) == w.matrices(), "[", op, "] ", counts.size(),
+               " counts for ", w.matrices(), " weight matrices");
+  TilePrefix prefix{};
+  prefix.groups = static_cast<int32_t>(counts.size());
+  for (size_t g = 0; g < counts.size(); ++g)
+    prefix.begin[g + 1] = prefix.begin[g] + static_cast<int32_t>(counts[g] / kBM);
+  LaunchFp8(op, out, x, w, prefix, prefix.begin[counts.size()], accumulate, stream, max_ctas);
 }
 
 }  // namespace fathom::cuda

@@ -19,6 +19,7 @@
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "framework/cuda/stream.h"
 #include "framework/fp8_operands.h"
@@ -64,6 +65,15 @@ bool TiledFp8Supported(int64_t n);
 // forward, ::wt for the dgrad). BN is 128: an output tile is one block row of w.
 void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
                              const Tensor& tile_expert, bool accumulate, Stream stream, int max_ctas = 0);
+
+// Whether HOST row counts fit the overload below: 1 to 256 groups, each a multiple of 128 rows.
+bool TiledCountsOk(const std::vector<int64_t>& counts);
+
+// The same over the padded layout of HOST counts (one per matrix of w, each a multiple of 128; x and out have
+// their sum of rows). The tiles' experts travel as a kernel parameter (each group's first tile), so nothing
+// is built or copied on the device: the form Fp8GemmContext::GroupedMatmulNT takes for tiled counts.
+void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
+                             const std::vector<int64_t>& counts, bool accumulate, Stream stream, int max_ctas = 0);
 
 }  // namespace fathom::cuda
 
