@@ -381,17 +381,7 @@ struct TilePrefix {
   int32_t groups;
   int32_t begin[kMaxPrefixGroups + 1];  // group g owns tiles [begin[g], begin[g + 1])
   __device__ int Expert(int tile) const {
-    if (tile >= begin[groups]) return -1;
-    int lo = 0, hi = groups - 1;  // the last group starting at or before `tile` (empty groups skipped)
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (begin[mid] <= tile) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
-      }
-    }
-    return lo;
+    return tile < begin[groups] ? common::FindGroup(begin, groups, tile) : -1;
   }
 };
 
@@ -475,32 +465,23 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// The expert of each tile of the padded layout (see MoeTileExperts): one block, an inclusive scan of the
-// experts' tile counts, then a binary search per tile.
+// The expert of each tile of the padded layout (see MoeTileExperts): one block, an exclusive scan of the
+// experts' tile counts (Hillis-Steele over the 1024 threads), then each tile's group.
 __global__ void TileExpertsKernel(int32_t* tile_expert, int64_t tiles, const int64_t* counts, int experts) {
-  __shared__ int64_t end[1024];
+  __shared__ int32_t begin[1025];  // expert e owns tiles [begin[e], begin[e + 1])
   const int e = static_cast<int>(threadIdx.x);
-  end[e] = e < experts ? (counts[e] + kBM - 1) / kBM : 0;
+  begin[e + 1] = e < experts ? static_cast<int32_t>((counts[e] + kBM - 1) / kBM) : 0;
+  if (e == 0) begin[0] = 0;
   __syncthreads();
   for (int offset = 1; offset < static_cast<int>(blockDim.x); offset <<= 1) {
-    const int64_t add = e >= offset ? end[e - offset] : 0;
+    const int32_t add = e >= offset ? begin[e + 1 - offset] : 0;
     __syncthreads();
-    end[e] += add;
+    begin[e + 1] += add;
     __syncthreads();
   }
-  if (e == 0 && end[experts - 1] > tiles) __trap();  // the caller's tile budget is too small
-  for (int64_t t = e; t < tiles; t += blockDim.x) {
-    int lo = 0, hi = experts;  // the first expert whose tiles end past t
-    while (lo < hi) {
-      const int mid = (lo + hi) / 2;
-      if (end[mid] > t) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
-      }
-    }
-    tile_expert[t] = lo < experts ? lo : -1;
-  }
+  if (e == 0 && begin[experts] > tiles) __trap();  // the caller's tile budget is too small
+  for (int64_t t = e; t < tiles; t += blockDim.x)
+    tile_expert[t] = t < begin[experts] ? common::FindGroup(begin, experts, t) : -1;
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 EncodeTiled() {
