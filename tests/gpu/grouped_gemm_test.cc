@@ -226,6 +226,43 @@ TEST(GroupedGemmCuda, TiledFp8NTMatchesTheCpuEmulation) {
   CheckTiledFp8(2048, 1408, {100, 0, 300, 129}, false, DType::kBF16, false);  // the recipe's widths
 }
 
+// The FP8 weight-gradient form against cpu::Fp8GroupedMatmulTN: out[g] (f32, random) += a_g . b_g^T over
+// each group's padded tokens, same tolerance as the f32 NT outputs (5e-4).
+void CheckTiledFp8TN(int64_t m, int64_t n, const std::vector<int64_t>& counts, int max_ctas = 0) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " M " + std::to_string(m) + " N " + std::to_string(n) +
+               " max_ctas " + std::to_string(max_ctas));
+  std::mt19937_64 rng(seed);
+  int64_t rows = 0;
+  for (int64_t c : counts) rows += c;
+  const int64_t groups = static_cast<int64_t>(counts.size());
+  const Tensor ct = CountsTensor(counts);
+  const Fp8Cols qa = Fp8Cols::Empty(m, ct, Device::kCPU), qb = Fp8Cols::Empty(n, ct, Device::kCPU);
+  cpu::QuantizeCols1x128(qa, RandomTensor({rows, m}, DType::kF32, rng, 3.0));
+  cpu::QuantizeCols1x128(qb, RandomTensor({rows, n}, DType::kF32, rng));
+  const Tensor out0 = RandomTensor({groups, m, n}, DType::kF32, rng, 50.0);
+  cuda::DeviceArena arena("grouped_gemm_test", size_t{256} << 20);
+  auto up = [&](const Fp8Cols& q) {
+    Fp8Cols d = q;
+    d.codes = Upload(arena, q.codes);
+    d.scales = Upload(arena, q.scales);
+    return d;
+  };
+  Tensor dout = Upload(arena, out0);
+  ASSERT_TRUE(cuda::TiledFp8TNSupported(n));
+  cuda::TiledFp8GroupedMatmulTN(dout, up(qa), up(qb), nullptr, max_ctas);
+  Tensor want = out0.To(DType::kF64);
+  cpu::Fp8GroupedMatmulTN(want, qa, qb);
+  EXPECT_LE(RelError(Download(dout), want), 5e-4);
+}
+
+TEST(GroupedGemmCuda, TiledFp8TNMatchesTheCpuEmulation) {
+  FATHOM_REQUIRE_GPU();
+  // Empty groups, ragged token counts, M not a multiple of 128 (a partial row tile), a partial column tile.
+  CheckTiledFp8TN(200, 144, {0, 1, 128, 300, 77, 129, 0});
+  CheckTiledFp8TN(256, 272, {500, 0, 260}, 3);  // 3 CTAs: the ring runs on across groups and tiles
+}
+
 // The benchmark's problem (32 experts, 32768 rows over 288 tiles, K 2048, N 1408: 24 output tiles per CTA),
 // checked on three tiles against the CPU emulation (the whole product is too slow for it).
 TEST(GroupedGemmCuda, TiledFp8NTAtTheBenchShape) {

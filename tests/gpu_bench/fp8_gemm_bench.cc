@@ -6,7 +6,9 @@
 // For each: fwd (NT), dgrad (NT with the transposed weight copy; bf16: NN) and wgrad (TN, f32 accumulate).
 // Arguments: case index, precision (0 bf16, 1 fp8 GEMM alone on pre-quantised operands, 2 fp8 including the
 // activation quantisation the layer runs before it: QuantizeRows for fwd/dgrad, QuantizeCols of both
-// operands for wgrad). Weights are quantised once per step (ParamTable), so never inside the timing.
+// operands for wgrad; 3 as 1 with the routed experts on cuBLASLt's per-expert matmuls instead of fathom's
+// own tiled kernels, Fp8GemmContext::set_tiled_kernel(false), the path before 2026-12-04). Weights are
+// quantised once per step (ParamTable), so never inside the timing.
 // Time: wall time per call over 8 calls per iteration and one synchronisation; TFLOP/s = 2 R K N per call.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
@@ -21,6 +23,7 @@
 #include "framework/cuda/check.h"
 #include "framework/cuda/device_pool.h"
 #include "framework/fp8_operands.h"
+#include "framework/kernels/cuda/fp8_gemm.h"
 #include "framework/ops.h"
 
 namespace fathom {
@@ -102,6 +105,7 @@ void BM_Gemm(benchmark::State& state, int pass) {
     }
   }
   const Tensor wcounts = c.experts ? counts : Tensor();
+  TheEnv().context.fp8_gemm().set_tiled_kernel(precision != 3);
   auto call = [&] {
     if (precision == 0) {
       if (pass == 0) {
@@ -114,7 +118,7 @@ void BM_Gemm(benchmark::State& state, int pass) {
       return;
     }
     if (pass < 2) {
-      const Fp8Rows& q = precision == 2 ? ops::QuantizeRows(x) : xq;
+      const Fp8Rows& q = precision == 2 ? ops::QuantizeRows(x) : xq;  // 1 and 3: pre-quantised
       ops::Fp8GroupedMatmulNT(out, q, pass == 0 ? wq.w : wq.wt, wcounts);
     } else if (precision == 2) {
       ops::Fp8GroupedMatmulTN(grad, ops::QuantizeCols(dy, wcounts), ops::QuantizeCols(x, wcounts));
@@ -134,13 +138,13 @@ void BM_Gemm(benchmark::State& state, int pass) {
   const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(c.k) * static_cast<double>(c.n);
   state.counters["TFLOP/s"] =
       benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate);
-  static const char* kPrecision[] = {"bf16", "fp8 gemm", "fp8 +quantise"};
+  static const char* kPrecision[] = {"bf16", "fp8 gemm", "fp8 +quantise", "fp8 gemm, cuBLASLt per expert"};
   state.SetLabel(std::string(c.name) + ", " + kPrecision[precision]);
 }
 
 void Args(benchmark::internal::Benchmark* b) {
   for (int64_t c = 0; c < kNumCases; ++c)
-    for (int64_t p = 0; p < 3; ++p) b->Args({c, p});
+    for (int64_t p = 0; p < 4; ++p) b->Args({c, p});
   b->UseManualTime()->Unit(benchmark::kMicrosecond);
 }
 

@@ -341,6 +341,45 @@ void BM_OwnTiledFp8NT(benchmark::State& state) {
   });
 }
 
+// The FP8 weight-gradient form (TiledFp8GroupedMatmulTN): dW_e (M, N) += a_e . b_e^T over the tokens of
+// count set 0 (each expert's tokens padded to 128), a and b Fp8Cols quantised once on the CPU. Compare with
+// fp8_gemm_bench's BM_Gemm/wgrad/7/1 (cuBLASLt, one matmul per expert). Arguments: M, N; TFLOP/s count the
+// R routed rows.
+void BM_OwnTiledFp8TN(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1);
+  if (!cuda::TiledFp8TNSupported(n)) {
+    state.SkipWithError("TiledFp8GroupedMatmulTN needs an sm_90 GPU");
+    return;
+  }
+  state.SetLabel("TN e4m3 1x128 columns -> f32 +=, own tiled kernel, one launch");
+  const GemmData& d = Data();
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto uniform = [&](const Shape& shape) {
+    Tensor t = Tensor::Empty(shape, DType::kF32);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = u(rng);
+    return t;
+  };
+  const Fp8Cols qa = Fp8Cols::Empty(m, d.counts(0), Device::kCPU), qb = Fp8Cols::Empty(n, d.counts(0), Device::kCPU);
+  cpu::QuantizeCols1x128(qa, uniform({kRows, m}));
+  cpu::QuantizeCols1x128(qb, uniform({kRows, n}));
+  cuda::DeviceArena arena("gemm_bench_fp8_tn", qa.codes.nbytes() + qa.scales.nbytes() + qb.codes.nbytes() +
+                                                    qb.scales.nbytes() + 8192);
+  auto up = [&](const Fp8Cols& q) {
+    Fp8Cols dq = q;
+    for (Tensor* t : {&dq.codes, &dq.scales}) {
+      Tensor dev = arena.Alloc(t->shape(), t->dtype());
+      FATHOM_CUDA_CHECK(cudaMemcpy(dev.raw(), t->raw(), t->nbytes(), cudaMemcpyHostToDevice));
+      *t = dev;
+    }
+    return dq;
+  };
+  const Fp8Cols a = up(qa), b = up(qb);
+  const Tensor out = d.Experts(d.grad(), m, n);
+  TimeCalls(state, 2.0 * kRows * static_cast<double>(m) * static_cast<double>(n),
+            [&](int) { cuda::TiledFp8GroupedMatmulTN(out, a, b, nullptr); });
+}
+
 void OwnTiledArgs(benchmark::internal::Benchmark* b) {
   for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
     for (int64_t bn : {128, 176, 256}) b->Args({bn, k, n});
@@ -379,6 +418,13 @@ BENCHMARK_TEMPLATE(BM_Batched, Form::kNT, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK_TEMPLATE(BM_Batched, Form::kNN, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK(BM_OwnTiledNT)->Apply(OwnTiledArgs);
+BENCHMARK(BM_OwnTiledFp8TN)
+    ->Args({kInter, kHidden})
+    ->Args({kHidden, kInter})
+    ->ArgNames({"M", "N"})
+    ->UseManualTime()
+    ->MinTime(0.1)
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_OwnTiledFp8NT)
     ->Args({kHidden, kInter})
     ->Args({kInter, kHidden})

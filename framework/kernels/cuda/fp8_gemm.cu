@@ -465,6 +465,12 @@ void Fp8GemmContext::GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const 
   const std::vector<int64_t> groups = CheckFp8MatmulTN(op, out, a, b);
   FATHOM_CHECK(a.cols() % 16 == 0 && b.cols() % 16 == 0, "[", op, "] (", a.cols(), ", ", b.cols(),
                ") outputs: cuBLASLt's FP8 kernels need the non-reduction dimensions to be multiples of 16");
+  // Routed experts (several groups): fathom's own tiled kernel, one launch for every expert's weight
+  // gradient (see grouped_gemm.h), instead of a cuBLASLt matmul per expert.
+  if (impl_->tiled_kernel && groups.size() > 1 && groups.size() <= 256 && TiledFp8TNSupported(b.cols())) {
+    TiledFp8GroupedMatmulTN(out, a, b, stream);
+    return;
+  }
   const int64_t m = a.cols(), nn = b.cols(), tp = a.padded_tokens();
   const uint8_t* acodes = static_cast<const uint8_t*>(a.codes.raw());
   const uint8_t* bcodes = static_cast<const uint8_t*>(b.codes.raw());

@@ -263,6 +263,15 @@ struct Ring {
 #endif
 };
 
+// One output tile: A's rows [a_row, a_row + 128) and B's rows [b_row, b_row + BN) over the k-blocks
+// [k0, k0 + k_blocks), stored to out's rows [out_row, out_row + rows) (rows <= 128) and columns from n0.
+// `group` is the expert (or weight-gradient group) whose scales the FP8 products read.
+struct Job {
+  int a_row, b_row, k0, k_blocks;
+  int64_t out_row;
+  int rows, n0, group;
+};
+
 // bf16: wgmma.m64nBNk16 straight into acc, one wgmma group kept in flight while the previous stage is
 // released.
 template <int BN>
@@ -270,11 +279,11 @@ struct Bf16Product {
   static constexpr int kBN = BN, kBlockElems = kBK;
   struct Params {};
 #ifdef FATHOM_GROUPED_GEMM_SM90A
-  __device__ static void Run(const Params&, float* acc, const Ring<BN>& ring, int& it, int k_blocks, int consumer,
-                             int lane, int /*expert*/, int64_t /*row*/, int /*n0*/) {
+  __device__ static void Run(const Params&, float* acc, const Ring<BN>& ring, int& it, const Job& job,
+                             int consumer, int lane, int /*local_row*/) {
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
-    for (int kb = 0; kb < k_blocks; ++kb, ++it) {
+    for (int kb = 0; kb < job.k_blocks; ++kb, ++it) {
       ring.Acquire(it);
       const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
       FenceAccumulators<BN / 2>(acc);
@@ -309,15 +318,16 @@ struct Fp8Product {
     int64_t w_blocks_n, w_scale_stride;
   };
 #ifdef FATHOM_GROUPED_GEMM_SM90A
-  __device__ static void Run(const Params& p, float* acc, const Ring<kBN>& ring, int& it, int k_blocks, int consumer,
-                             int lane, int expert, int64_t row, int n0) {
+  __device__ static void Run(const Params& p, float* acc, const Ring<kBN>& ring, int& it, const Job& job,
+                             int consumer, int lane, int local_row) {
+    const int64_t row = static_cast<int64_t>(job.a_row) + local_row;  // x's row
     const float* xs0 = reinterpret_cast<const float*>(p.x + row * p.x_row_bytes + p.x_scale_offset);
     const float* xs8 = reinterpret_cast<const float*>(p.x + (row + 8) * p.x_row_bytes + p.x_scale_offset);
-    const float* ws = p.w_scales + (expert * p.w_blocks_n + n0 / kBN) * p.w_scale_stride;
+    const float* ws = p.w_scales + (static_cast<int64_t>(job.group) * p.w_blocks_n + job.n0 / kBN) * p.w_scale_stride;
     float partial[kBN / 2];
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
-    for (int kb = 0; kb < k_blocks; ++kb, ++it) {
+    for (int kb = 0; kb < job.k_blocks; ++kb, ++it) {
       const float sb = ws[kb];
       const float s0 = xs0[kb] * sb, s8 = xs8[kb] * sb;  // the CPU's (scale_a * scale_b)
       ring.Acquire(it);
@@ -336,6 +346,59 @@ struct Fp8Product {
         acc[4 * j + 1] += partial[4 * j + 1] * s0;
         acc[4 * j + 2] += partial[4 * j + 2] * s8;
         acc[4 * j + 3] += partial[4 * j + 3] * s8;
+      }
+    }
+  }
+#endif
+};
+
+// e4m3 weight gradients (the twin of cpu::Fp8GroupedMatmulTN): a and b are Fp8Cols, both K-major along
+// the padded tokens, with one scale per 128-token tile and column: scales (Tp / 128, C). Per k-block t,
+// acc[r][c] += partial[r][c] * (a scale of row r * b scale of column c). Rows past M and columns past N
+// read scale 0 (their codes are TMA's zero fill).
+struct Fp8ColsProduct {
+  static constexpr int kBN = 128, kBlockElems = kRowBytes;
+  struct Params {
+    const float* a_scales;  // (Tp / 128, m)
+    const float* b_scales;  // (Tp / 128, n)
+    int m, n;
+  };
+#ifdef FATHOM_GROUPED_GEMM_SM90A
+  __device__ static void Run(const Params& p, float* acc, const Ring<kBN>& ring, int& it, const Job& job,
+                             int consumer, int lane, int local_row) {
+    const int r0 = job.a_row + local_row, r8 = r0 + 8;
+    const int c0 = job.n0 + 2 * (lane % 4);  // this thread's columns: c0 + 8 j and c0 + 8 j + 1
+    float partial[kBN / 2];
+#pragma unroll
+    for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
+    for (int kb = 0; kb < job.k_blocks; ++kb, ++it) {
+      const int64_t t = static_cast<int64_t>(job.k0) + kb;
+      const float* sa = p.a_scales + t * p.m;
+      const float* sbrow = p.b_scales + t * p.n;
+      const float sa0 = r0 < p.m ? sa[r0] : 0.0f, sa8 = r8 < p.m ? sa[r8] : 0.0f;
+      float sb[kBN / 4];
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        const int c = c0 + 8 * j;  // n is a multiple of 16 and c even: c + 1 < n whenever c < n
+        sb[2 * j] = c < p.n ? sbrow[c] : 0.0f;
+        sb[2 * j + 1] = c < p.n ? sbrow[c + 1] : 0.0f;
+      }
+      ring.Acquire(it);
+      const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
+      FenceAccumulators<kBN / 2>(partial);
+      WgmmaFence();
+#pragma unroll
+      for (int k = 0; k < kBlockElems / 32; ++k) WgmmaFp8x128(partial, desc_a + 2 * k, desc_b + 2 * k, k > 0);
+      WgmmaCommit();
+      WgmmaWait<0>();
+      FenceAccumulators<kBN / 2>(partial);
+      ring.Release(it, lane);
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        acc[4 * j] += partial[4 * j] * (sa0 * sb[2 * j]);
+        acc[4 * j + 1] += partial[4 * j + 1] * (sa0 * sb[2 * j + 1]);
+        acc[4 * j + 2] += partial[4 * j + 2] * (sa8 * sb[2 * j]);
+        acc[4 * j + 3] += partial[4 * j + 3] * (sa8 * sb[2 * j + 1]);
       }
     }
   }
@@ -385,14 +448,61 @@ struct TilePrefix {
   }
 };
 
-// A persistent kernel (one CTA per SM): CTA b takes the output tiles ("jobs", row tile major) b, b + grid,
-// ... and skips those of unused row tiles. The stage ring runs on across jobs, so the producer fetches the
-// next job's first k-blocks while the consumers still store the last one's results. See grouped_gemm.h.
-template <class Product, class OutT, class Tiles>
+// Which output tiles a launch computes ("jobs"), and each one's rows, columns and k-blocks.
+//   RowTiles: the forward form over the padded layout's row tiles: job = (row tile, column tile), row tile
+//     major; a row tile's expert comes from `tiles` (unused: skipped) and picks the weight's rows.
+//   KGroups: the weight-gradient form: job = (group, row tile of out[g], column tile); group g reduces over
+//     its k-blocks [k.begin[g], k.begin[g + 1]) of the padded token axis (none: skipped).
+template <class Tiles, int BN>
+struct RowTiles {
+  Tiles tiles;
+  int tile_count, n, k_blocks;
+  __device__ bool Decode(int job, Job& j) const {
+    const int n_tiles = (n + BN - 1) / BN;
+    const int tile = job / n_tiles;
+    j.n0 = (job % n_tiles) * BN;
+    j.group = tiles.Expert(tile);
+    if (j.group < 0) return false;  // a tile past the layout
+    j.a_row = tile * kBM;
+    // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are computed
+    // and not stored.
+    j.b_row = j.group * n + j.n0;
+    j.k0 = 0;
+    j.k_blocks = k_blocks;
+    j.out_row = static_cast<int64_t>(tile) * kBM;
+    j.rows = kBM;
+    return true;
+  }
+};
+
+template <int BN>
+struct KGroups {
+  TilePrefix k;
+  int m, n;
+  __device__ bool Decode(int job, Job& j) const {
+    const int m_tiles = (m + kBM - 1) / kBM, n_tiles = (n + BN - 1) / BN;
+    const int g = job / (m_tiles * n_tiles), r = job % (m_tiles * n_tiles);
+    j.k0 = k.begin[g];
+    j.k_blocks = k.begin[g + 1] - j.k0;
+    if (j.k_blocks == 0) return false;  // a group without tokens: out[g] stays as it is
+    j.a_row = (r / n_tiles) * kBM;
+    j.n0 = (r % n_tiles) * BN;
+    j.b_row = j.n0;
+    j.out_row = static_cast<int64_t>(g) * m + j.a_row;
+    j.rows = min(kBM, m - j.a_row);
+    j.group = g;
+    return true;
+  }
+};
+
+// A persistent kernel (one CTA per SM): CTA b takes jobs b, b + grid, ... of the schedule, skipping those it
+// declines. The stage ring runs on across jobs, so the producer fetches the next job's first k-blocks while
+// the consumers still store the last one's results. out is row-major with n columns. See grouped_gemm.h.
+template <class Product, class OutT, class Schedule>
 __global__ void __launch_bounds__(kThreads, 1)
-    TiledNTKernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
-                  const typename Product::Params params, OutT* out, bool accumulate,
-                  const __grid_constant__ Tiles tile_expert, int tiles, int n, int k_blocks) {
+    TiledKernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
+                const typename Product::Params params, OutT* out, bool accumulate,
+                const __grid_constant__ Schedule schedule, int jobs, int n) {
 #ifdef FATHOM_GROUPED_GEMM_SM90A
   constexpr int BN = Product::kBN;
   using T = Tiling<BN>;
@@ -411,25 +521,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   const Ring<BN> ring{smem, full, empty};
 
   const int group = static_cast<int>(threadIdx.x) / 128;
-  const int n_tiles = (n + BN - 1) / BN;
-  const int jobs = tiles * n_tiles;
   if (group == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
       int it = 0;  // k-blocks fetched so far, over all jobs: the stage ring's position
       for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
-        const int tile = job / n_tiles, n0 = (job % n_tiles) * BN;
-        const int expert = tile_expert.Expert(tile);
-        if (expert < 0) continue;  // a tile past the layout
-        for (int kb = 0; kb < k_blocks; ++kb, ++it) {
+        Job j;
+        if (!schedule.Decode(job, j)) continue;
+        for (int kb = 0; kb < j.k_blocks; ++kb, ++it) {
           const int s = it % T::kStages;
           BarrierWait(&empty[s], ((it / T::kStages) & 1) ^ 1);  // the first pass finds every stage free
           uint8_t* stage = smem + s * T::kStageBytes;
           BarrierExpectBytes(&full[s], T::kStageBytes);
-          TmaLoad(stage, &x_map, &full[s], kb * Product::kBlockElems, tile * kBM);
-          // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are
-          // computed and not stored.
-          TmaLoad(stage + kABytes, &w_map, &full[s], kb * Product::kBlockElems, expert * n + n0);
+          const int k = (j.k0 + kb) * Product::kBlockElems;
+          TmaLoad(stage, &a_map, &full[s], k, j.a_row);
+          TmaLoad(stage + kABytes, &b_map, &full[s], k, j.b_row);
         }
       }
     }
@@ -439,24 +545,24 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int consumer = group - 1;  // rows [64 consumer, 64 consumer + 64) of each tile
   const int warp = (static_cast<int>(threadIdx.x) / 32) % 4, lane = static_cast<int>(threadIdx.x) % 32;
+  // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i is
+  // column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
+  const int local = consumer * 64 + warp * 16 + lane / 4;
   float acc[BN / 2];
   int it = 0;
   for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
-    const int tile = job / n_tiles, n0 = (job % n_tiles) * BN;
-    const int expert = tile_expert.Expert(tile);
-    if (expert < 0) continue;
-    // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i
-    // is column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
-    const int64_t row = static_cast<int64_t>(tile) * kBM + consumer * 64 + warp * 16 + lane / 4;
-    Product::Run(params, acc, ring, it, k_blocks, consumer, lane, expert, row, n0);
-    OutT* out0 = out + row * n;
-    OutT* out8 = out + (row + 8) * n;
+    Job j;
+    if (!schedule.Decode(job, j)) continue;
+    Product::Run(params, acc, ring, it, j, consumer, lane, local);
+    OutT* out0 = out + (j.out_row + local) * n;
+    OutT* out8 = out0 + 8 * static_cast<int64_t>(n);
+    const bool row0 = local < j.rows, row8 = local + 8 < j.rows;
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int col = n0 + 8 * j + 2 * (lane % 4);
+    for (int c = 0; c < BN / 8; ++c) {
+      const int col = j.n0 + 8 * c + 2 * (lane % 4);
       if (col < n) {  // n is a multiple of 8 and col even, so col + 1 < n too
-        OutPair<OutT>::Store(out0 + col, acc[4 * j], acc[4 * j + 1], accumulate);
-        OutPair<OutT>::Store(out8 + col, acc[4 * j + 2], acc[4 * j + 3], accumulate);
+        if (row0) OutPair<OutT>::Store(out0 + col, acc[4 * c], acc[4 * c + 1], accumulate);
+        if (row8) OutPair<OutT>::Store(out8 + col, acc[4 * c + 2], acc[4 * c + 3], accumulate);
       }
     }
   }
@@ -532,26 +638,27 @@ int MultiprocessorCount() {
   return count;
 }
 
-// One persistent launch over the tile map's tiles x ceil(n / BN) output tiles.
-template <class Product, class OutT, class Tiles>
-void LaunchTiled(const CUtensorMap& x_map, const CUtensorMap& w_map, const typename Product::Params& params,
-                 OutT* out, bool accumulate, const Tiles& tile_expert, int64_t tiles, int64_t n, int64_t k_blocks,
-                 int max_ctas, Stream stream) {
+// One persistent launch of `jobs` output tiles described by `schedule`.
+template <class Product, class OutT, class Schedule>
+void LaunchTiled(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
+                 OutT* out, bool accumulate, const Schedule& schedule, int64_t jobs, int64_t n, int max_ctas,
+                 Stream stream) {
   using T = Tiling<Product::kBN>;
   static const bool configured = [] {
-    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(TiledNTKernel<Product, OutT, Tiles>,
+    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(TiledKernel<Product, OutT, Schedule>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
     return true;
   }();
   (void)configured;
-  const int64_t jobs = tiles * ((n + Product::kBN - 1) / Product::kBN);
+  if (jobs == 0) return;
   const int ctas = max_ctas > 0 ? std::min(max_ctas, MultiprocessorCount()) : MultiprocessorCount();
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(jobs, ctas));
-  TiledNTKernel<Product, OutT, Tiles><<<grid, kThreads, T::kSmemBytes, stream>>>(
-      x_map, w_map, params, out, accumulate, tile_expert, static_cast<int>(tiles), static_cast<int>(n),
-      static_cast<int>(k_blocks));
+  TiledKernel<Product, OutT, Schedule><<<grid, kThreads, T::kSmemBytes, stream>>>(
+      a_map, b_map, params, out, accumulate, schedule, static_cast<int>(jobs), static_cast<int>(n));
   FATHOM_CUDA_CHECK_LAUNCH();
 }
+
+int64_t ColumnTiles(int64_t n, int bn) { return (n + bn - 1) / bn; }
 
 template <int BN>
 void LaunchBf16(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, int max_ctas,
@@ -559,9 +666,10 @@ void LaunchBf16(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   const int64_t tiles = tile_expert.numel(), k = x.dim(1), n = out.dim(1), experts = w.dim(0);
   const CUtensorMap x_map = RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, k, 2 * k, kBM);
   const CUtensorMap w_map = RowMajorMap(w.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, experts * n, k, 2 * k, BN);
-  const DeviceTileMap map{static_cast<const int32_t*>(tile_expert.raw())};
+  const RowTiles<DeviceTileMap, BN> schedule{{static_cast<const int32_t*>(tile_expert.raw())},
+                                             static_cast<int>(tiles), static_cast<int>(n), static_cast<int>(k / kBK)};
   LaunchTiled<Bf16Product<BN>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()), false,
-                                              map, tiles, n, k / kBK, max_ctas, stream);
+                                              schedule, tiles * ColumnTiles(n, BN), n, max_ctas, stream);
 }
 
 void CheckTileMap(const char* op, const Tensor& tile_expert) {
@@ -677,12 +785,15 @@ void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8Blo
   const Fp8Product::Params params{static_cast<const uint8_t*>(x.data.raw()), x.row_bytes(), x.padded_cols(),
                                   static_cast<const float*>(w.scales.raw()), Fp8Blocks(n),
                                   Fp8ScaleStride(Fp8Blocks(k))};
+  const RowTiles<Tiles, Fp8Product::kBN> schedule{source, static_cast<int>(tiles), static_cast<int>(n),
+                                                  static_cast<int>(Fp8Blocks(k))};
+  const int64_t jobs = tiles * ColumnTiles(n, Fp8Product::kBN);
   if (out.dtype() == DType::kBF16) {
-    LaunchTiled<Fp8Product, __nv_bfloat16, Tiles>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),
-                                                  accumulate, source, tiles, n, Fp8Blocks(k), max_ctas, stream);
+    LaunchTiled<Fp8Product, __nv_bfloat16>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),
+                                           accumulate, schedule, jobs, n, max_ctas, stream);
   } else {
-    LaunchTiled<Fp8Product, float, Tiles>(x_map, w_map, params, static_cast<float*>(out.raw()), accumulate,
-                                          source, tiles, n, Fp8Blocks(k), max_ctas, stream);
+    LaunchTiled<Fp8Product, float>(x_map, w_map, params, static_cast<float*>(out.raw()), accumulate, schedule,
+                                   jobs, n, max_ctas, stream);
   }
 }
 
@@ -718,6 +829,40 @@ void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8Block
   for (size_t g = 0; g < counts.size(); ++g)
     prefix.begin[g + 1] = prefix.begin[g] + static_cast<int32_t>(counts[g] / kBM);
   LaunchFp8(op, out, x, w, prefix, prefix.begin[counts.size()], accumulate, stream, max_ctas);
+}
+
+bool TiledFp8TNSupported(int64_t n) { return TiledFp8Supported(n); }
+
+void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, Stream stream, int max_ctas) {
+  const char* op = "tiled_fp8_grouped_matmul_tn";
+  common::CheckCuda(op, out, "out");
+  common::CheckCuda(op, a.codes, "a codes");
+  common::CheckCuda(op, a.scales, "a scales");
+  common::CheckCuda(op, b.codes, "b codes");
+  common::CheckCuda(op, b.scales, "b scales");
+  FATHOM_CHECK(out.dtype() == DType::kF32, "[", op, "] out ", DTypeName(out.dtype()), ": f32 only");
+  const std::vector<int64_t> counts = CheckFp8MatmulTN(op, out, a, b);
+  const int64_t m = a.cols(), n = b.cols(), tp = a.padded_tokens(), groups = static_cast<int64_t>(counts.size());
+  FATHOM_CHECK(TiledFp8TNSupported(n), "[", op, "] needs an sm_90 GPU (H100/H200) and N a multiple of 16; got N ",
+               n);
+  FATHOM_CHECK(groups >= 1 && groups <= kMaxPrefixGroups, "[", op, "] ", groups, " groups: expected 1 to ",
+               kMaxPrefixGroups);
+  FATHOM_CHECK(groups * m * n <= INT32_MAX && tp / kBM <= INT32_MAX && m <= INT32_MAX && n <= INT32_MAX, "[", op,
+               "] too large for the kernel's 32-bit indices");
+  TilePrefix k{};
+  k.groups = static_cast<int32_t>(groups);
+  for (int64_t g = 0; g < groups; ++g)
+    k.begin[g + 1] = k.begin[g] + static_cast<int32_t>(Fp8Padded(counts[static_cast<size_t>(g)]) / kBM);
+  if (tp == 0 || m == 0) return;
+  const CUtensorMap a_map = RowMajorMap(a.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, m, tp, tp, kBM);
+  const CUtensorMap b_map = RowMajorMap(b.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, n, tp, tp, Fp8ColsProduct::kBN);
+  const Fp8ColsProduct::Params params{static_cast<const float*>(a.scales.raw()),
+                                      static_cast<const float*>(b.scales.raw()), static_cast<int>(m),
+                                      static_cast<int>(n)};
+  const KGroups<Fp8ColsProduct::kBN> schedule{k, static_cast<int>(m), static_cast<int>(n)};
+  const int64_t jobs = groups * ColumnTiles(m, kBM) * ColumnTiles(n, Fp8ColsProduct::kBN);
+  LaunchTiled<Fp8ColsProduct, float>(a_map, b_map, params, static_cast<float*>(out.raw()), true, schedule, jobs, n,
+                                     max_ctas, stream);
 }
 
 }  // namespace fathom::cuda
