@@ -240,10 +240,8 @@ __device__ __forceinline__ void WgmmaFp8x128(float* d, uint64_t desc_a, uint64_t
 
 #endif  // FATHOM_GROUPED_GEMM_SM90A
 
-// The products of the two forms, in the consumer warp groups. Each runs the k-blocks of one output tile
-// over the stage ring (Acquire: wait for stage `it`'s bytes; Release: hand it back), leaving the tile's f32
-// results in acc (this thread's 64 x BN / 128 share, wgmma's accumulator layout).
-// The ring's geometry is compile-time (Tiling<BN>), so the stage of k-block `it` is a cheap modulo.
+// The stage ring as the consumers see it (Acquire: wait for k-block `it`'s bytes; Release: hand its stage
+// back). Its geometry is compile-time (Tiling<BN>), so the stage of k-block `it` is a cheap modulo.
 template <int BN>
 struct Ring {
   static constexpr int kStages = Tiling<BN>::kStages, kStageBytes = Tiling<BN>::kStageBytes;
@@ -272,6 +270,10 @@ struct Job {
   int rows, n0, group;
 };
 
+// The products (bf16, FP8 forward/dgrad, FP8 weight gradient), in the consumer warp groups: each runs the
+// k-blocks of one job over the ring, leaving the tile's f32 results in acc (this thread's 64 x BN / 128
+// share, wgmma's accumulator layout; local_row is its first row in the tile).
+//
 // bf16: wgmma.m64nBNk16 straight into acc, one wgmma group kept in flight while the previous stage is
 // released.
 template <int BN>
@@ -456,7 +458,7 @@ struct TilePrefix {
 template <class Tiles, int BN>
 struct RowTiles {
   Tiles tiles;
-  int tile_count, n, k_blocks;
+  int n, k_blocks;
   __device__ bool Decode(int job, Job& j) const {
     const int n_tiles = (n + BN - 1) / BN;
     const int tile = job / n_tiles;
@@ -666,8 +668,8 @@ void LaunchBf16(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   const int64_t tiles = tile_expert.numel(), k = x.dim(1), n = out.dim(1), experts = w.dim(0);
   const CUtensorMap x_map = RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, k, 2 * k, kBM);
   const CUtensorMap w_map = RowMajorMap(w.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, experts * n, k, 2 * k, BN);
-  const RowTiles<DeviceTileMap, BN> schedule{{static_cast<const int32_t*>(tile_expert.raw())},
-                                             static_cast<int>(tiles), static_cast<int>(n), static_cast<int>(k / kBK)};
+  const RowTiles<DeviceTileMap, BN> schedule{{static_cast<const int32_t*>(tile_expert.raw())}, static_cast<int>(n),
+                                             static_cast<int>(k / kBK)};
   LaunchTiled<Bf16Product<BN>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()), false,
                                               schedule, tiles * ColumnTiles(n, BN), n, max_ctas, stream);
 }
@@ -785,8 +787,7 @@ void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8Blo
   const Fp8Product::Params params{static_cast<const uint8_t*>(x.data.raw()), x.row_bytes(), x.padded_cols(),
                                   static_cast<const float*>(w.scales.raw()), Fp8Blocks(n),
                                   Fp8ScaleStride(Fp8Blocks(k))};
-  const RowTiles<Tiles, Fp8Product::kBN> schedule{source, static_cast<int>(tiles), static_cast<int>(n),
-                                                  static_cast<int>(Fp8Blocks(k))};
+  const RowTiles<Tiles, Fp8Product::kBN> schedule{source, static_cast<int>(n), static_cast<int>(Fp8Blocks(k))};
   const int64_t jobs = tiles * ColumnTiles(n, Fp8Product::kBN);
   if (out.dtype() == DType::kBF16) {
     LaunchTiled<Fp8Product, __nv_bfloat16>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),

@@ -1,20 +1,24 @@
-// fathom's own grouped GEMM for routed experts on Hopper (sm_90a: TMA loads, WGMMA, an mbarrier pipeline),
-// which reads its grouping ON THE DEVICE. It is the forward form (NT) over DeepSeek's "contiguous" layout,
-// the padded expert layout of layers/moe.h: every expert's rows are a block whose length is a multiple of
-// kGroupedTileRows, blocks in expert order, and a tile map names each 128-row tile's expert. The map is built
-// on the device from the expert counts (MoeTileExperts), sized for the worst case (MaxExpertTiles), so
-// neither the map nor the GEMM needs the counts on the host: unused tiles (-1) are skipped by the kernel.
-// This is what cuBLASLt cannot do (its pointer-array and grouped batches take their problem count and
-// sizes from the host); see GemmContext's "Grouped GEMMs" in gemm.h for the cuBLASLt paths.
+// fathom's own grouped GEMMs for routed experts on Hopper (sm_90a: TMA loads, WGMMA, an mbarrier pipeline).
+// The forward form (NT; the dgrad is the same form with the transposed weight) works on DeepSeek's
+// "contiguous" layout, the padded expert layout of layers/moe.h: every expert's rows are a block whose length
+// is a multiple of kGroupedTileRows, blocks in expert order, and each 128-row tile's expert is read either
+// from a device map built from the device counts (MoeTileExperts, sized for the worst case by
+// MaxExpertTiles: unused tiles (-1) are skipped, so nothing needs the counts on the host) or, where the host
+// has the counts anyway, from their tile prefix passed as a kernel parameter. This is what cuBLASLt cannot
+// do (its pointer-array and grouped batches take their problem count and sizes from the host, and its
+// block-scaled FP8 takes no batch at all in cuBLAS 13.1); see gemm.h and fp8_gemm.h for the cuBLASLt paths.
+// The FP8 weight-gradient form (TN) reduces each expert's output over that expert's padded tokens.
 //
-// Kernel (persistent: one CTA of 384 threads per SM, taking output tiles of 128 x BN in turn, row tile
-// major): warp group 0 is the producer (one thread issues the TMA loads of a 128 x 64 tile of x and a
-// BN x 64 tile of the expert's weight into a ring of shared-memory stages, 128-byte swizzled, signalled by
-// mbarriers; the ring runs on across tiles, so the next tile's loads overlap this one's stores), warp
-// groups 1 and 2 each multiply 64 of the 128 rows with wgmma.m64nBNk16 (f32 accumulators in registers, one
-// wgmma group kept in flight while the previous stage is released), then round to bf16 and store. Tiles
-// of unused row tiles are skipped. BN is chosen per call (128, 176 or 256; 0 = TiledGroupedDefaultBlockN):
-// a partial last column tile computes into registers and stores only its valid columns.
+// Kernel (persistent: one CTA of 384 threads per SM, taking the jobs (128 x BN output tiles) of a schedule
+// in turn): warp group 0 is the producer (one thread issues the TMA loads of a 128-row and a BN-row tile of
+// 128-byte rows, 64 bf16 or 128 e4m3 values of the reduction, into a ring of shared-memory stages, 128-byte
+// swizzled, signalled by mbarriers; the ring runs on across jobs, so the next job's loads overlap this one's
+// stores), warp groups 1 and 2 each multiply 64 of the 128 rows with wgmma (bf16: m64nBNk16 into the f32
+// accumulators, one group kept in flight; e4m3: m64n128k32 into a partial sum promoted to f32 with its
+// scales every 128-deep block), then store (bf16 or f32, = or +=). BN of the bf16 form is chosen per call
+// (128, 176 or 256; 0 = TiledGroupedDefaultBlockN), the FP8 forms use 128; partial last row and column tiles
+// compute into registers and store only their valid part. A barrier wait that lasts seconds reports itself
+// and traps, so a bug fails the job instead of hanging it.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 
