@@ -13,6 +13,11 @@
 # 0.25%). SEEDS (train.seed values, default the recipe's) repeats the pair per seed; with two or more seeds
 # the verdict is on the seed-averaged losses, printed with the standard error of the per-seed differences,
 # which is what can resolve 0.25% when one pair cannot.
+# EVAL_BATCHES=N (> 0) also evaluates every run once at its end on N global batches of the valid split (the
+# same batches for every run: train.eval_every = STEPS, train.eval_steps = N; needs a dataset with a valid
+# split, e.g. --set data.source=megatron) and prints the valid losses and their relative differences beside
+# the training-loss comparison: a held-out loss on fixed batches carries no batch-to-batch noise of the last
+# 20 training steps. The verdict (exit code) stays the last-20 comparison, the report's measure.
 set -euo pipefail
 BUILD_DIR=${1:-${BUILD:-/tmp/build}}
 STEPS=${2:-200}
@@ -20,6 +25,10 @@ shift $(($# > 2 ? 2 : $#))
 FATHOM="$BUILD_DIR/fathom"
 [[ -x "$FATHOM" ]] || { echo "fp8_accuracy.sh: no fathom binary at $FATHOM (pass the build dir)" >&2; exit 2; }
 [[ "$STEPS" =~ ^[0-9]+$ && "$STEPS" -ge 40 ]] || { echo "fp8_accuracy.sh: STEPS must be an integer >= 40, got $STEPS" >&2; exit 2; }
+EVAL_BATCHES=${EVAL_BATCHES:-0}
+[[ "$EVAL_BATCHES" =~ ^[0-9]+$ ]] || { echo "fp8_accuracy.sh: EVAL_BATCHES must be an integer >= 0, got $EVAL_BATCHES" >&2; exit 2; }
+eval_args=()
+[[ "$EVAL_BATCHES" -gt 0 ]] && eval_args=(--set train.eval_every="$STEPS" --set train.eval_steps="$EVAL_BATCHES")
 SEEDS=${SEEDS:-recipe}
 for seed in $SEEDS; do
   [[ "$seed" == recipe || "$seed" =~ ^[0-9]+$ ]] || {
@@ -27,7 +36,7 @@ for seed in $SEEDS; do
 done
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/fp8_accuracy.XXXXXX)}
 mkdir -p "$OUT_DIR"
-rm -f "$OUT_DIR/finals.txt"
+rm -f "$OUT_DIR/finals.txt" "$OUT_DIR/valids.txt"
 RUNS="bf16 fp8"
 [[ "${CONTROL:-0}" == 1 ]] && RUNS="bf16 fp8 bf16b"
 
@@ -46,13 +55,21 @@ for seed in $SEEDS; do
     log="$OUT_DIR/$run$tag.log"
     echo "training recipes/small.yaml, $STEPS steps, train.precision $precision, seed $seed -> $log"
     "$FATHOM" train recipes/small.yaml --set train.steps="$STEPS" --set train.precision="$precision" \
-      "${seed_args[@]}" "$@" > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
+      "${seed_args[@]}" "${eval_args[@]}" "$@" > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
     # "step    12/200 | lm 7.1234 | ..." -> "12 7.1234"
     sed -nE 's/^step +([0-9]+)\/[0-9]+ \| lm ([0-9.eE+-]+).*/\1 \2/p' "$log" > "$OUT_DIR/$run$tag.lm"
     [[ $(wc -l < "$OUT_DIR/$run$tag.lm") -eq "$STEPS" ]] || {
       echo "fp8_accuracy.sh: $run run (seed $seed) logged $(wc -l < "$OUT_DIR/$run$tag.lm") of $STEPS steps" >&2
       exit 1
     }
+    if [[ "$EVAL_BATCHES" -gt 0 ]]; then
+      # "eval    200/200 | valid lm 1.2345 | ppl 3.44 (8 batches)" -> "1.2345"
+      sed -nE "s/^eval +$STEPS\/$STEPS \| valid lm ([0-9.eE+-]+).*/\1/p" "$log" | tail -1 > "$OUT_DIR/$run$tag.valid"
+      [[ -s "$OUT_DIR/$run$tag.valid" ]] || {
+        echo "fp8_accuracy.sh: $run run (seed $seed) printed no valid loss at step $STEPS (see $log)" >&2
+        exit 1
+      }
+    fi
   done
   if [[ "${CONTROL:-0}" == 1 ]]; then
     x=$(last20 "$OUT_DIR/bf16$tag.lm"); y=$(last20 "$OUT_DIR/bf16b$tag.lm")
@@ -67,7 +84,27 @@ for seed in $SEEDS; do
         if (s == 1 || s % 10 == 0) printf "%6d %12.5f %12.5f %9.3f%%\n", s, bf[s], f8[s], 100 * (f8[s] / bf[s] - 1)
     }'
   echo "$seed $(last20 "$OUT_DIR/bf16$tag.lm") $(last20 "$OUT_DIR/fp8$tag.lm")" >> "$OUT_DIR/finals.txt"
+  if [[ "$EVAL_BATCHES" -gt 0 ]]; then
+    vb=$(cat "$OUT_DIR/bf16$tag.valid"); vf=$(cat "$OUT_DIR/fp8$tag.valid")
+    vc=$([[ "${CONTROL:-0}" == 1 ]] && cat "$OUT_DIR/bf16b$tag.valid" || echo "")
+    awk -v seed="$seed" -v b="$vb" -v f="$vf" -v c="$vc" -v steps="$STEPS" -v nb="$EVAL_BATCHES" 'BEGIN {
+      printf "seed %s: valid lm after %d steps (%d batches): bf16 %.5f, fp8 %.5f, fp8/bf16-1 %.3f%%", seed, steps, nb, b, f, 100 * (f / b - 1)
+      if (c != "") printf "; bf16 again %.5f, bf16b/bf16-1 %.3f%% (the floor)", c, 100 * (c / b - 1)
+      printf "\n" }'
+    echo "$seed $vb $vf" >> "$OUT_DIR/valids.txt"
+  fi
 done
+
+# The valid losses over the seeds (informational; the verdict below is the last-20 comparison).
+if [[ "$EVAL_BATCHES" -gt 0 ]]; then
+  awk '{ n++; a += $2; b += $3; d[n] = $3 / $2 - 1 }
+    END {
+      m = 0; for (i = 1; i <= n; i++) m += d[i]; m /= n
+      se = 0; if (n > 1) { v = 0; for (i = 1; i <= n; i++) v += (d[i] - m) ^ 2; se = sqrt(v / (n - 1) / n) }
+      printf "valid lm over %d seed(s): bf16 %.5f, fp8 %.5f, relative difference %.3f%%", n, a / n, b / n, 100 * (b - a) / a
+      if (n > 1) printf "; per-seed differences %.3f%% +- %.3f%% (standard error)", 100 * m, 100 * se
+      printf "\n" }' "$OUT_DIR/valids.txt"
+fi
 
 # One line per seed: "seed bf16 fp8" (means of the last 20 steps). One seed: the report's comparison of one
 # pair. Several: the seed-averaged losses, and the standard error of the per-seed relative differences.

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# A stand-in for `fathom train` in fp8_accuracy_script_test.cc: deterministic main-LM losses per precision and
+# train.seed (fp8 scaled by 1 + FAKE_FP8_REL), and the eval line at train.eval_every, in fathom's log format.
+steps=0; prec=bf16; seed=0; every=0; batches=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --set) case "$2" in
+      train.steps=*) steps=${2#*=};; train.precision=*) prec=${2#*=};; train.seed=*) seed=${2#*=};;
+      train.eval_every=*) every=${2#*=};; train.eval_steps=*) batches=${2#*=};; esac; shift 2;;
+    *) shift;;
+  esac
+done
+rel=0; [[ $prec == fp8 ]] && rel=${FAKE_FP8_REL:-0}
+awk -v n="$steps" -v rel="$rel" -v seed="$seed" -v every="$every" -v nb="$batches" 'BEGIN {
+  for (s = 1; s <= n; s++) {
+    lm = (3.0 - 0.001 * s + 0.01 * seed) * (1 + rel)
+    printf "step %5d/%d | lm %.6f | mtp 0 | loss %.4f\n", s, n, lm, lm
+    if (every > 0 && (s % every == 0 || s == n)) printf "eval  %5d/%d | valid lm %.6f | ppl %.2f (%d batches)\n", s, n, lm + 0.1, exp(lm + 0.1), nb
+  } }'
