@@ -55,21 +55,23 @@ ActivationBytes DenseMlpPart(const ModelConfig& m, double a) {
 }
 
 // The MoE (layers/moe.cc, layers/router.cc, the shared experts' DenseMlp).
-ActivationBytes MoePart(const ModelConfig& m, double a, double s) {
+ActivationBytes MoePart(const ModelConfig& m, double a, double s, double r) {
   const double H = static_cast<double>(m.hidden_size), I = static_cast<double>(m.moe_intermediate_size);
   const double E = static_cast<double>(m.n_routed_experts), K = static_cast<double>(m.num_experts_per_tok);
   const double shared_i = I * static_cast<double>(m.n_shared_experts);
   const bool shared = m.n_shared_experts > 0;
   ActivationBytes p;
   // Router: the scores, the chosen experts and their weights (its input is the post norm's output, counted
-  // with the attention part). Experts: the permuted token copies and their row slots, the gate, up
-  // and hidden of every copy, the expert outputs; the shared experts' gate, up and hidden.
-  p.held_f = E * s + K * kI64 + K * s + K * H * a + K * kI64 + 3 * K * I * a +
+  // with the attention part). Experts: the permuted token copies (at r bytes per value: FP8 rows under
+  // train.precision fp8) and their row slots, the gate, up and hidden of every copy, the expert outputs; the
+  // shared experts' gate, up and hidden.
+  p.held_f = E * s + K * kI64 + K * s + K * H * r + K * kI64 + 3 * K * I * a +
              K * H * a + (shared ? 3 * shared_i * a : 0);
   p.peak_f = p.held_f + 2 * H * a + K * kI64;  // combined output, shared output, the permutation's scratch
-  // After B: the rows' output gradients, gate and up gradients, the router's logit gradient, and with
-  // shared experts their down_proj's input gradient (the block's output gradient) and gate/up gradients.
-  p.held_b = p.held_f + K * H * a + 2 * K * I * a + E * s + (shared ? H * a + 2 * shared_i * a : 0);
+  // After B: the rows' output gradients (r bytes per value, as the rows), gate and up gradients, the router's
+  // logit gradient, and with shared experts their down_proj's input gradient (the block's output gradient)
+  // and gate/up gradients.
+  p.held_b = p.held_f + K * H * r + 2 * K * I * a + E * s + (shared ? H * a + 2 * shared_i * a : 0);
   // B peaks: the combine's weight gradient and the rows' input gradient, with either the experts' hidden
   // gradient or the router's score gradients and its input-gradient copies; then the MoE's dx.
   p.peak_b = p.held_b + K * s + K * H * a + std::max(K * I * a, E * s + H * s + H * a) + H * a;
@@ -104,10 +106,11 @@ ActivationBytes FathomEmbeddingBytes(const ModelConfig& m, double a, double) {
   return {kI32, kI32 + H * a, kI32 + H * a, kI32 + H * a};
 }
 
-ActivationBytes FathomBlockBytes(const ModelConfig& m, bool moe, double a, double s, double* exchange_bytes) {
+ActivationBytes FathomBlockBytes(const ModelConfig& m, bool moe, double a, double s, double r,
+                                 double* exchange_bytes) {
   // With an exchange the MoE's local experts work on the received rows, a second copy of its permuted rows.
-  *exchange_bytes = moe ? static_cast<double>(m.num_experts_per_tok * m.hidden_size) * a : 0;
-  return Sequence({AttentionPart(m, a, s), moe ? MoePart(m, a, s) : DenseMlpPart(m, a)});
+  *exchange_bytes = moe ? static_cast<double>(m.num_experts_per_tok * m.hidden_size) * r : 0;
+  return Sequence({AttentionPart(m, a, s), moe ? MoePart(m, a, s, r) : DenseMlpPart(m, a)});
 }
 
 ActivationBytes FathomHeadBytes(const ModelConfig& m, double a, double s) {
@@ -123,7 +126,8 @@ ActivationBytes FathomHeadBytes(const ModelConfig& m, double a, double s) {
   return p;
 }
 
-ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double s, double* exchange_bytes) {
+ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double s, double r,
+                               double* exchange_bytes) {
   const double H = static_cast<double>(m.hidden_size);
   ActivationBytes own;
   // The shifted ids and labels, the embedding of the shifted ids (enorm's input), the two norms' rstd, the
@@ -133,14 +137,14 @@ ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double 
   // eh_proj's, enorm's, the embedding's and hnorm's output gradients.
   own.held_b = own.held_f + 4 * H * a;
   own.peak_b = own.held_b + 2 * H * a + H * a;  // the concatenation's gradient, hnorm's dx
-  return Sequence({own, FathomBlockBytes(m, moe, a, s, exchange_bytes), FathomHeadBytes(m, a, s)});
+  return Sequence({own, FathomBlockBytes(m, moe, a, s, r, exchange_bytes), FathomHeadBytes(m, a, s)});
 }
 
-ActivationBytes TiledExpertPadding(const ModelConfig& m, double a, int64_t tile_rows) {
+ActivationBytes TiledExpertPadding(const ModelConfig& m, double a, double r, int64_t tile_rows) {
   const double h = static_cast<double>(m.hidden_size), i = static_cast<double>(m.moe_intermediate_size);
   const double rows = static_cast<double>(m.n_routed_experts) * static_cast<double>(tile_rows - 1) / 2.0;
-  const double forward = rows * (2 * h * a + kI64 + 3 * i * a);
-  const double backward = forward + rows * (h * a + 2 * i * a);
+  const double forward = rows * (h * r + h * a + kI64 + 3 * i * a);
+  const double backward = forward + rows * (h * r + 2 * i * a);
   return {forward, backward, forward, backward};
 }
 

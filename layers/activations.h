@@ -15,7 +15,11 @@
 //           its whole B: its peak_bw is its peak_b, and the per-part functions below leave the field 0.
 // Widths: `a` bytes per activation value (the compute dtype), `s` per statistic (rstd, log-sum-exp, router
 // scores: f32 under bf16, else the compute dtype; the router keeps its input as given and widens it again
-// for its W). Token ids and labels are i32, expert ids and row slots i64.
+// for its W), `r` per value of the routed token rows the MoE keeps (its permuted or received inputs and their
+// output gradients): `a`, or under train.precision fp8 the FP8 rows' Fp8RowBytes(H) / H (e4m3 codes plus a
+// f32 scale per 128). The FP8 paths' transient quantised copies (of the hidden rows, the input gradients
+// and the weight gradients' column operands) are not counted. Token ids and labels are i32, expert ids and
+// row slots i64.
 #ifndef FATHOM_LAYERS_ACTIVATIONS_H_
 #define FATHOM_LAYERS_ACTIVATIONS_H_
 
@@ -45,15 +49,17 @@ ActivationBytes Sequence(const std::vector<ActivationBytes>& parts, size_t w_gro
 ActivationBytes FathomEmbeddingBytes(const ModelConfig& m, double a, double s);
 // A decoder block (MoE or dense); `exchange_bytes` receives the bytes of the MoE's received rows, which
 // exist only under expert parallelism (not included in the result).
-ActivationBytes FathomBlockBytes(const ModelConfig& m, bool moe, double a, double s, double* exchange_bytes);
+ActivationBytes FathomBlockBytes(const ModelConfig& m, bool moe, double a, double s, double r,
+                                 double* exchange_bytes);
 ActivationBytes FathomHeadBytes(const ModelConfig& m, double a, double s);
 // An MTP module: its embedding, norms, concatenation and projection, then its block and its head.
-ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double s, double* exchange_bytes);
+ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double s, double r,
+                               double* exchange_bytes);
 // Per MoE layer and MICRO-BATCH (not per token): the expected pad rows of the routed experts' tiled layout
 // (layers/moe.h; without an expert exchange), E * (tile - 1) / 2 rows at a routed row's bytes: the
-// gathered input, gate, up, hidden, output and slot kept by the forward (held_f = peak_f), plus the output
-// gradient and the gate and up gradients after B (held_b = peak_b).
-ActivationBytes TiledExpertPadding(const ModelConfig& m, double a, int64_t tile_rows);
+// gathered input (r per value), gate, up, hidden, output and slot kept by the forward (held_f = peak_f),
+// plus the output gradient (r per value) and the gate and up gradients after B (held_b = peak_b).
+ActivationBytes TiledExpertPadding(const ModelConfig& m, double a, double r, int64_t tile_rows);
 
 }  // namespace fathom
 

@@ -1,6 +1,7 @@
 #include "layers/cost.h"
 
 #include "framework/check.h"
+#include "framework/fp8_operands.h"
 #include "layers/moe.h"
 
 namespace fathom {
@@ -133,6 +134,9 @@ void AddHead(NodeCost& n, const ModelConfig& m, const PrecisionPolicy& p) {
 // fathom's layers (layers/activations.h) replace the report's itemisation of `n` when the policy says so.
 void SetFathomActivations(NodeCost& n, const ModelConfig& m, const PrecisionPolicy& p) {
   const double a = static_cast<double>(p.activation_bytes), s = static_cast<double>(p.stats_bytes);
+  // The MoE keeps its routed rows as they were dispatched: FP8 rows (codes + a scale per 128) under fp8.
+  const double H = static_cast<double>(m.hidden_size);
+  const double r = p.fp8_dispatch ? static_cast<double>(Fp8RowBytes(m.hidden_size)) / H : a;
   double exchange = 0;
   ActivationBytes bytes;
   switch (n.kind) {
@@ -141,13 +145,13 @@ void SetFathomActivations(NodeCost& n, const ModelConfig& m, const PrecisionPoli
       break;
     case NodeKind::kDenseBlock:
     case NodeKind::kMoeBlock:
-      bytes = FathomBlockBytes(m, n.moe, a, s, &exchange);
+      bytes = FathomBlockBytes(m, n.moe, a, s, r, &exchange);
       break;
     case NodeKind::kHead:
       bytes = FathomHeadBytes(m, a, s);
       break;
     case NodeKind::kMtp:
-      bytes = FathomMtpBytes(m, n.moe, a, s, &exchange);
+      bytes = FathomMtpBytes(m, n.moe, a, s, r, &exchange);
       break;
   }
   n.act_model = ActivationModel::kFathom;
@@ -156,7 +160,7 @@ void SetFathomActivations(NodeCost& n, const ModelConfig& m, const PrecisionPoli
   n.act_peak_f_bytes = bytes.peak_f;
   n.act_peak_b_bytes = bytes.peak_b;
   n.act_exchange_bytes = exchange;
-  if (n.moe) n.act_tiled_padding = TiledExpertPadding(m, a, MoE::kTileRows);
+  if (n.moe) n.act_tiled_padding = TiledExpertPadding(m, a, r, MoE::kTileRows);
   n.act_saved_by_norm_recompute = n.act_saved_by_mla_up_recompute = 0;  // nothing is recomputed
 }
 

@@ -74,8 +74,8 @@ struct PrecisionPolicy {
   // compute copies; 4 or 8: the GEMMs read the f32/f64 values), statistics in f32 under bf16 (else the
   // compute dtype), master weights unsharded, moments of `moment_bytes`, the kFathom activation model. `fp8`
   // (train.precision fp8): the Linear GEMMs in FP8 and the MoE dispatch in FP8 (fp8_gemm, fp8_dispatch);
-  // the Linear inputs stay cached in the compute dtype (fp8_cache false) and the activation model is
-  // unchanged (its bf16 expert inputs overestimate the FP8 rows kept).
+  // the Linear inputs stay cached in the compute dtype (fp8_cache false); the activation model keeps the
+  // MoE's routed rows and their gradients as FP8 rows (layers/activations.h's `r`).
   static PrecisionPolicy Fathom(int64_t compute_bytes, int64_t moment_bytes, bool fp8 = false);
   std::string Describe() const;  // "report (FP8 GEMMs, bf16 moments)", "fathom (bf16 compute, f32 moments)"
 
