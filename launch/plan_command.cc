@@ -203,6 +203,9 @@ int RunPlan(const std::vector<std::string>& args) {
                               : "fixed by --fix: " + options.fixed.Describe() + "\n");
   o << "policy: " << best.plan.precision.Describe() << "\n";
   o << "efficiencies: " << c.Calibration() << "\n";
+  const std::string fp8 =
+      c.Fp8Caveat(best.plan.precision.fp8_gemm, best.plan.precision.activations == ActivationModel::kFathom);
+  if (!fp8.empty()) o << "fp8: " << fp8 << "\n";
   o << absl::StrFormat(
       "%d layouts considered, %d fit in %.1f GiB per GPU (%.0f GiB HBM less %.0f GiB reserve) with headroom "
       "for the activation estimate's error (%.0f%%) and fragmentation (%.0f%%); planned in %.1f s\n\n",

@@ -123,6 +123,9 @@ int RunSimulate(const std::vector<std::string>& args) {
                        r.edp);
   o << "policy: " << r.plan.precision.Describe() << "\n";
   o << "efficiencies: " << c.Calibration() << "\n";
+  const std::string fp8 =
+      c.Fp8Caveat(r.plan.precision.fp8_gemm, r.plan.precision.activations == ActivationModel::kFathom);
+  if (!fp8.empty()) o << "fp8: " << fp8 << "\n";
   o << "stage_layers: [" << absl::StrJoin(r.plan.stage_layers, ", ") << "]"
     << (recipe->parallel.stage_layers.empty() ? " (balanced by the simulator)" : "") << "\n";
   o << "per micro-batch, ms:  stage  layers     F      B      W  a2a F  a2a B   act GiB\n";

@@ -51,6 +51,18 @@ std::string ClusterConfig::Calibration() const {
                       "); give the cluster a `profile:` from `fathom bench --profile`");
 }
 
+std::string ClusterConfig::Fp8Caveat(bool fp8_gemm, bool fathom_policy) const {
+  if (!fp8_gemm) return "";
+  std::string s = absl::StrCat("FP8 GEMMs are not measured by ", profile ? "the profile" : "this cluster file",
+                               ": rated at the FP8 peak (", peak_fp8_tflops, " TFLOP/s) with the bf16 efficiency");
+  if (fathom_policy) {
+    absl::StrAppend(&s, ", an optimistic guess fathom's FP8 path does not reach yet (on one H200, 2026-12-04: "
+                        "recipes/small.yaml's fp8 step ran at 0.74x of its bf16 step's speed); measure with "
+                        "`fathom bench RECIPE --set train.precision=fp8`");
+  }
+  return s;
+}
+
 absl::Status ClusterConfig::Validate() const {
   const std::vector<absl::Status> checks = {
       nodes >= 1 ? absl::OkStatus() : Invalid(absl::StrCat("nodes must be >= 1, got ", nodes)),

@@ -54,6 +54,23 @@ TEST(Cluster, ReportClusterLoads) {
   EXPECT_LT(c->usable_bytes(), 80.0 * 1073741824.0);
 }
 
+// FP8 GEMMs are rated by assumption (no profile measures them): simulate and plan print why, and for
+// fathom's own layers that its FP8 path is measured slower; nothing without FP8.
+TEST(Cluster, Fp8CaveatSaysTheRatesAreAssumed) {
+  absl::StatusOr<ClusterConfig> measured = LoadCluster(Path("h200-1-measured.yaml"));
+  ASSERT_TRUE(measured.ok()) << measured.status();
+  ASSERT_TRUE(measured->profile.has_value());
+  EXPECT_EQ(measured->Fp8Caveat(false, true), "");
+  const std::string report = measured->Fp8Caveat(true, false), fathom = measured->Fp8Caveat(true, true);
+  EXPECT_THAT(report, HasSubstr("FP8 GEMMs are not measured by the profile: rated at the FP8 peak"));
+  EXPECT_THAT(report, ::testing::Not(HasSubstr("fathom's FP8 path")));
+  EXPECT_THAT(fathom, HasSubstr("fathom's FP8 path does not reach yet"));
+  EXPECT_THAT(fathom, HasSubstr("--set train.precision=fp8"));
+  absl::StatusOr<ClusterConfig> guessed = LoadCluster(Path("h800-2048.yaml"));
+  ASSERT_TRUE(guessed.ok()) << guessed.status();
+  EXPECT_THAT(guessed->Fp8Caveat(true, false), HasSubstr("not measured by this cluster file"));
+}
+
 TEST(Cluster, SingleNodeClustersLoad) {
   for (const char* name : {"h100-8.yaml", "h200-8.yaml"}) {
     absl::StatusOr<ClusterConfig> c = LoadCluster(Path(name));
