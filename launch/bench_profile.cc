@@ -19,6 +19,7 @@
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/device_pool.h"
+#include "framework/fp8_operands.h"
 #include "framework/ops.h"
 #endif
 
@@ -115,6 +116,26 @@ double GroupedSeconds(cuda::DevicePool& pool, int64_t experts, int64_t rows, int
   return ms / 1e3;
 }
 
+// The FP8 twins (train.precision fp8) of LinearSeconds (counts undefined, w (N, K)) and GroupedSeconds
+// (counts: the experts' host row counts, w (E, N, K)) over m rows: each GEMM with the activation
+// quantisation it runs with in a step (QuantizeRows before the forward and the input gradient, QuantizeCols
+// of both weight-gradient operands); the weight's two FP8 copies are made once outside the timing, as the
+// optimizer makes them once per step.
+double Fp8Seconds(cuda::DevicePool& pool, const Tensor& counts, int64_t m, const Shape& wshape) {
+  const int64_t n = wshape[wshape.size() - 2], k = wshape.back();
+  Tensor x = Filled(pool, {m, k}, DType::kBF16), dy = Filled(pool, {m, n}, DType::kBF16);
+  Tensor y = pool.Empty({m, n}, DType::kBF16), dx = pool.Empty({m, k}, DType::kBF16);
+  Tensor dw = pool.Zeros(wshape, DType::kF32);
+  const Fp8Weight wq = Fp8Weight::Empty(wshape, Device::kCUDA);
+  ops::QuantizeWeight128x128(wq, Filled(pool, wshape, DType::kBF16));
+  double ms = TimeMs(5, [&] { ops::Fp8GroupedMatmulNT(y, ops::QuantizeRows(x), wq.w, counts); });
+  ms += TimeMs(5, [&] { ops::Fp8GroupedMatmulNT(dx, ops::QuantizeRows(dy), wq.wt, counts); });
+  ms += TimeMs(5, [&] {
+    ops::Fp8GroupedMatmulTN(dw, ops::QuantizeCols(dy, counts), ops::QuantizeCols(x, counts));
+  });
+  return ms / 1e3;
+}
+
 #endif  // FATHOM_WITH_CUDA
 
 }  // namespace
@@ -132,11 +153,15 @@ void FillProfileFromStep(const Recipe& recipe, const BenchStepMeasurements& step
   const double tokens = Tokens(recipe);
   const double rows =
       tokens * static_cast<double>(m.num_experts_per_tok * ep) / static_cast<double>(m.n_routed_experts);
-  // The simulator's compute of one micro-batch through every node at these rates (parallel/simulator.cc).
+  // The simulator's compute of one micro-batch through every node at these rates (parallel/simulator.cc):
+  // under fp8 the FP8 GEMMs at the measured FP8 rates.
+  const bool fp8 = policy.fp8_gemm && p->has_fp8();
+  const double dense = fp8 ? p->fp8_dense_gemm_tflops : p->dense_gemm_tflops;
+  const double experts = fp8 ? p->Fp8ExpertGemmTflops(rows) : p->ExpertGemmTflops(rows);
   double compute_s = 0, a2a_bytes = 0;
   for (const NodeCost& n : graph) {
-    const double gemms = (n.gemm_flops - n.routed_gemm_flops) / (p->dense_gemm_tflops * 1e12) +
-                         n.routed_gemm_flops / (p->ExpertGemmTflops(rows) * 1e12) +
+    const double gemms = (n.gemm_flops - n.routed_gemm_flops) / (dense * 1e12) +
+                         n.routed_gemm_flops / (experts * 1e12) +
                          (n.gemm_bf16_flops - n.head_gemm_flops) / (p->dense_gemm_tflops * 1e12) +
                          n.head_gemm_flops / (p->head_gemm_tflops * 1e12);
     compute_s += tokens * (3 * gemms + n.attn_flops / (p->attention_forward_tflops * 1e12) +
@@ -258,6 +283,11 @@ absl::StatusOr<CalibrationProfile> MeasureProfile(const Recipe& recipe, const Be
     seconds += static_cast<double>(uses) * LinearSeconds(pool, tokens, n, k);
   }
   p.dense_gemm_tflops = flops / seconds / 1e12;
+  // The same Linears in FP8 (the head and the router stay bf16 under train.precision fp8).
+  double fp8_seconds = 0;
+  for (const auto& [n, k, uses] : linears)
+    fp8_seconds += static_cast<double>(uses) * Fp8Seconds(pool, Tensor(), tokens, {n, k});
+  p.fp8_dense_gemm_tflops = flops / fp8_seconds / 1e12;
   p.head_gemm_tflops = 3 * 2.0 * static_cast<double>(tokens * H * m.vocab_size) /
                        LinearSeconds(pool, tokens, m.vocab_size, H) / 1e12;
 
@@ -274,6 +304,13 @@ absl::StatusOr<CalibrationProfile> MeasureProfile(const Recipe& recipe, const Be
     const double s = 2 * GroupedSeconds(pool, experts, r, I, H) + GroupedSeconds(pool, experts, r, H, I);
     p.expert_rows.push_back(static_cast<double>(r));
     p.expert_tflops.push_back(3 * 3 * 2.0 * static_cast<double>(experts * r * I * H) / s / 1e12);
+    // FP8 in the padded layout the MoE gives it (each expert's rows rounded up to 128), the same products.
+    const int64_t padded = (r + 127) / 128 * 128;
+    Tensor counts = Tensor::Empty({experts}, DType::kI64);  // host
+    std::fill(counts.data<int64_t>(), counts.data<int64_t>() + experts, padded);
+    const double s8 = 2 * Fp8Seconds(pool, counts, experts * padded, {experts, I, H}) +
+                      Fp8Seconds(pool, counts, experts * padded, {experts, H, I});
+    p.fp8_expert_tflops.push_back(3 * 3 * 2.0 * static_cast<double>(experts * r * I * H) / s8 / 1e12);
   }
 
   // The attention core at the recipe's shape.

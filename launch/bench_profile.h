@@ -4,7 +4,8 @@
 //   GEMM TFLOP/s     microbenchmarks of ops::Matmul* (forward, dgrad, wgrad forms) at the recipe's shapes
 //                    and tokens per micro-batch: dense (the attention projections and the shared experts),
 //                    head (the vocabulary GEMM), and the grouped routed-expert GEMMs at 256 .. 4096 rows per
-//                    expert and at the recipe's own;
+//                    expert and at the recipe's own; and the same Linears and expert GEMMs in FP8 (e4m3
+//                    block-scaled, each with its activation quantisation; experts in the padded layout);
 //   attention        ops::CausalAttentionForward / Backward at the recipe's shape (causal FLOPs);
 //   elementwise      the step's time outside the optimizer that the classes above do not explain, over what
 //                    they explain (the cost model's FLOPs at the measured rates; calibrate with pp = 1);

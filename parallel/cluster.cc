@@ -52,13 +52,13 @@ std::string ClusterConfig::Calibration() const {
 }
 
 std::string ClusterConfig::Fp8Caveat(bool fp8_gemm, bool fathom_policy) const {
-  if (!fp8_gemm) return "";
+  if (!fp8_gemm || (profile && profile->has_fp8())) return "";
   std::string s = absl::StrCat("FP8 GEMMs are not measured by ", profile ? "the profile" : "this cluster file",
                                ": rated at the FP8 peak (", peak_fp8_tflops, " TFLOP/s) with the bf16 efficiency");
   if (fathom_policy) {
     absl::StrAppend(&s, ", an optimistic guess fathom's FP8 path does not reach yet (on one H200, 2026-12-04: "
-                        "recipes/small.yaml's fp8 step ran at 0.74x of its bf16 step's speed); measure with "
-                        "`fathom bench RECIPE --set train.precision=fp8`");
+                        "recipes/small.yaml's fp8 step ran at 0.74x of its bf16 step's speed); `fathom bench RECIPE "
+                        "--profile OUT.yaml` measures the FP8 rates into the profile");
   }
   return s;
 }

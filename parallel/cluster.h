@@ -99,9 +99,10 @@ struct ClusterConfig {
   double Fragmentation() const;
   // "calibrated by <profile> (measured on <gpu>)" or "uncalibrated: efficiencies gemm 0.55, ...".
   std::string Calibration() const;
-  // Under FP8 GEMMs (`fp8_gemm` of the plan's precision policy): how the simulator rates them, which no
-  // profile measures yet (the FP8 peak at the bf16 efficiency); with `fathom_policy` (fathom's own layers,
-  // not the report's system) also that fathom's FP8 path is measured slower. "" without FP8.
+  // Under FP8 GEMMs (`fp8_gemm` of the plan's precision policy) whose rates the profile does not measure:
+  // how the simulator rates them (the FP8 peak at the bf16 efficiency); with `fathom_policy` (fathom's own
+  // layers, not the report's system) also that fathom's FP8 path is measured slower. "" without FP8 or
+  // with measured FP8 rates.
   std::string Fp8Caveat(bool fp8_gemm, bool fathom_policy) const;
   double usable_bytes() const { return (hbm_gib - memory_reserve_gib) * 1073741824.0; }
   // Cross-field constraints; InvalidArgument naming the key.

@@ -30,14 +30,28 @@ std::string Numbers(const std::vector<double>& v) {
 
 }  // namespace
 
-double CalibrationProfile::ExpertGemmTflops(double rows) const {
-  if (expert_rows.empty()) return dense_gemm_tflops;
-  if (rows <= expert_rows.front()) return expert_tflops.front();
-  if (rows >= expert_rows.back()) return expert_tflops.back();
+namespace {
+
+// rates[i] at rows[i], log-linear in between, clamped outside; `otherwise` for an empty table.
+double Interpolate(const std::vector<double>& rows_at, const std::vector<double>& rates, double rows,
+                   double otherwise) {
+  if (rows_at.empty() || rates.size() != rows_at.size()) return otherwise;
+  if (rows <= rows_at.front()) return rates.front();
+  if (rows >= rows_at.back()) return rates.back();
   size_t i = 1;
-  while (expert_rows[i] < rows) ++i;
-  const double t = std::log(rows / expert_rows[i - 1]) / std::log(expert_rows[i] / expert_rows[i - 1]);
-  return expert_tflops[i - 1] + t * (expert_tflops[i] - expert_tflops[i - 1]);
+  while (rows_at[i] < rows) ++i;
+  const double t = std::log(rows / rows_at[i - 1]) / std::log(rows_at[i] / rows_at[i - 1]);
+  return rates[i - 1] + t * (rates[i] - rates[i - 1]);
+}
+
+}  // namespace
+
+double CalibrationProfile::ExpertGemmTflops(double rows) const {
+  return Interpolate(expert_rows, expert_tflops, rows, dense_gemm_tflops);
+}
+
+double CalibrationProfile::Fp8ExpertGemmTflops(double rows) const {
+  return Interpolate(expert_rows, fp8_expert_tflops, rows, fp8_dense_gemm_tflops);
 }
 
 double CalibrationProfile::ActivationError() const {
@@ -80,6 +94,16 @@ absl::Status CalibrationProfile::Validate() const {
                                         Numbers(expert_tflops)));
     }
   }
+  if (has_fp8() || !fp8_expert_tflops.empty()) {
+    bool ok = fp8_dense_gemm_tflops > 0 && fp8_expert_tflops.size() == expert_rows.size();
+    for (double v : fp8_expert_tflops) ok = ok && v > 0;
+    if (!ok) {
+      return Invalid(path, absl::StrCat("gemm_tflops.fp8_dense (", fp8_dense_gemm_tflops,
+                                        ") must be > 0 and gemm_tflops.fp8_expert (", Numbers(fp8_expert_tflops),
+                                        ") have one rate > 0 per entry of gemm_tflops.expert_rows (",
+                                        expert_rows.size(), "); give both or neither"));
+    }
+  }
   if (!(elementwise_fraction >= 0 && elementwise_fraction < 10)) {
     return Invalid(path, absl::StrCat("elementwise_fraction must be in [0, 10), got ", elementwise_fraction));
   }
@@ -110,6 +134,10 @@ std::string ProfileYaml(const CalibrationProfile& p) {
                   absl::StrFormat("  dense: %.6g\n  head: %.6g\n", p.dense_gemm_tflops, p.head_gemm_tflops));
   absl::StrAppend(&y, "  expert_rows: ", Numbers(p.expert_rows), "\n");
   absl::StrAppend(&y, "  expert: ", Numbers(p.expert_tflops), "\n");
+  if (p.has_fp8()) {
+    absl::StrAppend(&y, absl::StrFormat("  fp8_dense: %.6g\n", p.fp8_dense_gemm_tflops));
+    absl::StrAppend(&y, "  fp8_expert: ", Numbers(p.fp8_expert_tflops), "\n");
+  }
   absl::StrAppend(&y, absl::StrFormat("attention_tflops: {forward: %.6g, backward: %.6g}\n",
                                       p.attention_forward_tflops, p.attention_backward_tflops));
   absl::StrAppend(&y, absl::StrFormat("elementwise_fraction: %.6g\n", p.elementwise_fraction));
@@ -169,6 +197,8 @@ absl::StatusOr<CalibrationProfile> ParseProfile(const std::string& yaml_text, co
       gemm->Double("head", &p.head_gemm_tflops);
       gemm->DoubleList("expert_rows", &p.expert_rows);
       gemm->DoubleList("expert", &p.expert_tflops);
+      gemm->Double("fp8_dense", &p.fp8_dense_gemm_tflops);
+      gemm->DoubleList("fp8_expert", &p.fp8_expert_tflops);
       r.Merge(gemm->Finish());
     }
     if (std::optional<YamlMapReader> attn = r.Map("attention_tflops")) {

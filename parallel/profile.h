@@ -14,6 +14,9 @@
 //     head: 700                   # the output head's vocabulary GEMM
 //     expert_rows: [256, 1024, 4096]   # grouped routed-expert GEMMs by rows per expert ...
 //     expert: [200, 330, 520]          # ... and their TFLOP/s (log-linear in between, clamped outside)
+//     fp8_dense: 500              # optional: the same Linears and expert GEMMs under train.precision fp8
+//     fp8_expert: [150, 400, 700]  # (e4m3, block-scaled), each with the activation quantisation it runs
+//                                 # with in a step, TFLOP/s of the same products; both or neither
 //   attention_tflops: {forward: 500, backward: 380}   # the attention core, causal FLOPs
 //   elementwise_fraction: 0.3     # time outside the GEMMs and the attention core (norms, RoPE, SwiGLU,
 //                                 # permutation, combine, residual adds, loss) over the GEMM + attention time
@@ -29,7 +32,9 @@
 //                                 # the best-fit pool could not reuse), 0 when not measured
 //   step_ms: 138.0                # the measured step, for comparison with `fathom simulate`
 //
-// Every number is required except comm_gbps, note and step_ms; unknown keys are errors naming the file.
+// Every number is required except comm_gbps, fp8_dense / fp8_expert, note and step_ms; unknown keys are
+// errors naming the file. Without the FP8 rates the simulator rates FP8 GEMMs at the FP8 peak with the bf16
+// efficiency (and says so).
 #ifndef FATHOM_PARALLEL_PROFILE_H_
 #define FATHOM_PARALLEL_PROFILE_H_
 
@@ -52,6 +57,8 @@ struct CalibrationProfile {
   double head_gemm_tflops = 0;
   std::vector<double> expert_rows;    // rows per expert, increasing
   std::vector<double> expert_tflops;  // same length
+  double fp8_dense_gemm_tflops = 0;       // 0: FP8 not measured
+  std::vector<double> fp8_expert_tflops;  // at expert_rows; empty: FP8 not measured
   double attention_forward_tflops = 0;
   double attention_backward_tflops = 0;
   double elementwise_fraction = 0;
@@ -70,6 +77,9 @@ struct CalibrationProfile {
   // TFLOP/s of the grouped expert GEMM at `rows` per expert: log-linear between the table's points,
   // its first or last value outside them.
   double ExpertGemmTflops(double rows) const;
+  // The same for the FP8 expert GEMMs (REQUIRES: has_fp8()).
+  double Fp8ExpertGemmTflops(double rows) const;
+  bool has_fp8() const { return fp8_dense_gemm_tflops > 0; }
   // How much the activation estimate fell short of the pool's peak: max(0, measured / estimated - 1).
   double ActivationError() const;
   // Activation bytes per decoder layer and micro-batch, as measured: measured / (layers x in flight).

@@ -44,7 +44,8 @@ struct Rates {
 
 // Uncalibrated: the cluster's efficiencies against the peaks (memory-bound kernels folded in). With a
 // profile: its measured bf16 rates (the expert GEMM's at this plan's rows per expert) and its elementwise
-// share on top; FP8 GEMMs are not measured yet, so they get the bf16 efficiency at the FP8 peak.
+// share on top; FP8 GEMMs at the profile's measured FP8 rates, or where it has none at the bf16
+// efficiency at the FP8 peak (ClusterConfig::Fp8Caveat says so).
 Rates ComputeRates(const ClusterConfig& c, const ModelConfig& m, const ParallelPlan& plan) {
   const PrecisionPolicy& p = plan.precision;
   if (!c.profile) {
@@ -54,11 +55,14 @@ Rates ComputeRates(const ClusterConfig& c, const ModelConfig& m, const ParallelP
     return {gemm, gemm, bf16, bf16, attn, attn, 1.0};
   }
   const CalibrationProfile& prof = *c.profile;
-  const double fp8 = p.fp8_gemm ? c.peak_fp8_tflops / c.peak_bf16_tflops : 1.0;
   const double rows =
       static_cast<double>(plan.micro_batch_size * plan.seq_len * m.num_experts_per_tok * plan.ep) /
       static_cast<double>(m.n_routed_experts);
-  return {prof.dense_gemm_tflops * 1e12 * fp8,  prof.ExpertGemmTflops(rows) * 1e12 * fp8,
+  const double fp8 = p.fp8_gemm ? c.peak_fp8_tflops / c.peak_bf16_tflops : 1.0;
+  const bool measured_fp8 = p.fp8_gemm && prof.has_fp8();
+  const double dense = measured_fp8 ? prof.fp8_dense_gemm_tflops : prof.dense_gemm_tflops * fp8;
+  const double experts = measured_fp8 ? prof.Fp8ExpertGemmTflops(rows) : prof.ExpertGemmTflops(rows) * fp8;
+  return {dense * 1e12,                         experts * 1e12,
           prof.dense_gemm_tflops * 1e12,        prof.head_gemm_tflops * 1e12,
           prof.attention_forward_tflops * 1e12, prof.attention_backward_tflops * 1e12,
           1.0 + prof.elementwise_fraction};

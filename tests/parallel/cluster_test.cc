@@ -65,7 +65,11 @@ TEST(Cluster, Fp8CaveatSaysTheRatesAreAssumed) {
   EXPECT_THAT(report, HasSubstr("FP8 GEMMs are not measured by the profile: rated at the FP8 peak"));
   EXPECT_THAT(report, ::testing::Not(HasSubstr("fathom's FP8 path")));
   EXPECT_THAT(fathom, HasSubstr("fathom's FP8 path does not reach yet"));
-  EXPECT_THAT(fathom, HasSubstr("--set train.precision=fp8"));
+  EXPECT_THAT(fathom, HasSubstr("--profile OUT.yaml"));
+  ClusterConfig fp8_measured = *measured;  // a profile with FP8 rates needs no caveat
+  fp8_measured.profile->fp8_dense_gemm_tflops = 500;
+  fp8_measured.profile->fp8_expert_tflops.assign(fp8_measured.profile->expert_rows.size(), 400);
+  EXPECT_EQ(fp8_measured.Fp8Caveat(true, true), "");
   absl::StatusOr<ClusterConfig> guessed = LoadCluster(Path("h800-2048.yaml"));
   ASSERT_TRUE(guessed.ok()) << guessed.status();
   EXPECT_THAT(guessed->Fp8Caveat(true, false), HasSubstr("not measured by this cluster file"));

@@ -44,6 +44,8 @@ CalibrationProfile RandomProfile(std::mt19937_64& rng) {
   p.head_gemm_tflops = 300 + 500 * u(rng);
   p.expert_rows = {256, 1024, 4096};
   p.expert_tflops = {100 + 100 * u(rng), 250 + 100 * u(rng), 450 + 100 * u(rng)};
+  p.fp8_dense_gemm_tflops = 300 + 700 * u(rng);
+  p.fp8_expert_tflops = {100 + 200 * u(rng), 300 + 200 * u(rng), 500 + 300 * u(rng)};
   p.attention_forward_tflops = 100 + 400 * u(rng);
   p.attention_backward_tflops = 100 + 300 * u(rng);
   p.elementwise_fraction = 0.5 * u(rng);
@@ -79,6 +81,17 @@ TEST(Profile, RoundTripsThroughYaml) {
   EXPECT_TRUE(near(q->head_gemm_tflops, p.head_gemm_tflops));
   ASSERT_EQ(q->expert_tflops.size(), 3u);
   for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(near(q->expert_tflops[i], p.expert_tflops[i]));
+  EXPECT_TRUE(near(q->fp8_dense_gemm_tflops, p.fp8_dense_gemm_tflops));
+  ASSERT_EQ(q->fp8_expert_tflops.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(near(q->fp8_expert_tflops[i], p.fp8_expert_tflops[i]));
+  // Without FP8 rates the keys are left out, and read back as not measured.
+  CalibrationProfile bf16_only = p;
+  bf16_only.fp8_dense_gemm_tflops = 0;
+  bf16_only.fp8_expert_tflops.clear();
+  EXPECT_EQ(ProfileYaml(bf16_only).find("fp8"), std::string::npos);
+  absl::StatusOr<CalibrationProfile> r = ParseProfile(ProfileYaml(bf16_only), "p.yaml");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->has_fp8());
   EXPECT_TRUE(near(q->attention_backward_tflops, p.attention_backward_tflops));
   EXPECT_TRUE(near(q->elementwise_fraction, p.elementwise_fraction));
   EXPECT_TRUE(near(q->optimizer_gbps, p.optimizer_gbps));
@@ -117,6 +130,9 @@ TEST(Profile, BadFilesNameTheKey) {
     return p.ok() ? std::string() : std::string(p.status().message());
   };
   EXPECT_THAT(error("source: measured", "source: guessed"), HasSubstr("source"));
+  // FP8 rates: both or neither, one per expert row count.
+  EXPECT_THAT(error("  fp8_expert: [", "  fp8_expert: [1, "), HasSubstr("gemm_tflops.fp8_expert"));
+  EXPECT_THAT(error("  fp8_dense: ", "  fp8_dense: 0 #"), HasSubstr("give both or neither"));
   EXPECT_THAT(error("optimizer_gbps:", "optimizer_gpbs:"), HasSubstr("optimizer_gbps"));
   EXPECT_THAT(error("expert_rows: [256, 1024, 4096]", "expert_rows: [256, 1024]"), HasSubstr("expert_rows"));
   EXPECT_THAT(error("expert_rows: [256, 1024, 4096]", "expert_rows: [256, 4096, 1024]"),
@@ -182,6 +198,28 @@ TEST(Profile, ClusterFilesIncludeOneAndTheSimulatorUsesIt) {
   absl::StatusOr<SimulationResult> heavy = Simulate(recipe->model, heavier, plan);
   ASSERT_TRUE(heavy.ok());
   EXPECT_NEAR(heavy->stages[0].f, 2 * base->stages[0].f, 1e-12 * base->stages[0].f);
+  // FP8 GEMMs at the profile's FP8 rates: rates equal to the bf16 ones give the bf16 plan's compute, and
+  // without them the FP8 peak's ratio applies (a different prediction).
+  ParallelPlan plan8 = plan;
+  plan8.precision.fp8_gemm = true;
+  ParallelPlan plan16 = plan;
+  plan16.precision.fp8_gemm = false;
+  ClusterConfig same = *calibrated;
+  same.profile->fp8_dense_gemm_tflops = same.profile->dense_gemm_tflops;
+  same.profile->fp8_expert_tflops = same.profile->expert_tflops;
+  absl::StatusOr<SimulationResult> s8 = Simulate(recipe->model, same, plan8);
+  absl::StatusOr<SimulationResult> s16 = Simulate(recipe->model, same, plan16);
+  ASSERT_TRUE(s8.ok() && s16.ok());
+  for (size_t s = 0; s < s16->stages.size(); ++s) {
+    EXPECT_NEAR(s8->stages[s].f, s16->stages[s].f, 1e-12 * s16->stages[s].f);
+    EXPECT_NEAR(s8->stages[s].w, s16->stages[s].w, 1e-12 * s16->stages[s].w);
+  }
+  ClusterConfig unmeasured = same;
+  unmeasured.profile->fp8_dense_gemm_tflops = 0;
+  unmeasured.profile->fp8_expert_tflops.clear();
+  absl::StatusOr<SimulationResult> peak = Simulate(recipe->model, unmeasured, plan8);
+  ASSERT_TRUE(peak.ok());
+  EXPECT_LT(peak->stages[0].f, s8->stages[0].f);  // the peak ratio (2x on the H200) is faster
   // The uncalibrated cluster predicts differently.
   absl::StatusOr<SimulationResult> uncalibrated = Simulate(recipe->model, *guessed, plan);
   ASSERT_TRUE(uncalibrated.ok());
