@@ -283,11 +283,19 @@ absl::StatusOr<CalibrationProfile> MeasureProfile(const Recipe& recipe, const Be
     seconds += static_cast<double>(uses) * LinearSeconds(pool, tokens, n, k);
   }
   p.dense_gemm_tflops = flops / seconds / 1e12;
-  // The same Linears in FP8 (the head and the router stay bf16 under train.precision fp8).
-  double fp8_seconds = 0;
-  for (const auto& [n, k, uses] : linears)
-    fp8_seconds += static_cast<double>(uses) * Fp8Seconds(pool, Tensor(), tokens, {n, k});
-  p.fp8_dense_gemm_tflops = flops / fp8_seconds / 1e12;
+  // The same Linears in FP8 (the head and the router stay bf16 under train.precision fp8), on GPUs with FP8
+  // tensor cores (compute capability 8.9 and up); elsewhere the profile has no FP8 rates.
+  int device = 0, major = 0, minor = 0;
+  FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  const bool fp8 = major * 10 + minor >= 89;
+  if (fp8) {
+    double fp8_seconds = 0;
+    for (const auto& [n, k, uses] : linears)
+      fp8_seconds += static_cast<double>(uses) * Fp8Seconds(pool, Tensor(), tokens, {n, k});
+    p.fp8_dense_gemm_tflops = flops / fp8_seconds / 1e12;
+  }
   p.head_gemm_tflops = 3 * 2.0 * static_cast<double>(tokens * H * m.vocab_size) /
                        LinearSeconds(pool, tokens, m.vocab_size, H) / 1e12;
 
@@ -304,6 +312,7 @@ absl::StatusOr<CalibrationProfile> MeasureProfile(const Recipe& recipe, const Be
     const double s = 2 * GroupedSeconds(pool, experts, r, I, H) + GroupedSeconds(pool, experts, r, H, I);
     p.expert_rows.push_back(static_cast<double>(r));
     p.expert_tflops.push_back(3 * 3 * 2.0 * static_cast<double>(experts * r * I * H) / s / 1e12);
+    if (!fp8) continue;
     // FP8 in the padded layout the MoE gives it (each expert's rows rounded up to 128), the same products.
     const int64_t padded = (r + 127) / 128 * 128;
     Tensor counts = Tensor::Empty({experts}, DType::kI64);  // host
