@@ -284,12 +284,12 @@ absl::StatusOr<CalibrationProfile> MeasureProfile(const Recipe& recipe, const Be
   }
   p.dense_gemm_tflops = flops / seconds / 1e12;
   // The same Linears in FP8 (the head and the router stay bf16 under train.precision fp8), on GPUs with FP8
-  // tensor cores (compute capability 8.9 and up); elsewhere the profile has no FP8 rates.
+  // tensor cores and cuBLASLt's block scaling (Hopper, compute capability 9.0, and up); elsewhere the profile has no FP8 rates.
   int device = 0, major = 0, minor = 0;
   FATHOM_CUDA_CHECK(cudaGetDevice(&device));
   FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  const bool fp8 = major * 10 + minor >= 89;
+  const bool fp8 = major >= 9;
   if (fp8) {
     double fp8_seconds = 0;
     for (const auto& [n, k, uses] : linears)
