@@ -283,8 +283,9 @@ absl::StatusOr<CalibrationProfile> MeasureProfile(const Recipe& recipe, const Be
     seconds += static_cast<double>(uses) * LinearSeconds(pool, tokens, n, k);
   }
   p.dense_gemm_tflops = flops / seconds / 1e12;
-  // The same Linears in FP8 (the head and the router stay bf16 under train.precision fp8), on GPUs with FP8
-  // tensor cores and cuBLASLt's block scaling (Hopper, compute capability 9.0, and up); elsewhere the profile has no FP8 rates.
+  // The same Linears in FP8 (the head and the router stay bf16 under train.precision fp8), on Hopper and
+  // newer (cuBLASLt's 1x128 / 128x128 block scaling and the own kernels need sm_90); elsewhere the profile
+  // has no FP8 rates.
   int device = 0, major = 0, minor = 0;
   FATHOM_CUDA_CHECK(cudaGetDevice(&device));
   FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
