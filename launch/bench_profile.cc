@@ -286,10 +286,9 @@ absl::StatusOr<CalibrationProfile> MeasureProfile(const Recipe& recipe, const Be
   // The same Linears in FP8 (the head and the router stay bf16 under train.precision fp8), on Hopper and
   // newer (cuBLASLt's 1x128 / 128x128 block scaling and the own kernels need sm_90); elsewhere the profile
   // has no FP8 rates.
-  int device = 0, major = 0, minor = 0;
+  int device = 0, major = 0;
   FATHOM_CUDA_CHECK(cudaGetDevice(&device));
   FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
   const bool fp8 = major >= 9;
   if (fp8) {
     double fp8_seconds = 0;
