@@ -260,6 +260,35 @@ void BM_Batched(benchmark::State& state) {
   }
 }
 
+// Helpers of the own-kernel benchmarks below. A host copy to the device, allocated from `arena`.
+Tensor UploadTo(cuda::DeviceArena& arena, const Tensor& host) {
+  Tensor dev = arena.Alloc(host.shape(), host.dtype());
+  FATHOM_CUDA_CHECK(cudaMemcpy(dev.raw(), host.raw(), host.nbytes(), cudaMemcpyHostToDevice));
+  return dev;
+}
+
+// Uniform [-1, 1) f32 values on the host (what the FP8 operands are quantised from).
+Tensor UniformHost(const Shape& shape, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Tensor t = Tensor::Empty(shape, DType::kF32);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = u(rng);
+  return t;
+}
+
+// Every count set on the device, (kCountSets, kExperts) i64 (kCountSets * kExperts * 8 bytes of `arena`),
+// and set i of them as a (kExperts) view: what MoeTileExperts reads.
+Tensor DeviceCountSets(cuda::DeviceArena& arena) {
+  Tensor all = arena.Alloc({kCountSets, kExperts}, DType::kI64);
+  for (int i = 0; i < kCountSets; ++i)
+    FATHOM_CUDA_CHECK(cudaMemcpy(static_cast<int64_t*>(all.raw()) + i * kExperts, Data().counts(i).raw(),
+                                 kExperts * 8, cudaMemcpyHostToDevice));
+  return all;
+}
+Tensor CountSet(const Tensor& all, int i) {
+  return Tensor::Wrap(static_cast<int64_t*>(all.raw()) + (i % kCountSets) * kExperts, {kExperts}, DType::kI64,
+                      Device::kCUDA, nullptr);
+}
+
 // fathom's own tile-grouped NT kernel (grouped_gemm.h) on the same skewed count sets: each call builds the
 // tile map on the device from that set's device counts (MoeTileExperts) and runs over the worst-case tile
 // budget (MaxExpertTiles: 288 tiles here; the unused ones exit at once), so nothing reaches the host.
@@ -276,18 +305,13 @@ void BM_OwnTiledNT(benchmark::State& state) {
                  std::to_string(block_n ? block_n : cuda::TiledGroupedDefaultBlockN(n)));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
-  Tensor counts = arena.Alloc({kCountSets, kExperts}, DType::kI64);
-  for (int i = 0; i < kCountSets; ++i)
-    FATHOM_CUDA_CHECK(cudaMemcpy(static_cast<int64_t*>(counts.raw()) + i * kExperts, d.counts(i).raw(),
-                                 kExperts * 8, cudaMemcpyHostToDevice));
+  const Tensor counts = DeviceCountSets(arena);
   Tensor map = arena.Alloc({tiles}, DType::kI32);
   const Tensor x = d.Rows(d.x(), k, tiles * cuda::kGroupedTileRows);
   const Tensor out = d.Rows(d.out(), n, tiles * cuda::kGroupedTileRows);
   const Tensor w = d.Experts(d.w(), n, k);
   TimeCalls(state, 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n), [&](int i) {
-    const Tensor c = Tensor::Wrap(static_cast<int64_t*>(counts.raw()) + (i % kCountSets) * kExperts, {kExperts},
-                                  DType::kI64, Device::kCUDA, nullptr);
-    cuda::MoeTileExperts(map, c, nullptr);
+    cuda::MoeTileExperts(map, CountSet(counts, i), nullptr);
     cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, block_n);
   });
 }
@@ -306,37 +330,21 @@ void BM_OwnTiledFp8NT(benchmark::State& state) {
   const GemmData& d = Data();
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts), rows = tiles * cuda::kGroupedTileRows;
   std::mt19937_64 rng(7);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  auto uniform = [&](const Shape& shape) {
-    Tensor t = Tensor::Empty(shape, DType::kF32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = u(rng);
-    return t;
-  };
   const Fp8Rows xq = Fp8Rows::Empty(rows, k, Device::kCPU);
-  cpu::QuantizeRows1x128(xq, uniform({rows, k}));
+  cpu::QuantizeRows1x128(xq, UniformHost({rows, k}, rng));
   const Fp8Weight wq = Fp8Weight::Empty({kExperts, n, k}, Device::kCPU);
-  cpu::QuantizeWeight128x128(wq, uniform({kExperts, n, k}));
+  cpu::QuantizeWeight128x128(wq, UniformHost({kExperts, n, k}, rng));
   cuda::DeviceArena arena("gemm_bench_fp8", xq.data.nbytes() + wq.w.codes.nbytes() + wq.w.scales.nbytes() +
                                                  size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 8192);
-  auto upload = [&](const Tensor& host) {
-    Tensor dev = arena.Alloc(host.shape(), host.dtype());
-    FATHOM_CUDA_CHECK(cudaMemcpy(dev.raw(), host.raw(), host.nbytes(), cudaMemcpyHostToDevice));
-    return dev;
-  };
-  const Fp8Rows x = Fp8Rows::Wrap(upload(xq.data), k);
+  const Fp8Rows x = Fp8Rows::Wrap(UploadTo(arena, xq.data), k);
   Fp8BlockMatrix w = wq.w;
-  w.codes = upload(wq.w.codes);
-  w.scales = upload(wq.w.scales);
-  Tensor counts = arena.Alloc({kCountSets, kExperts}, DType::kI64);
-  for (int i = 0; i < kCountSets; ++i)
-    FATHOM_CUDA_CHECK(cudaMemcpy(static_cast<int64_t*>(counts.raw()) + i * kExperts, d.counts(i).raw(),
-                                 kExperts * 8, cudaMemcpyHostToDevice));
+  w.codes = UploadTo(arena, wq.w.codes);
+  w.scales = UploadTo(arena, wq.w.scales);
+  const Tensor counts = DeviceCountSets(arena);
   Tensor map = arena.Alloc({tiles}, DType::kI32);
   const Tensor out = d.Rows(d.out(), n, rows);
   TimeCalls(state, 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n), [&](int i) {
-    const Tensor c = Tensor::Wrap(static_cast<int64_t*>(counts.raw()) + (i % kCountSets) * kExperts, {kExperts},
-                                  DType::kI64, Device::kCUDA, nullptr);
-    cuda::MoeTileExperts(map, c, nullptr);
+    cuda::MoeTileExperts(map, CountSet(counts, i), nullptr);
     cuda::TiledFp8GroupedMatmulNT(out, x, w, map, false, nullptr);
   });
 }
@@ -347,31 +355,22 @@ void BM_OwnTiledFp8NT(benchmark::State& state) {
 // R routed rows.
 void BM_OwnTiledFp8TN(benchmark::State& state) {
   const int64_t m = state.range(0), n = state.range(1);
-  if (!cuda::TiledFp8TNSupported(n)) {
+  if (!cuda::TiledFp8TNSupported(n, kExperts)) {
     state.SkipWithError("TiledFp8GroupedMatmulTN needs an sm_90 GPU");
     return;
   }
   state.SetLabel("TN e4m3 1x128 columns -> f32 +=, own tiled kernel, one launch");
   const GemmData& d = Data();
   std::mt19937_64 rng(11);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  auto uniform = [&](const Shape& shape) {
-    Tensor t = Tensor::Empty(shape, DType::kF32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = u(rng);
-    return t;
-  };
   const Fp8Cols qa = Fp8Cols::Empty(m, d.counts(0), Device::kCPU), qb = Fp8Cols::Empty(n, d.counts(0), Device::kCPU);
-  cpu::QuantizeCols1x128(qa, uniform({kRows, m}));
-  cpu::QuantizeCols1x128(qb, uniform({kRows, n}));
+  cpu::QuantizeCols1x128(qa, UniformHost({kRows, m}, rng));
+  cpu::QuantizeCols1x128(qb, UniformHost({kRows, n}, rng));
   cuda::DeviceArena arena("gemm_bench_fp8_tn", qa.codes.nbytes() + qa.scales.nbytes() + qb.codes.nbytes() +
                                                     qb.scales.nbytes() + 8192);
   auto up = [&](const Fp8Cols& q) {
     Fp8Cols dq = q;
-    for (Tensor* t : {&dq.codes, &dq.scales}) {
-      Tensor dev = arena.Alloc(t->shape(), t->dtype());
-      FATHOM_CUDA_CHECK(cudaMemcpy(dev.raw(), t->raw(), t->nbytes(), cudaMemcpyHostToDevice));
-      *t = dev;
-    }
+    dq.codes = UploadTo(arena, q.codes);
+    dq.scales = UploadTo(arena, q.scales);
     return dq;
   };
   const Fp8Cols a = up(qa), b = up(qb);

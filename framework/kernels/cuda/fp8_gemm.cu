@@ -467,7 +467,8 @@ void Fp8GemmContext::GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const 
                ") outputs: cuBLASLt's FP8 kernels need the non-reduction dimensions to be multiples of 16");
   // Routed experts (several groups): fathom's own tiled kernel, one launch for every expert's weight
   // gradient (see grouped_gemm.h), instead of a cuBLASLt matmul per expert.
-  if (impl_->tiled_kernel && groups.size() > 1 && groups.size() <= 256 && TiledFp8TNSupported(b.cols())) {
+  if (impl_->tiled_kernel && groups.size() > 1 &&
+      TiledFp8TNSupported(b.cols(), static_cast<int64_t>(groups.size()))) {
     TiledFp8GroupedMatmulTN(out, a, b, stream);
     return;
   }

@@ -79,8 +79,9 @@ bool TiledCountsOk(const std::vector<int64_t>& counts);
 void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
                              const std::vector<int64_t>& counts, bool accumulate, Stream stream, int max_ctas = 0);
 
-// Whether TiledFp8GroupedMatmulTN takes b with N columns: N a multiple of 16, on an sm_90 device.
-bool TiledFp8TNSupported(int64_t n);
+// Whether TiledFp8GroupedMatmulTN takes b with N columns over `groups` groups: N a multiple of 16, 1 to 256
+// groups, on an sm_90 device.
+bool TiledFp8TNSupported(int64_t n, int64_t groups);
 
 // The FP8 weight-gradient form, the twin of cpu::Fp8GroupedMatmulTN: out[g] (G, M, N) (or (M, N) with G = 1)
 // f32 += a_g (M, T_g) . b_g (N, T_g)^T over group g's padded tokens, a and b Fp8Cols (codes K-major along
