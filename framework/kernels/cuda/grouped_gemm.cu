@@ -106,6 +106,24 @@ struct Bf16Product {
 #endif
 };
 
+#ifdef FATHOM_SM90A
+// The FP8 forms' k-block `it`: partial (64 x 128 of this consumer group, f32) = the sum of the block's four
+// e4m3 wgmma.m64n128k32 products, waited for, and the stage handed back, so the caller can promote it.
+__device__ __forceinline__ void Fp8BlockPartial(float* partial, const Ring<128>& ring, int it, int consumer,
+                                                int lane) {
+  ring.Acquire(it);
+  const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
+  FenceAccumulators<64>(partial);
+  WgmmaFence();
+#pragma unroll
+  for (int k = 0; k < kRowBytes / 32; ++k) WgmmaFp8x128(partial, desc_a + 2 * k, desc_b + 2 * k, k > 0);
+  WgmmaCommit();
+  WgmmaWait<0>();
+  FenceAccumulators<64>(partial);
+  ring.Release(it, lane);
+}
+#endif
+
 // e4m3 with block scales (the twin of cpu::Fp8GroupedMatmulNT): per 128-deep k-block, four
 // wgmma.m64n128k32 into a partial sum, then acc += partial * (x row scale * w block scale). BN = 128, so
 // an output tile is one 128-wide block of w's rows and takes one weight scale per k-block.
@@ -131,16 +149,7 @@ struct Fp8Product {
     for (int kb = 0; kb < job.k_blocks; ++kb, ++it) {
       const float sb = ws[kb];
       const float s0 = xs0[kb] * sb, s8 = xs8[kb] * sb;  // the CPU's (scale_a * scale_b)
-      ring.Acquire(it);
-      const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
-      FenceAccumulators<kBN / 2>(partial);
-      WgmmaFence();
-#pragma unroll
-      for (int k = 0; k < kBlockElems / 32; ++k) WgmmaFp8x128(partial, desc_a + 2 * k, desc_b + 2 * k, k > 0);
-      WgmmaCommit();
-      WgmmaWait<0>();
-      FenceAccumulators<kBN / 2>(partial);
-      ring.Release(it, lane);
+      Fp8BlockPartial(partial, ring, it, consumer, lane);
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
         acc[4 * j] += partial[4 * j] * s0;
@@ -184,16 +193,7 @@ struct Fp8ColsProduct {
         sb[2 * j] = c < p.n ? sbrow[c] : 0.0f;
         sb[2 * j + 1] = c < p.n ? sbrow[c + 1] : 0.0f;
       }
-      ring.Acquire(it);
-      const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
-      FenceAccumulators<kBN / 2>(partial);
-      WgmmaFence();
-#pragma unroll
-      for (int k = 0; k < kBlockElems / 32; ++k) WgmmaFp8x128(partial, desc_a + 2 * k, desc_b + 2 * k, k > 0);
-      WgmmaCommit();
-      WgmmaWait<0>();
-      FenceAccumulators<kBN / 2>(partial);
-      ring.Release(it, lane);
+      Fp8BlockPartial(partial, ring, it, consumer, lane);
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
         acc[4 * j] += partial[4 * j] * (sa0 * sb[2 * j]);
