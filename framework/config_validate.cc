@@ -284,6 +284,7 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
                                 model.max_position_embeddings, ")"));
   }
   if (s = CheckOneOf("train.precision", precision, {"bf16", "fp8"}); !s.ok()) return s;
+  if (s = CheckOneOf("train.fp8_expert_gemm", fp8_expert_gemm, {"own", "own_all", "cublaslt"}); !s.ok()) return s;
   if (device == "cpu") {
     if (dtype == "bf16") {
       return Invalid(

@@ -24,6 +24,7 @@
 #include "framework/cuda/device_arena.h"
 #include "framework/cuda/device_pool.h"
 #include "framework/kernels/cuda/attention.h"
+#include "framework/kernels/cuda/fp8_gemm.h"
 #include "parallel/cuda/nccl_communicator.h"
 #include "parallel/launch_env.h"
 #endif
@@ -273,6 +274,17 @@ absl::Status StageRuntime::SetUp() {
     const cuda::AttentionShape shape{recipe_.train.micro_batch_size, recipe_.train.seq_len,
                                      mc.num_attention_heads, mc.qk_head_dim(), mc.v_head_dim};
     attention_path_ = cuda::DescribeAttentionPath(bf16 ? DType::kBF16 : DType::kF32, shape) + "\n";
+    if (fp8) {
+      // Which kernels run the routed experts' FP8 GEMMs (train.fp8_expert_gemm), said once at start-up.
+      const std::string& which = recipe_.train.fp8_expert_gemm;
+      cuda::Fp8GemmContext& f = device_->context.fp8_gemm();
+      f.set_tiled_kernel(which != "cublaslt");
+      f.set_tiled_wgrad(which == "own_all");
+      attention_path_ += absl::StrFormat(
+          "fp8 expert GEMMs (train.fp8_expert_gemm %s): forward and dgrad %s, wgrad %s\n", which,
+          which == "cublaslt" ? "one cuBLASLt matmul per expert" : "fathom's tiled kernel (one launch)",
+          which == "own_all" ? "fathom's tiled kernel (one launch)" : "one cuBLASLt matmul per expert");
+    }
   }
 #endif
   // train.precision fp8 on the CPU: the emulated FP8 GEMMs read copies quantised from the masters.

@@ -28,6 +28,20 @@ TEST(PrecisionConfigTest, DefaultsToBf16AndAcceptsFp8OnTheCpu) {
   }
 }
 
+TEST(PrecisionConfigTest, TheExpertKernelChoiceIsOneOfThree) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->train.fp8_expert_gemm, "own");
+  for (const char* which : {"own", "own_all", "cublaslt"}) {
+    r = LoadRecipe(TinyPath(), {"train.precision=fp8", std::string("train.fp8_expert_gemm=") + which});
+    ASSERT_TRUE(r.ok()) << which << ": " << r.status();
+    EXPECT_EQ(r->train.fp8_expert_gemm, which);
+  }
+  const std::string e = TinyError({"train.fp8_expert_gemm=cutlass"});
+  EXPECT_THAT(e, HasSubstr("train.fp8_expert_gemm"));
+  EXPECT_THAT(e, HasSubstr("cublaslt"));
+}
+
 TEST(PrecisionConfigTest, BadValuesNameTheKey) {
   EXPECT_THAT(TinyError({"train.precision=fp16"}), HasSubstr("train.precision"));
   // On cuda: f32 compute is refused under fp8; the tiny model's kv_a projection (32 + 8 = 40 outputs) is not

@@ -128,6 +128,7 @@ struct Fp8GemmContext::Impl {
   int64_t heuristic_queries = 0;
   bool multi_stream = true;
   bool tiled_kernel = true;
+  bool tiled_wgrad = false;
   std::array<cudaStream_t, kStreams> streams{};
   cudaEvent_t fork = nullptr;
   std::array<cudaEvent_t, kStreams> joins{};
@@ -353,6 +354,8 @@ void Fp8GemmContext::set_multi_stream(bool on) { impl_->multi_stream = on; }
 
 void Fp8GemmContext::set_tiled_kernel(bool on) { impl_->tiled_kernel = on; }
 bool Fp8GemmContext::tiled_kernel() const { return impl_->tiled_kernel; }
+void Fp8GemmContext::set_tiled_wgrad(bool on) { impl_->tiled_wgrad = on; }
+bool Fp8GemmContext::tiled_wgrad() const { return impl_->tiled_wgrad; }
 
 int64_t Fp8GemmContext::TileScaleElements(const Tensor& counts, int64_t cols) {
   return ScaleOffsets(Fp8GroupCounts(counts, "fp8_tile_scales"), Fp8Blocks(cols)).back();
@@ -465,9 +468,9 @@ void Fp8GemmContext::GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const 
   const std::vector<int64_t> groups = CheckFp8MatmulTN(op, out, a, b);
   FATHOM_CHECK(a.cols() % 16 == 0 && b.cols() % 16 == 0, "[", op, "] (", a.cols(), ", ", b.cols(),
                ") outputs: cuBLASLt's FP8 kernels need the non-reduction dimensions to be multiples of 16");
-  // Routed experts (several groups): fathom's own tiled kernel, one launch for every expert's weight
-  // gradient (see grouped_gemm.h), instead of a cuBLASLt matmul per expert.
-  if (impl_->tiled_kernel && groups.size() > 1 &&
+  // Routed experts (several groups), when asked for: fathom's own tiled kernel, one launch for every
+  // expert's weight gradient (see grouped_gemm.h), instead of a cuBLASLt matmul per expert.
+  if (impl_->tiled_wgrad && groups.size() > 1 &&
       TiledFp8TNSupported(b.cols(), static_cast<int64_t>(groups.size()))) {
     TiledFp8GroupedMatmulTN(out, a, b, stream);
     return;
