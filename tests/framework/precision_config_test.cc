@@ -31,7 +31,7 @@ TEST(PrecisionConfigTest, DefaultsToBf16AndAcceptsFp8OnTheCpu) {
 TEST(PrecisionConfigTest, TheExpertKernelChoiceIsOneOfThree) {
   absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->train.fp8_expert_gemm, "own");
+  EXPECT_EQ(r->train.fp8_expert_gemm, "cublaslt");
   for (const char* which : {"own", "own_all", "cublaslt"}) {
     r = LoadRecipe(TinyPath(), {"train.precision=fp8", std::string("train.fp8_expert_gemm=") + which});
     ASSERT_TRUE(r.ok()) << which << ": " << r.status();

@@ -20,6 +20,7 @@
 
 #include "framework/cuda/device_pool.h"
 #include "framework/fp8_operands.h"
+#include "framework/kernels/cuda/fp8_gemm.h"
 #include "framework/ops.h"
 #include "gtest/gtest.h"
 #include "tests/common/gradcheck.h"
@@ -122,11 +123,17 @@ TEST(Fp8GemmGpu, GroupedNTMatchesTheCpuEmulation) {
       Fp8Rows xc = ops::QuantizeRows(x), xg = ops::QuantizeRows(Up(x));
       ExpectBitEqual(Down(xg.data), xc.data, "packed rows");
       Tensor before = RandomTensor({rows, out_cols}, DType::kF32, rng).To(c.out);
-      Tensor out_cpu = before.To(DType::kF32), out_gpu = Up(before);
+      Tensor out_cpu = before.To(DType::kF32);
       ops::Fp8GroupedMatmulNT(out_cpu, xc, dgrad ? qc.wt : qc.w, counts, c.accumulate);
-      ops::Fp8GroupedMatmulNT(out_gpu, xg, dgrad ? qg.wt : qg.w, counts, c.accumulate);
-      const Tensor got = Down(out_gpu).To(DType::kF32);
-      EXPECT_LT(RelError(got, out_cpu), c.out == DType::kBF16 ? kBf16OutTol : kF32OutTol);
+      // Both GPU paths: cuBLASLt per group, and the own tiled kernel where the counts allow it.
+      for (const bool own : {false, true}) {
+        SCOPED_TRACE(own ? "own tiled kernel where it applies" : "cuBLASLt");
+        env.context.fp8_gemm().set_tiled_kernel(own);
+        Tensor out_gpu = Up(before);
+        ops::Fp8GroupedMatmulNT(out_gpu, xg, dgrad ? qg.wt : qg.w, counts, c.accumulate);
+        const Tensor got = Down(out_gpu).To(DType::kF32);
+        EXPECT_LT(RelError(got, out_cpu), c.out == DType::kBF16 ? kBf16OutTol : kF32OutTol);
+      }
     }
   }
 }
@@ -160,22 +167,27 @@ TEST(Fp8GemmGpu, GroupedTNMatchesTheCpuEmulation) {
     ExpectBitEqual(Down(bg.scales), bc.scales, "x column scales (from rows)");
     const Shape oshape = groups == 1 ? Shape{c.m, c.n} : Shape{groups, c.m, c.n};
     Tensor before = RandomTensor(oshape, DType::kF32, rng);
-    Tensor out_cpu = before.Clone(), out_gpu = Up(before);
+    Tensor out_cpu = before.Clone();
     ops::Fp8GroupedMatmulTN(out_cpu, ac, bc);
-    ops::Fp8GroupedMatmulTN(out_gpu, ag, bg);
-    const Tensor got = Down(out_gpu);
-    // Compare the increments (the accumulated part), and require groups without tokens untouched.
-    Tensor inc_cpu = out_cpu.Clone(), inc_gpu = got.Clone();
-    for (int64_t i = 0; i < before.numel(); ++i) {
-      inc_cpu.data<float>()[i] -= before.data<float>()[i];
-      inc_gpu.data<float>()[i] -= before.data<float>()[i];
-    }
-    EXPECT_LT(RelError(inc_gpu, inc_cpu), kF32OutTol);
-    const int64_t slice = c.m * c.n;
-    for (int64_t g = 0; g < groups; ++g) {
-      if (c.counts[g] != 0) continue;
-      for (int64_t i = g * slice; i < (g + 1) * slice; ++i)
-        ASSERT_EQ(got.data<float>()[i], before.data<float>()[i]) << "expert " << g << " has no tokens";
+    Tensor inc_cpu = out_cpu.Clone();
+    for (int64_t i = 0; i < before.numel(); ++i) inc_cpu.data<float>()[i] -= before.data<float>()[i];
+    // Both GPU paths: cuBLASLt per group, and the own tiled kernel where it applies (several groups).
+    for (const bool own : {false, true}) {
+      SCOPED_TRACE(own ? "own tiled kernel where it applies" : "cuBLASLt");
+      env.context.fp8_gemm().set_tiled_wgrad(own);
+      Tensor out_gpu = Up(before);
+      ops::Fp8GroupedMatmulTN(out_gpu, ag, bg);
+      const Tensor got = Down(out_gpu);
+      // Compare the increments (the accumulated part), and require groups without tokens untouched.
+      Tensor inc_gpu = got.Clone();
+      for (int64_t i = 0; i < before.numel(); ++i) inc_gpu.data<float>()[i] -= before.data<float>()[i];
+      EXPECT_LT(RelError(inc_gpu, inc_cpu), kF32OutTol);
+      const int64_t slice = c.m * c.n;
+      for (int64_t g = 0; g < groups; ++g) {
+        if (c.counts[g] != 0) continue;
+        for (int64_t i = g * slice; i < (g + 1) * slice; ++i)
+          ASSERT_EQ(got.data<float>()[i], before.data<float>()[i]) << "expert " << g << " has no tokens";
+      }
     }
   }
 }
@@ -202,6 +214,39 @@ TEST(Fp8GemmGpu, QuantizersMatchTheCpuAtEveryWidth) {
       Tensor x = Activations(77, cols, rng).To(dt);
       Fp8Rows xc = ops::QuantizeRows(x.To(DType::kF32)), xg = ops::QuantizeRows(Up(x));
       ExpectBitEqual(Down(xg.data), xc.data, "packed rows");
+    }
+  }
+}
+
+// The column quantizer (the weight gradient's operands) at widths that take its 16-byte path (f32: a multiple
+// of 4, bf16: of 8, FP8 rows: always) and its element-wise one, with partial 64-column chunks, ragged groups,
+// an empty group and a group of one token: the CPU's codes and scales bit for bit from f32, bf16 and packed
+// FP8 rows.
+TEST(Fp8GemmGpu, ColumnQuantizerMatchesTheCpuAtEveryWidth) {
+  FATHOM_REQUIRE_GPU();
+  GpuEnv env;
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const std::vector<int64_t> groups = {150, 0, 1, 128, 77};
+  const Tensor counts = Counts(groups);
+  const int64_t rows = Sum(groups);
+  for (const int64_t cols : {64, 136, 130, 200, 61, 2048}) {
+    for (const DType dt : {DType::kF32, DType::kBF16}) {
+      SCOPED_TRACE("cols " + std::to_string(cols) + " " + std::string(DTypeName(dt)));
+      // Columns of mixed magnitude, so that the amax differs from column to column.
+      Tensor x = Activations(rows, cols, rng);
+      for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] *= 1.0f + static_cast<float>(i % cols % 7);
+      x = x.To(dt);
+      const Tensor xf = x.To(DType::kF32);
+      Fp8Cols qc = ops::QuantizeCols(xf, counts), qg = ops::QuantizeCols(Up(x), counts);
+      ExpectBitEqual(Down(qg.codes), qc.codes, "column codes");
+      ExpectBitEqual(Down(qg.scales), qc.scales, "column scales");
+      Fp8Rows rc = ops::QuantizeRows(xf), rg = ops::QuantizeRows(Up(x));
+      ExpectBitEqual(Down(rg.data), rc.data, "packed rows");
+      Fp8Cols fc = ops::QuantizeCols(rc, counts), fg = ops::QuantizeCols(rg, counts);
+      ExpectBitEqual(Down(fg.codes), fc.codes, "column codes from rows");
+      ExpectBitEqual(Down(fg.scales), fc.scales, "column scales from rows");
     }
   }
 }

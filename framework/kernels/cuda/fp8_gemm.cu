@@ -127,7 +127,7 @@ struct Fp8GemmContext::Impl {
   size_t checked_sizes = 0;
   int64_t heuristic_queries = 0;
   bool multi_stream = true;
-  bool tiled_kernel = true;
+  bool tiled_kernel = false;
   bool tiled_wgrad = false;
   std::array<cudaStream_t, kStreams> streams{};
   cudaEvent_t fork = nullptr;

@@ -21,9 +21,9 @@
 // tail's output copied back: one extra small matmul per group whose rows are not a multiple of 16.
 //
 // Groups (routed experts): NT counts that are all multiples of 128 (the padded layout of layers/moe.h) go to
-// fathom's own tiled kernel (TiledFp8GroupedMatmulNT, grouped_gemm.h) when set_tiled_kernel is on (the
-// default), grouped TN to TiledFp8GroupedMatmulTN when set_tiled_wgrad is on (default off); otherwise one
-// cuBLASLt matmul per non-empty group, spread (longest first) over 4 internal
+// fathom's own tiled kernel (TiledFp8GroupedMatmulNT, grouped_gemm.h) when set_tiled_kernel is on, grouped
+// TN to TiledFp8GroupedMatmulTN when set_tiled_wgrad is on (both default off, train.fp8_expert_gemm); by
+// default and otherwise one cuBLASLt matmul per non-empty group, spread (longest first) over 4 internal
 // streams forked from and joined back to the caller's stream with events (as the bf16 grouped GEMMs of
 // gemm.h do); plans are keyed by the problem with the ragged dimension (rows of NT, tokens of TN) rounded up
 // to a bucket, the heuristic asked once per bucket and each exact size checked once with
@@ -77,14 +77,14 @@ class Fp8GemmContext {
   void set_multi_stream(bool on);
   // Whether routed experts go to fathom's own tiled kernel (grouped_gemm.h, one launch per call, an sm_90
   // device): GroupedMatmulNT's padded layout (several groups, every count a multiple of 128, N a multiple of
-  // 16; 536-606 TFLOP/s on an H200 against 226-230 for the per-expert matmuls below at the recipe's widths).
-  // Default on, off for comparisons (train.fp8_expert_gemm cublaslt).
+  // 16; 536-606 TFLOP/s on an H200 in gemm_bench's BM_OwnTiledFp8NT at the recipe's widths, ~550 in a
+  // training step). Default off: a recipes/small.yaml fp8 step was 3.3 ms slower with it than with the
+  // per-expert cuBLASLt matmuls (110.7 against 107.4 ms, 2026-12-04); on with train.fp8_expert_gemm own.
   void set_tiled_kernel(bool on);
   bool tiled_kernel() const;
   // Whether GroupedMatmulTN's weight gradients (several groups, N a multiple of 16) go to the own tiled
-  // kernel. Default off: on an H200 at recipes/small.yaml's widths it ran 207-228 TFLOP/s, and a training
-  // step was ~10 ms slower with it than with the per-expert cuBLASLt matmuls (2026-12-04); on for
-  // comparisons and tests (train.fp8_expert_gemm own_all).
+  // kernel. Default off: on an H200 at recipes/small.yaml's widths it ran 207-228 TFLOP/s, and the step was
+  // 117.3 ms with it (train.fp8_expert_gemm own_all).
   void set_tiled_wgrad(bool on);
   bool tiled_wgrad() const;
 

@@ -202,6 +202,89 @@ __global__ void QuantizeColsKernel(uint8_t* codes, float* scales, Source source,
   }
 }
 
+// 16-byte segments of a source row as f32 for QuantizeColsWideKernel: kVec consecutive values from (r, c).
+// Floats: REQUIRES rows starting 16-byte aligned and cols a multiple of kVec (a segment is wholly inside or
+// outside the row).
+template <class In>
+struct FloatSegments {
+  static constexpr int kVec = 16 / static_cast<int>(sizeof(In));
+  const In* x;
+  int64_t cols;
+  __device__ __forceinline__ void Load(int64_t r, int64_t c, float (&v)[kVec]) const {
+    LoadVec<kVec>(x + r * cols + c, v);
+  }
+};
+
+// Packed FP8 rows: 16 codes times their tile's scale (Fp8RowSource's product). REQUIRES row_bytes and the
+// data 16-byte aligned; a segment past `cols` reads the row's zero padding codes (never used).
+struct Fp8RowSegments {
+  static constexpr int kVec = 16;
+  const uint8_t* data;
+  int64_t row_bytes, padded_cols;
+  __device__ __forceinline__ void Load(int64_t r, int64_t c, float (&v)[kVec]) const {
+    const uint4 word = *reinterpret_cast<const uint4*>(data + r * row_bytes + c);
+    const float s = RowScales(data, r, row_bytes, padded_cols)[c / kTile];
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(&word);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) v[e] = __fmul_rn(E4M3ToFloat(b[e]), s);
+  }
+};
+
+// QuantizeColsKernel with 16-byte loads and 64 columns per block (grid (padded tiles, ceil(cols / 64))): the
+// block stages 128 tokens x 64 columns as f32 (kSegs threads per row, each loading kVec values at once),
+// then each warp quantises 8 columns, lane l holding tokens l, l + 32, l + 64, l + 96 (conflict-free column
+// reads), each code stored as one byte (a warp's store is 32 consecutive bytes). The values, the amax (a
+// maximum: order-free) and the arithmetic per element are QuantizeColsKernel's: the same bits.
+constexpr int kColsWide = 64;
+template <class Source>
+__global__ void __launch_bounds__(kThreads)
+    QuantizeColsWideKernel(uint8_t* codes, float* scales, Source source, GroupTable table, int64_t cols,
+                           int64_t padded_tokens) {
+  constexpr int kVec = Source::kVec, kSegs = kColsWide / kVec, kRowsPerPass = kThreads / kSegs;
+  __shared__ float tile[kTile][kColsWide + 1];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t t = blockIdx.x;  // the tile on the padded token axis
+  const int g = FindGroup(table.tile_begin, table.groups, t);
+  const int64_t first_row = table.row_begin[g] + (t - table.tile_begin[g]) * kTile;
+  const int64_t valid = min(static_cast<int64_t>(kTile), table.row_begin[g + 1] - first_row);
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kColsWide;
+  const int seg = threadIdx.x % kSegs;
+  const int64_t c = c0 + seg * kVec;
+#pragma unroll
+  for (int r = threadIdx.x / kSegs; r < kTile; r += kRowsPerPass) {
+    float v[kVec];
+    if (r < valid && c < cols) {
+      source.Load(first_row + r, c, v);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) v[e] = 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) tile[r][seg * kVec + e] = v[e];
+  }
+  __syncthreads();
+  constexpr int kColsPerWarp = kColsWide / kWarps;
+#pragma unroll
+  for (int k = 0; k < kColsPerWarp; ++k) {
+    const int col = warp * kColsPerWarp + k;
+    const int64_t cc = c0 + col;
+    if (cc >= cols) break;  // warp-uniform
+    float v[4];
+    float amax = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      v[q] = tile[lane + 32 * q][col];
+      amax = fmaxf(amax, fabsf(v[q]));
+    }
+    amax = fmaxf(WarpMax(amax), kFp8ScaleFloor);
+    const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+    uint8_t* out = codes + cc * padded_tokens + t * kTile;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) out[lane + 32 * q] = FloatToE4M3Saturate(__fmul_rn(v[q], inv));
+    if (lane == 0) scales[t * cols + cc] = __fdiv_rn(amax, kFp8E4M3Max);
+  }
+}
+
 // One block per 128x128 block of one matrix (grid (col blocks, row blocks, matrices)): the block's amax,
 // its codes into `codes` (rows of padded_cols) and, through shared memory, transposed into `codes_t` (rows
 // of padded_rows). Writes every code of the padded block, zeros included.
@@ -314,16 +397,25 @@ void CheckFloat(const char* op, const Tensor& t, const char* name) {
 
 using common::WithFloatIn;
 
-template <class Source>
-void LaunchQuantizeCols(const char* op, const Fp8Cols& q, const Source& source, int64_t cols, Stream stream) {
+// `source` element-wise (QuantizeColsKernel), or `segments` (QuantizeColsWideKernel, the same bits) when
+// `wide`, which the caller sets where the segments' alignment holds.
+template <class Source, class Segments>
+void LaunchQuantizeCols(const char* op, const Fp8Cols& q, const Source& source, const Segments& segments,
+                        bool wide, int64_t cols, Stream stream) {
   const GroupTable table = MakeGroupTable(Fp8GroupCounts(q.counts, op), op);
   const int64_t tiles = q.padded_tokens() / kFp8Block;
   if (tiles == 0 || cols == 0) return;
-  FATHOM_CHECK((cols + kColsPerBlock - 1) / kColsPerBlock <= 65535, "[", op, "] ", cols,
-               " columns exceed the grid");
-  dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>((cols + kColsPerBlock - 1) / kColsPerBlock));
-  QuantizeColsKernel<<<grid, kThreads, 0, stream>>>(
-      static_cast<uint8_t*>(q.codes.raw()), q.scales.data<float>(), source, table, cols, q.padded_tokens());
+  const int64_t per_block = wide ? kColsWide : kColsPerBlock;
+  FATHOM_CHECK((cols + per_block - 1) / per_block <= 65535, "[", op, "] ", cols, " columns exceed the grid");
+  dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>((cols + per_block - 1) / per_block));
+  uint8_t* codes = static_cast<uint8_t*>(q.codes.raw());
+  if (wide) {
+    QuantizeColsWideKernel<<<grid, kThreads, 0, stream>>>(codes, q.scales.data<float>(), segments, table, cols,
+                                                          q.padded_tokens());
+  } else {
+    QuantizeColsKernel<<<grid, kThreads, 0, stream>>>(codes, q.scales.data<float>(), source, table, cols,
+                                                      q.padded_tokens());
+  }
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -380,7 +472,9 @@ void QuantizeCols1x128(const Fp8Cols& q, const Tensor& x, Stream stream) {
   CheckFp8Cols(op, q, x.dim(0), x.dim(1));
   WithFloatIn(x, [&](auto* src) {
     using In = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
-    LaunchQuantizeCols(op, q, FloatSource<In>{src, x.dim(1)}, x.dim(1), stream);
+    const int64_t cols = x.dim(1);
+    const bool wide = cols % FloatSegments<In>::kVec == 0 && AllAligned({x.raw()}, 16);
+    LaunchQuantizeCols(op, q, FloatSource<In>{src, cols}, FloatSegments<In>{src, cols}, wide, cols, stream);
   });
 }
 
@@ -391,9 +485,10 @@ void QuantizeCols1x128(const Fp8Cols& q, const Fp8Rows& x, Stream stream) {
   CheckCuda(op, q.scales, "q.scales");
   CheckFp8Rows(op, x, x.rows(), x.cols);
   CheckFp8Cols(op, q, x.rows(), x.cols);
-  LaunchQuantizeCols(op, q,
-                     Fp8RowSource{static_cast<const uint8_t*>(x.data.raw()), x.row_bytes(), x.padded_cols()},
-                     x.cols, stream);
+  const uint8_t* data = static_cast<const uint8_t*>(x.data.raw());
+  const bool wide = x.row_bytes() % 16 == 0 && AllAligned({data}, 16);
+  LaunchQuantizeCols(op, q, Fp8RowSource{data, x.row_bytes(), x.padded_cols()},
+                     Fp8RowSegments{data, x.row_bytes(), x.padded_cols()}, wide, x.cols, stream);
 }
 
 void QuantizeWeight128x128(const Fp8Weight& q, const Tensor& w, Stream stream) {

@@ -4,8 +4,11 @@
 //   QuantizeRows1x128      x (R, K) f32 or bf16 -> packed rows: one warp per (row, 128-column tile)
 //   DequantizeRows1x128    packed rows -> (R, K) f32 or bf16 (f32 product, then one rounding)
 //   QuantizeCols1x128      x (R, C) f32 or bf16, or packed rows -> columns tiled along each group's tokens:
-//                          one block per (128-token tile, 32 columns), staged in shared memory so that
-//                          both the read of x and the write of the transposed codes are coalesced
+//                          one block per (128-token tile, 64 columns) read in 16-byte segments where
+//                          the rows are 16-byte aligned (and, for f32/bf16, the width a multiple of a
+//                          segment), else per (tile, 32 columns) element by element (the same bits);
+//                          staged in shared memory so that both the read of x and the write of the
+//                          transposed codes are coalesced
 //   QuantizeWeight128x128  w (..., N, K) f32 or bf16 -> both Fp8Weight copies: one block per 128x128 block
 //                          (its codes staged in shared memory for the transposed write)
 // Grouped operands take at most kMaxFp8Groups groups (their offsets travel as a kernel parameter);
