@@ -133,6 +133,70 @@ __global__ void QuantizeRowsKernel(uint8_t* data, const In* x, int64_t rows, int
   }
 }
 
+// QuantizeRowsKernel with 16-byte loads (REQUIRES cols a multiple of kVec = 16 / sizeof(In), x 16-byte
+// aligned, codes rows kVec-byte aligned): kLanes = 128 / kVec lanes per (row, 128-column tile) unit, so a
+// warp holds 32 / kLanes units; units run row-major (a warp's loads are contiguous) and each warp takes
+// kUnroll unit groups per pass, their loads issued before any arithmetic. The values, the amax (a maximum:
+// order-free) and the arithmetic per element are QuantizeRowsKernel's: the same bits.
+template <class In>
+__global__ void __launch_bounds__(kThreads)
+    QuantizeRowsSegmentKernel(uint8_t* data, const In* x, int64_t rows, int64_t cols, int64_t row_bytes,
+                              int64_t padded_cols, int tiles, int scale_stride) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(In)), kLanes = kTile / kVec, kUnits = 32 / kLanes;
+  constexpr int kUnroll = 2;
+  const int lane = threadIdx.x % 32, sub = lane / kLanes, l = lane % kLanes;
+  const int64_t units = rows * tiles;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
+  const int64_t first = warp * kUnroll * kUnits;
+  float v[kUnroll][kVec];
+  int64_t row[kUnroll];
+  int tile[kUnroll];
+#pragma unroll
+  for (int k = 0; k < kUnroll; ++k) {
+    const int64_t u = first + k * kUnits + sub;
+    row[k] = u / tiles;
+    tile[k] = static_cast<int>(u % tiles);
+    const int64_t c = static_cast<int64_t>(tile[k]) * kTile + l * kVec;
+    if (u < units && c < cols) {
+      LoadVec<kVec>(x + row[k] * cols + c, v[k]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) v[k][e] = 0.0f;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kUnroll; ++k) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) amax = fmaxf(amax, fabsf(v[k][e]));
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+    if (first + k * kUnits + sub >= units) continue;  // after the shuffles, which every lane joins
+    amax = fmaxf(amax, kFp8ScaleFloor);
+    const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+    const int64_t c = static_cast<int64_t>(tile[k]) * kTile + l * kVec;
+    uint32_t words[kVec / 4];
+#pragma unroll
+    for (int w = 0; w < kVec / 4; ++w) {
+      words[w] = 0;
+#pragma unroll
+      for (int e = 0; e < 4; ++e)  // the tile's padding columns get zero codes
+        if (c + 4 * w + e < cols)
+          words[w] |= static_cast<uint32_t>(FloatToE4M3Saturate(__fmul_rn(v[k][4 * w + e], inv))) << (8 * e);
+    }
+    uint8_t* codes = data + row[k] * row_bytes + c;
+    if constexpr (kVec == 8) {
+      *reinterpret_cast<uint2*>(codes) = make_uint2(words[0], words[1]);
+    } else {
+      *reinterpret_cast<uint32_t*>(codes) = words[0];
+    }
+    float* scales = reinterpret_cast<float*>(data + row[k] * row_bytes + padded_cols);
+    if (l == 0) scales[tile[k]] = __fdiv_rn(amax, kFp8E4M3Max);
+    // The last tile's unit also zeroes the scale padding.
+    if (tile[k] == tiles - 1 && l < scale_stride - tiles) scales[tiles + l] = 0.0f;
+  }
+}
+
 template <class Out>
 __global__ void DequantizeRowsKernel(Out* out, const uint8_t* data, int64_t rows, int64_t cols,
                                      int64_t row_bytes, int64_t padded_cols) {
@@ -436,6 +500,19 @@ void QuantizeRows1x128(const Fp8Rows& q, const Tensor& x, Stream stream) {
       q.cols % 4 == 0 && AllAligned({x.raw()}, 8) && AllAligned({q.data.raw()}, 4) && q.row_bytes() % 4 == 0;
   WithFloatIn(x, [&](auto* src) {
     using In = std::remove_cv_t<std::remove_pointer_t<decltype(src)>>;
+    // 16-byte segments where every row starts 16-byte aligned in x and kVec-byte aligned in the codes.
+    constexpr int kVec = 16 / static_cast<int>(sizeof(In));
+    if (q.cols % kVec == 0 && AllAligned({x.raw()}, 16) && AllAligned({q.data.raw()}, kVec) &&
+        q.row_bytes() % kVec == 0 && q.blocks() <= INT32_MAX) {
+      constexpr int kUnitsPerBlock = kWarps * 2 * (32 / (kTile / kVec));  // warps x kUnroll x units per warp
+      const int64_t units = rows * q.blocks();
+      QuantizeRowsSegmentKernel<In><<<static_cast<unsigned>((units + kUnitsPerBlock - 1) / kUnitsPerBlock),
+                                      kThreads, 0, stream>>>(
+          static_cast<uint8_t*>(q.data.raw()), src, rows, q.cols, q.row_bytes(), q.padded_cols(),
+          static_cast<int>(q.blocks()), static_cast<int>(Fp8ScaleStride(q.blocks())));
+      FATHOM_CUDA_CHECK_LAUNCH();
+      return;
+    }
     auto kernel = wide ? QuantizeRowsKernel<In, true> : QuantizeRowsKernel<In, false>;
     kernel<<<grid, kThreads, 0, stream>>>(static_cast<uint8_t*>(q.data.raw()), src, rows, q.cols,
                                           q.row_bytes(), q.padded_cols(),

@@ -1,7 +1,9 @@
 // The FP8 GEMM operands on the GPU: the quantisation kernels of framework/fp8_operands.h, bit-identical to
 // the CPU twins of framework/kernels/cpu/fp8_gemm.h (same formula, same layouts, every rounding explicit).
 //
-//   QuantizeRows1x128      x (R, K) f32 or bf16 -> packed rows: one warp per (row, 128-column tile)
+//   QuantizeRows1x128      x (R, K) f32 or bf16 -> packed rows: 16-byte segments, 16 (bf16) or 32 (f32)
+//                          lanes per (row, 128-column tile), where K is a multiple of a segment and x is
+//                          16-byte aligned; else one warp per (row, tile) (the same bits)
 //   DequantizeRows1x128    packed rows -> (R, K) f32 or bf16 (f32 product, then one rounding)
 //   QuantizeCols1x128      x (R, C) f32 or bf16, or packed rows -> columns tiled along each group's tokens:
 //                          one block per (128-token tile, 64 columns) read in 16-byte segments where
