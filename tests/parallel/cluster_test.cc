@@ -54,22 +54,24 @@ TEST(Cluster, ReportClusterLoads) {
   EXPECT_LT(c->usable_bytes(), 80.0 * 1073741824.0);
 }
 
-// FP8 GEMMs are rated by assumption (no profile measures them): simulate and plan print why, and for
-// fathom's own layers that its FP8 path is measured slower; nothing without FP8.
+// FP8 GEMMs are rated by assumption where no profile measures them: simulate and plan print why, and for
+// fathom's own layers that its FP8 path is measured slower; nothing without FP8, nothing when the profile
+// has FP8 rates (the shipped H200 profile does since 2026-12-04).
 TEST(Cluster, Fp8CaveatSaysTheRatesAreAssumed) {
   absl::StatusOr<ClusterConfig> measured = LoadCluster(Path("h200-1-measured.yaml"));
   ASSERT_TRUE(measured.ok()) << measured.status();
   ASSERT_TRUE(measured->profile.has_value());
-  EXPECT_EQ(measured->Fp8Caveat(false, true), "");
-  const std::string report = measured->Fp8Caveat(true, false), fathom = measured->Fp8Caveat(true, true);
+  EXPECT_TRUE(measured->profile->has_fp8());
+  EXPECT_EQ(measured->Fp8Caveat(true, true), "");
+  ClusterConfig bf16_only = *measured;  // the same profile without its FP8 rates
+  bf16_only.profile->fp8_dense_gemm_tflops = 0;
+  bf16_only.profile->fp8_expert_tflops.clear();
+  EXPECT_EQ(bf16_only.Fp8Caveat(false, true), "");
+  const std::string report = bf16_only.Fp8Caveat(true, false), fathom = bf16_only.Fp8Caveat(true, true);
   EXPECT_THAT(report, HasSubstr("FP8 GEMMs are not measured by the profile: rated at the FP8 peak"));
   EXPECT_THAT(report, ::testing::Not(HasSubstr("fathom's FP8 path")));
   EXPECT_THAT(fathom, HasSubstr("fathom's FP8 path does not reach yet"));
   EXPECT_THAT(fathom, HasSubstr("--profile OUT.yaml"));
-  ClusterConfig fp8_measured = *measured;  // a profile with FP8 rates needs no caveat
-  fp8_measured.profile->fp8_dense_gemm_tflops = 500;
-  fp8_measured.profile->fp8_expert_tflops.assign(fp8_measured.profile->expert_rows.size(), 400);
-  EXPECT_EQ(fp8_measured.Fp8Caveat(true, true), "");
   absl::StatusOr<ClusterConfig> guessed = LoadCluster(Path("h800-2048.yaml"));
   ASSERT_TRUE(guessed.ok()) << guessed.status();
   EXPECT_THAT(guessed->Fp8Caveat(true, false), HasSubstr("not measured by this cluster file"));
