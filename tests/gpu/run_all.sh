@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the GPU machine verifies, in one command, each step bounded in time and logged under OUT_DIR:
-# the GPU test suite, fathom bench (bf16) beside a PyTorch peer when one is given, its kernel summary, the
+# the GPU test suite, fathom bench (bf16) beside a PyTorch peer when one is given, its kernel summary, fathom
+# bench in fp8 with each train.fp8_expert_gemm choice and the default's kernel summary, the
 # calibration profile, the HF export/import checks against transformers, the TensorBoard and Megatron reader
 # tests, and the FP8 accuracy script.
 # Usage (repo root, after a CUDA build):
@@ -35,6 +36,17 @@ if [[ -n "$PEER" ]]; then
   grep -E '"mode"' "$OUT_DIR/peer.log"
   timeout 300 python3 tests/gpu/peer_profile.py "$PEER" > "$OUT_DIR/peer_kernels.log" 2>&1; step "peer profile rc $?"
   grep -A7 '^peer kernels' "$OUT_DIR/peer_kernels.log"
+fi
+# FP8 beside bf16, once per expert-kernel choice (train.fp8_expert_gemm), and the default's kernel summary.
+for which in cublaslt own own_all; do
+  timeout 150 "$F" bench $SMALL --set train.precision=fp8 --set train.fp8_expert_gemm=$which \
+    > "$OUT_DIR/bench_fp8_$which.log" 2>&1; step "bench fp8 ($which) rc $?"
+  grep -E 'step ms|tokens/s|^  (attention|experts|optimizer) ' "$OUT_DIR/bench_fp8_$which.log"
+done
+if [[ -f "$KS" ]]; then
+  FATHOM_KERNEL_SUMMARY="$OUT_DIR/kernels_fp8.txt" FATHOM_KERNEL_SUMMARY_WINDOW_MS=250 LD_PRELOAD="$KS" \
+    timeout 150 "$F" bench $SMALL --set train.precision=fp8 --warmup 1 --steps 4 > "$OUT_DIR/bench_fp8_kernels.log" 2>&1
+  step "fp8 kernel summary rc $?"; head -2 "$OUT_DIR/kernels_fp8.txt"
 fi
 timeout 150 "$F" bench $SMALL --profile "$OUT_DIR/h200-small.yaml" > "$OUT_DIR/profile.log" 2>&1; step "profile rc $?"
 for shape in "2048 1" "2048 2" "4096 1"; do
