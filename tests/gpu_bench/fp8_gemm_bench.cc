@@ -140,8 +140,9 @@ void BM_Gemm(benchmark::State& state, int pass) {
   const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(c.k) * static_cast<double>(c.n);
   state.counters["TFLOP/s"] =
       benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate);
-  static const char* kPrecision[] = {"bf16", "fp8 gemm", "fp8 +quantise", "fp8 gemm, own kernel fwd/dgrad",
-                                     "fp8 gemm, own kernel fwd/dgrad/wgrad"};
+  static const char* kPrecision[] = {"bf16", "fp8 gemm", "fp8 +quantise",
+                                     "fp8 gemm, own kernel fwd/dgrad where counts are 128-multiples",
+                                     "fp8 gemm, own kernel wgrad, and fwd/dgrad where counts are 128-multiples"};
   state.SetLabel(std::string(c.name) + ", " + kPrecision[precision]);
 }
 

@@ -19,6 +19,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = static_cast<int>(kFp8Block);
 constexpr int kColsPerBlock = 32;  // QuantizeCols: columns staged per block
+constexpr int kRowsUnroll = 2;     // QuantizeRowsSegmentKernel: unit groups per warp, loaded together
 
 // Storage access: f32 as float, bf16 as its bit pattern (widening is exact).
 __device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
@@ -57,6 +58,17 @@ GroupTable MakeGroupTable(const std::vector<int64_t>& counts, const char* op) {
 }
 
 using common::FindGroup;
+
+// The rows of padded token tile t (the column quantizers' unit): its group's rows from first_row, `valid` of
+// them real (the rest of the tile reads as zero).
+struct TokenTile {
+  int64_t first_row, valid;
+  __device__ __forceinline__ static TokenTile Of(const GroupTable& table, int64_t t) {
+    const int g = FindGroup(table.tile_begin, table.groups, t);
+    const int64_t first = table.row_begin[g] + (t - table.tile_begin[g]) * kTile;
+    return {first, min(static_cast<int64_t>(kTile), table.row_begin[g + 1] - first)};
+  }
+};
 
 __device__ __forceinline__ const float* RowScales(const uint8_t* data, int64_t row, int64_t row_bytes,
                                                   int64_t padded_cols) {
@@ -143,7 +155,7 @@ __global__ void __launch_bounds__(kThreads)
     QuantizeRowsSegmentKernel(uint8_t* data, const In* x, int64_t rows, int64_t cols, int64_t row_bytes,
                               int64_t padded_cols, int tiles, int scale_stride) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(In)), kLanes = kTile / kVec, kUnits = 32 / kLanes;
-  constexpr int kUnroll = 2;
+  constexpr int kUnroll = kRowsUnroll;
   const int lane = threadIdx.x % 32, sub = lane / kLanes, l = lane % kLanes;
   const int64_t units = rows * tiles;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
@@ -236,10 +248,8 @@ __global__ void QuantizeColsKernel(uint8_t* codes, float* scales, Source source,
   __shared__ float tile[kTile][kColsPerBlock + 1];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t t = blockIdx.x;  // the tile on the padded token axis
-  const int g = FindGroup(table.tile_begin, table.groups, t);
-  const int64_t in_group = (t - table.tile_begin[g]) * kTile;
-  const int64_t first_row = table.row_begin[g] + in_group;
-  const int64_t valid = min(static_cast<int64_t>(kTile), table.row_begin[g + 1] - first_row);
+  const TokenTile rows = TokenTile::Of(table, t);
+  const int64_t first_row = rows.first_row, valid = rows.valid;
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kColsPerBlock;
   for (int i = warp; i < kTile; i += kWarps) {
     const int64_t c = c0 + lane;
@@ -308,9 +318,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float tile[kTile][kColsWide + 1];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t t = blockIdx.x;  // the tile on the padded token axis
-  const int g = FindGroup(table.tile_begin, table.groups, t);
-  const int64_t first_row = table.row_begin[g] + (t - table.tile_begin[g]) * kTile;
-  const int64_t valid = min(static_cast<int64_t>(kTile), table.row_begin[g + 1] - first_row);
+  const TokenTile rows = TokenTile::Of(table, t);
+  const int64_t first_row = rows.first_row, valid = rows.valid;
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kColsWide;
   const int seg = threadIdx.x % kSegs;
   const int64_t c = c0 + seg * kVec;
@@ -503,8 +512,8 @@ void QuantizeRows1x128(const Fp8Rows& q, const Tensor& x, Stream stream) {
     // 16-byte segments where every row starts 16-byte aligned in x and kVec-byte aligned in the codes.
     constexpr int kVec = 16 / static_cast<int>(sizeof(In));
     if (q.cols % kVec == 0 && AllAligned({x.raw()}, 16) && AllAligned({q.data.raw()}, kVec) &&
-        q.row_bytes() % kVec == 0 && q.blocks() <= INT32_MAX) {
-      constexpr int kUnitsPerBlock = kWarps * 2 * (32 / (kTile / kVec));  // warps x kUnroll x units per warp
+        q.row_bytes() % kVec == 0) {
+      constexpr int kUnitsPerBlock = kWarps * kRowsUnroll * (32 / (kTile / kVec));  // units per warp: 32 / lanes
       const int64_t units = rows * q.blocks();
       QuantizeRowsSegmentKernel<In><<<static_cast<unsigned>((units + kUnitsPerBlock - 1) / kUnitsPerBlock),
                                       kThreads, 0, stream>>>(
