@@ -280,10 +280,15 @@ absl::Status StageRuntime::SetUp() {
       cuda::Fp8GemmContext& f = device_->context.fp8_gemm();
       f.set_tiled_kernel(which != "cublaslt");
       f.set_tiled_wgrad(which == "own_all");
+      // The own forward/dgrad kernel needs the padded layout (every expert's rows a multiple of 128), which
+      // the MoE layer takes only without an expert all-to-all (layers/moe.h); otherwise cuBLASLt runs them.
+      const char* own = "fathom's tiled kernel (one launch)";
+      const char* per_expert = "one cuBLASLt matmul per expert";
       attention_path_ += absl::StrFormat(
-          "fp8 expert GEMMs (train.fp8_expert_gemm %s): forward and dgrad %s, wgrad %s\n", which,
-          which == "cublaslt" ? "one cuBLASLt matmul per expert" : "fathom's tiled kernel (one launch)",
-          which == "own_all" ? "fathom's tiled kernel (one launch)" : "one cuBLASLt matmul per expert");
+          "fp8 expert GEMMs (train.fp8_expert_gemm %s): forward and dgrad %s%s, wgrad %s\n", which,
+          which == "cublaslt" ? per_expert : own,
+          which == "cublaslt" ? "" : " where the expert layout is padded (no expert all-to-all), else per expert",
+          which == "own_all" ? own : per_expert);
     }
   }
 #endif
