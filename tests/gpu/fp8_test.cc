@@ -16,6 +16,7 @@
 #include "framework/numeric.h"
 #include "gtest/gtest.h"
 #include "tests/common/gradcheck.h"
+#include "tests/gpu/fp8_exhaustive_support.h"
 #include "tests/gpu/gpu_test_support.h"
 
 namespace fathom {
@@ -104,6 +105,19 @@ TEST(Fp8CudaCast, RandomF32PatternsMatchCpu) {
   }
   cuda::DeviceArena arena("fp8_test", size_t{48} << 20);
   CheckAllCasts(arena, F32FromBits(bits));
+}
+
+// The quantisers' e4m3 conversion is one hardware instruction on Hopper; it must give the integer path's
+// code (the CPU's, which the tests above compare) for every f32 input, all 2^32 of them.
+TEST(Fp8CudaCast, HardwareSaturatingE4M3EqualsTheIntegerPathForEveryF32) {
+  FATHOM_REQUIRE_GPU();
+  const testing::ConversionMismatches m = testing::SaturatingE4M3Mismatches(0, uint64_t{1} << 32);
+  for (uint32_t bits : m.examples) {
+    const float f = BitsFloat(bits);
+    ADD_FAILURE() << "input bits 0x" << std::hex << bits << " (" << f << "): the CPU's code 0x"
+                  << int{FloatToE4M3Saturate(f).bits};
+  }
+  EXPECT_EQ(m.count, 0u);
 }
 
 TEST(Fp8CudaCast, DecodeAll256Codes) {
