@@ -85,7 +85,11 @@ Tensor ParamTable::grads() const {
   std::fill(grad_known_zero_.begin(), grad_known_zero_.end(), 0);
   return grads_;
 }
-Tensor ParamTable::compute_value(int id) const { return View(compute_.defined() ? compute_ : values_, id); }
+Tensor ParamTable::compute_value(int id) const {
+  FATHOM_CHECK(!fp8(id), "[param_table] ", spec(id).name,
+               " runs its GEMMs in FP8: read fp8_weight(id); no compute copy of it is kept");
+  return View(compute_.defined() ? compute_ : values_, id);
+}
 
 void ParamTable::SetComputeDType(DType dtype) {
   FATHOM_CHECK(finalized(), "ParamTable::SetComputeDType before Finalize");

@@ -90,7 +90,8 @@ class ParamTable {
   // ZeroGrads() without taking it again.
   Tensor GradForWrite(int id, bool* known_zero);
   // The weight the forward and backward GEMMs read: the compute copy's view when there is one, else
-  // value(id).
+  // value(id). REQUIRES !fp8(id) (checked): an FP8 weight's GEMMs read fp8_weight(id), and its part of the
+  // compute copy is not kept up to date (the GPU optimizer's refresh skips it).
   Tensor compute_value(int id) const;
   // kBF16: allocate (on the table's device) and fill the compute copy; the table's own dtype: drop it.
   // REQUIRES: finalized, f32 table for kBF16.

@@ -25,7 +25,9 @@
 //         RefreshComputeValues() is a no-op: the step costs two passes over memory (the norm's read of
 //         the gradients, then the fused pass); gradients are zeroed lazily by the table (ZeroGrads).
 //         With larger groups, GatherParameters brings other ranks' values and RefreshComputeValues does
-//         its own pass. The communicators of groups larger than one must
+//         its own pass. With FP8 weights on, their compute copies are not refreshed (the table keeps none
+//         for them; ParamTable::compute_value refuses them) and the refresh quantises them from the masters.
+//         The communicators of groups larger than one must
 //         move CUDA tensors (NcclCommunicator). REQUIRES for every call: a current cuda::DevicePool (the
 //         collectives' temporaries) and a current ops::OpContext whose stream is the pool's stream and the
 //         NCCL communicators' compute stream (checked): device work is queued there, the collectives are

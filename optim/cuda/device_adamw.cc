@@ -35,6 +35,7 @@ std::vector<std::pair<int64_t, int64_t>> Intersections(const std::vector<std::pa
 size_t ArenaBytes(const ParamTable& table, const OptimConfig& cfg, int64_t begin, int64_t end,
                   const std::vector<std::pair<int64_t, int64_t>>& excluded) {
   size_t bytes = ChunkListBytes(table, end - begin);
+  if (table.fp8_enabled()) bytes += 2 * ChunkListBytes(table, end - begin);  // the split for the refresh
   for (auto [b, e] : excluded) bytes += ChunkListBytes(table, e - b);
   bytes += 2 * (static_cast<size_t>(end - begin) * DTypeSize(MomentDType(cfg)) + kAlign);
   return bytes + kAlign;
@@ -61,6 +62,11 @@ DeviceAdamW::DeviceAdamW(ParamTable& table, const OptimConfig& cfg, int64_t begi
   FATHOM_CHECK(cfg.moment_dtype == "f32" || cfg.moment_dtype == "bf16", "[device_adamw] moment_dtype '",
                cfg.moment_dtype, "' (expected f32 or bf16; OptimConfig::Validate should have caught it)");
   chunks_ = std::make_unique<cuda::ParamChunks>(table, arena_, begin_, end_);
+  if (table.fp8_enabled()) {
+    using Fp8 = cuda::ParamChunks::Fp8Weights;
+    copied_chunks_ = std::make_unique<cuda::ParamChunks>(table, arena_, begin_, end_, Fp8::kExclude);
+    fp8_chunks_ = std::make_unique<cuda::ParamChunks>(table, arena_, begin_, end_, Fp8::kOnly);
+  }
   for (auto [b, e] : Intersections(exclude_from_norm, begin_, end_))
     excluded_.push_back(std::make_unique<cuda::ParamChunks>(table, arena_, b, e));
   exp_avg_ = arena_.Zeros({end_ - begin_}, MomentDType(cfg), nullptr);
@@ -99,8 +105,15 @@ void DeviceAdamW::FusedStep(double lr, double clip_scale, bool refresh_compute, 
   FATHOM_CHECK(!refresh_compute || compute.defined(),
                "[device_adamw] refresh_compute asked for, but the table has no compute copy");
   ++step_;
-  cuda::FusedAdamWStep(table_.values(), exp_avg_, exp_avg_sq_, table_.grads(), compute, *chunks_,
-                       cuda::MakeAdamWCoeffs(cfg_, lr, step_), clip_scale, stream);
+  const cuda::AdamWCoeffs coeffs = cuda::MakeAdamWCoeffs(cfg_, lr, step_);
+  const Tensor values = table_.values(), grads = table_.grads();
+  if (!refresh_compute || !copied_chunks_) {
+    cuda::FusedAdamWStep(values, exp_avg_, exp_avg_sq_, grads, compute, *chunks_, coeffs, clip_scale, stream);
+    return;
+  }
+  // The same elements in two launches: the compute copy refreshed only where the table keeps one.
+  cuda::FusedAdamWStep(values, exp_avg_, exp_avg_sq_, grads, compute, *copied_chunks_, coeffs, clip_scale, stream);
+  cuda::FusedAdamWStep(values, exp_avg_, exp_avg_sq_, grads, Tensor(), *fp8_chunks_, coeffs, clip_scale, stream);
 }
 
 void DeviceAdamW::set_step(int64_t step) {

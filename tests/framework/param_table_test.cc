@@ -1,5 +1,6 @@
 // ParamTable's lazy ZeroGrads: whatever reads a gradient through grad() or grads() after ZeroGrads() reads
 // zeros, while a gradient handed to an overwriting writer (GradForWrite, known zero) is never zeroed.
+// With FP8 weights on, an FP8 weight's compute copy is refused (the GPU optimizer does not refresh it).
 #include "framework/param_table.h"
 
 #include <gtest/gtest.h>
@@ -60,6 +61,19 @@ TEST(ParamTableTest, LazyZeroGradsReadsZerosAndSkipsOverwrittenGradients) {
   FillRandom(t.grads(), rng, 1.0);
   t.ZeroGrads();
   EXPECT_TRUE(AllZero(t.grads()));
+}
+
+TEST(ParamTableTest, Fp8WeightsHaveNoComputeCopyToRead) {
+  ParamTable t;
+  const int fp8 = t.Add({.name = "q.weight", .shape = {200, 136}, .gemm = GemmPrecision::kFp8});
+  const int plain = t.Add({.name = "n.weight", .shape = {53}});
+  t.Finalize(DType::kF32);
+  t.SetComputeDType(DType::kBF16);
+  EXPECT_EQ(t.compute_value(fp8).numel(), 200 * 136);  // FP8 off: an ordinary bf16 weight
+  t.EnableFp8Weights();
+  EXPECT_EQ(t.compute_value(plain).numel(), 53);
+  // FP8 on: its GEMMs read the FP8 copies; the optimizer may leave its bf16 copy stale, so it is refused.
+  EXPECT_DEATH(t.compute_value(fp8), "q.weight runs its GEMMs in FP8: read fp8_weight\\(id\\)");
 }
 
 }  // namespace

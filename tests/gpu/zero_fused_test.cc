@@ -6,7 +6,11 @@
 //   - the compute copy equals bf16(values) (round to nearest even) for every trainable element: the fused
 //     pass did the refresh, so the table's next RefreshComputeValues() is skipped, once (a later refresh
 //     converts again); the gradients are left to the table's lazy ZeroGrads, whose grads() reads zeros;
-//   - the kernel alone on a ZeRO-style shard whose start is not a multiple of 4 (the element-wise path).
+//   - the kernel alone on a ZeRO-style shard whose start is not a multiple of 4 (the element-wise path);
+//   - with FP8 weights on: the values still the CPU step's, the compute copy refreshed for the other
+//     parameters and untouched for the FP8 weights (the table keeps none for them), and after the refresh
+//     the FP8 copies equal, code for code and scale for scale, the CPU's QuantizeWeight128x128 of the new
+//     values.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +22,7 @@
 #include "framework/config.h"
 #include "framework/cuda/device_arena.h"
 #include "framework/cuda/device_pool.h"
+#include "framework/fp8_operands.h"
 #include "framework/kernels/cuda/adamw.h"
 #include "framework/numeric.h"
 #include "framework/ops.h"
@@ -216,6 +221,98 @@ TEST(ZeroFusedStep, KernelOnUnalignedShardsMatchesUnfusedSteps) {
         ASSERT_EQ(FloatBits(got_grads.data<float>()[i]), FloatBits(table.grads().data<float>()[i]))
             << "gradient element " << i << " changed";
       }
+    }
+  }
+}
+
+// Every FP8 case of the fused pass: a 2-D weight whose blocks are partial in both directions, one of exact
+// blocks, an expert stack with partial blocks, an undecayed FP8 weight, beside parameters that stay bf16.
+void BuildFp8Table(ParamTable& t) {
+  auto add = [&](const char* name, Shape shape, bool decay, ParamGroup group, GemmPrecision gemm) {
+    ParamSpec s;
+    s.name = name;
+    s.shape = std::move(shape);
+    s.weight_decay = decay;
+    s.group = group;
+    s.gemm = gemm;
+    t.Add(s);
+  };
+  add("model.embed_tokens.weight", {37, 52}, true, ParamGroup::kReplicated, GemmPrecision::kCompute);
+  add("model.layers.0.self_attn.q_a_proj.weight", {200, 136}, true, ParamGroup::kReplicated, GemmPrecision::kFp8);
+  add("model.layers.0.input_layernorm.weight", {53}, false, ParamGroup::kReplicated, GemmPrecision::kCompute);
+  add("model.layers.0.self_attn.o_proj.weight", {256, 128}, false, ParamGroup::kReplicated, GemmPrecision::kFp8);
+  add("model.layers.1.mlp.experts.{e}.up_proj.weight", {3, 136, 260}, true, ParamGroup::kExpert,
+      GemmPrecision::kFp8);
+  t.Finalize(DType::kF32);
+}
+
+TEST(ZeroFusedStep, Fp8WeightsSkipTheComputeCopyAndAreQuantisedByTheRefresh) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  OptimConfig cfg;
+  cfg.moment_dtype = "bf16";
+  cfg.weight_decay = 0.1;
+
+  cuda::DevicePool pool("zero_fused_test fp8", size_t{64} << 20);
+  cuda::PoolScope pool_scope(pool);
+  ops::OpContext context;
+  ops::OpContextScope context_scope(context);
+
+  ParamTable cpu, gpu;
+  BuildFp8Table(cpu);
+  BuildFp8Table(gpu);
+  testing::FillRandom(cpu.values(), rng, 1.0);
+  gpu.values().CopyFrom(cpu.values());
+  gpu.MoveTo(Device::kCUDA);
+  gpu.SetComputeDType(DType::kBF16);
+  gpu.EnableFp8Weights();
+
+  LocalCommunicator cpu_dp("dp"), cpu_edp("edp"), gpu_dp("dp"), gpu_edp("edp");
+  ZeroOptimizer zc(cpu, cfg, cpu_dp, cpu_edp), zg(gpu, cfg, gpu_dp, gpu_edp);
+  const double lrs[] = {1e-2, 3e-3, 5e-2};
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    cpu.ZeroGrads();
+    gpu.ZeroGrads();
+    FillTrainableGrads(cpu, rng);
+    ops::Copy(gpu.grads(), cpu.grads());
+    zc.ReduceGradients();
+    zg.ReduceGradients();
+    const double total = std::sqrt(zc.LocalNormSquared());
+    (void)zg.LocalNormSquared();
+    const double max_norm = step == 1 ? 0.5 * total : 2 * total;  // clipping active in step 1
+    const Tensor compute_before = Download(gpu.compute_values());
+    zc.Step(lrs[step], total, max_norm);
+    zg.Step(lrs[step], total, max_norm);
+    zc.GatherParameters();
+    zg.GatherParameters();
+    cpu.RefreshComputeValues();
+    gpu.RefreshComputeValues();  // the bf16 copy is the step's; the FP8 copies are quantised here
+    ExpectClose(Download(gpu.values()), cpu.values(), "values");
+
+    const Tensor compute = Download(gpu.compute_values());
+    const Tensor values = Download(gpu.values());
+    const auto* got = static_cast<const uint16_t*>(compute.raw());
+    const auto* old = static_cast<const uint16_t*>(compute_before.raw());
+    for (int id = 0; id < gpu.size(); ++id) {
+      const ParamSpec& s = gpu.spec(id);
+      if (!s.trainable) continue;
+      for (int64_t i = s.offset; i < s.offset + NumElements(s.shape); ++i) {
+        const uint16_t want = gpu.fp8(id) ? old[i] : FloatToBf16(values.data<float>()[i]).bits;
+        ASSERT_EQ(got[i], want) << s.name << " compute copy element " << i
+                                << (gpu.fp8(id) ? " (an FP8 weight: not written)" : "");
+      }
+      if (!gpu.fp8(id)) continue;
+      const Fp8Weight want = Fp8Weight::Empty(s.shape, Device::kCPU);
+      ops::QuantizeWeight128x128(want, Download(gpu.value(id)));
+      const Fp8Weight& q = gpu.fp8_weight(id);
+      SCOPED_TRACE(s.name);
+      testing::ExpectBitEqual(Download(q.w.codes), want.w.codes, "w codes");
+      testing::ExpectBitEqual(Download(q.w.scales), want.w.scales, "w scales");
+      testing::ExpectBitEqual(Download(q.wt.codes), want.wt.codes, "wt codes");
+      testing::ExpectBitEqual(Download(q.wt.scales), want.wt.scales, "wt scales");
     }
   }
 }

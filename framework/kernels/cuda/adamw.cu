@@ -173,14 +173,17 @@ unsigned FillingGrid(int64_t count) {
 
 }  // namespace
 
-ParamChunks::ParamChunks(const ParamTable& table, DeviceArena& arena, int64_t begin, int64_t end)
+ParamChunks::ParamChunks(const ParamTable& table, DeviceArena& arena, int64_t begin, int64_t end,
+                         Fp8Weights fp8)
     : begin_(begin), end_(end < 0 ? table.numel() : end), table_numel_(table.numel()) {
   FATHOM_CHECK(table.finalized(), "[param_chunks] the parameter table must be finalized first");
   FATHOM_CHECK(0 <= begin_ && begin_ <= end_ && end_ <= table.numel(), "[param_chunks] range [", begin_, ", ",
                end_, ") outside the table's ", table.numel(), " elements");
   std::vector<int64_t> host;
-  for (const ParamSpec& s : table.specs()) {
+  for (int id = 0; id < table.size(); ++id) {
+    const ParamSpec& s = table.spec(id);
     if (!s.trainable) continue;
+    if ((fp8 == Fp8Weights::kExclude && table.fp8(id)) || (fp8 == Fp8Weights::kOnly && !table.fp8(id))) continue;
     // The parameter's own elements only: the alignment padding after it never joins a chunk.
     const int64_t b = std::max(begin_, s.offset);
     const int64_t e = std::min(end_, s.offset + NumElements(s.shape));

@@ -52,10 +52,13 @@ inline constexpr int64_t kParamChunkElements = 4096;
 // The trainable elements of [begin, end) of a table's flat buffers as a device work list.
 class ParamChunks {
  public:
+  // Which parameters a list takes, by whether their GEMMs run in FP8 (ParamTable::fp8).
+  enum class Fp8Weights { kInclude, kExclude, kOnly };
   // Start-up code: walks the specs (REQUIRES: table finalized; 0 <= begin <= end <= table.numel(), end = -1
   // meaning table.numel()), allocates the list and the norm scratch from `arena` and copies the list to the
   // device (synchronous). The arena must outlive this object.
-  ParamChunks(const ParamTable& table, DeviceArena& arena, int64_t begin = 0, int64_t end = -1);
+  ParamChunks(const ParamTable& table, DeviceArena& arena, int64_t begin = 0, int64_t end = -1,
+              Fp8Weights fp8 = Fp8Weights::kInclude);
   ParamChunks(const ParamChunks&) = delete;
   ParamChunks& operator=(const ParamChunks&) = delete;
 
