@@ -398,18 +398,14 @@ __global__ void QuantizeWeightKernel(uint8_t* codes, uint8_t* codes_t, float* sc
 }
 
 // QuantizeWeightKernel with 4-column accesses (REQUIRES cols % 4 == 0, so a 4-column group is wholly inside
-// or outside the block), in two reads of the block: the first only takes the amax, the second (from L2: the
-// block is 64 KB and was just read) the codes, row-major as 4-byte words and, through shared memory,
-// transposed. Holding the block in registers between the two needs ~120 registers a thread, two blocks per
-// multiprocessor, and their load, reduce and store phases left HBM idle half the time (~1.8 TB/s on an
-// H200); at <= 64 registers four blocks overlap. The arithmetic per element and the amax (a maximum:
-// order-free) are QuantizeWeightKernel's, so the codes and scales are the same bits.
+// or outside the block): one read of the block into registers (16 groups per thread), the block amax, then
+// the codes as 4-byte words, row-major and, through shared memory, transposed. The arithmetic per element and
+// the amax (a maximum: order-free) are QuantizeWeightKernel's, so the codes and scales are the same bits.
 template <class In>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads)
     QuantizeWeightVecKernel(uint8_t* codes, uint8_t* codes_t, float* scales, float* scales_t, const In* w,
                             int64_t rows, int64_t cols, int scale_stride, int scale_stride_t) {
   constexpr int kGroups = kTile * kTile / 4 / kThreads;   // 16 groups of 4 columns per thread
-  constexpr int kRowsPerGroup = kThreads / (kTile / 4);   // group k of a thread: row r + 8 k
   __shared__ uint32_t block_codes[kTile][kTile / 4 + 1];  // + 1: the transposed read spreads over the banks
   __shared__ float warp_max[kWarps];
   const int64_t row_blocks = gridDim.y, col_blocks = gridDim.x;
@@ -417,49 +413,45 @@ __global__ void __launch_bounds__(kThreads, 4)
   const int h = static_cast<int>(min(static_cast<int64_t>(kTile), rows - r0));
   const int wd = static_cast<int>(min(static_cast<int64_t>(kTile), cols - c0));
   const int64_t m = blockIdx.z;
-  // This thread's column group (the same in every row it visits) and its first row.
-  const int r_first = static_cast<int>(threadIdx.x) / (kTile / 4), c = 4 * (static_cast<int>(threadIdx.x) % (kTile / 4));
-  const In* src = w + m * rows * cols + (r0 + r_first) * cols + c0 + c;
-  const int64_t group_stride = kRowsPerGroup * cols;
-  const bool col_in = c < wd;
+  const In* src = w + m * rows * cols;
+  float v[kGroups][4];
   float amax = 0.0f;
-#pragma unroll 4
-  for (int k = 0; k < kGroups; ++k) {
-    if (col_in && r_first + kRowsPerGroup * k < h) {
-      float v[4];
-      LoadVec<4>(src + k * group_stride, v);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) amax = fmaxf(amax, fabsf(v[e]));
+  for (int k = 0; k < kGroups; ++k) {
+    const int i = threadIdx.x + k * kThreads, r = i / (kTile / 4), c = 4 * (i % (kTile / 4));
+    if (r < h && c < wd) {
+      LoadVec<4>(src + (r0 + r) * cols + c0 + c, v[k]);
+    } else {
+      v[k][0] = v[k][1] = v[k][2] = v[k][3] = 0.0f;
     }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) amax = fmaxf(amax, fabsf(v[k][e]));
   }
   amax = BlockAmax(amax, warp_max);
   const float inv = __fdiv_rn(kFp8E4M3Max, amax);
   const int64_t padded_cols = col_blocks * kTile, padded_rows = row_blocks * kTile;
-  uint8_t* row_codes = codes + (m * rows + r0 + r_first) * padded_cols + c0 + c;
-#pragma unroll 4
+#pragma unroll
   for (int k = 0; k < kGroups; ++k) {
-    const int r = r_first + kRowsPerGroup * k;
+    const int i = threadIdx.x + k * kThreads, r = i / (kTile / 4), c = 4 * (i % (kTile / 4));
     uint32_t word = 0;
-    if (col_in && r < h) {
-      float v[4];
-      LoadVec<4>(src + k * group_stride, v);  // the second read of the block: L2
+    if (r < h && c < wd) {
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        word |= static_cast<uint32_t>(FloatToE4M3Saturate(__fmul_rn(v[e], inv))) << (8 * e);
+        word |= static_cast<uint32_t>(FloatToE4M3Saturate(__fmul_rn(v[k][e], inv))) << (8 * e);
     }
     block_codes[r][c / 4] = word;
-    if (r < h) *reinterpret_cast<uint32_t*>(row_codes + kRowsPerGroup * k * padded_cols) = word;
+    if (r < h) *reinterpret_cast<uint32_t*>(codes + (m * rows + r0 + r) * padded_cols + c0 + c) = word;
   }
   __syncthreads();
   // Transposed: thread i writes rows 4q .. 4q + 3 of column c as one word.
   for (int i = threadIdx.x; i < kTile * kTile / 4; i += kThreads) {
-    const int col = i / (kTile / 4), q = i % (kTile / 4);
-    if (col >= wd) continue;
-    const int shift = 8 * (col % 4);
+    const int c = i / (kTile / 4), q = i % (kTile / 4);
+    if (c >= wd) continue;
+    const int shift = 8 * (c % 4);
     uint32_t word = 0;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) word |= ((block_codes[4 * q + e][col / 4] >> shift) & 0xFFu) << (8 * e);
-    *reinterpret_cast<uint32_t*>(codes_t + (m * cols + c0 + col) * padded_rows + r0 + 4 * q) = word;
+    for (int e = 0; e < 4; ++e) word |= ((block_codes[4 * q + e][c / 4] >> shift) & 0xFFu) << (8 * e);
+    *reinterpret_cast<uint32_t*>(codes_t + (m * cols + c0 + c) * padded_rows + r0 + 4 * q) = word;
   }
   if (threadIdx.x == 0) WriteBlockScale(scales, scales_t, amax, m, scale_stride, scale_stride_t);
 }
