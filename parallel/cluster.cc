@@ -57,7 +57,7 @@ std::string ClusterConfig::Fp8Caveat(bool fp8_gemm, bool fathom_policy) const {
                                ": rated at the FP8 peak (", peak_fp8_tflops, " TFLOP/s) with the bf16 efficiency");
   if (fathom_policy) {
     absl::StrAppend(&s, ", an optimistic guess fathom's FP8 path does not reach yet (on one H200, 2026-12-04: "
-                        "recipes/small.yaml's fp8 step ran at 0.78x of its bf16 step's speed); `fathom bench RECIPE "
+                        "recipes/small.yaml's fp8 step ran at 0.82x of its bf16 step's speed); `fathom bench RECIPE "
                         "--profile OUT.yaml` measures the FP8 rates into the profile");
   }
   return s;

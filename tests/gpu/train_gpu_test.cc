@@ -35,6 +35,24 @@ std::vector<double> Losses(const std::string& device, int64_t steps, const std::
   return out;
 }
 
+// How far a GPU loss curve lies from the CPU's, relative to the CPU: at the first step, at the worst step,
+// and between the means of the last 10 steps.
+struct CurveGap {
+  double first = 0, worst = 0, tail = 0;
+};
+CurveGap Gap(const std::vector<double>& cpu, const std::vector<double>& gpu) {
+  const size_t n = cpu.size();
+  CurveGap g;
+  double cpu_tail = 0, gpu_tail = 0;
+  for (size_t s = 0; s < n; ++s) {
+    g.worst = std::max(g.worst, std::abs(gpu[s] - cpu[s]) / cpu[s]);
+    if (s + 10 >= n) cpu_tail += cpu[s] / 10, gpu_tail += gpu[s] / 10;
+  }
+  g.first = std::abs(gpu[0] - cpu[0]) / cpu[0];
+  g.tail = std::abs(gpu_tail - cpu_tail) / cpu_tail;
+  return g;
+}
+
 TEST(TrainGpu, FiftyStepsFollowTheCpuLossCurve) {
   FATHOM_REQUIRE_GPU();
   const int64_t steps = 50;
@@ -62,20 +80,15 @@ TEST(TrainGpu, Bf16FiftyStepsFollowTheCpuF32LossCurve) {
   FATHOM_REQUIRE_GPU();
   const int64_t steps = 50;
   std::vector<double> cpu = Losses("cpu", steps), gpu = Losses("cuda", steps, "bf16");
-  double worst = 0, cpu_tail = 0, gpu_tail = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    worst = std::max(worst, std::abs(gpu[s] - cpu[s]) / cpu[s]);
-    if (s >= steps - 10) cpu_tail += cpu[s] / 10, gpu_tail += gpu[s] / 10;
-  }
-  const double first = std::abs(gpu[0] - cpu[0]) / cpu[0], tail = std::abs(gpu_tail - cpu_tail) / cpu_tail;
+  const CurveGap g = Gap(cpu, gpu);
   std::printf(
       "50 bf16 steps on the GPU: lm loss %.4f -> %.4f (CPU f32 %.4f -> %.4f); first step %.2e, worst "
       "%.2e, last-10 mean %.2e relative\n",
-      gpu.front(), gpu.back(), cpu.front(), cpu.back(), first, worst, tail);
-  EXPECT_LE(first, 1e-2);
-  EXPECT_LE(worst, 3e-2);
-  EXPECT_LE(tail, 2e-2);
-  EXPECT_GT(first + worst, 1e-6) << "bf16 must differ from f32 somewhere";
+      gpu.front(), gpu.back(), cpu.front(), cpu.back(), g.first, g.worst, g.tail);
+  EXPECT_LE(g.first, 1e-2);
+  EXPECT_LE(g.worst, 3e-2);
+  EXPECT_LE(g.tail, 2e-2);
+  EXPECT_GT(g.first + g.worst, 1e-6) << "bf16 must differ from f32 somewhere";
 }
 
 // train.precision fp8 on the GPU (cuBLASLt's block-scaled GEMMs, bf16 elsewhere) against the CPU's fp8 run
@@ -89,19 +102,15 @@ TEST(TrainGpu, Fp8FiftyStepsFollowTheCpuFp8LossCurve) {
   const int64_t steps = 50;
   const std::vector<std::string> fp8 = {"train.precision=fp8", "model.qk_rope_head_dim=16"};
   std::vector<double> cpu = Losses("cpu", steps, "f32", fp8), gpu = Losses("cuda", steps, "bf16", fp8);
-  double worst = 0, cpu_tail = 0, gpu_tail = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    worst = std::max(worst, std::abs(gpu[s] - cpu[s]) / cpu[s]);
-    if (s >= steps - 10) cpu_tail += cpu[s] / 10, gpu_tail += gpu[s] / 10;
-  }
-  const double first = std::abs(gpu[0] - cpu[0]) / cpu[0], tail = std::abs(gpu_tail - cpu_tail) / cpu_tail;
+  const CurveGap g = Gap(cpu, gpu);
   std::printf(
       "50 fp8 steps on the GPU: lm loss %.4f -> %.4f (CPU fp8 %.4f -> %.4f); first step %.2e, worst %.2e, "
       "last-10 mean %.2e relative\n",
-      gpu.front(), gpu.back(), cpu.front(), cpu.back(), first, worst, tail);
-  EXPECT_LE(first, 1.5e-2);
-  EXPECT_LE(worst, 4.5e-2);
-  EXPECT_LE(tail, 3e-2);
+      gpu.front(), gpu.back(), cpu.front(), cpu.back(), g.first, g.worst, g.tail);
+  // Measured on an H200: first 1.43e-4, worst 1.50e-2, last-10 mean 7.94e-3.
+  EXPECT_LE(g.first, 1.5e-2);
+  EXPECT_LE(g.worst, 4.5e-2);
+  EXPECT_LE(g.tail, 3e-2);
   EXPECT_LT(gpu.back(), 0.9 * gpu.front()) << "the GPU fp8 run must learn";
 }
 

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <utility>
@@ -85,33 +86,67 @@ void ExpectClose(const Tensor& got, const Tensor& want, const char* what) {
   EXPECT_EQ(bad, 0) << what;
 }
 
-TEST(ZeroFusedStep, OneRankMatchesCpuAndLeavesCopyFreshAndGradsZero) {
-  FATHOM_REQUIRE_GPU();
-  const uint64_t seed = TestSeed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  std::mt19937_64 rng(seed);
+// AdamW as the model trains it: bf16 moments, decay 0.1, betas (0.9, 0.95).
+OptimConfig Bf16MomentsConfig() {
   OptimConfig cfg;
   cfg.moment_dtype = "bf16";
   cfg.weight_decay = 0.1;
   cfg.beta1 = 0.9;
   cfg.beta2 = 0.95;
   cfg.eps = 1e-8;
+  return cfg;
+}
 
-  cuda::DevicePool pool("zero_fused_test", size_t{64} << 20);
-  cuda::PoolScope pool_scope(pool);
+// A CPU table and its GPU twin (`build`'s parameters, the same random values; the GPU one with a bf16
+// compute copy and, with `fp8`, FP8 weights on), each with a one-rank ZeroOptimizer, and the device pool and
+// op context the GPU side needs.
+struct Twins {
+  cuda::DevicePool pool{"zero_fused_test", size_t{64} << 20};
+  cuda::PoolScope pool_scope{pool};
   ops::OpContext context;
-  ops::OpContextScope context_scope(context);
-
+  ops::OpContextScope context_scope{context};
   ParamTable cpu, gpu;
-  BuildTable(cpu);
-  BuildTable(gpu);
-  testing::FillRandom(cpu.values(), rng, 1.0);
-  gpu.values().CopyFrom(cpu.values());
-  gpu.MoveTo(Device::kCUDA);
-  gpu.SetComputeDType(DType::kBF16);
+  LocalCommunicator cpu_dp{"dp"}, cpu_edp{"edp"}, gpu_dp{"dp"}, gpu_edp{"edp"};
+  std::unique_ptr<ZeroOptimizer> zc, zg;
 
-  LocalCommunicator cpu_dp("dp"), cpu_edp("edp"), gpu_dp("dp"), gpu_edp("edp");
-  ZeroOptimizer zc(cpu, cfg, cpu_dp, cpu_edp), zg(gpu, cfg, gpu_dp, gpu_edp);
+  Twins(void (*build)(ParamTable&), const OptimConfig& cfg, std::mt19937_64& rng, bool fp8) {
+    build(cpu);
+    build(gpu);
+    testing::FillRandom(cpu.values(), rng, 1.0);
+    gpu.values().CopyFrom(cpu.values());
+    gpu.MoveTo(Device::kCUDA);
+    gpu.SetComputeDType(DType::kBF16);
+    if (fp8) gpu.EnableFp8Weights();
+    zc = std::make_unique<ZeroOptimizer>(cpu, cfg, cpu_dp, cpu_edp);
+    zg = std::make_unique<ZeroOptimizer>(gpu, cfg, gpu_dp, gpu_edp);
+  }
+  // The same fresh gradients into both, reduced: {the CPU's norm^2, the GPU's}.
+  std::pair<double, double> Gradients(std::mt19937_64& rng) {
+    FillTrainableGrads(cpu, rng);
+    ops::Copy(gpu.grads(), cpu.grads());
+    zc->ReduceGradients();
+    zg->ReduceGradients();
+    return {zc->LocalNormSquared(), zg->LocalNormSquared()};
+  }
+  // Both steps with the same norm and clip, then the gather and the tables' refresh.
+  void Step(double lr, double total, double max_norm) {
+    zc->Step(lr, total, max_norm);
+    zg->Step(lr, total, max_norm);
+    zc->GatherParameters();
+    zg->GatherParameters();
+    cpu.RefreshComputeValues();
+    gpu.RefreshComputeValues();
+  }
+};
+
+TEST(ZeroFusedStep, OneRankMatchesCpuAndLeavesCopyFreshAndGradsZero) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  Twins t(BuildTable, Bf16MomentsConfig(), rng, /*fp8=*/false);
+  ParamTable& cpu = t.cpu;
+  ParamTable& gpu = t.gpu;
   const double lrs[] = {1e-2, 3e-3, 5e-2};
   for (int step = 0; step < 3; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
@@ -121,24 +156,13 @@ TEST(ZeroFusedStep, OneRankMatchesCpuAndLeavesCopyFreshAndGradsZero) {
       const Tensor g = Download(gpu.grads());
       for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.data<float>()[i], 0.f) << "grad element " << i;
     }
-    FillTrainableGrads(cpu, rng);
-    ops::Copy(gpu.grads(), cpu.grads());
-
-    zc.ReduceGradients();
-    zg.ReduceGradients();
-    const double norm_c = zc.LocalNormSquared(), norm_g = zg.LocalNormSquared();
+    const auto [norm_c, norm_g] = t.Gradients(rng);
     ASSERT_GT(norm_c, 0.0);
     EXPECT_LE(std::fabs(norm_g - norm_c), 1e-12 * norm_c) << "gpu " << norm_g << " cpu " << norm_c;
     const double total = std::sqrt(norm_c);
     // Clipping inactive, active (half the norm), disabled. Both optimizers get the CPU's norm so the clip
-    // factors are the same double.
-    const double max_norm = step == 0 ? 2 * total : step == 1 ? 0.5 * total : 0.0;
-    zc.Step(lrs[step], total, max_norm);
-    zg.Step(lrs[step], total, max_norm);
-    zc.GatherParameters();
-    zg.GatherParameters();
-    cpu.RefreshComputeValues();
-    gpu.RefreshComputeValues();  // skipped: the fused pass refreshed the copy
+    // factors are the same double. The GPU table's refresh is skipped: the fused pass refreshed the copy.
+    t.Step(lrs[step], total, step == 0 ? 2 * total : step == 1 ? 0.5 * total : 0.0);
 
     ExpectClose(Download(gpu.values()), cpu.values(), "values");
     const Tensor compute = Download(gpu.compute_values());
@@ -228,21 +252,15 @@ TEST(ZeroFusedStep, KernelOnUnalignedShardsMatchesUnfusedSteps) {
 // Every FP8 case of the fused pass: a 2-D weight whose blocks are partial in both directions, one of exact
 // blocks, an expert stack with partial blocks, an undecayed FP8 weight, beside parameters that stay bf16.
 void BuildFp8Table(ParamTable& t) {
-  auto add = [&](const char* name, Shape shape, bool decay, ParamGroup group, GemmPrecision gemm) {
-    ParamSpec s;
-    s.name = name;
-    s.shape = std::move(shape);
-    s.weight_decay = decay;
-    s.group = group;
-    s.gemm = gemm;
-    t.Add(s);
-  };
-  add("model.embed_tokens.weight", {37, 52}, true, ParamGroup::kReplicated, GemmPrecision::kCompute);
-  add("model.layers.0.self_attn.q_a_proj.weight", {200, 136}, true, ParamGroup::kReplicated, GemmPrecision::kFp8);
-  add("model.layers.0.input_layernorm.weight", {53}, false, ParamGroup::kReplicated, GemmPrecision::kCompute);
-  add("model.layers.0.self_attn.o_proj.weight", {256, 128}, false, ParamGroup::kReplicated, GemmPrecision::kFp8);
-  add("model.layers.1.mlp.experts.{e}.up_proj.weight", {3, 136, 260}, true, ParamGroup::kExpert,
-      GemmPrecision::kFp8);
+  using G = ParamGroup;
+  using P = GemmPrecision;
+  t.Add({.name = "model.embed_tokens.weight", .shape = {37, 52}});
+  t.Add({.name = "model.layers.0.self_attn.q_a_proj.weight", .shape = {200, 136}, .gemm = P::kFp8});
+  t.Add({.name = "model.layers.0.input_layernorm.weight", .shape = {53}, .weight_decay = false});
+  t.Add({.name = "model.layers.0.self_attn.o_proj.weight", .shape = {256, 128}, .weight_decay = false,
+         .gemm = P::kFp8});
+  t.Add({.name = "model.layers.1.mlp.experts.{e}.up_proj.weight", .shape = {3, 136, 260}, .group = G::kExpert,
+         .gemm = P::kFp8});
   t.Finalize(DType::kF32);
 }
 
@@ -251,46 +269,18 @@ TEST(ZeroFusedStep, Fp8WeightsSkipTheComputeCopyAndAreQuantisedByTheRefresh) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  OptimConfig cfg;
-  cfg.moment_dtype = "bf16";
-  cfg.weight_decay = 0.1;
-
-  cuda::DevicePool pool("zero_fused_test fp8", size_t{64} << 20);
-  cuda::PoolScope pool_scope(pool);
-  ops::OpContext context;
-  ops::OpContextScope context_scope(context);
-
-  ParamTable cpu, gpu;
-  BuildFp8Table(cpu);
-  BuildFp8Table(gpu);
-  testing::FillRandom(cpu.values(), rng, 1.0);
-  gpu.values().CopyFrom(cpu.values());
-  gpu.MoveTo(Device::kCUDA);
-  gpu.SetComputeDType(DType::kBF16);
-  gpu.EnableFp8Weights();
-
-  LocalCommunicator cpu_dp("dp"), cpu_edp("edp"), gpu_dp("dp"), gpu_edp("edp");
-  ZeroOptimizer zc(cpu, cfg, cpu_dp, cpu_edp), zg(gpu, cfg, gpu_dp, gpu_edp);
+  Twins t(BuildFp8Table, Bf16MomentsConfig(), rng, /*fp8=*/true);
+  ParamTable& gpu = t.gpu;
   const double lrs[] = {1e-2, 3e-3, 5e-2};
   for (int step = 0; step < 3; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
-    cpu.ZeroGrads();
+    t.cpu.ZeroGrads();
     gpu.ZeroGrads();
-    FillTrainableGrads(cpu, rng);
-    ops::Copy(gpu.grads(), cpu.grads());
-    zc.ReduceGradients();
-    zg.ReduceGradients();
-    const double total = std::sqrt(zc.LocalNormSquared());
-    (void)zg.LocalNormSquared();
-    const double max_norm = step == 1 ? 0.5 * total : 2 * total;  // clipping active in step 1
+    const double total = std::sqrt(t.Gradients(rng).first);
     const Tensor compute_before = Download(gpu.compute_values());
-    zc.Step(lrs[step], total, max_norm);
-    zg.Step(lrs[step], total, max_norm);
-    zc.GatherParameters();
-    zg.GatherParameters();
-    cpu.RefreshComputeValues();
-    gpu.RefreshComputeValues();  // the bf16 copy is the step's; the FP8 copies are quantised here
-    ExpectClose(Download(gpu.values()), cpu.values(), "values");
+    // Clipping active in step 1; the refresh quantises the FP8 weights (the bf16 copy is the step's).
+    t.Step(lrs[step], total, step == 1 ? 0.5 * total : 2 * total);
+    ExpectClose(Download(gpu.values()), t.cpu.values(), "values");
 
     const Tensor compute = Download(gpu.compute_values());
     const Tensor values = Download(gpu.values());
