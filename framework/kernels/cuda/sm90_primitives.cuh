@@ -49,15 +49,19 @@ __device__ __forceinline__ uint32_t BarrierTryWait(uint64_t* bar, uint32_t parit
 }
 
 // Spins until the barrier's phase of the given parity has completed. A wait past ~2^33 cycles (seconds)
-// is a bug (bytes that never arrive, a ring out of step): it reports the barrier and traps, so the job
-// fails loudly instead of hanging.
+// is a bug (bytes that never arrive, a ring out of step): it traps, so the job fails loudly instead of
+// hanging. Only debug builds (no NDEBUG) print which barrier first: printf is a function call, and a call
+// anywhere in a kernel with wgmma in flight makes ptxas serialize every wgmma of that kernel (warning C7510,
+// "wgmma pipeline crossing function boundary"), which release builds must not pay.
 __device__ __forceinline__ void BarrierWait(uint64_t* bar, uint32_t parity) {
   if (BarrierTryWait(bar, parity)) return;  // the common case reads no clock
   const long long start = clock64();
   while (!BarrierTryWait(bar, parity)) {
     if (clock64() - start > (1ll << 33)) {
+#ifndef NDEBUG
       printf("tiled_grouped_gemm: block %d thread %d stuck on the barrier at shared 0x%x, parity %u\n",
              static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), SmemAddress(bar), parity);
+#endif
       __trap();
     }
   }
