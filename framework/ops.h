@@ -140,9 +140,10 @@ void QuantizeWeight128x128(const Fp8Weight& q, const Tensor& w);
 // x = dy's rows and w = Fp8Weight::wt.
 void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tensor& counts,
                         bool accumulate = false);
-// out[g] (G, M, N) (or (M, N)) += a_g . b_g^T over group g's tokens: dW += dy^T x with a = dy's columns and
-// b = x's (both grouped alike).
-void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b);
+// out[g] (G, M, N) (or (M, N)) (+=/=) a_g . b_g^T over group g's tokens: dW += dy^T x with a = dy's columns
+// and b = x's (both grouped alike). Overwriting (a gradient's first writer, ParamTable::GradForWrite) sets
+// the groups without tokens to zero, as GroupedMatmulTN does.
+void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate = true);
 
 // ---- RMSNorm (cpu/norm.h) -------------------------------------------------------------------------------
 // out (N, C), rstd (N) StatsDType; x (N, C); w (C).

@@ -29,7 +29,7 @@ void QuantizeCols1x128(const Fp8Cols& q, const Fp8Rows& x);
 void QuantizeWeight128x128(const Fp8Weight& q, const Tensor& w);
 void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tensor& counts,
                         bool accumulate);
-void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b);
+void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate);
 void RmsNormForward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, double eps);
 void RmsNormBackwardInput(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& w,
                           const Tensor& rstd, const Tensor& residual);

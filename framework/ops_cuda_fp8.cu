@@ -55,9 +55,9 @@ void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatri
   ctx.fp8_gemm().GroupedMatmulNT(out, x, w, counts, accumulate, scratch, ctx.stream());
 }
 
-void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b) {
+void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate) {
   OpContext& ctx = Context("fp8_grouped_matmul_tn");
-  ctx.fp8_gemm().GroupedMatmulTN(out, a, b, ctx.stream());
+  ctx.fp8_gemm().GroupedMatmulTN(out, a, b, accumulate, ctx.stream());
 }
 
 }  // namespace cuda_impl

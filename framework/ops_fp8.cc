@@ -103,13 +103,13 @@ void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatri
   FATHOM_OPS_ON_CUDA(op, cuda_impl::Fp8GroupedMatmulNT(out, x, w, groups, accumulate));
 }
 
-void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b) {
+void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate) {
   const char* op = "fp8_grouped_matmul_tn";
   const Device dev = OneDevice(op, "out", out, "a.codes", a.codes, "a.scales", a.scales, "b.codes", b.codes,
                                "b.scales", b.scales);
   CheckOut(op, dev, out, /*allow_bf16=*/false);
-  if (dev == Device::kCPU) return cpu::Fp8GroupedMatmulTN(out, a, b);
-  FATHOM_OPS_ON_CUDA(op, cuda_impl::Fp8GroupedMatmulTN(out, a, b));
+  if (dev == Device::kCPU) return cpu::Fp8GroupedMatmulTN(out, a, b, accumulate);
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::Fp8GroupedMatmulTN(out, a, b, accumulate));
 }
 
 }  // namespace fathom::ops

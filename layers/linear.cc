@@ -70,12 +70,12 @@ void Linear::BackwardInputAdd(int mb, const Tensor& dy, const Tensor& dx) {
 void Linear::BackwardWeight(int mb) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy.defined(), "[linear] BackwardWeight before BackwardInput for micro-batch ", mb);
+  // The first writer of a step overwrites (see ParamTable::GradForWrite); later ones add.
+  bool known_zero = false;
+  const Tensor grad = table_->GradForWrite(weight_, &known_zero);
   if (table_->fp8(weight_)) {
-    ops::Fp8GroupedMatmulTN(table_->grad(weight_), ops::QuantizeCols(c.dy), ops::QuantizeCols(c.x));
+    ops::Fp8GroupedMatmulTN(grad, ops::QuantizeCols(c.dy), ops::QuantizeCols(c.x), /*accumulate=*/!known_zero);
   } else {
-    // The first writer of a step overwrites (see ParamTable::GradForWrite); later ones add.
-    bool known_zero = false;
-    const Tensor grad = table_->GradForWrite(weight_, &known_zero);
     ops::MatmulTN(grad, c.dy, c.x, /*accumulate=*/!known_zero);
   }
   saved_.Drop(mb);

@@ -57,14 +57,20 @@ Tensor MoE::ExpertsBackwardInputFp8(Ctx& c) {
 }
 
 // dW_e += dy_e^T x_e for each expert, the operands quantised along each expert's tokens (the kept FP8 rows
-// through their values, the bf16 activations directly); the input's columns serve gate and up.
+// through their values, the bf16 activations directly); the input's columns serve gate and up. A step's
+// first writer overwrites (ParamTable::GradForWrite: no zeroing pass, no read of the old sums), and then
+// the experts without tokens get zeros.
 void MoE::ExpertsBackwardWeightFp8(Ctx& c) {
   const Tensor& counts = ExpertCounts(c);  // the padded layout's blocks, or the routed counts
-  ops::Fp8GroupedMatmulTN(table_->grad(down_proj_), ops::QuantizeCols(c.dyq_local, counts),
-                          ops::QuantizeCols(c.h, counts));
+  auto wgrad = [&](int id, const Fp8Cols& dy_cols, const Fp8Cols& x_cols) {
+    bool known_zero = false;
+    const Tensor grad = table_->GradForWrite(id, &known_zero);
+    ops::Fp8GroupedMatmulTN(grad, dy_cols, x_cols, /*accumulate=*/!known_zero);
+  };
+  wgrad(down_proj_, ops::QuantizeCols(c.dyq_local, counts), ops::QuantizeCols(c.h, counts));
   const Fp8Cols x_cols = ops::QuantizeCols(c.xq_local, counts);
-  ops::Fp8GroupedMatmulTN(table_->grad(gate_proj_), ops::QuantizeCols(c.dgate, counts), x_cols);
-  ops::Fp8GroupedMatmulTN(table_->grad(up_proj_), ops::QuantizeCols(c.dup, counts), x_cols);
+  wgrad(gate_proj_, ops::QuantizeCols(c.dgate, counts), x_cols);
+  wgrad(up_proj_, ops::QuantizeCols(c.dup, counts), x_cols);
 }
 
 }  // namespace fathom

@@ -330,6 +330,22 @@ TEST(Fp8Gemm, GroupedTNAccumulatesEachGroupsWeightGradient) {
   }
   EXPECT_LT(RelError(got, want), 2e-5);
   EXPECT_LT(RelError(got, exact), 0.1);
+
+  // Overwriting (a gradient's first writer): the same products with nothing added, the group without
+  // tokens zeroed.
+  Tensor fresh = before.Clone();
+  ops::Fp8GroupedMatmulTN(fresh, a, b, /*accumulate=*/false);
+  std::vector<double> got_fresh;
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t at = g * m * n; at < (g + 1) * m * n; ++at) {
+      if (counts[g] == 0) {
+        ASSERT_EQ(fresh.data<float>()[at], 0.0f) << "an overwritten group without tokens is zero";
+      } else {
+        got_fresh.push_back(fresh.Item(at));
+      }
+    }
+  }
+  EXPECT_LT(RelError(got_fresh, want), 2e-5);
 }
 
 TEST(Fp8GemmDeathTest, MismatchedGroupsAreRefusedNamingTheOp) {

@@ -188,6 +188,17 @@ TEST(Fp8GemmGpu, GroupedTNMatchesTheCpuEmulation) {
         for (int64_t i = g * slice; i < (g + 1) * slice; ++i)
           ASSERT_EQ(got.data<float>()[i], before.data<float>()[i]) << "expert " << g << " has no tokens";
       }
+      // Overwriting (a gradient's first writer): the CPU's overwritten result, experts without tokens zero.
+      Tensor fresh_cpu = before.Clone(), fresh_gpu = Up(before);
+      ops::Fp8GroupedMatmulTN(fresh_cpu, ac, bc, /*accumulate=*/false);
+      ops::Fp8GroupedMatmulTN(fresh_gpu, ag, bg, /*accumulate=*/false);
+      const Tensor fresh = Down(fresh_gpu);
+      EXPECT_LT(RelError(fresh, fresh_cpu), kF32OutTol);
+      for (int64_t g = 0; g < groups; ++g) {
+        if (c.counts[g] != 0) continue;
+        for (int64_t i = g * slice; i < (g + 1) * slice; ++i)
+          ASSERT_EQ(fresh.data<float>()[i], 0.0f) << "expert " << g << " has no tokens (overwritten)";
+      }
     }
   }
 }

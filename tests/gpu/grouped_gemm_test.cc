@@ -250,7 +250,7 @@ void CheckTiledFp8TN(int64_t m, int64_t n, const std::vector<int64_t>& counts, i
   };
   Tensor dout = Upload(arena, out0);
   ASSERT_TRUE(cuda::TiledFp8TNSupported(n, groups));
-  cuda::TiledFp8GroupedMatmulTN(dout, up(qa), up(qb), nullptr, max_ctas);
+  cuda::TiledFp8GroupedMatmulTN(dout, up(qa), up(qb), /*accumulate=*/true, nullptr, max_ctas);
   Tensor want = out0.To(DType::kF64);
   cpu::Fp8GroupedMatmulTN(want, qa, qb);
   EXPECT_LE(RelError(Download(dout), want), 5e-4);

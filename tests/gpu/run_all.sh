@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU machine verifies, in one command, each step bounded in time and logged under OUT_DIR:
 # the GPU test suite, fathom bench (bf16) beside a PyTorch peer when one is given, its kernel summary, fathom
-# bench in fp8 with each train.fp8_expert_gemm choice and the default's kernel summary, the
-# calibration profile, the HF export/import checks against transformers, the TensorBoard and Megatron reader
+# bench in fp8 with each train.fp8_expert_gemm choice and the default's kernel summary, the own tiled GEMM's
+# benchmarks beside cuBLASLt's, the calibration profile, the HF export/import checks against transformers, the TensorBoard and Megatron reader
 # tests, and the FP8 accuracy script.
 # Usage (repo root, after a CUDA build):
 #   bash tests/gpu/run_all.sh BUILD_DIR OUT_DIR [PEER_SCRIPT]
@@ -48,6 +48,11 @@ if [[ -f "$KS" ]]; then
     timeout 150 "$F" bench $SMALL --set train.precision=fp8 --warmup 1 --steps 4 > "$OUT_DIR/bench_fp8_kernels.log" 2>&1
   step "fp8 kernel summary rc $?"; head -2 "$OUT_DIR/kernels_fp8.txt"
 fi
+# The own tiled grouped GEMM (bf16 and FP8 forms) beside cuBLASLt at the bench's expert shapes: whether it can
+# take over the expert GEMMs (and with them the MoE's device-side counts). Its setup quantises on the CPU.
+timeout 240 "$BUILD/tests/gpu_bench/gpu_bench" --benchmark_filter='BM_OwnTiled|BM_Gemm/(fwd|dgrad|wgrad)/[78]/' \
+  > "$OUT_DIR/own_kernels.log" 2>&1; step "own kernel benchmarks rc $?"
+grep -E '^BM_' "$OUT_DIR/own_kernels.log"
 timeout 150 "$F" bench $SMALL --profile "$OUT_DIR/h200-small.yaml" > "$OUT_DIR/profile.log" 2>&1; step "profile rc $?"
 for shape in "2048 1" "2048 2" "4096 1"; do
   set -- $shape

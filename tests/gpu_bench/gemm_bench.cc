@@ -376,7 +376,7 @@ void BM_OwnTiledFp8TN(benchmark::State& state) {
   const Fp8Cols a = up(qa), b = up(qb);
   const Tensor out = d.Experts(d.grad(), m, n);
   TimeCalls(state, 2.0 * kRows * static_cast<double>(m) * static_cast<double>(n),
-            [&](int) { cuda::TiledFp8GroupedMatmulTN(out, a, b, nullptr); });
+            [&](int) { cuda::TiledFp8GroupedMatmulTN(out, a, b, /*accumulate=*/true, nullptr); });
 }
 
 void OwnTiledArgs(benchmark::internal::Benchmark* b) {

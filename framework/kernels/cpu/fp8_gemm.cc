@@ -248,7 +248,7 @@ void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatri
   }
 }
 
-void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b) {
+void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate) {
   const char* op = "fp8_grouped_matmul_tn";
   CheckFloat(op, out, "out");
   const Groups g = Layout(CheckFp8MatmulTN(op, out, a, b));
@@ -260,7 +260,10 @@ void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b) {
   std::vector<float> panel, ar, partial(static_cast<size_t>(n)), acc(static_cast<size_t>(n));
   for (size_t gi = 0; gi < g.rows.size(); ++gi) {
     const int64_t tokens = g.rows[gi], t0 = g.token_begin[gi];
-    if (tokens == 0) continue;
+    if (tokens == 0) {
+      if (!accumulate) out.Reshape({static_cast<int64_t>(g.rows.size()), m * n}).Rows(static_cast<int64_t>(gi), static_cast<int64_t>(gi) + 1).Zero();
+      continue;
+    }
     // b's group decoded into a (T_g, N) panel.
     panel.assign(static_cast<size_t>(tokens * n), 0.0f);
     for (int64_t j = 0; j < n; ++j)
@@ -284,7 +287,7 @@ void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b) {
       DispatchFloat(out.dtype(), op, [&](auto tag) {
         using T = decltype(tag);
         T* o = out.data<T>() + (static_cast<int64_t>(gi) * m + i) * n;
-        for (int64_t j = 0; j < n; ++j) Store(o, j, acc[j], /*accumulate=*/true);
+        for (int64_t j = 0; j < n; ++j) Store(o, j, acc[j], accumulate);
       });
     }
   }

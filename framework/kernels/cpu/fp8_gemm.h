@@ -35,9 +35,10 @@ void QuantizeWeight128x128(const Fp8Weight& q, const Tensor& w);
 // G = 1); counts (G) i64 HOST, sum R. Forward: w = Fp8Weight::w; dgrad: x = dy's rows, w = Fp8Weight::wt.
 void Fp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tensor& counts,
                         bool accumulate);
-// out[g] (G, M, N) (or (M, N) with G = 1) += a_g (M, T_g) . b_g (N, T_g)^T over group g's tokens: the
-// weight gradient dW += dy^T x with a = dy's columns, b = x's. A group without tokens leaves out[g] as it is.
-void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b);
+// out[g] (G, M, N) (or (M, N) with G = 1) (+=/=) a_g (M, T_g) . b_g (N, T_g)^T over group g's tokens: the
+// weight gradient dW += dy^T x with a = dy's columns, b = x's. A group without tokens leaves out[g] as it is
+// when accumulating and zeroes it when overwriting.
+void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate = true);
 
 }  // namespace fathom::cpu
 

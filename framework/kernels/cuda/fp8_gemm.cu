@@ -459,7 +459,8 @@ void Fp8GemmContext::GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const 
   }
 }
 
-void Fp8GemmContext::GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, Stream stream) {
+void Fp8GemmContext::GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate,
+                                     Stream stream) {
   const char* op = "fp8_grouped_matmul_tn_cuda";
   CheckCuda(op, out, "out");
   for (const Tensor* t : {&a.codes, &a.scales, &b.codes, &b.scales}) CheckCuda(op, *t, "operand");
@@ -472,7 +473,7 @@ void Fp8GemmContext::GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const 
   // expert's weight gradient (see grouped_gemm.h), instead of a cuBLASLt matmul per expert.
   if (impl_->tiled_wgrad && groups.size() > 1 &&
       TiledFp8TNSupported(b.cols(), static_cast<int64_t>(groups.size()))) {
-    TiledFp8GroupedMatmulTN(out, a, b, stream);
+    TiledFp8GroupedMatmulTN(out, a, b, accumulate, stream);
     return;
   }
   const int64_t m = a.cols(), nn = b.cols(), tp = a.padded_tokens();
@@ -482,16 +483,18 @@ void Fp8GemmContext::GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const 
   int64_t t0 = 0;
   for (size_t g = 0; g < groups.size(); ++g) {
     const int64_t k = Fp8Padded(groups[g]);
+    float* out_g = out.data<float>() + static_cast<int64_t>(g) * m * nn;
     if (k > 0) {
       const int64_t tile = t0 / kFp8Block;
       calls.push_back({nn, m, k, bcodes + t0, b.scales.data<float>() + tile * nn, acodes + t0,
-                       a.scales.data<float>() + tile * m,
-                       out.data<float>() + static_cast<int64_t>(g) * m * nn});
+                       a.scales.data<float>() + tile * m, out_g});
+    } else if (!accumulate) {  // an expert without tokens: its overwritten gradient is zero
+      FATHOM_CUDA_CHECK(cudaMemsetAsync(out_g, 0, static_cast<size_t>(m * nn) * sizeof(float), stream));
     }
     t0 += k;
   }
   impl_->Run(op, CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F, CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F, tp, tp, nn,
-             DType::kF32, /*accumulate=*/true, /*ragged_k=*/true, std::move(calls), stream);
+             DType::kF32, accumulate, /*ragged_k=*/true, std::move(calls), stream);
 }
 
 }  // namespace fathom::cuda

@@ -67,8 +67,9 @@ class Fp8GemmContext {
   // (written before the GEMMs read it, in stream order).
   void GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tensor& counts,
                        bool accumulate, const Tensor& scratch, Stream stream);
-  // out[g] (G, M, N) (or (M, N)) f32 += a_g . b_g^T over each group's padded tokens.
-  void GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, Stream stream);
+  // out[g] (G, M, N) (or (M, N)) f32 (+= when accumulate, else =) a_g . b_g^T over each group's padded
+  // tokens; overwriting zeroes the groups without tokens.
+  void GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate, Stream stream);
 
   // Tests and benchmarks: plans made and heuristic queries so far; whether groups are spread over the
   // internal streams (default) or run on the caller's stream.

@@ -635,7 +635,8 @@ bool TiledFp8TNSupported(int64_t n, int64_t groups) {
   return groups >= 1 && groups <= kMaxPrefixGroups && TiledFp8Supported(n);
 }
 
-void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, Stream stream, int max_ctas) {
+void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate, Stream stream,
+                             int max_ctas) {
   const char* op = "tiled_fp8_grouped_matmul_tn";
   common::CheckCuda(op, out, "out");
   common::CheckCuda(op, a.codes, "a codes");
@@ -651,8 +652,12 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
                "] too large for the kernel's 32-bit indices");
   TilePrefix k{};
   k.groups = static_cast<int32_t>(groups);
-  for (int64_t g = 0; g < groups; ++g)
+  for (int64_t g = 0; g < groups; ++g) {
     k.begin[g + 1] = k.begin[g] + static_cast<int32_t>(Fp8Padded(counts[static_cast<size_t>(g)]) / kBM);
+    if (!accumulate && k.begin[g + 1] == k.begin[g] && m * n > 0)  // no tokens: the overwritten out[g] is 0
+      FATHOM_CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(out.raw()) + g * m * n, 0,
+                                        static_cast<size_t>(m * n) * sizeof(float), stream));
+  }
   if (tp == 0 || m == 0) return;
   const CUtensorMap a_map = RowMajorMap(a.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, m, tp, tp, kBM);
   const CUtensorMap b_map = RowMajorMap(b.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, n, tp, tp, Fp8ColsProduct::kBN);
@@ -661,8 +666,8 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
                                       static_cast<int>(n)};
   const KGroups<Fp8ColsProduct::kBN> schedule{k, static_cast<int>(m), static_cast<int>(n)};
   const int64_t jobs = groups * ColumnTiles(m, kBM) * ColumnTiles(n, Fp8ColsProduct::kBN);
-  LaunchTiled<Fp8ColsProduct, float>(a_map, b_map, params, static_cast<float*>(out.raw()), true, schedule, jobs, n,
-                                     max_ctas, stream);
+  LaunchTiled<Fp8ColsProduct, float>(a_map, b_map, params, static_cast<float*>(out.raw()), accumulate, schedule,
+                                     jobs, n, max_ctas, stream);
 }
 
 }  // namespace fathom::cuda

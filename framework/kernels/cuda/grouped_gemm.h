@@ -86,11 +86,12 @@ bool TiledFp8TNSupported(int64_t n, int64_t groups);
 // The FP8 weight-gradient form, the twin of cpu::Fp8GroupedMatmulTN: out[g] (G, M, N) (or (M, N) with G = 1)
 // f32 += a_g (M, T_g) . b_g (N, T_g)^T over group g's padded tokens, a and b Fp8Cols (codes K-major along
 // the tokens, one scale per 128-token tile and column), each 128-token block's e4m3 partial promoted to f32
-// times (a's row scale * b's column scale). One launch for all groups: jobs are (group, 128-row tile of
-// out[g], 128-column tile), each reducing over its group's token blocks (none: out[g] untouched). The
-// counts come from a.counts (HOST), at most 256 groups.
-void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, Stream stream,
-                             int max_ctas = 0);
+// times (a's row scale * b's column scale); += when accumulate, else = (the tile's stores read nothing). One
+// launch for all groups: jobs are (group, 128-row tile of out[g], 128-column tile), each reducing over its
+// group's token blocks (none: out[g] untouched when accumulating, zeroed when overwriting). The counts come
+// from a.counts (HOST), at most 256 groups.
+void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate,
+                             Stream stream, int max_ctas = 0);
 
 }  // namespace fathom::cuda
 
