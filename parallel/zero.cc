@@ -218,16 +218,15 @@ OptimizerTraffic ZeroOptimizer::StepTraffic(const ParamTable& table, const Optim
   t.bytes = e * (4.0 + (4.0 + 4.0 + 2.0 * moment) + (4.0 + 2.0 * moment));
   // FP8 weights (every one on this rank, the table's refresh quantises them all): no compute copy is kept
   // for them, and the refresh reads their values and writes both e4m3 copies (scales not counted).
-  int64_t fp8_elements = 0, fp8_in_shards = 0;
+  int64_t fp8_elements = 0;
   for (int id = 0; id < table.size(); ++id) {
     const ParamSpec& s = table.spec(id);
     if (!s.trainable || !table.fp8(id)) continue;
     fp8_elements += NumElements(s.shape);
   }
-  if (whole_table) fp8_in_shards = fp8_elements;  // one rank owns every shard
   t.bytes += static_cast<double>(fp8_elements) * (4.0 + 2.0);
-  if (whole_table) {
-    t.bytes += (e - static_cast<double>(fp8_in_shards)) * (compute_copy ? 2.0 : 0.0);
+  if (whole_table) {  // one rank owns every shard: the pass refreshes the copy of all but the FP8 weights
+    t.bytes += (e - static_cast<double>(fp8_elements)) * (compute_copy ? 2.0 : 0.0);
   } else if (compute_copy) {
     // RefreshComputeValues converts the whole table afterwards.
     t.bytes += static_cast<double>(table.numel()) * (4.0 + 2.0);

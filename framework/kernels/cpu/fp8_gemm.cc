@@ -261,7 +261,8 @@ void Fp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, b
   for (size_t gi = 0; gi < g.rows.size(); ++gi) {
     const int64_t tokens = g.rows[gi], t0 = g.token_begin[gi];
     if (tokens == 0) {
-      if (!accumulate) out.Reshape({static_cast<int64_t>(g.rows.size()), m * n}).Rows(static_cast<int64_t>(gi), static_cast<int64_t>(gi) + 1).Zero();
+      const int64_t group = static_cast<int64_t>(gi);
+      if (!accumulate) out.Reshape({static_cast<int64_t>(g.rows.size()), m * n}).Rows(group, group + 1).Zero();
       continue;
     }
     // b's group decoded into a (T_g, N) panel.
