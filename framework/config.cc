@@ -171,6 +171,7 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.String("dtype", &t->dtype);
   r.String("precision", &t->precision);
   r.String("fp8_expert_gemm", &t->fp8_expert_gemm);
+  r.String("expert_gemm", &t->expert_gemm);
   r.String("device", &t->device);
   r.Count("eval_every", &t->eval_every);
   r.Count("eval_steps", &t->eval_steps);

@@ -130,6 +130,12 @@ struct TrainConfig {
   // (each is tested against the CPU emulation); the choice is speed only. On an H200 at recipes/small.yaml's
   // shape (2026-12-04, `fathom bench`): cublaslt 107.4 ms per step, own 110.7, own_all 117.3.
   std::string fp8_expert_gemm = "cublaslt";
+  // Which kernels run the routed experts' bf16 GEMMs on cuda (train.precision bf16) where all experts are
+  // local (no expert all-to-all): "cublaslt" (default): cuBLASLt's pointer-array batches of 128-row tiles,
+  // sized from the per-expert counts the host waits for once per MoE layer and micro-batch; "own": fathom's
+  // tiled kernels over a worst-case tile budget, laid out from the counts on the device (layers/moe.h,
+  // "Device layout"): no host synchronisation in the MoE layers. The same numbers either way.
+  std::string expert_gemm = "cublaslt";
   std::string device = "cpu";
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never
   int64_t eval_steps = 10;   // global batches of the valid split per evaluation (the same ones each time)

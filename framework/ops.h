@@ -248,7 +248,28 @@ void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& coun
 // the host counts; counts on the device of row_slot).
 void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index);
 void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k);
-void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile);
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile,
+                  bool budget = false);
+// With budget = true, padded (P) may be longer than the layout (P >= cpu::PaddedRows, e.g. the worst case
+// cuda::MaxExpertTiles * 128 when the counts stay on the device): the rows past it are -1 as well.
+
+// ---- The device-count expert layout (layers/moe.h, MoE::ExpertLayout::kDevice) ---------------------
+// The padded layout of 128-row tiles (kGroupedTileRows) laid out over a worst-case tile budget T from counts
+// that stay on the device: tile_expert (T) i32 = each tile's expert, -1 past the layout; tile_begin (E + 1)
+// i32 = each expert's first tile, the total last; counts (E) i64. No sync (CUDA: cuda::MoeTileExperts).
+void MoeTileExperts(const Tensor& tile_expert, const Tensor& tile_begin, const Tensor& counts);
+// The routed experts' GEMMs over that layout, reading only tile_expert / tile_begin (CUDA: fathom's own
+// tiled kernels, grouped_gemm.h; the CPU runs cpu::GroupedMatmul* over the tiles' counts, its twin):
+//   TiledGroupedMatmulNT: out (T*128, N) rows of tile t with e = tile_expert[t] >= 0 = x tile . w[e]^T,
+//                         w (E, N, K)  -- forward; rows of tiles past the layout are not written
+//   TiledGroupedMatmulNN: the same (=/+=) x tile . w[e], w (E, K, N)  -- input gradient
+//   TiledGroupedMatmulTN: out[e] (E, M, N) f32 (=/+=) a_e^T . b_e over expert e's tiles, a (T*128, M),
+//                         b (T*128, N); overwriting zeroes the experts without tokens  -- weight gradient
+void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert);
+void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                          bool accumulate = false);
+void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin,
+                          bool accumulate);
 // dx (N, H) (=/+=) row t = sum over k of dx_perm row of slot t*K+k; dx_perm (P, H); row_slot (P), P = R or a
 // padded layout's rows (then top_k = K is required; 0 means K = P / N).
 void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,

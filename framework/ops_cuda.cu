@@ -17,6 +17,7 @@
 #include "framework/kernels/cuda/elementwise.h"
 #include "framework/kernels/cuda/embedding.h"
 #include "framework/kernels/cuda/gemm.h"
+#include "framework/kernels/cuda/grouped_gemm.h"
 #include "framework/kernels/cuda/moe.h"
 #include "framework/kernels/cuda/norm.h"
 #include "framework/kernels/cuda/rope.h"
@@ -321,8 +322,26 @@ void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot
   cuda::MoePermuteRows(x_perm, x, row_slot, top_k, Context("moe_gather_rows").stream());
 }
 
-void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile) {
-  cuda::MoePadLayout(padded, row_slot, counts, tile, Context("moe_pad_layout").stream());
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile, bool budget) {
+  cuda::MoePadLayout(padded, row_slot, counts, tile, Context("moe_pad_layout").stream(), budget);
+}
+
+void MoeTileExperts(const Tensor& tile_expert, const Tensor& tile_begin, const Tensor& counts) {
+  cuda::MoeTileExperts(tile_expert, counts, Context("moe_tile_experts").stream(), tile_begin);
+}
+
+void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert) {
+  cuda::TiledGroupedMatmulNT(out, x, w, tile_expert, Context("tiled_grouped_matmul_nt").stream());
+}
+
+void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                          bool accumulate) {
+  cuda::TiledGroupedMatmulNN(out, x, w, tile_expert, accumulate, Context("tiled_grouped_matmul_nn").stream());
+}
+
+void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin,
+                          bool accumulate) {
+  cuda::TiledGroupedMatmulTN(out, a, b, tile_begin, accumulate, Context("tiled_grouped_matmul_tn").stream());
 }
 
 void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,

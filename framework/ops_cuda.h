@@ -72,7 +72,13 @@ void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& coun
                 const Tensor& topk_index);
 void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index);
 void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k);
-void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile);
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile, bool budget);
+void MoeTileExperts(const Tensor& tile_expert, const Tensor& tile_begin, const Tensor& counts);
+void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert);
+void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                          bool accumulate);
+void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin,
+                          bool accumulate);
 void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,
                         int64_t top_k);
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);

@@ -129,14 +129,130 @@ void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot
   FATHOM_OPS_ON_CUDA(op, cuda_impl::MoeGatherRows(x_perm, x, row_slot, top_k));
 }
 
-void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile) {
+void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile, bool budget) {
   const char* op = "moe_pad_layout";
   const Device dev = OneDevice(op, "padded", padded, "row_slot", row_slot, "counts", counts);
   Index(op, "padded", padded, DType::kI64);
   Index(op, "row_slot", row_slot, DType::kI64);
   Index(op, "counts", counts, DType::kI64);
-  if (dev == Device::kCPU) return cpu::MoePadLayout(padded, row_slot, counts, tile);
-  FATHOM_OPS_ON_CUDA(op, cuda_impl::MoePadLayout(padded, row_slot, counts, tile));
+  if (dev == Device::kCPU) {
+    if (!budget) return cpu::MoePadLayout(padded, row_slot, counts, tile);
+    const int64_t p = cpu::PaddedRows(counts, tile);
+    FATHOM_CHECK(padded.ndim() == 1 && padded.dim(0) >= p, "[", op, "] padded ", padded.shape_str(),
+                 " is shorter than the layout's ", p, " rows");
+    cpu::MoePadLayout(padded.Rows(0, p), row_slot, counts, tile);
+    for (int64_t i = p; i < padded.dim(0); ++i) padded.data<int64_t>()[i] = -1;
+    return;
+  }
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::MoePadLayout(padded, row_slot, counts, tile, budget));
+}
+
+// ---- The device-count expert layout
+// --------------------------------------------------------------------------------
+
+namespace {
+
+constexpr int64_t kLayoutTile = 128;  // cuda::kGroupedTileRows
+
+void TileIndex(const char* op, const char* name, const Tensor& t, int64_t n) {
+  FATHOM_CHECK(t.dtype() == DType::kI32 && t.ndim() == 1 && (n < 0 || t.dim(0) == n), "[", op, "] ", name, " ",
+               t.shape_str(), " ", DTypeName(t.dtype()), ", expected ", n < 0 ? "(T)" : "(" + std::to_string(n) + ")",
+               " i32");
+}
+
+// The CPU twin's view of a tile map: each expert's rows (its tiles x 128) and the used tiles' rows, from
+// tile_begin (E + 1).
+Tensor CountsOfTiles(const Tensor& tile_begin) {
+  const int64_t e = tile_begin.dim(0) - 1;
+  Tensor counts = Tensor::Empty({e}, DType::kI64);
+  for (int64_t i = 0; i < e; ++i)
+    counts.data<int64_t>()[i] = (tile_begin.data<int32_t>()[i + 1] - tile_begin.data<int32_t>()[i]) * kLayoutTile;
+  return counts;
+}
+
+// The same from tile_expert (T): the used tiles come first, in expert order.
+Tensor CountsOfMap(const Tensor& tile_expert, int64_t experts) {
+  Tensor counts = Tensor::Zeros({experts}, DType::kI64);
+  for (int64_t t = 0; t < tile_expert.dim(0); ++t) {
+    const int32_t e = tile_expert.data<int32_t>()[t];
+    if (e < 0) break;
+    FATHOM_CHECK(e < experts, "[tiled_grouped_matmul] tile ", t, " names expert ", e, " of ", experts);
+    counts.data<int64_t>()[e] += kLayoutTile;
+  }
+  return counts;
+}
+
+int64_t SumOf(const Tensor& counts) {
+  int64_t s = 0;
+  for (int64_t i = 0; i < counts.numel(); ++i) s += counts.data<int64_t>()[i];
+  return s;
+}
+
+}  // namespace
+
+void MoeTileExperts(const Tensor& tile_expert, const Tensor& tile_begin, const Tensor& counts) {
+  const char* op = "moe_tile_experts";
+  const Device dev = OneDevice(op, "tile_expert", tile_expert, "tile_begin", tile_begin, "counts", counts);
+  Index(op, "counts", counts, DType::kI64);
+  FATHOM_CHECK(counts.ndim() == 1 && counts.dim(0) >= 1, "[", op, "] counts ", counts.shape_str(), ", expected (E)");
+  TileIndex(op, "tile_expert", tile_expert, -1);
+  TileIndex(op, "tile_begin", tile_begin, counts.dim(0) + 1);
+  if (dev == Device::kCPU) {
+    int32_t* begin = tile_begin.data<int32_t>();
+    begin[0] = 0;
+    for (int64_t e = 0; e < counts.dim(0); ++e)
+      begin[e + 1] = begin[e] + static_cast<int32_t>((counts.data<int64_t>()[e] + kLayoutTile - 1) / kLayoutTile);
+    FATHOM_CHECK(begin[counts.dim(0)] <= tile_expert.dim(0), "[", op, "] the layout needs ", begin[counts.dim(0)],
+                 " tiles, the budget is ", tile_expert.dim(0));
+    int64_t e = 0;
+    for (int64_t t = 0; t < tile_expert.dim(0); ++t) {
+      while (e < counts.dim(0) && t >= begin[e + 1]) ++e;
+      tile_expert.data<int32_t>()[t] = e < counts.dim(0) ? static_cast<int32_t>(e) : -1;
+    }
+    return;
+  }
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::MoeTileExperts(tile_expert, tile_begin, counts));
+}
+
+void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert) {
+  const char* op = "tiled_grouped_matmul_nt";
+  const Device dev = OneDevice(op, "out", out, "x", x, "w", w, "tile_expert", tile_expert);
+  Floats(op, dev, "out", out, "x", x, "w", w);
+  TileIndex(op, "tile_expert", tile_expert, -1);
+  if (dev == Device::kCPU) {
+    const Tensor counts = CountsOfMap(tile_expert, w.dim(0));
+    const int64_t rows = SumOf(counts);
+    return cpu::GroupedMatmulNT(out.Rows(0, rows), x.Rows(0, rows), w, counts, false);
+  }
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::TiledGroupedMatmulNT(out, x, w, tile_expert));
+}
+
+void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                          bool accumulate) {
+  const char* op = "tiled_grouped_matmul_nn";
+  const Device dev = OneDevice(op, "out", out, "x", x, "w", w, "tile_expert", tile_expert);
+  Floats(op, dev, "out", out, "x", x, "w", w);
+  TileIndex(op, "tile_expert", tile_expert, -1);
+  if (dev == Device::kCPU) {
+    const Tensor counts = CountsOfMap(tile_expert, w.dim(0));
+    const int64_t rows = SumOf(counts);
+    return cpu::GroupedMatmulNN(out.Rows(0, rows), x.Rows(0, rows), w, counts, accumulate);
+  }
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::TiledGroupedMatmulNN(out, x, w, tile_expert, accumulate));
+}
+
+void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin,
+                          bool accumulate) {
+  const char* op = "tiled_grouped_matmul_tn";
+  const Device dev = OneDevice(op, "out", out, "a", a, "b", b, "tile_begin", tile_begin);
+  Floats(op, dev, "out", out, "a", a, "b", b);
+  TileIndex(op, "tile_begin", tile_begin, -1);
+  if (dev == Device::kCPU) {
+    const Tensor counts = CountsOfTiles(tile_begin);
+    const int64_t rows = SumOf(counts);
+    return cpu::GroupedMatmulTN(out, a.Rows(0, rows), b.Rows(0, rows), counts, accumulate);
+  }
+  FATHOM_OPS_ON_CUDA(op, cuda_impl::TiledGroupedMatmulTN(out, a, b, tile_begin, accumulate));
 }
 
 void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& row_slot, bool accumulate,

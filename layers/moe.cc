@@ -63,7 +63,7 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
   c.dtype = x.dtype();
   Tensor x2 = x.Flatten2D();
   Route(mb, c, x2, stats);
-  ops::PendingHostCopy host_counts = Permute(c, x2);
+  ops::PendingHostCopy host_counts = Permute(c, x2);  // empty in the device layout: nothing to wait for
   if (stats) {
     stats->layer = layer_;
     stats->expert_counts = c.device_counts;  // the permutation's counts: every (token, k) once
@@ -100,7 +100,10 @@ void MoE::ForwardExperts(int mb) {
     c.counts = c.host_counts.Wait();
     c.dispatch.local_counts = c.counts;
   }
-  if (fp8()) {
+  if (c.device_layout) {
+    GatherDeviceLayout(c);
+    y_local = ComputeExperts(c);
+  } else if (fp8()) {
     if (c.x2.defined()) {  // the padded layout: its rows gathered, then quantised (the bf16 copy dropped)
       GatherLocalRows(c);
       c.xq_local = ops::QuantizeRows(c.x_local);
@@ -158,6 +161,12 @@ ops::PendingHostCopy MoE::Permute(Ctx& c, const Tensor& x2) {
   c.device_counts = Tensor::Empty({num_experts_}, DType::kI64, x2.device());
   const bool may_pad = exchange_ == nullptr && layout_ != ExpertLayout::kPacked &&
                        (layout_ == ExpertLayout::kPadded || x2.device() == Device::kCUDA);
+  c.device_layout = device_layout();
+  if (c.device_layout) {
+    ops::MoeSortByExpert(c.row_slot, c.device_counts, c.routing.topk_index);
+    c.x2 = x2;
+    return {};
+  }
   if (may_pad) {
     ops::MoeSortByExpert(c.row_slot, c.device_counts, c.routing.topk_index);
     c.x2 = x2;
@@ -195,6 +204,27 @@ void MoE::GatherLocalRows(Ctx& c) {
   c.x2 = Tensor();
 }
 
+// The device layout: the budget's tiles, their experts from the device counts, the rows gathered into them.
+void MoE::GatherDeviceLayout(Ctx& c) {
+  const Device dev = c.x2.device();
+  const int64_t routed = c.row_slot.dim(0), rows = cpu::MaxPaddedRows(routed, num_experts_, kTileRows);
+  const int64_t tiles = rows / kTileRows;
+  c.tile_expert = Tensor::Empty({tiles}, DType::kI32, dev);
+  c.tile_begin = Tensor::Empty({num_experts_ + 1}, DType::kI32, dev);
+  ops::MoeTileExperts(c.tile_expert, c.tile_begin, c.device_counts);
+  Tensor padded = Tensor::Empty({rows}, DType::kI64, dev);
+  ops::MoePadLayout(padded, c.row_slot, c.device_counts, kTileRows, /*budget=*/true);
+  c.row_slot = padded;
+  c.x_local = Tensor::Empty({rows, hidden_}, c.x2.dtype(), dev);
+  ops::MoeGatherRows(c.x_local, c.x2, c.row_slot, top_k_);
+  ExpertLayoutTally& tally = layout_tally();
+  ++tally.passes;
+  tally.layout_rows += rows;
+  tally.rows += routed;
+  c.padded = true;
+  c.x2 = Tensor();
+}
+
 // The padded layout's GEMMs take the block counts (multiples of the tile, which the GEMM context runs as
 // one pointer-array batch of tiles for NT and NN); the packed layout's the routed counts.
 const Tensor& MoE::ExpertCounts(const Ctx& c) const {
@@ -210,6 +240,13 @@ Tensor MoE::ComputeExperts(Ctx& c) {
   c.up = Tensor::Empty({rows, intermediate_}, dt, dev);
   c.h = Tensor::Empty({rows, intermediate_}, dt, dev);
   Tensor y_local = Tensor::Empty({rows, hidden_}, dt, dev);
+  if (c.device_layout) {
+    ops::TiledGroupedMatmulNT(c.gate, c.x_local, table_->compute_value(gate_proj_), c.tile_expert);
+    ops::TiledGroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), c.tile_expert);
+    ops::SwiGluForward(c.h, c.gate, c.up);
+    ops::TiledGroupedMatmulNT(y_local, c.h, table_->compute_value(down_proj_), c.tile_expert);
+    return y_local;
+  }
   const Tensor& counts = ExpertCounts(c);
   ops::GroupedMatmulNT(c.gate, c.x_local, table_->compute_value(gate_proj_), counts);
   ops::GroupedMatmulNT(c.up, c.x_local, table_->compute_value(up_proj_), counts);
@@ -305,12 +342,19 @@ Tensor MoE::ExpertsBackwardInput(Ctx& c) {
   const DType dt = c.x_local.dtype();
   const Device dev = c.x_local.device();
   Tensor dh = Tensor::Empty({rows, intermediate_}, dt, dev);
-  const Tensor& counts = ExpertCounts(c);
-  ops::GroupedMatmulNN(dh, c.dy_local, table_->compute_value(down_proj_), counts);
   c.dgate = Tensor::Empty({rows, intermediate_}, dt, dev);
   c.dup = Tensor::Empty({rows, intermediate_}, dt, dev);
-  ops::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
   Tensor dx_local = Tensor::Empty({rows, hidden_}, dt, dev);
+  if (c.device_layout) {
+    ops::TiledGroupedMatmulNN(dh, c.dy_local, table_->compute_value(down_proj_), c.tile_expert);
+    ops::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
+    ops::TiledGroupedMatmulNN(dx_local, c.dgate, table_->compute_value(gate_proj_), c.tile_expert);
+    ops::TiledGroupedMatmulNN(dx_local, c.dup, table_->compute_value(up_proj_), c.tile_expert, /*accumulate=*/true);
+    return dx_local;
+  }
+  const Tensor& counts = ExpertCounts(c);
+  ops::GroupedMatmulNN(dh, c.dy_local, table_->compute_value(down_proj_), counts);
+  ops::SwiGluBackward(c.dgate, c.dup, dh, c.gate, c.up);
   ops::GroupedMatmulNN(dx_local, c.dgate, table_->compute_value(gate_proj_), counts);
   ops::GroupedMatmulNN(dx_local, c.dup, table_->compute_value(up_proj_), counts, /*accumulate=*/true);
   return dx_local;
@@ -337,6 +381,7 @@ void MoE::ExpertsBackwardWeight(Ctx& c) {
   auto wgrad = [&](int id, const Tensor& x, const Tensor& y) {
     bool known_zero = false;
     const Tensor grad = table_->GradForWrite(id, &known_zero);
+    if (c.device_layout) return ops::TiledGroupedMatmulTN(grad, x, y, c.tile_begin, /*accumulate=*/!known_zero);
     ops::GroupedMatmulTN(grad, x, y, ExpertCounts(c), /*accumulate=*/!known_zero);
   };
   wgrad(down_proj_, c.dy_local, c.h);

@@ -77,6 +77,16 @@
 // overflow per expert: at the benchmark model's routing, 1.6-1.9x max/mean load, its ~15 overflowing
 // experts per layer cost what the batch saved: 31.1 ms of experts against 30.7.)
 //
+// Device layout (MoE::ExpertLayout::kDevice, train.expert_gemm own; bf16 without an exchange): the padded
+// layout laid out over the worst-case tile budget (cuda::MaxExpertTiles(R, E) tiles of 128 rows, up to
+// ~E * 64 rows more than the padded layout needs on average) from the counts ON THE DEVICE: the sort, the
+// tile map (ops::MoeTileExperts: each tile's expert and each expert's first tile), the gather (rows past the
+// layout are -1 and zero, like pad rows) and the routed GEMMs (ops::TiledGroupedMatmul{NT,NN,TN}: fathom's
+// own kernels, which read the tile map) need nothing on the host, so the layer has NO host synchronisation,
+// forward or backward. Rows past the layout are never written by the GEMMs and never read by combine or the
+// weight gradients. The numbers equal the padded layout's (tests/layers/moe_test.cc on the CPU twin; the
+// kernels against f64 in tests/gpu/grouped_gemm_test.cc).
+//
 // Balance loss: Forward computes, per micro-batch, the mean over the B sequences of Bal_b (see
 // cpu::SequenceBalanceLoss) and returns it in MoeStats::balance. BackwardInput adds the gradient of
 // balance_weight * that value (through the normalised scores and the sigmoid, to the router weight and
@@ -146,8 +156,9 @@ class MoE {
 
   // The routed experts' row layout without an exchange (see "Padded (tiled) layout" above): kAuto pads on
   // CUDA, kPacked never pads, kPadded always pads (tests use it to run the padded layout on the CPU, with
-  // `tile` rows per tile instead of kTileRows when given). FP8 and the exchange always pack.
-  enum class ExpertLayout { kAuto, kPacked, kPadded };
+  // `tile` rows per tile instead of kTileRows when given), kDevice pads from the device counts (see "Device
+  // layout" above; CPU: its twin, for tests). FP8 and the exchange always pack (kDevice included).
+  enum class ExpertLayout { kAuto, kPacked, kPadded, kDevice };
   void set_expert_layout(ExpertLayout layout, int64_t tile = 0) {
     layout_ = layout;
     forced_tile_ = tile;
@@ -160,6 +171,7 @@ class MoE {
   void set_track_selection_margin(bool on) { track_margin_ = on; }
 
   int64_t num_experts() const { return num_experts_; }
+  bool has_exchange() const { return exchange_ != nullptr; }
   int64_t num_local_experts() const { return local_experts_; }
   int layer() const { return layer_; }
   int bias_id() const { return router_.bias_id(); }
@@ -201,6 +213,10 @@ class MoE {
     Tensor x2;
     bool padded = false;
     Tensor block_counts;
+    // Device layout (see the top): the padded layout over the worst-case tile budget, described by
+    // tile_expert (T) i32 and tile_begin (E + 1) i32 on the device; counts and block_counts stay undefined.
+    bool device_layout = false;
+    Tensor tile_expert, tile_begin;
   };
 
   // Forward steps.
@@ -208,8 +224,12 @@ class MoE {
   // Sorts the token copies by expert and starts the copy of the counts to the host (returned).
   ops::PendingHostCopy Permute(Ctx& c, const Tensor& x2);
   Tensor ComputeExperts(Ctx& c);  // x_local -> the local experts' outputs (R_local, H)
-  // Without an exchange: the gather of the sorted rows, packed or padded (sets x_local and the layout).
+  // Without an exchange: the gather of the sorted rows, packed or padded (sets x_local and the layout);
+  // the device layout's gather needs no host counts.
   void GatherLocalRows(Ctx& c);
+  void GatherDeviceLayout(Ctx& c);
+  // Whether this layer lays its rows out from the device counts (kDevice, no exchange, not FP8).
+  bool device_layout() const { return layout_ == ExpertLayout::kDevice && exchange_ == nullptr && !fp8(); }
   const Tensor& ExpertCounts(const Ctx& c) const;  // the row counts the grouped GEMMs take (HOST)
   Tensor Combine(Ctx& c);                          // (N, H), routed part only
   // Backward steps. dy_local (R_local, H) -> dx_local (R_local, H); sets c.dgate, c.dup.

@@ -25,6 +25,7 @@
 #include "framework/cuda/device_pool.h"
 #include "framework/kernels/cuda/attention.h"
 #include "framework/kernels/cuda/fp8_gemm.h"
+#include "framework/kernels/cuda/grouped_gemm.h"
 #include "parallel/cuda/nccl_communicator.h"
 #include "parallel/launch_env.h"
 #endif
@@ -289,6 +290,27 @@ absl::Status StageRuntime::SetUp() {
           which == "cublaslt" ? per_expert : own,
           which == "cublaslt" ? "" : " where the expert layout is padded (no expert all-to-all), else per expert",
           which == "own_all" ? own : per_expert);
+    } else {
+      // Which kernels run the routed experts' bf16 GEMMs (train.expert_gemm), said once at start-up.
+      const bool own = recipe_.train.expert_gemm == "own";
+      int local = 0, exchanged = 0;
+      for (Chunk& k : chunks_) {
+        for (MoE* moe : k.model->moe_layers()) {
+          if (own) moe->set_expert_layout(MoE::ExpertLayout::kDevice);
+          (moe->has_exchange() ? exchanged : local) += 1;
+        }
+      }
+      if (own) {
+        FATHOM_CHECK(cuda::TiledGroupedSupported(mc.moe_intermediate_size, mc.hidden_size) &&
+                         cuda::TiledGroupedMnSupported(mc.hidden_size, mc.moe_intermediate_size),
+                     "train.expert_gemm own needs an sm_90 GPU (H100/H200) and hidden_size / moe_intermediate_size "
+                     "multiples of 64; use train.expert_gemm cublaslt");
+      }
+      attention_path_ += absl::StrFormat(
+          "bf16 expert GEMMs (train.expert_gemm %s): %d MoE layer(s) %s%s\n", recipe_.train.expert_gemm, local,
+          own ? "on fathom's tiled kernels, laid out from the device counts (no host sync)"
+              : "on cuBLASLt tile batches sized from the host counts (one host sync per layer and micro-batch)",
+          exchanged > 0 ? absl::StrFormat(", %d with an expert all-to-all on host counts", exchanged) : "");
     }
   }
 #endif

@@ -42,6 +42,25 @@ TEST(PrecisionConfigTest, TheExpertKernelChoiceIsOneOfThree) {
   EXPECT_THAT(e, HasSubstr("cublaslt"));
 }
 
+// train.expert_gemm: the bf16 routed experts' kernels on cuda; own is refused wherever it cannot run (the CPU,
+// f32 compute, fp8), naming what it needs.
+TEST(PrecisionConfigTest, TheBf16ExpertKernelChoiceNeedsCudaBf16) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->train.expert_gemm, "cublaslt");
+  r = LoadRecipe(TinyPath(), {"train.device=cuda", "train.dtype=bf16", "train.expert_gemm=own"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->train.expert_gemm, "own");
+  EXPECT_THAT(TinyError({"train.expert_gemm=cutlass"}), HasSubstr("train.expert_gemm"));
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"train.expert_gemm=own"},  // the tiny recipe trains on the CPU
+        std::vector<std::string>{"train.device=cuda", "train.dtype=f32", "train.expert_gemm=own"}}) {
+    const std::string e = TinyError(bad);
+    EXPECT_THAT(e, HasSubstr("train.expert_gemm own"));
+    EXPECT_THAT(e, HasSubstr("train.device cuda, train.dtype bf16"));
+  }
+}
+
 TEST(PrecisionConfigTest, BadValuesNameTheKey) {
   EXPECT_THAT(TinyError({"train.precision=fp16"}), HasSubstr("train.precision"));
   // On cuda: f32 compute is refused under fp8; the tiny model's kv_a projection (32 + 8 = 40 outputs) is not

@@ -79,6 +79,17 @@ TEST(GroupedGemmCuda, TileMapMatchesTheHost) {
     const Tensor got = Download(map);
     const std::vector<int32_t> want = HostTileExperts(counts, tiles);
     for (int64_t t = 0; t < tiles; ++t) ASSERT_EQ(got.data<int32_t>()[t], want[static_cast<size_t>(t)]) << "tile " << t;
+    // With tile_begin: the same map, and each expert's first tile (the total last).
+    const int64_t experts = static_cast<int64_t>(counts.size());
+    Tensor begin = arena.Alloc({experts + 1}, DType::kI32);
+    cuda::Fill(begin, -7, nullptr);
+    cuda::MoeTileExperts(map, Upload(arena, CountsTensor(counts)), nullptr, begin);
+    const Tensor got_begin = Download(begin);
+    int32_t at = 0;
+    for (int64_t e = 0; e <= experts; ++e) {
+      ASSERT_EQ(got_begin.data<int32_t>()[e], at) << "expert " << e;
+      if (e < experts) at += static_cast<int32_t>((counts[static_cast<size_t>(e)] + kTile - 1) / kTile);
+    }
   }
 }
 
@@ -148,10 +159,147 @@ TEST(GroupedGemmCuda, TiledNTMatchesF64) {
   CheckTiledNT(2048, 1408, {100, 0, 300, 129}, 0);  // the recipe's widths, the default column tile
 }
 
+// The padded layout of `counts` over `tiles` tiles as the MoE layer builds it: random rows for each expert's
+// tokens, zero pad rows at the end of each block, NaN rows past the layout (no form may read them).
+Tensor PaddedRows(const std::vector<int64_t>& counts, int64_t tiles, int64_t cols, std::mt19937_64& rng) {
+  Tensor x = RandomTensor({tiles * kTile, cols}, DType::kF32, rng);
+  float* p = x.data<float>();
+  int64_t row = 0;
+  for (int64_t c : counts) {
+    const int64_t block = (c + kTile - 1) / kTile * kTile;
+    for (int64_t r = row + c; r < row + block; ++r)
+      for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = 0.0f;
+    row += block;
+  }
+  for (int64_t i = row * cols; i < x.numel(); ++i) p[i] = std::numeric_limits<float>::quiet_NaN();
+  return x.To(DType::kBF16);
+}
+
+// The dgrad form: rows of each used tile = (out0 +) x tile . w[e] with w (E, K, N) read MN-major; rows of
+// unused tiles keep their fill. Same tolerance as the NT form (one bf16 rounding of an f32 sum; with +=, the
+// bf16 old value is added in f32 before that rounding).
+void CheckTiledNN(int64_t k, int64_t n, const std::vector<int64_t>& counts, int block_n, bool accumulate,
+                  int max_ctas = 0) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " K " + std::to_string(k) + " N " + std::to_string(n) +
+               " block_n " + std::to_string(block_n) + (accumulate ? " +=" : " ="));
+  std::mt19937_64 rng(seed);
+  const int64_t experts = static_cast<int64_t>(counts.size());
+  int64_t rows = 0;
+  for (int64_t c : counts) rows += c;
+  const int64_t tiles = cuda::MaxExpertTiles(rows, experts);
+  const std::vector<int32_t> map = HostTileExperts(counts, tiles);
+  cuda::DeviceArena arena("grouped_gemm_test", size_t{256} << 20);
+  const Tensor x = RandomTensor({tiles * kTile, k}, DType::kF32, rng).To(DType::kBF16);
+  const Tensor w = RandomTensor({experts, k, n}, DType::kF32, rng).To(DType::kBF16);
+  Tensor out0f = RandomTensor({tiles * kTile, n}, DType::kF32, rng);
+  if (!accumulate)  // overwriting: every element it must write starts as NaN
+    for (int64_t i = 0; i < out0f.numel(); ++i) out0f.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+  const Tensor out0 = out0f.To(DType::kBF16);
+  Tensor dmap = arena.Alloc({tiles}, DType::kI32);
+  cuda::MoeTileExperts(dmap, Upload(arena, CountsTensor(counts)), nullptr);
+  Tensor dout = Upload(arena, out0);
+  ASSERT_TRUE(cuda::TiledGroupedMnSupported(n, k));
+  cuda::TiledGroupedMatmulNN(dout, Upload(arena, x), Upload(arena, w), dmap, accumulate, nullptr, block_n, max_ctas);
+  const Tensor got = Download(dout).To(DType::kF64);
+  const Tensor xf = x.To(DType::kF64), wf = w.To(DType::kF64), of = out0.To(DType::kF64);
+  Tensor want = of.Clone();
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int32_t e = map[static_cast<size_t>(t)];
+    if (e < 0) continue;
+    for (int64_t r = t * kTile; r < (t + 1) * kTile; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        double s = accumulate ? of.data<double>()[r * n + j] : 0.0;
+        for (int64_t i = 0; i < k; ++i) s += xf.data<double>()[r * k + i] * wf.data<double>()[(e * k + i) * n + j];
+        want.data<double>()[r * n + j] = s;
+      }
+  }
+  int64_t used = 0;
+  for (int32_t e : map) used += e >= 0;
+  ASSERT_GT(used, 0);
+  const int64_t used_rows = used * kTile;  // the used tiles come first
+  EXPECT_LE(RelError(got.Rows(0, used_rows), want.Rows(0, used_rows)), 1.0 / 256);
+  for (int64_t i = used_rows * n; i < got.numel(); ++i) {
+    const double g = got.data<double>()[i], o = of.data<double>()[i];
+    ASSERT_TRUE(std::isnan(o) ? std::isnan(g) : g == o) << "element " << i << " of an unused tile was written";
+  }
+}
+
+TEST(GroupedGemmCuda, TiledNNMatchesF64) {
+  FATHOM_REQUIRE_GPU();
+  const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
+  for (int block_n : {128, 256}) {
+    CheckTiledNN(192, 72, counts, block_n, false);    // N smaller than one 64-column box: zero-filled boxes
+    CheckTiledNN(256, 520, counts, block_n, true);    // several column tiles, the last partial; +=
+    CheckTiledNN(1024, 384, counts, block_n, false);  // a long reduction (16 k-blocks: the ring wraps)
+    CheckTiledNN(256, 520, counts, block_n, false, 3);  // 3 CTAs: the ring runs on across many tiles
+  }
+  CheckTiledNN(1408, 2048, {100, 0, 300, 129}, 0, true);  // the recipe's widths (gate/up dgrad, +=)
+  CheckTiledNN(2048, 1408, {100, 0, 300, 129}, 0, false);  // down's dgrad: BN 128 by default
+}
+
+// The weight-gradient form: out[g] (f32) (= or +=) a_g^T . b_g over group g's tiles of the padded layout,
+// both operands read MN-major; the tile ranges come from MoeTileExperts on the device. f32 output: the
+// only error is the f32 accumulation order of bf16 products (exact in f32), well under 1e-5 relative over
+// these reductions; 1e-4 leaves room and still fails on any misplaced 64-wide box (errors of order 1).
+void CheckTiledTN(int64_t m, int64_t n, const std::vector<int64_t>& counts, int block_n, bool accumulate,
+                  int max_ctas = 0) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " M " + std::to_string(m) + " N " + std::to_string(n) +
+               " block_n " + std::to_string(block_n) + (accumulate ? " +=" : " ="));
+  std::mt19937_64 rng(seed);
+  const int64_t groups = static_cast<int64_t>(counts.size());
+  int64_t rows = 0;
+  for (int64_t c : counts) rows += c;
+  const int64_t tiles = cuda::MaxExpertTiles(rows, groups) + 2;  // a budget past the layout, as the layer's
+  const std::vector<int32_t> map = HostTileExperts(counts, tiles);
+  const Tensor a = PaddedRows(counts, tiles, m, rng), b = PaddedRows(counts, tiles, n, rng);
+  const Tensor out0 = RandomTensor({groups, m, n}, DType::kF32, rng, 50.0);
+  cuda::DeviceArena arena("grouped_gemm_test", size_t{256} << 20);
+  Tensor dmap = arena.Alloc({tiles}, DType::kI32), dbegin = arena.Alloc({groups + 1}, DType::kI32);
+  cuda::MoeTileExperts(dmap, Upload(arena, CountsTensor(counts)), nullptr, dbegin);
+  Tensor dout = Upload(arena, out0);
+  if (!accumulate) cuda::Fill(dout, std::numeric_limits<double>::quiet_NaN(), nullptr);
+  ASSERT_TRUE(cuda::TiledGroupedMnSupported(n, 64));
+  cuda::TiledGroupedMatmulTN(dout, Upload(arena, a), Upload(arena, b), dbegin, accumulate, nullptr, block_n,
+                             max_ctas);
+  const Tensor got = Download(dout).To(DType::kF64);
+  const Tensor af = a.To(DType::kF64), bf = b.To(DType::kF64);
+  Tensor want = accumulate ? out0.To(DType::kF64) : Tensor::Zeros({groups, m, n}, DType::kF64);
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int32_t g = map[static_cast<size_t>(t)];
+    if (g < 0) continue;
+    for (int64_t r = t * kTile; r < (t + 1) * kTile; ++r)
+      for (int64_t i = 0; i < m; ++i) {
+        const double ai = af.data<double>()[r * m + i];
+        if (ai == 0.0) continue;  // pad rows
+        for (int64_t j = 0; j < n; ++j) want.data<double>()[(g * m + i) * n + j] += ai * bf.data<double>()[r * n + j];
+      }
+  }
+  for (int64_t i = 0; i < got.numel(); ++i)
+    ASSERT_FALSE(std::isnan(got.data<double>()[i])) << "element " << i << " of out is NaN (unwritten or read past the layout)";
+  EXPECT_LE(RelError(got, want), 1e-4);
+}
+
+TEST(GroupedGemmCuda, TiledTNMatchesF64) {
+  FATHOM_REQUIRE_GPU();
+  // Empty groups (zeroed when overwriting, kept when accumulating), ragged counts, M not a multiple of 128
+  // (a partial row tile and a zero-filled 64-wide box), N partial in its column tile.
+  for (int block_n : {128, 256}) {
+    CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, block_n, false);
+    CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, block_n, true);
+    CheckTiledTN(256, 320, {500, 0, 260}, block_n, false, 3);  // 3 CTAs: the ring runs on across groups
+  }
+  CheckTiledTN(1408, 2048, {100, 0, 300, 129}, 0, false);  // the recipe's widths: down_proj's gradient
+  CheckTiledTN(2048, 1408, {100, 0, 300, 129}, 0, true);   // gate/up's, BN 128 by default
+}
+
 TEST(GroupedGemmCuda, RefusesWhatItCannotRun) {
   FATHOM_REQUIRE_GPU();
   EXPECT_FALSE(cuda::TiledGroupedSupported(64, 100));  // K not a multiple of 64
   EXPECT_FALSE(cuda::TiledGroupedSupported(60, 128));  // N not a multiple of 8
+  EXPECT_FALSE(cuda::TiledGroupedMnSupported(64, 100));  // a reduction not a multiple of 64
+  EXPECT_FALSE(cuda::TiledGroupedMnSupported(60, 128));  // N not a multiple of 8
 }
 
 // The FP8 form against the CPU emulation (cpu::Fp8GroupedMatmulNT) on the same codes and scales: both sum

@@ -316,6 +316,63 @@ void BM_OwnTiledNT(benchmark::State& state) {
   });
 }
 
+// The own kernel's dgrad form (TiledGroupedMatmulNN: w (E, K, N) read MN-major, no transposed copy) on the
+// same count sets; compare with BM_Batched<kNN, kTiled>/1 (cuBLASLt's pointer-array batch of tiles, host
+// counts). Arguments: block_n (0 = the default for N), K, N.
+void BM_OwnTiledNN(benchmark::State& state) {
+  const GemmData& d = Data();
+  const int block_n = static_cast<int>(state.range(0));
+  const int64_t k = state.range(1), n = state.range(2);
+  if (!cuda::TiledGroupedMnSupported(n, k)) {
+    state.SkipWithError("TiledGroupedMatmulNN needs an sm_90 GPU");
+    return;
+  }
+  state.SetLabel("NN bf16->bf16, own tiled kernel, device tile map, BN " + std::to_string(block_n));
+  const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
+  cuda::DeviceArena arena("gemm_bench_own_nn", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
+  const Tensor counts = DeviceCountSets(arena);
+  Tensor map = arena.Alloc({tiles}, DType::kI32);
+  const Tensor x = d.Rows(d.x(), k, tiles * cuda::kGroupedTileRows);
+  const Tensor out = d.Rows(d.out(), n, tiles * cuda::kGroupedTileRows);
+  const Tensor w = d.Experts(d.w(), k, n);
+  TimeCalls(state, 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n), [&](int i) {
+    cuda::MoeTileExperts(map, CountSet(counts, i), nullptr);
+    cuda::TiledGroupedMatmulNN(out, x, w, map, false, nullptr, block_n);
+  });
+}
+
+// The own kernel's weight-gradient form (TiledGroupedMatmulTN: both operands MN-major, the experts' tile
+// ranges from the device) overwriting f32 gradients, as the first micro-batch of a step does; compare with
+// BM_Batched<kTNOverwrite, kTiled>/1. Arguments: block_n, M, N (out (E, M, N)).
+void BM_OwnTiledTN(benchmark::State& state) {
+  const GemmData& d = Data();
+  const int block_n = static_cast<int>(state.range(0));
+  const int64_t m = state.range(1), n = state.range(2);
+  if (!cuda::TiledGroupedMnSupported(n, 64)) {
+    state.SkipWithError("TiledGroupedMatmulTN needs an sm_90 GPU");
+    return;
+  }
+  state.SetLabel("TN bf16->f32=, own tiled kernel, device tile ranges, BN " + std::to_string(block_n));
+  const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
+  cuda::DeviceArena arena("gemm_bench_own_tn",
+                          size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + size_t(kExperts + 1) * 4 + 8192);
+  const Tensor counts = DeviceCountSets(arena);
+  Tensor map = arena.Alloc({tiles}, DType::kI32), begin = arena.Alloc({kExperts + 1}, DType::kI32);
+  const Tensor a = d.Rows(d.x(), m, tiles * cuda::kGroupedTileRows);
+  const Tensor b = d.Rows(d.y(), n, tiles * cuda::kGroupedTileRows);
+  const Tensor out = d.Experts(d.grad(), m, n);
+  TimeCalls(state, 2.0 * kRows * static_cast<double>(m) * static_cast<double>(n), [&](int i) {
+    cuda::MoeTileExperts(map, CountSet(counts, i), nullptr, begin);
+    cuda::TiledGroupedMatmulTN(out, a, b, begin, false, nullptr, block_n);
+  });
+}
+
+void OwnMnArgs(benchmark::internal::Benchmark* b) {
+  for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
+    for (int64_t bn : {128, 256}) b->Args({bn, k, n});
+  b->ArgNames({"BN", "K", "N"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+}
+
 // The FP8 form of the own tiled kernel (TiledFp8GroupedMatmulNT) on the same count sets and widths: x
 // (288 tiles x 128 rows, K) as packed 1x128 rows and w (E, N, K) in 128x128 blocks, quantised once on the
 // CPU from uniform values (the codes' spread, not their values, sets the speed). Compare with
@@ -417,6 +474,8 @@ BENCHMARK_TEMPLATE(BM_Batched, Form::kNT, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK_TEMPLATE(BM_Batched, Form::kNN, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kTiled)->Apply(TiledArgs);
 BENCHMARK(BM_OwnTiledNT)->Apply(OwnTiledArgs);
+BENCHMARK(BM_OwnTiledNN)->Apply(OwnMnArgs);
+BENCHMARK(BM_OwnTiledTN)->Apply(OwnMnArgs);
 BENCHMARK(BM_OwnTiledFp8TN)
     ->Args({kInter, kHidden})
     ->Args({kHidden, kInter})

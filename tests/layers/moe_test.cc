@@ -481,5 +481,65 @@ TEST(MoeTest, PaddedLayoutMatchesPacked) {
   }
 }
 
+// The device layout (ExpertLayout::kDevice on the CPU twin: the worst-case tile budget, the tile map from
+// the counts, ops::TiledGroupedMatmul*) gives the packed layout's output, input gradient and weight
+// gradients exactly, as the padded layout does; here with 128-row tiles, so nearly every row of the budget is
+// padding or past the layout. One expert busy, one starved (no tile: its weight gradient is zero).
+TEST(MoeTest, DeviceLayoutMatchesPacked) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  MoeCase mc = kGrouped;
+  mc.seq = 40;
+  std::mt19937_64 rng(seed), rng2(seed);
+  Harness packed(mc, rng), device(mc, rng2);
+  for (Harness* hn : {&packed, &device}) {
+    hn->bias().data<double>()[0] = 1.0;
+    hn->bias().data<double>()[kE - 1] = -10.0;
+  }
+  packed.moe.set_expert_layout(MoE::ExpertLayout::kPacked);
+  device.moe.set_expert_layout(MoE::ExpertLayout::kDevice);
+  const ExpertLayoutTally before = MoE::layout_tally();
+  Tensor x = RandomTensor({kB, mc.seq, kH}, DType::kF64, rng);
+  Tensor dy = RandomTensor(x.shape(), DType::kF64, rng);
+  MoeStats stats;
+  Tensor y0 = packed.moe.Forward(0, x, 0.7, &stats);
+  Tensor y1 = device.moe.Forward(0, x, 0.7);
+  ASSERT_EQ(stats.expert_counts.data<int64_t>()[kE - 1], 0);
+  // The budget's rows: cpu::MaxPaddedRows of the routed rows, whatever the counts.
+  const int64_t routed = kB * mc.seq * mc.k;
+  EXPECT_EQ(MoE::layout_tally().layout_rows - before.layout_rows, cpu::MaxPaddedRows(routed, kE, 128));
+  EXPECT_EQ(MoE::layout_tally().rows - before.rows, routed);
+  for (int64_t i = 0; i < y0.numel(); ++i) ASSERT_EQ(y0.Item(i), y1.Item(i)) << i;
+  Tensor dx0 = packed.moe.BackwardInput(0, dy), dx1 = device.moe.BackwardInput(0, dy);
+  packed.moe.BackwardWeight(0);
+  device.moe.BackwardWeight(0);
+  for (int64_t i = 0; i < dx0.numel(); ++i) ASSERT_EQ(dx0.Item(i), dx1.Item(i)) << i;
+  for (int id : {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id(),
+                 packed.moe.router_weight_id()}) {
+    const Tensor g0 = packed.table.grad(id), g1 = device.table.grad(id);
+    double norm = 0;
+    for (int64_t i = 0; i < g0.numel(); ++i) norm += g0.Item(i) * g0.Item(i);
+    ASSERT_GT(norm, 0.0);
+    for (int64_t i = 0; i < g0.numel(); ++i)
+      ASSERT_EQ(g0.Item(i), g1.Item(i)) << packed.table.spec(id).name << " " << i;
+  }
+}
+
+// cpu::MaxPaddedRows bounds the padded layout of every count vector, and is reached.
+TEST(MoeTest, MaxPaddedRowsBoundsEveryLayout) {
+  EXPECT_EQ(cpu::MaxPaddedRows(4 * 129, 4, 128), 8 * 128);  // every expert one row past a whole tile
+  EXPECT_EQ(cpu::MaxPaddedRows(3, 8, 4), 3 * 4);            // fewer rows than experts
+  EXPECT_EQ(cpu::MaxPaddedRows(0, 8, 4), 0);
+  std::mt19937_64 rng(TestSeed());
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t experts = 1 + static_cast<int64_t>(rng() % 40), rows = static_cast<int64_t>(rng() % 3000);
+    const int64_t tile = 1 + static_cast<int64_t>(rng() % 130);
+    Tensor counts = Tensor::Zeros({experts}, DType::kI64);
+    for (int64_t r = 0; r < rows; ++r) counts.data<int64_t>()[rng() % static_cast<uint64_t>(experts)] += 1;
+    EXPECT_LE(cpu::PaddedRows(counts, tile), cpu::MaxPaddedRows(rows, experts, tile))
+        << "rows " << rows << " experts " << experts << " tile " << tile;
+  }
+}
+
 }  // namespace
 }  // namespace fathom

@@ -301,6 +301,12 @@ int64_t PaddedRows(const Tensor& counts, int64_t tile) {
   return rows;
 }
 
+int64_t MaxPaddedRows(int64_t rows, int64_t experts, int64_t tile) {
+  FATHOM_CHECK(rows >= 0 && experts >= 1 && tile >= 1, "[max_padded_rows] rows ", rows, ", experts ", experts,
+               ", tile ", tile);
+  return (rows + (tile - 1) * std::min(rows, experts)) / tile * tile;
+}
+
 void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile) {
   const int64_t p = PaddedRows(counts, tile), e = counts.numel();
   FATHOM_CHECK(padded.dtype() == DType::kI64 && padded.shape() == Shape{p} &&

@@ -75,6 +75,9 @@ void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot
 void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile);
 // The rows of that layout, sum over e of counts_e rounded up to a multiple of `tile`, from host counts.
 int64_t PaddedRows(const Tensor& counts, int64_t tile);
+// The most rows that layout can have for R rows over E experts, whatever the counts (the budget of the
+// device layout, which never sees them): whole tiles of floor((R + (tile - 1) * min(E, R)) / tile).
+int64_t MaxPaddedRows(int64_t rows, int64_t experts, int64_t tile);
 // dx (N, H) (=, or += when accumulate) row t = sum over k = 0..K-1 of the dx_perm row of slot t*K+k.
 // dx_perm (P, H); row_slot (P) from MoePermute (P = R) or MoePadLayout (-1 rows are not read); top_k = K,
 // or 0 when P = R (then K = P / N).

@@ -13,6 +13,7 @@
 
 #include "framework/check.h"
 #include "framework/cuda/check.h"
+#include "framework/kernels/cpu/moe.h"
 #include "framework/kernels/cuda/grouped_gemm.h"
 #include "framework/kernels/cuda/kernel_common.cuh"
 #include "framework/kernels/cuda/sm90_primitives.cuh"
@@ -63,10 +64,13 @@ struct Ring {
 // One output tile: A's rows [a_row, a_row + 128) and B's rows [b_row, b_row + BN) over the k-blocks
 // [k0, k0 + k_blocks), stored to out's rows [out_row, out_row + rows) (rows <= 128) and columns from n0.
 // `group` is the expert (or weight-gradient group) whose scales the FP8 products read.
+// An MN-major operand (the bf16 NN and TN forms) is loaded from its matrix's rows [k_base + 64 kb, +64)
+// (b_k0 for B; 0 for A) and columns [row, row + 128 or BN), where `row` (a_row, b_row) is then the MN offset.
 struct Job {
   int a_row, b_row, k0, k_blocks;
   int64_t out_row;
   int rows, n0, group;
+  int b_k0 = 0;
 };
 
 // The products (bf16, FP8 forward/dgrad, FP8 weight gradient), in the consumer warp groups: each runs the
@@ -74,23 +78,34 @@ struct Job {
 // share, wgmma's accumulator layout; local_row is its first row in the tile).
 //
 // bf16: wgmma.m64nBNk16 straight into acc, one wgmma group kept in flight while the previous stage is
-// released.
-template <int BN>
+// released. kAMn / kBMn: that operand is MN-major in shared memory (MnTileDescriptor: its 16-deep slices
+// are 2048 bytes apart) instead of K-major (TileDescriptor: 32 bytes apart); A's two 64-row halves are
+// 8192 bytes apart either way. A job without k-blocks (a weight gradient's group without tokens, when
+// overwriting) leaves acc zero.
+template <int BN, bool kAMnMajor = false, bool kBMnMajor = false>
 struct Bf16Product {
   static constexpr int kBN = BN, kBlockElems = kBK;
+  static constexpr bool kAMn = kAMnMajor, kBMn = kBMnMajor;
+  static_assert(!kBMn || BN % 64 == 0, "an MN-major B is loaded in 64-column boxes");
   struct Params {};
 #ifdef FATHOM_SM90A
+  __device__ static uint64_t Descriptor(const uint8_t* tile, bool mn) {
+    return mn ? MnTileDescriptor(tile) : TileDescriptor(tile);
+  }
   __device__ static void Run(const Params&, float* acc, const Ring<BN>& ring, int& it, const Job& job,
                              int consumer, int lane, int /*local_row*/) {
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+    if (job.k_blocks == 0) return;
+    constexpr uint64_t kStepA = kAMn ? 128 : 2, kStepB = kBMn ? 128 : 2;  // one 16-deep slice, in 16 bytes
     for (int kb = 0; kb < job.k_blocks; ++kb, ++it) {
       ring.Acquire(it);
-      const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
+      const uint64_t desc_a = Descriptor(ring.A(it, consumer), kAMn), desc_b = Descriptor(ring.B(it), kBMn);
       FenceAccumulators<BN / 2>(acc);
       WgmmaFence();
 #pragma unroll
-      for (int k = 0; k < kBK / 16; ++k) Wgmma<BN>(acc, desc_a + 2 * k, desc_b + 2 * k);
+      for (int k = 0; k < kBK / 16; ++k)
+        Wgmma<BN, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc, desc_a + kStepA * k, desc_b + kStepB * k);
       WgmmaCommit();
       FenceAccumulators<BN / 2>(acc);
       if (kb > 0) {  // the previous stage's products are done: give it back to the producer
@@ -129,6 +144,7 @@ __device__ __forceinline__ void Fp8BlockPartial(float* partial, const Ring<128>&
 // an output tile is one 128-wide block of w's rows and takes one weight scale per k-block.
 struct Fp8Product {
   static constexpr int kBN = 128, kBlockElems = kRowBytes;
+  static constexpr bool kAMn = false, kBMn = false;
   struct Params {
     const uint8_t* x;        // Fp8Rows data: codes, then f32 scales, per row
     int64_t x_row_bytes;     // Fp8RowBytes(K)
@@ -168,6 +184,7 @@ struct Fp8Product {
 // read scale 0 (their codes are TMA's zero fill).
 struct Fp8ColsProduct {
   static constexpr int kBN = 128, kBlockElems = kRowBytes;
+  static constexpr bool kAMn = false, kBMn = false;
   struct Params {
     const float* a_scales;  // (Tp / 128, m)
     const float* b_scales;  // (Tp / 128, n)
@@ -251,10 +268,14 @@ struct TilePrefix {
 
 // Which output tiles a launch computes ("jobs"), and each one's rows, columns and k-blocks.
 //   RowTiles: the forward form over the padded layout's row tiles: job = (row tile, column tile), row tile
-//     major; a row tile's expert comes from `tiles` (unused: skipped) and picks the weight's rows.
+//     major; a row tile's expert comes from `tiles` (unused: skipped) and picks the weight's rows. With an
+//     MN-major weight (kBMn, the bf16 NN form: w[e] is (reduction, n)), its rows [e * reduction, +reduction)
+//     are the reduction and the column tile its columns.
 //   KGroups: the weight-gradient form: job = (group, row tile of out[g], column tile); group g reduces over
 //     its k-blocks [k.begin[g], k.begin[g + 1]) of the padded token axis (none: skipped).
-template <class Tiles, int BN>
+//   DeviceKGroups: the same with the groups' tile ranges read from the device (bf16 TN: MoeTileExperts'
+//     tile_begin) and both operands MN-major; a group without tokens stores zeros when overwriting.
+template <class Tiles, int BN, bool kBMn = false>
 struct RowTiles {
   Tiles tiles;
   int n, k_blocks;
@@ -265,9 +286,14 @@ struct RowTiles {
     j.group = tiles.Expert(tile);
     if (j.group < 0) return false;  // a tile past the layout
     j.a_row = tile * kBM;
-    // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are computed
-    // and not stored.
-    j.b_row = j.group * n + j.n0;
+    if constexpr (kBMn) {
+      j.b_row = j.n0;
+      j.b_k0 = j.group * k_blocks * kBK;
+    } else {
+      // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are
+      // computed and not stored.
+      j.b_row = j.group * n + j.n0;
+    }
     j.k0 = 0;
     j.k_blocks = k_blocks;
     j.out_row = static_cast<int64_t>(tile) * kBM;
@@ -295,6 +321,45 @@ struct KGroups {
     return true;
   }
 };
+
+template <int BN>
+struct DeviceKGroups {
+  const int32_t* tile_begin;  // (G + 1): group g owns the 128-row tiles [tile_begin[g], tile_begin[g + 1])
+  int m, n;
+  bool overwrite;
+  __device__ bool Decode(int job, Job& j) const {
+    const int m_tiles = (m + kBM - 1) / kBM, n_tiles = (n + BN - 1) / BN;
+    const int g = job / (m_tiles * n_tiles), r = job % (m_tiles * n_tiles);
+    const int t0 = tile_begin[g], t1 = tile_begin[g + 1];
+    j.k0 = t0 * (kBM / kBK);
+    j.k_blocks = (t1 - t0) * (kBM / kBK);
+    if (j.k_blocks == 0 && !overwrite) return false;  // out[g] stays as it is
+    j.a_row = (r / n_tiles) * kBM;
+    j.n0 = (r % n_tiles) * BN;
+    j.b_row = j.n0;
+    j.b_k0 = 0;
+    j.out_row = static_cast<int64_t>(g) * m + j.a_row;
+    j.rows = min(kBM, m - j.a_row);
+    j.group = g;
+    return true;
+  }
+};
+
+#ifdef FATHOM_SM90A
+// One operand's share of a stage: a K-major operand is one box of `kExtent` rows at (column k, row `at`); an
+// MN-major one is kExtent / 64 boxes of 64 rows x 64 columns at (column at + 64 c, row k_base + k), 8192
+// bytes apart (MnTileDescriptor's layout). Either way kExtent * 128 bytes.
+template <bool kMn, int kExtent>
+__device__ __forceinline__ void LoadOperand(uint8_t* dst, const CUtensorMap* map, uint64_t* bar, int k, int at,
+                                            int k_base) {
+  if constexpr (kMn) {
+#pragma unroll
+    for (int c = 0; c < kExtent / 64; ++c) TmaLoad(dst + c * 64 * kRowBytes, map, bar, at + 64 * c, k_base + k);
+  } else {
+    TmaLoad(dst, map, bar, k, at);
+  }
+}
+#endif
 
 // A persistent kernel (one CTA per SM): CTA b takes jobs b, b + grid, ... of the schedule, skipping those it
 // declines. The stage ring runs on across jobs, so the producer fetches the next job's first k-blocks while
@@ -335,8 +400,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           uint8_t* stage = smem + s * T::kStageBytes;
           BarrierExpectBytes(&full[s], T::kStageBytes);
           const int k = (j.k0 + kb) * Product::kBlockElems;
-          TmaLoad(stage, &a_map, &full[s], k, j.a_row);
-          TmaLoad(stage + kABytes, &b_map, &full[s], k, j.b_row);
+          LoadOperand<Product::kAMn, kBM>(stage, &a_map, &full[s], k, j.a_row, 0);
+          LoadOperand<Product::kBMn, BN>(stage + kABytes, &b_map, &full[s], k, j.b_row, j.b_k0);
         }
       }
     }
@@ -374,7 +439,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // The expert of each tile of the padded layout (see MoeTileExperts): one block, an exclusive scan of the
 // experts' tile counts (Hillis-Steele over the 1024 threads), then each tile's group.
-__global__ void TileExpertsKernel(int32_t* tile_expert, int64_t tiles, const int64_t* counts, int experts) {
+__global__ void TileExpertsKernel(int32_t* tile_expert, int64_t tiles, const int64_t* counts, int experts,
+                                  int32_t* tile_begin) {
   __shared__ int32_t begin[1025];  // expert e owns tiles [begin[e], begin[e + 1])
   const int e = static_cast<int>(threadIdx.x);
   begin[e + 1] = e < experts ? static_cast<int32_t>((counts[e] + kBM - 1) / kBM) : 0;
@@ -387,6 +453,8 @@ __global__ void TileExpertsKernel(int32_t* tile_expert, int64_t tiles, const int
     __syncthreads();
   }
   if (e == 0 && begin[experts] > tiles) __trap();  // the caller's tile budget is too small
+  if (tile_begin != nullptr)
+    for (int i = e; i <= experts; i += static_cast<int>(blockDim.x)) tile_begin[i] = begin[i];
   for (int64_t t = e; t < tiles; t += blockDim.x)
     tile_expert[t] = t < begin[experts] ? common::FindGroup(begin, experts, t) : -1;
 }
@@ -482,11 +550,10 @@ void CheckTileMap(const char* op, const Tensor& tile_expert) {
 }  // namespace
 
 int64_t MaxExpertTiles(int64_t rows, int64_t num_experts) {
-  FATHOM_CHECK(rows >= 0 && num_experts >= 1, "[max_expert_tiles] rows ", rows, ", experts ", num_experts);
-  return (rows + (kBM - 1) * std::min(rows, num_experts)) / kBM;
+  return cpu::MaxPaddedRows(rows, num_experts, kBM) / kBM;
 }
 
-void MoeTileExperts(const Tensor& tile_expert, const Tensor& counts, Stream stream) {
+void MoeTileExperts(const Tensor& tile_expert, const Tensor& counts, Stream stream, const Tensor& tile_begin) {
   const char* op = "moe_tile_experts";
   common::CheckCuda(op, tile_expert, "tile_expert");
   common::CheckCuda(op, counts, "counts");
@@ -495,10 +562,18 @@ void MoeTileExperts(const Tensor& tile_expert, const Tensor& counts, Stream stre
   FATHOM_CHECK(counts.dtype() == DType::kI64 && counts.ndim() == 1 && counts.dim(0) >= 1 && counts.dim(0) <= 1024,
                "[", op, "] counts ", counts.shape_str(), " ", DTypeName(counts.dtype()),
                ", expected (E) i64 with 1 <= E <= 1024");
-  if (tile_expert.numel() == 0) return;
+  if (tile_begin.defined()) {
+    common::CheckCuda(op, tile_begin, "tile_begin");
+    FATHOM_CHECK(tile_begin.dtype() == DType::kI32 && tile_begin.ndim() == 1 && tile_begin.dim(0) == counts.dim(0) + 1,
+                 "[", op, "] tile_begin ", tile_begin.shape_str(), " ", DTypeName(tile_begin.dtype()),
+                 ", expected (", counts.dim(0) + 1, ") i32");
+  } else if (tile_expert.numel() == 0) {
+    return;
+  }
   TileExpertsKernel<<<1, 1024, 0, stream>>>(static_cast<int32_t*>(tile_expert.raw()), tile_expert.numel(),
                                             static_cast<const int64_t*>(counts.raw()),
-                                            static_cast<int>(counts.dim(0)));
+                                            static_cast<int>(counts.dim(0)),
+                                            tile_begin.defined() ? static_cast<int32_t*>(tile_begin.raw()) : nullptr);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -546,6 +621,109 @@ void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, c
       break;
     default:
       FATHOM_CHECK(false, "[", op, "] block_n ", block_n, ": expected 0, 128, 176 or 256");
+  }
+}
+
+namespace {
+
+// 128 where N is a multiple of 128 but not of 256 (1408: 11 full tiles instead of 5.5), else 256.
+int MnDefaultBlockN(int64_t n) { return n % 256 != 0 && n % 128 == 0 ? 128 : 256; }
+
+template <int BN>
+void LaunchBf16NN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, bool accumulate,
+                  int max_ctas, Stream stream) {
+  const int64_t tiles = tile_expert.numel(), red = x.dim(1), n = out.dim(1), experts = w.dim(0);
+  const CUtensorMap x_map = RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, red, 2 * red, kBM);
+  const CUtensorMap w_map = RowMajorMap(w.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, experts * red, n, 2 * n, 64);
+  const RowTiles<DeviceTileMap, BN, true> schedule{{static_cast<const int32_t*>(tile_expert.raw())},
+                                                   static_cast<int>(n), static_cast<int>(red / kBK)};
+  LaunchTiled<Bf16Product<BN, false, true>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()),
+                                                           accumulate, schedule, tiles * ColumnTiles(n, BN), n,
+                                                           max_ctas, stream);
+}
+
+template <int BN>
+void LaunchBf16TN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin, bool accumulate,
+                  int max_ctas, Stream stream) {
+  const int64_t rows = a.dim(0), m = a.dim(1), n = b.dim(1), groups = tile_begin.dim(0) - 1;
+  const CUtensorMap a_map = RowMajorMap(a.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rows, m, 2 * m, 64);
+  const CUtensorMap b_map = RowMajorMap(b.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rows, n, 2 * n, 64);
+  const DeviceKGroups<BN> schedule{static_cast<const int32_t*>(tile_begin.raw()), static_cast<int>(m),
+                                   static_cast<int>(n), !accumulate};
+  LaunchTiled<Bf16Product<BN, true, true>, float>(a_map, b_map, {}, static_cast<float*>(out.raw()), accumulate,
+                                                  schedule, groups * ColumnTiles(m, kBM) * ColumnTiles(n, BN), n,
+                                                  max_ctas, stream);
+}
+
+}  // namespace
+
+bool TiledGroupedMnSupported(int64_t n, int64_t reduction) {
+  static const bool sm90 = DeviceIsSm90();
+  return sm90 && n > 0 && n % 8 == 0 && reduction > 0 && reduction % kBK == 0;
+}
+
+void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                          bool accumulate, Stream stream, int block_n, int max_ctas) {
+  const char* op = "tiled_grouped_matmul_nn";
+  common::CheckCuda(op, out, "out");
+  common::CheckCuda(op, x, "x");
+  common::CheckCuda(op, w, "w");
+  CheckTileMap(op, tile_expert);
+  FATHOM_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16 && out.dtype() == DType::kBF16, "[", op,
+               "] x ", DTypeName(x.dtype()), ", w ", DTypeName(w.dtype()), ", out ", DTypeName(out.dtype()),
+               ": bf16 only");
+  const int64_t tiles = tile_expert.numel();
+  FATHOM_CHECK(x.ndim() == 2 && w.ndim() == 3 && out.ndim() == 2 && x.dim(0) == tiles * kBM &&
+                   out.dim(0) == x.dim(0) && w.dim(1) == x.dim(1) && out.dim(1) == w.dim(2),
+               "[", op, "] x ", x.shape_str(), ", w ", w.shape_str(), ", out ", out.shape_str(), " for ", tiles,
+               " tiles: expected x (T*128, K), w (E, K, N), out (T*128, N)");
+  const int64_t n = out.dim(1), red = x.dim(1);
+  FATHOM_CHECK(TiledGroupedMnSupported(n, red), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ",
+               kBK, " and N of 8; got K ", red, ", N ", n);
+  FATHOM_CHECK(w.dim(0) * red <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * n <= INT32_MAX, "[", op,
+               "] too large for 32-bit TMA rows");
+  if (tiles == 0) return;
+  if (block_n == 0) block_n = MnDefaultBlockN(n);
+  FATHOM_CHECK(block_n == 128 || block_n == 256, "[", op, "] block_n ", block_n, ": expected 0, 128 or 256");
+  if (block_n == 128) {
+    LaunchBf16NN<128>(out, x, w, tile_expert, accumulate, max_ctas, stream);
+  } else {
+    LaunchBf16NN<256>(out, x, w, tile_expert, accumulate, max_ctas, stream);
+  }
+}
+
+void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin,
+                          bool accumulate, Stream stream, int block_n, int max_ctas) {
+  const char* op = "tiled_grouped_matmul_tn";
+  common::CheckCuda(op, out, "out");
+  common::CheckCuda(op, a, "a");
+  common::CheckCuda(op, b, "b");
+  common::CheckCuda(op, tile_begin, "tile_begin");
+  FATHOM_CHECK(a.dtype() == DType::kBF16 && b.dtype() == DType::kBF16 && out.dtype() == DType::kF32, "[", op,
+               "] a ", DTypeName(a.dtype()), ", b ", DTypeName(b.dtype()), ", out ", DTypeName(out.dtype()),
+               ": bf16 operands, f32 out");
+  FATHOM_CHECK(tile_begin.dtype() == DType::kI32 && tile_begin.ndim() == 1 && tile_begin.dim(0) >= 2, "[", op,
+               "] tile_begin ", tile_begin.shape_str(), " ", DTypeName(tile_begin.dtype()), ", expected (G + 1) i32");
+  const int64_t groups = tile_begin.dim(0) - 1;
+  FATHOM_CHECK(a.ndim() == 2 && b.ndim() == 2 && a.dim(0) == b.dim(0) && a.dim(0) % kBM == 0 &&
+                   ((out.ndim() == 3 && out.dim(0) == groups) || (out.ndim() == 2 && groups == 1)) &&
+                   out.dim(out.ndim() - 2) == a.dim(1) && out.dim(out.ndim() - 1) == b.dim(1),
+               "[", op, "] a ", a.shape_str(), ", b ", b.shape_str(), ", out ", out.shape_str(), " over ", groups,
+               " groups: expected a (T*128, M), b (T*128, N), out (G, M, N)");
+  const int64_t m = a.dim(1), n = b.dim(1);
+  FATHOM_CHECK(TiledGroupedMnSupported(n, kBK) && m > 0 && m % 8 == 0, "[", op,
+               "] needs an sm_90 GPU (H100/H200) and M, N multiples of 8; got M ", m, ", N ", n);
+  FATHOM_CHECK(a.dim(0) <= INT32_MAX && groups * m * n <= INT32_MAX, "[", op, "] too large for 32-bit indices");
+  if (a.dim(0) == 0) {  // no tokens at all: every group is empty
+    if (!accumulate) FATHOM_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, out.nbytes(), stream));
+    return;
+  }
+  if (block_n == 0) block_n = MnDefaultBlockN(n);
+  FATHOM_CHECK(block_n == 128 || block_n == 256, "[", op, "] block_n ", block_n, ": expected 0, 128 or 256");
+  if (block_n == 128) {
+    LaunchBf16TN<128>(out, a, b, tile_begin, accumulate, max_ctas, stream);
+  } else {
+    LaunchBf16TN<256>(out, a, b, tile_begin, accumulate, max_ctas, stream);
   }
 }
 

@@ -39,8 +39,11 @@ int64_t MaxExpertTiles(int64_t rows, int64_t num_experts);
 
 // tile_expert (T) i32, overwritten: the expert of each tile of the padded layout of counts (E) i64 (device;
 // expert e owns ceil(counts[e] / 128) tiles, in expert order), then -1 for the tiles past them. E <= 1024.
-// A layout that needs more than T tiles traps (the caller sized T with MaxExpertTiles).
-void MoeTileExperts(const Tensor& tile_expert, const Tensor& counts, Stream stream);
+// A layout that needs more than T tiles traps (the caller sized T with MaxExpertTiles). When given,
+// tile_begin (E + 1) i32 receives each expert's first tile (and the total last): what TiledGroupedMatmulTN
+// reads.
+void MoeTileExperts(const Tensor& tile_expert, const Tensor& counts, Stream stream,
+                    const Tensor& tile_begin = Tensor());
 
 // Whether TiledGroupedMatmulNT takes these widths: K a multiple of 64 and N a multiple of 8, on an sm_90
 // device (H100/H200). Callers choose between this kernel and cuBLASLt with it; the launcher itself fails
@@ -57,6 +60,26 @@ int TiledGroupedDefaultBlockN(int64_t n);
 // max_ctas > 0 caps the persistent grid (tests: several output tiles per CTA on small problems).
 void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
                           Stream stream, int block_n = 0, int max_ctas = 0);
+
+// Whether the MN-major bf16 forms below take an N-wide output (NN) or N-wide b (TN) over a reduction that
+// is a multiple of 64 (NN: K; TN: always, the tokens come in 128-row tiles), on an sm_90 device.
+bool TiledGroupedMnSupported(int64_t n, int64_t reduction);
+
+// The dgrad form (the twin of cpu::GroupedMatmulNN over the padded layout): out (T * 128, N) bf16 (=, or +=
+// when accumulate) rows of tile t with e = tile_expert[t] >= 0 = x's rows (T * 128, K) . w[e], w (E, K, N)
+// bf16 as the forward's weight is stored, read MN-major (no transposed copy). f32 accumulation, one
+// rounding. Rows of tiles with e < 0 are not written. block_n in {0, 128, 256}.
+void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                          bool accumulate, Stream stream, int block_n = 0, int max_ctas = 0);
+
+// The weight-gradient form (the twin of cpu::GroupedMatmulTN over the padded layout): out[g] (G, M, N) f32
+// (=, or += when accumulate) a_g^T . b_g, where a (T * 128, M) and b (T * 128, N) bf16 hold group g's
+// rows in the tiles [tile_begin[g], tile_begin[g + 1]) (MoeTileExperts' tile_begin, on the device: the
+// counts never reach the host). Both operands are read MN-major straight from the row-major activations.
+// A group without tokens keeps out[g] when accumulating and gets zeros when overwriting. Pad rows must be
+// zero (the padded layout's are). block_n in {0, 128, 256} (out's column tile).
+void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin,
+                          bool accumulate, Stream stream, int block_n = 0, int max_ctas = 0);
 
 // Whether TiledFp8GroupedMatmulNT takes an N-wide output: N a multiple of 16, on an sm_90 device.
 bool TiledFp8Supported(int64_t n);

@@ -106,8 +106,10 @@ void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& slot
                 const Tensor& workspace, Stream stream);
 // cpu::MoePadLayout on the device: padded (P) i64 from row_slot (R) and the device counts (E <= 1024) of
 // MoeSortByExpert; P comes from the host counts (cpu::PaddedRows), and a device total that disagrees traps.
+// With budget, P is a worst-case bound instead (the counts never reach the host): the rows past the layout
+// are -1 too, and only a layout longer than P traps.
 void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile,
-                  Stream stream);
+                  Stream stream, bool budget = false);
 // dx (N, H) (=, or += when accumulate) row t = sum over k = 0..K-1, in k order, of the dx_perm row of slot
 // t*K+k (a gather per token: no atomics). dx_perm (P, H); slot_row (>= N*K) i64 from MoeSortByExpert or the
 // inverse of a padded layout; top_k = K, or 0 when P = N * K (then K = P / N).

@@ -262,7 +262,7 @@ constexpr int kPadThreads = 1024;
 
 __global__ void PadLayoutKernel(int64_t* __restrict__ padded, const int64_t* __restrict__ row_slot,
                                 const int64_t* __restrict__ counts, int e, int64_t tile, int64_t rows,
-                                int64_t total) {
+                                int64_t total, bool budget) {
   __shared__ int64_t from[kPadThreads + 1], at[kPadThreads + 1];
   if (threadIdx.x == 0) {
     from[0] = at[0] = 0;
@@ -270,7 +270,7 @@ __global__ void PadLayoutKernel(int64_t* __restrict__ padded, const int64_t* __r
       from[i + 1] = from[i] + counts[i];
       at[i + 1] = at[i] + (counts[i] + tile - 1) / tile * tile;
     }
-    if (at[e] != total || from[e] != rows) __trap();
+    if ((budget ? at[e] > total : at[e] != total) || from[e] != rows) __trap();
   }
   __syncthreads();
   const int64_t p = static_cast<int64_t>(blockIdx.x) * kPadThreads + threadIdx.x;
@@ -291,7 +291,7 @@ __global__ void PadLayoutKernel(int64_t* __restrict__ padded, const int64_t* __r
 }  // namespace
 
 void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& counts, int64_t tile,
-                  Stream stream) {
+                  Stream stream, bool budget) {
   const char* op = "moe_pad_layout_cuda";
   FATHOM_CHECK(padded.ndim() == 1 && row_slot.ndim() == 1 && counts.ndim() == 1 && tile >= 1, "[", op,
                "] padded ", padded.shape_str(), " row_slot ", row_slot.shape_str(), " counts ",
@@ -305,7 +305,7 @@ void MoePadLayout(const Tensor& padded, const Tensor& row_slot, const Tensor& co
   if (total == 0) return;
   PadLayoutKernel<<<static_cast<unsigned>((total + kPadThreads - 1) / kPadThreads), kPadThreads, 0,
                     Raw(stream)>>>(padded.data<int64_t>(), row_slot.data<int64_t>(), counts.data<int64_t>(),
-                                   static_cast<int>(e), tile, row_slot.dim(0), total);
+                                   static_cast<int>(e), tile, row_slot.dim(0), total, budget);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,9 +1,9 @@
 // Hopper (sm_90a) device primitives of fathom's own GEMM kernels (framework/kernels/cuda/grouped_gemm.cu):
-// mbarriers, 2-D TMA loads, the shared-memory descriptor of a 128-byte-swizzled K-major tile, and the
-// wgmma instructions it uses (bf16 m64nNk16 for N = 128, 176, 256; e4m3 m64n128k32), with the fences that
-// keep the compiler off their accumulator registers. Defined only where the target is sm_90a
-// (FATHOM_SM90A); include from .cu files only. The wgmma wrappers' operand lists are written out in full,
-// one per register, as the inline-PTX syntax requires.
+// mbarriers, 2-D TMA loads, the shared-memory descriptors of 128-byte-swizzled K-major and MN-major tiles,
+// and the wgmma instructions it uses (bf16 m64nNk16 for N = 128, 176, 256, either operand K- or MN-major;
+// e4m3 m64n128k32, K-major only), with the fences that keep the compiler off their accumulator registers.
+// Defined only where the target is sm_90a (FATHOM_SM90A); include from .cu files only. The wgmma wrappers'
+// operand lists are written out in full, one per register, as the inline-PTX syntax requires.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_SM90_PRIMITIVES_CUH_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_SM90_PRIMITIVES_CUH_
 
@@ -85,6 +85,18 @@ __device__ __forceinline__ uint64_t TileDescriptor(const void* tile) {
   return ((address & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
 }
 
+// The wgmma descriptor of an MN-major bf16 operand (the M or N index contiguous, as a row-major matrix's
+// columns are when the reduction runs down its rows), as TMA writes it in boxes of 64 reduction rows x 64
+// MN elements (128 bytes), 128-byte swizzled, the boxes 8192 bytes apart along MN: the canonical
+// Swizzle<3,4,3> o ((8,8,m),(8,k)) : ((1,8,LBO),(64,SBO)) layout with leading offset 8192 bytes (the next 64
+// MN elements) and stride 1024 bytes (the next 8 reduction rows). The k-th 16-row slice of the reduction
+// starts 2048 k bytes in (descriptor + 128 k); every box starts on a 1024-byte boundary.
+__device__ __forceinline__ uint64_t MnTileDescriptor(const void* tile) {
+  const uint64_t address = SmemAddress(tile);
+  return ((address & 0x3FFFF) >> 4) | (uint64_t{8192 >> 4} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
 __device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -101,6 +113,7 @@ __device__ __forceinline__ void FenceAccumulators(float* d) {
 
 // D (64 x 128, f32, 64 registers per thread) (=, or += when accumulate) A (64 x 16) . B (128 x 16)^T,
 // both operands K-major bf16 in shared memory (128-byte swizzle), described by desc_a and desc_b.
+template <int kTransA = 0, int kTransB = 0>
 __device__ __forceinline__ void Wgmma128(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
@@ -110,7 +123,7 @@ __device__ __forceinline__ void Wgmma128(float* d, uint64_t desc_a, uint64_t des
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -119,11 +132,12 @@ __device__ __forceinline__ void Wgmma128(float* d, uint64_t desc_a, uint64_t des
         "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB));
 }
 
 // D (64 x 176, f32, 88 registers per thread) (=, or += when accumulate) A (64 x 16) . B (176 x 16)^T,
 // both operands K-major bf16 in shared memory (128-byte swizzle), described by desc_a and desc_b.
+template <int kTransA = 0, int kTransB = 0>
 __device__ __forceinline__ void Wgmma176(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %90, 0;\n"
@@ -135,7 +149,7 @@ __device__ __forceinline__ void Wgmma176(float* d, uint64_t desc_a, uint64_t des
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
       "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
       "%80, %81, %82, %83, %84, %85, %86, %87"
-      "}, %88, %89, p, 1, 1, 0, 0;\n}\n"
+      "}, %88, %89, p, 1, 1, %91, %92;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -147,11 +161,12 @@ __device__ __forceinline__ void Wgmma176(float* d, uint64_t desc_a, uint64_t des
         "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
         "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
         "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB));
 }
 
 // D (64 x 256, f32, 128 registers per thread) (=, or += when accumulate) A (64 x 16) . B (256 x 16)^T,
 // both operands K-major bf16 in shared memory (128-byte swizzle), described by desc_a and desc_b.
+template <int kTransA = 0, int kTransB = 0>
 __device__ __forceinline__ void Wgmma256(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
@@ -165,7 +180,7 @@ __device__ __forceinline__ void Wgmma256(float* d, uint64_t desc_a, uint64_t des
       "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
       "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -182,18 +197,19 @@ __device__ __forceinline__ void Wgmma256(float* d, uint64_t desc_a, uint64_t des
         "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
         "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB));
 }
 
-template <int BN>
+// D += A . B^T with N = BN; kTransA / kTransB: the operand is MN-major (MnTileDescriptor) instead of K-major.
+template <int BN, int kTransA = 0, int kTransB = 0>
 __device__ __forceinline__ void Wgmma(float* d, uint64_t desc_a, uint64_t desc_b) {
   if constexpr (BN == 128) {
-    Wgmma128(d, desc_a, desc_b, 1);
+    Wgmma128<kTransA, kTransB>(d, desc_a, desc_b, 1);
   } else if constexpr (BN == 176) {
-    Wgmma176(d, desc_a, desc_b, 1);
+    Wgmma176<kTransA, kTransB>(d, desc_a, desc_b, 1);
   } else {
     static_assert(BN == 256, "BN is 128, 176 or 256");
-    Wgmma256(d, desc_a, desc_b, 1);
+    Wgmma256<kTransA, kTransB>(d, desc_a, desc_b, 1);
   }
 }
 
