@@ -81,8 +81,9 @@ TEST(GroupedGemmCuda, TileMapMatchesTheHost) {
     for (int64_t t = 0; t < tiles; ++t) ASSERT_EQ(got.data<int32_t>()[t], want[static_cast<size_t>(t)]) << "tile " << t;
     // With tile_begin: the same map, and each expert's first tile (the total last).
     const int64_t experts = static_cast<int64_t>(counts.size());
-    Tensor begin = arena.Alloc({experts + 1}, DType::kI32);
-    cuda::Fill(begin, -7, nullptr);
+    Tensor begin_fill = Tensor::Empty({experts + 1}, DType::kI32);
+    for (int64_t e = 0; e <= experts; ++e) begin_fill.data<int32_t>()[e] = -7;  // every entry must be written
+    Tensor begin = Upload(arena, begin_fill);
     cuda::MoeTileExperts(map, Upload(arena, CountsTensor(counts)), nullptr, begin);
     const Tensor got_begin = Download(begin);
     int32_t at = 0;
