@@ -1,5 +1,6 @@
 #include "framework/ops.h"
 
+#include <atomic>
 #include <utility>
 
 #include "framework/kernels/cpu/columns.h"
@@ -142,6 +143,12 @@ void SumHeadsToColumns(const Tensor& dst, int64_t d0, const Tensor& dk, int64_t 
 // ---- Copies
 // ------------------------------------------------------------------------------------------------
 
+namespace {
+std::atomic<int64_t> host_waits{0};
+}  // namespace
+
+int64_t HostWaits() { return host_waits.load(std::memory_order_relaxed); }
+
 void Copy(const Tensor& dst, const Tensor& src) {
   FATHOM_CHECK(dst.defined() && src.defined(), "[copy] undefined tensor");
   FATHOM_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype(), "[copy] ", src.shape_str(), " ",
@@ -150,6 +157,7 @@ void Copy(const Tensor& dst, const Tensor& src) {
     Tensor view = dst;
     return view.CopyFrom(src);
   }
+  if (dst.device() == Device::kCPU || src.device() == Device::kCPU) host_waits.fetch_add(1, std::memory_order_relaxed);
   FATHOM_OPS_ON_CUDA("copy", cuda_impl::Copy(dst, src));
 }
 
@@ -207,6 +215,7 @@ Tensor PendingHostCopy::Wait() {
   if (ready_.defined()) return std::exchange(ready_, Tensor());
 #ifdef FATHOM_WITH_CUDA
   const std::shared_ptr<StagingLease> lease = std::exchange(lease_, nullptr);
+  host_waits.fetch_add(1, std::memory_order_relaxed);
   return cuda_impl::FinishHostCopy(*lease);
 #else
   checks::NoCudaBackend("copy_to_host_async");

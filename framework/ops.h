@@ -334,6 +334,14 @@ class PendingHostCopy {
 // itself is the result (no copy).
 PendingHostCopy CopyToHostAsync(const Tensor& src);
 
+// How many times this process's host has waited for the GPU at the ops' SYNC POINTs so far: Copy and To
+// between the host and a device, and PendingHostCopy::Wait of a device copy (work on the CPU counts
+// nothing). `fathom bench` prints the count per step; the step's own syncs are the statistics and gradient
+// norm copies, plus, with train.expert_gemm cublaslt, the MoE layers' count copies (layers/moe.h). Waits
+// outside the ops (NCCL's watchdog polls, the bench's phase timer, a grouped GEMM's rare pointer-array
+// growth) are not counted.
+int64_t HostWaits();
+
 // A fresh copy of HOST tensor `src` on the GPU (from the current pool), queued on the current OpContext's
 // stream through a page-locked staging slot of the context: unlike To(src, kCUDA), the host does not wait
 // (src may be changed or freed at once). For the step's small inputs (token ids, labels, expert loads).

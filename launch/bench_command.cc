@@ -53,6 +53,7 @@
 #include <cuda_runtime.h>
 
 #include "framework/cuda/check.h"
+#include "framework/ops.h"
 #include "framework/phase_timer.h"
 #include "launch/trainer.h"
 #include "layers/moe.h"
@@ -226,6 +227,7 @@ struct BenchResult {
   PhaseMillis phase_ms{};               // per step, of phase_rank
   PhaseMillis phase_work{};             // per step, of phase_rank: FLOPs, or bytes (BenchPhase::in_bytes)
   std::vector<double> pool_peak_bytes;  // per rank
+  double host_waits_per_step = 0;       // ops::HostWaits per timed step, max over ranks
 };
 
 std::string FormatBench(const BenchResult& b) {
@@ -285,6 +287,10 @@ std::string FormatBench(const BenchResult& b) {
         "padding to %d-row tiles (layers/moe.h)\n",
         t.passes, 100.0 * (static_cast<double>(t.layout_rows) / rows - 1.0), MoE::kTileRows);
   }
+  o += absl::StrFormat(
+      "  host waits         %.1f per step (the host waiting for the GPU at the ops' sync points, the busiest "
+      "rank; framework/ops.h HostWaits)\n",
+      b.host_waits_per_step);
   return o;
 }
 
@@ -307,6 +313,7 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
   trainer.ResetDeviceMemoryPeak();
 
   std::vector<double> local_ms;
+  const int64_t waits_before = ops::HostWaits();
   for (int64_t s = 0; s < steps; ++s) {
     const auto start = std::chrono::steady_clock::now();
     step_or_exit(warmup + s);
@@ -336,6 +343,8 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
   b.seq_len = recipe.train.seq_len;
   b.flops_per_token = ModelFlopsPerToken(recipe);
   b.step_ms = MaxOver(world, local_ms);
+  b.host_waits_per_step =
+      MaxOver(world, {static_cast<double>(ops::HostWaits() - waits_before) / static_cast<double>(steps)})[0];
 
   // Memory: this rank's numbers, then the rank with the highest peak (static + pool peak).
   const DeviceMemoryStats mem = trainer.device_memory();

@@ -108,6 +108,19 @@ TEST(StatisticsOps, CopyToHostAsyncOfAHostTensorIsTheTensor) {
   EXPECT_DEATH(copy.Wait(), "\\[copy_to_host_async\\] Wait on an empty PendingHostCopy");
 }
 
+// ops::HostWaits counts the host waiting for a GPU: host-only copies and waits count nothing.
+TEST(StatisticsOps, HostOnlyWorkIsNoHostWait) {
+  std::mt19937_64 rng(TestSeed());
+  const int64_t before = ops::HostWaits();
+  const Tensor counts = RandomCounts(7, rng);
+  ops::CopyToHostAsync(counts).Wait();
+  Tensor copy = Tensor::Empty(counts.shape(), counts.dtype());
+  ops::Copy(copy, counts);
+  const Tensor again = ops::To(counts, Device::kCPU);
+  EXPECT_EQ(again.Item(3), counts.Item(3));
+  EXPECT_EQ(ops::HostWaits(), before);
+}
+
 #ifndef FATHOM_WITH_CUDA
 TEST(StatisticsOps, ToDeviceAsyncNeedsTheCudaBackend) {
   EXPECT_DEATH(ops::ToDeviceAsync(Tensor::Zeros({2}, DType::kI32)),

@@ -99,9 +99,12 @@ TEST(StatisticsOpsGpu, CopyToHostAsyncCopiesInStreamOrder) {
   GpuEnv env;
   const Tensor want = RandomCounts(64, rng);
   Tensor counts = Up(want);
+  const int64_t waits = ops::HostWaits();
   ops::PendingHostCopy copy = ops::CopyToHostAsync(counts);
   ops::Zero(counts);
+  EXPECT_EQ(ops::HostWaits(), waits) << "starting the copy does not wait";
   const Tensor got = copy.Wait();
+  EXPECT_EQ(ops::HostWaits(), waits + 1) << "its Wait is one host wait";
   EXPECT_EQ(got.device(), Device::kCPU);
   EXPECT_TRUE(SameBits(got, want));
   EXPECT_EQ(Down(counts).Item(0), 0.0);
