@@ -128,13 +128,16 @@ struct TrainConfig {
   // and the weight gradient; "own": fathom's tiled kernel (one launch for every expert) for the forward and
   // the input gradient; "own_all": the own kernel for the weight gradient too. The same numerics either way
   // (each is tested against the CPU emulation); the choice is speed only. On an H200 at recipes/small.yaml's
-  // shape (2026-12-04, `fathom bench`): cublaslt 107.4 ms per step, own 110.7, own_all 117.3.
+  // shape (2026-12-04, `fathom bench`, one call): cublaslt 95.0 ms per step, own 98.0, own_all 94.3 (within
+  // the ~1 ms spread between runs).
   std::string fp8_expert_gemm = "cublaslt";
   // Which kernels run the routed experts' bf16 GEMMs on cuda (train.precision bf16) where all experts are
   // local (no expert all-to-all): "cublaslt" (default): cuBLASLt's pointer-array batches of 128-row tiles,
   // sized from the per-expert counts the host waits for once per MoE layer and micro-batch; "own": fathom's
   // tiled kernels over a worst-case tile budget, laid out from the counts on the device (layers/moe.h,
-  // "Device layout"): no host synchronisation in the MoE layers. The same numbers either way.
+  // "Device layout"): no host synchronisation in the MoE layers. The same numbers either way. On an H200 at
+  // recipes/small.yaml's shape (2026-12-04, one call): cublaslt 79.1 ms per step, own 82.8 (the own NT / NN
+  // kernels run ~460 TFLOP/s against cuBLASLt's ~560; its TN is the faster one, 425-460 against 408).
   std::string expert_gemm = "cublaslt";
   std::string device = "cpu";
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never

@@ -154,10 +154,9 @@ namespace {
 
 constexpr int64_t kLayoutTile = 128;  // cuda::kGroupedTileRows
 
-void TileIndex(const char* op, const char* name, const Tensor& t, int64_t n) {
+void TileIndex(const char* op, const char* name, const Tensor& t, int64_t n) {  // n < 0: any length
   FATHOM_CHECK(t.dtype() == DType::kI32 && t.ndim() == 1 && (n < 0 || t.dim(0) == n), "[", op, "] ", name, " ",
-               t.shape_str(), " ", DTypeName(t.dtype()), ", expected ", n < 0 ? "(T)" : "(" + std::to_string(n) + ")",
-               " i32");
+               t.shape_str(), " ", DTypeName(t.dtype()), ", expected (", n < 0 ? "T" : std::to_string(n), ") i32");
 }
 
 // The CPU twin's view of a tile map: each expert's rows (its tiles x 128) and the used tiles' rows, from
@@ -214,30 +213,34 @@ void MoeTileExperts(const Tensor& tile_expert, const Tensor& tile_begin, const T
   FATHOM_OPS_ON_CUDA(op, cuda_impl::MoeTileExperts(tile_expert, tile_begin, counts));
 }
 
-void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert) {
-  const char* op = "tiled_grouped_matmul_nt";
+namespace {
+
+// The row-tile forms' checks; true when the CPU twin ran (cpu_form over the used tiles' rows).
+using CpuGroupedForm = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool);
+bool TiledRowsOnCpu(const char* op, const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                    bool accumulate, CpuGroupedForm cpu_form) {
   const Device dev = OneDevice(op, "out", out, "x", x, "w", w, "tile_expert", tile_expert);
   Floats(op, dev, "out", out, "x", x, "w", w);
   TileIndex(op, "tile_expert", tile_expert, -1);
-  if (dev == Device::kCPU) {
-    const Tensor counts = CountsOfMap(tile_expert, w.dim(0));
-    const int64_t rows = SumOf(counts);
-    return cpu::GroupedMatmulNT(out.Rows(0, rows), x.Rows(0, rows), w, counts, false);
-  }
+  if (dev != Device::kCPU) return false;
+  const Tensor counts = CountsOfMap(tile_expert, w.dim(0));
+  const int64_t rows = SumOf(counts);
+  cpu_form(out.Rows(0, rows), x.Rows(0, rows), w, counts, accumulate);
+  return true;
+}
+
+}  // namespace
+
+void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert) {
+  const char* op = "tiled_grouped_matmul_nt";
+  if (TiledRowsOnCpu(op, out, x, w, tile_expert, false, cpu::GroupedMatmulNT)) return;
   FATHOM_OPS_ON_CUDA(op, cuda_impl::TiledGroupedMatmulNT(out, x, w, tile_expert));
 }
 
 void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
                           bool accumulate) {
   const char* op = "tiled_grouped_matmul_nn";
-  const Device dev = OneDevice(op, "out", out, "x", x, "w", w, "tile_expert", tile_expert);
-  Floats(op, dev, "out", out, "x", x, "w", w);
-  TileIndex(op, "tile_expert", tile_expert, -1);
-  if (dev == Device::kCPU) {
-    const Tensor counts = CountsOfMap(tile_expert, w.dim(0));
-    const int64_t rows = SumOf(counts);
-    return cpu::GroupedMatmulNN(out.Rows(0, rows), x.Rows(0, rows), w, counts, accumulate);
-  }
+  if (TiledRowsOnCpu(op, out, x, w, tile_expert, accumulate, cpu::GroupedMatmulNN)) return;
   FATHOM_OPS_ON_CUDA(op, cuda_impl::TiledGroupedMatmulNN(out, x, w, tile_expert, accumulate));
 }
 

@@ -57,7 +57,8 @@
 // the rows out by the counts; the shared expert then runs while the rows travel); without one in
 // ForwardExperts, after the shared expert and whatever the caller ran between the phases were queued, so
 // the GPU stays busy while the host waits. The backward reuses the handle's host counts (DispatchHandle):
-// no sync. The balance value and the counts of MoeStats stay on the device.
+// no sync. The balance value and the counts of MoeStats stay on the device. The device layout (below) has
+// none at all.
 //
 // Padded (tiled) layout (no exchange; on CUDA by default, see set_expert_layout): the sort runs in
 // ForwardBegin, and once the host has the counts ForwardExperts gathers each expert's rows into a block of

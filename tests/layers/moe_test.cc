@@ -436,6 +436,32 @@ TEST(MoeTest, PadLayoutRoundsEachExpertToTheTile) {
   EXPECT_EQ(cpu::PaddedRows(counts, 1), 8);
 }
 
+// The device layout's pieces on the CPU twin: a budget longer than the layout gets -1 past it (and a shorter
+// one is refused), and the tile map names each 128-row tile's expert, -1 past the layout, with each expert's
+// first tile (an expert without rows owns none).
+TEST(MoeTest, DeviceLayoutPiecesOnTheCpu) {
+  const Tensor counts = Tensor::FromVector({3, 0, 130}, {3}, DType::kI64);
+  Tensor row_slot = Tensor::Empty({133}, DType::kI64);
+  for (int64_t i = 0; i < 133; ++i) row_slot.data<int64_t>()[i] = 1000 + i;
+  const int64_t budget = cpu::MaxPaddedRows(133, 3, 128);
+  ASSERT_EQ(budget, 4 * 128);  // the worst case for 133 rows over 3 experts; these counts need 3 tiles
+  Tensor padded = Tensor::Empty({budget + 128}, DType::kI64);
+  ops::MoePadLayout(padded, row_slot, counts, 128, /*budget=*/true);
+  for (int64_t p = 0; p < budget + 128; ++p) {
+    const int64_t want = p < 3 ? 1000 + p : (p >= 128 && p < 258 ? 1003 + (p - 128) : -1);
+    ASSERT_EQ(padded.data<int64_t>()[p], want) << "row " << p;
+  }
+  Tensor short_budget = Tensor::Empty({255}, DType::kI64);
+  EXPECT_DEATH(ops::MoePadLayout(short_budget, row_slot, counts, 128, /*budget=*/true), "shorter than the layout");
+  Tensor map = Tensor::Empty({5}, DType::kI32), begin = Tensor::Empty({4}, DType::kI32);
+  ops::MoeTileExperts(map, begin, counts);
+  const std::vector<int32_t> want_map = {0, 2, 2, -1, -1}, want_begin = {0, 1, 1, 3};
+  for (int64_t t = 0; t < 5; ++t) EXPECT_EQ(map.data<int32_t>()[t], want_map[static_cast<size_t>(t)]) << t;
+  for (int64_t e = 0; e < 4; ++e) EXPECT_EQ(begin.data<int32_t>()[e], want_begin[static_cast<size_t>(e)]) << e;
+  Tensor small_map = Tensor::Empty({2}, DType::kI32);
+  EXPECT_DEATH(ops::MoeTileExperts(small_map, begin, counts), "the layout needs 3 tiles, the budget is 2");
+}
+
 // The padded (tiled) layout, 16-row tiles here (pad rows at the end of most blocks, a starved expert with
 // no block, a busy one over several tiles), gives the packed layout's output, input gradient and weight
 // gradients exactly: every row's GEMMs are the same sums, and pad rows add exact zeros to the wgrad. Expert

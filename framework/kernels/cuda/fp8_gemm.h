@@ -79,13 +79,15 @@ class Fp8GemmContext {
   // Whether routed experts go to fathom's own tiled kernel (grouped_gemm.h, one launch per call, an sm_90
   // device): GroupedMatmulNT's padded layout (several groups, every count a multiple of 128, N a multiple of
   // 16; 536-606 TFLOP/s on an H200 in gemm_bench's BM_OwnTiledFp8NT at the recipe's widths, ~550 in a
-  // training step). Default off: a recipes/small.yaml fp8 step was 3.3 ms slower with it than with the
-  // per-expert cuBLASLt matmuls (110.7 against 107.4 ms, 2026-12-04); on with train.fp8_expert_gemm own.
+  // training step, both measured while its wgmma were serialised, see grouped_gemm.h). Default off: a
+  // recipes/small.yaml fp8 step was 98.0 ms with it against 95.0 with the per-expert cuBLASLt matmuls
+  // (2026-12-04, one call); on with train.fp8_expert_gemm own.
   void set_tiled_kernel(bool on);
   bool tiled_kernel() const;
   // Whether GroupedMatmulTN's weight gradients (several groups, N a multiple of 16) go to the own tiled
-  // kernel. Default off: on an H200 at recipes/small.yaml's widths it ran 207-228 TFLOP/s, and the step was
-  // 117.3 ms with it (train.fp8_expert_gemm own_all).
+  // kernel. Default off: on an H200 at recipes/small.yaml's widths it ran 207-228 TFLOP/s with serialised
+  // wgmma; the step with it (and the own forward/dgrad) was 94.3 ms against 95.0 with cuBLASLt, inside the run
+  // to run spread (train.fp8_expert_gemm own_all, 2026-12-04).
   void set_tiled_wgrad(bool on);
   bool tiled_wgrad() const;
 

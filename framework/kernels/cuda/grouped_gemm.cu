@@ -547,6 +547,28 @@ void CheckTileMap(const char* op, const Tensor& tile_expert) {
                tile_expert.shape_str(), ", expected (T) i32");
 }
 
+// What the bf16 row-tile forms (NT, NN) check: bf16 CUDA tensors x (T*128, K) and out (T*128, N) over the T
+// tiles of tile_expert, and w (E, ...) with K at its dimension `red_dim` and N at the other (`w_shape` names
+// the expected layout); the weight map's E * w.dim(1) rows and the outputs within 32-bit TMA coordinates.
+void CheckBf16RowTiles(const char* op, const Tensor& out, const Tensor& x, const Tensor& w,
+                       const Tensor& tile_expert, int red_dim, const char* w_shape) {
+  common::CheckCuda(op, out, "out");
+  common::CheckCuda(op, x, "x");
+  common::CheckCuda(op, w, "w");
+  CheckTileMap(op, tile_expert);
+  FATHOM_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16 && out.dtype() == DType::kBF16, "[", op,
+               "] x ", DTypeName(x.dtype()), ", w ", DTypeName(w.dtype()), ", out ", DTypeName(out.dtype()),
+               ": bf16 only");
+  const int64_t tiles = tile_expert.numel();
+  const int out_dim = red_dim == 2 ? 1 : 2;
+  FATHOM_CHECK(x.ndim() == 2 && w.ndim() == 3 && out.ndim() == 2 && x.dim(0) == tiles * kBM &&
+                   out.dim(0) == x.dim(0) && w.dim(red_dim) == x.dim(1) && out.dim(1) == w.dim(out_dim),
+               "[", op, "] x ", x.shape_str(), ", w ", w.shape_str(), ", out ", out.shape_str(), " for ", tiles,
+               " tiles: expected x (T*128, K), ", w_shape, ", out (T*128, N)");
+  FATHOM_CHECK(w.dim(0) * w.dim(1) <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * out.dim(1) <= INT32_MAX,
+               "[", op, "] too large for 32-bit TMA rows");
+}
+
 }  // namespace
 
 int64_t MaxExpertTiles(int64_t rows, int64_t num_experts) {
@@ -591,22 +613,10 @@ int TiledGroupedDefaultBlockN(int64_t n) {
 void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
                           Stream stream, int block_n, int max_ctas) {
   const char* op = "tiled_grouped_matmul_nt";
-  common::CheckCuda(op, out, "out");
-  common::CheckCuda(op, x, "x");
-  common::CheckCuda(op, w, "w");
-  CheckTileMap(op, tile_expert);
-  FATHOM_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16 && out.dtype() == DType::kBF16, "[", op,
-               "] x ", DTypeName(x.dtype()), ", w ", DTypeName(w.dtype()), ", out ", DTypeName(out.dtype()),
-               ": bf16 only");
-  const int64_t tiles = tile_expert.numel();
-  FATHOM_CHECK(x.ndim() == 2 && w.ndim() == 3 && out.ndim() == 2 && x.dim(0) == tiles * kBM &&
-                   out.dim(0) == x.dim(0) && w.dim(2) == x.dim(1) && out.dim(1) == w.dim(1),
-               "[", op, "] x ", x.shape_str(), ", w ", w.shape_str(), ", out ", out.shape_str(), " for ", tiles,
-               " tiles: expected x (T*128, K), w (E, N, K), out (T*128, N)");
-  const int64_t n = out.dim(1), k = x.dim(1);
+  CheckBf16RowTiles(op, out, x, w, tile_expert, 2, "w (E, N, K)");
+  const int64_t tiles = tile_expert.numel(), n = out.dim(1), k = x.dim(1);
   FATHOM_CHECK(TiledGroupedSupported(n, k), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ", kBK,
                " and N of 8; got K ", k, ", N ", n);
-  FATHOM_CHECK(w.dim(0) * n <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * n <= INT32_MAX, "[", op, "] too large for 32-bit TMA rows");
   if (tiles == 0) return;
   if (block_n == 0) block_n = TiledGroupedDefaultBlockN(n);
   switch (block_n) {
@@ -667,23 +677,10 @@ bool TiledGroupedMnSupported(int64_t n, int64_t reduction) {
 void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
                           bool accumulate, Stream stream, int block_n, int max_ctas) {
   const char* op = "tiled_grouped_matmul_nn";
-  common::CheckCuda(op, out, "out");
-  common::CheckCuda(op, x, "x");
-  common::CheckCuda(op, w, "w");
-  CheckTileMap(op, tile_expert);
-  FATHOM_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16 && out.dtype() == DType::kBF16, "[", op,
-               "] x ", DTypeName(x.dtype()), ", w ", DTypeName(w.dtype()), ", out ", DTypeName(out.dtype()),
-               ": bf16 only");
-  const int64_t tiles = tile_expert.numel();
-  FATHOM_CHECK(x.ndim() == 2 && w.ndim() == 3 && out.ndim() == 2 && x.dim(0) == tiles * kBM &&
-                   out.dim(0) == x.dim(0) && w.dim(1) == x.dim(1) && out.dim(1) == w.dim(2),
-               "[", op, "] x ", x.shape_str(), ", w ", w.shape_str(), ", out ", out.shape_str(), " for ", tiles,
-               " tiles: expected x (T*128, K), w (E, K, N), out (T*128, N)");
-  const int64_t n = out.dim(1), red = x.dim(1);
+  CheckBf16RowTiles(op, out, x, w, tile_expert, 1, "w (E, K, N)");
+  const int64_t tiles = tile_expert.numel(), n = out.dim(1), red = x.dim(1);
   FATHOM_CHECK(TiledGroupedMnSupported(n, red), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ",
                kBK, " and N of 8; got K ", red, ", N ", n);
-  FATHOM_CHECK(w.dim(0) * red <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * n <= INT32_MAX, "[", op,
-               "] too large for 32-bit TMA rows");
   if (tiles == 0) return;
   if (block_n == 0) block_n = MnDefaultBlockN(n);
   FATHOM_CHECK(block_n == 128 || block_n == 256, "[", op, "] block_n ", block_n, ": expected 0, 128 or 256");

@@ -1,5 +1,5 @@
 // fathom's own grouped GEMMs for routed experts on Hopper (sm_90a: TMA loads, WGMMA, an mbarrier pipeline).
-// The forward form (NT; the dgrad is the same form with the transposed weight) works on DeepSeek's
+// The forward form (NT; FP8's dgrad is the same form with the transposed weight copy) works on DeepSeek's
 // "contiguous" layout, the padded expert layout of layers/moe.h: every expert's rows are a block whose length
 // is a multiple of kGroupedTileRows, blocks in expert order, and each 128-row tile's expert is read either
 // from a device map built from the device counts (MoeTileExperts, sized for the worst case by
@@ -7,7 +7,12 @@
 // has the counts anyway, from their tile prefix passed as a kernel parameter. This is what cuBLASLt cannot
 // do (its pointer-array and grouped batches take their problem count and sizes from the host, and its
 // block-scaled FP8 takes no batch at all in cuBLAS 13.1); see gemm.h and fp8_gemm.h for the cuBLASLt paths.
-// The FP8 weight-gradient form (TN) reduces each expert's output over that expert's padded tokens.
+// The FP8 weight-gradient form (TN) reduces each expert's output over that expert's padded tokens; the bf16
+// input-gradient (NN) and weight-gradient (TN) forms read row-major weights and activations as MN-major wgmma
+// operands (no transposed copies), the TN form's expert tile ranges also from the device, so a MoE layer can
+// run without its counts on the host (layers/moe.h, "Device layout"). On an H200 (gemm_bench, 32 experts,
+// 32768 skewed rows, recipes/small.yaml's widths, 2026-12-04): bf16 NT 435-469 TFLOP/s, NN 436-473, TN
+// 417-460 (cuBLASLt: NT/NN tile batches 546-582, TN 408).
 //
 // Kernel (persistent: one CTA of 384 threads per SM, taking the jobs (128 x BN output tiles) of a schedule
 // in turn): warp group 0 is the producer (one thread issues the TMA loads of a 128-row and a BN-row tile of
