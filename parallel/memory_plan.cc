@@ -8,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "framework/check.h"
+#include "framework/kernels/cpu/moe.h"
 #include "layers/cost.h"
+#include "layers/moe.h"
 #include "parallel/simulator_memory.h"
 
 namespace fathom {
@@ -37,6 +39,19 @@ double TokensPerMicroBatch(const Recipe& recipe) {
 // The routed experts take the tiled layout (layers/moe.h) on CUDA without an expert exchange.
 bool TiledExpertsApply(const Recipe& recipe) {
   return recipe.train.device == "cuda" && recipe.parallel.ep == 1;
+}
+
+// The cost graph's pad rows (NodeCost::act_tiled_padding) are the padded layout's expected E * (tile - 1) / 2
+// per MoE layer and micro-batch; the device layout (train.expert_gemm own, layers/moe.h) lays out its
+// worst-case tile budget whatever the counts, cpu::MaxPaddedRows(R, E, tile) - R pad rows: this factor.
+ActivationBytes ExpertPadding(const Recipe& recipe, const ActivationBytes& expected) {
+  if (recipe.train.expert_gemm != "own") return expected;
+  const ModelConfig& m = recipe.model;
+  const int64_t tile = MoE::kTileRows;
+  const int64_t routed = static_cast<int64_t>(TokensPerMicroBatch(recipe)) * m.num_experts_per_tok;
+  const double rows = static_cast<double>(m.n_routed_experts) * static_cast<double>(tile - 1) / 2.0;
+  const double s = static_cast<double>(cpu::MaxPaddedRows(routed, m.n_routed_experts, tile) - routed) / rows;
+  return {expected.held_f * s, expected.held_b * s, expected.peak_f * s, expected.peak_b * s};
 }
 
 }  // namespace
@@ -155,7 +170,7 @@ ActivationBytes SliceActivations(const Recipe& recipe, const ModelSlice& slice) 
     if (head_group == std::string::npos && (n.kind == NodeKind::kHead || n.kind == NodeKind::kMtp))
       head_group = nodes.size();
     const ActivationBytes a = n.activations(Recompute::None(), recipe.parallel.ep > 1);
-    const ActivationBytes pad = tiled ? n.act_tiled_padding : ActivationBytes{};
+    const ActivationBytes pad = tiled ? ExpertPadding(recipe, n.act_tiled_padding) : ActivationBytes{};
     nodes.push_back({a.held_f * tokens + pad.held_f, a.held_b * tokens + pad.held_b,
                      a.peak_f * tokens + pad.peak_f, a.peak_b * tokens + pad.peak_b});
   }
@@ -166,7 +181,7 @@ ActivationBytes ExpertPaddingBytes(const Recipe& recipe) {
   if (!TiledExpertsApply(recipe)) return {};
   // The cost graph's rule (layers/cost.cc: MoE nodes, not FP8): every MoE node carries the same bytes.
   for (const NodeCost& n : BuildCostGraph(recipe.model, recipe.train.seq_len, FathomPolicy(recipe)))
-    if (n.moe) return n.act_tiled_padding;
+    if (n.moe) return ExpertPadding(recipe, n.act_tiled_padding);
   return {};
 }
 

@@ -95,7 +95,8 @@ std::string FormatMemoryPlan(const MemoryPlan& plan);
 // kept after its forward, kept after its B until W, and the peaks during its forward and its B.
 // The routed experts' tiled layout (layers/moe.h; on CUDA without an expert exchange) pads each
 // expert's rows to MoE::kTileRows: the expected extra bytes of ONE MoE layer and micro-batch, E * (tile - 1)
-// / 2 rows at a routed row's bytes (held_f = peak_f, held_b = peak_b); zero where the layout packs.
+// / 2 rows at a routed row's bytes (held_f = peak_f, held_b = peak_b); zero where the layout packs; with
+// train.expert_gemm own (the device layout) its worst-case budget's pad rows, cpu::MaxPaddedRows(R, E, tile) - R.
 // SliceActivations (and the simulator) add the graph's NodeCost::act_tiled_padding per MoE layer and
 // micro-batch to each MoE node before composing the nodes (on an H200, recipes/small.yaml without MTP, one
 // BW pass: an estimate of 8.16 GiB against a pool peak of 8.14).

@@ -412,7 +412,7 @@ TEST(GroupedGemmCuda, TiledFp8TNMatchesTheCpuEmulation) {
   CheckTiledFp8TN(256, 272, {500, 0, 260}, 3);  // 3 CTAs: the ring runs on across groups and tiles
 }
 
-// The benchmark's problem (32 experts, 32768 rows over 288 tiles, K 2048, N 1408: 24 output tiles per CTA),
+// The benchmark's problem (32 experts, 32768 rows over 287 tiles, K 2048, N 1408: ~24 output tiles per CTA),
 // checked on three tiles against the CPU emulation (the whole product is too slow for it).
 TEST(GroupedGemmCuda, TiledFp8NTAtTheBenchShape) {
   FATHOM_REQUIRE_GPU();

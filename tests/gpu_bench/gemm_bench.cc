@@ -291,7 +291,7 @@ Tensor CountSet(const Tensor& all, int i) {
 
 // fathom's own tile-grouped NT kernel (grouped_gemm.h) on the same skewed count sets: each call builds the
 // tile map on the device from that set's device counts (MoeTileExperts) and runs over the worst-case tile
-// budget (MaxExpertTiles: 288 tiles here; the unused ones exit at once), so nothing reaches the host.
+// budget (MaxExpertTiles: 287 tiles here; the unused ones exit at once), so nothing reaches the host.
 // Arguments: block_n (0 = the default for N), K, N. TFLOP/s count the R routed rows, as BM_Batched's tiles.
 void BM_OwnTiledNT(benchmark::State& state) {
   const GemmData& d = Data();
@@ -374,7 +374,7 @@ void OwnMnArgs(benchmark::internal::Benchmark* b) {
 }
 
 // The FP8 form of the own tiled kernel (TiledFp8GroupedMatmulNT) on the same count sets and widths: x
-// (288 tiles x 128 rows, K) as packed 1x128 rows and w (E, N, K) in 128x128 blocks, quantised once on the
+// (287 tiles x 128 rows, K) as packed 1x128 rows and w (E, N, K) in 128x128 blocks, quantised once on the
 // CPU from uniform values (the codes' spread, not their values, sets the speed). Compare with
 // fp8_gemm_bench's BM_Gemm/fwd/7/1 (cuBLASLt, one block-scaled matmul per expert). Arguments: K, N.
 void BM_OwnTiledFp8NT(benchmark::State& state) {

@@ -318,6 +318,16 @@ TEST(MemoryPlan, TiledExpertPaddingCountsOncePerMoeLayer) {
   const int64_t moe_layers = cuda.model.num_hidden_layers - cuda.model.first_k_dense_replace;
   EXPECT_NEAR(MicroBatchActivationBytes(cuda, whole) - MicroBatchActivationBytes(cpu, whole),
               static_cast<double>(moe_layers) * pad.held_f, 1.0);
+  // train.expert_gemm own lays out the worst case: 8192 tokens x top-4 = 32768 routed rows over 32 experts
+  // take up to floor((32768 + 127 x 32) / 128) = 287 tiles of 128, 3968 pad rows (about twice the expected
+  // 2032).
+  Recipe own = cuda;
+  own.train.expert_gemm = "own";
+  const ActivationBytes pad_own = ExpertPaddingBytes(own);
+  EXPECT_DOUBLE_EQ(pad_own.held_f, 3968.0 * (8192 + 8 + 8448));
+  EXPECT_DOUBLE_EQ(pad_own.held_b, pad_own.held_f + 3968.0 * (4096 + 5632));
+  EXPECT_NEAR(MicroBatchActivationBytes(own, whole) - MicroBatchActivationBytes(cpu, whole),
+              static_cast<double>(moe_layers) * pad_own.held_f, 1.0);
 }
 
 // Under train.precision fp8 the MoE keeps its routed rows and their output gradients as FP8 rows (codes
