@@ -135,9 +135,11 @@ struct TrainConfig {
   // local (no expert all-to-all): "cublaslt" (default): cuBLASLt's pointer-array batches of 128-row tiles,
   // sized from the per-expert counts the host waits for once per MoE layer and micro-batch; "own": fathom's
   // tiled kernels over a worst-case tile budget, laid out from the counts on the device (layers/moe.h,
-  // "Device layout"): no host synchronisation in the MoE layers. The same numbers either way. On an H200 at
-  // recipes/small.yaml's shape (2026-12-04, one call): cublaslt 79.1 ms per step, own 82.8 (the own NT / NN
-  // kernels run ~460 TFLOP/s against cuBLASLt's ~560; its TN is the faster one, 425-460 against 408).
+  // "Device layout"): no host synchronisation in the MoE layers; "own_wgrad": cublaslt's layout and forward /
+  // input-gradient GEMMs with the weight gradients on fathom's own TN kernel. The same numbers either way. On
+  // an H200 at recipes/small.yaml's shape (2026-12-04, one call): cublaslt 79.1 ms per step, own 82.8 (the
+  // own NT / NN kernels run ~460 TFLOP/s against cuBLASLt's ~560; its TN is the faster one, 425-460 against
+  // 408, which own_wgrad takes; not yet measured in a step).
   std::string expert_gemm = "cublaslt";
   std::string device = "cpu";
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never

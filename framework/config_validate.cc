@@ -285,9 +285,10 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
   }
   if (s = CheckOneOf("train.precision", precision, {"bf16", "fp8"}); !s.ok()) return s;
   if (s = CheckOneOf("train.fp8_expert_gemm", fp8_expert_gemm, {"own", "own_all", "cublaslt"}); !s.ok()) return s;
-  if (s = CheckOneOf("train.expert_gemm", expert_gemm, {"own", "cublaslt"}); !s.ok()) return s;
-  if (expert_gemm == "own" && (device != "cuda" || dtype != "bf16" || precision != "bf16")) {
-    return Invalid(absl::StrCat("train.expert_gemm own runs fathom's bf16 tiled expert kernels: it needs train.device "
+  if (s = CheckOneOf("train.expert_gemm", expert_gemm, {"own", "own_wgrad", "cublaslt"}); !s.ok()) return s;
+  if (expert_gemm != "cublaslt" && (device != "cuda" || dtype != "bf16" || precision != "bf16")) {
+    return Invalid(absl::StrCat("train.expert_gemm ", expert_gemm,
+                                " runs fathom's bf16 tiled expert kernels: it needs train.device "
                                 "cuda, train.dtype bf16 and train.precision bf16 (got ",
                                 device, ", ", dtype, ", ", precision,
                                 "); FP8's expert kernels are chosen by train.fp8_expert_gemm"));

@@ -286,6 +286,9 @@ std::string FormatBench(const BenchResult& b) {
         "  expert layout      padded in %d MoE forward passes (this rank, timed steps): %+.1f%% rows of "
         "padding to %d-row tiles (layers/moe.h)\n",
         t.passes, 100.0 * (static_cast<double>(t.layout_rows) / rows - 1.0), MoE::kTileRows);
+    if (t.tiled_wgrad_passes > 0)
+      o += absl::StrFormat("  expert wgrad       on fathom's TN kernel in %d of those passes (train.expert_gemm)\n",
+                           t.tiled_wgrad_passes);
   }
   o += absl::StrFormat(
       "  host waits         %.1f per step (the host waiting for the GPU at the ops' sync points, the busiest "

@@ -381,9 +381,20 @@ void MoE::ExpertsBackwardWeight(Ctx& c) {
   auto wgrad = [&](int id, const Tensor& x, const Tensor& y) {
     bool known_zero = false;
     const Tensor grad = table_->GradForWrite(id, &known_zero);
-    if (c.device_layout) return ops::TiledGroupedMatmulTN(grad, x, y, c.tile_begin, /*accumulate=*/!known_zero);
-    ops::GroupedMatmulTN(grad, x, y, ExpertCounts(c), /*accumulate=*/!known_zero);
+    if (c.tile_begin.defined()) {  // the device layout, or the padded one under set_own_wgrad
+      ops::TiledGroupedMatmulTN(grad, x, y, c.tile_begin, /*accumulate=*/!known_zero);
+    } else {
+      ops::GroupedMatmulTN(grad, x, y, ExpertCounts(c), /*accumulate=*/!known_zero);
+    }
   };
+  if (own_wgrad_ && c.padded && !c.device_layout && (forced_tile_ == 0 || forced_tile_ == kTileRows)) {
+    // The padded layout's tiles and each expert's first tile, from the counts still on the device.
+    const Device dev = c.x_local.device();
+    c.tile_expert = Tensor::Empty({c.x_local.dim(0) / kTileRows}, DType::kI32, dev);
+    c.tile_begin = Tensor::Empty({num_experts_ + 1}, DType::kI32, dev);
+    ops::MoeTileExperts(c.tile_expert, c.tile_begin, c.device_counts);
+  }
+  if (c.tile_begin.defined()) ++layout_tally().tiled_wgrad_passes;
   wgrad(down_proj_, c.dy_local, c.h);
   wgrad(gate_proj_, c.dgate, c.x_local);
   wgrad(up_proj_, c.dup, c.x_local);

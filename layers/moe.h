@@ -124,9 +124,11 @@ struct MoeStats {
 };
 
 // What the padded layout did in this process since the last reset (fathom bench prints it): MoE forward
-// passes that padded, their routed rows and their padded layout's rows.
+// passes that padded, their routed rows and their padded layout's rows; weight-gradient passes that ran on
+// the own TN kernel over the tiles (the device layout, or set_own_wgrad).
 struct ExpertLayoutTally {
   int64_t passes = 0, rows = 0, layout_rows = 0;
+  int64_t tiled_wgrad_passes = 0;
 };
 
 class MoE {
@@ -170,6 +172,10 @@ class MoE {
   // Tests: when on, Forward also reports the smallest routing decision margin (MoeStats), so a gradient
   // check can make sure its perturbations flip no selection. Configuration, not per-step state.
   void set_track_selection_margin(bool on) { track_margin_ = on; }
+  // The padded layout's (host counts, 128-row tiles, bf16) routed weight gradients on fathom's own TN kernel
+  // (ops::TiledGroupedMatmulTN, the experts' tile ranges made from the device counts) instead of cuBLASLt's
+  // batches; the forward and input gradient keep cuBLASLt (train.expert_gemm own_wgrad). Same numbers.
+  void set_own_wgrad(bool on) { own_wgrad_ = on; }
 
   int64_t num_experts() const { return num_experts_; }
   bool has_exchange() const { return exchange_ != nullptr; }
@@ -255,6 +261,7 @@ class MoE {
   int gate_proj_, up_proj_, down_proj_;
   std::unique_ptr<DenseMlp> shared_;
   bool track_margin_ = false;
+  bool own_wgrad_ = false;
   ExpertLayout layout_ = ExpertLayout::kAuto;
   int64_t forced_tile_ = 0;
   SavedByMicroBatch<Ctx> saved_;

@@ -292,24 +292,28 @@ absl::Status StageRuntime::SetUp() {
           which == "own_all" ? own : per_expert);
     } else {
       // Which kernels run the routed experts' bf16 GEMMs (train.expert_gemm), said once at start-up.
-      const bool own = recipe_.train.expert_gemm == "own";
+      const std::string& which = recipe_.train.expert_gemm;
+      const bool own = which == "own", own_wgrad = which == "own_wgrad";
       int local = 0, exchanged = 0;
       for (Chunk& k : chunks_) {
         for (MoE* moe : k.model->moe_layers()) {
           if (own) moe->set_expert_layout(MoE::ExpertLayout::kDevice);
+          moe->set_own_wgrad(own_wgrad);
           (moe->has_exchange() ? exchanged : local) += 1;
         }
       }
-      if (own) {
+      if (own || own_wgrad) {
         FATHOM_CHECK(cuda::TiledGroupedSupported(mc.moe_intermediate_size, mc.hidden_size) &&
                          cuda::TiledGroupedMnSupported(mc.hidden_size, mc.moe_intermediate_size),
-                     "train.expert_gemm own needs an sm_90 GPU (H100/H200) and hidden_size / moe_intermediate_size "
-                     "multiples of 64; use train.expert_gemm cublaslt");
+                     "train.expert_gemm ", which, " needs an sm_90 GPU (H100/H200) and hidden_size / "
+                     "moe_intermediate_size multiples of 64; use train.expert_gemm cublaslt");
       }
       attention_path_ += absl::StrFormat(
-          "bf16 expert GEMMs (train.expert_gemm %s): %d MoE layer(s) %s%s\n", recipe_.train.expert_gemm, local,
-          own ? "on fathom's tiled kernels, laid out from the device counts (no host sync)"
-              : "on cuBLASLt tile batches sized from the host counts (one host sync per layer and micro-batch)",
+          "bf16 expert GEMMs (train.expert_gemm %s): %d MoE layer(s) %s%s\n", which, local,
+          own         ? "on fathom's tiled kernels, laid out from the device counts (no host sync)"
+          : own_wgrad ? "on cuBLASLt tile batches sized from the host counts (one host sync per layer and "
+                        "micro-batch), weight gradients on fathom's tiled kernel"
+                      : "on cuBLASLt tile batches sized from the host counts (one host sync per layer and micro-batch)",
           exchanged > 0 ? absl::StrFormat(", %d with an expert all-to-all on host counts", exchanged) : "");
     }
   }

@@ -48,9 +48,12 @@ TEST(PrecisionConfigTest, TheBf16ExpertKernelChoiceNeedsCudaBf16) {
   absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->train.expert_gemm, "cublaslt");
-  r = LoadRecipe(TinyPath(), {"train.device=cuda", "train.dtype=bf16", "train.expert_gemm=own"});
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->train.expert_gemm, "own");
+  for (const char* which : {"own", "own_wgrad"}) {
+    r = LoadRecipe(TinyPath(), {"train.device=cuda", "train.dtype=bf16", std::string("train.expert_gemm=") + which});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->train.expert_gemm, which);
+  }
+  EXPECT_THAT(TinyError({"train.expert_gemm=own_wgrad"}), HasSubstr("train.expert_gemm own_wgrad"));
   EXPECT_THAT(TinyError({"train.expert_gemm=cutlass"}), HasSubstr("train.expert_gemm"));
   for (const std::vector<std::string>& bad :
        {std::vector<std::string>{"train.expert_gemm=own"},  // the tiny recipe trains on the CPU

@@ -22,9 +22,12 @@ timeout 400 "$BUILD/tests/gpu_tests" > "$OUT_DIR/gpu_tests.log" 2>&1; step "gpu_
 grep -E "^\[  (FAILED|PASSED) |^\[  SKIPPED \] [0-9]" "$OUT_DIR/gpu_tests.log"
 timeout 150 "$F" bench $SMALL > "$OUT_DIR/bench_bf16.log" 2>&1; step "bench rc $?"
 grep -E 'step ms|tokens/s|TFLOP/s/GPU|peak memory|activations|host waits' "$OUT_DIR/bench_bf16.log"
-# The bf16 experts on the own tiled kernels from the device counts (train.expert_gemm own: no MoE host waits).
-timeout 150 "$F" bench $SMALL --set train.expert_gemm=own > "$OUT_DIR/bench_bf16_own.log" 2>&1; step "bench own rc $?"
-grep -E 'step ms|tokens/s|^  experts |host waits' "$OUT_DIR/bench_bf16_own.log"
+# The bf16 experts on the own tiled kernels: all three from the device counts (train.expert_gemm own: no MoE
+# host waits), or only the weight gradients (own_wgrad).
+for which in own own_wgrad; do
+  timeout 150 "$F" bench $SMALL --set train.expert_gemm=$which > "$OUT_DIR/bench_bf16_$which.log" 2>&1
+  step "bench $which rc $?"; grep -E 'step ms|tokens/s|^  experts |host waits|expert wgrad' "$OUT_DIR/bench_bf16_$which.log"
+done
 # Per-kernel times and the device's idle gaps over the last ~3 steps (tests/kernel_summary, when built).
 KS="$BUILD/tests/kernel_summary/libfathom_kernel_summary.so"
 if [[ -f "$KS" ]]; then

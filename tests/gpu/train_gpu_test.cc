@@ -99,28 +99,33 @@ TEST(TrainGpu, Bf16FiftyStepsFollowTheCpuF32LossCurve) {
 }
 
 // train.expert_gemm own: the routed experts laid out from the device counts and run on fathom's tiled
-// kernels (no host sync in the MoE layers), against the same f32 CPU curve and within the bounds of the bf16
-// test above (the kernels' sums are other orders of the same bf16 products). moe_intermediate_size goes to 64
-// on both sides, the kernels' granularity. The layout tally shows the device layout ran: every pass laid
-// out the worst-case budget (cpu::MaxPaddedRows) rather than its counts' padded rows.
+// kernels (no host sync in the MoE layers), and own_wgrad (only the weight gradients on the own TN kernel),
+// against the same f32 CPU curve and within the bounds of the bf16 test above (the kernels' sums are other
+// orders of the same bf16 products). moe_intermediate_size goes to 64 on both sides, the kernels'
+// granularity. The layout tally shows what ran: every weight-gradient pass on the TN kernel, and under own
+// every pass laid out the worst-case budget (cpu::MaxPaddedRows) rather than its counts' padded rows.
 TEST(TrainGpu, Bf16OwnExpertKernelsFollowTheCpuF32LossCurve) {
   FATHOM_REQUIRE_GPU();
   const int64_t steps = 50;
   const std::string width = "model.moe_intermediate_size=64";
   std::vector<double> cpu = Losses("cpu", steps, "f32", {width});
-  MoE::layout_tally() = {};
-  std::vector<double> gpu = Losses("cuda", steps, "bf16", {width, "train.expert_gemm=own"});
-  const ExpertLayoutTally t = MoE::layout_tally();
-  ASSERT_GT(t.passes, 0);
-  EXPECT_EQ(t.layout_rows, t.passes * cpu::MaxPaddedRows(t.rows / t.passes, 8, 128));
-  const CurveGap g = Gap(cpu, gpu);
-  std::printf(
-      "50 bf16 steps on the GPU's own expert kernels: lm loss %.4f -> %.4f (CPU f32 %.4f -> %.4f); first "
-      "step %.2e, worst %.2e, last-10 mean %.2e relative\n",
-      gpu.front(), gpu.back(), cpu.front(), cpu.back(), g.first, g.worst, g.tail);
-  EXPECT_LE(g.first, 1e-2);
-  EXPECT_LE(g.worst, 3e-2);
-  EXPECT_LE(g.tail, 2e-2);
+  for (const std::string which : {"own", "own_wgrad"}) {
+    SCOPED_TRACE("train.expert_gemm " + which);
+    MoE::layout_tally() = {};
+    std::vector<double> gpu = Losses("cuda", steps, "bf16", {width, "train.expert_gemm=" + which});
+    const ExpertLayoutTally t = MoE::layout_tally();
+    ASSERT_GT(t.passes, 0);
+    EXPECT_EQ(t.tiled_wgrad_passes, t.passes);
+    if (which == "own") EXPECT_EQ(t.layout_rows, t.passes * cpu::MaxPaddedRows(t.rows / t.passes, 8, 128));
+    const CurveGap g = Gap(cpu, gpu);
+    std::printf(
+        "50 bf16 steps with train.expert_gemm %s: lm loss %.4f -> %.4f (CPU f32 %.4f -> %.4f); first step "
+        "%.2e, worst %.2e, last-10 mean %.2e relative\n",
+        which.c_str(), gpu.front(), gpu.back(), cpu.front(), cpu.back(), g.first, g.worst, g.tail);
+    EXPECT_LE(g.first, 1e-2);
+    EXPECT_LE(g.worst, 3e-2);
+    EXPECT_LE(g.tail, 2e-2);
+  }
 }
 
 // What train.expert_gemm own is for: the MoE layers' host waits are gone. The tiny recipe for 4 steps each

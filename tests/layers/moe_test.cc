@@ -535,14 +535,52 @@ TEST(MoeTest, DeviceLayoutMatchesPacked) {
   const int64_t routed = kB * mc.seq * mc.k;
   EXPECT_EQ(MoE::layout_tally().layout_rows - before.layout_rows, cpu::MaxPaddedRows(routed, kE, 128));
   EXPECT_EQ(MoE::layout_tally().rows - before.rows, routed);
+  const int64_t tiled_before = MoE::layout_tally().tiled_wgrad_passes;
   for (int64_t i = 0; i < y0.numel(); ++i) ASSERT_EQ(y0.Item(i), y1.Item(i)) << i;
   Tensor dx0 = packed.moe.BackwardInput(0, dy), dx1 = device.moe.BackwardInput(0, dy);
   packed.moe.BackwardWeight(0);
   device.moe.BackwardWeight(0);
+  EXPECT_EQ(MoE::layout_tally().tiled_wgrad_passes - tiled_before, 1);
   for (int64_t i = 0; i < dx0.numel(); ++i) ASSERT_EQ(dx0.Item(i), dx1.Item(i)) << i;
   for (int id : {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id(),
                  packed.moe.router_weight_id()}) {
     const Tensor g0 = packed.table.grad(id), g1 = device.table.grad(id);
+    double norm = 0;
+    for (int64_t i = 0; i < g0.numel(); ++i) norm += g0.Item(i) * g0.Item(i);
+    ASSERT_GT(norm, 0.0);
+    for (int64_t i = 0; i < g0.numel(); ++i)
+      ASSERT_EQ(g0.Item(i), g1.Item(i)) << packed.table.spec(id).name << " " << i;
+  }
+}
+
+// set_own_wgrad: the padded layout's weight gradients through ops::TiledGroupedMatmulTN (the experts' tile
+// ranges made from the counts by ops::MoeTileExperts) equal the packed layout's exactly, over two
+// micro-batches (the first overwrites, the second accumulates); 128-row tiles, the kernel's.
+TEST(MoeTest, OwnWgradOnThePaddedLayoutMatchesPacked) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  MoeCase mc = kGrouped;
+  mc.seq = 40;
+  std::mt19937_64 rng(seed), rng2(seed);
+  Harness packed(mc, rng), padded(mc, rng2);
+  for (Harness* hn : {&packed, &padded}) hn->bias().data<double>()[kE - 1] = -10.0;  // one expert starved
+  packed.moe.set_expert_layout(MoE::ExpertLayout::kPacked);
+  padded.moe.set_expert_layout(MoE::ExpertLayout::kPadded);
+  padded.moe.set_own_wgrad(true);
+  const int64_t tiled_before = MoE::layout_tally().tiled_wgrad_passes;
+  for (int mb = 0; mb < 2; ++mb) {
+    Tensor x = RandomTensor({kB, mc.seq, kH}, DType::kF64, rng);
+    Tensor dy = RandomTensor(x.shape(), DType::kF64, rng);
+    packed.moe.Forward(mb, x, 0.0);
+    padded.moe.Forward(mb, x, 0.0);
+    packed.moe.BackwardInput(mb, dy);
+    padded.moe.BackwardInput(mb, dy);
+    packed.moe.BackwardWeight(mb);
+    padded.moe.BackwardWeight(mb);
+  }
+  EXPECT_EQ(MoE::layout_tally().tiled_wgrad_passes - tiled_before, 2) << "the own TN path ran once per micro-batch";
+  for (int id : {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id()}) {
+    const Tensor g0 = packed.table.grad(id), g1 = padded.table.grad(id);
     double norm = 0;
     for (int64_t i = 0; i < g0.numel(); ++i) norm += g0.Item(i) * g0.Item(i);
     ASSERT_GT(norm, 0.0);
