@@ -423,6 +423,18 @@ TEST(MoeTest, BiasReceivesNoGradient) {
   }
 }
 
+// Two harnesses' gradients of `ids` are equal element for element (and not all zero).
+void ExpectSameGrads(const Harness& want, const Harness& got, const std::vector<int>& ids) {
+  for (int id : ids) {
+    const Tensor g0 = want.table.grad(id), g1 = got.table.grad(id);
+    double norm = 0;
+    for (int64_t i = 0; i < g0.numel(); ++i) norm += g0.Item(i) * g0.Item(i);
+    ASSERT_GT(norm, 0.0) << want.table.spec(id).name;
+    for (int64_t i = 0; i < g0.numel(); ++i)
+      ASSERT_EQ(g0.Item(i), g1.Item(i)) << want.table.spec(id).name << " " << i;
+  }
+}
+
 // The tiled layout: each expert's rows in order, its block rounded up to the tile with -1 pad rows; an
 // expert without rows has no block.
 TEST(MoeTest, PadLayoutRoundsEachExpertToTheTile) {
@@ -495,15 +507,8 @@ TEST(MoeTest, PaddedLayoutMatchesPacked) {
     packed.moe.BackwardWeight(0);
     padded.moe.BackwardWeight(0);
     for (int64_t i = 0; i < dx0.numel(); ++i) ASSERT_EQ(dx0.Item(i), dx1.Item(i)) << i;
-    for (int id : {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id(),
-                   packed.moe.router_weight_id()}) {
-      const Tensor g0 = packed.table.grad(id), g1 = padded.table.grad(id);
-      double norm = 0;
-      for (int64_t i = 0; i < g0.numel(); ++i) norm += g0.Item(i) * g0.Item(i);
-      ASSERT_GT(norm, 0.0);
-      for (int64_t i = 0; i < g0.numel(); ++i)
-        ASSERT_EQ(g0.Item(i), g1.Item(i)) << packed.table.spec(id).name << " " << i;
-    }
+    ExpectSameGrads(packed, padded, {packed.moe.gate_proj_id(), packed.moe.up_proj_id(),
+                                     packed.moe.down_proj_id(), packed.moe.router_weight_id()});
   }
 }
 
@@ -542,15 +547,8 @@ TEST(MoeTest, DeviceLayoutMatchesPacked) {
   device.moe.BackwardWeight(0);
   EXPECT_EQ(MoE::layout_tally().tiled_wgrad_passes - tiled_before, 1);
   for (int64_t i = 0; i < dx0.numel(); ++i) ASSERT_EQ(dx0.Item(i), dx1.Item(i)) << i;
-  for (int id : {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id(),
-                 packed.moe.router_weight_id()}) {
-    const Tensor g0 = packed.table.grad(id), g1 = device.table.grad(id);
-    double norm = 0;
-    for (int64_t i = 0; i < g0.numel(); ++i) norm += g0.Item(i) * g0.Item(i);
-    ASSERT_GT(norm, 0.0);
-    for (int64_t i = 0; i < g0.numel(); ++i)
-      ASSERT_EQ(g0.Item(i), g1.Item(i)) << packed.table.spec(id).name << " " << i;
-  }
+  ExpectSameGrads(packed, device, {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id(),
+                                   packed.moe.router_weight_id()});
 }
 
 // set_own_wgrad: the padded layout's weight gradients through ops::TiledGroupedMatmulTN (the experts' tile
@@ -579,14 +577,7 @@ TEST(MoeTest, OwnWgradOnThePaddedLayoutMatchesPacked) {
     padded.moe.BackwardWeight(mb);
   }
   EXPECT_EQ(MoE::layout_tally().tiled_wgrad_passes - tiled_before, 2) << "the own TN path ran once per micro-batch";
-  for (int id : {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id()}) {
-    const Tensor g0 = packed.table.grad(id), g1 = padded.table.grad(id);
-    double norm = 0;
-    for (int64_t i = 0; i < g0.numel(); ++i) norm += g0.Item(i) * g0.Item(i);
-    ASSERT_GT(norm, 0.0);
-    for (int64_t i = 0; i < g0.numel(); ++i)
-      ASSERT_EQ(g0.Item(i), g1.Item(i)) << packed.table.spec(id).name << " " << i;
-  }
+  ExpectSameGrads(packed, padded, {packed.moe.gate_proj_id(), packed.moe.up_proj_id(), packed.moe.down_proj_id()});
 }
 
 // cpu::MaxPaddedRows bounds the padded layout of every count vector, and is reached.
