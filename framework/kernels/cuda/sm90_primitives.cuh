@@ -1,4 +1,4 @@
-// Hopper (sm_90a) device primitives of fathom's own GEMM kernels (framework/kernels/cuda/grouped_gemm.cu):
+// Hopper (sm_90a) device primitives of fathom's own GEMM kernels (grouped_gemm_tiled.cuh):
 // mbarriers, 2-D TMA loads, the shared-memory descriptors of 128-byte-swizzled K-major and MN-major tiles,
 // and the wgmma instructions it uses (bf16 m64nNk16 for N = 128, 176, 256, either operand K- or MN-major;
 // e4m3 m64n128k32, K-major only), with the fences that keep the compiler off their accumulator registers.

@@ -1,0 +1,371 @@
+// The machinery of fathom's own grouped GEMM kernels (grouped_gemm.h), shared by the bf16 forms
+// (grouped_gemm.cu) and the FP8 forms (grouped_gemm_fp8.cu): one persistent TMA + WGMMA + mbarrier kernel
+// (TiledKernel) over a schedule of output tiles (RowTiles, KGroups, DeviceKGroups) and a product (each .cu
+// file defines its own: bf16 or e4m3), the stage ring, the stores, and the host-side TMA maps and launch.
+// Written for sm_90a (the device primitives are sm90_primitives.cuh's); other targets compile a kernel body
+// that traps, and the launchers refuse to run anywhere but an sm_90 device. Include from .cu files only.
+#ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_TILED_CUH_
+#define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_TILED_CUH_
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+#include "framework/check.h"
+#include "framework/cuda/check.h"
+#include "framework/kernels/cuda/grouped_gemm.h"
+#include "framework/kernels/cuda/kernel_common.cuh"
+#include "framework/kernels/cuda/sm90_primitives.cuh"
+
+namespace fathom::cuda::tiled {
+
+constexpr int kThreads = 384;  // warp group 0: producer; 1 and 2: consumers (64 rows each)
+constexpr int kBM = static_cast<int>(kGroupedTileRows);
+constexpr int kRowBytes = 128;  // a stage row: one 128-byte swizzle row (64 bf16 or 128 e4m3 values)
+constexpr int kBK = 64;         // bf16 values per k-block
+constexpr int kABytes = kBM * kRowBytes;
+
+// Shared memory per column-tile width: as many stages of (x tile, w tile) as fit in ~200 KB, then the
+// full/empty barriers, plus 1 KB to align the stages to the 1024-byte swizzle atom.
+template <int BN>
+struct Tiling {
+  static constexpr int kBBytes = BN * kRowBytes;
+  static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024 for BN a multiple of 8
+  static constexpr int kStages = (200 * 1024) / kStageBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;
+  static_assert(kStageBytes % 1024 == 0 && kStages >= 3, "stages must keep the 1024-byte alignment");
+};
+
+using namespace ::fathom::cuda::sm90;  // the device primitives (sm90_primitives.cuh)
+
+// The stage ring as the consumers see it (Acquire: wait for k-block `it`'s bytes; Release: hand its stage
+// back). Its geometry is compile-time (Tiling<BN>), so the stage of k-block `it` is a cheap modulo.
+template <int BN>
+struct Ring {
+  static constexpr int kStages = Tiling<BN>::kStages, kStageBytes = Tiling<BN>::kStageBytes;
+  uint8_t* smem;
+  uint64_t* full;
+  uint64_t* empty;
+#ifdef FATHOM_SM90A
+  __device__ const uint8_t* A(int it, int consumer) const {
+    return smem + (it % kStages) * kStageBytes + consumer * 64 * kRowBytes;
+  }
+  __device__ const uint8_t* B(int it) const { return smem + (it % kStages) * kStageBytes + kABytes; }
+  __device__ void Acquire(int it) const { BarrierWait(&full[it % kStages], (it / kStages) & 1); }
+  __device__ void Release(int it, int lane) const {
+    __syncwarp();
+    if (lane == 0) BarrierArrive(&empty[it % kStages]);
+  }
+#endif
+};
+
+// One output tile: A's rows [a_row, a_row + 128) and B's rows [b_row, b_row + BN) over the k-blocks
+// [k0, k0 + k_blocks), stored to out's rows [out_row, out_row + rows) (rows <= 128) and columns from n0.
+// `group` is the expert (or weight-gradient group) whose scales the FP8 products read.
+// An MN-major operand (the bf16 NN and TN forms) is loaded from its matrix's rows [k_base + 64 kb, +64)
+// (b_k0 for B; 0 for A) and columns [row, row + 128 or BN), where `row` (a_row, b_row) is then the MN offset.
+struct Job {
+  int a_row, b_row, k0, k_blocks;
+  int64_t out_row;
+  int rows, n0, group;
+  int b_k0 = 0;
+};
+
+template <class OutT>
+struct OutPair;
+template <>
+struct OutPair<__nv_bfloat16> {
+  __device__ static void Store(__nv_bfloat16* p, float a, float b, bool accumulate) {
+    if (accumulate) {
+      const __nv_bfloat162 old = *reinterpret_cast<const __nv_bfloat162*>(p);
+      a += __bfloat162float(old.x);
+      b += __bfloat162float(old.y);
+    }
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+  }
+};
+template <>
+struct OutPair<float> {
+  __device__ static void Store(float* p, float a, float b, bool accumulate) {
+    if (accumulate) {
+      const float2 old = *reinterpret_cast<const float2*>(p);
+      a += old.x;
+      b += old.y;
+    }
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+  }
+};
+
+// Where the kernel reads each row tile's expert (-1: unused): a device map (MoeTileExperts; the counts never
+// reach the host), or, when the caller has the counts on the host, their tile prefix passed by value as a
+// kernel parameter (no map to build or copy).
+struct DeviceTileMap {
+  const int32_t* map;
+  __device__ int Expert(int tile) const { return map[tile]; }
+};
+
+inline constexpr int kMaxPrefixGroups = 256;
+
+struct TilePrefix {
+  int32_t groups;
+  int32_t begin[kMaxPrefixGroups + 1];  // group g owns tiles [begin[g], begin[g + 1])
+  __device__ int Expert(int tile) const {
+    return tile < begin[groups] ? common::FindGroup(begin, groups, tile) : -1;
+  }
+};
+
+// Which output tiles a launch computes ("jobs"), and each one's rows, columns and k-blocks.
+//   RowTiles: the forward form over the padded layout's row tiles: job = (row tile, column tile), row tile
+//     major; a row tile's expert comes from `tiles` (unused: skipped) and picks the weight's rows. With an
+//     MN-major weight (kBMn, the bf16 NN form: w[e] is (reduction, n)), its rows [e * reduction, +reduction)
+//     are the reduction and the column tile its columns.
+//   KGroups: the weight-gradient form: job = (group, row tile of out[g], column tile); group g reduces over
+//     its k-blocks [k.begin[g], k.begin[g + 1]) of the padded token axis (none: skipped).
+//   DeviceKGroups: the same with the groups' tile ranges read from the device (bf16 TN: MoeTileExperts'
+//     tile_begin) and both operands MN-major; a group without tokens stores zeros when overwriting.
+template <class Tiles, int BN, bool kBMn = false>
+struct RowTiles {
+  Tiles tiles;
+  int n, k_blocks;
+  __device__ bool Decode(int job, Job& j) const {
+    const int n_tiles = (n + BN - 1) / BN;
+    const int tile = job / n_tiles;
+    j.n0 = (job % n_tiles) * BN;
+    j.group = tiles.Expert(tile);
+    if (j.group < 0) return false;  // a tile past the layout
+    j.a_row = tile * kBM;
+    if constexpr (kBMn) {
+      j.b_row = j.n0;
+      j.b_k0 = j.group * k_blocks * kBK;
+    } else {
+      // Rows past expert e's N belong to e + 1 (or lie past the tensor: zero fill); their columns are
+      // computed and not stored.
+      j.b_row = j.group * n + j.n0;
+    }
+    j.k0 = 0;
+    j.k_blocks = k_blocks;
+    j.out_row = static_cast<int64_t>(tile) * kBM;
+    j.rows = kBM;
+    return true;
+  }
+};
+
+template <int BN>
+struct KGroups {
+  TilePrefix k;
+  int m, n;
+  __device__ bool Decode(int job, Job& j) const {
+    const int m_tiles = (m + kBM - 1) / kBM, n_tiles = (n + BN - 1) / BN;
+    const int g = job / (m_tiles * n_tiles), r = job % (m_tiles * n_tiles);
+    j.k0 = k.begin[g];
+    j.k_blocks = k.begin[g + 1] - j.k0;
+    if (j.k_blocks == 0) return false;  // a group without tokens: out[g] stays as it is
+    j.a_row = (r / n_tiles) * kBM;
+    j.n0 = (r % n_tiles) * BN;
+    j.b_row = j.n0;
+    j.out_row = static_cast<int64_t>(g) * m + j.a_row;
+    j.rows = min(kBM, m - j.a_row);
+    j.group = g;
+    return true;
+  }
+};
+
+template <int BN>
+struct DeviceKGroups {
+  const int32_t* tile_begin;  // (G + 1): group g owns the 128-row tiles [tile_begin[g], tile_begin[g + 1])
+  int m, n;
+  bool overwrite;
+  __device__ bool Decode(int job, Job& j) const {
+    const int m_tiles = (m + kBM - 1) / kBM, n_tiles = (n + BN - 1) / BN;
+    const int g = job / (m_tiles * n_tiles), r = job % (m_tiles * n_tiles);
+    const int t0 = tile_begin[g], t1 = tile_begin[g + 1];
+    j.k0 = t0 * (kBM / kBK);
+    j.k_blocks = (t1 - t0) * (kBM / kBK);
+    if (j.k_blocks == 0 && !overwrite) return false;  // out[g] stays as it is
+    j.a_row = (r / n_tiles) * kBM;
+    j.n0 = (r % n_tiles) * BN;
+    j.b_row = j.n0;
+    j.b_k0 = 0;
+    j.out_row = static_cast<int64_t>(g) * m + j.a_row;
+    j.rows = min(kBM, m - j.a_row);
+    j.group = g;
+    return true;
+  }
+};
+
+#ifdef FATHOM_SM90A
+// One operand's share of a stage: a K-major operand is one box of `kExtent` rows at (column k, row `at`); an
+// MN-major one is kExtent / 64 boxes of 64 rows x 64 columns at (column at + 64 c, row k_base + k), 8192
+// bytes apart (MnTileDescriptor's layout). Either way kExtent * 128 bytes.
+template <bool kMn, int kExtent>
+__device__ __forceinline__ void LoadOperand(uint8_t* dst, const CUtensorMap* map, uint64_t* bar, int k, int at,
+                                            int k_base) {
+  if constexpr (kMn) {
+#pragma unroll
+    for (int c = 0; c < kExtent / 64; ++c) TmaLoad(dst + c * 64 * kRowBytes, map, bar, at + 64 * c, k_base + k);
+  } else {
+    TmaLoad(dst, map, bar, k, at);
+  }
+}
+#endif
+
+// A persistent kernel (one CTA per SM): CTA b takes jobs b, b + grid, ... of the schedule, skipping those it
+// declines. The stage ring runs on across jobs, so the producer fetches the next job's first k-blocks while
+// the consumers still store the last one's results. out is row-major with n columns. See grouped_gemm.h.
+template <class Product, class OutT, class Schedule>
+__global__ void __launch_bounds__(kThreads, 1)
+    TiledKernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
+                const typename Product::Params params, OutT* out, bool accumulate,
+                const __grid_constant__ Schedule schedule, int jobs, int n) {
+#ifdef FATHOM_SM90A
+  constexpr int BN = Product::kBN;
+  using T = Tiling<BN>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kStages * T::kStageBytes);
+  uint64_t* empty = full + T::kStages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < T::kStages; ++s) {
+      BarrierInit(&full[s], 1);   // the producer's expect-bytes arrival (+ the TMA bytes)
+      BarrierInit(&empty[s], 8);  // one arrival per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  const Ring<BN> ring{smem, full, empty};
+
+  const int group = static_cast<int>(threadIdx.x) / 128;
+  if (group == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 0) {
+      int it = 0;  // k-blocks fetched so far, over all jobs: the stage ring's position
+      for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
+        Job j;
+        if (!schedule.Decode(job, j)) continue;
+        for (int kb = 0; kb < j.k_blocks; ++kb, ++it) {
+          const int s = it % T::kStages;
+          BarrierWait(&empty[s], ((it / T::kStages) & 1) ^ 1);  // the first pass finds every stage free
+          uint8_t* stage = smem + s * T::kStageBytes;
+          BarrierExpectBytes(&full[s], T::kStageBytes);
+          const int k = (j.k0 + kb) * Product::kBlockElems;
+          LoadOperand<Product::kAMn, kBM>(stage, &a_map, &full[s], k, j.a_row, 0);
+          LoadOperand<Product::kBMn, BN>(stage + kABytes, &b_map, &full[s], k, j.b_row, j.b_k0);
+        }
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+
+  const int consumer = group - 1;  // rows [64 consumer, 64 consumer + 64) of each tile
+  const int warp = (static_cast<int>(threadIdx.x) / 32) % 4, lane = static_cast<int>(threadIdx.x) % 32;
+  // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i is
+  // column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
+  const int local = consumer * 64 + warp * 16 + lane / 4;
+  float acc[BN / 2];
+  int it = 0;
+  for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
+    Job j;
+    if (!schedule.Decode(job, j)) continue;
+    Product::Run(params, acc, ring, it, j, consumer, lane, local);
+    OutT* out0 = out + (j.out_row + local) * n;
+    OutT* out8 = out0 + 8 * static_cast<int64_t>(n);
+    const bool row0 = local < j.rows, row8 = local + 8 < j.rows;
+#pragma unroll
+    for (int c = 0; c < BN / 8; ++c) {
+      const int col = j.n0 + 8 * c + 2 * (lane % 4);
+      if (col < n) {  // n is a multiple of 8 and col even, so col + 1 < n too
+        if (row0) OutPair<OutT>::Store(out0 + col, acc[4 * c], acc[4 * c + 1], accumulate);
+        if (row8) OutPair<OutT>::Store(out8 + col, acc[4 * c + 2], acc[4 * c + 3], accumulate);
+      }
+    }
+  }
+#else
+  __trap();  // built without sm_90a: TiledGroupedSupported is false and the launcher never gets here
+#endif
+}
+
+inline PFN_cuTensorMapEncodeTiled_v12000 EncodeTiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    FATHOM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                                       &found));
+    FATHOM_CHECK(found == cudaDriverEntryPointSuccess && p != nullptr,
+                 "[tiled_grouped_gemm] the CUDA driver has no cuTensorMapEncodeTiled (needs CUDA 12 or newer)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// A TMA map of a row-major (rows, cols) matrix of 1- or 2-byte elements, rows `stride` bytes apart, read
+// in boxes of one 128-byte row segment x box_rows rows, 128-byte swizzled (the layout TileDescriptor
+// describes); reads past the matrix fill zeros.
+inline CUtensorMap RowMajorMap(const void* base, CUtensorMapDataType type, int64_t rows, int64_t cols, int64_t stride,
+                        int box_rows) {
+  const int element_bytes = type == CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 ? 2 : 1;
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kRowBytes / element_bytes), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = EncodeTiled()(&map, type, 2, const_cast<void*>(base), dims, strides, box, element_strides,
+                                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FATHOM_CHECK(r == CUDA_SUCCESS, "[tiled_grouped_gemm] cuTensorMapEncodeTiled failed (", static_cast<int>(r),
+               ") for a ", rows, " x ", cols, " matrix of ", element_bytes, "-byte elements, row stride ", stride,
+               " bytes, box ", box_rows, " rows");
+  return map;
+}
+
+inline bool DeviceIsSm90() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0;
+}
+
+inline int MultiprocessorCount() {
+  int device = 0, count = 0;
+  FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+// One persistent launch of `jobs` output tiles described by `schedule`.
+template <class Product, class OutT, class Schedule>
+void LaunchTiled(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
+                 OutT* out, bool accumulate, const Schedule& schedule, int64_t jobs, int64_t n, int max_ctas,
+                 Stream stream) {
+  using T = Tiling<Product::kBN>;
+  static const bool configured = [] {
+    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(TiledKernel<Product, OutT, Schedule>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
+    return true;
+  }();
+  (void)configured;
+  if (jobs == 0) return;
+  const int ctas = max_ctas > 0 ? std::min(max_ctas, MultiprocessorCount()) : MultiprocessorCount();
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(jobs, ctas));
+  TiledKernel<Product, OutT, Schedule><<<grid, kThreads, T::kSmemBytes, stream>>>(
+      a_map, b_map, params, out, accumulate, schedule, static_cast<int>(jobs), static_cast<int>(n));
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+inline int64_t ColumnTiles(int64_t n, int bn) { return (n + bn - 1) / bn; }
+
+inline void CheckTileMap(const char* op, const Tensor& tile_expert) {
+  common::CheckCuda(op, tile_expert, "tile_expert");
+  FATHOM_CHECK(tile_expert.dtype() == DType::kI32 && tile_expert.ndim() == 1, "[", op, "] tile_expert ",
+               tile_expert.shape_str(), ", expected (T) i32");
+}
+
+}  // namespace fathom::cuda::tiled
+
+#endif  // FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_TILED_CUH_
