@@ -159,21 +159,17 @@ ops::PendingHostCopy MoE::Permute(Ctx& c, const Tensor& x2) {
   const int64_t rows = x2.dim(0) * top_k_;
   c.row_slot = Tensor::Empty({rows}, DType::kI64, x2.device());
   c.device_counts = Tensor::Empty({num_experts_}, DType::kI64, x2.device());
+  c.device_layout = device_layout();
   const bool may_pad = exchange_ == nullptr && layout_ != ExpertLayout::kPacked &&
                        (layout_ == ExpertLayout::kPadded || x2.device() == Device::kCUDA);
-  c.device_layout = device_layout();
-  if (c.device_layout) {
-    ops::MoeSortByExpert(c.row_slot, c.device_counts, c.routing.topk_index);
-    c.x2 = x2;
-    return {};
-  }
-  if (may_pad) {
+  if (c.device_layout || may_pad) {
     ops::MoeSortByExpert(c.row_slot, c.device_counts, c.routing.topk_index);
     c.x2 = x2;
   } else {
     c.x_perm = Tensor::Empty({rows, hidden_}, x2.dtype(), x2.device());
     ops::MoePermute(c.x_perm, c.row_slot, c.device_counts, x2, c.routing.topk_index);
   }
+  if (c.device_layout) return {};  // the counts stay on the device
   return ops::CopyToHostAsync(c.device_counts);
 }
 
