@@ -181,12 +181,6 @@ Tensor CountsOfMap(const Tensor& tile_expert, int64_t experts) {
   return counts;
 }
 
-int64_t SumOf(const Tensor& counts) {
-  int64_t s = 0;
-  for (int64_t i = 0; i < counts.numel(); ++i) s += counts.data<int64_t>()[i];
-  return s;
-}
-
 }  // namespace
 
 void MoeTileExperts(const Tensor& tile_expert, const Tensor& tile_begin, const Tensor& counts) {
@@ -224,7 +218,7 @@ bool TiledRowsOnCpu(const char* op, const Tensor& out, const Tensor& x, const Te
   TileIndex(op, "tile_expert", tile_expert, -1);
   if (dev != Device::kCPU) return false;
   const Tensor counts = CountsOfMap(tile_expert, w.dim(0));
-  const int64_t rows = SumOf(counts);
+  const int64_t rows = cpu::PaddedRows(counts, kLayoutTile);  // whole tiles: their sum
   cpu_form(out.Rows(0, rows), x.Rows(0, rows), w, counts, accumulate);
   return true;
 }
@@ -252,7 +246,7 @@ void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, c
   TileIndex(op, "tile_begin", tile_begin, -1);
   if (dev == Device::kCPU) {
     const Tensor counts = CountsOfTiles(tile_begin);
-    const int64_t rows = SumOf(counts);
+    const int64_t rows = cpu::PaddedRows(counts, kLayoutTile);  // whole tiles: their sum
     return cpu::GroupedMatmulTN(out, a.Rows(0, rows), b.Rows(0, rows), counts, accumulate);
   }
   FATHOM_OPS_ON_CUDA(op, cuda_impl::TiledGroupedMatmulTN(out, a, b, tile_begin, accumulate));
