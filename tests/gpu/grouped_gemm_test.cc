@@ -94,11 +94,17 @@ TEST(GroupedGemmCuda, TileMapMatchesTheHost) {
   }
 }
 
+// A launch's options for SCOPED_TRACE.
+std::string LaunchName(const cuda::TiledLaunch& launch) {
+  return " block_n " + std::to_string(launch.block_n) + " max_ctas " + std::to_string(launch.max_ctas) +
+         " cluster_n " + std::to_string(launch.cluster_n);
+}
+
 // out rows of each used tile = x tile . w[e]^T; rows of unused tiles keep their NaN fill.
-void CheckTiledNT(int64_t k, int64_t n, const std::vector<int64_t>& counts, int block_n, int max_ctas = 0) {
+void CheckTiledNT(int64_t k, int64_t n, const std::vector<int64_t>& counts, const cuda::TiledLaunch& launch) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " K " + std::to_string(k) + " N " + std::to_string(n) +
-               " block_n " + std::to_string(block_n));
+               LaunchName(launch));
   std::mt19937_64 rng(seed);
   const int64_t experts = static_cast<int64_t>(counts.size());
   int64_t rows = 0;
@@ -115,7 +121,7 @@ void CheckTiledNT(int64_t k, int64_t n, const std::vector<int64_t>& counts, int 
   Tensor dout = arena.Alloc({tiles * kTile, n}, DType::kBF16);
   cuda::Fill(dout, std::numeric_limits<double>::quiet_NaN(), nullptr);
   ASSERT_TRUE(cuda::TiledGroupedSupported(n, k));
-  cuda::TiledGroupedMatmulNT(dout, dx, dw, dmap, nullptr, block_n, max_ctas);
+  cuda::TiledGroupedMatmulNT(dout, dx, dw, dmap, nullptr, launch);
   const Tensor got = Download(dout);
 
   const Tensor xf = x.To(DType::kF64), wf = w.To(DType::kF64);
@@ -151,13 +157,17 @@ TEST(GroupedGemmCuda, TiledNTMatchesF64) {
   FATHOM_REQUIRE_GPU();
   // A starved expert, single rows, exact tiles, a busy expert over several tiles, an empty last expert.
   const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
-  for (int block_n : {128, 176, 256}) {
-    CheckTiledNT(192, 72, counts, block_n);    // N smaller than one column tile: a partial tile only
-    CheckTiledNT(256, 520, counts, block_n);   // several column tiles, the last partial for every BN
-    CheckTiledNT(1024, 352, counts, block_n);  // a long reduction (16 k-blocks: the stage ring wraps)
-    CheckTiledNT(256, 520, counts, block_n, 3);  // 3 CTAs: the ring runs on across many output tiles
+  // Clusters of 2: odd column-tile counts (72 and 520 wide for BN 128 and 256: 1, 5 and 3 tiles) give the
+  // pair's second CTA a row's last pair without a tile of its own (it must store nothing).
+  for (int cluster : {1, 2}) {
+    for (int block_n : {128, 176, 256}) {
+      CheckTiledNT(192, 72, counts, {block_n, 0, cluster});    // N below one column tile: a partial tile only
+      CheckTiledNT(256, 520, counts, {block_n, 0, cluster});   // several column tiles, the last partial
+      CheckTiledNT(1024, 352, counts, {block_n, 0, cluster});  // a long reduction (16 k-blocks: the ring wraps)
+      CheckTiledNT(256, 520, counts, {block_n, 4, cluster});   // 4 CTAs: the ring runs on across many tiles
+    }
+    CheckTiledNT(2048, 1408, {100, 0, 300, 129}, {0, 0, cluster});  // the recipe's widths, the default BN
   }
-  CheckTiledNT(2048, 1408, {100, 0, 300, 129}, 0);  // the recipe's widths, the default column tile
 }
 
 // The padded layout of `counts` over `tiles` tiles as the MoE layer builds it: random rows for each expert's
@@ -179,11 +189,11 @@ Tensor PaddedRows(const std::vector<int64_t>& counts, int64_t tiles, int64_t col
 // The dgrad form: rows of each used tile = (out0 +) x tile . w[e] with w (E, K, N) read MN-major; rows of
 // unused tiles keep their fill. Same tolerance as the NT form (one bf16 rounding of an f32 sum; with +=, the
 // bf16 old value is added in f32 before that rounding).
-void CheckTiledNN(int64_t k, int64_t n, const std::vector<int64_t>& counts, int block_n, bool accumulate,
-                  int max_ctas = 0) {
+void CheckTiledNN(int64_t k, int64_t n, const std::vector<int64_t>& counts, bool accumulate,
+                  const cuda::TiledLaunch& launch) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " K " + std::to_string(k) + " N " + std::to_string(n) +
-               " block_n " + std::to_string(block_n) + (accumulate ? " +=" : " ="));
+               LaunchName(launch) + (accumulate ? " +=" : " ="));
   std::mt19937_64 rng(seed);
   const int64_t experts = static_cast<int64_t>(counts.size());
   int64_t rows = 0;
@@ -201,7 +211,7 @@ void CheckTiledNN(int64_t k, int64_t n, const std::vector<int64_t>& counts, int 
   cuda::MoeTileExperts(dmap, Upload(arena, CountsTensor(counts)), nullptr);
   Tensor dout = Upload(arena, out0);
   ASSERT_TRUE(cuda::TiledGroupedMnSupported(n, k));
-  cuda::TiledGroupedMatmulNN(dout, Upload(arena, x), Upload(arena, w), dmap, accumulate, nullptr, block_n, max_ctas);
+  cuda::TiledGroupedMatmulNN(dout, Upload(arena, x), Upload(arena, w), dmap, accumulate, nullptr, launch);
   const Tensor got = Download(dout).To(DType::kF64);
   const Tensor xf = x.To(DType::kF64), wf = w.To(DType::kF64), of = out0.To(DType::kF64);
   Tensor want = of.Clone();
@@ -229,25 +239,27 @@ void CheckTiledNN(int64_t k, int64_t n, const std::vector<int64_t>& counts, int 
 TEST(GroupedGemmCuda, TiledNNMatchesF64) {
   FATHOM_REQUIRE_GPU();
   const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
-  for (int block_n : {128, 256}) {
-    CheckTiledNN(192, 72, counts, block_n, false);    // N smaller than one 64-column box: zero-filled boxes
-    CheckTiledNN(256, 520, counts, block_n, true);    // several column tiles, the last partial; +=
-    CheckTiledNN(1024, 384, counts, block_n, false);  // a long reduction (16 k-blocks: the ring wraps)
-    CheckTiledNN(256, 520, counts, block_n, false, 3);  // 3 CTAs: the ring runs on across many tiles
+  for (int cluster : {1, 2}) {  // 2: odd column-tile counts as in TiledNTMatchesF64 (+= catches a double store)
+    for (int block_n : {128, 256}) {
+      CheckTiledNN(192, 72, counts, false, {block_n, 0, cluster});    // N below one 64-column box: zero fill
+      CheckTiledNN(256, 520, counts, true, {block_n, 0, cluster});    // several column tiles, the last partial
+      CheckTiledNN(1024, 384, counts, false, {block_n, 0, cluster});  // a long reduction (the ring wraps)
+      CheckTiledNN(256, 520, counts, false, {block_n, 4, cluster});   // 4 CTAs: the ring runs on across tiles
+    }
+    CheckTiledNN(1408, 2048, {100, 0, 300, 129}, true, {0, 0, cluster});   // the recipe's widths (gate/up, +=)
+    CheckTiledNN(2048, 1408, {100, 0, 300, 129}, false, {0, 0, cluster});  // down's dgrad, the default BN
   }
-  CheckTiledNN(1408, 2048, {100, 0, 300, 129}, 0, true);  // the recipe's widths (gate/up dgrad, +=)
-  CheckTiledNN(2048, 1408, {100, 0, 300, 129}, 0, false);  // down's dgrad: BN 128 by default
 }
 
 // The weight-gradient form: out[g] (f32) (= or +=) a_g^T . b_g over group g's tiles of the padded layout,
 // both operands read MN-major; the tile ranges come from MoeTileExperts on the device. f32 output: the
 // only error is the f32 accumulation order of bf16 products (exact in f32), well under 1e-5 relative over
 // these reductions; 1e-4 leaves room and still fails on any misplaced 64-wide box (errors of order 1).
-void CheckTiledTN(int64_t m, int64_t n, const std::vector<int64_t>& counts, int block_n, bool accumulate,
-                  int max_ctas = 0) {
+void CheckTiledTN(int64_t m, int64_t n, const std::vector<int64_t>& counts, bool accumulate,
+                  const cuda::TiledLaunch& launch) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " M " + std::to_string(m) + " N " + std::to_string(n) +
-               " block_n " + std::to_string(block_n) + (accumulate ? " +=" : " ="));
+               LaunchName(launch) + (accumulate ? " +=" : " ="));
   std::mt19937_64 rng(seed);
   const int64_t groups = static_cast<int64_t>(counts.size());
   int64_t rows = 0;
@@ -262,8 +274,7 @@ void CheckTiledTN(int64_t m, int64_t n, const std::vector<int64_t>& counts, int 
   Tensor dout = Upload(arena, out0);
   if (!accumulate) cuda::Fill(dout, std::numeric_limits<double>::quiet_NaN(), nullptr);
   ASSERT_TRUE(cuda::TiledGroupedMnSupported(n, 64));
-  cuda::TiledGroupedMatmulTN(dout, Upload(arena, a), Upload(arena, b), dbegin, accumulate, nullptr, block_n,
-                             max_ctas);
+  cuda::TiledGroupedMatmulTN(dout, Upload(arena, a), Upload(arena, b), dbegin, accumulate, nullptr, launch);
   const Tensor got = Download(dout).To(DType::kF64);
   const Tensor af = a.To(DType::kF64), bf = b.To(DType::kF64);
   Tensor want = accumulate ? out0.To(DType::kF64) : Tensor::Zeros({groups, m, n}, DType::kF64);
@@ -286,13 +297,16 @@ TEST(GroupedGemmCuda, TiledTNMatchesF64) {
   FATHOM_REQUIRE_GPU();
   // Empty groups (zeroed when overwriting, kept when accumulating), ragged counts, M not a multiple of 128
   // (a partial row tile and a zero-filled 64-wide box), N partial in its column tile.
-  for (int block_n : {128, 256}) {
-    CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, block_n, false);
-    CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, block_n, true);
-    CheckTiledTN(256, 320, {500, 0, 260}, block_n, false, 3);  // 3 CTAs: the ring runs on across groups
+  // Clusters of 2: N 144 and 320 are 1 and 3 column tiles of 128 (a pair's second CTA without a tile).
+  for (int cluster : {1, 2}) {
+    for (int block_n : {128, 256}) {
+      CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, false, {block_n, 0, cluster});
+      CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, true, {block_n, 0, cluster});
+      CheckTiledTN(256, 320, {500, 0, 260}, false, {block_n, 4, cluster});  // 4 CTAs: the ring runs on
+    }
+    CheckTiledTN(1408, 2048, {100, 0, 300, 129}, false, {0, 0, cluster});  // the recipe's widths: down_proj's
+    CheckTiledTN(2048, 1408, {100, 0, 300, 129}, true, {0, 0, cluster});   // gate/up's
   }
-  CheckTiledTN(1408, 2048, {100, 0, 300, 129}, 0, false);  // the recipe's widths: down_proj's gradient
-  CheckTiledTN(2048, 1408, {100, 0, 300, 129}, 0, true);   // gate/up's, BN 128 by default
 }
 
 TEST(GroupedGemmCuda, RefusesWhatItCannotRun) {
@@ -310,10 +324,10 @@ TEST(GroupedGemmCuda, RefusesWhatItCannotRun) {
 // partial: the tolerances of tests/gpu/fp8_gemm_test.cc, 5e-4 for f32 outputs and 5e-3 for bf16 (one bf16
 // rounding on top). `transposed` multiplies by the dgrad copy (Fp8Weight::wt) instead of the forward one.
 void CheckTiledFp8(int64_t k, int64_t n, const std::vector<int64_t>& counts, bool transposed, DType out_dtype,
-                   bool accumulate, int max_ctas = 0) {
+                   bool accumulate, const cuda::TiledLaunch& launch) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " K " + std::to_string(k) + " N " + std::to_string(n) +
-               (transposed ? " wt" : " w") + (accumulate ? " +=" : " ="));
+               (transposed ? " wt" : " w") + (accumulate ? " +=" : " =") + LaunchName(launch));
   std::mt19937_64 rng(seed);
   const int64_t experts = static_cast<int64_t>(counts.size());
   std::vector<int64_t> padded;
@@ -344,7 +358,7 @@ void CheckTiledFp8(int64_t k, int64_t n, const std::vector<int64_t>& counts, boo
   Tensor dout = Upload(arena, out0);
   if (!accumulate) cuda::Fill(dout, std::numeric_limits<double>::quiet_NaN(), nullptr);
   ASSERT_TRUE(cuda::TiledFp8Supported(out_cols));
-  cuda::TiledFp8GroupedMatmulNT(dout, dx, dw, dmap, accumulate, nullptr, max_ctas);
+  cuda::TiledFp8GroupedMatmulNT(dout, dx, dw, dmap, accumulate, nullptr, launch);
   const Tensor got = Download(dout);
 
   // The CPU twin (f64 output) over the used rows, grouped by the padded counts.
@@ -357,7 +371,7 @@ void CheckTiledFp8(int64_t k, int64_t n, const std::vector<int64_t>& counts, boo
   ASSERT_TRUE(cuda::TiledCountsOk(padded));
   Tensor dout2 = Upload(arena, out0.Rows(0, used_rows).Clone());
   cuda::TiledFp8GroupedMatmulNT(dout2, Fp8Rows::Wrap(dx.data.Rows(0, used_rows), red), dw, padded, accumulate,
-                                nullptr, max_ctas);
+                                nullptr, launch);
   EXPECT_LE(RelError(Download(dout2), want), tol) << "host counts";
   if (!accumulate) {
     for (int64_t i = used_rows * out_cols; i < got.numel(); ++i)
@@ -368,19 +382,22 @@ void CheckTiledFp8(int64_t k, int64_t n, const std::vector<int64_t>& counts, boo
 TEST(GroupedGemmCuda, TiledFp8NTMatchesTheCpuEmulation) {
   FATHOM_REQUIRE_GPU();
   const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
-  CheckTiledFp8(200, 144, counts, false, DType::kBF16, false);  // partial k-block, partial column tile
-  CheckTiledFp8(512, 384, counts, false, DType::kF32, true);    // f32 accumulation into the output
-  CheckTiledFp8(200, 144, counts, true, DType::kBF16, true);    // the dgrad copy, bf16 +=
-  CheckTiledFp8(1024, 272, counts, false, DType::kBF16, false, 3);  // 3 CTAs: the ring wraps across tiles
-  CheckTiledFp8(2048, 1408, {100, 0, 300, 129}, false, DType::kBF16, false);  // the recipe's widths
+  for (int cluster : {1, 2}) {  // 2: N 144, 384, 272 are 2, 3 and 3 column tiles (odd: a tile-less CTA)
+    const cuda::TiledLaunch launch{0, 0, cluster};
+    CheckTiledFp8(200, 144, counts, false, DType::kBF16, false, launch);  // partial k-block and column tile
+    CheckTiledFp8(512, 384, counts, false, DType::kF32, true, launch);    // f32 accumulation into the output
+    CheckTiledFp8(200, 144, counts, true, DType::kBF16, true, launch);    // the dgrad copy, bf16 +=
+    CheckTiledFp8(1024, 272, counts, false, DType::kBF16, false, {0, 4, cluster});  // 4 CTAs: the ring wraps
+    CheckTiledFp8(2048, 1408, {100, 0, 300, 129}, false, DType::kBF16, false, launch);  // the recipe's widths
+  }
 }
 
 // The FP8 weight-gradient form against cpu::Fp8GroupedMatmulTN: out[g] (f32, random) += a_g . b_g^T over
 // each group's padded tokens, same tolerance as the f32 NT outputs (5e-4).
-void CheckTiledFp8TN(int64_t m, int64_t n, const std::vector<int64_t>& counts, int max_ctas = 0) {
+void CheckTiledFp8TN(int64_t m, int64_t n, const std::vector<int64_t>& counts, const cuda::TiledLaunch& launch) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " M " + std::to_string(m) + " N " + std::to_string(n) +
-               " max_ctas " + std::to_string(max_ctas));
+               LaunchName(launch));
   std::mt19937_64 rng(seed);
   int64_t rows = 0;
   for (int64_t c : counts) rows += c;
@@ -399,7 +416,7 @@ void CheckTiledFp8TN(int64_t m, int64_t n, const std::vector<int64_t>& counts, i
   };
   Tensor dout = Upload(arena, out0);
   ASSERT_TRUE(cuda::TiledFp8TNSupported(n, groups));
-  cuda::TiledFp8GroupedMatmulTN(dout, up(qa), up(qb), /*accumulate=*/true, nullptr, max_ctas);
+  cuda::TiledFp8GroupedMatmulTN(dout, up(qa), up(qb), /*accumulate=*/true, nullptr, launch);
   Tensor want = out0.To(DType::kF64);
   cpu::Fp8GroupedMatmulTN(want, qa, qb);
   EXPECT_LE(RelError(Download(dout), want), 5e-4);
@@ -408,8 +425,10 @@ void CheckTiledFp8TN(int64_t m, int64_t n, const std::vector<int64_t>& counts, i
 TEST(GroupedGemmCuda, TiledFp8TNMatchesTheCpuEmulation) {
   FATHOM_REQUIRE_GPU();
   // Empty groups, ragged token counts, M not a multiple of 128 (a partial row tile), a partial column tile.
-  CheckTiledFp8TN(200, 144, {0, 1, 128, 300, 77, 129, 0});
-  CheckTiledFp8TN(256, 272, {500, 0, 260}, 3);  // 3 CTAs: the ring runs on across groups and tiles
+  for (int cluster : {1, 2}) {  // 2: N 144 and 272 are 2 and 3 column tiles (3: a tile-less CTA, += twice)
+    CheckTiledFp8TN(200, 144, {0, 1, 128, 300, 77, 129, 0}, {0, 0, cluster});
+    CheckTiledFp8TN(256, 272, {500, 0, 260}, {0, 4, cluster});  // 4 CTAs: the ring runs on across groups
+  }
 }
 
 // The benchmark's problem (32 experts, 32768 rows over 287 tiles, K 2048, N 1408: ~24 output tiles per CTA),

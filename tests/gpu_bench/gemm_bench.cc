@@ -292,17 +292,20 @@ Tensor CountSet(const Tensor& all, int i) {
 // fathom's own tile-grouped NT kernel (grouped_gemm.h) on the same skewed count sets: each call builds the
 // tile map on the device from that set's device counts (MoeTileExperts) and runs over the worst-case tile
 // budget (MaxExpertTiles: 287 tiles here; the unused ones exit at once), so nothing reaches the host.
-// Arguments: block_n (0 = the default for N), K, N. TFLOP/s count the R routed rows, as BM_Batched's tiles.
+// Arguments: block_n (0 = the default for N), K, N, cluster (CTAs per cluster sharing A by multicast). TFLOP/s
+// count the R routed rows, as BM_Batched's tiles.
 void BM_OwnTiledNT(benchmark::State& state) {
   const GemmData& d = Data();
   const int block_n = static_cast<int>(state.range(0));
   const int64_t k = state.range(1), n = state.range(2);
+  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3))};
   if (!cuda::TiledGroupedSupported(n, k)) {
     state.SkipWithError("TiledGroupedMatmulNT needs an sm_90 GPU");
     return;
   }
   state.SetLabel("NT bf16->bf16, own tiled kernel, device tile map, BN " +
-                 std::to_string(block_n ? block_n : cuda::TiledGroupedDefaultBlockN(n)));
+                 std::to_string(block_n ? block_n : cuda::TiledGroupedDefaultBlockN(n)) + ", cluster " +
+                 std::to_string(launch.cluster_n));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
   const Tensor counts = DeviceCountSets(arena);
@@ -312,22 +315,24 @@ void BM_OwnTiledNT(benchmark::State& state) {
   const Tensor w = d.Experts(d.w(), n, k);
   TimeCalls(state, 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n), [&](int i) {
     cuda::MoeTileExperts(map, CountSet(counts, i), nullptr);
-    cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, block_n);
+    cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, launch);
   });
 }
 
 // The own kernel's dgrad form (TiledGroupedMatmulNN: w (E, K, N) read MN-major, no transposed copy) on the
 // same count sets; compare with BM_Batched<kNN, kTiled>/1 (cuBLASLt's pointer-array batch of tiles, host
-// counts). Arguments: block_n (0 = the default for N), K, N.
+// counts). Arguments: block_n (0 = the default for N), K, N, cluster.
 void BM_OwnTiledNN(benchmark::State& state) {
   const GemmData& d = Data();
   const int block_n = static_cast<int>(state.range(0));
   const int64_t k = state.range(1), n = state.range(2);
+  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3))};
   if (!cuda::TiledGroupedMnSupported(n, k)) {
     state.SkipWithError("TiledGroupedMatmulNN needs an sm_90 GPU");
     return;
   }
-  state.SetLabel("NN bf16->bf16, own tiled kernel, device tile map, BN " + std::to_string(block_n));
+  state.SetLabel("NN bf16->bf16, own tiled kernel, device tile map, BN " + std::to_string(block_n) + ", cluster " +
+                 std::to_string(launch.cluster_n));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own_nn", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
   const Tensor counts = DeviceCountSets(arena);
@@ -337,22 +342,24 @@ void BM_OwnTiledNN(benchmark::State& state) {
   const Tensor w = d.Experts(d.w(), k, n);
   TimeCalls(state, 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n), [&](int i) {
     cuda::MoeTileExperts(map, CountSet(counts, i), nullptr);
-    cuda::TiledGroupedMatmulNN(out, x, w, map, false, nullptr, block_n);
+    cuda::TiledGroupedMatmulNN(out, x, w, map, false, nullptr, launch);
   });
 }
 
 // The own kernel's weight-gradient form (TiledGroupedMatmulTN: both operands MN-major, the experts' tile
 // ranges from the device) overwriting f32 gradients, as the first micro-batch of a step does; compare with
-// BM_Batched<kTNOverwrite, kTiled>/1. Arguments: block_n, M, N (out (E, M, N)).
+// BM_Batched<kTNOverwrite, kTiled>/1. Arguments: block_n, M, N (out (E, M, N)), cluster.
 void BM_OwnTiledTN(benchmark::State& state) {
   const GemmData& d = Data();
   const int block_n = static_cast<int>(state.range(0));
   const int64_t m = state.range(1), n = state.range(2);
+  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3))};
   if (!cuda::TiledGroupedMnSupported(n, 64)) {
     state.SkipWithError("TiledGroupedMatmulTN needs an sm_90 GPU");
     return;
   }
-  state.SetLabel("TN bf16->f32=, own tiled kernel, device tile ranges, BN " + std::to_string(block_n));
+  state.SetLabel("TN bf16->f32=, own tiled kernel, device tile ranges, BN " + std::to_string(block_n) +
+                 ", cluster " + std::to_string(launch.cluster_n));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own_tn",
                           size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + size_t(kExperts + 1) * 4 + 8192);
@@ -363,27 +370,30 @@ void BM_OwnTiledTN(benchmark::State& state) {
   const Tensor out = d.Experts(d.grad(), m, n);
   TimeCalls(state, 2.0 * kRows * static_cast<double>(m) * static_cast<double>(n), [&](int i) {
     cuda::MoeTileExperts(map, CountSet(counts, i), nullptr, begin);
-    cuda::TiledGroupedMatmulTN(out, a, b, begin, false, nullptr, block_n);
+    cuda::TiledGroupedMatmulTN(out, a, b, begin, false, nullptr, launch);
   });
 }
 
 void OwnMnArgs(benchmark::internal::Benchmark* b) {
   for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
-    for (int64_t bn : {128, 256}) b->Args({bn, k, n});
-  b->ArgNames({"BN", "K", "N"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+    for (int64_t bn : {128, 256})
+      for (int64_t cluster : {1, 2}) b->Args({bn, k, n, cluster});
+  b->ArgNames({"BN", "K", "N", "cluster"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
 }
 
 // The FP8 form of the own tiled kernel (TiledFp8GroupedMatmulNT) on the same count sets and widths: x
 // (287 tiles x 128 rows, K) as packed 1x128 rows and w (E, N, K) in 128x128 blocks, quantised once on the
 // CPU from uniform values (the codes' spread, not their values, sets the speed). Compare with
-// fp8_gemm_bench's BM_Gemm/fwd/7/1 (cuBLASLt, one block-scaled matmul per expert). Arguments: K, N.
+// fp8_gemm_bench's BM_Gemm/fwd/7/1 (cuBLASLt, one block-scaled matmul per expert). Arguments: K, N, cluster.
 void BM_OwnTiledFp8NT(benchmark::State& state) {
   const int64_t k = state.range(0), n = state.range(1);
+  const cuda::TiledLaunch launch{0, 0, static_cast<int>(state.range(2))};
   if (!cuda::TiledFp8Supported(n)) {
     state.SkipWithError("TiledFp8GroupedMatmulNT needs an sm_90 GPU");
     return;
   }
-  state.SetLabel("NT e4m3 block-scaled -> bf16, own tiled kernel, device tile map");
+  state.SetLabel("NT e4m3 block-scaled -> bf16, own tiled kernel, device tile map, cluster " +
+                 std::to_string(launch.cluster_n));
   const GemmData& d = Data();
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts), rows = tiles * cuda::kGroupedTileRows;
   std::mt19937_64 rng(7);
@@ -402,21 +412,23 @@ void BM_OwnTiledFp8NT(benchmark::State& state) {
   const Tensor out = d.Rows(d.out(), n, rows);
   TimeCalls(state, 2.0 * kRows * static_cast<double>(k) * static_cast<double>(n), [&](int i) {
     cuda::MoeTileExperts(map, CountSet(counts, i), nullptr);
-    cuda::TiledFp8GroupedMatmulNT(out, x, w, map, false, nullptr);
+    cuda::TiledFp8GroupedMatmulNT(out, x, w, map, false, nullptr, launch);
   });
 }
 
 // The FP8 weight-gradient form (TiledFp8GroupedMatmulTN): dW_e (M, N) += a_e . b_e^T over the tokens of
 // count set 0 (each expert's tokens padded to 128), a and b Fp8Cols quantised once on the CPU. Compare with
 // fp8_gemm_bench's BM_Gemm/wgrad/7/1 (cuBLASLt, one matmul per expert). Arguments: M, N; TFLOP/s count the
-// R routed rows.
+// R routed rows. Arguments: M, N, cluster.
 void BM_OwnTiledFp8TN(benchmark::State& state) {
   const int64_t m = state.range(0), n = state.range(1);
+  const cuda::TiledLaunch launch{0, 0, static_cast<int>(state.range(2))};
   if (!cuda::TiledFp8TNSupported(n, kExperts)) {
     state.SkipWithError("TiledFp8GroupedMatmulTN needs an sm_90 GPU");
     return;
   }
-  state.SetLabel("TN e4m3 1x128 columns -> f32 +=, own tiled kernel, one launch");
+  state.SetLabel("TN e4m3 1x128 columns -> f32 +=, own tiled kernel, one launch, cluster " +
+                 std::to_string(launch.cluster_n));
   const GemmData& d = Data();
   std::mt19937_64 rng(11);
   const Fp8Cols qa = Fp8Cols::Empty(m, d.counts(0), Device::kCPU), qb = Fp8Cols::Empty(n, d.counts(0), Device::kCPU);
@@ -433,13 +445,20 @@ void BM_OwnTiledFp8TN(benchmark::State& state) {
   const Fp8Cols a = up(qa), b = up(qb);
   const Tensor out = d.Experts(d.grad(), m, n);
   TimeCalls(state, 2.0 * kRows * static_cast<double>(m) * static_cast<double>(n),
-            [&](int) { cuda::TiledFp8GroupedMatmulTN(out, a, b, /*accumulate=*/true, nullptr); });
+            [&](int) { cuda::TiledFp8GroupedMatmulTN(out, a, b, /*accumulate=*/true, nullptr, launch); });
 }
 
 void OwnTiledArgs(benchmark::internal::Benchmark* b) {
   for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
-    for (int64_t bn : {128, 176, 256}) b->Args({bn, k, n});
-  b->ArgNames({"BN", "K", "N"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+    for (int64_t bn : {128, 176, 256})
+      for (int64_t cluster : {1, 2}) b->Args({bn, k, n, cluster});
+  b->ArgNames({"BN", "K", "N", "cluster"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+}
+
+void OwnFp8Args(benchmark::internal::Benchmark* b) {
+  for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
+    for (int64_t cluster : {1, 2}) b->Args({k, n, cluster});
+  b->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
 }
 
 void UniformArgs(benchmark::internal::Benchmark* b) {
@@ -476,20 +495,8 @@ BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kTiled)->Apply(TiledA
 BENCHMARK(BM_OwnTiledNT)->Apply(OwnTiledArgs);
 BENCHMARK(BM_OwnTiledNN)->Apply(OwnMnArgs);
 BENCHMARK(BM_OwnTiledTN)->Apply(OwnMnArgs);
-BENCHMARK(BM_OwnTiledFp8TN)
-    ->Args({kInter, kHidden})
-    ->Args({kHidden, kInter})
-    ->ArgNames({"M", "N"})
-    ->UseManualTime()
-    ->MinTime(0.1)
-    ->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_OwnTiledFp8NT)
-    ->Args({kHidden, kInter})
-    ->Args({kInter, kHidden})
-    ->ArgNames({"K", "N"})
-    ->UseManualTime()
-    ->MinTime(0.1)
-    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_OwnTiledFp8TN)->Apply(OwnFp8Args)->ArgNames({"M", "N", "cluster"});
+BENCHMARK(BM_OwnTiledFp8NT)->Apply(OwnFp8Args)->ArgNames({"K", "N", "cluster"});
 
 }  // namespace
 }  // namespace fathom

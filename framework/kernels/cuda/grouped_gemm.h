@@ -22,8 +22,10 @@
 // accumulators, one group kept in flight; e4m3: m64n128k32 into a partial sum promoted to f32 with its
 // scales every 128-deep block), then store (bf16 or f32, = or +=). BN of the bf16 form is chosen per call
 // (128, 176 or 256; 0 = TiledGroupedDefaultBlockN), the FP8 forms use 128; partial last row and column tiles
-// compute into registers and store only their valid part. A barrier wait that lasts seconds reports itself
-// and traps, so a bug fails the job instead of hanging it.
+// compute into registers and store only their valid part. In clusters of two CTAs (TiledLaunch::cluster_n
+// 2), the pair takes one row tile's two adjacent column tiles and loads the row tile's A operand once,
+// multicast to both (half of A's traffic from L2). A barrier wait that lasts seconds reports itself and
+// traps, so a bug fails the job instead of hanging it.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 
@@ -37,6 +39,16 @@
 namespace fathom::cuda {
 
 inline constexpr int64_t kGroupedTileRows = 128;
+
+// How a tiled launch runs; every field's 0 takes the default. The layers take the defaults; tests and
+// benchmarks set them.
+struct TiledLaunch {
+  int block_n = 0;    // the column tile BN (which widths a form takes: see each form)
+  int max_ctas = 0;   // > 0: caps the persistent grid (tests: several output tiles per CTA on small problems)
+  int cluster_n = 0;  // CTAs per cluster sharing the row tile's A by TMA multicast: 1 or 2
+};
+// The default cluster_n: 1 until a step measures 2 faster (NOT yet run on a GPU, 2026-12-04).
+inline constexpr int kTiledDefaultClusterN = 1;
 
 // The most 128-row tiles R rows over E experts can need when each expert's block is rounded up to whole
 // tiles: sum_e ceil(c_e / 128) <= floor((R + 127 * min(E, R)) / 128).
@@ -62,9 +74,8 @@ int TiledGroupedDefaultBlockN(int64_t n);
 //   x rows [128 t, 128 t + 128) (T * 128, K) bf16 . w[e]^T, w (E, N, K) bf16,
 // with f32 accumulation and one rounding to bf16 (the twin of cpu::GroupedMatmulNT over the padded
 // layout). Rows of tiles with e < 0 are not written. All tensors contiguous; block_n in {0, 128, 176, 256}.
-// max_ctas > 0 caps the persistent grid (tests: several output tiles per CTA on small problems).
 void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
-                          Stream stream, int block_n = 0, int max_ctas = 0);
+                          Stream stream, const TiledLaunch& launch = {});
 
 // Whether the MN-major bf16 forms below take an N-wide output (NN) or N-wide b (TN) over a reduction that
 // is a multiple of 64 (NN: K; TN: always, the tokens come in 128-row tiles), on an sm_90 device.
@@ -75,7 +86,7 @@ bool TiledGroupedMnSupported(int64_t n, int64_t reduction);
 // bf16 as the forward's weight is stored, read MN-major (no transposed copy). f32 accumulation, one
 // rounding. Rows of tiles with e < 0 are not written. block_n in {0, 128, 256}.
 void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
-                          bool accumulate, Stream stream, int block_n = 0, int max_ctas = 0);
+                          bool accumulate, Stream stream, const TiledLaunch& launch = {});
 
 // The weight-gradient form (the twin of cpu::GroupedMatmulTN over the padded layout): out[g] (G, M, N) f32
 // (=, or += when accumulate) a_g^T . b_g, where a (T * 128, M) and b (T * 128, N) bf16 hold group g's
@@ -84,7 +95,7 @@ void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, c
 // A group without tokens keeps out[g] when accumulating and gets zeros when overwriting. Pad rows must be
 // zero (the padded layout's are). block_n in {0, 128, 256} (out's column tile).
 void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin,
-                          bool accumulate, Stream stream, int block_n = 0, int max_ctas = 0);
+                          bool accumulate, Stream stream, const TiledLaunch& launch = {});
 
 // Whether TiledFp8GroupedMatmulNT takes an N-wide output: N a multiple of 16, on an sm_90 device.
 bool TiledFp8Supported(int64_t n);
@@ -96,7 +107,8 @@ bool TiledFp8Supported(int64_t n);
 // scale * w block scale). x: Fp8Rows (T * 128, K); w: Fp8BlockMatrix (E, N, K) (Fp8Weight::w for the
 // forward, ::wt for the dgrad). BN is 128: an output tile is one block row of w.
 void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
-                             const Tensor& tile_expert, bool accumulate, Stream stream, int max_ctas = 0);
+                             const Tensor& tile_expert, bool accumulate, Stream stream,
+                             const TiledLaunch& launch = {});
 
 // Whether HOST row counts fit the overload below: 1 to 256 groups, each a multiple of 128 rows.
 bool TiledCountsOk(const std::vector<int64_t>& counts);
@@ -105,7 +117,8 @@ bool TiledCountsOk(const std::vector<int64_t>& counts);
 // their sum of rows). The tiles' experts travel as a kernel parameter (each group's first tile), so nothing
 // is built or copied on the device: the form Fp8GemmContext::GroupedMatmulNT takes for tiled counts.
 void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
-                             const std::vector<int64_t>& counts, bool accumulate, Stream stream, int max_ctas = 0);
+                             const std::vector<int64_t>& counts, bool accumulate, Stream stream,
+                             const TiledLaunch& launch = {});
 
 // Whether TiledFp8GroupedMatmulTN takes b with N columns over `groups` groups: N a multiple of 16, 1 to 256
 // groups, on an sm_90 device.
@@ -119,7 +132,7 @@ bool TiledFp8TNSupported(int64_t n, int64_t groups);
 // group's token blocks (none: out[g] untouched when accumulating, zeroed when overwriting). The counts come
 // from a.counts (HOST), at most 256 groups.
 void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate,
-                             Stream stream, int max_ctas = 0);
+                             Stream stream, const TiledLaunch& launch = {});
 
 }  // namespace fathom::cuda
 

@@ -123,6 +123,17 @@ struct Fp8ColsProduct {
 
 }  // namespace
 
+namespace {
+
+// The FP8 forms' cluster size (ClusterCtas); their column tile is always 128.
+int Fp8Cluster(const char* op, const TiledLaunch& launch) {
+  FATHOM_CHECK(launch.block_n == 0 || launch.block_n == 128, "[", op, "] block_n ", launch.block_n,
+               ": the FP8 forms take 0 or 128");
+  return ClusterCtas(op, launch);
+}
+
+}  // namespace
+
 bool TiledFp8Supported(int64_t n) {
   static const bool sm90 = DeviceIsSm90();
   return sm90 && n > 0 && n % 16 == 0;
@@ -133,7 +144,7 @@ namespace {
 // The FP8 launch over `tiles` row tiles named by `source` (a DeviceTileMap or a TilePrefix).
 template <class Tiles>
 void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tiles& source,
-               int64_t tiles, bool accumulate, Stream stream, int max_ctas) {
+               int64_t tiles, bool accumulate, Stream stream, const TiledLaunch& launch) {
   common::CheckCuda(op, out, "out");
   common::CheckCuda(op, x.data, "x");
   common::CheckCuda(op, w.codes, "w codes");
@@ -148,33 +159,34 @@ void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8Blo
                n);
   FATHOM_CHECK(experts * n <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * n <= INT32_MAX, "[", op,
                "] too large for 32-bit TMA rows");
+  const int cluster = Fp8Cluster(op, launch);
   if (tiles == 0) return;
   const CUtensorMap x_map = RowMajorMap(x.data.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, tiles * kBM,
-                                        x.padded_cols(), x.row_bytes(), kBM);
+                                        x.padded_cols(), x.row_bytes(), ABoxRows(cluster));
   const CUtensorMap w_map = RowMajorMap(w.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, experts * n, Fp8Padded(k),
                                         Fp8Padded(k), Fp8Product::kBN);
   const Fp8Product::Params params{static_cast<const uint8_t*>(x.data.raw()), x.row_bytes(), x.padded_cols(),
                                   static_cast<const float*>(w.scales.raw()), Fp8Blocks(n),
                                   Fp8ScaleStride(Fp8Blocks(k))};
   const RowTiles<Tiles, Fp8Product::kBN> schedule{source, static_cast<int>(n), static_cast<int>(Fp8Blocks(k))};
-  const int64_t jobs = tiles * ColumnTiles(n, Fp8Product::kBN);
   if (out.dtype() == DType::kBF16) {
     LaunchTiled<Fp8Product, __nv_bfloat16>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),
-                                           accumulate, schedule, jobs, n, max_ctas, stream);
+                                           accumulate, schedule, tiles, n, cluster, launch.max_ctas, stream);
   } else {
     LaunchTiled<Fp8Product, float>(x_map, w_map, params, static_cast<float*>(out.raw()), accumulate, schedule,
-                                   jobs, n, max_ctas, stream);
+                                   tiles, n, cluster, launch.max_ctas, stream);
   }
 }
 
 }  // namespace
 
 void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
-                             const Tensor& tile_expert, bool accumulate, Stream stream, int max_ctas) {
+                             const Tensor& tile_expert, bool accumulate, Stream stream,
+                             const TiledLaunch& launch) {
   const char* op = "tiled_fp8_grouped_matmul_nt";
   CheckTileMap(op, tile_expert);
   LaunchFp8(op, out, x, w, DeviceTileMap{static_cast<const int32_t*>(tile_expert.raw())}, tile_expert.numel(),
-            accumulate, stream, max_ctas);
+            accumulate, stream, launch);
 }
 
 bool TiledCountsOk(const std::vector<int64_t>& counts) {
@@ -188,7 +200,8 @@ bool TiledCountsOk(const std::vector<int64_t>& counts) {
 }
 
 void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
-                             const std::vector<int64_t>& counts, bool accumulate, Stream stream, int max_ctas) {
+                             const std::vector<int64_t>& counts, bool accumulate, Stream stream,
+                             const TiledLaunch& launch) {
   const char* op = "tiled_fp8_grouped_matmul_nt";
   FATHOM_CHECK(TiledCountsOk(counts), "[", op, "] ", counts.size(), " groups: expected 1 to ", kMaxPrefixGroups,
                " row counts, each a multiple of ", kBM);
@@ -198,7 +211,7 @@ void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8Block
   prefix.groups = static_cast<int32_t>(counts.size());
   for (size_t g = 0; g < counts.size(); ++g)
     prefix.begin[g + 1] = prefix.begin[g] + static_cast<int32_t>(counts[g] / kBM);
-  LaunchFp8(op, out, x, w, prefix, prefix.begin[counts.size()], accumulate, stream, max_ctas);
+  LaunchFp8(op, out, x, w, prefix, prefix.begin[counts.size()], accumulate, stream, launch);
 }
 
 bool TiledFp8TNSupported(int64_t n, int64_t groups) {
@@ -206,7 +219,7 @@ bool TiledFp8TNSupported(int64_t n, int64_t groups) {
 }
 
 void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate, Stream stream,
-                             int max_ctas) {
+                             const TiledLaunch& launch) {
   const char* op = "tiled_fp8_grouped_matmul_tn";
   common::CheckCuda(op, out, "out");
   common::CheckCuda(op, a.codes, "a codes");
@@ -220,6 +233,7 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
                "and 1 to ", kMaxPrefixGroups, " groups; got N ", n, ", ", groups, " groups");
   FATHOM_CHECK(groups * m * n <= INT32_MAX && tp / kBM <= INT32_MAX && m <= INT32_MAX && n <= INT32_MAX, "[", op,
                "] too large for the kernel's 32-bit indices");
+  const int cluster = Fp8Cluster(op, launch);
   TilePrefix k{};
   k.groups = static_cast<int32_t>(groups);
   for (int64_t g = 0; g < groups; ++g) {
@@ -229,15 +243,14 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
                                         static_cast<size_t>(m * n) * sizeof(float), stream));
   }
   if (tp == 0 || m == 0) return;
-  const CUtensorMap a_map = RowMajorMap(a.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, m, tp, tp, kBM);
+  const CUtensorMap a_map = RowMajorMap(a.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, m, tp, tp, ABoxRows(cluster));
   const CUtensorMap b_map = RowMajorMap(b.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, n, tp, tp, Fp8ColsProduct::kBN);
   const Fp8ColsProduct::Params params{static_cast<const float*>(a.scales.raw()),
                                       static_cast<const float*>(b.scales.raw()), static_cast<int>(m),
                                       static_cast<int>(n)};
-  const KGroups<Fp8ColsProduct::kBN> schedule{k, static_cast<int>(m), static_cast<int>(n)};
-  const int64_t jobs = groups * ColumnTiles(m, kBM) * ColumnTiles(n, Fp8ColsProduct::kBN);
+  const KGroups<Fp8ColsProduct::kBN> schedule{k, static_cast<int>(m)};
   LaunchTiled<Fp8ColsProduct, float>(a_map, b_map, params, static_cast<float*>(out.raw()), accumulate, schedule,
-                                     jobs, n, max_ctas, stream);
+                                     groups * ColumnTiles(m, kBM), n, cluster, launch.max_ctas, stream);
 }
 
 }  // namespace fathom::cuda

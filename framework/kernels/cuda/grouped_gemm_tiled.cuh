@@ -44,13 +44,16 @@ struct Tiling {
 using namespace ::fathom::cuda::sm90;  // the device primitives (sm90_primitives.cuh)
 
 // The stage ring as the consumers see it (Acquire: wait for k-block `it`'s bytes; Release: hand its stage
-// back). Its geometry is compile-time (Tiling<BN>), so the stage of k-block `it` is a cheap modulo.
+// back). Its geometry is compile-time (Tiling<BN>), so the stage of k-block `it` is a cheap modulo. In a
+// cluster of `ctas` CTAs (2: the row tile's A is multicast, see TiledKernel) a stage is refilled only when
+// the consumers of every CTA of the cluster are done with it, so Release arrives on each CTA's barrier.
 template <int BN>
 struct Ring {
   static constexpr int kStages = Tiling<BN>::kStages, kStageBytes = Tiling<BN>::kStageBytes;
   uint8_t* smem;
   uint64_t* full;
   uint64_t* empty;
+  int ctas;
 #ifdef FATHOM_SM90A
   __device__ const uint8_t* A(int it, int consumer) const {
     return smem + (it % kStages) * kStageBytes + consumer * 64 * kRowBytes;
@@ -59,7 +62,12 @@ struct Ring {
   __device__ void Acquire(int it) const { BarrierWait(&full[it % kStages], (it / kStages) & 1); }
   __device__ void Release(int it, int lane) const {
     __syncwarp();
-    if (lane == 0) BarrierArrive(&empty[it % kStages]);
+    if (lane != 0) return;
+    if (ctas == 1) {
+      BarrierArrive(&empty[it % kStages]);
+    } else {
+      for (int r = 0; r < ctas; ++r) BarrierArriveCluster(&empty[it % kStages], static_cast<uint32_t>(r));
+    }
   }
 #endif
 };
@@ -119,23 +127,23 @@ struct TilePrefix {
   }
 };
 
-// Which output tiles a launch computes ("jobs"), and each one's rows, columns and k-blocks.
-//   RowTiles: the forward form over the padded layout's row tiles: job = (row tile, column tile), row tile
-//     major; a row tile's expert comes from `tiles` (unused: skipped) and picks the weight's rows. With an
-//     MN-major weight (kBMn, the bf16 NN form: w[e] is (reduction, n)), its rows [e * reduction, +reduction)
-//     are the reduction and the column tile its columns.
-//   KGroups: the weight-gradient form: job = (group, row tile of out[g], column tile); group g reduces over
-//     its k-blocks [k.begin[g], k.begin[g + 1]) of the padded token axis (none: skipped).
+// Which output tiles a launch computes: jobs (outer, column tile) over `outers` outer indices and the
+// ColumnTiles(n, BN) column tiles of out's n columns, and each one's rows, columns and k-blocks (Decode;
+// false: a job to skip, decided by `outer` alone, so both CTAs of a cluster, which share it, agree).
+//   RowTiles: the forward form over the padded layout's row tiles: outer = row tile; its expert comes from
+//     `tiles` (unused: skipped) and picks the weight's rows. With an MN-major weight (kBMn, the bf16 NN form:
+//     w[e] is (reduction, n)), its rows [e * reduction, +reduction) are the reduction and the column tile its
+//     columns.
+//   KGroups: the weight-gradient form: outer = (group, row tile of out[g]); group g reduces over its k-blocks
+//     [k.begin[g], k.begin[g + 1]) of the padded token axis (none: skipped).
 //   DeviceKGroups: the same with the groups' tile ranges read from the device (bf16 TN: MoeTileExperts'
 //     tile_begin) and both operands MN-major; a group without tokens stores zeros when overwriting.
 template <class Tiles, int BN, bool kBMn = false>
 struct RowTiles {
   Tiles tiles;
   int n, k_blocks;
-  __device__ bool Decode(int job, Job& j) const {
-    const int n_tiles = (n + BN - 1) / BN;
-    const int tile = job / n_tiles;
-    j.n0 = (job % n_tiles) * BN;
+  __device__ bool Decode(int tile, int ct, Job& j) const {
+    j.n0 = ct * BN;
     j.group = tiles.Expert(tile);
     if (j.group < 0) return false;  // a tile past the layout
     j.a_row = tile * kBM;
@@ -158,15 +166,15 @@ struct RowTiles {
 template <int BN>
 struct KGroups {
   TilePrefix k;
-  int m, n;
-  __device__ bool Decode(int job, Job& j) const {
-    const int m_tiles = (m + kBM - 1) / kBM, n_tiles = (n + BN - 1) / BN;
-    const int g = job / (m_tiles * n_tiles), r = job % (m_tiles * n_tiles);
+  int m;
+  __device__ bool Decode(int outer, int ct, Job& j) const {
+    const int m_tiles = (m + kBM - 1) / kBM;
+    const int g = outer / m_tiles;
     j.k0 = k.begin[g];
     j.k_blocks = k.begin[g + 1] - j.k0;
     if (j.k_blocks == 0) return false;  // a group without tokens: out[g] stays as it is
-    j.a_row = (r / n_tiles) * kBM;
-    j.n0 = (r % n_tiles) * BN;
+    j.a_row = (outer % m_tiles) * kBM;
+    j.n0 = ct * BN;
     j.b_row = j.n0;
     j.out_row = static_cast<int64_t>(g) * m + j.a_row;
     j.rows = min(kBM, m - j.a_row);
@@ -178,17 +186,17 @@ struct KGroups {
 template <int BN>
 struct DeviceKGroups {
   const int32_t* tile_begin;  // (G + 1): group g owns the 128-row tiles [tile_begin[g], tile_begin[g + 1])
-  int m, n;
+  int m;
   bool overwrite;
-  __device__ bool Decode(int job, Job& j) const {
-    const int m_tiles = (m + kBM - 1) / kBM, n_tiles = (n + BN - 1) / BN;
-    const int g = job / (m_tiles * n_tiles), r = job % (m_tiles * n_tiles);
+  __device__ bool Decode(int outer, int ct, Job& j) const {
+    const int m_tiles = (m + kBM - 1) / kBM;
+    const int g = outer / m_tiles;
     const int t0 = tile_begin[g], t1 = tile_begin[g + 1];
     j.k0 = t0 * (kBM / kBK);
     j.k_blocks = (t1 - t0) * (kBM / kBK);
     if (j.k_blocks == 0 && !overwrite) return false;  // out[g] stays as it is
-    j.a_row = (r / n_tiles) * kBM;
-    j.n0 = (r % n_tiles) * BN;
+    j.a_row = (outer % m_tiles) * kBM;
+    j.n0 = ct * BN;
     j.b_row = j.n0;
     j.b_k0 = 0;
     j.out_row = static_cast<int64_t>(g) * m + j.a_row;
@@ -212,17 +220,43 @@ __device__ __forceinline__ void LoadOperand(uint8_t* dst, const CUtensorMap* map
     TmaLoad(dst, map, bar, k, at);
   }
 }
+
+// In a cluster of two, A's 64-row half `half` (rows or, MN-major, columns [at + 64 half, +64)), 8192 bytes,
+// loaded once and written to both CTAs' stage at the same place. A K-major A's map has 64-row boxes then.
+template <bool kMn>
+__device__ __forceinline__ void LoadHalfToCluster(uint8_t* stage, const CUtensorMap* map, uint64_t* bar, int k,
+                                                  int at, int half) {
+  uint8_t* dst = stage + half * 64 * kRowBytes;
+  if constexpr (kMn) {
+    TmaLoadMulticast(dst, map, bar, at + 64 * half, k, 0x3);
+  } else {
+    TmaLoadMulticast(dst, map, bar, k, at + 64 * half, 0x3);
+  }
+}
 #endif
 
-// A persistent kernel (one CTA per SM): CTA b takes jobs b, b + grid, ... of the schedule, skipping those it
-// declines. The stage ring runs on across jobs, so the producer fetches the next job's first k-blocks while
-// the consumers still store the last one's results. out is row-major with n columns. See grouped_gemm.h.
-template <class Product, class OutT, class Schedule>
+// A persistent kernel: CTA b (or, in clusters of kCluster CTAs, cluster c) takes jobs b, b + grid, ... (c,
+// c + clusters, ...) of the schedule, skipping those it declines. The stage ring runs on across jobs, so the
+// producer fetches the next job's first k-blocks while the consumers still store the last one's results. out
+// is row-major with n columns. See grouped_gemm.h.
+//
+// kCluster 2: the two CTAs of a cluster take the same row tile and adjacent column tiles (2 p, 2 p + 1) of
+// pair job p, so they need the same A (128 x 64 per k-block): each loads one 64-row half and multicasts it
+// to both, which halves A's traffic from L2 (per k-block and CTA, 8 KB instead of 16 KB next to B's BN * 128
+// bytes). Each CTA's full barrier still expects the whole stage (its half, the peer's, its B), and a stage is
+// refilled only once the consumers of both CTAs released it (Ring::Release arrives on both empty barriers,
+// which count 2 x 8 warps). With an odd number of column tiles, the second CTA of a row's last pair has no
+// column tile of its own: it runs the first CTA's (to load its half of A for it) and stores nothing. Both
+// CTAs run the same jobs' k-blocks in the same order, so their rings stay in step; they meet in a cluster
+// barrier after initialising their barriers (before any multicast can reach them) and before exiting (no
+// CTA leaves while its peer may still arrive on its barriers).
+template <class Product, class OutT, class Schedule, int kCluster>
 __global__ void __launch_bounds__(kThreads, 1)
     TiledKernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
                 const typename Product::Params params, OutT* out, bool accumulate,
                 const __grid_constant__ Schedule schedule, int jobs, int n) {
 #ifdef FATHOM_SM90A
+  static_assert(kCluster == 1 || kCluster == 2, "clusters of 1 or 2 CTAs");
   constexpr int BN = Product::kBN;
   using T = Tiling<BN>;
   extern __shared__ uint8_t smem_raw[];
@@ -231,60 +265,83 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* empty = full + T::kStages;
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; ++s) {
-      BarrierInit(&full[s], 1);   // the producer's expect-bytes arrival (+ the TMA bytes)
-      BarrierInit(&empty[s], 8);  // one arrival per consumer warp
+      BarrierInit(&full[s], 1);              // the producer's expect-bytes arrival (+ the TMA bytes)
+      BarrierInit(&empty[s], 8 * kCluster);  // one arrival per consumer warp of each CTA
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
-  const Ring<BN> ring{smem, full, empty};
+  if constexpr (kCluster == 1) {
+    __syncthreads();
+  } else {
+    ClusterSync();
+  }
+  const Ring<BN> ring{smem, full, empty, kCluster};
+  // This CTA's first job, the stride between its jobs, and (kCluster 2) its place in the pair.
+  const int rank = kCluster == 1 ? 0 : static_cast<int>(ClusterCtaRank());
+  const int first = kCluster == 1 ? static_cast<int>(blockIdx.x) : static_cast<int>(ClusterIndex());
+  const int stride = kCluster == 1 ? static_cast<int>(gridDim.x) : static_cast<int>(ClusterCount());
+  const int n_tiles = (n + BN - 1) / BN, units = (n_tiles + kCluster - 1) / kCluster;
+  // Job `job` = (outer, column unit): this CTA's column tile of it, and whether that is its own (stores).
+  const auto decode = [&](int job, Job& j) {
+    const int ct = (job % units) * kCluster + rank;
+    if (!schedule.Decode(job / units, min(ct, n_tiles - 1), j)) return false;
+    if (ct >= n_tiles) j.rows = 0;  // the pair's second CTA past the last column tile: loads, stores nothing
+    return true;
+  };
 
   const int group = static_cast<int>(threadIdx.x) / 128;
   if (group == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
       int it = 0;  // k-blocks fetched so far, over all jobs: the stage ring's position
-      for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
+      for (int job = first; job < jobs; job += stride) {
         Job j;
-        if (!schedule.Decode(job, j)) continue;
+        if (!decode(job, j)) continue;
         for (int kb = 0; kb < j.k_blocks; ++kb, ++it) {
           const int s = it % T::kStages;
-          BarrierWait(&empty[s], ((it / T::kStages) & 1) ^ 1);  // the first pass finds every stage free
+          const uint32_t parity = ((it / T::kStages) & 1) ^ 1;  // the first pass finds every stage free
           uint8_t* stage = smem + s * T::kStageBytes;
-          BarrierExpectBytes(&full[s], T::kStageBytes);
           const int k = (j.k0 + kb) * Product::kBlockElems;
-          LoadOperand<Product::kAMn, kBM>(stage, &a_map, &full[s], k, j.a_row, 0);
+          if constexpr (kCluster == 1) {
+            BarrierWait(&empty[s], parity);
+            BarrierExpectBytes(&full[s], T::kStageBytes);
+            LoadOperand<Product::kAMn, kBM>(stage, &a_map, &full[s], k, j.a_row, 0);
+          } else {
+            BarrierWait<true>(&empty[s], parity);  // both CTAs' consumers are done with the stage
+            BarrierExpectBytes(&full[s], T::kStageBytes);
+            LoadHalfToCluster<Product::kAMn>(stage, &a_map, &full[s], k, j.a_row, rank);
+          }
           LoadOperand<Product::kBMn, BN>(stage + kABytes, &b_map, &full[s], k, j.b_row, j.b_k0);
         }
       }
     }
-    return;
-  }
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-
-  const int consumer = group - 1;  // rows [64 consumer, 64 consumer + 64) of each tile
-  const int warp = (static_cast<int>(threadIdx.x) / 32) % 4, lane = static_cast<int>(threadIdx.x) % 32;
-  // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i is
-  // column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
-  const int local = consumer * 64 + warp * 16 + lane / 4;
-  float acc[BN / 2];
-  int it = 0;
-  for (int job = static_cast<int>(blockIdx.x); job < jobs; job += static_cast<int>(gridDim.x)) {
-    Job j;
-    if (!schedule.Decode(job, j)) continue;
-    Product::Run(params, acc, ring, it, j, consumer, lane, local);
-    OutT* out0 = out + (j.out_row + local) * n;
-    OutT* out8 = out0 + 8 * static_cast<int64_t>(n);
-    const bool row0 = local < j.rows, row8 = local + 8 < j.rows;
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int consumer = group - 1;  // rows [64 consumer, 64 consumer + 64) of each tile
+    const int warp = (static_cast<int>(threadIdx.x) / 32) % 4, lane = static_cast<int>(threadIdx.x) % 32;
+    // wgmma's accumulator layout: warp w of the group holds rows 16 w + lane / 4 (+ 8); register 4 j + i is
+    // column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
+    const int local = consumer * 64 + warp * 16 + lane / 4;
+    float acc[BN / 2];
+    int it = 0;
+    for (int job = first; job < jobs; job += stride) {
+      Job j;
+      if (!decode(job, j)) continue;
+      Product::Run(params, acc, ring, it, j, consumer, lane, local);
+      OutT* out0 = out + (j.out_row + local) * n;
+      OutT* out8 = out0 + 8 * static_cast<int64_t>(n);
+      const bool row0 = local < j.rows, row8 = local + 8 < j.rows;
 #pragma unroll
-    for (int c = 0; c < BN / 8; ++c) {
-      const int col = j.n0 + 8 * c + 2 * (lane % 4);
-      if (col < n) {  // n is a multiple of 8 and col even, so col + 1 < n too
-        if (row0) OutPair<OutT>::Store(out0 + col, acc[4 * c], acc[4 * c + 1], accumulate);
-        if (row8) OutPair<OutT>::Store(out8 + col, acc[4 * c + 2], acc[4 * c + 3], accumulate);
+      for (int c = 0; c < BN / 8; ++c) {
+        const int col = j.n0 + 8 * c + 2 * (lane % 4);
+        if (col < n) {  // n is a multiple of 8 and col even, so col + 1 < n too
+          if (row0) OutPair<OutT>::Store(out0 + col, acc[4 * c], acc[4 * c + 1], accumulate);
+          if (row8) OutPair<OutT>::Store(out8 + col, acc[4 * c + 2], acc[4 * c + 3], accumulate);
+        }
       }
     }
   }
+  if constexpr (kCluster > 1) ClusterSync();
 #else
   __trap();  // built without sm_90a: TiledGroupedSupported is false and the launcher never gets here
 #endif
@@ -338,27 +395,74 @@ inline int MultiprocessorCount() {
   return count;
 }
 
-// One persistent launch of `jobs` output tiles described by `schedule`.
-template <class Product, class OutT, class Schedule>
-void LaunchTiled(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
-                 OutT* out, bool accumulate, const Schedule& schedule, int64_t jobs, int64_t n, int max_ctas,
-                 Stream stream) {
-  using T = Tiling<Product::kBN>;
-  static const bool configured = [] {
-    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(TiledKernel<Product, OutT, Schedule>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
-    return true;
-  }();
-  (void)configured;
-  if (jobs == 0) return;
-  const int ctas = max_ctas > 0 ? std::min(max_ctas, MultiprocessorCount()) : MultiprocessorCount();
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(jobs, ctas));
-  TiledKernel<Product, OutT, Schedule><<<grid, kThreads, T::kSmemBytes, stream>>>(
-      a_map, b_map, params, out, accumulate, schedule, static_cast<int>(jobs), static_cast<int>(n));
-  FATHOM_CUDA_CHECK_LAUNCH();
+inline int64_t ColumnTiles(int64_t n, int bn) { return (n + bn - 1) / bn; }
+
+// CTAs per cluster of a launch (TiledLaunch::cluster_n, 0: the default), checked.
+inline int ClusterCtas(const char* op, const TiledLaunch& launch) {
+  FATHOM_CHECK(launch.cluster_n >= 0 && launch.cluster_n <= 2, "[", op, "] cluster_n ", launch.cluster_n,
+               ": expected 0 (the default), 1 or 2");
+  return launch.cluster_n == 0 ? kTiledDefaultClusterN : launch.cluster_n;
 }
 
-inline int64_t ColumnTiles(int64_t n, int bn) { return (n + bn - 1) / bn; }
+// The rows of a K-major A map's boxes: the whole 128-row tile, or one CTA's 64-row half in a cluster of two.
+inline int ABoxRows(int cluster) { return kBM / cluster; }
+
+template <class Product, class OutT, class Schedule, int kCluster>
+void LaunchTiledIn(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
+                   OutT* out, bool accumulate, const Schedule& schedule, int64_t outers, int64_t n, int max_ctas,
+                   Stream stream) {
+  using T = Tiling<Product::kBN>;
+  const auto kernel = TiledKernel<Product, OutT, Schedule, kCluster>;
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = kCluster;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = T::kSmemBytes;
+  config.stream = stream;
+  config.attrs = &cluster;
+  config.numAttrs = kCluster > 1 ? 1 : 0;  // without clusters, the plain launch it always was
+  // How many CTAs (clusters of kCluster) can be resident at once: the persistent grid's size.
+  static const int resident = [&] {
+    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
+    if constexpr (kCluster == 1) {
+      return MultiprocessorCount();
+    } else {
+      cudaLaunchConfig_t query = config;
+      query.gridDim = dim3(static_cast<unsigned>(MultiprocessorCount() / kCluster * kCluster));
+      int clusters = 0;
+      FATHOM_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &query));
+      FATHOM_CHECK(clusters > 0, "[tiled_grouped_gemm] no cluster of ", kCluster, " CTAs with ", T::kSmemBytes,
+                   " bytes of shared memory each fits this GPU");
+      return clusters * kCluster;
+    }
+  }();
+  const int64_t jobs = outers * ColumnTiles(ColumnTiles(n, Product::kBN), kCluster);
+  if (jobs == 0) return;
+  const int64_t ctas = max_ctas > 0 ? std::min(max_ctas, resident) : resident;
+  const int64_t clusters = std::max<int64_t>(1, std::min<int64_t>(jobs, ctas / kCluster));
+  config.gridDim = dim3(static_cast<unsigned>(clusters * kCluster));
+  FATHOM_CHECK(jobs <= INT32_MAX, "[tiled_grouped_gemm] ", jobs, " output tiles: too many for 32-bit job indices");
+  FATHOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a_map, b_map, params, out, accumulate, schedule,
+                                       static_cast<int>(jobs), static_cast<int>(n)));
+}
+
+// One persistent launch of the schedule's output tiles: `outers` outer indices x out's column tiles, in
+// clusters of `cluster` CTAs (ClusterCtas; a K-major A's map must then have ABoxRows(cluster)-row boxes).
+template <class Product, class OutT, class Schedule>
+void LaunchTiled(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
+                 OutT* out, bool accumulate, const Schedule& schedule, int64_t outers, int64_t n, int cluster,
+                 int max_ctas, Stream stream) {
+  if (cluster == 1) {
+    LaunchTiledIn<Product, OutT, Schedule, 1>(a_map, b_map, params, out, accumulate, schedule, outers, n,
+                                              max_ctas, stream);
+  } else {
+    LaunchTiledIn<Product, OutT, Schedule, 2>(a_map, b_map, params, out, accumulate, schedule, outers, n,
+                                              max_ctas, stream);
+  }
+}
 
 inline void CheckTileMap(const char* op, const Tensor& tile_expert) {
   common::CheckCuda(op, tile_expert, "tile_expert");

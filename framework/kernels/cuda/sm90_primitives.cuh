@@ -1,7 +1,8 @@
-// Hopper (sm_90a) device primitives of fathom's own GEMM kernels (grouped_gemm_tiled.cuh):
-// mbarriers, 2-D TMA loads, the shared-memory descriptors of 128-byte-swizzled K-major and MN-major tiles,
-// and the wgmma instructions it uses (bf16 m64nNk16 for N = 128, 176, 256, either operand K- or MN-major;
-// e4m3 m64n128k32, K-major only), with the fences that keep the compiler off their accumulator registers.
+// Hopper (sm_90a) device primitives of fathom's own GEMM kernels (grouped_gemm_tiled.cuh): mbarriers (in a
+// CTA and across a thread block cluster), 2-D TMA loads (also multicast to a cluster), the shared-memory
+// descriptors of 128-byte-swizzled K-major and MN-major tiles, and the wgmma instructions it uses (bf16
+// m64nNk16 for N = 128, 176, 256, either operand K- or MN-major; e4m3 m64n128k32, K-major only), with the
+// fences that keep the compiler off their accumulator registers.
 // Defined only where the target is sm_90a (FATHOM_SM90A); include from .cu files only. The wgmma wrappers'
 // operand lists are written out in full, one per register, as the inline-PTX syntax requires.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_SM90_PRIMITIVES_CUH_
@@ -38,13 +39,24 @@ __device__ __forceinline__ void BarrierArrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddress(bar)) : "memory");
 }
 
+// kClusterScope: the wait acquires at cluster scope (a barrier other CTAs of the cluster arrive on).
+template <bool kClusterScope = false>
 __device__ __forceinline__ uint32_t BarrierTryWait(uint64_t* bar, uint32_t parity) {
   uint32_t done;
-  asm volatile(
-      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-      : "=r"(done)
-      : "r"(SmemAddress(bar)), "r"(parity)
-      : "memory");
+  if constexpr (kClusterScope) {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(SmemAddress(bar)), "r"(parity)
+        : "memory");
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(SmemAddress(bar)), "r"(parity)
+        : "memory");
+  }
   return done;
 }
 
@@ -53,10 +65,11 @@ __device__ __forceinline__ uint32_t BarrierTryWait(uint64_t* bar, uint32_t parit
 // hanging. Only debug builds (no NDEBUG) print which barrier first: printf is a function call, and a call
 // anywhere in a kernel with wgmma in flight makes ptxas serialize every wgmma of that kernel (warning C7510,
 // "wgmma pipeline crossing function boundary"), which release builds must not pay.
+template <bool kClusterScope = false>
 __device__ __forceinline__ void BarrierWait(uint64_t* bar, uint32_t parity) {
-  if (BarrierTryWait(bar, parity)) return;  // the common case reads no clock
+  if (BarrierTryWait<kClusterScope>(bar, parity)) return;  // the common case reads no clock
   const long long start = clock64();
-  while (!BarrierTryWait(bar, parity)) {
+  while (!BarrierTryWait<kClusterScope>(bar, parity)) {
     if (clock64() - start > (1ll << 33)) {
 #ifndef NDEBUG
       printf("tiled_grouped_gemm: block %d thread %d stuck on the barrier at shared 0x%x, parity %u\n",
@@ -73,6 +86,51 @@ __device__ __forceinline__ void TmaLoad(void* dst, const CUtensorMap* map, uint6
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], "
       "[%2];\n" ::"r"(SmemAddress(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(SmemAddress(bar)), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+// Thread block clusters (a launch with cudaLaunchAttributeClusterDimension): this CTA's rank in its
+// cluster, the cluster's index in the grid and the number of clusters (1-D grids).
+__device__ __forceinline__ uint32_t ClusterCtaRank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t ClusterIndex() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t ClusterCount() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
+  return r;
+}
+
+// Every thread of every CTA of the cluster: arrive (releasing this thread's writes), then wait for the rest
+// (acquiring theirs). Also a barrier for the threads of this CTA.
+__device__ __forceinline__ void ClusterSync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
+// One arrival, released at cluster scope, on the barrier at `bar`'s offset in the shared memory of the
+// cluster's CTA `rank` (this CTA's own included).
+__device__ __forceinline__ void BarrierArriveCluster(uint64_t* bar, uint32_t rank) {
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(SmemAddress(bar)),
+      "r"(rank)
+      : "memory");
+}
+
+// TmaLoad's box written to the same shared-memory offset `dst` in every CTA of the cluster named by `mask`
+// (bit r: rank r), each completing `bar`'s bytes at the same offset in its own shared memory.
+__device__ __forceinline__ void TmaLoadMulticast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
+                                                 uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster "
+      "[%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(SmemAddress(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(SmemAddress(bar)), "r"(c0), "r"(c1), "h"(mask)
       : "memory");
 }
 
