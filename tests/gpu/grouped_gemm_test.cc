@@ -97,7 +97,7 @@ TEST(GroupedGemmCuda, TileMapMatchesTheHost) {
 // A launch's options for SCOPED_TRACE.
 std::string LaunchName(const cuda::TiledLaunch& launch) {
   return " block_n " + std::to_string(launch.block_n) + " max_ctas " + std::to_string(launch.max_ctas) +
-         " cluster_n " + std::to_string(launch.cluster_n);
+         " cluster_n " + std::to_string(launch.cluster_n) + (launch.tma_store ? " tma_store" : "");
 }
 
 // out rows of each used tile = x tile . w[e]^T; rows of unused tiles keep their NaN fill.
@@ -158,15 +158,21 @@ TEST(GroupedGemmCuda, TiledNTMatchesF64) {
   // A starved expert, single rows, exact tiles, a busy expert over several tiles, an empty last expert.
   const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
   // Clusters of 2: odd column-tile counts (72 and 520 wide for BN 128 and 256: 1, 5 and 3 tiles) give the
-  // pair's second CTA a row's last pair without a tile of its own (it must store nothing).
+  // pair's second CTA a row's last pair without a tile of its own (it must store nothing). TMA stores: BN
+  // 128 and 256; partial column tiles (72, 520) and chunks wholly past N (72 in a 256-wide tile).
   for (int cluster : {1, 2}) {
-    for (int block_n : {128, 176, 256}) {
-      CheckTiledNT(192, 72, counts, {block_n, 0, cluster});    // N below one column tile: a partial tile only
-      CheckTiledNT(256, 520, counts, {block_n, 0, cluster});   // several column tiles, the last partial
-      CheckTiledNT(1024, 352, counts, {block_n, 0, cluster});  // a long reduction (16 k-blocks: the ring wraps)
-      CheckTiledNT(256, 520, counts, {block_n, 4, cluster});   // 4 CTAs: the ring runs on across many tiles
+    for (bool tma : {false, true}) {
+      for (int block_n : {128, 176, 256}) {
+        if (tma && block_n == 176) continue;
+        const cuda::TiledLaunch launch{block_n, 0, cluster, tma};
+        CheckTiledNT(192, 72, counts, launch);    // N below one column tile: a partial tile only
+        CheckTiledNT(256, 520, counts, launch);   // several column tiles, the last partial
+        CheckTiledNT(1024, 352, counts, launch);  // a long reduction (16 k-blocks: the ring wraps)
+        CheckTiledNT(256, 520, counts, {block_n, 4, cluster, tma});  // 4 CTAs: the ring runs on across tiles
+      }
+      // The recipe's widths: BN 176 by default, 256 where the TMA stores need it.
+      CheckTiledNT(2048, 1408, {100, 0, 300, 129}, {tma ? 256 : 0, 0, cluster, tma});
     }
-    CheckTiledNT(2048, 1408, {100, 0, 300, 129}, {0, 0, cluster});  // the recipe's widths, the default BN
   }
 }
 
@@ -239,15 +245,20 @@ void CheckTiledNN(int64_t k, int64_t n, const std::vector<int64_t>& counts, bool
 TEST(GroupedGemmCuda, TiledNNMatchesF64) {
   FATHOM_REQUIRE_GPU();
   const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
-  for (int cluster : {1, 2}) {  // 2: odd column-tile counts as in TiledNTMatchesF64 (+= catches a double store)
-    for (int block_n : {128, 256}) {
-      CheckTiledNN(192, 72, counts, false, {block_n, 0, cluster});    // N below one 64-column box: zero fill
-      CheckTiledNN(256, 520, counts, true, {block_n, 0, cluster});    // several column tiles, the last partial
-      CheckTiledNN(1024, 384, counts, false, {block_n, 0, cluster});  // a long reduction (the ring wraps)
-      CheckTiledNN(256, 520, counts, false, {block_n, 4, cluster});   // 4 CTAs: the ring runs on across tiles
+  // 2 CTAs per cluster: odd column-tile counts as in TiledNTMatchesF64 (+= catches a double store). TMA stores
+  // serve the overwriting calls (a bf16 += keeps the register stores).
+  for (int cluster : {1, 2}) {
+    for (bool tma : {false, true}) {
+      for (int block_n : {128, 256}) {
+        const cuda::TiledLaunch launch{block_n, 0, cluster, tma};
+        CheckTiledNN(192, 72, counts, false, launch);    // N below one 64-column box: zero fill
+        CheckTiledNN(256, 520, counts, true, launch);    // several column tiles, the last partial; +=
+        CheckTiledNN(1024, 384, counts, false, launch);  // a long reduction (the ring wraps)
+        CheckTiledNN(256, 520, counts, false, {block_n, 4, cluster, tma});  // 4 CTAs: the ring runs on
+      }
+      CheckTiledNN(1408, 2048, {100, 0, 300, 129}, true, {0, 0, cluster, tma});   // the recipe's widths (+=)
+      CheckTiledNN(2048, 1408, {100, 0, 300, 129}, false, {0, 0, cluster, tma});  // down's dgrad
     }
-    CheckTiledNN(1408, 2048, {100, 0, 300, 129}, true, {0, 0, cluster});   // the recipe's widths (gate/up, +=)
-    CheckTiledNN(2048, 1408, {100, 0, 300, 129}, false, {0, 0, cluster});  // down's dgrad, the default BN
   }
 }
 
@@ -297,15 +308,20 @@ TEST(GroupedGemmCuda, TiledTNMatchesF64) {
   FATHOM_REQUIRE_GPU();
   // Empty groups (zeroed when overwriting, kept when accumulating), ragged counts, M not a multiple of 128
   // (a partial row tile and a zero-filled 64-wide box), N partial in its column tile.
-  // Clusters of 2: N 144 and 320 are 1 and 3 column tiles of 128 (a pair's second CTA without a tile).
+  // Clusters of 2: N 144 and 320 are 2 and 3 column tiles of 128 (3: a pair's second CTA without a tile).
+  // TMA stores (f32: overwrite, or reduce-add when accumulating): M 200 ends each group's matrix in a partial
+  // row tile, which the store map must clip at M rather than write into the next group's rows.
   for (int cluster : {1, 2}) {
-    for (int block_n : {128, 256}) {
-      CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, false, {block_n, 0, cluster});
-      CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, true, {block_n, 0, cluster});
-      CheckTiledTN(256, 320, {500, 0, 260}, false, {block_n, 4, cluster});  // 4 CTAs: the ring runs on
+    for (bool tma : {false, true}) {
+      for (int block_n : {128, 256}) {
+        const cuda::TiledLaunch launch{block_n, 0, cluster, tma};
+        CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, false, launch);
+        CheckTiledTN(200, 144, {0, 1, 128, 300, 77, 129, 0}, true, launch);
+        CheckTiledTN(256, 320, {500, 0, 260}, false, {block_n, 4, cluster, tma});  // 4 CTAs: the ring runs on
+      }
+      CheckTiledTN(1408, 2048, {100, 0, 300, 129}, false, {0, 0, cluster, tma});  // the recipe's widths
+      CheckTiledTN(2048, 1408, {100, 0, 300, 129}, true, {0, 0, cluster, tma});   // gate/up's
     }
-    CheckTiledTN(1408, 2048, {100, 0, 300, 129}, false, {0, 0, cluster});  // the recipe's widths: down_proj's
-    CheckTiledTN(2048, 1408, {100, 0, 300, 129}, true, {0, 0, cluster});   // gate/up's
   }
 }
 
@@ -315,6 +331,19 @@ TEST(GroupedGemmCuda, RefusesWhatItCannotRun) {
   EXPECT_FALSE(cuda::TiledGroupedSupported(60, 128));  // N not a multiple of 8
   EXPECT_FALSE(cuda::TiledGroupedMnSupported(64, 100));  // a reduction not a multiple of 64
   EXPECT_FALSE(cuda::TiledGroupedMnSupported(60, 128));  // N not a multiple of 8
+}
+
+// Launch options a form cannot run fail loudly, naming the option (never a silent other path).
+TEST(GroupedGemmCudaDeathTest, RefusesLaunchOptionsItCannotRun) {
+  FATHOM_REQUIRE_GPU();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  cuda::DeviceArena arena("grouped_gemm_test", size_t{16} << 20);
+  Tensor x = arena.Alloc({kTile, 64}, DType::kBF16), w = arena.Alloc({1, 352, 64}, DType::kBF16);
+  Tensor out = arena.Alloc({kTile, 352}, DType::kBF16), map = arena.Alloc({1}, DType::kI32);
+  EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {0, 0, 3}),
+               "cluster_n 3: expected 0 \\(the default\\), 1 or 2");
+  EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {176, 0, 1, true}),
+               "tma_store needs a column tile of 128 or 256; got 176");
 }
 
 // The FP8 form against the CPU emulation (cpu::Fp8GroupedMatmulNT) on the same codes and scales: both sum
@@ -383,12 +412,14 @@ TEST(GroupedGemmCuda, TiledFp8NTMatchesTheCpuEmulation) {
   FATHOM_REQUIRE_GPU();
   const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
   for (int cluster : {1, 2}) {  // 2: N 144, 384, 272 are 2, 3 and 3 column tiles (odd: a tile-less CTA)
-    const cuda::TiledLaunch launch{0, 0, cluster};
-    CheckTiledFp8(200, 144, counts, false, DType::kBF16, false, launch);  // partial k-block and column tile
-    CheckTiledFp8(512, 384, counts, false, DType::kF32, true, launch);    // f32 accumulation into the output
-    CheckTiledFp8(200, 144, counts, true, DType::kBF16, true, launch);    // the dgrad copy, bf16 +=
-    CheckTiledFp8(1024, 272, counts, false, DType::kBF16, false, {0, 4, cluster});  // 4 CTAs: the ring wraps
-    CheckTiledFp8(2048, 1408, {100, 0, 300, 129}, false, DType::kBF16, false, launch);  // the recipe's widths
+    for (bool tma : {false, true}) {  // TMA stores: bf16 =, f32 = and += (a bf16 += keeps register stores)
+      const cuda::TiledLaunch launch{0, 0, cluster, tma};
+      CheckTiledFp8(200, 144, counts, false, DType::kBF16, false, launch);  // partial k-block and column tile
+      CheckTiledFp8(512, 384, counts, false, DType::kF32, true, launch);    // f32 accumulation into the output
+      CheckTiledFp8(200, 144, counts, true, DType::kBF16, true, launch);    // the dgrad copy, bf16 +=
+      CheckTiledFp8(1024, 272, counts, false, DType::kBF16, false, {0, 4, cluster, tma});  // 4 CTAs
+      CheckTiledFp8(2048, 1408, {100, 0, 300, 129}, false, DType::kBF16, false, launch);  // recipe's widths
+    }
   }
 }
 

@@ -54,11 +54,12 @@ if [[ -f "$KS" ]]; then
     timeout 150 "$F" bench $SMALL --set train.precision=fp8 --warmup 1 --steps 4 > "$OUT_DIR/bench_fp8_kernels.log" 2>&1
   step "fp8 kernel summary rc $?"; head -2 "$OUT_DIR/kernels_fp8.txt"
 fi
-# The own tiled grouped GEMM (bf16 NT / NN / TN and FP8 forms) beside cuBLASLt at the bench's expert shapes:
-# whether it can take over the expert GEMMs (and with them the MoE's device-side counts). The FP8 setup
+# The own tiled grouped GEMM (bf16 NT / NN / TN and FP8 forms; clusters of 1 and 2, register or TMA stores)
+# beside cuBLASLt at the bench's expert shapes: whether it can take over the expert GEMMs (and with them the
+# MoE's device-side counts). The FP8 setup
 # quantises on the CPU. (fp8_gemm_bench's BM_Gemm/fwd/7/3 ran past 100 s once on 2026-12-04: it runs alone,
 # after the rest, so a stall there costs only itself.)
-timeout 120 "$BUILD/tests/gpu_bench/gpu_bench" \
+timeout 240 "$BUILD/tests/gpu_bench/gpu_bench" \
   --benchmark_filter='BM_OwnTiled|BM_Batched<Form::k(NT|NN|TNOverwrite), Layout::kTiled>/batched:1/' \
   > "$OUT_DIR/own_kernels.log" 2>&1; step "own kernel benchmarks rc $?"
 grep -E '^BM_' "$OUT_DIR/own_kernels.log"

@@ -292,20 +292,20 @@ Tensor CountSet(const Tensor& all, int i) {
 // fathom's own tile-grouped NT kernel (grouped_gemm.h) on the same skewed count sets: each call builds the
 // tile map on the device from that set's device counts (MoeTileExperts) and runs over the worst-case tile
 // budget (MaxExpertTiles: 287 tiles here; the unused ones exit at once), so nothing reaches the host.
-// Arguments: block_n (0 = the default for N), K, N, cluster (CTAs per cluster sharing A by multicast). TFLOP/s
-// count the R routed rows, as BM_Batched's tiles.
+// Arguments: block_n (0 = the default for N), K, N, cluster (CTAs per cluster sharing A by multicast), tma
+// (1: the TMA-store epilogue; see cuda::TiledLaunch). TFLOP/s count the R routed rows, as BM_Batched's tiles.
 void BM_OwnTiledNT(benchmark::State& state) {
   const GemmData& d = Data();
   const int block_n = static_cast<int>(state.range(0));
   const int64_t k = state.range(1), n = state.range(2);
-  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3))};
+  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3)), state.range(4) != 0};
   if (!cuda::TiledGroupedSupported(n, k)) {
     state.SkipWithError("TiledGroupedMatmulNT needs an sm_90 GPU");
     return;
   }
   state.SetLabel("NT bf16->bf16, own tiled kernel, device tile map, BN " +
                  std::to_string(block_n ? block_n : cuda::TiledGroupedDefaultBlockN(n)) + ", cluster " +
-                 std::to_string(launch.cluster_n));
+                 std::to_string(launch.cluster_n) + (launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
   const Tensor counts = DeviceCountSets(arena);
@@ -321,18 +321,18 @@ void BM_OwnTiledNT(benchmark::State& state) {
 
 // The own kernel's dgrad form (TiledGroupedMatmulNN: w (E, K, N) read MN-major, no transposed copy) on the
 // same count sets; compare with BM_Batched<kNN, kTiled>/1 (cuBLASLt's pointer-array batch of tiles, host
-// counts). Arguments: block_n (0 = the default for N), K, N, cluster.
+// counts). Arguments: block_n (0 = the default for N), K, N, cluster, tma.
 void BM_OwnTiledNN(benchmark::State& state) {
   const GemmData& d = Data();
   const int block_n = static_cast<int>(state.range(0));
   const int64_t k = state.range(1), n = state.range(2);
-  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3))};
+  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3)), state.range(4) != 0};
   if (!cuda::TiledGroupedMnSupported(n, k)) {
     state.SkipWithError("TiledGroupedMatmulNN needs an sm_90 GPU");
     return;
   }
   state.SetLabel("NN bf16->bf16, own tiled kernel, device tile map, BN " + std::to_string(block_n) + ", cluster " +
-                 std::to_string(launch.cluster_n));
+                 std::to_string(launch.cluster_n) + (launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own_nn", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
   const Tensor counts = DeviceCountSets(arena);
@@ -348,18 +348,18 @@ void BM_OwnTiledNN(benchmark::State& state) {
 
 // The own kernel's weight-gradient form (TiledGroupedMatmulTN: both operands MN-major, the experts' tile
 // ranges from the device) overwriting f32 gradients, as the first micro-batch of a step does; compare with
-// BM_Batched<kTNOverwrite, kTiled>/1. Arguments: block_n, M, N (out (E, M, N)), cluster.
+// BM_Batched<kTNOverwrite, kTiled>/1. Arguments: block_n, M, N (out (E, M, N)), cluster, tma.
 void BM_OwnTiledTN(benchmark::State& state) {
   const GemmData& d = Data();
   const int block_n = static_cast<int>(state.range(0));
   const int64_t m = state.range(1), n = state.range(2);
-  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3))};
+  const cuda::TiledLaunch launch{block_n, 0, static_cast<int>(state.range(3)), state.range(4) != 0};
   if (!cuda::TiledGroupedMnSupported(n, 64)) {
     state.SkipWithError("TiledGroupedMatmulTN needs an sm_90 GPU");
     return;
   }
   state.SetLabel("TN bf16->f32=, own tiled kernel, device tile ranges, BN " + std::to_string(block_n) +
-                 ", cluster " + std::to_string(launch.cluster_n));
+                 ", cluster " + std::to_string(launch.cluster_n) + (launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own_tn",
                           size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + size_t(kExperts + 1) * 4 + 8192);
@@ -377,23 +377,25 @@ void BM_OwnTiledTN(benchmark::State& state) {
 void OwnMnArgs(benchmark::internal::Benchmark* b) {
   for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
     for (int64_t bn : {128, 256})
-      for (int64_t cluster : {1, 2}) b->Args({bn, k, n, cluster});
-  b->ArgNames({"BN", "K", "N", "cluster"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+      for (int64_t cluster : {1, 2})
+        for (int64_t tma : {0, 1}) b->Args({bn, k, n, cluster, tma});
+  b->ArgNames({"BN", "K", "N", "cluster", "tma"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
 }
 
 // The FP8 form of the own tiled kernel (TiledFp8GroupedMatmulNT) on the same count sets and widths: x
 // (287 tiles x 128 rows, K) as packed 1x128 rows and w (E, N, K) in 128x128 blocks, quantised once on the
 // CPU from uniform values (the codes' spread, not their values, sets the speed). Compare with
-// fp8_gemm_bench's BM_Gemm/fwd/7/1 (cuBLASLt, one block-scaled matmul per expert). Arguments: K, N, cluster.
+// fp8_gemm_bench's BM_Gemm/fwd/7/1 (cuBLASLt, one block-scaled matmul per expert). Arguments: K, N, cluster,
+// tma.
 void BM_OwnTiledFp8NT(benchmark::State& state) {
   const int64_t k = state.range(0), n = state.range(1);
-  const cuda::TiledLaunch launch{0, 0, static_cast<int>(state.range(2))};
+  const cuda::TiledLaunch launch{0, 0, static_cast<int>(state.range(2)), state.range(3) != 0};
   if (!cuda::TiledFp8Supported(n)) {
     state.SkipWithError("TiledFp8GroupedMatmulNT needs an sm_90 GPU");
     return;
   }
   state.SetLabel("NT e4m3 block-scaled -> bf16, own tiled kernel, device tile map, cluster " +
-                 std::to_string(launch.cluster_n));
+                 std::to_string(launch.cluster_n) + (launch.tma_store ? ", TMA stores" : ""));
   const GemmData& d = Data();
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts), rows = tiles * cuda::kGroupedTileRows;
   std::mt19937_64 rng(7);
@@ -419,10 +421,10 @@ void BM_OwnTiledFp8NT(benchmark::State& state) {
 // The FP8 weight-gradient form (TiledFp8GroupedMatmulTN): dW_e (M, N) += a_e . b_e^T over the tokens of
 // count set 0 (each expert's tokens padded to 128), a and b Fp8Cols quantised once on the CPU. Compare with
 // fp8_gemm_bench's BM_Gemm/wgrad/7/1 (cuBLASLt, one matmul per expert). Arguments: M, N; TFLOP/s count the
-// R routed rows. Arguments: M, N, cluster.
+// R routed rows. Arguments: M, N, cluster, tma (always 0: this form has no TMA-store epilogue).
 void BM_OwnTiledFp8TN(benchmark::State& state) {
   const int64_t m = state.range(0), n = state.range(1);
-  const cuda::TiledLaunch launch{0, 0, static_cast<int>(state.range(2))};
+  const cuda::TiledLaunch launch{0, 0, static_cast<int>(state.range(2)), state.range(3) != 0};
   if (!cuda::TiledFp8TNSupported(n, kExperts)) {
     state.SkipWithError("TiledFp8GroupedMatmulTN needs an sm_90 GPU");
     return;
@@ -451,13 +453,19 @@ void BM_OwnTiledFp8TN(benchmark::State& state) {
 void OwnTiledArgs(benchmark::internal::Benchmark* b) {
   for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
     for (int64_t bn : {128, 176, 256})
-      for (int64_t cluster : {1, 2}) b->Args({bn, k, n, cluster});
-  b->ArgNames({"BN", "K", "N", "cluster"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+      for (int64_t cluster : {1, 2})
+        for (int64_t tma : {0, 1})
+          if (!(tma && bn == 176)) b->Args({bn, k, n, cluster, tma});  // TMA stores take BN 128 or 256
+  b->ArgNames({"BN", "K", "N", "cluster", "tma"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
 }
 
+// The FP8 forms: K (or M), N, cluster, and (NT only: `tma` true) 0/1 for the TMA-store epilogue.
+template <bool tma>
 void OwnFp8Args(benchmark::internal::Benchmark* b) {
   for (auto [k, n] : {std::pair<int64_t, int64_t>{kHidden, kInter}, {kInter, kHidden}})
-    for (int64_t cluster : {1, 2}) b->Args({k, n, cluster});
+    for (int64_t cluster : {1, 2})
+      for (int64_t store : {0, 1})
+        if (tma || store == 0) b->Args({k, n, cluster, store});
   b->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
 }
 
@@ -495,8 +503,8 @@ BENCHMARK_TEMPLATE(BM_Batched, Form::kTNOverwrite, Layout::kTiled)->Apply(TiledA
 BENCHMARK(BM_OwnTiledNT)->Apply(OwnTiledArgs);
 BENCHMARK(BM_OwnTiledNN)->Apply(OwnMnArgs);
 BENCHMARK(BM_OwnTiledTN)->Apply(OwnMnArgs);
-BENCHMARK(BM_OwnTiledFp8TN)->Apply(OwnFp8Args)->ArgNames({"M", "N", "cluster"});
-BENCHMARK(BM_OwnTiledFp8NT)->Apply(OwnFp8Args)->ArgNames({"K", "N", "cluster"});
+BENCHMARK(BM_OwnTiledFp8TN)->Apply(OwnFp8Args<false>)->ArgNames({"M", "N", "cluster", "tma"});
+BENCHMARK(BM_OwnTiledFp8NT)->Apply(OwnFp8Args<true>)->ArgNames({"K", "N", "cluster", "tma"});
 
 }  // namespace
 }  // namespace fathom

@@ -2,7 +2,8 @@
 # The own tiled GEMM kernels (framework/kernels/cuda/grouped_gemm{,_fp8}.cu) compiled as a release build compiles
 # them (-O3 -DNDEBUG, sm_90a) must not draw ptxas's C7510, "wgmma.mma_async instructions are serialized":
 # any function call inside a wgmma kernel (a printf was one) makes ptxas wait after every wgmma, silently
-# costing the kernels much of their throughput. Fails on that message or on a failed compile.
+# costing the kernels much of their throughput. Nor may they spill registers (a 128 x 256 f32 accumulator
+# tile leaves little room). Fails on either, or on a failed compile.
 # Usage: wgmma_not_serialised.sh NVCC SOURCE_DIR
 set -uo pipefail
 NVCC=${1:?usage: wgmma_not_serialised.sh NVCC SOURCE_DIR}
@@ -30,6 +31,15 @@ for name in grouped_gemm grouped_gemm_fp8; do  # the bf16 and the FP8 forms of g
          "TiledKernel instantiations of $name.cu (a function call inside the kernel?)" >&2
     exit 1
   fi
+  # ptxas reports each entry's spills on the lines after its "Compiling entry function" line.
+  spilled=$(awk '/Compiling entry function/ { tiled = /TiledKernel/ }
+                 tiled && /bytes spill stores/ && !/ 0 bytes spill stores, 0 bytes spill loads/ { n++ }
+                 END { print n + 0 }' "$OUT/$name.log")
+  if [[ "$spilled" -ne 0 ]]; then
+    grep -B2 "bytes spill stores" "$OUT/$name.log" | grep -v " 0 bytes spill stores, 0 bytes spill loads" | head -6
+    echo "wgmma_not_serialised.sh: $spilled TiledKernel instantiations of $name.cu spill registers" >&2
+    exit 1
+  fi
   kernels=$((kernels + found))
 done
-echo "grouped_gemm.cu, grouped_gemm_fp8.cu: $kernels TiledKernel instantiations, none with serialised wgmma"
+echo "grouped_gemm.cu, grouped_gemm_fp8.cu: $kernels TiledKernel instantiations, none with serialised wgmma or spills"

@@ -30,7 +30,7 @@ namespace {
 template <int BN, bool kAMnMajor = false, bool kBMnMajor = false>
 struct Bf16Product {
   static constexpr int kBN = BN, kBlockElems = kBK;
-  static constexpr bool kAMn = kAMnMajor, kBMn = kBMnMajor;
+  static constexpr bool kAMn = kAMnMajor, kBMn = kBMnMajor, kTmaStore = true;
   static_assert(!kBMn || BN % 64 == 0, "an MN-major B is loaded in 64-column boxes");
   struct Params {};
 #ifdef FATHOM_SM90A
@@ -89,16 +89,16 @@ __global__ void TileExpertsKernel(int32_t* tile_expert, int64_t tiles, const int
 }
 
 template <int BN>
-void LaunchBf16(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, int cluster,
-                int max_ctas, Stream stream) {
+void LaunchBf16(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                const LaunchShape& shape, int max_ctas, Stream stream) {
   const int64_t tiles = tile_expert.numel(), k = x.dim(1), n = out.dim(1), experts = w.dim(0);
   const CUtensorMap x_map =
-      RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, k, 2 * k, ABoxRows(cluster));
+      RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, k, 2 * k, ABoxRows(shape.cluster));
   const CUtensorMap w_map = RowMajorMap(w.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, experts * n, k, 2 * k, BN);
   const RowTiles<DeviceTileMap, BN> schedule{{static_cast<const int32_t*>(tile_expert.raw())}, static_cast<int>(n),
                                              static_cast<int>(k / kBK)};
-  LaunchTiled<Bf16Product<BN>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()), false,
-                                              schedule, tiles, n, cluster, max_ctas, stream);
+  LaunchTiled<Bf16Product<BN>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()),
+                                              {1, tiles * kBM}, false, schedule, tiles, n, shape, max_ctas, stream);
 }
 
 // What the bf16 row-tile forms (NT, NN) check: bf16 CUDA tensors x (T*128, K) and out (T*128, N) over the T
@@ -171,18 +171,18 @@ void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, c
   const int64_t tiles = tile_expert.numel(), n = out.dim(1), k = x.dim(1);
   FATHOM_CHECK(TiledGroupedSupported(n, k), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ", kBK,
                " and N of 8; got K ", k, ", N ", n);
-  const int cluster = ClusterCtas(op, launch);
-  if (tiles == 0) return;
   const int block_n = launch.block_n == 0 ? TiledGroupedDefaultBlockN(n) : launch.block_n;
+  const LaunchShape shape = CheckedShape(op, launch, block_n);
+  if (tiles == 0) return;
   switch (block_n) {
     case 128:
-      LaunchBf16<128>(out, x, w, tile_expert, cluster, launch.max_ctas, stream);
+      LaunchBf16<128>(out, x, w, tile_expert, shape, launch.max_ctas, stream);
       break;
     case 176:
-      LaunchBf16<176>(out, x, w, tile_expert, cluster, launch.max_ctas, stream);
+      LaunchBf16<176>(out, x, w, tile_expert, shape, launch.max_ctas, stream);
       break;
     case 256:
-      LaunchBf16<256>(out, x, w, tile_expert, cluster, launch.max_ctas, stream);
+      LaunchBf16<256>(out, x, w, tile_expert, shape, launch.max_ctas, stream);
       break;
     default:
       FATHOM_CHECK(false, "[", op, "] block_n ", block_n, ": expected 0, 128, 176 or 256");
@@ -203,29 +203,29 @@ int MnBlockN(const char* op, int block_n) {
 
 template <int BN>
 void LaunchBf16NN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, bool accumulate,
-                  int cluster, int max_ctas, Stream stream) {
+                  const LaunchShape& shape, int max_ctas, Stream stream) {
   const int64_t tiles = tile_expert.numel(), red = x.dim(1), n = out.dim(1), experts = w.dim(0);
   const CUtensorMap x_map =
-      RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, red, 2 * red, ABoxRows(cluster));
+      RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, red, 2 * red, ABoxRows(shape.cluster));
   const CUtensorMap w_map = RowMajorMap(w.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, experts * red, n, 2 * n, 64);
   const RowTiles<DeviceTileMap, BN, true> schedule{{static_cast<const int32_t*>(tile_expert.raw())},
                                                    static_cast<int>(n), static_cast<int>(red / kBK)};
   LaunchTiled<Bf16Product<BN, false, true>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()),
-                                                           accumulate, schedule, tiles, n, cluster, max_ctas,
-                                                           stream);
+                                                           {1, tiles * kBM}, accumulate, schedule, tiles, n, shape,
+                                                           max_ctas, stream);
 }
 
 template <int BN>
 void LaunchBf16TN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin, bool accumulate,
-                  int cluster, int max_ctas, Stream stream) {
+                  const LaunchShape& shape, int max_ctas, Stream stream) {
   const int64_t rows = a.dim(0), m = a.dim(1), n = b.dim(1), groups = tile_begin.dim(0) - 1;
   const CUtensorMap a_map = RowMajorMap(a.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rows, m, 2 * m, 64);
   const CUtensorMap b_map = RowMajorMap(b.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rows, n, 2 * n, 64);
   // A is MN-major: its stage is two 64-column boxes already, one per CTA of a pair.
   const DeviceKGroups<BN> schedule{static_cast<const int32_t*>(tile_begin.raw()), static_cast<int>(m), !accumulate};
-  LaunchTiled<Bf16Product<BN, true, true>, float>(a_map, b_map, {}, static_cast<float*>(out.raw()), accumulate,
-                                                  schedule, groups * ColumnTiles(m, kBM), n, cluster, max_ctas,
-                                                  stream);
+  LaunchTiled<Bf16Product<BN, true, true>, float>(a_map, b_map, {}, static_cast<float*>(out.raw()), {groups, m},
+                                                  accumulate, schedule, groups * ColumnTiles(m, kBM), n, shape,
+                                                  max_ctas, stream);
 }
 
 }  // namespace
@@ -242,12 +242,13 @@ void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, c
   const int64_t tiles = tile_expert.numel(), n = out.dim(1), red = x.dim(1);
   FATHOM_CHECK(TiledGroupedMnSupported(n, red), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ",
                kBK, " and N of 8; got K ", red, ", N ", n);
-  const int cluster = ClusterCtas(op, launch);
+  const int block_n = MnBlockN(op, launch.block_n);
+  const LaunchShape shape = CheckedShape(op, launch, block_n);
   if (tiles == 0) return;
-  if (MnBlockN(op, launch.block_n) == 128) {
-    LaunchBf16NN<128>(out, x, w, tile_expert, accumulate, cluster, launch.max_ctas, stream);
+  if (block_n == 128) {
+    LaunchBf16NN<128>(out, x, w, tile_expert, accumulate, shape, launch.max_ctas, stream);
   } else {
-    LaunchBf16NN<256>(out, x, w, tile_expert, accumulate, cluster, launch.max_ctas, stream);
+    LaunchBf16NN<256>(out, x, w, tile_expert, accumulate, shape, launch.max_ctas, stream);
   }
 }
 
@@ -273,15 +274,16 @@ void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, c
   FATHOM_CHECK(TiledGroupedMnSupported(n, kBK) && m > 0 && m % 8 == 0, "[", op,
                "] needs an sm_90 GPU (H100/H200) and M, N multiples of 8; got M ", m, ", N ", n);
   FATHOM_CHECK(a.dim(0) <= INT32_MAX && groups * m * n <= INT32_MAX, "[", op, "] too large for 32-bit indices");
-  const int cluster = ClusterCtas(op, launch);
+  const int block_n = MnBlockN(op, launch.block_n);
+  const LaunchShape shape = CheckedShape(op, launch, block_n);
   if (a.dim(0) == 0) {  // no tokens at all: every group is empty
     if (!accumulate) FATHOM_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, out.nbytes(), stream));
     return;
   }
-  if (MnBlockN(op, launch.block_n) == 128) {
-    LaunchBf16TN<128>(out, a, b, tile_begin, accumulate, cluster, launch.max_ctas, stream);
+  if (block_n == 128) {
+    LaunchBf16TN<128>(out, a, b, tile_begin, accumulate, shape, launch.max_ctas, stream);
   } else {
-    LaunchBf16TN<256>(out, a, b, tile_begin, accumulate, cluster, launch.max_ctas, stream);
+    LaunchBf16TN<256>(out, a, b, tile_begin, accumulate, shape, launch.max_ctas, stream);
   }
 }
 

@@ -24,8 +24,9 @@
 // (128, 176 or 256; 0 = TiledGroupedDefaultBlockN), the FP8 forms use 128; partial last row and column tiles
 // compute into registers and store only their valid part. In clusters of two CTAs (TiledLaunch::cluster_n
 // 2), the pair takes one row tile's two adjacent column tiles and loads the row tile's A operand once,
-// multicast to both (half of A's traffic from L2). A barrier wait that lasts seconds reports itself and
-// traps, so a bug fails the job instead of hanging it.
+// multicast to both (half of A's traffic from L2); with TiledLaunch::tma_store the consumers stage their
+// results in shared memory and TMA stores them while the next tile's products run. A barrier wait that
+// lasts seconds reports itself and traps, so a bug fails the job instead of hanging it.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 
@@ -46,8 +47,11 @@ struct TiledLaunch {
   int block_n = 0;    // the column tile BN (which widths a form takes: see each form)
   int max_ctas = 0;   // > 0: caps the persistent grid (tests: several output tiles per CTA on small problems)
   int cluster_n = 0;  // CTAs per cluster sharing the row tile's A by TMA multicast: 1 or 2
+  // The epilogue stores through shared memory with TMA, overlapping the next tile's k-blocks (column tiles
+  // of 128 or 256 only; a bf16 output accumulated into keeps the register stores); false: from registers.
+  bool tma_store = false;
 };
-// The default cluster_n: 1 until a step measures 2 faster (NOT yet run on a GPU, 2026-12-04).
+// The default cluster_n: 1 until a step measures 2 faster. Neither option has run on a GPU yet (2026-12-04).
 inline constexpr int kTiledDefaultClusterN = 1;
 
 // The most 128-row tiles R rows over E experts can need when each expert's block is rounded up to whole

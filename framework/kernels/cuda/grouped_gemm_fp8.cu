@@ -42,7 +42,7 @@ __device__ __forceinline__ void Fp8BlockPartial(float* partial, const Ring<128>&
 // an output tile is one 128-wide block of w's rows and takes one weight scale per k-block.
 struct Fp8Product {
   static constexpr int kBN = 128, kBlockElems = kRowBytes;
-  static constexpr bool kAMn = false, kBMn = false;
+  static constexpr bool kAMn = false, kBMn = false, kTmaStore = true;
   struct Params {
     const uint8_t* x;        // Fp8Rows data: codes, then f32 scales, per row
     int64_t x_row_bytes;     // Fp8RowBytes(K)
@@ -82,7 +82,9 @@ struct Fp8Product {
 // read scale 0 (their codes are TMA's zero fill).
 struct Fp8ColsProduct {
   static constexpr int kBN = 128, kBlockElems = kRowBytes;
-  static constexpr bool kAMn = false, kBMn = false;
+  // No TMA-store epilogue: with it, ptxas spills 108-156 bytes of this product's registers (acc, partial and
+  // the column scales are 160 of them).
+  static constexpr bool kAMn = false, kBMn = false, kTmaStore = false;
   struct Params {
     const float* a_scales;  // (Tp / 128, m)
     const float* b_scales;  // (Tp / 128, n)
@@ -125,11 +127,11 @@ struct Fp8ColsProduct {
 
 namespace {
 
-// The FP8 forms' cluster size (ClusterCtas); their column tile is always 128.
-int Fp8Cluster(const char* op, const TiledLaunch& launch) {
+// The FP8 forms' launch (CheckedShape); their column tile is always 128.
+LaunchShape Fp8Shape(const char* op, const TiledLaunch& launch) {
   FATHOM_CHECK(launch.block_n == 0 || launch.block_n == 128, "[", op, "] block_n ", launch.block_n,
                ": the FP8 forms take 0 or 128");
-  return ClusterCtas(op, launch);
+  return CheckedShape(op, launch, 128);
 }
 
 }  // namespace
@@ -159,10 +161,10 @@ void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8Blo
                n);
   FATHOM_CHECK(experts * n <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * n <= INT32_MAX, "[", op,
                "] too large for 32-bit TMA rows");
-  const int cluster = Fp8Cluster(op, launch);
+  const LaunchShape shape = Fp8Shape(op, launch);
   if (tiles == 0) return;
   const CUtensorMap x_map = RowMajorMap(x.data.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, tiles * kBM,
-                                        x.padded_cols(), x.row_bytes(), ABoxRows(cluster));
+                                        x.padded_cols(), x.row_bytes(), ABoxRows(shape.cluster));
   const CUtensorMap w_map = RowMajorMap(w.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, experts * n, Fp8Padded(k),
                                         Fp8Padded(k), Fp8Product::kBN);
   const Fp8Product::Params params{static_cast<const uint8_t*>(x.data.raw()), x.row_bytes(), x.padded_cols(),
@@ -171,10 +173,11 @@ void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8Blo
   const RowTiles<Tiles, Fp8Product::kBN> schedule{source, static_cast<int>(n), static_cast<int>(Fp8Blocks(k))};
   if (out.dtype() == DType::kBF16) {
     LaunchTiled<Fp8Product, __nv_bfloat16>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),
-                                           accumulate, schedule, tiles, n, cluster, launch.max_ctas, stream);
+                                           {1, tiles * kBM}, accumulate, schedule, tiles, n, shape, launch.max_ctas,
+                                           stream);
   } else {
-    LaunchTiled<Fp8Product, float>(x_map, w_map, params, static_cast<float*>(out.raw()), accumulate, schedule,
-                                   tiles, n, cluster, launch.max_ctas, stream);
+    LaunchTiled<Fp8Product, float>(x_map, w_map, params, static_cast<float*>(out.raw()), {1, tiles * kBM},
+                                   accumulate, schedule, tiles, n, shape, launch.max_ctas, stream);
   }
 }
 
@@ -233,7 +236,7 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
                "and 1 to ", kMaxPrefixGroups, " groups; got N ", n, ", ", groups, " groups");
   FATHOM_CHECK(groups * m * n <= INT32_MAX && tp / kBM <= INT32_MAX && m <= INT32_MAX && n <= INT32_MAX, "[", op,
                "] too large for the kernel's 32-bit indices");
-  const int cluster = Fp8Cluster(op, launch);
+  const LaunchShape shape = Fp8Shape(op, launch);
   TilePrefix k{};
   k.groups = static_cast<int32_t>(groups);
   for (int64_t g = 0; g < groups; ++g) {
@@ -243,14 +246,15 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
                                         static_cast<size_t>(m * n) * sizeof(float), stream));
   }
   if (tp == 0 || m == 0) return;
-  const CUtensorMap a_map = RowMajorMap(a.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, m, tp, tp, ABoxRows(cluster));
+  const CUtensorMap a_map = RowMajorMap(a.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, m, tp, tp, ABoxRows(shape.cluster));
   const CUtensorMap b_map = RowMajorMap(b.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, n, tp, tp, Fp8ColsProduct::kBN);
   const Fp8ColsProduct::Params params{static_cast<const float*>(a.scales.raw()),
                                       static_cast<const float*>(b.scales.raw()), static_cast<int>(m),
                                       static_cast<int>(n)};
   const KGroups<Fp8ColsProduct::kBN> schedule{k, static_cast<int>(m)};
-  LaunchTiled<Fp8ColsProduct, float>(a_map, b_map, params, static_cast<float*>(out.raw()), accumulate, schedule,
-                                     groups * ColumnTiles(m, kBM), n, cluster, launch.max_ctas, stream);
+  LaunchTiled<Fp8ColsProduct, float>(a_map, b_map, params, static_cast<float*>(out.raw()), {groups, m},
+                                     accumulate, schedule, groups * ColumnTiles(m, kBM), n, shape, launch.max_ctas,
+                                     stream);
 }
 
 }  // namespace fathom::cuda

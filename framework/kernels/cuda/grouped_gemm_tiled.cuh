@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "framework/check.h"
 #include "framework/cuda/check.h"
@@ -40,6 +41,16 @@ struct Tiling {
   static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;
   static_assert(kStageBytes % 1024 == 0 && kStages >= 3, "stages must keep the 1024-byte alignment");
 };
+
+// The TMA-store epilogue's staging (TiledLaunch::tma_store): per consumer warp (8), two 2 KB buffers of 16 rows
+// x 128 bytes (64 bf16 or 32 f32 columns), 128-byte swizzled as the store's map reads them. It fits beside
+// every Tiling's stages (at most 192 KB) within the 227 KB a CTA may have.
+constexpr int kStoreBufferBytes = 16 * kRowBytes;
+constexpr int kEpilogueBytes = 8 * 2 * kStoreBufferBytes;
+template <int BN, bool kTmaStore>
+constexpr int SmemBytes() {
+  return Tiling<BN>::kSmemBytes + (kTmaStore ? kEpilogueBytes : 0);
+}
 
 using namespace ::fathom::cuda::sm90;  // the device primitives (sm90_primitives.cuh)
 
@@ -77,11 +88,14 @@ struct Ring {
 // `group` is the expert (or weight-gradient group) whose scales the FP8 products read.
 // An MN-major operand (the bf16 NN and TN forms) is loaded from its matrix's rows [k_base + 64 kb, +64)
 // (b_k0 for B; 0 for A) and columns [row, row + 128 or BN), where `row` (a_row, b_row) is then the MN offset.
+// The tile's place in out as the TMA store sees it, out viewed as (Z, Y, n): rows [out_y, out_y + rows) of
+// matrix out_z (the weight-gradient forms: out[g]'s rows; the row-tile forms: Z = 1, Y = all rows).
 struct Job {
   int a_row, b_row, k0, k_blocks;
   int64_t out_row;
   int rows, n0, group;
   int b_k0 = 0;
+  int out_y = 0, out_z = 0;
 };
 
 template <class OutT>
@@ -159,6 +173,7 @@ struct RowTiles {
     j.k_blocks = k_blocks;
     j.out_row = static_cast<int64_t>(tile) * kBM;
     j.rows = kBM;
+    j.out_y = tile * kBM;
     return true;
   }
 };
@@ -179,6 +194,8 @@ struct KGroups {
     j.out_row = static_cast<int64_t>(g) * m + j.a_row;
     j.rows = min(kBM, m - j.a_row);
     j.group = g;
+    j.out_y = j.a_row;
+    j.out_z = g;
     return true;
   }
 };
@@ -202,6 +219,8 @@ struct DeviceKGroups {
     j.out_row = static_cast<int64_t>(g) * m + j.a_row;
     j.rows = min(kBM, m - j.a_row);
     j.group = g;
+    j.out_y = j.a_row;
+    j.out_z = g;
     return true;
   }
 };
@@ -235,10 +254,70 @@ __device__ __forceinline__ void LoadHalfToCluster(uint8_t* stage, const CUtensor
 }
 #endif
 
+#ifdef FATHOM_SM90A
+// The TMA-store epilogue of one consumer warp (rows [16 w, 16 w + 16) of its consumer group's 64): for each
+// 128-byte wide chunk of the tile's columns (64 bf16 or 32 f32, while inside out), the warp writes its values
+// (rounded once, as OutPair does) to one of its two staging buffers in the 128-byte swizzle, fences them for
+// the async proxy, and lane 0 issues the chunk's store (a reduce-add when accumulating; only f32 outputs
+// accumulate here, so the sum is rounded once as OutPair's is) and moves on: the stores drain while the
+// consumers run the next tile's k-blocks. Before a buffer is refilled, lane 0 waits until the store issued
+// from it two chunks ago has read it. The map clips rows past Y and columns past n. `chunk` counts this
+// warp's chunks over the whole kernel (which buffer is next).
+template <class OutT, int BN>
+__device__ __forceinline__ void StoreTileTma(const CUtensorMap* map, uint8_t* buffers, const float* acc, int n0,
+                                             int y, int z, int n, bool accumulate, int lane, int& chunk) {
+  constexpr int kBytes = static_cast<int>(sizeof(OutT));
+  constexpr int kCols = kRowBytes / kBytes;  // columns per chunk
+  constexpr int kGroups = kCols / 8;         // 8-column accumulator groups per chunk
+  static_assert(BN % kCols == 0, "the TMA-store epilogue needs whole chunks per column tile");
+  // This thread's pairs sit in rows r and r + 8 (r = lane / 4), both with swizzle phase r; the pair of group g
+  // starts at byte (8 g + 2 q) * kBytes of its row, q = lane % 4: 16-byte unit u(g) = that / 16, XOR r.
+  const int r = lane / 4, q = lane % 4;
+  const int within = (2 * q * kBytes) % 16;  // the pair's byte in its 16-byte unit
+  const int unit0 = (2 * q * kBytes) / 16;   // its unit for g = 0 (bf16: 0; f32: q / 2)
+#pragma unroll
+  for (int h = 0; h < BN / kCols; ++h) {
+    if (n0 + h * kCols < n) {  // else the rest of the tile lies past out's columns (uniform across the warp)
+      uint8_t* buf = buffers + (chunk & 1) * kStoreBufferBytes + r * kRowBytes + within;
+      if (lane == 0) BulkWaitRead<1>();
+      __syncwarp();
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        const int c = h * kGroups + g;  // the accumulator group
+        uint8_t* at = buf + (((unit0 + g * 8 * kBytes / 16) ^ r) << 4);
+        if constexpr (kBytes == 2) {
+          *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(acc[4 * c], acc[4 * c + 1]);
+          *reinterpret_cast<__nv_bfloat162*>(at + 8 * kRowBytes) = __floats2bfloat162_rn(acc[4 * c + 2], acc[4 * c + 3]);
+        } else {
+          *reinterpret_cast<float2*>(at) = make_float2(acc[4 * c], acc[4 * c + 1]);
+          *reinterpret_cast<float2*>(at + 8 * kRowBytes) = make_float2(acc[4 * c + 2], acc[4 * c + 3]);
+        }
+      }
+      FenceProxyAsyncShared();
+      __syncwarp();
+      if (lane == 0) {
+        uint8_t* start = buffers + (chunk & 1) * kStoreBufferBytes;
+        if (accumulate) {
+          TmaStore3d<true>(map, start, n0 + h * kCols, y, z);
+        } else {
+          TmaStore3d<false>(map, start, n0 + h * kCols, y, z);
+        }
+        BulkCommit();
+      }
+      ++chunk;
+    }
+  }
+}
+#endif
+
 // A persistent kernel: CTA b (or, in clusters of kCluster CTAs, cluster c) takes jobs b, b + grid, ... (c,
 // c + clusters, ...) of the schedule, skipping those it declines. The stage ring runs on across jobs, so the
 // producer fetches the next job's first k-blocks while the consumers still store the last one's results. out
 // is row-major with n columns. See grouped_gemm.h.
+//
+// A Product (one per .cu file's forms) says what a stage holds and how the consumers multiply it: kBN (the
+// column tile), kBlockElems (reduction elements per k-block), kAMn / kBMn (the operand is MN-major), kTmaStore
+// (it leaves registers enough for StoreTileTma), Params, and Run (one job's k-blocks into acc).
 //
 // kCluster 2: the two CTAs of a cluster take the same row tile and adjacent column tiles (2 p, 2 p + 1) of
 // pair job p, so they need the same A (128 x 64 per k-block): each loads one 64-row half and multicasts it
@@ -250,18 +329,22 @@ __device__ __forceinline__ void LoadHalfToCluster(uint8_t* stage, const CUtensor
 // CTAs run the same jobs' k-blocks in the same order, so their rings stay in step; they meet in a cluster
 // barrier after initialising their barriers (before any multicast can reach them) and before exiting (no
 // CTA leaves while its peer may still arrive on its barriers).
-template <class Product, class OutT, class Schedule, int kCluster>
+//
+// kTmaStore: the consumers store through shared memory with TMA (StoreTileTma, out_map) instead of from
+// registers (never for a bf16 output accumulated into: TMA's bf16 add would round twice; see LaunchTiled).
+template <class Product, class OutT, class Schedule, int kCluster, bool kTmaStore>
 __global__ void __launch_bounds__(kThreads, 1)
     TiledKernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
-                const typename Product::Params params, OutT* out, bool accumulate,
-                const __grid_constant__ Schedule schedule, int jobs, int n) {
+                const __grid_constant__ CUtensorMap out_map, const typename Product::Params params, OutT* out,
+                bool accumulate, const __grid_constant__ Schedule schedule, int jobs, int n) {
 #ifdef FATHOM_SM90A
   static_assert(kCluster == 1 || kCluster == 2, "clusters of 1 or 2 CTAs");
   constexpr int BN = Product::kBN;
   using T = Tiling<BN>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kStages * T::kStageBytes);
+  uint8_t* store_buffers = smem + T::kStages * T::kStageBytes;  // kTmaStore only (1024-byte aligned)
+  uint64_t* full = reinterpret_cast<uint64_t*>(store_buffers + (kTmaStore ? kEpilogueBytes : 0));
   uint64_t* empty = full + T::kStages;
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; ++s) {
@@ -323,11 +406,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     // column 8 j + 2 (lane % 4) + (i & 1) of row + 8 (i >> 1).
     const int local = consumer * 64 + warp * 16 + lane / 4;
     float acc[BN / 2];
-    int it = 0;
+    int it = 0, chunk = 0;
     for (int job = first; job < jobs; job += stride) {
       Job j;
       if (!decode(job, j)) continue;
       Product::Run(params, acc, ring, it, j, consumer, lane, local);
+      if constexpr (kTmaStore) {
+        if (j.rows > 0)  // not the tile-less CTA of a pair
+          StoreTileTma<OutT, BN>(&out_map, store_buffers + (consumer * 4 + warp) * 2 * kStoreBufferBytes, acc, j.n0,
+                                 j.out_y + consumer * 64 + warp * 16, j.out_z, n, accumulate, lane, chunk);
+        continue;
+      }
       OutT* out0 = out + (j.out_row + local) * n;
       OutT* out8 = out0 + 8 * static_cast<int64_t>(n);
       const bool row0 = local < j.rows, row8 = local + 8 < j.rows;
@@ -339,6 +428,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (row8) OutPair<OutT>::Store(out8 + col, acc[4 * c + 2], acc[4 * c + 3], accumulate);
         }
       }
+    }
+    if constexpr (kTmaStore) {
+      if (lane == 0) BulkWait<0>();  // this warp's stores have written out
     }
   }
   if constexpr (kCluster > 1) ClusterSync();
@@ -380,6 +472,34 @@ inline CUtensorMap RowMajorMap(const void* base, CUtensorMapDataType type, int64
   return map;
 }
 
+// Where the TMA-store epilogue writes: out viewed as (groups, rows, cols) row-major, its 16-row x 128-byte
+// boxes 128-byte swizzled (StoreTileTma's staging layout). The row-tile forms have one group of all rows;
+// the weight-gradient forms one (M, N) matrix per group, so a partial last row tile of out[g] is clipped at
+// M instead of running into out[g + 1].
+struct OutGeometry {
+  int64_t groups, rows;
+};
+
+template <class OutT>
+CUtensorMap StoreMap(OutT* out, const OutGeometry& geometry, int64_t cols) {
+  constexpr int64_t kBytes = sizeof(OutT);
+  const CUtensorMapDataType type = kBytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+  CUtensorMap map;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(geometry.rows),
+                              static_cast<cuuint64_t>(geometry.groups)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(cols * kBytes),
+                                 static_cast<cuuint64_t>(geometry.rows * cols * kBytes)};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(kRowBytes / kBytes), 16, 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = EncodeTiled()(&map, type, 3, out, dims, strides, box, element_strides,
+                                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                   CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FATHOM_CHECK(r == CUDA_SUCCESS, "[tiled_grouped_gemm] cuTensorMapEncodeTiled failed (", static_cast<int>(r),
+               ") for the store map of ", geometry.groups, " x ", geometry.rows, " x ", cols, " ", kBytes,
+               "-byte elements");
+  return map;
+}
+
 inline bool DeviceIsSm90() {
   int device = 0, major = 0, minor = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
@@ -397,22 +517,15 @@ inline int MultiprocessorCount() {
 
 inline int64_t ColumnTiles(int64_t n, int bn) { return (n + bn - 1) / bn; }
 
-// CTAs per cluster of a launch (TiledLaunch::cluster_n, 0: the default), checked.
-inline int ClusterCtas(const char* op, const TiledLaunch& launch) {
-  FATHOM_CHECK(launch.cluster_n >= 0 && launch.cluster_n <= 2, "[", op, "] cluster_n ", launch.cluster_n,
-               ": expected 0 (the default), 1 or 2");
-  return launch.cluster_n == 0 ? kTiledDefaultClusterN : launch.cluster_n;
-}
-
 // The rows of a K-major A map's boxes: the whole 128-row tile, or one CTA's 64-row half in a cluster of two.
 inline int ABoxRows(int cluster) { return kBM / cluster; }
 
-template <class Product, class OutT, class Schedule, int kCluster>
+template <class Product, class OutT, class Schedule, int kCluster, bool kTmaStore>
 void LaunchTiledIn(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
-                   OutT* out, bool accumulate, const Schedule& schedule, int64_t outers, int64_t n, int max_ctas,
-                   Stream stream) {
-  using T = Tiling<Product::kBN>;
-  const auto kernel = TiledKernel<Product, OutT, Schedule, kCluster>;
+                   OutT* out, const OutGeometry& geometry, bool accumulate, const Schedule& schedule, int64_t outers,
+                   int64_t n, int max_ctas, Stream stream) {
+  constexpr int kSmem = SmemBytes<Product::kBN, kTmaStore>();
+  const auto kernel = TiledKernel<Product, OutT, Schedule, kCluster, kTmaStore>;
   cudaLaunchConfig_t config{};
   cudaLaunchAttribute cluster{};
   cluster.id = cudaLaunchAttributeClusterDimension;
@@ -420,13 +533,13 @@ void LaunchTiledIn(const CUtensorMap& a_map, const CUtensorMap& b_map, const typ
   cluster.val.clusterDim.y = 1;
   cluster.val.clusterDim.z = 1;
   config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = T::kSmemBytes;
+  config.dynamicSmemBytes = kSmem;
   config.stream = stream;
   config.attrs = &cluster;
   config.numAttrs = kCluster > 1 ? 1 : 0;  // without clusters, the plain launch it always was
   // How many CTAs (clusters of kCluster) can be resident at once: the persistent grid's size.
   static const int resident = [&] {
-    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
+    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     if constexpr (kCluster == 1) {
       return MultiprocessorCount();
     } else {
@@ -434,33 +547,57 @@ void LaunchTiledIn(const CUtensorMap& a_map, const CUtensorMap& b_map, const typ
       query.gridDim = dim3(static_cast<unsigned>(MultiprocessorCount() / kCluster * kCluster));
       int clusters = 0;
       FATHOM_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &query));
-      FATHOM_CHECK(clusters > 0, "[tiled_grouped_gemm] no cluster of ", kCluster, " CTAs with ", T::kSmemBytes,
+      FATHOM_CHECK(clusters > 0, "[tiled_grouped_gemm] no cluster of ", kCluster, " CTAs with ", kSmem,
                    " bytes of shared memory each fits this GPU");
       return clusters * kCluster;
     }
   }();
   const int64_t jobs = outers * ColumnTiles(ColumnTiles(n, Product::kBN), kCluster);
   if (jobs == 0) return;
+  FATHOM_CHECK(jobs <= INT32_MAX, "[tiled_grouped_gemm] ", jobs, " output tiles: too many for 32-bit job indices");
   const int64_t ctas = max_ctas > 0 ? std::min(max_ctas, resident) : resident;
   const int64_t clusters = std::max<int64_t>(1, std::min<int64_t>(jobs, ctas / kCluster));
   config.gridDim = dim3(static_cast<unsigned>(clusters * kCluster));
-  FATHOM_CHECK(jobs <= INT32_MAX, "[tiled_grouped_gemm] ", jobs, " output tiles: too many for 32-bit job indices");
-  FATHOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a_map, b_map, params, out, accumulate, schedule,
+  const CUtensorMap out_map = kTmaStore ? StoreMap(out, geometry, n) : CUtensorMap{};
+  FATHOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a_map, b_map, out_map, params, out, accumulate, schedule,
                                        static_cast<int>(jobs), static_cast<int>(n)));
 }
 
-// One persistent launch of the schedule's output tiles: `outers` outer indices x out's column tiles, in
-// clusters of `cluster` CTAs (ClusterCtas; a K-major A's map must then have ABoxRows(cluster)-row boxes).
+// How a launch runs, as the public forms' TiledLaunch asks (checked): CTAs per cluster (a K-major A's map
+// must then have ABoxRows(cluster)-row boxes) and whether the epilogue stores with TMA (BN 128 or 256 only:
+// its chunks are 64 bf16 or 32 f32 columns wide).
+struct LaunchShape {
+  int cluster;
+  bool tma_store;
+};
+
+inline LaunchShape CheckedShape(const char* op, const TiledLaunch& launch, int block_n) {
+  FATHOM_CHECK(launch.cluster_n >= 0 && launch.cluster_n <= 2, "[", op, "] cluster_n ", launch.cluster_n,
+               ": expected 0 (the default), 1 or 2");
+  FATHOM_CHECK(!launch.tma_store || block_n % 64 == 0, "[", op, "] tma_store needs a column tile of 128 or 256; got ",
+               block_n);
+  return {launch.cluster_n == 0 ? kTiledDefaultClusterN : launch.cluster_n, launch.tma_store};
+}
+
+// One persistent launch of the schedule's output tiles: `outers` outer indices x out's column tiles.
 template <class Product, class OutT, class Schedule>
 void LaunchTiled(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
-                 OutT* out, bool accumulate, const Schedule& schedule, int64_t outers, int64_t n, int cluster,
-                 int max_ctas, Stream stream) {
-  if (cluster == 1) {
-    LaunchTiledIn<Product, OutT, Schedule, 1>(a_map, b_map, params, out, accumulate, schedule, outers, n,
-                                              max_ctas, stream);
+                 OutT* out, const OutGeometry& geometry, bool accumulate, const Schedule& schedule, int64_t outers,
+                 int64_t n, const LaunchShape& shape, int max_ctas, Stream stream) {
+  const auto run = [&](auto cluster, auto tma_store) {
+    LaunchTiledIn<Product, OutT, Schedule, decltype(cluster)::value, decltype(tma_store)::value>(
+        a_map, b_map, params, out, geometry, accumulate, schedule, outers, n, max_ctas, stream);
+  };
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  // A bf16 output accumulated into keeps the register stores (one rounding of old + product, as OutPair).
+  if (!shape.tma_store || (sizeof(OutT) == 2 && accumulate)) {
+    shape.cluster == 1 ? run(One{}, std::false_type{}) : run(Two{}, std::false_type{});
+  } else if constexpr (Product::kBN % 64 == 0 && Product::kTmaStore) {
+    shape.cluster == 1 ? run(One{}, std::true_type{}) : run(Two{}, std::true_type{});
   } else {
-    LaunchTiledIn<Product, OutT, Schedule, 2>(a_map, b_map, params, out, accumulate, schedule, outers, n,
-                                              max_ctas, stream);
+    FATHOM_CHECK(false, "[tiled_grouped_gemm] this form has no TMA-store epilogue (column tile ", Product::kBN,
+                 ": it needs 128 or 256, and a product that leaves the registers for it)");
   }
 }
 

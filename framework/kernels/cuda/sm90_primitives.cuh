@@ -1,8 +1,8 @@
 // Hopper (sm_90a) device primitives of fathom's own GEMM kernels (grouped_gemm_tiled.cuh): mbarriers (in a
-// CTA and across a thread block cluster), 2-D TMA loads (also multicast to a cluster), the shared-memory
-// descriptors of 128-byte-swizzled K-major and MN-major tiles, and the wgmma instructions it uses (bf16
-// m64nNk16 for N = 128, 176, 256, either operand K- or MN-major; e4m3 m64n128k32, K-major only), with the
-// fences that keep the compiler off their accumulator registers.
+// CTA and across a thread block cluster), 2-D TMA loads (also multicast to a cluster) and 3-D TMA stores,
+// the shared-memory descriptors of 128-byte-swizzled K-major and MN-major tiles, and the wgmma instructions
+// it uses (bf16 m64nNk16 for N = 128, 176, 256, either operand K- or MN-major; e4m3 m64n128k32, K-major
+// only), with the fences that keep the compiler off their accumulator registers.
 // Defined only where the target is sm_90a (FATHOM_SM90A); include from .cu files only. The wgmma wrappers'
 // operand lists are written out in full, one per register, as the inline-PTX syntax requires.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_SM90_PRIMITIVES_CUH_
@@ -132,6 +132,39 @@ __device__ __forceinline__ void TmaLoadMulticast(void* dst, const CUtensorMap* m
       "[%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(SmemAddress(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(SmemAddress(bar)), "r"(c0), "r"(c1), "h"(mask)
       : "memory");
+}
+
+// TMA stores: this thread's shared-memory writes made visible to the async proxy (before a TMA store reads
+// them); a 3-D store (kAdd: reduce-add, element-wise in the map's type) of the map's box at (c0, c1, c2) from
+// shared memory (1024-byte aligned for a 128-byte swizzled map), in this thread's bulk group; the group
+// committed; and the waits until at most N committed groups are still reading their shared memory
+// (BulkWaitRead) or still writing global memory (BulkWait).
+__device__ __forceinline__ void FenceProxyAsyncShared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+template <bool kAdd>
+__device__ __forceinline__ void TmaStore3d(const CUtensorMap* map, const void* src, int c0, int c1, int c2) {
+  if constexpr (kAdd) {
+    asm volatile(
+        "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+            reinterpret_cast<uint64_t>(map)),
+        "r"(SmemAddress(src)), "r"(c0), "r"(c1), "r"(c2)
+        : "memory");
+  } else {
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+                     reinterpret_cast<uint64_t>(map)),
+                 "r"(SmemAddress(src)), "r"(c0), "r"(c1), "r"(c2)
+                 : "memory");
+  }
+}
+__device__ __forceinline__ void BulkCommit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void BulkWaitRead() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void BulkWait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // The wgmma descriptor of a K-major bf16 tile with 64-element (128-byte) rows, 128-byte swizzled as TMA
