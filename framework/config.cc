@@ -172,6 +172,8 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.String("precision", &t->precision);
   r.String("fp8_expert_gemm", &t->fp8_expert_gemm);
   r.String("expert_gemm", &t->expert_gemm);
+  r.Count("expert_gemm_cluster", &t->expert_gemm_cluster);
+  r.Bool("expert_gemm_tma_store", &t->expert_gemm_tma_store);
   r.String("device", &t->device);
   r.Count("eval_every", &t->eval_every);
   r.Count("eval_steps", &t->eval_steps);

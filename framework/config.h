@@ -141,6 +141,13 @@ struct TrainConfig {
   // own NT / NN kernels run ~460 TFLOP/s against cuBLASLt's ~560; its TN is the faster one, 425-460 against
   // 408, which own_wgrad takes; not yet measured in a step).
   std::string expert_gemm = "cublaslt";
+  // How fathom's tiled expert kernels launch, wherever train.expert_gemm or train.fp8_expert_gemm runs them
+  // (framework/kernels/cuda/grouped_gemm.h, TiledLaunch): expert_gemm_cluster 2 pairs CTAs that share one
+  // row tile's loads by TMA multicast; expert_gemm_tma_store stores the results through shared memory with
+  // TMA (where a form has that epilogue). The same numbers either way; speed only, NOT yet measured on a GPU
+  // (2026-12-04), hence off by default.
+  int64_t expert_gemm_cluster = 1;
+  bool expert_gemm_tma_store = false;
   std::string device = "cpu";
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never
   int64_t eval_steps = 10;   // global batches of the valid split per evaluation (the same ones each time)

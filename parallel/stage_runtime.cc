@@ -275,6 +275,16 @@ absl::Status StageRuntime::SetUp() {
     const cuda::AttentionShape shape{recipe_.train.micro_batch_size, recipe_.train.seq_len,
                                      mc.num_attention_heads, mc.qk_head_dim(), mc.v_head_dim};
     attention_path_ = cuda::DescribeAttentionPath(bf16 ? DType::kBF16 : DType::kF32, shape) + "\n";
+    // How the tiled expert kernels launch (the recipe validated that some run when these are not the
+    // defaults), said once at start-up.
+    const int cluster = static_cast<int>(recipe_.train.expert_gemm_cluster);
+    cuda::SetTiledDefaults({cluster, recipe_.train.expert_gemm_tma_store});
+    if (cluster != 1 || recipe_.train.expert_gemm_tma_store) {
+      attention_path_ += absl::StrFormat(
+          "tiled expert kernels: clusters of %d CTA(s)%s, %s stores\n", cluster,
+          cluster > 1 ? " sharing each row tile's loads by TMA multicast" : "",
+          recipe_.train.expert_gemm_tma_store ? "TMA (where the form has them)" : "register");
+    }
     if (fp8) {
       // Which kernels run the routed experts' FP8 GEMMs (train.fp8_expert_gemm), said once at start-up.
       const std::string& which = recipe_.train.fp8_expert_gemm;

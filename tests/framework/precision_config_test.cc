@@ -64,6 +64,29 @@ TEST(PrecisionConfigTest, TheBf16ExpertKernelChoiceNeedsCudaBf16) {
   }
 }
 
+TEST(PrecisionConfigTest, TheTiledKernelLaunchKeysNeedTheTiledKernels) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->train.expert_gemm_cluster, 1);
+  EXPECT_FALSE(r->train.expert_gemm_tma_store);
+  r = LoadRecipe(TinyPath(), {"train.device=cuda", "train.dtype=bf16", "train.expert_gemm=own",
+                              "train.expert_gemm_cluster=2", "train.expert_gemm_tma_store=true"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->train.expert_gemm_cluster, 2);
+  EXPECT_TRUE(r->train.expert_gemm_tma_store);
+  EXPECT_THAT(TinyError({"train.device=cuda", "train.dtype=bf16", "train.expert_gemm=own",
+                         "train.expert_gemm_cluster=4"}),
+              HasSubstr("train.expert_gemm_cluster must be 1 or 2"));
+  // Without a tiled expert kernel to shape (the CPU; cuBLASLt's experts) the keys are refused, not ignored.
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"train.expert_gemm_cluster=2"},
+        std::vector<std::string>{"train.device=cuda", "train.dtype=bf16", "train.expert_gemm_tma_store=true"}}) {
+    const std::string e = TinyError(bad);
+    EXPECT_THAT(e, HasSubstr("train.expert_gemm_cluster / train.expert_gemm_tma_store"));
+    EXPECT_THAT(e, HasSubstr("expert_gemm cublaslt"));
+  }
+}
+
 TEST(PrecisionConfigTest, BadValuesNameTheKey) {
   EXPECT_THAT(TinyError({"train.precision=fp16"}), HasSubstr("train.precision"));
   // On cuda: f32 compute is refused under fp8; the tiny model's kv_a projection (32 + 8 = 40 outputs) is not

@@ -97,7 +97,8 @@ TEST(GroupedGemmCuda, TileMapMatchesTheHost) {
 // A launch's options for SCOPED_TRACE.
 std::string LaunchName(const cuda::TiledLaunch& launch) {
   return " block_n " + std::to_string(launch.block_n) + " max_ctas " + std::to_string(launch.max_ctas) +
-         " cluster_n " + std::to_string(launch.cluster_n) + (launch.tma_store ? " tma_store" : "");
+         " cluster_n " + (launch.cluster_n ? std::to_string(*launch.cluster_n) : "default") + " tma_store " +
+         (launch.tma_store ? std::to_string(*launch.tma_store) : "default");
 }
 
 // out rows of each used tile = x tile . w[e]^T; rows of unused tiles keep their NaN fill.
@@ -340,10 +341,16 @@ TEST(GroupedGemmCudaDeathTest, RefusesLaunchOptionsItCannotRun) {
   cuda::DeviceArena arena("grouped_gemm_test", size_t{16} << 20);
   Tensor x = arena.Alloc({kTile, 64}, DType::kBF16), w = arena.Alloc({1, 352, 64}, DType::kBF16);
   Tensor out = arena.Alloc({kTile, 352}, DType::kBF16), map = arena.Alloc({1}, DType::kI32);
-  EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {0, 0, 3}),
-               "cluster_n 3: expected 0 \\(the default\\), 1 or 2");
+  cuda::MoeTileExperts(map, Upload(arena, CountsTensor({kTile})), nullptr);  // one tile of expert 0
+  EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {0, 0, 3}), "cluster_n 3: expected 1 or 2");
   EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {176, 0, 1, true}),
-               "tma_store needs a column tile of 128 or 256; got 176");
+               "tma_store: this form has no TMA-store epilogue at column tile 176");
+  // By default (the process's TiledDefaults asking for TMA stores) a form that has none stores from registers.
+  const cuda::TiledDefaults saved = cuda::GetTiledDefaults();
+  cuda::SetTiledDefaults({2, true});
+  cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {176});
+  cuda::SetTiledDefaults(saved);
+  EXPECT_DEATH(cuda::SetTiledDefaults({3, false}), "default cluster_n 3: expected 1 or 2");
 }
 
 // The FP8 form against the CPU emulation (cpu::Fp8GroupedMatmulNT) on the same codes and scales: both sum

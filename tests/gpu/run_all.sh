@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything the GPU machine verifies, in one command, each step bounded in time and logged under OUT_DIR:
 # the GPU test suite, fathom bench (bf16) beside a PyTorch peer when one is given, its kernel summary, fathom
-# bench with train.expert_gemm own, fathom bench in fp8 with each train.fp8_expert_gemm choice and the default's
-# kernel summary, the own tiled GEMM's benchmarks beside cuBLASLt's, the calibration profile, the HF export/import checks against transformers, the TensorBoard and Megatron reader
-# tests, and the FP8 accuracy script.
+# bench with train.expert_gemm own / own_wgrad (and own with the tiled kernels' cluster and TMA-store
+# options), fathom bench in fp8 with each train.fp8_expert_gemm choice and the default's kernel summary, the
+# own tiled GEMM's benchmarks beside cuBLASLt's, the calibration profile, the HF export/import checks against
+# transformers, the TensorBoard and Megatron reader tests, and the FP8 accuracy script.
 # Usage (repo root, after a CUDA build):
 #   bash tests/gpu/run_all.sh BUILD_DIR OUT_DIR [PEER_SCRIPT]
 # Bench start-up (memory plan, cuDNN plans) takes 30-60 s on an H200: the timeouts allow for it.
@@ -24,9 +25,13 @@ timeout 150 "$F" bench $SMALL > "$OUT_DIR/bench_bf16.log" 2>&1; step "bench rc $
 grep -E 'step ms|tokens/s|TFLOP/s/GPU|peak memory|activations|host waits' "$OUT_DIR/bench_bf16.log"
 # The bf16 experts on the own tiled kernels: all three from the device counts (train.expert_gemm own: no MoE
 # host waits), or only the weight gradients (own_wgrad).
-for which in own own_wgrad; do
-  timeout 150 "$F" bench $SMALL --set train.expert_gemm=$which > "$OUT_DIR/bench_bf16_$which.log" 2>&1
-  step "bench $which rc $?"; grep -E 'step ms|tokens/s|^  experts |host waits|expert wgrad' "$OUT_DIR/bench_bf16_$which.log"
+# own_pairs: own with the tiled kernels' launch options (clusters of two sharing A, TMA stores).
+PAIRS="--set train.expert_gemm_cluster=2 --set train.expert_gemm_tma_store=true"
+for which in own own_wgrad own_pairs; do
+  opts="--set train.expert_gemm=$which"
+  [[ $which == own_pairs ]] && opts="--set train.expert_gemm=own $PAIRS"
+  timeout 150 "$F" bench $SMALL $opts > "$OUT_DIR/bench_bf16_$which.log" 2>&1
+  step "bench $which rc $?"; grep -E 'step ms|tokens/s|^  experts |host waits|expert wgrad|tiled expert' "$OUT_DIR/bench_bf16_$which.log"
 done
 # Per-kernel times and the device's idle gaps over the last ~3 steps (tests/kernel_summary, when built).
 KS="$BUILD/tests/kernel_summary/libfathom_kernel_summary.so"
@@ -44,8 +49,10 @@ if [[ -n "$PEER" ]]; then
   grep -A7 '^peer kernels' "$OUT_DIR/peer_kernels.log"
 fi
 # FP8 beside bf16, once per expert-kernel choice (train.fp8_expert_gemm), and the default's kernel summary.
-for which in cublaslt own own_all; do
-  timeout 150 "$F" bench $SMALL --set train.precision=fp8 --set train.fp8_expert_gemm=$which \
+for which in cublaslt own own_all own_all_pairs; do
+  opts="--set train.fp8_expert_gemm=$which"
+  [[ $which == own_all_pairs ]] && opts="--set train.fp8_expert_gemm=own_all $PAIRS"
+  timeout 150 "$F" bench $SMALL --set train.precision=fp8 $opts \
     > "$OUT_DIR/bench_fp8_$which.log" 2>&1; step "bench fp8 ($which) rc $?"
   grep -E 'step ms|tokens/s|^  (attention|experts|optimizer) ' "$OUT_DIR/bench_fp8_$which.log"
 done
@@ -56,8 +63,7 @@ if [[ -f "$KS" ]]; then
 fi
 # The own tiled grouped GEMM (bf16 NT / NN / TN and FP8 forms; clusters of 1 and 2, register or TMA stores)
 # beside cuBLASLt at the bench's expert shapes: whether it can take over the expert GEMMs (and with them the
-# MoE's device-side counts). The FP8 setup
-# quantises on the CPU. (fp8_gemm_bench's BM_Gemm/fwd/7/3 ran past 100 s once on 2026-12-04: it runs alone,
+# MoE's device-side counts). The FP8 setup quantises on the CPU. (fp8_gemm_bench's BM_Gemm/fwd/7/3 ran past 100 s once on 2026-12-04: it runs alone,
 # after the rest, so a stall there costs only itself.)
 timeout 240 "$BUILD/tests/gpu_bench/gpu_bench" \
   --benchmark_filter='BM_OwnTiled|BM_Batched<Form::k(NT|NN|TNOverwrite), Layout::kTiled>/batched:1/' \

@@ -305,7 +305,7 @@ void BM_OwnTiledNT(benchmark::State& state) {
   }
   state.SetLabel("NT bf16->bf16, own tiled kernel, device tile map, BN " +
                  std::to_string(block_n ? block_n : cuda::TiledGroupedDefaultBlockN(n)) + ", cluster " +
-                 std::to_string(launch.cluster_n) + (launch.tma_store ? ", TMA stores" : ""));
+                 std::to_string(*launch.cluster_n) + (*launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
   const Tensor counts = DeviceCountSets(arena);
@@ -332,7 +332,7 @@ void BM_OwnTiledNN(benchmark::State& state) {
     return;
   }
   state.SetLabel("NN bf16->bf16, own tiled kernel, device tile map, BN " + std::to_string(block_n) + ", cluster " +
-                 std::to_string(launch.cluster_n) + (launch.tma_store ? ", TMA stores" : ""));
+                 std::to_string(*launch.cluster_n) + (*launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own_nn", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
   const Tensor counts = DeviceCountSets(arena);
@@ -359,7 +359,7 @@ void BM_OwnTiledTN(benchmark::State& state) {
     return;
   }
   state.SetLabel("TN bf16->f32=, own tiled kernel, device tile ranges, BN " + std::to_string(block_n) +
-                 ", cluster " + std::to_string(launch.cluster_n) + (launch.tma_store ? ", TMA stores" : ""));
+                 ", cluster " + std::to_string(*launch.cluster_n) + (*launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own_tn",
                           size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + size_t(kExperts + 1) * 4 + 8192);
@@ -395,7 +395,7 @@ void BM_OwnTiledFp8NT(benchmark::State& state) {
     return;
   }
   state.SetLabel("NT e4m3 block-scaled -> bf16, own tiled kernel, device tile map, cluster " +
-                 std::to_string(launch.cluster_n) + (launch.tma_store ? ", TMA stores" : ""));
+                 std::to_string(*launch.cluster_n) + (*launch.tma_store ? ", TMA stores" : ""));
   const GemmData& d = Data();
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts), rows = tiles * cuda::kGroupedTileRows;
   std::mt19937_64 rng(7);
@@ -430,7 +430,7 @@ void BM_OwnTiledFp8TN(benchmark::State& state) {
     return;
   }
   state.SetLabel("TN e4m3 1x128 columns -> f32 +=, own tiled kernel, one launch, cluster " +
-                 std::to_string(launch.cluster_n));
+                 std::to_string(*launch.cluster_n));
   const GemmData& d = Data();
   std::mt19937_64 rng(11);
   const Fp8Cols qa = Fp8Cols::Empty(m, d.counts(0), Device::kCPU), qb = Fp8Cols::Empty(n, d.counts(0), Device::kCPU);

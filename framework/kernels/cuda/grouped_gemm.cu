@@ -125,6 +125,21 @@ void CheckBf16RowTiles(const char* op, const Tensor& out, const Tensor& x, const
 
 }  // namespace
 
+namespace {
+TiledDefaults& Defaults() {
+  static TiledDefaults defaults;
+  return defaults;
+}
+}  // namespace
+
+void SetTiledDefaults(const TiledDefaults& defaults) {
+  FATHOM_CHECK(defaults.cluster_n == 1 || defaults.cluster_n == 2, "[tiled_grouped_gemm] default cluster_n ",
+               defaults.cluster_n, ": expected 1 or 2");
+  Defaults() = defaults;
+}
+
+TiledDefaults GetTiledDefaults() { return Defaults(); }
+
 int64_t MaxExpertTiles(int64_t rows, int64_t num_experts) {
   return cpu::MaxPaddedRows(rows, num_experts, kBM) / kBM;
 }
@@ -172,7 +187,7 @@ void TiledGroupedMatmulNT(const Tensor& out, const Tensor& x, const Tensor& w, c
   FATHOM_CHECK(TiledGroupedSupported(n, k), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ", kBK,
                " and N of 8; got K ", k, ", N ", n);
   const int block_n = launch.block_n == 0 ? TiledGroupedDefaultBlockN(n) : launch.block_n;
-  const LaunchShape shape = CheckedShape(op, launch, block_n);
+  const LaunchShape shape = CheckedShape(op, launch, block_n, true);
   if (tiles == 0) return;
   switch (block_n) {
     case 128:
@@ -243,7 +258,7 @@ void TiledGroupedMatmulNN(const Tensor& out, const Tensor& x, const Tensor& w, c
   FATHOM_CHECK(TiledGroupedMnSupported(n, red), "[", op, "] needs an sm_90 GPU (H100/H200), K a multiple of ",
                kBK, " and N of 8; got K ", red, ", N ", n);
   const int block_n = MnBlockN(op, launch.block_n);
-  const LaunchShape shape = CheckedShape(op, launch, block_n);
+  const LaunchShape shape = CheckedShape(op, launch, block_n, true);
   if (tiles == 0) return;
   if (block_n == 128) {
     LaunchBf16NN<128>(out, x, w, tile_expert, accumulate, shape, launch.max_ctas, stream);
@@ -275,7 +290,7 @@ void TiledGroupedMatmulTN(const Tensor& out, const Tensor& a, const Tensor& b, c
                "] needs an sm_90 GPU (H100/H200) and M, N multiples of 8; got M ", m, ", N ", n);
   FATHOM_CHECK(a.dim(0) <= INT32_MAX && groups * m * n <= INT32_MAX, "[", op, "] too large for 32-bit indices");
   const int block_n = MnBlockN(op, launch.block_n);
-  const LaunchShape shape = CheckedShape(op, launch, block_n);
+  const LaunchShape shape = CheckedShape(op, launch, block_n, true);
   if (a.dim(0) == 0) {  // no tokens at all: every group is empty
     if (!accumulate) FATHOM_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, out.nbytes(), stream));
     return;

@@ -31,6 +31,7 @@
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "framework/cuda/stream.h"
@@ -41,18 +42,27 @@ namespace fathom::cuda {
 
 inline constexpr int64_t kGroupedTileRows = 128;
 
-// How a tiled launch runs; every field's 0 takes the default. The layers take the defaults; tests and
-// benchmarks set them.
+// How a tiled launch runs. Unset fields take the defaults: block_n the form's (see each form), cluster_n and
+// tma_store the process's (TiledDefaults). The layers take the defaults; tests and benchmarks set them.
 struct TiledLaunch {
-  int block_n = 0;    // the column tile BN (which widths a form takes: see each form)
-  int max_ctas = 0;   // > 0: caps the persistent grid (tests: several output tiles per CTA on small problems)
-  int cluster_n = 0;  // CTAs per cluster sharing the row tile's A by TMA multicast: 1 or 2
-  // The epilogue stores through shared memory with TMA, overlapping the next tile's k-blocks (column tiles
-  // of 128 or 256 only; a bf16 output accumulated into keeps the register stores); false: from registers.
+  int block_n = 0;   // the column tile BN (which widths a form takes: see each form); 0 = the form's default
+  int max_ctas = 0;  // > 0: caps the persistent grid (tests: several output tiles per CTA on small problems)
+  std::optional<int> cluster_n;  // CTAs per cluster sharing the row tile's A by TMA multicast: 1 or 2
+  // The epilogue stores through shared memory with TMA, overlapping the next tile's k-blocks (column tiles of
+  // 128 or 256, not the FP8 weight-gradient form; a bf16 output accumulated into keeps the register stores).
+  // Asked for where a form cannot: an error; by default: only where it can.
+  std::optional<bool> tma_store;
+};
+
+// The process's defaults for TiledLaunch's cluster_n and tma_store (1 and false until measured faster;
+// neither option has run on a GPU yet, 2026-12-04). The trainer sets them once at start-up from the recipe
+// (train.expert_gemm_cluster, train.expert_gemm_tma_store), before any launch.
+struct TiledDefaults {
+  int cluster_n = 1;
   bool tma_store = false;
 };
-// The default cluster_n: 1 until a step measures 2 faster. Neither option has run on a GPU yet (2026-12-04).
-inline constexpr int kTiledDefaultClusterN = 1;
+void SetTiledDefaults(const TiledDefaults& defaults);
+TiledDefaults GetTiledDefaults();
 
 // The most 128-row tiles R rows over E experts can need when each expert's block is rounded up to whole
 // tiles: sum_e ceil(c_e / 128) <= floor((R + 127 * min(E, R)) / 128).

@@ -128,10 +128,11 @@ struct Fp8ColsProduct {
 namespace {
 
 // The FP8 forms' launch (CheckedShape); their column tile is always 128.
+template <class Product>
 LaunchShape Fp8Shape(const char* op, const TiledLaunch& launch) {
   FATHOM_CHECK(launch.block_n == 0 || launch.block_n == 128, "[", op, "] block_n ", launch.block_n,
                ": the FP8 forms take 0 or 128");
-  return CheckedShape(op, launch, 128);
+  return CheckedShape(op, launch, Product::kBN, Product::kTmaStore);
 }
 
 }  // namespace
@@ -161,7 +162,7 @@ void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8Blo
                n);
   FATHOM_CHECK(experts * n <= INT32_MAX && tiles * kBM <= INT32_MAX && tiles * n <= INT32_MAX, "[", op,
                "] too large for 32-bit TMA rows");
-  const LaunchShape shape = Fp8Shape(op, launch);
+  const LaunchShape shape = Fp8Shape<Fp8Product>(op, launch);
   if (tiles == 0) return;
   const CUtensorMap x_map = RowMajorMap(x.data.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, tiles * kBM,
                                         x.padded_cols(), x.row_bytes(), ABoxRows(shape.cluster));
@@ -236,7 +237,7 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
                "and 1 to ", kMaxPrefixGroups, " groups; got N ", n, ", ", groups, " groups");
   FATHOM_CHECK(groups * m * n <= INT32_MAX && tp / kBM <= INT32_MAX && m <= INT32_MAX && n <= INT32_MAX, "[", op,
                "] too large for the kernel's 32-bit indices");
-  const LaunchShape shape = Fp8Shape(op, launch);
+  const LaunchShape shape = Fp8Shape<Fp8ColsProduct>(op, launch);
   TilePrefix k{};
   k.groups = static_cast<int32_t>(groups);
   for (int64_t g = 0; g < groups; ++g) {

@@ -571,12 +571,16 @@ struct LaunchShape {
   bool tma_store;
 };
 
-inline LaunchShape CheckedShape(const char* op, const TiledLaunch& launch, int block_n) {
-  FATHOM_CHECK(launch.cluster_n >= 0 && launch.cluster_n <= 2, "[", op, "] cluster_n ", launch.cluster_n,
-               ": expected 0 (the default), 1 or 2");
-  FATHOM_CHECK(!launch.tma_store || block_n % 64 == 0, "[", op, "] tma_store needs a column tile of 128 or 256; got ",
-               block_n);
-  return {launch.cluster_n == 0 ? kTiledDefaultClusterN : launch.cluster_n, launch.tma_store};
+// `tma_ok`: the form has a TMA-store epilogue at this column tile (Product::kTmaStore and BN 128 or 256).
+inline LaunchShape CheckedShape(const char* op, const TiledLaunch& launch, int block_n, bool tma_ok) {
+  const TiledDefaults defaults = GetTiledDefaults();
+  const int cluster = launch.cluster_n.value_or(defaults.cluster_n);
+  FATHOM_CHECK(cluster == 1 || cluster == 2, "[", op, "] cluster_n ", cluster, ": expected 1 or 2");
+  tma_ok = tma_ok && block_n % 64 == 0;
+  FATHOM_CHECK(!launch.tma_store.value_or(false) || tma_ok, "[", op,
+               "] tma_store: this form has no TMA-store epilogue at column tile ", block_n,
+               " (it needs 128 or 256, and not the FP8 weight-gradient form)");
+  return {cluster, launch.tma_store.value_or(defaults.tma_store && tma_ok)};
 }
 
 // One persistent launch of the schedule's output tiles: `outers` outer indices x out's column tiles.
