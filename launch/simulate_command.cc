@@ -98,6 +98,7 @@ int RunSimulate(const std::vector<std::string>& args) {
   plan.seq_len = recipe->train.seq_len;
   plan.stage_layers = recipe->parallel.stage_layers;
   plan.precision = PrecisionFor(*recipe);
+  plan.device_expert_layout = recipe->train.expert_gemm == "own";
   if (cl->options.count("--policy")) {
     absl::StatusOr<PrecisionPolicy> policy = PolicyNamed(cl->options["--policy"], *recipe);
     if (!policy.ok()) return Usage(std::string(policy.status().message()));

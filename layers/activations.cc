@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "framework/kernels/cpu/moe.h"
+
 namespace fathom {
 namespace {
 
@@ -146,6 +148,12 @@ ActivationBytes TiledExpertPadding(const ModelConfig& m, double a, double r, int
   const double forward = rows * (h * r + h * a + kI64 + 3 * i * a);
   const double backward = forward + rows * (h * r + 2 * i * a);
   return {forward, backward, forward, backward};
+}
+
+double DeviceLayoutPaddingFactor(const ModelConfig& m, int64_t tokens_per_micro_batch, int64_t tile_rows) {
+  const int64_t routed = tokens_per_micro_batch * m.num_experts_per_tok;
+  const double expected = static_cast<double>(m.n_routed_experts) * static_cast<double>(tile_rows - 1) / 2.0;
+  return static_cast<double>(cpu::MaxPaddedRows(routed, m.n_routed_experts, tile_rows) - routed) / expected;
 }
 
 }  // namespace fathom

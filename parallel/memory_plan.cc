@@ -8,7 +8,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "framework/check.h"
-#include "framework/kernels/cpu/moe.h"
 #include "layers/cost.h"
 #include "layers/moe.h"
 #include "parallel/simulator_memory.h"
@@ -41,16 +40,12 @@ bool TiledExpertsApply(const Recipe& recipe) {
   return recipe.train.device == "cuda" && recipe.parallel.ep == 1;
 }
 
-// The cost graph's pad rows (NodeCost::act_tiled_padding) are the padded layout's expected E * (tile - 1) / 2
-// per MoE layer and micro-batch; the device layout (train.expert_gemm own, layers/moe.h) lays out its
-// worst-case tile budget whatever the counts, cpu::MaxPaddedRows(R, E, tile) - R pad rows: this factor.
+// The cost graph's pad rows (NodeCost::act_tiled_padding) are the padded layout's expected ones per MoE layer
+// and micro-batch; the device layout (train.expert_gemm own) lays out its worst-case budget.
 ActivationBytes ExpertPadding(const Recipe& recipe, const ActivationBytes& expected) {
   if (recipe.train.expert_gemm != "own") return expected;
-  const ModelConfig& m = recipe.model;
-  const int64_t tile = MoE::kTileRows;
-  const int64_t routed = static_cast<int64_t>(TokensPerMicroBatch(recipe)) * m.num_experts_per_tok;
-  const double rows = static_cast<double>(m.n_routed_experts) * static_cast<double>(tile - 1) / 2.0;
-  const double s = static_cast<double>(cpu::MaxPaddedRows(routed, m.n_routed_experts, tile) - routed) / rows;
+  const double s = DeviceLayoutPaddingFactor(recipe.model, static_cast<int64_t>(TokensPerMicroBatch(recipe)),
+                                             MoE::kTileRows);
   return {expected.held_f * s, expected.held_b * s, expected.peak_f * s, expected.peak_b * s};
 }
 

@@ -278,6 +278,7 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
             plan.seq_len = recipe.train.seq_len;
             plan.recompute = rc;
             plan.precision = precision;
+            plan.device_expert_layout = recipe.train.expert_gemm == "own";
             if (fixed.stage_layers) plan.stage_layers = *fixed.stage_layers;
             absl::StatusOr<SimulationResult> mem = SimulateMemory(m, cluster, plan, &cache);
             if (!mem.ok()) return mem.status();

@@ -65,6 +65,9 @@ struct ParallelPlan {
   std::vector<int64_t> stage_layers;  // decoder layers per stage (NumStages entries); empty: balanced
   Recompute recompute = Recompute::NormAndMlaUp();
   PrecisionPolicy precision;
+  // The routed experts take the device layout (train.expert_gemm own, layers/moe.h): its worst-case tile
+  // budget's pad rows instead of the padded layout's expected ones (ep = 1 only; DeviceLayoutPaddingFactor).
+  bool device_expert_layout = false;
 
   std::string Describe() const;  // "dualpipe pp=16 ep=64 mbs=1 m=120 recompute=norm+mla_up"
 };

@@ -168,6 +168,45 @@ TEST(Simulator, MemoryCountsEveryParameterOnce) {
             SimulateMemory(m, c, keep)->memory[0].activations);
 }
 
+// train.expert_gemm own's device layout holds its worst-case tile budget's pad rows in every MoE layer of a
+// stage: the stage's activations grow by (factor - 1) x the expected padding per MoE layer and micro-batch.
+TEST(Simulator, TheDeviceExpertLayoutHoldsItsWorstCasePadRows) {
+  const uint64_t seed = testing::TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const ModelConfig m = MoeModel(rng);
+  const ClusterConfig c = TwoNodeCluster();
+  ParallelPlan padded = Plan(ScheduleKind::k1F1B, 2, 1, 4);
+  padded.stage_layers = {8, 8};
+  padded.precision = PrecisionPolicy::Fathom(2, 2);  // fathom's activation model: its layers' padded layout
+  padded.recompute = Recompute::None();
+  ParallelPlan device = padded;
+  device.device_expert_layout = true;
+  const std::vector<NodeCost> graph = BuildCostGraph(m, padded.seq_len, padded.precision);
+  const std::vector<StageCost> a = ComputeStageCosts(graph, m, c, padded, padded.stage_layers);
+  const std::vector<StageCost> b = ComputeStageCosts(graph, m, c, device, device.stage_layers);
+  // 2048 tokens x top-6 = 12288 routed rows over 64 experts: floor((12288 + 127 x 64) / 128) = 159 tiles,
+  // 8064 pad rows, against the expected 64 x 63.5 = 4064.
+  const double factor = DeviceLayoutPaddingFactor(m, 2048, 128);
+  EXPECT_DOUBLE_EQ(factor, 8064.0 / 4064.0);
+  const ActivationBytes* pad = nullptr;
+  for (const NodeCost& n : graph)
+    if (n.moe) pad = &n.act_tiled_padding;
+  ASSERT_NE(pad, nullptr);
+  ASSERT_GT(pad->held_f, 0.0);
+  // Stage 0 holds the dense layers (first_k_dense_replace) and the rest of its 8 decoder layers are MoE.
+  const double stage0_moe = 8.0 - static_cast<double>(m.first_k_dense_replace);
+  EXPECT_NEAR(b[0].activations.held_f - a[0].activations.held_f, stage0_moe * (factor - 1) * pad->held_f, 1.0);
+  // Stage 1: 8 MoE layers and the MTP modules (each with a MoE block).
+  const double stage1_moe = 8.0 + static_cast<double>(m.num_nextn_predict_layers);
+  EXPECT_NEAR(b[1].activations.held_f - a[1].activations.held_f, stage1_moe * (factor - 1) * pad->held_f, 1.0);
+  // With an expert exchange (ep > 1) neither layout applies.
+  ParallelPlan ep = padded, ep_device = device;
+  ep.ep = ep_device.ep = 2;
+  EXPECT_DOUBLE_EQ(ComputeStageCosts(graph, m, c, ep_device, ep.stage_layers)[1].activations.held_f,
+                   ComputeStageCosts(graph, m, c, ep, ep.stage_layers)[1].activations.held_f);
+}
+
 TEST(Simulator, BadPlansNameTheKey) {
   std::mt19937_64 rng(1);
   const ModelConfig m = MoeModel(rng);
