@@ -20,26 +20,58 @@ using namespace tiled;  // this file's kernel machinery
 namespace {
 
 #ifdef FATHOM_SM90A
-// The FP8 forms' k-block `it`: partial (64 x 128 of this consumer group, f32) = the sum of the block's four
-// e4m3 wgmma.m64n128k32 products, waited for, and the stage handed back, so the caller can promote it.
-__device__ __forceinline__ void Fp8BlockPartial(float* partial, const Ring<128>& ring, int it, int consumer,
-                                                int lane) {
-  ring.Acquire(it);
-  const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it));
-  FenceAccumulators<64>(partial);
+// Issues column half `h` (64 of the tile's 128 columns) of k-block `it`'s products (its stage acquired):
+// partial (64 x 64 of this consumer group, f32, 32 registers) = the sum of the block's four e4m3
+// wgmma.m64n64k32 products, committed as one wgmma group. B's half h is its rows [64 h, 64 h + 64), 8 KB in.
+template <int h>
+__device__ __forceinline__ void Fp8IssueHalf(float* partial, const Ring<128>& ring, int it, int consumer) {
+  const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it) + h * 64 * kRowBytes);
+  FenceAccumulators<32>(partial);
   WgmmaFence();
 #pragma unroll
-  for (int k = 0; k < kRowBytes / 32; ++k) WgmmaFp8x128(partial, desc_a + 2 * k, desc_b + 2 * k, k > 0);
+  for (int k = 0; k < kRowBytes / 32; ++k) WgmmaFp8x64(partial, desc_a + 2 * k, desc_b + 2 * k, k > 0);
   WgmmaCommit();
-  WgmmaWait<0>();
-  FenceAccumulators<64>(partial);
-  ring.Release(it, lane);
+}
+
+// The FP8 forms' main loop over one job's k-blocks, software-pipelined by column halves so the tensor cores
+// never wait for a promotion: while half 0 of a block is promoted, its half 1 runs; while half 1 is promoted,
+// the next block's half 0 runs. Per half and k-block: prepare(h, kb) (start the scale loads; called before the
+// wait, so their latency overlaps the products), then promote(h, partial, kb) once the half's partial is in
+// registers. A stage is released when both its halves are done. 64 accumulator + 2 x 32 partial registers (a
+// whole-width partial per block plus a second to overlap with would need 192, past the 168 a thread has).
+template <class Prepare, class Promote>
+__device__ __forceinline__ void Fp8MainLoop(const Ring<128>& ring, int& it, int k_blocks, int consumer, int lane,
+                                            const Prepare& prepare, const Promote& promote) {
+  float p0[32], p1[32];
+  if (k_blocks == 0) return;
+  ring.Acquire(it);
+  Fp8IssueHalf<0>(p0, ring, it, consumer);
+  Fp8IssueHalf<1>(p1, ring, it, consumer);
+  for (int kb = 0; kb < k_blocks; ++kb, ++it) {
+    const bool next = kb + 1 < k_blocks;
+    prepare(0, kb);
+    WgmmaWait<1>();  // in flight: half 1 of kb
+    FenceAccumulators<32>(p0);
+    promote(0, p0, kb);
+    prepare(1, kb);
+    if (next) {
+      ring.Acquire(it + 1);
+      Fp8IssueHalf<0>(p0, ring, it + 1, consumer);
+      WgmmaWait<1>();  // in flight: half 0 of kb + 1
+    } else {
+      WgmmaWait<0>();
+    }
+    FenceAccumulators<32>(p1);
+    ring.Release(it, lane);
+    promote(1, p1, kb);
+    if (next) Fp8IssueHalf<1>(p1, ring, it + 1, consumer);
+  }
 }
 #endif
 
-// e4m3 with block scales (the twin of cpu::Fp8GroupedMatmulNT): per 128-deep k-block, four
-// wgmma.m64n128k32 into a partial sum, then acc += partial * (x row scale * w block scale). BN = 128, so
-// an output tile is one 128-wide block of w's rows and takes one weight scale per k-block.
+// e4m3 with block scales (the twin of cpu::Fp8GroupedMatmulNT): per 128-deep k-block and column half, four
+// wgmma.m64n64k32 into a partial sum, then acc += partial * (x row scale * w block scale) (Fp8MainLoop). BN =
+// 128, so an output tile is one 128-wide block of w's rows and takes one weight scale per k-block.
 struct Fp8Product {
   static constexpr int kBN = 128, kBlockElems = kRowBytes;
   static constexpr bool kAMn = false, kBMn = false, kTmaStore = true;
@@ -57,21 +89,28 @@ struct Fp8Product {
     const float* xs0 = reinterpret_cast<const float*>(p.x + row * p.x_row_bytes + p.x_scale_offset);
     const float* xs8 = reinterpret_cast<const float*>(p.x + (row + 8) * p.x_row_bytes + p.x_scale_offset);
     const float* ws = p.w_scales + (static_cast<int64_t>(job.group) * p.w_blocks_n + job.n0 / kBN) * p.w_scale_stride;
-    float partial[kBN / 2];
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
-    for (int kb = 0; kb < job.k_blocks; ++kb, ++it) {
-      const float sb = ws[kb];
-      const float s0 = xs0[kb] * sb, s8 = xs8[kb] * sb;  // the CPU's (scale_a * scale_b)
-      Fp8BlockPartial(partial, ring, it, consumer, lane);
-#pragma unroll
-      for (int j = 0; j < kBN / 8; ++j) {
-        acc[4 * j] += partial[4 * j] * s0;
-        acc[4 * j + 1] += partial[4 * j + 1] * s0;
-        acc[4 * j + 2] += partial[4 * j + 2] * s8;
-        acc[4 * j + 3] += partial[4 * j + 3] * s8;
+    float sw = 0, sx0 = 0, sx8 = 0;  // k-block kb's scales, loaded by prepare(0, kb)
+    const auto prepare = [&](int h, int kb) {
+      if (h == 0) {
+        sw = ws[kb];
+        sx0 = xs0[kb];
+        sx8 = xs8[kb];
       }
-    }
+    };
+    // acc's half h (registers 32 h + 4 j + i) += partial * (x row scale * w block scale), the CPU's order.
+    const auto promote = [&](int h, const float* partial, int) {
+      const float s0 = sx0 * sw, s8 = sx8 * sw;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        acc[32 * h + 4 * j] += partial[4 * j] * s0;
+        acc[32 * h + 4 * j + 1] += partial[4 * j + 1] * s0;
+        acc[32 * h + 4 * j + 2] += partial[4 * j + 2] * s8;
+        acc[32 * h + 4 * j + 3] += partial[4 * j + 3] * s8;
+      }
+    };
+    Fp8MainLoop(ring, it, job.k_blocks, consumer, lane, prepare, promote);
   }
 #endif
 };
@@ -82,8 +121,8 @@ struct Fp8Product {
 // read scale 0 (their codes are TMA's zero fill).
 struct Fp8ColsProduct {
   static constexpr int kBN = 128, kBlockElems = kRowBytes;
-  // No TMA-store epilogue: with it, ptxas spills 108-156 bytes of this product's registers (acc, partial and
-  // the column scales are 160 of them).
+  // No TMA-store epilogue: with it, ptxas spills 64-112 bytes of this product's registers (acc, the two half
+  // partials and a half's column scales are 144 of the 168).
   static constexpr bool kAMn = false, kBMn = false, kTmaStore = false;
   struct Params {
     const float* a_scales;  // (Tp / 128, m)
@@ -95,37 +134,37 @@ struct Fp8ColsProduct {
                              int consumer, int lane, int local_row) {
     const int r0 = job.a_row + local_row, r8 = r0 + 8;
     const int c0 = job.n0 + 2 * (lane % 4);  // this thread's columns: c0 + 8 j and c0 + 8 j + 1
-    float partial[kBN / 2];
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
-    for (int kb = 0; kb < job.k_blocks; ++kb, ++it) {
+    float sa0 = 0, sa8 = 0, sb[16];  // k-block kb's row scales and this half's column scales
+    const auto prepare = [&](int h, int kb) {
       const int64_t t = static_cast<int64_t>(job.k0) + kb;
-      const float* sa = p.a_scales + t * p.m;
+      if (h == 0) {
+        const float* sa = p.a_scales + t * p.m;
+        sa0 = r0 < p.m ? sa[r0] : 0.0f;
+        sa8 = r8 < p.m ? sa[r8] : 0.0f;
+      }
       const float* sbrow = p.b_scales + t * p.n;
-      const float sa0 = r0 < p.m ? sa[r0] : 0.0f, sa8 = r8 < p.m ? sa[r8] : 0.0f;
-      float sb[kBN / 4];
 #pragma unroll
-      for (int j = 0; j < kBN / 8; ++j) {
-        const int c = c0 + 8 * j;  // n is a multiple of 16 and c even: c + 1 < n whenever c < n
+      for (int j = 0; j < 8; ++j) {
+        const int c = c0 + 64 * h + 8 * j;  // n is a multiple of 16 and c even: c + 1 < n whenever c < n
         sb[2 * j] = c < p.n ? sbrow[c] : 0.0f;
         sb[2 * j + 1] = c < p.n ? sbrow[c + 1] : 0.0f;
       }
-      Fp8BlockPartial(partial, ring, it, consumer, lane);
+    };
+    const auto promote = [&](int h, const float* partial, int) {
 #pragma unroll
-      for (int j = 0; j < kBN / 8; ++j) {
-        acc[4 * j] += partial[4 * j] * (sa0 * sb[2 * j]);
-        acc[4 * j + 1] += partial[4 * j + 1] * (sa0 * sb[2 * j + 1]);
-        acc[4 * j + 2] += partial[4 * j + 2] * (sa8 * sb[2 * j]);
-        acc[4 * j + 3] += partial[4 * j + 3] * (sa8 * sb[2 * j + 1]);
+      for (int j = 0; j < 8; ++j) {
+        acc[32 * h + 4 * j] += partial[4 * j] * (sa0 * sb[2 * j]);
+        acc[32 * h + 4 * j + 1] += partial[4 * j + 1] * (sa0 * sb[2 * j + 1]);
+        acc[32 * h + 4 * j + 2] += partial[4 * j + 2] * (sa8 * sb[2 * j]);
+        acc[32 * h + 4 * j + 3] += partial[4 * j + 3] * (sa8 * sb[2 * j + 1]);
       }
-    }
+    };
+    Fp8MainLoop(ring, it, job.k_blocks, consumer, lane, prepare, promote);
   }
 #endif
 };
-
-}  // namespace
-
-namespace {
 
 // The FP8 forms' launch (CheckedShape); their column tile is always 128.
 template <class Product>
