@@ -17,13 +17,15 @@ Linear::Linear(ParamTable& table, int weight_id)
       in_(table.spec(weight_id).shape.at(1)),
       out_(table.spec(weight_id).shape.at(0)) {}
 
-Tensor Linear::Forward(int mb, const Tensor& x) {
+Tensor Linear::Forward(int mb, const Tensor& x, const Fp8Rows* xq) {
   FATHOM_CHECK(x.dim(-1) == in_, "[linear ", table_->spec(weight_).name, "] input ", x.shape_str(),
                ", expected last dim ", in_);
   Tensor x2 = x.Flatten2D();
   Tensor y = Tensor::Empty({x2.dim(0), out_}, x.dtype(), x.device());
-  if (table_->fp8(weight_)) {
-    ops::Fp8GroupedMatmulNT(y, ops::QuantizeRows(x2), table_->fp8_weight(weight_).w, Tensor());
+  if (fp8()) {
+    FATHOM_CHECK(xq == nullptr || (xq->rows() == x2.dim(0) && xq->cols == in_), "[linear ",
+                 table_->spec(weight_).name, "] quantised input of ", xq ? xq->rows() : 0, " rows for ", x2.dim(0));
+    ops::Fp8GroupedMatmulNT(y, xq ? *xq : ops::QuantizeRows(x2), table_->fp8_weight(weight_).w, Tensor());
   } else {
     ops::MatmulNT(y, x2, table_->compute_value(weight_));
   }
@@ -33,13 +35,11 @@ Tensor Linear::Forward(int mb, const Tensor& x) {
   return y.Reshape(shape);
 }
 
-// dx (=, or += with `add`) dy . W, and dy kept for the wgrad. In FP8 the addition is a separate pass over a
-// temporary (the product rounded to dx's dtype first); otherwise the GEMM adds (beta 1).
+// dx (=, or += with `add`) dy . W, and dy kept for the wgrad. Either way the GEMM adds (beta 1: f32 product
+// plus dx, rounded once; on the CPU out + product, what a separate pass over the product added).
 void Linear::InputGradient(Ctx& c, const Tensor& dy2, const Tensor& dx2, bool add) {
-  if (table_->fp8(weight_)) {
-    const Tensor product = add ? Tensor::Empty(dx2.shape(), dx2.dtype(), dx2.device()) : dx2;
-    ops::Fp8GroupedMatmulNT(product, ops::QuantizeRows(dy2), table_->fp8_weight(weight_).wt, Tensor());
-    if (add) ops::AddInPlace(dx2, product);
+  if (fp8()) {
+    ops::Fp8GroupedMatmulNT(dx2, ops::QuantizeRows(dy2), table_->fp8_weight(weight_).wt, Tensor(), add);
   } else {
     ops::MatmulNN(dx2, dy2, table_->compute_value(weight_), /*accumulate=*/add);
   }
@@ -67,18 +67,35 @@ void Linear::BackwardInputAdd(int mb, const Tensor& dy, const Tensor& dx) {
   InputGradient(c, dy2, dx2, /*add=*/true);
 }
 
-void Linear::BackwardWeight(int mb) {
+void Linear::BackwardWeight(int mb, const Fp8Cols* x_cols) {
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(c.dy.defined(), "[linear] BackwardWeight before BackwardInput for micro-batch ", mb);
   // The first writer of a step overwrites (see ParamTable::GradForWrite); later ones add.
   bool known_zero = false;
   const Tensor grad = table_->GradForWrite(weight_, &known_zero);
-  if (table_->fp8(weight_)) {
-    ops::Fp8GroupedMatmulTN(grad, ops::QuantizeCols(c.dy), ops::QuantizeCols(c.x), /*accumulate=*/!known_zero);
+  if (fp8()) {
+    FATHOM_CHECK(x_cols == nullptr || (x_cols->cols() == in_ && x_cols->padded_tokens() == Fp8Padded(c.x.dim(0))), "[linear ",
+                 table_->spec(weight_).name, "] quantised input columns do not match the saved input ",
+                 c.x.shape_str());
+    ops::Fp8GroupedMatmulTN(grad, ops::QuantizeCols(c.dy), x_cols ? *x_cols : ops::QuantizeCols(c.x),
+                            /*accumulate=*/!known_zero);
   } else {
     ops::MatmulTN(grad, c.dy, c.x, /*accumulate=*/!known_zero);
   }
   saved_.Drop(mb);
+}
+
+std::optional<Fp8Rows> SharedRows(const Tensor& x, const Linear& a, const Linear& b) {
+  if (!a.fp8() || !b.fp8()) return std::nullopt;
+  return ops::QuantizeRows(x.Flatten2D());
+}
+
+std::optional<Fp8Cols> SharedCols(int mb, Linear& a, Linear& b) {
+  if (!a.fp8() || !b.fp8()) return std::nullopt;
+  const Tensor& x = a.saved_input(mb);
+  FATHOM_CHECK(x.raw() == b.saved_input(mb).raw() && x.shape() == b.saved_input(mb).shape(),
+               "[linear] SharedCols: the two Linears saved different inputs for micro-batch ", mb);
+  return ops::QuantizeCols(x);
 }
 
 }  // namespace fathom

@@ -63,14 +63,18 @@ Tensor MlaAttention::Forward(int mb, const Tensor& x) {
   const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
   const RopeTable& rt = rope(t);
 
+  // In FP8 the query and kv projections read x's rows quantised once.
+  Linear& q_in = q_proj_ ? *q_proj_ : *q_a_proj_;
+  const std::optional<Fp8Rows> xq = SharedRows(x, q_in, kv_a_proj_);
+  const Fp8Rows* xq_ptr = xq ? &*xq : nullptr;
   // Queries: the projection output is not saved by any sub-layer, so RoPE may rotate q_rot in place.
-  Tensor q = q_proj_ ? q_proj_->Forward(mb, x)
-                     : q_b_proj_->Forward(mb, q_a_layernorm_->Forward(mb, q_a_proj_->Forward(mb, x)));
+  Tensor q = q_proj_ ? q_proj_->Forward(mb, x, xq_ptr)
+                     : q_b_proj_->Forward(mb, q_a_layernorm_->Forward(mb, q_a_proj_->Forward(mb, x, xq_ptr)));
   q = q.Reshape({b, t, heads_, qk_dim_});
   rt.Apply(q, q);
 
   // Compressed kv: the latent is copied out for the norm before k_rot is rotated in place (one head).
-  Tensor ckv = kv_a_proj_.Forward(mb, x).Reshape({n, kv_rank_ + rope_dim_});
+  Tensor ckv = kv_a_proj_.Forward(mb, x, xq_ptr).Reshape({n, kv_rank_ + rope_dim_});
   Tensor kv = Tensor::Empty({n, kv_rank_}, x.dtype(), x.device());
   ops::CopyColumns(kv, 0, ckv, 0, kv_rank_);
   Tensor ckv4 = ckv.Reshape({b, t, 1, kv_rank_ + rope_dim_});
@@ -143,14 +147,17 @@ void MlaAttention::BackwardWeight(int mb) {
   ScopedPhase phase(phases::kAttention);
   Ctx& c = saved_.Get(mb);
   FATHOM_CHECK(!c.q.defined(), "[mla] BackwardWeight before BackwardInput for micro-batch ", mb);
+  Linear& q_in = q_proj_ ? *q_proj_ : *q_a_proj_;
+  const std::optional<Fp8Cols> x_cols = SharedCols(mb, q_in, kv_a_proj_);  // x's columns, quantised once
+  const Fp8Cols* x_cols_ptr = x_cols ? &*x_cols : nullptr;
   if (q_proj_) {
-    q_proj_->BackwardWeight(mb);
+    q_proj_->BackwardWeight(mb, x_cols_ptr);
   } else {
-    q_a_proj_->BackwardWeight(mb);
+    q_a_proj_->BackwardWeight(mb, x_cols_ptr);
     q_a_layernorm_->BackwardWeight(mb);
     q_b_proj_->BackwardWeight(mb);
   }
-  kv_a_proj_.BackwardWeight(mb);
+  kv_a_proj_.BackwardWeight(mb, x_cols_ptr);
   kv_a_layernorm_.BackwardWeight(mb);
   kv_b_proj_.BackwardWeight(mb);
   o_proj_.BackwardWeight(mb);

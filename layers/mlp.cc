@@ -18,8 +18,9 @@ DenseMlp::DenseMlp(ParamTable& table, const std::string& prefix, int64_t hidden,
 Tensor DenseMlp::Forward(int mb, const Tensor& x) {
   FATHOM_CHECK(x.dim(-1) == hidden_, "[mlp] input ", x.shape_str(), ", expected last dim ", hidden_);
   Tensor x2 = x.Flatten2D();
-  Tensor gate = gate_.Forward(mb, x2);
-  Tensor up = up_.Forward(mb, x2);
+  const std::optional<Fp8Rows> xq = SharedRows(x2, gate_, up_);  // in FP8, x quantised once for both
+  Tensor gate = gate_.Forward(mb, x2, xq ? &*xq : nullptr);
+  Tensor up = up_.Forward(mb, x2, xq ? &*xq : nullptr);
   Tensor h = Tensor::Empty(gate.shape(), x.dtype(), x.device());
   ops::SwiGluForward(h, gate, up);
   Ctx& c = saved_.Put(mb);
@@ -42,8 +43,9 @@ Tensor DenseMlp::BackwardInput(int mb, const Tensor& dy) {
 
 void DenseMlp::BackwardWeight(int mb) {
   saved_.Get(mb);  // checks that Forward ran for mb
-  gate_.BackwardWeight(mb);
-  up_.BackwardWeight(mb);
+  const std::optional<Fp8Cols> x_cols = SharedCols(mb, gate_, up_);  // in FP8, x's columns quantised once
+  gate_.BackwardWeight(mb, x_cols ? &*x_cols : nullptr);
+  up_.BackwardWeight(mb, x_cols ? &*x_cols : nullptr);
   down_.BackwardWeight(mb);
   saved_.Drop(mb);
 }
