@@ -243,7 +243,8 @@ void SequenceBalanceLossBackward(const Tensor& dscores, const Tensor& scores, co
 void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& counts, const Tensor& x,
                 const Tensor& topk_index);
 // MoePermute in parts (cpu/moe.h): the sort alone (row_slot (R), counts (E) on topk_index's device, no
-// sync); the gather, also of padded layouts (x_perm (P, H), row_slot (P), -1 rows zero); and the padded
+// sync); the gather, also of padded layouts (x_perm (P, H), row_slot (P), -1 rows zero; also of packed FP8
+// rows, Fp8Rows::data, whose bytes it moves: a zero row is codes and scales 0); and the padded
 // expert layout, each expert's rows padded to a multiple of `tile` (padded (P) with P = cpu::PaddedRows of
 // the host counts; counts on the device of row_slot).
 void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index);

@@ -124,7 +124,12 @@ void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot
   const char* op = "moe_gather_rows";
   const Device dev = OneDevice(op, "x_perm", x_perm, "x", x, "row_slot", row_slot);
   Index(op, "row_slot", row_slot, DType::kI64);
-  Floats(op, dev, "x", x, "x_perm", x_perm);
+  if (x.dtype() == DType::kF8E4M3) {  // packed FP8 rows (Fp8Rows::data): moved as bytes
+    FATHOM_CHECK(x_perm.dtype() == DType::kF8E4M3, "[", op, "] x holds FP8 rows, x_perm is ",
+                 DTypeName(x_perm.dtype()));
+  } else {
+    Floats(op, dev, "x", x, "x_perm", x_perm);
+  }
   if (dev == Device::kCPU) return cpu::MoeGatherRows(x_perm, x, row_slot, top_k);
   FATHOM_OPS_ON_CUDA(op, cuda_impl::MoeGatherRows(x_perm, x, row_slot, top_k));
 }

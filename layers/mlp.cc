@@ -15,12 +15,14 @@ DenseMlp::DenseMlp(ParamTable& table, const std::string& prefix, int64_t hidden,
       down_(table, prefix + ".down_proj", intermediate, hidden, layer, ParamGroup::kReplicated,
             GemmPrecision::kFp8) {}
 
-Tensor DenseMlp::Forward(int mb, const Tensor& x) {
+Tensor DenseMlp::Forward(int mb, const Tensor& x, const Fp8Rows* xq) {
   FATHOM_CHECK(x.dim(-1) == hidden_, "[mlp] input ", x.shape_str(), ", expected last dim ", hidden_);
   Tensor x2 = x.Flatten2D();
-  const std::optional<Fp8Rows> xq = SharedRows(x2, gate_, up_);  // in FP8, x quantised once for both
-  Tensor gate = gate_.Forward(mb, x2, xq ? &*xq : nullptr);
-  Tensor up = up_.Forward(mb, x2, xq ? &*xq : nullptr);
+  // In FP8, x quantised once for both projections (or by the caller).
+  const std::optional<Fp8Rows> own = xq ? std::nullopt : SharedRows(x2, gate_, up_);
+  if (own) xq = &*own;
+  Tensor gate = gate_.Forward(mb, x2, xq);
+  Tensor up = up_.Forward(mb, x2, xq);
   Tensor h = Tensor::Empty(gate.shape(), x.dtype(), x.device());
   ops::SwiGluForward(h, gate, up);
   Ctx& c = saved_.Put(mb);

@@ -24,7 +24,9 @@ class DenseMlp {
   DenseMlp(const DenseMlp&) = delete;
   DenseMlp& operator=(const DenseMlp&) = delete;
 
-  Tensor Forward(int mb, const Tensor& x);         // x (..., H) -> y (..., H)
+  // x (..., H) -> y (..., H). In FP8, `xq` may carry x's rows already quantised (ops::QuantizeRows of x
+  // flattened; the MoE's padded layout quantises them once for its routed rows too).
+  Tensor Forward(int mb, const Tensor& x, const Fp8Rows* xq = nullptr);
   Tensor BackwardInput(int mb, const Tensor& dy);  // dy (..., H) -> dx (..., H)
   void BackwardWeight(int mb);                     // grads of gate_proj, up_proj, down_proj +=
 

@@ -86,9 +86,11 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
     c.host_counts = std::move(host_counts);
     if (c.x_perm.defined()) c.in_flight = RowsInFlight(c.x_perm);
   }
+  // FP8 in the padded layout: the tokens' rows quantised once, for the shared expert and the routed rows.
+  if (fp8() && c.x2.defined()) c.xq_tokens = ops::QuantizeRows(x2);
   if (shared_) {  // needs only x: runs while the rows travel
     ScopedPhase experts(phases::kExperts);
-    c.shared_out = shared_->Forward(mb, x2);
+    c.shared_out = shared_->Forward(mb, x2, c.xq_tokens.data.defined() ? &c.xq_tokens : nullptr);
   }
 }
 
@@ -104,10 +106,8 @@ void MoE::ForwardExperts(int mb) {
     GatherDeviceLayout(c);
     y_local = ComputeExperts(c);
   } else if (fp8()) {
-    if (c.x2.defined()) {  // the padded layout: its rows gathered, then quantised (the bf16 copy dropped)
+    if (c.x2.defined()) {  // the padded layout: the tokens' FP8 rows gathered into it
       GatherLocalRows(c);
-      c.xq_local = ops::QuantizeRows(c.x_local);
-      c.x_local = Tensor();
     } else {
       c.xq_local = ArrivedFp8(c);
     }
@@ -185,8 +185,14 @@ void MoE::GatherLocalRows(Ctx& c) {
   Tensor padded = Tensor::Empty({rows}, DType::kI64, dev);
   ops::MoePadLayout(padded, c.row_slot, c.device_counts, tile);
   c.row_slot = padded;
-  c.x_local = Tensor::Empty({rows, hidden_}, c.x2.dtype(), dev);
-  ops::MoeGatherRows(c.x_local, c.x2, c.row_slot, top_k_);
+  if (c.xq_tokens.data.defined()) {  // FP8: the quantised rows, as bytes
+    c.xq_local = Fp8Rows::Empty(rows, hidden_, dev);
+    ops::MoeGatherRows(c.xq_local.data, c.xq_tokens.data, c.row_slot, top_k_);
+    c.xq_tokens = Fp8Rows();
+  } else {
+    c.x_local = Tensor::Empty({rows, hidden_}, c.x2.dtype(), dev);
+    ops::MoeGatherRows(c.x_local, c.x2, c.row_slot, top_k_);
+  }
   c.block_counts = Tensor::Empty({num_experts_}, DType::kI64);
   ExpertLayoutTally& tally = layout_tally();
   ++tally.passes;

@@ -215,6 +215,9 @@ class MoE {
     // FP8 (see the top): x_local and dy_local as packed FP8 rows instead (x_perm is dropped once quantised).
     DType dtype = DType::kF32;  // the activations'
     Fp8Rows xq_local, dyq_local;
+    // FP8 in the padded layout: x2's rows quantised once, the shared expert's input too, then gathered into
+    // xq_local (each row's codes do not depend on where it sits).
+    Fp8Rows xq_tokens;
     // Padded layout (see the top): x2 (N, H) the input, kept from the sort to the gather; the blocks'
     // rows per expert (E, HOST, multiples of the tile); row_slot then has their sum P of rows, -1 at pads.
     Tensor x2;

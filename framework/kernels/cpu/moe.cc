@@ -1,6 +1,7 @@
 #include "framework/kernels/cpu/moe.h"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -263,21 +264,41 @@ void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot
   FATHOM_CHECK(x.ndim() == 2 && top_k >= 1 && row_slot.dtype() == DType::kI64 && row_slot.ndim() == 1,
                "[moe_gather_rows] x ", x.shape_str(), " row_slot ", row_slot.shape_str(), " top_k ", top_k);
   const int64_t n = x.dim(0), h = x.dim(1), p = row_slot.dim(0);
-  CheckFloat("moe_gather_rows", x_perm, x.dtype(), {p, h});
   const int64_t* rs = row_slot.data<int64_t>();
+  auto source = [&](int64_t row) {  // x's row for x_perm's `row`, -1 for a pad row
+    if (rs[row] == -1) return int64_t{-1};
+    FATHOM_CHECK(rs[row] >= 0 && rs[row] / top_k < n, "[moe_gather_rows] slot ", rs[row], " outside [0, ",
+                 n * top_k, ")");
+    return rs[row] / top_k;
+  };
+  if (x.dtype() == DType::kF8E4M3) {  // packed FP8 rows: bytes
+    FATHOM_CHECK(x_perm.dtype() == DType::kF8E4M3 && x_perm.ndim() == 2 && x_perm.dim(0) == p && x_perm.dim(1) == h,
+                 "[moe_gather_rows] x_perm ", x_perm.shape_str(), " ", DTypeName(x_perm.dtype()), ", expected (", p,
+                 ", ", h, ") FP8 rows");
+    const auto* xp = static_cast<const uint8_t*>(x.raw());
+    auto* out = static_cast<uint8_t*>(x_perm.raw());
+    for (int64_t row = 0; row < p; ++row) {
+      const int64_t t = source(row);
+      if (t < 0) {
+        std::memset(out + row * h, 0, static_cast<size_t>(h));
+      } else {
+        std::memcpy(out + row * h, xp + t * h, static_cast<size_t>(h));
+      }
+    }
+    return;
+  }
+  CheckFloat("moe_gather_rows", x_perm, x.dtype(), {p, h});
   DispatchFloat(x.dtype(), "moe_gather_rows", [&](auto tag) {
     using T = decltype(tag);
     const T* xp = x.data<T>();
     T* op = x_perm.data<T>();
     for (int64_t row = 0; row < p; ++row) {
-      if (rs[row] == -1) {
+      const int64_t t = source(row);
+      if (t < 0) {
         std::fill(op + row * h, op + (row + 1) * h, T(0));
-        continue;
+      } else {
+        std::copy(xp + t * h, xp + (t + 1) * h, op + row * h);
       }
-      const int64_t t = rs[row] / top_k;
-      FATHOM_CHECK(rs[row] >= 0 && t < n, "[moe_gather_rows] slot ", rs[row], " outside [0, ", n * top_k,
-                   ")");
-      std::copy(xp + t * h, xp + (t + 1) * h, op + row * h);
     }
   });
 }

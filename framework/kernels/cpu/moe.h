@@ -65,7 +65,7 @@ void MoePermute(const Tensor& x_perm, const Tensor& row_slot, const Tensor& coun
                 const Tensor& topk_index);
 // MoePermute in two parts: the sort (row_slot, counts) and the row gather. The gather also takes padded
 // layouts (MoePadLayout): x_perm (P, H) row p = x row (row_slot[p] / top_k), or zeros where row_slot[p] is
-// -1; row_slot (P) i64.
+// -1; row_slot (P) i64. x may also be packed FP8 rows (Fp8Rows::data, kF8E4M3): moved as bytes, pad rows 0.
 void MoeSortByExpert(const Tensor& row_slot, const Tensor& counts, const Tensor& topk_index);
 void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k);
 // The tiled expert layout (layers/moe.h): expert e's rows keep their order in a block of its count rounded

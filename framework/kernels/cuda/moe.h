@@ -97,7 +97,8 @@ void MoeSortByExpert(const Tensor& row_slot, const Tensor& slot_row, const Tenso
                      const Tensor& offsets, const Tensor& counts_host, const Tensor& topk_index,
                      const Tensor& workspace, Stream stream);
 // x_perm (P, H) row r = x row (row_slot[r] / top_k), or zeros where row_slot[r] = -1 (the pad rows of
-// MoePadLayout), overwritten. x (N, H); row_slot (P) i64, P = N * top_k or a padded layout's rows.
+// MoePadLayout), overwritten. x (N, H); row_slot (P) i64, P = N * top_k or a padded layout's rows. x may also
+// be packed FP8 rows (Fp8Rows::data, kF8E4M3, H = the row's bytes): moved as bytes, pad rows all zero.
 void MoePermuteRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot, int64_t top_k,
                     Stream stream);
 // cpu::MoePermute: MoeSortByExpert then MoePermuteRows (K = topk_index.dim(1)).

@@ -383,7 +383,7 @@ void MoePermuteRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slo
                     Stream stream) {
   const char* op = "moe_permute_rows_cuda";
   FATHOM_CHECK(x.ndim() == 2 && top_k >= 1, "[", op, "] x ", x.shape_str(), " top_k ", top_k);
-  CheckActivationDType(op, x.dtype());
+  if (x.dtype() != DType::kF8E4M3) CheckActivationDType(op, x.dtype());  // FP8 rows move as bytes
   FATHOM_CHECK(row_slot.ndim() == 1, "[", op, "] row_slot ", row_slot.shape_str());
   const int64_t n = x.dim(0), h = x.dim(1), r = row_slot.dim(0);  // r >= N * top_k in padded layouts
   CheckRows(op, r);
