@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -446,6 +447,34 @@ TEST(MoeTest, PadLayoutRoundsEachExpertToTheTile) {
   const std::vector<int64_t> want = {10, 11, 12, -1, 13, 14, 15, 16, 17, -1, -1, -1};
   for (int64_t i = 0; i < 12; ++i) EXPECT_EQ(padded.data<int64_t>()[i], want[static_cast<size_t>(i)]) << i;
   EXPECT_EQ(cpu::PaddedRows(counts, 1), 8);
+}
+
+// The gather moves packed FP8 rows (Fp8Rows::data) as bytes: each layout row is its token's quantised row, and
+// a pad row (-1) is all zero (codes and scales), which reads back as zeros.
+TEST(MoeTest, GatherMovesFp8RowsAsBytes) {
+  std::mt19937_64 rng(TestSeed());
+  constexpr int64_t kTokens = 5, kTopK = 2, kCols = 200;  // 2 tiles of 128, the second partial
+  const Tensor x = RandomTensor({kTokens, kCols}, DType::kF32, rng);
+  const Fp8Rows xq = ops::QuantizeRows(x);
+  const Tensor row_slot = Tensor::FromVector({7, -1, 0, 9, 3, -1}, {6}, DType::kI64);  // slots: token = slot / 2
+  Fp8Rows out = Fp8Rows::Empty(6, kCols, Device::kCPU);
+  std::memset(out.data.raw(), 0xAB, out.data.nbytes());  // every byte must be written
+  ops::MoeGatherRows(out.data, xq.data, row_slot, kTopK);
+  const int64_t row_bytes = xq.row_bytes();
+  const auto* src = static_cast<const uint8_t*>(xq.data.raw());
+  const auto* got = static_cast<const uint8_t*>(out.data.raw());
+  for (int64_t r = 0; r < 6; ++r) {
+    const int64_t slot = row_slot.data<int64_t>()[r];
+    for (int64_t b = 0; b < row_bytes; ++b) {
+      const uint8_t want = slot < 0 ? uint8_t{0} : src[(slot / kTopK) * row_bytes + b];
+      ASSERT_EQ(got[r * row_bytes + b], want) << "row " << r << " byte " << b;
+    }
+  }
+  Tensor back = Tensor::Empty({6, kCols}, DType::kF32);
+  ops::DequantizeRows(back, out);
+  for (int64_t c = 0; c < kCols; ++c) EXPECT_EQ(back.data<float>()[1 * kCols + c], 0.0f) << "pad row column " << c;
+  // A float tensor into FP8 rows is refused by name.
+  EXPECT_DEATH(ops::MoeGatherRows(out.data, x, row_slot, kTopK), "moe_gather_rows");
 }
 
 // The device layout's pieces on the CPU twin: a budget longer than the layout gets -1 past it (and a shorter
