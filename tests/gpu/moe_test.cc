@@ -28,6 +28,7 @@
 #include "framework/cuda/check.h"
 #include "framework/cuda/device_arena.h"
 #include "framework/kernels/cpu/activation.h"
+#include "framework/kernels/cpu/fp8_gemm.h"
 #include "framework/kernels/cpu/moe.h"
 #include "framework/kernels/cuda/elementwise.h"
 #include "tests/common/gradcheck.h"
@@ -515,6 +516,36 @@ TEST(MoeCudaPadded, LayoutGatherCombineMatchCpu) {
     Tensor ref_dx = Tensor::Empty({c.n, c.h}, DType::kF64);
     cpu::MoePermuteBackward(ref_dx, y_pad.f64, ref_padded, false, c.k);
     EXPECT_LE(RelError(DownloadF64(dx), ref_dx), tol) << "dx";
+  }
+}
+
+// The FP8 padded layout gathers quantised token rows (Fp8Rows::data) as bytes: the GPU's gather equals the
+// CPU's byte for byte, pad rows (-1) all zero; rows of 2112 bytes (2048 columns) and 144 (72 columns: codes
+// padded to 128, then the scales).
+TEST(MoeCudaPadded, GathersFp8RowsAsBytes) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  DeviceArena arena("padded_fp8_test", size_t{64} << 20);
+  for (int64_t cols : {2048, 72}) {
+    SCOPED_TRACE("cols " + std::to_string(cols));
+    arena.Reset();
+    constexpr int64_t kTokens = 300, kTopK = 4, kRows = 1500;
+    const Fp8Rows xq = Fp8Rows::Empty(kTokens, cols, Device::kCPU);
+    cpu::QuantizeRows1x128(xq, RandomTensor({kTokens, cols}, DType::kF32, rng));
+    Tensor row_slot = Tensor::Empty({kRows}, DType::kI64);
+    for (int64_t i = 0; i < kRows; ++i)
+      row_slot.data<int64_t>()[i] = rng() % 5 == 0 ? -1 : static_cast<int64_t>(rng() % (kTokens * kTopK));
+    Fp8Rows want = Fp8Rows::Empty(kRows, cols, Device::kCPU);
+    cpu::MoeGatherRows(want.data, xq.data, row_slot, kTopK);
+    Tensor got = arena.Alloc(want.data.shape(), DType::kF8E4M3);
+    cuda::MoePermuteRows(got, Upload(arena, xq.data), Upload(arena, row_slot), kTopK, nullptr);
+    const Tensor host = Download(got);
+    ASSERT_EQ(host.nbytes(), want.data.nbytes());
+    const auto* g = static_cast<const uint8_t*>(host.raw());
+    const auto* w = static_cast<const uint8_t*>(want.data.raw());
+    for (size_t b = 0; b < host.nbytes(); ++b) ASSERT_EQ(g[b], w[b]) << "byte " << b;
   }
 }
 
