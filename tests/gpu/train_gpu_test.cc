@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "framework/kernels/cpu/moe.h"
+#include "framework/kernels/cuda/grouped_gemm.h"
 #include "framework/ops.h"
 #include "gtest/gtest.h"
 #include "launch/trainer.h"
@@ -109,14 +110,19 @@ TEST(TrainGpu, Bf16OwnExpertKernelsFollowTheCpuF32LossCurve) {
   const int64_t steps = 50;
   const std::string width = "model.moe_intermediate_size=64";
   std::vector<double> cpu = Losses("cpu", steps, "f32", {width});
-  for (const std::string which : {"own", "own_wgrad"}) {
+  // own_pairs: own with the tiled kernels' launch options (clusters of two sharing A, TMA stores).
+  for (const std::string which : {"own", "own_wgrad", "own_pairs"}) {
     SCOPED_TRACE("train.expert_gemm " + which);
     MoE::layout_tally() = {};
-    std::vector<double> gpu = Losses("cuda", steps, "bf16", {width, "train.expert_gemm=" + which});
+    const std::vector<std::string> options =
+        which == "own_pairs" ? std::vector<std::string>{width, "train.expert_gemm=own", "train.expert_gemm_cluster=2",
+                                                        "train.expert_gemm_tma_store=true"}
+                             : std::vector<std::string>{width, "train.expert_gemm=" + which};
+    std::vector<double> gpu = Losses("cuda", steps, "bf16", options);
     const ExpertLayoutTally t = MoE::layout_tally();
     ASSERT_GT(t.passes, 0);
     EXPECT_EQ(t.tiled_wgrad_passes, t.passes);
-    if (which == "own") EXPECT_EQ(t.layout_rows, t.passes * cpu::MaxPaddedRows(t.rows / t.passes, 8, 128));
+    if (which != "own_wgrad") EXPECT_EQ(t.layout_rows, t.passes * cpu::MaxPaddedRows(t.rows / t.passes, 8, 128));
     const CurveGap g = Gap(cpu, gpu);
     std::printf(
         "50 bf16 steps with train.expert_gemm %s: lm loss %.4f -> %.4f (CPU f32 %.4f -> %.4f); first step "
@@ -126,6 +132,7 @@ TEST(TrainGpu, Bf16OwnExpertKernelsFollowTheCpuF32LossCurve) {
     EXPECT_LE(g.worst, 3e-2);
     EXPECT_LE(g.tail, 2e-2);
   }
+  cuda::SetTiledDefaults({});  // the process's tiled-kernel defaults back for the tests after this one
 }
 
 // What train.expert_gemm own is for: the MoE layers' host waits are gone. The tiny recipe for 4 steps each
