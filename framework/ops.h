@@ -281,6 +281,10 @@ void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot,
 // row_slot, topk_weight as in MoeCombine (y_perm (P, H), row_slot (P): P = R or a padded layout's rows).
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
+// MoeCombineBackward with dy_perm returned as FP8 rows, the bits of QuantizeRows(dy_perm): on CUDA in one
+// pass that never stores dy_perm (bf16 with H a multiple of 128), elsewhere the two ops.
+Fp8Rows MoeCombineBackwardQuantized(const Tensor& dweight, const Tensor& dout, const Tensor& y_perm,
+                                    const Tensor& row_slot, const Tensor& topk_weight);
 
 // The auxiliary-loss-free bias rule of the DeepSeek-V3 report on the bias's device (cpu::ExpertBiasUpdate):
 // bias (E) float += gamma * sign(mean(load) - load_i), compared exactly in integers; load (E) i64 on the

@@ -365,6 +365,16 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
                            Context("moe_combine_backward").stream());
 }
 
+bool MoeCombineBackwardFp8Supported(const Tensor& dout, const Tensor& y_perm) {
+  return cuda::MoeCombineBackwardFp8Supported(dout, y_perm);
+}
+
+void MoeCombineBackwardFp8(const Tensor& dyq, const Tensor& dweight, const Tensor& dout, const Tensor& y_perm,
+                           const Tensor& row_slot, const Tensor& topk_weight) {
+  cuda::MoeCombineBackwardFp8(dyq, dweight, dout, y_perm, row_slot, topk_weight,
+                              Context("moe_combine_backward_fp8").stream());
+}
+
 void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma) {
   cuda::ExpertBiasUpdate(bias, load, gamma, Context("expert_bias_update").stream());
 }

@@ -84,6 +84,9 @@ void MoePermuteBackward(const Tensor& dx, const Tensor& dx_perm, const Tensor& r
 void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight);
+bool MoeCombineBackwardFp8Supported(const Tensor& dout, const Tensor& y_perm);
+void MoeCombineBackwardFp8(const Tensor& dyq, const Tensor& dweight, const Tensor& dout, const Tensor& y_perm,
+                           const Tensor& row_slot, const Tensor& topk_weight);
 void ExpertBiasUpdate(const Tensor& bias, const Tensor& load, double gamma);
 void AccumulateF64(const Tensor& sums, const std::vector<AccumulationTerm>& terms);
 void Copy(const Tensor& dst, const Tensor& src);

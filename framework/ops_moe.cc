@@ -291,4 +291,19 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
                      cuda_impl::MoeCombineBackward(dy_perm, dweight, dout, y_perm, row_slot, topk_weight));
 }
 
+Fp8Rows MoeCombineBackwardQuantized(const Tensor& dweight, const Tensor& dout, const Tensor& y_perm,
+                                    const Tensor& row_slot, const Tensor& topk_weight) {
+  const Device dev = y_perm.device();
+#ifdef FATHOM_WITH_CUDA
+  if (dev == Device::kCUDA && cuda_impl::MoeCombineBackwardFp8Supported(dout, y_perm)) {
+    Fp8Rows q = Fp8Rows::Empty(y_perm.dim(0), y_perm.dim(1), dev);
+    cuda_impl::MoeCombineBackwardFp8(q.data, dweight, dout, y_perm, row_slot, topk_weight);
+    return q;
+  }
+#endif
+  const Tensor dy_perm = Tensor::Empty(y_perm.shape(), dout.dtype(), dev);
+  MoeCombineBackward(dy_perm, dweight, dout, y_perm, row_slot, topk_weight);
+  return QuantizeRows(dy_perm);
+}
+
 }  // namespace fathom::ops

@@ -77,7 +77,7 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
   // except in the padded layout, which quantises its gathered rows in ForwardExperts.
   if (fp8() && c.x_perm.defined()) {
     c.counts = host_counts.Wait();
-    c.in_flight = StartRowsFp8(c, c.x_perm, /*forward=*/true);
+    c.in_flight = StartRowsFp8(c, ops::QuantizeRows(c.x_perm), /*forward=*/true);
     c.x_perm = Tensor();
   } else if (exchange_) {
     c.counts = host_counts.Wait();
@@ -277,13 +277,16 @@ void MoE::BackwardInputBegin(int mb, const Tensor& dy) {
   Tensor dy2 = dy.Flatten2D();
   // dweight is in the router's dtype (topk_weight's), the output gradient in the activations'.
   c.dweight = Tensor::Empty(c.routing.topk_weight.shape(), c.routing.topk_weight.dtype(), dy2.device());
-  Tensor dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype(), dy2.device());
-  ops::MoeCombineBackward(dy_perm, c.dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
-  // Combine's backward produced the output gradient in this rank's row order; it travels to the experts
-  // the same way the tokens did (the combine-backward communication phase).
+  // Combine's backward produces the output gradient in this rank's row order (in FP8 quantised in the same
+  // pass where the GPU can); it travels to the experts the same way the tokens did (the combine-backward
+  // communication phase).
   if (fp8()) {
-    c.in_flight = StartRowsFp8(c, dy_perm, /*forward=*/false);
+    c.in_flight = StartRowsFp8(
+        c, ops::MoeCombineBackwardQuantized(c.dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight),
+        /*forward=*/false);
   } else {
+    Tensor dy_perm = Tensor::Empty(c.y_perm.shape(), dy2.dtype(), dy2.device());
+    ops::MoeCombineBackward(dy_perm, c.dweight, dy2, c.y_perm, c.row_slot, c.routing.topk_weight);
     c.in_flight = exchange_ ? exchange_->StartDispatch(dy_perm, c.dispatch) : RowsInFlight(dy_perm);
   }
   if (shared_) {  // needs only dy: runs while the gradient travels

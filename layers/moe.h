@@ -245,11 +245,11 @@ class MoE {
   // Backward steps. dy_local (R_local, H) -> dx_local (R_local, H); sets c.dgate, c.dup.
   Tensor ExpertsBackwardInput(Ctx& c);
   void ExpertsBackwardWeight(Ctx& c);
-  // The FP8 forms (layers/moe_fp8.cc), taken when fp8(). StartRowsFp8 quantises rows (R, H) and starts
-  // their dispatch (forward: with the counts, recording c.dispatch; backward: with c.dispatch's layout);
+  // The FP8 forms (layers/moe_fp8.cc), taken when fp8(). StartRowsFp8 starts the dispatch of quantised rows
+  // (R, H) (forward: with the counts, recording c.dispatch; backward: with c.dispatch's layout);
   // ArrivedFp8 wraps what arrived.
   bool fp8() const { return table_->fp8(gate_proj_); }
-  RowsInFlight StartRowsFp8(Ctx& c, const Tensor& rows, bool forward);
+  RowsInFlight StartRowsFp8(Ctx& c, const Fp8Rows& q, bool forward);
   Fp8Rows ArrivedFp8(Ctx& c);
   Tensor ComputeExpertsFp8(Ctx& c);
   Tensor ExpertsBackwardInputFp8(Ctx& c);

@@ -10,8 +10,7 @@ namespace fathom {
 // The permuted rows (forward) and the output gradient (backward) leave as packed FP8 rows (codes and
 // 1x128 scales in one row), so the all-to-all moves about half the bytes of bf16 and the experts read exactly
 // what arrived; the gradient's rows are also what the down projection's weight gradient reads.
-RowsInFlight MoE::StartRowsFp8(Ctx& c, const Tensor& rows, bool forward) {
-  Fp8Rows q = ops::QuantizeRows(rows);
+RowsInFlight MoE::StartRowsFp8(Ctx& c, const Fp8Rows& q, bool forward) {
   if (!exchange_) {
     if (forward) c.dispatch.local_counts = c.counts;
     return RowsInFlight(q.data);

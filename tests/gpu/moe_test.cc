@@ -31,6 +31,7 @@
 #include "framework/kernels/cpu/fp8_gemm.h"
 #include "framework/kernels/cpu/moe.h"
 #include "framework/kernels/cuda/elementwise.h"
+#include "framework/kernels/cuda/fp8_operands.h"
 #include "tests/common/gradcheck.h"
 #include "tests/gpu/gpu_test_support.h"
 
@@ -546,6 +547,53 @@ TEST(MoeCudaPadded, GathersFp8RowsAsBytes) {
     const auto* g = static_cast<const uint8_t*>(host.raw());
     const auto* w = static_cast<const uint8_t*>(want.data.raw());
     for (size_t b = 0; b < host.nbytes(); ++b) ASSERT_EQ(g[b], w[b]) << "byte " << b;
+  }
+}
+
+// The FP8 combine backward (one pass, dy_perm never stored in bf16) gives the bits of MoeCombineBackward
+// followed by QuantizeRows, codes, scales and dweight alike: a padded layout (random -1 pad rows, which get a
+// zero row's codes and scale), H 2048 (8 full passes) and 640 (the last pass's upper half-warp idle).
+TEST(MoeCudaCombine, Fp8BackwardEqualsCombineThenQuantize) {
+  FATHOM_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  DeviceArena arena("combine_fp8_test", size_t{256} << 20);
+  for (int64_t h : {2048, 640}) {
+    SCOPED_TRACE("H " + std::to_string(h));
+    arena.Reset();
+    constexpr int64_t kTokens = 257, kTopK = 4;
+    const int64_t p = kTokens * kTopK + 300;  // a padded layout: every slot once, 300 pad rows among them
+    std::vector<int64_t> slots(static_cast<size_t>(p), -1);
+    for (int64_t i = 0; i < kTokens * kTopK; ++i) slots[static_cast<size_t>(i)] = i;
+    std::shuffle(slots.begin(), slots.end(), rng);
+    Tensor row_slot = Tensor::Empty({p}, DType::kI64);
+    std::copy(slots.begin(), slots.end(), row_slot.data<int64_t>());
+    const Tensor dout = RandomTensor({kTokens, h}, DType::kF32, rng).To(DType::kBF16);
+    const Tensor y = RandomTensor({p, h}, DType::kF32, rng).To(DType::kBF16);
+    const Tensor weight = RandomTensor({kTokens, kTopK}, DType::kF32, rng, 0.5);
+    Tensor d_dout = Upload(arena, dout), d_y = Upload(arena, y), d_w = Upload(arena, weight);
+    Tensor d_slot = Upload(arena, row_slot);
+    ASSERT_TRUE(cuda::MoeCombineBackwardFp8Supported(d_dout, d_y));
+    // The two ops.
+    Tensor dy_perm = arena.Alloc({p, h}, DType::kBF16), dw_ref = arena.Alloc({kTokens, kTopK}, DType::kF32);
+    cuda::MoeCombineBackward(dy_perm, dw_ref, d_dout, d_y, d_slot, d_w, nullptr);
+    const Fp8Rows want = Fp8Rows::Wrap(arena.Alloc({p, Fp8RowBytes(h)}, DType::kF8E4M3), h);
+    cuda::QuantizeRows1x128(want, dy_perm, nullptr);
+    // The fused pass, into NaN-filled outputs (every byte and weight must be written).
+    const Fp8Rows got = Fp8Rows::Wrap(arena.Alloc({p, Fp8RowBytes(h)}, DType::kF8E4M3), h);
+    FATHOM_CUDA_CHECK(cudaMemset(got.data.raw(), 0x7F, got.data.nbytes()));
+    Tensor dw = arena.Alloc({kTokens, kTopK}, DType::kF32);
+    cuda::Fill(dw, std::numeric_limits<double>::quiet_NaN(), nullptr);
+    cuda::MoeCombineBackwardFp8(got.data, dw, d_dout, d_y, d_slot, d_w, nullptr);
+    const Tensor g = Download(got.data), w = Download(want.data);
+    ASSERT_EQ(g.nbytes(), w.nbytes());
+    const auto* gb = static_cast<const uint8_t*>(g.raw());
+    const auto* wb = static_cast<const uint8_t*>(w.raw());
+    for (size_t b = 0; b < g.nbytes(); ++b) ASSERT_EQ(gb[b], wb[b]) << "byte " << b << " of the FP8 rows";
+    const Tensor dw_got = Download(dw), dw_want = Download(dw_ref);
+    for (int64_t i = 0; i < dw_got.numel(); ++i)
+      ASSERT_EQ(dw_got.data<float>()[i], dw_want.data<float>()[i]) << "dweight " << i;
   }
 }
 

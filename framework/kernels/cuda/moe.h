@@ -127,6 +127,12 @@ void MoeCombine(const Tensor& out, const Tensor& y_perm, const Tensor& slot_row,
 void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tensor& dout,
                         const Tensor& y_perm, const Tensor& row_slot, const Tensor& topk_weight,
                         Stream stream);
+// MoeCombineBackward with dy_perm quantised as packed FP8 rows (QuantizeRows' bits) in the same pass, never
+// stored in bf16: dyq (P, Fp8RowBytes(H)) kF8E4M3 (Fp8Rows::data), pad rows a zero row's. Supported (else it
+// fails): bf16 dout / y_perm with H a multiple of 128, 16-byte aligned.
+bool MoeCombineBackwardFp8Supported(const Tensor& dout, const Tensor& y_perm);
+void MoeCombineBackwardFp8(const Tensor& dyq, const Tensor& dweight, const Tensor& dout, const Tensor& y_perm,
+                           const Tensor& row_slot, const Tensor& topk_weight, Stream stream);
 
 }  // namespace fathom::cuda
 

@@ -11,7 +11,9 @@
 #include <utility>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/fp8_numeric.cuh"
 #include "framework/cuda/numeric.cuh"
+#include "framework/fp8_operands.h"
 #include "framework/kernels/cuda/moe.h"
 #include "framework/kernels/cuda/moe_common.cuh"
 
@@ -241,6 +243,68 @@ __global__ void CombineBackwardKernel(T* __restrict__ dy_perm, float* __restrict
   }
   dot = WarpSum(dot);
   if (threadIdx.x % 32 == 0) dweight[slot] = dot;
+}
+
+// CombineBackwardKernel<__nv_bfloat16, 8> and QuantizeRows of its output in one pass: each dy_perm value is
+// rounded to bf16 exactly as CombineBackwardKernel stores it, and each 128-column tile (half a warp's pass:
+// lane l holds columns 8 l .. 8 l + 7 of the pass's 256) is quantised from those values exactly as
+// QuantizeRowsSegmentKernel does (amax floored, 448 / amax and amax / 448 rounded once, saturating codes), so
+// the codes and scales are the same bits; a pad row (-1) is a zero row's (zero codes, the floor's scale).
+// dweight gets CombineBackwardKernel's sum in the same order. REQUIRES h % 128 == 0 and 16-byte rows.
+__global__ void CombineBackwardFp8Kernel(uint8_t* __restrict__ dyq, float* __restrict__ dweight,
+                                         const __nv_bfloat16* __restrict__ dout,
+                                         const __nv_bfloat16* __restrict__ y_perm,
+                                         const int64_t* __restrict__ row_slot, const float* __restrict__ topk_weight,
+                                         int64_t rows, int64_t h, int k, int64_t row_bytes, int scale_stride) {
+  constexpr int P = 8;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
+  if (r >= rows) return;
+  const int64_t slot = row_slot[r];
+  const bool pad = slot < 0;  // a pad row of MoePadLayout's layout: a zero gradient row
+  uint8_t* codes = dyq + r * row_bytes;
+  float* scales = reinterpret_cast<float*>(codes + h);  // h % 128 == 0: no padding codes
+  const __nv_bfloat16* g = pad ? dout : dout + (slot / k) * h;
+  const __nv_bfloat16* y = y_perm + r * h;
+  const float w = pad ? 0.0f : topk_weight[slot];
+  float dot = 0.0f;
+  for (int64_t c0 = 0; c0 < h; c0 += 32 * P) {  // warp-uniform passes
+    const int64_t c = c0 + lane * P;
+    const bool active = c < h;  // h % 256 == 128: the last pass's upper half-warp has no tile
+    float v[P];
+    if (active && !pad) {
+      float gv[P], yv[P];
+      LoadVec<P>(g + c, gv);
+      LoadVec<P>(y + c, yv);
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        v[i] = ToF32(FromF32<__nv_bfloat16>(w * gv[i]));  // dy_perm's stored value
+        dot += gv[i] * yv[i];
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < P; ++i) v[i] = 0.0f;
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < P; ++i) amax = fmaxf(amax, fabsf(v[i]));
+#pragma unroll
+    for (int off = 8; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
+    if (!active) continue;  // after the shuffles, which every lane joins
+    amax = fmaxf(amax, kFp8ScaleFloor);
+    const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+    uint32_t words[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+      words[i / 4] |= static_cast<uint32_t>(fp8_numeric::FloatToE4M3Saturate(__fmul_rn(v[i], inv))) << (8 * (i % 4));
+    *reinterpret_cast<uint2*>(codes + c) = make_uint2(words[0], words[1]);
+    if (lane % 16 == 0) scales[c / 128] = __fdiv_rn(amax, kFp8E4M3Max);
+  }
+  const int tiles = static_cast<int>(h / 128);
+  if (lane < scale_stride - tiles) scales[tiles + lane] = 0.0f;  // the scale padding
+  if (pad) return;
+  dot = WarpSum(dot);
+  if (lane == 0) dweight[slot] = dot;
 }
 
 // Calls f(std::integral_constant<int, P>) with P = the elements of a 16-byte pack when h and every pointer
@@ -498,6 +562,39 @@ void MoeCombineBackward(const Tensor& dy_perm, const Tensor& dweight, const Tens
       FATHOM_CUDA_CHECK_LAUNCH();
     });
   });
+}
+
+bool MoeCombineBackwardFp8Supported(const Tensor& dout, const Tensor& y_perm) {
+  const int64_t h = dout.ndim() == 2 ? dout.dim(1) : 0;
+  return dout.dtype() == DType::kBF16 && h > 0 && h % 128 == 0 && AllAligned({dout.raw(), y_perm.raw()}, 16);
+}
+
+void MoeCombineBackwardFp8(const Tensor& dyq, const Tensor& dweight, const Tensor& dout, const Tensor& y_perm,
+                           const Tensor& row_slot, const Tensor& topk_weight, Stream stream) {
+  const char* op = "moe_combine_backward_fp8_cuda";
+  FATHOM_CHECK(dout.ndim() == 2 && topk_weight.ndim() == 2, "[", op, "] dout ", dout.shape_str(),
+               " topk_weight ", topk_weight.shape_str());
+  FATHOM_CHECK(MoeCombineBackwardFp8Supported(dout, y_perm), "[", op, "] needs bf16 rows of a multiple of 128 ",
+               "values, 16-byte aligned; got dout ", dout.shape_str(), " ", DTypeName(dout.dtype()));
+  const int64_t n = dout.dim(0), h = dout.dim(1), k = topk_weight.dim(1);
+  FATHOM_CHECK(row_slot.ndim() == 1 && row_slot.dim(0) >= n * k, "[", op, "] row_slot ", row_slot.shape_str(),
+               " for ", n * k, " slots");
+  const int64_t r = row_slot.dim(0);
+  const int64_t tiles = h / 128, scale_stride = (tiles + 3) / 4 * 4, row_bytes = h + 4 * scale_stride;
+  CheckRows(op, r);
+  CheckDevice(op, "dout", dout, DType::kBF16, {n, h});
+  CheckDevice(op, "y_perm", y_perm, DType::kBF16, {r, h});
+  CheckDevice(op, "dyq", dyq, DType::kF8E4M3, {r, row_bytes});
+  CheckDevice(op, "row_slot", row_slot, DType::kI64, {r});
+  CheckDevice(op, "topk_weight", topk_weight, DType::kF32, {n, k});
+  CheckDevice(op, "dweight", dweight, DType::kF32, {n, k});
+  FATHOM_CHECK(scale_stride - tiles <= 32, "[", op, "] scale padding wider than a warp");
+  if (r == 0) return;
+  CombineBackwardFp8Kernel<<<RowBlocks(r), kRowWarps * 32, 0, Raw(stream)>>>(
+      static_cast<uint8_t*>(dyq.raw()), dweight.data<float>(), static_cast<const __nv_bfloat16*>(dout.raw()),
+      static_cast<const __nv_bfloat16*>(y_perm.raw()), row_slot.data<int64_t>(), topk_weight.data<float>(), r, h,
+      static_cast<int>(k), row_bytes, static_cast<int>(scale_stride));
+  FATHOM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace fathom::cuda
