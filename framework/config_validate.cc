@@ -294,17 +294,20 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
                                 "); FP8's expert kernels are chosen by train.fp8_expert_gemm"));
   }
   if (expert_gemm_cluster != 1 && expert_gemm_cluster != 2) {
-    return Invalid(absl::StrCat("train.expert_gemm_cluster must be 1 or 2 (CTAs per cluster of fathom's tiled "
-                                "expert kernels), got ", expert_gemm_cluster));
+    return Invalid(
+        absl::StrCat("train.expert_gemm_cluster must be 1 or 2 (CTAs per cluster of fathom's tiled "
+                     "expert kernels), got ",
+                     expert_gemm_cluster));
   }
-  const bool tiled_kernels = device == "cuda" && (precision == "fp8" ? fp8_expert_gemm != "cublaslt"
-                                                                     : expert_gemm != "cublaslt");
+  const bool tiled_kernels =
+      device == "cuda" && (precision == "fp8" ? fp8_expert_gemm != "cublaslt" : expert_gemm != "cublaslt");
   if ((expert_gemm_cluster != 1 || expert_gemm_tma_store) && !tiled_kernels) {
     return Invalid(absl::StrCat(
-        "train.expert_gemm_cluster / train.expert_gemm_tma_store shape fathom's tiled expert kernels, which this "
-        "recipe does not run: they need train.device cuda and train.expert_gemm own or own_wgrad (bf16) or "
-        "train.fp8_expert_gemm own or own_all (fp8); got device ", device, ", precision ", precision,
-        ", expert_gemm ", expert_gemm, ", fp8_expert_gemm ", fp8_expert_gemm));
+        "train.expert_gemm_cluster / train.expert_gemm_tma_store shape fathom's tiled expert kernels, "
+        "which this recipe does not run: they need train.device cuda and train.expert_gemm own or own_wgrad "
+        "(bf16) or train.fp8_expert_gemm own or own_all (fp8); got device ",
+        device, ", precision ", precision, ", expert_gemm ", expert_gemm, ", fp8_expert_gemm ",
+        fp8_expert_gemm));
   }
   if (device == "cpu") {
     if (dtype == "bf16") {

@@ -61,8 +61,8 @@ ActivationBytes FathomMtpBytes(const ModelConfig& m, bool moe, double a, double 
 // plus the output gradient (r per value) and the gate and up gradients after B (held_b = peak_b).
 ActivationBytes TiledExpertPadding(const ModelConfig& m, double a, double r, int64_t tile_rows);
 // The device layout (train.expert_gemm own, layers/moe.h "Device layout") lays out its worst-case tile budget
-// whatever the counts: cpu::MaxPaddedRows(R, E, tile) - R pad rows for the R = tokens * top-k routed rows of a
-// micro-batch. TiledExpertPadding's bytes times this factor are its pad rows' bytes.
+// whatever the counts: cpu::MaxPaddedRows(R, E, tile) - R pad rows for the R = tokens * top-k routed rows of
+// a micro-batch. TiledExpertPadding's bytes times this factor are its pad rows' bytes.
 double DeviceLayoutPaddingFactor(const ModelConfig& m, int64_t tokens_per_micro_batch, int64_t tile_rows);
 
 }  // namespace fathom

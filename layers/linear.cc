@@ -24,7 +24,8 @@ Tensor Linear::Forward(int mb, const Tensor& x, const Fp8Rows* xq) {
   Tensor y = Tensor::Empty({x2.dim(0), out_}, x.dtype(), x.device());
   if (fp8()) {
     FATHOM_CHECK(xq == nullptr || (xq->rows() == x2.dim(0) && xq->cols == in_), "[linear ",
-                 table_->spec(weight_).name, "] quantised input of ", xq ? xq->rows() : 0, " rows for ", x2.dim(0));
+                 table_->spec(weight_).name, "] quantised input of ", xq ? xq->rows() : 0, " rows for ",
+                 x2.dim(0));
     ops::Fp8GroupedMatmulNT(y, xq ? *xq : ops::QuantizeRows(x2), table_->fp8_weight(weight_).w, Tensor());
   } else {
     ops::MatmulNT(y, x2, table_->compute_value(weight_));
@@ -74,9 +75,10 @@ void Linear::BackwardWeight(int mb, const Fp8Cols* x_cols) {
   bool known_zero = false;
   const Tensor grad = table_->GradForWrite(weight_, &known_zero);
   if (fp8()) {
-    FATHOM_CHECK(x_cols == nullptr || (x_cols->cols() == in_ && x_cols->padded_tokens() == Fp8Padded(c.x.dim(0))), "[linear ",
-                 table_->spec(weight_).name, "] quantised input columns do not match the saved input ",
-                 c.x.shape_str());
+    FATHOM_CHECK(
+        x_cols == nullptr || (x_cols->cols() == in_ && x_cols->padded_tokens() == Fp8Padded(c.x.dim(0))),
+        "[linear ", table_->spec(weight_).name, "] quantised input columns do not match the saved input ",
+        c.x.shape_str());
     ops::Fp8GroupedMatmulTN(grad, ops::QuantizeCols(c.dy), x_cols ? *x_cols : ops::QuantizeCols(c.x),
                             /*accumulate=*/!known_zero);
   } else {

@@ -207,9 +207,10 @@ std::vector<NodeUnit> NodeUnits(const std::vector<NodeCost>& graph, const ModelC
     units[i].activations = {a.held_f * tokens, a.held_b * tokens, a.peak_f * tokens, a.peak_b * tokens};
     if (plan.ep == 1) {  // the tiled expert layout's pad rows (layers/moe.h), per micro-batch
       const ActivationBytes& pad = n.act_tiled_padding;
-      const double s = plan.device_expert_layout && n.moe
-                           ? DeviceLayoutPaddingFactor(m, plan.micro_batch_size * plan.seq_len, MoE::kTileRows)
-                           : 1.0;
+      const double s =
+          plan.device_expert_layout && n.moe
+              ? DeviceLayoutPaddingFactor(m, plan.micro_batch_size * plan.seq_len, MoE::kTileRows)
+              : 1.0;
       units[i].activations.held_f += pad.held_f * s;
       units[i].activations.held_b += pad.held_b * s;
       units[i].activations.peak_f += pad.peak_f * s;

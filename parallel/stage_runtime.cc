@@ -280,10 +280,10 @@ absl::Status StageRuntime::SetUp() {
     const int cluster = static_cast<int>(recipe_.train.expert_gemm_cluster);
     cuda::SetTiledDefaults({cluster, recipe_.train.expert_gemm_tma_store});
     if (cluster != 1 || recipe_.train.expert_gemm_tma_store) {
-      attention_path_ += absl::StrFormat(
-          "tiled expert kernels: clusters of %d CTA(s)%s, %s stores\n", cluster,
-          cluster > 1 ? " sharing each row tile's loads by TMA multicast" : "",
-          recipe_.train.expert_gemm_tma_store ? "TMA (where the form has them)" : "register");
+      attention_path_ +=
+          absl::StrFormat("tiled expert kernels: clusters of %d CTA(s)%s, %s stores\n", cluster,
+                          cluster > 1 ? " sharing each row tile's loads by TMA multicast" : "",
+                          recipe_.train.expert_gemm_tma_store ? "TMA (where the form has them)" : "register");
     }
     if (fp8) {
       // Which kernels run the routed experts' FP8 GEMMs (train.fp8_expert_gemm), said once at start-up.

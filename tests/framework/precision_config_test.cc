@@ -80,7 +80,8 @@ TEST(PrecisionConfigTest, TheTiledKernelLaunchKeysNeedTheTiledKernels) {
   // Without a tiled expert kernel to shape (the CPU; cuBLASLt's experts) the keys are refused, not ignored.
   for (const std::vector<std::string>& bad :
        {std::vector<std::string>{"train.expert_gemm_cluster=2"},
-        std::vector<std::string>{"train.device=cuda", "train.dtype=bf16", "train.expert_gemm_tma_store=true"}}) {
+        std::vector<std::string>{"train.device=cuda", "train.dtype=bf16",
+                                 "train.expert_gemm_tma_store=true"}}) {
     const std::string e = TinyError(bad);
     EXPECT_THAT(e, HasSubstr("train.expert_gemm_cluster / train.expert_gemm_tma_store"));
     EXPECT_THAT(e, HasSubstr("expert_gemm cublaslt"));

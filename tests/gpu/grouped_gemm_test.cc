@@ -246,8 +246,8 @@ void CheckTiledNN(int64_t k, int64_t n, const std::vector<int64_t>& counts, bool
 TEST(GroupedGemmCuda, TiledNNMatchesF64) {
   FATHOM_REQUIRE_GPU();
   const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
-  // 2 CTAs per cluster: odd column-tile counts as in TiledNTMatchesF64 (+= catches a double store). TMA stores
-  // serve the overwriting calls (a bf16 += keeps the register stores).
+  // 2 CTAs per cluster: odd column-tile counts as in TiledNTMatchesF64 (+= catches a double store). TMA
+  // stores serve the overwriting calls (a bf16 += keeps the register stores).
   for (int cluster : {1, 2}) {
     for (bool tma : {false, true}) {
       for (int block_n : {128, 256}) {
@@ -342,10 +342,12 @@ TEST(GroupedGemmCudaDeathTest, RefusesLaunchOptionsItCannotRun) {
   Tensor x = arena.Alloc({kTile, 64}, DType::kBF16), w = arena.Alloc({1, 352, 64}, DType::kBF16);
   Tensor out = arena.Alloc({kTile, 352}, DType::kBF16), map = arena.Alloc({1}, DType::kI32);
   cuda::MoeTileExperts(map, Upload(arena, CountsTensor({kTile})), nullptr);  // one tile of expert 0
-  EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {0, 0, 3}), "cluster_n 3: expected 1 or 2");
+  EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {0, 0, 3}),
+               "cluster_n 3: expected 1 or 2");
   EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {176, 0, 1, true}),
                "tma_store: this form has no TMA-store epilogue at column tile 176");
-  // By default (the process's TiledDefaults asking for TMA stores) a form that has none stores from registers.
+  // By default (the process's TiledDefaults asking for TMA stores) a form that has none stores from
+  // registers.
   const cuda::TiledDefaults saved = cuda::GetTiledDefaults();
   cuda::SetTiledDefaults({2, true});
   cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {176});
@@ -418,21 +420,22 @@ void CheckTiledFp8(int64_t k, int64_t n, const std::vector<int64_t>& counts, boo
 TEST(GroupedGemmCuda, TiledFp8NTMatchesTheCpuEmulation) {
   FATHOM_REQUIRE_GPU();
   const std::vector<int64_t> counts = {0, 1, 128, 300, 77, 129, 0};
-  for (int cluster : {1, 2}) {  // 2: N 144, 384, 272 are 2, 3 and 3 column tiles (odd: a tile-less CTA)
+  for (int cluster : {1, 2}) {        // 2: N 144, 384, 272 are 2, 3 and 3 column tiles (odd: a tile-less CTA)
     for (bool tma : {false, true}) {  // TMA stores: bf16 =, f32 = and += (a bf16 += keeps register stores)
       const cuda::TiledLaunch launch{0, 0, cluster, tma};
       CheckTiledFp8(200, 144, counts, false, DType::kBF16, false, launch);  // partial k-block and column tile
-      CheckTiledFp8(512, 384, counts, false, DType::kF32, true, launch);    // f32 accumulation into the output
-      CheckTiledFp8(200, 144, counts, true, DType::kBF16, true, launch);    // the dgrad copy, bf16 +=
+      CheckTiledFp8(512, 384, counts, false, DType::kF32, true, launch);  // f32 accumulation into the output
+      CheckTiledFp8(200, 144, counts, true, DType::kBF16, true, launch);  // the dgrad copy, bf16 +=
       CheckTiledFp8(1024, 272, counts, false, DType::kBF16, false, {0, 4, cluster, tma});  // 4 CTAs
-      CheckTiledFp8(2048, 1408, {100, 0, 300, 129}, false, DType::kBF16, false, launch);  // recipe's widths
+      CheckTiledFp8(2048, 1408, {100, 0, 300, 129}, false, DType::kBF16, false, launch);   // recipe's widths
     }
   }
 }
 
 // The FP8 weight-gradient form against cpu::Fp8GroupedMatmulTN: out[g] (f32, random) += a_g . b_g^T over
 // each group's padded tokens, same tolerance as the f32 NT outputs (5e-4).
-void CheckTiledFp8TN(int64_t m, int64_t n, const std::vector<int64_t>& counts, const cuda::TiledLaunch& launch) {
+void CheckTiledFp8TN(int64_t m, int64_t n, const std::vector<int64_t>& counts,
+                     const cuda::TiledLaunch& launch) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " M " + std::to_string(m) + " N " + std::to_string(n) +
                LaunchName(launch));

@@ -115,14 +115,16 @@ TEST(TrainGpu, Bf16OwnExpertKernelsFollowTheCpuF32LossCurve) {
     SCOPED_TRACE("train.expert_gemm " + which);
     MoE::layout_tally() = {};
     const std::vector<std::string> options =
-        which == "own_pairs" ? std::vector<std::string>{width, "train.expert_gemm=own", "train.expert_gemm_cluster=2",
-                                                        "train.expert_gemm_tma_store=true"}
-                             : std::vector<std::string>{width, "train.expert_gemm=" + which};
+        which == "own_pairs"
+            ? std::vector<std::string>{width, "train.expert_gemm=own", "train.expert_gemm_cluster=2",
+                                       "train.expert_gemm_tma_store=true"}
+            : std::vector<std::string>{width, "train.expert_gemm=" + which};
     std::vector<double> gpu = Losses("cuda", steps, "bf16", options);
     const ExpertLayoutTally t = MoE::layout_tally();
     ASSERT_GT(t.passes, 0);
     EXPECT_EQ(t.tiled_wgrad_passes, t.passes);
-    if (which != "own_wgrad") EXPECT_EQ(t.layout_rows, t.passes * cpu::MaxPaddedRows(t.rows / t.passes, 8, 128));
+    if (which != "own_wgrad")
+      EXPECT_EQ(t.layout_rows, t.passes * cpu::MaxPaddedRows(t.rows / t.passes, 8, 128));
     const CurveGap g = Gap(cpu, gpu);
     std::printf(
         "50 bf16 steps with train.expert_gemm %s: lm loss %.4f -> %.4f (CPU f32 %.4f -> %.4f); first step "

@@ -331,8 +331,9 @@ void BM_OwnTiledNN(benchmark::State& state) {
     state.SkipWithError("TiledGroupedMatmulNN needs an sm_90 GPU");
     return;
   }
-  state.SetLabel("NN bf16->bf16, own tiled kernel, device tile map, BN " + std::to_string(block_n) + ", cluster " +
-                 std::to_string(*launch.cluster_n) + (*launch.tma_store ? ", TMA stores" : ""));
+  state.SetLabel("NN bf16->bf16, own tiled kernel, device tile map, BN " + std::to_string(block_n) +
+                 ", cluster " + std::to_string(*launch.cluster_n) +
+                 (*launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own_nn", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
   const Tensor counts = DeviceCountSets(arena);
@@ -359,7 +360,8 @@ void BM_OwnTiledTN(benchmark::State& state) {
     return;
   }
   state.SetLabel("TN bf16->f32=, own tiled kernel, device tile ranges, BN " + std::to_string(block_n) +
-                 ", cluster " + std::to_string(*launch.cluster_n) + (*launch.tma_store ? ", TMA stores" : ""));
+                 ", cluster " + std::to_string(*launch.cluster_n) +
+                 (*launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own_tn",
                           size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + size_t(kExperts + 1) * 4 + 8192);
@@ -379,7 +381,10 @@ void OwnMnArgs(benchmark::internal::Benchmark* b) {
     for (int64_t bn : {128, 256})
       for (int64_t cluster : {1, 2})
         for (int64_t tma : {0, 1}) b->Args({bn, k, n, cluster, tma});
-  b->ArgNames({"BN", "K", "N", "cluster", "tma"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+  b->ArgNames({"BN", "K", "N", "cluster", "tma"})
+      ->UseManualTime()
+      ->MinTime(0.1)
+      ->Unit(benchmark::kMicrosecond);
 }
 
 // The FP8 form of the own tiled kernel (TiledFp8GroupedMatmulNT) on the same count sets and widths: x
@@ -456,7 +461,10 @@ void OwnTiledArgs(benchmark::internal::Benchmark* b) {
       for (int64_t cluster : {1, 2})
         for (int64_t tma : {0, 1})
           if (!(tma && bn == 176)) b->Args({bn, k, n, cluster, tma});  // TMA stores take BN 128 or 256
-  b->ArgNames({"BN", "K", "N", "cluster", "tma"})->UseManualTime()->MinTime(0.1)->Unit(benchmark::kMicrosecond);
+  b->ArgNames({"BN", "K", "N", "cluster", "tma"})
+      ->UseManualTime()
+      ->MinTime(0.1)
+      ->Unit(benchmark::kMicrosecond);
 }
 
 // The FP8 forms: K (or M), N, cluster, and (NT only: `tma` true) 0/1 for the TMA-store epilogue.

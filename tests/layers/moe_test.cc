@@ -449,14 +449,15 @@ TEST(MoeTest, PadLayoutRoundsEachExpertToTheTile) {
   EXPECT_EQ(cpu::PaddedRows(counts, 1), 8);
 }
 
-// The gather moves packed FP8 rows (Fp8Rows::data) as bytes: each layout row is its token's quantised row, and
-// a pad row (-1) is all zero (codes and scales), which reads back as zeros.
+// The gather moves packed FP8 rows (Fp8Rows::data) as bytes: each layout row is its token's quantised row,
+// and a pad row (-1) is all zero (codes and scales), which reads back as zeros.
 TEST(MoeTest, GatherMovesFp8RowsAsBytes) {
   std::mt19937_64 rng(TestSeed());
   constexpr int64_t kTokens = 5, kTopK = 2, kCols = 200;  // 2 tiles of 128, the second partial
   const Tensor x = RandomTensor({kTokens, kCols}, DType::kF32, rng);
   const Fp8Rows xq = ops::QuantizeRows(x);
-  const Tensor row_slot = Tensor::FromVector({7, -1, 0, 9, 3, -1}, {6}, DType::kI64);  // slots: token = slot / 2
+  const Tensor row_slot =
+      Tensor::FromVector({7, -1, 0, 9, 3, -1}, {6}, DType::kI64);  // slots: token = slot / 2
   Fp8Rows out = Fp8Rows::Empty(6, kCols, Device::kCPU);
   std::memset(out.data.raw(), 0xAB, out.data.nbytes());  // every byte must be written
   ops::MoeGatherRows(out.data, xq.data, row_slot, kTopK);
@@ -472,7 +473,8 @@ TEST(MoeTest, GatherMovesFp8RowsAsBytes) {
   }
   Tensor back = Tensor::Empty({6, kCols}, DType::kF32);
   ops::DequantizeRows(back, out);
-  for (int64_t c = 0; c < kCols; ++c) EXPECT_EQ(back.data<float>()[1 * kCols + c], 0.0f) << "pad row column " << c;
+  for (int64_t c = 0; c < kCols; ++c)
+    EXPECT_EQ(back.data<float>()[1 * kCols + c], 0.0f) << "pad row column " << c;
   // A float tensor into FP8 rows is refused by name.
   EXPECT_DEATH(ops::MoeGatherRows(out.data, x, row_slot, kTopK), "moe_gather_rows");
 }

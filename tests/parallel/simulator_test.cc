@@ -196,10 +196,12 @@ TEST(Simulator, TheDeviceExpertLayoutHoldsItsWorstCasePadRows) {
   ASSERT_GT(pad->held_f, 0.0);
   // Stage 0 holds the dense layers (first_k_dense_replace) and the rest of its 8 decoder layers are MoE.
   const double stage0_moe = 8.0 - static_cast<double>(m.first_k_dense_replace);
-  EXPECT_NEAR(b[0].activations.held_f - a[0].activations.held_f, stage0_moe * (factor - 1) * pad->held_f, 1.0);
+  EXPECT_NEAR(b[0].activations.held_f - a[0].activations.held_f, stage0_moe * (factor - 1) * pad->held_f,
+              1.0);
   // Stage 1: 8 MoE layers and the MTP modules (each with a MoE block).
   const double stage1_moe = 8.0 + static_cast<double>(m.num_nextn_predict_layers);
-  EXPECT_NEAR(b[1].activations.held_f - a[1].activations.held_f, stage1_moe * (factor - 1) * pad->held_f, 1.0);
+  EXPECT_NEAR(b[1].activations.held_f - a[1].activations.held_f, stage1_moe * (factor - 1) * pad->held_f,
+              1.0);
   // With an expert exchange (ep > 1) neither layout applies.
   ParallelPlan ep = padded, ep_device = device;
   ep.ep = ep_device.ep = 2;

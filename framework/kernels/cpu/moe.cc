@@ -272,9 +272,10 @@ void MoeGatherRows(const Tensor& x_perm, const Tensor& x, const Tensor& row_slot
     return rs[row] / top_k;
   };
   if (x.dtype() == DType::kF8E4M3) {  // packed FP8 rows: bytes
-    FATHOM_CHECK(x_perm.dtype() == DType::kF8E4M3 && x_perm.ndim() == 2 && x_perm.dim(0) == p && x_perm.dim(1) == h,
-                 "[moe_gather_rows] x_perm ", x_perm.shape_str(), " ", DTypeName(x_perm.dtype()), ", expected (", p,
-                 ", ", h, ") FP8 rows");
+    FATHOM_CHECK(
+        x_perm.dtype() == DType::kF8E4M3 && x_perm.ndim() == 2 && x_perm.dim(0) == p && x_perm.dim(1) == h,
+        "[moe_gather_rows] x_perm ", x_perm.shape_str(), " ", DTypeName(x_perm.dtype()), ", expected (", p,
+        ", ", h, ") FP8 rows");
     const auto* xp = static_cast<const uint8_t*>(x.raw());
     auto* out = static_cast<uint8_t*>(x_perm.raw());
     for (int64_t row = 0; row < p; ++row) {

@@ -98,7 +98,8 @@ void LaunchBf16(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   const RowTiles<DeviceTileMap, BN> schedule{{static_cast<const int32_t*>(tile_expert.raw())}, static_cast<int>(n),
                                              static_cast<int>(k / kBK)};
   LaunchTiled<Bf16Product<BN>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()),
-                                              {1, tiles * kBM}, false, schedule, tiles, n, shape, max_ctas, stream);
+                                              {1, tiles * kBM}, false, schedule, tiles, n, shape, max_ctas,
+                                              stream);
 }
 
 // What the bf16 row-tile forms (NT, NN) check: bf16 CUDA tensors x (T*128, K) and out (T*128, N) over the T
@@ -217,30 +218,31 @@ int MnBlockN(const char* op, int block_n) {
 }
 
 template <int BN>
-void LaunchBf16NN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert, bool accumulate,
-                  const LaunchShape& shape, int max_ctas, Stream stream) {
+void LaunchBf16NN(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& tile_expert,
+                  bool accumulate, const LaunchShape& shape, int max_ctas, Stream stream) {
   const int64_t tiles = tile_expert.numel(), red = x.dim(1), n = out.dim(1), experts = w.dim(0);
-  const CUtensorMap x_map =
-      RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, red, 2 * red, ABoxRows(shape.cluster));
+  const CUtensorMap x_map = RowMajorMap(x.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, tiles * kBM, red, 2 * red,
+                                        ABoxRows(shape.cluster));
   const CUtensorMap w_map = RowMajorMap(w.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, experts * red, n, 2 * n, 64);
   const RowTiles<DeviceTileMap, BN, true> schedule{{static_cast<const int32_t*>(tile_expert.raw())},
                                                    static_cast<int>(n), static_cast<int>(red / kBK)};
-  LaunchTiled<Bf16Product<BN, false, true>, __nv_bfloat16>(x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()),
-                                                           {1, tiles * kBM}, accumulate, schedule, tiles, n, shape,
-                                                           max_ctas, stream);
+  LaunchTiled<Bf16Product<BN, false, true>, __nv_bfloat16>(
+      x_map, w_map, {}, static_cast<__nv_bfloat16*>(out.raw()), {1, tiles * kBM}, accumulate, schedule, tiles,
+      n, shape, max_ctas, stream);
 }
 
 template <int BN>
-void LaunchBf16TN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin, bool accumulate,
-                  const LaunchShape& shape, int max_ctas, Stream stream) {
+void LaunchBf16TN(const Tensor& out, const Tensor& a, const Tensor& b, const Tensor& tile_begin,
+                  bool accumulate, const LaunchShape& shape, int max_ctas, Stream stream) {
   const int64_t rows = a.dim(0), m = a.dim(1), n = b.dim(1), groups = tile_begin.dim(0) - 1;
   const CUtensorMap a_map = RowMajorMap(a.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rows, m, 2 * m, 64);
   const CUtensorMap b_map = RowMajorMap(b.raw(), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rows, n, 2 * n, 64);
   // A is MN-major: its stage is two 64-column boxes already, one per CTA of a pair.
-  const DeviceKGroups<BN> schedule{static_cast<const int32_t*>(tile_begin.raw()), static_cast<int>(m), !accumulate};
-  LaunchTiled<Bf16Product<BN, true, true>, float>(a_map, b_map, {}, static_cast<float*>(out.raw()), {groups, m},
-                                                  accumulate, schedule, groups * ColumnTiles(m, kBM), n, shape,
-                                                  max_ctas, stream);
+  const DeviceKGroups<BN> schedule{static_cast<const int32_t*>(tile_begin.raw()), static_cast<int>(m),
+                                   !accumulate};
+  LaunchTiled<Bf16Product<BN, true, true>, float>(a_map, b_map, {}, static_cast<float*>(out.raw()),
+                                                  {groups, m}, accumulate, schedule,
+                                                  groups * ColumnTiles(m, kBM), n, shape, max_ctas, stream);
 }
 
 }  // namespace

@@ -25,7 +25,8 @@ namespace {
 // wgmma.m64n64k32 products, committed as one wgmma group. B's half h is its rows [64 h, 64 h + 64), 8 KB in.
 template <int h>
 __device__ __forceinline__ void Fp8IssueHalf(float* partial, const Ring<128>& ring, int it, int consumer) {
-  const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)), desc_b = TileDescriptor(ring.B(it) + h * 64 * kRowBytes);
+  const uint64_t desc_a = TileDescriptor(ring.A(it, consumer)),
+                 desc_b = TileDescriptor(ring.B(it) + h * 64 * kRowBytes);
   FenceAccumulators<32>(partial);
   WgmmaFence();
 #pragma unroll
@@ -35,13 +36,13 @@ __device__ __forceinline__ void Fp8IssueHalf(float* partial, const Ring<128>& ri
 
 // The FP8 forms' main loop over one job's k-blocks, software-pipelined by column halves so the tensor cores
 // never wait for a promotion: while half 0 of a block is promoted, its half 1 runs; while half 1 is promoted,
-// the next block's half 0 runs. Per half and k-block: prepare(h, kb) (start the scale loads; called before the
-// wait, so their latency overlaps the products), then promote(h, partial, kb) once the half's partial is in
-// registers. A stage is released when both its halves are done. 64 accumulator + 2 x 32 partial registers (a
-// whole-width partial per block plus a second to overlap with would need 192, past the 168 a thread has).
+// the next block's half 0 runs. Per half and k-block: prepare(h, kb) (start the scale loads; called before
+// the wait, so their latency overlaps the products), then promote(h, partial, kb) once the half's partial is
+// in registers. A stage is released when both its halves are done. 64 accumulator + 2 x 32 partial registers
+// (a whole-width partial per block plus a second to overlap with would need 192, past the 168 a thread has).
 template <class Prepare, class Promote>
-__device__ __forceinline__ void Fp8MainLoop(const Ring<128>& ring, int& it, int k_blocks, int consumer, int lane,
-                                            const Prepare& prepare, const Promote& promote) {
+__device__ __forceinline__ void Fp8MainLoop(const Ring<128>& ring, int& it, int k_blocks, int consumer,
+                                            int lane, const Prepare& prepare, const Promote& promote) {
   float p0[32], p1[32];
   if (k_blocks == 0) return;
   ring.Acquire(it);
@@ -88,7 +89,8 @@ struct Fp8Product {
     const int64_t row = static_cast<int64_t>(job.a_row) + local_row;  // x's row
     const float* xs0 = reinterpret_cast<const float*>(p.x + row * p.x_row_bytes + p.x_scale_offset);
     const float* xs8 = reinterpret_cast<const float*>(p.x + (row + 8) * p.x_row_bytes + p.x_scale_offset);
-    const float* ws = p.w_scales + (static_cast<int64_t>(job.group) * p.w_blocks_n + job.n0 / kBN) * p.w_scale_stride;
+    const float* ws =
+        p.w_scales + (static_cast<int64_t>(job.group) * p.w_blocks_n + job.n0 / kBN) * p.w_scale_stride;
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
     float sw = 0, sx0 = 0, sx8 = 0;  // k-block kb's scales, loaded by prepare(0, kb)
@@ -185,8 +187,9 @@ namespace {
 
 // The FP8 launch over `tiles` row tiles named by `source` (a DeviceTileMap or a TilePrefix).
 template <class Tiles>
-void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w, const Tiles& source,
-               int64_t tiles, bool accumulate, Stream stream, const TiledLaunch& launch) {
+void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
+               const Tiles& source, int64_t tiles, bool accumulate, Stream stream,
+               const TiledLaunch& launch) {
   common::CheckCuda(op, out, "out");
   common::CheckCuda(op, x.data, "x");
   common::CheckCuda(op, w.codes, "w codes");
@@ -210,11 +213,12 @@ void LaunchFp8(const char* op, const Tensor& out, const Fp8Rows& x, const Fp8Blo
   const Fp8Product::Params params{static_cast<const uint8_t*>(x.data.raw()), x.row_bytes(), x.padded_cols(),
                                   static_cast<const float*>(w.scales.raw()), Fp8Blocks(n),
                                   Fp8ScaleStride(Fp8Blocks(k))};
-  const RowTiles<Tiles, Fp8Product::kBN> schedule{source, static_cast<int>(n), static_cast<int>(Fp8Blocks(k))};
+  const RowTiles<Tiles, Fp8Product::kBN> schedule{source, static_cast<int>(n),
+                                                  static_cast<int>(Fp8Blocks(k))};
   if (out.dtype() == DType::kBF16) {
     LaunchTiled<Fp8Product, __nv_bfloat16>(x_map, w_map, params, static_cast<__nv_bfloat16*>(out.raw()),
-                                           {1, tiles * kBM}, accumulate, schedule, tiles, n, shape, launch.max_ctas,
-                                           stream);
+                                           {1, tiles * kBM}, accumulate, schedule, tiles, n, shape,
+                                           launch.max_ctas, stream);
   } else {
     LaunchTiled<Fp8Product, float>(x_map, w_map, params, static_cast<float*>(out.raw()), {1, tiles * kBM},
                                    accumulate, schedule, tiles, n, shape, launch.max_ctas, stream);
@@ -261,8 +265,8 @@ bool TiledFp8TNSupported(int64_t n, int64_t groups) {
   return groups >= 1 && groups <= kMaxPrefixGroups && TiledFp8Supported(n);
 }
 
-void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate, Stream stream,
-                             const TiledLaunch& launch) {
+void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols& b, bool accumulate,
+                             Stream stream, const TiledLaunch& launch) {
   const char* op = "tiled_fp8_grouped_matmul_tn";
   common::CheckCuda(op, out, "out");
   common::CheckCuda(op, a.codes, "a codes");
@@ -286,15 +290,16 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
                                         static_cast<size_t>(m * n) * sizeof(float), stream));
   }
   if (tp == 0 || m == 0) return;
-  const CUtensorMap a_map = RowMajorMap(a.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, m, tp, tp, ABoxRows(shape.cluster));
+  const CUtensorMap a_map =
+      RowMajorMap(a.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, m, tp, tp, ABoxRows(shape.cluster));
   const CUtensorMap b_map = RowMajorMap(b.codes.raw(), CU_TENSOR_MAP_DATA_TYPE_UINT8, n, tp, tp, Fp8ColsProduct::kBN);
   const Fp8ColsProduct::Params params{static_cast<const float*>(a.scales.raw()),
                                       static_cast<const float*>(b.scales.raw()), static_cast<int>(m),
                                       static_cast<int>(n)};
   const KGroups<Fp8ColsProduct::kBN> schedule{k, static_cast<int>(m)};
   LaunchTiled<Fp8ColsProduct, float>(a_map, b_map, params, static_cast<float*>(out.raw()), {groups, m},
-                                     accumulate, schedule, groups * ColumnTiles(m, kBM), n, shape, launch.max_ctas,
-                                     stream);
+                                     accumulate, schedule, groups * ColumnTiles(m, kBM), n, shape,
+                                     launch.max_ctas, stream);
 }
 
 }  // namespace fathom::cuda

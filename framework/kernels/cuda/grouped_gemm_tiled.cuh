@@ -42,9 +42,9 @@ struct Tiling {
   static_assert(kStageBytes % 1024 == 0 && kStages >= 3, "stages must keep the 1024-byte alignment");
 };
 
-// The TMA-store epilogue's staging (TiledLaunch::tma_store): per consumer warp (8), two 2 KB buffers of 16 rows
-// x 128 bytes (64 bf16 or 32 f32 columns), 128-byte swizzled as the store's map reads them. It fits beside
-// every Tiling's stages (at most 192 KB) within the 227 KB a CTA may have.
+// The TMA-store epilogue's staging (TiledLaunch::tma_store): per consumer warp (8), two 2 KB buffers of 16
+// rows x 128 bytes (64 bf16 or 32 f32 columns), 128-byte swizzled as the store's map reads them. It fits
+// beside every Tiling's stages (at most 192 KB) within the 227 KB a CTA may have.
 constexpr int kStoreBufferBytes = 16 * kRowBytes;
 constexpr int kEpilogueBytes = 8 * 2 * kStoreBufferBytes;
 template <int BN, bool kTmaStore>
@@ -243,8 +243,8 @@ __device__ __forceinline__ void LoadOperand(uint8_t* dst, const CUtensorMap* map
 // In a cluster of two, A's 64-row half `half` (rows or, MN-major, columns [at + 64 half, +64)), 8192 bytes,
 // loaded once and written to both CTAs' stage at the same place. A K-major A's map has 64-row boxes then.
 template <bool kMn>
-__device__ __forceinline__ void LoadHalfToCluster(uint8_t* stage, const CUtensorMap* map, uint64_t* bar, int k,
-                                                  int at, int half) {
+__device__ __forceinline__ void LoadHalfToCluster(uint8_t* stage, const CUtensorMap* map, uint64_t* bar,
+                                                  int k, int at, int half) {
   uint8_t* dst = stage + half * 64 * kRowBytes;
   if constexpr (kMn) {
     TmaLoadMulticast(dst, map, bar, at + 64 * half, k, 0x3);
@@ -264,14 +264,15 @@ __device__ __forceinline__ void LoadHalfToCluster(uint8_t* stage, const CUtensor
 // from it two chunks ago has read it. The map clips rows past Y and columns past n. `chunk` counts this
 // warp's chunks over the whole kernel (which buffer is next).
 template <class OutT, int BN>
-__device__ __forceinline__ void StoreTileTma(const CUtensorMap* map, uint8_t* buffers, const float* acc, int n0,
-                                             int y, int z, int n, bool accumulate, int lane, int& chunk) {
+__device__ __forceinline__ void StoreTileTma(const CUtensorMap* map, uint8_t* buffers, const float* acc,
+                                             int n0, int y, int z, int n, bool accumulate, int lane,
+                                             int& chunk) {
   constexpr int kBytes = static_cast<int>(sizeof(OutT));
   constexpr int kCols = kRowBytes / kBytes;  // columns per chunk
   constexpr int kGroups = kCols / 8;         // 8-column accumulator groups per chunk
   static_assert(BN % kCols == 0, "the TMA-store epilogue needs whole chunks per column tile");
-  // This thread's pairs sit in rows r and r + 8 (r = lane / 4), both with swizzle phase r; the pair of group g
-  // starts at byte (8 g + 2 q) * kBytes of its row, q = lane % 4: 16-byte unit u(g) = that / 16, XOR r.
+  // This thread's pairs sit in rows r and r + 8 (r = lane / 4), both with swizzle phase r; the pair of group
+  // g starts at byte (8 g + 2 q) * kBytes of its row, q = lane % 4: 16-byte unit u(g) = that / 16, XOR r.
   const int r = lane / 4, q = lane % 4;
   const int within = (2 * q * kBytes) % 16;  // the pair's byte in its 16-byte unit
   const int unit0 = (2 * q * kBytes) / 16;   // its unit for g = 0 (bf16: 0; f32: q / 2)
@@ -287,7 +288,8 @@ __device__ __forceinline__ void StoreTileTma(const CUtensorMap* map, uint8_t* bu
         uint8_t* at = buf + (((unit0 + g * 8 * kBytes / 16) ^ r) << 4);
         if constexpr (kBytes == 2) {
           *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(acc[4 * c], acc[4 * c + 1]);
-          *reinterpret_cast<__nv_bfloat162*>(at + 8 * kRowBytes) = __floats2bfloat162_rn(acc[4 * c + 2], acc[4 * c + 3]);
+          *reinterpret_cast<__nv_bfloat162*>(at + 8 * kRowBytes) =
+              __floats2bfloat162_rn(acc[4 * c + 2], acc[4 * c + 3]);
         } else {
           *reinterpret_cast<float2*>(at) = make_float2(acc[4 * c], acc[4 * c + 1]);
           *reinterpret_cast<float2*>(at + 8 * kRowBytes) = make_float2(acc[4 * c + 2], acc[4 * c + 3]);
@@ -316,8 +318,8 @@ __device__ __forceinline__ void StoreTileTma(const CUtensorMap* map, uint8_t* bu
 // is row-major with n columns. See grouped_gemm.h.
 //
 // A Product (one per .cu file's forms) says what a stage holds and how the consumers multiply it: kBN (the
-// column tile), kBlockElems (reduction elements per k-block), kAMn / kBMn (the operand is MN-major), kTmaStore
-// (it leaves registers enough for StoreTileTma), Params, and Run (one job's k-blocks into acc).
+// column tile), kBlockElems (reduction elements per k-block), kAMn / kBMn (the operand is MN-major),
+// kTmaStore (it leaves registers enough for StoreTileTma), Params, and Run (one job's k-blocks into acc).
 //
 // kCluster 2: the two CTAs of a cluster take the same row tile and adjacent column tiles (2 p, 2 p + 1) of
 // pair job p, so they need the same A (128 x 64 per k-block): each loads one 64-row half and multicasts it
@@ -413,8 +415,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       Product::Run(params, acc, ring, it, j, consumer, lane, local);
       if constexpr (kTmaStore) {
         if (j.rows > 0)  // not the tile-less CTA of a pair
-          StoreTileTma<OutT, BN>(&out_map, store_buffers + (consumer * 4 + warp) * 2 * kStoreBufferBytes, acc, j.n0,
-                                 j.out_y + consumer * 64 + warp * 16, j.out_z, n, accumulate, lane, chunk);
+          StoreTileTma<OutT, BN>(&out_map, store_buffers + (consumer * 4 + warp) * 2 * kStoreBufferBytes, acc,
+                                 j.n0, j.out_y + consumer * 64 + warp * 16, j.out_z, n, accumulate, lane,
+                                 chunk);
         continue;
       }
       OutT* out0 = out + (j.out_row + local) * n;
@@ -483,7 +486,8 @@ struct OutGeometry {
 template <class OutT>
 CUtensorMap StoreMap(OutT* out, const OutGeometry& geometry, int64_t cols) {
   constexpr int64_t kBytes = sizeof(OutT);
-  const CUtensorMapDataType type = kBytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+  const CUtensorMapDataType type =
+      kBytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
   CUtensorMap map;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(geometry.rows),
                               static_cast<cuuint64_t>(geometry.groups)};
@@ -522,8 +526,8 @@ inline int ABoxRows(int cluster) { return kBM / cluster; }
 
 template <class Product, class OutT, class Schedule, int kCluster, bool kTmaStore>
 void LaunchTiledIn(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
-                   OutT* out, const OutGeometry& geometry, bool accumulate, const Schedule& schedule, int64_t outers,
-                   int64_t n, int max_ctas, Stream stream) {
+                   OutT* out, const OutGeometry& geometry, bool accumulate, const Schedule& schedule,
+                   int64_t outers, int64_t n, int max_ctas, Stream stream) {
   constexpr int kSmem = SmemBytes<Product::kBN, kTmaStore>();
   const auto kernel = TiledKernel<Product, OutT, Schedule, kCluster, kTmaStore>;
   cudaLaunchConfig_t config{};
@@ -554,13 +558,14 @@ void LaunchTiledIn(const CUtensorMap& a_map, const CUtensorMap& b_map, const typ
   }();
   const int64_t jobs = outers * ColumnTiles(ColumnTiles(n, Product::kBN), kCluster);
   if (jobs == 0) return;
-  FATHOM_CHECK(jobs <= INT32_MAX, "[tiled_grouped_gemm] ", jobs, " output tiles: too many for 32-bit job indices");
+  FATHOM_CHECK(jobs <= INT32_MAX, "[tiled_grouped_gemm] ", jobs,
+               " output tiles: too many for 32-bit job indices");
   const int64_t ctas = max_ctas > 0 ? std::min(max_ctas, resident) : resident;
   const int64_t clusters = std::max<int64_t>(1, std::min<int64_t>(jobs, ctas / kCluster));
   config.gridDim = dim3(static_cast<unsigned>(clusters * kCluster));
   const CUtensorMap out_map = kTmaStore ? StoreMap(out, geometry, n) : CUtensorMap{};
-  FATHOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a_map, b_map, out_map, params, out, accumulate, schedule,
-                                       static_cast<int>(jobs), static_cast<int>(n)));
+  FATHOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a_map, b_map, out_map, params, out, accumulate,
+                                       schedule, static_cast<int>(jobs), static_cast<int>(n)));
 }
 
 // How a launch runs, as the public forms' TiledLaunch asks (checked): CTAs per cluster (a K-major A's map
@@ -586,8 +591,8 @@ inline LaunchShape CheckedShape(const char* op, const TiledLaunch& launch, int b
 // One persistent launch of the schedule's output tiles: `outers` outer indices x out's column tiles.
 template <class Product, class OutT, class Schedule>
 void LaunchTiled(const CUtensorMap& a_map, const CUtensorMap& b_map, const typename Product::Params& params,
-                 OutT* out, const OutGeometry& geometry, bool accumulate, const Schedule& schedule, int64_t outers,
-                 int64_t n, const LaunchShape& shape, int max_ctas, Stream stream) {
+                 OutT* out, const OutGeometry& geometry, bool accumulate, const Schedule& schedule,
+                 int64_t outers, int64_t n, const LaunchShape& shape, int max_ctas, Stream stream) {
   const auto run = [&](auto cluster, auto tma_store) {
     LaunchTiledIn<Product, OutT, Schedule, decltype(cluster)::value, decltype(tma_store)::value>(
         a_map, b_map, params, out, geometry, accumulate, schedule, outers, n, max_ctas, stream);
@@ -600,8 +605,8 @@ void LaunchTiled(const CUtensorMap& a_map, const CUtensorMap& b_map, const typen
   } else if constexpr (Product::kBN % 64 == 0 && Product::kTmaStore) {
     shape.cluster == 1 ? run(One{}, std::true_type{}) : run(Two{}, std::true_type{});
   } else {
-    FATHOM_CHECK(false, "[tiled_grouped_gemm] this form has no TMA-store epilogue (column tile ", Product::kBN,
-                 ": it needs 128 or 256, and a product that leaves the registers for it)");
+    FATHOM_CHECK(false, "[tiled_grouped_gemm] this form has no TMA-store epilogue (column tile ",
+                 Product::kBN, ": it needs 128 or 256, and a product that leaves the registers for it)");
   }
 }
 

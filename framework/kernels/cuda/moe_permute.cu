@@ -254,8 +254,9 @@ __global__ void CombineBackwardKernel(T* __restrict__ dy_perm, float* __restrict
 __global__ void CombineBackwardFp8Kernel(uint8_t* __restrict__ dyq, float* __restrict__ dweight,
                                          const __nv_bfloat16* __restrict__ dout,
                                          const __nv_bfloat16* __restrict__ y_perm,
-                                         const int64_t* __restrict__ row_slot, const float* __restrict__ topk_weight,
-                                         int64_t rows, int64_t h, int k, int64_t row_bytes, int scale_stride) {
+                                         const int64_t* __restrict__ row_slot,
+                                         const float* __restrict__ topk_weight, int64_t rows, int64_t h,
+                                         int k, int64_t row_bytes, int scale_stride) {
   constexpr int P = 8;
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
@@ -296,7 +297,8 @@ __global__ void CombineBackwardFp8Kernel(uint8_t* __restrict__ dyq, float* __res
     uint32_t words[2] = {0, 0};
 #pragma unroll
     for (int i = 0; i < P; ++i)
-      words[i / 4] |= static_cast<uint32_t>(fp8_numeric::FloatToE4M3Saturate(__fmul_rn(v[i], inv))) << (8 * (i % 4));
+      words[i / 4] |= static_cast<uint32_t>(fp8_numeric::FloatToE4M3Saturate(__fmul_rn(v[i], inv)))
+                      << (8 * (i % 4));
     *reinterpret_cast<uint2*>(codes + c) = make_uint2(words[0], words[1]);
     if (lane % 16 == 0) scales[c / 128] = __fdiv_rn(amax, kFp8E4M3Max);
   }
@@ -574,8 +576,9 @@ void MoeCombineBackwardFp8(const Tensor& dyq, const Tensor& dweight, const Tenso
   const char* op = "moe_combine_backward_fp8_cuda";
   FATHOM_CHECK(dout.ndim() == 2 && topk_weight.ndim() == 2, "[", op, "] dout ", dout.shape_str(),
                " topk_weight ", topk_weight.shape_str());
-  FATHOM_CHECK(MoeCombineBackwardFp8Supported(dout, y_perm), "[", op, "] needs bf16 rows of a multiple of 128 ",
-               "values, 16-byte aligned; got dout ", dout.shape_str(), " ", DTypeName(dout.dtype()));
+  FATHOM_CHECK(MoeCombineBackwardFp8Supported(dout, y_perm), "[", op,
+               "] needs bf16 rows of a multiple of 128 values, 16-byte aligned; got dout ", dout.shape_str(), " ",
+               DTypeName(dout.dtype()));
   const int64_t n = dout.dim(0), h = dout.dim(1), k = topk_weight.dim(1);
   FATHOM_CHECK(row_slot.ndim() == 1 && row_slot.dim(0) >= n * k, "[", op, "] row_slot ", row_slot.shape_str(),
                " for ", n * k, " slots");
@@ -592,8 +595,8 @@ void MoeCombineBackwardFp8(const Tensor& dyq, const Tensor& dweight, const Tenso
   if (r == 0) return;
   CombineBackwardFp8Kernel<<<RowBlocks(r), kRowWarps * 32, 0, Raw(stream)>>>(
       static_cast<uint8_t*>(dyq.raw()), dweight.data<float>(), static_cast<const __nv_bfloat16*>(dout.raw()),
-      static_cast<const __nv_bfloat16*>(y_perm.raw()), row_slot.data<int64_t>(), topk_weight.data<float>(), r, h,
-      static_cast<int>(k), row_bytes, static_cast<int>(scale_stride));
+      static_cast<const __nv_bfloat16*>(y_perm.raw()), row_slot.data<int64_t>(), topk_weight.data<float>(), r,
+      h, static_cast<int>(k), row_bytes, static_cast<int>(scale_stride));
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
