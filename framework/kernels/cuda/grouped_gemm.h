@@ -19,9 +19,10 @@
 // 128-byte rows, 64 bf16 or 128 e4m3 values of the reduction, into a ring of shared-memory stages, 128-byte
 // swizzled, signalled by mbarriers; the ring runs on across jobs, so the next job's loads overlap this one's
 // stores), warp groups 1 and 2 each multiply 64 of the 128 rows with wgmma (bf16: m64nBNk16 into the f32
-// accumulators, one group kept in flight; e4m3: m64n128k32 into a partial sum promoted to f32 with its
-// scales every 128-deep block), then store (bf16 or f32, = or +=). BN of the bf16 form is chosen per call
-// (128, 176 or 256; 0 = TiledGroupedDefaultBlockN), the FP8 forms use 128; partial last row and column tiles
+// accumulators, one group kept in flight; e4m3: m64n64k32 per column half into partial sums promoted to f32
+// with their scales every 128-deep block, one half promoted while the other runs), then store (bf16 or f32,
+// = or +=). BN of the bf16 form is chosen per call (128, 176 or 256; 0 = TiledGroupedDefaultBlockN), the FP8
+// forms use 128; partial last row and column tiles
 // compute into registers and store only their valid part. In clusters of two CTAs (TiledLaunch::cluster_n
 // 2), the pair takes one row tile's two adjacent column tiles and loads the row tile's A operand once,
 // multicast to both (half of A's traffic from L2); with TiledLaunch::tma_store the consumers stage their
@@ -117,7 +118,7 @@ bool TiledFp8Supported(int64_t n);
 // The FP8 form (train.precision fp8; operands as framework/fp8_operands.h lays them out), the twin of
 // cpu::Fp8GroupedMatmulNT over the padded layout: out (T * 128, N) (=, or += when accumulate; bf16 or f32)
 // rows of tile t with e = tile_expert[t] >= 0 = x's rows . w[e]^T, where per 128-deep block of the
-// reduction the e4m3 products are summed in f32 (wgmma.m64n128k32) and added to the result times (x row
+// reduction the e4m3 products are summed in f32 (wgmma.m64n64k32 per column half) and added to the result times (x row
 // scale * w block scale). x: Fp8Rows (T * 128, K); w: Fp8BlockMatrix (E, N, K) (Fp8Weight::w for the
 // forward, ::wt for the dgrad). BN is 128: an output tile is one block row of w.
 void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
