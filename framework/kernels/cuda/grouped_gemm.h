@@ -22,12 +22,12 @@
 // accumulators, one group kept in flight; e4m3: m64n64k32 per column half into partial sums promoted to f32
 // with their scales every 128-deep block, one half promoted while the other runs), then store (bf16 or f32,
 // = or +=). BN of the bf16 form is chosen per call (128, 176 or 256; 0 = TiledGroupedDefaultBlockN), the FP8
-// forms use 128; partial last row and column tiles
-// compute into registers and store only their valid part. In clusters of two CTAs (TiledLaunch::cluster_n
-// 2), the pair takes one row tile's two adjacent column tiles and loads the row tile's A operand once,
-// multicast to both (half of A's traffic from L2); with TiledLaunch::tma_store the consumers stage their
-// results in shared memory and TMA stores them while the next tile's products run. A barrier wait that
-// lasts seconds reports itself and traps, so a bug fails the job instead of hanging it.
+// forms use 128; partial last row and column tiles compute into registers and store only their valid part.
+// In clusters of two CTAs (TiledLaunch::cluster_n 2), the pair takes one row tile's two adjacent column tiles
+// and loads the row tile's A operand once, multicast to both (half of A's traffic from L2); with
+// TiledLaunch::tma_store the consumers stage their results in shared memory and TMA stores them while the
+// next tile's products run. A barrier wait that lasts seconds reports itself and traps, so a bug fails the
+// job instead of hanging it.
 #ifndef FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 #define FATHOM_FRAMEWORK_KERNELS_CUDA_GROUPED_GEMM_H_
 

@@ -583,7 +583,7 @@ void MoeCombineBackwardFp8(const Tensor& dyq, const Tensor& dweight, const Tenso
   FATHOM_CHECK(row_slot.ndim() == 1 && row_slot.dim(0) >= n * k, "[", op, "] row_slot ", row_slot.shape_str(),
                " for ", n * k, " slots");
   const int64_t r = row_slot.dim(0);
-  const int64_t tiles = h / 128, scale_stride = (tiles + 3) / 4 * 4, row_bytes = h + 4 * scale_stride;
+  const int64_t tiles = Fp8Blocks(h), scale_stride = Fp8ScaleStride(tiles), row_bytes = Fp8RowBytes(h);
   CheckRows(op, r);
   CheckDevice(op, "dout", dout, DType::kBF16, {n, h});
   CheckDevice(op, "y_perm", y_perm, DType::kBF16, {r, h});
