@@ -178,25 +178,34 @@ struct RowTiles {
   }
 };
 
+// The weight-gradient forms' output tile of job (outer, ct): group g = outer / (M's row tiles), out[g]'s row
+// tile outer % that and column tile ct, both operands' MN offsets from those; returns g. The k-blocks are the
+// schedule's.
+template <int BN>
+__device__ __forceinline__ int PlaceGroupTile(int outer, int ct, int m, Job& j) {
+  const int m_tiles = (m + kBM - 1) / kBM;
+  const int g = outer / m_tiles;
+  j.a_row = (outer % m_tiles) * kBM;
+  j.n0 = ct * BN;
+  j.b_row = j.n0;
+  j.b_k0 = 0;
+  j.out_row = static_cast<int64_t>(g) * m + j.a_row;
+  j.rows = min(kBM, m - j.a_row);
+  j.group = g;
+  j.out_y = j.a_row;
+  j.out_z = g;
+  return g;
+}
+
 template <int BN>
 struct KGroups {
   TilePrefix k;
   int m;
   __device__ bool Decode(int outer, int ct, Job& j) const {
-    const int m_tiles = (m + kBM - 1) / kBM;
-    const int g = outer / m_tiles;
+    const int g = PlaceGroupTile<BN>(outer, ct, m, j);
     j.k0 = k.begin[g];
     j.k_blocks = k.begin[g + 1] - j.k0;
-    if (j.k_blocks == 0) return false;  // a group without tokens: out[g] stays as it is
-    j.a_row = (outer % m_tiles) * kBM;
-    j.n0 = ct * BN;
-    j.b_row = j.n0;
-    j.out_row = static_cast<int64_t>(g) * m + j.a_row;
-    j.rows = min(kBM, m - j.a_row);
-    j.group = g;
-    j.out_y = j.a_row;
-    j.out_z = g;
-    return true;
+    return j.k_blocks > 0;  // a group without tokens: out[g] stays as it is
   }
 };
 
@@ -206,22 +215,11 @@ struct DeviceKGroups {
   int m;
   bool overwrite;
   __device__ bool Decode(int outer, int ct, Job& j) const {
-    const int m_tiles = (m + kBM - 1) / kBM;
-    const int g = outer / m_tiles;
+    const int g = PlaceGroupTile<BN>(outer, ct, m, j);
     const int t0 = tile_begin[g], t1 = tile_begin[g + 1];
     j.k0 = t0 * (kBM / kBK);
     j.k_blocks = (t1 - t0) * (kBM / kBK);
-    if (j.k_blocks == 0 && !overwrite) return false;  // out[g] stays as it is
-    j.a_row = (outer % m_tiles) * kBM;
-    j.n0 = ct * BN;
-    j.b_row = j.n0;
-    j.b_k0 = 0;
-    j.out_row = static_cast<int64_t>(g) * m + j.a_row;
-    j.rows = min(kBM, m - j.a_row);
-    j.group = g;
-    j.out_y = j.a_row;
-    j.out_z = g;
-    return true;
+    return j.k_blocks > 0 || overwrite;  // else out[g] stays as it is
   }
 };
 
