@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The own tiled GEMM kernels (framework/kernels/cuda/grouped_gemm{,_fp8}.cu) compiled as a release build compiles
-# them (-O3 -DNDEBUG, sm_90a) must not draw ptxas's C7510, "wgmma.mma_async instructions are serialized":
-# any function call inside a wgmma kernel (a printf was one) makes ptxas wait after every wgmma, silently
-# costing the kernels much of their throughput. Nor may they spill registers (a 128 x 256 f32 accumulator
-# tile leaves little room). Fails on either, or on a failed compile.
+# them (-O3 -DNDEBUG, sm_90a) must not draw any of ptxas's "wgmma.mma_async instructions are serialized"
+# notes: C7510 (a function call inside the kernel; a printf was one), C7512 (too few registers), C7517 /
+# C7518 (a warpgroup wait ptxas inserts, e.g. around a wgmma issued or waited for inside a branch: the FP8
+# main loop's last-block conditions did that). Each makes ptxas wait after every wgmma, silently costing the
+# kernels much of their throughput while every value stays right. Nor may they spill registers (a 128 x 256
+# f32 accumulator tile leaves little room). Fails on either, or on a failed compile.
 # Usage: wgmma_not_serialised.sh NVCC SOURCE_DIR
 set -uo pipefail
 NVCC=${1:?usage: wgmma_not_serialised.sh NVCC SOURCE_DIR}
@@ -25,10 +27,11 @@ for name in grouped_gemm grouped_gemm_fp8; do  # the bf16 and the FP8 forms of g
     echo "wgmma_not_serialised.sh: ptxas compiled no TiledKernel of $name.cu for sm_90a: nothing was checked" >&2
     exit 1
   fi
-  if grep -q "C7510" "$OUT/$name.log"; then
-    grep "C7510" "$OUT/$name.log" | head -3
-    echo "wgmma_not_serialised.sh: ptxas serialises wgmma in $(grep -c C7510 "$OUT/$name.log") of $found" \
-         "TiledKernel instantiations of $name.cu (a function call inside the kernel?)" >&2
+  serial="wgmma.mma_async instructions are serialized"
+  if grep -q "$serial" "$OUT/$name.log"; then
+    grep "$serial" "$OUT/$name.log" | cut -c1-200 | head -3
+    echo "wgmma_not_serialised.sh: ptxas serialises wgmma in $(grep -c "$serial" "$OUT/$name.log") of $found" \
+         "TiledKernel instantiations of $name.cu ($(grep -o "(C75[0-9][0-9])" "$OUT/$name.log" | sort -u | tr '\n' ' '))" >&2
     exit 1
   fi
   # ptxas reports each entry's spills on the lines after its "Compiling entry function" line.

@@ -48,25 +48,35 @@ __device__ __forceinline__ void Fp8MainLoop(const Ring<128>& ring, int& it, int 
   ring.Acquire(it);
   Fp8IssueHalf<0>(p0, ring, it, consumer);
   Fp8IssueHalf<1>(p1, ring, it, consumer);
-  for (int kb = 0; kb < k_blocks; ++kb, ++it) {
-    const bool next = kb + 1 < k_blocks;
+  // Every block but the last, with no branch between its wgmma issues and waits: ptxas serialises the
+  // wgmmas (C7518, a warpgroup wait it inserts "in divergent path") when an issue or a wait sits in a
+  // branch, as it did when the last block was a condition inside this loop.
+  int kb = 0;
+  for (; kb + 1 < k_blocks; ++kb, ++it) {
     prepare(0, kb);
     WgmmaWait<1>();  // in flight: half 1 of kb
     FenceAccumulators<32>(p0);
     promote(0, p0, kb);
     prepare(1, kb);
-    if (next) {
-      ring.Acquire(it + 1);
-      Fp8IssueHalf<0>(p0, ring, it + 1, consumer);
-      WgmmaWait<1>();  // in flight: half 0 of kb + 1
-    } else {
-      WgmmaWait<0>();
-    }
+    ring.Acquire(it + 1);
+    Fp8IssueHalf<0>(p0, ring, it + 1, consumer);
+    WgmmaWait<1>();  // in flight: half 0 of kb + 1
     FenceAccumulators<32>(p1);
     ring.Release(it, lane);
     promote(1, p1, kb);
-    if (next) Fp8IssueHalf<1>(p1, ring, it + 1, consumer);
+    Fp8IssueHalf<1>(p1, ring, it + 1, consumer);
   }
+  // The last block: nothing to issue behind it.
+  prepare(0, kb);
+  WgmmaWait<1>();  // in flight: half 1 of kb
+  FenceAccumulators<32>(p0);
+  promote(0, p0, kb);
+  prepare(1, kb);
+  WgmmaWait<0>();
+  FenceAccumulators<32>(p1);
+  ring.Release(it, lane);
+  promote(1, p1, kb);
+  ++it;
 }
 #endif
 
@@ -278,7 +288,7 @@ void TiledFp8GroupedMatmulTN(const Tensor& out, const Fp8Cols& a, const Fp8Cols&
   const int64_t m = a.cols(), n = b.cols(), tp = a.padded_tokens(), groups = static_cast<int64_t>(counts.size());
   FATHOM_CHECK(TiledFp8TNSupported(n, groups), "[", op, "] needs an sm_90 GPU (H100/H200), N a multiple of 16 ",
                "and 1 to ", kMaxPrefixGroups, " groups; got N ", n, ", ", groups, " groups");
-  FATHOM_CHECK(groups * m * n <= INT32_MAX && tp / kBM <= INT32_MAX && m <= INT32_MAX && n <= INT32_MAX, "[", op,
+  FATHOM_CHECK(groups * m * n <= INT32_MAX && tp <= INT32_MAX && m <= INT32_MAX && n <= INT32_MAX, "[", op,
                "] too large for the kernel's 32-bit indices");
   const LaunchShape shape = Fp8Shape<Fp8ColsProduct>(op, launch);
   TilePrefix k{};

@@ -434,7 +434,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (lane == 0) BulkWait<0>();  // this warp's stores have written out
     }
   }
-  if constexpr (kCluster > 1) ClusterSync();
+  if constexpr (kCluster > 1) {
+    // The producer warp's lanes 1-31 got here while lane 0 issued the loads: the warp whole again before
+    // the cluster barrier (not required of barrier.cluster's non-.aligned form, but free).
+    __syncwarp();
+    ClusterSync();
+  }
 #else
   __trap();  // built without sm_90a: TiledGroupedSupported is false and the launcher never gets here
 #endif

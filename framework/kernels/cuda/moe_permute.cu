@@ -591,6 +591,8 @@ void MoeCombineBackwardFp8(const Tensor& dyq, const Tensor& dweight, const Tenso
   CheckDevice(op, "row_slot", row_slot, DType::kI64, {r});
   CheckDevice(op, "topk_weight", topk_weight, DType::kF32, {n, k});
   CheckDevice(op, "dweight", dweight, DType::kF32, {n, k});
+  FATHOM_CHECK(AllAligned({dyq.raw()}, 16), "[", op, "] dyq must be 16-byte aligned (the codes are stored 8 ",
+               "bytes at a time), got ", dyq.raw());
   FATHOM_CHECK(scale_stride - tiles <= 32, "[", op, "] scale padding wider than a warp");
   if (r == 0) return;
   CombineBackwardFp8Kernel<<<RowBlocks(r), kRowWarps * 32, 0, Raw(stream)>>>(
