@@ -174,6 +174,7 @@ void ParseTrain(YamlMapReader& r, TrainConfig* t) {
   r.String("expert_gemm", &t->expert_gemm);
   r.Count("expert_gemm_cluster", &t->expert_gemm_cluster);
   r.Bool("expert_gemm_tma_store", &t->expert_gemm_tma_store);
+  r.Bool("deterministic", &t->deterministic);
   r.String("device", &t->device);
   r.Count("eval_every", &t->eval_every);
   r.Count("eval_steps", &t->eval_steps);

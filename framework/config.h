@@ -148,6 +148,14 @@ struct TrainConfig {
   // (2026-12-04), hence off by default.
   int64_t expert_gemm_cluster = 1;
   bool expert_gemm_tma_store = false;
+  // Bitwise reproducible steps on the GPU (Megatron's --deterministic-mode, torchtitan's
+  // debug.deterministic): the same recipe, seed, GPUs and mesh give the same bits every run, so a GPU run
+  // resumed from a checkpoint continues exactly as the uninterrupted one. Every fathom kernel already sums
+  // in a fixed order; what this changes is the attention backward, whose cuDNN engines accumulate dq with
+  // f32 atomics: with it on, cuDNN's graph that writes dq directly (no accumulator) and engines without
+  // cuDNN's "non-deterministic" note are required, else fathom's own tensor-core kernels run (start-up says
+  // which). The CPU is deterministic either way.
+  bool deterministic = false;
   std::string device = "cpu";
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never
   int64_t eval_steps = 10;   // global batches of the valid split per evaluation (the same ones each time)

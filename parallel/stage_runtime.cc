@@ -274,7 +274,13 @@ absl::Status StageRuntime::SetUp() {
     const ModelConfig& mc = recipe_.model;
     const cuda::AttentionShape shape{recipe_.train.micro_batch_size, recipe_.train.seq_len,
                                      mc.num_attention_heads, mc.qk_head_dim(), mc.v_head_dim};
+    // train.deterministic picks cuDNN's deterministic plans (or the own kernels) for the shapes prepared now.
+    cuda::SetCudnnAttentionDeterministic(recipe_.train.deterministic);
     attention_path_ = cuda::DescribeAttentionPath(bf16 ? DType::kBF16 : DType::kF32, shape) + "\n";
+    if (recipe_.train.deterministic) {
+      attention_path_ +=
+          "deterministic (train.deterministic): steps are bitwise reproducible on the same GPUs and mesh\n";
+    }
     // How the tiled expert kernels launch (the recipe validated that some run when these are not the
     // defaults), said once at start-up.
     const int cluster = static_cast<int>(recipe_.train.expert_gemm_cluster);

@@ -88,6 +88,22 @@ TEST(PrecisionConfigTest, TheTiledKernelLaunchKeysNeedTheTiledKernels) {
   }
 }
 
+// train.deterministic: off by default, a boolean, accepted on either device (the CPU is deterministic
+// anyway), and written into the recipe as run so a log says whether its run can be repeated bit for bit.
+TEST(PrecisionConfigTest, DeterministicIsABooleanKeptInTheRecipeAsRun) {
+  absl::StatusOr<Recipe> r = LoadRecipe(TinyPath());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->train.deterministic);
+  EXPECT_THAT(ResolvedRecipeYaml(*r), HasSubstr("deterministic: false"));
+  for (const char* device : {"cpu", "cuda"}) {
+    r = LoadRecipe(TinyPath(), {std::string("train.device=") + device, "train.deterministic=true"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->train.deterministic);
+    EXPECT_THAT(ResolvedRecipeYaml(*r), HasSubstr("deterministic: true"));
+  }
+  EXPECT_THAT(TinyError({"train.deterministic=sometimes"}), HasSubstr("train.deterministic"));
+}
+
 TEST(PrecisionConfigTest, BadValuesNameTheKey) {
   EXPECT_THAT(TinyError({"train.precision=fp16"}), HasSubstr("train.precision"));
   // On cuda: f32 compute is refused under fp8; the tiny model's kv_a projection (32 + 8 = 40 outputs) is not

@@ -243,8 +243,8 @@ TEST(CudaAttention, LongSequenceForwardMatchesCpu) {
 // queries and dout at rows < t0 leaves dk and dv of keys >= t0 bitwise unchanged (masked entries contribute
 // exact zeros). t0 = 77 is inside a tile, so masking within a tile is exercised. Also: the backward run twice
 // gives bitwise-identical gradients (no atomics). Dk 192 / Dv 128 bf16. cuDNN accumulates dq with f32
-// atomics, so on that path dq is compared within one bf16 rounding (2^-8 relative, see the top) instead of
-// bitwise, in both checks that involve it.
+// atomics unless its deterministic mode is on, so there dq is compared within one bf16 rounding (2^-8
+// relative, see the top) instead of bitwise, in both checks that involve it.
 void CheckCausalAndDeterministic(cuda::AttentionPath path) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " " + cuda::AttentionPathName(path));
@@ -252,7 +252,7 @@ void CheckCausalAndDeterministic(cuda::AttentionPath path) {
   const Case c{2, 150, 3, 192, 128};
   const int64_t t0 = 77;
   const DType dtype = DType::kBF16;
-  const bool dq_bitwise = path != cuda::AttentionPath::kCudnn;
+  const bool dq_bitwise = path != cuda::AttentionPath::kCudnn || cuda::CudnnAttentionDeterministic();
   const Shape qk_shape{c.b, c.t, c.h, c.dk}, v_shape{c.b, c.t, c.h, c.dv}, lse_shape{c.b, c.h, c.t};
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.dk));
   Tensor q = RandomTensor(qk_shape, DType::kF64, rng), k = RandomTensor(qk_shape, DType::kF64, rng);
@@ -363,6 +363,28 @@ TEST(CudaAttention, CudnnCausalAndDeterministic) {
   FATHOM_REQUIRE_GPU();
   const std::vector<Case> cases = {{2, 150, 3, 192, 128}};
   FATHOM_REQUIRE_CUDNN_ATTENTION(cases);
+  CheckCausalAndDeterministic(cuda::AttentionPath::kCudnn);
+}
+
+// Deterministic mode (train.deterministic): cuDNN's plans without the atomically accumulated dq. The same
+// accuracy against the CPU as the default plans, and dq bitwise reproducible too (CheckCausalAndDeterministic
+// then compares every gradient bitwise). A cuDNN that builds no deterministic plan for these shapes skips,
+// saying why; the trainer then runs the own kernels (CausalAndDeterministic above).
+TEST(CudaAttention, CudnnDeterministicModeIsBitwiseAndMatchesCpu) {
+  FATHOM_REQUIRE_GPU();
+  struct Mode {  // the process-wide mode, restored for the tests that follow
+    Mode() { cuda::SetCudnnAttentionDeterministic(true); }
+    ~Mode() { cuda::SetCudnnAttentionDeterministic(false); }
+  } mode;
+  const std::vector<Case> cases = {{2, 150, 3, 192, 128}, {1, 300, 2, 192, 128}, {2, 256, 2, 192, 128}};
+  FATHOM_REQUIRE_CUDNN_ATTENTION(cases);
+  const uint64_t seed = TestSeed();
+  for (const Case& c : cases) {
+    const std::string line = cuda::DescribeAttentionPath(DType::kBF16, ShapeOf(c));
+    std::printf("  %s\n", line.c_str());
+    EXPECT_NE(line.find(", deterministic"), std::string::npos) << line;
+    CheckAgainstCpu(c, DType::kBF16, seed, cuda::AttentionPath::kCudnn);
+  }
   CheckCausalAndDeterministic(cuda::AttentionPath::kCudnn);
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "framework/kernels/cpu/moe.h"
+#include "framework/kernels/cuda/attention_cudnn.h"
 #include "framework/kernels/cuda/grouped_gemm.h"
 #include "framework/ops.h"
 #include "gtest/gtest.h"
@@ -135,6 +136,26 @@ TEST(TrainGpu, Bf16OwnExpertKernelsFollowTheCpuF32LossCurve) {
     EXPECT_LE(g.tail, 2e-2);
   }
   cuda::SetTiledDefaults({});  // the process's tiled-kernel defaults back for the tests after this one
+}
+
+// train.deterministic: two bf16 runs of the same recipe and seed give the same loss bits at every step (the
+// attention backward on cuDNN's deterministic plans or the own kernels; everything else already sums in a
+// fixed order). The default mode's spread between two runs is printed beside it, for the record.
+TEST(TrainGpu, DeterministicRunsRepeatBitwise) {
+  FATHOM_REQUIRE_GPU();
+  const int64_t steps = 12;
+  const std::vector<double> a = Losses("cuda", steps, "bf16", {"train.deterministic=true"});
+  const std::vector<double> b = Losses("cuda", steps, "bf16", {"train.deterministic=true"});
+  const std::vector<double> c = Losses("cuda", steps, "bf16"), d = Losses("cuda", steps, "bf16");
+  cuda::SetCudnnAttentionDeterministic(false);  // the process default back for the tests after this one
+  double spread = 0;
+  for (int64_t s = 0; s < steps; ++s) spread = std::max(spread, std::abs(c[s] - d[s]) / d[s]);
+  std::printf(
+      "%lld bf16 steps: deterministic lm loss %.6f -> %.6f twice; default mode's two runs differ by "
+      "up to %.2e relative\n",
+      static_cast<long long>(steps), a.front(), a.back(), spread);
+  for (int64_t s = 0; s < steps; ++s) EXPECT_EQ(a[s], b[s]) << "step " << s + 1;
+  EXPECT_LT(a.back(), a.front()) << "the run must learn";
 }
 
 // What train.expert_gemm own is for: the MoE layers' host waits are gone. The tiny recipe for 4 steps each

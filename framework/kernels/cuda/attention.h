@@ -18,7 +18,9 @@
 //
 // cuDNN path -- bf16 whenever this build links cuDNN and cuDNN's fused flash-attention engines accept the
 //   shape (attention_cudnn.h: plans built once per shape and cached; about 500 / 380 TFLOP/s forward /
-//   backward at the model's shape on an H200). dq is not bitwise reproducible there (f32 atomics).
+//   backward at the model's shape on an H200). dq is not bitwise reproducible there (f32 atomics) unless
+//   the deterministic mode (SetCudnnAttentionDeterministic, train.deterministic) asks cuDNN for plans that
+//   are; a shape cuDNN then refuses takes the next path.
 //   Otherwise, a function of (dtype, Dk, Dv) only:
 //
 // Tensor-core path -- bf16 with (Dk, Dv) in {(64, 64), (128, 128), (192, 128)} (DeepSeek-V3 is (192, 128)):

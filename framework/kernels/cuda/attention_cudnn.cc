@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <map>
@@ -26,6 +27,13 @@ namespace fathom::cuda {
 std::string AttentionShapeName(const AttentionShape& s) {
   return absl::StrFormat("B%d T%d H%d Dk%d Dv%d", s.b, s.t, s.h, s.dk, s.dv);
 }
+
+namespace {
+std::atomic<bool> g_deterministic{false};
+}  // namespace
+
+void SetCudnnAttentionDeterministic(bool on) { g_deterministic.store(on); }
+bool CudnnAttentionDeterministic() { return g_deterministic.load(); }
 
 #ifndef FATHOM_WITH_CUDNN
 
@@ -133,6 +141,20 @@ struct Plan {
   int variant = -1;
 };
 
+// Whether cuDNN's numerical notes of `engine` leave out CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC (false when
+// they cannot be read).
+bool NotedDeterministic(cudnnBackendDescriptor_t engine) {
+  cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+  int64_t count = 0;
+  if (cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                               CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes) != CUDNN_STATUS_SUCCESS)
+    return false;
+  for (int64_t i = 0; i < count; ++i) {
+    if (notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) return false;
+  }
+  return true;
+}
+
 // Builds one operation graph from cuDNN's primitive operations. Errors are sticky: the first failing call
 // is recorded with the step that failed and later calls do nothing, so the graph code reads straight.
 class GraphBuilder {
@@ -222,7 +244,8 @@ class GraphBuilder {
 
   // The operation graph, cuDNN's engine configurations for it (heuristics mode A, then the fallback list)
   // and the first execution plan that finalizes.
-  absl::StatusOr<Plan> Build(cudnnHandle_t handle) {
+  // deterministic: engine configurations whose engine cuDNN notes as non-deterministic are passed over.
+  absl::StatusOr<Plan> Build(cudnnHandle_t handle, bool deterministic) {
     step_ = "operation graph";
     Desc graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     Created(graph);
@@ -235,7 +258,7 @@ class GraphBuilder {
     if (!status_.ok()) return status_;
     std::string tried;
     for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
-      absl::StatusOr<Plan> plan = PlanFromHeuristics(handle, graph, mode);
+      absl::StatusOr<Plan> plan = PlanFromHeuristics(handle, graph, mode, deterministic);
       if (plan.ok()) return plan;
       tried += std::string(tried.empty() ? "" : "; ") + std::string(plan.status().message());
     }
@@ -291,7 +314,7 @@ class GraphBuilder {
   }
 
   absl::StatusOr<Plan> PlanFromHeuristics(cudnnHandle_t handle, const Desc& graph,
-                                          cudnnBackendHeurMode_t mode) {
+                                          cudnnBackendHeurMode_t mode, bool deterministic) {
     const char* mode_name = mode == CUDNN_HEUR_MODE_A ? "heuristics A" : "fallback";
     Desc heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
     if (heur.get() == nullptr) return absl::InternalError("engine heuristics descriptor");
@@ -320,8 +343,28 @@ class GraphBuilder {
     if (st != CUDNN_STATUS_SUCCESS)
       return absl::NotFoundError(absl::StrFormat("%s results: %s", mode_name, CudnnError(st)));
     std::string why;
+    int64_t passed_over = 0;  // deterministic: configurations refused for their engine's note
     for (int64_t i = 0; i < got; ++i) {
       Plan p;
+      int64_t n = 0;
+      // The engine: its global index (for the start-up line, best effort) and its numerical notes.
+      Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+      cudnnBackendDescriptor_t raw_engine = engine.get();
+      const bool have_engine =
+          raw_engine != nullptr &&
+          cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n,
+                                   &raw_engine) == CUDNN_STATUS_SUCCESS;
+      if (have_engine)
+        cudnnBackendGetAttribute(raw_engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n,
+                                 &p.engine);
+      if (deterministic) {
+        // An engine whose notes cannot be read is not known to be deterministic: passed over too.
+        if (!have_engine || !NotedDeterministic(raw_engine)) {
+          ++passed_over;
+          why = absl::StrFormat("engine %d is not deterministic", p.engine);
+          continue;
+        }
+      }
       p.plan = Desc(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
       st = cudnnBackendSetAttribute(p.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
                                     &handle);
@@ -333,19 +376,16 @@ class GraphBuilder {
         why = CudnnError(st);
         continue;
       }
-      int64_t n = 0;
       if (cudnnBackendGetAttribute(p.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64,
                                    1, &n, &p.workspace) != CUDNN_STATUS_SUCCESS)
         p.workspace = 0;
-      // The engine's global index, for the start-up line only (best effort).
-      Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
-      cudnnBackendDescriptor_t raw_engine = engine.get();
-      if (raw_engine != nullptr &&
-          cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n,
-                                   &raw_engine) == CUDNN_STATUS_SUCCESS)
-        cudnnBackendGetAttribute(raw_engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n,
-                                 &p.engine);
       return p;
+    }
+    if (deterministic && passed_over > 0) {
+      return absl::NotFoundError(absl::StrFormat(
+          "%s: none of %d engine configurations finalized, %d of them passed over as not deterministic "
+          "(last: %s)",
+          mode_name, got, passed_over, why));
     }
     return absl::NotFoundError(
         absl::StrFormat("%s: none of %d engine configurations finalized (last: %s)", mode_name, got, why));
@@ -402,7 +442,8 @@ int64_t CausalMask(GraphBuilder& g, const Views& w, int64_t scores, int64_t neg_
   return masked;
 }
 
-absl::StatusOr<Plan> BuildForward(cudnnHandle_t handle, const AttentionShape& s, const Variant&) {
+absl::StatusOr<Plan> BuildForward(cudnnHandle_t handle, const AttentionShape& s, const Variant&,
+                                  bool deterministic) {
   const Views w = MakeViews(s);
   const auto f32 = CUDNN_DATA_FLOAT, bf16 = CUDNN_DATA_BFLOAT16;
   GraphBuilder g;
@@ -432,10 +473,11 @@ absl::StatusOr<Plan> BuildForward(cudnnHandle_t handle, const AttentionShape& s,
   const int64_t p = g.Virtual(w.score, w.score_strides, bf16);
   g.Pointwise("normalise", CUDNN_POINTWISE_DIV, f32, e, row_sum, -1, p);
   g.Matmul("P V", p, v, o);
-  return g.Build(handle);
+  return g.Build(handle, deterministic);
 }
 
-absl::StatusOr<Plan> BuildBackward(cudnnHandle_t handle, const AttentionShape& s, const Variant& variant) {
+absl::StatusOr<Plan> BuildBackward(cudnnHandle_t handle, const AttentionShape& s, const Variant& variant,
+                                   bool deterministic) {
   const Views w = MakeViews(s);
   const auto f32 = CUDNN_DATA_FLOAT, bf16 = CUDNN_DATA_BFLOAT16;
   GraphBuilder g;
@@ -495,13 +537,14 @@ absl::StatusOr<Plan> BuildBackward(cudnnHandle_t handle, const AttentionShape& s
     g.Matmul("dS K", ds, k, acc);
     g.Pointwise("dq", CUDNN_POINTWISE_IDENTITY, f32, acc, -1, -1, dq);
   }
-  return g.Build(handle);
+  return g.Build(handle, deterministic);
 }
 
 size_t AlignUp(size_t n) { return (n + 255) / 256 * 256; }
 
 // The cached plans of one (device, shape) and their workspaces.
 struct Entry {
+  bool deterministic = false;  // built in deterministic mode (SetCudnnAttentionDeterministic)
   absl::Status status;
   Plan forward, backward;
   void* forward_ws = nullptr;
@@ -512,7 +555,9 @@ struct Entry {
 struct Cache {
   std::mutex mu;
   std::map<int, cudnnHandle_t> handles;  // per device, never destroyed
-  std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Entry> > entries;
+  // (device, deterministic mode, b, t, h, dk, dv)
+  std::map<std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Entry> >
+      entries;
 };
 
 Cache& TheCache() {
@@ -530,7 +575,7 @@ float MaskValue() {
 void BuildEntry(Entry& e, cudnnHandle_t handle, const AttentionShape& s) {
   std::string why;
   for (size_t i = 0; i < std::size(kForwardVariants); ++i) {
-    absl::StatusOr<Plan> p = BuildForward(handle, s, kForwardVariants[i]);
+    absl::StatusOr<Plan> p = BuildForward(handle, s, kForwardVariants[i], e.deterministic);
     if (p.ok()) {
       e.forward = *std::move(p);
       e.forward.variant = static_cast<int>(i);
@@ -540,7 +585,9 @@ void BuildEntry(Entry& e, cudnnHandle_t handle, const AttentionShape& s) {
   }
   if (e.forward.variant >= 0) {
     for (size_t i = 0; i < std::size(kBackwardVariants); ++i) {
-      absl::StatusOr<Plan> p = BuildBackward(handle, s, kBackwardVariants[i]);
+      // Deterministic mode: only the spelling without the atomically accumulated dq.
+      if (e.deterministic && !kBackwardVariants[i].deterministic_dq) continue;
+      absl::StatusOr<Plan> p = BuildBackward(handle, s, kBackwardVariants[i], e.deterministic);
       if (p.ok()) {
         e.backward = *std::move(p);
         e.backward.variant = static_cast<int>(i);
@@ -550,8 +597,9 @@ void BuildEntry(Entry& e, cudnnHandle_t handle, const AttentionShape& s) {
     }
   }
   if (e.forward.variant < 0 || e.backward.variant < 0) {
-    e.status = absl::NotFoundError(
-        absl::StrFormat("cuDNN %d refused causal attention %s: %s", Version(), AttentionShapeName(s), why));
+    e.status = absl::NotFoundError(absl::StrFormat("cuDNN %d refused %scausal attention %s: %s", Version(),
+                                                   e.deterministic ? "deterministic " : "",
+                                                   AttentionShapeName(s), why));
     return;
   }
   const size_t f32 = sizeof(float);
@@ -583,10 +631,12 @@ Entry& Lookup(const AttentionShape& s) {
   int device = 0;
   FATHOM_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(c.mu);
-  auto key = std::make_tuple(device, s.b, s.t, s.h, s.dk, s.dv);
+  const bool deterministic = CudnnAttentionDeterministic();
+  auto key = std::make_tuple(device, deterministic, s.b, s.t, s.h, s.dk, s.dv);
   auto it = c.entries.find(key);
   if (it != c.entries.end()) return *it->second;
   auto entry = std::make_unique<Entry>();
+  entry->deterministic = deterministic;
   if (Version() < 90000) {
     entry->status = absl::FailedPreconditionError(
         absl::StrFormat("cuDNN %d is older than 9.0, which the fused SDPA graphs need", Version()));
@@ -665,7 +715,9 @@ std::string CudnnAttentionSummary(const AttentionShape& shape) {
       "cuDNN %d fused SDPA (forward engine %d variant %d, backward engine %d variant %d%s; workspace %.1f "
       "MiB)",
       Version(), e.forward.engine, e.forward.variant, e.backward.engine, e.backward.variant,
-      kBackwardVariants[e.backward.variant].deterministic_dq ? ", deterministic dq" : "",
+      e.deterministic                                          ? ", deterministic"
+      : kBackwardVariants[e.backward.variant].deterministic_dq ? ", deterministic dq"
+                                                               : "",
       static_cast<double>(e.total_bytes) / (1 << 20));
 }
 

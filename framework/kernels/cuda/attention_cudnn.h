@@ -28,9 +28,10 @@
 // 0.352 ms = 489 TFLOP/s, backward 1.16 ms = 371 TFLOP/s (the own tensor-core kernels: 264 / 127).
 //
 // Numerics (cuDNN's): f32 scores, softmax and accumulators; P and dS enter their second products as bf16
-// (like the tensor-core path); outputs rounded to bf16 once. dq is accumulated with f32 atomics across key
-// tiles, so it is NOT bitwise reproducible run to run (differences are f32 round-off before the final bf16
-// rounding); out, lse, dk and dv are.
+// (like the tensor-core path); outputs rounded to bf16 once. By default dq is accumulated with f32 atomics
+// across key tiles, so it is NOT bitwise reproducible run to run (differences are f32 round-off before the
+// final bf16 rounding); out, lse, dk and dv are. SetCudnnAttentionDeterministic(true) asks for plans that
+// are (below).
 //
 // Threads and streams: thread safe (one mutex around the cache); work is queued on `stream` with no host
 // synchronisation. Calls for one shape share that shape's workspace, so they must be ordered with each
@@ -60,6 +61,16 @@ std::string AttentionShapeName(const AttentionShape& shape);
 
 // Whether this build links cuDNN.
 bool CudnnAttentionCompiled();
+
+// Deterministic mode (train.deterministic), process-wide, for the shapes prepared after the call (each mode
+// has its own cached plans). On: the backward is spelled with dQ = dS K written straight into dq (cuDNN's
+// dP-workspace algorithm, no f32 accumulator and no atomics), and in both directions an engine
+// configuration whose engine carries CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC is passed over; a shape for
+// which nothing remains is refused (PrepareCudnnAttention says why) and the dispatcher (attention.h) takes
+// the own tensor-core kernels, which are deterministic. Off (default): the fastest plans, dq not bitwise
+// reproducible.
+void SetCudnnAttentionDeterministic(bool on);
+bool CudnnAttentionDeterministic();
 
 // Builds (first call per device and shape) or looks up the cached forward and backward plans of `shape` on
 // the current device. OK when both exist (their workspaces allocated); otherwise why cuDNN is not used:
