@@ -2,7 +2,7 @@
 # Everything the GPU machine verifies, in one command, each step bounded in time and logged under OUT_DIR:
 # the GPU test suite, fathom bench (bf16) beside a PyTorch peer when one is given, its kernel summary, fathom
 # bench with train.expert_gemm own / own_wgrad (and own with the tiled kernels' cluster and TMA-store
-# options), fathom bench in fp8 with each train.fp8_expert_gemm choice and the default's kernel summary, the
+# options) and with train.deterministic, fathom bench in fp8 with each train.fp8_expert_gemm choice and the default's kernel summary, the
 # own tiled GEMM's benchmarks beside cuBLASLt's, the calibration profile, the HF export/import checks against
 # transformers, the TensorBoard and Megatron reader tests, and the FP8 accuracy script.
 # Usage (repo root, after a CUDA build):
@@ -33,6 +33,10 @@ for which in own own_wgrad own_pairs; do
   timeout 150 "$F" bench $SMALL $opts > "$OUT_DIR/bench_bf16_$which.log" 2>&1
   step "bench $which rc $?"; grep -E 'step ms|tokens/s|^  experts |host waits|expert wgrad|tiled expert' "$OUT_DIR/bench_bf16_$which.log"
 done
+# What train.deterministic costs (cuDNN's attention plans without atomics, or the own kernels).
+timeout 150 "$F" bench $SMALL --set train.deterministic=true > "$OUT_DIR/bench_bf16_deterministic.log" 2>&1
+step "bench deterministic rc $?"
+grep -E 'step ms|tokens/s|^  attention |^attention|deterministic' "$OUT_DIR/bench_bf16_deterministic.log"
 # Per-kernel times and the device's idle gaps over the last ~3 steps (tests/kernel_summary, when built).
 KS="$BUILD/tests/kernel_summary/libfathom_kernel_summary.so"
 if [[ -f "$KS" ]]; then
