@@ -237,7 +237,7 @@ __global__ void CombineBackwardKernel(T* __restrict__ dy_perm, float* __restrict
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       o[i] = w * gv[i];
-      dot += gv[i] * yv[i];
+      dot = __fmaf_rn(gv[i], yv[i], dot);  // one rounding, spelled out: both kernels the same bits
     }
     StoreVec<P>(dy + c, o);
   }
@@ -280,7 +280,7 @@ __global__ void CombineBackwardFp8Kernel(uint8_t* __restrict__ dyq, float* __res
 #pragma unroll
       for (int i = 0; i < P; ++i) {
         v[i] = ToF32(FromF32<__nv_bfloat16>(w * gv[i]));  // dy_perm's stored value
-        dot += gv[i] * yv[i];
+        dot = __fmaf_rn(gv[i], yv[i], dot);  // one rounding, spelled out: both kernels the same bits
       }
     } else {
 #pragma unroll
