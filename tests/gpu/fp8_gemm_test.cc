@@ -13,14 +13,16 @@
 // 2^-14 ~ 6e-5 per block partial, averaging down in L2. Tolerances (relative L2 against the CPU):
 //   kF32OutTol 5e-4 -- f32 outputs: 8x the per-partial bound, for K up to a few blocks here.
 //   kBf16OutTol 5e-3 -- bf16 outputs: one bf16 rounding (2^-9 ~ 2e-3 in L2) on top of the f32 part.
+#include "framework/kernels/cuda/fp8_gemm.h"
+
 #include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "framework/cuda/device_pool.h"
 #include "framework/fp8_operands.h"
-#include "framework/kernels/cuda/fp8_gemm.h"
 #include "framework/ops.h"
 #include "gtest/gtest.h"
 #include "tests/common/gradcheck.h"
@@ -81,10 +83,12 @@ struct NtCase {
 };
 
 std::string Describe(const NtCase& c) {
-  std::string s = c.counts.empty() ? "dense rows " + std::to_string(c.rows_if_dense) : "counts";
-  for (int64_t v : c.counts) s += " " + std::to_string(v);
-  return s + ", n " + std::to_string(c.n) + ", k " + std::to_string(c.k) + ", out " +
-         std::string(DTypeName(c.out)) + (c.accumulate ? ", accumulate" : "");
+  // absl::StrCat rather than std::string's operator+ chains, on which gcc 12 warns falsely (-Wrestrict).
+  std::string s = c.counts.empty() ? absl::StrCat("dense rows ", c.rows_if_dense) : std::string("counts");
+  for (int64_t v : c.counts) absl::StrAppend(&s, " ", v);
+  absl::StrAppend(&s, ", n ", c.n, ", k ", c.k, ", out ", std::string(DTypeName(c.out)),
+                  c.accumulate ? ", accumulate" : "");
+  return s;
 }
 
 // Forward (w) and dgrad (wt) products, grouped and dense, against the CPU emulation.
@@ -101,7 +105,8 @@ TEST(Fp8GemmGpu, GroupedNTMatchesTheCpuEmulation) {
       // Counts that are multiples of 128 (the padded layout): fathom's own tiled kernel on sm_90.
       {{128, 0, 384, 256}, 0, 144, 208, DType::kBF16, false},
       {{256, 128}, 0, 48, 400, DType::kF32, true},
-      {{}, 77, 80, 64, DType::kBF16, false},               // a dense Linear, K below one block
+      {{}, 77, 80, 64, DType::kBF16, false},  // a dense Linear, K below one block
+      {{}, 77, 80, 64, DType::kBF16, true},   // an FP8 Linear's dgrad added into its bf16 dx, tail rows
       {{}, 513, 272, 160, DType::kF32, false},
   };
   for (const NtCase& c : cases) {
