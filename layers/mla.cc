@@ -57,7 +57,7 @@ const RopeTable& MlaAttention::rope(int64_t seq_len) {
 }
 
 Tensor MlaAttention::Forward(int mb, const Tensor& x) {
-  ScopedPhase phase(phases::kAttention);  // the whole MLA block: projections, norms, RoPE and the core
+  ScopedPhase phase(phases::kAttention);  // projections, norms, RoPE; the core in its own phase
   FATHOM_CHECK(x.ndim() == 3 && x.dim(2) == cfg_.hidden_size, "[mla] input ", x.shape_str(),
                ", expected (B, T, ", cfg_.hidden_size, ")");
   const int64_t b = x.dim(0), t = x.dim(1), n = b * t;
@@ -90,7 +90,10 @@ Tensor MlaAttention::Forward(int mb, const Tensor& x) {
 
   Tensor out = Tensor::Empty({b, t, heads_, v_dim_}, x.dtype(), x.device());
   Tensor lse = Tensor::Empty({b, heads_, t}, ops::StatsDType(x.dtype()), x.device());
-  ops::CausalAttentionForward(out, lse, q, k, v, scale_);
+  {
+    ScopedPhase core(phases::kAttentionCore);
+    ops::CausalAttentionForward(out, lse, q, k, v, scale_);
+  }
   Tensor y = o_proj_.Forward(mb, out.Reshape({b, t, heads_ * v_dim_}));
 
   Ctx& c = saved_.Put(mb);
@@ -117,7 +120,10 @@ Tensor MlaAttention::BackwardInput(int mb, const Tensor& dy) {
   Tensor dq = Tensor::Empty(c.q.shape(), dt, dev);
   Tensor dk = Tensor::Empty(c.k.shape(), dt, dev);
   Tensor dv = Tensor::Empty(c.v.shape(), dt, dev);
-  ops::CausalAttentionBackward(dq, dk, dv, dout, c.q, c.k, c.v, c.out, c.lse, scale_);
+  {
+    ScopedPhase core(phases::kAttentionCore);
+    ops::CausalAttentionBackward(dq, dk, dv, dout, c.q, c.k, c.v, c.out, c.lse, scale_);
+  }
   // Nothing of ours is needed for the weight gradients (the sub-layers keep their own inputs).
   c = Ctx{};
 

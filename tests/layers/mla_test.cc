@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "framework/kernels/cpu/attention.h"
+#include "framework/phase_timer.h"
+#include "layers/phases.h"
 #include "tests/common/gradcheck.h"
 
 namespace fathom {
@@ -427,6 +429,37 @@ TEST_P(MlaAttentionTest, MicroBatchesInFlightAreIndependent) {
   expect_equal(dx0, ex0, "dx0");
   expect_equal(dx1, ex1, "dx1");
   expect_equal(grads, table.grads(), "parameter grads");
+}
+
+// fathom bench's phases: the causal core is timed as "attention core", the projections, norms and RoPE
+// around it as "attention" (exclusive accounting, framework/phase_timer.h): both get time, forward and
+// backward, and the core's is not also counted in the block's.
+TEST_P(MlaAttentionTest, TimesItsCoreAsItsOwnPhase) {
+  const MlaCase c = GetParam();
+  std::mt19937_64 rng(TestSeed());
+  ModelConfig cfg = MlaConfig(c);
+  ParamTable table;
+  MlaAttention mla(table, cfg, "attn", 0);
+  table.Finalize(DType::kF64);
+  RandomizeParams(table, rng);
+  const Tensor x = RandomTensor({2, 64, 16}, DType::kF64, rng);
+  const Tensor dy = RandomTensor({2, 64, 16}, DType::kF64, rng);
+  PhaseTimer::Enable(true);
+  PhaseTimer::Reset();
+  mla.Forward(0, x);
+  const PhaseMillis forward = PhaseTimer::Collect();
+  mla.BackwardInput(0, dy);
+  mla.BackwardWeight(0);
+  const PhaseMillis both = PhaseTimer::Collect();
+  PhaseTimer::Enable(false);
+  PhaseTimer::Reset();
+  for (const PhaseMillis& ms : {forward, both}) {
+    EXPECT_GT(ms[static_cast<size_t>(phases::kAttentionCore)], 0.0);
+    EXPECT_GT(ms[static_cast<size_t>(phases::kAttention)], 0.0);
+  }
+  EXPECT_GT(both[static_cast<size_t>(phases::kAttentionCore)],
+            forward[static_cast<size_t>(phases::kAttentionCore)])
+      << "the backward's core is timed too";
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, MlaAttentionTest,
