@@ -12,7 +12,9 @@
 # precision's effect cannot be seen in one pair of runs (on an H200, 1000 steps: 2.1%, against the goal's
 # 0.25%). SEEDS (train.seed values, default the recipe's) repeats the pair per seed; with two or more seeds
 # the verdict is on the seed-averaged losses, printed with the standard error of the per-seed differences,
-# which is what can resolve 0.25% when one pair cannot.
+# which is what can resolve 0.25% when one pair cannot. With --set train.deterministic=true the two bf16 runs
+# must be identical at every step (the control then checks the determinism claim instead of measuring
+# noise): the script says so, or exits 1 naming the first step where they differ.
 # EVAL_BATCHES=N (> 0) also evaluates every run once at its end on N global batches of the valid split (the
 # same batches for every run: train.eval_every = STEPS, train.eval_steps = N; needs a dataset with a valid
 # split, e.g. --set data.source=megatron) and prints the valid losses and their relative differences beside
@@ -38,6 +40,8 @@ OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/fp8_accuracy.XXXXXX)}
 mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR/finals.txt" "$OUT_DIR/valids.txt"
 RUNS="bf16 fp8"
+deterministic=0
+for arg in "$@"; do [[ "$arg" == train.deterministic=true ]] && deterministic=1; done
 [[ "${CONTROL:-0}" == 1 ]] && RUNS="bf16 fp8 bf16b"
 
 # The mean of the last 20 main-LM losses of a run's .lm file ("step loss" lines).
@@ -71,7 +75,15 @@ for seed in $SEEDS; do
       }
     fi
   done
-  if [[ "${CONTROL:-0}" == 1 ]]; then
+  if [[ "${CONTROL:-0}" == 1 && "$deterministic" == 1 ]]; then
+    if ! cmp -s "$OUT_DIR/bf16$tag.lm" "$OUT_DIR/bf16b$tag.lm"; then
+      paste "$OUT_DIR/bf16$tag.lm" "$OUT_DIR/bf16b$tag.lm" | awk -v seed="$seed" '$2 != $4 {
+        printf "fp8_accuracy.sh: train.deterministic is set, but the two bf16 runs (seed %s) differ first at step %d: lm %s against %s\n", seed, $1, $2, $4
+        exit }' >&2
+      exit 1
+    fi
+    echo "control (seed $seed): the two bf16 runs are identical at every step (train.deterministic)"
+  elif [[ "${CONTROL:-0}" == 1 ]]; then
     x=$(last20 "$OUT_DIR/bf16$tag.lm"); y=$(last20 "$OUT_DIR/bf16b$tag.lm")
     awk -v x="$x" -v y="$y" -v seed="$seed" 'BEGIN { d = (y - x) / x; if (d < 0) d = -d
       printf "control (seed %s): two bf16 runs, mean of the last 20 steps %.5f and %.5f, %.3f%% apart (the floor)\n", seed, x, y, 100 * d }'

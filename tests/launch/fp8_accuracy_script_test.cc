@@ -29,10 +29,10 @@ class Fp8AccuracyScript : public ::testing::Test {
   }
   void TearDown() override { RunShell("rm -rf " + build_); }
 
-  // The script over `steps` steps with environment `env` (VAR=value ...).
-  RunResult Run(const std::string& env, const std::string& steps = "40") {
+  // The script over `steps` steps with environment `env` (VAR=value ...) and `args` for fathom train.
+  RunResult Run(const std::string& env, const std::string& steps = "40", const std::string& args = "") {
     return RunShell("cd " FATHOM_SOURCE_DIR " && " + env + " OUT_DIR=" + build_ +
-                    "/out bash tests/gpu/fp8_accuracy.sh " + build_ + " " + steps);
+                    "/out bash tests/gpu/fp8_accuracy.sh " + build_ + " " + steps + " " + args);
   }
 
   std::string build_;
@@ -58,6 +58,25 @@ TEST_F(Fp8AccuracyScript, SeedsControlAndValidLosses) {
   EXPECT_THAT(r.output, HasSubstr("valid lm over 2 seed(s): bf16 3.07500, fp8 3.08095"));
   EXPECT_THAT(r.output, HasSubstr("over 2 seeds: mean of the last 20 steps bf16 2.98450, fp8 2.99047, relative "
                                   "difference 0.200% (goal <= 0.25%); per-seed differences 0.200% +- 0.000%"));
+}
+
+// With train.deterministic the control must repeat the bf16 run exactly: said when it does, exit 1 naming
+// the first differing step when it does not (the fake's runs drift from step 30 on with FAKE_DRIFT).
+TEST_F(Fp8AccuracyScript, DeterministicControlMustRepeatExactly) {
+  const std::string det = "--set train.deterministic=true";
+  RunResult r = Run("CONTROL=1 FAKE_FP8_REL=0.001", "40", det);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("control (seed recipe): the two bf16 runs are identical at every step "
+                                  "(train.deterministic)"));
+  r = Run("CONTROL=1 FAKE_FP8_REL=0.001 FAKE_STATE=" + build_ + "/runs FAKE_DRIFT=0.0001", "40", det);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("train.deterministic is set, but the two bf16 runs (seed recipe) differ first "
+                        "at step 30: lm 2.970000 against 2.970200"));
+  // Without the key the same drift is measured, not judged: the floor line.
+  r = Run("CONTROL=1 FAKE_FP8_REL=0.001 FAKE_STATE=" + build_ + "/runs2 FAKE_DRIFT=0.0001");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("control (seed recipe): two bf16 runs"));
 }
 
 TEST_F(Fp8AccuracyScript, BadUsageExitsWithTwo) {
