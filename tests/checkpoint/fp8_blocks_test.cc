@@ -79,7 +79,9 @@ TEST(Fp8Blocks, ScalesAreBlockAmaxOver448AndErrorsWithinHalfAnUlp) {
           std::max(std::fabs(static_cast<double>(w[i])) * 0.0625, s * 0x1p-10) * (1 + 0x1p-22);
       ASSERT_LE(std::fabs(static_cast<double>(back[i]) - w[i]), bound)
           << "(" << r << ", " << c << ") w " << w[i];
-      if (w[i] == 0) EXPECT_EQ(back[i], 0.0f);
+      if (w[i] == 0) {
+        EXPECT_EQ(back[i], 0.0f);
+      }
       ++checked;
     }
   }

@@ -51,7 +51,9 @@ TEST(HfConfig, ExportReadsBackAsTheSameModel) {
         EXPECT_TRUE(config["bos_token_id"].is_null());
         EXPECT_EQ(config.contains("quantization_config"), dtype == HfDType::kFP8);
         EXPECT_EQ(config["torch_dtype"], dtype == HfDType::kF32 ? "float32" : "bfloat16");
-        if (yarn) EXPECT_EQ(config["rope_scaling"]["rope_type"], "yarn");
+        if (yarn) {
+          EXPECT_EQ(config["rope_scaling"]["rope_type"], "yarn");
+        }
         absl::StatusOr<ModelConfig> back = ModelConfigFromHfConfig(config, "config.json", 0);
         ASSERT_TRUE(back.ok()) << back.status();
         EXPECT_EQ(ModelConfigToJson(*back), ModelConfigToJson(m));

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -342,7 +343,7 @@ TEST(GroupedGemmCudaDeathTest, RefusesLaunchOptionsItCannotRun) {
   Tensor x = arena.Alloc({kTile, 64}, DType::kBF16), w = arena.Alloc({1, 352, 64}, DType::kBF16);
   Tensor out = arena.Alloc({kTile, 352}, DType::kBF16), map = arena.Alloc({1}, DType::kI32);
   cuda::MoeTileExperts(map, Upload(arena, CountsTensor({kTile})), nullptr);  // one tile of expert 0
-  EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {0, 0, 3}),
+  EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {0, 0, 3, std::nullopt}),
                "cluster_n 3: expected 1 or 2");
   EXPECT_DEATH(cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {176, 0, 1, true}),
                "tma_store: this form has no TMA-store epilogue at column tile 176");
@@ -350,7 +351,7 @@ TEST(GroupedGemmCudaDeathTest, RefusesLaunchOptionsItCannotRun) {
   // registers.
   const cuda::TiledDefaults saved = cuda::GetTiledDefaults();
   cuda::SetTiledDefaults({2, true});
-  cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {176});
+  cuda::TiledGroupedMatmulNT(out, x, w, map, nullptr, {176, 0, std::nullopt, std::nullopt});
   cuda::SetTiledDefaults(saved);
   EXPECT_DEATH(cuda::SetTiledDefaults({3, false}), "default cluster_n 3: expected 1 or 2");
 }
@@ -467,8 +468,9 @@ TEST(GroupedGemmCuda, TiledFp8TNMatchesTheCpuEmulation) {
   FATHOM_REQUIRE_GPU();
   // Empty groups, ragged token counts, M not a multiple of 128 (a partial row tile), a partial column tile.
   for (int cluster : {1, 2}) {  // 2: N 144 and 272 are 2 and 3 column tiles (3: a tile-less CTA, += twice)
-    CheckTiledFp8TN(200, 144, {0, 1, 128, 300, 77, 129, 0}, {0, 0, cluster});
-    CheckTiledFp8TN(256, 272, {500, 0, 260}, {0, 4, cluster});  // 4 CTAs: the ring runs on across groups
+    CheckTiledFp8TN(200, 144, {0, 1, 128, 300, 77, 129, 0}, {0, 0, cluster, std::nullopt});
+    CheckTiledFp8TN(256, 272, {500, 0, 260},
+                    {0, 4, cluster, std::nullopt});  // 4 CTAs: the ring runs on across groups
   }
 }
 
