@@ -12,9 +12,11 @@
 # precision's effect cannot be seen in one pair of runs (on an H200, 1000 steps: 2.1%, against the goal's
 # 0.25%). SEEDS (train.seed values, default the recipe's) repeats the pair per seed; with two or more seeds
 # the verdict is on the seed-averaged losses, printed with the standard error of the per-seed differences,
-# which is what can resolve 0.25% when one pair cannot. With --set train.deterministic=true the two bf16 runs
-# must be identical at every step (the control then checks the determinism claim instead of measuring
-# noise): the script says so, or exits 1 naming the first step where they differ.
+# which is what can resolve 0.25% when one pair cannot. When the runs are deterministic (train.deterministic
+# true in the recipe as run, which fathom prints at start-up) the two bf16 runs must be identical at every
+# step: the control then checks the determinism claim instead of measuring noise, on the exact main-LM loss
+# and global gradient norm of every step (each run's metrics.jsonl: CONTROL=1 sets train.log_dir), and the
+# script says so or exits 1 naming the first step where they differ.
 # EVAL_BATCHES=N (> 0) also evaluates every run once at its end on N global batches of the valid split (the
 # same batches for every run: train.eval_every = STEPS, train.eval_steps = N; needs a dataset with a valid
 # split, e.g. --set data.source=megatron) and prints the valid losses and their relative differences beside
@@ -40,11 +42,17 @@ OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/fp8_accuracy.XXXXXX)}
 mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR/finals.txt" "$OUT_DIR/valids.txt"
 RUNS="bf16 fp8"
-deterministic=0
-for arg in "$@"; do [[ "$arg" == train.deterministic=true ]] && deterministic=1; done
 [[ "${CONTROL:-0}" == 1 ]] && RUNS="bf16 fp8 bf16b"
 
 # The mean of the last 20 main-LM losses of a run's .lm file ("step loss" lines).
+# "step lm_loss grad_norm" per line of a run's metrics.jsonl, the numbers exactly as written (shortest
+# round-trip decimal: equal strings are equal doubles).
+exact() {
+  awk 'function field(name,   m) {
+         if (match($0, "\"" name "\":[^,}]*")) return substr($0, RSTART + length(name) + 3, RLENGTH - length(name) - 3)
+         return "-" }
+       { print field("step"), field("lm_loss"), field("grad_norm") }' "$1"
+}
 last20() { awk -v steps="$STEPS" '$1 > steps - 20 { s += $2; n++ } END { printf "%.6f", s / n }' "$1"; }
 
 for seed in $SEEDS; do
@@ -57,9 +65,11 @@ for seed in $SEEDS; do
   for run in $RUNS; do
     precision=${run%b}
     log="$OUT_DIR/$run$tag.log"
+    runlog=()
+    [[ "${CONTROL:-0}" == 1 ]] && runlog=(--set train.log_dir="$OUT_DIR/$run$tag.runlog")
     echo "training recipes/small.yaml, $STEPS steps, train.precision $precision, seed $seed -> $log"
     "$FATHOM" train recipes/small.yaml --set train.steps="$STEPS" --set train.precision="$precision" \
-      "${seed_args[@]}" "${eval_args[@]}" "$@" > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
+      "${seed_args[@]}" "${eval_args[@]}" "$@" "${runlog[@]}" > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
     # "step    12/200 | lm 7.1234 | ..." -> "12 7.1234"
     sed -nE 's/^step +([0-9]+)\/[0-9]+ \| lm ([0-9.eE+-]+).*/\1 \2/p' "$log" > "$OUT_DIR/$run$tag.lm"
     [[ $(wc -l < "$OUT_DIR/$run$tag.lm") -eq "$STEPS" ]] || {
@@ -75,14 +85,19 @@ for seed in $SEEDS; do
       }
     fi
   done
-  if [[ "${CONTROL:-0}" == 1 && "$deterministic" == 1 ]]; then
-    if ! cmp -s "$OUT_DIR/bf16$tag.lm" "$OUT_DIR/bf16b$tag.lm"; then
-      paste "$OUT_DIR/bf16$tag.lm" "$OUT_DIR/bf16b$tag.lm" | awk -v seed="$seed" '$2 != $4 {
-        printf "fp8_accuracy.sh: train.deterministic is set, but the two bf16 runs (seed %s) differ first at step %d: lm %s against %s\n", seed, $1, $2, $4
-        exit }' >&2
+  if [[ "${CONTROL:-0}" == 1 ]] && grep -qE '^  deterministic: true$' "$OUT_DIR/bf16$tag.log"; then
+    exact "$OUT_DIR/bf16$tag.runlog/metrics.jsonl" > "$OUT_DIR/bf16$tag.exact"
+    exact "$OUT_DIR/bf16b$tag.runlog/metrics.jsonl" > "$OUT_DIR/bf16b$tag.exact"
+    [[ -s "$OUT_DIR/bf16$tag.exact" ]] || { echo "fp8_accuracy.sh: no metrics.jsonl from the bf16 run (seed $seed)" >&2; exit 1; }
+    if ! cmp -s "$OUT_DIR/bf16$tag.exact" "$OUT_DIR/bf16b$tag.exact"; then
+      # Reads every line (no early exit: a long paste is never cut off by a closed pipe).
+      paste "$OUT_DIR/bf16$tag.exact" "$OUT_DIR/bf16b$tag.exact" | awk -v seed="$seed" '
+        !found && ($2 != $5 || $3 != $6) { found = 1
+          printf "fp8_accuracy.sh: train.deterministic is set, but the two bf16 runs (seed %s) differ first at step %s: lm %s / grad norm %s against %s / %s\n", seed, $1, $2, $3, $5, $6 }
+        END { if (!found) printf "fp8_accuracy.sh: the two bf16 runs (seed %s) logged different steps\n", seed }' >&2
       exit 1
     fi
-    echo "control (seed $seed): the two bf16 runs are identical at every step (train.deterministic)"
+    echo "control (seed $seed): the two bf16 runs are identical at every step, lm loss and gradient norm to the last bit (train.deterministic)"
   elif [[ "${CONTROL:-0}" == 1 ]]; then
     x=$(last20 "$OUT_DIR/bf16$tag.lm"); y=$(last20 "$OUT_DIR/bf16b$tag.lm")
     awk -v x="$x" -v y="$y" -v seed="$seed" 'BEGIN { d = (y - x) / x; if (d < 0) d = -d
