@@ -60,19 +60,21 @@ TEST_F(Fp8AccuracyScript, SeedsControlAndValidLosses) {
                                   "difference 0.200% (goal <= 0.25%); per-seed differences 0.200% +- 0.000%"));
 }
 
-// With train.deterministic the control must repeat the bf16 run exactly: said when it does, exit 1 naming
-// the first differing step when it does not (the fake's runs drift from step 30 on with FAKE_DRIFT).
+// When the recipe as run says train.deterministic, the control must repeat the bf16 run exactly (main-LM loss
+// and gradient norm from metrics.jsonl, to the last bit): said when it does, exit 1 naming the first
+// differing step when it does not (the fake's runs drift from step 30 on with FAKE_DRIFT).
 TEST_F(Fp8AccuracyScript, DeterministicControlMustRepeatExactly) {
   const std::string det = "--set train.deterministic=true";
   RunResult r = Run("CONTROL=1 FAKE_FP8_REL=0.001", "40", det);
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("control (seed recipe): the two bf16 runs are identical at every step "
-                                  "(train.deterministic)"));
+  EXPECT_THAT(r.output, HasSubstr("control (seed recipe): the two bf16 runs are identical at every step, lm "
+                                  "loss and gradient norm to the last bit (train.deterministic)"));
   r = Run("CONTROL=1 FAKE_FP8_REL=0.001 FAKE_STATE=" + build_ + "/runs FAKE_DRIFT=0.0001", "40", det);
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output,
-              HasSubstr("train.deterministic is set, but the two bf16 runs (seed recipe) differ first "
-                        "at step 30: lm 2.970000 against 2.970200"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("train.deterministic is set, but the two bf16 runs (seed recipe) differ first "
+                "at step 30: lm 2.9700000000000002 / grad norm 1.5 against 2.9702000000000002 / 1.5002"));
   // Without the key the same drift is measured, not judged: the floor line.
   r = Run("CONTROL=1 FAKE_FP8_REL=0.001 FAKE_STATE=" + build_ + "/runs2 FAKE_DRIFT=0.0001");
   EXPECT_EQ(r.exit_code, 0) << r.output;
