@@ -154,7 +154,8 @@ struct TrainConfig {
   // in a fixed order; what this changes is the attention backward, whose cuDNN engines accumulate dq with
   // f32 atomics: with it on, cuDNN's graph that writes dq directly (no accumulator) and engines without
   // cuDNN's "non-deterministic" note are required, else fathom's own tensor-core kernels run (start-up says
-  // which). The CPU is deterministic either way.
+  // which). cuDNN's deterministic backward can need B x H x T^2 x 2 bytes of workspace (1 GiB at
+  // recipes/small.yaml's shape) from the memory plan's reserve. The CPU is deterministic either way.
   bool deterministic = false;
   std::string device = "cpu";
   int64_t eval_every = 0;    // evaluate on the valid split every this many steps; 0 = never

@@ -377,7 +377,10 @@ TEST(CudaAttention, CudnnDeterministicModeIsBitwiseAndMatchesCpu) {
     ~Mode() { cuda::SetCudnnAttentionDeterministic(false); }
   } mode;
   const std::vector<Case> cases = {{2, 150, 3, 192, 128}, {1, 300, 2, 192, 128}, {2, 256, 2, 192, 128}};
-  FATHOM_REQUIRE_CUDNN_ATTENTION(cases);
+  const Case long_case{1, 2048, 2, 192, 128};  // 32 key tiles into each late dq row: where atomics reorder
+  std::vector<Case> all = cases;
+  all.push_back(long_case);
+  FATHOM_REQUIRE_CUDNN_ATTENTION(all);
   const uint64_t seed = TestSeed();
   for (const Case& c : cases) {
     const std::string line = cuda::DescribeAttentionPath(DType::kBF16, ShapeOf(c));
@@ -386,6 +389,30 @@ TEST(CudaAttention, CudnnDeterministicModeIsBitwiseAndMatchesCpu) {
     CheckAgainstCpu(c, DType::kBF16, seed, cuda::AttentionPath::kCudnn);
   }
   CheckCausalAndDeterministic(cuda::AttentionPath::kCudnn);
+  // The long sequence: the backward twice on the same inputs gives the same dq, dk and dv bytes.
+  const Case& c = long_case;
+  std::printf("  %s\n", cuda::DescribeAttentionPath(DType::kBF16, ShapeOf(c)).c_str());
+  std::mt19937_64 rng(seed);
+  const Shape qk{c.b, c.t, c.h, c.dk}, vo{c.b, c.t, c.h, c.dv};
+  cuda::DeviceArena arena("attention_test", 8 * ArenaBytes(c));
+  const Tensor q = Upload(arena, RandomTensor(qk, DType::kF64, rng), DType::kBF16);
+  const Tensor k = Upload(arena, RandomTensor(qk, DType::kF64, rng), DType::kBF16);
+  const Tensor v = Upload(arena, RandomTensor(vo, DType::kF64, rng), DType::kBF16);
+  const Tensor dout = Upload(arena, RandomTensor(vo, DType::kF64, rng), DType::kBF16);
+  const Tensor out = arena.Alloc(vo, DType::kBF16), lse = arena.Alloc({c.b, c.h, c.t}, DType::kF32);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.dk));
+  cuda::CausalAttentionForward(out, lse, q, k, v, scale, nullptr, cuda::AttentionPath::kCudnn);
+  Tensor grads[2][3];
+  for (Tensor(&g)[3] : grads) {
+    g[0] = arena.Alloc(qk, DType::kBF16);
+    g[1] = arena.Alloc(qk, DType::kBF16);
+    g[2] = arena.Alloc(vo, DType::kBF16);
+    cuda::CausalAttentionBackward(g[0], g[1], g[2], dout, q, k, v, out, lse, scale, nullptr,
+                                  cuda::AttentionPath::kCudnn);
+  }
+  EXPECT_TRUE(BitwiseEqual(grads[0][0], grads[1][0])) << "dq at T " << c.t;
+  EXPECT_TRUE(BitwiseEqual(grads[0][1], grads[1][1])) << "dk at T " << c.t;
+  EXPECT_TRUE(BitwiseEqual(grads[0][2], grads[1][2])) << "dv at T " << c.t;
 }
 
 // The two paths share the lse convention: a cuDNN forward feeds the own backward and the own forward feeds

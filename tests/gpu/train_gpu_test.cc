@@ -19,9 +19,11 @@
 namespace fathom {
 namespace {
 
-// The lm loss of each step; `later_waits` (when given) receives ops::HostWaits over the steps after the first.
+// The lm loss of each step; `later_waits` (when given) receives ops::HostWaits over the steps after the
+// first, `attention_path` (when given) the runtime's start-up lines on the attention kernels.
 std::vector<double> Losses(const std::string& device, int64_t steps, const std::string& dtype = "f32",
-                           const std::vector<std::string>& more = {}, int64_t* later_waits = nullptr) {
+                           const std::vector<std::string>& more = {}, int64_t* later_waits = nullptr,
+                           std::string* attention_path = nullptr) {
   std::vector<std::string> overrides = {"train.device=" + device, "train.steps=" + std::to_string(steps),
                                         "train.dtype=" + dtype};
   overrides.insert(overrides.end(), more.begin(), more.end());
@@ -32,6 +34,7 @@ std::vector<double> Losses(const std::string& device, int64_t steps, const std::
   FATHOM_CHECK(mesh.ok(), mesh.status().ToString());
   auto trainer = Trainer::Create(*recipe, **mesh);
   FATHOM_CHECK(trainer.ok(), trainer.status().ToString());
+  if (attention_path) *attention_path = (*trainer)->runtime().attention_path();
   std::vector<double> out;
   int64_t waits = 0;
   for (int64_t s = 0; s < steps; ++s) {
@@ -141,20 +144,35 @@ TEST(TrainGpu, Bf16OwnExpertKernelsFollowTheCpuF32LossCurve) {
 
 // train.deterministic: two bf16 runs of the same recipe and seed give the same loss bits at every step (the
 // attention backward on cuDNN's deterministic plans or the own kernels; everything else already sums in a
-// fixed order). The default mode's spread between two runs is printed beside it, for the record.
+// fixed order). The tiny model with DeepSeek-V3's head dims (Dk 192, Dv 128) at sequence 1024, so the
+// attention runs on cuDNN (or the own tensor-core kernels, which the start-up line then names) and each dq
+// row gathers 16 key tiles: at the tiny recipe's own shape (T 64, Dk 24) even the default atomics are
+// reproducible. The default mode's spread between two runs is printed beside it, for the record.
 TEST(TrainGpu, DeterministicRunsRepeatBitwise) {
   FATHOM_REQUIRE_GPU();
   const int64_t steps = 12;
-  const std::vector<double> a = Losses("cuda", steps, "bf16", {"train.deterministic=true"});
-  const std::vector<double> b = Losses("cuda", steps, "bf16", {"train.deterministic=true"});
-  const std::vector<double> c = Losses("cuda", steps, "bf16"), d = Losses("cuda", steps, "bf16");
+  const std::vector<std::string> shape = {"model.qk_nope_head_dim=128", "model.qk_rope_head_dim=64",
+                                          "model.v_head_dim=128", "train.seq_len=1024"};
+  std::vector<std::string> det = shape;
+  det.push_back("train.deterministic=true");
+  std::string path, default_path;
+  const std::vector<double> a = Losses("cuda", steps, "bf16", det, nullptr, &path);
+  const std::vector<double> b = Losses("cuda", steps, "bf16", det);
+  const std::vector<double> c = Losses("cuda", steps, "bf16", shape, nullptr, &default_path);
+  const std::vector<double> d = Losses("cuda", steps, "bf16", shape);
   cuda::SetCudnnAttentionDeterministic(false);  // the process default back for the tests after this one
   double spread = 0;
   for (int64_t s = 0; s < steps; ++s) spread = std::max(spread, std::abs(c[s] - d[s]) / d[s]);
+  std::printf("deterministic: %sdefault: %s", path.c_str(), default_path.c_str());
   std::printf(
-      "%lld bf16 steps: deterministic lm loss %.6f -> %.6f twice; default mode's two runs differ by "
-      "up to %.2e relative\n",
+      "%lld bf16 steps: deterministic lm loss %.6f -> %.6f twice; default mode's two runs differ by up to "
+      "%.2e "
+      "relative\n",
       static_cast<long long>(steps), a.front(), a.back(), spread);
+  // The attention runs on a deterministic path: cuDNN's deterministic plans or the own tensor-core kernels.
+  EXPECT_TRUE(path.find(", deterministic") != std::string::npos ||
+              path.find("own tensor-core kernels") != std::string::npos)
+      << path;
   for (int64_t s = 0; s < steps; ++s) EXPECT_EQ(a[s], b[s]) << "step " << s + 1;
   EXPECT_LT(a.back(), a.front()) << "the run must learn";
 }

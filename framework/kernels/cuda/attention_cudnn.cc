@@ -680,8 +680,12 @@ void CheckOperand(const char* op, const char* name, const Tensor& x, const Shape
                " must be 16-byte aligned, got ", x.raw());
 }
 
+// The handle is shared by every caller on its device: its stream is set and the plan queued under one
+// lock, so two threads on different streams cannot interleave the two calls.
 void Execute(cudnnHandle_t handle, const Plan& plan, void* workspace, const std::vector<int64_t>& uids,
              const std::vector<void*>& pointers, Stream stream) {
+  static std::mutex* execute_mu = new std::mutex();  // never destroyed, as the cache
+  std::lock_guard<std::mutex> lock(*execute_mu);
   FATHOM_CUDNN_CHECK(cudnnSetStream(handle, stream));
   Desc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
   FATHOM_CHECK(pack.get() != nullptr, "[cudnn_attention] variant pack descriptor");

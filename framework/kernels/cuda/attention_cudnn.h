@@ -62,13 +62,18 @@ std::string AttentionShapeName(const AttentionShape& shape);
 // Whether this build links cuDNN.
 bool CudnnAttentionCompiled();
 
-// Deterministic mode (train.deterministic), process-wide, for the shapes prepared after the call (each mode
-// has its own cached plans). On: the backward is spelled with dQ = dS K written straight into dq (cuDNN's
-// dP-workspace algorithm, no f32 accumulator and no atomics), and in both directions an engine
-// configuration whose engine carries CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC is passed over; a shape for
-// which nothing remains is refused (PrepareCudnnAttention says why) and the dispatcher (attention.h) takes
-// the own tensor-core kernels, which are deterministic. Off (default): the fastest plans, dq not bitwise
-// reproducible.
+// Deterministic mode (train.deterministic), process-wide and read at every call (each mode has its own cached
+// plans): set it once at start-up, before preparing the shapes (changing it later builds the other mode's
+// plans at their first use, with their workspace allocation, inside whatever step makes that call). On: the
+// backward is spelled with dQ = dS K written straight into dq (cuDNN's dP-workspace algorithm, no f32
+// accumulator and no atomics), and in both directions an engine configuration whose engine carries
+// CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC is passed over; a shape for which nothing remains is refused
+// (PrepareCudnnAttention says why) and the dispatcher (attention.h) takes the own tensor-core kernels, which
+// are deterministic. The deterministic backward's engine workspace (the size its plan reports) can hold dP
+// for the whole problem, B x H x T^2 x 2 bytes as cudnn_frontend sizes it (1 GiB at recipes/small.yaml's B 2,
+// H 16, T 4096), allocated with the plan outside the activation pool, from the memory plan's reserve; when
+// it does not fit, the shape is refused (kResourceExhausted) and the own kernels run. Off (default): the
+// fastest plans, dq not bitwise reproducible.
 void SetCudnnAttentionDeterministic(bool on);
 bool CudnnAttentionDeterministic();
 
