@@ -65,6 +65,20 @@ CurveGap Gap(const std::vector<double>& cpu, const std::vector<double>& gpu) {
   return g;
 }
 
+// Prints `what` (its GPU curve against the CPU's) and checks the gaps against the bounds `most`.
+CurveGap ExpectFollows(const std::string& what, const std::vector<double>& cpu,
+                       const std::vector<double>& gpu, const CurveGap& most) {
+  const CurveGap g = Gap(cpu, gpu);
+  std::printf(
+      "%s: lm loss %.4f -> %.4f (CPU %.4f -> %.4f); first step %.2e, worst %.2e, last-10 mean %.2e "
+      "relative\n",
+      what.c_str(), gpu.front(), gpu.back(), cpu.front(), cpu.back(), g.first, g.worst, g.tail);
+  EXPECT_LE(g.first, most.first);
+  EXPECT_LE(g.worst, most.worst);
+  EXPECT_LE(g.tail, most.tail);
+  return g;
+}
+
 TEST(TrainGpu, FiftyStepsFollowTheCpuLossCurve) {
   FATHOM_REQUIRE_GPU();
   const int64_t steps = 50;
@@ -92,14 +106,7 @@ TEST(TrainGpu, Bf16FiftyStepsFollowTheCpuF32LossCurve) {
   FATHOM_REQUIRE_GPU();
   const int64_t steps = 50;
   std::vector<double> cpu = Losses("cpu", steps), gpu = Losses("cuda", steps, "bf16");
-  const CurveGap g = Gap(cpu, gpu);
-  std::printf(
-      "50 bf16 steps on the GPU: lm loss %.4f -> %.4f (CPU f32 %.4f -> %.4f); first step %.2e, worst "
-      "%.2e, last-10 mean %.2e relative\n",
-      gpu.front(), gpu.back(), cpu.front(), cpu.back(), g.first, g.worst, g.tail);
-  EXPECT_LE(g.first, 1e-2);
-  EXPECT_LE(g.worst, 3e-2);
-  EXPECT_LE(g.tail, 2e-2);
+  const CurveGap g = ExpectFollows("50 bf16 steps on the GPU (CPU f32)", cpu, gpu, {1e-2, 3e-2, 2e-2});
   EXPECT_GT(g.first + g.worst, 1e-6) << "bf16 must differ from f32 somewhere";
 }
 
@@ -130,14 +137,8 @@ TEST(TrainGpu, Bf16OwnExpertKernelsFollowTheCpuF32LossCurve) {
     if (which != "own_wgrad") {
       EXPECT_EQ(t.layout_rows, t.passes * cpu::MaxPaddedRows(t.rows / t.passes, 8, 128));
     }
-    const CurveGap g = Gap(cpu, gpu);
-    std::printf(
-        "50 bf16 steps with train.expert_gemm %s: lm loss %.4f -> %.4f (CPU f32 %.4f -> %.4f); first step "
-        "%.2e, worst %.2e, last-10 mean %.2e relative\n",
-        which.c_str(), gpu.front(), gpu.back(), cpu.front(), cpu.back(), g.first, g.worst, g.tail);
-    EXPECT_LE(g.first, 1e-2);
-    EXPECT_LE(g.worst, 3e-2);
-    EXPECT_LE(g.tail, 2e-2);
+    ExpectFollows("50 bf16 steps with train.expert_gemm " + which + " (CPU f32)", cpu, gpu,
+                  {1e-2, 3e-2, 2e-2});
   }
   cuda::SetTiledDefaults({});  // the process's tiled-kernel defaults back for the tests after this one
 }
@@ -214,15 +215,8 @@ TEST(TrainGpu, Fp8FiftyStepsFollowTheCpuFp8LossCurve) {
     SCOPED_TRACE(width);
     const std::vector<std::string> fp8 = {"train.precision=fp8", "model.qk_rope_head_dim=16", width};
     std::vector<double> cpu = Losses("cpu", steps, "f32", fp8), gpu = Losses("cuda", steps, "bf16", fp8);
-    const CurveGap g = Gap(cpu, gpu);
-    std::printf(
-        "50 fp8 steps on the GPU (%s): lm loss %.4f -> %.4f (CPU fp8 %.4f -> %.4f); first step %.2e, worst "
-        "%.2e, last-10 mean %.2e relative\n",
-        width.c_str(), gpu.front(), gpu.back(), cpu.front(), cpu.back(), g.first, g.worst, g.tail);
     // Measured on an H200 at 64: first 1.43e-4, worst 1.50e-2, last-10 mean 7.94e-3.
-    EXPECT_LE(g.first, 1.5e-2);
-    EXPECT_LE(g.worst, 4.5e-2);
-    EXPECT_LE(g.tail, 3e-2);
+    ExpectFollows("50 fp8 steps on the GPU, " + width + " (CPU fp8)", cpu, gpu, {1.5e-2, 4.5e-2, 3e-2});
     EXPECT_LT(gpu.back(), 0.9 * gpu.front()) << "the GPU fp8 run must learn";
   }
 }
