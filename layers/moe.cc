@@ -74,7 +74,8 @@ void MoE::ForwardBegin(int mb, const Tensor& x, double balance_weight, MoeStats*
   // header) and the shared expert runs while the rows travel. Without one, the wait moves to
   // ForwardExperts: the shared expert (and whatever the caller runs between the phases) is queued first and
   // keeps the GPU busy while the host waits. FP8 rows are quantised and laid out by the host counts here,
-  // except in the padded layout, which quantises its gathered rows in ForwardExperts.
+  // except in the padded layout, which quantises the tokens' rows once here (xq_tokens, the shared expert's
+  // input too) and gathers those FP8 rows in ForwardExperts.
   if (fp8() && c.x_perm.defined()) {
     c.counts = host_counts.Wait();
     c.in_flight = StartRowsFp8(c, ops::QuantizeRows(c.x_perm), /*forward=*/true);

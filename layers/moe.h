@@ -52,11 +52,11 @@
 //
 // Synchronisation with the host (CUDA): ONE per forward of a layer and micro-batch, the per-expert counts
 // the grouped GEMMs (cuBLASLt problems and pointer arrays sized on the host), the padded layout and the
-// expert exchange's layout need on the host. The copy is queued right after the permutation and waited for (its event only) as
-// late as the phases allow: with an exchange in ForwardBegin before the dispatch starts (the exchange lays
-// the rows out by the counts; the shared expert then runs while the rows travel); without one in
-// ForwardExperts, after the shared expert and whatever the caller ran between the phases were queued, so
-// the GPU stays busy while the host waits. The backward reuses the handle's host counts (DispatchHandle):
+// expert exchange's layout need on the host. The copy is queued right after the permutation and waited for
+// (its event only) as late as the phases allow: with an exchange in ForwardBegin before the dispatch starts
+// (the exchange lays the rows out by the counts; the shared expert then runs while the rows travel); without
+// one in ForwardExperts, after the shared expert and whatever the caller ran between the phases were queued,
+// so the GPU stays busy while the host waits. The backward reuses the handle's host counts (DispatchHandle):
 // no sync. The balance value and the counts of MoeStats stay on the device. The device layout (below) has
 // none at all.
 //
@@ -65,12 +65,14 @@
 // its count rounded up to kTileRows rows, zero pad rows at the end of each block (ops::MoePadLayout). The
 // GEMM context runs the forward and dgrad GEMMs over such blocks as ONE pointer-array batch of 128-row
 // tiles, each tile reading its expert's weight, however unevenly the tokens are routed; the wgrad runs one
-// batch per distinct row count. Under FP8 the gathered rows are quantised there (1x128 along the hidden
-// size, so each row's codes are the packed layout's) and the block-scaled GEMMs stay per expert (cuBLASLt
-// has no batched block-scaled mode below its grouped GEMM), but every expert's rows are a multiple of 128:
-// none needs the FP8 path's padded tail product (framework/kernels/cuda/fp8_gemm.cu), and the wgrad's
-// 128-token column blocks hold the same values as the packed layout's zero-padded ones. Pad rows are zero in the input, so they are zero in every
-// GEMM output and gradient and add nothing to the weight gradients; combine and its backward skip them.
+// batch per distinct row count. Under FP8 the tokens' rows are quantised once in ForwardBegin and those FP8
+// rows gathered by ForwardExperts as bytes (1x128 along the hidden size: a row's codes do not depend on where
+// it sits and are the packed layout's), and the block-scaled GEMMs stay per expert on cuBLASLt (it has no
+// batched block-scaled mode below its grouped GEMM), but every expert's rows are a multiple of 128: none
+// needs the FP8 path's padded tail product (framework/kernels/cuda/fp8_gemm.cu), and the wgrad's 128-token
+// column blocks hold the same values as the packed layout's zero-padded ones. Pad rows are zero in the input,
+// so they are zero in every GEMM output and gradient and add nothing to the weight gradients; combine and its
+// backward skip them.
 // The numbers equal the packed layout's. Cost: up to kTileRows - 1 pad rows per expert (~6% of the rows at
 // 32 experts x 1024). Measured on an H200 (tests/gpu_bench/gemm_bench.cc, 32 experts x 1024 rows,
 // 2048 x 1408): 597-648 TFLOP/s for the pointer-array batch against 450-500 on the per-expert

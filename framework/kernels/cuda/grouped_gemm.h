@@ -118,9 +118,9 @@ bool TiledFp8Supported(int64_t n);
 // The FP8 form (train.precision fp8; operands as framework/fp8_operands.h lays them out), the twin of
 // cpu::Fp8GroupedMatmulNT over the padded layout: out (T * 128, N) (=, or += when accumulate; bf16 or f32)
 // rows of tile t with e = tile_expert[t] >= 0 = x's rows . w[e]^T, where per 128-deep block of the
-// reduction the e4m3 products are summed in f32 (wgmma.m64n64k32 per column half) and added to the result times (x row
-// scale * w block scale). x: Fp8Rows (T * 128, K); w: Fp8BlockMatrix (E, N, K) (Fp8Weight::w for the
-// forward, ::wt for the dgrad). BN is 128: an output tile is one block row of w.
+// reduction the e4m3 products are summed in f32 (wgmma.m64n64k32 per column half) and added to the result
+// times (x row scale * w block scale). x: Fp8Rows (T * 128, K); w: Fp8BlockMatrix (E, N, K) (Fp8Weight::w for
+// the forward, ::wt for the dgrad). BN is 128: an output tile is one block row of w.
 void TiledFp8GroupedMatmulNT(const Tensor& out, const Fp8Rows& x, const Fp8BlockMatrix& w,
                              const Tensor& tile_expert, bool accumulate, Stream stream,
                              const TiledLaunch& launch = {});
