@@ -279,9 +279,8 @@ absl::Status StageRuntime::SetUp() {
     attention_path_ = cuda::DescribeAttentionPath(bf16 ? DType::kBF16 : DType::kF32, shape) + "\n";
     if (recipe_.train.deterministic) {
       attention_path_ +=
-          "train.deterministic: attention on the deterministic path above; every other kernel sums in a "
-          "fixed "
-          "order\n";
+          "train.deterministic: attention on the deterministic path above, every other kernel summing in "
+          "a fixed order\n";
     }
     // How the tiled expert kernels launch (the recipe validated that some run when these are not the
     // defaults), said once at start-up.
