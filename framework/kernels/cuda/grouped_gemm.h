@@ -82,8 +82,9 @@ void MoeTileExperts(const Tensor& tile_expert, const Tensor& counts, Stream stre
 // loudly on anything else.
 bool TiledGroupedSupported(int64_t n, int64_t k);
 
-// The column-tile width BN the launcher uses when block_n = 0, for an N-wide output.
-int TiledGroupedDefaultBlockN(int64_t n);
+// The column-tile width BN the launcher uses when block_n = 0, for an N-wide output stored with TMA stores
+// (tma_store) or from the registers.
+int TiledGroupedDefaultBlockN(int64_t n, bool tma_store);
 
 // out (T * 128, N) bf16: for every tile t with e = tile_expert[t] >= 0, its 128 rows =
 //   x rows [128 t, 128 t + 128) (T * 128, K) bf16 . w[e]^T, w (E, N, K) bf16,
