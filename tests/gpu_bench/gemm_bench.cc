@@ -304,8 +304,9 @@ void BM_OwnTiledNT(benchmark::State& state) {
     return;
   }
   state.SetLabel("NT bf16->bf16, own tiled kernel, device tile map, BN " +
-                 std::to_string(block_n ? block_n : cuda::TiledGroupedDefaultBlockN(n, *launch.tma_store)) + ", cluster " +
-                 std::to_string(*launch.cluster_n) + (*launch.tma_store ? ", TMA stores" : ""));
+                 std::to_string(block_n ? block_n : cuda::TiledGroupedDefaultBlockN(n, *launch.tma_store)) +
+                 ", cluster " + std::to_string(*launch.cluster_n) +
+                 (*launch.tma_store ? ", TMA stores" : ""));
   const int64_t tiles = cuda::MaxExpertTiles(kRows, kExperts);
   cuda::DeviceArena arena("gemm_bench_own", size_t{kCountSets} * kExperts * 8 + size_t(tiles) * 4 + 4096);
   const Tensor counts = DeviceCountSets(arena);
