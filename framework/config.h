@@ -123,14 +123,14 @@ struct TrainConfig {
   // cuda (every FP8 weight dimension a multiple of 16, at most 256 routed experts) and is emulated exactly in
   // f32 on the CPU (train.dtype f32 or f64).
   std::string precision = "bf16";
-  // Which kernels run the routed experts' FP8 GEMMs on cuda (train.precision fp8): "cublaslt" (default):
-  // one cuBLASLt block-scaled matmul per expert, spread over 4 streams, for the forward, the input gradient
-  // and the weight gradient; "own": fathom's tiled kernel (one launch for every expert) for the forward and
-  // the input gradient; "own_all": the own kernel for the weight gradient too. The same numerics either way
-  // (each is tested against the CPU emulation); the choice is speed only. On an H200 at recipes/small.yaml's
-  // shape (2026-12-04, `fathom bench`, one call): cublaslt 95.0 ms per step, own 98.0, own_all 94.3 (within
-  // the ~1 ms spread between runs).
-  std::string fp8_expert_gemm = "cublaslt";
+  // Which kernels run the routed experts' FP8 GEMMs on cuda (train.precision fp8): "own_all" (default):
+  // fathom's tiled kernel (one launch for every expert) for the forward, the input gradient and the weight
+  // gradient; "own": the own kernel for the forward and the input gradient, cuBLASLt for the weight gradient;
+  // "cublaslt": one cuBLASLt block-scaled matmul per expert, spread over 4 streams, for all three. The same
+  // numerics either way (each is tested against the CPU emulation); the choice is speed only. On an H200 at
+  // recipes/small.yaml's shape without MTP (2026-12-05, `fathom bench`, one call): own_all with TMA stores
+  // 88.4 ms per step, cublaslt 91.5.
+  std::string fp8_expert_gemm = "own_all";
   // Which kernels run the routed experts' bf16 GEMMs on cuda (train.precision bf16) where all experts are
   // local (no expert all-to-all): "cublaslt" (default): cuBLASLt's pointer-array batches of 128-row tiles,
   // sized from the per-expert counts the host waits for once per MoE layer and micro-batch; "own": fathom's
@@ -144,10 +144,12 @@ struct TrainConfig {
   // How fathom's tiled expert kernels launch, wherever train.expert_gemm or train.fp8_expert_gemm runs them
   // (framework/kernels/cuda/grouped_gemm.h, TiledLaunch): expert_gemm_cluster 2 pairs CTAs that share one
   // row tile's loads by TMA multicast; expert_gemm_tma_store stores the results through shared memory with
-  // TMA (where a form has that epilogue). The same numbers either way; speed only, NOT yet measured on a GPU
-  // (2026-12-04), hence off by default.
+  // TMA (where a form has that epilogue; cuBLASLt's GEMMs do not read it). The same numbers either way. On an
+  // H200 (2026-12-05, gpu_bench BM_OwnTiled, K/N 2048/1408 and 1408/2048): TMA stores take the bf16 NT and
+  // NN forms from 423-465 to 498-547 TFLOP/s and the FP8 NT from 658 to 763, so they are on by default;
+  // clusters of two run at 200-380 TFLOP/s, slower than one CTA in every form, so 1 stays the default.
   int64_t expert_gemm_cluster = 1;
-  bool expert_gemm_tma_store = false;
+  bool expert_gemm_tma_store = true;
   // Bitwise reproducible steps on the GPU (Megatron's --deterministic-mode, torchtitan's
   // debug.deterministic): the same recipe, seed, GPUs and mesh give the same bits every run, so a GPU run
   // resumed from a checkpoint continues exactly as the uninterrupted one. Every fathom kernel already sums

@@ -282,11 +282,10 @@ absl::Status StageRuntime::SetUp() {
           "train.deterministic: attention on the deterministic path above, every other kernel summing in "
           "a fixed order\n";
     }
-    // How the tiled expert kernels launch (the recipe validated that some run when these are not the
-    // defaults), said once at start-up.
+    // How the tiled expert kernels launch, said once at start-up where they run.
     const int cluster = static_cast<int>(recipe_.train.expert_gemm_cluster);
     cuda::SetTiledDefaults({cluster, recipe_.train.expert_gemm_tma_store});
-    if (cluster != 1 || recipe_.train.expert_gemm_tma_store) {
+    if (fp8 ? recipe_.train.fp8_expert_gemm != "cublaslt" : recipe_.train.expert_gemm != "cublaslt") {
       attention_path_ +=
           absl::StrFormat("tiled expert kernels: clusters of %d CTA(s)%s, %s stores\n", cluster,
                           cluster > 1 ? " sharing each row tile's loads by TMA multicast" : "",
