@@ -137,9 +137,9 @@ struct TrainConfig {
   // tiled kernels over a worst-case tile budget, laid out from the counts on the device (layers/moe.h,
   // "Device layout"): no host synchronisation in the MoE layers; "own_wgrad": cublaslt's layout and forward /
   // input-gradient GEMMs with the weight gradients on fathom's own TN kernel. The same numbers either way. On
-  // an H200 at recipes/small.yaml's shape (2026-12-04, one call): cublaslt 79.1 ms per step, own 82.8 (the
-  // own NT / NN kernels run ~460 TFLOP/s against cuBLASLt's ~560; its TN is the faster one, 425-460 against
-  // 408, which own_wgrad takes; not yet measured in a step).
+  // an H200 at recipes/small.yaml's shape without MTP (2026-12-05, two calls, TMA stores on): cublaslt 78.9 /
+  // 79.9 ms per step, own_wgrad 78.7 / 79.3, own 80.6 / 81.3 (the own NT / NN kernels run 500-547 TFLOP/s
+  // against cuBLASLt's 541-576; its TN is the faster one, 414-467 against 404, which own_wgrad takes).
   std::string expert_gemm = "cublaslt";
   // How fathom's tiled expert kernels launch, wherever train.expert_gemm or train.fp8_expert_gemm runs them
   // (framework/kernels/cuda/grouped_gemm.h, TiledLaunch): expert_gemm_cluster 2 pairs CTAs that share one
