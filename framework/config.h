@@ -147,7 +147,8 @@ struct TrainConfig {
   // TMA (where a form has that epilogue; cuBLASLt's GEMMs do not read it). The same numbers either way. On an
   // H200 (2026-12-05, gpu_bench BM_OwnTiled, K/N 2048/1408 and 1408/2048): TMA stores take the bf16 NT and
   // NN forms from 423-465 to 498-547 TFLOP/s and the FP8 NT from 658 to 763, so they are on by default;
-  // clusters of two run at 200-380 TFLOP/s, slower than one CTA in every form, so 1 stays the default.
+  // clusters of two ran at 200-380 TFLOP/s, slower than one CTA in every form (a cluster-scope fence per
+  // k-block, since removed; not yet re-measured), so 1 stays the default.
   int64_t expert_gemm_cluster = 1;
   bool expert_gemm_tma_store = true;
   // Bitwise reproducible steps on the GPU (Megatron's --deterministic-mode, torchtitan's

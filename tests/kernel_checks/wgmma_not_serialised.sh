@@ -5,7 +5,11 @@
 # C7518 (a warpgroup wait ptxas inserts, e.g. around a wgmma issued or waited for inside a branch: the FP8
 # main loop's last-block conditions did that). Each makes ptxas wait after every wgmma, silently costing the
 # kernels much of their throughput while every value stays right. Nor may they spill registers (a 128 x 256
-# f32 accumulator tile leaves little room). Fails on either, or on a failed compile.
+# f32 accumulator tile leaves little room). Nor may their PTX hold a cluster-scope release on a barrier
+# arrive or a cluster-scope acquire on a barrier wait: ptxas turns the first into MEMBAR.GPU + ERRBAR before
+# every arrive and the second into an L1 invalidate after every wait, once per k-block in the main loop
+# (clusters of two ran at about half speed for it; see sm90_primitives.cuh). Fails on any of these, or on a
+# failed compile.
 # Usage: wgmma_not_serialised.sh NVCC SOURCE_DIR
 set -uo pipefail
 NVCC=${1:?usage: wgmma_not_serialised.sh NVCC SOURCE_DIR}
@@ -14,8 +18,9 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 kernels=0
 for name in grouped_gemm grouped_gemm_fp8; do  # the bf16 and the FP8 forms of grouped_gemm_tiled.cuh's kernel
+  mkdir -p "$OUT/keep_$name"
   "$NVCC" -std=c++20 -I"$SRC" -I"$SRC/third_party" -arch=sm_90a -O3 -DNDEBUG -Xptxas -v -x cu -c \
-    "$SRC/framework/kernels/cuda/$name.cu" -o "$OUT/$name.o" > "$OUT/$name.log" 2>&1
+    "$SRC/framework/kernels/cuda/$name.cu" -o "$OUT/$name.o" -keep -keep-dir "$OUT/keep_$name" > "$OUT/$name.log" 2>&1
   rc=$?
   if [[ $rc -ne 0 ]]; then
     tail -20 "$OUT/$name.log"
@@ -43,6 +48,18 @@ for name in grouped_gemm grouped_gemm_fp8; do  # the bf16 and the FP8 forms of g
     echo "wgmma_not_serialised.sh: $spilled TiledKernel instantiations of $name.cu spill registers" >&2
     exit 1
   fi
+  ptx=$(ls "$OUT/keep_$name"/*.compute_90a.ptx 2>/dev/null | head -1)
+  if [[ -z "$ptx" ]]; then
+    echo "wgmma_not_serialised.sh: nvcc kept no sm_90a PTX of $name.cu: the barrier scopes were not checked" >&2
+    exit 1
+  fi
+  fenced=$(grep -cE "mbarrier\.arrive\.release\.cluster|mbarrier\.try_wait(\.parity)?\.acquire\.cluster" "$ptx")
+  if [[ "$fenced" -ne 0 ]]; then
+    grep -E "mbarrier\.arrive\.release\.cluster|mbarrier\.try_wait(\.parity)?\.acquire\.cluster" "$ptx" | sort -u | head -3
+    echo "wgmma_not_serialised.sh: $fenced cluster-scope barrier arrives / waits in $name.cu's PTX" >&2
+    exit 1
+  fi
   kernels=$((kernels + found))
 done
-echo "grouped_gemm.cu, grouped_gemm_fp8.cu: $kernels TiledKernel instantiations, none with serialised wgmma or spills"
+echo "grouped_gemm.cu, grouped_gemm_fp8.cu: $kernels TiledKernel instantiations, none with serialised wgmma," \
+     "spills or cluster-scope barrier fences"

@@ -73,11 +73,10 @@ struct Ring {
   __device__ void Acquire(int it) const { BarrierWait(&full[it % kStages], (it / kStages) & 1); }
   __device__ void Release(int it, int lane) const {
     __syncwarp();
-    if (lane != 0) return;
     if (ctas == 1) {
-      BarrierArrive(&empty[it % kStages]);
-    } else {
-      for (int r = 0; r < ctas; ++r) BarrierArriveCluster(&empty[it % kStages], static_cast<uint32_t>(r));
+      if (lane == 0) BarrierArrive(&empty[it % kStages]);
+    } else if (lane < ctas) {  // lane r arrives on CTA r's barrier: the arrivals of a pair go out together
+      BarrierArriveCluster(&empty[it % kStages], static_cast<uint32_t>(lane));
     }
   }
 #endif
@@ -390,7 +389,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             BarrierExpectBytes(&full[s], T::kStageBytes);
             LoadOperand<Product::kAMn, kBM>(stage, &a_map, &full[s], k, j.a_row, 0);
           } else {
-            BarrierWait<true>(&empty[s], parity);  // both CTAs' consumers are done with the stage
+            BarrierWait(&empty[s], parity);  // both CTAs' consumers are done with the stage
             BarrierExpectBytes(&full[s], T::kStageBytes);
             LoadHalfToCluster<Product::kAMn>(stage, &a_map, &full[s], k, j.a_row, rank);
           }

@@ -39,24 +39,19 @@ __device__ __forceinline__ void BarrierArrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddress(bar)) : "memory");
 }
 
-// kClusterScope: the wait acquires at cluster scope (a barrier other CTAs of the cluster arrive on).
-template <bool kClusterScope = false>
+// Whether the barrier's phase of the given parity has completed (a try_wait of the default, CTA-scope
+// acquire). Also the wait of a barrier other CTAs of the cluster arrive on (the tiled kernels' empty
+// barriers under clusters of two): what the remote arrivals order is the end of the peer's wgmma reads of
+// a stage, and what the waiter then does is a TMA write into it, both in the async proxy, so no cluster-scope
+// acquire is needed; `.acquire.cluster` made ptxas invalidate L1 (CCTL.IVALL) after every wait. fathom's
+// waits take the default, as CUTLASS's and DeepGEMM's pipelines do.
 __device__ __forceinline__ uint32_t BarrierTryWait(uint64_t* bar, uint32_t parity) {
   uint32_t done;
-  if constexpr (kClusterScope) {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(SmemAddress(bar)), "r"(parity)
-        : "memory");
-  } else {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(SmemAddress(bar)), "r"(parity)
-        : "memory");
-  }
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(SmemAddress(bar)), "r"(parity)
+      : "memory");
   return done;
 }
 
@@ -65,11 +60,10 @@ __device__ __forceinline__ uint32_t BarrierTryWait(uint64_t* bar, uint32_t parit
 // hanging. Only debug builds (no NDEBUG) print which barrier first: printf is a function call, and a call
 // anywhere in a kernel with wgmma in flight makes ptxas serialize every wgmma of that kernel (warning C7510,
 // "wgmma pipeline crossing function boundary"), which release builds must not pay.
-template <bool kClusterScope = false>
 __device__ __forceinline__ void BarrierWait(uint64_t* bar, uint32_t parity) {
-  if (BarrierTryWait<kClusterScope>(bar, parity)) return;  // the common case reads no clock
+  if (BarrierTryWait(bar, parity)) return;  // the common case reads no clock
   const long long start = clock64();
-  while (!BarrierTryWait<kClusterScope>(bar, parity)) {
+  while (!BarrierTryWait(bar, parity)) {
     if (clock64() - start > (1ll << 33)) {
 #ifndef NDEBUG
       printf("tiled_grouped_gemm: block %d thread %d stuck on the barrier at shared 0x%x, parity %u\n",
@@ -113,12 +107,17 @@ __device__ __forceinline__ void ClusterSync() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
 }
 
-// One arrival, released at cluster scope, on the barrier at `bar`'s offset in the shared memory of the
-// cluster's CTA `rank` (this CTA's own included).
+// One arrival on the barrier at `bar`'s offset in the shared memory of the cluster's CTA `rank` (this CTA's
+// own included), with the arrive's default semantics (release at CTA scope). The tiled kernels' consumers
+// arrive so once their wgmma reads of a stage are complete (wgmma.wait_group), which needs no memory fence;
+// `.release.cluster` compiled to MEMBAR.GPU + ERRBAR + CGAERRBAR before each arrive, twice per k-block on
+// every consumer warp's critical path: clusters of two ran at about half the speed of one CTA (H200,
+// 2026-12-05, ~0.5 us more per k-block). CUTLASS's ClusterBarrier::arrive and DeepGEMM's
+// empty_barrier_arrive take the default too.
 __device__ __forceinline__ void BarrierArriveCluster(uint64_t* bar, uint32_t rank) {
   asm volatile(
       "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(SmemAddress(bar)),
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(SmemAddress(bar)),
       "r"(rank)
       : "memory");
 }
