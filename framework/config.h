@@ -180,6 +180,10 @@ struct TrainConfig {
   std::vector<int64_t> trace_steps;
   // The steps traced when `trace` is set (sorted, unique; empty without a trace).
   std::vector<int64_t> TracedSteps() const;
+  // Whether the routed experts run on fathom's tiled kernels (train.expert_gemm in bf16 or
+  // train.fp8_expert_gemm in fp8 other than cublaslt, on cuda): what expert_gemm_cluster and
+  // expert_gemm_tma_store shape.
+  bool RunsTiledExpertKernels() const;
   absl::Status Validate(const ModelConfig& model) const;
 };
 

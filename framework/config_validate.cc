@@ -245,6 +245,10 @@ absl::Status ValidateGpuFp8(const TrainConfig& t, const ModelConfig& m) {
 
 }  // namespace
 
+bool TrainConfig::RunsTiledExpertKernels() const {
+  return device == "cuda" && (precision == "fp8" ? fp8_expert_gemm != "cublaslt" : expert_gemm != "cublaslt");
+}
+
 std::vector<int64_t> TrainConfig::TracedSteps() const {
   if (trace.empty()) return {};
   if (trace_steps.empty()) return {std::min<int64_t>(2, steps)};
@@ -299,11 +303,9 @@ absl::Status TrainConfig::Validate(const ModelConfig& model) const {
                      "expert kernels), got ",
                      expert_gemm_cluster));
   }
-  const bool tiled_kernels =
-      device == "cuda" && (precision == "fp8" ? fp8_expert_gemm != "cublaslt" : expert_gemm != "cublaslt");
   // expert_gemm_tma_store (on by default) shapes the tiled kernels' epilogue where they run; clusters of two
   // change how they are scheduled, asked for only to run them, so without them the key is refused.
-  if (expert_gemm_cluster != 1 && !tiled_kernels) {
+  if (expert_gemm_cluster != 1 && !RunsTiledExpertKernels()) {
     return Invalid(absl::StrCat(
         "train.expert_gemm_cluster shapes fathom's tiled expert kernels, which this recipe does not run: "
         "it needs train.device cuda and train.expert_gemm own or own_wgrad (bf16) or train.fp8_expert_gemm "

@@ -285,7 +285,7 @@ absl::Status StageRuntime::SetUp() {
     // How the tiled expert kernels launch, said once at start-up where they run.
     const int cluster = static_cast<int>(recipe_.train.expert_gemm_cluster);
     cuda::SetTiledDefaults({cluster, recipe_.train.expert_gemm_tma_store});
-    if (fp8 ? recipe_.train.fp8_expert_gemm != "cublaslt" : recipe_.train.expert_gemm != "cublaslt") {
+    if (recipe_.train.RunsTiledExpertKernels()) {
       attention_path_ +=
           absl::StrFormat("tiled expert kernels: clusters of %d CTA(s)%s, %s stores\n", cluster,
                           cluster > 1 ? " sharing each row tile's loads by TMA multicast" : "",

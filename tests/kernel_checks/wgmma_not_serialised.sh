@@ -17,6 +17,7 @@ SRC=${2:?usage: wgmma_not_serialised.sh NVCC SOURCE_DIR}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 kernels=0
+cluster_scoped='mbarrier\.arrive\.release\.cluster|mbarrier\.try_wait(\.parity)?\.acquire\.cluster'
 for name in grouped_gemm grouped_gemm_fp8; do  # the bf16 and the FP8 forms of grouped_gemm_tiled.cuh's kernel
   mkdir -p "$OUT/keep_$name"
   "$NVCC" -std=c++20 -I"$SRC" -I"$SRC/third_party" -arch=sm_90a -O3 -DNDEBUG -Xptxas -v -x cu -c \
@@ -53,9 +54,9 @@ for name in grouped_gemm grouped_gemm_fp8; do  # the bf16 and the FP8 forms of g
     echo "wgmma_not_serialised.sh: nvcc kept no sm_90a PTX of $name.cu: the barrier scopes were not checked" >&2
     exit 1
   fi
-  fenced=$(grep -cE "mbarrier\.arrive\.release\.cluster|mbarrier\.try_wait(\.parity)?\.acquire\.cluster" "$ptx")
+  fenced=$(grep -cE "$cluster_scoped" "$ptx")
   if [[ "$fenced" -ne 0 ]]; then
-    grep -E "mbarrier\.arrive\.release\.cluster|mbarrier\.try_wait(\.parity)?\.acquire\.cluster" "$ptx" | sort -u | head -3
+    grep -E "$cluster_scoped" "$ptx" | sort -u | head -3
     echo "wgmma_not_serialised.sh: $fenced cluster-scope barrier arrives / waits in $name.cu's PTX" >&2
     exit 1
   fi
