@@ -47,7 +47,7 @@ namespace fathom {
 
 inline constexpr int64_t kFp8Block = 128;
 inline constexpr float kFp8E4M3Max = 448.0f;
-inline constexpr float kFp8ScaleFloor = 1e-12f;  // the amax floor (framework/kernels/cuda/fp8.h)
+inline constexpr float kFp8ScaleFloor = 1e-12f;  // the amax floor
 
 inline int64_t Fp8Blocks(int64_t n) { return (n + kFp8Block - 1) / kFp8Block; }
 inline int64_t Fp8Padded(int64_t n) { return Fp8Blocks(n) * kFp8Block; }

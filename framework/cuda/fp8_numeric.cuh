@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "framework/fp8_operands.h"
+
 namespace fathom::cuda::fp8_numeric {
 
 // numeric_detail::RoundToSmallFloat: |x| bits `a` below the overflow threshold -> unsigned code.
@@ -86,6 +88,19 @@ __device__ __forceinline__ uint8_t FloatToE4M3Saturate(float f) {
 #else
   return FloatToE4M3SaturateSoftware(f);
 #endif
+}
+
+// The scaling of one 1x128 tile or 128x128 block from the maximum |x| over it (reduced with fmaxf, so NaN
+// never enters), framework/fp8_operands.h's formula: the codes are FloatToE4M3Saturate(x * inv) (one f32
+// product) and the stored scale, which multiplies the codes back, is `scale`. The floor keeps an all-zero
+// tile finite. Every quantiser (the cast kernels, the GEMM operands, the MoE's fused combine backward) and
+// the CPU emulation (framework/kernels/cpu/fp8_gemm.cc) compute exactly this.
+struct TileScaling {
+  float inv, scale;
+};
+__device__ __forceinline__ TileScaling ScalingFromAmax(float amax) {
+  amax = fmaxf(amax, kFp8ScaleFloor);
+  return {__fdiv_rn(kFp8E4M3Max, amax), __fdiv_rn(amax, kFp8E4M3Max)};
 }
 
 }  // namespace fathom::cuda::fp8_numeric

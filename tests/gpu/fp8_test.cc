@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "framework/cuda/device_arena.h"
+#include "framework/fp8_operands.h"
 #include "framework/numeric.h"
 #include "gtest/gtest.h"
 #include "tests/common/gradcheck.h"
@@ -153,7 +154,7 @@ struct Quantized {
 float QuantizeTile(const std::vector<float>& x, const std::vector<int64_t>& index, std::vector<uint8_t>& q) {
   float amax = 0.0f;
   for (int64_t i : index) amax = std::fmax(amax, std::fabs(x[i]));
-  amax = std::fmax(amax, cuda::kFp8AmaxFloor);
+  amax = std::fmax(amax, kFp8ScaleFloor);
   const float inv = 448.0f / amax;
   for (int64_t i : index) q[i] = FloatToE4M3Saturate(x[i] * inv).bits;
   return amax / 448.0f;

@@ -72,15 +72,14 @@ __global__ void QuantizeActivationKernel(uint8_t* q, float* scales, const In* x,
   }
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
-  amax = fmaxf(amax, kFp8AmaxFloor);
-  const float inv = __fdiv_rn(448.0f, amax);
+  const fp8_numeric::TileScaling scaling = fp8_numeric::ScalingFromAmax(amax);
   uint8_t* dst = q + row * cols + c0;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int c = lane + 32 * j;
-    if (c < width) dst[c] = FloatToE4M3(ClampAbs(__fmul_rn(v[j], inv), 448.0f));
+    if (c < width) dst[c] = FloatToE4M3(ClampAbs(__fmul_rn(v[j], scaling.inv), 448.0f));
   }
-  if (lane == 0) scales[tile * rows + row] = __fdiv_rn(amax, 448.0f);
+  if (lane == 0) scales[tile * rows + row] = scaling.scale;
 }
 
 template <class Out>
@@ -115,18 +114,16 @@ __global__ void QuantizeWeightKernel(uint8_t* q, float* scales, const In* w, int
   __syncthreads();
   amax = warp_max[0];
   for (int i = 1; i < kWarps; ++i) amax = fmaxf(amax, warp_max[i]);
-  amax = fmaxf(amax, kFp8AmaxFloor);
-  const float inv = __fdiv_rn(448.0f, amax);
+  const fp8_numeric::TileScaling scaling = fp8_numeric::ScalingFromAmax(amax);
   for (int i = threadIdx.x; i < kFp8Tile * kFp8Tile; i += kThreads) {
     const int r = i / kFp8Tile, c = i % kFp8Tile;
     if (r < h && c < wd) {
       const int64_t at = base + r * cols + c;
-      q[at] = FloatToE4M3(ClampAbs(__fmul_rn(Load(w, at), inv), 448.0f));
+      q[at] = FloatToE4M3(ClampAbs(__fmul_rn(Load(w, at), scaling.inv), 448.0f));
     }
   }
-  if (threadIdx.x == 0) {
-    scales[(blockIdx.z * row_blocks + blockIdx.y) * col_blocks + blockIdx.x] = __fdiv_rn(amax, 448.0f);
-  }
+  if (threadIdx.x == 0)
+    scales[(blockIdx.z * row_blocks + blockIdx.y) * col_blocks + blockIdx.x] = scaling.scale;
 }
 
 template <class Out>

@@ -7,9 +7,11 @@
 // f32 rounded by FloatToBf16 for a bf16 output). Same numel in and out; any shape.
 //
 // Block quantisation. Every tile or block of values x is stored as e4m3 codes q plus one f32 scale s:
-//   amax = max(max |x| over the tile, kFp8AmaxFloor)     (NaNs in x do not enter amax; they stay NaN in q)
-//   q    = FloatToE4M3Saturate(x * (448 / amax))         (448 / amax rounded once to f32, then one f32
-//   product) s    = amax / 448                                    (rounded to f32)
+//   amax = max(max |x| over the tile, 1e-12)      (NaNs in x do not enter amax; they stay NaN in q)
+//   q    = FloatToE4M3Saturate(x * (448 / amax))  (448 / amax rounded once to f32, then one f32 product)
+//   s    = amax / 448                             (rounded to f32)
+// (framework/fp8_operands.h's formula and floor, kFp8ScaleFloor; one device function computes it for every
+// quantiser, fp8_numeric::ScalingFromAmax in framework/cuda/fp8_numeric.cuh)
 // and dequantisation is x' = E4M3ToFloat(q) * s (rounded to f32, then to bf16 for a bf16 output).
 // s multiplies the codes back, as the `weight_scale_inv` of DeepSeek-V3's FP8 checkpoints does. The floor
 // keeps an all-zero tile finite (its codes are zeros); it is far below any value that matters in training.
@@ -33,7 +35,6 @@
 namespace fathom::cuda {
 
 inline constexpr int64_t kFp8Tile = 128;
-inline constexpr float kFp8AmaxFloor = 1e-12f;
 
 // out e4m3 or e5m2 (n) = cast of in f32 or bf16 (n).
 void CastToFp8(const Tensor& out, const Tensor& in, bool saturate, Stream stream);

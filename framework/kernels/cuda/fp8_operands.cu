@@ -14,6 +14,7 @@ namespace {
 
 using fp8_numeric::E4M3ToFloat;
 using fp8_numeric::FloatToE4M3Saturate;
+using fp8_numeric::ScalingFromAmax;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -75,22 +76,21 @@ __device__ __forceinline__ const float* RowScales(const uint8_t* data, int64_t r
   return reinterpret_cast<const float*>(data + row * row_bytes + padded_cols);
 }
 
-// The 128x128 block's amax from every thread's partial (warps, then the warp maxima in order), floored at
-// kFp8ScaleFloor. `warp_max` holds kWarps floats in shared memory.
+// The 128x128 block's amax from every thread's partial (warps, then the warp maxima in order). `warp_max`
+// holds kWarps floats in shared memory.
 __device__ __forceinline__ float BlockAmax(float amax, float* warp_max) {
   amax = WarpMax(amax);
   if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = amax;
   __syncthreads();
   amax = warp_max[0];
   for (int i = 1; i < kWarps; ++i) amax = fmaxf(amax, warp_max[i]);
-  return fmaxf(amax, kFp8ScaleFloor);
+  return amax;
 }
 
 // The block's scale into both layouts: (row block, col block) of w and (col block, row block) of wt, for the
 // block (blockIdx.y, blockIdx.x) of matrix m.
-__device__ __forceinline__ void WriteBlockScale(float* scales, float* scales_t, float amax, int64_t m,
+__device__ __forceinline__ void WriteBlockScale(float* scales, float* scales_t, float s, int64_t m,
                                                 int scale_stride, int scale_stride_t) {
-  const float s = __fdiv_rn(amax, kFp8E4M3Max);
   scales[(m * gridDim.y + blockIdx.y) * scale_stride + blockIdx.x] = s;
   scales_t[(m * gridDim.x + blockIdx.x) * scale_stride_t + blockIdx.y] = s;
 }
@@ -122,8 +122,7 @@ __global__ void QuantizeRowsKernel(uint8_t* data, const In* x, int64_t rows, int
   }
 #pragma unroll
   for (int j = 0; j < 4; ++j) amax = fmaxf(amax, fabsf(v[j]));
-  amax = fmaxf(WarpMax(amax), kFp8ScaleFloor);
-  const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+  const auto [inv, scale] = ScalingFromAmax(WarpMax(amax));
   uint8_t* codes = data + row * row_bytes + c0;
   uint8_t code[4];
 #pragma unroll
@@ -138,7 +137,7 @@ __global__ void QuantizeRowsKernel(uint8_t* data, const In* x, int64_t rows, int
     for (int j = 0; j < 4; ++j) codes[column(j)] = code[j];
   }
   float* scales = reinterpret_cast<float*>(data + row * row_bytes + padded_cols);
-  if (lane == 0) scales[tile] = __fdiv_rn(amax, kFp8E4M3Max);
+  if (lane == 0) scales[tile] = scale;
   // The last tile's warp also zeroes the scale padding.
   if (tile == static_cast<int>(gridDim.y) - 1 && lane < scale_stride - static_cast<int>(gridDim.y)) {
     scales[gridDim.y + lane] = 0.0f;
@@ -184,8 +183,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int off = kLanes / 2; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
     if (first + k * kUnits + sub >= units) continue;  // after the shuffles, which every lane joins
-    amax = fmaxf(amax, kFp8ScaleFloor);
-    const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+    const auto [inv, scale] = ScalingFromAmax(amax);
     const int64_t c = static_cast<int64_t>(tile[k]) * kTile + l * kVec;
     uint32_t words[kVec / 4];
 #pragma unroll
@@ -203,7 +201,7 @@ __global__ void __launch_bounds__(kThreads)
       *reinterpret_cast<uint32_t*>(codes) = words[0];
     }
     float* scales = reinterpret_cast<float*>(data + row[k] * row_bytes + padded_cols);
-    if (l == 0) scales[tile[k]] = __fdiv_rn(amax, kFp8E4M3Max);
+    if (l == 0) scales[tile[k]] = scale;
     // The last tile's unit also zeroes the scale padding.
     if (tile[k] == tiles - 1 && l < scale_stride - tiles) scales[tiles + l] = 0.0f;
   }
@@ -263,8 +261,7 @@ __global__ void QuantizeColsKernel(uint8_t* codes, float* scales, Source source,
     float amax = 0.0f;
 #pragma unroll
     for (int q = 0; q < 4; ++q) amax = fmaxf(amax, fabsf(tile[lane + 32 * q][col]));
-    amax = fmaxf(WarpMax(amax), kFp8ScaleFloor);
-    const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+    const auto [inv, scale] = ScalingFromAmax(WarpMax(amax));
     uint32_t word = 0;
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
@@ -272,7 +269,7 @@ __global__ void QuantizeColsKernel(uint8_t* codes, float* scales, Source source,
       word |= code << (8 * q);
     }
     reinterpret_cast<uint32_t*>(codes + c * padded_tokens + t * kTile)[lane] = word;
-    if (lane == 0) scales[t * cols + c] = __fdiv_rn(amax, kFp8E4M3Max);
+    if (lane == 0) scales[t * cols + c] = scale;
   }
 }
 
@@ -349,12 +346,11 @@ __global__ void __launch_bounds__(kThreads)
       v[q] = tile[lane + 32 * q][col];
       amax = fmaxf(amax, fabsf(v[q]));
     }
-    amax = fmaxf(WarpMax(amax), kFp8ScaleFloor);
-    const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+    const auto [inv, scale] = ScalingFromAmax(WarpMax(amax));
     uint8_t* out = codes + cc * padded_tokens + t * kTile;
 #pragma unroll
     for (int q = 0; q < 4; ++q) out[lane + 32 * q] = FloatToE4M3Saturate(__fmul_rn(v[q], inv));
-    if (lane == 0) scales[t * cols + cc] = __fdiv_rn(amax, kFp8E4M3Max);
+    if (lane == 0) scales[t * cols + cc] = scale;
   }
 }
 
@@ -378,8 +374,7 @@ __global__ void QuantizeWeightKernel(uint8_t* codes, uint8_t* codes_t, float* sc
     const int r = i / kTile, c = i % kTile;
     if (r < h && c < wd) amax = fmaxf(amax, fabsf(Load(src, (r0 + r) * cols + c0 + c)));
   }
-  amax = BlockAmax(amax, warp_max);
-  const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+  const auto [inv, scale] = ScalingFromAmax(BlockAmax(amax, warp_max));
   const int64_t padded_cols = col_blocks * kTile, padded_rows = row_blocks * kTile;
   for (int i = threadIdx.x; i < kTile * kTile; i += kThreads) {
     const int r = i / kTile, c = i % kTile;
@@ -394,7 +389,7 @@ __global__ void QuantizeWeightKernel(uint8_t* codes, uint8_t* codes_t, float* sc
     const int c = i / kTile, r = i % kTile;
     if (c < wd) codes_t[(m * cols + c0 + c) * padded_rows + r0 + r] = block_codes[r][c];
   }
-  if (threadIdx.x == 0) WriteBlockScale(scales, scales_t, amax, m, scale_stride, scale_stride_t);
+  if (threadIdx.x == 0) WriteBlockScale(scales, scales_t, scale, m, scale_stride, scale_stride_t);
 }
 
 // QuantizeWeightKernel with 4-column accesses (REQUIRES cols % 4 == 0, so a 4-column group is wholly inside
@@ -427,8 +422,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < 4; ++e) amax = fmaxf(amax, fabsf(v[k][e]));
   }
-  amax = BlockAmax(amax, warp_max);
-  const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+  const auto [inv, scale] = ScalingFromAmax(BlockAmax(amax, warp_max));
   const int64_t padded_cols = col_blocks * kTile, padded_rows = row_blocks * kTile;
 #pragma unroll
   for (int k = 0; k < kGroups; ++k) {
@@ -453,7 +447,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = 0; e < 4; ++e) word |= ((block_codes[4 * q + e][c / 4] >> shift) & 0xFFu) << (8 * e);
     *reinterpret_cast<uint32_t*>(codes_t + (m * cols + c0 + c) * padded_rows + r0 + 4 * q) = word;
   }
-  if (threadIdx.x == 0) WriteBlockScale(scales, scales_t, amax, m, scale_stride, scale_stride_t);
+  if (threadIdx.x == 0) WriteBlockScale(scales, scales_t, scale, m, scale_stride, scale_stride_t);
 }
 
 // ---- host side ----

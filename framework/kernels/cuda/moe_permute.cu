@@ -292,15 +292,14 @@ __global__ void CombineBackwardFp8Kernel(uint8_t* __restrict__ dyq, float* __res
 #pragma unroll
     for (int off = 8; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
     if (!active) continue;  // after the shuffles, which every lane joins
-    amax = fmaxf(amax, kFp8ScaleFloor);
-    const float inv = __fdiv_rn(kFp8E4M3Max, amax);
+    const auto [inv, scale] = fp8_numeric::ScalingFromAmax(amax);
     uint32_t words[2] = {0, 0};
 #pragma unroll
     for (int i = 0; i < P; ++i)
       words[i / 4] |= static_cast<uint32_t>(fp8_numeric::FloatToE4M3Saturate(__fmul_rn(v[i], inv)))
                       << (8 * (i % 4));
     *reinterpret_cast<uint2*>(codes + c) = make_uint2(words[0], words[1]);
-    if (lane % 16 == 0) scales[c / 128] = __fdiv_rn(amax, kFp8E4M3Max);
+    if (lane % 16 == 0) scales[c / 128] = scale;
   }
   const int tiles = static_cast<int>(h / 128);
   if (lane < scale_stride - tiles) scales[tiles + lane] = 0.0f;  // the scale padding
