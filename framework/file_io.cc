@@ -4,9 +4,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 
@@ -16,6 +19,8 @@
 
 namespace fathom {
 namespace {
+
+namespace fs = std::filesystem;
 
 absl::Status IoError(int err, const std::string& what) {
   return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
@@ -45,6 +50,10 @@ absl::Status CheckReplaceable(const std::string& path) {
     return absl::InvalidArgumentError("an empty path was given where a file path is expected");
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOTDIR) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": a part of its directory ", DirectoryOf(path), " is a file, not a directory"));
+    }
     if (errno != ENOENT) return IoError(errno, absl::StrCat("cannot inspect ", path));
     const std::string dir = DirectoryOf(path);
     struct stat ds {};
@@ -57,6 +66,31 @@ absl::Status CheckReplaceable(const std::string& path) {
   if (!S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, " is ", KindOf(st.st_mode), "; fathom replaces only a regular file (or creates a new one)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckNotAnInput(const std::string& output, const std::vector<std::string>& inputs,
+                             const std::string& what) {
+  std::error_code ec;
+  const fs::path out = fs::weakly_canonical(fs::absolute(output, ec), ec);
+  if (ec) return absl::OkStatus();  // nothing to compare: the write itself reports the path
+  for (const std::string& input : inputs) {
+    if (input.empty()) continue;
+    std::error_code ie;
+    const fs::path in = fs::weakly_canonical(fs::absolute(input, ie), ie);
+    if (ie) continue;
+    // The same file (also through a symlink or a hard link), or a path inside an input directory.
+    const bool same = out == in || (fs::exists(out, ie) && fs::equivalent(out, in, ie));
+    const auto [end, rest] = std::mismatch(in.begin(), in.end(), out.begin(), out.end());
+    const bool inside = !same && end == in.end() && rest != out.end() && fs::is_directory(in, ie);
+    if (same || inside) {
+      const char* verb = same ? " is " : " lies inside ";
+      const char* harm = same ? "destroy that input" : "change that input";
+      return absl::InvalidArgumentError(absl::StrCat(what, " ", output, verb, input,
+                                                     ", an input of this command; writing it would ", harm,
+                                                     ": choose another path"));
+    }
   }
   return absl::OkStatus();
 }

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -25,6 +26,12 @@ namespace fathom {
 // OK when `path` does not exist or is a regular file; InvalidArgument (naming the path and what is there)
 // otherwise. Symlinks are not followed: a symlink is refused even when it points to a regular file.
 absl::Status CheckReplaceable(const std::string& path);
+
+// OK unless the output path `output` of a command is one of its `inputs` (the same file, also through a
+// symlink or a hard link) or lies inside an input directory: InvalidArgument naming both, `what` ("--out",
+// "train.trace") first. Paths that cannot be resolved are left to the write itself to report.
+absl::Status CheckNotAnInput(const std::string& output, const std::vector<std::string>& inputs,
+                             const std::string& what);
 
 // Writes `contents` to `path` the safe way (see above).
 absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);

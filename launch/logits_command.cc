@@ -17,6 +17,7 @@
 #include "checkpoint/hf_import.h"
 #include "checkpoint/param_slices.h"
 #include "checkpoint/safetensors.h"
+#include "framework/file_io.h"
 #include "launch/command_line.h"
 #include "launch/commands.h"
 #include "layers/model.h"
@@ -95,6 +96,11 @@ int RunLogits(const std::vector<std::string>& args) {
     return Fail(2, absl::InvalidArgumentError(absl::StrCat("no SOURCE given\n", kUsage)));
   if (!cl->options.count("--tokens") || !cl->options.count("--out")) {
     return Fail(2, absl::InvalidArgumentError("--tokens and --out are required"));
+  }
+  if (absl::Status s =
+          CheckNotAnInput(cl->options.at("--out"), {cl->recipe, cl->options.at("--tokens")}, "--out");
+      !s.ok()) {
+    return Fail(2, s);
   }
   const std::string dtype_name = cl->options.count("--dtype") ? cl->options.at("--dtype") : "f32";
   if (dtype_name != "f32" && dtype_name != "f64") {

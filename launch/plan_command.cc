@@ -164,6 +164,11 @@ int RunPlan(const std::vector<std::string>& args) {
     return Usage("--top needs a positive count");
   }
   if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
+  if (!out_path.empty()) {  // refused before the work, not after
+    absl::Status s = CheckNotAnInput(out_path, {recipe_path, cluster_path}, "--out");
+    if (s.ok()) s = CheckReplaceable(out_path);
+    if (!s.ok()) return Usage(std::string(s.message()));
+  }
   absl::StatusOr<Recipe> recipe = LoadRecipe(recipe_path, overrides, RecipeUse::kPlan);
   if (!recipe.ok()) {
     std::cerr << "fathom plan: " << recipe.status().message() << "\n";

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -59,8 +60,11 @@ int RunSimulate(const std::vector<std::string>& args) {
   if (cluster_path.empty()) return Usage("no cluster given (--cluster recipes/clusters/NAME.yaml)");
   // Refused before the work, not after: only a regular file (or nothing) is ever replaced.
   if (!trace_path.empty()) {
-    if (absl::Status s = CheckReplaceable(trace_path); !s.ok()) {
-      std::cerr << "fathom simulate: --trace: " << s.message() << "\n";
+    absl::Status s = CheckNotAnInput(trace_path, {recipe_path, cluster_path}, "--trace");
+    if (s.ok()) s = CheckReplaceable(trace_path);
+    if (!s.ok()) {
+      std::cerr << "fathom simulate: " << (absl::StartsWith(s.message(), "--trace") ? "" : "--trace: ")
+                << s.message() << "\n";
       return 2;
     }
   }

@@ -115,6 +115,9 @@ absl::StatusOr<std::unique_ptr<StageRuntime>> StageRuntime::Create(const Recipe&
   if (!recipe.train.trace.empty()) {
     // Checked before anything runs (the file is written after the last traced step): a regular file or
     // nothing, in an existing directory.
+    if (absl::Status s = CheckNotAnInput(recipe.train.trace, {recipe.path}, "train.trace"); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("%s: %s", recipe.path, s.message()));
+    }
     if (absl::Status s = CheckReplaceable(recipe.train.trace); !s.ok()) {
       return absl::Status(s.code(), absl::StrFormat("%s: train.trace: %s", recipe.path, s.message()));
     }

@@ -87,6 +87,38 @@ TEST(AtomicFile, RefusesSymlinkDirectoryAndDevice) {
   std::filesystem::remove_all(dir);
 }
 
+// An output that is an input (the same path, through a symlink, a hard link) or lies inside an input
+// directory is refused; another path, or one that does not exist yet beside the input, is fine.
+TEST(CheckNotAnInput, RefusesTheSameFileAndPathsInsideInputDirectories) {
+  const std::string dir = TempDir() + "/not_an_input";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir + "/model");
+  const std::string input = dir + "/recipe.yaml";
+  std::ofstream(input) << "model: {}\n";
+  std::filesystem::create_symlink("recipe.yaml", dir + "/alias.yaml");
+  ASSERT_EQ(::link(input.c_str(), (dir + "/hard.yaml").c_str()), 0);
+  for (const std::string out : {input, dir + "/./recipe.yaml", dir + "/alias.yaml", dir + "/hard.yaml",
+                                dir + "/model/config.json", dir + "/model/new/x"}) {
+    SCOPED_TRACE(out);
+    absl::Status s = CheckNotAnInput(out, {input, dir + "/model"}, "--out");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(s.message()).find("an input of this command"), std::string::npos) << s;
+    EXPECT_EQ(std::string(s.message()).rfind("--out " + out, 0), 0u) << s;
+  }
+  EXPECT_TRUE(CheckNotAnInput(dir + "/plan.yaml", {input, dir + "/model"}, "--out").ok());
+  EXPECT_TRUE(CheckNotAnInput(dir + "/modelx", {dir + "/model"}, "--out").ok());
+  EXPECT_TRUE(CheckNotAnInput(input, {}, "--out").ok());
+}
+
+// A path under a regular file is the user's mistake (InvalidArgument), not an I/O failure.
+TEST(AtomicFile, PathUnderARegularFileIsInvalidArgument) {
+  const std::string file = TempDir() + "/plain_file";
+  std::ofstream(file) << "x";
+  absl::Status s = CheckReplaceable(file + "/out.json");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(std::string(s.message()).find("is a file, not a directory"), std::string::npos) << s;
+}
+
 TEST(AtomicFile, AbandonedWriterLeavesOldFile) {
   const std::string dir = TempDir(), path = dir + "/b.bin";
   ASSERT_TRUE(WriteFileAtomically(path, "old").ok());
