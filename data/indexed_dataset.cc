@@ -376,6 +376,7 @@ absl::StatusOr<std::unique_ptr<IndexedDatasetWriter>> IndexedDatasetWriter::Crea
     return absl::InvalidArgumentError(
         absl::StrCat(prefix, ".bin: token files hold an integer dtype, not ", IndexedDTypeName(dtype)));
   }
+  if (absl::Status s = CheckReplaceable(prefix + ".idx"); !s.ok()) return s;
   auto w = std::unique_ptr<IndexedDatasetWriter>(new IndexedDatasetWriter(prefix, dtype));
   if (absl::Status s = w->bin_.Open(prefix + ".bin"); !s.ok()) return s;
   return w;
@@ -441,8 +442,13 @@ absl::Status IndexedDatasetWriter::Finish() {
   put(lengths_.data(), 4 * s);
   put(pointers_.data(), 8 * s);
   put(document_indices_.data(), 8 * d);
+  // The .idx's temporary file first: a PREFIX.idx that became unreplaceable since Create fails here, before
+  // the .bin is renamed over an existing one.
+  AtomicFileWriter idx_file;
+  if (absl::Status st = idx_file.Open(prefix_ + ".idx"); !st.ok()) return st;
+  if (absl::Status st = idx_file.Append(idx); !st.ok()) return st;
   if (absl::Status st = bin_.Commit(); !st.ok()) return st;
-  return WriteFileAtomically(prefix_ + ".idx", idx);
+  return idx_file.Commit();
 }
 
 }  // namespace fathom

@@ -110,12 +110,15 @@ class IndexedDataset final : public TokenDocuments {
 };
 
 // Writes PREFIX.bin and PREFIX.idx the way Megatron's MMapIndexedDatasetBuilder does. The .bin is streamed
-// to a temporary file; Finish writes the .idx and renames both into place (framework/file_io.h: .bin
-// first, then .idx, each atomically). Destroying an unfinished writer leaves no file behind.
+// to a temporary file; Finish writes the .idx to its own temporary file and renames both into place
+// (framework/file_io.h: .bin first, then .idx, each atomically). Both destinations are checked before
+// anything is written (Create) and again before the renames, so a PREFIX.idx that cannot be replaced
+// leaves an existing PREFIX.bin untouched. Destroying an unfinished writer leaves no file behind.
 // Memory: 20 bytes per sequence (the index is kept until Finish). One thread at a time.
 class IndexedDatasetWriter {
  public:
-  // Errors: a float dtype (InvalidArgument); an unwritable PREFIX.bin (framework/file_io.h's errors).
+  // Errors: a float dtype (InvalidArgument); a PREFIX.bin or PREFIX.idx that cannot be written or replaced
+  // (framework/file_io.h's errors).
   static absl::StatusOr<std::unique_ptr<IndexedDatasetWriter>> Create(const std::string& prefix,
                                                                       IndexedDType dtype);
 

@@ -2,6 +2,7 @@
 // the byte tokenizer (data/tokenizer.h). The .bin/.idx layout is Megatron's own (data/indexed_dataset.h),
 // so Megatron's reader reads the output too (tests/data/read_megatron.py checks it the way Megatron does).
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -19,6 +20,7 @@
 #include "data/hdf5_dataset.h"
 #include "data/indexed_dataset.h"
 #include "data/tokenizer.h"
+#include "framework/file_io.h"
 #include "launch/commands.h"
 #include "parallel/fault.h"
 
@@ -85,6 +87,11 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args) {
     return absl::InvalidArgumentError("give exactly one of --input FILE.jsonl and --demo-corpus");
   }
   if (o.output_prefix.empty()) return absl::InvalidArgumentError("--output-prefix is required");
+  if (o.output_prefix.back() == '/') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--output-prefix '", o.output_prefix, "' names a directory; give a file prefix inside it, e.g. '",
+        o.output_prefix, "corpus' for corpus.bin and corpus.idx"));
+  }
   if (o.format != "megatron" && o.format != "hdf5") {
     return absl::InvalidArgumentError(
         absl::StrCat("--format must be megatron or hdf5, got '", o.format, "'"));
@@ -98,7 +105,26 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--eod-id must be a token id of the byte tokenizer, in [0, ", kByteVocab, "); got '", eod_text, "'"));
   }
+  if (!eod_text.empty() && !o.append_eod) {
+    return absl::InvalidArgumentError("--eod-id chooses the token --append-eod appends; add --append-eod");
+  }
   if (o.json_key.empty()) return absl::InvalidArgumentError("--json-key must not be empty");
+  if (!o.input.empty()) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(o.input, ec)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--input ", o.input,
+                       std::filesystem::exists(o.input, ec) ? " is not a regular file" : " does not exist",
+                       "; expected a JSON-lines file (one {\"", o.json_key, "\": ...} object per line)"));
+    }
+    const std::vector<std::string> suffixes =
+        o.format == "hdf5" ? std::vector<std::string>{".h5"} : std::vector<std::string>{".bin", ".idx"};
+    for (const std::string& suffix : suffixes) {
+      if (absl::Status s = CheckNotAnInput(o.output_prefix + suffix, {o.input}, "--output-prefix"); !s.ok()) {
+        return s;
+      }
+    }
+  }
   return o;
 }
 

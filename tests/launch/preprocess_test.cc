@@ -178,6 +178,7 @@ TEST(PreprocessTest, BadInputExits2WritesNothingAndKeepsOldOutput) {
   std::ofstream(dir / "no_key.jsonl") << "{\"body\": \"abc\"}\n";
   std::ofstream(dir / "not_string.jsonl") << "{\"text\": 12}\n";
   std::ofstream(dir / "empty.jsonl") << "\n{\"text\": \"\"}\n";
+  std::ofstream(dir / "doc.bin") << "{\"text\": \"a JSON-lines file with an unlucky name\"}\n";
   ASSERT_EQ(
       RunFathom("preprocess --input " + dir / "good.jsonl" + " --output-prefix " + dir / "out").exit_code, 0);
   const std::string old_bin = testing::ReadFileBytes(dir / "out.bin"),
@@ -193,7 +194,7 @@ TEST(PreprocessTest, BadInputExits2WritesNothingAndKeepsOldOutput) {
       {"--input " + dir / "no_key.jsonl" + out, {dir / "no_key.jsonl:1:", "the key \"text\""}},
       {"--input " + dir / "not_string.jsonl" + out, {"\"text\" must be a string, found number"}},
       {"--input " + dir / "empty.jsonl" + out, {"no non-empty documents; nothing written"}},
-      {"--input " + dir / "missing.jsonl" + out, {dir / "missing.jsonl", "cannot open"}},
+      {"--input " + dir / "missing.jsonl" + out, {dir / "missing.jsonl", "does not exist"}},
       {"--input " + dir / "good.jsonl" + " --output-prefix " + dir / "no/such/dir/x", {"does not exist"}},
       {"--input " + dir / "good.jsonl", {"--output-prefix is required"}},
       {"--demo-corpus --input " + dir / "good.jsonl" + out, {"exactly one of --input"}},
@@ -202,6 +203,12 @@ TEST(PreprocessTest, BadInputExits2WritesNothingAndKeepsOldOutput) {
       {"--demo-corpus" + out + " --format parquet", {"--format must be megatron or hdf5"}},
       {"--demo-corpus" + out + " --shuffle", {"unknown argument '--shuffle'"}},
       {"--demo-corpus --output-prefix", {"--output-prefix needs a value"}},
+      {"--input " + dir.path() + out, {"is not a regular file", "expected a JSON-lines file"}},
+      {"--input " + dir / "good.jsonl" + " --output-prefix " + dir / "good.jsonl/x",
+       {"is a file, not a directory"}},
+      {"--demo-corpus --output-prefix " + dir.path() + "/", {"names a directory; give a file prefix"}},
+      {"--demo-corpus" + out + " --eod-id 5", {"add --append-eod"}},
+      {"--input " + dir / "doc.bin" + " --output-prefix " + dir / "doc", {"an input of this command"}},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.args);
@@ -212,6 +219,22 @@ TEST(PreprocessTest, BadInputExits2WritesNothingAndKeepsOldOutput) {
   }
   EXPECT_EQ(testing::ReadFileBytes(dir / "out.bin"), old_bin);
   EXPECT_EQ(testing::ReadFileBytes(dir / "out.idx"), old_idx);
+}
+
+// PREFIX.idx that cannot be replaced (a symlink) is found before PREFIX.bin is touched: the existing dataset
+// stays whole (it used to lose its .bin to the new corpus, leaving a .bin/.idx pair that did not match).
+TEST(PreprocessTest, UnreplaceableIdxLeavesTheExistingBinUntouched) {
+  ScratchDir dir;
+  std::ofstream(dir / "good.jsonl") << "{\"text\": \"abc\"}\n";
+  ASSERT_EQ(RunFathom("preprocess --demo-corpus --output-prefix " + dir / "ds").exit_code, 0);
+  const std::string old_bin = testing::ReadFileBytes(dir / "ds.bin");
+  std::filesystem::rename(dir / "ds.idx", dir / "real.idx");
+  std::filesystem::create_symlink("real.idx", dir / "ds.idx");
+  RunResult r = RunFathom("preprocess --input " + dir / "good.jsonl" + " --output-prefix " + dir / "ds");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("ds.idx is a symbolic link"));
+  EXPECT_EQ(testing::ReadFileBytes(dir / "ds.bin"), old_bin);
+  EXPECT_TRUE(std::filesystem::is_symlink(dir / "ds.idx"));
 }
 
 }  // namespace
