@@ -1,13 +1,83 @@
 #include "launch/job_start.h"
 
-#include <iostream>
+#include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "checkpoint/hf_export.h"
 #include "parallel/fault.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/rank_agreement.h"
 
 namespace fathom {
+namespace {
+
+constexpr double kDefaultMpiInitTimeoutS = 600;
+
+// FATHOM_MPI_INIT_TIMEOUT_S, or the default; InvalidArgument for anything but a positive number.
+absl::StatusOr<double> MpiInitTimeoutSeconds() {
+  const char* text = std::getenv("FATHOM_MPI_INIT_TIMEOUT_S");
+  if (text == nullptr || *text == '\0') return kDefaultMpiInitTimeoutS;
+  double seconds = 0;
+  if (!absl::SimpleAtod(text, &seconds) || !(seconds > 0) || seconds > 1e9) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FATHOM_MPI_INIT_TIMEOUT_S='", text, "' must be a positive number of seconds"));
+  }
+  return seconds;
+}
+
+// MpiInit under a deadline: a thread waits for it and ends the process when it has not returned in time
+// (a rank that cannot join leaves MPI_Init blocked with no way to interrupt it from inside).
+void MpiInitWithDeadline(const std::string& command, double seconds) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread deadline([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (cv.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return done; })) return;
+    const std::string message = absl::StrCat(
+        command, ": MPI start-up did not complete within ", seconds,
+        " s (FATHOM_MPI_INIT_TIMEOUT_S): a rank of the job did not start, or stalled before joining it; "
+        "check that every node can start the job\n");
+    [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, message.data(), message.size());
+    std::_Exit(kExitFailure);
+  });
+  MpiInit(nullptr, nullptr);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+  }
+  cv.notify_one();
+  deadline.join();
+}
+
+// `dir` made (mkdir -p) and writable, for the recipe key `key`.
+absl::Status PrepareDirectory(const Recipe& recipe, const std::string& dir, const char* key) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (!fs::is_directory(dir)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        recipe.path, ": ", key, " '", dir, "' is not a directory and cannot be created",
+        ec ? absl::StrCat(" (", ec.message(), ")") : "", "; expected a directory path fathom may write to"));
+  }
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(recipe.path, ": ", key, " '", dir, "' is not writable: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 Job StartJob(const std::string& command) {
   Job job;
@@ -22,7 +92,12 @@ Job StartJob(const std::string& command) {
   job.node.local_rank = 0;
   job.node.local_size = 1;
   if (job.mpi) {
-    MpiInit(nullptr, nullptr);
+    absl::StatusOr<double> init_timeout = MpiInitTimeoutSeconds();
+    if (!init_timeout.ok()) {
+      std::cerr << command << ": " << init_timeout.status().message() << "\n";  // before MPI, as above
+      std::exit(kExitInvalidInput);
+    }
+    MpiInitWithDeadline(command, *init_timeout);
     job.node = LaunchEnvFromMpi();
     // A mismatch typically leaves every process alone in a world of one: each of them is its world's
     // rank 0 and says it, which is the honest picture of such a launch.
@@ -50,6 +125,26 @@ Recipe LoadRecipeOnAllRanks(const std::string& command, const CommandLine& cl, C
   }
   world.set_timeout_seconds(recipe->parallel.timeout_s);
   return *std::move(recipe);
+}
+
+absl::Status PrepareRunPaths(const Recipe& recipe, Communicator& world) {
+  absl::Status local;
+  if (world.rank() == 0) {
+    if (!recipe.checkpoint.dir.empty())
+      local = PrepareDirectory(recipe, recipe.checkpoint.dir, "checkpoint.dir");
+    if (local.ok() && !recipe.train.log_dir.empty()) {
+      local = PrepareDirectory(recipe, recipe.train.log_dir, "train.log_dir");
+    }
+    if (local.ok() && !recipe.data.tokenizer_dir.empty()) {
+      absl::StatusOr<std::vector<std::string>> files = TokenizerFiles(recipe.data.tokenizer_dir);
+      if (!files.ok()) {
+        local = absl::InvalidArgumentError(absl::StrCat(recipe.path,
+                                                        ": data.tokenizer_dir: ", files.status().message(),
+                                                        " (fathom export copies it beside the weights)"));
+      }
+    }
+  }
+  return AgreeOnStatus(world, local);
 }
 
 std::string FormatResolvedRecipe(const Recipe& recipe) {

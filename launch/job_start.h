@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "framework/config.h"
 #include "launch/command_line.h"
 #include "parallel/communicator.h"
@@ -29,6 +30,10 @@ struct Job {
 // --mpi=pmix` or `mpirun`); the world communicator ("local" without a launcher); FATHOM_TEST_FAULT
 // against the world size (CheckTestFault). `command` ("fathom train") prefixes every message. Returns
 // only when all passed.
+// MPI's start-up has a deadline of its own, outside the communicators' watchdog: a rank that never starts
+// or stalls before joining would otherwise leave every other rank waiting in MPI_Init forever. Past
+// FATHOM_MPI_INIT_TIMEOUT_S seconds (default 600; a malformed value is refused, exit 2) a waiting rank
+// says so and exits 1, and the launcher ends the job.
 Job StartJob(const std::string& command);
 
 // Loads the recipe of `cl` on every rank (LoadRecipe), agrees on the outcome (AgreeOnStatus: a rank that
@@ -36,6 +41,13 @@ Job StartJob(const std::string& command);
 // (CheckSameRecipeOnAllRanks), and sets the world's watchdog deadline to parallel.timeout_s. Ends the job
 // with exit 2 on any failure.
 Recipe LoadRecipeOnAllRanks(const std::string& command, const CommandLine& cl, Communicator& world);
+
+// The places a training run writes to, or reads only late, checked at start-up so that a path that cannot
+// work is bad input (exit 2) before the model is built, not a failure after the first hours of training:
+// checkpoint.dir and train.log_dir are created (as `mkdir -p` does) and must be writable directories;
+// data.tokenizer_dir (copied by `fathom export`) must hold a tokenizer. Rank 0 checks (the directories
+// are shared by the job) and every rank returns its verdict (AgreeOnStatus).
+absl::Status PrepareRunPaths(const Recipe& recipe, Communicator& world);
 
 // The resolved recipe, framed for a log: "# recipe as run (PATH after --set, defaults filled in):",
 // ResolvedRecipeYaml, "# end of recipe". Rank 0 prints it at start-up so that a run documents itself.

@@ -47,6 +47,7 @@ int RunTrain(const std::vector<std::string>& args) {
   const Recipe recipe = LoadRecipeOnAllRanks("fathom train", *parsed, *job.world);
   const bool logs = job.world->rank() == 0;
   if (logs) std::cout << FormatResolvedRecipe(recipe) << std::flush;
+  if (absl::Status s = PrepareRunPaths(recipe, *job.world); !s.ok()) Reject(s);
   absl::StatusOr<MeshLayout> layout =
       MeshLayout::Create(job.world->size(), recipe.parallel.pp, recipe.parallel.ep);
   if (!layout.ok()) Reject(layout.status());  // names parallel.pp / parallel.ep and the world size

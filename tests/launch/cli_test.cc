@@ -1,16 +1,17 @@
 // The fathom binary end to end: bad input gives one message naming the key and exit code 2; the tiny recipe
 // trains and its loss falls well below ln(vocab).
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <regex>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <chrono>
 #include <string>
 #include <utility>
 #include <vector>
@@ -219,6 +220,67 @@ TEST(Cli, TraceOntoASymlinkOrADeviceIsRefusedAndUntouched) {
 }
 
 // Issue 17: a fault test must never run without its fault.
+// An output path that is one of the command's inputs is refused before any work, and the input is kept:
+// the recipe, the cluster file, the token file of `fathom logits`.
+TEST(Cli, OutputOntoAnInputIsRefusedAndTheInputKept) {
+  const std::string dir = ::testing::TempDir() + "/out_onto_input";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string recipe = dir + "/tiny.yaml", cluster = dir + "/cluster.yaml";
+  std::filesystem::copy_file(kTiny, recipe);
+  std::filesystem::copy_file(FATHOM_SOURCE_DIR "/recipes/clusters/h100-8.yaml", cluster);
+  std::filesystem::create_symlink("tiny.yaml", dir + "/alias.yaml");
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  const std::string recipe_text = read(recipe), cluster_text = read(cluster);
+  const std::vector<std::string> commands = {
+      "plan " + recipe + " --set train.global_batch_size=16 --cluster " + cluster + " --out " + recipe,
+      "plan " + recipe + " --set train.global_batch_size=16 --cluster " + cluster + " --out " + dir +
+          "/alias.yaml",
+      "simulate " + recipe + " --cluster " + cluster + " --trace " + cluster,
+      "train " + recipe + " --set train.steps=2 --set train.trace=" + recipe,
+      "logits " + dir + " --tokens " + recipe + " --out " + recipe,
+  };
+  for (const std::string& command : commands) {
+    SCOPED_TRACE(command);
+    RunResult r = RunFathom(command);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("an input of this command"), std::string::npos) << r.output;
+    EXPECT_EQ(read(recipe), recipe_text);
+    EXPECT_EQ(read(cluster), cluster_text);
+  }
+}
+
+// The directories a run writes to late, and the tokenizer `fathom export` copies, are checked at start-up:
+// exit 2 before the first step, not exit 1 at the first checkpoint after hours of training.
+TEST(Cli, UnusableRunPathsExit2AtStartUp) {
+  const std::string dir = ::testing::TempDir() + "/run_paths";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/afile") << "a file";
+  const std::string train = std::string("train ") + kTiny + " --set train.steps=50 --set ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"checkpoint.dir=" + dir + "/afile/sub --set checkpoint.save_every=40", "checkpoint.dir '"},
+      {"train.log_dir=" + dir + "/afile", "train.log_dir '"},
+      {"data.tokenizer_dir=" + dir + "/no_such_dir", "data.tokenizer_dir: tokenizer directory"},
+      {"data.tokenizer_dir=" + dir, "holds none of tokenizer.json"},
+  };
+  for (const auto& [set, expect] : cases) {
+    SCOPED_TRACE(set);
+    RunResult r = RunFathom(train + set);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(expect), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("| lm "), std::string::npos) << "trained before refusing:\n" << r.output;
+  }
+  // A directory that does not exist yet is made.
+  RunResult r = RunFathom(std::string("train ") + kTiny + " --set train.steps=1 --set train.log_dir=" + dir +
+                          "/new/logs");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::is_directory(dir + "/new/logs"));
+}
+
 TEST(Cli, BadTestFaultValuesAreRefused) {
   for (const auto& [value, needle] : std::vector<std::pair<std::string, std::string>>{
            {"7:1", "FATHOM_TEST_FAULT='7:1' names rank 7, but the world has 1 rank(s)"},

@@ -55,6 +55,26 @@ TEST(MpiCli, RankDyingMidStepEndsTheJobNamingTheRank) {
   EXPECT_LT(r.seconds, 45);
 }
 
+// A rank that stalls before it joins MPI (here: it sleeps before starting fathom) would leave the others
+// in MPI_Init forever, outside the communicators' watchdog; FATHOM_MPI_INIT_TIMEOUT_S ends the job.
+TEST(MpiCli, RankStallingBeforeMpiStartUpEndsTheJobAtTheDeadline) {
+  RunResult r =
+      MpiRun(2,
+             "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then sleep 50; fi; exec " FATHOM_BINARY " train " +
+                 kTiny + " --set train.steps=2'",
+             "FATHOM_MPI_INIT_TIMEOUT_S=3", /*fathom=*/false);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.exit_code, 124) << "hung: " << r.output;
+  EXPECT_NE(r.output.find("MPI start-up did not complete within 3 s (FATHOM_MPI_INIT_TIMEOUT_S)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_LT(r.seconds, 30);
+  r = MpiRun(2, "train " + kTiny, "FATHOM_MPI_INIT_TIMEOUT_S=soon");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("FATHOM_MPI_INIT_TIMEOUT_S='soon' must be a positive number"), std::string::npos)
+      << r.output;
+}
+
 // Issue 17: one rank given another learning rate (an environment-dependent --set in a wrapper) is refused
 // at start-up, naming the key, both values and the ranks, once.
 TEST(MpiCli, DifferingLearningRateOnOneRankExits2NamingIt) {
