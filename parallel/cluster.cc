@@ -130,15 +130,8 @@ absl::StatusOr<ClusterConfig> ParseCluster(const std::string& yaml_text, const s
                                              "efficiency"};
   try {
     YamlMapReader r(*doc);
-    for (const std::string& key : required) {
-      if (!r.Has(key)) {
-        return Invalid(
-            absl::StrCat(origin, ": missing key '", key, "' (a cluster file sets every one of: ",
-                         "nodes, gpus_per_node, hbm_gib, hbm_tbps, peak_bf16_tflops, peak_fp8_tflops, ",
-                         "nvlink_gbps, network_gbps_per_gpu, network_latency_us, nvlink_latency_us, ",
-                         "memory_reserve_gib, comm_sm_fraction, efficiency)"));
-      }
-    }
+    // Not a map or a duplicate key: said before anything is looked up.
+    if (!r.status().ok()) return r.status();
     r.String("name", &c.name);
     r.String("gpu", &c.gpu);
     r.Count("nodes", &c.nodes);
@@ -208,7 +201,17 @@ absl::StatusOr<ClusterConfig> ParseCluster(const std::string& yaml_text, const s
       eff->Double("comm", &c.efficiency.comm);
       r.Merge(eff->Finish());
     }
+    // Unknown keys first (a misspelled key is named with the one it resembles), then the missing ones.
     if (absl::Status s = r.Finish(); !s.ok()) return s;
+    for (const std::string& key : required) {
+      if (!r.Has(key)) {
+        return Invalid(
+            absl::StrCat(origin, ": missing key '", key, "' (a cluster file sets every one of: ",
+                         "nodes, gpus_per_node, hbm_gib, hbm_tbps, peak_bf16_tflops, peak_fp8_tflops, ",
+                         "nvlink_gbps, network_gbps_per_gpu, network_latency_us, nvlink_latency_us, ",
+                         "memory_reserve_gib, comm_sm_fraction, efficiency)"));
+      }
+    }
   } catch (const YAML::Exception& e) {
     return Invalid(absl::StrCat(origin, ": YAML error: ", std::string(e.what())));
   }

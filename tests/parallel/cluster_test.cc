@@ -105,6 +105,16 @@ TEST(Cluster, UnknownKeyIsNamed) {
   EXPECT_THAT(ErrorOf(Edited("  gemm: 0.55", "  gemm: 0.55\n  gem: 0.5")), HasSubstr("gem"));
 }
 
+// A misspelled required key is named as the unknown key it is (with the one it resembles), not as the
+// missing one; a duplicate key and a document that is not a map are said as such.
+TEST(Cluster, MisspelledDuplicateAndNonMapAreSaidAsSuch) {
+  const std::string misspelled = ErrorOf(Edited("hbm_gib: 80", "hbm_gb: 80"));
+  EXPECT_THAT(misspelled, HasSubstr("'hbm_gb'"));
+  EXPECT_THAT(misspelled, HasSubstr("did you mean 'hbm_gib'"));
+  EXPECT_THAT(ErrorOf(Edited("nodes: 256", "nodes: 256\nnodes: 128")), HasSubstr("duplicate key 'nodes'"));
+  EXPECT_THAT(ErrorOf("just a sentence, not a cluster\n"), HasSubstr("expected a map"));
+}
+
 TEST(Cluster, WrongTypeIsNamed) {
   EXPECT_THAT(ErrorOf(Edited("gpus_per_node: 8", "gpus_per_node: eight")), HasSubstr("gpus_per_node"));
   EXPECT_THAT(ErrorOf(Edited("nodes: 256", "nodes: 2.5")), HasSubstr("nodes"));
