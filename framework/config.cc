@@ -6,6 +6,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <limits>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <utility>
@@ -225,13 +226,83 @@ void ParseCheckpoint(YamlMapReader& r, CheckpointConfig* c) {
   r.Bool("async", &c->async);
 }
 
-// Parses one section into `config` when present; errors are recorded in `root`.
+// Where a key that section `section` does not know lives instead, for the unknown-key message: the names
+// Megatron-Core and TorchTitan users bring along, then the same key in another section (train.lr ->
+// optim.lr). "" when nothing fits.
+std::string KeyElsewhere(const std::string& section, const std::string& key) {
+  static const std::map<std::string, std::string> kForeign = {
+      {"learning_rate", "optim.lr"},
+      {"min_learning_rate", "optim.min_lr"},
+      {"lr_warmup_iters", "optim.warmup_steps"},
+      {"warmup", "optim.warmup_steps"},
+      {"clip_grad", "optim.grad_clip"},
+      {"max_norm", "optim.grad_clip"},
+      {"train_iters", "train.steps"},
+      {"training_steps", "train.steps"},
+      {"seq_length", "train.seq_len"},
+      {"global_batch", "train.global_batch_size"},
+      {"micro_batches", "parallel.micro_batches"},
+      {"num_microbatches", "parallel.micro_batches"},
+      {"pipeline_model_parallel_size", "parallel.pp"},
+      {"pipeline_parallel_degree", "parallel.pp"},
+      {"expert_model_parallel_size", "parallel.ep"},
+      {"expert_parallel_degree", "parallel.ep"},
+      {"save_interval", "checkpoint.save_every"},
+      {"interval", "checkpoint.save_every"},
+      {"load", "checkpoint.resume"},
+  };
+  static const std::map<std::string, std::string> kAbsent = {
+      {"dp", "data parallelism is not set: it is the world size / parallel.pp (dp = ep x edp)"},
+      {"data_parallel_size",
+       "data parallelism is not set: it is the world size / parallel.pp (dp = ep x edp)"},
+      {"data_parallel_shard_degree",
+       "data parallelism is not set: it is the world size / parallel.pp (ZeRO-1 shards the optimizer state)"},
+      {"tp", "fathom has no tensor parallelism, by design (pipeline x expert x data parallelism)"},
+      {"tensor_model_parallel_size",
+       "fathom has no tensor parallelism, by design (pipeline x expert x data "
+       "parallelism)"},
+      {"tensor_parallel_degree",
+       "fathom has no tensor parallelism, by design (pipeline x expert x data "
+       "parallelism)"},
+      {"cp", "fathom has no context parallelism"},
+      {"context_parallel_degree", "fathom has no context parallelism"},
+  };
+  if (auto it = kAbsent.find(key); it != kAbsent.end()) return it->second;
+  std::string target;
+  if (auto it = kForeign.find(key); it != kForeign.end()) {
+    target = it->second;
+  } else {
+    // Every key of every section, as the resolved recipe lists them ("  key: value" under "section:").
+    std::string current;
+    std::istringstream lines(ResolvedRecipeYaml(Recipe{}));
+    for (std::string line; std::getline(lines, line);) {
+      if (!line.empty() && line[0] != ' ' && line.back() == ':') current = line.substr(0, line.size() - 1);
+      if (line.rfind("  ", 0) == 0 && line.size() > 2 && line[2] != ' ' &&
+          line.substr(2, line.find(':') - 2) == key && current != section) {
+        target = current + "." + key;
+        break;
+      }
+    }
+  }
+  return target.empty() ? "" : absl::StrCat("it is '", target, "' in fathom");
+}
+
+// Parses one section into `config` when present; errors are recorded in `root`. An unknown key that
+// belongs elsewhere says where (KeyElsewhere).
 template <class Config>
-void ParseSection(YamlMapReader& root, std::optional<YamlMapReader>& section,
+void ParseSection(YamlMapReader& root, std::optional<YamlMapReader>& section, const std::string& name,
                   void (*parse)(YamlMapReader&, Config*), Config* config) {
   if (!section || !root.status().ok()) return;
   parse(*section, config);
-  root.Merge(section->Finish());
+  absl::Status s = section->Finish();
+  if (std::optional<std::string> key = section->FirstUnknownKey(); !s.ok() && key) {
+    if (const std::string hint = KeyElsewhere(name, *key); !hint.empty()) {
+      // The hint replaces the spelling suggestion ("parallel.tp: did you mean 'parallel.pp'?" misleads).
+      const std::string message(s.message());
+      s = absl::Status(s.code(), absl::StrCat(message.substr(0, message.find("; did you mean")), "; ", hint));
+    }
+  }
+  root.Merge(s);
 }
 
 // Sections in the order a recipe lists them; ParseRecipe reads them and ResolvedRecipeYaml writes them
@@ -246,13 +317,13 @@ void ParseSections(YamlMapReader& root, Recipe* recipe) {
   std::optional<YamlMapReader> checkpoint = root.Map("checkpoint");
   // Unknown sections first: a misspelt section name explains everything that follows.
   root.Merge(root.Finish());
-  ParseSection(root, model, ParseModel, &recipe->model);
-  ParseSection(root, parallel, ParseParallel, &recipe->parallel);
-  ParseSection(root, train, ParseTrain, &recipe->train);
-  ParseSection(root, optim, ParseOptim, &recipe->optim);
-  ParseSection(root, loss, ParseLoss, &recipe->loss);
-  ParseSection(root, data, ParseData, &recipe->data);
-  ParseSection(root, checkpoint, ParseCheckpoint, &recipe->checkpoint);
+  ParseSection(root, model, "model", ParseModel, &recipe->model);
+  ParseSection(root, parallel, "parallel", ParseParallel, &recipe->parallel);
+  ParseSection(root, train, "train", ParseTrain, &recipe->train);
+  ParseSection(root, optim, "optim", ParseOptim, &recipe->optim);
+  ParseSection(root, loss, "loss", ParseLoss, &recipe->loss);
+  ParseSection(root, data, "data", ParseData, &recipe->data);
+  ParseSection(root, checkpoint, "checkpoint", ParseCheckpoint, &recipe->checkpoint);
 }
 
 // The required model keys the document (after the overrides) does not state, as "model.<key>".

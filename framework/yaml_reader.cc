@@ -548,6 +548,14 @@ std::optional<YamlMapReader> YamlMapReader::Map(const std::string& key) {
   return YamlMapReader(*doc_, e->value, KeyPath(key), e->mark);
 }
 
+std::optional<std::string> YamlMapReader::FirstUnknownKey() const {
+  if (!status_.ok()) return std::nullopt;
+  for (const Entry& e : entries_) {
+    if (!e.known) return e.key;
+  }
+  return std::nullopt;
+}
+
 absl::Status YamlMapReader::Finish() const {
   if (!status_.ok()) return status_;
   for (const Entry& e : entries_) {

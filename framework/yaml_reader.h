@@ -138,6 +138,9 @@ class YamlMapReader {
   // "unknown section 'modle' (sections: model, ...)"), else OK.
   absl::Status Finish() const;
   const absl::Status& status() const { return status_; }
+  // The first key (in document order) no read registered, as Finish reports it; nullopt when there is none
+  // or an error was recorded first.
+  std::optional<std::string> FirstUnknownKey() const;
 
  private:
   struct Entry {

@@ -319,6 +319,20 @@ TEST(ConfigTest, UnknownKeySuggestsClosest) {
                     HasSubstr("did you mean 'model.rope_scaling.factor'?")));
 }
 
+// A key that lives in another section, or under the name Megatron-Core / TorchTitan give it, says where it
+// is; data and tensor parallelism, which a recipe does not set, say why instead of a spelling suggestion.
+TEST(ConfigTest, UnknownKeyFromAnotherSectionOrStackSaysWhereItIs) {
+  EXPECT_THAT(InlineError("train:\n  lr: 0.1\n"),
+              AllOf(HasSubstr("unknown key 'train.lr'"), HasSubstr("it is 'optim.lr' in fathom")));
+  EXPECT_THAT(InlineError("data:\n  save_every: 3\n"), HasSubstr("it is 'checkpoint.save_every' in fathom"));
+  EXPECT_THAT(InlineError("optim:\n  learning_rate: 0.1\n"), HasSubstr("it is 'optim.lr' in fathom"));
+  EXPECT_THAT(InlineError("parallel:\n  tp: 2\n"),
+              AllOf(HasSubstr("no tensor parallelism"), Not(HasSubstr("did you mean"))));
+  EXPECT_THAT(InlineError("parallel:\n  dp: 2\n"),
+              AllOf(HasSubstr("it is the world size / parallel.pp"), Not(HasSubstr("did you mean"))));
+  EXPECT_THAT(InlineError("optim:\n  banana_split: 1\n"), Not(HasSubstr("in fathom")));
+}
+
 TEST(ConfigTest, UnknownSection) {
   const std::string msg = InlineError("modle:\n  hidden_size: 64\n");
   EXPECT_THAT(msg, AllOf(HasSubstr("inline.yaml:1"), HasSubstr("unknown section 'modle'"),
