@@ -221,6 +221,10 @@ absl::Status IndexedDataset::Validate() {
   for (int64_t i = 0; i < num_sequences_; ++i) {
     const int64_t len = sequence_length(i), ptr = sequence_pointer(i);
     if (len < 0) return Invalid(f, absl::StrCat("sequence ", i, " has length ", len, "; expected >= 0"));
+    if (ptr < 0) {
+      return Invalid(f, absl::StrCat("sequence ", i, " starts at byte offset ", ptr,
+                                     "; expected an offset into ", bin_path_, " (the index is corrupt)"));
+    }
     if (ptr < 0 || ptr > bin_bytes_ || len > (bin_bytes_ - ptr) / itemsize_) {
       return Invalid(bin_path_,
                      absl::StrCat("sequence ", i, " (", len, " ", IndexedDTypeName(dtype_),

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <limits>
 #include <ranges>
+#include <sstream>
+#include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -142,8 +144,18 @@ absl::StatusOr<YamlDocument> YamlDocument::Parse(const std::string& text, const 
   try {
     docs = YAML::LoadAll(text);
   } catch (const YAML::ParserException& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(origin, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg));
+    // The most common cause of yaml-cpp's terse messages in hand-written files: a tab among the indentation.
+    std::string hint;
+    if (e.mark.line >= 0) {
+      std::istringstream lines(text);
+      std::string line;
+      for (int i = 0; i <= e.mark.line && std::getline(lines, line); ++i) {
+      }
+      if (line.find('\t') != std::string::npos)
+        hint = " (this line holds a tab: YAML indents with spaces only)";
+    }
+    return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":", e.mark.column + 1,
+                                                   ": YAML syntax error: ", e.msg, hint));
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(origin, ": YAML error: ", std::string(e.what())));
   }

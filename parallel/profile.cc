@@ -172,10 +172,15 @@ absl::StatusOr<CalibrationProfile> ParseProfile(const std::string& yaml_text, co
   double estimated_gib = 0, measured_gib = 0;
   try {
     YamlMapReader r(*doc);
+    if (!r.status().ok()) return r.status();  // not a map, a duplicate key
     for (const char* key : {"source", "gpu", "shape", "gemm_tflops", "attention_tflops",
                             "elementwise_fraction", "optimizer_gbps", "activations"}) {
-      if (!r.Has(key))
-        return Invalid(origin, absl::StrCat("missing key '", key, "' (see parallel/profile.h)"));
+      if (!r.Has(key)) {
+        return Invalid(origin, absl::StrCat("missing key '", key,
+                                            "' (a calibration profile sets every one of: source, gpu, shape, "
+                                            "gemm_tflops, attention_tflops, elementwise_fraction, "
+                                            "optimizer_gbps, activations)"));
+      }
     }
     r.String("source", &p.source);
     r.String("gpu", &p.gpu);

@@ -333,6 +333,13 @@ TEST(ConfigTest, UnknownKeyFromAnotherSectionOrStackSaysWhereItIs) {
   EXPECT_THAT(InlineError("optim:\n  banana_split: 1\n"), Not(HasSubstr("in fathom")));
 }
 
+// yaml-cpp says "illegal map value" for a tab among the indentation; the message says what to fix.
+TEST(ConfigTest, TabInTheIndentationIsNamed) {
+  EXPECT_THAT(InlineError("train:\n\tsteps: 3\n"),
+              AllOf(HasSubstr("inline.yaml:2:"), HasSubstr("YAML indents with spaces only")));
+  EXPECT_THAT(InlineError("train:\n  steps: [3\n"), Not(HasSubstr("tab")));
+}
+
 TEST(ConfigTest, UnknownSection) {
   const std::string msg = InlineError("modle:\n  hidden_size: 64\n");
   EXPECT_THAT(msg, AllOf(HasSubstr("inline.yaml:1"), HasSubstr("unknown section 'modle'"),
