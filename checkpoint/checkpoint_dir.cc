@@ -3,10 +3,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/checkpoint_index.h"
@@ -43,11 +46,37 @@ bool IsLeftoverName(const std::string& name) {
   return false;
 }
 
-bool IsCompleteCheckpoint(const std::string& path) {
+bool IsRegularFile(const std::string& path) {
   struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
+  return ::lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool IsRealDirectory(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool IsCompleteCheckpoint(const std::string& path) {
+  return IsRealDirectory(path) && IsRegularFile(absl::StrCat(path, "/", kIndexFileName));
+}
+
+// Why the step_<digits> entry `path` is not a complete checkpoint ("" when it is one).
+std::string WhyNotACheckpoint(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return "it cannot be read";
+  if (S_ISLNK(st.st_mode)) return "a symbolic link, not a directory fathom saved";
+  if (!S_ISDIR(st.st_mode)) return "not a directory";
   const std::string index = absl::StrCat(path, "/", kIndexFileName);
-  return ::lstat(index.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  if (::lstat(index.c_str(), &st) != 0)
+    return absl::StrCat("no ", kIndexFileName, " (an incomplete save, or not a fathom checkpoint)");
+  if (!S_ISREG(st.st_mode)) return absl::StrCat("its ", kIndexFileName, " is not a regular file");
+  return "";
+}
+
+// A leftover of this directory's protocol that fathom made: a marked (or empty) temporary, or a complete
+// checkpoint renamed aside to be pruned or replaced.
+bool IsOwnLeftover(const std::string& path) {
+  return IsOwnedDirectory(path) || (!absl::EndsWith(path, ".tmp") && IsCompleteCheckpoint(path));
 }
 
 // OK with false when `dir` does not exist; InvalidArgument when it is something other than a directory.
@@ -83,7 +112,71 @@ std::string CheckpointTmpPath(const std::string& dir, int64_t step) {
   return CheckpointPath(dir, step) + ".tmp";
 }
 
-absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(const std::string& dir) {
+absl::Status CreateOwnedDirectory(const std::string& path) {
+  std::error_code ec;
+  if (!fs::create_directory(path, ec) || ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create ", path, ec ? absl::StrCat(": ", ec.message()) : ": it exists"));
+  }
+  if (absl::Status s =
+          WriteFileAtomically(absl::StrCat(path, "/", kOwnedMarkerName),
+                              "a temporary directory of fathom's; it is removed when complete\n");
+      !s.ok()) {
+    return s;
+  }
+  return FsyncDirectory(DirectoryOf(path));
+}
+
+bool IsOwnedDirectory(const std::string& path) {
+  if (!IsRealDirectory(path)) return false;
+  if (IsRegularFile(absl::StrCat(path, "/", kOwnedMarkerName))) return true;
+  std::error_code ec;
+  return fs::is_empty(path, ec) && !ec;
+}
+
+absl::Status RemoveOwnedLeftover(const std::string& path, const std::string& purpose) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(path, ec))) return absl::OkStatus();
+  if (!IsOwnedDirectory(path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, " exists and fathom did not make it (it is not a directory holding ", kOwnedMarkerName,
+        "); fathom needs the name ", purpose, " and removes only its own leftovers: move it elsewhere"));
+  }
+  return RemoveOwnedTree(path);
+}
+
+absl::Status RemoveOwnedTree(const std::string& path) {
+  const std::string marker = absl::StrCat(path, "/", kOwnedMarkerName);
+  if (!IsRegularFile(marker)) {
+    if (absl::Status s = WriteFileAtomically(marker, "being removed by fathom\n"); !s.ok()) return s;
+  }
+  // Everything but the marker first: a crash midway leaves a directory still recognisably fathom's.
+  std::error_code ec;
+  std::vector<std::string> entries;
+  for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() != kOwnedMarkerName) entries.push_back(it->path().string());
+  }
+  if (ec) return absl::InternalError(absl::StrCat("cannot list ", path, ": ", ec.message()));
+  for (const std::string& e : entries) {
+    if (absl::Status s = RemoveTree(e); !s.ok()) return s;
+  }
+  return RemoveTree(path);
+}
+
+absl::Status DropOwnedMarker(const std::string& path) {
+  const std::string marker = absl::StrCat(path, "/", kOwnedMarkerName);
+  if (std::remove(marker.c_str()) != 0 && errno != ENOENT) {
+    return absl::InternalError(absl::StrCat("cannot remove ", marker, ": ", std::strerror(errno)));
+  }
+  return FsyncDirectory(path);
+}
+
+std::string DescribeSkipped(const SkippedStepEntry& entry) {
+  return absl::StrCat(entry.path, ": ", entry.reason);
+}
+
+absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(const std::string& dir,
+                                                             std::vector<SkippedStepEntry>* skipped) {
   absl::StatusOr<bool> exists = DirectoryExists(dir);
   if (!exists.ok()) return exists.status();
   std::vector<CheckpointEntry> out;
@@ -94,17 +187,26 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(const std::string& 
     std::optional<int64_t> step = ParseStepName(name);
     if (!step) continue;
     const std::string path = absl::StrCat(dir, "/", name);
-    if (IsCompleteCheckpoint(path)) out.push_back({*step, path});
+    if (IsCompleteCheckpoint(path)) {
+      out.push_back({*step, path});
+    } else if (skipped != nullptr) {
+      skipped->push_back({*step, path, WhyNotACheckpoint(path)});
+    }
   }
   if (ec)
     return absl::InternalError(absl::StrCat("cannot list checkpoint directory ", dir, ": ", ec.message()));
   std::sort(out.begin(), out.end(),
             [](const CheckpointEntry& a, const CheckpointEntry& b) { return a.step < b.step; });
+  if (skipped != nullptr) {
+    std::sort(skipped->begin(), skipped->end(),
+              [](const SkippedStepEntry& a, const SkippedStepEntry& b) { return a.step < b.step; });
+  }
   return out;
 }
 
-absl::StatusOr<std::optional<std::string>> FindLatestCheckpoint(const std::string& dir) {
-  absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(dir);
+absl::StatusOr<std::optional<std::string>> FindLatestCheckpoint(const std::string& dir,
+                                                                std::vector<SkippedStepEntry>* skipped) {
+  absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(dir, skipped);
   if (!all.ok()) return all.status();
   if (all->empty()) return std::optional<std::string>();
   return std::optional<std::string>(all->back().path);
@@ -122,7 +224,7 @@ absl::Status PruneCheckpoints(const std::string& dir, int64_t keep_last) {
     const std::string doomed = path + ".pruned";
     if (std::rename(path.c_str(), doomed.c_str()) != 0)
       return absl::InternalError(absl::StrCat("cannot rename ", path, " to ", doomed, " to prune it"));
-    if (absl::Status s = RemoveTree(doomed); !s.ok()) return s;
+    if (absl::Status s = RemoveOwnedTree(doomed); !s.ok()) return s;
   }
   return excess > 0 ? FsyncDirectory(dir) : absl::OkStatus();
 }
@@ -135,36 +237,75 @@ absl::Status CleanLeftovers(const std::string& dir, const std::string& keep) {
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     const std::string path = absl::StrCat(dir, "/", name);
-    if (IsLeftoverName(name) && path != keep) doomed.push_back(path);
+    // A leftover's name on something fathom did not make is not ours to delete.
+    if (IsLeftoverName(name) && path != keep && IsOwnLeftover(path)) doomed.push_back(path);
   }
   if (ec)
     return absl::InternalError(absl::StrCat("cannot list checkpoint directory ", dir, ": ", ec.message()));
   for (const std::string& path : doomed) {
-    if (absl::Status s = RemoveTree(path); !s.ok()) return s;
+    if (absl::Status s = RemoveOwnedTree(path); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<std::string>> ResolveResume(const CheckpointConfig& config) {
+absl::StatusOr<std::optional<std::string>> ResolveResume(const CheckpointConfig& config,
+                                                         std::vector<std::string>* warnings) {
   using Result = std::optional<std::string>;
-  if (config.resume == "none") return Result();
+  auto warn = [warnings](const std::vector<SkippedStepEntry>& skipped) {
+    if (warnings == nullptr) return;
+    for (const SkippedStepEntry& e : skipped) {
+      warnings->push_back(absl::StrCat("skipped ", DescribeSkipped(e)));
+    }
+  };
+  if (!config.dir.empty()) {
+    // Saving into a checkpoint would put step directories inside a committed one.
+    if (IsRegularFile(absl::StrCat(config.dir, "/", kIndexFileName))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("checkpoint.dir ", config.dir, " is itself a checkpoint (it holds ", kIndexFileName,
+                       "); set checkpoint.dir to its parent, or checkpoint.resume: ", config.dir));
+    }
+  }
+  if (config.resume == "none") {
+    if (config.dir.empty()) return Result();
+    // A fresh run among another run's checkpoints would replace some of them, keep the newer ones, and a
+    // later resume: auto would continue whichever is newest: the old run, possibly.
+    absl::StatusOr<std::vector<CheckpointEntry>> existing = ListCheckpoints(config.dir);
+    if (!existing.ok()) return existing.status();
+    if (!existing->empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint.resume: none, but checkpoint.dir ", config.dir, " already holds ", existing->size(),
+          " checkpoint(s), the newest ", existing->back().path,
+          "; a fresh run's checkpoints would mix with them: use an empty checkpoint.dir for a fresh run, "
+          "or checkpoint.resume: auto to continue from the newest"));
+    }
+    return Result();
+  }
   if (config.resume == "auto") {
     if (config.dir.empty()) return Result();
-    return FindLatestCheckpoint(config.dir);
+    std::vector<SkippedStepEntry> skipped;
+    absl::StatusOr<Result> latest = FindLatestCheckpoint(config.dir, &skipped);
+    if (latest.ok()) warn(skipped);
+    return latest;
   }
   const std::string& path = config.resume;
   if (IsCompleteCheckpoint(path)) return Result(path);
-  absl::StatusOr<std::optional<std::string>> latest = FindLatestCheckpoint(path);
-  if (latest.ok() && latest->has_value()) return latest;
+  std::vector<SkippedStepEntry> skipped;
+  absl::StatusOr<std::optional<std::string>> latest = FindLatestCheckpoint(path, &skipped);
+  if (latest.ok() && latest->has_value()) {
+    warn(skipped);
+    return latest;
+  }
   return absl::NotFoundError(absl::StrCat("checkpoint.resume: ", path,
                                           " is not a checkpoint (a directory with ", kIndexFileName,
                                           ") nor a directory of checkpoints (step_NNNNNNNN)"));
 }
 
 absl::StatusOr<std::optional<std::string>> ResolveResumeOnAllRanks(const CheckpointConfig& config,
-                                                                   Communicator& comm) {
+                                                                   Communicator& comm,
+                                                                   std::vector<std::string>* warnings) {
   absl::StatusOr<std::optional<std::string>> local =
-      comm.rank() == 0 ? ResolveResume(config) : absl::StatusOr<std::optional<std::string>>(std::nullopt);
+      comm.rank() == 0 ? ResolveResume(config, warnings)
+                       : absl::StatusOr<std::optional<std::string>>(std::nullopt);
   absl::Status agreed = AgreeOnStatus(comm, local.status());
   if (!agreed.ok()) return agreed;
   // ResolveResume never answers an empty path, so "" stands for "start fresh".

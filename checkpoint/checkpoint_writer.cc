@@ -34,10 +34,18 @@ bool IsDirectory(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-absl::Status RemoveTree(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot remove ", path, ": ", ec.message()));
+// A save may replace a complete checkpoint of its step, nothing else: a step directory without index.json
+// may be the only copy of something (a damaged checkpoint to be inspected, a user's directory).
+absl::Status CheckReplaceableStep(const std::string& final_path) {
+  std::vector<SkippedStepEntry> skipped;
+  absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(DirectoryOf(final_path), &skipped);
+  if (!all.ok()) return all.status();
+  for (const SkippedStepEntry& e : skipped) {
+    if (e.path != final_path) continue;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a save must replace ", DescribeSkipped(e),
+        "; fathom replaces only its own complete checkpoints: move it out of the checkpoint.dir"));
+  }
   return absl::OkStatus();
 }
 
@@ -48,16 +56,25 @@ absl::Status Rename(const std::string& from, const std::string& to) {
 }
 
 // Renames the finished `tmp` to `final_path`. A complete checkpoint already there (a run resumed from an
-// earlier step, or resume: none) is swapped out atomically (renameat2 RENAME_EXCHANGE), so a crash at any
-// moment leaves a complete checkpoint under that name; where the file system cannot exchange, it is
-// renamed aside to .replaced first (a crash between the two renames then leaves only the older
-// checkpoints). The old one is removed last.
+// earlier step) is swapped out atomically (renameat2 RENAME_EXCHANGE), so a crash at any moment leaves a
+// complete checkpoint under that name; where the file system cannot exchange, it is renamed aside to
+// .replaced first (a crash between the two renames then leaves only the older checkpoints). The old one is
+// marked as fathom's before the swap (so that wherever a crash leaves it, it is a leftover fathom may
+// remove) and removed last. Anything else under that name was refused by Prepare; it is refused again here
+// in case it appeared since. The new checkpoint loses its marker once it is in place.
 absl::Status RenameIntoPlace(const std::string& tmp, const std::string& final_path) {
   std::error_code ec;
-  if (!fs::exists(fs::symlink_status(final_path, ec))) return Rename(tmp, final_path);
+  if (!fs::exists(fs::symlink_status(final_path, ec))) {
+    if (absl::Status s = Rename(tmp, final_path); !s.ok()) return s;
+    return DropOwnedMarker(final_path);
+  }
+  if (absl::Status s = CheckReplaceableStep(final_path); !s.ok()) return s;
   const std::string replaced = final_path + ".replaced";
-  if (fs::exists(fs::symlink_status(replaced, ec))) {
-    if (absl::Status s = RemoveTree(replaced); !s.ok()) return s;
+  if (absl::Status s = RemoveOwnedLeftover(replaced, "to set the replaced checkpoint aside"); !s.ok())
+    return s;
+  if (absl::Status s = WriteFileAtomically(absl::StrCat(final_path, "/", kOwnedMarkerName), "replaced\n");
+      !s.ok()) {
+    return s;
   }
   if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) == 0) {
     if (absl::Status s = Rename(tmp, replaced); !s.ok()) return s;  // the old checkpoint, now at `tmp`
@@ -68,11 +85,13 @@ absl::Status RenameIntoPlace(const std::string& tmp, const std::string& final_pa
     return absl::InternalError(
         absl::StrCat("cannot exchange ", tmp, " with ", final_path, ": ", std::strerror(errno)));
   }
-  return RemoveTree(replaced);
+  if (absl::Status s = DropOwnedMarker(final_path); !s.ok()) return s;
+  return RemoveOwnedTree(replaced);
 }
 
-// Rank 0's half of "prepare": D exists as a directory, and D/step_N.tmp is new and empty.
-absl::Status PrepareOnRankZero(const std::string& dir, const std::string& tmp) {
+// Rank 0's half of "prepare": D exists as a directory, D/step_N is absent or a complete checkpoint (the
+// only thing a save may replace), and D/step_N.tmp is new, empty but for the marker.
+absl::Status PrepareOnRankZero(const std::string& dir, int64_t step) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (!IsDirectory(dir)) {
@@ -80,14 +99,17 @@ absl::Status PrepareOnRankZero(const std::string& dir, const std::string& tmp) {
                                                    " is not a directory and cannot be made one",
                                                    ec ? absl::StrCat(": ", ec.message()) : ""));
   }
-  if (fs::exists(fs::symlink_status(tmp, ec))) {
-    if (absl::Status s = RemoveTree(tmp); !s.ok()) return s;  // a crashed save of the same step
+  const std::string final_path = CheckpointPath(dir, step);
+  if (fs::exists(fs::symlink_status(final_path, ec))) {
+    if (absl::Status s = CheckReplaceableStep(final_path); !s.ok()) return s;
   }
-  if (!fs::create_directory(tmp, ec) || ec) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot create ", tmp, " in checkpoint.dir ", dir,
-                                                   ec ? absl::StrCat(": ", ec.message()) : ""));
+  const std::string tmp = CheckpointTmpPath(dir, step);
+  // A crashed save of the same step, if fathom's.
+  if (absl::Status s = RemoveOwnedLeftover(tmp, absl::StrCat("to save step ", step)); !s.ok()) return s;
+  if (absl::Status s = CreateOwnedDirectory(tmp); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(s.message(), " (in checkpoint.dir ", dir, ")"));
   }
-  return FsyncDirectory(dir);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -127,7 +149,7 @@ CheckpointWriter::~CheckpointWriter() {
 
 absl::Status CheckpointWriter::Prepare(int64_t step) {
   const std::string tmp = CheckpointTmpPath(dir_, step);
-  absl::Status local = comm_.rank() == 0 ? PrepareOnRankZero(dir_, tmp) : absl::OkStatus();
+  absl::Status local = comm_.rank() == 0 ? PrepareOnRankZero(dir_, step) : absl::OkStatus();
   if (absl::Status s = AgreeOnStatus(comm_, local); !s.ok()) return s;
   local = IsDirectory(tmp)
               ? absl::OkStatus()
@@ -211,7 +233,7 @@ absl::StatusOr<CheckpointSaveStats> CheckpointWriter::Commit(Pending& pending) {
   const auto start = std::chrono::steady_clock::now();
   absl::Status agreed = AgreeOnStatus(comm_, pending.result.status());
   if (!agreed.ok()) {
-    if (comm_.rank() == 0) RemoveTree(pending.tmp).IgnoreError();  // a leftover the next save removes anyway
+    if (comm_.rank() == 0) RemoveOwnedTree(pending.tmp).IgnoreError();  // the next save would, anyway
     return agreed;
   }
   Tensor seconds = Tensor::FromVector({pending.write_seconds}, {1}, DType::kF64);
@@ -221,7 +243,8 @@ absl::StatusOr<CheckpointSaveStats> CheckpointWriter::Commit(Pending& pending) {
   comm_.AllReduce(bytes, ReduceOp::kSum);
   std::vector<std::string> records = GatherStrings(comm_, RankWriteRecordToJson(*pending.result), 0);
   absl::Status local = comm_.rank() == 0 ? CommitOnRankZero(pending, records) : absl::OkStatus();
-  if (!local.ok() && comm_.rank() == 0 && IsDirectory(pending.tmp)) RemoveTree(pending.tmp).IgnoreError();
+  if (!local.ok() && comm_.rank() == 0 && IsDirectory(pending.tmp))
+    RemoveOwnedTree(pending.tmp).IgnoreError();
   if (absl::Status s = AgreeOnStatus(comm_, local); !s.ok()) return s;
   CheckpointSaveStats stats;
   stats.step = pending.metadata.step;

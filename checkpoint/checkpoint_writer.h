@@ -2,8 +2,10 @@
 // of them have (checkpoint/checkpoint_index.h for the format, checkpoint/checkpoint_dir.h for the names).
 //
 // Commit protocol (one save of step N into checkpoint.dir = D), every step collective over `comm`:
-//   1. prepare  rank 0 creates D if needed, removes a leftover D/step_N.tmp, creates it; every rank checks
-//               that it sees it (D must be shared by all ranks); all agree or all fail.
+//   1. prepare  rank 0 creates D if needed, refuses a D/step_N that is not a complete checkpoint (only
+//               those are replaced), removes its own leftover D/step_N.tmp (one it did not make is refused:
+//               checkpoint/checkpoint_dir.h), creates it with its marker; every rank checks that it sees
+//               it (D must be shared by all ranks); all agree or all fail.
 //   2. write    each rank writes D/step_N.tmp/rank_RRRRR.h5 (R = its rank in `comm`) from host memory,
 //               then fsyncs it and the directory (checkpoint/rank_file_writer.h).
 //   3. confirm  all ranks agree that every write succeeded; if one failed, all return its error and rank 0
@@ -32,8 +34,9 @@
 //
 // Errors: every rank returns the same absl::Status for a save (prepare, write, or commit failure): the
 // error of the lowest failing rank, "[rank R] " prefixed when R > 0; InvalidArgument when D cannot be used
-// (not a directory, not writable), Internal for I/O errors. The test hook FATHOM_TEST_FAULT="R:N:save"
-// (parallel/fault.h) kills rank R in the middle of its write of step N.
+// (not a directory, not writable, a step or leftover name taken by something fathom did not save),
+// Internal for I/O errors. The test hook FATHOM_TEST_FAULT="R:N:save" (parallel/fault.h) kills rank R in
+// the middle of its write of step N.
 //
 // Thread safety: the methods are called from the thread that owns `comm` (the main thread), in the same
 // order on every rank of `comm`. Destroying a writer with a save in flight waits for the background write

@@ -198,11 +198,16 @@ TEST_F(CheckpointTest, KeepLastPrunesOldOnesAndLeftoversGoWithTheNextSave) {
   ASSERT_EQ(all->size(), 2u);
   EXPECT_EQ((*all)[0].step, 3);
   EXPECT_EQ((*all)[1].step, 4);
-  // Leftovers of crashed saves and prunes, an incomplete directory and a user's file.
+  // Leftovers of crashed saves and prunes (fathom's: marked, or empty), an incomplete directory, a user's
+  // file, and a user's directory and file under leftover names (no marker: not ours to remove).
   fs::create_directories(Path("step_00000009.tmp/sub"));
+  testing::WriteFileBytes(Path("step_00000009.tmp/") + kOwnedMarkerName, "");
   fs::create_directories(Path("step_00000002.pruned"));
   fs::create_directories(Path("step_00000007"));  // no index.json: not a checkpoint, not ours to remove
   testing::WriteFileBytes(Path("notes.txt"), "mine");
+  fs::create_directories(Path("step_00000008.tmp"));
+  testing::WriteFileBytes(Path("step_00000008.tmp/notes.txt"), "also mine");
+  testing::WriteFileBytes(Path("step_00000001.replaced"), "a file");
   absl::StatusOr<std::optional<std::string>> latest = FindLatestCheckpoint(dir_);
   ASSERT_TRUE(latest.ok() && latest->has_value());
   EXPECT_EQ(**latest, Path("step_00000004"));
@@ -214,6 +219,92 @@ TEST_F(CheckpointTest, KeepLastPrunesOldOnesAndLeftoversGoWithTheNextSave) {
   EXPECT_TRUE(fs::exists(Path("step_00000005/index.json")));
   EXPECT_TRUE(fs::exists(Path("step_00000007")));
   EXPECT_EQ(testing::ReadFileBytes(Path("notes.txt")), "mine");
+  EXPECT_EQ(testing::ReadFileBytes(Path("step_00000008.tmp/notes.txt")), "also mine");
+  EXPECT_EQ(testing::ReadFileBytes(Path("step_00000001.replaced")), "a file");
+  // A committed checkpoint does not keep the marker its temporary had.
+  EXPECT_FALSE(fs::exists(Path("step_00000005/") + kOwnedMarkerName));
+}
+
+// A save replaces only fathom's own complete checkpoint of its step and removes only its own leftover
+// step_N.tmp: a step directory without index.json (a damaged save, a user's directory) or a step_N.tmp
+// fathom did not make is refused, naming the path, and left as it was.
+TEST_F(CheckpointTest, ASaveNeverReplacesWhatFathomDidNotMake) {
+  auto save = [&](int64_t step) {
+    CheckpointWriter writer(comm_, dir_, 0);
+    return writer.Save(MakeSources(table(), 0, table().numel(), 1), Metadata(step));
+  };
+  fs::create_directories(Path("step_00000005"));
+  testing::WriteFileBytes(Path("step_00000005/rank_00000.h5"), "damaged");
+  fs::create_directories(Path("step_00000006.tmp"));
+  testing::WriteFileBytes(Path("step_00000006.tmp/mine.txt"), "precious");
+  testing::WriteFileBytes(Path("step_00000007.tmp"), "a file");
+  const struct {
+    int64_t step;
+    std::string expect;
+  } cases[] = {{5, Path("step_00000005") + ": no index.json"},
+               {6, Path("step_00000006.tmp") + " exists and fathom did not make it"},
+               {7, Path("step_00000007.tmp") + " exists and fathom did not make it"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.step);
+    absl::StatusOr<CheckpointSaveStats> s = save(c.step);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(c.expect));
+  }
+  EXPECT_EQ(testing::ReadFileBytes(Path("step_00000005/rank_00000.h5")), "damaged");
+  EXPECT_EQ(testing::ReadFileBytes(Path("step_00000006.tmp/mine.txt")), "precious");
+  EXPECT_EQ(testing::ReadFileBytes(Path("step_00000007.tmp")), "a file");
+  EXPECT_FALSE(fs::exists(Path("step_00000006")));
+  // fathom's own leftover of the same step (marked) is replaced, as before.
+  fs::create_directories(Path("step_00000008.tmp"));
+  testing::WriteFileBytes(Path("step_00000008.tmp/") + kOwnedMarkerName, "");
+  testing::WriteFileBytes(Path("step_00000008.tmp/rank_00000.h5"), "half written");
+  ASSERT_TRUE(save(8).ok());
+  EXPECT_TRUE(fs::exists(Path("step_00000008/index.json")));
+  EXPECT_FALSE(fs::exists(Path("step_00000008.tmp")));
+}
+
+// What resume: auto skips is reported; a checkpoint.dir that is itself a checkpoint, and resume: none into
+// a directory of another run's checkpoints, are refused naming the path.
+TEST_F(CheckpointTest, ResumeReportsSkippedStepsAndRefusesAmbiguousDirectories) {
+  CheckpointConfig cfg;
+  cfg.dir = Path("run");
+  SaveAll(cfg.dir, 2, 1);
+  fs::create_directories(cfg.dir + "/step_00000004");  // an incomplete save: no index.json
+  testing::WriteFileBytes(cfg.dir + "/step_00000006", "a file");
+  cfg.resume = "auto";
+  std::vector<std::string> warnings;
+  absl::StatusOr<std::optional<std::string>> r = ResolveResume(cfg, &warnings);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->value_or(""), cfg.dir + "/step_00000002");
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_THAT(warnings[0], HasSubstr(cfg.dir + "/step_00000004: no index.json (an incomplete save"));
+  EXPECT_THAT(warnings[1], HasSubstr(cfg.dir + "/step_00000006: not a directory"));
+  warnings.clear();
+  ASSERT_TRUE(ResolveResumeOnAllRanks(cfg, comm_, &warnings).ok());
+  EXPECT_EQ(warnings.size(), 2u);
+
+  CheckpointConfig inside = cfg;
+  inside.dir = cfg.dir + "/step_00000002";
+  for (const char* resume : {"auto", "none"}) {
+    inside.resume = resume;
+    absl::StatusOr<std::optional<std::string>> bad = ResolveResume(inside);
+    ASSERT_FALSE(bad.ok()) << resume;
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(bad.status().message()),
+                HasSubstr("checkpoint.dir " + inside.dir +
+                          " is itself a checkpoint (it holds index.json); set checkpoint.dir to its parent, "
+                          "or checkpoint.resume: " +
+                          inside.dir));
+  }
+
+  cfg.resume = "none";
+  absl::StatusOr<std::optional<std::string>> none = ResolveResume(cfg);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("the newest " + cfg.dir + "/step_00000002"));
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("use an empty checkpoint.dir"));
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("checkpoint.resume: auto"));
 }
 
 TEST_F(CheckpointTest, SavingAStepAgainReplacesIt) {
@@ -245,8 +336,8 @@ TEST_F(CheckpointTest, ResumeChoices) {
   cfg.resume = "auto";
   EXPECT_EQ(ResolveResume(cfg)->value_or(""), cfg.dir + "/step_00000020");
   EXPECT_EQ(ResolveResumeOnAllRanks(cfg, comm_)->value_or(""), cfg.dir + "/step_00000020");
-  cfg.resume = "none";
-  EXPECT_FALSE(ResolveResume(cfg)->has_value());
+  cfg.resume = "none";  // a fresh run among another run's checkpoints: refused (see below)
+  EXPECT_EQ(ResolveResume(cfg).status().code(), absl::StatusCode::kInvalidArgument);
   cfg.resume = cfg.dir + "/step_00000010";
   EXPECT_EQ(ResolveResume(cfg)->value_or(""), cfg.dir + "/step_00000010");
   CheckpointConfig other;  // another run's directory of checkpoints: its newest
