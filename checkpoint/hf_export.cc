@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/fp8_blocks.h"
 #include "checkpoint/hf_directory.h"
 #include "framework/file_io.h"
@@ -53,13 +54,6 @@ int64_t Numel(const Shape& shape) {
 
 std::string ShardName(int64_t i, int64_t n) {
   return absl::StrFormat("model-%05d-of-%05d.safetensors", i, n);
-}
-
-absl::Status RemoveTree(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot remove ", path, ": ", ec.message()));
-  return absl::OkStatus();
 }
 
 // The model the checkpoint was saved from, from the HF-named copy of its config in index.json.
@@ -197,10 +191,14 @@ absl::Status FinishOnRankZero(const std::vector<HfShard>& shards, const ModelCon
     return absl::InternalError(
         absl::StrCat("cannot rename ", tmp, " to ", out_dir, ": ", std::strerror(errno)));
   }
-  return FsyncDirectory(DirectoryOf(out_dir));
+  if (absl::Status s = FsyncDirectory(DirectoryOf(out_dir)); !s.ok()) return s;
+  // Complete: the marker goes (a crash just before leaves a complete directory with one hidden file more).
+  return DropOwnedMarker(out_dir);
 }
 
-// HF_DIR is new or an empty directory, and HF_DIR.tmp is fresh and empty.
+// HF_DIR is new or an empty directory, and HF_DIR.tmp is fresh, empty but for fathom's marker. A leftover
+// HF_DIR.tmp is removed only when a fathom export made it (the marker): the name is common enough to be a
+// user's own.
 absl::Status PrepareOnRankZero(const std::string& out_dir, const std::string& tmp) {
   std::error_code ec;
   const fs::file_status st = fs::symlink_status(out_dir, ec);
@@ -213,16 +211,18 @@ absl::Status PrepareOnRankZero(const std::string& out_dir, const std::string& tm
           "--out ", out_dir, " exists and is not empty; export into a new directory (or remove it first)"));
     }
   }
-  if (fs::exists(fs::symlink_status(tmp, ec))) {
-    if (absl::Status s = RemoveTree(tmp); !s.ok()) return s;  // a crashed export's leftover
+  if (absl::Status s = RemoveOwnedLeftover(tmp, absl::StrCat("for the export's temporary directory (it is "
+                                                             "renamed to --out ",
+                                                             out_dir, " when complete)"));
+      !s.ok()) {
+    return s;
   }
   const std::string parent = DirectoryOf(out_dir);
   fs::create_directories(parent, ec);
-  if (!fs::create_directory(tmp, ec) || ec) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot create ", tmp, " (beside --out ", out_dir, ")", ec ? ": " + ec.message() : ""));
+  if (absl::Status s = CreateOwnedDirectory(tmp); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(s.message(), " (beside --out ", out_dir, ")"));
   }
-  return FsyncDirectory(parent);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -317,7 +317,7 @@ absl::StatusOr<HfExportStats> ExportHfDirectory(CheckpointReader& reader, const 
                                    " made by rank 0 is not visible here: --out must be on a file system "
                                    "every rank sees"));
   if (absl::Status s = AgreeOnStatus(comm, visible); !s.ok()) {
-    if (comm.rank() == 0) RemoveTree(tmp).IgnoreError();
+    if (comm.rank() == 0) RemoveOwnedTree(tmp).IgnoreError();
     return s;
   }
 
@@ -343,7 +343,7 @@ absl::StatusOr<HfExportStats> ExportHfDirectory(CheckpointReader& reader, const 
   absl::Status finished = all_written;
   if (comm.rank() == 0) {
     if (finished.ok()) finished = FinishOnRankZero(shards, *model, options, tmp, out_dir, stats);
-    if (!finished.ok()) RemoveTree(tmp).IgnoreError();
+    if (!finished.ok() && fs::exists(fs::symlink_status(tmp, ec))) RemoveOwnedTree(tmp).IgnoreError();
   }
   if (absl::Status s = AgreeOnStatus(comm, finished); !s.ok()) return s;
 

@@ -18,14 +18,18 @@
 // r writes shards [r S / W, (r + 1) S / W)), each rank reading only the checkpoint files that hold its
 // tensors; rank 0 writes the index, the configs and the tokenizer files. One process writes them all.
 //
-// Safety: everything goes into HF_DIR.tmp (a leftover of a crashed export is removed first); HF_DIR appears
-// by a rename once every rank has written and fsynced its shards, so a failed export leaves no HF_DIR and a
-// successful one a complete directory. HF_DIR must not exist, or be an empty directory.
+// Safety: everything goes into HF_DIR.tmp, created holding fathom's marker file (kOwnedMarkerName,
+// checkpoint/checkpoint_dir.h); HF_DIR appears by a rename once every rank has written and fsynced its
+// shards, and the marker is then removed, so a failed export leaves no HF_DIR and a successful one a
+// complete directory. A leftover HF_DIR.tmp of a crashed export (it holds the marker, or nothing) is
+// removed first; anything else of that name (a user's directory or file) is refused and left untouched.
+// HF_DIR must not exist, or be an empty directory.
 //
 // Errors (the same Status on every rank: the lowest failing rank's): InvalidArgument for an HF_DIR that
-// exists and is not empty, a checkpoint that lacks a tensor of its own model or holds a non-finite value, a
-// tokenizer directory without tokenizer files; NotFound / DataLoss as the checkpoint reader reports them
-// (checkpoint/checkpoint_reader.h); Internal for I/O errors while writing.
+// exists and is not empty, an HF_DIR.tmp that fathom did not make, a checkpoint that lacks a tensor of its
+// own model or holds a non-finite value, a tokenizer directory without tokenizer files; NotFound / DataLoss
+// as the checkpoint reader reports them (checkpoint/checkpoint_reader.h); Internal for I/O errors while
+// writing.
 // Thread safety: call from the thread that owns `comm`, on every rank of it.
 #ifndef FATHOM_CHECKPOINT_HF_EXPORT_H_
 #define FATHOM_CHECKPOINT_HF_EXPORT_H_

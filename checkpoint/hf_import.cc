@@ -73,13 +73,6 @@ int64_t StoredBytes(const HfDirectory& dir, const std::string& name) {
   return bytes;
 }
 
-absl::Status RemoveTree(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot remove ", path, ": ", ec.message()));
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 bool IsWeightsOnlyCheckpoint(const CheckpointMetadata& metadata) {
@@ -155,17 +148,23 @@ absl::StatusOr<HfImportStats> ImportHfDirectory(const std::string& hf_dir, const
   const std::string final_path = CheckpointPath(checkpoint_dir, 0);
   // A failed import leaves the output as it found it: no temporary, and no directory it created.
   auto abandon = [&](absl::Status s) {
-    RemoveTree(tmp).IgnoreError();  // the error that stopped the import is the one to report
     std::error_code ignored;
+    // The error that stopped the import is the one to report.
+    if (fs::exists(fs::symlink_status(tmp, ignored))) RemoveOwnedTree(tmp).IgnoreError();
     if (created) fs::remove(checkpoint_dir, ignored);  // only if still empty
     return s;
   };
-  if (fs::exists(fs::symlink_status(tmp, ec))) {
-    if (absl::Status s = RemoveTree(tmp); !s.ok()) return s;  // the leftover of a crashed import or save
+  // step_00000000 (not a checkpoint: none was listed) would be replaced by the rename: it is not ours.
+  if (fs::exists(fs::symlink_status(final_path, ec))) {
+    return abandon(absl::InvalidArgumentError(
+        absl::StrCat(final_path, " exists and is not a complete checkpoint (no ", kIndexFileName,
+                     "); the import would replace it: move it elsewhere, or import into a new directory")));
   }
-  if (!fs::create_directory(tmp, ec) || ec) {
-    return abandon(absl::InvalidArgumentError(absl::StrCat("cannot create ", tmp, ": ", ec.message())));
+  // The leftover of a crashed import or save, if fathom made it; anything else of that name is refused.
+  if (absl::Status s = RemoveOwnedLeftover(tmp, "for the import's temporary directory"); !s.ok()) {
+    return abandon(s);
   }
+  if (absl::Status s = CreateOwnedDirectory(tmp); !s.ok()) return abandon(s);
 
   HfImportStats stats;
   nlohmann::json source_dtypes = nlohmann::json::object();
@@ -205,6 +204,7 @@ absl::StatusOr<HfImportStats> ImportHfDirectory(const std::string& hf_dir, const
         absl::StrCat("cannot rename ", tmp, " to ", final_path, ": ", std::strerror(errno))));
   }
   if (absl::Status s = FsyncDirectory(checkpoint_dir); !s.ok()) return s;
+  if (absl::Status s = DropOwnedMarker(final_path); !s.ok()) return s;
   stats.path = final_path;
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return stats;

@@ -18,9 +18,11 @@
 //
 // Errors (every one about the user's input; commands exit 2): NotFound for a missing directory, file or
 // tensor; InvalidArgument for a config.json that disagrees with the recipe or describes something fathom
-// does not compute, tensors of the wrong shape or dtype, non-finite values or scales, or (import) an output
-// directory that already holds checkpoints; Internal for I/O errors while writing. An import that fails
-// leaves the output directory as it was (the checkpoint appears only by a final rename).
+// does not compute, tensors of the wrong shape or dtype, non-finite values or scales, or (import) an
+// output directory that already holds checkpoints, or whose step_00000000 or step_00000000.tmp is something
+// fathom did not make (checkpoint/checkpoint_dir.h: never removed); Internal for I/O errors while writing.
+// An import that fails leaves the output directory as it was (the checkpoint appears only by a final
+// rename).
 // Thread safety: none needed beyond the caller's (no shared state).
 #ifndef FATHOM_CHECKPOINT_HF_IMPORT_H_
 #define FATHOM_CHECKPOINT_HF_IMPORT_H_

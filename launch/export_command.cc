@@ -33,7 +33,8 @@ constexpr char kUsage[] =
     "  of the shards.\n"
     "  CHECKPOINT              a checkpoint (D/step_00000123), or a checkpoint.dir (its newest checkpoint)\n"
     "  --out HF_DIR            the directory to create (it must not exist, or be empty); it appears only\n"
-    "                          when complete\n"
+    "                          when complete (written as HF_DIR.tmp, which must not exist unless a\n"
+    "                          crashed export left it)\n"
     "  --dtype bf16|fp8|f32    bf16 (default) like the release's bf16 copy; fp8 like the release (e4m3 "
     "Linear\n"
     "                          weights with 128x128 block scales, the rest bf16); f32 the master weights\n"
@@ -129,11 +130,15 @@ int RunExport(const std::vector<std::string>& args) {
 
   CheckpointConfig where;
   where.resume = cl->recipe;
-  absl::StatusOr<std::optional<std::string>> path = ResolveResumeOnAllRanks(where, world);
+  std::vector<std::string> skipped;
+  absl::StatusOr<std::optional<std::string>> path = ResolveResumeOnAllRanks(where, world, &skipped);
   if (!path.ok()) {
     Reject(absl::NotFoundError(absl::StrCat(cl->recipe,
                                             " is not a checkpoint (a directory with index.json) "
                                             "nor a directory of checkpoints")));
+  }
+  for (const std::string& w : skipped) {
+    if (logs) std::cout << "warning: " << w << "\n";  // the newest complete checkpoint is exported
   }
   absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(**path);
   if (absl::Status s = AgreeOnStatus(world, reader.status()); !s.ok()) Reject(s);

@@ -344,13 +344,31 @@ TEST_F(HfExportTest, ExportRefusesANonEmptyDirectoryAndNonFiniteWeightsWritingNo
   EXPECT_EQ(testing::ReadFileBytes(Path("busy/keep.txt")), "mine");
   EXPECT_FALSE(fs::exists(Path("busy.tmp")));
 
-  // An empty directory is fine; a leftover HF_DIR.tmp of a crashed export is replaced.
+  // An empty directory is fine; a leftover HF_DIR.tmp of a crashed export (it holds fathom's marker) is
+  // replaced.
   fs::create_directories(Path("empty"));
   fs::create_directories(Path("empty.tmp"));
+  testing::WriteFileBytes(Path("empty.tmp/") + kOwnedMarkerName, "");
   testing::WriteFileBytes(Path("empty.tmp/junk"), "x");
   ASSERT_TRUE(ExportHfDirectory(**reader, Path("empty"), {}, comm_).ok());
   EXPECT_FALSE(fs::exists(Path("empty/junk")));
   EXPECT_FALSE(fs::exists(Path("empty.tmp")));
+  EXPECT_FALSE(fs::exists(Path("empty/") + kOwnedMarkerName)) << "a complete export keeps no marker";
+
+  // An HF_DIR.tmp fathom did not make (a user's directory or file of that name) is refused and kept.
+  fs::create_directories(Path("mine.tmp"));
+  testing::WriteFileBytes(Path("mine.tmp/mine.txt"), "precious");
+  testing::WriteFileBytes(Path("file.tmp"), "precious too");
+  for (const char* name : {"mine", "file"}) {
+    s = ExportHfDirectory(**reader, Path(name), {}, comm_);
+    ASSERT_FALSE(s.ok()) << name;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.status().message()),
+                HasSubstr(Path(name) + ".tmp exists and fathom did not make it"));
+    EXPECT_FALSE(fs::exists(Path(name)));
+  }
+  EXPECT_EQ(testing::ReadFileBytes(Path("mine.tmp/mine.txt")), "precious");
+  EXPECT_EQ(testing::ReadFileBytes(Path("file.tmp")), "precious too");
 
   // A NaN weight stops the export with the tensor named, and no directory appears.
   original_.params()

@@ -8,6 +8,7 @@
 #include <random>
 #include <string>
 
+#include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/safetensors.h"
 #include "tests/checkpoint/checkpoint_test_support.h"
 #include "tests/checkpoint/hf_test_support.h"
@@ -132,6 +133,35 @@ TEST_F(HfCliTest, BadExportsGetOneMessageExitTwoAndWriteNothing) {
     EXPECT_FALSE(fs::exists(Path("hf.tmp")));
   }
   EXPECT_EQ(testing::ReadFileBytes(Path("busy/keep")), "x");
+}
+
+// An export writes into HF_DIR.tmp: a directory or file of that name that a fathom export did not make is
+// refused (exit 2, naming it) and left as it was; the leftover of a killed export (it holds the marker) is
+// removed and the export succeeds.
+TEST_F(HfCliTest, ExportRemovesOnlyTheTemporaryDirectoryItMade) {
+  fs::create_directories(Path("hf.tmp"));
+  testing::WriteFileBytes(Path("hf.tmp/mine.txt"), "precious");
+  testing::WriteFileBytes(Path("file.tmp"), "precious too");
+  for (const char* out : {"hf", "file"}) {
+    SCOPED_TRACE(out);
+    RunResult r = RunFathom("export " + Path("ckpt") + " --out " + Path(out));
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_EQ(Count(r.output, "fathom export:"), 1u) << r.output;
+    EXPECT_THAT(r.output, HasSubstr(Path(out) + ".tmp exists and fathom did not make it"));
+    EXPECT_THAT(r.output, HasSubstr("move it elsewhere"));
+    EXPECT_FALSE(fs::exists(Path(out)));
+  }
+  EXPECT_EQ(testing::ReadFileBytes(Path("hf.tmp/mine.txt")), "precious");
+  EXPECT_EQ(testing::ReadFileBytes(Path("file.tmp")), "precious too");
+  // What a killed export leaves: its marked temporary with a partial shard.
+  fs::create_directories(Path("killed.tmp"));
+  testing::WriteFileBytes(Path("killed.tmp/") + kOwnedMarkerName, "");
+  testing::WriteFileBytes(Path("killed.tmp/model-00001-of-00001.safetensors"), "partial");
+  RunResult r = RunFathom("export " + Path("ckpt") + " --out " + Path("killed"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(Path("killed.tmp")));
+  EXPECT_TRUE(fs::exists(Path("killed/model.safetensors.index.json")));
+  EXPECT_FALSE(fs::exists(Path("killed/") + kOwnedMarkerName));
 }
 
 TEST_F(HfCliTest, BadImportsGetOneMessageExitTwoAndWriteNothing) {
