@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include "checkpoint/param_slices.h"
 #include "checkpoint/rank_file_writer.h"
 #include "framework/file_io.h"
+#include "framework/numeric.h"
 #include "framework/ops.h"
 
 namespace fathom {
@@ -71,6 +73,54 @@ int64_t StoredBytes(const HfDirectory& dir, const std::string& name) {
     bytes += grid[0] * grid[1] * 4;
   }
   return bytes;
+}
+
+// The MTP modules' copies of the embedding and the head that `dir` holds must equal model.embed_tokens /
+// lm_head, which fathom shares with them (as DeepSeek-V3 does): a directory whose copies differ (trained
+// apart) cannot be imported without losing them, so it is refused. Values are compared as read (f32);
+// where the two are stored in different dtypes, both are first rounded to bf16 when either is bf16 (the
+// coarser one decides what "equal" can mean). Copies the directory lacks are not needed.
+absl::Status CheckMtpCopies(const HfDirectory& dir, const ModelConfig& model) {
+  std::vector<std::string> problems;
+  for (const HfTensorSpec& t : HfModelTensors(model)) {
+    if (!t.mtp_copy) continue;
+    const HfTensorLocation* copy = dir.Find(t.name);
+    const HfTensorLocation* source = dir.Find(t.source);
+    if (copy == nullptr || source == nullptr) continue;
+    if (std::vector<std::string> p = dir.CheckTensor(t.name, t.shape); !p.empty()) {
+      for (std::string& one : p) problems.push_back(std::move(one));
+      continue;
+    }
+    const bool bf16 = copy->dtype != source->dtype && (copy->dtype == "BF16" || source->dtype == "BF16");
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    double largest = 0;
+    int64_t differing = 0, first = -1;
+    for (int64_t b = 0; b < numel; b += kReadBlockElements) {
+      const int64_t e = std::min(numel, b + kReadBlockElements);
+      Tensor a = Tensor::Empty({e - b}, DType::kF32), c = Tensor::Empty({e - b}, DType::kF32);
+      if (absl::Status s = dir.Read(t.source, b, e, a); !s.ok()) return s;
+      if (absl::Status s = dir.Read(t.name, b, e, c); !s.ok()) return s;
+      for (int64_t i = 0; i < e - b; ++i) {
+        float x = a.data<float>()[i], y = c.data<float>()[i];
+        if (bf16) x = Bf16ToFloat(FloatToBf16(x)), y = Bf16ToFloat(FloatToBf16(y));
+        if (FloatBits(x) == FloatBits(y) || x == y) continue;
+        if (first < 0) first = b + i;
+        ++differing;
+        largest = std::max(largest, std::fabs(static_cast<double>(x) - static_cast<double>(y)));
+      }
+    }
+    if (differing > 0) {
+      problems.push_back(absl::StrCat(t.name, " differs from ", t.source, " in ", differing, " of ", numel,
+                                      " values (the first at element ", first, ", the largest difference ",
+                                      largest, ")"));
+    }
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("HF directory ", dir.dir(), ": ", ListProblems(problems),
+                   "; fathom shares the MTP modules' embedding and head with model.embed_tokens.weight and "
+                   "lm_head.weight (as DeepSeek-V3 does) and cannot keep copies that differ"));
 }
 
 }  // namespace
@@ -128,6 +178,7 @@ absl::StatusOr<HfImportStats> ImportHfDirectory(const std::string& hf_dir, const
     if (!t.mtp_copy) wanted.emplace_back(t.name, t.shape);
   }
   if (absl::Status s = CheckTensors(hf, wanted); !s.ok()) return s;
+  if (absl::Status s = CheckMtpCopies(hf, recipe.model); !s.ok()) return s;
 
   absl::StatusOr<std::vector<CheckpointEntry>> existing = ListCheckpoints(checkpoint_dir);
   if (!existing.ok()) return existing.status();

@@ -5,9 +5,13 @@
 // Both first check the directory's config.json against the recipe's model (every differing key named,
 // initializer_range aside) and every tensor they need (present, of the model's shape, readable), and
 // report all problems at once before reading a value. Weights are read as stored (F32, F64, BF16) or
-// dequantized from F8_E4M3 with their weight_scale_inv; the MTP modules' copies of the embedding and the
-// head (model.layers.L.embed_tokens, shared_head.head) are not read: fathom shares model.embed_tokens and
-// lm_head with them (checkpoint/hf_layout.h).
+// dequantized from F8_E4M3 with their weight_scale_inv. The MTP modules' copies of the embedding and the
+// head (model.layers.L.embed_tokens, shared_head.head) are not loaded: fathom shares model.embed_tokens and
+// lm_head with them (checkpoint/hf_layout.h), as DeepSeek-V3 does. ImportHfDirectory checks that the
+// copies a directory holds equal them (both decoded to f32, and rounded to bf16 first where the two are
+// stored in different dtypes one of which is bf16) and refuses a directory whose copies differ, naming
+// the tensor, how many values differ and the largest difference; LoadHfDirectoryRange (model.init_from)
+// reads slices and does not compare them.
 //
 // A checkpoint made by ImportHfDirectory is "weights only": step 0, values of every tensor (the expert bias
 // included) and no AdamW moments; metadata.extra holds {"weights_only": true, "imported_from": HF_DIR,
@@ -18,11 +22,11 @@
 //
 // Errors (every one about the user's input; commands exit 2): NotFound for a missing directory, file or
 // tensor; InvalidArgument for a config.json that disagrees with the recipe or describes something fathom
-// does not compute, tensors of the wrong shape or dtype, non-finite values or scales, or (import) an
-// output directory that already holds checkpoints, or whose step_00000000 or step_00000000.tmp is something
-// fathom did not make (checkpoint/checkpoint_dir.h: never removed); Internal for I/O errors while writing.
-// An import that fails leaves the output directory as it was (the checkpoint appears only by a final
-// rename).
+// does not compute, tensors of the wrong shape or dtype, non-finite values or scales, or (import) MTP
+// copies that differ from the shared tensors, an output directory that already holds checkpoints, or whose
+// step_00000000 or step_00000000.tmp is something fathom did not make (checkpoint/checkpoint_dir.h: never
+// removed); Internal for I/O errors while writing. An import that fails leaves the output directory as it
+// was (the checkpoint appears only by a final rename).
 // Thread safety: none needed beyond the caller's (no shared state).
 #ifndef FATHOM_CHECKPOINT_HF_IMPORT_H_
 #define FATHOM_CHECKPOINT_HF_IMPORT_H_

@@ -8,17 +8,20 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <random>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/fp8_blocks.h"
 #include "checkpoint/hf_directory.h"
 #include "checkpoint/hf_export.h"
 #include "checkpoint/hf_layout.h"
+#include "framework/numeric.h"
 #include "tests/checkpoint/checkpoint_test_support.h"
 #include "tests/checkpoint/hf_test_support.h"
 #include "tests/common/gradcheck.h"
@@ -209,6 +212,52 @@ TEST_F(HfImportTest, NonFiniteScalesAndWeights) {
       Named(tensors, "model.layers.0.mlp.up_proj.weight").template data<Bf16>()[99] = Bf16{0x7FC0};
     });
   });
+}
+
+// fathom shares the embedding and the head with the MTP module (as DeepSeek-V3 does), so an import reads
+// model.embed_tokens / lm_head only: a directory whose MTP copies differ from them is refused, naming the
+// copy and the largest difference, rather than losing the copy silently. Equal copies import.
+TEST_F(HfImportTest, MtpCopiesThatDifferFromTheSharedTensorsAreRefused) {
+  std::vector<HfTensorSpec> copies;
+  for (const HfTensorSpec& t : HfModelTensors(recipe_.model)) {
+    if (t.mtp_copy) copies.push_back(t);
+  }
+  ASSERT_EQ(copies.size(), 2u) << "embed_tokens and shared_head.head of the one MTP module";
+  for (const HfTensorSpec& copy : copies) {
+    SCOPED_TRACE(copy.name);
+    const std::string dir = Path("mtp_differs"), out = Path("mtp_out");
+    fs::remove_all(dir);
+    CopyTree(Path("bf16"), dir);
+    double difference = 0;
+    RewriteShardOf(dir, copy.name, [&](auto& tensors) {
+      Bf16& v = Named(tensors, copy.name).template data<Bf16>()[5];
+      const float before = Bf16ToFloat(v);
+      v = FloatToBf16(before + 0.5f);
+      difference = std::fabs(static_cast<double>(Bf16ToFloat(v)) - static_cast<double>(before));
+    });
+    ASSERT_GT(difference, 0.4);
+    absl::StatusOr<HfImportStats> s = ImportHfDirectory(dir, recipe_, out);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
+    EXPECT_THAT(std::string(s.status().message()),
+                HasSubstr(copy.name + " differs from " + copy.source + " in 1 of "));
+    EXPECT_THAT(std::string(s.status().message()),
+                HasSubstr(absl::StrCat("at element 5, the largest difference ", difference, ")")));
+    EXPECT_FALSE(fs::exists(out));
+  }
+  // The same values stored in another dtype (f32 copies of a bf16 export) are equal copies.
+  const std::string dir = Path("mtp_f32");
+  CopyTree(Path("bf16"), dir);
+  for (const HfTensorSpec& copy : copies) {
+    RewriteShardOf(dir, copy.name, [&](auto& tensors) {
+      Tensor& t = Named(tensors, copy.name);
+      Tensor f32 = Tensor::Empty(t.shape(), DType::kF32);
+      for (int64_t i = 0; i < t.numel(); ++i) f32.data<float>()[i] = Bf16ToFloat(t.data<Bf16>()[i]);
+      t = f32;
+    });
+  }
+  absl::StatusOr<HfImportStats> s = ImportHfDirectory(dir, recipe_, Path("mtp_f32_out"));
+  EXPECT_TRUE(s.ok()) << s.status();
 }
 
 TEST_F(HfImportTest, MissingOrBrokenFiles) {
