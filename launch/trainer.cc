@@ -22,6 +22,28 @@
 #include "parallel/zero.h"
 
 namespace fathom {
+namespace {
+
+// A save refuses to replace a step directory that is not a complete checkpoint (checkpoint/checkpoint_dir.h);
+// this finds the ones the run's scheduled saves would meet before any step is trained.
+absl::Status CheckScheduledSaves(const Recipe& recipe, int64_t first_step) {
+  const CheckpointConfig& c = recipe.checkpoint;
+  if (c.dir.empty() || c.save_every <= 0) return absl::OkStatus();
+  std::vector<SkippedStepEntry> skipped;
+  absl::StatusOr<std::vector<CheckpointEntry>> listed = ListCheckpoints(c.dir, &skipped);
+  if (!listed.ok()) return listed.status();
+  for (const SkippedStepEntry& e : skipped) {
+    if (e.step <= first_step || e.step > recipe.train.steps) continue;
+    if (e.step % c.save_every != 0 && e.step != recipe.train.steps) continue;
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "checkpoint.dir %s: this run saves step %d, but %s is not a complete checkpoint: %s; fathom "
+        "replaces only its own complete checkpoints: move it out of %s",
+        c.dir, e.step, e.path, e.reason, c.dir));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 Trainer::~Trainer() = default;
 
@@ -47,9 +69,15 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
   if (!recipe.checkpoint.dir.empty()) {
     trainer->checkpoints_ = std::make_unique<CheckpointWriter>(mesh.world(), recipe.checkpoint);
   }
+  std::vector<std::string> skipped;
   absl::StatusOr<std::optional<std::string>> resume =
-      ResolveResumeOnAllRanks(recipe.checkpoint, mesh.world());
+      ResolveResumeOnAllRanks(recipe.checkpoint, mesh.world(), &skipped);
   if (!resume.ok()) return resume.status();
+  if (mesh.world().rank() == 0) {
+    for (const std::string& w : skipped) {
+      std::cout << "warning: checkpoint.resume " << recipe.checkpoint.resume << " " << w << "\n";
+    }
+  }
   if (resume->has_value()) {
     if (absl::Status s = trainer->Resume(**resume); !s.ok()) return s;
   } else if (!recipe.model.init_from.empty()) {
@@ -60,6 +88,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
     if (mesh.world().rank() == 0) {
       std::cout << "initialised from " << recipe.model.init_from << " (AdamW, LR schedule and data fresh)\n";
     }
+  }
+  if (trainer->checkpoints_) {
+    absl::Status s =
+        mesh.world().rank() == 0 ? CheckScheduledSaves(recipe, trainer->first_step_) : absl::OkStatus();
+    if (s = AgreeOnStatus(mesh.world(), s); !s.ok()) return s;
   }
   return trainer;
 }

@@ -1,7 +1,11 @@
 // Checkpoints from the command line (issue 10), as a user meets them under mpirun: a rank killed in the
 // middle of a save leaves the previous checkpoint, which the next run resumes from; SIGTERM to one rank
 // ends the job after the current step with a checkpoint and exit 0; a corrupt, truncated or mismatched
-// checkpoint is refused with one message and exit 2, and nothing in checkpoint.dir changes.
+// checkpoint is refused with one message and exit 2, and nothing in checkpoint.dir changes. On one
+// process: a damaged step directory is named by resume: auto and never replaced; a checkpoint.dir that is
+// itself a checkpoint, and resume: none among another run's checkpoints, are refused.
+#include <gmock/gmock.h>
+
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,7 +18,9 @@ namespace {
 
 using fathom::testing::CountOf;
 using fathom::testing::MpiRun;
+using fathom::testing::RunFathom;
 using fathom::testing::RunResult;
+using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
 const std::string kTiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";
@@ -32,6 +38,12 @@ std::string TinyArgs(const std::string& dir, int steps, int save_every) {
   return "train " + kTiny + " --set parallel.pp=2 --set parallel.ep=2 --set train.seq_len=32" +
          " --set train.steps=" + std::to_string(steps) + " --set checkpoint.dir=" + dir +
          " --set checkpoint.save_every=" + std::to_string(save_every);
+}
+
+// The tiny job on one process, saving every 2 steps into `dir`.
+std::string TinyOneRank(const std::string& dir, int steps, const std::string& extra = "") {
+  return "train " + kTiny + " --set train.seq_len=32 --set train.steps=" + std::to_string(steps) +
+         " --set checkpoint.dir=" + dir + " --set checkpoint.save_every=2" + extra;
 }
 
 // Every regular file under `dir` with its size and last byte-level content hash (names and sizes suffice
@@ -114,6 +126,60 @@ TEST(CheckpointCli, BadCheckpointsAreRefusedWithOneMessageAndNothingChanges) {
   // Truncated.
   fs::resize_file(file, fs::file_size(file) / 3);
   resume_fails("truncated", "", "rank_00001.h5");
+  fs::remove_all(dir);
+}
+
+// A step directory without index.json (a damaged checkpoint) is skipped with a warning naming it and why,
+// and never replaced: a run whose saves would meet it is refused before training (exit 2); a run that
+// resumes from an older good one and does not save that step leaves it alone.
+TEST(CheckpointCli, DamagedStepDirectoriesAreNamedAndNeverReplaced) {
+  const std::string good = FreshDir("good"), damaged = FreshDir("damaged");
+  ASSERT_EQ(RunFathom(TinyOneRank(good, 4)).exit_code, 0);
+  fs::copy(good + "/step_00000004", damaged + "/step_00000004", fs::copy_options::recursive);
+  fs::remove(damaged + "/step_00000004/index.json");
+  const std::string warning = "warning: checkpoint.resume auto skipped " + damaged +
+                              "/step_00000004: no index.json (an incomplete save";
+  const auto before = Snapshot(damaged);
+  RunResult r = RunFathom(TinyOneRank(damaged, 4));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(CountOf(r.output, warning), 1u) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("this run saves step 4, but " + damaged + "/step_00000004 is not a complete"));
+  EXPECT_EQ(Snapshot(damaged), before) << "the damaged directory changed";
+
+  fs::copy(good + "/step_00000002", damaged + "/step_00000002", fs::copy_options::recursive);
+  r = RunFathom(TinyOneRank(damaged, 3));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(CountOf(r.output, warning), 1u) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("resumed from " + damaged + "/step_00000002"));
+  EXPECT_TRUE(fs::exists(damaged + "/step_00000003/index.json"));
+  for (const auto& [path, bytes] : before) {
+    EXPECT_TRUE(fs::exists(path) && Snapshot(damaged).at(path) == bytes) << path << " changed";
+  }
+  fs::remove_all(good);
+  fs::remove_all(damaged);
+}
+
+// checkpoint.dir set to a checkpoint, and resume: none into a directory of another run's checkpoints (whose
+// newest a later resume: auto would continue), are refused naming the path and the options; nothing changes.
+TEST(CheckpointCli, ACheckpointAsCheckpointDirAndAFreshRunAmongCheckpointsAreRefused) {
+  const std::string dir = FreshDir("ambiguous");
+  ASSERT_EQ(RunFathom(TinyOneRank(dir, 4)).exit_code, 0);
+  const auto before = Snapshot(dir);
+  const std::string step4 = dir + "/step_00000004";
+  RunResult r = RunFathom(TinyOneRank(step4, 4));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(CountOf(r.output, "checkpoint.dir " + step4 +
+                                  " is itself a checkpoint (it holds index.json); set checkpoint.dir to its "
+                                  "parent, or checkpoint.resume: " +
+                                  step4),
+            1u)
+      << r.output;
+  r = RunFathom(TinyOneRank(dir, 4, " --set checkpoint.resume=none"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("already holds 2 checkpoint(s), the newest " + step4));
+  EXPECT_THAT(r.output, HasSubstr("use an empty checkpoint.dir for a fresh run, or checkpoint.resume: auto"));
+  EXPECT_EQ(Snapshot(dir), before);
   fs::remove_all(dir);
 }
 
