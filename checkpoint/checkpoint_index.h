@@ -70,7 +70,9 @@ struct CheckpointMetadata {
   uint64_t seed = 0;                              // train.seed
   nlohmann::json rng = nlohmann::json::object();  // RNG state beyond the seed (opaque)
   nlohmann::json data_loader = nlohmann::json::object();  // the data loader's state (opaque, data/)
-  nlohmann::json extra = nlohmann::json::object();        // anything else the trainer keeps (opaque)
+  // What else the trainer keeps (launch/trainer.cc): adam_step, global_batch_size (sequences per step;
+  // absent from checkpoints older than it); an import's keys (checkpoint/hf_import.h).
+  nlohmann::json extra = nlohmann::json::object();
   std::string recipe;                                     // the recipe as run (resolved YAML text)
   nlohmann::json model = nlohmann::json::object();        // ModelConfigToJson of the model
 };

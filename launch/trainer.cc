@@ -7,10 +7,13 @@
 #include <iostream>
 #include <optional>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "checkpoint/checkpoint_reader.h"
+#include "checkpoint/hf_import.h"
 #include "checkpoint/hf_init.h"
 #include "checkpoint/model_config_json.h"
 #include "checkpoint/stage_state.h"
@@ -19,10 +22,52 @@
 #include "parallel/collective_status.h"
 #include "parallel/fault.h"
 #include "parallel/preemption.h"
+#include "parallel/rank_agreement.h"
 #include "parallel/zero.h"
 
 namespace fathom {
 namespace {
+
+// The recipe keys that define the LR schedule and the order of the data (data.* too, but for
+// data.verify_tokens and data.tokenizer_dir). A resume may change them (a longer run, another batch), which
+// is legitimate, but the run then no longer follows the saved run's curve (a longer cosine jumps the LR):
+// each change is named.
+constexpr const char* kScheduleKeys[] = {
+    "train.steps",       "train.seq_len",          "train.micro_batch_size",
+    "train.seed",        "parallel.micro_batches", "optim.lr",
+    "optim.min_lr",      "optim.warmup_steps",     "optim.constant_steps",
+    "optim.decay_steps", "optim.decay_style"};
+// metadata.extra: the sequences per step (dp x micro_batches x micro_batch_size), which the recipe alone
+// does not hold (dp is the mesh's). Checkpoints from before it was recorded lack it.
+constexpr char kGlobalBatchKey[] = "global_batch_size";
+
+bool IsScheduleKey(const std::string& key) {
+  if (absl::StartsWith(key, "data.")) return key != "data.verify_tokens" && key != "data.tokenizer_dir";
+  for (const char* k : kScheduleKeys) {
+    if (key == k) return true;
+  }
+  return false;
+}
+
+// "train.steps 20 -> 26" for each schedule or data-order key that differs between the checkpoint's recipe
+// and `recipe` (running with `global_batch` sequences per step).
+std::vector<std::string> ScheduleChanges(const CheckpointMetadata& meta, const Recipe& recipe,
+                                         int64_t global_batch) {
+  std::vector<std::string> out;
+  if (!meta.recipe.empty()) {
+    for (const RecipeDifference& d : RecipeDifferences(meta.recipe, ResolvedRecipeYaml(recipe))) {
+      if (IsScheduleKey(d.key)) out.push_back(absl::StrCat(d.key, " ", d.left, " -> ", d.right));
+    }
+  }
+  if (meta.extra.is_object() && meta.extra.contains(kGlobalBatchKey) &&
+      meta.extra[kGlobalBatchKey].is_number_integer()) {
+    const int64_t saved = meta.extra[kGlobalBatchKey].get<int64_t>();
+    if (saved != global_batch) {
+      out.push_back(absl::StrCat("global batch (sequences per step) ", saved, " -> ", global_batch));
+    }
+  }
+  return out;
+}
 
 // A save refuses to replace a step directory that is not a complete checkpoint (checkpoint/checkpoint_dir.h);
 // this finds the ones the run's scheduled saves would meet before any step is trained.
@@ -144,6 +189,16 @@ absl::Status Trainer::Resume(const std::string& path) {
                                  meta.step, moments ? "" : " (weights only: AdamW starts from zero)",
                                  bytes / 1e9, load_seconds, bytes / 1e9 / std::max(load_seconds, 1e-9));
     for (const std::string& n : notes) std::cout << "  note: " << n << "\n";
+    // An imported checkpoint starts the schedule and the data fresh: nothing of its recipe continues.
+    if (!IsWeightsOnlyCheckpoint(meta)) {
+      const int64_t global_batch =
+          runtime_->layout().dp() * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size;
+      for (const std::string& change : ScheduleChanges(meta, recipe_, global_batch)) {
+        std::cout << "notice: " << change
+                  << " since the checkpoint was saved (the LR schedule and the data order follow the new "
+                     "value)\n";
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -194,7 +249,9 @@ CheckpointMetadata Trainer::MetadataAfter(int64_t steps_done) const {
   m.lr_schedule_step = steps_done;
   m.seed = recipe_.train.seed;
   m.data_loader = LoaderStateToJson(train_data_->state(steps_done));
-  m.extra = {{"adam_step", runtime_->optimizer().step()}};
+  m.extra = {{"adam_step", runtime_->optimizer().step()},
+             {kGlobalBatchKey,
+              runtime_->layout().dp() * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size}};
   m.recipe = ResolvedRecipeYaml(recipe_);
   m.model = ModelConfigToJson(recipe_.model);
   return m;

@@ -33,18 +33,27 @@ std::vector<std::pair<std::string, std::string>> KeyValues(const std::string& ya
 }  // namespace
 
 RecipeDifference FirstRecipeDifference(const std::string& left_yaml, const std::string& right_yaml) {
+  std::vector<RecipeDifference> all = RecipeDifferences(left_yaml, right_yaml);
+  return all.empty() ? RecipeDifference{} : all.front();
+}
+
+std::vector<RecipeDifference> RecipeDifferences(const std::string& left_yaml, const std::string& right_yaml) {
   const auto left = KeyValues(left_yaml), right = KeyValues(right_yaml);
+  std::vector<RecipeDifference> out;
   std::map<std::string, std::string> right_values(right.begin(), right.end());
   for (const auto& [key, value] : left) {
     auto it = right_values.find(key);
-    if (it == right_values.end()) return {key, value, "(absent)"};
-    if (it->second != value) return {key, value, it->second};
+    if (it == right_values.end()) {
+      out.push_back({key, value, "(absent)"});
+    } else if (it->second != value) {
+      out.push_back({key, value, it->second});
+    }
   }
   std::map<std::string, std::string> left_values(left.begin(), left.end());
   for (const auto& [key, value] : right) {
-    if (!left_values.count(key)) return {key, "(absent)", value};
+    if (!left_values.count(key)) out.push_back({key, "(absent)", value});
   }
-  return {};
+  return out;
 }
 
 absl::Status CheckSameRecipeOnAllRanks(const Recipe& recipe, Communicator& world) {

@@ -9,6 +9,7 @@
 #define FATHOM_PARALLEL_RANK_AGREEMENT_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "framework/config.h"
@@ -32,6 +33,8 @@ struct RecipeDifference {
   std::string key, left, right;
 };
 RecipeDifference FirstRecipeDifference(const std::string& left_yaml, const std::string& right_yaml);
+// Every key where they differ: the left recipe's keys in its order, then the keys only the right one has.
+std::vector<RecipeDifference> RecipeDifferences(const std::string& left_yaml, const std::string& right_yaml);
 
 }  // namespace fathom
 

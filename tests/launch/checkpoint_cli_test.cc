@@ -3,7 +3,8 @@
 // ends the job after the current step with a checkpoint and exit 0; a corrupt, truncated or mismatched
 // checkpoint is refused with one message and exit 2, and nothing in checkpoint.dir changes. On one
 // process: a damaged step directory is named by resume: auto and never replaced; a checkpoint.dir that is
-// itself a checkpoint, and resume: none among another run's checkpoints, are refused.
+// itself a checkpoint, and resume: none among another run's checkpoints, are refused; a resume names every
+// schedule or data-order key that changed.
 #include <gmock/gmock.h>
 
 #include <filesystem>
@@ -180,6 +181,26 @@ TEST(CheckpointCli, ACheckpointAsCheckpointDirAndAFreshRunAmongCheckpointsAreRef
   EXPECT_THAT(r.output, HasSubstr("already holds 2 checkpoint(s), the newest " + step4));
   EXPECT_THAT(r.output, HasSubstr("use an empty checkpoint.dir for a fresh run, or checkpoint.resume: auto"));
   EXPECT_EQ(Snapshot(dir), before);
+  fs::remove_all(dir);
+}
+
+// A resume that changes what defines the LR schedule or the data order says so, one notice per key, old ->
+// new; an unchanged resume says nothing.
+TEST(CheckpointCli, AResumeNamesEveryChangedScheduleKey) {
+  const std::string dir = FreshDir("schedule");
+  ASSERT_EQ(RunFathom(TinyOneRank(dir, 2)).exit_code, 0);
+  RunResult same = RunFathom(TinyOneRank(dir, 2, " --set checkpoint.save_every=0"));
+  EXPECT_EQ(same.exit_code, 0) << same.output;
+  EXPECT_EQ(CountOf(same.output, "notice:"), 0u) << same.output;
+  RunResult r = RunFathom(TinyOneRank(dir, 4, " --set optim.warmup_steps=10 --set train.micro_batch_size=2"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(CountOf(r.output, "notice:"), 4u) << r.output;
+  for (const char* line :
+       {"notice: train.steps 2 -> 4 since the checkpoint was saved",
+        "notice: optim.warmup_steps 30 -> 10 since", "notice: train.micro_batch_size 4 -> 2 since",
+        "notice: global batch (sequences per step) 8 -> 4 since"}) {
+    EXPECT_EQ(CountOf(r.output, line), 1u) << line << "\n" << r.output;
+  }
   fs::remove_all(dir);
 }
 
