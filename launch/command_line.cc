@@ -6,7 +6,8 @@ namespace fathom {
 
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
                                              const std::set<std::string>& options, bool recipe_required,
-                                             const std::set<std::string>& repeatable) {
+                                             const std::set<std::string>& repeatable,
+                                             const std::string& positional, bool takes_set) {
   CommandLine out;
   // A request for help wins over every mistake around it ("fathom train --set --help").
   for (const std::string& a : args) {
@@ -23,9 +24,9 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
     } else if (repeatable.count(a)) {
       if (i + 1 == args.size()) return absl::InvalidArgumentError(a + " needs a value");
       out.repeated[a].push_back(args[++i]);
-    } else if (a.rfind("--set=", 0) == 0) {
+    } else if (takes_set && a.rfind("--set=", 0) == 0) {
       out.overrides.push_back(a.substr(6));
-    } else if (a == "--set" || options.count(a)) {
+    } else if ((takes_set && a == "--set") || options.count(a)) {
       if (i + 1 == args.size()) {
         return absl::InvalidArgumentError(a == "--set" ? "--set needs a value: --set section.key=value"
                                                        : a + " needs a value");
@@ -36,18 +37,20 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
         out.options[a] = args[++i];
       }
     } else if (!a.empty() && a[0] == '-') {
-      std::string known = "--set";
-      for (const std::string& o : options) known += ", " + o;
-      for (const std::string& o : repeatable) known += ", " + o;
-      known += ", --help";
+      std::string known;
+      if (takes_set) known += "--set, ";
+      for (const std::string& o : options) known += o + ", ";
+      for (const std::string& o : repeatable) known += o + ", ";
+      known += "--help";
       return absl::InvalidArgumentError("unknown option '" + a + "'; expected one of " + known);
     } else if (out.recipe.empty()) {
       out.recipe = a;
     } else {
-      return absl::InvalidArgumentError("one recipe expected, got '" + out.recipe + "' and '" + a + "'");
+      return absl::InvalidArgumentError("one " + positional + " expected, got '" + out.recipe + "' and '" +
+                                        a + "'");
     }
   }
-  if (out.recipe.empty() && recipe_required) return absl::InvalidArgumentError("no recipe given");
+  if (out.recipe.empty() && recipe_required) return absl::InvalidArgumentError("no " + positional + " given");
   return out;
 }
 

@@ -25,11 +25,13 @@ struct CommandLine {
 // `options`: the value-taking options this command accepts besides --set ("--cluster", "--out", ...).
 // An option given twice keeps its last value. `recipe_required` false: a command without a recipe
 // (fathom diagnose) accepts none being given. `repeatable`: value-taking options that collect every value
-// (like --set), also written --option=value.
+// (like --set), also written --option=value. `positional` names the one positional argument in messages
+// (a checkpoint for `fathom export`); `takes_set` false: --set is an unknown option, and is not offered.
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
                                              const std::set<std::string>& options,
                                              bool recipe_required = true,
-                                             const std::set<std::string>& repeatable = {});
+                                             const std::set<std::string>& repeatable = {},
+                                             const std::string& positional = "recipe", bool takes_set = true);
 
 }  // namespace fathom
 

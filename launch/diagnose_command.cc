@@ -113,7 +113,8 @@ Device ChooseDevice(const std::string& wanted, Communicator& world) {
 
 int RunDiagnose(const std::vector<std::string>& args) {
   absl::StatusOr<CommandLine> cl =
-      ParseCommandLine(args, {"--device", "--repeat", "--slow-factor"}, /*recipe_required=*/false);
+      ParseCommandLine(args, {"--device", "--repeat", "--slow-factor"}, /*recipe_required=*/false, {},
+                       "recipe", /*takes_set=*/false);
   if (cl.ok() && cl->help) {
     if (ProcessRank() == 0) std::cout << kUsage;
     return 0;

@@ -104,7 +104,8 @@ HfTokenIds TokenIds(const std::string& tokenizer_dir, const Recipe* recipe) {
 
 int RunExport(const std::vector<std::string>& args) {
   absl::StatusOr<CommandLine> cl = ParseCommandLine(
-      args, {"--out", "--dtype", "--shard-size", "--tokenizer-dir"}, /*recipe_required=*/false);
+      args, {"--out", "--dtype", "--shard-size", "--tokenizer-dir"}, /*recipe_required=*/false, {},
+      "checkpoint (a step directory or a checkpoint.dir)", /*takes_set=*/false);
   if (cl.ok() && cl->help) {
     if (ProcessRank() == 0) std::cout << kUsage;
     return 0;
@@ -114,7 +115,6 @@ int RunExport(const std::vector<std::string>& args) {
   const bool logs = world.rank() == 0;
   if (!cl.ok()) Reject(absl::InvalidArgumentError(absl::StrCat(cl.status().message(), "\n", kUsage)));
   if (cl->recipe.empty()) Reject(absl::InvalidArgumentError(absl::StrCat("no CHECKPOINT given\n", kUsage)));
-  if (!cl->overrides.empty()) Reject(absl::InvalidArgumentError("--set does not apply to fathom export"));
   if (!cl->options.count("--out")) Reject(absl::InvalidArgumentError("--out HF_DIR is required"));
   HfExportOptions options;
   if (cl->options.count("--dtype")) {

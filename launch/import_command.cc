@@ -57,7 +57,8 @@ absl::StatusOr<Recipe> ImportRecipe(const CommandLine& cl, const std::string& hf
 }  // namespace
 
 int RunImport(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> cl = ParseCommandLine(args, {"--out", "--recipe"}, /*recipe_required=*/false);
+  absl::StatusOr<CommandLine> cl =
+      ParseCommandLine(args, {"--out", "--recipe"}, /*recipe_required=*/false, {}, "HF directory");
   if (cl.ok() && cl->help) {
     if (ProcessRank() == 0) std::cout << kUsage;
     return 0;

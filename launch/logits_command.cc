@@ -86,7 +86,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& source, DTyp
 
 int RunLogits(const std::vector<std::string>& args) {
   absl::StatusOr<CommandLine> cl =
-      ParseCommandLine(args, {"--tokens", "--out", "--dtype"}, /*recipe_required=*/false);
+      ParseCommandLine(args, {"--tokens", "--out", "--dtype"}, /*recipe_required=*/false, {},
+                       "SOURCE (a checkpoint or an HF directory)", /*takes_set=*/false);
   if (cl.ok() && cl->help) {
     std::cout << kUsage;
     return 0;

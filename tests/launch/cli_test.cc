@@ -281,6 +281,28 @@ TEST(Cli, UnusableRunPathsExit2AtStartUp) {
   EXPECT_TRUE(std::filesystem::is_directory(dir + "/new/logs"));
 }
 
+// Commands whose argument is not a recipe name it in their messages, and do not offer --set when it does
+// not apply.
+TEST(Cli, PositionalArgumentIsNamedPerCommand) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"export a b --out x",
+       "one checkpoint (a step directory or a checkpoint.dir) expected, got 'a' and 'b'"},
+      {"import a b --out x", "one HF directory expected, got 'a' and 'b'"},
+      {"logits a b --tokens t --out o", "one SOURCE (a checkpoint or an HF directory) expected"},
+      {"export a --out x --set train.steps=1", "unknown option '--set'; expected one of --dtype"},
+      {"train a b", "one recipe expected, got 'a' and 'b'"},
+  };
+  for (const auto& [args, expect] : cases) {
+    SCOPED_TRACE(args);
+    RunResult r = RunFathom(args);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(expect), std::string::npos) << r.output;
+  }
+  RunResult r = RunFathom("diagnose --bogus");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output.find("--set"), std::string::npos) << r.output;
+}
+
 TEST(Cli, BadTestFaultValuesAreRefused) {
   for (const auto& [value, needle] : std::vector<std::pair<std::string, std::string>>{
            {"7:1", "FATHOM_TEST_FAULT='7:1' names rank 7, but the world has 1 rank(s)"},
