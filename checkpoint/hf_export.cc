@@ -333,10 +333,12 @@ absl::StatusOr<HfExportStats> ExportHfDirectory(CheckpointReader& reader, const 
     written = bytes.status();
   }
   const double write_seconds = Seconds(write_start);
-  const double previous_timeout = comm.timeout_seconds();
-  comm.set_timeout_seconds(kWriteTimeoutSeconds);  // the slowest writer is awaited, however long it takes
-  absl::Status all_written = AgreeOnStatus(comm, written);
-  comm.set_timeout_seconds(previous_timeout);
+  absl::Status all_written;
+  {
+    // The slowest writer is awaited, however long it takes.
+    ScopedTimeout deadline(comm, kWriteTimeoutSeconds, "fathom export's shard-write deadline (24 h)");
+    all_written = AgreeOnStatus(comm, written);
+  }
   // Per-rank numbers for rank 0's summary: "bytes seconds".
   const std::vector<std::string> reports =
       GatherStrings(comm, absl::StrCat(stats.rank_bytes, " ", write_seconds), /*root=*/0);

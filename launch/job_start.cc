@@ -123,7 +123,7 @@ Recipe LoadRecipeOnAllRanks(const std::string& command, const CommandLine& cl, C
   if (absl::Status s = CheckSameRecipeOnAllRanks(*recipe, world); !s.ok()) {
     ExitAllRanks(kExitInvalidInput, absl::StrCat(command, ": ", s.message()));
   }
-  world.set_timeout_seconds(recipe->parallel.timeout_s);
+  world.set_timeout_seconds(recipe->parallel.timeout_s, "parallel.timeout_s");
   return *std::move(recipe);
 }
 

@@ -259,7 +259,8 @@ CheckpointMetadata Trainer::MetadataAfter(int64_t steps_done) const {
 
 absl::Status Trainer::StartSave(int64_t steps_done, bool async, std::ostream& log) {
   // Saves wait on every rank's file system: they get the longer deadline.
-  ScopedTimeout deadline(runtime_->host_mesh().world(), recipe_.parallel.save_timeout_s);
+  ScopedTimeout deadline(runtime_->host_mesh().world(), recipe_.parallel.save_timeout_s,
+                         "parallel.save_timeout_s");
   if (checkpoints_->in_flight()) {
     if (absl::Status s = PollSave(/*finish=*/true, log); !s.ok()) return s;
   }
@@ -452,7 +453,9 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     {
       // The first step (allocations, NCCL connections, cuDNN plans) gets the longer deadline.
       std::optional<ScopedTimeout> first;
-      if (step == first_step_) first.emplace(world, recipe_.parallel.first_step_timeout_s);
+      if (step == first_step_) {
+        first.emplace(world, recipe_.parallel.first_step_timeout_s, "parallel.first_step_timeout_s");
+      }
       st = Step(step);
     }
     if (!st.ok()) return st.status();

@@ -41,22 +41,25 @@ void WaitAll(std::vector<Request>& requests) {
   for (Request& r : requests) r.Wait();
 }
 
-Communicator::Communicator(std::shared_ptr<double> timeout) : timeout_(std::move(timeout)) {
+Communicator::Communicator(std::shared_ptr<Deadline> timeout) : timeout_(std::move(timeout)) {
   FATHOM_CHECK(timeout_ != nullptr, "a communicator needs a deadline cell");
 }
 
-void Communicator::set_timeout_seconds(double seconds) {
+void Communicator::set_timeout_seconds(double seconds, std::string setting) {
   FATHOM_CHECK(seconds > 0 && seconds <= kMaxTimeoutSeconds, "[watchdog] group ", name(), ": timeout ",
-               seconds, " s outside (0, ", kMaxTimeoutSeconds, "]");
-  *timeout_ = seconds;
+               seconds, " s (", setting, ") outside (0, ", kMaxTimeoutSeconds, "]");
+  timeout_->seconds = seconds;
+  timeout_->setting = std::move(setting);
 }
 
-ScopedTimeout::ScopedTimeout(Communicator& comm, double seconds)
-    : comm_(comm), previous_(comm.timeout_seconds()) {
-  comm_.set_timeout_seconds(seconds);
+ScopedTimeout::ScopedTimeout(Communicator& comm, double seconds, std::string setting)
+    : comm_(comm), previous_(*comm.shared_timeout()) {
+  comm_.set_timeout_seconds(seconds, std::move(setting));
 }
 
-ScopedTimeout::~ScopedTimeout() { comm_.set_timeout_seconds(previous_); }
+ScopedTimeout::~ScopedTimeout() {
+  comm_.set_timeout_seconds(previous_.seconds, std::move(previous_.setting));
+}
 
 void Communicator::CheckPeer(const char* op, int peer) const {
   FATHOM_CHECK(peer >= 0 && peer < size(), "[", op, "] peer ", peer, " outside group ", name(), " of size ",

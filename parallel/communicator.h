@@ -36,7 +36,9 @@
 // its header), and the job ends within seconds (FailJob, parallel/fault.h). The deadline is a property of
 // a family of communicators: a group Split from a communicator shares its parent's deadline (one cell, not
 // a copy), so setting it on the world sets it for every group of the mesh. A program raises it around
-// waits that are legitimately long (the first step, a checkpoint save) with ScopedTimeout.
+// waits that are legitimately long (the first step, a checkpoint save) with ScopedTimeout. The deadline
+// carries the name of the setting it came from, so that a report names the key to raise
+// (parallel.save_timeout_s during a save, not parallel.timeout_s).
 // Thread safety: a communicator and its requests are used from one thread.
 #ifndef FATHOM_PARALLEL_COMMUNICATOR_H_
 #define FATHOM_PARALLEL_COMMUNICATOR_H_
@@ -53,6 +55,16 @@ namespace fathom {
 
 enum class ReduceOp { kSum, kMax };
 std::string ReduceOpName(ReduceOp op);
+
+// The watchdog's deadline of a family of communicators (see the top of this file): how long one wait may
+// last, and the setting that chose it, which an expiry report names ("parallel.save_timeout_s"). A new
+// family has the default, until a program sets its recipe's parallel.timeout_s.
+struct Deadline {
+  static constexpr double kDefaultSeconds = 300.0;
+  static constexpr const char* kTimeoutKey = "parallel.timeout_s";
+  double seconds = kDefaultSeconds;
+  std::string setting = "the default deadline";
+};
 
 // A started operation. Move-only. Destroying (or move-assigning over) a pending Request waits for it: an
 // operation in flight is never abandoned with its buffers.
@@ -152,24 +164,26 @@ class Communicator {
   void Barrier() { IBarrier().Wait(); }
 
   // ---- the watchdog's deadline (see the top of this file) ---------------------------------------------
-  static constexpr double kDefaultTimeoutSeconds = 300.0;
+  static constexpr double kDefaultTimeoutSeconds = Deadline::kDefaultSeconds;
   // How long one wait may last before the job is ended; shared with the groups Split from this one.
-  double timeout_seconds() const { return *timeout_; }
+  double timeout_seconds() const { return timeout_->seconds; }
+  // The setting that chose it (Deadline::setting), named by an expiry report.
+  const std::string& timeout_setting() const { return timeout_->setting; }
   // REQUIRES 0 < seconds <= kMaxTimeoutSeconds (FATHOM_CHECK; recipes validate parallel.timeout_s first).
   // Takes effect for waits that start afterwards (and for a Test() deadline already running).
-  void set_timeout_seconds(double seconds);
+  void set_timeout_seconds(double seconds, std::string setting = Deadline::kTimeoutKey);
   static constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600.0;
   // The deadline cell itself, for a communicator of another kind that joins this family (an
   // NcclCommunicator created over this one as its bootstrap).
-  std::shared_ptr<double> shared_timeout() const { return timeout_; }
+  std::shared_ptr<Deadline> shared_timeout() const { return timeout_; }
 
  protected:
   // A deadline of its own, kDefaultTimeoutSeconds.
   Communicator() = default;
   // Shares `timeout` (the cell of the communicator it was split from). REQUIRES timeout != nullptr.
-  explicit Communicator(std::shared_ptr<double> timeout);
+  explicit Communicator(std::shared_ptr<Deadline> timeout);
   // The cell implementations hand to the groups they split off and to their requests.
-  const std::shared_ptr<double>& timeout_cell() const { return timeout_; }
+  const std::shared_ptr<Deadline>& timeout_cell() const { return timeout_; }
 
   // Contract checks shared by the implementations (FATHOM_CHECK on violation, naming the op and group).
   void CheckPeer(const char* op, int peer) const;
@@ -183,22 +197,23 @@ class Communicator {
   void CheckRoot(const char* op, int root) const;
 
  private:
-  std::shared_ptr<double> timeout_ = std::make_shared<double>(kDefaultTimeoutSeconds);
+  std::shared_ptr<Deadline> timeout_ = std::make_shared<Deadline>();
 };
 
-// Sets `comm`'s deadline (and so its family's) to `seconds` for the scope, then restores the previous
-// value: around the first step (NCCL connects lazily, kernels are selected), a checkpoint save, an
-// evaluation. REQUIRES as set_timeout_seconds. Scopes nest; destroy them in reverse order.
+// Sets `comm`'s deadline (and so its family's) to `seconds`, chosen by `setting` (the recipe key a report
+// names: "parallel.save_timeout_s"), for the scope, then restores the previous one: around the first step
+// (NCCL connects lazily, kernels are selected), a checkpoint save, an evaluation. REQUIRES as
+// set_timeout_seconds. Scopes nest; destroy them in reverse order.
 class ScopedTimeout {
  public:
-  ScopedTimeout(Communicator& comm, double seconds);
+  ScopedTimeout(Communicator& comm, double seconds, std::string setting);
   ~ScopedTimeout();
   ScopedTimeout(const ScopedTimeout&) = delete;
   ScopedTimeout& operator=(const ScopedTimeout&) = delete;
 
  private:
   Communicator& comm_;
-  double previous_;
+  Deadline previous_;
 };
 
 enum class CommBackend { kLocal, kMpi };

@@ -50,7 +50,7 @@ class PendingSelfRecv final : public Request::Impl {
 LocalCommunicator::LocalCommunicator(std::string name)
     : name_(std::move(name)), mailbox_(std::make_shared<Mailbox>()) {}
 
-LocalCommunicator::LocalCommunicator(std::string name, std::shared_ptr<double> timeout)
+LocalCommunicator::LocalCommunicator(std::string name, std::shared_ptr<Deadline> timeout)
     : Communicator(std::move(timeout)), name_(std::move(name)), mailbox_(std::make_shared<Mailbox>()) {}
 
 std::unique_ptr<Communicator> LocalCommunicator::Split(int color, int key, const std::string& name) {

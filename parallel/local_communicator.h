@@ -39,7 +39,7 @@ class LocalCommunicator final : public Communicator {
   int64_t unreceived() const;
 
  private:
-  LocalCommunicator(std::string name, std::shared_ptr<double> timeout);
+  LocalCommunicator(std::string name, std::shared_ptr<Deadline> timeout);
 
   struct Mailbox;
   std::string name_;

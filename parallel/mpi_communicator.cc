@@ -22,7 +22,7 @@ struct MpiCommunicator::State {
   int size = 1;
   int64_t pending = 0;                  // requests started and not complete
   std::unique_ptr<GroupRecord> record;  // members and counters, for the watchdog
-  std::shared_ptr<double> timeout;      // the deadline cell of the communicator's family
+  std::shared_ptr<Deadline> timeout;    // the deadline cell of the communicator's family
 
   // What a request started now waits for (counting it on the record).
   WaitSite Collective(const char* op, const char* call) {
@@ -180,7 +180,7 @@ std::vector<int> WorldRanks(MPI_Comm comm, int size, const std::string& name) {
 
 // `parent` is the record of the communicator split (or duplicated) into `comm`, for the key.
 std::shared_ptr<State> MakeState(MPI_Comm comm, const std::string& name, GroupRecord& parent,
-                                 std::shared_ptr<double> timeout) {
+                                 std::shared_ptr<Deadline> timeout) {
   auto s = std::make_shared<State>();
   s->comm = comm;
   s->name = name;
@@ -236,9 +236,9 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::World() {
   MPI_Comm comm = MPI_COMM_NULL;
   MPI_Request request = MPI_REQUEST_NULL;
   MpiCheck(MPI_Comm_idup(MPI_COMM_WORLD, &comm, &request), "MPI_Comm_idup", "world");
-  WatchdogWait(&request, MPI_STATUS_IGNORE, site, kDefaultTimeoutSeconds);
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(
-      MakeState(comm, "world", mpi_world, std::make_shared<double>(kDefaultTimeoutSeconds))));
+  WatchdogWait(&request, MPI_STATUS_IGNORE, site, Deadline());
+  return std::unique_ptr<MpiCommunicator>(
+      new MpiCommunicator(MakeState(comm, "world", mpi_world, std::make_shared<Deadline>())));
 }
 
 MpiCommunicator::MpiCommunicator(std::shared_ptr<State> state)

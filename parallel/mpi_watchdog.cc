@@ -190,7 +190,7 @@ std::string PeerLine(const WaitSite& site, int peer_world, const Answer* a, int 
 }
 
 // The deadline of `site` passed: ask its peers, report, end the job.
-[[noreturn]] void Expire(const WaitSite& site, double timeout_seconds) {
+[[noreturn]] void Expire(const WaitSite& site, const Deadline& deadline) {
   Watchdog& w = TheWatchdog();
   w.reporting = true;
   const int me = WorldRank();
@@ -234,10 +234,7 @@ std::string PeerLine(const WaitSite& site, int peer_world, const Answer* a, int 
     }
   }
 
-  std::string report = absl::StrFormat(
-      "watchdog: %s did not complete within %g s (parallel.timeout_s); group %s has %d rank(s): "
-      "%s",
-      DescribeSite(site), timeout_seconds, g.name(), g.world_ranks().size(), RankRuns(g.world_ranks()));
+  std::string report = DescribeExpiry(site, deadline);
   std::vector<int> arrived;
   std::vector<std::string> lines;
   for (size_t i = 0; i < peers.size(); ++i) {
@@ -325,6 +322,13 @@ std::string DescribeSite(const WaitSite& site) {
                       ") on group ", GroupName(site));
 }
 
+std::string DescribeExpiry(const WaitSite& site, const Deadline& deadline) {
+  const GroupRecord& g = *site.group;
+  return absl::StrFormat("watchdog: %s did not complete within %g s (%s); group %s has %d rank(s): %s",
+                         DescribeSite(site), deadline.seconds, deadline.setting, g.name(),
+                         g.world_ranks().size(), RankRuns(g.world_ranks()));
+}
+
 void WatchdogInit() {
   Watchdog& w = TheWatchdog();
   if (w.side != MPI_COMM_NULL) return;
@@ -355,7 +359,7 @@ GroupRecord& MpiWorldRecord() {
   return *w.mpi_world;
 }
 
-void WatchdogWait(MPI_Request* request, MPI_Status* status, const WaitSite& site, double timeout_seconds) {
+void WatchdogWait(MPI_Request* request, MPI_Status* status, const WaitSite& site, const Deadline& deadline) {
   int done = 0;
   MpiCheck(MPI_Test(request, &done, status), site.call, GroupName(site));
   if (done) return;
@@ -367,14 +371,14 @@ void WatchdogWait(MPI_Request* request, MPI_Status* status, const WaitSite& site
     MpiCheck(MPI_Test(request, &done, status), site.call, GroupName(site));
     if (done) break;
     const Clock::time_point now = Clock::now();
-    if (SecondsBetween(begin, now) > timeout_seconds) Expire(site, timeout_seconds);
+    if (SecondsBetween(begin, now) > deadline.seconds) Expire(site, deadline);
     AnswerQuestions(/*now_anyway=*/false);
     Pause(now - begin);
   }
   w.waiting = nullptr;
 }
 
-bool WatchdogTest(MPI_Request* request, MPI_Status* status, const WaitSite& site, double timeout_seconds,
+bool WatchdogTest(MPI_Request* request, MPI_Status* status, const WaitSite& site, const Deadline& deadline,
                   std::optional<Clock::time_point>* first_test) {
   int done = 0;
   MpiCheck(MPI_Test(request, &done, status), site.call, GroupName(site));
@@ -384,7 +388,7 @@ bool WatchdogTest(MPI_Request* request, MPI_Status* status, const WaitSite& site
   Watchdog& w = TheWatchdog();
   w.waiting = &site;
   w.waiting_since = **first_test;
-  if (SecondsBetween(**first_test, now) > timeout_seconds) Expire(site, timeout_seconds);
+  if (SecondsBetween(**first_test, now) > deadline.seconds) Expire(site, deadline);
   AnswerQuestions(/*now_anyway=*/false);
   w.waiting = nullptr;
   return false;
@@ -400,7 +404,7 @@ void WatchdogFinalBarrier(double timeout_seconds) {
   site.collective = w.final_barrier->StartCollective();
   MPI_Request request = MPI_REQUEST_NULL;
   MpiCheck(MPI_Ibarrier(w.side, &request), "MPI_Ibarrier", "world");
-  WatchdogWait(&request, MPI_STATUS_IGNORE, site, timeout_seconds);
+  WatchdogWait(&request, MPI_STATUS_IGNORE, site, Deadline{timeout_seconds, "MpiFinalize's timeout_seconds"});
 }
 
 }  // namespace fathom

@@ -38,6 +38,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "parallel/communicator.h"
+
 namespace fathom {
 
 // How long a rank whose deadline passed waits for its peers' answers before it reports without them.
@@ -104,6 +106,9 @@ struct WaitSite {
 
 // "all_reduce (MPI_Iallgather) #6 on group dp" / "recv #2 from rank 3 (tag 7) on group pp".
 std::string DescribeSite(const WaitSite& site);
+// The first line of an expiry report: "watchdog: <site> did not complete within 9 s
+// (parallel.save_timeout_s); group dp has 2 rank(s): 0-1", naming the setting whose deadline applied.
+std::string DescribeExpiry(const WaitSite& site, const Deadline& deadline);
 
 // Collective over MPI_COMM_WORLD: creates the side channel and the record of MPI_COMM_WORLD.
 void WatchdogInit();
@@ -113,12 +118,13 @@ void WatchdogRelease();
 GroupRecord& MpiWorldRecord();
 
 // Blocks until `request` completes, filling `status` (may be MPI_STATUS_IGNORE). When the wait lasts
-// longer than `timeout_seconds`, asks the peers of `site`, reports and ends the job (kExitFailure).
-void WatchdogWait(MPI_Request* request, MPI_Status* status, const WaitSite& site, double timeout_seconds);
+// longer than `deadline.seconds`, asks the peers of `site`, reports (naming deadline.setting) and ends the
+// job (kExitFailure).
+void WatchdogWait(MPI_Request* request, MPI_Status* status, const WaitSite& site, const Deadline& deadline);
 // One MPI_Test (true when complete). A caller that keeps testing is waiting: `first_test` (kept by the
-// caller, empty at first) marks the first unsuccessful test, and once `timeout_seconds` have passed since,
+// caller, empty at first) marks the first unsuccessful test, and once `deadline.seconds` have passed since,
 // the same report ends the job.
-bool WatchdogTest(MPI_Request* request, MPI_Status* status, const WaitSite& site, double timeout_seconds,
+bool WatchdogTest(MPI_Request* request, MPI_Status* status, const WaitSite& site, const Deadline& deadline,
                   std::optional<std::chrono::steady_clock::time_point>* first_test);
 // Every rank meets here before MPI_Finalize, which would otherwise wait for ever for a rank that never
 // comes (a stopped one, one still in a collective); the deadline is `timeout_seconds`.

@@ -53,7 +53,7 @@ ncclConfig_t MakeConfig(const std::string& name) {
 }
 
 std::shared_ptr<State> MakeState(ncclComm_t comm, const std::string& name, int device,
-                                 std::shared_ptr<double> timeout, cudaStream_t compute_stream) {
+                                 std::shared_ptr<Deadline> timeout, cudaStream_t compute_stream) {
   auto s = std::make_shared<State>();
   s->comm = comm;
   s->name = name;
@@ -139,9 +139,10 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::Create(Communicator& bootstr
   FATHOM_NCCL_CHECK(ncclCommInitRankConfig(&comm, size, id, bootstrap.rank(), &config));
   // 0: the bootstrap's family deadline, so that one setting (parallel.timeout_s on the world) governs the
   // MPI and the NCCL waits alike.
-  std::shared_ptr<double> timeout = options.timeout_seconds > 0
-                                        ? std::make_shared<double>(options.timeout_seconds)
-                                        : bootstrap.shared_timeout();
+  std::shared_ptr<Deadline> timeout =
+      options.timeout_seconds > 0
+          ? std::make_shared<Deadline>(Deadline{options.timeout_seconds, "NcclOptions::timeout_seconds"})
+          : bootstrap.shared_timeout();
   std::shared_ptr<State> s =
       MakeState(comm, bootstrap.name(), device, std::move(timeout), options.compute_stream);
   FATHOM_CHECK(s->rank == bootstrap.rank() && s->size == size, "[nccl] ", s->Where(),

@@ -63,8 +63,8 @@ void State::CheckAsyncError(const std::string& during) {
 }
 
 std::string State::Expired(const std::string& during) const {
-  return absl::StrCat("[nccl] watchdog: ", Where(), ": communication did not finish within ", *timeout,
-                      " s (parallel.timeout_s) while ", during, "; ", operations,
+  return absl::StrCat("[nccl] watchdog: ", Where(), ": communication did not finish within ",
+                      timeout->seconds, " s (", timeout->setting, ") while ", during, "; ", operations,
                       " operation(s) enqueued on the group so far, the latest ", last_operation,
                       ". NCCL cannot tell which peer is missing: every rank of the group that waits on the "
                       "host reports like this one, so the ranks not reporting are the ones to look at "
@@ -130,7 +130,7 @@ void State::WaitHost(const std::string& during) {
                  cudaGetErrorName(q), ": ", cudaGetErrorString(q));
     (void)cudaGetLastError();
     CheckAsyncError(during);
-    if (SecondsSince(begin) > *timeout) Fail(Expired(during));
+    if (SecondsSince(begin) > timeout->seconds) Fail(Expired(during));
     // Spin briefly (short collectives finish in microseconds), then stop burning the core.
     if (polls < 1000) {
       std::this_thread::yield();
@@ -168,7 +168,7 @@ class NcclRequest final : public Request::Impl {
     state_->CheckAsyncError("testing a request");
     // A caller polling Test() is waiting on the host: the same deadline as Synchronize().
     if (!first_test_) first_test_ = Clock::now();
-    if (SecondsSince(*first_test_) > *state_->timeout) {
+    if (SecondsSince(*first_test_) > state_->timeout->seconds) {
       state_->Fail(
           state_->Expired(absl::StrCat("polling a request of ", launch_->operation, " with Test()")));
     }

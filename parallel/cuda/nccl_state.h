@@ -55,7 +55,7 @@ struct NcclCommunicator::State {
   int rank = 0;
   int size = 1;
   int device = 0;
-  std::shared_ptr<double> timeout;  // the deadline cell of the communicator's family
+  std::shared_ptr<Deadline> timeout;  // the deadline cell of the communicator's family
   cudaStream_t comm_stream = nullptr;
   cudaStream_t compute_stream = nullptr;
   cudaEvent_t start = nullptr;         // the compute stream's position when a collective starts
@@ -114,7 +114,7 @@ struct Launch {
 // communicator (streams, events, scratch) on `device`.
 ncclConfig_t MakeConfig(const std::string& name);
 std::shared_ptr<State> MakeState(ncclComm_t comm, const std::string& name, int device,
-                                 std::shared_ptr<double> timeout, cudaStream_t compute_stream);
+                                 std::shared_ptr<Deadline> timeout, cudaStream_t compute_stream);
 
 }  // namespace fathom
 

@@ -75,11 +75,17 @@ int RunProbe(const std::string& scenario) {
       world->AllReduce(x, ReduceOp::kSum);
     }
     {
-      ScopedTimeout longer(*world, 4 * kTimeoutSeconds);
+      ScopedTimeout longer(*world, 4 * kTimeoutSeconds, "parallel.first_step_timeout_s");
       if (r == 3) Sleep(1.5 * kTimeoutSeconds);
       world->Barrier();
     }
     if (world->timeout_seconds() != kTimeoutSeconds) return 65;  // the scope restored the deadline
+  } else if (scenario == "stalls_under_raised_deadline") {
+    // Rank 3 never reaches a barrier held under a raised deadline (a checkpoint save's): the report must
+    // name the setting whose deadline expired, not parallel.timeout_s.
+    ScopedTimeout save(*world, 1.5 * kTimeoutSeconds, "parallel.save_timeout_s");
+    if (r != 3) world->Barrier();
+    elsewhere->Barrier();
   } else {
     std::fprintf(stderr, "unknown probe scenario '%s'\n", scenario.c_str());
     return 64;
@@ -109,8 +115,9 @@ bool Has(const std::string& text, const std::string& what) { return text.find(wh
 TEST(Watchdog, StoppedRankEndsTheJobNamingItAndTheCollective) {
   JobResult job = RunJob("sigstop");
   EXPECT_ENDED_BY_WATCHDOG(job);
-  EXPECT_TRUE(
-      Has(job.output, "watchdog: all_reduce (MPI_Iallgather) #6 on group world did not complete within 2 s"))
+  EXPECT_TRUE(Has(job.output,
+                  "watchdog: all_reduce (MPI_Iallgather) #6 on group world did not complete within 2 s "
+                  "(parallel.timeout_s)"))
       << job.output;
   EXPECT_TRUE(Has(job.output, "rank 2: no answer")) << job.output;
   EXPECT_FALSE(Has(job.output, "rank 1: no answer")) << "the running ranks answer:\n" << job.output;
@@ -141,6 +148,16 @@ TEST(Watchdog, PollingTestPastTheDeadlineIsAWaitToo) {
   EXPECT_ENDED_BY_WATCHDOG(job);
   EXPECT_TRUE(Has(job.output, "[rank 0] watchdog: recv (MPI_Irecv) #1 from rank 3 (tag 9) on group world"))
       << job.output;
+}
+
+TEST(Watchdog, ExpiryUnderARaisedDeadlineNamesItsSetting) {
+  JobResult job = RunJob("stalls_under_raised_deadline");
+  EXPECT_ENDED_BY_WATCHDOG(job);
+  EXPECT_TRUE(Has(job.output,
+                  "barrier (MPI_Ibarrier) #1 on group world did not complete within 3 s "
+                  "(parallel.save_timeout_s)"))
+      << job.output;
+  EXPECT_FALSE(Has(job.output, "(parallel.timeout_s)")) << job.output;
 }
 
 TEST(Watchdog, WaitsWithinTheDeadlineAndRaisedDeadlinesPass) {
