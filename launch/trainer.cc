@@ -494,7 +494,8 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     // Checkpoints: finish a background save when every rank is done; save on schedule, after the last
     // step, and when any rank was told to stop (SIGTERM / SIGUSR1: the same step on every rank).
     if (absl::Status s = PollSave(/*finish=*/false, log); !s.ok()) return s;
-    const bool stop = AgreeToStop(world);
+    const StopAgreement agreed = AgreeToStop(world);
+    const bool stop = agreed.stop();
     const bool last = step + 1 == steps;
     const bool scheduled = ckpt.save_every > 0 && (last || (step + 1) % ckpt.save_every == 0);
     if (checkpoints_ && (stop || scheduled)) {
@@ -503,8 +504,7 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     if (stop) {
       preempted_ = true;
       if (logs) {
-        log << absl::StrFormat("preempted: signal %d received; stopping after step %d%s\n",
-                               PreemptionSignal(), step + 1,
+        log << absl::StrFormat("preempted: %s; stopping after step %d%s\n", DescribeStop(agreed), step + 1,
                                checkpoints_ ? " with a checkpoint" : " (no checkpoint.dir: nothing saved)");
       }
       break;

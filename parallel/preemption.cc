@@ -2,11 +2,13 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "parallel/collective_status.h"
 
 namespace fathom {
 namespace {
@@ -38,11 +40,22 @@ absl::Status InstallPreemptionHandlers() {
 
 int PreemptionSignal() { return g_signal.load(std::memory_order_relaxed); }
 
-bool AgreeToStop(Communicator& comm) {
-  Tensor flag = Tensor::Empty({1}, DType::kI32);
-  flag.data<int32_t>()[0] = PreemptionSignal() != 0 ? 1 : 0;
-  comm.AllReduce(flag, ReduceOp::kMax);
-  return flag.data<int32_t>()[0] != 0;
+// Gathered rather than max-reduced: the report names the ranks that were signalled, and a signal often
+// reaches one rank only (mpirun, kill), which need not be rank 0, the one that reports.
+StopAgreement AgreeToStop(Communicator& comm) {
+  const std::vector<std::vector<int64_t>> signals = AllGatherI64(comm, {PreemptionSignal()});
+  StopAgreement agreed;
+  for (const std::vector<int64_t>& s : signals)
+    agreed.signal = std::max(agreed.signal, static_cast<int>(s[0]));
+  for (int r = 0; r < comm.size() && agreed.signal != 0; ++r) {
+    if (signals[static_cast<size_t>(r)][0] == agreed.signal) agreed.ranks.push_back(r);
+  }
+  return agreed;
+}
+
+std::string DescribeStop(const StopAgreement& agreed) {
+  const char* name = agreed.signal == SIGTERM ? " (SIGTERM)" : agreed.signal == SIGUSR1 ? " (SIGUSR1)" : "";
+  return absl::StrCat("signal ", agreed.signal, name, " received on ", RankList(agreed.ranks));
 }
 
 void ResetPreemptionForTesting() { g_signal.store(0); }

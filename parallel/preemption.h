@@ -4,11 +4,15 @@
 //   InstallPreemptionHandlers  SIGTERM and SIGUSR1 handlers that only record the signal (an atomic store,
 //                              async-signal-safe); the step loop is never interrupted.
 //   AgreeToStop                the step-boundary decision, collective: any rank's signal stops every rank
-//                              after the same step (mpirun may deliver a signal to one rank only).
+//                              after the same step (mpirun may deliver a signal to one rank only), and
+//                              every rank learns which signal arrived where (rank 0 reports it).
 // Handlers are process-wide (signals are); installing replaces SIGTERM's default action, so a job that
 // installs them must call AgreeToStop every step or it will ignore SIGTERM. SIGKILL still ends it.
 #ifndef FATHOM_PARALLEL_PREEMPTION_H_
 #define FATHOM_PARALLEL_PREEMPTION_H_
+
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "parallel/communicator.h"
@@ -23,9 +27,19 @@ absl::Status InstallPreemptionHandlers();
 // async-signal-safe.
 int PreemptionSignal();
 
-// Collective over `comm` (a host communicator; every rank calls it at the same step boundary): true on
-// every rank when any rank has received a preemption signal. One all-reduce (max) of one integer.
-bool AgreeToStop(Communicator& comm);
+// What the ranks agreed at a step boundary: stop when any of them received a preemption signal.
+struct StopAgreement {
+  int signal = 0;          // the largest signal number any rank received (0: none, go on)
+  std::vector<int> ranks;  // the ranks of the communicator that received that signal, ascending
+  bool stop() const { return signal != 0; }
+};
+
+// Collective over `comm` (a host communicator; every rank calls it at the same step boundary): the same
+// StopAgreement on every rank, whichever rank the signal reached. One all-gather of one integer per rank.
+StopAgreement AgreeToStop(Communicator& comm);
+
+// "signal 10 (SIGUSR1) received on rank 2", "signal 15 (SIGTERM) received on ranks 0-3"; REQUIRES stop().
+std::string DescribeStop(const StopAgreement& agreed);
 
 // Forgets a received signal (tests).
 void ResetPreemptionForTesting();

@@ -1,10 +1,10 @@
 // Checkpoints from the command line (issue 10), as a user meets them under mpirun: a rank killed in the
-// middle of a save leaves the previous checkpoint, which the next run resumes from; SIGTERM to one rank
-// ends the job after the current step with a checkpoint and exit 0; a corrupt, truncated or mismatched
-// checkpoint is refused with one message and exit 2, and nothing in checkpoint.dir changes. On one
-// process: a damaged step directory is named by resume: auto and never replaced; a checkpoint.dir that is
-// itself a checkpoint, and resume: none among another run's checkpoints, are refused; a resume names every
-// schedule or data-order key that changed.
+// middle of a save leaves the previous checkpoint, which the next run resumes from; SIGUSR1 to one rank
+// ends the job after the current step with a checkpoint and exit 0, reported with that rank's signal; a
+// corrupt, truncated or mismatched checkpoint is refused with one message and exit 2, and nothing in
+// checkpoint.dir changes. On one process: a damaged step directory is named by resume: auto and never
+// replaced; a checkpoint.dir that is itself a checkpoint, and resume: none among another run's checkpoints,
+// are refused; a resume names every schedule or data-order key that changed.
 #include <gmock/gmock.h>
 
 #include <filesystem>
@@ -78,10 +78,11 @@ TEST(CheckpointCli, RankKilledMidSaveLeavesThePreviousOneWhichTheNextRunResumes)
   fs::remove_all(dir);
 }
 
-TEST(CheckpointCli, SigtermToOneRankSavesAndExitsZeroAfterTheCurrentStep) {
-  const std::string dir = FreshDir("sigterm"), log = dir + "/job.log";
-  // The job runs in the background; once it has logged step 3, one rank (the first fathom process found)
-  // gets SIGTERM; the job must end by itself with exit 0.
+TEST(CheckpointCli, SignalToOneRankSavesAndExitsZeroAfterTheCurrentStep) {
+  const std::string dir = FreshDir("sigusr1"), log = dir + "/job.log";
+  // The job runs in the background; once it has logged step 3, rank 2 alone (the fathom process whose
+  // OMPI_COMM_WORLD_RANK is 2) gets SIGUSR1; the job must end by itself with exit 0, and rank 0 must
+  // report the signal rank 2 received, not its own (none).
   const std::string job =
       "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 60 mpirun "
       "--oversubscribe -np 4 " +
@@ -89,11 +90,13 @@ TEST(CheckpointCli, SigtermToOneRankSavesAndExitsZeroAfterTheCurrentStep) {
   RunResult r = fathom::testing::RunShell(
       "(" + job + "; echo \"exit $?\" >> " + log + ") & " +
       "for i in $(seq 1 600); do grep -q 'step     3/' " + log + " 2>/dev/null && break; sleep 0.1; done; " +
-      "kill -TERM $(pgrep -f 'fathom_ckpt_cli_sigterm' | grep -v $$ | xargs -r ps -o pid=,comm= -p | "
-      "awk '$2==\"fathom\"{print $1}' | head -1); wait; cat " +
+      "for p in $(pgrep -f 'fathom_ckpt_cli_sigusr1'); do [ \"$(ps -o comm= -p $p)\" = fathom ] && "
+      "tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=2 && kill -USR1 $p; "
+      "done; wait; cat " +
       log);
   EXPECT_NE(r.output.find("exit 0"), std::string::npos) << r.output;
-  EXPECT_EQ(CountOf(r.output, "preempted: signal 15 received"), 1u) << r.output;
+  EXPECT_EQ(CountOf(r.output, "preempted: signal 10 (SIGUSR1) received on rank 2; stopping after step"), 1u)
+      << r.output;
   EXPECT_NE(r.output.find("checkpoint step "), std::string::npos) << r.output;
   int checkpoints = 0;
   for (const auto& e : fs::directory_iterator(dir))

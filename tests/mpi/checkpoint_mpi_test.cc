@@ -270,12 +270,18 @@ TEST(CheckpointMpi, PreemptionSignalOnOneRankStopsEveryRank) {
   std::unique_ptr<MpiCommunicator> world = MpiCommunicator::World();
   ASSERT_TRUE(InstallPreemptionHandlers().ok());
   ResetPreemptionForTesting();
-  EXPECT_FALSE(AgreeToStop(*world));
-  if (world->rank() == world->size() - 1) ::raise(SIGUSR1);
-  EXPECT_TRUE(AgreeToStop(*world));
-  EXPECT_EQ(PreemptionSignal(), world->rank() == world->size() - 1 ? SIGUSR1 : 0);
+  EXPECT_FALSE(AgreeToStop(*world).stop());
+  const int last = world->size() - 1;
+  if (world->rank() == last) ::raise(SIGUSR1);
+  // Every rank learns the signal and where it arrived, not only that one arrived (rank 0, which reports,
+  // received none unless it is the last).
+  const StopAgreement agreed = AgreeToStop(*world);
+  EXPECT_TRUE(agreed.stop());
+  EXPECT_EQ(agreed.signal, SIGUSR1);
+  EXPECT_EQ(agreed.ranks, std::vector<int>{last});
+  EXPECT_EQ(PreemptionSignal(), world->rank() == last ? SIGUSR1 : 0);
   ResetPreemptionForTesting();
-  EXPECT_FALSE(AgreeToStop(*world));
+  EXPECT_FALSE(AgreeToStop(*world).stop());
 }
 
 TEST(CheckpointMpi, EveryRankResumesFromTheSameCheckpoint) {

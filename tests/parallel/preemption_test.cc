@@ -17,11 +17,16 @@ TEST(PreemptionTest, SigtermAndSigusr1AreRecordedNotFatal) {
   for (int signo : {SIGTERM, SIGUSR1}) {
     ResetPreemptionForTesting();
     EXPECT_EQ(PreemptionSignal(), 0);
-    EXPECT_FALSE(AgreeToStop(comm));
+    EXPECT_FALSE(AgreeToStop(comm).stop());
     ASSERT_EQ(::raise(signo), 0);  // the default action would end this process
     EXPECT_EQ(PreemptionSignal(), signo);
-    EXPECT_TRUE(AgreeToStop(comm));
+    const StopAgreement agreed = AgreeToStop(comm);
+    EXPECT_TRUE(agreed.stop());
+    EXPECT_EQ(agreed.signal, signo);
+    EXPECT_EQ(agreed.ranks, std::vector<int>{0});
   }
+  EXPECT_EQ(DescribeStop({SIGUSR1, {2}}), "signal 10 (SIGUSR1) received on rank 2");
+  EXPECT_EQ(DescribeStop({SIGTERM, {0, 1, 2, 3}}), "signal 15 (SIGTERM) received on ranks 0-3");
   // The first signal is the one remembered.
   ResetPreemptionForTesting();
   ::raise(SIGUSR1);
