@@ -322,7 +322,6 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
     if (absl::Status s = runtime_->EndStepTrace(); !s.ok()) return s;
   }
   if (!r->skipped) runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
-  last_moe_layers_ = r->moe_layers;
 
   StepStats st;
   st.step = step;
@@ -336,6 +335,7 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   st.skipped = r->skipped;
   st.nonfinite = r->nonfinite;
   st.expert_loads = std::move(r->expert_loads);
+  for (const LayerLoad& l : r->layer_loads) st.expert_load.push_back({l.layer, l.max, l.mean});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double tokens = static_cast<double>(recipe_.parallel.micro_batches * runtime_->layout().dp() *
                                             recipe_.train.micro_batch_size * recipe_.train.seq_len);
@@ -390,15 +390,7 @@ StepRecord Trainer::MakeRecord(const StepStats& st, double valid_loss) const {
     rec.scalars.push_back({"valid_loss", valid_loss});
     rec.scalars.push_back({"valid_perplexity", std::exp(valid_loss)});
   }
-  const std::vector<int>& layers = last_moe_layers_;
-  for (size_t i = 0; i < st.expert_loads.size() && i < layers.size(); ++i) {
-    const std::vector<int64_t>& load = st.expert_loads[i];
-    double total = 0, busiest = 0;
-    for (int64_t v : load)
-      total += static_cast<double>(v), busiest = std::max(busiest, static_cast<double>(v));
-    rec.expert_load.push_back(
-        {layers[i], busiest, load.empty() ? 0.0 : total / static_cast<double>(load.size())});
-  }
+  rec.expert_load = st.expert_load;  // every stage's layers, not only rank 0's
   return rec;
 }
 

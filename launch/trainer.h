@@ -34,6 +34,7 @@ struct StepStats {
   double tokens_per_s = 0;
   double load_max_over_mean = 0;                   // worst MoE layer's busiest expert over the mean load
   std::vector<std::vector<int64_t>> expert_loads;  // this stage's MoE layers, global counts of the step
+  std::vector<ExpertLoadRecord> expert_load;       // every MoE layer of the model (any stage): the run log's
   double seconds = 0;                              // wall time of the step on this rank
   bool skipped = false;   // the gradient norm was not finite: no update (StepResult::skipped)
   std::string nonfinite;  // then: the first tensor with a non-finite gradient, and its rank
@@ -102,7 +103,6 @@ class Trainer {
   bool preempted_ = false;
   int64_t skipped_in_a_row_ = 0, skipped_total_ = 0;
   std::vector<double> recent_losses_;  // the last losses, for the spike warning
-  std::vector<int> last_moe_layers_;   // HF layer index of this stage's MoE layers (the run log's names)
 };
 
 std::string FormatStepLine(const StepStats& s, int64_t total_steps);

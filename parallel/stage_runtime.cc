@@ -708,7 +708,35 @@ StepResult StageRuntime::ReduceStatistics(const std::vector<std::vector<MicroBat
           std::max(r.load_max_over_mean, ComputeExpertLoadStats(r.expert_loads.back()).max_over_mean);
     }
   }
-  r.load_max_over_mean = MaxOverWorld({r.load_max_over_mean})[0];  // the worst MoE layer of any stage
+  // The worst MoE layer of any stage, and every MoE layer's busiest and mean load in the same reduction:
+  // per layer of the model a slot triple (held, max, mean) that the ranks holding the layer fill (all with
+  // the same global counts) and the others leave at zero.
+  std::vector<int> model_layers;
+  for (int64_t l = 0; l < recipe_.model.num_hidden_layers + recipe_.model.num_nextn_predict_layers; ++l) {
+    if (recipe_.model.is_moe_layer(l)) model_layers.push_back(static_cast<int>(l));
+  }
+  std::vector<double> maxima(1 + 3 * model_layers.size(), 0.0);
+  maxima[0] = r.load_max_over_mean;
+  for (size_t i = 0; i < r.moe_layers.size(); ++i) {
+    const auto at = std::find(model_layers.begin(), model_layers.end(), r.moe_layers[i]);
+    FATHOM_CHECK(at != model_layers.end(), "[stage runtime] MoE layer ", r.moe_layers[i],
+                 " outside the model");
+    double* slot = &maxima[1 + 3 * static_cast<size_t>(at - model_layers.begin())];
+    double total = 0, busiest = 0;
+    for (int64_t v : r.expert_loads[i]) {
+      total += static_cast<double>(v);
+      busiest = std::max(busiest, static_cast<double>(v));
+    }
+    slot[0] = 1;
+    slot[1] = busiest;
+    slot[2] = experts > 0 ? total / static_cast<double>(experts) : 0.0;
+  }
+  maxima = MaxOverWorld(maxima);
+  r.load_max_over_mean = maxima[0];
+  for (size_t j = 0; j < model_layers.size(); ++j) {
+    const double* slot = &maxima[1 + 3 * j];
+    if (slot[0] > 0) r.layer_loads.push_back({model_layers[j], slot[1], slot[2]});
+  }
 
   // Losses of the global batch (the CE sums live on the last stage, balance sums on every stage).
   loss_sums = SumOver(mesh_.world(), loss_sums);

@@ -55,8 +55,15 @@ class PipelineExecutor;
 class StepTrace;
 class ZeroOptimizer;
 
-// What one optimizer step produced, reduced over the job: every rank holds the same values (expert loads:
-// this stage's layers).
+// One MoE layer's routed tokens in a step, over the global batch.
+struct LayerLoad {
+  int layer = 0;    // HF layer index (MTP modules continue after the last decoder layer)
+  double max = 0;   // tokens of the busiest expert
+  double mean = 0;  // mean tokens per expert
+};
+
+// What one optimizer step produced, reduced over the job: every rank holds the same values (expert_loads:
+// this stage's layers; layer_loads: every stage's).
 struct StepResult {
   double lm_loss = 0;    // main next-token loss (mean over the step's valid labels)
   double mtp_loss = 0;   // mean over depths of the MTP losses (0 without MTP)
@@ -71,6 +78,9 @@ struct StepResult {
   std::vector<int> moe_layers;                     // HF layer index
   std::vector<std::vector<int64_t>> expert_loads;  // per MoE layer in moe_layers: tokens per expert, global
   double load_max_over_mean = 0;                   // the worst MoE layer of any stage: busiest expert / mean
+  // Every MoE layer of the model, whichever stage holds it, in layer order (the run log's expert_load,
+  // which rank 0 writes holding only its own stage's layers).
+  std::vector<LayerLoad> layer_loads;
 };
 
 // Device memory of a GPU rank (all zero on the CPU).

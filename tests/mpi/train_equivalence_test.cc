@@ -133,6 +133,15 @@ void ExpectSameAsOneRank(int64_t pp, int64_t ep, const std::string& schedule = "
     ASSERT_EQ(moes.size(), a->expert_loads.size());
     for (size_t i = 0; i < moes.size(); ++i)
       EXPECT_EQ(a->expert_loads[i], ref_loads.at(moes[i]->layer())) << "layer " << moes[i]->layer();
+    // The run log's loads cover every stage's MoE layers on every rank (rank 0 writes them), equal to the
+    // single rank's: the same counts, the same arithmetic.
+    ASSERT_EQ(a->expert_load.size(), ref_moes.size());
+    ASSERT_EQ(b->expert_load.size(), ref_moes.size());
+    for (size_t i = 0; i < ref_moes.size(); ++i) {
+      EXPECT_EQ(a->expert_load[i].layer, b->expert_load[i].layer);
+      EXPECT_EQ(a->expert_load[i].max, b->expert_load[i].max) << "layer " << b->expert_load[i].layer;
+      EXPECT_EQ(a->expert_load[i].mean, b->expert_load[i].mean) << "layer " << b->expert_load[i].layer;
+    }
     ExpectExecutedAsValidated(runtime, schedule, overlap != "none");
   }
   // Evaluation: a forward-only pass (every chunk in its micro-batches' path order) on fresh sequences
