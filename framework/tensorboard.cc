@@ -96,6 +96,18 @@ std::string EncodeScalarsEvent(double wall_time, int64_t step, const std::vector
   return event;
 }
 
+std::string EncodeSessionStartEvent(double wall_time, int64_t step) {
+  constexpr uint64_t kStart = 1;  // tensorflow.SessionLog.SessionStatus.START
+  std::string session_log;
+  PutTag(session_log, 1, kVarint);
+  PutVarint(session_log, kStart);
+  std::string event = EventHeader(wall_time);
+  PutTag(event, 2, kVarint);
+  PutVarint(event, static_cast<uint64_t>(step));
+  PutBytes(event, 7, session_log);  // Event.session_log (tensorboard/compat/proto/event.proto)
+  return event;
+}
+
 absl::StatusOr<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Create(const std::string& dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -129,6 +141,10 @@ absl::Status TensorBoardWriter::WriteScalars(int64_t step, double wall_time,
                                              const std::vector<Scalar>& scalars) {
   FATHOM_CHECK(!scalars.empty(), "[tensorboard] an event without scalars at step ", step);
   return WriteRecord(EncodeScalarsEvent(wall_time, step, scalars));
+}
+
+absl::Status TensorBoardWriter::WriteSessionStart(int64_t step, double wall_time) {
+  return WriteRecord(EncodeSessionStartEvent(wall_time, step));
 }
 
 absl::Status TensorBoardWriter::WriteRecord(std::string_view payload) {

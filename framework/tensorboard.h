@@ -4,11 +4,16 @@
 //   u64 length (little-endian) | u32 masked CRC-32C of those 8 bytes | payload | u32 masked CRC-32C of it
 // with mask(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2^32). Each payload is a serialized
 // tensorflow.Event protobuf (hand-encoded here, proto3 wire format):
-//   Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
-//   Summary { repeated Value value = 1; }
-//   Value   { string tag = 1; float simple_value = 2; }
-// The first record carries file_version "brain.Event:2"; every later one a Summary of scalars. TensorBoard
-// (EventAccumulator, `tensorboard --logdir`) reads these files; tests/data/check_tensorboard.py checks it.
+//   Event      { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+//                SessionLog session_log = 7; }   (6 is the deprecated log_message)
+//   Summary    { repeated Value value = 1; }
+//   Value      { string tag = 1; float simple_value = 2; }
+//   SessionLog { SessionStatus status = 1; }  (START = 1)
+// The first record carries file_version "brain.Event:2"; a resumed run's file then has a SessionLog START
+// at the first step it writes (what PyTorch's SummaryWriter(purge_step=...) writes: TensorBoard discards
+// the earlier files' events from that step on, the records of a continuation that was abandoned); every
+// later record is a Summary of scalars. TensorBoard (EventAccumulator, `tensorboard --logdir`) reads these
+// files; tests/data/check_tensorboard.py checks it.
 #ifndef FATHOM_FRAMEWORK_TENSORBOARD_H_
 #define FATHOM_FRAMEWORK_TENSORBOARD_H_
 
@@ -35,6 +40,8 @@ std::string EncodeTfRecord(std::string_view payload);
 std::string EncodeFileVersionEvent(double wall_time);
 // simple_value is a float: values are rounded to the nearest float.
 std::string EncodeScalarsEvent(double wall_time, int64_t step, const std::vector<Scalar>& scalars);
+// An Event with session_log { status: START } at `step`.
+std::string EncodeSessionStartEvent(double wall_time, int64_t step);
 
 // Appends events to a new file "<dir>/events.out.tfevents.<unix seconds>.<hostname>.<pid>" (then ".1",
 // ".2", ... when the process already made one this second). Every record
@@ -54,6 +61,8 @@ class TensorBoardWriter {
 
   // One Event with the scalars (at least one) of `step`.
   absl::Status WriteScalars(int64_t step, double wall_time, const std::vector<Scalar>& scalars);
+  // The SessionLog START Event of a run resumed at `step` (the first step it will write).
+  absl::Status WriteSessionStart(int64_t step, double wall_time);
   const std::string& path() const { return path_; }
 
  private:

@@ -1,9 +1,11 @@
 // TensorBoard event files: decoded here by an independent reader of the TFRecord framing and the
-// protobuf wire format (frame CRCs, every field), the way TensorBoard's reader sees them.
+// protobuf wire format (frame CRCs, every field; tests/common/tensorboard_decoder.h), the way
+// TensorBoard's reader sees them.
 #include "framework/tensorboard.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -13,124 +15,16 @@
 
 #include "framework/file_io.h"
 #include "tests/common/gradcheck.h"
+#include "tests/common/tensorboard_decoder.h"
 
 namespace fathom {
 namespace {
 
+using testing::DecodedEvent;
+using testing::DecodeEvent;
 using ::testing::HasSubstr;
+using testing::ReadRecords;
 using testing::TestSeed;
-
-// --- an independent decoder ---
-
-struct DecodedValue {
-  std::string tag;
-  float simple_value = 0;
-};
-struct DecodedEvent {
-  double wall_time = 0;
-  int64_t step = 0;
-  std::string file_version;
-  std::vector<DecodedValue> values;
-};
-
-uint64_t ReadVarint(std::string_view& s) {
-  uint64_t v = 0;
-  for (int shift = 0;; shift += 7) {
-    EXPECT_FALSE(s.empty()) << "truncated varint";
-    if (s.empty()) return v;
-    const uint8_t b = static_cast<uint8_t>(s[0]);
-    s.remove_prefix(1);
-    v |= static_cast<uint64_t>(b & 0x7F) << shift;
-    if ((b & 0x80) == 0) return v;
-  }
-}
-
-template <class T>
-T ReadFixed(std::string_view& s) {
-  T v{};
-  EXPECT_GE(s.size(), sizeof(T));
-  std::memcpy(&v, s.data(), sizeof(T));
-  s.remove_prefix(sizeof(T));
-  return v;
-}
-
-std::string_view ReadBytes(std::string_view& s) {
-  const uint64_t n = ReadVarint(s);
-  EXPECT_LE(n, s.size());
-  std::string_view b = s.substr(0, n);
-  s.remove_prefix(n);
-  return b;
-}
-
-DecodedValue DecodeValue(std::string_view s) {
-  DecodedValue v;
-  while (!s.empty()) {
-    const uint64_t key = ReadVarint(s);
-    if (key == ((1 << 3) | 2)) {
-      v.tag = std::string(ReadBytes(s));
-    } else if (key == ((2 << 3) | 5)) {
-      v.simple_value = ReadFixed<float>(s);
-    } else {
-      ADD_FAILURE() << "unexpected Summary.Value field key " << key;
-      return v;
-    }
-  }
-  return v;
-}
-
-DecodedEvent DecodeEvent(std::string_view s) {
-  DecodedEvent e;
-  while (!s.empty()) {
-    const uint64_t key = ReadVarint(s);
-    switch (key) {
-      case (1 << 3) | 1:
-        e.wall_time = ReadFixed<double>(s);
-        break;
-      case (2 << 3) | 0:
-        e.step = static_cast<int64_t>(ReadVarint(s));
-        break;
-      case (3 << 3) | 2:
-        e.file_version = std::string(ReadBytes(s));
-        break;
-      case (5 << 3) | 2: {
-        std::string_view summary = ReadBytes(s);
-        while (!summary.empty()) {
-          EXPECT_EQ(ReadVarint(summary), (1u << 3) | 2) << "Summary.value";
-          e.values.push_back(DecodeValue(ReadBytes(summary)));
-        }
-        break;
-      }
-      default:
-        ADD_FAILURE() << "unexpected Event field key " << key;
-        return e;
-    }
-  }
-  return e;
-}
-
-uint32_t Mask(uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xa282ead8u; }
-
-// Splits a file into its TFRecord payloads, checking both CRCs of every frame.
-std::vector<std::string> ReadRecords(const std::string& bytes) {
-  std::vector<std::string> records;
-  std::string_view s = bytes;
-  while (!s.empty()) {
-    EXPECT_GE(s.size(), 12u) << "truncated frame header";
-    if (s.size() < 12) break;
-    const uint64_t length = ReadFixed<uint64_t>(s);
-    const uint32_t length_crc = ReadFixed<uint32_t>(s);
-    EXPECT_EQ(length_crc, Mask(Crc32c(bytes.data() + (bytes.size() - s.size() - 12), 8))) << "length CRC";
-    EXPECT_GE(s.size(), length + 4) << "truncated frame";
-    if (s.size() < length + 4) break;
-    const std::string payload(s.substr(0, length));
-    s.remove_prefix(length);
-    EXPECT_EQ(ReadFixed<uint32_t>(s), Mask(Crc32c(payload.data(), payload.size()))) << "payload CRC";
-    records.push_back(payload);
-  }
-  return records;
-}
-
-// --- tests ---
 
 TEST(TensorBoardTest, MaskIsTheTfRecordOne) {
   // Crc32c("123456789") = 0xE3069283 (file_io_test pins it); masked by hand: rotate right 15, add the
@@ -191,6 +85,39 @@ TEST(TensorBoardTest, WritesDecodableEventsAndFlushesEachRecord) {
   w->reset();
   std::filesystem::remove_all(dir);
   EXPECT_THAT(std::string(TensorBoardWriter::Create(dir).status().message()), HasSubstr("not a directory"));
+}
+
+// A resumed run's SessionLog START: Event.session_log is field 7 (6 is the deprecated log_message) and
+// SessionLog.status START is 1, or TensorBoard would not discard the abandoned continuation's events.
+TEST(TensorBoardTest, SessionStartIsTheEventTensorBoardPurgesOn) {
+  const std::string payload = EncodeSessionStartEvent(1.7e9, 6);
+  // wall_time (field 1, fixed64), step (field 2, varint 6), session_log (field 7, 2 bytes: status = 1).
+  EXPECT_EQ(payload.substr(9), std::string("\x10\x06\x3a\x02\x08\x01", 6));
+  const DecodedEvent e = DecodeEvent(payload);
+  EXPECT_EQ(e.wall_time, 1.7e9);
+  EXPECT_EQ(e.step, 6);
+  EXPECT_EQ(e.session_status, 1);
+  EXPECT_TRUE(e.values.empty());
+
+  const std::string dir =
+      (std::filesystem::temp_directory_path() /
+       ("fathom_tb_start_" + std::to_string(TestSeed()) + "_" + std::to_string(::getpid())))
+          .string();
+  std::filesystem::create_directories(dir);
+  absl::StatusOr<std::unique_ptr<TensorBoardWriter>> w = TensorBoardWriter::Create(dir);
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_TRUE((*w)->WriteSessionStart(11, 1.8e9).ok());
+  ASSERT_TRUE((*w)->WriteScalars(11, 1.8e9 + 1, {{"loss", 2.0}}).ok());
+  const std::vector<DecodedEvent> events = testing::ReadEventFile((*w)->path());
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].file_version, "brain.Event:2");
+  EXPECT_EQ(events[0].session_status, -1);
+  EXPECT_EQ(events[1].step, 11);
+  EXPECT_EQ(events[1].session_status, 1);
+  EXPECT_EQ(events[2].session_status, -1);
+  ASSERT_EQ(events[2].values.size(), 1u);
+  w->reset();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
