@@ -9,7 +9,10 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -43,7 +46,77 @@ absl::Status WriteAll(int fd, const std::string& path, std::string_view data) {
   return absl::OkStatus();
 }
 
+// What metrics.jsonl already holds, line by line, and what a run starting at `start` keeps of it.
+struct ExistingLog {
+  std::string kept;     // the lines to keep, each with its newline
+  int64_t records = 0;  // metric records found (start markers and unreadable lines not counted)
+  int64_t last_step = 0;
+  int64_t removed = 0;  // records removed (a resume only)
+  int64_t first_removed = 0, last_removed = 0;
+};
+
+// A line's step when it is a start marker (`marker`) or a metric record; nullopt for anything else (a
+// torn or foreign line, which is kept as it is).
+std::optional<int64_t> LineStep(const std::string& line, bool* marker) {
+  const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) return std::nullopt;
+  *marker = j.contains("event");
+  if (*marker && j["event"] != "start") return std::nullopt;
+  return j["step"].get<int64_t>();
+}
+
+ExistingLog ReadExistingLog(const std::string& contents, int64_t start_step) {
+  std::vector<std::string> lines;
+  for (size_t at = 0; at < contents.size();) {
+    const size_t end = std::min(contents.find('\n', at), contents.size());
+    lines.push_back(contents.substr(at, end - at));
+    at = end + 1;
+  }
+  // The run being resumed began after the last fresh start: its marker (step 0), or in a file written
+  // before there were markers, the last record whose step went back.
+  size_t begin = 0;
+  std::optional<int64_t> previous;
+  ExistingLog log;
+  std::vector<std::optional<int64_t>> steps(lines.size());
+  std::vector<bool> markers(lines.size(), false);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    bool marker = false;
+    steps[i] = LineStep(lines[i], &marker);
+    markers[i] = marker;
+    if (!steps[i]) continue;
+    if (marker) {
+      if (*steps[i] == 0) begin = i + 1;
+      continue;
+    }
+    if (previous && *steps[i] < *previous) begin = i;
+    previous = steps[i];
+    ++log.records;
+    log.last_step = *steps[i];
+  }
+  for (size_t i = 0; i < lines.size(); ++i) {
+    // Past the checkpoint: the abandoned continuation's records, and its markers from there on.
+    const bool abandoned = start_step > 0 && i >= begin && steps[i] &&
+                           (markers[i] ? *steps[i] >= start_step : *steps[i] > start_step);
+    if (abandoned && !markers[i]) {
+      if (log.removed++ == 0) log.first_removed = *steps[i];
+      log.last_removed = *steps[i];
+    }
+    if (!abandoned) absl::StrAppend(&log.kept, lines[i], "\n");  // a torn last line gets its newline
+  }
+  return log;
+}
+
 }  // namespace
+
+std::string StartMarkerJsonLine(const RunStart& start, double wall_time) {
+  nlohmann::ordered_json j;
+  j["event"] = "start";
+  j["step"] = start.step;
+  j["wall_time"] = wall_time;
+  j["resumed_from"] = nullptr;  // a fresh run
+  if (!start.resumed_from.empty()) j["resumed_from"] = start.resumed_from;
+  return j.dump();
+}
 
 std::vector<Scalar> TensorBoardTags(const StepRecord& record) {
   std::vector<Scalar> tags;
@@ -81,8 +154,9 @@ std::string MetricsJsonLine(const StepRecord& record, double wall_time) {
   return j.dump();
 }
 
-absl::StatusOr<std::unique_ptr<RunLog>> RunLog::Open(const std::string& log_dir) {
+absl::StatusOr<std::unique_ptr<RunLog>> RunLog::Open(const std::string& log_dir, const RunStart& start) {
   FATHOM_CHECK(!log_dir.empty(), "[run_log] an empty train.log_dir means no RunLog");
+  FATHOM_CHECK(start.step >= 0, "[run_log] a run starting at step ", start.step);
   std::error_code ec;
   std::filesystem::create_directories(log_dir, ec);
   if (!std::filesystem::is_directory(log_dir)) {
@@ -96,17 +170,49 @@ absl::StatusOr<std::unique_ptr<RunLog>> RunLog::Open(const std::string& log_dir)
   if (absl::Status s = CheckReplaceable(metrics_path); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("train.log_dir: ", s.message()));
   }
+  // The records already there: kept, except a resumed run's abandoned continuation (see run_log.h).
+  std::string notice;
+  bool needs_newline = false;  // a torn last line (a crash mid-write) must not absorb the marker
+  if (std::filesystem::exists(metrics_path)) {
+    std::ifstream in(metrics_path, std::ios::binary);
+    std::string contents((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) return absl::InternalError(absl::StrCat("cannot read ", metrics_path));
+    const ExistingLog existing = ReadExistingLog(contents, start.step);
+    if (existing.removed > 0) {
+      if (absl::Status s = WriteFileAtomically(metrics_path, existing.kept); !s.ok()) return s;
+      notice = absl::StrFormat(
+          "train.log_dir: resuming after step %d: removed %d record(s) of steps %d-%d from %s, written past "
+          "that checkpoint by the run that did not finish (TensorBoard drops them too)",
+          start.step, existing.removed, existing.first_removed, existing.last_removed, metrics_path);
+    } else {
+      needs_newline = !contents.empty() && contents.back() != '\n';
+      if (start.step == 0 && existing.records > 0) {
+        notice = absl::StrFormat(
+            "train.log_dir: %s already holds %d record(s) of earlier runs (the last of step %d); they are "
+            "kept, and this fresh run's records follow its start marker",
+            metrics_path, existing.records, existing.last_step);
+      }
+    }
+  }
   const int fd = ::open(metrics_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) {
     return absl::InternalError(
         absl::StrCat("cannot open ", metrics_path, " for appending: ", std::strerror(errno)));
   }
-  absl::StatusOr<std::unique_ptr<TensorBoardWriter>> events = TensorBoardWriter::Create(log_dir);
-  if (!events.ok()) {
+  const double now = WallTime();
+  const std::string marker = absl::StrCat(needs_newline ? "\n" : "", StartMarkerJsonLine(start, now), "\n");
+  if (absl::Status s = WriteAll(fd, metrics_path, marker); !s.ok()) {
     ::close(fd);
-    return events.status();
+    return s;
   }
-  return std::unique_ptr<RunLog>(new RunLog(fd, metrics_path, *std::move(events)));
+  absl::StatusOr<std::unique_ptr<TensorBoardWriter>> events = TensorBoardWriter::Create(log_dir);
+  absl::Status s = events.status();
+  if (s.ok() && start.step > 0) s = (*events)->WriteSessionStart(start.step + 1, now);
+  if (!s.ok()) {
+    ::close(fd);
+    return s;
+  }
+  return std::unique_ptr<RunLog>(new RunLog(fd, metrics_path, *std::move(events), std::move(notice)));
 }
 
 RunLog::~RunLog() { Close().IgnoreError(); }

@@ -11,10 +11,24 @@
 // value under the tag that flattens its JSON path with '/': "loss", "phase_seconds/attention",
 // "expert_load/layer_1/max" (TensorBoardTags). tests/data/check_tensorboard.py relies on exactly that.
 //
-// Files: metrics.jsonl is appended to (a resumed run continues it), is never replaced and must be a
-// regular file if it exists; the event file is new for every Open. Both are written with one write(2) per
-// record, nothing buffered in the process, so a killed job keeps its curve. Like the event files, the
-// metrics log is append-only and so not written through AtomicFileWriter.
+// Runs: every Open first appends a start marker, the one kind of line without metrics:
+//   {"event": "start", "step": S, "wall_time": ..., "resumed_from": "ckpt/step_00000005"}   (null: fresh)
+// so that a reader can split the file into runs (readers of metrics skip lines with "event"). A run that
+// resumes from a checkpoint of step S continues the curve from S, so the records past S that the
+// interrupted run wrote after that checkpoint (steps S+1.. of an abandoned continuation) are removed: Open
+// rewrites metrics.jsonl without them (WriteFileAtomically: a crash leaves the old file or the new one),
+// looking only at the records since the last fresh start (the last marker with step 0, or, in a file
+// written before markers existed, the last place where the steps went back), and its new event file
+// starts with a SessionLog START at step S+1, which makes TensorBoard discard the older files' events from
+// S+1 on (PyTorch's purge_step). The steps of one run in metrics.jsonl then increase. A FRESH run (step
+// 0) never removes anything: the records of earlier runs stay, before its start marker, and notice() says
+// so. What cannot be told apart is not guessed at: a resume into the log of a different run with the
+// same log_dir still removes that run's records past S, as the log cannot know which run a checkpoint
+// came from.
+//
+// Files: metrics.jsonl is appended to and must be a regular file if it exists; it is replaced only by the
+// resume rewrite above. The event file is new for every Open. Both are written with one write(2) per
+// record, nothing buffered in the process, so a killed job keeps its curve.
 // Errors: InvalidArgument naming train.log_dir for a path that cannot be a log directory, Internal for I/O
 // failures. Thread safety: none; one thread (rank 0's) at a time.
 #ifndef FATHOM_FRAMEWORK_RUN_LOG_H_
@@ -53,11 +67,19 @@ std::vector<Scalar> TensorBoardTags(const StepRecord& record);
 // The JSON line of a record, without the trailing newline.
 std::string MetricsJsonLine(const StepRecord& record, double wall_time);
 
+// Where a run starts, for its start marker and for what a resume removes (see the top of this file).
+struct RunStart {
+  int64_t step = 0;          // steps done before the run: 0 fresh, S when resumed from a checkpoint of step S
+  std::string resumed_from;  // the checkpoint resumed from (empty for a fresh run)
+};
+
 class RunLog {
  public:
-  // Creates `log_dir` (and its parents) when missing, opens metrics.jsonl for appending and creates a new
-  // event file. REQUIRES: log_dir non-empty (train.log_dir "" means no RunLog at all).
-  static absl::StatusOr<std::unique_ptr<RunLog>> Open(const std::string& log_dir);
+  // Creates `log_dir` (and its parents) when missing; with start.step > 0 removes the records past it of
+  // the run being resumed (see the top); opens metrics.jsonl for appending and writes the start marker;
+  // creates a new event file (with the SessionLog START of a resumed run). REQUIRES: log_dir non-empty
+  // (train.log_dir "" means no RunLog at all), start.step >= 0.
+  static absl::StatusOr<std::unique_ptr<RunLog>> Open(const std::string& log_dir, const RunStart& start = {});
   ~RunLog();
   RunLog(const RunLog&) = delete;
   RunLog& operator=(const RunLog&) = delete;
@@ -70,15 +92,26 @@ class RunLog {
 
   const std::string& metrics_path() const { return metrics_path_; }
   const std::string& events_path() const { return events_->path(); }
+  // One line for the user about the records metrics.jsonl already held ("" when there were none and
+  // nothing was removed): kept (a fresh run) or how many were removed (a resume).
+  const std::string& notice() const { return notice_; }
 
  private:
-  RunLog(int metrics_fd, std::string metrics_path, std::unique_ptr<TensorBoardWriter> events)
-      : metrics_fd_(metrics_fd), metrics_path_(std::move(metrics_path)), events_(std::move(events)) {}
+  RunLog(int metrics_fd, std::string metrics_path, std::unique_ptr<TensorBoardWriter> events,
+         std::string notice)
+      : metrics_fd_(metrics_fd),
+        metrics_path_(std::move(metrics_path)),
+        events_(std::move(events)),
+        notice_(std::move(notice)) {}
 
   int metrics_fd_;
   std::string metrics_path_;
   std::unique_ptr<TensorBoardWriter> events_;
+  std::string notice_;
 };
+
+// The start marker line of a run (see the top), without the trailing newline.
+std::string StartMarkerJsonLine(const RunStart& start, double wall_time);
 
 // "45s", "4m05s", "3h12m", "2d04h".
 std::string FormatDuration(double seconds);

@@ -178,6 +178,7 @@ absl::Status Trainer::Resume(const std::string& path) {
     }
   }
   first_step_ = meta.step;
+  resumed_from_ = path;
   if (runtime_->coord().rank == 0) {
     // The directory's bytes over the time every rank took to read its slices (the restore ends together).
     std::error_code ec;
@@ -431,9 +432,12 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
   if (logs) log << train_data_->Describe() << "\n";
   std::unique_ptr<RunLog> run_log;
   if (logs && !recipe_.train.log_dir.empty()) {
-    absl::StatusOr<std::unique_ptr<RunLog>> opened = RunLog::Open(recipe_.train.log_dir);
+    // A resumed run drops what the interrupted one logged past the checkpoint (framework/run_log.h).
+    absl::StatusOr<std::unique_ptr<RunLog>> opened =
+        RunLog::Open(recipe_.train.log_dir, RunStart{first_step_, resumed_from_});
     if (!opened.ok()) return opened.status();
     run_log = *std::move(opened);
+    if (!run_log->notice().empty()) log << run_log->notice() << "\n";
   }
   if (absl::Status s = InstallPreemptionHandlers(); !s.ok()) return s;
   Communicator& world = runtime_->host_mesh().world();

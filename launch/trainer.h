@@ -58,10 +58,12 @@ class Trainer {
   absl::StatusOr<double> Evaluate();
   // Runs steps first_step() .. recipe.train.steps-1; rank 0 logs one line per train.log_every steps (with
   // the ETA), a validation line every train.eval_every steps, then a summary; with train.log_dir, rank 0
-  // also writes metrics.jsonl and TensorBoard events there (framework/run_log.h). With checkpoint.dir and
-  // save_every it saves every save_every steps and after the last one (checkpoint.async: in the
-  // background). A SIGTERM or SIGUSR1 on any rank (Slurm's --signal=USR1@120) ends the run after the
-  // current step with a checkpoint (when checkpoint.dir is set); preempted() is then true.
+  // also writes metrics.jsonl and TensorBoard events there (framework/run_log.h: a resumed run removes the
+  // records the interrupted one wrote past its checkpoint; a fresh one keeps earlier runs' records and
+  // says so). With checkpoint.dir and save_every it saves every save_every steps and after the last one
+  // (checkpoint.async: in the background). A SIGTERM or SIGUSR1 on any rank (Slurm's --signal=USR1@120)
+  // ends the run after the current step with a checkpoint (when checkpoint.dir is set), rank 0 naming the
+  // signal and the ranks it reached; preempted() is then true.
   absl::StatusOr<std::vector<StepStats>> Run(std::ostream& log);
 
   // Saves the state after `steps_done` steps into checkpoint.dir (synchronously; collective). The
@@ -100,6 +102,7 @@ class Trainer {
   std::unique_ptr<StageRuntime> runtime_;
   std::unique_ptr<CheckpointWriter> checkpoints_;  // with checkpoint.dir
   int64_t first_step_ = 0;
+  std::string resumed_from_;  // the checkpoint resumed from ("" for a fresh run), for the run log
   bool preempted_ = false;
   int64_t skipped_in_a_row_ = 0, skipped_total_ = 0;
   std::vector<double> recent_losses_;  // the last losses, for the spike warning

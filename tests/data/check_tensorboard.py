@@ -6,8 +6,9 @@
 Loads every events.out.tfevents.* file of LOG_DIR with tensorboard's EventAccumulator (the reader behind
 `tensorboard --logdir`), and compares with LOG_DIR/metrics.jsonl, whose lines flatten to tags by joining
 nested keys with '/' ("phase_seconds/attention", "expert_load/layer_1/max"; "step" and "wall_time" are
-the event's own fields, JSON null is NaN): the same tags, and for each the same (step, wall_time, value)
-sequence, values compared as the float32 TensorBoard stores. Exit 0 when everything matches, 1 otherwise.
+the event's own fields, JSON null is NaN; the start markers of runs, lines with "event", hold none): the
+same tags, and for each the same (step, wall_time, value) sequence, values compared as the float32
+TensorBoard stores. Exit 0 when everything matches, 1 otherwise.
 """
 import json
 import math
@@ -44,6 +45,8 @@ def main():
     with open(os.path.join(log_dir, "metrics.jsonl")) as f:
         for number, line in enumerate(f, 1):
             record = json.loads(line)
+            if "event" in record:  # a run's start marker: no metrics
+                continue
             step, wall_time = record.pop("step"), record.pop("wall_time")
             flat = {}
             flatten(record, "", flat)

@@ -51,6 +51,7 @@ exact() {
   awk 'function field(name,   m) {
          if (match($0, "\"" name "\":[^,}]*")) return substr($0, RSTART + length(name) + 3, RLENGTH - length(name) - 3)
          return "-" }
+       /"event":/ { next }  # the start markers of runs
        { print field("step"), field("lm_loss"), field("grad_norm") }' "$1"
 }
 last20() { awk -v steps="$STEPS" '$1 > steps - 20 { s += $2; n++ } END { printf "%.6f", s / n }' "$1"; }
