@@ -22,9 +22,9 @@
 // starts with a SessionLog START at step S+1, which makes TensorBoard discard the older files' events from
 // S+1 on (PyTorch's purge_step). The steps of one run in metrics.jsonl then increase. A FRESH run (step
 // 0) never removes anything: the records of earlier runs stay, before its start marker, and notice() says
-// so. What cannot be told apart is not guessed at: a resume into the log of a different run with the
-// same log_dir still removes that run's records past S, as the log cannot know which run a checkpoint
-// came from.
+// so (TensorBoard shows both runs in the directory, as before). The log cannot know which run a
+// checkpoint came from: resuming another run's checkpoint into this log_dir still removes the records
+// past S of the last run logged here.
 //
 // Files: metrics.jsonl is appended to and must be a regular file if it exists; it is replaced only by the
 // resume rewrite above. The event file is new for every Open. Both are written with one write(2) per
