@@ -109,7 +109,9 @@ TEST(RunLogCli, ResumeIntoTheSameLogDirContinuesTheCurve) {
       EXPECT_EQ(j["step"], markers == 1 ? 0 : 5);
       continue;
     }
-    if (!steps.empty()) EXPECT_GT(j["step"].get<int64_t>(), steps.back()) << "steps must increase";
+    if (!steps.empty()) {
+      EXPECT_GT(j["step"].get<int64_t>(), steps.back()) << "steps must increase";
+    }
     steps.push_back(j["step"].get<int64_t>());
   }
   EXPECT_EQ(markers, 2);
