@@ -96,12 +96,14 @@ TEST(PreprocessTest, TinyTrainsOnPreprocessedDemoWithValidationAndRunLog) {
   EXPECT_NE(r.output.find("eval     12/12 | valid lm"), std::string::npos) << r.output;
   std::ifstream metrics(dir / "logs/metrics.jsonl");
   std::string line;
-  int lines = 0, with_valid = 0;
+  int lines = 0, markers = 0, with_valid = 0;
   while (std::getline(metrics, line)) {
     ++lines;
+    markers += line.rfind("{\"event\":\"start\",", 0) == 0;  // the run's start marker
     with_valid += line.find("\"valid_loss\"") != std::string::npos;
   }
-  EXPECT_EQ(lines, 12);
+  EXPECT_EQ(markers, 1);
+  EXPECT_EQ(lines, 1 + 12);
   EXPECT_EQ(with_valid, 2);
 }
 
