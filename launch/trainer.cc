@@ -128,7 +128,22 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
   } else if (!recipe.model.init_from.empty()) {
     // A fresh run from an HF directory's weights (fathom import's format, read directly).
     if (absl::Status s = InitFromHfDirectory(recipe.model.init_from, *trainer->runtime_); !s.ok()) {
-      return absl::Status(s.code(), absl::StrFormat("model.init_from: %s", s.message()));
+      // A fathom checkpoint (a step directory, or a checkpoint.dir holding some) is not an HF directory: say
+      // which key takes it.
+      const std::string& from = recipe.model.init_from;
+      std::error_code ec;
+      absl::StatusOr<std::vector<CheckpointEntry>> held = ListCheckpoints(from);
+      std::string hint;
+      if (std::filesystem::is_regular_file(std::filesystem::path(from) / "index.json", ec)) {
+        hint = absl::StrCat("; ", from,
+                            " is a fathom checkpoint: resume from it with checkpoint.resume: ", from);
+      } else if (held.ok() && !held->empty()) {
+        hint = absl::StrCat("; ", from,
+                            " holds fathom checkpoints: resume from its newest with checkpoint.dir: ", from,
+                            " (checkpoint.resume: auto)");
+      }
+      if (!hint.empty()) hint += " (model.init_from takes an HF directory)";
+      return absl::Status(s.code(), absl::StrFormat("model.init_from: %s%s", s.message(), hint));
     }
     if (mesh.world().rank() == 0) {
       std::cout << "initialised from " << recipe.model.init_from << " (AdamW, LR schedule and data fresh)\n";

@@ -269,6 +269,14 @@ TEST_F(HfCliTest, TrainExportImportAndTrainOn) {
   RunResult bad = RunFathom("train " + tiny + " --set model.init_from=" + Path("missing_dir"));
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
   EXPECT_THAT(bad.output, HasSubstr("model.init_from"));
+  // A fathom checkpoint given to model.init_from: the message names the key that takes it.
+  bad = RunFathom("train " + tiny + " --set model.init_from=" + Path("imported") + "/step_00000000");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_THAT(bad.output, HasSubstr("is a fathom checkpoint: resume from it with checkpoint.resume: "));
+  bad = RunFathom("train " + tiny + " --set model.init_from=" + Path("imported"));
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_THAT(bad.output,
+              HasSubstr("holds fathom checkpoints: resume from its newest with checkpoint.dir: "));
 }
 
 }  // namespace
