@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "parallel/rank_agreement.h"
+#include "parallel/schedule.h"
+#include "parallel/stage_split.h"
 
 #ifdef FATHOM_WITH_CUDA
 #include <cuda_runtime.h>
@@ -104,22 +106,40 @@ int64_t SaturatingMul(int64_t a, int64_t b) {
   return __builtin_mul_overflow(a, b, &p) ? kSaturatedBytes : p;
 }
 
-RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank) {
+int ChunksOfRank(const Recipe& recipe) {
+  absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(recipe.parallel.schedule);
+  return kind.ok() ? ChunksPerRank(*kind) : 1;
+}
+
+RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank, int chunk) {
   const ModelConfig& m = recipe.model;
   const int pp = layout.pp();
+  absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(recipe.parallel.schedule);
+  // The placement of the runtime's schedule (parallel/schedule.h): which model stage the chunk holds.
+  Schedule placement;
+  placement.kind = kind.ok() ? *kind : ScheduleKind::k1F1B;
+  placement.pp = pp;
+  const int stages = placement.num_stages();
   RankSlice s;
-  s.stage = layout.Coord(rank).pp_rank;
-  const std::vector<int64_t>& given = recipe.parallel.stage_layers;
-  if (static_cast<int>(given.size()) == pp) {
-    for (int i = 0; i < s.stage; ++i) s.first_layer += given[static_cast<size_t>(i)];
-    s.end_layer = s.first_layer + given[static_cast<size_t>(s.stage)];
+  s.stage = placement.ModelStage(layout.Coord(rank).pp_rank, chunk);
+  // The runtime's split (parallel.stage_layers, else the cost-balanced one), or an even one when the
+  // recipe's split is invalid (the recipe check reports that) or the model is too deep for a split that
+  // costs each layer (this check stays closed-form: a recipe of 10^8 layers is refused, not enumerated).
+  constexpr int64_t kMaxLayersToSplit = 4096;
+  absl::StatusOr<std::vector<int64_t>> split =
+      m.num_hidden_layers <= kMaxLayersToSplit
+          ? SplitStages(m, recipe.parallel, recipe.train.seq_len)
+          : absl::StatusOr<std::vector<int64_t>>(absl::UnimplementedError(""));
+  if (split.ok() && static_cast<int>(split->size()) == stages) {
+    for (int i = 0; i < s.stage; ++i) s.first_layer += (*split)[static_cast<size_t>(i)];
+    s.end_layer = s.first_layer + (*split)[static_cast<size_t>(s.stage)];
   } else {
-    const int64_t per_stage = (m.num_hidden_layers + pp - 1) / pp;
+    const int64_t per_stage = (m.num_hidden_layers + stages - 1) / stages;
     s.first_layer = std::min(m.num_hidden_layers, per_stage * s.stage);
     s.end_layer = std::min(m.num_hidden_layers, s.first_layer + per_stage);
   }
   s.embedding = s.stage == 0;
-  s.head = s.stage == pp - 1;
+  s.head = s.stage == stages - 1;
   s.local_experts = m.n_routed_experts / layout.ep();
   return s;
 }
@@ -144,6 +164,15 @@ int64_t SliceParameterElements(const ModelConfig& m, const RankSlice& s) {
              Product({depth - dense_mtp, MoeBlockElements(m, s.local_experts)})});
   }
   return n;
+}
+
+int64_t SliceRoutedExpertElements(const ModelConfig& m, const RankSlice& s) {
+  const int64_t moe_layers = (s.end_layer - s.first_layer) - DenseLayersIn(m, s.first_layer, s.end_layer);
+  const int64_t depth = s.head ? m.num_nextn_predict_layers : 0;
+  const int64_t mtp_moe =
+      depth - DenseLayersIn(m, m.num_hidden_layers, SaturatingAdd(m.num_hidden_layers, depth));
+  return Product(
+      {SaturatingAdd(moe_layers, mtp_moe), s.local_experts, 3, m.hidden_size, m.moe_intermediate_size});
 }
 
 int64_t MemoryNeed::total() const { return Sum({parameters, gradients, optimizer, activations}); }
@@ -171,8 +200,13 @@ std::string MemoryNeed::Describe() const {
 
 MemoryNeed EstimateRankMemory(const Recipe& recipe, const MeshLayout& layout, int rank, bool device) {
   const ModelConfig& m = recipe.model;
-  const RankSlice s = SliceOfRank(recipe, layout, rank);
-  const int64_t elements = SliceParameterElements(m, s);
+  const int chunks = ChunksOfRank(recipe);
+  int64_t elements = 0, expert_elements = 0;
+  for (int c = 0; c < chunks; ++c) {
+    const RankSlice s = SliceOfRank(recipe, layout, rank, c);
+    elements = SaturatingAdd(elements, SliceParameterElements(m, s));
+    expert_elements = SaturatingAdd(expert_elements, SliceRoutedExpertElements(m, s));
+  }
   MemoryNeed need;
   const int64_t width = ParameterWidth(recipe, device);
   need.gradients = SaturatingMul(elements, width);
@@ -180,19 +214,33 @@ MemoryNeed EstimateRankMemory(const Recipe& recipe, const MeshLayout& layout, in
   need.parameters = SaturatingMul(elements, width + (device && recipe.train.dtype == "bf16" ? 2 : 0));
   if (recipe.train.device == "cuda" && !device) return need;  // the host only builds the model
   const int64_t moment = recipe.optim.moment_dtype == "bf16" ? 2 : 4;
-  need.optimizer = SaturatingMul(SaturatingAdd(elements / layout.dp(), 1), 2 * moment);
-  const int64_t layers = s.end_layer - s.first_layer;
-  const int64_t dense = DenseLayersIn(m, s.first_layer, s.end_layer);
-  int64_t per_token = Sum({Product({dense, BlockActivationElements(m, false)}),
-                           Product({layers - dense, BlockActivationElements(m, true)})});
-  if (s.head) {
-    const int64_t depth = m.num_nextn_predict_layers;
-    per_token = Sum({per_token, HeadActivationElements(m),
-                     Product({depth, Sum({Product({4, m.hidden_size}), BlockActivationElements(m, true),
-                                          HeadActivationElements(m)})})});
-  }
+  // ZeRO-1: the replicated parameters' moments sharded over dp, the routed experts' over edp.
+  const int64_t shard =
+      SaturatingAdd((elements - expert_elements) / layout.dp(), expert_elements / layout.edp());
+  need.optimizer = SaturatingMul(SaturatingAdd(shard, 1), 2 * moment);
+  auto chunk_per_token = [&](const RankSlice& s) {
+    const int64_t layers = s.end_layer - s.first_layer;
+    const int64_t dense = DenseLayersIn(m, s.first_layer, s.end_layer);
+    int64_t per_token = Sum({Product({dense, BlockActivationElements(m, false)}),
+                             Product({layers - dense, BlockActivationElements(m, true)})});
+    if (s.head) {
+      const int64_t depth = m.num_nextn_predict_layers;
+      per_token = Sum({per_token, HeadActivationElements(m),
+                       Product({depth, Sum({Product({4, m.hidden_size}), BlockActivationElements(m, true),
+                                            HeadActivationElements(m)})})});
+    }
+    return per_token;
+  };
+  const RankSlice first = SliceOfRank(recipe, layout, rank, 0);
+  int64_t per_token = chunk_per_token(first);
   // 1F1B and ZB-H1 keep pp - stage micro-batches in flight on a stage (fewer when there are fewer).
-  const int64_t in_flight = std::min<int64_t>(layout.pp() - s.stage, recipe.parallel.micro_batches);
+  int64_t in_flight = std::min<int64_t>(layout.pp() - first.stage, recipe.parallel.micro_batches);
+  if (chunks == 2) {
+    // DualPipe and DualPipeV hold up to pp + 1 chunk-micro-batches (the DeepSeek-V3 report's table), counted
+    // at the lighter chunk's activations: a floor, like the rest.
+    per_token = std::min(per_token, chunk_per_token(SliceOfRank(recipe, layout, rank, 1)));
+    in_flight = std::min<int64_t>(layout.pp() + 1, recipe.parallel.micro_batches);
+  }
   need.activations = Product({per_token, recipe.train.micro_batch_size, recipe.train.seq_len, in_flight,
                               ActivationWidth(recipe, device)});
   return need;

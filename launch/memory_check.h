@@ -15,13 +15,15 @@
 //                the MTP modules and, with MTP and pp > 1, the last stage's copy of the embedding.
 //   gradients    the same elements and width (f32/f64 accumulators).
 //   optimizer    AdamW's two moments (optim.moment_dtype: 4 or 2 bytes) of this rank's ZeRO-1 shard:
-//                the slice divided by dp (a lower bound: experts are sharded over edp only).
+//                the replicated parameters divided by dp, the routed experts by edp.
 //   activations  what the forward keeps per token for the backward, itemised as layers/cost.h does with
 //                nothing recomputed (the layer's inputs, norm outputs, latents, per-head q/k/v and attention
 //                output, the router's scores, the experts' routed copies and SwiGLU inputs; the head's
 //                logit gradient), x micro_batch_size x seq_len tokens x the micro-batches a single-chunk
-//                schedule holds on the stage (min(pp - stage, parallel.micro_batches)), in the compute width.
-// Decoder layers per stage: parallel.stage_layers when given, else ceil(num_hidden_layers / pp). The
+//                schedule holds on the stage (min(pp - stage, parallel.micro_batches)), in the compute width;
+//                dualpipe / dualpipev: min(pp + 1, micro_batches) micro-batches of the lighter chunk.
+// A rank of dualpipe or dualpipev holds two model chunks (both counted). Decoder layers per stage: the
+// runtime's split (parallel/stage_split.h: parallel.stage_layers, else the cost-balanced one). The
 // estimate leaves out transient buffers, the GEMM workspace, reserves and allocator overhead: it is a floor
 // (at most what parallel/memory_plan.h's device plan counts, and 40.5 GiB for recipes/small.yaml, which
 // measured 47.5 GiB), so that the check never refuses a run that would fit, and catches every recipe that
@@ -61,8 +63,15 @@ struct RankSlice {
   bool embedding = false, head = false;
   int64_t local_experts = 0;  // routed experts held per MoE layer
 };
-RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank);
+// Model chunks per rank of the recipe's schedule: 2 for dualpipe and dualpipev (two model stages per rank),
+// else 1.
+int ChunksOfRank(const Recipe& recipe);
+// The slice chunk `chunk` of world rank `rank` holds: the model stage the schedule places there
+// (parallel/schedule.h's ModelStage) and its layers as the runtime splits them (parallel/stage_split.h).
+RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank, int chunk = 0);
 int64_t SliceParameterElements(const ModelConfig& model, const RankSlice& slice);
+// The routed experts' share of SliceParameterElements (the slice's MoE layers, MTP's included).
+int64_t SliceRoutedExpertElements(const ModelConfig& model, const RankSlice& slice);
 
 // Bytes one rank needs (see the top), each saturating.
 struct MemoryNeed {

@@ -69,6 +69,50 @@ TEST(MemoryCheck, ParameterCountsAreTheModelsForEverySlice) {
   }
 }
 
+// A dualpipe rank holds two model chunks (stage r and stage pp - 1 - r): its parameters are those of 1F1B's
+// ranks r and pp - 1 - r together; dualpipev's rank 0 holds the first and the last of 2 pp stages. The
+// experts' moments are sharded over edp, not dp.
+TEST(MemoryCheck, TwoChunkSchedulesCountBothChunks) {
+  absl::StatusOr<Recipe> recipe =
+      LoadRecipe(kTiny, {"model.num_hidden_layers=4", "parallel.micro_batches=4"});
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<MeshLayout> one = MeshLayout::Create(1, 1, 1);
+  absl::StatusOr<MeshLayout> two = MeshLayout::Create(2, 2, 1);
+  ASSERT_TRUE(one.ok() && two.ok());
+  const MemoryNeed whole = EstimateRankMemory(*recipe, *one, 0, false);
+  Recipe dual = *recipe;
+  dual.parallel.pp = 2;
+  dual.parallel.schedule = "dualpipe";
+  ASSERT_EQ(ChunksOfRank(dual), 2);
+  Recipe single = dual;
+  single.parallel.schedule = "1f1b";
+  EXPECT_EQ(ChunksOfRank(single), 1);
+  const int64_t both = EstimateRankMemory(single, *two, 0, false).parameters +
+                       EstimateRankMemory(single, *two, 1, false).parameters;
+  for (int rank = 0; rank < 2; ++rank) {
+    EXPECT_EQ(EstimateRankMemory(dual, *two, rank, false).parameters, both) << "rank " << rank;
+  }
+  EXPECT_GE(both, whole.parameters);  // with MTP, the last stage's copy of the embedding on top
+  Recipe v = dual;
+  v.parallel.schedule = "dualpipev";
+  const RankSlice first = SliceOfRank(v, *two, 0, 0), last = SliceOfRank(v, *two, 0, 1);
+  EXPECT_TRUE(first.embedding);
+  EXPECT_TRUE(last.head);
+  EXPECT_EQ(last.stage, 3);
+  // ep 2 on 2 ranks: dp 2, edp 1: each rank keeps the moments of all its own experts.
+  Recipe experts = *recipe;
+  experts.parallel.ep = 2;
+  absl::StatusOr<MeshLayout> ep2 = MeshLayout::Create(2, 1, 2);
+  ASSERT_TRUE(ep2.ok());
+  const RankSlice s = SliceOfRank(experts, *ep2, 0);
+  const int64_t elements = SliceParameterElements(experts.model, s);
+  const int64_t routed = SliceRoutedExpertElements(experts.model, s);
+  ASSERT_GT(routed, 0);
+  const int64_t moment = experts.optim.moment_dtype == "bf16" ? 2 : 4;
+  EXPECT_EQ(EstimateRankMemory(experts, *ep2, 0, false).optimizer,
+            ((elements - routed) / 2 + routed + 1) * 2 * moment);
+}
+
 TEST(MemoryCheck, ArithmeticSaturatesInsteadOfWrapping) {
   EXPECT_EQ(SaturatingMul(int64_t{1} << 40, int64_t{1} << 40), kSaturatedBytes);
   EXPECT_EQ(SaturatingMul(kSaturatedBytes, 2), kSaturatedBytes);
