@@ -114,7 +114,7 @@ struct TrainConfig {
   // (CheckGlobalBatch).
   int64_t global_batch_size = 0;
   uint64_t seed = 1234;
-  int64_t log_every = 1;
+  int64_t log_every = 1;  // print every N-th step's own values (TorchTitan's; Megatron averages the interval)
   std::string dtype = "f32";  // compute/parameter dtype on CPU: f32 or f64
   // The Linear GEMMs of attention, the dense MLPs and the experts (forward, dgrad, wgrad): "bf16" runs them
   // in train.dtype like everything else; "fp8" in e4m3 with 1x128 / 128x128 block scaling and f32
@@ -192,8 +192,10 @@ struct OptimConfig {
   double min_lr = 3e-4;
   int64_t warmup_steps = 20;
   int64_t constant_steps = 0;          // at peak lr after warmup, before the decay
-  int64_t decay_steps = -1;            // -1: until the last step
-  std::string decay_style = "cosine";  // cosine | linear | constant
+  // The decay window's length, counted after warmup_steps + constant_steps (Megatron's lr_decay_iters counts
+  // from step 0); -1: until the last step. optim/lr_schedule.h has the formula and its conventions.
+  int64_t decay_steps = -1;
+  std::string decay_style = "cosine";  // cosine | linear | constant (the peak for good, as Megatron's)
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;
@@ -230,6 +232,8 @@ struct DataConfig {
   std::string split = "969,30,1";
   // Inserted after every document when packing (the byte tokenizer's NUL, which text never contains);
   // -1 inserts nothing, for data whose documents already end with their EOD (Megatron's --append-eod).
+  // Megatron's GPTDataset inserts nothing: for data tokenized by an HF tokenizer set -1 (or its EOD id),
+  // since the default 0 is that tokenizer's token 0 (DeepSeek-V3's begin-of-sentence).
   int64_t eod_token_id = 0;
   // true: every token of the split is checked < model.vocab_size when the loader opens (a sequential read
   // of the files); false: tokens are checked only as they are read for a step.

@@ -19,6 +19,7 @@ double LearningRate(const OptimConfig& cfg, int64_t step, int64_t total_steps) {
   if (step < decay_start) return cfg.lr;
   const int64_t decay =
       cfg.decay_steps >= 0 ? cfg.decay_steps : std::max<int64_t>(0, total_steps - decay_start);
+  if (cfg.decay_style == "constant") return cfg.lr;
   if (step >= decay_start + decay) return cfg.min_lr;
   // Progress counts the step being taken, so the window's last step lands exactly on min_lr (mirrors the
   // warmup, whose last step lands exactly on lr).

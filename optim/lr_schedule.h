@@ -9,10 +9,15 @@
 //                            cosine:   min_lr + (lr - min_lr) * (1 + cos(pi * q)) / 2
 //                            linear:   lr + (min_lr - lr) * q
 //                            constant: lr
-//   step >= S + D:         min_lr
+//   step >= S + D:         min_lr (cosine, linear); lr (constant)
 // So with decay_steps = -1 the last training step (total_steps - 1) runs at exactly min_lr, and the cosine
-// passes through (lr + min_lr) / 2 at q = 1/2. "constant" keeps the peak through the decay window (all of
-// training when decay_steps = -1) and drops to min_lr after it, as Megatron-LM's constant style does.
+// passes through (lr + min_lr) / 2 at q = 1/2. "constant" keeps the peak after the warmup for good, as
+// Megatron-LM's constant style does (it returns max_lr before looking at the decay steps).
+// Conventions a Megatron-LM user should know (TorchTitan's are these): the step being taken counts, so step
+// 0 runs at lr / W where Megatron's first iteration runs at 0 (fathom is one step ahead of it); D is the
+// length of the decay window after W + C, where Megatron's lr_decay_iters counts from step 0; and every step
+// advances the schedule, a skipped one (non-finite gradients) included, where Megatron advances only on an
+// update.
 #ifndef FATHOM_OPTIM_LR_SCHEDULE_H_
 #define FATHOM_OPTIM_LR_SCHEDULE_H_
 

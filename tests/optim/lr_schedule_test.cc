@@ -65,12 +65,16 @@ TEST(LrScheduleTest, LinearDecayAndExplicitDecaySteps) {
   for (int64_t s = 104; s < total; s += 37) EXPECT_EQ(LearningRate(cfg, s, total), cfg.min_lr) << s;
 }
 
-TEST(LrScheduleTest, ConstantStyleHoldsThePeakThroughTheWindow) {
+// Megatron-LM's constant style returns the peak before it looks at the decay steps: it never drops to
+// min_lr (fathom did, after the decay window, while its header said Megatron does the same).
+TEST(LrScheduleTest, ConstantStyleHoldsThePeakForGood) {
   OptimConfig whole = Schedule("constant", 5, 0, -1);
   for (int64_t s = 5; s < 50; ++s) EXPECT_EQ(LearningRate(whole, s, 50), whole.lr) << s;
-  OptimConfig windowed = Schedule("constant", 5, 10, 20);  // window [15, 35)
+  OptimConfig windowed = Schedule("constant", 5, 10, 20);  // a window [15, 35) changes nothing
   EXPECT_EQ(LearningRate(windowed, 34, 100), windowed.lr);
-  EXPECT_EQ(LearningRate(windowed, 35, 100), windowed.min_lr);
+  EXPECT_EQ(LearningRate(windowed, 35, 100), windowed.lr);
+  EXPECT_EQ(LearningRate(windowed, 99, 100), windowed.lr);
+  EXPECT_LT(LearningRate(windowed, 0, 100), windowed.lr);  // the warmup still applies
 }
 
 TEST(LrScheduleTest, NoWarmupStartsAtThePeak) {
