@@ -36,7 +36,10 @@ constexpr char kHelp[] =
     "file\n"
     "  --recompute WHAT          none, norm or norm+mla_up (default)\n"
     "  --policy report|fathom    the report's FP8 system (default) or what fathom runs today\n"
-    "  --help                    print this and exit\n";
+    "  --help                    print this and exit\n"
+    "  Exit codes: 0 simulated and fits, 2 bad input or a layout that does not fit the cluster's memory "
+    "(the\n"
+    "  summary is printed either way).\n";
 
 int Usage(const std::string& why) {
   std::cerr << "fathom simulate: " << why << "\n" << kUsage;
@@ -188,7 +191,8 @@ int RunSimulate(const std::vector<std::string>& args) {
     }
     o << "trace: " << trace_path << " (open in https://ui.perfetto.dev)\n";
   }
-  return 0;
+  // A layout that does not fit is the recipe's problem on this cluster: scripts see it in the exit code.
+  return r.fits ? 0 : 2;
 }
 
 }  // namespace fathom

@@ -245,10 +245,6 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
   std::vector<int64_t> micro_batch_sizes = options.micro_batch_sizes;
   if (fixed.micro_batch_size) micro_batch_sizes = {*fixed.micro_batch_size};
   std::vector<ScheduleKind> schedules = options.schedules;
-  // What fathom runs today: its pipeline executor runs the single-chunk schedules only.
-  if (precision.activations == ActivationModel::kFathom) {
-    std::erase_if(schedules, [](ScheduleKind k) { return ChunksPerRank(k) != 1; });
-  }
   if (fixed.schedule) schedules = {*fixed.schedule};
   for (int64_t pp = 1; pp <= world; ++pp) {
     if (world % pp != 0 || pp > m.num_hidden_layers || (fixed.pp && pp != *fixed.pp)) continue;

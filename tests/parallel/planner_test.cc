@@ -103,8 +103,9 @@ TEST(Planner, ThousandsOfMicroBatchesPlanTheSameLayout) {
   }
 }
 
-// --policy fathom plans what fathom runs: its layers' activations with nothing recomputed, and the schedules
-// its executor runs.
+// --policy fathom plans what fathom runs: its layers' activations with nothing recomputed, and every schedule
+// its executor runs (DualPipe and DualPipeV too: the planner used to drop them, from before the executor ran
+// them).
 TEST(Planner, FathomPolicyPlansWhatFathomRuns) {
   absl::StatusOr<Recipe> recipe = LoadRecipe(Source("recipes/small.yaml"), {"train.global_batch_size=64"});
   ASSERT_TRUE(recipe.ok()) << recipe.status();
@@ -116,8 +117,8 @@ TEST(Planner, FathomPolicyPlansWhatFathomRuns) {
   options.precision = *policy;
   absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster, options);
   ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_GT(report->considered, 0);
   for (const SimulationResult& r : report->ranked) {
-    EXPECT_EQ(ChunksPerRank(r.plan.schedule), 1) << r.plan.Describe();
     EXPECT_FALSE(r.plan.recompute.norm || r.plan.recompute.mla_up) << r.plan.Describe();
     EXPECT_EQ(r.plan.precision.activations, ActivationModel::kFathom);
   }
@@ -352,9 +353,11 @@ TEST(SimulateCommand, OverridesAndBadInput) {
   CommandOutput o =
       RunCommand(RunSimulate, {Source(kV3), "--cluster", Source(kH800), "--set", "parallel.pp=8", "--set",
                                "parallel.stage_layers=[]", "--set", "parallel.micro_batches=60"});
-  ASSERT_EQ(o.code, 0) << o.err;
   EXPECT_THAT(o.out, HasSubstr("pp=8"));
   EXPECT_THAT(o.out, HasSubstr("balanced by the simulator"));
+  // Eight stages do not fit the H800s' memory: the summary says so and the exit code too (it was 0).
+  EXPECT_THAT(o.out, HasSubstr("DOES NOT FIT"));
+  EXPECT_EQ(o.code, 2) << o.err;
   // pp must divide the 2048 GPUs.
   o = RunCommand(RunSimulate, {Source(kV3), "--cluster", Source(kH800), "--set", "parallel.pp=6", "--set",
                                "parallel.stage_layers=[]", "--set", "parallel.micro_batches=60"});
