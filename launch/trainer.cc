@@ -193,6 +193,9 @@ absl::Status Trainer::Resume(const std::string& path) {
     }
   }
   first_step_ = meta.step;
+  // An imported (weights-only) checkpoint starts the schedule fresh; older checkpoints hold lr_schedule_step
+  // == step, which is what they ran.
+  lr_step_ = IsWeightsOnlyCheckpoint(meta) ? 0 : meta.lr_schedule_step;
   resumed_from_ = path;
   if (runtime_->coord().rank == 0) {
     // The directory's bytes over the time every rank took to read its slices (the restore ends together).
@@ -262,7 +265,7 @@ absl::Status Trainer::CheckNumerics(const StepStats& st, std::ostream& log) {
 CheckpointMetadata Trainer::MetadataAfter(int64_t steps_done) const {
   CheckpointMetadata m;
   m.step = steps_done;
-  m.lr_schedule_step = steps_done;
+  m.lr_schedule_step = lr_step_;
   m.seed = recipe_.train.seed;
   m.data_loader = LoaderStateToJson(train_data_->state(steps_done));
   m.extra = {{"adam_step", runtime_->optimizer().step()},
@@ -327,7 +330,7 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   if (ShouldInjectFault(runtime_->coord().rank, step + 1)) InjectFault(runtime_->coord().rank, step + 1);
   absl::StatusOr<std::vector<MicroBatch>> batches = SampleMicroBatches(*train_data_, step);
   if (!batches.ok()) return batches.status();
-  const double lr = LearningRate(recipe_.optim, step, recipe_.train.steps);
+  const double lr = LearningRate(recipe_.optim, lr_step_, recipe_.train.steps);
   const std::vector<int64_t> traced = recipe_.train.TracedSteps();
   const bool trace = std::find(traced.begin(), traced.end(), step + 1) != traced.end();
   if (trace) runtime_->BeginStepTrace(step + 1);
@@ -337,7 +340,10 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   if (trace) {
     if (absl::Status s = runtime_->EndStepTrace(); !s.ok()) return s;
   }
-  if (!r->skipped) runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
+  if (!r->skipped) {
+    runtime_->UpdateExpertBiases(*r, recipe_.optim.bias_update_speed);
+    ++lr_step_;
+  }
 
   StepStats st;
   st.step = step;

@@ -102,6 +102,9 @@ class Trainer {
   std::unique_ptr<StageRuntime> runtime_;
   std::unique_ptr<CheckpointWriter> checkpoints_;  // with checkpoint.dir
   int64_t first_step_ = 0;
+  // The LR schedule's position: the updates made so far (a skipped step, with non-finite gradients, does not
+  // advance it, as in Megatron-LM); saved as the checkpoint's lr_schedule_step.
+  int64_t lr_step_ = 0;
   std::string resumed_from_;  // the checkpoint resumed from ("" for a fresh run), for the run log
   bool preempted_ = false;
   int64_t skipped_in_a_row_ = 0, skipped_total_ = 0;

@@ -15,9 +15,9 @@
 // Megatron-LM's constant style does (it returns max_lr before looking at the decay steps).
 // Conventions a Megatron-LM user should know (TorchTitan's are these): the step being taken counts, so step
 // 0 runs at lr / W where Megatron's first iteration runs at 0 (fathom is one step ahead of it); D is the
-// length of the decay window after W + C, where Megatron's lr_decay_iters counts from step 0; and every step
-// advances the schedule, a skipped one (non-finite gradients) included, where Megatron advances only on an
-// update.
+// length of the decay window after W + C, where Megatron's lr_decay_iters counts from step 0. `step` is the
+// schedule's position: the trainer passes the updates made so far, so a skipped step (non-finite gradients)
+// does not advance it, as in Megatron.
 #ifndef FATHOM_OPTIM_LR_SCHEDULE_H_
 #define FATHOM_OPTIM_LR_SCHEDULE_H_
 

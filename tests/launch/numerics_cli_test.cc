@@ -30,6 +30,19 @@ TEST(NumericsCli, NonFiniteGradientsSkipThenStopNamingTheTensor) {
       << r.output;
 }
 
+// As in Megatron-LM, a skipped step does not advance the LR schedule: after step 1's update every step is
+// skipped, and each runs at the learning rate of the schedule's second position (it used to keep moving).
+TEST(NumericsCli, SkippedStepsDoNotAdvanceTheLearningRate) {
+  RunResult r = fathom::testing::RunFathom(
+      "train " + kTiny +
+      " --set train.steps=6 --set optim.lr=1e30 --set optim.warmup_steps=4 --set optim.grad_clip=0"
+      " --set train.max_skipped_steps=8");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(CountOf(r.output, "skipped: gradient norm"), 5u) << r.output;
+  EXPECT_EQ(CountOf(r.output, "| lr 2.500e+29 |"), 1u) << r.output;
+  EXPECT_EQ(CountOf(r.output, "| lr 5.000e+29 |"), 5u) << r.output;
+}
+
 TEST(NumericsCli, ReplicaChecksumsCatchAFlippedValue) {
   const std::string args = "train " + kTiny + " --set train.steps=4 --set train.check_replicas_every=2";
   RunResult clean = MpiRun(2, args);  // dp 2: every parameter has two replicas
