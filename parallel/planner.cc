@@ -231,6 +231,33 @@ absl::StatusOr<PlanReport> PlanParallelism(const Recipe& recipe, const ClusterCo
         "no global batch to plan for: set train.global_batch_size (sequences per optimizer step, which "
         "the planner keeps fixed while it chooses pp, ep, micro-batching and the schedule)"));
   }
+  // A --fix that no layout can satisfy names its own constraint (the enumeration would only find nothing).
+  auto impossible = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat("--fix ", what));
+  };
+  if (fixed.pp && (world % *fixed.pp != 0 || *fixed.pp > m.num_hidden_layers)) {
+    return impossible(absl::StrCat("parallel.pp=", *fixed.pp, ": pp must divide the cluster's ", world,
+                                   " GPUs and be at most model.num_hidden_layers (", m.num_hidden_layers,
+                                   ")"));
+  }
+  if (fixed.ep && m.n_routed_experts % *fixed.ep != 0) {
+    return impossible(absl::StrCat("parallel.ep=", *fixed.ep, ": ep must divide model.n_routed_experts (",
+                                   m.n_routed_experts, ")"));
+  }
+  if (fixed.ep && fixed.pp && world % *fixed.pp == 0 && (world / *fixed.pp) % *fixed.ep != 0) {
+    return impossible(absl::StrCat("parallel.ep=", *fixed.ep, ": ep must divide dp = ", world, " / pp ",
+                                   *fixed.pp, " = ", world / *fixed.pp));
+  }
+  if (fixed.stage_layers) {
+    const int64_t n = static_cast<int64_t>(fixed.stage_layers->size());
+    if (fixed.pp ? n != *fixed.pp && n != 2 * *fixed.pp
+                 : world % n != 0 && (n % 2 != 0 || world % (n / 2) != 0)) {
+      return impossible(absl::StrCat("parallel.stage_layers: ", n,
+                                     " entries; a layout has pp stages (2 pp for ",
+                                     "dualpipev) with pp dividing the cluster's ", world, " GPUs",
+                                     fixed.pp ? absl::StrCat(", here pp ", *fixed.pp) : ""));
+    }
+  }
   const PrecisionPolicy precision = options.precision ? *options.precision : PrecisionFor(recipe);
   // fathom's layers recompute nothing; the report's framework may recompute norms and MLA up-projections.
   const std::vector<Recompute> recompute_choices = precision.activations == ActivationModel::kFathom

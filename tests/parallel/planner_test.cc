@@ -106,6 +106,28 @@ TEST(Planner, ThousandsOfMicroBatchesPlanTheSameLayout) {
 // --policy fathom plans what fathom runs: its layers' activations with nothing recomputed, and every schedule
 // its executor runs (DualPipe and DualPipeV too: the planner used to drop them, from before the executor ran
 // them).
+// A --fix that no layout can satisfy names the constraint it breaks, not "no layout for the global batch".
+TEST(Planner, ImpossibleFixNamesItsConstraint) {
+  absl::StatusOr<Recipe> recipe = LoadRecipe(Source(kV3));
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadCluster(Source(kH800));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"parallel.ep=48", "ep must divide model.n_routed_experts (256)"},
+      {"parallel.pp=7", "pp must divide the cluster's 2048 GPUs"},
+      {"parallel.stage_layers=[1, 1, 1]", "3 entries; a layout has pp stages"},
+  };
+  for (const auto& [fix, expect] : cases) {
+    SCOPED_TRACE(fix);
+    PlannerOptions options;
+    ASSERT_TRUE(AddPlanConstraint(fix, *recipe, &options.fixed).ok());
+    absl::StatusOr<PlanReport> report = PlanParallelism(*recipe, *cluster, options);
+    ASSERT_FALSE(report.ok());
+    EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(report.status().message()), HasSubstr(expect));
+  }
+}
+
 TEST(Planner, FathomPolicyPlansWhatFathomRuns) {
   absl::StatusOr<Recipe> recipe = LoadRecipe(Source("recipes/small.yaml"), {"train.global_batch_size=64"});
   ASSERT_TRUE(recipe.ok()) << recipe.status();
