@@ -274,7 +274,11 @@ std::string KeyElsewhere(const std::string& section, const std::string& key) {
   } else {
     // Every key of every section, as the resolved recipe lists them ("  key: value" under "section:").
     std::string current;
-    std::istringstream lines(ResolvedRecipeYaml(Recipe{}));
+    static const std::string* const all = [] {
+      const Recipe defaults;
+      return new std::string(ResolvedRecipeYaml(defaults));
+    }();
+    std::istringstream lines(*all);
     for (std::string line; std::getline(lines, line);) {
       if (!line.empty() && line[0] != ' ' && line.back() == ':') current = line.substr(0, line.size() - 1);
       if (line.rfind("  ", 0) == 0 && line.size() > 2 && line[2] != ' ' &&

@@ -97,7 +97,8 @@ TEST(CheckNotAnInput, RefusesTheSameFileAndPathsInsideInputDirectories) {
   std::ofstream(input) << "model: {}\n";
   std::filesystem::create_symlink("recipe.yaml", dir + "/alias.yaml");
   ASSERT_EQ(::link(input.c_str(), (dir + "/hard.yaml").c_str()), 0);
-  for (const std::string out : {input, dir + "/./recipe.yaml", dir + "/alias.yaml", dir + "/hard.yaml",
+  for (const std::string& out :
+       std::vector<std::string>{input, dir + "/./recipe.yaml", dir + "/alias.yaml", dir + "/hard.yaml",
                                 dir + "/model/config.json", dir + "/model/new/x"}) {
     SCOPED_TRACE(out);
     absl::Status s = CheckNotAnInput(out, {input, dir + "/model"}, "--out");
