@@ -272,18 +272,16 @@ std::string KeyElsewhere(const std::string& section, const std::string& key) {
   if (auto it = kForeign.find(key); it != kForeign.end()) {
     target = it->second;
   } else {
-    // Every key of every section, as the resolved recipe lists them ("  key: value" under "section:").
-    std::string current;
-    static const std::string* const all = [] {
+    // The same key directly under another section of the resolved recipe.
+    static const auto* const all = [] {
       const Recipe defaults;
-      return new std::string(ResolvedRecipeYaml(defaults));
+      return new std::vector<std::pair<std::string, std::string>>(
+          ResolvedRecipeKeyValues(ResolvedRecipeYaml(defaults)));
     }();
-    std::istringstream lines(*all);
-    for (std::string line; std::getline(lines, line);) {
-      if (!line.empty() && line[0] != ' ' && line.back() == ':') current = line.substr(0, line.size() - 1);
-      if (line.rfind("  ", 0) == 0 && line.size() > 2 && line[2] != ' ' &&
-          line.substr(2, line.find(':') - 2) == key && current != section) {
-        target = current + "." + key;
+    for (const auto& [path, value] : *all) {
+      const size_t dot = path.find('.');
+      if (dot != std::string::npos && path.substr(dot + 1) == key && path.substr(0, dot) != section) {
+        target = path;
         break;
       }
     }
@@ -442,6 +440,22 @@ std::string ResolvedRecipeYaml(const Recipe& recipe) {
   YamlMapReader root = YamlMapReader::Emitter();
   ParseSections(root, &copy);
   return root.EmittedText();
+}
+
+std::vector<std::pair<std::string, std::string>> ResolvedRecipeKeyValues(const std::string& yaml) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::vector<std::string> path;
+  for (absl::string_view line : absl::StrSplit(yaml, '\n', absl::SkipEmpty())) {
+    const size_t spaces = line.find_first_not_of(' ');
+    const size_t colon = line.find(':');
+    if (spaces == absl::string_view::npos || colon == absl::string_view::npos) continue;
+    path.resize(std::min(path.size(), spaces / 2));
+    path.emplace_back(line.substr(spaces, colon - spaces));
+    absl::string_view value = line.substr(colon + 1);
+    if (!value.empty() && value[0] == ' ') value.remove_prefix(1);
+    if (!value.empty()) out.emplace_back(absl::StrJoin(path, "."), std::string(value));
+  }
+  return out;
 }
 
 absl::StatusOr<Recipe> LoadRecipe(const std::string& path, const std::vector<std::string>& overrides,

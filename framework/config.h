@@ -298,6 +298,9 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
 // Written by the same parse functions that read a recipe (YamlMapReader::Emitter), so a key added to a
 // parser appears here without further work.
 std::string ResolvedRecipeYaml(const Recipe& recipe);
+// The (key path, value) lines of ResolvedRecipeYaml's text, in order ("optim.lr", "0.003";
+// "model.rope_scaling.factor", "40"); map headers ("model:") only set the path.
+std::vector<std::pair<std::string, std::string>> ResolvedRecipeKeyValues(const std::string& yaml);
 
 }  // namespace fathom
 

@@ -6,31 +6,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "parallel/collective_status.h"
 
 namespace fathom {
-namespace {
-
-// The (key path, value) lines of a resolved recipe, in order; map headers ("model:") only set the path.
-std::vector<std::pair<std::string, std::string>> KeyValues(const std::string& yaml) {
-  std::vector<std::pair<std::string, std::string>> out;
-  std::vector<std::string> path;
-  for (absl::string_view line : absl::StrSplit(yaml, '\n', absl::SkipEmpty())) {
-    const size_t spaces = line.find_first_not_of(' ');
-    const size_t colon = line.find(':');
-    if (spaces == absl::string_view::npos || colon == absl::string_view::npos) continue;
-    path.resize(std::min(path.size(), spaces / 2));
-    path.emplace_back(line.substr(spaces, colon - spaces));
-    absl::string_view value = line.substr(colon + 1);
-    if (!value.empty() && value[0] == ' ') value.remove_prefix(1);
-    if (!value.empty()) out.emplace_back(absl::StrJoin(path, "."), std::string(value));
-  }
-  return out;
-}
-
-}  // namespace
 
 RecipeDifference FirstRecipeDifference(const std::string& left_yaml, const std::string& right_yaml) {
   std::vector<RecipeDifference> all = RecipeDifferences(left_yaml, right_yaml);
@@ -38,7 +16,7 @@ RecipeDifference FirstRecipeDifference(const std::string& left_yaml, const std::
 }
 
 std::vector<RecipeDifference> RecipeDifferences(const std::string& left_yaml, const std::string& right_yaml) {
-  const auto left = KeyValues(left_yaml), right = KeyValues(right_yaml);
+  const auto left = ResolvedRecipeKeyValues(left_yaml), right = ResolvedRecipeKeyValues(right_yaml);
   std::vector<RecipeDifference> out;
   std::map<std::string, std::string> right_values(right.begin(), right.end());
   for (const auto& [key, value] : left) {
