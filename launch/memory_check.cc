@@ -106,22 +106,14 @@ int64_t SaturatingMul(int64_t a, int64_t b) {
   return __builtin_mul_overflow(a, b, &p) ? kSaturatedBytes : p;
 }
 
-int ChunksOfRank(const Recipe& recipe) {
-  absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(recipe.parallel.schedule);
-  return kind.ok() ? ChunksPerRank(*kind) : 1;
-}
-
-RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank, int chunk) {
+std::vector<RankSlice> SlicesOfRank(const Recipe& recipe, const MeshLayout& layout, int rank) {
   const ModelConfig& m = recipe.model;
-  const int pp = layout.pp();
   absl::StatusOr<ScheduleKind> kind = ParseScheduleKind(recipe.parallel.schedule);
-  // The placement of the runtime's schedule (parallel/schedule.h): which model stage the chunk holds.
+  // The placement of the runtime's schedule (parallel/schedule.h): which model stage each chunk holds.
   Schedule placement;
   placement.kind = kind.ok() ? *kind : ScheduleKind::k1F1B;
-  placement.pp = pp;
+  placement.pp = layout.pp();
   const int stages = placement.num_stages();
-  RankSlice s;
-  s.stage = placement.ModelStage(layout.Coord(rank).pp_rank, chunk);
   // The runtime's split (parallel.stage_layers, else the cost-balanced one), or an even one when the
   // recipe's split is invalid (the recipe check reports that) or the model is too deep for a split that
   // costs each layer (this check stays closed-form: a recipe of 10^8 layers is refused, not enumerated).
@@ -130,18 +122,28 @@ RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank, 
       m.num_hidden_layers <= kMaxLayersToSplit
           ? SplitStages(m, recipe.parallel, recipe.train.seq_len)
           : absl::StatusOr<std::vector<int64_t>>(absl::UnimplementedError(""));
-  if (split.ok() && static_cast<int>(split->size()) == stages) {
-    for (int i = 0; i < s.stage; ++i) s.first_layer += (*split)[static_cast<size_t>(i)];
-    s.end_layer = s.first_layer + (*split)[static_cast<size_t>(s.stage)];
-  } else {
-    const int64_t per_stage = (m.num_hidden_layers + stages - 1) / stages;
-    s.first_layer = std::min(m.num_hidden_layers, per_stage * s.stage);
-    s.end_layer = std::min(m.num_hidden_layers, s.first_layer + per_stage);
+  std::vector<RankSlice> slices;
+  for (int chunk = 0; chunk < placement.chunks(); ++chunk) {
+    RankSlice s;
+    s.stage = placement.ModelStage(layout.Coord(rank).pp_rank, chunk);
+    if (split.ok() && static_cast<int>(split->size()) == stages) {
+      for (int i = 0; i < s.stage; ++i) s.first_layer += (*split)[static_cast<size_t>(i)];
+      s.end_layer = s.first_layer + (*split)[static_cast<size_t>(s.stage)];
+    } else {
+      const int64_t per_stage = (m.num_hidden_layers + stages - 1) / stages;
+      s.first_layer = std::min(m.num_hidden_layers, per_stage * s.stage);
+      s.end_layer = std::min(m.num_hidden_layers, s.first_layer + per_stage);
+    }
+    s.embedding = s.stage == 0;
+    s.head = s.stage == stages - 1;
+    s.local_experts = m.n_routed_experts / layout.ep();
+    slices.push_back(s);
   }
-  s.embedding = s.stage == 0;
-  s.head = s.stage == stages - 1;
-  s.local_experts = m.n_routed_experts / layout.ep();
-  return s;
+  return slices;
+}
+
+RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank) {
+  return SlicesOfRank(recipe, layout, rank).front();
 }
 
 int64_t SliceParameterElements(const ModelConfig& m, const RankSlice& s) {
@@ -200,10 +202,9 @@ std::string MemoryNeed::Describe() const {
 
 MemoryNeed EstimateRankMemory(const Recipe& recipe, const MeshLayout& layout, int rank, bool device) {
   const ModelConfig& m = recipe.model;
-  const int chunks = ChunksOfRank(recipe);
+  const std::vector<RankSlice> slices = SlicesOfRank(recipe, layout, rank);
   int64_t elements = 0, expert_elements = 0;
-  for (int c = 0; c < chunks; ++c) {
-    const RankSlice s = SliceOfRank(recipe, layout, rank, c);
+  for (const RankSlice& s : slices) {
     elements = SaturatingAdd(elements, SliceParameterElements(m, s));
     expert_elements = SaturatingAdd(expert_elements, SliceRoutedExpertElements(m, s));
   }
@@ -231,14 +232,14 @@ MemoryNeed EstimateRankMemory(const Recipe& recipe, const MeshLayout& layout, in
     }
     return per_token;
   };
-  const RankSlice first = SliceOfRank(recipe, layout, rank, 0);
+  const RankSlice& first = slices.front();
   int64_t per_token = chunk_per_token(first);
   // 1F1B and ZB-H1 keep pp - stage micro-batches in flight on a stage (fewer when there are fewer).
   int64_t in_flight = std::min<int64_t>(layout.pp() - first.stage, recipe.parallel.micro_batches);
-  if (chunks == 2) {
+  if (slices.size() == 2) {
     // DualPipe and DualPipeV hold up to pp + 1 chunk-micro-batches (the DeepSeek-V3 report's table), counted
     // at the lighter chunk's activations: a floor, like the rest.
-    per_token = std::min(per_token, chunk_per_token(SliceOfRank(recipe, layout, rank, 1)));
+    per_token = std::min(per_token, chunk_per_token(slices[1]));
     in_flight = std::min<int64_t>(layout.pp() + 1, recipe.parallel.micro_batches);
   }
   need.activations = Product({per_token, recipe.train.micro_batch_size, recipe.train.seq_len, in_flight,

@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -63,12 +64,12 @@ struct RankSlice {
   bool embedding = false, head = false;
   int64_t local_experts = 0;  // routed experts held per MoE layer
 };
-// Model chunks per rank of the recipe's schedule: 2 for dualpipe and dualpipev (two model stages per rank),
-// else 1.
-int ChunksOfRank(const Recipe& recipe);
-// The slice chunk `chunk` of world rank `rank` holds: the model stage the schedule places there
-// (parallel/schedule.h's ModelStage) and its layers as the runtime splits them (parallel/stage_split.h).
-RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank, int chunk = 0);
+// The slices world rank `rank` holds, one per model chunk of the recipe's schedule (two for dualpipe and
+// dualpipev): the model stage the schedule places there (parallel/schedule.h's ModelStage) and its layers
+// as the runtime splits them (parallel/stage_split.h).
+std::vector<RankSlice> SlicesOfRank(const Recipe& recipe, const MeshLayout& layout, int rank);
+// Its first chunk's (the only one of 1f1b and zb1p).
+RankSlice SliceOfRank(const Recipe& recipe, const MeshLayout& layout, int rank);
 int64_t SliceParameterElements(const ModelConfig& model, const RankSlice& slice);
 // The routed experts' share of SliceParameterElements (the slice's MoE layers, MTP's included).
 int64_t SliceRoutedExpertElements(const ModelConfig& model, const RankSlice& slice);

@@ -83,10 +83,10 @@ TEST(MemoryCheck, TwoChunkSchedulesCountBothChunks) {
   Recipe dual = *recipe;
   dual.parallel.pp = 2;
   dual.parallel.schedule = "dualpipe";
-  ASSERT_EQ(ChunksOfRank(dual), 2);
+  ASSERT_EQ(SlicesOfRank(dual, *two, 0).size(), 2u);
   Recipe single = dual;
   single.parallel.schedule = "1f1b";
-  EXPECT_EQ(ChunksOfRank(single), 1);
+  EXPECT_EQ(SlicesOfRank(single, *two, 0).size(), 1u);
   const int64_t both = EstimateRankMemory(single, *two, 0, false).parameters +
                        EstimateRankMemory(single, *two, 1, false).parameters;
   for (int rank = 0; rank < 2; ++rank) {
@@ -95,7 +95,9 @@ TEST(MemoryCheck, TwoChunkSchedulesCountBothChunks) {
   EXPECT_GE(both, whole.parameters);  // with MTP, the last stage's copy of the embedding on top
   Recipe v = dual;
   v.parallel.schedule = "dualpipev";
-  const RankSlice first = SliceOfRank(v, *two, 0, 0), last = SliceOfRank(v, *two, 0, 1);
+  const std::vector<RankSlice> slices = SlicesOfRank(v, *two, 0);
+  ASSERT_EQ(slices.size(), 2u);
+  const RankSlice &first = slices[0], &last = slices[1];
   EXPECT_TRUE(first.embedding);
   EXPECT_TRUE(last.head);
   EXPECT_EQ(last.stage, 3);
