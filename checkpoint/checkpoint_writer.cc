@@ -92,13 +92,8 @@ absl::Status RenameIntoPlace(const std::string& tmp, const std::string& final_pa
 // Rank 0's half of "prepare": D exists as a directory, D/step_N is absent or a complete checkpoint (the
 // only thing a save may replace), and D/step_N.tmp is new, empty but for the marker.
 absl::Status PrepareOnRankZero(const std::string& dir, int64_t step) {
+  if (absl::Status s = MakeDirectories(dir, "checkpoint.dir"); !s.ok()) return s;
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (!IsDirectory(dir)) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint.dir ", dir,
-                                                   " is not a directory and cannot be made one",
-                                                   ec ? absl::StrCat(": ", ec.message()) : ""));
-  }
   const std::string final_path = CheckpointPath(dir, step);
   if (fs::exists(fs::symlink_status(final_path, ec))) {
     if (absl::Status s = CheckReplaceableStep(final_path); !s.ok()) return s;

@@ -70,6 +70,15 @@ absl::Status CheckReplaceable(const std::string& path) {
   return absl::OkStatus();
 }
 
+absl::Status MakeDirectories(const std::string& dir, const std::string& what) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  std::error_code is_dir_ec;
+  if (fs::is_directory(dir, is_dir_ec)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, " ", dir, " is not a directory and cannot be created",
+                                                 ec ? absl::StrCat(" (", ec.message(), ")") : ""));
+}
+
 absl::Status CheckNotAnInput(const std::string& output, const std::vector<std::string>& inputs,
                              const std::string& what) {
   std::error_code ec;

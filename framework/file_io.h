@@ -67,6 +67,11 @@ class AtomicFileWriter {
   int64_t written_ = 0;
 };
 
+// `dir` and its missing parents created (mkdir -p); InvalidArgument "<what> <dir> is not a directory and
+// cannot be created (<reason>)" when it does not end up a directory (a regular file in the way, no
+// permission).
+absl::Status MakeDirectories(const std::string& dir, const std::string& what);
+
 // fsync of a directory (after a rename into it, so the new entry is durable).
 absl::Status FsyncDirectory(const std::string& dir);
 

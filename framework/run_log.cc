@@ -157,13 +157,7 @@ std::string MetricsJsonLine(const StepRecord& record, double wall_time) {
 absl::StatusOr<std::unique_ptr<RunLog>> RunLog::Open(const std::string& log_dir, const RunStart& start) {
   FATHOM_CHECK(!log_dir.empty(), "[run_log] an empty train.log_dir means no RunLog");
   FATHOM_CHECK(start.step >= 0, "[run_log] a run starting at step ", start.step);
-  std::error_code ec;
-  std::filesystem::create_directories(log_dir, ec);
-  if (!std::filesystem::is_directory(log_dir)) {
-    return absl::InvalidArgumentError(absl::StrCat("train.log_dir '", log_dir,
-                                                   "' is not a directory and cannot be ", "created",
-                                                   ec ? ": " + ec.message() : std::string()));
-  }
+  if (absl::Status s = MakeDirectories(log_dir, "train.log_dir"); !s.ok()) return s;
   const std::string metrics_path = log_dir + "/metrics.jsonl";
   // Refuses a symlink, a directory or a device where the log should be (file_io.h's rule for what fathom
   // may write over applies to appending too).

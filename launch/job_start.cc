@@ -6,7 +6,6 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -14,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/hf_export.h"
+#include "framework/file_io.h"
 #include "parallel/fault.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/rank_agreement.h"
@@ -62,13 +62,9 @@ void MpiInitWithDeadline(const std::string& command, double seconds) {
 
 // `dir` made (mkdir -p) and writable, for the recipe key `key`.
 absl::Status PrepareDirectory(const Recipe& recipe, const std::string& dir, const char* key) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (!fs::is_directory(dir)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        recipe.path, ": ", key, " '", dir, "' is not a directory and cannot be created",
-        ec ? absl::StrCat(" (", ec.message(), ")") : "", "; expected a directory path fathom may write to"));
+  if (absl::Status s = MakeDirectories(dir, key); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(recipe.path, ": ", s.message(), "; expected a directory path fathom may write to"));
   }
   if (::access(dir.c_str(), W_OK | X_OK) != 0) {
     return absl::InvalidArgumentError(

@@ -315,7 +315,7 @@ TEST(RunLogTest, RefusesWhatCannotBeALogDirectory) {
   absl::StatusOr<std::unique_ptr<RunLog>> on_file = RunLog::Open(base + "/file");
   ASSERT_FALSE(on_file.ok());
   EXPECT_THAT(std::string(on_file.status().message()),
-              HasSubstr("train.log_dir '" + base + "/file' is not a directory"));
+              HasSubstr("train.log_dir " + base + "/file is not a directory"));
   std::filesystem::create_directories(base + "/d/metrics.jsonl");  // a directory where the log should be
   absl::StatusOr<std::unique_ptr<RunLog>> shadowed = RunLog::Open(base + "/d");
   ASSERT_FALSE(shadowed.ok());

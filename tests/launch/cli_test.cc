@@ -262,8 +262,10 @@ TEST(Cli, UnusableRunPathsExit2AtStartUp) {
   std::ofstream(dir + "/afile") << "a file";
   const std::string train = std::string("train ") + kTiny + " --set train.steps=50 --set ";
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"checkpoint.dir=" + dir + "/afile/sub --set checkpoint.save_every=40", "checkpoint.dir '"},
-      {"train.log_dir=" + dir + "/afile", "train.log_dir '"},
+      {"checkpoint.dir=" + dir + "/afile/sub --set checkpoint.save_every=40",
+       "checkpoint.dir " + dir + "/afile/sub is not a directory and cannot be created"},
+      {"train.log_dir=" + dir + "/afile",
+       "train.log_dir " + dir + "/afile is not a directory and cannot be created"},
       {"data.tokenizer_dir=" + dir + "/no_such_dir", "data.tokenizer_dir: tokenizer directory"},
       {"data.tokenizer_dir=" + dir, "holds none of tokenizer.json"},
   };
