@@ -125,6 +125,13 @@ absl::Status CheckMtpCopies(const HfDirectory& dir, const ModelConfig& model) {
 
 }  // namespace
 
+absl::Status CheckHfMtpCopies(const std::string& dir, const ModelConfig& model) {
+  absl::StatusOr<std::unique_ptr<HfDirectory>> hf = HfDirectory::Open(dir);
+  if (!hf.ok()) return hf.status();
+  if (absl::Status s = CheckSameModel(**hf, model); !s.ok()) return s;
+  return CheckMtpCopies(**hf, model);
+}
+
 bool IsWeightsOnlyCheckpoint(const CheckpointMetadata& metadata) {
   return metadata.extra.is_object() && metadata.extra.value(kWeightsOnlyKey, false) == true;
 }

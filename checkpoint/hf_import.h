@@ -10,8 +10,8 @@
 // lm_head with them (checkpoint/hf_layout.h), as DeepSeek-V3 does. ImportHfDirectory checks that the
 // copies a directory holds equal them (both decoded to f32, and rounded to bf16 first where the two are
 // stored in different dtypes one of which is bf16) and refuses a directory whose copies differ, naming
-// the tensor, how many values differ and the largest difference; LoadHfDirectoryRange (model.init_from)
-// reads slices and does not compare them.
+// the tensor, how many values differ and the largest difference; LoadHfDirectoryRange reads slices and does
+// not compare them: `model.init_from` calls CheckHfMtpCopies once (rank 0) before every rank loads.
 //
 // A checkpoint made by ImportHfDirectory is "weights only": step 0, values of every tensor (the expert bias
 // included) and no AdamW moments; metadata.extra holds {"weights_only": true, "imported_from": HF_DIR,
@@ -63,6 +63,11 @@ absl::Status LoadHfDirectoryInto(const std::string& dir, const ModelConfig& mode
 // through a host copy). Only the tensors the range touches are checked and read.
 absl::Status LoadHfDirectoryRange(const std::string& dir, const ModelConfig& model, const ParamTable& table,
                                   int64_t begin, int64_t end, const Tensor& dst);
+
+// The check ImportHfDirectory makes before it writes (config.json describes `model`, and the MTP copies the
+// directory holds equal the shared tensors; see above), for callers that load slices instead
+// (checkpoint/hf_init.h). Reads both copies whole, one 16M-element block at a time.
+absl::Status CheckHfMtpCopies(const std::string& dir, const ModelConfig& model);
 
 struct HfImportStats {
   std::string path;           // the checkpoint written, CHECKPOINT_DIR/step_00000000

@@ -7,6 +7,11 @@
 namespace fathom {
 
 absl::Status InitFromHfDirectory(const std::string& dir, StageRuntime& runtime) {
+  Communicator& world = runtime.host_mesh().world();
+  // Copies that differ from the shared embedding/head would be lost without a word (one rank reads them).
+  absl::Status copies =
+      world.rank() == 0 ? CheckHfMtpCopies(dir, runtime.model(0).config()) : absl::OkStatus();
+  if (absl::Status s = AgreeOnStatus(world, copies); !s.ok()) return s;
   absl::Status local = absl::OkStatus();
   // DualPipe ranks hold two chunks (two model stages); each loads its own shards.
   for (int chunk = 0; chunk < runtime.num_chunks() && local.ok(); ++chunk) {
@@ -19,7 +24,7 @@ absl::Status InitFromHfDirectory(const std::string& dir, StageRuntime& runtime) 
       local = LoadHfDirectoryRange(dir, model.config(), table, begin, end, table.values().Rows(begin, end));
     }
   }
-  if (absl::Status s = AgreeOnStatus(runtime.host_mesh().world(), local); !s.ok()) return s;
+  if (absl::Status s = AgreeOnStatus(world, local); !s.ok()) return s;
   runtime.SyncLoadedParameters();
   return absl::OkStatus();
 }

@@ -15,12 +15,13 @@
 
 namespace fathom {
 
-// Loads `dir` into this rank's shards of `runtime`'s parameters, then synchronises every replica.
-// Collective over the runtime's host mesh: every rank returns the same status (the lowest failing rank's:
-// config.json describing another model than the recipe's, a missing or misshapen tensor, a non-finite
-// value; checkpoint/hf_import.h), and the parameters are synchronised only when every rank loaded. Call
-// it where a resume would load a checkpoint, when there is none to resume. CUDA parameters need a current
-// ops::OpContext, as for a resume.
+// Loads `dir` into this rank's shards of `runtime`'s parameters, then synchronises every replica. First,
+// world rank 0 checks that the MTP copies `dir` holds equal the shared embedding and head (CheckHfMtpCopies),
+// as `fathom import` does. Collective over the runtime's host mesh: every rank returns the same status (the
+// lowest failing rank's: config.json describing another model than the recipe's, MTP copies that differ, a
+// missing or misshapen tensor, a non-finite value; checkpoint/hf_import.h), and the parameters are
+// synchronised only when every rank loaded. Call it where a resume would load a checkpoint, when there is
+// none to resume. CUDA parameters need a current ops::OpContext, as for a resume.
 absl::Status InitFromHfDirectory(const std::string& dir, StageRuntime& runtime);
 
 }  // namespace fathom

@@ -244,6 +244,10 @@ TEST_F(HfImportTest, MtpCopiesThatDifferFromTheSharedTensorsAreRefused) {
     EXPECT_THAT(std::string(s.status().message()),
                 HasSubstr(absl::StrCat("at element 5, the largest difference ", difference, ")")));
     EXPECT_FALSE(fs::exists(out));
+    // model.init_from runs the same check before its ranks load their slices.
+    absl::Status init = CheckHfMtpCopies(dir, recipe_.model);
+    EXPECT_EQ(init.code(), absl::StatusCode::kInvalidArgument) << init;
+    EXPECT_THAT(std::string(init.message()), HasSubstr(copy.name + " differs from " + copy.source));
   }
   // The same values stored in another dtype (f32 copies of a bf16 export) are equal copies.
   const std::string dir = Path("mtp_f32");
@@ -258,6 +262,7 @@ TEST_F(HfImportTest, MtpCopiesThatDifferFromTheSharedTensorsAreRefused) {
   }
   absl::StatusOr<HfImportStats> s = ImportHfDirectory(dir, recipe_, Path("mtp_f32_out"));
   EXPECT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(CheckHfMtpCopies(dir, recipe_.model).ok());
 }
 
 TEST_F(HfImportTest, MissingOrBrokenFiles) {
