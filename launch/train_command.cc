@@ -19,8 +19,8 @@ constexpr char kUsage[] =
     "  (world = parallel.pp x dp, dp = parallel.ep x edp); otherwise as one process.\n"
     "  --set section.key=value   override a recipe key (repeatable), e.g. --set optim.lr=1e-3\n"
     "  --help                    print this and exit\n"
-    "  Exit codes: 0 trained, 2 bad input (recipe, command line, launch, memory), 1 a failure while "
-    "training.\n";
+    "  Exit codes: 0 trained, 2 bad input (recipe, command line, launch, memory; or met while training:\n"
+    "  data, a checkpoint.dir entry a save may not replace), 1 a failure while training.\n";
 
 // Every rank reaches the same verdict on its input; ExitAllRanks prints it once and exits every rank.
 [[noreturn]] void Reject(const absl::Status& status) {
@@ -63,8 +63,13 @@ int RunTrain(const std::vector<std::string>& args) {
   if (!trainer.ok()) Reject(trainer.status());
   if (logs) std::cout << (*mesh)->layout().Describe() << " [" << job.launcher.Describe() << "]\n";
   absl::StatusOr<std::vector<StepStats>> run = (*trainer)->Run(std::cout);
-  // Every rank sees the same all-reduced norm, so a divergence is reported by all ranks alike.
-  if (!run.ok()) ExitAllRanks(kExitFailure, "fathom train: " + std::string(run.status().message()));
+  // Every rank sees the same all-reduced norm, so a divergence is reported by all ranks alike; a save's
+  // verdict is agreed too. Input met only while training (a save, e.g. a preemption's at an unscheduled
+  // step, that would replace what is not fathom's checkpoint; a data file) is still bad input.
+  if (!run.ok()) {
+    ExitAllRanks(run.status().code() == absl::StatusCode::kInvalidArgument ? kExitInvalidInput : kExitFailure,
+                 "fathom train: " + std::string(run.status().message()));
+  }
   trainer->reset();
   mesh->reset();
   FinishJob(job);

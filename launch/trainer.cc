@@ -516,7 +516,11 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     const bool last = step + 1 == steps;
     const bool scheduled = ckpt.save_every > 0 && (last || (step + 1) % ckpt.save_every == 0);
     if (checkpoints_ && (stop || scheduled)) {
-      if (absl::Status s = StartSave(step + 1, ckpt.async && !stop && !last, log); !s.ok()) return s;
+      if (absl::Status s = StartSave(step + 1, ckpt.async && !stop && !last, log); !s.ok()) {
+        if (!stop) return s;
+        return absl::Status(s.code(), absl::StrFormat("preempted (%s) after step %d; its checkpoint: %s",
+                                                      DescribeStop(agreed), step + 1, s.message()));
+      }
     }
     if (stop) {
       preempted_ = true;

@@ -105,6 +105,34 @@ TEST(CheckpointCli, SignalToOneRankSavesAndExitsZeroAfterTheCurrentStep) {
   fs::remove_all(dir);
 }
 
+// A preemption saves at whatever step the signal lands on, which no start-up check can know: a save that
+// meets a damaged step directory there is refused (the directory untouched) and the job ends with exit 2,
+// bad input, like the same refusal of a scheduled save before step 1.
+TEST(CheckpointCli, PreemptionSaveOntoADamagedStepDirectoryExitsTwo) {
+  const std::string dir = FreshDir("preempt_damaged"), log = dir + "/../fathom_ckpt_cli_preempt_damaged.log";
+  for (int step = 1; step <= 2000; ++step) {  // wherever the signal lands
+    char name[32];
+    std::snprintf(name, sizeof name, "/step_%08d", step);
+    fs::create_directories(dir + name);
+    std::ofstream(dir + name + "/notes.txt") << "not a checkpoint " << step << "\n";
+  }
+  const auto before = Snapshot(dir);
+  const std::string job = "timeout 120 " + std::string(FATHOM_BINARY) + " train " + kTiny +
+                          " --set train.seq_len=32 --set train.steps=100000 --set train.log_every=1" +
+                          " --set checkpoint.dir=" + dir + " --set checkpoint.resume=none > " + log + " 2>&1";
+  RunResult r = fathom::testing::RunShell(
+      "(" + job + "; echo \"exit $?\" >> " + log + ") & " +
+      "for i in $(seq 1 600); do grep -q 'step     3/' " + log + " 2>/dev/null && break; sleep 0.1; done; " +
+      "for p in $(pgrep -f fathom_ckpt_cli_preempt_damaged); do [ \"$(ps -o comm= -p $p)\" = fathom ] && "
+      "kill -USR1 $p; done; wait; cat " +
+      log + "; rm -f " + log);
+  EXPECT_NE(r.output.find("exit 2"), std::string::npos) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("preempted (signal 10 (SIGUSR1) received on rank 0) after step "));
+  EXPECT_THAT(r.output, HasSubstr("; its checkpoint: a save must replace " + dir + "/step_"));
+  EXPECT_TRUE(Snapshot(dir) == before) << "a damaged step directory changed";
+  fs::remove_all(dir);
+}
+
 TEST(CheckpointCli, BadCheckpointsAreRefusedWithOneMessageAndNothingChanges) {
   const std::string dir = FreshDir("bad");
   ASSERT_EQ(MpiRun(4, TinyArgs(dir, 2, 2)).exit_code, 0);
