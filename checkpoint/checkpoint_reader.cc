@@ -6,12 +6,14 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "checkpoint/hdf5_rank_file.h"
+#include "checkpoint/hf_layout.h"
 #include "checkpoint/model_config_json.h"
 #include "framework/file_io.h"
 #include "framework/numeric.h"
@@ -114,10 +116,30 @@ std::string CheckpointReader::FilePath(int file) const {
 absl::Status CheckpointReader::CheckModel(const ModelConfig& model, std::vector<std::string>* notes) const {
   ModelConfigDifferences diff = CompareModelConfig(index_.metadata.model, model);
   if (notes != nullptr) *notes = diff.other_keys;
-  if (diff.shape_keys.empty()) return absl::OkStatus();
-  return absl::InvalidArgumentError(
+  if (!diff.shape_keys.empty()) {
+    return absl::InvalidArgumentError(
       absl::StrCat("checkpoint ", dir_, " was saved by another model (", diff.shape_keys.size(),
-                   " shape key(s) differ): ", absl::StrJoin(diff.shape_keys, "; ")));
+                     " shape key(s) differ): ", absl::StrJoin(diff.shape_keys, "; ")));
+  }
+  if (notes == nullptr) return absl::OkStatus();
+  // Tensors the model has no use for (an index.json edited by hand, or written by a newer fathom) are not
+  // loaded: said, not refused (what a load by name does; the model's own tensors are checked as read).
+  std::set<std::string> known;
+  for (const HfTensorSpec& t : HfModelTensors(model)) {
+    if (!t.mtp_copy) known.insert(t.name);
+  }
+  std::vector<std::string> unused;
+  for (const auto& [name, record] : index_.tensors) {
+    if (!known.count(name)) unused.push_back(absl::StrCat("'", name, "'"));
+  }
+  if (!unused.empty()) {
+    const size_t listed = std::min<size_t>(unused.size(), 5);
+    notes->push_back(absl::StrCat(
+        "the checkpoint holds ", unused.size(), " tensor(s) the model does not have, not loaded: ",
+        absl::StrJoin(unused.begin(), unused.begin() + static_cast<std::ptrdiff_t>(listed), ", "),
+        unused.size() > listed ? absl::StrCat(" and ", unused.size() - listed, " more") : ""));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Hdf5RankFile*> CheckpointReader::File(int file) {

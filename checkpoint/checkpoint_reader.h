@@ -61,7 +61,8 @@ class CheckpointReader {
 
   // Refuses a checkpoint saved by a model whose shapes differ from `model` (InvalidArgument listing every
   // differing key that decides shapes); the other differing keys (rope, routing constants, ...) are
-  // returned in *notes (may be null) for the caller to print.
+  // returned in *notes (may be null) for the caller to print, and so are the checkpoint's tensors the
+  // model does not have (they are not loaded).
   absl::Status CheckModel(const ModelConfig& model, std::vector<std::string>* notes) const;
 
   // Elements [begin, end) of tensor `name`'s `kind` state into `out`, converted from the stored dtype to

@@ -212,6 +212,21 @@ TEST_F(BadCheckpointTest, AnotherModelsConfigAndShapes) {
                     HasSubstr("tensor 'model.layers.1.mlp.experts.8.gate_proj.weight' is missing")));
 }
 
+// A tensor the model does not have (an index edited by hand, or written by a newer fathom) is not loaded,
+// and the resume says so in a note rather than dropping it silently.
+TEST_F(BadCheckpointTest, ATensorTheModelDoesNotHaveIsNamedInANote) {
+  const std::string known = "model.layers.0.self_attn.kv_a_proj_with_mqa.weight";
+  EditIndex([&](nlohmann::json& j) { j["tensors"]["model.layers.0.self_attn.extra.weight"] = j["tensors"][known]; });
+  absl::StatusOr<std::unique_ptr<CheckpointReader>> r = CheckpointReader::Open(ckpt_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<std::string> notes;
+  ASSERT_TRUE((*r)->CheckModel(testing::CheckpointTestModel(), &notes).ok());
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_EQ(notes[0],
+            "the checkpoint holds 1 tensor(s) the model does not have, not loaded: "
+            "'model.layers.0.self_attn.extra.weight'");
+}
+
 TEST_F(BadCheckpointTest, MissingKindOfState) {
   absl::StatusOr<std::unique_ptr<CheckpointReader>> r = CheckpointReader::Open(ckpt_);
   ASSERT_TRUE(r.ok());
