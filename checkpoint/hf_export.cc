@@ -203,6 +203,13 @@ absl::Status PrepareOnRankZero(const std::string& out_dir, const std::string& tm
   std::error_code ec;
   const fs::file_status st = fs::symlink_status(out_dir, ec);
   if (fs::exists(st)) {
+    if (fs::is_symlink(st)) {  // the final rename would replace the link, not fill what it points to
+      const fs::path target = fs::read_symlink(out_dir, ec);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--out ", out_dir, " is a symbolic link (to ", target.string(),
+          "); the export is renamed onto --out when complete, which would replace the link: give the "
+          "directory itself as --out"));
+    }
     if (!fs::is_directory(st)) {
       return absl::InvalidArgumentError(absl::StrCat("--out ", out_dir, " exists and is not a directory"));
     }

@@ -355,6 +355,17 @@ TEST_F(HfExportTest, ExportRefusesANonEmptyDirectoryAndNonFiniteWeightsWritingNo
   EXPECT_FALSE(fs::exists(Path("empty.tmp")));
   EXPECT_FALSE(fs::exists(Path("empty/") + kOwnedMarkerName)) << "a complete export keeps no marker";
 
+  // A symbolic link to an empty directory: the final rename would replace the link; refused, naming it.
+  fs::create_directories(Path("target"));
+  fs::create_directory_symlink(Path("target"), Path("link"));
+  s = ExportHfDirectory(**reader, Path("link"), {}, comm_);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("--out " + Path("link") + " is a symbolic link (to " + Path("target") + ")"));
+  EXPECT_TRUE(fs::is_symlink(Path("link")) && fs::is_empty(Path("target")));
+  EXPECT_FALSE(fs::exists(Path("link.tmp")));
+
   // An HF_DIR.tmp fathom did not make (a user's directory or file of that name) is refused and kept.
   fs::create_directories(Path("mine.tmp"));
   testing::WriteFileBytes(Path("mine.tmp/mine.txt"), "precious");
