@@ -96,12 +96,17 @@ std::string WholeRunLines(const WholeRunEstimate& w, const RunAssumptions& run, 
   auto share = [&](double s) { return 100 * s / w.wall_s; };
   absl::StrAppend(&o, absl::StrFormat("  steps at the simulated speed %8.0f h  %5.1f%%\n",
                                       Hours(w.compute_s - w.ramp_s), share(w.compute_s - w.ramp_s)));
-  if (run.batch_ramp_tokens > 0 && run.batch_ramp_start > 0) {
+  if (run.batch_ramp_tokens > 0 && run.batch_ramp_start > 0 && run.batch_ramp_start < global_batch) {
     absl::StrAppend(
         &o, absl::StrFormat("  batch-size ramp             %8.1f h  %5.1f%%   (%d to %d sequences over "
                             "%.3gT tokens)\n",
                             Hours(w.ramp_s), share(w.ramp_s), run.batch_ramp_start, global_batch,
                             run.batch_ramp_tokens / 1e12));
+  } else if (run.batch_ramp_tokens > 0 && run.batch_ramp_start >= global_batch) {
+    // parallel/whole_run.h counts no ramp then: there is nothing to grow to.
+    absl::StrAppend(&o, absl::StrFormat("  batch-size ramp                  none   (the cluster's batch_ramp_start "
+                                        "%d is not below the global batch %d)\n",
+                                        run.batch_ramp_start, global_batch));
   }
   absl::StrAppend(
       &o, absl::StrFormat("  checkpoints                 %8.1f h  %5.1f%%   (%.0f x %.0f s: every %.0f min "

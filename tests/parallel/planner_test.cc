@@ -265,6 +265,19 @@ TEST(PlanCommand, PrintsThePlanAndTheReportComparison) {
   EXPECT_EQ(set->parallel.stage_layers, pasted->parallel.stage_layers);
 }
 
+// A global batch at or below the cluster's batch_ramp_start has no ramp to grow through: the whole-run
+// accounting counts none, and the report says so instead of printing a ramp that shrinks.
+TEST(PlanCommand, NoBatchRampBelowItsStart) {
+  CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(kH800), "--global-batch", "1024"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("batch-size ramp                  none   (the cluster's batch_ramp_start 3072 is "
+                               "not below the global batch 1024)"));
+  EXPECT_THAT(o.out, Not(HasSubstr("3072 to 1024 sequences")));
+  o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(kH800), "--global-batch", "8192"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("(3072 to 8192 sequences over 0.469T tokens)"));
+}
+
 TEST(PlanCommand, TooSmallClusterReportsTheShortfall) {
   for (const char* cluster : {"recipes/clusters/h100-8.yaml", "recipes/clusters/h200-8.yaml"}) {
     CommandOutput o = RunCommand(RunPlan, {Source(kV3), "--cluster", Source(cluster)});
