@@ -28,7 +28,9 @@
 //                   dispatch/combine  bytes: token rows permuted and combined, 4 (1 + k) x hidden x 2 B per
 //                               token and MoE layer (forward and backward; the exchange itself not counted)
 //                   optimizer   bytes: ZeroOptimizer::StepTraffic (norm pass + fused update pass), with its
-//                               floor at 4.3 TB/s (the H200's measured device-copy bandwidth)
+//                               floor at this GPU's device-to-device copy rate, measured after the timed
+//                               steps on the rank the phases are shown for (framework/cuda/copy_bandwidth.h;
+//                               about 4.3 TB/s on an H200, 3.0 on an H100)
 //   attention     one line per attention shape (cuda::DescribeAttentionPath): which kernels run it.
 // The timer is enabled during the warm-up too (collected after every step, then reset), so its CUDA event
 // pool is created before the timed steps. Every run also prints the activation estimate against the pool's
@@ -54,6 +56,7 @@
 #include <cuda_runtime.h>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/copy_bandwidth.h"
 #include "framework/ops.h"
 #include "framework/phase_timer.h"
 #include "launch/trainer.h"
@@ -98,7 +101,6 @@ int64_t CountOption(const CommandLine& cl, const std::string& flag, int64_t fall
 
 constexpr double kPeakBf16TflopsPerGpu = 989.0;  // dense bf16, H100/H200 SXM
 constexpr double kGiB = 1073741824.0;
-constexpr double kCopyBytesPerS = 4.3e12;  // H200 device copy, read + write (../shared/ANCHORS.md)
 
 // The table's phase rows, in this order: the layers' phases (layers/phases.h), then the optimizer's
 // (parallel/phases.h). A phase registered elsewhere has no row; its time shows in "other".
@@ -227,6 +229,7 @@ struct BenchResult {
   PhaseMillis phase_work{};             // per step, of phase_rank: FLOPs, or bytes (BenchPhase::in_bytes)
   std::vector<double> pool_peak_bytes;  // per rank
   double host_waits_per_step = 0;       // ops::HostWaits per timed step, max over ranks
+  cuda::CopyBandwidth copy;             // of phase_rank: the optimizer's floor
 };
 
 std::string FormatBench(const BenchResult& b) {
@@ -273,10 +276,14 @@ std::string FormatBench(const BenchResult& b) {
   const double opt_bytes = b.phase_work[static_cast<size_t>(phases::kOptimizer)];
   const double opt_ms = b.phase_ms[static_cast<size_t>(phases::kOptimizer)];
   if (opt_bytes > 0) {
-    const double floor_ms = opt_bytes / kCopyBytesPerS * 1e3;
-    o += absl::StrFormat(
-        "  optimizer traffic  %.1f GB per step in %.2f ms; floor %.2f ms at %.1f TB/s (%.2fx)\n",
-        opt_bytes * 1e-9, opt_ms, floor_ms, kCopyBytesPerS * 1e-12, floor_ms > 0 ? opt_ms / floor_ms : 0.0);
+    o += absl::StrFormat("  optimizer traffic  %.1f GB per step in %.2f ms", opt_bytes * 1e-9, opt_ms);
+    if (b.copy.bytes_per_s > 0) {
+      const double floor_ms = opt_bytes / b.copy.bytes_per_s * 1e3;
+      o += absl::StrFormat("; floor %.2f ms at %.2f TB/s, this GPU's device copy (%.2fx)\n", floor_ms,
+                           b.copy.bytes_per_s * 1e-12, floor_ms > 0 ? opt_ms / floor_ms : 0.0);
+    } else {
+      o += "; floor not measured (under 64 MiB of device memory free for the copy)\n";
+    }
   }
   if (b.bf16_gemms) {
     // Amdahl's bound on train.precision fp8 for this shape: FP8 runs the Linears of attention and the
@@ -399,6 +406,11 @@ BenchResult RunSteps(const Recipe& recipe, Trainer& trainer, DeviceMesh& mesh, i
   const std::vector<std::vector<double>> works =
       GatherRows(world, std::vector<double>(work.begin(), work.end()));
   std::copy(works[b.phase_rank].begin(), works[b.phase_rank].end(), b.phase_work.begin());
+  const cuda::CopyBandwidth copy = cuda::MeasureCopyBandwidth();
+  const std::vector<std::vector<double>> copies =
+      GatherRows(world, {copy.bytes_per_s, static_cast<double>(copy.buffer_bytes)});
+  b.copy.bytes_per_s = copies[b.phase_rank][0];
+  b.copy.buffer_bytes = static_cast<size_t>(copies[b.phase_rank][1]);
   return b;
 }
 
