@@ -29,7 +29,7 @@
 //                               token and MoE layer (forward and backward; the exchange itself not counted)
 //                   optimizer   bytes: ZeroOptimizer::StepTraffic (norm pass + fused update pass), with its
 //                               floor at this GPU's device-to-device copy rate, measured after the timed
-//                               steps on the rank the phases are shown for (framework/cuda/copy_bandwidth.h;
+//                               steps on the rank the phases are shown for (framework/cuda/device_timing.h;
 //                               about 4.3 TB/s on an H200, 3.0 on an H100)
 //   attention     one line per attention shape (cuda::DescribeAttentionPath): which kernels run it.
 // The timer is enabled during the warm-up too (collected after every step, then reset), so its CUDA event
@@ -56,7 +56,7 @@
 #include <cuda_runtime.h>
 
 #include "framework/cuda/check.h"
-#include "framework/cuda/copy_bandwidth.h"
+#include "framework/cuda/device_timing.h"
 #include "framework/ops.h"
 #include "framework/phase_timer.h"
 #include "launch/trainer.h"

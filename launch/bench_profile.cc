@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/device_timing.h"
 #include "framework/cuda/device_pool.h"
 #include "framework/fp8_operands.h"
 #include "framework/ops.h"
@@ -67,22 +68,8 @@ size_t PeakRank(const BenchStepMeasurements& step) {
 #ifdef FATHOM_WITH_CUDA
 
 // Milliseconds per call of `work`, queued on the legacy default stream (the op context's): two calls to warm
-// up (plans, workspaces), then `reps` between two events.
-double TimeMs(int reps, const std::function<void()>& work) {
-  for (int i = 0; i < 2; ++i) work();
-  cudaEvent_t start, stop;
-  FATHOM_CUDA_CHECK(cudaEventCreate(&start));
-  FATHOM_CUDA_CHECK(cudaEventCreate(&stop));
-  FATHOM_CUDA_CHECK(cudaEventRecord(start, nullptr));
-  for (int i = 0; i < reps; ++i) work();
-  FATHOM_CUDA_CHECK(cudaEventRecord(stop, nullptr));
-  FATHOM_CUDA_CHECK(cudaEventSynchronize(stop));
-  float ms = 0;
-  FATHOM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  FATHOM_CUDA_CHECK(cudaEventDestroy(start));
-  FATHOM_CUDA_CHECK(cudaEventDestroy(stop));
-  return static_cast<double>(ms) / reps;
-}
+// up (plans, workspaces), then `reps` timed.
+double TimeMs(int reps, const std::function<void()>& work) { return cuda::TimeMs(nullptr, 2, reps, work); }
 
 Tensor Filled(cuda::DevicePool& pool, const Shape& shape, DType dtype) {
   Tensor t = pool.Empty(shape, dtype);

@@ -5,7 +5,7 @@
 //   - Fused:   the norm, then FusedAdamWStep (clip, AdamW, refresh): two passes, 26 bytes per element (4 for
 //     the norm + 22); the gradients are zeroed lazily by the ParamTable, outside the optimizer.
 // The GB/s counter is those bytes over the measured time; the floor is bytes over this GPU's device-to-device
-// copy rate, measured once (framework/cuda/copy_bandwidth.h: about 4.3 TB/s on an H200, 3.0 on an H100). 512M elements (~14 GB of buffers) are far past the
+// copy rate, measured once (framework/cuda/device_timing.h: about 4.3 TB/s on an H200, 3.0 on an H100). 512M elements (~14 GB of buffers) are far past the
 // 60 MB L2, so every pass streams from HBM.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
@@ -17,7 +17,7 @@
 
 #include "framework/config.h"
 #include "framework/cuda/check.h"
-#include "framework/cuda/copy_bandwidth.h"
+#include "framework/cuda/device_timing.h"
 #include "framework/cuda/device_arena.h"
 #include "framework/kernels/cuda/adamw.h"
 #include "framework/kernels/cuda/elementwise.h"
