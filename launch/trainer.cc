@@ -372,14 +372,39 @@ absl::StatusOr<double> Trainer::Evaluate() {
         "%s: evaluation needs a valid split: set train.eval_every > 0 with data.source megatron or hdf5",
         recipe_.path));
   }
-  // The same train.eval_steps batches every time: "steps" 0 .. eval_steps-1 of the valid split.
+  return EvaluateOn(*valid_data_);  // the same batches every time
+}
+
+absl::StatusOr<double> Trainer::EvaluateOn(TokenLoader& loader) {
   double sum = 0;
   for (int64_t j = 0; j < recipe_.train.eval_steps; ++j) {
-    absl::StatusOr<std::vector<MicroBatch>> batches = SampleMicroBatches(*valid_data_, j);
+    absl::StatusOr<std::vector<MicroBatch>> batches = SampleMicroBatches(loader, j);
     if (!batches.ok()) return batches.status();
     sum += runtime_->Evaluate(*batches);
   }
   return sum / static_cast<double>(recipe_.train.eval_steps);
+}
+
+absl::Status Trainer::EvaluateTestSplit(std::ostream& log) {
+  absl::StatusOr<std::vector<double>> fractions = recipe_.data.SplitFractions();
+  if (!fractions.ok() || fractions->size() < 3 || !((*fractions)[2] > 0)) return absl::OkStatus();
+  const bool logs = runtime_->coord().rank == 0;
+  const int64_t global_batch =
+      runtime_->layout().dp() * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size;
+  absl::StatusOr<std::unique_ptr<TokenLoader>> test = OpenTokenLoader(recipe_, DataSplit::kTest, global_batch);
+  // Every rank opens the same files: the verdict is agreed so that all evaluate or none.
+  if (absl::Status s = AgreeOnStatus(runtime_->host_mesh().world(), test.status()); !s.ok()) {
+    if (logs) log << "test: not evaluated: " << s.message() << "\n";
+    return absl::OkStatus();
+  }
+  absl::StatusOr<double> loss = EvaluateOn(**test);
+  if (!loss.ok()) return loss.status();
+  if (logs) {
+    log << absl::StrFormat("test  %5d/%d | test lm %.4f | ppl %.2f (%d batches of the test split)\n",
+                           recipe_.train.steps, recipe_.train.steps, *loss, std::exp(*loss),
+                           recipe_.train.eval_steps);
+  }
+  return absl::OkStatus();
 }
 
 StepRecord Trainer::MakeRecord(const StepStats& st, double valid_loss) const {
@@ -532,6 +557,9 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     }
   }
   if (absl::Status s = PollSave(/*finish=*/true, log); !s.ok()) return s;
+  if (recipe_.train.eval_every > 0 && !preempted_ && !all.empty()) {
+    if (absl::Status s = EvaluateTestSplit(log); !s.ok()) return s;
+  }
   if (run_log) {
     if (absl::Status s = run_log->Close(); !s.ok()) return s;
   }

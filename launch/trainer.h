@@ -57,7 +57,10 @@ class Trainer {
   // FailedPrecondition when the recipe's data has no valid split.
   absl::StatusOr<double> Evaluate();
   // Runs steps first_step() .. recipe.train.steps-1; rank 0 logs one line per train.log_every steps (with
-  // the ETA), a validation line every train.eval_every steps, then a summary; with train.log_dir, rank 0
+  // the ETA), a validation line every train.eval_every steps, at the end (not after a preemption) one on
+  // train.eval_steps batches of the test split when data.split gives it a share (Megatron's test loss; a
+  // test split that cannot be read, e.g. one given no documents, is named in a "not evaluated" line
+  // instead), then a summary; with train.log_dir, rank 0
   // also writes metrics.jsonl and TensorBoard events there (framework/run_log.h: a resumed run removes the
   // records the interrupted one wrote past its checkpoint; a fresh one keeps earlier runs' records and
   // says so). With checkpoint.dir and save_every it saves every save_every steps and after the last one
@@ -85,6 +88,10 @@ class Trainer {
   // [d * M, (d + 1) * M) of the step's global batch, so any mesh sees the same global batch as one rank
   // with dp * M micro-batches.
   absl::StatusOr<std::vector<MicroBatch>> SampleMicroBatches(TokenLoader& loader, int64_t step) const;
+  // The main LM loss on train.eval_steps batches ("steps" 0 .. eval_steps-1) of `loader`'s split.
+  absl::StatusOr<double> EvaluateOn(TokenLoader& loader);
+  // The end-of-run test line (see Run); collective.
+  absl::Status EvaluateTestSplit(std::ostream& log);
   // The record of a step for the run log (rank 0).
   StepRecord MakeRecord(const StepStats& st, double valid_loss) const;
 

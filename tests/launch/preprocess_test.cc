@@ -105,6 +105,30 @@ TEST(PreprocessTest, TinyTrainsOnPreprocessedDemoWithValidationAndRunLog) {
   EXPECT_EQ(markers, 1);
   EXPECT_EQ(lines, 1 + 12);
   EXPECT_EQ(with_valid, 2);
+  EXPECT_EQ(r.output.find("test "), std::string::npos) << "data.split 90,10 gives no test split:\n" << r.output;
+}
+
+// Megatron's test loss: at the end of a run with evaluation, train.eval_steps batches of the test split
+// when data.split gives it a share; a share of no documents is named, and the run still succeeds.
+TEST(PreprocessTest, TheTestSplitIsEvaluatedAtTheEnd) {
+  ScratchDir dir;
+  ASSERT_EQ(RunFathom("preprocess --demo-corpus --output-prefix " + dir / "demo").exit_code, 0);
+  const std::string train = "train " + std::string(FATHOM_SOURCE_DIR) +
+                            "/recipes/tiny.yaml --set train.steps=4 --set data.source=megatron --set data.path=" +
+                            dir / "demo" + " --set train.eval_every=4 --set train.eval_steps=2";
+  RunResult r = RunFathom(train + " --set data.split=80,10,10");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const size_t valid = r.output.find("eval      4/4 | valid lm "), test = r.output.find("test      4/4 | test lm ");
+  ASSERT_NE(test, std::string::npos) << r.output;
+  EXPECT_LT(valid, test) << r.output;
+  EXPECT_NE(r.output.find("(2 batches of the test split)"), std::string::npos) << r.output;
+  // The valid and test losses are of different documents: different numbers.
+  EXPECT_NE(r.output.substr(valid + 25, 6), r.output.substr(test + 24, 6)) << r.output;
+
+  r = RunFathom(train + " --set data.split=98,1.95,0.05");  // 575 documents: none for the test split
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("test: not evaluated: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("gives the test split none of the 575 documents"), std::string::npos) << r.output;
 }
 
 TEST(PreprocessTest, JsonLinesWithEodInt32AndHdf5HoldTheDocuments) {
