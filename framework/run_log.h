@@ -55,7 +55,8 @@ struct ExpertLoadRecord {
 struct StepRecord {
   int64_t step = 0;
   // Flat name -> value, in the order they should appear, e.g. loss, lm_loss, mtp_loss, balance, lr,
-  // grad_norm, tokens_per_s, tflops_per_gpu, mfu, memory_gib, valid_loss, valid_perplexity. Names must not
+  // grad_norm, tokens_per_s, tflops_per_gpu, mfu, memory_gib, valid_loss, valid_perplexity (test_loss,
+  // test_perplexity in the last step's). Names must not
   // be "step", "wall_time", "phase_seconds" or "expert_load", nor contain '/'.
   std::vector<Scalar> scalars;
   std::vector<Scalar> phase_seconds;  // time of the step by phase: "attention" -> seconds

@@ -385,9 +385,10 @@ absl::StatusOr<double> Trainer::EvaluateOn(TokenLoader& loader) {
   return sum / static_cast<double>(recipe_.train.eval_steps);
 }
 
-absl::Status Trainer::EvaluateTestSplit(std::ostream& log) {
+absl::StatusOr<double> Trainer::EvaluateTestSplit(std::ostream& log) {
+  const double none = std::nan("");
   absl::StatusOr<std::vector<double>> fractions = recipe_.data.SplitFractions();
-  if (!fractions.ok() || fractions->size() < 3 || !((*fractions)[2] > 0)) return absl::OkStatus();
+  if (!fractions.ok() || fractions->size() < 3 || !((*fractions)[2] > 0)) return none;
   const bool logs = runtime_->coord().rank == 0;
   const int64_t global_batch =
       runtime_->layout().dp() * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size;
@@ -395,7 +396,7 @@ absl::Status Trainer::EvaluateTestSplit(std::ostream& log) {
   // Every rank opens the same files: the verdict is agreed so that all evaluate or none.
   if (absl::Status s = AgreeOnStatus(runtime_->host_mesh().world(), test.status()); !s.ok()) {
     if (logs) log << "test: not evaluated: " << s.message() << "\n";
-    return absl::OkStatus();
+    return none;
   }
   absl::StatusOr<double> loss = EvaluateOn(**test);
   if (!loss.ok()) return loss.status();
@@ -404,10 +405,10 @@ absl::Status Trainer::EvaluateTestSplit(std::ostream& log) {
                            recipe_.train.steps, recipe_.train.steps, *loss, std::exp(*loss),
                            recipe_.train.eval_steps);
   }
-  return absl::OkStatus();
+  return *loss;
 }
 
-StepRecord Trainer::MakeRecord(const StepStats& st, double valid_loss) const {
+StepRecord Trainer::MakeRecord(const StepStats& st, double valid_loss, double test_loss) const {
   StepRecord rec;
   rec.step = st.step + 1;
   const double flops_per_token = [&] {
@@ -436,6 +437,10 @@ StepRecord Trainer::MakeRecord(const StepStats& st, double valid_loss) const {
   if (!std::isnan(valid_loss)) {
     rec.scalars.push_back({"valid_loss", valid_loss});
     rec.scalars.push_back({"valid_perplexity", std::exp(valid_loss)});
+  }
+  if (!std::isnan(test_loss)) {
+    rec.scalars.push_back({"test_loss", test_loss});
+    rec.scalars.push_back({"test_perplexity", std::exp(test_loss)});
   }
   rec.expert_load = st.expert_load;  // every stage's layers, not only rank 0's
   return rec;
@@ -519,6 +524,12 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
                                valid_loss, std::exp(valid_loss), recipe_.train.eval_steps);
       }
     }
+    double test_loss = std::nan("");  // after the last step (a preempted run stops before it)
+    if (recipe_.train.eval_every > 0 && step + 1 == steps) {
+      absl::StatusOr<double> t = EvaluateTestSplit(log);
+      if (!t.ok()) return t.status();
+      test_loss = *t;
+    }
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (logs && ((step + 1) % recipe_.train.log_every == 0 || step + 1 == steps)) {
       log << FormatStepLine(all.back(), steps);
@@ -531,7 +542,7 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
       log.flush();
     }
     if (run_log) {
-      if (absl::Status s = run_log->Log(MakeRecord(all.back(), valid_loss)); !s.ok()) return s;
+      if (absl::Status s = run_log->Log(MakeRecord(all.back(), valid_loss, test_loss)); !s.ok()) return s;
     }
     // Checkpoints: finish a background save when every rank is done; save on schedule, after the last
     // step, and when any rank was told to stop (SIGTERM / SIGUSR1: the same step on every rank).
@@ -557,9 +568,6 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
     }
   }
   if (absl::Status s = PollSave(/*finish=*/true, log); !s.ok()) return s;
-  if (recipe_.train.eval_every > 0 && !preempted_ && !all.empty()) {
-    if (absl::Status s = EvaluateTestSplit(log); !s.ok()) return s;
-  }
   if (run_log) {
     if (absl::Status s = run_log->Close(); !s.ok()) return s;
   }

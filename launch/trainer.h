@@ -56,17 +56,16 @@ class Trainer {
   // The main LM loss on train.eval_steps batches of the valid split (the same batches every time).
   // FailedPrecondition when the recipe's data has no valid split.
   absl::StatusOr<double> Evaluate();
-  // Runs steps first_step() .. recipe.train.steps-1; rank 0 logs one line per train.log_every steps (with
-  // the ETA), a validation line every train.eval_every steps, at the end (not after a preemption) one on
-  // train.eval_steps batches of the test split when data.split gives it a share (Megatron's test loss; a
-  // test split that cannot be read, e.g. one given no documents, is named in a "not evaluated" line
-  // instead), then a summary; with train.log_dir, rank 0
-  // also writes metrics.jsonl and TensorBoard events there (framework/run_log.h: a resumed run removes the
-  // records the interrupted one wrote past its checkpoint; a fresh one keeps earlier runs' records and
-  // says so). With checkpoint.dir and save_every it saves every save_every steps and after the last one
-  // (checkpoint.async: in the background). A SIGTERM or SIGUSR1 on any rank (Slurm's --signal=USR1@120)
-  // ends the run after the current step with a checkpoint (when checkpoint.dir is set), rank 0 naming the
-  // signal and the ranks it reached; preempted() is then true.
+  // Runs steps first_step() .. recipe.train.steps-1; rank 0 logs one line per train.log_every steps (with the
+  // ETA), a validation line every train.eval_every steps, after the last step (not after a preemption) one on
+  // train.eval_steps batches of the test split when data.split gives it a share (Megatron's test loss; a test
+  // split that cannot be read, e.g. one given no documents, is named in a "not evaluated" line instead), then
+  // a summary; with train.log_dir, rank 0 also writes metrics.jsonl and TensorBoard events there
+  // (framework/run_log.h: a resumed run removes the records the interrupted one wrote past its checkpoint; a
+  // fresh one keeps earlier runs' records and says so). With checkpoint.dir and save_every it saves every
+  // save_every steps and after the last one (checkpoint.async: in the background). A SIGTERM or SIGUSR1 on
+  // any rank (Slurm's --signal=USR1@120) ends the run after the current step with a checkpoint (when
+  // checkpoint.dir is set), rank 0 naming the signal and the ranks it reached; preempted() is then true.
   absl::StatusOr<std::vector<StepStats>> Run(std::ostream& log);
 
   // Saves the state after `steps_done` steps into checkpoint.dir (synchronously; collective). The
@@ -90,10 +89,12 @@ class Trainer {
   absl::StatusOr<std::vector<MicroBatch>> SampleMicroBatches(TokenLoader& loader, int64_t step) const;
   // The main LM loss on train.eval_steps batches ("steps" 0 .. eval_steps-1) of `loader`'s split.
   absl::StatusOr<double> EvaluateOn(TokenLoader& loader);
-  // The end-of-run test line (see Run); collective.
-  absl::Status EvaluateTestSplit(std::ostream& log);
+  // The test line after the last step (see Run): the loss, NaN when data.split gives the test split no
+  // share or it cannot be read (then said on rank 0). Collective.
+  absl::StatusOr<double> EvaluateTestSplit(std::ostream& log);
   // The record of a step for the run log (rank 0).
-  StepRecord MakeRecord(const StepStats& st, double valid_loss) const;
+  // valid_loss / test_loss: NaN when not evaluated at this step.
+  StepRecord MakeRecord(const StepStats& st, double valid_loss, double test_loss) const;
 
   Recipe recipe_;
   std::unique_ptr<TokenLoader> train_data_, valid_data_;  // valid_data_: with train.eval_every > 0

@@ -116,14 +116,28 @@ TEST(PreprocessTest, TheTestSplitIsEvaluatedAtTheEnd) {
   const std::string train = "train " + std::string(FATHOM_SOURCE_DIR) +
                             "/recipes/tiny.yaml --set train.steps=4 --set data.source=megatron --set data.path=" +
                             dir / "demo" + " --set train.eval_every=4 --set train.eval_steps=2";
-  RunResult r = RunFathom(train + " --set data.split=80,10,10");
+  RunResult r = RunFathom(train + " --set data.split=80,10,10 --set train.log_dir=" + dir / "logs");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const size_t valid = r.output.find("eval      4/4 | valid lm "), test = r.output.find("test      4/4 | test lm ");
   ASSERT_NE(test, std::string::npos) << r.output;
   EXPECT_LT(valid, test) << r.output;
   EXPECT_NE(r.output.find("(2 batches of the test split)"), std::string::npos) << r.output;
   // The valid and test losses are of different documents: different numbers.
-  EXPECT_NE(r.output.substr(valid + 25, 6), r.output.substr(test + 24, 6)) << r.output;
+  const std::string test_loss = r.output.substr(test + 24, 6);
+  EXPECT_NE(r.output.substr(valid + 25, 6), test_loss) << r.output;
+  // The run log has it in the last step's record only.
+  std::ifstream metrics(dir / "logs/metrics.jsonl");
+  std::string line, last;
+  int with_test = 0;
+  while (std::getline(metrics, line)) {
+    with_test += line.find("\"test_loss\":") != std::string::npos;
+    last = line;
+  }
+  EXPECT_EQ(with_test, 1);
+  EXPECT_NE(last.find("\"step\":4,"), std::string::npos) << last;
+  const size_t at = last.find("\"test_loss\":");
+  ASSERT_NE(at, std::string::npos) << last;
+  EXPECT_NEAR(std::stod(last.substr(at + 12)), std::stod(test_loss), 5e-5) << last;  // printed to 4 places
 
   r = RunFathom(train + " --set data.split=98,1.95,0.05");  // 575 documents: none for the test split
   ASSERT_EQ(r.exit_code, 0) << r.output;
