@@ -204,6 +204,24 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(const std::string& 
   return out;
 }
 
+std::vector<SkippedStepEntry> ForeignLeftovers(const std::string& dir) {
+  std::vector<SkippedStepEntry> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!IsLeftoverName(name)) continue;
+    const std::string path = absl::StrCat(dir, "/", name);
+    if (IsOwnLeftover(path)) continue;
+    const std::string stem = name.substr(0, name.rfind('.'));
+    out.push_back({ParseStepName(stem).value_or(0), path,
+                   "named like a leftover of fathom's saves, but fathom did not make it (no marker): left "
+                   "alone"});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const SkippedStepEntry& a, const SkippedStepEntry& b) { return a.path < b.path; });
+  return out;
+}
+
 absl::StatusOr<std::optional<std::string>> FindLatestCheckpoint(const std::string& dir,
                                                                 std::vector<SkippedStepEntry>* skipped) {
   absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(dir, skipped);

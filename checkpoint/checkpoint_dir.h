@@ -76,6 +76,11 @@ struct SkippedStepEntry {
 // (optional) receives the step_<digits> entries that are not complete checkpoints, ascending by step.
 absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
     const std::string& dir, std::vector<SkippedStepEntry>* skipped = nullptr);
+// The entries of `dir` named like its leftovers (step_N.tmp, step_N.pruned, step_N.replaced) that fathom
+// did not make (no marker, not empty, not a complete checkpoint renamed aside), ascending by step: never
+// removed, so callers name them (a save of step N refuses to start while step_N.tmp is one). A missing or
+// unreadable `dir` has none.
+std::vector<SkippedStepEntry> ForeignLeftovers(const std::string& dir);
 // The newest complete checkpoint's path, or nullopt when there is none (or `dir` does not exist).
 absl::StatusOr<std::optional<std::string>> FindLatestCheckpoint(
     const std::string& dir, std::vector<SkippedStepEntry>* skipped = nullptr);

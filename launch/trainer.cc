@@ -77,13 +77,24 @@ absl::Status CheckScheduledSaves(const Recipe& recipe, int64_t first_step) {
   std::vector<SkippedStepEntry> skipped;
   absl::StatusOr<std::vector<CheckpointEntry>> listed = ListCheckpoints(c.dir, &skipped);
   if (!listed.ok()) return listed.status();
+  auto scheduled = [&](int64_t step) {
+    return step > first_step && step <= recipe.train.steps &&
+           (step % c.save_every == 0 || step == recipe.train.steps);
+  };
   for (const SkippedStepEntry& e : skipped) {
-    if (e.step <= first_step || e.step > recipe.train.steps) continue;
-    if (e.step % c.save_every != 0 && e.step != recipe.train.steps) continue;
+    if (!scheduled(e.step)) continue;
     return absl::InvalidArgumentError(absl::StrFormat(
         "checkpoint.dir %s: this run saves step %d, but %s is not a complete checkpoint: %s; fathom "
         "replaces only its own complete checkpoints: move it out of %s",
         c.dir, e.step, e.path, e.reason, c.dir));
+  }
+  // A save writes step_N.tmp first and removes only a leftover of its own there.
+  for (const SkippedStepEntry& e : ForeignLeftovers(c.dir)) {
+    if (!scheduled(e.step) || e.path != CheckpointTmpPath(c.dir, e.step)) continue;
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "checkpoint.dir %s: this run saves step %d through %s, which exists and fathom did not make it (no "
+        "marker): move it out of %s",
+        c.dir, e.step, e.path, c.dir));
   }
   return absl::OkStatus();
 }
@@ -121,6 +132,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
   if (mesh.world().rank() == 0) {
     for (const std::string& w : skipped) {
       std::cout << "warning: checkpoint.resume " << recipe.checkpoint.resume << " " << w << "\n";
+    }
+    if (!recipe.checkpoint.dir.empty()) {
+      for (const SkippedStepEntry& e : ForeignLeftovers(recipe.checkpoint.dir)) {
+        std::cout << "warning: checkpoint.dir holds " << DescribeSkipped(e) << "\n";
+      }
     }
   }
   if (resume->has_value()) {

@@ -133,6 +133,35 @@ TEST(CheckpointCli, PreemptionSaveOntoADamagedStepDirectoryExitsTwo) {
   fs::remove_all(dir);
 }
 
+// Entries named like fathom's leftovers (step_N.tmp, .pruned, .replaced) that fathom did not make are
+// named at start-up and never removed; one where a scheduled save would write its temporary is refused
+// before step 1.
+TEST(CheckpointCli, ForeignLeftoversAreNamedAndNeverRemoved) {
+  const std::string dir = FreshDir("foreign");
+  fs::create_directories(dir + "/step_00000002.tmp");
+  std::ofstream(dir + "/step_00000002.tmp/mine.txt") << "mine\n";
+  fs::create_directories(dir + "/step_00000009.pruned");
+  std::ofstream(dir + "/step_00000009.pruned/mine.txt") << "mine too\n";
+  const auto before = Snapshot(dir);
+  RunResult r = RunFathom(TinyOneRank(dir, 4));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("this run saves step 2 through " + dir +
+                                  "/step_00000002.tmp, which exists and fathom did not make it"));
+  EXPECT_EQ(CountOf(r.output, "warning: checkpoint.dir holds " + dir + "/step_00000009.pruned: named like a "
+                              "leftover of fathom's saves, but fathom did not make it"),
+            1u)
+      << r.output;
+  EXPECT_TRUE(Snapshot(dir) == before) << "a foreign leftover changed";
+
+  fs::remove_all(dir + "/step_00000002.tmp");
+  r = RunFathom(TinyOneRank(dir, 4));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(CountOf(r.output, "warning: checkpoint.dir holds " + dir + "/step_00000009.pruned"), 1u) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/step_00000004/index.json"));
+  EXPECT_TRUE(fs::exists(dir + "/step_00000009.pruned/mine.txt")) << "a save's cleaning removed it";
+  fs::remove_all(dir);
+}
+
 TEST(CheckpointCli, BadCheckpointsAreRefusedWithOneMessageAndNothingChanges) {
   const std::string dir = FreshDir("bad");
   ASSERT_EQ(MpiRun(4, TinyArgs(dir, 2, 2)).exit_code, 0);
