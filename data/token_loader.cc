@@ -62,6 +62,7 @@ class PackedLoader final : public TokenLoader {
     std::unique_ptr<PackedSplit> split;
     double weight = 1;
     std::string prefix;
+    std::string warning;  // said after the description (see SeparatorWarning)
   };
 
   PackedLoader(DataFingerprint fingerprint, uint64_t seed, int64_t global_batch, std::vector<Part> parts)
@@ -97,9 +98,14 @@ class PackedLoader final : public TokenLoader {
                                       p.documents->num_documents(), p.split->tokens_per_epoch(),
                                       p.split->samples_per_epoch()));
     }
-    return absl::StrCat("data: ", fingerprint().source, ", ", fingerprint().split, " split (data.split ",
-                        fingerprint().split_fractions, ") of ", absl::StrJoin(parts, "; "), "; windows of ",
-                        seq_len(), " + 1 tokens");
+    std::string out =
+        absl::StrCat("data: ", fingerprint().source, ", ", fingerprint().split, " split (data.split ",
+                     fingerprint().split_fractions, ") of ", absl::StrJoin(parts, "; "), "; windows of ",
+                     seq_len(), " + 1 tokens");
+    for (const Part& p : parts_) {
+      if (!p.warning.empty()) absl::StrAppend(&out, "\nwarning: ", p.warning);
+    }
+    return out;
   }
 
  private:
@@ -107,6 +113,28 @@ class PackedLoader final : public TokenLoader {
   BlendSchedule blend_;
   std::vector<int32_t> window_;  // (seq_len + 1)
 };
+
+// Documents that already end with data.eod_token_id (a dataset made with Megatron's --append-eod, or fathom
+// preprocess --append-eod) get a second one from the packer: said when the first documents of the split
+// (up to 32 non-empty ones, at least 4) all end with it. "" otherwise, and on a read error (the loader
+// reports those when it reads).
+std::string SeparatorWarning(TokenDocuments& docs, int64_t begin, int64_t end, int64_t eod_token_id,
+                             const std::string& name) {
+  if (eod_token_id < 0) return "";
+  int64_t sampled = 0;
+  for (int64_t d = begin; d < end && sampled < 32; ++d) {
+    const int64_t n = docs.document_length(d);
+    if (n == 0) continue;
+    int32_t last = -1;
+    if (!docs.ReadTokens(d, n - 1, 1, &last).ok() || last != eod_token_id) return "";
+    ++sampled;
+  }
+  if (sampled < 4) return "";
+  return absl::StrCat(name, ": its first ", sampled, " documents all end with token ", eod_token_id,
+                      ", and data.eod_token_id ", eod_token_id,
+                      " appends another after each document: set data.eod_token_id: -1 for data whose documents "
+                      "already end with their EOD (Megatron's --append-eod)");
+}
 
 // The seed of one dataset's split: distinct datasets and splits draw independent orders.
 uint64_t PartSeed(uint64_t seed, size_t dataset, DataSplit split) {
@@ -153,6 +181,7 @@ absl::StatusOr<std::unique_ptr<TokenLoader>> OpenPacked(const Recipe& recipe, Da
     if (data.verify_tokens) {
       if (absl::Status s = part.documents->CheckTokenIds(begin, end); !s.ok()) return s;
     }
+    part.warning = SeparatorWarning(*part.documents, begin, end, data.eod_token_id, name);
     absl::StatusOr<std::unique_ptr<PackedSplit>> packed =
         PackedSplit::Create(part.documents.get(), begin, end, recipe.train.seq_len, data.eod_token_id,
                             PartSeed(recipe.train.seed, k, split), name);

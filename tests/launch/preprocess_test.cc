@@ -23,6 +23,7 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using testing::CountOf;
 using testing::RunFathom;
 using testing::RunResult;
 using testing::ScratchDir;
@@ -106,6 +107,28 @@ TEST(PreprocessTest, TinyTrainsOnPreprocessedDemoWithValidationAndRunLog) {
   EXPECT_EQ(lines, 1 + 12);
   EXPECT_EQ(with_valid, 2);
   EXPECT_EQ(r.output.find("test "), std::string::npos) << "data.split 90,10 gives no test split:\n" << r.output;
+}
+
+// Documents that already end with their EOD (--append-eod) get a second one when data.eod_token_id names
+// it too: the start-up says so, once, and not when data.eod_token_id is -1 or the documents lack it.
+TEST(PreprocessTest, ADoubledEodIsNamedAtStartUp) {
+  ScratchDir dir;
+  ASSERT_EQ(RunFathom("preprocess --demo-corpus --append-eod --output-prefix " + dir / "eod").exit_code, 0);
+  ASSERT_EQ(RunFathom("preprocess --demo-corpus --output-prefix " + dir / "plain").exit_code, 0);
+  const std::string train = "train " + std::string(FATHOM_SOURCE_DIR) +
+                            "/recipes/tiny.yaml --set train.steps=1 --set data.source=megatron --set data.path=";
+  const std::string warning = "documents all end with token 0, and data.eod_token_id 0 appends another";
+  RunResult r = RunFathom(train + dir / "eod");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(CountOf(r.output, warning), 1u) << r.output;
+  EXPECT_NE(r.output.find("warning: " + dir / "eod.bin (data.path entry 0, train split): its first 32"),
+            std::string::npos)
+      << r.output;
+  for (const std::string& args : {dir / "eod --set data.eod_token_id=-1", dir / "plain"}) {
+    r = RunFathom(train + args);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(r.output.find("appends another"), std::string::npos) << args << ":\n" << r.output;
+  }
 }
 
 // Megatron's test loss: at the end of a run with evaluation, train.eval_steps batches of the test split
