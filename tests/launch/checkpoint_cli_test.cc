@@ -28,10 +28,7 @@ const std::string kTiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";
 
 // A fresh directory for one test's checkpoints.
 std::string FreshDir(const std::string& name) {
-  const std::string dir = fs::temp_directory_path() / ("fathom_ckpt_cli_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return fathom::testing::FreshTempDir("fathom_ckpt_cli_" + name);
 }
 
 // The 4-rank (pp 2, ep 2) tiny job with checkpoints in `dir`.
@@ -156,7 +153,8 @@ TEST(CheckpointCli, ForeignLeftoversAreNamedAndNeverRemoved) {
   fs::remove_all(dir + "/step_00000002.tmp");
   r = RunFathom(TinyOneRank(dir, 4));
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(CountOf(r.output, "warning: checkpoint.dir holds " + dir + "/step_00000009.pruned"), 1u) << r.output;
+  EXPECT_EQ(CountOf(r.output, "warning: checkpoint.dir holds " + dir + "/step_00000009.pruned"), 1u)
+      << r.output;
   EXPECT_TRUE(fs::exists(dir + "/step_00000004/index.json"));
   EXPECT_TRUE(fs::exists(dir + "/step_00000009.pruned/mine.txt")) << "a save's cleaning removed it";
   fs::remove_all(dir);

@@ -7,6 +7,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 namespace fathom::testing {
@@ -44,6 +45,15 @@ inline RunResult MpiRun(int np, const std::string& args, const std::string& env 
                   "--oversubscribe -np " +
                   std::to_string(np) + " " + (fathom ? std::string(FATHOM_BINARY) + " " : std::string()) +
                   args);
+}
+
+// An empty directory <temp>/<name> (whatever was there removed), for one test's files. The name also lets
+// a test find its own processes (pgrep -f).
+inline std::string FreshTempDir(const std::string& name) {
+  const std::string dir = std::filesystem::temp_directory_path() / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
 }
 
 // How often `what` occurs in `text`.

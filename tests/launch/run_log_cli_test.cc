@@ -27,10 +27,7 @@ namespace fs = std::filesystem;
 const std::string kTiny = std::string(FATHOM_SOURCE_DIR) + "/recipes/tiny.yaml";
 
 std::string FreshDir(const std::string& name) {
-  const std::string dir = fs::temp_directory_path() / ("fathom_run_log_cli_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return fathom::testing::FreshTempDir("fathom_run_log_cli_" + name);
 }
 
 // The lines of metrics.jsonl, parsed.
