@@ -71,7 +71,9 @@ std::vector<std::string> ScheduleChanges(const CheckpointMetadata& meta, const R
 
 // A save refuses to replace a step directory that is not a complete checkpoint (checkpoint/checkpoint_dir.h);
 // this finds the ones the run's scheduled saves would meet before any step is trained.
-absl::Status CheckScheduledSaves(const Recipe& recipe, int64_t first_step) {
+// `foreign`: ForeignLeftovers(checkpoint.dir).
+absl::Status CheckScheduledSaves(const Recipe& recipe, int64_t first_step,
+                                 const std::vector<SkippedStepEntry>& foreign) {
   const CheckpointConfig& c = recipe.checkpoint;
   if (c.dir.empty() || c.save_every <= 0) return absl::OkStatus();
   std::vector<SkippedStepEntry> skipped;
@@ -89,7 +91,7 @@ absl::Status CheckScheduledSaves(const Recipe& recipe, int64_t first_step) {
         c.dir, e.step, e.path, e.reason, c.dir));
   }
   // A save writes step_N.tmp first and removes only a leftover of its own there.
-  for (const SkippedStepEntry& e : ForeignLeftovers(c.dir)) {
+  for (const SkippedStepEntry& e : foreign) {
     if (!scheduled(e.step) || e.path != CheckpointTmpPath(c.dir, e.step)) continue;
     return absl::InvalidArgumentError(absl::StrFormat(
         "checkpoint.dir %s: this run saves step %d through %s, which exists and fathom did not make it (no "
@@ -129,14 +131,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
   absl::StatusOr<std::optional<std::string>> resume =
       ResolveResumeOnAllRanks(recipe.checkpoint, mesh.world(), &skipped);
   if (!resume.ok()) return resume.status();
+  std::vector<SkippedStepEntry> foreign;  // rank 0's, named now and checked against the saves below
   if (mesh.world().rank() == 0) {
     for (const std::string& w : skipped) {
       std::cout << "warning: checkpoint.resume " << recipe.checkpoint.resume << " " << w << "\n";
     }
-    if (!recipe.checkpoint.dir.empty()) {
-      for (const SkippedStepEntry& e : ForeignLeftovers(recipe.checkpoint.dir)) {
-        std::cout << "warning: checkpoint.dir holds " << DescribeSkipped(e) << "\n";
-      }
+    if (!recipe.checkpoint.dir.empty()) foreign = ForeignLeftovers(recipe.checkpoint.dir);
+    for (const SkippedStepEntry& e : foreign) {
+      std::cout << "warning: checkpoint.dir holds " << DescribeSkipped(e) << "\n";
     }
   }
   if (resume->has_value()) {
@@ -166,8 +168,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Recipe& recipe, D
     }
   }
   if (trainer->checkpoints_) {
-    absl::Status s =
-        mesh.world().rank() == 0 ? CheckScheduledSaves(recipe, trainer->first_step_) : absl::OkStatus();
+    absl::Status s = mesh.world().rank() == 0 ? CheckScheduledSaves(recipe, trainer->first_step_, foreign)
+                                              : absl::OkStatus();
     if (s = AgreeOnStatus(mesh.world(), s); !s.ok()) return s;
   }
   return trainer;
@@ -226,9 +228,7 @@ absl::Status Trainer::Resume(const std::string& path) {
     for (const std::string& n : notes) std::cout << "  note: " << n << "\n";
     // An imported checkpoint starts the schedule and the data fresh: nothing of its recipe continues.
     if (!IsWeightsOnlyCheckpoint(meta)) {
-      const int64_t global_batch =
-          runtime_->layout().dp() * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size;
-      for (const std::string& change : ScheduleChanges(meta, recipe_, global_batch)) {
+      for (const std::string& change : ScheduleChanges(meta, recipe_, global_batch())) {
         std::cout << "notice: " << change
                   << " since the checkpoint was saved (the LR schedule and the data order follow the new "
                      "value)\n";
@@ -284,9 +284,7 @@ CheckpointMetadata Trainer::MetadataAfter(int64_t steps_done) const {
   m.lr_schedule_step = lr_step_;
   m.seed = recipe_.train.seed;
   m.data_loader = LoaderStateToJson(train_data_->state(steps_done));
-  m.extra = {{"adam_step", runtime_->optimizer().step()},
-             {kGlobalBatchKey,
-              runtime_->layout().dp() * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size}};
+  m.extra = {{"adam_step", runtime_->optimizer().step()}, {kGlobalBatchKey, global_batch()}};
   m.recipe = ResolvedRecipeYaml(recipe_);
   m.model = ModelConfigToJson(recipe_.model);
   return m;
@@ -375,8 +373,7 @@ absl::StatusOr<StepStats> Trainer::Step(int64_t step) {
   st.expert_loads = std::move(r->expert_loads);
   for (const LayerLoad& l : r->layer_loads) st.expert_load.push_back({l.layer, l.max, l.mean});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double tokens = static_cast<double>(recipe_.parallel.micro_batches * runtime_->layout().dp() *
-                                            recipe_.train.micro_batch_size * recipe_.train.seq_len);
+  const double tokens = static_cast<double>(global_batch() * recipe_.train.seq_len);
   st.tokens_per_s = tokens / seconds;
   st.seconds = seconds;
   return st;
@@ -406,9 +403,8 @@ absl::StatusOr<double> Trainer::EvaluateTestSplit(std::ostream& log) {
   absl::StatusOr<std::vector<double>> fractions = recipe_.data.SplitFractions();
   if (!fractions.ok() || fractions->size() < 3 || !((*fractions)[2] > 0)) return none;
   const bool logs = runtime_->coord().rank == 0;
-  const int64_t global_batch =
-      runtime_->layout().dp() * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size;
-  absl::StatusOr<std::unique_ptr<TokenLoader>> test = OpenTokenLoader(recipe_, DataSplit::kTest, global_batch);
+  absl::StatusOr<std::unique_ptr<TokenLoader>> test =
+      OpenTokenLoader(recipe_, DataSplit::kTest, global_batch());
   // Every rank opens the same files: the verdict is agreed so that all evaluate or none.
   if (absl::Status s = AgreeOnStatus(runtime_->host_mesh().world(), test.status()); !s.ok()) {
     if (logs) log << "test: not evaluated: " << s.message() << "\n";
@@ -485,8 +481,7 @@ absl::StatusOr<std::vector<StepStats>> Trainer::Run(std::ostream& log) {
   const int64_t steps = recipe_.train.steps;
   const ModelConfig& mc = recipe_.model;
   const bool logs = runtime_->coord().rank == 0;
-  const int64_t global_sequences =
-      recipe_.parallel.micro_batches * recipe_.train.micro_batch_size * runtime_->layout().dp();
+  const int64_t global_sequences = global_batch();
   if (logs) {
     log << absl::StrFormat(
         "fathom train %s: %d layers (%d dense), %d routed experts top-%d, MTP depth %d, %s; stage layers %s; "

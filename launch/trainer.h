@@ -53,6 +53,10 @@ class Trainer {
   // One optimizer step (0-based). When the gradient norm is not finite nothing is updated and the stats say
   // so (skipped); Run stops after train.max_skipped_steps of those in a row.
   absl::StatusOr<StepStats> Step(int64_t step);
+  // Sequences per optimizer step over all replicas: dp x parallel.micro_batches x train.micro_batch_size.
+  int64_t global_batch() const {
+    return runtime_->layout().dp() * recipe_.parallel.micro_batches * recipe_.train.micro_batch_size;
+  }
   // The main LM loss on train.eval_steps batches of the valid split (the same batches every time).
   // FailedPrecondition when the recipe's data has no valid split.
   absl::StatusOr<double> Evaluate();
