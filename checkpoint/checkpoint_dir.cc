@@ -79,6 +79,17 @@ bool IsOwnLeftover(const std::string& path) {
   return IsOwnedDirectory(path) || (!absl::EndsWith(path, ".tmp") && IsCompleteCheckpoint(path));
 }
 
+// The names of `dir`'s entries that IsLeftoverName; `ec` is set when the listing failed (what was listed
+// until then is returned).
+std::vector<std::string> LeftoverNames(const std::string& dir, std::error_code& ec) {
+  std::vector<std::string> out;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (IsLeftoverName(name)) out.push_back(std::move(name));
+  }
+  return out;
+}
+
 // OK with false when `dir` does not exist; InvalidArgument when it is something other than a directory.
 absl::StatusOr<bool> DirectoryExists(const std::string& dir) {
   struct stat st {};
@@ -207,9 +218,7 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(const std::string& 
 std::vector<SkippedStepEntry> ForeignLeftovers(const std::string& dir) {
   std::vector<SkippedStepEntry> out;
   std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (!IsLeftoverName(name)) continue;
+  for (const std::string& name : LeftoverNames(dir, ec)) {
     const std::string path = absl::StrCat(dir, "/", name);
     if (IsOwnLeftover(path)) continue;
     const std::string stem = name.substr(0, name.rfind('.'));
@@ -252,11 +261,10 @@ absl::Status CleanLeftovers(const std::string& dir, const std::string& keep) {
   if (!exists.ok() || !*exists) return exists.status();
   std::vector<std::string> doomed;
   std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
+  for (const std::string& name : LeftoverNames(dir, ec)) {
     const std::string path = absl::StrCat(dir, "/", name);
     // A leftover's name on something fathom did not make is not ours to delete.
-    if (IsLeftoverName(name) && path != keep && IsOwnLeftover(path)) doomed.push_back(path);
+    if (path != keep && IsOwnLeftover(path)) doomed.push_back(path);
   }
   if (ec)
     return absl::InternalError(absl::StrCat("cannot list checkpoint directory ", dir, ": ", ec.message()));
