@@ -181,7 +181,10 @@ absl::StatusOr<std::unique_ptr<TokenLoader>> OpenPacked(const Recipe& recipe, Da
     if (data.verify_tokens) {
       if (absl::Status s = part.documents->CheckTokenIds(begin, end); !s.ok()) return s;
     }
-    part.warning = SeparatorWarning(*part.documents, begin, end, data.eod_token_id, name);
+    // The train loader's description is the one printed; the same files would say the same for the others.
+    if (split == DataSplit::kTrain) {
+      part.warning = SeparatorWarning(*part.documents, begin, end, data.eod_token_id, name);
+    }
     absl::StatusOr<std::unique_ptr<PackedSplit>> packed =
         PackedSplit::Create(part.documents.get(), begin, end, recipe.train.seq_len, data.eod_token_id,
                             PartSeed(recipe.train.seed, k, split), name);
